@@ -1,0 +1,3 @@
+fn main() {
+    println!("arsync {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,1 @@
+//! DynamicFS storage engine: extents, replication, Reed-Solomon, BLAKE3, redb metadata.

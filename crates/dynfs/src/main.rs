@@ -1,0 +1,3 @@
+fn main() {
+    println!("dynfs {}", env!("CARGO_PKG_VERSION"));
+}

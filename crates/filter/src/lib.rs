@@ -1,0 +1,1 @@
+//! rsync filter rules: include/exclude/merge syntax and matching.

@@ -1,0 +1,1 @@
+//! Platform I/O: filesystem operations over io_uring or a thread-pool fallback.

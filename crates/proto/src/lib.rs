@@ -1,0 +1,1 @@
+//! Sans-IO rsync wire protocol (versions 30-32).

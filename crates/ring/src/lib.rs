@@ -1,0 +1,1 @@
+//! Safe io_uring core: owned-buffer operations, batches, chains, registration, executor.

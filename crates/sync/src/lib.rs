@@ -1,0 +1,1 @@
+//! Local sync engine with rsync semantics.

@@ -1,0 +1,1 @@
+//! Test helpers: tree generation and exact tree comparison.
