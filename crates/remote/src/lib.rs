@@ -1,0 +1,1 @@
+//! rsync roles (client, server, daemon) and transports (pipe, ssh, TCP) driving `arsync-proto`.
