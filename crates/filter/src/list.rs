@@ -255,6 +255,12 @@ impl FilterRules {
         Ok(())
     }
 
+    /// Where `-C` rules (the option or a `-C` filter rule) find `$HOME/.cvsignore` and
+    /// `$CVSIGNORE`; call before adding them. Without it the process environment is used.
+    pub fn set_cvs_sources(&mut self, sources: CvsIgnoreSources) {
+        self.cvs_sources = Some(sources);
+    }
+
     /// `-F` given `count` times: once adds `dir-merge /.rsync-filter`, twice also adds
     /// `- .rsync-filter`.
     pub fn add_f_option(&mut self, count: u8) -> Result<(), FilterError> {
