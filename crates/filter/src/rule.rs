@@ -1,0 +1,240 @@
+//! A compiled filter rule and how it matches a path.
+
+use crate::parse::flag;
+use crate::wildmatch::{litmatch_anchored, wildmatch_anchored, Anchor};
+
+/// One rule of a filter list.
+///
+/// For a per-directory merge rule (`:`), `pattern` is the merge-file name and `merge_id`
+/// indexes the merge definitions of the owning [`crate::FilterRules`]. A `-C` rule
+/// (`CVS_IGNORE` without `MERGE_FILE`) stands for the global CVS ignore list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Rule {
+    pub flags: u32,
+    pub pattern: Box<[u8]>,
+    pub slash_cnt: u32,
+    pub merge_id: usize,
+}
+
+impl Rule {
+    /// Builds a pattern rule, deriving the directory-only and wildcard flags from the pattern
+    /// the way rsync does: one trailing `/` means "directories only" and is removed.
+    /// `abs_prefix` (an absolute directory without trailing slash, or empty for `/`) is put
+    /// in front of an anchored pattern read from a per-directory file.
+    pub fn new(pattern: &[u8], mut flags: u32, abs_prefix: Option<&[u8]>) -> Rule {
+        let mut pat = pattern;
+        if pat.len() > 1 && pat.last() == Some(&b'/') {
+            pat = &pat[..pat.len() - 1];
+            flags |= flag::DIRECTORY;
+        }
+        let mut full = Vec::with_capacity(pat.len() + abs_prefix.map_or(0, <[u8]>::len));
+        if let Some(prefix) = abs_prefix {
+            if flags & (flag::ABS_PATH | flag::MERGE_FILE) == 0 && pat.first() == Some(&b'/') {
+                flags |= flag::ABS_PATH;
+                full.extend_from_slice(prefix);
+            }
+        }
+        full.extend_from_slice(pat);
+        let slash_cnt = full.iter().filter(|&&b| b == b'/').count() as u32;
+        if full.iter().any(|&b| matches!(b, b'*' | b'?' | b'[')) {
+            flags |= flag::WILD;
+            if let Some(at) = full.windows(2).position(|w| w == b"**") {
+                flags |= flag::WILD2;
+                if at == 0 {
+                    flags |= flag::WILD2_PREFIX;
+                }
+                if full.ends_with(b"***") {
+                    flags |= flag::WILD3_SUFFIX;
+                }
+            }
+        }
+        Rule {
+            flags,
+            pattern: full.into_boxed_slice(),
+            slash_cnt,
+            merge_id: 0,
+        }
+    }
+
+    /// True when the rule's pattern (ignoring its include/exclude meaning) selects `fname`.
+    /// `root` is the absolute transfer root without its leading `/` (empty when the root
+    /// is `/` or unknown); it is used only for `ABS_PATH` rules.
+    pub fn matches(&self, fname: &[u8], is_dir: bool, root: &[u8]) -> bool {
+        let hit = !self.negated();
+        let name = fname.strip_prefix(b"/").unwrap_or(fname);
+        if name.is_empty() {
+            return false;
+        }
+        let flags = self.flags;
+        let mut base: &[u8] = name;
+        let mut prefix: &[u8] = b"";
+        let mut prefix_slash = false;
+        if self.slash_cnt == 0 && flags & flag::WILD2 == 0 {
+            if let Some(p) = name.iter().rposition(|&b| b == b'/') {
+                base = &name[p + 1..];
+            }
+        } else if flags & flag::ABS_PATH != 0 && !fname.starts_with(b"/") && !root.is_empty() {
+            prefix = root;
+            prefix_slash = true;
+        } else if flags & flag::WILD2_PREFIX != 0 && !fname.starts_with(b"/") {
+            prefix_slash = true;
+        }
+        let suffix_slash = is_dir && flags & flag::WILD3_SUFFIX != 0;
+        if !is_dir && flags & flag::DIRECTORY != 0 {
+            return !hit;
+        }
+        let several = prefix_slash || suffix_slash;
+        let joined: Vec<u8>;
+        let text: &[u8] = if several {
+            let mut v = Vec::with_capacity(prefix.len() + base.len() + 2);
+            v.extend_from_slice(prefix);
+            if prefix_slash {
+                v.push(b'/');
+            }
+            v.extend_from_slice(base);
+            if suffix_slash {
+                v.push(b'/');
+            }
+            joined = v;
+            &joined
+        } else {
+            base
+        };
+
+        let (anchored, pattern) = match self.pattern.strip_prefix(b"/") {
+            Some(rest) => (true, rest),
+            None => (false, &self.pattern[..]),
+        };
+        let anchor = if !anchored && self.slash_cnt > 0 && flags & flag::WILD2 == 0 {
+            Anchor::TrailingElements(self.slash_cnt as usize + 1)
+        } else if !anchored && flags & flag::WILD2_PREFIX == 0 && flags & flag::WILD2 != 0 {
+            Anchor::AfterAnySlash
+        } else {
+            Anchor::Whole
+        };
+
+        let matched = if flags & flag::WILD != 0 {
+            wildmatch_anchored(pattern, text, anchor)
+        } else if several || anchored {
+            litmatch_anchored(pattern, text, anchor)
+        } else {
+            // Plain name: equal to the last components, at an element boundary.
+            text.len() >= pattern.len()
+                && text.ends_with(pattern)
+                && (text.len() == pattern.len() || text[text.len() - pattern.len() - 1] == b'/')
+        };
+        if matched {
+            hit
+        } else {
+            !hit
+        }
+    }
+
+    fn negated(&self) -> bool {
+        self.flags & flag::NEGATE != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(p: &str) -> Rule {
+        Rule::new(p.as_bytes(), 0, None)
+    }
+
+    fn hit(p: &str, name: &str, dir: bool) -> bool {
+        r(p).matches(name.as_bytes(), dir, b"")
+    }
+
+    #[test]
+    fn plain_names_match_last_component() {
+        assert!(hit("foo", "foo", false));
+        assert!(hit("foo", "a/b/foo", false));
+        assert!(!hit("foo", "a/foo/b", false));
+        assert!(!hit("foo", "xfoo", false));
+        assert!(hit("*.o", "a/b.o", false));
+        assert!(!hit("*.o", "a.o/b", false));
+    }
+
+    #[test]
+    fn slashes_match_trailing_elements() {
+        assert!(hit("b/c", "a/b/c", false));
+        assert!(hit("b/c", "b/c", false));
+        assert!(!hit("b/c", "xb/c", false));
+        assert!(hit("foo/*/bar", "x/foo/y/bar", false));
+        assert!(!hit("foo/*/bar", "foo/y/z/bar", false));
+    }
+
+    #[test]
+    fn anchored_patterns_match_from_root() {
+        assert!(hit("/foo", "foo", false));
+        assert!(!hit("/foo", "a/foo", false));
+        assert!(hit("/a/*", "a/b", false));
+        assert!(!hit("/a/*", "a/b/c", false));
+        assert!(hit("/foo/**/bar", "foo/x/y/bar", false));
+        assert!(!hit("/foo/**/bar", "foo/bar", false));
+    }
+
+    #[test]
+    fn directory_only_patterns() {
+        assert!(hit("foo/", "a/foo", true));
+        assert!(!hit("foo/", "a/foo", false));
+        let rule = r("foo/");
+        assert_ne!(rule.flags & flag::DIRECTORY, 0);
+        assert_eq!(&*rule.pattern, b"foo");
+        // A lone "/" stays a pattern of its own.
+        assert_eq!(&*r("/").pattern, b"/");
+    }
+
+    #[test]
+    fn double_star_forms() {
+        assert!(hit("**/foo", "foo", false));
+        assert!(hit("**/foo", "a/b/foo", false));
+        assert!(hit("a/**", "x/a/b/c", false));
+        assert!(hit("a/**", "a/b", false));
+        assert!(!hit("a/**", "xa/b", false));
+        assert!(hit("dir/***", "dir", true));
+        assert!(!hit("dir/***", "dir", false));
+        assert!(hit("dir/***", "p/dir/x/y", false));
+        assert!(hit("/dir/***", "dir", true));
+        assert!(!hit("/dir/***", "p/dir", true));
+    }
+
+    #[test]
+    fn negation() {
+        let rule = Rule::new(b"*/", flag::NEGATE, None);
+        assert!(rule.matches(b"file", false, b""));
+        assert!(!rule.matches(b"dir", true, b""));
+        // Empty names never match, negated or not.
+        assert!(!rule.matches(b"", false, b""));
+    }
+
+    #[test]
+    fn absolute_rules_use_the_root() {
+        let rule = Rule::new(b"/src/x", flag::ABS_PATH, None);
+        assert!(rule.matches(b"x", false, b"src"));
+        assert!(!rule.matches(b"x", false, b"other"));
+        let rule = Rule::new(b"subdir/foo", flag::ABS_PATH, None);
+        assert!(rule.matches(b"foo", false, b"home/subdir"));
+        // Anchored rule from a per-directory file in /top/dir.
+        let rule = Rule::new(b"/foo", 0, Some(b"/top/dir"));
+        assert_ne!(rule.flags & flag::ABS_PATH, 0);
+        assert!(rule.matches(b"dir/foo", false, b"top"));
+        assert!(!rule.matches(b"foo", false, b"top"));
+    }
+
+    #[test]
+    fn escapes_only_count_with_wildcards() {
+        assert!(hit("foo\\bar", "foo\\bar", false));
+        assert!(hit("foo\\\\bar*", "foo\\bar.txt", false));
+        assert!(hit("a\\*", "a*", false));
+        assert!(!hit("a\\*", "ab", false));
+    }
+
+    #[test]
+    fn non_utf8() {
+        let rule = Rule::new(b"\xff*", 0, None);
+        assert!(rule.matches(b"d/\xff\xfe", false, b""));
+    }
+}

@@ -1,0 +1,553 @@
+//! Differential tests against the real rsync: for one generated tree and many filter
+//! combinations, the set of paths rsync copies must equal the set our matcher includes when
+//! walking the same tree the way rsync's sender does (an excluded directory is not entered).
+//! A second pass checks deletions: which extra receiver files `--delete` keeps.
+
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use arsync_filter::{CvsIgnoreSources, Decision, FilterRules, FromFile};
+
+type PathSet = BTreeSet<(Vec<u8>, bool)>;
+
+fn rsync_available() -> bool {
+    Command::new("rsync")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn write(root: &Path, rel: &[u8], data: &[u8]) {
+    let path = root.join(OsStr::from_bytes(rel));
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).expect("mkdir");
+    }
+    fs::write(&path, data).expect("write");
+}
+
+/// Builds the source tree: names chosen to exercise anchoring, wildcards, classes,
+/// escapes, hidden files, CVS names, per-directory merge files and non-UTF-8 bytes.
+fn build_tree(src: &Path) {
+    let files: &[&[u8]] = &[
+        b"a.c",
+        b"a.o",
+        b"keep.o",
+        b"b.txt",
+        b"core",
+        b"foo.bak",
+        b"x~",
+        b"#tmp",
+        b".hidden",
+        b"spa ce.txt",
+        b"br[ack]et",
+        b"star*name",
+        b"back\\slash",
+        b"q?mark",
+        b"caf\xe9.txt",
+        b"\xff\xfe",
+        b"_und",
+        b"-dash",
+        b"+plus",
+        b"tags",
+        b"TAGS",
+        b"anch",
+        b"q",
+        b"file.txt",
+        b"foo/bar",
+        b"foo/file.txt",
+        b"src/main.c",
+        b"src/main.o",
+        b"src/keep.o",
+        b"src/anch",
+        b"src/b.txt",
+        b"src/lib/x.c",
+        b"src/lib/x.old",
+        b"src/lib/deep/y.c",
+        b"src/lib/deep/z.o",
+        b"src/lib/deep/anch",
+        b"build/out.bin",
+        b"build/obj/a.o",
+        b"CVS/Entries",
+        b".git/config",
+        b"docs/foo/bar",
+        b"docs/foo/q/bar",
+        b"docs/a/b/c/d.txt",
+        b"docs/sub/foo",
+        b"docs/sub/x/bar",
+        b"docs/anch",
+        b"docs/b.txt",
+        b"docs/readme",
+        b"dir_name/f",
+        b"dir_name/inner/g",
+        b"x/file.txt",
+        b"x/y/file.txt",
+        b"x/y/zzz.txt",
+        b"x/z/file.txt",
+        b"deep/deep/deep/deep/leaf.c",
+        // Per-directory merge files.
+        b".rsync-filter",
+        b"src/.rsync-filter",
+        b"src/lib/.rsync-filter",
+        b"docs/.cvsignore",
+        b"src/.cvsignore",
+        b".rules",
+        b"src/.rules",
+        b"src/lib/.rules",
+        b"docs/.rules",
+        b".excl",
+        b"src/.excl",
+    ];
+    for f in files {
+        write(src, f, b"data");
+    }
+    write(src, b".rsync-filter", b"- *.bak\n+ keep.o\n- *.o\n");
+    write(src, b"src/.rsync-filter", b"- lib/deep/\n");
+    write(src, b"src/lib/.rsync-filter", b"!\n- x.c\n");
+    write(src, b"docs/.cvsignore", b"*.txt foo\nreadme\n");
+    write(src, b"src/.cvsignore", b"main.*\n");
+    write(
+        src,
+        b".rules",
+        b"- b.txt\n- /anch\n# comment\n; comment\n\n+ x/\n",
+    );
+    write(src, b"src/.rules", b"+ main.o\n- /main.c\n- deep/\n");
+    write(src, b"src/lib/.rules", b"- *.old\n");
+    write(src, b"docs/.rules", b"!\n- bar\n");
+    write(src, b".excl", b"b.txt\n*.old\n");
+    write(src, b"src/.excl", b"keep.o\n");
+    fs::create_dir_all(src.join("empty")).expect("mkdir");
+    std::os::unix::fs::symlink("a.c", src.join("link")).expect("symlink");
+    std::os::unix::fs::symlink("nowhere", src.join("dangling.o")).expect("symlink");
+}
+
+/// Runs rsync for real (a copy avoids any escaping of names in its output) and lists `dst`.
+fn rsync_copy(args: &[OsString], src: &Path, dst: &Path, env: &Env) -> Option<PathSet> {
+    let _ = fs::remove_dir_all(dst);
+    let mut src_arg = src.as_os_str().to_os_string();
+    src_arg.push("/");
+    let out = Command::new("rsync")
+        .arg("-rl")
+        .args(args)
+        .arg(&src_arg)
+        .arg(dst)
+        .env("HOME", &env.home)
+        .env("CVSIGNORE", &env.cvsignore)
+        .output()
+        .expect("run rsync");
+    if !out.status.success() {
+        return None;
+    }
+    let mut set = PathSet::new();
+    list_dir(dst, b"", &mut set);
+    Some(set)
+}
+
+fn list_dir(dir: &Path, rel: &[u8], out: &mut PathSet) {
+    for entry in fs::read_dir(dir).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name().into_vec();
+        let child = join_rel(rel, &name);
+        let is_dir = entry.file_type().expect("type").is_dir();
+        out.insert((child.clone(), is_dir));
+        if is_dir {
+            list_dir(&entry.path(), &child, out);
+        }
+    }
+}
+
+fn join_rel(rel: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut child = rel.to_vec();
+    if !child.is_empty() {
+        child.push(b'/');
+    }
+    child.extend_from_slice(name);
+    child
+}
+
+/// The sender's walk with our matcher.
+fn our_walk(
+    rules: &mut FilterRules,
+    abs: &Path,
+    rel: &[u8],
+    out: &mut PathSet,
+) -> Result<(), String> {
+    let token = rules.enter_dir(abs, rel).map_err(|e| e.to_string())?;
+    let mut entries: Vec<_> = fs::read_dir(abs)
+        .expect("read_dir")
+        .map(|e| e.expect("entry"))
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().into_vec();
+        let child = join_rel(rel, &name);
+        let is_dir = entry.file_type().expect("type").is_dir();
+        if rules.check(&child, is_dir) == Decision::Exclude {
+            continue;
+        }
+        out.insert((child.clone(), is_dir));
+        if is_dir {
+            our_walk(rules, &entry.path(), &child, out)?;
+        }
+    }
+    rules.leave_dir(token);
+    Ok(())
+}
+
+struct Env {
+    home: PathBuf,
+    cvsignore: OsString,
+}
+
+/// Applies rsync command-line filter options to our rule list.
+fn apply_args(args: &[OsString], env: &Env) -> Result<FilterRules, String> {
+    let mut rules = FilterRules::new();
+    rules.set_cvs_sources(CvsIgnoreSources {
+        home_file: Some(env.home.join(".cvsignore")),
+        env: Some(env.cvsignore.as_bytes().to_vec()),
+    });
+    let mut f_count = 0u8;
+    let mut cvs = false;
+    let mut delete_excluded = false;
+    let mut i = 0;
+    let e = |r: Result<(), arsync_filter::FilterError>| r.map_err(|e| e.to_string());
+    while i < args.len() {
+        let a = args[i].as_bytes();
+        if a == b"-f" {
+            i += 1;
+            e(rules.add_rule_bytes(args[i].as_bytes()))?;
+        } else if let Some(v) = a.strip_prefix(b"--filter=") {
+            e(rules.add_rule_bytes(v))?;
+        } else if let Some(v) = a.strip_prefix(b"--exclude=") {
+            e(rules.add_exclude_bytes(v))?;
+        } else if let Some(v) = a.strip_prefix(b"--include=") {
+            e(rules.add_include_bytes(v))?;
+        } else if let Some(v) = a.strip_prefix(b"--exclude-from=") {
+            e(rules.add_from_file(Path::new(OsStr::from_bytes(v)), FromFile::Exclude))?;
+        } else if let Some(v) = a.strip_prefix(b"--include-from=") {
+            e(rules.add_from_file(Path::new(OsStr::from_bytes(v)), FromFile::Include))?;
+        } else if a == b"-F" {
+            // rsync adds the -F rules at the position of each -F.
+            f_count += 1;
+            if f_count == 1 {
+                e(rules.add_rule(": /.rsync-filter"))?;
+            } else if f_count == 2 {
+                e(rules.add_rule("- .rsync-filter"))?;
+            }
+        } else if a == b"-C" {
+            cvs = true;
+        } else if a == b"--delete-excluded" {
+            delete_excluded = true;
+        } else if a == b"--delete" {
+        } else {
+            panic!("test harness does not know option {:?}", args[i]);
+        }
+        i += 1;
+    }
+    rules.set_delete_excluded(delete_excluded);
+    rules.set_cvs_sources(CvsIgnoreSources {
+        home_file: Some(env.home.join(".cvsignore")),
+        env: Some(env.cvsignore.as_bytes().to_vec()),
+    });
+    if cvs {
+        e(rules.add_cvs_exclude_with(CvsIgnoreSources {
+            home_file: Some(env.home.join(".cvsignore")),
+            env: Some(env.cvsignore.as_bytes().to_vec()),
+        }))?;
+    }
+    Ok(rules)
+}
+
+fn show(set: &PathSet) -> String {
+    set.iter()
+        .map(|(p, d)| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(p),
+                if *d { "/" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn fixture() -> (
+    tempfile::TempDir,
+    PathBuf,
+    Env,
+    Vec<(&'static str, PathBuf)>,
+) {
+    let base = if Path::new("/dev/shm").is_dir() {
+        tempfile::tempdir_in("/dev/shm").expect("tempdir")
+    } else {
+        tempfile::tempdir().expect("tempdir")
+    };
+    let src = base.path().join("src");
+    build_tree(&src);
+    let home = base.path().join("home");
+    fs::create_dir_all(&home).expect("mkdir");
+    fs::write(home.join(".cvsignore"), b"b.txt *.c\n").expect("write");
+    let env = Env {
+        home,
+        cvsignore: OsString::from("foo.bak tags readme"),
+    };
+    let excl_from = base.path().join("exclude-from");
+    fs::write(
+        &excl_from,
+        b"+ keep.o\n*.o\n# comment\n; comment\n\nbuild/\n- x/y\n!x\n",
+    )
+    .expect("write");
+    let incl_from = base.path().join("include-from");
+    fs::write(&incl_from, b"*/\r\n*.c\r\n- foo\n").expect("write");
+    let merge = base.path().join("merge-rules");
+    fs::write(&merge, b"+ *.c\n- *.o\n- foo*\ndir-merge .excl\n").expect("write");
+    let from0 = base.path().join("merge-cvs");
+    fs::write(&from0, b"core *.bak\n").expect("write");
+    let files = vec![
+        ("{EXCL_FROM}", excl_from),
+        ("{INCL_FROM}", incl_from),
+        ("{MERGE}", merge),
+        ("{MERGE_W}", from0),
+        ("{SRC}", src.clone()),
+    ];
+    (base, src, env, files)
+}
+
+fn expand(combo: &[&[u8]], files: &[(&str, PathBuf)]) -> Vec<OsString> {
+    combo
+        .iter()
+        .map(|arg| {
+            let mut a = arg.to_vec();
+            for (key, path) in files {
+                let key = key.as_bytes();
+                while let Some(pos) = a.windows(key.len()).position(|w| w == key) {
+                    let mut b = a[..pos].to_vec();
+                    b.extend_from_slice(path.as_os_str().as_bytes());
+                    b.extend_from_slice(&a[pos + key.len()..]);
+                    a = b;
+                }
+            }
+            OsString::from_vec(a)
+        })
+        .collect()
+}
+
+const COMBOS: &[&[&[u8]]] = &[
+    &[],
+    &[b"--exclude=*.o"],
+    &[b"--exclude=foo"],
+    &[b"--exclude=foo/"],
+    &[b"--exclude=/foo"],
+    &[b"--exclude=foo/*/bar"],
+    &[b"--exclude=/docs/**/bar"],
+    &[b"-f", b"+ */", b"-f", b"+ *.c", b"-f", b"- *"],
+    &[
+        b"-f",
+        b"+ x/",
+        b"-f",
+        b"+ x/y/",
+        b"-f",
+        b"+ x/y/file.txt",
+        b"-f",
+        b"- *",
+    ],
+    &[b"-f", b"+ file.txt", b"-f", b"- *"],
+    &[b"-f", b"- dir_name/***"],
+    &[b"-f", b"+ dir_name/***", b"-f", b"- *"],
+    &[b"-f", b"-! */"],
+    &[b"-f", b"- **/deep"],
+    &[b"-f", b"- src/**"],
+    &[b"-f", b"- **.o"],
+    &[b"-f", b"- **/lib/**/*.c"],
+    &[b"-f", b"- [ab].*"],
+    &[b"-f", b"- [!a-c]*.txt"],
+    &[b"-f", b"- [[:upper:]]*"],
+    &[b"-f", b"- *\\**"],
+    &[b"-f", b"- back\\slash"],
+    &[b"-f", b"- back\\\\sl*"],
+    &[b"-f", b"- br\\[ack]et"],
+    &[b"-f", b"- spa ce.txt"],
+    &[b"-f", b"-_*.bak"],
+    &[b"-f", b"exclude,/ {SRC}/a.c"],
+    &[b"-f", b"-/ src/*.c"],
+    &[b"-f", b"H *.txt"],
+    &[b"-f", b"P *.txt"],
+    &[b"-f", b"-s *.c", b"-f", b"-r *.txt"],
+    &[b"-f", b"S *.txt", b"-f", b"hide *.txt"],
+    &[b"-f", b"- caf\xe9*"],
+    &[b"-f", b"- \xff?"],
+    &[b"-F"],
+    &[b"-F", b"-F"],
+    &[b"-f", b": .rules"],
+    &[b"-f", b":n .rules"],
+    &[b"-f", b":e .rules"],
+    &[b"-f", b"dir-merge,- .excl"],
+    &[b"-f", b"- /anch", b"-f", b": .rules"],
+    &[b"-C"],
+    &[b"-C", b"--include=core", b"--include=b.txt"],
+    &[b"-f", b":C", b"-f", b"-C"],
+    &[b"--exclude-from={EXCL_FROM}"],
+    &[b"--include-from={INCL_FROM}", b"--exclude=*"],
+    &[b"-f", b"merge {MERGE}"],
+    &[b"-f", b". {MERGE}"],
+    &[b"-f", b"merge,-w {MERGE_W}"],
+    &[b"-f", b"- *", b"-f", b"!", b"-f", b"- *.o"],
+    &[b"--exclude=- *.o", b"--include=- foo"],
+    &[b"--exclude=!", b"--exclude=!x"],
+    &[b"-f", b"+ /x/y/", b"-f", b"- /x/*"],
+    &[b"-f", b"- x/y"],
+    &[b"-f", b"- ?"],
+    &[b"-f", b"- .*"],
+    &[b"-f", b"-p *.txt"],
+    &[b"-f", b"-x user.*"],
+    &[b"-f", b"- *", b"-f", b"+ *.c"],
+    &[b"-f", b":w .rules"],
+    &[b"-f", b"bogus rule"],
+    &[b"-f", b"-z foo"],
+    &[b"--delete-excluded", b"--exclude=*.o"],
+];
+
+#[test]
+fn file_lists_match_rsync() {
+    if !rsync_available() {
+        eprintln!("rsync not installed: skipping the differential test");
+        return;
+    }
+    let (base, src, env, files) = fixture();
+    let dst = base.path().join("dst");
+    let mut failures = Vec::new();
+    for combo in COMBOS {
+        let args = expand(combo, &files);
+        let theirs = rsync_copy(&args, &src, &dst, &env);
+        let ours = apply_args(&args, &env).and_then(|mut rules| {
+            let mut set = PathSet::new();
+            our_walk(&mut rules, &src, b"", &mut set).map(|()| set)
+        });
+        match (theirs, ours) {
+            (Some(t), Ok(o)) if t == o => {}
+            (None, Err(_)) => {}
+            (Some(t), Ok(o)) => {
+                let only_rsync: PathSet = t.difference(&o).cloned().collect();
+                let only_ours: PathSet = o.difference(&t).cloned().collect();
+                failures.push(format!(
+                    "{args:?}\n--- only rsync copied:\n{}\n--- only we include:\n{}\n",
+                    show(&only_rsync),
+                    show(&only_ours)
+                ));
+            }
+            (t, o) => {
+                let t = t
+                    .map(|_| "copied".to_string())
+                    .unwrap_or_else(|| "<rsync failed>".into());
+                let o = o
+                    .map(|_| "walked".to_string())
+                    .unwrap_or_else(|e| format!("<error: {e}>"));
+                failures.push(format!("{args:?}: rsync {t}, ours {o}\n"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} combination(s) differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+const DELETE_COMBOS: &[&[&[u8]]] = &[
+    &[],
+    &[b"--exclude=*.o"],
+    &[b"-f", b"P *.o"],
+    &[b"-f", b"H *.o"],
+    &[b"-f", b"R keep*", b"-f", b"P *.o"],
+    &[b"-f", b"+r keep*", b"-f", b"-r *"],
+    &[b"-f", b"- *.o", b"--delete-excluded"],
+    &[b"-f", b"-r *.o", b"--delete-excluded"],
+    &[b"-f", b"protect /zz_extra.txt"],
+    &[b"-f", b"-! *.o"],
+    &[b"-C"],
+];
+
+/// `--delete` keeps exactly the extra receiver files our receiver-side check protects.
+#[test]
+fn deletions_match_rsync() {
+    if !rsync_available() {
+        eprintln!("rsync not installed: skipping the differential test");
+        return;
+    }
+    let (base, src, env, files) = fixture();
+    let dst = base.path().join("dst");
+    let extras: &[&[u8]] = &[
+        b"zz_extra.txt",
+        b"zz_extra.o",
+        b"keep_extra",
+        b"src/zz_extra.o",
+        b"src/zz_extra.txt",
+        b"docs/keep_extra.c",
+        b"docs/core",
+    ];
+    let mut failures = Vec::new();
+    for combo in DELETE_COMBOS {
+        let mut args = expand(combo, &files);
+        args.push(OsString::from("--delete"));
+        let _ = fs::remove_dir_all(&dst);
+        // Seed the receiver with a plain copy plus the extra files.
+        let seeded = Command::new("rsync")
+            .arg("-rl")
+            .arg(format!("{}/", src.display()))
+            .arg(&dst)
+            .status()
+            .expect("rsync");
+        assert!(seeded.success());
+        for e in extras {
+            write(&dst, e, b"extra");
+        }
+        let out = Command::new("rsync")
+            .arg("-rl")
+            .args(&args)
+            .arg(format!("{}/", src.display()))
+            .arg(&dst)
+            .env("HOME", &env.home)
+            .env("CVSIGNORE", &env.cvsignore)
+            .output()
+            .expect("rsync");
+        assert!(
+            out.status.success(),
+            "rsync failed for {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rules = apply_args(&args, &env).expect("our rules");
+        for e in extras {
+            let survived = dst.join(OsStr::from_bytes(e)).exists();
+            // The receiver reads per-directory merge files from its own tree.
+            let mut walker = rules.fork();
+            let mut abs = dst.clone();
+            let mut rel = Vec::new();
+            let _root = walker.enter_dir(&abs, b"").expect("enter");
+            let comps: Vec<&[u8]> = e.split(|&b| b == b'/').collect();
+            let mut parents_sent = true;
+            for comp in &comps[..comps.len() - 1] {
+                abs.push(OsStr::from_bytes(comp));
+                rel = join_rel(&rel, comp);
+                parents_sent &= !walker.excluded_for_transfer(&rel, true);
+                let _t = walker.enter_dir(&abs, &rel).expect("enter");
+            }
+            if !parents_sent {
+                // rsync never looks inside a directory the sender leaves out.
+                continue;
+            }
+            let protected = walker.protected_from_delete(e, false);
+            if survived != protected {
+                failures.push(format!(
+                    "{args:?}: {} survived={survived} ours protected={protected}",
+                    String::from_utf8_lossy(e)
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
