@@ -1,0 +1,338 @@
+//! Checksums: rsync's rolling weak sum and the strong sums (block sums and
+//! whole-file sums) for every negotiable algorithm.
+//!
+//! Seeding rules (protocol >= 30):
+//! - block sums: xxh64/xxh3/xxh128 use the seed as the hash seed; MD5 hashes
+//!   `seed_le || data` when CHKSUM_SEED_FIX is in force, else `data || seed_le`;
+//!   MD4 hashes `data || seed_le`. A seed of 0 adds no bytes.
+//! - whole-file sums and `-c` file-list sums are unseeded.
+//!
+//! Digests are little-endian for the xxhash family (xxh128: low 64 bits first).
+
+use md4::Md4;
+use md5::{Digest, Md5};
+use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh64::Xxh64;
+
+/// Longest digest of any algorithm.
+pub const MAX_DIGEST_LEN: usize = 16;
+
+/// Negotiable checksum algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChecksumAlgo {
+    /// XXH3 128-bit.
+    Xxh128,
+    /// XXH3 64-bit.
+    Xxh3,
+    /// XXH64.
+    Xxh64,
+    /// MD5.
+    Md5,
+    /// MD4 (modern, unseeded whole-file sums).
+    Md4,
+    /// No strong checksum (only valid with --checksum-choice=none).
+    None,
+}
+
+impl ChecksumAlgo {
+    /// rsync's default preference order.
+    pub const PREFERENCE: [ChecksumAlgo; 5] = [
+        ChecksumAlgo::Xxh128,
+        ChecksumAlgo::Xxh3,
+        ChecksumAlgo::Xxh64,
+        ChecksumAlgo::Md5,
+        ChecksumAlgo::Md4,
+    ];
+
+    /// Wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChecksumAlgo::Xxh128 => "xxh128",
+            ChecksumAlgo::Xxh3 => "xxh3",
+            ChecksumAlgo::Xxh64 => "xxh64",
+            ChecksumAlgo::Md5 => "md5",
+            ChecksumAlgo::Md4 => "md4",
+            ChecksumAlgo::None => "none",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::PREFERENCE
+            .into_iter()
+            .chain([ChecksumAlgo::None])
+            .find(|a| a.name() == s)
+    }
+
+    /// Digest length in bytes.
+    pub fn digest_len(self) -> usize {
+        match self {
+            ChecksumAlgo::Xxh128 | ChecksumAlgo::Md5 | ChecksumAlgo::Md4 => 16,
+            ChecksumAlgo::Xxh3 | ChecksumAlgo::Xxh64 => 8,
+            ChecksumAlgo::None => 1,
+        }
+    }
+}
+
+/// A digest of up to [`MAX_DIGEST_LEN`] bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest16 {
+    bytes: [u8; MAX_DIGEST_LEN],
+    len: u8,
+}
+
+impl Digest16 {
+    fn new(b: &[u8]) -> Self {
+        let mut bytes = [0u8; MAX_DIGEST_LEN];
+        let n = b.len().min(MAX_DIGEST_LEN);
+        bytes[..n].copy_from_slice(&b[..n]);
+        Digest16 {
+            bytes,
+            len: n as u8,
+        }
+    }
+
+    /// The digest bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+/// The strong checksum of one block (what the generator sends, truncated to s2length).
+pub fn block_sum(algo: ChecksumAlgo, data: &[u8], seed: i32, seed_fix: bool) -> Digest16 {
+    let seed_bytes = seed.to_le_bytes();
+    match algo {
+        ChecksumAlgo::Xxh64 => {
+            Digest16::new(&xxhash_rust::xxh64::xxh64(data, seed as u32 as u64).to_le_bytes())
+        }
+        ChecksumAlgo::Xxh3 => Digest16::new(
+            &xxhash_rust::xxh3::xxh3_64_with_seed(data, seed as u32 as u64).to_le_bytes(),
+        ),
+        ChecksumAlgo::Xxh128 => Digest16::new(
+            &xxhash_rust::xxh3::xxh3_128_with_seed(data, seed as u32 as u64).to_le_bytes(),
+        ),
+        ChecksumAlgo::Md5 => {
+            let mut h = Md5::new();
+            if seed != 0 && seed_fix {
+                h.update(seed_bytes);
+            }
+            h.update(data);
+            if seed != 0 && !seed_fix {
+                h.update(seed_bytes);
+            }
+            Digest16::new(&h.finalize())
+        }
+        ChecksumAlgo::Md4 => {
+            let mut h = Md4::new();
+            h.update(data);
+            if seed != 0 {
+                h.update(seed_bytes);
+            }
+            Digest16::new(&h.finalize())
+        }
+        ChecksumAlgo::None => Digest16::new(&[0]),
+    }
+}
+
+/// Streaming whole-file checksum (unseeded).
+pub enum FileHasher {
+    /// xxh64 state.
+    Xxh64(Box<Xxh64>),
+    /// xxh3 64-bit state.
+    Xxh3(Box<Xxh3>),
+    /// xxh3 128-bit state.
+    Xxh128(Box<Xxh3>),
+    /// MD5 state.
+    Md5(Md5),
+    /// MD4 state.
+    Md4(Md4),
+    /// No checksum.
+    None,
+}
+
+impl std::fmt::Debug for FileHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileHasher")
+    }
+}
+
+impl FileHasher {
+    /// Starts a whole-file checksum.
+    pub fn new(algo: ChecksumAlgo) -> Self {
+        match algo {
+            ChecksumAlgo::Xxh64 => FileHasher::Xxh64(Box::new(Xxh64::new(0))),
+            ChecksumAlgo::Xxh3 => FileHasher::Xxh3(Box::new(Xxh3::new())),
+            ChecksumAlgo::Xxh128 => FileHasher::Xxh128(Box::new(Xxh3::new())),
+            ChecksumAlgo::Md5 => FileHasher::Md5(Md5::new()),
+            ChecksumAlgo::Md4 => FileHasher::Md4(Md4::new()),
+            ChecksumAlgo::None => FileHasher::None,
+        }
+    }
+
+    /// Adds data.
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            FileHasher::Xxh64(h) => h.update(data),
+            FileHasher::Xxh3(h) | FileHasher::Xxh128(h) => h.update(data),
+            FileHasher::Md5(h) => h.update(data),
+            FileHasher::Md4(h) => h.update(data),
+            FileHasher::None => {}
+        }
+    }
+
+    /// The final digest.
+    pub fn finish(self) -> Digest16 {
+        match self {
+            FileHasher::Xxh64(h) => Digest16::new(&h.digest().to_le_bytes()),
+            FileHasher::Xxh3(h) => Digest16::new(&h.digest().to_le_bytes()),
+            FileHasher::Xxh128(h) => Digest16::new(&h.digest128().to_le_bytes()),
+            FileHasher::Md5(h) => Digest16::new(&h.finalize()),
+            FileHasher::Md4(h) => Digest16::new(&h.finalize()),
+            FileHasher::None => Digest16::new(&[0]),
+        }
+    }
+}
+
+/// Unseeded checksum of a whole buffer (file sums and `-c` sums).
+pub fn file_sum(algo: ChecksumAlgo, data: &[u8]) -> Digest16 {
+    let mut h = FileHasher::new(algo);
+    h.update(data);
+    h.finish()
+}
+
+/// rsync's rolling weak checksum over a window, with bytes taken as signed chars.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rolling {
+    s1: u32,
+    s2: u32,
+    len: u32,
+}
+
+impl Rolling {
+    /// Computes the sum of `block`.
+    pub fn new(block: &[u8]) -> Self {
+        let mut s1: u32 = 0;
+        let mut s2: u32 = 0;
+        for &b in block {
+            s1 = s1.wrapping_add(b as i8 as i32 as u32);
+            s2 = s2.wrapping_add(s1);
+        }
+        Rolling {
+            s1,
+            s2,
+            len: block.len() as u32,
+        }
+    }
+
+    /// The 32-bit value sent on the wire: `(s1 & 0xffff) | (s2 << 16)`.
+    pub fn digest(&self) -> u32 {
+        (self.s1 & 0xFFFF) | (self.s2 << 16)
+    }
+
+    /// Slides the window one byte: `out` leaves, `inp` enters.
+    pub fn roll(&mut self, out: u8, inp: u8) {
+        let o = out as i8 as i32 as u32;
+        let i = inp as i8 as i32 as u32;
+        self.s1 = self.s1.wrapping_sub(o).wrapping_add(i);
+        self.s2 = self
+            .s2
+            .wrapping_sub(self.len.wrapping_mul(o))
+            .wrapping_add(self.s1);
+    }
+
+    /// Removes `out` from the front, shrinking the window (used at the file's tail).
+    pub fn shrink(&mut self, out: u8) {
+        let o = out as i8 as i32 as u32;
+        self.s1 = self.s1.wrapping_sub(o);
+        self.s2 = self.s2.wrapping_sub(self.len.wrapping_mul(o));
+        self.len -= 1;
+    }
+}
+
+/// The weak checksum of a block.
+pub fn weak_sum(block: &[u8]) -> u32 {
+    Rolling::new(block).digest()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn weak_known_values() {
+        assert_eq!(weak_sum(b""), 0);
+        // s1 = 1+2+3 = 6, s2 = 1+3+6 = 10
+        assert_eq!(weak_sum(&[1, 2, 3]), (10 << 16) | 6);
+        // Signed chars: 0xFF counts as -1.
+        assert_eq!(weak_sum(&[0xFF]), 0xFFFF_FFFF);
+        assert_eq!(weak_sum(&[0x80, 0x01]), {
+            let s1 = (-128i32 + 1) as u32;
+            let s2 = (-128i32 + (-127)) as u32;
+            (s1 & 0xFFFF) | (s2 << 16)
+        });
+    }
+
+    #[test]
+    fn digests_known_values() {
+        assert_eq!(
+            file_sum(ChecksumAlgo::Md5, b"abc").as_bytes(),
+            &[
+                0x90, 0x01, 0x50, 0x98, 0x3c, 0xd2, 0x4f, 0xb0, 0xd6, 0x96, 0x3f, 0x7d, 0x28, 0xe1,
+                0x7f, 0x72
+            ]
+        );
+        assert_eq!(
+            file_sum(ChecksumAlgo::Md4, b"abc").as_bytes(),
+            &[
+                0xa4, 0x48, 0x01, 0x7a, 0xaf, 0x21, 0xd8, 0x52, 0x5f, 0xc1, 0x0a, 0xe8, 0x7a, 0xa6,
+                0x72, 0x9d
+            ]
+        );
+        assert_eq!(
+            file_sum(ChecksumAlgo::Xxh64, b"").as_bytes(),
+            &0xEF46DB3751D8E999u64.to_le_bytes()
+        );
+        assert_eq!(file_sum(ChecksumAlgo::Xxh128, b"abc").as_bytes().len(), 16);
+        // Seed 0 adds nothing; a seed changes the block sum.
+        assert_eq!(
+            block_sum(ChecksumAlgo::Md5, b"abc", 0, true),
+            file_sum(ChecksumAlgo::Md5, b"abc")
+        );
+        let mut seeded = 5i32.to_le_bytes().to_vec();
+        seeded.extend_from_slice(b"abc");
+        assert_eq!(
+            block_sum(ChecksumAlgo::Md5, b"abc", 5, true),
+            file_sum(ChecksumAlgo::Md5, &seeded)
+        );
+        let mut seeded = b"abc".to_vec();
+        seeded.extend_from_slice(&5i32.to_le_bytes());
+        assert_eq!(
+            block_sum(ChecksumAlgo::Md5, b"abc", 5, false),
+            file_sum(ChecksumAlgo::Md5, &seeded)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn rolling_matches_fresh(data in proptest::collection::vec(any::<u8>(), 2..200), w in 1usize..50) {
+            let w = w.min(data.len() - 1);
+            let mut r = Rolling::new(&data[..w]);
+            for i in 0..data.len() - w {
+                r.roll(data[i], data[i + w]);
+                prop_assert_eq!(r.digest(), weak_sum(&data[i + 1..i + 1 + w]));
+            }
+        }
+
+        #[test]
+        fn streaming_equals_oneshot(data in proptest::collection::vec(any::<u8>(), 0..500), cut in 0usize..500) {
+            let cut = cut.min(data.len());
+            for algo in ChecksumAlgo::PREFERENCE {
+                let mut h = FileHasher::new(algo);
+                h.update(&data[..cut]);
+                h.update(&data[cut..]);
+                prop_assert_eq!(h.finish(), file_sum(algo, &data));
+            }
+        }
+    }
+}

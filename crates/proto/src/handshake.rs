@@ -1,0 +1,566 @@
+//! Connection setup: version exchange, compatibility flags, checksum and
+//! compression negotiation, and the checksum seed.
+//!
+//! Sequence (remote-shell mode, protocol >= 30):
+//! 1. both sides write their int32 protocol version and read the peer's;
+//! 2. the server writes the compat flags as a varint;
+//! 3. with [`CompatFlags::VARINT_FLIST_FLAGS`] both sides write their
+//!    checksum-name list (and with compression, the compression list) as
+//!    vstrings, then read the peer's; each side picks its own most-preferred
+//!    name that the peer also listed;
+//! 4. the server writes the int32 checksum seed.
+//!
+//! [`Handshake`] drives this for either role without doing any I/O.
+
+use crate::checksum::ChecksumAlgo;
+use crate::error::{Error, Result};
+use crate::wire::{put_i32, put_varint, put_vstring, Reader};
+
+/// Newest protocol this crate speaks.
+pub const PROTOCOL_VERSION: i32 = 32;
+/// Oldest protocol this crate speaks.
+pub const MIN_PROTOCOL_VERSION: i32 = 30;
+/// Oldest version number rsync accepts from a peer at all.
+pub const ABSOLUTE_MIN_VERSION: i32 = 20;
+/// Newest version number rsync accepts from a peer at all.
+pub const ABSOLUTE_MAX_VERSION: i32 = 40;
+/// Longest negotiation string accepted.
+pub const MAX_NSTR_LEN: usize = 1024;
+
+/// Compatibility flags (sent by the server as a varint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct CompatFlags(pub u32);
+
+impl CompatFlags {
+    /// Incremental recursion (`i`).
+    pub const INC_RECURSE: u32 = 1 << 0;
+    /// Symlink times can be set (`L`).
+    pub const SYMLINK_TIMES: u32 = 1 << 1;
+    /// Symlink iconv (`s`).
+    pub const SYMLINK_ICONV: u32 = 1 << 2;
+    /// Safe file-list end with io_error (`f`).
+    pub const SAFE_FLIST: u32 = 1 << 3;
+    /// Avoid the xattr hardlink optimisation (`x`).
+    pub const AVOID_XATTR_OPTIM: u32 = 1 << 4;
+    /// Checksum seed order fix (`C`).
+    pub const CHKSUM_SEED_FIX: u32 = 1 << 5;
+    /// Inplace with partial dir (`I`).
+    pub const INPLACE_PARTIAL_DIR: u32 = 1 << 6;
+    /// Varint file-list flags and negotiated checksums (`v`).
+    pub const VARINT_FLIST_FLAGS: u32 = 1 << 7;
+    /// Names for uid 0 / gid 0 in the id lists (`u`).
+    pub const ID0_NAMES: u32 = 1 << 8;
+
+    const LETTERS: [(char, u32); 9] = [
+        ('i', Self::INC_RECURSE),
+        ('L', Self::SYMLINK_TIMES),
+        ('s', Self::SYMLINK_ICONV),
+        ('f', Self::SAFE_FLIST),
+        ('x', Self::AVOID_XATTR_OPTIM),
+        ('C', Self::CHKSUM_SEED_FIX),
+        ('I', Self::INPLACE_PARTIAL_DIR),
+        ('v', Self::VARINT_FLIST_FLAGS),
+        ('u', Self::ID0_NAMES),
+    ];
+
+    /// True if every bit of `bit` is set.
+    pub fn has(self, bit: u32) -> bool {
+        self.0 & bit == bit
+    }
+
+    /// Parses the letters after `e.` in the `-e.xxx` capability string.
+    /// Unknown letters are ignored (as rsync does).
+    pub fn from_caps(caps: &str) -> CompatFlags {
+        let mut v = 0;
+        for c in caps.chars() {
+            if let Some(&(_, bit)) = Self::LETTERS.iter().find(|(l, _)| *l == c) {
+                v |= bit;
+            }
+        }
+        CompatFlags(v)
+    }
+
+    /// The capability letters for these flags, in rsync's order.
+    pub fn to_caps(self) -> String {
+        Self::LETTERS
+            .iter()
+            .filter(|(_, bit)| self.has(*bit))
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
+    /// The flags a server grants for a client's capability string: the server
+    /// sets SYMLINK_TIMES and SYMLINK_ICONV itself, INC_RECURSE only if
+    /// `allow_inc_recurse`, the rest when the client offered them.
+    pub fn server_reply(client_caps: &str, allow_inc_recurse: bool) -> CompatFlags {
+        let offered = Self::from_caps(client_caps);
+        let mut v = Self::SYMLINK_TIMES;
+        if allow_inc_recurse && offered.has(Self::INC_RECURSE) {
+            v |= Self::INC_RECURSE;
+        }
+        for bit in [
+            Self::SAFE_FLIST,
+            Self::AVOID_XATTR_OPTIM,
+            Self::CHKSUM_SEED_FIX,
+            Self::INPLACE_PARTIAL_DIR,
+            Self::ID0_NAMES,
+            Self::VARINT_FLIST_FLAGS,
+        ] {
+            v |= offered.0 & bit;
+        }
+        CompatFlags(v)
+    }
+}
+
+/// Compression algorithms that can be negotiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CompressAlgo {
+    /// zstd.
+    Zstd,
+    /// lz4.
+    Lz4,
+    /// zlib without matched-data history ("zlibx").
+    Zlibx,
+    /// Classic zlib.
+    Zlib,
+    /// No compression.
+    None,
+}
+
+impl CompressAlgo {
+    /// Wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CompressAlgo::Zstd => "zstd",
+            CompressAlgo::Lz4 => "lz4",
+            CompressAlgo::Zlibx => "zlibx",
+            CompressAlgo::Zlib => "zlib",
+            CompressAlgo::None => "none",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn from_name(s: &str) -> Option<Self> {
+        [Self::Zstd, Self::Lz4, Self::Zlibx, Self::Zlib, Self::None]
+            .into_iter()
+            .find(|a| a.name() == s)
+    }
+}
+
+/// Picks our most-preferred entry of `ours` that appears in the peer's
+/// space-separated list (rsync's rule: each side uses its own order).
+pub fn choose<T: Copy>(
+    ours: &[T],
+    name: impl Fn(T) -> &'static str,
+    peer_list: &[u8],
+) -> Option<T> {
+    let peer: Vec<&[u8]> = peer_list
+        .split(|&b| b == b' ')
+        .filter(|s| !s.is_empty())
+        .collect();
+    ours.iter()
+        .copied()
+        .find(|&a| peer.contains(&name(a).as_bytes()))
+}
+
+/// Which end of the connection we are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// We started the server (we read compat flags and the seed).
+    Client,
+    /// We are `rsync --server` (we write compat flags and the seed).
+    Server,
+}
+
+/// Settings for one handshake.
+#[derive(Debug, Clone)]
+pub struct HandshakeConfig {
+    /// Client or server.
+    pub role: Role,
+    /// The protocol version we announce.
+    pub protocol: i32,
+    /// Client: the caps we put in `-e.xxx` (used to validate the server's
+    /// reply). Server: the caps the client sent.
+    pub caps: String,
+    /// Checksums we accept, most preferred first.
+    pub checksums: Vec<ChecksumAlgo>,
+    /// Compression choices (`Some` when compression was requested), most preferred first.
+    pub compressions: Option<Vec<CompressAlgo>>,
+    /// Server only: the seed to send (0 is allowed and disables seeding).
+    pub seed: i32,
+    /// Server only: allow incremental recursion.
+    pub allow_inc_recurse: bool,
+}
+
+impl HandshakeConfig {
+    /// A client configuration with the default checksum preference.
+    pub fn client(protocol: i32, caps: &str) -> Self {
+        HandshakeConfig {
+            role: Role::Client,
+            protocol,
+            caps: caps.to_string(),
+            checksums: ChecksumAlgo::PREFERENCE.to_vec(),
+            compressions: None,
+            seed: 0,
+            allow_inc_recurse: false,
+        }
+    }
+}
+
+/// What the handshake settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The protocol both sides speak (minimum of the two).
+    pub protocol: i32,
+    /// The peer's announced version.
+    pub remote_protocol: i32,
+    /// Compatibility flags in force.
+    pub compat: CompatFlags,
+    /// Checksum for block sums and whole-file sums.
+    pub checksum: ChecksumAlgo,
+    /// Compression, if it was requested.
+    pub compression: Option<CompressAlgo>,
+    /// The checksum seed.
+    pub seed: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Version,
+    Compat,
+    Lists,
+    Seed,
+    Done,
+}
+
+/// The handshake state machine. Call [`Handshake::take_output`] to get bytes
+/// to send and [`Handshake::feed`] with received bytes until
+/// [`Handshake::result`] is `Some`.
+#[derive(Debug)]
+pub struct Handshake {
+    cfg: HandshakeConfig,
+    step: Step,
+    out: Vec<u8>,
+    remote_protocol: i32,
+    protocol: i32,
+    compat: CompatFlags,
+    checksum: Option<ChecksumAlgo>,
+    compression: Option<CompressAlgo>,
+    result: Option<Negotiated>,
+}
+
+impl Handshake {
+    /// Starts a handshake; our version is queued for sending immediately.
+    pub fn new(cfg: HandshakeConfig) -> Result<Self> {
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&cfg.protocol) {
+            return Err(Error::Unsupported(format!(
+                "protocol {} (supported: {MIN_PROTOCOL_VERSION}-{PROTOCOL_VERSION})",
+                cfg.protocol
+            )));
+        }
+        let mut out = Vec::new();
+        put_i32(&mut out, cfg.protocol);
+        Ok(Handshake {
+            cfg,
+            step: Step::Version,
+            out,
+            remote_protocol: 0,
+            protocol: 0,
+            compat: CompatFlags::default(),
+            checksum: None,
+            compression: None,
+            result: None,
+        })
+    }
+
+    /// Bytes to send now.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The outcome, once complete.
+    pub fn result(&self) -> Option<&Negotiated> {
+        self.result.as_ref()
+    }
+
+    fn queue_lists(&mut self) -> Result<()> {
+        let names: Vec<&str> = self
+            .cfg
+            .checksums
+            .iter()
+            .map(|a| a.name())
+            .chain((self.cfg.role == Role::Server).then_some("none"))
+            .collect();
+        put_vstring(&mut self.out, names.join(" ").as_bytes())?;
+        if let Some(c) = &self.cfg.compressions {
+            let mut names: Vec<&str> = c
+                .iter()
+                .filter(|a| **a != CompressAlgo::None)
+                .map(|a| a.name())
+                .collect();
+            if self.cfg.role == Role::Server || c.contains(&CompressAlgo::None) {
+                names.push("none");
+            }
+            put_vstring(&mut self.out, names.join(" ").as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Consumes as much of `input` as possible; returns the bytes consumed.
+    /// Unconsumed bytes must be offered again (with more appended).
+    pub fn feed(&mut self, input: &[u8]) -> Result<usize> {
+        let mut r = Reader::new(input);
+        loop {
+            let save = r.position();
+            match self.step(&mut r) {
+                Ok(true) => continue,
+                Ok(false) => return Ok(r.position()),
+                Err(Error::Incomplete) => {
+                    debug_assert_eq!(r.position(), save);
+                    return Ok(save);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Advances one step; `Ok(false)` when finished.
+    fn step(&mut self, r: &mut Reader<'_>) -> Result<bool> {
+        match self.step {
+            Step::Version => {
+                let v = r.i32()?;
+                if !(ABSOLUTE_MIN_VERSION..=ABSOLUTE_MAX_VERSION).contains(&v) {
+                    return Err(Error::malformed(
+                        "protocol version",
+                        format!("peer announced {v} (is the remote shell clean?)"),
+                    ));
+                }
+                self.remote_protocol = v;
+                self.protocol = v.min(self.cfg.protocol);
+                if self.protocol < MIN_PROTOCOL_VERSION {
+                    return Err(Error::Unsupported(format!(
+                        "peer speaks protocol {v}; at least {MIN_PROTOCOL_VERSION} is required"
+                    )));
+                }
+                self.step = Step::Compat;
+                if self.cfg.role == Role::Server {
+                    self.compat =
+                        CompatFlags::server_reply(&self.cfg.caps, self.cfg.allow_inc_recurse);
+                    put_varint(&mut self.out, self.compat.0 as i32);
+                    self.after_compat()?;
+                }
+                Ok(true)
+            }
+            Step::Compat => {
+                // Only the client reads compat flags.
+                let v = r.varint()?;
+                let granted = CompatFlags(v as u32);
+                let offered = CompatFlags::from_caps(&self.cfg.caps);
+                // The server may grant SYMLINK_TIMES / SYMLINK_ICONV on its own;
+                // anything else must have been offered.
+                let own = CompatFlags::SYMLINK_TIMES | CompatFlags::SYMLINK_ICONV;
+                let unexpected = granted.0 & !(offered.0 | own);
+                if unexpected != 0 {
+                    return Err(Error::malformed(
+                        "compat flags",
+                        format!("server granted {unexpected:#x} which we did not offer"),
+                    ));
+                }
+                self.compat = granted;
+                self.after_compat()?;
+                Ok(true)
+            }
+            Step::Lists => {
+                let mut rr = r.clone();
+                let csum_list = rr.vstring(MAX_NSTR_LEN)?.to_vec();
+                let comp_list = match self.cfg.compressions {
+                    Some(_) => Some(rr.vstring(MAX_NSTR_LEN)?.to_vec()),
+                    None => None,
+                };
+                *r = rr;
+                let c = choose(&self.cfg.checksums, ChecksumAlgo::name, &csum_list).ok_or_else(
+                    || {
+                        Error::Unsupported(format!(
+                            "no common checksum; peer offers {:?}",
+                            String::from_utf8_lossy(&csum_list)
+                        ))
+                    },
+                )?;
+                self.checksum = Some(c);
+                if let (Some(ours), Some(list)) = (&self.cfg.compressions, comp_list) {
+                    let c = choose(ours, CompressAlgo::name, &list).ok_or_else(|| {
+                        Error::Unsupported(format!(
+                            "no common compression; peer offers {:?}",
+                            String::from_utf8_lossy(&list)
+                        ))
+                    })?;
+                    self.compression = Some(c);
+                }
+                self.step = Step::Seed;
+                if self.cfg.role == Role::Server {
+                    put_i32(&mut self.out, self.cfg.seed);
+                    self.finish(self.cfg.seed);
+                    return Ok(false);
+                }
+                Ok(true)
+            }
+            Step::Seed => {
+                let seed = r.i32()?;
+                self.finish(seed);
+                Ok(false)
+            }
+            Step::Done => Ok(false),
+        }
+    }
+
+    fn after_compat(&mut self) -> Result<()> {
+        if self.compat.has(CompatFlags::VARINT_FLIST_FLAGS) {
+            self.queue_lists()?;
+            self.step = Step::Lists;
+        } else {
+            // Without negotiation: MD5 at protocol >= 30; compression is zlib.
+            if !self.cfg.checksums.contains(&ChecksumAlgo::Md5) {
+                return Err(Error::Unsupported(
+                    "peer cannot negotiate checksums and md5 is not allowed".into(),
+                ));
+            }
+            self.checksum = Some(ChecksumAlgo::Md5);
+            if self.cfg.compressions.is_some() {
+                self.compression = Some(CompressAlgo::Zlib);
+            }
+            self.step = Step::Seed;
+            if self.cfg.role == Role::Server {
+                put_i32(&mut self.out, self.cfg.seed);
+                self.finish(self.cfg.seed);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, seed: i32) {
+        self.step = Step::Done;
+        self.result = Some(Negotiated {
+            protocol: self.protocol,
+            remote_protocol: self.remote_protocol,
+            compat: self.compat,
+            checksum: self.checksum.unwrap_or(ChecksumAlgo::Md5),
+            compression: self.compression,
+            seed,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_round_trip() {
+        let f = CompatFlags::from_caps("LsfxCIvu");
+        assert_eq!(f.0, 0x1FE);
+        assert_eq!(f.to_caps(), "LsfxCIvu");
+        assert_eq!(CompatFlags::from_caps("iLsfxCIvu").0, 0x1FF);
+        let s = CompatFlags::server_reply("LsfxCIvu", true);
+        assert!(!s.has(CompatFlags::INC_RECURSE));
+        assert!(s.has(CompatFlags::VARINT_FLIST_FLAGS));
+    }
+
+    #[test]
+    fn choose_uses_own_order() {
+        let ours = [ChecksumAlgo::Xxh128, ChecksumAlgo::Md5];
+        assert_eq!(
+            choose(&ours, ChecksumAlgo::name, b"md5 xxh128 none"),
+            Some(ChecksumAlgo::Xxh128)
+        );
+        assert_eq!(
+            choose(&ours, ChecksumAlgo::name, b"md4 md5"),
+            Some(ChecksumAlgo::Md5)
+        );
+        assert_eq!(choose(&ours, ChecksumAlgo::name, b"md4"), None);
+    }
+
+    /// Runs a client and a server against each other, feeding byte by byte.
+    fn run_pair(
+        client: HandshakeConfig,
+        server: HandshakeConfig,
+    ) -> Result<(Negotiated, Negotiated)> {
+        let mut c = Handshake::new(client)?;
+        let mut s = Handshake::new(server)?;
+        let (mut to_s, mut to_c) = (Vec::new(), Vec::new());
+        for _ in 0..10_000 {
+            to_s.extend(c.take_output());
+            to_c.extend(s.take_output());
+            if !to_s.is_empty() {
+                let n = s.feed(&to_s[..1])?;
+                to_s.drain(..n);
+                if n == 0 && to_s.len() > 1 {
+                    let n = s.feed(&to_s)?;
+                    to_s.drain(..n);
+                }
+            }
+            if !to_c.is_empty() {
+                let n = c.feed(&to_c)?;
+                to_c.drain(..n);
+            }
+            if let (Some(a), Some(b)) = (c.result(), s.result()) {
+                return Ok((a.clone(), b.clone()));
+            }
+        }
+        Err(Error::malformed("test", "handshake did not finish"))
+    }
+
+    #[test]
+    fn client_server_agree() {
+        let mut server = HandshakeConfig::client(32, "LsfxCIvu");
+        server.role = Role::Server;
+        server.seed = 0x1234;
+        server.compressions = Some(vec![CompressAlgo::Zlibx, CompressAlgo::Zlib]);
+        let mut client = HandshakeConfig::client(31, "LsfxCIvu");
+        client.compressions = Some(vec![CompressAlgo::Zlibx]);
+        let (c, s) = run_pair(client, server).unwrap();
+        assert_eq!(c.protocol, 31);
+        assert_eq!(s.protocol, 31);
+        assert_eq!(c.checksum, ChecksumAlgo::Xxh128);
+        assert_eq!(c.compression, Some(CompressAlgo::Zlibx));
+        assert_eq!(s.compression, Some(CompressAlgo::Zlibx));
+        assert_eq!(c.seed, 0x1234);
+        assert_eq!(c.compat, s.compat);
+    }
+
+    #[test]
+    fn client_known_bytes() {
+        // Server side of a protocol-32 session as rsync 3.4 sends it.
+        let mut h = Handshake::new(HandshakeConfig::client(32, "LsfxCIvu")).unwrap();
+        assert_eq!(h.take_output(), [32, 0, 0, 0]);
+        let mut inp = vec![32, 0, 0, 0];
+        // Compat flags 0x1FE as a varint: top byte 0x01 fits beside one marker bit.
+        inp.extend_from_slice(&[0x81, 0xFE]);
+        let list = b"xxh128 xxh3 xxh64 md5 md4 none";
+        inp.push(list.len() as u8);
+        inp.extend_from_slice(list);
+        inp.extend_from_slice(&7i32.to_le_bytes());
+        let n = h.feed(&inp).unwrap();
+        assert_eq!(n, inp.len());
+        let r = h.result().unwrap();
+        assert_eq!(r.compat.0, 0x1FE);
+        assert_eq!(r.seed, 7);
+        assert_eq!(r.checksum, ChecksumAlgo::Xxh128);
+        let out = h.take_output();
+        assert_eq!(out[0] as usize, out.len() - 1);
+        assert_eq!(&out[1..], b"xxh128 xxh3 xxh64 md5 md4");
+    }
+
+    #[test]
+    fn rejects_bad_peers() {
+        let mut h = Handshake::new(HandshakeConfig::client(32, "LsfxCIvu")).unwrap();
+        assert!(h.feed(&[0x52, 0x53, 0x59, 0x4E]).is_err()); // "RSYN" noise from a shell
+        let mut h = Handshake::new(HandshakeConfig::client(32, "Lsfx")).unwrap();
+        assert!(h.feed(&[29, 0, 0, 0]).is_err()); // too old for us
+        let mut h = Handshake::new(HandshakeConfig::client(32, "Lsfx")).unwrap();
+        assert!(h.feed(&[32, 0, 0, 0, 0x01]).is_err()); // INC_RECURSE not offered
+        let mut h = Handshake::new(HandshakeConfig::client(32, "v")).unwrap();
+        let mut inp = vec![32, 0, 0, 0, 0x80, 0x80, 3];
+        inp.extend_from_slice(b"foo");
+        assert!(h.feed(&inp).is_err()); // no common checksum
+    }
+}
