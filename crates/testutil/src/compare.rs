@@ -22,7 +22,8 @@ pub enum SparseCheck {
     Off,
     /// Compare allocated blocks (`st_blocks`).
     AllocatedBlocks,
-    /// Compare the data/hole map (`SEEK_DATA` / `SEEK_HOLE`).
+    /// Compare the data/hole map (`SEEK_DATA` / `SEEK_HOLE`). Files whose sizes differ are
+    /// reported only for their size.
     HoleMap,
 }
 
@@ -44,7 +45,8 @@ pub struct CompareOpts {
     pub symlink_mtime: bool,
     /// Allowed mtime (and atime) difference in nanoseconds.
     pub time_tolerance_ns: u64,
-    /// Access times of non-directories (directory atimes change whenever they are listed).
+    /// Access times of files other than directories (whose atimes change whenever they are
+    /// listed) and symlinks (which copiers commonly leave alone).
     pub atime: bool,
     /// Extended attributes of every readable namespace (ACL xattrs are left to `acls`).
     pub xattrs: bool,
@@ -578,7 +580,7 @@ impl Comparer<'_> {
                 });
             }
         }
-        if opts.atime && ka != Kind::Dir && (ka != Kind::Symlink || opts.symlink_mtime) {
+        if opts.atime && ka != Kind::Dir && ka != Kind::Symlink {
             let (ta, tb) = (
                 time_of(ma.atime(), ma.atime_nsec()),
                 time_of(mb.atime(), mb.atime_nsec()),
@@ -683,7 +685,13 @@ impl Comparer<'_> {
                 }
             }
         }
-        match opts.sparse {
+        // Allocation of files of different sizes differs anyway: the size difference says it.
+        let sparse = if ma.len() == mb.len() {
+            opts.sparse
+        } else {
+            SparseCheck::Off
+        };
+        match sparse {
             SparseCheck::Off => {}
             SparseCheck::AllocatedBlocks => {
                 if ma.blocks() != mb.blocks() {
