@@ -532,7 +532,7 @@ fn each_single_change_is_reported_exactly() {
             |dst| {
                 rustix::fs::chownat(
                     rustix::fs::CWD,
-                    &dst.join("owned"),
+                    dst.join("owned"),
                     None,
                     Some(rustix::fs::Gid::from_raw(5679)),
                     rustix::fs::AtFlags::empty(),
@@ -554,7 +554,7 @@ fn each_single_change_is_reported_exactly() {
             |dst| {
                 rustix::fs::chownat(
                     rustix::fs::CWD,
-                    &dst.join("owned"),
+                    dst.join("owned"),
                     Some(rustix::fs::Uid::from_raw(1)),
                     None,
                     rustix::fs::AtFlags::empty(),
