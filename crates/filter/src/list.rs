@@ -330,7 +330,9 @@ impl FilterRules {
                 }
                 if flags & flag::EXCLUDE_SELF != 0 {
                     let base = basename(pat);
-                    target.list.push(Rule::new(base, 0, None));
+                    if !base.is_empty() {
+                        target.list.push(Rule::new(base, 0, None));
+                    }
                     flags &= !flag::EXCLUDE_SELF;
                 }
                 if flags & flag::PERDIR_MERGE == 0 {
@@ -376,6 +378,7 @@ impl FilterRules {
             pattern: name.into(),
             slash_cnt: 0,
             merge_id: id,
+            shape: crate::rule::Shape::General,
         });
     }
 

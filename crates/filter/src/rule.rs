@@ -1,7 +1,7 @@
 //! A compiled filter rule and how it matches a path.
 
 use crate::parse::flag;
-use crate::wildmatch::{litmatch_anchored, wildmatch_anchored, Anchor};
+use crate::wildmatch::{litmatch_anchored, trailing_elements, wildmatch_anchored, Anchor};
 
 /// One rule of a filter list.
 ///
@@ -14,6 +14,45 @@ pub(crate) struct Rule {
     pub pattern: Box<[u8]>,
     pub slash_cnt: u32,
     pub merge_id: usize,
+    pub shape: Shape,
+}
+
+/// Common wildcard shapes matched without the general matcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) enum Shape {
+    /// Anything else.
+    #[default]
+    General,
+    /// `*` followed by a wildcard-free literal (`*.o`).
+    StarSuffix,
+    /// A wildcard-free literal followed by `*` (`core.*`).
+    PrefixStar,
+}
+
+fn shape_of(pattern: &[u8]) -> Shape {
+    let plain = |s: &[u8]| !s.iter().any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'));
+    match (pattern.first(), pattern.last()) {
+        (Some(b'*'), _) if plain(&pattern[1..]) => Shape::StarSuffix,
+        (_, Some(b'*')) if plain(&pattern[..pattern.len() - 1]) => Shape::PrefixStar,
+        _ => Shape::General,
+    }
+}
+
+/// `shape`-specific match of a slash-free-star pattern against a whole text.
+fn shape_match(shape: Shape, pattern: &[u8], text: &[u8]) -> bool {
+    match shape {
+        Shape::StarSuffix => {
+            let lit = &pattern[1..];
+            text.len() >= lit.len()
+                && text.ends_with(lit)
+                && !text[..text.len() - lit.len()].contains(&b'/')
+        }
+        Shape::PrefixStar => {
+            let lit = &pattern[..pattern.len() - 1];
+            text.starts_with(lit) && !text[lit.len()..].contains(&b'/')
+        }
+        Shape::General => crate::wildmatch::wildmatch(pattern, text),
+    }
 }
 
 impl Rule {
@@ -48,11 +87,18 @@ impl Rule {
                 }
             }
         }
+        let unanchored = full.strip_prefix(b"/").unwrap_or(&full);
+        let shape = if flags & flag::WILD != 0 {
+            shape_of(unanchored)
+        } else {
+            Shape::General
+        };
         Rule {
             flags,
             pattern: full.into_boxed_slice(),
             slash_cnt,
             merge_id: 0,
+            shape,
         }
     }
 
@@ -114,7 +160,15 @@ impl Rule {
         };
 
         let matched = if flags & flag::WILD != 0 {
-            wildmatch_anchored(pattern, text, anchor)
+            match (self.shape, anchor) {
+                (Shape::General, _) | (_, Anchor::AfterAnySlash) => {
+                    wildmatch_anchored(pattern, text, anchor)
+                }
+                (shape, Anchor::Whole) => shape_match(shape, pattern, text),
+                (shape, Anchor::TrailingElements(n)) => {
+                    trailing_elements(text, n).is_some_and(|t| shape_match(shape, pattern, t))
+                }
+            }
         } else if several || anchored {
             litmatch_anchored(pattern, text, anchor)
         } else {
@@ -230,6 +284,28 @@ mod tests {
         assert!(hit("foo\\\\bar*", "foo\\bar.txt", false));
         assert!(hit("a\\*", "a*", false));
         assert!(!hit("a\\*", "ab", false));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn shapes_agree_with_the_general_matcher(
+            lit in proptest::collection::vec(proptest::sample::select(b"ab./-".to_vec()), 0..5),
+            text in proptest::collection::vec(proptest::sample::select(b"ab./-".to_vec()), 0..12),
+        ) {
+            let mut star_suffix = b"*".to_vec();
+            star_suffix.extend_from_slice(&lit);
+            let mut prefix_star = lit.clone();
+            prefix_star.push(b'*');
+            for p in [star_suffix, prefix_star] {
+                let shape = shape_of(&p);
+                proptest::prop_assert_ne!(shape, Shape::General);
+                proptest::prop_assert_eq!(
+                    shape_match(shape, &p, &text),
+                    crate::wildmatch::wildmatch(&p, &text),
+                    "pattern {:?} text {:?}", String::from_utf8_lossy(&p), String::from_utf8_lossy(&text)
+                );
+            }
+        }
     }
 
     #[test]

@@ -140,10 +140,25 @@ fn dowild(pattern: &[u8], text: &[u8]) -> Outcome {
                     }
                     return Outcome::Match;
                 }
+                // When the rest starts with a plain byte, only positions holding that byte can
+                // match; the others would fail on their first byte (a plain `NoMatch`).
+                let first = match rest[0] {
+                    b'*' | b'?' | b'[' | b'\\' => None,
+                    c => Some(c),
+                };
                 let mut i = 0usize;
                 loop {
                     if i == tail.len() {
                         return Outcome::AbortAll;
+                    }
+                    if let Some(c) = first {
+                        if tail[i] != c {
+                            if !double && tail[i] == b'/' {
+                                return Outcome::AbortToStarStar;
+                            }
+                            i += 1;
+                            continue;
+                        }
                     }
                     let m = dowild(rest, &tail[i..]);
                     if m != Outcome::NoMatch {
