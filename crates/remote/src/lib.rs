@@ -2,6 +2,8 @@
 //!
 //! - [`pull`]: the receiving client (generator + receiver) against
 //!   `rsync --server --sender`.
+//! - [`push`]: the sending client against `rsync --server`.
+//! - [`walk`]: building a file list from a local directory.
 //! - [`transport`]: child processes over pipes (local rsync or a remote shell).
 //! - [`conn`]: buffered, multiplexed streams feeding the decoders.
 //! - [`fsys`]: all file-system access, confined to one root.
@@ -19,5 +21,7 @@ pub mod error;
 pub mod fsys;
 pub mod ids;
 pub mod pull;
+pub mod push;
 pub mod session;
 pub mod transport;
+pub mod walk;

@@ -25,12 +25,12 @@ fn pull_then_delta(protocol: Option<i32>) {
     assert_eq!(s.files_transferred, 8);
     assert_eq!(s.matched_bytes, 0);
     assert!(s.errors.is_empty(), "{:?}", s.errors);
-    assert_same_tree_ns(&src, &dst, protocol.unwrap_or(32) >= 31);
+    assert_same_tree_ns(&src, &dst, protocol.unwrap_or(32) >= 31, true);
 
     // Nothing changed: the quick check skips every file.
     let s = pull_from(&src, &dst, protocol);
     assert_eq!(s.files_transferred, 0);
-    assert_same_tree_ns(&src, &dst, protocol.unwrap_or(32) >= 31);
+    assert_same_tree_ns(&src, &dst, protocol.unwrap_or(32) >= 31, true);
 
     // ~1% of the large file changes: a delta against the old copy.
     touch_up_one_percent(&big);
@@ -43,7 +43,7 @@ fn pull_then_delta(protocol: Option<i32>) {
         s.literal_bytes
     );
     assert_eq!(s.literal_bytes + s.matched_bytes, size);
-    assert_same_tree_ns(&src, &dst, protocol.unwrap_or(32) >= 31);
+    assert_same_tree_ns(&src, &dst, protocol.unwrap_or(32) >= 31, true);
 }
 
 #[test]
