@@ -1,19 +1,26 @@
-//! Every file-system access of the remote roles, rooted at one directory.
+//! Every file-system access of the remote roles, confined to one root.
 //!
-//! Names come from the peer; they are validated by `arsync-proto` (relative,
-//! no `..`) and, before every operation, each ancestor directory below the
-//! root is checked to be a real directory (not a symlink), so nothing is ever
-//! created or written outside the root. Kept in one module so it can move to
-//! the platform I/O layer later.
+//! Names come from the peer. They are validated by `arsync-proto` (relative,
+//! no `..`), and every operation resolves the entry's parent directory with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` from a descriptor of the
+//! root, then acts relative to that parent (`*at` calls, never following a
+//! final symlink). A symlink planted by the peer can therefore never redirect
+//! a write outside the root. Kept in one module so it can move to the
+//! platform I/O layer later.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{ErrorKind, Read};
-use std::os::unix::fs::{lchown, symlink, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use arsync_proto::flist::validate_name;
-use rustix::fs::{AtFlags, Timespec, Timestamps, CWD, UTIME_OMIT};
+use rustix::fs::{
+    AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, CWD, UTIME_OMIT,
+};
+use rustix::io::Errno;
 
 use crate::error::{RemoteError, Result};
 
@@ -34,20 +41,60 @@ pub struct Meta {
     pub gid: Option<u32>,
 }
 
+impl Meta {
+    fn times(&self) -> Timestamps {
+        Timestamps {
+            last_access: Timespec {
+                tv_sec: 0,
+                tv_nsec: UTIME_OMIT,
+            },
+            last_modification: Timespec {
+                tv_sec: self.mtime,
+                tv_nsec: self.mtime_nsec as _,
+            },
+        }
+    }
+}
+
+/// What kind of thing an existing entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// Type of the entry.
+    pub file_type: FileType,
+    /// Size in bytes.
+    pub size: u64,
+    /// mtime seconds.
+    pub mtime: i64,
+}
+
+/// A temporary file being received, to be committed under its final name.
+#[derive(Debug)]
+pub struct TempFile {
+    /// The open file.
+    pub file: File,
+    parent: Arc<OwnedFd>,
+    name: String,
+}
+
 /// A destination directory tree.
 #[derive(Debug, Clone)]
 pub struct DestRoot {
     root: PathBuf,
+    fd: Arc<OwnedFd>,
 }
 
-fn name_str(name: &[u8]) -> String {
+fn shown(name: &[u8]) -> String {
     String::from_utf8_lossy(name).into_owned()
+}
+
+fn io_err(what: String, e: Errno) -> RemoteError {
+    RemoteError::io(what, e.into())
 }
 
 impl DestRoot {
     /// Uses `root` (created if missing, like rsync's destination).
     pub fn open(root: &Path) -> Result<Self> {
-        match fs::symlink_metadata(root) {
+        match std::fs::symlink_metadata(root) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
                 return Err(RemoteError::Usage(format!(
@@ -55,12 +102,19 @@ impl DestRoot {
                     root.display()
                 )))
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => fs::create_dir_all(root)
+            Err(e) if e.kind() == ErrorKind::NotFound => std::fs::create_dir_all(root)
                 .map_err(|e| RemoteError::io(format!("creating {}", root.display()), e))?,
             Err(e) => return Err(RemoteError::io(format!("stat {}", root.display()), e)),
         }
+        let fd = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err(format!("opening {}", root.display()), e))?;
         Ok(DestRoot {
             root: root.to_path_buf(),
+            fd: Arc::new(fd),
         })
     }
 
@@ -69,196 +123,275 @@ impl DestRoot {
         &self.root
     }
 
-    /// The local path of `name`, after checking that the name is clean and
-    /// that every ancestor inside the root is a real directory.
+    /// The local path of `name` (for messages), after validating the name.
     pub fn path(&self, name: &[u8]) -> Result<PathBuf> {
         validate_name(name).map_err(|e| RemoteError::Refused(e.to_string()))?;
         if name == b"." {
             return Ok(self.root.clone());
         }
+        Ok(self.root.join(
+            std::str::from_utf8(name)
+                .map_err(|_| RemoteError::Refused(format!("non-UTF-8 name {:?}", shown(name))))?,
+        ))
+    }
+
+    /// Opens the parent directory of `name` beneath the root without following
+    /// any symlink, and returns it with the final component.
+    fn parent(&self, name: &[u8]) -> Result<(Arc<OwnedFd>, String)> {
+        validate_name(name).map_err(|e| RemoteError::Refused(e.to_string()))?;
         let s = std::str::from_utf8(name)
-            .map_err(|_| RemoteError::Refused(format!("non-UTF-8 name {:?}", name_str(name))))?;
-        let mut p = self.root.clone();
-        let comps: Vec<&str> = s.split('/').collect();
-        for (i, c) in comps.iter().enumerate() {
-            p.push(c);
-            if i + 1 < comps.len() {
-                match fs::symlink_metadata(&p) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        return Err(RemoteError::Refused(format!(
-                            "{s}: parent {} is not a directory",
-                            p.display()
-                        )))
-                    }
-                    Err(e) if e.kind() == ErrorKind::NotFound => {}
-                    Err(e) => return Err(RemoteError::io(format!("stat {}", p.display()), e)),
-                }
-            }
+            .map_err(|_| RemoteError::Refused(format!("non-UTF-8 name {:?}", shown(name))))?;
+        if s == "." {
+            return Err(RemoteError::Refused("operation on the root itself".into()));
         }
-        Ok(p)
+        let (dir, base) = match s.rfind('/') {
+            Some(i) => (&s[..i], &s[i + 1..]),
+            None => return Ok((Arc::clone(&self.fd), s.to_string())),
+        };
+        let fd = rustix::fs::openat2(
+            &*self.fd,
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(|e| match e {
+            Errno::LOOP | Errno::XDEV | Errno::NOTDIR => RemoteError::Refused(format!(
+                "{s}: a parent directory is a symlink or not a directory"
+            )),
+            e => io_err(
+                format!("opening the parent of {}", self.root.join(s).display()),
+                e,
+            ),
+        })?;
+        Ok((Arc::new(fd), base.to_string()))
     }
 
     /// `lstat` of an entry, `None` if it does not exist.
-    pub fn lstat(&self, name: &[u8]) -> Result<Option<fs::Metadata>> {
-        let p = self.path(name)?;
-        match fs::symlink_metadata(&p) {
-            Ok(m) => Ok(Some(m)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(RemoteError::io(format!("stat {}", p.display()), e)),
+    pub fn lstat(&self, name: &[u8]) -> Result<Option<EntryInfo>> {
+        let st = if name == b"." {
+            rustix::fs::fstat(&*self.fd)
+        } else {
+            let (p, base) = self.parent(name)?;
+            rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+        };
+        match st {
+            Ok(st) => Ok(Some(EntryInfo {
+                file_type: FileType::from_raw_mode(st.st_mode),
+                size: st.st_size as u64,
+                mtime: st.st_mtime,
+            })),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(io_err(format!("stat {}", shown(name)), e)),
         }
     }
 
-    fn remove_non_dir(p: &Path) -> Result<()> {
-        match fs::symlink_metadata(p) {
-            Ok(m) if m.is_dir() => Err(RemoteError::io(
-                format!("replacing directory {}", p.display()),
-                std::io::Error::from(ErrorKind::IsADirectory),
-            )),
-            Ok(_) => fs::remove_file(p)
-                .map_err(|e| RemoteError::io(format!("removing {}", p.display()), e)),
+    fn remove_non_dir(p: &OwnedFd, base: &str) -> Result<()> {
+        match rustix::fs::statat(p, base, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                Err(RemoteError::io(
+                    format!("replacing directory {base}"),
+                    std::io::Error::from(ErrorKind::IsADirectory),
+                ))
+            }
+            Ok(_) => rustix::fs::unlinkat(p, base, AtFlags::empty())
+                .map_err(|e| io_err(format!("removing {base}"), e)),
             Err(_) => Ok(()),
         }
     }
 
-    /// Makes sure `name` is a directory (user-writable until [`DestRoot::set_meta`]).
+    /// Makes sure `name` is a directory (user-writable until its metadata is set).
     pub fn ensure_dir(&self, name: &[u8]) -> Result<()> {
-        let p = self.path(name)?;
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => return Ok(()),
-            Ok(_) => Self::remove_non_dir(&p)?,
+        if name == b"." {
+            return Ok(());
+        }
+        let (p, base) = self.parent(name)?;
+        match rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => return Ok(()),
+            Ok(_) => Self::remove_non_dir(&p, &base)?,
             Err(_) => {}
         }
-        fs::create_dir(&p)
-            .map_err(|e| RemoteError::io(format!("creating directory {}", p.display()), e))?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
-            .map_err(|e| RemoteError::io(format!("chmod {}", p.display()), e))
+        rustix::fs::mkdirat(&*p, base.as_str(), Mode::from_raw_mode(0o700))
+            .map_err(|e| io_err(format!("creating directory {}", shown(name)), e))
     }
 
     /// Creates (or replaces) a symlink.
     pub fn make_symlink(&self, name: &[u8], target: &[u8]) -> Result<()> {
-        let p = self.path(name)?;
-        if let Ok(cur) = fs::read_link(&p) {
-            if cur.as_os_str().as_encoded_bytes() == target {
+        let (p, base) = self.parent(name)?;
+        if let Ok(cur) = rustix::fs::readlinkat(&*p, base.as_str(), Vec::new()) {
+            if cur.as_bytes() == target {
                 return Ok(());
             }
         }
-        Self::remove_non_dir(&p)?;
-        let t = std::ffi::OsStr::new(
-            std::str::from_utf8(target)
-                .map_err(|_| RemoteError::Refused("non-UTF-8 symlink target".into()))?,
-        );
-        symlink(t, &p).map_err(|e| RemoteError::io(format!("symlink {}", p.display()), e))
+        Self::remove_non_dir(&p, &base)?;
+        let t = std::ffi::OsStr::from_bytes_checked(target)?;
+        rustix::fs::symlinkat(t, &*p, base.as_str())
+            .map_err(|e| io_err(format!("symlink {}", shown(name)), e))
     }
 
     /// Creates a FIFO, socket or device node (devices need privileges).
     pub fn make_node(&self, name: &[u8], mode: u32, rdev: (u32, u32)) -> Result<()> {
-        let p = self.path(name)?;
-        Self::remove_non_dir(&p)?;
-        let ft = rustix::fs::FileType::from_raw_mode(mode);
-        let dev = rustix::fs::makedev(rdev.0, rdev.1);
+        let (p, base) = self.parent(name)?;
+        Self::remove_non_dir(&p, &base)?;
+        let ft = FileType::from_raw_mode(mode);
         rustix::fs::mknodat(
-            CWD,
-            &p,
+            &*p,
+            base.as_str(),
             ft,
-            rustix::fs::Mode::from_raw_mode(mode & 0o7777),
-            dev,
+            Mode::from_raw_mode(mode & 0o7777),
+            rustix::fs::makedev(rdev.0, rdev.1),
         )
-        .map_err(|e| RemoteError::io(format!("mknod {}", p.display()), e.into()))
+        .map_err(|e| io_err(format!("mknod {}", shown(name)), e))
     }
 
     /// Opens an existing regular file to use as a delta basis.
     pub fn open_basis(&self, name: &[u8]) -> Result<Option<File>> {
-        let p = self.path(name)?;
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.is_file() => {}
-            _ => return Ok(None),
+        let (p, base) = self.parent(name)?;
+        let fd = match rustix::fs::openat(
+            &*p,
+            base.as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) | Err(Errno::LOOP) => return Ok(None),
+            Err(e) => return Err(io_err(format!("opening basis {}", shown(name)), e)),
+        };
+        let st =
+            rustix::fs::fstat(&fd).map_err(|e| io_err(format!("stat basis {}", shown(name)), e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Ok(None);
         }
-        match OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&p)
-        {
-            Ok(f) => Ok(Some(f)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(RemoteError::io(format!("opening basis {}", p.display()), e)),
-        }
+        Ok(Some(File::from(fd)))
     }
 
     /// Creates a new temporary file next to `name` (`.name.XXXXXX`).
-    pub fn create_temp(&self, name: &[u8]) -> Result<(File, PathBuf)> {
-        let p = self.path(name)?;
-        let dir = p.parent().unwrap_or(&self.root).to_path_buf();
-        let base = p
-            .file_name()
-            .map(|b| b.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    pub fn create_temp(&self, name: &[u8]) -> Result<TempFile> {
+        let (p, base) = self.parent(name)?;
         let short: String = base.chars().take(200).collect();
         loop {
             let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let tmp = dir.join(format!(
-                ".{short}.{:06}{}",
-                std::process::id() % 1_000_000,
-                n
-            ));
-            match OpenOptions::new()
-                .write(true)
-                .read(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-            {
-                Ok(f) => return Ok((f, tmp)),
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(RemoteError::io(format!("creating {}", tmp.display()), e)),
+            let tmp = format!(".{short}.{:06}{n}", std::process::id() % 1_000_000);
+            match rustix::fs::openat(
+                &*p,
+                tmp.as_str(),
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            ) {
+                Ok(fd) => {
+                    return Ok(TempFile {
+                        file: File::from(fd),
+                        parent: p,
+                        name: tmp,
+                    })
+                }
+                Err(Errno::EXIST) => continue,
+                Err(e) => {
+                    return Err(io_err(
+                        format!("creating a temporary file for {}", shown(name)),
+                        e,
+                    ))
+                }
             }
         }
     }
 
-    /// Renames a finished temporary file over `name`.
-    pub fn commit(&self, tmp: &Path, name: &[u8]) -> Result<()> {
-        let p = self.path(name)?;
-        if let Ok(m) = fs::symlink_metadata(&p) {
-            if m.is_dir() {
-                let _ = fs::remove_file(tmp);
+    /// Renames a finished temporary file over `name` (same parent).
+    pub fn commit(&self, tmp: TempFile, name: &[u8]) -> Result<()> {
+        let (_, base) = self.parent(name)?;
+        if let Ok(st) = rustix::fs::statat(&*tmp.parent, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                Self::remove_temp(tmp);
                 return Err(RemoteError::io(
-                    format!("replacing directory {}", p.display()),
+                    format!("replacing directory {}", shown(name)),
                     std::io::Error::from(ErrorKind::IsADirectory),
                 ));
             }
         }
-        fs::rename(tmp, &p)
-            .map_err(|e| RemoteError::io(format!("renaming into {}", p.display()), e))
-    }
-
-    /// Applies owner, permissions and mtime to `path` (an entry path or a
-    /// temporary file). Symlinks get owner and time only.
-    pub fn set_meta(path: &Path, meta: &Meta, is_symlink: bool) -> Result<()> {
-        if meta.uid.is_some() || meta.gid.is_some() {
-            lchown(path, meta.uid, meta.gid)
-                .map_err(|e| RemoteError::io(format!("chown {}", path.display()), e))?;
-        }
-        if !is_symlink {
-            fs::set_permissions(path, fs::Permissions::from_mode(meta.perms & 0o7777))
-                .map_err(|e| RemoteError::io(format!("chmod {}", path.display()), e))?;
-        }
-        let times = Timestamps {
-            last_access: Timespec {
-                tv_sec: 0,
-                tv_nsec: UTIME_OMIT,
-            },
-            last_modification: Timespec {
-                tv_sec: meta.mtime,
-                tv_nsec: meta.mtime_nsec as _,
-            },
-        };
-        rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| RemoteError::io(format!("setting times on {}", path.display()), e.into()))
+        rustix::fs::renameat(&*tmp.parent, tmp.name.as_str(), &*tmp.parent, base.as_str())
+            .map_err(|e| io_err(format!("renaming into {}", shown(name)), e))
     }
 
     /// Deletes a temporary file (best effort).
-    pub fn remove_temp(tmp: &Path) {
-        let _ = fs::remove_file(tmp);
+    pub fn remove_temp(tmp: TempFile) {
+        let _ = rustix::fs::unlinkat(&*tmp.parent, tmp.name.as_str(), AtFlags::empty());
+    }
+
+    /// Applies owner, permissions and mtime to an open file.
+    pub fn set_file_meta(f: &File, meta: &Meta) -> Result<()> {
+        if meta.uid.is_some() || meta.gid.is_some() {
+            rustix::fs::fchown(f, meta.uid.map(Uid::from_raw), meta.gid.map(Gid::from_raw))
+                .map_err(|e| io_err("chown".into(), e))?;
+        }
+        rustix::fs::fchmod(f, Mode::from_raw_mode(meta.perms & 0o7777))
+            .map_err(|e| io_err("chmod".into(), e))?;
+        rustix::fs::futimens(f, &meta.times()).map_err(|e| io_err("setting times".into(), e))
+    }
+
+    /// Applies metadata to an existing entry (directory, symlink or node).
+    /// Symlinks get owner and time only.
+    pub fn set_meta(&self, name: &[u8], meta: &Meta) -> Result<()> {
+        let what = |e: Errno| io_err(format!("setting attributes of {}", shown(name)), e);
+        if name == b"." {
+            let fd = rustix::fs::openat(
+                CWD,
+                &self.root,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(what)?;
+            return Self::set_file_meta(&File::from(fd), meta);
+        }
+        let (p, base) = self.parent(name)?;
+        let st = rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(what)?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory | FileType::RegularFile => {
+                let fd = rustix::fs::openat(
+                    &*p,
+                    base.as_str(),
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                    Mode::empty(),
+                )
+                .map_err(what)?;
+                Self::set_file_meta(&File::from(fd), meta)
+            }
+            ft => {
+                if meta.uid.is_some() || meta.gid.is_some() {
+                    rustix::fs::chownat(
+                        &*p,
+                        base.as_str(),
+                        meta.uid.map(Uid::from_raw),
+                        meta.gid.map(Gid::from_raw),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(what)?;
+                }
+                if ft != FileType::Symlink {
+                    rustix::fs::chmodat(
+                        &*p,
+                        base.as_str(),
+                        Mode::from_raw_mode(meta.perms & 0o7777),
+                        AtFlags::empty(),
+                    )
+                    .map_err(what)?;
+                }
+                rustix::fs::utimensat(&*p, base.as_str(), &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(what)
+            }
+        }
+    }
+}
+
+trait FromBytesChecked {
+    fn from_bytes_checked(b: &[u8]) -> Result<&std::ffi::OsStr>;
+}
+
+impl FromBytesChecked for std::ffi::OsStr {
+    fn from_bytes_checked(b: &[u8]) -> Result<&std::ffi::OsStr> {
+        if b.contains(&0) {
+            return Err(RemoteError::Refused("NUL byte in symlink target".into()));
+        }
+        Ok(std::os::unix::ffi::OsStrExt::from_bytes(b))
     }
 }
 
@@ -268,7 +401,7 @@ pub fn read_basis(f: &File, offset: u64, buf: &mut [u8]) -> Result<()> {
         .map_err(|e| RemoteError::io("reading the basis file", e))
 }
 
-/// Reads a whole small source chunk-wise; used by the sender.
+/// Reads the next chunk of a source file; used by the sender.
 pub fn read_chunk(f: &mut File, buf: &mut [u8]) -> Result<usize> {
     loop {
         match f.read(buf) {
@@ -281,9 +414,9 @@ pub fn read_chunk(f: &mut File, buf: &mut [u8]) -> Result<usize> {
 
 /// Opens a source file for reading without following a final symlink.
 pub fn open_source(path: &Path) -> Result<File> {
-    OpenOptions::new()
+    std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::CLOEXEC).bits() as i32)
         .open(path)
         .map_err(|e| RemoteError::io(format!("opening {}", path.display()), e))
 }
@@ -291,6 +424,7 @@ pub fn open_source(path: &Path) -> Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn refuses_escapes() {
@@ -298,13 +432,30 @@ mod tests {
         let d = DestRoot::open(&t.path().join("dst")).unwrap();
         assert!(matches!(d.path(b"../x"), Err(RemoteError::Refused(_))));
         assert!(matches!(
-            d.path(b"/etc/passwd"),
+            d.create_temp(b"/etc/passwd"),
             Err(RemoteError::Refused(_))
         ));
-        // A symlinked parent is refused.
+        // A symlinked parent is refused for every operation.
         std::os::unix::fs::symlink(t.path(), d.root().join("up")).unwrap();
-        assert!(matches!(d.path(b"up/file"), Err(RemoteError::Refused(_))));
-        assert!(d.path(b"up").is_ok());
+        assert!(matches!(
+            d.create_temp(b"up/file"),
+            Err(RemoteError::Refused(_))
+        ));
+        assert!(matches!(
+            d.ensure_dir(b"up/dir"),
+            Err(RemoteError::Refused(_))
+        ));
+        assert!(matches!(
+            d.make_symlink(b"up/l", b"x"),
+            Err(RemoteError::Refused(_))
+        ));
+        assert!(matches!(
+            d.open_basis(b"up/dst"),
+            Err(RemoteError::Refused(_))
+        ));
+        // A symlink as the final component is never followed.
+        assert!(d.open_basis(b"up").unwrap().is_none());
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
     }
 
     #[test]
@@ -312,8 +463,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let d = DestRoot::open(t.path()).unwrap();
         d.ensure_dir(b"sub").unwrap();
-        let (f, tmp) = d.create_temp(b"sub/f").unwrap();
-        f.write_all_at(b"hello", 0).unwrap();
+        let tmp = d.create_temp(b"sub/f").unwrap();
+        tmp.file.write_all_at(b"hello", 0).unwrap();
         let meta = Meta {
             perms: 0o640,
             mtime: 1_000_000_000,
@@ -321,19 +472,32 @@ mod tests {
             uid: None,
             gid: None,
         };
-        DestRoot::set_meta(&tmp, &meta, false).unwrap();
-        d.commit(&tmp, b"sub/f").unwrap();
-        let m = fs::metadata(t.path().join("sub/f")).unwrap();
-        use std::os::unix::fs::MetadataExt;
+        DestRoot::set_file_meta(&tmp.file, &meta).unwrap();
+        d.commit(tmp, b"sub/f").unwrap();
+        let m = std::fs::metadata(t.path().join("sub/f")).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o640);
         assert_eq!((m.mtime(), m.mtime_nsec()), (1_000_000_000, 5));
+        assert_eq!(d.lstat(b"sub/f").unwrap().unwrap().size, 5);
         d.make_symlink(b"sub/l", b"f").unwrap();
-        DestRoot::set_meta(&t.path().join("sub/l"), &Meta { mtime: 7, ..meta }, true).unwrap();
+        d.set_meta(b"sub/l", &Meta { mtime: 7, ..meta }).unwrap();
         assert_eq!(
-            fs::symlink_metadata(t.path().join("sub/l"))
+            std::fs::symlink_metadata(t.path().join("sub/l"))
                 .unwrap()
                 .mtime(),
             7
         );
+        d.set_meta(
+            b"sub",
+            &Meta {
+                perms: 0o711,
+                mtime: 9,
+                ..meta
+            },
+        )
+        .unwrap();
+        let m = std::fs::metadata(t.path().join("sub")).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.mtime()), (0o711, 9));
+        d.make_node(b"fifo", 0o010644, (0, 0)).unwrap();
+        assert!(d.lstat(b"fifo").unwrap().unwrap().file_type == FileType::Fifo);
     }
 }

@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -36,7 +36,7 @@ use arsync_proto::wire::put_i32;
 use crate::args::ServerCommand;
 use crate::conn::{join_errors, InStream, OutStream};
 use crate::error::{RemoteError, Result};
-use crate::fsys::{read_basis, DestRoot, Meta};
+use crate::fsys::{read_basis, DestRoot, Meta, TempFile};
 use crate::ids::{IdMap, IdNames};
 use crate::session::{am_root, client_handshake, flist_options};
 use crate::transport::ChildTransport;
@@ -259,7 +259,11 @@ fn request<W: Write>(
             .len(),
         None => 0,
     };
-    let head = SumHead::for_file(len, redo, neg.checksum.digest_len())?;
+    // No basis: an all-zero head, as rsync sends (whole-file transfer).
+    let head = match basis {
+        Some(_) => SumHead::for_file(len, redo, neg.checksum.digest_len())?,
+        None => SumHead::default(),
+    };
     head.encode(&mut buf);
     outs.write(&buf)?;
     if let (Some(f), true) = (basis, head.count > 0) {
@@ -310,24 +314,23 @@ fn generator<W: Write>(
                 Some(FileType::Symlink) if fopts.preserve_links => {
                     let target = e.link_target.as_deref().unwrap_or_default();
                     dest.make_symlink(&e.name, target)?;
-                    DestRoot::set_meta(&dest.path(&e.name)?, &meta_of(e, fopts, root), true)?;
+                    dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
                 }
                 Some(FileType::Device) | Some(FileType::Special)
                     if fopts.preserve_devices
                         && (root || e.file_type() == Some(FileType::Special)) =>
                 {
                     dest.make_node(&e.name, e.mode, e.rdev)?;
-                    DestRoot::set_meta(&dest.path(&e.name)?, &meta_of(e, fopts, root), false)?;
+                    dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
                 }
                 Some(FileType::Regular) => {
                     if let Some(m) = dest.lstat(&e.name)? {
-                        if m.is_file() && m.len() == e.size as u64 && m.mtime() == e.mtime {
+                        if m.file_type == rustix::fs::FileType::RegularFile
+                            && m.size == e.size as u64
+                            && m.mtime == e.mtime
+                        {
                             // Quick check passed: only fix metadata.
-                            DestRoot::set_meta(
-                                &dest.path(&e.name)?,
-                                &meta_of(e, fopts, root),
-                                false,
-                            )?;
+                            dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
                             return Ok(());
                         }
                     }
@@ -373,10 +376,7 @@ fn generator<W: Write>(
     // Directory metadata last, deepest first, so nothing touches them afterwards.
     for &i in dirs.iter().rev() {
         let e = &files[i];
-        if let Err(err) = dest
-            .path(&e.name)
-            .and_then(|p| DestRoot::set_meta(&p, &meta_of(e, fopts, root), false))
-        {
+        if let Err(err) = dest.set_meta(&e.name, &meta_of(e, fopts, root)) {
             errors.push(format!("{}: {err}", String::from_utf8_lossy(&e.name)));
         }
     }
@@ -444,10 +444,14 @@ fn receiver<R: Read>(
                         ));
                     }
                 } else if let Some(tmp) = good {
-                    let r = DestRoot::set_meta(&tmp, &meta_of(e, fopts, root), false)
-                        .and_then(|_| dest.commit(&tmp, &e.name));
+                    let r = match DestRoot::set_file_meta(&tmp.file, &meta_of(e, fopts, root)) {
+                        Ok(()) => dest.commit(tmp, &e.name),
+                        Err(err) => {
+                            DestRoot::remove_temp(tmp);
+                            Err(err)
+                        }
+                    };
                     if let Err(err) = r {
-                        DestRoot::remove_temp(&tmp);
                         summary
                             .errors
                             .push(format!("{}: {err}", String::from_utf8_lossy(&e.name)));
@@ -477,14 +481,14 @@ fn receiver<R: Read>(
     Ok(summary)
 }
 
-/// Receives one file's data into a temporary file. Returns the temp path if
+/// Receives one file's data into a temporary file. Returns the temp file if
 /// the whole-file checksum matched (None if not), and literal/matched byte counts.
 fn receive_file<R: Read>(
     ins: &mut InStream<R>,
     e: &FileEntry,
     dest: &DestRoot,
     algo: ChecksumAlgo,
-) -> Result<(Option<PathBuf>, u64, u64)> {
+) -> Result<(Option<TempFile>, u64, u64)> {
     let dlen = algo.digest_len();
     let head = ins.decode(|r| SumHead::decode(r, dlen))?;
     let basis = if head.count > 0 {
@@ -492,7 +496,8 @@ fn receive_file<R: Read>(
     } else {
         None
     };
-    let (f, tmp) = dest.create_temp(&e.name)?;
+    let tmp = dest.create_temp(&e.name)?;
+    let f = &tmp.file;
     let res: Result<(bool, u64, u64)> = (|| {
         let mut hasher = FileHasher::new(algo);
         let mut dec = TokenDecoder::new(head.count as u32);
@@ -503,7 +508,10 @@ fn receive_file<R: Read>(
             match ins.decode(|r| dec.decode(r))? {
                 Token::Literal(b) => {
                     f.write_all_at(&b, offset).map_err(|err| {
-                        RemoteError::io(format!("writing {}", tmp.display()), err)
+                        RemoteError::io(
+                            format!("writing {}", String::from_utf8_lossy(&e.name)),
+                            err,
+                        )
                     })?;
                     hasher.update(&b);
                     offset += b.len() as u64;
@@ -519,7 +527,10 @@ fn receive_file<R: Read>(
                     let n = head.block_len(i as i32);
                     read_basis(bf, i as u64 * head.blength as u64, &mut block[..n])?;
                     f.write_all_at(&block[..n], offset).map_err(|err| {
-                        RemoteError::io(format!("writing {}", tmp.display()), err)
+                        RemoteError::io(
+                            format!("writing {}", String::from_utf8_lossy(&e.name)),
+                            err,
+                        )
                     })?;
                     hasher.update(&block[..n]);
                     offset += n as u64;
@@ -538,11 +549,11 @@ fn receive_file<R: Read>(
     match res {
         Ok((true, l, m)) => Ok((Some(tmp), l, m)),
         Ok((false, l, m)) => {
-            DestRoot::remove_temp(&tmp);
+            DestRoot::remove_temp(tmp);
             Ok((None, l, m))
         }
         Err(err) => {
-            DestRoot::remove_temp(&tmp);
+            DestRoot::remove_temp(tmp);
             Err(err)
         }
     }
