@@ -79,6 +79,14 @@ pub fn push(opts: &PushOptions) -> Result<TransferSummary> {
             }
             Ok(summary)
         }
+        Err(RemoteError::Eof(messages)) => {
+            // The peer hung up: its exit status says why.
+            let status = child.wait()?;
+            match status.code() {
+                Some(code) if code != 0 => Err(RemoteError::RemoteExit { code, messages }),
+                _ => Err(RemoteError::Eof(messages)),
+            }
+        }
         Err(e) => {
             child.kill();
             Err(e)
