@@ -1,9 +1,9 @@
 //! The text preamble of a daemon (`rsync://`) connection: the greeting
 //! `@RSYNCD: <proto>.<sub> <auth digests>`, the module request, the server's
 //! replies (`@RSYNCD: OK`, `@RSYNCD: AUTHREQD <challenge>`, `@RSYNCD: EXIT`,
-//! `@ERROR...`, or MOTD lines), then the arguments, NUL-separated at protocol
-//! >= 30 and ended by an empty argument. After that the binary protocol
-//! continues with compat flags (no version ints).
+//! `@ERROR...`, or MOTD lines), then the arguments, NUL-separated at
+//! protocol 30 and later and ended by an empty argument. After that the
+//! binary protocol continues with compat flags (no version ints).
 
 use crate::error::{Error, Result};
 use crate::wire::Reader;
@@ -85,9 +85,9 @@ impl Greeting {
     pub fn negotiate(&self, ours: i32, our_sub: i32) -> i32 {
         if ours > self.protocol {
             self.protocol - i32::from(self.sub != 0)
-        } else if ours == self.protocol && self.sub != our_sub {
-            ours - 1
-        } else if ours < self.protocol && our_sub != 0 {
+        } else if (ours == self.protocol && self.sub != our_sub)
+            || (ours < self.protocol && our_sub != 0)
+        {
             ours - 1
         } else {
             ours
