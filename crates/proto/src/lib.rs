@@ -10,7 +10,8 @@
 //! - [`wire`]: int, shortint, longint, varint, varlong, vstring.
 //! - [`ndx`]: file-index deltas; [`item`]: ndx + item flags.
 //! - [`mux`]: multiplexed frames and an incremental demultiplexer.
-//! - [`handshake`]: versions, compat flags, checksum/compression negotiation, seed.
+//! - [`handshake`]: versions, compat flags, checksum/compression negotiation, seed;
+//!   [`daemon`]: the `@RSYNCD:` text preamble of daemon connections.
 //! - [`flist`]: file-list entries, id lists, sort order, duplicate clearing.
 //! - [`filter`]: the filter list.
 //! - [`checksum`], [`sums`], [`matcher`], [`token`]: rolling and strong sums,
@@ -25,6 +26,7 @@
 //! ```
 
 pub mod checksum;
+pub mod daemon;
 pub mod error;
 pub mod filter;
 pub mod flist;

@@ -1,1 +1,27 @@
-//! rsync roles (client, server, daemon) and transports (pipe, ssh, TCP) driving `arsync-proto`.
+//! rsync roles and transports driving the sans-IO codecs of `arsync-proto`.
+//!
+//! - [`pull`]: the receiving client (generator + receiver) against
+//!   `rsync --server --sender`.
+//! - [`push`]: the sending client against `rsync --server`.
+//! - [`walk`]: building a file list from a local directory.
+//! - [`transport`]: child processes over pipes (local rsync or a remote shell).
+//! - [`conn`]: buffered, multiplexed streams feeding the decoders.
+//! - [`fsys`]: all file-system access, confined to one root.
+//!
+//! ```no_run
+//! use arsync_remote::pull::{pull, PullOptions};
+//! let summary = pull(&PullOptions::new("/srv/data/", "/tmp/copy"))?;
+//! println!("{} files, {} literal bytes", summary.files_transferred, summary.literal_bytes);
+//! # Ok::<(), arsync_remote::error::RemoteError>(())
+//! ```
+
+pub mod args;
+pub mod conn;
+pub mod error;
+pub mod fsys;
+pub mod ids;
+pub mod pull;
+pub mod push;
+pub mod session;
+pub mod transport;
+pub mod walk;

@@ -1,0 +1,95 @@
+//! The command line that starts the peer: `[rsh...] rsync --server
+//! [--sender] -<flags>e.<caps> [--protocol=N] . <path>`.
+
+/// Capability letters we offer: everything rsync 3.2+ offers except
+/// incremental recursion (`i`), which we decline.
+pub const CLIENT_CAPS: &str = "LsfxCIvu";
+
+/// Options that become the server's argument vector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerCommand {
+    /// Program and arguments that run a command on the remote side; empty
+    /// to run `rsync_path` locally. For ssh: `["ssh", "host"]`.
+    pub remote_shell: Vec<String>,
+    /// Path of rsync on the remote side.
+    pub rsync_path: String,
+    /// True when the server sends (we pull).
+    pub server_sends: bool,
+    /// Packed short flags, e.g. `logDtpr`.
+    pub flags: String,
+    /// Capability letters after `e.`.
+    pub caps: String,
+    /// Force a protocol version on the server (`--protocol=N`).
+    pub protocol: Option<i32>,
+    /// The remote path.
+    pub path: String,
+}
+
+impl ServerCommand {
+    /// A command for `-logDtpr` (archive without hard links) on `path`.
+    pub fn archive(server_sends: bool, path: impl Into<String>) -> Self {
+        ServerCommand {
+            remote_shell: Vec::new(),
+            rsync_path: "rsync".into(),
+            server_sends,
+            flags: "logDtpr".into(),
+            caps: CLIENT_CAPS.into(),
+            protocol: None,
+            path: path.into(),
+        }
+    }
+
+    /// The full argument vector (program first).
+    pub fn argv(&self) -> Vec<String> {
+        let mut v = self.remote_shell.clone();
+        v.push(self.rsync_path.clone());
+        v.push("--server".into());
+        if self.server_sends {
+            v.push("--sender".into());
+        }
+        v.push(format!("-{}e.{}", self.flags, self.caps));
+        if let Some(p) = self.protocol {
+            v.push(format!("--protocol={p}"));
+        }
+        v.push(".".into());
+        v.push(self.path.clone());
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_and_push_argv() {
+        let mut c = ServerCommand::archive(true, "/src/");
+        assert_eq!(
+            c.argv(),
+            [
+                "rsync",
+                "--server",
+                "--sender",
+                "-logDtpre.LsfxCIvu",
+                ".",
+                "/src/"
+            ]
+        );
+        c.server_sends = false;
+        c.protocol = Some(30);
+        c.remote_shell = vec!["ssh".into(), "host".into()];
+        assert_eq!(
+            c.argv(),
+            [
+                "ssh",
+                "host",
+                "rsync",
+                "--server",
+                "-logDtpre.LsfxCIvu",
+                "--protocol=30",
+                ".",
+                "/src/"
+            ]
+        );
+    }
+}

@@ -1,0 +1,503 @@
+//! Every file-system access of the remote roles, confined to one root.
+//!
+//! Names come from the peer. They are validated by `arsync-proto` (relative,
+//! no `..`), and every operation resolves the entry's parent directory with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` from a descriptor of the
+//! root, then acts relative to that parent (`*at` calls, never following a
+//! final symlink). A symlink planted by the peer can therefore never redirect
+//! a write outside the root. Kept in one module so it can move to the
+//! platform I/O layer later.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arsync_proto::flist::validate_name;
+use rustix::fs::{
+    AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, CWD, UTIME_OMIT,
+};
+use rustix::io::Errno;
+
+use crate::error::{RemoteError, Result};
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Metadata to apply to a received entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Permission bits (07777).
+    pub perms: u32,
+    /// mtime seconds.
+    pub mtime: i64,
+    /// mtime nanoseconds.
+    pub mtime_nsec: u32,
+    /// Owner to set (None: leave).
+    pub uid: Option<u32>,
+    /// Group to set (None: leave).
+    pub gid: Option<u32>,
+}
+
+impl Meta {
+    fn times(&self) -> Timestamps {
+        Timestamps {
+            last_access: Timespec {
+                tv_sec: 0,
+                tv_nsec: UTIME_OMIT,
+            },
+            last_modification: Timespec {
+                tv_sec: self.mtime,
+                tv_nsec: self.mtime_nsec as _,
+            },
+        }
+    }
+}
+
+/// What kind of thing an existing entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// Type of the entry.
+    pub file_type: FileType,
+    /// Size in bytes.
+    pub size: u64,
+    /// mtime seconds.
+    pub mtime: i64,
+}
+
+/// A temporary file being received, to be committed under its final name.
+#[derive(Debug)]
+pub struct TempFile {
+    /// The open file.
+    pub file: File,
+    parent: Arc<OwnedFd>,
+    name: String,
+}
+
+/// A destination directory tree.
+#[derive(Debug, Clone)]
+pub struct DestRoot {
+    root: PathBuf,
+    fd: Arc<OwnedFd>,
+}
+
+fn shown(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+fn io_err(what: String, e: Errno) -> RemoteError {
+    RemoteError::io(what, e.into())
+}
+
+impl DestRoot {
+    /// Uses `root` (created if missing, like rsync's destination).
+    pub fn open(root: &Path) -> Result<Self> {
+        match std::fs::symlink_metadata(root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(RemoteError::Usage(format!(
+                    "destination {} is not a directory",
+                    root.display()
+                )))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => std::fs::create_dir_all(root)
+                .map_err(|e| RemoteError::io(format!("creating {}", root.display()), e))?,
+            Err(e) => return Err(RemoteError::io(format!("stat {}", root.display()), e)),
+        }
+        let fd = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err(format!("opening {}", root.display()), e))?;
+        Ok(DestRoot {
+            root: root.to_path_buf(),
+            fd: Arc::new(fd),
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The local path of `name` (for messages), after validating the name.
+    pub fn path(&self, name: &[u8]) -> Result<PathBuf> {
+        validate_name(name).map_err(|e| RemoteError::Refused(e.to_string()))?;
+        if name == b"." {
+            return Ok(self.root.clone());
+        }
+        Ok(self.root.join(
+            std::str::from_utf8(name)
+                .map_err(|_| RemoteError::Refused(format!("non-UTF-8 name {:?}", shown(name))))?,
+        ))
+    }
+
+    /// Opens the parent directory of `name` beneath the root without following
+    /// any symlink, and returns it with the final component.
+    fn parent(&self, name: &[u8]) -> Result<(Arc<OwnedFd>, String)> {
+        validate_name(name).map_err(|e| RemoteError::Refused(e.to_string()))?;
+        let s = std::str::from_utf8(name)
+            .map_err(|_| RemoteError::Refused(format!("non-UTF-8 name {:?}", shown(name))))?;
+        if s == "." {
+            return Err(RemoteError::Refused("operation on the root itself".into()));
+        }
+        let (dir, base) = match s.rfind('/') {
+            Some(i) => (&s[..i], &s[i + 1..]),
+            None => return Ok((Arc::clone(&self.fd), s.to_string())),
+        };
+        let fd = rustix::fs::openat2(
+            &*self.fd,
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(|e| match e {
+            Errno::LOOP | Errno::XDEV | Errno::NOTDIR => RemoteError::Refused(format!(
+                "{s}: a parent directory is a symlink or not a directory"
+            )),
+            e => io_err(
+                format!("opening the parent of {}", self.root.join(s).display()),
+                e,
+            ),
+        })?;
+        Ok((Arc::new(fd), base.to_string()))
+    }
+
+    /// `lstat` of an entry, `None` if it does not exist.
+    pub fn lstat(&self, name: &[u8]) -> Result<Option<EntryInfo>> {
+        let st = if name == b"." {
+            rustix::fs::fstat(&*self.fd)
+        } else {
+            let (p, base) = self.parent(name)?;
+            rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+        };
+        match st {
+            Ok(st) => Ok(Some(EntryInfo {
+                file_type: FileType::from_raw_mode(st.st_mode),
+                size: st.st_size as u64,
+                mtime: st.st_mtime,
+            })),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(io_err(format!("stat {}", shown(name)), e)),
+        }
+    }
+
+    fn remove_non_dir(p: &OwnedFd, base: &str) -> Result<()> {
+        match rustix::fs::statat(p, base, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                Err(RemoteError::io(
+                    format!("replacing directory {base}"),
+                    std::io::Error::from(ErrorKind::IsADirectory),
+                ))
+            }
+            Ok(_) => rustix::fs::unlinkat(p, base, AtFlags::empty())
+                .map_err(|e| io_err(format!("removing {base}"), e)),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Makes sure `name` is a directory (user-writable until its metadata is set).
+    pub fn ensure_dir(&self, name: &[u8]) -> Result<()> {
+        if name == b"." {
+            return Ok(());
+        }
+        let (p, base) = self.parent(name)?;
+        match rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => return Ok(()),
+            Ok(_) => Self::remove_non_dir(&p, &base)?,
+            Err(_) => {}
+        }
+        rustix::fs::mkdirat(&*p, base.as_str(), Mode::from_raw_mode(0o700))
+            .map_err(|e| io_err(format!("creating directory {}", shown(name)), e))
+    }
+
+    /// Creates (or replaces) a symlink.
+    pub fn make_symlink(&self, name: &[u8], target: &[u8]) -> Result<()> {
+        let (p, base) = self.parent(name)?;
+        if let Ok(cur) = rustix::fs::readlinkat(&*p, base.as_str(), Vec::new()) {
+            if cur.as_bytes() == target {
+                return Ok(());
+            }
+        }
+        Self::remove_non_dir(&p, &base)?;
+        let t = std::ffi::OsStr::from_bytes_checked(target)?;
+        rustix::fs::symlinkat(t, &*p, base.as_str())
+            .map_err(|e| io_err(format!("symlink {}", shown(name)), e))
+    }
+
+    /// Creates a FIFO, socket or device node (devices need privileges).
+    pub fn make_node(&self, name: &[u8], mode: u32, rdev: (u32, u32)) -> Result<()> {
+        let (p, base) = self.parent(name)?;
+        Self::remove_non_dir(&p, &base)?;
+        let ft = FileType::from_raw_mode(mode);
+        rustix::fs::mknodat(
+            &*p,
+            base.as_str(),
+            ft,
+            Mode::from_raw_mode(mode & 0o7777),
+            rustix::fs::makedev(rdev.0, rdev.1),
+        )
+        .map_err(|e| io_err(format!("mknod {}", shown(name)), e))
+    }
+
+    /// Opens an existing regular file to use as a delta basis.
+    pub fn open_basis(&self, name: &[u8]) -> Result<Option<File>> {
+        let (p, base) = self.parent(name)?;
+        let fd = match rustix::fs::openat(
+            &*p,
+            base.as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) | Err(Errno::LOOP) => return Ok(None),
+            Err(e) => return Err(io_err(format!("opening basis {}", shown(name)), e)),
+        };
+        let st =
+            rustix::fs::fstat(&fd).map_err(|e| io_err(format!("stat basis {}", shown(name)), e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Ok(None);
+        }
+        Ok(Some(File::from(fd)))
+    }
+
+    /// Creates a new temporary file next to `name` (`.name.XXXXXX`).
+    pub fn create_temp(&self, name: &[u8]) -> Result<TempFile> {
+        let (p, base) = self.parent(name)?;
+        let short: String = base.chars().take(200).collect();
+        loop {
+            let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let tmp = format!(".{short}.{:06}{n}", std::process::id() % 1_000_000);
+            match rustix::fs::openat(
+                &*p,
+                tmp.as_str(),
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            ) {
+                Ok(fd) => {
+                    return Ok(TempFile {
+                        file: File::from(fd),
+                        parent: p,
+                        name: tmp,
+                    })
+                }
+                Err(Errno::EXIST) => continue,
+                Err(e) => {
+                    return Err(io_err(
+                        format!("creating a temporary file for {}", shown(name)),
+                        e,
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Renames a finished temporary file over `name` (same parent).
+    pub fn commit(&self, tmp: TempFile, name: &[u8]) -> Result<()> {
+        let (_, base) = self.parent(name)?;
+        if let Ok(st) = rustix::fs::statat(&*tmp.parent, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                Self::remove_temp(tmp);
+                return Err(RemoteError::io(
+                    format!("replacing directory {}", shown(name)),
+                    std::io::Error::from(ErrorKind::IsADirectory),
+                ));
+            }
+        }
+        rustix::fs::renameat(&*tmp.parent, tmp.name.as_str(), &*tmp.parent, base.as_str())
+            .map_err(|e| io_err(format!("renaming into {}", shown(name)), e))
+    }
+
+    /// Deletes a temporary file (best effort).
+    pub fn remove_temp(tmp: TempFile) {
+        let _ = rustix::fs::unlinkat(&*tmp.parent, tmp.name.as_str(), AtFlags::empty());
+    }
+
+    /// Applies owner, permissions and mtime to an open file.
+    pub fn set_file_meta(f: &File, meta: &Meta) -> Result<()> {
+        if meta.uid.is_some() || meta.gid.is_some() {
+            rustix::fs::fchown(f, meta.uid.map(Uid::from_raw), meta.gid.map(Gid::from_raw))
+                .map_err(|e| io_err("chown".into(), e))?;
+        }
+        rustix::fs::fchmod(f, Mode::from_raw_mode(meta.perms & 0o7777))
+            .map_err(|e| io_err("chmod".into(), e))?;
+        rustix::fs::futimens(f, &meta.times()).map_err(|e| io_err("setting times".into(), e))
+    }
+
+    /// Applies metadata to an existing entry (directory, symlink or node).
+    /// Symlinks get owner and time only.
+    pub fn set_meta(&self, name: &[u8], meta: &Meta) -> Result<()> {
+        let what = |e: Errno| io_err(format!("setting attributes of {}", shown(name)), e);
+        if name == b"." {
+            let fd = rustix::fs::openat(
+                CWD,
+                &self.root,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(what)?;
+            return Self::set_file_meta(&File::from(fd), meta);
+        }
+        let (p, base) = self.parent(name)?;
+        let st = rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(what)?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory | FileType::RegularFile => {
+                let fd = rustix::fs::openat(
+                    &*p,
+                    base.as_str(),
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                    Mode::empty(),
+                )
+                .map_err(what)?;
+                Self::set_file_meta(&File::from(fd), meta)
+            }
+            ft => {
+                if meta.uid.is_some() || meta.gid.is_some() {
+                    rustix::fs::chownat(
+                        &*p,
+                        base.as_str(),
+                        meta.uid.map(Uid::from_raw),
+                        meta.gid.map(Gid::from_raw),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(what)?;
+                }
+                if ft != FileType::Symlink {
+                    rustix::fs::chmodat(
+                        &*p,
+                        base.as_str(),
+                        Mode::from_raw_mode(meta.perms & 0o7777),
+                        AtFlags::empty(),
+                    )
+                    .map_err(what)?;
+                }
+                rustix::fs::utimensat(&*p, base.as_str(), &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(what)
+            }
+        }
+    }
+}
+
+trait FromBytesChecked {
+    fn from_bytes_checked(b: &[u8]) -> Result<&std::ffi::OsStr>;
+}
+
+impl FromBytesChecked for std::ffi::OsStr {
+    fn from_bytes_checked(b: &[u8]) -> Result<&std::ffi::OsStr> {
+        if b.contains(&0) {
+            return Err(RemoteError::Refused("NUL byte in symlink target".into()));
+        }
+        Ok(std::os::unix::ffi::OsStrExt::from_bytes(b))
+    }
+}
+
+/// Reads exactly `buf.len()` bytes at `offset` of a basis file.
+pub fn read_basis(f: &File, offset: u64, buf: &mut [u8]) -> Result<()> {
+    f.read_exact_at(buf, offset)
+        .map_err(|e| RemoteError::io("reading the basis file", e))
+}
+
+/// Reads the next chunk of a source file; used by the sender.
+pub fn read_chunk(f: &mut File, buf: &mut [u8]) -> Result<usize> {
+    loop {
+        match f.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(RemoteError::io("reading a source file", e)),
+        }
+    }
+}
+
+/// Opens a source file for reading without following a final symlink.
+pub fn open_source(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::CLOEXEC).bits() as i32)
+        .open(path)
+        .map_err(|e| RemoteError::io(format!("opening {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn refuses_escapes() {
+        let t = tempfile::tempdir().unwrap();
+        let d = DestRoot::open(&t.path().join("dst")).unwrap();
+        assert!(matches!(d.path(b"../x"), Err(RemoteError::Refused(_))));
+        assert!(matches!(
+            d.create_temp(b"/etc/passwd"),
+            Err(RemoteError::Refused(_))
+        ));
+        // A symlinked parent is refused for every operation.
+        std::os::unix::fs::symlink(t.path(), d.root().join("up")).unwrap();
+        assert!(matches!(
+            d.create_temp(b"up/file"),
+            Err(RemoteError::Refused(_))
+        ));
+        assert!(matches!(
+            d.ensure_dir(b"up/dir"),
+            Err(RemoteError::Refused(_))
+        ));
+        assert!(matches!(
+            d.make_symlink(b"up/l", b"x"),
+            Err(RemoteError::Refused(_))
+        ));
+        assert!(matches!(
+            d.open_basis(b"up/dst"),
+            Err(RemoteError::Refused(_))
+        ));
+        // A symlink as the final component is never followed.
+        assert!(d.open_basis(b"up").unwrap().is_none());
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn temp_commit_and_meta() {
+        let t = tempfile::tempdir().unwrap();
+        let d = DestRoot::open(t.path()).unwrap();
+        d.ensure_dir(b"sub").unwrap();
+        let tmp = d.create_temp(b"sub/f").unwrap();
+        tmp.file.write_all_at(b"hello", 0).unwrap();
+        let meta = Meta {
+            perms: 0o640,
+            mtime: 1_000_000_000,
+            mtime_nsec: 5,
+            uid: None,
+            gid: None,
+        };
+        DestRoot::set_file_meta(&tmp.file, &meta).unwrap();
+        d.commit(tmp, b"sub/f").unwrap();
+        let m = std::fs::metadata(t.path().join("sub/f")).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o640);
+        assert_eq!((m.mtime(), m.mtime_nsec()), (1_000_000_000, 5));
+        assert_eq!(d.lstat(b"sub/f").unwrap().unwrap().size, 5);
+        d.make_symlink(b"sub/l", b"f").unwrap();
+        d.set_meta(b"sub/l", &Meta { mtime: 7, ..meta }).unwrap();
+        assert_eq!(
+            std::fs::symlink_metadata(t.path().join("sub/l"))
+                .unwrap()
+                .mtime(),
+            7
+        );
+        d.set_meta(
+            b"sub",
+            &Meta {
+                perms: 0o711,
+                mtime: 9,
+                ..meta
+            },
+        )
+        .unwrap();
+        let m = std::fs::metadata(t.path().join("sub")).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.mtime()), (0o711, 9));
+        d.make_node(b"fifo", 0o010644, (0, 0)).unwrap();
+        assert!(d.lstat(b"fifo").unwrap().unwrap().file_type == FileType::Fifo);
+    }
+}

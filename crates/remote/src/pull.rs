@@ -1,0 +1,568 @@
+//! The receiving client (pull): starts `rsync --server --sender`, receives
+//! the file list and the files, and writes them under a destination.
+//!
+//! Like rsync, the work is split in two: a generator thread walks the file
+//! list, creates directories and symlinks, and sends a checksum request for
+//! each file that needs updating (with block sums of the existing file as the
+//! delta basis); the calling thread is the receiver, which reads file data
+//! from the sender, rebuilds each file into a temporary name, verifies the
+//! whole-file checksum, applies metadata and renames it into place. A file
+//! that fails verification is requested once more with full-length sums
+//! (the redo phase). The receiver always drains the peer's output, so the
+//! generator can block on writes without deadlocking the connection.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+
+use arsync_proto::checksum::{block_sum, weak_sum, ChecksumAlgo, FileHasher};
+use arsync_proto::filter::encode_filter_list;
+use arsync_proto::flist::{
+    clear_duplicates, decode_id_list, sort_entries, FileEntry, FileType, FlistDecoder, FlistItem,
+    FlistOptions,
+};
+use arsync_proto::handshake::{Negotiated, PROTOCOL_VERSION};
+use arsync_proto::item::{decode_item, ItemAttrs, NdxItem};
+use arsync_proto::ndx::{NdxCodec, NDX_DONE};
+use arsync_proto::phase::{GeneratorSchedule, MAX_PHASE};
+use arsync_proto::stats::{exit_code_for_io_error, ExitCode, Stats};
+use arsync_proto::sums::SumHead;
+use arsync_proto::token::{Token, TokenDecoder};
+use arsync_proto::wire::put_i32;
+
+use crate::args::ServerCommand;
+use crate::conn::{join_errors, InStream, OutStream};
+use crate::error::{RemoteError, Result};
+use crate::fsys::{read_basis, DestRoot, Meta, TempFile};
+use crate::ids::{IdMap, IdNames};
+use crate::session::{am_root, client_handshake, flist_options};
+use crate::transport::ChildTransport;
+
+/// What to pull and where.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// The server command (`server_sends` must be true).
+    pub command: ServerCommand,
+    /// Local destination directory.
+    pub dest: PathBuf,
+    /// Highest protocol we offer.
+    pub protocol: i32,
+    /// Print the peer's messages to stderr.
+    pub echo_messages: bool,
+}
+
+impl PullOptions {
+    /// Pull `remote_path` into `dest` with `-logDtpr`.
+    pub fn new(remote_path: impl Into<String>, dest: impl Into<PathBuf>) -> Self {
+        PullOptions {
+            command: ServerCommand::archive(true, remote_path),
+            dest: dest.into(),
+            protocol: PROTOCOL_VERSION,
+            echo_messages: true,
+        }
+    }
+}
+
+/// Outcome of a transfer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransferSummary {
+    /// Negotiated protocol.
+    pub protocol: i32,
+    /// Negotiated checksum name.
+    pub checksum: String,
+    /// Entries in the file list.
+    pub files_total: usize,
+    /// Regular files whose data was transferred.
+    pub files_transferred: usize,
+    /// Files requested again after a checksum mismatch.
+    pub files_redone: usize,
+    /// Literal bytes received or sent.
+    pub literal_bytes: u64,
+    /// Bytes reconstructed from (or matched in) the basis.
+    pub matched_bytes: u64,
+    /// Raw bytes read from the connection.
+    pub bytes_read: u64,
+    /// Raw bytes written to the connection.
+    pub bytes_written: u64,
+    /// The sender's final statistics (pull only).
+    pub stats: Stats,
+    /// The sender's io_error flags.
+    pub io_error: i32,
+    /// Non-fatal errors (the run still completed; exit code 23).
+    pub errors: Vec<String>,
+}
+
+impl TransferSummary {
+    /// rsync's exit code for this outcome.
+    pub fn exit_code(&self) -> ExitCode {
+        if !self.errors.is_empty() {
+            ExitCode::Partial
+        } else {
+            exit_code_for_io_error(self.io_error)
+        }
+    }
+}
+
+enum ToGen {
+    Redo(i32),
+    Phase0Done,
+    Finish,
+}
+
+/// Runs a pull over a spawned transport.
+pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
+    if !opts.command.server_sends {
+        return Err(RemoteError::Usage(
+            "pull needs a server command with --sender".into(),
+        ));
+    }
+    let dest = DestRoot::open(&opts.dest)?;
+    let mut child = ChildTransport::spawn(&opts.command.argv())?;
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| RemoteError::Usage("no stdin".into()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| RemoteError::Usage("no stdout".into()))?;
+    let res = run_pull(opts, dest, stdout, stdin);
+    match res {
+        Ok(summary) => {
+            let status = child.wait()?;
+            if !status.success() {
+                return Err(RemoteError::RemoteExit {
+                    code: status.code().unwrap_or(-1),
+                    messages: String::new(),
+                });
+            }
+            Ok(summary)
+        }
+        Err(RemoteError::Eof(messages)) => {
+            // The peer hung up: its exit status says why.
+            let status = child.wait()?;
+            match status.code() {
+                Some(code) if code != 0 => Err(RemoteError::RemoteExit { code, messages }),
+                _ => Err(RemoteError::Eof(messages)),
+            }
+        }
+        Err(e) => {
+            child.kill();
+            Err(e)
+        }
+    }
+}
+
+/// Runs the receiving client over any pair of streams (for tests and other transports).
+pub fn run_pull<R: Read, W: Write + Send + 'static>(
+    opts: &PullOptions,
+    dest: DestRoot,
+    input: R,
+    output: W,
+) -> Result<TransferSummary> {
+    let mut ins = InStream::new(input);
+    ins.echo_messages = opts.echo_messages;
+    let mut outs = OutStream::new(output);
+    let neg = client_handshake(&mut ins, &mut outs, opts.protocol, &opts.command.caps)?;
+    let fopts = flist_options(&opts.command.flags, &neg)?;
+    if fopts.inc_recurse {
+        return Err(RemoteError::Refused(
+            "server enabled incremental recursion, which we did not offer".into(),
+        ));
+    }
+    ins.start_multiplex()?;
+    outs.start_multiplex()?;
+    let mut filt = Vec::new();
+    encode_filter_list(&[], &mut filt)?;
+    outs.write(&filt)?;
+    outs.flush()?;
+
+    // File list.
+    let mut dec = FlistDecoder::new(fopts.clone(), 0);
+    let mut entries = Vec::new();
+    let io_error = loop {
+        match ins.decode(|r| dec.decode(r))? {
+            FlistItem::Entry(e) => entries.push(e),
+            FlistItem::End { io_error } => break io_error,
+        }
+    };
+    let names = IdNames::load();
+    let (mut uid_map, mut gid_map) = (IdMap::default(), IdMap::default());
+    if fopts.id_lists_follow() {
+        if fopts.preserve_uid {
+            let l = ins.decode(|r| decode_id_list(r, fopts.id0_names))?;
+            uid_map = IdMap::new(&l, |n| names.uid_of(n));
+        }
+        if fopts.preserve_gid {
+            let l = ins.decode(|r| decode_id_list(r, fopts.id0_names))?;
+            gid_map = IdMap::new(&l, |n| names.gid_of(n));
+        }
+    }
+    sort_entries(&mut entries);
+    let active = clear_duplicates(&entries);
+    let root = am_root();
+    for e in &mut entries {
+        e.uid = uid_map.map(e.uid);
+        e.gid = gid_map.map(e.gid);
+    }
+    let files = Arc::new(entries);
+    let active = Arc::new(active);
+
+    let (tx, rx) = channel();
+    let gen = {
+        let files = Arc::clone(&files);
+        let active = Arc::clone(&active);
+        let dest = dest.clone();
+        let neg = neg.clone();
+        let fopts = fopts.clone();
+        std::thread::spawn(move || generator(outs, &files, &active, &dest, &neg, &fopts, root, rx))
+    };
+    let recv = receiver(&mut ins, &files, &active, &dest, &neg, &fopts, root, &tx);
+    let _ = tx.send(ToGen::Finish);
+    let gen_res = gen
+        .join()
+        .map_err(|_| RemoteError::Usage("generator thread panicked".into()))?;
+    let mut summary = recv?;
+    let (gen_errors, bytes_written) = gen_res?;
+    ins.drain_to_eof()?;
+    summary.errors.extend(gen_errors);
+    summary.errors.extend(ins.reports.errors.iter().cloned());
+    summary.protocol = neg.protocol;
+    summary.checksum = neg.checksum.name().to_string();
+    summary.files_total = files.len();
+    summary.io_error = io_error | ins.reports.io_error;
+    summary.bytes_read = ins.total_read();
+    summary.bytes_written = bytes_written;
+    Ok(summary)
+}
+
+fn meta_of(e: &FileEntry, fopts: &FlistOptions, root: bool) -> Meta {
+    Meta {
+        perms: e.mode & 0o7777,
+        mtime: e.mtime,
+        mtime_nsec: e.mtime_nsec,
+        uid: (root && fopts.preserve_uid).then_some(e.uid),
+        gid: (root && fopts.preserve_gid).then_some(e.gid),
+    }
+}
+
+/// Writes a transfer request for `ndx` with block sums of the basis (if any).
+fn request<W: Write>(
+    outs: &mut OutStream<W>,
+    codec: &mut NdxCodec,
+    ndx: i32,
+    basis: Option<&File>,
+    redo: bool,
+    neg: &Negotiated,
+) -> Result<()> {
+    let mut buf = Vec::new();
+    ItemAttrs::transfer(ndx).encode(codec, &mut buf)?;
+    let len = match basis {
+        Some(f) => f
+            .metadata()
+            .map_err(|e| RemoteError::io("stat basis", e))?
+            .len(),
+        None => 0,
+    };
+    // No basis: an all-zero head, as rsync sends (whole-file transfer).
+    let head = match basis {
+        Some(_) => SumHead::for_file(len, redo, neg.checksum.digest_len())?,
+        None => SumHead::default(),
+    };
+    head.encode(&mut buf);
+    outs.write(&buf)?;
+    if let (Some(f), true) = (basis, head.count > 0) {
+        let seed_fix = neg
+            .compat
+            .has(arsync_proto::handshake::CompatFlags::CHKSUM_SEED_FIX);
+        let mut block = vec![0u8; head.blength as usize];
+        for i in 0..head.count {
+            let n = head.block_len(i);
+            read_basis(f, i as u64 * head.blength as u64, &mut block[..n])?;
+            let mut entry = Vec::with_capacity(4 + 16);
+            put_i32(&mut entry, weak_sum(&block[..n]) as i32);
+            entry.extend_from_slice(
+                &block_sum(neg.checksum, &block[..n], neg.seed, seed_fix).as_bytes()
+                    [..head.s2length as usize],
+            );
+            outs.write(&entry)?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn generator<W: Write>(
+    mut outs: OutStream<W>,
+    files: &[FileEntry],
+    active: &[bool],
+    dest: &DestRoot,
+    neg: &Negotiated,
+    fopts: &FlistOptions,
+    root: bool,
+    rx: Receiver<ToGen>,
+) -> Result<(Vec<String>, u64)> {
+    let mut codec = NdxCodec::new();
+    let mut errors = Vec::new();
+    let mut dirs = Vec::new();
+    for (i, e) in files.iter().enumerate() {
+        if !active[i] {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&e.name).into_owned();
+        let step: Result<()> = (|| {
+            match e.file_type() {
+                Some(FileType::Dir) => {
+                    dest.ensure_dir(&e.name)?;
+                    dirs.push(i);
+                }
+                Some(FileType::Symlink) if fopts.preserve_links => {
+                    let target = e.link_target.as_deref().unwrap_or_default();
+                    dest.make_symlink(&e.name, target)?;
+                    dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
+                }
+                Some(FileType::Device) | Some(FileType::Special)
+                    if fopts.preserve_devices
+                        && (root || e.file_type() == Some(FileType::Special)) =>
+                {
+                    dest.make_node(&e.name, e.mode, e.rdev)?;
+                    dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
+                }
+                Some(FileType::Regular) => {
+                    if let Some(m) = dest.lstat(&e.name)? {
+                        if m.file_type == rustix::fs::FileType::RegularFile
+                            && m.size == e.size as u64
+                            && m.mtime == e.mtime
+                        {
+                            // Quick check passed: only fix metadata.
+                            dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
+                            return Ok(());
+                        }
+                    }
+                    let basis = dest.open_basis(&e.name)?;
+                    request(&mut outs, &mut codec, i as i32, basis.as_ref(), false, neg)?;
+                }
+                _ => {}
+            }
+            Ok(())
+        })();
+        match step {
+            Ok(()) => {}
+            Err(err @ RemoteError::Io { .. }) => errors.push(format!("{name}: {err}")),
+            Err(err) => return Err(err),
+        }
+    }
+    let sched = GeneratorSchedule::new(neg.protocol, false, false)?;
+    let mut done = Vec::new();
+    for _ in 0..sched.after_phase0 {
+        codec.encode(NDX_DONE, &mut done);
+    }
+    outs.write(&done)?;
+    outs.flush()?;
+    loop {
+        match rx.recv() {
+            Ok(ToGen::Redo(ndx)) => {
+                let e = &files[ndx as usize];
+                let basis = dest.open_basis(&e.name)?;
+                request(&mut outs, &mut codec, ndx, basis.as_ref(), true, neg)?;
+                outs.flush()?;
+            }
+            Ok(ToGen::Phase0Done) => {
+                let mut done = Vec::new();
+                for _ in 0..sched.after_redo {
+                    codec.encode(NDX_DONE, &mut done);
+                }
+                outs.write(&done)?;
+                outs.flush()?;
+            }
+            Ok(ToGen::Finish) | Err(_) => break,
+        }
+    }
+    // Directory metadata last, deepest first, so nothing touches them afterwards.
+    for &i in dirs.iter().rev() {
+        let e = &files[i];
+        if let Err(err) = dest.set_meta(&e.name, &meta_of(e, fopts, root)) {
+            errors.push(format!("{}: {err}", String::from_utf8_lossy(&e.name)));
+        }
+    }
+    let mut bye = Vec::new();
+    for _ in 0..sched.goodbye {
+        codec.encode(NDX_DONE, &mut bye);
+    }
+    outs.write(&bye)?;
+    outs.flush()?;
+    let written = outs.total_written();
+    drop(outs.into_inner()?);
+    Ok((errors, written))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn receiver<R: Read>(
+    ins: &mut InStream<R>,
+    files: &[FileEntry],
+    active: &[bool],
+    dest: &DestRoot,
+    neg: &Negotiated,
+    fopts: &FlistOptions,
+    root: bool,
+    tx: &Sender<ToGen>,
+) -> Result<TransferSummary> {
+    let mut codec = NdxCodec::new();
+    let mut phase = 0u32;
+    let mut summary = TransferSummary::default();
+    let mut redo_sent = vec![false; files.len()];
+    loop {
+        match ins.decode(|r| decode_item(&mut codec, r))? {
+            NdxItem::Done => {
+                phase += 1;
+                if phase == 1 {
+                    let _ = tx.send(ToGen::Phase0Done);
+                }
+                if phase > MAX_PHASE {
+                    break;
+                }
+            }
+            NdxItem::DelStats(_) => {}
+            NdxItem::File(a) => {
+                let ndx = a.ndx;
+                let ok = (ndx as usize) < files.len()
+                    && active[ndx as usize]
+                    && files[ndx as usize].file_type() == Some(FileType::Regular);
+                if !ok || a.iflags & arsync_proto::item::iflags::TRANSFER == 0 {
+                    return Err(RemoteError::Refused(format!(
+                        "unexpected file index {ndx} (iflags {:#x})",
+                        a.iflags
+                    )));
+                }
+                let e = &files[ndx as usize];
+                let (good, lit, matched) = receive_file(ins, e, dest, neg.checksum)?;
+                summary.literal_bytes += lit;
+                summary.matched_bytes += matched;
+                if good.is_none() {
+                    if phase == 0 && !redo_sent[ndx as usize] {
+                        redo_sent[ndx as usize] = true;
+                        summary.files_redone += 1;
+                        let _ = tx.send(ToGen::Redo(ndx));
+                    } else {
+                        return Err(RemoteError::Verification(
+                            String::from_utf8_lossy(&e.name).into_owned(),
+                        ));
+                    }
+                } else if let Some(tmp) = good {
+                    let r = match DestRoot::set_file_meta(&tmp.file, &meta_of(e, fopts, root)) {
+                        Ok(()) => dest.commit(tmp, &e.name),
+                        Err(err) => {
+                            DestRoot::remove_temp(tmp);
+                            Err(err)
+                        }
+                    };
+                    if let Err(err) = r {
+                        summary
+                            .errors
+                            .push(format!("{}: {err}", String::from_utf8_lossy(&e.name)));
+                    }
+                    summary.files_transferred += 1;
+                }
+            }
+            other => {
+                return Err(RemoteError::Refused(format!(
+                    "unexpected index marker {other:?} without incremental recursion"
+                )))
+            }
+        }
+    }
+    summary.stats = ins.decode(Stats::decode_as_receiver)?;
+    if neg.protocol >= 31 {
+        match ins.decode(|r| decode_item(&mut codec, r))? {
+            NdxItem::Done => {}
+            other => {
+                return Err(RemoteError::Refused(format!(
+                    "expected the final NDX_DONE, got {other:?}{}",
+                    join_errors(&ins.reports.errors)
+                )))
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// Receives one file's data into a temporary file. Returns the temp file if
+/// the whole-file checksum matched (None if not), and literal/matched byte counts.
+fn receive_file<R: Read>(
+    ins: &mut InStream<R>,
+    e: &FileEntry,
+    dest: &DestRoot,
+    algo: ChecksumAlgo,
+) -> Result<(Option<TempFile>, u64, u64)> {
+    let dlen = algo.digest_len();
+    let head = ins.decode(|r| SumHead::decode(r, dlen))?;
+    let basis = if head.count > 0 {
+        dest.open_basis(&e.name)?
+    } else {
+        None
+    };
+    let tmp = dest.create_temp(&e.name)?;
+    let f = &tmp.file;
+    let res: Result<(bool, u64, u64)> = (|| {
+        let mut hasher = FileHasher::new(algo);
+        let mut dec = TokenDecoder::new(head.count as u32);
+        let mut offset = 0u64;
+        let (mut lit, mut matched) = (0u64, 0u64);
+        let mut block = vec![0u8; head.blength as usize];
+        loop {
+            match ins.decode(|r| dec.decode(r))? {
+                Token::Literal(b) => {
+                    f.write_all_at(&b, offset).map_err(|err| {
+                        RemoteError::io(
+                            format!("writing {}", String::from_utf8_lossy(&e.name)),
+                            err,
+                        )
+                    })?;
+                    hasher.update(&b);
+                    offset += b.len() as u64;
+                    lit += b.len() as u64;
+                }
+                Token::Block(i) => {
+                    let Some(bf) = basis.as_ref() else {
+                        return Err(RemoteError::Refused(format!(
+                            "block match with no basis file for {}",
+                            String::from_utf8_lossy(&e.name)
+                        )));
+                    };
+                    let n = head.block_len(i as i32);
+                    read_basis(bf, i as u64 * head.blength as u64, &mut block[..n])?;
+                    f.write_all_at(&block[..n], offset).map_err(|err| {
+                        RemoteError::io(
+                            format!("writing {}", String::from_utf8_lossy(&e.name)),
+                            err,
+                        )
+                    })?;
+                    hasher.update(&block[..n]);
+                    offset += n as u64;
+                    matched += n as u64;
+                }
+                Token::End => break,
+            }
+        }
+        let theirs = ins.decode(|r| Ok(r.bytes(dlen)?.to_vec()))?;
+        Ok((
+            hasher.finish().as_bytes() == theirs.as_slice(),
+            lit,
+            matched,
+        ))
+    })();
+    match res {
+        Ok((true, l, m)) => Ok((Some(tmp), l, m)),
+        Ok((false, l, m)) => {
+            DestRoot::remove_temp(tmp);
+            Ok((None, l, m))
+        }
+        Err(err) => {
+            DestRoot::remove_temp(tmp);
+            Err(err)
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The sending client (push): starts `rsync --server` on the destination,
+//! sends the file list, then answers each checksum request with a delta
+//! (block matching against the receiver's sums) and the whole-file checksum.
+//! Input is pumped on a helper thread so the peer's output is always drained
+//! while we write.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use arsync_proto::flist::{encode_id_list, FileType, FlistEncoder};
+use arsync_proto::handshake::{CompatFlags, PROTOCOL_VERSION};
+use arsync_proto::item::{decode_item, iflags, NdxItem};
+use arsync_proto::matcher::DeltaEncoder;
+use arsync_proto::mux::MsgTag;
+use arsync_proto::ndx::{NdxCodec, NDX_DONE};
+use arsync_proto::phase::{goodbye_reads, SenderDoneAction, SenderPhases};
+use arsync_proto::stats::{IOERR_GENERAL, IOERR_VANISHED};
+use arsync_proto::sums::{SumDecoder, SumHead};
+
+use crate::args::ServerCommand;
+use crate::conn::{InStream, OutStream};
+use crate::error::{RemoteError, Result};
+use crate::fsys::{open_source, read_chunk};
+use crate::ids::IdNames;
+use crate::pull::TransferSummary;
+use crate::session::{client_handshake, flist_options};
+use crate::transport::{ChildTransport, PumpedReader};
+use crate::walk::build_list;
+
+/// What to push and where.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// The server command (`server_sends` must be false).
+    pub command: ServerCommand,
+    /// Local source directory (its contents are sent, like `SRC/`).
+    pub source: PathBuf,
+    /// Highest protocol we offer.
+    pub protocol: i32,
+    /// Print the peer's messages to stderr.
+    pub echo_messages: bool,
+}
+
+impl PushOptions {
+    /// Push the contents of `source` to `remote_path` with `-logDtpr`.
+    pub fn new(source: impl Into<PathBuf>, remote_path: impl Into<String>) -> Self {
+        PushOptions {
+            command: ServerCommand::archive(false, remote_path),
+            source: source.into(),
+            protocol: PROTOCOL_VERSION,
+            echo_messages: true,
+        }
+    }
+}
+
+/// Runs a push over a spawned transport.
+pub fn push(opts: &PushOptions) -> Result<TransferSummary> {
+    if opts.command.server_sends {
+        return Err(RemoteError::Usage(
+            "push needs a server command without --sender".into(),
+        ));
+    }
+    let mut child = ChildTransport::spawn(&opts.command.argv())?;
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| RemoteError::Usage("no stdin".into()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| RemoteError::Usage("no stdout".into()))?;
+    match run_push(opts, PumpedReader::new(stdout), stdin) {
+        Ok(summary) => {
+            let status = child.wait()?;
+            if !status.success() {
+                return Err(RemoteError::RemoteExit {
+                    code: status.code().unwrap_or(-1),
+                    messages: String::new(),
+                });
+            }
+            Ok(summary)
+        }
+        Err(RemoteError::Eof(messages)) => {
+            // The peer hung up: its exit status says why.
+            let status = child.wait()?;
+            match status.code() {
+                Some(code) if code != 0 => Err(RemoteError::RemoteExit { code, messages }),
+                _ => Err(RemoteError::Eof(messages)),
+            }
+        }
+        Err(e) => {
+            child.kill();
+            Err(e)
+        }
+    }
+}
+
+/// Runs the sending client over any pair of streams.
+pub fn run_push<R: Read, W: Write>(
+    opts: &PushOptions,
+    input: R,
+    output: W,
+) -> Result<TransferSummary> {
+    let mut ins = InStream::new(input);
+    ins.echo_messages = opts.echo_messages;
+    let mut outs = OutStream::new(output);
+    let neg = client_handshake(&mut ins, &mut outs, opts.protocol, &opts.command.caps)?;
+    let fopts = flist_options(&opts.command.flags, &neg)?;
+    if fopts.inc_recurse {
+        return Err(RemoteError::Refused(
+            "server enabled incremental recursion, which we did not offer".into(),
+        ));
+    }
+    outs.start_multiplex()?;
+    ins.start_multiplex()?;
+
+    let list = build_list(&opts.source, &fopts)?;
+    for w in &list.warnings {
+        eprintln!("arsync: {w}");
+    }
+    let mut enc = FlistEncoder::new(fopts.clone());
+    let mut buf = Vec::new();
+    for e in &list.entries {
+        enc.encode(e, 0, &mut buf)?;
+        if buf.len() > 32 * 1024 {
+            outs.write(&buf)?;
+            buf.clear();
+        }
+    }
+    enc.encode_end(list.io_error, &mut buf);
+    if fopts.id_lists_follow() {
+        let names = IdNames::load();
+        if fopts.preserve_uid {
+            let mut ids: Vec<u32> = list.entries.iter().map(|e| e.uid).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let l: Vec<(u32, Vec<u8>)> = ids
+                .iter()
+                .filter_map(|&id| names.user(id).map(|n| (id, n.to_vec())))
+                .collect();
+            encode_id_list(&l, names.user(0), fopts.id0_names, &mut buf);
+        }
+        if fopts.preserve_gid {
+            let mut ids: Vec<u32> = list.entries.iter().map(|e| e.gid).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let l: Vec<(u32, Vec<u8>)> = ids
+                .iter()
+                .filter_map(|&id| names.group(id).map(|n| (id, n.to_vec())))
+                .collect();
+            encode_id_list(&l, names.group(0), fopts.id0_names, &mut buf);
+        }
+    }
+    outs.write(&buf)?;
+    outs.flush()?;
+
+    let mut summary = TransferSummary {
+        protocol: neg.protocol,
+        checksum: neg.checksum.name().to_string(),
+        files_total: list.entries.len(),
+        io_error: list.io_error,
+        ..TransferSummary::default()
+    };
+    let seed_fix = neg.compat.has(CompatFlags::CHKSUM_SEED_FIX);
+    let dlen = neg.checksum.digest_len();
+    let (mut rcodec, mut wcodec) = (NdxCodec::new(), NdxCodec::new());
+    let mut phases = SenderPhases::new();
+    let mut io_error = list.io_error;
+    loop {
+        match ins.decode(|r| decode_item(&mut rcodec, r))? {
+            NdxItem::Done => {
+                let mut b = Vec::new();
+                wcodec.encode(NDX_DONE, &mut b);
+                outs.write(&b)?;
+                outs.flush()?;
+                if phases.on_done() == SenderDoneAction::EndOfFiles {
+                    break;
+                }
+            }
+            NdxItem::DelStats(_) => {}
+            NdxItem::File(a) => {
+                let i = a.ndx as usize;
+                if i >= list.entries.len() {
+                    return Err(RemoteError::Refused(format!(
+                        "file index {} out of range",
+                        a.ndx
+                    )));
+                }
+                if a.iflags & iflags::TRANSFER == 0 {
+                    let mut b = Vec::new();
+                    a.encode(&mut wcodec, &mut b)?;
+                    outs.write(&b)?;
+                    continue;
+                }
+                if phases.phase() >= 2 {
+                    return Err(RemoteError::Refused(format!(
+                        "transfer request for {} in phase 2",
+                        a.ndx
+                    )));
+                }
+                let head = ins.decode(|r| SumHead::decode(r, dlen))?;
+                let mut sd = SumDecoder::new(head);
+                let sums = ins.decode_partial(|r| sd.feed(r))?;
+                let e = &list.entries[i];
+                if e.file_type() != Some(FileType::Regular) {
+                    return Err(RemoteError::Refused(format!(
+                        "transfer request for non-file index {}",
+                        a.ndx
+                    )));
+                }
+                let path = list.path(i);
+                let mut f = match open_source(&path) {
+                    Ok(f) => f,
+                    Err(err) => {
+                        let vanished = matches!(&err, RemoteError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
+                        io_error |= if vanished {
+                            IOERR_VANISHED
+                        } else {
+                            IOERR_GENERAL
+                        };
+                        eprintln!("arsync: {err}");
+                        outs.message(MsgTag::NoSend, &a.ndx.to_le_bytes())?;
+                        continue;
+                    }
+                };
+                let mut b = Vec::new();
+                a.encode(&mut wcodec, &mut b)?;
+                head.encode(&mut b);
+                outs.write(&b)?;
+                let mut delta = DeltaEncoder::new(sums, neg.checksum, neg.seed, seed_fix);
+                let mut chunk = vec![0u8; 256 * 1024];
+                let mut out = Vec::new();
+                loop {
+                    let n = read_chunk(&mut f, &mut chunk)?;
+                    if n == 0 {
+                        break;
+                    }
+                    delta.feed(&chunk[..n], &mut out)?;
+                    if out.len() >= 64 * 1024 {
+                        outs.write(&out)?;
+                        out.clear();
+                    }
+                }
+                let st = delta.finish(&mut out)?;
+                outs.write(&out)?;
+                summary.literal_bytes += st.literal;
+                summary.matched_bytes += st.matched;
+                summary.files_transferred += 1;
+                if phases.is_redo() {
+                    summary.files_redone += 1;
+                }
+            }
+            other => {
+                return Err(RemoteError::Refused(format!(
+                    "unexpected index marker {other:?}"
+                )))
+            }
+        }
+    }
+    if io_error != list.io_error {
+        outs.message(MsgTag::IoError, &io_error.to_le_bytes())?;
+    }
+    // Goodbye: at protocol >= 31 echo one NDX_DONE, then read the last.
+    for k in 0..goodbye_reads(neg.protocol) {
+        match ins.decode(|r| decode_item(&mut rcodec, r))? {
+            NdxItem::Done => {}
+            other => {
+                return Err(RemoteError::Refused(format!(
+                    "expected NDX_DONE at the end of the run, got {other:?}"
+                )))
+            }
+        }
+        if k + 1 < goodbye_reads(neg.protocol) {
+            let mut b = Vec::new();
+            wcodec.encode(NDX_DONE, &mut b);
+            outs.write(&b)?;
+            outs.flush()?;
+        }
+    }
+    outs.flush()?;
+    summary.bytes_written = outs.total_written();
+    drop(outs.into_inner()?);
+    ins.drain_to_eof()?;
+    summary.bytes_read = ins.total_read();
+    summary.io_error = io_error | ins.reports.io_error;
+    summary.errors.extend(ins.reports.errors.iter().cloned());
+    Ok(summary)
+}

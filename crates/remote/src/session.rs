@@ -1,0 +1,74 @@
+//! Connection setup shared by the client roles: spawn, handshake, multiplexing.
+
+use std::io::{Read, Write};
+
+use arsync_proto::checksum::ChecksumAlgo;
+use arsync_proto::flist::FlistOptions;
+use arsync_proto::handshake::{CompatFlags, Handshake, HandshakeConfig, Negotiated};
+
+use crate::conn::{InStream, OutStream};
+use crate::error::{RemoteError, Result};
+
+/// Runs the client side of the handshake over raw streams.
+pub fn client_handshake<R: Read, W: Write>(
+    ins: &mut InStream<R>,
+    outs: &mut OutStream<W>,
+    protocol: i32,
+    caps: &str,
+) -> Result<Negotiated> {
+    let mut cfg = HandshakeConfig::client(protocol, caps);
+    cfg.checksums = ChecksumAlgo::PREFERENCE.to_vec();
+    let mut hs = Handshake::new(cfg)?;
+    loop {
+        let out = hs.take_output();
+        if !out.is_empty() {
+            outs.write(&out)?;
+            outs.flush()?;
+        }
+        if let Some(n) = hs.result() {
+            return Ok(n.clone());
+        }
+        ins.decode_partial(|r| {
+            let n = hs.feed(r.rest())?;
+            r.bytes(n)?;
+            Ok((n > 0 || hs.result().is_some()).then_some(()))
+        })?;
+    }
+}
+
+/// File-list options implied by the packed short flags and the negotiation.
+pub fn flist_options(flags: &str, neg: &Negotiated) -> Result<FlistOptions> {
+    if flags.contains('H')
+        || flags.contains('A')
+        || flags.contains('X')
+        || flags.contains('c')
+        || flags.contains('R')
+    {
+        return Err(RemoteError::Usage(format!(
+            "flags -{flags}: -H, -A, -X, -c and -R are not supported over the wire yet"
+        )));
+    }
+    let has = |c| flags.contains(c);
+    Ok(FlistOptions {
+        protocol: neg.protocol,
+        varint_flags: neg.compat.has(CompatFlags::VARINT_FLIST_FLAGS),
+        preserve_uid: has('o'),
+        preserve_gid: has('g'),
+        preserve_links: has('l'),
+        preserve_devices: has('D'),
+        preserve_specials: has('D'),
+        preserve_hard_links: false,
+        atimes: false,
+        crtimes: false,
+        checksum_len: None,
+        inc_recurse: neg.compat.has(CompatFlags::INC_RECURSE),
+        numeric_ids: false,
+        id0_names: neg.compat.has(CompatFlags::ID0_NAMES),
+        safe_flist: neg.protocol >= 31 || neg.compat.has(CompatFlags::SAFE_FLIST),
+    })
+}
+
+/// True when running as root (owners can be set).
+pub fn am_root() -> bool {
+    rustix::process::geteuid().is_root()
+}

@@ -1,0 +1,155 @@
+//! Building a file list from a local source directory (the sending side).
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use arsync_proto::flist::{sort_entries, FileEntry, FlistOptions};
+use arsync_proto::stats::{IOERR_GENERAL, IOERR_VANISHED};
+
+use crate::error::{RemoteError, Result};
+
+/// A sorted file list with the local path of each entry.
+#[derive(Debug, Clone, Default)]
+pub struct LocalList {
+    /// Entries in file-list order (their index is the wire ndx).
+    pub entries: Vec<FileEntry>,
+    /// The source directory the names are relative to.
+    pub root: PathBuf,
+    /// io_error flags collected while walking.
+    pub io_error: i32,
+    /// Problems met while walking (unreadable dirs, vanished entries).
+    pub warnings: Vec<String>,
+}
+
+impl LocalList {
+    /// The local path of entry `i`.
+    pub fn path(&self, i: usize) -> PathBuf {
+        let name = &self.entries[i].name;
+        if name == b"." {
+            self.root.clone()
+        } else {
+            self.root.join(String::from_utf8_lossy(name).as_ref())
+        }
+    }
+}
+
+fn entry_for(
+    name: Vec<u8>,
+    path: &Path,
+    m: &fs::Metadata,
+    fopts: &FlistOptions,
+) -> Result<Option<FileEntry>> {
+    let ft = m.file_type();
+    let mut e = FileEntry {
+        name,
+        mode: m.mode(),
+        mtime: m.mtime(),
+        mtime_nsec: if fopts.protocol >= 31 {
+            m.mtime_nsec() as u32
+        } else {
+            0
+        },
+        uid: m.uid(),
+        gid: m.gid(),
+        ..FileEntry::default()
+    };
+    if ft.is_file() {
+        e.size = m.len() as i64;
+    } else if ft.is_symlink() {
+        if !fopts.preserve_links {
+            return Ok(None);
+        }
+        let t = fs::read_link(path)
+            .map_err(|err| RemoteError::io(format!("readlink {}", path.display()), err))?;
+        let t = t.into_os_string().into_encoded_bytes();
+        e.size = t.len() as i64;
+        e.link_target = Some(t);
+    } else if ft.is_dir() {
+    } else {
+        // Devices, FIFOs, sockets.
+        if !fopts.preserve_devices {
+            return Ok(None);
+        }
+        let rdev = m.rdev();
+        e.rdev = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
+    }
+    Ok(Some(e))
+}
+
+/// Walks `root` (the contents of the directory, as `SRC/` in rsync) into a
+/// sorted file list. Unreadable entries set io_error and are skipped.
+pub fn build_list(root: &Path, fopts: &FlistOptions) -> Result<LocalList> {
+    let m =
+        fs::metadata(root).map_err(|e| RemoteError::io(format!("source {}", root.display()), e))?;
+    if !m.is_dir() {
+        return Err(RemoteError::Usage(format!(
+            "source {} is not a directory",
+            root.display()
+        )));
+    }
+    let mut list = LocalList {
+        root: root.to_path_buf(),
+        ..LocalList::default()
+    };
+    let mut top = entry_for(b".".to_vec(), root, &m, fopts)?
+        .ok_or_else(|| RemoteError::Usage("source root".into()))?;
+    top.top_dir = true;
+    list.entries.push(top);
+    let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) => {
+                list.io_error |= IOERR_GENERAL;
+                list.warnings
+                    .push(format!("opendir {}: {e}", dir.display()));
+                continue;
+            }
+        };
+        for de in rd {
+            let de = match de {
+                Ok(d) => d,
+                Err(e) => {
+                    list.io_error |= IOERR_GENERAL;
+                    list.warnings
+                        .push(format!("readdir {}: {e}", dir.display()));
+                    continue;
+                }
+            };
+            let fname = de.file_name();
+            let Some(fname) = fname.to_str() else {
+                list.io_error |= IOERR_GENERAL;
+                list.warnings
+                    .push(format!("skipping non-UTF-8 name in {}", dir.display()));
+                continue;
+            };
+            let rel = if prefix.is_empty() {
+                fname.to_string()
+            } else {
+                format!("{prefix}/{fname}")
+            };
+            let path = de.path();
+            let m = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    list.io_error |= if e.kind() == std::io::ErrorKind::NotFound {
+                        IOERR_VANISHED
+                    } else {
+                        IOERR_GENERAL
+                    };
+                    list.warnings.push(format!("stat {}: {e}", path.display()));
+                    continue;
+                }
+            };
+            if let Some(e) = entry_for(rel.clone().into_bytes(), &path, &m, fopts)? {
+                if m.is_dir() {
+                    stack.push((path, rel));
+                }
+                list.entries.push(e);
+            }
+        }
+    }
+    sort_entries(&mut list.entries);
+    Ok(list)
+}

@@ -1,0 +1,366 @@
+//! A scripted (malicious or faulty) sender against our receiving client:
+//! every bad input ends in a clear error and nothing is written outside the
+//! destination.
+
+use std::io::{Cursor, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use arsync_proto::checksum::{file_sum, ChecksumAlgo};
+use arsync_proto::flist::{encode_id_list, mode, FileEntry, FlistEncoder, FlistOptions};
+use arsync_proto::handshake::CompatFlags;
+use arsync_proto::item::{decode_item, ItemAttrs, NdxItem};
+use arsync_proto::mux::{encode_data, Demuxer, Event};
+use arsync_proto::ndx::{NdxCodec, NDX_DONE};
+use arsync_proto::stats::Stats;
+use arsync_proto::sums::SumHead;
+use arsync_proto::token::{encode_block, encode_end, encode_literal};
+use arsync_proto::wire::{put_i32, put_varint, put_varlong, put_vstring, Reader};
+use arsync_remote::error::RemoteError;
+use arsync_remote::fsys::DestRoot;
+use arsync_remote::pull::{run_pull, PullOptions, TransferSummary};
+
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The server's side of a protocol-32 session as a byte script.
+struct Script {
+    raw: Vec<u8>,
+    data: Vec<u8>,
+    opts: FlistOptions,
+    ndx: NdxCodec,
+}
+
+impl Script {
+    fn new() -> Self {
+        let mut raw = Vec::new();
+        put_i32(&mut raw, 32);
+        put_varint(
+            &mut raw,
+            CompatFlags::server_reply("LsfxCIvu", false).0 as i32,
+        );
+        put_vstring(&mut raw, b"xxh128 xxh3 xxh64 md5 md4 none").unwrap();
+        put_i32(&mut raw, 12345);
+        Script {
+            raw,
+            data: Vec::new(),
+            opts: FlistOptions::archive(32),
+            ndx: NdxCodec::new(),
+        }
+    }
+
+    fn flist(&mut self, entries: &[FileEntry]) -> &mut Self {
+        let mut enc = FlistEncoder::new(self.opts.clone());
+        for e in entries {
+            enc.encode(e, 0, &mut self.data).unwrap();
+        }
+        self.end_flist(&enc)
+    }
+
+    fn end_flist(&mut self, enc: &FlistEncoder) -> &mut Self {
+        enc.encode_end(0, &mut self.data);
+        encode_id_list(&[], Some(b"root"), true, &mut self.data);
+        encode_id_list(&[], Some(b"root"), true, &mut self.data);
+        self
+    }
+
+    /// A file transfer: literal data then the given checksum.
+    fn file(&mut self, ndx: i32, body: &[u8], sum: &[u8]) -> &mut Self {
+        ItemAttrs::transfer(ndx)
+            .encode(&mut self.ndx, &mut self.data)
+            .unwrap();
+        SumHead::default().encode(&mut self.data);
+        encode_literal(body, &mut self.data);
+        encode_end(&mut self.data);
+        self.data.extend_from_slice(sum);
+        self
+    }
+
+    fn done(&mut self) -> &mut Self {
+        self.ndx.encode(NDX_DONE, &mut self.data);
+        self
+    }
+
+    fn ending(&mut self) -> &mut Self {
+        self.done().done().done();
+        Stats::default().encode(&mut self.data);
+        self.done()
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = self.raw.clone();
+        encode_data(&self.data, 4096, &mut out);
+        out
+    }
+}
+
+fn dir(name: &str) -> FileEntry {
+    FileEntry {
+        name: name.into(),
+        mode: mode::S_IFDIR | 0o755,
+        mtime: 1_600_000_000,
+        ..FileEntry::default()
+    }
+}
+
+fn reg(name: &str, size: i64) -> FileEntry {
+    FileEntry {
+        name: name.into(),
+        mode: mode::S_IFREG | 0o644,
+        size,
+        mtime: 1_600_000_000,
+        ..FileEntry::default()
+    }
+}
+
+fn run(script: &Script, dest: &Path) -> (Result<TransferSummary, RemoteError>, Vec<u8>) {
+    let out = Shared::default();
+    let mut opts = PullOptions::new("unused", dest);
+    opts.echo_messages = false;
+    let root = DestRoot::open(dest).unwrap();
+    let res = run_pull(&opts, root, Cursor::new(script.bytes()), out.clone());
+    let written = out.0.lock().unwrap().clone();
+    (res, written)
+}
+
+/// Everything under `p`, recursively.
+fn all_files(p: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        v.push(e.file_name().to_string_lossy().into_owned());
+        if e.file_type().unwrap().is_dir() {
+            v.extend(
+                all_files(&e.path())
+                    .into_iter()
+                    .map(|s| format!("{}/{s}", e.file_name().to_string_lossy())),
+            );
+        }
+    }
+    v.sort();
+    v
+}
+
+/// A raw entry with an arbitrary name (the encoder refuses bad names).
+fn raw_entry(data: &mut Vec<u8>, name: &[u8], long: bool) {
+    let flags = 0x18 | if long { 0x40 } else { 0 };
+    put_varint(data, flags);
+    if long {
+        put_varint(data, name.len() as i32);
+    } else {
+        data.push(name.len() as u8);
+    }
+    data.extend_from_slice(name);
+    put_varlong(data, 1, 3);
+    put_varlong(data, 1_600_000_000, 4);
+    put_i32(data, (mode::S_IFREG | 0o644) as i32);
+}
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let t = tempfile::tempdir_in("/dev/shm").unwrap();
+    let dest = t.path().join("dest");
+    let outside = t.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    (t, dest, outside)
+}
+
+#[test]
+fn unsafe_names_are_refused() {
+    for (name, long) in [
+        (&b"../escape"[..], false),
+        (b"/tmp/abs", false),
+        (b"a/../../x", false),
+        (&[b'n'; 5000][..], true),
+    ] {
+        let (_t, dest, outside) = setup();
+        let mut s = Script::new();
+        raw_entry(&mut s.data, name, long);
+        let (res, _) = run(&s, &dest);
+        let err = res.expect_err("must fail");
+        assert!(
+            matches!(
+                err,
+                RemoteError::Proto(arsync_proto::Error::Malformed { .. })
+            ),
+            "{err}"
+        );
+        assert!(all_files(&outside).is_empty());
+        assert!(all_files(&dest).is_empty(), "{:?}", all_files(&dest));
+    }
+}
+
+#[test]
+fn symlinked_parent_is_refused() {
+    let (_t, dest, outside) = setup();
+    let mut s = Script::new();
+    let link = FileEntry {
+        name: b"link".to_vec(),
+        mode: mode::S_IFLNK | 0o777,
+        link_target: Some(outside.to_string_lossy().as_bytes().to_vec()),
+        ..reg("link", 0)
+    };
+    s.flist(&[dir("."), link, reg("link/pwned", 5)]);
+    s.file(
+        2,
+        b"owned",
+        file_sum(ChecksumAlgo::Xxh128, b"owned").as_bytes(),
+    )
+    .ending();
+    let (res, _) = run(&s, &dest);
+    let err = res.expect_err("must fail");
+    // The generator refuses the path once the symlink exists; the receiver
+    // refuses (or fails to find) the parent if it gets there first.
+    assert!(
+        matches!(err, RemoteError::Refused(_) | RemoteError::Io { .. }),
+        "{err}"
+    );
+    assert!(all_files(&outside).is_empty());
+}
+
+#[test]
+fn bad_indices_are_refused() {
+    // Out of range, a directory, and the "." entry.
+    for ndx in [7, 0, 1_000_000] {
+        let (_t, dest, outside) = setup();
+        let mut s = Script::new();
+        s.flist(&[dir("."), reg("f", 5)]);
+        s.file(
+            ndx,
+            b"hello",
+            file_sum(ChecksumAlgo::Xxh128, b"hello").as_bytes(),
+        )
+        .ending();
+        let (res, _) = run(&s, &dest);
+        assert!(
+            matches!(res, Err(RemoteError::Refused(_))),
+            "ndx {ndx}: {res:?}"
+        );
+        assert!(all_files(&outside).is_empty());
+        assert!(!dest.join("f").exists());
+    }
+}
+
+#[test]
+fn oversized_lengths_are_refused() {
+    let (_t, dest, _o) = setup();
+    // A sum head announcing 2^30 blocks.
+    let mut s = Script::new();
+    s.flist(&[dir("."), reg("f", 5)]);
+    ItemAttrs::transfer(1)
+        .encode(&mut s.ndx, &mut s.data)
+        .unwrap();
+    put_i32(&mut s.data, 1 << 30);
+    put_i32(&mut s.data, 700);
+    put_i32(&mut s.data, 2);
+    put_i32(&mut s.data, 0);
+    let (res, _) = run(&s, &dest);
+    assert!(matches!(res, Err(RemoteError::Proto(_))), "{res:?}");
+
+    // A block reference with no basis blocks.
+    let mut s = Script::new();
+    s.flist(&[dir("."), reg("f", 5)]);
+    ItemAttrs::transfer(1)
+        .encode(&mut s.ndx, &mut s.data)
+        .unwrap();
+    SumHead::default().encode(&mut s.data);
+    encode_block(0, &mut s.data).unwrap();
+    let (res, _) = run(&s, &dest);
+    assert!(matches!(res, Err(RemoteError::Proto(_))), "{res:?}");
+
+    // A literal run claiming 2 GiB, then the connection ends: no temp file is left.
+    let mut s = Script::new();
+    s.flist(&[dir("."), reg("f", 5)]);
+    ItemAttrs::transfer(1)
+        .encode(&mut s.ndx, &mut s.data)
+        .unwrap();
+    SumHead::default().encode(&mut s.data);
+    put_i32(&mut s.data, i32::MAX);
+    s.data.extend_from_slice(&[0u8; 1000]);
+    let (res, _) = run(&s, &dest);
+    assert!(matches!(res, Err(RemoteError::Eof(_))), "{res:?}");
+    assert!(all_files(&dest).is_empty(), "{:?}", all_files(&dest));
+
+    // A frame with an internal tag.
+    let mut s = Script::new();
+    s.flist(&[dir(".")]);
+    let mut bytes = s.bytes();
+    bytes.extend_from_slice(&[0, 0, 0, 7 + 9]);
+    let out = Shared::default();
+    let mut opts = PullOptions::new("unused", &dest);
+    opts.echo_messages = false;
+    let res = run_pull(
+        &opts,
+        DestRoot::open(&dest).unwrap(),
+        Cursor::new(bytes),
+        out,
+    );
+    assert!(matches!(res, Err(RemoteError::Proto(_))), "{res:?}");
+}
+
+#[test]
+fn checksum_mismatch_triggers_redo_with_full_sums() {
+    let (_t, dest, _o) = setup();
+    // An older copy as the basis, so the requests carry block sums.
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::write(dest.join("f"), b"hellx").unwrap();
+    let mut s = Script::new();
+    s.flist(&[dir("."), reg("f", 5)]);
+    s.file(1, b"hello", &[0u8; 16]).done();
+    s.file(
+        1,
+        b"hello",
+        file_sum(ChecksumAlgo::Xxh128, b"hello").as_bytes(),
+    )
+    .done();
+    s.done();
+    Stats::default().encode(&mut s.data);
+    s.done();
+    let (res, written) = run(&s, &dest);
+    let sum = res.unwrap();
+    assert_eq!(sum.files_redone, 1);
+    assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"hello");
+
+    // Our side: filter list, request 1 (short sums), DONE, request 1 again
+    // with full-length sums, DONE x3, goodbye.
+    let mut raw = Reader::new(&written);
+    assert_eq!(raw.i32().unwrap(), 32);
+    assert_eq!(raw.vstring(100).unwrap(), b"xxh128 xxh3 xxh64 md5 md4");
+    let mut d = Demuxer::new();
+    d.push(raw.rest());
+    let mut data = Vec::new();
+    while let Some(ev) = d.next_event().unwrap() {
+        if let Event::Data(b) = ev {
+            data.extend(b);
+        }
+    }
+    let mut r = Reader::new(&data);
+    assert_eq!(r.i32().unwrap(), 0, "empty filter list");
+    let mut c = NdxCodec::new();
+    let mut seen = Vec::new();
+    while r.remaining() > 0 {
+        match decode_item(&mut c, &mut r).unwrap() {
+            NdxItem::File(a) => {
+                let h = SumHead::decode(&mut r, 16).unwrap();
+                r.bytes(h.count as usize * (4 + h.s2length as usize))
+                    .unwrap();
+                seen.push(format!("req{}:{}", a.ndx, h.s2length));
+            }
+            NdxItem::Done => seen.push("done".into()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        ["req1:2", "done", "req1:16", "done", "done", "done", "done"]
+    );
+}

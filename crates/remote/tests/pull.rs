@@ -1,0 +1,62 @@
+//! Pulls from the real rsync (`rsync --server --sender`) at protocols 32, 31, 30.
+
+mod common;
+
+use arsync_remote::pull::{pull, PullOptions};
+use common::*;
+
+fn pull_from(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    protocol: Option<i32>,
+) -> arsync_remote::pull::TransferSummary {
+    let mut opts = PullOptions::new(format!("{}/", src.display()), dst);
+    opts.command.protocol = protocol;
+    pull(&opts).unwrap_or_else(|e| panic!("pull failed: {e}"))
+}
+
+fn pull_then_delta(protocol: Option<i32>) {
+    let t = tempfile::tempdir_in("/dev/shm").unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let big = make_tree(&src, 4 << 20);
+    let s = pull_from(&src, &dst, protocol);
+    assert_eq!(s.protocol, protocol.unwrap_or(32));
+    assert_eq!(s.checksum, "xxh128");
+    assert_eq!(s.files_transferred, 8);
+    assert_eq!(s.matched_bytes, 0);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    assert_same_tree_ns(&src, &dst, protocol.unwrap_or(32) >= 31, true);
+
+    // Nothing changed: the quick check skips every file.
+    let s = pull_from(&src, &dst, protocol);
+    assert_eq!(s.files_transferred, 0);
+    assert_same_tree_ns(&src, &dst, protocol.unwrap_or(32) >= 31, true);
+
+    // ~1% of the large file changes: a delta against the old copy.
+    touch_up_one_percent(&big);
+    let s = pull_from(&src, &dst, protocol);
+    assert_eq!(s.files_transferred, 1);
+    let size = (4 << 20) as u64;
+    assert!(
+        s.literal_bytes < size / 10,
+        "literal {} of {size}",
+        s.literal_bytes
+    );
+    assert_eq!(s.literal_bytes + s.matched_bytes, size);
+    assert_same_tree_ns(&src, &dst, protocol.unwrap_or(32) >= 31, true);
+}
+
+#[test]
+fn pull_protocol_32() {
+    pull_then_delta(None);
+}
+
+#[test]
+fn pull_protocol_31() {
+    pull_then_delta(Some(31));
+}
+
+#[test]
+fn pull_protocol_30() {
+    pull_then_delta(Some(30));
+}
