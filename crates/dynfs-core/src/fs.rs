@@ -1,0 +1,1320 @@
+//! The filesystem: POSIX operations on inodes of the live tree, with per-file write buffering.
+//!
+//! Writes are buffered per file in whole-extent buffers and turned into new immutable extents at
+//! `flush`/`fsync`/`release`, when a file has many dirty extents, or before operations that need
+//! the committed state (truncate, seek, policy change). Each flush writes the new fragments
+//! durably, then commits one metadata transaction that points the file at them and drops the
+//! references to the extents they replace, then deletes fragments no longer referenced.
+//! All-zero extents are stored as holes.
+
+use crate::error::{Error, Result};
+use crate::meta::{self, Extent, Inode, Kind, Ts, DIRENTS, EXTMAP, INODES, LIVE, ROOT_INO, XATTRS};
+use crate::policy::Policy;
+use crate::pool::{new_inode, Pool};
+use redb::{ReadableTable, WriteTransaction};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// The xattr through which users read and set a file's or directory's policy.
+pub const POLICY_XATTR: &[u8] = b"user.dynfs.policy";
+
+/// Flush a file once it has this many dirty extents.
+const MAX_DIRTY_EXTENTS: usize = 16;
+
+/// `renameat2` flag: fail if the target exists.
+pub const RENAME_NOREPLACE: u32 = 1;
+/// `renameat2` flag: atomically exchange source and target.
+pub const RENAME_EXCHANGE: u32 = 2;
+
+fn errno(e: i32) -> Error {
+    Error::Errno(e)
+}
+
+/// Buffered, not yet committed state of an open file.
+#[derive(Default)]
+struct FileState {
+    /// Extent index → full-extent buffer, or `None` for "make this a hole".
+    dirty: BTreeMap<u64, Option<Vec<u8>>>,
+    /// Size including buffered writes, if it differs from the committed inode.
+    size: Option<u64>,
+    /// Pending modification time.
+    mtime: Option<Ts>,
+    /// Open handles.
+    opens: u32,
+}
+
+/// Attribute changes for [`Fs::setattr`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate or extend).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<Ts>,
+    /// New modification time.
+    pub mtime: Option<Ts>,
+    /// New change time.
+    pub ctime: Option<Ts>,
+}
+
+/// Filesystem usage for `statfs`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatFs {
+    /// Block size.
+    pub bsize: u32,
+    /// Total blocks (usable, after redundancy).
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Inodes in use.
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+}
+
+/// A directory entry returned by [`Fs::readdir`].
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    /// Offset to pass to continue after this entry.
+    pub next: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Entry name.
+    pub name: Vec<u8>,
+    /// The inode.
+    pub inode: Inode,
+}
+
+/// The filesystem over a pool.
+pub struct Fs {
+    pool: Arc<Pool>,
+    files: Mutex<HashMap<u64, Arc<Mutex<FileState>>>>,
+}
+
+// ---- transaction helpers (deterministic: they run once per metadata replica) ----
+
+/// Read an inode in a write transaction (`ENOENT` if absent).
+pub fn get_inode(tx: &WriteTransaction, tree: u64, ino: u64) -> Result<Inode> {
+    let t = tx.open_table(INODES)?;
+    let v = t.get((tree, ino))?;
+    match v {
+        Some(g) => meta::dec(g.value()),
+        None => Err(errno(libc::ENOENT)),
+    }
+}
+
+/// Store an inode in a write transaction.
+pub fn put_inode(tx: &WriteTransaction, tree: u64, ino: u64, i: &Inode) -> Result<()> {
+    tx.open_table(INODES)?
+        .insert((tree, ino), meta::enc(i)?.as_slice())?;
+    Ok(())
+}
+
+fn get_dirent(tx: &WriteTransaction, tree: u64, parent: u64, name: &[u8]) -> Result<Option<u64>> {
+    let t = tx.open_table(DIRENTS)?;
+    let v = t.get((tree, parent, name))?.map(|g| g.value());
+    Ok(v)
+}
+
+fn dir_is_empty(tx: &WriteTransaction, tree: u64, dir: u64) -> Result<bool> {
+    let t = tx.open_table(DIRENTS)?;
+    let mut r = t.range((tree, dir, &[][..])..(tree, dir + 1, &[][..]))?;
+    let empty = r.next().is_none();
+    Ok(empty)
+}
+
+/// Delete an inode with its extent map and xattrs; returns the extents that became unreferenced.
+/// A missing inode is not an error (nothing to do).
+pub fn delete_inode_tx(tx: &WriteTransaction, tree: u64, ino: u64) -> Result<Vec<(u64, Extent)>> {
+    let existed = tx.open_table(INODES)?.remove((tree, ino))?.is_some();
+    if !existed {
+        return Ok(Vec::new());
+    }
+    let mut freed = Vec::new();
+    let entries: Vec<((u64, u64, u64), u64)> = {
+        let t = tx.open_table(EXTMAP)?;
+        let r = t.range((tree, ino, 0)..=(tree, ino, u64::MAX))?;
+        r.map(|row| row.map(|(k, v)| (k.value(), v.value())))
+            .collect::<std::result::Result<_, _>>()?
+    };
+    {
+        let mut t = tx.open_table(EXTMAP)?;
+        for (k, _) in &entries {
+            t.remove(*k)?;
+        }
+    }
+    for (_, id) in entries {
+        if let Some(f) = Pool::decref(tx, id)? {
+            freed.push(f);
+        }
+    }
+    let names: Vec<Vec<u8>> = {
+        let t = tx.open_table(XATTRS)?;
+        let r = t.range((tree, ino, &[][..])..(tree, ino + 1, &[][..]))?;
+        r.map(|row| row.map(|(k, _)| k.value().2.to_vec()))
+            .collect::<std::result::Result<_, _>>()?
+    };
+    let mut t = tx.open_table(XATTRS)?;
+    for n in names {
+        t.remove((tree, ino, n.as_slice()))?;
+    }
+    Ok(freed)
+}
+
+fn touch_dir(tx: &WriteTransaction, dir: u64, nlink_delta: i32) -> Result<()> {
+    let mut d = get_inode(tx, LIVE, dir)?;
+    let now = Ts::now();
+    d.mtime = now;
+    d.ctime = now;
+    d.nlink = (d.nlink as i64 + nlink_delta as i64).max(0) as u32;
+    put_inode(tx, LIVE, dir, &d)
+}
+
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(errno(libc::EINVAL));
+    }
+    if name.len() > 255 {
+        return Err(errno(libc::ENAMETOOLONG));
+    }
+    Ok(())
+}
+
+impl Fs {
+    /// A filesystem over an open pool.
+    pub fn new(pool: Pool) -> Self {
+        Self::from_arc(Arc::new(pool))
+    }
+
+    /// A filesystem over a shared pool.
+    pub fn from_arc(pool: Arc<Pool>) -> Self {
+        Fs {
+            pool,
+            files: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    fn es(&self) -> u64 {
+        self.pool.extent_size()
+    }
+
+    fn state(&self, ino: u64) -> Arc<Mutex<FileState>> {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(ino)
+            .or_default()
+            .clone()
+    }
+
+    fn existing_state(&self, ino: u64) -> Option<Arc<Mutex<FileState>>> {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .cloned()
+    }
+
+    fn drop_state_if_idle(&self, ino: u64) {
+        let mut m = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = m.get(&ino).is_some_and(|s| {
+            s.try_lock().is_ok_and(|st| {
+                st.opens == 0 && st.dirty.is_empty() && st.size.is_none() && st.mtime.is_none()
+            })
+        });
+        if idle {
+            m.remove(&ino);
+        }
+    }
+
+    /// Read a committed inode.
+    fn inode(&self, ino: u64) -> Result<Inode> {
+        let tx = self.pool.meta.read()?;
+        let t = tx.open_table(INODES)?;
+        match t.get((LIVE, ino))? {
+            Some(g) => meta::dec(g.value()),
+            None => Err(errno(libc::ENOENT)),
+        }
+    }
+
+    /// Attributes of an inode, including buffered writes.
+    pub fn getattr(&self, ino: u64) -> Result<Inode> {
+        let mut i = self.inode(ino)?;
+        if let Some(s) = self.existing_state(ino) {
+            let st = s.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(sz) = st.size {
+                i.size = sz;
+            }
+            if let Some(m) = st.mtime {
+                i.mtime = m;
+                i.ctime = m;
+            }
+            let es = self.pool.extent_size();
+            i.alloc += st.dirty.values().filter(|b| b.is_some()).count() as u64 * es;
+        }
+        Ok(i)
+    }
+
+    /// Find `name` in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<(u64, Inode)> {
+        let ino = {
+            let tx = self.pool.meta.read()?;
+            let t = tx.open_table(DIRENTS)?;
+            let v = t.get((LIVE, parent, name))?.map(|g| g.value());
+            match v {
+                Some(i) => i,
+                None => {
+                    // Distinguish "parent is not a directory".
+                    let p = self.inode(parent)?;
+                    if p.kind != Kind::Dir {
+                        return Err(errno(libc::ENOTDIR));
+                    }
+                    return Err(errno(libc::ENOENT));
+                }
+            }
+        };
+        Ok((ino, self.getattr(ino)?))
+    }
+
+    /// Create a node (file, directory, symlink, FIFO, socket or device) named `name` in `parent`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: Kind,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        target: &[u8],
+    ) -> Result<(u64, Inode)> {
+        check_name(name)?;
+        self.pool.meta.write(|tx| {
+            let p = get_inode(tx, LIVE, parent)?;
+            if p.kind != Kind::Dir {
+                return Err(errno(libc::ENOTDIR));
+            }
+            if get_dirent(tx, LIVE, parent, name)?.is_some() {
+                return Err(errno(libc::EEXIST));
+            }
+            let ino = meta::alloc(tx, "next_ino", 2)?;
+            let mut i = new_inode(kind, perm & 0o7777, uid, gid, parent);
+            i.rdev = rdev;
+            i.policy = p.policy;
+            if kind == Kind::Symlink {
+                i.target = target.to_vec();
+                i.size = target.len() as u64;
+            }
+            // setgid directories pass their group on.
+            if p.perm & libc::S_ISGID != 0 {
+                i.gid = p.gid;
+                if kind == Kind::Dir {
+                    i.perm |= libc::S_ISGID;
+                }
+            }
+            put_inode(tx, LIVE, ino, &i)?;
+            tx.open_table(DIRENTS)?.insert((LIVE, parent, name), ino)?;
+            touch_dir(tx, parent, if kind == Kind::Dir { 1 } else { 0 })?;
+            Ok((ino, i))
+        })
+    }
+
+    /// Create a hard link to `ino` named `name` in `parent`.
+    pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Inode> {
+        check_name(name)?;
+        self.pool.meta.write(|tx| {
+            let mut i = get_inode(tx, LIVE, ino)?;
+            if i.kind == Kind::Dir {
+                return Err(errno(libc::EPERM));
+            }
+            let p = get_inode(tx, LIVE, parent)?;
+            if p.kind != Kind::Dir {
+                return Err(errno(libc::ENOTDIR));
+            }
+            if get_dirent(tx, LIVE, parent, name)?.is_some() {
+                return Err(errno(libc::EEXIST));
+            }
+            i.nlink += 1;
+            i.ctime = Ts::now();
+            put_inode(tx, LIVE, ino, &i)?;
+            tx.open_table(DIRENTS)?.insert((LIVE, parent, name), ino)?;
+            touch_dir(tx, parent, 0)?;
+            Ok(i)
+        })?;
+        self.getattr(ino)
+    }
+
+    /// After a commit that may have dropped an inode's last link: delete it unless it is open.
+    fn reap(&self, ino: u64) -> Result<()> {
+        if let Some(s) = self.existing_state(ino) {
+            if s.lock().unwrap_or_else(|e| e.into_inner()).opens > 0 {
+                return Ok(());
+            }
+        }
+        let freed = self.pool.meta.write(|tx| {
+            let i = match get_inode(tx, LIVE, ino) {
+                Ok(i) => i,
+                Err(Error::Errno(libc::ENOENT)) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            if i.nlink > 0 {
+                return Ok(Vec::new());
+            }
+            delete_inode_tx(tx, LIVE, ino)
+        })?;
+        self.pool.free_extents(&freed);
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino);
+        Ok(())
+    }
+
+    /// Remove a non-directory entry.
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
+        let ino = self.pool.meta.write(|tx| {
+            let ino = get_dirent(tx, LIVE, parent, name)?.ok_or(errno(libc::ENOENT))?;
+            let mut i = get_inode(tx, LIVE, ino)?;
+            if i.kind == Kind::Dir {
+                return Err(errno(libc::EISDIR));
+            }
+            tx.open_table(DIRENTS)?.remove((LIVE, parent, name))?;
+            i.nlink = i.nlink.saturating_sub(1);
+            i.ctime = Ts::now();
+            put_inode(tx, LIVE, ino, &i)?;
+            touch_dir(tx, parent, 0)?;
+            Ok(ino)
+        })?;
+        self.reap(ino)
+    }
+
+    /// Remove an empty directory.
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
+        if name == b"." {
+            return Err(errno(libc::EINVAL));
+        }
+        let freed = self.pool.meta.write(|tx| {
+            let ino = get_dirent(tx, LIVE, parent, name)?.ok_or(errno(libc::ENOENT))?;
+            let i = get_inode(tx, LIVE, ino)?;
+            if i.kind != Kind::Dir {
+                return Err(errno(libc::ENOTDIR));
+            }
+            if !dir_is_empty(tx, LIVE, ino)? {
+                return Err(errno(libc::ENOTEMPTY));
+            }
+            tx.open_table(DIRENTS)?.remove((LIVE, parent, name))?;
+            touch_dir(tx, parent, -1)?;
+            delete_inode_tx(tx, LIVE, ino)
+        })?;
+        self.pool.free_extents(&freed);
+        Ok(())
+    }
+
+    /// Rename, honouring `RENAME_NOREPLACE` and `RENAME_EXCHANGE`.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        check_name(newname)?;
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
+            || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
+        {
+            return Err(errno(libc::EINVAL));
+        }
+        let replaced = self.pool.meta.write(|tx| {
+            let src = get_dirent(tx, LIVE, parent, name)?.ok_or(errno(libc::ENOENT))?;
+            let dst = get_dirent(tx, LIVE, newparent, newname)?;
+            let np = get_inode(tx, LIVE, newparent)?;
+            if np.kind != Kind::Dir {
+                return Err(errno(libc::ENOTDIR));
+            }
+            let mut si = get_inode(tx, LIVE, src)?;
+            let now = Ts::now();
+            // A directory may not move below itself.
+            let check_loop = |dir: u64, into: u64| -> Result<()> {
+                let mut cur = into;
+                loop {
+                    if cur == dir {
+                        return Err(errno(libc::EINVAL));
+                    }
+                    if cur == ROOT_INO {
+                        return Ok(());
+                    }
+                    cur = get_inode(tx, LIVE, cur)?.parent;
+                }
+            };
+            if flags & RENAME_EXCHANGE != 0 {
+                let dst = dst.ok_or(errno(libc::ENOENT))?;
+                let mut di = get_inode(tx, LIVE, dst)?;
+                if si.kind == Kind::Dir {
+                    check_loop(src, newparent)?;
+                }
+                if di.kind == Kind::Dir {
+                    check_loop(dst, parent)?;
+                }
+                let mut t = tx.open_table(DIRENTS)?;
+                t.insert((LIVE, parent, name), dst)?;
+                t.insert((LIVE, newparent, newname), src)?;
+                drop(t);
+                if parent != newparent {
+                    let delta = i32::from(si.kind == Kind::Dir) - i32::from(di.kind == Kind::Dir);
+                    touch_dir(tx, parent, -delta)?;
+                    touch_dir(tx, newparent, delta)?;
+                } else {
+                    touch_dir(tx, parent, 0)?;
+                }
+                if si.kind == Kind::Dir {
+                    si.parent = newparent;
+                }
+                if di.kind == Kind::Dir {
+                    di.parent = parent;
+                }
+                si.ctime = now;
+                di.ctime = now;
+                put_inode(tx, LIVE, src, &si)?;
+                put_inode(tx, LIVE, dst, &di)?;
+                return Ok((None, Vec::new()));
+            }
+            if let Some(dst) = dst {
+                if flags & RENAME_NOREPLACE != 0 {
+                    return Err(errno(libc::EEXIST));
+                }
+                if dst == src {
+                    return Ok((None, Vec::new()));
+                }
+            }
+            if si.kind == Kind::Dir {
+                check_loop(src, newparent)?;
+            }
+            let mut replaced = None;
+            let mut freed = Vec::new();
+            if let Some(dst) = dst {
+                let mut di = get_inode(tx, LIVE, dst)?;
+                match (si.kind == Kind::Dir, di.kind == Kind::Dir) {
+                    (true, false) => return Err(errno(libc::ENOTDIR)),
+                    (false, true) => return Err(errno(libc::EISDIR)),
+                    (true, true) => {
+                        if !dir_is_empty(tx, LIVE, dst)? {
+                            return Err(errno(libc::ENOTEMPTY));
+                        }
+                        touch_dir(tx, newparent, -1)?;
+                        freed = delete_inode_tx(tx, LIVE, dst)?;
+                    }
+                    (false, false) => {
+                        di.nlink = di.nlink.saturating_sub(1);
+                        di.ctime = now;
+                        put_inode(tx, LIVE, dst, &di)?;
+                        replaced = Some(dst);
+                    }
+                }
+            }
+            let mut t = tx.open_table(DIRENTS)?;
+            t.remove((LIVE, parent, name))?;
+            t.insert((LIVE, newparent, newname), src)?;
+            drop(t);
+            let is_dir = i32::from(si.kind == Kind::Dir);
+            if parent != newparent {
+                touch_dir(tx, parent, -is_dir)?;
+                touch_dir(tx, newparent, is_dir)?;
+                if is_dir == 1 {
+                    si.parent = newparent;
+                }
+            } else {
+                touch_dir(tx, parent, 0)?;
+            }
+            si.ctime = now;
+            put_inode(tx, LIVE, src, &si)?;
+            Ok((replaced, freed))
+        })?;
+        self.pool.free_extents(&replaced.1);
+        if let Some(ino) = replaced.0 {
+            self.reap(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Up to `max` entries of directory `ino` starting at `offset` (0 = start; includes `.` and `..`).
+    pub fn readdir(&self, ino: u64, offset: u64, max: usize) -> Result<Vec<DirEntry>> {
+        let dir = self.inode(ino)?;
+        if dir.kind != Kind::Dir {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let mut out = Vec::new();
+        if offset == 0 {
+            out.push(DirEntry {
+                next: 1,
+                ino,
+                name: b".".to_vec(),
+                inode: dir.clone(),
+            });
+        }
+        if offset <= 1 {
+            let p = if ino == ROOT_INO { ino } else { dir.parent };
+            out.push(DirEntry {
+                next: 2,
+                ino: p,
+                name: b"..".to_vec(),
+                inode: self.inode(p).unwrap_or_else(|_| dir.clone()),
+            });
+        }
+        let skip = offset.saturating_sub(2);
+        let children: Vec<(u64, Vec<u8>, u64)> = {
+            let tx = self.pool.meta.read()?;
+            let t = tx.open_table(DIRENTS)?;
+            let r = t.range((LIVE, ino, &[][..])..(LIVE, ino + 1, &[][..]))?;
+            let mut v = Vec::new();
+            for (n, row) in r.enumerate().skip(skip as usize) {
+                if out.len() + v.len() >= max {
+                    break;
+                }
+                let (k, val) = row?;
+                v.push((
+                    skip + n as u64 - skip + 3,
+                    k.value().2.to_vec(),
+                    val.value(),
+                ));
+            }
+            v
+        };
+        for (next, name, child) in children {
+            if let Ok(inode) = self.getattr(child) {
+                out.push(DirEntry {
+                    next,
+                    ino: child,
+                    name,
+                    inode,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Target of a symbolic link.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let i = self.inode(ino)?;
+        if i.kind != Kind::Symlink {
+            return Err(errno(libc::EINVAL));
+        }
+        Ok(i.target)
+    }
+
+    /// Change attributes.
+    pub fn setattr(&self, ino: u64, a: SetAttr) -> Result<Inode> {
+        if let Some(size) = a.size {
+            self.truncate(ino, size)?;
+        }
+        let has_other = a.mode.is_some()
+            || a.uid.is_some()
+            || a.gid.is_some()
+            || a.atime.is_some()
+            || a.mtime.is_some()
+            || a.ctime.is_some();
+        if has_other {
+            // Pending buffered mtime must not override an explicit one.
+            if a.mtime.is_some() {
+                if let Some(s) = self.existing_state(ino) {
+                    s.lock().unwrap_or_else(|e| e.into_inner()).mtime = None;
+                }
+            }
+            self.pool.meta.write(|tx| {
+                let mut i = get_inode(tx, LIVE, ino)?;
+                if let Some(m) = a.mode {
+                    i.perm = m & 0o7777;
+                }
+                if let Some(u) = a.uid {
+                    i.uid = u;
+                }
+                if let Some(g) = a.gid {
+                    i.gid = g;
+                }
+                if let Some(t) = a.atime {
+                    i.atime = t;
+                }
+                if let Some(t) = a.mtime {
+                    i.mtime = t;
+                }
+                i.ctime = a.ctime.unwrap_or_else(Ts::now);
+                put_inode(tx, LIVE, ino, &i)
+            })?;
+        }
+        self.getattr(ino)
+    }
+
+    fn effective_policy(&self, i: &Inode) -> Policy {
+        i.policy.unwrap_or(self.pool.config().default_policy)
+    }
+
+    /// Note an open handle on `ino`.
+    pub fn open(&self, ino: u64) -> Result<()> {
+        let i = self.inode(ino)?;
+        if i.kind == Kind::Dir {
+            return Ok(());
+        }
+        self.state(ino)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .opens += 1;
+        Ok(())
+    }
+
+    /// Close a handle: flush buffered data; delete the inode if it was the last handle of an
+    /// unlinked file.
+    pub fn release(&self, ino: u64) -> Result<()> {
+        let r = self.flush(ino);
+        if let Some(s) = self.existing_state(ino) {
+            let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
+            st.opens = st.opens.saturating_sub(1);
+        }
+        match self.inode(ino) {
+            Ok(i) if i.nlink == 0 => self.reap(ino)?,
+            _ => {}
+        }
+        self.drop_state_if_idle(ino);
+        r
+    }
+
+    /// Read up to `len` bytes at `off`.
+    pub fn read(&self, ino: u64, off: u64, len: usize) -> Result<Vec<u8>> {
+        let i = self.inode(ino)?;
+        if i.kind == Kind::Dir {
+            return Err(errno(libc::EISDIR));
+        }
+        let state = self.existing_state(ino);
+        let guard = state
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
+        let size = guard.as_ref().and_then(|g| g.size).unwrap_or(i.size);
+        if off >= size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = size.min(off + len as u64);
+        let es = self.es();
+        let mut out = vec![0u8; (end - off) as usize];
+        let mut pos = off;
+        while pos < end {
+            let idx = pos / es;
+            let in_ext = (pos % es) as usize;
+            let n = ((idx + 1) * es).min(end) - pos;
+            let dst = &mut out[(pos - off) as usize..(pos - off + n) as usize];
+            match guard.as_ref().and_then(|g| g.dirty.get(&idx)) {
+                Some(Some(buf)) => dst.copy_from_slice(&buf[in_ext..in_ext + n as usize]),
+                Some(None) => {}
+                None => {
+                    if let Some(data) = self.committed_extent(ino, idx)? {
+                        let avail = data.len().saturating_sub(in_ext).min(n as usize);
+                        if avail > 0 {
+                            dst[..avail].copy_from_slice(&data[in_ext..in_ext + avail]);
+                        }
+                    }
+                }
+            }
+            pos += n;
+        }
+        Ok(out)
+    }
+
+    fn committed_extent(&self, ino: u64, idx: u64) -> Result<Option<Arc<Vec<u8>>>> {
+        let (id, ext) = {
+            let tx = self.pool.meta.read()?;
+            let m = tx.open_table(EXTMAP)?;
+            let Some(id) = m.get((LIVE, ino, idx))?.map(|g| g.value()) else {
+                return Ok(None);
+            };
+            let t = tx.open_table(meta::EXTENTS)?;
+            let ext: Extent = meta::get_rec(&t, id)?
+                .ok_or_else(|| Error::Meta(format!("extent {id} of inode {ino} missing")))?;
+            (id, ext)
+        };
+        Ok(Some(self.pool.read_extent(id, &ext)?))
+    }
+
+    /// Write `data` at `off` (buffered). Returns the bytes written.
+    pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
+        self.write_inner(ino, off, data.len() as u64, Some(data), true)?;
+        Ok(data.len())
+    }
+
+    /// Write `data` (or zeros when `None`) over `[off, off+len)`; extend the size if `extend`.
+    fn write_inner(
+        &self,
+        ino: u64,
+        off: u64,
+        len: u64,
+        data: Option<&[u8]>,
+        extend: bool,
+    ) -> Result<()> {
+        let i = self.inode(ino)?;
+        if i.kind != Kind::File {
+            return Err(errno(if i.kind == Kind::Dir {
+                libc::EISDIR
+            } else {
+                libc::EINVAL
+            }));
+        }
+        let end = off.checked_add(len).ok_or(errno(libc::EFBIG))?;
+        if end > i64::MAX as u64 {
+            return Err(errno(libc::EFBIG));
+        }
+        let s = self.state(ino);
+        let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
+        let size = st.size.unwrap_or(i.size);
+        let es = self.es();
+        let mut pos = off;
+        while pos < end {
+            let idx = pos / es;
+            let in_ext = (pos % es) as usize;
+            let n = (((idx + 1) * es).min(end) - pos) as usize;
+            let whole = in_ext == 0 && n as u64 == es;
+            if data.is_none() && whole {
+                st.dirty.insert(idx, None);
+            } else {
+                if !matches!(st.dirty.get(&idx), Some(Some(_))) {
+                    let mut buf = vec![0u8; es as usize];
+                    if !st.dirty.contains_key(&idx) && !whole {
+                        if let Some(d) = self.committed_extent(ino, idx)? {
+                            let l = d.len().min(buf.len());
+                            buf[..l].copy_from_slice(&d[..l]);
+                        }
+                    }
+                    st.dirty.insert(idx, Some(buf));
+                }
+                if let Some(Some(buf)) = st.dirty.get_mut(&idx) {
+                    let dst = &mut buf[in_ext..in_ext + n];
+                    match data {
+                        Some(d) => {
+                            let from = (pos - off) as usize;
+                            dst.copy_from_slice(&d[from..from + n]);
+                        }
+                        None => dst.fill(0),
+                    }
+                }
+            }
+            pos += n as u64;
+        }
+        if extend && end > size {
+            st.size = Some(end);
+        } else if st.size.is_none() {
+            st.size = Some(size);
+        }
+        st.mtime = Some(Ts::now());
+        if st.dirty.len() >= MAX_DIRTY_EXTENTS {
+            self.flush_locked(ino, &mut st)?;
+        }
+        Ok(())
+    }
+
+    /// Commit buffered writes of `ino` (durably).
+    pub fn flush(&self, ino: u64) -> Result<()> {
+        if let Some(s) = self.existing_state(ino) {
+            let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
+            self.flush_locked(ino, &mut st)?;
+        }
+        Ok(())
+    }
+
+    /// Same as [`Fs::flush`]: every commit is durable.
+    pub fn fsync(&self, ino: u64) -> Result<()> {
+        self.flush(ino)
+    }
+
+    /// Commit every file's buffered writes.
+    pub fn flush_all(&self) -> Result<()> {
+        let inos: Vec<u64> = self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        let mut first_err = None;
+        for ino in inos {
+            if let Err(e) = self.flush(ino) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn flush_locked(&self, ino: u64, st: &mut FileState) -> Result<()> {
+        if st.dirty.is_empty() && st.size.is_none() && st.mtime.is_none() {
+            return Ok(());
+        }
+        let i = match self.inode(ino) {
+            Ok(i) => i,
+            Err(Error::Errno(libc::ENOENT)) => {
+                st.dirty.clear();
+                st.size = None;
+                st.mtime = None;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let size = st.size.unwrap_or(i.size);
+        let policy = self.effective_policy(&i);
+        let es = self.es();
+        // 1. Write new fragments durably.
+        let mut new: Vec<(u64, Option<(u64, Extent)>)> = Vec::new();
+        let cleanup = |new: &[(u64, Option<(u64, Extent)>)]| {
+            let orphans: Vec<(u64, Extent)> = new.iter().filter_map(|(_, e)| e.clone()).collect();
+            self.pool.free_extents(&orphans);
+        };
+        for (&idx, buf) in &st.dirty {
+            let start = idx * es;
+            let len = size.saturating_sub(start).min(es) as usize;
+            let ext = match buf {
+                Some(b) if len > 0 && b[..len].iter().any(|&x| x != 0) => {
+                    match self.pool.write_extent(policy, &b[..len]) {
+                        Ok(e) => Some(e),
+                        Err(e) => {
+                            cleanup(&new);
+                            return Err(e);
+                        }
+                    }
+                }
+                _ => None,
+            };
+            new.push((idx, ext));
+        }
+        let mtime = st.mtime;
+        // 2. Commit metadata referencing them.
+        let committed = self.pool.meta.write(|tx| {
+            let mut inode = get_inode(tx, LIVE, ino)?;
+            let mut freed = Vec::new();
+            for (idx, ext) in &new {
+                let old = tx
+                    .open_table(EXTMAP)?
+                    .get((LIVE, ino, *idx))?
+                    .map(|g| g.value());
+                if let Some(old) = old {
+                    let t = tx.open_table(meta::EXTENTS)?;
+                    if let Some(e) = meta::get_rec::<Extent>(&t, old)? {
+                        inode.alloc = inode.alloc.saturating_sub(e.len as u64);
+                    }
+                    drop(t);
+                    if let Some(f) = Pool::decref(tx, old)? {
+                        freed.push(f);
+                    }
+                }
+                let mut m = tx.open_table(EXTMAP)?;
+                match ext {
+                    Some((id, e)) => {
+                        m.insert((LIVE, ino, *idx), *id)?;
+                        drop(m);
+                        Pool::link_extent(tx, *id, e, 1)?;
+                        inode.alloc += e.len as u64;
+                    }
+                    None => {
+                        m.remove((LIVE, ino, *idx))?;
+                    }
+                }
+            }
+            inode.size = size;
+            if let Some(t) = mtime {
+                inode.mtime = t;
+                inode.ctime = t;
+            }
+            put_inode(tx, LIVE, ino, &inode)?;
+            Ok(freed)
+        });
+        match committed {
+            Ok(freed) => {
+                // 3. Only now delete what the commit stopped referencing.
+                self.pool.free_extents(&freed);
+                st.dirty.clear();
+                st.size = None;
+                st.mtime = None;
+                Ok(())
+            }
+            Err(e) => {
+                cleanup(&new);
+                Err(e)
+            }
+        }
+    }
+
+    /// Set the size of a file, freeing extents past the end and trimming a partial last extent.
+    pub fn truncate(&self, ino: u64, size: u64) -> Result<()> {
+        let i = self.inode(ino)?;
+        if i.kind == Kind::Dir {
+            return Err(errno(libc::EISDIR));
+        }
+        if i.kind != Kind::File {
+            return Err(errno(libc::EINVAL));
+        }
+        let s = self.state(ino);
+        let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
+        self.flush_locked(ino, &mut st)?;
+        let i = self.inode(ino)?;
+        let es = self.es();
+        let policy = self.effective_policy(&i);
+        // A partial last extent is rewritten so bytes past the new end read as zeros later.
+        let mut partial = None;
+        if size < i.size && size % es != 0 {
+            let idx = size / es;
+            if let Some(d) = self.committed_extent(ino, idx)? {
+                let keep = ((size % es) as usize).min(d.len());
+                if d.len() > keep {
+                    partial = Some((idx, self.pool.write_extent(policy, &d[..keep])?));
+                }
+            }
+        }
+        let first_gone = size.div_ceil(es);
+        let r = self.pool.meta.write(|tx| {
+            let mut inode = get_inode(tx, LIVE, ino)?;
+            let mut freed = Vec::new();
+            if size < inode.size {
+                let gone: Vec<(u64, u64)> = {
+                    let t = tx.open_table(EXTMAP)?;
+                    let r = t.range((LIVE, ino, first_gone)..=(LIVE, ino, u64::MAX))?;
+                    r.map(|row| row.map(|(k, v)| (k.value().2, v.value())))
+                        .collect::<std::result::Result<_, _>>()?
+                };
+                for (idx, id) in gone {
+                    tx.open_table(EXTMAP)?.remove((LIVE, ino, idx))?;
+                    let t = tx.open_table(meta::EXTENTS)?;
+                    if let Some(e) = meta::get_rec::<Extent>(&t, id)? {
+                        inode.alloc = inode.alloc.saturating_sub(e.len as u64);
+                    }
+                    drop(t);
+                    if let Some(f) = Pool::decref(tx, id)? {
+                        freed.push(f);
+                    }
+                }
+                if let Some((idx, (nid, next))) = &partial {
+                    let old = tx
+                        .open_table(EXTMAP)?
+                        .get((LIVE, ino, *idx))?
+                        .map(|g| g.value());
+                    if let Some(old) = old {
+                        let t = tx.open_table(meta::EXTENTS)?;
+                        if let Some(e) = meta::get_rec::<Extent>(&t, old)? {
+                            inode.alloc = inode.alloc.saturating_sub(e.len as u64);
+                        }
+                        drop(t);
+                        if let Some(f) = Pool::decref(tx, old)? {
+                            freed.push(f);
+                        }
+                    }
+                    tx.open_table(EXTMAP)?.insert((LIVE, ino, *idx), *nid)?;
+                    Pool::link_extent(tx, *nid, next, 1)?;
+                    inode.alloc += next.len as u64;
+                }
+            }
+            inode.size = size;
+            let now = Ts::now();
+            inode.mtime = now;
+            inode.ctime = now;
+            put_inode(tx, LIVE, ino, &inode)?;
+            Ok(freed)
+        });
+        match r {
+            Ok(freed) => {
+                self.pool.free_extents(&freed);
+                Ok(())
+            }
+            Err(e) => {
+                if let Some((_, e2)) = partial {
+                    self.pool.free_extents(&[e2]);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `fallocate`: mode 0 extends the size; `PUNCH_HOLE|KEEP_SIZE` and `ZERO_RANGE` zero a range
+    /// (whole extents become holes). Space is not reserved ahead of time.
+    pub fn fallocate(&self, ino: u64, off: u64, len: u64, mode: i32) -> Result<()> {
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        if mode
+            & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE)
+            != 0
+            || (punch && !keep)
+            || (punch && zero)
+        {
+            return Err(errno(libc::EOPNOTSUPP));
+        }
+        if len == 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        let i = self.getattr(ino)?;
+        if i.kind != Kind::File {
+            return Err(errno(libc::ENODEV));
+        }
+        if punch || zero {
+            let size = i.size;
+            let zend = if keep {
+                (off + len).min(size)
+            } else {
+                off + len
+            };
+            if zend > off {
+                self.write_inner(ino, off, zend - off, None, !keep)?;
+            }
+            if !keep && off + len > size {
+                self.extend(ino, off + len)?;
+            }
+            return Ok(());
+        }
+        if !keep && off + len > i.size {
+            self.extend(ino, off + len)?;
+        }
+        Ok(())
+    }
+
+    fn extend(&self, ino: u64, size: u64) -> Result<()> {
+        let s = self.state(ino);
+        let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = st
+            .size
+            .map_or_else(|| self.inode(ino).map(|i| i.size), Ok)?;
+        if size > cur {
+            st.size = Some(size);
+            st.mtime = Some(Ts::now());
+        }
+        Ok(())
+    }
+
+    /// `lseek` with `SEEK_DATA` (3) or `SEEK_HOLE` (4); other whences return `offset`.
+    pub fn seek(&self, ino: u64, offset: u64, whence: i32) -> Result<u64> {
+        if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+            return Ok(offset);
+        }
+        self.flush(ino)?;
+        let i = self.inode(ino)?;
+        if offset >= i.size {
+            return Err(errno(libc::ENXIO));
+        }
+        let es = self.es();
+        let tx = self.pool.meta.read()?;
+        let t = tx.open_table(EXTMAP)?;
+        let first = offset / es;
+        if whence == libc::SEEK_DATA {
+            let mut r = t.range((LIVE, ino, first)..=(LIVE, ino, u64::MAX))?;
+            match r.next() {
+                Some(row) => {
+                    let pos = (row?.0.value().2 * es).max(offset);
+                    if pos >= i.size {
+                        Err(errno(libc::ENXIO))
+                    } else {
+                        Ok(pos)
+                    }
+                }
+                None => Err(errno(libc::ENXIO)),
+            }
+        } else {
+            let mut expect = first;
+            for row in t.range((LIVE, ino, first)..=(LIVE, ino, u64::MAX))? {
+                if row?.0.value().2 != expect {
+                    break;
+                }
+                expect += 1;
+            }
+            Ok((expect * es).max(offset).min(i.size))
+        }
+    }
+
+    /// Get an xattr value.
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        let i = self.inode(ino)?;
+        if name == POLICY_XATTR {
+            return i
+                .policy
+                .map(|p| p.to_string().into_bytes())
+                .ok_or(errno(libc::ENODATA));
+        }
+        let tx = self.pool.meta.read()?;
+        let t = tx.open_table(XATTRS)?;
+        let v = t.get((LIVE, ino, name))?.map(|g| g.value().to_vec());
+        v.ok_or(errno(libc::ENODATA))
+    }
+
+    /// List xattr names.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+        let i = self.inode(ino)?;
+        let mut out = Vec::new();
+        if i.policy.is_some() {
+            out.push(POLICY_XATTR.to_vec());
+        }
+        let tx = self.pool.meta.read()?;
+        let t = tx.open_table(XATTRS)?;
+        for row in t.range((LIVE, ino, &[][..])..(LIVE, ino + 1, &[][..]))? {
+            out.push(row?.0.value().2.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Set an xattr (`flags`: `XATTR_CREATE` = 1, `XATTR_REPLACE` = 2). Setting
+    /// `user.dynfs.policy` changes the policy (restriping a file's existing data).
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        if name.is_empty() || name.len() > 255 {
+            return Err(errno(libc::ERANGE));
+        }
+        if name == POLICY_XATTR {
+            let s = std::str::from_utf8(value).map_err(|_| errno(libc::EINVAL))?;
+            let p: Policy = s
+                .trim_end_matches(['\0', '\n'])
+                .parse()
+                .map_err(|_| errno(libc::EINVAL))?;
+            return self.set_policy(ino, Some(p));
+        }
+        self.pool.meta.write(|tx| {
+            let mut i = get_inode(tx, LIVE, ino)?;
+            let mut t = tx.open_table(XATTRS)?;
+            let exists = t.get((LIVE, ino, name))?.is_some();
+            if flags & libc::XATTR_CREATE != 0 && exists {
+                return Err(errno(libc::EEXIST));
+            }
+            if flags & libc::XATTR_REPLACE != 0 && !exists {
+                return Err(errno(libc::ENODATA));
+            }
+            t.insert((LIVE, ino, name), value)?;
+            drop(t);
+            i.ctime = Ts::now();
+            put_inode(tx, LIVE, ino, &i)
+        })
+    }
+
+    /// Remove an xattr (`user.dynfs.policy`: clear the override; data keeps its layout).
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+        self.pool.meta.write(|tx| {
+            let mut i = get_inode(tx, LIVE, ino)?;
+            if name == POLICY_XATTR {
+                if i.policy.take().is_none() {
+                    return Err(errno(libc::ENODATA));
+                }
+            } else if tx.open_table(XATTRS)?.remove((LIVE, ino, name))?.is_none() {
+                return Err(errno(libc::ENODATA));
+            }
+            i.ctime = Ts::now();
+            put_inode(tx, LIVE, ino, &i)
+        })
+    }
+
+    /// Set (or clear) the policy override of a file or directory. For a file, every existing
+    /// extent not already under the policy is rewritten: new fragments are written and
+    /// committed before the old ones are freed, so redundancy never drops. For a directory, the
+    /// policy applies to entries created in it afterwards.
+    pub fn set_policy(&self, ino: u64, policy: Option<Policy>) -> Result<()> {
+        if let Some(p) = policy {
+            self.pool.check_placeable(p)?;
+        }
+        self.flush(ino)?;
+        let i = self.pool.meta.write(|tx| {
+            let mut i = get_inode(tx, LIVE, ino)?;
+            i.policy = policy;
+            i.ctime = Ts::now();
+            put_inode(tx, LIVE, ino, &i)?;
+            Ok(i)
+        })?;
+        if i.kind == Kind::File {
+            self.restripe(ino, self.effective_policy(&i))?;
+        }
+        Ok(())
+    }
+
+    /// Rewrite every extent of `ino` that is not under `policy`.
+    pub fn restripe(&self, ino: u64, policy: Policy) -> Result<u64> {
+        let s = self.state(ino);
+        let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
+        self.flush_locked(ino, &mut st)?;
+        let mut moved = 0;
+        let mut next_idx = 0u64;
+        loop {
+            let item = {
+                let tx = self.pool.meta.read()?;
+                let m = tx.open_table(EXTMAP)?;
+                let t = tx.open_table(meta::EXTENTS)?;
+                let mut found = None;
+                for row in m.range((LIVE, ino, next_idx)..=(LIVE, ino, u64::MAX))? {
+                    let (k, v) = row?;
+                    let id = v.value();
+                    let e: Extent = meta::get_rec(&t, id)?
+                        .ok_or_else(|| Error::Meta(format!("extent {id} missing")))?;
+                    if e.policy != policy {
+                        found = Some((k.value().2, id, e));
+                        break;
+                    }
+                }
+                found
+            };
+            let Some((idx, old_id, old)) = item else {
+                break;
+            };
+            next_idx = idx + 1;
+            let data = self.pool.read_extent(old_id, &old)?;
+            let (nid, next) = self.pool.write_extent(policy, &data)?;
+            let r = self.pool.meta.write(|tx| {
+                let cur = tx
+                    .open_table(EXTMAP)?
+                    .get((LIVE, ino, idx))?
+                    .map(|g| g.value());
+                if cur != Some(old_id) {
+                    return Err(Error::Meta("extent changed during restripe".into()));
+                }
+                tx.open_table(EXTMAP)?.insert((LIVE, ino, idx), nid)?;
+                Pool::link_extent(tx, nid, &next, 1)?;
+                Pool::decref(tx, old_id)
+            });
+            match r {
+                Ok(freed) => {
+                    self.pool
+                        .free_extents(&freed.into_iter().collect::<Vec<_>>());
+                    moved += 1;
+                }
+                Err(e) => {
+                    self.pool.free_extents(&[(nid, next)]);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Usage figures: capacity of the distinct filesystems under the disks, scaled by the default
+    /// policy's efficiency.
+    pub fn statfs(&self) -> Result<StatFs> {
+        use std::os::unix::fs::MetadataExt;
+        let mut seen = Vec::new();
+        let (mut total, mut free) = (0u64, 0u64);
+        for d in self.pool.disks().iter().filter(|d| d.readable()) {
+            let dev = std::fs::metadata(&d.path).map(|m| m.dev()).unwrap_or(0);
+            if seen.contains(&dev) {
+                continue;
+            }
+            seen.push(dev);
+            if let Ok((t, f)) = crate::disk::fs_space(&d.path) {
+                total += t;
+                free += f;
+            }
+        }
+        let p = self.pool.config().default_policy;
+        let scale = |v: u64| (v as u128 * p.needed() as u128 / p.width() as u128) as u64;
+        let bsize = 4096u64;
+        let files = meta::table_len(&self.pool.meta.read()?, INODES)?;
+        Ok(StatFs {
+            bsize: bsize as u32,
+            blocks: scale(total) / bsize,
+            bfree: scale(free) / bsize,
+            files,
+            ffree: u32::MAX as u64,
+        })
+    }
+}

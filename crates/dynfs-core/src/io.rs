@@ -1,0 +1,260 @@
+//! Fragment I/O: every access the engine makes to fragment files on disks goes through [`DiskIo`].
+//!
+//! Keeping file access behind one trait lets the engine move onto the project's io_uring platform
+//! layer later, and lets tests inject faults ([`FaultyIo`]): failing the N-th operation with `EIO`
+//! or `ENOSPC`, flipping bits, or dropping an fsync.
+//!
+//! Invariant: [`DiskIo::write_durable`] returns only after the data and the directory entry are on
+//! stable storage (file fsync, rename, directory fsync), unless a test deliberately drops the fsync.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// File operations used for fragment storage.
+pub trait DiskIo: Send + Sync + 'static {
+    /// Write `data` to `path` atomically and durably: temporary file, fsync, rename, directory fsync.
+    fn write_durable(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Read the whole file at `path`.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Remove the file at `path`.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Call `f` with each entry name of directory `path` (streamed, not collected).
+    fn list_dir(&self, path: &Path, f: &mut dyn FnMut(&OsStr)) -> io::Result<()>;
+}
+
+/// Name of the temporary file used while writing `path`.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(OsString::from).unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// fsync a directory so that entries created or renamed in it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The standard implementation over `std::fs`, blocking the calling thread.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdIo;
+
+impl StdIo {
+    fn write_inner(path: &Path, data: &[u8], fsync: bool) -> io::Result<()> {
+        let tmp = temp_path(path);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        if fsync {
+            f.sync_all()?;
+        }
+        drop(f);
+        fs::rename(&tmp, path)?;
+        if fsync {
+            if let Some(parent) = path.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DiskIo for StdIo {
+    fn write_durable(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        Self::write_inner(path, data, true)
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let mut f = File::open(path)?;
+        let mut v = Vec::with_capacity(f.metadata().map(|m| m.len() as usize).unwrap_or(0));
+        f.read_to_end(&mut v)?;
+        Ok(v)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn list_dir(&self, path: &Path, f: &mut dyn FnMut(&OsStr)) -> io::Result<()> {
+        for e in fs::read_dir(path)? {
+            f(&e?.file_name());
+        }
+        Ok(())
+    }
+}
+
+/// Which operation a fault applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOp {
+    /// `write_durable`.
+    Write,
+    /// `read`.
+    Read,
+    /// `remove`.
+    Remove,
+    /// Any of the above.
+    Any,
+}
+
+/// What happens when a fault fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Fail with `EIO`.
+    Eio,
+    /// Fail with `ENOSPC`.
+    Enospc,
+    /// Flip one bit: in the data returned by a read, or in the data stored by a write (silently).
+    FlipBit,
+    /// Perform a write without fsync; the file is lost by [`FaultyIo::power_loss`].
+    DropFsync,
+}
+
+/// A fault rule: fire on the `nth` (1-based) matching operation, and on every later one if `repeat`.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// Operation filter.
+    pub op: FaultOp,
+    /// Only paths containing this string match (all paths if `None`).
+    pub path_contains: Option<String>,
+    /// Which matching operation fires first (1-based).
+    pub nth: u64,
+    /// Keep firing after the first time.
+    pub repeat: bool,
+    /// Effect.
+    pub kind: FaultKind,
+}
+
+struct FaultState {
+    fault: Fault,
+    seen: u64,
+    fired: u64,
+}
+
+/// A [`DiskIo`] that wraps [`StdIo`] and injects the configured faults. For tests.
+#[derive(Default)]
+pub struct FaultyIo {
+    rules: Mutex<Vec<FaultState>>,
+    volatile: Mutex<Vec<PathBuf>>,
+}
+
+impl FaultyIo {
+    /// A fault injector with no rules (behaves like [`StdIo`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a rule.
+    pub fn add(&self, fault: Fault) {
+        self.rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(FaultState {
+                fault,
+                seen: 0,
+                fired: 0,
+            });
+    }
+
+    /// Remove all rules.
+    pub fn clear(&self) {
+        self.rules.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// How many times faults have fired in total.
+    pub fn fired(&self) -> u64 {
+        self.rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|r| r.fired)
+            .sum()
+    }
+
+    /// Simulate a power loss: every file written with a dropped fsync disappears.
+    pub fn power_loss(&self) {
+        let files = std::mem::take(&mut *self.volatile.lock().unwrap_or_else(|e| e.into_inner()));
+        for f in files {
+            let _ = fs::remove_file(f);
+        }
+    }
+
+    fn check(&self, op: FaultOp, path: &Path) -> Option<FaultKind> {
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        let p = path.to_string_lossy();
+        for r in rules.iter_mut() {
+            if r.fault.op != FaultOp::Any && r.fault.op != op {
+                continue;
+            }
+            if let Some(s) = &r.fault.path_contains {
+                if !p.contains(s.as_str()) {
+                    continue;
+                }
+            }
+            r.seen += 1;
+            if r.seen == r.fault.nth || (r.fault.repeat && r.seen > r.fault.nth) {
+                r.fired += 1;
+                return Some(r.fault.kind);
+            }
+        }
+        None
+    }
+}
+
+fn flip(data: &mut [u8]) {
+    if let Some(b) = data.get_mut(data.len() / 2) {
+        *b ^= 0x10;
+    }
+}
+
+impl DiskIo for FaultyIo {
+    fn write_durable(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        match self.check(FaultOp::Write, path) {
+            Some(FaultKind::Eio) => Err(io::Error::from_raw_os_error(libc::EIO)),
+            Some(FaultKind::Enospc) => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            Some(FaultKind::FlipBit) => {
+                let mut d = data.to_vec();
+                flip(&mut d);
+                StdIo::write_inner(path, &d, true)
+            }
+            Some(FaultKind::DropFsync) => {
+                StdIo::write_inner(path, data, false)?;
+                self.volatile
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(path.to_path_buf());
+                Ok(())
+            }
+            None => StdIo::write_inner(path, data, true),
+        }
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        match self.check(FaultOp::Read, path) {
+            Some(FaultKind::Eio) => Err(io::Error::from_raw_os_error(libc::EIO)),
+            Some(FaultKind::Enospc) => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            Some(FaultKind::FlipBit) => {
+                let mut d = StdIo.read(path)?;
+                flip(&mut d);
+                Ok(d)
+            }
+            Some(FaultKind::DropFsync) | None => StdIo.read(path),
+        }
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        match self.check(FaultOp::Remove, path) {
+            Some(FaultKind::Eio) => Err(io::Error::from_raw_os_error(libc::EIO)),
+            Some(FaultKind::Enospc) => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            _ => StdIo.remove(path),
+        }
+    }
+
+    fn list_dir(&self, path: &Path, f: &mut dyn FnMut(&OsStr)) -> io::Result<()> {
+        StdIo.list_dir(path, f)
+    }
+}

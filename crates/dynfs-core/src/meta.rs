@@ -1,0 +1,512 @@
+//! Metadata: redb tables, record types, and replication of the database over several disks.
+//!
+//! Every disk in the pool that is not failed holds a replica `meta/dynfs.redb`. A metadata change
+//! is a closure applied, in one redb write transaction each, to every live replica in turn; each
+//! transaction also increments the `generation` counter. Opening the pool reads every replica,
+//! takes the one with the highest generation that opens cleanly, and copies it over stale,
+//! damaged or missing replicas. Losing any M disks (M = tolerance of the default policy, and we
+//! keep a replica on every disk) therefore loses no metadata.
+//!
+//! Tables are keyed by a *tree* id: tree 0 is the live filesystem, trees >= 1 are snapshots.
+
+use crate::disk::Health;
+use crate::error::{Error, Result};
+use crate::policy::Policy;
+use redb::{
+    Database, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Counters: `generation`, `next_ino`, `next_extent`, `next_snap`.
+pub const SUPER: TableDefinition<&str, u64> = TableDefinition::new("super");
+/// `(tree, ino)` → [`Inode`].
+pub const INODES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("inodes");
+/// `(tree, parent ino, name)` → child ino.
+pub const DIRENTS: TableDefinition<(u64, u64, &[u8]), u64> = TableDefinition::new("dirents");
+/// `(tree, ino, extent index)` → extent id.
+pub const EXTMAP: TableDefinition<(u64, u64, u64), u64> = TableDefinition::new("extmap");
+/// `(tree, ino, name)` → value.
+pub const XATTRS: TableDefinition<(u64, u64, &[u8]), &[u8]> = TableDefinition::new("xattrs");
+/// extent id → [`Extent`].
+pub const EXTENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("extents");
+/// disk id → [`DiskRec`].
+pub const DISKS: TableDefinition<u32, &[u8]> = TableDefinition::new("disks");
+/// snapshot tree id → [`SnapRec`].
+pub const SNAPS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
+/// Named state blobs (scrub and rebuild checkpoints).
+pub const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+
+/// The live filesystem's tree id.
+pub const LIVE: u64 = 0;
+/// Inode number of the root directory.
+pub const ROOT_INO: u64 = 1;
+
+/// A timestamp (seconds and nanoseconds since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Ts {
+    /// Seconds since the Unix epoch.
+    pub secs: i64,
+    /// Nanoseconds.
+    pub nanos: u32,
+}
+
+impl Ts {
+    /// The current time.
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Ts {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        }
+    }
+}
+
+/// File type of an inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Named pipe.
+    Fifo,
+    /// Unix socket.
+    Socket,
+    /// Character device.
+    CharDev,
+    /// Block device.
+    BlockDev,
+}
+
+impl Kind {
+    /// The `S_IFMT` bits for this kind.
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            Kind::File => libc::S_IFREG,
+            Kind::Dir => libc::S_IFDIR,
+            Kind::Symlink => libc::S_IFLNK,
+            Kind::Fifo => libc::S_IFIFO,
+            Kind::Socket => libc::S_IFSOCK,
+            Kind::CharDev => libc::S_IFCHR,
+            Kind::BlockDev => libc::S_IFBLK,
+        }
+    }
+
+    /// The kind for `S_IFMT` bits of a mode, if any.
+    pub fn from_mode(mode: u32) -> Option<Self> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => Kind::File,
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            _ => return None,
+        })
+    }
+}
+
+/// An inode record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Inode {
+    /// File type.
+    pub kind: Kind,
+    /// Permission bits (including setuid/setgid/sticky).
+    pub perm: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes (files), target length (symlinks).
+    pub size: u64,
+    /// Hard link count.
+    pub nlink: u32,
+    /// Device number for device nodes.
+    pub rdev: u32,
+    /// Access time.
+    pub atime: Ts,
+    /// Modification time.
+    pub mtime: Ts,
+    /// Status change time.
+    pub ctime: Ts,
+    /// Creation time.
+    pub crtime: Ts,
+    /// Parent directory (directories only; the root is its own parent).
+    pub parent: u64,
+    /// Policy override (`user.dynfs.policy`), inherited by new children of a directory.
+    pub policy: Option<Policy>,
+    /// Symlink target.
+    pub target: Vec<u8>,
+    /// Bytes of data held in extents (what `st_blocks` reports; holes cost nothing).
+    pub alloc: u64,
+}
+
+/// Location and checksum of one fragment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frag {
+    /// Disk holding the fragment.
+    pub disk: u32,
+    /// BLAKE3 of the fragment bytes.
+    pub sum: [u8; 32],
+}
+
+/// An immutable extent: its policy, data length and fragments (index = position).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    /// Redundancy policy of this extent.
+    pub policy: Policy,
+    /// Bytes of file data.
+    pub len: u32,
+    /// Bytes per fragment.
+    pub frag_len: u32,
+    /// Fragments: copies, or data shards then parity shards.
+    pub frags: Vec<Frag>,
+    /// Number of (tree, file, index) references; the extent is freed when it drops to zero.
+    pub refs: u32,
+}
+
+/// A disk as recorded in the metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskRec {
+    /// Disk id.
+    pub id: u32,
+    /// Directory path.
+    pub path: String,
+    /// Health.
+    pub health: Health,
+    /// Capacity in bytes when added.
+    pub capacity: u64,
+}
+
+/// A snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapRec {
+    /// Tree id holding the snapshot.
+    pub tree: u64,
+    /// User-given name.
+    pub name: String,
+    /// Creation time.
+    pub created: Ts,
+}
+
+/// Create every table (in a new database).
+pub fn create_tables(tx: &WriteTransaction) -> Result<()> {
+    tx.open_table(SUPER)?;
+    tx.open_table(INODES)?;
+    tx.open_table(DIRENTS)?;
+    tx.open_table(EXTMAP)?;
+    tx.open_table(XATTRS)?;
+    tx.open_table(EXTENTS)?;
+    tx.open_table(DISKS)?;
+    tx.open_table(SNAPS)?;
+    tx.open_table(STATE)?;
+    Ok(())
+}
+
+/// Encode a record.
+pub fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    Ok(postcard::to_allocvec(v)?)
+}
+
+/// Decode a record.
+pub fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
+    Ok(postcard::from_bytes(b)?)
+}
+
+/// Read a counter from [`SUPER`] (0 if absent).
+pub fn counter(tx: &WriteTransaction, name: &str) -> Result<u64> {
+    let t = tx.open_table(SUPER)?;
+    let v = t.get(name)?.map(|g| g.value()).unwrap_or(0);
+    Ok(v)
+}
+
+/// Set a counter in [`SUPER`].
+pub fn set_counter(tx: &WriteTransaction, name: &str, v: u64) -> Result<()> {
+    tx.open_table(SUPER)?.insert(name, v)?;
+    Ok(())
+}
+
+/// Allocate the next value of a counter (starting at `first`).
+pub fn alloc(tx: &WriteTransaction, name: &str, first: u64) -> Result<u64> {
+    let v = counter(tx, name)?.max(first);
+    set_counter(tx, name, v + 1)?;
+    Ok(v)
+}
+
+struct Replica {
+    disk: u32,
+    path: PathBuf,
+    db: Database,
+}
+
+/// Outcome of opening replicas, for logs and `status`.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    /// Generation chosen.
+    pub generation: u64,
+    /// Disk whose replica was chosen.
+    pub source_disk: u32,
+    /// Disks whose replica was stale, damaged or missing and was replaced.
+    pub resynced: Vec<u32>,
+}
+
+/// A replicated redb database.
+pub struct MetaStore {
+    replicas: RwLock<Vec<Arc<Replica>>>,
+    write_lock: Mutex<()>,
+}
+
+fn open_db(path: &Path) -> Result<Database> {
+    let mut db = Database::builder().set_cache_size(32 << 20).open(path)?;
+    if !db
+        .check_integrity()
+        .map_err(|e| Error::Meta(e.to_string()))?
+    {
+        return Err(Error::Meta(format!(
+            "{}: integrity check repaired damage",
+            path.display()
+        )));
+    }
+    Ok(db)
+}
+
+fn generation_of(db: &Database) -> Result<u64> {
+    let tx = db.begin_read()?;
+    let t = tx.open_table(SUPER)?;
+    let v = t.get("generation")?.map(|g| g.value());
+    v.ok_or_else(|| Error::Meta("no generation counter".into()))
+}
+
+fn copy_durable(from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let tmp = crate::io::temp_path(to);
+    std::fs::copy(from, &tmp).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, to).map_err(|e| Error::io(to, e))?;
+    if let Some(parent) = to.parent() {
+        crate::io::sync_dir(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    Ok(())
+}
+
+impl MetaStore {
+    /// Create fresh replicas at `paths` (disk id, file path) and run `init` on each.
+    pub fn create(
+        paths: &[(u32, PathBuf)],
+        init: impl Fn(&WriteTransaction) -> Result<()>,
+    ) -> Result<Self> {
+        let mut replicas = Vec::new();
+        for (disk, path) in paths {
+            if path.exists() {
+                return Err(Error::Invalid(format!("{} already exists", path.display())));
+            }
+            let db = Database::builder().set_cache_size(32 << 20).create(path)?;
+            replicas.push(Arc::new(Replica {
+                disk: *disk,
+                path: path.clone(),
+                db,
+            }));
+        }
+        let store = MetaStore {
+            replicas: RwLock::new(replicas),
+            write_lock: Mutex::new(()),
+        };
+        store.write(init)?;
+        Ok(store)
+    }
+
+    /// Open the replicas at `paths`, choose the newest valid generation and resync the others.
+    pub fn open(paths: &[(u32, PathBuf)]) -> Result<(Self, OpenReport)> {
+        let mut best: Option<(u64, usize)> = None;
+        let mut gens = vec![None; paths.len()];
+        for (i, (disk, path)) in paths.iter().enumerate() {
+            if !path.exists() {
+                continue;
+            }
+            match open_db(path).and_then(|db| generation_of(&db)) {
+                Ok(g) => {
+                    gens[i] = Some(g);
+                    if best.is_none_or(|(bg, _)| g > bg) {
+                        best = Some((g, i));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(disk, path = %path.display(), error = %e, "metadata replica unusable")
+                }
+            }
+        }
+        let (generation, src) = best.ok_or_else(|| {
+            Error::Meta("no readable metadata replica on any disk of the pool".into())
+        })?;
+        let mut report = OpenReport {
+            generation,
+            source_disk: paths[src].0,
+            resynced: Vec::new(),
+        };
+        for (i, (disk, path)) in paths.iter().enumerate() {
+            if i != src && gens[i] != Some(generation) {
+                tracing::info!(
+                    disk,
+                    "resyncing metadata replica from disk {}",
+                    paths[src].0
+                );
+                copy_durable(&paths[src].1, path)?;
+                report.resynced.push(*disk);
+            }
+        }
+        let mut replicas = Vec::new();
+        // The chosen replica first: it is the one reads use.
+        let order = std::iter::once(src).chain((0..paths.len()).filter(|&i| i != src));
+        for i in order {
+            let (disk, path) = &paths[i];
+            replicas.push(Arc::new(Replica {
+                disk: *disk,
+                path: path.clone(),
+                db: Database::builder().set_cache_size(32 << 20).open(path)?,
+            }));
+        }
+        Ok((
+            MetaStore {
+                replicas: RwLock::new(replicas),
+                write_lock: Mutex::new(()),
+            },
+            report,
+        ))
+    }
+
+    fn live(&self) -> Vec<Arc<Replica>> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Disk ids holding live replicas.
+    pub fn replica_disks(&self) -> Vec<u32> {
+        self.live().iter().map(|r| r.disk).collect()
+    }
+
+    /// Begin a read transaction on the primary replica.
+    pub fn read(&self) -> Result<ReadTransaction> {
+        let r = self
+            .live()
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Meta("no live metadata replica".into()))?;
+        Ok(r.db.begin_read()?)
+    }
+
+    /// Apply `f` in one write transaction to every live replica, bumping the generation.
+    ///
+    /// `f` must be deterministic (it runs once per replica). If it fails on the primary nothing is
+    /// committed anywhere. A replica that fails afterwards is dropped from the live set (it is
+    /// resynced at the next open).
+    pub fn write<T>(&self, f: impl Fn(&WriteTransaction) -> Result<T>) -> Result<T> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let replicas = self.live();
+        let mut result = None;
+        let mut dead = Vec::new();
+        for (i, r) in replicas.iter().enumerate() {
+            let attempt = (|| -> Result<T> {
+                let tx = r.db.begin_write()?;
+                let out = f(&tx)?;
+                let g = counter(&tx, "generation")?;
+                set_counter(&tx, "generation", g + 1)?;
+                tx.commit()?;
+                Ok(out)
+            })();
+            match attempt {
+                Ok(out) => {
+                    if result.is_none() {
+                        result = Some(out);
+                    }
+                }
+                Err(e) if i == 0 => return Err(e),
+                Err(e) => {
+                    tracing::error!(disk = r.disk, error = %e, "metadata replica failed; dropped until next open");
+                    dead.push(r.disk);
+                }
+            }
+        }
+        if !dead.is_empty() {
+            self.replicas
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|r| !dead.contains(&r.disk));
+        }
+        result.ok_or_else(|| Error::Meta("no live metadata replica".into()))
+    }
+
+    /// Current generation of the primary replica.
+    pub fn generation(&self) -> Result<u64> {
+        let tx = self.read()?;
+        let t = tx.open_table(SUPER)?;
+        let v = t.get("generation")?.map(|g| g.value()).unwrap_or(0);
+        Ok(v)
+    }
+
+    /// Add a replica on a new disk by copying the primary (no write may be running: takes the lock).
+    pub fn add_replica(&self, disk: u32, path: &Path) -> Result<()> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let primary = self
+            .live()
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Meta("no live metadata replica".into()))?;
+        copy_durable(&primary.path, path)?;
+        let db = Database::builder().set_cache_size(32 << 20).open(path)?;
+        self.replicas
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(Replica {
+                disk,
+                path: path.to_path_buf(),
+                db,
+            }));
+        Ok(())
+    }
+
+    /// Stop maintaining the replica on `disk`.
+    pub fn remove_replica(&self, disk: u32) {
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.replicas
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|r| r.disk != disk);
+    }
+}
+
+/// Number of rows in a table of a read transaction (0 if the table does not exist yet).
+pub fn table_len<K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<u64> {
+    match tx.open_table(def) {
+        Ok(t) => Ok(t.len()?),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Read and decode a record from a table keyed by `K` in a read transaction.
+pub fn get_rec<T: DeserializeOwned>(
+    t: &impl ReadableTable<u64, &'static [u8]>,
+    key: u64,
+) -> Result<Option<T>> {
+    match t.get(key)? {
+        Some(g) => Ok(Some(dec(g.value())?)),
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,1040 @@
+//! The pool: disks, placement, extent write/read with verification and reconstruction, orphan
+//! collection, disk health and membership.
+
+use crate::codec;
+use crate::config::{check_extent_size, PoolConfig};
+use crate::disk::{self, DiskIdentity, Health};
+use crate::error::{Error, Result};
+use crate::io::{DiskIo, StdIo};
+use crate::meta::{self, DiskRec, Extent, Frag, Inode, MetaStore, OpenReport};
+use crate::policy::Policy;
+use redb::{ReadableTable, WriteTransaction};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Arguments of [`Pool::init`].
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Disk directories (must exist, must not belong to a pool).
+    pub disks: Vec<PathBuf>,
+    /// Default policy.
+    pub policy: Policy,
+    /// Extent size in bytes.
+    pub extent_size: u64,
+}
+
+/// Runtime state of one disk.
+#[derive(Debug)]
+pub struct DiskState {
+    /// Disk id.
+    pub id: u32,
+    /// Directory.
+    pub path: PathBuf,
+    health: RwLock<Health>,
+    /// Its identity file was found and matches the pool.
+    pub present: bool,
+    errors: AtomicU32,
+    /// Capacity recorded when the disk joined.
+    pub capacity: u64,
+}
+
+impl DiskState {
+    /// Current health.
+    pub fn health(&self) -> Health {
+        *self.health.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fragments may be read from this disk.
+    pub fn readable(&self) -> bool {
+        self.present && self.health().readable()
+    }
+
+    /// New fragments may be written to this disk.
+    pub fn writable(&self) -> bool {
+        self.present && self.health().writable()
+    }
+
+    /// I/O errors counted since open.
+    pub fn errors(&self) -> u32 {
+        self.errors.load(Ordering::Relaxed)
+    }
+}
+
+/// What [`Pool::gc`] removed.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct GcReport {
+    /// Orphan fragment files (and temporaries) removed.
+    pub fragments: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Unlinked inodes (link count 0, left by a crash) removed.
+    pub inodes: u64,
+}
+
+/// Result of reading an extent's fragments.
+#[derive(Debug, Default, Clone)]
+pub struct ReadOutcome {
+    /// Fragment indexes that were missing, unreadable or failed their checksum.
+    pub bad: Vec<usize>,
+    /// Of those, indexes rewritten in place.
+    pub repaired: Vec<usize>,
+}
+
+const CACHE_EXTENTS: usize = 32;
+
+/// An open pool. Holds `POOL/pool.lock` until dropped.
+pub struct Pool {
+    dir: PathBuf,
+    config: RwLock<PoolConfig>,
+    io: Arc<dyn DiskIo>,
+    /// Replicated metadata.
+    pub meta: MetaStore,
+    disks: RwLock<Vec<Arc<DiskState>>>,
+    next_extent: AtomicU64,
+    cache: Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>,
+    read_only: AtomicBool,
+    /// How metadata was chosen at open.
+    pub open_report: OpenReport,
+    _lock: File,
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    let t = meta::Ts::now();
+    let h = blake3::hash(&[&b[..], &t.secs.to_le_bytes(), &t.nanos.to_le_bytes()].concat());
+    h.to_hex()[..32].to_string()
+}
+
+fn lock_pool(dir: &Path) -> Result<File> {
+    use std::os::fd::AsRawFd;
+    let p = dir.join("pool.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| Error::io(&p, e))?;
+    // SAFETY: flock on a file descriptor we own and keep open for the call's duration.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(Error::Invalid(format!(
+            "pool {} is in use by another dynfs process (mounted?); unmount it first",
+            dir.display()
+        )));
+    }
+    Ok(f)
+}
+
+/// Make a path absolute and normalised, failing if it does not exist.
+fn canonical(p: &Path) -> std::result::Result<PathBuf, String> {
+    std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// The root inode of a new filesystem.
+pub fn new_inode(kind: meta::Kind, perm: u32, uid: u32, gid: u32, parent: u64) -> Inode {
+    let now = meta::Ts::now();
+    Inode {
+        kind,
+        perm,
+        uid,
+        gid,
+        size: 0,
+        nlink: if kind == meta::Kind::Dir { 2 } else { 1 },
+        rdev: 0,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        parent,
+        policy: None,
+        target: Vec::new(),
+        alloc: 0,
+    }
+}
+
+fn check_new_disk(p: &Path, errs: &mut Vec<String>) -> Option<PathBuf> {
+    match canonical(p) {
+        Err(e) => {
+            errs.push(format!("disk {e}"));
+            None
+        }
+        Ok(c) if !c.is_dir() => {
+            errs.push(format!("disk {} is not a directory", c.display()));
+            None
+        }
+        Ok(c) => {
+            match DiskIdentity::load(&c) {
+                Ok(Some(id)) => errs.push(format!(
+                    "disk {} already belongs to pool {} (disk id {})",
+                    c.display(),
+                    id.pool_id,
+                    id.disk_id
+                )),
+                Ok(None) => {}
+                Err(e) => errs.push(format!("disk {}: {e}", c.display())),
+            }
+            if disk::meta_path(&c).exists() {
+                errs.push(format!("disk {} already holds dynfs metadata", c.display()));
+            }
+            Some(c)
+        }
+    }
+}
+
+impl Pool {
+    /// Create a new pool. Validates everything first; on a validation error nothing is changed.
+    pub fn init(pool_dir: &Path, opts: &InitOptions) -> Result<()> {
+        let mut errs = Vec::new();
+        if pool_dir.join(crate::config::CONFIG_FILE).exists() {
+            errs.push(format!("{} already holds a pool", pool_dir.display()));
+        }
+        if let Err(e) = check_extent_size(opts.extent_size) {
+            errs.push(e.to_string());
+        }
+        if opts.disks.len() < opts.policy.width() {
+            errs.push(format!(
+                "policy {} needs at least {} disks, {} given",
+                opts.policy,
+                opts.policy.width(),
+                opts.disks.len()
+            ));
+        }
+        let mut disks: Vec<PathBuf> = Vec::new();
+        for d in &opts.disks {
+            if let Some(c) = check_new_disk(d, &mut errs) {
+                if disks.contains(&c) {
+                    errs.push(format!("disk {} given twice", c.display()));
+                } else {
+                    disks.push(c);
+                }
+            }
+        }
+        if !errs.is_empty() {
+            return Err(Error::Config(errs));
+        }
+        std::fs::create_dir_all(pool_dir).map_err(|e| Error::io(pool_dir, e))?;
+        let pool_dir = canonical(pool_dir).map_err(Error::Invalid)?;
+        let pool_id = random_id();
+        let mut recs = Vec::new();
+        for (i, d) in disks.iter().enumerate() {
+            disk::create_layout(d)?;
+            let capacity = disk::fs_space(d)?.0;
+            let id = i as u32 + 1;
+            DiskIdentity {
+                disk_id: id,
+                pool_id: pool_id.clone(),
+                health: Health::Healthy,
+                capacity,
+            }
+            .store(d)?;
+            recs.push(DiskRec {
+                id,
+                path: d.to_string_lossy().into_owned(),
+                health: Health::Healthy,
+                capacity,
+            });
+        }
+        let paths: Vec<(u32, PathBuf)> = recs
+            .iter()
+            .map(|r| (r.id, disk::meta_path(Path::new(&r.path))))
+            .collect();
+        let store = MetaStore::create(&paths, |tx| {
+            meta::create_tables(tx)?;
+            meta::set_counter(tx, "next_ino", 2)?;
+            meta::set_counter(tx, "next_extent", 1)?;
+            meta::set_counter(tx, "next_snap", 1)?;
+            let root = new_inode(meta::Kind::Dir, 0o755, 0, 0, meta::ROOT_INO);
+            tx.open_table(meta::INODES)?
+                .insert((meta::LIVE, meta::ROOT_INO), meta::enc(&root)?.as_slice())?;
+            let mut t = tx.open_table(meta::DISKS)?;
+            for r in &recs {
+                t.insert(r.id, meta::enc(r)?.as_slice())?;
+            }
+            Ok(())
+        })?;
+        drop(store);
+        PoolConfig {
+            pool_id,
+            default_policy: opts.policy,
+            extent_size: opts.extent_size,
+            disks,
+            scrub_rate_mb_s: 0.0,
+            suspect_after_errors: 3,
+            fail_after_errors: 10,
+        }
+        .store(&pool_dir)?;
+        Ok(())
+    }
+
+    /// Open a pool with the standard fragment I/O, collecting orphans.
+    pub fn open(pool_dir: &Path) -> Result<Pool> {
+        Self::open_with(pool_dir, Arc::new(StdIo))
+    }
+
+    /// Open a pool with a given fragment I/O implementation, collecting orphans.
+    pub fn open_with(pool_dir: &Path, io: Arc<dyn DiskIo>) -> Result<Pool> {
+        let pool = Self::open_no_gc(pool_dir, io)?;
+        let r = pool.gc()?;
+        if r != GcReport::default() {
+            tracing::info!(
+                fragments = r.fragments,
+                bytes = r.bytes,
+                inodes = r.inodes,
+                "collected orphans at open"
+            );
+        }
+        Ok(pool)
+    }
+
+    /// Open without collecting orphans (for inspection).
+    pub fn open_no_gc(pool_dir: &Path, io: Arc<dyn DiskIo>) -> Result<Pool> {
+        let lock = lock_pool(pool_dir)?;
+        let config = PoolConfig::load(pool_dir)?;
+        let mut present = Vec::new();
+        for d in &config.disks {
+            match DiskIdentity::load(d) {
+                Ok(Some(id)) if id.pool_id == config.pool_id => {
+                    present.push((id.disk_id, d.clone()))
+                }
+                Ok(Some(id)) => {
+                    tracing::warn!(disk = %d.display(), other = %id.pool_id, "disk belongs to another pool; ignored")
+                }
+                Ok(None) => tracing::warn!(disk = %d.display(), "disk missing or not initialised"),
+                Err(e) => {
+                    tracing::warn!(disk = %d.display(), error = %e, "cannot read disk identity")
+                }
+            }
+        }
+        let paths: Vec<(u32, PathBuf)> = present
+            .iter()
+            .map(|(id, d)| (*id, disk::meta_path(d)))
+            .collect();
+        let (store, report) = MetaStore::open(&paths)?;
+        let tx = store.read()?;
+        let mut disks = Vec::new();
+        {
+            let t = tx.open_table(meta::DISKS)?;
+            for row in t.iter()? {
+                let (_, v) = row?;
+                let r: DiskRec = meta::dec(v.value())?;
+                let is_present = present.iter().any(|(id, _)| *id == r.id);
+                if !is_present {
+                    tracing::warn!(disk = r.id, path = %r.path, "disk not present: treated as failed until it returns");
+                }
+                disks.push(Arc::new(DiskState {
+                    id: r.id,
+                    path: PathBuf::from(&r.path),
+                    health: RwLock::new(r.health),
+                    present: is_present,
+                    errors: AtomicU32::new(0),
+                    capacity: r.capacity,
+                }));
+            }
+        }
+        let next_extent = {
+            let t = tx.open_table(meta::SUPER)?;
+            let v = t.get("next_extent")?.map(|g| g.value()).unwrap_or(1);
+            v
+        };
+        drop(tx);
+        Ok(Pool {
+            dir: pool_dir.to_path_buf(),
+            config: RwLock::new(config),
+            io,
+            meta: store,
+            disks: RwLock::new(disks),
+            next_extent: AtomicU64::new(next_extent.max(1)),
+            cache: Mutex::new(VecDeque::new()),
+            read_only: AtomicBool::new(false),
+            open_report: report,
+            _lock: lock,
+        })
+    }
+
+    /// The pool directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A copy of the pool options.
+    pub fn config(&self) -> PoolConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Extent size in bytes.
+    pub fn extent_size(&self) -> u64 {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .extent_size
+    }
+
+    /// Snapshot of the disk list.
+    pub fn disks(&self) -> Vec<Arc<DiskState>> {
+        self.disks.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn disk(&self, id: u32) -> Option<Arc<DiskState>> {
+        self.disks().into_iter().find(|d| d.id == id)
+    }
+
+    /// Refuse further writes (set when metadata can no longer be committed).
+    pub fn set_read_only(&self) {
+        self.read_only.store(true, Ordering::Relaxed);
+    }
+
+    /// Number of disks that could take new fragments.
+    pub fn writable_disks(&self) -> usize {
+        self.disks().iter().filter(|d| d.writable()).count()
+    }
+
+    /// Check that `policy` can be placed on the current writable disks.
+    pub fn check_placeable(&self, policy: Policy) -> Result<()> {
+        let n = self.writable_disks();
+        if n < policy.width() {
+            return Err(Error::NoSpace {
+                policy: policy.to_string(),
+                needed: policy.width(),
+                available: n,
+            });
+        }
+        Ok(())
+    }
+
+    /// Record an I/O error against a disk, moving it to suspect or failed past the thresholds.
+    pub fn note_error(&self, disk: u32) {
+        let Some(d) = self.disk(disk) else { return };
+        let n = d.errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let cfg = self.config();
+        let target = if n >= cfg.fail_after_errors {
+            Health::Failed
+        } else if n >= cfg.suspect_after_errors {
+            Health::Suspect
+        } else {
+            return;
+        };
+        let cur = d.health();
+        let worse = matches!(
+            (cur, target),
+            (Health::Healthy | Health::Degraded, _)
+                | (Health::Suspect | Health::Draining, Health::Failed)
+        );
+        if worse {
+            tracing::warn!(disk, errors = n, from = %cur, to = %target, "disk health changed after I/O errors");
+            if let Err(e) = self.set_health(disk, target) {
+                tracing::error!(disk, error = %e, "cannot record disk health");
+            }
+        }
+    }
+
+    /// Set a disk's health (recorded in metadata and, best effort, in its identity file).
+    pub fn set_health(&self, disk: u32, health: Health) -> Result<()> {
+        let d = self
+            .disk(disk)
+            .ok_or_else(|| Error::Invalid(format!("no disk with id {disk} in this pool")))?;
+        self.meta.write(|tx| {
+            let mut t = tx.open_table(meta::DISKS)?;
+            let mut r: DiskRec = match t.get(disk)? {
+                Some(g) => meta::dec(g.value())?,
+                None => return Err(Error::Invalid(format!("no disk with id {disk}"))),
+            };
+            r.health = health;
+            t.insert(disk, meta::enc(&r)?.as_slice())?;
+            Ok(())
+        })?;
+        *d.health.write().unwrap_or_else(|e| e.into_inner()) = health;
+        if d.present {
+            if let Ok(Some(mut id)) = DiskIdentity::load(&d.path) {
+                id.health = health;
+                let _ = id.store(&d.path);
+            }
+        }
+        if health == Health::Failed {
+            self.meta.remove_replica(disk);
+        }
+        Ok(())
+    }
+
+    fn choose_disks(&self, count: usize, seed: u64, exclude: &[u32]) -> Vec<Arc<DiskState>> {
+        let mut c: Vec<_> = self
+            .disks()
+            .into_iter()
+            .filter(|d| d.writable() && !exclude.contains(&d.id))
+            .collect();
+        if c.is_empty() {
+            return c;
+        }
+        let n = c.len();
+        c.rotate_left((seed % n as u64) as usize);
+        c.truncate(count);
+        c
+    }
+
+    fn frag_path(&self, disk: &DiskState, extent: u64, index: usize) -> PathBuf {
+        disk::fragment_path(&disk.path, extent, index)
+    }
+
+    /// Encode `data` under `policy` and write its fragments (in parallel, each fsynced) to distinct
+    /// healthy disks. Returns the new extent id and record (with `refs == 0`); the caller must
+    /// reference it in a metadata commit via [`Pool::link_extent`].
+    pub fn write_extent(&self, policy: Policy, data: &[u8]) -> Result<(u64, Extent)> {
+        if self.read_only.load(Ordering::Relaxed) {
+            return Err(Error::Errno(libc::EROFS));
+        }
+        let id = self.next_extent.fetch_add(1, Ordering::Relaxed);
+        let frags = codec::encode(policy, data)?;
+        self.place_fragments(id, policy, data.len(), frags, &[])
+    }
+
+    /// Write the given fragments of extent `id` to distinct disks, avoiding `exclude`.
+    fn place_fragments(
+        &self,
+        id: u64,
+        policy: Policy,
+        len: usize,
+        frags: Vec<Vec<u8>>,
+        exclude: &[u32],
+    ) -> Result<(u64, Extent)> {
+        let width = frags.len();
+        let chosen = self.choose_disks(width, id, exclude);
+        if chosen.len() < width {
+            return Err(Error::NoSpace {
+                policy: policy.to_string(),
+                needed: width,
+                available: chosen.len() + exclude.len(),
+            });
+        }
+        let results: Vec<std::io::Result<()>> = std::thread::scope(|s| {
+            let handles: Vec<_> = frags
+                .iter()
+                .zip(&chosen)
+                .enumerate()
+                .map(|(i, (f, d))| {
+                    let path = self.frag_path(d, id, i);
+                    s.spawn(move || self.io.write_durable(&path, f))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("writer panicked")))
+                })
+                .collect()
+        });
+        let mut placed: Vec<Option<u32>> = vec![None; width];
+        let mut used: Vec<u32> = exclude.to_vec();
+        used.extend(chosen.iter().map(|d| d.id));
+        let mut last_err = None;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(()) => placed[i] = Some(chosen[i].id),
+                Err(e) => {
+                    tracing::warn!(disk = chosen[i].id, extent = id, error = %e, "fragment write failed; trying another disk");
+                    self.note_error(chosen[i].id);
+                    let _ = self
+                        .io
+                        .remove(&crate::io::temp_path(&self.frag_path(&chosen[i], id, i)));
+                    last_err = Some(Error::io(self.frag_path(&chosen[i], id, i), e));
+                }
+            }
+        }
+        for i in 0..width {
+            while placed[i].is_none() {
+                let Some(d) = self
+                    .choose_disks(1, id + i as u64, &used)
+                    .into_iter()
+                    .next()
+                else {
+                    // Give up: remove what was written; report the failure.
+                    for (j, p) in placed.iter().enumerate() {
+                        if let Some(p) = p.and_then(|p| self.disk(p)) {
+                            let _ = self.io.remove(&self.frag_path(&p, id, j));
+                        }
+                    }
+                    return Err(last_err.unwrap_or(Error::NoSpace {
+                        policy: policy.to_string(),
+                        needed: width,
+                        available: 0,
+                    }));
+                };
+                used.push(d.id);
+                let path = self.frag_path(&d, id, i);
+                match self.io.write_durable(&path, &frags[i]) {
+                    Ok(()) => placed[i] = Some(d.id),
+                    Err(e) => {
+                        self.note_error(d.id);
+                        let _ = self.io.remove(&crate::io::temp_path(&path));
+                        last_err = Some(Error::io(path, e));
+                    }
+                }
+            }
+        }
+        let frag_len = frags.first().map_or(0, |f| f.len());
+        let ext = Extent {
+            policy,
+            len: len as u32,
+            frag_len: frag_len as u32,
+            frags: frags
+                .iter()
+                .zip(placed)
+                .map(|(f, d)| Frag {
+                    disk: d.unwrap_or(0),
+                    sum: codec::checksum(f),
+                })
+                .collect(),
+            refs: 0,
+        };
+        Ok((id, ext))
+    }
+
+    /// In a metadata transaction: record a new extent with `refs` references.
+    pub fn link_extent(tx: &WriteTransaction, id: u64, ext: &Extent, refs: u32) -> Result<()> {
+        let mut e = ext.clone();
+        e.refs = refs;
+        tx.open_table(meta::EXTENTS)?
+            .insert(id, meta::enc(&e)?.as_slice())?;
+        let next = meta::counter(tx, "next_extent")?;
+        if next <= id {
+            meta::set_counter(tx, "next_extent", id + 1)?;
+        }
+        Ok(())
+    }
+
+    /// In a metadata transaction: add a reference to an extent.
+    pub fn incref(tx: &WriteTransaction, id: u64) -> Result<()> {
+        let mut t = tx.open_table(meta::EXTENTS)?;
+        let mut e: Extent = match t.get(id)? {
+            Some(g) => meta::dec(g.value())?,
+            None => return Err(Error::Meta(format!("extent {id} referenced but missing"))),
+        };
+        e.refs += 1;
+        t.insert(id, meta::enc(&e)?.as_slice())?;
+        Ok(())
+    }
+
+    /// In a metadata transaction: drop a reference; returns the extent if it is now unreferenced
+    /// (its record is removed; delete its fragments with [`Pool::free_extents`] after commit).
+    pub fn decref(tx: &WriteTransaction, id: u64) -> Result<Option<(u64, Extent)>> {
+        let mut t = tx.open_table(meta::EXTENTS)?;
+        let mut e: Extent = match t.get(id)? {
+            Some(g) => meta::dec(g.value())?,
+            None => return Ok(None),
+        };
+        e.refs = e.refs.saturating_sub(1);
+        if e.refs == 0 {
+            t.remove(id)?;
+            Ok(Some((id, e)))
+        } else {
+            t.insert(id, meta::enc(&e)?.as_slice())?;
+            Ok(None)
+        }
+    }
+
+    /// Delete the fragments of extents no longer referenced by committed metadata.
+    pub fn free_extents(&self, freed: &[(u64, Extent)]) {
+        for (id, e) in freed {
+            self.evict(*id);
+            for (i, f) in e.frags.iter().enumerate() {
+                if let Some(d) = self.disk(f.disk).filter(|d| d.present) {
+                    let p = self.frag_path(&d, *id, i);
+                    if let Err(err) = self.io.remove(&p) {
+                        if err.kind() != std::io::ErrorKind::NotFound {
+                            tracing::warn!(path = %p.display(), error = %err, "cannot free fragment; gc will retry");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Look up an extent record.
+    pub fn extent(&self, id: u64) -> Result<Extent> {
+        let tx = self.meta.read()?;
+        let t = tx.open_table(meta::EXTENTS)?;
+        meta::get_rec(&t, id)?.ok_or_else(|| Error::Meta(format!("extent {id} missing")))
+    }
+
+    fn evict(&self, id: u64) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(i, _)| *i != id);
+    }
+
+    /// Read an extent's data (cached; extents are immutable), verifying and repairing fragments.
+    pub fn read_extent(&self, id: u64, ext: &Extent) -> Result<Arc<Vec<u8>>> {
+        if let Some((_, d)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(i, _)| *i == id)
+        {
+            return Ok(d.clone());
+        }
+        let (data, _) = self.read_extent_verified(id, ext, true, false)?;
+        let data = Arc::new(data);
+        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        c.push_back((id, data.clone()));
+        if c.len() > CACHE_EXTENTS {
+            c.pop_front();
+        }
+        Ok(data)
+    }
+
+    fn read_frag(&self, id: u64, ext: &Extent, i: usize) -> Option<Vec<u8>> {
+        let f = ext.frags.get(i)?;
+        let d = self.disk(f.disk).filter(|d| d.readable())?;
+        let p = self.frag_path(&d, id, i);
+        match self.io.read(&p) {
+            Ok(b) if b.len() == ext.frag_len as usize && codec::checksum(&b) == f.sum => Some(b),
+            Ok(_) => {
+                tracing::warn!(
+                    disk = d.id,
+                    extent = id,
+                    fragment = i,
+                    "fragment checksum mismatch"
+                );
+                None
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(disk = d.id, extent = id, fragment = i, "fragment missing");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(disk = d.id, extent = id, fragment = i, error = %e, "fragment read error");
+                self.note_error(d.id);
+                None
+            }
+        }
+    }
+
+    fn read_frags(&self, id: u64, ext: &Extent, idx: &[usize]) -> Vec<(usize, Option<Vec<u8>>)> {
+        if idx.len() <= 1 {
+            return idx
+                .iter()
+                .map(|&i| (i, self.read_frag(id, ext, i)))
+                .collect();
+        }
+        std::thread::scope(|s| {
+            let hs: Vec<_> = idx
+                .iter()
+                .map(|&i| (i, s.spawn(move || self.read_frag(id, ext, i))))
+                .collect();
+            hs.into_iter()
+                .map(|(i, h)| (i, h.join().ok().flatten()))
+                .collect()
+        })
+    }
+
+    /// Read an extent, verifying every fragment read. With `all`, every fragment is read and
+    /// checked (scrub); otherwise only as many as needed. With `repair`, bad fragments on usable
+    /// disks are rewritten in place. An I/O error never yields wrong data: the result is either
+    /// the verified data or an error.
+    pub fn read_extent_verified(
+        &self,
+        id: u64,
+        ext: &Extent,
+        repair: bool,
+        all: bool,
+    ) -> Result<(Vec<u8>, ReadOutcome)> {
+        let policy = ext.policy;
+        let width = ext.frags.len();
+        let needed = policy.needed();
+        let mut good: Vec<(usize, Vec<u8>)> = Vec::new();
+        let mut out = ReadOutcome::default();
+        // Order: healthy disks first, then others; suspect last.
+        let rank = |i: &usize| {
+            self.disk(ext.frags[*i].disk)
+                .map_or(9, |d| match d.health() {
+                    Health::Healthy => 0,
+                    Health::Degraded | Health::Draining => 1,
+                    Health::Suspect => 2,
+                    Health::Failed => 9,
+                })
+        };
+        let mut order: Vec<usize> = (0..width).collect();
+        if !all {
+            // Prefer data shards for Reed–Solomon (no decoding needed), then by disk health.
+            order.sort_by_key(|i| {
+                (
+                    rank(i),
+                    usize::from(*i >= needed && matches!(policy, Policy::ReedSolomon { .. })),
+                )
+            });
+            if matches!(policy, Policy::ReedSolomon { .. }) {
+                order.sort_by_key(|i| (usize::from(*i >= needed), rank(i)));
+            }
+        }
+        let mut next = 0;
+        while next < order.len() && (all || good.len() < needed) {
+            let want = if all {
+                order.len() - next
+            } else {
+                needed - good.len()
+            };
+            let batch: Vec<usize> = order[next..(next + want).min(order.len())].to_vec();
+            next += batch.len();
+            for (i, r) in self.read_frags(id, ext, &batch) {
+                match r {
+                    Some(b) => good.push((i, b)),
+                    None => out.bad.push(i),
+                }
+            }
+        }
+        let refs: Vec<(usize, &[u8])> = good.iter().map(|(i, b)| (*i, b.as_slice())).collect();
+        let data = codec::decode(policy, id, ext.len as usize, &refs)?;
+        if repair && !out.bad.is_empty() {
+            let frags = codec::encode(policy, &data)?;
+            for &i in &out.bad {
+                let f = &ext.frags[i];
+                if codec::checksum(&frags[i]) != f.sum {
+                    tracing::error!(
+                        extent = id,
+                        fragment = i,
+                        "re-encoded fragment does not match its checksum; not repaired"
+                    );
+                    continue;
+                }
+                let Some(d) = self
+                    .disk(f.disk)
+                    .filter(|d| d.readable() && !d.health().evacuate())
+                else {
+                    continue;
+                };
+                let p = self.frag_path(&d, id, i);
+                match self.io.write_durable(&p, &frags[i]) {
+                    Ok(()) => {
+                        tracing::info!(disk = d.id, extent = id, fragment = i, "fragment repaired");
+                        out.repaired.push(i);
+                    }
+                    Err(e) => {
+                        tracing::warn!(disk = d.id, extent = id, error = %e, "fragment repair failed");
+                        self.note_error(d.id);
+                    }
+                }
+            }
+        }
+        Ok((data, out))
+    }
+
+    /// Move fragment `index` of extent `id` (content `frag`) to a new healthy disk not used by
+    /// the extent; returns the new disk id. The caller commits the new location, then deletes
+    /// the old fragment.
+    pub fn relocate_fragment(
+        &self,
+        id: u64,
+        ext: &Extent,
+        index: usize,
+        frag: &[u8],
+    ) -> Result<u32> {
+        let used: Vec<u32> = ext.frags.iter().map(|f| f.disk).collect();
+        let mut tried = used.clone();
+        loop {
+            let Some(d) = self
+                .choose_disks(1, id + index as u64, &tried)
+                .into_iter()
+                .next()
+            else {
+                return Err(Error::NoSpace {
+                    policy: ext.policy.to_string(),
+                    needed: ext.policy.width(),
+                    available: self.writable_disks(),
+                });
+            };
+            tried.push(d.id);
+            let p = self.frag_path(&d, id, index);
+            match self.io.write_durable(&p, frag) {
+                Ok(()) => return Ok(d.id),
+                Err(e) => {
+                    tracing::warn!(disk = d.id, error = %e, "relocation write failed");
+                    self.note_error(d.id);
+                }
+            }
+        }
+    }
+
+    /// Delete a fragment file (after the commit that stopped referencing it).
+    pub fn remove_fragment(&self, disk: u32, id: u64, index: usize) {
+        if let Some(d) = self.disk(disk).filter(|d| d.present) {
+            let _ = self.io.remove(&self.frag_path(&d, id, index));
+        }
+    }
+
+    /// Remove orphan fragments (not referenced by committed metadata), temporaries, and inodes
+    /// with no links. Must not run concurrently with writers (it runs at open and from `dynfs gc`,
+    /// both holding the pool lock before any writer starts).
+    pub fn gc(&self) -> Result<GcReport> {
+        let mut rep = GcReport::default();
+        // Unlinked inodes first: their extents become orphans removed below.
+        let dead: Vec<u64> = {
+            let tx = self.meta.read()?;
+            let t = tx.open_table(meta::INODES)?;
+            let mut v = Vec::new();
+            for row in t.range((meta::LIVE, 0)..(meta::LIVE + 1, 0))? {
+                let (k, val) = row?;
+                let ino: Inode = meta::dec(val.value())?;
+                if ino.nlink == 0 {
+                    v.push(k.value().1);
+                }
+            }
+            v
+        };
+        for ino in dead {
+            let freed = self
+                .meta
+                .write(|tx| crate::fs::delete_inode_tx(tx, meta::LIVE, ino))?;
+            self.free_extents(&freed);
+            rep.inodes += 1;
+        }
+        let tx = self.meta.read()?;
+        let t = tx.open_table(meta::EXTENTS)?;
+        for d in self.disks().iter().filter(|d| d.present) {
+            for b in 0..=255u64 {
+                let dir = disk::fragment_dir(&d.path, b);
+                let mut doomed = Vec::new();
+                let r = self.io.list_dir(&dir, &mut |name| {
+                    let name = name.to_string_lossy();
+                    let keep = match disk::parse_fragment_name(&name) {
+                        Some((e, i)) => match t.get(e) {
+                            Ok(Some(g)) => meta::dec::<Extent>(g.value())
+                                .map(|x| x.frags.get(i).is_some_and(|f| f.disk == d.id))
+                                .unwrap_or(true),
+                            Ok(None) => false,
+                            Err(_) => true,
+                        },
+                        None => false,
+                    };
+                    if !keep {
+                        doomed.push(dir.join(&*name));
+                    }
+                });
+                if let Err(e) = r {
+                    tracing::warn!(dir = %dir.display(), error = %e, "gc cannot list directory");
+                }
+                for p in doomed {
+                    let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                    if self.io.remove(&p).is_ok() {
+                        rep.fragments += 1;
+                        rep.bytes += len;
+                    }
+                }
+            }
+        }
+        Ok(rep)
+    }
+
+    /// Add a new disk directory to the pool.
+    pub fn add_disk(&self, path: &Path) -> Result<u32> {
+        let mut errs = Vec::new();
+        let Some(c) = check_new_disk(path, &mut errs) else {
+            return Err(Error::Config(errs));
+        };
+        if !errs.is_empty() {
+            return Err(Error::Config(errs));
+        }
+        let id = self.disks().iter().map(|d| d.id).max().unwrap_or(0) + 1;
+        disk::create_layout(&c)?;
+        let capacity = disk::fs_space(&c)?.0;
+        let cfg = self.config();
+        let rec = DiskRec {
+            id,
+            path: c.to_string_lossy().into_owned(),
+            health: Health::Healthy,
+            capacity,
+        };
+        self.meta.write(|tx| {
+            tx.open_table(meta::DISKS)?
+                .insert(id, meta::enc(&rec)?.as_slice())?;
+            Ok(())
+        })?;
+        self.meta.add_replica(id, &disk::meta_path(&c))?;
+        DiskIdentity {
+            disk_id: id,
+            pool_id: cfg.pool_id.clone(),
+            health: Health::Healthy,
+            capacity,
+        }
+        .store(&c)?;
+        let mut cfg = cfg;
+        cfg.disks.push(c.clone());
+        cfg.store(&self.dir)?;
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = cfg;
+        self.disks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(DiskState {
+                id,
+                path: c,
+                health: RwLock::new(Health::Healthy),
+                present: true,
+                errors: AtomicU32::new(0),
+                capacity,
+            }));
+        Ok(id)
+    }
+
+    /// Remove a disk that holds no fragments (drain it first).
+    pub fn remove_disk(&self, id: u32) -> Result<()> {
+        let d = self
+            .disk(id)
+            .ok_or_else(|| Error::Invalid(format!("no disk with id {id} in this pool")))?;
+        let held = self.fragments_on(id)?;
+        if held > 0 {
+            return Err(Error::Invalid(format!(
+                "disk {id} still holds {held} fragments; run `dynfs disk drain` first"
+            )));
+        }
+        let remaining = self.disks().len() - 1;
+        let policy = self.config().default_policy;
+        if remaining < policy.width() {
+            return Err(Error::Invalid(format!(
+                "removing disk {id} would leave {remaining} disks, fewer than the {} policy {policy} needs",
+                policy.width()
+            )));
+        }
+        self.meta.remove_replica(id);
+        self.meta.write(|tx| {
+            tx.open_table(meta::DISKS)?.remove(id)?;
+            Ok(())
+        })?;
+        let mut cfg = self.config();
+        cfg.disks.retain(|p| p != &d.path);
+        cfg.store(&self.dir)?;
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = cfg;
+        self.disks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|x| x.id != id);
+        if d.present {
+            let _ = std::fs::remove_file(d.path.join(disk::IDENTITY_FILE));
+            let _ = std::fs::remove_file(disk::meta_path(&d.path));
+        }
+        Ok(())
+    }
+
+    /// Number of fragments recorded on a disk.
+    pub fn fragments_on(&self, disk: u32) -> Result<u64> {
+        let tx = self.meta.read()?;
+        let t = tx.open_table(meta::EXTENTS)?;
+        let mut n = 0;
+        for row in t.iter()? {
+            let (_, v) = row?;
+            let e: Extent = meta::dec(v.value())?;
+            n += e.frags.iter().filter(|f| f.disk == disk).count() as u64;
+        }
+        Ok(n)
+    }
+}

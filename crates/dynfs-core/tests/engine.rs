@@ -1,0 +1,622 @@
+//! Engine tests: init validation, policies, reconstruction, metadata replicas, gc, scrub,
+//! drain/rebuild, snapshots, POSIX operations.
+
+mod common;
+
+use common::*;
+use dynfs_core::disk::{self, DiskIdentity};
+use dynfs_core::fs::{SetAttr, RENAME_EXCHANGE, RENAME_NOREPLACE};
+use dynfs_core::meta::{Kind, ROOT_INO};
+use dynfs_core::scrub::{self, ScrubOptions};
+use dynfs_core::{snapshot, Error, Health, InitOptions, Pool};
+
+#[test]
+fn init_rejects_bad_arguments_and_changes_nothing() {
+    let root = tempdir();
+    let d: Vec<_> = (0..3)
+        .map(|i| {
+            let p = root.path().join(format!("d{i}"));
+            std::fs::create_dir(&p).unwrap();
+            p
+        })
+        .collect();
+    let pool = root.path().join("pool");
+    // Too few disks for the policy, plus a missing directory: both reported.
+    let err = Pool::init(
+        &pool,
+        &InitOptions {
+            disks: vec![d[0].clone(), root.path().join("nope")],
+            policy: policy("rs:2+1"),
+            extent_size: 65536,
+        },
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("needs at least 3 disks"), "{msg}");
+    assert!(msg.contains("nope"), "{msg}");
+    assert!(!pool.exists());
+    assert!(DiskIdentity::load(&d[0]).unwrap().is_none());
+    // Bad extent size.
+    assert!(Pool::init(
+        &pool,
+        &InitOptions {
+            disks: d.clone(),
+            policy: policy("rs:2+1"),
+            extent_size: 1000
+        }
+    )
+    .is_err());
+    // A good init, then reusing a disk in another pool fails.
+    Pool::init(
+        &pool,
+        &InitOptions {
+            disks: d.clone(),
+            policy: policy("rs:2+1"),
+            extent_size: 65536,
+        },
+    )
+    .unwrap();
+    let other = root.path().join("pool2");
+    let err = Pool::init(
+        &other,
+        &InitOptions {
+            disks: d.clone(),
+            policy: policy("replicate:2"),
+            extent_size: 65536,
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("already belongs to pool"), "{err}");
+    assert!(!other.exists());
+    // Re-init of the same pool dir fails.
+    assert!(Pool::init(
+        &pool,
+        &InitOptions {
+            disks: d,
+            policy: policy("rs:2+1"),
+            extent_size: 65536
+        }
+    )
+    .is_err());
+}
+
+#[test]
+fn pool_lock_prevents_double_open() {
+    let tp = TestPool::new(2, "replicate:2", 65536);
+    let _a = Pool::open(&tp.pool).unwrap();
+    let err = Pool::open(&tp.pool).err().expect("second open must fail");
+    assert!(err.to_string().contains("in use"), "{err}");
+}
+
+#[test]
+fn roundtrip_each_policy_and_fragment_placement() {
+    for (n, p) in [
+        (2, "replicate:2"),
+        (3, "replicate:3"),
+        (3, "rs:2+1"),
+        (6, "rs:4+2"),
+    ] {
+        let tp = TestPool::new(n, p, 65536);
+        let data = bytes(n as u64, 300_000);
+        {
+            let fs = tp.open();
+            put_file(&fs, "f", &data);
+            assert_eq!(get_file(&fs, "f"), data);
+        }
+        let fs = tp.open();
+        assert_eq!(get_file(&fs, "f"), data, "{p}");
+        // Every extent's fragments are on distinct disks.
+        let tx = fs.pool().meta.read().unwrap();
+        let t = tx.open_table(dynfs_core::meta::EXTENTS).unwrap();
+        use redb::ReadableTable;
+        let mut count = 0;
+        for row in t.iter().unwrap() {
+            let e: dynfs_core::meta::Extent =
+                dynfs_core::meta::dec(row.unwrap().1.value()).unwrap();
+            let mut ds: Vec<u32> = e.frags.iter().map(|f| f.disk).collect();
+            ds.sort();
+            ds.dedup();
+            assert_eq!(ds.len(), e.policy.width());
+            count += 1;
+        }
+        assert_eq!(count, 5, "{p}: 300000 bytes / 64KiB extents");
+    }
+}
+
+#[test]
+fn sparse_files_cost_nothing_and_seek_finds_data() {
+    let tp = TestPool::new(3, "rs:2+1", 65536);
+    let fs = tp.open();
+    let (ino, _) = fs
+        .mknod(ROOT_INO, b"sparse", Kind::File, 0o644, 0, 0, 0, b"")
+        .unwrap();
+    fs.open(ino).unwrap();
+    fs.write(ino, 10 * 65536 + 5, b"hello").unwrap();
+    fs.release(ino).unwrap();
+    let a = fs.getattr(ino).unwrap();
+    assert_eq!(a.size, 10 * 65536 + 10);
+    assert_eq!(a.alloc, 10, "one short extent stored");
+    assert_eq!(fs.seek(ino, 0, libc::SEEK_DATA).unwrap(), 10 * 65536);
+    assert_eq!(fs.seek(ino, 0, libc::SEEK_HOLE).unwrap(), 0);
+    assert_eq!(
+        fs.seek(ino, 10 * 65536 + 1, libc::SEEK_HOLE).unwrap(),
+        a.size
+    );
+    assert!(matches!(
+        fs.seek(ino, a.size, libc::SEEK_DATA),
+        Err(Error::Errno(libc::ENXIO))
+    ));
+    let r = fs.read(ino, 0, 100).unwrap();
+    assert_eq!(r, vec![0u8; 100]);
+    assert_eq!(fs.read(ino, 10 * 65536 + 5, 100).unwrap(), b"hello");
+    // Zero writes do not allocate either.
+    let (z, _) = fs
+        .mknod(ROOT_INO, b"zeros", Kind::File, 0o644, 0, 0, 0, b"")
+        .unwrap();
+    fs.write(z, 0, &vec![0u8; 200_000]).unwrap();
+    fs.flush(z).unwrap();
+    assert_eq!(fs.getattr(z).unwrap().alloc, 0);
+    assert_eq!(fs.getattr(z).unwrap().size, 200_000);
+    // Punch a hole in real data.
+    let (p, _) = fs
+        .mknod(ROOT_INO, b"punch", Kind::File, 0o644, 0, 0, 0, b"")
+        .unwrap();
+    let d = bytes(9, 4 * 65536);
+    fs.write(p, 0, &d).unwrap();
+    fs.fallocate(
+        p,
+        65536 + 100,
+        2 * 65536,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+    )
+    .unwrap();
+    fs.flush(p).unwrap();
+    let got = fs.read(p, 0, 4 * 65536).unwrap();
+    let mut want = d.clone();
+    want[65536 + 100..3 * 65536 + 100].fill(0);
+    assert_eq!(got, want);
+    assert_eq!(fs.seek(p, 0, libc::SEEK_HOLE).unwrap(), 2 * 65536);
+    // fallocate mode 0 extends the size.
+    fs.fallocate(p, 0, 10 * 65536, 0).unwrap();
+    assert_eq!(fs.getattr(p).unwrap().size, 10 * 65536);
+}
+
+#[test]
+fn truncate_shrinks_then_extends_with_zeros() {
+    let tp = TestPool::new(2, "replicate:2", 65536);
+    let fs = tp.open();
+    let d = bytes(3, 200_000);
+    let ino = put_file(&fs, "t", &d);
+    fs.setattr(
+        ino,
+        SetAttr {
+            size: Some(70_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(get_file(&fs, "t"), d[..70_000].to_vec());
+    fs.setattr(
+        ino,
+        SetAttr {
+            size: Some(150_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut want = d[..70_000].to_vec();
+    want.resize(150_000, 0);
+    assert_eq!(get_file(&fs, "t"), want);
+    fs.setattr(
+        ino,
+        SetAttr {
+            size: Some(0),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(fs.getattr(ino).unwrap().alloc, 0);
+    // Extents were freed: only none remain on disk.
+    drop(fs);
+    assert!(tp.fragment_files().is_empty());
+}
+
+#[test]
+fn namespace_operations() {
+    let tp = TestPool::new(2, "replicate:2", 65536);
+    let fs = tp.open();
+    let (dir, _) = fs
+        .mknod(ROOT_INO, b"dir", Kind::Dir, 0o755, 0, 0, 0, b"")
+        .unwrap();
+    let (sub, _) = fs
+        .mknod(dir, b"sub", Kind::Dir, 0o755, 0, 0, 0, b"")
+        .unwrap();
+    assert_eq!(fs.getattr(dir).unwrap().nlink, 3);
+    let a = put_file(&fs, "a", b"AAAA");
+    let b = put_file(&fs, "b", b"BBBB");
+    assert!(matches!(
+        fs.mknod(ROOT_INO, b"a", Kind::File, 0o644, 0, 0, 0, b""),
+        Err(Error::Errno(libc::EEXIST))
+    ));
+    // Hard link.
+    fs.link(a, dir, b"a2").unwrap();
+    assert_eq!(fs.getattr(a).unwrap().nlink, 2);
+    // NOREPLACE refuses, EXCHANGE swaps.
+    assert!(matches!(
+        fs.rename(ROOT_INO, b"a", ROOT_INO, b"b", RENAME_NOREPLACE),
+        Err(Error::Errno(libc::EEXIST))
+    ));
+    fs.rename(ROOT_INO, b"a", ROOT_INO, b"b", RENAME_EXCHANGE)
+        .unwrap();
+    assert_eq!(get_file(&fs, "a"), b"BBBB");
+    assert_eq!(get_file(&fs, "b"), b"AAAA");
+    // Plain rename over an existing file drops the target.
+    fs.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0).unwrap();
+    assert_eq!(get_file(&fs, "b"), b"BBBB");
+    assert!(fs.getattr(b).is_ok());
+    assert!(matches!(
+        fs.lookup(ROOT_INO, b"a"),
+        Err(Error::Errno(libc::ENOENT))
+    ));
+    // a is still reachable through dir/a2.
+    assert_eq!(fs.lookup(dir, b"a2").unwrap().0, a);
+    // Directory into its own subtree is refused; rmdir non-empty refused.
+    assert!(matches!(
+        fs.rename(ROOT_INO, b"dir", sub, b"x", 0),
+        Err(Error::Errno(libc::EINVAL))
+    ));
+    assert!(matches!(
+        fs.rmdir(ROOT_INO, b"dir"),
+        Err(Error::Errno(libc::ENOTEMPTY))
+    ));
+    // Move sub to the root: link counts follow.
+    fs.rename(dir, b"sub", ROOT_INO, b"sub", 0).unwrap();
+    assert_eq!(fs.getattr(dir).unwrap().nlink, 2);
+    assert_eq!(fs.getattr(sub).unwrap().parent, ROOT_INO);
+    // Symlink, FIFO, device.
+    let (l, _) = fs
+        .mknod(
+            ROOT_INO,
+            b"link",
+            Kind::Symlink,
+            0o777,
+            0,
+            0,
+            0,
+            b"target/path",
+        )
+        .unwrap();
+    assert_eq!(fs.readlink(l).unwrap(), b"target/path");
+    fs.mknod(ROOT_INO, b"fifo", Kind::Fifo, 0o600, 0, 0, 0, b"")
+        .unwrap();
+    let (c, _) = fs
+        .mknod(ROOT_INO, b"chr", Kind::CharDev, 0o600, 0, 0, 0x0103, b"")
+        .unwrap();
+    assert_eq!(fs.getattr(c).unwrap().rdev, 0x0103);
+    // readdir pages through everything.
+    let mut names = Vec::new();
+    let mut off = 0;
+    loop {
+        let page = fs.readdir(ROOT_INO, off, 3).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        off = page.last().unwrap().next;
+        names.extend(page.into_iter().map(|e| String::from_utf8(e.name).unwrap()));
+    }
+    names.sort();
+    assert_eq!(names, [".", "..", "b", "chr", "dir", "fifo", "link", "sub"]);
+    // Unlink while open: data stays readable until release.
+    fs.open(b).unwrap();
+    fs.unlink(ROOT_INO, b"b").unwrap();
+    assert_eq!(fs.read(b, 0, 10).unwrap(), b"BBBB");
+    fs.release(b).unwrap();
+    assert!(fs.getattr(b).is_err());
+    // xattrs.
+    fs.setxattr(l, b"user.k", b"v", 0).unwrap();
+    assert!(matches!(
+        fs.setxattr(l, b"user.k", b"v", libc::XATTR_CREATE),
+        Err(Error::Errno(libc::EEXIST))
+    ));
+    assert_eq!(fs.getxattr(l, b"user.k").unwrap(), b"v");
+    assert_eq!(fs.listxattr(l).unwrap(), vec![b"user.k".to_vec()]);
+    fs.removexattr(l, b"user.k").unwrap();
+    assert!(matches!(
+        fs.getxattr(l, b"user.k"),
+        Err(Error::Errno(libc::ENODATA))
+    ));
+}
+
+#[test]
+fn policy_xattr_restripes_without_losing_copies() {
+    let tp = TestPool::new(4, "replicate:2", 65536);
+    let fs = tp.open();
+    let d = bytes(5, 250_000);
+    let ino = put_file(&fs, "f", &d);
+    fs.setxattr(ino, b"user.dynfs.policy", b"rs:2+1", 0)
+        .unwrap();
+    assert_eq!(fs.getxattr(ino, b"user.dynfs.policy").unwrap(), b"rs:2+1");
+    assert_eq!(get_file(&fs, "f"), d);
+    let st = dynfs_core::status::Status::gather(fs.pool()).unwrap();
+    assert_eq!(st.policies.get("rs:2+1"), Some(&4));
+    assert_eq!(st.policies.get("replicate:2"), None);
+    // Old fragments are gone: 4 extents x 3 fragments.
+    drop(st);
+    assert_eq!(tp.fragment_files().len(), 12);
+    // Impossible policy refused.
+    assert!(fs
+        .setxattr(ino, b"user.dynfs.policy", b"rs:4+2", 0)
+        .is_err());
+    assert!(fs.setxattr(ino, b"user.dynfs.policy", b"junk", 0).is_err());
+    // A directory's policy is inherited by new files.
+    let (dir, _) = fs
+        .mknod(ROOT_INO, b"d", Kind::Dir, 0o755, 0, 0, 0, b"")
+        .unwrap();
+    fs.setxattr(dir, b"user.dynfs.policy", b"replicate:3", 0)
+        .unwrap();
+    let (f2, _) = fs
+        .mknod(dir, b"x", Kind::File, 0o644, 0, 0, 0, b"")
+        .unwrap();
+    assert_eq!(
+        fs.getxattr(f2, b"user.dynfs.policy").unwrap(),
+        b"replicate:3"
+    );
+}
+
+#[test]
+fn metadata_survives_lost_and_stale_replicas() {
+    let tp = TestPool::new(3, "rs:2+1", 65536);
+    {
+        let fs = tp.open();
+        put_file(&fs, "one", b"first");
+    }
+    // Keep a stale copy of disk0's replica.
+    let stale = tp.root.path().join("stale.redb");
+    std::fs::copy(disk::meta_path(&tp.disks[0]), &stale).unwrap();
+    {
+        let fs = tp.open();
+        put_file(&fs, "two", b"second");
+    }
+    // Disk 0 gets the stale replica back; disk 1's replica is destroyed.
+    std::fs::copy(&stale, disk::meta_path(&tp.disks[0])).unwrap();
+    std::fs::write(disk::meta_path(&tp.disks[1]), b"garbage").unwrap();
+    let fs = tp.open();
+    assert_eq!(get_file(&fs, "two"), b"second");
+    let mut resynced = fs.pool().open_report.resynced.clone();
+    resynced.sort();
+    assert_eq!(resynced, vec![1, 2]);
+    drop(fs);
+    // After resync, each replica alone is enough.
+    for i in 0..3 {
+        for (j, d) in tp.disks.iter().enumerate() {
+            if j != i {
+                std::fs::rename(
+                    disk::meta_path(d),
+                    disk::meta_path(d).with_extension("hide"),
+                )
+                .unwrap();
+            }
+        }
+        let fs = tp.open();
+        assert_eq!(get_file(&fs, "one"), b"first");
+        drop(fs);
+        for (j, d) in tp.disks.iter().enumerate() {
+            if j != i {
+                std::fs::rename(
+                    disk::meta_path(d).with_extension("hide"),
+                    disk::meta_path(d),
+                )
+                .unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn gc_removes_orphans_from_a_crash_before_commit() {
+    let tp = TestPool::new(3, "rs:2+1", 65536);
+    {
+        let fs = tp.open();
+        put_file(&fs, "keep", &bytes(1, 100_000));
+    }
+    let before = tp.fragment_files();
+    {
+        // Fragments written but never committed (crash between the two steps).
+        let pool = Pool::open(&tp.pool).unwrap();
+        pool.write_extent(policy("rs:2+1"), &bytes(2, 50_000))
+            .unwrap();
+        std::fs::write(
+            tp.disks[0].join("data/00/0000000000000999.0.tmp"),
+            b"partial",
+        )
+        .unwrap();
+        std::mem::forget(pool.write_extent(policy("rs:2+1"), b"x").unwrap());
+    }
+    assert_eq!(tp.fragment_files().len(), before.len() + 7);
+    let pool = Pool::open_no_gc(&tp.pool, std::sync::Arc::new(dynfs_core::io::StdIo)).unwrap();
+    let r = pool.gc().unwrap();
+    assert_eq!(r.fragments, 7);
+    assert_eq!(tp.fragment_files(), before);
+    assert_eq!(pool.gc().unwrap().fragments, 0);
+    drop(pool);
+    let fs = tp.open();
+    assert_eq!(get_file(&fs, "keep"), bytes(1, 100_000));
+}
+
+#[test]
+fn scrub_detects_repairs_and_resumes() {
+    let tp = TestPool::new(3, "rs:2+1", 65536);
+    let data = bytes(11, 400_000);
+    {
+        let fs = tp.open();
+        put_file(&fs, "f", &data);
+    }
+    let frags = tp.fragment_files();
+    assert_eq!(frags.len(), 7 * 3);
+    {
+        let pool = Pool::open(&tp.pool).unwrap();
+        let r = scrub::scrub(&pool, ScrubOptions::default(), &mut |_, _| {}).unwrap();
+        assert!(r.clean());
+        assert_eq!(r.extents, 7);
+    }
+    // Corrupt one fragment, delete another (different extents).
+    let mut b = std::fs::read(&frags[0]).unwrap();
+    b[10] ^= 1;
+    std::fs::write(&frags[0], b).unwrap();
+    std::fs::remove_file(&frags[5]).unwrap();
+    let pool = Pool::open(&tp.pool).unwrap();
+    // Partial run (checkpoint), then resume.
+    let part = scrub::scrub(
+        &pool,
+        ScrubOptions {
+            max_extents: Some(3),
+            ..Default::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(part.extents, 3);
+    assert!(scrub::scrub_checkpoint(&pool).unwrap().is_some());
+    let r = scrub::scrub(&pool, ScrubOptions::default(), &mut |_, _| {}).unwrap();
+    assert_eq!(r.extents, 7);
+    assert!(r.resumed_from > 0);
+    let bad: u64 = r.disks.values().map(|d| d.bad).sum();
+    assert_eq!(bad, 2);
+    assert!(!r.clean());
+    let r = scrub::scrub(
+        &pool,
+        ScrubOptions {
+            repair: true,
+            ..Default::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(r.clean(), "{r:?}");
+    let r = scrub::scrub(&pool, ScrubOptions::default(), &mut |_, _| {}).unwrap();
+    assert!(r.clean());
+    assert_eq!(r.disks.values().map(|d| d.bad).sum::<u64>(), 0);
+    drop(pool);
+    let fs = tp.open();
+    assert_eq!(get_file(&fs, "f"), data);
+}
+
+#[test]
+fn drain_moves_everything_and_disk_can_be_removed() {
+    let tp = TestPool::new(4, "rs:2+1", 65536);
+    let data = bytes(12, 500_000);
+    {
+        let fs = tp.open();
+        put_file(&fs, "f", &data);
+    }
+    let pool = Pool::open(&tp.pool).unwrap();
+    assert!(
+        pool.remove_disk(1).is_err(),
+        "disk with fragments cannot be removed"
+    );
+    let r = scrub::drain(&pool, 1, &mut |_, _| {}).unwrap();
+    assert_eq!(r.failed, 0);
+    assert_eq!(pool.fragments_on(1).unwrap(), 0);
+    pool.remove_disk(1).unwrap();
+    assert_eq!(pool.disks().len(), 3);
+    drop(pool);
+    let fs = tp.open();
+    assert_eq!(get_file(&fs, "f"), data);
+    assert!(DiskIdentity::load(&tp.disks[0]).unwrap().is_none());
+}
+
+#[test]
+fn failed_disk_is_rebuilt_and_new_disk_added() {
+    let tp = TestPool::new(3, "rs:2+1", 65536);
+    let data = bytes(13, 300_000);
+    {
+        let fs = tp.open();
+        put_file(&fs, "f", &data);
+    }
+    std::fs::remove_dir_all(&tp.disks[2]).unwrap();
+    let extra = tp.root.path().join("disk-new");
+    std::fs::create_dir(&extra).unwrap();
+    {
+        let pool = Pool::open(&tp.pool).unwrap();
+        let st = dynfs_core::status::Status::gather(&pool).unwrap();
+        assert_eq!(st.degraded_extents, 5);
+        assert_eq!(st.disks[2].health, "missing");
+        pool.set_health(3, Health::Failed).unwrap();
+        let id = pool.add_disk(&extra).unwrap();
+        assert_eq!(id, 4);
+        let r = scrub::rebuild(&pool, None, &mut |_, _| {}).unwrap();
+        assert_eq!((r.rebuilt, r.failed), (5, 0));
+        let st = dynfs_core::status::Status::gather(&pool).unwrap();
+        assert_eq!(st.degraded_extents, 0);
+    }
+    // Now lose another disk: still readable.
+    std::fs::remove_dir_all(&tp.disks[0]).unwrap();
+    let fs = tp.open();
+    assert_eq!(get_file(&fs, "f"), data);
+}
+
+#[test]
+fn repeated_errors_mark_disk_suspect_then_failed() {
+    use dynfs_core::io::{Fault, FaultKind, FaultOp, FaultyIo};
+    let tp = TestPool::new(3, "replicate:2", 65536);
+    let io = std::sync::Arc::new(FaultyIo::new());
+    io.add(Fault {
+        op: FaultOp::Write,
+        path_contains: Some(tp.disks[0].to_string_lossy().into_owned()),
+        nth: 1,
+        repeat: true,
+        kind: FaultKind::Eio,
+    });
+    let fs = tp.open_with(io.clone());
+    for i in 0..12 {
+        let d = bytes(i, 70_000);
+        put_file(&fs, &format!("f{i}"), &d);
+        assert_eq!(get_file(&fs, &format!("f{i}")), d);
+    }
+    let h = fs.pool().disks()[0].health();
+    assert!(matches!(h, Health::Suspect | Health::Failed), "{h}");
+    drop(fs);
+    assert_eq!(DiskIdentity::load(&tp.disks[0]).unwrap().unwrap().health, h);
+}
+
+#[test]
+fn snapshots_are_copy_on_write() {
+    let tp = TestPool::new(3, "rs:2+1", 65536);
+    let v1 = bytes(21, 200_000);
+    let v2 = bytes(22, 150_000);
+    let fs = tp.open();
+    let ino = put_file(&fs, "f", &v1);
+    let frags_before = tp.fragment_files().len();
+    snapshot::create(fs.pool(), "s1").unwrap();
+    assert_eq!(
+        tp.fragment_files().len(),
+        frags_before,
+        "snapshot copies no data"
+    );
+    assert!(snapshot::create(fs.pool(), "s1").is_err());
+    fs.setattr(
+        ino,
+        SetAttr {
+            size: Some(0),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    fs.open(ino).unwrap();
+    fs.write(ino, 0, &v2).unwrap();
+    fs.release(ino).unwrap();
+    put_file(&fs, "new", b"after");
+    assert_eq!(get_file(&fs, "f"), v2);
+    let pool = fs.pool().clone();
+    drop(fs);
+    snapshot::restore(&pool, "s1").unwrap();
+    let fs = dynfs_core::Fs::from_arc(pool);
+    assert_eq!(get_file(&fs, "f"), v1);
+    assert!(fs.lookup(ROOT_INO, b"new").is_err());
+    assert_eq!(snapshot::list(fs.pool()).unwrap().len(), 1);
+    snapshot::delete(fs.pool(), "s1").unwrap();
+    assert!(snapshot::list(fs.pool()).unwrap().is_empty());
+    assert_eq!(get_file(&fs, "f"), v1);
+    assert_eq!(tp.fragment_files().len(), frags_before);
+    assert!(snapshot::delete(fs.pool(), "s1").is_err());
+}
