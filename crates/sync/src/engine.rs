@@ -82,6 +82,9 @@ struct FileJob {
     dir: Arc<DirNode>,
 }
 
+/// The destination path and display name of the first entry of a hard-link group.
+type LinkLeader = (PathBuf, Vec<u8>);
+
 /// The engine state shared by the walker and the workers.
 pub struct Engine {
     opts: Options,
@@ -95,8 +98,9 @@ pub struct Engine {
     io_error: AtomicBool,
     deletes_done: AtomicU64,
     temps: Mutex<HashSet<PathBuf>>,
-    hlinks: Mutex<HashMap<(u64, u64), (PathBuf, Vec<u8>)>>,
-    delayed: Mutex<Vec<(PathBuf, PathBuf)>>,
+    hlinks: Mutex<HashMap<(u64, u64), LinkLeader>>,
+    delayed: Mutex<Vec<(PathBuf, PathBuf, PathBuf)>>,
+    late_dirs: Mutex<Vec<(PathBuf, Meta)>>,
     delayed_dirs: Mutex<HashSet<PathBuf>>,
     am_root: bool,
     fresh_dest: AtomicBool,
@@ -137,6 +141,7 @@ impl Engine {
             temps: Mutex::new(HashSet::new()),
             hlinks: Mutex::new(HashMap::new()),
             delayed: Mutex::new(Vec::new()),
+            late_dirs: Mutex::new(Vec::new()),
             delayed_dirs: Mutex::new(HashSet::new()),
             dest_root: Mutex::new(PathBuf::new()),
             root_dev: Mutex::new(None),
@@ -287,7 +292,6 @@ impl Engine {
             }
             walker.top_item(item, &plan.dest, &root);
         }
-        drop(walker);
         drop(sender);
         for w in workers {
             let _ = w.join();
@@ -303,6 +307,18 @@ impl Engine {
                 };
                 for item in &plan.items {
                     walker.delete_pass(item, &plan.dest);
+                }
+            }
+            // Directories shared by several top-level items are finished last, deepest first.
+            let mut late = self
+                .late_dirs
+                .lock()
+                .map(|mut l| std::mem::take(&mut *l))
+                .unwrap_or_default();
+            if plan.items.len() > 1 {
+                late.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+                for (dst, m) in late {
+                    self.touch_dir(&dst, &m);
                 }
             }
         }
@@ -548,16 +564,23 @@ impl Engine {
                 done as f64 / 1e6 / secs
             );
         }
-        if self.opts.remove_source_files {
-            if let Ok(now) = fsops::lstat(src) {
-                if now.size == meta.size && now.mtime == meta.mtime {
-                    if let Err(e) = fsops::unlink(src) {
-                        self.io_fail("remove source file", src, &e);
-                    } else if self.opts.verbose > 1 {
-                        self.out.line(
-                            format!("sender removed {}", String::from_utf8_lossy(rel)).as_bytes(),
-                        );
-                    }
+        self.remove_source(src, rel, meta);
+    }
+
+    /// `--remove-source-files`: removes a synchronised non-directory from the source if it
+    /// has not changed since it was listed.
+    fn remove_source(&self, src: &Path, rel: &[u8], meta: &Meta) {
+        if !self.opts.remove_source_files || self.opts.dry_run || meta.kind() == Kind::Dir {
+            return;
+        }
+        if let Ok(now) = fsops::lstat(src) {
+            if now.size == meta.size && now.mtime == meta.mtime && now.kind() == meta.kind() {
+                if let Err(e) = fsops::unlink(src) {
+                    self.io_fail("remove source file", src, &e);
+                } else if self.opts.verbose > 1 {
+                    self.out.line(
+                        format!("sender removed {}", String::from_utf8_lossy(rel)).as_bytes(),
+                    );
                 }
             }
         }
@@ -653,7 +676,7 @@ impl Engine {
                 let staged = ddir.join(OsStr::from_bytes(&name));
                 self.rename_into(&tmp, &staged)?;
                 if let Ok(mut d) = self.delayed.lock() {
-                    d.push((staged, dst.to_path_buf()));
+                    d.push((staged, dst.to_path_buf(), src.to_path_buf()));
                 }
             } else {
                 self.rename_into(&tmp, dst)?;
@@ -747,14 +770,18 @@ impl Engine {
     }
 
     fn finish_delayed(&self) {
-        let list: Vec<(PathBuf, PathBuf)> = self
+        let list: Vec<(PathBuf, PathBuf, PathBuf)> = self
             .delayed
             .lock()
             .map(|mut d| std::mem::take(&mut *d))
             .unwrap_or_default();
-        for (staged, dst) in list {
+        let mut touched: HashMap<PathBuf, PathBuf> = HashMap::new();
+        for (staged, dst, src) in list {
             if let Err(e) = fsops::rename(&staged, &dst) {
                 self.io_fail("rename", &staged, &e);
+            }
+            if let (Some(dp), Some(sp)) = (dst.parent(), src.parent()) {
+                touched.insert(dp.to_path_buf(), sp.to_path_buf());
             }
         }
         let dirs: Vec<PathBuf> = self
@@ -764,6 +791,24 @@ impl Engine {
             .unwrap_or_default();
         for d in dirs {
             let _ = fsops::rmdir(&d);
+        }
+        for (dst_dir, src_dir) in touched {
+            if let Ok(m) = fsops::lstat(&src_dir) {
+                self.touch_dir(&dst_dir, &m);
+            }
+        }
+    }
+
+    /// Re-applies a directory's metadata after late changes inside it (deletions after the
+    /// transfer, delayed updates, several top-level items sharing the destination root).
+    fn touch_dir(&self, dst: &Path, src_meta: &Meta) {
+        if self.opts.dry_run {
+            return;
+        }
+        let now = fsops::lstat(dst).ok();
+        let w = meta::wanted(&self.opts, src_meta, now.as_ref(), self.am_root);
+        if let Err(e) = meta::apply(dst, Kind::Dir, &w, now.as_ref()) {
+            self.attr_error(dst, &e);
         }
     }
 }
@@ -813,6 +858,15 @@ impl Walker<'_> {
 
     fn top_item(&self, item: &TopItem, dest: &Path, root: &Arc<DirNode>) {
         let dst = plan::join(dest, &item.rel);
+        if self.opts().no_implied_dirs && item.rel.contains(&b'/') && !self.opts().dry_run {
+            // Missing path components get default attributes, as in rsync.
+            if let Some(parent) = dst.parent() {
+                if let Err(e) = std::fs::create_dir_all(parent) {
+                    self.eng.io_fail("[receiver] mkdir", parent, &e);
+                    return;
+                }
+            }
+        }
         if self.opts().one_file_system > 0 {
             if let Ok(mut d) = self.eng.root_dev.lock() {
                 *d = Some(item.meta.dev);
@@ -957,23 +1011,18 @@ impl Walker<'_> {
         Some(meta)
     }
 
-    fn process_dir(
+    /// Handles the (already listed, filtered and sorted) entries of one directory:
+    /// non-directories first, then each subdirectory followed by its contents.
+    fn process_entries(
         &self,
         src: &Path,
         dst: &Path,
         rel: &[u8],
         node: &Arc<DirNode>,
         recurse: bool,
-        dst_exists: bool,
+        entries: &[Entry],
     ) {
-        let Some(entries) = self.read_source_dir(src, rel) else {
-            return;
-        };
-        if dst_exists && matches!(self.opts().delete, DeleteMode::During | DeleteMode::Before) {
-            let names: HashSet<&OsStr> = entries.iter().map(|e| e.name.as_os_str()).collect();
-            self.delete_extraneous(dst, rel, &names);
-        }
-        for e in &entries {
+        for e in entries {
             if self.eng.stopped() {
                 return;
             }
@@ -989,7 +1038,7 @@ impl Walker<'_> {
                 node,
             );
         }
-        for e in &entries {
+        for e in entries {
             if self.eng.stopped() {
                 return;
             }
@@ -1058,8 +1107,10 @@ impl Walker<'_> {
         self.count_seen(meta, src);
         if o.list_only {
             self.list_only(src, rel, meta);
-            if recurse {
-                self.process_dir(src, dst, rel, parent, o.recursive, false);
+            if recurse_children {
+                if let Some(entries) = self.read_source_dir(src, rel) {
+                    self.process_entries(src, dst, rel, parent, o.recursive, &entries);
+                }
             }
             return;
         }
@@ -1075,11 +1126,27 @@ impl Walker<'_> {
                 }
             }
         }
+        let had_entry = existing.is_some();
         if let Some(d) = existing {
-            if d.kind() != Kind::Dir {
-                if o.existing {
-                    return;
+            if d.kind() != Kind::Dir && o.ignore_existing {
+                // rsync keeps the existing non-directory and still visits the contents,
+                // which then fail (ENOTDIR).
+                if let Some(entries) = self.read_source_dir(src, rel) {
+                    let node = Arc::new(DirNode {
+                        dst: dst.to_path_buf(),
+                        apply: None,
+                        pending: AtomicUsize::new(1),
+                        parent: None,
+                    });
+                    self.process_entries(src, dst, rel, &node, o.recursive, &entries);
                 }
+                // rsync still stamps the directory's time on the kept entry.
+                if o.times && !o.omit_dir_times && !o.dry_run {
+                    let _ = fsops::set_times(dst, None, Some(meta.mtime));
+                }
+                return;
+            }
+            if d.kind() != Kind::Dir {
                 if !self.make_way(dst, rel, &d) {
                     return;
                 }
@@ -1087,7 +1154,7 @@ impl Walker<'_> {
             }
         }
         let is_new = existing.is_none();
-        if is_new && o.existing {
+        if !had_entry && o.existing {
             return;
         }
         let mut item = Itemize::new(if is_new { b'c' } else { b'.' }, Kind::Dir);
@@ -1127,7 +1194,25 @@ impl Walker<'_> {
                 }
             }
         }
+        // rsync lists a directory and deletes its extraneous entries before it reports the
+        // directory itself.
+        let entries = if recurse_children {
+            self.read_source_dir(src, rel)
+        } else {
+            None
+        };
+        if let Some(entries) = &entries {
+            if !is_new && matches!(o.delete, DeleteMode::During | DeleteMode::Before) {
+                let names: HashSet<&OsStr> = entries.iter().map(|e| e.name.as_os_str()).collect();
+                self.delete_extraneous(dst, rel, &names);
+            }
+        }
         eng.emit(rel, Kind::Dir, item, None, meta);
+        if rel == b"." || !recurse {
+            if let Ok(mut l) = eng.late_dirs.lock() {
+                l.push((dst.to_path_buf(), *meta));
+            }
+        }
         parent.pending.fetch_add(1, Ordering::AcqRel);
         let node = Arc::new(DirNode {
             dst: dst.to_path_buf(),
@@ -1135,8 +1220,8 @@ impl Walker<'_> {
             pending: AtomicUsize::new(1),
             parent: Some(Arc::clone(parent)),
         });
-        if recurse_children {
-            self.process_dir(src, dst, rel, &node, o.recursive, !is_new);
+        if let Some(entries) = entries {
+            self.process_entries(src, dst, rel, &node, o.recursive, &entries);
         }
         eng.release(&node);
     }
@@ -1155,7 +1240,7 @@ impl Walker<'_> {
         if eng.opts.dry_run {
             return true;
         }
-        if eng.opts.backup {
+        if eng.opts.backup && d.kind() != Kind::Dir {
             if let Err(e) = eng.make_backup(dst, rel, false) {
                 eng.io_fail("backup", dst, &e);
                 return false;
@@ -1173,7 +1258,7 @@ impl Walker<'_> {
                 ));
                 return false;
             }
-            self.delete_path(dst, rel, d);
+            self.delete_path(dst, rel, d, true);
             return fsops::lstat(dst).is_err();
         }
         match fsops::unlink(dst) {
@@ -1206,12 +1291,11 @@ impl Walker<'_> {
             Kind::Fifo | Kind::Socket if !o.specials => return,
             _ => {}
         }
-        if kind == Kind::File {
-            if o.max_size.is_some_and(|m| meta.size > m)
-                || o.min_size.is_some_and(|m| meta.size < m)
-            {
-                return;
-            }
+        if kind == Kind::File
+            && (o.max_size.is_some_and(|m| meta.size > m)
+                || o.min_size.is_some_and(|m| meta.size < m))
+        {
+            return;
         }
         self.count_seen(meta, src);
         if o.list_only {
@@ -1221,7 +1305,6 @@ impl Walker<'_> {
         let existing = match fsops::lstat(dst) {
             Ok(m) => Some(m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => None,
             Err(e) => {
                 eng.io_fail("[receiver] stat", dst, &e);
                 return;
@@ -1334,10 +1417,16 @@ impl Walker<'_> {
                 existing = None;
             }
         }
+        if existing.is_none() && kind != Kind::File && self.try_alternates(src, dst, rel, meta) {
+            return;
+        }
         match kind {
             Kind::File => self.handle_file(src, dst, rel, meta, existing, dir, inline),
             Kind::Symlink => self.handle_symlink(src, dst, rel, meta, existing),
             _ => self.handle_node(dst, rel, meta, existing),
+        }
+        if kind != Kind::File && fsops::lstat(dst).is_ok_and(|d| d.kind() == kind) {
+            self.eng.remove_source(src, rel, meta);
         }
     }
 
@@ -1360,12 +1449,11 @@ impl Walker<'_> {
             }
             if self.unchanged(src, dst, meta, d) {
                 self.update_attrs(src, dst, rel, meta, d);
+                eng.remove_source(src, rel, meta);
                 return;
             }
-        } else if let Some(done) = self.try_alternates(src, dst, rel, meta) {
-            if done {
-                return;
-            }
+        } else if self.try_alternates(src, dst, rel, meta) {
+            return;
         }
         let mut item = Itemize::new(b'>', Kind::File);
         match &existing {
@@ -1435,14 +1523,34 @@ impl Walker<'_> {
         o.size_only || self.eng.same_time(s.mtime, d.mtime)
     }
 
-    /// `--compare-dest`, `--copy-dest`, `--link-dest`. Returns Some(true) when handled.
-    fn try_alternates(&self, src: &Path, dst: &Path, rel: &[u8], meta: &Meta) -> Option<bool> {
+    /// True if the basis-directory entry `alt` holds the same thing as the source.
+    fn alt_matches(&self, src: &Path, alt: &Path, meta: &Meta, am: &Meta) -> bool {
+        match meta.kind() {
+            Kind::File => self.unchanged(src, alt, meta, am),
+            Kind::Symlink => {
+                am.kind() == Kind::Symlink
+                    && fsops::read_link(src).ok() == fsops::read_link(alt).ok()
+            }
+            Kind::Dir => false,
+            k => am.kind() == k && (!k.is_device() || am.rdev == meta.rdev),
+        }
+    }
+
+    /// `--compare-dest`, `--copy-dest`, `--link-dest` for a missing destination entry.
+    /// Returns true when the entry was handled from a basis directory.
+    fn try_alternates(&self, src: &Path, dst: &Path, rel: &[u8], meta: &Meta) -> bool {
         let o = self.opts();
         let eng = self.eng;
-        let root = eng.dest_root.lock().ok()?.clone();
+        if o.compare_dest.is_empty() && o.copy_dest.is_empty() && o.link_dest.is_empty() {
+            return false;
+        }
+        let Some(root) = eng.dest_root.lock().ok().map(|r| r.clone()) else {
+            return false;
+        };
+        let kind = meta.kind();
         let lists: [(&Vec<PathBuf>, u8); 3] =
             [(&o.compare_dest, 0), (&o.copy_dest, 1), (&o.link_dest, 2)];
-        for (dirs, kind) in lists {
+        for (dirs, which) in lists {
             for base in dirs.iter() {
                 let base = if base.is_absolute() {
                     base.clone()
@@ -1451,50 +1559,49 @@ impl Walker<'_> {
                 };
                 let alt = plan::join(&base, rel);
                 let Ok(am) = fsops::lstat(&alt) else { continue };
-                if !self.unchanged(src, &alt, meta, &am) {
+                if !self.alt_matches(src, &alt, meta, &am) {
                     continue;
                 }
                 let w = meta::wanted(o, meta, None, eng.am_root);
                 let attrs_same = !self.diff(&w, &am).any();
-                match kind {
-                    0 => {
+                match which {
+                    0 if attrs_same => {
                         if o.itemize > 1 {
-                            eng.emit(rel, Kind::File, Itemize::new(b'.', Kind::File), None, meta);
+                            eng.emit(rel, kind, Itemize::new(b'.', kind), None, meta);
                         }
-                        return Some(true);
+                        return true;
                     }
                     2 if attrs_same => {
                         if o.itemize > 1 {
-                            let mut it = Itemize::new(b'h', Kind::File);
-                            it.new = false;
-                            eng.emit(rel, Kind::File, it, None, meta);
+                            eng.emit(rel, kind, Itemize::new(b'h', kind), None, meta);
                         }
                         if !o.dry_run {
                             if let Err(e) = fsops::hard_link(&alt, dst) {
                                 eng.io_fail("link", dst, &e);
                             }
                         }
-                        return Some(true);
+                        return true;
                     }
-                    _ => {
-                        // A local copy from the basis: same bytes as the source.
-                        let mut it = Itemize::new(b'c', Kind::File);
+                    _ if kind == Kind::File => {
+                        // A local copy from the basis: the same bytes as the source.
+                        let mut it = Itemize::new(b'c', kind);
                         it.new = true;
-                        eng.emit(rel, Kind::File, it, None, meta);
-                        eng.stats.created(Kind::File);
+                        eng.emit(rel, kind, it, None, meta);
+                        eng.stats.created(kind);
                         if !o.dry_run {
                             if let Err(e) = eng.transfer(&alt, dst, rel, meta, None) {
                                 eng.io_fail("copy", dst, &e);
-                            } else {
+                            } else if o.xattrs || o.acls {
                                 let _ = meta::sync_xattrs(src, dst, o.xattrs, o.acls, false);
                             }
                         }
-                        return Some(true);
+                        return true;
                     }
+                    _ => {}
                 }
             }
         }
-        None
+        false
     }
 
     /// Brings an unchanged file's attributes up to date.
@@ -1583,7 +1690,10 @@ impl Walker<'_> {
             }
             item.checksum = true;
             let w = meta::wanted(o, meta, Some(d), eng.am_root);
-            item.time = if self.diff(&w, d).time { b't' } else { b'.' };
+            let diff = self.diff(&w, d);
+            item.time = if diff.time { b't' } else { b'.' };
+            item.owner = diff.owner;
+            item.group = diff.group;
         } else {
             item.new = true;
             eng.stats.created(Kind::Symlink);
@@ -1619,7 +1729,7 @@ impl Walker<'_> {
             }
             let w = meta::wanted(o, meta, None, eng.am_root);
             if let Err(e) = meta::apply(&tmp, Kind::Symlink, &w, None) {
-                if !(e.kind() == io::ErrorKind::PermissionDenied && !eng.am_root) {
+                if e.kind() != io::ErrorKind::PermissionDenied || eng.am_root {
                     return Err(e);
                 }
             }
@@ -1693,14 +1803,15 @@ impl Walker<'_> {
     }
 
     /// Deletes destination entries of `dst` that are not in the source listing.
-    fn delete_extraneous(&self, dst: &Path, rel: &[u8], keep: &HashSet<&OsStr>) {
+    fn delete_extraneous(&self, dst: &Path, rel: &[u8], keep: &HashSet<&OsStr>) -> usize {
         let eng = self.eng;
         if eng.io_error.load(Ordering::Relaxed) && !eng.opts.ignore_errors {
-            return;
+            return 0;
         }
         let Ok(mut names) = fsops::read_dir_names(dst) else {
-            return;
+            return 0;
         };
+        let mut deleted = 0;
         names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
         for name in names {
             if keep.contains(name.as_os_str()) || self.is_internal(name.as_bytes()) {
@@ -1712,8 +1823,10 @@ impl Walker<'_> {
             if self.protected(&child_rel, &name, m.kind() == Kind::Dir) {
                 continue;
             }
-            self.delete_path(&path, &child_rel, &m);
+            self.delete_path(&path, &child_rel, &m, false);
+            deleted += 1;
         }
+        deleted
     }
 
     fn protected(&self, rel: &[u8], name: &OsStr, is_dir: bool) -> bool {
@@ -1728,7 +1841,7 @@ impl Walker<'_> {
     }
 
     /// Deletes one entry (directories depth-first), honouring `--max-delete` and protection.
-    fn delete_path(&self, path: &Path, rel: &[u8], m: &Meta) -> bool {
+    fn delete_path(&self, path: &Path, rel: &[u8], m: &Meta, quiet: bool) -> bool {
         let eng = self.eng;
         let o = self.opts();
         let mut all_gone = true;
@@ -1745,7 +1858,7 @@ impl Walker<'_> {
                         all_gone = false;
                         continue;
                     }
-                    all_gone &= self.delete_path(&child, &child_rel, &cm);
+                    all_gone &= self.delete_path(&child, &child_rel, &cm, quiet);
                 }
             }
             if !all_gone {
@@ -1764,7 +1877,8 @@ impl Walker<'_> {
         if m.kind() == Kind::Dir {
             shown.push(b'/');
         }
-        if o.itemize > 0 || o.out_format.as_deref().is_some_and(|f| f.contains("%i")) {
+        if quiet {
+        } else if o.itemize > 0 || o.out_format.as_deref().is_some_and(|f| f.contains("%i")) {
             let mut line = b"*deleting   ".to_vec();
             line.extend_from_slice(&shown);
             eng.out.line(&line);
@@ -1815,8 +1929,12 @@ impl Walker<'_> {
             return;
         };
         let names: HashSet<&OsStr> = entries.iter().map(|e| e.name.as_os_str()).collect();
-        if fsops::lstat(dst).is_ok_and(|m| m.kind() == Kind::Dir) {
-            self.delete_extraneous(dst, rel, &names);
+        if fsops::lstat(dst).is_ok_and(|m| m.kind() == Kind::Dir)
+            && self.delete_extraneous(dst, rel, &names) > 0
+        {
+            if let Ok(m) = fsops::lstat(src) {
+                self.eng.touch_dir(dst, &m);
+            }
         }
         if !self.opts().recursive {
             return;
@@ -1843,7 +1961,7 @@ pub fn read_files_from(path: &Path, from0: bool) -> io::Result<Vec<Vec<u8>>> {
     Ok(data
         .split(|b| *b == sep)
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .filter(|l| !l.is_empty() && !(l[0] == b'#' || l[0] == b';') || from0 && !l.is_empty())
+        .filter(|l| !l.is_empty() && (from0 || !(l[0] == b'#' || l[0] == b';')))
         .map(|l| l.to_vec())
         .collect())
 }

@@ -161,14 +161,22 @@ impl SimpleFilter {
         Ok(())
     }
 
-    /// `--exclude PATTERN`.
+    /// `--exclude PATTERN` (a leading `+ ` or `- ` makes it a rule, as in rsync).
     pub fn add_exclude(&mut self, pattern: &str) {
-        self.push(Action::Exclude, pattern.as_bytes(), false);
+        self.add_pattern(Action::Exclude, pattern.as_bytes());
     }
 
     /// `--include PATTERN`.
     pub fn add_include(&mut self, pattern: &str) {
-        self.push(Action::Include, pattern.as_bytes(), false);
+        self.add_pattern(Action::Include, pattern.as_bytes());
+    }
+
+    fn add_pattern(&mut self, default: Action, p: &[u8]) {
+        match p {
+            [b'+', b' ', rest @ ..] => self.push(Action::Include, rest, false),
+            [b'-', b' ', rest @ ..] => self.push(Action::Exclude, rest, false),
+            _ => self.push(default, p, false),
+        }
     }
 
     /// `-C`: the default CVS excludes plus `$CVSIGNORE`.
@@ -204,8 +212,8 @@ impl SimpleFilter {
                 continue;
             }
             match kind {
-                FromFile::Exclude => self.push(Action::Exclude, line, false),
-                FromFile::Include => self.push(Action::Include, line, false),
+                FromFile::Exclude => self.add_pattern(Action::Exclude, line),
+                FromFile::Include => self.add_pattern(Action::Include, line),
                 FromFile::Filter => {
                     let text = std::str::from_utf8(line).map_err(|_| {
                         FilterError(format!("non-UTF-8 rule in {}", path.display()))

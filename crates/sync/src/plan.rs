@@ -218,11 +218,18 @@ pub fn build(
         }
     }
     // rsync's file-list order for the top level: "." first, then non-directories, then dirs.
-    items.sort_by(|a, b| {
-        let ka = (a.rel != b".", a.meta.kind() == Kind::Dir, &a.rel);
-        let kb = (b.rel != b".", b.meta.kind() == Kind::Dir, &b.rel);
-        ka.cmp(&kb)
-    });
+    // Component-wise, so implied directories come before what is inside them.
+    let key = |i: &TopItem| -> (bool, Vec<(bool, Vec<u8>)>) {
+        let comps: Vec<&[u8]> = i.rel.split(|b| *b == b'/').collect();
+        let n = comps.len();
+        let path = comps
+            .into_iter()
+            .enumerate()
+            .map(|(k, c)| (k + 1 < n || i.meta.kind() == Kind::Dir, c.to_vec()))
+            .collect();
+        (i.rel != b".", path)
+    };
+    items.sort_by_key(key);
     items.dedup_by(|a, b| a.rel == b.rel && a.implied && b.implied);
 
     let dest_bytes = dest.as_bytes();

@@ -147,17 +147,17 @@ pub fn format_line(format: &str, info: &LineInfo, human: u8) -> Vec<u8> {
         let mut field: Vec<u8> = match c {
             b'%' => b"%".to_vec(),
             b'n' => {
-                let mut v = info.name.to_vec();
+                let mut v = escape_name(info.name);
                 if info.kind == Kind::Dir && !v.ends_with(b"/") {
                     v.push(b'/');
                 }
                 v
             }
-            b'f' => info.name.to_vec(),
+            b'f' => escape_name(info.name),
             b'L' => match info.link {
                 Some((arrow, target)) => {
                     let mut v = format!(" {arrow} ").into_bytes();
-                    v.extend_from_slice(target);
+                    v.extend_from_slice(&escape_name(target));
                     v
                 }
                 None => Vec::new(),
@@ -212,6 +212,34 @@ pub fn format_line(format: &str, info: &LineInfo, human: u8) -> Vec<u8> {
             }
         }
         out.extend_from_slice(&field);
+    }
+    out
+}
+
+/// Escapes a name for output as rsync does: control characters (other than tab) and bytes
+/// that are not valid UTF-8 become `\#ooo` (octal).
+pub fn escape_name(name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len());
+    let mut rest = name;
+    while !rest.is_empty() {
+        let (valid, bad) = match std::str::from_utf8(rest) {
+            Ok(s) => (s.len(), 0),
+            Err(e) => (
+                e.valid_up_to(),
+                e.error_len().unwrap_or(rest.len() - e.valid_up_to()),
+            ),
+        };
+        for &b in &rest[..valid] {
+            if (b < 0x20 && b != b'\t') || b == 0x7f {
+                out.extend_from_slice(format!("\\#{b:03o}").as_bytes());
+            } else {
+                out.push(b);
+            }
+        }
+        for &b in &rest[valid..valid + bad] {
+            out.extend_from_slice(format!("\\#{b:03o}").as_bytes());
+        }
+        rest = &rest[valid + bad..];
     }
     out
 }
@@ -610,6 +638,13 @@ mod tests {
         assert_eq!(format_time(1_700_000_000), "2023/11/14 22:13:20");
         assert_eq!(perm_string(0o104755), "-rwsr-xr-x");
         assert_eq!(perm_string(0o041777), "drwxrwxrwt");
+    }
+
+    #[test]
+    fn names_are_escaped_like_rsync() {
+        assert_eq!(escape_name(b"caf\xe9 x"), b"caf\\#351 x");
+        assert_eq!(escape_name(b"new\nline"), b"new\\#012line");
+        assert_eq!(escape_name("tab\té".as_bytes()), "tab\té".as_bytes());
     }
 
     #[test]
