@@ -1,3 +1,5 @@
+//! The `arsync` binary: rsync's command line over the arsync engines.
+
 fn main() {
-    println!("arsync {}", env!("CARGO_PKG_VERSION"));
+    std::process::exit(arsync_sync::cli::main_with_args(std::env::args_os()));
 }

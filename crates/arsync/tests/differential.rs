@@ -1,0 +1,587 @@
+//! Differential tests: arsync and the real rsync run with the same flags on the same trees
+//! must leave identical destinations (and, where the order is defined, identical `-i` output).
+
+mod common;
+
+use common::*;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+const RICH: TreeSpec = TreeSpec {
+    dirs: 6,
+    files_per_dir: 5,
+    rich: true,
+    seed: 7,
+};
+
+/// Runs rsync and arsync with `flags` from `src` into `work/r` and `work/a` (both seeded
+/// from `initial` if given); asserts same exit code and same tree. Returns the outputs.
+fn differential(
+    work: &Path,
+    flags: &[&str],
+    srcs: &[OsString],
+    initial: Option<&Path>,
+    mut o: SnapOpts,
+    what: &str,
+) -> (std::process::Output, std::process::Output) {
+    // Without a "src/" argument nothing sets the destination root's time: it is whenever
+    // the last entry was created in it, which differs between any two runs.
+    if !srcs.iter().any(|s| s.as_encoded_bytes().ends_with(b"/")) || srcs.len() > 1 {
+        o.root_mtime = false;
+    }
+    let r = work.join("r");
+    let a = work.join("a");
+    let _ = fs::remove_dir_all(&r);
+    let _ = fs::remove_dir_all(&a);
+    if let Some(init) = initial {
+        clone_tree(init, &r);
+        clone_tree(init, &a);
+    }
+    let mut rargs: Vec<OsString> = flags.iter().map(OsString::from).collect();
+    rargs.extend(srcs.iter().cloned());
+    let mut aargs = rargs.clone();
+    rargs.push(slash(&r));
+    aargs.push(slash(&a));
+    let ro = rsync(&rargs);
+    let ao = arsync(&aargs);
+    assert_eq!(
+        ao.status.code(),
+        ro.status.code(),
+        "{what}: exit codes differ\narsync stderr: {}\nrsync stderr: {}",
+        String::from_utf8_lossy(&ao.stderr),
+        String::from_utf8_lossy(&ro.stderr)
+    );
+    assert_same_tree(&a, &r, o, what);
+    (ao, ro)
+}
+
+fn lines(out: &std::process::Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// Changes the source tree in many ways (content, size, mode, owner, removal, addition,
+/// type changes, symlink retargeting, new xattrs).
+fn mutate(src: &Path) {
+    fs::write(src.join("f0_0.dat"), b"rewritten content").unwrap();
+    let _ = fs::remove_file(src.join("f0_1.dat"));
+    fs::write(src.join("brand_new"), b"new file").unwrap();
+    fs::create_dir_all(src.join("newdir/sub")).unwrap();
+    fs::write(src.join("newdir/sub/deep"), b"deep").unwrap();
+    fs::set_permissions(src.join("f0_2.dat"), fs::Permissions::from_mode(0o600)).unwrap();
+    let _ = fs::remove_file(src.join("link_rel"));
+    std::os::unix::fs::symlink("f0_3.dat", src.join("link_rel")).unwrap();
+    // A file becomes a directory and a directory becomes a file.
+    let _ = fs::remove_file(src.join("with space"));
+    fs::create_dir(src.join("with space")).unwrap();
+    fs::write(src.join("with space/inner"), b"inner").unwrap();
+    if src.join("empty").is_dir() {
+        fs::remove_dir(src.join("empty")).unwrap();
+        fs::write(src.join("empty"), b"now a file").unwrap();
+    }
+    let _ = std::process::Command::new("setfattr")
+        .args(["-n", "user.added", "-v", "yes"])
+        .arg(src.join("f0_4.dat"))
+        .status();
+    if am_root() {
+        std::os::unix::fs::chown(src.join("f0_2.dat"), Some(4321), None).unwrap();
+    }
+    settle_times(src);
+}
+
+#[test]
+fn archive_fresh_copy_matches_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    make_tree(&src, RICH);
+    let (ao, ro) = differential(
+        w.path(),
+        &["-a"],
+        &[slash(&src)],
+        None,
+        SnapOpts::default(),
+        "-a fresh",
+    );
+    assert!(ao.stdout.is_empty() && ro.stdout.is_empty());
+}
+
+#[test]
+fn archive_hard_links_acls_xattrs_sparse_match_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    make_tree(&src, RICH);
+    let o = SnapOpts {
+        sparse: true,
+        ..SnapOpts::default()
+    };
+    differential(
+        w.path(),
+        &["-aHAXS"],
+        &[slash(&src)],
+        None,
+        o,
+        "-aHAXS fresh",
+    );
+    // Directory itself (no trailing slash) into an existing destination.
+    differential(
+        w.path(),
+        &["-aHAX"],
+        &[src.clone().into_os_string()],
+        None,
+        o,
+        "-aHAX dir",
+    );
+}
+
+#[test]
+fn update_with_delete_matches_rsync_including_itemize() {
+    let w = scratch();
+    let src = w.path().join("src");
+    make_tree(&src, RICH);
+    let old = w.path().join("old");
+    let o = rsync(&[OsString::from("-aHAX"), slash(&src), slash(&old)]);
+    assert_code(&o, 0, "seed");
+    mutate(&src);
+    let (ao, ro) = differential(
+        w.path(),
+        &["-aAXi", "--delete"],
+        &[slash(&src)],
+        Some(&old),
+        SnapOpts::default(),
+        "-aAXi --delete update",
+    );
+    assert_eq!(lines(&ao), lines(&ro), "itemized output differs");
+    // Re-running over the synced tree is a no-op with no output at all.
+    let a = w.path().join("a");
+    let again = arsync(&[
+        OsString::from("-aAXi"),
+        OsString::from("--delete"),
+        slash(&src),
+        slash(&a),
+    ]);
+    assert_code(&again, 0, "no-op rerun");
+    assert!(
+        again.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+}
+
+#[test]
+fn flag_combinations_on_update_match_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    make_tree(
+        &src,
+        TreeSpec {
+            dirs: 4,
+            files_per_dir: 4,
+            rich: true,
+            seed: 11,
+        },
+    );
+    let old = w.path().join("old");
+    assert_code(
+        &rsync(&[OsString::from("-a"), slash(&src), slash(&old)]),
+        0,
+        "seed",
+    );
+    // Make a same-size, same-mtime content change that only -c notices.
+    let victim = src.join("dir0/f1_1.dat");
+    let meta = fs::metadata(&victim).unwrap();
+    let mut data = fs::read(&victim).unwrap();
+    if !data.is_empty() {
+        data[0] ^= 0xff;
+        fs::write(&victim, &data).unwrap();
+        let f = fs::File::options().write(true).open(&victim).unwrap();
+        f.set_modified(meta.modified().unwrap()).unwrap();
+    }
+    // An older source file (for -u) and a dest-only file (for --delete variants).
+    mutate(&src);
+    fs::write(old.join("dest_only"), b"extra").unwrap();
+    let combos: &[&[&str]] = &[
+        &["-a", "-i"],
+        &["-a", "-c", "-i"],
+        &["-a", "--inplace", "-i"],
+        &["-a", "-u", "-i"],
+        &["-a", "--existing", "-i"],
+        &["-a", "--ignore-existing", "-i"],
+        &["-a", "--size-only", "-i"],
+        &["-a", "-I"],
+        &["-a", "-W", "--delete-after"],
+        &["-a", "--delete-before"],
+        &["-a", "--delete-delay"],
+        &["-a", "--delete", "-b"],
+        &["-a", "--delete", "--backup-dir=../bk", "--suffix=.old"],
+        &["-rlt"],
+        &["-r"],
+        &["-a", "--no-perms", "--no-times"],
+        &["-a", "--chmod=Dg+s,Fo-r,u+w"],
+        &["-a", "-O", "-J"],
+        &["-a", "-E", "--no-p"],
+        &["-a", "--max-size=2K", "--min-size=10"],
+        &["-a", "--delay-updates", "-i"],
+    ];
+    for flags in combos {
+        // Each combo gets its own copy of the source (--remove-source-files mutates it).
+        let s2 = w.path().join("src2");
+        let _ = fs::remove_dir_all(&s2);
+        clone_tree(&src, &s2);
+        let times = !flags.iter().any(|f| *f == "-r" || f.contains("no-times"));
+        // With -b, rsync stamps new directories before their last entries land, leaving
+        // them with the current time; arsync keeps the source times. Not compared there.
+        let backup = flags
+            .iter()
+            .any(|f| *f == "-b" || f.starts_with("--backup"));
+        let o = SnapOpts {
+            mtimes: times,
+            dir_mtimes: times && !flags.contains(&"-O") && !backup,
+            link_mtimes: !flags.contains(&"-J"),
+            ..SnapOpts::default()
+        };
+        let what = flags.join(" ");
+        let (ao, ro) = differential(w.path(), flags, &[slash(&s2)], Some(&old), o, &what);
+        if flags.contains(&"-i") {
+            assert_eq!(lines(&ao), lines(&ro), "{what}: itemized output differs");
+        }
+        if flags.iter().any(|f| f.starts_with("--backup-dir")) {
+            let bk = w.path().join("bk");
+            assert!(bk.exists(), "{what}: backup dir missing");
+            let _ = fs::remove_dir_all(&bk);
+        }
+    }
+    // --remove-source-files changes the source: each tool gets its own copy, and what is
+    // left of the sources must match too.
+    let (sa, sr) = (w.path().join("src_a"), w.path().join("src_r"));
+    clone_tree(&src, &sa);
+    clone_tree(&src, &sr);
+    let (a, r) = (w.path().join("a"), w.path().join("r"));
+    let _ = fs::remove_dir_all(&a);
+    let _ = fs::remove_dir_all(&r);
+    clone_tree(&old, &a);
+    clone_tree(&old, &r);
+    let f = OsString::from("--remove-source-files");
+    assert_code(
+        &arsync(&[OsString::from("-a"), f.clone(), slash(&sa), slash(&a)]),
+        0,
+        "rsf",
+    );
+    assert_code(
+        &rsync(&[OsString::from("-a"), f, slash(&sr), slash(&r)]),
+        0,
+        "rsf",
+    );
+    assert_same_tree(&a, &r, SnapOpts::default(), "--remove-source-files dest");
+    let no_dir_times = SnapOpts {
+        dir_mtimes: false,
+        ..SnapOpts::default()
+    };
+    assert_same_tree(&sa, &sr, no_dir_times, "--remove-source-files source");
+}
+
+#[test]
+fn filters_match_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    make_tree(&src, RICH);
+    let old = w.path().join("old");
+    assert_code(
+        &rsync(&[OsString::from("-a"), slash(&src), slash(&old)]),
+        0,
+        "seed",
+    );
+    fs::write(old.join("keep.tmp"), b"protected by exclude").unwrap();
+    fs::write(old.join("dir0/gone.o"), b"x").unwrap();
+    let rules = w.path().join("rules");
+    fs::write(&rules, "# comment\n- *.o\n+ dir0/\n").unwrap();
+    let rules_s = format!("--exclude-from={}", rules.display());
+    let combos: Vec<Vec<String>> = vec![
+        vec!["-a".into(), "--exclude=*.dat".into()],
+        vec![
+            "-a".into(),
+            "--include=f0_*".into(),
+            "--exclude=*.dat".into(),
+        ],
+        vec!["-a".into(), "--delete".into(), "--exclude=*.tmp".into()],
+        vec![
+            "-a".into(),
+            "--delete".into(),
+            "--delete-excluded".into(),
+            "--exclude=*.tmp".into(),
+        ],
+        vec![
+            "-a".into(),
+            "-f".into(),
+            "- /dir0/".into(),
+            "--filter=P keep.tmp".into(),
+            "--delete".into(),
+        ],
+        vec![
+            "-a".into(),
+            "--filter=+ */".into(),
+            "--filter=+ *.dat".into(),
+            "--filter=- *".into(),
+        ],
+        vec!["-a".into(), "--delete".into(), rules_s.clone()],
+        vec!["-a".into(), "-C".into()],
+        vec![
+            "-a".into(),
+            "--exclude=dir0/***".into(),
+            "--exclude=/link_*".into(),
+        ],
+    ];
+    for flags in &combos {
+        let f: Vec<&str> = flags.iter().map(|s| s.as_str()).collect();
+        differential(
+            w.path(),
+            &f,
+            &[slash(&src)],
+            Some(&old),
+            SnapOpts::default(),
+            &flags.join(" "),
+        );
+    }
+}
+
+#[test]
+fn link_dest_and_compare_dest_match_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    make_tree(&src, RICH);
+    let base = w.path().join("base");
+    assert_code(
+        &rsync(&[OsString::from("-a"), slash(&src), slash(&base)]),
+        0,
+        "seed",
+    );
+    mutate(&src);
+    for opt in ["--link-dest", "--compare-dest", "--copy-dest"] {
+        let flag = format!("{opt}={}", base.display());
+        differential(
+            w.path(),
+            &["-a", &flag],
+            &[slash(&src)],
+            None,
+            SnapOpts::default(),
+            opt,
+        );
+        // Hard-link counts show which files were linked to the basis.
+        let a = snapshot_nlinks(&w.path().join("a"));
+        let r = snapshot_nlinks(&w.path().join("r"));
+        assert_eq!(a, r, "{opt}: link counts differ");
+    }
+}
+
+fn snapshot_nlinks(root: &Path) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() {
+                let rel = e
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                v.push((rel, m.nlink()));
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn path_rules_match_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    make_tree(
+        &src,
+        TreeSpec {
+            dirs: 3,
+            files_per_dir: 2,
+            rich: false,
+            seed: 3,
+        },
+    );
+    let o = SnapOpts::default();
+    let s = |p: &str| src.join(p).into_os_string();
+    // Several sources, dirs with and without trailing slash.
+    differential(
+        w.path(),
+        &["-a"],
+        &[s("dir0"), s("f0_0.dat"), s("empty")],
+        None,
+        o,
+        "multi",
+    );
+    differential(
+        w.path(),
+        &["-a"],
+        &[slash(&src.join("dir0"))],
+        None,
+        o,
+        "contents",
+    );
+    // -R with and without a /./ anchor.
+    let mut anchored = src.clone().into_os_string();
+    anchored.push("/./dir0");
+    differential(w.path(), &["-aR"], &[anchored], None, o, "-R anchor");
+    // Missing implied directories get default attributes and the current time.
+    let no_dir_times = SnapOpts {
+        dir_mtimes: false,
+        ..o
+    };
+    differential(
+        w.path(),
+        &["-aR", "--no-implied-dirs"],
+        &[s("dir0")],
+        None,
+        no_dir_times,
+        "-R no-implied",
+    );
+    // -d without -r: directories created, not recursed.
+    differential(w.path(), &["-lptd"], &[slash(&src)], None, o, "-d");
+    // --files-from.
+    let list = w.path().join("list");
+    fs::create_dir_all(src.join("ld/sub")).unwrap();
+    fs::write(src.join("ld/sub/file"), b"listed").unwrap();
+    settle_times(&src);
+    fs::write(&list, "f0_0.dat\ndir0\nld/sub/file\n").unwrap();
+    let ff = format!("--files-from={}", list.display());
+    differential(
+        w.path(),
+        &["-a", &ff],
+        &[src.clone().into_os_string()],
+        None,
+        o,
+        "files-from",
+    );
+    differential(
+        w.path(),
+        &["-a", "-r", &ff],
+        &[src.clone().into_os_string()],
+        None,
+        o,
+        "files-from -r",
+    );
+
+    // Single file to a new file name / into an existing dir / with --mkpath.
+    let f = src.join("f0_0.dat");
+    for (dest, mk) in [("newname", false), ("sub/deeper/name", true)] {
+        let ra = w.path().join("sf_r");
+        let aa = w.path().join("sf_a");
+        for (d, runner) in [(&ra, 0), (&aa, 1)] {
+            let _ = fs::remove_dir_all(d);
+            fs::create_dir(d).unwrap();
+            let mut args = vec![OsString::from("-a")];
+            if mk {
+                args.push("--mkpath".into());
+            }
+            args.push(f.clone().into_os_string());
+            args.push(d.join(dest).into_os_string());
+            let out = if runner == 0 {
+                rsync(&args)
+            } else {
+                arsync(&args)
+            };
+            assert_code(&out, 0, dest);
+        }
+        // The destination directory's time is whenever the file was created in it.
+        let o = SnapOpts {
+            root_mtime: false,
+            dir_mtimes: !mk,
+            ..o
+        };
+        assert_same_tree(&aa, &ra, o, dest);
+    }
+}
+
+#[test]
+fn demo_commands_produce_rsyncs_tree() {
+    // The same steps as scripts/demo: arsync -aHS --stats, then a no-op arsync -aHSi.
+    let w = scratch();
+    let src = w.path().join("src");
+    fs::create_dir_all(src.join("docs/deep/er")).unwrap();
+    fs::create_dir_all(src.join("bin")).unwrap();
+    let mut rng = Rng::new(1);
+    for i in 1..=50 {
+        fs::write(src.join(format!("docs/file{i}.dat")), rng.bytes(i * 37)).unwrap();
+    }
+    fs::write(src.join("docs/deep/er/readme.txt"), b"hello\n").unwrap();
+    std::os::unix::fs::symlink("../docs/deep/er/readme.txt", src.join("bin/link")).unwrap();
+    fs::hard_link(src.join("docs/file1.dat"), src.join("bin/hardlink")).unwrap();
+    let _ = std::process::Command::new("mkfifo")
+        .arg(src.join("bin/fifo"))
+        .status();
+    fs::set_permissions(src.join("bin"), fs::Permissions::from_mode(0o4750)).unwrap();
+    let sp = fs::File::create(src.join("sparse.img")).unwrap();
+    sp.set_len(64 << 20).unwrap();
+    drop(sp);
+    settle_times(&src);
+    let dst = w.path().join("dst");
+    let out = arsync(&[
+        OsString::from("-aHS"),
+        "--stats".into(),
+        slash(&src),
+        slash(&dst),
+    ]);
+    assert_code(&out, 0, "demo sync");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Number of files:"), "{text}");
+    assert!(
+        text.contains("Number of regular files transferred: 52"),
+        "{text}"
+    );
+    let again = arsync(&[OsString::from("-aHSi"), slash(&src), slash(&dst)]);
+    assert_code(&again, 0, "demo rerun");
+    assert!(
+        again.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    let r = w.path().join("ref");
+    assert_code(
+        &rsync(&[OsString::from("-aHS"), slash(&src), slash(&r)]),
+        0,
+        "rsync",
+    );
+    let o = SnapOpts {
+        sparse: true,
+        ..SnapOpts::default()
+    };
+    assert_same_tree(&dst, &r, o, "demo");
+}
+
+#[test]
+fn dry_run_and_list_only_change_nothing() {
+    let w = scratch();
+    let src = w.path().join("src");
+    make_tree(&src, RICH);
+    let dst = w.path().join("dst");
+    let out = arsync(&[OsString::from("-ani"), slash(&src), slash(&dst)]);
+    assert_code(&out, 0, "dry run");
+    assert!(!dst.exists(), "dry run created the destination");
+    let r = rsync(&[OsString::from("-ani"), slash(&src), slash(&dst)]);
+    assert_eq!(lines(&out), lines(&r), "dry-run itemize differs");
+    let l = arsync(&[
+        OsString::from("--list-only"),
+        OsString::from("-r"),
+        slash(&src),
+    ]);
+    assert_code(&l, 0, "list-only");
+    let text = String::from_utf8_lossy(&l.stdout);
+    assert!(
+        text.contains("f0_0.dat") && text.contains("dir0/"),
+        "{text}"
+    );
+}

@@ -1,0 +1,1376 @@
+//! rsync's command line: option table, `-a` expansion, `--no-OPTION` negations (the last
+//! occurrence wins, as in rsync), filter options in command-line order, and the refusal of
+//! rsync options this build does not support (exit code 1, naming the option).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::{Arg, ArgAction, ArgMatches, Command};
+
+use crate::engine::{self, exit, Engine};
+use crate::filter::{FromFile, SimpleFilter};
+use crate::fsops;
+use crate::meta;
+use crate::options::{DeleteMode, Options};
+use crate::plan;
+use crate::report::Output;
+
+/// Boolean options: (id, short, long, help). Each also gets `--no-<long>`.
+const BOOLS: &[(&str, Option<char>, &str, &str)] = &[
+    (
+        "recursive",
+        Some('r'),
+        "recursive",
+        "recurse into directories",
+    ),
+    (
+        "dirs",
+        Some('d'),
+        "dirs",
+        "transfer directories without recursing",
+    ),
+    ("links", Some('l'), "links", "copy symlinks as symlinks"),
+    (
+        "copy-links",
+        Some('L'),
+        "copy-links",
+        "transform symlink into referent file/dir",
+    ),
+    (
+        "copy-unsafe-links",
+        None,
+        "copy-unsafe-links",
+        "only \"unsafe\" symlinks are transformed",
+    ),
+    (
+        "safe-links",
+        None,
+        "safe-links",
+        "ignore symlinks that point outside the tree",
+    ),
+    (
+        "copy-dirlinks",
+        Some('k'),
+        "copy-dirlinks",
+        "transform symlink to dir into referent dir",
+    ),
+    (
+        "keep-dirlinks",
+        Some('K'),
+        "keep-dirlinks",
+        "treat symlinked dir on receiver as dir",
+    ),
+    ("perms", Some('p'), "perms", "preserve permissions"),
+    (
+        "executability",
+        Some('E'),
+        "executability",
+        "preserve executability",
+    ),
+    ("times", Some('t'), "times", "preserve modification times"),
+    ("atimes", Some('U'), "atimes", "preserve access (use) times"),
+    (
+        "crtimes",
+        Some('N'),
+        "crtimes",
+        "preserve create times (newness)",
+    ),
+    (
+        "omit-dir-times",
+        Some('O'),
+        "omit-dir-times",
+        "omit directories from --times",
+    ),
+    (
+        "omit-link-times",
+        Some('J'),
+        "omit-link-times",
+        "omit symlinks from --times",
+    ),
+    ("group", Some('g'), "group", "preserve group"),
+    (
+        "owner",
+        Some('o'),
+        "owner",
+        "preserve owner (super-user only)",
+    ),
+    (
+        "numeric-ids",
+        None,
+        "numeric-ids",
+        "don't map uid/gid values by user/group name",
+    ),
+    ("D", Some('D'), "D", "same as --devices --specials"),
+    (
+        "devices",
+        None,
+        "devices",
+        "preserve device files (super-user only)",
+    ),
+    ("specials", None, "specials", "preserve special files"),
+    ("hard-links", Some('H'), "hard-links", "preserve hard links"),
+    ("acls", Some('A'), "acls", "preserve ACLs (implies --perms)"),
+    (
+        "xattrs",
+        Some('X'),
+        "xattrs",
+        "preserve extended attributes",
+    ),
+    (
+        "sparse",
+        Some('S'),
+        "sparse",
+        "turn sequences of nulls into sparse blocks",
+    ),
+    (
+        "preallocate",
+        None,
+        "preallocate",
+        "allocate dest files before writing them",
+    ),
+    (
+        "dry-run",
+        Some('n'),
+        "dry-run",
+        "perform a trial run with no changes made",
+    ),
+    ("quiet", Some('q'), "quiet", "suppress non-error messages"),
+    (
+        "checksum",
+        Some('c'),
+        "checksum",
+        "skip based on checksum, not mod-time & size",
+    ),
+    (
+        "update",
+        Some('u'),
+        "update",
+        "skip files that are newer on the receiver",
+    ),
+    (
+        "existing",
+        None,
+        "existing",
+        "skip creating new files on receiver",
+    ),
+    (
+        "ignore-existing",
+        None,
+        "ignore-existing",
+        "skip updating files that exist on receiver",
+    ),
+    (
+        "size-only",
+        None,
+        "size-only",
+        "skip files that match in size",
+    ),
+    (
+        "ignore-times",
+        Some('I'),
+        "ignore-times",
+        "don't skip files that match size and time",
+    ),
+    (
+        "whole-file",
+        Some('W'),
+        "whole-file",
+        "copy files whole (without delta-xfer algorithm)",
+    ),
+    (
+        "inplace",
+        None,
+        "inplace",
+        "update destination files in-place",
+    ),
+    (
+        "partial",
+        None,
+        "partial",
+        "keep partially transferred files",
+    ),
+    (
+        "delay-updates",
+        None,
+        "delay-updates",
+        "put all updated files into place at end",
+    ),
+    (
+        "delete",
+        None,
+        "delete",
+        "delete extraneous files from dest dirs",
+    ),
+    (
+        "delete-before",
+        None,
+        "delete-before",
+        "receiver deletes before xfer, not during",
+    ),
+    (
+        "delete-during",
+        None,
+        "delete-during",
+        "receiver deletes during the transfer",
+    ),
+    (
+        "delete-delay",
+        None,
+        "delete-delay",
+        "find deletions during, delete after",
+    ),
+    (
+        "delete-after",
+        None,
+        "delete-after",
+        "receiver deletes after transfer, not during",
+    ),
+    (
+        "delete-excluded",
+        None,
+        "delete-excluded",
+        "also delete excluded files from dest dirs",
+    ),
+    (
+        "force",
+        None,
+        "force",
+        "force deletion of dirs even if not empty",
+    ),
+    (
+        "ignore-errors",
+        None,
+        "ignore-errors",
+        "delete even if there are I/O errors",
+    ),
+    (
+        "remove-source-files",
+        None,
+        "remove-source-files",
+        "sender removes synchronized files (non-dir)",
+    ),
+    (
+        "backup",
+        Some('b'),
+        "backup",
+        "make backups (see --suffix & --backup-dir)",
+    ),
+    ("relative", Some('R'), "relative", "use relative path names"),
+    (
+        "implied-dirs",
+        None,
+        "implied-dirs",
+        "send implied dirs with --relative (default)",
+    ),
+    (
+        "mkpath",
+        None,
+        "mkpath",
+        "create destination's missing path components",
+    ),
+    (
+        "cvs-exclude",
+        Some('C'),
+        "cvs-exclude",
+        "auto-ignore files in the same way CVS does",
+    ),
+    (
+        "from0",
+        Some('0'),
+        "from0",
+        "all *-from/filter files are delimited by 0s",
+    ),
+    ("stats", None, "stats", "give some file-transfer stats"),
+    (
+        "progress",
+        None,
+        "progress",
+        "show progress during transfer",
+    ),
+    (
+        "list-only",
+        None,
+        "list-only",
+        "list the files instead of copying them",
+    ),
+    ("fsync", None, "fsync", "fsync every written file"),
+    (
+        "compress",
+        Some('z'),
+        "compress",
+        "compress file data (no effect on local copies)",
+    ),
+];
+
+/// Counted options: (id, short, long, help).
+const COUNTS: &[(&str, Option<char>, &str, &str)] = &[
+    ("verbose", Some('v'), "verbose", "increase verbosity"),
+    (
+        "itemize-changes",
+        Some('i'),
+        "itemize-changes",
+        "output a change-summary for all updates",
+    ),
+    (
+        "human-readable",
+        Some('h'),
+        "human-readable",
+        "output numbers in a human-readable format",
+    ),
+    (
+        "one-file-system",
+        Some('x'),
+        "one-file-system",
+        "don't cross filesystem boundaries",
+    ),
+    (
+        "F",
+        Some('F'),
+        "F",
+        "same as --filter='dir-merge /.rsync-filter'",
+    ),
+];
+
+/// Options with a value: (id, short, long, multiple, help).
+const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
+    (
+        "chmod",
+        None,
+        "chmod",
+        true,
+        "affect file and/or directory permissions",
+    ),
+    (
+        "chown",
+        None,
+        "chown",
+        false,
+        "simple username/groupname mapping",
+    ),
+    (
+        "modify-window",
+        Some('@'),
+        "modify-window",
+        false,
+        "set the accuracy for mod-time comparisons",
+    ),
+    (
+        "partial-dir",
+        None,
+        "partial-dir",
+        false,
+        "put a partially transferred file into DIR",
+    ),
+    (
+        "temp-dir",
+        Some('T'),
+        "temp-dir",
+        false,
+        "create temporary files in directory DIR",
+    ),
+    (
+        "max-delete",
+        None,
+        "max-delete",
+        false,
+        "don't delete more than NUM files",
+    ),
+    (
+        "backup-dir",
+        None,
+        "backup-dir",
+        false,
+        "make backups into hierarchy based in DIR",
+    ),
+    (
+        "suffix",
+        None,
+        "suffix",
+        false,
+        "backup suffix (default ~ w/o --backup-dir)",
+    ),
+    (
+        "link-dest",
+        None,
+        "link-dest",
+        true,
+        "hardlink to files in DIR when unchanged",
+    ),
+    (
+        "compare-dest",
+        None,
+        "compare-dest",
+        true,
+        "also compare destination files relative to DIR",
+    ),
+    (
+        "copy-dest",
+        None,
+        "copy-dest",
+        true,
+        "... and include copies of unchanged files",
+    ),
+    (
+        "min-size",
+        None,
+        "min-size",
+        false,
+        "don't transfer any file smaller than SIZE",
+    ),
+    (
+        "max-size",
+        None,
+        "max-size",
+        false,
+        "don't transfer any file larger than SIZE",
+    ),
+    (
+        "exclude",
+        None,
+        "exclude",
+        true,
+        "exclude files matching PATTERN",
+    ),
+    (
+        "include",
+        None,
+        "include",
+        true,
+        "don't exclude files matching PATTERN",
+    ),
+    (
+        "filter",
+        Some('f'),
+        "filter",
+        true,
+        "add a file-filtering RULE",
+    ),
+    (
+        "exclude-from",
+        None,
+        "exclude-from",
+        true,
+        "read exclude patterns from FILE",
+    ),
+    (
+        "include-from",
+        None,
+        "include-from",
+        true,
+        "read include patterns from FILE",
+    ),
+    (
+        "files-from",
+        None,
+        "files-from",
+        false,
+        "read list of source-file names from FILE",
+    ),
+    (
+        "out-format",
+        None,
+        "out-format",
+        false,
+        "output updates using the specified FORMAT",
+    ),
+    (
+        "log-file",
+        None,
+        "log-file",
+        false,
+        "log what we're doing to the specified FILE",
+    ),
+    (
+        "log-file-format",
+        None,
+        "log-file-format",
+        false,
+        "log updates using the specified FMT",
+    ),
+    (
+        "bwlimit",
+        None,
+        "bwlimit",
+        false,
+        "limit socket I/O bandwidth",
+    ),
+    (
+        "checksum-choice",
+        None,
+        "checksum-choice",
+        false,
+        "choose the checksum algorithm",
+    ),
+    (
+        "info",
+        None,
+        "info",
+        true,
+        "fine-grained informational verbosity",
+    ),
+    ("debug", None, "debug", true, "fine-grained debug verbosity"),
+    (
+        "block-size",
+        Some('B'),
+        "block-size",
+        false,
+        "force a fixed checksum block-size",
+    ),
+    (
+        "rsh",
+        Some('e'),
+        "rsh",
+        false,
+        "specify the remote shell to use",
+    ),
+    (
+        "rsync-path",
+        None,
+        "rsync-path",
+        false,
+        "specify the rsync to run on remote machine",
+    ),
+    (
+        "compress-choice",
+        None,
+        "compress-choice",
+        false,
+        "choose the compression algorithm",
+    ),
+    (
+        "compress-level",
+        None,
+        "compress-level",
+        false,
+        "explicitly set compression level",
+    ),
+    (
+        "threads",
+        None,
+        "threads",
+        false,
+        "number of copy workers (default: CPUs)",
+    ),
+    (
+        "queue-depth",
+        None,
+        "queue-depth",
+        false,
+        "bounded queue length between walker and workers",
+    ),
+];
+
+/// rsync options that are recognised but not supported yet: refused with exit code 1.
+const UNSUPPORTED: &[(&str, Option<char>, bool)] = &[
+    ("fuzzy", Some('y'), false),
+    ("prune-empty-dirs", Some('m'), false),
+    ("usermap", None, true),
+    ("groupmap", None, true),
+    ("copy-devices", None, false),
+    ("write-devices", None, false),
+    ("super", None, false),
+    ("fake-super", None, false),
+    ("write-batch", None, true),
+    ("only-write-batch", None, true),
+    ("read-batch", None, true),
+    ("iconv", None, true),
+    ("daemon", None, false),
+    ("server", None, false),
+    ("sender", None, false),
+    ("open-noatime", None, false),
+    ("delete-missing-args", None, false),
+    ("ignore-missing-args", None, false),
+    ("stop-after", None, true),
+    ("stop-at", None, true),
+    ("timeout", None, true),
+    ("contimeout", None, true),
+    ("address", None, true),
+    ("port", None, true),
+    ("sockopts", None, true),
+    ("password-file", None, true),
+    ("protocol", None, true),
+    ("remote-option", Some('M'), true),
+    ("append", None, false),
+    ("append-verify", None, false),
+    ("copy-as", None, true),
+    ("skip-compress", None, true),
+    ("max-alloc", None, true),
+    ("write-devices", None, false),
+    ("8-bit-output", Some('8'), false),
+    ("blocking-io", None, false),
+    ("outbuf", None, true),
+    ("early-input", None, true),
+];
+
+fn command() -> Command {
+    let mut cmd = Command::new("arsync")
+        .about("rsync, rebuilt: a fast local file-copying tool with rsync's flags")
+        .version(env!("CARGO_PKG_VERSION"))
+        .disable_help_flag(true)
+        .disable_version_flag(true)
+        .arg(
+            Arg::new("help")
+                .long("help")
+                .action(ArgAction::Help)
+                .help("show this help"),
+        )
+        .arg(
+            Arg::new("version")
+                .long("version")
+                .short('V')
+                .action(ArgAction::Count)
+                .help("print the version + other info and exit"),
+        )
+        .arg(
+            Arg::new("archive")
+                .short('a')
+                .long("archive")
+                .action(ArgAction::Count)
+                .help("archive mode is -rlptgoD (no -A,-X,-U,-N,-H)"),
+        )
+        .arg(
+            Arg::new("P")
+                .short('P')
+                .action(ArgAction::Count)
+                .help("same as --partial --progress"),
+        )
+        .arg(
+            Arg::new("paths")
+                .action(ArgAction::Append)
+                .value_parser(clap::value_parser!(OsString))
+                .num_args(0..),
+        );
+    for (id, short, long, help) in BOOLS {
+        let mut a = Arg::new(*id)
+            .long(*long)
+            .action(ArgAction::Count)
+            .help(*help);
+        if let Some(s) = short {
+            a = a.short(*s);
+        }
+        cmd = cmd.arg(a);
+        let neg_id: &'static str = Box::leak(format!("no-{id}").into_boxed_str());
+        let mut n = Arg::new(neg_id)
+            .long(neg_id)
+            .action(ArgAction::Count)
+            .hide(true);
+        if short.is_some() && long.len() > 1 {
+            let alias: &'static str =
+                Box::leak(format!("no-{}", short.unwrap_or('?')).into_boxed_str());
+            n = n.alias(alias);
+        }
+        cmd = cmd.arg(n);
+    }
+    for (id, short, long, help) in COUNTS {
+        let mut a = Arg::new(*id)
+            .long(*long)
+            .action(ArgAction::Count)
+            .help(*help);
+        if let Some(s) = short {
+            a = a.short(*s);
+        }
+        cmd = cmd.arg(a);
+        let neg_id: &'static str = Box::leak(format!("no-{id}").into_boxed_str());
+        cmd = cmd.arg(
+            Arg::new(neg_id)
+                .long(neg_id)
+                .action(ArgAction::Count)
+                .hide(true),
+        );
+    }
+    for (id, short, long, multi, help) in VALUES {
+        let mut a = Arg::new(*id)
+            .long(*long)
+            .value_parser(clap::value_parser!(OsString))
+            .allow_hyphen_values(true)
+            .help(*help)
+            .action(if *multi {
+                ArgAction::Append
+            } else {
+                ArgAction::Set
+            });
+        if *id == "modify-window" {
+            a = a.allow_negative_numbers(true).short(None);
+        } else if let Some(s) = short {
+            a = a.short(*s);
+        }
+        cmd = cmd.arg(a);
+    }
+    for (id, short, takes) in UNSUPPORTED {
+        if cmd.get_arguments().any(|a| a.get_id() == *id) {
+            continue;
+        }
+        let mut a = Arg::new(*id).long(*id).hide(true);
+        a = if *takes {
+            a.action(ArgAction::Append)
+                .value_parser(clap::value_parser!(OsString))
+        } else {
+            a.action(ArgAction::Count)
+        };
+        if let Some(s) = short {
+            a = a.short(*s);
+        }
+        cmd = cmd.arg(a);
+    }
+    cmd
+}
+
+/// A command-line problem: message and exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// Message for stderr.
+    pub msg: String,
+    /// rsync exit code.
+    pub code: i32,
+}
+
+fn usage(msg: impl Into<String>) -> CliError {
+    CliError {
+        msg: msg.into(),
+        code: exit::SYNTAX,
+    }
+}
+
+/// Last position on the command line of an option, if given.
+fn last_index(m: &ArgMatches, id: &str) -> Option<usize> {
+    if m.get_count(id) == 0 {
+        return None;
+    }
+    m.indices_of(id).and_then(|i| i.max())
+}
+
+/// A boolean whose final value is decided by the latest of its positive forms
+/// (the option itself or an implying option) and its `--no-` form.
+fn flag(m: &ArgMatches, id: &str, implied_at: &[Option<usize>]) -> bool {
+    let pos = implied_at
+        .iter()
+        .flatten()
+        .copied()
+        .chain(last_index(m, id))
+        .max();
+    let neg = last_index(m, &format!("no-{id}"));
+    match (pos, neg) {
+        (Some(p), Some(n)) => p > n,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+fn value(m: &ArgMatches, id: &str) -> Option<String> {
+    m.get_one::<OsString>(id)
+        .map(|v| v.to_string_lossy().into_owned())
+}
+
+fn values_with_index(m: &ArgMatches, id: &str) -> Vec<(usize, OsString)> {
+    match (m.get_many::<OsString>(id), m.indices_of(id)) {
+        (Some(v), Some(i)) => i.zip(v.cloned()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Parses rsync's size syntax: `100`, `10K`, `1.5M`, `2GB`, `1KiB`, with optional `+1`/`-1`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (s, adjust) = if let Some(r) = s.strip_suffix("+1") {
+        (r, 1i64)
+    } else if let Some(r) = s.strip_suffix("-1") {
+        (r, -1)
+    } else {
+        (s, 0)
+    };
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let unit = unit.to_ascii_lowercase();
+    let (letter, rest) = unit.split_at(unit.len().min(1));
+    let base: f64 = match rest {
+        "" | "ib" => 1024.0,
+        "b" => 1000.0,
+        _ => return None,
+    };
+    let mult = match letter {
+        "" => 1.0,
+        "b" => 1.0,
+        "k" => base,
+        "m" => base.powi(2),
+        "g" => base.powi(3),
+        "t" => base.powi(4),
+        "p" => base.powi(5),
+        _ => return None,
+    };
+    let v = (n * mult) as i64 + adjust;
+    (v >= 0).then_some(v as u64)
+}
+
+/// Everything parsed from a command line.
+pub struct Parsed {
+    /// Options.
+    pub opts: Options,
+    /// Filter rules.
+    pub filter: SimpleFilter,
+    /// Source arguments.
+    pub sources: Vec<OsString>,
+    /// Destination argument (`None`: list the single source).
+    pub dest: Option<OsString>,
+    /// `--version` was given.
+    pub version: bool,
+}
+
+/// Parses an argument vector (including the program name).
+pub fn parse<I, T>(args: I) -> Result<Parsed, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    // A lone `-h` means help, as in rsync.
+    if args.len() == 2 && args[1] == "-h" {
+        let _ = command().print_help();
+        return Err(CliError {
+            msg: String::new(),
+            code: 0,
+        });
+    }
+    let m = match command().try_get_matches_from(&args) {
+        Ok(m) => m,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return Err(CliError {
+                    msg: String::new(),
+                    code: 0,
+                });
+            }
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            return Err(usage(format!("arsync: {first}")));
+        }
+    };
+    for (id, _, _) in UNSUPPORTED {
+        let given = m
+            .try_get_raw(id)
+            .ok()
+            .flatten()
+            .is_some_and(|mut v| v.next().is_some())
+            && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        if given {
+            return Err(usage(format!(
+                "arsync: option --{id} is not supported yet (exit code 1)"
+            )));
+        }
+    }
+    if m.get_count("crtimes") > 0 && flag(&m, "crtimes", &[]) {
+        return Err(usage(
+            "arsync: --crtimes (-N) is not supported: Linux cannot set a file's creation time",
+        ));
+    }
+    let a = last_index(&m, "archive");
+    let big_p = last_index(&m, "P");
+    let mut o = Options {
+        recursive: flag(&m, "recursive", &[a]),
+        links: flag(&m, "links", &[a]),
+        perms: flag(&m, "perms", &[a]),
+        times: flag(&m, "times", &[a]),
+        group: flag(&m, "group", &[a]),
+        owner: flag(&m, "owner", &[a]),
+        ..Options::default()
+    };
+    let d_at = if flag(&m, "D", &[a]) {
+        last_index(&m, "D").max(a)
+    } else {
+        None
+    };
+    o.devices = flag(&m, "devices", &[d_at]);
+    o.specials = flag(&m, "specials", &[d_at]);
+    o.dirs = flag(&m, "dirs", &[]);
+    o.copy_links = flag(&m, "copy-links", &[]);
+    o.copy_unsafe_links = flag(&m, "copy-unsafe-links", &[]);
+    o.safe_links = flag(&m, "safe-links", &[]);
+    o.copy_dirlinks = flag(&m, "copy-dirlinks", &[]);
+    o.keep_dirlinks = flag(&m, "keep-dirlinks", &[]);
+    o.executability = flag(&m, "executability", &[]);
+    o.atimes = flag(&m, "atimes", &[]);
+    o.omit_dir_times = flag(&m, "omit-dir-times", &[]);
+    o.omit_link_times = flag(&m, "omit-link-times", &[]);
+    o.numeric_ids = flag(&m, "numeric-ids", &[]);
+    o.hard_links = flag(&m, "hard-links", &[]);
+    o.acls = flag(&m, "acls", &[]);
+    if o.acls {
+        o.perms = true;
+    }
+    o.xattrs = flag(&m, "xattrs", &[]);
+    o.sparse = flag(&m, "sparse", &[]);
+    o.preallocate = flag(&m, "preallocate", &[]);
+    o.dry_run = flag(&m, "dry-run", &[]);
+    o.quiet = flag(&m, "quiet", &[]);
+    o.checksum = flag(&m, "checksum", &[]);
+    o.update = flag(&m, "update", &[]);
+    o.existing = flag(&m, "existing", &[]);
+    o.ignore_existing = flag(&m, "ignore-existing", &[]);
+    o.size_only = flag(&m, "size-only", &[]);
+    o.ignore_times = flag(&m, "ignore-times", &[]);
+    o.whole_file = flag(&m, "whole-file", &[]);
+    o.inplace = flag(&m, "inplace", &[]);
+    o.partial = flag(&m, "partial", &[big_p]);
+    o.progress = flag(&m, "progress", &[big_p]);
+    o.delay_updates = flag(&m, "delay-updates", &[]);
+    o.delete_excluded = flag(&m, "delete-excluded", &[]);
+    o.force = flag(&m, "force", &[]);
+    o.ignore_errors = flag(&m, "ignore-errors", &[]);
+    o.remove_source_files = flag(&m, "remove-source-files", &[]);
+    o.backup = flag(&m, "backup", &[]);
+    o.relative = flag(&m, "relative", &[]);
+    o.no_implied_dirs = last_index(&m, "no-implied-dirs").is_some();
+    o.mkpath = flag(&m, "mkpath", &[]);
+    o.from0 = flag(&m, "from0", &[]);
+    o.stats = flag(&m, "stats", &[]);
+    o.list_only = flag(&m, "list-only", &[]);
+    o.fsync = flag(&m, "fsync", &[]);
+    o.verbose = m.get_count("verbose");
+    o.itemize = m.get_count("itemize-changes");
+    o.human_readable = 1 + m.get_count("human-readable");
+    o.one_file_system = m.get_count("one-file-system");
+    if o.quiet {
+        o.verbose = 0;
+    }
+    let del_modes = [
+        ("delete-before", DeleteMode::Before),
+        ("delete-during", DeleteMode::During),
+        ("delete-delay", DeleteMode::Delay),
+        ("delete-after", DeleteMode::After),
+    ];
+    let mut chosen: Vec<DeleteMode> = del_modes
+        .iter()
+        .filter(|(id, _)| flag(&m, id, &[]))
+        .map(|(_, d)| *d)
+        .collect();
+    if chosen.len() > 1 {
+        return Err(usage(
+            "arsync: you may not combine multiple --delete-WHEN options.",
+        ));
+    }
+    o.delete = match chosen.pop() {
+        Some(d) => d,
+        None if flag(&m, "delete", &[]) || o.delete_excluded => DeleteMode::During,
+        None => DeleteMode::Off,
+    };
+    for rule in m.get_many::<OsString>("chmod").into_iter().flatten() {
+        let rules = meta::parse_chmod(&rule.to_string_lossy()).map_err(usage)?;
+        o.chmod.extend(rules);
+    }
+    if let Some(c) = value(&m, "chown") {
+        let (u, g) = match c.split_once(':') {
+            Some((u, g)) => (u.to_string(), g.to_string()),
+            None => (c.clone(), String::new()),
+        };
+        if !u.is_empty() {
+            o.chown_uid = Some(
+                u.parse()
+                    .ok()
+                    .or_else(|| fsops::uid_by_name(&u))
+                    .ok_or_else(|| usage(format!("arsync: Unknown user: {u}")))?,
+            );
+            o.owner = true;
+        }
+        if !g.is_empty() {
+            o.chown_gid = Some(
+                g.parse()
+                    .ok()
+                    .or_else(|| fsops::gid_by_name(&g))
+                    .ok_or_else(|| usage(format!("arsync: Unknown group: {g}")))?,
+            );
+            o.group = true;
+        }
+    }
+    if let Some(w) = value(&m, "modify-window") {
+        o.modify_window = w
+            .parse()
+            .map_err(|_| usage(format!("arsync: invalid --modify-window value: {w}")))?;
+    }
+    let path_val = |id: &str| m.get_one::<OsString>(id).map(PathBuf::from);
+    o.partial_dir = path_val("partial-dir");
+    if o.partial_dir.is_some() {
+        o.partial = true;
+    }
+    o.temp_dir = path_val("temp-dir");
+    if let Some(v) = value(&m, "max-delete") {
+        let n: i64 = v
+            .parse()
+            .map_err(|_| usage(format!("arsync: invalid --max-delete value: {v}")))?;
+        o.max_delete = Some(if n < 0 { 0 } else { n as u64 });
+    }
+    o.backup_dir = path_val("backup-dir");
+    if o.backup_dir.is_some() {
+        o.backup = true;
+    }
+    o.suffix = m.get_one::<OsString>("suffix").cloned();
+    let many_paths = |id: &str| -> Vec<PathBuf> {
+        m.get_many::<OsString>(id)
+            .into_iter()
+            .flatten()
+            .map(PathBuf::from)
+            .collect()
+    };
+    o.link_dest = many_paths("link-dest");
+    o.compare_dest = many_paths("compare-dest");
+    o.copy_dest = many_paths("copy-dest");
+    for (id, slot) in [("min-size", &mut o.min_size), ("max-size", &mut o.max_size)] {
+        if let Some(v) = value(&m, id) {
+            *slot = Some(
+                parse_size(&v)
+                    .ok_or_else(|| usage(format!("arsync: invalid --{id} value: {v}")))?,
+            );
+        }
+    }
+    o.files_from = path_val("files-from");
+    o.out_format = value(&m, "out-format");
+    o.log_file = path_val("log-file");
+    o.log_file_format = value(&m, "log-file-format");
+    if let Some(v) = value(&m, "bwlimit") {
+        let kib = parse_size(&format!(
+            "{v}{}",
+            if v.ends_with(char::is_numeric) {
+                "K"
+            } else {
+                ""
+            }
+        ))
+        .ok_or_else(|| usage(format!("arsync: invalid --bwlimit value: {v}")))?;
+        o.bwlimit = (kib > 0).then_some(kib);
+    }
+    if let Some(v) = value(&m, "checksum-choice") {
+        let ok = [
+            "auto", "md4", "md5", "xxh64", "xxh3", "xxh128", "sha1", "none",
+        ];
+        let name = v.split(',').next().unwrap_or("");
+        if !ok.contains(&name) {
+            return Err(usage(format!("arsync: unknown checksum name: {v}")));
+        }
+    }
+    for info in m.get_many::<OsString>("info").into_iter().flatten() {
+        for word in info.to_string_lossy().split(',') {
+            match word {
+                "progress2" => o.progress2 = true,
+                "progress" | "progress1" => o.progress = true,
+                "stats" | "stats1" | "stats2" | "stats3" => o.stats = true,
+                "name" | "name1" | "name2" => o.verbose = o.verbose.max(1),
+                "progress0" => {
+                    o.progress = false;
+                    o.progress2 = false;
+                }
+                _ => {}
+            }
+        }
+    }
+    o.threads = match value(&m, "threads") {
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|n: &usize| *n >= 1)
+            .ok_or_else(|| usage(format!("arsync: invalid --threads value: {v}")))?,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    };
+    o.queue_depth = match value(&m, "queue-depth") {
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|n: &usize| *n >= 1)
+            .ok_or_else(|| usage(format!("arsync: invalid --queue-depth value: {v}")))?,
+        None => 256,
+    };
+    if o.files_from.is_some() {
+        // --files-from implies -R and -d; -a's -r is not implied (rsync's rule).
+        if last_index(&m, "no-relative").is_none() {
+            o.relative = true;
+        }
+        if last_index(&m, "no-dirs").is_none() {
+            o.dirs = true;
+        }
+        if last_index(&m, "recursive").is_none() {
+            o.recursive = false;
+        }
+    }
+
+    // Filter rules in command-line order.
+    let mut filter = SimpleFilter::new();
+    let mut ordered: Vec<(usize, &str, OsString)> = Vec::new();
+    for id in [
+        "exclude",
+        "include",
+        "filter",
+        "exclude-from",
+        "include-from",
+    ] {
+        for (i, v) in values_with_index(&m, id) {
+            ordered.push((i, id, v));
+        }
+    }
+    if let Some(i) = last_index(&m, "cvs-exclude") {
+        ordered.push((i, "cvs", OsString::new()));
+    }
+    if m.get_count("F") > 0 {
+        return Err(usage(
+            "arsync: -F (per-directory .rsync-filter merge) is not supported yet",
+        ));
+    }
+    ordered.sort_by_key(|(i, _, _)| *i);
+    for (_, id, v) in ordered {
+        let text = v.to_string_lossy();
+        let r = match id {
+            "exclude" => {
+                filter.add_exclude(&text);
+                Ok(())
+            }
+            "include" => {
+                filter.add_include(&text);
+                Ok(())
+            }
+            "filter" => filter.add_rule(&text),
+            "exclude-from" => filter.add_from_file(&PathBuf::from(&v), FromFile::Exclude),
+            "include-from" => filter.add_from_file(&PathBuf::from(&v), FromFile::Include),
+            _ => {
+                filter.add_cvs_exclude();
+                Ok(())
+            }
+        };
+        r.map_err(|e| usage(format!("arsync: {e}")))?;
+    }
+    filter.set_delete_excluded(o.delete_excluded);
+
+    let mut paths: Vec<OsString> = m
+        .get_many::<OsString>("paths")
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    for p in &paths {
+        if is_remote(p) {
+            return Err(CliError {
+                msg: format!(
+                    "arsync: remote path {:?} is not handled by the local engine",
+                    p.to_string_lossy()
+                ),
+                code: exit::UNSUPPORTED,
+            });
+        }
+    }
+    let version = m.get_count("version") > 0;
+    let dest = if paths.len() >= 2 && !(o.list_only && o.files_from.is_none() && paths.len() == 1) {
+        paths.pop()
+    } else {
+        None
+    };
+    if dest.is_none() && !version {
+        if paths.is_empty() {
+            return Err(usage("arsync: no source or destination given (see --help)"));
+        }
+        o.list_only = true;
+    }
+    if o.list_only && !o.recursive {
+        o.dirs = true;
+    }
+    Ok(Parsed {
+        opts: o,
+        filter,
+        sources: paths,
+        dest,
+        version,
+    })
+}
+
+/// `host:path` or `rsync://` arguments.
+fn is_remote(p: &OsString) -> bool {
+    let b = p.as_encoded_bytes();
+    if b.starts_with(b"rsync://") {
+        return true;
+    }
+    match b.iter().position(|c| *c == b':') {
+        Some(i) => i > 0 && !b[..i].contains(&b'/'),
+        None => false,
+    }
+}
+
+/// Runs arsync with an argument vector; returns the process exit code.
+pub fn main_with_args<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let parsed = match parse(args) {
+        Ok(p) => p,
+        Err(e) => {
+            if !e.msg.is_empty() {
+                eprintln!("{}", e.msg);
+                if e.code == exit::SYNTAX {
+                    eprintln!("arsync error: syntax or usage error (code 1)");
+                }
+            }
+            return e.code;
+        }
+    };
+    if parsed.version {
+        println!(
+            "arsync  version {}  (rsync-compatible, protocol version 32)",
+            env!("CARGO_PKG_VERSION")
+        );
+        return 0;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            eprintln!("arsync: cannot install signal handler: {e}");
+            return exit::FILE_IO;
+        }
+    }
+    run_parsed(parsed, stop)
+}
+
+/// Runs an already parsed command line with the given interrupt flag.
+pub fn run_parsed(parsed: Parsed, stop: Arc<AtomicBool>) -> i32 {
+    let Parsed {
+        opts,
+        filter,
+        sources,
+        dest,
+        ..
+    } = parsed;
+    let log = match &opts.log_file {
+        Some(p) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!(
+                    "arsync: failed to open log-file {}: {}",
+                    p.display(),
+                    engine::errno_text(&e)
+                );
+                return exit::FILE_IO;
+            }
+        },
+        None => None,
+    };
+    let out = Output::new(log, opts.log_file_format.clone(), opts.quiet);
+    let files = match &opts.files_from {
+        Some(p) => match engine::read_files_from(p, opts.from0) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!(
+                    "arsync: failed to open files-from file {}: {}",
+                    p.display(),
+                    engine::errno_text(&e)
+                );
+                return exit::FILE_IO;
+            }
+        },
+        None => None,
+    };
+    let dest = dest.unwrap_or_else(|| OsString::from("."));
+    let plan_opts = if opts.list_only {
+        Options {
+            dry_run: true,
+            ..opts.clone()
+        }
+    } else {
+        opts.clone()
+    };
+    let plan = match plan::build(&plan_opts, &sources, &dest, files) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{}", e.msg);
+            return e.code;
+        }
+    };
+    let mut plan = plan;
+    if opts.list_only {
+        plan.create_dest = false;
+    }
+    let engine = Arc::new(Engine::new(plan_opts, Box::new(filter), out, stop));
+    engine.run(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_and_negation_last_wins() {
+        let p =
+            parse(["arsync", "-a", "--no-perms", "s", "d"]).unwrap_or_else(|e| panic!("{}", e.msg));
+        assert!(p.opts.recursive && p.opts.links && p.opts.times && !p.opts.perms);
+        let p =
+            parse(["arsync", "--no-perms", "-a", "s", "d"]).unwrap_or_else(|e| panic!("{}", e.msg));
+        assert!(p.opts.perms);
+        let p = parse(["arsync", "-aHAXS", "s", "d"]).unwrap_or_else(|e| panic!("{}", e.msg));
+        assert!(p.opts.hard_links && p.opts.acls && p.opts.xattrs && p.opts.sparse);
+        assert!(p.opts.devices && p.opts.specials);
+        let p = parse(["arsync", "-a", "--no-D", "s", "d"]).unwrap_or_else(|e| panic!("{}", e.msg));
+        assert!(!p.opts.devices && !p.opts.specials);
+    }
+
+    #[test]
+    fn values_both_forms() {
+        let p = parse([
+            "arsync",
+            "-r",
+            "--max-delete=3",
+            "--suffix",
+            ".bak",
+            "--modify-window=-1",
+            "s",
+            "d",
+        ])
+        .unwrap_or_else(|e| panic!("{}", e.msg));
+        assert_eq!(p.opts.max_delete, Some(3));
+        assert_eq!(p.opts.suffix.as_deref(), Some(std::ffi::OsStr::new(".bak")));
+        assert_eq!(p.opts.modify_window, -1);
+        assert_eq!(p.dest.as_deref(), Some(std::ffi::OsStr::new("d")));
+    }
+
+    #[test]
+    fn unsupported_and_unknown_are_refused() {
+        let e = parse(["arsync", "--fuzzy", "s", "d"])
+            .err()
+            .map(|e| (e.code, e.msg));
+        let (code, msg) = e.unwrap_or_default();
+        assert_eq!(code, 1);
+        assert!(msg.contains("--fuzzy"), "{msg}");
+        assert_eq!(
+            parse(["arsync", "--bogus-flag", "s", "d"])
+                .err()
+                .map(|e| e.code),
+            Some(1)
+        );
+        assert_eq!(
+            parse(["arsync", "-N", "s", "d"]).err().map(|e| e.code),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("1K"), Some(1024));
+        assert_eq!(parse_size("1KB"), Some(1000));
+        assert_eq!(parse_size("1.5M"), Some(1572864));
+        assert_eq!(parse_size("1K-1"), Some(1023));
+        assert_eq!(parse_size("x"), None);
+    }
+}

@@ -1,0 +1,1992 @@
+//! The local sync engine: a depth-first walk of the source that decides, per entry, what
+//! the destination needs, and a pool of workers that copy file data.
+//!
+//! Invariants:
+//! - Memory is bounded by the listings of the directories on the current walk path plus
+//!   the bounded job queue; the tree is never held whole (hard-link and `--delay-updates`
+//!   bookkeeping aside, which only grows with linked/updated files).
+//! - A file's data is written under a temporary name (`.name.XXXXXX`) in its directory and
+//!   renamed into place only when complete and carrying its final metadata (unless
+//!   `--inplace`); interrupted transfers remove their temporary files.
+//! - A directory's mode and times are applied after everything below it is done, deletions
+//!   included (each directory node counts its outstanding children).
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::filter::PathFilter;
+use crate::fsops::{self, Kind, Meta, Time};
+use crate::meta::{self, Wanted};
+use crate::options::{DeleteMode, Options};
+use crate::plan::{self, Plan, TopItem};
+use crate::report::{self, Itemize, LineInfo, Output, Stats};
+
+/// rsync's exit codes.
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// Syntax or usage error.
+    pub const SYNTAX: i32 = 1;
+    /// Requested action not supported.
+    pub const UNSUPPORTED: i32 = 4;
+    /// Error in file I/O.
+    pub const FILE_IO: i32 = 11;
+    /// Received SIGINT, SIGTERM or SIGHUP.
+    pub const SIGNAL: i32 = 20;
+    /// Partial transfer due to error.
+    pub const PARTIAL: i32 = 23;
+    /// Some files vanished before they could be transferred.
+    pub const VANISHED: i32 = 24;
+    /// The --max-delete limit stopped deletions.
+    pub const DEL_LIMIT: i32 = 25;
+}
+
+/// `strerror`-style text with the errno in parentheses, as rsync prints it.
+pub fn errno_text(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => {
+            let s = io::Error::from_raw_os_error(n).to_string();
+            let s = s.split(" (os error").next().unwrap_or(&s).to_string();
+            format!("{s} ({n})")
+        }
+        None => e.to_string(),
+    }
+}
+
+fn display(p: &Path) -> String {
+    String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned()
+}
+
+/// A directory whose metadata is applied once all its children are done.
+struct DirNode {
+    dst: PathBuf,
+    /// Source metadata to apply, or none (root of a single-file transfer, skipped dirs).
+    apply: Option<(Meta, Option<Meta>)>,
+    pending: AtomicUsize,
+    parent: Option<Arc<DirNode>>,
+}
+
+/// One file whose data must be copied.
+struct FileJob {
+    src: PathBuf,
+    dst: PathBuf,
+    rel: Vec<u8>,
+    meta: Meta,
+    existing: Option<Meta>,
+    dir: Arc<DirNode>,
+}
+
+/// The destination path and display name of the first entry of a hard-link group.
+type LinkLeader = (PathBuf, Vec<u8>);
+
+/// The engine state shared by the walker and the workers.
+pub struct Engine {
+    opts: Options,
+    filter: Box<dyn PathFilter>,
+    out: Output,
+    stats: Stats,
+    stop: Arc<AtomicBool>,
+    partial_err: AtomicBool,
+    vanished: AtomicBool,
+    del_limit_hit: AtomicU64,
+    io_error: AtomicBool,
+    deletes_done: AtomicU64,
+    temps: Mutex<HashSet<PathBuf>>,
+    hlinks: Mutex<HashMap<(u64, u64), LinkLeader>>,
+    delayed: Mutex<Vec<(PathBuf, PathBuf, PathBuf)>>,
+    late_dirs: Mutex<Vec<(PathBuf, Meta)>>,
+    delayed_dirs: Mutex<HashSet<PathBuf>>,
+    am_root: bool,
+    fresh_dest: AtomicBool,
+    line_format: Option<String>,
+    dest_root: Mutex<PathBuf>,
+    root_dev: Mutex<Option<u64>>,
+    xfer_count: AtomicU64,
+    bytes_done: AtomicU64,
+    start: Instant,
+    bw: Mutex<(Instant, u64)>,
+}
+
+const DELAY_DIR: &str = ".~tmp~";
+
+impl Engine {
+    /// A new engine for `opts`; `stop` becomes true on SIGINT/SIGTERM/SIGHUP.
+    pub fn new(
+        opts: Options,
+        filter: Box<dyn PathFilter>,
+        out: Output,
+        stop: Arc<AtomicBool>,
+    ) -> Engine {
+        let line_format = opts.line_format();
+        Engine {
+            am_root: fsops::euid() == 0,
+            fresh_dest: AtomicBool::new(false),
+            line_format,
+            opts,
+            filter,
+            out,
+            stats: Stats::default(),
+            stop,
+            partial_err: AtomicBool::new(false),
+            vanished: AtomicBool::new(false),
+            del_limit_hit: AtomicU64::new(0),
+            io_error: AtomicBool::new(false),
+            deletes_done: AtomicU64::new(0),
+            temps: Mutex::new(HashSet::new()),
+            hlinks: Mutex::new(HashMap::new()),
+            delayed: Mutex::new(Vec::new()),
+            late_dirs: Mutex::new(Vec::new()),
+            delayed_dirs: Mutex::new(HashSet::new()),
+            dest_root: Mutex::new(PathBuf::new()),
+            root_dev: Mutex::new(None),
+            xfer_count: AtomicU64::new(0),
+            bytes_done: AtomicU64::new(0),
+            start: Instant::now(),
+            bw: Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn error(&self, msg: String) {
+        self.partial_err.store(true, Ordering::Relaxed);
+        self.out.error(&msg);
+    }
+
+    fn io_fail(&self, what: &str, path: &Path, e: &io::Error) {
+        self.error(format!(
+            "arsync: {what} \"{}\" failed: {}",
+            display(path),
+            errno_text(e)
+        ));
+    }
+
+    fn vanished_file(&self, path: &Path) {
+        self.vanished.store(true, Ordering::Relaxed);
+        self.out
+            .error(&format!("file has vanished: \"{}\"", display(path)));
+    }
+
+    fn emit(
+        &self,
+        name: &[u8],
+        kind: Kind,
+        item: Itemize,
+        link: Option<(&str, &[u8])>,
+        meta: &Meta,
+    ) {
+        let changed = item.update != b'.' || item.any_change();
+        let info = LineInfo {
+            name,
+            kind,
+            item: Some(item),
+            link,
+            length: meta.size,
+            bytes: 0,
+            meta: Some(meta),
+            operation: "recv",
+        };
+        if changed {
+            self.out.log_item(&info, self.opts.human_readable);
+        }
+        let Some(fmt) = &self.line_format else {
+            return;
+        };
+        let show = if fmt.contains("%i") {
+            changed || self.opts.itemize > 1
+        } else {
+            item.update != b'.' || (kind == Kind::Dir && changed) || self.opts.verbose > 1
+        };
+        if show {
+            let line = report::format_line(fmt, &info, self.opts.human_readable);
+            self.out.line(&line);
+        }
+    }
+
+    fn same_time(&self, a: Time, b: Time) -> bool {
+        let w = self.opts.modify_window;
+        if w < 0 {
+            a == b
+        } else {
+            (a.sec - b.sec).abs() <= w
+        }
+    }
+
+    fn child_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
+        if parent == b"." || parent.is_empty() {
+            name.to_vec()
+        } else {
+            let mut v = parent.to_vec();
+            v.push(b'/');
+            v.extend_from_slice(name);
+            v
+        }
+    }
+
+    /// Runs the whole transfer described by `plan`; returns rsync's exit code.
+    pub fn run(self: &Arc<Self>, plan: Plan) -> i32 {
+        for e in &plan.errors {
+            self.error(e.clone());
+        }
+        *self.dest_root.lock().unwrap_or_else(|p| p.into_inner()) = plan.dest.clone();
+        self.fresh_dest.store(plan.create_dest, Ordering::Relaxed);
+        if plan.create_dest
+            && (self.opts.verbose > 0 || self.opts.itemize > 0)
+            && !self.opts.list_only
+        {
+            let shown = display(&plan.dest);
+            let shown = shown.trim_end_matches('/');
+            self.out.line(
+                format!(
+                    "created directory {}",
+                    if shown.is_empty() { "/" } else { shown }
+                )
+                .as_bytes(),
+            );
+        }
+        if self.opts.verbose > 0
+            && self.opts.itemize == 0
+            && self.opts.out_format.is_none()
+            && !self.opts.list_only
+        {
+            self.out.line(b"sending incremental file list");
+        }
+        let threads = self.opts.threads.max(1);
+        let (tx, rx) = crossbeam_channel::bounded::<FileJob>(self.opts.queue_depth.max(1));
+        let mut workers = Vec::new();
+        if threads > 1 && !self.opts.dry_run && !self.opts.list_only {
+            for _ in 0..threads {
+                let rx = rx.clone();
+                let eng = Arc::clone(self);
+                workers.push(std::thread::spawn(move || {
+                    for job in rx {
+                        eng.run_job(job);
+                    }
+                }));
+            }
+        }
+        let sender = if workers.is_empty() { None } else { Some(tx) };
+        drop(rx);
+
+        let root = Arc::new(DirNode {
+            dst: plan.dest.clone(),
+            apply: None,
+            pending: AtomicUsize::new(1),
+            parent: None,
+        });
+        let walker = Walker {
+            eng: self,
+            jobs: sender.as_ref(),
+        };
+        for item in &plan.items {
+            if self.stopped() {
+                break;
+            }
+            walker.top_item(item, &plan.dest, &root);
+        }
+        drop(sender);
+        for w in workers {
+            let _ = w.join();
+        }
+        self.release(&root);
+
+        if !self.stopped() {
+            self.finish_delayed();
+            if matches!(self.opts.delete, DeleteMode::After | DeleteMode::Delay) {
+                let walker = Walker {
+                    eng: self,
+                    jobs: None,
+                };
+                for item in &plan.items {
+                    walker.delete_pass(item, &plan.dest);
+                }
+            }
+            // Directories shared by several top-level items are finished last, deepest first.
+            let mut late = self
+                .late_dirs
+                .lock()
+                .map(|mut l| std::mem::take(&mut *l))
+                .unwrap_or_default();
+            if plan.items.len() > 1 {
+                late.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+                for (dst, m) in late {
+                    self.touch_dir(&dst, &m);
+                }
+            }
+        }
+        self.finish()
+    }
+
+    fn finish(&self) -> i32 {
+        let remaining: Vec<PathBuf> = self
+            .temps
+            .lock()
+            .map(|mut t| t.drain().collect())
+            .unwrap_or_default();
+        for t in remaining {
+            let _ = fsops::unlink(&t);
+        }
+        if self.stopped() {
+            self.out
+                .error("arsync error: received SIGINT, SIGTERM, or SIGHUP (code 20)");
+            return exit::SIGNAL;
+        }
+        let skipped = self.del_limit_hit.load(Ordering::Relaxed);
+        if skipped > 0 {
+            self.out.error(&format!(
+                "Deletions stopped due to --max-delete limit ({skipped} skipped)"
+            ));
+        }
+        if self.opts.progress2 {
+            self.out.line(b"");
+        }
+        let elapsed = self.start.elapsed().as_secs_f64();
+        if self.opts.stats {
+            self.out.line(
+                self.stats
+                    .render(elapsed, self.opts.human_readable)
+                    .as_bytes(),
+            );
+        } else if self.opts.verbose > 0 && !self.opts.list_only {
+            self.out.line(b"");
+            self.out.line(
+                self.stats
+                    .summary(elapsed, self.opts.human_readable)
+                    .as_bytes(),
+            );
+        }
+        if self.partial_err.load(Ordering::Relaxed) {
+            self.out.error(
+                "arsync error: some files/attrs were not transferred (see previous errors) (code 23)",
+            );
+            return exit::PARTIAL;
+        }
+        if skipped > 0 {
+            return exit::DEL_LIMIT;
+        }
+        if self.vanished.load(Ordering::Relaxed) {
+            self.out.error(
+                "arsync warning: some files vanished before they could be transferred (code 24)",
+            );
+            return exit::VANISHED;
+        }
+        exit::OK
+    }
+
+    /// Drops one hold on a directory; the last one applies its metadata.
+    fn release(&self, node: &Arc<DirNode>) {
+        let mut cur = Arc::clone(node);
+        loop {
+            if cur.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+                return;
+            }
+            if let Some((src, existing)) = &cur.apply {
+                if !self.opts.dry_run && !self.stopped() {
+                    let w = meta::wanted(&self.opts, src, existing.as_ref(), self.am_root);
+                    let now = fsops::lstat(&cur.dst).ok();
+                    if let Err(e) = meta::apply(&cur.dst, Kind::Dir, &w, now.as_ref()) {
+                        self.attr_error(&cur.dst, &e);
+                    }
+                }
+            }
+            match &cur.parent {
+                Some(p) => cur = Arc::clone(p),
+                None => return,
+            }
+        }
+    }
+
+    fn attr_error(&self, path: &Path, e: &io::Error) {
+        if e.kind() == io::ErrorKind::PermissionDenied && !self.am_root {
+            // Non-root cannot give files away; rsync skips that silently.
+            return;
+        }
+        self.io_fail("set attributes on", path, e);
+    }
+
+    /// Temporary name `.name.XXXXXX` in `dir`.
+    fn temp_path(&self, dir: &Path, name: &[u8]) -> PathBuf {
+        const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let mut r = fsops::random_u64();
+        let mut n = vec![b'.'];
+        let max = 255 - 8;
+        n.extend_from_slice(&name[..name.len().min(max)]);
+        n.push(b'.');
+        for _ in 0..6 {
+            n.push(CHARS[(r % CHARS.len() as u64) as usize]);
+            r /= CHARS.len() as u64;
+        }
+        dir.join(OsStr::from_bytes(&n))
+    }
+
+    fn register_temp(&self, p: &Path) {
+        if let Ok(mut t) = self.temps.lock() {
+            t.insert(p.to_path_buf());
+        }
+    }
+
+    fn unregister_temp(&self, p: &Path) {
+        if let Ok(mut t) = self.temps.lock() {
+            t.remove(p);
+        }
+    }
+
+    fn backup_path(&self, dst: &Path, rel: &[u8]) -> PathBuf {
+        let suffix = self.opts.backup_suffix();
+        match &self.opts.backup_dir {
+            Some(dir) => {
+                let base = if dir.is_absolute() {
+                    dir.clone()
+                } else {
+                    self.dest_root
+                        .lock()
+                        .map(|d| d.join(dir))
+                        .unwrap_or_else(|_| dir.clone())
+                };
+                let mut p = plan::join(&base, rel).into_os_string();
+                p.push(&suffix);
+                PathBuf::from(p)
+            }
+            None => {
+                let mut p = dst.as_os_str().to_os_string();
+                p.push(&suffix);
+                PathBuf::from(p)
+            }
+        }
+    }
+
+    /// Moves an existing destination entry to its backup name.
+    fn make_backup(&self, dst: &Path, rel: &[u8], copy: bool) -> io::Result<()> {
+        let bp = self.backup_path(dst, rel);
+        if let Some(parent) = bp.parent() {
+            if self.opts.backup_dir.is_some() {
+                std::fs::create_dir_all(parent)?;
+            }
+        }
+        if let Ok(m) = fsops::lstat(&bp) {
+            if m.kind() == Kind::Dir {
+                remove_tree(&bp)?;
+            }
+        }
+        if copy {
+            let tmp = self.temp_path(bp.parent().unwrap_or(Path::new(".")), b"backup");
+            std::fs::copy(dst, &tmp)?;
+            return fsops::rename(&tmp, &bp);
+        }
+        fsops::rename(dst, &bp)
+    }
+
+    fn pace(&self, n: u64) {
+        let Some(limit) = self.opts.bwlimit else {
+            return;
+        };
+        let sleep = {
+            let Ok(mut g) = self.bw.lock() else {
+                return;
+            };
+            g.1 += n;
+            let should = g.1 as f64 / limit as f64;
+            let elapsed = g.0.elapsed().as_secs_f64();
+            should - elapsed
+        };
+        if sleep > 0.0 {
+            std::thread::sleep(std::time::Duration::from_secs_f64(sleep.min(1.0)));
+        }
+    }
+
+    fn run_job(&self, job: FileJob) {
+        let FileJob {
+            src,
+            dst,
+            rel,
+            meta,
+            existing,
+            dir,
+        } = job;
+        if !self.stopped() {
+            match self.transfer(&src, &dst, &rel, &meta, existing.as_ref()) {
+                Ok(written) => {
+                    self.stats.transferred.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .transferred_size
+                        .fetch_add(meta.size, Ordering::Relaxed);
+                    self.stats.literal.fetch_add(written, Ordering::Relaxed);
+                    self.stats
+                        .matched
+                        .fetch_add(meta.size.saturating_sub(written), Ordering::Relaxed);
+                    self.after_transfer(&src, &rel, &meta);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && self.stopped() => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound && fsops::lstat(&src).is_err() => {
+                    self.vanished_file(&src)
+                }
+                Err(e) => self.error(format!(
+                    "arsync: [receiver] failed to transfer \"{}\" to \"{}\": {}",
+                    display(&src),
+                    display(&dst),
+                    errno_text(&e)
+                )),
+            }
+        }
+        self.release(&dir);
+    }
+
+    fn after_transfer(&self, src: &Path, rel: &[u8], meta: &Meta) {
+        let n = self.xfer_count.fetch_add(1, Ordering::Relaxed) + 1;
+        let done = self.bytes_done.fetch_add(meta.size, Ordering::Relaxed) + meta.size;
+        if self.opts.progress {
+            let secs = self.start.elapsed().as_secs_f64().max(0.001);
+            self.out.line(
+                format!(
+                    "{:>15} 100% {:>10.2}kB/s    0:00:00 (xfr#{n})",
+                    report::commas(meta.size),
+                    meta.size as f64 / 1024.0 / secs
+                )
+                .as_bytes(),
+            );
+        }
+        if self.opts.progress2 {
+            let secs = self.start.elapsed().as_secs_f64().max(0.001);
+            let total = self.stats.total_size.load(Ordering::Relaxed).max(done);
+            let pct = done * 100 / total.max(1);
+            eprint!(
+                "\r{:>15} {:>3}% {:>10.2}MB/s    (xfr#{n})",
+                report::commas(done),
+                pct,
+                done as f64 / 1e6 / secs
+            );
+        }
+        self.remove_source(src, rel, meta);
+    }
+
+    /// `--remove-source-files`: removes a synchronised non-directory from the source if it
+    /// has not changed since it was listed.
+    fn remove_source(&self, src: &Path, rel: &[u8], meta: &Meta) {
+        if !self.opts.remove_source_files || self.opts.dry_run || meta.kind() == Kind::Dir {
+            return;
+        }
+        if let Ok(now) = fsops::lstat(src) {
+            if now.size == meta.size && now.mtime == meta.mtime && now.kind() == meta.kind() {
+                if let Err(e) = fsops::unlink(src) {
+                    self.io_fail("remove source file", src, &e);
+                } else if self.opts.verbose > 1 {
+                    self.out.line(
+                        format!("sender removed {}", String::from_utf8_lossy(rel)).as_bytes(),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Copies one regular file into place. Returns bytes written.
+    fn transfer(
+        &self,
+        src: &Path,
+        dst: &Path,
+        rel: &[u8],
+        meta: &Meta,
+        existing: Option<&Meta>,
+    ) -> io::Result<u64> {
+        let follow = self.opts.copy_links || meta.kind() != Kind::Symlink;
+        let sf = fsops::open_read(src, follow || self.opts.copy_links)?;
+        let smeta = fsops::fstat(&sf)?;
+        let len = smeta.size;
+        let wanted = meta::wanted(&self.opts, meta, existing, self.am_root);
+        let hook = |n: u64| {
+            self.pace(n);
+            self.stopped()
+        };
+        let plain = self.opts.bwlimit.is_some();
+        if self.opts.inplace {
+            if self.opts.backup && existing.is_some() {
+                self.make_backup(dst, rel, true)?;
+            }
+            let df = fsops::open_inplace(dst, 0o600)?;
+            let written = fsops::copy_inplace(&sf, &df, len, &hook)?;
+            if self.opts.fsync {
+                fsops::fsync(&df)?;
+            }
+            drop(df);
+            self.finish_attrs(src, dst, &wanted)?;
+            return Ok(written);
+        }
+        let name = dst
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
+        let dst_dir = dst.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let tmp_dir = match &self.opts.temp_dir {
+            Some(t) if t.is_absolute() => t.clone(),
+            Some(t) => self
+                .dest_root
+                .lock()
+                .map(|d| d.join(t))
+                .unwrap_or_else(|_| t.clone()),
+            None => dst_dir.clone(),
+        };
+        let (tmp, df) = loop {
+            let tmp = self.temp_path(&tmp_dir, &name);
+            match fsops::create_new(&tmp, 0o600) {
+                Ok(f) => break (tmp, f),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        self.register_temp(&tmp);
+        let result = (|| -> io::Result<u64> {
+            if self.opts.preallocate {
+                fsops::preallocate(&df, len)?;
+            }
+            let written = if self.opts.sparse {
+                fsops::copy_sparse(&sf, &df, len, &hook)?
+            } else {
+                fsops::copy_whole(&sf, &df, len, plain, &hook)?;
+                len
+            };
+            if self.opts.fsync {
+                fsops::fsync(&df)?;
+            }
+            drop(df);
+            self.finish_attrs(src, &tmp, &wanted)?;
+            if self.stopped() {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+            }
+            if self.opts.backup && existing.is_some() {
+                self.make_backup(dst, rel, false)?;
+            }
+            if self.opts.delay_updates {
+                let ddir = dst_dir.join(DELAY_DIR);
+                if let Ok(mut dd) = self.delayed_dirs.lock() {
+                    if dd.insert(ddir.clone()) {
+                        match fsops::mkdir(&ddir, 0o700) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                let staged = ddir.join(OsStr::from_bytes(&name));
+                self.rename_into(&tmp, &staged)?;
+                if let Ok(mut d) = self.delayed.lock() {
+                    d.push((staged, dst.to_path_buf(), src.to_path_buf()));
+                }
+            } else {
+                self.rename_into(&tmp, dst)?;
+            }
+            Ok(written)
+        })();
+        match &result {
+            Ok(_) => self.unregister_temp(&tmp),
+            Err(_) => {
+                self.unregister_temp(&tmp);
+                if self.stopped() && (self.opts.partial || self.opts.partial_dir.is_some()) {
+                    self.keep_partial(&tmp, dst, &name);
+                } else {
+                    let _ = fsops::unlink(&tmp);
+                }
+            }
+        }
+        if result.is_ok() {
+            if let Some(pd) = &self.opts.partial_dir {
+                let old = dst_dir.join(pd).join(OsStr::from_bytes(&name));
+                if fsops::unlink(&old).is_ok() {
+                    let _ = fsops::rmdir(&dst_dir.join(pd));
+                }
+            }
+        }
+        result
+    }
+
+    fn keep_partial(&self, tmp: &Path, dst: &Path, name: &[u8]) {
+        match &self.opts.partial_dir {
+            Some(pd) => {
+                let dir = dst.parent().unwrap_or(Path::new(".")).join(pd);
+                let _ = std::fs::create_dir_all(&dir);
+                if fsops::rename(tmp, &dir.join(OsStr::from_bytes(name))).is_err() {
+                    let _ = fsops::unlink(tmp);
+                }
+            }
+            None => {
+                if fsops::rename(tmp, dst).is_err() {
+                    let _ = fsops::unlink(tmp);
+                }
+            }
+        }
+    }
+
+    /// Renames into place; across filesystems (`--temp-dir`), copies next to the target first.
+    fn rename_into(&self, tmp: &Path, dst: &Path) -> io::Result<()> {
+        match fsops::rename(tmp, dst) {
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                let dir = dst.parent().unwrap_or(Path::new("."));
+                let name = dst.file_name().map(|n| n.as_bytes()).unwrap_or(b"x");
+                let near = self.temp_path(dir, name);
+                self.register_temp(&near);
+                let r = (|| {
+                    let s = fsops::open_read(tmp, false)?;
+                    let len = fsops::fstat(&s)?.size;
+                    let d = fsops::create_new(&near, 0o600)?;
+                    fsops::copy_whole(&s, &d, len, false, &|_| false)?;
+                    drop(d);
+                    let m = fsops::lstat(tmp)?;
+                    let _ = meta::sync_xattrs(tmp, &near, true, true, false);
+                    let w = Wanted {
+                        perms: Some(m.perms()),
+                        uid: Some(m.uid),
+                        gid: Some(m.gid),
+                        mtime: Some(m.mtime),
+                        atime: None,
+                    };
+                    meta::apply(&near, Kind::File, &w, None)?;
+                    fsops::rename(&near, dst)?;
+                    fsops::unlink(tmp)
+                })();
+                self.unregister_temp(&near);
+                if r.is_err() {
+                    let _ = fsops::unlink(&near);
+                }
+                r
+            }
+            other => other,
+        }
+    }
+
+    fn finish_attrs(&self, src: &Path, path: &Path, w: &Wanted) -> io::Result<()> {
+        if self.opts.xattrs || self.opts.acls {
+            meta::sync_xattrs(src, path, self.opts.xattrs, self.opts.acls, false)?;
+        }
+        match meta::apply(path, Kind::File, w, None) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !self.am_root => Ok(()),
+            other => other,
+        }
+    }
+
+    fn finish_delayed(&self) {
+        let list: Vec<(PathBuf, PathBuf, PathBuf)> = self
+            .delayed
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default();
+        let mut touched: HashMap<PathBuf, PathBuf> = HashMap::new();
+        for (staged, dst, src) in list {
+            if let Err(e) = fsops::rename(&staged, &dst) {
+                self.io_fail("rename", &staged, &e);
+            }
+            if let (Some(dp), Some(sp)) = (dst.parent(), src.parent()) {
+                touched.insert(dp.to_path_buf(), sp.to_path_buf());
+            }
+        }
+        let dirs: Vec<PathBuf> = self
+            .delayed_dirs
+            .lock()
+            .map(|mut d| d.drain().collect())
+            .unwrap_or_default();
+        for d in dirs {
+            let _ = fsops::rmdir(&d);
+        }
+        for (dst_dir, src_dir) in touched {
+            if let Ok(m) = fsops::lstat(&src_dir) {
+                self.touch_dir(&dst_dir, &m);
+            }
+        }
+    }
+
+    /// Re-applies a directory's metadata after late changes inside it (deletions after the
+    /// transfer, delayed updates, several top-level items sharing the destination root).
+    fn touch_dir(&self, dst: &Path, src_meta: &Meta) {
+        if self.opts.dry_run {
+            return;
+        }
+        let now = fsops::lstat(dst).ok();
+        let w = meta::wanted(&self.opts, src_meta, now.as_ref(), self.am_root);
+        if let Err(e) = meta::apply(dst, Kind::Dir, &w, now.as_ref()) {
+            self.attr_error(dst, &e);
+        }
+    }
+}
+
+/// Removes a whole tree (used for backups of replaced directories).
+fn remove_tree(p: &Path) -> io::Result<()> {
+    std::fs::remove_dir_all(p)
+}
+
+/// Whether a symlink target stays inside the transfer (for `--safe-links`).
+fn unsafe_link(target: &[u8], rel: &[u8]) -> bool {
+    if target.is_empty() || target.starts_with(b"/") {
+        return true;
+    }
+    let mut depth: i64 = rel.iter().filter(|b| **b == b'/').count() as i64;
+    for comp in target.split(|b| *b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return true;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    false
+}
+
+/// The walker: runs on one thread, hands file copies to the workers.
+struct Walker<'a> {
+    eng: &'a Arc<Engine>,
+    jobs: Option<&'a crossbeam_channel::Sender<FileJob>>,
+}
+
+/// One source directory entry.
+struct Entry {
+    name: OsString,
+    meta: Meta,
+}
+
+impl Walker<'_> {
+    fn opts(&self) -> &Options {
+        &self.eng.opts
+    }
+
+    fn top_item(&self, item: &TopItem, dest: &Path, root: &Arc<DirNode>) {
+        let dst = plan::join(dest, &item.rel);
+        if self.opts().no_implied_dirs && item.rel.contains(&b'/') && !self.opts().dry_run {
+            // Missing path components get default attributes, as in rsync.
+            if let Some(parent) = dst.parent() {
+                if let Err(e) = std::fs::create_dir_all(parent) {
+                    self.eng.io_fail("[receiver] mkdir", parent, &e);
+                    return;
+                }
+            }
+        }
+        if self.opts().one_file_system > 0 {
+            if let Ok(mut d) = self.eng.root_dev.lock() {
+                *d = Some(item.meta.dev);
+            }
+        }
+        if item.meta.kind() == Kind::Dir {
+            let recurse_contents = if item.implied {
+                false
+            } else if item.contents {
+                if !self.opts().recursive && !self.opts().dirs {
+                    self.eng.out.line(
+                        format!(
+                            "skipping directory {}",
+                            String::from_utf8_lossy(&item.display)
+                        )
+                        .as_bytes(),
+                    );
+                    return;
+                }
+                true
+            } else if self.opts().recursive {
+                true
+            } else if self.opts().dirs {
+                false
+            } else {
+                self.eng.out.line(
+                    format!(
+                        "skipping directory {}",
+                        String::from_utf8_lossy(&item.display)
+                    )
+                    .as_bytes(),
+                );
+                return;
+            };
+            self.handle_dir(
+                &item.src,
+                &dst,
+                &item.display,
+                &item.meta,
+                root,
+                recurse_contents,
+            );
+        } else {
+            self.handle_nondir(&item.src, &dst, &item.display, &item.meta, root);
+        }
+    }
+
+    /// Lists, stats, filters and sorts a source directory.
+    fn read_source_dir(&self, src: &Path, rel: &[u8]) -> Option<Vec<Entry>> {
+        let names = match fsops::read_dir_names(src) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.eng.vanished_file(src);
+                return None;
+            }
+            Err(e) => {
+                self.eng.io_error.store(true, Ordering::Relaxed);
+                self.eng.io_fail("[sender] opendir", src, &e);
+                return None;
+            }
+        };
+        let mut entries = Vec::with_capacity(names.len());
+        for name in names {
+            let path = src.join(&name);
+            let child_rel = Engine::child_rel(rel, name.as_bytes());
+            let meta = match fsops::lstat(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.eng.vanished_file(&path);
+                    continue;
+                }
+                Err(e) => {
+                    self.eng.io_error.store(true, Ordering::Relaxed);
+                    self.eng.io_fail("[sender] readlink_stat", &path, &e);
+                    continue;
+                }
+            };
+            let meta = match self.resolve_link(&path, &child_rel, meta) {
+                Some(m) => m,
+                None => continue,
+            };
+            if self.is_internal(name.as_bytes()) {
+                continue;
+            }
+            if !self.eng.filter.is_empty()
+                && self
+                    .eng
+                    .filter
+                    .excluded(&child_rel, meta.kind() == Kind::Dir)
+            {
+                continue;
+            }
+            entries.push(Entry { name, meta });
+        }
+        entries.sort_by(|a, b| {
+            plan::sort_key(a.meta.kind(), a.name.as_bytes())
+                .cmp(&plan::sort_key(b.meta.kind(), b.name.as_bytes()))
+        });
+        Some(entries)
+    }
+
+    /// Names the engine itself uses inside destination directories.
+    fn is_internal(&self, name: &[u8]) -> bool {
+        (self.opts().delay_updates && name == DELAY_DIR.as_bytes())
+            || self
+                .opts()
+                .partial_dir
+                .as_ref()
+                .is_some_and(|p| p.is_relative() && p.as_os_str().as_bytes() == name)
+    }
+
+    /// Applies `-L`, `--copy-unsafe-links`, `-k` to a symlink's metadata.
+    fn resolve_link(&self, path: &Path, rel: &[u8], meta: Meta) -> Option<Meta> {
+        if meta.kind() != Kind::Symlink {
+            return Some(meta);
+        }
+        let o = self.opts();
+        let follow = if o.copy_links {
+            true
+        } else if o.copy_unsafe_links {
+            fsops::read_link(path).is_ok_and(|t| unsafe_link(t.as_bytes(), rel))
+        } else {
+            false
+        };
+        if follow {
+            return match fsops::stat(path) {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    self.eng
+                        .error(format!("symlink has no referent: \"{}\"", display(path)));
+                    None
+                }
+            };
+        }
+        if o.copy_dirlinks {
+            if let Ok(m) = fsops::stat(path) {
+                if m.kind() == Kind::Dir {
+                    return Some(m);
+                }
+            }
+        }
+        Some(meta)
+    }
+
+    /// Handles the (already listed, filtered and sorted) entries of one directory:
+    /// non-directories first, then each subdirectory followed by its contents.
+    fn process_entries(
+        &self,
+        src: &Path,
+        dst: &Path,
+        rel: &[u8],
+        node: &Arc<DirNode>,
+        recurse: bool,
+        entries: &[Entry],
+    ) {
+        for e in entries {
+            if self.eng.stopped() {
+                return;
+            }
+            if e.meta.kind() == Kind::Dir {
+                continue;
+            }
+            let child_rel = Engine::child_rel(rel, e.name.as_bytes());
+            self.handle_nondir(
+                &src.join(&e.name),
+                &dst.join(&e.name),
+                &child_rel,
+                &e.meta,
+                node,
+            );
+        }
+        for e in entries {
+            if self.eng.stopped() {
+                return;
+            }
+            if e.meta.kind() != Kind::Dir {
+                continue;
+            }
+            let child_rel = Engine::child_rel(rel, e.name.as_bytes());
+            self.handle_dir(
+                &src.join(&e.name),
+                &dst.join(&e.name),
+                &child_rel,
+                &e.meta,
+                node,
+                recurse,
+            );
+        }
+    }
+
+    fn count_seen(&self, meta: &Meta, src: &Path) {
+        let size = if meta.kind() == Kind::Symlink {
+            fsops::read_link(src).map(|t| t.len() as u64).unwrap_or(0)
+        } else if meta.kind() == Kind::File {
+            meta.size
+        } else {
+            0
+        };
+        self.eng.stats.seen(meta.kind(), size);
+    }
+
+    fn list_only(&self, src: &Path, rel: &[u8], meta: &Meta) {
+        let link = if meta.kind() == Kind::Symlink {
+            fsops::read_link(src).ok()
+        } else {
+            None
+        };
+        let line = report::list_line(
+            meta,
+            rel,
+            link.as_ref().map(|l| l.as_bytes()),
+            self.opts().human_readable,
+        );
+        self.eng.out.line(&line);
+    }
+
+    fn handle_dir(
+        &self,
+        src: &Path,
+        dst: &Path,
+        rel: &[u8],
+        meta: &Meta,
+        parent: &Arc<DirNode>,
+        recurse: bool,
+    ) {
+        let eng = self.eng;
+        let o = self.opts();
+        let mut recurse_children = recurse;
+        if o.one_file_system > 0 {
+            let root = eng.root_dev.lock().ok().and_then(|d| *d);
+            if root.is_some_and(|d| d != meta.dev) {
+                if o.one_file_system > 1 {
+                    return;
+                }
+                recurse_children = false;
+            }
+        }
+        self.count_seen(meta, src);
+        if o.list_only {
+            self.list_only(src, rel, meta);
+            if recurse_children {
+                if let Some(entries) = self.read_source_dir(src, rel) {
+                    self.process_entries(src, dst, rel, parent, o.recursive, &entries);
+                }
+            }
+            return;
+        }
+        let mut existing = fsops::lstat(dst).ok();
+        let fresh_root = rel == b"." && eng.fresh_dest.load(Ordering::Relaxed);
+        if fresh_root {
+            existing = None;
+        }
+        if o.keep_dirlinks && existing.is_some_and(|m| m.kind() == Kind::Symlink) {
+            if let Ok(m) = fsops::stat(dst) {
+                if m.kind() == Kind::Dir {
+                    existing = Some(m);
+                }
+            }
+        }
+        let had_entry = existing.is_some();
+        if let Some(d) = existing {
+            if d.kind() != Kind::Dir && o.ignore_existing {
+                // rsync keeps the existing non-directory and still visits the contents,
+                // which then fail (ENOTDIR).
+                if let Some(entries) = self.read_source_dir(src, rel) {
+                    let node = Arc::new(DirNode {
+                        dst: dst.to_path_buf(),
+                        apply: None,
+                        pending: AtomicUsize::new(1),
+                        parent: None,
+                    });
+                    self.process_entries(src, dst, rel, &node, o.recursive, &entries);
+                }
+                // rsync still stamps the directory's time on the kept entry.
+                if o.times && !o.omit_dir_times && !o.dry_run {
+                    let _ = fsops::set_times(dst, None, Some(meta.mtime));
+                }
+                return;
+            }
+            if d.kind() != Kind::Dir {
+                if !self.make_way(dst, rel, &d) {
+                    return;
+                }
+                existing = None;
+            }
+        }
+        let is_new = existing.is_none();
+        if !had_entry && o.existing {
+            return;
+        }
+        let mut item = Itemize::new(if is_new { b'c' } else { b'.' }, Kind::Dir);
+        if is_new {
+            item.new = true;
+            eng.stats.created(Kind::Dir);
+            if !o.dry_run {
+                if let Err(e) = fsops::mkdir(dst, 0o700) {
+                    if e.kind() != io::ErrorKind::AlreadyExists {
+                        eng.io_fail("[receiver] mkdir", dst, &e);
+                        return;
+                    }
+                }
+            }
+        } else if let Some(d) = &existing {
+            let w = meta::wanted(o, meta, Some(d), eng.am_root);
+            let diff = self.diff(&w, d);
+            item.perms = diff.perms;
+            item.owner = diff.owner;
+            item.group = diff.group;
+            item.time = if diff.time { b't' } else { b'.' };
+        }
+        if (o.xattrs || o.acls) && !(o.dry_run && is_new) {
+            match meta::sync_xattrs(src, dst, o.xattrs, o.acls, o.dry_run) {
+                Ok((a, x)) => {
+                    item.acl = a && !is_new;
+                    item.xattr = x && !is_new;
+                }
+                Err(e) => eng.io_fail("copy xattrs to", dst, &e),
+            }
+        }
+        if !o.dry_run && (is_new || item.owner || item.group) {
+            let w = meta::wanted(o, meta, existing.as_ref(), eng.am_root);
+            if w.uid.is_some() || w.gid.is_some() {
+                if let Err(e) = fsops::lchown(dst, w.uid, w.gid) {
+                    eng.attr_error(dst, &e);
+                }
+            }
+        }
+        // rsync lists a directory and deletes its extraneous entries before it reports the
+        // directory itself.
+        let entries = if recurse_children {
+            self.read_source_dir(src, rel)
+        } else {
+            None
+        };
+        if let Some(entries) = &entries {
+            if !is_new && matches!(o.delete, DeleteMode::During | DeleteMode::Before) {
+                let names: HashSet<&OsStr> = entries.iter().map(|e| e.name.as_os_str()).collect();
+                self.delete_extraneous(dst, rel, &names);
+            }
+        }
+        eng.emit(rel, Kind::Dir, item, None, meta);
+        if rel == b"." || !recurse {
+            if let Ok(mut l) = eng.late_dirs.lock() {
+                l.push((dst.to_path_buf(), *meta));
+            }
+        }
+        parent.pending.fetch_add(1, Ordering::AcqRel);
+        let node = Arc::new(DirNode {
+            dst: dst.to_path_buf(),
+            apply: Some((*meta, existing)),
+            pending: AtomicUsize::new(1),
+            parent: Some(Arc::clone(parent)),
+        });
+        if let Some(entries) = entries {
+            self.process_entries(src, dst, rel, &node, o.recursive, &entries);
+        }
+        eng.release(&node);
+    }
+
+    fn diff(&self, w: &Wanted, d: &Meta) -> meta::AttrDiff {
+        let mut diff = meta::diff(w, d);
+        if let Some(t) = w.mtime {
+            diff.time = !self.eng.same_time(t, d.mtime);
+        }
+        diff
+    }
+
+    /// Removes a destination entry of the wrong type. Returns false if it could not.
+    fn make_way(&self, dst: &Path, rel: &[u8], d: &Meta) -> bool {
+        let eng = self.eng;
+        if eng.opts.dry_run {
+            return true;
+        }
+        if eng.opts.backup && d.kind() != Kind::Dir {
+            if let Err(e) = eng.make_backup(dst, rel, false) {
+                eng.io_fail("backup", dst, &e);
+                return false;
+            }
+            return true;
+        }
+        if d.kind() == Kind::Dir {
+            let empty = fsops::read_dir_names(dst)
+                .map(|n| n.is_empty())
+                .unwrap_or(false);
+            if !empty && !eng.opts.deleting() && !eng.opts.force {
+                eng.error(format!(
+                    "arsync: cannot delete non-empty directory: {}",
+                    String::from_utf8_lossy(rel)
+                ));
+                return false;
+            }
+            self.delete_path(dst, rel, d, true);
+            return fsops::lstat(dst).is_err();
+        }
+        match fsops::unlink(dst) {
+            Ok(()) => true,
+            Err(e) => {
+                eng.io_fail("unlink", dst, &e);
+                false
+            }
+        }
+    }
+
+    fn handle_nondir(&self, src: &Path, dst: &Path, rel: &[u8], meta: &Meta, dir: &Arc<DirNode>) {
+        let eng = self.eng;
+        let o = self.opts();
+        let kind = meta.kind();
+        match kind {
+            Kind::Symlink if !o.links => {
+                if o.verbose > 0 {
+                    eng.out.line(
+                        format!(
+                            "skipping non-regular file \"{}\"",
+                            String::from_utf8_lossy(rel)
+                        )
+                        .as_bytes(),
+                    );
+                }
+                return;
+            }
+            Kind::CharDev | Kind::BlockDev if !o.devices => return,
+            Kind::Fifo | Kind::Socket if !o.specials => return,
+            _ => {}
+        }
+        if kind == Kind::File
+            && (o.max_size.is_some_and(|m| meta.size > m)
+                || o.min_size.is_some_and(|m| meta.size < m))
+        {
+            return;
+        }
+        self.count_seen(meta, src);
+        if o.list_only {
+            self.list_only(src, rel, meta);
+            return;
+        }
+        let existing = match fsops::lstat(dst) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                eng.io_fail("[receiver] stat", dst, &e);
+                return;
+            }
+        };
+        if existing.is_none() && o.existing {
+            return;
+        }
+        if existing.is_some() && o.ignore_existing {
+            return;
+        }
+        if o.hard_links && kind != Kind::Dir && meta.nlink > 1 {
+            let key = (meta.dev, meta.ino);
+            let leader = eng.hlinks.lock().ok().and_then(|m| m.get(&key).cloned());
+            if let Some((leader_dst, leader_rel)) = leader {
+                self.link_follower(dst, rel, meta, existing.as_ref(), &leader_dst, &leader_rel);
+                return;
+            }
+            if let Ok(mut m) = eng.hlinks.lock() {
+                m.insert(key, (dst.to_path_buf(), rel.to_vec()));
+            }
+            // The leader is finished on this thread so followers can link to it.
+            self.handle_kind(src, dst, rel, meta, existing, dir, true);
+            return;
+        }
+        self.handle_kind(src, dst, rel, meta, existing, dir, false);
+    }
+
+    fn link_follower(
+        &self,
+        dst: &Path,
+        rel: &[u8],
+        meta: &Meta,
+        existing: Option<&Meta>,
+        leader_dst: &Path,
+        leader_rel: &[u8],
+    ) {
+        let eng = self.eng;
+        let leader_meta = fsops::lstat(leader_dst).ok();
+        if let (Some(e), Some(l)) = (existing, leader_meta) {
+            if e.dev == l.dev && e.ino == l.ino {
+                eng.emit(
+                    rel,
+                    meta.kind(),
+                    Itemize::new(b'.', meta.kind()),
+                    None,
+                    meta,
+                );
+                return;
+            }
+        }
+        let mut item = Itemize::new(b'h', meta.kind());
+        item.new = existing.is_none();
+        if item.new {
+            eng.stats.created(meta.kind());
+        }
+        if let Some(e) = existing {
+            item.size = e.size != meta.size;
+            item.time = if self.eng.same_time(e.mtime, meta.mtime) {
+                b'.'
+            } else {
+                b't'
+            };
+        }
+        eng.emit(rel, meta.kind(), item, Some(("=>", leader_rel)), meta);
+        if eng.opts.dry_run {
+            return;
+        }
+        if let Some(e) = existing {
+            if e.kind() == Kind::Dir && !self.make_way(dst, rel, e) {
+                return;
+            }
+            if eng.opts.backup && e.kind() != Kind::Dir {
+                if let Err(err) = eng.make_backup(dst, rel, false) {
+                    eng.io_fail("backup", dst, &err);
+                    return;
+                }
+            }
+        }
+        let dir = dst.parent().unwrap_or(Path::new("."));
+        let name = dst
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
+        let tmp = eng.temp_path(dir, &name);
+        let r = fsops::hard_link(leader_dst, &tmp).and_then(|()| fsops::rename(&tmp, dst));
+        if let Err(e) = r {
+            let _ = fsops::unlink(&tmp);
+            eng.io_fail("hard link", dst, &e);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_kind(
+        &self,
+        src: &Path,
+        dst: &Path,
+        rel: &[u8],
+        meta: &Meta,
+        mut existing: Option<Meta>,
+        dir: &Arc<DirNode>,
+        inline: bool,
+    ) {
+        let kind = meta.kind();
+        if let Some(d) = existing {
+            if d.kind() != kind && !(kind == Kind::File && d.kind() == Kind::File) {
+                if !self.make_way(dst, rel, &d) {
+                    return;
+                }
+                existing = None;
+            }
+        }
+        if existing.is_none() && kind != Kind::File && self.try_alternates(src, dst, rel, meta) {
+            return;
+        }
+        match kind {
+            Kind::File => self.handle_file(src, dst, rel, meta, existing, dir, inline),
+            Kind::Symlink => self.handle_symlink(src, dst, rel, meta, existing),
+            _ => self.handle_node(dst, rel, meta, existing),
+        }
+        if kind != Kind::File && fsops::lstat(dst).is_ok_and(|d| d.kind() == kind) {
+            self.eng.remove_source(src, rel, meta);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_file(
+        &self,
+        src: &Path,
+        dst: &Path,
+        rel: &[u8],
+        meta: &Meta,
+        existing: Option<Meta>,
+        dir: &Arc<DirNode>,
+        inline: bool,
+    ) {
+        let eng = self.eng;
+        let o = self.opts();
+        if let Some(d) = &existing {
+            if o.update && d.mtime > meta.mtime {
+                return;
+            }
+            if self.unchanged(src, dst, meta, d) {
+                self.update_attrs(src, dst, rel, meta, d);
+                eng.remove_source(src, rel, meta);
+                return;
+            }
+        } else if self.try_alternates(src, dst, rel, meta) {
+            return;
+        }
+        let mut item = Itemize::new(b'>', Kind::File);
+        match &existing {
+            None => {
+                item.new = true;
+                eng.stats.created(Kind::File);
+            }
+            Some(d) => {
+                let w = meta::wanted(o, meta, Some(d), eng.am_root);
+                let diff = self.diff(&w, d);
+                item.checksum = o.checksum;
+                item.size = d.size != meta.size;
+                item.time = if !o.times {
+                    b'T'
+                } else if diff.time {
+                    b't'
+                } else {
+                    b'.'
+                };
+                item.perms = diff.perms;
+                item.owner = diff.owner;
+                item.group = diff.group;
+                if o.xattrs || o.acls {
+                    if let Ok((a, x)) = meta::sync_xattrs(src, dst, o.xattrs, o.acls, true) {
+                        item.acl = a;
+                        item.xattr = x;
+                    }
+                }
+            }
+        }
+        eng.emit(rel, Kind::File, item, None, meta);
+        if o.dry_run {
+            eng.stats.transferred.fetch_add(1, Ordering::Relaxed);
+            eng.stats
+                .transferred_size
+                .fetch_add(meta.size, Ordering::Relaxed);
+            return;
+        }
+        dir.pending.fetch_add(1, Ordering::AcqRel);
+        let job = FileJob {
+            src: src.to_path_buf(),
+            dst: dst.to_path_buf(),
+            rel: rel.to_vec(),
+            meta: *meta,
+            existing,
+            dir: Arc::clone(dir),
+        };
+        match self.jobs {
+            Some(tx) if !inline => {
+                if let Err(crossbeam_channel::SendError(job)) = tx.send(job) {
+                    eng.run_job(job);
+                }
+            }
+            _ => eng.run_job(job),
+        }
+    }
+
+    /// The quick check (or `-c`, `--size-only`, `-I`).
+    fn unchanged(&self, src: &Path, dst: &Path, s: &Meta, d: &Meta) -> bool {
+        let o = self.opts();
+        if d.kind() != Kind::File || o.ignore_times || s.size != d.size {
+            return false;
+        }
+        if o.checksum {
+            return fsops::same_contents(src, dst).unwrap_or(false);
+        }
+        o.size_only || self.eng.same_time(s.mtime, d.mtime)
+    }
+
+    /// True if the basis-directory entry `alt` holds the same thing as the source.
+    fn alt_matches(&self, src: &Path, alt: &Path, meta: &Meta, am: &Meta) -> bool {
+        match meta.kind() {
+            Kind::File => self.unchanged(src, alt, meta, am),
+            Kind::Symlink => {
+                am.kind() == Kind::Symlink
+                    && fsops::read_link(src).ok() == fsops::read_link(alt).ok()
+            }
+            Kind::Dir => false,
+            k => am.kind() == k && (!k.is_device() || am.rdev == meta.rdev),
+        }
+    }
+
+    /// `--compare-dest`, `--copy-dest`, `--link-dest` for a missing destination entry.
+    /// Returns true when the entry was handled from a basis directory.
+    fn try_alternates(&self, src: &Path, dst: &Path, rel: &[u8], meta: &Meta) -> bool {
+        let o = self.opts();
+        let eng = self.eng;
+        if o.compare_dest.is_empty() && o.copy_dest.is_empty() && o.link_dest.is_empty() {
+            return false;
+        }
+        let Some(root) = eng.dest_root.lock().ok().map(|r| r.clone()) else {
+            return false;
+        };
+        let kind = meta.kind();
+        let lists: [(&Vec<PathBuf>, u8); 3] =
+            [(&o.compare_dest, 0), (&o.copy_dest, 1), (&o.link_dest, 2)];
+        for (dirs, which) in lists {
+            for base in dirs.iter() {
+                let base = if base.is_absolute() {
+                    base.clone()
+                } else {
+                    root.join(base)
+                };
+                let alt = plan::join(&base, rel);
+                let Ok(am) = fsops::lstat(&alt) else { continue };
+                if !self.alt_matches(src, &alt, meta, &am) {
+                    continue;
+                }
+                let w = meta::wanted(o, meta, None, eng.am_root);
+                let attrs_same = !self.diff(&w, &am).any();
+                match which {
+                    0 if attrs_same => {
+                        if o.itemize > 1 {
+                            eng.emit(rel, kind, Itemize::new(b'.', kind), None, meta);
+                        }
+                        return true;
+                    }
+                    2 if attrs_same => {
+                        if o.itemize > 1 {
+                            eng.emit(rel, kind, Itemize::new(b'h', kind), None, meta);
+                        }
+                        if !o.dry_run {
+                            if let Err(e) = fsops::hard_link(&alt, dst) {
+                                eng.io_fail("link", dst, &e);
+                            }
+                        }
+                        return true;
+                    }
+                    _ if kind == Kind::File => {
+                        // A local copy from the basis: the same bytes as the source.
+                        let mut it = Itemize::new(b'c', kind);
+                        it.new = true;
+                        eng.emit(rel, kind, it, None, meta);
+                        eng.stats.created(kind);
+                        if !o.dry_run {
+                            if let Err(e) = eng.transfer(&alt, dst, rel, meta, None) {
+                                eng.io_fail("copy", dst, &e);
+                            } else if o.xattrs || o.acls {
+                                let _ = meta::sync_xattrs(src, dst, o.xattrs, o.acls, false);
+                            }
+                        }
+                        return true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        false
+    }
+
+    /// Brings an unchanged file's attributes up to date.
+    fn update_attrs(&self, src: &Path, dst: &Path, rel: &[u8], meta: &Meta, d: &Meta) {
+        let eng = self.eng;
+        let o = self.opts();
+        let w = meta::wanted(o, meta, Some(d), eng.am_root);
+        let diff = self.diff(&w, d);
+        let mut item = Itemize::new(b'.', meta.kind());
+        item.perms = diff.perms;
+        item.owner = diff.owner;
+        item.group = diff.group;
+        item.time = if diff.time { b't' } else { b'.' };
+        if o.xattrs || o.acls {
+            match meta::sync_xattrs(src, dst, o.xattrs, o.acls, o.dry_run) {
+                Ok((a, x)) => {
+                    item.acl = a;
+                    item.xattr = x;
+                }
+                Err(e) => eng.io_fail("copy xattrs to", dst, &e),
+            }
+        }
+        let link_target;
+        let link = if meta.kind() == Kind::Symlink {
+            link_target = fsops::read_link(src).unwrap_or_default();
+            Some(("->", link_target.as_bytes()))
+        } else {
+            None
+        };
+        eng.emit(rel, meta.kind(), item, link, meta);
+        if !o.dry_run && diff.any() {
+            // Only the differing attributes are touched; equal-within-window times stay.
+            let w2 = Wanted {
+                perms: w.perms.filter(|_| diff.perms || diff.owner || diff.group),
+                uid: w.uid.filter(|_| diff.owner),
+                gid: w.gid.filter(|_| diff.group),
+                mtime: w.mtime.filter(|_| diff.time),
+                atime: w.atime.filter(|_| diff.atime),
+            };
+            if let Err(e) = meta::apply(dst, meta.kind(), &w2, Some(d)) {
+                eng.attr_error(dst, &e);
+            }
+        }
+    }
+
+    fn handle_symlink(
+        &self,
+        src: &Path,
+        dst: &Path,
+        rel: &[u8],
+        meta: &Meta,
+        existing: Option<Meta>,
+    ) {
+        let eng = self.eng;
+        let o = self.opts();
+        let target = match fsops::read_link(src) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                eng.vanished_file(src);
+                return;
+            }
+            Err(e) => {
+                eng.io_fail("[sender] readlink", src, &e);
+                return;
+            }
+        };
+        if o.safe_links && unsafe_link(target.as_bytes(), rel) {
+            if o.verbose > 0 {
+                eng.out.line(
+                    format!(
+                        "ignoring unsafe symlink \"{}\" -> \"{}\"",
+                        display(src),
+                        String::from_utf8_lossy(target.as_bytes())
+                    )
+                    .as_bytes(),
+                );
+            }
+            return;
+        }
+        let mut item = Itemize::new(b'c', Kind::Symlink);
+        if let Some(d) = &existing {
+            let cur = fsops::read_link(dst).unwrap_or_default();
+            if cur == target {
+                self.update_attrs(src, dst, rel, meta, d);
+                return;
+            }
+            item.checksum = true;
+            let w = meta::wanted(o, meta, Some(d), eng.am_root);
+            let diff = self.diff(&w, d);
+            item.time = if diff.time { b't' } else { b'.' };
+            item.owner = diff.owner;
+            item.group = diff.group;
+        } else {
+            item.new = true;
+            eng.stats.created(Kind::Symlink);
+        }
+        eng.emit(
+            rel,
+            Kind::Symlink,
+            item,
+            Some(("->", target.as_bytes())),
+            meta,
+        );
+        if o.dry_run {
+            return;
+        }
+        if let Some(_d) = &existing {
+            if o.backup {
+                if let Err(e) = eng.make_backup(dst, rel, false) {
+                    eng.io_fail("backup", dst, &e);
+                    return;
+                }
+            }
+        }
+        let dir = dst.parent().unwrap_or(Path::new("."));
+        let name = dst
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
+        let tmp = eng.temp_path(dir, &name);
+        let r = (|| {
+            fsops::symlink(&target, &tmp)?;
+            if o.xattrs || o.acls {
+                let _ = meta::sync_xattrs(src, &tmp, o.xattrs, false, false);
+            }
+            let w = meta::wanted(o, meta, None, eng.am_root);
+            if let Err(e) = meta::apply(&tmp, Kind::Symlink, &w, None) {
+                if e.kind() != io::ErrorKind::PermissionDenied || eng.am_root {
+                    return Err(e);
+                }
+            }
+            fsops::rename(&tmp, dst)
+        })();
+        if let Err(e) = r {
+            let _ = fsops::unlink(&tmp);
+            eng.io_fail("[receiver] symlink", dst, &e);
+        }
+    }
+
+    /// Devices, FIFOs and sockets.
+    fn handle_node(&self, dst: &Path, rel: &[u8], meta: &Meta, existing: Option<Meta>) {
+        let eng = self.eng;
+        let o = self.opts();
+        let kind = meta.kind();
+        let mut item = Itemize::new(b'c', kind);
+        if let Some(d) = &existing {
+            if d.kind() == kind && (!kind.is_device() || d.rdev == meta.rdev) {
+                // Same node: attributes only. The source path is not needed for nodes.
+                let w = meta::wanted(o, meta, Some(d), eng.am_root);
+                let diff = self.diff(&w, d);
+                let mut it = Itemize::new(b'.', kind);
+                it.perms = diff.perms;
+                it.owner = diff.owner;
+                it.group = diff.group;
+                it.time = if diff.time { b't' } else { b'.' };
+                eng.emit(rel, kind, it, None, meta);
+                if !o.dry_run && diff.any() {
+                    let w2 = Wanted {
+                        mtime: w.mtime.filter(|_| diff.time),
+                        ..w
+                    };
+                    if let Err(e) = meta::apply(dst, kind, &w2, Some(d)) {
+                        eng.attr_error(dst, &e);
+                    }
+                }
+                return;
+            }
+            item.checksum = true;
+        } else {
+            item.new = true;
+            eng.stats.created(kind);
+        }
+        eng.emit(rel, kind, item, None, meta);
+        if o.dry_run {
+            return;
+        }
+        if existing.is_some() && o.backup {
+            if let Err(e) = eng.make_backup(dst, rel, false) {
+                eng.io_fail("backup", dst, &e);
+                return;
+            }
+        }
+        let dir = dst.parent().unwrap_or(Path::new("."));
+        let name = dst
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
+        let tmp = eng.temp_path(dir, &name);
+        let r = (|| {
+            fsops::mknod(&tmp, meta.mode, meta.rdev)?;
+            let w = meta::wanted(o, meta, None, eng.am_root);
+            meta::apply(&tmp, kind, &w, None)?;
+            fsops::rename(&tmp, dst)
+        })();
+        if let Err(e) = r {
+            let _ = fsops::unlink(&tmp);
+            eng.io_fail("[receiver] mknod", dst, &e);
+        }
+    }
+
+    /// Deletes destination entries of `dst` that are not in the source listing.
+    fn delete_extraneous(&self, dst: &Path, rel: &[u8], keep: &HashSet<&OsStr>) -> usize {
+        let eng = self.eng;
+        if eng.io_error.load(Ordering::Relaxed) && !eng.opts.ignore_errors {
+            return 0;
+        }
+        let Ok(mut names) = fsops::read_dir_names(dst) else {
+            return 0;
+        };
+        let mut deleted = 0;
+        names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
+        for name in names {
+            if keep.contains(name.as_os_str()) || self.is_internal(name.as_bytes()) {
+                continue;
+            }
+            let path = dst.join(&name);
+            let Ok(m) = fsops::lstat(&path) else { continue };
+            let child_rel = Engine::child_rel(rel, name.as_bytes());
+            if self.protected(&child_rel, &name, m.kind() == Kind::Dir) {
+                continue;
+            }
+            self.delete_path(&path, &child_rel, &m, false);
+            deleted += 1;
+        }
+        deleted
+    }
+
+    fn protected(&self, rel: &[u8], name: &OsStr, is_dir: bool) -> bool {
+        let o = self.opts();
+        if o.backup && o.backup_dir.is_none() {
+            let suffix = o.backup_suffix();
+            if !suffix.is_empty() && name.as_bytes().ends_with(suffix.as_bytes()) {
+                return true;
+            }
+        }
+        !self.eng.filter.is_empty() && self.eng.filter.protected(rel, is_dir)
+    }
+
+    /// Deletes one entry (directories depth-first), honouring `--max-delete` and protection.
+    fn delete_path(&self, path: &Path, rel: &[u8], m: &Meta, quiet: bool) -> bool {
+        let eng = self.eng;
+        let o = self.opts();
+        let mut all_gone = true;
+        if m.kind() == Kind::Dir {
+            if let Ok(mut names) = fsops::read_dir_names(path) {
+                names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
+                for name in names {
+                    let child = path.join(&name);
+                    let child_rel = Engine::child_rel(rel, name.as_bytes());
+                    let Ok(cm) = fsops::lstat(&child) else {
+                        continue;
+                    };
+                    if self.protected(&child_rel, &name, cm.kind() == Kind::Dir) {
+                        all_gone = false;
+                        continue;
+                    }
+                    all_gone &= self.delete_path(&child, &child_rel, &cm, quiet);
+                }
+            }
+            if !all_gone {
+                return false;
+            }
+        }
+        if let Some(max) = o.max_delete {
+            if eng.deletes_done.load(Ordering::Relaxed) >= max {
+                eng.del_limit_hit.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        }
+        eng.deletes_done.fetch_add(1, Ordering::Relaxed);
+        eng.stats.deleted.fetch_add(1, Ordering::Relaxed);
+        let mut shown = rel.to_vec();
+        if m.kind() == Kind::Dir {
+            shown.push(b'/');
+        }
+        if quiet {
+        } else if o.itemize > 0 || o.out_format.as_deref().is_some_and(|f| f.contains("%i")) {
+            let mut line = b"*deleting   ".to_vec();
+            line.extend_from_slice(&shown);
+            eng.out.line(&line);
+        } else if o.verbose > 0 {
+            let mut line = b"deleting ".to_vec();
+            line.extend_from_slice(&shown);
+            eng.out.line(&line);
+        }
+        let mut logline = b"*deleting   ".to_vec();
+        logline.extend_from_slice(&shown);
+        eng.out.log_msg(&logline);
+        if o.dry_run {
+            return true;
+        }
+        let r = if m.kind() == Kind::Dir {
+            fsops::rmdir(path)
+        } else if o.backup {
+            eng.make_backup(path, rel, false)
+        } else {
+            fsops::unlink(path)
+        };
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                eng.io_fail("delete", path, &e);
+                false
+            }
+        }
+    }
+
+    /// `--delete-after` / `--delete-delay`: a second walk that only deletes.
+    fn delete_pass(&self, item: &TopItem, dest: &Path) {
+        if item.meta.kind() != Kind::Dir || item.implied {
+            return;
+        }
+        if !item.contents && !self.opts().recursive {
+            return;
+        }
+        let dst = plan::join(dest, &item.rel);
+        self.delete_walk(&item.src, &dst, &item.display);
+    }
+
+    fn delete_walk(&self, src: &Path, dst: &Path, rel: &[u8]) {
+        if self.eng.stopped() {
+            return;
+        }
+        let Some(entries) = self.read_source_dir(src, rel) else {
+            return;
+        };
+        let names: HashSet<&OsStr> = entries.iter().map(|e| e.name.as_os_str()).collect();
+        if fsops::lstat(dst).is_ok_and(|m| m.kind() == Kind::Dir)
+            && self.delete_extraneous(dst, rel, &names) > 0
+        {
+            if let Ok(m) = fsops::lstat(src) {
+                self.eng.touch_dir(dst, &m);
+            }
+        }
+        if !self.opts().recursive {
+            return;
+        }
+        for e in &entries {
+            if e.meta.kind() == Kind::Dir {
+                let child_rel = Engine::child_rel(rel, e.name.as_bytes());
+                self.delete_walk(&src.join(&e.name), &dst.join(&e.name), &child_rel);
+            }
+        }
+    }
+}
+
+/// Reads a `--files-from` list (newline- or NUL-separated; `-` is stdin).
+pub fn read_files_from(path: &Path, from0: bool) -> io::Result<Vec<Vec<u8>>> {
+    let data = if path == Path::new("-") {
+        let mut v = Vec::new();
+        io::Read::read_to_end(&mut io::stdin(), &mut v)?;
+        v
+    } else {
+        std::fs::read(path)?
+    };
+    let sep = if from0 { 0 } else { b'\n' };
+    Ok(data
+        .split(|b| *b == sep)
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.is_empty() && (from0 || !(l[0] == b'#' || l[0] == b';')))
+        .map(|l| l.to_vec())
+        .collect())
+}
+
+/// Converts bytes to an `OsString` path component.
+pub fn os(bytes: &[u8]) -> OsString {
+    OsString::from_vec(bytes.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_links() {
+        assert!(unsafe_link(b"/etc/passwd", b"a"));
+        assert!(unsafe_link(b"../x", b"a"));
+        assert!(!unsafe_link(b"../x", b"d/a"));
+        assert!(unsafe_link(b"../../x", b"d/a"));
+        assert!(!unsafe_link(b"sub/../y", b"a"));
+    }
+
+    #[test]
+    fn errno_format() {
+        let e = io::Error::from_raw_os_error(2);
+        assert_eq!(errno_text(&e), "No such file or directory (2)");
+    }
+}

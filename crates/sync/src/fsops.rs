@@ -1,0 +1,634 @@
+//! Every filesystem system call the sync engine makes goes through this module.
+//!
+//! Keeping them in one place lets the platform layer (`arsync-io`, io_uring with a
+//! thread-pool fallback) replace the implementation later without touching the
+//! engine. Paths are handled as `Path`/`OsStr` (raw bytes), never lossily.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use rustix::fs::{AtFlags, FileType, Mode, SeekFrom, Timespec, Timestamps, CWD};
+
+/// The kind of a filesystem entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Character device.
+    CharDev,
+    /// Block device.
+    BlockDev,
+    /// Named pipe.
+    Fifo,
+    /// Unix socket.
+    Socket,
+}
+
+impl Kind {
+    fn from_mode(mode: u32) -> Kind {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            _ => Kind::File,
+        }
+    }
+
+    /// True for devices (character or block).
+    pub fn is_device(self) -> bool {
+        matches!(self, Kind::CharDev | Kind::BlockDev)
+    }
+
+    /// True for FIFOs and sockets.
+    pub fn is_special(self) -> bool {
+        matches!(self, Kind::Fifo | Kind::Socket)
+    }
+}
+
+/// A time with nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Time {
+    /// Seconds since the epoch.
+    pub sec: i64,
+    /// Nanoseconds.
+    pub nsec: u32,
+}
+
+/// The stat fields the engine uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Full `st_mode` (type and permission bits).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time.
+    pub mtime: Time,
+    /// Access time.
+    pub atime: Time,
+    /// Device number for devices.
+    pub rdev: u64,
+    /// Device of the filesystem holding the entry.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Number of hard links.
+    pub nlink: u64,
+    /// Allocated 512-byte blocks.
+    pub blocks: u64,
+}
+
+impl Meta {
+    /// The entry kind.
+    pub fn kind(&self) -> Kind {
+        Kind::from_mode(self.mode)
+    }
+
+    /// Permission bits including setuid, setgid and sticky.
+    pub fn perms(&self) -> u32 {
+        self.mode & 0o7777
+    }
+
+    fn from_std(m: &std::fs::Metadata) -> Meta {
+        Meta {
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            size: m.size(),
+            mtime: Time {
+                sec: m.mtime(),
+                nsec: m.mtime_nsec() as u32,
+            },
+            atime: Time {
+                sec: m.atime(),
+                nsec: m.atime_nsec() as u32,
+            },
+            rdev: m.rdev(),
+            dev: m.dev(),
+            ino: m.ino(),
+            nlink: m.nlink(),
+            blocks: m.blocks(),
+        }
+    }
+}
+
+/// `lstat`: metadata of the entry itself (symlinks not followed).
+pub fn lstat(path: &Path) -> io::Result<Meta> {
+    std::fs::symlink_metadata(path).map(|m| Meta::from_std(&m))
+}
+
+/// `stat`: metadata following symlinks.
+pub fn stat(path: &Path) -> io::Result<Meta> {
+    std::fs::metadata(path).map(|m| Meta::from_std(&m))
+}
+
+/// Metadata of an open file.
+pub fn fstat(file: &File) -> io::Result<Meta> {
+    file.metadata().map(|m| Meta::from_std(&m))
+}
+
+/// The names in a directory (without `.` and `..`), unsorted.
+pub fn read_dir_names(path: &Path) -> io::Result<Vec<OsString>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        names.push(entry?.file_name());
+    }
+    Ok(names)
+}
+
+/// The target of a symlink, as raw bytes.
+pub fn read_link(path: &Path) -> io::Result<OsString> {
+    std::fs::read_link(path).map(|p| p.into_os_string())
+}
+
+/// Creates a directory with `mode` (subject to the umask).
+pub fn mkdir(path: &Path, mode: u32) -> io::Result<()> {
+    rustix::fs::mkdirat(CWD, path, Mode::from_raw_mode(mode)).map_err(io::Error::from)
+}
+
+/// Creates a symlink at `path` pointing to `target`.
+pub fn symlink(target: &OsStr, path: &Path) -> io::Result<()> {
+    std::os::unix::fs::symlink(target, path)
+}
+
+/// Creates a hard link `new` to `existing` (symlinks are linked, not followed).
+pub fn hard_link(existing: &Path, new: &Path) -> io::Result<()> {
+    rustix::fs::linkat(CWD, existing, CWD, new, AtFlags::empty()).map_err(io::Error::from)
+}
+
+/// Creates a device node, FIFO or socket node.
+pub fn mknod(path: &Path, mode: u32, rdev: u64) -> io::Result<()> {
+    let kind = FileType::from_raw_mode(mode);
+    rustix::fs::mknodat(CWD, path, kind, Mode::from_raw_mode(mode & 0o7777), rdev)
+        .map_err(io::Error::from)
+}
+
+/// Renames `from` to `to`, replacing `to` if it is not a directory.
+pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to)
+}
+
+/// Removes a non-directory.
+pub fn unlink(path: &Path) -> io::Result<()> {
+    std::fs::remove_file(path)
+}
+
+/// Removes an empty directory.
+pub fn rmdir(path: &Path) -> io::Result<()> {
+    std::fs::remove_dir(path)
+}
+
+/// Sets permission bits (never follows a symlink: symlink modes are not settable on Linux).
+pub fn chmod(path: &Path, mode: u32) -> io::Result<()> {
+    rustix::fs::chmodat(
+        CWD,
+        path,
+        Mode::from_raw_mode(mode & 0o7777),
+        AtFlags::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Sets owner and/or group without following symlinks.
+pub fn lchown(path: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, uid, gid)
+}
+
+/// Sets access and modification times without following symlinks. `None` leaves a time unchanged.
+pub fn set_times(path: &Path, atime: Option<Time>, mtime: Option<Time>) -> io::Result<()> {
+    fn ts(t: Option<Time>) -> Timespec {
+        match t {
+            Some(t) => Timespec {
+                tv_sec: t.sec,
+                tv_nsec: t.nsec as _,
+            },
+            None => Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+        }
+    }
+    let times = Timestamps {
+        last_access: ts(atime),
+        last_modification: ts(mtime),
+    };
+    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(io::Error::from)
+}
+
+/// Extended attribute names of an entry (symlinks not followed).
+pub fn list_xattrs(path: &Path) -> io::Result<Vec<OsString>> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        match rustix::fs::llistxattr(path, &mut buf[..]) {
+            Ok(n) => {
+                return Ok(buf[..n]
+                    .split(|b| *b == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| OsStr::from_bytes(s).to_os_string())
+                    .collect())
+            }
+            Err(rustix::io::Errno::RANGE) => {
+                let need = rustix::fs::llistxattr_query(path).map_err(io::Error::from)?;
+                buf.resize(need.max(buf.len() * 2), 0);
+            }
+            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The value of one extended attribute (symlinks not followed).
+pub fn get_xattr(path: &Path, name: &OsStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(rustix::io::Errno::RANGE) => {
+                let need = rustix::fs::lgetxattr_query(path, name).map_err(io::Error::from)?;
+                buf.resize(need.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Sets one extended attribute (symlinks not followed).
+pub fn set_xattr(path: &Path, name: &OsStr, value: &[u8]) -> io::Result<()> {
+    rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty())
+        .map_err(io::Error::from)
+}
+
+/// Removes one extended attribute (symlinks not followed).
+pub fn remove_xattr(path: &Path, name: &OsStr) -> io::Result<()> {
+    rustix::fs::lremovexattr(path, name).map_err(io::Error::from)
+}
+
+/// Opens a file for reading without following a final symlink unless `follow`.
+pub fn open_read(path: &Path, follow: bool) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    if !follow {
+        o.custom_flags(libc::O_NOFOLLOW);
+    }
+    o.open(path)
+}
+
+/// Creates a new file that must not exist yet (`O_EXCL`), mode `mode`.
+pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+}
+
+/// Opens an existing file for writing in place (no truncation), creating it if missing.
+pub fn open_inplace(path: &Path, mode: u32) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Flushes a file's data and metadata to stable storage.
+pub fn fsync(file: &File) -> io::Result<()> {
+    file.sync_all()
+}
+
+/// Sets a file's length.
+pub fn set_len(file: &File, len: u64) -> io::Result<()> {
+    file.set_len(len)
+}
+
+/// Reserves space for `len` bytes (`--preallocate`). Unsupported filesystems are not an error.
+pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, len) {
+        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// How a file's bytes were copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMethod {
+    /// Shared extents (`FICLONE`).
+    Reflink,
+    /// In-kernel copy (`copy_file_range`).
+    CopyRange,
+    /// Userspace read/write.
+    ReadWrite,
+}
+
+/// Called after each chunk with the bytes just copied; returning true aborts the copy
+/// (interrupt handling, `--bwlimit` pacing, progress).
+pub type StopCheck<'a> = &'a dyn Fn(u64) -> bool;
+
+fn interrupted() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "transfer interrupted")
+}
+
+/// Copies `len` bytes of `src` into the empty file `dst`, trying a reflink, then
+/// `copy_file_range`, then read/write. Returns the method used.
+pub fn copy_whole(
+    src: &File,
+    dst: &File,
+    len: u64,
+    plain: bool,
+    stop: StopCheck,
+) -> io::Result<CopyMethod> {
+    if plain {
+        copy_read_write(src, dst, 0, len, false, stop)?;
+        return Ok(CopyMethod::ReadWrite);
+    }
+    if len > 0 && rustix::fs::ioctl_ficlone(dst, src).is_ok() {
+        if stop(len) {
+            return Err(interrupted());
+        }
+        return Ok(CopyMethod::Reflink);
+    }
+    let mut done = 0u64;
+    let mut in_off = 0u64;
+    let mut out_off = 0u64;
+    let mut range_ok = true;
+    while done < len && range_ok {
+        let chunk = (len - done).min(8 << 20) as usize;
+        match rustix::fs::copy_file_range(src, Some(&mut in_off), dst, Some(&mut out_off), chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n as u64;
+                if stop(n as u64) {
+                    return Err(interrupted());
+                }
+            }
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::NOSYS
+                | rustix::io::Errno::OPNOTSUPP
+                | rustix::io::Errno::INVAL,
+            ) if done == 0 => range_ok = false,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if range_ok {
+        // A file that shrank while copying ends early; the caller sees the short length.
+        set_len(dst, done)?;
+        return Ok(CopyMethod::CopyRange);
+    }
+    copy_read_write(src, dst, 0, len, false, stop)?;
+    Ok(CopyMethod::ReadWrite)
+}
+
+/// Copies `[offset, offset+len)` with read/write. With `sparse`, all-zero 4 KiB blocks are
+/// skipped (left as holes) instead of written.
+fn copy_read_write(
+    mut src: &File,
+    mut dst: &File,
+    offset: u64,
+    len: u64,
+    sparse: bool,
+    stop: StopCheck,
+) -> io::Result<u64> {
+    use std::io::Seek;
+    src.seek(io::SeekFrom::Start(offset))?;
+    dst.seek(io::SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = len;
+    let mut copied = 0;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = src.read(&mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        if sparse {
+            for block in buf[..n].chunks(4096) {
+                if block.iter().all(|b| *b == 0) {
+                    dst.seek(io::SeekFrom::Current(block.len() as i64))?;
+                } else {
+                    dst.write_all(block)?;
+                }
+            }
+        } else {
+            dst.write_all(&buf[..n])?;
+        }
+        left -= n as u64;
+        copied += n as u64;
+        if stop(n as u64) {
+            return Err(interrupted());
+        }
+    }
+    Ok(copied)
+}
+
+/// Copies `src` into the empty file `dst` keeping holes: only the data extents found with
+/// `SEEK_DATA`/`SEEK_HOLE` are read, and zero blocks inside them are skipped too (`-S`).
+pub fn copy_sparse(src: &File, dst: &File, len: u64, stop: StopCheck) -> io::Result<u64> {
+    let mut pos = 0u64;
+    let mut copied = 0u64;
+    while pos < len {
+        let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => pos,
+            Err(e) => return Err(e.into()),
+        };
+        if data >= len {
+            break;
+        }
+        let hole = match rustix::fs::seek(src, SeekFrom::Hole(data)) {
+            Ok(h) => h.min(len),
+            Err(_) => len,
+        };
+        copied += copy_read_write(src, dst, data, hole - data, true, stop)?;
+        pos = hole;
+    }
+    set_len(dst, len)?;
+    Ok(copied)
+}
+
+/// Writes `src` over the existing file `dst` in place, rewriting only the blocks that differ,
+/// then truncates to `len`. Returns the number of bytes written.
+pub fn copy_inplace(mut src: &File, mut dst: &File, len: u64, stop: StopCheck) -> io::Result<u64> {
+    use std::io::Seek;
+    use std::os::unix::fs::FileExt;
+    let mut a = vec![0u8; 128 * 1024];
+    let mut b = vec![0u8; 128 * 1024];
+    let mut off = 0u64;
+    let mut written = 0u64;
+    src.seek(io::SeekFrom::Start(0))?;
+    while off < len {
+        let want = (len - off).min(a.len() as u64) as usize;
+        let n = src.read(&mut a[..want])?;
+        if n == 0 {
+            break;
+        }
+        let mut m = 0;
+        while m < n {
+            let r = dst.read_at(&mut b[m..n], off + m as u64)?;
+            if r == 0 {
+                break;
+            }
+            m += r;
+        }
+        if m < n || a[..n] != b[..n] {
+            dst.write_all_at(&a[..n], off)?;
+            written += n as u64;
+        }
+        off += n as u64;
+        if stop(n as u64) {
+            return Err(interrupted());
+        }
+    }
+    dst.flush()?;
+    set_len(dst, off)?;
+    Ok(written)
+}
+
+/// True if two files have identical contents (used by `--checksum` locally: an exact
+/// comparison is cheaper and stronger than hashing both sides).
+pub fn same_contents(a: &Path, b: &Path) -> io::Result<bool> {
+    let mut fa = open_read(a, true)?;
+    let mut fb = open_read(b, true)?;
+    let mut ba = vec![0u8; 128 * 1024];
+    let mut bb = vec![0u8; 128 * 1024];
+    loop {
+        let n = read_full(&mut fa, &mut ba)?;
+        let m = read_full(&mut fb, &mut bb)?;
+        if n != m || ba[..n] != bb[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let r = f.read(&mut buf[n..])?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+    }
+    Ok(n)
+}
+
+/// Random bytes for temporary names.
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::NONBLOCK).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        return t ^ (std::process::id() as u64) << 32;
+    }
+    u64::from_le_bytes(b)
+}
+
+/// The current effective user id.
+pub fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Looks up a user id by name in the system database.
+pub fn uid_by_name(name: &str) -> Option<u32> {
+    lookup_db("/etc/passwd", name)
+}
+
+/// Looks up a group id by name in the system database.
+pub fn gid_by_name(name: &str) -> Option<u32> {
+    lookup_db("/etc/group", name)
+}
+
+fn lookup_db(file: &str, name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.next()?;
+        f.next()?.parse().ok()
+    })
+}
+
+/// Returns the filesystem device of `path` (following symlinks), for `-x`.
+pub fn device_of(path: &Path) -> io::Result<u64> {
+    stat(path).map(|m| m.dev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_copy_keeps_holes_and_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        {
+            let f = File::create(&a).unwrap();
+            f.set_len(8 << 20).unwrap();
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(b"hello", 4 << 20).unwrap();
+        }
+        let src = open_read(&a, false).unwrap();
+        let dst = create_new(&b, 0o600).unwrap();
+        copy_sparse(&src, &dst, 8 << 20, &|_| false).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        assert!(lstat(&b).unwrap().blocks < 1024, "holes were filled");
+    }
+
+    #[test]
+    fn inplace_rewrites_only_and_truncates() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::write(&a, b"new content").unwrap();
+        std::fs::write(&b, b"old content that is longer").unwrap();
+        let src = open_read(&a, false).unwrap();
+        let dst = open_inplace(&b, 0o600).unwrap();
+        copy_inplace(&src, &dst, 11, &|_| false).unwrap();
+        assert_eq!(std::fs::read(&b).unwrap(), b"new content");
+    }
+
+    #[test]
+    fn xattr_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, b"x").unwrap();
+        let name = OsStr::new("user.test");
+        if set_xattr(&a, name, b"v").is_err() {
+            return; // filesystem without user xattrs
+        }
+        assert!(list_xattrs(&a).unwrap().iter().any(|n| n == name));
+        assert_eq!(get_xattr(&a, name).unwrap(), b"v");
+        remove_xattr(&a, name).unwrap();
+        assert!(list_xattrs(&a).unwrap().is_empty());
+    }
+}
