@@ -304,7 +304,7 @@ fn fixture() -> (
     let incl_from = base.path().join("include-from");
     fs::write(&incl_from, b"*/\r\n*.c\r\n- foo\n").expect("write");
     let merge = base.path().join("merge-rules");
-    fs::write(&merge, b"+ *.c\n- *.o\n- foo*\ndir-merge .excl\n").expect("write");
+    fs::write(&merge, b"+ *.c\n- *.o\n- foo*\ndir-merge,- .excl\n").expect("write");
     let from0 = base.path().join("merge-cvs");
     fs::write(&from0, b"core *.bak\n").expect("write");
     let files = vec![
@@ -545,6 +545,140 @@ fn deletions_match_rsync() {
                 failures.push(format!(
                     "{args:?}: {} survived={survived} ours protected={protected}",
                     String::from_utf8_lossy(e)
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Encodes a filter list as rsync puts it on the wire: (int32 LE length, bytes)..., int32 0.
+fn encode_list(rules: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in rules {
+        out.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        out.extend_from_slice(r);
+    }
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out
+}
+
+const WIRE_COMBOS: &[&[&[u8]]] = &[
+    &[b"--exclude=*.o"],
+    &[b"-f", b"+ */", b"-f", b"+ *.c", b"-f", b"- *"],
+    &[
+        b"-f",
+        b"H *.tmp",
+        b"-f",
+        b"S keep.tmp",
+        b"-f",
+        b"P *.log",
+        b"-f",
+        b"R x.log",
+    ],
+    &[b"-f", b"-/ {SRC}/a.c", b"-f", b"-! */", b"-f", b"-p junk/"],
+    &[
+        b"-f",
+        b": .rules",
+        b"-f",
+        b":n- .excl",
+        b"-f",
+        b"dir-merge,e .x",
+    ],
+    &[b"-f", b"merge {MERGE}"],
+    &[b"--exclude-from={EXCL_FROM}"],
+    &[b"-C", b"--include=core"],
+    &[b"-F", b"-F"],
+    &[b"--delete-excluded", b"--exclude=*.o", b"-f", b"-r *.keep"],
+    &[b"-f", b"- caf\xe9*", b"-f", b"+ dir_name/***"],
+];
+
+/// The rules our client would send equal the bytes a real rsync client sends.
+#[test]
+fn wire_filter_lists_match_rsync() {
+    if !rsync_available() {
+        eprintln!("rsync not installed: skipping the differential test");
+        return;
+    }
+    let (base, src, env, files) = fixture();
+    let rsh = base.path().join("fake-rsh");
+    // Runs the server locally and records what the client sends it.
+    // The recorder is stopped when the server exits (it would otherwise wait for more input
+    // from the client, which waits for the remote shell to exit).
+    fs::write(
+        &rsh,
+        "#!/bin/sh\nshift\nrm -f \"$CAPTURE.fifo\"\nmkfifo \"$CAPTURE.fifo\"\nexec 3<&0\n\
+         tee \"$CAPTURE\" <&3 > \"$CAPTURE.fifo\" &\nrecorder=$!\n\"$@\" < \"$CAPTURE.fifo\" 3<&-\n\
+         status=$?\nkill $recorder 2>/dev/null\nexit $status\n",
+    )
+    .expect("write");
+    fs::set_permissions(&rsh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let capture = base.path().join("capture");
+    let dst = base.path().join("dst");
+    let mut failures = Vec::new();
+    for combo in WIRE_COMBOS {
+        let args = expand(combo, &files);
+        let rules = apply_args(&args, &env).expect("our rules");
+        for (role, protocol) in [
+            (arsync_filter::WireRole::ClientReceiver, 31),
+            (arsync_filter::WireRole::ClientSender, 31),
+            (arsync_filter::WireRole::ClientReceiver, 29),
+        ] {
+            let _ = fs::remove_dir_all(&dst);
+            fs::create_dir_all(&dst).expect("mkdir");
+            // A hung exchange must fail the test, not stall it.
+            let mut cmd = Command::new("timeout");
+            cmd.args(["60", "rsync"])
+                .arg("-r")
+                .arg("-e")
+                .arg(&rsh)
+                .arg(format!("--protocol={protocol}"));
+            cmd.args(&args);
+            match role {
+                arsync_filter::WireRole::ClientReceiver => {
+                    cmd.arg(format!("fakehost:{}/", src.display())).arg(&dst);
+                }
+                arsync_filter::WireRole::ClientSender => {
+                    cmd.arg("--delete")
+                        .arg(format!("{}/", src.display()))
+                        .arg(format!("fakehost:{}/", dst.display()));
+                }
+            }
+            let out = cmd
+                .env("CAPTURE", &capture)
+                .env("HOME", &env.home)
+                .env("CVSIGNORE", &env.cvsignore)
+                .output()
+                .expect("rsync");
+            let ours = rules.to_wire_rules(role, protocol);
+            if !out.status.success() {
+                if ours.is_ok() {
+                    failures.push(format!(
+                        "{args:?} {role:?} p{protocol}: rsync failed ({}) but we produced a list",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                }
+                continue;
+            }
+            let sent = fs::read(&capture).expect("capture");
+            let ours = match ours {
+                Ok(r) => r,
+                Err(e) => {
+                    failures.push(format!(
+                        "{args:?} {role:?} p{protocol}: rsync sent a list, we failed: {e}"
+                    ));
+                    continue;
+                }
+            };
+            let encoded = encode_list(&ours);
+            if !sent.windows(encoded.len()).any(|w| w == encoded.as_slice()) {
+                let shown: Vec<String> = ours
+                    .iter()
+                    .map(|r| String::from_utf8_lossy(r).into_owned())
+                    .collect();
+                failures.push(format!(
+                    "{args:?} {role:?} p{protocol}: our list {shown:?} is not in what rsync sent: {:?}",
+                    String::from_utf8_lossy(&sent[..sent.len().min(600)])
                 ));
             }
         }
