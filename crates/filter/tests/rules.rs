@@ -394,9 +394,12 @@ fn wire_rules_for_each_role() {
         recv,
         vec!["- *.o", "-s *.tmp", "+/ /abs/x", ": .f", "-p junk/"]
     );
-    // Protocol 29 cannot express perishable rules.
+    // Protocol 29 has no perishable modifier: a receiving client drops it, a sending client
+    // cannot send the rule.
+    let recv29 = text(r.to_wire_rules(WireRole::ClientReceiver, 29).expect("ok"));
+    assert_eq!(recv29.last().map(String::as_str), Some("- junk/"));
     let err = r
-        .to_wire_rules(WireRole::ClientReceiver, 29)
+        .to_wire_rules(WireRole::ClientSender, 29)
         .expect_err("too modern");
     assert!(matches!(err, FilterError::TooModern { .. }));
     // Protocol 28: bare patterns.
