@@ -416,7 +416,7 @@ fn wire_rules_for_each_role() {
         .is_empty());
     assert_eq!(
         text(de.to_wire_rules(WireRole::ClientReceiver, 31).expect("ok")),
-        vec!["- *.o"]
+        vec!["-s *.o"]
     );
 }
 
