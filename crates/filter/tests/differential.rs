@@ -685,3 +685,109 @@ fn wire_filter_lists_match_rsync() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Random rule lists from a grammar of prefixes, modifiers and pattern pieces; every list's
+/// file set must equal rsync's.
+#[test]
+fn random_rule_lists_match_rsync() {
+    if !rsync_available() {
+        eprintln!("rsync not installed: skipping the differential test");
+        return;
+    }
+    let (base, src, env, _files) = fixture();
+    let dst = base.path().join("dst");
+    let mut state: u64 = 0x5eed_f11e_u64;
+    let mut next = move |n: usize| -> usize {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    const PREFIXES: &[&str] = &[
+        "-", "+", "H", "S", "-!", "+!", "-p", "+s", "-r", "P", "exclude,", "include,",
+    ];
+    const PIECES: &[&str] = &[
+        "a",
+        "src",
+        "lib",
+        "deep",
+        "docs",
+        "x",
+        "y",
+        "foo",
+        "*",
+        "**",
+        "?",
+        "*.c",
+        "*.o",
+        "*.txt",
+        "[a-c]*",
+        "[!x]*",
+        "*a*",
+        "d*",
+        "*e?",
+        "[[:upper:]]*",
+        "b.txt",
+        "sub",
+        "dir_name",
+        "*\\**",
+        "q",
+    ];
+    let mut failures = Vec::new();
+    for round in 0..150 {
+        let count = 1 + next(4);
+        let mut args: Vec<OsString> = Vec::new();
+        for _ in 0..count {
+            let mut pat = String::new();
+            if next(3) == 0 {
+                pat.push('/');
+            }
+            let parts = 1 + next(3);
+            for p in 0..parts {
+                if p > 0 {
+                    pat.push('/');
+                }
+                pat.push_str(PIECES[next(PIECES.len())]);
+            }
+            match next(6) {
+                0 => pat.push('/'),
+                1 => pat.push_str("/***"),
+                _ => {}
+            }
+            args.push("-f".into());
+            args.push(format!("{} {}", PREFIXES[next(PREFIXES.len())], pat).into());
+        }
+        let theirs = rsync_copy(&args, &src, &dst, &env);
+        let ours = apply_args(&args, &env).and_then(|mut rules| {
+            let mut set = PathSet::new();
+            our_walk(&mut rules, &src, b"", &mut set).map(|()| set)
+        });
+        match (theirs, ours) {
+            (Some(t), Ok(o)) if t == o => {}
+            (None, Err(_)) => {}
+            (Some(t), Ok(o)) => {
+                let only_rsync: PathSet = t.difference(&o).cloned().collect();
+                let only_ours: PathSet = o.difference(&t).cloned().collect();
+                failures.push(format!(
+                    "round {round} {args:?}\n--- only rsync copied:\n{}\n--- only we include:\n{}\n",
+                    show(&only_rsync),
+                    show(&only_ours)
+                ));
+            }
+            (t, o) => failures.push(format!(
+                "round {round} {args:?}: rsync {}, ours {}",
+                if t.is_some() { "ok" } else { "failed" },
+                match o {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => e,
+                }
+            )),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} random list(s) differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
