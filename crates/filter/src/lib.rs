@@ -31,6 +31,8 @@ pub mod wildmatch;
 mod wire;
 
 pub use error::FilterError;
-pub use list::{CvsIgnoreSources, Decision, FilterRules, FromFile, Side, DEFAULT_CVSIGNORE};
+pub use list::{
+    CvsIgnoreSources, DaemonParam, Decision, FilterRules, FromFile, Side, DEFAULT_CVSIGNORE,
+};
 pub use perdir::DirToken;
 pub use wire::WireRole;

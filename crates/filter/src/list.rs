@@ -59,6 +59,21 @@ pub enum FromFile {
     Filter,
 }
 
+/// A filter parameter of an rsync daemon module, for [`FilterRules::add_daemon_param`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DaemonParam {
+    /// `filter = RULES` (whitespace-separated filter rules).
+    Filter,
+    /// `include = PATTERNS`.
+    Include,
+    /// `exclude = PATTERNS`.
+    Exclude,
+    /// `include from = FILE`.
+    IncludeFrom,
+    /// `exclude from = FILE`.
+    ExcludeFrom,
+}
+
 /// Where the `-C` global list looks for extra patterns.
 #[derive(Clone, Debug, Default)]
 pub struct CvsIgnoreSources {
@@ -108,6 +123,8 @@ pub(crate) struct Target<'a> {
     pub anchor_dir: Option<&'a [u8]>,
     /// Directory relative merge-file names are resolved against (none: the process cwd).
     pub base_dir: Option<&'a Path>,
+    /// Rules come from an rsync daemon's module configuration.
+    pub daemon: bool,
 }
 
 /// Splits `data` into rule lines (or words) the way rsync reads rule files.
@@ -222,8 +239,55 @@ impl FilterRules {
             cleared: false,
             anchor_dir: None,
             base_dir: None,
+            daemon: false,
         };
         let result = self.parse_file(&mut target, path, template, syntax, true, what, 0);
+        *Arc::make_mut(&mut self.rules) = list;
+        result
+    }
+
+    /// Adds one parameter of an rsync daemon module (`rsyncd.conf`): `filter`, `include`,
+    /// `exclude` (whitespace-separated lists) or `include from` / `exclude from` (files).
+    ///
+    /// Such a list is matched against paths relative to the module root: give this list its
+    /// own [`FilterRules`], call [`FilterRules::set_transfer_root`] with `/`, and check
+    /// module-relative paths. Patterns holding a `/` match the whole module-relative path
+    /// and an excluded `dir/` also hides everything inside it, as in rsync.
+    pub fn add_daemon_param(
+        &mut self,
+        param: DaemonParam,
+        value: &[u8],
+    ) -> Result<(), FilterError> {
+        let (template, syntax) = match param {
+            DaemonParam::Filter => (flag::WORD_SPLIT, Syntax::Filter),
+            DaemonParam::Include => (flag::INCLUDE | flag::WORD_SPLIT, Syntax::OldPrefixes),
+            DaemonParam::Exclude => (flag::WORD_SPLIT, Syntax::OldPrefixes),
+            DaemonParam::IncludeFrom => (flag::INCLUDE, Syntax::OldPrefixes),
+            DaemonParam::ExcludeFrom => (0, Syntax::OldPrefixes),
+        };
+        let mut list = std::mem::take(Arc::make_mut(&mut self.rules));
+        let mut target = Target {
+            list: &mut list,
+            cleared: false,
+            anchor_dir: None,
+            base_dir: None,
+            daemon: true,
+        };
+        let result = match param {
+            DaemonParam::IncludeFrom | DaemonParam::ExcludeFrom => {
+                let path = PathBuf::from(std::ffi::OsStr::from_bytes(value));
+                self.parse_file(
+                    &mut target,
+                    &path,
+                    template,
+                    syntax,
+                    true,
+                    "daemon filter",
+                    0,
+                )
+            }
+            _ => self.parse_str(&mut target, value, template, syntax, 0),
+        };
         *Arc::make_mut(&mut self.rules) = list;
         result
     }
@@ -248,6 +312,7 @@ impl FilterRules {
             cleared: false,
             anchor_dir: None,
             base_dir: None,
+            daemon: false,
         };
         self.parse_str(&mut target, b":C", 0, Syntax::Filter, 0)?;
         self.parse_str(&mut target, b"-C", 0, Syntax::Filter, 0)?;
@@ -296,6 +361,7 @@ impl FilterRules {
             cleared: false,
             anchor_dir: None,
             base_dir: None,
+            daemon: false,
         };
         let result = self.parse_str(&mut target, input, template, syntax, 0);
         *Arc::make_mut(&mut self.rules) = list;
@@ -351,7 +417,12 @@ impl FilterRules {
                 self.add_merge_rule(target, pat, flags);
                 continue;
             }
-            target.list.push(Rule::new(pat, flags, target.anchor_dir));
+            let rule = if target.daemon {
+                Rule::new_daemon(pat, flags)
+            } else {
+                Rule::new(pat, flags, target.anchor_dir)
+            };
+            target.list.push(rule);
             if flags & flag::CVS_IGNORE != 0 {
                 self.load_cvs_list(flags)?;
             }
@@ -397,6 +468,7 @@ impl FilterRules {
             cleared: false,
             anchor_dir: None,
             base_dir: None,
+            daemon: false,
         };
         self.parse_str(
             &mut target,

@@ -223,6 +223,7 @@ impl FilterRules {
             cleared: false,
             anchor_dir: Some(anchor_prefix(dir)),
             base_dir: Some(&base_dir),
+            daemon: false,
         };
         self.parse_file(
             &mut target,

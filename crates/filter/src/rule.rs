@@ -60,13 +60,24 @@ impl Rule {
     /// the way rsync does: one trailing `/` means "directories only" and is removed.
     /// `abs_prefix` (an absolute directory without trailing slash, or empty for `/`) is put
     /// in front of an anchored pattern read from a per-directory file.
-    pub fn new(pattern: &[u8], mut flags: u32, abs_prefix: Option<&[u8]>) -> Rule {
+    pub fn new(pattern: &[u8], flags: u32, abs_prefix: Option<&[u8]>) -> Rule {
+        Rule::build(pattern, flags, abs_prefix, false)
+    }
+
+    /// A rule from an rsync daemon's module configuration: patterns holding a `/` match the
+    /// module-relative path, and directory excludes (`dir/`) also exclude everything inside
+    /// (`dir/***`).
+    pub fn new_daemon(pattern: &[u8], flags: u32) -> Rule {
+        Rule::build(pattern, flags, None, true)
+    }
+
+    fn build(pattern: &[u8], mut flags: u32, abs_prefix: Option<&[u8]>, daemon: bool) -> Rule {
         let mut pat = pattern;
         if pat.len() > 1 && pat.last() == Some(&b'/') {
             pat = &pat[..pat.len() - 1];
             flags |= flag::DIRECTORY;
         }
-        let mut full = Vec::with_capacity(pat.len() + abs_prefix.map_or(0, <[u8]>::len));
+        let mut full = Vec::with_capacity(pat.len() + abs_prefix.map_or(0, <[u8]>::len) + 4);
         if let Some(prefix) = abs_prefix {
             if flags & (flag::ABS_PATH | flag::MERGE_FILE) == 0 && pat.first() == Some(&b'/') {
                 flags |= flag::ABS_PATH;
@@ -74,6 +85,15 @@ impl Rule {
             }
         }
         full.extend_from_slice(pat);
+        if daemon {
+            if flags & (flag::ABS_PATH | flag::MERGE_FILE) == 0 && pat.contains(&b'/') {
+                flags |= flag::ABS_PATH;
+            }
+            if flags & flag::DIRECTORY != 0 && flags & flag::INCLUDE == 0 {
+                flags &= !flag::DIRECTORY;
+                full.extend_from_slice(b"/***");
+            }
+        }
         let slash_cnt = full.iter().filter(|&&b| b == b'/').count() as u32;
         if full.iter().any(|&b| matches!(b, b'*' | b'?' | b'[')) {
             flags |= flag::WILD;

@@ -791,3 +791,106 @@ fn random_rule_lists_match_rsync() {
         failures.join("\n")
     );
 }
+
+/// Module filters of an rsync daemon (rsyncd.conf `filter`, `include`, `exclude`,
+/// `include from`, `exclude from`) hide the same files from a pulling client.
+#[test]
+fn daemon_module_filters_match_rsync() {
+    if !rsync_available() {
+        eprintln!("rsync not installed: skipping the differential test");
+        return;
+    }
+    let (base, src, _env, files) = fixture();
+    let rsh = base.path().join("daemon-rsh");
+    // Runs `rsync --server --daemon .` locally with our configuration file.
+    fs::write(
+        &rsh,
+        "#!/bin/sh\nshift\ncmd=$1\nshift\nexec \"$cmd\" --config=\"$RSYNCD_CONF\" \"$@\"\n",
+    )
+    .expect("write");
+    fs::set_permissions(&rsh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let excl_from = files
+        .iter()
+        .find(|(k, _)| *k == "{EXCL_FROM}")
+        .map(|(_, p)| p.clone())
+        .expect("file");
+    let incl_from = files
+        .iter()
+        .find(|(k, _)| *k == "{INCL_FROM}")
+        .map(|(_, p)| p.clone())
+        .expect("file");
+    let conf = base.path().join("rsyncd.conf");
+    let dst = base.path().join("dst");
+    use arsync_filter::DaemonParam::*;
+    let cases: Vec<Vec<(arsync_filter::DaemonParam, Vec<u8>)>> = vec![
+        vec![(Filter, b"- *.o - /docs/b.txt".to_vec())],
+        vec![(Exclude, b"foo/ src/lib/".to_vec())],
+        vec![
+            (Include, b"keep.o".to_vec()),
+            (Exclude, b"*.o deep/".to_vec()),
+        ],
+        vec![(Filter, b"+ */ + *.c - *".to_vec())],
+        vec![(Filter, b"- /src/*.c - docs/foo/ - lib/*.c -! */".to_vec())],
+        vec![(Filter, b"- dir_name/*** + x/*** - /x".to_vec())],
+        vec![(ExcludeFrom, excl_from.as_os_str().as_bytes().to_vec())],
+        vec![
+            (IncludeFrom, incl_from.as_os_str().as_bytes().to_vec()),
+            (Exclude, b"*".to_vec()),
+        ],
+    ];
+    let param_name = |p: arsync_filter::DaemonParam| match p {
+        Filter => "filter",
+        Include => "include",
+        Exclude => "exclude",
+        IncludeFrom => "include from",
+        ExcludeFrom => "exclude from",
+    };
+    let mut failures = Vec::new();
+    for case in &cases {
+        let mut text = format!(
+            "[mod]\npath = {}\nuse chroot = no\nread only = yes\nuid = 0\ngid = 0\n",
+            src.display()
+        );
+        let mut rules = FilterRules::new();
+        rules.set_transfer_root(Path::new("/"));
+        for (param, value) in case {
+            text.push_str(&format!(
+                "{} = {}\n",
+                param_name(*param),
+                String::from_utf8_lossy(value)
+            ));
+            rules
+                .add_daemon_param(*param, value)
+                .expect("daemon rules parse");
+        }
+        fs::write(&conf, text).expect("write conf");
+        let _ = fs::remove_dir_all(&dst);
+        let out = Command::new("timeout")
+            .args(["60", "rsync", "-rl", "-e"])
+            .arg(&rsh)
+            .arg("fakehost::mod/")
+            .arg(&dst)
+            .env("RSYNCD_CONF", &conf)
+            .output()
+            .expect("rsync");
+        assert!(
+            out.status.success(),
+            "{case:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut theirs = PathSet::new();
+        list_dir(&dst, b"", &mut theirs);
+        let mut ours = PathSet::new();
+        our_walk(&mut rules, &src, b"", &mut ours).expect("walk");
+        if theirs != ours {
+            let only_rsync: PathSet = theirs.difference(&ours).cloned().collect();
+            let only_ours: PathSet = ours.difference(&theirs).cloned().collect();
+            failures.push(format!(
+                "{case:?}\n--- only rsync copied:\n{}\n--- only we include:\n{}\n",
+                show(&only_rsync),
+                show(&only_ours)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -476,3 +476,32 @@ fn non_utf8_rules_and_names() {
     assert_eq!(r.check(b"\xff", true), Decision::Exclude);
     assert_eq!(r.check(b"\xff", false), Decision::NoMatch);
 }
+
+#[test]
+fn daemon_params_use_module_paths_and_hide_dir_contents() {
+    use arsync_filter::DaemonParam;
+    let mut r = FilterRules::new();
+    r.set_transfer_root(Path::new("/"));
+    r.add_daemon_param(DaemonParam::Exclude, b"secret/ sub/*.key")
+        .expect("ok");
+    r.add_daemon_param(DaemonParam::Filter, b"+ keep.o - *.o")
+        .expect("ok");
+    // "secret/" hides the directory and everything in it, even asked for directly.
+    assert_eq!(r.check(b"a/secret", true), Decision::Exclude);
+    assert_eq!(r.check(b"a/secret/file", false), Decision::Exclude);
+    assert_eq!(r.check(b"sub/x.key", false), Decision::Exclude);
+    assert_eq!(r.check(b"a/sub/x.key", false), Decision::Exclude);
+    assert_eq!(r.check(b"keep.o", false), Decision::Include);
+    assert_eq!(r.check(b"x.o", false), Decision::Exclude);
+    let missing = FilterRules::new()
+        .add_daemon_param(DaemonParam::ExcludeFrom, b"/nonexistent/list")
+        .expect_err("missing file");
+    assert!(matches!(missing, FilterError::Io { .. }));
+}
+
+#[test]
+fn rules_can_move_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<FilterRules>();
+    assert_send_sync::<FilterError>();
+}
