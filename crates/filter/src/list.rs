@@ -2,13 +2,14 @@
 
 use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::FilterError;
 use crate::parse::{flag, is_space, next_token, Syntax};
 use crate::perdir::{MergeDef, PerDirState};
-use crate::rule::Rule;
+use crate::rule::{Rule, Subject};
 
 /// rsync's built-in CVS ignore list (the `-C` defaults; see `man rsync`, `--cvs-exclude`).
 pub const DEFAULT_CVSIGNORE: &str = "RCS SCCS CVS CVS.adm RCSLOG cvslog.* tags TAGS .make.state \
@@ -127,49 +128,75 @@ pub(crate) struct Target<'a> {
     pub daemon: bool,
 }
 
-/// Splits `data` into rule lines (or words) the way rsync reads rule files.
-/// Yields `(line_number, text)`; line numbers are 0 when word-splitting.
-pub(crate) fn split_rule_file(data: &[u8], word_split: bool, from0: bool) -> Vec<(usize, &[u8])> {
-    let mut out = Vec::new();
+/// Longest rule line kept; longer ones are discarded, as rsync does.
+const MAX_LINE_LEN: usize = 8192;
+
+/// Reads rule lines (or words) from `reader` the way rsync reads rule files, calling `f`
+/// with `(line_number, text)` for each non-empty, non-comment unit. Line numbers are 0 when
+/// word-splitting. Memory stays bounded by [`MAX_LINE_LEN`] whatever the file size.
+pub(crate) fn for_each_rule_unit<R: Read>(
+    mut reader: R,
+    word_split: bool,
+    from0: bool,
+    mut f: impl FnMut(usize, &[u8]) -> Result<(), FilterError>,
+) -> Result<Result<(), FilterError>, std::io::Error> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut cur: Vec<u8> = Vec::new();
+    let mut overflow = false;
     let mut line_no = 0usize;
-    let mut i = 0usize;
-    let n = data.len();
-    while i <= n {
+    let mut skip_lf = false;
+    let mut emit = |cur: &mut Vec<u8>, overflow: &mut bool| -> Result<(), FilterError> {
         if !word_split {
             line_no += 1;
         }
-        let start = i;
-        let mut end = i;
-        while end < n {
-            let c = data[end];
-            if word_split && is_space(c) {
-                break;
+        let skip =
+            cur.is_empty() || *overflow || (!word_split && (cur[0] == b';' || cur[0] == b'#'));
+        let result = if skip { Ok(()) } else { f(line_no, cur) };
+        cur.clear();
+        *overflow = false;
+        result
+    };
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        for &c in &buf[..n] {
+            if skip_lf {
+                skip_lf = false;
+                if c == b'\n' {
+                    continue;
+                }
             }
-            let eol = if from0 {
+            let end = if word_split && is_space(c) {
+                true
+            } else if from0 {
                 c == 0
+            } else if c == b'\r' {
+                skip_lf = true;
+                true
             } else {
-                c == b'\n' || c == b'\r'
+                c == b'\n'
             };
-            if eol {
-                break;
+            if end {
+                if let Err(e) = emit(&mut cur, &mut overflow) {
+                    return Ok(Err(e));
+                }
+            } else if cur.len() < MAX_LINE_LEN {
+                cur.push(c);
+            } else {
+                overflow = true;
             }
-            end += 1;
-        }
-        let line = &data[start..end];
-        // Step over the terminator; CRLF counts as one line end.
-        i = end + 1;
-        if !from0 && end < n && data[end] == b'\r' && data.get(end + 1) == Some(&b'\n') {
-            i += 1;
-        }
-        let skip = line.is_empty() || (!word_split && (line[0] == b';' || line[0] == b'#'));
-        if !skip {
-            out.push((if word_split { 0 } else { line_no }, line));
-        }
-        if end >= n {
-            break;
         }
     }
-    out
+    if !cur.is_empty() || overflow {
+        if let Err(e) = emit(&mut cur, &mut overflow) {
+            return Ok(Err(e));
+        }
+    }
+    Ok(Ok(()))
 }
 
 impl FilterRules {
@@ -514,25 +541,14 @@ impl FilterRules {
                 limit: MAX_MERGE_DEPTH,
             });
         }
-        let data = if path.as_os_str().as_bytes() == b"-" {
-            let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).map(|_| buf)
-        } else {
-            std::fs::read(path)
-        };
-        let data = match data {
-            Ok(d) => d,
-            Err(source) if fatal => {
-                return Err(FilterError::Io {
-                    what,
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-            Err(_) => return Ok(()),
+        let io_err = |source| FilterError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
         };
         let word_split = template & flag::WORD_SPLIT != 0;
-        for (line_no, line) in split_rule_file(&data, word_split, self.from0) {
+        let from0 = self.from0;
+        let mut parse = |line_no: usize, line: &[u8]| {
             self.parse_str(target, line, template, syntax, depth)
                 .map_err(|e| match e {
                     e @ (FilterError::InFile { .. }
@@ -543,9 +559,44 @@ impl FilterRules {
                         line: line_no,
                         source: Box::new(other),
                     },
-                })?;
+                })
+        };
+        let outcome = if path.as_os_str().as_bytes() == b"-" {
+            for_each_rule_unit(std::io::stdin().lock(), word_split, from0, &mut parse)
+        } else {
+            // A per-directory merge "file" that is a FIFO, device or directory is ignored
+            // (opening or reading a FIFO would block the walk); named files may be pipes.
+            let mut options = std::fs::OpenOptions::new();
+            options.read(true);
+            if !fatal {
+                options.custom_flags(libc::O_NONBLOCK);
+            }
+            let file = match options.open(path) {
+                Ok(f) => f,
+                Err(e) if fatal => return Err(io_err(e)),
+                Err(_) => return Ok(()),
+            };
+            let kind = match file.metadata() {
+                Ok(m) => m.file_type(),
+                Err(e) if fatal => return Err(io_err(e)),
+                Err(_) => return Ok(()),
+            };
+            if kind.is_dir() || (!fatal && !kind.is_file()) {
+                if fatal {
+                    return Err(io_err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "is a directory",
+                    )));
+                }
+                return Ok(());
+            }
+            for_each_rule_unit(file, word_split, from0, &mut parse)
+        };
+        match outcome {
+            Ok(parsed) => parsed,
+            Err(e) if fatal => Err(io_err(e)),
+            Err(_) => Ok(()),
         }
-        Ok(())
     }
 
     /// The decision for `rel_path` (relative to the transfer root, `/`-separated) on the
@@ -560,8 +611,7 @@ impl FilterRules {
     /// skipped.
     pub fn check_side(&self, rel_path: &[u8], is_dir: bool, side: Side) -> Decision {
         let q = Query {
-            name: rel_path,
-            is_dir,
+            subject: Subject::new(rel_path, is_dir),
             side,
             ignore_perishable: false,
             xattr: false,
@@ -583,8 +633,7 @@ impl FilterRules {
     /// itself being deleted: perishable rules (`p`, and the `-C` defaults) are ignored.
     pub fn protected_in_deleted_dir(&self, rel_path: &[u8], is_dir: bool) -> bool {
         let q = Query {
-            name: rel_path,
-            is_dir,
+            subject: Subject::new(rel_path, is_dir),
             side: Side::Receiver,
             ignore_perishable: true,
             xattr: false,
@@ -595,8 +644,7 @@ impl FilterRules {
     /// The decision for an extended-attribute name, using only `x` rules.
     pub fn check_xattr(&self, name: &[u8], side: Side) -> Decision {
         let q = Query {
-            name,
-            is_dir: false,
+            subject: Subject::new(name, false),
             side,
             ignore_perishable: false,
             xattr: true,
@@ -652,7 +700,7 @@ impl FilterRules {
             if (rule.flags & flag::XATTR != 0) != q.xattr || !self.applies_to(rule, q.side) {
                 continue;
             }
-            if rule.matches(q.name, q.is_dir, &self.perdir.root) {
+            if rule.matches_subject(&q.subject, &self.perdir.root) {
                 return Some(rule.flags & flag::INCLUDE != 0);
             }
         }
@@ -677,8 +725,7 @@ impl FilterRules {
 
 /// One matching request.
 pub(crate) struct Query<'a> {
-    pub name: &'a [u8],
-    pub is_dir: bool,
+    pub subject: Subject<'a>,
     pub side: Side,
     pub ignore_perishable: bool,
     pub xattr: bool,

@@ -505,3 +505,47 @@ fn rules_can_move_between_threads() {
     assert_send_sync::<FilterRules>();
     assert_send_sync::<FilterError>();
 }
+
+#[test]
+fn special_files_named_like_merge_files_are_ignored() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let root = t.path();
+    std::fs::create_dir(root.join(".f")).expect("dir named like the merge file");
+    mk(root, "sub/x", "");
+    let fifo = root.join("sub/.f");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let mut r = rules(&[": .f"]);
+    // Neither the directory nor the FIFO blocks or fails the walk.
+    let t0 = r.enter_dir(root, b"").expect("enter");
+    let t1 = r.enter_dir(&root.join("sub"), b"sub").expect("enter");
+    assert_eq!(r.check(b"sub/x", false), Decision::NoMatch);
+    r.leave_dir(t1);
+    r.leave_dir(t0);
+    // Named explicitly, a directory is an error.
+    let err = FilterRules::new()
+        .add_from_file(root, FromFile::Exclude)
+        .expect_err("directory");
+    assert!(matches!(err, FilterError::Io { .. }));
+}
+
+#[test]
+fn long_rule_files_stream_and_overlong_lines_are_dropped() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let f = t.path().join("many");
+    let mut text = String::new();
+    for i in 0..20_000 {
+        text.push_str(&format!("- name{i}.tmp\r\n"));
+    }
+    text.push_str(&format!("- {}\n", "x".repeat(10_000)));
+    text.push_str("- last");
+    std::fs::write(&f, text).expect("write");
+    let mut r = FilterRules::new();
+    r.add_from_file(&f, FromFile::Filter).expect("ok");
+    assert_eq!(r.check(b"name19999.tmp", false), Decision::Exclude);
+    assert_eq!(r.check(b"last", false), Decision::Exclude);
+    assert_eq!(r.check(&[b'x'; 10_000], false), Decision::NoMatch);
+}
