@@ -470,6 +470,11 @@ const DELETE_COMBOS: &[&[&[u8]]] = &[
     &[b"-f", b"protect /zz_extra.txt"],
     &[b"-f", b"-! *.o"],
     &[b"-C"],
+    &[b"-F"],
+    &[b"-F", b"-F"],
+    &[b"-f", b":e .rules"],
+    &[b"-f", b"dir-merge,- .excl"],
+    &[b"-f", b":n- .excl", b"-f", b"P keep*"],
 ];
 
 /// `--delete` keeps exactly the extra receiver files our receiver-side check protects.
@@ -482,6 +487,15 @@ fn deletions_match_rsync() {
     let (base, src, env, files) = fixture();
     let dst = base.path().join("dst");
     let extras: &[&[u8]] = &[
+        b"zz.bak",
+        b"zz.old",
+        b"src/zz.bak",
+        b"docs/zz.txt",
+        b"src/main.extra",
+        b"b.txt.extra",
+        b"src/keep.o.extra",
+        b"src/lib/zz.old",
+        b"src/lib/x.c.extra",
         b"zz_extra.txt",
         b"zz_extra.o",
         b"keep_extra",
@@ -491,6 +505,7 @@ fn deletions_match_rsync() {
         b"docs/core",
     ];
     let mut failures = Vec::new();
+    let (mut kept, mut deleted) = (0, 0);
     for combo in DELETE_COMBOS {
         let mut args = expand(combo, &files);
         args.push(OsString::from("--delete"));
@@ -541,6 +556,11 @@ fn deletions_match_rsync() {
                 continue;
             }
             let protected = walker.protected_from_delete(e, false);
+            if survived {
+                kept += 1;
+            } else {
+                deleted += 1;
+            }
             if survived != protected {
                 failures.push(format!(
                     "{args:?}: {} survived={survived} ours protected={protected}",
@@ -549,6 +569,9 @@ fn deletions_match_rsync() {
             }
         }
     }
+    // Both outcomes must occur, or the comparison proves little.
+    eprintln!("deletion scenarios: kept {kept}, deleted {deleted}");
+    assert!(kept > 20 && deleted > 20, "kept {kept}, deleted {deleted}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
