@@ -659,18 +659,34 @@ impl FilterRules {
     }
 
     fn decide(&self, q: &Query<'_>) -> Decision {
-        let found = self
-            .check_list(&self.rules, q)
-            .or_else(|| self.check_list(&self.tail, q));
-        match found {
-            Some(true) => Decision::Include,
-            Some(false) => Decision::Exclude,
+        match self.first_match(q) {
+            Some(rule) if rule.flags & flag::INCLUDE != 0 => Decision::Include,
+            Some(_) => Decision::Exclude,
             None => Decision::NoMatch,
         }
     }
 
-    /// First match in `rules`: `Some(true)` include, `Some(false)` exclude.
-    pub(crate) fn check_list(&self, rules: &[Rule], q: &Query<'_>) -> Option<bool> {
+    fn first_match(&self, q: &Query<'_>) -> Option<&Rule> {
+        self.check_list(&self.rules, q)
+            .or_else(|| self.check_list(&self.tail, q))
+    }
+
+    /// The rule that decides `rel_path` for `side`, as `--filter` text (e.g. `"- *.o"`,
+    /// `"-/ /abs/dir/x"` for an anchored per-directory rule), or `None` when no rule matches.
+    /// For messages like rsync's `--debug=FILTER` ("hiding file x because of pattern *.o").
+    pub fn matching_rule(&self, rel_path: &[u8], is_dir: bool, side: Side) -> Option<String> {
+        let q = Query {
+            subject: Subject::new(rel_path, is_dir),
+            side,
+            ignore_perishable: false,
+            xattr: false,
+        };
+        self.first_match(&q)
+            .map(|r| crate::error::show(&crate::wire::rendered(r, r.flags)))
+    }
+
+    /// The first matching rule in `rules`, descending into merge lists.
+    pub(crate) fn check_list<'s>(&'s self, rules: &'s [Rule], q: &Query<'_>) -> Option<&'s Rule> {
         for rule in rules {
             if q.ignore_perishable && rule.flags & flag::PERISHABLE != 0 {
                 continue;
@@ -701,7 +717,7 @@ impl FilterRules {
                 continue;
             }
             if rule.matches_subject(&q.subject, &self.perdir.root) {
-                return Some(rule.flags & flag::INCLUDE != 0);
+                return Some(rule);
             }
         }
         None

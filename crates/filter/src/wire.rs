@@ -141,7 +141,7 @@ impl FilterRules {
     }
 }
 
-fn rendered(rule: &Rule, flags: u32) -> Vec<u8> {
+pub(crate) fn rendered(rule: &Rule, flags: u32) -> Vec<u8> {
     let mut text = rule_prefix(flags, &rule.pattern, None).unwrap_or_default();
     text.extend_from_slice(&rule.pattern);
     if flags & flag::DIRECTORY != 0 {

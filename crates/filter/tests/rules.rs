@@ -549,3 +549,25 @@ fn long_rule_files_stream_and_overlong_lines_are_dropped() {
     assert_eq!(r.check(b"last", false), Decision::Exclude);
     assert_eq!(r.check(&[b'x'; 10_000], false), Decision::NoMatch);
 }
+
+#[test]
+fn matching_rule_names_the_deciding_rule() {
+    let t = tempfile::tempdir().expect("tempdir");
+    mk(t.path(), ".f", "+ keep.o\n");
+    let mut r = rules(&[": .f", "- *.o", "H tmp/"]);
+    let _t = r.enter_dir(t.path(), b"").expect("enter");
+    assert_eq!(
+        r.matching_rule(b"keep.o", false, Side::Sender).as_deref(),
+        Some("+ keep.o")
+    );
+    assert_eq!(
+        r.matching_rule(b"a/x.o", false, Side::Sender).as_deref(),
+        Some("- *.o")
+    );
+    assert_eq!(
+        r.matching_rule(b"tmp", true, Side::Sender).as_deref(),
+        Some("-s tmp/")
+    );
+    assert_eq!(r.matching_rule(b"tmp", true, Side::Receiver), None);
+    assert_eq!(r.matching_rule(b"x.c", false, Side::Sender), None);
+}
