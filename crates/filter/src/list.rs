@@ -128,6 +128,19 @@ pub(crate) struct Target<'a> {
     pub daemon: bool,
 }
 
+impl<'a> Target<'a> {
+    /// A target for global (command-line style) rules.
+    pub fn new(list: &'a mut Vec<Rule>) -> Self {
+        Target {
+            list,
+            cleared: false,
+            anchor_dir: None,
+            base_dir: None,
+            daemon: false,
+        }
+    }
+}
+
 /// Longest rule line kept; longer ones are discarded, as rsync does.
 const MAX_LINE_LEN: usize = 8192;
 
@@ -260,17 +273,9 @@ impl FilterRules {
             FromFile::Include => (flag::INCLUDE, Syntax::OldPrefixes, "include"),
             FromFile::Filter => (0, Syntax::Filter, "filter"),
         };
-        let mut list = std::mem::take(Arc::make_mut(&mut self.rules));
-        let mut target = Target {
-            list: &mut list,
-            cleared: false,
-            anchor_dir: None,
-            base_dir: None,
-            daemon: false,
-        };
-        let result = self.parse_file(&mut target, path, template, syntax, true, what, 0);
-        *Arc::make_mut(&mut self.rules) = list;
-        result
+        self.add_global(false, |this, target| {
+            this.parse_file(target, path, template, syntax, true, what, 0)
+        })
     }
 
     /// Adds one parameter of an rsync daemon module (`rsyncd.conf`): `filter`, `include`,
@@ -292,31 +297,13 @@ impl FilterRules {
             DaemonParam::IncludeFrom => (flag::INCLUDE, Syntax::OldPrefixes),
             DaemonParam::ExcludeFrom => (0, Syntax::OldPrefixes),
         };
-        let mut list = std::mem::take(Arc::make_mut(&mut self.rules));
-        let mut target = Target {
-            list: &mut list,
-            cleared: false,
-            anchor_dir: None,
-            base_dir: None,
-            daemon: true,
-        };
-        let result = match param {
+        self.add_global(true, |this, target| match param {
             DaemonParam::IncludeFrom | DaemonParam::ExcludeFrom => {
-                let path = PathBuf::from(std::ffi::OsStr::from_bytes(value));
-                self.parse_file(
-                    &mut target,
-                    &path,
-                    template,
-                    syntax,
-                    true,
-                    "daemon filter",
-                    0,
-                )
+                let path = Path::new(std::ffi::OsStr::from_bytes(value));
+                this.parse_file(target, path, template, syntax, true, "daemon filter", 0)
             }
-            _ => self.parse_str(&mut target, value, template, syntax, 0),
-        };
-        *Arc::make_mut(&mut self.rules) = list;
-        result
+            _ => this.parse_str(target, value, template, syntax, 0),
+        })
     }
 
     /// `-C`: appends `:C` (per-directory `.cvsignore`) and `-C` (rsync's default ignore list,
@@ -334,13 +321,7 @@ impl FilterRules {
             return Ok(());
         }
         let mut tail = Vec::new();
-        let mut target = Target {
-            list: &mut tail,
-            cleared: false,
-            anchor_dir: None,
-            base_dir: None,
-            daemon: false,
-        };
+        let mut target = Target::new(&mut tail);
         self.parse_str(&mut target, b":C", 0, Syntax::Filter, 0)?;
         self.parse_str(&mut target, b"-C", 0, Syntax::Filter, 0)?;
         self.tail = Arc::new(tail);
@@ -382,17 +363,37 @@ impl FilterRules {
         template: u32,
         syntax: Syntax,
     ) -> Result<(), FilterError> {
-        let mut list = std::mem::take(Arc::make_mut(&mut self.rules));
-        let mut target = Target {
-            list: &mut list,
-            cleared: false,
-            anchor_dir: None,
-            base_dir: None,
-            daemon: false,
-        };
-        let result = self.parse_str(&mut target, input, template, syntax, 0);
-        *Arc::make_mut(&mut self.rules) = list;
-        result
+        self.add_global(false, |this, target| {
+            this.parse_str(target, input, template, syntax, 0)
+        })
+    }
+
+    /// Runs a parse of global rules; the list changes only if the parse succeeds as a whole.
+    fn add_global(
+        &mut self,
+        daemon: bool,
+        parse: impl FnOnce(&mut Self, &mut Target<'_>) -> Result<(), FilterError>,
+    ) -> Result<(), FilterError> {
+        let defs_before = self.perdir.defs.len();
+        let mut added = Vec::new();
+        let mut target = Target::new(&mut added);
+        target.daemon = daemon;
+        let result = parse(self, &mut target);
+        let cleared = target.cleared;
+        match result {
+            Ok(()) => {
+                let list = Arc::make_mut(&mut self.rules);
+                if cleared {
+                    list.clear();
+                }
+                list.extend(added);
+                Ok(())
+            }
+            Err(e) => {
+                self.perdir.forget_defs_from(defs_before);
+                Err(e)
+            }
+        }
     }
 
     /// Parses every rule in `input` into `target` (rsync's `parse_filter_str`).
@@ -490,13 +491,7 @@ impl FilterRules {
             .clone()
             .unwrap_or_else(CvsIgnoreSources::from_env);
         let mut list = Vec::new();
-        let mut target = Target {
-            list: &mut list,
-            cleared: false,
-            anchor_dir: None,
-            base_dir: None,
-            daemon: false,
-        };
+        let mut target = Target::new(&mut list);
         self.parse_str(
             &mut target,
             DEFAULT_CVSIGNORE.as_bytes(),

@@ -63,6 +63,15 @@ pub(crate) struct PerDirState {
     frames: Vec<Frame>,
 }
 
+impl PerDirState {
+    /// Drops merge definitions registered from index `from` on (after a failed parse).
+    pub(crate) fn forget_defs_from(&mut self, from: usize) {
+        self.defs.truncate(from);
+        self.heads.truncate(from);
+        self.needs_setup.truncate(from);
+    }
+}
+
 /// Proof of one [`FilterRules::enter_dir`]; give it back to [`FilterRules::leave_dir`].
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "pass the token to leave_dir when the walk leaves the directory"]

@@ -571,3 +571,24 @@ fn matching_rule_names_the_deciding_rule() {
     assert_eq!(r.matching_rule(b"tmp", true, Side::Receiver), None);
     assert_eq!(r.matching_rule(b"x.c", false, Side::Sender), None);
 }
+
+#[test]
+fn a_failing_add_leaves_the_list_unchanged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("rules");
+    fs::write(&f, "!\n- *.o\n: .per\nbogus line\n").expect("write");
+    let mut r = rules(&["- *.c"]);
+    assert!(r.add_from_file(&f, FromFile::Filter).is_err());
+    assert_eq!(r.describe(), vec!["- *.c".to_string()]);
+    assert_eq!(r.check(b"a.c", false), Decision::Exclude);
+    assert_eq!(r.check(b"a.o", false), Decision::NoMatch);
+    // The dir-merge rule of the failed file was not registered: a later one is accepted.
+    r.add_rule(": .per").expect("ok");
+    assert_eq!(
+        r.describe(),
+        vec!["- *.c".to_string(), ": .per".to_string()]
+    );
+    // A clear inside a successful add clears what came before.
+    r.add_rule("!").expect("ok");
+    assert!(r.describe().is_empty());
+}
