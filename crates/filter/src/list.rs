@@ -647,6 +647,21 @@ impl FilterRules {
         self.decide(&q)
     }
 
+    /// Whether `-X` copies the extended attribute `name`, as rsync decides on `side`: with any
+    /// `x` rule, by those rules; otherwise root copies every namespace except `system.*`
+    /// (ACLs travel with `-A`) and other users only `user.*`. (rsync's internal
+    /// `user.rsync.%…` fake-super attributes are not special-cased here.)
+    pub fn xattr_selected(&self, name: &[u8], side: Side, am_root: bool) -> bool {
+        if self.has_xattr_rules() {
+            return self.check_xattr(name, side) != Decision::Exclude;
+        }
+        if am_root {
+            !name.starts_with(b"system.")
+        } else {
+            name.starts_with(b"user.")
+        }
+    }
+
     /// True when any global rule is an `x` (xattr-name) rule; without them rsync applies its
     /// default xattr filtering.
     pub fn has_xattr_rules(&self) -> bool {

@@ -917,3 +917,78 @@ fn daemon_module_filters_match_rsync() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `-X` copies the xattr names our selection picks (root: all namespaces but system.*).
+#[test]
+fn xattr_selection_matches_rsync() {
+    let is_root = fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if !rsync_available() || !is_root {
+        eprintln!("needs rsync and root: skipped");
+        return;
+    }
+    let base = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("tempdir");
+    let src = base.path().join("src");
+    fs::create_dir_all(&src).expect("mkdir");
+    let file = src.join("f");
+    fs::write(&file, b"x").expect("write");
+    let names: &[&str] = &[
+        "user.a",
+        "user.secret",
+        "user.keep.me",
+        "trusted.t",
+        "security.s",
+    ];
+    for n in names {
+        let st = Command::new("setfattr")
+            .args(["-n", n, "-v", "1"])
+            .arg(&file)
+            .status();
+        if !st.map(|s| s.success()).unwrap_or(false) {
+            eprintln!("setfattr unavailable or unsupported: skipped");
+            return;
+        }
+    }
+    let combos: &[&[&str]] = &[
+        &[],
+        &["-f", "-x user.secret"],
+        &["-f", "+x user.keep*", "-f", "-x user.*"],
+        &["-f", "-x *"],
+    ];
+    for combo in combos {
+        let dst = base.path().join("dst");
+        let _ = fs::remove_dir_all(&dst);
+        let out = Command::new("rsync")
+            .arg("-rX")
+            .args(*combo)
+            .arg(format!("{}/", src.display()))
+            .arg(&dst)
+            .output()
+            .expect("rsync");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut rules = FilterRules::new();
+        let mut i = 0;
+        while i < combo.len() {
+            rules.add_rule(combo[i + 1]).expect("rule");
+            i += 2;
+        }
+        for n in names {
+            let got = Command::new("getfattr")
+                .args(["--only-values", "-n", n])
+                .arg(dst.join("f"))
+                .output()
+                .expect("getfattr")
+                .status
+                .success();
+            let ours = rules.xattr_selected(n.as_bytes(), arsync_filter::Side::Sender, true);
+            assert_eq!(got, ours, "{combo:?} {n}");
+        }
+    }
+}

@@ -592,3 +592,22 @@ fn a_failing_add_leaves_the_list_unchanged() {
     r.add_rule("!").expect("ok");
     assert!(r.describe().is_empty());
 }
+
+#[test]
+fn xattr_selection_defaults_and_rules() {
+    let none = FilterRules::new();
+    assert!(none.xattr_selected(b"user.a", Side::Sender, false));
+    assert!(!none.xattr_selected(b"trusted.a", Side::Sender, false));
+    assert!(none.xattr_selected(b"trusted.a", Side::Sender, true));
+    assert!(none.xattr_selected(b"security.selinux", Side::Receiver, true));
+    assert!(!none.xattr_selected(b"system.posix_acl_access", Side::Sender, true));
+    // File rules do not count as xattr rules.
+    let files = rules(&["- user.*"]);
+    assert!(files.xattr_selected(b"user.a", Side::Sender, false));
+    let x = rules(&["-x user.secret", "-xr user.local"]);
+    assert!(!x.xattr_selected(b"user.secret", Side::Sender, false));
+    assert!(x.xattr_selected(b"user.local", Side::Sender, false));
+    assert!(!x.xattr_selected(b"user.local", Side::Receiver, false));
+    // With x rules, the namespace defaults no longer apply.
+    assert!(x.xattr_selected(b"trusted.any", Side::Sender, false));
+}
