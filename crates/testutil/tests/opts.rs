@@ -143,3 +143,23 @@ fn random_tree_features_can_be_switched_off() {
     }
     assert_eq!(seen, 25);
 }
+
+#[test]
+fn skipped_paths_are_left_out() {
+    let dir = scratch_dir().expect("scratch");
+    let (a, b) = pair(dir.path());
+    b.file("d/extra", b"only in b").expect("file");
+    a.file("f", b"changed").expect("file");
+    let (at, mt) = (FileTime::new(10, 1), FileTime::new(20, 2));
+    for tb in [&a, &b] {
+        set_times(&tb.path("d"), at, mt).expect("times");
+        set_times(&tb.path("f"), at, mt).expect("times");
+    }
+    let d = compare_trees(a.root(), b.root(), &CompareOpts::default());
+    assert_eq!(kinds(&d), ["missing", "size"], "{d:#?}");
+    let opts = CompareOpts::default().skipping("f").skipping("d/extra");
+    assert!(compare_trees(a.root(), b.root(), &opts).is_empty());
+    // Skipping a directory skips everything below it (its own mtime included).
+    let opts = CompareOpts::default().skipping("d").skipping("f");
+    assert!(compare_trees(a.root(), b.root(), &opts).is_empty());
+}
