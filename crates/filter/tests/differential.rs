@@ -288,6 +288,9 @@ fn fixture() -> (
     };
     let src = base.path().join("src");
     build_tree(&src);
+    // Found by the parent-directory scan of -F and ": ../.rsync-filter"; the anchored rule
+    // is relative to this directory, so it names src/a.c.
+    fs::write(base.path().join(".rsync-filter"), b"- q\n- /src/a.c\n").expect("write");
     let home = base.path().join("home");
     fs::create_dir_all(&home).expect("mkdir");
     fs::write(home.join(".cvsignore"), b"b.txt *.c\n").expect("write");
@@ -382,6 +385,8 @@ const COMBOS: &[&[&[u8]]] = &[
     &[b"-f", b"- \xff?"],
     &[b"-F"],
     &[b"-F", b"-F"],
+    &[b"-f", b": ../.rsync-filter"],
+    &[b"-f", b":n ../.rsync-filter"],
     &[b"-f", b": .rules"],
     &[b"-f", b":n .rules"],
     &[b"-f", b":e .rules"],
