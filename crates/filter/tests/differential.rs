@@ -997,3 +997,132 @@ fn xattr_selection_matches_rsync() {
         }
     }
 }
+
+/// Random per-directory merge files (random rules, random merge modifiers) over the tree.
+#[test]
+fn random_per_directory_rules_match_rsync() {
+    if !rsync_available() {
+        eprintln!("rsync not installed: skipping the differential test");
+        return;
+    }
+    let (base, src, env, _files) = fixture();
+    let dst = base.path().join("dst");
+    let mut state: u64 = 0xd1ce_5eed_u64;
+    let mut next = move |n: usize| -> usize {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    const DIRS: &[&str] = &[
+        "",
+        "src",
+        "src/lib",
+        "docs",
+        "x",
+        "x/y",
+        "dir_name",
+        "deep/deep",
+    ];
+    const LINES: &[&str] = &[
+        "- *.c",
+        "+ *.c",
+        "- *.txt",
+        "+ keep.o",
+        "- *.o",
+        "- /anch",
+        "- anch",
+        "+ /x/",
+        "- lib/",
+        "- deep/",
+        "H *.txt",
+        "S b.txt",
+        "P *.c",
+        "!",
+        "- y",
+        "- */",
+        "-! */",
+        "+ */",
+        "- *",
+        "- foo/",
+        "+ foo/***",
+        "- /file.txt",
+        "- [a-f]*",
+        "# comment",
+        "",
+    ];
+    const MODIFIERS: &[&str] = &["", "n", "e", "ne", "-", "n-", "+"];
+    let mut both_failed = 0;
+    let mut failures = Vec::new();
+    for round in 0..80 {
+        for d in DIRS {
+            let path = src.join(d).join(".pd");
+            if next(3) == 0 {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            let mut text = String::new();
+            for _ in 0..1 + next(4) {
+                text.push_str(LINES[next(LINES.len())]);
+                text.push('\n');
+            }
+            fs::write(&path, text).expect("write");
+        }
+        let mut args: Vec<OsString> = Vec::new();
+        if next(2) == 0 {
+            args.push("-f".into());
+            args.push(["- *.old", "+ src/", "- /docs/b.txt", "H .pd"][next(4)].into());
+        }
+        args.push("-f".into());
+        args.push(format!(":{} .pd", MODIFIERS[next(MODIFIERS.len())]).into());
+        if next(2) == 0 {
+            args.push("-f".into());
+            args.push(["- *.c", "+ *", "- x/"][next(3)].into());
+        }
+        let theirs = rsync_copy(&args, &src, &dst, &env);
+        let ours = apply_args(&args, &env).and_then(|mut rules| {
+            let mut set = PathSet::new();
+            our_walk(&mut rules, &src, b"", &mut set).map(|()| set)
+        });
+        match (theirs, ours) {
+            (Some(t), Ok(o)) if t == o => {}
+            (None, Err(_)) => both_failed += 1,
+            (Some(t), Ok(o)) => {
+                let only_rsync: PathSet = t.difference(&o).cloned().collect();
+                let only_ours: PathSet = o.difference(&t).cloned().collect();
+                let files: Vec<String> = DIRS
+                    .iter()
+                    .filter_map(|d| {
+                        fs::read_to_string(src.join(d).join(".pd"))
+                            .ok()
+                            .map(|t| format!("{d}/.pd: {t:?}"))
+                    })
+                    .collect();
+                failures.push(format!(
+                    "round {round} {args:?}\n{}\n--- only rsync copied:\n{}\n--- only we include:\n{}\n",
+                    files.join("\n"),
+                    show(&only_rsync),
+                    show(&only_ours)
+                ));
+            }
+            (t, o) => failures.push(format!(
+                "round {round} {args:?}: rsync {}, ours {}",
+                if t.is_some() { "ok" } else { "failed" },
+                match o {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => e,
+                }
+            )),
+        }
+        if failures.len() >= 3 {
+            break;
+        }
+    }
+    // Most rounds must exercise matching rather than agree on a syntax error.
+    eprintln!("rounds where both rejected the rules: {both_failed}");
+    assert!(
+        both_failed < 20,
+        "{both_failed} rounds failed on both sides"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
