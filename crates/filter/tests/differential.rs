@@ -475,6 +475,8 @@ const DELETE_COMBOS: &[&[&[u8]]] = &[
     &[b"-f", b"protect /zz_extra.txt"],
     &[b"-f", b"-! *.o"],
     &[b"-C"],
+    &[b"-f", b"-p *.o"],
+    &[b"-f", b"- gone_dir/"],
     &[b"-F"],
     &[b"-F", b"-F"],
     &[b"-f", b":e .rules"],
@@ -492,6 +494,10 @@ fn deletions_match_rsync() {
     let (base, src, env, files) = fixture();
     let dst = base.path().join("dst");
     let extras: &[&[u8]] = &[
+        b"gone_dir/x.o",
+        b"gone_dir/y.txt",
+        b"src/gone/core",
+        b"src/gone/keep.o",
         b"zz.bak",
         b"zz.old",
         b"src/zz.bak",
@@ -560,7 +566,18 @@ fn deletions_match_rsync() {
                 // rsync never looks inside a directory the sender leaves out.
                 continue;
             }
-            let protected = walker.protected_from_delete(e, false);
+            let parent_rel = &e[..e.len() - comps[comps.len() - 1].len()]
+                .strip_suffix(b"/")
+                .unwrap_or(b"");
+            let protected =
+                if !parent_rel.is_empty() && !src.join(OsStr::from_bytes(parent_rel)).exists() {
+                    // The directory itself goes: its contents are deleted with perishable rules
+                    // ignored, unless the directory is protected as a whole.
+                    walker.protected_from_delete(parent_rel, true)
+                        || walker.protected_in_deleted_dir(e, false)
+                } else {
+                    walker.protected_from_delete(e, false)
+                };
             if survived {
                 kept += 1;
             } else {
