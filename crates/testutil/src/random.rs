@@ -114,12 +114,23 @@ pub fn random_tree(root: &Path, seed: u64, params: &RandomTreeParams) -> io::Res
     let root_user = is_root();
 
     let mut dirs: Vec<(PathBuf, usize)> = vec![(PathBuf::new(), 0)];
+    // Indices of directories that may still get children (depth below the maximum).
+    let mut open_dirs: Vec<usize> = if params.max_depth > 0 {
+        vec![0]
+    } else {
+        Vec::new()
+    };
     for i in 0..params.dirs {
-        let parents: Vec<&(PathBuf, usize)> =
-            dirs.iter().filter(|(_, d)| *d < params.max_depth).collect();
-        let (parent, depth) = (*pick(&mut rng, &parents)).clone();
+        let Some(&parent_index) = (!open_dirs.is_empty()).then(|| pick(&mut rng, &open_dirs))
+        else {
+            break;
+        };
+        let (parent, depth) = dirs[parent_index].clone();
         let rel = parent.join(name(&mut rng, "d", i, params.non_utf8_names));
         tb.dir(&rel)?;
+        if depth + 1 < params.max_depth {
+            open_dirs.push(dirs.len());
+        }
         dirs.push((rel, depth + 1));
         sum.dirs += 1;
     }
