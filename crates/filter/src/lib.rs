@@ -19,8 +19,35 @@
 //! A walker applies rsync's recursion rule itself: an excluded directory is not descended.
 //!
 //! Per-directory merge files are read through [`FilterRules::enter_dir`] /
-//! [`FilterRules::leave_dir`] as the walk descends; see the `perdir` module notes for cost
-//! and for sharing the state between parallel walkers ([`FilterRules::fork`]).
+//! [`FilterRules::leave_dir`] as the walk descends. The state is cheap to copy for parallel
+//! walkers ([`FilterRules::fork`]): every rule list is shared and immutable.
+//!
+//! ```
+//! use arsync_filter::{FilterRules, Side};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tree = tempfile::tempdir()?;
+//! std::fs::create_dir(tree.path().join("sub"))?;
+//! std::fs::write(tree.path().join("sub/.rsync-filter"), "- *.tmp\n")?;
+//!
+//! let mut rules = FilterRules::new();
+//! rules.add_f_option(1)?; // -F
+//! rules.add_rule("P *.log")?; // protect on the receiver only
+//! let root = rules.enter_dir(tree.path(), b"")?;
+//! assert!(!rules.excluded_for_transfer(b"sub/a.tmp", false));
+//! let sub = rules.enter_dir(&tree.path().join("sub"), b"sub")?;
+//! assert!(rules.excluded_for_transfer(b"sub/a.tmp", false));
+//! assert!(rules.protected_from_delete(b"sub/x.log", false));
+//! assert!(!rules.excluded_for_transfer(b"sub/x.log", false));
+//! assert_eq!(rules.matching_rule(b"sub/a.tmp", false, Side::Sender).as_deref(), Some("- *.tmp"));
+//! rules.leave_dir(sub);
+//! rules.leave_dir(root);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Sides: [`Side::Sender`] (what goes into the file list) uses include/exclude and
+//! show/hide rules; [`Side::Receiver`] (what `--delete` may remove) uses include/exclude and
+//! risk/protect rules, read from the receiver's own tree for per-directory files.
 
 mod error;
 mod list;
@@ -31,6 +58,8 @@ pub mod wildmatch;
 mod wire;
 
 pub use error::FilterError;
-pub use list::{CvsIgnoreSources, Decision, FilterRules, FromFile, Side, DEFAULT_CVSIGNORE};
+pub use list::{
+    CvsIgnoreSources, DaemonParam, Decision, FilterRules, FromFile, Side, DEFAULT_CVSIGNORE,
+};
 pub use perdir::DirToken;
 pub use wire::WireRole;

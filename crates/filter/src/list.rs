@@ -2,13 +2,14 @@
 
 use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::FilterError;
 use crate::parse::{flag, is_space, next_token, Syntax};
 use crate::perdir::{MergeDef, PerDirState};
-use crate::rule::Rule;
+use crate::rule::{Rule, Subject};
 
 /// rsync's built-in CVS ignore list (the `-C` defaults; see `man rsync`, `--cvs-exclude`).
 pub const DEFAULT_CVSIGNORE: &str = "RCS SCCS CVS CVS.adm RCSLOG cvslog.* tags TAGS .make.state \
@@ -57,6 +58,21 @@ pub enum FromFile {
     Include,
     /// A file of full filter rules, as for `--filter='merge FILE'`.
     Filter,
+}
+
+/// A filter parameter of an rsync daemon module, for [`FilterRules::add_daemon_param`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DaemonParam {
+    /// `filter = RULES` (whitespace-separated filter rules).
+    Filter,
+    /// `include = PATTERNS`.
+    Include,
+    /// `exclude = PATTERNS`.
+    Exclude,
+    /// `include from = FILE`.
+    IncludeFrom,
+    /// `exclude from = FILE`.
+    ExcludeFrom,
 }
 
 /// Where the `-C` global list looks for extra patterns.
@@ -108,51 +124,92 @@ pub(crate) struct Target<'a> {
     pub anchor_dir: Option<&'a [u8]>,
     /// Directory relative merge-file names are resolved against (none: the process cwd).
     pub base_dir: Option<&'a Path>,
+    /// Rules come from an rsync daemon's module configuration.
+    pub daemon: bool,
 }
 
-/// Splits `data` into rule lines (or words) the way rsync reads rule files.
-/// Yields `(line_number, text)`; line numbers are 0 when word-splitting.
-pub(crate) fn split_rule_file(data: &[u8], word_split: bool, from0: bool) -> Vec<(usize, &[u8])> {
-    let mut out = Vec::new();
+impl<'a> Target<'a> {
+    /// A target for global (command-line style) rules.
+    pub fn new(list: &'a mut Vec<Rule>) -> Self {
+        Target {
+            list,
+            cleared: false,
+            anchor_dir: None,
+            base_dir: None,
+            daemon: false,
+        }
+    }
+}
+
+/// Longest rule line kept; longer ones are discarded, as rsync does.
+const MAX_LINE_LEN: usize = 8192;
+
+/// Reads rule lines (or words) from `reader` the way rsync reads rule files, calling `f`
+/// with `(line_number, text)` for each non-empty, non-comment unit. Line numbers are 0 when
+/// word-splitting. Memory stays bounded by [`MAX_LINE_LEN`] whatever the file size.
+pub(crate) fn for_each_rule_unit<R: Read>(
+    mut reader: R,
+    word_split: bool,
+    from0: bool,
+    mut f: impl FnMut(usize, &[u8]) -> Result<(), FilterError>,
+) -> Result<Result<(), FilterError>, std::io::Error> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut cur: Vec<u8> = Vec::new();
+    let mut overflow = false;
     let mut line_no = 0usize;
-    let mut i = 0usize;
-    let n = data.len();
-    while i <= n {
+    let mut skip_lf = false;
+    let mut emit = |cur: &mut Vec<u8>, overflow: &mut bool| -> Result<(), FilterError> {
         if !word_split {
             line_no += 1;
         }
-        let start = i;
-        let mut end = i;
-        while end < n {
-            let c = data[end];
-            if word_split && is_space(c) {
-                break;
+        let skip =
+            cur.is_empty() || *overflow || (!word_split && (cur[0] == b';' || cur[0] == b'#'));
+        let result = if skip { Ok(()) } else { f(line_no, cur) };
+        cur.clear();
+        *overflow = false;
+        result
+    };
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        for &c in &buf[..n] {
+            if skip_lf {
+                skip_lf = false;
+                if c == b'\n' {
+                    continue;
+                }
             }
-            let eol = if from0 {
+            let end = if word_split && is_space(c) {
+                true
+            } else if from0 {
                 c == 0
+            } else if c == b'\r' {
+                skip_lf = true;
+                true
             } else {
-                c == b'\n' || c == b'\r'
+                c == b'\n'
             };
-            if eol {
-                break;
+            if end {
+                if let Err(e) = emit(&mut cur, &mut overflow) {
+                    return Ok(Err(e));
+                }
+            } else if cur.len() < MAX_LINE_LEN {
+                cur.push(c);
+            } else {
+                overflow = true;
             }
-            end += 1;
-        }
-        let line = &data[start..end];
-        // Step over the terminator; CRLF counts as one line end.
-        i = end + 1;
-        if !from0 && end < n && data[end] == b'\r' && data.get(end + 1) == Some(&b'\n') {
-            i += 1;
-        }
-        let skip = line.is_empty() || (!word_split && (line[0] == b';' || line[0] == b'#'));
-        if !skip {
-            out.push((if word_split { 0 } else { line_no }, line));
-        }
-        if end >= n {
-            break;
         }
     }
-    out
+    if !cur.is_empty() || overflow {
+        if let Err(e) = emit(&mut cur, &mut overflow) {
+            return Ok(Err(e));
+        }
+    }
+    Ok(Ok(()))
 }
 
 impl FilterRules {
@@ -216,16 +273,37 @@ impl FilterRules {
             FromFile::Include => (flag::INCLUDE, Syntax::OldPrefixes, "include"),
             FromFile::Filter => (0, Syntax::Filter, "filter"),
         };
-        let mut list = std::mem::take(Arc::make_mut(&mut self.rules));
-        let mut target = Target {
-            list: &mut list,
-            cleared: false,
-            anchor_dir: None,
-            base_dir: None,
+        self.add_global(false, |this, target| {
+            this.parse_file(target, path, template, syntax, true, what, 0)
+        })
+    }
+
+    /// Adds one parameter of an rsync daemon module (`rsyncd.conf`): `filter`, `include`,
+    /// `exclude` (whitespace-separated lists) or `include from` / `exclude from` (files).
+    ///
+    /// Such a list is matched against paths relative to the module root: give this list its
+    /// own [`FilterRules`], call [`FilterRules::set_transfer_root`] with `/`, and check
+    /// module-relative paths. Patterns holding a `/` match the whole module-relative path
+    /// and an excluded `dir/` also hides everything inside it, as in rsync.
+    pub fn add_daemon_param(
+        &mut self,
+        param: DaemonParam,
+        value: &[u8],
+    ) -> Result<(), FilterError> {
+        let (template, syntax) = match param {
+            DaemonParam::Filter => (flag::WORD_SPLIT, Syntax::Filter),
+            DaemonParam::Include => (flag::INCLUDE | flag::WORD_SPLIT, Syntax::OldPrefixes),
+            DaemonParam::Exclude => (flag::WORD_SPLIT, Syntax::OldPrefixes),
+            DaemonParam::IncludeFrom => (flag::INCLUDE, Syntax::OldPrefixes),
+            DaemonParam::ExcludeFrom => (0, Syntax::OldPrefixes),
         };
-        let result = self.parse_file(&mut target, path, template, syntax, true, what, 0);
-        *Arc::make_mut(&mut self.rules) = list;
-        result
+        self.add_global(true, |this, target| match param {
+            DaemonParam::IncludeFrom | DaemonParam::ExcludeFrom => {
+                let path = Path::new(std::ffi::OsStr::from_bytes(value));
+                this.parse_file(target, path, template, syntax, true, "daemon filter", 0)
+            }
+            _ => this.parse_str(target, value, template, syntax, 0),
+        })
     }
 
     /// `-C`: appends `:C` (per-directory `.cvsignore`) and `-C` (rsync's default ignore list,
@@ -243,12 +321,7 @@ impl FilterRules {
             return Ok(());
         }
         let mut tail = Vec::new();
-        let mut target = Target {
-            list: &mut tail,
-            cleared: false,
-            anchor_dir: None,
-            base_dir: None,
-        };
+        let mut target = Target::new(&mut tail);
         self.parse_str(&mut target, b":C", 0, Syntax::Filter, 0)?;
         self.parse_str(&mut target, b"-C", 0, Syntax::Filter, 0)?;
         self.tail = Arc::new(tail);
@@ -290,16 +363,37 @@ impl FilterRules {
         template: u32,
         syntax: Syntax,
     ) -> Result<(), FilterError> {
-        let mut list = std::mem::take(Arc::make_mut(&mut self.rules));
-        let mut target = Target {
-            list: &mut list,
-            cleared: false,
-            anchor_dir: None,
-            base_dir: None,
-        };
-        let result = self.parse_str(&mut target, input, template, syntax, 0);
-        *Arc::make_mut(&mut self.rules) = list;
-        result
+        self.add_global(false, |this, target| {
+            this.parse_str(target, input, template, syntax, 0)
+        })
+    }
+
+    /// Runs a parse of global rules; the list changes only if the parse succeeds as a whole.
+    fn add_global(
+        &mut self,
+        daemon: bool,
+        parse: impl FnOnce(&mut Self, &mut Target<'_>) -> Result<(), FilterError>,
+    ) -> Result<(), FilterError> {
+        let defs_before = self.perdir.defs.len();
+        let mut added = Vec::new();
+        let mut target = Target::new(&mut added);
+        target.daemon = daemon;
+        let result = parse(self, &mut target);
+        let cleared = target.cleared;
+        match result {
+            Ok(()) => {
+                let list = Arc::make_mut(&mut self.rules);
+                if cleared {
+                    list.clear();
+                }
+                list.extend(added);
+                Ok(())
+            }
+            Err(e) => {
+                self.perdir.forget_defs_from(defs_before);
+                Err(e)
+            }
+        }
     }
 
     /// Parses every rule in `input` into `target` (rsync's `parse_filter_str`).
@@ -351,7 +445,12 @@ impl FilterRules {
                 self.add_merge_rule(target, pat, flags);
                 continue;
             }
-            target.list.push(Rule::new(pat, flags, target.anchor_dir));
+            let rule = if target.daemon {
+                Rule::new_daemon(pat, flags)
+            } else {
+                Rule::new(pat, flags, target.anchor_dir)
+            };
+            target.list.push(rule);
             if flags & flag::CVS_IGNORE != 0 {
                 self.load_cvs_list(flags)?;
             }
@@ -392,12 +491,7 @@ impl FilterRules {
             .clone()
             .unwrap_or_else(CvsIgnoreSources::from_env);
         let mut list = Vec::new();
-        let mut target = Target {
-            list: &mut list,
-            cleared: false,
-            anchor_dir: None,
-            base_dir: None,
-        };
+        let mut target = Target::new(&mut list);
         self.parse_str(
             &mut target,
             DEFAULT_CVSIGNORE.as_bytes(),
@@ -442,25 +536,14 @@ impl FilterRules {
                 limit: MAX_MERGE_DEPTH,
             });
         }
-        let data = if path.as_os_str().as_bytes() == b"-" {
-            let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).map(|_| buf)
-        } else {
-            std::fs::read(path)
-        };
-        let data = match data {
-            Ok(d) => d,
-            Err(source) if fatal => {
-                return Err(FilterError::Io {
-                    what,
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-            Err(_) => return Ok(()),
+        let io_err = |source| FilterError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
         };
         let word_split = template & flag::WORD_SPLIT != 0;
-        for (line_no, line) in split_rule_file(&data, word_split, self.from0) {
+        let from0 = self.from0;
+        let mut parse = |line_no: usize, line: &[u8]| {
             self.parse_str(target, line, template, syntax, depth)
                 .map_err(|e| match e {
                     e @ (FilterError::InFile { .. }
@@ -471,9 +554,44 @@ impl FilterRules {
                         line: line_no,
                         source: Box::new(other),
                     },
-                })?;
+                })
+        };
+        let outcome = if path.as_os_str().as_bytes() == b"-" {
+            for_each_rule_unit(std::io::stdin().lock(), word_split, from0, &mut parse)
+        } else {
+            // A per-directory merge "file" that is a FIFO, device or directory is ignored
+            // (opening or reading a FIFO would block the walk); named files may be pipes.
+            let mut options = std::fs::OpenOptions::new();
+            options.read(true);
+            if !fatal {
+                options.custom_flags(libc::O_NONBLOCK);
+            }
+            let file = match options.open(path) {
+                Ok(f) => f,
+                Err(e) if fatal => return Err(io_err(e)),
+                Err(_) => return Ok(()),
+            };
+            let kind = match file.metadata() {
+                Ok(m) => m.file_type(),
+                Err(e) if fatal => return Err(io_err(e)),
+                Err(_) => return Ok(()),
+            };
+            if kind.is_dir() || (!fatal && !kind.is_file()) {
+                if fatal {
+                    return Err(io_err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "is a directory",
+                    )));
+                }
+                return Ok(());
+            }
+            for_each_rule_unit(file, word_split, from0, &mut parse)
+        };
+        match outcome {
+            Ok(parsed) => parsed,
+            Err(e) if fatal => Err(io_err(e)),
+            Err(_) => Ok(()),
         }
-        Ok(())
     }
 
     /// The decision for `rel_path` (relative to the transfer root, `/`-separated) on the
@@ -488,8 +606,7 @@ impl FilterRules {
     /// skipped.
     pub fn check_side(&self, rel_path: &[u8], is_dir: bool, side: Side) -> Decision {
         let q = Query {
-            name: rel_path,
-            is_dir,
+            subject: Subject::new(rel_path, is_dir),
             side,
             ignore_perishable: false,
             xattr: false,
@@ -511,8 +628,7 @@ impl FilterRules {
     /// itself being deleted: perishable rules (`p`, and the `-C` defaults) are ignored.
     pub fn protected_in_deleted_dir(&self, rel_path: &[u8], is_dir: bool) -> bool {
         let q = Query {
-            name: rel_path,
-            is_dir,
+            subject: Subject::new(rel_path, is_dir),
             side: Side::Receiver,
             ignore_perishable: true,
             xattr: false,
@@ -523,13 +639,27 @@ impl FilterRules {
     /// The decision for an extended-attribute name, using only `x` rules.
     pub fn check_xattr(&self, name: &[u8], side: Side) -> Decision {
         let q = Query {
-            name,
-            is_dir: false,
+            subject: Subject::new(name, false),
             side,
             ignore_perishable: false,
             xattr: true,
         };
         self.decide(&q)
+    }
+
+    /// Whether `-X` copies the extended attribute `name`, as rsync decides on `side`: with any
+    /// `x` rule, by those rules; otherwise root copies every namespace except `system.*`
+    /// (ACLs travel with `-A`) and other users only `user.*`. (rsync's internal
+    /// `user.rsync.%…` fake-super attributes are not special-cased here.)
+    pub fn xattr_selected(&self, name: &[u8], side: Side, am_root: bool) -> bool {
+        if self.has_xattr_rules() {
+            return self.check_xattr(name, side) != Decision::Exclude;
+        }
+        if am_root {
+            !name.starts_with(b"system.")
+        } else {
+            name.starts_with(b"user.")
+        }
     }
 
     /// True when any global rule is an `x` (xattr-name) rule; without them rsync applies its
@@ -539,18 +669,34 @@ impl FilterRules {
     }
 
     fn decide(&self, q: &Query<'_>) -> Decision {
-        let found = self
-            .check_list(&self.rules, q)
-            .or_else(|| self.check_list(&self.tail, q));
-        match found {
-            Some(true) => Decision::Include,
-            Some(false) => Decision::Exclude,
+        match self.first_match(q) {
+            Some(rule) if rule.flags & flag::INCLUDE != 0 => Decision::Include,
+            Some(_) => Decision::Exclude,
             None => Decision::NoMatch,
         }
     }
 
-    /// First match in `rules`: `Some(true)` include, `Some(false)` exclude.
-    pub(crate) fn check_list(&self, rules: &[Rule], q: &Query<'_>) -> Option<bool> {
+    fn first_match(&self, q: &Query<'_>) -> Option<&Rule> {
+        self.check_list(&self.rules, q)
+            .or_else(|| self.check_list(&self.tail, q))
+    }
+
+    /// The rule that decides `rel_path` for `side`, as `--filter` text (e.g. `"- *.o"`,
+    /// `"-/ /abs/dir/x"` for an anchored per-directory rule), or `None` when no rule matches.
+    /// For messages like rsync's `--debug=FILTER` ("hiding file x because of pattern *.o").
+    pub fn matching_rule(&self, rel_path: &[u8], is_dir: bool, side: Side) -> Option<String> {
+        let q = Query {
+            subject: Subject::new(rel_path, is_dir),
+            side,
+            ignore_perishable: false,
+            xattr: false,
+        };
+        self.first_match(&q)
+            .map(|r| crate::error::show(&crate::wire::rendered(r, r.flags)))
+    }
+
+    /// The first matching rule in `rules`, descending into merge lists.
+    pub(crate) fn check_list<'s>(&'s self, rules: &'s [Rule], q: &Query<'_>) -> Option<&'s Rule> {
         for rule in rules {
             if q.ignore_perishable && rule.flags & flag::PERISHABLE != 0 {
                 continue;
@@ -580,8 +726,8 @@ impl FilterRules {
             if (rule.flags & flag::XATTR != 0) != q.xattr || !self.applies_to(rule, q.side) {
                 continue;
             }
-            if rule.matches(q.name, q.is_dir, &self.perdir.root) {
-                return Some(rule.flags & flag::INCLUDE != 0);
+            if rule.matches_subject(&q.subject, &self.perdir.root) {
+                return Some(rule);
             }
         }
         None
@@ -605,8 +751,7 @@ impl FilterRules {
 
 /// One matching request.
 pub(crate) struct Query<'a> {
-    pub name: &'a [u8],
-    pub is_dir: bool,
+    pub subject: Subject<'a>,
     pub side: Side,
     pub ignore_perishable: bool,
     pub xattr: bool,

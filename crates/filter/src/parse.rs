@@ -285,18 +285,24 @@ pub(crate) fn next_token(
     )))
 }
 
+/// The peer a rule list is being rendered for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WireCtx {
+    pub protocol: u32,
+    /// This side sends the files.
+    pub am_sender: bool,
+    pub delete_excluded: bool,
+}
+
 /// Renders the prefix rsync puts before a rule's pattern (`"-/ "`, `":n- "`, ...).
 ///
-/// With `for_wire`, the prefix is restricted to what `protocol` understands; `None` means the
-/// rule cannot be expressed for that protocol. `sender_with_delete_excluded` keeps the `r`
-/// modifier for old protocols the way rsync does when it sends with `--delete-excluded`.
-pub(crate) fn rule_prefix(
-    flags: u32,
-    pattern: &[u8],
-    for_wire: bool,
-    protocol: u32,
-    sender_with_delete_excluded: bool,
-) -> Option<Vec<u8>> {
+/// With `wire`, the prefix is restricted to what the peer's protocol understands; `None`
+/// means the rule cannot be expressed for it.
+pub(crate) fn rule_prefix(flags: u32, pattern: &[u8], wire: Option<&WireCtx>) -> Option<Vec<u8>> {
+    let for_wire = wire.is_some();
+    let protocol = wire.map_or(u32::MAX, |w| w.protocol);
+    let am_sender = wire.is_some_and(|w| w.am_sender);
+    let sender_with_delete_excluded = wire.is_some_and(|w| w.am_sender && w.delete_excluded);
     let mut out = Vec::with_capacity(8);
     let mut legal_len: usize = if for_wire && protocol < 29 { 1 } else { 15 };
     if flags & flag::PERDIR_MERGE != 0 {
@@ -352,7 +358,7 @@ pub(crate) fn rule_prefix(
     if flags & flag::PERISHABLE != 0 {
         if !for_wire || protocol >= 30 {
             out.push(b'p');
-        } else {
+        } else if am_sender {
             return None;
         }
     }
@@ -512,8 +518,7 @@ mod tests {
     #[test]
     fn prefixes_render_back() {
         let p = |flags: u32| {
-            String::from_utf8(rule_prefix(flags, b"x", false, 31, false).expect("prefix"))
-                .expect("utf8")
+            String::from_utf8(rule_prefix(flags, b"x", None).expect("prefix")).expect("utf8")
         };
         assert_eq!(p(0), "- ");
         assert_eq!(p(flag::INCLUDE | flag::ABS_PATH), "+/ ");
@@ -524,11 +529,60 @@ mod tests {
         );
         assert_eq!(p(flag::PERISHABLE | flag::RECEIVER), "-rp ");
         // Old protocols: perishable and per-dir rules cannot be sent.
-        assert!(rule_prefix(flag::PERISHABLE, b"x", true, 29, false).is_none());
-        assert!(rule_prefix(flag::PERDIR_MERGE, b"x", true, 28, false).is_none());
-        assert_eq!(rule_prefix(0, b"x", true, 28, false), Some(Vec::new()));
+        assert!(rule_prefix(
+            flag::PERISHABLE,
+            b"x",
+            Some(&WireCtx {
+                protocol: 29,
+                am_sender: true,
+                delete_excluded: false
+            })
+        )
+        .is_none());
         assert_eq!(
-            rule_prefix(0, b"- x", true, 28, false),
+            rule_prefix(
+                flag::PERISHABLE,
+                b"x",
+                Some(&WireCtx {
+                    protocol: 29,
+                    am_sender: false,
+                    delete_excluded: false
+                })
+            ),
+            Some(b"- ".to_vec())
+        );
+        assert!(rule_prefix(
+            flag::PERDIR_MERGE,
+            b"x",
+            Some(&WireCtx {
+                protocol: 28,
+                am_sender: false,
+                delete_excluded: false
+            })
+        )
+        .is_none());
+        assert_eq!(
+            rule_prefix(
+                0,
+                b"x",
+                Some(&WireCtx {
+                    protocol: 28,
+                    am_sender: false,
+                    delete_excluded: false
+                })
+            ),
+            Some(Vec::new())
+        );
+        assert_eq!(
+            rule_prefix(
+                0,
+                b"- x",
+                Some(&WireCtx {
+                    protocol: 28,
+                    am_sender: false,
+                    delete_excluded: false
+                })
+            ),
             Some(b"- ".to_vec())
         );
     }

@@ -63,6 +63,15 @@ pub(crate) struct PerDirState {
     frames: Vec<Frame>,
 }
 
+impl PerDirState {
+    /// Drops merge definitions registered from index `from` on (after a failed parse).
+    pub(crate) fn forget_defs_from(&mut self, from: usize) {
+        self.defs.truncate(from);
+        self.heads.truncate(from);
+        self.needs_setup.truncate(from);
+    }
+}
+
 /// Proof of one [`FilterRules::enter_dir`]; give it back to [`FilterRules::leave_dir`].
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "pass the token to leave_dir when the walk leaves the directory"]
@@ -131,12 +140,20 @@ impl FilterRules {
     /// The first call also fixes the transfer root (used by `/`-modifier rules) and scans the
     /// parent directories named by merge rules such as `dir-merge /.rsync-filter`.
     pub fn enter_dir(&mut self, abs_dir: &Path, rel_dir: &[u8]) -> Result<DirToken, FilterError> {
+        let depth = self.perdir.frames.len();
+        if self.perdir.defs.is_empty() && self.perdir.root_set {
+            // Nothing to read: just keep enter/leave balanced.
+            self.perdir.frames.push(Frame {
+                defs_len: 0,
+                heads: Vec::new(),
+            });
+            return Ok(DirToken { depth });
+        }
         let abs = clean_abs(abs_dir);
         if !self.perdir.root_set {
             self.perdir.root = root_of(&abs, rel_dir);
             self.perdir.root_set = true;
         }
-        let depth = self.perdir.frames.len();
         self.perdir.frames.push(Frame {
             defs_len: self.perdir.defs.len(),
             heads: self.perdir.heads.clone(),
@@ -217,12 +234,13 @@ impl FilterRules {
     ) -> Result<Option<Arc<Node>>, FilterError> {
         let path = join(dir, &def.basename);
         let mut rules = Vec::new();
-        let base_dir = PathBuf::from(std::ffi::OsStr::from_bytes(dir));
+        let base_dir = Path::new(std::ffi::OsStr::from_bytes(dir));
         let mut target = Target {
             list: &mut rules,
             cleared: false,
             anchor_dir: Some(anchor_prefix(dir)),
-            base_dir: Some(&base_dir),
+            base_dir: Some(base_dir),
+            daemon: false,
         };
         self.parse_file(
             &mut target,

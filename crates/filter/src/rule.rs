@@ -3,6 +3,34 @@
 use crate::parse::flag;
 use crate::wildmatch::{litmatch_anchored, trailing_elements, wildmatch_anchored, Anchor};
 
+/// A path being matched, split once for all rules.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Subject<'a> {
+    /// The path as given.
+    pub full: &'a [u8],
+    /// Without a leading `/`.
+    pub name: &'a [u8],
+    /// The last `/`-separated element.
+    pub last: &'a [u8],
+    pub is_dir: bool,
+}
+
+impl<'a> Subject<'a> {
+    pub fn new(full: &'a [u8], is_dir: bool) -> Self {
+        let name = full.strip_prefix(b"/").unwrap_or(full);
+        let last = match name.iter().rposition(|&b| b == b'/') {
+            Some(p) => &name[p + 1..],
+            None => name,
+        };
+        Subject {
+            full,
+            name,
+            last,
+            is_dir,
+        }
+    }
+}
+
 /// One rule of a filter list.
 ///
 /// For a per-directory merge rule (`:`), `pattern` is the merge-file name and `merge_id`
@@ -60,13 +88,24 @@ impl Rule {
     /// the way rsync does: one trailing `/` means "directories only" and is removed.
     /// `abs_prefix` (an absolute directory without trailing slash, or empty for `/`) is put
     /// in front of an anchored pattern read from a per-directory file.
-    pub fn new(pattern: &[u8], mut flags: u32, abs_prefix: Option<&[u8]>) -> Rule {
+    pub fn new(pattern: &[u8], flags: u32, abs_prefix: Option<&[u8]>) -> Rule {
+        Rule::build(pattern, flags, abs_prefix, false)
+    }
+
+    /// A rule from an rsync daemon's module configuration: patterns holding a `/` match the
+    /// module-relative path, and directory excludes (`dir/`) also exclude everything inside
+    /// (`dir/***`).
+    pub fn new_daemon(pattern: &[u8], flags: u32) -> Rule {
+        Rule::build(pattern, flags, None, true)
+    }
+
+    fn build(pattern: &[u8], mut flags: u32, abs_prefix: Option<&[u8]>, daemon: bool) -> Rule {
         let mut pat = pattern;
         if pat.len() > 1 && pat.last() == Some(&b'/') {
             pat = &pat[..pat.len() - 1];
             flags |= flag::DIRECTORY;
         }
-        let mut full = Vec::with_capacity(pat.len() + abs_prefix.map_or(0, <[u8]>::len));
+        let mut full = Vec::with_capacity(pat.len() + abs_prefix.map_or(0, <[u8]>::len) + 4);
         if let Some(prefix) = abs_prefix {
             if flags & (flag::ABS_PATH | flag::MERGE_FILE) == 0 && pat.first() == Some(&b'/') {
                 flags |= flag::ABS_PATH;
@@ -74,6 +113,15 @@ impl Rule {
             }
         }
         full.extend_from_slice(pat);
+        if daemon {
+            if flags & (flag::ABS_PATH | flag::MERGE_FILE) == 0 && pat.contains(&b'/') {
+                flags |= flag::ABS_PATH;
+            }
+            if flags & flag::DIRECTORY != 0 && flags & flag::INCLUDE == 0 {
+                flags &= !flag::DIRECTORY;
+                full.extend_from_slice(b"/***");
+            }
+        }
         let slash_cnt = full.iter().filter(|&&b| b == b'/').count() as u32;
         if full.iter().any(|&b| matches!(b, b'*' | b'?' | b'[')) {
             flags |= flag::WILD;
@@ -105,9 +153,15 @@ impl Rule {
     /// True when the rule's pattern (ignoring its include/exclude meaning) selects `fname`.
     /// `root` is the absolute transfer root without its leading `/` (empty when the root
     /// is `/` or unknown); it is used only for `ABS_PATH` rules.
+    #[cfg(test)]
     pub fn matches(&self, fname: &[u8], is_dir: bool, root: &[u8]) -> bool {
+        self.matches_subject(&Subject::new(fname, is_dir), root)
+    }
+
+    /// [`Rule::matches`] for a path already split up by [`Subject::new`].
+    pub fn matches_subject(&self, subject: &Subject<'_>, root: &[u8]) -> bool {
         let hit = !self.negated();
-        let name = fname.strip_prefix(b"/").unwrap_or(fname);
+        let (fname, name, is_dir) = (subject.full, subject.name, subject.is_dir);
         if name.is_empty() {
             return false;
         }
@@ -116,9 +170,7 @@ impl Rule {
         let mut prefix: &[u8] = b"";
         let mut prefix_slash = false;
         if self.slash_cnt == 0 && flags & flag::WILD2 == 0 {
-            if let Some(p) = name.iter().rposition(|&b| b == b'/') {
-                base = &name[p + 1..];
-            }
+            base = subject.last;
         } else if flags & flag::ABS_PATH != 0 && !fname.starts_with(b"/") && !root.is_empty() {
             prefix = root;
             prefix_slash = true;

@@ -440,3 +440,82 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod reference {
+    //! A plain backtracking matcher without the pruning, to check the pruned one against.
+
+    use super::{match_class, ClassResult};
+
+    fn naive(p: &[u8], t: &[u8]) -> bool {
+        let Some(&c) = p.first() else {
+            return t.is_empty();
+        };
+        match c {
+            b'\\' => match (p.get(1), t.first()) {
+                (Some(a), Some(b)) if a == b => naive(&p[2..], &t[1..]),
+                _ => false,
+            },
+            b'?' => matches!(t.first(), Some(&b) if b != b'/') && naive(&p[1..], &t[1..]),
+            b'*' => {
+                let stars = p.iter().take_while(|&&b| b == b'*').count();
+                let rest = &p[stars..];
+                for i in 0..=t.len() {
+                    if naive(rest, &t[i..]) {
+                        return true;
+                    }
+                    if stars == 1 && t.get(i) == Some(&b'/') {
+                        return false;
+                    }
+                }
+                false
+            }
+            b'[' => {
+                let Some(&tc) = t.first() else {
+                    return false;
+                };
+                match match_class(p, 1, tc) {
+                    ClassResult::Malformed => false,
+                    ClassResult::Done { matched, end } => {
+                        matched && tc != b'/' && naive(&p[end + 1..], &t[1..])
+                    }
+                }
+            }
+            _ => t.first() == Some(&c) && naive(&p[1..], &t[1..]),
+        }
+    }
+
+    /// A malformed class anywhere makes rsync's matcher fail outright.
+    fn has_malformed_class(p: &[u8]) -> bool {
+        let mut i = 0;
+        while i < p.len() {
+            match p[i] {
+                b'\\' => i += 2,
+                b'[' => match match_class(p, i + 1, b'a') {
+                    ClassResult::Malformed => return true,
+                    ClassResult::Done { end, .. } => i = end + 1,
+                },
+                _ => i += 1,
+            }
+        }
+        false
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        #[test]
+        fn pruned_matcher_agrees_with_plain_backtracking(
+            p in proptest::collection::vec(proptest::sample::select(b"ab/*?[]!-\\\\".to_vec()), 0..10),
+            t in proptest::collection::vec(proptest::sample::select(b"ab/-[]*".to_vec()), 0..10),
+        ) {
+            let expected = !has_malformed_class(&p) && naive(&p, &t);
+            proptest::prop_assert_eq!(
+                super::wildmatch(&p, &t),
+                expected,
+                "pattern {:?} text {:?}",
+                String::from_utf8_lossy(&p),
+                String::from_utf8_lossy(&t)
+            );
+        }
+    }
+}

@@ -5,7 +5,7 @@
 
 use crate::error::{show, FilterError};
 use crate::list::FilterRules;
-use crate::parse::{flag, rule_prefix};
+use crate::parse::{flag, rule_prefix, WireCtx};
 use crate::rule::Rule;
 
 /// Which end of the transfer the client is.
@@ -66,6 +66,10 @@ impl FilterRules {
             if cvs_defaults && protocol < 30 {
                 flags &= !flag::PERISHABLE;
             }
+            // --delete-excluded makes side-less rules sender-only, and rsync writes them so.
+            if self.delete_excluded && flags & (flag::SIDES | flag::MERGE_FILE) == 0 {
+                flags |= flag::SENDER;
+            }
             let mut elide = Elide::None;
             if flags & flag::SENDER != 0 {
                 elide = if am_sender {
@@ -104,16 +108,16 @@ impl FilterRules {
                 }
                 continue;
             }
-            let prefix = rule_prefix(
-                flags,
-                &rule.pattern,
-                true,
+            let ctx = WireCtx {
                 protocol,
-                self.delete_excluded && am_sender,
-            )
-            .ok_or_else(|| FilterError::TooModern {
-                rule: show(&rendered(rule, flags)),
-                protocol,
+                am_sender,
+                delete_excluded: self.delete_excluded,
+            };
+            let prefix = rule_prefix(flags, &rule.pattern, Some(&ctx)).ok_or_else(|| {
+                FilterError::TooModern {
+                    rule: show(&rendered(rule, flags)),
+                    protocol,
+                }
             })?;
             let mut text = prefix;
             text.extend_from_slice(&rule.pattern);
@@ -137,8 +141,8 @@ impl FilterRules {
     }
 }
 
-fn rendered(rule: &Rule, flags: u32) -> Vec<u8> {
-    let mut text = rule_prefix(flags, &rule.pattern, false, 32, false).unwrap_or_default();
+pub(crate) fn rendered(rule: &Rule, flags: u32) -> Vec<u8> {
+    let mut text = rule_prefix(flags, &rule.pattern, None).unwrap_or_default();
     text.extend_from_slice(&rule.pattern);
     if flags & flag::DIRECTORY != 0 {
         text.push(b'/');

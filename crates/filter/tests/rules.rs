@@ -394,9 +394,12 @@ fn wire_rules_for_each_role() {
         recv,
         vec!["- *.o", "-s *.tmp", "+/ /abs/x", ": .f", "-p junk/"]
     );
-    // Protocol 29 cannot express perishable rules.
+    // Protocol 29 has no perishable modifier: a receiving client drops it, a sending client
+    // cannot send the rule.
+    let recv29 = text(r.to_wire_rules(WireRole::ClientReceiver, 29).expect("ok"));
+    assert_eq!(recv29.last().map(String::as_str), Some("- junk/"));
     let err = r
-        .to_wire_rules(WireRole::ClientReceiver, 29)
+        .to_wire_rules(WireRole::ClientSender, 29)
         .expect_err("too modern");
     assert!(matches!(err, FilterError::TooModern { .. }));
     // Protocol 28: bare patterns.
@@ -413,7 +416,7 @@ fn wire_rules_for_each_role() {
         .is_empty());
     assert_eq!(
         text(de.to_wire_rules(WireRole::ClientReceiver, 31).expect("ok")),
-        vec!["- *.o"]
+        vec!["-s *.o"]
     );
 }
 
@@ -472,4 +475,139 @@ fn non_utf8_rules_and_names() {
     assert_eq!(r.check(b"dir/caf\xe9.txt", false), Decision::Exclude);
     assert_eq!(r.check(b"\xff", true), Decision::Exclude);
     assert_eq!(r.check(b"\xff", false), Decision::NoMatch);
+}
+
+#[test]
+fn daemon_params_use_module_paths_and_hide_dir_contents() {
+    use arsync_filter::DaemonParam;
+    let mut r = FilterRules::new();
+    r.set_transfer_root(Path::new("/"));
+    r.add_daemon_param(DaemonParam::Exclude, b"secret/ sub/*.key")
+        .expect("ok");
+    r.add_daemon_param(DaemonParam::Filter, b"+ keep.o - *.o")
+        .expect("ok");
+    // "secret/" hides the directory and everything in it, even asked for directly.
+    assert_eq!(r.check(b"a/secret", true), Decision::Exclude);
+    assert_eq!(r.check(b"a/secret/file", false), Decision::Exclude);
+    assert_eq!(r.check(b"sub/x.key", false), Decision::Exclude);
+    assert_eq!(r.check(b"a/sub/x.key", false), Decision::Exclude);
+    assert_eq!(r.check(b"keep.o", false), Decision::Include);
+    assert_eq!(r.check(b"x.o", false), Decision::Exclude);
+    let missing = FilterRules::new()
+        .add_daemon_param(DaemonParam::ExcludeFrom, b"/nonexistent/list")
+        .expect_err("missing file");
+    assert!(matches!(missing, FilterError::Io { .. }));
+}
+
+#[test]
+fn rules_can_move_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<FilterRules>();
+    assert_send_sync::<FilterError>();
+}
+
+#[test]
+fn special_files_named_like_merge_files_are_ignored() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let root = t.path();
+    std::fs::create_dir(root.join(".f")).expect("dir named like the merge file");
+    mk(root, "sub/x", "");
+    let fifo = root.join("sub/.f");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let mut r = rules(&[": .f"]);
+    // Neither the directory nor the FIFO blocks or fails the walk.
+    let t0 = r.enter_dir(root, b"").expect("enter");
+    let t1 = r.enter_dir(&root.join("sub"), b"sub").expect("enter");
+    assert_eq!(r.check(b"sub/x", false), Decision::NoMatch);
+    r.leave_dir(t1);
+    r.leave_dir(t0);
+    // Named explicitly, a directory is an error.
+    let err = FilterRules::new()
+        .add_from_file(root, FromFile::Exclude)
+        .expect_err("directory");
+    assert!(matches!(err, FilterError::Io { .. }));
+}
+
+#[test]
+fn long_rule_files_stream_and_overlong_lines_are_dropped() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let f = t.path().join("many");
+    let mut text = String::new();
+    for i in 0..20_000 {
+        text.push_str(&format!("- name{i}.tmp\r\n"));
+    }
+    text.push_str(&format!("- {}\n", "x".repeat(10_000)));
+    text.push_str("- last");
+    std::fs::write(&f, text).expect("write");
+    let mut r = FilterRules::new();
+    r.add_from_file(&f, FromFile::Filter).expect("ok");
+    assert_eq!(r.check(b"name19999.tmp", false), Decision::Exclude);
+    assert_eq!(r.check(b"last", false), Decision::Exclude);
+    assert_eq!(r.check(&[b'x'; 10_000], false), Decision::NoMatch);
+}
+
+#[test]
+fn matching_rule_names_the_deciding_rule() {
+    let t = tempfile::tempdir().expect("tempdir");
+    mk(t.path(), ".f", "+ keep.o\n");
+    let mut r = rules(&[": .f", "- *.o", "H tmp/"]);
+    let _t = r.enter_dir(t.path(), b"").expect("enter");
+    assert_eq!(
+        r.matching_rule(b"keep.o", false, Side::Sender).as_deref(),
+        Some("+ keep.o")
+    );
+    assert_eq!(
+        r.matching_rule(b"a/x.o", false, Side::Sender).as_deref(),
+        Some("- *.o")
+    );
+    assert_eq!(
+        r.matching_rule(b"tmp", true, Side::Sender).as_deref(),
+        Some("-s tmp/")
+    );
+    assert_eq!(r.matching_rule(b"tmp", true, Side::Receiver), None);
+    assert_eq!(r.matching_rule(b"x.c", false, Side::Sender), None);
+}
+
+#[test]
+fn a_failing_add_leaves_the_list_unchanged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("rules");
+    fs::write(&f, "!\n- *.o\n: .per\nbogus line\n").expect("write");
+    let mut r = rules(&["- *.c"]);
+    assert!(r.add_from_file(&f, FromFile::Filter).is_err());
+    assert_eq!(r.describe(), vec!["- *.c".to_string()]);
+    assert_eq!(r.check(b"a.c", false), Decision::Exclude);
+    assert_eq!(r.check(b"a.o", false), Decision::NoMatch);
+    // The dir-merge rule of the failed file was not registered: a later one is accepted.
+    r.add_rule(": .per").expect("ok");
+    assert_eq!(
+        r.describe(),
+        vec!["- *.c".to_string(), ": .per".to_string()]
+    );
+    // A clear inside a successful add clears what came before.
+    r.add_rule("!").expect("ok");
+    assert!(r.describe().is_empty());
+}
+
+#[test]
+fn xattr_selection_defaults_and_rules() {
+    let none = FilterRules::new();
+    assert!(none.xattr_selected(b"user.a", Side::Sender, false));
+    assert!(!none.xattr_selected(b"trusted.a", Side::Sender, false));
+    assert!(none.xattr_selected(b"trusted.a", Side::Sender, true));
+    assert!(none.xattr_selected(b"security.selinux", Side::Receiver, true));
+    assert!(!none.xattr_selected(b"system.posix_acl_access", Side::Sender, true));
+    // File rules do not count as xattr rules.
+    let files = rules(&["- user.*"]);
+    assert!(files.xattr_selected(b"user.a", Side::Sender, false));
+    let x = rules(&["-x user.secret", "-xr user.local"]);
+    assert!(!x.xattr_selected(b"user.secret", Side::Sender, false));
+    assert!(x.xattr_selected(b"user.local", Side::Sender, false));
+    assert!(!x.xattr_selected(b"user.local", Side::Receiver, false));
+    // With x rules, the namespace defaults no longer apply.
+    assert!(x.xattr_selected(b"trusted.any", Side::Sender, false));
 }

@@ -62,6 +62,8 @@ pub struct CompareOpts {
     pub devices: bool,
     /// Also compare the two root directories' own metadata.
     pub root_metadata: bool,
+    /// Relative paths left out of the comparison on both sides (with everything below them).
+    pub skip: Vec<PathBuf>,
 }
 
 impl Default for CompareOpts {
@@ -82,6 +84,7 @@ impl Default for CompareOpts {
             symlink_targets: true,
             devices: true,
             root_metadata: true,
+            skip: Vec::new(),
         }
     }
 }
@@ -155,6 +158,12 @@ impl CompareOpts {
     pub fn without_xattrs(mut self) -> Self {
         self.xattrs = false;
         self.acls = false;
+        self
+    }
+
+    /// Leaves `rel` (and everything below it) out of the comparison.
+    pub fn skipping(mut self, rel: impl Into<PathBuf>) -> Self {
+        self.skip.push(rel.into());
         self
     }
 
@@ -454,6 +463,15 @@ fn time_of(sec: i64, nsec: i64) -> FileTime {
     FileTime::new(sec, nsec as u32)
 }
 
+/// `rel/name`, where the roots are `.`.
+fn child_path(rel: &Path, name: &OsString) -> PathBuf {
+    if rel == Path::new(".") {
+        PathBuf::from(name)
+    } else {
+        rel.join(name)
+    }
+}
+
 fn sorted_names(dir: &Path) -> io::Result<Vec<OsString>> {
     let mut names = Vec::new();
     for entry in fs::read_dir(dir)? {
@@ -480,6 +498,12 @@ impl Comparer<'_> {
             Ok(n) => n,
             Err(e) => return self.err(rel, "reading directory in B", e),
         };
+        let (mut names_a, mut names_b) = (names_a, names_b);
+        if !self.opts.skip.is_empty() {
+            let keep = |n: &OsString| !self.opts.skip.iter().any(|s| *s == child_path(rel, n));
+            names_a.retain(keep);
+            names_b.retain(keep);
+        }
         let (mut i, mut j) = (0, 0);
         while i < names_a.len() || j < names_b.len() {
             let order = match (names_a.get(i), names_b.get(j)) {
@@ -487,13 +511,7 @@ impl Comparer<'_> {
                 (Some(_), None) => std::cmp::Ordering::Less,
                 _ => std::cmp::Ordering::Greater,
             };
-            let child_rel = |n: &OsString| {
-                if rel == Path::new(".") {
-                    PathBuf::from(n)
-                } else {
-                    rel.join(n)
-                }
-            };
+            let child_rel = |n: &OsString| child_path(rel, n);
             match order {
                 std::cmp::Ordering::Less => {
                     self.diffs.push(Difference::Missing {

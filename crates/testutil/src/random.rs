@@ -114,12 +114,23 @@ pub fn random_tree(root: &Path, seed: u64, params: &RandomTreeParams) -> io::Res
     let root_user = is_root();
 
     let mut dirs: Vec<(PathBuf, usize)> = vec![(PathBuf::new(), 0)];
+    // Indices of directories that may still get children (depth below the maximum).
+    let mut open_dirs: Vec<usize> = if params.max_depth > 0 {
+        vec![0]
+    } else {
+        Vec::new()
+    };
     for i in 0..params.dirs {
-        let parents: Vec<&(PathBuf, usize)> =
-            dirs.iter().filter(|(_, d)| *d < params.max_depth).collect();
-        let (parent, depth) = (*pick(&mut rng, &parents)).clone();
+        let Some(&parent_index) = (!open_dirs.is_empty()).then(|| pick(&mut rng, &open_dirs))
+        else {
+            break;
+        };
+        let (parent, depth) = dirs[parent_index].clone();
         let rel = parent.join(name(&mut rng, "d", i, params.non_utf8_names));
         tb.dir(&rel)?;
+        if depth + 1 < params.max_depth {
+            open_dirs.push(dirs.len());
+        }
         dirs.push((rel, depth + 1));
         sum.dirs += 1;
     }
@@ -219,7 +230,7 @@ pub fn random_tree(root: &Path, seed: u64, params: &RandomTreeParams) -> io::Res
     }
 
     let everything: Vec<PathBuf> = files.iter().chain(&specials).cloned().collect();
-    for rel in &everything {
+    for (index, rel) in everything.iter().enumerate() {
         if params.owners && root_user && rng.below(3) == 0 {
             tb.chown(
                 rel,
@@ -236,7 +247,7 @@ pub fn random_tree(root: &Path, seed: u64, params: &RandomTreeParams) -> io::Res
             };
             tb.chmod(rel, special_bits | 0o400 | rng.below(0o1000) as u32)?;
         }
-        let regular = files.contains(rel);
+        let regular = index < files.len();
         if params.xattrs && regular && rng.below(4) == 0 {
             let ns = if root_user && rng.below(2) == 0 {
                 "trusted"

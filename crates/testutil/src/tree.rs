@@ -130,7 +130,7 @@ impl TreeBuilder {
         let path = self.parent_of(rel)?;
         let mut f = File::create(&path).map_err(ctx(&path, "creating"))?;
         let mut rng = SeededBytes::new(seed);
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; size.min(64 * 1024) as usize];
         let mut left = size;
         while left > 0 {
             let n = left.min(buf.len() as u64) as usize;
