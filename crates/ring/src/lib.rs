@@ -44,7 +44,7 @@ pub mod op;
 mod ring;
 mod sys;
 
-pub use buf::{BufPool, FixedBuf, IoBuf, IoBufMut};
+pub use buf::{BufPool, FixedBuf, IoBuf, IoBufMut, SharedBuf};
 pub use exec::{spawn_local, Executor, JoinHandle, Park, ThreadPark};
 pub use features::{Features, Opcode, SetupMode};
 pub use ring::{
