@@ -1041,8 +1041,8 @@ pub struct AcceptMulti {
 }
 
 impl AcceptMulti {
-    #[allow(missing_docs)]
-    pub fn new(fd: impl Into<Fd>) -> AcceptMulti {
+    /// Crate-private: multishot results are only consumed through [`crate::AcceptStream`].
+    pub(crate) fn new(fd: impl Into<Fd>) -> AcceptMulti {
         AcceptMulti { fd: fd.into() }
     }
 }

@@ -242,7 +242,7 @@ impl Inner {
         let slot = &mut st.slots[idx as usize];
         slot.op = Some(op);
         slot.multishot = multishot;
-        slot.in_kernel = true;
+        slot.in_kernel = false;
         let ud = ud_of(idx, slot.gen);
         let foreign = slot
             .op
@@ -284,7 +284,16 @@ impl Inner {
     }
 
     /// Writes `entries` into the SQ, all together (a chain must not be split across submits).
+    /// Refused once the ring is shutting down: nothing new may start that the drain would miss.
     pub(crate) fn push_entries(&self, entries: &[squeue::Entry]) -> io::Result<()> {
+        if self.closed.get() {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the ring has been dropped"));
+        }
+        self.push_raw(entries)
+    }
+
+    /// As `push_entries`, also during shutdown (for the drain's own cancels).
+    fn push_raw(&self, entries: &[squeue::Entry]) -> io::Result<()> {
         loop {
             {
                 let mut ring = self.uring.borrow_mut();
@@ -301,6 +310,17 @@ impl Inner {
                     // alive until the final CQE.
                     unsafe { sq.push_multiple(entries) }
                         .map_err(|_| io::Error::other("submission queue full"))?;
+                    drop(sq);
+                    drop(ring);
+                    let mut st = self.st.borrow_mut();
+                    for e in entries {
+                        let (idx, gen) = split_ud(e.get_user_data());
+                        if let Some(slot) = st.slots.get_mut(idx) {
+                            if slot.gen == gen && slot.op.is_some() {
+                                slot.in_kernel = true;
+                            }
+                        }
+                    }
                     return Ok(());
                 }
             }
@@ -701,19 +721,18 @@ impl Inner {
     /// Cancels everything and waits for every completion. Returns false (and leaks) if some
     /// operations never completed.
     fn shutdown(&self) -> bool {
-        // Results finished but never claimed: clean them up.
-        let finished: Vec<u64> = {
+        // Results finished but never claimed, and operations never submitted: release them.
+        let idle: Vec<(u64, bool)> = {
             let st = self.st.borrow();
             st.slots
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| s.op.is_some() && (s.finished || !s.in_kernel))
-                .map(|(i, s)| ud_of(i as u32, s.gen))
+                .map(|(i, s)| (ud_of(i as u32, s.gen), s.finished))
                 .collect()
         };
-        for ud in finished {
-            let in_kernel = !self.is_finished(ud);
-            self.abandon(ud, in_kernel);
+        for (ud, finished) in idle {
+            self.abandon(ud, finished);
         }
         self.closed.set(true);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -738,7 +757,7 @@ impl Inner {
                 }
                 for ud in live {
                     let e = opcode::AsyncCancel::new(ud).build().user_data(IGNORE);
-                    if self.push_entries(&[e]).is_err() {
+                    if self.push_raw(&[e]).is_err() {
                         break;
                     }
                 }
@@ -755,6 +774,21 @@ impl Inner {
             }
         }
         false
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Normally `Ring::drop` drained everything. If anything is still with the kernel (it
+        // could not be drained), leak it rather than free memory the kernel may write.
+        let st = self.st.get_mut();
+        for s in st.slots.iter_mut() {
+            if s.op.is_some() && s.in_kernel && !s.finished {
+                if let Some(op) = s.op.take() {
+                    std::mem::forget(op);
+                }
+            }
+        }
     }
 }
 
@@ -911,8 +945,10 @@ impl Handle {
     }
 
     /// Number of slab slots holding an operation (in flight or awaiting its owner).
+    /// The executor's own eventfd read (armed while `block_on` waits) is not counted.
     pub fn ops_in_slab(&self) -> usize {
-        self.inner.st.borrow().occupied
+        let internal = usize::from(self.inner.eventfd_ud.get().is_some());
+        self.inner.st.borrow().occupied.saturating_sub(internal)
     }
 }
 
