@@ -287,7 +287,10 @@ impl Inner {
     /// Refused once the ring is shutting down: nothing new may start that the drain would miss.
     pub(crate) fn push_entries(&self, entries: &[squeue::Entry]) -> io::Result<()> {
         if self.closed.get() {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the ring has been dropped"));
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the ring has been dropped",
+            ));
         }
         self.push_raw(entries)
     }

@@ -3,9 +3,9 @@
 //! docs/BENCHMARKS.md), and every byte written afterwards must arrive intact.
 
 use arsync_ring::{op, Ring};
+use std::future::Future;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::future::Future;
 use std::task::{Context, Waker};
 
 fn pipe() -> (std::fs::File, std::fs::File) {
@@ -13,7 +13,12 @@ fn pipe() -> (std::fs::File, std::fs::File) {
     // SAFETY: pipe2 fills the array with two fresh fds.
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
     // SAFETY: fresh fds we own.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]).into(), OwnedFd::from_raw_fd(fds[1]).into()) }
+    unsafe {
+        (
+            OwnedFd::from_raw_fd(fds[0]).into(),
+            OwnedFd::from_raw_fd(fds[1]).into(),
+        )
+    }
 }
 
 #[test]
@@ -36,7 +41,9 @@ fn dropped_pending_reads_never_corrupt_memory() {
     // Drop every future while its read is pending in the kernel.
     drop(futs);
     // Fill memory that freed buffers would occupy, then write to every pipe.
-    let noise: Vec<Vec<u8>> = (0..PIPES * FUTS_PER_PIPE).map(|i| vec![(i % 251) as u8; 64]).collect();
+    let noise: Vec<Vec<u8>> = (0..PIPES * FUTS_PER_PIPE)
+        .map(|i| vec![(i % 251) as u8; 64])
+        .collect();
     for (i, (_, w)) in pipes.iter().enumerate() {
         let mut w = w;
         w.write_all(&[i as u8; 16]).unwrap();
@@ -45,10 +52,19 @@ fn dropped_pending_reads_never_corrupt_memory() {
     for _ in 0..10 {
         ring.submit().unwrap();
     }
-    ring.block_on(ring.sleep(std::time::Duration::from_millis(20))).unwrap().unwrap();
-    assert_eq!(ring.ops_in_slab(), 0, "every dropped read was cancelled or completed and freed");
+    ring.block_on(ring.sleep(std::time::Duration::from_millis(20)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ring.ops_in_slab(),
+        0,
+        "every dropped read was cancelled or completed and freed"
+    );
     for (i, v) in noise.iter().enumerate() {
-        assert!(v.iter().all(|&b| b == (i % 251) as u8), "memory of buffer {i} was overwritten");
+        assert!(
+            v.iter().all(|&b| b == (i % 251) as u8),
+            "memory of buffer {i} was overwritten"
+        );
     }
     // The data either went to a (dropped, cancelled-too-late) read or is still in the pipe;
     // whatever is in the pipe is intact. Check with fresh reads through the ring.
@@ -63,13 +79,22 @@ fn dropped_pending_reads_never_corrupt_memory() {
             got.extend_from_slice(&b[..n]);
         }
         let body = &got[..got.len() - 4];
-        assert!(body.iter().all(|&x| x == i as u8), "pipe {i} carried corrupted bytes");
+        assert!(
+            body.iter().all(|&x| x == i as u8),
+            "pipe {i} carried corrupted bytes"
+        );
     }
     // A new batch of reads works normally after all of that.
     let (r, w) = pipe();
     let mut w2 = &w;
     w2.write_all(b"fresh").unwrap();
-    let (n, buf) = ring.block_on(ring.op(op::Read::new(r.as_raw_fd(), Vec::with_capacity(8), u64::MAX))).unwrap();
+    let (n, buf) = ring
+        .block_on(ring.op(op::Read::new(
+            r.as_raw_fd(),
+            Vec::with_capacity(8),
+            u64::MAX,
+        )))
+        .unwrap();
     assert_eq!((n.unwrap(), &buf[..]), (5, &b"fresh"[..]));
 }
 
@@ -82,12 +107,20 @@ fn dropping_a_batch_and_the_ring_mid_flight() {
         let ring = Ring::new().unwrap();
         let mut b = ring.batch();
         for (r, _) in &pipes {
-            let _ = b.push(op::Read::new(r.as_raw_fd(), Vec::with_capacity(32), u64::MAX));
+            let _ = b.push(op::Read::new(
+                r.as_raw_fd(),
+                Vec::with_capacity(32),
+                u64::MAX,
+            ));
         }
         b.submit().unwrap();
         let mut b2 = ring.batch();
         for (r, _) in &pipes {
-            let _ = b2.push(op::Read::new(r.as_raw_fd(), Vec::with_capacity(32), u64::MAX));
+            let _ = b2.push(op::Read::new(
+                r.as_raw_fd(),
+                Vec::with_capacity(32),
+                u64::MAX,
+            ));
         }
         b2.submit().unwrap();
         drop(b);
@@ -104,3 +137,40 @@ fn dropping_a_batch_and_the_ring_mid_flight() {
     }
 }
 
+/// Runs the drop-safety test under valgrind (memcheck) when valgrind is installed. Uninitialised
+/// value errors are off: memcheck does not see the kernel's io_uring writes, so it would flag
+/// every byte the kernel read into a buffer. Invalid reads/writes/frees and definite leaks count.
+#[test]
+fn drop_safety_under_valgrind() {
+    if std::env::var_os("ARSYNC_UNDER_VALGRIND").is_some() {
+        return;
+    }
+    let has_valgrind = std::process::Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_valgrind {
+        eprintln!("valgrind not installed: skipping the memcheck run");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("valgrind")
+        .args([
+            "--error-exitcode=1",
+            "--undef-value-errors=no",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite",
+        ])
+        .arg(&exe)
+        .args(["dropp", "--test-threads=1"])
+        .env("ARSYNC_UNDER_VALGRIND", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "valgrind reported errors:\n{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 passed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

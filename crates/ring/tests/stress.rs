@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn hundred_thousand_ops_at_high_queue_depth() {
-    let d = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap();
+    let d = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
     let data: Vec<u8> = (0..4096u32).map(|i| (i * 31 % 256) as u8).collect();
     let path = d.path().join("f");
     std::fs::write(&path, &data).unwrap();
@@ -21,7 +23,10 @@ fn hundred_thousand_ops_at_high_queue_depth() {
         let mut ts = Vec::new();
         for i in 0..256usize {
             let off = (i * 13) % 4000;
-            ts.push((off, b.push(op::Read::new(fd, Vec::with_capacity(64), off as u64))));
+            ts.push((
+                off,
+                b.push(op::Read::new(fd, Vec::with_capacity(64), off as u64)),
+            ));
             let _ = b.push_with(op::Nop, SqeOpts::linked_quiet());
         }
         b.wait().unwrap();
@@ -41,15 +46,18 @@ fn hundred_thousand_ops_at_high_queue_depth() {
             for t in 0..256u64 {
                 let h = h.clone();
                 let data = data2.clone();
-                js.push(arsync_ring::spawn_local(async move {
-                    for k in 0..80u64 {
-                        let off = (t * 7 + k * 11) % 4000;
-                        let (n, buf) = h.read_at(fd, Vec::with_capacity(32), off).await;
-                        let n = n.unwrap();
-                        assert_eq!(&buf[..], &data[off as usize..off as usize + n]);
-                    }
-                    80usize
-                }).unwrap());
+                js.push(
+                    arsync_ring::spawn_local(async move {
+                        for k in 0..80u64 {
+                            let off = (t * 7 + k * 11) % 4000;
+                            let (n, buf) = h.read_at(fd, Vec::with_capacity(32), off).await;
+                            let n = n.unwrap();
+                            assert_eq!(&buf[..], &data[off as usize..off as usize + n]);
+                        }
+                        80usize
+                    })
+                    .unwrap(),
+                );
             }
             let mut s = 0;
             for j in js {
@@ -61,5 +69,9 @@ fn hundred_thousand_ops_at_high_queue_depth() {
     done += total;
     assert!(done >= 100_000);
     assert_eq!(ring.ops_in_slab(), 0);
-    assert!(start.elapsed() < Duration::from_secs(30), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
 }
