@@ -43,6 +43,7 @@ mod dir;
 mod pool;
 mod stat;
 mod sys;
+pub mod tools;
 
 pub use arsync_ring::{spawn_local, Features, JoinHandle};
 pub use dir::{DirEntry, DirReader};
