@@ -104,7 +104,7 @@ pub struct IoConfig {
     pub mode: Mode,
     /// Ring size (submission queue entries).
     pub entries: u32,
-    /// Builds the ring; defaults to a ring with a 64-slot direct descriptor table and io-wq
+    /// Builds the ring; defaults to a ring with a 1024-slot direct descriptor table and io-wq
     /// workers capped at 4x the CPU count.
     pub ring_factory: RingFactory,
 }
