@@ -37,6 +37,48 @@
 //! (open, read, close, open, write, close: one CQE on success) and [`Io::statx_many`] stats many
 //! names with one submission. dynfs can issue fragment reads/writes concurrently with
 //! [`arsync_ring::spawn_local`] (re-exported as [`spawn_local`]) and join the handles.
+//!
+//! Parallel reads of several fragments (as dynfs does for an extent): spawn one task per fragment
+//! and join them; on io_uring they are all in flight in one ring.
+//!
+//! ```
+//! use arsync_io::{spawn_local, Runtime, AT_FDCWD};
+//! # fn main() -> std::io::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("extent");
+//! std::fs::write(&path, vec![7u8; 4 * 4096])?;
+//! let rt = Runtime::new()?;
+//! let io = rt.io();
+//! let parts = rt.block_on(async {
+//!     let f = std::rc::Rc::new(io.open(AT_FDCWD, &path, libc::O_RDONLY, 0).await?);
+//!     let tasks: Vec<_> = (0..4u64)
+//!         .map(|i| {
+//!             let (io, f) = (io.clone(), f.clone());
+//!             spawn_local(async move { io.read_full_at(&*f, Vec::with_capacity(4096), i * 4096).await })
+//!                 .expect("inside block_on")
+//!         })
+//!         .collect();
+//!     let mut parts = Vec::new();
+//!     for t in tasks {
+//!         let (r, buf) = t.await;
+//!         r?;
+//!         parts.push(buf);
+//!     }
+//!     std::io::Result::Ok(parts)
+//! })??;
+//! assert!(parts.iter().all(|p| p.len() == 4096 && p.iter().all(|&b| b == 7)));
+//! # Ok(()) }
+//! ```
+//!
+//! Things to know:
+//! - Buffers are moved into operations and handed back with the result (`(io::Result<T>, Vec<u8>)`);
+//!   reads fill the *spare capacity* of the `Vec` (`Vec::with_capacity(n)` reads up to `n` bytes).
+//! - Dropping a future cancels the operation on io_uring, but the operation may still have taken
+//!   effect; on the pool a started job always runs to the end. Memory is never at risk (the
+//!   operation owns it), but an fd or dirfd given to an operation should stay open until the
+//!   operation has completed, or the kernel may act on whatever file reuses that number.
+//! - On the pool, a read from a pipe or socket occupies a worker until data arrives; serving many
+//!   idle connections needs the io_uring backend.
 #![warn(missing_docs)]
 
 mod dir;
