@@ -983,10 +983,12 @@ impl Io {
     ) -> io::Result<()> {
         let (s, d) = (cstr(src_name)?, cstr(dst_name)?);
         let dflags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
-        if let Some(h) = self
-            .ring(Opcode::OpenAt)
-            .filter(|h| h.features().sparse_files)
-        {
+        let chain_ops = [Opcode::OpenAt, Opcode::Read, Opcode::Write, Opcode::Close];
+        let chain_ring = self.inner.ring.as_ref().filter(|h| {
+            let f = h.features();
+            f.sparse_files && chain_ops.iter().all(|op| f.supports(*op))
+        });
+        if let Some(h) = chain_ring {
             if size > 0 && size <= (1 << 20) {
                 if let (Ok(a), Ok(b)) = (h.alloc_direct(), h.alloc_direct()) {
                     return chain_copy(
@@ -1050,18 +1052,16 @@ impl Io {
         dflags: i32,
         mode: u32,
     ) -> io::Result<()> {
-        let h = self
-            .inner
-            .ring
-            .as_ref()
-            .ok_or_else(|| io::Error::other("no ring"))?;
-        let src = h.op(op::OpenAt::new(src_dir, s, libc::O_RDONLY, 0)).await?;
-        let dst = h.op(op::OpenAt::new(dst_dir, d, dflags, mode)).await?;
+        use std::os::unix::ffi::OsStrExt;
+        let sp = Path::new(std::ffi::OsStr::from_bytes(s.as_bytes()));
+        let dp = Path::new(std::ffi::OsStr::from_bytes(d.as_bytes()));
+        let src = self.open(src_dir, sp, libc::O_RDONLY, 0).await?;
+        let dst = self.open(dst_dir, dp, dflags, mode).await?;
         let mut off = 0u64;
         let mut buf = Vec::with_capacity(1 << 20);
         while off < size {
             buf.clear();
-            let (r, b) = h.read_at(src.as_raw_fd(), buf, off).await;
+            let (r, b) = self.read_at(&src, buf, off).await;
             let n = r?;
             if n == 0 {
                 return Err(io::Error::new(
@@ -1069,12 +1069,12 @@ impl Io {
                     "source file shrank during copy",
                 ));
             }
-            let (r, b) = h.write_all_at(dst.as_raw_fd(), b, off).await;
+            let (r, b) = self.write_all_at(&dst, b, off).await;
             r?;
             buf = b;
             off += n as u64;
         }
-        h.close(dst).await?;
+        self.close(dst).await?;
         Ok(())
     }
 

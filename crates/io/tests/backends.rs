@@ -421,3 +421,88 @@ fn std_interop_after_io() {
         f.write_all(b"!").unwrap();
     });
 }
+
+#[test]
+fn missing_opcodes_degrade_to_the_pool() {
+    use arsync_ring::{Opcode, Ring};
+    let cfg = IoConfig::default().mode(Mode::Uring).ring_factory(|e| {
+        let mut b = Ring::builder().entries(e);
+        for op in Opcode::ALL {
+            if op != Opcode::Nop && op != Opcode::Read && op != Opcode::AsyncCancel {
+                b = b.without(op);
+            }
+        }
+        b.build()
+    });
+    let rt = Runtime::with_config(cfg).unwrap();
+    assert_eq!(rt.backend(), Backend::Uring);
+    let d = tmp();
+    let dir = dirfd(d.path());
+    let dfd = dir.as_raw_fd();
+    let io = rt.io();
+    rt.block_on(async {
+        let f = io
+            .open(dfd, "f", libc::O_CREAT | libc::O_RDWR, 0o600)
+            .await
+            .unwrap();
+        let (r, _) = io.write_all_at(&f, b"degraded".to_vec(), 0).await;
+        r.unwrap();
+        let (r, b) = io.read_at(&f, Vec::with_capacity(8), 0).await;
+        assert_eq!((r.unwrap(), &b[..]), (8, &b"degraded"[..]));
+        assert_eq!(io.statx(dfd, "f", 0).await.unwrap().size, 8);
+        io.copy_small_file(dfd, "f", 8, dfd, "g", 0o600)
+            .await
+            .unwrap();
+        io.close(f).await.unwrap();
+        io.sleep(Duration::from_millis(1)).await.unwrap();
+        let st = io
+            .statx_many(dfd, vec![CString::new("g").unwrap()], 0)
+            .await;
+        assert_eq!(st[0].as_ref().unwrap().size, 8);
+    })
+    .unwrap();
+    assert_eq!(std::fs::read(d.path().join("g")).unwrap(), b"degraded");
+}
+
+#[test]
+fn copy_small_file_of_a_larger_file_uses_the_loop() {
+    both(|mode| {
+        let d = tmp();
+        let data: Vec<u8> = (0..(3u32 << 20) + 5).map(|i| (i % 241) as u8).collect();
+        std::fs::write(d.path().join("big"), &data).unwrap();
+        std::fs::write(d.path().join("empty"), b"").unwrap();
+        let dir = dirfd(d.path());
+        let rt = rt(mode);
+        let io = rt.io();
+        rt.block_on(async {
+            io.copy_small_file(
+                dir.as_raw_fd(),
+                "big",
+                data.len() as u64,
+                dir.as_raw_fd(),
+                "big2",
+                0o600,
+            )
+            .await
+            .unwrap();
+            io.copy_small_file(
+                dir.as_raw_fd(),
+                "empty",
+                0,
+                dir.as_raw_fd(),
+                "empty2",
+                0o600,
+            )
+            .await
+            .unwrap();
+            let e = io
+                .copy_small_file(dir.as_raw_fd(), "empty", 0, dir.as_raw_fd(), "big2", 0o600)
+                .await
+                .unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(d.path().join("big2")).unwrap(), data);
+        assert_eq!(std::fs::read(d.path().join("empty2")).unwrap(), b"");
+    });
+}

@@ -275,6 +275,11 @@ impl Features {
     pub fn supports(&self, op: Opcode) -> bool {
         self.opcodes[op.code() as usize]
     }
+
+    /// Marks `op` unsupported (used by [`crate::RingBuilder::without`] to exercise fallbacks).
+    pub(crate) fn disable(&mut self, op: Opcode) {
+        self.opcodes[op.code() as usize] = false;
+    }
 }
 
 /// Builds a ring with the best setup flags the kernel accepts.

@@ -12,7 +12,7 @@
 
 use crate::buf::{BufPool, PoolMemory};
 use crate::exec::{Executor, JoinHandle, Park};
-use crate::features::{build_ring, Features, SetupMode};
+use crate::features::{build_ring, Features, Opcode, SetupMode};
 use crate::sys;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::any::Any;
@@ -962,6 +962,8 @@ pub struct RingBuilder {
     files: u32,
     max_workers: Option<[u32; 2]>,
     register_ring_fd: bool,
+    without: Vec<Opcode>,
+    skip_success: bool,
 }
 
 impl Default for RingBuilder {
@@ -971,6 +973,8 @@ impl Default for RingBuilder {
             files: 0,
             max_workers: None,
             register_ring_fd: true,
+            without: Vec::new(),
+            skip_success: true,
         }
     }
 }
@@ -997,6 +1001,18 @@ impl RingBuilder {
         self
     }
 
+    /// Treats `op` as unsupported by the kernel (layers above then use their fallback). For
+    /// tests of degraded paths and for measurements.
+    pub fn without(mut self, op: Opcode) -> Self {
+        self.without.push(op);
+        self
+    }
+    /// Whether to use skip-success CQEs where supported (default yes).
+    pub fn skip_success(mut self, yes: bool) -> Self {
+        self.skip_success = yes;
+        self
+    }
+
     /// Builds the ring.
     pub fn build(self) -> io::Result<Ring> {
         let features = Features::probe()?.clone();
@@ -1014,6 +1030,10 @@ impl RingBuilder {
         let _ = uring.submission().capacity();
         let mut features = features;
         features.setup = setup;
+        for op in &self.without {
+            features.disable(*op);
+        }
+        features.skip_success &= self.skip_success;
         let inner = Rc::new(Inner {
             id: NEXT_RING_ID.fetch_add(1, Ordering::Relaxed),
             uring: RefCell::new(uring),
