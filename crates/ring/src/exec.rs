@@ -61,6 +61,9 @@ impl Shared {
         if let Ok(mut q) = self.ready.lock() {
             q.push_back(id);
         }
+        // Pairs with the fence after `parked.store(true)`: either the executor sees our task in
+        // the queue, or we see it parked and write the eventfd.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.parked.load(Ordering::SeqCst) {
             let one = 1u64;
             // SAFETY: writes 8 bytes from a live u64 to our eventfd.
@@ -183,6 +186,7 @@ impl Executor {
                 continue;
             }
             shared.parked.store(true, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
             let r = if shared.has_ready() {
                 Ok(())
             } else {

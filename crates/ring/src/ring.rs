@@ -1319,6 +1319,14 @@ impl Batch {
 
     /// Writes pending SQEs to the ring (chains kept whole) and submits them.
     pub fn submit(&mut self) -> io::Result<()> {
+        self.queue()?;
+        self.handle.inner.flush(0, None)
+    }
+
+    /// Writes pending SQEs to the submission queue without entering the kernel: the next
+    /// `io_uring_enter` (the executor's, or [`Handle::submit`]) submits them together with
+    /// everything else queued meanwhile.
+    pub fn queue(&mut self) -> io::Result<()> {
         let inner = &self.handle.inner;
         let skip_ok = inner.features.skip_success;
         let mut pending = std::mem::take(&mut self.pending);
@@ -1364,7 +1372,7 @@ impl Batch {
                 chain.clear();
             }
         }
-        inner.flush(0, None)
+        Ok(())
     }
 
     /// Submits and blocks until every operation of the batch has completed.
@@ -1383,6 +1391,8 @@ impl Batch {
     }
 
     /// Submits, then resolves when every operation has completed (for use inside tasks).
+    /// Submitting right away (rather than only queueing, see [`Batch::queue`]) measured faster for
+    /// small-file chains: io-wq starts on the first file while other tasks still build theirs.
     pub fn finished(&mut self) -> BatchFinished<'_> {
         let err = self.submit().err();
         BatchFinished { batch: self, err }
