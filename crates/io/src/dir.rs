@@ -101,3 +101,47 @@ fn parse(mut b: &[u8]) -> Vec<DirEntry> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ino: u64, dtype: u8, name: &[u8]) -> Vec<u8> {
+        let reclen = (19 + name.len() + 1).div_ceil(8) * 8;
+        let mut r = vec![0u8; reclen];
+        r[0..8].copy_from_slice(&ino.to_ne_bytes());
+        r[16..18].copy_from_slice(&(reclen as u16).to_ne_bytes());
+        r[18] = dtype;
+        r[19..19 + name.len()].copy_from_slice(name);
+        r
+    }
+
+    #[test]
+    fn parses_records_and_skips_dot_entries() {
+        let mut b = record(1, libc::DT_DIR, b".");
+        b.extend(record(2, libc::DT_DIR, b".."));
+        b.extend(record(42, libc::DT_REG, b"file.txt"));
+        b.extend(record(43, libc::DT_LNK, b"l"));
+        let e = parse(&b);
+        assert_eq!(e.len(), 2);
+        assert_eq!(
+            (e[0].ino, e[0].kind, e[0].name.as_os_str()),
+            (42, FileKind::File, std::ffi::OsStr::new("file.txt"))
+        );
+        assert_eq!(e[1].kind, FileKind::Symlink);
+    }
+
+    #[test]
+    fn malformed_records_do_not_panic() {
+        let good = record(7, libc::DT_REG, b"ok");
+        for cut in 0..good.len() {
+            let _ = parse(&good[..cut]);
+        }
+        let mut bad = good.clone();
+        bad[16..18].copy_from_slice(&3u16.to_ne_bytes()); // reclen too small
+        assert!(parse(&bad).is_empty());
+        let mut huge = good;
+        huge[16..18].copy_from_slice(&u16::MAX.to_ne_bytes()); // reclen past the end
+        assert!(parse(&huge).is_empty());
+    }
+}

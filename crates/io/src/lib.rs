@@ -425,6 +425,28 @@ impl Io {
         }
     }
 
+    /// `openat2` with `RESOLVE_*` flags (e.g. `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`);
+    /// `O_CLOEXEC` added.
+    pub async fn open2(
+        &self,
+        dirfd: RawFd,
+        path: impl AsRef<Path>,
+        flags: i32,
+        mode: u32,
+        resolve: u64,
+    ) -> io::Result<OwnedFd> {
+        let p = cstr(path)?;
+        match self.ring(Opcode::OpenAt2) {
+            Some(h) => {
+                let op = op::OpenAt2::new(dirfd, p, flags as u64, u64::from(mode), resolve);
+                h.op(op)
+                    .await?
+                    .ok_or_else(|| io::Error::other("openat2 returned no fd"))
+            }
+            None => spawn_blocking(move || sys::openat2(dirfd, &p, flags, mode, resolve)).await,
+        }
+    }
+
     /// `close`.
     pub async fn close(&self, fd: OwnedFd) -> io::Result<()> {
         match self.ring(Opcode::Close) {

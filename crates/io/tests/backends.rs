@@ -61,6 +61,16 @@ fn files_and_directories() {
             let st = io.fstat(&f).await.unwrap();
             assert_eq!((st.size, st.kind(), st.perm()), (20, FileKind::File, 0o600));
             io.close(f).await.unwrap();
+            let f2 = io
+                .open2(dfd, "f", libc::O_RDONLY, 0, 0x08 /* RESOLVE_BENEATH */)
+                .await
+                .unwrap();
+            assert_eq!(io.fstat(&f2).await.unwrap().size, 20);
+            let e = io
+                .open2(dfd, "../x", libc::O_RDONLY, 0, 0x08)
+                .await
+                .unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
             io.mkdir(dfd, "sub", 0o755).await.unwrap();
             io.symlink("f", dfd, "sub/ln").await.unwrap();
             assert_eq!(io.readlink(dfd, "sub/ln").await.unwrap(), b"f");
