@@ -516,3 +516,43 @@ fn copy_small_file_of_a_larger_file_uses_the_loop() {
         assert_eq!(std::fs::read(d.path().join("empty2")).unwrap(), b"");
     });
 }
+
+#[test]
+fn one_runtime_per_thread() {
+    let d = tmp();
+    let root = d.path().to_path_buf();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mode = if t % 2 == 0 {
+                    Mode::Uring
+                } else {
+                    Mode::Threads
+                };
+                let rt = rt(mode);
+                let io = rt.io();
+                rt.block_on(async {
+                    for i in 0..50 {
+                        let p = root.join(format!("t{t}-{i}"));
+                        let f = io
+                            .open(AT_FDCWD, &p, libc::O_CREAT | libc::O_WRONLY, 0o644)
+                            .await
+                            .unwrap();
+                        let (r, _) = io
+                            .write_all_at(&f, format!("{t}:{i}").into_bytes(), 0)
+                            .await;
+                        r.unwrap();
+                        io.close(f).await.unwrap();
+                    }
+                })
+                .unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 200);
+    assert_eq!(std::fs::read(root.join("t3-49")).unwrap(), b"3:49");
+}
