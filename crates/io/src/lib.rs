@@ -702,17 +702,8 @@ impl Io {
         let fd = raw(fd);
         let n = op::cstr_bytes(name)?;
         match self.ring(Opcode::FGetXattr) {
-            Some(h) => {
-                let (r, v) = h
-                    .op(op::GetXattr::new(
-                        XattrTarget::Fd(fd.into()),
-                        n,
-                        Vec::with_capacity(65536),
-                    ))
-                    .await;
-                r.map(|_| v)
-            }
-            None => spawn_blocking(move || sys::getxattr(&sys::XTarget::Fd(fd), &n, 65536)).await,
+            Some(h) => ring_getxattr(h, || XattrTarget::Fd(fd.into()), n).await,
+            None => spawn_blocking(move || sys::getxattr(&sys::XTarget::Fd(fd), &n)).await,
         }
     }
 
@@ -752,23 +743,14 @@ impl Io {
     ) -> io::Result<Vec<u8>> {
         let (p, n) = (cstr(path)?, op::cstr_bytes(name)?);
         match (follow, self.ring(Opcode::GetXattr)) {
-            (true, Some(h)) => {
-                let (r, v) = h
-                    .op(op::GetXattr::new(
-                        XattrTarget::Path(p),
-                        n,
-                        Vec::with_capacity(65536),
-                    ))
-                    .await;
-                r.map(|_| v)
-            }
+            (true, Some(h)) => ring_getxattr(h, || XattrTarget::Path(p.clone()), n).await,
             _ => {
                 let t = if follow {
                     sys::XTarget::Path(p)
                 } else {
                     sys::XTarget::LPath(p)
                 };
-                spawn_blocking(move || sys::getxattr(&t, &n, 65536)).await
+                spawn_blocking(move || sys::getxattr(&t, &n)).await
             }
         }
     }
@@ -1141,6 +1123,36 @@ impl Io {
             }
         }
     }
+}
+
+/// `getxattr` through the ring: a small buffer first, then the exact size the kernel reports.
+async fn ring_getxattr(
+    h: &Handle,
+    target: impl Fn() -> XattrTarget,
+    name: CString,
+) -> io::Result<Vec<u8>> {
+    let mut cap = 256usize;
+    for _ in 0..8 {
+        let (r, v) = h
+            .op(op::GetXattr::new(
+                target(),
+                name.clone(),
+                Vec::with_capacity(cap),
+            ))
+            .await;
+        match r {
+            Ok(_) => return Ok(v),
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {
+                // Capacity 0 asks for the size; the value may grow meanwhile, hence the loop.
+                let (size, _) = h
+                    .op(op::GetXattr::new(target(), name.clone(), Vec::new()))
+                    .await;
+                cap = size?.max(cap.saturating_mul(2)).min(1 << 20);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::ERANGE))
 }
 
 #[allow(clippy::too_many_arguments)]

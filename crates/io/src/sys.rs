@@ -284,20 +284,35 @@ pub(crate) enum XTarget {
     LPath(CString),
 }
 
-pub(crate) fn getxattr(t: &XTarget, name: &CStr, cap: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; cap];
-    let p = buf.as_mut_ptr().cast();
-    // SAFETY: writes at most `cap` bytes into `buf`; strings NUL-terminated.
-    let r = unsafe {
-        match t {
-            XTarget::Fd(fd) => libc::fgetxattr(*fd, name.as_ptr(), p, cap),
-            XTarget::Path(path) => libc::getxattr(path.as_ptr(), name.as_ptr(), p, cap),
-            XTarget::LPath(path) => libc::lgetxattr(path.as_ptr(), name.as_ptr(), p, cap),
+pub(crate) fn getxattr(t: &XTarget, name: &CStr) -> io::Result<Vec<u8>> {
+    let call = |buf: *mut libc::c_void, cap: usize| -> libc::ssize_t {
+        // SAFETY: writes at most `cap` bytes at `buf` (null with cap 0 asks for the size);
+        // strings are NUL-terminated.
+        unsafe {
+            match t {
+                XTarget::Fd(fd) => libc::fgetxattr(*fd, name.as_ptr(), buf, cap),
+                XTarget::Path(path) => libc::getxattr(path.as_ptr(), name.as_ptr(), buf, cap),
+                XTarget::LPath(path) => libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf, cap),
+            }
         }
     };
-    let n = check_size(r)?;
-    buf.truncate(n);
-    Ok(buf)
+    let mut cap = 256usize;
+    for _ in 0..8 {
+        let mut buf = vec![0u8; cap];
+        match check_size(call(buf.as_mut_ptr().cast(), cap)) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {
+                cap = check_size(call(std::ptr::null_mut(), 0))?
+                    .max(cap.saturating_mul(2))
+                    .min(1 << 20);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::ERANGE))
 }
 
 pub(crate) fn setxattr(t: &XTarget, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {

@@ -174,6 +174,12 @@ fn xattrs() {
                 .await
                 .unwrap();
             assert_eq!(io.getxattr(&p, false, b"user.b").await.unwrap(), b"two");
+            let big: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+            io.fsetxattr(&f, b"user.big", big.clone(), 0).await.unwrap();
+            assert_eq!(io.fgetxattr(&f, b"user.big").await.unwrap(), big);
+            assert_eq!(io.getxattr(&p, true, b"user.big").await.unwrap(), big);
+            assert_eq!(io.getxattr(&p, false, b"user.big").await.unwrap(), big);
+            io.fremovexattr(&f, b"user.big").await.unwrap();
             let mut names = io.listxattr(&p, true).await.unwrap();
             names.sort();
             assert_eq!(names, vec![b"user.a".to_vec(), b"user.b".to_vec()]);
