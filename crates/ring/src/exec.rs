@@ -181,10 +181,13 @@ impl Executor {
             if main_ready {
                 continue;
             }
-            park.poll()?;
             if shared.has_ready() {
+                // More tasks became ready: dispatch completions (and submit) without blocking.
+                park.poll()?;
                 continue;
             }
+            // Nothing ready: one blocking wait, which also submits what the tasks queued and
+            // returns at once if completions are already there.
             shared.parked.store(true, Ordering::SeqCst);
             std::sync::atomic::fence(Ordering::SeqCst);
             let r = if shared.has_ready() {
