@@ -1107,7 +1107,7 @@ impl Io {
                     .map(|t| {
                         batch
                             .take(t)
-                            .unwrap_or_else(|| Err(io::Error::other("statx result missing")))
+                            .unwrap_or_else(|_| Err(io::Error::other("statx result missing")))
                             .map(Stat::from)
                     })
                     .collect()
@@ -1191,13 +1191,15 @@ async fn chain_copy(
     let r_write = batch.take(t_write);
     let r_close_d = batch.take(t_close_d);
     drop(batch);
-    let missing = || io::Error::other("chain result missing");
-    let open_s = r_open_s.ok_or_else(missing)?;
-    let read = r_read.ok_or_else(missing)?;
-    let close_s = r_close_s.ok_or_else(missing)?;
-    let open_d = r_open_d.ok_or_else(missing)?;
-    let write = r_write.ok_or_else(missing)?;
-    let close_d = r_close_d.ok_or_else(missing)?;
+    fn missing<T>(_: T) -> io::Error {
+        io::Error::other("chain result missing")
+    }
+    let open_s = r_open_s.map_err(missing)?;
+    let read = r_read.map_err(missing)?;
+    let close_s = r_close_s.map_err(missing)?;
+    let open_d = r_open_d.map_err(missing)?;
+    let write = r_write.map_err(missing)?;
+    let close_d = r_close_d.map_err(missing)?;
     let ok =
         open_s.is_ok() && matches!(read, Ok(n) if n == size) && close_s.is_ok() && open_d.is_ok();
     if !ok || write.0.is_err() || close_d.is_err() {

@@ -78,7 +78,9 @@ pub enum Cleanup {
 /// Every pointer placed in the entry returned by [`Operation::build`] must point into memory owned
 /// by `self` (on the heap or inside `self`, which is boxed and never moved before the final CQE),
 /// or into memory that otherwise outlives the operation. The entry must be a single SQE whose
-/// completion semantics match [`Operation::MULTISHOT`].
+/// completion semantics match [`Operation::MULTISHOT`]. `build`, `success_result`,
+/// `registered_with` and `discard` run while the ring's internal state is borrowed: they must not
+/// call back into the ring.
 pub unsafe trait Operation: 'static {
     /// What the operation yields (typically `(io::Result<usize>, Buffer)`).
     type Output;
@@ -1255,6 +1257,12 @@ pub struct Ticket<T> {
     _t: PhantomData<fn() -> T>,
 }
 
+impl<T> std::fmt::Debug for Ticket<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ticket({:#x})", self.ud)
+    }
+}
+
 struct PendingSqe {
     entry: squeue::Entry,
     ud: u64,
@@ -1398,14 +1406,21 @@ impl Batch {
         BatchFinished { batch: self, err }
     }
 
-    /// Takes the output of a completed operation; `None` if it has not completed yet or the
-    /// ticket belongs to another batch.
-    pub fn take<T: Operation>(&mut self, t: Ticket<T>) -> Option<T::Output> {
-        let pos = self.slots.iter().position(|s| s.0 == t.ud)?;
-        let (op, res, flags) = self.handle.inner.take_finished(t.ud)?;
+    /// Takes the output of a completed operation. Gives the ticket back (`Err`) if the operation
+    /// has not completed yet or the ticket belongs to another batch.
+    pub fn take<T: Operation>(&mut self, t: Ticket<T>) -> Result<T::Output, Ticket<T>> {
+        let Some(pos) = self.slots.iter().position(|s| s.0 == t.ud) else {
+            return Err(t);
+        };
+        let Some((op, res, flags)) = self.handle.inner.take_finished(t.ud) else {
+            return Err(t);
+        };
         self.slots.swap_remove(pos);
-        let op = op.into_any().downcast::<T>().ok()?;
-        Some(op.complete(res, flags))
+        match op.into_any().downcast::<T>() {
+            Ok(op) => Ok(op.complete(res, flags)),
+            // Unreachable: a ticket's type is the type of the operation pushed for it.
+            Err(_) => Err(t),
+        }
     }
 }
 

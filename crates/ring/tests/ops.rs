@@ -621,3 +621,38 @@ fn ring_builder_can_mask_opcodes() {
         .to_string()
         .contains("opcodes missing: statx"));
 }
+
+#[test]
+fn batch_tickets_are_checked() {
+    let ring = Ring::new().unwrap();
+    let mut a = ring.batch();
+    let mut b = ring.batch();
+    let (r, _w) = pipe();
+    let pending = a.push(op::Read::new(
+        r.as_raw_fd(),
+        Vec::with_capacity(4),
+        u64::MAX,
+    ));
+    let nop = b.push(op::Nop);
+    a.submit().unwrap();
+    b.wait().unwrap();
+    // Not completed yet: no output, the ticket comes back.
+    let pending = a.take(pending).unwrap_err();
+    let _ = pending;
+    // A ticket of another batch is refused.
+    let mut c = ring.batch();
+    let nop = c.take(nop).unwrap_err();
+    assert!(b.take(nop).is_ok());
+    assert_eq!(b.len(), 1);
+    drop(a); // cancels the pending read
+    ring.block_on(ring.sleep(Duration::from_millis(5)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ring.ops_in_slab(),
+        1,
+        "only b's finished, untaken NOP remains"
+    );
+    drop(b);
+    assert_eq!(ring.ops_in_slab(), 0);
+}
