@@ -638,21 +638,15 @@ fn batch_tickets_are_checked() {
     b.wait().unwrap();
     // Not completed yet: no output, the ticket comes back.
     let pending = a.take(pending).unwrap_err();
-    let _ = pending;
+    assert!(a.take(pending).is_err());
     // A ticket of another batch is refused.
     let mut c = ring.batch();
     let nop = c.take(nop).unwrap_err();
-    assert!(b.take(nop).is_ok());
-    assert_eq!(b.len(), 1);
+    assert!(b.take(nop).unwrap().is_ok());
+    assert!(b.is_empty());
     drop(a); // cancels the pending read
     ring.block_on(ring.sleep(Duration::from_millis(5)))
         .unwrap()
         .unwrap();
-    assert_eq!(
-        ring.ops_in_slab(),
-        1,
-        "only b's finished, untaken NOP remains"
-    );
-    drop(b);
     assert_eq!(ring.ops_in_slab(), 0);
 }
