@@ -263,7 +263,7 @@ impl Runtime {
             })
         };
         match cfg.mode {
-            Mode::Threads => threads(None),
+            Mode::Threads => threads(Some("thread pool requested (ARSYNC_IO=threads)".to_string())),
             Mode::Uring => match (cfg.ring_factory)(cfg.entries) {
                 Ok(ring) => Ok(Runtime::from_ring(ring)),
                 Err(e) => Err(io::Error::new(
@@ -348,7 +348,7 @@ impl Io {
         }
     }
 
-    /// Why the automatic choice fell back to threads, if it did.
+    /// Why the thread pool is in use (requested, or the automatic choice fell back), if it is.
     pub fn fallback_reason(&self) -> Option<&str> {
         self.inner.fallback.as_deref()
     }

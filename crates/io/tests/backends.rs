@@ -325,7 +325,9 @@ fn pipes_sockets_and_timers() {
 #[test]
 fn forced_and_automatic_backend_selection() {
     // Forced threads.
-    assert_eq!(rt(Mode::Threads).backend(), Backend::Threads);
+    let forced = rt(Mode::Threads);
+    assert_eq!(forced.backend(), Backend::Threads);
+    assert!(forced.describe().contains("ARSYNC_IO=threads"));
     // Automatic, with io_uring available.
     let auto = Runtime::with_config(IoConfig::default()).unwrap();
     assert_eq!(auto.backend(), Backend::Uring);
