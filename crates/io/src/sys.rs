@@ -187,9 +187,14 @@ pub(crate) fn utimensat(
     times: &[libc::timespec; 2],
     flags: i32,
 ) -> io::Result<()> {
-    let p = path.map(|p| p.as_ptr()).unwrap_or(std::ptr::null());
-    // SAFETY: `p` is null (dirfd itself) or NUL-terminated; `times` is a live array of two.
-    check(unsafe { libc::utimensat(dirfd, p, times.as_ptr(), flags) })
+    // SAFETY: `path` is NUL-terminated when present; `times` is a live array of two. glibc
+    // rejects a NULL path in utimensat, so the fd form goes through futimens.
+    check(unsafe {
+        match path {
+            Some(p) => libc::utimensat(dirfd, p.as_ptr(), times.as_ptr(), flags),
+            None => libc::futimens(dirfd, times.as_ptr()),
+        }
+    })
 }
 
 pub(crate) fn fchmodat(dirfd: RawFd, path: Option<&CStr>, mode: u32, flags: i32) -> io::Result<()> {

@@ -113,6 +113,30 @@ fn files_and_directories() {
                 (st.perm(), st.mtime.sec, st.mtime.nsec, st.atime.sec),
                 (0o640, 2_000_000, 7, 1_000_000)
             );
+            // fd forms: futimens, fchmod, fchown
+            let ff = io.open(dfd, "f", libc::O_RDONLY, 0).await.unwrap();
+            let t2 = [
+                libc::timespec {
+                    tv_sec: 3,
+                    tv_nsec: libc::UTIME_OMIT,
+                },
+                libc::timespec {
+                    tv_sec: 4_000_000,
+                    tv_nsec: 9,
+                },
+            ];
+            io.utimens(ff.as_raw_fd(), None, t2, 0).await.unwrap();
+            io.chmod(ff.as_raw_fd(), None, 0o604, 0).await.unwrap();
+            io.chown(ff.as_raw_fd(), None, u32::MAX, u32::MAX, 0)
+                .await
+                .unwrap();
+            let st = io.fstat(&ff).await.unwrap();
+            assert_eq!(
+                (st.perm(), st.mtime.sec, st.mtime.nsec, st.atime.sec),
+                (0o604, 4_000_000, 9, 1_000_000)
+            );
+            io.chmod(dfd, Some(Path::new("f")), 0o640, 0).await.unwrap();
+            io.close(ff).await.unwrap();
             io.mknod(dfd, "fifo", libc::S_IFIFO | 0o644, 0)
                 .await
                 .unwrap();
