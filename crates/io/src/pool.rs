@@ -79,7 +79,7 @@ pub fn pool_threads() -> usize {
 }
 
 struct Shared<T> {
-    value: Option<T>,
+    value: Option<std::thread::Result<T>>,
     waker: Option<Waker>,
     done: bool,
 }
@@ -98,7 +98,9 @@ pub fn spawn_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
     }));
     let s2 = shared.clone();
     let job: Job = Box::new(move || {
-        let v = f();
+        // A panicking job must not kill the worker or strand its future: the panic is carried
+        // to the task that awaits it.
+        let v = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         let waker = match s2.lock() {
             Ok(mut s) => {
                 s.value = Some(v);
@@ -129,7 +131,11 @@ impl<T> Future for Blocking<T> {
             return Poll::Pending;
         };
         match s.value.take() {
-            Some(v) => Poll::Ready(v),
+            Some(Ok(v)) => Poll::Ready(v),
+            Some(Err(panic)) => {
+                drop(s);
+                std::panic::resume_unwind(panic)
+            }
             None => {
                 if !s.done {
                     s.waker = Some(cx.waker().clone());

@@ -588,3 +588,23 @@ fn one_runtime_per_thread() {
     assert_eq!(std::fs::read_dir(&root).unwrap().count(), 200);
     assert_eq!(std::fs::read(root.join("t3-49")).unwrap(), b"3:49");
 }
+
+#[test]
+fn a_panicking_pool_job_reaches_its_task_and_the_pool_survives() {
+    let first = rt(Mode::Threads);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        first.block_on(arsync_io::spawn_blocking(|| -> u32 {
+            panic!("job failed")
+        }))
+    }));
+    assert!(r.is_err());
+    let second = rt(Mode::Threads);
+    let n = second.block_on(async {
+        let mut s = 0;
+        for i in 0..64u32 {
+            s += arsync_io::spawn_blocking(move || i).await;
+        }
+        s
+    });
+    assert_eq!(n.unwrap(), (0..64).sum::<u32>());
+}
