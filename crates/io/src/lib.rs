@@ -963,6 +963,11 @@ impl Io {
         }
     }
 
+    /// Streams the entries of an already open directory (opened with `O_DIRECTORY`).
+    pub fn read_dir_fd(&self, dir: OwnedFd) -> DirReader {
+        DirReader::new(dir)
+    }
+
     /// Opens directory `path` (relative to `dirfd`) for streaming reads of its entries.
     pub async fn read_dir(&self, dirfd: RawFd, path: impl AsRef<Path>) -> io::Result<DirReader> {
         let fd = self

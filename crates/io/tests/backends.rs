@@ -155,6 +155,21 @@ fn files_and_directories() {
                 );
             }
             names.sort();
+            let sub = io
+                .open(dfd, "sub", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                .await
+                .unwrap();
+            let mut rd2 = io.read_dir_fd(sub);
+            let mut sub_names = Vec::new();
+            while let Some(batch) = rd2.next_batch().await.unwrap() {
+                sub_names.extend(batch.into_iter().map(|e| e.name.into_string().unwrap()));
+            }
+            sub_names.sort();
+            assert_eq!(sub_names, vec!["hard2".to_string(), "ln".to_string()]);
+            assert!(io
+                .statx(rd2.dir_fd().as_raw_fd(), "ln", libc::AT_SYMLINK_NOFOLLOW)
+                .await
+                .is_ok());
             assert_eq!(
                 names,
                 vec![
@@ -607,4 +622,41 @@ fn a_panicking_pool_job_reaches_its_task_and_the_pool_survives() {
         s
     });
     assert_eq!(n.unwrap(), (0..64).sum::<u32>());
+}
+
+#[test]
+fn large_directory_streams_in_several_batches() {
+    let d = tmp();
+    for i in 0..3000 {
+        std::fs::write(
+            d.path().join(format!("entry-with-a-longish-name-{i:05}")),
+            b"",
+        )
+        .unwrap();
+    }
+    both(|mode| {
+        let rt = rt(mode);
+        let io = rt.io();
+        let (batches, mut names) = rt
+            .block_on(async {
+                let mut rd = io.read_dir(AT_FDCWD, d.path()).await.unwrap();
+                let (mut batches, mut names) = (0, Vec::new());
+                while let Some(b) = rd.next_batch().await.unwrap() {
+                    batches += 1;
+                    names.extend(b.into_iter().map(|e| e.name));
+                }
+                (batches, names)
+            })
+            .unwrap();
+        names.sort();
+        assert!(
+            batches > 1,
+            "a 32 KiB buffer cannot hold 3000 entries at once"
+        );
+        assert_eq!(names.len(), 3000);
+        assert_eq!(
+            names[1234].to_str(),
+            Some("entry-with-a-longish-name-01234")
+        );
+    });
 }
