@@ -873,7 +873,8 @@ impl Handle {
         self.inner.flush(0, None)
     }
 
-    /// Submits queued SQEs and blocks until at least one completion was dispatched.
+    /// Submits queued SQEs and blocks until at least one completion was dispatched (with nothing
+    /// in flight it waits forever: use [`Handle::submit`] to only poll).
     pub fn submit_and_wait(&self) -> io::Result<()> {
         self.inner.flush(1, None)
     }
