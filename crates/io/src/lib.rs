@@ -980,7 +980,9 @@ impl Io {
     /// `dst_dir/dst_name` created with `mode` (`O_EXCL`: the name must not exist). On io_uring
     /// this is one linked chain on direct descriptors: open, read, close, open, write, close,
     /// with one CQE on success. If the source is shorter than `size` the result is an
-    /// `UnexpectedEof` error (the destination may exist and should be removed by the caller).
+    /// `UnexpectedEof` error (the destination may exist and should be removed by the caller);
+    /// a source that grew since it was stat'ed is copied up to `size` bytes only (re-stat the
+    /// source afterwards if that matters, as rsync does).
     pub async fn copy_small_file(
         &self,
         src_dir: RawFd,
