@@ -784,6 +784,12 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if self.registered {
+            // The registration is per thread; `Inner` is `!Send`, so this is the registering
+            // thread. Without it the thread's table would keep the ring alive.
+            let fd = self.uring.get_mut().as_raw_fd();
+            let _ = sys::unregister_ring_fd(fd, self.enter_fd as u32);
+        }
         // Normally `Ring::drop` drained everything. If anything is still with the kernel (it
         // could not be drained), leak it rather than free memory the kernel may write.
         let st = self.st.get_mut();
@@ -948,6 +954,11 @@ impl Handle {
             .submitter()
             .register_iowq_max_workers(&mut v)?;
         Ok(v)
+    }
+
+    /// Whether `io_uring_enter` uses the registered ring fd (at most 16 per thread at a time).
+    pub fn ring_fd_registered(&self) -> bool {
+        self.inner.registered
     }
 
     /// Number of slab slots holding an operation (in flight or awaiting its owner).

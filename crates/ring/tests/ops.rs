@@ -650,3 +650,16 @@ fn batch_tickets_are_checked() {
         .unwrap();
     assert_eq!(ring.ops_in_slab(), 0);
 }
+
+#[test]
+fn dropped_rings_release_their_registered_fd() {
+    // A thread can register at most 16 ring fds at once; dropping a ring must release its slot.
+    for i in 0..40 {
+        let ring = Ring::new().unwrap();
+        assert!(
+            ring.ring_fd_registered(),
+            "ring {i} could not register its fd"
+        );
+        ring.block_on(ring.op(op::Nop)).unwrap().unwrap();
+    }
+}
