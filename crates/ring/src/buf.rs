@@ -274,3 +274,93 @@ unsafe impl IoBufMut for FixedBuf {
         }
     }
 }
+
+/// A fixed-size buffer shared by the operations of one linked chain (e.g. the read and the write
+/// of a small-file copy). Safe code can see its bytes only through [`SharedBuf::into_vec`], which
+/// succeeds only once no operation holds a clone any more (each operation keeps its clone until
+/// its final completion).
+pub struct SharedBuf {
+    mem: Rc<SharedMem>,
+}
+
+struct SharedMem {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl SharedBuf {
+    /// A zeroed buffer of exactly `len` bytes.
+    pub fn new(len: usize) -> SharedBuf {
+        let v: Box<[u8]> = vec![0u8; len].into_boxed_slice();
+        let raw = Box::into_raw(v) as *mut u8;
+        let ptr = NonNull::new(raw).unwrap_or(NonNull::dangling());
+        SharedBuf {
+            mem: Rc::new(SharedMem { ptr, len }),
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.mem.len
+    }
+
+    /// True when the length is zero.
+    pub fn is_empty(&self) -> bool {
+        self.mem.len == 0
+    }
+
+    /// A second handle for another operation of the same chain (crate-internal: clones must
+    /// only go into operations, never stay in safe code, or `into_vec` could race the kernel).
+    pub(crate) fn share(&self) -> SharedBuf {
+        SharedBuf {
+            mem: self.mem.clone(),
+        }
+    }
+
+    /// The bytes, once no operation holds the buffer any more; else the buffer back.
+    pub fn into_vec(self) -> Result<Vec<u8>, SharedBuf> {
+        match Rc::try_unwrap(self.mem) {
+            Ok(mem) => {
+                let mem = std::mem::ManuallyDrop::new(mem);
+                // SAFETY: `ptr`/`len` came from `Box<[u8]>::into_raw` in `new` and we are the sole
+                // owner; ManuallyDrop prevents the double free.
+                let b = unsafe {
+                    Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                        mem.ptr.as_ptr(),
+                        mem.len,
+                    ))
+                };
+                Ok(b.into_vec())
+            }
+            Err(mem) => Err(SharedBuf { mem }),
+        }
+    }
+
+    pub(crate) fn ptr(&self) -> *mut u8 {
+        self.mem.ptr.as_ptr()
+    }
+}
+
+impl Drop for SharedMem {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: allocated by `Box<[u8]>` in `SharedBuf::new`; this is the last owner.
+            drop(unsafe {
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    self.ptr.as_ptr(),
+                    self.len,
+                ))
+            });
+        }
+    }
+}
+
+// SAFETY: the allocation never moves; its bytes are initialised (zeroed at creation).
+unsafe impl IoBuf for SharedBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.mem.len
+    }
+}

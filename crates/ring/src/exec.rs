@@ -61,6 +61,9 @@ impl Shared {
         if let Ok(mut q) = self.ready.lock() {
             q.push_back(id);
         }
+        // Pairs with the fence after `parked.store(true)`: either the executor sees our task in
+        // the queue, or we see it parked and write the eventfd.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.parked.load(Ordering::SeqCst) {
             let one = 1u64;
             // SAFETY: writes 8 bytes from a live u64 to our eventfd.
@@ -178,11 +181,15 @@ impl Executor {
             if main_ready {
                 continue;
             }
-            park.poll()?;
             if shared.has_ready() {
+                // More tasks became ready: dispatch completions (and submit) without blocking.
+                park.poll()?;
                 continue;
             }
+            // Nothing ready: one blocking wait, which also submits what the tasks queued and
+            // returns at once if completions are already there.
             shared.parked.store(true, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
             let r = if shared.has_ready() {
                 Ok(())
             } else {

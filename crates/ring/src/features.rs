@@ -250,7 +250,13 @@ impl Features {
         let params = ring.params();
         let registered_ring_fd = {
             use std::os::fd::AsRawFd;
-            crate::sys::register_ring_fd(ring.as_raw_fd()).is_ok()
+            match crate::sys::register_ring_fd(ring.as_raw_fd()) {
+                Ok(index) => {
+                    let _ = crate::sys::unregister_ring_fd(ring.as_raw_fd(), index);
+                    true
+                }
+                Err(_) => false,
+            }
         };
         let sparse_files = ring.submitter().register_files_sparse(4).is_ok();
         let mut workers = [0u32; 2];
@@ -274,6 +280,11 @@ impl Features {
     /// Whether the kernel supports `op`.
     pub fn supports(&self, op: Opcode) -> bool {
         self.opcodes[op.code() as usize]
+    }
+
+    /// Marks `op` unsupported (used by [`crate::RingBuilder::without`] to exercise fallbacks).
+    pub(crate) fn disable(&mut self, op: Opcode) {
+        self.opcodes[op.code() as usize] = false;
     }
 }
 

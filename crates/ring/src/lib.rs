@@ -33,6 +33,27 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Safety model
+//!
+//! - Every operation type implements the `unsafe trait` [`Operation`]: its SQE may only point into
+//!   memory the operation owns. When submitted, the operation is boxed into a slot of the ring's
+//!   slab (user_data = slot index + generation) and stays there until its final CQE (for a
+//!   zero-copy send: the notification; for multishot accept: the CQE without `MORE`).
+//! - Dropping an [`Op`] future, a [`Batch`] or an [`AcceptStream`] orphans the slot and queues
+//!   an `ASYNC_CANCEL`; the resources are freed when the CQE arrives. A result that arrives for an
+//!   orphan is cleaned up ([`Operation::discard`]): fds are closed, direct slots cleared.
+//! - Dropping the [`Ring`] drops its tasks, refuses new submissions, cancels every in-flight slot,
+//!   and waits up to 10 s for their CQEs (closing the ring fd would not wait for io-wq workers).
+//!   Slots still in flight after that are leaked, never freed.
+//! - A failed `io_uring_enter` cannot strand a dangling SQE: the SQE's resources are parked in the
+//!   slab whether or not the kernel consumed it.
+//! - Chains: a link member with `skip_success` posts no CQE on success; its result is inferred when
+//!   a later member of the chain posts one. If a skipping member fails, the kernel also skips the
+//!   CQEs of the cancelled members after it; they are completed with `ECANCELED`.
+//! - [`Ring`], [`Handle`], [`Op`], [`FixedBuf`], [`JoinHandle`] are neither `Send` nor `Sync`
+//!   (compile-fail tests in `tests/ui`). Wakers are `Send`: waking from another thread writes an
+//!   eventfd whose read is kept armed in the ring.
+//!
 //! Modules: [`op`] (the operation vocabulary), [`buf`] (owned and registered buffers),
 //! [`exec`] (the per-thread executor), [`features`] (what the kernel supports).
 #![warn(missing_docs)]
@@ -44,7 +65,7 @@ pub mod op;
 mod ring;
 mod sys;
 
-pub use buf::{BufPool, FixedBuf, IoBuf, IoBufMut};
+pub use buf::{BufPool, FixedBuf, IoBuf, IoBufMut, SharedBuf};
 pub use exec::{spawn_local, Executor, JoinHandle, Park, ThreadPark};
 pub use features::{Features, Opcode, SetupMode};
 pub use ring::{

@@ -5,7 +5,7 @@
 //! Results: operations returning a count yield `io::Result<usize>`; those returning nothing yield
 //! `io::Result<()>`; opens and accepts yield an [`OwnedFd`].
 
-use crate::buf::{FixedBuf, IoBuf, IoBufMut};
+use crate::buf::{FixedBuf, IoBuf, IoBufMut, SharedBuf};
 use crate::ring::{cqe_result, fd_result, Cleanup, Fd, Handle, Op, Operation};
 use io_uring::{opcode, squeue::Entry, types};
 use std::ffi::CString;
@@ -327,6 +327,52 @@ unsafe impl<B: IoBufMut> Operation for Read<B> {
     }
     fn success_result(&self) -> Option<i32> {
         i32::try_from(self.want).ok()
+    }
+}
+
+/// `pread(2)` of exactly `buf.len()` bytes into a [`SharedBuf`] (for chains where a later
+/// operation writes the same buffer). A short read fails the chain.
+pub struct ReadShared {
+    fd: Fd,
+    buf: SharedBuf,
+    offset: u64,
+}
+
+impl ReadShared {
+    /// Reads into a share of `buf` (which stays with the caller).
+    pub fn new(fd: impl Into<Fd>, buf: &SharedBuf, offset: u64) -> ReadShared {
+        ReadShared {
+            fd: fd.into(),
+            buf: buf.share(),
+            offset,
+        }
+    }
+}
+
+// SAFETY: points into the shared allocation, kept alive by this operation's Rc clone until the
+// final CQE; no safe code can read it before then (`SharedBuf::into_vec` needs sole ownership).
+unsafe impl Operation for ReadShared {
+    type Output = io::Result<usize>;
+    fn build(&mut self) -> Entry {
+        let len = len32(self.buf.len());
+        with_fd!(self.fd, f => opcode::Read::new(f, self.buf.ptr(), len).offset(self.offset).build())
+    }
+    fn complete(self, res: i32, _: u32) -> Self::Output {
+        cqe_result(res)
+    }
+    fn success_result(&self) -> Option<i32> {
+        i32::try_from(self.buf.len()).ok()
+    }
+}
+
+impl Write<SharedBuf> {
+    /// Writes a share of `buf` (for chains; see [`ReadShared`]).
+    pub fn shared(fd: impl Into<Fd>, buf: &SharedBuf, offset: u64) -> Write<SharedBuf> {
+        Write {
+            fd: fd.into(),
+            buf: buf.share(),
+            offset,
+        }
     }
 }
 
@@ -995,8 +1041,8 @@ pub struct AcceptMulti {
 }
 
 impl AcceptMulti {
-    #[allow(missing_docs)]
-    pub fn new(fd: impl Into<Fd>) -> AcceptMulti {
+    /// Crate-private: multishot results are only consumed through [`crate::AcceptStream`].
+    pub(crate) fn new(fd: impl Into<Fd>) -> AcceptMulti {
         AcceptMulti { fd: fd.into() }
     }
 }

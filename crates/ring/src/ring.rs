@@ -12,7 +12,7 @@
 
 use crate::buf::{BufPool, PoolMemory};
 use crate::exec::{Executor, JoinHandle, Park};
-use crate::features::{build_ring, Features, SetupMode};
+use crate::features::{build_ring, Features, Opcode, SetupMode};
 use crate::sys;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::any::Any;
@@ -78,7 +78,9 @@ pub enum Cleanup {
 /// Every pointer placed in the entry returned by [`Operation::build`] must point into memory owned
 /// by `self` (on the heap or inside `self`, which is boxed and never moved before the final CQE),
 /// or into memory that otherwise outlives the operation. The entry must be a single SQE whose
-/// completion semantics match [`Operation::MULTISHOT`].
+/// completion semantics match [`Operation::MULTISHOT`]. `build`, `success_result`,
+/// `registered_with` and `discard` run while the ring's internal state is borrowed: they must not
+/// call back into the ring.
 pub unsafe trait Operation: 'static {
     /// What the operation yields (typically `(io::Result<usize>, Buffer)`).
     type Output;
@@ -242,7 +244,7 @@ impl Inner {
         let slot = &mut st.slots[idx as usize];
         slot.op = Some(op);
         slot.multishot = multishot;
-        slot.in_kernel = true;
+        slot.in_kernel = false;
         let ud = ud_of(idx, slot.gen);
         let foreign = slot
             .op
@@ -284,7 +286,19 @@ impl Inner {
     }
 
     /// Writes `entries` into the SQ, all together (a chain must not be split across submits).
+    /// Refused once the ring is shutting down: nothing new may start that the drain would miss.
     pub(crate) fn push_entries(&self, entries: &[squeue::Entry]) -> io::Result<()> {
+        if self.closed.get() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the ring has been dropped",
+            ));
+        }
+        self.push_raw(entries)
+    }
+
+    /// As `push_entries`, also during shutdown (for the drain's own cancels).
+    fn push_raw(&self, entries: &[squeue::Entry]) -> io::Result<()> {
         loop {
             {
                 let mut ring = self.uring.borrow_mut();
@@ -301,6 +315,17 @@ impl Inner {
                     // alive until the final CQE.
                     unsafe { sq.push_multiple(entries) }
                         .map_err(|_| io::Error::other("submission queue full"))?;
+                    drop(sq);
+                    drop(ring);
+                    let mut st = self.st.borrow_mut();
+                    for e in entries {
+                        let (idx, gen) = split_ud(e.get_user_data());
+                        if let Some(slot) = st.slots.get_mut(idx) {
+                            if slot.gen == gen && slot.op.is_some() {
+                                slot.in_kernel = true;
+                            }
+                        }
+                    }
                     return Ok(());
                 }
             }
@@ -701,19 +726,18 @@ impl Inner {
     /// Cancels everything and waits for every completion. Returns false (and leaks) if some
     /// operations never completed.
     fn shutdown(&self) -> bool {
-        // Results finished but never claimed: clean them up.
-        let finished: Vec<u64> = {
+        // Results finished but never claimed, and operations never submitted: release them.
+        let idle: Vec<(u64, bool)> = {
             let st = self.st.borrow();
             st.slots
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| s.op.is_some() && (s.finished || !s.in_kernel))
-                .map(|(i, s)| ud_of(i as u32, s.gen))
+                .map(|(i, s)| (ud_of(i as u32, s.gen), s.finished))
                 .collect()
         };
-        for ud in finished {
-            let in_kernel = !self.is_finished(ud);
-            self.abandon(ud, in_kernel);
+        for (ud, finished) in idle {
+            self.abandon(ud, finished);
         }
         self.closed.set(true);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -738,7 +762,7 @@ impl Inner {
                 }
                 for ud in live {
                     let e = opcode::AsyncCancel::new(ud).build().user_data(IGNORE);
-                    if self.push_entries(&[e]).is_err() {
+                    if self.push_raw(&[e]).is_err() {
                         break;
                     }
                 }
@@ -755,6 +779,27 @@ impl Inner {
             }
         }
         false
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.registered {
+            // The registration is per thread; `Inner` is `!Send`, so this is the registering
+            // thread. Without it the thread's table would keep the ring alive.
+            let fd = self.uring.get_mut().as_raw_fd();
+            let _ = sys::unregister_ring_fd(fd, self.enter_fd as u32);
+        }
+        // Normally `Ring::drop` drained everything. If anything is still with the kernel (it
+        // could not be drained), leak it rather than free memory the kernel may write.
+        let st = self.st.get_mut();
+        for s in st.slots.iter_mut() {
+            if s.op.is_some() && s.in_kernel && !s.finished {
+                if let Some(op) = s.op.take() {
+                    std::mem::forget(op);
+                }
+            }
+        }
     }
 }
 
@@ -834,7 +879,8 @@ impl Handle {
         self.inner.flush(0, None)
     }
 
-    /// Submits queued SQEs and blocks until at least one completion was dispatched.
+    /// Submits queued SQEs and blocks until at least one completion was dispatched (with nothing
+    /// in flight it waits forever: use [`Handle::submit`] to only poll).
     pub fn submit_and_wait(&self) -> io::Result<()> {
         self.inner.flush(1, None)
     }
@@ -910,9 +956,16 @@ impl Handle {
         Ok(v)
     }
 
+    /// Whether `io_uring_enter` uses the registered ring fd (at most 16 per thread at a time).
+    pub fn ring_fd_registered(&self) -> bool {
+        self.inner.registered
+    }
+
     /// Number of slab slots holding an operation (in flight or awaiting its owner).
+    /// The executor's own eventfd read (armed while `block_on` waits) is not counted.
     pub fn ops_in_slab(&self) -> usize {
-        self.inner.st.borrow().occupied
+        let internal = usize::from(self.inner.eventfd_ud.get().is_some());
+        self.inner.st.borrow().occupied.saturating_sub(internal)
     }
 }
 
@@ -923,6 +976,8 @@ pub struct RingBuilder {
     files: u32,
     max_workers: Option<[u32; 2]>,
     register_ring_fd: bool,
+    without: Vec<Opcode>,
+    skip_success: bool,
 }
 
 impl Default for RingBuilder {
@@ -932,6 +987,8 @@ impl Default for RingBuilder {
             files: 0,
             max_workers: None,
             register_ring_fd: true,
+            without: Vec::new(),
+            skip_success: true,
         }
     }
 }
@@ -958,6 +1015,18 @@ impl RingBuilder {
         self
     }
 
+    /// Treats `op` as unsupported by the kernel (layers above then use their fallback). For
+    /// tests of degraded paths and for measurements.
+    pub fn without(mut self, op: Opcode) -> Self {
+        self.without.push(op);
+        self
+    }
+    /// Whether to use skip-success CQEs where supported (default yes).
+    pub fn skip_success(mut self, yes: bool) -> Self {
+        self.skip_success = yes;
+        self
+    }
+
     /// Builds the ring.
     pub fn build(self) -> io::Result<Ring> {
         let features = Features::probe()?.clone();
@@ -975,6 +1044,10 @@ impl RingBuilder {
         let _ = uring.submission().capacity();
         let mut features = features;
         features.setup = setup;
+        for op in &self.without {
+            features.disable(*op);
+        }
+        features.skip_success &= self.skip_success;
         let inner = Rc::new(Inner {
             id: NEXT_RING_ID.fetch_add(1, Ordering::Relaxed),
             uring: RefCell::new(uring),
@@ -1196,6 +1269,12 @@ pub struct Ticket<T> {
     _t: PhantomData<fn() -> T>,
 }
 
+impl<T> std::fmt::Debug for Ticket<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ticket({:#x})", self.ud)
+    }
+}
+
 struct PendingSqe {
     entry: squeue::Entry,
     ud: u64,
@@ -1260,6 +1339,14 @@ impl Batch {
 
     /// Writes pending SQEs to the ring (chains kept whole) and submits them.
     pub fn submit(&mut self) -> io::Result<()> {
+        self.queue()?;
+        self.handle.inner.flush(0, None)
+    }
+
+    /// Writes pending SQEs to the submission queue without entering the kernel: the next
+    /// `io_uring_enter` (the executor's, or [`Handle::submit`]) submits them together with
+    /// everything else queued meanwhile.
+    pub fn queue(&mut self) -> io::Result<()> {
         let inner = &self.handle.inner;
         let skip_ok = inner.features.skip_success;
         let mut pending = std::mem::take(&mut self.pending);
@@ -1305,7 +1392,7 @@ impl Batch {
                 chain.clear();
             }
         }
-        inner.flush(0, None)
+        Ok(())
     }
 
     /// Submits and blocks until every operation of the batch has completed.
@@ -1324,19 +1411,28 @@ impl Batch {
     }
 
     /// Submits, then resolves when every operation has completed (for use inside tasks).
+    /// Submitting right away (rather than only queueing, see [`Batch::queue`]) measured faster for
+    /// small-file chains: io-wq starts on the first file while other tasks still build theirs.
     pub fn finished(&mut self) -> BatchFinished<'_> {
         let err = self.submit().err();
         BatchFinished { batch: self, err }
     }
 
-    /// Takes the output of a completed operation; `None` if it has not completed yet or the
-    /// ticket belongs to another batch.
-    pub fn take<T: Operation>(&mut self, t: Ticket<T>) -> Option<T::Output> {
-        let pos = self.slots.iter().position(|s| s.0 == t.ud)?;
-        let (op, res, flags) = self.handle.inner.take_finished(t.ud)?;
+    /// Takes the output of a completed operation. Gives the ticket back (`Err`) if the operation
+    /// has not completed yet or the ticket belongs to another batch.
+    pub fn take<T: Operation>(&mut self, t: Ticket<T>) -> Result<T::Output, Ticket<T>> {
+        let Some(pos) = self.slots.iter().position(|s| s.0 == t.ud) else {
+            return Err(t);
+        };
+        let Some((op, res, flags)) = self.handle.inner.take_finished(t.ud) else {
+            return Err(t);
+        };
         self.slots.swap_remove(pos);
-        let op = op.into_any().downcast::<T>().ok()?;
-        Some(op.complete(res, flags))
+        match op.into_any().downcast::<T>() {
+            Ok(op) => Ok(op.complete(res, flags)),
+            // Unreachable: a ticket's type is the type of the operation pushed for it.
+            Err(_) => Err(t),
+        }
     }
 }
 

@@ -12,6 +12,8 @@ pub(crate) const ENTER_EXT_ARG: u32 = 1 << 3;
 pub(crate) const ENTER_REGISTERED_RING: u32 = 1 << 4;
 /// `IORING_REGISTER_RING_FDS`.
 const REGISTER_RING_FDS: libc::c_uint = 20;
+/// `IORING_UNREGISTER_RING_FDS`.
+const UNREGISTER_RING_FDS: libc::c_uint = 21;
 
 /// `struct io_uring_getevents_arg`.
 #[repr(C)]
@@ -112,5 +114,30 @@ pub(crate) fn register_ring_fd(fd: i32) -> io::Result<u32> {
         Err(io::Error::last_os_error())
     } else {
         Ok(up.offset)
+    }
+}
+
+/// Releases a registered ring fd (`IORING_UNREGISTER_RING_FDS`). The registration is per thread
+/// and holds a reference to the ring: without this the ring would live until the thread exits.
+pub(crate) fn unregister_ring_fd(fd: i32, index: u32) -> io::Result<()> {
+    let mut up = RsrcUpdate {
+        offset: index,
+        resv: 0,
+        data: 0,
+    };
+    // SAFETY: passes one properly initialised `io_uring_rsrc_update` that lives across the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            fd,
+            UNREGISTER_RING_FDS,
+            &mut up as *mut RsrcUpdate,
+            1u32,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }

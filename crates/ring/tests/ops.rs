@@ -580,3 +580,86 @@ fn dropping_ring_with_pending_ops_drains() {
     rf.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"x");
 }
+
+#[test]
+fn chains_without_skip_success_and_drain_barriers() {
+    let d = tmp();
+    std::fs::write(d.path().join("in"), b"abc").unwrap();
+    let ring = Ring::builder().skip_success(false).build().unwrap();
+    assert!(!ring.features().skip_success);
+    let f = std::fs::File::open(d.path().join("in")).unwrap();
+    let mut b = ring.batch();
+    let r1 = b.push_with(
+        op::Read::new(f.as_raw_fd(), Vec::with_capacity(3), 0),
+        SqeOpts::linked_quiet(),
+    );
+    let r2 = b.push_with(
+        op::Read::new(f.as_raw_fd(), Vec::with_capacity(2), 1),
+        SqeOpts {
+            drain: true,
+            ..SqeOpts::default()
+        },
+    );
+    b.wait().unwrap();
+    let (n1, b1) = b.take(r1).unwrap();
+    let (n2, b2) = b.take(r2).unwrap();
+    assert_eq!(
+        (n1.unwrap(), &b1[..], n2.unwrap(), &b2[..]),
+        (3, &b"abc"[..], 2, &b"bc"[..])
+    );
+}
+
+#[test]
+fn ring_builder_can_mask_opcodes() {
+    let ring = Ring::builder()
+        .without(arsync_ring::Opcode::Statx)
+        .build()
+        .unwrap();
+    assert!(!ring.features().supports(arsync_ring::Opcode::Statx));
+    assert!(ring
+        .features()
+        .to_string()
+        .contains("opcodes missing: statx"));
+}
+
+#[test]
+fn batch_tickets_are_checked() {
+    let ring = Ring::new().unwrap();
+    let mut a = ring.batch();
+    let mut b = ring.batch();
+    let (r, _w) = pipe();
+    let pending = a.push(op::Read::new(
+        r.as_raw_fd(),
+        Vec::with_capacity(4),
+        u64::MAX,
+    ));
+    let nop = b.push(op::Nop);
+    a.submit().unwrap();
+    b.wait().unwrap();
+    // Not completed yet: no output, the ticket comes back.
+    let pending = a.take(pending).unwrap_err();
+    assert!(a.take(pending).is_err());
+    // A ticket of another batch is refused.
+    let mut c = ring.batch();
+    let nop = c.take(nop).unwrap_err();
+    assert!(b.take(nop).unwrap().is_ok());
+    assert!(b.is_empty());
+    drop(a); // cancels the pending read
+    ring.block_on(ring.sleep(Duration::from_millis(5)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(ring.ops_in_slab(), 0);
+}
+
+#[test]
+fn dropped_rings_release_their_registered_fd() {
+    // A thread can register at most 16 ring fds at once; dropping a ring must release its slot.
+    for i in 0..40 {
+        let ring = Ring::new().unwrap();
+        assert!(
+            ring.ring_fd_registered(),
+            "ring {i} could not register its fd"
+        );
+        ring.block_on(ring.op(op::Nop)).unwrap().unwrap();
+    }
+}
