@@ -8,9 +8,10 @@
 use std::collections::HashMap;
 
 use crate::checksum::{block_sum, ChecksumAlgo, Digest16, FileHasher, Rolling};
+use crate::compress::TokenSink;
 use crate::error::Result;
 use crate::sums::SumSet;
-use crate::token::{encode_block, encode_end, encode_literal, CHUNK_SIZE};
+use crate::token::CHUNK_SIZE;
 
 /// Byte counts of one delta.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -33,6 +34,7 @@ pub struct DeltaEncoder {
     rolling: Option<Rolling>,
     hasher: FileHasher,
     stats: DeltaStats,
+    sink: TokenSink,
 }
 
 impl std::fmt::Debug for DeltaEncoder {
@@ -44,8 +46,20 @@ impl std::fmt::Debug for DeltaEncoder {
 }
 
 impl DeltaEncoder {
-    /// Prepares matching against `sums` (an empty set sends everything literally).
+    /// Prepares matching against `sums` (an empty set sends everything
+    /// literally), writing plain tokens.
     pub fn new(sums: SumSet, algo: ChecksumAlgo, seed: i32, seed_fix: bool) -> Self {
+        Self::with_sink(sums, algo, seed, seed_fix, TokenSink::Plain)
+    }
+
+    /// Like [`DeltaEncoder::new`] with a chosen token format.
+    pub fn with_sink(
+        sums: SumSet,
+        algo: ChecksumAlgo,
+        seed: i32,
+        seed_fix: bool,
+        sink: TokenSink,
+    ) -> Self {
         let mut table: HashMap<u32, Vec<u32>> = HashMap::new();
         for (i, b) in sums.blocks.iter().enumerate() {
             table.entry(b.weak).or_default().push(i as u32);
@@ -61,6 +75,7 @@ impl DeltaEncoder {
             rolling: None,
             hasher: FileHasher::new(algo),
             stats: DeltaStats::default(),
+            sink,
         }
     }
 
@@ -68,13 +83,14 @@ impl DeltaEncoder {
         self.sums.head.blength as usize
     }
 
-    fn flush_literal(&mut self, out: &mut Vec<u8>) {
+    fn flush_literal(&mut self, out: &mut Vec<u8>) -> Result<()> {
         if self.pos > 0 {
-            encode_literal(&self.buf[..self.pos], out);
+            self.sink.literal(&self.buf[..self.pos], out)?;
             self.stats.literal += self.pos as u64;
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
+        Ok(())
     }
 
     /// Looks for a block equal to the window `buf[pos..pos+len]`.
@@ -102,8 +118,8 @@ impl DeltaEncoder {
     }
 
     fn emit_match(&mut self, i: u32, len: usize, out: &mut Vec<u8>) -> Result<()> {
-        self.flush_literal(out);
-        encode_block(i, out)?;
+        self.flush_literal(out)?;
+        self.sink.block(i, out)?;
         self.stats.matched += len as u64;
         self.buf.drain(..len);
         self.rolling = None;
@@ -118,13 +134,13 @@ impl DeltaEncoder {
         if self.sums.blocks.is_empty() || blen == 0 {
             while self.buf.len() >= CHUNK_SIZE {
                 self.pos = CHUNK_SIZE;
-                self.flush_literal(out);
+                self.flush_literal(out)?;
             }
             return Ok(());
         }
         loop {
             if self.pos >= CHUNK_SIZE {
-                self.flush_literal(out);
+                self.flush_literal(out)?;
             }
             if self.buf.len() - self.pos < blen {
                 return Ok(());
@@ -175,13 +191,13 @@ impl DeltaEncoder {
                 self.rolling = Some(r);
                 self.pos += 1;
                 if self.pos >= CHUNK_SIZE {
-                    self.flush_literal(out);
+                    self.flush_literal(out)?;
                 }
             }
         }
         self.pos = self.buf.len();
-        self.flush_literal(out);
-        encode_end(out);
+        self.flush_literal(out)?;
+        self.sink.end(out)?;
         let digest = self.hasher.finish();
         out.extend_from_slice(digest.as_bytes());
         Ok(self.stats)
@@ -191,14 +207,25 @@ impl DeltaEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compress::TokenSource;
     use crate::sums::SumHead;
-    use crate::token::{Token, TokenDecoder};
+    use crate::token::Token;
     use crate::wire::Reader;
     use proptest::prelude::*;
 
     /// Rebuilds the new file from a basis and a token stream.
     fn apply(basis: &[u8], head: SumHead, stream: &[u8], algo: ChecksumAlgo) -> Vec<u8> {
-        let mut d = TokenDecoder::new(head.count as u32);
+        apply_fmt(basis, head, stream, algo, false)
+    }
+
+    fn apply_fmt(
+        basis: &[u8],
+        head: SumHead,
+        stream: &[u8],
+        algo: ChecksumAlgo,
+        compressed: bool,
+    ) -> Vec<u8> {
+        let mut d = TokenSource::new(compressed, head.count as u32);
         let mut r = Reader::new(stream);
         let mut out = Vec::new();
         loop {
@@ -218,10 +245,19 @@ mod tests {
     }
 
     fn delta(basis: &[u8], new: &[u8], chunk: usize) -> (Vec<u8>, DeltaStats, SumHead) {
+        delta_fmt(basis, new, chunk, TokenSink::Plain)
+    }
+
+    fn delta_fmt(
+        basis: &[u8],
+        new: &[u8],
+        chunk: usize,
+        sink: TokenSink,
+    ) -> (Vec<u8>, DeltaStats, SumHead) {
         let algo = ChecksumAlgo::Xxh128;
         let head = SumHead::for_file(basis.len() as u64, false, 16).unwrap();
         let sums = SumSet::compute(basis, head, algo, 42, true);
-        let mut enc = DeltaEncoder::new(sums, algo, 42, true);
+        let mut enc = DeltaEncoder::with_sink(sums, algo, 42, true, sink);
         let mut out = Vec::new();
         for c in new.chunks(chunk.max(1)) {
             enc.feed(c, &mut out).unwrap();
@@ -252,6 +288,29 @@ mod tests {
         let (out, st, head) = delta(&basis, &new, 1000);
         assert!(st.literal < 3000, "{st:?}");
         assert_eq!(apply(&basis, head, &out, ChecksumAlgo::Xxh128), new);
+    }
+
+    #[test]
+    fn zlibx_delta_round_trip() {
+        let basis: Vec<u8> = (0..300_000u32)
+            .map(|i| (i / 7 % 13) as u8 ^ (i.wrapping_mul(2654435761) >> 29) as u8)
+            .collect();
+        let mut new = basis.clone();
+        new[1000..1100].fill(9);
+        new.extend_from_slice(&[b'z'; 50_000]);
+        let (plain, st, head) = delta(&basis, &new, 4096);
+        let (zl, st2, _) = delta_fmt(&basis, &new, 4096, TokenSink::new(Some(6)));
+        assert_eq!(st, st2);
+        assert!(
+            zl.len() < plain.len() / 2,
+            "{} vs {}",
+            zl.len(),
+            plain.len()
+        );
+        assert_eq!(
+            apply_fmt(&basis, head, &zl, ChecksumAlgo::Xxh128, true),
+            new
+        );
     }
 
     proptest! {

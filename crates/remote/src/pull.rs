@@ -19,6 +19,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
 use arsync_proto::checksum::{block_sum, weak_sum, ChecksumAlgo, FileHasher};
+use arsync_proto::compress::TokenSource;
 use arsync_proto::filter::encode_filter_list;
 use arsync_proto::flist::{
     clear_duplicates, decode_id_list, sort_entries, FileEntry, FileType, FlistDecoder, FlistItem,
@@ -30,7 +31,7 @@ use arsync_proto::ndx::{NdxCodec, NDX_DONE};
 use arsync_proto::phase::{GeneratorSchedule, MAX_PHASE};
 use arsync_proto::stats::{exit_code_for_io_error, ExitCode, Stats};
 use arsync_proto::sums::SumHead;
-use arsync_proto::token::{Token, TokenDecoder};
+use arsync_proto::token::Token;
 use arsync_proto::wire::put_i32;
 
 use crate::args::ServerCommand;
@@ -38,7 +39,7 @@ use crate::conn::{join_errors, InStream, OutStream};
 use crate::error::{RemoteError, Result};
 use crate::fsys::{read_basis, DestRoot, Meta, TempFile};
 use crate::ids::{IdMap, IdNames};
-use crate::session::{am_root, client_handshake, flist_options};
+use crate::session::{am_root, client_handshake, flist_options, token_compression};
 use crate::transport::ChildTransport;
 
 /// What to pull and where.
@@ -166,7 +167,14 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
     let mut ins = InStream::new(input);
     ins.echo_messages = opts.echo_messages;
     let mut outs = OutStream::new(output);
-    let neg = client_handshake(&mut ins, &mut outs, opts.protocol, &opts.command.caps)?;
+    let neg = client_handshake(
+        &mut ins,
+        &mut outs,
+        opts.protocol,
+        &opts.command.caps,
+        opts.command.flags.contains('z'),
+    )?;
+    let compressed = token_compression(&neg)?.is_some();
     let fopts = flist_options(&opts.command.flags, &neg)?;
     if fopts.inc_recurse {
         return Err(RemoteError::Refused(
@@ -220,7 +228,9 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         let fopts = fopts.clone();
         std::thread::spawn(move || generator(outs, &files, &active, &dest, &neg, &fopts, root, rx))
     };
-    let recv = receiver(&mut ins, &files, &active, &dest, &neg, &fopts, root, &tx);
+    let recv = receiver(
+        &mut ins, &files, &active, &dest, &neg, &fopts, root, compressed, &tx,
+    );
     let _ = tx.send(ToGen::Finish);
     let gen_res = gen
         .join()
@@ -408,6 +418,7 @@ fn receiver<R: Read>(
     neg: &Negotiated,
     fopts: &FlistOptions,
     root: bool,
+    compressed: bool,
     tx: &Sender<ToGen>,
 ) -> Result<TransferSummary> {
     let mut codec = NdxCodec::new();
@@ -438,7 +449,7 @@ fn receiver<R: Read>(
                     )));
                 }
                 let e = &files[ndx as usize];
-                let (good, lit, matched) = receive_file(ins, e, dest, neg.checksum)?;
+                let (good, lit, matched) = receive_file(ins, e, dest, neg.checksum, compressed)?;
                 summary.literal_bytes += lit;
                 summary.matched_bytes += matched;
                 if good.is_none() {
@@ -496,6 +507,7 @@ fn receive_file<R: Read>(
     e: &FileEntry,
     dest: &DestRoot,
     algo: ChecksumAlgo,
+    compressed: bool,
 ) -> Result<(Option<TempFile>, u64, u64)> {
     let dlen = algo.digest_len();
     let head = ins.decode(|r| SumHead::decode(r, dlen))?;
@@ -508,7 +520,7 @@ fn receive_file<R: Read>(
     let f = &tmp.file;
     let res: Result<(bool, u64, u64)> = (|| {
         let mut hasher = FileHasher::new(algo);
-        let mut dec = TokenDecoder::new(head.count as u32);
+        let mut dec = TokenSource::new(compressed, head.count as u32);
         let mut offset = 0u64;
         let (mut lit, mut matched) = (0u64, 0u64);
         let mut block = vec![0u8; head.blength as usize];

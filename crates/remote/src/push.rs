@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
+use arsync_proto::compress::TokenSink;
 use arsync_proto::flist::{encode_id_list, FileType, FlistEncoder};
 use arsync_proto::handshake::{CompatFlags, PROTOCOL_VERSION};
 use arsync_proto::item::{decode_item, iflags, NdxItem};
@@ -23,7 +24,7 @@ use crate::error::{RemoteError, Result};
 use crate::fsys::{open_source, read_chunk};
 use crate::ids::IdNames;
 use crate::pull::TransferSummary;
-use crate::session::{client_handshake, flist_options};
+use crate::session::{client_handshake, flist_options, token_compression};
 use crate::transport::{ChildTransport, PumpedReader};
 use crate::walk::build_list;
 
@@ -103,7 +104,14 @@ pub fn run_push<R: Read, W: Write>(
     let mut ins = InStream::new(input);
     ins.echo_messages = opts.echo_messages;
     let mut outs = OutStream::new(output);
-    let neg = client_handshake(&mut ins, &mut outs, opts.protocol, &opts.command.caps)?;
+    let neg = client_handshake(
+        &mut ins,
+        &mut outs,
+        opts.protocol,
+        &opts.command.caps,
+        opts.command.flags.contains('z'),
+    )?;
+    let zlevel = token_compression(&neg)?;
     let fopts = flist_options(&opts.command.flags, &neg)?;
     if fopts.inc_recurse {
         return Err(RemoteError::Refused(
@@ -226,7 +234,13 @@ pub fn run_push<R: Read, W: Write>(
                 a.encode(&mut wcodec, &mut b)?;
                 head.encode(&mut b);
                 outs.write(&b)?;
-                let mut delta = DeltaEncoder::new(sums, neg.checksum, neg.seed, seed_fix);
+                let mut delta = DeltaEncoder::with_sink(
+                    sums,
+                    neg.checksum,
+                    neg.seed,
+                    seed_fix,
+                    TokenSink::new(zlevel),
+                );
                 let mut chunk = vec![0u8; 256 * 1024];
                 let mut out = Vec::new();
                 loop {

@@ -4,20 +4,23 @@ use std::io::{Read, Write};
 
 use arsync_proto::checksum::ChecksumAlgo;
 use arsync_proto::flist::FlistOptions;
-use arsync_proto::handshake::{CompatFlags, Handshake, HandshakeConfig, Negotiated};
+use arsync_proto::handshake::{CompatFlags, CompressAlgo, Handshake, HandshakeConfig, Negotiated};
 
 use crate::conn::{InStream, OutStream};
 use crate::error::{RemoteError, Result};
 
-/// Runs the client side of the handshake over raw streams.
+/// Runs the client side of the handshake over raw streams. With `compress`
+/// (the `z` flag) we offer only zlibx.
 pub fn client_handshake<R: Read, W: Write>(
     ins: &mut InStream<R>,
     outs: &mut OutStream<W>,
     protocol: i32,
     caps: &str,
+    compress: bool,
 ) -> Result<Negotiated> {
     let mut cfg = HandshakeConfig::client(protocol, caps);
     cfg.checksums = ChecksumAlgo::PREFERENCE.to_vec();
+    cfg.compressions = compress.then(|| vec![CompressAlgo::Zlibx]);
     let mut hs = Handshake::new(cfg)?;
     loop {
         let out = hs.take_output();
@@ -66,6 +69,18 @@ pub fn flist_options(flags: &str, neg: &Negotiated) -> Result<FlistOptions> {
         id0_names: neg.compat.has(CompatFlags::ID0_NAMES),
         safe_flist: neg.protocol >= 31 || neg.compat.has(CompatFlags::SAFE_FLIST),
     })
+}
+
+/// The zlibx level to compress tokens with, or `None` for plain tokens;
+/// anything else negotiated is unsupported.
+pub fn token_compression(neg: &Negotiated) -> Result<Option<u32>> {
+    match neg.compression {
+        None | Some(CompressAlgo::None) => Ok(None),
+        Some(CompressAlgo::Zlibx) => Ok(Some(6)),
+        Some(other) => Err(RemoteError::Proto(arsync_proto::Error::Unsupported(
+            format!("{} compression", other.name()),
+        ))),
+    }
 }
 
 /// True when running as root (owners can be set).
