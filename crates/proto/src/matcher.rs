@@ -5,8 +5,6 @@
 //! [`DeltaEncoder`] is streaming: feed the new file in any chunk sizes; it
 //! keeps at most one literal run ([`CHUNK_SIZE`]) plus one block of lookahead.
 
-use std::collections::HashMap;
-
 use crate::checksum::{block_sum, ChecksumAlgo, Digest16, FileHasher, Rolling};
 use crate::compress::TokenSink;
 use crate::error::Result;
@@ -22,14 +20,54 @@ pub struct DeltaStats {
     pub matched: u64,
 }
 
+/// Chained hash table from weak sums to block indices.
+struct WeakTable {
+    bits: u32,
+    head: Vec<u32>,
+    next: Vec<u32>,
+}
+
+const NIL: u32 = u32::MAX;
+
+impl WeakTable {
+    fn new(sums: &SumSet) -> Self {
+        let n = sums.blocks.len();
+        let size = (n.max(1) * 2).next_power_of_two();
+        let bits = size.trailing_zeros();
+        let mut t = WeakTable {
+            bits,
+            head: vec![NIL; size],
+            next: vec![NIL; n],
+        };
+        // Insert in reverse so each chain lists lower block indices first.
+        for (i, b) in sums.blocks.iter().enumerate().rev() {
+            let h = t.slot(b.weak);
+            t.next[i] = t.head[h];
+            t.head[h] = i as u32;
+        }
+        t
+    }
+
+    fn slot(&self, weak: u32) -> usize {
+        if self.bits == 0 {
+            0
+        } else {
+            (weak.wrapping_mul(0x9E37_79B1) >> (32 - self.bits)) as usize
+        }
+    }
+}
+
 /// Streaming delta encoder for one file.
 pub struct DeltaEncoder {
     sums: SumSet,
-    table: HashMap<u32, Vec<u32>>,
+    table: WeakTable,
     algo: ChecksumAlgo,
     seed: i32,
     seed_fix: bool,
+    /// Unprocessed input; `buf[start..pos]` is literal data not yet sent and
+    /// `pos` is the start of the current window.
     buf: Vec<u8>,
+    start: usize,
     pos: usize,
     rolling: Option<Rolling>,
     hasher: FileHasher,
@@ -60,10 +98,7 @@ impl DeltaEncoder {
         seed_fix: bool,
         sink: TokenSink,
     ) -> Self {
-        let mut table: HashMap<u32, Vec<u32>> = HashMap::new();
-        for (i, b) in sums.blocks.iter().enumerate() {
-            table.entry(b.weak).or_default().push(i as u32);
-        }
+        let table = WeakTable::new(&sums);
         DeltaEncoder {
             sums,
             table,
@@ -71,6 +106,7 @@ impl DeltaEncoder {
             seed,
             seed_fix,
             buf: Vec::new(),
+            start: 0,
             pos: 0,
             rolling: None,
             hasher: FileHasher::new(algo),
@@ -84,35 +120,35 @@ impl DeltaEncoder {
     }
 
     fn flush_literal(&mut self, out: &mut Vec<u8>) -> Result<()> {
-        if self.pos > 0 {
-            self.sink.literal(&self.buf[..self.pos], out)?;
-            self.stats.literal += self.pos as u64;
-            self.buf.drain(..self.pos);
-            self.pos = 0;
+        if self.pos > self.start {
+            self.sink.literal(&self.buf[self.start..self.pos], out)?;
+            self.stats.literal += (self.pos - self.start) as u64;
+            self.start = self.pos;
         }
         Ok(())
     }
 
     /// Looks for a block equal to the window `buf[pos..pos+len]`.
     fn find(&self, weak: u32, len: usize) -> Option<u32> {
-        let cands = self.table.get(&weak)?;
+        let mut i = self.table.head[self.table.slot(weak)];
         let mut strong: Option<Digest16> = None;
         let s2 = self.sums.head.s2length as usize;
-        for &i in cands {
-            if self.sums.head.block_len(i as i32) != len {
-                continue;
+        while i != NIL {
+            let b = &self.sums.blocks[i as usize];
+            if b.weak == weak && self.sums.head.block_len(i as i32) == len {
+                let d = *strong.get_or_insert_with(|| {
+                    block_sum(
+                        self.algo,
+                        &self.buf[self.pos..self.pos + len],
+                        self.seed,
+                        self.seed_fix,
+                    )
+                });
+                if d.as_bytes()[..s2] == b.strong[..] {
+                    return Some(i);
+                }
             }
-            let d = *strong.get_or_insert_with(|| {
-                block_sum(
-                    self.algo,
-                    &self.buf[self.pos..self.pos + len],
-                    self.seed,
-                    self.seed_fix,
-                )
-            });
-            if d.as_bytes()[..s2] == self.sums.blocks[i as usize].strong[..] {
-                return Some(i);
-            }
+            i = self.table.next[i as usize];
         }
         None
     }
@@ -121,33 +157,44 @@ impl DeltaEncoder {
         self.flush_literal(out)?;
         self.sink.block(i, out)?;
         self.stats.matched += len as u64;
-        self.buf.drain(..len);
+        self.pos += len;
+        self.start = self.pos;
         self.rolling = None;
         Ok(())
+    }
+
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.pos -= self.start;
+            self.start = 0;
+        }
     }
 
     /// Processes more of the new file, appending token bytes to `out`.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
         self.hasher.update(data);
+        self.compact();
         self.buf.extend_from_slice(data);
         let blen = self.blen();
         if self.sums.blocks.is_empty() || blen == 0 {
-            while self.buf.len() >= CHUNK_SIZE {
-                self.pos = CHUNK_SIZE;
+            while self.buf.len() - self.start >= CHUNK_SIZE {
+                self.pos = self.start + CHUNK_SIZE;
                 self.flush_literal(out)?;
             }
             return Ok(());
         }
         loop {
-            if self.pos >= CHUNK_SIZE {
+            if self.pos - self.start >= CHUNK_SIZE {
                 self.flush_literal(out)?;
             }
             if self.buf.len() - self.pos < blen {
                 return Ok(());
             }
-            let r = *self
-                .rolling
-                .get_or_insert_with(|| Rolling::new(&self.buf[self.pos..self.pos + blen]));
+            let r = match self.rolling {
+                Some(r) => r,
+                None => Rolling::new(&self.buf[self.pos..self.pos + blen]),
+            };
             if let Some(i) = self.find(r.digest(), blen) {
                 self.emit_match(i, blen, out)?;
                 continue;
@@ -158,6 +205,7 @@ impl DeltaEncoder {
                 self.rolling = Some(r);
                 self.pos += 1;
             } else {
+                self.rolling = Some(r);
                 return Ok(());
             }
         }
@@ -173,15 +221,15 @@ impl DeltaEncoder {
                     break;
                 }
                 if k > self.blen() {
-                    // Cannot happen after feed(), which consumes down to < blen + 1 bytes
-                    // past pos; treat the surplus as literal for robustness.
+                    // feed() leaves at most one window; treat any surplus as literal.
                     self.pos += 1;
                     self.rolling = None;
                     continue;
                 }
-                let r = *self
-                    .rolling
-                    .get_or_insert_with(|| Rolling::new(&self.buf[self.pos..]));
+                let r = match self.rolling {
+                    Some(r) => r,
+                    None => Rolling::new(&self.buf[self.pos..]),
+                };
                 if let Some(i) = self.find(r.digest(), k) {
                     self.emit_match(i, k, out)?;
                     break;
@@ -190,12 +238,18 @@ impl DeltaEncoder {
                 r.shrink(self.buf[self.pos]);
                 self.rolling = Some(r);
                 self.pos += 1;
-                if self.pos >= CHUNK_SIZE {
+                if self.pos - self.start >= CHUNK_SIZE {
                     self.flush_literal(out)?;
                 }
             }
         }
         self.pos = self.buf.len();
+        while self.pos - self.start > CHUNK_SIZE {
+            let end = self.pos;
+            self.pos = self.start + CHUNK_SIZE;
+            self.flush_literal(out)?;
+            self.pos = end;
+        }
         self.flush_literal(out)?;
         self.sink.end(out)?;
         let digest = self.hasher.finish();
