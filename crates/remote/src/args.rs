@@ -39,11 +39,9 @@ impl ServerCommand {
         }
     }
 
-    /// The full argument vector (program first).
-    pub fn argv(&self) -> Vec<String> {
-        let mut v = self.remote_shell.clone();
-        v.push(self.rsync_path.clone());
-        v.push("--server".into());
+    /// The server's options (from `--server` up to, not including, `.`).
+    pub fn server_args(&self) -> Vec<String> {
+        let mut v = vec!["--server".to_string()];
         if self.server_sends {
             v.push("--sender".into());
         }
@@ -51,6 +49,14 @@ impl ServerCommand {
         if let Some(p) = self.protocol {
             v.push(format!("--protocol={p}"));
         }
+        v
+    }
+
+    /// The full argument vector (program first).
+    pub fn argv(&self) -> Vec<String> {
+        let mut v = self.remote_shell.clone();
+        v.push(self.rsync_path.clone());
+        v.extend(self.server_args());
         v.push(".".into());
         v.push(self.path.clone());
         v

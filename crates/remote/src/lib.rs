@@ -4,7 +4,8 @@
 //!   `rsync --server --sender`.
 //! - [`push`]: the sending client against `rsync --server`.
 //! - [`walk`]: building a file list from a local directory.
-//! - [`transport`]: child processes over pipes (local rsync or a remote shell).
+//! - [`transport`]: child processes over pipes (local rsync or a remote shell);
+//!   [`daemon`]: `rsync://` daemons over TCP.
 //! - [`conn`]: buffered, multiplexed streams feeding the decoders.
 //! - [`fsys`]: all file-system access, confined to one root.
 //!
@@ -17,6 +18,7 @@
 
 pub mod args;
 pub mod conn;
+pub mod daemon;
 pub mod error;
 pub mod fsys;
 pub mod ids;

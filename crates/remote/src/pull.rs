@@ -36,10 +36,11 @@ use arsync_proto::wire::put_i32;
 
 use crate::args::ServerCommand;
 use crate::conn::{join_errors, InStream, OutStream};
+use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
 use crate::fsys::{read_basis, DestRoot, Meta, TempFile};
 use crate::ids::{IdMap, IdNames};
-use crate::session::{am_root, client_handshake, flist_options, token_compression};
+use crate::session::{am_root, flist_options, start_client, token_compression};
 use crate::transport::ChildTransport;
 
 /// What to pull and where.
@@ -53,6 +54,9 @@ pub struct PullOptions {
     pub protocol: i32,
     /// Print the peer's messages to stderr.
     pub echo_messages: bool,
+    /// Connect to an rsync daemon instead of running `command` (only its
+    /// flags and caps are used then).
+    pub daemon: Option<DaemonTarget>,
 }
 
 impl PullOptions {
@@ -63,6 +67,7 @@ impl PullOptions {
             dest: dest.into(),
             protocol: PROTOCOL_VERSION,
             echo_messages: true,
+            daemon: None,
         }
     }
 }
@@ -121,6 +126,10 @@ pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
         ));
     }
     let dest = DestRoot::open(&opts.dest)?;
+    if let Some(t) = &opts.daemon {
+        let (r, w) = t.connect()?;
+        return run_pull(opts, dest, r, w);
+    }
     let mut child = ChildTransport::spawn(&opts.command.argv())?;
     let stdin = child
         .stdin
@@ -167,12 +176,12 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
     let mut ins = InStream::new(input);
     ins.echo_messages = opts.echo_messages;
     let mut outs = OutStream::new(output);
-    let neg = client_handshake(
+    let neg = start_client(
         &mut ins,
         &mut outs,
         opts.protocol,
-        &opts.command.caps,
-        opts.command.flags.contains('z'),
+        &opts.command,
+        opts.daemon.as_ref(),
     )?;
     let compressed = token_compression(&neg)?.is_some();
     let fopts = flist_options(&opts.command.flags, &neg)?;

@@ -20,11 +20,12 @@ use arsync_proto::sums::{SumDecoder, SumHead};
 
 use crate::args::ServerCommand;
 use crate::conn::{InStream, OutStream};
+use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
 use crate::fsys::{open_source, read_chunk};
 use crate::ids::IdNames;
 use crate::pull::TransferSummary;
-use crate::session::{client_handshake, flist_options, token_compression};
+use crate::session::{flist_options, start_client, token_compression};
 use crate::transport::{ChildTransport, PumpedReader};
 use crate::walk::build_list;
 
@@ -39,6 +40,9 @@ pub struct PushOptions {
     pub protocol: i32,
     /// Print the peer's messages to stderr.
     pub echo_messages: bool,
+    /// Connect to an rsync daemon instead of running `command` (only its
+    /// flags and caps are used then).
+    pub daemon: Option<DaemonTarget>,
 }
 
 impl PushOptions {
@@ -49,6 +53,7 @@ impl PushOptions {
             source: source.into(),
             protocol: PROTOCOL_VERSION,
             echo_messages: true,
+            daemon: None,
         }
     }
 }
@@ -59,6 +64,10 @@ pub fn push(opts: &PushOptions) -> Result<TransferSummary> {
         return Err(RemoteError::Usage(
             "push needs a server command without --sender".into(),
         ));
+    }
+    if let Some(t) = &opts.daemon {
+        let (r, w) = t.connect()?;
+        return run_push(opts, PumpedReader::new(r), w);
     }
     let mut child = ChildTransport::spawn(&opts.command.argv())?;
     let stdin = child
@@ -104,12 +113,12 @@ pub fn run_push<R: Read, W: Write>(
     let mut ins = InStream::new(input);
     ins.echo_messages = opts.echo_messages;
     let mut outs = OutStream::new(output);
-    let neg = client_handshake(
+    let neg = start_client(
         &mut ins,
         &mut outs,
         opts.protocol,
-        &opts.command.caps,
-        opts.command.flags.contains('z'),
+        &opts.command,
+        opts.daemon.as_ref(),
     )?;
     let zlevel = token_compression(&neg)?;
     let fopts = flist_options(&opts.command.flags, &neg)?;

@@ -6,7 +6,9 @@ use arsync_proto::checksum::ChecksumAlgo;
 use arsync_proto::flist::FlistOptions;
 use arsync_proto::handshake::{CompatFlags, CompressAlgo, Handshake, HandshakeConfig, Negotiated};
 
+use crate::args::ServerCommand;
 use crate::conn::{InStream, OutStream};
+use crate::daemon::{preamble, DaemonTarget};
 use crate::error::{RemoteError, Result};
 
 /// Runs the client side of the handshake over raw streams. With `compress`
@@ -18,7 +20,20 @@ pub fn client_handshake<R: Read, W: Write>(
     caps: &str,
     compress: bool,
 ) -> Result<Negotiated> {
+    client_handshake_known(ins, outs, protocol, caps, compress, None)
+}
+
+/// [`client_handshake`] with the peer's version already known (daemon mode).
+pub fn client_handshake_known<R: Read, W: Write>(
+    ins: &mut InStream<R>,
+    outs: &mut OutStream<W>,
+    protocol: i32,
+    caps: &str,
+    compress: bool,
+    known_remote: Option<i32>,
+) -> Result<Negotiated> {
     let mut cfg = HandshakeConfig::client(protocol, caps);
+    cfg.known_remote = known_remote;
     cfg.checksums = ChecksumAlgo::PREFERENCE.to_vec();
     cfg.compressions = compress.then(|| vec![CompressAlgo::Zlibx]);
     let mut hs = Handshake::new(cfg)?;
@@ -36,6 +51,27 @@ pub fn client_handshake<R: Read, W: Write>(
             r.bytes(n)?;
             Ok((n > 0 || hs.result().is_some()).then_some(()))
         })?;
+    }
+}
+
+/// Starts a client session: the daemon preamble if `daemon` is set, then
+/// the binary handshake.
+pub fn start_client<R: Read, W: Write>(
+    ins: &mut InStream<R>,
+    outs: &mut OutStream<W>,
+    protocol: i32,
+    cmd: &ServerCommand,
+    daemon: Option<&DaemonTarget>,
+) -> Result<Negotiated> {
+    let compress = cmd.flags.contains('z');
+    match daemon {
+        None => client_handshake(ins, outs, protocol, &cmd.caps, compress),
+        Some(t) => {
+            let mut c = cmd.clone();
+            let ours = c.protocol.take().map_or(protocol, |p| p.min(protocol));
+            let g = preamble(ins, outs, t, &c.server_args(), ours, ins.echo_messages)?;
+            client_handshake_known(ins, outs, ours, &cmd.caps, compress, Some(g.protocol))
+        }
     }
 }
 
