@@ -244,6 +244,22 @@ impl DestRoot {
         .map_err(|e| io_err(format!("mknod {}", shown(name)), e))
     }
 
+    /// Makes `name` a hard link to `target` (both inside the root), replacing
+    /// a non-directory at `name` unless it already is that file.
+    pub fn hard_link(&self, target: &[u8], name: &[u8]) -> Result<()> {
+        let (tp, tb) = self.parent(target)?;
+        let (np, nb) = self.parent(name)?;
+        let what = |e: Errno| io_err(format!("hard link {} => {}", shown(name), shown(target)), e);
+        let ts = rustix::fs::statat(&*tp, tb.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(what)?;
+        if let Ok(ns) = rustix::fs::statat(&*np, nb.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            if ns.st_ino == ts.st_ino && ns.st_dev == ts.st_dev {
+                return Ok(());
+            }
+            Self::remove_non_dir(&np, &nb)?;
+        }
+        rustix::fs::linkat(&*tp, tb.as_str(), &*np, nb.as_str(), AtFlags::empty()).map_err(what)
+    }
+
     /// Opens an existing regular file to use as a delta basis.
     pub fn open_basis(&self, name: &[u8]) -> Result<Option<File>> {
         let (p, base) = self.parent(name)?;
@@ -426,6 +442,10 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    fn m_ino(p: &Path) -> u64 {
+        std::fs::metadata(p).unwrap().ino()
+    }
+
     #[test]
     fn refuses_escapes() {
         let t = tempfile::tempdir().unwrap();
@@ -497,6 +517,16 @@ mod tests {
         .unwrap();
         let m = std::fs::metadata(t.path().join("sub")).unwrap();
         assert_eq!((m.mode() & 0o7777, m.mtime()), (0o711, 9));
+        d.hard_link(b"sub/f", b"h").unwrap();
+        d.hard_link(b"sub/f", b"h").unwrap();
+        assert_eq!(
+            std::fs::metadata(t.path().join("h")).unwrap().ino(),
+            m_ino(&t.path().join("sub/f"))
+        );
+        assert!(matches!(
+            d.hard_link(b"sub/f", b"../out"),
+            Err(RemoteError::Refused(_))
+        ));
         d.make_node(b"fifo", 0o010644, (0, 0)).unwrap();
         assert!(d.lstat(b"fifo").unwrap().unwrap().file_type == FileType::Fifo);
     }

@@ -23,7 +23,7 @@ use arsync_proto::compress::TokenSource;
 use arsync_proto::filter::encode_filter_list;
 use arsync_proto::flist::{
     clear_duplicates, decode_id_list, sort_entries, FileEntry, FileType, FlistDecoder, FlistItem,
-    FlistOptions,
+    FlistOptions, HardLink,
 };
 use arsync_proto::handshake::{Negotiated, PROTOCOL_VERSION};
 use arsync_proto::item::{decode_item, ItemAttrs, NdxItem};
@@ -218,6 +218,17 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
             gid_map = IdMap::new(&l, |n| names.gid_of(n));
         }
     }
+    // Hard-link followers name their leader by receive-order index: resolve
+    // to names before sorting.
+    let links: Vec<(Vec<u8>, Vec<u8>)> = entries
+        .iter()
+        .filter_map(|e| match e.hardlink {
+            HardLink::Follower(i) => entries
+                .get(i as usize)
+                .map(|l| (e.name.clone(), l.name.clone())),
+            _ => None,
+        })
+        .collect();
     sort_entries(&mut entries);
     let active = clear_duplicates(&entries);
     let root = am_root();
@@ -235,7 +246,14 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         let dest = dest.clone();
         let neg = neg.clone();
         let fopts = fopts.clone();
-        std::thread::spawn(move || generator(outs, &files, &active, &dest, &neg, &fopts, root, rx))
+        let gen_ctx = GenCtx {
+            dest,
+            neg,
+            fopts,
+            root,
+            links,
+        };
+        std::thread::spawn(move || generator(outs, &files, &active, &gen_ctx, rx))
     };
     let recv = receiver(
         &mut ins, &files, &active, &dest, &neg, &fopts, root, compressed, &tx,
@@ -313,17 +331,26 @@ fn request<W: Write>(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the generator thread needs besides the file list.
+struct GenCtx {
+    dest: DestRoot,
+    neg: Negotiated,
+    fopts: FlistOptions,
+    root: bool,
+    /// Hard-link (follower, leader) names.
+    links: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
 fn generator<W: Write>(
     mut outs: OutStream<W>,
     files: &[FileEntry],
     active: &[bool],
-    dest: &DestRoot,
-    neg: &Negotiated,
-    fopts: &FlistOptions,
-    root: bool,
+    ctx: &GenCtx,
     rx: Receiver<ToGen>,
 ) -> Result<(Vec<String>, u64)> {
+    let (dest, neg, fopts, root) = (&ctx.dest, &ctx.neg, &ctx.fopts, ctx.root);
+    let followers: std::collections::HashSet<&[u8]> =
+        ctx.links.iter().map(|(f, _)| f.as_slice()).collect();
     let mut codec = NdxCodec::new();
     let mut errors = Vec::new();
     let mut dirs = Vec::new();
@@ -349,6 +376,9 @@ fn generator<W: Write>(
                 {
                     dest.make_node(&e.name, e.mode, e.rdev)?;
                     dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
+                }
+                Some(FileType::Regular) if followers.contains(e.name.as_slice()) => {
+                    // Linked to its leader once everything is received.
                 }
                 Some(FileType::Regular) => {
                     if let Some(m) = dest.lstat(&e.name)? {
@@ -398,6 +428,11 @@ fn generator<W: Write>(
                 outs.flush()?;
             }
             Ok(ToGen::Finish) | Err(_) => break,
+        }
+    }
+    for (follower, leader) in &ctx.links {
+        if let Err(err) = dest.hard_link(leader, follower) {
+            errors.push(format!("{}: {err}", String::from_utf8_lossy(follower)));
         }
     }
     // Directory metadata last, deepest first, so nothing touches them afterwards.

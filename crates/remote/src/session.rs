@@ -77,14 +77,9 @@ pub fn start_client<R: Read, W: Write>(
 
 /// File-list options implied by the packed short flags and the negotiation.
 pub fn flist_options(flags: &str, neg: &Negotiated) -> Result<FlistOptions> {
-    if flags.contains('H')
-        || flags.contains('A')
-        || flags.contains('X')
-        || flags.contains('c')
-        || flags.contains('R')
-    {
+    if flags.contains('A') || flags.contains('X') || flags.contains('c') || flags.contains('R') {
         return Err(RemoteError::Usage(format!(
-            "flags -{flags}: -H, -A, -X, -c and -R are not supported over the wire yet"
+            "flags -{flags}: -A, -X, -c and -R are not supported over the wire yet"
         )));
     }
     let has = |c| flags.contains(c);
@@ -96,7 +91,7 @@ pub fn flist_options(flags: &str, neg: &Negotiated) -> Result<FlistOptions> {
         preserve_links: has('l'),
         preserve_devices: has('D'),
         preserve_specials: has('D'),
-        preserve_hard_links: false,
+        preserve_hard_links: has('H'),
         atimes: false,
         crtimes: false,
         checksum_len: None,

@@ -4,7 +4,9 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use arsync_proto::flist::{sort_entries, FileEntry, FlistOptions};
+use std::collections::HashMap;
+
+use arsync_proto::flist::{compare_entries, FileEntry, FlistOptions, HardLink};
 use arsync_proto::stats::{IOERR_GENERAL, IOERR_VANISHED};
 
 use crate::error::{RemoteError, Result};
@@ -96,6 +98,8 @@ pub fn build_list(root: &Path, fopts: &FlistOptions) -> Result<LocalList> {
         .ok_or_else(|| RemoteError::Usage("source root".into()))?;
     top.top_dir = true;
     list.entries.push(top);
+    // (dev, ino) of hard-linked non-directories, parallel to `entries`.
+    let mut inodes: Vec<Option<(u64, u64)>> = vec![None];
     let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, prefix)) = stack.pop() {
         let rd = match fs::read_dir(&dir) {
@@ -146,10 +150,31 @@ pub fn build_list(root: &Path, fopts: &FlistOptions) -> Result<LocalList> {
                 if m.is_dir() {
                     stack.push((path, rel));
                 }
+                let linked = fopts.preserve_hard_links && !m.is_dir() && m.nlink() > 1;
+                inodes.push(linked.then(|| (m.dev(), m.ino())));
                 list.entries.push(e);
             }
         }
     }
-    sort_entries(&mut list.entries);
+    // Sort (with each entry's inode alongside), then mark hard-link groups:
+    // the first of a group in list order leads, later ones follow it.
+    let mut keyed: Vec<(FileEntry, Option<(u64, u64)>)> = std::mem::take(&mut list.entries)
+        .into_iter()
+        .zip(inodes)
+        .collect();
+    keyed.sort_by(|a, b| compare_entries(&a.0, &b.0));
+    let mut leaders: HashMap<(u64, u64), i32> = HashMap::new();
+    for (i, (e, ino)) in keyed.iter_mut().enumerate() {
+        if let Some(key) = ino {
+            match leaders.get(key) {
+                Some(&l) => e.hardlink = HardLink::Follower(l),
+                None => {
+                    leaders.insert(*key, i as i32);
+                    e.hardlink = HardLink::Leader;
+                }
+            }
+        }
+    }
+    list.entries = keyed.into_iter().map(|(e, _)| e).collect();
     Ok(list)
 }

@@ -39,7 +39,7 @@ fn unstartable_remote_command_is_an_error() {
 fn unsupported_flags_are_refused_before_transfer() {
     let t = tempfile::tempdir_in("/dev/shm").unwrap();
     let mut opts = PullOptions::new(format!("{}/", t.path().display()), t.path().join("dst"));
-    opts.command.flags = "logDtprH".into();
+    opts.command.flags = "logDtprA".into();
     let err = pull(&opts).expect_err("must fail");
     assert!(matches!(err, RemoteError::Usage(_)), "{err}");
     assert_eq!(err.exit_code(), ExitCode::Syntax);
