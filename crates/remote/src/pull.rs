@@ -262,8 +262,9 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
     let gen_res = gen
         .join()
         .map_err(|_| RemoteError::Usage("generator thread panicked".into()))?;
-    let mut summary = recv?;
+    // A generator failure is the root cause of whatever the receiver saw.
     let (gen_errors, bytes_written) = gen_res?;
+    let mut summary = recv?;
     ins.drain_to_eof()?;
     summary.errors.extend(gen_errors);
     summary.errors.extend(ins.reports.errors.iter().cloned());
@@ -284,6 +285,27 @@ fn meta_of(e: &FileEntry, fopts: &FlistOptions, root: bool) -> Meta {
         uid: (root && fopts.preserve_uid).then_some(e.uid),
         gid: (root && fopts.preserve_gid).then_some(e.gid),
     }
+}
+
+/// The whole-file checksum of a local regular file (for `-c`).
+fn local_sum(dest: &DestRoot, name: &[u8], algo: ChecksumAlgo) -> Result<Option<Vec<u8>>> {
+    let Some(f) = dest.open_basis(name)? else {
+        return Ok(None);
+    };
+    let mut h = FileHasher::new(algo);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut off = 0u64;
+    loop {
+        let n = f
+            .read_at(&mut buf, off)
+            .map_err(|e| RemoteError::io("reading for -c", e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(Some(h.finish().as_bytes().to_vec()))
 }
 
 /// Writes a transfer request for `ndx` with block sums of the basis (if any).
@@ -382,10 +404,17 @@ fn generator<W: Write>(
                 }
                 Some(FileType::Regular) => {
                     if let Some(m) = dest.lstat(&e.name)? {
-                        if m.file_type == rustix::fs::FileType::RegularFile
+                        let same = m.file_type == rustix::fs::FileType::RegularFile
                             && m.size == e.size as u64
-                            && m.mtime == e.mtime
-                        {
+                            && match &e.checksum {
+                                // -c: compare content sums instead of mtimes.
+                                Some(sum) => {
+                                    local_sum(dest, &e.name, neg.checksum)?.as_deref()
+                                        == Some(sum.as_slice())
+                                }
+                                None => m.mtime == e.mtime,
+                            };
+                        if same {
                             // Quick check passed: only fix metadata.
                             dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
                             return Ok(());

@@ -130,7 +130,7 @@ pub fn run_push<R: Read, W: Write>(
     outs.start_multiplex()?;
     ins.start_multiplex()?;
 
-    let list = build_list(&opts.source, &fopts)?;
+    let list = build_list(&opts.source, &fopts, neg.checksum)?;
     for w in &list.warnings {
         eprintln!("arsync: {w}");
     }

@@ -77,9 +77,9 @@ pub fn start_client<R: Read, W: Write>(
 
 /// File-list options implied by the packed short flags and the negotiation.
 pub fn flist_options(flags: &str, neg: &Negotiated) -> Result<FlistOptions> {
-    if flags.contains('A') || flags.contains('X') || flags.contains('c') || flags.contains('R') {
+    if flags.contains('A') || flags.contains('X') || flags.contains('R') {
         return Err(RemoteError::Usage(format!(
-            "flags -{flags}: -A, -X, -c and -R are not supported over the wire yet"
+            "flags -{flags}: -A, -X and -R are not supported over the wire yet"
         )));
     }
     let has = |c| flags.contains(c);
@@ -94,7 +94,7 @@ pub fn flist_options(flags: &str, neg: &Negotiated) -> Result<FlistOptions> {
         preserve_hard_links: has('H'),
         atimes: false,
         crtimes: false,
-        checksum_len: None,
+        checksum_len: has('c').then(|| neg.checksum.digest_len()),
         inc_recurse: neg.compat.has(CompatFlags::INC_RECURSE),
         numeric_ids: false,
         id0_names: neg.compat.has(CompatFlags::ID0_NAMES),

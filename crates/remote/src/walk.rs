@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use arsync_proto::flist::{compare_entries, FileEntry, FlistOptions, HardLink};
 use arsync_proto::stats::{IOERR_GENERAL, IOERR_VANISHED};
 
+use arsync_proto::checksum::{ChecksumAlgo, FileHasher};
+
 use crate::error::{RemoteError, Result};
+use crate::fsys::{open_source, read_chunk};
 
 /// A sorted file list with the local path of each entry.
 #[derive(Debug, Clone, Default)]
@@ -41,6 +44,7 @@ fn entry_for(
     path: &Path,
     m: &fs::Metadata,
     fopts: &FlistOptions,
+    checksum_algo: ChecksumAlgo,
 ) -> Result<Option<FileEntry>> {
     let ft = m.file_type();
     let mut e = FileEntry {
@@ -58,6 +62,9 @@ fn entry_for(
     };
     if ft.is_file() {
         e.size = m.len() as i64;
+        if fopts.checksum_len.is_some() {
+            e.checksum = Some(file_checksum(path, checksum_algo)?);
+        }
     } else if ft.is_symlink() {
         if !fopts.preserve_links {
             return Ok(None);
@@ -79,9 +86,28 @@ fn entry_for(
     Ok(Some(e))
 }
 
+/// The unseeded whole-file checksum sent with `-c`.
+fn file_checksum(path: &Path, algo: ChecksumAlgo) -> Result<Vec<u8>> {
+    let mut f = open_source(path)?;
+    let mut h = FileHasher::new(algo);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = read_chunk(&mut f, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finish().as_bytes().to_vec())
+}
+
 /// Walks `root` (the contents of the directory, as `SRC/` in rsync) into a
 /// sorted file list. Unreadable entries set io_error and are skipped.
-pub fn build_list(root: &Path, fopts: &FlistOptions) -> Result<LocalList> {
+pub fn build_list(
+    root: &Path,
+    fopts: &FlistOptions,
+    checksum_algo: ChecksumAlgo,
+) -> Result<LocalList> {
     let m =
         fs::metadata(root).map_err(|e| RemoteError::io(format!("source {}", root.display()), e))?;
     if !m.is_dir() {
@@ -94,7 +120,7 @@ pub fn build_list(root: &Path, fopts: &FlistOptions) -> Result<LocalList> {
         root: root.to_path_buf(),
         ..LocalList::default()
     };
-    let mut top = entry_for(b".".to_vec(), root, &m, fopts)?
+    let mut top = entry_for(b".".to_vec(), root, &m, fopts, checksum_algo)?
         .ok_or_else(|| RemoteError::Usage("source root".into()))?;
     top.top_dir = true;
     list.entries.push(top);
@@ -146,7 +172,7 @@ pub fn build_list(root: &Path, fopts: &FlistOptions) -> Result<LocalList> {
                     continue;
                 }
             };
-            if let Some(e) = entry_for(rel.clone().into_bytes(), &path, &m, fopts)? {
+            if let Some(e) = entry_for(rel.clone().into_bytes(), &path, &m, fopts, checksum_algo)? {
                 if m.is_dir() {
                     stack.push((path, rel));
                 }
