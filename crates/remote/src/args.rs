@@ -23,6 +23,8 @@ pub struct ServerCommand {
     pub protocol: Option<i32>,
     /// The remote path.
     pub path: String,
+    /// Delete extraneous files on the receiving side (`--delete`).
+    pub delete: bool,
 }
 
 impl ServerCommand {
@@ -36,6 +38,7 @@ impl ServerCommand {
             caps: CLIENT_CAPS.into(),
             protocol: None,
             path: path.into(),
+            delete: false,
         }
     }
 
@@ -48,6 +51,10 @@ impl ServerCommand {
         v.push(format!("-{}e.{}", self.flags, self.caps));
         if let Some(p) = self.protocol {
             v.push(format!("--protocol={p}"));
+        }
+        // A pulling client deletes locally; only a receiving server needs it.
+        if self.delete && !self.server_sends {
+            v.push("--delete".into());
         }
         v
     }

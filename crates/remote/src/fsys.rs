@@ -244,6 +244,61 @@ impl DestRoot {
         .map_err(|e| io_err(format!("mknod {}", shown(name)), e))
     }
 
+    /// Opens directory `name` for reading without following symlinks;
+    /// `None` if it does not exist or is not a directory.
+    fn open_dir(&self, name: &[u8]) -> Result<Option<OwnedFd>> {
+        let r = if name == b"." {
+            rustix::fs::openat(
+                &*self.fd,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        } else {
+            let (p, base) = self.parent(name)?;
+            rustix::fs::openat(
+                &*p,
+                base.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        match r {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => Ok(None),
+            Err(e) => Err(io_err(format!("opening directory {}", shown(name)), e)),
+        }
+    }
+
+    /// The names in directory `name` (`None` if it is not a directory here).
+    pub fn list_dir(&self, name: &[u8]) -> Result<Option<Vec<Vec<u8>>>> {
+        let Some(fd) = self.open_dir(name)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        let dir =
+            rustix::fs::Dir::new(fd).map_err(|e| io_err(format!("reading {}", shown(name)), e))?;
+        for ent in dir {
+            let ent = ent.map_err(|e| io_err(format!("reading {}", shown(name)), e))?;
+            let n = ent.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                out.push(n.to_vec());
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Deletes `name` and everything below it (never following symlinks).
+    /// Returns the counts of deleted regular files, directories, symlinks,
+    /// devices and specials (the order of rsync's deletion stats).
+    pub fn remove_tree(&self, name: &[u8]) -> Result<[i32; 5]> {
+        let (p, base) = self.parent(name)?;
+        let mut counts = [0i32; 5];
+        remove_at(&p, std::ffi::OsStr::new(&base), &mut counts)
+            .map_err(|e| io_err(format!("deleting {}", shown(name)), e))?;
+        Ok(counts)
+    }
+
     /// Makes `name` a hard link to `target` (both inside the root), replacing
     /// a non-directory at `name` unless it already is that file.
     pub fn hard_link(&self, target: &[u8], name: &[u8]) -> Result<()> {
@@ -398,6 +453,49 @@ impl DestRoot {
     }
 }
 
+fn remove_at(
+    dir: &OwnedFd,
+    base: &std::ffi::OsStr,
+    counts: &mut [i32; 5],
+) -> rustix::io::Result<()> {
+    let st = rustix::fs::statat(dir, base, AtFlags::SYMLINK_NOFOLLOW)?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => {
+            let fd = rustix::fs::openat(
+                dir,
+                base,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let names: Vec<Vec<u8>> = rustix::fs::Dir::read_from(&fd)?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_bytes().to_vec())
+                .filter(|n| n != b"." && n != b"..")
+                .collect();
+            for n in names {
+                remove_at(
+                    &fd,
+                    std::os::unix::ffi::OsStrExt::from_bytes(n.as_slice()),
+                    counts,
+                )?;
+            }
+            rustix::fs::unlinkat(dir, base, AtFlags::REMOVEDIR)?;
+            counts[1] += 1;
+        }
+        ft => {
+            rustix::fs::unlinkat(dir, base, AtFlags::empty())?;
+            let k = match ft {
+                FileType::RegularFile => 0,
+                FileType::Symlink => 2,
+                FileType::CharacterDevice | FileType::BlockDevice => 3,
+                _ => 4,
+            };
+            counts[k] += 1;
+        }
+    }
+    Ok(())
+}
+
 trait FromBytesChecked {
     fn from_bytes_checked(b: &[u8]) -> Result<&std::ffi::OsStr>;
 }
@@ -528,6 +626,19 @@ mod tests {
             Err(RemoteError::Refused(_))
         ));
         d.make_node(b"fifo", 0o010644, (0, 0)).unwrap();
+        // Recursive delete never follows a symlink out of the root.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), b"k").unwrap();
+        d.ensure_dir(b"gone").unwrap();
+        d.ensure_dir(b"gone/deeper").unwrap();
+        std::os::unix::fs::symlink(outside.path(), t.path().join("gone/deeper/out")).unwrap();
+        std::fs::write(t.path().join("gone/f"), b"x").unwrap();
+        let mut names = d.list_dir(b"gone").unwrap().unwrap();
+        names.sort();
+        assert_eq!(names, vec![b"deeper".to_vec(), b"f".to_vec()]);
+        assert_eq!(d.remove_tree(b"gone").unwrap(), [1, 2, 1, 0, 0]);
+        assert!(outside.path().join("keep").exists());
+        assert!(d.list_dir(b"gone").unwrap().is_none());
         assert!(d.lstat(b"fifo").unwrap().unwrap().file_type == FileType::Fifo);
     }
 }

@@ -26,7 +26,7 @@ use arsync_proto::flist::{
     FlistOptions, HardLink,
 };
 use arsync_proto::handshake::{Negotiated, PROTOCOL_VERSION};
-use arsync_proto::item::{decode_item, ItemAttrs, NdxItem};
+use arsync_proto::item::{decode_item, encode_del_stats, ItemAttrs, NdxItem};
 use arsync_proto::ndx::{NdxCodec, NDX_DONE};
 use arsync_proto::phase::{GeneratorSchedule, MAX_PHASE};
 use arsync_proto::stats::{exit_code_for_io_error, ExitCode, Stats};
@@ -252,6 +252,7 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
             fopts,
             root,
             links,
+            delete: opts.command.delete,
         };
         std::thread::spawn(move || generator(outs, &files, &active, &gen_ctx, rx))
     };
@@ -361,6 +362,56 @@ struct GenCtx {
     root: bool,
     /// Hard-link (follower, leader) names.
     links: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `--delete`: remove local entries that are not in the list.
+    delete: bool,
+}
+
+/// Deletes, in every transferred directory that exists locally, the entries
+/// the sender did not list. Returns rsync's deletion counts.
+fn delete_extraneous(
+    files: &[FileEntry],
+    active: &[bool],
+    dest: &DestRoot,
+    errors: &mut Vec<String>,
+) -> Result<[i32; 5]> {
+    let names: std::collections::HashSet<&[u8]> = files
+        .iter()
+        .zip(active)
+        .filter(|(_, a)| **a)
+        .map(|(e, _)| e.name.as_slice())
+        .collect();
+    let mut counts = [0i32; 5];
+    for (e, _) in files
+        .iter()
+        .zip(active)
+        .filter(|(e, a)| **a && e.is_dir() && !e.no_content_dir)
+    {
+        let Some(children) = dest.list_dir(&e.name)? else {
+            continue;
+        };
+        for c in children {
+            let full = if e.name == b"." {
+                c
+            } else {
+                let mut f = e.name.clone();
+                f.push(b'/');
+                f.extend_from_slice(&c);
+                f
+            };
+            if names.contains(full.as_slice()) {
+                continue;
+            }
+            match dest.remove_tree(&full) {
+                Ok(n) => {
+                    for (t, k) in counts.iter_mut().zip(n) {
+                        *t += k;
+                    }
+                }
+                Err(err) => errors.push(format!("{}: {err}", String::from_utf8_lossy(&full))),
+            }
+        }
+    }
+    Ok(counts)
 }
 
 fn generator<W: Write>(
@@ -376,6 +427,11 @@ fn generator<W: Write>(
     let mut codec = NdxCodec::new();
     let mut errors = Vec::new();
     let mut dirs = Vec::new();
+    let del_counts = if ctx.delete {
+        Some(delete_extraneous(files, active, dest, &mut errors)?)
+    } else {
+        None
+    };
     for (i, e) in files.iter().enumerate() {
         if !active[i] {
             continue;
@@ -450,7 +506,14 @@ fn generator<W: Write>(
             }
             Ok(ToGen::Phase0Done) => {
                 let mut done = Vec::new();
-                for _ in 0..sched.after_redo {
+                for k in 0..sched.after_redo {
+                    // At protocol >= 31 the deletion stats precede the
+                    // delete phase's NDX_DONE (the last of this group).
+                    if let (Some(c), true) =
+                        (del_counts, neg.protocol >= 31 && k + 1 == sched.after_redo)
+                    {
+                        encode_del_stats(&mut codec, c, &mut done);
+                    }
                     codec.encode(NDX_DONE, &mut done);
                 }
                 outs.write(&done)?;
@@ -560,7 +623,12 @@ fn receiver<R: Read>(
     }
     summary.stats = ins.decode(Stats::decode_as_receiver)?;
     if neg.protocol >= 31 {
-        match ins.decode(|r| decode_item(&mut codec, r))? {
+        // The server sender echoes our deletion stats before the last NDX_DONE.
+        let mut item = ins.decode(|r| decode_item(&mut codec, r))?;
+        while let NdxItem::DelStats(_) = item {
+            item = ins.decode(|r| decode_item(&mut codec, r))?;
+        }
+        match item {
             NdxItem::Done => {}
             other => {
                 return Err(RemoteError::Refused(format!(

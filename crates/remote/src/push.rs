@@ -129,6 +129,12 @@ pub fn run_push<R: Read, W: Write>(
     }
     outs.start_multiplex()?;
     ins.start_multiplex()?;
+    if opts.command.delete {
+        // A deleting receiver wants the filter list.
+        let mut f = Vec::new();
+        arsync_proto::filter::encode_filter_list(&[], &mut f)?;
+        outs.write(&f)?;
+    }
 
     let list = build_list(&opts.source, &fopts, neg.checksum)?;
     for w in &list.warnings {
@@ -284,7 +290,11 @@ pub fn run_push<R: Read, W: Write>(
     }
     // Goodbye: at protocol >= 31 echo one NDX_DONE, then read the last.
     for k in 0..goodbye_reads(neg.protocol) {
-        match ins.decode(|r| decode_item(&mut rcodec, r))? {
+        let mut item = ins.decode(|r| decode_item(&mut rcodec, r))?;
+        while let NdxItem::DelStats(_) = item {
+            item = ins.decode(|r| decode_item(&mut rcodec, r))?;
+        }
+        match item {
             NdxItem::Done => {}
             other => {
                 return Err(RemoteError::Refused(format!(
