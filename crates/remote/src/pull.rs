@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
@@ -236,6 +237,8 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         e.uid = uid_map.map(e.uid);
         e.gid = gid_map.map(e.gid);
     }
+    let requested: Arc<Vec<AtomicBool>> =
+        Arc::new(entries.iter().map(|_| AtomicBool::new(false)).collect());
     let files = Arc::new(entries);
     let active = Arc::new(active);
 
@@ -253,11 +256,12 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
             root,
             links,
             delete: opts.command.delete,
+            requested: Arc::clone(&requested),
         };
         std::thread::spawn(move || generator(outs, &files, &active, &gen_ctx, rx))
     };
     let recv = receiver(
-        &mut ins, &files, &active, &dest, &neg, &fopts, root, compressed, &tx,
+        &mut ins, &files, &active, &requested, &dest, &neg, &fopts, root, compressed, &tx,
     );
     let _ = tx.send(ToGen::Finish);
     let gen_res = gen
@@ -364,6 +368,9 @@ struct GenCtx {
     links: Vec<(Vec<u8>, Vec<u8>)>,
     /// `--delete`: remove local entries that are not in the list.
     delete: bool,
+    /// Set (before the request is written) for every index we ask for; the
+    /// receiver refuses data nobody asked for.
+    requested: Arc<Vec<AtomicBool>>,
 }
 
 /// Deletes, in every transferred directory that exists locally, the entries
@@ -477,6 +484,7 @@ fn generator<W: Write>(
                         }
                     }
                     let basis = dest.open_basis(&e.name)?;
+                    ctx.requested[i].store(true, Ordering::Release);
                     request(&mut outs, &mut codec, i as i32, basis.as_ref(), false, neg)?;
                 }
                 _ => {}
@@ -550,6 +558,7 @@ fn receiver<R: Read>(
     ins: &mut InStream<R>,
     files: &[FileEntry],
     active: &[bool],
+    requested: &[AtomicBool],
     dest: &DestRoot,
     neg: &Negotiated,
     fopts: &FlistOptions,
@@ -577,7 +586,8 @@ fn receiver<R: Read>(
                 let ndx = a.ndx;
                 let ok = (ndx as usize) < files.len()
                     && active[ndx as usize]
-                    && files[ndx as usize].file_type() == Some(FileType::Regular);
+                    && files[ndx as usize].file_type() == Some(FileType::Regular)
+                    && requested[ndx as usize].load(Ordering::Acquire);
                 if !ok || a.iflags & arsync_proto::item::iflags::TRANSFER == 0 {
                     return Err(RemoteError::Refused(format!(
                         "unexpected file index {ndx} (iflags {:#x})",
