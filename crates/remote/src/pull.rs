@@ -198,6 +198,36 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
     outs.write(&filt)?;
     outs.flush()?;
 
+    let mode = ReceiveMode {
+        delete: opts.command.delete,
+        read_stats: true,
+        compressed,
+    };
+    receive_session(ins, outs, &neg, &fopts, dest, mode)
+}
+
+/// How the receiving half behaves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReceiveMode {
+    /// Delete extraneous local entries.
+    pub delete: bool,
+    /// Read the sender's final stats (a client receiver does, a server does not).
+    pub read_stats: bool,
+    /// Tokens are zlibx-compressed.
+    pub compressed: bool,
+}
+
+/// The receiving half of a session after setup: file list, id lists, the
+/// generator thread and the receiver, the end-of-run exchange.
+pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
+    mut ins: InStream<R>,
+    outs: OutStream<W>,
+    neg: &Negotiated,
+    fopts: &FlistOptions,
+    dest: DestRoot,
+    mode: ReceiveMode,
+) -> Result<TransferSummary> {
+    let (neg, fopts) = (neg.clone(), fopts.clone());
     // File list.
     let mut dec = FlistDecoder::new(fopts.clone(), 0);
     let mut entries = Vec::new();
@@ -255,13 +285,13 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
             fopts,
             root,
             links,
-            delete: opts.command.delete,
+            delete: mode.delete,
             requested: Arc::clone(&requested),
         };
         std::thread::spawn(move || generator(outs, &files, &active, &gen_ctx, rx))
     };
     let recv = receiver(
-        &mut ins, &files, &active, &requested, &dest, &neg, &fopts, root, compressed, &tx,
+        &mut ins, &files, &active, &requested, &dest, &neg, &fopts, root, mode, &tx,
     );
     let _ = tx.send(ToGen::Finish);
     let gen_res = gen
@@ -563,9 +593,10 @@ fn receiver<R: Read>(
     neg: &Negotiated,
     fopts: &FlistOptions,
     root: bool,
-    compressed: bool,
+    mode: ReceiveMode,
     tx: &Sender<ToGen>,
 ) -> Result<TransferSummary> {
+    let compressed = mode.compressed;
     let mut codec = NdxCodec::new();
     let mut phase = 0u32;
     let mut summary = TransferSummary::default();
@@ -631,7 +662,9 @@ fn receiver<R: Read>(
             }
         }
     }
-    summary.stats = ins.decode(Stats::decode_as_receiver)?;
+    if mode.read_stats {
+        summary.stats = ins.decode(Stats::decode_as_receiver)?;
+    }
     if neg.protocol >= 31 {
         // The server sender echoes our deletion stats before the last NDX_DONE.
         let mut item = ins.decode(|r| decode_item(&mut codec, r))?;

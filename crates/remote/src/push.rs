@@ -8,14 +8,16 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use arsync_proto::compress::TokenSink;
+use arsync_proto::flist::FlistOptions;
 use arsync_proto::flist::{encode_id_list, FileType, FlistEncoder};
+use arsync_proto::handshake::Negotiated;
 use arsync_proto::handshake::{CompatFlags, PROTOCOL_VERSION};
 use arsync_proto::item::{decode_item, iflags, NdxItem};
 use arsync_proto::matcher::DeltaEncoder;
 use arsync_proto::mux::MsgTag;
 use arsync_proto::ndx::{NdxCodec, NDX_DONE};
 use arsync_proto::phase::{goodbye_reads, SenderDoneAction, SenderPhases};
-use arsync_proto::stats::{IOERR_GENERAL, IOERR_VANISHED};
+use arsync_proto::stats::{Stats, IOERR_GENERAL, IOERR_VANISHED};
 use arsync_proto::sums::{SumDecoder, SumHead};
 
 use crate::args::ServerCommand;
@@ -27,7 +29,7 @@ use crate::ids::IdNames;
 use crate::pull::TransferSummary;
 use crate::session::{flist_options, start_client, token_compression};
 use crate::transport::{ChildTransport, PumpedReader};
-use crate::walk::build_list;
+use crate::walk::{build_list, LocalList};
 
 /// What to push and where.
 #[derive(Debug, Clone)]
@@ -137,6 +139,21 @@ pub fn run_push<R: Read, W: Write>(
     }
 
     let list = build_list(&opts.source, &fopts, neg.checksum)?;
+    send_session(ins, outs, &neg, &fopts, list, zlevel, false)
+}
+
+/// The sending half of a session after setup: file list, id lists, the
+/// file loop, (server only) the final stats, and the goodbye.
+pub(crate) fn send_session<R: Read, W: Write>(
+    mut ins: InStream<R>,
+    mut outs: OutStream<W>,
+    neg: &Negotiated,
+    fopts: &FlistOptions,
+    list: LocalList,
+    zlevel: Option<u32>,
+    write_stats: bool,
+) -> Result<TransferSummary> {
+    let flist_start = std::time::Instant::now();
     for w in &list.warnings {
         eprintln!("arsync: {w}");
     }
@@ -175,6 +192,7 @@ pub fn run_push<R: Read, W: Write>(
     }
     outs.write(&buf)?;
     outs.flush()?;
+    let flist_ms = flist_start.elapsed().as_millis() as i64;
 
     let mut summary = TransferSummary {
         protocol: neg.protocol,
@@ -284,6 +302,31 @@ pub fn run_push<R: Read, W: Write>(
                 )))
             }
         }
+    }
+    if write_stats {
+        // A server sender reports its totals (the client swaps read/written).
+        let total_size = list
+            .entries
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.file_type(),
+                    Some(FileType::Regular) | Some(FileType::Symlink)
+                )
+            })
+            .map(|e| e.size)
+            .sum();
+        let mut b = Vec::new();
+        Stats {
+            total_read: ins.total_read() as i64,
+            total_written: outs.total_written() as i64,
+            total_size,
+            flist_buildtime: 1,
+            flist_xfertime: flist_ms.max(1),
+        }
+        .encode(&mut b);
+        outs.write(&b)?;
+        outs.flush()?;
     }
     if io_error != list.io_error {
         outs.message(MsgTag::IoError, &io_error.to_le_bytes())?;
