@@ -91,6 +91,11 @@ impl<R: Read> InStream<R> {
         Ok(())
     }
 
+    /// True when decoded data is waiting (a decode may not need to block).
+    pub fn has_buffered(&self) -> bool {
+        self.pos < self.data.len()
+    }
+
     /// Raw bytes read from the transport.
     pub fn total_read(&self) -> u64 {
         self.total_read

@@ -255,7 +255,14 @@ impl DestRoot {
                 Mode::empty(),
             )
         } else {
-            let (p, base) = self.parent(name)?;
+            let (p, base) = match self.parent(name) {
+                Ok(x) => x,
+                // A missing parent: the directory does not exist here either.
+                Err(RemoteError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e),
+            };
             rustix::fs::openat(
                 &*p,
                 base.as_str(),
@@ -639,6 +646,7 @@ mod tests {
         assert_eq!(d.remove_tree(b"gone").unwrap(), [1, 2, 1, 0, 0]);
         assert!(outside.path().join("keep").exists());
         assert!(d.list_dir(b"gone").unwrap().is_none());
+        assert!(d.list_dir(b"missing/child").unwrap().is_none());
         assert!(d.lstat(b"fifo").unwrap().unwrap().file_type == FileType::Fifo);
     }
 }

@@ -3,6 +3,7 @@
 //! - [`pull`]: the receiving client (generator + receiver) against
 //!   `rsync --server --sender`.
 //! - [`push`]: the sending client against `rsync --server`.
+//! - [`server`]: the `--server` roles (sending and receiving) for a real rsync client.
 //! - [`walk`]: building a file list from a local directory.
 //! - [`transport`]: child processes over pipes (local rsync or a remote shell);
 //!   [`daemon`]: `rsync://` daemons over TCP.
@@ -24,6 +25,7 @@ pub mod fsys;
 pub mod ids;
 pub mod pull;
 pub mod push;
+pub mod server;
 pub mod session;
 pub mod transport;
 pub mod walk;

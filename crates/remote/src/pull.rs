@@ -28,6 +28,7 @@ use arsync_proto::flist::{
 };
 use arsync_proto::handshake::{Negotiated, PROTOCOL_VERSION};
 use arsync_proto::item::{decode_item, encode_del_stats, ItemAttrs, NdxItem};
+use arsync_proto::mux::MsgTag;
 use arsync_proto::ndx::{NdxCodec, NDX_DONE};
 use arsync_proto::phase::{GeneratorSchedule, MAX_PHASE};
 use arsync_proto::stats::{exit_code_for_io_error, ExitCode, Stats};
@@ -202,6 +203,7 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         delete: opts.command.delete,
         read_stats: true,
         compressed,
+        drain_eof: true,
     };
     receive_session(ins, outs, &neg, &fopts, dest, mode)
 }
@@ -215,6 +217,9 @@ pub(crate) struct ReceiveMode {
     pub read_stats: bool,
     /// Tokens are zlibx-compressed.
     pub compressed: bool,
+    /// Read to the end of input after the goodbye (a client: the server
+    /// exits then). A server must not: the client waits for it to exit.
+    pub drain_eof: bool,
 }
 
 /// The receiving half of a session after setup: file list, id lists, the
@@ -288,7 +293,7 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
             delete: mode.delete,
             requested: Arc::clone(&requested),
         };
-        std::thread::spawn(move || generator(outs, &files, &active, &gen_ctx, rx))
+        std::thread::spawn(move || generator_thread(outs, &files, &active, &gen_ctx, rx))
     };
     let recv = receiver(
         &mut ins, &files, &active, &requested, &dest, &neg, &fopts, root, mode, &tx,
@@ -300,7 +305,9 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
     // A generator failure is the root cause of whatever the receiver saw.
     let (gen_errors, bytes_written) = gen_res?;
     let mut summary = recv?;
-    ins.drain_to_eof()?;
+    if mode.drain_eof {
+        ins.drain_to_eof()?;
+    }
     summary.errors.extend(gen_errors);
     summary.errors.extend(ins.reports.errors.iter().cloned());
     summary.protocol = neg.protocol;
@@ -451,8 +458,29 @@ fn delete_extraneous(
     Ok(counts)
 }
 
-fn generator<W: Write>(
+/// Runs the generator; on failure tells the peer (an error text and
+/// MSG_ERROR_EXIT, as rsync does) so it stops instead of waiting for us.
+fn generator_thread<W: Write>(
     mut outs: OutStream<W>,
+    files: &[FileEntry],
+    active: &[bool],
+    ctx: &GenCtx,
+    rx: Receiver<ToGen>,
+) -> Result<(Vec<String>, u64)> {
+    match generator(&mut outs, files, active, ctx, rx) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let text = format!("arsync generator: {e}\n");
+            let _ = outs.message(MsgTag::Error, text.as_bytes());
+            let _ = outs.message(MsgTag::ErrorExit, &e.exit_code().code().to_le_bytes());
+            let _ = outs.flush();
+            Err(e)
+        }
+    }
+}
+
+fn generator<W: Write>(
+    outs: &mut OutStream<W>,
     files: &[FileEntry],
     active: &[bool],
     ctx: &GenCtx,
@@ -515,7 +543,7 @@ fn generator<W: Write>(
                     }
                     let basis = dest.open_basis(&e.name)?;
                     ctx.requested[i].store(true, Ordering::Release);
-                    request(&mut outs, &mut codec, i as i32, basis.as_ref(), false, neg)?;
+                    request(outs, &mut codec, i as i32, basis.as_ref(), false, neg)?;
                 }
                 _ => {}
             }
@@ -539,7 +567,7 @@ fn generator<W: Write>(
             Ok(ToGen::Redo(ndx)) => {
                 let e = &files[ndx as usize];
                 let basis = dest.open_basis(&e.name)?;
-                request(&mut outs, &mut codec, ndx, basis.as_ref(), true, neg)?;
+                request(outs, &mut codec, ndx, basis.as_ref(), true, neg)?;
                 outs.flush()?;
             }
             Ok(ToGen::Phase0Done) => {
@@ -578,9 +606,8 @@ fn generator<W: Write>(
     }
     outs.write(&bye)?;
     outs.flush()?;
-    let written = outs.total_written();
-    drop(outs.into_inner()?);
-    Ok((errors, written))
+    outs.flush()?;
+    Ok((errors, outs.total_written()))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -207,6 +207,10 @@ pub(crate) fn send_session<R: Read, W: Write>(
     let mut phases = SenderPhases::new();
     let mut io_error = list.io_error;
     loop {
+        // Never wait for the peer with our own output still buffered.
+        if !ins.has_buffered() {
+            outs.flush()?;
+        }
         match ins.decode(|r| decode_item(&mut rcodec, r))? {
             NdxItem::Done => {
                 let mut b = Vec::new();
@@ -355,7 +359,11 @@ pub(crate) fn send_session<R: Read, W: Write>(
     outs.flush()?;
     summary.bytes_written = outs.total_written();
     drop(outs.into_inner()?);
-    ins.drain_to_eof()?;
+    // A client reads to the end (the server exits after the goodbye); a
+    // server must not wait, the client waits for it to exit.
+    if !write_stats {
+        ins.drain_to_eof()?;
+    }
     summary.bytes_read = ins.total_read();
     summary.io_error = io_error | ins.reports.io_error;
     summary.errors.extend(ins.reports.errors.iter().cloned());
