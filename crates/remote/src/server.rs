@@ -84,8 +84,10 @@ impl ServerArgs {
                         Some((flags, caps)) => {
                             a.flags.push_str(flags);
                             // Skip an optional "<proto>.<sub>" prefix before the letters.
-                            let caps = caps.trim_start_matches(|c: char| c.is_ascii_digit());
-                            a.caps = caps.strip_prefix('.').unwrap_or(caps).to_string();
+                            let digits = |c: char| c.is_ascii_digit();
+                            let caps = caps.trim_start_matches(digits);
+                            let caps = caps.strip_prefix('.').unwrap_or(caps);
+                            a.caps = caps.trim_start_matches(digits).to_string();
                         }
                         None => a.flags.push_str(packed),
                     }
