@@ -1,6 +1,7 @@
 //! ndx + item attributes, filter lists, stats and primitive decoders.
 #![no_main]
 
+use arsync_proto::daemon::{decode_line, DaemonReply, Greeting};
 use arsync_proto::filter::decode_filter_list;
 use arsync_proto::item::decode_item;
 use arsync_proto::ndx::NdxCodec;
@@ -24,4 +25,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = r.varlong(4);
     let _ = r.longint();
     let _ = r.vstring(1024);
+    // Daemon text lines.
+    let mut r = Reader::new(data);
+    while let Ok(line) = decode_line(&mut r) {
+        let _ = Greeting::parse(&line);
+        let _ = DaemonReply::parse(&line);
+    }
 });
