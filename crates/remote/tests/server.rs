@@ -1,5 +1,6 @@
-//! The real rsync client against the arsync server roles (`--rsync-path`
-//! pointing at the `serve` example, `-e` a shell that runs it locally).
+//! The real rsync client against the arsync server roles. The test binary
+//! is its own server: `--rsync-path` points back at it, and when started with
+//! `--server` it serves instead of testing (`harness = false`).
 
 mod common;
 
@@ -48,7 +49,6 @@ fn rsync(dir: &Path, extra: &[&str], from: &str, to: &str) {
     );
 }
 
-#[test]
 fn real_client_pulls_from_arsync_server() {
     for extra in [&[][..], &["--protocol=30"], &["-z"]] {
         let t = tempfile::tempdir_in("/dev/shm").unwrap();
@@ -73,7 +73,6 @@ fn real_client_pulls_from_arsync_server() {
     }
 }
 
-#[test]
 fn real_client_pushes_to_arsync_server() {
     for extra in [&[][..], &["--protocol=30"], &["-z", "--delete"]] {
         let t = tempfile::tempdir_in("/dev/shm").unwrap();
@@ -103,4 +102,43 @@ fn real_client_pushes_to_arsync_server() {
             assert_same_tree_ns(&src, &dst, nsec, true);
         }
     }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--server") {
+        std::process::exit(arsync_remote::server::serve_stdio(&args).code());
+    }
+    let filter = args.iter().find(|a| !a.starts_with('-')).cloned();
+    let tests: [(&str, fn()); 2] = [
+        (
+            "real_client_pulls_from_arsync_server",
+            real_client_pulls_from_arsync_server,
+        ),
+        (
+            "real_client_pushes_to_arsync_server",
+            real_client_pushes_to_arsync_server,
+        ),
+    ];
+    let mut failed = 0;
+    for (name, f) in tests {
+        if filter
+            .as_ref()
+            .is_some_and(|flt| !name.contains(flt.as_str()))
+        {
+            continue;
+        }
+        match std::panic::catch_unwind(f) {
+            Ok(()) => println!("test {name} ... ok"),
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        println!("test result: FAILED. {failed} failed");
+        std::process::exit(101);
+    }
+    println!("test result: ok.");
 }
