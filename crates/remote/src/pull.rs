@@ -23,8 +23,8 @@ use arsync_proto::checksum::{block_sum, weak_sum, ChecksumAlgo, FileHasher};
 use arsync_proto::compress::TokenSource;
 use arsync_proto::filter::encode_filter_list;
 use arsync_proto::flist::{
-    clear_duplicates, decode_id_list, sort_entries, FileEntry, FileType, FlistDecoder, FlistItem,
-    FlistOptions, HardLink,
+    clear_duplicates, sort_entries, FileEntry, FileType, FlistDecoder, FlistItem, FlistOptions,
+    HardLink, IdListDecoder,
 };
 use arsync_proto::handshake::{Negotiated, PROTOCOL_VERSION};
 use arsync_proto::item::{decode_item, encode_del_stats, ItemAttrs, NdxItem};
@@ -246,11 +246,13 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
     let (mut uid_map, mut gid_map) = (IdMap::default(), IdMap::default());
     if fopts.id_lists_follow() {
         if fopts.preserve_uid {
-            let l = ins.decode(|r| decode_id_list(r, fopts.id0_names))?;
+            let mut d = IdListDecoder::new(fopts.id0_names);
+            let l = ins.decode_partial(|r| d.feed(r))?;
             uid_map = IdMap::new(&l, |n| names.uid_of(n));
         }
         if fopts.preserve_gid {
-            let l = ins.decode(|r| decode_id_list(r, fopts.id0_names))?;
+            let mut d = IdListDecoder::new(fopts.id0_names);
+            let l = ins.decode_partial(|r| d.feed(r))?;
             gid_map = IdMap::new(&l, |n| names.gid_of(n));
         }
     }

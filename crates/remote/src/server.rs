@@ -7,7 +7,6 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
-use arsync_proto::filter::decode_filter_list;
 use arsync_proto::handshake::{
     CompressAlgo, Handshake, HandshakeConfig, Negotiated, Role, PROTOCOL_VERSION,
 };
@@ -148,6 +147,18 @@ fn server_handshake<R: Read, W: Write>(
     }
 }
 
+/// Reads the client's filter list, which must be empty: rules are not
+/// applied by this server yet (refused at the first rule, nothing buffered).
+fn refuse_filter_rules<R: Read>(ins: &mut InStream<R>) -> Result<()> {
+    let first = ins.decode(|r| r.i32())?;
+    if first != 0 {
+        return Err(RemoteError::Proto(arsync_proto::Error::Unsupported(
+            "filter rules on an arsync server".into(),
+        )));
+    }
+    Ok(())
+}
+
 /// Serves one session over `input`/`output` (the process's stdin/stdout).
 pub fn run_server<R: Read, W: Write + Send + 'static>(
     args: &ServerArgs,
@@ -164,12 +175,7 @@ pub fn run_server<R: Read, W: Write + Send + 'static>(
     ins.start_multiplex()?;
     let path = PathBuf::from(&args.paths[0]);
     if args.sender {
-        let rules = ins.decode(decode_filter_list)?;
-        if !rules.is_empty() {
-            return Err(RemoteError::Proto(arsync_proto::Error::Unsupported(
-                "filter rules on an arsync server".into(),
-            )));
-        }
+        refuse_filter_rules(&mut ins)?;
         if !args.paths[0].ends_with('/') {
             return Err(RemoteError::Usage(
                 "an arsync server sends directory contents: end the path with '/'".into(),
@@ -179,12 +185,7 @@ pub fn run_server<R: Read, W: Write + Send + 'static>(
         send_session(ins, outs, &neg, &fopts, list, zlevel, true)
     } else {
         if args.delete {
-            let rules = ins.decode(decode_filter_list)?;
-            if !rules.is_empty() {
-                return Err(RemoteError::Proto(arsync_proto::Error::Unsupported(
-                    "filter rules on an arsync server".into(),
-                )));
-            }
+            refuse_filter_rules(&mut ins)?;
         }
         let dest = DestRoot::open(&path)?;
         let mode = ReceiveMode {
