@@ -29,15 +29,18 @@ use crate::ids::IdNames;
 use crate::pull::TransferSummary;
 use crate::session::{flist_options, start_client, token_compression};
 use crate::transport::{ChildTransport, PumpedReader};
-use crate::walk::{build_list, LocalList};
+use crate::walk::{build_list_for, LocalList};
 
 /// What to push and where.
 #[derive(Debug, Clone)]
 pub struct PushOptions {
     /// The server command (`server_sends` must be false).
     pub command: ServerCommand,
-    /// Local source directory (its contents are sent, like `SRC/`).
+    /// Local source: a directory or a file.
     pub source: PathBuf,
+    /// For a directory source: send its contents (rsync's `SRC/`, the
+    /// default) rather than the directory itself under its name (`SRC`).
+    pub contents: bool,
     /// Highest protocol we offer.
     pub protocol: i32,
     /// Print the peer's messages to stderr.
@@ -53,6 +56,7 @@ impl PushOptions {
         PushOptions {
             command: ServerCommand::archive(false, remote_path),
             source: source.into(),
+            contents: true,
             protocol: PROTOCOL_VERSION,
             echo_messages: true,
             daemon: None,
@@ -138,7 +142,7 @@ pub fn run_push<R: Read, W: Write>(
         outs.write(&f)?;
     }
 
-    let list = build_list(&opts.source, &fopts, neg.checksum)?;
+    let list = build_list_for(&opts.source, opts.contents, &fopts, neg.checksum)?;
     send_session(ins, outs, &neg, &fopts, list, zlevel, false)
 }
 

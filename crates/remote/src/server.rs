@@ -18,7 +18,7 @@ use crate::fsys::DestRoot;
 use crate::pull::{receive_session, ReceiveMode, TransferSummary};
 use crate::push::send_session;
 use crate::session::{flist_options, token_compression};
-use crate::walk::build_list;
+use crate::walk::build_list_for;
 
 /// The parsed server command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,12 +176,8 @@ pub fn run_server<R: Read, W: Write + Send + 'static>(
     let path = PathBuf::from(&args.paths[0]);
     if args.sender {
         refuse_filter_rules(&mut ins)?;
-        if !args.paths[0].ends_with('/') {
-            return Err(RemoteError::Usage(
-                "an arsync server sends directory contents: end the path with '/'".into(),
-            ));
-        }
-        let list = build_list(&path, &fopts, neg.checksum)?;
+        let contents = args.paths[0].ends_with('/') || args.paths[0] == ".";
+        let list = build_list_for(&path, contents, &fopts, neg.checksum)?;
         send_session(ins, outs, &neg, &fopts, list, zlevel, true)
     } else {
         if args.delete {

@@ -101,6 +101,57 @@ fn file_checksum(path: &Path, algo: ChecksumAlgo) -> Result<Vec<u8>> {
     Ok(h.finish().as_bytes().to_vec())
 }
 
+/// The file list for a source argument, as rsync reads one: a directory's
+/// contents when `contents` (rsync's `SRC/`), otherwise the directory itself
+/// under its own name (`SRC`); a non-directory is sent as itself.
+pub fn build_list_for(
+    source: &Path,
+    contents: bool,
+    fopts: &FlistOptions,
+    checksum_algo: ChecksumAlgo,
+) -> Result<LocalList> {
+    let m = fs::symlink_metadata(source)
+        .map_err(|e| RemoteError::io(format!("source {}", source.display()), e))?;
+    if m.is_dir() && contents {
+        return build_list(source, fopts, checksum_algo);
+    }
+    let base = source
+        .file_name()
+        .and_then(|b| b.to_str())
+        .ok_or_else(|| {
+            RemoteError::Usage(format!("source {} has no usable name", source.display()))
+        })?
+        .to_string();
+    let parent = match source.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if m.is_dir() {
+        let mut list = build_list(source, fopts, checksum_algo)?;
+        for e in &mut list.entries {
+            let mut n = base.as_bytes().to_vec();
+            if e.name != b"." {
+                n.push(b'/');
+                n.extend_from_slice(&e.name);
+            }
+            e.name = n;
+        }
+        list.root = parent;
+        return Ok(list);
+    }
+    let e = entry_for(base.into_bytes(), source, &m, fopts, checksum_algo)?.ok_or_else(|| {
+        RemoteError::Usage(format!(
+            "source {}: this file type is not sent with these options",
+            source.display()
+        ))
+    })?;
+    Ok(LocalList {
+        entries: vec![e],
+        root: parent,
+        ..LocalList::default()
+    })
+}
+
 /// Walks `root` (the contents of the directory, as `SRC/` in rsync) into a
 /// sorted file list. Unreadable entries set io_error and are skipped.
 pub fn build_list(

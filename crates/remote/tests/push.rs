@@ -93,3 +93,31 @@ fn push_z(
     opts.command.flags = "logDtprz".into();
     push(&opts).unwrap_or_else(|e| panic!("push failed: {e}"))
 }
+
+#[test]
+fn push_directory_itself_and_a_single_file() {
+    let t = tempfile::tempdir_in("/dev/shm").unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    make_tree(&src, 10_000);
+    let mut o = PushOptions::new(&src, format!("{}/", dst.display()));
+    o.contents = false;
+    push(&o).unwrap_or_else(|e| panic!("{e}"));
+    assert_same_tree_ns(&src, &dst.join("src"), true, false);
+
+    let single = PushOptions::new(src.join("a/one.bin"), format!("{}/", dst.display()));
+    push(&single).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        std::fs::read(dst.join("one.bin")).unwrap(),
+        std::fs::read(src.join("a/one.bin")).unwrap()
+    );
+}
+
+#[test]
+fn pull_directory_itself() {
+    let t = tempfile::tempdir_in("/dev/shm").unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    make_tree(&src, 10_000);
+    let o = arsync_remote::pull::PullOptions::new(src.display().to_string(), &dst);
+    arsync_remote::pull::pull(&o).unwrap_or_else(|e| panic!("{e}"));
+    assert_same_tree(&src, &dst.join("src"));
+}
