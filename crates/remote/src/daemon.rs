@@ -5,7 +5,9 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use arsync_proto::daemon::{decode_line, encode_args, DaemonReply, Greeting};
+use arsync_proto::daemon::{
+    auth_response, choose_auth_digest, decode_line, encode_args, DaemonReply, Greeting,
+};
 use arsync_proto::stats::ExitCode;
 
 use crate::conn::{InStream, OutStream};
@@ -21,6 +23,11 @@ pub struct DaemonTarget {
     pub addr: String,
     /// `module/path` (the module name is the first component).
     pub path: String,
+    /// User for daemon authentication (`user@host` in the URL).
+    pub user: Option<String>,
+    /// Password for daemon authentication (the caller may take it from
+    /// `RSYNC_PASSWORD`).
+    pub password: Option<String>,
 }
 
 impl DaemonTarget {
@@ -32,6 +39,10 @@ impl DaemonTarget {
         let (hostport, path) = rest
             .split_once('/')
             .ok_or_else(|| RemoteError::Usage(format!("{url}: no module name")))?;
+        let (user, hostport) = match hostport.rsplit_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h),
+            None => (None, hostport),
+        };
         if path.is_empty() || path.starts_with('/') {
             return Err(RemoteError::Usage(format!(
                 "{url}: the remote path must start with a module name"
@@ -48,6 +59,8 @@ impl DaemonTarget {
         Ok(DaemonTarget {
             addr,
             path: path.to_string(),
+            user,
+            password: None,
         })
     }
 
@@ -94,10 +107,22 @@ pub fn preamble<R: Read, W: Write>(
         let line = ins.decode(decode_line)?;
         match DaemonReply::parse(&line) {
             DaemonReply::Ok => break,
-            DaemonReply::AuthRequired(_) => {
-                return Err(RemoteError::Proto(arsync_proto::Error::Unsupported(
-                    "daemon authentication".into(),
-                )))
+            DaemonReply::AuthRequired(challenge) => {
+                let Some(password) = &target.password else {
+                    return Err(RemoteError::Usage(format!(
+                        "module {:?} requires a password",
+                        target.module()
+                    )));
+                };
+                let digest = choose_auth_digest(&greeting).ok_or_else(|| {
+                    RemoteError::Proto(arsync_proto::Error::Unsupported(format!(
+                        "none of the daemon's auth digests {:?}",
+                        greeting.digests
+                    )))
+                })?;
+                let user = target.user.as_deref().unwrap_or("nobody");
+                outs.write(auth_response(user, password, &challenge, digest)?.as_bytes())?;
+                outs.flush()?;
             }
             DaemonReply::Exit => {
                 return Err(RemoteError::Usage(format!(
@@ -147,6 +172,8 @@ mod tests {
                 .addr,
             "127.0.0.1:8730"
         );
+        let u = DaemonTarget::parse("rsync://me@host:1/m/x").unwrap();
+        assert_eq!((u.user.as_deref(), u.addr.as_str()), (Some("me"), "host:1"));
         assert!(DaemonTarget::parse("rsync://host/").is_err());
         assert!(DaemonTarget::parse("host:/x").is_err());
     }

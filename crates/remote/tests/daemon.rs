@@ -28,13 +28,21 @@ impl Drop for Daemon {
 
 fn start_daemon(dir: &Path, module_path: &Path) -> Daemon {
     let conf = dir.join("rsyncd.conf");
+    let secrets = dir.join("secrets");
+    std::fs::write(&secrets, "tester:s3cret\n").unwrap();
+    std::fs::set_permissions(
+        &secrets,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     std::fs::write(
         &conf,
         format!(
-            "use chroot = no\npid file = {pid}\nlog file = {log}\n[mod]\n  path = {path}\n  read only = no\n  uid = 0\n  gid = 0\n  munge symlinks = no\n",
+            "use chroot = no\npid file = {pid}\nlog file = {log}\n[mod]\n  path = {path}\n  read only = no\n  uid = 0\n  gid = 0\n  munge symlinks = no\n[locked]\n  path = {path}\n  uid = 0\n  gid = 0\n  auth users = tester\n  secrets file = {secrets}\n",
             pid = dir.join("rsyncd.pid").display(),
             log = dir.join("rsyncd.log").display(),
-            path = module_path.display()
+            path = module_path.display(),
+            secrets = secrets.display()
         ),
     )
     .unwrap();
@@ -101,6 +109,31 @@ fn pull_and_push_through_a_daemon() {
     let s = pull(&o).unwrap();
     assert_eq!(s.protocol, 30);
     assert_same_tree_ns(&src, &dst30, false, true);
+
+    // A module with authentication: the right password works, a wrong one
+    // and a missing one are clean errors.
+    let locked = |pw: Option<&str>| {
+        let mut o = PullOptions::new(
+            "unused",
+            t.path().join(format!("locked-{}", pw.unwrap_or("none"))),
+        );
+        let mut target =
+            DaemonTarget::parse(&format!("rsync://tester@127.0.0.1:{}/locked/src/", d.port))
+                .unwrap();
+        target.password = pw.map(str::to_string);
+        o.daemon = Some(target);
+        o.echo_messages = false;
+        pull(&o)
+    };
+    let s = locked(Some("s3cret")).unwrap_or_else(|e| panic!("auth pull: {e}"));
+    assert!(s.files_transferred > 0);
+    match locked(Some("wrong")) {
+        Err(RemoteError::RemoteExit { messages, .. }) => {
+            assert!(messages.contains("auth failed"), "{messages}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(locked(None), Err(RemoteError::Usage(_))));
 
     // An unknown module is a clean error.
     let mut o = PullOptions::new("unused", t.path().join("x"));
