@@ -25,6 +25,8 @@ pub struct ServerCommand {
     pub path: String,
     /// Delete extraneous files on the receiving side (`--delete`).
     pub delete: bool,
+    /// Send uids/gids as numbers only (`--numeric-ids`: no name lists).
+    pub numeric_ids: bool,
 }
 
 impl ServerCommand {
@@ -39,6 +41,7 @@ impl ServerCommand {
             protocol: None,
             path: path.into(),
             delete: false,
+            numeric_ids: false,
         }
     }
 
@@ -51,6 +54,9 @@ impl ServerCommand {
         v.push(format!("-{}e.{}", self.flags, self.caps));
         if let Some(p) = self.protocol {
             v.push(format!("--protocol={p}"));
+        }
+        if self.numeric_ids {
+            v.push("--numeric-ids".into());
         }
         // A pulling client deletes locally; only a receiving server needs it.
         if self.delete && !self.server_sends {

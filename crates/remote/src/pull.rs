@@ -186,7 +186,7 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         opts.daemon.as_ref(),
     )?;
     let compressed = token_compression(&neg)?.is_some();
-    let fopts = flist_options(&opts.command.flags, &neg)?;
+    let fopts = flist_options(&opts.command.flags, opts.command.numeric_ids, &neg)?;
     if fopts.inc_recurse {
         return Err(RemoteError::Refused(
             "server enabled incremental recursion, which we did not offer".into(),

@@ -127,7 +127,7 @@ pub fn run_push<R: Read, W: Write>(
         opts.daemon.as_ref(),
     )?;
     let zlevel = token_compression(&neg)?;
-    let fopts = flist_options(&opts.command.flags, &neg)?;
+    let fopts = flist_options(&opts.command.flags, opts.command.numeric_ids, &neg)?;
     if fopts.inc_recurse {
         return Err(RemoteError::Refused(
             "server enabled incremental recursion, which we did not offer".into(),

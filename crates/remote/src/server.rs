@@ -33,6 +33,8 @@ pub struct ServerArgs {
     pub protocol: Option<i32>,
     /// `--delete` (receiving server).
     pub delete: bool,
+    /// `--numeric-ids`.
+    pub numeric_ids: bool,
     /// The paths after `.`.
     pub paths: Vec<String>,
 }
@@ -52,6 +54,7 @@ impl ServerArgs {
             caps: String::new(),
             protocol: None,
             delete: false,
+            numeric_ids: false,
             paths: Vec::new(),
         };
         let mut saw_dot = false;
@@ -63,6 +66,7 @@ impl ServerArgs {
             match arg.as_str() {
                 "." => saw_dot = true,
                 "--sender" => a.sender = true,
+                "--numeric-ids" => a.numeric_ids = true,
                 "--delete" | "--delete-during" | "--delete-before" => a.delete = true,
                 // Diagnostics options of the peer do not change the protocol.
                 "--msgs2stderr" | "--no-msgs2stderr" => {}
@@ -168,7 +172,7 @@ pub fn run_server<R: Read, W: Write + Send + 'static>(
     let mut ins = InStream::new(input);
     let mut outs = OutStream::new(output);
     let neg = server_handshake(&mut ins, &mut outs, args)?;
-    let mut fopts = flist_options(&args.flags, &neg)?;
+    let mut fopts = flist_options(&args.flags, args.numeric_ids, &neg)?;
     fopts.inc_recurse = false;
     let zlevel = token_compression(&neg)?;
     outs.start_multiplex()?;

@@ -75,8 +75,9 @@ pub fn start_client<R: Read, W: Write>(
     }
 }
 
-/// File-list options implied by the packed short flags and the negotiation.
-pub fn flist_options(flags: &str, neg: &Negotiated) -> Result<FlistOptions> {
+/// File-list options implied by the packed short flags, `--numeric-ids`
+/// and the negotiation.
+pub fn flist_options(flags: &str, numeric_ids: bool, neg: &Negotiated) -> Result<FlistOptions> {
     if flags.contains('A') || flags.contains('X') || flags.contains('R') {
         return Err(RemoteError::Usage(format!(
             "flags -{flags}: -A, -X and -R are not supported over the wire yet"
@@ -96,7 +97,7 @@ pub fn flist_options(flags: &str, neg: &Negotiated) -> Result<FlistOptions> {
         crtimes: false,
         checksum_len: has('c').then(|| neg.checksum.digest_len()),
         inc_recurse: neg.compat.has(CompatFlags::INC_RECURSE),
-        numeric_ids: false,
+        numeric_ids,
         id0_names: neg.compat.has(CompatFlags::ID0_NAMES),
         safe_flist: neg.protocol >= 31 || neg.compat.has(CompatFlags::SAFE_FLIST),
     })

@@ -95,3 +95,27 @@ fn pull_z(
     opts.command.flags = "logDtprz".into();
     pull(&opts).unwrap_or_else(|e| panic!("pull failed: {e}"))
 }
+
+#[test]
+fn numeric_ids_both_directions() {
+    for push_mode in [false, true] {
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        make_tree(&src, 1000);
+        // An owner with no name on this system.
+        std::os::unix::fs::lchown(src.join("small.txt"), Some(54_321), Some(54_322)).unwrap();
+        if push_mode {
+            let mut o = arsync_remote::push::PushOptions::new(&src, format!("{}/", dst.display()));
+            o.command.numeric_ids = true;
+            arsync_remote::push::push(&o).unwrap_or_else(|e| panic!("{e}"));
+        } else {
+            let mut o = PullOptions::new(format!("{}/", src.display()), &dst);
+            o.command.numeric_ids = true;
+            pull(&o).unwrap_or_else(|e| panic!("{e}"));
+        }
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(dst.join("small.txt")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (54_321, 54_322));
+        assert_same_tree_ns(&src, &dst, true, !push_mode);
+    }
+}
