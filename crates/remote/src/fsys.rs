@@ -39,14 +39,22 @@ pub struct Meta {
     pub uid: Option<u32>,
     /// Group to set (None: leave).
     pub gid: Option<u32>,
+    /// Access time to set (`--atimes`; None: leave).
+    pub atime: Option<i64>,
 }
 
 impl Meta {
     fn times(&self) -> Timestamps {
         Timestamps {
-            last_access: Timespec {
-                tv_sec: 0,
-                tv_nsec: UTIME_OMIT,
+            last_access: match self.atime {
+                Some(t) => Timespec {
+                    tv_sec: t,
+                    tv_nsec: 0,
+                },
+                None => Timespec {
+                    tv_sec: 0,
+                    tv_nsec: UTIME_OMIT,
+                },
             },
             last_modification: Timespec {
                 tv_sec: self.mtime,
@@ -595,6 +603,7 @@ mod tests {
             mtime: 1_000_000_000,
             mtime_nsec: 5,
             uid: None,
+            atime: Some(1_234_567),
             gid: None,
         };
         DestRoot::set_file_meta(&tmp.file, &meta).unwrap();
@@ -602,6 +611,7 @@ mod tests {
         let m = std::fs::metadata(t.path().join("sub/f")).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o640);
         assert_eq!((m.mtime(), m.mtime_nsec()), (1_000_000_000, 5));
+        assert_eq!(m.atime(), 1_234_567);
         assert_eq!(d.lstat(b"sub/f").unwrap().unwrap().size, 5);
         d.make_symlink(b"sub/l", b"f").unwrap();
         d.set_meta(b"sub/l", &Meta { mtime: 7, ..meta }).unwrap();

@@ -328,6 +328,7 @@ fn meta_of(e: &FileEntry, fopts: &FlistOptions, root: bool) -> Meta {
         mtime_nsec: e.mtime_nsec,
         uid: (root && fopts.preserve_uid).then_some(e.uid),
         gid: (root && fopts.preserve_gid).then_some(e.gid),
+        atime: (fopts.atimes && !e.is_dir()).then_some(e.atime),
     }
 }
 

@@ -93,7 +93,7 @@ pub fn flist_options(flags: &str, numeric_ids: bool, neg: &Negotiated) -> Result
         preserve_devices: has('D'),
         preserve_specials: has('D'),
         preserve_hard_links: has('H'),
-        atimes: false,
+        atimes: has('U'),
         crtimes: false,
         checksum_len: has('c').then(|| neg.checksum.digest_len()),
         inc_recurse: neg.compat.has(CompatFlags::INC_RECURSE),

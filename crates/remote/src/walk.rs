@@ -56,6 +56,11 @@ fn entry_for(
         } else {
             0
         },
+        atime: if fopts.atimes && !m.is_dir() {
+            m.atime()
+        } else {
+            0
+        },
         uid: m.uid(),
         gid: m.gid(),
         ..FileEntry::default()

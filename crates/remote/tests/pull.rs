@@ -119,3 +119,36 @@ fn numeric_ids_both_directions() {
         assert_same_tree_ns(&src, &dst, true, !push_mode);
     }
 }
+
+#[test]
+fn atimes_both_directions() {
+    use std::os::unix::fs::MetadataExt;
+    for push_mode in [false, true] {
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        make_tree(&src, 1000);
+        let f = std::fs::File::options()
+            .write(true)
+            .open(src.join("a/one.bin"))
+            .unwrap();
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
+        f.set_times(std::fs::FileTimes::new().set_accessed(when))
+            .unwrap();
+        drop(f);
+        if push_mode {
+            let mut o = arsync_remote::push::PushOptions::new(&src, format!("{}/", dst.display()));
+            o.command.flags.push('U');
+            arsync_remote::push::push(&o).unwrap_or_else(|e| panic!("{e}"));
+        } else {
+            let mut o = PullOptions::new(format!("{}/", src.display()), &dst);
+            o.command.flags.push('U');
+            pull(&o).unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(
+            std::fs::metadata(dst.join("a/one.bin")).unwrap().atime(),
+            1_500_000_000,
+            "push={push_mode}"
+        );
+        assert_same_tree_ns(&src, &dst, true, !push_mode);
+    }
+}
