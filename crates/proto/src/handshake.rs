@@ -228,6 +228,18 @@ pub struct Negotiated {
     pub seed: i32,
 }
 
+impl Negotiated {
+    /// Whether MD5 block sums hash the seed before the data. rsync does so
+    /// with CHKSUM_SEED_FIX; and when md5 was *negotiated* (varint flags),
+    /// rsync builds using OpenSSL (Debian's among them) always put the seed
+    /// first, so we follow them. Only an implied md5 (no negotiation, no
+    /// seed fix) hashes data then seed.
+    pub fn md5_seed_first(&self) -> bool {
+        self.compat.has(CompatFlags::CHKSUM_SEED_FIX)
+            || self.compat.has(CompatFlags::VARINT_FLIST_FLAGS)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Version,

@@ -379,9 +379,7 @@ fn request<W: Write>(
     head.encode(&mut buf);
     outs.write(&buf)?;
     if let (Some(f), true) = (basis, head.count > 0) {
-        let seed_fix = neg
-            .compat
-            .has(arsync_proto::handshake::CompatFlags::CHKSUM_SEED_FIX);
+        let seed_fix = neg.md5_seed_first();
         let mut block = vec![0u8; head.blength as usize];
         for i in 0..head.count {
             let n = head.block_len(i);

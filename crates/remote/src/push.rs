@@ -11,7 +11,7 @@ use arsync_proto::compress::TokenSink;
 use arsync_proto::flist::FlistOptions;
 use arsync_proto::flist::{encode_id_list, FileType, FlistEncoder};
 use arsync_proto::handshake::Negotiated;
-use arsync_proto::handshake::{CompatFlags, PROTOCOL_VERSION};
+use arsync_proto::handshake::PROTOCOL_VERSION;
 use arsync_proto::item::{decode_item, iflags, NdxItem};
 use arsync_proto::matcher::DeltaEncoder;
 use arsync_proto::mux::MsgTag;
@@ -205,7 +205,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
         io_error: list.io_error,
         ..TransferSummary::default()
     };
-    let seed_fix = neg.compat.has(CompatFlags::CHKSUM_SEED_FIX);
+    let seed_fix = neg.md5_seed_first();
     let dlen = neg.checksum.digest_len();
     let (mut rcodec, mut wcodec) = (NdxCodec::new(), NdxCodec::new());
     let mut phases = SenderPhases::new();
