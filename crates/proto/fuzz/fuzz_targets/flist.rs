@@ -1,7 +1,7 @@
 //! File-list decoding (entries, end marker, id lists) with several option sets.
 #![no_main]
 
-use arsync_proto::flist::{decode_id_list, validate_name, FlistDecoder, FlistItem, FlistOptions};
+use arsync_proto::flist::{decode_id_list, validate_name, FlistDecoder, FlistItem, FlistOptions, IdListDecoder};
 use arsync_proto::wire::Reader;
 use libfuzzer_sys::fuzz_target;
 
@@ -27,7 +27,13 @@ fuzz_target!(|data: &[u8]| {
                 assert!(e.size >= 0);
             }
             Ok(FlistItem::End { .. }) => {
-                let _ = decode_id_list(&mut r, o.id0_names);
+                let whole = decode_id_list(&mut r.clone(), o.id0_names);
+                let mut d = IdListDecoder::new(o.id0_names);
+                let part = d.feed(&mut r);
+                // Entry-by-entry decoding agrees with whole-list decoding.
+                if let (Ok(w), Ok(Some(p))) = (&whole, &part) {
+                    assert_eq!(w, p);
+                }
                 break;
             }
             Err(_) => break,
