@@ -21,6 +21,7 @@ pub mod args;
 pub mod conn;
 pub mod daemon;
 pub mod error;
+pub mod events;
 pub mod fsys;
 pub mod ids;
 pub mod pull;

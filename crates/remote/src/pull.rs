@@ -40,6 +40,7 @@ use crate::args::ServerCommand;
 use crate::conn::{join_errors, InStream, OutStream};
 use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
+use crate::events::{EventSink, FileEvent};
 use crate::fsys::{read_basis, DestRoot, Meta, TempFile};
 use crate::ids::{IdMap, IdNames};
 use crate::session::{am_root, flist_options, start_client, token_compression};
@@ -59,6 +60,8 @@ pub struct PullOptions {
     /// Connect to an rsync daemon instead of running `command` (only its
     /// flags and caps are used then).
     pub daemon: Option<DaemonTarget>,
+    /// Per-entry notifications.
+    pub events: Option<EventSink>,
 }
 
 impl PullOptions {
@@ -70,6 +73,7 @@ impl PullOptions {
             protocol: PROTOCOL_VERSION,
             echo_messages: true,
             daemon: None,
+            events: None,
         }
     }
 }
@@ -204,12 +208,13 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         read_stats: true,
         compressed,
         drain_eof: true,
+        events: opts.events.clone(),
     };
     receive_session(ins, outs, &neg, &fopts, dest, mode)
 }
 
 /// How the receiving half behaves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct ReceiveMode {
     /// Delete extraneous local entries.
     pub delete: bool,
@@ -220,6 +225,8 @@ pub(crate) struct ReceiveMode {
     /// Read to the end of input after the goodbye (a client: the server
     /// exits then). A server must not: the client waits for it to exit.
     pub drain_eof: bool,
+    /// Per-entry notifications.
+    pub events: Option<EventSink>,
 }
 
 /// The receiving half of a session after setup: file list, id lists, the
@@ -293,12 +300,22 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
             root,
             links,
             delete: mode.delete,
+            events: mode.events.clone(),
             requested: Arc::clone(&requested),
         };
         std::thread::spawn(move || generator_thread(outs, &files, &active, &gen_ctx, rx))
     };
     let recv = receiver(
-        &mut ins, &files, &active, &requested, &dest, &neg, &fopts, root, mode, &tx,
+        &mut ins,
+        &files,
+        &active,
+        &requested,
+        &dest,
+        &neg,
+        &fopts,
+        root,
+        mode.clone(),
+        &tx,
     );
     let _ = tx.send(ToGen::Finish);
     let gen_res = gen
@@ -406,6 +423,8 @@ struct GenCtx {
     links: Vec<(Vec<u8>, Vec<u8>)>,
     /// `--delete`: remove local entries that are not in the list.
     delete: bool,
+    /// Per-entry notifications.
+    events: Option<EventSink>,
     /// Set (before the request is written) for every index we ask for; the
     /// receiver refuses data nobody asked for.
     requested: Arc<Vec<AtomicBool>>,
@@ -417,6 +436,7 @@ fn delete_extraneous(
     files: &[FileEntry],
     active: &[bool],
     dest: &DestRoot,
+    events: Option<&EventSink>,
     errors: &mut Vec<String>,
 ) -> Result<[i32; 5]> {
     let names: std::collections::HashSet<&[u8]> = files
@@ -450,6 +470,9 @@ fn delete_extraneous(
                 Ok(n) => {
                     for (t, k) in counts.iter_mut().zip(n) {
                         *t += k;
+                    }
+                    if let Some(ev) = events {
+                        ev.emit(&FileEvent::Deleted { name: &full });
                     }
                 }
                 Err(err) => errors.push(format!("{}: {err}", String::from_utf8_lossy(&full))),
@@ -494,7 +517,13 @@ fn generator<W: Write>(
     let mut errors = Vec::new();
     let mut dirs = Vec::new();
     let del_counts = if ctx.delete {
-        Some(delete_extraneous(files, active, dest, &mut errors)?)
+        Some(delete_extraneous(
+            files,
+            active,
+            dest,
+            ctx.events.as_ref(),
+            &mut errors,
+        )?)
     } else {
         None
     };
@@ -675,10 +704,19 @@ fn receiver<R: Read>(
                             Err(err)
                         }
                     };
-                    if let Err(err) = r {
-                        summary
+                    match r {
+                        Err(err) => summary
                             .errors
-                            .push(format!("{}: {err}", String::from_utf8_lossy(&e.name)));
+                            .push(format!("{}: {err}", String::from_utf8_lossy(&e.name))),
+                        Ok(()) => {
+                            if let Some(ev) = &mode.events {
+                                ev.emit(&FileEvent::Transferred {
+                                    name: &e.name,
+                                    literal: lit,
+                                    matched,
+                                });
+                            }
+                        }
                     }
                     summary.files_transferred += 1;
                 }

@@ -24,6 +24,7 @@ use crate::args::ServerCommand;
 use crate::conn::{InStream, OutStream};
 use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
+use crate::events::{EventSink, FileEvent};
 use crate::fsys::{open_source, read_chunk};
 use crate::ids::IdNames;
 use crate::pull::TransferSummary;
@@ -45,6 +46,8 @@ pub struct PushOptions {
     pub protocol: i32,
     /// Print the peer's messages to stderr.
     pub echo_messages: bool,
+    /// Per-entry notifications.
+    pub events: Option<EventSink>,
     /// Connect to an rsync daemon instead of running `command` (only its
     /// flags and caps are used then).
     pub daemon: Option<DaemonTarget>,
@@ -59,6 +62,7 @@ impl PushOptions {
             contents: true,
             protocol: PROTOCOL_VERSION,
             echo_messages: true,
+            events: None,
             daemon: None,
         }
     }
@@ -143,7 +147,16 @@ pub fn run_push<R: Read, W: Write>(
     }
 
     let list = build_list_for(&opts.source, opts.contents, &fopts, neg.checksum)?;
-    send_session(ins, outs, &neg, &fopts, list, zlevel, false)
+    send_session(
+        ins,
+        outs,
+        &neg,
+        &fopts,
+        list,
+        zlevel,
+        false,
+        opts.events.as_ref(),
+    )
 }
 
 /// The sending half of a session after setup: file list, id lists, the
@@ -156,6 +169,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
     list: LocalList,
     zlevel: Option<u32>,
     write_stats: bool,
+    events: Option<&EventSink>,
 ) -> Result<TransferSummary> {
     let flist_start = std::time::Instant::now();
     for w in &list.warnings {
@@ -300,6 +314,13 @@ pub(crate) fn send_session<R: Read, W: Write>(
                 summary.literal_bytes += st.literal;
                 summary.matched_bytes += st.matched;
                 summary.files_transferred += 1;
+                if let Some(ev) = events {
+                    ev.emit(&FileEvent::Transferred {
+                        name: &e.name,
+                        literal: st.literal,
+                        matched: st.matched,
+                    });
+                }
                 if phases.is_redo() {
                     summary.files_redone += 1;
                 }

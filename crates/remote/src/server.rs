@@ -182,7 +182,7 @@ pub fn run_server<R: Read, W: Write + Send + 'static>(
         refuse_filter_rules(&mut ins)?;
         let contents = args.paths[0].ends_with('/') || args.paths[0] == ".";
         let list = build_list_for(&path, contents, &fopts, neg.checksum)?;
-        send_session(ins, outs, &neg, &fopts, list, zlevel, true)
+        send_session(ins, outs, &neg, &fopts, list, zlevel, true, None)
     } else {
         if args.delete {
             refuse_filter_rules(&mut ins)?;
@@ -193,6 +193,7 @@ pub fn run_server<R: Read, W: Write + Send + 'static>(
             read_stats: false,
             compressed: zlevel.is_some(),
             drain_eof: false,
+            events: None,
         };
         receive_session(ins, outs, &neg, &fopts, dest, mode)
     }

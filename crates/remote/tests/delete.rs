@@ -67,3 +67,38 @@ fn push_delete() {
     run(true, None);
     run(true, Some(30));
 }
+
+#[test]
+fn events_report_transfers_and_deletions() {
+    use arsync_remote::events::{EventSink, FileEvent};
+    use std::sync::{Arc, Mutex};
+    let t = tempfile::tempdir_in("/dev/shm").unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    make_tree(&src, 10_000);
+    std::fs::create_dir_all(dst.join("old")).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = Arc::clone(&seen);
+    let sink = EventSink::new(move |e| {
+        let line = match e {
+            FileEvent::Transferred { name, .. } => format!("> {}", String::from_utf8_lossy(name)),
+            FileEvent::Deleted { name } => format!("del {}", String::from_utf8_lossy(name)),
+        };
+        s2.lock().unwrap().push(line);
+    });
+    let mut o = PullOptions::new(format!("{}/", src.display()), &dst);
+    o.command.delete = true;
+    o.events = Some(sink.clone());
+    pull(&o).unwrap();
+    let mut got = seen.lock().unwrap().clone();
+    got.sort();
+    assert!(got.contains(&"del old".to_string()), "{got:?}");
+    assert!(got.contains(&"> a/b/two.bin".to_string()), "{got:?}");
+    assert_eq!(got.iter().filter(|l| l.starts_with('>')).count(), 8);
+
+    seen.lock().unwrap().clear();
+    std::fs::write(src.join("small.txt"), b"changed!").unwrap();
+    let mut p = PushOptions::new(&src, format!("{}/", t.path().join("pushed").display()));
+    p.events = Some(sink);
+    push(&p).unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 8);
+}
