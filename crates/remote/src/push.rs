@@ -153,10 +153,22 @@ pub fn run_push<R: Read, W: Write>(
         &neg,
         &fopts,
         list,
-        zlevel,
-        false,
-        opts.events.as_ref(),
+        SendMode {
+            zlevel,
+            write_stats: false,
+            events: opts.events.as_ref(),
+        },
     )
+}
+
+/// How the sending half behaves.
+pub(crate) struct SendMode<'a> {
+    /// zlibx level for compressed tokens.
+    pub zlevel: Option<u32>,
+    /// Write the final stats and do not wait for EOF (a server sender).
+    pub write_stats: bool,
+    /// Per-entry notifications.
+    pub events: Option<&'a EventSink>,
 }
 
 /// The sending half of a session after setup: file list, id lists, the
@@ -167,10 +179,13 @@ pub(crate) fn send_session<R: Read, W: Write>(
     neg: &Negotiated,
     fopts: &FlistOptions,
     list: LocalList,
-    zlevel: Option<u32>,
-    write_stats: bool,
-    events: Option<&EventSink>,
+    mode: SendMode<'_>,
 ) -> Result<TransferSummary> {
+    let SendMode {
+        zlevel,
+        write_stats,
+        events,
+    } = mode;
     let flist_start = std::time::Instant::now();
     for w in &list.warnings {
         eprintln!("arsync: {w}");

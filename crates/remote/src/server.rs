@@ -16,7 +16,7 @@ use crate::conn::{InStream, OutStream};
 use crate::error::{RemoteError, Result};
 use crate::fsys::DestRoot;
 use crate::pull::{receive_session, ReceiveMode, TransferSummary};
-use crate::push::send_session;
+use crate::push::{send_session, SendMode};
 use crate::session::{flist_options, token_compression};
 use crate::walk::build_list_for;
 
@@ -182,7 +182,18 @@ pub fn run_server<R: Read, W: Write + Send + 'static>(
         refuse_filter_rules(&mut ins)?;
         let contents = args.paths[0].ends_with('/') || args.paths[0] == ".";
         let list = build_list_for(&path, contents, &fopts, neg.checksum)?;
-        send_session(ins, outs, &neg, &fopts, list, zlevel, true, None)
+        send_session(
+            ins,
+            outs,
+            &neg,
+            &fopts,
+            list,
+            SendMode {
+                zlevel,
+                write_stats: true,
+                events: None,
+            },
+        )
     } else {
         if args.delete {
             refuse_filter_rules(&mut ins)?;
