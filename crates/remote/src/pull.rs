@@ -62,6 +62,9 @@ pub struct PullOptions {
     pub daemon: Option<DaemonTarget>,
     /// Per-entry notifications.
     pub events: Option<EventSink>,
+    /// Filter rules for the sender, in rsync's wire form (`- *.o`,
+    /// `+ /keep/`, `P name`, ...); the server applies them.
+    pub filters: Vec<String>,
 }
 
 impl PullOptions {
@@ -74,6 +77,7 @@ impl PullOptions {
             echo_messages: true,
             daemon: None,
             events: None,
+            filters: Vec::new(),
         }
     }
 }
@@ -199,7 +203,8 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
     ins.start_multiplex()?;
     outs.start_multiplex()?;
     let mut filt = Vec::new();
-    encode_filter_list(&[], &mut filt)?;
+    let rules: Vec<Vec<u8>> = opts.filters.iter().map(|r| r.as_bytes().to_vec()).collect();
+    encode_filter_list(&rules, &mut filt)?;
     outs.write(&filt)?;
     outs.flush()?;
 

@@ -152,3 +152,21 @@ fn atimes_both_directions() {
         assert_same_tree_ns(&src, &dst, true, !push_mode);
     }
 }
+
+#[test]
+fn filter_rules_are_applied_by_the_sender() {
+    let t = tempfile::tempdir_in("/dev/shm").unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    make_tree(&src, 1000);
+    let mut o = PullOptions::new(format!("{}/", src.display()), &dst);
+    o.filters = vec!["- *.bin".into(), "- /z.dir/".into()];
+    pull(&o).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!dst.join("a/one.bin").exists());
+    assert!(!dst.join("a/b/two.bin").exists());
+    assert!(!dst.join("z.dir").exists());
+    assert!(dst.join("a/b/c/three").exists());
+    assert_eq!(
+        std::fs::read(dst.join("small.txt")).unwrap(),
+        b"hello world\n"
+    );
+}
