@@ -65,14 +65,30 @@ impl ServerCommand {
         v
     }
 
-    /// The full argument vector (program first).
+    /// The full argument vector (program first). Behind a remote shell the
+    /// remote command's words are shell-quoted, because ssh joins them with
+    /// spaces and hands the line to the remote user's shell.
     pub fn argv(&self) -> Vec<String> {
+        let mut words = vec![self.rsync_path.clone()];
+        words.extend(self.server_args());
+        words.push(".".into());
+        words.push(self.path.clone());
+        if self.remote_shell.is_empty() {
+            return words;
+        }
         let mut v = self.remote_shell.clone();
-        v.push(self.rsync_path.clone());
-        v.extend(self.server_args());
-        v.push(".".into());
-        v.push(self.path.clone());
+        v.extend(words.iter().map(|w| shell_quote(w)));
         v
+    }
+}
+
+/// Quotes a word for a POSIX shell (unchanged if it needs no quoting).
+pub fn shell_quote(w: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_./=:,+-@%".contains(c);
+    if !w.is_empty() && w.chars().all(safe) {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
     }
 }
 
@@ -110,5 +126,8 @@ mod tests {
                 "/src/"
             ]
         );
+        c.path = "/my dir/it's/".into();
+        assert_eq!(c.argv().last().unwrap(), "'/my dir/it'\\''s/'");
+        assert_eq!(shell_quote(""), "''");
     }
 }

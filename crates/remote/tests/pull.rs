@@ -170,3 +170,32 @@ fn filter_rules_are_applied_by_the_sender() {
         b"hello world\n"
     );
 }
+
+/// A remote shell that behaves like ssh: it joins the command words with
+/// spaces and runs the line with `sh -c`.
+fn ssh_like(dir: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("fake-ssh");
+    std::fs::write(&p, "#!/bin/sh\nshift\nexec sh -c \"$*\"\n").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn remote_shell_quoting() {
+    let t = tempfile::tempdir_in("/dev/shm").unwrap();
+    let src = t.path().join("my src's dir");
+    let dst = t.path().join("dst");
+    make_tree(&src, 1000);
+    let mut o = PullOptions::new(format!("{}/", src.display()), &dst);
+    o.command.remote_shell = vec![ssh_like(t.path()), "somehost".into()];
+    pull(&o).unwrap_or_else(|e| panic!("{e}"));
+    assert_same_tree(&src, &dst);
+    let mut p = arsync_remote::push::PushOptions::new(
+        &src,
+        format!("{}/", t.path().join("pushed dir").display()),
+    );
+    p.command.remote_shell = vec![ssh_like(t.path()), "somehost".into()];
+    arsync_remote::push::push(&p).unwrap_or_else(|e| panic!("{e}"));
+    assert_same_tree_ns(&src, &t.path().join("pushed dir"), true, false);
+}
