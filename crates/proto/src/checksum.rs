@@ -3,7 +3,8 @@
 //!
 //! Seeding rules (protocol >= 30):
 //! - block sums: xxh64/xxh3/xxh128 use the seed as the hash seed; MD5 hashes
-//!   `seed_le || data` when CHKSUM_SEED_FIX is in force, else `data || seed_le`;
+//!   `seed_le || data` when `seed_fix`, else `data || seed_le` (see
+//!   `Negotiated::md5_seed_first` for when rsync puts the seed first);
 //!   MD4 hashes `data || seed_le`. A seed of 0 adds no bytes.
 //! - whole-file sums and `-c` file-list sums are unseeded.
 //!

@@ -158,6 +158,58 @@ pub fn encode_args(args: &[&str], protocol: i32, out: &mut Vec<u8>) -> Result<()
     Ok(())
 }
 
+/// rsync's base64 (standard alphabet, no padding).
+pub fn base64_nopad(data: &[u8]) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(B64[((n >> (18 - 6 * i)) & 0x3F) as usize] as char);
+        }
+    }
+    out
+}
+
+/// The client's answer to `@RSYNCD: AUTHREQD <challenge>`: `user hash`,
+/// where hash is base64 (unpadded) of digest(password || challenge) with
+/// the negotiated auth digest (`md5` or `md4`).
+pub fn auth_response(user: &str, password: &str, challenge: &str, digest: &str) -> Result<String> {
+    use md4::Md4;
+    use md5::{Digest, Md5};
+    let sum: Vec<u8> = match digest {
+        "md5" => Md5::new()
+            .chain_update(password)
+            .chain_update(challenge)
+            .finalize()
+            .to_vec(),
+        "md4" => Md4::new()
+            .chain_update(password)
+            .chain_update(challenge)
+            .finalize()
+            .to_vec(),
+        other => return Err(Error::Unsupported(format!("daemon auth digest {other}"))),
+    };
+    Ok(format!("{user} {}\n", base64_nopad(&sum)))
+}
+
+/// Our auth digest for the daemon's offered list: the first of ours
+/// (`md5`, `md4`) that it offers; a daemon without a list means md5.
+pub fn choose_auth_digest(greeting: &Greeting) -> Option<&'static str> {
+    if greeting.digests.is_empty() {
+        return Some("md5");
+    }
+    ["md5", "md4"]
+        .into_iter()
+        .find(|d| greeting.digests.iter().any(|g| g == d))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +238,27 @@ mod tests {
         assert!(Greeting::parse(b"@RSYNCD: 32.0").is_err());
         assert!(Greeting::parse(b"HTTP/1.1 400").is_err());
         assert_eq!(Greeting::parse(b"@RSYNCD: 29").unwrap().sub, 0);
+    }
+
+    #[test]
+    fn auth() {
+        assert_eq!(base64_nopad(b""), "");
+        assert_eq!(base64_nopad(b"f"), "Zg");
+        assert_eq!(base64_nopad(b"fo"), "Zm8");
+        assert_eq!(base64_nopad(b"foo"), "Zm9v");
+        assert_eq!(base64_nopad(b"foobar"), "Zm9vYmFy");
+        // base64(md5("secret" + "abc")) without padding.
+        assert_eq!(
+            auth_response("u", "secret", "abc", "md5").unwrap(),
+            "u xCuToaw7OC6IBxUQKWqWzg\n"
+        );
+        assert!(auth_response("u", "p", "c", "sha512").is_err());
+        let g = Greeting {
+            protocol: 32,
+            sub: 0,
+            digests: vec!["sha512".into(), "md4".into()],
+        };
+        assert_eq!(choose_auth_digest(&g), Some("md4"));
     }
 
     #[test]

@@ -773,6 +773,63 @@ pub fn encode_id_list(
     }
 }
 
+/// Decodes an id list entry by entry, so the whole list never has to be
+/// buffered. `feed` returns the list once its terminator has been read.
+#[derive(Debug, Clone, Default)]
+pub struct IdListDecoder {
+    id0_names: bool,
+    list: IdList,
+    ids_done: bool,
+}
+
+impl IdListDecoder {
+    /// A decoder; `id0_names` when ID0_NAMES is in force.
+    pub fn new(id0_names: bool) -> Self {
+        IdListDecoder {
+            id0_names,
+            ..Self::default()
+        }
+    }
+
+    /// Consumes complete entries from `r`; `Ok(None)` means "feed more".
+    pub fn feed(&mut self, r: &mut Reader<'_>) -> Result<Option<IdList>> {
+        while !self.ids_done {
+            let mut rr = r.clone();
+            let id = match rr.varint() {
+                Ok(v) => v,
+                Err(Error::Incomplete) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if id == 0 {
+                *r = rr;
+                self.ids_done = true;
+                break;
+            }
+            if self.list.len() >= MAX_ID_LIST {
+                return Err(Error::malformed("id list", "too many entries"));
+            }
+            let Ok(n) = rr.u8() else { return Ok(None) };
+            let Ok(name) = rr.bytes(n as usize) else {
+                return Ok(None);
+            };
+            self.list.push((id as u32, name.to_vec()));
+            *r = rr;
+        }
+        if self.id0_names {
+            let mut rr = r.clone();
+            let Ok(n) = rr.u8() else { return Ok(None) };
+            let Ok(name) = rr.bytes(n as usize) else {
+                return Ok(None);
+            };
+            if !name.is_empty() {
+                self.list.push((0, name.to_vec()));
+            }
+            *r = rr;
+        }
+        Ok(Some(std::mem::take(&mut self.list)))
+    }
+}
+
 /// Decodes one id list; incomplete until the whole list is buffered. The
 /// id-0 name (if sent) is returned as an entry with id 0.
 pub fn decode_id_list(r: &mut Reader<'_>, id0_names: bool) -> Result<IdList> {

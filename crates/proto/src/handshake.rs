@@ -190,6 +190,9 @@ pub struct HandshakeConfig {
     pub seed: i32,
     /// Server only: allow incremental recursion.
     pub allow_inc_recurse: bool,
+    /// Daemon connections: the peer's version from its `@RSYNCD:` greeting.
+    /// The binary version exchange is then skipped.
+    pub known_remote: Option<i32>,
 }
 
 impl HandshakeConfig {
@@ -203,6 +206,7 @@ impl HandshakeConfig {
             compressions: None,
             seed: 0,
             allow_inc_recurse: false,
+            known_remote: None,
         }
     }
 }
@@ -222,6 +226,18 @@ pub struct Negotiated {
     pub compression: Option<CompressAlgo>,
     /// The checksum seed.
     pub seed: i32,
+}
+
+impl Negotiated {
+    /// Whether MD5 block sums hash the seed before the data. rsync does so
+    /// with CHKSUM_SEED_FIX; and when md5 was *negotiated* (varint flags),
+    /// rsync builds using OpenSSL (Debian's among them) always put the seed
+    /// first, so we follow them. Only an implied md5 (no negotiation, no
+    /// seed fix) hashes data then seed.
+    pub fn md5_seed_first(&self) -> bool {
+        self.compat.has(CompatFlags::CHKSUM_SEED_FIX)
+            || self.compat.has(CompatFlags::VARINT_FLIST_FLAGS)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,19 +274,51 @@ impl Handshake {
                 cfg.protocol
             )));
         }
-        let mut out = Vec::new();
-        put_i32(&mut out, cfg.protocol);
-        Ok(Handshake {
-            cfg,
+        let mut h = Handshake {
             step: Step::Version,
-            out,
+            out: Vec::new(),
             remote_protocol: 0,
             protocol: 0,
             compat: CompatFlags::default(),
             checksum: None,
             compression: None,
             result: None,
-        })
+            cfg,
+        };
+        match h.cfg.known_remote {
+            None => put_i32(&mut h.out, h.cfg.protocol),
+            Some(v) => {
+                h.accept_version(v)?;
+                h.step = Step::Compat;
+                if h.cfg.role == Role::Server {
+                    h.send_compat()?;
+                }
+            }
+        }
+        Ok(h)
+    }
+
+    fn accept_version(&mut self, v: i32) -> Result<()> {
+        if !(ABSOLUTE_MIN_VERSION..=ABSOLUTE_MAX_VERSION).contains(&v) {
+            return Err(Error::malformed(
+                "protocol version",
+                format!("peer announced {v} (is the remote shell clean?)"),
+            ));
+        }
+        self.remote_protocol = v;
+        self.protocol = v.min(self.cfg.protocol);
+        if self.protocol < MIN_PROTOCOL_VERSION {
+            return Err(Error::Unsupported(format!(
+                "peer speaks protocol {v}; at least {MIN_PROTOCOL_VERSION} is required"
+            )));
+        }
+        Ok(())
+    }
+
+    fn send_compat(&mut self) -> Result<()> {
+        self.compat = CompatFlags::server_reply(&self.cfg.caps, self.cfg.allow_inc_recurse);
+        put_varint(&mut self.out, self.compat.0 as i32);
+        self.after_compat()
     }
 
     /// Bytes to send now.
@@ -329,25 +377,10 @@ impl Handshake {
         match self.step {
             Step::Version => {
                 let v = r.i32()?;
-                if !(ABSOLUTE_MIN_VERSION..=ABSOLUTE_MAX_VERSION).contains(&v) {
-                    return Err(Error::malformed(
-                        "protocol version",
-                        format!("peer announced {v} (is the remote shell clean?)"),
-                    ));
-                }
-                self.remote_protocol = v;
-                self.protocol = v.min(self.cfg.protocol);
-                if self.protocol < MIN_PROTOCOL_VERSION {
-                    return Err(Error::Unsupported(format!(
-                        "peer speaks protocol {v}; at least {MIN_PROTOCOL_VERSION} is required"
-                    )));
-                }
+                self.accept_version(v)?;
                 self.step = Step::Compat;
                 if self.cfg.role == Role::Server {
-                    self.compat =
-                        CompatFlags::server_reply(&self.cfg.caps, self.cfg.allow_inc_recurse);
-                    put_varint(&mut self.out, self.compat.0 as i32);
-                    self.after_compat()?;
+                    self.send_compat()?;
                 }
                 Ok(true)
             }
@@ -548,6 +581,25 @@ mod tests {
         let out = h.take_output();
         assert_eq!(out[0] as usize, out.len() - 1);
         assert_eq!(&out[1..], b"xxh128 xxh3 xxh64 md5 md4");
+    }
+
+    #[test]
+    fn daemon_mode_skips_versions() {
+        let mut cfg = HandshakeConfig::client(32, "LsfxCIvu");
+        cfg.known_remote = Some(31);
+        let mut h = Handshake::new(cfg).unwrap();
+        assert!(h.take_output().is_empty());
+        let mut inp = vec![0x81, 0xFE, 3];
+        inp.extend_from_slice(b"md5");
+        inp.extend_from_slice(&9i32.to_le_bytes());
+        assert_eq!(h.feed(&inp).unwrap(), inp.len());
+        let r = h.result().unwrap();
+        assert_eq!((r.protocol, r.checksum, r.seed), (31, ChecksumAlgo::Md5, 9));
+        let mut srv = HandshakeConfig::client(32, "LsfxCIvu");
+        srv.role = Role::Server;
+        srv.known_remote = Some(32);
+        let mut h = Handshake::new(srv).unwrap();
+        assert_eq!(&h.take_output()[..2], &[0x81, 0xFA]); // no iconv on our server side
     }
 
     #[test]

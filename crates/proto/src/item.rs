@@ -106,6 +106,15 @@ impl ItemAttrs {
     }
 }
 
+/// Appends NDX_DEL_STATS and the five deletion counts (regular files,
+/// directories, symlinks, devices, specials).
+pub fn encode_del_stats(codec: &mut NdxCodec, counts: [i32; 5], out: &mut Vec<u8>) {
+    codec.encode(NDX_DEL_STATS, out);
+    for c in counts {
+        crate::wire::put_varint(out, c);
+    }
+}
+
 /// Decodes one ndx-with-attributes, or a negative marker. The codec state and
 /// reader change only on success.
 pub fn decode_item(codec: &mut NdxCodec, r: &mut Reader<'_>) -> Result<NdxItem> {
@@ -181,6 +190,14 @@ mod tests {
         assert_eq!(got.basis_type, Some(2));
         assert_eq!(got.xname.as_deref(), Some(&b"x"[..]));
         assert_eq!(decode_item(&mut dec, &mut r).unwrap(), NdxItem::Done);
+        let mut out = Vec::new();
+        let mut enc = NdxCodec::new();
+        encode_del_stats(&mut enc, [3, 1, 0, 0, 2], &mut out);
+        assert_eq!(out, [0xFF, 0x02, 3, 1, 0, 0, 2]);
+        assert_eq!(
+            decode_item(&mut NdxCodec::new(), &mut Reader::new(&out)).unwrap(),
+            NdxItem::DelStats([3, 1, 0, 0, 2])
+        );
         // Truncated attributes leave the codec untouched.
         let mut dec = NdxCodec::new();
         assert_eq!(

@@ -15,7 +15,8 @@
 //! - [`flist`]: file-list entries, id lists, sort order, duplicate clearing.
 //! - [`filter`]: the filter list.
 //! - [`checksum`], [`sums`], [`matcher`], [`token`]: rolling and strong sums,
-//!   the sum head and block sums, block matching, the token stream.
+//!   the sum head and block sums, block matching, the token stream;
+//!   [`compress`]: the zlibx compressed token stream.
 //! - [`phase`], [`stats`]: the NDX_DONE sequence, final stats and exit codes.
 //!
 //! ```
@@ -26,6 +27,7 @@
 //! ```
 
 pub mod checksum;
+pub mod compress;
 pub mod daemon;
 pub mod error;
 pub mod filter;

@@ -5,12 +5,11 @@
 //! [`DeltaEncoder`] is streaming: feed the new file in any chunk sizes; it
 //! keeps at most one literal run ([`CHUNK_SIZE`]) plus one block of lookahead.
 
-use std::collections::HashMap;
-
 use crate::checksum::{block_sum, ChecksumAlgo, Digest16, FileHasher, Rolling};
+use crate::compress::TokenSink;
 use crate::error::Result;
 use crate::sums::SumSet;
-use crate::token::{encode_block, encode_end, encode_literal, CHUNK_SIZE};
+use crate::token::CHUNK_SIZE;
 
 /// Byte counts of one delta.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -21,18 +20,59 @@ pub struct DeltaStats {
     pub matched: u64,
 }
 
+/// Chained hash table from weak sums to block indices.
+struct WeakTable {
+    bits: u32,
+    head: Vec<u32>,
+    next: Vec<u32>,
+}
+
+const NIL: u32 = u32::MAX;
+
+impl WeakTable {
+    fn new(sums: &SumSet) -> Self {
+        let n = sums.blocks.len();
+        let size = (n.max(1) * 2).next_power_of_two();
+        let bits = size.trailing_zeros();
+        let mut t = WeakTable {
+            bits,
+            head: vec![NIL; size],
+            next: vec![NIL; n],
+        };
+        // Insert in reverse so each chain lists lower block indices first.
+        for (i, b) in sums.blocks.iter().enumerate().rev() {
+            let h = t.slot(b.weak);
+            t.next[i] = t.head[h];
+            t.head[h] = i as u32;
+        }
+        t
+    }
+
+    fn slot(&self, weak: u32) -> usize {
+        if self.bits == 0 {
+            0
+        } else {
+            (weak.wrapping_mul(0x9E37_79B1) >> (32 - self.bits)) as usize
+        }
+    }
+}
+
 /// Streaming delta encoder for one file.
 pub struct DeltaEncoder {
     sums: SumSet,
-    table: HashMap<u32, Vec<u32>>,
+    table: WeakTable,
     algo: ChecksumAlgo,
     seed: i32,
     seed_fix: bool,
+    /// Unprocessed input; `buf[start..pos]` is literal data not yet sent and
+    /// `pos` is the start of the current window.
     buf: Vec<u8>,
+    start: usize,
     pos: usize,
     rolling: Option<Rolling>,
     hasher: FileHasher,
     stats: DeltaStats,
+    sink: TokenSink,
 }
 
 impl std::fmt::Debug for DeltaEncoder {
@@ -44,12 +84,21 @@ impl std::fmt::Debug for DeltaEncoder {
 }
 
 impl DeltaEncoder {
-    /// Prepares matching against `sums` (an empty set sends everything literally).
+    /// Prepares matching against `sums` (an empty set sends everything
+    /// literally), writing plain tokens.
     pub fn new(sums: SumSet, algo: ChecksumAlgo, seed: i32, seed_fix: bool) -> Self {
-        let mut table: HashMap<u32, Vec<u32>> = HashMap::new();
-        for (i, b) in sums.blocks.iter().enumerate() {
-            table.entry(b.weak).or_default().push(i as u32);
-        }
+        Self::with_sink(sums, algo, seed, seed_fix, TokenSink::Plain)
+    }
+
+    /// Like [`DeltaEncoder::new`] with a chosen token format.
+    pub fn with_sink(
+        sums: SumSet,
+        algo: ChecksumAlgo,
+        seed: i32,
+        seed_fix: bool,
+        sink: TokenSink,
+    ) -> Self {
+        let table = WeakTable::new(&sums);
         DeltaEncoder {
             sums,
             table,
@@ -57,10 +106,12 @@ impl DeltaEncoder {
             seed,
             seed_fix,
             buf: Vec::new(),
+            start: 0,
             pos: 0,
             rolling: None,
             hasher: FileHasher::new(algo),
             stats: DeltaStats::default(),
+            sink,
         }
     }
 
@@ -68,70 +119,82 @@ impl DeltaEncoder {
         self.sums.head.blength as usize
     }
 
-    fn flush_literal(&mut self, out: &mut Vec<u8>) {
-        if self.pos > 0 {
-            encode_literal(&self.buf[..self.pos], out);
-            self.stats.literal += self.pos as u64;
-            self.buf.drain(..self.pos);
-            self.pos = 0;
+    fn flush_literal(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        if self.pos > self.start {
+            self.sink.literal(&self.buf[self.start..self.pos], out)?;
+            self.stats.literal += (self.pos - self.start) as u64;
+            self.start = self.pos;
         }
+        Ok(())
     }
 
     /// Looks for a block equal to the window `buf[pos..pos+len]`.
     fn find(&self, weak: u32, len: usize) -> Option<u32> {
-        let cands = self.table.get(&weak)?;
+        let mut i = self.table.head[self.table.slot(weak)];
         let mut strong: Option<Digest16> = None;
         let s2 = self.sums.head.s2length as usize;
-        for &i in cands {
-            if self.sums.head.block_len(i as i32) != len {
-                continue;
+        while i != NIL {
+            let b = &self.sums.blocks[i as usize];
+            if b.weak == weak && self.sums.head.block_len(i as i32) == len {
+                let d = *strong.get_or_insert_with(|| {
+                    block_sum(
+                        self.algo,
+                        &self.buf[self.pos..self.pos + len],
+                        self.seed,
+                        self.seed_fix,
+                    )
+                });
+                if d.as_bytes()[..s2] == b.strong[..] {
+                    return Some(i);
+                }
             }
-            let d = *strong.get_or_insert_with(|| {
-                block_sum(
-                    self.algo,
-                    &self.buf[self.pos..self.pos + len],
-                    self.seed,
-                    self.seed_fix,
-                )
-            });
-            if d.as_bytes()[..s2] == self.sums.blocks[i as usize].strong[..] {
-                return Some(i);
-            }
+            i = self.table.next[i as usize];
         }
         None
     }
 
     fn emit_match(&mut self, i: u32, len: usize, out: &mut Vec<u8>) -> Result<()> {
-        self.flush_literal(out);
-        encode_block(i, out)?;
+        self.flush_literal(out)?;
+        self.sink.block(i, out)?;
         self.stats.matched += len as u64;
-        self.buf.drain(..len);
+        self.pos += len;
+        self.start = self.pos;
         self.rolling = None;
         Ok(())
+    }
+
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.pos -= self.start;
+            self.start = 0;
+        }
     }
 
     /// Processes more of the new file, appending token bytes to `out`.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
         self.hasher.update(data);
+        self.compact();
         self.buf.extend_from_slice(data);
         let blen = self.blen();
         if self.sums.blocks.is_empty() || blen == 0 {
-            while self.buf.len() >= CHUNK_SIZE {
-                self.pos = CHUNK_SIZE;
-                self.flush_literal(out);
+            while self.buf.len() - self.start >= CHUNK_SIZE {
+                self.pos = self.start + CHUNK_SIZE;
+                self.flush_literal(out)?;
             }
             return Ok(());
         }
         loop {
-            if self.pos >= CHUNK_SIZE {
-                self.flush_literal(out);
+            if self.pos - self.start >= CHUNK_SIZE {
+                self.flush_literal(out)?;
             }
             if self.buf.len() - self.pos < blen {
                 return Ok(());
             }
-            let r = *self
-                .rolling
-                .get_or_insert_with(|| Rolling::new(&self.buf[self.pos..self.pos + blen]));
+            let r = match self.rolling {
+                Some(r) => r,
+                None => Rolling::new(&self.buf[self.pos..self.pos + blen]),
+            };
             if let Some(i) = self.find(r.digest(), blen) {
                 self.emit_match(i, blen, out)?;
                 continue;
@@ -142,6 +205,7 @@ impl DeltaEncoder {
                 self.rolling = Some(r);
                 self.pos += 1;
             } else {
+                self.rolling = Some(r);
                 return Ok(());
             }
         }
@@ -157,15 +221,15 @@ impl DeltaEncoder {
                     break;
                 }
                 if k > self.blen() {
-                    // Cannot happen after feed(), which consumes down to < blen + 1 bytes
-                    // past pos; treat the surplus as literal for robustness.
+                    // feed() leaves at most one window; treat any surplus as literal.
                     self.pos += 1;
                     self.rolling = None;
                     continue;
                 }
-                let r = *self
-                    .rolling
-                    .get_or_insert_with(|| Rolling::new(&self.buf[self.pos..]));
+                let r = match self.rolling {
+                    Some(r) => r,
+                    None => Rolling::new(&self.buf[self.pos..]),
+                };
                 if let Some(i) = self.find(r.digest(), k) {
                     self.emit_match(i, k, out)?;
                     break;
@@ -174,14 +238,20 @@ impl DeltaEncoder {
                 r.shrink(self.buf[self.pos]);
                 self.rolling = Some(r);
                 self.pos += 1;
-                if self.pos >= CHUNK_SIZE {
-                    self.flush_literal(out);
+                if self.pos - self.start >= CHUNK_SIZE {
+                    self.flush_literal(out)?;
                 }
             }
         }
         self.pos = self.buf.len();
-        self.flush_literal(out);
-        encode_end(out);
+        while self.pos - self.start > CHUNK_SIZE {
+            let end = self.pos;
+            self.pos = self.start + CHUNK_SIZE;
+            self.flush_literal(out)?;
+            self.pos = end;
+        }
+        self.flush_literal(out)?;
+        self.sink.end(out)?;
         let digest = self.hasher.finish();
         out.extend_from_slice(digest.as_bytes());
         Ok(self.stats)
@@ -191,14 +261,25 @@ impl DeltaEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compress::TokenSource;
     use crate::sums::SumHead;
-    use crate::token::{Token, TokenDecoder};
+    use crate::token::Token;
     use crate::wire::Reader;
     use proptest::prelude::*;
 
     /// Rebuilds the new file from a basis and a token stream.
     fn apply(basis: &[u8], head: SumHead, stream: &[u8], algo: ChecksumAlgo) -> Vec<u8> {
-        let mut d = TokenDecoder::new(head.count as u32);
+        apply_fmt(basis, head, stream, algo, false)
+    }
+
+    fn apply_fmt(
+        basis: &[u8],
+        head: SumHead,
+        stream: &[u8],
+        algo: ChecksumAlgo,
+        compressed: bool,
+    ) -> Vec<u8> {
+        let mut d = TokenSource::new(compressed, head.count as u32);
         let mut r = Reader::new(stream);
         let mut out = Vec::new();
         loop {
@@ -218,10 +299,19 @@ mod tests {
     }
 
     fn delta(basis: &[u8], new: &[u8], chunk: usize) -> (Vec<u8>, DeltaStats, SumHead) {
+        delta_fmt(basis, new, chunk, TokenSink::Plain)
+    }
+
+    fn delta_fmt(
+        basis: &[u8],
+        new: &[u8],
+        chunk: usize,
+        sink: TokenSink,
+    ) -> (Vec<u8>, DeltaStats, SumHead) {
         let algo = ChecksumAlgo::Xxh128;
         let head = SumHead::for_file(basis.len() as u64, false, 16).unwrap();
         let sums = SumSet::compute(basis, head, algo, 42, true);
-        let mut enc = DeltaEncoder::new(sums, algo, 42, true);
+        let mut enc = DeltaEncoder::with_sink(sums, algo, 42, true, sink);
         let mut out = Vec::new();
         for c in new.chunks(chunk.max(1)) {
             enc.feed(c, &mut out).unwrap();
@@ -252,6 +342,29 @@ mod tests {
         let (out, st, head) = delta(&basis, &new, 1000);
         assert!(st.literal < 3000, "{st:?}");
         assert_eq!(apply(&basis, head, &out, ChecksumAlgo::Xxh128), new);
+    }
+
+    #[test]
+    fn zlibx_delta_round_trip() {
+        let basis: Vec<u8> = (0..300_000u32)
+            .map(|i| (i / 7 % 13) as u8 ^ (i.wrapping_mul(2654435761) >> 29) as u8)
+            .collect();
+        let mut new = basis.clone();
+        new[1000..1100].fill(9);
+        new.extend_from_slice(&[b'z'; 50_000]);
+        let (plain, st, head) = delta(&basis, &new, 4096);
+        let (zl, st2, _) = delta_fmt(&basis, &new, 4096, TokenSink::new(Some(6)));
+        assert_eq!(st, st2);
+        assert!(
+            zl.len() < plain.len() / 2,
+            "{} vs {}",
+            zl.len(),
+            plain.len()
+        );
+        assert_eq!(
+            apply_fmt(&basis, head, &zl, ChecksumAlgo::Xxh128, true),
+            new
+        );
     }
 
     proptest! {

@@ -23,6 +23,10 @@ pub struct ServerCommand {
     pub protocol: Option<i32>,
     /// The remote path.
     pub path: String,
+    /// Delete extraneous files on the receiving side (`--delete`).
+    pub delete: bool,
+    /// Send uids/gids as numbers only (`--numeric-ids`: no name lists).
+    pub numeric_ids: bool,
 }
 
 impl ServerCommand {
@@ -36,14 +40,14 @@ impl ServerCommand {
             caps: CLIENT_CAPS.into(),
             protocol: None,
             path: path.into(),
+            delete: false,
+            numeric_ids: false,
         }
     }
 
-    /// The full argument vector (program first).
-    pub fn argv(&self) -> Vec<String> {
-        let mut v = self.remote_shell.clone();
-        v.push(self.rsync_path.clone());
-        v.push("--server".into());
+    /// The server's options (from `--server` up to, not including, `.`).
+    pub fn server_args(&self) -> Vec<String> {
+        let mut v = vec!["--server".to_string()];
         if self.server_sends {
             v.push("--sender".into());
         }
@@ -51,9 +55,40 @@ impl ServerCommand {
         if let Some(p) = self.protocol {
             v.push(format!("--protocol={p}"));
         }
-        v.push(".".into());
-        v.push(self.path.clone());
+        if self.numeric_ids {
+            v.push("--numeric-ids".into());
+        }
+        // A pulling client deletes locally; only a receiving server needs it.
+        if self.delete && !self.server_sends {
+            v.push("--delete".into());
+        }
         v
+    }
+
+    /// The full argument vector (program first). Behind a remote shell the
+    /// remote command's words are shell-quoted, because ssh joins them with
+    /// spaces and hands the line to the remote user's shell.
+    pub fn argv(&self) -> Vec<String> {
+        let mut words = vec![self.rsync_path.clone()];
+        words.extend(self.server_args());
+        words.push(".".into());
+        words.push(self.path.clone());
+        if self.remote_shell.is_empty() {
+            return words;
+        }
+        let mut v = self.remote_shell.clone();
+        v.extend(words.iter().map(|w| shell_quote(w)));
+        v
+    }
+}
+
+/// Quotes a word for a POSIX shell (unchanged if it needs no quoting).
+pub fn shell_quote(w: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_./=:,+-@%".contains(c);
+    if !w.is_empty() && w.chars().all(safe) {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
     }
 }
 
@@ -91,5 +126,8 @@ mod tests {
                 "/src/"
             ]
         );
+        c.path = "/my dir/it's/".into();
+        assert_eq!(c.argv().last().unwrap(), "'/my dir/it'\\''s/'");
+        assert_eq!(shell_quote(""), "''");
     }
 }

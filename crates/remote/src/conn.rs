@@ -91,6 +91,11 @@ impl<R: Read> InStream<R> {
         Ok(())
     }
 
+    /// True when decoded data is waiting (a decode may not need to block).
+    pub fn has_buffered(&self) -> bool {
+        self.pos < self.data.len()
+    }
+
     /// Raw bytes read from the transport.
     pub fn total_read(&self) -> u64 {
         self.total_read
@@ -220,6 +225,17 @@ impl<R: Read> InStream<R> {
     }
 }
 
+/// A write failure: a closed peer is reported like an end of input (the
+/// caller then learns why from the peer's exit status).
+fn write_error(what: &str, e: std::io::Error) -> RemoteError {
+    match e.kind() {
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+            RemoteError::Eof(format!(" ({what}: {e})"))
+        }
+        _ => RemoteError::io(what, e),
+    }
+}
+
 /// Joins error texts for an error message.
 pub fn join_errors(errors: &[String]) -> String {
     if errors.is_empty() {
@@ -299,7 +315,7 @@ impl<W: Write> OutStream<W> {
         };
         self.inner
             .write_all(bytes)
-            .map_err(|e| RemoteError::io("writing to the peer", e))?;
+            .map_err(|e| write_error("writing to the peer", e))?;
         self.total_written += bytes.len() as u64;
         Ok(())
     }
@@ -311,7 +327,7 @@ impl<W: Write> OutStream<W> {
         encode_frame(tag, payload, &mut out)?;
         self.inner
             .write_all(&out)
-            .map_err(|e| RemoteError::io("writing to the peer", e))?;
+            .map_err(|e| write_error("writing to the peer", e))?;
         self.total_written += out.len() as u64;
         Ok(())
     }
@@ -324,7 +340,7 @@ impl<W: Write> OutStream<W> {
         }
         self.inner
             .flush()
-            .map_err(|e| RemoteError::io("flushing to the peer", e))
+            .map_err(|e| write_error("flushing to the peer", e))
     }
 
     /// Flushes and returns the inner writer.

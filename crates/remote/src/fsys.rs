@@ -39,14 +39,22 @@ pub struct Meta {
     pub uid: Option<u32>,
     /// Group to set (None: leave).
     pub gid: Option<u32>,
+    /// Access time to set (`--atimes`; None: leave).
+    pub atime: Option<i64>,
 }
 
 impl Meta {
     fn times(&self) -> Timestamps {
         Timestamps {
-            last_access: Timespec {
-                tv_sec: 0,
-                tv_nsec: UTIME_OMIT,
+            last_access: match self.atime {
+                Some(t) => Timespec {
+                    tv_sec: t,
+                    tv_nsec: 0,
+                },
+                None => Timespec {
+                    tv_sec: 0,
+                    tv_nsec: UTIME_OMIT,
+                },
             },
             last_modification: Timespec {
                 tv_sec: self.mtime,
@@ -244,6 +252,84 @@ impl DestRoot {
         .map_err(|e| io_err(format!("mknod {}", shown(name)), e))
     }
 
+    /// Opens directory `name` for reading without following symlinks;
+    /// `None` if it does not exist or is not a directory.
+    fn open_dir(&self, name: &[u8]) -> Result<Option<OwnedFd>> {
+        let r = if name == b"." {
+            rustix::fs::openat(
+                &*self.fd,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        } else {
+            let (p, base) = match self.parent(name) {
+                Ok(x) => x,
+                // A missing parent: the directory does not exist here either.
+                Err(RemoteError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e),
+            };
+            rustix::fs::openat(
+                &*p,
+                base.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        match r {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => Ok(None),
+            Err(e) => Err(io_err(format!("opening directory {}", shown(name)), e)),
+        }
+    }
+
+    /// The names in directory `name` (`None` if it is not a directory here).
+    pub fn list_dir(&self, name: &[u8]) -> Result<Option<Vec<Vec<u8>>>> {
+        let Some(fd) = self.open_dir(name)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        let dir =
+            rustix::fs::Dir::new(fd).map_err(|e| io_err(format!("reading {}", shown(name)), e))?;
+        for ent in dir {
+            let ent = ent.map_err(|e| io_err(format!("reading {}", shown(name)), e))?;
+            let n = ent.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                out.push(n.to_vec());
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Deletes `name` and everything below it (never following symlinks).
+    /// Returns the counts of deleted regular files, directories, symlinks,
+    /// devices and specials (the order of rsync's deletion stats).
+    pub fn remove_tree(&self, name: &[u8]) -> Result<[i32; 5]> {
+        let (p, base) = self.parent(name)?;
+        let mut counts = [0i32; 5];
+        remove_at(&p, std::ffi::OsStr::new(&base), &mut counts)
+            .map_err(|e| io_err(format!("deleting {}", shown(name)), e))?;
+        Ok(counts)
+    }
+
+    /// Makes `name` a hard link to `target` (both inside the root), replacing
+    /// a non-directory at `name` unless it already is that file.
+    pub fn hard_link(&self, target: &[u8], name: &[u8]) -> Result<()> {
+        let (tp, tb) = self.parent(target)?;
+        let (np, nb) = self.parent(name)?;
+        let what = |e: Errno| io_err(format!("hard link {} => {}", shown(name), shown(target)), e);
+        let ts = rustix::fs::statat(&*tp, tb.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(what)?;
+        if let Ok(ns) = rustix::fs::statat(&*np, nb.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            if ns.st_ino == ts.st_ino && ns.st_dev == ts.st_dev {
+                return Ok(());
+            }
+            Self::remove_non_dir(&np, &nb)?;
+        }
+        rustix::fs::linkat(&*tp, tb.as_str(), &*np, nb.as_str(), AtFlags::empty()).map_err(what)
+    }
+
     /// Opens an existing regular file to use as a delta basis.
     pub fn open_basis(&self, name: &[u8]) -> Result<Option<File>> {
         let (p, base) = self.parent(name)?;
@@ -382,6 +468,49 @@ impl DestRoot {
     }
 }
 
+fn remove_at(
+    dir: &OwnedFd,
+    base: &std::ffi::OsStr,
+    counts: &mut [i32; 5],
+) -> rustix::io::Result<()> {
+    let st = rustix::fs::statat(dir, base, AtFlags::SYMLINK_NOFOLLOW)?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => {
+            let fd = rustix::fs::openat(
+                dir,
+                base,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let names: Vec<Vec<u8>> = rustix::fs::Dir::read_from(&fd)?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_bytes().to_vec())
+                .filter(|n| n != b"." && n != b"..")
+                .collect();
+            for n in names {
+                remove_at(
+                    &fd,
+                    std::os::unix::ffi::OsStrExt::from_bytes(n.as_slice()),
+                    counts,
+                )?;
+            }
+            rustix::fs::unlinkat(dir, base, AtFlags::REMOVEDIR)?;
+            counts[1] += 1;
+        }
+        ft => {
+            rustix::fs::unlinkat(dir, base, AtFlags::empty())?;
+            let k = match ft {
+                FileType::RegularFile => 0,
+                FileType::Symlink => 2,
+                FileType::CharacterDevice | FileType::BlockDevice => 3,
+                _ => 4,
+            };
+            counts[k] += 1;
+        }
+    }
+    Ok(())
+}
+
 trait FromBytesChecked {
     fn from_bytes_checked(b: &[u8]) -> Result<&std::ffi::OsStr>;
 }
@@ -425,6 +554,10 @@ pub fn open_source(path: &Path) -> Result<File> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    fn m_ino(p: &Path) -> u64 {
+        std::fs::metadata(p).unwrap().ino()
+    }
 
     #[test]
     fn refuses_escapes() {
@@ -470,6 +603,7 @@ mod tests {
             mtime: 1_000_000_000,
             mtime_nsec: 5,
             uid: None,
+            atime: Some(1_234_567),
             gid: None,
         };
         DestRoot::set_file_meta(&tmp.file, &meta).unwrap();
@@ -477,6 +611,7 @@ mod tests {
         let m = std::fs::metadata(t.path().join("sub/f")).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o640);
         assert_eq!((m.mtime(), m.mtime_nsec()), (1_000_000_000, 5));
+        assert_eq!(m.atime(), 1_234_567);
         assert_eq!(d.lstat(b"sub/f").unwrap().unwrap().size, 5);
         d.make_symlink(b"sub/l", b"f").unwrap();
         d.set_meta(b"sub/l", &Meta { mtime: 7, ..meta }).unwrap();
@@ -497,7 +632,31 @@ mod tests {
         .unwrap();
         let m = std::fs::metadata(t.path().join("sub")).unwrap();
         assert_eq!((m.mode() & 0o7777, m.mtime()), (0o711, 9));
+        d.hard_link(b"sub/f", b"h").unwrap();
+        d.hard_link(b"sub/f", b"h").unwrap();
+        assert_eq!(
+            std::fs::metadata(t.path().join("h")).unwrap().ino(),
+            m_ino(&t.path().join("sub/f"))
+        );
+        assert!(matches!(
+            d.hard_link(b"sub/f", b"../out"),
+            Err(RemoteError::Refused(_))
+        ));
         d.make_node(b"fifo", 0o010644, (0, 0)).unwrap();
+        // Recursive delete never follows a symlink out of the root.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), b"k").unwrap();
+        d.ensure_dir(b"gone").unwrap();
+        d.ensure_dir(b"gone/deeper").unwrap();
+        std::os::unix::fs::symlink(outside.path(), t.path().join("gone/deeper/out")).unwrap();
+        std::fs::write(t.path().join("gone/f"), b"x").unwrap();
+        let mut names = d.list_dir(b"gone").unwrap().unwrap();
+        names.sort();
+        assert_eq!(names, vec![b"deeper".to_vec(), b"f".to_vec()]);
+        assert_eq!(d.remove_tree(b"gone").unwrap(), [1, 2, 1, 0, 0]);
+        assert!(outside.path().join("keep").exists());
+        assert!(d.list_dir(b"gone").unwrap().is_none());
+        assert!(d.list_dir(b"missing/child").unwrap().is_none());
         assert!(d.lstat(b"fifo").unwrap().unwrap().file_type == FileType::Fifo);
     }
 }

@@ -3,8 +3,10 @@
 //! - [`pull`]: the receiving client (generator + receiver) against
 //!   `rsync --server --sender`.
 //! - [`push`]: the sending client against `rsync --server`.
+//! - [`server`]: the `--server` roles (sending and receiving) for a real rsync client.
 //! - [`walk`]: building a file list from a local directory.
-//! - [`transport`]: child processes over pipes (local rsync or a remote shell).
+//! - [`transport`]: child processes over pipes (local rsync or a remote shell);
+//!   [`daemon`]: `rsync://` daemons over TCP.
 //! - [`conn`]: buffered, multiplexed streams feeding the decoders.
 //! - [`fsys`]: all file-system access, confined to one root.
 //!
@@ -17,11 +19,14 @@
 
 pub mod args;
 pub mod conn;
+pub mod daemon;
 pub mod error;
+pub mod events;
 pub mod fsys;
 pub mod ids;
 pub mod pull;
 pub mod push;
+pub mod server;
 pub mod session;
 pub mod transport;
 pub mod walk;

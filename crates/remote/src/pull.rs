@@ -15,30 +15,35 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
 use arsync_proto::checksum::{block_sum, weak_sum, ChecksumAlgo, FileHasher};
+use arsync_proto::compress::TokenSource;
 use arsync_proto::filter::encode_filter_list;
 use arsync_proto::flist::{
-    clear_duplicates, decode_id_list, sort_entries, FileEntry, FileType, FlistDecoder, FlistItem,
-    FlistOptions,
+    clear_duplicates, sort_entries, FileEntry, FileType, FlistDecoder, FlistItem, FlistOptions,
+    HardLink, IdListDecoder,
 };
 use arsync_proto::handshake::{Negotiated, PROTOCOL_VERSION};
-use arsync_proto::item::{decode_item, ItemAttrs, NdxItem};
+use arsync_proto::item::{decode_item, encode_del_stats, ItemAttrs, NdxItem};
+use arsync_proto::mux::MsgTag;
 use arsync_proto::ndx::{NdxCodec, NDX_DONE};
 use arsync_proto::phase::{GeneratorSchedule, MAX_PHASE};
 use arsync_proto::stats::{exit_code_for_io_error, ExitCode, Stats};
 use arsync_proto::sums::SumHead;
-use arsync_proto::token::{Token, TokenDecoder};
+use arsync_proto::token::Token;
 use arsync_proto::wire::put_i32;
 
 use crate::args::ServerCommand;
 use crate::conn::{join_errors, InStream, OutStream};
+use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
+use crate::events::{EventSink, FileEvent};
 use crate::fsys::{read_basis, DestRoot, Meta, TempFile};
 use crate::ids::{IdMap, IdNames};
-use crate::session::{am_root, client_handshake, flist_options};
+use crate::session::{am_root, flist_options, start_client, token_compression};
 use crate::transport::ChildTransport;
 
 /// What to pull and where.
@@ -52,6 +57,14 @@ pub struct PullOptions {
     pub protocol: i32,
     /// Print the peer's messages to stderr.
     pub echo_messages: bool,
+    /// Connect to an rsync daemon instead of running `command` (only its
+    /// flags and caps are used then).
+    pub daemon: Option<DaemonTarget>,
+    /// Per-entry notifications.
+    pub events: Option<EventSink>,
+    /// Filter rules for the sender, in rsync's wire form (`- *.o`,
+    /// `+ /keep/`, `P name`, ...); the server applies them.
+    pub filters: Vec<String>,
 }
 
 impl PullOptions {
@@ -62,6 +75,9 @@ impl PullOptions {
             dest: dest.into(),
             protocol: PROTOCOL_VERSION,
             echo_messages: true,
+            daemon: None,
+            events: None,
+            filters: Vec::new(),
         }
     }
 }
@@ -120,6 +136,10 @@ pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
         ));
     }
     let dest = DestRoot::open(&opts.dest)?;
+    if let Some(t) = &opts.daemon {
+        let (r, w) = t.connect()?;
+        return run_pull(opts, dest, r, w);
+    }
     let mut child = ChildTransport::spawn(&opts.command.argv())?;
     let stdin = child
         .stdin
@@ -166,8 +186,15 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
     let mut ins = InStream::new(input);
     ins.echo_messages = opts.echo_messages;
     let mut outs = OutStream::new(output);
-    let neg = client_handshake(&mut ins, &mut outs, opts.protocol, &opts.command.caps)?;
-    let fopts = flist_options(&opts.command.flags, &neg)?;
+    let neg = start_client(
+        &mut ins,
+        &mut outs,
+        opts.protocol,
+        &opts.command,
+        opts.daemon.as_ref(),
+    )?;
+    let compressed = token_compression(&neg)?.is_some();
+    let fopts = flist_options(&opts.command.flags, opts.command.numeric_ids, &neg)?;
     if fopts.inc_recurse {
         return Err(RemoteError::Refused(
             "server enabled incremental recursion, which we did not offer".into(),
@@ -176,10 +203,48 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
     ins.start_multiplex()?;
     outs.start_multiplex()?;
     let mut filt = Vec::new();
-    encode_filter_list(&[], &mut filt)?;
+    let rules: Vec<Vec<u8>> = opts.filters.iter().map(|r| r.as_bytes().to_vec()).collect();
+    encode_filter_list(&rules, &mut filt)?;
     outs.write(&filt)?;
     outs.flush()?;
 
+    let mode = ReceiveMode {
+        delete: opts.command.delete,
+        read_stats: true,
+        compressed,
+        drain_eof: true,
+        events: opts.events.clone(),
+    };
+    receive_session(ins, outs, &neg, &fopts, dest, mode)
+}
+
+/// How the receiving half behaves.
+#[derive(Clone)]
+pub(crate) struct ReceiveMode {
+    /// Delete extraneous local entries.
+    pub delete: bool,
+    /// Read the sender's final stats (a client receiver does, a server does not).
+    pub read_stats: bool,
+    /// Tokens are zlibx-compressed.
+    pub compressed: bool,
+    /// Read to the end of input after the goodbye (a client: the server
+    /// exits then). A server must not: the client waits for it to exit.
+    pub drain_eof: bool,
+    /// Per-entry notifications.
+    pub events: Option<EventSink>,
+}
+
+/// The receiving half of a session after setup: file list, id lists, the
+/// generator thread and the receiver, the end-of-run exchange.
+pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
+    mut ins: InStream<R>,
+    outs: OutStream<W>,
+    neg: &Negotiated,
+    fopts: &FlistOptions,
+    dest: DestRoot,
+    mode: ReceiveMode,
+) -> Result<TransferSummary> {
+    let (neg, fopts) = (neg.clone(), fopts.clone());
     // File list.
     let mut dec = FlistDecoder::new(fopts.clone(), 0);
     let mut entries = Vec::new();
@@ -193,14 +258,27 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
     let (mut uid_map, mut gid_map) = (IdMap::default(), IdMap::default());
     if fopts.id_lists_follow() {
         if fopts.preserve_uid {
-            let l = ins.decode(|r| decode_id_list(r, fopts.id0_names))?;
+            let mut d = IdListDecoder::new(fopts.id0_names);
+            let l = ins.decode_partial(|r| d.feed(r))?;
             uid_map = IdMap::new(&l, |n| names.uid_of(n));
         }
         if fopts.preserve_gid {
-            let l = ins.decode(|r| decode_id_list(r, fopts.id0_names))?;
+            let mut d = IdListDecoder::new(fopts.id0_names);
+            let l = ins.decode_partial(|r| d.feed(r))?;
             gid_map = IdMap::new(&l, |n| names.gid_of(n));
         }
     }
+    // Hard-link followers name their leader by receive-order index: resolve
+    // to names before sorting.
+    let links: Vec<(Vec<u8>, Vec<u8>)> = entries
+        .iter()
+        .filter_map(|e| match e.hardlink {
+            HardLink::Follower(i) => entries
+                .get(i as usize)
+                .map(|l| (e.name.clone(), l.name.clone())),
+            _ => None,
+        })
+        .collect();
     sort_entries(&mut entries);
     let active = clear_duplicates(&entries);
     let root = am_root();
@@ -208,6 +286,8 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         e.uid = uid_map.map(e.uid);
         e.gid = gid_map.map(e.gid);
     }
+    let requested: Arc<Vec<AtomicBool>> =
+        Arc::new(entries.iter().map(|_| AtomicBool::new(false)).collect());
     let files = Arc::new(entries);
     let active = Arc::new(active);
 
@@ -218,16 +298,40 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         let dest = dest.clone();
         let neg = neg.clone();
         let fopts = fopts.clone();
-        std::thread::spawn(move || generator(outs, &files, &active, &dest, &neg, &fopts, root, rx))
+        let gen_ctx = GenCtx {
+            dest,
+            neg,
+            fopts,
+            root,
+            links,
+            delete: mode.delete,
+            events: mode.events.clone(),
+            requested: Arc::clone(&requested),
+        };
+        std::thread::spawn(move || generator_thread(outs, &files, &active, &gen_ctx, rx))
     };
-    let recv = receiver(&mut ins, &files, &active, &dest, &neg, &fopts, root, &tx);
+    let recv = receiver(
+        &mut ins,
+        &files,
+        &active,
+        &requested,
+        &dest,
+        &neg,
+        &fopts,
+        root,
+        mode.clone(),
+        &tx,
+    );
     let _ = tx.send(ToGen::Finish);
     let gen_res = gen
         .join()
         .map_err(|_| RemoteError::Usage("generator thread panicked".into()))?;
-    let mut summary = recv?;
+    // A generator failure is the root cause of whatever the receiver saw.
     let (gen_errors, bytes_written) = gen_res?;
-    ins.drain_to_eof()?;
+    let mut summary = recv?;
+    if mode.drain_eof {
+        ins.drain_to_eof()?;
+    }
     summary.errors.extend(gen_errors);
     summary.errors.extend(ins.reports.errors.iter().cloned());
     summary.protocol = neg.protocol;
@@ -246,7 +350,29 @@ fn meta_of(e: &FileEntry, fopts: &FlistOptions, root: bool) -> Meta {
         mtime_nsec: e.mtime_nsec,
         uid: (root && fopts.preserve_uid).then_some(e.uid),
         gid: (root && fopts.preserve_gid).then_some(e.gid),
+        atime: (fopts.atimes && !e.is_dir()).then_some(e.atime),
     }
+}
+
+/// The whole-file checksum of a local regular file (for `-c`).
+fn local_sum(dest: &DestRoot, name: &[u8], algo: ChecksumAlgo) -> Result<Option<Vec<u8>>> {
+    let Some(f) = dest.open_basis(name)? else {
+        return Ok(None);
+    };
+    let mut h = FileHasher::new(algo);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut off = 0u64;
+    loop {
+        let n = f
+            .read_at(&mut buf, off)
+            .map_err(|e| RemoteError::io("reading for -c", e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(Some(h.finish().as_bytes().to_vec()))
 }
 
 /// Writes a transfer request for `ndx` with block sums of the basis (if any).
@@ -275,9 +401,7 @@ fn request<W: Write>(
     head.encode(&mut buf);
     outs.write(&buf)?;
     if let (Some(f), true) = (basis, head.count > 0) {
-        let seed_fix = neg
-            .compat
-            .has(arsync_proto::handshake::CompatFlags::CHKSUM_SEED_FIX);
+        let seed_fix = neg.md5_seed_first();
         let mut block = vec![0u8; head.blength as usize];
         for i in 0..head.count {
             let n = head.block_len(i);
@@ -294,20 +418,120 @@ fn request<W: Write>(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn generator<W: Write>(
-    mut outs: OutStream<W>,
+/// What the generator thread needs besides the file list.
+struct GenCtx {
+    dest: DestRoot,
+    neg: Negotiated,
+    fopts: FlistOptions,
+    root: bool,
+    /// Hard-link (follower, leader) names.
+    links: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `--delete`: remove local entries that are not in the list.
+    delete: bool,
+    /// Per-entry notifications.
+    events: Option<EventSink>,
+    /// Set (before the request is written) for every index we ask for; the
+    /// receiver refuses data nobody asked for.
+    requested: Arc<Vec<AtomicBool>>,
+}
+
+/// Deletes, in every transferred directory that exists locally, the entries
+/// the sender did not list. Returns rsync's deletion counts.
+fn delete_extraneous(
     files: &[FileEntry],
     active: &[bool],
     dest: &DestRoot,
-    neg: &Negotiated,
-    fopts: &FlistOptions,
-    root: bool,
+    events: Option<&EventSink>,
+    errors: &mut Vec<String>,
+) -> Result<[i32; 5]> {
+    let names: std::collections::HashSet<&[u8]> = files
+        .iter()
+        .zip(active)
+        .filter(|(_, a)| **a)
+        .map(|(e, _)| e.name.as_slice())
+        .collect();
+    let mut counts = [0i32; 5];
+    for (e, _) in files
+        .iter()
+        .zip(active)
+        .filter(|(e, a)| **a && e.is_dir() && !e.no_content_dir)
+    {
+        let Some(children) = dest.list_dir(&e.name)? else {
+            continue;
+        };
+        for c in children {
+            let full = if e.name == b"." {
+                c
+            } else {
+                let mut f = e.name.clone();
+                f.push(b'/');
+                f.extend_from_slice(&c);
+                f
+            };
+            if names.contains(full.as_slice()) {
+                continue;
+            }
+            match dest.remove_tree(&full) {
+                Ok(n) => {
+                    for (t, k) in counts.iter_mut().zip(n) {
+                        *t += k;
+                    }
+                    if let Some(ev) = events {
+                        ev.emit(&FileEvent::Deleted { name: &full });
+                    }
+                }
+                Err(err) => errors.push(format!("{}: {err}", String::from_utf8_lossy(&full))),
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Runs the generator; on failure tells the peer (an error text and
+/// MSG_ERROR_EXIT, as rsync does) so it stops instead of waiting for us.
+fn generator_thread<W: Write>(
+    mut outs: OutStream<W>,
+    files: &[FileEntry],
+    active: &[bool],
+    ctx: &GenCtx,
     rx: Receiver<ToGen>,
 ) -> Result<(Vec<String>, u64)> {
+    match generator(&mut outs, files, active, ctx, rx) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let text = format!("arsync generator: {e}\n");
+            let _ = outs.message(MsgTag::Error, text.as_bytes());
+            let _ = outs.message(MsgTag::ErrorExit, &e.exit_code().code().to_le_bytes());
+            let _ = outs.flush();
+            Err(e)
+        }
+    }
+}
+
+fn generator<W: Write>(
+    outs: &mut OutStream<W>,
+    files: &[FileEntry],
+    active: &[bool],
+    ctx: &GenCtx,
+    rx: Receiver<ToGen>,
+) -> Result<(Vec<String>, u64)> {
+    let (dest, neg, fopts, root) = (&ctx.dest, &ctx.neg, &ctx.fopts, ctx.root);
+    let followers: std::collections::HashSet<&[u8]> =
+        ctx.links.iter().map(|(f, _)| f.as_slice()).collect();
     let mut codec = NdxCodec::new();
     let mut errors = Vec::new();
     let mut dirs = Vec::new();
+    let del_counts = if ctx.delete {
+        Some(delete_extraneous(
+            files,
+            active,
+            dest,
+            ctx.events.as_ref(),
+            &mut errors,
+        )?)
+    } else {
+        None
+    };
     for (i, e) in files.iter().enumerate() {
         if !active[i] {
             continue;
@@ -331,19 +555,30 @@ fn generator<W: Write>(
                     dest.make_node(&e.name, e.mode, e.rdev)?;
                     dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
                 }
+                Some(FileType::Regular) if followers.contains(e.name.as_slice()) => {
+                    // Linked to its leader once everything is received.
+                }
                 Some(FileType::Regular) => {
                     if let Some(m) = dest.lstat(&e.name)? {
-                        if m.file_type == rustix::fs::FileType::RegularFile
+                        let same = m.file_type == rustix::fs::FileType::RegularFile
                             && m.size == e.size as u64
-                            && m.mtime == e.mtime
-                        {
+                            && match &e.checksum {
+                                // -c: compare content sums instead of mtimes.
+                                Some(sum) => {
+                                    local_sum(dest, &e.name, neg.checksum)?.as_deref()
+                                        == Some(sum.as_slice())
+                                }
+                                None => m.mtime == e.mtime,
+                            };
+                        if same {
                             // Quick check passed: only fix metadata.
                             dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
                             return Ok(());
                         }
                     }
                     let basis = dest.open_basis(&e.name)?;
-                    request(&mut outs, &mut codec, i as i32, basis.as_ref(), false, neg)?;
+                    ctx.requested[i].store(true, Ordering::Release);
+                    request(outs, &mut codec, i as i32, basis.as_ref(), false, neg)?;
                 }
                 _ => {}
             }
@@ -367,18 +602,30 @@ fn generator<W: Write>(
             Ok(ToGen::Redo(ndx)) => {
                 let e = &files[ndx as usize];
                 let basis = dest.open_basis(&e.name)?;
-                request(&mut outs, &mut codec, ndx, basis.as_ref(), true, neg)?;
+                request(outs, &mut codec, ndx, basis.as_ref(), true, neg)?;
                 outs.flush()?;
             }
             Ok(ToGen::Phase0Done) => {
                 let mut done = Vec::new();
-                for _ in 0..sched.after_redo {
+                for k in 0..sched.after_redo {
+                    // At protocol >= 31 the deletion stats precede the
+                    // delete phase's NDX_DONE (the last of this group).
+                    if let (Some(c), true) =
+                        (del_counts, neg.protocol >= 31 && k + 1 == sched.after_redo)
+                    {
+                        encode_del_stats(&mut codec, c, &mut done);
+                    }
                     codec.encode(NDX_DONE, &mut done);
                 }
                 outs.write(&done)?;
                 outs.flush()?;
             }
             Ok(ToGen::Finish) | Err(_) => break,
+        }
+    }
+    for (follower, leader) in &ctx.links {
+        if let Err(err) = dest.hard_link(leader, follower) {
+            errors.push(format!("{}: {err}", String::from_utf8_lossy(follower)));
         }
     }
     // Directory metadata last, deepest first, so nothing touches them afterwards.
@@ -394,9 +641,8 @@ fn generator<W: Write>(
     }
     outs.write(&bye)?;
     outs.flush()?;
-    let written = outs.total_written();
-    drop(outs.into_inner()?);
-    Ok((errors, written))
+    outs.flush()?;
+    Ok((errors, outs.total_written()))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -404,12 +650,15 @@ fn receiver<R: Read>(
     ins: &mut InStream<R>,
     files: &[FileEntry],
     active: &[bool],
+    requested: &[AtomicBool],
     dest: &DestRoot,
     neg: &Negotiated,
     fopts: &FlistOptions,
     root: bool,
+    mode: ReceiveMode,
     tx: &Sender<ToGen>,
 ) -> Result<TransferSummary> {
+    let compressed = mode.compressed;
     let mut codec = NdxCodec::new();
     let mut phase = 0u32;
     let mut summary = TransferSummary::default();
@@ -430,7 +679,8 @@ fn receiver<R: Read>(
                 let ndx = a.ndx;
                 let ok = (ndx as usize) < files.len()
                     && active[ndx as usize]
-                    && files[ndx as usize].file_type() == Some(FileType::Regular);
+                    && files[ndx as usize].file_type() == Some(FileType::Regular)
+                    && requested[ndx as usize].load(Ordering::Acquire);
                 if !ok || a.iflags & arsync_proto::item::iflags::TRANSFER == 0 {
                     return Err(RemoteError::Refused(format!(
                         "unexpected file index {ndx} (iflags {:#x})",
@@ -438,7 +688,7 @@ fn receiver<R: Read>(
                     )));
                 }
                 let e = &files[ndx as usize];
-                let (good, lit, matched) = receive_file(ins, e, dest, neg.checksum)?;
+                let (good, lit, matched) = receive_file(ins, e, dest, neg.checksum, compressed)?;
                 summary.literal_bytes += lit;
                 summary.matched_bytes += matched;
                 if good.is_none() {
@@ -459,10 +709,19 @@ fn receiver<R: Read>(
                             Err(err)
                         }
                     };
-                    if let Err(err) = r {
-                        summary
+                    match r {
+                        Err(err) => summary
                             .errors
-                            .push(format!("{}: {err}", String::from_utf8_lossy(&e.name)));
+                            .push(format!("{}: {err}", String::from_utf8_lossy(&e.name))),
+                        Ok(()) => {
+                            if let Some(ev) = &mode.events {
+                                ev.emit(&FileEvent::Transferred {
+                                    name: &e.name,
+                                    literal: lit,
+                                    matched,
+                                });
+                            }
+                        }
                     }
                     summary.files_transferred += 1;
                 }
@@ -474,9 +733,16 @@ fn receiver<R: Read>(
             }
         }
     }
-    summary.stats = ins.decode(Stats::decode_as_receiver)?;
+    if mode.read_stats {
+        summary.stats = ins.decode(Stats::decode_as_receiver)?;
+    }
     if neg.protocol >= 31 {
-        match ins.decode(|r| decode_item(&mut codec, r))? {
+        // The server sender echoes our deletion stats before the last NDX_DONE.
+        let mut item = ins.decode(|r| decode_item(&mut codec, r))?;
+        while let NdxItem::DelStats(_) = item {
+            item = ins.decode(|r| decode_item(&mut codec, r))?;
+        }
+        match item {
             NdxItem::Done => {}
             other => {
                 return Err(RemoteError::Refused(format!(
@@ -496,6 +762,7 @@ fn receive_file<R: Read>(
     e: &FileEntry,
     dest: &DestRoot,
     algo: ChecksumAlgo,
+    compressed: bool,
 ) -> Result<(Option<TempFile>, u64, u64)> {
     let dlen = algo.digest_len();
     let head = ins.decode(|r| SumHead::decode(r, dlen))?;
@@ -508,7 +775,7 @@ fn receive_file<R: Read>(
     let f = &tmp.file;
     let res: Result<(bool, u64, u64)> = (|| {
         let mut hasher = FileHasher::new(algo);
-        let mut dec = TokenDecoder::new(head.count as u32);
+        let mut dec = TokenSource::new(compressed, head.count as u32);
         let mut offset = 0u64;
         let (mut lit, mut matched) = (0u64, 0u64);
         let mut block = vec![0u8; head.blength as usize];

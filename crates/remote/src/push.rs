@@ -7,37 +7,50 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
+use arsync_proto::compress::TokenSink;
+use arsync_proto::flist::FlistOptions;
 use arsync_proto::flist::{encode_id_list, FileType, FlistEncoder};
-use arsync_proto::handshake::{CompatFlags, PROTOCOL_VERSION};
+use arsync_proto::handshake::Negotiated;
+use arsync_proto::handshake::PROTOCOL_VERSION;
 use arsync_proto::item::{decode_item, iflags, NdxItem};
 use arsync_proto::matcher::DeltaEncoder;
 use arsync_proto::mux::MsgTag;
 use arsync_proto::ndx::{NdxCodec, NDX_DONE};
 use arsync_proto::phase::{goodbye_reads, SenderDoneAction, SenderPhases};
-use arsync_proto::stats::{IOERR_GENERAL, IOERR_VANISHED};
+use arsync_proto::stats::{Stats, IOERR_GENERAL, IOERR_VANISHED};
 use arsync_proto::sums::{SumDecoder, SumHead};
 
 use crate::args::ServerCommand;
 use crate::conn::{InStream, OutStream};
+use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
+use crate::events::{EventSink, FileEvent};
 use crate::fsys::{open_source, read_chunk};
 use crate::ids::IdNames;
 use crate::pull::TransferSummary;
-use crate::session::{client_handshake, flist_options};
+use crate::session::{flist_options, start_client, token_compression};
 use crate::transport::{ChildTransport, PumpedReader};
-use crate::walk::build_list;
+use crate::walk::{build_list_for, LocalList};
 
 /// What to push and where.
 #[derive(Debug, Clone)]
 pub struct PushOptions {
     /// The server command (`server_sends` must be false).
     pub command: ServerCommand,
-    /// Local source directory (its contents are sent, like `SRC/`).
+    /// Local source: a directory or a file.
     pub source: PathBuf,
+    /// For a directory source: send its contents (rsync's `SRC/`, the
+    /// default) rather than the directory itself under its name (`SRC`).
+    pub contents: bool,
     /// Highest protocol we offer.
     pub protocol: i32,
     /// Print the peer's messages to stderr.
     pub echo_messages: bool,
+    /// Per-entry notifications.
+    pub events: Option<EventSink>,
+    /// Connect to an rsync daemon instead of running `command` (only its
+    /// flags and caps are used then).
+    pub daemon: Option<DaemonTarget>,
 }
 
 impl PushOptions {
@@ -46,8 +59,11 @@ impl PushOptions {
         PushOptions {
             command: ServerCommand::archive(false, remote_path),
             source: source.into(),
+            contents: true,
             protocol: PROTOCOL_VERSION,
             echo_messages: true,
+            events: None,
+            daemon: None,
         }
     }
 }
@@ -58,6 +74,10 @@ pub fn push(opts: &PushOptions) -> Result<TransferSummary> {
         return Err(RemoteError::Usage(
             "push needs a server command without --sender".into(),
         ));
+    }
+    if let Some(t) = &opts.daemon {
+        let (r, w) = t.connect()?;
+        return run_push(opts, PumpedReader::new(r), w);
     }
     let mut child = ChildTransport::spawn(&opts.command.argv())?;
     let stdin = child
@@ -103,8 +123,15 @@ pub fn run_push<R: Read, W: Write>(
     let mut ins = InStream::new(input);
     ins.echo_messages = opts.echo_messages;
     let mut outs = OutStream::new(output);
-    let neg = client_handshake(&mut ins, &mut outs, opts.protocol, &opts.command.caps)?;
-    let fopts = flist_options(&opts.command.flags, &neg)?;
+    let neg = start_client(
+        &mut ins,
+        &mut outs,
+        opts.protocol,
+        &opts.command,
+        opts.daemon.as_ref(),
+    )?;
+    let zlevel = token_compression(&neg)?;
+    let fopts = flist_options(&opts.command.flags, opts.command.numeric_ids, &neg)?;
     if fopts.inc_recurse {
         return Err(RemoteError::Refused(
             "server enabled incremental recursion, which we did not offer".into(),
@@ -112,8 +139,54 @@ pub fn run_push<R: Read, W: Write>(
     }
     outs.start_multiplex()?;
     ins.start_multiplex()?;
+    if opts.command.delete {
+        // A deleting receiver wants the filter list.
+        let mut f = Vec::new();
+        arsync_proto::filter::encode_filter_list(&[], &mut f)?;
+        outs.write(&f)?;
+    }
 
-    let list = build_list(&opts.source, &fopts)?;
+    let list = build_list_for(&opts.source, opts.contents, &fopts, neg.checksum)?;
+    send_session(
+        ins,
+        outs,
+        &neg,
+        &fopts,
+        list,
+        SendMode {
+            zlevel,
+            write_stats: false,
+            events: opts.events.as_ref(),
+        },
+    )
+}
+
+/// How the sending half behaves.
+pub(crate) struct SendMode<'a> {
+    /// zlibx level for compressed tokens.
+    pub zlevel: Option<u32>,
+    /// Write the final stats and do not wait for EOF (a server sender).
+    pub write_stats: bool,
+    /// Per-entry notifications.
+    pub events: Option<&'a EventSink>,
+}
+
+/// The sending half of a session after setup: file list, id lists, the
+/// file loop, (server only) the final stats, and the goodbye.
+pub(crate) fn send_session<R: Read, W: Write>(
+    mut ins: InStream<R>,
+    mut outs: OutStream<W>,
+    neg: &Negotiated,
+    fopts: &FlistOptions,
+    list: LocalList,
+    mode: SendMode<'_>,
+) -> Result<TransferSummary> {
+    let SendMode {
+        zlevel,
+        write_stats,
+        events,
+    } = mode;
+    let flist_start = std::time::Instant::now();
     for w in &list.warnings {
         eprintln!("arsync: {w}");
     }
@@ -152,6 +225,7 @@ pub fn run_push<R: Read, W: Write>(
     }
     outs.write(&buf)?;
     outs.flush()?;
+    let flist_ms = flist_start.elapsed().as_millis() as i64;
 
     let mut summary = TransferSummary {
         protocol: neg.protocol,
@@ -160,12 +234,16 @@ pub fn run_push<R: Read, W: Write>(
         io_error: list.io_error,
         ..TransferSummary::default()
     };
-    let seed_fix = neg.compat.has(CompatFlags::CHKSUM_SEED_FIX);
+    let seed_fix = neg.md5_seed_first();
     let dlen = neg.checksum.digest_len();
     let (mut rcodec, mut wcodec) = (NdxCodec::new(), NdxCodec::new());
     let mut phases = SenderPhases::new();
     let mut io_error = list.io_error;
     loop {
+        // Never wait for the peer with our own output still buffered.
+        if !ins.has_buffered() {
+            outs.flush()?;
+        }
         match ins.decode(|r| decode_item(&mut rcodec, r))? {
             NdxItem::Done => {
                 let mut b = Vec::new();
@@ -226,7 +304,13 @@ pub fn run_push<R: Read, W: Write>(
                 a.encode(&mut wcodec, &mut b)?;
                 head.encode(&mut b);
                 outs.write(&b)?;
-                let mut delta = DeltaEncoder::new(sums, neg.checksum, neg.seed, seed_fix);
+                let mut delta = DeltaEncoder::with_sink(
+                    sums,
+                    neg.checksum,
+                    neg.seed,
+                    seed_fix,
+                    TokenSink::new(zlevel),
+                );
                 let mut chunk = vec![0u8; 256 * 1024];
                 let mut out = Vec::new();
                 loop {
@@ -245,6 +329,13 @@ pub fn run_push<R: Read, W: Write>(
                 summary.literal_bytes += st.literal;
                 summary.matched_bytes += st.matched;
                 summary.files_transferred += 1;
+                if let Some(ev) = events {
+                    ev.emit(&FileEvent::Transferred {
+                        name: &e.name,
+                        literal: st.literal,
+                        matched: st.matched,
+                    });
+                }
                 if phases.is_redo() {
                     summary.files_redone += 1;
                 }
@@ -256,12 +347,41 @@ pub fn run_push<R: Read, W: Write>(
             }
         }
     }
+    if write_stats {
+        // A server sender reports its totals (the client swaps read/written).
+        let total_size = list
+            .entries
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.file_type(),
+                    Some(FileType::Regular) | Some(FileType::Symlink)
+                )
+            })
+            .map(|e| e.size)
+            .sum();
+        let mut b = Vec::new();
+        Stats {
+            total_read: ins.total_read() as i64,
+            total_written: outs.total_written() as i64,
+            total_size,
+            flist_buildtime: 1,
+            flist_xfertime: flist_ms.max(1),
+        }
+        .encode(&mut b);
+        outs.write(&b)?;
+        outs.flush()?;
+    }
     if io_error != list.io_error {
         outs.message(MsgTag::IoError, &io_error.to_le_bytes())?;
     }
     // Goodbye: at protocol >= 31 echo one NDX_DONE, then read the last.
     for k in 0..goodbye_reads(neg.protocol) {
-        match ins.decode(|r| decode_item(&mut rcodec, r))? {
+        let mut item = ins.decode(|r| decode_item(&mut rcodec, r))?;
+        while let NdxItem::DelStats(_) = item {
+            item = ins.decode(|r| decode_item(&mut rcodec, r))?;
+        }
+        match item {
             NdxItem::Done => {}
             other => {
                 return Err(RemoteError::Refused(format!(
@@ -279,7 +399,11 @@ pub fn run_push<R: Read, W: Write>(
     outs.flush()?;
     summary.bytes_written = outs.total_written();
     drop(outs.into_inner()?);
-    ins.drain_to_eof()?;
+    // A client reads to the end (the server exits after the goodbye); a
+    // server must not wait, the client waits for it to exit.
+    if !write_stats {
+        ins.drain_to_eof()?;
+    }
     summary.bytes_read = ins.total_read();
     summary.io_error = io_error | ins.reports.io_error;
     summary.errors.extend(ins.reports.errors.iter().cloned());

@@ -1,7 +1,7 @@
 //! Transports: a child process over pipes (a local `rsync --server`, or a
 //! remote shell such as ssh running it).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -131,8 +131,3 @@ impl Drop for PumpedReader {
         drop(self.handle.take());
     }
 }
-
-/// A writer that can be shared with a thread.
-pub type BoxWrite = Box<dyn Write + Send>;
-/// A reader that can be shared with a thread.
-pub type BoxRead = Box<dyn Read + Send>;

@@ -4,10 +4,15 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use arsync_proto::flist::{sort_entries, FileEntry, FlistOptions};
+use std::collections::HashMap;
+
+use arsync_proto::flist::{compare_entries, FileEntry, FlistOptions, HardLink};
 use arsync_proto::stats::{IOERR_GENERAL, IOERR_VANISHED};
 
+use arsync_proto::checksum::{ChecksumAlgo, FileHasher};
+
 use crate::error::{RemoteError, Result};
+use crate::fsys::{open_source, read_chunk};
 
 /// A sorted file list with the local path of each entry.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +44,7 @@ fn entry_for(
     path: &Path,
     m: &fs::Metadata,
     fopts: &FlistOptions,
+    checksum_algo: ChecksumAlgo,
 ) -> Result<Option<FileEntry>> {
     let ft = m.file_type();
     let mut e = FileEntry {
@@ -50,12 +56,20 @@ fn entry_for(
         } else {
             0
         },
+        atime: if fopts.atimes && !m.is_dir() {
+            m.atime()
+        } else {
+            0
+        },
         uid: m.uid(),
         gid: m.gid(),
         ..FileEntry::default()
     };
     if ft.is_file() {
         e.size = m.len() as i64;
+        if fopts.checksum_len.is_some() {
+            e.checksum = Some(file_checksum(path, checksum_algo)?);
+        }
     } else if ft.is_symlink() {
         if !fopts.preserve_links {
             return Ok(None);
@@ -77,9 +91,79 @@ fn entry_for(
     Ok(Some(e))
 }
 
+/// The unseeded whole-file checksum sent with `-c`.
+fn file_checksum(path: &Path, algo: ChecksumAlgo) -> Result<Vec<u8>> {
+    let mut f = open_source(path)?;
+    let mut h = FileHasher::new(algo);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = read_chunk(&mut f, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finish().as_bytes().to_vec())
+}
+
+/// The file list for a source argument, as rsync reads one: a directory's
+/// contents when `contents` (rsync's `SRC/`), otherwise the directory itself
+/// under its own name (`SRC`); a non-directory is sent as itself.
+pub fn build_list_for(
+    source: &Path,
+    contents: bool,
+    fopts: &FlistOptions,
+    checksum_algo: ChecksumAlgo,
+) -> Result<LocalList> {
+    let m = fs::symlink_metadata(source)
+        .map_err(|e| RemoteError::io(format!("source {}", source.display()), e))?;
+    if m.is_dir() && contents {
+        return build_list(source, fopts, checksum_algo);
+    }
+    let base = source
+        .file_name()
+        .and_then(|b| b.to_str())
+        .ok_or_else(|| {
+            RemoteError::Usage(format!("source {} has no usable name", source.display()))
+        })?
+        .to_string();
+    let parent = match source.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if m.is_dir() {
+        let mut list = build_list(source, fopts, checksum_algo)?;
+        for e in &mut list.entries {
+            let mut n = base.as_bytes().to_vec();
+            if e.name != b"." {
+                n.push(b'/');
+                n.extend_from_slice(&e.name);
+            }
+            e.name = n;
+        }
+        list.root = parent;
+        return Ok(list);
+    }
+    let e = entry_for(base.into_bytes(), source, &m, fopts, checksum_algo)?.ok_or_else(|| {
+        RemoteError::Usage(format!(
+            "source {}: this file type is not sent with these options",
+            source.display()
+        ))
+    })?;
+    Ok(LocalList {
+        entries: vec![e],
+        root: parent,
+        ..LocalList::default()
+    })
+}
+
 /// Walks `root` (the contents of the directory, as `SRC/` in rsync) into a
 /// sorted file list. Unreadable entries set io_error and are skipped.
-pub fn build_list(root: &Path, fopts: &FlistOptions) -> Result<LocalList> {
+pub fn build_list(
+    root: &Path,
+    fopts: &FlistOptions,
+    checksum_algo: ChecksumAlgo,
+) -> Result<LocalList> {
     let m =
         fs::metadata(root).map_err(|e| RemoteError::io(format!("source {}", root.display()), e))?;
     if !m.is_dir() {
@@ -92,10 +176,12 @@ pub fn build_list(root: &Path, fopts: &FlistOptions) -> Result<LocalList> {
         root: root.to_path_buf(),
         ..LocalList::default()
     };
-    let mut top = entry_for(b".".to_vec(), root, &m, fopts)?
+    let mut top = entry_for(b".".to_vec(), root, &m, fopts, checksum_algo)?
         .ok_or_else(|| RemoteError::Usage("source root".into()))?;
     top.top_dir = true;
     list.entries.push(top);
+    // (dev, ino) of hard-linked non-directories, parallel to `entries`.
+    let mut inodes: Vec<Option<(u64, u64)>> = vec![None];
     let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, prefix)) = stack.pop() {
         let rd = match fs::read_dir(&dir) {
@@ -142,14 +228,35 @@ pub fn build_list(root: &Path, fopts: &FlistOptions) -> Result<LocalList> {
                     continue;
                 }
             };
-            if let Some(e) = entry_for(rel.clone().into_bytes(), &path, &m, fopts)? {
+            if let Some(e) = entry_for(rel.clone().into_bytes(), &path, &m, fopts, checksum_algo)? {
                 if m.is_dir() {
                     stack.push((path, rel));
                 }
+                let linked = fopts.preserve_hard_links && !m.is_dir() && m.nlink() > 1;
+                inodes.push(linked.then(|| (m.dev(), m.ino())));
                 list.entries.push(e);
             }
         }
     }
-    sort_entries(&mut list.entries);
+    // Sort (with each entry's inode alongside), then mark hard-link groups:
+    // the first of a group in list order leads, later ones follow it.
+    let mut keyed: Vec<(FileEntry, Option<(u64, u64)>)> = std::mem::take(&mut list.entries)
+        .into_iter()
+        .zip(inodes)
+        .collect();
+    keyed.sort_by(|a, b| compare_entries(&a.0, &b.0));
+    let mut leaders: HashMap<(u64, u64), i32> = HashMap::new();
+    for (i, (e, ino)) in keyed.iter_mut().enumerate() {
+        if let Some(key) = ino {
+            match leaders.get(key) {
+                Some(&l) => e.hardlink = HardLink::Follower(l),
+                None => {
+                    leaders.insert(*key, i as i32);
+                    e.hardlink = HardLink::Leader;
+                }
+            }
+        }
+    }
+    list.entries = keyed.into_iter().map(|(e, _)| e).collect();
     Ok(list)
 }

@@ -33,12 +33,49 @@ impl Write for Shared {
     }
 }
 
+/// Bytes our client writes before the generator's first request: version
+/// int, checksum list, and the empty filter list in one DATA frame.
+const CLIENT_PREAMBLE: usize = 4 + 26 + 8;
+
+/// Feeds a script, holding back the part after `gate` until the client has
+/// written more than `CLIENT_PREAMBLE` bytes (its generator has spoken), like
+/// a real sender that answers requests.
+struct GatedReader {
+    data: Vec<u8>,
+    pos: usize,
+    gate: usize,
+    out: Shared,
+}
+
+impl std::io::Read for GatedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.gate && self.gate < self.data.len() {
+            let t0 = std::time::Instant::now();
+            while self.out.0.lock().unwrap().len() <= CLIENT_PREAMBLE && t0.elapsed().as_secs() < 5
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+        let end = if self.pos < self.gate {
+            self.gate
+        } else {
+            self.data.len()
+        };
+        let n = buf.len().min(end - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// The server's side of a protocol-32 session as a byte script.
 struct Script {
     raw: Vec<u8>,
     data: Vec<u8>,
     opts: FlistOptions,
     ndx: NdxCodec,
+    /// Offset in `data` where file transfers start (the gate).
+    transfers_at: Option<usize>,
 }
 
 impl Script {
@@ -56,6 +93,7 @@ impl Script {
             data: Vec::new(),
             opts: FlistOptions::archive(32),
             ndx: NdxCodec::new(),
+            transfers_at: None,
         }
     }
 
@@ -76,6 +114,9 @@ impl Script {
 
     /// A file transfer: literal data then the given checksum.
     fn file(&mut self, ndx: i32, body: &[u8], sum: &[u8]) -> &mut Self {
+        if self.transfers_at.is_none() {
+            self.gate();
+        }
         ItemAttrs::transfer(ndx)
             .encode(&mut self.ndx, &mut self.data)
             .unwrap();
@@ -97,10 +138,27 @@ impl Script {
         self.done()
     }
 
-    fn bytes(&self) -> Vec<u8> {
+    /// Marks the start of the sender's answers (the gate).
+    fn gate(&mut self) -> &mut Self {
+        self.transfers_at = Some(self.data.len());
+        self
+    }
+
+    /// The whole stream and the offset of the gate in it.
+    fn bytes_gated(&self) -> (Vec<u8>, usize) {
+        let at = self
+            .transfers_at
+            .unwrap_or(self.data.len())
+            .min(self.data.len());
         let mut out = self.raw.clone();
-        encode_data(&self.data, 4096, &mut out);
-        out
+        encode_data(&self.data[..at], 4096, &mut out);
+        let gate = out.len();
+        encode_data(&self.data[at..], 4096, &mut out);
+        (out, gate)
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.bytes_gated().0
     }
 }
 
@@ -128,7 +186,14 @@ fn run(script: &Script, dest: &Path) -> (Result<TransferSummary, RemoteError>, V
     let mut opts = PullOptions::new("unused", dest);
     opts.echo_messages = false;
     let root = DestRoot::open(dest).unwrap();
-    let res = run_pull(&opts, root, Cursor::new(script.bytes()), out.clone());
+    let (data, gate) = script.bytes_gated();
+    let input = GatedReader {
+        data,
+        pos: 0,
+        gate,
+        out: out.clone(),
+    };
+    let res = run_pull(&opts, root, input, out.clone());
     let written = out.0.lock().unwrap().clone();
     (res, written)
 }
@@ -210,6 +275,8 @@ fn symlinked_parent_is_refused() {
         ..reg("link", 0)
     };
     s.flist(&[dir("."), link, reg("link/pwned", 5)]);
+    // No gate: our generator refuses before it asks for anything.
+    s.transfers_at = Some(usize::MAX);
     s.file(
         2,
         b"owned",
@@ -255,7 +322,7 @@ fn oversized_lengths_are_refused() {
     let (_t, dest, _o) = setup();
     // A sum head announcing 2^30 blocks.
     let mut s = Script::new();
-    s.flist(&[dir("."), reg("f", 5)]);
+    s.flist(&[dir("."), reg("f", 5)]).gate();
     ItemAttrs::transfer(1)
         .encode(&mut s.ndx, &mut s.data)
         .unwrap();
@@ -268,7 +335,7 @@ fn oversized_lengths_are_refused() {
 
     // A block reference with no basis blocks.
     let mut s = Script::new();
-    s.flist(&[dir("."), reg("f", 5)]);
+    s.flist(&[dir("."), reg("f", 5)]).gate();
     ItemAttrs::transfer(1)
         .encode(&mut s.ndx, &mut s.data)
         .unwrap();
@@ -279,7 +346,7 @@ fn oversized_lengths_are_refused() {
 
     // A literal run claiming 2 GiB, then the connection ends: no temp file is left.
     let mut s = Script::new();
-    s.flist(&[dir("."), reg("f", 5)]);
+    s.flist(&[dir("."), reg("f", 5)]).gate();
     ItemAttrs::transfer(1)
         .encode(&mut s.ndx, &mut s.data)
         .unwrap();

@@ -1,0 +1,277 @@
+//! The server roles: what runs as `rsync --server [--sender] ...` at the
+//! other end of a remote shell, so a real rsync client (or ours) can use
+//! arsync remotely. The server sends (`--sender`, the client pulls) or
+//! receives (the client pushes) over its stdin/stdout.
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+use arsync_proto::handshake::{
+    CompressAlgo, Handshake, HandshakeConfig, Negotiated, Role, PROTOCOL_VERSION,
+};
+use arsync_proto::stats::ExitCode;
+
+use crate::conn::{InStream, OutStream};
+use crate::error::{RemoteError, Result};
+use crate::fsys::DestRoot;
+use crate::pull::{receive_session, ReceiveMode, TransferSummary};
+use crate::push::{send_session, SendMode};
+use crate::session::{flist_options, token_compression};
+use crate::walk::build_list_for;
+
+/// The parsed server command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerArgs {
+    /// `--sender`: we send.
+    pub sender: bool,
+    /// Packed short flags (before `e`).
+    pub flags: String,
+    /// Capability letters after `e.`.
+    pub caps: String,
+    /// `--protocol=N`.
+    pub protocol: Option<i32>,
+    /// `--delete` (receiving server).
+    pub delete: bool,
+    /// `--numeric-ids`.
+    pub numeric_ids: bool,
+    /// The paths after `.`.
+    pub paths: Vec<String>,
+}
+
+impl ServerArgs {
+    /// Parses the arguments that follow the program name (starting with `--server`).
+    pub fn parse(args: &[String]) -> Result<ServerArgs> {
+        let mut it = args.iter();
+        if it.next().map(String::as_str) != Some("--server") {
+            return Err(RemoteError::Usage(
+                "server arguments must start with --server".into(),
+            ));
+        }
+        let mut a = ServerArgs {
+            sender: false,
+            flags: String::new(),
+            caps: String::new(),
+            protocol: None,
+            delete: false,
+            numeric_ids: false,
+            paths: Vec::new(),
+        };
+        let mut saw_dot = false;
+        for arg in it {
+            if saw_dot {
+                a.paths.push(arg.clone());
+                continue;
+            }
+            match arg.as_str() {
+                "." => saw_dot = true,
+                "--sender" => a.sender = true,
+                "--numeric-ids" => a.numeric_ids = true,
+                "--delete" | "--delete-during" | "--delete-before" => a.delete = true,
+                // Diagnostics options of the peer do not change the protocol.
+                "--msgs2stderr" | "--no-msgs2stderr" => {}
+                s if s.starts_with("--debug=") || s.starts_with("--info=") => {}
+                s if s.starts_with("--protocol=") => {
+                    let v = &s["--protocol=".len()..];
+                    a.protocol = Some(
+                        v.parse()
+                            .map_err(|_| RemoteError::Usage(format!("bad {s}")))?,
+                    );
+                }
+                s if s.starts_with("--") => {
+                    return Err(RemoteError::Usage(format!("unsupported server option {s}")))
+                }
+                s if s.starts_with('-') => {
+                    let packed = &s[1..];
+                    match packed.split_once('e') {
+                        Some((flags, caps)) => {
+                            a.flags.push_str(flags);
+                            // Skip an optional "<proto>.<sub>" prefix before the letters.
+                            let digits = |c: char| c.is_ascii_digit();
+                            let caps = caps.trim_start_matches(digits);
+                            let caps = caps.strip_prefix('.').unwrap_or(caps);
+                            a.caps = caps.trim_start_matches(digits).to_string();
+                        }
+                        None => a.flags.push_str(packed),
+                    }
+                }
+                s => {
+                    return Err(RemoteError::Usage(format!(
+                        "unexpected server argument {s:?}"
+                    )))
+                }
+            }
+        }
+        if a.paths.is_empty() {
+            return Err(RemoteError::Usage("no path after \".\"".into()));
+        }
+        Ok(a)
+    }
+}
+
+/// A fresh checksum seed (rsync uses time ^ pid << 6).
+fn seed() -> i32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    (t as i32) ^ ((std::process::id() as i32) << 6)
+}
+
+fn server_handshake<R: Read, W: Write>(
+    ins: &mut InStream<R>,
+    outs: &mut OutStream<W>,
+    args: &ServerArgs,
+) -> Result<Negotiated> {
+    let mut cfg = HandshakeConfig::client(
+        args.protocol
+            .map_or(PROTOCOL_VERSION, |p| p.min(PROTOCOL_VERSION)),
+        &args.caps,
+    );
+    cfg.role = Role::Server;
+    cfg.seed = seed();
+    if args.flags.contains('z') {
+        cfg.compressions = Some(vec![CompressAlgo::Zlibx]);
+    }
+    let mut hs = Handshake::new(cfg)?;
+    loop {
+        let out = hs.take_output();
+        if !out.is_empty() {
+            outs.write(&out)?;
+            outs.flush()?;
+        }
+        if let Some(n) = hs.result() {
+            return Ok(n.clone());
+        }
+        ins.decode_partial(|r| {
+            let n = hs.feed(r.rest())?;
+            r.bytes(n)?;
+            Ok((n > 0 || hs.result().is_some()).then_some(()))
+        })?;
+    }
+}
+
+/// Reads the client's filter list, which must be empty: rules are not
+/// applied by this server yet (refused at the first rule, nothing buffered).
+fn refuse_filter_rules<R: Read>(ins: &mut InStream<R>) -> Result<()> {
+    let first = ins.decode(|r| r.i32())?;
+    if first != 0 {
+        return Err(RemoteError::Proto(arsync_proto::Error::Unsupported(
+            "filter rules on an arsync server".into(),
+        )));
+    }
+    Ok(())
+}
+
+/// Serves one session over `input`/`output` (the process's stdin/stdout).
+pub fn run_server<R: Read, W: Write + Send + 'static>(
+    args: &ServerArgs,
+    input: R,
+    output: W,
+) -> Result<TransferSummary> {
+    let mut ins = InStream::new(input);
+    let mut outs = OutStream::new(output);
+    let neg = server_handshake(&mut ins, &mut outs, args)?;
+    let mut fopts = flist_options(&args.flags, args.numeric_ids, &neg)?;
+    fopts.inc_recurse = false;
+    let zlevel = token_compression(&neg)?;
+    outs.start_multiplex()?;
+    ins.start_multiplex()?;
+    let path = PathBuf::from(&args.paths[0]);
+    if args.sender {
+        refuse_filter_rules(&mut ins)?;
+        let contents = args.paths[0].ends_with('/') || args.paths[0] == ".";
+        let list = build_list_for(&path, contents, &fopts, neg.checksum)?;
+        send_session(
+            ins,
+            outs,
+            &neg,
+            &fopts,
+            list,
+            SendMode {
+                zlevel,
+                write_stats: true,
+                events: None,
+            },
+        )
+    } else {
+        if args.delete {
+            refuse_filter_rules(&mut ins)?;
+        }
+        let dest = DestRoot::open(&path)?;
+        let mode = ReceiveMode {
+            delete: args.delete,
+            read_stats: false,
+            compressed: zlevel.is_some(),
+            drain_eof: false,
+            events: None,
+        };
+        receive_session(ins, outs, &neg, &fopts, dest, mode)
+    }
+}
+
+/// Runs the server on stdin/stdout and returns the process exit code.
+pub fn serve_stdio(args: &[String]) -> ExitCode {
+    let parsed = match ServerArgs::parse(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("arsync server: {e}");
+            return e.exit_code();
+        }
+    };
+    // The client may hand us non-blocking descriptors; we do blocking I/O.
+    for fd in [std::io::stdin().as_fd(), std::io::stdout().as_fd()] {
+        if let Ok(fl) = rustix::fs::fcntl_getfl(fd) {
+            let _ = rustix::fs::fcntl_setfl(fd, fl - rustix::fs::OFlags::NONBLOCK);
+        }
+    }
+    match run_server(&parsed, std::io::stdin().lock(), std::io::stdout()) {
+        Ok(s) => s.exit_code(),
+        Err(e) => {
+            eprintln!("arsync server: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_server_argv() {
+        let a = ServerArgs::parse(&v(&[
+            "--server",
+            "--sender",
+            "-logDtpre.iLsfxCIvu",
+            ".",
+            "src/",
+        ]))
+        .unwrap();
+        assert!(a.sender);
+        assert_eq!(a.flags, "logDtpr");
+        assert_eq!(a.caps, "iLsfxCIvu");
+        assert_eq!(a.paths, ["src/"]);
+        let a = ServerArgs::parse(&v(&[
+            "--server",
+            "-logDtprze31.0LsfxCIvu",
+            "--delete",
+            "--protocol=30",
+            ".",
+            "d/",
+        ]))
+        .unwrap();
+        assert!(!a.sender && a.delete);
+        assert_eq!(
+            (a.flags.as_str(), a.caps.as_str(), a.protocol),
+            ("logDtprz", "LsfxCIvu", Some(30))
+        );
+        assert!(ServerArgs::parse(&v(&["--sender", ".", "x"])).is_err());
+        assert!(ServerArgs::parse(&v(&["--server", "--files-from=x", ".", "x"])).is_err());
+        assert!(ServerArgs::parse(&v(&["--server", "-logDtpr", "."])).is_err());
+    }
+}
