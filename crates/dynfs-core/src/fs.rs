@@ -26,6 +26,63 @@ pub const RENAME_NOREPLACE: u32 = 1;
 /// `renameat2` flag: atomically exchange source and target.
 pub const RENAME_EXCHANGE: u32 = 2;
 
+/// The xattr holding a POSIX access ACL.
+pub const ACL_ACCESS_XATTR: &[u8] = b"system.posix_acl_access";
+
+const ACL_USER_OBJ: u16 = 0x01;
+const ACL_GROUP_OBJ: u16 = 0x04;
+const ACL_MASK: u16 = 0x10;
+const ACL_OTHER: u16 = 0x20;
+
+/// Parse a `system.posix_acl_access` value: returns the permission bits it implies for the
+/// file mode (owner, group-or-mask, other) and whether the ACL is minimal (equivalent to the
+/// mode, so it need not be stored).
+pub fn acl_to_mode(value: &[u8]) -> Result<(u32, bool)> {
+    if value.len() < 4 || (value.len() - 4) % 8 != 0 || value[..4] != 2u32.to_le_bytes() {
+        return Err(errno(libc::EINVAL));
+    }
+    let (mut user, mut group, mut mask, mut other) = (None, None, None, None);
+    let mut n = 0;
+    for e in value[4..].chunks_exact(8) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let perm = u16::from_le_bytes([e[2], e[3]]) as u32 & 7;
+        match tag {
+            ACL_USER_OBJ => user = Some(perm),
+            ACL_GROUP_OBJ => group = Some(perm),
+            ACL_MASK => mask = Some(perm),
+            ACL_OTHER => other = Some(perm),
+            _ => {}
+        }
+        n += 1;
+    }
+    match (user, group, other) {
+        (Some(u), Some(g), Some(o)) => Ok(((u << 6) | (mask.unwrap_or(g) << 3) | o, n == 3)),
+        _ => Err(errno(libc::EINVAL)),
+    }
+}
+
+/// Rewrite an access ACL's owner, mask (or group) and other entries from `mode` (after chmod).
+pub fn acl_chmod(value: &[u8], mode: u32) -> Vec<u8> {
+    let mut v = value.to_vec();
+    let has_mask = value
+        .get(4..)
+        .unwrap_or_default()
+        .chunks_exact(8)
+        .any(|e| u16::from_le_bytes([e[0], e[1]]) == ACL_MASK);
+    for e in v.get_mut(4..).unwrap_or_default().chunks_exact_mut(8) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let perm = match tag {
+            ACL_USER_OBJ => (mode >> 6) & 7,
+            ACL_MASK => (mode >> 3) & 7,
+            ACL_GROUP_OBJ if !has_mask => (mode >> 3) & 7,
+            ACL_OTHER => mode & 7,
+            _ => continue,
+        };
+        e[2..4].copy_from_slice(&(perm as u16).to_le_bytes());
+    }
+    v
+}
+
 fn errno(e: i32) -> Error {
     Error::Errno(e)
 }
@@ -636,6 +693,13 @@ impl Fs {
                 let mut i = get_inode(tx, LIVE, ino)?;
                 if let Some(m) = a.mode {
                     i.perm = m & 0o7777;
+                    let mut t = tx.open_table(XATTRS)?;
+                    let acl = t
+                        .get((LIVE, ino, ACL_ACCESS_XATTR))?
+                        .map(|g| g.value().to_vec());
+                    if let Some(acl) = acl {
+                        t.insert((LIVE, ino, ACL_ACCESS_XATTR), acl_chmod(&acl, m).as_slice())?;
+                    }
                 }
                 if let Some(u) = a.uid {
                     i.uid = u;
@@ -1175,10 +1239,27 @@ impl Fs {
                 .map_err(|_| errno(libc::EINVAL))?;
             return self.set_policy(ino, Some(p));
         }
+        let acl = if name == ACL_ACCESS_XATTR {
+            Some(acl_to_mode(value)?)
+        } else {
+            None
+        };
         self.pool.meta.write(|tx| {
             let mut i = get_inode(tx, LIVE, ino)?;
             let mut t = tx.open_table(XATTRS)?;
             let exists = t.get((LIVE, ino, name))?.is_some();
+            if let Some((bits, minimal)) = acl {
+                // The ACL's owner/group(mask)/other entries are the mode's permission bits.
+                i.perm = (i.perm & !0o777) | bits;
+                i.ctime = Ts::now();
+                if minimal {
+                    t.remove((LIVE, ino, name))?;
+                } else {
+                    t.insert((LIVE, ino, name), value)?;
+                }
+                drop(t);
+                return put_inode(tx, LIVE, ino, &i);
+            }
             if flags & libc::XATTR_CREATE != 0 && exists {
                 return Err(errno(libc::EEXIST));
             }

@@ -188,6 +188,9 @@ impl Filesystem for DynFuse {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
+        // POSIX ACLs: the kernel enforces them and keeps the mode in sync when an ACL is set;
+        // ACLs are stored as the usual system.posix_acl_* xattrs.
+        let _ = config.add_capabilities(fuser::consts::FUSE_POSIX_ACL);
         Ok(())
     }
 
