@@ -143,12 +143,17 @@ impl Mounted {
         }
     }
 
-    /// Kill the foreground daemon with SIGKILL and clean up the dead mount.
+    /// Kill the foreground daemon with SIGKILL. The dead mount stays in place (so writers see
+    /// `ENOTCONN` instead of writing into the directory underneath) until [`Mounted::detach_dead`].
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
             c.wait().unwrap();
         }
+    }
+
+    /// Detach a dead mount and wait until the pool is free.
+    pub fn detach_dead(&mut self) {
         let _ = Command::new("fusermount3")
             .arg("-u")
             .arg("-z")
