@@ -927,12 +927,19 @@ impl Pool {
                 for p in doomed {
                     let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
                     if self.io.remove(&p).is_ok() {
+                        tracing::debug!(path = %p.display(), "removed orphan");
                         rep.fragments += 1;
                         rep.bytes += len;
                     }
                 }
             }
         }
+        tracing::info!(
+            fragments = rep.fragments,
+            bytes = rep.bytes,
+            inodes = rep.inodes,
+            "gc finished"
+        );
         Ok(rep)
     }
 
