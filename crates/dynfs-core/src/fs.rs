@@ -790,6 +790,9 @@ impl Fs {
             }
             pos += n;
         }
+        let m = &self.pool.metrics;
+        crate::metrics::Metrics::add(&m.reads, 1);
+        crate::metrics::Metrics::add(&m.bytes_read, out.len() as u64);
         Ok(out)
     }
 
@@ -811,6 +814,9 @@ impl Fs {
     /// Write `data` at `off` (buffered). Returns the bytes written.
     pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
         self.write_inner(ino, off, data.len() as u64, Some(data), true)?;
+        let m = &self.pool.metrics;
+        crate::metrics::Metrics::add(&m.writes, 1);
+        crate::metrics::Metrics::add(&m.bytes_written, data.len() as u64);
         Ok(data.len())
     }
 

@@ -305,7 +305,7 @@ impl MetaStore {
     /// Create fresh replicas at `paths` (disk id, file path) and run `init` on each.
     pub fn create(
         paths: &[(u32, PathBuf)],
-        init: impl Fn(&WriteTransaction) -> Result<()>,
+        init: impl Fn(&WriteTransaction) -> Result<()> + Sync,
     ) -> Result<Self> {
         let mut replicas = Vec::new();
         for (disk, path) in paths {
@@ -410,43 +410,48 @@ impl MetaStore {
 
     /// Apply `f` in one write transaction to every live replica, bumping the generation.
     ///
-    /// `f` must be deterministic (it runs once per replica). If it fails on the primary nothing is
-    /// committed anywhere. A replica that fails afterwards is dropped from the live set (it is
-    /// resynced at the next open).
-    pub fn write<T>(&self, f: impl Fn(&WriteTransaction) -> Result<T>) -> Result<T> {
+    /// `f` must be deterministic (it runs once per replica). It runs on the primary first; if it
+    /// fails there nothing is committed anywhere. The other replicas then commit in parallel; a
+    /// replica that fails is dropped from the live set (it is resynced at the next open).
+    pub fn write<T>(&self, f: impl Fn(&WriteTransaction) -> Result<T> + Sync) -> Result<T> {
         let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         let replicas = self.live();
-        let mut result = None;
-        let mut dead = Vec::new();
-        for (i, r) in replicas.iter().enumerate() {
-            let attempt = (|| -> Result<T> {
-                let tx = r.db.begin_write()?;
-                let out = f(&tx)?;
-                let g = counter(&tx, "generation")?;
-                set_counter(&tx, "generation", g + 1)?;
-                tx.commit()?;
-                Ok(out)
-            })();
-            match attempt {
-                Ok(out) => {
-                    if result.is_none() {
-                        result = Some(out);
+        let apply = |r: &Replica| -> Result<T> {
+            let tx = r.db.begin_write()?;
+            let out = f(&tx)?;
+            let g = counter(&tx, "generation")?;
+            set_counter(&tx, "generation", g + 1)?;
+            tx.commit()?;
+            Ok(out)
+        };
+        let primary = replicas
+            .first()
+            .ok_or_else(|| Error::Meta("no live metadata replica".into()))?;
+        let result = apply(primary)?;
+        let failed: Vec<u32> = std::thread::scope(|s| {
+            let handles: Vec<_> = replicas[1..]
+                .iter()
+                .map(|r| (r.disk, s.spawn(|| apply(r).map(|_| ()))))
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|(disk, h)| match h.join() {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => {
+                        tracing::error!(disk, error = %e, "metadata replica failed; dropped until next open");
+                        Some(disk)
                     }
-                }
-                Err(e) if i == 0 => return Err(e),
-                Err(e) => {
-                    tracing::error!(disk = r.disk, error = %e, "metadata replica failed; dropped until next open");
-                    dead.push(r.disk);
-                }
-            }
-        }
-        if !dead.is_empty() {
+                    Err(_) => Some(disk),
+                })
+                .collect()
+        });
+        if !failed.is_empty() {
             self.replicas
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .retain(|r| !dead.contains(&r.disk));
+                .retain(|r| !failed.contains(&r.disk));
         }
-        result.ok_or_else(|| Error::Meta("no live metadata replica".into()))
+        Ok(result)
     }
 
     /// Current generation of the primary replica.

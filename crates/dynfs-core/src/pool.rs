@@ -99,6 +99,8 @@ pub struct Pool {
     read_only: AtomicBool,
     /// How metadata was chosen at open.
     pub open_report: OpenReport,
+    /// Counters for monitoring.
+    pub metrics: crate::metrics::Metrics,
     _lock: File,
 }
 
@@ -355,6 +357,7 @@ impl Pool {
             cache: Mutex::new(VecDeque::new()),
             read_only: AtomicBool::new(false),
             open_report: report,
+            metrics: Default::default(),
             _lock: lock,
         })
     }
@@ -582,6 +585,7 @@ impl Pool {
             }
         }
         let frag_len = frags.first().map_or(0, |f| f.len());
+        crate::metrics::Metrics::add(&self.metrics.extents_written, 1);
         let ext = Extent {
             policy,
             len: len as u32,
@@ -685,6 +689,7 @@ impl Pool {
             return Ok(d.clone());
         }
         let (data, _) = self.read_extent_verified(id, ext, true, false)?;
+        crate::metrics::Metrics::add(&self.metrics.extents_read, 1);
         let data = Arc::new(data);
         let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         c.push_back((id, data.clone()));
@@ -796,6 +801,10 @@ impl Pool {
         }
         let refs: Vec<(usize, &[u8])> = good.iter().map(|(i, b)| (*i, b.as_slice())).collect();
         let data = codec::decode(policy, id, ext.len as usize, &refs)?;
+        if !out.bad.is_empty() {
+            crate::metrics::Metrics::add(&self.metrics.fragment_errors, out.bad.len() as u64);
+            crate::metrics::Metrics::add(&self.metrics.reconstructions, 1);
+        }
         if repair && !out.bad.is_empty() {
             let frags = codec::encode(policy, &data)?;
             for &i in &out.bad {
@@ -817,6 +826,7 @@ impl Pool {
                 let p = self.frag_path(&d, id, i);
                 match self.io.write_durable(&p, &frags[i]) {
                     Ok(()) => {
+                        crate::metrics::Metrics::add(&self.metrics.fragments_repaired, 1);
                         tracing::info!(disk = d.id, extent = id, fragment = i, "fragment repaired");
                         out.repaired.push(i);
                     }

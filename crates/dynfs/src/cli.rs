@@ -68,6 +68,9 @@ pub enum Command {
         /// Append logs to this file (otherwise a detached daemon discards them).
         #[arg(long)]
         log_file: Option<PathBuf>,
+        /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9108.
+        #[arg(long)]
+        metrics: Option<String>,
     },
     /// Show disks, health, capacity, policies, degraded extents, scrub and rebuild state.
     Status {
@@ -264,9 +267,10 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             pool,
             mountpoint,
             foreground,
+            metrics,
             ..
         } => {
-            crate::mount::mount(&pool, &mountpoint, foreground)?;
+            crate::mount::mount(&pool, &mountpoint, foreground, metrics.as_deref())?;
         }
         Command::Status { pool, json } => {
             let p = open(&pool)?;

@@ -5,4 +5,5 @@
 
 pub mod cli;
 pub mod fuse;
+pub mod metrics;
 pub mod mount;

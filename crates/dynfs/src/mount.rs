@@ -21,8 +21,16 @@ fn options() -> Vec<MountOption> {
     o
 }
 
-fn serve(pool: &Path, mountpoint: &Path, ready: impl FnOnce()) -> Result<()> {
+fn serve(
+    pool: &Path,
+    mountpoint: &Path,
+    metrics: Option<&str>,
+    ready: impl FnOnce(),
+) -> Result<()> {
     let fs = crate::cli::open_fs(pool)?;
+    if let Some(addr) = metrics {
+        crate::metrics::spawn(addr, fs.pool().clone())?;
+    }
     let mut session = fuser::Session::new(DynFuse::new(fs), mountpoint, &options())
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
     tracing::info!(pool = %pool.display(), mountpoint = %mountpoint.display(), "mounted");
@@ -33,12 +41,17 @@ fn serve(pool: &Path, mountpoint: &Path, ready: impl FnOnce()) -> Result<()> {
 }
 
 /// Mount `pool` at `mountpoint`.
-pub fn mount(pool: &Path, mountpoint: &Path, foreground: bool) -> Result<()> {
+pub fn mount(
+    pool: &Path,
+    mountpoint: &Path,
+    foreground: bool,
+    metrics: Option<&str>,
+) -> Result<()> {
     if !mountpoint.is_dir() {
         bail!("mount point {} is not a directory", mountpoint.display());
     }
     if foreground {
-        return serve(pool, mountpoint, || {});
+        return serve(pool, mountpoint, metrics, || {});
     }
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
@@ -71,7 +84,7 @@ pub fn mount(pool: &Path, mountpoint: &Path, foreground: bool) -> Result<()> {
     // SAFETY: setsid has no memory-safety preconditions; detaches from the controlling terminal.
     unsafe { libc::setsid() };
     let mut wr = Some(std::fs::File::from(wr));
-    let r = serve(pool, mountpoint, || {
+    let r = serve(pool, mountpoint, metrics, || {
         if let Some(mut w) = wr.take() {
             let _ = w.write_all(b"ok\n");
         }

@@ -366,3 +366,48 @@ fn daemon_reports_mount_errors_and_cli_rejects_bad_input() {
         assert!(err.contains(needle), "{needle} not in {err}");
     }
 }
+
+#[test]
+fn prometheus_metrics_endpoint() {
+    if !fuse_available() {
+        return;
+    }
+    use std::io::Read;
+    let mut m = Mounted::new(2, "replicate:2", "64K");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    run_ok(&[
+        "mount",
+        m.pool.to_str().unwrap(),
+        m.mnt().to_str().unwrap(),
+        "--metrics",
+        &addr,
+    ]);
+    m.mounted = true;
+    std::fs::write(m.p("f"), bytes(1, 100_000)).unwrap();
+    assert_eq!(std::fs::read(m.p("f")).unwrap().len(), 100_000);
+    let get = |path: &str| {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut s = String::new();
+        c.read_to_string(&mut s).unwrap();
+        s
+    };
+    let body = get("/metrics");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let written: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("dynfs_written_bytes_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(written, 100_000);
+    assert!(body.contains("dynfs_disk_healthy{disk=\"1\",health=\"healthy\"} 1"));
+    assert!(get("/other").starts_with("HTTP/1.1 404"));
+    m.unmount();
+}
