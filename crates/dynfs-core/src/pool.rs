@@ -127,10 +127,7 @@ fn lock_pool(dir: &Path) -> Result<File> {
     // SAFETY: flock on a file descriptor we own and keep open for the call's duration.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
-        return Err(Error::Invalid(format!(
-            "pool {} is in use by another dynfs process (mounted?); unmount it first",
-            dir.display()
-        )));
+        return Err(Error::InUse(dir.to_path_buf()));
     }
     Ok(f)
 }

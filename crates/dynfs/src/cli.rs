@@ -273,8 +273,33 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             crate::mount::mount(&pool, &mountpoint, foreground, metrics.as_deref())?;
         }
         Command::Status { pool, json } => {
-            let p = open(&pool)?;
-            let st = Status::gather(&p)?;
+            let st = match Pool::open(&pool) {
+                Ok(p) => Status::gather(&p)?,
+                Err(dynfs_core::Error::InUse(_)) => {
+                    // Mounted: show what the daemon last published.
+                    let f = pool.join(dynfs_core::status::STATUS_FILE);
+                    let body = std::fs::read(&f).with_context(|| {
+                        format!(
+                            "pool {} is in use and has not published a status yet",
+                            pool.display()
+                        )
+                    })?;
+                    let age = std::fs::metadata(&f)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .map_or(0, |d| d.as_secs());
+                    if !json {
+                        println!("(pool is mounted; status published by the daemon {age}s ago)");
+                    }
+                    serde_json::from_slice(&body).context("reading the published status")?
+                }
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("opening pool {}", pool.display()))
+                    )
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
             } else {

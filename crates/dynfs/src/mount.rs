@@ -28,16 +28,19 @@ fn serve(
     ready: impl FnOnce(),
 ) -> Result<()> {
     let fs = crate::cli::open_fs(pool)?;
+    let fs_for_session = fs.clone();
     if let Some(addr) = metrics {
         crate::metrics::spawn(addr, fs.pool().clone())?;
     }
-    let mut session = fuser::Session::new(DynFuse::new(fs), mountpoint, &options())
+    let mut session = fuser::Session::new(DynFuse::new(fs_for_session), mountpoint, &options())
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
     tracing::info!(pool = %pool.display(), mountpoint = %mountpoint.display(), "mounted");
+    spawn_status_publisher(fs.pool().clone());
     ready();
-    session.run().context("serving FUSE requests")?;
+    let r = session.run().context("serving FUSE requests");
+    let _ = std::fs::remove_file(pool.join(dynfs_core::status::STATUS_FILE));
     tracing::info!("unmounted");
-    Ok(())
+    r
 }
 
 /// Mount `pool` at `mountpoint`.
@@ -109,4 +112,25 @@ fn detach_stdio() {
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
         }
     }
+}
+
+/// Every 30 s, publish the pool status to `POOL/status.json` for `dynfs status`.
+fn spawn_status_publisher(pool: std::sync::Arc<dynfs_core::Pool>) {
+    let weak = std::sync::Arc::downgrade(&pool);
+    drop(pool);
+    let _ = std::thread::Builder::new()
+        .name("dynfs-status".into())
+        .spawn(move || loop {
+            let Some(pool) = weak.upgrade() else { return };
+            match dynfs_core::status::Status::gather(&pool) {
+                Ok(st) => {
+                    if let Err(e) = st.publish(pool.dir()) {
+                        tracing::warn!(error = %e, "cannot publish status");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot gather status"),
+            }
+            drop(pool);
+            std::thread::sleep(std::time::Duration::from_secs(30));
+        });
 }
