@@ -262,6 +262,21 @@ impl Fs {
         &self.pool
     }
 
+    /// Delete fragments that a lazy commit stopped referencing: make that commit durable first,
+    /// so a crash can never bring back metadata that points at deleted fragments.
+    fn free(&self, freed: &[(u64, Extent)]) -> Result<()> {
+        if !freed.is_empty() {
+            self.pool.meta.sync()?;
+            self.pool.free_extents(freed);
+        }
+        Ok(())
+    }
+
+    /// Make every change so far durable (metadata and the fragments it references).
+    pub fn sync(&self) -> Result<()> {
+        self.pool.meta.sync()
+    }
+
     fn es(&self) -> u64 {
         self.pool.extent_size()
     }
@@ -358,7 +373,7 @@ impl Fs {
         target: &[u8],
     ) -> Result<(u64, Inode)> {
         check_name(name)?;
-        self.pool.meta.write(|tx| {
+        self.pool.meta.write_lazy(|tx| {
             let p = get_inode(tx, LIVE, parent)?;
             if p.kind != Kind::Dir {
                 return Err(errno(libc::ENOTDIR));
@@ -391,7 +406,7 @@ impl Fs {
     /// Create a hard link to `ino` named `name` in `parent`.
     pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Inode> {
         check_name(name)?;
-        self.pool.meta.write(|tx| {
+        self.pool.meta.write_lazy(|tx| {
             let mut i = get_inode(tx, LIVE, ino)?;
             if i.kind == Kind::Dir {
                 return Err(errno(libc::EPERM));
@@ -420,7 +435,7 @@ impl Fs {
                 return Ok(());
             }
         }
-        let freed = self.pool.meta.write(|tx| {
+        let freed = self.pool.meta.write_lazy(|tx| {
             let i = match get_inode(tx, LIVE, ino) {
                 Ok(i) => i,
                 Err(Error::Errno(libc::ENOENT)) => return Ok(Vec::new()),
@@ -431,7 +446,7 @@ impl Fs {
             }
             delete_inode_tx(tx, LIVE, ino)
         })?;
-        self.pool.free_extents(&freed);
+        self.free(&freed)?;
         self.files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -441,7 +456,7 @@ impl Fs {
 
     /// Remove a non-directory entry.
     pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
-        let ino = self.pool.meta.write(|tx| {
+        let ino = self.pool.meta.write_lazy(|tx| {
             let ino = get_dirent(tx, LIVE, parent, name)?.ok_or(errno(libc::ENOENT))?;
             let mut i = get_inode(tx, LIVE, ino)?;
             if i.kind == Kind::Dir {
@@ -462,7 +477,7 @@ impl Fs {
         if name == b"." {
             return Err(errno(libc::EINVAL));
         }
-        let freed = self.pool.meta.write(|tx| {
+        let freed = self.pool.meta.write_lazy(|tx| {
             let ino = get_dirent(tx, LIVE, parent, name)?.ok_or(errno(libc::ENOENT))?;
             let i = get_inode(tx, LIVE, ino)?;
             if i.kind != Kind::Dir {
@@ -475,7 +490,7 @@ impl Fs {
             touch_dir(tx, parent, -1)?;
             delete_inode_tx(tx, LIVE, ino)
         })?;
-        self.pool.free_extents(&freed);
+        self.free(&freed)?;
         Ok(())
     }
 
@@ -494,7 +509,7 @@ impl Fs {
         {
             return Err(errno(libc::EINVAL));
         }
-        let replaced = self.pool.meta.write(|tx| {
+        let replaced = self.pool.meta.write_lazy(|tx| {
             let src = get_dirent(tx, LIVE, parent, name)?.ok_or(errno(libc::ENOENT))?;
             let dst = get_dirent(tx, LIVE, newparent, newname)?;
             let np = get_inode(tx, LIVE, newparent)?;
@@ -599,7 +614,7 @@ impl Fs {
             put_inode(tx, LIVE, src, &si)?;
             Ok((replaced, freed))
         })?;
-        self.pool.free_extents(&replaced.1);
+        self.free(&replaced.1)?;
         if let Some(ino) = replaced.0 {
             self.reap(ino)?;
         }
@@ -689,7 +704,7 @@ impl Fs {
                     s.lock().unwrap_or_else(|e| e.into_inner()).mtime = None;
                 }
             }
-            self.pool.meta.write(|tx| {
+            self.pool.meta.write_lazy(|tx| {
                 let mut i = get_inode(tx, LIVE, ino)?;
                 if let Some(m) = a.mode {
                     i.perm = m & 0o7777;
@@ -898,9 +913,10 @@ impl Fs {
         Ok(())
     }
 
-    /// Same as [`Fs::flush`]: every commit is durable.
+    /// Commit buffered writes of `ino` and make all metadata durable.
     pub fn fsync(&self, ino: u64) -> Result<()> {
-        self.flush(ino)
+        self.flush(ino)?;
+        self.sync()
     }
 
     /// Commit every file's buffered writes.
@@ -963,7 +979,7 @@ impl Fs {
         }
         let mtime = st.mtime;
         // 2. Commit metadata referencing them.
-        let committed = self.pool.meta.write(|tx| {
+        let committed = self.pool.meta.write_lazy(|tx| {
             let mut inode = get_inode(tx, LIVE, ino)?;
             let mut freed = Vec::new();
             for (idx, ext) in &new {
@@ -1004,12 +1020,11 @@ impl Fs {
         });
         match committed {
             Ok(freed) => {
-                // 3. Only now delete what the commit stopped referencing.
-                self.pool.free_extents(&freed);
                 st.dirty.clear();
                 st.size = None;
                 st.mtime = None;
-                Ok(())
+                // 3. Only now (after a durable commit) delete what the commit stopped referencing.
+                self.free(&freed)
             }
             Err(e) => {
                 cleanup(&new);
@@ -1045,7 +1060,7 @@ impl Fs {
             }
         }
         let first_gone = size.div_ceil(es);
-        let r = self.pool.meta.write(|tx| {
+        let r = self.pool.meta.write_lazy(|tx| {
             let mut inode = get_inode(tx, LIVE, ino)?;
             let mut freed = Vec::new();
             if size < inode.size {
@@ -1094,10 +1109,7 @@ impl Fs {
             Ok(freed)
         });
         match r {
-            Ok(freed) => {
-                self.pool.free_extents(&freed);
-                Ok(())
-            }
+            Ok(freed) => self.free(&freed),
             Err(e) => {
                 if let Some((_, e2)) = partial {
                     self.pool.free_extents(&[e2]);
@@ -1250,7 +1262,7 @@ impl Fs {
         } else {
             None
         };
-        self.pool.meta.write(|tx| {
+        self.pool.meta.write_lazy(|tx| {
             let mut i = get_inode(tx, LIVE, ino)?;
             let mut t = tx.open_table(XATTRS)?;
             let exists = t.get((LIVE, ino, name))?.is_some();
@@ -1281,7 +1293,7 @@ impl Fs {
 
     /// Remove an xattr (`user.dynfs.policy`: clear the override; data keeps its layout).
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
-        self.pool.meta.write(|tx| {
+        self.pool.meta.write_lazy(|tx| {
             let mut i = get_inode(tx, LIVE, ino)?;
             if name == POLICY_XATTR {
                 if i.policy.take().is_none() {
@@ -1304,7 +1316,7 @@ impl Fs {
             self.pool.check_placeable(p)?;
         }
         self.flush(ino)?;
-        let i = self.pool.meta.write(|tx| {
+        let i = self.pool.meta.write_lazy(|tx| {
             let mut i = get_inode(tx, LIVE, ino)?;
             i.policy = policy;
             i.ctime = Ts::now();
@@ -1348,7 +1360,7 @@ impl Fs {
             next_idx = idx + 1;
             let data = self.pool.read_extent(old_id, &old)?;
             let (nid, next) = self.pool.write_extent(policy, &data)?;
-            let r = self.pool.meta.write(|tx| {
+            let r = self.pool.meta.write_lazy(|tx| {
                 let cur = tx
                     .open_table(EXTMAP)?
                     .get((LIVE, ino, idx))?
@@ -1362,8 +1374,7 @@ impl Fs {
             });
             match r {
                 Ok(freed) => {
-                    self.pool
-                        .free_extents(&freed.into_iter().collect::<Vec<_>>());
+                    self.free(&freed.into_iter().collect::<Vec<_>>())?;
                     moved += 1;
                 }
                 Err(e) => {

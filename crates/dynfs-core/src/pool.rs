@@ -101,6 +101,8 @@ pub struct Pool {
     pub open_report: OpenReport,
     /// Counters for monitoring.
     pub metrics: crate::metrics::Metrics,
+    /// Disks with fragment writes not yet synced.
+    unsynced: Arc<Mutex<std::collections::BTreeSet<PathBuf>>>,
     _lock: File,
 }
 
@@ -344,6 +346,24 @@ impl Pool {
             v
         };
         drop(tx);
+        let unsynced: Arc<Mutex<std::collections::BTreeSet<PathBuf>>> = Arc::default();
+        {
+            let (unsynced, io) = (unsynced.clone(), io.clone());
+            store.set_pre_durable(Arc::new(move || {
+                let disks =
+                    std::mem::take(&mut *unsynced.lock().unwrap_or_else(|e| e.into_inner()));
+                for (i, d) in disks.iter().enumerate() {
+                    if let Err(e) = io.sync_disk(d) {
+                        unsynced
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend(disks.iter().skip(i).cloned());
+                        return Err(Error::io(d, e));
+                    }
+                }
+                Ok(())
+            }));
+        }
         Ok(Pool {
             dir: pool_dir.to_path_buf(),
             config: RwLock::new(config),
@@ -355,6 +375,7 @@ impl Pool {
             read_only: AtomicBool::new(false),
             open_report: report,
             metrics: Default::default(),
+            unsynced: unsynced.clone(),
             _lock: lock,
         })
     }
@@ -485,8 +506,9 @@ impl Pool {
         disk::fragment_path(&disk.path, extent, index)
     }
 
-    /// Encode `data` under `policy` and write its fragments (in parallel, each fsynced) to distinct
-    /// healthy disks. Returns the new extent id and record (with `refs == 0`); the caller must
+    /// Encode `data` under `policy` and write its fragments (in parallel) to distinct healthy
+    /// disks. The fragments are synced (`syncfs` of their disks) before the next durable metadata
+    /// commit, which is what makes any commit referencing them durable. Returns the new extent id and record (with `refs == 0`); the caller must
     /// reference it in a metadata commit via [`Pool::link_extent`].
     pub fn write_extent(&self, policy: Policy, data: &[u8]) -> Result<(u64, Extent)> {
         if self.read_only.load(Ordering::Relaxed) {
@@ -522,7 +544,7 @@ impl Pool {
                 .enumerate()
                 .map(|(i, (f, d))| {
                     let path = self.frag_path(d, id, i);
-                    s.spawn(move || self.io.write_durable(&path, f))
+                    s.spawn(move || self.io.write_unsynced(&path, f))
                 })
                 .collect();
             handles
@@ -571,14 +593,20 @@ impl Pool {
                 };
                 used.push(d.id);
                 let path = self.frag_path(&d, id, i);
-                match self.io.write_durable(&path, &frags[i]) {
+                match self.io.write_unsynced(&path, &frags[i]) {
                     Ok(()) => placed[i] = Some(d.id),
                     Err(e) => {
                         self.note_error(d.id);
-                        let _ = self.io.remove(&crate::io::temp_path(&path));
+                        let _ = self.io.remove(&path);
                         last_err = Some(Error::io(path, e));
                     }
                 }
+            }
+        }
+        {
+            let mut u = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
+            for d in placed.iter().flatten().filter_map(|d| self.disk(*d)) {
+                u.insert(d.path.clone());
             }
         }
         let frag_len = frags.first().map_or(0, |f| f.len());
@@ -1050,5 +1078,13 @@ impl Pool {
             n += e.frags.iter().filter(|f| f.disk == disk).count() as u64;
         }
         Ok(n)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Err(e) = self.meta.sync() {
+            tracing::error!(error = %e, "final metadata sync failed");
+        }
     }
 }

@@ -171,7 +171,7 @@ impl Drop for DynFuse {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
-        if let Err(e) = self.fs.flush_all() {
+        if let Err(e) = self.fs.flush_all().and_then(|_| self.fs.sync()) {
             tracing::error!(error = %e, "flushing at unmount failed");
         }
     }
@@ -195,7 +195,7 @@ impl Filesystem for DynFuse {
     }
 
     fn destroy(&mut self) {
-        if let Err(e) = self.fs.flush_all() {
+        if let Err(e) = self.fs.flush_all().and_then(|_| self.fs.sync()) {
             tracing::error!(error = %e, "flushing at unmount failed");
         }
     }
@@ -514,8 +514,8 @@ impl Filesystem for DynFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Every metadata change is committed durably when it is made.
-        reply.ok()
+        // Make every namespace change so far durable.
+        self.spawn(move |fs| empty(fs.sync(), reply))
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {

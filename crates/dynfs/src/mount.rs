@@ -36,6 +36,7 @@ fn serve(
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
     tracing::info!(pool = %pool.display(), mountpoint = %mountpoint.display(), "mounted");
     spawn_status_publisher(fs.pool().clone());
+    spawn_committer(fs.pool().clone());
     ready();
     let r = session.run().context("serving FUSE requests");
     let _ = std::fs::remove_file(pool.join(dynfs_core::status::STATUS_FILE));
@@ -112,6 +113,24 @@ fn detach_stdio() {
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
         }
     }
+}
+
+/// Commit interval: lazy metadata commits become durable at least this often.
+const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Every [`COMMIT_INTERVAL`], make lazy metadata commits durable (like a journal commit).
+fn spawn_committer(pool: std::sync::Arc<dynfs_core::Pool>) {
+    let weak = std::sync::Arc::downgrade(&pool);
+    drop(pool);
+    let _ = std::thread::Builder::new()
+        .name("dynfs-commit".into())
+        .spawn(move || loop {
+            std::thread::sleep(COMMIT_INTERVAL);
+            let Some(pool) = weak.upgrade() else { return };
+            if let Err(e) = pool.meta.sync() {
+                tracing::error!(error = %e, "periodic metadata commit failed");
+            }
+        });
 }
 
 /// Every 30 s, publish the pool status to `POOL/status.json` for `dynfs status`.
