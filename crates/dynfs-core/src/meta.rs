@@ -479,7 +479,20 @@ impl MetaStore {
             .first()
             .ok_or_else(|| Error::Meta("no live metadata replica".into()))?;
         let result = apply(primary)?;
-        let failed: Vec<u32> = std::thread::scope(|s| {
+        let failed: Vec<u32> = if !durable {
+            // Lazy commits only write pages (no fsync): cheaper in turn than with threads.
+            replicas[1..]
+                .iter()
+                .filter_map(|r| match apply(r) {
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::error!(disk = r.disk, error = %e, "metadata replica failed; dropped until next open");
+                        Some(r.disk)
+                    }
+                })
+                .collect()
+        } else {
+            std::thread::scope(|s| {
             let handles: Vec<_> = replicas[1..]
                 .iter()
                 .map(|r| (r.disk, s.spawn(|| apply(r).map(|_| ()))))
@@ -495,7 +508,8 @@ impl MetaStore {
                     Err(_) => Some(disk),
                 })
                 .collect()
-        });
+            })
+        };
         if !failed.is_empty() {
             self.replicas
                 .write()
