@@ -493,11 +493,11 @@ impl MetaStore {
                 .collect()
         } else {
             std::thread::scope(|s| {
-            let handles: Vec<_> = replicas[1..]
-                .iter()
-                .map(|r| (r.disk, s.spawn(|| apply(r).map(|_| ()))))
-                .collect();
-            handles
+                let handles: Vec<_> = replicas[1..]
+                    .iter()
+                    .map(|r| (r.disk, s.spawn(|| apply(r).map(|_| ()))))
+                    .collect();
+                handles
                 .into_iter()
                 .filter_map(|(disk, h)| match h.join() {
                     Ok(Ok(())) => None,
