@@ -782,6 +782,11 @@ impl Pool {
     ) -> Result<(Vec<u8>, ReadOutcome)> {
         let policy = ext.policy;
         let width = ext.frags.len();
+        if width != policy.width() {
+            return Err(Error::Meta(format!(
+                "extent {id}: {width} fragments recorded for policy {policy}"
+            )));
+        }
         let needed = policy.needed();
         let mut good: Vec<(usize, Vec<u8>)> = Vec::new();
         let mut out = ReadOutcome::default();

@@ -122,8 +122,8 @@ impl DynFuse {
     pub fn new(fs: Arc<Fs>) -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        let workers = (0..WORKERS)
-            .map(|i| {
+        let workers: Vec<_> = (0..WORKERS)
+            .filter_map(|i| {
                 let rx = rx.clone();
                 std::thread::Builder::new()
                     .name(format!("dynfs-io-{i}"))
@@ -134,14 +134,13 @@ impl DynFuse {
                             Err(_) => break,
                         }
                     })
-                    .expect("spawning a worker thread")
+                    .map_err(|e| tracing::warn!(error = %e, "cannot start a worker thread"))
+                    .ok()
             })
             .collect();
-        DynFuse {
-            fs,
-            jobs: Some(tx),
-            workers,
-        }
+        // Without workers, requests run on the session thread.
+        let jobs = if workers.is_empty() { None } else { Some(tx) };
+        DynFuse { fs, jobs, workers }
     }
 
     fn spawn(&self, f: impl FnOnce(&Fs) + Send + 'static) {
