@@ -46,6 +46,9 @@ pub enum Error {
         /// Disks usable.
         available: usize,
     },
+    /// The pool is open in another process (a mount or an admin command).
+    #[error("pool {} is in use by another dynfs process (mounted?); unmount it first", .0.display())]
+    InUse(PathBuf),
     /// A filesystem-level error carrying an errno (ENOENT, EEXIST, ...).
     #[error("{}", errno_name(*.0))]
     Errno(i32),
@@ -67,6 +70,7 @@ impl Error {
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             Error::NoSpace { .. } => libc::ENOSPC,
             Error::Invalid(_) | Error::Config(_) => libc::EINVAL,
+            Error::InUse(_) => libc::EBUSY,
             Error::Meta(_) | Error::Unrecoverable { .. } => libc::EIO,
         }
     }

@@ -26,6 +26,63 @@ pub const RENAME_NOREPLACE: u32 = 1;
 /// `renameat2` flag: atomically exchange source and target.
 pub const RENAME_EXCHANGE: u32 = 2;
 
+/// The xattr holding a POSIX access ACL.
+pub const ACL_ACCESS_XATTR: &[u8] = b"system.posix_acl_access";
+
+const ACL_USER_OBJ: u16 = 0x01;
+const ACL_GROUP_OBJ: u16 = 0x04;
+const ACL_MASK: u16 = 0x10;
+const ACL_OTHER: u16 = 0x20;
+
+/// Parse a `system.posix_acl_access` value: returns the permission bits it implies for the
+/// file mode (owner, group-or-mask, other) and whether the ACL is minimal (equivalent to the
+/// mode, so it need not be stored).
+pub fn acl_to_mode(value: &[u8]) -> Result<(u32, bool)> {
+    if value.len() < 4 || (value.len() - 4) % 8 != 0 || value[..4] != 2u32.to_le_bytes() {
+        return Err(errno(libc::EINVAL));
+    }
+    let (mut user, mut group, mut mask, mut other) = (None, None, None, None);
+    let mut n = 0;
+    for e in value[4..].chunks_exact(8) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let perm = u16::from_le_bytes([e[2], e[3]]) as u32 & 7;
+        match tag {
+            ACL_USER_OBJ => user = Some(perm),
+            ACL_GROUP_OBJ => group = Some(perm),
+            ACL_MASK => mask = Some(perm),
+            ACL_OTHER => other = Some(perm),
+            _ => {}
+        }
+        n += 1;
+    }
+    match (user, group, other) {
+        (Some(u), Some(g), Some(o)) => Ok(((u << 6) | (mask.unwrap_or(g) << 3) | o, n == 3)),
+        _ => Err(errno(libc::EINVAL)),
+    }
+}
+
+/// Rewrite an access ACL's owner, mask (or group) and other entries from `mode` (after chmod).
+pub fn acl_chmod(value: &[u8], mode: u32) -> Vec<u8> {
+    let mut v = value.to_vec();
+    let has_mask = value
+        .get(4..)
+        .unwrap_or_default()
+        .chunks_exact(8)
+        .any(|e| u16::from_le_bytes([e[0], e[1]]) == ACL_MASK);
+    for e in v.get_mut(4..).unwrap_or_default().chunks_exact_mut(8) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let perm = match tag {
+            ACL_USER_OBJ => (mode >> 6) & 7,
+            ACL_MASK => (mode >> 3) & 7,
+            ACL_GROUP_OBJ if !has_mask => (mode >> 3) & 7,
+            ACL_OTHER => mode & 7,
+            _ => continue,
+        };
+        e[2..4].copy_from_slice(&(perm as u16).to_le_bytes());
+    }
+    v
+}
+
 fn errno(e: i32) -> Error {
     Error::Errno(e)
 }
@@ -205,6 +262,21 @@ impl Fs {
         &self.pool
     }
 
+    /// Delete fragments that a lazy commit stopped referencing: make that commit durable first,
+    /// so a crash can never bring back metadata that points at deleted fragments.
+    fn free(&self, freed: &[(u64, Extent)]) -> Result<()> {
+        if !freed.is_empty() {
+            self.pool.meta.sync()?;
+            self.pool.free_extents(freed);
+        }
+        Ok(())
+    }
+
+    /// Make every change so far durable (metadata and the fragments it references).
+    pub fn sync(&self) -> Result<()> {
+        self.pool.meta.sync()
+    }
+
     fn es(&self) -> u64 {
         self.pool.extent_size()
     }
@@ -301,7 +373,7 @@ impl Fs {
         target: &[u8],
     ) -> Result<(u64, Inode)> {
         check_name(name)?;
-        self.pool.meta.write(|tx| {
+        self.pool.meta.write_lazy(|tx| {
             let p = get_inode(tx, LIVE, parent)?;
             if p.kind != Kind::Dir {
                 return Err(errno(libc::ENOTDIR));
@@ -334,7 +406,7 @@ impl Fs {
     /// Create a hard link to `ino` named `name` in `parent`.
     pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Inode> {
         check_name(name)?;
-        self.pool.meta.write(|tx| {
+        self.pool.meta.write_lazy(|tx| {
             let mut i = get_inode(tx, LIVE, ino)?;
             if i.kind == Kind::Dir {
                 return Err(errno(libc::EPERM));
@@ -363,7 +435,7 @@ impl Fs {
                 return Ok(());
             }
         }
-        let freed = self.pool.meta.write(|tx| {
+        let freed = self.pool.meta.write_lazy(|tx| {
             let i = match get_inode(tx, LIVE, ino) {
                 Ok(i) => i,
                 Err(Error::Errno(libc::ENOENT)) => return Ok(Vec::new()),
@@ -374,7 +446,7 @@ impl Fs {
             }
             delete_inode_tx(tx, LIVE, ino)
         })?;
-        self.pool.free_extents(&freed);
+        self.free(&freed)?;
         self.files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -384,7 +456,7 @@ impl Fs {
 
     /// Remove a non-directory entry.
     pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
-        let ino = self.pool.meta.write(|tx| {
+        let ino = self.pool.meta.write_lazy(|tx| {
             let ino = get_dirent(tx, LIVE, parent, name)?.ok_or(errno(libc::ENOENT))?;
             let mut i = get_inode(tx, LIVE, ino)?;
             if i.kind == Kind::Dir {
@@ -405,7 +477,7 @@ impl Fs {
         if name == b"." {
             return Err(errno(libc::EINVAL));
         }
-        let freed = self.pool.meta.write(|tx| {
+        let freed = self.pool.meta.write_lazy(|tx| {
             let ino = get_dirent(tx, LIVE, parent, name)?.ok_or(errno(libc::ENOENT))?;
             let i = get_inode(tx, LIVE, ino)?;
             if i.kind != Kind::Dir {
@@ -418,7 +490,7 @@ impl Fs {
             touch_dir(tx, parent, -1)?;
             delete_inode_tx(tx, LIVE, ino)
         })?;
-        self.pool.free_extents(&freed);
+        self.free(&freed)?;
         Ok(())
     }
 
@@ -437,7 +509,7 @@ impl Fs {
         {
             return Err(errno(libc::EINVAL));
         }
-        let replaced = self.pool.meta.write(|tx| {
+        let replaced = self.pool.meta.write_lazy(|tx| {
             let src = get_dirent(tx, LIVE, parent, name)?.ok_or(errno(libc::ENOENT))?;
             let dst = get_dirent(tx, LIVE, newparent, newname)?;
             let np = get_inode(tx, LIVE, newparent)?;
@@ -542,7 +614,7 @@ impl Fs {
             put_inode(tx, LIVE, src, &si)?;
             Ok((replaced, freed))
         })?;
-        self.pool.free_extents(&replaced.1);
+        self.free(&replaced.1)?;
         if let Some(ino) = replaced.0 {
             self.reap(ino)?;
         }
@@ -632,10 +704,17 @@ impl Fs {
                     s.lock().unwrap_or_else(|e| e.into_inner()).mtime = None;
                 }
             }
-            self.pool.meta.write(|tx| {
+            self.pool.meta.write_lazy(|tx| {
                 let mut i = get_inode(tx, LIVE, ino)?;
                 if let Some(m) = a.mode {
                     i.perm = m & 0o7777;
+                    let mut t = tx.open_table(XATTRS)?;
+                    let acl = t
+                        .get((LIVE, ino, ACL_ACCESS_XATTR))?
+                        .map(|g| g.value().to_vec());
+                    if let Some(acl) = acl {
+                        t.insert((LIVE, ino, ACL_ACCESS_XATTR), acl_chmod(&acl, m).as_slice())?;
+                    }
                 }
                 if let Some(u) = a.uid {
                     i.uid = u;
@@ -726,6 +805,9 @@ impl Fs {
             }
             pos += n;
         }
+        let m = &self.pool.metrics;
+        crate::metrics::Metrics::add(&m.reads, 1);
+        crate::metrics::Metrics::add(&m.bytes_read, out.len() as u64);
         Ok(out)
     }
 
@@ -747,6 +829,9 @@ impl Fs {
     /// Write `data` at `off` (buffered). Returns the bytes written.
     pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
         self.write_inner(ino, off, data.len() as u64, Some(data), true)?;
+        let m = &self.pool.metrics;
+        crate::metrics::Metrics::add(&m.writes, 1);
+        crate::metrics::Metrics::add(&m.bytes_written, data.len() as u64);
         Ok(data.len())
     }
 
@@ -828,9 +913,10 @@ impl Fs {
         Ok(())
     }
 
-    /// Same as [`Fs::flush`]: every commit is durable.
+    /// Commit buffered writes of `ino` and make all metadata durable.
     pub fn fsync(&self, ino: u64) -> Result<()> {
-        self.flush(ino)
+        self.flush(ino)?;
+        self.sync()
     }
 
     /// Commit every file's buffered writes.
@@ -893,7 +979,7 @@ impl Fs {
         }
         let mtime = st.mtime;
         // 2. Commit metadata referencing them.
-        let committed = self.pool.meta.write(|tx| {
+        let committed = self.pool.meta.write_lazy(|tx| {
             let mut inode = get_inode(tx, LIVE, ino)?;
             let mut freed = Vec::new();
             for (idx, ext) in &new {
@@ -934,12 +1020,11 @@ impl Fs {
         });
         match committed {
             Ok(freed) => {
-                // 3. Only now delete what the commit stopped referencing.
-                self.pool.free_extents(&freed);
                 st.dirty.clear();
                 st.size = None;
                 st.mtime = None;
-                Ok(())
+                // 3. Only now (after a durable commit) delete what the commit stopped referencing.
+                self.free(&freed)
             }
             Err(e) => {
                 cleanup(&new);
@@ -975,7 +1060,7 @@ impl Fs {
             }
         }
         let first_gone = size.div_ceil(es);
-        let r = self.pool.meta.write(|tx| {
+        let r = self.pool.meta.write_lazy(|tx| {
             let mut inode = get_inode(tx, LIVE, ino)?;
             let mut freed = Vec::new();
             if size < inode.size {
@@ -1024,10 +1109,7 @@ impl Fs {
             Ok(freed)
         });
         match r {
-            Ok(freed) => {
-                self.pool.free_extents(&freed);
-                Ok(())
-            }
+            Ok(freed) => self.free(&freed),
             Err(e) => {
                 if let Some((_, e2)) = partial {
                     self.pool.free_extents(&[e2]);
@@ -1175,10 +1257,27 @@ impl Fs {
                 .map_err(|_| errno(libc::EINVAL))?;
             return self.set_policy(ino, Some(p));
         }
-        self.pool.meta.write(|tx| {
+        let acl = if name == ACL_ACCESS_XATTR {
+            Some(acl_to_mode(value)?)
+        } else {
+            None
+        };
+        self.pool.meta.write_lazy(|tx| {
             let mut i = get_inode(tx, LIVE, ino)?;
             let mut t = tx.open_table(XATTRS)?;
             let exists = t.get((LIVE, ino, name))?.is_some();
+            if let Some((bits, minimal)) = acl {
+                // The ACL's owner/group(mask)/other entries are the mode's permission bits.
+                i.perm = (i.perm & !0o777) | bits;
+                i.ctime = Ts::now();
+                if minimal {
+                    t.remove((LIVE, ino, name))?;
+                } else {
+                    t.insert((LIVE, ino, name), value)?;
+                }
+                drop(t);
+                return put_inode(tx, LIVE, ino, &i);
+            }
             if flags & libc::XATTR_CREATE != 0 && exists {
                 return Err(errno(libc::EEXIST));
             }
@@ -1194,7 +1293,7 @@ impl Fs {
 
     /// Remove an xattr (`user.dynfs.policy`: clear the override; data keeps its layout).
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
-        self.pool.meta.write(|tx| {
+        self.pool.meta.write_lazy(|tx| {
             let mut i = get_inode(tx, LIVE, ino)?;
             if name == POLICY_XATTR {
                 if i.policy.take().is_none() {
@@ -1217,7 +1316,7 @@ impl Fs {
             self.pool.check_placeable(p)?;
         }
         self.flush(ino)?;
-        let i = self.pool.meta.write(|tx| {
+        let i = self.pool.meta.write_lazy(|tx| {
             let mut i = get_inode(tx, LIVE, ino)?;
             i.policy = policy;
             i.ctime = Ts::now();
@@ -1261,7 +1360,7 @@ impl Fs {
             next_idx = idx + 1;
             let data = self.pool.read_extent(old_id, &old)?;
             let (nid, next) = self.pool.write_extent(policy, &data)?;
-            let r = self.pool.meta.write(|tx| {
+            let r = self.pool.meta.write_lazy(|tx| {
                 let cur = tx
                     .open_table(EXTMAP)?
                     .get((LIVE, ino, idx))?
@@ -1275,8 +1374,7 @@ impl Fs {
             });
             match r {
                 Ok(freed) => {
-                    self.pool
-                        .free_extents(&freed.into_iter().collect::<Vec<_>>());
+                    self.free(&freed.into_iter().collect::<Vec<_>>())?;
                     moved += 1;
                 }
                 Err(e) => {

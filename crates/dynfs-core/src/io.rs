@@ -17,6 +17,11 @@ use std::sync::Mutex;
 pub trait DiskIo: Send + Sync + 'static {
     /// Write `data` to `path` atomically and durably: temporary file, fsync, rename, directory fsync.
     fn write_durable(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Write `data` to a new file at `path` without syncing; it becomes durable at the next
+    /// [`DiskIo::sync_disk`] of the disk holding it.
+    fn write_unsynced(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Make everything written on the filesystem holding `root` durable (`syncfs`).
+    fn sync_disk(&self, root: &Path) -> io::Result<()>;
     /// Read the whole file at `path`.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Remove the file at `path`.
@@ -64,9 +69,36 @@ impl StdIo {
     }
 }
 
+fn write_plain(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    f.write_all(data)
+}
+
+fn syncfs(root: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(root)?;
+    // SAFETY: `f` is an open descriptor for the duration of the call; syncfs only flushes.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 impl DiskIo for StdIo {
     fn write_durable(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         Self::write_inner(path, data, true)
+    }
+
+    fn write_unsynced(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        write_plain(path, data)
+    }
+
+    fn sync_disk(&self, root: &Path) -> io::Result<()> {
+        syncfs(root)
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -97,6 +129,8 @@ pub enum FaultOp {
     Read,
     /// `remove`.
     Remove,
+    /// `sync_disk`.
+    Sync,
     /// Any of the above.
     Any,
 }
@@ -110,7 +144,8 @@ pub enum FaultKind {
     Enospc,
     /// Flip one bit: in the data returned by a read, or in the data stored by a write (silently).
     FlipBit,
-    /// Perform a write without fsync; the file is lost by [`FaultyIo::power_loss`].
+    /// Perform a write without fsync (or never include an unsynced write in a later disk sync);
+    /// the file is lost by [`FaultyIo::power_loss`].
     DropFsync,
 }
 
@@ -129,6 +164,9 @@ pub struct Fault {
     pub kind: FaultKind,
 }
 
+/// Unsynced files: path, and whether a later disk sync is (wrongly) not going to cover it.
+type Volatile = Vec<(PathBuf, bool)>;
+
 struct FaultState {
     fault: Fault,
     seen: u64,
@@ -139,7 +177,7 @@ struct FaultState {
 #[derive(Default)]
 pub struct FaultyIo {
     rules: Mutex<Vec<FaultState>>,
-    volatile: Mutex<Vec<PathBuf>>,
+    volatile: Mutex<Volatile>,
 }
 
 impl FaultyIo {
@@ -178,7 +216,7 @@ impl FaultyIo {
     /// Simulate a power loss: every file written with a dropped fsync disappears.
     pub fn power_loss(&self) {
         let files = std::mem::take(&mut *self.volatile.lock().unwrap_or_else(|e| e.into_inner()));
-        for f in files {
+        for (f, _) in files {
             let _ = fs::remove_file(f);
         }
     }
@@ -226,11 +264,45 @@ impl DiskIo for FaultyIo {
                 self.volatile
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push(path.to_path_buf());
+                    .push((path.to_path_buf(), true));
                 Ok(())
             }
             None => StdIo::write_inner(path, data, true),
         }
+    }
+
+    fn write_unsynced(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let fault = self.check(FaultOp::Write, path);
+        match fault {
+            Some(FaultKind::Eio) => return Err(io::Error::from_raw_os_error(libc::EIO)),
+            Some(FaultKind::Enospc) => return Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            Some(FaultKind::FlipBit) => {
+                let mut d = data.to_vec();
+                flip(&mut d);
+                write_plain(path, &d)?;
+            }
+            _ => write_plain(path, data)?,
+        }
+        self.volatile
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((path.to_path_buf(), fault == Some(FaultKind::DropFsync)));
+        Ok(())
+    }
+
+    fn sync_disk(&self, root: &Path) -> io::Result<()> {
+        match self.check(FaultOp::Sync, root) {
+            Some(FaultKind::Eio) => return Err(io::Error::from_raw_os_error(libc::EIO)),
+            Some(FaultKind::Enospc) => return Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            Some(FaultKind::DropFsync) => return Ok(()),
+            _ => {}
+        }
+        syncfs(root)?;
+        self.volatile
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(p, dropped)| *dropped || !p.starts_with(root));
+        Ok(())
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {

@@ -30,6 +30,7 @@ pub mod error;
 pub mod fs;
 pub mod io;
 pub mod meta;
+pub mod metrics;
 pub mod policy;
 pub mod pool;
 pub mod scrub;

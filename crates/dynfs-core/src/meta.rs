@@ -18,7 +18,12 @@ use redb::{
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+/// Something to make durable before any durable metadata commit (the pool's unsynced fragment
+/// writes).
+pub type PreDurable = Arc<dyn Fn() -> Result<()> + Send + Sync>;
 
 /// Counters: `generation`, `next_ino`, `next_extent`, `next_snap`.
 pub const SUPER: TableDefinition<&str, u64> = TableDefinition::new("super");
@@ -262,6 +267,8 @@ pub struct OpenReport {
 pub struct MetaStore {
     replicas: RwLock<Vec<Arc<Replica>>>,
     write_lock: Mutex<()>,
+    pre_durable: OnceLock<PreDurable>,
+    dirty: AtomicBool,
 }
 
 fn open_db(path: &Path) -> Result<Database> {
@@ -305,7 +312,7 @@ impl MetaStore {
     /// Create fresh replicas at `paths` (disk id, file path) and run `init` on each.
     pub fn create(
         paths: &[(u32, PathBuf)],
-        init: impl Fn(&WriteTransaction) -> Result<()>,
+        init: impl Fn(&WriteTransaction) -> Result<()> + Sync,
     ) -> Result<Self> {
         let mut replicas = Vec::new();
         for (disk, path) in paths {
@@ -322,6 +329,8 @@ impl MetaStore {
         let store = MetaStore {
             replicas: RwLock::new(replicas),
             write_lock: Mutex::new(()),
+            pre_durable: OnceLock::new(),
+            dirty: AtomicBool::new(false),
         };
         store.write(init)?;
         Ok(store)
@@ -381,6 +390,8 @@ impl MetaStore {
             MetaStore {
                 replicas: RwLock::new(replicas),
                 write_lock: Mutex::new(()),
+                pre_durable: OnceLock::new(),
+                dirty: AtomicBool::new(false),
             },
             report,
         ))
@@ -408,45 +419,105 @@ impl MetaStore {
         Ok(r.db.begin_read()?)
     }
 
-    /// Apply `f` in one write transaction to every live replica, bumping the generation.
-    ///
-    /// `f` must be deterministic (it runs once per replica). If it fails on the primary nothing is
-    /// committed anywhere. A replica that fails afterwards is dropped from the live set (it is
-    /// resynced at the next open).
-    pub fn write<T>(&self, f: impl Fn(&WriteTransaction) -> Result<T>) -> Result<T> {
+    /// Register what must be made durable before any durable commit (set once by the pool).
+    pub fn set_pre_durable(&self, f: PreDurable) {
+        let _ = self.pre_durable.set(f);
+    }
+
+    /// Apply `f` durably: like [`MetaStore::write_lazy`], but the pool's unsynced fragments are
+    /// synced first and the commit (with every lazy commit before it) is on stable storage when
+    /// this returns.
+    pub fn write<T>(&self, f: impl Fn(&WriteTransaction) -> Result<T> + Sync) -> Result<T> {
+        self.apply(f, true)
+    }
+
+    /// Apply `f` in one write transaction to every live replica, bumping the generation, without
+    /// waiting for stable storage: the change is visible at once and becomes durable with the
+    /// next durable commit ([`MetaStore::write`] or [`MetaStore::sync`]); a crash before that
+    /// rolls it back. Use it only for changes that free no fragment.
+    pub fn write_lazy<T>(&self, f: impl Fn(&WriteTransaction) -> Result<T> + Sync) -> Result<T> {
+        self.apply(f, false)
+    }
+
+    /// Make every earlier commit durable (no-op if there is nothing pending).
+    pub fn sync(&self) -> Result<()> {
+        if self.dirty.load(Ordering::Acquire) {
+            self.apply(|_| Ok(()), true)?;
+        } else if let Some(pre) = self.pre_durable.get() {
+            pre()?;
+        }
+        Ok(())
+    }
+
+    /// `f` must be deterministic (it runs once per replica). It runs on the primary first; if it
+    /// fails there nothing is committed anywhere. The other replicas then commit in parallel; a
+    /// replica that fails is dropped from the live set (it is resynced at the next open).
+    fn apply<T>(
+        &self,
+        f: impl Fn(&WriteTransaction) -> Result<T> + Sync,
+        durable: bool,
+    ) -> Result<T> {
         let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let replicas = self.live();
-        let mut result = None;
-        let mut dead = Vec::new();
-        for (i, r) in replicas.iter().enumerate() {
-            let attempt = (|| -> Result<T> {
-                let tx = r.db.begin_write()?;
-                let out = f(&tx)?;
-                let g = counter(&tx, "generation")?;
-                set_counter(&tx, "generation", g + 1)?;
-                tx.commit()?;
-                Ok(out)
-            })();
-            match attempt {
-                Ok(out) => {
-                    if result.is_none() {
-                        result = Some(out);
-                    }
-                }
-                Err(e) if i == 0 => return Err(e),
-                Err(e) => {
-                    tracing::error!(disk = r.disk, error = %e, "metadata replica failed; dropped until next open");
-                    dead.push(r.disk);
-                }
+        if durable {
+            if let Some(pre) = self.pre_durable.get() {
+                pre()?;
             }
         }
-        if !dead.is_empty() {
+        let replicas = self.live();
+        let apply = |r: &Replica| -> Result<T> {
+            let mut tx = r.db.begin_write()?;
+            if !durable {
+                tx.set_durability(redb::Durability::None);
+            }
+            let out = f(&tx)?;
+            let g = counter(&tx, "generation")?;
+            set_counter(&tx, "generation", g + 1)?;
+            tx.commit()?;
+            Ok(out)
+        };
+        let primary = replicas
+            .first()
+            .ok_or_else(|| Error::Meta("no live metadata replica".into()))?;
+        let result = apply(primary)?;
+        let failed: Vec<u32> = if !durable {
+            // Lazy commits only write pages (no fsync): cheaper in turn than with threads.
+            replicas[1..]
+                .iter()
+                .filter_map(|r| match apply(r) {
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::error!(disk = r.disk, error = %e, "metadata replica failed; dropped until next open");
+                        Some(r.disk)
+                    }
+                })
+                .collect()
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = replicas[1..]
+                    .iter()
+                    .map(|r| (r.disk, s.spawn(|| apply(r).map(|_| ()))))
+                    .collect();
+                handles
+                .into_iter()
+                .filter_map(|(disk, h)| match h.join() {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => {
+                        tracing::error!(disk, error = %e, "metadata replica failed; dropped until next open");
+                        Some(disk)
+                    }
+                    Err(_) => Some(disk),
+                })
+                .collect()
+            })
+        };
+        if !failed.is_empty() {
             self.replicas
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .retain(|r| !dead.contains(&r.disk));
+                .retain(|r| !failed.contains(&r.disk));
         }
-        result.ok_or_else(|| Error::Meta("no live metadata replica".into()))
+        self.dirty.store(!durable, Ordering::Release);
+        Ok(result)
     }
 
     /// Current generation of the primary replica.

@@ -99,6 +99,10 @@ pub struct Pool {
     read_only: AtomicBool,
     /// How metadata was chosen at open.
     pub open_report: OpenReport,
+    /// Counters for monitoring.
+    pub metrics: crate::metrics::Metrics,
+    /// Disks with fragment writes not yet synced.
+    unsynced: Arc<Mutex<std::collections::BTreeSet<PathBuf>>>,
     _lock: File,
 }
 
@@ -125,10 +129,7 @@ fn lock_pool(dir: &Path) -> Result<File> {
     // SAFETY: flock on a file descriptor we own and keep open for the call's duration.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
-        return Err(Error::Invalid(format!(
-            "pool {} is in use by another dynfs process (mounted?); unmount it first",
-            dir.display()
-        )));
+        return Err(Error::InUse(dir.to_path_buf()));
     }
     Ok(f)
 }
@@ -345,6 +346,24 @@ impl Pool {
             v
         };
         drop(tx);
+        let unsynced: Arc<Mutex<std::collections::BTreeSet<PathBuf>>> = Arc::default();
+        {
+            let (unsynced, io) = (unsynced.clone(), io.clone());
+            store.set_pre_durable(Arc::new(move || {
+                let disks =
+                    std::mem::take(&mut *unsynced.lock().unwrap_or_else(|e| e.into_inner()));
+                for (i, d) in disks.iter().enumerate() {
+                    if let Err(e) = io.sync_disk(d) {
+                        unsynced
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend(disks.iter().skip(i).cloned());
+                        return Err(Error::io(d, e));
+                    }
+                }
+                Ok(())
+            }));
+        }
         Ok(Pool {
             dir: pool_dir.to_path_buf(),
             config: RwLock::new(config),
@@ -355,6 +374,8 @@ impl Pool {
             cache: Mutex::new(VecDeque::new()),
             read_only: AtomicBool::new(false),
             open_report: report,
+            metrics: Default::default(),
+            unsynced: unsynced.clone(),
             _lock: lock,
         })
     }
@@ -485,8 +506,9 @@ impl Pool {
         disk::fragment_path(&disk.path, extent, index)
     }
 
-    /// Encode `data` under `policy` and write its fragments (in parallel, each fsynced) to distinct
-    /// healthy disks. Returns the new extent id and record (with `refs == 0`); the caller must
+    /// Encode `data` under `policy` and write its fragments (in parallel) to distinct healthy
+    /// disks. The fragments are synced (`syncfs` of their disks) before the next durable metadata
+    /// commit, which is what makes any commit referencing them durable. Returns the new extent id and record (with `refs == 0`); the caller must
     /// reference it in a metadata commit via [`Pool::link_extent`].
     pub fn write_extent(&self, policy: Policy, data: &[u8]) -> Result<(u64, Extent)> {
         if self.read_only.load(Ordering::Relaxed) {
@@ -522,7 +544,7 @@ impl Pool {
                 .enumerate()
                 .map(|(i, (f, d))| {
                     let path = self.frag_path(d, id, i);
-                    s.spawn(move || self.io.write_durable(&path, f))
+                    s.spawn(move || self.io.write_unsynced(&path, f))
                 })
                 .collect();
             handles
@@ -571,17 +593,24 @@ impl Pool {
                 };
                 used.push(d.id);
                 let path = self.frag_path(&d, id, i);
-                match self.io.write_durable(&path, &frags[i]) {
+                match self.io.write_unsynced(&path, &frags[i]) {
                     Ok(()) => placed[i] = Some(d.id),
                     Err(e) => {
                         self.note_error(d.id);
-                        let _ = self.io.remove(&crate::io::temp_path(&path));
+                        let _ = self.io.remove(&path);
                         last_err = Some(Error::io(path, e));
                     }
                 }
             }
         }
+        {
+            let mut u = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
+            for d in placed.iter().flatten().filter_map(|d| self.disk(*d)) {
+                u.insert(d.path.clone());
+            }
+        }
         let frag_len = frags.first().map_or(0, |f| f.len());
+        crate::metrics::Metrics::add(&self.metrics.extents_written, 1);
         let ext = Extent {
             policy,
             len: len as u32,
@@ -685,6 +714,7 @@ impl Pool {
             return Ok(d.clone());
         }
         let (data, _) = self.read_extent_verified(id, ext, true, false)?;
+        crate::metrics::Metrics::add(&self.metrics.extents_read, 1);
         let data = Arc::new(data);
         let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         c.push_back((id, data.clone()));
@@ -752,6 +782,11 @@ impl Pool {
     ) -> Result<(Vec<u8>, ReadOutcome)> {
         let policy = ext.policy;
         let width = ext.frags.len();
+        if width != policy.width() {
+            return Err(Error::Meta(format!(
+                "extent {id}: {width} fragments recorded for policy {policy}"
+            )));
+        }
         let needed = policy.needed();
         let mut good: Vec<(usize, Vec<u8>)> = Vec::new();
         let mut out = ReadOutcome::default();
@@ -796,6 +831,10 @@ impl Pool {
         }
         let refs: Vec<(usize, &[u8])> = good.iter().map(|(i, b)| (*i, b.as_slice())).collect();
         let data = codec::decode(policy, id, ext.len as usize, &refs)?;
+        if !out.bad.is_empty() {
+            crate::metrics::Metrics::add(&self.metrics.fragment_errors, out.bad.len() as u64);
+            crate::metrics::Metrics::add(&self.metrics.reconstructions, 1);
+        }
         if repair && !out.bad.is_empty() {
             let frags = codec::encode(policy, &data)?;
             for &i in &out.bad {
@@ -817,6 +856,7 @@ impl Pool {
                 let p = self.frag_path(&d, id, i);
                 match self.io.write_durable(&p, &frags[i]) {
                     Ok(()) => {
+                        crate::metrics::Metrics::add(&self.metrics.fragments_repaired, 1);
                         tracing::info!(disk = d.id, extent = id, fragment = i, "fragment repaired");
                         out.repaired.push(i);
                     }
@@ -927,12 +967,19 @@ impl Pool {
                 for p in doomed {
                     let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
                     if self.io.remove(&p).is_ok() {
+                        tracing::debug!(path = %p.display(), "removed orphan");
                         rep.fragments += 1;
                         rep.bytes += len;
                     }
                 }
             }
         }
+        tracing::info!(
+            fragments = rep.fragments,
+            bytes = rep.bytes,
+            inodes = rep.inodes,
+            "gc finished"
+        );
         Ok(rep)
     }
 
@@ -1036,5 +1083,13 @@ impl Pool {
             n += e.frags.iter().filter(|f| f.disk == disk).count() as u64;
         }
         Ok(n)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Err(e) = self.meta.sync() {
+            tracing::error!(error = %e, "final metadata sync failed");
+        }
     }
 }

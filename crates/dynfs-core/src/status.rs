@@ -10,7 +10,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// One disk's status.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DiskStatus {
     /// Disk id.
     pub id: u32,
@@ -31,7 +31,7 @@ pub struct DiskStatus {
 }
 
 /// Whole-pool status.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Status {
     /// Pool id.
     pub pool_id: String,
@@ -65,7 +65,22 @@ pub struct Status {
     pub last_rebuild: Option<RebuildReport>,
 }
 
+/// File in the pool directory where a mounted daemon publishes its status.
+pub const STATUS_FILE: &str = "status.json";
+
 impl Status {
+    /// Write this status durably to `POOL/status.json` (done periodically by a mounted daemon,
+    /// so that `dynfs status` can report on a pool it cannot open).
+    pub fn publish(&self, pool_dir: &std::path::Path) -> Result<()> {
+        use crate::io::DiskIo;
+        let p = pool_dir.join(STATUS_FILE);
+        let body =
+            serde_json::to_vec_pretty(self).map_err(|e| crate::Error::Meta(e.to_string()))?;
+        crate::io::StdIo
+            .write_durable(&p, &body)
+            .map_err(|e| crate::Error::io(p, e))
+    }
+
     /// Gather the status of an open pool (scans the extent table).
     pub fn gather(pool: &Pool) -> Result<Status> {
         let cfg = pool.config();

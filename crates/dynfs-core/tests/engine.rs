@@ -620,3 +620,48 @@ fn snapshots_are_copy_on_write() {
     assert_eq!(tp.fragment_files().len(), frags_before);
     assert!(snapshot::delete(fs.pool(), "s1").is_err());
 }
+
+#[test]
+fn access_acl_keeps_mode_in_sync() {
+    use dynfs_core::fs::{acl_to_mode, ACL_ACCESS_XATTR};
+    let tp = TestPool::new(2, "replicate:2", 65536);
+    let fs = tp.open();
+    let ino = put_file(&fs, "f", b"x");
+    let entry = |tag: u16, perm: u16, id: u32| {
+        let mut v = tag.to_le_bytes().to_vec();
+        v.extend(perm.to_le_bytes());
+        v.extend(id.to_le_bytes());
+        v
+    };
+    let mut minimal = 2u32.to_le_bytes().to_vec();
+    minimal.extend(entry(0x01, 6, u32::MAX));
+    minimal.extend(entry(0x04, 4, u32::MAX));
+    minimal.extend(entry(0x20, 0, u32::MAX));
+    assert_eq!(acl_to_mode(&minimal).unwrap(), (0o640, true));
+    fs.setxattr(ino, ACL_ACCESS_XATTR, &minimal, 0).unwrap();
+    assert_eq!(fs.getattr(ino).unwrap().perm & 0o777, 0o640);
+    assert!(
+        fs.getxattr(ino, ACL_ACCESS_XATTR).is_err(),
+        "minimal ACL is not stored"
+    );
+    let mut ext = 2u32.to_le_bytes().to_vec();
+    ext.extend(entry(0x01, 7, u32::MAX));
+    ext.extend(entry(0x02, 4, 1234));
+    ext.extend(entry(0x04, 4, u32::MAX));
+    ext.extend(entry(0x10, 5, u32::MAX));
+    ext.extend(entry(0x20, 1, u32::MAX));
+    fs.setxattr(ino, ACL_ACCESS_XATTR, &ext, 0).unwrap();
+    assert_eq!(fs.getattr(ino).unwrap().perm & 0o777, 0o751);
+    // chmod rewrites the mask entry.
+    fs.setattr(
+        ino,
+        SetAttr {
+            mode: Some(0o700),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let acl = fs.getxattr(ino, ACL_ACCESS_XATTR).unwrap();
+    assert_eq!(acl_to_mode(&acl).unwrap(), (0o700, false));
+    assert!(fs.setxattr(ino, ACL_ACCESS_XATTR, b"bad", 0).is_err());
+}

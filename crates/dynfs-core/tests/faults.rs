@@ -197,3 +197,20 @@ fn failed_free_leaves_orphans_that_gc_collects() {
     assert_eq!(pool.gc().unwrap().fragments, 4);
     assert!(tp.fragment_files().is_empty());
 }
+
+#[test]
+fn failed_disk_sync_fails_the_fsync_and_a_retry_succeeds() {
+    let tp = TestPool::new(2, "replicate:2", 65536);
+    let io = Arc::new(FaultyIo::new());
+    io.add(fault(FaultOp::Sync, 1, false, FaultKind::Eio, None));
+    let fs = tp.open_with(io.clone());
+    let (ino, _) = fs
+        .mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, 0, 0, b"")
+        .unwrap();
+    fs.write(ino, 0, b"data").unwrap();
+    assert_eq!(fs.fsync(ino).unwrap_err().errno(), libc::EIO);
+    assert_eq!(io.fired(), 1);
+    fs.fsync(ino).unwrap();
+    drop(fs);
+    assert_eq!(get_file(&tp.open(), "f"), b"data");
+}

@@ -1,3 +1,3 @@
-fn main() {
-    println!("dynfs {}", env!("CARGO_PKG_VERSION"));
+fn main() -> std::process::ExitCode {
+    dynfs::cli::main()
 }

@@ -1,0 +1,678 @@
+//! The FUSE adaptor: translates kernel requests into [`dynfs_core::Fs`] calls.
+//!
+//! Metadata requests are answered on the session thread. Data requests (read, write, flush,
+//! fsync, release, fallocate) go to a small worker pool and reply from there, so several can be
+//! in flight at once; per-file ordering is kept by the engine's per-file lock.
+
+use dynfs_core::fs::{SetAttr, StatFs};
+use dynfs_core::meta::{Inode, Kind, Ts};
+use dynfs_core::{Error, Fs};
+use fuser::{
+    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow,
+};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long the kernel may cache attributes and entries.
+const TTL: Duration = Duration::from_secs(1);
+/// Largest write the kernel sends in one request.
+pub const MAX_WRITE: u32 = 1 << 20;
+/// Data-path worker threads.
+const WORKERS: usize = 4;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The mounted filesystem.
+pub struct DynFuse {
+    fs: Arc<Fs>,
+    jobs: Option<mpsc::Sender<Job>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn to_time(t: Ts) -> SystemTime {
+    if t.secs >= 0 {
+        UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs())
+            + Duration::from_nanos(t.nanos as u64)
+    }
+}
+
+fn from_time(t: SystemTime) -> Ts {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Ts {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let mut secs = -(d.as_secs() as i64);
+            let mut nanos = d.subsec_nanos();
+            if nanos > 0 {
+                secs -= 1;
+                nanos = 1_000_000_000 - nanos;
+            }
+            Ts { secs, nanos }
+        }
+    }
+}
+
+fn time_or_now(t: TimeOrNow) -> Ts {
+    match t {
+        TimeOrNow::Now => Ts::now(),
+        TimeOrNow::SpecificTime(t) => from_time(t),
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+/// Convert an inode record into kernel attributes.
+pub fn attr(ino: u64, i: &Inode) -> FileAttr {
+    let blocks = match i.kind {
+        Kind::File => i.alloc.div_ceil(512),
+        _ => 0,
+    };
+    FileAttr {
+        ino,
+        size: i.size,
+        blocks,
+        atime: to_time(i.atime),
+        mtime: to_time(i.mtime),
+        ctime: to_time(i.ctime),
+        crtime: to_time(i.crtime),
+        kind: file_type(i.kind),
+        perm: (i.perm & 0o7777) as u16,
+        nlink: i.nlink,
+        uid: i.uid,
+        gid: i.gid,
+        rdev: i.rdev,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn err_code(e: &Error) -> i32 {
+    let code = e.errno();
+    if code == libc::EIO || code == libc::ENOSPC {
+        tracing::warn!(error = %e, "request failed");
+    } else {
+        tracing::debug!(error = %e, "request failed");
+    }
+    code
+}
+
+impl DynFuse {
+    /// Wrap a filesystem, starting the data-path workers.
+    pub fn new(fs: Arc<Fs>) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let workers: Vec<_> = (0..WORKERS)
+            .filter_map(|i| {
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("dynfs-io-{i}"))
+                    .spawn(move || loop {
+                        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => break,
+                        }
+                    })
+                    .map_err(|e| tracing::warn!(error = %e, "cannot start a worker thread"))
+                    .ok()
+            })
+            .collect();
+        // Without workers, requests run on the session thread.
+        let jobs = if workers.is_empty() { None } else { Some(tx) };
+        DynFuse { fs, jobs, workers }
+    }
+
+    fn spawn(&self, f: impl FnOnce(&Fs) + Send + 'static) {
+        let fs = self.fs.clone();
+        let job: Job = Box::new(move || f(&fs));
+        match &self.jobs {
+            Some(tx) => {
+                if let Err(mpsc::SendError(job)) = tx.send(job) {
+                    job();
+                }
+            }
+            None => job(),
+        }
+    }
+
+    fn entry(&self, r: dynfs_core::Result<(u64, Inode)>, reply: ReplyEntry) {
+        match r {
+            Ok((ino, i)) => reply.entry(&TTL, &attr(ino, &i), 0),
+            Err(e) => reply.error(err_code(&e)),
+        }
+    }
+}
+
+impl Drop for DynFuse {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        if let Err(e) = self.fs.flush_all().and_then(|_| self.fs.sync()) {
+            tracing::error!(error = %e, "flushing at unmount failed");
+        }
+    }
+}
+
+fn empty(r: dynfs_core::Result<()>, reply: ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(err_code(&e)),
+    }
+}
+
+impl Filesystem for DynFuse {
+    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        // POSIX ACLs: the kernel enforces them and keeps the mode in sync when an ACL is set;
+        // ACLs are stored as the usual system.posix_acl_* xattrs.
+        let _ = config.add_capabilities(fuser::consts::FUSE_POSIX_ACL);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.fs.flush_all().and_then(|_| self.fs.sync()) {
+            tracing::error!(error = %e, "flushing at unmount failed");
+        }
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        self.entry(self.fs.lookup(parent, name.as_bytes()), reply)
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        match self.fs.getattr(ino) {
+            Ok(i) => reply.attr(&TTL, &attr(ino, &i)),
+            Err(e) => reply.error(err_code(&e)),
+        }
+    }
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_or_now),
+            mtime: mtime.map(time_or_now),
+            ctime: ctime.map(from_time),
+        };
+        self.spawn(move |fs| match fs.setattr(ino, a) {
+            Ok(i) => reply.attr(&TTL, &attr(ino, &i)),
+            Err(e) => reply.error(err_code(&e)),
+        })
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        match self.fs.readlink(ino) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(err_code(&e)),
+        }
+    }
+
+    fn mknod(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(kind) = Kind::from_mode(mode) else {
+            return reply.error(libc::EINVAL);
+        };
+        if kind == Kind::Dir || kind == Kind::Symlink {
+            return reply.error(libc::EINVAL);
+        }
+        let r = self.fs.mknod(
+            parent,
+            name.as_bytes(),
+            kind,
+            mode & !umask,
+            req.uid(),
+            req.gid(),
+            rdev,
+            b"",
+        );
+        self.entry(r, reply)
+    }
+
+    fn mkdir(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.fs.mknod(
+            parent,
+            name.as_bytes(),
+            Kind::Dir,
+            mode & !umask,
+            req.uid(),
+            req.gid(),
+            0,
+            b"",
+        );
+        self.entry(r, reply)
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        empty(self.fs.unlink(parent, name.as_bytes()), reply)
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        empty(self.fs.rmdir(parent, name.as_bytes()), reply)
+    }
+
+    fn symlink(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self.fs.mknod(
+            parent,
+            link_name.as_bytes(),
+            Kind::Symlink,
+            0o777,
+            req.uid(),
+            req.gid(),
+            0,
+            target.as_os_str().as_bytes(),
+        );
+        self.entry(r, reply)
+    }
+
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        empty(
+            self.fs.rename(
+                parent,
+                name.as_bytes(),
+                newparent,
+                newname.as_bytes(),
+                flags,
+            ),
+            reply,
+        )
+    }
+
+    fn link(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .fs
+            .link(ino, newparent, newname.as_bytes())
+            .map(|i| (ino, i));
+        self.entry(r, reply)
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        match self.fs.open(ino) {
+            Ok(()) => reply.opened(0, 0),
+            Err(e) => reply.error(err_code(&e)),
+        }
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyData,
+    ) {
+        let Ok(off) = u64::try_from(offset) else {
+            return reply.error(libc::EINVAL);
+        };
+        self.spawn(move |fs| match fs.read(ino, off, size as usize) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(err_code(&e)),
+        })
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        let Ok(off) = u64::try_from(offset) else {
+            return reply.error(libc::EINVAL);
+        };
+        let data = data.to_vec();
+        self.spawn(move |fs| match fs.write(ino, off, &data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(err_code(&e)),
+        })
+    }
+
+    fn flush(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        _lock_owner: u64,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(move |fs| empty(fs.flush(ino), reply))
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(move |fs| empty(fs.release(ino), reply))
+    }
+
+    fn fsync(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(move |fs| empty(fs.fsync(ino), reply))
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.fs.readdir(ino, offset.max(0) as u64, 256) {
+            Ok(entries) => {
+                for e in entries {
+                    if reply.add(
+                        e.ino,
+                        e.next as i64,
+                        file_type(e.inode.kind),
+                        OsStr::from_bytes(&e.name),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(err_code(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.fs.readdir(ino, offset.max(0) as u64, 128) {
+            Ok(entries) => {
+                for e in entries {
+                    if reply.add(
+                        e.ino,
+                        e.next as i64,
+                        OsStr::from_bytes(&e.name),
+                        &TTL,
+                        &attr(e.ino, &e.inode),
+                        0,
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(err_code(&e)),
+        }
+    }
+
+    fn fsyncdir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Make every namespace change so far durable.
+        self.spawn(move |fs| empty(fs.sync(), reply))
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(StatFs {
+                bsize,
+                blocks,
+                bfree,
+                files,
+                ffree,
+            }) => reply.statfs(blocks, bfree, bfree, files, ffree, bsize, 255, bsize),
+            Err(e) => reply.error(err_code(&e)),
+        }
+    }
+
+    fn setxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let name = name.as_bytes().to_vec();
+        let value = value.to_vec();
+        // Setting the policy may restripe a large file: keep it off the session thread.
+        self.spawn(move |fs| empty(fs.setxattr(ino, &name, &value, flags), reply))
+    }
+
+    fn getxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
+        match self.fs.getxattr(ino, name.as_bytes()) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(libc::ERANGE),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(err_code(&e)),
+        }
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                if size == 0 {
+                    reply.size(buf.len() as u32)
+                } else if buf.len() > size as usize {
+                    reply.error(libc::ERANGE)
+                } else {
+                    reply.data(&buf)
+                }
+            }
+            Err(e) => reply.error(err_code(&e)),
+        }
+    }
+
+    fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+        empty(self.fs.removexattr(ino, name.as_bytes()), reply)
+    }
+
+    fn access(&mut self, _req: &Request<'_>, ino: u64, _mask: i32, reply: ReplyEmpty) {
+        // Permission checks are done by the kernel (default_permissions).
+        empty(self.fs.getattr(ino).map(|_| ()), reply)
+    }
+
+    fn create(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = self
+            .fs
+            .mknod(
+                parent,
+                name.as_bytes(),
+                Kind::File,
+                mode & !umask,
+                req.uid(),
+                req.gid(),
+                0,
+                b"",
+            )
+            .and_then(|(ino, i)| self.fs.open(ino).map(|_| (ino, i)));
+        match r {
+            Ok((ino, i)) => reply.created(&TTL, &attr(ino, &i), 0, 0, 0),
+            Err(e) => reply.error(err_code(&e)),
+        }
+    }
+
+    fn fallocate(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        length: i64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let (Ok(off), Ok(len)) = (u64::try_from(offset), u64::try_from(length)) else {
+            return reply.error(libc::EINVAL);
+        };
+        self.spawn(move |fs| empty(fs.fallocate(ino, off, len, mode), reply))
+    }
+
+    fn lseek(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let Ok(off) = u64::try_from(offset) else {
+            return reply.error(libc::EINVAL);
+        };
+        self.spawn(move |fs| match fs.seek(ino, off, whence) {
+            Ok(o) => reply.offset(o as i64),
+            Err(e) => reply.error(err_code(&e)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_convert_both_ways() {
+        for t in [
+            Ts { secs: 0, nanos: 0 },
+            Ts {
+                secs: 1_700_000_000,
+                nanos: 5,
+            },
+            Ts {
+                secs: -5,
+                nanos: 250,
+            },
+        ] {
+            assert_eq!(from_time(to_time(t)), t);
+        }
+    }
+}

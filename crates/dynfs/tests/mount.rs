@@ -1,0 +1,424 @@
+//! FUSE integration tests: real tools (cp, rsync, tar, git) against a mounted pool.
+
+mod common;
+
+use common::*;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+
+#[test]
+fn cp_rsync_tar_roundtrip_through_the_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let mut m = Mounted::new(3, "rs:2+1", "64K");
+    m.mount();
+    let src = m.tmp.path().join("src");
+    make_tree(&src);
+    // cp -a in.
+    sh(&format!(
+        "cp -a '{}' '{}'",
+        src.display(),
+        m.p("cp").display()
+    ));
+    assert_eq!(rsync_diff(&src, &m.p("cp")), "");
+    // rsync -aHAX in and out.
+    sh(&format!(
+        "rsync -aHAX '{}/' '{}/'",
+        src.display(),
+        m.p("rs").display()
+    ));
+    assert_eq!(rsync_diff(&src, &m.p("rs")), "");
+    let out = m.tmp.path().join("out");
+    sh(&format!(
+        "rsync -aHAX '{}/' '{}/'",
+        m.p("rs").display(),
+        out.display()
+    ));
+    assert_eq!(rsync_diff(&src, &out), "");
+    // Hard links survive.
+    assert_eq!(
+        std::fs::metadata(m.p("rs/hard")).unwrap().ino(),
+        std::fs::metadata(m.p("rs/a/f3")).unwrap().ino()
+    );
+    // Sparse file costs little.
+    let meta = std::fs::metadata(m.p("rs/sparse")).unwrap();
+    assert_eq!(meta.len(), 5 << 20);
+    assert!(
+        meta.blocks() * 512 <= 128 * 1024,
+        "sparse file uses {} blocks",
+        meta.blocks()
+    );
+    // tar out of the mount and back in.
+    sh(&format!(
+        "cd '{}' && tar --xattrs -cf '{}' .",
+        m.p("rs").display(),
+        m.tmp.path().join("t.tar").display()
+    ));
+    std::fs::create_dir(m.p("untar")).unwrap();
+    sh(&format!(
+        "cd '{}' && tar --xattrs -xpf '{}'",
+        m.p("untar").display(),
+        m.tmp.path().join("t.tar").display()
+    ));
+    assert_eq!(rsync_diff(&src, &m.p("untar")), "");
+    // Survives remount.
+    m.unmount();
+    m.mount();
+    assert_eq!(rsync_diff(&src, &m.p("rs")), "");
+    m.unmount();
+    let scrub = run(&["scrub", m.pool.to_str().unwrap()]);
+    assert!(
+        scrub.status.success(),
+        "{}",
+        String::from_utf8_lossy(&scrub.stdout)
+    );
+    assert!(run_ok(&["gc", m.pool.to_str().unwrap()]).contains("removed 0 orphan fragments"));
+}
+
+#[test]
+fn git_init_and_commit_in_the_mount() {
+    if !fuse_available() {
+        return;
+    }
+    if std::process::Command::new("git")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("SKIP: git not installed");
+        return;
+    }
+    let mut m = Mounted::new(2, "replicate:2", "64K");
+    m.mount();
+    let repo = m.p("repo");
+    std::fs::create_dir(&repo).unwrap();
+    make_tree(&repo.join("tree"));
+    std::fs::remove_file(repo.join("tree/fifo")).unwrap();
+    let g = format!(
+        "cd '{}' && git -c init.defaultBranch=main init -q && git add -A && git -c user.name=t -c user.email=t@e commit -qm first && \
+         echo more >> tree/a/f1 && git -c user.name=t -c user.email=t@e commit -qam second && git fsck --strict && git log --oneline | wc -l",
+        repo.display()
+    );
+    assert_eq!(sh(&g).trim(), "2");
+    assert!(sh(&format!(
+        "cd '{}' && git status --porcelain",
+        repo.display()
+    ))
+    .is_empty());
+    m.unmount();
+}
+
+#[test]
+fn posix_details_through_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    let mut m = Mounted::new(3, "rs:2+1", "64K");
+    m.mount();
+    // Large sequential write and read with 1 MiB requests.
+    let big = bytes(42, 5 << 20);
+    std::fs::write(m.p("big"), &big).unwrap();
+    assert_eq!(std::fs::read(m.p("big")).unwrap(), big);
+    // Overwrite in the middle, extend, truncate.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.p("big"))
+        .unwrap();
+    f.seek(SeekFrom::Start(100_000)).unwrap();
+    f.write_all(b"MIDDLE").unwrap();
+    f.set_len(200_000).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let mut want = big[..200_000].to_vec();
+    want[100_000..100_006].copy_from_slice(b"MIDDLE");
+    assert_eq!(std::fs::read(m.p("big")).unwrap(), want);
+    // Policy xattr: read, change (restripe), file still identical.
+    sh(&format!(
+        "setfattr -n user.dynfs.policy -v replicate:3 '{}'",
+        m.p("big").display()
+    ));
+    assert_eq!(
+        sh(&format!(
+            "getfattr --only-values -n user.dynfs.policy '{}'",
+            m.p("big").display()
+        )),
+        "replicate:3"
+    );
+    assert_eq!(std::fs::read(m.p("big")).unwrap(), want);
+    assert!(std::process::Command::new("setfattr")
+        .args(["-n", "user.dynfs.policy", "-v", "rs:9+9"])
+        .arg(m.p("big"))
+        .status()
+        .map(|s| !s.success())
+        .unwrap());
+    // rename exchange / noreplace via mv.
+    std::fs::write(m.p("x"), b"X").unwrap();
+    std::fs::write(m.p("y"), b"Y").unwrap();
+    sh(&format!(
+        "mv --exchange '{}' '{}' 2>/dev/null || true",
+        m.p("x").display(),
+        m.p("y").display()
+    ));
+    let xy = (
+        std::fs::read(m.p("x")).unwrap(),
+        std::fs::read(m.p("y")).unwrap(),
+    );
+    assert!(xy == (b"Y".to_vec(), b"X".to_vec()) || xy == (b"X".to_vec(), b"Y".to_vec()));
+    sh(&format!(
+        "mv -n '{}' '{}'",
+        m.p("x").display(),
+        m.p("y").display()
+    ));
+    assert!(m.p("x").exists());
+    // SEEK_DATA / SEEK_HOLE through the kernel on a sparse file.
+    sh(&format!("truncate -s 10M '{}' && printf data | dd of='{}' bs=1 seek=7000000 conv=notrunc status=none", m.p("sp").display(), m.p("sp").display()));
+    let f = std::fs::File::open(m.p("sp")).unwrap();
+    let seek = |whence: i32| {
+        use std::os::fd::AsRawFd;
+        // SAFETY: lseek on a descriptor owned by `f`, which outlives the call.
+        unsafe { libc::lseek(f.as_raw_fd(), 0, whence) }
+    };
+    let v = vec![seek(libc::SEEK_DATA), seek(libc::SEEK_HOLE)];
+    drop(f);
+    assert_eq!(v, vec![7000000 / 65536 * 65536, 0]);
+    // fallocate punch hole.
+    sh(&format!(
+        "fallocate -p -o 0 -l 65536 '{}'",
+        m.p("big").display()
+    ));
+    assert_eq!(
+        std::fs::read(m.p("big")).unwrap()[..65536],
+        vec![0u8; 65536][..]
+    );
+    // statfs.
+    let df = sh(&format!("stat -f -c '%b %f' '{}'", m.mnt().display()));
+    let v: Vec<u64> = df.split_whitespace().map(|s| s.parse().unwrap()).collect();
+    assert!(v[0] > 0 && v[1] <= v[0]);
+    // Device node and FIFO.
+    sh(&format!(
+        "mknod '{}' c 1 3 && mkfifo '{}'",
+        m.p("null").display(),
+        m.p("pipe").display()
+    ));
+    assert_eq!(
+        std::fs::metadata(m.p("null")).unwrap().rdev(),
+        libc::makedev(1, 3)
+    );
+    // Unlinked-but-open file stays readable.
+    let mut f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.p("tmpfile"))
+        .unwrap();
+    f.write_all(b"still here").unwrap();
+    std::fs::remove_file(m.p("tmpfile")).unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut f, &mut s).unwrap();
+    assert_eq!(s, "still here");
+    drop(f);
+    m.unmount();
+    let st = run_ok(&["status", "--json", m.pool.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(v["degraded_extents"], 0);
+    assert!(v["policies"]["replicate:3"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn random_operations_match_a_shadow_copy() {
+    if !fuse_available() {
+        return;
+    }
+    let mut m = Mounted::new(6, "rs:4+2", "64K");
+    m.mount();
+    let shadow = m.tmp.path().join("shadow");
+    std::fs::create_dir(&shadow).unwrap();
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut rnd = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let names = ["a", "b", "c", "d", "e", "f"];
+    for step in 0..400 {
+        let name = names[rnd(names.len() as u64) as usize];
+        let (mp, sp) = (m.p(name), shadow.join(name));
+        match rnd(6) {
+            0 | 1 => {
+                let off = rnd(400_000);
+                let data = bytes(step, rnd(150_000) as usize + 1);
+                for p in [&mp, &sp] {
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(p)
+                        .unwrap();
+                    f.seek(SeekFrom::Start(off)).unwrap();
+                    f.write_all(&data).unwrap();
+                }
+            }
+            2 => {
+                let len = rnd(300_000);
+                for p in [&mp, &sp] {
+                    if p.exists() {
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(p)
+                            .unwrap()
+                            .set_len(len)
+                            .unwrap();
+                    }
+                }
+            }
+            3 => {
+                let to = names[rnd(names.len() as u64) as usize];
+                if sp.exists() {
+                    std::fs::rename(&mp, m.p(to)).unwrap();
+                    std::fs::rename(&sp, shadow.join(to)).unwrap();
+                }
+            }
+            4 => {
+                if sp.exists() && rnd(3) == 0 {
+                    std::fs::remove_file(&mp).unwrap();
+                    std::fs::remove_file(&sp).unwrap();
+                }
+            }
+            _ => {
+                if sp.exists() {
+                    assert_eq!(
+                        std::fs::read(&mp).unwrap(),
+                        std::fs::read(&sp).unwrap(),
+                        "step {step} {name}"
+                    );
+                }
+            }
+        }
+    }
+    let check = |m: &Mounted| {
+        for n in names {
+            assert_eq!(m.p(n).exists(), shadow.join(n).exists(), "{n}");
+            if shadow.join(n).exists() {
+                assert_eq!(
+                    std::fs::read(m.p(n)).unwrap(),
+                    std::fs::read(shadow.join(n)).unwrap(),
+                    "{n}"
+                );
+            }
+        }
+    };
+    check(&m);
+    m.unmount();
+    // Lose two disks (M = 2): everything still reads back.
+    std::fs::remove_dir_all(&m.disks[1]).unwrap();
+    std::fs::remove_dir_all(&m.disks[4]).unwrap();
+    m.mount();
+    check(&m);
+    m.unmount();
+}
+
+#[test]
+fn daemon_reports_mount_errors_and_cli_rejects_bad_input() {
+    let m = Mounted::new(2, "replicate:2", "64K");
+    // Mount point missing.
+    let out = run(&["mount", m.pool.to_str().unwrap(), "/nonexistent/mnt"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a directory"));
+    // Bad policy / too few disks / unknown pool.
+    let out = run(&[
+        "init",
+        "/tmp/x-pool-never",
+        "--disk",
+        "/tmp",
+        "--policy",
+        "rs:4+2",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs at least 6 disks"));
+    assert!(!std::path::Path::new("/tmp/x-pool-never").exists());
+    let out = run(&["status", "/nonexistent/pool"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&[
+        "disk",
+        "set-health",
+        m.pool.to_str().unwrap(),
+        "1",
+        "sideways",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid health"));
+    // A broken pool.toml lists every error.
+    let cfg = m.pool.join("pool.toml");
+    std::fs::write(
+        &cfg,
+        "default_policy = \"bogus\"\nextent_size = \"7\"\nwat = 1\n",
+    )
+    .unwrap();
+    let out = run(&["status", m.pool.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "missing key pool_id",
+        "default_policy",
+        "extent_size",
+        "unknown key \"wat\"",
+        "missing key disks",
+    ] {
+        assert!(err.contains(needle), "{needle} not in {err}");
+    }
+}
+
+#[test]
+fn prometheus_metrics_endpoint() {
+    if !fuse_available() {
+        return;
+    }
+    use std::io::Read;
+    let mut m = Mounted::new(2, "replicate:2", "64K");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    run_ok(&[
+        "mount",
+        m.pool.to_str().unwrap(),
+        m.mnt().to_str().unwrap(),
+        "--metrics",
+        &addr,
+    ]);
+    m.mounted = true;
+    std::fs::write(m.p("f"), bytes(1, 100_000)).unwrap();
+    assert_eq!(std::fs::read(m.p("f")).unwrap().len(), 100_000);
+    let get = |path: &str| {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut s = String::new();
+        c.read_to_string(&mut s).unwrap();
+        s
+    };
+    let body = get("/metrics");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let written: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("dynfs_written_bytes_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(written, 100_000);
+    assert!(body.contains("dynfs_disk_healthy{disk=\"1\",health=\"healthy\"} 1"));
+    assert!(get("/other").starts_with("HTTP/1.1 404"));
+    // While mounted, `dynfs status` reports what the daemon published.
+    let out = run_ok(&["status", m.pool.to_str().unwrap()]);
+    assert!(out.contains("pool is mounted"), "{out}");
+    assert!(out.contains("healthy"), "{out}");
+    // Admin commands that need the pool refuse clearly.
+    let out = run(&["scrub", m.pool.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+    m.unmount();
+    assert!(!m.pool.join("status.json").exists());
+}
