@@ -176,14 +176,11 @@ impl Mounted {
         self.wait_released();
     }
 
-    /// Wait until the pool lock is free (the daemon has exited).
+    /// Wait until the pool lock is free (the daemon has exited). `dynfs status`
+    /// cannot tell: it also answers for a mounted pool.
     pub fn wait_released(&self) {
         let start = Instant::now();
-        loop {
-            let out = run(&["status", self.pool.to_str().unwrap()]);
-            if out.status.success() {
-                return;
-            }
+        while !lock_is_free(&self.pool.join("pool.lock")) {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "daemon did not release the pool"
@@ -191,6 +188,17 @@ impl Mounted {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Whether nobody holds the pool's flock (taking it briefly to find out).
+fn lock_is_free(lock: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::File::open(lock) else {
+        return true;
+    };
+    // SAFETY: flock on a descriptor owned by `f`, which stays open for the call;
+    // the lock is released when `f` is dropped at the end of this function.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 impl Drop for Mounted {
