@@ -238,6 +238,13 @@ impl Engine {
         }
         *self.dest_root.lock().unwrap_or_else(|p| p.into_inner()) = plan.dest.clone();
         self.fresh_dest.store(plan.create_dest, Ordering::Relaxed);
+        if self.opts.verbose > 0
+            && self.opts.itemize == 0
+            && self.opts.out_format.is_none()
+            && !self.opts.list_only
+        {
+            self.out.line(b"sending incremental file list");
+        }
         if plan.create_dest
             && (self.opts.verbose > 0 || self.opts.itemize > 0)
             && !self.opts.list_only
@@ -251,13 +258,6 @@ impl Engine {
                 )
                 .as_bytes(),
             );
-        }
-        if self.opts.verbose > 0
-            && self.opts.itemize == 0
-            && self.opts.out_format.is_none()
-            && !self.opts.list_only
-        {
-            self.out.line(b"sending incremental file list");
         }
         let threads = self.opts.threads.max(1);
         let (tx, rx) = crossbeam_channel::bounded::<FileJob>(self.opts.queue_depth.max(1));
@@ -651,11 +651,11 @@ impl Engine {
                 fsops::copy_whole(&sf, &df, len, plain, &hook)?;
                 len
             };
+            self.finish_attrs_fd(src, &tmp, &df, &wanted)?;
             if self.opts.fsync {
                 fsops::fsync(&df)?;
             }
             drop(df);
-            self.finish_attrs(src, &tmp, &wanted)?;
             if self.stopped() {
                 return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
             }
@@ -764,6 +764,23 @@ impl Engine {
             meta::sync_xattrs(src, path, self.opts.xattrs, self.opts.acls, false)?;
         }
         match meta::apply(path, Kind::File, w, None) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !self.am_root => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Like `finish_attrs`, on the open temporary file (saves path lookups).
+    fn finish_attrs_fd(
+        &self,
+        src: &Path,
+        path: &Path,
+        file: &std::fs::File,
+        w: &Wanted,
+    ) -> io::Result<()> {
+        if self.opts.xattrs || self.opts.acls {
+            meta::sync_xattrs(src, path, self.opts.xattrs, self.opts.acls, false)?;
+        }
+        match meta::apply_fd(file, w) {
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !self.am_root => Ok(()),
             other => other,
         }
@@ -1069,7 +1086,7 @@ impl Walker<'_> {
     }
 
     fn list_only(&self, src: &Path, rel: &[u8], meta: &Meta) {
-        let link = if meta.kind() == Kind::Symlink {
+        let link = if meta.kind() == Kind::Symlink && self.opts().links {
             fsops::read_link(src).ok()
         } else {
             None
@@ -1274,6 +1291,11 @@ impl Walker<'_> {
         let eng = self.eng;
         let o = self.opts();
         let kind = meta.kind();
+        if o.list_only {
+            self.count_seen(meta, src);
+            self.list_only(src, rel, meta);
+            return;
+        }
         match kind {
             Kind::Symlink if !o.links => {
                 if o.verbose > 0 {

@@ -229,6 +229,35 @@ pub fn set_times(path: &Path, atime: Option<Time>, mtime: Option<Time>) -> io::R
     rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(io::Error::from)
 }
 
+/// Sets owner and/or group of an open file.
+pub fn fchown(file: &File, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    std::os::unix::fs::fchown(file, uid, gid)
+}
+
+/// Sets permission bits of an open file.
+pub fn fchmod(file: &File, mode: u32) -> io::Result<()> {
+    rustix::fs::fchmod(file, Mode::from_raw_mode(mode & 0o7777)).map_err(io::Error::from)
+}
+
+/// Sets times of an open file. `None` leaves a time unchanged.
+pub fn futimes(file: &File, atime: Option<Time>, mtime: Option<Time>) -> io::Result<()> {
+    let ts = |t: Option<Time>| match t {
+        Some(t) => Timespec {
+            tv_sec: t.sec,
+            tv_nsec: t.nsec as _,
+        },
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+    };
+    let times = Timestamps {
+        last_access: ts(atime),
+        last_modification: ts(mtime),
+    };
+    rustix::fs::futimens(file, &times).map_err(io::Error::from)
+}
+
 /// Extended attribute names of an entry (symlinks not followed).
 pub fn list_xattrs(path: &Path) -> io::Result<Vec<OsString>> {
     let mut buf = vec![0u8; 1024];
@@ -360,15 +389,35 @@ pub fn copy_whole(
     plain: bool,
     stop: StopCheck,
 ) -> io::Result<CopyMethod> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // The last source filesystem (st_dev) whose FICLONE was refused: skip the ioctl
+    // there from then on.
+    static NO_REFLINK_DEV: AtomicU64 = AtomicU64::new(u64::MAX);
     if plain {
         copy_read_write(src, dst, 0, len, false, stop)?;
         return Ok(CopyMethod::ReadWrite);
     }
-    if len > 0 && rustix::fs::ioctl_ficlone(dst, src).is_ok() {
-        if stop(len) {
-            return Err(interrupted());
+    if len > 0 {
+        let dev = fstat(src).map(|m| m.dev).unwrap_or(u64::MAX - 1);
+        if NO_REFLINK_DEV.load(Ordering::Relaxed) != dev {
+            match rustix::fs::ioctl_ficlone(dst, src) {
+                Ok(()) => {
+                    if stop(len) {
+                        return Err(interrupted());
+                    }
+                    return Ok(CopyMethod::Reflink);
+                }
+                Err(
+                    rustix::io::Errno::OPNOTSUPP
+                    | rustix::io::Errno::NOTTY
+                    | rustix::io::Errno::XDEV
+                    | rustix::io::Errno::INVAL,
+                ) => {
+                    NO_REFLINK_DEV.store(dev, Ordering::Relaxed);
+                }
+                Err(_) => {}
+            }
         }
-        return Ok(CopyMethod::Reflink);
     }
     let mut done = 0u64;
     let mut in_off = 0u64;
@@ -394,8 +443,10 @@ pub fn copy_whole(
         }
     }
     if range_ok {
-        // A file that shrank while copying ends early; the caller sees the short length.
-        set_len(dst, done)?;
+        if done < len {
+            // The source shrank while copying: the copy ends early.
+            set_len(dst, done)?;
+        }
         return Ok(CopyMethod::CopyRange);
     }
     copy_read_write(src, dst, 0, len, false, stop)?;
@@ -539,8 +590,27 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Random bytes for temporary names.
+/// Random bits for temporary names: a per-thread xorshift generator seeded once from the
+/// kernel (names only need to be unlikely to collide; `O_EXCL` makes them safe).
 pub fn random_u64() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = const { Cell::new(0) };
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        if x == 0 {
+            x = seed_u64() | 1;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
+}
+
+fn seed_u64() -> u64 {
     let mut b = [0u8; 8];
     if rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::NONBLOCK).is_err() {
         let t = std::time::SystemTime::now()

@@ -273,6 +273,26 @@ pub fn apply(path: &Path, kind: Kind, w: &Wanted, current: Option<&Meta>) -> io:
     }
 }
 
+/// Applies owner, mode and times to a freshly written open file (all wanted values).
+pub fn apply_fd(file: &std::fs::File, w: &Wanted) -> io::Result<()> {
+    let mut chown_err = None;
+    if w.uid.is_some() || w.gid.is_some() {
+        if let Err(e) = fsops::fchown(file, w.uid, w.gid) {
+            chown_err = Some(e);
+        }
+    }
+    if let Some(p) = w.perms {
+        fsops::fchmod(file, p)?;
+    }
+    if w.mtime.is_some() || w.atime.is_some() {
+        fsops::futimes(file, w.atime, w.mtime)?;
+    }
+    match chown_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// Makes the xattrs of `dst` in the selected namespaces equal those of `src`. Returns
 /// (acl_changed, xattr_changed). With `dry`, only compares.
 pub fn sync_xattrs(

@@ -562,7 +562,8 @@ impl Stats {
     pub fn summary(&self, elapsed: f64, human: u8) -> String {
         let (sent, recv) = self.wire_estimate();
         let total = self.total_size.load(Ordering::Relaxed);
-        let rate = (sent + recv) as f64 / elapsed.max(0.001);
+        // rsync divides by whole elapsed seconds plus one half.
+        let rate = (sent + recv) as f64 / (0.5 + elapsed.floor());
         let speedup = if sent + recv > 0 {
             total as f64 / (sent + recv) as f64
         } else {
