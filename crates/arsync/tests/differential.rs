@@ -585,3 +585,100 @@ fn dry_run_and_list_only_change_nothing() {
         "{text}"
     );
 }
+
+#[test]
+fn symlink_handling_flags_match_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    make_tree(
+        &src,
+        TreeSpec {
+            dirs: 3,
+            files_per_dir: 2,
+            rich: true,
+            seed: 21,
+        },
+    );
+    // Links that climb out of the tree, and one inside a subdirectory.
+    std::os::unix::fs::symlink("../outside", src.join("dir0/up_one")).unwrap();
+    std::os::unix::fs::symlink("../../outside", src.join("dir0/up_two")).unwrap();
+    fs::write(w.path().join("outside"), b"outside").unwrap();
+    settle_times(&src);
+    let o = SnapOpts::default();
+    for flags in [
+        &["-a", "-L"][..],
+        &["-a", "--safe-links"],
+        &["-a", "--copy-unsafe-links"],
+        &["-a", "-k"],
+        &["-rtp"],
+        &["-rlptD", "-v"],
+    ] {
+        let what = flags.join(" ");
+        let (ao, ro) = differential(w.path(), flags, &[slash(&src)], None, o, &what);
+        if flags.contains(&"-v") {
+            // Same names reported (the summary lines carry timings and byte estimates).
+            let strip = |v: Vec<String>| -> Vec<String> {
+                v.into_iter()
+                    .filter(|l| {
+                        !l.starts_with("sent ")
+                            && !l.starts_with("total size")
+                            && !l.starts_with("created directory")
+                    })
+                    .collect()
+            };
+            assert_eq!(strip(lines(&ao)), strip(lines(&ro)), "{what}: -v output differs");
+        }
+    }
+    // -K: a symlink to a directory on the receiver is kept and written through.
+    let old = w.path().join("old");
+    fs::create_dir(&old).unwrap();
+    fs::create_dir(old.join("real")).unwrap();
+    std::os::unix::fs::symlink("real", old.join("dir0")).unwrap();
+    // rsync 3.5.0 reports a spurious error (code 23) when it sets the permissions of the
+    // kept directory symlink (ELOOP); arsync sets them on the directory. Trees must agree.
+    let (a, r) = (w.path().join("a"), w.path().join("r"));
+    let _ = fs::remove_dir_all(&a);
+    let _ = fs::remove_dir_all(&r);
+    clone_tree(&old, &a);
+    clone_tree(&old, &r);
+    let ao = arsync(&[OsString::from("-a"), "-K".into(), slash(&src), slash(&a)]);
+    assert_code(&ao, 0, "-K");
+    let _ = rsync(&[OsString::from("-a"), "-K".into(), slash(&src), slash(&r)]);
+    assert!(fs::symlink_metadata(a.join("dir0")).unwrap().file_type().is_symlink());
+    // The one intended difference: arsync gave the kept directory the source's mode.
+    let want = fs::metadata(src.join("dir0")).unwrap().permissions().mode();
+    assert_eq!(fs::metadata(a.join("real")).unwrap().permissions().mode(), want);
+    let rmode = fs::metadata(r.join("real")).unwrap().permissions();
+    fs::set_permissions(a.join("real"), rmode).unwrap();
+    let no_root = SnapOpts {
+        root_mtime: false,
+        dir_mtimes: false,
+        ..o
+    };
+    assert_same_tree(&a, &r, no_root, "-K");
+}
+
+#[test]
+fn one_file_system_matches_rsync() {
+    // /dev/shm (tmpfs) inside a tree on another filesystem is a mount point; build the
+    // tree in /tmp and bind nothing: use /proc's mount of a pseudo-fs instead when present.
+    let w = tempfile::tempdir_in("/tmp").unwrap();
+    let src = w.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/f"), b"f").unwrap();
+    // A symlink is not a mount point; use -x with -L on a link to /dev/shm's filesystem
+    // only when /tmp and /dev/shm differ.
+    let tmp_dev = std::os::unix::fs::MetadataExt::dev(&fs::metadata("/tmp").unwrap());
+    let shm_dev = std::os::unix::fs::MetadataExt::dev(&fs::metadata("/dev/shm").unwrap());
+    if tmp_dev == shm_dev {
+        return;
+    }
+    let other = scratch();
+    fs::write(other.path().join("far"), b"far").unwrap();
+    std::os::unix::fs::symlink(other.path(), src.join("mnt")).unwrap();
+    settle_times(other.path());
+    settle_times(&src);
+    for flags in [&["-a", "-k", "-x"][..], &["-a", "-k", "-xx"], &["-a", "-k"]] {
+        differential(w.path(), flags, &[slash(&src)], None, SnapOpts::default(), &flags.join(" "));
+    }
+}
