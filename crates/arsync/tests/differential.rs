@@ -626,7 +626,11 @@ fn symlink_handling_flags_match_rsync() {
                     })
                     .collect()
             };
-            assert_eq!(strip(lines(&ao)), strip(lines(&ro)), "{what}: -v output differs");
+            assert_eq!(
+                strip(lines(&ao)),
+                strip(lines(&ro)),
+                "{what}: -v output differs"
+            );
         }
     }
     // -K: a symlink to a directory on the receiver is kept and written through.
@@ -644,10 +648,16 @@ fn symlink_handling_flags_match_rsync() {
     let ao = arsync(&[OsString::from("-a"), "-K".into(), slash(&src), slash(&a)]);
     assert_code(&ao, 0, "-K");
     let _ = rsync(&[OsString::from("-a"), "-K".into(), slash(&src), slash(&r)]);
-    assert!(fs::symlink_metadata(a.join("dir0")).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(a.join("dir0"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     // The one intended difference: arsync gave the kept directory the source's mode.
     let want = fs::metadata(src.join("dir0")).unwrap().permissions().mode();
-    assert_eq!(fs::metadata(a.join("real")).unwrap().permissions().mode(), want);
+    assert_eq!(
+        fs::metadata(a.join("real")).unwrap().permissions().mode(),
+        want
+    );
     let rmode = fs::metadata(r.join("real")).unwrap().permissions();
     fs::set_permissions(a.join("real"), rmode).unwrap();
     let no_root = SnapOpts {
@@ -679,6 +689,130 @@ fn one_file_system_matches_rsync() {
     settle_times(other.path());
     settle_times(&src);
     for flags in [&["-a", "-k", "-x"][..], &["-a", "-k", "-xx"], &["-a", "-k"]] {
-        differential(w.path(), flags, &[slash(&src)], None, SnapOpts::default(), &flags.join(" "));
+        differential(
+            w.path(),
+            flags,
+            &[slash(&src)],
+            None,
+            SnapOpts::default(),
+            &flags.join(" "),
+        );
     }
+}
+
+#[test]
+fn write_strategy_and_output_flags_match_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    make_tree(
+        &src,
+        TreeSpec {
+            dirs: 3,
+            files_per_dir: 3,
+            rich: true,
+            seed: 31,
+        },
+    );
+    let old = w.path().join("old");
+    assert_code(
+        &rsync(&[OsString::from("-a"), slash(&src), slash(&old)]),
+        0,
+        "seed",
+    );
+    mutate(&src);
+    let tmpd = w.path().join("tmpd");
+    fs::create_dir(&tmpd).unwrap();
+    let temp_dir = format!("--temp-dir={}", tmpd.display());
+    let o = SnapOpts::default();
+    let combos: Vec<Vec<String>> = vec![
+        vec!["-a".into(), temp_dir],
+        vec!["-a".into(), "--inplace".into(), "-b".into()],
+        vec!["-a".into(), "--fsync".into(), "--preallocate".into()],
+        vec!["-a".into(), "--partial-dir=.part".into(), "--delete".into()],
+        vec!["-a".into(), "--chown=1234:5678".into()],
+        vec![
+            "-a".into(),
+            "--numeric-ids".into(),
+            "--checksum-choice=xxh128".into(),
+        ],
+        vec!["-a".into(), "--out-format=%o %n%L %l %B".into()],
+        vec!["-a".into(), "-n".into(), "-i".into(), "--delete".into()],
+        vec!["-a".into(), "-ii".into()],
+        vec!["-a".into(), "-d".into(), "--no-r".into(), "-i".into()],
+    ];
+    for flags in &combos {
+        let f: Vec<&str> = flags.iter().map(|s| s.as_str()).collect();
+        let what = flags.join(" ");
+        // See flag_combinations_on_update_match_rsync: rsync's directory times under -b.
+        let o = SnapOpts {
+            dir_mtimes: !what.contains("-b"),
+            ..o
+        };
+        let (ao, ro) = differential(w.path(), &f, &[slash(&src)], Some(&old), o, &what);
+        if what.contains("out-format") || what.contains("-i") {
+            assert_eq!(lines(&ao), lines(&ro), "{what}: output differs");
+        }
+    }
+    assert!(
+        fs::read_dir(&tmpd).unwrap().next().is_none(),
+        "temp-dir not cleaned"
+    );
+}
+
+#[test]
+fn log_file_progress_and_stats_are_written() {
+    let w = scratch();
+    let src = w.path().join("src");
+    make_tree(
+        &src,
+        TreeSpec {
+            dirs: 2,
+            files_per_dir: 3,
+            rich: false,
+            seed: 5,
+        },
+    );
+    let dst = w.path().join("dst");
+    let log = w.path().join("log");
+    let out = arsync(&[
+        OsString::from("-a"),
+        format!("--log-file={}", log.display()).into(),
+        "--progress".into(),
+        "--info=progress2".into(),
+        "-h".into(),
+        "--stats".into(),
+        slash(&src),
+        slash(&dst),
+    ]);
+    assert_code(&out, 0, "log/progress");
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.contains(">f+++++++++ f0_0.dat"), "{text}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("100%") && stdout.contains("xfr#"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Number of regular files transferred: 10"),
+        "{stdout}"
+    );
+    assert_same_tree(&dst, &src, SnapOpts::default(), "log/progress copy");
+}
+
+#[test]
+fn bwlimit_paces_the_copy() {
+    let w = scratch();
+    let src = w.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), Rng::new(1).bytes(3 << 20)).unwrap();
+    let t = std::time::Instant::now();
+    let out = arsync(&[
+        OsString::from("-a"),
+        "--bwlimit=4M".into(),
+        slash(&src),
+        slash(&w.path().join("d")),
+    ]);
+    assert_code(&out, 0, "bwlimit");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(secs > 0.5, "3 MiB at 4 MiB/s took only {secs:.2}s");
 }

@@ -70,6 +70,8 @@ struct DirNode {
     apply: Option<(Meta, Option<Meta>)>,
     pending: AtomicUsize,
     parent: Option<Arc<DirNode>>,
+    /// Dry run: the directory does not really exist, so nothing below it does either.
+    virtual_new: bool,
 }
 
 /// One file whose data must be copied.
@@ -192,7 +194,7 @@ impl Engine {
             length: meta.size,
             bytes: 0,
             meta: Some(meta),
-            operation: "recv",
+            operation: "send",
         };
         if changed {
             self.out.log_item(&info, self.opts.human_readable);
@@ -281,6 +283,7 @@ impl Engine {
             apply: None,
             pending: AtomicUsize::new(1),
             parent: None,
+            virtual_new: false,
         });
         let walker = Walker {
             eng: self,
@@ -477,8 +480,22 @@ impl Engine {
             }
         }
         if copy {
+            // --inplace rewrites the original: the backup is a copy with its metadata.
             let tmp = self.temp_path(bp.parent().unwrap_or(Path::new(".")), b"backup");
+            let orig = fsops::lstat(dst)?;
             std::fs::copy(dst, &tmp)?;
+            let w = Wanted {
+                perms: Some(orig.perms()),
+                uid: Some(orig.uid),
+                gid: Some(orig.gid),
+                mtime: Some(orig.mtime),
+                atime: None,
+            };
+            let _ = meta::sync_xattrs(dst, &tmp, true, true, false);
+            if let Err(e) = meta::apply(&tmp, Kind::File, &w, None) {
+                let _ = fsops::unlink(&tmp);
+                return Err(e);
+            }
             return fsops::rename(&tmp, &bp);
         }
         fsops::rename(dst, &bp)
@@ -1131,7 +1148,11 @@ impl Walker<'_> {
             }
             return;
         }
-        let mut existing = fsops::lstat(dst).ok();
+        let mut existing = if parent.virtual_new {
+            None
+        } else {
+            fsops::lstat(dst).ok()
+        };
         let fresh_root = rel == b"." && eng.fresh_dest.load(Ordering::Relaxed);
         if fresh_root {
             existing = None;
@@ -1154,6 +1175,7 @@ impl Walker<'_> {
                         apply: None,
                         pending: AtomicUsize::new(1),
                         parent: None,
+                        virtual_new: false,
                     });
                     self.process_entries(src, dst, rel, &node, o.recursive, &entries);
                 }
@@ -1236,6 +1258,7 @@ impl Walker<'_> {
             apply: Some((*meta, existing)),
             pending: AtomicUsize::new(1),
             parent: Some(Arc::clone(parent)),
+            virtual_new: o.dry_run && (is_new || parent.virtual_new),
         });
         if let Some(entries) = entries {
             self.process_entries(src, dst, rel, &node, o.recursive, &entries);
@@ -1325,6 +1348,7 @@ impl Walker<'_> {
             return;
         }
         let existing = match fsops::lstat(dst) {
+            _ if dir.virtual_new => None,
             Ok(m) => Some(m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
