@@ -816,3 +816,34 @@ fn bwlimit_paces_the_copy() {
     let secs = t.elapsed().as_secs_f64();
     assert!(secs > 0.5, "3 MiB at 4 MiB/s took only {secs:.2}s");
 }
+
+#[test]
+fn rerun_over_unchanged_tree_writes_nothing() {
+    use std::os::unix::fs::MetadataExt;
+    let w = scratch();
+    let src = w.path().join("src");
+    make_tree(&src, RICH);
+    let dst = w.path().join("dst");
+    let args = [OsString::from("-aHAXS"), "--delete".into(), slash(&src), slash(&dst)];
+    assert_code(&arsync(&args), 0, "first run");
+    let ctimes = |root: &Path| {
+        let mut v = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap().flatten() {
+                let m = fs::symlink_metadata(e.path()).unwrap();
+                if m.is_dir() {
+                    stack.push(e.path());
+                }
+                v.push((e.path(), m.ino(), m.ctime(), m.ctime_nsec()));
+            }
+        }
+        v.sort();
+        v
+    };
+    let before = ctimes(&dst);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let again = arsync(&args);
+    assert_code(&again, 0, "second run");
+    assert_eq!(before, ctimes(&dst), "the no-op run changed something");
+}
