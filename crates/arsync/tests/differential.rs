@@ -333,6 +333,13 @@ fn filters_match_rsync() {
             "--exclude=dir0/***".into(),
             "--exclude=/link_*".into(),
         ],
+        vec![
+            "-a".into(),
+            "--include=*/".into(),
+            "--include=*.dat".into(),
+            "--exclude=*".into(),
+            "--delete".into(),
+        ],
     ];
     for flags in &combos {
         let f: Vec<&str> = flags.iter().map(|s| s.as_str()).collect();
@@ -345,6 +352,20 @@ fn filters_match_rsync() {
             &flags.join(" "),
         );
     }
+    // Filters apply to top-level arguments too.
+    let args = [
+        src.join("dir0").into_os_string(),
+        src.join("f0_0.dat").into_os_string(),
+    ];
+    let o = SnapOpts::default();
+    differential(
+        w.path(),
+        &["-a", "--exclude=dir0"],
+        &args,
+        None,
+        o,
+        "top-level exclude",
+    );
 }
 
 #[test]
@@ -824,7 +845,12 @@ fn rerun_over_unchanged_tree_writes_nothing() {
     let src = w.path().join("src");
     make_tree(&src, RICH);
     let dst = w.path().join("dst");
-    let args = [OsString::from("-aHAXS"), "--delete".into(), slash(&src), slash(&dst)];
+    let args = [
+        OsString::from("-aHAXS"),
+        "--delete".into(),
+        slash(&src),
+        slash(&dst),
+    ];
     assert_code(&arsync(&args), 0, "first run");
     let ctimes = |root: &Path| {
         let mut v = Vec::new();

@@ -98,6 +98,7 @@ pub struct Engine {
     vanished: AtomicBool,
     del_limit_hit: AtomicU64,
     io_error: AtomicBool,
+    delete_skip_told: AtomicBool,
     deletes_done: AtomicU64,
     temps: Mutex<HashSet<PathBuf>>,
     hlinks: Mutex<HashMap<(u64, u64), LinkLeader>>,
@@ -139,6 +140,7 @@ impl Engine {
             vanished: AtomicBool::new(false),
             del_limit_hit: AtomicU64::new(0),
             io_error: AtomicBool::new(false),
+            delete_skip_told: AtomicBool::new(false),
             deletes_done: AtomicU64::new(0),
             temps: Mutex::new(HashSet::new()),
             hlinks: Mutex::new(HashMap::new()),
@@ -574,11 +576,14 @@ impl Engine {
             let secs = self.start.elapsed().as_secs_f64().max(0.001);
             let total = self.stats.total_size.load(Ordering::Relaxed).max(done);
             let pct = done * 100 / total.max(1);
-            eprint!(
-                "\r{:>15} {:>3}% {:>10.2}MB/s    (xfr#{n})",
-                report::commas(done),
-                pct,
-                done as f64 / 1e6 / secs
+            self.out.raw(
+                format!(
+                    "\r{:>15} {:>3}% {:>10.2}MB/s    (xfr#{n})",
+                    report::commas(done),
+                    pct,
+                    done as f64 / 1e6 / secs
+                )
+                .as_bytes(),
             );
         }
         self.remove_source(src, rel, meta);
@@ -665,7 +670,7 @@ impl Engine {
             let written = if self.opts.sparse {
                 fsops::copy_sparse(&sf, &df, len, &hook)?
             } else {
-                fsops::copy_whole(&sf, &df, len, plain, &hook)?;
+                fsops::copy_whole(&sf, smeta.dev, &df, len, plain, &hook)?;
                 len
             };
             self.finish_attrs_fd(src, &tmp, &df, &wanted)?;
@@ -751,7 +756,8 @@ impl Engine {
                     let s = fsops::open_read(tmp, false)?;
                     let len = fsops::fstat(&s)?.size;
                     let d = fsops::create_new(&near, 0o600)?;
-                    fsops::copy_whole(&s, &d, len, false, &|_| false)?;
+                    let dev = fsops::fstat(&s)?.dev;
+                    fsops::copy_whole(&s, dev, &d, len, false, &|_| false)?;
                     drop(d);
                     let m = fsops::lstat(tmp)?;
                     let _ = meta::sync_xattrs(tmp, &near, true, true, false);
@@ -891,6 +897,15 @@ impl Walker<'_> {
     }
 
     fn top_item(&self, item: &TopItem, dest: &Path, root: &Arc<DirNode>) {
+        if item.display != b"."
+            && !self.eng.filter.is_empty()
+            && self
+                .eng
+                .filter
+                .excluded(&item.display, item.meta.kind() == Kind::Dir)
+        {
+            return;
+        }
         let dst = plan::join(dest, &item.rel);
         if self.opts().no_implied_dirs && item.rel.contains(&b'/') && !self.opts().dry_run {
             // Missing path components get default attributes, as in rsync.
@@ -1242,6 +1257,13 @@ impl Walker<'_> {
         };
         if let Some(entries) = &entries {
             if !is_new && matches!(o.delete, DeleteMode::During | DeleteMode::Before) {
+                // rsync's sender reads ahead: an unreadable subdirectory is an I/O error
+                // before this directory's deletions happen.
+                for e in entries.iter().filter(|e| e.meta.kind() == Kind::Dir) {
+                    if o.recursive && !fsops::can_list(&src.join(&e.name)) {
+                        eng.io_error.store(true, Ordering::Relaxed);
+                    }
+                }
                 let names: HashSet<&OsStr> = entries.iter().map(|e| e.name.as_os_str()).collect();
                 self.delete_extraneous(dst, rel, &names);
             }
@@ -1852,6 +1874,10 @@ impl Walker<'_> {
     fn delete_extraneous(&self, dst: &Path, rel: &[u8], keep: &HashSet<&OsStr>) -> usize {
         let eng = self.eng;
         if eng.io_error.load(Ordering::Relaxed) && !eng.opts.ignore_errors {
+            if !eng.delete_skip_told.swap(true, Ordering::Relaxed) {
+                eng.out
+                    .error("IO error encountered -- skipping file deletion");
+            }
             return 0;
         }
         let Ok(mut names) = fsops::read_dir_names(dst) else {

@@ -309,6 +309,17 @@ pub fn remove_xattr(path: &Path, name: &OsStr) -> io::Result<()> {
     rustix::fs::lremovexattr(path, name).map_err(io::Error::from)
 }
 
+/// True if the directory can be listed and entered by this process.
+pub fn can_list(path: &Path) -> bool {
+    rustix::fs::accessat(
+        CWD,
+        path,
+        rustix::fs::Access::READ_OK | rustix::fs::Access::EXEC_OK,
+        AtFlags::EACCESS,
+    )
+    .is_ok()
+}
+
 /// Opens a file for reading without following a final symlink unless `follow`.
 pub fn open_read(path: &Path, follow: bool) -> io::Result<File> {
     let mut o = OpenOptions::new();
@@ -384,6 +395,7 @@ fn interrupted() -> io::Error {
 /// `copy_file_range`, then read/write. Returns the method used.
 pub fn copy_whole(
     src: &File,
+    src_dev: u64,
     dst: &File,
     len: u64,
     plain: bool,
@@ -398,7 +410,7 @@ pub fn copy_whole(
         return Ok(CopyMethod::ReadWrite);
     }
     if len > 0 {
-        let dev = fstat(src).map(|m| m.dev).unwrap_or(u64::MAX - 1);
+        let dev = src_dev;
         if NO_REFLINK_DEV.load(Ordering::Relaxed) != dev {
             match rustix::fs::ioctl_ficlone(dst, src) {
                 Ok(()) => {

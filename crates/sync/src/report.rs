@@ -381,6 +381,17 @@ impl Output {
         }
     }
 
+    /// Writes raw bytes to stdout without a newline (progress lines ending in `\r`).
+    pub fn raw(&self, bytes: &[u8]) {
+        if self.quiet {
+            return;
+        }
+        if let Ok(mut o) = self.stdout.lock() {
+            let _ = o.write_all(bytes);
+            let _ = o.flush();
+        }
+    }
+
     /// Writes a message to the log file, if any.
     pub fn log_msg(&self, msg: &[u8]) {
         if let Some(l) = &self.log {
