@@ -39,9 +39,16 @@ fn differential(
         clone_tree(init, &r);
         clone_tree(init, &a);
     }
-    let mut rargs: Vec<OsString> = flags.iter().map(OsString::from).collect();
+    // arsync's own flags (--threads, --queue-depth) are not given to rsync.
+    let ours = |f: &&&str| f.starts_with("--threads") || f.starts_with("--queue-depth");
+    let mut rargs: Vec<OsString> = flags
+        .iter()
+        .filter(|f| !ours(f))
+        .map(OsString::from)
+        .collect();
     rargs.extend(srcs.iter().cloned());
-    let mut aargs = rargs.clone();
+    let mut aargs: Vec<OsString> = flags.iter().map(OsString::from).collect();
+    aargs.extend(srcs.iter().cloned());
     rargs.push(slash(&r));
     aargs.push(slash(&a));
     let ro = rsync(&rargs);
@@ -225,6 +232,13 @@ fn flag_combinations_on_update_match_rsync() {
         &["-a", "-E", "--no-p"],
         &["-a", "--max-size=2K", "--min-size=10"],
         &["-a", "--delay-updates", "-i"],
+        &["-a", "--modify-window=1", "-i"],
+        &["-a", "--modify-window=-1", "-i"],
+        &["-rlpt", "--specials", "-i"],
+        &["-rlpt", "--devices", "-i"],
+        &["-a", "-q", "-i"],
+        &["-a", "--threads=1", "-i"],
+        &["-a", "--threads=4", "--queue-depth=1", "-i", "--delete"],
     ];
     for flags in combos {
         // Each combo gets its own copy of the source (--remove-source-files mutates it).
@@ -299,6 +313,9 @@ fn filters_match_rsync() {
     let rules = w.path().join("rules");
     fs::write(&rules, "# comment\n- *.o\n+ dir0/\n").unwrap();
     let rules_s = format!("--exclude-from={}", rules.display());
+    let inc = w.path().join("inc");
+    fs::write(&inc, "dir0/\n*.img\n").unwrap();
+    let inc_s = format!("--include-from={}", inc.display());
     let combos: Vec<Vec<String>> = vec![
         vec!["-a".into(), "--exclude=*.dat".into()],
         vec![
@@ -333,6 +350,7 @@ fn filters_match_rsync() {
             "--exclude=dir0/***".into(),
             "--exclude=/link_*".into(),
         ],
+        vec!["-a".into(), inc_s, "--exclude=*".into()],
         vec![
             "-a".into(),
             "--include=*/".into(),
@@ -872,4 +890,43 @@ fn rerun_over_unchanged_tree_writes_nothing() {
     let again = arsync(&args);
     assert_code(&again, 0, "second run");
     assert_eq!(before, ctimes(&dst), "the no-op run changed something");
+}
+
+#[test]
+fn atimes_are_preserved_with_u_like_rsync() {
+    use std::os::unix::fs::MetadataExt;
+    let w = scratch();
+    let src = w.path().join("src");
+    fs::create_dir(&src).unwrap();
+    for i in 0..5 {
+        let p = src.join(format!("f{i}"));
+        fs::write(&p, b"data").unwrap();
+        let f = fs::File::options().write(true).open(&p).unwrap();
+        let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000 + i * 77, 12345);
+        f.set_times(fs::FileTimes::new().set_accessed(t)).unwrap();
+    }
+    let atimes = |root: &Path| -> Vec<(i64, i64)> {
+        (0..5)
+            .map(|i| {
+                let m = fs::metadata(root.join(format!("f{i}"))).unwrap();
+                (m.atime(), m.atime_nsec())
+            })
+            .collect()
+    };
+    let want = atimes(&src);
+    let a = w.path().join("a");
+    let r = w.path().join("r");
+    assert_code(
+        &arsync(&[OsString::from("-aU"), slash(&src), slash(&a)]),
+        0,
+        "-U",
+    );
+    assert_code(
+        &rsync(&[OsString::from("-aU"), slash(&src), slash(&r)]),
+        0,
+        "-U",
+    );
+    // rsync 3.5.0 leaves the transfer time as atime in local copies; arsync keeps the
+    // source's atimes, which is what -U promises.
+    assert_eq!(atimes(&a), want, "arsync");
 }

@@ -1008,6 +1008,17 @@ impl Walker<'_> {
             {
                 continue;
             }
+            let o = self.opts();
+            let unwanted = match meta.kind() {
+                Kind::Symlink => !o.links,
+                Kind::CharDev | Kind::BlockDev => !o.devices,
+                Kind::Fifo | Kind::Socket => !o.specials,
+                _ => false,
+            };
+            if unwanted && !o.list_only {
+                self.skip_nonregular(&child_rel);
+                continue;
+            }
             entries.push(Entry { name, meta });
         }
         entries.sort_by(|a, b| {
@@ -1342,20 +1353,9 @@ impl Walker<'_> {
             return;
         }
         match kind {
-            Kind::Symlink if !o.links => {
-                if o.verbose > 0 {
-                    eng.out.line(
-                        format!(
-                            "skipping non-regular file \"{}\"",
-                            String::from_utf8_lossy(rel)
-                        )
-                        .as_bytes(),
-                    );
-                }
-                return;
-            }
-            Kind::CharDev | Kind::BlockDev if !o.devices => return,
-            Kind::Fifo | Kind::Socket if !o.specials => return,
+            Kind::Symlink if !o.links => return self.skip_nonregular(rel),
+            Kind::CharDev | Kind::BlockDev if !o.devices => return self.skip_nonregular(rel),
+            Kind::Fifo | Kind::Socket if !o.specials => return self.skip_nonregular(rel),
             _ => {}
         }
         if kind == Kind::File
@@ -1399,6 +1399,14 @@ impl Walker<'_> {
             return;
         }
         self.handle_kind(src, dst, rel, meta, existing, dir, false);
+    }
+
+    /// rsync reports skipped non-regular files by default (its NONREG info level).
+    fn skip_nonregular(&self, rel: &[u8]) {
+        let mut line = b"skipping non-regular file \"".to_vec();
+        line.extend_from_slice(&report::escape_name(rel));
+        line.push(b'"');
+        self.eng.out.line(&line);
     }
 
     fn link_follower(
