@@ -84,6 +84,17 @@ struct FileJob {
     dir: Arc<DirNode>,
 }
 
+/// One source entry handed to a worker: the worker decides and acts (quick check,
+/// attributes, transfer) and its output lines take position `seq`.
+struct EntryJob {
+    src: PathBuf,
+    dst: PathBuf,
+    rel: Vec<u8>,
+    meta: Meta,
+    dir: Arc<DirNode>,
+    seq: u64,
+}
+
 /// The destination path and display name of the first entry of a hard-link group.
 type LinkLeader = (PathBuf, Vec<u8>);
 
@@ -114,6 +125,7 @@ pub struct Engine {
     bytes_done: AtomicU64,
     start: Instant,
     bw: Mutex<(Instant, u64)>,
+    seq: report::Sequencer,
 }
 
 const DELAY_DIR: &str = ".~tmp~";
@@ -153,6 +165,7 @@ impl Engine {
             bytes_done: AtomicU64::new(0),
             start: Instant::now(),
             bw: Mutex::new((Instant::now(), 0)),
+            seq: report::Sequencer::default(),
         }
     }
 
@@ -264,7 +277,7 @@ impl Engine {
             );
         }
         let threads = self.opts.threads.max(1);
-        let (tx, rx) = crossbeam_channel::bounded::<FileJob>(self.opts.queue_depth.max(1));
+        let (tx, rx) = crossbeam_channel::bounded::<EntryJob>(self.opts.queue_depth.max(1));
         let mut workers = Vec::new();
         if threads > 1 && !self.opts.dry_run && !self.opts.list_only {
             for _ in 0..threads {
@@ -272,7 +285,7 @@ impl Engine {
                 let eng = Arc::clone(self);
                 workers.push(std::thread::spawn(move || {
                     for job in rx {
-                        eng.run_job(job);
+                        eng.run_entry_job(job);
                     }
                 }));
             }
@@ -290,13 +303,17 @@ impl Engine {
         let walker = Walker {
             eng: self,
             jobs: sender.as_ref(),
+            segment: std::cell::Cell::new(self.seq.alloc()),
         };
+        report::begin_capture();
         for item in &plan.items {
             if self.stopped() {
                 break;
             }
             walker.top_item(item, &plan.dest, &root);
         }
+        self.seq
+            .complete(&self.out, walker.segment.get(), report::end_capture());
         drop(sender);
         for w in workers {
             let _ = w.join();
@@ -309,6 +326,7 @@ impl Engine {
                 let walker = Walker {
                     eng: self,
                     jobs: None,
+                    segment: std::cell::Cell::new(0),
                 };
                 for item in &plan.items {
                     walker.delete_pass(item, &plan.dest);
@@ -519,6 +537,21 @@ impl Engine {
         if sleep > 0.0 {
             std::thread::sleep(std::time::Duration::from_secs_f64(sleep.min(1.0)));
         }
+    }
+
+    /// A worker's part for one source entry: everything the walker would do for it.
+    fn run_entry_job(self: &Arc<Self>, job: EntryJob) {
+        report::begin_capture();
+        if !self.stopped() {
+            let walker = Walker {
+                eng: self,
+                jobs: None,
+                segment: std::cell::Cell::new(0),
+            };
+            walker.handle_nondir(&job.src, &job.dst, &job.rel, &job.meta, &job.dir);
+        }
+        self.seq.complete(&self.out, job.seq, report::end_capture());
+        self.release(&job.dir);
     }
 
     fn run_job(&self, job: FileJob) {
@@ -882,7 +915,9 @@ fn unsafe_link(target: &[u8], rel: &[u8]) -> bool {
 /// The walker: runs on one thread, hands file copies to the workers.
 struct Walker<'a> {
     eng: &'a Arc<Engine>,
-    jobs: Option<&'a crossbeam_channel::Sender<FileJob>>,
+    jobs: Option<&'a crossbeam_channel::Sender<EntryJob>>,
+    /// The output position the walker's own lines currently go to.
+    segment: std::cell::Cell<u64>,
 }
 
 /// One source directory entry.
@@ -1090,13 +1125,15 @@ impl Walker<'_> {
                 continue;
             }
             let child_rel = Engine::child_rel(rel, e.name.as_bytes());
-            self.handle_nondir(
-                &src.join(&e.name),
-                &dst.join(&e.name),
-                &child_rel,
-                &e.meta,
-                node,
-            );
+            let (s, d) = (src.join(&e.name), dst.join(&e.name));
+            // Regular files go to the workers (hard-link leaders stay here: their followers
+            // are linked to them as soon as they are met).
+            let parallel =
+                e.meta.kind() == Kind::File && !(self.opts().hard_links && e.meta.nlink > 1);
+            match self.jobs {
+                Some(tx) if parallel => self.dispatch(tx, s, d, child_rel, e.meta, node),
+                _ => self.handle_nondir(&s, &d, &child_rel, &e.meta, node),
+            }
         }
         for e in entries {
             if self.eng.stopped() {
@@ -1395,10 +1432,46 @@ impl Walker<'_> {
                 m.insert(key, (dst.to_path_buf(), rel.to_vec()));
             }
             // The leader is finished on this thread so followers can link to it.
-            self.handle_kind(src, dst, rel, meta, existing, dir, true);
+            self.handle_kind(src, dst, rel, meta, existing, dir);
             return;
         }
-        self.handle_kind(src, dst, rel, meta, existing, dir, false);
+        self.handle_kind(src, dst, rel, meta, existing, dir);
+    }
+
+    /// Hands one entry to the workers, closing the walker's current output segment.
+    fn dispatch(
+        &self,
+        tx: &crossbeam_channel::Sender<EntryJob>,
+        src: PathBuf,
+        dst: PathBuf,
+        rel: Vec<u8>,
+        meta: Meta,
+        dir: &Arc<DirNode>,
+    ) {
+        let eng = self.eng;
+        eng.seq
+            .complete(&eng.out, self.segment.get(), report::end_capture());
+        let seq = eng.seq.alloc();
+        self.segment.set(eng.seq.alloc());
+        report::begin_capture();
+        dir.pending.fetch_add(1, Ordering::AcqRel);
+        let job = EntryJob {
+            src,
+            dst,
+            rel,
+            meta,
+            dir: Arc::clone(dir),
+            seq,
+        };
+        if let Err(crossbeam_channel::SendError(job)) = tx.send(job) {
+            // No worker left (cannot happen while the walker holds the sender): do it here.
+            let lines = report::end_capture();
+            eng.run_entry_job(job);
+            report::begin_capture();
+            for l in lines {
+                eng.out.line(&l);
+            }
+        }
     }
 
     /// rsync reports skipped non-regular files by default (its NONREG info level).
@@ -1482,7 +1555,6 @@ impl Walker<'_> {
         meta: &Meta,
         mut existing: Option<Meta>,
         dir: &Arc<DirNode>,
-        inline: bool,
     ) {
         let kind = meta.kind();
         if let Some(d) = existing {
@@ -1497,7 +1569,7 @@ impl Walker<'_> {
             return;
         }
         match kind {
-            Kind::File => self.handle_file(src, dst, rel, meta, existing, dir, inline),
+            Kind::File => self.handle_file(src, dst, rel, meta, existing, dir),
             Kind::Symlink => self.handle_symlink(src, dst, rel, meta, existing),
             _ => self.handle_node(dst, rel, meta, existing),
         }
@@ -1515,7 +1587,6 @@ impl Walker<'_> {
         meta: &Meta,
         existing: Option<Meta>,
         dir: &Arc<DirNode>,
-        inline: bool,
     ) {
         let eng = self.eng;
         let o = self.opts();
@@ -1577,14 +1648,8 @@ impl Walker<'_> {
             existing,
             dir: Arc::clone(dir),
         };
-        match self.jobs {
-            Some(tx) if !inline => {
-                if let Err(crossbeam_channel::SendError(job)) = tx.send(job) {
-                    eng.run_job(job);
-                }
-            }
-            _ => eng.run_job(job),
-        }
+        // Workers run this for themselves; the walker only for hard-link leaders.
+        eng.run_job(job);
     }
 
     /// The quick check (or `-c`, `--size-only`, `-I`).

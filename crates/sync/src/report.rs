@@ -1,6 +1,8 @@
 //! What the user sees: `-i` itemized change strings, `--out-format` lines, `--log-file`,
 //! `--stats`, `--list-only` lines, and number formatting as rsync prints them.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -350,6 +352,54 @@ pub fn commas(n: u64) -> String {
     out
 }
 
+thread_local! {
+    /// Lines printed by this thread while it works on one sequenced piece of work.
+    static CAPTURE: RefCell<Option<Vec<Vec<u8>>>> = const { RefCell::new(None) };
+}
+
+/// Starts capturing this thread's output lines (see [`Sequencer`]).
+pub fn begin_capture() {
+    CAPTURE.with(|c| *c.borrow_mut() = Some(Vec::new()));
+}
+
+/// Stops capturing and returns the captured lines.
+pub fn end_capture() -> Vec<Vec<u8>> {
+    CAPTURE.with(|c| c.borrow_mut().take().unwrap_or_default())
+}
+
+/// Prints pieces of output in the order their work was handed out, whatever order the
+/// workers finish in, so that `-i`/`-v` output is rsync's file-list order.
+#[derive(Default)]
+pub struct Sequencer {
+    next_id: AtomicU64,
+    state: Mutex<(u64, BTreeMap<u64, Vec<Vec<u8>>>)>,
+}
+
+impl Sequencer {
+    /// Hands out the next position in the output order.
+    pub fn alloc(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records the lines of position `id` and prints every complete prefix.
+    pub fn complete(&self, out: &Output, id: u64, lines: Vec<Vec<u8>>) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        st.1.insert(id, lines);
+        loop {
+            let next = st.0;
+            let Some(lines) = st.1.remove(&next) else {
+                break;
+            };
+            for l in lines {
+                out.print(&l);
+            }
+            st.0 = next + 1;
+        }
+    }
+}
+
 /// Where output lines go: standard output and, with `--log-file`, a log file.
 pub struct Output {
     stdout: Mutex<std::io::Stdout>,
@@ -369,11 +419,26 @@ impl Output {
         }
     }
 
-    /// Prints one raw line to stdout (unless `-q`).
+    /// Prints one line to stdout (unless `-q`); while this thread captures (see
+    /// [`Sequencer`]), the line is kept for ordered printing instead.
     pub fn line(&self, bytes: &[u8]) {
         if self.quiet {
             return;
         }
+        let captured = CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+            Some(v) => {
+                v.push(bytes.to_vec());
+                true
+            }
+            None => false,
+        });
+        if !captured {
+            self.print(bytes);
+        }
+    }
+
+    /// Prints one line to stdout now.
+    pub fn print(&self, bytes: &[u8]) {
         if let Ok(mut o) = self.stdout.lock() {
             let _ = o.write_all(bytes);
             let _ = o.write_all(b"\n");
