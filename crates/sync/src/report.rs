@@ -372,8 +372,11 @@ pub fn end_capture() -> Vec<Vec<u8>> {
 #[derive(Default)]
 pub struct Sequencer {
     next_id: AtomicU64,
-    state: Mutex<(u64, BTreeMap<u64, Vec<Vec<u8>>>)>,
+    state: Mutex<(u64, Pieces)>,
 }
+
+/// Finished output pieces waiting for their turn, by position.
+type Pieces = BTreeMap<u64, Vec<Vec<u8>>>;
 
 impl Sequencer {
     /// Hands out the next position in the output order.
