@@ -1659,7 +1659,7 @@ impl Walker<'_> {
             return false;
         }
         if o.checksum {
-            return fsops::same_contents(src, dst).unwrap_or(false);
+            return fsops::same_contents(src, dst, s.size).unwrap_or(false);
         }
         o.size_only || self.eng.same_time(s.mtime, d.mtime)
     }

@@ -478,7 +478,7 @@ fn copy_read_write(
     use std::io::Seek;
     src.seek(io::SeekFrom::Start(offset))?;
     dst.seek(io::SeekFrom::Start(offset))?;
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = vec![0u8; len.clamp(1, 256 * 1024) as usize];
     let mut left = len;
     let mut copied = 0;
     while left > 0 {
@@ -538,8 +538,9 @@ pub fn copy_sparse(src: &File, dst: &File, len: u64, stop: StopCheck) -> io::Res
 pub fn copy_inplace(mut src: &File, mut dst: &File, len: u64, stop: StopCheck) -> io::Result<u64> {
     use std::io::Seek;
     use std::os::unix::fs::FileExt;
-    let mut a = vec![0u8; 128 * 1024];
-    let mut b = vec![0u8; 128 * 1024];
+    let cap = len.clamp(1, 128 * 1024) as usize;
+    let mut a = vec![0u8; cap];
+    let mut b = vec![0u8; cap];
     let mut off = 0u64;
     let mut written = 0u64;
     src.seek(io::SeekFrom::Start(0))?;
@@ -573,11 +574,13 @@ pub fn copy_inplace(mut src: &File, mut dst: &File, len: u64, stop: StopCheck) -
 
 /// True if two files have identical contents (used by `--checksum` locally: an exact
 /// comparison is cheaper and stronger than hashing both sides).
-pub fn same_contents(a: &Path, b: &Path) -> io::Result<bool> {
+pub fn same_contents(a: &Path, b: &Path, size_hint: u64) -> io::Result<bool> {
     let mut fa = open_read(a, true)?;
     let mut fb = open_read(b, true)?;
-    let mut ba = vec![0u8; 128 * 1024];
-    let mut bb = vec![0u8; 128 * 1024];
+    // One byte more than expected, so that a grown file is noticed in the first round.
+    let cap = (size_hint + 1).min(128 * 1024) as usize;
+    let mut ba = vec![0u8; cap];
+    let mut bb = vec![0u8; cap];
     loop {
         let n = read_full(&mut fa, &mut ba)?;
         let m = read_full(&mut fb, &mut bb)?;
