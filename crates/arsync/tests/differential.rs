@@ -932,3 +932,34 @@ fn atimes_are_preserved_with_u_like_rsync() {
     // source's atimes, which is what -U promises.
     assert_eq!(atimes(&a), want, "arsync");
 }
+
+#[test]
+fn per_directory_filter_files_match_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    make_tree(&src, RICH);
+    fs::write(src.join(".rsync-filter"), "- *.img\n- /empty_file\n").unwrap();
+    fs::write(
+        src.join("dir0/.rsync-filter"),
+        "+ f1_0.dat\n- f1_*\nP keepme\n",
+    )
+    .unwrap();
+    fs::write(src.join(".gitignore"), "*.bin\n# comment\nsuid\n").unwrap();
+    fs::write(src.join("dir0/.gitignore"), "/f1_3.dat\n").unwrap();
+    settle_times(&src);
+    let old = w.path().join("old");
+    fs::create_dir_all(old.join("dir0")).unwrap();
+    fs::write(old.join("dir0/keepme"), b"protected").unwrap();
+    fs::write(old.join("dir0/gone"), b"deleted").unwrap();
+    let o = SnapOpts::default();
+    for flags in [
+        &["-a", "-F"][..],
+        &["-a", "-FF", "--delete"],
+        &["-a", "--filter=:- .gitignore"],
+        &["-a", "--filter=dir-merge,- .gitignore", "--delete", "-F"],
+        &["-a", "-F", "--delete-after", "--exclude=dir2"],
+    ] {
+        let what = flags.join(" ");
+        differential(w.path(), flags, &[slash(&src)], Some(&old), o, &what);
+    }
+}

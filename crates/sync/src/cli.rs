@@ -1119,10 +1119,17 @@ where
     if let Some(i) = last_index(&m, "cvs-exclude") {
         ordered.push((i, "cvs", OsString::new()));
     }
-    if m.get_count("F") > 0 {
-        return Err(usage(
-            "arsync: -F (per-directory .rsync-filter merge) is not supported yet",
-        ));
+    // -F is `dir-merge /.rsync-filter`; a second -F adds `- .rsync-filter`.
+    let f_count = m.get_count("F") as usize;
+    let f_at: Vec<usize> = m.indices_of("F").map(|i| i.collect()).unwrap_or_default();
+    for k in 0..f_count {
+        let at = f_at.get(k).or(f_at.last()).copied().unwrap_or(0);
+        let rule = if k == 0 {
+            ": /.rsync-filter"
+        } else {
+            "- .rsync-filter"
+        };
+        ordered.push((at, "filter", OsString::from(rule)));
     }
     ordered.sort_by_key(|(i, _, _)| *i);
     for (_, id, v) in ordered {

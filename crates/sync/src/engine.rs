@@ -1205,9 +1205,11 @@ impl Walker<'_> {
         if o.list_only {
             self.list_only(src, rel, meta);
             if recurse_children {
+                self.enter_filters(src, rel);
                 if let Some(entries) = self.read_source_dir(src, rel) {
                     self.process_entries(src, dst, rel, parent, o.recursive, &entries);
                 }
+                eng.filter.leave_dir();
             }
             return;
         }
@@ -1299,7 +1301,12 @@ impl Walker<'_> {
         // rsync lists a directory and deletes its extraneous entries before it reports the
         // directory itself.
         let entries = if recurse_children {
-            self.read_source_dir(src, rel)
+            self.enter_filters(src, rel);
+            let e = self.read_source_dir(src, rel);
+            if e.is_none() {
+                eng.filter.leave_dir();
+            }
+            e
         } else {
             None
         };
@@ -1332,6 +1339,7 @@ impl Walker<'_> {
         });
         if let Some(entries) = entries {
             self.process_entries(src, dst, rel, &node, o.recursive, &entries);
+            eng.filter.leave_dir();
         }
         eng.release(&node);
     }
@@ -1436,6 +1444,13 @@ impl Walker<'_> {
             return;
         }
         self.handle_kind(src, dst, rel, meta, existing, dir);
+    }
+
+    /// Per-directory filter files of `src` start to apply (until `leave_dir`).
+    fn enter_filters(&self, src: &Path, rel: &[u8]) {
+        if let Err(e) = self.eng.filter.enter_dir(src, rel) {
+            self.eng.error(format!("arsync: {e}"));
+        }
     }
 
     /// Hands one entry to the workers, closing the walker's current output segment.
@@ -1956,6 +1971,7 @@ impl Walker<'_> {
         let Ok(mut names) = fsops::read_dir_names(dst) else {
             return 0;
         };
+        eng.filter.enter_receiver_dir(dst);
         let mut deleted = 0;
         names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
         for name in names {
@@ -2070,6 +2086,12 @@ impl Walker<'_> {
         if self.eng.stopped() {
             return;
         }
+        self.enter_filters(src, rel);
+        self.delete_walk_inner(src, dst, rel);
+        self.eng.filter.leave_dir();
+    }
+
+    fn delete_walk_inner(&self, src: &Path, dst: &Path, rel: &[u8]) {
         let Some(entries) = self.read_source_dir(src, rel) else {
             return;
         };
