@@ -95,6 +95,62 @@ struct EntryJob {
     seq: u64,
 }
 
+/// Source directory listings read ahead of the walker by helper threads.
+///
+/// A slot is `None` while its listing is being read. The number of slots is capped, so
+/// read-ahead memory stays bounded.
+#[derive(Default)]
+struct Prefetch {
+    slots: Mutex<HashMap<PathBuf, Option<io::Result<fsops::Listing>>>>,
+    ready: std::sync::Condvar,
+    tx: Mutex<Option<crossbeam_channel::Sender<PathBuf>>>,
+    cap: usize,
+}
+
+impl Prefetch {
+    /// Asks for `dir` to be listed ahead (if there is room).
+    fn request(&self, dir: PathBuf) {
+        let Ok(tx) = self.tx.lock() else { return };
+        let Some(tx) = tx.as_ref() else { return };
+        let Ok(mut slots) = self.slots.lock() else {
+            return;
+        };
+        if slots.len() >= self.cap || slots.contains_key(&dir) {
+            return;
+        }
+        slots.insert(dir.clone(), None);
+        if let Err(e) = tx.try_send(dir) {
+            slots.remove(&e.into_inner());
+        }
+    }
+
+    /// Takes the read-ahead listing of `dir`, waiting if it is being read; `None` if it was
+    /// never requested.
+    fn take(&self, dir: &Path) -> Option<io::Result<fsops::Listing>> {
+        let mut slots = self.slots.lock().ok()?;
+        loop {
+            match slots.get(dir) {
+                None => return None,
+                Some(None) => slots = self.ready.wait(slots).ok()?,
+                Some(Some(_)) => return slots.remove(dir).flatten(),
+            }
+        }
+    }
+
+    /// A helper thread: lists requested directories until the channel closes.
+    fn serve(&self, rx: crossbeam_channel::Receiver<PathBuf>) {
+        for dir in rx {
+            let listing = fsops::list_with_stats(&dir);
+            if let Ok(mut slots) = self.slots.lock() {
+                if let Some(slot) = slots.get_mut(&dir) {
+                    *slot = Some(listing);
+                }
+            }
+            self.ready.notify_all();
+        }
+    }
+}
+
 /// The destination path and display name of the first entry of a hard-link group.
 type LinkLeader = (PathBuf, Vec<u8>);
 
@@ -126,6 +182,7 @@ pub struct Engine {
     start: Instant,
     bw: Mutex<(Instant, u64)>,
     seq: report::Sequencer,
+    prefetch: Prefetch,
 }
 
 const DELAY_DIR: &str = ".~tmp~";
@@ -139,6 +196,10 @@ impl Engine {
         stop: Arc<AtomicBool>,
     ) -> Engine {
         let line_format = opts.line_format();
+        let prefetch = Prefetch {
+            cap: opts.queue_depth.max(1),
+            ..Prefetch::default()
+        };
         Engine {
             am_root: fsops::euid() == 0,
             fresh_dest: AtomicBool::new(false),
@@ -166,6 +227,7 @@ impl Engine {
             start: Instant::now(),
             bw: Mutex::new((Instant::now(), 0)),
             seq: report::Sequencer::default(),
+            prefetch,
         }
     }
 
@@ -292,6 +354,18 @@ impl Engine {
         }
         let sender = if workers.is_empty() { None } else { Some(tx) };
         drop(rx);
+        let mut listers = Vec::new();
+        if threads > 1 {
+            let (ptx, prx) = crossbeam_channel::bounded::<PathBuf>(self.opts.queue_depth.max(1));
+            if let Ok(mut t) = self.prefetch.tx.lock() {
+                *t = Some(ptx);
+            }
+            for _ in 0..threads {
+                let prx = prx.clone();
+                let eng = Arc::clone(self);
+                listers.push(std::thread::spawn(move || eng.prefetch.serve(prx)));
+            }
+        }
 
         let root = Arc::new(DirNode {
             dst: plan.dest.clone(),
@@ -317,6 +391,12 @@ impl Engine {
         drop(sender);
         for w in workers {
             let _ = w.join();
+        }
+        if let Ok(mut t) = self.prefetch.tx.lock() {
+            *t = None;
+        }
+        for l in listers {
+            let _ = l.join();
         }
         self.release(&root);
 
@@ -999,8 +1079,17 @@ impl Walker<'_> {
     }
 
     /// Lists, stats, filters and sorts a source directory.
-    fn read_source_dir(&self, src: &Path, rel: &[u8]) -> Option<Vec<Entry>> {
-        let names = match fsops::read_dir_names(src) {
+    fn read_source_dir(
+        &self,
+        src: &Path,
+        rel: &[u8],
+        pre: Option<io::Result<fsops::Listing>>,
+    ) -> Option<Vec<Entry>> {
+        let listing = match pre {
+            Some(l) => l,
+            None => fsops::list_with_stats(src),
+        };
+        let names = match listing {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.eng.vanished_file(src);
@@ -1013,10 +1102,10 @@ impl Walker<'_> {
             }
         };
         let mut entries = Vec::with_capacity(names.len());
-        for name in names {
+        for (name, stat) in names {
             let path = src.join(&name);
             let child_rel = Engine::child_rel(rel, name.as_bytes());
-            let meta = match fsops::lstat(&path) {
+            let meta = match stat {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     self.eng.vanished_file(&path);
@@ -1191,6 +1280,8 @@ impl Walker<'_> {
     ) {
         let eng = self.eng;
         let o = self.opts();
+        // A listing read ahead for this directory is taken now, whether used or not.
+        let mut pre = eng.prefetch.take(src);
         let mut recurse_children = recurse;
         if o.one_file_system > 0 {
             let root = eng.root_dev.lock().ok().and_then(|d| *d);
@@ -1206,7 +1297,7 @@ impl Walker<'_> {
             self.list_only(src, rel, meta);
             if recurse_children {
                 self.enter_filters(src, rel);
-                if let Some(entries) = self.read_source_dir(src, rel) {
+                if let Some(entries) = self.read_source_dir(src, rel, pre.take()) {
                     self.process_entries(src, dst, rel, parent, o.recursive, &entries);
                 }
                 eng.filter.leave_dir();
@@ -1234,7 +1325,7 @@ impl Walker<'_> {
             if d.kind() != Kind::Dir && o.ignore_existing {
                 // rsync keeps the existing non-directory and still visits the contents,
                 // which then fail (ENOTDIR).
-                if let Some(entries) = self.read_source_dir(src, rel) {
+                if let Some(entries) = self.read_source_dir(src, rel, pre.take()) {
                     let node = Arc::new(DirNode {
                         dst: dst.to_path_buf(),
                         apply: None,
@@ -1302,7 +1393,7 @@ impl Walker<'_> {
         // directory itself.
         let entries = if recurse_children {
             self.enter_filters(src, rel);
-            let e = self.read_source_dir(src, rel);
+            let e = self.read_source_dir(src, rel, pre.take());
             if e.is_none() {
                 eng.filter.leave_dir();
             }
@@ -1338,6 +1429,11 @@ impl Walker<'_> {
             virtual_new: o.dry_run && (is_new || parent.virtual_new),
         });
         if let Some(entries) = entries {
+            if o.recursive {
+                for e in entries.iter().filter(|e| e.meta.kind() == Kind::Dir) {
+                    eng.prefetch.request(src.join(&e.name));
+                }
+            }
             self.process_entries(src, dst, rel, &node, o.recursive, &entries);
             eng.filter.leave_dir();
         }
@@ -2092,7 +2188,7 @@ impl Walker<'_> {
     }
 
     fn delete_walk_inner(&self, src: &Path, dst: &Path, rel: &[u8]) {
-        let Some(entries) = self.read_source_dir(src, rel) else {
+        let Some(entries) = self.read_source_dir(src, rel, None) else {
             return;
         };
         let names: HashSet<&OsStr> = entries.iter().map(|e| e.name.as_os_str()).collect();

@@ -150,6 +150,21 @@ pub fn read_dir_names(path: &Path) -> io::Result<Vec<OsString>> {
     Ok(names)
 }
 
+/// A directory's entries with their `lstat` results (a failed stat is kept per entry).
+pub type Listing = Vec<(OsString, io::Result<Meta>)>;
+
+/// Lists a directory and stats every entry.
+pub fn list_with_stats(path: &Path) -> io::Result<Listing> {
+    let names = read_dir_names(path)?;
+    Ok(names
+        .into_iter()
+        .map(|n| {
+            let m = lstat(&path.join(&n));
+            (n, m)
+        })
+        .collect())
+}
+
 /// The target of a symlink, as raw bytes.
 pub fn read_link(path: &Path) -> io::Result<OsString> {
     std::fs::read_link(path).map(|p| p.into_os_string())
