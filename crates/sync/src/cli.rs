@@ -1187,6 +1187,11 @@ where
     if o.list_only && !o.recursive {
         o.dirs = true;
     }
+    if o.deleting() && !o.recursive && !o.dirs {
+        return Err(usage(
+            "arsync: --delete does not work without --recursive (-r) or --dirs (-d).",
+        ));
+    }
     Ok(Parsed {
         opts: o,
         filter,

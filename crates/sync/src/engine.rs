@@ -378,6 +378,7 @@ impl Engine {
             eng: self,
             jobs: sender.as_ref(),
             segment: std::cell::Cell::new(self.seq.alloc()),
+            skipped: Default::default(),
         };
         report::begin_capture();
         for item in &plan.items {
@@ -407,6 +408,7 @@ impl Engine {
                     eng: self,
                     jobs: None,
                     segment: std::cell::Cell::new(0),
+                    skipped: Default::default(),
                 };
                 for item in &plan.items {
                     walker.delete_pass(item, &plan.dest);
@@ -627,6 +629,7 @@ impl Engine {
                 eng: self,
                 jobs: None,
                 segment: std::cell::Cell::new(0),
+                skipped: Default::default(),
             };
             walker.handle_nondir(&job.src, &job.dst, &job.rel, &job.meta, &job.dir);
         }
@@ -998,6 +1001,8 @@ struct Walker<'a> {
     jobs: Option<&'a crossbeam_channel::Sender<EntryJob>>,
     /// The output position the walker's own lines currently go to.
     segment: std::cell::Cell<u64>,
+    /// Non-regular files left out of the last listing, reported after its deletions.
+    skipped: std::cell::RefCell<Vec<Vec<u8>>>,
 }
 
 /// One source directory entry.
@@ -1140,7 +1145,7 @@ impl Walker<'_> {
                 _ => false,
             };
             if unwanted && !o.list_only {
-                self.skip_nonregular(&child_rel);
+                self.skipped.borrow_mut().push(child_rel);
                 continue;
             }
             entries.push(Entry { name, meta });
@@ -1298,6 +1303,7 @@ impl Walker<'_> {
             if recurse_children {
                 self.enter_filters(src, rel);
                 if let Some(entries) = self.read_source_dir(src, rel, pre.take()) {
+                    self.flush_skipped();
                     self.process_entries(src, dst, rel, parent, o.recursive, &entries);
                 }
                 eng.filter.leave_dir();
@@ -1326,6 +1332,7 @@ impl Walker<'_> {
                 // rsync keeps the existing non-directory and still visits the contents,
                 // which then fail (ENOTDIR).
                 if let Some(entries) = self.read_source_dir(src, rel, pre.take()) {
+                    self.flush_skipped();
                     let node = Arc::new(DirNode {
                         dst: dst.to_path_buf(),
                         apply: None,
@@ -1414,6 +1421,7 @@ impl Walker<'_> {
                 self.delete_extraneous(dst, rel, &names);
             }
         }
+        self.flush_skipped();
         eng.emit(rel, Kind::Dir, item, None, meta);
         if rel == b"." || !recurse {
             if let Ok(mut l) = eng.late_dirs.lock() {
@@ -1582,6 +1590,14 @@ impl Walker<'_> {
             for l in lines {
                 eng.out.line(&l);
             }
+        }
+    }
+
+    /// Prints the skip messages of the last listing.
+    fn flush_skipped(&self) {
+        let list = std::mem::take(&mut *self.skipped.borrow_mut());
+        for rel in list {
+            self.skip_nonregular(&rel);
         }
     }
 
@@ -2188,7 +2204,10 @@ impl Walker<'_> {
     }
 
     fn delete_walk_inner(&self, src: &Path, dst: &Path, rel: &[u8]) {
-        let Some(entries) = self.read_source_dir(src, rel, None) else {
+        let entries = self.read_source_dir(src, rel, None);
+        // Already reported during the transfer pass.
+        self.skipped.borrow_mut().clear();
+        let Some(entries) = entries else {
             return;
         };
         let names: HashSet<&OsStr> = entries.iter().map(|e| e.name.as_os_str()).collect();
