@@ -230,11 +230,13 @@ fn big_source(w: &Path, mib: usize) -> std::path::PathBuf {
 fn sigterm_stops_cleanly_with_20_and_no_temp_files() {
     let w = scratch();
     let src = big_source(w.path(), 16);
-    for (sig, partial) in [("TERM", false), ("INT", false), ("TERM", true)] {
+    for (sig, partial) in [("TERM", 0), ("INT", 0), ("TERM", 1), ("HUP", 2)] {
         let dst = w.path().join(format!("dst_{sig}_{partial}"));
         let mut args = vec![OsString::from("-a"), "--bwlimit=4000".into()];
-        if partial {
-            args.push("--partial".into());
+        match partial {
+            1 => args.push("--partial".into()),
+            2 => args.push("--partial-dir=.part".into()),
+            _ => {}
         }
         args.push(slash(&src));
         args.push(slash(&dst));
@@ -261,16 +263,28 @@ fn sigterm_stops_cleanly_with_20_and_no_temp_files() {
             leftover_temps(&dst)
         );
         let big = dst.join("big");
-        if partial {
-            let len = fs::metadata(&big).map(|m| m.len()).unwrap_or(0);
-            assert!(len > 0 && len < 16 << 20, "partial file of {len} bytes");
+        let kept = if partial == 2 {
+            dst.join(".part/big")
         } else {
+            big.clone()
+        };
+        if partial > 0 {
+            let len = fs::metadata(&kept).map(|m| m.len()).unwrap_or(0);
+            assert!(len > 0 && len < 16 << 20, "partial file of {len} bytes");
+        }
+        if partial != 1 {
             assert!(!big.exists(), "interrupted file left under its real name");
         }
-        // A re-run completes the copy.
-        let o = arsync(&[OsString::from("-a"), slash(&src), slash(&dst)]);
+        // A re-run with the same options (unthrottled) completes the copy.
+        let rerun: Vec<OsString> = args
+            .iter()
+            .filter(|a| !a.to_string_lossy().starts_with("--bwlimit"))
+            .cloned()
+            .collect();
+        let o = arsync(&rerun);
         assert_eq!(code(&o), Some(0));
         assert_eq!(fs::read(&big).unwrap(), fs::read(src.join("big")).unwrap());
+        assert!(!dst.join(".part").exists(), "partial dir left behind");
     }
 }
 
