@@ -151,6 +151,17 @@ impl Prefetch {
     }
 }
 
+/// What the basis directories (`--compare/copy/link-dest`) did for an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Alt {
+    /// No basis has it.
+    None,
+    /// Done (skipped, linked or copied from the basis).
+    Handled,
+    /// `--copy-dest` of a non-regular file: create it as usual, without reporting.
+    CreateQuietly,
+}
+
 /// The destination path and display name of the first entry of a hard-link group.
 type LinkLeader = (PathBuf, Vec<u8>);
 
@@ -1360,8 +1371,22 @@ impl Walker<'_> {
             return;
         }
         let mut item = Itemize::new(if is_new { b'c' } else { b'.' }, Kind::Dir);
+        let basis = if is_new { self.alt_dir(rel) } else { None };
+        if let Some(b) = &basis {
+            // Reported against the basis directory, as rsync does.
+            let w = meta::wanted(o, meta, Some(b), eng.am_root);
+            let diff = self.diff(&w, b);
+            item.update = b'c';
+            item.perms = diff.perms;
+            item.owner = diff.owner;
+            item.group = diff.group;
+            item.time = if diff.time { b't' } else { b'.' };
+            if !item.any_change() {
+                item.update = b'.';
+            }
+        }
         if is_new {
-            item.new = true;
+            item.new = basis.is_none();
             eng.stats.created(Kind::Dir);
             if !o.dry_run {
                 if let Err(e) = fsops::mkdir(dst, 0o700) {
@@ -1692,13 +1717,23 @@ impl Walker<'_> {
                 existing = None;
             }
         }
-        if existing.is_none() && kind != Kind::File && self.try_alternates(src, dst, rel, meta) {
-            return;
+        let mut quiet = false;
+        if existing.is_none() && kind != Kind::File {
+            match self.try_alternates(src, dst, rel, meta) {
+                Alt::Handled => return,
+                Alt::CreateQuietly => quiet = true,
+                Alt::None => {}
+            }
         }
-        match kind {
+        let act = || match kind {
             Kind::File => self.handle_file(src, dst, rel, meta, existing, dir),
             Kind::Symlink => self.handle_symlink(src, dst, rel, meta, existing),
             _ => self.handle_node(dst, rel, meta, existing),
+        };
+        if quiet {
+            self.silently(act);
+        } else {
+            act();
         }
         if kind != Kind::File && fsops::lstat(dst).is_ok_and(|d| d.kind() == kind) {
             self.eng.remove_source(src, rel, meta);
@@ -1726,16 +1761,28 @@ impl Walker<'_> {
                 eng.remove_source(src, rel, meta);
                 return;
             }
-        } else if self.try_alternates(src, dst, rel, meta) {
+        } else if self.try_alternates(src, dst, rel, meta) != Alt::None {
             return;
         }
         let mut item = Itemize::new(b'>', Kind::File);
-        match &existing {
+        if existing.is_none() {
+            eng.stats.created(Kind::File);
+        }
+        // A missing file with a same-named file in a basis directory is reported against it.
+        let basis = match existing {
+            None => self
+                .basis_entry(rel)
+                .filter(|(_, m)| m.kind() == Kind::File),
+            Some(_) => None,
+        };
+        let compare_to = existing.or(basis.as_ref().map(|(_, m)| *m));
+        let compare_path = basis.as_ref().map_or(dst, |(p, _)| p.as_path());
+        match &compare_to {
             None => {
                 item.new = true;
-                eng.stats.created(Kind::File);
             }
             Some(d) => {
+                let dst = compare_path;
                 let w = meta::wanted(o, meta, Some(d), eng.am_root);
                 let diff = self.diff(&w, d);
                 item.checksum = o.checksum;
@@ -1806,14 +1853,14 @@ impl Walker<'_> {
 
     /// `--compare-dest`, `--copy-dest`, `--link-dest` for a missing destination entry.
     /// Returns true when the entry was handled from a basis directory.
-    fn try_alternates(&self, src: &Path, dst: &Path, rel: &[u8], meta: &Meta) -> bool {
+    fn try_alternates(&self, src: &Path, dst: &Path, rel: &[u8], meta: &Meta) -> Alt {
         let o = self.opts();
         let eng = self.eng;
         if o.compare_dest.is_empty() && o.copy_dest.is_empty() && o.link_dest.is_empty() {
-            return false;
+            return Alt::None;
         }
         let Some(root) = eng.dest_root.lock().ok().map(|r| r.clone()) else {
-            return false;
+            return Alt::None;
         };
         let kind = meta.kind();
         let lists: [(&Vec<PathBuf>, u8); 3] =
@@ -1831,15 +1878,16 @@ impl Walker<'_> {
                     continue;
                 }
                 let w = meta::wanted(o, meta, None, eng.am_root);
-                let attrs_same = !self.diff(&w, &am).any();
-                match which {
-                    0 if attrs_same => {
+                let diff = self.diff(&w, &am);
+                let attrs_same = !diff.any();
+                match (which, kind) {
+                    (0, _) if attrs_same => {
                         if o.itemize > 1 {
                             eng.emit(rel, kind, Itemize::new(b'.', kind), None, meta);
                         }
-                        return true;
+                        return Alt::Handled;
                     }
-                    2 if attrs_same => {
+                    (2, _) if attrs_same => {
                         if o.itemize > 1 {
                             eng.emit(rel, kind, Itemize::new(b'h', kind), None, meta);
                         }
@@ -1848,13 +1896,19 @@ impl Walker<'_> {
                                 eng.io_fail("link", dst, &e);
                             }
                         }
-                        return true;
+                        return Alt::Handled;
                     }
-                    _ if kind == Kind::File => {
-                        // A local copy from the basis: the same bytes as the source.
+                    (_, Kind::File) => {
+                        // A local copy from the basis (same bytes as the source), reported
+                        // against the basis file as rsync does.
                         let mut it = Itemize::new(b'c', kind);
-                        it.new = true;
-                        eng.emit(rel, kind, it, None, meta);
+                        it.perms = diff.perms;
+                        it.owner = diff.owner;
+                        it.group = diff.group;
+                        it.time = if diff.time { b't' } else { b'.' };
+                        if it.any_change() || o.itemize > 1 {
+                            eng.emit(rel, kind, it, None, meta);
+                        }
                         eng.stats.created(kind);
                         if !o.dry_run {
                             if let Err(e) = eng.transfer(&alt, dst, rel, meta, None) {
@@ -1863,13 +1917,68 @@ impl Walker<'_> {
                                 let _ = meta::sync_xattrs(src, dst, o.xattrs, o.acls, false);
                             }
                         }
-                        return true;
+                        return Alt::Handled;
                     }
+                    (1, _) => return Alt::CreateQuietly,
                     _ => {}
                 }
             }
         }
-        false
+        Alt::None
+    }
+
+    /// The first basis-directory entry named `rel`, whatever it holds.
+    fn basis_entry(&self, rel: &[u8]) -> Option<(PathBuf, Meta)> {
+        let o = self.opts();
+        if o.compare_dest.is_empty() && o.copy_dest.is_empty() && o.link_dest.is_empty() {
+            return None;
+        }
+        let root = self.eng.dest_root.lock().ok()?.clone();
+        o.compare_dest
+            .iter()
+            .chain(&o.copy_dest)
+            .chain(&o.link_dest)
+            .find_map(|base| {
+                let base = if base.is_absolute() {
+                    base.clone()
+                } else {
+                    root.join(base)
+                };
+                let p = plan::join(&base, rel);
+                fsops::lstat(&p).ok().map(|m| (p, m))
+            })
+    }
+
+    /// The first basis directory (`--compare/copy/link-dest`) that has `rel` as a directory.
+    fn alt_dir(&self, rel: &[u8]) -> Option<Meta> {
+        let o = self.opts();
+        let root = self.eng.dest_root.lock().ok()?.clone();
+        o.compare_dest
+            .iter()
+            .chain(&o.copy_dest)
+            .chain(&o.link_dest)
+            .find_map(|base| {
+                let base = if base.is_absolute() {
+                    base.clone()
+                } else {
+                    root.join(base)
+                };
+                fsops::lstat(&plan::join(&base, rel))
+                    .ok()
+                    .filter(|m| m.kind() == Kind::Dir)
+            })
+    }
+
+    /// Runs `f` with its output lines dropped (entries rsync creates without reporting).
+    fn silently(&self, f: impl FnOnce()) {
+        let saved = report::end_capture();
+        report::begin_capture();
+        f();
+        report::end_capture();
+        report::begin_capture();
+        for l in saved {
+            self.eng.out.line(&l);
+        }
     }
 
     /// Brings an unchanged file's attributes up to date.
@@ -1950,21 +2059,32 @@ impl Walker<'_> {
             return;
         }
         let mut item = Itemize::new(b'c', Kind::Symlink);
+        let basis = match existing {
+            None => self
+                .basis_entry(rel)
+                .filter(|(_, m)| m.kind() == Kind::Symlink),
+            Some(_) => None,
+        };
         if let Some(d) = &existing {
             let cur = fsops::read_link(dst).unwrap_or_default();
             if cur == target {
                 self.update_attrs(src, dst, rel, meta, d);
                 return;
             }
-            item.checksum = true;
-            let w = meta::wanted(o, meta, Some(d), eng.am_root);
-            let diff = self.diff(&w, d);
-            item.time = if diff.time { b't' } else { b'.' };
-            item.owner = diff.owner;
-            item.group = diff.group;
         } else {
-            item.new = true;
             eng.stats.created(Kind::Symlink);
+        }
+        match existing.as_ref().or(basis.as_ref().map(|(_, m)| m)) {
+            Some(d) => {
+                let path = basis.as_ref().map_or(dst, |(p, _)| p.as_path());
+                item.checksum = fsops::read_link(path).unwrap_or_default() != target;
+                let w = meta::wanted(o, meta, Some(d), eng.am_root);
+                let diff = self.diff(&w, d);
+                item.time = if diff.time { b't' } else { b'.' };
+                item.owner = diff.owner;
+                item.group = diff.group;
+            }
+            None => item.new = true,
         }
         eng.emit(
             rel,
