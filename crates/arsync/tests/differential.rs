@@ -354,6 +354,18 @@ fn filters_match_rsync() {
         ],
         vec!["-a".into(), inc_s, "--exclude=*".into()],
         vec![
+            "-am".into(),
+            "--include=*/".into(),
+            "--include=f1_*".into(),
+            "--exclude=*".into(),
+        ],
+        vec![
+            "-a".into(),
+            "-m".into(),
+            "--delete".into(),
+            "--exclude=*.dat".into(),
+        ],
+        vec![
             "-a".into(),
             "--include=*/".into(),
             "--include=*.dat".into(),

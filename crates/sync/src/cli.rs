@@ -297,6 +297,12 @@ const BOOLS: &[(&str, Option<char>, &str, &str)] = &[
     ),
     ("fsync", None, "fsync", "fsync every written file"),
     (
+        "prune-empty-dirs",
+        Some('m'),
+        "prune-empty-dirs",
+        "prune empty directory chains from file-list",
+    ),
+    (
         "compress",
         Some('z'),
         "compress",
@@ -565,7 +571,6 @@ const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
 /// rsync options that are recognised but not supported yet: refused with exit code 1.
 const UNSUPPORTED: &[(&str, Option<char>, bool)] = &[
     ("fuzzy", Some('y'), false),
-    ("prune-empty-dirs", Some('m'), false),
     ("usermap", None, true),
     ("groupmap", None, true),
     ("copy-devices", None, false),
@@ -935,6 +940,7 @@ where
     o.stats = flag(&m, "stats", &[]);
     o.list_only = flag(&m, "list-only", &[]);
     o.fsync = flag(&m, "fsync", &[]);
+    o.prune_empty_dirs = flag(&m, "prune-empty-dirs", &[]);
     o.verbose = m.get_count("verbose");
     o.itemize = m.get_count("itemize-changes");
     o.human_readable = 1 + m.get_count("human-readable");

@@ -1159,6 +1159,13 @@ impl Walker<'_> {
                 self.skipped.borrow_mut().push(child_rel);
                 continue;
             }
+            if o.prune_empty_dirs
+                && o.recursive
+                && meta.kind() == Kind::Dir
+                && !self.has_content(&path, &child_rel, 0)
+            {
+                continue;
+            }
             entries.push(Entry { name, meta });
         }
         entries.sort_by(|a, b| {
@@ -1166,6 +1173,47 @@ impl Walker<'_> {
                 .cmp(&plan::sort_key(b.meta.kind(), b.name.as_bytes()))
         });
         Some(entries)
+    }
+
+    /// `-m`: true if the subtree holds at least one non-directory that would be transferred.
+    fn has_content(&self, dir: &Path, rel: &[u8], depth: usize) -> bool {
+        let o = self.opts();
+        let Ok(names) = fsops::read_dir_names(dir) else {
+            // Unreadable: keep it, the walk reports the error.
+            return true;
+        };
+        let mut subdirs = Vec::new();
+        for name in names {
+            let path = dir.join(&name);
+            let child_rel = Engine::child_rel(rel, name.as_bytes());
+            let Ok(m) = fsops::lstat(&path) else { continue };
+            let is_dir = m.kind() == Kind::Dir;
+            if self.is_internal(name.as_bytes())
+                || (!self.eng.filter.is_empty() && self.eng.filter.excluded(&child_rel, is_dir))
+            {
+                continue;
+            }
+            let wanted = match m.kind() {
+                Kind::Dir => {
+                    subdirs.push((path, child_rel));
+                    false
+                }
+                Kind::Symlink => o.links || o.copy_links,
+                Kind::CharDev | Kind::BlockDev => o.devices,
+                Kind::Fifo | Kind::Socket => o.specials,
+                Kind::File => {
+                    !(o.max_size.is_some_and(|x| m.size > x)
+                        || o.min_size.is_some_and(|x| m.size < x))
+                }
+            };
+            if wanted {
+                return true;
+            }
+        }
+        depth < 4096
+            && subdirs
+                .iter()
+                .any(|(p, r)| self.has_content(p, r, depth + 1))
     }
 
     /// Names the engine itself uses inside destination directories.

@@ -180,6 +180,8 @@ pub struct Options {
     pub list_only: bool,
     /// `--fsync`
     pub fsync: bool,
+    /// `-m`
+    pub prune_empty_dirs: bool,
     /// `--bwlimit` in bytes per second.
     pub bwlimit: Option<u64>,
     /// `-W` (locally the default; kept for reporting).
