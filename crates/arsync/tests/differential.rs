@@ -212,6 +212,18 @@ fn flag_combinations_on_update_match_rsync() {
     // An older source file (for -u) and a dest-only file (for --delete variants).
     mutate(&src);
     fs::write(old.join("dest_only"), b"extra").unwrap();
+    // For --append: one destination file is a strict prefix of the source, another is
+    // shorter but different.
+    for (name, prefix) in [("dir0/f1_0.dat", true), ("dir0/f1_2.dat", false)] {
+        let data = fs::read(src.join(name)).unwrap();
+        if data.len() > 2 {
+            let mut short = data[..data.len() / 2].to_vec();
+            if !prefix {
+                short[0] ^= 0x55;
+            }
+            fs::write(old.join(name), short).unwrap();
+        }
+    }
     let combos: &[&[&str]] = &[
         &["-a", "-i"],
         &["-a", "-c", "-i"],
@@ -235,6 +247,8 @@ fn flag_combinations_on_update_match_rsync() {
         &["-a", "--max-size=2K", "--min-size=10"],
         &["-a", "--delay-updates", "-i"],
         &["-a", "--modify-window=1", "-i"],
+        &["-a", "--append", "-i"],
+        &["-a", "--append-verify", "-i"],
         &["-a", "--modify-window=-1", "-i"],
         &["-rlpt", "--specials", "-i"],
         &["-rlpt", "--devices", "-i"],

@@ -296,6 +296,13 @@ const BOOLS: &[(&str, Option<char>, &str, &str)] = &[
         "list the files instead of copying them",
     ),
     ("fsync", None, "fsync", "fsync every written file"),
+    ("append", None, "append", "append data onto shorter files"),
+    (
+        "append-verify",
+        None,
+        "append-verify",
+        "--append w/old data in file checksum",
+    ),
     (
         "prune-empty-dirs",
         Some('m'),
@@ -597,8 +604,6 @@ const UNSUPPORTED: &[(&str, Option<char>, bool)] = &[
     ("password-file", None, true),
     ("protocol", None, true),
     ("remote-option", Some('M'), true),
-    ("append", None, false),
-    ("append-verify", None, false),
     ("copy-as", None, true),
     ("skip-compress", None, true),
     ("max-alloc", None, true),
@@ -941,6 +946,11 @@ where
     o.list_only = flag(&m, "list-only", &[]);
     o.fsync = flag(&m, "fsync", &[]);
     o.prune_empty_dirs = flag(&m, "prune-empty-dirs", &[]);
+    o.append_verify = flag(&m, "append-verify", &[]);
+    o.append = flag(&m, "append", &[]) || o.append_verify;
+    if o.append {
+        o.inplace = true;
+    }
     o.verbose = m.get_count("verbose");
     o.itemize = m.get_count("itemize-changes");
     o.human_readable = 1 + m.get_count("human-readable");

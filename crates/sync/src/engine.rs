@@ -194,6 +194,7 @@ pub struct Engine {
     bw: Mutex<(Instant, u64)>,
     seq: report::Sequencer,
     prefetch: Prefetch,
+    redo_lines: Mutex<Vec<Vec<u8>>>,
 }
 
 const DELAY_DIR: &str = ".~tmp~";
@@ -239,6 +240,7 @@ impl Engine {
             bw: Mutex::new((Instant::now(), 0)),
             seq: report::Sequencer::default(),
             prefetch,
+            redo_lines: Mutex::new(Vec::new()),
         }
     }
 
@@ -406,6 +408,14 @@ impl Engine {
         }
         if let Ok(mut t) = self.prefetch.tx.lock() {
             *t = None;
+        }
+        let redo = self
+            .redo_lines
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default();
+        for line in redo {
+            self.out.line(&line);
         }
         for l in listers {
             let _ = l.join();
@@ -754,6 +764,20 @@ impl Engine {
             self.stopped()
         };
         let plain = self.opts.bwlimit.is_some();
+        if let Some(d) = existing.filter(|d| self.opts.append && d.kind() == Kind::File) {
+            let keep =
+                d.size < len && (!self.opts.append_verify || fsops::same_prefix(src, dst, d.size)?);
+            if keep {
+                let df = fsops::open_inplace(dst, 0o600)?;
+                let written = fsops::copy_append(&sf, &df, d.size, len, &hook)?;
+                if self.opts.fsync {
+                    fsops::fsync(&df)?;
+                }
+                drop(df);
+                self.finish_attrs(src, dst, &wanted)?;
+                return Ok(written);
+            }
+        }
         if self.opts.inplace {
             if self.opts.backup && existing.is_some() {
                 self.make_backup(dst, rel, true)?;
@@ -1804,6 +1828,17 @@ impl Walker<'_> {
             if o.update && d.mtime > meta.mtime {
                 return;
             }
+            if o.append && d.kind() == Kind::File && d.size >= meta.size {
+                // --append never shrinks or rewrites a file that is not shorter.
+                if o.append_verify && d.size == meta.size && !self.unchanged(src, dst, meta, d) {
+                    // Same size but different time: rsync still verifies the data.
+                } else {
+                    if d.size == meta.size {
+                        self.update_attrs(src, dst, rel, meta, d);
+                    }
+                    return;
+                }
+            }
             if self.unchanged(src, dst, meta, d) {
                 self.update_attrs(src, dst, rel, meta, d);
                 eng.remove_source(src, rel, meta);
@@ -1854,6 +1889,34 @@ impl Walker<'_> {
             }
         }
         eng.emit(rel, Kind::File, item, None, meta);
+        if let Some(d) = existing.filter(|d| o.append_verify && d.size < meta.size) {
+            if !fsops::same_prefix(src, dst, d.size).unwrap_or(false) {
+                // rsync's verification fails and the file is sent again in its redo phase,
+                // reported at the end of the run.
+                let mut redo = Itemize::new(b'>', Kind::File);
+                redo.time = if o.times && !self.eng.same_time(meta.mtime, d.mtime) {
+                    b't'
+                } else {
+                    b'.'
+                };
+                if let Some(fmt) = &eng.line_format {
+                    let info = LineInfo {
+                        name: rel,
+                        kind: Kind::File,
+                        item: Some(redo),
+                        link: None,
+                        length: meta.size,
+                        bytes: 0,
+                        meta: Some(meta),
+                        operation: "send",
+                    };
+                    let line = report::format_line(fmt, &info, o.human_readable);
+                    if let Ok(mut r) = eng.redo_lines.lock() {
+                        r.push(line);
+                    }
+                }
+            }
+        }
         if o.dry_run {
             eng.stats.transferred.fetch_add(1, Ordering::Relaxed);
             eng.stats

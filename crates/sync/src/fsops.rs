@@ -587,6 +587,55 @@ pub fn copy_inplace(mut src: &File, mut dst: &File, len: u64, stop: StopCheck) -
     Ok(written)
 }
 
+/// Appends `src[from..len]` to `dst` (which holds `from` bytes). Returns bytes written.
+pub fn copy_append(
+    src: &File,
+    dst: &File,
+    from: u64,
+    len: u64,
+    stop: StopCheck,
+) -> io::Result<u64> {
+    let mut in_off = from;
+    let mut out_off = from;
+    while in_off < len {
+        let chunk = (len - in_off).min(8 << 20) as usize;
+        match rustix::fs::copy_file_range(src, Some(&mut in_off), dst, Some(&mut out_off), chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                if stop(n as u64) {
+                    return Err(interrupted());
+                }
+            }
+            Err(e) if in_off == from => {
+                let _ = e;
+                return copy_read_write(src, dst, from, len - from, false, stop);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(in_off - from)
+}
+
+/// True if the first `n` bytes of two files are identical.
+pub fn same_prefix(a: &Path, b: &Path, n: u64) -> io::Result<bool> {
+    let mut fa = open_read(a, true)?;
+    let mut fb = open_read(b, true)?;
+    let cap = n.clamp(1, 128 * 1024) as usize;
+    let mut ba = vec![0u8; cap];
+    let mut bb = vec![0u8; cap];
+    let mut left = n;
+    while left > 0 {
+        let want = left.min(cap as u64) as usize;
+        let x = read_full(&mut fa, &mut ba[..want])?;
+        let y = read_full(&mut fb, &mut bb[..want])?;
+        if x != want || y != want || ba[..want] != bb[..want] {
+            return Ok(false);
+        }
+        left -= want as u64;
+    }
+    Ok(true)
+}
+
 /// True if two files have identical contents (used by `--checksum` locally: an exact
 /// comparison is cheaper and stronger than hashing both sides).
 pub fn same_contents(a: &Path, b: &Path, size_hint: u64) -> io::Result<bool> {

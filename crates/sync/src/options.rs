@@ -182,6 +182,10 @@ pub struct Options {
     pub fsync: bool,
     /// `-m`
     pub prune_empty_dirs: bool,
+    /// `--append` (also set by `--append-verify`)
+    pub append: bool,
+    /// `--append-verify`
+    pub append_verify: bool,
     /// `--bwlimit` in bytes per second.
     pub bwlimit: Option<u64>,
     /// `-W` (locally the default; kept for reporting).
