@@ -1041,9 +1041,16 @@ struct Walker<'a> {
 }
 
 /// One source directory entry.
-struct Entry {
-    name: OsString,
-    meta: Meta,
+type Entry = fsops::DirEntry;
+
+/// True if the sorted listing (non-directories, then directories, each by name) has `name`.
+fn listing_has(entries: &[Entry], name: &OsStr) -> bool {
+    let split = entries.partition_point(|e| e.meta.kind() != Kind::Dir);
+    let find = |part: &[Entry]| {
+        part.binary_search_by(|e| e.name.as_bytes().cmp(name.as_bytes()))
+            .is_ok()
+    };
+    find(&entries[..split]) || find(&entries[split..])
 }
 
 impl Walker<'_> {
@@ -1129,7 +1136,7 @@ impl Walker<'_> {
             Some(l) => l,
             None => fsops::list_with_stats(src),
         };
-        let names = match listing {
+        let listing = match listing {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.eng.vanished_file(src);
@@ -1141,28 +1148,28 @@ impl Walker<'_> {
                 return None;
             }
         };
-        let mut entries = Vec::with_capacity(names.len());
-        for (name, stat) in names {
-            let path = src.join(&name);
+        for (name, e) in &listing.failed {
+            let path = src.join(name);
+            if e.kind() == io::ErrorKind::NotFound {
+                self.eng.vanished_file(&path);
+            } else {
+                self.eng.io_error.store(true, Ordering::Relaxed);
+                self.eng.io_fail("[sender] readlink_stat", &path, e);
+            }
+        }
+        let mut entries = listing.entries;
+        // Filtered in place: a huge directory is held once, not twice.
+        entries.retain_mut(|entry| {
+            let name = &entry.name;
+            let path = src.join(name);
             let child_rel = Engine::child_rel(rel, name.as_bytes());
-            let meta = match stat {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.eng.vanished_file(&path);
-                    continue;
-                }
-                Err(e) => {
-                    self.eng.io_error.store(true, Ordering::Relaxed);
-                    self.eng.io_fail("[sender] readlink_stat", &path, &e);
-                    continue;
-                }
-            };
-            let meta = match self.resolve_link(&path, &child_rel, meta) {
+            let meta = match self.resolve_link(&path, &child_rel, entry.meta) {
                 Some(m) => m,
-                None => continue,
+                None => return false,
             };
+            entry.meta = meta;
             if self.is_internal(name.as_bytes()) {
-                continue;
+                return false;
             }
             if !self.eng.filter.is_empty()
                 && self
@@ -1170,7 +1177,7 @@ impl Walker<'_> {
                     .filter
                     .excluded(&child_rel, meta.kind() == Kind::Dir)
             {
-                continue;
+                return false;
             }
             let o = self.opts();
             let unwanted = match meta.kind() {
@@ -1181,21 +1188,19 @@ impl Walker<'_> {
             };
             if unwanted && !o.list_only {
                 self.skipped.borrow_mut().push(child_rel);
-                continue;
+                return false;
             }
-            if o.prune_empty_dirs
+            !(o.prune_empty_dirs
                 && o.recursive
                 && meta.kind() == Kind::Dir
-                && !self.has_content(&path, &child_rel, 0)
-            {
-                continue;
-            }
-            entries.push(Entry { name, meta });
-        }
-        entries.sort_by(|a, b| {
-            plan::sort_key(a.meta.kind(), a.name.as_bytes())
-                .cmp(&plan::sort_key(b.meta.kind(), b.name.as_bytes()))
+                && !self.has_content(&path, &child_rel, 0))
         });
+        entries.sort_by(|a, b| {
+            (a.meta.kind() == Kind::Dir, a.name.as_bytes())
+                .cmp(&(b.meta.kind() == Kind::Dir, b.name.as_bytes()))
+        });
+        // The skip messages are in listing order in rsync.
+        self.skipped.borrow_mut().sort();
         Some(entries)
     }
 
@@ -1514,8 +1519,7 @@ impl Walker<'_> {
                         eng.io_error.store(true, Ordering::Relaxed);
                     }
                 }
-                let names: HashSet<&OsStr> = entries.iter().map(|e| e.name.as_os_str()).collect();
-                self.delete_extraneous(dst, rel, &names);
+                self.delete_extraneous(dst, rel, entries);
             }
         }
         self.flush_skipped();
@@ -2302,7 +2306,7 @@ impl Walker<'_> {
     }
 
     /// Deletes destination entries of `dst` that are not in the source listing.
-    fn delete_extraneous(&self, dst: &Path, rel: &[u8], keep: &HashSet<&OsStr>) -> usize {
+    fn delete_extraneous(&self, dst: &Path, rel: &[u8], keep: &[Entry]) -> usize {
         let eng = self.eng;
         if eng.io_error.load(Ordering::Relaxed) && !eng.opts.ignore_errors {
             if !eng.delete_skip_told.swap(true, Ordering::Relaxed) {
@@ -2318,7 +2322,7 @@ impl Walker<'_> {
         let mut deleted = 0;
         names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
         for name in names {
-            if keep.contains(name.as_os_str()) || self.is_internal(name.as_bytes()) {
+            if listing_has(keep, &name) || self.is_internal(name.as_bytes()) {
                 continue;
             }
             let path = dst.join(&name);
@@ -2441,9 +2445,8 @@ impl Walker<'_> {
         let Some(entries) = entries else {
             return;
         };
-        let names: HashSet<&OsStr> = entries.iter().map(|e| e.name.as_os_str()).collect();
         if fsops::lstat(dst).is_ok_and(|m| m.kind() == Kind::Dir)
-            && self.delete_extraneous(dst, rel, &names) > 0
+            && self.delete_extraneous(dst, rel, &entries) > 0
         {
             if let Ok(m) = fsops::lstat(src) {
                 self.eng.touch_dir(dst, &m);

@@ -150,19 +150,39 @@ pub fn read_dir_names(path: &Path) -> io::Result<Vec<OsString>> {
     Ok(names)
 }
 
-/// A directory's entries with their `lstat` results (a failed stat is kept per entry).
-pub type Listing = Vec<(OsString, io::Result<Meta>)>;
+/// One directory entry with its `lstat` result.
+#[derive(Debug)]
+pub struct DirEntry {
+    /// The name (raw bytes).
+    pub name: OsString,
+    /// Its metadata (symlinks not followed).
+    pub meta: Meta,
+}
+
+/// A directory's entries with their metadata, and the entries whose `lstat` failed.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Entries that could be stat'ed.
+    pub entries: Vec<DirEntry>,
+    /// Entries that could not.
+    pub failed: Vec<(OsString, io::Error)>,
+}
 
 /// Lists a directory and stats every entry.
 pub fn list_with_stats(path: &Path) -> io::Result<Listing> {
     let names = read_dir_names(path)?;
-    Ok(names
-        .into_iter()
-        .map(|n| {
-            let m = lstat(&path.join(&n));
-            (n, m)
-        })
-        .collect())
+    let mut out = Listing {
+        entries: Vec::with_capacity(names.len()),
+        failed: Vec::new(),
+    };
+    for name in names {
+        match lstat(&path.join(&name)) {
+            Ok(meta) => out.entries.push(DirEntry { name, meta }),
+            Err(e) => out.failed.push((name, e)),
+        }
+    }
+    out.entries.shrink_to_fit();
+    Ok(out)
 }
 
 /// The target of a symlink, as raw bytes.
