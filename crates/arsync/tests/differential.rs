@@ -99,6 +99,13 @@ fn mutate(src: &Path) {
     if am_root() {
         std::os::unix::fs::chown(src.join("f0_2.dat"), Some(4321), None).unwrap();
     }
+    // Hard links change: one link is broken, a new one appears.
+    if src.join("hard_a").exists() && src.join("f0_3.dat").exists() {
+        let data = fs::read(src.join("hard_a")).unwrap();
+        fs::remove_file(src.join("hard_a")).unwrap();
+        fs::write(src.join("hard_a"), data).unwrap();
+        fs::hard_link(src.join("f0_3.dat"), src.join("hard_new")).unwrap();
+    }
     settle_times(src);
 }
 
@@ -234,6 +241,8 @@ fn flag_combinations_on_update_match_rsync() {
         &["-a", "--size-only", "-i"],
         &["-a", "-I"],
         &["-a", "-W", "--delete-after"],
+        &["-aH", "--delete"],
+        &["-aHAX", "--inplace"],
         &["-a", "--delete-before"],
         &["-a", "--delete-delay"],
         &["-a", "--delete", "-b"],

@@ -1832,20 +1832,13 @@ impl Walker<'_> {
             if o.update && d.mtime > meta.mtime {
                 return;
             }
-            if o.append && d.kind() == Kind::File && d.size >= meta.size {
-                // --append never shrinks or rewrites a file that is not shorter.
-                if o.append_verify && d.size == meta.size && !self.unchanged(src, dst, meta, d) {
-                    // Same size but different time: rsync still verifies the data.
-                } else {
-                    if d.size == meta.size {
-                        self.update_attrs(src, dst, rel, meta, d);
-                    }
-                    return;
-                }
-            }
             if self.unchanged(src, dst, meta, d) {
                 self.update_attrs(src, dst, rel, meta, d);
                 eng.remove_source(src, rel, meta);
+                return;
+            }
+            if o.append && d.kind() == Kind::File && d.size >= meta.size {
+                // --append never touches a changed file that is not shorter.
                 return;
             }
         } else if self.try_alternates(src, dst, rel, meta) != Alt::None {

@@ -64,11 +64,6 @@ pub fn join(base: &Path, rel: &[u8]) -> PathBuf {
     base.join(OsStr::from_bytes(rel))
 }
 
-/// rsync's order within one directory: non-directories by name, then directories by name.
-pub fn sort_key(kind: Kind, name: &[u8]) -> (bool, Vec<u8>) {
-    (kind == Kind::Dir, name.to_vec())
-}
-
 fn stat_source(opts: &Options, p: &Path) -> std::io::Result<Meta> {
     let m = fsops::lstat(p)?;
     if m.kind() == Kind::Symlink
