@@ -818,6 +818,16 @@ fn write_strategy_and_output_flags_match_rsync() {
         vec!["-a".into(), "--chown=1234:5678".into()],
         vec![
             "-a".into(),
+            "--usermap=1234:77,root:4000".into(),
+            "--groupmap=5000-6000:88,*:99".into(),
+        ],
+        vec![
+            "-a".into(),
+            "--usermap=r*:555".into(),
+            "--groupmap=0:1".into(),
+        ],
+        vec![
+            "-a".into(),
             "--numeric-ids".into(),
             "--checksum-choice=xxh128".into(),
         ],

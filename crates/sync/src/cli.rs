@@ -13,7 +13,7 @@ use crate::engine::{self, exit, Engine};
 use crate::filter::{FromFile, SimpleFilter};
 use crate::fsops;
 use crate::meta;
-use crate::options::{DeleteMode, Options};
+use crate::options::{DeleteMode, IdMapRule, IdMatch, Options};
 use crate::plan;
 use crate::report::Output;
 
@@ -362,6 +362,14 @@ const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
         false,
         "simple username/groupname mapping",
     ),
+    ("usermap", None, "usermap", true, "custom username mapping"),
+    (
+        "groupmap",
+        None,
+        "groupmap",
+        true,
+        "custom groupname mapping",
+    ),
     (
         "modify-window",
         Some('@'),
@@ -578,8 +586,6 @@ const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
 /// rsync options that are recognised but not supported yet: refused with exit code 1.
 const UNSUPPORTED: &[(&str, Option<char>, bool)] = &[
     ("fuzzy", Some('y'), false),
-    ("usermap", None, true),
-    ("groupmap", None, true),
     ("copy-devices", None, false),
     ("write-devices", None, false),
     ("super", None, false),
@@ -816,6 +822,43 @@ pub fn parse_size(s: &str) -> Option<u64> {
     (v >= 0).then_some(v as u64)
 }
 
+/// Parses `--usermap`/`--groupmap`: comma-separated `FROM:TO` pairs.
+pub fn parse_idmap(spec: &str, user: bool) -> Result<Vec<IdMapRule>, String> {
+    let what = if user { "usermap" } else { "groupmap" };
+    let kind = if user { "user" } else { "group" };
+    let mut rules = Vec::new();
+    for pair in spec.split(',').filter(|p| !p.is_empty()) {
+        let (from, to) = pair
+            .rsplit_once(':')
+            .ok_or_else(|| format!("arsync: No colon found in --{what}: {pair}"))?;
+        let to_id = to
+            .parse()
+            .ok()
+            .or_else(|| {
+                if user {
+                    fsops::uid_by_name(to)
+                } else {
+                    fsops::gid_by_name(to)
+                }
+            })
+            .ok_or_else(|| format!("arsync: Unknown {kind} in --{what}: {to}"))?;
+        let range = from
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+        let from = if let Ok(id) = from.parse() {
+            IdMatch::Id(id)
+        } else if let Some((lo, hi)) = range {
+            IdMatch::Range(lo, hi)
+        } else if from.is_empty() {
+            return Err(format!("arsync: Invalid --{what} value: {pair}"));
+        } else {
+            IdMatch::Name(from.to_string())
+        };
+        rules.push(IdMapRule { from, to: to_id });
+    }
+    Ok(rules)
+}
+
 /// Everything parsed from a command line.
 pub struct Parsed {
     /// Options.
@@ -1005,6 +1048,16 @@ where
                     .ok_or_else(|| usage(format!("arsync: Unknown group: {g}")))?,
             );
             o.group = true;
+        }
+    }
+    for (id, user) in [("usermap", true), ("groupmap", false)] {
+        for spec in m.get_many::<OsString>(id).into_iter().flatten() {
+            let rules = parse_idmap(&spec.to_string_lossy(), user).map_err(usage)?;
+            if user {
+                o.usermap.extend(rules);
+            } else {
+                o.groupmap.extend(rules);
+            }
         }
     }
     if let Some(w) = value(&m, "modify-window") {

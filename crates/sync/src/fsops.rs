@@ -733,6 +733,26 @@ pub fn gid_by_name(name: &str) -> Option<u32> {
     lookup_db("/etc/group", name)
 }
 
+/// The user name of `uid`, from the system database.
+pub fn user_name(uid: u32) -> Option<String> {
+    name_in_db("/etc/passwd", uid)
+}
+
+/// The group name of `gid`, from the system database.
+pub fn group_name(gid: u32) -> Option<String> {
+    name_in_db("/etc/group", gid)
+}
+
+fn name_in_db(file: &str, id: u32) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        f.next()?;
+        (f.next()?.parse::<u32>().ok()? == id).then(|| name.to_string())
+    })
+}
+
 fn lookup_db(file: &str, name: &str) -> Option<u32> {
     let text = std::fs::read_to_string(file).ok()?;
     text.lines().find_map(|l| {

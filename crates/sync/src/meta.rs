@@ -183,14 +183,22 @@ pub fn wanted(opts: &Options, src: &Meta, existing: Option<&Meta>, am_root: bool
     let uid = if let Some(u) = opts.chown_uid {
         Some(u).filter(|_| am_root)
     } else if opts.owner && am_root {
-        Some(src.uid)
+        Some(crate::options::map_id(
+            &opts.usermap,
+            src.uid,
+            fsops::user_name,
+        ))
     } else {
         None
     };
     let gid = if let Some(g) = opts.chown_gid {
         Some(g)
     } else if opts.group {
-        Some(src.gid)
+        Some(crate::options::map_id(
+            &opts.groupmap,
+            src.gid,
+            fsops::group_name,
+        ))
     } else {
         None
     };
