@@ -834,6 +834,18 @@ fn write_strategy_and_output_flags_match_rsync() {
         vec!["-a".into(), "--out-format=%o %n%L %l %B".into()],
         vec!["-a".into(), "-n".into(), "-i".into(), "--delete".into()],
         vec!["-a".into(), "-ii".into()],
+        vec![
+            "-a".into(),
+            "-i".into(),
+            "-8".into(),
+            "--open-noatime".into(),
+        ],
+        vec![
+            "-a".into(),
+            "--timeout=30".into(),
+            "--outbuf=L".into(),
+            "--blocking-io".into(),
+        ],
         vec!["-a".into(), "-d".into(), "--no-r".into(), "-i".into()],
     ];
     for flags in &combos {

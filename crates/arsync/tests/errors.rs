@@ -323,3 +323,45 @@ fn unreadable_directory_skips_deletion_like_rsync() {
         }
     }
 }
+
+#[test]
+fn missing_args_options_match_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("here"), b"x").unwrap();
+    for (flag, want_gone) in [
+        ("--ignore-missing-args", false),
+        ("--delete-missing-args", true),
+    ] {
+        let mut outs = Vec::new();
+        for tool in 0..2 {
+            let dst = w.path().join(format!("d{tool}"));
+            let _ = fs::remove_dir_all(&dst);
+            fs::create_dir(&dst).unwrap();
+            fs::write(dst.join("gone"), b"old copy").unwrap();
+            let args = [
+                OsString::from("-ai"),
+                flag.into(),
+                src.join("here").into_os_string(),
+                src.join("gone").into_os_string(),
+                slash(&dst),
+            ];
+            let o = if tool == 0 {
+                arsync(&args)
+            } else {
+                rsync(&args)
+            };
+            assert_eq!(
+                code(&o),
+                Some(0),
+                "{flag} tool {tool}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert_eq!(!dst.join("gone").exists(), want_gone, "{flag} tool {tool}");
+            assert!(dst.join("here").exists());
+            outs.push(String::from_utf8_lossy(&o.stdout).into_owned());
+        }
+        assert_eq!(outs[0], outs[1], "{flag}: output differs");
+    }
+}

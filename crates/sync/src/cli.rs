@@ -296,6 +296,36 @@ const BOOLS: &[(&str, Option<char>, &str, &str)] = &[
         "list the files instead of copying them",
     ),
     ("fsync", None, "fsync", "fsync every written file"),
+    (
+        "open-noatime",
+        None,
+        "open-noatime",
+        "avoid changing the atime on opened files",
+    ),
+    (
+        "ignore-missing-args",
+        None,
+        "ignore-missing-args",
+        "ignore missing source args without error",
+    ),
+    (
+        "delete-missing-args",
+        None,
+        "delete-missing-args",
+        "delete missing source args from destination",
+    ),
+    (
+        "8-bit-output",
+        Some('8'),
+        "8-bit-output",
+        "leave high-bit chars unescaped in output",
+    ),
+    (
+        "blocking-io",
+        None,
+        "blocking-io",
+        "use blocking I/O for the remote shell (no effect locally)",
+    ),
     ("append", None, "append", "append data onto shorter files"),
     (
         "append-verify",
@@ -547,6 +577,48 @@ const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
         "specify the remote shell to use",
     ),
     (
+        "timeout",
+        None,
+        "timeout",
+        false,
+        "set I/O timeout in seconds (no effect locally)",
+    ),
+    (
+        "contimeout",
+        None,
+        "contimeout",
+        false,
+        "daemon connection timeout (no effect locally)",
+    ),
+    (
+        "protocol",
+        None,
+        "protocol",
+        false,
+        "force an older protocol version (no effect locally)",
+    ),
+    (
+        "skip-compress",
+        None,
+        "skip-compress",
+        false,
+        "skip compressing files with suffix in LIST",
+    ),
+    (
+        "max-alloc",
+        None,
+        "max-alloc",
+        false,
+        "change a limit relating to memory alloc",
+    ),
+    (
+        "outbuf",
+        None,
+        "outbuf",
+        false,
+        "set out buffering to None, Line, or Block",
+    ),
+    (
         "rsync-path",
         None,
         "rsync-path",
@@ -597,26 +669,15 @@ const UNSUPPORTED: &[(&str, Option<char>, bool)] = &[
     ("daemon", None, false),
     ("server", None, false),
     ("sender", None, false),
-    ("open-noatime", None, false),
-    ("delete-missing-args", None, false),
-    ("ignore-missing-args", None, false),
     ("stop-after", None, true),
     ("stop-at", None, true),
-    ("timeout", None, true),
-    ("contimeout", None, true),
     ("address", None, true),
     ("port", None, true),
     ("sockopts", None, true),
     ("password-file", None, true),
-    ("protocol", None, true),
     ("remote-option", Some('M'), true),
     ("copy-as", None, true),
-    ("skip-compress", None, true),
-    ("max-alloc", None, true),
     ("write-devices", None, false),
-    ("8-bit-output", Some('8'), false),
-    ("blocking-io", None, false),
-    ("outbuf", None, true),
     ("early-input", None, true),
 ];
 
@@ -989,6 +1050,29 @@ where
     o.list_only = flag(&m, "list-only", &[]);
     o.fsync = flag(&m, "fsync", &[]);
     o.prune_empty_dirs = flag(&m, "prune-empty-dirs", &[]);
+    o.open_noatime = flag(&m, "open-noatime", &[]);
+    o.ignore_missing_args = flag(&m, "ignore-missing-args", &[]);
+    o.delete_missing_args = flag(&m, "delete-missing-args", &[]);
+    o.eight_bit = flag(&m, "8-bit-output", &[]);
+    for id in ["timeout", "contimeout", "protocol"] {
+        if let Some(v) = value(&m, id) {
+            v.parse::<u32>()
+                .map_err(|_| usage(format!("arsync: invalid --{id} value: {v}")))?;
+        }
+    }
+    if let Some(v) = value(&m, "max-alloc") {
+        parse_size(&v).ok_or_else(|| usage(format!("arsync: invalid --max-alloc value: {v}")))?;
+    }
+    if let Some(v) = value(&m, "outbuf") {
+        if !matches!(
+            v.chars().next().map(|c| c.to_ascii_uppercase()),
+            Some('N' | 'L' | 'B')
+        ) {
+            return Err(usage(
+                "arsync: Invalid --outbuf setting -- specify N, L, or B.",
+            ));
+        }
+    }
     o.append_verify = flag(&m, "append-verify", &[]);
     o.append = flag(&m, "append", &[]) || o.append_verify;
     if o.append {

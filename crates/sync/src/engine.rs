@@ -208,6 +208,7 @@ impl Engine {
         stop: Arc<AtomicBool>,
     ) -> Engine {
         let line_format = opts.line_format();
+        report::set_eight_bit(opts.eight_bit);
         let prefetch = Prefetch {
             cap: opts.queue_depth.max(1),
             ..Prefetch::default()
@@ -394,6 +395,13 @@ impl Engine {
             skipped: Default::default(),
         };
         report::begin_capture();
+        for rel in &plan.missing {
+            // --delete-missing-args: a vanished source argument removes its copy.
+            let dst = plan::join(&plan.dest, rel);
+            if let Ok(m) = fsops::lstat(&dst) {
+                walker.delete_path(&dst, rel, &m, false);
+            }
+        }
         for item in &plan.items {
             if self.stopped() {
                 break;
@@ -755,7 +763,11 @@ impl Engine {
         existing: Option<&Meta>,
     ) -> io::Result<u64> {
         let follow = self.opts.copy_links || meta.kind() != Kind::Symlink;
-        let sf = fsops::open_read(src, follow || self.opts.copy_links)?;
+        let sf = if self.opts.open_noatime {
+            fsops::open_read_noatime(src, follow)?
+        } else {
+            fsops::open_read(src, follow)?
+        };
         let smeta = fsops::fstat(&sf)?;
         let len = smeta.size;
         let wanted = meta::wanted(&self.opts, meta, existing, self.am_root);

@@ -362,6 +362,22 @@ pub fn open_read(path: &Path, follow: bool) -> io::Result<File> {
     o.open(path)
 }
 
+/// Like [`open_read`] with `O_NOATIME` (`--open-noatime`); falls back to a plain open
+/// where the flag is not allowed (files of other users, for non-root).
+pub fn open_read_noatime(path: &Path, follow: bool) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    let mut flags = libc::O_NOATIME;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    o.custom_flags(flags);
+    match o.open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open_read(path, follow),
+        other => other,
+    }
+}
+
 /// Creates a new file that must not exist yet (`O_EXCL`), mode `mode`.
 pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
     OpenOptions::new()

@@ -206,6 +206,14 @@ pub struct Options {
     pub fsync: bool,
     /// `-m`
     pub prune_empty_dirs: bool,
+    /// `--open-noatime`
+    pub open_noatime: bool,
+    /// `--ignore-missing-args`
+    pub ignore_missing_args: bool,
+    /// `--delete-missing-args`
+    pub delete_missing_args: bool,
+    /// `-8`
+    pub eight_bit: bool,
     /// `--append` (also set by `--append-verify`)
     pub append: bool,
     /// `--append-verify`

@@ -218,9 +218,27 @@ pub fn format_line(format: &str, info: &LineInfo, human: u8) -> Vec<u8> {
     out
 }
 
+static EIGHT_BIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `-8`: bytes with the high bit set are printed as they are.
+pub fn set_eight_bit(on: bool) {
+    EIGHT_BIT.store(on, Ordering::Relaxed);
+}
+
 /// Escapes a name for output as rsync does: control characters (other than tab) and bytes
 /// that are not valid UTF-8 become `\#ooo` (octal).
 pub fn escape_name(name: &[u8]) -> Vec<u8> {
+    if EIGHT_BIT.load(Ordering::Relaxed) {
+        let mut out = Vec::with_capacity(name.len());
+        for &b in name {
+            if (b < 0x20 && b != b'\t') || b == 0x7f {
+                out.extend_from_slice(format!("\\#{b:03o}").as_bytes());
+            } else {
+                out.push(b);
+            }
+        }
+        return out;
+    }
     let mut out = Vec::with_capacity(name.len());
     let mut rest = name;
     while !rest.is_empty() {
