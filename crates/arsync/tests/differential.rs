@@ -263,6 +263,7 @@ fn flag_combinations_on_update_match_rsync() {
         &["-rlpt", "--devices", "-i"],
         &["-a", "-q", "-i"],
         &["-a", "--threads=1", "-i"],
+        &["-a", "-y", "-i"],
         &["-a", "--threads=4", "--queue-depth=1", "-i", "--delete"],
     ];
     for flags in combos {

@@ -38,9 +38,9 @@ fn leftover_temps(dir: &Path) -> Vec<String> {
 fn usage_errors_exit_1() {
     let o = arsync(&["--no-such-option", "a", "b"]);
     assert_eq!(code(&o), Some(1));
-    let o = arsync(&["--fuzzy", "a", "b"]);
+    let o = arsync(&["--fake-super", "a", "b"]);
     assert_eq!(code(&o), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--fuzzy"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--fake-super"));
     let o = arsync(&["-a", "--max-delete=x", "a", "b"]);
     assert_eq!(code(&o), Some(1));
     let o = arsync(&["-a", "--chmod=bogus", "a", "b"]);

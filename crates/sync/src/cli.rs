@@ -297,6 +297,12 @@ const BOOLS: &[(&str, Option<char>, &str, &str)] = &[
     ),
     ("fsync", None, "fsync", "fsync every written file"),
     (
+        "fuzzy",
+        Some('y'),
+        "fuzzy",
+        "find similar file for basis (no effect on local copies)",
+    ),
+    (
         "open-noatime",
         None,
         "open-noatime",
@@ -657,7 +663,6 @@ const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
 
 /// rsync options that are recognised but not supported yet: refused with exit code 1.
 const UNSUPPORTED: &[(&str, Option<char>, bool)] = &[
-    ("fuzzy", Some('y'), false),
     ("copy-devices", None, false),
     ("write-devices", None, false),
     ("super", None, false),
@@ -1511,12 +1516,12 @@ mod tests {
 
     #[test]
     fn unsupported_and_unknown_are_refused() {
-        let e = parse(["arsync", "--fuzzy", "s", "d"])
+        let e = parse(["arsync", "--fake-super", "s", "d"])
             .err()
             .map(|e| (e.code, e.msg));
         let (code, msg) = e.unwrap_or_default();
         assert_eq!(code, 1);
-        assert!(msg.contains("--fuzzy"), "{msg}");
+        assert!(msg.contains("--fake-super"), "{msg}");
         assert_eq!(
             parse(["arsync", "--bogus-flag", "s", "d"])
                 .err()

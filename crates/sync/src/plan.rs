@@ -145,9 +145,12 @@ pub fn build(
                 continue;
             }
             Err(e) => {
+                let shown = std::env::current_dir()
+                    .map(|d| d.join(&src_path))
+                    .unwrap_or_else(|_| src_path.clone());
                 errors.push(format!(
                     "arsync: [sender] link_stat \"{}\" failed: {}",
-                    src_path.display(),
+                    shown.display(),
                     crate::engine::errno_text(&e)
                 ));
                 continue;
@@ -297,7 +300,7 @@ pub fn build(
         if m.kind() != Kind::Dir {
             return Err(err(
                 "ERROR: destination must be a directory when copying more than 1 file",
-                1,
+                3,
             ));
         }
     }
