@@ -162,8 +162,27 @@ enum Alt {
     CreateQuietly,
 }
 
-/// The destination path and display name of the first entry of a hard-link group.
+/// The destination path and display name of the entry a hard-link group is linked to.
 type LinkLeader = (PathBuf, Vec<u8>);
+
+/// A hard-linked source file waiting for the last link of its group (rsync transfers the
+/// last one met and links the others to it).
+struct LinkMember {
+    src: PathBuf,
+    dst: PathBuf,
+    rel: Vec<u8>,
+    meta: Meta,
+    /// Held open (pending count) until the link exists.
+    dir: Arc<DirNode>,
+    order: u64,
+}
+
+/// The links of one source inode met so far.
+#[derive(Default)]
+struct LinkGroup {
+    members: Vec<LinkMember>,
+    leader: Option<LinkLeader>,
+}
 
 /// The engine state shared by the walker and the workers.
 pub struct Engine {
@@ -179,7 +198,9 @@ pub struct Engine {
     delete_skip_told: AtomicBool,
     deletes_done: AtomicU64,
     temps: Mutex<HashSet<PathBuf>>,
-    hlinks: Mutex<HashMap<(u64, u64), LinkLeader>>,
+    hlinks: Mutex<HashMap<(u64, u64), LinkGroup>>,
+    deferred_links: Mutex<Vec<(LinkLeader, Vec<LinkMember>)>>,
+    link_order: AtomicU64,
     delayed: Mutex<Vec<(PathBuf, PathBuf, PathBuf)>>,
     late_dirs: Mutex<Vec<(PathBuf, Meta)>>,
     delayed_dirs: Mutex<HashSet<PathBuf>>,
@@ -230,6 +251,8 @@ impl Engine {
             deletes_done: AtomicU64::new(0),
             temps: Mutex::new(HashSet::new()),
             hlinks: Mutex::new(HashMap::new()),
+            deferred_links: Mutex::new(Vec::new()),
+            link_order: AtomicU64::new(0),
             delayed: Mutex::new(Vec::new()),
             late_dirs: Mutex::new(Vec::new()),
             delayed_dirs: Mutex::new(HashSet::new()),
@@ -408,6 +431,8 @@ impl Engine {
             }
             walker.top_item(item, &plan.dest, &root);
         }
+        walker.finish_open_link_groups();
+        walker.link_deferred();
         self.seq
             .complete(&self.out, walker.segment.get(), report::end_capture());
         drop(sender);
@@ -1648,19 +1673,116 @@ impl Walker<'_> {
         }
         if o.hard_links && kind != Kind::Dir && meta.nlink > 1 {
             let key = (meta.dev, meta.ino);
-            let leader = eng.hlinks.lock().ok().and_then(|m| m.get(&key).cloned());
-            if let Some((leader_dst, leader_rel)) = leader {
+            let Ok(mut map) = eng.hlinks.lock() else {
+                return;
+            };
+            let group = map.entry(key).or_default();
+            if let Some((leader_dst, leader_rel)) = group.leader.clone() {
+                drop(map);
                 self.link_follower(dst, rel, meta, existing.as_ref(), &leader_dst, &leader_rel);
                 return;
             }
-            if let Ok(mut m) = eng.hlinks.lock() {
-                m.insert(key, (dst.to_path_buf(), rel.to_vec()));
+            if group.members.is_empty() && existing.is_some() {
+                // Updating an existing copy: like rsync, the first link met is the one
+                // transferred and the others are linked to it as they come.
+                group.leader = Some((dst.to_path_buf(), rel.to_vec()));
+                drop(map);
+                self.handle_kind(src, dst, rel, meta, existing, dir);
+                return;
             }
-            // The leader is finished on this thread so followers can link to it.
-            self.handle_kind(src, dst, rel, meta, existing, dir);
+            dir.pending.fetch_add(1, Ordering::AcqRel);
+            group.members.push(LinkMember {
+                src: src.to_path_buf(),
+                dst: dst.to_path_buf(),
+                rel: rel.to_vec(),
+                meta: *meta,
+                dir: Arc::clone(dir),
+                order: eng.link_order.fetch_add(1, Ordering::Relaxed),
+            });
+            if group.members.len() < meta.nlink as usize {
+                return;
+            }
+            let members = std::mem::take(&mut group.members);
+            drop(map);
+            self.finish_link_group(key, members);
             return;
         }
         self.handle_kind(src, dst, rel, meta, existing, dir);
+    }
+
+    /// Transfers the last-met link of a group and links the others to it (reported in
+    /// reverse order, as rsync does).
+    fn finish_link_group(&self, key: (u64, u64), members: Vec<LinkMember>) {
+        let eng = self.eng;
+        let Some(leader) = members.last() else {
+            return;
+        };
+        if !eng.stopped() {
+            let existing = fsops::lstat(&leader.dst).ok();
+            self.handle_kind(
+                &leader.src,
+                &leader.dst,
+                &leader.rel,
+                &leader.meta,
+                existing,
+                &leader.dir,
+            );
+            if let Ok(mut map) = eng.hlinks.lock() {
+                map.entry(key).or_default().leader = Some((leader.dst.clone(), leader.rel.clone()));
+            }
+        }
+        eng.release(&leader.dir);
+        // rsync links the others at the end of the run (last met first); their directories
+        // stay open until then.
+        let mut followers = members;
+        let leader = followers.pop();
+        followers.reverse();
+        if let (Some(l), Ok(mut d)) = (leader, eng.deferred_links.lock()) {
+            d.push(((l.dst, l.rel), followers));
+        }
+    }
+
+    /// Links the followers of the groups finished during the walk.
+    fn link_deferred(&self) {
+        let groups = self
+            .eng
+            .deferred_links
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default();
+        for ((leader_dst, leader_rel), followers) in groups {
+            for m in followers {
+                if !self.eng.stopped() {
+                    let existing = fsops::lstat(&m.dst).ok();
+                    self.link_follower(
+                        &m.dst,
+                        &m.rel,
+                        &m.meta,
+                        existing.as_ref(),
+                        &leader_dst,
+                        &leader_rel,
+                    );
+                }
+                self.eng.release(&m.dir);
+            }
+        }
+    }
+
+    /// Groups whose other links were never met (outside the transfer): finished at the end,
+    /// in the order their last member was met.
+    fn finish_open_link_groups(&self) {
+        let mut open: Vec<((u64, u64), Vec<LinkMember>)> = match self.eng.hlinks.lock() {
+            Ok(mut map) => map
+                .iter_mut()
+                .filter(|(_, g)| !g.members.is_empty())
+                .map(|(k, g)| (*k, std::mem::take(&mut g.members)))
+                .collect(),
+            Err(_) => return,
+        };
+        open.sort_by_key(|(_, m)| m.last().map_or(0, |x| x.order));
+        for (key, members) in open {
+            self.finish_link_group(key, members);
+        }
     }
 
     /// Per-directory filter files of `src` start to apply (until `leave_dir`).
@@ -1752,11 +1874,12 @@ impl Walker<'_> {
         }
         if let Some(e) = existing {
             item.size = e.size != meta.size;
-            item.time = if self.eng.same_time(e.mtime, meta.mtime) {
-                b'.'
-            } else {
-                b't'
-            };
+            let w = meta::wanted(&eng.opts, meta, Some(e), eng.am_root);
+            let diff = self.diff(&w, e);
+            item.time = if diff.time { b't' } else { b'.' };
+            item.perms = diff.perms;
+            item.owner = diff.owner;
+            item.group = diff.group;
         }
         eng.emit(rel, meta.kind(), item, Some(("=>", leader_rel)), meta);
         if eng.opts.dry_run {
