@@ -365,3 +365,24 @@ fn missing_args_options_match_rsync() {
         assert_eq!(outs[0], outs[1], "{flag}: output differs");
     }
 }
+
+#[test]
+fn stop_after_ends_cleanly_with_30() {
+    let w = scratch();
+    let src = big_source(w.path(), 4);
+    let dst = w.path().join("dst");
+    let t = Instant::now();
+    let o = arsync(&[
+        OsString::from("-a"),
+        "--bwlimit=1000".into(),
+        "--stop-after=0".into(),
+        slash(&src),
+        slash(&dst),
+    ]);
+    assert_eq!(code(&o), Some(30), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(leftover_temps(&dst).is_empty());
+    assert!(!dst.join("big").exists());
+    let o = arsync(&[OsString::from("--stop-at=99:00"), slash(&src), slash(&dst)]);
+    assert_eq!(code(&o), Some(1));
+}

@@ -297,6 +297,12 @@ const BOOLS: &[(&str, Option<char>, &str, &str)] = &[
     ),
     ("fsync", None, "fsync", "fsync every written file"),
     (
+        "super",
+        None,
+        "super",
+        "receiver attempts super-user activities",
+    ),
+    (
         "fuzzy",
         Some('y'),
         "fuzzy",
@@ -384,6 +390,20 @@ const COUNTS: &[(&str, Option<char>, &str, &str)] = &[
 
 /// Options with a value: (id, short, long, multiple, help).
 const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
+    (
+        "stop-after",
+        None,
+        "stop-after",
+        false,
+        "Stop rsync after MINS minutes have elapsed",
+    ),
+    (
+        "stop-at",
+        None,
+        "stop-at",
+        false,
+        "Stop rsync at the specified point in time (UTC)",
+    ),
     (
         "chmod",
         None,
@@ -665,7 +685,6 @@ const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
 const UNSUPPORTED: &[(&str, Option<char>, bool)] = &[
     ("copy-devices", None, false),
     ("write-devices", None, false),
-    ("super", None, false),
     ("fake-super", None, false),
     ("write-batch", None, true),
     ("only-write-batch", None, true),
@@ -674,8 +693,6 @@ const UNSUPPORTED: &[(&str, Option<char>, bool)] = &[
     ("daemon", None, false),
     ("server", None, false),
     ("sender", None, false),
-    ("stop-after", None, true),
-    ("stop-at", None, true),
     ("address", None, true),
     ("port", None, true),
     ("sockopts", None, true),
@@ -925,6 +942,57 @@ pub fn parse_idmap(spec: &str, user: bool) -> Result<Vec<IdMapRule>, String> {
     Ok(rules)
 }
 
+/// Parses `--stop-at`: `[[YYYY-]MM-DD]THH:MM` or `HH:MM` (UTC). A bare time already past
+/// today means tomorrow.
+pub fn parse_stop_at(s: &str) -> Option<std::time::SystemTime> {
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (Some(d), t),
+        None => (None, s),
+    };
+    let (h, mi) = time.split_once(':')?;
+    let (h, mi): (i64, i64) = (h.parse().ok()?, mi.parse().ok()?);
+    if !(0..24).contains(&h) || !(0..60).contains(&mi) {
+        return None;
+    }
+    let now = crate::report::now_secs();
+    let today = now.div_euclid(86400);
+    let day = match date {
+        None | Some("") => today,
+        Some(d) => {
+            let parts: Vec<i64> = d
+                .split('-')
+                .map(|p| p.parse().ok())
+                .collect::<Option<_>>()?;
+            let (y, mo, da) = match parts.as_slice() {
+                [y, mo, da] => (*y, *mo, *da),
+                [mo, da] => (crate::report::format_time(now)[..4].parse().ok()?, *mo, *da),
+                _ => return None,
+            };
+            days_from_civil(y, mo, da)?
+        }
+    };
+    let mut t = day * 86400 + h * 3600 + mi * 60;
+    if date.is_none() && t <= now {
+        t += 86400;
+    }
+    let secs = u64::try_from(t).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+/// Days since the epoch of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> Option<i64> {
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
 /// Everything parsed from a command line.
 pub struct Parsed {
     /// Options.
@@ -1056,6 +1124,21 @@ where
     o.fsync = flag(&m, "fsync", &[]);
     o.prune_empty_dirs = flag(&m, "prune-empty-dirs", &[]);
     o.open_noatime = flag(&m, "open-noatime", &[]);
+    if last_index(&m, "super").is_some() || last_index(&m, "no-super").is_some() {
+        o.super_user = Some(flag(&m, "super", &[]));
+    }
+    if let Some(v) = value(&m, "stop-after") {
+        let mins: u64 = v
+            .parse()
+            .map_err(|_| usage(format!("arsync: invalid --stop-after value: {v}")))?;
+        o.stop_at = Some(std::time::SystemTime::now() + std::time::Duration::from_secs(mins * 60));
+    }
+    if let Some(v) = value(&m, "stop-at") {
+        o.stop_at = Some(
+            parse_stop_at(&v)
+                .ok_or_else(|| usage(format!("arsync: invalid --stop-at format: {v}")))?,
+        );
+    }
     o.ignore_missing_args = flag(&m, "ignore-missing-args", &[]);
     o.delete_missing_args = flag(&m, "delete-missing-args", &[]);
     o.eight_bit = flag(&m, "8-bit-output", &[]);
@@ -1532,6 +1615,22 @@ mod tests {
             parse(["arsync", "-N", "s", "d"]).err().map(|e| e.code),
             Some(1)
         );
+    }
+
+    #[test]
+    fn stop_at_formats() {
+        let t = parse_stop_at("2030-01-02T03:04").unwrap_or(std::time::UNIX_EPOCH);
+        let secs = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        assert_eq!(
+            crate::report::format_time(secs as i64),
+            "2030/01/02 03:04:00"
+        );
+        assert!(parse_stop_at("25:00").is_none());
+        assert!(parse_stop_at("12:30").is_some());
+        assert!(parse_stop_at("nonsense").is_none());
     }
 
     #[test]

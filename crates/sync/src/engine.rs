@@ -43,6 +43,8 @@ pub mod exit {
     pub const PARTIAL: i32 = 23;
     /// Some files vanished before they could be transferred.
     pub const VANISHED: i32 = 24;
+    /// Timeout (`--stop-after`, `--stop-at`).
+    pub const TIMEOUT: i32 = 30;
     /// The --max-delete limit stopped deletions.
     pub const DEL_LIMIT: i32 = 25;
 }
@@ -206,6 +208,7 @@ pub struct Engine {
     delayed_dirs: Mutex<HashSet<PathBuf>>,
     am_root: bool,
     fresh_dest: AtomicBool,
+    timed_out: Arc<AtomicBool>,
     line_format: Option<String>,
     dest_root: Mutex<PathBuf>,
     root_dev: Mutex<Option<u64>>,
@@ -235,8 +238,9 @@ impl Engine {
             ..Prefetch::default()
         };
         Engine {
-            am_root: fsops::euid() == 0,
+            am_root: opts.super_user.unwrap_or(fsops::euid() == 0),
             fresh_dest: AtomicBool::new(false),
+            timed_out: Arc::new(AtomicBool::new(false)),
             line_format,
             opts,
             filter,
@@ -375,6 +379,17 @@ impl Engine {
                 .as_bytes(),
             );
         }
+        if let Some(at) = self.opts.stop_at {
+            let (stop, timed_out) = (Arc::clone(&self.stop), Arc::clone(&self.timed_out));
+            // Detached: the process exits when the run ends.
+            std::thread::spawn(move || {
+                if let Ok(wait) = at.duration_since(std::time::SystemTime::now()) {
+                    std::thread::sleep(wait);
+                }
+                timed_out.store(true, Ordering::Relaxed);
+                stop.store(true, Ordering::Relaxed);
+            });
+        }
         let threads = self.opts.threads.max(1);
         let (tx, rx) = crossbeam_channel::bounded::<EntryJob>(self.opts.queue_depth.max(1));
         let mut workers = Vec::new();
@@ -492,6 +507,12 @@ impl Engine {
             .unwrap_or_default();
         for t in remaining {
             let _ = fsops::unlink(&t);
+        }
+        if self.timed_out.load(Ordering::Relaxed) {
+            self.out.error(
+                "arsync error: timeout in data send/receive: stopped at the requested time (code 30)",
+            );
+            return exit::TIMEOUT;
         }
         if self.stopped() {
             self.out

@@ -208,6 +208,10 @@ pub struct Options {
     pub prune_empty_dirs: bool,
     /// `--open-noatime`
     pub open_noatime: bool,
+    /// `--super` / `--no-super` (default: whether we run as root).
+    pub super_user: Option<bool>,
+    /// `--stop-after` / `--stop-at`: when to stop (exit code 30).
+    pub stop_at: Option<std::time::SystemTime>,
     /// `--ignore-missing-args`
     pub ignore_missing_args: bool,
     /// `--delete-missing-args`
