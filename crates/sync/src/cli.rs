@@ -297,6 +297,44 @@ const BOOLS: &[(&str, Option<char>, &str, &str)] = &[
     ),
     ("fsync", None, "fsync", "fsync every written file"),
     (
+        "no-motd",
+        None,
+        "no-motd",
+        "suppress daemon-mode MOTD (no effect locally)",
+    ),
+    (
+        "msgs2stderr",
+        None,
+        "msgs2stderr",
+        "output messages directly to stderr (no effect locally)",
+    ),
+    (
+        "inc-recursive",
+        None,
+        "inc-recursive",
+        "incremental recursion (always on locally)",
+    ),
+    (
+        "secluded-args",
+        Some('s'),
+        "secluded-args",
+        "use the protocol to safely send the args (no effect locally)",
+    ),
+    (
+        "old-args",
+        None,
+        "old-args",
+        "disable the modern arg-protection idiom (no effect locally)",
+    ),
+    (
+        "trust-sender",
+        None,
+        "trust-sender",
+        "trust the remote sender's file list (no effect locally)",
+    ),
+    ("ipv4", Some('4'), "ipv4", "prefer IPv4 (no effect locally)"),
+    ("ipv6", Some('6'), "ipv6", "prefer IPv6 (no effect locally)"),
+    (
         "super",
         None,
         "super",
@@ -390,6 +428,13 @@ const COUNTS: &[(&str, Option<char>, &str, &str)] = &[
 
 /// Options with a value: (id, short, long, multiple, help).
 const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
+    (
+        "stderr",
+        None,
+        "stderr",
+        false,
+        "change stderr output mode (no effect locally)",
+    ),
     (
         "stop-after",
         None,
@@ -686,6 +731,7 @@ const UNSUPPORTED: &[(&str, Option<char>, bool)] = &[
     ("copy-devices", None, false),
     ("write-devices", None, false),
     ("fake-super", None, false),
+    ("munge-links", None, false),
     ("write-batch", None, true),
     ("only-write-batch", None, true),
     ("read-batch", None, true),
@@ -1050,9 +1096,7 @@ where
             .is_some_and(|mut v| v.next().is_some())
             && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
         if given {
-            return Err(usage(format!(
-                "arsync: option --{id} is not supported yet (exit code 1)"
-            )));
+            return Err(usage(format!("arsync: option --{id} is not supported yet")));
         }
     }
     if m.get_count("crtimes") > 0 && flag(&m, "crtimes", &[]) {
