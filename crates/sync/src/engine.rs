@@ -323,8 +323,15 @@ impl Engine {
         let show = if fmt.contains("%i") {
             changed || self.opts.itemize > 1
         } else {
-            item.update != b'.' || (kind == Kind::Dir && changed) || self.opts.verbose > 1
+            item.update != b'.' || (kind == Kind::Dir && changed)
         };
+        if !show && !fmt.contains("%i") && self.opts.verbose > 1 && kind != Kind::Dir {
+            // -vv reports entries that needed nothing.
+            let mut line = report::escape_name(name);
+            line.extend_from_slice(b" is uptodate");
+            self.out.line(&line);
+            return;
+        }
         if show {
             let line = report::format_line(fmt, &info, self.opts.human_readable);
             self.out.line(&line);
@@ -364,6 +371,10 @@ impl Engine {
             && !self.opts.list_only
         {
             self.out.line(b"sending incremental file list");
+            if self.opts.verbose > 1 {
+                self.out
+                    .line(b"delta-transmission disabled for local transfer or --whole-file");
+            }
         }
         if plan.create_dest
             && (self.opts.verbose > 0 || self.opts.itemize > 0)
@@ -536,6 +547,15 @@ impl Engine {
                     .as_bytes(),
             );
         } else if self.opts.verbose > 0 && !self.opts.list_only {
+            if self.opts.verbose > 1 {
+                self.out.line(
+                    format!(
+                        "total: matches=0  hash_hits=0  false_alarms=0 data={}",
+                        self.stats.literal.load(Ordering::Relaxed)
+                    )
+                    .as_bytes(),
+                );
+            }
             self.out.line(b"");
             self.out.line(
                 self.stats
