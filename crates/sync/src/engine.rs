@@ -208,6 +208,7 @@ pub struct Engine {
     delayed_dirs: Mutex<HashSet<PathBuf>>,
     am_root: bool,
     fresh_dest: AtomicBool,
+    fatal_io: AtomicBool,
     timed_out: Arc<AtomicBool>,
     line_format: Option<String>,
     dest_root: Mutex<PathBuf>,
@@ -240,6 +241,7 @@ impl Engine {
         Engine {
             am_root: opts.super_user.unwrap_or(fsops::euid() == 0),
             fresh_dest: AtomicBool::new(false),
+            fatal_io: AtomicBool::new(false),
             timed_out: Arc::new(AtomicBool::new(false)),
             line_format,
             opts,
@@ -519,6 +521,10 @@ impl Engine {
         for t in remaining {
             let _ = fsops::unlink(&t);
         }
+        if self.fatal_io.load(Ordering::Relaxed) {
+            self.out.error("arsync error: error in file IO (code 11)");
+            return exit::FILE_IO;
+        }
         if self.timed_out.load(Ordering::Relaxed) {
             self.out.error(
                 "arsync error: timeout in data send/receive: stopped at the requested time (code 30)",
@@ -757,6 +763,17 @@ impl Engine {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted && self.stopped() => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound && fsops::lstat(&src).is_err() => {
                     self.vanished_file(&src)
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) => {
+                    // A full destination ends the run, as in rsync (error in file I/O).
+                    if !self.fatal_io.swap(true, Ordering::Relaxed) {
+                        self.out.error(&format!(
+                            "arsync: [receiver] write failed on \"{}\": {}",
+                            display(&dst),
+                            errno_text(&e)
+                        ));
+                    }
+                    self.stop.store(true, Ordering::Relaxed);
                 }
                 Err(e) => self.error(format!(
                     "arsync: [receiver] failed to transfer \"{}\" to \"{}\": {}",
