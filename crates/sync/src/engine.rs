@@ -208,6 +208,7 @@ pub struct Engine {
     delayed_dirs: Mutex<HashSet<PathBuf>>,
     am_root: bool,
     fresh_dest: AtomicBool,
+    checked: AtomicU64,
     fatal_io: AtomicBool,
     timed_out: Arc<AtomicBool>,
     line_format: Option<String>,
@@ -241,6 +242,7 @@ impl Engine {
         Engine {
             am_root: opts.super_user.unwrap_or(fsops::euid() == 0),
             fresh_dest: AtomicBool::new(false),
+            checked: AtomicU64::new(0),
             fatal_io: AtomicBool::new(false),
             timed_out: Arc::new(AtomicBool::new(false)),
             line_format,
@@ -305,6 +307,7 @@ impl Engine {
         link: Option<(&str, &[u8])>,
         meta: &Meta,
     ) {
+        self.checked.fetch_add(1, Ordering::Relaxed);
         let changed = item.update != b'.' || item.any_change();
         let info = LineInfo {
             name,
@@ -367,7 +370,7 @@ impl Engine {
         }
         *self.dest_root.lock().unwrap_or_else(|p| p.into_inner()) = plan.dest.clone();
         self.fresh_dest.store(plan.create_dest, Ordering::Relaxed);
-        if self.opts.verbose > 0
+        if (self.opts.verbose > 0 || self.opts.progress)
             && self.opts.itemize == 0
             && self.opts.out_format.is_none()
             && !self.opts.list_only
@@ -379,7 +382,7 @@ impl Engine {
             }
         }
         if plan.create_dest
-            && (self.opts.verbose > 0 || self.opts.itemize > 0)
+            && (self.opts.verbose > 0 || self.opts.itemize > 0 || self.opts.progress)
             && !self.opts.list_only
         {
             let shown = display(&plan.dest);
@@ -748,6 +751,7 @@ impl Engine {
             dir,
         } = job;
         if !self.stopped() {
+            let started = Instant::now();
             match self.transfer(&src, &dst, &rel, &meta, existing.as_ref()) {
                 Ok(written) => {
                     self.stats.transferred.fetch_add(1, Ordering::Relaxed);
@@ -758,7 +762,7 @@ impl Engine {
                     self.stats
                         .matched
                         .fetch_add(meta.size.saturating_sub(written), Ordering::Relaxed);
-                    self.after_transfer(&src, &rel, &meta);
+                    self.after_transfer(&src, &rel, &meta, started.elapsed().as_secs_f64());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted && self.stopped() => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound && fsops::lstat(&src).is_err() => {
@@ -786,16 +790,19 @@ impl Engine {
         self.release(&dir);
     }
 
-    fn after_transfer(&self, src: &Path, rel: &[u8], meta: &Meta) {
+    fn after_transfer(&self, src: &Path, rel: &[u8], meta: &Meta, took: f64) {
         let n = self.xfer_count.fetch_add(1, Ordering::Relaxed) + 1;
         let done = self.bytes_done.fetch_add(meta.size, Ordering::Relaxed) + meta.size;
         if self.opts.progress {
-            let secs = self.start.elapsed().as_secs_f64().max(0.001);
+            let rate = meta.size as f64 / 1024.0 / took.max(1e-6);
+            let secs = took as u64;
+            let clock = format!("{:>4}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+            let size = report::num(meta.size, self.opts.human_readable);
+            let total = self.stats.files_seen();
+            let left = total.saturating_sub(self.checked.load(Ordering::Relaxed));
             self.out.line(
                 format!(
-                    "{:>15} 100% {:>10.2}kB/s    0:00:00 (xfr#{n})",
-                    report::commas(meta.size),
-                    meta.size as f64 / 1024.0 / secs
+                    "\r{size:>15} 100% {rate:>7.2}kB/s {clock}  \r{size:>15} 100% {rate:>7.2}kB/s {clock} (xfr#{n}, to-chk={left}/{total})"
                 )
                 .as_bytes(),
             );
