@@ -246,7 +246,13 @@ fn sigterm_stops_cleanly_with_20_and_no_temp_files() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(700));
+        // Wait until the copy is under way (a temporary file exists), so the signal lands
+        // in the middle of it whatever the machine's load.
+        let waited = Instant::now();
+        while leftover_temps(&dst).is_empty() && waited.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
         let t = Instant::now();
         let st = Command::new("kill")
             .arg(format!("-{sig}"))
