@@ -72,7 +72,8 @@ struct DirNode {
     apply: Option<(Meta, Option<Meta>)>,
     pending: AtomicUsize,
     parent: Option<Arc<DirNode>>,
-    /// Dry run: the directory does not really exist, so nothing below it does either.
+    /// Nothing below this directory exists in the destination (it was created by this
+    /// run, or it is a dry run's directory that does not really exist).
     virtual_new: bool,
 }
 
@@ -1637,7 +1638,9 @@ impl Walker<'_> {
             apply: Some((*meta, existing)),
             pending: AtomicUsize::new(1),
             parent: Some(Arc::clone(parent)),
-            virtual_new: o.dry_run && (is_new || parent.virtual_new),
+            // Created just now (or, in a dry run, not really there): nothing below it exists,
+            // so its entries need no destination lookups.
+            virtual_new: is_new || (o.dry_run && parent.virtual_new),
         });
         if let Some(entries) = entries {
             if o.recursive {
