@@ -148,8 +148,16 @@ pub fn build(
                 let shown = std::env::current_dir()
                     .map(|d| d.join(&src_path))
                     .unwrap_or_else(|_| src_path.clone());
+                // rsync enters a "dir/" argument (change_dir) and stats anything else.
+                let (what, shown) = if trailing {
+                    let s = shown.as_os_str().as_bytes();
+                    let t = s.strip_suffix(b"/").unwrap_or(s);
+                    ("change_dir", PathBuf::from(OsStr::from_bytes(t)))
+                } else {
+                    ("link_stat", shown)
+                };
                 errors.push(format!(
-                    "arsync: [sender] link_stat \"{}\" failed: {}",
+                    "arsync: [sender] {what} \"{}\" failed: {}",
                     shown.display(),
                     crate::engine::errno_text(&e)
                 ));
