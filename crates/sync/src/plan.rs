@@ -266,9 +266,19 @@ pub fn build(
 
     let dest_bytes = dest.as_bytes();
     let dest_trailing = dest_bytes.ends_with(b"/");
-    let dest_path = PathBuf::from(dest);
+    let mut dest_path = PathBuf::from(dest);
     let dest_meta = fsops::stat(&dest_path).ok();
     let dest_is_dir = dest_meta.is_some_and(|m| m.kind() == Kind::Dir);
+    if dest_is_dir
+        && !dest_trailing
+        && fsops::lstat(&dest_path).is_ok_and(|m| m.kind() == Kind::Symlink)
+    {
+        // A destination that is a symlink to a directory is written through, as in rsync:
+        // a trailing slash makes every path operation resolve the link.
+        let mut b = dest_bytes.to_vec();
+        b.push(b'/');
+        dest_path = PathBuf::from(OsString::from_vec(b));
+    }
     let single_nondir = items.len() == 1
         && items[0].meta.kind() != Kind::Dir
         && !opts.relative
