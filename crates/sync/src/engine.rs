@@ -678,7 +678,7 @@ impl Engine {
         let bp = self.backup_path(dst, rel);
         if let Some(parent) = bp.parent() {
             if self.opts.backup_dir.is_some() {
-                std::fs::create_dir_all(parent)?;
+                fsops::mkdir_all(parent)?;
             }
         }
         if let Ok(m) = fsops::lstat(&bp) {
@@ -690,7 +690,7 @@ impl Engine {
             // --inplace rewrites the original: the backup is a copy with its metadata.
             let tmp = self.temp_path(bp.parent().unwrap_or(Path::new(".")), b"backup");
             let orig = fsops::lstat(dst)?;
-            std::fs::copy(dst, &tmp)?;
+            fsops::copy_file(dst, &tmp)?;
             let w = Wanted {
                 perms: Some(orig.perms()),
                 uid: Some(orig.uid),
@@ -985,7 +985,7 @@ impl Engine {
         match &self.opts.partial_dir {
             Some(pd) => {
                 let dir = dst.parent().unwrap_or(Path::new(".")).join(pd);
-                let _ = std::fs::create_dir_all(&dir);
+                let _ = fsops::mkdir_all(&dir);
                 if fsops::rename(tmp, &dir.join(OsStr::from_bytes(name))).is_err() {
                     let _ = fsops::unlink(tmp);
                 }
@@ -1109,7 +1109,7 @@ impl Engine {
 
 /// Removes a whole tree (used for backups of replaced directories).
 fn remove_tree(p: &Path) -> io::Result<()> {
-    std::fs::remove_dir_all(p)
+    fsops::remove_tree(p)
 }
 
 /// Whether a symlink target stays inside the transfer (for `--safe-links`).
@@ -1175,7 +1175,7 @@ impl Walker<'_> {
         if self.opts().no_implied_dirs && item.rel.contains(&b'/') && !self.opts().dry_run {
             // Missing path components get default attributes, as in rsync.
             if let Some(parent) = dst.parent() {
-                if let Err(e) = std::fs::create_dir_all(parent) {
+                if let Err(e) = fsops::mkdir_all(parent) {
                     self.eng.io_fail("[receiver] mkdir", parent, &e);
                     return;
                 }
@@ -2667,7 +2667,7 @@ pub fn read_files_from(path: &Path, from0: bool) -> io::Result<Vec<Vec<u8>>> {
         io::Read::read_to_end(&mut io::stdin(), &mut v)?;
         v
     } else {
-        std::fs::read(path)?
+        fsops::read_file(path)?
     };
     let sep = if from0 { 0 } else { b'\n' };
     Ok(data

@@ -294,7 +294,7 @@ pub fn build(
             .map(|n| n.as_bytes().to_vec())
             .ok_or_else(|| err(format!("invalid destination {:?}", dest), 1))?;
         if opts.mkpath && !opts.dry_run {
-            std::fs::create_dir_all(&parent).map_err(|e| {
+            fsops::mkdir_all(&parent).map_err(|e| {
                 err(
                     format!(
                         "arsync: mkdir \"{}\" failed: {}",
@@ -336,9 +336,9 @@ pub fn build(
         }
         if !opts.dry_run {
             let r = if opts.mkpath {
-                std::fs::create_dir_all(&dest_path)
+                fsops::mkdir_all(&dest_path)
             } else {
-                std::fs::create_dir(&dest_path)
+                fsops::mkdir(&dest_path, 0o777)
             };
             r.map_err(|e| {
                 err(
