@@ -450,6 +450,12 @@ impl Engine {
             skipped: Default::default(),
         };
         report::begin_capture();
+        if self.opts.delete == DeleteMode::Before {
+            // A whole deletion pass before anything is transferred.
+            for item in &plan.items {
+                walker.delete_pass(item, &plan.dest);
+            }
+        }
         for rel in &plan.missing {
             // --delete-missing-args: a vanished source argument removes its copy.
             let dst = plan::join(&plan.dest, rel);
@@ -1614,7 +1620,7 @@ impl Walker<'_> {
             None
         };
         if let Some(entries) = &entries {
-            if !is_new && matches!(o.delete, DeleteMode::During | DeleteMode::Before) {
+            if !is_new && o.delete == DeleteMode::During {
                 // rsync's sender reads ahead: an unreadable subdirectory is an I/O error
                 // before this directory's deletions happen.
                 for e in entries.iter().filter(|e| e.meta.kind() == Kind::Dir) {
@@ -2643,6 +2649,7 @@ impl Walker<'_> {
         };
         if fsops::lstat(dst).is_ok_and(|m| m.kind() == Kind::Dir)
             && self.delete_extraneous(dst, rel, &entries) > 0
+            && self.opts().delete != DeleteMode::Before
         {
             if let Ok(m) = fsops::lstat(src) {
                 self.eng.touch_dir(dst, &m);
