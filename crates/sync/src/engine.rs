@@ -818,12 +818,19 @@ impl Engine {
             let secs = self.start.elapsed().as_secs_f64().max(0.001);
             let total = self.stats.total_size.load(Ordering::Relaxed).max(done);
             let pct = done * 100 / total.max(1);
+            let whole = secs as u64;
+            let seen = self.stats.files_seen();
+            let left = seen.saturating_sub(self.checked.load(Ordering::Relaxed));
+            // The totals grow while the walk goes on, as with rsync's incremental recursion.
             self.out.raw(
                 format!(
-                    "\r{:>15} {:>3}% {:>10.2}MB/s    (xfr#{n})",
-                    report::commas(done),
+                    "\r{:>15} {:>3}% {:>7.2}MB/s {:>4}:{:02}:{:02} (xfr#{n}, ir-chk={left}/{seen})",
+                    report::num(done, self.opts.human_readable),
                     pct,
-                    done as f64 / 1e6 / secs
+                    done as f64 / 1024.0 / 1024.0 / secs,
+                    whole / 3600,
+                    whole / 60 % 60,
+                    whole % 60,
                 )
                 .as_bytes(),
             );
