@@ -237,7 +237,9 @@ impl Engine {
         let line_format = opts.line_format();
         report::set_eight_bit(opts.eight_bit);
         let prefetch = Prefetch {
-            cap: opts.queue_depth.max(1),
+            // A few listings ahead per lister is enough to keep them busy; more would only
+            // hold memory (each slot is a whole directory listing).
+            cap: (opts.threads * 2).max(4),
             ..Prefetch::default()
         };
         Engine {
