@@ -38,6 +38,8 @@ pub struct Plan {
     pub create_dest: bool,
     /// Sources that could not be read: (message, exit code).
     pub errors: Vec<String>,
+    /// `--delete-missing-args`: destination paths of missing sources, to delete.
+    pub missing: Vec<Vec<u8>>,
 }
 
 /// An error that ends the run before anything is transferred.
@@ -64,11 +66,6 @@ pub fn join(base: &Path, rel: &[u8]) -> PathBuf {
     base.join(OsStr::from_bytes(rel))
 }
 
-/// rsync's order within one directory: non-directories by name, then directories by name.
-pub fn sort_key(kind: Kind, name: &[u8]) -> (bool, Vec<u8>) {
-    (kind == Kind::Dir, name.to_vec())
-}
-
 fn stat_source(opts: &Options, p: &Path) -> std::io::Result<Meta> {
     let m = fsops::lstat(p)?;
     if m.kind() == Kind::Symlink
@@ -93,6 +90,7 @@ pub fn build(
     let mut items: Vec<TopItem> = Vec::new();
     let mut errors = Vec::new();
     let mut implied_seen = std::collections::HashSet::new();
+    let mut missing = Vec::new();
     let expanded: Vec<(Vec<u8>, bool)> = match &files_from {
         Some(list) => {
             let base = sources
@@ -123,10 +121,44 @@ pub fn build(
         let src_path = PathBuf::from(OsString::from_vec(arg.clone()));
         let meta = match stat_source(opts, &src_path) {
             Ok(m) => m,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && (opts.ignore_missing_args || opts.delete_missing_args) =>
+            {
+                if opts.delete_missing_args {
+                    let rel = if relative {
+                        match find_anchor(arg) {
+                            Some(i) => normalize_rel(&arg[i + 3..]),
+                            None => normalize_rel(arg),
+                        }
+                    } else {
+                        let t = normalize_rel(arg);
+                        match t.iter().rposition(|b| *b == b'/') {
+                            Some(i) => t[i + 1..].to_vec(),
+                            None => t,
+                        }
+                    };
+                    if !rel.is_empty() {
+                        missing.push(rel);
+                    }
+                }
+                continue;
+            }
             Err(e) => {
+                let shown = std::env::current_dir()
+                    .map(|d| d.join(&src_path))
+                    .unwrap_or_else(|_| src_path.clone());
+                // rsync enters a "dir/" argument (change_dir) and stats anything else.
+                let (what, shown) = if trailing {
+                    let s = shown.as_os_str().as_bytes();
+                    let t = s.strip_suffix(b"/").unwrap_or(s);
+                    ("change_dir", PathBuf::from(OsStr::from_bytes(t)))
+                } else {
+                    ("link_stat", shown)
+                };
                 errors.push(format!(
-                    "arsync: [sender] link_stat \"{}\" failed: {}",
-                    src_path.display(),
+                    "arsync: [sender] {what} \"{}\" failed: {}",
+                    shown.display(),
                     crate::engine::errno_text(&e)
                 ));
                 continue;
@@ -234,9 +266,19 @@ pub fn build(
 
     let dest_bytes = dest.as_bytes();
     let dest_trailing = dest_bytes.ends_with(b"/");
-    let dest_path = PathBuf::from(dest);
+    let mut dest_path = PathBuf::from(dest);
     let dest_meta = fsops::stat(&dest_path).ok();
     let dest_is_dir = dest_meta.is_some_and(|m| m.kind() == Kind::Dir);
+    if dest_is_dir
+        && !dest_trailing
+        && fsops::lstat(&dest_path).is_ok_and(|m| m.kind() == Kind::Symlink)
+    {
+        // A destination that is a symlink to a directory is written through, as in rsync:
+        // a trailing slash makes every path operation resolve the link.
+        let mut b = dest_bytes.to_vec();
+        b.push(b'/');
+        dest_path = PathBuf::from(OsString::from_vec(b));
+    }
     let single_nondir = items.len() == 1
         && items[0].meta.kind() != Kind::Dir
         && !opts.relative
@@ -252,7 +294,7 @@ pub fn build(
             .map(|n| n.as_bytes().to_vec())
             .ok_or_else(|| err(format!("invalid destination {:?}", dest), 1))?;
         if opts.mkpath && !opts.dry_run {
-            std::fs::create_dir_all(&parent).map_err(|e| {
+            fsops::mkdir_all(&parent).map_err(|e| {
                 err(
                     format!(
                         "arsync: mkdir \"{}\" failed: {}",
@@ -269,13 +311,14 @@ pub fn build(
             items,
             create_dest: false,
             errors,
+            missing,
         });
     }
     if let Some(m) = dest_meta {
         if m.kind() != Kind::Dir {
             return Err(err(
                 "ERROR: destination must be a directory when copying more than 1 file",
-                1,
+                3,
             ));
         }
     }
@@ -293,9 +336,9 @@ pub fn build(
         }
         if !opts.dry_run {
             let r = if opts.mkpath {
-                std::fs::create_dir_all(&dest_path)
+                fsops::mkdir_all(&dest_path)
             } else {
-                std::fs::create_dir(&dest_path)
+                fsops::mkdir(&dest_path, 0o777)
             };
             r.map_err(|e| {
                 err(
@@ -314,6 +357,7 @@ pub fn build(
         items,
         create_dest,
         errors,
+        missing,
     })
 }
 
