@@ -214,6 +214,7 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         compressed,
         drain_eof: true,
         events: opts.events.clone(),
+        whole_file: opts.command.flags.contains('W'),
     };
     receive_session(ins, outs, &neg, &fopts, dest, mode)
 }
@@ -232,6 +233,8 @@ pub(crate) struct ReceiveMode {
     pub drain_eof: bool,
     /// Per-entry notifications.
     pub events: Option<EventSink>,
+    /// `-W`: whole-file transfers, no delta against the basis.
+    pub whole_file: bool,
 }
 
 /// The receiving half of a session after setup: file list, id lists, the
@@ -306,6 +309,7 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
             links,
             delete: mode.delete,
             events: mode.events.clone(),
+            whole_file: mode.whole_file,
             requested: Arc::clone(&requested),
         };
         std::thread::spawn(move || generator_thread(outs, &files, &active, &gen_ctx, rx))
@@ -430,6 +434,8 @@ struct GenCtx {
     delete: bool,
     /// Per-entry notifications.
     events: Option<EventSink>,
+    /// `-W`: request whole files (no block sums of the basis).
+    whole_file: bool,
     /// Set (before the request is written) for every index we ask for; the
     /// receiver refuses data nobody asked for.
     requested: Arc<Vec<AtomicBool>>,
@@ -576,7 +582,10 @@ fn generator<W: Write>(
                             return Ok(());
                         }
                     }
-                    let basis = dest.open_basis(&e.name)?;
+                    let basis = match ctx.whole_file {
+                        true => None,
+                        false => dest.open_basis(&e.name)?,
+                    };
                     ctx.requested[i].store(true, Ordering::Release);
                     request(outs, &mut codec, i as i32, basis.as_ref(), false, neg)?;
                 }
@@ -601,7 +610,10 @@ fn generator<W: Write>(
         match rx.recv() {
             Ok(ToGen::Redo(ndx)) => {
                 let e = &files[ndx as usize];
-                let basis = dest.open_basis(&e.name)?;
+                let basis = match ctx.whole_file {
+                    true => None,
+                    false => dest.open_basis(&e.name)?,
+                };
                 request(outs, &mut codec, ndx, basis.as_ref(), true, neg)?;
                 outs.flush()?;
             }

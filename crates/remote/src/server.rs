@@ -78,9 +78,14 @@ impl ServerArgs {
                             .map_err(|_| RemoteError::Usage(format!("bad {s}")))?,
                     );
                 }
-                s if s.starts_with("--") => {
-                    return Err(RemoteError::Usage(format!("unsupported server option {s}")))
-                }
+                // Options that only affect the client's output or are
+                // defaults here.
+                "--stats" | "--force" | "--ignore-errors" | "--no-i-r" | "--no-inc-recursive" => {}
+                s if s.starts_with("--log-format=")
+                    || s.starts_with("--out-format=")
+                    || s.starts_with("--timeout=")
+                    || s.starts_with("--bwlimit=") => {}
+                s if s.starts_with("--") => return Err(unsupported(format!("server option {s}"))),
                 s if s.starts_with('-') => {
                     let packed = &s[1..];
                     match packed.split_once('e') {
@@ -102,11 +107,23 @@ impl ServerArgs {
                 }
             }
         }
+        if let Some(c) = a.flags.chars().find(|c| !SUPPORTED_FLAGS.contains(*c)) {
+            return Err(unsupported(format!("server flag -{c}")));
+        }
         if a.paths.is_empty() {
             return Err(RemoteError::Usage("no path after \".\"".into()));
         }
         Ok(a)
     }
+}
+
+/// Packed short flags this server implements (`v`/`i` only change output).
+const SUPPORTED_FLAGS: &str = "logDtprdHcWzUviOJ";
+
+fn unsupported(what: String) -> RemoteError {
+    RemoteError::Proto(arsync_proto::Error::Unsupported(format!(
+        "{what} (not implemented by the arsync server)"
+    )))
 }
 
 /// A fresh checksum seed (rsync uses time ^ pid << 6).
@@ -122,6 +139,7 @@ fn server_handshake<R: Read, W: Write>(
     ins: &mut InStream<R>,
     outs: &mut OutStream<W>,
     args: &ServerArgs,
+    known_remote: Option<i32>,
 ) -> Result<Negotiated> {
     let mut cfg = HandshakeConfig::client(
         args.protocol
@@ -130,6 +148,7 @@ fn server_handshake<R: Read, W: Write>(
     );
     cfg.role = Role::Server;
     cfg.seed = seed();
+    cfg.known_remote = known_remote;
     if args.flags.contains('z') {
         cfg.compressions = Some(vec![CompressAlgo::Zlibx]);
     }
@@ -169,9 +188,20 @@ pub fn run_server<R: Read, W: Write + Send + 'static>(
     input: R,
     output: W,
 ) -> Result<TransferSummary> {
+    run_server_known(args, input, output, None)
+}
+
+/// [`run_server`] with the client's protocol already known (`known_remote`,
+/// from a daemon greeting: no version ints are exchanged then).
+pub fn run_server_known<R: Read, W: Write + Send + 'static>(
+    args: &ServerArgs,
+    input: R,
+    output: W,
+    known_remote: Option<i32>,
+) -> Result<TransferSummary> {
     let mut ins = InStream::new(input);
     let mut outs = OutStream::new(output);
-    let neg = server_handshake(&mut ins, &mut outs, args)?;
+    let neg = server_handshake(&mut ins, &mut outs, args, known_remote)?;
     let mut fopts = flist_options(&args.flags, args.numeric_ids, &neg)?;
     fopts.inc_recurse = false;
     let zlevel = token_compression(&neg)?;
@@ -205,6 +235,7 @@ pub fn run_server<R: Read, W: Write + Send + 'static>(
             compressed: zlevel.is_some(),
             drain_eof: false,
             events: None,
+            whole_file: args.flags.contains('W'),
         };
         receive_session(ins, outs, &neg, &fopts, dest, mode)
     }
@@ -273,5 +304,9 @@ mod tests {
         assert!(ServerArgs::parse(&v(&["--sender", ".", "x"])).is_err());
         assert!(ServerArgs::parse(&v(&["--server", "--files-from=x", ".", "x"])).is_err());
         assert!(ServerArgs::parse(&v(&["--server", "-logDtpr", "."])).is_err());
+        let e = ServerArgs::parse(&v(&["--server", "-nlogDtpr", ".", "x"])).err();
+        assert_eq!(e.map(|e| e.exit_code()), Some(ExitCode::Unsupported));
+        let a = ServerArgs::parse(&v(&["--server", "-vlogDtpr", "--stats", ".", "x"]));
+        assert!(a.is_ok());
     }
 }

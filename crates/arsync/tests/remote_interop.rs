@@ -1,0 +1,402 @@
+//! The `arsync` binary against the real rsync 3.x over a remote shell:
+//! client in {arsync, rsync} x server in {arsync, rsync}, push and pull,
+//! through a stand-in for ssh (runs the remote command locally) and a real
+//! OpenSSH server on 127.0.0.1.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use arsync_testutil::{compare_trees, scratch_dir, CompareOpts};
+
+fn arsync_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_arsync"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Tool {
+    Arsync,
+    Rsync,
+}
+
+impl Tool {
+    fn program(self) -> OsString {
+        match self {
+            Tool::Arsync => arsync_bin().into_os_string(),
+            Tool::Rsync => "rsync".into(),
+        }
+    }
+}
+
+/// A stand-in for ssh: skips options and the host name, runs the rest
+/// through `sh -c` (as sshd runs the command with the user's shell).
+const FAKE_SSH: &str = r#"#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -l|-p|-o|-i) shift 2 ;;
+    -*) shift ;;
+    *) shift; break ;;
+  esac
+done
+exec sh -c "$*"
+"#;
+
+fn write_script(path: &Path, text: &str) {
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn set_mtime(p: &Path, secs: u64) {
+    let f = fs::File::options().write(true).open(p).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .unwrap();
+}
+
+/// Deterministic pseudo-random bytes.
+fn bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+const BIG: usize = 2 << 20;
+
+/// A tree with nested dirs, modes, symlinks, a hard-link pair and a large file.
+fn make_tree(root: &Path) {
+    fs::create_dir_all(root.join("a/b/c")).unwrap();
+    fs::create_dir_all(root.join("empty")).unwrap();
+    fs::write(root.join("small.txt"), b"hello\n").unwrap();
+    fs::write(root.join("zero"), b"").unwrap();
+    fs::write(root.join("a/one.bin"), bytes(1, 1000)).unwrap();
+    fs::write(root.join("a/b/two.bin"), bytes(2, 70_000)).unwrap();
+    fs::write(root.join("a/b/c/gone"), b"to be deleted").unwrap();
+    fs::write(root.join("big.dat"), bytes(3, BIG)).unwrap();
+    fs::set_permissions(root.join("a/one.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+    symlink("small.txt", root.join("link")).unwrap();
+    fs::hard_link(root.join("a/b/two.bin"), root.join("hard")).unwrap();
+    for f in [
+        "small.txt",
+        "zero",
+        "a/one.bin",
+        "a/b/two.bin",
+        "a/b/c/gone",
+        "big.dat",
+    ] {
+        set_mtime(&root.join(f), 1_600_000_000);
+    }
+    settle_dirs(root);
+}
+
+/// Gives directories and symlinks an old mtime: rsync (like arsync) skips
+/// setting a time that matches the current one to the second, so a tree
+/// made this second would not compare equal to its copy.
+fn settle_dirs(root: &Path) {
+    let st = Command::new("find")
+        .arg(root)
+        .args(["(", "-type", "d", "-o", "-type", "l", ")"])
+        .args(["-exec", "touch", "-h", "-d", "@1600000000", "{}", "+"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Rewrites 1% of the large file (keeping its mtime).
+fn mutate_big(root: &Path) {
+    let big = root.join("big.dat");
+    let mut data = fs::read(&big).unwrap();
+    let at = data.len() / 3;
+    data[at..at + BIG / 100].copy_from_slice(&bytes(9, BIG / 100));
+    fs::write(&big, data).unwrap();
+    set_mtime(&big, 1_600_000_100);
+}
+
+/// 1% of the large file changed, a file deleted, a file added, a new hard link.
+fn mutate_tree(root: &Path) {
+    mutate_big(root);
+    fs::remove_file(root.join("a/b/c/gone")).unwrap();
+    fs::write(root.join("a/new.txt"), b"new file").unwrap();
+    fs::hard_link(root.join("a/one.bin"), root.join("a/b/hard2")).unwrap();
+    settle_dirs(root);
+}
+
+/// Same size, same mtime, different content: only `-c` notices.
+fn sneaky_change(root: &Path) {
+    let p = root.join("a/one.bin");
+    fs::write(&p, bytes(77, 1000)).unwrap();
+    set_mtime(&p, 1_600_000_000);
+}
+
+fn opts() -> CompareOpts {
+    CompareOpts::default()
+}
+
+fn assert_same(a: &Path, b: &Path, what: &str) {
+    let diffs = compare_trees(a, b, &opts());
+    assert!(diffs.is_empty(), "{what}: trees differ: {diffs:#?}");
+}
+
+fn check(out: &Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{what}: exit {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The "Literal data:" figure of `--stats` output (rsync prints commas).
+fn literal_bytes(stats: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Literal data:"))
+        .and_then(|v| v.split_whitespace().next())
+        .map(|v| v.replace(',', ""))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no literal data in stats: {stats}"))
+}
+
+/// Runs `client` with a remote shell `rsh` and `server` as the remote program.
+fn transfer(client: Tool, server: Tool, rsh: &str, flags: &[&str], src: &str, dst: &str) -> Output {
+    Command::new(client.program())
+        .args(flags)
+        .arg("-e")
+        .arg(rsh)
+        .arg("--rsync-path")
+        .arg(server.program())
+        .arg(src)
+        .arg(dst)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The full scenario for one client/server pair and direction.
+fn scenario(client: Tool, server: Tool, push: bool, rsh: &str, host: &str) {
+    let what = format!(
+        "{client:?} client -> {server:?} server, {}",
+        if push { "push" } else { "pull" }
+    );
+    let tmp = scratch_dir().unwrap();
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    make_tree(&src);
+    let (s, d) = if push {
+        (
+            format!("{}/", src.display()),
+            format!("{host}:{}", dst.display()),
+        )
+    } else {
+        (
+            format!("{host}:{}/", src.display()),
+            dst.display().to_string(),
+        )
+    };
+    let out = transfer(client, server, rsh, &["-aH"], &s, &d);
+    check(&out, &format!("{what}: fresh copy"));
+    assert_same(&src, &dst, &format!("{what}: fresh copy"));
+
+    mutate_tree(&src);
+    let out = transfer(client, server, rsh, &["-aH", "--delete", "--stats"], &s, &d);
+    let stats = check(&out, &format!("{what}: delta update"));
+    assert_same(&src, &dst, &format!("{what}: delta update with --delete"));
+    let literal = literal_bytes(&stats);
+    // 1% of the large file changed, plus the small new files.
+    assert!(
+        literal < (BIG / 10) as u64,
+        "{what}: {literal} literal bytes for a 1% change: no delta transfer?"
+    );
+
+    sneaky_change(&src);
+    let out = transfer(client, server, rsh, &["-aHc"], &s, &d);
+    check(&out, &format!("{what}: -c"));
+    assert_same(&src, &dst, &format!("{what}: -c"));
+}
+
+fn all_pairs(rsh: &str, host: &str) {
+    for client in [Tool::Arsync, Tool::Rsync] {
+        for server in [Tool::Arsync, Tool::Rsync] {
+            if client == Tool::Rsync && server == Tool::Rsync {
+                continue;
+            }
+            for push in [true, false] {
+                scenario(client, server, push, rsh, host);
+            }
+        }
+    }
+}
+
+#[test]
+fn interop_over_stand_in_ssh() {
+    let tmp = scratch_dir().unwrap();
+    let ssh = tmp.path().join("fake-ssh");
+    write_script(&ssh, FAKE_SSH);
+    all_pairs(ssh.to_str().unwrap(), "somehost");
+}
+
+#[test]
+fn whole_file_and_unsupported_options() {
+    let tmp = scratch_dir().unwrap();
+    let ssh = tmp.path().join("fake-ssh");
+    write_script(&ssh, FAKE_SSH);
+    let rsh = ssh.to_str().unwrap();
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    make_tree(&src);
+    let d = format!("h:{}", dst.display());
+    let s = format!("{}/", src.display());
+    check(
+        &transfer(Tool::Arsync, Tool::Rsync, rsh, &["-aH"], &s, &d),
+        "first",
+    );
+    mutate_tree(&src);
+    // -W: no delta, the changed large file goes whole.
+    let out = transfer(
+        Tool::Arsync,
+        Tool::Rsync,
+        rsh,
+        &["-aHW", "--delete", "--stats"],
+        &s,
+        &d,
+    );
+    let literal = literal_bytes(&check(&out, "-W"));
+    assert!(
+        literal >= BIG as u64,
+        "-W sent only {literal} literal bytes"
+    );
+    assert_same(&src, &dst, "-W");
+    // Pull with -W into an arsync receiver whose large file differs by 1%.
+    let pulled = tmp.path().join("pulled");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(&pulled)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let big = pulled.join("big.dat");
+    let mut data = fs::read(&big).unwrap();
+    data[..BIG / 100].copy_from_slice(&bytes(11, BIG / 100));
+    fs::write(&big, data).unwrap();
+    set_mtime(&big, 1_500_000_000);
+    let d_slash = format!("{d}/");
+    let out = transfer(
+        Tool::Arsync,
+        Tool::Rsync,
+        rsh,
+        &["-aHW", "--stats"],
+        &d_slash,
+        pulled.to_str().unwrap(),
+    );
+    let literal = literal_bytes(&check(&out, "pull -W"));
+    assert!(
+        literal >= BIG as u64,
+        "pull -W received only {literal} literal bytes"
+    );
+    assert_same(&src, &pulled, "pull -W");
+    // A feature the remote roles lack: exit code 4 and a message.
+    let out = transfer(Tool::Arsync, Tool::Rsync, rsh, &["-aX"], &s, &d);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--xattrs"));
+    // A real rsync client asking the arsync server for something it lacks.
+    let out = transfer(Tool::Rsync, Tool::Arsync, rsh, &["-an"], &s, &d);
+    assert_ne!(out.status.code(), Some(0), "dry run must not be faked");
+    // Both sides remote: usage error.
+    let out = transfer(Tool::Arsync, Tool::Rsync, rsh, &["-a"], "h:/x/", "h:/y");
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// A real OpenSSH server on 127.0.0.1 with a key generated here.
+struct Sshd {
+    child: Child,
+    port: u16,
+    key: PathBuf,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn start_sshd(dir: &Path) -> Sshd {
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+    };
+    let host_key = dir.join("host_key");
+    let key = dir.join("client_key");
+    for k in [&host_key, &key] {
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(k));
+    }
+    fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+    let port = free_port();
+    let cfg = dir.join("sshd_config");
+    fs::write(
+        &cfg,
+        format!(
+            "ListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nStrictModes no\n\
+             PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             UsePAM no\nPidFile {}\n",
+            host_key.display(),
+            dir.join("authorized_keys").display(),
+            dir.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    let _ = fs::create_dir_all("/run/sshd");
+    let child = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(&cfg)
+        .args(["-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "sshd did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Sshd { child, port, key }
+}
+
+#[test]
+fn interop_over_real_sshd() {
+    assert!(
+        rustix_is_root(),
+        "this test starts sshd and must run as root (CI runs as root)"
+    );
+    let tmp = scratch_dir().unwrap();
+    let sshd = start_sshd(tmp.path());
+    let rsh = format!(
+        "ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes \
+         -o LogLevel=ERROR -i {} -p {}",
+        sshd.key.display(),
+        sshd.port
+    );
+    all_pairs(&rsh, "root@127.0.0.1");
+}
+
+fn rustix_is_root() -> bool {
+    arsync_testutil::is_root()
+}
