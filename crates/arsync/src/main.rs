@@ -22,6 +22,9 @@ fn dispatch(args: Vec<OsString>) -> i32 {
             .collect();
         return arsync_remote::server::serve_stdio(&words).code();
     }
+    if args.iter().skip(1).any(|a| a == "--daemon") {
+        return arsync_remote::daemon_server::main_with_args(&args[1..]);
+    }
     if remote::has_remote_path(&args) {
         return remote::run(&args);
     }

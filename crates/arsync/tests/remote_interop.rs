@@ -168,12 +168,24 @@ fn literal_bytes(stats: &str) -> u64 {
 
 /// Runs `client` with a remote shell `rsh` and `server` as the remote program.
 fn transfer(client: Tool, server: Tool, rsh: &str, flags: &[&str], src: &str, dst: &str) -> Output {
+    let extra = shell_args(server, rsh);
+    let mut all: Vec<&str> = flags.to_vec();
+    all.extend(extra.iter().map(String::as_str));
+    run_client(client, &all, src, dst)
+}
+
+fn shell_args(server: Tool, rsh: &str) -> Vec<String> {
+    vec![
+        "-e".into(),
+        rsh.into(),
+        "--rsync-path".into(),
+        server.program().to_string_lossy().into_owned(),
+    ]
+}
+
+fn run_client(client: Tool, flags: &[&str], src: &str, dst: &str) -> Output {
     Command::new(client.program())
         .args(flags)
-        .arg("-e")
-        .arg(rsh)
-        .arg("--rsync-path")
-        .arg(server.program())
         .arg(src)
         .arg(dst)
         .stdin(Stdio::null())
@@ -181,34 +193,55 @@ fn transfer(client: Tool, server: Tool, rsh: &str, flags: &[&str], src: &str, ds
         .unwrap()
 }
 
-/// The full scenario for one client/server pair and direction.
-fn scenario(client: Tool, server: Tool, push: bool, rsh: &str, host: &str) {
+/// How a test reaches the remote side.
+struct Remote<'a> {
+    /// Extra client options (`-e`, `--rsync-path`).
+    args: Vec<String>,
+    /// The remote spelling of a local absolute path.
+    spec: &'a dyn Fn(&Path) -> String,
+    /// Where scenario directories are made.
+    base: Option<&'a Path>,
+    /// Names the server, for messages.
+    server: String,
+}
+
+/// The full scenario for one client/server pair and direction: fresh
+/// copy, delta update of 1% of a large file with --delete and new hard
+/// links, then -c for a same-size same-mtime change.
+fn scenario(client: Tool, remote: &Remote<'_>, push: bool) {
     let what = format!(
-        "{client:?} client -> {server:?} server, {}",
+        "{client:?} client -> {} server, {}",
+        remote.server,
         if push { "push" } else { "pull" }
     );
-    let tmp = scratch_dir().unwrap();
+    let tmp = match remote.base {
+        Some(b) => tempfile::tempdir_in(b).unwrap(),
+        None => scratch_dir().unwrap(),
+    };
     let src = tmp.path().join("src");
     let dst = tmp.path().join("dst");
     make_tree(&src);
     let (s, d) = if push {
-        (
-            format!("{}/", src.display()),
-            format!("{host}:{}", dst.display()),
-        )
+        (format!("{}/", src.display()), (remote.spec)(&dst))
     } else {
         (
-            format!("{host}:{}/", src.display()),
+            format!("{}/", (remote.spec)(&src)),
             dst.display().to_string(),
         )
     };
-    let out = transfer(client, server, rsh, &["-aH"], &s, &d);
-    check(&out, &format!("{what}: fresh copy"));
+    let run = |flags: &[&str]| {
+        let mut all: Vec<&str> = flags.to_vec();
+        all.extend(remote.args.iter().map(String::as_str));
+        run_client(client, &all, &s, &d)
+    };
+    check(&run(&["-aH"]), &format!("{what}: fresh copy"));
     assert_same(&src, &dst, &format!("{what}: fresh copy"));
 
     mutate_tree(&src);
-    let out = transfer(client, server, rsh, &["-aH", "--delete", "--stats"], &s, &d);
-    let stats = check(&out, &format!("{what}: delta update"));
+    let stats = check(
+        &run(&["-aH", "--delete", "--stats"]),
+        &format!("{what}: delta update"),
+    );
     assert_same(&src, &dst, &format!("{what}: delta update with --delete"));
     let literal = literal_bytes(&stats);
     // 1% of the large file changed, plus the small new files.
@@ -218,19 +251,25 @@ fn scenario(client: Tool, server: Tool, push: bool, rsh: &str, host: &str) {
     );
 
     sneaky_change(&src);
-    let out = transfer(client, server, rsh, &["-aHc"], &s, &d);
-    check(&out, &format!("{what}: -c"));
+    check(&run(&["-aHc"]), &format!("{what}: -c"));
     assert_same(&src, &dst, &format!("{what}: -c"));
 }
 
 fn all_pairs(rsh: &str, host: &str) {
+    let spec = |p: &Path| format!("{host}:{}", p.display());
     for client in [Tool::Arsync, Tool::Rsync] {
         for server in [Tool::Arsync, Tool::Rsync] {
             if client == Tool::Rsync && server == Tool::Rsync {
                 continue;
             }
+            let remote = Remote {
+                args: shell_args(server, rsh),
+                spec: &spec,
+                base: None,
+                server: format!("{server:?}"),
+            };
             for push in [true, false] {
-                scenario(client, server, push, rsh, host);
+                scenario(client, &remote, push);
             }
         }
     }
@@ -399,4 +438,167 @@ fn interop_over_real_sshd() {
 
 fn rustix_is_root() -> bool {
     arsync_testutil::is_root()
+}
+
+/// A daemon process (arsync or rsync) on 127.0.0.1, killed on drop.
+struct Daemon {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon(tool: Tool, config: &Path) -> Daemon {
+    let port = free_port();
+    let child = Command::new(tool.program())
+        .args([
+            "--daemon",
+            "--no-detach",
+            "--address",
+            "127.0.0.1",
+            "--port",
+        ])
+        .arg(port.to_string())
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Daemon { child, port }
+}
+
+#[test]
+fn interop_over_daemon() {
+    let tmp = scratch_dir().unwrap();
+    let base = tmp.path().join("module");
+    fs::create_dir(&base).unwrap();
+    let cfg = tmp.path().join("rsyncd.conf");
+    fs::write(
+        &cfg,
+        format!(
+            "use chroot = no\n[m]\nmunge symlinks = no\npath = {}\nread only = no\nuid = root\ngid = root\n",
+            base.display()
+        ),
+    )
+    .unwrap();
+    for server in [Tool::Arsync, Tool::Rsync] {
+        let daemon = start_daemon(server, &cfg);
+        let port = daemon.port;
+        let base_ref = base.as_path();
+        let spec = move |p: &Path| {
+            let rel = p.strip_prefix(base_ref).unwrap();
+            format!("rsync://127.0.0.1:{port}/m/{}", rel.display())
+        };
+        for client in [Tool::Arsync, Tool::Rsync] {
+            if client == Tool::Rsync && server == Tool::Rsync {
+                continue;
+            }
+            let remote = Remote {
+                args: Vec::new(),
+                spec: &spec,
+                base: Some(&base),
+                server: format!("{server:?} daemon"),
+            };
+            for push in [true, false] {
+                scenario(client, &remote, push);
+            }
+        }
+    }
+}
+
+#[test]
+fn daemon_modules_auth_and_access() {
+    let tmp = scratch_dir().unwrap();
+    let (pub_dir, up_dir) = (tmp.path().join("pub"), tmp.path().join("up"));
+    make_tree(&pub_dir);
+    fs::create_dir(&up_dir).unwrap();
+    let secrets = tmp.path().join("secrets");
+    fs::write(&secrets, "alice:s3cret\n").unwrap();
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = tmp.path().join("rsyncd.conf");
+    fs::write(
+        &cfg,
+        format!(
+            "[pub]\npath = {}\ncomment = public files\nuid = root\ngid = root\n\
+             [hidden]\npath = {}\nlist = no\n\
+             [up]\npath = {}\nread only = no\nuid = root\ngid = root\nauth users = alice\n\
+             secrets file = {}\nhosts allow = 127.0.0.1\n\
+             [denied]\npath = {}\nhosts allow = 10.0.0.0/8\n",
+            pub_dir.display(),
+            pub_dir.display(),
+            up_dir.display(),
+            secrets.display(),
+            pub_dir.display()
+        ),
+    )
+    .unwrap();
+    let d = start_daemon(Tool::Arsync, &cfg);
+    let url = |m: &str| format!("rsync://127.0.0.1:{}/{m}", d.port);
+    // Module list: listed modules with comments only.
+    let out = Command::new("rsync").arg(url("")).output().unwrap();
+    let list = check(&out, "module list");
+    assert!(
+        list.contains("pub") && list.contains("public files"),
+        "{list}"
+    );
+    assert!(!list.contains("hidden"), "{list}");
+    // Authentication with a password file (arsync client, host::module form).
+    let pw = tmp.path().join("pw");
+    fs::write(&pw, "s3cret\n").unwrap();
+    fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
+    let src = format!("{}/", pub_dir.display());
+    let out = Command::new(arsync_bin())
+        .args(["-aH", "--port", &d.port.to_string(), "--password-file"])
+        .arg(&pw)
+        .arg(&src)
+        .arg("alice@127.0.0.1::up/copy")
+        .output()
+        .unwrap();
+    check(&out, "authenticated push");
+    assert_same(&pub_dir, &up_dir.join("copy"), "authenticated push");
+    // Wrong password: refused with rsync's start-up exit code 5.
+    fs::write(&pw, "wrong\n").unwrap();
+    let out = Command::new("rsync")
+        .args(["-a", "--password-file"])
+        .arg(&pw)
+        .arg(&src)
+        .arg(format!("rsync://alice@127.0.0.1:{}/up/x", d.port))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(!up_dir.join("x").exists());
+    // Read-only module refuses a push; a host outside `hosts allow` is denied.
+    for (m, what) in [("pub/x", "read only"), ("denied/", "access denied")] {
+        let out = Command::new(arsync_bin())
+            .arg("-a")
+            .arg(&src)
+            .arg(url(m))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(5), "{m}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(what),
+            "{m}: {out:?}"
+        );
+    }
+    assert!(!pub_dir.join("x").exists());
+    // A path escaping the module is refused.
+    let out = Command::new("rsync")
+        .arg("-a")
+        .arg(url("pub/../../etc/"))
+        .arg(tmp.path().join("escaped"))
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!tmp.path().join("escaped/passwd").exists());
 }

@@ -241,6 +241,32 @@ pub fn run_server_known<R: Read, W: Write + Send + 'static>(
     }
 }
 
+/// Completes the handshake, then reports `msg` as a fatal error the way
+/// rsync does once multiplexing runs (MSG_ERROR, then MSG_ERROR_EXIT with
+/// `code`), so the client prints it and exits with that code.
+pub fn refuse_session<R: Read, W: Write>(
+    args: &ServerArgs,
+    input: R,
+    output: W,
+    known_remote: Option<i32>,
+    msg: &str,
+    code: ExitCode,
+) -> Result<()> {
+    let mut ins = InStream::new(input);
+    let mut outs = OutStream::new(output);
+    server_handshake(&mut ins, &mut outs, args, known_remote)?;
+    outs.start_multiplex()?;
+    outs.message(
+        arsync_proto::mux::MsgTag::Error,
+        format!("@ERROR: {msg}\n").as_bytes(),
+    )?;
+    outs.message(
+        arsync_proto::mux::MsgTag::ErrorExit,
+        &code.code().to_le_bytes(),
+    )?;
+    outs.flush()
+}
+
 /// Runs the server on stdin/stdout and returns the process exit code.
 pub fn serve_stdio(args: &[String]) -> ExitCode {
     let parsed = match ServerArgs::parse(args) {
