@@ -237,7 +237,9 @@ impl Engine {
         let line_format = opts.line_format();
         report::set_eight_bit(opts.eight_bit);
         let prefetch = Prefetch {
-            cap: opts.queue_depth.max(1),
+            // A few listings ahead per lister is enough to keep them busy; more would only
+            // hold memory (each slot is a whole directory listing).
+            cap: (opts.threads * 2).max(4),
             ..Prefetch::default()
         };
         Engine {
@@ -450,6 +452,12 @@ impl Engine {
             skipped: Default::default(),
         };
         report::begin_capture();
+        if self.opts.delete == DeleteMode::Before {
+            // A whole deletion pass before anything is transferred.
+            for item in &plan.items {
+                walker.delete_pass(item, &plan.dest);
+            }
+        }
         for rel in &plan.missing {
             // --delete-missing-args: a vanished source argument removes its copy.
             let dst = plan::join(&plan.dest, rel);
@@ -812,12 +820,19 @@ impl Engine {
             let secs = self.start.elapsed().as_secs_f64().max(0.001);
             let total = self.stats.total_size.load(Ordering::Relaxed).max(done);
             let pct = done * 100 / total.max(1);
+            let whole = secs as u64;
+            let seen = self.stats.files_seen();
+            let left = seen.saturating_sub(self.checked.load(Ordering::Relaxed));
+            // The totals grow while the walk goes on, as with rsync's incremental recursion.
             self.out.raw(
                 format!(
-                    "\r{:>15} {:>3}% {:>10.2}MB/s    (xfr#{n})",
-                    report::commas(done),
+                    "\r{:>15} {:>3}% {:>7.2}MB/s {:>4}:{:02}:{:02} (xfr#{n}, ir-chk={left}/{seen})",
+                    report::num(done, self.opts.human_readable),
                     pct,
-                    done as f64 / 1e6 / secs
+                    done as f64 / 1024.0 / 1024.0 / secs,
+                    whole / 3600,
+                    whole / 60 % 60,
+                    whole % 60,
                 )
                 .as_bytes(),
             );
@@ -1614,7 +1629,7 @@ impl Walker<'_> {
             None
         };
         if let Some(entries) = &entries {
-            if !is_new && matches!(o.delete, DeleteMode::During | DeleteMode::Before) {
+            if !is_new && o.delete == DeleteMode::During {
                 // rsync's sender reads ahead: an unreadable subdirectory is an I/O error
                 // before this directory's deletions happen.
                 for e in entries.iter().filter(|e| e.meta.kind() == Kind::Dir) {
@@ -2643,6 +2658,7 @@ impl Walker<'_> {
         };
         if fsops::lstat(dst).is_ok_and(|m| m.kind() == Kind::Dir)
             && self.delete_extraneous(dst, rel, &entries) > 0
+            && self.opts().delete != DeleteMode::Before
         {
             if let Ok(m) = fsops::lstat(src) {
                 self.eng.touch_dir(dst, &m);
