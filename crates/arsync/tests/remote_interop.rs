@@ -602,3 +602,123 @@ fn daemon_modules_auth_and_access() {
     assert_ne!(out.status.code(), Some(0));
     assert!(!tmp.path().join("escaped/passwd").exists());
 }
+
+/// A stand-in for ssh that counts the bytes in each direction: it runs the
+/// remote command locally and writes `<to server> <from server>` to
+/// `$ARSYNC_WIRE_COUNT` when the command exits.
+const COUNTING_SSH: &str = r#"#!/usr/bin/env python3
+import os, subprocess, sys, threading
+args = sys.argv[1:]
+while args and args[0].startswith("-"):
+    args = args[2:] if args[0] in ("-l", "-p", "-o", "-i") else args[1:]
+args = args[1:]
+p = subprocess.Popen(["sh", "-c", " ".join(args)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+up = [0]
+def pump_up():
+    try:
+        while True:
+            b = os.read(0, 1 << 16)
+            if not b:
+                break
+            up[0] += len(b)
+            p.stdin.write(b)
+        p.stdin.close()
+    except OSError:
+        pass
+threading.Thread(target=pump_up, daemon=True).start()
+down = 0
+while True:
+    b = os.read(p.stdout.fileno(), 1 << 16)
+    if not b:
+        break
+    down += len(b)
+    os.write(1, b)
+code = p.wait()
+with open(os.environ["ARSYNC_WIRE_COUNT"], "w") as f:
+    f.write(f"{up[0]} {down}\n")
+sys.exit(code)
+"#;
+
+/// Bytes on the wire for a 1% change of a 100 MB file: every arsync
+/// pairing within 10% of rsync-to-rsync.
+#[test]
+fn delta_wire_bytes_match_rsync() {
+    const SIZE: usize = 100 << 20;
+    let tmp = scratch_dir().unwrap();
+    let ssh = tmp.path().join("count-ssh");
+    write_script(&ssh, COUNTING_SSH);
+    let count_file = tmp.path().join("count");
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let mut data = bytes(5, SIZE);
+    let basis = tmp.path().join("basis");
+    fs::create_dir(&basis).unwrap();
+    fs::write(basis.join("big"), &data).unwrap();
+    // 1% changed in 100 scattered 10 KiB pieces.
+    let piece = SIZE / 100 / 100;
+    for i in 0..100 {
+        let at = i * (SIZE / 100) + 4321;
+        data[at..at + piece].copy_from_slice(&bytes(1000 + i as u64, piece));
+    }
+    fs::write(src.join("big"), &data).unwrap();
+    drop(data);
+    set_mtime(&src.join("big"), 1_600_000_000);
+    settle_dirs(&src);
+    let rsh = ssh.to_str().unwrap();
+    let mut results = Vec::new();
+    for (client, server, push) in [
+        (Tool::Rsync, Tool::Rsync, true),
+        (Tool::Arsync, Tool::Arsync, true),
+        (Tool::Arsync, Tool::Rsync, true),
+        (Tool::Rsync, Tool::Arsync, true),
+        (Tool::Arsync, Tool::Arsync, false),
+    ] {
+        let dst = tmp.path().join("dst");
+        let _ = fs::remove_dir_all(&dst);
+        let cp = Command::new("cp")
+            .arg("-a")
+            .arg(&basis)
+            .arg(&dst)
+            .status()
+            .unwrap();
+        assert!(cp.success());
+        let (s, d) = if push {
+            (
+                format!("{}/", src.display()),
+                format!("h:{}", dst.display()),
+            )
+        } else {
+            (format!("h:{}/", src.display()), dst.display().to_string())
+        };
+        let mut cmd = Command::new(client.program());
+        cmd.arg("-a")
+            .args(shell_args(server, rsh))
+            .arg(&s)
+            .arg(&d)
+            .env("ARSYNC_WIRE_COUNT", &count_file);
+        let out = cmd.output().unwrap();
+        let what = format!(
+            "{client:?} -> {server:?} {}",
+            if push { "push" } else { "pull" }
+        );
+        check(&out, &what);
+        assert_same(&src, &dst, &what);
+        let text = fs::read_to_string(&count_file).unwrap();
+        let total: u64 = text
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().unwrap())
+            .sum();
+        results.push((what, total));
+    }
+    let base = results[0].1 as f64;
+    // The changed data itself must travel; far less than the file must.
+    assert!(
+        base > (SIZE / 100) as f64 && base < (SIZE / 10) as f64,
+        "{results:?}"
+    );
+    for (what, total) in &results {
+        let ratio = *total as f64 / base;
+        eprintln!("{what}: {total} bytes on the wire ({ratio:.3} x rsync-rsync)");
+        assert!(ratio <= 1.10, "{what}: {total} bytes vs rsync-rsync {base}");
+    }
+}
