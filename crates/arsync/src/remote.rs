@@ -415,6 +415,13 @@ fn wire_filters(args: &[OsString]) -> Result<Vec<String>, String> {
         }
         i += 1;
     }
+    let merge = |r: &String| {
+        let word = r.split([' ', ',']).next().unwrap_or("");
+        matches!(word, "merge" | "dir-merge" | ".") || word.starts_with(':') || r.starts_with('.')
+    };
+    if let Some(r) = rules.iter().find(|r| merge(r)) {
+        return Err(format!("merge rule {r:?}"));
+    }
     Ok(rules)
 }
 
@@ -482,12 +489,6 @@ pub fn run(args: &[OsString]) -> i32 {
         Ok(f) => f,
         Err(e) => return fail(ExitCode::Unsupported, format!("{e} is not supported yet")),
     };
-    if dst_remote && !filters.is_empty() {
-        return fail(
-            ExitCode::Unsupported,
-            "filter rules on a push are not supported yet",
-        );
-    }
     let remote = if src_remote { &srcs[0] } else { dst };
     let mut cmd = ServerCommand {
         remote_shell: Vec::new(),
@@ -577,6 +578,7 @@ pub fn run(args: &[OsString]) -> i32 {
         p.command = cmd;
         p.daemon = daemon;
         p.events = events;
+        p.filters = filters;
         p.echo_messages = !o.quiet;
         push(&p)
     };

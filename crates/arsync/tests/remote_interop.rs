@@ -722,3 +722,69 @@ fn delta_wire_bytes_match_rsync() {
         assert!(ratio <= 1.10, "{what}: {total} bytes vs rsync-rsync {base}");
     }
 }
+
+/// --exclude rules and --delete in push and pull: every pairing leaves the
+/// same destination as rsync-to-rsync (excluded files neither sent nor
+/// deleted, extraneous files deleted).
+#[test]
+fn filters_match_rsync() {
+    let tmp = scratch_dir().unwrap();
+    let ssh = tmp.path().join("fake-ssh");
+    write_script(&ssh, FAKE_SSH);
+    let rsh = ssh.to_str().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    fs::write(src.join("a/skip.tmp"), b"tmp").unwrap();
+    fs::create_dir_all(src.join("cache/deep")).unwrap();
+    fs::write(src.join("cache/deep/x"), b"cached").unwrap();
+    fs::write(src.join("a/keep.tmp.not"), b"kept").unwrap();
+    settle_dirs(&src);
+    // The destination before each run: an excluded file (protected from
+    // deletion) and an extraneous one (deleted).
+    let seed_dst = |d: &Path| {
+        fs::create_dir_all(d.join("a")).unwrap();
+        fs::write(d.join("a/local.tmp"), b"receiver's own").unwrap();
+        set_mtime(&d.join("a/local.tmp"), 1_600_000_000);
+        fs::write(d.join("extraneous"), b"delete me").unwrap();
+    };
+    let flags = ["-aH", "--delete", "--exclude", "*.tmp", "--exclude=cache/"];
+    let run = |client: Tool, server: Tool, push: bool, dst: &Path| {
+        seed_dst(dst);
+        let (s, d) = if push {
+            (
+                format!("{}/", src.display()),
+                format!("h:{}", dst.display()),
+            )
+        } else {
+            (format!("h:{}/", src.display()), dst.display().to_string())
+        };
+        let out = transfer(client, server, rsh, &flags, &s, &d);
+        check(
+            &out,
+            &format!("{client:?} -> {server:?} push={push} with filters"),
+        );
+    };
+    let reference = tmp.path().join("reference");
+    run(Tool::Rsync, Tool::Rsync, true, &reference);
+    assert!(reference.join("a/local.tmp").exists() && !reference.join("extraneous").exists());
+    assert!(!reference.join("cache").exists() && !reference.join("a/skip.tmp").exists());
+    let mut n = 0;
+    for (client, server) in [
+        (Tool::Arsync, Tool::Rsync),
+        (Tool::Rsync, Tool::Arsync),
+        (Tool::Arsync, Tool::Arsync),
+    ] {
+        for push in [true, false] {
+            n += 1;
+            let dst = tmp.path().join(format!("dst{n}"));
+            run(client, server, push, &dst);
+            settle_dirs(&dst);
+            settle_dirs(&reference);
+            assert_same(
+                &reference,
+                &dst,
+                &format!("{client:?} -> {server:?} push={push} with filters"),
+            );
+        }
+    }
+}

@@ -11,6 +11,7 @@
 //! (the redo phase). The receiver always drains the peer's output, so the
 //! generator can block on writes without deadlocking the connection.
 
+use arsync_filter::FilterRules;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
@@ -128,6 +129,19 @@ enum ToGen {
     Finish,
 }
 
+/// Builds rules from wire-form rule texts (`None` when there are none).
+pub fn filter_from_wire(rules: &[String], protocol: i32) -> Result<Option<FilterRules>> {
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    let mut f = FilterRules::new();
+    for r in rules {
+        f.add_wire_rule(r.as_bytes(), protocol.max(0) as u32)
+            .map_err(|e| RemoteError::Usage(format!("filter rule {r:?}: {e}")))?;
+    }
+    Ok(Some(f))
+}
+
 /// Runs a pull over a spawned transport.
 pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
     if !opts.command.server_sends {
@@ -215,6 +229,7 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         drain_eof: true,
         events: opts.events.clone(),
         whole_file: opts.command.flags.contains('W'),
+        filter: filter_from_wire(&opts.filters, neg.protocol)?.map(Arc::new),
     };
     receive_session(ins, outs, &neg, &fopts, dest, mode)
 }
@@ -235,6 +250,8 @@ pub(crate) struct ReceiveMode {
     pub events: Option<EventSink>,
     /// `-W`: whole-file transfers, no delta against the basis.
     pub whole_file: bool,
+    /// Rules protecting local entries from `--delete`.
+    pub filter: Option<Arc<FilterRules>>,
 }
 
 /// The receiving half of a session after setup: file list, id lists, the
@@ -310,6 +327,7 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
             delete: mode.delete,
             events: mode.events.clone(),
             whole_file: mode.whole_file,
+            filter: mode.filter.clone(),
             requested: Arc::clone(&requested),
         };
         std::thread::spawn(move || generator_thread(outs, &files, &active, &gen_ctx, rx))
@@ -436,6 +454,8 @@ struct GenCtx {
     events: Option<EventSink>,
     /// `-W`: request whole files (no block sums of the basis).
     whole_file: bool,
+    /// Rules protecting local entries from `--delete`.
+    filter: Option<Arc<FilterRules>>,
     /// Set (before the request is written) for every index we ask for; the
     /// receiver refuses data nobody asked for.
     requested: Arc<Vec<AtomicBool>>,
@@ -448,6 +468,7 @@ fn delete_extraneous(
     active: &[bool],
     dest: &DestRoot,
     events: Option<&EventSink>,
+    filter: Option<&FilterRules>,
     errors: &mut Vec<String>,
 ) -> Result<[i32; 5]> {
     let names: std::collections::HashSet<&[u8]> = files
@@ -476,6 +497,14 @@ fn delete_extraneous(
             };
             if names.contains(full.as_slice()) {
                 continue;
+            }
+            if let Some(f) = filter {
+                let is_dir = dest
+                    .lstat(&full)?
+                    .is_some_and(|m| m.file_type == rustix::fs::FileType::Directory);
+                if f.protected_from_delete(&full, is_dir) {
+                    continue;
+                }
             }
             match dest.remove_tree(&full) {
                 Ok(n) => {
@@ -533,6 +562,7 @@ fn generator<W: Write>(
             active,
             dest,
             ctx.events.as_ref(),
+            ctx.filter.as_deref(),
             &mut errors,
         )?)
     } else {

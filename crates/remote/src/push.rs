@@ -27,10 +27,10 @@ use crate::error::{RemoteError, Result};
 use crate::events::{EventSink, FileEvent};
 use crate::fsys::{open_source, read_chunk};
 use crate::ids::IdNames;
-use crate::pull::TransferSummary;
+use crate::pull::{filter_from_wire, TransferSummary};
 use crate::session::{flist_options, start_client, token_compression};
 use crate::transport::{ChildTransport, PumpedReader};
-use crate::walk::{build_list_for, LocalList};
+use crate::walk::{build_list_filtered, LocalList};
 
 /// What to push and where.
 #[derive(Debug, Clone)]
@@ -51,6 +51,9 @@ pub struct PushOptions {
     /// Connect to an rsync daemon instead of running `command` (only its
     /// flags and caps are used then).
     pub daemon: Option<DaemonTarget>,
+    /// Filter rules in rsync's wire form (`- *.o`, `+ dir/`, `P keep`):
+    /// applied to the local walk and sent to a deleting receiver.
+    pub filters: Vec<String>,
 }
 
 impl PushOptions {
@@ -64,6 +67,7 @@ impl PushOptions {
             echo_messages: true,
             events: None,
             daemon: None,
+            filters: Vec::new(),
         }
     }
 }
@@ -139,14 +143,22 @@ pub fn run_push<R: Read, W: Write>(
     }
     outs.start_multiplex()?;
     ins.start_multiplex()?;
+    let filter = filter_from_wire(&opts.filters, neg.protocol)?;
     if opts.command.delete {
-        // A deleting receiver wants the filter list.
+        // A deleting receiver wants the filter list (its protections).
+        let rules: Vec<Vec<u8>> = opts.filters.iter().map(|r| r.as_bytes().to_vec()).collect();
         let mut f = Vec::new();
-        arsync_proto::filter::encode_filter_list(&[], &mut f)?;
+        arsync_proto::filter::encode_filter_list(&rules, &mut f)?;
         outs.write(&f)?;
     }
 
-    let list = build_list_for(&opts.source, opts.contents, &fopts, neg.checksum)?;
+    let list = build_list_filtered(
+        &opts.source,
+        opts.contents,
+        &fopts,
+        neg.checksum,
+        filter.as_ref(),
+    )?;
     send_session(
         ins,
         outs,

@@ -15,10 +15,11 @@ use arsync_proto::stats::ExitCode;
 use crate::conn::{InStream, OutStream};
 use crate::error::{RemoteError, Result};
 use crate::fsys::DestRoot;
-use crate::pull::{receive_session, ReceiveMode, TransferSummary};
+use crate::pull::{filter_from_wire, receive_session, ReceiveMode, TransferSummary};
 use crate::push::{send_session, SendMode};
 use crate::session::{flist_options, token_compression};
-use crate::walk::build_list_for;
+use crate::walk::build_list_filtered;
+use arsync_filter::FilterRules;
 
 /// The parsed server command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,16 +171,14 @@ fn server_handshake<R: Read, W: Write>(
     }
 }
 
-/// Reads the client's filter list, which must be empty: rules are not
-/// applied by this server yet (refused at the first rule, nothing buffered).
-fn refuse_filter_rules<R: Read>(ins: &mut InStream<R>) -> Result<()> {
-    let first = ins.decode(|r| r.i32())?;
-    if first != 0 {
-        return Err(RemoteError::Proto(arsync_proto::Error::Unsupported(
-            "filter rules on an arsync server".into(),
-        )));
-    }
-    Ok(())
+/// Reads the client's filter list into rules (`None` when empty).
+fn read_filter_rules<R: Read>(ins: &mut InStream<R>, protocol: i32) -> Result<Option<FilterRules>> {
+    let rules = ins.decode(arsync_proto::filter::decode_filter_list)?;
+    let texts: Vec<String> = rules
+        .iter()
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .collect();
+    filter_from_wire(&texts, protocol)
 }
 
 /// Serves one session over `input`/`output` (the process's stdin/stdout).
@@ -209,9 +208,9 @@ pub fn run_server_known<R: Read, W: Write + Send + 'static>(
     ins.start_multiplex()?;
     let path = PathBuf::from(&args.paths[0]);
     if args.sender {
-        refuse_filter_rules(&mut ins)?;
+        let filter = read_filter_rules(&mut ins, neg.protocol)?;
         let contents = args.paths[0].ends_with('/') || args.paths[0] == ".";
-        let list = build_list_for(&path, contents, &fopts, neg.checksum)?;
+        let list = build_list_filtered(&path, contents, &fopts, neg.checksum, filter.as_ref())?;
         send_session(
             ins,
             outs,
@@ -225,9 +224,10 @@ pub fn run_server_known<R: Read, W: Write + Send + 'static>(
             },
         )
     } else {
-        if args.delete {
-            refuse_filter_rules(&mut ins)?;
-        }
+        let filter = match args.delete {
+            true => read_filter_rules(&mut ins, neg.protocol)?.map(std::sync::Arc::new),
+            false => None,
+        };
         let dest = DestRoot::open(&path)?;
         let mode = ReceiveMode {
             delete: args.delete,
@@ -236,6 +236,7 @@ pub fn run_server_known<R: Read, W: Write + Send + 'static>(
             drain_eof: false,
             events: None,
             whole_file: args.flags.contains('W'),
+            filter,
         };
         receive_session(ins, outs, &neg, &fopts, dest, mode)
     }
