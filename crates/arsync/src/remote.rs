@@ -353,6 +353,7 @@ fn unsupported(o: &Options) -> Option<&'static str> {
         (o.prune_empty_dirs, "--prune-empty-dirs (-m)"),
         (o.temp_dir.is_some(), "--temp-dir (-T)"),
         (o.executability, "--executability (-E)"),
+        (o.dirs && !o.recursive, "--dirs (-d) without --recursive"),
     ];
     checks.iter().find(|(on, _)| *on).map(|(_, n)| *n)
 }
@@ -573,6 +574,12 @@ pub fn run(args: &[OsString]) -> i32 {
         let Location::Local(src) = &srcs[0] else {
             return fail(ExitCode::Syntax, "no local source");
         };
+        if !o.recursive && std::path::Path::new(src).is_dir() {
+            return fail(
+                ExitCode::Unsupported,
+                format!("sending directory {src} without --recursive (-r) is not supported yet"),
+            );
+        }
         let mut p = PushOptions::new(src, cmd.path.clone());
         p.contents = src.ends_with('/');
         p.command = cmd;

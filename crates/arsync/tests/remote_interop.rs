@@ -350,6 +350,17 @@ fn whole_file_and_unsupported_options() {
     // A real rsync client asking the arsync server for something it lacks.
     let out = transfer(Tool::Rsync, Tool::Arsync, rsh, &["-an"], &s, &d);
     assert_ne!(out.status.code(), Some(0), "dry run must not be faked");
+    // No -r: a directory is not sent recursively by the arsync server.
+    let out = transfer(
+        Tool::Rsync,
+        Tool::Arsync,
+        rsh,
+        &["-lt"],
+        &format!("h:{}/", src.display()),
+        tmp.path().join("nr").to_str().unwrap(),
+    );
+    assert_ne!(out.status.code(), Some(0), "a directory sent without -r");
+    assert!(!tmp.path().join("nr/a/one.bin").exists());
     // Both sides remote: usage error.
     let out = transfer(Tool::Arsync, Tool::Rsync, rsh, &["-a"], "h:/x/", "h:/y");
     assert_eq!(out.status.code(), Some(1));

@@ -251,6 +251,9 @@ pub(crate) fn send_session<R: Read, W: Write>(
     let (mut rcodec, mut wcodec) = (NdxCodec::new(), NdxCodec::new());
     let mut phases = SenderPhases::new();
     let mut io_error = list.io_error;
+    // One read buffer for every file (allocating and zeroing one per file
+    // dominated small-file pushes).
+    let mut chunk = vec![0u8; 256 * 1024];
     loop {
         // Never wait for the peer with our own output still buffered.
         if !ins.has_buffered() {
@@ -323,7 +326,6 @@ pub(crate) fn send_session<R: Read, W: Write>(
                     seed_fix,
                     TokenSink::new(zlevel),
                 );
-                let mut chunk = vec![0u8; 256 * 1024];
                 let mut out = Vec::new();
                 loop {
                     let n = read_chunk(&mut f, &mut chunk)?;

@@ -119,7 +119,7 @@ impl ServerArgs {
 }
 
 /// Packed short flags this server implements (`v`/`i` only change output).
-const SUPPORTED_FLAGS: &str = "logDtprdHcWzUviOJ";
+const SUPPORTED_FLAGS: &str = "logDtprHcWzUviOJ";
 
 fn unsupported(what: String) -> RemoteError {
     RemoteError::Proto(arsync_proto::Error::Unsupported(format!(
@@ -210,6 +210,12 @@ pub fn run_server_known<R: Read, W: Write + Send + 'static>(
     if args.sender {
         let filter = read_filter_rules(&mut ins, neg.protocol)?;
         let contents = args.paths[0].ends_with('/') || args.paths[0] == ".";
+        if !args.flags.contains('r') && path.is_dir() {
+            return Err(unsupported(format!(
+                "sending directory {} without -r",
+                path.display()
+            )));
+        }
         let list = build_list_filtered(&path, contents, &fopts, neg.checksum, filter.as_ref())?;
         send_session(
             ins,
