@@ -289,7 +289,20 @@ pub fn serve_stdio(args: &[String]) -> ExitCode {
             let _ = rustix::fs::fcntl_setfl(fd, fl - rustix::fs::OFlags::NONBLOCK);
         }
     }
-    match run_server(&parsed, std::io::stdin().lock(), std::io::stdout()) {
+    // Raw descriptors: `Stdout` is line-buffered (it would flush at every
+    // newline byte of binary data) and `Stdin` adds a second buffer.
+    let fds = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|i| Ok((i, std::io::stdout().as_fd().try_clone_to_owned()?)));
+    let (input, output) = match fds {
+        Ok((i, o)) => (std::fs::File::from(i), std::fs::File::from(o)),
+        Err(e) => {
+            eprintln!("arsync server: duplicating stdin/stdout: {e}");
+            return ExitCode::FileIo;
+        }
+    };
+    match run_server(&parsed, input, output) {
         Ok(s) => s.exit_code(),
         Err(e) => {
             eprintln!("arsync server: {e}");
