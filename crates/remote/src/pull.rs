@@ -797,6 +797,9 @@ fn receiver<R: Read>(
     Ok(summary)
 }
 
+/// Bytes of received file data collected before one write.
+const WRITE_BATCH: usize = 1 << 20;
+
 /// Receives one file's data into a temporary file. Returns the temp file if
 /// the whole-file checksum matched (None if not), and literal/matched byte counts.
 fn receive_file<R: Read>(
@@ -821,17 +824,24 @@ fn receive_file<R: Read>(
         let mut offset = 0u64;
         let (mut lit, mut matched) = (0u64, 0u64);
         let mut block = vec![0u8; head.blength as usize];
+        // Data is written in batches of about WRITE_BATCH bytes, not per token.
+        let mut out: Vec<u8> = Vec::new();
+        let write_out = |out: &mut Vec<u8>, offset: &mut u64| -> Result<()> {
+            if out.is_empty() {
+                return Ok(());
+            }
+            f.write_all_at(out, *offset).map_err(|err| {
+                RemoteError::io(format!("writing {}", String::from_utf8_lossy(&e.name)), err)
+            })?;
+            *offset += out.len() as u64;
+            out.clear();
+            Ok(())
+        };
         loop {
             match ins.decode(|r| dec.decode(r))? {
                 Token::Literal(b) => {
-                    f.write_all_at(&b, offset).map_err(|err| {
-                        RemoteError::io(
-                            format!("writing {}", String::from_utf8_lossy(&e.name)),
-                            err,
-                        )
-                    })?;
                     hasher.update(&b);
-                    offset += b.len() as u64;
+                    out.extend_from_slice(&b);
                     lit += b.len() as u64;
                 }
                 Token::Block(i) => {
@@ -843,19 +853,17 @@ fn receive_file<R: Read>(
                     };
                     let n = head.block_len(i as i32);
                     read_basis(bf, i as u64 * head.blength as u64, &mut block[..n])?;
-                    f.write_all_at(&block[..n], offset).map_err(|err| {
-                        RemoteError::io(
-                            format!("writing {}", String::from_utf8_lossy(&e.name)),
-                            err,
-                        )
-                    })?;
                     hasher.update(&block[..n]);
-                    offset += n as u64;
+                    out.extend_from_slice(&block[..n]);
                     matched += n as u64;
                 }
                 Token::End => break,
             }
+            if out.len() >= WRITE_BATCH {
+                write_out(&mut out, &mut offset)?;
+            }
         }
+        write_out(&mut out, &mut offset)?;
         let theirs = ins.decode(|r| Ok(r.bytes(dlen)?.to_vec()))?;
         Ok((
             hasher.finish().as_bytes() == theirs.as_slice(),
