@@ -6,7 +6,7 @@
 //! - [`server`]: the `--server` roles (sending and receiving) for a real rsync client.
 //! - [`walk`]: building a file list from a local directory.
 //! - [`transport`]: child processes over pipes (local rsync or a remote shell);
-//!   [`daemon`]: `rsync://` daemons over TCP.
+//!   [`daemon`]: `rsync://` daemons over TCP; [`daemon_server`]: `--daemon`.
 //! - [`conn`]: buffered, multiplexed streams feeding the decoders.
 //! - [`fsys`]: all file-system access, confined to one root.
 //!
@@ -20,6 +20,7 @@
 pub mod args;
 pub mod conn;
 pub mod daemon;
+pub mod daemon_server;
 pub mod error;
 pub mod events;
 pub mod fsys;

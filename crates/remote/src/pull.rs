@@ -11,6 +11,7 @@
 //! (the redo phase). The receiver always drains the peer's output, so the
 //! generator can block on writes without deadlocking the connection.
 
+use arsync_filter::FilterRules;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
@@ -128,6 +129,19 @@ enum ToGen {
     Finish,
 }
 
+/// Builds rules from wire-form rule texts (`None` when there are none).
+pub fn filter_from_wire(rules: &[String], protocol: i32) -> Result<Option<FilterRules>> {
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    let mut f = FilterRules::new();
+    for r in rules {
+        f.add_wire_rule(r.as_bytes(), protocol.max(0) as u32)
+            .map_err(|e| RemoteError::Usage(format!("filter rule {r:?}: {e}")))?;
+    }
+    Ok(Some(f))
+}
+
 /// Runs a pull over a spawned transport.
 pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
     if !opts.command.server_sends {
@@ -214,6 +228,8 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         compressed,
         drain_eof: true,
         events: opts.events.clone(),
+        whole_file: opts.command.flags.contains('W'),
+        filter: filter_from_wire(&opts.filters, neg.protocol)?.map(Arc::new),
     };
     receive_session(ins, outs, &neg, &fopts, dest, mode)
 }
@@ -232,6 +248,10 @@ pub(crate) struct ReceiveMode {
     pub drain_eof: bool,
     /// Per-entry notifications.
     pub events: Option<EventSink>,
+    /// `-W`: whole-file transfers, no delta against the basis.
+    pub whole_file: bool,
+    /// Rules protecting local entries from `--delete`.
+    pub filter: Option<Arc<FilterRules>>,
 }
 
 /// The receiving half of a session after setup: file list, id lists, the
@@ -306,6 +326,8 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
             links,
             delete: mode.delete,
             events: mode.events.clone(),
+            whole_file: mode.whole_file,
+            filter: mode.filter.clone(),
             requested: Arc::clone(&requested),
         };
         std::thread::spawn(move || generator_thread(outs, &files, &active, &gen_ctx, rx))
@@ -430,6 +452,10 @@ struct GenCtx {
     delete: bool,
     /// Per-entry notifications.
     events: Option<EventSink>,
+    /// `-W`: request whole files (no block sums of the basis).
+    whole_file: bool,
+    /// Rules protecting local entries from `--delete`.
+    filter: Option<Arc<FilterRules>>,
     /// Set (before the request is written) for every index we ask for; the
     /// receiver refuses data nobody asked for.
     requested: Arc<Vec<AtomicBool>>,
@@ -442,6 +468,7 @@ fn delete_extraneous(
     active: &[bool],
     dest: &DestRoot,
     events: Option<&EventSink>,
+    filter: Option<&FilterRules>,
     errors: &mut Vec<String>,
 ) -> Result<[i32; 5]> {
     let names: std::collections::HashSet<&[u8]> = files
@@ -470,6 +497,14 @@ fn delete_extraneous(
             };
             if names.contains(full.as_slice()) {
                 continue;
+            }
+            if let Some(f) = filter {
+                let is_dir = dest
+                    .lstat(&full)?
+                    .is_some_and(|m| m.file_type == rustix::fs::FileType::Directory);
+                if f.protected_from_delete(&full, is_dir) {
+                    continue;
+                }
             }
             match dest.remove_tree(&full) {
                 Ok(n) => {
@@ -527,6 +562,7 @@ fn generator<W: Write>(
             active,
             dest,
             ctx.events.as_ref(),
+            ctx.filter.as_deref(),
             &mut errors,
         )?)
     } else {
@@ -576,7 +612,10 @@ fn generator<W: Write>(
                             return Ok(());
                         }
                     }
-                    let basis = dest.open_basis(&e.name)?;
+                    let basis = match ctx.whole_file {
+                        true => None,
+                        false => dest.open_basis(&e.name)?,
+                    };
                     ctx.requested[i].store(true, Ordering::Release);
                     request(outs, &mut codec, i as i32, basis.as_ref(), false, neg)?;
                 }
@@ -601,7 +640,10 @@ fn generator<W: Write>(
         match rx.recv() {
             Ok(ToGen::Redo(ndx)) => {
                 let e = &files[ndx as usize];
-                let basis = dest.open_basis(&e.name)?;
+                let basis = match ctx.whole_file {
+                    true => None,
+                    false => dest.open_basis(&e.name)?,
+                };
                 request(outs, &mut codec, ndx, basis.as_ref(), true, neg)?;
                 outs.flush()?;
             }
@@ -755,6 +797,9 @@ fn receiver<R: Read>(
     Ok(summary)
 }
 
+/// Bytes of received file data collected before one write.
+const WRITE_BATCH: usize = 1 << 20;
+
 /// Receives one file's data into a temporary file. Returns the temp file if
 /// the whole-file checksum matched (None if not), and literal/matched byte counts.
 fn receive_file<R: Read>(
@@ -779,17 +824,24 @@ fn receive_file<R: Read>(
         let mut offset = 0u64;
         let (mut lit, mut matched) = (0u64, 0u64);
         let mut block = vec![0u8; head.blength as usize];
+        // Data is written in batches of about WRITE_BATCH bytes, not per token.
+        let mut out: Vec<u8> = Vec::new();
+        let write_out = |out: &mut Vec<u8>, offset: &mut u64| -> Result<()> {
+            if out.is_empty() {
+                return Ok(());
+            }
+            f.write_all_at(out, *offset).map_err(|err| {
+                RemoteError::io(format!("writing {}", String::from_utf8_lossy(&e.name)), err)
+            })?;
+            *offset += out.len() as u64;
+            out.clear();
+            Ok(())
+        };
         loop {
             match ins.decode(|r| dec.decode(r))? {
                 Token::Literal(b) => {
-                    f.write_all_at(&b, offset).map_err(|err| {
-                        RemoteError::io(
-                            format!("writing {}", String::from_utf8_lossy(&e.name)),
-                            err,
-                        )
-                    })?;
                     hasher.update(&b);
-                    offset += b.len() as u64;
+                    out.extend_from_slice(&b);
                     lit += b.len() as u64;
                 }
                 Token::Block(i) => {
@@ -801,19 +853,17 @@ fn receive_file<R: Read>(
                     };
                     let n = head.block_len(i as i32);
                     read_basis(bf, i as u64 * head.blength as u64, &mut block[..n])?;
-                    f.write_all_at(&block[..n], offset).map_err(|err| {
-                        RemoteError::io(
-                            format!("writing {}", String::from_utf8_lossy(&e.name)),
-                            err,
-                        )
-                    })?;
                     hasher.update(&block[..n]);
-                    offset += n as u64;
+                    out.extend_from_slice(&block[..n]);
                     matched += n as u64;
                 }
                 Token::End => break,
             }
+            if out.len() >= WRITE_BATCH {
+                write_out(&mut out, &mut offset)?;
+            }
         }
+        write_out(&mut out, &mut offset)?;
         let theirs = ins.decode(|r| Ok(r.bytes(dlen)?.to_vec()))?;
         Ok((
             hasher.finish().as_bytes() == theirs.as_slice(),

@@ -27,10 +27,10 @@ use crate::error::{RemoteError, Result};
 use crate::events::{EventSink, FileEvent};
 use crate::fsys::{open_source, read_chunk};
 use crate::ids::IdNames;
-use crate::pull::TransferSummary;
+use crate::pull::{filter_from_wire, TransferSummary};
 use crate::session::{flist_options, start_client, token_compression};
 use crate::transport::{ChildTransport, PumpedReader};
-use crate::walk::{build_list_for, LocalList};
+use crate::walk::{build_list_filtered, LocalList};
 
 /// What to push and where.
 #[derive(Debug, Clone)]
@@ -51,6 +51,9 @@ pub struct PushOptions {
     /// Connect to an rsync daemon instead of running `command` (only its
     /// flags and caps are used then).
     pub daemon: Option<DaemonTarget>,
+    /// Filter rules in rsync's wire form (`- *.o`, `+ dir/`, `P keep`):
+    /// applied to the local walk and sent to a deleting receiver.
+    pub filters: Vec<String>,
 }
 
 impl PushOptions {
@@ -64,6 +67,7 @@ impl PushOptions {
             echo_messages: true,
             events: None,
             daemon: None,
+            filters: Vec::new(),
         }
     }
 }
@@ -139,14 +143,22 @@ pub fn run_push<R: Read, W: Write>(
     }
     outs.start_multiplex()?;
     ins.start_multiplex()?;
+    let filter = filter_from_wire(&opts.filters, neg.protocol)?;
     if opts.command.delete {
-        // A deleting receiver wants the filter list.
+        // A deleting receiver wants the filter list (its protections).
+        let rules: Vec<Vec<u8>> = opts.filters.iter().map(|r| r.as_bytes().to_vec()).collect();
         let mut f = Vec::new();
-        arsync_proto::filter::encode_filter_list(&[], &mut f)?;
+        arsync_proto::filter::encode_filter_list(&rules, &mut f)?;
         outs.write(&f)?;
     }
 
-    let list = build_list_for(&opts.source, opts.contents, &fopts, neg.checksum)?;
+    let list = build_list_filtered(
+        &opts.source,
+        opts.contents,
+        &fopts,
+        neg.checksum,
+        filter.as_ref(),
+    )?;
     send_session(
         ins,
         outs,
@@ -239,6 +251,9 @@ pub(crate) fn send_session<R: Read, W: Write>(
     let (mut rcodec, mut wcodec) = (NdxCodec::new(), NdxCodec::new());
     let mut phases = SenderPhases::new();
     let mut io_error = list.io_error;
+    // One read buffer for every file (allocating and zeroing one per file
+    // dominated small-file pushes).
+    let mut chunk = vec![0u8; 256 * 1024];
     loop {
         // Never wait for the peer with our own output still buffered.
         if !ins.has_buffered() {
@@ -311,7 +326,6 @@ pub(crate) fn send_session<R: Read, W: Write>(
                     seed_fix,
                     TokenSink::new(zlevel),
                 );
-                let mut chunk = vec![0u8; 256 * 1024];
                 let mut out = Vec::new();
                 loop {
                     let n = read_chunk(&mut f, &mut chunk)?;

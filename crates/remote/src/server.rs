@@ -15,10 +15,11 @@ use arsync_proto::stats::ExitCode;
 use crate::conn::{InStream, OutStream};
 use crate::error::{RemoteError, Result};
 use crate::fsys::DestRoot;
-use crate::pull::{receive_session, ReceiveMode, TransferSummary};
+use crate::pull::{filter_from_wire, receive_session, ReceiveMode, TransferSummary};
 use crate::push::{send_session, SendMode};
 use crate::session::{flist_options, token_compression};
-use crate::walk::build_list_for;
+use crate::walk::build_list_filtered;
+use arsync_filter::FilterRules;
 
 /// The parsed server command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,9 +79,14 @@ impl ServerArgs {
                             .map_err(|_| RemoteError::Usage(format!("bad {s}")))?,
                     );
                 }
-                s if s.starts_with("--") => {
-                    return Err(RemoteError::Usage(format!("unsupported server option {s}")))
-                }
+                // Options that only affect the client's output or are
+                // defaults here.
+                "--stats" | "--force" | "--ignore-errors" | "--no-i-r" | "--no-inc-recursive" => {}
+                s if s.starts_with("--log-format=")
+                    || s.starts_with("--out-format=")
+                    || s.starts_with("--timeout=")
+                    || s.starts_with("--bwlimit=") => {}
+                s if s.starts_with("--") => return Err(unsupported(format!("server option {s}"))),
                 s if s.starts_with('-') => {
                     let packed = &s[1..];
                     match packed.split_once('e') {
@@ -102,11 +108,23 @@ impl ServerArgs {
                 }
             }
         }
+        if let Some(c) = a.flags.chars().find(|c| !SUPPORTED_FLAGS.contains(*c)) {
+            return Err(unsupported(format!("server flag -{c}")));
+        }
         if a.paths.is_empty() {
             return Err(RemoteError::Usage("no path after \".\"".into()));
         }
         Ok(a)
     }
+}
+
+/// Packed short flags this server implements (`v`/`i` only change output).
+const SUPPORTED_FLAGS: &str = "logDtprHcWzUviOJ";
+
+fn unsupported(what: String) -> RemoteError {
+    RemoteError::Proto(arsync_proto::Error::Unsupported(format!(
+        "{what} (not implemented by the arsync server)"
+    )))
 }
 
 /// A fresh checksum seed (rsync uses time ^ pid << 6).
@@ -122,6 +140,7 @@ fn server_handshake<R: Read, W: Write>(
     ins: &mut InStream<R>,
     outs: &mut OutStream<W>,
     args: &ServerArgs,
+    known_remote: Option<i32>,
 ) -> Result<Negotiated> {
     let mut cfg = HandshakeConfig::client(
         args.protocol
@@ -130,6 +149,7 @@ fn server_handshake<R: Read, W: Write>(
     );
     cfg.role = Role::Server;
     cfg.seed = seed();
+    cfg.known_remote = known_remote;
     if args.flags.contains('z') {
         cfg.compressions = Some(vec![CompressAlgo::Zlibx]);
     }
@@ -151,16 +171,14 @@ fn server_handshake<R: Read, W: Write>(
     }
 }
 
-/// Reads the client's filter list, which must be empty: rules are not
-/// applied by this server yet (refused at the first rule, nothing buffered).
-fn refuse_filter_rules<R: Read>(ins: &mut InStream<R>) -> Result<()> {
-    let first = ins.decode(|r| r.i32())?;
-    if first != 0 {
-        return Err(RemoteError::Proto(arsync_proto::Error::Unsupported(
-            "filter rules on an arsync server".into(),
-        )));
-    }
-    Ok(())
+/// Reads the client's filter list into rules (`None` when empty).
+fn read_filter_rules<R: Read>(ins: &mut InStream<R>, protocol: i32) -> Result<Option<FilterRules>> {
+    let rules = ins.decode(arsync_proto::filter::decode_filter_list)?;
+    let texts: Vec<String> = rules
+        .iter()
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .collect();
+    filter_from_wire(&texts, protocol)
 }
 
 /// Serves one session over `input`/`output` (the process's stdin/stdout).
@@ -169,9 +187,20 @@ pub fn run_server<R: Read, W: Write + Send + 'static>(
     input: R,
     output: W,
 ) -> Result<TransferSummary> {
+    run_server_known(args, input, output, None)
+}
+
+/// [`run_server`] with the client's protocol already known (`known_remote`,
+/// from a daemon greeting: no version ints are exchanged then).
+pub fn run_server_known<R: Read, W: Write + Send + 'static>(
+    args: &ServerArgs,
+    input: R,
+    output: W,
+    known_remote: Option<i32>,
+) -> Result<TransferSummary> {
     let mut ins = InStream::new(input);
     let mut outs = OutStream::new(output);
-    let neg = server_handshake(&mut ins, &mut outs, args)?;
+    let neg = server_handshake(&mut ins, &mut outs, args, known_remote)?;
     let mut fopts = flist_options(&args.flags, args.numeric_ids, &neg)?;
     fopts.inc_recurse = false;
     let zlevel = token_compression(&neg)?;
@@ -179,9 +208,15 @@ pub fn run_server<R: Read, W: Write + Send + 'static>(
     ins.start_multiplex()?;
     let path = PathBuf::from(&args.paths[0]);
     if args.sender {
-        refuse_filter_rules(&mut ins)?;
+        let filter = read_filter_rules(&mut ins, neg.protocol)?;
         let contents = args.paths[0].ends_with('/') || args.paths[0] == ".";
-        let list = build_list_for(&path, contents, &fopts, neg.checksum)?;
+        if !args.flags.contains('r') && path.is_dir() {
+            return Err(unsupported(format!(
+                "sending directory {} without -r",
+                path.display()
+            )));
+        }
+        let list = build_list_filtered(&path, contents, &fopts, neg.checksum, filter.as_ref())?;
         send_session(
             ins,
             outs,
@@ -195,9 +230,10 @@ pub fn run_server<R: Read, W: Write + Send + 'static>(
             },
         )
     } else {
-        if args.delete {
-            refuse_filter_rules(&mut ins)?;
-        }
+        let filter = match args.delete {
+            true => read_filter_rules(&mut ins, neg.protocol)?.map(std::sync::Arc::new),
+            false => None,
+        };
         let dest = DestRoot::open(&path)?;
         let mode = ReceiveMode {
             delete: args.delete,
@@ -205,9 +241,37 @@ pub fn run_server<R: Read, W: Write + Send + 'static>(
             compressed: zlevel.is_some(),
             drain_eof: false,
             events: None,
+            whole_file: args.flags.contains('W'),
+            filter,
         };
         receive_session(ins, outs, &neg, &fopts, dest, mode)
     }
+}
+
+/// Completes the handshake, then reports `msg` as a fatal error the way
+/// rsync does once multiplexing runs (MSG_ERROR, then MSG_ERROR_EXIT with
+/// `code`), so the client prints it and exits with that code.
+pub fn refuse_session<R: Read, W: Write>(
+    args: &ServerArgs,
+    input: R,
+    output: W,
+    known_remote: Option<i32>,
+    msg: &str,
+    code: ExitCode,
+) -> Result<()> {
+    let mut ins = InStream::new(input);
+    let mut outs = OutStream::new(output);
+    server_handshake(&mut ins, &mut outs, args, known_remote)?;
+    outs.start_multiplex()?;
+    outs.message(
+        arsync_proto::mux::MsgTag::Error,
+        format!("@ERROR: {msg}\n").as_bytes(),
+    )?;
+    outs.message(
+        arsync_proto::mux::MsgTag::ErrorExit,
+        &code.code().to_le_bytes(),
+    )?;
+    outs.flush()
 }
 
 /// Runs the server on stdin/stdout and returns the process exit code.
@@ -225,7 +289,20 @@ pub fn serve_stdio(args: &[String]) -> ExitCode {
             let _ = rustix::fs::fcntl_setfl(fd, fl - rustix::fs::OFlags::NONBLOCK);
         }
     }
-    match run_server(&parsed, std::io::stdin().lock(), std::io::stdout()) {
+    // Raw descriptors: `Stdout` is line-buffered (it would flush at every
+    // newline byte of binary data) and `Stdin` adds a second buffer.
+    let fds = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|i| Ok((i, std::io::stdout().as_fd().try_clone_to_owned()?)));
+    let (input, output) = match fds {
+        Ok((i, o)) => (std::fs::File::from(i), std::fs::File::from(o)),
+        Err(e) => {
+            eprintln!("arsync server: duplicating stdin/stdout: {e}");
+            return ExitCode::FileIo;
+        }
+    };
+    match run_server(&parsed, input, output) {
         Ok(s) => s.exit_code(),
         Err(e) => {
             eprintln!("arsync server: {e}");
@@ -273,5 +350,9 @@ mod tests {
         assert!(ServerArgs::parse(&v(&["--sender", ".", "x"])).is_err());
         assert!(ServerArgs::parse(&v(&["--server", "--files-from=x", ".", "x"])).is_err());
         assert!(ServerArgs::parse(&v(&["--server", "-logDtpr", "."])).is_err());
+        let e = ServerArgs::parse(&v(&["--server", "-nlogDtpr", ".", "x"])).err();
+        assert_eq!(e.map(|e| e.exit_code()), Some(ExitCode::Unsupported));
+        let a = ServerArgs::parse(&v(&["--server", "-vlogDtpr", "--stats", ".", "x"]));
+        assert!(a.is_ok());
     }
 }

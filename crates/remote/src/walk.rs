@@ -11,6 +11,8 @@ use arsync_proto::stats::{IOERR_GENERAL, IOERR_VANISHED};
 
 use arsync_proto::checksum::{ChecksumAlgo, FileHasher};
 
+use arsync_filter::FilterRules;
+
 use crate::error::{RemoteError, Result};
 use crate::fsys::{open_source, read_chunk};
 
@@ -115,10 +117,23 @@ pub fn build_list_for(
     fopts: &FlistOptions,
     checksum_algo: ChecksumAlgo,
 ) -> Result<LocalList> {
+    build_list_filtered(source, contents, fopts, checksum_algo, None)
+}
+
+/// [`build_list_for`] leaving out what `filter` excludes on the sending
+/// side (names are matched relative to the transfer root, as rsync does;
+/// an excluded directory is not descended into).
+pub fn build_list_filtered(
+    source: &Path,
+    contents: bool,
+    fopts: &FlistOptions,
+    checksum_algo: ChecksumAlgo,
+    filter: Option<&FilterRules>,
+) -> Result<LocalList> {
     let m = fs::symlink_metadata(source)
         .map_err(|e| RemoteError::io(format!("source {}", source.display()), e))?;
     if m.is_dir() && contents {
-        return build_list(source, fopts, checksum_algo);
+        return walk(source, fopts, checksum_algo, filter, "");
     }
     let base = source
         .file_name()
@@ -132,7 +147,7 @@ pub fn build_list_for(
         _ => PathBuf::from("."),
     };
     if m.is_dir() {
-        let mut list = build_list(source, fopts, checksum_algo)?;
+        let mut list = walk(source, fopts, checksum_algo, filter, &base)?;
         for e in &mut list.entries {
             let mut n = base.as_bytes().to_vec();
             if e.name != b"." {
@@ -163,6 +178,18 @@ pub fn build_list(
     root: &Path,
     fopts: &FlistOptions,
     checksum_algo: ChecksumAlgo,
+) -> Result<LocalList> {
+    walk(root, fopts, checksum_algo, None, "")
+}
+
+/// The walk behind [`build_list`]; `filter_prefix` is prepended (with `/`)
+/// to names for filter matching when the directory is sent under its name.
+fn walk(
+    root: &Path,
+    fopts: &FlistOptions,
+    checksum_algo: ChecksumAlgo,
+    filter: Option<&FilterRules>,
+    filter_prefix: &str,
 ) -> Result<LocalList> {
     let m =
         fs::metadata(root).map_err(|e| RemoteError::io(format!("source {}", root.display()), e))?;
@@ -217,6 +244,18 @@ pub fn build_list(
             };
             let path = de.path();
             let m = match fs::symlink_metadata(&path) {
+                Ok(m)
+                    if filter.is_some_and(|f| {
+                        let full = if filter_prefix.is_empty() {
+                            rel.clone()
+                        } else {
+                            format!("{filter_prefix}/{rel}")
+                        };
+                        f.excluded_for_transfer(full.as_bytes(), m.is_dir())
+                    }) =>
+                {
+                    continue
+                }
                 Ok(m) => m,
                 Err(e) => {
                     list.io_error |= if e.kind() == std::io::ErrorKind::NotFound {

@@ -10,9 +10,9 @@ use std::process::Command;
 
 use common::*;
 
-/// This test binary itself: started with `--server` it serves (see `main`).
+/// This test binary: started with `--server`, it serves (see `main`).
 fn serve_bin() -> PathBuf {
-    std::env::current_exe().expect("path of the running test binary")
+    std::env::current_exe().unwrap()
 }
 
 /// A remote shell that ignores the host name and runs the command here.

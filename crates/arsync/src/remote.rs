@@ -1,0 +1,697 @@
+//! The remote client: `arsync [opts] SRC [user@]host:DST` (push),
+//! `arsync [opts] [user@]host:SRC DST` (pull), and the daemon forms
+//! `rsync://[user@]host[:port]/module/path` and `[user@]host::module/path`.
+//!
+//! The local engine's command-line parser validates the options (so flags,
+//! usage errors and exit codes match local mode); the remote-only options it
+//! does not keep (`-e`, `--rsync-path`, `--password-file`, `--port`, `-z`,
+//! `--protocol`) are read here by a pre-scan of the argument vector. A
+//! requested feature the remote roles do not implement exits with code 4.
+
+use std::ffi::OsString;
+use std::sync::Arc;
+
+use arsync_proto::stats::ExitCode;
+use arsync_remote::args::{ServerCommand, CLIENT_CAPS};
+use arsync_remote::daemon::{DaemonTarget, DEFAULT_PORT};
+use arsync_remote::events::{EventSink, FileEvent};
+use arsync_remote::pull::{pull, PullOptions, TransferSummary};
+use arsync_remote::push::{push, PushOptions};
+use arsync_sync::options::{DeleteMode, Options};
+
+/// Where a path argument points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A local path.
+    Local(String),
+    /// `[user@]host:path` through a remote shell.
+    Shell {
+        /// Login name, if given.
+        user: Option<String>,
+        /// Host name.
+        host: String,
+        /// Path on the host (may be empty: the login directory).
+        path: String,
+    },
+    /// An rsync daemon: `rsync://...` or `host::module/path`.
+    Daemon {
+        /// Login name, if given.
+        user: Option<String>,
+        /// Host name (without port).
+        host: String,
+        /// Port given in the URL.
+        port: Option<u16>,
+        /// `module/path`.
+        path: String,
+    },
+}
+
+/// Classifies one path argument as rsync does.
+pub fn classify(arg: &str) -> Location {
+    if let Some(rest) = arg.strip_prefix("rsync://") {
+        let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (user, hostport) = split_user(hostport);
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), p.parse().ok()),
+            _ => (hostport.to_string(), None),
+        };
+        return Location::Daemon {
+            user,
+            host,
+            port,
+            path: path.to_string(),
+        };
+    }
+    let Some(i) = arg.find(':') else {
+        return Location::Local(arg.to_string());
+    };
+    // A slash before the first colon makes it a local path (as in rsync).
+    if i == 0 || arg[..i].contains('/') {
+        return Location::Local(arg.to_string());
+    }
+    let (user, host) = split_user(&arg[..i]);
+    let rest = &arg[i + 1..];
+    match rest.strip_prefix(':') {
+        Some(path) => Location::Daemon {
+            user,
+            host,
+            port: None,
+            path: path.to_string(),
+        },
+        None => Location::Shell {
+            user,
+            host,
+            path: rest.to_string(),
+        },
+    }
+}
+
+fn split_user(s: &str) -> (Option<String>, String) {
+    match s.rsplit_once('@') {
+        Some((u, h)) => (Some(u.to_string()), h.to_string()),
+        None => (None, s.to_string()),
+    }
+}
+
+/// True when any path argument (non-option word) is remote.
+pub fn has_remote_path(args: &[OsString]) -> bool {
+    scan(args)
+        .paths
+        .iter()
+        .any(|(_, p)| !matches!(classify(&p.to_string_lossy()), Location::Local(_)))
+}
+
+/// Remote-only options found by the pre-scan, and the path arguments with
+/// their positions in the argument vector.
+#[derive(Debug, Default)]
+struct Scan {
+    rsh: Option<String>,
+    rsync_path: Option<String>,
+    password_file: Option<String>,
+    port: Option<u16>,
+    compress: bool,
+    protocol: Option<i32>,
+    /// Indices (in the argv) of options to drop before the local parser sees them.
+    drop: Vec<usize>,
+    paths: Vec<(usize, OsString)>,
+}
+
+/// Long options that take a value as the next word (when not given `=`).
+const LONG_WITH_VALUE: &[&str] = &[
+    "rsh",
+    "rsync-path",
+    "password-file",
+    "port",
+    "protocol",
+    "exclude",
+    "include",
+    "filter",
+    "exclude-from",
+    "include-from",
+    "files-from",
+    "max-delete",
+    "max-size",
+    "min-size",
+    "partial-dir",
+    "temp-dir",
+    "backup-dir",
+    "suffix",
+    "link-dest",
+    "compare-dest",
+    "copy-dest",
+    "chmod",
+    "chown",
+    "usermap",
+    "groupmap",
+    "out-format",
+    "log-file",
+    "log-file-format",
+    "modify-window",
+    "block-size",
+    "timeout",
+    "contimeout",
+    "bwlimit",
+    "stop-after",
+    "stop-at",
+    "info",
+    "debug",
+    "skip-compress",
+    "max-alloc",
+    "outbuf",
+    "compress-choice",
+    "compress-level",
+    "checksum-choice",
+    "threads",
+    "queue-depth",
+    "address",
+    "sockopts",
+    "config",
+    "iconv",
+    "copy-as",
+    "early-input",
+    "remote-option",
+    "write-batch",
+    "only-write-batch",
+    "read-batch",
+];
+
+/// Short options that take a value (rest of the word or the next word).
+const SHORT_WITH_VALUE: &str = "eBfTM@";
+
+fn scan(args: &[OsString]) -> Scan {
+    let mut s = Scan::default();
+    let mut i = 1;
+    let mut only_paths = false;
+    while i < args.len() {
+        let a = args[i].to_string_lossy().into_owned();
+        if only_paths || !a.starts_with('-') || a == "-" {
+            s.paths.push((i, args[i].clone()));
+            i += 1;
+            continue;
+        }
+        if a == "--" {
+            only_paths = true;
+            i += 1;
+            continue;
+        }
+        if let Some(long) = a.strip_prefix("--") {
+            let (name, inline) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (long, None),
+            };
+            let takes = LONG_WITH_VALUE.contains(&name);
+            let mut value = inline;
+            let start = i;
+            if takes && value.is_none() && i + 1 < args.len() {
+                i += 1;
+                value = Some(args[i].to_string_lossy().into_owned());
+            }
+            match name {
+                "rsh" => s.rsh = value,
+                "rsync-path" => s.rsync_path = value,
+                "password-file" => {
+                    s.password_file = value;
+                    s.drop.extend(start..=i);
+                }
+                "port" => {
+                    s.port = value.and_then(|v| v.parse().ok());
+                    s.drop.extend(start..=i);
+                }
+                "protocol" => s.protocol = value.and_then(|v| v.parse().ok()),
+                "compress" => s.compress = true,
+                "no-compress" => s.compress = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        // A cluster of short options.
+        let chars: Vec<char> = a[1..].chars().collect();
+        let mut j = 0;
+        while j < chars.len() {
+            let c = chars[j];
+            if SHORT_WITH_VALUE.contains(c) {
+                let rest: String = chars[j + 1..].iter().collect();
+                let value = if rest.is_empty() {
+                    i += 1;
+                    args.get(i).map(|v| v.to_string_lossy().into_owned())
+                } else {
+                    Some(rest)
+                };
+                if c == 'e' {
+                    s.rsh = value;
+                }
+                break;
+            }
+            if c == 'z' {
+                s.compress = true;
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    s
+}
+
+/// Splits a `-e` command into words (whitespace, with '...' and "..." quoting).
+pub fn split_command(cmd: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    for c in cmd.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => cur.push(c),
+            None if c == '\'' || c == '"' => {
+                quote = Some(c);
+                in_word = true;
+            }
+            None if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            None => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
+}
+
+fn fail(code: ExitCode, msg: impl std::fmt::Display) -> i32 {
+    eprintln!("arsync: {msg}");
+    eprintln!(
+        "arsync error: {} (code {})",
+        match code {
+            ExitCode::Syntax => "syntax or usage error",
+            ExitCode::Unsupported => "requested action not supported",
+            ExitCode::Protocol => "protocol incompatibility",
+            ExitCode::StartClient => "error starting client-server protocol",
+            ExitCode::StreamIo => "error in rsync protocol data stream",
+            ExitCode::FileIo => "error in file IO",
+            ExitCode::Partial => "some files/attrs were not transferred",
+            _ => "error",
+        },
+        code.code()
+    );
+    code.code()
+}
+
+/// Options the remote roles do not implement yet: the first one set.
+fn unsupported(o: &Options) -> Option<&'static str> {
+    let checks: &[(bool, &str)] = &[
+        (o.acls, "--acls (-A)"),
+        (o.xattrs, "--xattrs (-X)"),
+        (o.relative, "--relative (-R)"),
+        (o.dry_run, "--dry-run (-n)"),
+        (o.list_only, "--list-only"),
+        (o.backup, "--backup (-b)"),
+        (o.inplace, "--inplace"),
+        (o.append, "--append"),
+        (o.partial_dir.is_some(), "--partial-dir"),
+        (o.delay_updates, "--delay-updates"),
+        (
+            matches!(o.delete, DeleteMode::After | DeleteMode::Delay),
+            "--delete-after/--delete-delay",
+        ),
+        (o.delete_excluded, "--delete-excluded"),
+        (o.max_delete.is_some(), "--max-delete"),
+        (o.remove_source_files, "--remove-source-files"),
+        (o.update, "--update (-u)"),
+        (o.existing, "--existing"),
+        (o.ignore_existing, "--ignore-existing"),
+        (o.size_only, "--size-only"),
+        (o.ignore_times, "--ignore-times (-I)"),
+        (o.sparse, "--sparse (-S)"),
+        (o.copy_links, "--copy-links (-L)"),
+        (o.copy_unsafe_links, "--copy-unsafe-links"),
+        (o.safe_links, "--safe-links"),
+        (o.copy_dirlinks, "--copy-dirlinks (-k)"),
+        (o.keep_dirlinks, "--keep-dirlinks (-K)"),
+        (o.one_file_system > 0, "--one-file-system (-x)"),
+        (o.files_from.is_some(), "--files-from"),
+        (!o.link_dest.is_empty(), "--link-dest"),
+        (!o.compare_dest.is_empty(), "--compare-dest"),
+        (!o.copy_dest.is_empty(), "--copy-dest"),
+        (!o.chmod.is_empty(), "--chmod"),
+        (o.chown_uid.is_some() || o.chown_gid.is_some(), "--chown"),
+        (
+            !o.usermap.is_empty() || !o.groupmap.is_empty(),
+            "--usermap/--groupmap",
+        ),
+        (
+            o.min_size.is_some() || o.max_size.is_some(),
+            "--min-size/--max-size",
+        ),
+        (o.prune_empty_dirs, "--prune-empty-dirs (-m)"),
+        (o.temp_dir.is_some(), "--temp-dir (-T)"),
+        (o.executability, "--executability (-E)"),
+        (o.dirs && !o.recursive, "--dirs (-d) without --recursive"),
+    ];
+    checks.iter().find(|(on, _)| *on).map(|(_, n)| *n)
+}
+
+/// The packed short flags for the server, as rsync's `server_options` builds them.
+fn server_flags(o: &Options, compress: bool) -> String {
+    let mut f = String::new();
+    for (on, c) in [
+        (o.links, 'l'),
+        (o.owner, 'o'),
+        (o.group, 'g'),
+        (o.devices || o.specials, 'D'),
+        (o.times, 't'),
+        (o.atimes, 'U'),
+        (o.perms, 'p'),
+        (o.recursive, 'r'),
+        (o.dirs && !o.recursive, 'd'),
+        (o.hard_links, 'H'),
+        (o.checksum, 'c'),
+        (o.whole_file, 'W'),
+        (compress, 'z'),
+    ] {
+        if on {
+            f.push(c);
+        }
+    }
+    f
+}
+
+/// Wire-form filter rules (`- pat`, `+ pat`, rule text) from the argv, in order.
+fn wire_filters(args: &[OsString]) -> Result<Vec<String>, String> {
+    let mut rules = Vec::new();
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy().into_owned();
+        let (name, value) = match a.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (a.clone(), None),
+        };
+        let take = |i: &mut usize| -> Option<String> {
+            value.clone().or_else(|| {
+                *i += 1;
+                args.get(*i).map(|v| v.to_string_lossy().into_owned())
+            })
+        };
+        match name.as_str() {
+            "--exclude" => rules.extend(take(&mut i).map(|v| format!("- {v}"))),
+            "--include" => rules.extend(take(&mut i).map(|v| format!("+ {v}"))),
+            "--filter" => rules.extend(take(&mut i)),
+            "--exclude-from" | "--include-from" | "--cvs-exclude" => {
+                return Err(format!("{name} with a remote peer"));
+            }
+            "-f" => rules.extend(take(&mut i)),
+            s if s.starts_with("-C")
+                || (s.starts_with('-') && !s.starts_with("--") && s.contains('C')) =>
+            {
+                return Err("--cvs-exclude (-C) with a remote peer".into());
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let merge = |r: &String| {
+        let word = r.split([' ', ',']).next().unwrap_or("");
+        matches!(word, "merge" | "dir-merge" | ".") || word.starts_with(':') || r.starts_with('.')
+    };
+    if let Some(r) = rules.iter().find(|r| merge(r)) {
+        return Err(format!("merge rule {r:?}"));
+    }
+    Ok(rules)
+}
+
+/// Runs a transfer with one remote side. `args` is the whole argv.
+pub fn run(args: &[OsString]) -> i32 {
+    let s = scan(args);
+    // Let the local parser validate everything, with the remote paths
+    // replaced by placeholders and the options it refuses removed.
+    let mut local_args: Vec<OsString> = Vec::with_capacity(args.len());
+    let path_idx: Vec<usize> = s.paths.iter().map(|(i, _)| *i).collect();
+    for (i, a) in args.iter().enumerate() {
+        if s.drop.contains(&i) {
+            continue;
+        }
+        if path_idx.contains(&i) && !matches!(classify(&a.to_string_lossy()), Location::Local(_)) {
+            local_args.push(OsString::from(format!("/arsync-remote-placeholder-{i}")));
+        } else {
+            local_args.push(a.clone());
+        }
+    }
+    let parsed = match arsync_sync::cli::parse(local_args) {
+        Ok(p) => p,
+        Err(e) => {
+            if !e.msg.is_empty() {
+                eprintln!("{}", e.msg);
+            }
+            return e.code;
+        }
+    };
+    let o = parsed.opts;
+    let locs: Vec<Location> = s
+        .paths
+        .iter()
+        .map(|(_, p)| classify(&p.to_string_lossy()))
+        .collect();
+    if locs.len() < 2 {
+        return fail(
+            ExitCode::Unsupported,
+            "listing a remote directory (one path argument) is not supported yet",
+        );
+    }
+    let (srcs, dst) = locs.split_at(locs.len() - 1);
+    let dst = &dst[0];
+    let src_remote = srcs.iter().any(|l| !matches!(l, Location::Local(_)));
+    let dst_remote = !matches!(dst, Location::Local(_));
+    if src_remote && dst_remote {
+        return fail(
+            ExitCode::Syntax,
+            "the source and destination cannot both be remote",
+        );
+    }
+    if srcs.len() != 1 {
+        return fail(
+            ExitCode::Unsupported,
+            "more than one source with a remote peer is not supported yet",
+        );
+    }
+    if let Some(name) = unsupported(&o) {
+        return fail(
+            ExitCode::Unsupported,
+            format!("{name} is not supported with a remote peer yet"),
+        );
+    }
+    let filters = match wire_filters(args) {
+        Ok(f) => f,
+        Err(e) => return fail(ExitCode::Unsupported, format!("{e} is not supported yet")),
+    };
+    let remote = if src_remote { &srcs[0] } else { dst };
+    let mut cmd = ServerCommand {
+        remote_shell: Vec::new(),
+        rsync_path: s.rsync_path.clone().unwrap_or_else(|| "rsync".into()),
+        server_sends: src_remote,
+        flags: server_flags(&o, s.compress),
+        caps: CLIENT_CAPS.into(),
+        protocol: s.protocol,
+        path: String::new(),
+        delete: o.deleting(),
+        numeric_ids: o.numeric_ids,
+    };
+    let mut daemon = None;
+    match remote {
+        Location::Shell { user, host, path } => {
+            let rsh = s
+                .rsh
+                .clone()
+                .or_else(|| std::env::var("RSYNC_RSH").ok())
+                .unwrap_or_else(|| "ssh".into());
+            let mut sh = split_command(&rsh);
+            if sh.is_empty() {
+                return fail(ExitCode::Syntax, "empty remote shell command (-e)");
+            }
+            if let Some(u) = user {
+                sh.push("-l".into());
+                sh.push(u.clone());
+            }
+            sh.push(host.clone());
+            cmd.remote_shell = sh;
+            cmd.path = if path.is_empty() {
+                ".".into()
+            } else {
+                path.clone()
+            };
+        }
+        Location::Daemon {
+            user,
+            host,
+            port,
+            path,
+        } => {
+            let port = port.or(s.port).unwrap_or(DEFAULT_PORT);
+            let url = match user {
+                Some(u) => format!("rsync://{u}@{host}:{port}/{path}"),
+                None => format!("rsync://{host}:{port}/{path}"),
+            };
+            let mut t = match DaemonTarget::parse(&url) {
+                Ok(t) => t,
+                Err(e) => return fail(ExitCode::Syntax, e),
+            };
+            t.password = match &s.password_file {
+                Some(f) => match std::fs::read_to_string(f) {
+                    Ok(text) => Some(text.lines().next().unwrap_or("").to_string()),
+                    Err(e) => return fail(ExitCode::FileIo, format!("password file {f}: {e}")),
+                },
+                None => std::env::var("RSYNC_PASSWORD").ok(),
+            };
+            cmd.path = path.clone();
+            daemon = Some(t);
+        }
+        Location::Local(_) => return fail(ExitCode::Syntax, "no remote path"),
+    }
+    let events = event_sink(&o);
+    let res = if src_remote {
+        let Location::Local(dest) = dst else {
+            return fail(ExitCode::Syntax, "no local destination");
+        };
+        if let Err(e) = std::fs::create_dir(dest) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return fail(ExitCode::FileIo, format!("mkdir {dest}: {e}"));
+            }
+        }
+        let mut p = PullOptions::new(cmd.path.clone(), dest);
+        p.command = cmd;
+        p.daemon = daemon;
+        p.events = events;
+        p.filters = filters;
+        p.echo_messages = !o.quiet;
+        pull(&p)
+    } else {
+        let Location::Local(src) = &srcs[0] else {
+            return fail(ExitCode::Syntax, "no local source");
+        };
+        if !o.recursive && std::path::Path::new(src).is_dir() {
+            return fail(
+                ExitCode::Unsupported,
+                format!("sending directory {src} without --recursive (-r) is not supported yet"),
+            );
+        }
+        let mut p = PushOptions::new(src, cmd.path.clone());
+        p.contents = src.ends_with('/');
+        p.command = cmd;
+        p.daemon = daemon;
+        p.events = events;
+        p.filters = filters;
+        p.echo_messages = !o.quiet;
+        push(&p)
+    };
+    match res {
+        Ok(summary) => {
+            if o.stats {
+                print_stats(&summary);
+            }
+            let code = summary.exit_code();
+            if code != ExitCode::Ok {
+                for e in &summary.errors {
+                    eprintln!("arsync: {e}");
+                }
+                return fail(code, "some files were not transferred");
+            }
+            0
+        }
+        Err(e) => fail(e.exit_code(), e),
+    }
+}
+
+fn event_sink(o: &Options) -> Option<EventSink> {
+    if o.quiet || (o.verbose == 0 && o.itemize == 0 && o.out_format.is_none()) {
+        return None;
+    }
+    Some(EventSink(Arc::new(|e: &FileEvent<'_>| match e {
+        FileEvent::Transferred { name, .. } => {
+            println!("{}", String::from_utf8_lossy(name));
+        }
+        FileEvent::Deleted { name } => {
+            println!("deleting {}", String::from_utf8_lossy(name));
+        }
+    })))
+}
+
+fn print_stats(s: &TransferSummary) {
+    println!();
+    println!("Number of files: {}", s.files_total);
+    println!(
+        "Number of regular files transferred: {}",
+        s.files_transferred
+    );
+    println!("Literal data: {} bytes", s.literal_bytes);
+    println!("Matched data: {} bytes", s.matched_bytes);
+    println!("Total bytes sent: {}", s.bytes_written);
+    println!("Total bytes received: {}", s.bytes_read);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_paths() {
+        assert_eq!(classify("a/b:c"), Location::Local("a/b:c".into()));
+        assert_eq!(classify("/abs"), Location::Local("/abs".into()));
+        assert_eq!(
+            classify("me@h:dir/"),
+            Location::Shell {
+                user: Some("me".into()),
+                host: "h".into(),
+                path: "dir/".into()
+            }
+        );
+        assert_eq!(
+            classify("h::mod/x"),
+            Location::Daemon {
+                user: None,
+                host: "h".into(),
+                port: None,
+                path: "mod/x".into()
+            }
+        );
+        assert_eq!(
+            classify("rsync://u@h:8730/mod/x"),
+            Location::Daemon {
+                user: Some("u".into()),
+                host: "h".into(),
+                port: Some(8730),
+                path: "mod/x".into()
+            }
+        );
+    }
+
+    #[test]
+    fn scans_remote_options() {
+        let v = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        let s = scan(&v(&[
+            "arsync",
+            "-avze",
+            "ssh -p 22",
+            "--rsync-path=/bin/x",
+            "--password-file",
+            "pw",
+            "src/",
+            "h:dst",
+        ]));
+        assert_eq!(s.rsh.as_deref(), Some("ssh -p 22"));
+        assert_eq!(s.rsync_path.as_deref(), Some("/bin/x"));
+        assert_eq!(s.password_file.as_deref(), Some("pw"));
+        assert!(s.compress);
+        assert_eq!(s.drop, [4, 5]);
+        assert_eq!(s.paths.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [6, 7]);
+        assert_eq!(
+            split_command("ssh -o 'A B' \"c\""),
+            ["ssh", "-o", "A B", "c"]
+        );
+    }
+}

@@ -1,0 +1,801 @@
+//! The `arsync` binary against the real rsync 3.x over a remote shell:
+//! client in {arsync, rsync} x server in {arsync, rsync}, push and pull,
+//! through a stand-in for ssh (runs the remote command locally) and a real
+//! OpenSSH server on 127.0.0.1.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use arsync_testutil::{compare_trees, scratch_dir, CompareOpts};
+
+fn arsync_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_arsync"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Tool {
+    Arsync,
+    Rsync,
+}
+
+impl Tool {
+    fn program(self) -> OsString {
+        match self {
+            Tool::Arsync => arsync_bin().into_os_string(),
+            Tool::Rsync => "rsync".into(),
+        }
+    }
+}
+
+/// A stand-in for ssh: skips options and the host name, runs the rest
+/// through `sh -c` (as sshd runs the command with the user's shell).
+const FAKE_SSH: &str = r#"#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -l|-p|-o|-i) shift 2 ;;
+    -*) shift ;;
+    *) shift; break ;;
+  esac
+done
+exec sh -c "$*"
+"#;
+
+fn write_script(path: &Path, text: &str) {
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn set_mtime(p: &Path, secs: u64) {
+    let f = fs::File::options().write(true).open(p).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .unwrap();
+}
+
+/// Deterministic pseudo-random bytes.
+fn bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+const BIG: usize = 2 << 20;
+
+/// A tree with nested dirs, modes, symlinks, a hard-link pair and a large file.
+fn make_tree(root: &Path) {
+    fs::create_dir_all(root.join("a/b/c")).unwrap();
+    fs::create_dir_all(root.join("empty")).unwrap();
+    fs::write(root.join("small.txt"), b"hello\n").unwrap();
+    fs::write(root.join("zero"), b"").unwrap();
+    fs::write(root.join("a/one.bin"), bytes(1, 1000)).unwrap();
+    fs::write(root.join("a/b/two.bin"), bytes(2, 70_000)).unwrap();
+    fs::write(root.join("a/b/c/gone"), b"to be deleted").unwrap();
+    fs::write(root.join("big.dat"), bytes(3, BIG)).unwrap();
+    fs::set_permissions(root.join("a/one.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+    symlink("small.txt", root.join("link")).unwrap();
+    fs::hard_link(root.join("a/b/two.bin"), root.join("hard")).unwrap();
+    for f in [
+        "small.txt",
+        "zero",
+        "a/one.bin",
+        "a/b/two.bin",
+        "a/b/c/gone",
+        "big.dat",
+    ] {
+        set_mtime(&root.join(f), 1_600_000_000);
+    }
+    settle_dirs(root);
+}
+
+/// Gives directories and symlinks an old mtime: rsync (like arsync) skips
+/// setting a time that matches the current one to the second, so a tree
+/// made this second would not compare equal to its copy.
+fn settle_dirs(root: &Path) {
+    let st = Command::new("find")
+        .arg(root)
+        .args(["(", "-type", "d", "-o", "-type", "l", ")"])
+        .args(["-exec", "touch", "-h", "-d", "@1600000000", "{}", "+"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Rewrites 1% of the large file (keeping its mtime).
+fn mutate_big(root: &Path) {
+    let big = root.join("big.dat");
+    let mut data = fs::read(&big).unwrap();
+    let at = data.len() / 3;
+    data[at..at + BIG / 100].copy_from_slice(&bytes(9, BIG / 100));
+    fs::write(&big, data).unwrap();
+    set_mtime(&big, 1_600_000_100);
+}
+
+/// 1% of the large file changed, a file deleted, a file added, a new hard link.
+fn mutate_tree(root: &Path) {
+    mutate_big(root);
+    fs::remove_file(root.join("a/b/c/gone")).unwrap();
+    fs::write(root.join("a/new.txt"), b"new file").unwrap();
+    fs::hard_link(root.join("a/one.bin"), root.join("a/b/hard2")).unwrap();
+    settle_dirs(root);
+}
+
+/// Same size, same mtime, different content: only `-c` notices.
+fn sneaky_change(root: &Path) {
+    let p = root.join("a/one.bin");
+    fs::write(&p, bytes(77, 1000)).unwrap();
+    set_mtime(&p, 1_600_000_000);
+}
+
+fn opts() -> CompareOpts {
+    CompareOpts::default()
+}
+
+fn assert_same(a: &Path, b: &Path, what: &str) {
+    let diffs = compare_trees(a, b, &opts());
+    assert!(diffs.is_empty(), "{what}: trees differ: {diffs:#?}");
+}
+
+fn check(out: &Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{what}: exit {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The "Literal data:" figure of `--stats` output (rsync prints commas).
+fn literal_bytes(stats: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Literal data:"))
+        .and_then(|v| v.split_whitespace().next())
+        .map(|v| v.replace(',', ""))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no literal data in stats: {stats}"))
+}
+
+/// Runs `client` with a remote shell `rsh` and `server` as the remote program.
+fn transfer(client: Tool, server: Tool, rsh: &str, flags: &[&str], src: &str, dst: &str) -> Output {
+    let extra = shell_args(server, rsh);
+    let mut all: Vec<&str> = flags.to_vec();
+    all.extend(extra.iter().map(String::as_str));
+    run_client(client, &all, src, dst)
+}
+
+fn shell_args(server: Tool, rsh: &str) -> Vec<String> {
+    vec![
+        "-e".into(),
+        rsh.into(),
+        "--rsync-path".into(),
+        server.program().to_string_lossy().into_owned(),
+    ]
+}
+
+fn run_client(client: Tool, flags: &[&str], src: &str, dst: &str) -> Output {
+    Command::new(client.program())
+        .args(flags)
+        .arg(src)
+        .arg(dst)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// How a test reaches the remote side.
+struct Remote<'a> {
+    /// Extra client options (`-e`, `--rsync-path`).
+    args: Vec<String>,
+    /// The remote spelling of a local absolute path.
+    spec: &'a dyn Fn(&Path) -> String,
+    /// Where scenario directories are made.
+    base: Option<&'a Path>,
+    /// Names the server, for messages.
+    server: String,
+}
+
+/// The full scenario for one client/server pair and direction: fresh
+/// copy, delta update of 1% of a large file with --delete and new hard
+/// links, then -c for a same-size same-mtime change.
+fn scenario(client: Tool, remote: &Remote<'_>, push: bool) {
+    let what = format!(
+        "{client:?} client -> {} server, {}",
+        remote.server,
+        if push { "push" } else { "pull" }
+    );
+    let tmp = match remote.base {
+        Some(b) => tempfile::tempdir_in(b).unwrap(),
+        None => scratch_dir().unwrap(),
+    };
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    make_tree(&src);
+    let (s, d) = if push {
+        (format!("{}/", src.display()), (remote.spec)(&dst))
+    } else {
+        (
+            format!("{}/", (remote.spec)(&src)),
+            dst.display().to_string(),
+        )
+    };
+    let run = |flags: &[&str]| {
+        let mut all: Vec<&str> = flags.to_vec();
+        all.extend(remote.args.iter().map(String::as_str));
+        run_client(client, &all, &s, &d)
+    };
+    check(&run(&["-aH"]), &format!("{what}: fresh copy"));
+    assert_same(&src, &dst, &format!("{what}: fresh copy"));
+
+    mutate_tree(&src);
+    let stats = check(
+        &run(&["-aH", "--delete", "--stats"]),
+        &format!("{what}: delta update"),
+    );
+    assert_same(&src, &dst, &format!("{what}: delta update with --delete"));
+    let literal = literal_bytes(&stats);
+    // 1% of the large file changed, plus the small new files.
+    assert!(
+        literal < (BIG / 10) as u64,
+        "{what}: {literal} literal bytes for a 1% change: no delta transfer?"
+    );
+
+    sneaky_change(&src);
+    check(&run(&["-aHc"]), &format!("{what}: -c"));
+    assert_same(&src, &dst, &format!("{what}: -c"));
+}
+
+fn all_pairs(rsh: &str, host: &str) {
+    let spec = |p: &Path| format!("{host}:{}", p.display());
+    for client in [Tool::Arsync, Tool::Rsync] {
+        for server in [Tool::Arsync, Tool::Rsync] {
+            if client == Tool::Rsync && server == Tool::Rsync {
+                continue;
+            }
+            let remote = Remote {
+                args: shell_args(server, rsh),
+                spec: &spec,
+                base: None,
+                server: format!("{server:?}"),
+            };
+            for push in [true, false] {
+                scenario(client, &remote, push);
+            }
+        }
+    }
+}
+
+#[test]
+fn interop_over_stand_in_ssh() {
+    let tmp = scratch_dir().unwrap();
+    let ssh = tmp.path().join("fake-ssh");
+    write_script(&ssh, FAKE_SSH);
+    all_pairs(ssh.to_str().unwrap(), "somehost");
+}
+
+#[test]
+fn whole_file_and_unsupported_options() {
+    let tmp = scratch_dir().unwrap();
+    let ssh = tmp.path().join("fake-ssh");
+    write_script(&ssh, FAKE_SSH);
+    let rsh = ssh.to_str().unwrap();
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    make_tree(&src);
+    let d = format!("h:{}", dst.display());
+    let s = format!("{}/", src.display());
+    check(
+        &transfer(Tool::Arsync, Tool::Rsync, rsh, &["-aH"], &s, &d),
+        "first",
+    );
+    mutate_tree(&src);
+    // -W: no delta, the changed large file goes whole.
+    let out = transfer(
+        Tool::Arsync,
+        Tool::Rsync,
+        rsh,
+        &["-aHW", "--delete", "--stats"],
+        &s,
+        &d,
+    );
+    let literal = literal_bytes(&check(&out, "-W"));
+    assert!(
+        literal >= BIG as u64,
+        "-W sent only {literal} literal bytes"
+    );
+    assert_same(&src, &dst, "-W");
+    // Pull with -W into an arsync receiver whose large file differs by 1%.
+    let pulled = tmp.path().join("pulled");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(&pulled)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let big = pulled.join("big.dat");
+    let mut data = fs::read(&big).unwrap();
+    data[..BIG / 100].copy_from_slice(&bytes(11, BIG / 100));
+    fs::write(&big, data).unwrap();
+    set_mtime(&big, 1_500_000_000);
+    let d_slash = format!("{d}/");
+    let out = transfer(
+        Tool::Arsync,
+        Tool::Rsync,
+        rsh,
+        &["-aHW", "--stats"],
+        &d_slash,
+        pulled.to_str().unwrap(),
+    );
+    let literal = literal_bytes(&check(&out, "pull -W"));
+    assert!(
+        literal >= BIG as u64,
+        "pull -W received only {literal} literal bytes"
+    );
+    assert_same(&src, &pulled, "pull -W");
+    // A feature the remote roles lack: exit code 4 and a message.
+    let out = transfer(Tool::Arsync, Tool::Rsync, rsh, &["-aX"], &s, &d);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--xattrs"));
+    // A real rsync client asking the arsync server for something it lacks.
+    let out = transfer(Tool::Rsync, Tool::Arsync, rsh, &["-an"], &s, &d);
+    assert_ne!(out.status.code(), Some(0), "dry run must not be faked");
+    // No -r: a directory is not sent recursively by the arsync server.
+    let out = transfer(
+        Tool::Rsync,
+        Tool::Arsync,
+        rsh,
+        &["-lt"],
+        &format!("h:{}/", src.display()),
+        tmp.path().join("nr").to_str().unwrap(),
+    );
+    assert_ne!(out.status.code(), Some(0), "a directory sent without -r");
+    assert!(!tmp.path().join("nr/a/one.bin").exists());
+    // Both sides remote: usage error.
+    let out = transfer(Tool::Arsync, Tool::Rsync, rsh, &["-a"], "h:/x/", "h:/y");
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// A real OpenSSH server on 127.0.0.1 with a key generated here.
+struct Sshd {
+    child: Child,
+    port: u16,
+    key: PathBuf,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn start_sshd(dir: &Path) -> Sshd {
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+    };
+    let host_key = dir.join("host_key");
+    let key = dir.join("client_key");
+    for k in [&host_key, &key] {
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(k));
+    }
+    fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+    let port = free_port();
+    let cfg = dir.join("sshd_config");
+    fs::write(
+        &cfg,
+        format!(
+            "ListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nStrictModes no\n\
+             PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             UsePAM no\nPidFile {}\n",
+            host_key.display(),
+            dir.join("authorized_keys").display(),
+            dir.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    let _ = fs::create_dir_all("/run/sshd");
+    let child = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(&cfg)
+        .args(["-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "sshd did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Sshd { child, port, key }
+}
+
+#[test]
+fn interop_over_real_sshd() {
+    assert!(
+        rustix_is_root(),
+        "this test starts sshd and must run as root (CI runs as root)"
+    );
+    let tmp = scratch_dir().unwrap();
+    let sshd = start_sshd(tmp.path());
+    let rsh = format!(
+        "ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes \
+         -o LogLevel=ERROR -i {} -p {}",
+        sshd.key.display(),
+        sshd.port
+    );
+    all_pairs(&rsh, "root@127.0.0.1");
+}
+
+fn rustix_is_root() -> bool {
+    arsync_testutil::is_root()
+}
+
+/// A daemon process (arsync or rsync) on 127.0.0.1, killed on drop.
+struct Daemon {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon(tool: Tool, config: &Path) -> Daemon {
+    let port = free_port();
+    let child = Command::new(tool.program())
+        .args([
+            "--daemon",
+            "--no-detach",
+            "--address",
+            "127.0.0.1",
+            "--port",
+        ])
+        .arg(port.to_string())
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Daemon { child, port }
+}
+
+#[test]
+fn interop_over_daemon() {
+    let tmp = scratch_dir().unwrap();
+    let base = tmp.path().join("module");
+    fs::create_dir(&base).unwrap();
+    let cfg = tmp.path().join("rsyncd.conf");
+    fs::write(
+        &cfg,
+        format!(
+            "use chroot = no\n[m]\nmunge symlinks = no\npath = {}\nread only = no\nuid = root\ngid = root\n",
+            base.display()
+        ),
+    )
+    .unwrap();
+    for server in [Tool::Arsync, Tool::Rsync] {
+        let daemon = start_daemon(server, &cfg);
+        let port = daemon.port;
+        let base_ref = base.as_path();
+        let spec = move |p: &Path| {
+            let rel = p.strip_prefix(base_ref).unwrap();
+            format!("rsync://127.0.0.1:{port}/m/{}", rel.display())
+        };
+        for client in [Tool::Arsync, Tool::Rsync] {
+            if client == Tool::Rsync && server == Tool::Rsync {
+                continue;
+            }
+            let remote = Remote {
+                args: Vec::new(),
+                spec: &spec,
+                base: Some(&base),
+                server: format!("{server:?} daemon"),
+            };
+            for push in [true, false] {
+                scenario(client, &remote, push);
+            }
+        }
+    }
+}
+
+#[test]
+fn daemon_modules_auth_and_access() {
+    let tmp = scratch_dir().unwrap();
+    let (pub_dir, up_dir) = (tmp.path().join("pub"), tmp.path().join("up"));
+    make_tree(&pub_dir);
+    fs::create_dir(&up_dir).unwrap();
+    let secrets = tmp.path().join("secrets");
+    fs::write(&secrets, "alice:s3cret\n").unwrap();
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = tmp.path().join("rsyncd.conf");
+    fs::write(
+        &cfg,
+        format!(
+            "[pub]\npath = {}\ncomment = public files\nuid = root\ngid = root\n\
+             [hidden]\npath = {}\nlist = no\n\
+             [up]\npath = {}\nread only = no\nuid = root\ngid = root\nauth users = alice\n\
+             secrets file = {}\nhosts allow = 127.0.0.1\n\
+             [denied]\npath = {}\nhosts allow = 10.0.0.0/8\n",
+            pub_dir.display(),
+            pub_dir.display(),
+            up_dir.display(),
+            secrets.display(),
+            pub_dir.display()
+        ),
+    )
+    .unwrap();
+    let d = start_daemon(Tool::Arsync, &cfg);
+    let url = |m: &str| format!("rsync://127.0.0.1:{}/{m}", d.port);
+    // Module list: listed modules with comments only.
+    let out = Command::new("rsync").arg(url("")).output().unwrap();
+    let list = check(&out, "module list");
+    assert!(
+        list.contains("pub") && list.contains("public files"),
+        "{list}"
+    );
+    assert!(!list.contains("hidden"), "{list}");
+    // Authentication with a password file (arsync client, host::module form).
+    let pw = tmp.path().join("pw");
+    fs::write(&pw, "s3cret\n").unwrap();
+    fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
+    let src = format!("{}/", pub_dir.display());
+    let out = Command::new(arsync_bin())
+        .args(["-aH", "--port", &d.port.to_string(), "--password-file"])
+        .arg(&pw)
+        .arg(&src)
+        .arg("alice@127.0.0.1::up/copy")
+        .output()
+        .unwrap();
+    check(&out, "authenticated push");
+    assert_same(&pub_dir, &up_dir.join("copy"), "authenticated push");
+    // Wrong password: refused with rsync's start-up exit code 5.
+    fs::write(&pw, "wrong\n").unwrap();
+    let out = Command::new("rsync")
+        .args(["-a", "--password-file"])
+        .arg(&pw)
+        .arg(&src)
+        .arg(format!("rsync://alice@127.0.0.1:{}/up/x", d.port))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(!up_dir.join("x").exists());
+    // Read-only module refuses a push; a host outside `hosts allow` is denied.
+    for (m, what) in [("pub/x", "read only"), ("denied/", "access denied")] {
+        let out = Command::new(arsync_bin())
+            .arg("-a")
+            .arg(&src)
+            .arg(url(m))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(5), "{m}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(what),
+            "{m}: {out:?}"
+        );
+    }
+    assert!(!pub_dir.join("x").exists());
+    // A path escaping the module is refused.
+    let out = Command::new("rsync")
+        .arg("-a")
+        .arg(url("pub/../../etc/"))
+        .arg(tmp.path().join("escaped"))
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!tmp.path().join("escaped/passwd").exists());
+}
+
+/// A stand-in for ssh that counts the bytes in each direction: it runs the
+/// remote command locally and writes `<to server> <from server>` to
+/// `$ARSYNC_WIRE_COUNT` when the command exits.
+const COUNTING_SSH: &str = r#"#!/usr/bin/env python3
+import os, subprocess, sys, threading
+args = sys.argv[1:]
+while args and args[0].startswith("-"):
+    args = args[2:] if args[0] in ("-l", "-p", "-o", "-i") else args[1:]
+args = args[1:]
+p = subprocess.Popen(["sh", "-c", " ".join(args)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+up = [0]
+def pump_up():
+    try:
+        while True:
+            b = os.read(0, 1 << 16)
+            if not b:
+                break
+            up[0] += len(b)
+            p.stdin.write(b)
+        p.stdin.close()
+    except OSError:
+        pass
+threading.Thread(target=pump_up, daemon=True).start()
+down = 0
+while True:
+    b = os.read(p.stdout.fileno(), 1 << 16)
+    if not b:
+        break
+    down += len(b)
+    os.write(1, b)
+code = p.wait()
+with open(os.environ["ARSYNC_WIRE_COUNT"], "w") as f:
+    f.write(f"{up[0]} {down}\n")
+sys.exit(code)
+"#;
+
+/// Bytes on the wire for a 1% change of a 100 MB file: every arsync
+/// pairing within 10% of rsync-to-rsync.
+#[test]
+fn delta_wire_bytes_match_rsync() {
+    const SIZE: usize = 100 << 20;
+    let tmp = scratch_dir().unwrap();
+    let ssh = tmp.path().join("count-ssh");
+    write_script(&ssh, COUNTING_SSH);
+    let count_file = tmp.path().join("count");
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let mut data = bytes(5, SIZE);
+    let basis = tmp.path().join("basis");
+    fs::create_dir(&basis).unwrap();
+    fs::write(basis.join("big"), &data).unwrap();
+    // 1% changed in 100 scattered 10 KiB pieces.
+    let piece = SIZE / 100 / 100;
+    for i in 0..100 {
+        let at = i * (SIZE / 100) + 4321;
+        data[at..at + piece].copy_from_slice(&bytes(1000 + i as u64, piece));
+    }
+    fs::write(src.join("big"), &data).unwrap();
+    drop(data);
+    set_mtime(&src.join("big"), 1_600_000_000);
+    settle_dirs(&src);
+    let rsh = ssh.to_str().unwrap();
+    let mut results = Vec::new();
+    for (client, server, push) in [
+        (Tool::Rsync, Tool::Rsync, true),
+        (Tool::Arsync, Tool::Arsync, true),
+        (Tool::Arsync, Tool::Rsync, true),
+        (Tool::Rsync, Tool::Arsync, true),
+        (Tool::Arsync, Tool::Arsync, false),
+    ] {
+        let dst = tmp.path().join("dst");
+        let _ = fs::remove_dir_all(&dst);
+        let cp = Command::new("cp")
+            .arg("-a")
+            .arg(&basis)
+            .arg(&dst)
+            .status()
+            .unwrap();
+        assert!(cp.success());
+        let (s, d) = if push {
+            (
+                format!("{}/", src.display()),
+                format!("h:{}", dst.display()),
+            )
+        } else {
+            (format!("h:{}/", src.display()), dst.display().to_string())
+        };
+        let mut cmd = Command::new(client.program());
+        cmd.arg("-a")
+            .args(shell_args(server, rsh))
+            .arg(&s)
+            .arg(&d)
+            .env("ARSYNC_WIRE_COUNT", &count_file);
+        let out = cmd.output().unwrap();
+        let what = format!(
+            "{client:?} -> {server:?} {}",
+            if push { "push" } else { "pull" }
+        );
+        check(&out, &what);
+        assert_same(&src, &dst, &what);
+        let text = fs::read_to_string(&count_file).unwrap();
+        let total: u64 = text
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().unwrap())
+            .sum();
+        results.push((what, total));
+    }
+    let base = results[0].1 as f64;
+    // The changed data itself must travel; far less than the file must.
+    assert!(
+        base > (SIZE / 100) as f64 && base < (SIZE / 10) as f64,
+        "{results:?}"
+    );
+    for (what, total) in &results {
+        let ratio = *total as f64 / base;
+        eprintln!("{what}: {total} bytes on the wire ({ratio:.3} x rsync-rsync)");
+        assert!(ratio <= 1.10, "{what}: {total} bytes vs rsync-rsync {base}");
+    }
+}
+
+/// --exclude rules and --delete in push and pull: every pairing leaves the
+/// same destination as rsync-to-rsync (excluded files neither sent nor
+/// deleted, extraneous files deleted).
+#[test]
+fn filters_match_rsync() {
+    let tmp = scratch_dir().unwrap();
+    let ssh = tmp.path().join("fake-ssh");
+    write_script(&ssh, FAKE_SSH);
+    let rsh = ssh.to_str().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    fs::write(src.join("a/skip.tmp"), b"tmp").unwrap();
+    fs::create_dir_all(src.join("cache/deep")).unwrap();
+    fs::write(src.join("cache/deep/x"), b"cached").unwrap();
+    fs::write(src.join("a/keep.tmp.not"), b"kept").unwrap();
+    settle_dirs(&src);
+    // The destination before each run: an excluded file (protected from
+    // deletion) and an extraneous one (deleted).
+    let seed_dst = |d: &Path| {
+        fs::create_dir_all(d.join("a")).unwrap();
+        fs::write(d.join("a/local.tmp"), b"receiver's own").unwrap();
+        set_mtime(&d.join("a/local.tmp"), 1_600_000_000);
+        fs::write(d.join("extraneous"), b"delete me").unwrap();
+    };
+    let flags = ["-aH", "--delete", "--exclude", "*.tmp", "--exclude=cache/"];
+    let run = |client: Tool, server: Tool, push: bool, dst: &Path| {
+        seed_dst(dst);
+        let (s, d) = if push {
+            (
+                format!("{}/", src.display()),
+                format!("h:{}", dst.display()),
+            )
+        } else {
+            (format!("h:{}/", src.display()), dst.display().to_string())
+        };
+        let out = transfer(client, server, rsh, &flags, &s, &d);
+        check(
+            &out,
+            &format!("{client:?} -> {server:?} push={push} with filters"),
+        );
+    };
+    let reference = tmp.path().join("reference");
+    run(Tool::Rsync, Tool::Rsync, true, &reference);
+    assert!(reference.join("a/local.tmp").exists() && !reference.join("extraneous").exists());
+    assert!(!reference.join("cache").exists() && !reference.join("a/skip.tmp").exists());
+    let mut n = 0;
+    for (client, server) in [
+        (Tool::Arsync, Tool::Rsync),
+        (Tool::Rsync, Tool::Arsync),
+        (Tool::Arsync, Tool::Arsync),
+    ] {
+        for push in [true, false] {
+            n += 1;
+            let dst = tmp.path().join(format!("dst{n}"));
+            run(client, server, push, &dst);
+            settle_dirs(&dst);
+            settle_dirs(&reference);
+            assert_same(
+                &reference,
+                &dst,
+                &format!("{client:?} -> {server:?} push={push} with filters"),
+            );
+        }
+    }
+}
