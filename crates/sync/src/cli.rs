@@ -1521,6 +1521,9 @@ where
             "arsync  version {}  (rsync-compatible, protocol version 32)",
             env!("CARGO_PKG_VERSION")
         );
+        if parsed.opts.verbose > 0 {
+            print_io_backend();
+        }
         return 0;
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -1535,6 +1538,15 @@ where
         }
     }
     run_parsed(parsed, stop)
+}
+
+/// `--version -v`: which I/O backend this process gets and what the kernel's
+/// io_uring offers (probed once, printed as found).
+fn print_io_backend() {
+    match arsync_io::Runtime::new() {
+        Ok(rt) => println!("{}", rt.io().describe()),
+        Err(e) => println!("I/O backend: unavailable: {e}"),
+    }
 }
 
 /// Runs an already parsed command line with the given interrupt flag.
