@@ -702,6 +702,36 @@ impl Pool {
             .retain(|(i, _)| *i != id);
     }
 
+    /// Whether extent `id` is in the decoded-extent cache.
+    pub fn is_cached(&self, id: u64) -> bool {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(i, _)| *i == id)
+    }
+
+    /// Read extent `id` into the cache without repairing anything (read-ahead: the extent may be
+    /// freed concurrently, so nothing may be rewritten; a real read repairs what is damaged).
+    pub fn prefetch_extent(&self, id: u64, ext: &Extent) {
+        if self.is_cached(id) {
+            return;
+        }
+        // Damaged extents are not cached, so the reader's own read finds and repairs them.
+        if let Ok((data, out)) = self.read_extent_verified(id, ext, false, false) {
+            if !out.bad.is_empty() {
+                return;
+            }
+            let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if !c.iter().any(|(i, _)| *i == id) {
+                c.push_back((id, Arc::new(data)));
+                if c.len() > CACHE_EXTENTS {
+                    c.pop_front();
+                }
+            }
+        }
+    }
+
     /// Read an extent's data (cached; extents are immutable), verifying and repairing fragments.
     pub fn read_extent(&self, id: u64, ext: &Extent) -> Result<Arc<Vec<u8>>> {
         if let Some((_, d)) = self
