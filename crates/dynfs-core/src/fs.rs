@@ -1059,25 +1059,32 @@ impl Fs {
             .collect();
         let mut first_err = None;
         for batch in work.chunks(FLUSH_PARALLEL) {
-            let results: Vec<Result<Option<(u64, Extent)>>> = std::thread::scope(|s| {
-                let handles: Vec<_> = batch
-                    .iter()
-                    .map(|&(_, data)| {
-                        s.spawn(move || data.map(|d| self.pool.write_extent(policy, d)).transpose())
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(Error::io(
-                                self.pool.dir(),
-                                std::io::Error::other("extent writer panicked"),
-                            ))
+            let results: Vec<Result<Option<(u64, Extent)>>> = if batch.len() == 1 {
+                let data = batch[0].1;
+                vec![data.map(|d| self.pool.write_extent(policy, d)).transpose()]
+            } else {
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = batch
+                        .iter()
+                        .map(|&(_, data)| {
+                            s.spawn(move || {
+                                data.map(|d| self.pool.write_extent(policy, d)).transpose()
+                            })
                         })
-                    })
-                    .collect()
-            });
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(Error::io(
+                                    self.pool.dir(),
+                                    std::io::Error::other("extent writer panicked"),
+                                ))
+                            })
+                        })
+                        .collect()
+                })
+            };
             for (&(idx, _), r) in batch.iter().zip(results) {
                 match r {
                     Ok(ext) => new.push((idx, ext)),
