@@ -20,6 +20,10 @@ pub const POLICY_XATTR: &[u8] = b"user.dynfs.policy";
 
 /// Flush a file once it has this many dirty extents.
 const MAX_DIRTY_EXTENTS: usize = 16;
+/// Extents a flush encodes and writes at the same time.
+const FLUSH_PARALLEL: usize = 4;
+/// Extents read ahead of a sequential reader.
+const READ_AHEAD: u64 = 4;
 
 /// `renameat2` flag: fail if the target exists.
 pub const RENAME_NOREPLACE: u32 = 1;
@@ -151,6 +155,19 @@ pub struct DirEntry {
 pub struct Fs {
     pool: Arc<Pool>,
     files: Mutex<HashMap<u64, Arc<Mutex<FileState>>>>,
+    /// Extents being read ahead by background threads (to start each only once).
+    prefetching: Arc<Mutex<std::collections::HashSet<u64>>>,
+    /// Read-ahead threads, joined on drop (they hold the pool, and so its lock).
+    readers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        let readers = std::mem::take(self.readers.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for r in readers {
+            let _ = r.join();
+        }
+    }
 }
 
 // ---- transaction helpers (deterministic: they run once per metadata replica) ----
@@ -254,6 +271,8 @@ impl Fs {
         Fs {
             pool,
             files: Mutex::new(HashMap::new()),
+            prefetching: Arc::new(Mutex::new(std::collections::HashSet::new())),
+            readers: Mutex::new(Vec::new()),
         }
     }
 
@@ -373,7 +392,9 @@ impl Fs {
         target: &[u8],
     ) -> Result<(u64, Inode)> {
         check_name(name)?;
-        self.pool.meta.write_lazy(|tx| {
+        let (name, target) = (name.to_vec(), target.to_vec());
+        self.pool.meta.write_lazy(move |tx| {
+            let (name, target) = (name.as_slice(), target.as_slice());
             let p = get_inode(tx, LIVE, parent)?;
             if p.kind != Kind::Dir {
                 return Err(errno(libc::ENOTDIR));
@@ -406,7 +427,9 @@ impl Fs {
     /// Create a hard link to `ino` named `name` in `parent`.
     pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Inode> {
         check_name(name)?;
-        self.pool.meta.write_lazy(|tx| {
+        let name = name.to_vec();
+        self.pool.meta.write_lazy(move |tx| {
+            let name = name.as_slice();
             let mut i = get_inode(tx, LIVE, ino)?;
             if i.kind == Kind::Dir {
                 return Err(errno(libc::EPERM));
@@ -435,7 +458,7 @@ impl Fs {
                 return Ok(());
             }
         }
-        let freed = self.pool.meta.write_lazy(|tx| {
+        let freed = self.pool.meta.write_lazy(move |tx| {
             let i = match get_inode(tx, LIVE, ino) {
                 Ok(i) => i,
                 Err(Error::Errno(libc::ENOENT)) => return Ok(Vec::new()),
@@ -456,7 +479,9 @@ impl Fs {
 
     /// Remove a non-directory entry.
     pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
-        let ino = self.pool.meta.write_lazy(|tx| {
+        let name = name.to_vec();
+        let ino = self.pool.meta.write_lazy(move |tx| {
+            let name = name.as_slice();
             let ino = get_dirent(tx, LIVE, parent, name)?.ok_or(errno(libc::ENOENT))?;
             let mut i = get_inode(tx, LIVE, ino)?;
             if i.kind == Kind::Dir {
@@ -477,7 +502,9 @@ impl Fs {
         if name == b"." {
             return Err(errno(libc::EINVAL));
         }
-        let freed = self.pool.meta.write_lazy(|tx| {
+        let name = name.to_vec();
+        let freed = self.pool.meta.write_lazy(move |tx| {
+            let name = name.as_slice();
             let ino = get_dirent(tx, LIVE, parent, name)?.ok_or(errno(libc::ENOENT))?;
             let i = get_inode(tx, LIVE, ino)?;
             if i.kind != Kind::Dir {
@@ -509,7 +536,9 @@ impl Fs {
         {
             return Err(errno(libc::EINVAL));
         }
-        let replaced = self.pool.meta.write_lazy(|tx| {
+        let (name, newname) = (name.to_vec(), newname.to_vec());
+        let replaced = self.pool.meta.write_lazy(move |tx| {
+            let (name, newname) = (name.as_slice(), newname.as_slice());
             let src = get_dirent(tx, LIVE, parent, name)?.ok_or(errno(libc::ENOENT))?;
             let dst = get_dirent(tx, LIVE, newparent, newname)?;
             let np = get_inode(tx, LIVE, newparent)?;
@@ -704,7 +733,7 @@ impl Fs {
                     s.lock().unwrap_or_else(|e| e.into_inner()).mtime = None;
                 }
             }
-            self.pool.meta.write_lazy(|tx| {
+            self.pool.meta.write_lazy(move |tx| {
                 let mut i = get_inode(tx, LIVE, ino)?;
                 if let Some(m) = a.mode {
                     i.perm = m & 0o7777;
@@ -795,6 +824,9 @@ impl Fs {
                 Some(Some(buf)) => dst.copy_from_slice(&buf[in_ext..in_ext + n as usize]),
                 Some(None) => {}
                 None => {
+                    if in_ext == 0 || pos + n == end {
+                        self.read_ahead(ino, idx + 1, size.div_ceil(es));
+                    }
                     if let Some(data) = self.committed_extent(ino, idx)? {
                         let avail = data.len().saturating_sub(in_ext).min(n as usize);
                         if avail > 0 {
@@ -809,6 +841,56 @@ impl Fs {
         crate::metrics::Metrics::add(&m.reads, 1);
         crate::metrics::Metrics::add(&m.bytes_read, out.len() as u64);
         Ok(out)
+    }
+
+    /// Start reading extents `from..from + READ_AHEAD` (below `limit`) of `ino` into the extent
+    /// cache in the background, in parallel, so a sequential reader finds them decoded.
+    fn read_ahead(&self, ino: u64, from: u64, limit: u64) {
+        let wanted: Vec<(u64, Extent)> = (|| -> Result<Vec<(u64, Extent)>> {
+            let tx = self.pool.meta.read()?;
+            let m = tx.open_table(EXTMAP)?;
+            let t = tx.open_table(meta::EXTENTS)?;
+            let mut busy = self.prefetching.lock().unwrap_or_else(|e| e.into_inner());
+            let mut out = Vec::new();
+            for idx in from..(from + READ_AHEAD).min(limit) {
+                let Some(id) = m.get((LIVE, ino, idx))?.map(|g| g.value()) else {
+                    continue;
+                };
+                if busy.contains(&id) || self.pool.is_cached(id) {
+                    continue;
+                }
+                if let Some(ext) = meta::get_rec::<Extent>(&t, id)? {
+                    busy.insert(id);
+                    out.push((id, ext));
+                }
+            }
+            Ok(out)
+        })()
+        .unwrap_or_default();
+        for (id, ext) in wanted {
+            let pool = self.pool.clone();
+            let busy = self.prefetching.clone();
+            let spawned = std::thread::Builder::new()
+                .name("dynfs-readahead".into())
+                .spawn(move || {
+                    // Errors surface (and are repaired) when the reader reaches the extent.
+                    pool.prefetch_extent(id, &ext);
+                    busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                });
+            match spawned {
+                Ok(h) => {
+                    let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+                    readers.retain(|r| !r.is_finished());
+                    readers.push(h);
+                }
+                Err(_) => {
+                    self.prefetching
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                }
+            }
+        }
     }
 
     fn committed_extent(&self, ino: u64, idx: u64) -> Result<Option<Arc<Vec<u8>>>> {
@@ -960,63 +1042,109 @@ impl Fs {
             let orphans: Vec<(u64, Extent)> = new.iter().filter_map(|(_, e)| e.clone()).collect();
             self.pool.free_extents(&orphans);
         };
-        for (&idx, buf) in &st.dirty {
-            let start = idx * es;
-            let len = size.saturating_sub(start).min(es) as usize;
-            let ext = match buf {
-                Some(b) if len > 0 && b[..len].iter().any(|&x| x != 0) => {
-                    match self.pool.write_extent(policy, &b[..len]) {
-                        Ok(e) => Some(e),
-                        Err(e) => {
-                            cleanup(&new);
-                            return Err(e);
-                        }
+        // Encode, hash and write several extents at once: the CPU work of one overlaps the
+        // fragment writes of the others.
+        let work: Vec<(u64, Option<&[u8]>)> = st
+            .dirty
+            .iter()
+            .map(|(&idx, buf)| {
+                let start = idx * es;
+                let len = size.saturating_sub(start).min(es) as usize;
+                let data = match buf {
+                    Some(b) if len > 0 && b[..len].iter().any(|&x| x != 0) => Some(&b[..len]),
+                    _ => None,
+                };
+                (idx, data)
+            })
+            .collect();
+        let mut first_err = None;
+        for batch in work.chunks(FLUSH_PARALLEL) {
+            let results: Vec<Result<Option<(u64, Extent)>>> = if batch.len() == 1 {
+                let data = batch[0].1;
+                vec![data.map(|d| self.pool.write_extent(policy, d)).transpose()]
+            } else {
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = batch
+                        .iter()
+                        .map(|&(_, data)| {
+                            s.spawn(move || {
+                                data.map(|d| self.pool.write_extent(policy, d)).transpose()
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(Error::io(
+                                    self.pool.dir(),
+                                    std::io::Error::other("extent writer panicked"),
+                                ))
+                            })
+                        })
+                        .collect()
+                })
+            };
+            for (&(idx, _), r) in batch.iter().zip(results) {
+                match r {
+                    Ok(ext) => new.push((idx, ext)),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
                     }
                 }
-                _ => None,
-            };
-            new.push((idx, ext));
+            }
+            if first_err.is_some() {
+                break;
+            }
+        }
+        if let Some(e) = first_err {
+            cleanup(&new);
+            return Err(e);
         }
         let mtime = st.mtime;
         // 2. Commit metadata referencing them.
-        let committed = self.pool.meta.write_lazy(|tx| {
-            let mut inode = get_inode(tx, LIVE, ino)?;
-            let mut freed = Vec::new();
-            for (idx, ext) in &new {
-                let old = tx
-                    .open_table(EXTMAP)?
-                    .get((LIVE, ino, *idx))?
-                    .map(|g| g.value());
-                if let Some(old) = old {
-                    let t = tx.open_table(meta::EXTENTS)?;
-                    if let Some(e) = meta::get_rec::<Extent>(&t, old)? {
-                        inode.alloc = inode.alloc.saturating_sub(e.len as u64);
+        let new = Arc::new(new);
+        let committed = self.pool.meta.write_lazy({
+            let new = new.clone();
+            move |tx| {
+                let mut inode = get_inode(tx, LIVE, ino)?;
+                let mut freed = Vec::new();
+                for (idx, ext) in new.iter() {
+                    let old = tx
+                        .open_table(EXTMAP)?
+                        .get((LIVE, ino, *idx))?
+                        .map(|g| g.value());
+                    if let Some(old) = old {
+                        let t = tx.open_table(meta::EXTENTS)?;
+                        if let Some(e) = meta::get_rec::<Extent>(&t, old)? {
+                            inode.alloc = inode.alloc.saturating_sub(e.len as u64);
+                        }
+                        drop(t);
+                        if let Some(f) = Pool::decref(tx, old)? {
+                            freed.push(f);
+                        }
                     }
-                    drop(t);
-                    if let Some(f) = Pool::decref(tx, old)? {
-                        freed.push(f);
+                    let mut m = tx.open_table(EXTMAP)?;
+                    match ext {
+                        Some((id, e)) => {
+                            m.insert((LIVE, ino, *idx), *id)?;
+                            drop(m);
+                            Pool::link_extent(tx, *id, e, 1)?;
+                            inode.alloc += e.len as u64;
+                        }
+                        None => {
+                            m.remove((LIVE, ino, *idx))?;
+                        }
                     }
                 }
-                let mut m = tx.open_table(EXTMAP)?;
-                match ext {
-                    Some((id, e)) => {
-                        m.insert((LIVE, ino, *idx), *id)?;
-                        drop(m);
-                        Pool::link_extent(tx, *id, e, 1)?;
-                        inode.alloc += e.len as u64;
-                    }
-                    None => {
-                        m.remove((LIVE, ino, *idx))?;
-                    }
+                inode.size = size;
+                if let Some(t) = mtime {
+                    inode.mtime = t;
+                    inode.ctime = t;
                 }
+                put_inode(tx, LIVE, ino, &inode)?;
+                Ok(freed)
             }
-            inode.size = size;
-            if let Some(t) = mtime {
-                inode.mtime = t;
-                inode.ctime = t;
-            }
-            put_inode(tx, LIVE, ino, &inode)?;
-            Ok(freed)
         });
         match committed {
             Ok(freed) => {
@@ -1060,58 +1188,62 @@ impl Fs {
             }
         }
         let first_gone = size.div_ceil(es);
-        let r = self.pool.meta.write_lazy(|tx| {
-            let mut inode = get_inode(tx, LIVE, ino)?;
-            let mut freed = Vec::new();
-            if size < inode.size {
-                let gone: Vec<(u64, u64)> = {
-                    let t = tx.open_table(EXTMAP)?;
-                    let r = t.range((LIVE, ino, first_gone)..=(LIVE, ino, u64::MAX))?;
-                    r.map(|row| row.map(|(k, v)| (k.value().2, v.value())))
-                        .collect::<std::result::Result<_, _>>()?
-                };
-                for (idx, id) in gone {
-                    tx.open_table(EXTMAP)?.remove((LIVE, ino, idx))?;
-                    let t = tx.open_table(meta::EXTENTS)?;
-                    if let Some(e) = meta::get_rec::<Extent>(&t, id)? {
-                        inode.alloc = inode.alloc.saturating_sub(e.len as u64);
-                    }
-                    drop(t);
-                    if let Some(f) = Pool::decref(tx, id)? {
-                        freed.push(f);
-                    }
-                }
-                if let Some((idx, (nid, next))) = &partial {
-                    let old = tx
-                        .open_table(EXTMAP)?
-                        .get((LIVE, ino, *idx))?
-                        .map(|g| g.value());
-                    if let Some(old) = old {
+        let partial = Arc::new(partial);
+        let r = self.pool.meta.write_lazy({
+            let partial = partial.clone();
+            move |tx| {
+                let mut inode = get_inode(tx, LIVE, ino)?;
+                let mut freed = Vec::new();
+                if size < inode.size {
+                    let gone: Vec<(u64, u64)> = {
+                        let t = tx.open_table(EXTMAP)?;
+                        let r = t.range((LIVE, ino, first_gone)..=(LIVE, ino, u64::MAX))?;
+                        r.map(|row| row.map(|(k, v)| (k.value().2, v.value())))
+                            .collect::<std::result::Result<_, _>>()?
+                    };
+                    for (idx, id) in gone {
+                        tx.open_table(EXTMAP)?.remove((LIVE, ino, idx))?;
                         let t = tx.open_table(meta::EXTENTS)?;
-                        if let Some(e) = meta::get_rec::<Extent>(&t, old)? {
+                        if let Some(e) = meta::get_rec::<Extent>(&t, id)? {
                             inode.alloc = inode.alloc.saturating_sub(e.len as u64);
                         }
                         drop(t);
-                        if let Some(f) = Pool::decref(tx, old)? {
+                        if let Some(f) = Pool::decref(tx, id)? {
                             freed.push(f);
                         }
                     }
-                    tx.open_table(EXTMAP)?.insert((LIVE, ino, *idx), *nid)?;
-                    Pool::link_extent(tx, *nid, next, 1)?;
-                    inode.alloc += next.len as u64;
+                    if let Some((idx, (nid, next))) = &*partial {
+                        let old = tx
+                            .open_table(EXTMAP)?
+                            .get((LIVE, ino, *idx))?
+                            .map(|g| g.value());
+                        if let Some(old) = old {
+                            let t = tx.open_table(meta::EXTENTS)?;
+                            if let Some(e) = meta::get_rec::<Extent>(&t, old)? {
+                                inode.alloc = inode.alloc.saturating_sub(e.len as u64);
+                            }
+                            drop(t);
+                            if let Some(f) = Pool::decref(tx, old)? {
+                                freed.push(f);
+                            }
+                        }
+                        tx.open_table(EXTMAP)?.insert((LIVE, ino, *idx), *nid)?;
+                        Pool::link_extent(tx, *nid, next, 1)?;
+                        inode.alloc += next.len as u64;
+                    }
                 }
+                inode.size = size;
+                let now = Ts::now();
+                inode.mtime = now;
+                inode.ctime = now;
+                put_inode(tx, LIVE, ino, &inode)?;
+                Ok(freed)
             }
-            inode.size = size;
-            let now = Ts::now();
-            inode.mtime = now;
-            inode.ctime = now;
-            put_inode(tx, LIVE, ino, &inode)?;
-            Ok(freed)
         });
         match r {
             Ok(freed) => self.free(&freed),
             Err(e) => {
-                if let Some((_, e2)) = partial {
+                if let Some((_, e2)) = partial.as_ref().clone() {
                     self.pool.free_extents(&[e2]);
                 }
                 Err(e)
@@ -1262,7 +1394,9 @@ impl Fs {
         } else {
             None
         };
-        self.pool.meta.write_lazy(|tx| {
+        let (name, value) = (name.to_vec(), value.to_vec());
+        self.pool.meta.write_lazy(move |tx| {
+            let (name, value) = (name.as_slice(), value.as_slice());
             let mut i = get_inode(tx, LIVE, ino)?;
             let mut t = tx.open_table(XATTRS)?;
             let exists = t.get((LIVE, ino, name))?.is_some();
@@ -1293,7 +1427,9 @@ impl Fs {
 
     /// Remove an xattr (`user.dynfs.policy`: clear the override; data keeps its layout).
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
-        self.pool.meta.write_lazy(|tx| {
+        let name = name.to_vec();
+        self.pool.meta.write_lazy(move |tx| {
+            let name = name.as_slice();
             let mut i = get_inode(tx, LIVE, ino)?;
             if name == POLICY_XATTR {
                 if i.policy.take().is_none() {
@@ -1316,7 +1452,7 @@ impl Fs {
             self.pool.check_placeable(p)?;
         }
         self.flush(ino)?;
-        let i = self.pool.meta.write_lazy(|tx| {
+        let i = self.pool.meta.write_lazy(move |tx| {
             let mut i = get_inode(tx, LIVE, ino)?;
             i.policy = policy;
             i.ctime = Ts::now();
@@ -1360,7 +1496,9 @@ impl Fs {
             next_idx = idx + 1;
             let data = self.pool.read_extent(old_id, &old)?;
             let (nid, next) = self.pool.write_extent(policy, &data)?;
-            let r = self.pool.meta.write_lazy(|tx| {
+            let link = next.clone();
+            let r = self.pool.meta.write_lazy(move |tx| {
+                let next = &link;
                 let cur = tx
                     .open_table(EXTMAP)?
                     .get((LIVE, ino, idx))?
@@ -1369,7 +1507,7 @@ impl Fs {
                     return Err(Error::Meta("extent changed during restripe".into()));
                 }
                 tx.open_table(EXTMAP)?.insert((LIVE, ino, idx), nid)?;
-                Pool::link_extent(tx, nid, &next, 1)?;
+                Pool::link_extent(tx, nid, next, 1)?;
                 Pool::decref(tx, old_id)
             });
             match r {

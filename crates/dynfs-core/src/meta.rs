@@ -58,9 +58,26 @@ pub struct Ts {
     pub nanos: u32,
 }
 
+thread_local! {
+    /// The time of the metadata change being applied on this thread, so that every replica
+    /// records the same timestamps even when it applies the change later (group commit).
+    static CHANGE_TIME: std::cell::Cell<Option<Ts>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run `f` with [`Ts::now`] returning `t` on this thread.
+fn at_time<R>(t: Ts, f: impl FnOnce() -> R) -> R {
+    let prev = CHANGE_TIME.with(|c| c.replace(Some(t)));
+    let r = f();
+    CHANGE_TIME.with(|c| c.set(prev));
+    r
+}
+
 impl Ts {
-    /// The current time.
+    /// The current time (inside a metadata change: the time the change was made).
     pub fn now() -> Self {
+        if let Some(t) = CHANGE_TIME.with(|c| c.get()) {
+            return t;
+        }
         let d = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -246,10 +263,64 @@ pub fn alloc(tx: &WriteTransaction, name: &str, first: u64) -> Result<u64> {
     Ok(v)
 }
 
+/// A lazy metadata change waiting to be applied to a secondary replica.
+type Op = Arc<dyn Fn(&WriteTransaction) -> Result<()> + Send + Sync>;
+
+/// Lazy changes queued for the secondaries before they are applied in one batch anyway.
+const MAX_PENDING: usize = 4096;
+
 struct Replica {
     disk: u32,
     path: PathBuf,
     db: Database,
+}
+
+fn no_result() -> Error {
+    Error::Meta("metadata change produced no result".into())
+}
+
+/// A metadata change applied once per replica.
+type Change<'a, T> = &'a (dyn Fn(&WriteTransaction) -> Result<T> + Sync);
+
+/// One write transaction on `r`: the queued `ops`, then `f`, each bumping the generation.
+fn commit<T>(
+    r: &Replica,
+    ops: &[Op],
+    f: Option<Change<'_, T>>,
+    durable: bool,
+) -> Result<Option<T>> {
+    let mut tx = r.db.begin_write()?;
+    if !durable {
+        tx.set_durability(redb::Durability::None);
+    }
+    let bump = |tx: &WriteTransaction| -> Result<()> {
+        let g = counter(tx, "generation")?;
+        set_counter(tx, "generation", g + 1)
+    };
+    for op in ops {
+        op(&tx)?;
+        bump(&tx)?;
+    }
+    let out = match f {
+        Some(f) => {
+            let out = f(&tx)?;
+            bump(&tx)?;
+            Some(out)
+        }
+        None => None,
+    };
+    tx.commit()?;
+    Ok(out)
+}
+
+impl Drop for MetaStore {
+    fn drop(&mut self) {
+        // Leave the secondaries exactly as up to date as the primary, as before group commit.
+        let pending = self.write_lock.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut pending = std::mem::take(pending);
+        let live = self.live();
+        self.catch_up(&mut pending, live.get(1..).unwrap_or_default());
+    }
 }
 
 /// Outcome of opening replicas, for logs and `status`.
@@ -266,7 +337,9 @@ pub struct OpenReport {
 /// A replicated redb database.
 pub struct MetaStore {
     replicas: RwLock<Vec<Arc<Replica>>>,
-    write_lock: Mutex<()>,
+    /// Held for every write; guards the queue of lazy changes the secondaries have not applied
+    /// yet (in commit order; the primary has applied them all).
+    write_lock: Mutex<Vec<Op>>,
     pre_durable: OnceLock<PreDurable>,
     dirty: AtomicBool,
 }
@@ -328,7 +401,7 @@ impl MetaStore {
         }
         let store = MetaStore {
             replicas: RwLock::new(replicas),
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(Vec::new()),
             pre_durable: OnceLock::new(),
             dirty: AtomicBool::new(false),
         };
@@ -389,7 +462,7 @@ impl MetaStore {
         Ok((
             MetaStore {
                 replicas: RwLock::new(replicas),
-                write_lock: Mutex::new(()),
+                write_lock: Mutex::new(Vec::new()),
                 pre_durable: OnceLock::new(),
                 dirty: AtomicBool::new(false),
             },
@@ -428,76 +501,108 @@ impl MetaStore {
     /// synced first and the commit (with every lazy commit before it) is on stable storage when
     /// this returns.
     pub fn write<T>(&self, f: impl Fn(&WriteTransaction) -> Result<T> + Sync) -> Result<T> {
-        self.apply(f, true)
+        self.apply(f)
     }
 
-    /// Apply `f` in one write transaction to every live replica, bumping the generation, without
-    /// waiting for stable storage: the change is visible at once and becomes durable with the
-    /// next durable commit ([`MetaStore::write`] or [`MetaStore::sync`]); a crash before that
-    /// rolls it back. Use it only for changes that free no fragment.
-    pub fn write_lazy<T>(&self, f: impl Fn(&WriteTransaction) -> Result<T> + Sync) -> Result<T> {
-        self.apply(f, false)
+    /// Apply `f` in one write transaction, bumping the generation, without waiting for stable
+    /// storage: the change is visible at once and becomes durable with the next durable commit
+    /// ([`MetaStore::write`] or [`MetaStore::sync`]); a crash before that rolls it back. Use it
+    /// only for changes that free no fragment.
+    ///
+    /// Group commit: only the primary replica (which serves reads) commits now; the secondaries
+    /// receive the queued changes in one transaction at the next durable commit (or when
+    /// [`MAX_PENDING`] have queued up). Crash safety is unchanged, since lazy commits are lost
+    /// on a crash on every replica alike.
+    pub fn write_lazy<T: 'static>(
+        &self,
+        f: impl Fn(&WriteTransaction) -> Result<T> + Send + Sync + 'static,
+    ) -> Result<T> {
+        let mut pending = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let replicas = self.live();
+        let primary = replicas
+            .first()
+            .ok_or_else(|| Error::Meta("no live metadata replica".into()))?;
+        let now = Ts::now();
+        let out = at_time(now, || commit(primary, &[], Some(&f), false))?.ok_or_else(no_result)?;
+        self.dirty.store(true, Ordering::Release);
+        if replicas.len() > 1 {
+            pending.push(Arc::new(move |tx: &WriteTransaction| {
+                at_time(now, || f(tx).map(|_| ()))
+            }));
+            if pending.len() >= MAX_PENDING {
+                self.catch_up(&mut pending, &replicas[1..]);
+            }
+        }
+        Ok(out)
     }
 
     /// Make every earlier commit durable (no-op if there is nothing pending).
     pub fn sync(&self) -> Result<()> {
         if self.dirty.load(Ordering::Acquire) {
-            self.apply(|_| Ok(()), true)?;
+            self.apply(|_| Ok(()))?;
         } else if let Some(pre) = self.pre_durable.get() {
             pre()?;
         }
         Ok(())
     }
 
-    /// `f` must be deterministic (it runs once per replica). It runs on the primary first; if it
-    /// fails there nothing is committed anywhere. The other replicas then commit in parallel; a
-    /// replica that fails is dropped from the live set (it is resynced at the next open).
-    fn apply<T>(
-        &self,
-        f: impl Fn(&WriteTransaction) -> Result<T> + Sync,
-        durable: bool,
-    ) -> Result<T> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if durable {
-            if let Some(pre) = self.pre_durable.get() {
-                pre()?;
-            }
+    /// Apply the queued lazy changes to `secondaries` in one (lazy) transaction each.
+    fn catch_up(&self, pending: &mut Vec<Op>, secondaries: &[Arc<Replica>]) {
+        if pending.is_empty() {
+            return;
+        }
+        let failed: Vec<u32> = secondaries
+            .iter()
+            .filter_map(|r| match commit::<()>(r, pending, None, false) {
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::error!(disk = r.disk, error = %e, "metadata replica failed; dropped until next open");
+                    Some(r.disk)
+                }
+            })
+            .collect();
+        pending.clear();
+        self.drop_replicas(&failed);
+    }
+
+    fn drop_replicas(&self, failed: &[u32]) {
+        if !failed.is_empty() {
+            self.replicas
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|r| !failed.contains(&r.disk));
+        }
+    }
+
+    /// Apply `f` durably to every live replica (the secondaries first catch up on queued lazy
+    /// changes in the same transaction). `f` must be deterministic. It runs on the primary
+    /// first; if it fails there nothing is committed anywhere. The other replicas then commit
+    /// in parallel; a replica that fails is dropped from the live set (it is resynced at the
+    /// next open).
+    fn apply<T>(&self, f: impl Fn(&WriteTransaction) -> Result<T> + Sync) -> Result<T> {
+        let mut pending = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pre) = self.pre_durable.get() {
+            pre()?;
         }
         let replicas = self.live();
-        let apply = |r: &Replica| -> Result<T> {
-            let mut tx = r.db.begin_write()?;
-            if !durable {
-                tx.set_durability(redb::Durability::None);
-            }
-            let out = f(&tx)?;
-            let g = counter(&tx, "generation")?;
-            set_counter(&tx, "generation", g + 1)?;
-            tx.commit()?;
-            Ok(out)
-        };
         let primary = replicas
             .first()
             .ok_or_else(|| Error::Meta("no live metadata replica".into()))?;
-        let result = apply(primary)?;
-        let failed: Vec<u32> = if !durable {
-            // Lazy commits only write pages (no fsync): cheaper in turn than with threads.
-            replicas[1..]
+        let now = Ts::now();
+        let f = |tx: &WriteTransaction| at_time(now, || f(tx));
+        let result = commit(primary, &[], Some(&f), true)?.ok_or_else(no_result)?;
+        let ops: &[Op] = &pending;
+        let failed: Vec<u32> = std::thread::scope(|s| {
+            let handles: Vec<_> = replicas[1..]
                 .iter()
-                .filter_map(|r| match apply(r) {
-                    Ok(_) => None,
-                    Err(e) => {
-                        tracing::error!(disk = r.disk, error = %e, "metadata replica failed; dropped until next open");
-                        Some(r.disk)
-                    }
+                .map(|r| {
+                    (
+                        r.disk,
+                        s.spawn(|| commit(r, ops, Some(&f), true).map(|_| ())),
+                    )
                 })
-                .collect()
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = replicas[1..]
-                    .iter()
-                    .map(|r| (r.disk, s.spawn(|| apply(r).map(|_| ()))))
-                    .collect();
-                handles
+                .collect();
+            handles
                 .into_iter()
                 .filter_map(|(disk, h)| match h.join() {
                     Ok(Ok(())) => None,
@@ -508,15 +613,10 @@ impl MetaStore {
                     Err(_) => Some(disk),
                 })
                 .collect()
-            })
-        };
-        if !failed.is_empty() {
-            self.replicas
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|r| !failed.contains(&r.disk));
-        }
-        self.dirty.store(!durable, Ordering::Release);
+        });
+        pending.clear();
+        self.drop_replicas(&failed);
+        self.dirty.store(false, Ordering::Release);
         Ok(result)
     }
 
@@ -530,7 +630,9 @@ impl MetaStore {
 
     /// Add a replica on a new disk by copying the primary (no write may be running: takes the lock).
     pub fn add_replica(&self, disk: u32, path: &Path) -> Result<()> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let live = self.live();
+        self.catch_up(&mut pending, live.get(1..).unwrap_or_default());
         let primary = self
             .live()
             .into_iter()
@@ -551,7 +653,10 @@ impl MetaStore {
 
     /// Stop maintaining the replica on `disk`.
     pub fn remove_replica(&self, disk: u32) {
-        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // The next primary must have every change the current one has.
+        let live = self.live();
+        self.catch_up(&mut pending, live.get(1..).unwrap_or_default());
         self.replicas
             .write()
             .unwrap_or_else(|e| e.into_inner())

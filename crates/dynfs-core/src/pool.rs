@@ -86,6 +86,9 @@ pub struct ReadOutcome {
 
 const CACHE_EXTENTS: usize = 32;
 
+/// Fragments up to this size are written one after another rather than by parallel threads.
+const SMALL_FRAGMENT: usize = 16 << 10;
+
 /// An open pool. Holds `POOL/pool.lock` until dropped.
 pub struct Pool {
     dir: PathBuf,
@@ -537,24 +540,34 @@ impl Pool {
                 available: chosen.len() + exclude.len(),
             });
         }
-        let results: Vec<std::io::Result<()>> = std::thread::scope(|s| {
-            let handles: Vec<_> = frags
+        // Small fragments cost less to write in turn than to hand to threads.
+        let results: Vec<std::io::Result<()>> = if frags.iter().all(|f| f.len() <= SMALL_FRAGMENT) {
+            frags
                 .iter()
                 .zip(&chosen)
                 .enumerate()
-                .map(|(i, (f, d))| {
-                    let path = self.frag_path(d, id, i);
-                    s.spawn(move || self.io.write_unsynced(&path, f))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(std::io::Error::other("writer panicked")))
-                })
+                .map(|(i, (f, d))| self.io.write_unsynced(&self.frag_path(d, id, i), f))
                 .collect()
-        });
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = frags
+                    .iter()
+                    .zip(&chosen)
+                    .enumerate()
+                    .map(|(i, (f, d))| {
+                        let path = self.frag_path(d, id, i);
+                        s.spawn(move || self.io.write_unsynced(&path, f))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(std::io::Error::other("writer panicked")))
+                    })
+                    .collect()
+            })
+        };
         let mut placed: Vec<Option<u32>> = vec![None; width];
         let mut used: Vec<u32> = exclude.to_vec();
         used.extend(chosen.iter().map(|d| d.id));
@@ -700,6 +713,36 @@ impl Pool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|(i, _)| *i != id);
+    }
+
+    /// Whether extent `id` is in the decoded-extent cache.
+    pub fn is_cached(&self, id: u64) -> bool {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(i, _)| *i == id)
+    }
+
+    /// Read extent `id` into the cache without repairing anything (read-ahead: the extent may be
+    /// freed concurrently, so nothing may be rewritten; a real read repairs what is damaged).
+    pub fn prefetch_extent(&self, id: u64, ext: &Extent) {
+        if self.is_cached(id) {
+            return;
+        }
+        // Damaged extents are not cached, so the reader's own read finds and repairs them.
+        if let Ok((data, out)) = self.read_extent_verified(id, ext, false, false) {
+            if !out.bad.is_empty() {
+                return;
+            }
+            let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if !c.iter().any(|(i, _)| *i == id) {
+                c.push_back((id, Arc::new(data)));
+                if c.len() > CACHE_EXTENTS {
+                    c.pop_front();
+                }
+            }
+        }
     }
 
     /// Read an extent's data (cached; extents are immutable), verifying and repairing fragments.

@@ -665,3 +665,43 @@ fn access_acl_keeps_mode_in_sync() {
     assert_eq!(acl_to_mode(&acl).unwrap(), (0o700, false));
     assert!(fs.setxattr(ino, ACL_ACCESS_XATTR, b"bad", 0).is_err());
 }
+
+#[test]
+fn group_committed_changes_reach_every_replica_with_identical_times() {
+    let tp = TestPool::new(3, "rs:2+1", 65536);
+    let data = bytes(7, 100_000);
+    let (primary, mtime, ctime, root, gen) = {
+        let fs = tp.open();
+        let ino = put_file(&fs, "f", &data);
+        // Lazy changes, made a little apart so that re-reading the clock would differ.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs.mknod(ROOT_INO, b"d", Kind::Dir, 0o755, 0, 0, 0, b"")
+            .unwrap();
+        fs.sync().unwrap();
+        let i = fs.getattr(ino).unwrap();
+        let primary = fs.pool().meta.replica_disks()[0];
+        let r = fs.getattr(ROOT_INO).unwrap();
+        let gen = fs.pool().meta.generation().unwrap();
+        (primary, i.mtime, i.ctime, (r.mtime, r.ctime), gen)
+    };
+    // Lose the primary's replica: the secondaries alone must hold every change, identically.
+    let pdir = tp
+        .disks
+        .iter()
+        .find(|d| {
+            DiskIdentity::load(d)
+                .ok()
+                .flatten()
+                .is_some_and(|id| id.disk_id == primary)
+        })
+        .unwrap();
+    std::fs::remove_file(disk::meta_path(pdir)).unwrap();
+    let fs = tp.open();
+    assert_eq!(fs.pool().meta.generation().unwrap(), gen);
+    assert_eq!(get_file(&fs, "f"), data);
+    let (ino, i) = fs.lookup(ROOT_INO, b"f").unwrap();
+    assert_eq!((i.mtime, i.ctime), (mtime, ctime), "inode {ino}");
+    assert_eq!(fs.lookup(ROOT_INO, b"d").unwrap().1.kind, Kind::Dir);
+    let r = fs.getattr(ROOT_INO).unwrap();
+    assert_eq!((r.mtime, r.ctime), root);
+}
