@@ -13,7 +13,7 @@ use crate::engine::{self, exit, Engine};
 use crate::filter::{FromFile, SimpleFilter};
 use crate::fsops;
 use crate::meta;
-use crate::options::{DeleteMode, Options};
+use crate::options::{DeleteMode, IdMapRule, IdMatch, Options};
 use crate::plan;
 use crate::report::Output;
 
@@ -297,6 +297,99 @@ const BOOLS: &[(&str, Option<char>, &str, &str)] = &[
     ),
     ("fsync", None, "fsync", "fsync every written file"),
     (
+        "no-motd",
+        None,
+        "no-motd",
+        "suppress daemon-mode MOTD (no effect locally)",
+    ),
+    (
+        "msgs2stderr",
+        None,
+        "msgs2stderr",
+        "output messages directly to stderr (no effect locally)",
+    ),
+    (
+        "inc-recursive",
+        None,
+        "inc-recursive",
+        "incremental recursion (always on locally)",
+    ),
+    (
+        "secluded-args",
+        Some('s'),
+        "secluded-args",
+        "use the protocol to safely send the args (no effect locally)",
+    ),
+    (
+        "old-args",
+        None,
+        "old-args",
+        "disable the modern arg-protection idiom (no effect locally)",
+    ),
+    (
+        "trust-sender",
+        None,
+        "trust-sender",
+        "trust the remote sender's file list (no effect locally)",
+    ),
+    ("ipv4", Some('4'), "ipv4", "prefer IPv4 (no effect locally)"),
+    ("ipv6", Some('6'), "ipv6", "prefer IPv6 (no effect locally)"),
+    (
+        "super",
+        None,
+        "super",
+        "receiver attempts super-user activities",
+    ),
+    (
+        "fuzzy",
+        Some('y'),
+        "fuzzy",
+        "find similar file for basis (no effect on local copies)",
+    ),
+    (
+        "open-noatime",
+        None,
+        "open-noatime",
+        "avoid changing the atime on opened files",
+    ),
+    (
+        "ignore-missing-args",
+        None,
+        "ignore-missing-args",
+        "ignore missing source args without error",
+    ),
+    (
+        "delete-missing-args",
+        None,
+        "delete-missing-args",
+        "delete missing source args from destination",
+    ),
+    (
+        "8-bit-output",
+        Some('8'),
+        "8-bit-output",
+        "leave high-bit chars unescaped in output",
+    ),
+    (
+        "blocking-io",
+        None,
+        "blocking-io",
+        "use blocking I/O for the remote shell (no effect locally)",
+    ),
+    ("append", None, "append", "append data onto shorter files"),
+    (
+        "append-verify",
+        None,
+        "append-verify",
+        "--append w/old data in file checksum",
+    ),
+    (
+        "prune-empty-dirs",
+        Some('m'),
+        "prune-empty-dirs",
+        "prune empty directory chains from file-list",
+    ),
+    (
         "compress",
         Some('z'),
         "compress",
@@ -336,6 +429,27 @@ const COUNTS: &[(&str, Option<char>, &str, &str)] = &[
 /// Options with a value: (id, short, long, multiple, help).
 const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
     (
+        "stderr",
+        None,
+        "stderr",
+        false,
+        "change stderr output mode (no effect locally)",
+    ),
+    (
+        "stop-after",
+        None,
+        "stop-after",
+        false,
+        "Stop rsync after MINS minutes have elapsed",
+    ),
+    (
+        "stop-at",
+        None,
+        "stop-at",
+        false,
+        "Stop rsync at the specified point in time (UTC)",
+    ),
+    (
         "chmod",
         None,
         "chmod",
@@ -348,6 +462,14 @@ const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
         "chown",
         false,
         "simple username/groupname mapping",
+    ),
+    ("usermap", None, "usermap", true, "custom username mapping"),
+    (
+        "groupmap",
+        None,
+        "groupmap",
+        true,
+        "custom groupname mapping",
     ),
     (
         "modify-window",
@@ -526,6 +648,48 @@ const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
         "specify the remote shell to use",
     ),
     (
+        "timeout",
+        None,
+        "timeout",
+        false,
+        "set I/O timeout in seconds (no effect locally)",
+    ),
+    (
+        "contimeout",
+        None,
+        "contimeout",
+        false,
+        "daemon connection timeout (no effect locally)",
+    ),
+    (
+        "protocol",
+        None,
+        "protocol",
+        false,
+        "force an older protocol version (no effect locally)",
+    ),
+    (
+        "skip-compress",
+        None,
+        "skip-compress",
+        false,
+        "skip compressing files with suffix in LIST",
+    ),
+    (
+        "max-alloc",
+        None,
+        "max-alloc",
+        false,
+        "change a limit relating to memory alloc",
+    ),
+    (
+        "outbuf",
+        None,
+        "outbuf",
+        false,
+        "set out buffering to None, Line, or Block",
+    ),
+    (
         "rsync-path",
         None,
         "rsync-path",
@@ -564,14 +728,10 @@ const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
 
 /// rsync options that are recognised but not supported yet: refused with exit code 1.
 const UNSUPPORTED: &[(&str, Option<char>, bool)] = &[
-    ("fuzzy", Some('y'), false),
-    ("prune-empty-dirs", Some('m'), false),
-    ("usermap", None, true),
-    ("groupmap", None, true),
     ("copy-devices", None, false),
     ("write-devices", None, false),
-    ("super", None, false),
     ("fake-super", None, false),
+    ("munge-links", None, false),
     ("write-batch", None, true),
     ("only-write-batch", None, true),
     ("read-batch", None, true),
@@ -579,28 +739,13 @@ const UNSUPPORTED: &[(&str, Option<char>, bool)] = &[
     ("daemon", None, false),
     ("server", None, false),
     ("sender", None, false),
-    ("open-noatime", None, false),
-    ("delete-missing-args", None, false),
-    ("ignore-missing-args", None, false),
-    ("stop-after", None, true),
-    ("stop-at", None, true),
-    ("timeout", None, true),
-    ("contimeout", None, true),
     ("address", None, true),
     ("port", None, true),
     ("sockopts", None, true),
     ("password-file", None, true),
-    ("protocol", None, true),
     ("remote-option", Some('M'), true),
-    ("append", None, false),
-    ("append-verify", None, false),
     ("copy-as", None, true),
-    ("skip-compress", None, true),
-    ("max-alloc", None, true),
     ("write-devices", None, false),
-    ("8-bit-output", Some('8'), false),
-    ("blocking-io", None, false),
-    ("outbuf", None, true),
     ("early-input", None, true),
 ];
 
@@ -806,6 +951,94 @@ pub fn parse_size(s: &str) -> Option<u64> {
     (v >= 0).then_some(v as u64)
 }
 
+/// Parses `--usermap`/`--groupmap`: comma-separated `FROM:TO` pairs.
+pub fn parse_idmap(spec: &str, user: bool) -> Result<Vec<IdMapRule>, String> {
+    let what = if user { "usermap" } else { "groupmap" };
+    let kind = if user { "user" } else { "group" };
+    let mut rules = Vec::new();
+    for pair in spec.split(',').filter(|p| !p.is_empty()) {
+        let (from, to) = pair
+            .rsplit_once(':')
+            .ok_or_else(|| format!("arsync: No colon found in --{what}: {pair}"))?;
+        let to_id = to
+            .parse()
+            .ok()
+            .or_else(|| {
+                if user {
+                    fsops::uid_by_name(to)
+                } else {
+                    fsops::gid_by_name(to)
+                }
+            })
+            .ok_or_else(|| format!("arsync: Unknown {kind} in --{what}: {to}"))?;
+        let range = from
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+        let from = if let Ok(id) = from.parse() {
+            IdMatch::Id(id)
+        } else if let Some((lo, hi)) = range {
+            IdMatch::Range(lo, hi)
+        } else if from.is_empty() {
+            return Err(format!("arsync: Invalid --{what} value: {pair}"));
+        } else {
+            IdMatch::Name(from.to_string())
+        };
+        rules.push(IdMapRule { from, to: to_id });
+    }
+    Ok(rules)
+}
+
+/// Parses `--stop-at`: `[[YYYY-]MM-DD]THH:MM` or `HH:MM` (UTC). A bare time already past
+/// today means tomorrow.
+pub fn parse_stop_at(s: &str) -> Option<std::time::SystemTime> {
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (Some(d), t),
+        None => (None, s),
+    };
+    let (h, mi) = time.split_once(':')?;
+    let (h, mi): (i64, i64) = (h.parse().ok()?, mi.parse().ok()?);
+    if !(0..24).contains(&h) || !(0..60).contains(&mi) {
+        return None;
+    }
+    let now = crate::report::now_secs();
+    let today = now.div_euclid(86400);
+    let day = match date {
+        None | Some("") => today,
+        Some(d) => {
+            let parts: Vec<i64> = d
+                .split('-')
+                .map(|p| p.parse().ok())
+                .collect::<Option<_>>()?;
+            let (y, mo, da) = match parts.as_slice() {
+                [y, mo, da] => (*y, *mo, *da),
+                [mo, da] => (crate::report::format_time(now)[..4].parse().ok()?, *mo, *da),
+                _ => return None,
+            };
+            days_from_civil(y, mo, da)?
+        }
+    };
+    let mut t = day * 86400 + h * 3600 + mi * 60;
+    if date.is_none() && t <= now {
+        t += 86400;
+    }
+    let secs = u64::try_from(t).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+/// Days since the epoch of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> Option<i64> {
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
 /// Everything parsed from a command line.
 pub struct Parsed {
     /// Options.
@@ -863,9 +1096,7 @@ where
             .is_some_and(|mut v| v.next().is_some())
             && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
         if given {
-            return Err(usage(format!(
-                "arsync: option --{id} is not supported yet (exit code 1)"
-            )));
+            return Err(usage(format!("arsync: option --{id} is not supported yet")));
         }
     }
     if m.get_count("crtimes") > 0 && flag(&m, "crtimes", &[]) {
@@ -935,6 +1166,50 @@ where
     o.stats = flag(&m, "stats", &[]);
     o.list_only = flag(&m, "list-only", &[]);
     o.fsync = flag(&m, "fsync", &[]);
+    o.prune_empty_dirs = flag(&m, "prune-empty-dirs", &[]);
+    o.open_noatime = flag(&m, "open-noatime", &[]);
+    if last_index(&m, "super").is_some() || last_index(&m, "no-super").is_some() {
+        o.super_user = Some(flag(&m, "super", &[]));
+    }
+    if let Some(v) = value(&m, "stop-after") {
+        let mins: u64 = v
+            .parse()
+            .map_err(|_| usage(format!("arsync: invalid --stop-after value: {v}")))?;
+        o.stop_at = Some(std::time::SystemTime::now() + std::time::Duration::from_secs(mins * 60));
+    }
+    if let Some(v) = value(&m, "stop-at") {
+        o.stop_at = Some(
+            parse_stop_at(&v)
+                .ok_or_else(|| usage(format!("arsync: invalid --stop-at format: {v}")))?,
+        );
+    }
+    o.ignore_missing_args = flag(&m, "ignore-missing-args", &[]);
+    o.delete_missing_args = flag(&m, "delete-missing-args", &[]);
+    o.eight_bit = flag(&m, "8-bit-output", &[]);
+    for id in ["timeout", "contimeout", "protocol"] {
+        if let Some(v) = value(&m, id) {
+            v.parse::<u32>()
+                .map_err(|_| usage(format!("arsync: invalid --{id} value: {v}")))?;
+        }
+    }
+    if let Some(v) = value(&m, "max-alloc") {
+        parse_size(&v).ok_or_else(|| usage(format!("arsync: invalid --max-alloc value: {v}")))?;
+    }
+    if let Some(v) = value(&m, "outbuf") {
+        if !matches!(
+            v.chars().next().map(|c| c.to_ascii_uppercase()),
+            Some('N' | 'L' | 'B')
+        ) {
+            return Err(usage(
+                "arsync: Invalid --outbuf setting -- specify N, L, or B.",
+            ));
+        }
+    }
+    o.append_verify = flag(&m, "append-verify", &[]);
+    o.append = flag(&m, "append", &[]) || o.append_verify;
+    if o.append {
+        o.inplace = true;
+    }
     o.verbose = m.get_count("verbose");
     o.itemize = m.get_count("itemize-changes");
     o.human_readable = 1 + m.get_count("human-readable");
@@ -989,6 +1264,16 @@ where
                     .ok_or_else(|| usage(format!("arsync: Unknown group: {g}")))?,
             );
             o.group = true;
+        }
+    }
+    for (id, user) in [("usermap", true), ("groupmap", false)] {
+        for spec in m.get_many::<OsString>(id).into_iter().flatten() {
+            let rules = parse_idmap(&spec.to_string_lossy(), user).map_err(usage)?;
+            if user {
+                o.usermap.extend(rules);
+            } else {
+                o.groupmap.extend(rules);
+            }
         }
     }
     if let Some(w) = value(&m, "modify-window") {
@@ -1119,10 +1404,17 @@ where
     if let Some(i) = last_index(&m, "cvs-exclude") {
         ordered.push((i, "cvs", OsString::new()));
     }
-    if m.get_count("F") > 0 {
-        return Err(usage(
-            "arsync: -F (per-directory .rsync-filter merge) is not supported yet",
-        ));
+    // -F is `dir-merge /.rsync-filter`; a second -F adds `- .rsync-filter`.
+    let f_count = m.get_count("F") as usize;
+    let f_at: Vec<usize> = m.indices_of("F").map(|i| i.collect()).unwrap_or_default();
+    for k in 0..f_count {
+        let at = f_at.get(k).or(f_at.last()).copied().unwrap_or(0);
+        let rule = if k == 0 {
+            ": /.rsync-filter"
+        } else {
+            "- .rsync-filter"
+        };
+        ordered.push((at, "filter", OsString::from(rule)));
     }
     ordered.sort_by_key(|(i, _, _)| *i);
     for (_, id, v) in ordered {
@@ -1179,6 +1471,11 @@ where
     }
     if o.list_only && !o.recursive {
         o.dirs = true;
+    }
+    if o.deleting() && !o.recursive && !o.dirs {
+        return Err(usage(
+            "arsync: --delete does not work without --recursive (-r) or --dirs (-d).",
+        ));
     }
     Ok(Parsed {
         opts: o,
@@ -1346,12 +1643,12 @@ mod tests {
 
     #[test]
     fn unsupported_and_unknown_are_refused() {
-        let e = parse(["arsync", "--fuzzy", "s", "d"])
+        let e = parse(["arsync", "--fake-super", "s", "d"])
             .err()
             .map(|e| (e.code, e.msg));
         let (code, msg) = e.unwrap_or_default();
         assert_eq!(code, 1);
-        assert!(msg.contains("--fuzzy"), "{msg}");
+        assert!(msg.contains("--fake-super"), "{msg}");
         assert_eq!(
             parse(["arsync", "--bogus-flag", "s", "d"])
                 .err()
@@ -1362,6 +1659,22 @@ mod tests {
             parse(["arsync", "-N", "s", "d"]).err().map(|e| e.code),
             Some(1)
         );
+    }
+
+    #[test]
+    fn stop_at_formats() {
+        let t = parse_stop_at("2030-01-02T03:04").unwrap_or(std::time::UNIX_EPOCH);
+        let secs = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        assert_eq!(
+            crate::report::format_time(secs as i64),
+            "2030/01/02 03:04:00"
+        );
+        assert!(parse_stop_at("25:00").is_none());
+        assert!(parse_stop_at("12:30").is_some());
+        assert!(parse_stop_at("nonsense").is_none());
     }
 
     #[test]

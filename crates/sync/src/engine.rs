@@ -43,6 +43,8 @@ pub mod exit {
     pub const PARTIAL: i32 = 23;
     /// Some files vanished before they could be transferred.
     pub const VANISHED: i32 = 24;
+    /// Timeout (`--stop-after`, `--stop-at`).
+    pub const TIMEOUT: i32 = 30;
     /// The --max-delete limit stopped deletions.
     pub const DEL_LIMIT: i32 = 25;
 }
@@ -70,6 +72,8 @@ struct DirNode {
     apply: Option<(Meta, Option<Meta>)>,
     pending: AtomicUsize,
     parent: Option<Arc<DirNode>>,
+    /// Dry run: the directory does not really exist, so nothing below it does either.
+    virtual_new: bool,
 }
 
 /// One file whose data must be copied.
@@ -82,8 +86,105 @@ struct FileJob {
     dir: Arc<DirNode>,
 }
 
-/// The destination path and display name of the first entry of a hard-link group.
+/// One source entry handed to a worker: the worker decides and acts (quick check,
+/// attributes, transfer) and its output lines take position `seq`.
+struct EntryJob {
+    src: PathBuf,
+    dst: PathBuf,
+    rel: Vec<u8>,
+    meta: Meta,
+    dir: Arc<DirNode>,
+    seq: u64,
+}
+
+/// Source directory listings read ahead of the walker by helper threads.
+///
+/// A slot is `None` while its listing is being read. The number of slots is capped, so
+/// read-ahead memory stays bounded.
+#[derive(Default)]
+struct Prefetch {
+    slots: Mutex<HashMap<PathBuf, Option<io::Result<fsops::Listing>>>>,
+    ready: std::sync::Condvar,
+    tx: Mutex<Option<crossbeam_channel::Sender<PathBuf>>>,
+    cap: usize,
+}
+
+impl Prefetch {
+    /// Asks for `dir` to be listed ahead (if there is room).
+    fn request(&self, dir: PathBuf) {
+        let Ok(tx) = self.tx.lock() else { return };
+        let Some(tx) = tx.as_ref() else { return };
+        let Ok(mut slots) = self.slots.lock() else {
+            return;
+        };
+        if slots.len() >= self.cap || slots.contains_key(&dir) {
+            return;
+        }
+        slots.insert(dir.clone(), None);
+        if let Err(e) = tx.try_send(dir) {
+            slots.remove(&e.into_inner());
+        }
+    }
+
+    /// Takes the read-ahead listing of `dir`, waiting if it is being read; `None` if it was
+    /// never requested.
+    fn take(&self, dir: &Path) -> Option<io::Result<fsops::Listing>> {
+        let mut slots = self.slots.lock().ok()?;
+        loop {
+            match slots.get(dir) {
+                None => return None,
+                Some(None) => slots = self.ready.wait(slots).ok()?,
+                Some(Some(_)) => return slots.remove(dir).flatten(),
+            }
+        }
+    }
+
+    /// A helper thread: lists requested directories until the channel closes.
+    fn serve(&self, rx: crossbeam_channel::Receiver<PathBuf>) {
+        for dir in rx {
+            let listing = fsops::list_with_stats(&dir);
+            if let Ok(mut slots) = self.slots.lock() {
+                if let Some(slot) = slots.get_mut(&dir) {
+                    *slot = Some(listing);
+                }
+            }
+            self.ready.notify_all();
+        }
+    }
+}
+
+/// What the basis directories (`--compare/copy/link-dest`) did for an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Alt {
+    /// No basis has it.
+    None,
+    /// Done (skipped, linked or copied from the basis).
+    Handled,
+    /// `--copy-dest` of a non-regular file: create it as usual, without reporting.
+    CreateQuietly,
+}
+
+/// The destination path and display name of the entry a hard-link group is linked to.
 type LinkLeader = (PathBuf, Vec<u8>);
+
+/// A hard-linked source file waiting for the last link of its group (rsync transfers the
+/// last one met and links the others to it).
+struct LinkMember {
+    src: PathBuf,
+    dst: PathBuf,
+    rel: Vec<u8>,
+    meta: Meta,
+    /// Held open (pending count) until the link exists.
+    dir: Arc<DirNode>,
+    order: u64,
+}
+
+/// The links of one source inode met so far.
+#[derive(Default)]
+struct LinkGroup {
+    members: Vec<LinkMember>,
+    leader: Option<LinkLeader>,
+}
 
 /// The engine state shared by the walker and the workers.
 pub struct Engine {
@@ -96,14 +197,18 @@ pub struct Engine {
     vanished: AtomicBool,
     del_limit_hit: AtomicU64,
     io_error: AtomicBool,
+    delete_skip_told: AtomicBool,
     deletes_done: AtomicU64,
     temps: Mutex<HashSet<PathBuf>>,
-    hlinks: Mutex<HashMap<(u64, u64), LinkLeader>>,
+    hlinks: Mutex<HashMap<(u64, u64), LinkGroup>>,
+    deferred_links: Mutex<Vec<(LinkLeader, Vec<LinkMember>)>>,
+    link_order: AtomicU64,
     delayed: Mutex<Vec<(PathBuf, PathBuf, PathBuf)>>,
     late_dirs: Mutex<Vec<(PathBuf, Meta)>>,
     delayed_dirs: Mutex<HashSet<PathBuf>>,
     am_root: bool,
     fresh_dest: AtomicBool,
+    timed_out: Arc<AtomicBool>,
     line_format: Option<String>,
     dest_root: Mutex<PathBuf>,
     root_dev: Mutex<Option<u64>>,
@@ -111,6 +216,9 @@ pub struct Engine {
     bytes_done: AtomicU64,
     start: Instant,
     bw: Mutex<(Instant, u64)>,
+    seq: report::Sequencer,
+    prefetch: Prefetch,
+    redo_lines: Mutex<Vec<Vec<u8>>>,
 }
 
 const DELAY_DIR: &str = ".~tmp~";
@@ -124,9 +232,15 @@ impl Engine {
         stop: Arc<AtomicBool>,
     ) -> Engine {
         let line_format = opts.line_format();
+        report::set_eight_bit(opts.eight_bit);
+        let prefetch = Prefetch {
+            cap: opts.queue_depth.max(1),
+            ..Prefetch::default()
+        };
         Engine {
-            am_root: fsops::euid() == 0,
+            am_root: opts.super_user.unwrap_or(fsops::euid() == 0),
             fresh_dest: AtomicBool::new(false),
+            timed_out: Arc::new(AtomicBool::new(false)),
             line_format,
             opts,
             filter,
@@ -137,9 +251,12 @@ impl Engine {
             vanished: AtomicBool::new(false),
             del_limit_hit: AtomicU64::new(0),
             io_error: AtomicBool::new(false),
+            delete_skip_told: AtomicBool::new(false),
             deletes_done: AtomicU64::new(0),
             temps: Mutex::new(HashSet::new()),
             hlinks: Mutex::new(HashMap::new()),
+            deferred_links: Mutex::new(Vec::new()),
+            link_order: AtomicU64::new(0),
             delayed: Mutex::new(Vec::new()),
             late_dirs: Mutex::new(Vec::new()),
             delayed_dirs: Mutex::new(HashSet::new()),
@@ -149,6 +266,9 @@ impl Engine {
             bytes_done: AtomicU64::new(0),
             start: Instant::now(),
             bw: Mutex::new((Instant::now(), 0)),
+            seq: report::Sequencer::default(),
+            prefetch,
+            redo_lines: Mutex::new(Vec::new()),
         }
     }
 
@@ -192,7 +312,7 @@ impl Engine {
             length: meta.size,
             bytes: 0,
             meta: Some(meta),
-            operation: "recv",
+            operation: "send",
         };
         if changed {
             self.out.log_item(&info, self.opts.human_readable);
@@ -203,8 +323,15 @@ impl Engine {
         let show = if fmt.contains("%i") {
             changed || self.opts.itemize > 1
         } else {
-            item.update != b'.' || (kind == Kind::Dir && changed) || self.opts.verbose > 1
+            item.update != b'.' || (kind == Kind::Dir && changed)
         };
+        if !show && !fmt.contains("%i") && self.opts.verbose > 1 && kind != Kind::Dir {
+            // -vv reports entries that needed nothing.
+            let mut line = report::escape_name(name);
+            line.extend_from_slice(b" is uptodate");
+            self.out.line(&line);
+            return;
+        }
         if show {
             let line = report::format_line(fmt, &info, self.opts.human_readable);
             self.out.line(&line);
@@ -238,6 +365,17 @@ impl Engine {
         }
         *self.dest_root.lock().unwrap_or_else(|p| p.into_inner()) = plan.dest.clone();
         self.fresh_dest.store(plan.create_dest, Ordering::Relaxed);
+        if self.opts.verbose > 0
+            && self.opts.itemize == 0
+            && self.opts.out_format.is_none()
+            && !self.opts.list_only
+        {
+            self.out.line(b"sending incremental file list");
+            if self.opts.verbose > 1 {
+                self.out
+                    .line(b"delta-transmission disabled for local transfer or --whole-file");
+            }
+        }
         if plan.create_dest
             && (self.opts.verbose > 0 || self.opts.itemize > 0)
             && !self.opts.list_only
@@ -252,15 +390,19 @@ impl Engine {
                 .as_bytes(),
             );
         }
-        if self.opts.verbose > 0
-            && self.opts.itemize == 0
-            && self.opts.out_format.is_none()
-            && !self.opts.list_only
-        {
-            self.out.line(b"sending incremental file list");
+        if let Some(at) = self.opts.stop_at {
+            let (stop, timed_out) = (Arc::clone(&self.stop), Arc::clone(&self.timed_out));
+            // Detached: the process exits when the run ends.
+            std::thread::spawn(move || {
+                if let Ok(wait) = at.duration_since(std::time::SystemTime::now()) {
+                    std::thread::sleep(wait);
+                }
+                timed_out.store(true, Ordering::Relaxed);
+                stop.store(true, Ordering::Relaxed);
+            });
         }
         let threads = self.opts.threads.max(1);
-        let (tx, rx) = crossbeam_channel::bounded::<FileJob>(self.opts.queue_depth.max(1));
+        let (tx, rx) = crossbeam_channel::bounded::<EntryJob>(self.opts.queue_depth.max(1));
         let mut workers = Vec::new();
         if threads > 1 && !self.opts.dry_run && !self.opts.list_only {
             for _ in 0..threads {
@@ -268,33 +410,74 @@ impl Engine {
                 let eng = Arc::clone(self);
                 workers.push(std::thread::spawn(move || {
                     for job in rx {
-                        eng.run_job(job);
+                        eng.run_entry_job(job);
                     }
                 }));
             }
         }
         let sender = if workers.is_empty() { None } else { Some(tx) };
         drop(rx);
+        let mut listers = Vec::new();
+        if threads > 1 {
+            let (ptx, prx) = crossbeam_channel::bounded::<PathBuf>(self.opts.queue_depth.max(1));
+            if let Ok(mut t) = self.prefetch.tx.lock() {
+                *t = Some(ptx);
+            }
+            for _ in 0..threads {
+                let prx = prx.clone();
+                let eng = Arc::clone(self);
+                listers.push(std::thread::spawn(move || eng.prefetch.serve(prx)));
+            }
+        }
 
         let root = Arc::new(DirNode {
             dst: plan.dest.clone(),
             apply: None,
             pending: AtomicUsize::new(1),
             parent: None,
+            virtual_new: false,
         });
         let walker = Walker {
             eng: self,
             jobs: sender.as_ref(),
+            segment: std::cell::Cell::new(self.seq.alloc()),
+            skipped: Default::default(),
         };
+        report::begin_capture();
+        for rel in &plan.missing {
+            // --delete-missing-args: a vanished source argument removes its copy.
+            let dst = plan::join(&plan.dest, rel);
+            if let Ok(m) = fsops::lstat(&dst) {
+                walker.delete_path(&dst, rel, &m, false);
+            }
+        }
         for item in &plan.items {
             if self.stopped() {
                 break;
             }
             walker.top_item(item, &plan.dest, &root);
         }
+        walker.finish_open_link_groups();
+        walker.link_deferred();
+        self.seq
+            .complete(&self.out, walker.segment.get(), report::end_capture());
         drop(sender);
         for w in workers {
             let _ = w.join();
+        }
+        if let Ok(mut t) = self.prefetch.tx.lock() {
+            *t = None;
+        }
+        let redo = self
+            .redo_lines
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default();
+        for line in redo {
+            self.out.line(&line);
+        }
+        for l in listers {
+            let _ = l.join();
         }
         self.release(&root);
 
@@ -304,6 +487,8 @@ impl Engine {
                 let walker = Walker {
                     eng: self,
                     jobs: None,
+                    segment: std::cell::Cell::new(0),
+                    skipped: Default::default(),
                 };
                 for item in &plan.items {
                     walker.delete_pass(item, &plan.dest);
@@ -334,6 +519,12 @@ impl Engine {
         for t in remaining {
             let _ = fsops::unlink(&t);
         }
+        if self.timed_out.load(Ordering::Relaxed) {
+            self.out.error(
+                "arsync error: timeout in data send/receive: stopped at the requested time (code 30)",
+            );
+            return exit::TIMEOUT;
+        }
         if self.stopped() {
             self.out
                 .error("arsync error: received SIGINT, SIGTERM, or SIGHUP (code 20)");
@@ -356,6 +547,15 @@ impl Engine {
                     .as_bytes(),
             );
         } else if self.opts.verbose > 0 && !self.opts.list_only {
+            if self.opts.verbose > 1 {
+                self.out.line(
+                    format!(
+                        "total: matches=0  hash_hits=0  false_alarms=0 data={}",
+                        self.stats.literal.load(Ordering::Relaxed)
+                    )
+                    .as_bytes(),
+                );
+            }
             self.out.line(b"");
             self.out.line(
                 self.stats
@@ -477,8 +677,22 @@ impl Engine {
             }
         }
         if copy {
+            // --inplace rewrites the original: the backup is a copy with its metadata.
             let tmp = self.temp_path(bp.parent().unwrap_or(Path::new(".")), b"backup");
+            let orig = fsops::lstat(dst)?;
             std::fs::copy(dst, &tmp)?;
+            let w = Wanted {
+                perms: Some(orig.perms()),
+                uid: Some(orig.uid),
+                gid: Some(orig.gid),
+                mtime: Some(orig.mtime),
+                atime: None,
+            };
+            let _ = meta::sync_xattrs(dst, &tmp, true, true, false);
+            if let Err(e) = meta::apply(&tmp, Kind::File, &w, None) {
+                let _ = fsops::unlink(&tmp);
+                return Err(e);
+            }
             return fsops::rename(&tmp, &bp);
         }
         fsops::rename(dst, &bp)
@@ -500,6 +714,22 @@ impl Engine {
         if sleep > 0.0 {
             std::thread::sleep(std::time::Duration::from_secs_f64(sleep.min(1.0)));
         }
+    }
+
+    /// A worker's part for one source entry: everything the walker would do for it.
+    fn run_entry_job(self: &Arc<Self>, job: EntryJob) {
+        report::begin_capture();
+        if !self.stopped() {
+            let walker = Walker {
+                eng: self,
+                jobs: None,
+                segment: std::cell::Cell::new(0),
+                skipped: Default::default(),
+            };
+            walker.handle_nondir(&job.src, &job.dst, &job.rel, &job.meta, &job.dir);
+        }
+        self.seq.complete(&self.out, job.seq, report::end_capture());
+        self.release(&job.dir);
     }
 
     fn run_job(&self, job: FileJob) {
@@ -557,11 +787,14 @@ impl Engine {
             let secs = self.start.elapsed().as_secs_f64().max(0.001);
             let total = self.stats.total_size.load(Ordering::Relaxed).max(done);
             let pct = done * 100 / total.max(1);
-            eprint!(
-                "\r{:>15} {:>3}% {:>10.2}MB/s    (xfr#{n})",
-                report::commas(done),
-                pct,
-                done as f64 / 1e6 / secs
+            self.out.raw(
+                format!(
+                    "\r{:>15} {:>3}% {:>10.2}MB/s    (xfr#{n})",
+                    report::commas(done),
+                    pct,
+                    done as f64 / 1e6 / secs
+                )
+                .as_bytes(),
             );
         }
         self.remove_source(src, rel, meta);
@@ -596,7 +829,11 @@ impl Engine {
         existing: Option<&Meta>,
     ) -> io::Result<u64> {
         let follow = self.opts.copy_links || meta.kind() != Kind::Symlink;
-        let sf = fsops::open_read(src, follow || self.opts.copy_links)?;
+        let sf = if self.opts.open_noatime {
+            fsops::open_read_noatime(src, follow)?
+        } else {
+            fsops::open_read(src, follow)?
+        };
         let smeta = fsops::fstat(&sf)?;
         let len = smeta.size;
         let wanted = meta::wanted(&self.opts, meta, existing, self.am_root);
@@ -605,6 +842,20 @@ impl Engine {
             self.stopped()
         };
         let plain = self.opts.bwlimit.is_some();
+        if let Some(d) = existing.filter(|d| self.opts.append && d.kind() == Kind::File) {
+            let keep =
+                d.size < len && (!self.opts.append_verify || fsops::same_prefix(src, dst, d.size)?);
+            if keep {
+                let df = fsops::open_inplace(dst, 0o600)?;
+                let written = fsops::copy_append(&sf, &df, d.size, len, &hook)?;
+                if self.opts.fsync {
+                    fsops::fsync(&df)?;
+                }
+                drop(df);
+                self.finish_attrs(src, dst, &wanted)?;
+                return Ok(written);
+            }
+        }
         if self.opts.inplace {
             if self.opts.backup && existing.is_some() {
                 self.make_backup(dst, rel, true)?;
@@ -648,14 +899,14 @@ impl Engine {
             let written = if self.opts.sparse {
                 fsops::copy_sparse(&sf, &df, len, &hook)?
             } else {
-                fsops::copy_whole(&sf, &df, len, plain, &hook)?;
+                fsops::copy_whole(&sf, smeta.dev, &df, len, plain, &hook)?;
                 len
             };
+            self.finish_attrs_fd(src, &tmp, &df, &wanted)?;
             if self.opts.fsync {
                 fsops::fsync(&df)?;
             }
             drop(df);
-            self.finish_attrs(src, &tmp, &wanted)?;
             if self.stopped() {
                 return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
             }
@@ -734,7 +985,8 @@ impl Engine {
                     let s = fsops::open_read(tmp, false)?;
                     let len = fsops::fstat(&s)?.size;
                     let d = fsops::create_new(&near, 0o600)?;
-                    fsops::copy_whole(&s, &d, len, false, &|_| false)?;
+                    let dev = fsops::fstat(&s)?.dev;
+                    fsops::copy_whole(&s, dev, &d, len, false, &|_| false)?;
                     drop(d);
                     let m = fsops::lstat(tmp)?;
                     let _ = meta::sync_xattrs(tmp, &near, true, true, false);
@@ -764,6 +1016,23 @@ impl Engine {
             meta::sync_xattrs(src, path, self.opts.xattrs, self.opts.acls, false)?;
         }
         match meta::apply(path, Kind::File, w, None) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !self.am_root => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Like `finish_attrs`, on the open temporary file (saves path lookups).
+    fn finish_attrs_fd(
+        &self,
+        src: &Path,
+        path: &Path,
+        file: &std::fs::File,
+        w: &Wanted,
+    ) -> io::Result<()> {
+        if self.opts.xattrs || self.opts.acls {
+            meta::sync_xattrs(src, path, self.opts.xattrs, self.opts.acls, false)?;
+        }
+        match meta::apply_fd(file, w) {
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !self.am_root => Ok(()),
             other => other,
         }
@@ -842,13 +1111,24 @@ fn unsafe_link(target: &[u8], rel: &[u8]) -> bool {
 /// The walker: runs on one thread, hands file copies to the workers.
 struct Walker<'a> {
     eng: &'a Arc<Engine>,
-    jobs: Option<&'a crossbeam_channel::Sender<FileJob>>,
+    jobs: Option<&'a crossbeam_channel::Sender<EntryJob>>,
+    /// The output position the walker's own lines currently go to.
+    segment: std::cell::Cell<u64>,
+    /// Non-regular files left out of the last listing, reported after its deletions.
+    skipped: std::cell::RefCell<Vec<Vec<u8>>>,
 }
 
 /// One source directory entry.
-struct Entry {
-    name: OsString,
-    meta: Meta,
+type Entry = fsops::DirEntry;
+
+/// True if the sorted listing (non-directories, then directories, each by name) has `name`.
+fn listing_has(entries: &[Entry], name: &OsStr) -> bool {
+    let split = entries.partition_point(|e| e.meta.kind() != Kind::Dir);
+    let find = |part: &[Entry]| {
+        part.binary_search_by(|e| e.name.as_bytes().cmp(name.as_bytes()))
+            .is_ok()
+    };
+    find(&entries[..split]) || find(&entries[split..])
 }
 
 impl Walker<'_> {
@@ -857,6 +1137,15 @@ impl Walker<'_> {
     }
 
     fn top_item(&self, item: &TopItem, dest: &Path, root: &Arc<DirNode>) {
+        if item.display != b"."
+            && !self.eng.filter.is_empty()
+            && self
+                .eng
+                .filter
+                .excluded(&item.display, item.meta.kind() == Kind::Dir)
+        {
+            return;
+        }
         let dst = plan::join(dest, &item.rel);
         if self.opts().no_implied_dirs && item.rel.contains(&b'/') && !self.opts().dry_run {
             // Missing path components get default attributes, as in rsync.
@@ -915,8 +1204,17 @@ impl Walker<'_> {
     }
 
     /// Lists, stats, filters and sorts a source directory.
-    fn read_source_dir(&self, src: &Path, rel: &[u8]) -> Option<Vec<Entry>> {
-        let names = match fsops::read_dir_names(src) {
+    fn read_source_dir(
+        &self,
+        src: &Path,
+        rel: &[u8],
+        pre: Option<io::Result<fsops::Listing>>,
+    ) -> Option<Vec<Entry>> {
+        let listing = match pre {
+            Some(l) => l,
+            None => fsops::list_with_stats(src),
+        };
+        let listing = match listing {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.eng.vanished_file(src);
@@ -928,28 +1226,28 @@ impl Walker<'_> {
                 return None;
             }
         };
-        let mut entries = Vec::with_capacity(names.len());
-        for name in names {
-            let path = src.join(&name);
+        for (name, e) in &listing.failed {
+            let path = src.join(name);
+            if e.kind() == io::ErrorKind::NotFound {
+                self.eng.vanished_file(&path);
+            } else {
+                self.eng.io_error.store(true, Ordering::Relaxed);
+                self.eng.io_fail("[sender] readlink_stat", &path, e);
+            }
+        }
+        let mut entries = listing.entries;
+        // Filtered in place: a huge directory is held once, not twice.
+        entries.retain_mut(|entry| {
+            let name = &entry.name;
+            let path = src.join(name);
             let child_rel = Engine::child_rel(rel, name.as_bytes());
-            let meta = match fsops::lstat(&path) {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.eng.vanished_file(&path);
-                    continue;
-                }
-                Err(e) => {
-                    self.eng.io_error.store(true, Ordering::Relaxed);
-                    self.eng.io_fail("[sender] readlink_stat", &path, &e);
-                    continue;
-                }
-            };
-            let meta = match self.resolve_link(&path, &child_rel, meta) {
+            let meta = match self.resolve_link(&path, &child_rel, entry.meta) {
                 Some(m) => m,
-                None => continue,
+                None => return false,
             };
+            entry.meta = meta;
             if self.is_internal(name.as_bytes()) {
-                continue;
+                return false;
             }
             if !self.eng.filter.is_empty()
                 && self
@@ -957,15 +1255,72 @@ impl Walker<'_> {
                     .filter
                     .excluded(&child_rel, meta.kind() == Kind::Dir)
             {
+                return false;
+            }
+            let o = self.opts();
+            let unwanted = match meta.kind() {
+                Kind::Symlink => !o.links,
+                Kind::CharDev | Kind::BlockDev => !o.devices,
+                Kind::Fifo | Kind::Socket => !o.specials,
+                _ => false,
+            };
+            if unwanted && !o.list_only {
+                self.skipped.borrow_mut().push(child_rel);
+                return false;
+            }
+            !(o.prune_empty_dirs
+                && o.recursive
+                && meta.kind() == Kind::Dir
+                && !self.has_content(&path, &child_rel, 0))
+        });
+        entries.sort_by(|a, b| {
+            (a.meta.kind() == Kind::Dir, a.name.as_bytes())
+                .cmp(&(b.meta.kind() == Kind::Dir, b.name.as_bytes()))
+        });
+        // The skip messages are in listing order in rsync.
+        self.skipped.borrow_mut().sort();
+        Some(entries)
+    }
+
+    /// `-m`: true if the subtree holds at least one non-directory that would be transferred.
+    fn has_content(&self, dir: &Path, rel: &[u8], depth: usize) -> bool {
+        let o = self.opts();
+        let Ok(names) = fsops::read_dir_names(dir) else {
+            // Unreadable: keep it, the walk reports the error.
+            return true;
+        };
+        let mut subdirs = Vec::new();
+        for name in names {
+            let path = dir.join(&name);
+            let child_rel = Engine::child_rel(rel, name.as_bytes());
+            let Ok(m) = fsops::lstat(&path) else { continue };
+            let is_dir = m.kind() == Kind::Dir;
+            if self.is_internal(name.as_bytes())
+                || (!self.eng.filter.is_empty() && self.eng.filter.excluded(&child_rel, is_dir))
+            {
                 continue;
             }
-            entries.push(Entry { name, meta });
+            let wanted = match m.kind() {
+                Kind::Dir => {
+                    subdirs.push((path, child_rel));
+                    false
+                }
+                Kind::Symlink => o.links || o.copy_links,
+                Kind::CharDev | Kind::BlockDev => o.devices,
+                Kind::Fifo | Kind::Socket => o.specials,
+                Kind::File => {
+                    !(o.max_size.is_some_and(|x| m.size > x)
+                        || o.min_size.is_some_and(|x| m.size < x))
+                }
+            };
+            if wanted {
+                return true;
+            }
         }
-        entries.sort_by(|a, b| {
-            plan::sort_key(a.meta.kind(), a.name.as_bytes())
-                .cmp(&plan::sort_key(b.meta.kind(), b.name.as_bytes()))
-        });
-        Some(entries)
+        depth < 4096
+            && subdirs
+                .iter()
+                .any(|(p, r)| self.has_content(p, r, depth + 1))
     }
 
     /// Names the engine itself uses inside destination directories.
@@ -1030,13 +1385,15 @@ impl Walker<'_> {
                 continue;
             }
             let child_rel = Engine::child_rel(rel, e.name.as_bytes());
-            self.handle_nondir(
-                &src.join(&e.name),
-                &dst.join(&e.name),
-                &child_rel,
-                &e.meta,
-                node,
-            );
+            let (s, d) = (src.join(&e.name), dst.join(&e.name));
+            // Regular files go to the workers (hard-link leaders stay here: their followers
+            // are linked to them as soon as they are met).
+            let parallel =
+                e.meta.kind() == Kind::File && !(self.opts().hard_links && e.meta.nlink > 1);
+            match self.jobs {
+                Some(tx) if parallel => self.dispatch(tx, s, d, child_rel, e.meta, node),
+                _ => self.handle_nondir(&s, &d, &child_rel, &e.meta, node),
+            }
         }
         for e in entries {
             if self.eng.stopped() {
@@ -1069,7 +1426,7 @@ impl Walker<'_> {
     }
 
     fn list_only(&self, src: &Path, rel: &[u8], meta: &Meta) {
-        let link = if meta.kind() == Kind::Symlink {
+        let link = if meta.kind() == Kind::Symlink && self.opts().links {
             fsops::read_link(src).ok()
         } else {
             None
@@ -1094,6 +1451,8 @@ impl Walker<'_> {
     ) {
         let eng = self.eng;
         let o = self.opts();
+        // A listing read ahead for this directory is taken now, whether used or not.
+        let mut pre = eng.prefetch.take(src);
         let mut recurse_children = recurse;
         if o.one_file_system > 0 {
             let root = eng.root_dev.lock().ok().and_then(|d| *d);
@@ -1108,13 +1467,20 @@ impl Walker<'_> {
         if o.list_only {
             self.list_only(src, rel, meta);
             if recurse_children {
-                if let Some(entries) = self.read_source_dir(src, rel) {
+                self.enter_filters(src, rel);
+                if let Some(entries) = self.read_source_dir(src, rel, pre.take()) {
+                    self.flush_skipped();
                     self.process_entries(src, dst, rel, parent, o.recursive, &entries);
                 }
+                eng.filter.leave_dir();
             }
             return;
         }
-        let mut existing = fsops::lstat(dst).ok();
+        let mut existing = if parent.virtual_new {
+            None
+        } else {
+            fsops::lstat(dst).ok()
+        };
         let fresh_root = rel == b"." && eng.fresh_dest.load(Ordering::Relaxed);
         if fresh_root {
             existing = None;
@@ -1131,12 +1497,14 @@ impl Walker<'_> {
             if d.kind() != Kind::Dir && o.ignore_existing {
                 // rsync keeps the existing non-directory and still visits the contents,
                 // which then fail (ENOTDIR).
-                if let Some(entries) = self.read_source_dir(src, rel) {
+                if let Some(entries) = self.read_source_dir(src, rel, pre.take()) {
+                    self.flush_skipped();
                     let node = Arc::new(DirNode {
                         dst: dst.to_path_buf(),
                         apply: None,
                         pending: AtomicUsize::new(1),
                         parent: None,
+                        virtual_new: false,
                     });
                     self.process_entries(src, dst, rel, &node, o.recursive, &entries);
                 }
@@ -1158,8 +1526,22 @@ impl Walker<'_> {
             return;
         }
         let mut item = Itemize::new(if is_new { b'c' } else { b'.' }, Kind::Dir);
+        let basis = if is_new { self.alt_dir(rel) } else { None };
+        if let Some(b) = &basis {
+            // Reported against the basis directory, as rsync does.
+            let w = meta::wanted(o, meta, Some(b), eng.am_root);
+            let diff = self.diff(&w, b);
+            item.update = b'c';
+            item.perms = diff.perms;
+            item.owner = diff.owner;
+            item.group = diff.group;
+            item.time = if diff.time { b't' } else { b'.' };
+            if !item.any_change() {
+                item.update = b'.';
+            }
+        }
         if is_new {
-            item.new = true;
+            item.new = basis.is_none();
             eng.stats.created(Kind::Dir);
             if !o.dry_run {
                 if let Err(e) = fsops::mkdir(dst, 0o700) {
@@ -1197,16 +1579,28 @@ impl Walker<'_> {
         // rsync lists a directory and deletes its extraneous entries before it reports the
         // directory itself.
         let entries = if recurse_children {
-            self.read_source_dir(src, rel)
+            self.enter_filters(src, rel);
+            let e = self.read_source_dir(src, rel, pre.take());
+            if e.is_none() {
+                eng.filter.leave_dir();
+            }
+            e
         } else {
             None
         };
         if let Some(entries) = &entries {
             if !is_new && matches!(o.delete, DeleteMode::During | DeleteMode::Before) {
-                let names: HashSet<&OsStr> = entries.iter().map(|e| e.name.as_os_str()).collect();
-                self.delete_extraneous(dst, rel, &names);
+                // rsync's sender reads ahead: an unreadable subdirectory is an I/O error
+                // before this directory's deletions happen.
+                for e in entries.iter().filter(|e| e.meta.kind() == Kind::Dir) {
+                    if o.recursive && !fsops::can_list(&src.join(&e.name)) {
+                        eng.io_error.store(true, Ordering::Relaxed);
+                    }
+                }
+                self.delete_extraneous(dst, rel, entries);
             }
         }
+        self.flush_skipped();
         eng.emit(rel, Kind::Dir, item, None, meta);
         if rel == b"." || !recurse {
             if let Ok(mut l) = eng.late_dirs.lock() {
@@ -1219,9 +1613,16 @@ impl Walker<'_> {
             apply: Some((*meta, existing)),
             pending: AtomicUsize::new(1),
             parent: Some(Arc::clone(parent)),
+            virtual_new: o.dry_run && (is_new || parent.virtual_new),
         });
         if let Some(entries) = entries {
+            if o.recursive {
+                for e in entries.iter().filter(|e| e.meta.kind() == Kind::Dir) {
+                    eng.prefetch.request(src.join(&e.name));
+                }
+            }
             self.process_entries(src, dst, rel, &node, o.recursive, &entries);
+            eng.filter.leave_dir();
         }
         eng.release(&node);
     }
@@ -1274,21 +1675,15 @@ impl Walker<'_> {
         let eng = self.eng;
         let o = self.opts();
         let kind = meta.kind();
+        if o.list_only {
+            self.count_seen(meta, src);
+            self.list_only(src, rel, meta);
+            return;
+        }
         match kind {
-            Kind::Symlink if !o.links => {
-                if o.verbose > 0 {
-                    eng.out.line(
-                        format!(
-                            "skipping non-regular file \"{}\"",
-                            String::from_utf8_lossy(rel)
-                        )
-                        .as_bytes(),
-                    );
-                }
-                return;
-            }
-            Kind::CharDev | Kind::BlockDev if !o.devices => return,
-            Kind::Fifo | Kind::Socket if !o.specials => return,
+            Kind::Symlink if !o.links => return self.skip_nonregular(rel),
+            Kind::CharDev | Kind::BlockDev if !o.devices => return self.skip_nonregular(rel),
+            Kind::Fifo | Kind::Socket if !o.specials => return self.skip_nonregular(rel),
             _ => {}
         }
         if kind == Kind::File
@@ -1303,6 +1698,7 @@ impl Walker<'_> {
             return;
         }
         let existing = match fsops::lstat(dst) {
+            _ if dir.virtual_new => None,
             Ok(m) => Some(m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
@@ -1318,19 +1714,175 @@ impl Walker<'_> {
         }
         if o.hard_links && kind != Kind::Dir && meta.nlink > 1 {
             let key = (meta.dev, meta.ino);
-            let leader = eng.hlinks.lock().ok().and_then(|m| m.get(&key).cloned());
-            if let Some((leader_dst, leader_rel)) = leader {
+            let Ok(mut map) = eng.hlinks.lock() else {
+                return;
+            };
+            let group = map.entry(key).or_default();
+            if let Some((leader_dst, leader_rel)) = group.leader.clone() {
+                drop(map);
                 self.link_follower(dst, rel, meta, existing.as_ref(), &leader_dst, &leader_rel);
                 return;
             }
-            if let Ok(mut m) = eng.hlinks.lock() {
-                m.insert(key, (dst.to_path_buf(), rel.to_vec()));
+            if group.members.is_empty() && existing.is_some() {
+                // Updating an existing copy: like rsync, the first link met is the one
+                // transferred and the others are linked to it as they come.
+                group.leader = Some((dst.to_path_buf(), rel.to_vec()));
+                drop(map);
+                self.handle_kind(src, dst, rel, meta, existing, dir);
+                return;
             }
-            // The leader is finished on this thread so followers can link to it.
-            self.handle_kind(src, dst, rel, meta, existing, dir, true);
+            dir.pending.fetch_add(1, Ordering::AcqRel);
+            group.members.push(LinkMember {
+                src: src.to_path_buf(),
+                dst: dst.to_path_buf(),
+                rel: rel.to_vec(),
+                meta: *meta,
+                dir: Arc::clone(dir),
+                order: eng.link_order.fetch_add(1, Ordering::Relaxed),
+            });
+            if group.members.len() < meta.nlink as usize {
+                return;
+            }
+            let members = std::mem::take(&mut group.members);
+            drop(map);
+            self.finish_link_group(key, members);
             return;
         }
-        self.handle_kind(src, dst, rel, meta, existing, dir, false);
+        self.handle_kind(src, dst, rel, meta, existing, dir);
+    }
+
+    /// Transfers the last-met link of a group and links the others to it (reported in
+    /// reverse order, as rsync does).
+    fn finish_link_group(&self, key: (u64, u64), members: Vec<LinkMember>) {
+        let eng = self.eng;
+        let Some(leader) = members.last() else {
+            return;
+        };
+        if !eng.stopped() {
+            let existing = fsops::lstat(&leader.dst).ok();
+            self.handle_kind(
+                &leader.src,
+                &leader.dst,
+                &leader.rel,
+                &leader.meta,
+                existing,
+                &leader.dir,
+            );
+            if let Ok(mut map) = eng.hlinks.lock() {
+                map.entry(key).or_default().leader = Some((leader.dst.clone(), leader.rel.clone()));
+            }
+        }
+        eng.release(&leader.dir);
+        // rsync links the others at the end of the run (last met first); their directories
+        // stay open until then.
+        let mut followers = members;
+        let leader = followers.pop();
+        followers.reverse();
+        if let (Some(l), Ok(mut d)) = (leader, eng.deferred_links.lock()) {
+            d.push(((l.dst, l.rel), followers));
+        }
+    }
+
+    /// Links the followers of the groups finished during the walk.
+    fn link_deferred(&self) {
+        let groups = self
+            .eng
+            .deferred_links
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default();
+        for ((leader_dst, leader_rel), followers) in groups {
+            for m in followers {
+                if !self.eng.stopped() {
+                    let existing = fsops::lstat(&m.dst).ok();
+                    self.link_follower(
+                        &m.dst,
+                        &m.rel,
+                        &m.meta,
+                        existing.as_ref(),
+                        &leader_dst,
+                        &leader_rel,
+                    );
+                }
+                self.eng.release(&m.dir);
+            }
+        }
+    }
+
+    /// Groups whose other links were never met (outside the transfer): finished at the end,
+    /// in the order their last member was met.
+    fn finish_open_link_groups(&self) {
+        let mut open: Vec<((u64, u64), Vec<LinkMember>)> = match self.eng.hlinks.lock() {
+            Ok(mut map) => map
+                .iter_mut()
+                .filter(|(_, g)| !g.members.is_empty())
+                .map(|(k, g)| (*k, std::mem::take(&mut g.members)))
+                .collect(),
+            Err(_) => return,
+        };
+        open.sort_by_key(|(_, m)| m.last().map_or(0, |x| x.order));
+        for (key, members) in open {
+            self.finish_link_group(key, members);
+        }
+    }
+
+    /// Per-directory filter files of `src` start to apply (until `leave_dir`).
+    fn enter_filters(&self, src: &Path, rel: &[u8]) {
+        if let Err(e) = self.eng.filter.enter_dir(src, rel) {
+            self.eng.error(format!("arsync: {e}"));
+        }
+    }
+
+    /// Hands one entry to the workers, closing the walker's current output segment.
+    fn dispatch(
+        &self,
+        tx: &crossbeam_channel::Sender<EntryJob>,
+        src: PathBuf,
+        dst: PathBuf,
+        rel: Vec<u8>,
+        meta: Meta,
+        dir: &Arc<DirNode>,
+    ) {
+        let eng = self.eng;
+        eng.seq
+            .complete(&eng.out, self.segment.get(), report::end_capture());
+        let seq = eng.seq.alloc();
+        self.segment.set(eng.seq.alloc());
+        report::begin_capture();
+        dir.pending.fetch_add(1, Ordering::AcqRel);
+        let job = EntryJob {
+            src,
+            dst,
+            rel,
+            meta,
+            dir: Arc::clone(dir),
+            seq,
+        };
+        if let Err(crossbeam_channel::SendError(job)) = tx.send(job) {
+            // No worker left (cannot happen while the walker holds the sender): do it here.
+            let lines = report::end_capture();
+            eng.run_entry_job(job);
+            report::begin_capture();
+            for l in lines {
+                eng.out.line(&l);
+            }
+        }
+    }
+
+    /// Prints the skip messages of the last listing.
+    fn flush_skipped(&self) {
+        let list = std::mem::take(&mut *self.skipped.borrow_mut());
+        for rel in list {
+            self.skip_nonregular(&rel);
+        }
+    }
+
+    /// rsync reports skipped non-regular files by default (its NONREG info level).
+    fn skip_nonregular(&self, rel: &[u8]) {
+        let mut line = b"skipping non-regular file \"".to_vec();
+        line.extend_from_slice(&report::escape_name(rel));
+        line.push(b'"');
+        self.eng.out.line(&line);
     }
 
     fn link_follower(
@@ -1363,11 +1915,12 @@ impl Walker<'_> {
         }
         if let Some(e) = existing {
             item.size = e.size != meta.size;
-            item.time = if self.eng.same_time(e.mtime, meta.mtime) {
-                b'.'
-            } else {
-                b't'
-            };
+            let w = meta::wanted(&eng.opts, meta, Some(e), eng.am_root);
+            let diff = self.diff(&w, e);
+            item.time = if diff.time { b't' } else { b'.' };
+            item.perms = diff.perms;
+            item.owner = diff.owner;
+            item.group = diff.group;
         }
         eng.emit(rel, meta.kind(), item, Some(("=>", leader_rel)), meta);
         if eng.opts.dry_run {
@@ -1406,7 +1959,6 @@ impl Walker<'_> {
         meta: &Meta,
         mut existing: Option<Meta>,
         dir: &Arc<DirNode>,
-        inline: bool,
     ) {
         let kind = meta.kind();
         if let Some(d) = existing {
@@ -1417,13 +1969,23 @@ impl Walker<'_> {
                 existing = None;
             }
         }
-        if existing.is_none() && kind != Kind::File && self.try_alternates(src, dst, rel, meta) {
-            return;
+        let mut quiet = false;
+        if existing.is_none() && kind != Kind::File {
+            match self.try_alternates(src, dst, rel, meta) {
+                Alt::Handled => return,
+                Alt::CreateQuietly => quiet = true,
+                Alt::None => {}
+            }
         }
-        match kind {
-            Kind::File => self.handle_file(src, dst, rel, meta, existing, dir, inline),
+        let act = || match kind {
+            Kind::File => self.handle_file(src, dst, rel, meta, existing, dir),
             Kind::Symlink => self.handle_symlink(src, dst, rel, meta, existing),
             _ => self.handle_node(dst, rel, meta, existing),
+        };
+        if quiet {
+            self.silently(act);
+        } else {
+            act();
         }
         if kind != Kind::File && fsops::lstat(dst).is_ok_and(|d| d.kind() == kind) {
             self.eng.remove_source(src, rel, meta);
@@ -1439,7 +2001,6 @@ impl Walker<'_> {
         meta: &Meta,
         existing: Option<Meta>,
         dir: &Arc<DirNode>,
-        inline: bool,
     ) {
         let eng = self.eng;
         let o = self.opts();
@@ -1452,16 +2013,32 @@ impl Walker<'_> {
                 eng.remove_source(src, rel, meta);
                 return;
             }
-        } else if self.try_alternates(src, dst, rel, meta) {
+            if o.append && d.kind() == Kind::File && d.size >= meta.size {
+                // --append never touches a changed file that is not shorter.
+                return;
+            }
+        } else if self.try_alternates(src, dst, rel, meta) != Alt::None {
             return;
         }
         let mut item = Itemize::new(b'>', Kind::File);
-        match &existing {
+        if existing.is_none() {
+            eng.stats.created(Kind::File);
+        }
+        // A missing file with a same-named file in a basis directory is reported against it.
+        let basis = match existing {
+            None => self
+                .basis_entry(rel)
+                .filter(|(_, m)| m.kind() == Kind::File),
+            Some(_) => None,
+        };
+        let compare_to = existing.or(basis.as_ref().map(|(_, m)| *m));
+        let compare_path = basis.as_ref().map_or(dst, |(p, _)| p.as_path());
+        match &compare_to {
             None => {
                 item.new = true;
-                eng.stats.created(Kind::File);
             }
             Some(d) => {
+                let dst = compare_path;
                 let w = meta::wanted(o, meta, Some(d), eng.am_root);
                 let diff = self.diff(&w, d);
                 item.checksum = o.checksum;
@@ -1485,6 +2062,34 @@ impl Walker<'_> {
             }
         }
         eng.emit(rel, Kind::File, item, None, meta);
+        if let Some(d) = existing.filter(|d| o.append_verify && d.size < meta.size) {
+            if !fsops::same_prefix(src, dst, d.size).unwrap_or(false) {
+                // rsync's verification fails and the file is sent again in its redo phase,
+                // reported at the end of the run.
+                let mut redo = Itemize::new(b'>', Kind::File);
+                redo.time = if o.times && !self.eng.same_time(meta.mtime, d.mtime) {
+                    b't'
+                } else {
+                    b'.'
+                };
+                if let Some(fmt) = &eng.line_format {
+                    let info = LineInfo {
+                        name: rel,
+                        kind: Kind::File,
+                        item: Some(redo),
+                        link: None,
+                        length: meta.size,
+                        bytes: 0,
+                        meta: Some(meta),
+                        operation: "send",
+                    };
+                    let line = report::format_line(fmt, &info, o.human_readable);
+                    if let Ok(mut r) = eng.redo_lines.lock() {
+                        r.push(line);
+                    }
+                }
+            }
+        }
         if o.dry_run {
             eng.stats.transferred.fetch_add(1, Ordering::Relaxed);
             eng.stats
@@ -1501,14 +2106,8 @@ impl Walker<'_> {
             existing,
             dir: Arc::clone(dir),
         };
-        match self.jobs {
-            Some(tx) if !inline => {
-                if let Err(crossbeam_channel::SendError(job)) = tx.send(job) {
-                    eng.run_job(job);
-                }
-            }
-            _ => eng.run_job(job),
-        }
+        // Workers run this for themselves; the walker only for hard-link leaders.
+        eng.run_job(job);
     }
 
     /// The quick check (or `-c`, `--size-only`, `-I`).
@@ -1518,7 +2117,7 @@ impl Walker<'_> {
             return false;
         }
         if o.checksum {
-            return fsops::same_contents(src, dst).unwrap_or(false);
+            return fsops::same_contents(src, dst, s.size).unwrap_or(false);
         }
         o.size_only || self.eng.same_time(s.mtime, d.mtime)
     }
@@ -1538,14 +2137,14 @@ impl Walker<'_> {
 
     /// `--compare-dest`, `--copy-dest`, `--link-dest` for a missing destination entry.
     /// Returns true when the entry was handled from a basis directory.
-    fn try_alternates(&self, src: &Path, dst: &Path, rel: &[u8], meta: &Meta) -> bool {
+    fn try_alternates(&self, src: &Path, dst: &Path, rel: &[u8], meta: &Meta) -> Alt {
         let o = self.opts();
         let eng = self.eng;
         if o.compare_dest.is_empty() && o.copy_dest.is_empty() && o.link_dest.is_empty() {
-            return false;
+            return Alt::None;
         }
         let Some(root) = eng.dest_root.lock().ok().map(|r| r.clone()) else {
-            return false;
+            return Alt::None;
         };
         let kind = meta.kind();
         let lists: [(&Vec<PathBuf>, u8); 3] =
@@ -1563,15 +2162,16 @@ impl Walker<'_> {
                     continue;
                 }
                 let w = meta::wanted(o, meta, None, eng.am_root);
-                let attrs_same = !self.diff(&w, &am).any();
-                match which {
-                    0 if attrs_same => {
+                let diff = self.diff(&w, &am);
+                let attrs_same = !diff.any();
+                match (which, kind) {
+                    (0, _) if attrs_same => {
                         if o.itemize > 1 {
                             eng.emit(rel, kind, Itemize::new(b'.', kind), None, meta);
                         }
-                        return true;
+                        return Alt::Handled;
                     }
-                    2 if attrs_same => {
+                    (2, _) if attrs_same => {
                         if o.itemize > 1 {
                             eng.emit(rel, kind, Itemize::new(b'h', kind), None, meta);
                         }
@@ -1580,13 +2180,19 @@ impl Walker<'_> {
                                 eng.io_fail("link", dst, &e);
                             }
                         }
-                        return true;
+                        return Alt::Handled;
                     }
-                    _ if kind == Kind::File => {
-                        // A local copy from the basis: the same bytes as the source.
+                    (_, Kind::File) => {
+                        // A local copy from the basis (same bytes as the source), reported
+                        // against the basis file as rsync does.
                         let mut it = Itemize::new(b'c', kind);
-                        it.new = true;
-                        eng.emit(rel, kind, it, None, meta);
+                        it.perms = diff.perms;
+                        it.owner = diff.owner;
+                        it.group = diff.group;
+                        it.time = if diff.time { b't' } else { b'.' };
+                        if it.any_change() || o.itemize > 1 {
+                            eng.emit(rel, kind, it, None, meta);
+                        }
                         eng.stats.created(kind);
                         if !o.dry_run {
                             if let Err(e) = eng.transfer(&alt, dst, rel, meta, None) {
@@ -1595,13 +2201,68 @@ impl Walker<'_> {
                                 let _ = meta::sync_xattrs(src, dst, o.xattrs, o.acls, false);
                             }
                         }
-                        return true;
+                        return Alt::Handled;
                     }
+                    (1, _) => return Alt::CreateQuietly,
                     _ => {}
                 }
             }
         }
-        false
+        Alt::None
+    }
+
+    /// The first basis-directory entry named `rel`, whatever it holds.
+    fn basis_entry(&self, rel: &[u8]) -> Option<(PathBuf, Meta)> {
+        let o = self.opts();
+        if o.compare_dest.is_empty() && o.copy_dest.is_empty() && o.link_dest.is_empty() {
+            return None;
+        }
+        let root = self.eng.dest_root.lock().ok()?.clone();
+        o.compare_dest
+            .iter()
+            .chain(&o.copy_dest)
+            .chain(&o.link_dest)
+            .find_map(|base| {
+                let base = if base.is_absolute() {
+                    base.clone()
+                } else {
+                    root.join(base)
+                };
+                let p = plan::join(&base, rel);
+                fsops::lstat(&p).ok().map(|m| (p, m))
+            })
+    }
+
+    /// The first basis directory (`--compare/copy/link-dest`) that has `rel` as a directory.
+    fn alt_dir(&self, rel: &[u8]) -> Option<Meta> {
+        let o = self.opts();
+        let root = self.eng.dest_root.lock().ok()?.clone();
+        o.compare_dest
+            .iter()
+            .chain(&o.copy_dest)
+            .chain(&o.link_dest)
+            .find_map(|base| {
+                let base = if base.is_absolute() {
+                    base.clone()
+                } else {
+                    root.join(base)
+                };
+                fsops::lstat(&plan::join(&base, rel))
+                    .ok()
+                    .filter(|m| m.kind() == Kind::Dir)
+            })
+    }
+
+    /// Runs `f` with its output lines dropped (entries rsync creates without reporting).
+    fn silently(&self, f: impl FnOnce()) {
+        let saved = report::end_capture();
+        report::begin_capture();
+        f();
+        report::end_capture();
+        report::begin_capture();
+        for l in saved {
+            self.eng.out.line(&l);
+        }
     }
 
     /// Brings an unchanged file's attributes up to date.
@@ -1682,21 +2343,32 @@ impl Walker<'_> {
             return;
         }
         let mut item = Itemize::new(b'c', Kind::Symlink);
+        let basis = match existing {
+            None => self
+                .basis_entry(rel)
+                .filter(|(_, m)| m.kind() == Kind::Symlink),
+            Some(_) => None,
+        };
         if let Some(d) = &existing {
             let cur = fsops::read_link(dst).unwrap_or_default();
             if cur == target {
                 self.update_attrs(src, dst, rel, meta, d);
                 return;
             }
-            item.checksum = true;
-            let w = meta::wanted(o, meta, Some(d), eng.am_root);
-            let diff = self.diff(&w, d);
-            item.time = if diff.time { b't' } else { b'.' };
-            item.owner = diff.owner;
-            item.group = diff.group;
         } else {
-            item.new = true;
             eng.stats.created(Kind::Symlink);
+        }
+        match existing.as_ref().or(basis.as_ref().map(|(_, m)| m)) {
+            Some(d) => {
+                let path = basis.as_ref().map_or(dst, |(p, _)| p.as_path());
+                item.checksum = fsops::read_link(path).unwrap_or_default() != target;
+                let w = meta::wanted(o, meta, Some(d), eng.am_root);
+                let diff = self.diff(&w, d);
+                item.time = if diff.time { b't' } else { b'.' };
+                item.owner = diff.owner;
+                item.group = diff.group;
+            }
+            None => item.new = true,
         }
         eng.emit(
             rel,
@@ -1803,18 +2475,23 @@ impl Walker<'_> {
     }
 
     /// Deletes destination entries of `dst` that are not in the source listing.
-    fn delete_extraneous(&self, dst: &Path, rel: &[u8], keep: &HashSet<&OsStr>) -> usize {
+    fn delete_extraneous(&self, dst: &Path, rel: &[u8], keep: &[Entry]) -> usize {
         let eng = self.eng;
         if eng.io_error.load(Ordering::Relaxed) && !eng.opts.ignore_errors {
+            if !eng.delete_skip_told.swap(true, Ordering::Relaxed) {
+                eng.out
+                    .error("IO error encountered -- skipping file deletion");
+            }
             return 0;
         }
         let Ok(mut names) = fsops::read_dir_names(dst) else {
             return 0;
         };
+        eng.filter.enter_receiver_dir(dst);
         let mut deleted = 0;
         names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
         for name in names {
-            if keep.contains(name.as_os_str()) || self.is_internal(name.as_bytes()) {
+            if listing_has(keep, &name) || self.is_internal(name.as_bytes()) {
                 continue;
             }
             let path = dst.join(&name);
@@ -1925,12 +2602,20 @@ impl Walker<'_> {
         if self.eng.stopped() {
             return;
         }
-        let Some(entries) = self.read_source_dir(src, rel) else {
+        self.enter_filters(src, rel);
+        self.delete_walk_inner(src, dst, rel);
+        self.eng.filter.leave_dir();
+    }
+
+    fn delete_walk_inner(&self, src: &Path, dst: &Path, rel: &[u8]) {
+        let entries = self.read_source_dir(src, rel, None);
+        // Already reported during the transfer pass.
+        self.skipped.borrow_mut().clear();
+        let Some(entries) = entries else {
             return;
         };
-        let names: HashSet<&OsStr> = entries.iter().map(|e| e.name.as_os_str()).collect();
         if fsops::lstat(dst).is_ok_and(|m| m.kind() == Kind::Dir)
-            && self.delete_extraneous(dst, rel, &names) > 0
+            && self.delete_extraneous(dst, rel, &entries) > 0
         {
             if let Ok(m) = fsops::lstat(src) {
                 self.eng.touch_dir(dst, &m);

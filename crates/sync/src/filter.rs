@@ -7,6 +7,7 @@
 //! `arsync-filter` crate is plugged in behind the same trait.
 
 use std::fmt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// Decides which paths are transferred and which destination paths deletion must keep.
@@ -17,6 +18,16 @@ pub trait PathFilter: Send + Sync {
     fn protected(&self, rel: &[u8], is_dir: bool) -> bool;
     /// True if no rule at all was given (lets the engine skip matching).
     fn is_empty(&self) -> bool;
+    /// The walker enters source directory `abs_dir` (`rel_dir` relative to the transfer
+    /// root, `.` for the root): per-directory merge files there start to apply.
+    fn enter_dir(&self, _abs_dir: &Path, _rel_dir: &[u8]) -> Result<(), FilterError> {
+        Ok(())
+    }
+    /// Deletion is about to run in destination directory `abs_dir` (the one matching the
+    /// directory last entered): receiver-side per-directory rules come from there.
+    fn enter_receiver_dir(&self, _abs_dir: &Path) {}
+    /// The walker is done with the directory last entered.
+    fn leave_dir(&self) {}
 }
 
 /// A filter rule that could not be parsed or a rule file that could not be read.
@@ -66,11 +77,33 @@ pub enum FromFile {
     Filter,
 }
 
+/// A `dir-merge` rule: a file read in every directory whose rules apply there and below.
+#[derive(Debug, Clone)]
+struct DirMerge {
+    /// The file name looked for in each directory.
+    file: Vec<u8>,
+    /// Position in the rule list where its rules are inserted.
+    pos: usize,
+    /// `-` or `+` modifier: lines are plain exclude/include patterns.
+    plain: Option<Action>,
+}
+
+/// The per-directory rules in effect for one directory on the walk path.
+#[derive(Debug)]
+struct Frame {
+    rel_dir: Vec<u8>,
+    per_merge: Vec<Vec<Rule>>,
+    /// Rules from the destination's copies of the merge files (deletion side).
+    recv_per_merge: Vec<Vec<Rule>>,
+}
+
 /// An ordered list of rules; the first matching rule decides.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct SimpleFilter {
     rules: Vec<Rule>,
     delete_excluded: bool,
+    merges: Vec<DirMerge>,
+    stack: std::sync::Mutex<Vec<Frame>>,
 }
 
 /// The default `-C` / `--cvs-exclude` patterns.
@@ -105,6 +138,10 @@ impl SimpleFilter {
                 return Err(FilterError(format!("invalid filter rule: {rule:?}")));
             }
         };
+        let (head, comma_mods) = match head.split_once(',') {
+            Some((h, m)) => (h, m),
+            None => (head, ""),
+        };
         let (word, mods) = match head {
             "include" => ("+", ""),
             "exclude" => ("-", ""),
@@ -128,9 +165,35 @@ impl SimpleFilter {
                 return self.add_from_file(Path::new(rest), FromFile::Filter);
             }
             ":" => {
-                return Err(FilterError(format!(
-                    "per-directory merge rules ({rule:?}) are not supported yet"
-                )))
+                let mods = format!("{mods}{comma_mods}");
+                let mut plain = None;
+                let mut exclude_self = false;
+                for m in mods.chars() {
+                    match m {
+                        '-' => plain = Some(Action::Exclude),
+                        '+' => plain = Some(Action::Include),
+                        'e' => exclude_self = true,
+                        'n' | 's' | 'r' | '/' => {}
+                        _ => {
+                            return Err(FilterError(format!(
+                                "dir-merge modifier {m:?} in {rule:?} is not supported yet"
+                            )))
+                        }
+                    }
+                }
+                let file = rest.trim_start_matches('/').as_bytes().to_vec();
+                if file.is_empty() || file.contains(&b'/') {
+                    return Err(FilterError(format!("invalid dir-merge file in {rule:?}")));
+                }
+                self.merges.push(DirMerge {
+                    file: file.clone(),
+                    pos: self.rules.len(),
+                    plain,
+                });
+                if exclude_self {
+                    self.push(Action::Exclude, &file, false);
+                }
+                return Ok(());
             }
             _ => return Err(FilterError(format!("invalid filter rule: {rule:?}"))),
         };
@@ -252,21 +315,53 @@ impl SimpleFilter {
         });
     }
 
+    fn relevant(&self, r: &Rule, side: Side) -> bool {
+        match side {
+            Side::Sender => matches!(
+                r.action,
+                Action::Include | Action::Exclude | Action::Hide | Action::Show
+            ),
+            Side::Receiver => match r.action {
+                Action::Exclude => !self.delete_excluded,
+                Action::Include | Action::Protect | Action::Risk => true,
+                _ => false,
+            },
+        }
+    }
+
     fn first_match(&self, rel: &[u8], is_dir: bool, side: Side) -> Option<Action> {
-        for r in &self.rules {
-            let relevant = match side {
-                Side::Sender => matches!(
-                    r.action,
-                    Action::Include | Action::Exclude | Action::Hide | Action::Show
-                ),
-                Side::Receiver => match r.action {
-                    Action::Exclude => !self.delete_excluded,
-                    Action::Include | Action::Protect | Action::Risk => true,
-                    _ => false,
-                },
-            };
-            if relevant && r.matches(rel, is_dir) {
-                return Some(r.action);
+        let stack = if self.merges.is_empty() {
+            None
+        } else {
+            self.stack.lock().ok()
+        };
+        for i in 0..=self.rules.len() {
+            if let Some(frames) = &stack {
+                for (m, merge) in self.merges.iter().enumerate() {
+                    if merge.pos != i {
+                        continue;
+                    }
+                    // Deeper directories' rules come first.
+                    for f in frames.iter().rev() {
+                        let Some(sub) = strip_dir(rel, &f.rel_dir) else {
+                            continue;
+                        };
+                        let rules = match side {
+                            Side::Sender => &f.per_merge,
+                            Side::Receiver => &f.recv_per_merge,
+                        };
+                        for r in rules.get(m).into_iter().flatten() {
+                            if self.relevant(r, side) && r.matches(sub, is_dir) {
+                                return Some(r.action);
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(r) = self.rules.get(i) {
+                if self.relevant(r, side) && r.matches(rel, is_dir) {
+                    return Some(r.action);
+                }
             }
         }
         None
@@ -295,8 +390,80 @@ impl PathFilter for SimpleFilter {
     }
 
     fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.rules.is_empty() && self.merges.is_empty()
     }
+
+    fn enter_dir(&self, abs_dir: &Path, rel_dir: &[u8]) -> Result<(), FilterError> {
+        if self.merges.is_empty() {
+            return Ok(());
+        }
+        let (per_merge, err) = self.load_merges(abs_dir);
+        if let Ok(mut s) = self.stack.lock() {
+            s.push(Frame {
+                rel_dir: rel_dir.to_vec(),
+                per_merge,
+                recv_per_merge: Vec::new(),
+            });
+        }
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn enter_receiver_dir(&self, abs_dir: &Path) {
+        if self.merges.is_empty() {
+            return;
+        }
+        let (rules, _) = self.load_merges(abs_dir);
+        if let Ok(mut s) = self.stack.lock() {
+            if let Some(top) = s.last_mut() {
+                top.recv_per_merge = rules;
+            }
+        }
+    }
+
+    fn leave_dir(&self) {
+        if self.merges.is_empty() {
+            return;
+        }
+        if let Ok(mut s) = self.stack.lock() {
+            s.pop();
+        }
+    }
+}
+
+impl SimpleFilter {
+    /// Reads every dir-merge file present in `abs_dir`.
+    fn load_merges(&self, abs_dir: &Path) -> (Vec<Vec<Rule>>, Option<FilterError>) {
+        let mut per_merge = Vec::with_capacity(self.merges.len());
+        let mut err = None;
+        for m in &self.merges {
+            let path = abs_dir.join(std::ffi::OsStr::from_bytes(&m.file));
+            let mut sub = SimpleFilter::new();
+            if path.is_file() {
+                let kind = match m.plain {
+                    Some(Action::Include) => FromFile::Include,
+                    Some(_) => FromFile::Exclude,
+                    None => FromFile::Filter,
+                };
+                if let Err(e) = sub.add_from_file(&path, kind) {
+                    err = Some(e);
+                }
+            }
+            per_merge.push(sub.rules);
+        }
+        (per_merge, err)
+    }
+}
+
+/// `rel` relative to directory `dir` (`.` is the root), if it is inside it.
+fn strip_dir<'a>(rel: &'a [u8], dir: &[u8]) -> Option<&'a [u8]> {
+    if dir == b"." || dir.is_empty() {
+        return Some(rel);
+    }
+    let rest = rel.strip_prefix(dir)?;
+    rest.strip_prefix(b"/")
 }
 
 fn contains_double_star(p: &[u8]) -> bool {
@@ -499,6 +666,32 @@ mod tests {
         f.set_delete_excluded(true);
         assert!(!f.protected(b"d/x.tmp", false));
         assert!(f.add_rule("bogus").is_err());
-        assert!(f.add_rule(": .rules").is_err());
+        assert!(f.add_rule(":z .rules").is_err());
+    }
+
+    #[test]
+    fn dir_merge_rules_apply_below_their_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join(".rsync-filter"), "- *.log\n").unwrap();
+        std::fs::write(
+            dir.path().join("sub/.rsync-filter"),
+            "+ keep.log\n- /local\n",
+        )
+        .unwrap();
+        let mut f = SimpleFilter::new();
+        f.add_rule(": /.rsync-filter").unwrap();
+        f.add_rule("- .rsync-filter").unwrap();
+        f.enter_dir(dir.path(), b".").unwrap();
+        assert!(f.excluded(b"a.log", false));
+        assert!(f.excluded(b".rsync-filter", false));
+        f.enter_dir(&dir.path().join("sub"), b"sub").unwrap();
+        assert!(!f.excluded(b"sub/keep.log", false));
+        assert!(f.excluded(b"sub/other.log", false));
+        assert!(f.excluded(b"sub/local", false));
+        f.leave_dir();
+        assert!(!f.excluded(b"local", false));
+        f.leave_dir();
+        assert!(!f.excluded(b"a.log", false));
     }
 }

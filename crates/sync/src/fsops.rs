@@ -86,10 +86,8 @@ pub struct Meta {
     pub dev: u64,
     /// Inode number.
     pub ino: u64,
-    /// Number of hard links.
-    pub nlink: u64,
-    /// Allocated 512-byte blocks.
-    pub blocks: u64,
+    /// Number of hard links (saturating).
+    pub nlink: u32,
 }
 
 impl Meta {
@@ -120,8 +118,7 @@ impl Meta {
             rdev: m.rdev(),
             dev: m.dev(),
             ino: m.ino(),
-            nlink: m.nlink(),
-            blocks: m.blocks(),
+            nlink: u32::try_from(m.nlink()).unwrap_or(u32::MAX),
         }
     }
 }
@@ -148,6 +145,41 @@ pub fn read_dir_names(path: &Path) -> io::Result<Vec<OsString>> {
         names.push(entry?.file_name());
     }
     Ok(names)
+}
+
+/// One directory entry with its `lstat` result.
+#[derive(Debug)]
+pub struct DirEntry {
+    /// The name (raw bytes).
+    pub name: OsString,
+    /// Its metadata (symlinks not followed).
+    pub meta: Meta,
+}
+
+/// A directory's entries with their metadata, and the entries whose `lstat` failed.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Entries that could be stat'ed.
+    pub entries: Vec<DirEntry>,
+    /// Entries that could not.
+    pub failed: Vec<(OsString, io::Error)>,
+}
+
+/// Lists a directory and stats every entry.
+pub fn list_with_stats(path: &Path) -> io::Result<Listing> {
+    let names = read_dir_names(path)?;
+    let mut out = Listing {
+        entries: Vec::with_capacity(names.len()),
+        failed: Vec::new(),
+    };
+    for name in names {
+        match lstat(&path.join(&name)) {
+            Ok(meta) => out.entries.push(DirEntry { name, meta }),
+            Err(e) => out.failed.push((name, e)),
+        }
+    }
+    out.entries.shrink_to_fit();
+    Ok(out)
 }
 
 /// The target of a symlink, as raw bytes.
@@ -229,6 +261,35 @@ pub fn set_times(path: &Path, atime: Option<Time>, mtime: Option<Time>) -> io::R
     rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(io::Error::from)
 }
 
+/// Sets owner and/or group of an open file.
+pub fn fchown(file: &File, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    std::os::unix::fs::fchown(file, uid, gid)
+}
+
+/// Sets permission bits of an open file.
+pub fn fchmod(file: &File, mode: u32) -> io::Result<()> {
+    rustix::fs::fchmod(file, Mode::from_raw_mode(mode & 0o7777)).map_err(io::Error::from)
+}
+
+/// Sets times of an open file. `None` leaves a time unchanged.
+pub fn futimes(file: &File, atime: Option<Time>, mtime: Option<Time>) -> io::Result<()> {
+    let ts = |t: Option<Time>| match t {
+        Some(t) => Timespec {
+            tv_sec: t.sec,
+            tv_nsec: t.nsec as _,
+        },
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+    };
+    let times = Timestamps {
+        last_access: ts(atime),
+        last_modification: ts(mtime),
+    };
+    rustix::fs::futimens(file, &times).map_err(io::Error::from)
+}
+
 /// Extended attribute names of an entry (symlinks not followed).
 pub fn list_xattrs(path: &Path) -> io::Result<Vec<OsString>> {
     let mut buf = vec![0u8; 1024];
@@ -280,6 +341,17 @@ pub fn remove_xattr(path: &Path, name: &OsStr) -> io::Result<()> {
     rustix::fs::lremovexattr(path, name).map_err(io::Error::from)
 }
 
+/// True if the directory can be listed and entered by this process.
+pub fn can_list(path: &Path) -> bool {
+    rustix::fs::accessat(
+        CWD,
+        path,
+        rustix::fs::Access::READ_OK | rustix::fs::Access::EXEC_OK,
+        AtFlags::EACCESS,
+    )
+    .is_ok()
+}
+
 /// Opens a file for reading without following a final symlink unless `follow`.
 pub fn open_read(path: &Path, follow: bool) -> io::Result<File> {
     let mut o = OpenOptions::new();
@@ -288,6 +360,22 @@ pub fn open_read(path: &Path, follow: bool) -> io::Result<File> {
         o.custom_flags(libc::O_NOFOLLOW);
     }
     o.open(path)
+}
+
+/// Like [`open_read`] with `O_NOATIME` (`--open-noatime`); falls back to a plain open
+/// where the flag is not allowed (files of other users, for non-root).
+pub fn open_read_noatime(path: &Path, follow: bool) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    let mut flags = libc::O_NOATIME;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    o.custom_flags(flags);
+    match o.open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open_read(path, follow),
+        other => other,
+    }
 }
 
 /// Creates a new file that must not exist yet (`O_EXCL`), mode `mode`.
@@ -355,20 +443,41 @@ fn interrupted() -> io::Error {
 /// `copy_file_range`, then read/write. Returns the method used.
 pub fn copy_whole(
     src: &File,
+    src_dev: u64,
     dst: &File,
     len: u64,
     plain: bool,
     stop: StopCheck,
 ) -> io::Result<CopyMethod> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // The last source filesystem (st_dev) whose FICLONE was refused: skip the ioctl
+    // there from then on.
+    static NO_REFLINK_DEV: AtomicU64 = AtomicU64::new(u64::MAX);
     if plain {
         copy_read_write(src, dst, 0, len, false, stop)?;
         return Ok(CopyMethod::ReadWrite);
     }
-    if len > 0 && rustix::fs::ioctl_ficlone(dst, src).is_ok() {
-        if stop(len) {
-            return Err(interrupted());
+    if len > 0 {
+        let dev = src_dev;
+        if NO_REFLINK_DEV.load(Ordering::Relaxed) != dev {
+            match rustix::fs::ioctl_ficlone(dst, src) {
+                Ok(()) => {
+                    if stop(len) {
+                        return Err(interrupted());
+                    }
+                    return Ok(CopyMethod::Reflink);
+                }
+                Err(
+                    rustix::io::Errno::OPNOTSUPP
+                    | rustix::io::Errno::NOTTY
+                    | rustix::io::Errno::XDEV
+                    | rustix::io::Errno::INVAL,
+                ) => {
+                    NO_REFLINK_DEV.store(dev, Ordering::Relaxed);
+                }
+                Err(_) => {}
+            }
         }
-        return Ok(CopyMethod::Reflink);
     }
     let mut done = 0u64;
     let mut in_off = 0u64;
@@ -394,8 +503,10 @@ pub fn copy_whole(
         }
     }
     if range_ok {
-        // A file that shrank while copying ends early; the caller sees the short length.
-        set_len(dst, done)?;
+        if done < len {
+            // The source shrank while copying: the copy ends early.
+            set_len(dst, done)?;
+        }
         return Ok(CopyMethod::CopyRange);
     }
     copy_read_write(src, dst, 0, len, false, stop)?;
@@ -415,7 +526,7 @@ fn copy_read_write(
     use std::io::Seek;
     src.seek(io::SeekFrom::Start(offset))?;
     dst.seek(io::SeekFrom::Start(offset))?;
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = vec![0u8; len.clamp(1, 256 * 1024) as usize];
     let mut left = len;
     let mut copied = 0;
     while left > 0 {
@@ -475,8 +586,9 @@ pub fn copy_sparse(src: &File, dst: &File, len: u64, stop: StopCheck) -> io::Res
 pub fn copy_inplace(mut src: &File, mut dst: &File, len: u64, stop: StopCheck) -> io::Result<u64> {
     use std::io::Seek;
     use std::os::unix::fs::FileExt;
-    let mut a = vec![0u8; 128 * 1024];
-    let mut b = vec![0u8; 128 * 1024];
+    let cap = len.clamp(1, 128 * 1024) as usize;
+    let mut a = vec![0u8; cap];
+    let mut b = vec![0u8; cap];
     let mut off = 0u64;
     let mut written = 0u64;
     src.seek(io::SeekFrom::Start(0))?;
@@ -508,13 +620,64 @@ pub fn copy_inplace(mut src: &File, mut dst: &File, len: u64, stop: StopCheck) -
     Ok(written)
 }
 
-/// True if two files have identical contents (used by `--checksum` locally: an exact
-/// comparison is cheaper and stronger than hashing both sides).
-pub fn same_contents(a: &Path, b: &Path) -> io::Result<bool> {
+/// Appends `src[from..len]` to `dst` (which holds `from` bytes). Returns bytes written.
+pub fn copy_append(
+    src: &File,
+    dst: &File,
+    from: u64,
+    len: u64,
+    stop: StopCheck,
+) -> io::Result<u64> {
+    let mut in_off = from;
+    let mut out_off = from;
+    while in_off < len {
+        let chunk = (len - in_off).min(8 << 20) as usize;
+        match rustix::fs::copy_file_range(src, Some(&mut in_off), dst, Some(&mut out_off), chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                if stop(n as u64) {
+                    return Err(interrupted());
+                }
+            }
+            Err(e) if in_off == from => {
+                let _ = e;
+                return copy_read_write(src, dst, from, len - from, false, stop);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(in_off - from)
+}
+
+/// True if the first `n` bytes of two files are identical.
+pub fn same_prefix(a: &Path, b: &Path, n: u64) -> io::Result<bool> {
     let mut fa = open_read(a, true)?;
     let mut fb = open_read(b, true)?;
-    let mut ba = vec![0u8; 128 * 1024];
-    let mut bb = vec![0u8; 128 * 1024];
+    let cap = n.clamp(1, 128 * 1024) as usize;
+    let mut ba = vec![0u8; cap];
+    let mut bb = vec![0u8; cap];
+    let mut left = n;
+    while left > 0 {
+        let want = left.min(cap as u64) as usize;
+        let x = read_full(&mut fa, &mut ba[..want])?;
+        let y = read_full(&mut fb, &mut bb[..want])?;
+        if x != want || y != want || ba[..want] != bb[..want] {
+            return Ok(false);
+        }
+        left -= want as u64;
+    }
+    Ok(true)
+}
+
+/// True if two files have identical contents (used by `--checksum` locally: an exact
+/// comparison is cheaper and stronger than hashing both sides).
+pub fn same_contents(a: &Path, b: &Path, size_hint: u64) -> io::Result<bool> {
+    let mut fa = open_read(a, true)?;
+    let mut fb = open_read(b, true)?;
+    // One byte more than expected, so that a grown file is noticed in the first round.
+    let cap = (size_hint + 1).min(128 * 1024) as usize;
+    let mut ba = vec![0u8; cap];
+    let mut bb = vec![0u8; cap];
     loop {
         let n = read_full(&mut fa, &mut ba)?;
         let m = read_full(&mut fb, &mut bb)?;
@@ -539,8 +702,27 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Random bytes for temporary names.
+/// Random bits for temporary names: a per-thread xorshift generator seeded once from the
+/// kernel (names only need to be unlikely to collide; `O_EXCL` makes them safe).
 pub fn random_u64() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = const { Cell::new(0) };
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        if x == 0 {
+            x = seed_u64() | 1;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
+}
+
+fn seed_u64() -> u64 {
     let mut b = [0u8; 8];
     if rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::NONBLOCK).is_err() {
         let t = std::time::SystemTime::now()
@@ -565,6 +747,26 @@ pub fn uid_by_name(name: &str) -> Option<u32> {
 /// Looks up a group id by name in the system database.
 pub fn gid_by_name(name: &str) -> Option<u32> {
     lookup_db("/etc/group", name)
+}
+
+/// The user name of `uid`, from the system database.
+pub fn user_name(uid: u32) -> Option<String> {
+    name_in_db("/etc/passwd", uid)
+}
+
+/// The group name of `gid`, from the system database.
+pub fn group_name(gid: u32) -> Option<String> {
+    name_in_db("/etc/group", gid)
+}
+
+fn name_in_db(file: &str, id: u32) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        f.next()?;
+        (f.next()?.parse::<u32>().ok()? == id).then(|| name.to_string())
+    })
 }
 
 fn lookup_db(file: &str, name: &str) -> Option<u32> {
@@ -601,7 +803,10 @@ mod tests {
         let dst = create_new(&b, 0o600).unwrap();
         copy_sparse(&src, &dst, 8 << 20, &|_| false).unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
-        assert!(lstat(&b).unwrap().blocks < 1024, "holes were filled");
+        assert!(
+            std::fs::metadata(&b).unwrap().blocks() < 1024,
+            "holes were filled"
+        );
     }
 
     #[test]
@@ -630,5 +835,15 @@ mod tests {
         assert_eq!(get_xattr(&a, name).unwrap(), b"v");
         remove_xattr(&a, name).unwrap();
         assert!(list_xattrs(&a).unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Listings of huge directories are held in memory: keep entries small.
+    #[test]
+    fn entry_stays_small() {
+        assert!(std::mem::size_of::<super::Meta>() <= 80);
+        assert!(std::mem::size_of::<super::DirEntry>() <= 104);
     }
 }

@@ -183,14 +183,22 @@ pub fn wanted(opts: &Options, src: &Meta, existing: Option<&Meta>, am_root: bool
     let uid = if let Some(u) = opts.chown_uid {
         Some(u).filter(|_| am_root)
     } else if opts.owner && am_root {
-        Some(src.uid)
+        Some(crate::options::map_id(
+            &opts.usermap,
+            src.uid,
+            fsops::user_name,
+        ))
     } else {
         None
     };
     let gid = if let Some(g) = opts.chown_gid {
         Some(g)
     } else if opts.group {
-        Some(src.gid)
+        Some(crate::options::map_id(
+            &opts.groupmap,
+            src.gid,
+            fsops::group_name,
+        ))
     } else {
         None
     };
@@ -266,6 +274,26 @@ pub fn apply(path: &Path, kind: Kind, w: &Wanted, current: Option<&Meta>) -> io:
         if !cur_ok {
             fsops::set_times(path, w.atime, w.mtime)?;
         }
+    }
+    match chown_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Applies owner, mode and times to a freshly written open file (all wanted values).
+pub fn apply_fd(file: &std::fs::File, w: &Wanted) -> io::Result<()> {
+    let mut chown_err = None;
+    if w.uid.is_some() || w.gid.is_some() {
+        if let Err(e) = fsops::fchown(file, w.uid, w.gid) {
+            chown_err = Some(e);
+        }
+    }
+    if let Some(p) = w.perms {
+        fsops::fchmod(file, p)?;
+    }
+    if w.mtime.is_some() || w.atime.is_some() {
+        fsops::futimes(file, w.atime, w.mtime)?;
     }
     match chown_err {
         Some(e) => Err(e),

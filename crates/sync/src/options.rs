@@ -30,6 +30,26 @@ pub struct ChmodRule {
     pub spec: String,
 }
 
+/// What the left side of a `--usermap`/`--groupmap` pair matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdMatch {
+    /// A numeric id.
+    Id(u32),
+    /// An inclusive id range `low-high`.
+    Range(u32, u32),
+    /// A name pattern (`*`, `?`, `[...]` allowed), matched against the id's name.
+    Name(String),
+}
+
+/// One `FROM:TO` pair of `--usermap`/`--groupmap`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdMapRule {
+    /// What it matches.
+    pub from: IdMatch,
+    /// The id it maps to.
+    pub to: u32,
+}
+
 /// How to write the `--out-format`/`-i` lines.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OutFormat {
@@ -78,6 +98,10 @@ pub struct Options {
     pub chown_uid: Option<u32>,
     /// `--chown` group part resolved to an id.
     pub chown_gid: Option<u32>,
+    /// `--usermap`
+    pub usermap: Vec<IdMapRule>,
+    /// `--groupmap`
+    pub groupmap: Vec<IdMapRule>,
     /// `--numeric-ids` (locally ids are kept as they are either way).
     pub numeric_ids: bool,
     /// `--devices`
@@ -180,6 +204,24 @@ pub struct Options {
     pub list_only: bool,
     /// `--fsync`
     pub fsync: bool,
+    /// `-m`
+    pub prune_empty_dirs: bool,
+    /// `--open-noatime`
+    pub open_noatime: bool,
+    /// `--super` / `--no-super` (default: whether we run as root).
+    pub super_user: Option<bool>,
+    /// `--stop-after` / `--stop-at`: when to stop (exit code 30).
+    pub stop_at: Option<std::time::SystemTime>,
+    /// `--ignore-missing-args`
+    pub ignore_missing_args: bool,
+    /// `--delete-missing-args`
+    pub delete_missing_args: bool,
+    /// `-8`
+    pub eight_bit: bool,
+    /// `--append` (also set by `--append-verify`)
+    pub append: bool,
+    /// `--append-verify`
+    pub append_verify: bool,
     /// `--bwlimit` in bytes per second.
     pub bwlimit: Option<u64>,
     /// `-W` (locally the default; kept for reporting).
@@ -192,6 +234,24 @@ pub struct Options {
     pub threads: usize,
     /// `--queue-depth`
     pub queue_depth: usize,
+}
+
+/// Maps an id through `--usermap`/`--groupmap` rules (first match wins).
+pub fn map_id(rules: &[IdMapRule], id: u32, name_of: impl Fn(u32) -> Option<String>) -> u32 {
+    for r in rules {
+        let hit = match &r.from {
+            IdMatch::Id(x) => *x == id,
+            IdMatch::Range(lo, hi) => (*lo..=*hi).contains(&id),
+            IdMatch::Name(p) if p == "*" => true,
+            IdMatch::Name(p) => {
+                name_of(id).is_some_and(|n| crate::filter::glob(p.as_bytes(), n.as_bytes()))
+            }
+        };
+        if hit {
+            return r.to;
+        }
+    }
+    id
 }
 
 impl Options {

@@ -38,6 +38,8 @@ pub struct Plan {
     pub create_dest: bool,
     /// Sources that could not be read: (message, exit code).
     pub errors: Vec<String>,
+    /// `--delete-missing-args`: destination paths of missing sources, to delete.
+    pub missing: Vec<Vec<u8>>,
 }
 
 /// An error that ends the run before anything is transferred.
@@ -64,11 +66,6 @@ pub fn join(base: &Path, rel: &[u8]) -> PathBuf {
     base.join(OsStr::from_bytes(rel))
 }
 
-/// rsync's order within one directory: non-directories by name, then directories by name.
-pub fn sort_key(kind: Kind, name: &[u8]) -> (bool, Vec<u8>) {
-    (kind == Kind::Dir, name.to_vec())
-}
-
 fn stat_source(opts: &Options, p: &Path) -> std::io::Result<Meta> {
     let m = fsops::lstat(p)?;
     if m.kind() == Kind::Symlink
@@ -93,6 +90,7 @@ pub fn build(
     let mut items: Vec<TopItem> = Vec::new();
     let mut errors = Vec::new();
     let mut implied_seen = std::collections::HashSet::new();
+    let mut missing = Vec::new();
     let expanded: Vec<(Vec<u8>, bool)> = match &files_from {
         Some(list) => {
             let base = sources
@@ -123,10 +121,36 @@ pub fn build(
         let src_path = PathBuf::from(OsString::from_vec(arg.clone()));
         let meta = match stat_source(opts, &src_path) {
             Ok(m) => m,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && (opts.ignore_missing_args || opts.delete_missing_args) =>
+            {
+                if opts.delete_missing_args {
+                    let rel = if relative {
+                        match find_anchor(arg) {
+                            Some(i) => normalize_rel(&arg[i + 3..]),
+                            None => normalize_rel(arg),
+                        }
+                    } else {
+                        let t = normalize_rel(arg);
+                        match t.iter().rposition(|b| *b == b'/') {
+                            Some(i) => t[i + 1..].to_vec(),
+                            None => t,
+                        }
+                    };
+                    if !rel.is_empty() {
+                        missing.push(rel);
+                    }
+                }
+                continue;
+            }
             Err(e) => {
+                let shown = std::env::current_dir()
+                    .map(|d| d.join(&src_path))
+                    .unwrap_or_else(|_| src_path.clone());
                 errors.push(format!(
                     "arsync: [sender] link_stat \"{}\" failed: {}",
-                    src_path.display(),
+                    shown.display(),
                     crate::engine::errno_text(&e)
                 ));
                 continue;
@@ -269,13 +293,14 @@ pub fn build(
             items,
             create_dest: false,
             errors,
+            missing,
         });
     }
     if let Some(m) = dest_meta {
         if m.kind() != Kind::Dir {
             return Err(err(
                 "ERROR: destination must be a directory when copying more than 1 file",
-                1,
+                3,
             ));
         }
     }
@@ -314,6 +339,7 @@ pub fn build(
         items,
         create_dest,
         errors,
+        missing,
     })
 }
 

@@ -1,6 +1,8 @@
 //! What the user sees: `-i` itemized change strings, `--out-format` lines, `--log-file`,
 //! `--stats`, `--list-only` lines, and number formatting as rsync prints them.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -216,9 +218,27 @@ pub fn format_line(format: &str, info: &LineInfo, human: u8) -> Vec<u8> {
     out
 }
 
+static EIGHT_BIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `-8`: bytes with the high bit set are printed as they are.
+pub fn set_eight_bit(on: bool) {
+    EIGHT_BIT.store(on, Ordering::Relaxed);
+}
+
 /// Escapes a name for output as rsync does: control characters (other than tab) and bytes
 /// that are not valid UTF-8 become `\#ooo` (octal).
 pub fn escape_name(name: &[u8]) -> Vec<u8> {
+    if EIGHT_BIT.load(Ordering::Relaxed) {
+        let mut out = Vec::with_capacity(name.len());
+        for &b in name {
+            if (b < 0x20 && b != b'\t') || b == 0x7f {
+                out.extend_from_slice(format!("\\#{b:03o}").as_bytes());
+            } else {
+                out.push(b);
+            }
+        }
+        return out;
+    }
     let mut out = Vec::with_capacity(name.len());
     let mut rest = name;
     while !rest.is_empty() {
@@ -350,6 +370,57 @@ pub fn commas(n: u64) -> String {
     out
 }
 
+thread_local! {
+    /// Lines printed by this thread while it works on one sequenced piece of work.
+    static CAPTURE: RefCell<Option<Vec<Vec<u8>>>> = const { RefCell::new(None) };
+}
+
+/// Starts capturing this thread's output lines (see [`Sequencer`]).
+pub fn begin_capture() {
+    CAPTURE.with(|c| *c.borrow_mut() = Some(Vec::new()));
+}
+
+/// Stops capturing and returns the captured lines.
+pub fn end_capture() -> Vec<Vec<u8>> {
+    CAPTURE.with(|c| c.borrow_mut().take().unwrap_or_default())
+}
+
+/// Prints pieces of output in the order their work was handed out, whatever order the
+/// workers finish in, so that `-i`/`-v` output is rsync's file-list order.
+#[derive(Default)]
+pub struct Sequencer {
+    next_id: AtomicU64,
+    state: Mutex<(u64, Pieces)>,
+}
+
+/// Finished output pieces waiting for their turn, by position.
+type Pieces = BTreeMap<u64, Vec<Vec<u8>>>;
+
+impl Sequencer {
+    /// Hands out the next position in the output order.
+    pub fn alloc(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records the lines of position `id` and prints every complete prefix.
+    pub fn complete(&self, out: &Output, id: u64, lines: Vec<Vec<u8>>) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        st.1.insert(id, lines);
+        loop {
+            let next = st.0;
+            let Some(lines) = st.1.remove(&next) else {
+                break;
+            };
+            for l in lines {
+                out.print(&l);
+            }
+            st.0 = next + 1;
+        }
+    }
+}
+
 /// Where output lines go: standard output and, with `--log-file`, a log file.
 pub struct Output {
     stdout: Mutex<std::io::Stdout>,
@@ -369,14 +440,40 @@ impl Output {
         }
     }
 
-    /// Prints one raw line to stdout (unless `-q`).
+    /// Prints one line to stdout (unless `-q`); while this thread captures (see
+    /// [`Sequencer`]), the line is kept for ordered printing instead.
     pub fn line(&self, bytes: &[u8]) {
+        if self.quiet {
+            return;
+        }
+        let captured = CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+            Some(v) => {
+                v.push(bytes.to_vec());
+                true
+            }
+            None => false,
+        });
+        if !captured {
+            self.print(bytes);
+        }
+    }
+
+    /// Prints one line to stdout now.
+    pub fn print(&self, bytes: &[u8]) {
+        if let Ok(mut o) = self.stdout.lock() {
+            let _ = o.write_all(bytes);
+            let _ = o.write_all(b"\n");
+            let _ = o.flush();
+        }
+    }
+
+    /// Writes raw bytes to stdout without a newline (progress lines ending in `\r`).
+    pub fn raw(&self, bytes: &[u8]) {
         if self.quiet {
             return;
         }
         if let Ok(mut o) = self.stdout.lock() {
             let _ = o.write_all(bytes);
-            let _ = o.write_all(b"\n");
             let _ = o.flush();
         }
     }
@@ -562,7 +659,8 @@ impl Stats {
     pub fn summary(&self, elapsed: f64, human: u8) -> String {
         let (sent, recv) = self.wire_estimate();
         let total = self.total_size.load(Ordering::Relaxed);
-        let rate = (sent + recv) as f64 / elapsed.max(0.001);
+        // rsync divides by whole elapsed seconds plus one half.
+        let rate = (sent + recv) as f64 / (0.5 + elapsed.floor());
         let speedup = if sent + recv > 0 {
             total as f64 / (sent + recv) as f64
         } else {
