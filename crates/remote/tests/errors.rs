@@ -8,7 +8,10 @@ use arsync_remote::push::{push, PushOptions};
 #[test]
 fn missing_source_reports_remote_error() {
     let t = tempfile::tempdir_in("/dev/shm").unwrap();
-    let mut opts = PullOptions::new(format!("{}/nope/", t.path().display()), t.path().join("dst"));
+    let mut opts = PullOptions::new(
+        format!("{}/nope/", t.path().display()),
+        t.path().join("dst"),
+    );
     opts.echo_messages = false;
     let err = pull(&opts).expect_err("must fail");
     // rsync reports "change_dir ... failed" and exits with 23 (partial) or 3 (file selection).
@@ -16,7 +19,10 @@ fn missing_source_reports_remote_error() {
         RemoteError::RemoteExit { code, .. } => assert!([3, 23].contains(code), "{err}"),
         other => panic!("unexpected {other}"),
     }
-    assert!(matches!(err.exit_code(), ExitCode::Partial | ExitCode::FileSelect));
+    assert!(matches!(
+        err.exit_code(),
+        ExitCode::Partial | ExitCode::FileSelect
+    ));
 }
 
 #[test]

@@ -86,6 +86,11 @@ struct FileJob {
     dir: Arc<DirNode>,
 }
 
+/// Most entries handed to the workers in one message.
+const JOB_BATCH: usize = 32;
+/// A batch is sent once its files total this many bytes (so big files spread over workers).
+const JOB_BATCH_BYTES: u64 = 1 << 20;
+
 /// One source entry handed to a worker: the worker decides and acts (quick check,
 /// attributes, transfer) and its output lines take position `seq`.
 struct EntryJob {
@@ -402,15 +407,19 @@ impl Engine {
             });
         }
         let threads = self.opts.threads.max(1);
-        let (tx, rx) = crossbeam_channel::bounded::<EntryJob>(self.opts.queue_depth.max(1));
+        // Jobs travel in batches (see `JOB_BATCH`); the queue holds about `queue_depth` entries.
+        let (tx, rx) =
+            crossbeam_channel::bounded::<Vec<EntryJob>>((self.opts.queue_depth / JOB_BATCH).max(2));
         let mut workers = Vec::new();
         if threads > 1 && !self.opts.dry_run && !self.opts.list_only {
             for _ in 0..threads {
                 let rx = rx.clone();
                 let eng = Arc::clone(self);
                 workers.push(std::thread::spawn(move || {
-                    for job in rx {
-                        eng.run_entry_job(job);
+                    for batch in rx {
+                        for job in batch {
+                            eng.run_entry_job(job);
+                        }
                     }
                 }));
             }
@@ -442,6 +451,7 @@ impl Engine {
             jobs: sender.as_ref(),
             segment: std::cell::Cell::new(self.seq.alloc()),
             skipped: Default::default(),
+            batch: Default::default(),
         };
         report::begin_capture();
         for rel in &plan.missing {
@@ -457,6 +467,7 @@ impl Engine {
             }
             walker.top_item(item, &plan.dest, &root);
         }
+        walker.send_batch();
         walker.finish_open_link_groups();
         walker.link_deferred();
         self.seq
@@ -489,6 +500,7 @@ impl Engine {
                     jobs: None,
                     segment: std::cell::Cell::new(0),
                     skipped: Default::default(),
+                    batch: Default::default(),
                 };
                 for item in &plan.items {
                     walker.delete_pass(item, &plan.dest);
@@ -725,6 +737,7 @@ impl Engine {
                 jobs: None,
                 segment: std::cell::Cell::new(0),
                 skipped: Default::default(),
+                batch: Default::default(),
             };
             walker.handle_nondir(&job.src, &job.dst, &job.rel, &job.meta, &job.dir);
         }
@@ -1111,7 +1124,9 @@ fn unsafe_link(target: &[u8], rel: &[u8]) -> bool {
 /// The walker: runs on one thread, hands file copies to the workers.
 struct Walker<'a> {
     eng: &'a Arc<Engine>,
-    jobs: Option<&'a crossbeam_channel::Sender<EntryJob>>,
+    jobs: Option<&'a crossbeam_channel::Sender<Vec<EntryJob>>>,
+    /// Entries dispatched but not yet handed to the workers, with their total size.
+    batch: std::cell::RefCell<(Vec<EntryJob>, u64)>,
     /// The output position the walker's own lines currently go to.
     segment: std::cell::Cell<u64>,
     /// Non-regular files left out of the last listing, reported after its deletions.
@@ -1395,6 +1410,7 @@ impl Walker<'_> {
                 _ => self.handle_nondir(&s, &d, &child_rel, &e.meta, node),
             }
         }
+        self.send_batch();
         for e in entries {
             if self.eng.stopped() {
                 return;
@@ -1833,10 +1849,12 @@ impl Walker<'_> {
         }
     }
 
-    /// Hands one entry to the workers, closing the walker's current output segment.
+    /// Hands one entry to the workers, closing the walker's current output segment. Entries
+    /// are queued in batches (fewer hand-offs between threads); [`Walker::send_batch`] sends
+    /// a partial batch.
     fn dispatch(
         &self,
-        tx: &crossbeam_channel::Sender<EntryJob>,
+        tx: &crossbeam_channel::Sender<Vec<EntryJob>>,
         src: PathBuf,
         dst: PathBuf,
         rel: Vec<u8>,
@@ -1850,6 +1868,7 @@ impl Walker<'_> {
         self.segment.set(eng.seq.alloc());
         report::begin_capture();
         dir.pending.fetch_add(1, Ordering::AcqRel);
+        let size = meta.size;
         let job = EntryJob {
             src,
             dst,
@@ -1858,10 +1877,36 @@ impl Walker<'_> {
             dir: Arc::clone(dir),
             seq,
         };
-        if let Err(crossbeam_channel::SendError(job)) = tx.send(job) {
+        let full = {
+            let mut b = self.batch.borrow_mut();
+            b.0.push(job);
+            b.1 += size;
+            b.0.len() >= JOB_BATCH || b.1 >= JOB_BATCH_BYTES
+        };
+        if full {
+            self.send_batch_to(tx);
+        }
+    }
+
+    /// Sends the entries queued by [`Walker::dispatch`] to the workers.
+    fn send_batch(&self) {
+        if let Some(tx) = self.jobs {
+            self.send_batch_to(tx);
+        }
+    }
+
+    fn send_batch_to(&self, tx: &crossbeam_channel::Sender<Vec<EntryJob>>) {
+        let jobs = std::mem::take(&mut *self.batch.borrow_mut()).0;
+        if jobs.is_empty() {
+            return;
+        }
+        if let Err(crossbeam_channel::SendError(jobs)) = tx.send(jobs) {
             // No worker left (cannot happen while the walker holds the sender): do it here.
+            let eng = self.eng;
             let lines = report::end_capture();
-            eng.run_entry_job(job);
+            for job in jobs {
+                eng.run_entry_job(job);
+            }
             report::begin_capture();
             for l in lines {
                 eng.out.line(&l);
