@@ -847,8 +847,18 @@ impl Engine {
         } else {
             fsops::open_read(src, follow)?
         };
-        let smeta = fsops::fstat(&sf)?;
-        let len = smeta.size;
+        // Small sparse copies read the source to its end instead of asking for its size.
+        let small_sparse = self.opts.sparse
+            && !self.opts.preallocate
+            && !self.opts.append
+            && !self.opts.inplace
+            && meta.size < fsops::SMALL_SPARSE;
+        let smeta = if small_sparse {
+            None
+        } else {
+            Some(fsops::fstat(&sf)?)
+        };
+        let len = smeta.map_or(meta.size, |m| m.size);
         let wanted = meta::wanted(&self.opts, meta, existing, self.am_root);
         let hook = |n: u64| {
             self.pace(n);
@@ -909,10 +919,17 @@ impl Engine {
             if self.opts.preallocate {
                 fsops::preallocate(&df, len)?;
             }
-            let written = if self.opts.sparse {
+            let written = if small_sparse {
+                match fsops::copy_sparse_small(&sf, &df, meta.size, &hook)? {
+                    Some(n) => n,
+                    // It grew past the small size: copy it as it is now.
+                    None => fsops::copy_sparse(&sf, &df, fsops::fstat(&sf)?.size, &hook)?,
+                }
+            } else if self.opts.sparse {
                 fsops::copy_sparse(&sf, &df, len, &hook)?
             } else {
-                fsops::copy_whole(&sf, smeta.dev, &df, len, plain, &hook)?;
+                let dev = smeta.map_or(meta.dev, |m| m.dev);
+                fsops::copy_whole(&sf, dev, &df, len, plain, &hook)?;
                 len
             };
             self.finish_attrs_fd(src, &tmp, &df, &wanted)?;

@@ -513,42 +513,144 @@ pub fn copy_whole(
     Ok(CopyMethod::ReadWrite)
 }
 
-/// Copies `[offset, offset+len)` with read/write. With `sparse`, all-zero 4 KiB blocks are
-/// skipped (left as holes) instead of written.
+/// Copies `[offset, offset+len)` with positional reads and writes. With `sparse`, all-zero
+/// 4 KiB blocks are skipped (left as holes) instead of written; runs of data blocks are
+/// written with one call each. Returns the bytes read (the copy ends early at end of file).
 fn copy_read_write(
-    mut src: &File,
-    mut dst: &File,
+    src: &File,
+    dst: &File,
     offset: u64,
     len: u64,
     sparse: bool,
     stop: StopCheck,
 ) -> io::Result<u64> {
-    use std::io::Seek;
-    src.seek(io::SeekFrom::Start(offset))?;
-    dst.seek(io::SeekFrom::Start(offset))?;
-    let mut buf = vec![0u8; len.clamp(1, 256 * 1024) as usize];
-    let mut left = len;
-    let mut copied = 0;
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        let n = src.read(&mut buf[..want])?;
-        if n == 0 {
-            break;
-        }
-        if sparse {
-            for block in buf[..n].chunks(4096) {
-                if block.iter().all(|b| *b == 0) {
-                    dst.seek(io::SeekFrom::Current(block.len() as i64))?;
-                } else {
-                    dst.write_all(block)?;
-                }
+    with_buffer(len.clamp(1, 1 << 20) as usize, |buf| {
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let want = (end - pos).min(buf.len() as u64) as usize;
+            let n = read_full_at(src, &mut buf[..want], pos)?;
+            if n == 0 {
+                break;
             }
-        } else {
-            dst.write_all(&buf[..n])?;
+            if sparse {
+                write_data_blocks(dst, &buf[..n], pos)?;
+            } else {
+                write_all_at(dst, &buf[..n], pos)?;
+            }
+            pos += n as u64;
+            if stop(n as u64) {
+                return Err(interrupted());
+            }
+            if n < want {
+                break;
+            }
         }
-        left -= n as u64;
-        copied += n as u64;
-        if stop(n as u64) {
+        Ok(pos - offset)
+    })
+}
+
+/// Files up to this size are copied sparse with one read, without `SEEK_DATA`/`SEEK_HOLE`
+/// (holes read as zeros and are skipped like any zero block).
+pub const SMALL_SPARSE: u64 = 1 << 20;
+
+/// Runs `f` with a zeroed-or-reused per-thread buffer of at least `len` bytes.
+fn with_buffer<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+    use std::cell::RefCell;
+    thread_local! {
+        static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    BUF.with(|b| match b.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0);
+            }
+            f(&mut v[..len])
+        }
+        // Re-entered (cannot happen: `f` never copies): use a fresh buffer.
+        Err(_) => f(&mut vec![0u8; len]),
+    })
+}
+
+/// `pread` until `buf` is full or end of file; returns the bytes read.
+fn read_full_at(src: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match src.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(r) => n += r,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn write_all_at(dst: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    dst.write_all_at(buf, offset)
+}
+
+/// True if every byte is zero.
+fn is_zero(block: &[u8]) -> bool {
+    // Data usually differs from zero in its first bytes: look there before scanning it all.
+    let head = block.len().min(16);
+    block[..head].iter().all(|&b| b == 0) && block[head..].iter().fold(0u8, |a, &b| a | b) == 0
+}
+
+/// Writes the 4 KiB blocks of `data` (which belongs at `offset`) that are not all zero,
+/// one write per run of such blocks. Returns the end offset of the last block written
+/// (`offset` if none was).
+fn write_data_blocks(dst: &File, data: &[u8], offset: u64) -> io::Result<u64> {
+    const BLOCK: usize = 4096;
+    let mut run_start: Option<usize> = None;
+    let mut written_end = offset;
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + BLOCK).min(data.len());
+        if is_zero(&data[at..end]) {
+            if let Some(s) = run_start.take() {
+                write_all_at(dst, &data[s..at], offset + s as u64)?;
+                written_end = offset + at as u64;
+            }
+        } else if run_start.is_none() {
+            run_start = Some(at);
+        }
+        at = end;
+    }
+    if let Some(s) = run_start {
+        write_all_at(dst, &data[s..], offset + s as u64)?;
+        written_end = offset + data.len() as u64;
+    }
+    Ok(written_end)
+}
+
+/// Copies a small file (expected `expect` bytes, less than [`SMALL_SPARSE`]) into the empty
+/// file `dst` like [`copy_sparse`], reading the source to its end instead of asking its size
+/// first: the copy has the source's length at the time it was read. Returns `None`, with
+/// nothing written, if the source now holds more than [`SMALL_SPARSE`] bytes.
+pub fn copy_sparse_small(
+    src: &File,
+    dst: &File,
+    expect: u64,
+    stop: StopCheck,
+) -> io::Result<Option<u64>> {
+    // One byte more than expected tells a grown file apart in the same read.
+    let cap = (expect.max(4096) + 1).min(SMALL_SPARSE) as usize;
+    let copied = with_buffer(cap, |buf| -> io::Result<Option<u64>> {
+        let n = read_full_at(src, buf, 0)?;
+        if n == buf.len() {
+            return Ok(None);
+        }
+        let data_end = write_data_blocks(dst, &buf[..n], 0)?;
+        if data_end < n as u64 {
+            set_len(dst, n as u64)?;
+        }
+        Ok(Some(n as u64))
+    })?;
+    if let Some(n) = copied {
+        if stop(n) {
             return Err(interrupted());
         }
     }
@@ -557,7 +659,22 @@ fn copy_read_write(
 
 /// Copies `src` into the empty file `dst` keeping holes: only the data extents found with
 /// `SEEK_DATA`/`SEEK_HOLE` are read, and zero blocks inside them are skipped too (`-S`).
+/// Small files are read whole at once instead (one read, one write per data run).
 pub fn copy_sparse(src: &File, dst: &File, len: u64, stop: StopCheck) -> io::Result<u64> {
+    if len <= SMALL_SPARSE {
+        let (n, data_end) = with_buffer(len as usize, |buf| -> io::Result<(usize, u64)> {
+            let n = read_full_at(src, buf, 0)?;
+            let data_end = write_data_blocks(dst, &buf[..n], 0)?;
+            Ok((n, data_end))
+        })?;
+        if data_end < len {
+            set_len(dst, len)?;
+        }
+        if stop(n as u64) {
+            return Err(interrupted());
+        }
+        return Ok(n as u64);
+    }
     let mut pos = 0u64;
     let mut copied = 0u64;
     while pos < len {
