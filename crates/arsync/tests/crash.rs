@@ -104,3 +104,67 @@ fn kill_9_never_leaves_a_torn_file_and_rerun_converges() {
     assert_code(&o, 0, "final run");
     assert_same_tree(&dst, &src, SnapOpts::default(), "after crashes");
 }
+
+/// Peak RSS (KiB) of one arsync run, measured by /usr/bin/time.
+fn peak_rss_kib(args: &[std::ffi::OsString]) -> Option<u64> {
+    let out = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg(arsync_bin())
+        .args(args)
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[test]
+fn memory_does_not_grow_with_the_tree() {
+    if !Path::new("/usr/bin/time").exists() {
+        return;
+    }
+    let w = scratch();
+    let make = |root: &Path, dirs: usize, files: usize| {
+        for d in 0..dirs {
+            let dir = root.join(format!("d{d:03}"));
+            fs::create_dir_all(&dir).unwrap();
+            for f in 0..files {
+                fs::write(dir.join(format!("f{f}")), b"").unwrap();
+            }
+        }
+    };
+    let (small, big) = (w.path().join("small"), w.path().join("big"));
+    make(&small, 1, 400);
+    make(&big, 100, 400);
+    let run = |src: &Path, dst: &Path| {
+        peak_rss_kib(&[
+            OsString::from("-a"),
+            "--delete".into(),
+            slash(src),
+            slash(dst),
+        ])
+        .unwrap_or(0)
+    };
+    let base = run(&small, &w.path().join("ds"));
+    let large = run(&big, &w.path().join("db"));
+    let again = run(&big, &w.path().join("db"));
+    // 40,000 entries held at once would take several MiB; a streaming walk holds a few
+    // directories (400 entries each).
+    assert!(
+        large < base + 3 * 1024,
+        "copy: {large} KiB vs {base} KiB for 400 files"
+    );
+    assert!(
+        again < base + 3 * 1024,
+        "no-op: {again} KiB vs {base} KiB for 400 files"
+    );
+}

@@ -253,7 +253,9 @@ fn flag_combinations_on_update_match_rsync() {
         &["-a", "-W", "--delete-after"],
         &["-aH", "--delete", "-i"],
         &["-aHAX", "--inplace"],
-        &["-a", "--delete-before"],
+        &["-a", "--delete-before", "-i"],
+        &["-a", "--delete-after", "-i"],
+        &["-a", "--delete-delay", "-i"],
         &["-a", "--delete-delay"],
         &["-a", "--delete", "-b"],
         &["-a", "--delete", "--backup-dir=../bk", "--suffix=.old"],
@@ -1043,4 +1045,45 @@ fn per_directory_filter_files_match_rsync() {
         let what = flags.join(" ");
         differential(w.path(), flags, &[slash(&src)], Some(&old), o, &what);
     }
+}
+
+#[test]
+fn destination_symlink_to_directory_is_written_through() {
+    let w = scratch();
+    let src = w.path().join("src");
+    make_tree(
+        &src,
+        TreeSpec {
+            dirs: 2,
+            files_per_dir: 2,
+            rich: false,
+            seed: 8,
+        },
+    );
+    for (i, tool) in ["arsync", "rsync"].iter().enumerate() {
+        let real = w.path().join(format!("real{i}"));
+        let link = w.path().join(format!("link{i}"));
+        fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let args = [
+            OsString::from("-a"),
+            slash(&src),
+            link.clone().into_os_string(),
+        ];
+        let o = if i == 0 { arsync(&args) } else { rsync(&args) };
+        assert_code(&o, 0, tool);
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{tool}"
+        );
+    }
+    assert_same_tree(
+        &w.path().join("real0"),
+        &w.path().join("real1"),
+        SnapOpts::default(),
+        "through symlink",
+    );
 }

@@ -246,7 +246,13 @@ fn sigterm_stops_cleanly_with_20_and_no_temp_files() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(700));
+        // Wait until the copy is under way (a temporary file exists), so the signal lands
+        // in the middle of it whatever the machine's load.
+        let waited = Instant::now();
+        while leftover_temps(&dst).is_empty() && waited.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
         let t = Instant::now();
         let st = Command::new("kill")
             .arg(format!("-{sig}"))
@@ -385,4 +391,49 @@ fn stop_after_ends_cleanly_with_30() {
     assert!(!dst.join("big").exists());
     let o = arsync(&[OsString::from("--stop-at=99:00"), slash(&src), slash(&dst)]);
     assert_eq!(code(&o), Some(1));
+}
+
+#[test]
+fn full_destination_is_file_io_11_like_rsync() {
+    if !am_root() {
+        return;
+    }
+    let w = scratch();
+    let src = w.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"small").unwrap();
+    fs::write(src.join("big"), Rng::new(3).bytes(3 << 20)).unwrap();
+    for (i, prog) in [arsync_bin(), "/usr/bin/rsync".into()].iter().enumerate() {
+        let mnt = w.path().join(format!("mnt{i}"));
+        fs::create_dir(&mnt).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !mounted {
+            // No mount permission here (unprivileged container): nothing to check.
+            return;
+        }
+        let mut cmd = Command::new(prog);
+        cmd.arg("-a");
+        if i == 0 {
+            // One worker: "a" is certainly done before "big" fills the disk.
+            cmd.arg("--threads=1");
+        }
+        let o = cmd.arg(slash(&src)).arg(slash(&mnt)).output().unwrap();
+        let temps = leftover_temps(&mnt);
+        let small = fs::read(mnt.join("a")).ok();
+        let _ = Command::new("umount").arg(&mnt).status();
+        assert_eq!(
+            code(&o),
+            Some(11),
+            "{}: {}",
+            prog.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(temps.is_empty(), "{temps:?}");
+        assert_eq!(small.as_deref(), Some(&b"small"[..]), "{}", prog.display());
+    }
 }

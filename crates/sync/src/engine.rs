@@ -72,7 +72,8 @@ struct DirNode {
     apply: Option<(Meta, Option<Meta>)>,
     pending: AtomicUsize,
     parent: Option<Arc<DirNode>>,
-    /// Dry run: the directory does not really exist, so nothing below it does either.
+    /// Nothing below this directory exists in the destination (it was created by this
+    /// run, or it is a dry run's directory that does not really exist).
     virtual_new: bool,
 }
 
@@ -213,6 +214,8 @@ pub struct Engine {
     delayed_dirs: Mutex<HashSet<PathBuf>>,
     am_root: bool,
     fresh_dest: AtomicBool,
+    checked: AtomicU64,
+    fatal_io: AtomicBool,
     timed_out: Arc<AtomicBool>,
     line_format: Option<String>,
     dest_root: Mutex<PathBuf>,
@@ -239,12 +242,16 @@ impl Engine {
         let line_format = opts.line_format();
         report::set_eight_bit(opts.eight_bit);
         let prefetch = Prefetch {
-            cap: opts.queue_depth.max(1),
+            // A few listings ahead per lister is enough to keep them busy; more would only
+            // hold memory (each slot is a whole directory listing).
+            cap: (opts.threads * 2).max(4),
             ..Prefetch::default()
         };
         Engine {
             am_root: opts.super_user.unwrap_or(fsops::euid() == 0),
             fresh_dest: AtomicBool::new(false),
+            checked: AtomicU64::new(0),
+            fatal_io: AtomicBool::new(false),
             timed_out: Arc::new(AtomicBool::new(false)),
             line_format,
             opts,
@@ -308,6 +315,7 @@ impl Engine {
         link: Option<(&str, &[u8])>,
         meta: &Meta,
     ) {
+        self.checked.fetch_add(1, Ordering::Relaxed);
         let changed = item.update != b'.' || item.any_change();
         let info = LineInfo {
             name,
@@ -370,7 +378,7 @@ impl Engine {
         }
         *self.dest_root.lock().unwrap_or_else(|p| p.into_inner()) = plan.dest.clone();
         self.fresh_dest.store(plan.create_dest, Ordering::Relaxed);
-        if self.opts.verbose > 0
+        if (self.opts.verbose > 0 || self.opts.progress)
             && self.opts.itemize == 0
             && self.opts.out_format.is_none()
             && !self.opts.list_only
@@ -382,7 +390,7 @@ impl Engine {
             }
         }
         if plan.create_dest
-            && (self.opts.verbose > 0 || self.opts.itemize > 0)
+            && (self.opts.verbose > 0 || self.opts.itemize > 0 || self.opts.progress)
             && !self.opts.list_only
         {
             let shown = display(&plan.dest);
@@ -454,6 +462,12 @@ impl Engine {
             batch: Default::default(),
         };
         report::begin_capture();
+        if self.opts.delete == DeleteMode::Before {
+            // A whole deletion pass before anything is transferred.
+            for item in &plan.items {
+                walker.delete_pass(item, &plan.dest);
+            }
+        }
         for rel in &plan.missing {
             // --delete-missing-args: a vanished source argument removes its copy.
             let dst = plan::join(&plan.dest, rel);
@@ -530,6 +544,10 @@ impl Engine {
             .unwrap_or_default();
         for t in remaining {
             let _ = fsops::unlink(&t);
+        }
+        if self.fatal_io.load(Ordering::Relaxed) {
+            self.out.error("arsync error: error in file IO (code 11)");
+            return exit::FILE_IO;
         }
         if self.timed_out.load(Ordering::Relaxed) {
             self.out.error(
@@ -680,7 +698,7 @@ impl Engine {
         let bp = self.backup_path(dst, rel);
         if let Some(parent) = bp.parent() {
             if self.opts.backup_dir.is_some() {
-                std::fs::create_dir_all(parent)?;
+                fsops::mkdir_all(parent)?;
             }
         }
         if let Ok(m) = fsops::lstat(&bp) {
@@ -692,7 +710,7 @@ impl Engine {
             // --inplace rewrites the original: the backup is a copy with its metadata.
             let tmp = self.temp_path(bp.parent().unwrap_or(Path::new(".")), b"backup");
             let orig = fsops::lstat(dst)?;
-            std::fs::copy(dst, &tmp)?;
+            fsops::copy_file(dst, &tmp)?;
             let w = Wanted {
                 perms: Some(orig.perms()),
                 uid: Some(orig.uid),
@@ -755,6 +773,7 @@ impl Engine {
             dir,
         } = job;
         if !self.stopped() {
+            let started = Instant::now();
             match self.transfer(&src, &dst, &rel, &meta, existing.as_ref()) {
                 Ok(written) => {
                     self.stats.transferred.fetch_add(1, Ordering::Relaxed);
@@ -765,11 +784,22 @@ impl Engine {
                     self.stats
                         .matched
                         .fetch_add(meta.size.saturating_sub(written), Ordering::Relaxed);
-                    self.after_transfer(&src, &rel, &meta);
+                    self.after_transfer(&src, &rel, &meta, started.elapsed().as_secs_f64());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted && self.stopped() => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound && fsops::lstat(&src).is_err() => {
                     self.vanished_file(&src)
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) => {
+                    // A full destination ends the run, as in rsync (error in file I/O).
+                    if !self.fatal_io.swap(true, Ordering::Relaxed) {
+                        self.out.error(&format!(
+                            "arsync: [receiver] write failed on \"{}\": {}",
+                            display(&dst),
+                            errno_text(&e)
+                        ));
+                    }
+                    self.stop.store(true, Ordering::Relaxed);
                 }
                 Err(e) => self.error(format!(
                     "arsync: [receiver] failed to transfer \"{}\" to \"{}\": {}",
@@ -782,16 +812,19 @@ impl Engine {
         self.release(&dir);
     }
 
-    fn after_transfer(&self, src: &Path, rel: &[u8], meta: &Meta) {
+    fn after_transfer(&self, src: &Path, rel: &[u8], meta: &Meta, took: f64) {
         let n = self.xfer_count.fetch_add(1, Ordering::Relaxed) + 1;
         let done = self.bytes_done.fetch_add(meta.size, Ordering::Relaxed) + meta.size;
         if self.opts.progress {
-            let secs = self.start.elapsed().as_secs_f64().max(0.001);
+            let rate = meta.size as f64 / 1024.0 / took.max(1e-6);
+            let secs = took as u64;
+            let clock = format!("{:>4}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+            let size = report::num(meta.size, self.opts.human_readable);
+            let total = self.stats.files_seen();
+            let left = total.saturating_sub(self.checked.load(Ordering::Relaxed));
             self.out.line(
                 format!(
-                    "{:>15} 100% {:>10.2}kB/s    0:00:00 (xfr#{n})",
-                    report::commas(meta.size),
-                    meta.size as f64 / 1024.0 / secs
+                    "\r{size:>15} 100% {rate:>7.2}kB/s {clock}  \r{size:>15} 100% {rate:>7.2}kB/s {clock} (xfr#{n}, to-chk={left}/{total})"
                 )
                 .as_bytes(),
             );
@@ -800,12 +833,19 @@ impl Engine {
             let secs = self.start.elapsed().as_secs_f64().max(0.001);
             let total = self.stats.total_size.load(Ordering::Relaxed).max(done);
             let pct = done * 100 / total.max(1);
+            let whole = secs as u64;
+            let seen = self.stats.files_seen();
+            let left = seen.saturating_sub(self.checked.load(Ordering::Relaxed));
+            // The totals grow while the walk goes on, as with rsync's incremental recursion.
             self.out.raw(
                 format!(
-                    "\r{:>15} {:>3}% {:>10.2}MB/s    (xfr#{n})",
-                    report::commas(done),
+                    "\r{:>15} {:>3}% {:>7.2}MB/s {:>4}:{:02}:{:02} (xfr#{n}, ir-chk={left}/{seen})",
+                    report::num(done, self.opts.human_readable),
                     pct,
-                    done as f64 / 1e6 / secs
+                    done as f64 / 1024.0 / 1024.0 / secs,
+                    whole / 3600,
+                    whole / 60 % 60,
+                    whole % 60,
                 )
                 .as_bytes(),
             );
@@ -990,7 +1030,7 @@ impl Engine {
         match &self.opts.partial_dir {
             Some(pd) => {
                 let dir = dst.parent().unwrap_or(Path::new(".")).join(pd);
-                let _ = std::fs::create_dir_all(&dir);
+                let _ = fsops::mkdir_all(&dir);
                 if fsops::rename(tmp, &dir.join(OsStr::from_bytes(name))).is_err() {
                     let _ = fsops::unlink(tmp);
                 }
@@ -1114,7 +1154,7 @@ impl Engine {
 
 /// Removes a whole tree (used for backups of replaced directories).
 fn remove_tree(p: &Path) -> io::Result<()> {
-    std::fs::remove_dir_all(p)
+    fsops::remove_tree(p)
 }
 
 /// Whether a symlink target stays inside the transfer (for `--safe-links`).
@@ -1182,7 +1222,7 @@ impl Walker<'_> {
         if self.opts().no_implied_dirs && item.rel.contains(&b'/') && !self.opts().dry_run {
             // Missing path components get default attributes, as in rsync.
             if let Some(parent) = dst.parent() {
-                if let Err(e) = std::fs::create_dir_all(parent) {
+                if let Err(e) = fsops::mkdir_all(parent) {
                     self.eng.io_fail("[receiver] mkdir", parent, &e);
                     return;
                 }
@@ -1622,7 +1662,7 @@ impl Walker<'_> {
             None
         };
         if let Some(entries) = &entries {
-            if !is_new && matches!(o.delete, DeleteMode::During | DeleteMode::Before) {
+            if !is_new && o.delete == DeleteMode::During {
                 // rsync's sender reads ahead: an unreadable subdirectory is an I/O error
                 // before this directory's deletions happen.
                 for e in entries.iter().filter(|e| e.meta.kind() == Kind::Dir) {
@@ -1646,7 +1686,9 @@ impl Walker<'_> {
             apply: Some((*meta, existing)),
             pending: AtomicUsize::new(1),
             parent: Some(Arc::clone(parent)),
-            virtual_new: o.dry_run && (is_new || parent.virtual_new),
+            // Created just now (or, in a dry run, not really there): nothing below it exists,
+            // so its entries need no destination lookups.
+            virtual_new: is_new || (o.dry_run && parent.virtual_new),
         });
         if let Some(entries) = entries {
             if o.recursive {
@@ -2678,6 +2720,7 @@ impl Walker<'_> {
         };
         if fsops::lstat(dst).is_ok_and(|m| m.kind() == Kind::Dir)
             && self.delete_extraneous(dst, rel, &entries) > 0
+            && self.opts().delete != DeleteMode::Before
         {
             if let Ok(m) = fsops::lstat(src) {
                 self.eng.touch_dir(dst, &m);
@@ -2702,7 +2745,7 @@ pub fn read_files_from(path: &Path, from0: bool) -> io::Result<Vec<Vec<u8>>> {
         io::Read::read_to_end(&mut io::stdin(), &mut v)?;
         v
     } else {
-        std::fs::read(path)?
+        fsops::read_file(path)?
     };
     let sep = if from0 { 0 } else { b'\n' };
     Ok(data

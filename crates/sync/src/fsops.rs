@@ -192,6 +192,26 @@ pub fn mkdir(path: &Path, mode: u32) -> io::Result<()> {
     rustix::fs::mkdirat(CWD, path, Mode::from_raw_mode(mode)).map_err(io::Error::from)
 }
 
+/// Creates a directory and any missing parents (mode 0777 minus the umask).
+pub fn mkdir_all(path: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(path)
+}
+
+/// Removes a directory tree without following symlinks inside it.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    std::fs::remove_dir_all(path)
+}
+
+/// Copies one file's bytes and permission bits to a new path.
+pub fn copy_file(from: &Path, to: &Path) -> io::Result<u64> {
+    std::fs::copy(from, to)
+}
+
+/// Reads a whole (small) file, such as a `--files-from` list.
+pub fn read_file(path: &Path) -> io::Result<Vec<u8>> {
+    std::fs::read(path)
+}
+
 /// Creates a symlink at `path` pointing to `target`.
 pub fn symlink(target: &OsStr, path: &Path) -> io::Result<()> {
     std::os::unix::fs::symlink(target, path)

@@ -277,7 +277,7 @@ impl Options {
         if self.itemize > 0 {
             return Some("%i %n%L".to_string());
         }
-        if self.verbose > 0 {
+        if self.verbose > 0 || self.progress {
             return Some("%n%L".to_string());
         }
         None

@@ -148,8 +148,16 @@ pub fn build(
                 let shown = std::env::current_dir()
                     .map(|d| d.join(&src_path))
                     .unwrap_or_else(|_| src_path.clone());
+                // rsync enters a "dir/" argument (change_dir) and stats anything else.
+                let (what, shown) = if trailing {
+                    let s = shown.as_os_str().as_bytes();
+                    let t = s.strip_suffix(b"/").unwrap_or(s);
+                    ("change_dir", PathBuf::from(OsStr::from_bytes(t)))
+                } else {
+                    ("link_stat", shown)
+                };
                 errors.push(format!(
-                    "arsync: [sender] link_stat \"{}\" failed: {}",
+                    "arsync: [sender] {what} \"{}\" failed: {}",
                     shown.display(),
                     crate::engine::errno_text(&e)
                 ));
@@ -258,9 +266,19 @@ pub fn build(
 
     let dest_bytes = dest.as_bytes();
     let dest_trailing = dest_bytes.ends_with(b"/");
-    let dest_path = PathBuf::from(dest);
+    let mut dest_path = PathBuf::from(dest);
     let dest_meta = fsops::stat(&dest_path).ok();
     let dest_is_dir = dest_meta.is_some_and(|m| m.kind() == Kind::Dir);
+    if dest_is_dir
+        && !dest_trailing
+        && fsops::lstat(&dest_path).is_ok_and(|m| m.kind() == Kind::Symlink)
+    {
+        // A destination that is a symlink to a directory is written through, as in rsync:
+        // a trailing slash makes every path operation resolve the link.
+        let mut b = dest_bytes.to_vec();
+        b.push(b'/');
+        dest_path = PathBuf::from(OsString::from_vec(b));
+    }
     let single_nondir = items.len() == 1
         && items[0].meta.kind() != Kind::Dir
         && !opts.relative
@@ -276,7 +294,7 @@ pub fn build(
             .map(|n| n.as_bytes().to_vec())
             .ok_or_else(|| err(format!("invalid destination {:?}", dest), 1))?;
         if opts.mkpath && !opts.dry_run {
-            std::fs::create_dir_all(&parent).map_err(|e| {
+            fsops::mkdir_all(&parent).map_err(|e| {
                 err(
                     format!(
                         "arsync: mkdir \"{}\" failed: {}",
@@ -318,9 +336,9 @@ pub fn build(
         }
         if !opts.dry_run {
             let r = if opts.mkpath {
-                std::fs::create_dir_all(&dest_path)
+                fsops::mkdir_all(&dest_path)
             } else {
-                std::fs::create_dir(&dest_path)
+                fsops::mkdir(&dest_path, 0o777)
             };
             r.map_err(|e| {
                 err(

@@ -559,6 +559,20 @@ impl Stats {
         }
     }
 
+    /// Entries seen so far, all types.
+    pub fn files_seen(&self) -> u64 {
+        [
+            &self.files_reg,
+            &self.files_dir,
+            &self.files_link,
+            &self.files_dev,
+            &self.files_special,
+        ]
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .sum()
+    }
+
     /// Counts one created entry.
     pub fn created(&self, kind: Kind) {
         let c = match kind {
