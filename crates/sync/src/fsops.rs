@@ -946,6 +946,94 @@ mod tests {
         );
     }
 
+    /// Small files: zero blocks (and a zero tail) become holes, data runs are kept, the
+    /// length is the source's; a file that grew past the small limit is refused untouched.
+    #[test]
+    fn small_sparse_copy_skips_zero_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let mut content = vec![0u8; 5 * 4096 + 100];
+        content[4096..4096 + 10].copy_from_slice(b"0123456789");
+        content[3 * 4096] = 7;
+        std::fs::write(&a, &content).unwrap();
+        let src = open_read(&a, false).unwrap();
+        let b = dir.path().join("b");
+        let dst = create_new(&b, 0o600).unwrap();
+        let copied = copy_sparse_small(&src, &dst, content.len() as u64, &|_| false).unwrap();
+        assert_eq!(copied, Some(content.len() as u64));
+        assert_eq!(std::fs::read(&b).unwrap(), content);
+        // Two data blocks of 4 KiB (tmpfs/ext4 allocate per block).
+        assert!(std::fs::metadata(&b).unwrap().blocks() <= 2 * 8 + 8);
+
+        // Shrunk since listed: the copy has the current length.
+        let c = dir.path().join("c");
+        let dst = create_new(&c, 0o600).unwrap();
+        let copied = copy_sparse_small(&src, &dst, content.len() as u64 + 50, &|_| false).unwrap();
+        assert_eq!(copied, Some(content.len() as u64));
+        assert_eq!(std::fs::read(&c).unwrap(), content);
+
+        // Grown past the small limit: nothing is written, the caller copies it whole.
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![1u8; SMALL_SPARSE as usize + 10]).unwrap();
+        let src = open_read(&big, false).unwrap();
+        let d = dir.path().join("d");
+        let dst = create_new(&d, 0o600).unwrap();
+        assert_eq!(copy_sparse_small(&src, &dst, 10, &|_| false).unwrap(), None);
+        assert_eq!(std::fs::metadata(&d).unwrap().len(), 0);
+
+        // An all-zero small file is all hole.
+        let z = dir.path().join("z");
+        std::fs::write(&z, vec![0u8; 3 * 4096]).unwrap();
+        let src = open_read(&z, false).unwrap();
+        let e = dir.path().join("e");
+        let dst = create_new(&e, 0o600).unwrap();
+        copy_sparse_small(&src, &dst, 3 * 4096, &|_| false).unwrap();
+        assert_eq!(std::fs::read(&e).unwrap(), vec![0u8; 3 * 4096]);
+        assert_eq!(std::fs::metadata(&e).unwrap().blocks(), 0);
+    }
+
+    /// Large sparse copies write each run of data blocks once, and leave zero blocks inside
+    /// data extents as holes.
+    #[test]
+    fn large_sparse_copy_skips_zero_blocks_inside_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let len = 3 * SMALL_SPARSE as usize;
+        let mut content = vec![0u8; len];
+        for (i, b) in content.iter_mut().enumerate().take(SMALL_SPARSE as usize) {
+            *b = (i % 251) as u8 | 1;
+        }
+        content[len - 1] = 9;
+        std::fs::write(&a, &content).unwrap();
+        let src = open_read(&a, false).unwrap();
+        let b = dir.path().join("b");
+        let dst = create_new(&b, 0o600).unwrap();
+        let seen = std::cell::Cell::new(0u64);
+        let copied = copy_sparse(&src, &dst, len as u64, &|n| {
+            seen.set(seen.get() + n);
+            false
+        })
+        .unwrap();
+        assert_eq!(copied, len as u64);
+        assert_eq!(seen.get(), len as u64, "progress hook sees every byte read");
+        assert_eq!(std::fs::read(&b).unwrap(), content);
+        // 1 MiB of data plus the last block; the 2 MiB of zeros written by the source are holes.
+        let blocks = std::fs::metadata(&b).unwrap().blocks();
+        assert!(blocks <= (SMALL_SPARSE / 512) + 64, "{blocks} blocks");
+    }
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&[0u8; 4096]));
+        let mut v = vec![0u8; 4096];
+        v[4095] = 1;
+        assert!(!is_zero(&v));
+        v[4095] = 0;
+        v[3] = 1;
+        assert!(!is_zero(&v));
+    }
+
     #[test]
     fn inplace_rewrites_only_and_truncates() {
         let dir = tempfile::tempdir().unwrap();
