@@ -123,6 +123,31 @@ impl Meta {
     }
 }
 
+impl Meta {
+    // The field types of `struct stat` differ between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    fn from_stat(st: &rustix::fs::Stat) -> Meta {
+        Meta {
+            mode: st.st_mode as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: st.st_size as u64,
+            mtime: Time {
+                sec: st.st_mtime as i64,
+                nsec: st.st_mtime_nsec as u32,
+            },
+            atime: Time {
+                sec: st.st_atime as i64,
+                nsec: st.st_atime_nsec as u32,
+            },
+            rdev: st.st_rdev as u64,
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            nlink: u32::try_from(st.st_nlink).unwrap_or(u32::MAX),
+        }
+    }
+}
+
 /// `lstat`: metadata of the entry itself (symlinks not followed).
 pub fn lstat(path: &Path) -> io::Result<Meta> {
     std::fs::symlink_metadata(path).map(|m| Meta::from_std(&m))
@@ -172,8 +197,22 @@ pub fn list_with_stats(path: &Path) -> io::Result<Listing> {
         entries: Vec::with_capacity(names.len()),
         failed: Vec::new(),
     };
+    // Stat relative to the directory: one path lookup for the listing, not one per entry.
+    let dirfd = rustix::fs::openat(
+        CWD,
+        path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok();
     for name in names {
-        match lstat(&path.join(&name)) {
+        let meta = match &dirfd {
+            Some(fd) => rustix::fs::statat(fd, &name, AtFlags::SYMLINK_NOFOLLOW)
+                .map(|st| Meta::from_stat(&st))
+                .map_err(io::Error::from),
+            None => lstat(&path.join(&name)),
+        };
+        match meta {
             Ok(meta) => out.entries.push(DirEntry { name, meta }),
             Err(e) => out.failed.push((name, e)),
         }
@@ -647,9 +686,10 @@ fn write_data_blocks(dst: &File, data: &[u8], offset: u64) -> io::Result<u64> {
 }
 
 /// Copies a small file (expected `expect` bytes, less than [`SMALL_SPARSE`]) into the empty
-/// file `dst` like [`copy_sparse`], reading the source to its end instead of asking its size
-/// first: the copy has the source's length at the time it was read. Returns `None`, with
-/// nothing written, if the source now holds more than [`SMALL_SPARSE`] bytes.
+/// file `dst` like [`copy_sparse`], with one read of up to `expect + 1` bytes instead of
+/// asking its size first: the copy has the source's length at the time it was read (a short
+/// read of a regular file means its end). Returns `None`, with nothing written, if the source
+/// grew past that read; the caller then copies it by its current size.
 pub fn copy_sparse_small(
     src: &File,
     dst: &File,
@@ -659,7 +699,15 @@ pub fn copy_sparse_small(
     // One byte more than expected tells a grown file apart in the same read.
     let cap = (expect.max(4096) + 1).min(SMALL_SPARSE) as usize;
     let copied = with_buffer(cap, |buf| -> io::Result<Option<u64>> {
-        let n = read_full_at(src, buf, 0)?;
+        use std::os::unix::fs::FileExt;
+        // One read: a regular file's read comes back short only at its end.
+        let n = loop {
+            match src.read_at(buf, 0) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        };
         if n == buf.len() {
             return Ok(None);
         }
@@ -972,7 +1020,7 @@ mod tests {
         assert_eq!(copied, Some(content.len() as u64));
         assert_eq!(std::fs::read(&c).unwrap(), content);
 
-        // Grown past the small limit: nothing is written, the caller copies it whole.
+        // Grown since listed: nothing is written, the caller copies it by its new size.
         let big = dir.path().join("big");
         std::fs::write(&big, vec![1u8; SMALL_SPARSE as usize + 10]).unwrap();
         let src = open_read(&big, false).unwrap();
