@@ -1772,13 +1772,17 @@ impl Walker<'_> {
             self.list_only(src, rel, meta);
             return;
         }
-        let existing = match fsops::lstat(dst) {
-            _ if dir.virtual_new => None,
-            Ok(m) => Some(m),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => {
-                eng.io_fail("[receiver] stat", dst, &e);
-                return;
+        // (A guard arm would not do: the scrutinee, the lstat, runs before any guard.)
+        let existing = if dir.virtual_new {
+            None
+        } else {
+            match fsops::lstat(dst) {
+                Ok(m) => Some(m),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    eng.io_fail("[receiver] stat", dst, &e);
+                    return;
+                }
             }
         };
         if existing.is_none() && o.existing {
