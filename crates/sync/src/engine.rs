@@ -1772,7 +1772,7 @@ impl Walker<'_> {
             self.list_only(src, rel, meta);
             return;
         }
-        // (A guard arm would not do: the scrutinee, the lstat, runs before any guard.)
+        // Tested before the lstat (a match guard would run only after it).
         let existing = if dir.virtual_new {
             None
         } else {
