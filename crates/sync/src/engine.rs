@@ -87,6 +87,11 @@ struct FileJob {
     dir: Arc<DirNode>,
 }
 
+/// Most entries handed to the workers in one message.
+const JOB_BATCH: usize = 32;
+/// A batch is sent once its files total this many bytes (so big files spread over workers).
+const JOB_BATCH_BYTES: u64 = 1 << 20;
+
 /// One source entry handed to a worker: the worker decides and acts (quick check,
 /// attributes, transfer) and its output lines take position `seq`.
 struct EntryJob {
@@ -410,15 +415,19 @@ impl Engine {
             });
         }
         let threads = self.opts.threads.max(1);
-        let (tx, rx) = crossbeam_channel::bounded::<EntryJob>(self.opts.queue_depth.max(1));
+        // Jobs travel in batches (see `JOB_BATCH`); the queue holds about `queue_depth` entries.
+        let (tx, rx) =
+            crossbeam_channel::bounded::<Vec<EntryJob>>((self.opts.queue_depth / JOB_BATCH).max(2));
         let mut workers = Vec::new();
         if threads > 1 && !self.opts.dry_run && !self.opts.list_only {
             for _ in 0..threads {
                 let rx = rx.clone();
                 let eng = Arc::clone(self);
                 workers.push(std::thread::spawn(move || {
-                    for job in rx {
-                        eng.run_entry_job(job);
+                    for batch in rx {
+                        for job in batch {
+                            eng.run_entry_job(job);
+                        }
                     }
                 }));
             }
@@ -450,6 +459,7 @@ impl Engine {
             jobs: sender.as_ref(),
             segment: std::cell::Cell::new(self.seq.alloc()),
             skipped: Default::default(),
+            batch: Default::default(),
         };
         report::begin_capture();
         if self.opts.delete == DeleteMode::Before {
@@ -471,6 +481,7 @@ impl Engine {
             }
             walker.top_item(item, &plan.dest, &root);
         }
+        walker.send_batch();
         walker.finish_open_link_groups();
         walker.link_deferred();
         self.seq
@@ -503,6 +514,7 @@ impl Engine {
                     jobs: None,
                     segment: std::cell::Cell::new(0),
                     skipped: Default::default(),
+                    batch: Default::default(),
                 };
                 for item in &plan.items {
                     walker.delete_pass(item, &plan.dest);
@@ -743,6 +755,7 @@ impl Engine {
                 jobs: None,
                 segment: std::cell::Cell::new(0),
                 skipped: Default::default(),
+                batch: Default::default(),
             };
             walker.handle_nondir(&job.src, &job.dst, &job.rel, &job.meta, &job.dir);
         }
@@ -874,8 +887,18 @@ impl Engine {
         } else {
             fsops::open_read(src, follow)?
         };
-        let smeta = fsops::fstat(&sf)?;
-        let len = smeta.size;
+        // Small sparse copies read the source to its end instead of asking for its size.
+        let small_sparse = self.opts.sparse
+            && !self.opts.preallocate
+            && !self.opts.append
+            && !self.opts.inplace
+            && meta.size < fsops::SMALL_SPARSE;
+        let smeta = if small_sparse {
+            None
+        } else {
+            Some(fsops::fstat(&sf)?)
+        };
+        let len = smeta.map_or(meta.size, |m| m.size);
         let wanted = meta::wanted(&self.opts, meta, existing, self.am_root);
         let hook = |n: u64| {
             self.pace(n);
@@ -936,10 +959,17 @@ impl Engine {
             if self.opts.preallocate {
                 fsops::preallocate(&df, len)?;
             }
-            let written = if self.opts.sparse {
+            let written = if small_sparse {
+                match fsops::copy_sparse_small(&sf, &df, meta.size, &hook)? {
+                    Some(n) => n,
+                    // It grew past the small size: copy it as it is now.
+                    None => fsops::copy_sparse(&sf, &df, fsops::fstat(&sf)?.size, &hook)?,
+                }
+            } else if self.opts.sparse {
                 fsops::copy_sparse(&sf, &df, len, &hook)?
             } else {
-                fsops::copy_whole(&sf, smeta.dev, &df, len, plain, &hook)?;
+                let dev = smeta.map_or(meta.dev, |m| m.dev);
+                fsops::copy_whole(&sf, dev, &df, len, plain, &hook)?;
                 len
             };
             self.finish_attrs_fd(src, &tmp, &df, &wanted)?;
@@ -1151,7 +1181,9 @@ fn unsafe_link(target: &[u8], rel: &[u8]) -> bool {
 /// The walker: runs on one thread, hands file copies to the workers.
 struct Walker<'a> {
     eng: &'a Arc<Engine>,
-    jobs: Option<&'a crossbeam_channel::Sender<EntryJob>>,
+    jobs: Option<&'a crossbeam_channel::Sender<Vec<EntryJob>>>,
+    /// Entries dispatched but not yet handed to the workers, with their total size.
+    batch: std::cell::RefCell<(Vec<EntryJob>, u64)>,
     /// The output position the walker's own lines currently go to.
     segment: std::cell::Cell<u64>,
     /// Non-regular files left out of the last listing, reported after its deletions.
@@ -1435,6 +1467,7 @@ impl Walker<'_> {
                 _ => self.handle_nondir(&s, &d, &child_rel, &e.meta, node),
             }
         }
+        self.send_batch();
         for e in entries {
             if self.eng.stopped() {
                 return;
@@ -1739,13 +1772,17 @@ impl Walker<'_> {
             self.list_only(src, rel, meta);
             return;
         }
-        let existing = match fsops::lstat(dst) {
-            _ if dir.virtual_new => None,
-            Ok(m) => Some(m),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => {
-                eng.io_fail("[receiver] stat", dst, &e);
-                return;
+        // Tested before the lstat (a match guard would run only after it).
+        let existing = if dir.virtual_new {
+            None
+        } else {
+            match fsops::lstat(dst) {
+                Ok(m) => Some(m),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    eng.io_fail("[receiver] stat", dst, &e);
+                    return;
+                }
             }
         };
         if existing.is_none() && o.existing {
@@ -1875,10 +1912,12 @@ impl Walker<'_> {
         }
     }
 
-    /// Hands one entry to the workers, closing the walker's current output segment.
+    /// Hands one entry to the workers, closing the walker's current output segment. Entries
+    /// are queued in batches (fewer hand-offs between threads); [`Walker::send_batch`] sends
+    /// a partial batch.
     fn dispatch(
         &self,
-        tx: &crossbeam_channel::Sender<EntryJob>,
+        tx: &crossbeam_channel::Sender<Vec<EntryJob>>,
         src: PathBuf,
         dst: PathBuf,
         rel: Vec<u8>,
@@ -1892,6 +1931,7 @@ impl Walker<'_> {
         self.segment.set(eng.seq.alloc());
         report::begin_capture();
         dir.pending.fetch_add(1, Ordering::AcqRel);
+        let size = meta.size;
         let job = EntryJob {
             src,
             dst,
@@ -1900,10 +1940,36 @@ impl Walker<'_> {
             dir: Arc::clone(dir),
             seq,
         };
-        if let Err(crossbeam_channel::SendError(job)) = tx.send(job) {
+        let full = {
+            let mut b = self.batch.borrow_mut();
+            b.0.push(job);
+            b.1 += size;
+            b.0.len() >= JOB_BATCH || b.1 >= JOB_BATCH_BYTES
+        };
+        if full {
+            self.send_batch_to(tx);
+        }
+    }
+
+    /// Sends the entries queued by [`Walker::dispatch`] to the workers.
+    fn send_batch(&self) {
+        if let Some(tx) = self.jobs {
+            self.send_batch_to(tx);
+        }
+    }
+
+    fn send_batch_to(&self, tx: &crossbeam_channel::Sender<Vec<EntryJob>>) {
+        let jobs = std::mem::take(&mut *self.batch.borrow_mut()).0;
+        if jobs.is_empty() {
+            return;
+        }
+        if let Err(crossbeam_channel::SendError(jobs)) = tx.send(jobs) {
             // No worker left (cannot happen while the walker holds the sender): do it here.
+            let eng = self.eng;
             let lines = report::end_capture();
-            eng.run_entry_job(job);
+            for job in jobs {
+                eng.run_entry_job(job);
+            }
             report::begin_capture();
             for l in lines {
                 eng.out.line(&l);

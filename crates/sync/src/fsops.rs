@@ -123,6 +123,31 @@ impl Meta {
     }
 }
 
+impl Meta {
+    // The field types of `struct stat` differ between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    fn from_stat(st: &rustix::fs::Stat) -> Meta {
+        Meta {
+            mode: st.st_mode as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: st.st_size as u64,
+            mtime: Time {
+                sec: st.st_mtime as i64,
+                nsec: st.st_mtime_nsec as u32,
+            },
+            atime: Time {
+                sec: st.st_atime as i64,
+                nsec: st.st_atime_nsec as u32,
+            },
+            rdev: st.st_rdev as u64,
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            nlink: u32::try_from(st.st_nlink).unwrap_or(u32::MAX),
+        }
+    }
+}
+
 /// `lstat`: metadata of the entry itself (symlinks not followed).
 pub fn lstat(path: &Path) -> io::Result<Meta> {
     std::fs::symlink_metadata(path).map(|m| Meta::from_std(&m))
@@ -172,8 +197,22 @@ pub fn list_with_stats(path: &Path) -> io::Result<Listing> {
         entries: Vec::with_capacity(names.len()),
         failed: Vec::new(),
     };
+    // Stat relative to the directory: one path lookup for the listing, not one per entry.
+    let dirfd = rustix::fs::openat(
+        CWD,
+        path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok();
     for name in names {
-        match lstat(&path.join(&name)) {
+        let meta = match &dirfd {
+            Some(fd) => rustix::fs::statat(fd, &name, AtFlags::SYMLINK_NOFOLLOW)
+                .map(|st| Meta::from_stat(&st))
+                .map_err(io::Error::from),
+            None => lstat(&path.join(&name)),
+        };
+        match meta {
             Ok(meta) => out.entries.push(DirEntry { name, meta }),
             Err(e) => out.failed.push((name, e)),
         }
@@ -533,42 +572,153 @@ pub fn copy_whole(
     Ok(CopyMethod::ReadWrite)
 }
 
-/// Copies `[offset, offset+len)` with read/write. With `sparse`, all-zero 4 KiB blocks are
-/// skipped (left as holes) instead of written.
+/// Copies `[offset, offset+len)` with positional reads and writes. With `sparse`, all-zero
+/// 4 KiB blocks are skipped (left as holes) instead of written; runs of data blocks are
+/// written with one call each. Returns the bytes read (the copy ends early at end of file).
 fn copy_read_write(
-    mut src: &File,
-    mut dst: &File,
+    src: &File,
+    dst: &File,
     offset: u64,
     len: u64,
     sparse: bool,
     stop: StopCheck,
 ) -> io::Result<u64> {
-    use std::io::Seek;
-    src.seek(io::SeekFrom::Start(offset))?;
-    dst.seek(io::SeekFrom::Start(offset))?;
-    let mut buf = vec![0u8; len.clamp(1, 256 * 1024) as usize];
-    let mut left = len;
-    let mut copied = 0;
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        let n = src.read(&mut buf[..want])?;
-        if n == 0 {
-            break;
-        }
-        if sparse {
-            for block in buf[..n].chunks(4096) {
-                if block.iter().all(|b| *b == 0) {
-                    dst.seek(io::SeekFrom::Current(block.len() as i64))?;
-                } else {
-                    dst.write_all(block)?;
-                }
+    with_buffer(len.clamp(1, 1 << 20) as usize, |buf| {
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let want = (end - pos).min(buf.len() as u64) as usize;
+            let n = read_full_at(src, &mut buf[..want], pos)?;
+            if n == 0 {
+                break;
             }
-        } else {
-            dst.write_all(&buf[..n])?;
+            if sparse {
+                write_data_blocks(dst, &buf[..n], pos)?;
+            } else {
+                write_all_at(dst, &buf[..n], pos)?;
+            }
+            pos += n as u64;
+            if stop(n as u64) {
+                return Err(interrupted());
+            }
+            if n < want {
+                break;
+            }
         }
-        left -= n as u64;
-        copied += n as u64;
-        if stop(n as u64) {
+        Ok(pos - offset)
+    })
+}
+
+/// Files up to this size are copied sparse with one read, without `SEEK_DATA`/`SEEK_HOLE`
+/// (holes read as zeros and are skipped like any zero block).
+pub const SMALL_SPARSE: u64 = 1 << 20;
+
+/// Runs `f` with a zeroed-or-reused per-thread buffer of at least `len` bytes.
+fn with_buffer<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+    use std::cell::RefCell;
+    thread_local! {
+        static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    BUF.with(|b| match b.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0);
+            }
+            f(&mut v[..len])
+        }
+        // Re-entered (cannot happen: `f` never copies): use a fresh buffer.
+        Err(_) => f(&mut vec![0u8; len]),
+    })
+}
+
+/// `pread` until `buf` is full or end of file; returns the bytes read.
+fn read_full_at(src: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match src.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(r) => n += r,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn write_all_at(dst: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    dst.write_all_at(buf, offset)
+}
+
+/// True if every byte is zero.
+fn is_zero(block: &[u8]) -> bool {
+    // Data usually differs from zero in its first bytes: look there before scanning it all.
+    let head = block.len().min(16);
+    block[..head].iter().all(|&b| b == 0) && block[head..].iter().fold(0u8, |a, &b| a | b) == 0
+}
+
+/// Writes the 4 KiB blocks of `data` (which belongs at `offset`) that are not all zero,
+/// one write per run of such blocks. Returns the end offset of the last block written
+/// (`offset` if none was).
+fn write_data_blocks(dst: &File, data: &[u8], offset: u64) -> io::Result<u64> {
+    const BLOCK: usize = 4096;
+    let mut run_start: Option<usize> = None;
+    let mut written_end = offset;
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + BLOCK).min(data.len());
+        if is_zero(&data[at..end]) {
+            if let Some(s) = run_start.take() {
+                write_all_at(dst, &data[s..at], offset + s as u64)?;
+                written_end = offset + at as u64;
+            }
+        } else if run_start.is_none() {
+            run_start = Some(at);
+        }
+        at = end;
+    }
+    if let Some(s) = run_start {
+        write_all_at(dst, &data[s..], offset + s as u64)?;
+        written_end = offset + data.len() as u64;
+    }
+    Ok(written_end)
+}
+
+/// Copies a small file (expected `expect` bytes, less than [`SMALL_SPARSE`]) into the empty
+/// file `dst` like [`copy_sparse`], with one read of up to `expect + 1` bytes instead of
+/// asking its size first: the copy has the source's length at the time it was read (a short
+/// read of a regular file means its end). Returns `None`, with nothing written, if the source
+/// grew past that read; the caller then copies it by its current size.
+pub fn copy_sparse_small(
+    src: &File,
+    dst: &File,
+    expect: u64,
+    stop: StopCheck,
+) -> io::Result<Option<u64>> {
+    // One byte more than expected tells a grown file apart in the same read.
+    let cap = (expect.max(4096) + 1).min(SMALL_SPARSE) as usize;
+    let copied = with_buffer(cap, |buf| -> io::Result<Option<u64>> {
+        use std::os::unix::fs::FileExt;
+        // One read: a regular file's read comes back short only at its end.
+        let n = loop {
+            match src.read_at(buf, 0) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        };
+        if n == buf.len() {
+            return Ok(None);
+        }
+        let data_end = write_data_blocks(dst, &buf[..n], 0)?;
+        if data_end < n as u64 {
+            set_len(dst, n as u64)?;
+        }
+        Ok(Some(n as u64))
+    })?;
+    if let Some(n) = copied {
+        if stop(n) {
             return Err(interrupted());
         }
     }
@@ -577,7 +727,22 @@ fn copy_read_write(
 
 /// Copies `src` into the empty file `dst` keeping holes: only the data extents found with
 /// `SEEK_DATA`/`SEEK_HOLE` are read, and zero blocks inside them are skipped too (`-S`).
+/// Small files are read whole at once instead (one read, one write per data run).
 pub fn copy_sparse(src: &File, dst: &File, len: u64, stop: StopCheck) -> io::Result<u64> {
+    if len <= SMALL_SPARSE {
+        let (n, data_end) = with_buffer(len as usize, |buf| -> io::Result<(usize, u64)> {
+            let n = read_full_at(src, buf, 0)?;
+            let data_end = write_data_blocks(dst, &buf[..n], 0)?;
+            Ok((n, data_end))
+        })?;
+        if data_end < len {
+            set_len(dst, len)?;
+        }
+        if stop(n as u64) {
+            return Err(interrupted());
+        }
+        return Ok(n as u64);
+    }
     let mut pos = 0u64;
     let mut copied = 0u64;
     while pos < len {
@@ -827,6 +992,94 @@ mod tests {
             std::fs::metadata(&b).unwrap().blocks() < 1024,
             "holes were filled"
         );
+    }
+
+    /// Small files: zero blocks (and a zero tail) become holes, data runs are kept, the
+    /// length is the source's; a file that grew past the small limit is refused untouched.
+    #[test]
+    fn small_sparse_copy_skips_zero_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let mut content = vec![0u8; 5 * 4096 + 100];
+        content[4096..4096 + 10].copy_from_slice(b"0123456789");
+        content[3 * 4096] = 7;
+        std::fs::write(&a, &content).unwrap();
+        let src = open_read(&a, false).unwrap();
+        let b = dir.path().join("b");
+        let dst = create_new(&b, 0o600).unwrap();
+        let copied = copy_sparse_small(&src, &dst, content.len() as u64, &|_| false).unwrap();
+        assert_eq!(copied, Some(content.len() as u64));
+        assert_eq!(std::fs::read(&b).unwrap(), content);
+        // Two data blocks of 4 KiB (tmpfs/ext4 allocate per block).
+        assert!(std::fs::metadata(&b).unwrap().blocks() <= 2 * 8 + 8);
+
+        // Shrunk since listed: the copy has the current length.
+        let c = dir.path().join("c");
+        let dst = create_new(&c, 0o600).unwrap();
+        let copied = copy_sparse_small(&src, &dst, content.len() as u64 + 50, &|_| false).unwrap();
+        assert_eq!(copied, Some(content.len() as u64));
+        assert_eq!(std::fs::read(&c).unwrap(), content);
+
+        // Grown since listed: nothing is written, the caller copies it by its new size.
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![1u8; SMALL_SPARSE as usize + 10]).unwrap();
+        let src = open_read(&big, false).unwrap();
+        let d = dir.path().join("d");
+        let dst = create_new(&d, 0o600).unwrap();
+        assert_eq!(copy_sparse_small(&src, &dst, 10, &|_| false).unwrap(), None);
+        assert_eq!(std::fs::metadata(&d).unwrap().len(), 0);
+
+        // An all-zero small file is all hole.
+        let z = dir.path().join("z");
+        std::fs::write(&z, vec![0u8; 3 * 4096]).unwrap();
+        let src = open_read(&z, false).unwrap();
+        let e = dir.path().join("e");
+        let dst = create_new(&e, 0o600).unwrap();
+        copy_sparse_small(&src, &dst, 3 * 4096, &|_| false).unwrap();
+        assert_eq!(std::fs::read(&e).unwrap(), vec![0u8; 3 * 4096]);
+        assert_eq!(std::fs::metadata(&e).unwrap().blocks(), 0);
+    }
+
+    /// Large sparse copies write each run of data blocks once, and leave zero blocks inside
+    /// data extents as holes.
+    #[test]
+    fn large_sparse_copy_skips_zero_blocks_inside_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let len = 3 * SMALL_SPARSE as usize;
+        let mut content = vec![0u8; len];
+        for (i, b) in content.iter_mut().enumerate().take(SMALL_SPARSE as usize) {
+            *b = (i % 251) as u8 | 1;
+        }
+        content[len - 1] = 9;
+        std::fs::write(&a, &content).unwrap();
+        let src = open_read(&a, false).unwrap();
+        let b = dir.path().join("b");
+        let dst = create_new(&b, 0o600).unwrap();
+        let seen = std::cell::Cell::new(0u64);
+        let copied = copy_sparse(&src, &dst, len as u64, &|n| {
+            seen.set(seen.get() + n);
+            false
+        })
+        .unwrap();
+        assert_eq!(copied, len as u64);
+        assert_eq!(seen.get(), len as u64, "progress hook sees every byte read");
+        assert_eq!(std::fs::read(&b).unwrap(), content);
+        // 1 MiB of data plus the last block; the 2 MiB of zeros written by the source are holes.
+        let blocks = std::fs::metadata(&b).unwrap().blocks();
+        assert!(blocks <= (SMALL_SPARSE / 512) + 64, "{blocks} blocks");
+    }
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&[0u8; 4096]));
+        let mut v = vec![0u8; 4096];
+        v[4095] = 1;
+        assert!(!is_zero(&v));
+        v[4095] = 0;
+        v[3] = 1;
+        assert!(!is_zero(&v));
     }
 
     #[test]
