@@ -1169,3 +1169,137 @@ fn batched_workers_keep_rsyncs_tree_and_order() {
         "update -i output differs"
     );
 }
+
+#[test]
+fn tricky_filter_combinations_match_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    for d in [
+        "build/deep",
+        "sub/only/d",
+        "sub/inner/build",
+        "cache/b",
+        ".git",
+        "docs/img",
+    ] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    for f in [
+        "a.c",
+        "a.o",
+        "core",
+        "foo~",
+        "keep.log",
+        "top.txt",
+        "build/x.o",
+        "build/y.txt",
+        "build/deep/z.txt",
+        "sub/a.tmp",
+        "sub/b.txt",
+        "sub/only/c.txt",
+        "sub/only/d/e.txt",
+        "sub/only2",
+        "sub/inner/a.tmp",
+        "sub/inner/q.txt",
+        "sub/inner/build/w.txt",
+        "cache/a",
+        "cache/b/c",
+        ".git/config",
+        "docs/readme.md",
+        "docs/img/p.png",
+    ] {
+        fs::write(src.join(f), f.as_bytes()).unwrap();
+    }
+    // Anchored rules in a per-directory file are relative to that directory.
+    fs::write(
+        src.join("sub/.rsync-filter"),
+        "- *.tmp\n+ /only/***\n- /only2\nP precious*\n",
+    )
+    .unwrap();
+    fs::write(src.join(".rsync-filter"), "- /docs/img/\n").unwrap();
+    settle_times(&src);
+    // An older destination with extraneous entries, some of them protected.
+    let old = w.path().join("old");
+    for d in ["sub", "gone_dir/deeper", "cache"] {
+        fs::create_dir_all(old.join(d)).unwrap();
+    }
+    for f in [
+        "sub/precious1",
+        "sub/gone.txt",
+        "gone_dir/precious2",
+        "gone_dir/x",
+        "gone_dir/deeper/x",
+        "keep.log.old",
+        "x.o",
+        "cache/old",
+    ] {
+        fs::write(old.join(f), b"old").unwrap();
+    }
+    let o = SnapOpts::default();
+    for flags in [
+        &[
+            "-a",
+            "--exclude=/top.txt",
+            "--exclude=**/deep/**",
+            "--exclude=cache/***",
+        ][..],
+        &["-a", "--include=*/", "--include=**.txt", "--exclude=*"],
+        &[
+            "-a",
+            "--exclude=build/",
+            "--include=/sub/",
+            "--exclude=/*/",
+            "--delete",
+        ],
+        &["-a", "-F", "--delete"],
+        &["-a", "-FF", "--delete-after", "--filter=- /a.*"],
+        &["-a", "-C", "--delete"],
+        &[
+            "-a",
+            "-C",
+            "--delete",
+            "--delete-excluded",
+            "--filter=P *.old",
+        ],
+        &[
+            "-a",
+            "--delete",
+            "--filter=P gone_dir/precious*",
+            "--filter=-p x",
+        ],
+        &[
+            "-a",
+            "--filter=- sub/only2",
+            "--filter=+ sub/only/***",
+            "--filter=- sub/*/",
+            "-F",
+        ],
+        &[
+            "-a",
+            "-F",
+            "-C",
+            "--filter=protect core",
+            "--delete",
+            "--exclude=/sub/inner/",
+        ],
+    ] {
+        let what = flags.join(" ");
+        // A directory kept by protected entries while everything else in it is deleted is
+        // absent from the source: its mtime is whenever the deletions happened.
+        let o = if flags.contains(&"--filter=-p x") {
+            SnapOpts {
+                dir_mtimes: false,
+                ..o
+            }
+        } else {
+            o
+        };
+        differential(w.path(), flags, &[slash(&src)], Some(&old), o, &what);
+        if !o.dir_mtimes {
+            // The perishable rule did not keep `gone_dir/x`; the protect rule kept the
+            // directory.
+            assert!(w.path().join("a/gone_dir/precious2").exists(), "{what}");
+            assert!(!w.path().join("a/gone_dir/x").exists(), "{what}");
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! rsync options this build does not support (exit code 1, naming the option).
 
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -10,12 +11,13 @@ use std::sync::Arc;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
 use crate::engine::{self, exit, Engine};
-use crate::filter::{FromFile, SimpleFilter};
+use crate::filter::RulesFilter;
 use crate::fsops;
 use crate::meta;
 use crate::options::{DeleteMode, IdMapRule, IdMatch, Options};
 use crate::plan;
 use crate::report::Output;
+use arsync_filter::{FilterRules, FromFile};
 
 /// Boolean options: (id, short, long, help). Each also gets `--no-<long>`.
 const BOOLS: &[(&str, Option<char>, &str, &str)] = &[
@@ -1044,7 +1046,7 @@ pub struct Parsed {
     /// Options.
     pub opts: Options,
     /// Filter rules.
-    pub filter: SimpleFilter,
+    pub filter: RulesFilter,
     /// Source arguments.
     pub sources: Vec<OsString>,
     /// Destination argument (`None`: list the single source).
@@ -1388,7 +1390,8 @@ where
     }
 
     // Filter rules in command-line order.
-    let mut filter = SimpleFilter::new();
+    let mut filter = FilterRules::new();
+    filter.set_from0(o.from0);
     let mut ordered: Vec<(usize, &str, OsString)> = Vec::new();
     for id in [
         "exclude",
@@ -1409,36 +1412,26 @@ where
     let f_at: Vec<usize> = m.indices_of("F").map(|i| i.collect()).unwrap_or_default();
     for k in 0..f_count {
         let at = f_at.get(k).or(f_at.last()).copied().unwrap_or(0);
-        let rule = if k == 0 {
-            ": /.rsync-filter"
-        } else {
-            "- .rsync-filter"
-        };
-        ordered.push((at, "filter", OsString::from(rule)));
+        ordered.push((at, "F", OsString::from(if k == 0 { "1" } else { "2" })));
     }
     ordered.sort_by_key(|(i, _, _)| *i);
     for (_, id, v) in ordered {
         let text = v.to_string_lossy();
         let r = match id {
-            "exclude" => {
-                filter.add_exclude(&text);
-                Ok(())
-            }
-            "include" => {
-                filter.add_include(&text);
-                Ok(())
-            }
-            "filter" => filter.add_rule(&text),
+            "exclude" => filter.add_exclude_bytes(v.as_bytes()),
+            "include" => filter.add_include_bytes(v.as_bytes()),
+            "filter" => filter.add_rule_bytes(v.as_bytes()),
             "exclude-from" => filter.add_from_file(&PathBuf::from(&v), FromFile::Exclude),
             "include-from" => filter.add_from_file(&PathBuf::from(&v), FromFile::Include),
-            _ => {
-                filter.add_cvs_exclude();
-                Ok(())
-            }
+            // The k-th -F adds the k-th of rsync's two rules.
+            "F" if text == "1" => filter.add_rule(": /.rsync-filter"),
+            "F" => filter.add_rule("- .rsync-filter"),
+            _ => filter.add_cvs_exclude(),
         };
         r.map_err(|e| usage(format!("arsync: {e}")))?;
     }
     filter.set_delete_excluded(o.delete_excluded);
+    let filter = RulesFilter::new(filter);
 
     let mut paths: Vec<OsString> = m
         .get_many::<OsString>("paths")

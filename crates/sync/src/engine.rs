@@ -2625,6 +2625,18 @@ impl Walker<'_> {
         !self.eng.filter.is_empty() && self.eng.filter.protected(rel, is_dir)
     }
 
+    /// [`Walker::protected`] for an entry inside a directory being deleted whole.
+    fn protected_inside_deleted(&self, rel: &[u8], name: &OsStr, is_dir: bool) -> bool {
+        let o = self.opts();
+        if o.backup && o.backup_dir.is_none() {
+            let suffix = o.backup_suffix();
+            if !suffix.is_empty() && name.as_bytes().ends_with(suffix.as_bytes()) {
+                return true;
+            }
+        }
+        !self.eng.filter.is_empty() && self.eng.filter.protected_in_deleted_dir(rel, is_dir)
+    }
+
     /// Deletes one entry (directories depth-first), honouring `--max-delete` and protection.
     fn delete_path(&self, path: &Path, rel: &[u8], m: &Meta, quiet: bool) -> bool {
         let eng = self.eng;
@@ -2639,7 +2651,7 @@ impl Walker<'_> {
                     let Ok(cm) = fsops::lstat(&child) else {
                         continue;
                     };
-                    if self.protected(&child_rel, &name, cm.kind() == Kind::Dir) {
+                    if self.protected_inside_deleted(&child_rel, &name, cm.kind() == Kind::Dir) {
                         all_gone = false;
                         continue;
                     }

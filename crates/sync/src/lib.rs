@@ -20,5 +20,5 @@ pub mod plan;
 pub mod report;
 
 pub use engine::Engine;
-pub use filter::{PathFilter, SimpleFilter};
+pub use filter::{PathFilter, RulesFilter};
 pub use options::Options;

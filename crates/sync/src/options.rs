@@ -243,9 +243,8 @@ pub fn map_id(rules: &[IdMapRule], id: u32, name_of: impl Fn(u32) -> Option<Stri
             IdMatch::Id(x) => *x == id,
             IdMatch::Range(lo, hi) => (*lo..=*hi).contains(&id),
             IdMatch::Name(p) if p == "*" => true,
-            IdMatch::Name(p) => {
-                name_of(id).is_some_and(|n| crate::filter::glob(p.as_bytes(), n.as_bytes()))
-            }
+            IdMatch::Name(p) => name_of(id)
+                .is_some_and(|n| arsync_filter::wildmatch::wildmatch(p.as_bytes(), n.as_bytes())),
         };
         if hit {
             return r.to;
