@@ -2488,12 +2488,39 @@ impl Walker<'_> {
         if o.dry_run {
             return;
         }
-        if let Some(_d) = &existing {
-            if o.backup {
-                if let Err(e) = eng.make_backup(dst, rel, false) {
-                    eng.io_fail("backup", dst, &e);
-                    return;
+        self.replace_via_temp(dst, rel, existing.is_some(), "[receiver] symlink", |tmp| {
+            fsops::symlink(&target, tmp)?;
+            if o.xattrs || o.acls {
+                let _ = meta::sync_xattrs(src, tmp, o.xattrs, false, false);
+            }
+            let w = meta::wanted(o, meta, None, eng.am_root);
+            if let Err(e) = meta::apply(tmp, Kind::Symlink, &w, None) {
+                if e.kind() != io::ErrorKind::PermissionDenied || eng.am_root {
+                    return Err(e);
                 }
+            }
+            Ok(())
+        });
+    }
+
+    /// Replaces `dst` by an entry that `create` makes (with its attributes) under a
+    /// temporary name in the same directory, then renames into place: the old entry
+    /// stays until the new one is complete. With `-b`, an `existing` entry is backed
+    /// up first. On failure the temporary entry is removed and the error reported
+    /// with `what`.
+    fn replace_via_temp(
+        &self,
+        dst: &Path,
+        rel: &[u8],
+        existing: bool,
+        what: &str,
+        create: impl FnOnce(&Path) -> io::Result<()>,
+    ) {
+        let eng = self.eng;
+        if existing && self.opts().backup {
+            if let Err(e) = eng.make_backup(dst, rel, false) {
+                eng.io_fail("backup", dst, &e);
+                return;
             }
         }
         let dir = dst.parent().unwrap_or(Path::new("."));
@@ -2502,22 +2529,9 @@ impl Walker<'_> {
             .map(|n| n.as_bytes().to_vec())
             .unwrap_or_default();
         let tmp = eng.temp_path(dir, &name);
-        let r = (|| {
-            fsops::symlink(&target, &tmp)?;
-            if o.xattrs || o.acls {
-                let _ = meta::sync_xattrs(src, &tmp, o.xattrs, false, false);
-            }
-            let w = meta::wanted(o, meta, None, eng.am_root);
-            if let Err(e) = meta::apply(&tmp, Kind::Symlink, &w, None) {
-                if e.kind() != io::ErrorKind::PermissionDenied || eng.am_root {
-                    return Err(e);
-                }
-            }
-            fsops::rename(&tmp, dst)
-        })();
-        if let Err(e) = r {
+        if let Err(e) = create(&tmp).and_then(|()| fsops::rename(&tmp, dst)) {
             let _ = fsops::unlink(&tmp);
-            eng.io_fail("[receiver] symlink", dst, &e);
+            eng.io_fail(what, dst, &e);
         }
     }
 
@@ -2558,28 +2572,11 @@ impl Walker<'_> {
         if o.dry_run {
             return;
         }
-        if existing.is_some() && o.backup {
-            if let Err(e) = eng.make_backup(dst, rel, false) {
-                eng.io_fail("backup", dst, &e);
-                return;
-            }
-        }
-        let dir = dst.parent().unwrap_or(Path::new("."));
-        let name = dst
-            .file_name()
-            .map(|n| n.as_bytes().to_vec())
-            .unwrap_or_default();
-        let tmp = eng.temp_path(dir, &name);
-        let r = (|| {
-            fsops::mknod(&tmp, meta.mode, meta.rdev)?;
+        self.replace_via_temp(dst, rel, existing.is_some(), "[receiver] mknod", |tmp| {
+            fsops::mknod(tmp, meta.mode, meta.rdev)?;
             let w = meta::wanted(o, meta, None, eng.am_root);
-            meta::apply(&tmp, kind, &w, None)?;
-            fsops::rename(&tmp, dst)
-        })();
-        if let Err(e) = r {
-            let _ = fsops::unlink(&tmp);
-            eng.io_fail("[receiver] mknod", dst, &e);
-        }
+            meta::apply(tmp, kind, &w, None)
+        });
     }
 
     /// Deletes destination entries of `dst` that are not in the source listing.
