@@ -2038,24 +2038,12 @@ impl Walker<'_> {
             if e.kind() == Kind::Dir && !self.make_way(dst, rel, e) {
                 return;
             }
-            if eng.opts.backup && e.kind() != Kind::Dir {
-                if let Err(err) = eng.make_backup(dst, rel, false) {
-                    eng.io_fail("backup", dst, &err);
-                    return;
-                }
-            }
         }
-        let dir = dst.parent().unwrap_or(Path::new("."));
-        let name = dst
-            .file_name()
-            .map(|n| n.as_bytes().to_vec())
-            .unwrap_or_default();
-        let tmp = eng.temp_path(dir, &name);
-        let r = fsops::hard_link(leader_dst, &tmp).and_then(|()| fsops::rename(&tmp, dst));
-        if let Err(e) = r {
-            let _ = fsops::unlink(&tmp);
-            eng.io_fail("hard link", dst, &e);
-        }
+        // A directory made way above is gone, so only a non-directory is backed up.
+        let back_up = existing.is_some_and(|e| e.kind() != Kind::Dir);
+        self.replace_via_temp(dst, rel, back_up, "hard link", |tmp| {
+            fsops::hard_link(leader_dst, tmp)
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
