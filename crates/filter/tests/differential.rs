@@ -14,12 +14,25 @@ use arsync_filter::{CvsIgnoreSources, Decision, FilterRules, FromFile};
 
 type PathSet = BTreeSet<(Vec<u8>, bool)>;
 
-fn rsync_available() -> bool {
-    Command::new("rsync")
+/// These tests compare with the real rsync; CI installs it (scripts/deps), so its absence is a
+/// failure, not a reason to pass.
+fn require_rsync() {
+    let ok = Command::new("rsync")
         .arg("--version")
         .output()
         .map(|o| o.status.success())
-        .unwrap_or(false)
+        .unwrap_or(false);
+    assert!(ok, "rsync is not installed: run scripts/deps");
+}
+
+/// A small deterministic xorshift generator: `next(n)` is in `0..n`.
+fn xorshift(mut state: u64) -> impl FnMut(usize) -> usize {
+    move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    }
 }
 
 fn write(root: &Path, rel: &[u8], data: &[u8]) {
@@ -418,10 +431,7 @@ const COMBOS: &[&[&[u8]]] = &[
 
 #[test]
 fn file_lists_match_rsync() {
-    if !rsync_available() {
-        eprintln!("rsync not installed: skipping the differential test");
-        return;
-    }
+    require_rsync();
     let (base, src, env, files) = fixture();
     let dst = base.path().join("dst");
     let mut failures = Vec::new();
@@ -487,10 +497,7 @@ const DELETE_COMBOS: &[&[&[u8]]] = &[
 /// `--delete` keeps exactly the extra receiver files our receiver-side check protects.
 #[test]
 fn deletions_match_rsync() {
-    if !rsync_available() {
-        eprintln!("rsync not installed: skipping the differential test");
-        return;
-    }
+    require_rsync();
     let (base, src, env, files) = fixture();
     let dst = base.path().join("dst");
     let extras: &[&[u8]] = &[
@@ -641,10 +648,7 @@ const WIRE_COMBOS: &[&[&[u8]]] = &[
 /// The rules our client would send equal the bytes a real rsync client sends.
 #[test]
 fn wire_filter_lists_match_rsync() {
-    if !rsync_available() {
-        eprintln!("rsync not installed: skipping the differential test");
-        return;
-    }
+    require_rsync();
     let (base, src, env, files) = fixture();
     let rsh = base.path().join("fake-rsh");
     // Runs the server locally and records what the client sends it.
@@ -735,19 +739,10 @@ fn wire_filter_lists_match_rsync() {
 /// file set must equal rsync's.
 #[test]
 fn random_rule_lists_match_rsync() {
-    if !rsync_available() {
-        eprintln!("rsync not installed: skipping the differential test");
-        return;
-    }
+    require_rsync();
     let (base, src, env, _files) = fixture();
     let dst = base.path().join("dst");
-    let mut state: u64 = 0x5eed_f11e_u64;
-    let mut next = move |n: usize| -> usize {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n as u64) as usize
-    };
+    let mut next = xorshift(0x5eed_f11e_u64);
     const PREFIXES: &[&str] = &[
         "-", "+", "H", "S", "-!", "+!", "-p", "+s", "-r", "P", "exclude,", "include,",
     ];
@@ -841,10 +836,7 @@ fn random_rule_lists_match_rsync() {
 /// `include from`, `exclude from`) hide the same files from a pulling client.
 #[test]
 fn daemon_module_filters_match_rsync() {
-    if !rsync_available() {
-        eprintln!("rsync not installed: skipping the differential test");
-        return;
-    }
+    require_rsync();
     let (base, src, _env, files) = fixture();
     let rsh = base.path().join("daemon-rsh");
     // Runs `rsync --server --daemon .` locally with our configuration file.
@@ -946,8 +938,9 @@ fn xattr_selection_matches_rsync() {
     let is_root = fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false);
-    if !rsync_available() || !is_root {
-        eprintln!("needs rsync and root: skipped");
+    require_rsync();
+    if !is_root {
+        eprintln!("needs root (trusted.* xattrs): skipped");
         return;
     }
     let base = tempfile::tempdir_in("/dev/shm")
@@ -1018,19 +1011,10 @@ fn xattr_selection_matches_rsync() {
 /// Random per-directory merge files (random rules, random merge modifiers) over the tree.
 #[test]
 fn random_per_directory_rules_match_rsync() {
-    if !rsync_available() {
-        eprintln!("rsync not installed: skipping the differential test");
-        return;
-    }
+    require_rsync();
     let (base, src, env, _files) = fixture();
     let dst = base.path().join("dst");
-    let mut state: u64 = 0xd1ce_5eed_u64;
-    let mut next = move |n: usize| -> usize {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n as u64) as usize
-    };
+    let mut next = xorshift(0xd1ce_5eed_u64);
     const DIRS: &[&str] = &[
         "",
         "src",
