@@ -288,6 +288,43 @@ fn show(set: &PathSet) -> String {
         .join("\n")
 }
 
+/// How rsync's copy and our walk of the same tree with the same arguments compare.
+enum Verdict {
+    Same,
+    BothFailed,
+    /// What differs, ready for a failure message.
+    Differ(String),
+}
+
+fn compare_walk(args: &[OsString], src: &Path, dst: &Path, env: &Env) -> Verdict {
+    let theirs = rsync_copy(args, src, dst, env);
+    let ours = apply_args(args, env).and_then(|mut rules| {
+        let mut set = PathSet::new();
+        our_walk(&mut rules, src, b"", &mut set).map(|()| set)
+    });
+    match (theirs, ours) {
+        (Some(t), Ok(o)) if t == o => Verdict::Same,
+        (None, Err(_)) => Verdict::BothFailed,
+        (Some(t), Ok(o)) => {
+            let only_rsync: PathSet = t.difference(&o).cloned().collect();
+            let only_ours: PathSet = o.difference(&t).cloned().collect();
+            Verdict::Differ(format!(
+                "--- only rsync copied:\n{}\n--- only we include:\n{}\n",
+                show(&only_rsync),
+                show(&only_ours)
+            ))
+        }
+        (t, o) => Verdict::Differ(format!(
+            "rsync {}, ours {}",
+            if t.is_some() { "copied" } else { "<failed>" },
+            match o {
+                Ok(_) => "walked".to_string(),
+                Err(e) => format!("<error: {e}>"),
+            }
+        )),
+    }
+}
+
 fn fixture() -> (
     tempfile::TempDir,
     PathBuf,
@@ -437,32 +474,8 @@ fn file_lists_match_rsync() {
     let mut failures = Vec::new();
     for combo in COMBOS {
         let args = expand(combo, &files);
-        let theirs = rsync_copy(&args, &src, &dst, &env);
-        let ours = apply_args(&args, &env).and_then(|mut rules| {
-            let mut set = PathSet::new();
-            our_walk(&mut rules, &src, b"", &mut set).map(|()| set)
-        });
-        match (theirs, ours) {
-            (Some(t), Ok(o)) if t == o => {}
-            (None, Err(_)) => {}
-            (Some(t), Ok(o)) => {
-                let only_rsync: PathSet = t.difference(&o).cloned().collect();
-                let only_ours: PathSet = o.difference(&t).cloned().collect();
-                failures.push(format!(
-                    "{args:?}\n--- only rsync copied:\n{}\n--- only we include:\n{}\n",
-                    show(&only_rsync),
-                    show(&only_ours)
-                ));
-            }
-            (t, o) => {
-                let t = t
-                    .map(|_| "copied".to_string())
-                    .unwrap_or_else(|| "<rsync failed>".into());
-                let o = o
-                    .map(|_| "walked".to_string())
-                    .unwrap_or_else(|e| format!("<error: {e}>"));
-                failures.push(format!("{args:?}: rsync {t}, ours {o}\n"));
-            }
+        if let Verdict::Differ(d) = compare_walk(&args, &src, &dst, &env) {
+            failures.push(format!("{args:?}: {d}"));
         }
     }
     assert!(
@@ -797,31 +810,8 @@ fn random_rule_lists_match_rsync() {
             args.push("-f".into());
             args.push(format!("{} {}", PREFIXES[next(PREFIXES.len())], pat).into());
         }
-        let theirs = rsync_copy(&args, &src, &dst, &env);
-        let ours = apply_args(&args, &env).and_then(|mut rules| {
-            let mut set = PathSet::new();
-            our_walk(&mut rules, &src, b"", &mut set).map(|()| set)
-        });
-        match (theirs, ours) {
-            (Some(t), Ok(o)) if t == o => {}
-            (None, Err(_)) => {}
-            (Some(t), Ok(o)) => {
-                let only_rsync: PathSet = t.difference(&o).cloned().collect();
-                let only_ours: PathSet = o.difference(&t).cloned().collect();
-                failures.push(format!(
-                    "round {round} {args:?}\n--- only rsync copied:\n{}\n--- only we include:\n{}\n",
-                    show(&only_rsync),
-                    show(&only_ours)
-                ));
-            }
-            (t, o) => failures.push(format!(
-                "round {round} {args:?}: rsync {}, ours {}",
-                if t.is_some() { "ok" } else { "failed" },
-                match o {
-                    Ok(_) => "ok".to_string(),
-                    Err(e) => e,
-                }
-            )),
+        if let Verdict::Differ(d) = compare_walk(&args, &src, &dst, &env) {
+            failures.push(format!("round {round} {args:?}: {d}"));
         }
     }
     assert!(
@@ -1080,17 +1070,10 @@ fn random_per_directory_rules_match_rsync() {
             args.push("-f".into());
             args.push(["- *.c", "+ *", "- x/"][next(3)].into());
         }
-        let theirs = rsync_copy(&args, &src, &dst, &env);
-        let ours = apply_args(&args, &env).and_then(|mut rules| {
-            let mut set = PathSet::new();
-            our_walk(&mut rules, &src, b"", &mut set).map(|()| set)
-        });
-        match (theirs, ours) {
-            (Some(t), Ok(o)) if t == o => {}
-            (None, Err(_)) => both_failed += 1,
-            (Some(t), Ok(o)) => {
-                let only_rsync: PathSet = t.difference(&o).cloned().collect();
-                let only_ours: PathSet = o.difference(&t).cloned().collect();
+        match compare_walk(&args, &src, &dst, &env) {
+            Verdict::Same => {}
+            Verdict::BothFailed => both_failed += 1,
+            Verdict::Differ(d) => {
                 let files: Vec<String> = DIRS
                     .iter()
                     .filter_map(|d| {
@@ -1099,21 +1082,8 @@ fn random_per_directory_rules_match_rsync() {
                             .map(|t| format!("{d}/.pd: {t:?}"))
                     })
                     .collect();
-                failures.push(format!(
-                    "round {round} {args:?}\n{}\n--- only rsync copied:\n{}\n--- only we include:\n{}\n",
-                    files.join("\n"),
-                    show(&only_rsync),
-                    show(&only_ours)
-                ));
+                failures.push(format!("round {round} {args:?}\n{}\n{d}", files.join("\n")));
             }
-            (t, o) => failures.push(format!(
-                "round {round} {args:?}: rsync {}, ours {}",
-                if t.is_some() { "ok" } else { "failed" },
-                match o {
-                    Ok(_) => "ok".to_string(),
-                    Err(e) => e,
-                }
-            )),
         }
         if failures.len() >= 3 {
             break;
