@@ -9,7 +9,7 @@
 
 use crate::{spawn_blocking, sys, Io};
 use arsync_ring::op::{Close, OpenAtDirect, Read, RenameAt, Write};
-use arsync_ring::{DirectSlot, Handle, Opcode, SqeOpts};
+use arsync_ring::{Batch, DirectSlot, Handle, Opcode, Operation, SqeOpts, Ticket};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -235,18 +235,26 @@ impl Io {
     pub async fn rename_many(&self, jobs: Vec<Rename>) -> Vec<io::Result<()>> {
         match self.ring(Opcode::RenameAt) {
             Some(h) => {
-                let mut batch = h.batch();
-                let tickets: Vec<_> = jobs
+                let queued: Vec<_> = jobs
                     .into_iter()
-                    .map(|r| batch.push(RenameAt::new(r.old_dir, r.old, r.new_dir, r.new, 0)))
+                    .map(|r| {
+                        let mut batch = h.batch();
+                        let t = batch.push(RenameAt::new(r.old_dir, r.old, r.new_dir, r.new, 0));
+                        let q = batch.queue();
+                        (batch, t, q)
+                    })
                     .collect();
-                if let Err(e) = batch.finished().await {
-                    return tickets.iter().map(|_| Err(copy_err(&e))).collect();
+                let submitted = h.submit();
+                let mut out = Vec::with_capacity(queued.len());
+                for (mut batch, t, q) in queued {
+                    out.push(
+                        match q.and_then(|()| submitted.as_ref().map_err(copy_err).copied()) {
+                            Ok(()) => settle(&mut batch, t).await.and_then(|r| r),
+                            Err(e) => Err(e),
+                        },
+                    );
                 }
-                tickets
-                    .into_iter()
-                    .map(|t| batch.take(t).unwrap_or_else(|t| Err(missing(t))))
-                    .collect()
+                out
             }
             None => {
                 spawn_blocking(move || {
@@ -267,15 +275,28 @@ fn copy_err(e: &io::Error) -> io::Error {
     }
 }
 
-/// Stage 1: open and read every source (a two-op chain each, all in one submission).
+/// Waits for a batch whose operations were queued and submitted, given the ticket of its last
+/// operation (a chain completes in order, so the rest are done too). Looks first without
+/// waiting: by the time the first of many batches has been waited for, most others are done.
+async fn settle<T: Operation>(batch: &mut Batch, last: Ticket<T>) -> io::Result<T::Output> {
+    match batch.take(last) {
+        Ok(out) => Ok(out),
+        Err(t) => {
+            batch.finished().await?;
+            batch.take(t).map_err(missing)
+        }
+    }
+}
+
+/// Stage 1: open and read every source: a two-op chain each, all submitted together.
 async fn ring_read_stage(h: &Handle, jobs: &[SmallCopy]) -> Vec<Stage> {
-    let mut batch = h.batch();
-    let mut tickets = Vec::with_capacity(jobs.len());
+    let mut chains = Vec::with_capacity(jobs.len());
     for job in jobs {
         let Ok(slot) = h.alloc_direct() else {
-            tickets.push(None);
+            chains.push(None);
             continue;
         };
+        let mut batch = h.batch();
         let flags = libc::O_RDONLY | job.src_flags;
         let open = batch.push_with(
             OpenAtDirect::new(job.src_dir, job.src.clone(), flags, 0, slot.index()),
@@ -283,44 +304,46 @@ async fn ring_read_stage(h: &Handle, jobs: &[SmallCopy]) -> Vec<Stage> {
         );
         let cap = job.expect as usize + 1;
         let read = batch.push(Read::new(&slot, Vec::with_capacity(cap), 0));
-        tickets.push(Some((slot, open, read)));
+        let queued = batch.queue();
+        chains.push(Some((batch, queued, slot, open, read)));
     }
-    let submitted = batch.finished().await;
+    let submitted = h.submit();
     let mut stale = Vec::new();
-    let stages = jobs
-        .iter()
-        .zip(tickets)
-        .map(|(job, t)| {
-            let Some((slot, open, read)) = t else {
-                return Stage::PoolWhole;
-            };
-            if let Err(e) = &submitted {
+    let mut stages = Vec::with_capacity(jobs.len());
+    for (job, chain) in jobs.iter().zip(chains) {
+        let Some((mut batch, queued, slot, open, read)) = chain else {
+            stages.push(Stage::PoolWhole);
+            continue;
+        };
+        if let Some(e) = queued
+            .err()
+            .or_else(|| submitted.as_ref().err().map(copy_err))
+        {
+            stale.push(slot);
+            stages.push(Stage::Done(SmallCopied::Source(e)));
+            continue;
+        }
+        let (read, data) = settle(&mut batch, read)
+            .await
+            .unwrap_or_else(|e| (Err(e), Vec::new()));
+        let opened = batch.take(open).unwrap_or_else(|t| Err(missing(t)));
+        stages.push(match (opened, read) {
+            (Err(e), _) => Stage::Done(SmallCopied::Source(e)),
+            (Ok(()), Err(e)) => {
                 stale.push(slot);
-                return Stage::Done(SmallCopied::Source(copy_err(e)));
+                Stage::Done(SmallCopied::Source(e))
             }
-            let opened = batch.take(open).unwrap_or_else(|t| Err(missing(t)));
-            let (read, data) = batch
-                .take(read)
-                .unwrap_or_else(|t| (Err(missing(t)), Vec::new()));
-            match (opened, read) {
-                (Err(e), _) => Stage::Done(SmallCopied::Source(e)),
-                (Ok(()), Err(e)) => {
-                    stale.push(slot);
-                    Stage::Done(SmallCopied::Source(e))
-                }
-                (Ok(()), Ok(n)) if n as u64 > job.expect => {
-                    stale.push(slot);
-                    Stage::Done(SmallCopied::Grew)
-                }
-                (Ok(()), Ok(_)) if job.sparse && data_runs(&data).is_some() => {
-                    stale.push(slot);
-                    Stage::Pool(data)
-                }
-                (Ok(()), Ok(_)) => Stage::Read { slot, data },
+            (Ok(()), Ok(n)) if n as u64 > job.expect => {
+                stale.push(slot);
+                Stage::Done(SmallCopied::Grew)
             }
-        })
-        .collect();
-    drop(batch);
+            (Ok(()), Ok(_)) if job.sparse && data_runs(&data).is_some() => {
+                stale.push(slot);
+                Stage::Pool(data)
+            }
+            (Ok(()), Ok(_)) => Stage::Read { slot, data },
+        });
+    }
     close_slots(h, stale).await;
     stages
 }
@@ -338,9 +361,8 @@ async fn close_slots(h: &Handle, slots: Vec<DirectSlot>) {
 }
 
 /// Stage 2: for every file read, one chain: close the source, create the destination in the
-/// same slot, write, close (one CQE on success); all in one submission.
+/// same slot, write, close (one CQE on success); all submitted together.
 async fn ring_write_stage(h: &Handle, jobs: &[SmallCopy], stages: &mut [Stage]) {
-    let mut batch = h.batch();
     let q = SqeOpts::linked_quiet();
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
     let mut chains = Vec::new();
@@ -349,6 +371,7 @@ async fn ring_write_stage(h: &Handle, jobs: &[SmallCopy], stages: &mut [Stage]) 
         let Stage::Read { slot, data } = std::mem::replace(stage, Stage::PoolWhole) else {
             continue;
         };
+        let mut batch = h.batch();
         let len = data.len() as u64;
         let close_src = batch.push_with(Close::direct(slot.index()), q);
         let open = batch.push_with(
@@ -357,19 +380,24 @@ async fn ring_write_stage(h: &Handle, jobs: &[SmallCopy], stages: &mut [Stage]) 
         );
         let write = (len > 0).then(|| batch.push_with(Write::new(&slot, data, 0), q));
         let close = batch.push(Close::direct(slot.index()));
-        chains.push((i, slot, len, close_src, open, write, close));
+        let queued = batch.queue();
+        chains.push((i, batch, queued, slot, len, close_src, open, write, close));
     }
     if chains.is_empty() {
         return;
     }
-    let submitted = batch.finished().await;
+    let submitted = h.submit();
     let mut stale = Vec::new();
-    for (i, slot, len, close_src, open, write, close) in chains {
-        if let Err(e) = &submitted {
+    for (i, mut batch, queued, slot, len, close_src, open, write, close) in chains {
+        if let Some(e) = queued
+            .err()
+            .or_else(|| submitted.as_ref().err().map(copy_err))
+        {
             stale.push(slot);
-            stages[i] = Stage::Done(SmallCopied::Source(copy_err(e)));
+            stages[i] = Stage::Done(SmallCopied::Source(e));
             continue;
         }
+        let close = settle(&mut batch, close).await.and_then(|r| r);
         let close_src = batch.take(close_src).unwrap_or_else(|t| Err(missing(t)));
         let open = batch.take(open).unwrap_or_else(|t| Err(missing(t)));
         let write = match write {
@@ -384,7 +412,6 @@ async fn ring_write_stage(h: &Handle, jobs: &[SmallCopy], stages: &mut [Stage]) 
             },
             None => Ok(()),
         };
-        let close = batch.take(close).unwrap_or_else(|t| Err(missing(t)));
         stages[i] = Stage::Done(match (close_src, open, write, close) {
             (Err(e), ..) => {
                 stale.push(slot);
@@ -399,7 +426,6 @@ async fn ring_write_stage(h: &Handle, jobs: &[SmallCopy], stages: &mut [Stage]) 
             (Ok(()), Ok(()), Ok(()), Ok(())) => SmallCopied::Copied(len),
         });
     }
-    drop(batch);
     close_slots(h, stale).await;
 }
 
