@@ -83,6 +83,7 @@
 
 mod dir;
 mod pool;
+mod small;
 mod stat;
 mod sys;
 pub mod tools;
@@ -90,6 +91,7 @@ pub mod tools;
 pub use arsync_ring::{spawn_local, Features, JoinHandle};
 pub use dir::{DirEntry, DirReader};
 pub use pool::{pool_threads, spawn_blocking, Blocking};
+pub use small::{Rename, SmallCopied, SmallCopy, SMALL_FILE_MAX};
 pub use stat::{FileKind, Stat, Timestamp, STATX_MASK};
 
 use arsync_ring::op::{self, cstr, XattrTarget};
@@ -171,12 +173,16 @@ impl Default for IoConfig {
 }
 
 fn default_ring(entries: u32) -> io::Result<Ring> {
+    sized_ring(entries, 256)
+}
+
+fn sized_ring(entries: u32, files: u32) -> io::Result<Ring> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(2);
     Ring::builder()
         .entries(entries)
-        .files(256)
+        .files(files)
         .max_workers(cpus * 4, cpus * 4)
         .build()
 }
@@ -194,6 +200,16 @@ impl IoConfig {
     /// This configuration with another mode.
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// This configuration for about `in_flight` operations at once: a ring of that many
+    /// submission entries (rounded up to a power of two, 64 to 4096) and as many direct
+    /// descriptor slots (for example, one per small file in flight in a batch copy).
+    pub fn sized(mut self, in_flight: usize) -> Self {
+        let n = in_flight.clamp(64, 4096) as u32;
+        self.entries = n.next_power_of_two();
+        self.ring_factory = Arc::new(move |entries| sized_ring(entries, n));
         self
     }
 

@@ -27,6 +27,8 @@ use crate::options::{DeleteMode, Options};
 use crate::plan::{self, Plan, TopItem};
 use crate::report::{self, Itemize, LineInfo, Output, Stats};
 
+mod worker;
+
 /// rsync's exit codes.
 pub mod exit {
     /// Success.
@@ -423,13 +425,7 @@ impl Engine {
             for _ in 0..threads {
                 let rx = rx.clone();
                 let eng = Arc::clone(self);
-                workers.push(std::thread::spawn(move || {
-                    for batch in rx {
-                        for job in batch {
-                            eng.run_entry_job(job);
-                        }
-                    }
-                }));
+                workers.push(std::thread::spawn(move || eng.serve_worker(rx)));
             }
         }
         let sender = if workers.is_empty() { None } else { Some(tx) };
@@ -748,6 +744,11 @@ impl Engine {
 
     /// A worker's part for one source entry: everything the walker would do for it.
     fn run_entry_job(self: &Arc<Self>, job: EntryJob) {
+        self.run_entry_job_with(job, None);
+    }
+
+    /// [`Engine::run_entry_job`] with the destination's `lstat` already done (`pre`).
+    fn run_entry_job_with(self: &Arc<Self>, job: EntryJob, pre: Option<io::Result<Option<Meta>>>) {
         report::begin_capture();
         if !self.stopped() {
             let walker = Walker {
@@ -757,7 +758,7 @@ impl Engine {
                 skipped: Default::default(),
                 batch: Default::default(),
             };
-            walker.handle_nondir(&job.src, &job.dst, &job.rel, &job.meta, &job.dir);
+            walker.handle_nondir_with(&job.src, &job.dst, &job.rel, &job.meta, &job.dir, pre);
         }
         self.seq.complete(&self.out, job.seq, report::end_capture());
         self.release(&job.dir);
@@ -775,41 +776,52 @@ impl Engine {
         if !self.stopped() {
             let started = Instant::now();
             match self.transfer(&src, &dst, &rel, &meta, existing.as_ref()) {
-                Ok(written) => {
-                    self.stats.transferred.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .transferred_size
-                        .fetch_add(meta.size, Ordering::Relaxed);
-                    self.stats.literal.fetch_add(written, Ordering::Relaxed);
-                    self.stats
-                        .matched
-                        .fetch_add(meta.size.saturating_sub(written), Ordering::Relaxed);
-                    self.after_transfer(&src, &rel, &meta, started.elapsed().as_secs_f64());
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted && self.stopped() => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound && fsops::lstat(&src).is_err() => {
-                    self.vanished_file(&src)
-                }
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) => {
-                    // A full destination ends the run, as in rsync (error in file I/O).
-                    if !self.fatal_io.swap(true, Ordering::Relaxed) {
-                        self.out.error(&format!(
-                            "arsync: [receiver] write failed on \"{}\": {}",
-                            display(&dst),
-                            errno_text(&e)
-                        ));
-                    }
-                    self.stop.store(true, Ordering::Relaxed);
-                }
-                Err(e) => self.error(format!(
-                    "arsync: [receiver] failed to transfer \"{}\" to \"{}\": {}",
-                    display(&src),
-                    display(&dst),
-                    errno_text(&e)
-                )),
+                Ok(written) => self.transfer_done(&src, &rel, &meta, written, started),
+                Err(e) => self.transfer_failed(&src, &dst, &e),
             }
         }
         self.release(&dir);
+    }
+
+    /// Counts a finished transfer (`written` literal bytes) and does what follows it.
+    fn transfer_done(&self, src: &Path, rel: &[u8], meta: &Meta, written: u64, started: Instant) {
+        self.stats.transferred.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .transferred_size
+            .fetch_add(meta.size, Ordering::Relaxed);
+        self.stats.literal.fetch_add(written, Ordering::Relaxed);
+        self.stats
+            .matched
+            .fetch_add(meta.size.saturating_sub(written), Ordering::Relaxed);
+        self.after_transfer(src, rel, meta, started.elapsed().as_secs_f64());
+    }
+
+    /// Reports a failed transfer as rsync does: vanished source (exit 24), full destination
+    /// (ends the run, exit 11), interruption (silent), anything else (exit 23).
+    fn transfer_failed(&self, src: &Path, dst: &Path, e: &io::Error) {
+        match e {
+            e if e.kind() == io::ErrorKind::Interrupted && self.stopped() => {}
+            e if e.kind() == io::ErrorKind::NotFound && fsops::lstat(src).is_err() => {
+                self.vanished_file(src)
+            }
+            e if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) => {
+                // A full destination ends the run, as in rsync (error in file I/O).
+                if !self.fatal_io.swap(true, Ordering::Relaxed) {
+                    self.out.error(&format!(
+                        "arsync: [receiver] write failed on \"{}\": {}",
+                        display(dst),
+                        errno_text(e)
+                    ));
+                }
+                self.stop.store(true, Ordering::Relaxed);
+            }
+            e => self.error(format!(
+                "arsync: [receiver] failed to transfer \"{}\" to \"{}\": {}",
+                display(src),
+                display(dst),
+                errno_text(e)
+            )),
+        }
     }
 
     fn after_transfer(&self, src: &Path, rel: &[u8], meta: &Meta, took: f64) {
@@ -1747,6 +1759,20 @@ impl Walker<'_> {
     }
 
     fn handle_nondir(&self, src: &Path, dst: &Path, rel: &[u8], meta: &Meta, dir: &Arc<DirNode>) {
+        self.handle_nondir_with(src, dst, rel, meta, dir, None);
+    }
+
+    /// [`Walker::handle_nondir`] with the destination's `lstat` possibly done already (`pre`:
+    /// the entry's metadata, `None` when it does not exist).
+    fn handle_nondir_with(
+        &self,
+        src: &Path,
+        dst: &Path,
+        rel: &[u8],
+        meta: &Meta,
+        dir: &Arc<DirNode>,
+        pre: Option<io::Result<Option<Meta>>>,
+    ) {
         let eng = self.eng;
         let o = self.opts();
         let kind = meta.kind();
@@ -1776,9 +1802,13 @@ impl Walker<'_> {
         let existing = if dir.virtual_new {
             None
         } else {
-            match fsops::lstat(dst) {
-                Ok(m) => Some(m),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            let looked = pre.unwrap_or_else(|| match fsops::lstat(dst) {
+                Ok(m) => Ok(Some(m)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            });
+            match looked {
+                Ok(m) => m,
                 Err(e) => {
                     eng.io_fail("[receiver] stat", dst, &e);
                     return;
@@ -2202,8 +2232,9 @@ impl Walker<'_> {
             existing,
             dir: Arc::clone(dir),
         };
-        // Workers run this for themselves; the walker only for hard-link leaders.
-        eng.run_job(job);
+        // Workers run this for themselves (small files in batches, see `worker`); the walker
+        // only for hard-link leaders.
+        eng.queue_or_run(job);
     }
 
     /// The quick check (or `-c`, `--size-only`, `-I`).

@@ -301,6 +301,39 @@ pub fn apply_fd(file: &std::fs::File, w: &Wanted) -> io::Result<()> {
     }
 }
 
+/// True for the xattr names `-X` (`xattrs`) and `-A` (`acls`) copy.
+pub fn xattr_selected(name: &[u8], xattrs: bool, acls: bool) -> bool {
+    (acls && is_acl(name)) || (xattrs && is_copied_xattr(name))
+}
+
+/// The selected xattrs of `path` (`-X`, `-A`), names and values.
+fn selected_xattrs(
+    path: &Path,
+    xattrs: bool,
+    acls: bool,
+) -> io::Result<Vec<(std::ffi::OsString, Vec<u8>)>> {
+    fsops::list_xattrs(path)?
+        .into_iter()
+        .filter(|n| xattr_selected(n.as_bytes(), xattrs, acls))
+        .map(|n| fsops::get_xattr(path, &n).map(|v| (n, v)))
+        .collect()
+}
+
+/// Copies the selected xattrs of `src` to `dst`, a file just created without any of them
+/// (so, unlike [`sync_xattrs`], nothing of `dst` is read). Returns true if an ACL was set
+/// (setting one changes the mode's group bits).
+pub fn copy_xattrs_to_new(src: &Path, dst: &Path, xattrs: bool, acls: bool) -> io::Result<bool> {
+    if !xattrs && !acls {
+        return Ok(false);
+    }
+    let mut acl = false;
+    for (name, value) in selected_xattrs(src, xattrs, acls)? {
+        acl |= is_acl(name.as_bytes());
+        fsops::set_xattr(dst, &name, &value)?;
+    }
+    Ok(acl)
+}
+
 /// Makes the xattrs of `dst` in the selected namespaces equal those of `src`. Returns
 /// (acl_changed, xattr_changed). With `dry`, only compares.
 pub fn sync_xattrs(
@@ -313,10 +346,7 @@ pub fn sync_xattrs(
     if !xattrs && !acls {
         return Ok((false, false));
     }
-    let wanted = |n: &OsStr| {
-        let b = n.as_bytes();
-        (acls && is_acl(b)) || (xattrs && is_copied_xattr(b))
-    };
+    let wanted = |n: &OsStr| xattr_selected(n.as_bytes(), xattrs, acls);
     let src_names: Vec<_> = fsops::list_xattrs(src)?
         .into_iter()
         .filter(|n| wanted(n))
