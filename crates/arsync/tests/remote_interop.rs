@@ -1150,3 +1150,30 @@ fn daemon_module_filters_and_chroot_match_rsync() {
     let diffs = compare_trees(&a.1, &r.1, &opts().without_dir_mtimes());
     assert!(diffs.is_empty(), "pushed trees differ: {diffs:#?}");
 }
+
+/// -H -A -X -S at protocols 30 and 31 (the ACL/xattr formats are the same
+/// from 30 on; 31 adds nanoseconds and the delete-phase marker).
+#[test]
+fn features_at_older_protocols() {
+    let tmp = scratch_dir().unwrap();
+    let ssh = tmp.path().join("fake-ssh");
+    write_script(&ssh, FAKE_SSH);
+    let rsh = ssh.to_str().unwrap();
+    let spec = |p: &Path| format!("somehost:{}", p.display());
+    for proto in ["--protocol=30", "--protocol=31"] {
+        for (client, server, push) in [
+            (Tool::Arsync, Tool::Rsync, true),
+            (Tool::Rsync, Tool::Arsync, false),
+        ] {
+            let mut args = shell_args(server, rsh);
+            args.push(proto.into());
+            let remote = Remote {
+                args,
+                spec: &spec,
+                base: None,
+                server: format!("{server:?} {proto}"),
+            };
+            feature_scenario(client, &remote, push);
+        }
+    }
+}
