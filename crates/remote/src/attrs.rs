@@ -339,11 +339,16 @@ impl XattrStore {
         Ok(self.set(ndx)?.total)
     }
 
-    /// Records full values received for set `ndx`.
+    /// Records full values received for set `ndx`; only numbers requested
+    /// from the sender are accepted.
     pub fn fill(&self, ndx: u32, values: Vec<(u32, Vec<u8>)>) -> Result<()> {
         let mut s = self.set(ndx)?;
         for (num, v) in values {
-            // Numbers of names we do not keep are accepted and ignored.
+            if !s.requested.contains(&num) {
+                return Err(RemoteError::Refused(format!(
+                    "xattr value {num} of set {ndx} was never requested"
+                )));
+            }
             if let Some(it) = s.items.iter_mut().find(|i| i.num == num) {
                 it.value = XattrValue::Full(v);
             }
@@ -404,4 +409,93 @@ impl XattrStore {
 /// A borrowed descriptor as a target.
 pub fn fd_target<F: AsFd>(f: &F) -> Target<'_> {
     Target::Fd(f.as_fd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn store_requests_each_value_once_and_applies() {
+        let long = vec![5u8; 50];
+        let set = Arc::new(XattrSet::from_local(vec![
+            (b"user.long".to_vec(), long.clone()),
+            (b"user.short".to_vec(), b"s".to_vec()),
+            (b"trusted.x".to_vec(), b"t".to_vec()),
+        ]));
+        // Not root: only user. names are kept.
+        let store = XattrStore::new(&[Arc::clone(&set)], false);
+        let p = store.plan(0, &[]).unwrap();
+        assert!(p.differs && p.wait);
+        // Sorted: trusted.x is 1, user.long 2, user.short 3.
+        assert_eq!(p.request, [2]);
+        // The second file with the same set does not ask again.
+        let p2 = store.plan(0, &[]).unwrap();
+        assert!(p2.wait && p2.request.is_empty());
+        // A value nobody asked for is refused; the requested one is kept.
+        assert!(store.fill(0, vec![(3, b"x".to_vec())]).is_err());
+        store.fill(0, vec![(2, long.clone())]).unwrap();
+        assert_eq!(store.max_num(0).unwrap(), 3);
+        // Matching local values: nothing to do.
+        let local = vec![
+            (b"user.long".to_vec(), long.clone()),
+            (b"user.short".to_vec(), b"s".to_vec()),
+        ];
+        assert_eq!(store.plan(0, &local).unwrap(), XattrPlan::default());
+        assert!(store.plan(1, &local).is_err());
+        // Applying to a real file (tmpfs keeps user. xattrs).
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let f = std::fs::File::create(dir.path().join("f")).unwrap();
+        set_raw(Target::Fd(f.as_fd()), b"user.stale", b"old").unwrap();
+        store
+            .apply(0, Target::Fd(f.as_fd()), &[], false, "f")
+            .unwrap();
+        let got = read_xattrs(Target::Fd(f.as_fd()), false, "f").unwrap();
+        let mut names: Vec<_> = got.iter().map(|(n, _)| n.clone()).collect();
+        names.sort();
+        assert_eq!(names, [b"user.long".to_vec(), b"user.short".to_vec()]);
+        let path = dir.path().join("f");
+        assert_eq!(read_value(Target::Path(&path), b"user.long"), Some(long));
+    }
+
+    #[test]
+    fn acls_round_trip_through_a_file() {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"x").unwrap();
+        let acl = RsyncAcl {
+            names: vec![IdAccess {
+                is_user: true,
+                id: 4242,
+                perms: 6,
+            }],
+            ..RsyncAcl::default()
+        };
+        let ids = (IdMap::default(), IdMap::default());
+        apply_acls(
+            Target::Path(&path),
+            0o100640,
+            &acl,
+            None,
+            (&ids.0, &ids.1),
+            "f",
+        )
+        .unwrap();
+        let (back, def) = read_acls(Target::Path(&path), 0o100640, false, "f").unwrap();
+        assert!(def.is_empty());
+        assert_eq!(back.names, acl.names);
+        // A stripped ACL without names removes the extended entries.
+        apply_acls(
+            Target::Path(&path),
+            0o100640,
+            &RsyncAcl::default(),
+            None,
+            (&ids.0, &ids.1),
+            "f",
+        )
+        .unwrap();
+        let (back, _) = read_acls(Target::Path(&path), 0o100640, false, "f").unwrap();
+        assert!(back.is_empty());
+    }
 }
