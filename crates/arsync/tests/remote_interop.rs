@@ -907,10 +907,23 @@ fn feature_scenario(client: Tool, remote: &Remote<'_>, push: bool) {
 
     // A dry run reports the new file and changes nothing.
     fs::write(src.join("a/dry.txt"), b"not copied").unwrap();
+    fs::create_dir(src.join("newdir")).unwrap();
     settle_dirs(&src);
     let out = check(&run(&["-aHAXin"]), &format!("{what}: dry run"));
     assert!(out.contains("dry.txt"), "{what}: dry run output: {out}");
     assert!(!dst.join("a/dry.txt").exists(), "{what}: dry run copied");
+    assert!(
+        !dst.join("newdir").exists(),
+        "{what}: dry run made a directory"
+    );
+    if client == Tool::Rsync {
+        // rsync itemizes a new directory whichever side is the receiver
+        // (an arsync receiver reports it to the rsync sender).
+        assert!(
+            out.contains("cd+++++++++ newdir/"),
+            "{what}: -i output: {out}"
+        );
+    }
 }
 
 #[test]

@@ -559,15 +559,18 @@ impl GenCtx {
     /// line (before its mode is set: a read-only mode would forbid it).
     /// When values must first come from the sender, sends an item with
     /// ITEM_REPORT_XATTR and the request; the receiver applies them.
+    /// `extra` item flags (a new entry) go into that item; returns true
+    /// when an item was sent.
     fn fix_xattrs<W: Write>(
         &self,
         outs: &mut OutStream<W>,
         codec: &mut NdxCodec,
         i: usize,
         e: &FileEntry,
-    ) -> Result<()> {
+        extra: u16,
+    ) -> Result<bool> {
         let (Some(store), Some(xn), false) = (&self.attr.xstore, e.xattr_ndx, self.dry_run) else {
-            return Ok(());
+            return Ok(false);
         };
         let who = String::from_utf8_lossy(&e.name).into_owned();
         let root = self.attr.root;
@@ -576,24 +579,25 @@ impl GenCtx {
             .with_attr_target(&e.name, |t| attrs::read_xattrs(t, root, &who))?;
         let plan = store.plan(xn, &local)?;
         if !plan.differs {
-            return Ok(());
+            return Ok(false);
         }
         if plan.wait {
             self.requested[i].store(true, Ordering::Release);
             let mut b = Vec::new();
             ItemAttrs {
                 ndx: i as i32,
-                iflags: iflags::REPORT_XATTR,
+                iflags: iflags::REPORT_XATTR | extra,
                 basis_type: None,
                 xname: None,
             }
             .encode(codec, &mut b)?;
             encode_request(&plan.request, &mut b);
             outs.write(&b)?;
-            return Ok(());
+            return Ok(true);
         }
         self.dest
-            .with_attr_target(&e.name, |t| store.apply(xn, t, &local, root, &who))
+            .with_attr_target(&e.name, |t| store.apply(xn, t, &local, root, &who))?;
+        Ok(false)
     }
 
     /// The xattr request for a file about to be transferred (`None`: the
@@ -820,18 +824,39 @@ fn generator<W: Write>(
         let name = String::from_utf8_lossy(&e.name).into_owned();
         let step: Result<()> = (|| {
             let dry = ctx.dry_run;
+            // rsync's generator reports entries it creates (other than
+            // files, which are requested) with an item the sender logs
+            // (`cd+++++++++ dir/` in its -i output) and echoes.
+            let created = match e.file_type() {
+                Some(FileType::Dir) => true,
+                Some(FileType::Symlink) => fopts.preserve_links,
+                Some(FileType::Device) | Some(FileType::Special) => {
+                    fopts.preserve_devices && (root || e.file_type() == Some(FileType::Special))
+                }
+                _ => false,
+            } && e.name != b"."
+                && match dest.lstat(&e.name) {
+                    Ok(m) => m.is_none(),
+                    Err(_) => dry,
+                };
+            let new_flags = match created {
+                true => iflags::LOCAL_CHANGE | iflags::IS_NEW,
+                false => 0,
+            };
+            // Set when an item for this entry went out already.
+            let mut sent = false;
             match e.file_type() {
                 Some(FileType::Dir) => {
                     if !dry {
                         dest.ensure_dir(&e.name)?;
-                        ctx.fix_xattrs(outs, &mut codec, i, e)?;
+                        sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
                     }
                     dirs.push(i);
                 }
                 Some(FileType::Symlink) if fopts.preserve_links && !dry => {
                     let target = e.link_target.as_deref().unwrap_or_default();
                     dest.make_symlink(&e.name, target)?;
-                    ctx.fix_xattrs(outs, &mut codec, i, e)?;
+                    sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
                     dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
                 }
                 Some(FileType::Device) | Some(FileType::Special)
@@ -840,7 +865,7 @@ fn generator<W: Write>(
                         && (root || e.file_type() == Some(FileType::Special)) =>
                 {
                     dest.make_node(&e.name, e.mode, e.rdev)?;
-                    ctx.fix_xattrs(outs, &mut codec, i, e)?;
+                    sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
                     dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
                     ctx.fix_acls(e)?;
                 }
@@ -868,7 +893,7 @@ fn generator<W: Write>(
                         if same {
                             // Quick check passed: only fix metadata.
                             if !dry {
-                                ctx.fix_xattrs(outs, &mut codec, i, e)?;
+                                ctx.fix_xattrs(outs, &mut codec, i, e, 0)?;
                                 dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
                                 ctx.fix_acls(e)?;
                             }
@@ -893,6 +918,18 @@ fn generator<W: Write>(
                     )?;
                 }
                 _ => {}
+            }
+            if created && !sent {
+                ctx.requested[i].store(true, Ordering::Release);
+                let mut b = Vec::new();
+                ItemAttrs {
+                    ndx: i as i32,
+                    iflags: new_flags,
+                    basis_type: None,
+                    xname: None,
+                }
+                .encode(&mut codec, &mut b)?;
+                outs.write(&b)?;
             }
             Ok(())
         })();
@@ -1050,7 +1087,7 @@ fn receiver<R: Read>(
                     && active[ndx as usize]
                     && (!transfer || files[ndx as usize].file_type() == Some(FileType::Regular))
                     && requested[ndx as usize].load(Ordering::Acquire);
-                if !ok || (!transfer && a.iflags & iflags::REPORT_XATTR == 0) {
+                if !ok {
                     return Err(RemoteError::Refused(format!(
                         "unexpected file index {ndx} (iflags {:#x})",
                         a.iflags
@@ -1070,7 +1107,10 @@ fn receiver<R: Read>(
                 }
                 if !transfer {
                     // Values for an entry that is not transferred.
-                    if let (Some((store, xn)), false) = (xstore, mode.dry_run) {
+                    // (An item without xattr values is the echo of a report.)
+                    if let (Some((store, xn)), false, true) =
+                        (xstore, mode.dry_run, a.iflags & iflags::REPORT_XATTR != 0)
+                    {
                         let who = String::from_utf8_lossy(&e.name).into_owned();
                         let r = dest.with_attr_target(&e.name, |t| {
                             let local = attrs::read_xattrs(t, root, &who)?;
