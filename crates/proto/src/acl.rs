@@ -496,6 +496,39 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn literals_round_trip(
+            objs in proptest::collection::vec(proptest::option::of(0u8..8), 4),
+            names in proptest::collection::vec((proptest::bool::ANY, 0u32..100_000, 0u8..8), 0..10),
+        ) {
+            let acl = RsyncAcl {
+                user_obj: objs[0],
+                group_obj: objs[1],
+                mask_obj: objs[2],
+                other_obj: objs[3],
+                names: names
+                    .into_iter()
+                    .map(|(is_user, id, perms)| IdAccess { is_user, id, perms })
+                    .collect(),
+            };
+            let mut out = Vec::new();
+            acl.encode_literal(&mut out);
+            let back = RsyncAcl::decode_literal(&mut Reader::new(&out)).unwrap();
+            proptest::prop_assert_eq!(back, acl.clone());
+            // Rebuilt ACLs are always complete and valid for the kernel format.
+            if let Some(full) = acl.access_entries(0o100754) {
+                let v = posix_xattr(&full);
+                proptest::prop_assert!(parse_posix_xattr(&v).is_ok());
+                proptest::prop_assert_eq!(full.user_obj, Some(7));
+            }
+            for cut in 0..out.len() {
+                let r = RsyncAcl::decode_literal(&mut Reader::new(&out[..cut]));
+                proptest::prop_assert_eq!(r, Err(Error::Incomplete));
+            }
+        }
+    }
+
     #[test]
     fn posix_xattr_round_trip() {
         let a = named();

@@ -409,6 +409,41 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn sets_round_trip(
+            attrs in proptest::collection::btree_map(
+                "user\\.[a-z]{1,20}",
+                proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+                0..6,
+            ),
+            split in 0usize..64,
+        ) {
+            let set = XattrSet::from_local(
+                attrs.into_iter().map(|(k, v)| (k.into_bytes(), v)).collect(),
+            );
+            let mut out = Vec::new();
+            let mut enc = XattrEncoder::default();
+            enc.encode(&set, &mut out).unwrap();
+            enc.encode(&set, &mut out).unwrap();
+            let dec = XattrDecoder::default();
+            // Any prefix is incomplete, never an error.
+            let cut = split.min(out.len().saturating_sub(1));
+            if cut < out.len() - 1 {
+                let r = dec.decode(&mut Reader::new(&out[..cut]));
+                proptest::prop_assert!(matches!(r, Err(Error::Incomplete)) || r.is_ok());
+            }
+            let mut dec = dec;
+            let mut r = Reader::new(&out);
+            let (i, lit) = dec.decode(&mut r).unwrap();
+            proptest::prop_assert_eq!(i, 0);
+            proptest::prop_assert_eq!(lit.as_deref(), Some(&set));
+            dec.commit(lit);
+            proptest::prop_assert_eq!(dec.decode(&mut r).unwrap(), (0, None));
+            proptest::prop_assert_eq!(r.remaining(), 0);
+        }
+    }
+
     #[test]
     fn rejects_bad_input() {
         let dec = XattrDecoder::default();
