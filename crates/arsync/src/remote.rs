@@ -574,7 +574,11 @@ pub fn run(args: &[OsString]) -> i32 {
         let Location::Local(dest) = dst else {
             return fail(ExitCode::Syntax, "no local destination");
         };
-        if let Err(e) = std::fs::create_dir(dest) {
+        // A dry run creates nothing, not even the destination.
+        if let Err(e) = match o.dry_run {
+            true => Ok(()),
+            false => std::fs::create_dir(dest),
+        } {
             if e.kind() != std::io::ErrorKind::AlreadyExists {
                 return fail(ExitCode::FileIo, format!("mkdir {dest}: {e}"));
             }

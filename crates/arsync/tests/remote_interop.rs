@@ -916,6 +916,20 @@ fn feature_scenario(client: Tool, remote: &Remote<'_>, push: bool) {
         !dst.join("newdir").exists(),
         "{what}: dry run made a directory"
     );
+    // Nor is a missing destination created.
+    let fresh = tmp.path().join("fresh");
+    let f = if push {
+        (remote.spec)(&fresh)
+    } else {
+        fresh.display().to_string()
+    };
+    let mut all: Vec<&str> = vec!["-aHAXn"];
+    all.extend(remote.args.iter().map(String::as_str));
+    check(
+        &run_client(client, &all, &s, &f),
+        &format!("{what}: dry run to a new dir"),
+    );
+    assert!(!fresh.exists(), "{what}: dry run created the destination");
     if client == Tool::Rsync {
         // rsync itemizes a new directory whichever side is the receiver
         // (an arsync receiver reports it to the rsync sender).

@@ -133,6 +133,31 @@ impl DestRoot {
         })
     }
 
+    /// For a dry run: like [`DestRoot::open`] but never creates `root`. A
+    /// missing root is stood in for by an empty directory that is removed
+    /// at once (the descriptor stays valid and every lookup finds nothing).
+    pub fn open_dry(root: &Path) -> Result<Self> {
+        if std::fs::symlink_metadata(root).is_ok() {
+            return Self::open(root);
+        }
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let scratch =
+            std::env::temp_dir().join(format!(".arsync-dry-run-{}-{n}", std::process::id()));
+        std::fs::create_dir(&scratch)
+            .map_err(|e| RemoteError::io(format!("creating {}", scratch.display()), e))?;
+        let fd = rustix::fs::open(
+            &scratch,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        );
+        let _ = std::fs::remove_dir(&scratch);
+        let fd = fd.map_err(|e| io_err(format!("opening {}", scratch.display()), e))?;
+        Ok(DestRoot {
+            root: root.to_path_buf(),
+            fd: Arc::new(fd),
+        })
+    }
+
     /// The root directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -658,6 +683,25 @@ pub fn punch_zero_blocks(f: &File) -> Result<()> {
         punch(s, n)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod dry_tests {
+    use super::*;
+
+    #[test]
+    fn dry_root_is_empty_and_never_created() {
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        let missing = t.path().join("not/there");
+        let d = DestRoot::open_dry(&missing).unwrap();
+        assert!(!missing.exists());
+        assert_eq!(d.lstat(b"a").unwrap(), None);
+        assert!(d.list_dir(b".").unwrap().unwrap_or_default().is_empty());
+        // An existing root is used as it is.
+        std::fs::write(t.path().join("f"), b"x").unwrap();
+        let d = DestRoot::open_dry(t.path()).unwrap();
+        assert!(d.lstat(b"f").unwrap().is_some());
+    }
 }
 
 #[cfg(test)]

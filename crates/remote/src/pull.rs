@@ -155,7 +155,10 @@ pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
             "pull needs a server command with --sender".into(),
         ));
     }
-    let dest = DestRoot::open(&opts.dest)?;
+    let dest = match opts.command.flags.contains('n') {
+        true => DestRoot::open_dry(&opts.dest)?,
+        false => DestRoot::open(&opts.dest)?,
+    };
     if let Some(t) = &opts.daemon {
         let (r, w) = t.connect()?;
         return run_pull(opts, dest, r, w);

@@ -272,7 +272,10 @@ pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
             true => read_filter_rules(&mut ins, neg.protocol)?.map(std::sync::Arc::new),
             false => None,
         };
-        let dest = DestRoot::open(&path)?;
+        let dest = match args.flags.contains('n') {
+            true => DestRoot::open_dry(&path)?,
+            false => DestRoot::open(&path)?,
+        };
         let mode = ReceiveMode {
             delete: args.delete,
             read_stats: false,
