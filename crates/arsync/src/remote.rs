@@ -17,6 +17,7 @@ use arsync_remote::daemon::{DaemonTarget, DEFAULT_PORT};
 use arsync_remote::events::{EventSink, FileEvent};
 use arsync_remote::pull::{pull, PullOptions, TransferSummary};
 use arsync_remote::push::{push, PushOptions};
+use arsync_remote::walk::SourceSpec;
 use arsync_sync::options::{DeleteMode, Options};
 
 /// Where a path argument points.
@@ -307,20 +308,11 @@ fn fail(code: ExitCode, msg: impl std::fmt::Display) -> i32 {
 /// Options the remote roles do not implement yet: the first one set.
 fn unsupported(o: &Options) -> Option<&'static str> {
     let checks: &[(bool, &str)] = &[
-        (o.acls, "--acls (-A)"),
-        (o.xattrs, "--xattrs (-X)"),
-        (o.relative, "--relative (-R)"),
-        (o.dry_run, "--dry-run (-n)"),
         (o.list_only, "--list-only"),
         (o.backup, "--backup (-b)"),
         (o.inplace, "--inplace"),
         (o.append, "--append"),
         (o.partial_dir.is_some(), "--partial-dir"),
-        (o.delay_updates, "--delay-updates"),
-        (
-            matches!(o.delete, DeleteMode::After | DeleteMode::Delay),
-            "--delete-after/--delete-delay",
-        ),
         (o.delete_excluded, "--delete-excluded"),
         (o.max_delete.is_some(), "--max-delete"),
         (o.remove_source_files, "--remove-source-files"),
@@ -329,7 +321,6 @@ fn unsupported(o: &Options) -> Option<&'static str> {
         (o.ignore_existing, "--ignore-existing"),
         (o.size_only, "--size-only"),
         (o.ignore_times, "--ignore-times (-I)"),
-        (o.sparse, "--sparse (-S)"),
         (o.copy_links, "--copy-links (-L)"),
         (o.copy_unsafe_links, "--copy-unsafe-links"),
         (o.safe_links, "--safe-links"),
@@ -371,9 +362,14 @@ fn server_flags(o: &Options, compress: bool) -> String {
         (o.perms, 'p'),
         (o.recursive, 'r'),
         (o.dirs && !o.recursive, 'd'),
+        (o.relative, 'R'),
         (o.hard_links, 'H'),
         (o.checksum, 'c'),
         (o.whole_file, 'W'),
+        (o.dry_run, 'n'),
+        (o.sparse, 'S'),
+        (o.acls, 'A'),
+        (o.xattrs, 'X'),
         (compress, 'z'),
     ] {
         if on {
@@ -474,11 +470,8 @@ pub fn run(args: &[OsString]) -> i32 {
             "the source and destination cannot both be remote",
         );
     }
-    if srcs.len() != 1 {
-        return fail(
-            ExitCode::Unsupported,
-            "more than one source with a remote peer is not supported yet",
-        );
+    if src_remote && srcs.iter().any(|l| matches!(l, Location::Local(_))) {
+        return fail(ExitCode::Syntax, "local and remote sources cannot be mixed");
     }
     if let Some(name) = unsupported(&o) {
         return fail(
@@ -499,7 +492,10 @@ pub fn run(args: &[OsString]) -> i32 {
         caps: CLIENT_CAPS.into(),
         protocol: s.protocol,
         path: String::new(),
+        more_paths: Vec::new(),
         delete: o.deleting(),
+        delay_updates: o.delay_updates,
+        delete_after: matches!(o.delete, DeleteMode::After | DeleteMode::Delay),
         numeric_ids: o.numeric_ids,
     };
     let mut daemon = None;
@@ -525,6 +521,20 @@ pub fn run(args: &[OsString]) -> i32 {
             } else {
                 path.clone()
             };
+            // Further remote sources: `host:a host:b` or `host:a :b`.
+            for l in srcs.iter().skip(1).filter(|_| src_remote) {
+                match l {
+                    Location::Shell {
+                        host: h, path: p, ..
+                    } if h == host => cmd.more_paths.push(p.clone()),
+                    _ => {
+                        return fail(
+                            ExitCode::Syntax,
+                            "all remote sources must be on the same host",
+                        )
+                    }
+                }
+            }
         }
         Location::Daemon {
             user,
@@ -548,6 +558,12 @@ pub fn run(args: &[OsString]) -> i32 {
                 },
                 None => std::env::var("RSYNC_PASSWORD").ok(),
             };
+            if src_remote && srcs.len() > 1 {
+                return fail(
+                    ExitCode::Unsupported,
+                    "several sources from a daemon are not supported yet",
+                );
+            }
             cmd.path = path.clone();
             daemon = Some(t);
         }
@@ -558,7 +574,11 @@ pub fn run(args: &[OsString]) -> i32 {
         let Location::Local(dest) = dst else {
             return fail(ExitCode::Syntax, "no local destination");
         };
-        if let Err(e) = std::fs::create_dir(dest) {
+        // A dry run creates nothing, not even the destination.
+        if let Err(e) = match o.dry_run {
+            true => Ok(()),
+            false => std::fs::create_dir(dest),
+        } {
             if e.kind() != std::io::ErrorKind::AlreadyExists {
                 return fail(ExitCode::FileIo, format!("mkdir {dest}: {e}"));
             }
@@ -571,17 +591,25 @@ pub fn run(args: &[OsString]) -> i32 {
         p.echo_messages = !o.quiet;
         pull(&p)
     } else {
-        let Location::Local(src) = &srcs[0] else {
-            return fail(ExitCode::Syntax, "no local source");
-        };
-        if !o.recursive && std::path::Path::new(src).is_dir() {
-            return fail(
-                ExitCode::Unsupported,
-                format!("sending directory {src} without --recursive (-r) is not supported yet"),
-            );
+        let mut local = Vec::new();
+        for l in srcs {
+            let Location::Local(src) = l else {
+                return fail(ExitCode::Syntax, "no local source");
+            };
+            if !o.recursive && std::path::Path::new(src).is_dir() {
+                return fail(
+                    ExitCode::Unsupported,
+                    format!(
+                        "sending directory {src} without --recursive (-r) is not supported yet"
+                    ),
+                );
+            }
+            local.push(SourceSpec::parse(src));
         }
-        let mut p = PushOptions::new(src, cmd.path.clone());
-        p.contents = src.ends_with('/');
+        let first = local.remove(0);
+        let mut p = PushOptions::new(first.path, cmd.path.clone());
+        p.contents = first.contents;
+        p.more_sources = local;
         p.command = cmd;
         p.daemon = daemon;
         p.events = events;

@@ -344,12 +344,12 @@ fn whole_file_and_unsupported_options() {
     );
     assert_same(&src, &pulled, "pull -W");
     // A feature the remote roles lack: exit code 4 and a message.
-    let out = transfer(Tool::Arsync, Tool::Rsync, rsh, &["-aX"], &s, &d);
+    let out = transfer(Tool::Arsync, Tool::Rsync, rsh, &["-ab"], &s, &d);
     assert_eq!(out.status.code(), Some(4));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--xattrs"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--backup"));
     // A real rsync client asking the arsync server for something it lacks.
-    let out = transfer(Tool::Rsync, Tool::Arsync, rsh, &["-an"], &s, &d);
-    assert_ne!(out.status.code(), Some(0), "dry run must not be faked");
+    let out = transfer(Tool::Rsync, Tool::Arsync, rsh, &["-ab"], &s, &d);
+    assert_ne!(out.status.code(), Some(0), "backups must not be faked");
     // No -r: a directory is not sent recursively by the arsync server.
     let out = transfer(
         Tool::Rsync,
@@ -796,6 +796,411 @@ fn filters_match_rsync() {
                 &dst,
                 &format!("{client:?} -> {server:?} push={push} with filters"),
             );
+        }
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `make_tree` plus what -A -X -S carry: short and long (> 32 bytes, sent
+/// abbreviated) xattrs, access and default ACLs with named entries, and a
+/// sparse file.
+fn make_feature_tree(root: &Path) {
+    make_tree(root);
+    let x = |rel: &str, name: &str, value: &[u8]| {
+        arsync_testutil::meta::set_xattr(&root.join(rel), name.as_bytes(), value).unwrap()
+    };
+    x("small.txt", "user.short", b"v");
+    x("a/one.bin", "user.long", &bytes(5, 100));
+    x("a/one.bin", "user.other", &bytes(6, 40));
+    x("a/b", "user.dir", b"d");
+    // Same long value on a second file: the set is sent once, by index.
+    x("zero", "user.long", &bytes(5, 100));
+    run_ok(
+        Command::new("setfacl")
+            .args(["-m", "u:1234:rw-,g:50:r--"])
+            .arg(root.join("a/b/two.bin")),
+    );
+    run_ok(
+        Command::new("setfacl")
+            .args(["-d", "-m", "g:50:r-x"])
+            .arg(root.join("a/b")),
+    );
+    run_ok(
+        Command::new("setfacl")
+            .args(["-m", "u:4321:r-x"])
+            .arg(root.join("a")),
+    );
+    // Sparse: data, a 1 MiB hole, data.
+    let sp = root.join("sparse.img");
+    let f = fs::File::create(&sp).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&bytes(7, 64 * 1024), 0).unwrap();
+    f.write_all_at(&bytes(8, 8192), 64 * 1024 + (1 << 20))
+        .unwrap();
+    drop(f);
+    set_mtime(&sp, 1_600_000_000);
+    settle_dirs(root);
+}
+
+/// New xattr values on an unchanged file (its long value must be requested
+/// in full), a removed xattr, a changed ACL.
+fn mutate_features(root: &Path) {
+    let p = root.join("a/one.bin");
+    arsync_testutil::meta::set_xattr(&p, b"user.long", &bytes(9, 120)).unwrap();
+    arsync_testutil::meta::remove_xattr(&root.join("small.txt"), b"user.short").unwrap();
+    run_ok(
+        Command::new("setfacl")
+            .args(["-x", "g:50"])
+            .arg(root.join("a/b/two.bin")),
+    );
+    settle_dirs(root);
+}
+
+fn feature_opts() -> CompareOpts {
+    opts().with_sparse(arsync_testutil::SparseCheck::HoleMap)
+}
+
+/// -H -A -X -S for one client/server pair and direction: a fresh copy,
+/// then changed attributes only, then a dry run that must change nothing.
+fn feature_scenario(client: Tool, remote: &Remote<'_>, push: bool) {
+    let what = format!(
+        "{client:?} client -> {} server, {}, -HAXS",
+        remote.server,
+        if push { "push" } else { "pull" }
+    );
+    let tmp = match remote.base {
+        Some(b) => tempfile::tempdir_in(b).unwrap(),
+        None => scratch_dir().unwrap(),
+    };
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    make_feature_tree(&src);
+    let (s, d) = if push {
+        (format!("{}/", src.display()), (remote.spec)(&dst))
+    } else {
+        (
+            format!("{}/", (remote.spec)(&src)),
+            dst.display().to_string(),
+        )
+    };
+    let run = |flags: &[&str]| {
+        let mut all: Vec<&str> = flags.to_vec();
+        all.extend(remote.args.iter().map(String::as_str));
+        run_client(client, &all, &s, &d)
+    };
+    check(&run(&["-aHAXS"]), &format!("{what}: fresh copy"));
+    let diffs = compare_trees(&src, &dst, &feature_opts());
+    assert!(diffs.is_empty(), "{what}: fresh copy: {diffs:#?}");
+
+    mutate_features(&src);
+    check(&run(&["-aHAXS"]), &format!("{what}: attributes only"));
+    let diffs = compare_trees(&src, &dst, &feature_opts());
+    assert!(diffs.is_empty(), "{what}: attributes only: {diffs:#?}");
+
+    // A dry run reports the new file and changes nothing.
+    fs::write(src.join("a/dry.txt"), b"not copied").unwrap();
+    fs::create_dir(src.join("newdir")).unwrap();
+    settle_dirs(&src);
+    let out = check(&run(&["-aHAXin"]), &format!("{what}: dry run"));
+    assert!(out.contains("dry.txt"), "{what}: dry run output: {out}");
+    assert!(!dst.join("a/dry.txt").exists(), "{what}: dry run copied");
+    assert!(
+        !dst.join("newdir").exists(),
+        "{what}: dry run made a directory"
+    );
+    // Nor is a missing destination created.
+    let fresh = tmp.path().join("fresh");
+    let f = if push {
+        (remote.spec)(&fresh)
+    } else {
+        fresh.display().to_string()
+    };
+    let mut all: Vec<&str> = vec!["-aHAXn"];
+    all.extend(remote.args.iter().map(String::as_str));
+    check(
+        &run_client(client, &all, &s, &f),
+        &format!("{what}: dry run to a new dir"),
+    );
+    assert!(!fresh.exists(), "{what}: dry run created the destination");
+    if client == Tool::Rsync {
+        // rsync itemizes a new directory whichever side is the receiver
+        // (an arsync receiver reports it to the rsync sender).
+        assert!(
+            out.contains("cd+++++++++ newdir/"),
+            "{what}: -i output: {out}"
+        );
+    }
+}
+
+#[test]
+fn features_over_stand_in_ssh() {
+    let tmp = scratch_dir().unwrap();
+    let ssh = tmp.path().join("fake-ssh");
+    write_script(&ssh, FAKE_SSH);
+    let rsh = ssh.to_str().unwrap();
+    let spec = |p: &Path| format!("somehost:{}", p.display());
+    for client in [Tool::Arsync, Tool::Rsync] {
+        for server in [Tool::Arsync, Tool::Rsync] {
+            if client == Tool::Rsync && server == Tool::Rsync {
+                continue;
+            }
+            let remote = Remote {
+                args: shell_args(server, rsh),
+                spec: &spec,
+                base: None,
+                server: format!("{server:?}"),
+            };
+            for push in [true, false] {
+                feature_scenario(client, &remote, push);
+            }
+        }
+    }
+}
+
+#[test]
+fn features_over_real_sshd_and_daemon() {
+    assert!(
+        rustix_is_root(),
+        "this test starts sshd and must run as root"
+    );
+    let tmp = scratch_dir().unwrap();
+    let sshd = start_sshd(tmp.path());
+    let rsh = format!(
+        "ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes \
+         -o LogLevel=ERROR -i {} -p {}",
+        sshd.key.display(),
+        sshd.port
+    );
+    let spec = |p: &Path| format!("root@127.0.0.1:{}", p.display());
+    let remote = Remote {
+        args: shell_args(Tool::Arsync, &rsh),
+        spec: &spec,
+        base: None,
+        server: "Arsync over sshd".into(),
+    };
+    feature_scenario(Tool::Rsync, &remote, true);
+    feature_scenario(Tool::Arsync, &remote, false);
+
+    let base = tmp.path().join("module");
+    fs::create_dir(&base).unwrap();
+    let cfg = tmp.path().join("rsyncd.conf");
+    fs::write(
+        &cfg,
+        format!(
+            "use chroot = no\n[m]\nmunge symlinks = no\npath = {}\nread only = no\nuid = root\ngid = root\n",
+            base.display()
+        ),
+    )
+    .unwrap();
+    let daemon = start_daemon(Tool::Arsync, &cfg);
+    let port = daemon.port;
+    let base_ref = base.as_path();
+    let spec = move |p: &Path| {
+        let rel = p.strip_prefix(base_ref).unwrap();
+        format!("rsync://127.0.0.1:{port}/m/{}", rel.display())
+    };
+    let remote = Remote {
+        args: Vec::new(),
+        spec: &spec,
+        base: Some(&base),
+        server: "Arsync daemon".into(),
+    };
+    feature_scenario(Tool::Rsync, &remote, true);
+    feature_scenario(Tool::Rsync, &remote, false);
+}
+
+/// Runs `tool` locally with `args` (for reference trees made by rsync).
+fn local(tool: Tool, args: &[&str]) {
+    let out = Command::new(tool.program()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{tool:?} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// -R with `/./` and several sources in one command, both directions, for
+/// every client/server pair: the result equals what rsync makes locally.
+#[test]
+fn relative_and_several_sources() {
+    let tmp = scratch_dir().unwrap();
+    let ssh = tmp.path().join("fake-ssh");
+    write_script(&ssh, FAKE_SSH);
+    let rsh = ssh.to_str().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let s = src.display().to_string();
+    let cases: Vec<(Vec<String>, Vec<String>)> = vec![
+        (
+            vec!["-aR".into()],
+            vec![format!("{s}/./a/b"), format!("{s}/./small.txt")],
+        ),
+        (
+            vec!["-a".into()],
+            vec![
+                format!("{s}/a/"),
+                format!("{s}/small.txt"),
+                format!("{s}/empty"),
+            ],
+        ),
+    ];
+    for (n, (flags, sources)) in cases.iter().enumerate() {
+        let want = tmp.path().join(format!("want{n}"));
+        let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        args.extend(sources.iter().map(String::as_str));
+        let w = format!("{}/", want.display());
+        args.push(&w);
+        local(Tool::Rsync, &args);
+        for client in [Tool::Arsync, Tool::Rsync] {
+            for server in [Tool::Arsync, Tool::Rsync] {
+                if client == Tool::Rsync && server == Tool::Rsync {
+                    continue;
+                }
+                for push in [true, false] {
+                    let what = format!("{flags:?} {client:?} -> {server:?} push={push}");
+                    let dst = tmp
+                        .path()
+                        .join(format!("got-{n}-{client:?}-{server:?}-{push}"));
+                    let mut all: Vec<String> = flags.clone();
+                    all.extend(shell_args(server, rsh));
+                    if push {
+                        all.extend(sources.iter().cloned());
+                        all.push(format!("h:{}/", dst.display()));
+                    } else {
+                        all.extend(sources.iter().map(|p| format!("h:{p}")));
+                        all.push(format!("{}/", dst.display()));
+                    }
+                    let out = Command::new(client.program())
+                        .args(&all)
+                        .stdin(Stdio::null())
+                        .output()
+                        .unwrap();
+                    check(&out, &what);
+                    // With -R the destination itself is not in the list.
+                    let mut o = opts();
+                    o.root_metadata = false;
+                    let diffs = compare_trees(&want, &dst, &o);
+                    assert!(diffs.is_empty(), "{what}: {diffs:#?}");
+                }
+            }
+        }
+    }
+}
+
+/// A module with `exclude`/`include`/`filter` rules and `use chroot = yes`
+/// served by the arsync daemon gives the same results as the rsync daemon
+/// with the same configuration: hidden files are not sent, not received
+/// and not deleted.
+#[test]
+fn daemon_module_filters_and_chroot_match_rsync() {
+    assert!(rustix_is_root(), "chroot needs root");
+    let tmp = scratch_dir().unwrap();
+    let excl = tmp.path().join("excl.txt");
+    fs::write(&excl, "*.bak\n").unwrap();
+    let mut results = Vec::new();
+    for server in [Tool::Arsync, Tool::Rsync] {
+        let base = tmp.path().join(format!("module-{server:?}"));
+        fs::create_dir(&base).unwrap();
+        make_tree(&base.join("pub"));
+        fs::write(base.join("pub/a/key.secret"), b"k").unwrap();
+        fs::write(base.join("pub/old.bak"), b"b").unwrap();
+        fs::create_dir_all(base.join("pub/hidden/deep")).unwrap();
+        fs::write(base.join("pub/hidden/deep/x"), b"x").unwrap();
+        fs::create_dir_all(base.join("up")).unwrap();
+        // Hidden files already on the receiving side survive --delete.
+        fs::write(base.join("up/keep.secret"), b"s").unwrap();
+        set_mtime(&base.join("up/keep.secret"), 1_600_000_000);
+        settle_dirs(&base);
+        let cfg = tmp.path().join(format!("rsyncd-{server:?}.conf"));
+        fs::write(
+            &cfg,
+            format!(
+                "[m]\npath = {}\nuse chroot = yes\nread only = no\nuid = root\ngid = root\n\
+                 munge symlinks = no\nexclude = *.secret hidden/\nexclude from = {}\n\
+                 filter = - /pub/a/b/c/\n",
+                base.display(),
+                excl.display()
+            ),
+        )
+        .unwrap();
+        let daemon = start_daemon(server, &cfg);
+        let url = |p: &str| format!("rsync://127.0.0.1:{}/m/{p}", daemon.port);
+        let pulled = tmp.path().join(format!("pulled-{server:?}"));
+        check(
+            &run_client(Tool::Rsync, &["-a"], &url("pub/"), pulled.to_str().unwrap()),
+            &format!("{server:?}: pull"),
+        );
+        assert!(
+            !pulled.join("a/key.secret").exists(),
+            "{server:?}: sent a hidden file"
+        );
+        assert!(!pulled.join("hidden").exists() && !pulled.join("old.bak").exists());
+        assert!(pulled.join("a/one.bin").exists());
+        let local = tmp.path().join(format!("local-{server:?}"));
+        make_tree(&local);
+        fs::write(local.join("up.secret"), b"u").unwrap();
+        settle_dirs(&local);
+        // rsync's daemon refuses the hidden file with an error: exit 23.
+        let out = run_client(
+            Tool::Arsync,
+            &["-a", "--delete"],
+            &format!("{}/", local.display()),
+            &url("up/"),
+        );
+        assert_eq!(out.status.code(), Some(23), "{server:?}: push");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("daemon refused to receive file \"up.secret\""),
+            "{server:?}: {stderr}"
+        );
+        assert!(
+            !base.join("up/up.secret").exists(),
+            "{server:?}: stored a hidden file"
+        );
+        assert!(
+            base.join("up/keep.secret").exists(),
+            "{server:?}: deleted a hidden file"
+        );
+        results.push((pulled, base.join("up")));
+    }
+    let (a, r) = (&results[0], &results[1]);
+    let diffs = compare_trees(&a.0, &r.0, &opts());
+    assert!(diffs.is_empty(), "pulled trees differ: {diffs:#?}");
+    let diffs = compare_trees(&a.1, &r.1, &opts().without_dir_mtimes());
+    assert!(diffs.is_empty(), "pushed trees differ: {diffs:#?}");
+}
+
+/// -H -A -X -S at protocols 30 and 31 (the ACL/xattr formats are the same
+/// from 30 on; 31 adds nanoseconds and the delete-phase marker).
+#[test]
+fn features_at_older_protocols() {
+    let tmp = scratch_dir().unwrap();
+    let ssh = tmp.path().join("fake-ssh");
+    write_script(&ssh, FAKE_SSH);
+    let rsh = ssh.to_str().unwrap();
+    let spec = |p: &Path| format!("somehost:{}", p.display());
+    for proto in ["--protocol=30", "--protocol=31"] {
+        for (client, server, push) in [
+            (Tool::Arsync, Tool::Rsync, true),
+            (Tool::Rsync, Tool::Arsync, false),
+        ] {
+            let mut args = shell_args(server, rsh);
+            args.push(proto.into());
+            let remote = Remote {
+                args,
+                spec: &spec,
+                base: None,
+                server: format!("{server:?} {proto}"),
+            };
+            feature_scenario(client, &remote, push);
         }
     }
 }

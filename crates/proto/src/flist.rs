@@ -11,9 +11,12 @@
 //! optional name); rdev for devices; symlink target; `-c` checksum.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use crate::acl::{AclDecoder, AclEncoder, AclKind, RsyncAcl};
 use crate::error::{Error, Result};
 use crate::wire::{put_i32, put_u16, put_varint, put_varlong, Reader};
+use crate::xattr::{XattrDecoder, XattrEncoder, XattrSet};
 
 /// Longest path rsync handles.
 pub const MAXPATHLEN: usize = 1024;
@@ -156,6 +159,16 @@ pub struct FileEntry {
     pub top_dir: bool,
     /// A directory whose contents are not transferred.
     pub no_content_dir: bool,
+    /// `-A`: the access ACL as sent (without what the mode says); `None`
+    /// sends an ACL equal to the mode.
+    pub acl: Option<Arc<RsyncAcl>>,
+    /// `-A`: a directory's default ACL; `None` sends "no default ACL".
+    pub def_acl: Option<Arc<RsyncAcl>>,
+    /// `-X`: the extended attributes; `None` sends an empty set.
+    pub xattrs: Option<Arc<XattrSet>>,
+    /// `-X`, receiving side: the index of the entry's set in the decoder's
+    /// cache (entries share sets).
+    pub xattr_ndx: Option<u32>,
 }
 
 impl FileEntry {
@@ -203,6 +216,10 @@ pub struct FlistOptions {
     pub id0_names: bool,
     /// SAFE_FLIST in force (or protocol >= 31).
     pub safe_flist: bool,
+    /// -A: ACL blocks follow entries.
+    pub preserve_acls: bool,
+    /// -X: xattr blocks follow entries.
+    pub preserve_xattrs: bool,
 }
 
 impl FlistOptions {
@@ -224,12 +241,26 @@ impl FlistOptions {
             numeric_ids: false,
             id0_names: true,
             safe_flist: true,
+            preserve_acls: false,
+            preserve_xattrs: false,
         }
     }
 
     /// True when uid and gid name lists follow the file list.
     pub fn id_lists_follow(&self) -> bool {
-        !self.inc_recurse && !self.numeric_ids && (self.preserve_uid || self.preserve_gid)
+        !self.inc_recurse
+            && !self.numeric_ids
+            && (self.preserve_uid || self.preserve_gid || self.preserve_acls)
+    }
+
+    /// True when a uid list follows the file list.
+    pub fn uid_list_follows(&self) -> bool {
+        self.id_lists_follow() && (self.preserve_uid || self.preserve_acls)
+    }
+
+    /// True when a gid list follows the file list.
+    pub fn gid_list_follows(&self) -> bool {
+        self.id_lists_follow() && (self.preserve_gid || self.preserve_acls)
     }
 
     fn rdev_sent(&self, t: FileType) -> bool {
@@ -256,6 +287,8 @@ struct Prev {
 pub struct FlistEncoder {
     opts: FlistOptions,
     prev: Prev,
+    acls: AclEncoder,
+    xattrs: XattrEncoder,
 }
 
 impl FlistEncoder {
@@ -267,12 +300,38 @@ impl FlistEncoder {
                 first: true,
                 ..Prev::default()
             },
+            acls: AclEncoder::default(),
+            xattrs: XattrEncoder::default(),
         }
     }
 
-    /// Appends one entry. `first_ndx` is the index of the first entry of the
-    /// current list (0 without incremental recursion).
+    /// Appends one entry (with its ACL and xattr blocks). `first_ndx` is the
+    /// index of the first entry of the current list (0 without incremental
+    /// recursion).
     pub fn encode(&mut self, e: &FileEntry, first_ndx: i32, out: &mut Vec<u8>) -> Result<()> {
+        self.encode_entry(e, first_ndx, out)?;
+        let t = e.file_type();
+        if self.opts.preserve_acls && t != Some(FileType::Symlink) {
+            let empty = RsyncAcl::default();
+            self.acls
+                .encode(AclKind::Access, e.acl.as_deref().unwrap_or(&empty), out);
+            if t == Some(FileType::Dir) {
+                self.acls.encode(
+                    AclKind::Default,
+                    e.def_acl.as_deref().unwrap_or(&empty),
+                    out,
+                );
+            }
+        }
+        if self.opts.preserve_xattrs {
+            let empty = XattrSet::default();
+            self.xattrs
+                .encode(e.xattrs.as_deref().unwrap_or(&empty), out)?;
+        }
+        Ok(())
+    }
+
+    fn encode_entry(&mut self, e: &FileEntry, first_ndx: i32, out: &mut Vec<u8>) -> Result<()> {
         let o = &self.opts;
         let t = e.file_type().ok_or_else(|| {
             Error::unencodable("file entry", format!("invalid mode {:o}", e.mode))
@@ -502,6 +561,7 @@ pub fn validate_name(name: &[u8]) -> Result<()> {
 
 /// One item from the file-list stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // entries are the common case; boxing each costs more
 pub enum FlistItem {
     /// An entry.
     Entry(FileEntry),
@@ -520,6 +580,8 @@ pub struct FlistDecoder {
     ndx_start: i32,
     count: i32,
     leaders: HashMap<i32, FileEntry>,
+    acls: AclDecoder,
+    xattrs: XattrDecoder,
 }
 
 impl FlistDecoder {
@@ -531,7 +593,14 @@ impl FlistDecoder {
             ndx_start,
             count: 0,
             leaders: HashMap::new(),
+            acls: AclDecoder::default(),
+            xattrs: XattrDecoder::default(),
         }
+    }
+
+    /// The xattr sets received so far (`FileEntry::xattr_ndx` indexes it).
+    pub fn xattr_sets(&self) -> &[Arc<XattrSet>] {
+        self.xattrs.sets()
     }
 
     /// Entries decoded so far.
@@ -543,7 +612,39 @@ impl FlistDecoder {
     pub fn decode(&mut self, r: &mut Reader<'_>) -> Result<FlistItem> {
         let mut rr = r.clone();
         let mut prev = self.prev.clone();
-        let item = self.decode_inner(&mut rr, &mut prev)?;
+        let mut item = self.decode_inner(&mut rr, &mut prev)?;
+        let (mut acc, mut def, mut xa) = (None, None, None);
+        if let FlistItem::Entry(e) = &mut item {
+            let t = e.file_type();
+            if self.opts.preserve_acls && t != Some(FileType::Symlink) {
+                let a = self.acls.decode(AclKind::Access, &mut rr)?;
+                e.acl = Some(std::sync::Arc::clone(a.acl()));
+                acc = Some(a);
+                if t == Some(FileType::Dir) {
+                    let d = self.acls.decode(AclKind::Default, &mut rr)?;
+                    e.def_acl = Some(std::sync::Arc::clone(d.acl()));
+                    def = Some(d);
+                }
+            }
+            if self.opts.preserve_xattrs {
+                let (ndx, lit) = self.xattrs.decode(&mut rr)?;
+                e.xattr_ndx = Some(ndx);
+                e.xattrs = match &lit {
+                    Some(s) => Some(std::sync::Arc::clone(s)),
+                    None => self.xattrs.get(ndx).cloned(),
+                };
+                xa = Some(lit);
+            }
+        }
+        if let Some(a) = &acc {
+            self.acls.commit(AclKind::Access, a);
+        }
+        if let Some(d) = &def {
+            self.acls.commit(AclKind::Default, d);
+        }
+        if let Some(x) = xa {
+            self.xattrs.commit(x);
+        }
         if let FlistItem::Entry(e) = &item {
             if e.hardlink == HardLink::Leader {
                 self.leaders.insert(self.ndx_start + self.count, e.clone());
@@ -1096,6 +1197,67 @@ mod tests {
             }
         }
         got
+    }
+
+    #[test]
+    fn acl_and_xattr_blocks_round_trip() {
+        use crate::acl::IdAccess;
+        use crate::xattr::XattrValue;
+        let mut opts = FlistOptions::archive(31);
+        opts.preserve_acls = true;
+        opts.preserve_xattrs = true;
+        opts.preserve_hard_links = true;
+        let acl = Arc::new(RsyncAcl {
+            group_obj: Some(5),
+            names: vec![IdAccess {
+                is_user: true,
+                id: 1234,
+                perms: 6,
+            }],
+            ..RsyncAcl::default()
+        });
+        let xa = Arc::new(XattrSet::from_local(vec![
+            (b"user.big".to_vec(), vec![1u8; 200]),
+            (b"user.small".to_vec(), b"v".to_vec()),
+        ]));
+        let mut d = dir("d");
+        d.def_acl = Some(Arc::clone(&acl));
+        d.xattrs = Some(Arc::clone(&xa));
+        let mut a = reg("d/a", 10, 5);
+        a.acl = Some(Arc::clone(&acl));
+        a.xattrs = Some(Arc::clone(&xa));
+        a.hardlink = HardLink::Leader;
+        let mut b = reg("d/b", 10, 5);
+        b.acl = Some(Arc::clone(&acl));
+        b.xattrs = Some(Arc::clone(&xa));
+        b.hardlink = HardLink::Follower(1);
+        let l = FileEntry {
+            name: b"d/l".to_vec(),
+            mode: mode::S_IFLNK | 0o777,
+            link_target: Some(b"a".to_vec()),
+            size: 1,
+            ..FileEntry::default()
+        };
+        let entries = [d, a, b, l];
+        let got = round_trip(opts, &entries);
+        assert_eq!(got.len(), 4);
+        // Directory: empty access ACL, the default ACL, the set (literal 0).
+        assert_eq!(got[0].acl.as_deref(), Some(&RsyncAcl::default()));
+        assert_eq!(got[0].def_acl.as_deref(), Some(&*acl));
+        assert_eq!(got[0].xattr_ndx, Some(0));
+        assert_eq!(got[1].acl.as_deref(), Some(&*acl));
+        assert_eq!(got[1].xattrs.as_deref(), Some(&*xa));
+        // The follower inside the list still carries both blocks.
+        assert_eq!(got[2].hardlink, HardLink::Follower(1));
+        assert_eq!(got[2].acl.as_deref(), Some(&*acl));
+        assert_eq!(got[2].xattr_ndx, Some(0));
+        // Symlinks have no ACL; their (empty) xattr set is a new literal.
+        assert_eq!(got[3].acl, None);
+        assert_eq!(got[3].xattr_ndx, Some(1));
+        assert!(matches!(
+            got[1].xattrs.as_ref().unwrap().items[0].value,
+            XattrValue::Abbrev { len: 200, .. }
+        ));
     }
 
     #[test]

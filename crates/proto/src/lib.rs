@@ -13,7 +13,8 @@
 //! - [`handshake`]: versions, compat flags, checksum/compression negotiation, seed;
 //!   [`daemon`]: the `@RSYNCD:` text preamble of daemon connections.
 //! - [`flist`]: file-list entries, id lists, sort order, duplicate clearing.
-//! - [`filter`]: the filter list.
+//! - [`filter`]: the filter list; [`acl`], [`xattr`]: the `-A`/`-X` blocks of
+//!   file-list entries and the request for abbreviated xattr values.
 //! - [`checksum`], [`sums`], [`matcher`], [`token`]: rolling and strong sums,
 //!   the sum head and block sums, block matching, the token stream;
 //!   [`compress`]: the zlibx compressed token stream.
@@ -26,6 +27,7 @@
 //! assert_eq!(Reader::new(&buf).varint().unwrap(), 300);
 //! ```
 
+pub mod acl;
 pub mod checksum;
 pub mod compress;
 pub mod daemon;
@@ -42,5 +44,6 @@ pub mod stats;
 pub mod sums;
 pub mod token;
 pub mod wire;
+pub mod xattr;
 
 pub use error::{Error, Result};

@@ -23,10 +23,16 @@ pub struct ServerCommand {
     pub protocol: Option<i32>,
     /// The remote path.
     pub path: String,
+    /// Further remote paths (a pull of several sources).
+    pub more_paths: Vec<String>,
     /// Delete extraneous files on the receiving side (`--delete`).
     pub delete: bool,
     /// Send uids/gids as numbers only (`--numeric-ids`: no name lists).
     pub numeric_ids: bool,
+    /// `--delay-updates`: received files are renamed into place at the end.
+    pub delay_updates: bool,
+    /// `--delete-after` / `--delete-delay`: delete after the transfer.
+    pub delete_after: bool,
 }
 
 impl ServerCommand {
@@ -40,8 +46,11 @@ impl ServerCommand {
             caps: CLIENT_CAPS.into(),
             protocol: None,
             path: path.into(),
+            more_paths: Vec::new(),
             delete: false,
             numeric_ids: false,
+            delay_updates: false,
+            delete_after: false,
         }
     }
 
@@ -60,7 +69,17 @@ impl ServerCommand {
         }
         // A pulling client deletes locally; only a receiving server needs it.
         if self.delete && !self.server_sends {
-            v.push("--delete".into());
+            v.push(
+                if self.delete_after {
+                    "--delete-after"
+                } else {
+                    "--delete"
+                }
+                .into(),
+            );
+        }
+        if self.delay_updates && !self.server_sends {
+            v.push("--delay-updates".into());
         }
         v
     }
@@ -73,6 +92,7 @@ impl ServerCommand {
         words.extend(self.server_args());
         words.push(".".into());
         words.push(self.path.clone());
+        words.extend(self.more_paths.iter().cloned());
         if self.remote_shell.is_empty() {
             return words;
         }

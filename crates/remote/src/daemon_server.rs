@@ -5,12 +5,15 @@
 //! module's directory.
 //!
 //! Supported module parameters: `path`, `comment`, `read only`, `write
-//! only`, `list`, `uid`, `gid`, `use chroot` (accepted: confinement comes
-//! from `openat2(RESOLVE_BENEATH)` on receive and from refusing `..` in
-//! requested paths), `auth users`, `secrets file`, `strict modes`, `hosts
-//! allow`, `hosts deny`, `max connections`, `exclude`/`filter`/`include`
-//! (refused at start-up: not implemented by the server roles yet). Global:
-//! `port`, `address`, `motd file` (ignored), `pid file`.
+//! only`, `list`, `uid`, `gid`, `use chroot` (default yes; as root the
+//! connection thread unshares its file-system context and chroots into the
+//! module after the id tables were loaded; confinement otherwise comes from
+//! `openat2(RESOLVE_BENEATH)` on receive and from refusing `..` in requested
+//! paths), `auth users`, `secrets file`, `strict modes`, `hosts allow`,
+//! `hosts deny`, `max connections`, `filter`/`include from`/`include`/
+//! `exclude from`/`exclude` (module-relative rules: hidden files are not
+//! sent, not received and not deleted). Global: `port`, `address`, `motd
+//! file` (ignored), `pid file`, `use chroot`.
 //! `uid`/`gid` switch the connection thread's credentials (Linux
 //! credentials are per thread; the transfer's helper threads inherit them).
 
@@ -27,7 +30,9 @@ use arsync_proto::stats::ExitCode;
 
 use crate::error::{RemoteError, Result};
 use crate::ids::IdNames;
-use crate::server::{refuse_session, run_server_known, ServerArgs};
+use crate::server::{refuse_session, run_server_scoped, ServerArgs};
+use crate::walk::DaemonFilter;
+use arsync_filter::{DaemonParam, FilterRules};
 
 /// One `[module]` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,6 +63,11 @@ pub struct Module {
     pub hosts_deny: Vec<String>,
     /// Concurrent connections (0: unlimited).
     pub max_connections: usize,
+    /// `filter`, `include from`, `include`, `exclude from`, `exclude`
+    /// values, in the order rsync applies them.
+    pub filters: Vec<(DaemonParam, String)>,
+    /// `use chroot` (rsync's default: yes); effective when running as root.
+    pub use_chroot: bool,
 }
 
 /// A parsed configuration file.
@@ -94,6 +104,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config> {
         let mut cfg = Config::default();
         let mut global_uid: Option<String> = None;
+        let mut global_chroot = true;
         let mut global_gid: Option<String> = None;
         let mut cur: Option<Module> = None;
         let bad = |n: usize, msg: String| RemoteError::Usage(format!("config line {n}: {msg}"));
@@ -121,6 +132,7 @@ impl Config {
                     name: name.to_string(),
                     read_only: true,
                     list: true,
+                    use_chroot: global_chroot,
                     uid: global_uid.clone(),
                     gid: global_gid.clone(),
                     ..Module::default()
@@ -146,7 +158,8 @@ impl Config {
                     "pid file" => cfg.pid_file = Some(PathBuf::from(value)),
                     "uid" => global_uid = Some(value.to_string()),
                     "gid" => global_gid = Some(value.to_string()),
-                    "motd file" | "log file" | "use chroot" | "lock file" => {}
+                    "use chroot" => global_chroot = flag(value)?,
+                    "motd file" | "log file" | "lock file" => {}
                     _ => return Err(bad(n, format!("unsupported global parameter {key:?}"))),
                 },
                 Some(m) => match key.as_str() {
@@ -157,7 +170,8 @@ impl Config {
                     "list" => m.list = flag(value)?,
                     "uid" => m.uid = Some(value.to_string()),
                     "gid" => m.gid = Some(value.to_string()),
-                    "use chroot" | "strict modes" | "lock file" | "log file" | "munge symlinks"
+                    "use chroot" => m.use_chroot = flag(value)?,
+                    "strict modes" | "lock file" | "log file" | "munge symlinks"
                     | "numeric ids" => {}
                     "auth users" => m.auth_users = list_value(value),
                     "secrets file" => m.secrets_file = Some(PathBuf::from(value)),
@@ -168,17 +182,33 @@ impl Config {
                             .parse()
                             .map_err(|_| bad(n, "bad max connections".into()))?
                     }
-                    "exclude" | "include" | "filter" | "exclude from" | "include from" => {
-                        return Err(RemoteError::Proto(arsync_proto::Error::Unsupported(
-                            format!("config line {n}: module filter parameter {key:?}"),
-                        )))
-                    }
+                    "filter" => m.filters.push((DaemonParam::Filter, value.to_string())),
+                    "include from" => m
+                        .filters
+                        .push((DaemonParam::IncludeFrom, value.to_string())),
+                    "include" => m.filters.push((DaemonParam::Include, value.to_string())),
+                    "exclude from" => m
+                        .filters
+                        .push((DaemonParam::ExcludeFrom, value.to_string())),
+                    "exclude" => m.filters.push((DaemonParam::Exclude, value.to_string())),
                     _ => return Err(bad(n, format!("unsupported module parameter {key:?}"))),
                 },
             }
         }
         if let Some(m) = cur.take() {
             cfg.modules.push(m);
+        }
+        for m in &mut cfg.modules {
+            // rsync reads them in this order, whatever the file's order.
+            let rank = |p: &DaemonParam| match p {
+                DaemonParam::Filter => 0,
+                DaemonParam::IncludeFrom => 1,
+                DaemonParam::Include => 2,
+                DaemonParam::ExcludeFrom => 3,
+                DaemonParam::Exclude => 4,
+            };
+            m.filters.sort_by_key(|(p, _)| rank(p));
+            m.rules(Path::new("/"))?;
         }
         for m in &cfg.modules {
             if m.path.as_os_str().is_empty() {
@@ -352,6 +382,8 @@ pub fn serve(
 ) -> Result<()> {
     let text = std::fs::read_to_string(&args.config)
         .map_err(|e| RemoteError::io(format!("config {}", args.config.display()), e))?;
+    // Connections may chroot into a module without /etc/passwd.
+    IdNames::preload();
     let cfg = Config::parse(&text)?;
     let port = args
         .port
@@ -541,6 +573,41 @@ fn module_path(m: &Module, client_path: &str) -> Option<String> {
     Some(format!("{base}/{rest}"))
 }
 
+impl Module {
+    /// The module's filter rules for a module served from `root`, or
+    /// `None` when it has none. `include from`/`exclude from` files are read.
+    pub fn rules(&self, root: &Path) -> Result<Option<DaemonFilter>> {
+        if self.filters.is_empty() {
+            return Ok(None);
+        }
+        let mut f = FilterRules::new();
+        f.set_transfer_root(Path::new("/"));
+        for (p, v) in &self.filters {
+            f.add_daemon_param(*p, v.as_bytes()).map_err(|e| {
+                RemoteError::Usage(format!("module {}: {p:?} {v:?}: {e}", self.name))
+            })?;
+        }
+        Ok(Some(DaemonFilter {
+            rules: Arc::new(f),
+            module_root: root.to_path_buf(),
+        }))
+    }
+}
+
+/// `use chroot`: gives this connection thread its own root directory (the
+/// thread first stops sharing file-system attributes with the others) and
+/// enters it. Name lookups must already be done ([`IdNames::preload`]).
+fn enter_chroot(dir: &Path) -> Result<()> {
+    // SAFETY: only CLONE_FS is unshared (root, cwd, umask); the descriptor
+    // table stays shared, so no thread can see descriptors go missing.
+    // Threads this one spawns later share its new root.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
+        .map_err(|e| RemoteError::io("unshare(CLONE_FS)", e.into()))?;
+    rustix::process::chroot(dir)
+        .map_err(|e| RemoteError::io(format!("chroot {}", dir.display()), e.into()))?;
+    rustix::process::chdir("/").map_err(|e| RemoteError::io("chdir /", e.into()))
+}
+
 fn set_credentials(m: &Module) -> Result<()> {
     if !rustix::process::geteuid().is_root() {
         return Ok(());
@@ -645,17 +712,27 @@ fn handle(state: &State, mut s: TcpStream) -> Result<()> {
         refuse_session(&parsed, s, w, Some(protocol), &msg, ExitCode::StartClient)?;
         return Err(RemoteError::Refused(msg));
     }
+    // Inside a chroot the module is `/`; ids were looked up at start-up.
+    let chroot = m.use_chroot && rustix::process::geteuid().is_root();
+    let mut served = m.clone();
+    if chroot {
+        served.path = PathBuf::from("/");
+    }
     for p in &mut parsed.paths {
-        match module_path(m, p) {
+        match module_path(&served, p) {
             Some(mapped) => *p = mapped,
             None => return refuse(&mut s, format!("path {p:?} is outside the module")),
         }
+    }
+    let rules = served.rules(&served.path)?;
+    if chroot {
+        enter_chroot(&m.path)?;
     }
     set_credentials(m)?;
     let w = s
         .try_clone()
         .map_err(|e| RemoteError::io("cloning the socket", e))?;
-    run_server_known(&parsed, s, w, Some(protocol)).map(|_| ())
+    run_server_scoped(&parsed, s, w, Some(protocol), rules).map(|_| ())
 }
 
 #[cfg(test)]
@@ -680,11 +757,34 @@ mod tests {
         assert!(c.modules[1].read_only && !c.modules[1].list);
         assert!(Config::parse("[m]\npath=/x\nbogus = 1\n").is_err());
         assert!(Config::parse("[m]\ncomment=no path\n").is_err());
-        let e = Config::parse("[m]\npath=/x\nexclude = *.o\n").err();
+        // Filter parameters in rsync's order, whatever the file's order.
+        let c = Config::parse(
+            "use chroot = no\n[m]\npath=/x\nexclude = *.o tmp/\ninclude = keep.o\nfilter = - /top\n",
+        )
+        .unwrap();
+        let m = &c.modules[0];
+        assert!(!m.use_chroot);
+        let kinds: Vec<DaemonParam> = m.filters.iter().map(|(p, _)| *p).collect();
         assert_eq!(
-            e.map(|e| e.exit_code()),
-            Some(arsync_proto::stats::ExitCode::Unsupported)
+            kinds,
+            [
+                DaemonParam::Filter,
+                DaemonParam::Include,
+                DaemonParam::Exclude
+            ]
         );
+        let f = m.rules(Path::new("/x")).unwrap().unwrap();
+        assert!(f.excluded(Path::new("/x/a/b.o"), false));
+        assert!(!f.excluded(Path::new("/x/a/keep.o"), false));
+        assert!(f.excluded(Path::new("/x/top"), false));
+        assert!(!f.excluded(Path::new("/x/a/top"), false));
+        assert!(
+            f.excluded(Path::new("/x/a/tmp/inner"), false),
+            "tmp/ hides its contents"
+        );
+        assert!(!f.excluded(Path::new("/x"), true));
+        assert!(Config::parse("[m]\npath=/x\nexclude from = /nonexistent/file\n").is_err());
+        assert!(Config::parse("[m]\npath=/x\n").unwrap().modules[0].use_chroot);
     }
 
     #[test]

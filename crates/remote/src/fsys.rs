@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io::{ErrorKind, Read};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,6 +84,13 @@ pub struct TempFile {
     name: String,
 }
 
+/// A received file waiting for the end of the transfer (`--delay-updates`):
+/// its temporary name in the target's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelayedFile {
+    tmp: String,
+}
+
 /// A destination directory tree.
 #[derive(Debug, Clone)]
 pub struct DestRoot {
@@ -120,6 +127,31 @@ impl DestRoot {
             Mode::empty(),
         )
         .map_err(|e| io_err(format!("opening {}", root.display()), e))?;
+        Ok(DestRoot {
+            root: root.to_path_buf(),
+            fd: Arc::new(fd),
+        })
+    }
+
+    /// For a dry run: like [`DestRoot::open`] but never creates `root`. A
+    /// missing root is stood in for by an empty directory that is removed
+    /// at once (the descriptor stays valid and every lookup finds nothing).
+    pub fn open_dry(root: &Path) -> Result<Self> {
+        if std::fs::symlink_metadata(root).is_ok() {
+            return Self::open(root);
+        }
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let scratch =
+            std::env::temp_dir().join(format!(".arsync-dry-run-{}-{n}", std::process::id()));
+        std::fs::create_dir(&scratch)
+            .map_err(|e| RemoteError::io(format!("creating {}", scratch.display()), e))?;
+        let fd = rustix::fs::open(
+            &scratch,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        );
+        let _ = std::fs::remove_dir(&scratch);
+        let fd = fd.map_err(|e| io_err(format!("opening {}", scratch.display()), e))?;
         Ok(DestRoot {
             root: root.to_path_buf(),
             fd: Arc::new(fd),
@@ -173,6 +205,41 @@ impl DestRoot {
             ),
         })?;
         Ok((Arc::new(fd), base.to_string()))
+    }
+
+    /// Runs `f` with an attribute target for `name` that keeps the
+    /// confinement: regular files and directories are opened beneath the
+    /// root (without following symlinks); other entries are reached
+    /// through `/proc/self/fd` from their confined parent (a final symlink
+    /// is not followed).
+    pub fn with_attr_target<T>(
+        &self,
+        name: &[u8],
+        f: impl FnOnce(crate::attrs::Target<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        if name == b"." {
+            if let Ok(fd) =
+                rustix::fs::openat(&*self.fd, ".", flags | OFlags::DIRECTORY, Mode::empty())
+            {
+                return f(crate::attrs::Target::Fd(fd.as_fd()));
+            }
+            let p = crate::attrs::at_path(&self.fd, None);
+            return f(crate::attrs::Target::FollowPath(&p));
+        }
+        let (parent, base) = self.parent(name)?;
+        let st = rustix::fs::statat(&*parent, base.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io_err(format!("stat {}", shown(name)), e))?;
+        if matches!(
+            FileType::from_raw_mode(st.st_mode),
+            FileType::RegularFile | FileType::Directory
+        ) {
+            if let Ok(fd) = rustix::fs::openat(&*parent, base.as_str(), flags, Mode::empty()) {
+                return f(crate::attrs::Target::Fd(fd.as_fd()));
+            }
+        }
+        let p = crate::attrs::at_path(&parent, Some(&base));
+        f(crate::attrs::Target::Path(&p))
     }
 
     /// `lstat` of an entry, `None` if it does not exist.
@@ -398,6 +465,28 @@ impl DestRoot {
             .map_err(|e| io_err(format!("renaming into {}", shown(name)), e))
     }
 
+    /// `--delay-updates`: closes a finished temporary file and remembers
+    /// it for [`DestRoot::commit_delayed`] (no descriptor is kept).
+    pub fn delay(tmp: TempFile) -> DelayedFile {
+        DelayedFile { tmp: tmp.name }
+    }
+
+    /// Renames a delayed temporary file over `name`.
+    pub fn commit_delayed(&self, d: &DelayedFile, name: &[u8]) -> Result<()> {
+        let (p, base) = self.parent(name)?;
+        if let Ok(st) = rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                let _ = rustix::fs::unlinkat(&*p, d.tmp.as_str(), AtFlags::empty());
+                return Err(RemoteError::io(
+                    format!("replacing directory {}", shown(name)),
+                    std::io::Error::from(ErrorKind::IsADirectory),
+                ));
+            }
+        }
+        rustix::fs::renameat(&*p, d.tmp.as_str(), &*p, base.as_str())
+            .map_err(|e| io_err(format!("renaming into {}", shown(name)), e))
+    }
+
     /// Deletes a temporary file (best effort).
     pub fn remove_temp(tmp: TempFile) {
         let _ = rustix::fs::unlinkat(&*tmp.parent, tmp.name.as_str(), AtFlags::empty());
@@ -548,6 +637,71 @@ pub fn open_source(path: &Path) -> Result<File> {
         .custom_flags((OFlags::NOFOLLOW | OFlags::CLOEXEC).bits() as i32)
         .open(path)
         .map_err(|e| RemoteError::io(format!("opening {}", path.display()), e))
+}
+
+/// `-S`: turns every 4 KiB-aligned all-zero block of a received file into
+/// a hole (as rsync's receiver skips writing runs of zeros). A file system
+/// without hole punching keeps the zeros.
+pub fn punch_zero_blocks(f: &File) -> Result<()> {
+    const BLOCK: usize = 4096;
+    let len = f
+        .metadata()
+        .map_err(|e| RemoteError::io("stat for --sparse", e))?
+        .len();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    // The zero run being collected: (start, length).
+    let mut run: Option<(u64, u64)> = None;
+    let punch = |start: u64, n: u64| -> Result<()> {
+        match rustix::fs::fallocate(
+            f,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            start,
+            n,
+        ) {
+            Ok(()) | Err(Errno::OPNOTSUPP) => Ok(()),
+            Err(e) => Err(io_err("punching a hole for --sparse".into(), e)),
+        }
+    };
+    while off < len {
+        let want = buf.len().min((len - off) as usize);
+        read_basis(f, off, &mut buf[..want])?;
+        for (i, block) in buf[..want].chunks(BLOCK).enumerate() {
+            let at = off + (i * BLOCK) as u64;
+            if block.len() == BLOCK && block.iter().all(|&b| b == 0) {
+                run = Some(match run {
+                    Some((s, n)) => (s, n + BLOCK as u64),
+                    None => (at, BLOCK as u64),
+                });
+            } else if let Some((s, n)) = run.take() {
+                punch(s, n)?;
+            }
+        }
+        off += want as u64;
+    }
+    if let Some((s, n)) = run {
+        punch(s, n)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod dry_tests {
+    use super::*;
+
+    #[test]
+    fn dry_root_is_empty_and_never_created() {
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        let missing = t.path().join("not/there");
+        let d = DestRoot::open_dry(&missing).unwrap();
+        assert!(!missing.exists());
+        assert_eq!(d.lstat(b"a").unwrap(), None);
+        assert!(d.list_dir(b".").unwrap().unwrap_or_default().is_empty());
+        // An existing root is used as it is.
+        std::fs::write(t.path().join("f"), b"x").unwrap();
+        let d = DestRoot::open_dry(t.path()).unwrap();
+        assert!(d.lstat(b"f").unwrap().is_some());
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+static PRELOADED: std::sync::OnceLock<IdNames> = std::sync::OnceLock::new();
+
 /// Name <-> id tables.
 #[derive(Debug, Default, Clone)]
 pub struct IdNames {
@@ -30,8 +32,22 @@ fn parse(text: &[u8]) -> HashMap<u32, Vec<u8>> {
 }
 
 impl IdNames {
-    /// Loads the local databases (missing files give empty tables).
+    /// Loads the local databases (missing files give empty tables), or
+    /// the tables kept by [`IdNames::preload`].
     pub fn load() -> Self {
+        if let Some(p) = PRELOADED.get() {
+            return p.clone();
+        }
+        Self::read()
+    }
+
+    /// Reads the databases once for the rest of the process: a daemon does
+    /// this before a connection chroots into a module without them.
+    pub fn preload() {
+        let _ = PRELOADED.set(Self::read());
+    }
+
+    fn read() -> Self {
         IdNames {
             users: parse(&std::fs::read("/etc/passwd").unwrap_or_default()),
             groups: parse(&std::fs::read("/etc/group").unwrap_or_default()),

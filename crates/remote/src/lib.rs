@@ -18,6 +18,7 @@
 //! ```
 
 pub mod args;
+pub mod attrs;
 pub mod conn;
 pub mod daemon;
 pub mod daemon_server;

@@ -31,21 +31,26 @@ use arsync_proto::handshake::{Negotiated, PROTOCOL_VERSION};
 use arsync_proto::item::{decode_item, encode_del_stats, ItemAttrs, NdxItem};
 use arsync_proto::mux::MsgTag;
 use arsync_proto::ndx::{NdxCodec, NDX_DONE};
-use arsync_proto::phase::{GeneratorSchedule, MAX_PHASE};
+use arsync_proto::phase::{GenStep, GeneratorSchedule, MAX_PHASE};
 use arsync_proto::stats::{exit_code_for_io_error, ExitCode, Stats};
 use arsync_proto::sums::SumHead;
 use arsync_proto::token::Token;
 use arsync_proto::wire::put_i32;
 
+use arsync_proto::item::iflags;
+use arsync_proto::xattr::{decode_reply, encode_request};
+
 use crate::args::ServerCommand;
+use crate::attrs::{self, Target, XattrStore};
 use crate::conn::{join_errors, InStream, OutStream};
 use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
 use crate::events::{EventSink, FileEvent};
-use crate::fsys::{read_basis, DestRoot, Meta, TempFile};
+use crate::fsys::{punch_zero_blocks, read_basis, DelayedFile, DestRoot, Meta, TempFile};
 use crate::ids::{IdMap, IdNames};
 use crate::session::{am_root, flist_options, start_client, token_compression};
 use crate::transport::ChildTransport;
+use crate::walk::DaemonFilter;
 
 /// What to pull and where.
 #[derive(Debug, Clone)]
@@ -126,6 +131,7 @@ impl TransferSummary {
 enum ToGen {
     Redo(i32),
     Phase0Done,
+    RedoDone,
     Finish,
 }
 
@@ -149,7 +155,10 @@ pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
             "pull needs a server command with --sender".into(),
         ));
     }
-    let dest = DestRoot::open(&opts.dest)?;
+    let dest = match opts.command.flags.contains('n') {
+        true => DestRoot::open_dry(&opts.dest)?,
+        false => DestRoot::open(&opts.dest)?,
+    };
     if let Some(t) = &opts.daemon {
         let (r, w) = t.connect()?;
         return run_pull(opts, dest, r, w);
@@ -230,6 +239,11 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         events: opts.events.clone(),
         whole_file: opts.command.flags.contains('W'),
         filter: filter_from_wire(&opts.filters, neg.protocol)?.map(Arc::new),
+        dry_run: opts.command.flags.contains('n'),
+        sparse: opts.command.flags.contains('S'),
+        delay_updates: opts.command.delay_updates,
+        late_delete: opts.command.delete && opts.command.delete_after,
+        daemon_filter: None,
     };
     receive_session(ins, outs, &neg, &fopts, dest, mode)
 }
@@ -252,6 +266,45 @@ pub(crate) struct ReceiveMode {
     pub whole_file: bool,
     /// Rules protecting local entries from `--delete`.
     pub filter: Option<Arc<FilterRules>>,
+    /// `-n`: change nothing, only report what would be transferred.
+    pub dry_run: bool,
+    /// `-S`: zero blocks of received files become holes.
+    pub sparse: bool,
+    /// `--delay-updates`: rename received files into place after the redo phase.
+    pub delay_updates: bool,
+    /// `--delete-after`: delete once every file is received.
+    pub late_delete: bool,
+    /// A daemon module's rules: hidden entries are skipped and kept.
+    pub daemon_filter: Option<Arc<DaemonFilter>>,
+}
+
+/// ACL and xattr state shared by the generator and the receiver.
+#[derive(Clone)]
+struct AttrCtx {
+    /// `-A`
+    acls: bool,
+    /// `-X`: the sender's sets, completed as full values arrive.
+    xstore: Option<Arc<XattrStore>>,
+    /// The sender's uids and gids mapped to ours (for ACL entries).
+    ids: Arc<(IdMap, IdMap)>,
+    root: bool,
+}
+
+impl AttrCtx {
+    /// Applies `e`'s ACLs to `t` (after its mode was set).
+    fn apply_acls(&self, t: Target<'_>, e: &FileEntry) -> Result<()> {
+        if !self.acls || e.file_type() == Some(FileType::Symlink) {
+            return Ok(());
+        }
+        let Some(acc) = &e.acl else { return Ok(()) };
+        let def = if e.is_dir() {
+            e.def_acl.as_deref()
+        } else {
+            None
+        };
+        let who = String::from_utf8_lossy(&e.name);
+        attrs::apply_acls(t, e.mode, acc, def, (&self.ids.0, &self.ids.1), &who)
+    }
 }
 
 /// The receiving half of a session after setup: file list, id lists, the
@@ -274,15 +327,20 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
             FlistItem::End { io_error } => break io_error,
         }
     };
+    let root = am_root();
+    let xstore = fopts
+        .preserve_xattrs
+        .then(|| Arc::new(XattrStore::new(dec.xattr_sets(), root)));
+    drop(dec);
     let names = IdNames::load();
     let (mut uid_map, mut gid_map) = (IdMap::default(), IdMap::default());
     if fopts.id_lists_follow() {
-        if fopts.preserve_uid {
+        if fopts.uid_list_follows() {
             let mut d = IdListDecoder::new(fopts.id0_names);
             let l = ins.decode_partial(|r| d.feed(r))?;
             uid_map = IdMap::new(&l, |n| names.uid_of(n));
         }
-        if fopts.preserve_gid {
+        if fopts.gid_list_follows() {
             let mut d = IdListDecoder::new(fopts.id0_names);
             let l = ins.decode_partial(|r| d.feed(r))?;
             gid_map = IdMap::new(&l, |n| names.gid_of(n));
@@ -301,11 +359,16 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
         .collect();
     sort_entries(&mut entries);
     let active = clear_duplicates(&entries);
-    let root = am_root();
     for e in &mut entries {
         e.uid = uid_map.map(e.uid);
         e.gid = gid_map.map(e.gid);
     }
+    let attr = AttrCtx {
+        acls: fopts.preserve_acls,
+        xstore,
+        ids: Arc::new((uid_map, gid_map)),
+        root,
+    };
     let requested: Arc<Vec<AtomicBool>> =
         Arc::new(entries.iter().map(|_| AtomicBool::new(false)).collect());
     let files = Arc::new(entries);
@@ -329,6 +392,11 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
             whole_file: mode.whole_file,
             filter: mode.filter.clone(),
             requested: Arc::clone(&requested),
+            dry_run: mode.dry_run,
+            attr: attr.clone(),
+            delay_updates: mode.delay_updates,
+            late_delete: mode.late_delete,
+            daemon_filter: mode.daemon_filter.clone(),
         };
         std::thread::spawn(move || generator_thread(outs, &files, &active, &gen_ctx, rx))
     };
@@ -340,7 +408,7 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
         &dest,
         &neg,
         &fopts,
-        root,
+        &attr,
         mode.clone(),
         &tx,
     );
@@ -398,6 +466,7 @@ fn local_sum(dest: &DestRoot, name: &[u8], algo: ChecksumAlgo) -> Result<Option<
 }
 
 /// Writes a transfer request for `ndx` with block sums of the basis (if any).
+#[allow(clippy::too_many_arguments)]
 fn request<W: Write>(
     outs: &mut OutStream<W>,
     codec: &mut NdxCodec,
@@ -405,9 +474,26 @@ fn request<W: Write>(
     basis: Option<&File>,
     redo: bool,
     neg: &Negotiated,
+    xattr_request: Option<&[u32]>,
+    dry_run: bool,
 ) -> Result<()> {
     let mut buf = Vec::new();
-    ItemAttrs::transfer(ndx).encode(codec, &mut buf)?;
+    let mut item = ItemAttrs::transfer(ndx);
+    if basis.is_none() {
+        item.iflags |= iflags::IS_NEW;
+    }
+    if xattr_request.is_some() {
+        item.iflags |= iflags::REPORT_XATTR;
+    }
+    item.encode(codec, &mut buf)?;
+    if dry_run {
+        // rsync's dry run: the item only, no sums, no xattr request.
+        outs.write(&buf)?;
+        return Ok(());
+    }
+    if let Some(nums) = xattr_request {
+        encode_request(nums, &mut buf);
+    }
     let len = match basis {
         Some(f) => f
             .metadata()
@@ -459,14 +545,101 @@ struct GenCtx {
     /// Set (before the request is written) for every index we ask for; the
     /// receiver refuses data nobody asked for.
     requested: Arc<Vec<AtomicBool>>,
+    /// `-n`: change nothing.
+    dry_run: bool,
+    /// ACLs and xattrs.
+    attr: AttrCtx,
+    /// `--delay-updates`.
+    delay_updates: bool,
+    /// `--delete-after`.
+    late_delete: bool,
+    /// A daemon module's rules.
+    daemon_filter: Option<Arc<DaemonFilter>>,
+}
+
+impl GenCtx {
+    /// Brings the xattrs of an existing entry that is not transferred in
+    /// line (before its mode is set: a read-only mode would forbid it).
+    /// When values must first come from the sender, sends an item with
+    /// ITEM_REPORT_XATTR and the request; the receiver applies them.
+    /// `extra` item flags (a new entry) go into that item; returns true
+    /// when an item was sent.
+    fn fix_xattrs<W: Write>(
+        &self,
+        outs: &mut OutStream<W>,
+        codec: &mut NdxCodec,
+        i: usize,
+        e: &FileEntry,
+        extra: u16,
+    ) -> Result<bool> {
+        let (Some(store), Some(xn), false) = (&self.attr.xstore, e.xattr_ndx, self.dry_run) else {
+            return Ok(false);
+        };
+        let who = String::from_utf8_lossy(&e.name).into_owned();
+        let root = self.attr.root;
+        let local = self
+            .dest
+            .with_attr_target(&e.name, |t| attrs::read_xattrs(t, root, &who))?;
+        let plan = store.plan(xn, &local)?;
+        if !plan.differs {
+            return Ok(false);
+        }
+        if plan.wait {
+            self.requested[i].store(true, Ordering::Release);
+            let mut b = Vec::new();
+            ItemAttrs {
+                ndx: i as i32,
+                iflags: iflags::REPORT_XATTR | extra,
+                basis_type: None,
+                xname: None,
+            }
+            .encode(codec, &mut b)?;
+            encode_request(&plan.request, &mut b);
+            outs.write(&b)?;
+            return Ok(true);
+        }
+        self.dest
+            .with_attr_target(&e.name, |t| store.apply(xn, t, &local, root, &who))?;
+        Ok(false)
+    }
+
+    /// The xattr request for a file about to be transferred (`None`: the
+    /// attributes already match, no ITEM_REPORT_XATTR).
+    fn transfer_xattrs(&self, e: &FileEntry, exists: bool) -> Result<Option<Vec<u32>>> {
+        let (Some(store), Some(xn), false) = (&self.attr.xstore, e.xattr_ndx, self.dry_run) else {
+            return Ok(None);
+        };
+        let who = String::from_utf8_lossy(&e.name).into_owned();
+        let root = self.attr.root;
+        let local = match exists {
+            true => self
+                .dest
+                .with_attr_target(&e.name, |t| attrs::read_xattrs(t, root, &who))?,
+            false => Vec::new(),
+        };
+        let plan = store.plan(xn, &local)?;
+        Ok(plan.differs.then_some(plan.request))
+    }
+
+    /// Applies ACLs to an existing entry (after its mode was set).
+    fn fix_acls(&self, e: &FileEntry) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
+        self.dest
+            .with_attr_target(&e.name, |t| self.attr.apply_acls(t, e))
+    }
 }
 
 /// Deletes, in every transferred directory that exists locally, the entries
 /// the sender did not list. Returns rsync's deletion counts.
+#[allow(clippy::too_many_arguments)]
 fn delete_extraneous(
     files: &[FileEntry],
     active: &[bool],
     dest: &DestRoot,
+    dry_run: bool,
+    daemon: Option<&DaemonFilter>,
     events: Option<&EventSink>,
     filter: Option<&FilterRules>,
     errors: &mut Vec<String>,
@@ -498,6 +671,15 @@ fn delete_extraneous(
             if names.contains(full.as_slice()) {
                 continue;
             }
+            if let Some(d) = daemon {
+                // Files a module's rules hide are never deleted.
+                let is_dir = dest
+                    .lstat(&full)?
+                    .is_some_and(|m| m.file_type == rustix::fs::FileType::Directory);
+                if d.excluded(&dest.path(&full)?, is_dir) {
+                    continue;
+                }
+            }
             if let Some(f) = filter {
                 let is_dir = dest
                     .lstat(&full)?
@@ -505,6 +687,12 @@ fn delete_extraneous(
                 if f.protected_from_delete(&full, is_dir) {
                     continue;
                 }
+            }
+            if dry_run {
+                if let Some(ev) = events {
+                    ev.emit(&FileEvent::Deleted { name: &full });
+                }
+                continue;
             }
             match dest.remove_tree(&full) {
                 Ok(n) => {
@@ -520,6 +708,44 @@ fn delete_extraneous(
         }
     }
     Ok(counts)
+}
+
+/// The late deletion pass never runs at the end of phase 0.
+fn unreachable_late_delete() -> Result<Option<[i32; 5]>> {
+    Err(RemoteError::Refused(
+        "late deletion scheduled before the redo phase".into(),
+    ))
+}
+
+/// Writes one group of end-of-run steps; `late_delete` runs the deletion
+/// pass when the schedule says so.
+fn run_steps<W: Write>(
+    outs: &mut OutStream<W>,
+    codec: &mut NdxCodec,
+    steps: &[GenStep],
+    del_counts: &mut Option<[i32; 5]>,
+    mut late_delete: impl FnMut() -> Result<Option<[i32; 5]>>,
+) -> Result<()> {
+    let mut out = Vec::new();
+    for step in steps {
+        match step {
+            GenStep::Done => codec.encode(NDX_DONE, &mut out),
+            GenStep::DelStats => {
+                if let Some(c) = *del_counts {
+                    encode_del_stats(codec, c, &mut out);
+                }
+            }
+            GenStep::LateDelete => {
+                // Deletions may take a while: send what is ready first.
+                outs.write(&out)?;
+                out.clear();
+                outs.flush()?;
+                *del_counts = late_delete()?;
+            }
+        }
+    }
+    outs.write(&out)?;
+    outs.flush()
 }
 
 /// Runs the generator; on failure tells the peer (an error text and
@@ -556,11 +782,13 @@ fn generator<W: Write>(
     let mut codec = NdxCodec::new();
     let mut errors = Vec::new();
     let mut dirs = Vec::new();
-    let del_counts = if ctx.delete {
+    let mut del_counts = if ctx.delete && !ctx.late_delete {
         Some(delete_extraneous(
             files,
             active,
             dest,
+            ctx.dry_run,
+            ctx.daemon_filter.as_deref(),
             ctx.events.as_ref(),
             ctx.filter.as_deref(),
             &mut errors,
@@ -568,34 +796,93 @@ fn generator<W: Write>(
     } else {
         None
     };
+    // A directory hidden by the daemon's rules: its contents follow it.
+    let mut hidden_dir: Option<Vec<u8>> = None;
     for (i, e) in files.iter().enumerate() {
         if !active[i] {
             continue;
         }
+        if let Some(d) = &ctx.daemon_filter {
+            if let Some(h) = &hidden_dir {
+                if e.name.starts_with(h) && e.name.get(h.len()) == Some(&b'/') {
+                    continue;
+                }
+                hidden_dir = None;
+            }
+            if d.excluded(&dest.path(&e.name)?, e.is_dir()) {
+                if e.is_dir() {
+                    hidden_dir = Some(e.name.clone());
+                }
+                // As rsync's daemon: an error for the client (exit 23).
+                let text = format!(
+                    "ERROR: daemon refused to receive {} \"{}\"\n",
+                    if e.is_dir() { "directory" } else { "file" },
+                    String::from_utf8_lossy(&e.name)
+                );
+                outs.message(MsgTag::ErrorXfer, text.as_bytes())?;
+                errors.push(text.trim_end().to_string());
+                continue;
+            }
+        }
         let name = String::from_utf8_lossy(&e.name).into_owned();
         let step: Result<()> = (|| {
+            let dry = ctx.dry_run;
+            // rsync's generator reports entries it creates (other than
+            // files, which are requested) with an item the sender logs
+            // (`cd+++++++++ dir/` in its -i output) and echoes.
+            let created = match e.file_type() {
+                Some(FileType::Dir) => true,
+                Some(FileType::Symlink) => fopts.preserve_links,
+                Some(FileType::Device) | Some(FileType::Special) => {
+                    fopts.preserve_devices && (root || e.file_type() == Some(FileType::Special))
+                }
+                _ => false,
+            } && e.name != b"."
+                && match dest.lstat(&e.name) {
+                    Ok(m) => m.is_none(),
+                    Err(_) => dry,
+                };
+            let new_flags = match created {
+                true => iflags::LOCAL_CHANGE | iflags::IS_NEW,
+                false => 0,
+            };
+            // Set when an item for this entry went out already.
+            let mut sent = false;
             match e.file_type() {
                 Some(FileType::Dir) => {
-                    dest.ensure_dir(&e.name)?;
+                    if !dry {
+                        dest.ensure_dir(&e.name)?;
+                        sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
+                    }
                     dirs.push(i);
                 }
-                Some(FileType::Symlink) if fopts.preserve_links => {
+                Some(FileType::Symlink) if fopts.preserve_links && !dry => {
                     let target = e.link_target.as_deref().unwrap_or_default();
                     dest.make_symlink(&e.name, target)?;
+                    sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
                     dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
                 }
                 Some(FileType::Device) | Some(FileType::Special)
                     if fopts.preserve_devices
+                        && !dry
                         && (root || e.file_type() == Some(FileType::Special)) =>
                 {
                     dest.make_node(&e.name, e.mode, e.rdev)?;
+                    sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
                     dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
+                    ctx.fix_acls(e)?;
                 }
                 Some(FileType::Regular) if followers.contains(e.name.as_slice()) => {
                     // Linked to its leader once everything is received.
                 }
                 Some(FileType::Regular) => {
-                    if let Some(m) = dest.lstat(&e.name)? {
+                    // In a dry run a parent may not exist yet: treat as missing.
+                    let existing = match dest.lstat(&e.name) {
+                        Ok(m) => m,
+                        Err(_) if dry => None,
+                        Err(err) => return Err(err),
+                    };
+                    if let Some(m) = existing {
                         let same = m.file_type == rustix::fs::FileType::RegularFile
                             && m.size == e.size as u64
                             && match &e.checksum {
@@ -608,18 +895,44 @@ fn generator<W: Write>(
                             };
                         if same {
                             // Quick check passed: only fix metadata.
-                            dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
+                            if !dry {
+                                ctx.fix_xattrs(outs, &mut codec, i, e, 0)?;
+                                dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
+                                ctx.fix_acls(e)?;
+                            }
                             return Ok(());
                         }
                     }
-                    let basis = match ctx.whole_file {
-                        true => None,
-                        false => dest.open_basis(&e.name)?,
+                    let basis = match (ctx.whole_file || dry, &existing) {
+                        (false, Some(_)) => dest.open_basis(&e.name)?,
+                        _ => None,
                     };
+                    let xreq = ctx.transfer_xattrs(e, existing.is_some())?;
                     ctx.requested[i].store(true, Ordering::Release);
-                    request(outs, &mut codec, i as i32, basis.as_ref(), false, neg)?;
+                    request(
+                        outs,
+                        &mut codec,
+                        i as i32,
+                        basis.as_ref(),
+                        false,
+                        neg,
+                        xreq.as_deref(),
+                        dry,
+                    )?;
                 }
                 _ => {}
+            }
+            if created && !sent {
+                ctx.requested[i].store(true, Ordering::Release);
+                let mut b = Vec::new();
+                ItemAttrs {
+                    ndx: i as i32,
+                    iflags: new_flags,
+                    basis_type: None,
+                    xname: None,
+                }
+                .encode(&mut codec, &mut b)?;
+                outs.write(&b)?;
             }
             Ok(())
         })();
@@ -629,7 +942,7 @@ fn generator<W: Write>(
             Err(err) => return Err(err),
         }
     }
-    let sched = GeneratorSchedule::new(neg.protocol, false, false)?;
+    let sched = GeneratorSchedule::new(neg.protocol, ctx.delay_updates, ctx.late_delete)?;
     let mut done = Vec::new();
     for _ in 0..sched.after_phase0 {
         codec.encode(NDX_DONE, &mut done);
@@ -644,36 +957,66 @@ fn generator<W: Write>(
                     true => None,
                     false => dest.open_basis(&e.name)?,
                 };
-                request(outs, &mut codec, ndx, basis.as_ref(), true, neg)?;
+                request(
+                    outs,
+                    &mut codec,
+                    ndx,
+                    basis.as_ref(),
+                    true,
+                    neg,
+                    None,
+                    false,
+                )?;
                 outs.flush()?;
             }
             Ok(ToGen::Phase0Done) => {
-                let mut done = Vec::new();
-                for k in 0..sched.after_redo {
-                    // At protocol >= 31 the deletion stats precede the
-                    // delete phase's NDX_DONE (the last of this group).
-                    if let (Some(c), true) =
-                        (del_counts, neg.protocol >= 31 && k + 1 == sched.after_redo)
-                    {
-                        encode_del_stats(&mut codec, c, &mut done);
-                    }
-                    codec.encode(NDX_DONE, &mut done);
-                }
-                outs.write(&done)?;
-                outs.flush()?;
+                run_steps(
+                    outs,
+                    &mut codec,
+                    &sched.at_phase0_done,
+                    &mut del_counts,
+                    unreachable_late_delete,
+                )?;
+            }
+            Ok(ToGen::RedoDone) => {
+                run_steps(
+                    outs,
+                    &mut codec,
+                    &sched.at_redo_done,
+                    &mut del_counts,
+                    || {
+                        if !ctx.delete {
+                            return Ok(None);
+                        }
+                        delete_extraneous(
+                            files,
+                            active,
+                            dest,
+                            ctx.dry_run,
+                            ctx.daemon_filter.as_deref(),
+                            ctx.events.as_ref(),
+                            ctx.filter.as_deref(),
+                            &mut errors,
+                        )
+                        .map(Some)
+                    },
+                )?;
             }
             Ok(ToGen::Finish) | Err(_) => break,
         }
     }
-    for (follower, leader) in &ctx.links {
+    for (follower, leader) in ctx.links.iter().filter(|_| !ctx.dry_run) {
         if let Err(err) = dest.hard_link(leader, follower) {
             errors.push(format!("{}: {err}", String::from_utf8_lossy(follower)));
         }
     }
     // Directory metadata last, deepest first, so nothing touches them afterwards.
-    for &i in dirs.iter().rev() {
+    for &i in dirs.iter().rev().filter(|_| !ctx.dry_run) {
         let e = &files[i];
-        if let Err(err) = dest.set_meta(&e.name, &meta_of(e, fopts, root)) {
+        let r = dest
+            .set_meta(&e.name, &meta_of(e, fopts, root))
+            .and_then(|()| ctx.fix_acls(e));
+        if let Err(err) = r {
             errors.push(format!("{}: {err}", String::from_utf8_lossy(&e.name)));
         }
     }
@@ -696,21 +1039,44 @@ fn receiver<R: Read>(
     dest: &DestRoot,
     neg: &Negotiated,
     fopts: &FlistOptions,
-    root: bool,
+    attr: &AttrCtx,
     mode: ReceiveMode,
     tx: &Sender<ToGen>,
 ) -> Result<TransferSummary> {
+    let root = attr.root;
     let compressed = mode.compressed;
     let mut codec = NdxCodec::new();
     let mut phase = 0u32;
     let mut summary = TransferSummary::default();
     let mut redo_sent = vec![false; files.len()];
+    // --delay-updates: (index, temporary file) renamed after the redo phase.
+    let mut delayed: Vec<(usize, DelayedFile)> = Vec::new();
     loop {
         match ins.decode(|r| decode_item(&mut codec, r))? {
             NdxItem::Done => {
                 phase += 1;
                 if phase == 1 {
                     let _ = tx.send(ToGen::Phase0Done);
+                }
+                if phase == 2 {
+                    for (i, d) in delayed.drain(..) {
+                        let e = &files[i];
+                        match dest.commit_delayed(&d, &e.name) {
+                            Ok(()) => {
+                                if let Some(ev) = &mode.events {
+                                    ev.emit(&FileEvent::Transferred {
+                                        name: &e.name,
+                                        literal: 0,
+                                        matched: 0,
+                                    });
+                                }
+                            }
+                            Err(err) => summary
+                                .errors
+                                .push(format!("{}: {err}", String::from_utf8_lossy(&e.name))),
+                        }
+                    }
+                    let _ = tx.send(ToGen::RedoDone);
                 }
                 if phase > MAX_PHASE {
                     break;
@@ -719,17 +1085,57 @@ fn receiver<R: Read>(
             NdxItem::DelStats(_) => {}
             NdxItem::File(a) => {
                 let ndx = a.ndx;
+                let transfer = a.iflags & iflags::TRANSFER != 0;
                 let ok = (ndx as usize) < files.len()
                     && active[ndx as usize]
-                    && files[ndx as usize].file_type() == Some(FileType::Regular)
+                    && (!transfer || files[ndx as usize].file_type() == Some(FileType::Regular))
                     && requested[ndx as usize].load(Ordering::Acquire);
-                if !ok || a.iflags & arsync_proto::item::iflags::TRANSFER == 0 {
+                if !ok {
                     return Err(RemoteError::Refused(format!(
                         "unexpected file index {ndx} (iflags {:#x})",
                         a.iflags
                     )));
                 }
                 let e = &files[ndx as usize];
+                let xstore = match (&attr.xstore, e.xattr_ndx) {
+                    (Some(s), Some(xn)) => Some((s, xn)),
+                    _ => None,
+                };
+                if let (Some((store, xn)), true, false) =
+                    (xstore, a.iflags & iflags::REPORT_XATTR != 0, mode.dry_run)
+                {
+                    let max = store.max_num(xn)?;
+                    let values = ins.decode(|r| decode_reply(r, max))?;
+                    store.fill(xn, values)?;
+                }
+                if !transfer {
+                    // Values for an entry that is not transferred.
+                    // (An item without xattr values is the echo of a report.)
+                    if let (Some((store, xn)), false, true) =
+                        (xstore, mode.dry_run, a.iflags & iflags::REPORT_XATTR != 0)
+                    {
+                        let who = String::from_utf8_lossy(&e.name).into_owned();
+                        let r = dest.with_attr_target(&e.name, |t| {
+                            let local = attrs::read_xattrs(t, root, &who)?;
+                            store.apply(xn, t, &local, root, &who)
+                        });
+                        if let Err(err) = r {
+                            summary.errors.push(format!("{who}: {err}"));
+                        }
+                    }
+                    continue;
+                }
+                if mode.dry_run {
+                    if let Some(ev) = &mode.events {
+                        ev.emit(&FileEvent::Transferred {
+                            name: &e.name,
+                            literal: 0,
+                            matched: 0,
+                        });
+                    }
+                    summary.files_transferred += 1;
+                    continue;
+                }
                 let (good, lit, matched) = receive_file(ins, e, dest, neg.checksum, compressed)?;
                 summary.literal_bytes += lit;
                 summary.matched_bytes += matched;
@@ -744,7 +1150,32 @@ fn receiver<R: Read>(
                         ));
                     }
                 } else if let Some(tmp) = good {
-                    let r = match DestRoot::set_file_meta(&tmp.file, &meta_of(e, fopts, root)) {
+                    let fd = Target::Fd(std::os::fd::AsFd::as_fd(&tmp.file));
+                    let who = String::from_utf8_lossy(&e.name).into_owned();
+                    let set_attrs = || -> Result<()> {
+                        if mode.sparse {
+                            punch_zero_blocks(&tmp.file)?;
+                        }
+                        if let Some((store, xn)) = xstore {
+                            // Values left abbreviated matched the old file.
+                            let basis = match dest.lstat(&e.name)? {
+                                Some(m) if m.file_type == rustix::fs::FileType::RegularFile => dest
+                                    .with_attr_target(&e.name, |t| {
+                                        attrs::read_xattrs(t, root, &who)
+                                    })?,
+                                _ => Vec::new(),
+                            };
+                            store.apply(xn, fd, &basis, root, &who)?;
+                        }
+                        DestRoot::set_file_meta(&tmp.file, &meta_of(e, fopts, root))?;
+                        attr.apply_acls(fd, e)
+                    };
+                    let r = match set_attrs() {
+                        Ok(()) if mode.delay_updates => {
+                            delayed.push((ndx as usize, DestRoot::delay(tmp)));
+                            summary.files_transferred += 1;
+                            continue;
+                        }
                         Ok(()) => dest.commit(tmp, &e.name),
                         Err(err) => {
                             DestRoot::remove_temp(tmp);

@@ -20,7 +20,10 @@ use arsync_proto::phase::{goodbye_reads, SenderDoneAction, SenderPhases};
 use arsync_proto::stats::{Stats, IOERR_GENERAL, IOERR_VANISHED};
 use arsync_proto::sums::{SumDecoder, SumHead};
 
+use arsync_proto::xattr::{decode_request, encode_reply};
+
 use crate::args::ServerCommand;
+use crate::attrs::{self, Target};
 use crate::conn::{InStream, OutStream};
 use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
@@ -30,7 +33,7 @@ use crate::ids::IdNames;
 use crate::pull::{filter_from_wire, TransferSummary};
 use crate::session::{flist_options, start_client, token_compression};
 use crate::transport::{ChildTransport, PumpedReader};
-use crate::walk::{build_list_filtered, LocalList};
+use crate::walk::{build_list_multi, LocalList, SourceSpec};
 
 /// What to push and where.
 #[derive(Debug, Clone)]
@@ -54,6 +57,8 @@ pub struct PushOptions {
     /// Filter rules in rsync's wire form (`- *.o`, `+ dir/`, `P keep`):
     /// applied to the local walk and sent to a deleting receiver.
     pub filters: Vec<String>,
+    /// Further sources after `source` (rsync's `SRC1 SRC2 ... DEST`).
+    pub more_sources: Vec<SourceSpec>,
 }
 
 impl PushOptions {
@@ -68,6 +73,7 @@ impl PushOptions {
             events: None,
             daemon: None,
             filters: Vec::new(),
+            more_sources: Vec::new(),
         }
     }
 }
@@ -152,9 +158,14 @@ pub fn run_push<R: Read, W: Write>(
         outs.write(&f)?;
     }
 
-    let list = build_list_filtered(
-        &opts.source,
-        opts.contents,
+    let mut sources = vec![SourceSpec {
+        path: opts.source.clone(),
+        contents: opts.contents,
+    }];
+    sources.extend(opts.more_sources.iter().cloned());
+    let list = build_list_multi(
+        &sources,
+        opts.command.flags.contains('R'),
         &fopts,
         neg.checksum,
         filter.as_ref(),
@@ -169,6 +180,7 @@ pub fn run_push<R: Read, W: Write>(
             zlevel,
             write_stats: false,
             events: opts.events.as_ref(),
+            dry_run: opts.command.flags.contains('n'),
         },
     )
 }
@@ -181,6 +193,8 @@ pub(crate) struct SendMode<'a> {
     pub write_stats: bool,
     /// Per-entry notifications.
     pub events: Option<&'a EventSink>,
+    /// `-n`: transfer requests come without sums and get no data.
+    pub dry_run: bool,
 }
 
 /// The sending half of a session after setup: file list, id lists, the
@@ -197,6 +211,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
         zlevel,
         write_stats,
         events,
+        dry_run,
     } = mode;
     let flist_start = std::time::Instant::now();
     for w in &list.warnings {
@@ -214,8 +229,14 @@ pub(crate) fn send_session<R: Read, W: Write>(
     enc.encode_end(list.io_error, &mut buf);
     if fopts.id_lists_follow() {
         let names = IdNames::load();
-        if fopts.preserve_uid {
-            let mut ids: Vec<u32> = list.entries.iter().map(|e| e.uid).collect();
+        if fopts.uid_list_follows() {
+            let mut ids: Vec<u32> = list
+                .entries
+                .iter()
+                .filter(|_| fopts.preserve_uid)
+                .map(|e| e.uid)
+                .chain(acl_ids(&list, true))
+                .collect();
             ids.sort_unstable();
             ids.dedup();
             let l: Vec<(u32, Vec<u8>)> = ids
@@ -224,8 +245,14 @@ pub(crate) fn send_session<R: Read, W: Write>(
                 .collect();
             encode_id_list(&l, names.user(0), fopts.id0_names, &mut buf);
         }
-        if fopts.preserve_gid {
-            let mut ids: Vec<u32> = list.entries.iter().map(|e| e.gid).collect();
+        if fopts.gid_list_follows() {
+            let mut ids: Vec<u32> = list
+                .entries
+                .iter()
+                .filter(|_| fopts.preserve_gid)
+                .map(|e| e.gid)
+                .chain(acl_ids(&list, false))
+                .collect();
             ids.sort_unstable();
             ids.dedup();
             let l: Vec<(u32, Vec<u8>)> = ids
@@ -278,10 +305,61 @@ pub(crate) fn send_session<R: Read, W: Write>(
                         a.ndx
                     )));
                 }
-                if a.iflags & iflags::TRANSFER == 0 {
+                // The receiver asks for full values of abbreviated xattrs.
+                // rsync skips the exchange for local-change items that name
+                // another file unless the receiver asked it not to (`x`).
+                let optim_skip = neg.protocol >= 31
+                    && !neg
+                        .compat
+                        .has(arsync_proto::handshake::CompatFlags::AVOID_XATTR_OPTIM)
+                    && a.iflags & (iflags::XNAME_FOLLOWS | iflags::LOCAL_CHANGE)
+                        == iflags::XNAME_FOLLOWS | iflags::LOCAL_CHANGE;
+                let xattr_reply = match (
+                    fopts.preserve_xattrs
+                        && a.iflags & iflags::REPORT_XATTR != 0
+                        && !dry_run
+                        && !optim_skip,
+                    &list.entries[i].xattrs,
+                ) {
+                    (true, set) => {
+                        let max = set.as_ref().map_or(0, |s| s.items.len() as u32);
+                        let nums = ins.decode(|r| decode_request(r, max))?;
+                        let mut b = Vec::new();
+                        let path = list.path(i);
+                        let t = Target::Path(&path);
+                        let values: Vec<(u32, Vec<u8>)> = nums
+                            .iter()
+                            .filter_map(|&n| set.as_ref().and_then(|s| s.by_num(n)))
+                            .map(|it| (it.num, attrs::read_value(t, &it.name).unwrap_or_default()))
+                            .collect();
+                        let refs: Vec<(u32, &[u8])> =
+                            values.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+                        encode_reply(&refs, &mut b);
+                        Some(b)
+                    }
+                    (false, _) => None,
+                };
+                if a.iflags & iflags::TRANSFER == 0 || dry_run {
+                    if a.iflags & iflags::TRANSFER != 0 && phases.phase() >= 2 {
+                        return Err(RemoteError::Refused(format!(
+                            "transfer request for {} in phase 2",
+                            a.ndx
+                        )));
+                    }
                     let mut b = Vec::new();
                     a.encode(&mut wcodec, &mut b)?;
+                    b.extend_from_slice(xattr_reply.as_deref().unwrap_or_default());
                     outs.write(&b)?;
+                    if a.iflags & iflags::TRANSFER != 0 {
+                        summary.files_transferred += 1;
+                        if let Some(ev) = events {
+                            ev.emit(&FileEvent::Transferred {
+                                name: &list.entries[i].name,
+                                literal: 0,
+                                matched: 0,
+                            });
+                        }
+                    }
                     continue;
                 }
                 if phases.phase() >= 2 {
@@ -317,6 +395,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
                 };
                 let mut b = Vec::new();
                 a.encode(&mut wcodec, &mut b)?;
+                b.extend_from_slice(xattr_reply.as_deref().unwrap_or_default());
                 head.encode(&mut b);
                 outs.write(&b)?;
                 let mut delta = DeltaEncoder::with_sink(
@@ -422,4 +501,18 @@ pub(crate) fn send_session<R: Read, W: Write>(
     summary.io_error = io_error | ins.reports.io_error;
     summary.errors.extend(ins.reports.errors.iter().cloned());
     Ok(summary)
+}
+
+/// The ids named in the list's ACL entries (users or groups): rsync adds
+/// them to the id lists so the receiver can map them by name.
+fn acl_ids(list: &LocalList, users: bool) -> impl Iterator<Item = u32> + '_ {
+    list.entries
+        .iter()
+        .flat_map(|e| e.acl.iter().chain(e.def_acl.iter()))
+        .flat_map(move |a| {
+            a.names
+                .iter()
+                .filter(move |n| n.is_user == users)
+                .map(|n| n.id)
+        })
 }

@@ -18,7 +18,7 @@ use crate::fsys::DestRoot;
 use crate::pull::{filter_from_wire, receive_session, ReceiveMode, TransferSummary};
 use crate::push::{send_session, SendMode};
 use crate::session::{flist_options, token_compression};
-use crate::walk::build_list_filtered;
+use crate::walk::{build_list_scoped, DaemonFilter, SourceSpec};
 use arsync_filter::FilterRules;
 
 /// The parsed server command line.
@@ -36,6 +36,10 @@ pub struct ServerArgs {
     pub delete: bool,
     /// `--numeric-ids`.
     pub numeric_ids: bool,
+    /// `--delay-updates`.
+    pub delay_updates: bool,
+    /// `--delete-after` / `--delete-delay`.
+    pub delete_after: bool,
     /// The paths after `.`.
     pub paths: Vec<String>,
 }
@@ -56,6 +60,8 @@ impl ServerArgs {
             protocol: None,
             delete: false,
             numeric_ids: false,
+            delay_updates: false,
+            delete_after: false,
             paths: Vec::new(),
         };
         let mut saw_dot = false;
@@ -69,6 +75,14 @@ impl ServerArgs {
                 "--sender" => a.sender = true,
                 "--numeric-ids" => a.numeric_ids = true,
                 "--delete" | "--delete-during" | "--delete-before" => a.delete = true,
+                "--delete-after" | "--delete-delay" => {
+                    a.delete = true;
+                    a.delete_after = true;
+                }
+                "--delay-updates" => a.delay_updates = true,
+                // rsync implies this partial dir with --delay-updates; our
+                // delayed files wait under temporary names instead.
+                "--partial-dir=.~tmp~" => {}
                 // Diagnostics options of the peer do not change the protocol.
                 "--msgs2stderr" | "--no-msgs2stderr" => {}
                 s if s.starts_with("--debug=") || s.starts_with("--info=") => {}
@@ -119,7 +133,7 @@ impl ServerArgs {
 }
 
 /// Packed short flags this server implements (`v`/`i` only change output).
-const SUPPORTED_FLAGS: &str = "logDtprHcWzUviOJ";
+const SUPPORTED_FLAGS: &str = "logDtprHcWzUviOJAXnSR";
 
 fn unsupported(what: String) -> RemoteError {
     RemoteError::Proto(arsync_proto::Error::Unsupported(format!(
@@ -198,6 +212,19 @@ pub fn run_server_known<R: Read, W: Write + Send + 'static>(
     output: W,
     known_remote: Option<i32>,
 ) -> Result<TransferSummary> {
+    run_server_scoped(args, input, output, known_remote, None)
+}
+
+/// [`run_server_known`] for a daemon module with `exclude`/`include`/
+/// `filter` rules: hidden files are not sent, not received (no transfer
+/// is requested for them) and not deleted.
+pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
+    args: &ServerArgs,
+    input: R,
+    output: W,
+    known_remote: Option<i32>,
+    daemon: Option<DaemonFilter>,
+) -> Result<TransferSummary> {
     let mut ins = InStream::new(input);
     let mut outs = OutStream::new(output);
     let neg = server_handshake(&mut ins, &mut outs, args, known_remote)?;
@@ -209,14 +236,24 @@ pub fn run_server_known<R: Read, W: Write + Send + 'static>(
     let path = PathBuf::from(&args.paths[0]);
     if args.sender {
         let filter = read_filter_rules(&mut ins, neg.protocol)?;
-        let contents = args.paths[0].ends_with('/') || args.paths[0] == ".";
-        if !args.flags.contains('r') && path.is_dir() {
+        let sources: Vec<SourceSpec> = args.paths.iter().map(|p| SourceSpec::parse(p)).collect();
+        if let Some(s) = sources
+            .iter()
+            .find(|s| !args.flags.contains('r') && s.path.is_dir())
+        {
             return Err(unsupported(format!(
                 "sending directory {} without -r",
-                path.display()
+                s.path.display()
             )));
         }
-        let list = build_list_filtered(&path, contents, &fopts, neg.checksum, filter.as_ref())?;
+        let list = build_list_scoped(
+            &sources,
+            args.flags.contains('R'),
+            &fopts,
+            neg.checksum,
+            filter.as_ref(),
+            daemon.as_ref(),
+        )?;
         send_session(
             ins,
             outs,
@@ -227,6 +264,7 @@ pub fn run_server_known<R: Read, W: Write + Send + 'static>(
                 zlevel,
                 write_stats: true,
                 events: None,
+                dry_run: args.flags.contains('n'),
             },
         )
     } else {
@@ -234,7 +272,10 @@ pub fn run_server_known<R: Read, W: Write + Send + 'static>(
             true => read_filter_rules(&mut ins, neg.protocol)?.map(std::sync::Arc::new),
             false => None,
         };
-        let dest = DestRoot::open(&path)?;
+        let dest = match args.flags.contains('n') {
+            true => DestRoot::open_dry(&path)?,
+            false => DestRoot::open(&path)?,
+        };
         let mode = ReceiveMode {
             delete: args.delete,
             read_stats: false,
@@ -243,6 +284,11 @@ pub fn run_server_known<R: Read, W: Write + Send + 'static>(
             events: None,
             whole_file: args.flags.contains('W'),
             filter,
+            dry_run: args.flags.contains('n'),
+            sparse: args.flags.contains('S'),
+            delay_updates: args.delay_updates,
+            late_delete: args.delete_after,
+            daemon_filter: daemon.map(std::sync::Arc::new),
         };
         receive_session(ins, outs, &neg, &fopts, dest, mode)
     }
@@ -350,8 +396,22 @@ mod tests {
         assert!(ServerArgs::parse(&v(&["--sender", ".", "x"])).is_err());
         assert!(ServerArgs::parse(&v(&["--server", "--files-from=x", ".", "x"])).is_err());
         assert!(ServerArgs::parse(&v(&["--server", "-logDtpr", "."])).is_err());
-        let e = ServerArgs::parse(&v(&["--server", "-nlogDtpr", ".", "x"])).err();
+        let e = ServerArgs::parse(&v(&["--server", "-blogDtpr", ".", "x"])).err();
         assert_eq!(e.map(|e| e.exit_code()), Some(ExitCode::Unsupported));
+        let a = ServerArgs::parse(&v(&[
+            "--server",
+            "-nlogDtprAXSR",
+            "--delete-after",
+            "--delay-updates",
+            "--partial-dir=.~tmp~",
+            ".",
+            "x",
+            "y",
+        ]))
+        .unwrap();
+        assert_eq!(a.flags, "nlogDtprAXSR");
+        assert!(a.delete && a.delete_after && a.delay_updates);
+        assert_eq!(a.paths, ["x", "y"]);
         let a = ServerArgs::parse(&v(&["--server", "-vlogDtpr", "--stats", ".", "x"]));
         assert!(a.is_ok());
     }

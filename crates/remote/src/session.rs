@@ -78,11 +78,6 @@ pub fn start_client<R: Read, W: Write>(
 /// File-list options implied by the packed short flags, `--numeric-ids`
 /// and the negotiation.
 pub fn flist_options(flags: &str, numeric_ids: bool, neg: &Negotiated) -> Result<FlistOptions> {
-    if flags.contains('A') || flags.contains('X') || flags.contains('R') {
-        return Err(RemoteError::Usage(format!(
-            "flags -{flags}: -A, -X and -R are not supported over the wire yet"
-        )));
-    }
     let has = |c| flags.contains(c);
     Ok(FlistOptions {
         protocol: neg.protocol,
@@ -100,6 +95,8 @@ pub fn flist_options(flags: &str, numeric_ids: bool, neg: &Negotiated) -> Result
         numeric_ids,
         id0_names: neg.compat.has(CompatFlags::ID0_NAMES),
         safe_flist: neg.protocol >= 31 || neg.compat.has(CompatFlags::SAFE_FLIST),
+        preserve_acls: has('A'),
+        preserve_xattrs: has('X'),
     })
 }
 

@@ -13,8 +13,12 @@ use arsync_proto::checksum::{ChecksumAlgo, FileHasher};
 
 use arsync_filter::FilterRules;
 
+use std::sync::Arc;
+
+use crate::attrs::{self, Target};
 use crate::error::{RemoteError, Result};
 use crate::fsys::{open_source, read_chunk};
+use crate::session::am_root;
 
 /// A sorted file list with the local path of each entry.
 #[derive(Debug, Clone, Default)]
@@ -27,18 +31,238 @@ pub struct LocalList {
     pub io_error: i32,
     /// Problems met while walking (unreadable dirs, vanished entries).
     pub warnings: Vec<String>,
+    /// With several sources: the directory each entry's name is relative
+    /// to, as an index into `roots` (empty: every entry uses `root`).
+    pub entry_roots: Vec<u32>,
+    /// The source directories of a list built from several sources.
+    pub roots: Vec<PathBuf>,
 }
 
 impl LocalList {
     /// The local path of entry `i`.
     pub fn path(&self, i: usize) -> PathBuf {
         let name = &self.entries[i].name;
+        let root = match self.entry_roots.get(i) {
+            Some(&r) => &self.roots[r as usize],
+            None => &self.root,
+        };
         if name == b"." {
-            self.root.clone()
+            root.clone()
         } else {
-            self.root.join(String::from_utf8_lossy(name).as_ref())
+            root.join(String::from_utf8_lossy(name).as_ref())
         }
     }
+}
+
+/// A daemon module's `exclude`/`include`/`filter` rules, matched against
+/// paths relative to the module's root (as rsync's daemon does).
+#[derive(Debug, Clone)]
+pub struct DaemonFilter {
+    /// The module's rules (transfer root set to `/`).
+    pub rules: Arc<FilterRules>,
+    /// The module's directory (`/` when chrooted into it).
+    pub module_root: PathBuf,
+}
+
+impl DaemonFilter {
+    /// True when the local `path` is hidden by the module's rules.
+    pub fn excluded(&self, path: &Path, is_dir: bool) -> bool {
+        let Ok(rel) = path.strip_prefix(&self.module_root) else {
+            return false;
+        };
+        let rel = rel.as_os_str().as_encoded_bytes();
+        !rel.is_empty() && rel != b"." && self.rules.excluded_for_transfer(rel, is_dir)
+    }
+}
+
+/// One source argument of a transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSpec {
+    /// The path as given.
+    pub path: PathBuf,
+    /// A directory's contents (`SRC/`) rather than the directory itself.
+    pub contents: bool,
+}
+
+impl SourceSpec {
+    /// From a source argument as typed (a trailing `/` means contents).
+    pub fn parse(arg: &str) -> SourceSpec {
+        SourceSpec {
+            path: PathBuf::from(arg),
+            contents: arg.ends_with('/') || arg == "." || arg.ends_with("/."),
+        }
+    }
+}
+
+/// The file list for several sources (rsync's `SRC1 SRC2/ ... DEST`), or
+/// with `relative` (`-R`) the sources' paths kept in the names: the part
+/// after a `/./` marker (or the whole path without its leading `/`), with
+/// its parent directories sent as implied (no-content) directories.
+/// Entries with the same name are all sent; the receiver keeps the first.
+pub fn build_list_multi(
+    sources: &[SourceSpec],
+    relative: bool,
+    fopts: &FlistOptions,
+    checksum_algo: ChecksumAlgo,
+    filter: Option<&FilterRules>,
+) -> Result<LocalList> {
+    build_list_scoped(sources, relative, fopts, checksum_algo, filter, None)
+}
+
+/// [`build_list_multi`] leaving out what a daemon module's rules hide.
+pub fn build_list_scoped(
+    sources: &[SourceSpec],
+    relative: bool,
+    fopts: &FlistOptions,
+    checksum_algo: ChecksumAlgo,
+    filter: Option<&FilterRules>,
+    daemon: Option<&DaemonFilter>,
+) -> Result<LocalList> {
+    let f = Filters {
+        client: filter,
+        daemon,
+    };
+    if sources.len() == 1 && !relative {
+        let s = &sources[0];
+        return build_one(&s.path, s.contents, fopts, checksum_algo, f);
+    }
+    let mut out = LocalList::default();
+    let mut keyed: Vec<(FileEntry, u32)> = Vec::new();
+    for s in sources {
+        let list = if relative {
+            build_relative(&s.path, fopts, checksum_algo, f)?
+        } else {
+            build_one(&s.path, s.contents, fopts, checksum_algo, f)?
+        };
+        let r = out.roots.len() as u32;
+        out.roots.push(list.root);
+        out.io_error |= list.io_error;
+        out.warnings.extend(list.warnings);
+        // Hard-link groups are renumbered below; names stay.
+        keyed.extend(list.entries.into_iter().map(|e| (e, r)));
+    }
+    keyed.sort_by(|a, b| compare_entries(&a.0, &b.0));
+    // Leaders are re-resolved by inode after the merge.
+    let mut leaders: HashMap<(u64, u64), i32> = HashMap::new();
+    for (i, (e, r)) in keyed.iter_mut().enumerate() {
+        if e.hardlink == HardLink::None {
+            continue;
+        }
+        let path = out.roots[*r as usize].join(String::from_utf8_lossy(&e.name).as_ref());
+        let Ok(m) = fs::symlink_metadata(&path) else {
+            e.hardlink = HardLink::None;
+            continue;
+        };
+        match leaders.get(&(m.dev(), m.ino())) {
+            Some(&l) => e.hardlink = HardLink::Follower(l),
+            None => {
+                leaders.insert((m.dev(), m.ino()), i as i32);
+                e.hardlink = HardLink::Leader;
+            }
+        }
+    }
+    // A leader left alone (its partners were duplicates) is plain.
+    let followed: std::collections::HashSet<i32> = keyed
+        .iter()
+        .filter_map(|(e, _)| match e.hardlink {
+            HardLink::Follower(l) => Some(l),
+            _ => None,
+        })
+        .collect();
+    for (i, (e, _)) in keyed.iter_mut().enumerate() {
+        if e.hardlink == HardLink::Leader && !followed.contains(&(i as i32)) {
+            e.hardlink = HardLink::None;
+        }
+    }
+    out.root = out.roots.first().cloned().unwrap_or_default();
+    let (entries, roots): (Vec<FileEntry>, Vec<u32>) = keyed.into_iter().unzip();
+    out.entries = entries;
+    out.entry_roots = roots;
+    Ok(out)
+}
+
+/// One `-R` source: names relative to the directory before `/./` (or `/`
+/// for an absolute path, the current directory otherwise).
+fn build_relative(
+    source: &Path,
+    fopts: &FlistOptions,
+    checksum_algo: ChecksumAlgo,
+    filter: Filters<'_>,
+) -> Result<LocalList> {
+    let text = source
+        .to_str()
+        .ok_or_else(|| RemoteError::Usage(format!("source {} is not UTF-8", source.display())))?;
+    let (base, rel) = match text.find("/./") {
+        Some(i) => (PathBuf::from(&text[..i.max(1)]), &text[i + 3..]),
+        None if text.starts_with('/') => (PathBuf::from("/"), &text[1..]),
+        None => (PathBuf::from("."), text),
+    };
+    let base = if text.starts_with("/./") {
+        PathBuf::from("/")
+    } else {
+        base
+    };
+    // Clean components: no empty, `.` or `..` parts.
+    let comps: Vec<&str> = rel
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if comps.contains(&"..") {
+        return Err(RemoteError::Usage(format!(
+            "source {text}: \"..\" is not allowed with --relative"
+        )));
+    }
+    if comps.is_empty() {
+        let mut l = walk(&base, fopts, checksum_algo, filter, "")?;
+        l.root = base;
+        return Ok(l);
+    }
+    let mut list = LocalList {
+        root: base.clone(),
+        ..LocalList::default()
+    };
+    // Implied parent directories.
+    for k in 1..comps.len() {
+        let name = comps[..k].join("/");
+        let p = base.join(&name);
+        let m = fs::symlink_metadata(&p)
+            .map_err(|e| RemoteError::io(format!("source {}", p.display()), e))?;
+        if let Some(mut e) = entry_for(name.into_bytes(), &p, &m, fopts, checksum_algo)? {
+            e.no_content_dir = e.is_dir();
+            list.entries.push(e);
+        }
+    }
+    let name = comps.join("/");
+    let p = base.join(&name);
+    let m = fs::symlink_metadata(&p)
+        .map_err(|e| RemoteError::io(format!("source {}", p.display()), e))?;
+    if filter.daemon.is_some_and(|d| d.excluded(&p, m.is_dir())) {
+        list.warnings
+            .push(format!("skipping daemon-excluded file {}", p.display()));
+        return Ok(list);
+    }
+    if m.is_dir() {
+        let sub = walk(&p, fopts, checksum_algo, filter, &name)?;
+        list.io_error |= sub.io_error;
+        list.warnings.extend(sub.warnings);
+        for mut e in sub.entries {
+            let mut n = name.as_bytes().to_vec();
+            if e.name != b"." {
+                n.push(b'/');
+                n.extend_from_slice(&e.name);
+            }
+            e.name = n;
+            e.hardlink = match e.hardlink {
+                HardLink::None => HardLink::None,
+                // Renumbered by build_list_multi.
+                _ => HardLink::Leader,
+            };
+            list.entries.push(e);
+        }
+    } else if let Some(e) = entry_for(name.into_bytes(), &p, &m, fopts, checksum_algo)? {
+        list.entries.push(e);
+    }
+    Ok(list)
 }
 
 fn entry_for(
@@ -90,6 +314,16 @@ fn entry_for(
         let rdev = m.rdev();
         e.rdev = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
     }
+    let who = path.display().to_string();
+    if fopts.preserve_acls && !ft.is_symlink() {
+        let (acc, def) = attrs::read_acls(Target::Path(path), e.mode, ft.is_dir(), &who)?;
+        e.acl = (!acc.is_empty()).then(|| Arc::new(acc));
+        e.def_acl = (!def.is_empty()).then(|| Arc::new(def));
+    }
+    if fopts.preserve_xattrs {
+        let set = attrs::xattr_set(Target::Path(path), am_root(), &who)?;
+        e.xattrs = (!set.items.is_empty()).then(|| Arc::new(set));
+    }
     Ok(Some(e))
 }
 
@@ -130,8 +364,43 @@ pub fn build_list_filtered(
     checksum_algo: ChecksumAlgo,
     filter: Option<&FilterRules>,
 ) -> Result<LocalList> {
+    let f = Filters {
+        client: filter,
+        daemon: None,
+    };
+    build_one(source, contents, fopts, checksum_algo, f)
+}
+
+/// The client's rules (relative to the transfer root) and a daemon
+/// module's (relative to the module root).
+#[derive(Clone, Copy, Default)]
+struct Filters<'a> {
+    client: Option<&'a FilterRules>,
+    daemon: Option<&'a DaemonFilter>,
+}
+
+fn build_one(
+    source: &Path,
+    contents: bool,
+    fopts: &FlistOptions,
+    checksum_algo: ChecksumAlgo,
+    filter: Filters<'_>,
+) -> Result<LocalList> {
     let m = fs::symlink_metadata(source)
         .map_err(|e| RemoteError::io(format!("source {}", source.display()), e))?;
+    if filter
+        .daemon
+        .is_some_and(|d| d.excluded(source, m.is_dir()))
+    {
+        return Ok(LocalList {
+            root: source.to_path_buf(),
+            warnings: vec![format!(
+                "skipping daemon-excluded file {}",
+                source.display()
+            )],
+            ..LocalList::default()
+        });
+    }
     if m.is_dir() && contents {
         return walk(source, fopts, checksum_algo, filter, "");
     }
@@ -179,7 +448,7 @@ pub fn build_list(
     fopts: &FlistOptions,
     checksum_algo: ChecksumAlgo,
 ) -> Result<LocalList> {
-    walk(root, fopts, checksum_algo, None, "")
+    walk(root, fopts, checksum_algo, Filters::default(), "")
 }
 
 /// The walk behind [`build_list`]; `filter_prefix` is prepended (with `/`)
@@ -188,9 +457,10 @@ fn walk(
     root: &Path,
     fopts: &FlistOptions,
     checksum_algo: ChecksumAlgo,
-    filter: Option<&FilterRules>,
+    filters: Filters<'_>,
     filter_prefix: &str,
 ) -> Result<LocalList> {
+    let filter = filters.client;
     let m =
         fs::metadata(root).map_err(|e| RemoteError::io(format!("source {}", root.display()), e))?;
     if !m.is_dir() {
@@ -244,6 +514,13 @@ fn walk(
             };
             let path = de.path();
             let m = match fs::symlink_metadata(&path) {
+                Ok(m)
+                    if filters
+                        .daemon
+                        .is_some_and(|d| d.excluded(&path, m.is_dir())) =>
+                {
+                    continue
+                }
                 Ok(m)
                     if filter.is_some_and(|f| {
                         let full = if filter_prefix.is_empty() {

@@ -36,11 +36,26 @@ fn unstartable_remote_command_is_an_error() {
 }
 
 #[test]
-fn unsupported_flags_are_refused_before_transfer() {
+fn acl_flag_pulls_named_acl_entries() {
+    // -A used to be refused before the transfer; now the ACL arrives.
     let t = tempfile::tempdir_in("/dev/shm").unwrap();
-    let mut opts = PullOptions::new(format!("{}/", t.path().display()), t.path().join("dst"));
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    let st = std::process::Command::new("setfacl")
+        .args(["-m", "u:2345:r--"])
+        .arg(src.join("f"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut opts = PullOptions::new(format!("{}/", src.display()), t.path().join("dst"));
     opts.command.flags = "logDtprA".into();
-    let err = pull(&opts).expect_err("must fail");
-    assert!(matches!(err, RemoteError::Usage(_)), "{err}");
-    assert_eq!(err.exit_code(), ExitCode::Syntax);
+    pull(&opts).expect("pull with -A");
+    let out = std::process::Command::new("getfacl")
+        .args(["-n", "-c"])
+        .arg(t.path().join("dst/f"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("user:2345:r--"), "{text}");
 }

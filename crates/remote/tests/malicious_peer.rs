@@ -431,3 +431,142 @@ fn checksum_mismatch_triggers_redo_with_full_sums() {
         ["req1:2", "done", "req1:16", "done", "done", "done", "done"]
     );
 }
+
+/// A receiving client with -A -X against a scripted sender.
+fn run_ax(script: &Script, dest: &Path) -> Result<TransferSummary, RemoteError> {
+    let out = Shared::default();
+    let mut opts = PullOptions::new("unused", dest);
+    opts.command.flags = "logDtprAX".into();
+    opts.echo_messages = false;
+    let root = DestRoot::open(dest).unwrap();
+    let (data, gate) = script.bytes_gated();
+    let input = GatedReader {
+        data,
+        pos: 0,
+        gate,
+        out: out.clone(),
+    };
+    run_pull(&opts, root, input, out)
+}
+
+/// One regular entry followed by raw ACL/xattr block bytes, then the end
+/// of the list and the id lists (sent because of -A).
+fn ax_entry_with(blocks: &[u8]) -> Script {
+    let mut s = Script::new();
+    let mut enc = FlistEncoder::new(s.opts.clone());
+    enc.encode(&reg("f", 1), 0, &mut s.data).unwrap();
+    s.data.extend_from_slice(blocks);
+    s.opts.preserve_acls = true;
+    s.opts.preserve_xattrs = true;
+    s.end_flist(&enc);
+    s
+}
+
+#[test]
+fn bad_acl_and_xattr_blocks_are_refused() {
+    let varint = |v: i32| {
+        let mut b = Vec::new();
+        put_varint(&mut b, v);
+        b
+    };
+    let empty_acl = [0u8, 0];
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("ACL index beyond the cache", [varint(5), vec![0]].concat()),
+        ("ACL permission out of range", vec![0, 1, 9, 0]),
+        (
+            "ACL name count too large",
+            [vec![0, 0x10], varint(1 << 30)].concat(),
+        ),
+        ("unknown ACL flags", vec![0, 0xE0, 0]),
+        (
+            "xattr index beyond the cache",
+            [&empty_acl[..], &varint(9)].concat(),
+        ),
+        (
+            "xattr count too large",
+            [&empty_acl[..], &[0], &varint(1 << 28)].concat(),
+        ),
+        (
+            "xattr value too long",
+            [&empty_acl[..], &[0, 1, 7], &varint(1 << 24), b"user.a\0"].concat(),
+        ),
+        (
+            "xattr name without NUL",
+            [&empty_acl[..], &[0, 1, 3, 1], b"abc", b"v"].concat(),
+        ),
+        (
+            "negative xattr name length",
+            [&empty_acl[..], &[0, 1], &varint(-5), &[1]].concat(),
+        ),
+    ];
+    for (what, blocks) in cases {
+        let (_t, dest, _) = setup();
+        let s = ax_entry_with(&blocks);
+        let err = run_ax(&s, &dest).expect_err(what);
+        assert!(
+            matches!(
+                err,
+                RemoteError::Proto(arsync_proto::Error::Malformed { .. })
+            ),
+            "{what}: {err}"
+        );
+        assert!(
+            all_files(&dest).is_empty(),
+            "{what}: wrote {:?}",
+            all_files(&dest)
+        );
+    }
+}
+
+#[test]
+fn xattr_values_nobody_asked_for_are_refused() {
+    use arsync_proto::item::iflags;
+    use arsync_proto::xattr::{encode_reply, XattrSet};
+    // A file with a long (abbreviated) xattr: our generator asks for it.
+    let set = XattrSet::from_local(vec![(b"user.long".to_vec(), vec![3u8; 64])]);
+    let entry = FileEntry {
+        xattrs: Some(Arc::new(set)),
+        ..reg("f", 1)
+    };
+    for (what, num, flags) in [
+        // A reply naming an attribute the set does not have.
+        (
+            "number out of range",
+            7,
+            iflags::TRANSFER | iflags::REPORT_XATTR,
+        ),
+        // Values for an entry whose set is empty.
+        ("values for a file without them", 1, iflags::REPORT_XATTR),
+    ] {
+        let (_t, dest, _) = setup();
+        let mut s = Script::new();
+        s.opts.preserve_acls = true;
+        s.opts.preserve_xattrs = true;
+        s.flist(&[reg("a", 1), entry.clone()]);
+        s.gate();
+        ItemAttrs {
+            ndx: if flags & iflags::TRANSFER != 0 { 1 } else { 0 },
+            iflags: flags,
+            basis_type: None,
+            xname: None,
+        }
+        .encode(&mut s.ndx, &mut s.data)
+        .unwrap();
+        encode_reply(&[(num, &[3u8; 64][..])], &mut s.data);
+        SumHead::default().encode(&mut s.data);
+        encode_literal(b"x", &mut s.data);
+        encode_end(&mut s.data);
+        let err = run_ax(&s, &dest).expect_err(what);
+        assert!(
+            matches!(
+                err,
+                RemoteError::Proto(arsync_proto::Error::Malformed { .. }) | RemoteError::Refused(_)
+            ),
+            "{what}: {err}"
+        );
+        assert!(
+            !dest.join("a").exists() && !dest.join("f").exists(),
+            "{what}"
+        );
+    }
+}
