@@ -100,8 +100,67 @@ struct FileState {
     size: Option<u64>,
     /// Pending modification time.
     mtime: Option<Ts>,
+    /// Attribute changes made while writes were buffered, committed with them (one metadata
+    /// commit per written file instead of one per `chown`/`chmod`/`utimes`).
+    attrs: Option<PendingAttrs>,
     /// Open handles.
     opens: u32,
+}
+
+/// Buffered [`SetAttr`] changes (mode, owner, times) with the change time they set.
+#[derive(Debug, Clone, Copy)]
+struct PendingAttrs {
+    set: SetAttr,
+    ctime: Ts,
+}
+
+impl PendingAttrs {
+    /// Fold a later change into this one.
+    fn merge(&mut self, a: &SetAttr, ctime: Ts) {
+        let s = &mut self.set;
+        s.mode = a.mode.or(s.mode);
+        s.uid = a.uid.or(s.uid);
+        s.gid = a.gid.or(s.gid);
+        s.atime = a.atime.or(s.atime);
+        s.mtime = a.mtime.or(s.mtime);
+        self.ctime = ctime;
+    }
+
+    /// The inode fields these changes set (the ACL follows in [`apply_attrs`]).
+    fn overlay(&self, i: &mut Inode) {
+        let a = &self.set;
+        if let Some(m) = a.mode {
+            i.perm = m & 0o7777;
+        }
+        if let Some(u) = a.uid {
+            i.uid = u;
+        }
+        if let Some(g) = a.gid {
+            i.gid = g;
+        }
+        if let Some(t) = a.atime {
+            i.atime = t;
+        }
+        if let Some(t) = a.mtime {
+            i.mtime = t;
+        }
+        i.ctime = self.ctime;
+    }
+}
+
+/// Apply `p` to inode `i` of `ino` inside `tx`, keeping an access ACL in step with the mode.
+fn apply_attrs(tx: &WriteTransaction, ino: u64, i: &mut Inode, p: &PendingAttrs) -> Result<()> {
+    if let Some(m) = p.set.mode {
+        let mut t = tx.open_table(XATTRS)?;
+        let acl = t
+            .get((LIVE, ino, ACL_ACCESS_XATTR))?
+            .map(|g| g.value().to_vec());
+        if let Some(acl) = acl {
+            t.insert((LIVE, ino, ACL_ACCESS_XATTR), acl_chmod(&acl, m).as_slice())?;
+        }
+    }
+    p.overlay(i);
+    Ok(())
 }
 
 /// Attribute changes for [`Fs::setattr`].
@@ -321,7 +380,11 @@ impl Fs {
         let mut m = self.files.lock().unwrap_or_else(|e| e.into_inner());
         let idle = m.get(&ino).is_some_and(|s| {
             s.try_lock().is_ok_and(|st| {
-                st.opens == 0 && st.dirty.is_empty() && st.size.is_none() && st.mtime.is_none()
+                st.opens == 0
+                    && st.dirty.is_empty()
+                    && st.size.is_none()
+                    && st.mtime.is_none()
+                    && st.attrs.is_none()
             })
         });
         if idle {
@@ -346,6 +409,9 @@ impl Fs {
             let st = s.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(sz) = st.size {
                 i.size = sz;
+            }
+            if let Some(p) = &st.attrs {
+                p.overlay(&mut i);
             }
             if let Some(m) = st.mtime {
                 i.mtime = m;
@@ -727,37 +793,29 @@ impl Fs {
             || a.mtime.is_some()
             || a.ctime.is_some();
         if has_other {
-            // Pending buffered mtime must not override an explicit one.
-            if a.mtime.is_some() {
-                if let Some(s) = self.existing_state(ino) {
-                    s.lock().unwrap_or_else(|e| e.into_inner()).mtime = None;
+            let ctime = a.ctime.unwrap_or_else(Ts::now);
+            if let Some(s) = self.existing_state(ino) {
+                let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
+                // Pending buffered mtime must not override an explicit one.
+                if a.mtime.is_some() {
+                    st.mtime = None;
                 }
+                // Writes are buffered: commit these changes with them.
+                if !st.dirty.is_empty() || st.size.is_some() {
+                    match &mut st.attrs {
+                        Some(p) => p.merge(&a, ctime),
+                        None => st.attrs = Some(PendingAttrs { set: a, ctime }),
+                    }
+                    drop(st);
+                    return self.getattr(ino);
+                }
+                // Nothing buffered: commit now, after any attributes still pending.
+                self.flush_locked(ino, &mut st)?;
             }
+            let p = PendingAttrs { set: a, ctime };
             self.pool.meta.write_lazy(move |tx| {
                 let mut i = get_inode(tx, LIVE, ino)?;
-                if let Some(m) = a.mode {
-                    i.perm = m & 0o7777;
-                    let mut t = tx.open_table(XATTRS)?;
-                    let acl = t
-                        .get((LIVE, ino, ACL_ACCESS_XATTR))?
-                        .map(|g| g.value().to_vec());
-                    if let Some(acl) = acl {
-                        t.insert((LIVE, ino, ACL_ACCESS_XATTR), acl_chmod(&acl, m).as_slice())?;
-                    }
-                }
-                if let Some(u) = a.uid {
-                    i.uid = u;
-                }
-                if let Some(g) = a.gid {
-                    i.gid = g;
-                }
-                if let Some(t) = a.atime {
-                    i.atime = t;
-                }
-                if let Some(t) = a.mtime {
-                    i.mtime = t;
-                }
-                i.ctime = a.ctime.unwrap_or_else(Ts::now);
+                apply_attrs(tx, ino, &mut i, &p)?;
                 put_inode(tx, LIVE, ino, &i)
             })?;
         }
@@ -1020,7 +1078,7 @@ impl Fs {
     }
 
     fn flush_locked(&self, ino: u64, st: &mut FileState) -> Result<()> {
-        if st.dirty.is_empty() && st.size.is_none() && st.mtime.is_none() {
+        if st.dirty.is_empty() && st.size.is_none() && st.mtime.is_none() && st.attrs.is_none() {
             return Ok(());
         }
         let i = match self.inode(ino) {
@@ -1029,6 +1087,7 @@ impl Fs {
                 st.dirty.clear();
                 st.size = None;
                 st.mtime = None;
+                st.attrs = None;
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -1102,6 +1161,7 @@ impl Fs {
             return Err(e);
         }
         let mtime = st.mtime;
+        let attrs = st.attrs;
         // 2. Commit metadata referencing them.
         let new = Arc::new(new);
         let committed = self.pool.meta.write_lazy({
@@ -1138,6 +1198,9 @@ impl Fs {
                     }
                 }
                 inode.size = size;
+                if let Some(p) = &attrs {
+                    apply_attrs(tx, ino, &mut inode, p)?;
+                }
                 if let Some(t) = mtime {
                     inode.mtime = t;
                     inode.ctime = t;
@@ -1151,6 +1214,7 @@ impl Fs {
                 st.dirty.clear();
                 st.size = None;
                 st.mtime = None;
+                st.attrs = None;
                 // 3. Only now (after a durable commit) delete what the commit stopped referencing.
                 self.free(&freed)
             }
@@ -1394,6 +1458,8 @@ impl Fs {
         } else {
             None
         };
+        // Buffered attribute changes (a mode) go first, so they cannot override this one.
+        self.flush(ino)?;
         let (name, value) = (name.to_vec(), value.to_vec());
         self.pool.meta.write_lazy(move |tx| {
             let (name, value) = (name.as_slice(), value.as_slice());
@@ -1427,6 +1493,7 @@ impl Fs {
 
     /// Remove an xattr (`user.dynfs.policy`: clear the override; data keeps its layout).
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+        self.flush(ino)?;
         let name = name.to_vec();
         self.pool.meta.write_lazy(move |tx| {
             let name = name.as_slice();

@@ -705,3 +705,111 @@ fn group_committed_changes_reach_every_replica_with_identical_times() {
     let r = fs.getattr(ROOT_INO).unwrap();
     assert_eq!((r.mtime, r.ctime), root);
 }
+
+#[test]
+fn attribute_changes_on_a_written_file_commit_with_its_data() {
+    use dynfs_core::meta::Ts;
+    let tp = TestPool::new(3, "rs:2+1", 65536);
+    let data = bytes(11, 5000);
+    let when = Ts {
+        secs: 1_000_000,
+        nanos: 7,
+    };
+    {
+        let fs = tp.open();
+        let (ino, _) = fs
+            .mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, 0, 0, b"")
+            .unwrap();
+        fs.open(ino).unwrap();
+        fs.write(ino, 0, &data).unwrap();
+        let gen = fs.pool().meta.generation().unwrap();
+        // What `cp -a` does before closing: chown, chmod, utimes.
+        for a in [
+            SetAttr {
+                uid: Some(1000),
+                gid: Some(2000),
+                ..Default::default()
+            },
+            SetAttr {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+            SetAttr {
+                atime: Some(when),
+                mtime: Some(when),
+                ..Default::default()
+            },
+        ] {
+            fs.setattr(ino, a).unwrap();
+        }
+        // Visible at once, but no metadata commit yet.
+        let i = fs.getattr(ino).unwrap();
+        assert_eq!((i.uid, i.gid, i.perm & 0o7777), (1000, 2000, 0o600));
+        assert_eq!((i.atime, i.mtime, i.size), (when, when, 5000));
+        assert_eq!(fs.pool().meta.generation().unwrap(), gen);
+        // Closing commits data and attributes together: one commit.
+        fs.release(ino).unwrap();
+        assert_eq!(fs.pool().meta.generation().unwrap(), gen + 1);
+        fs.sync().unwrap();
+    }
+    let fs = tp.open();
+    assert_eq!(get_file(&fs, "f"), data);
+    let i = fs.lookup(ROOT_INO, b"f").unwrap().1;
+    assert_eq!((i.uid, i.gid, i.perm & 0o7777), (1000, 2000, 0o600));
+    assert_eq!((i.atime, i.mtime), (when, when));
+}
+
+#[test]
+fn buffered_chmod_does_not_override_a_later_acl_or_write() {
+    let tp = TestPool::new(2, "replicate:2", 65536);
+    let fs = tp.open();
+    let (ino, _) = fs
+        .mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, 0, 0, b"")
+        .unwrap();
+    fs.open(ino).unwrap();
+    fs.write(ino, 0, b"abc").unwrap();
+    fs.setattr(
+        ino,
+        SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // A minimal access ACL (user rwx, group r-x, other ---) sets the mode after the chmod.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, 7u16), (0x04, 5), (0x20, 0)] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(u32::MAX.to_le_bytes());
+    }
+    fs.setxattr(ino, dynfs_core::fs::ACL_ACCESS_XATTR, &acl, 0)
+        .unwrap();
+    assert_eq!(fs.getattr(ino).unwrap().perm & 0o777, 0o750);
+    // A write after an explicit mtime moves the mtime on again.
+    let old = dynfs_core::meta::Ts { secs: 5, nanos: 0 };
+    fs.write(ino, 3, b"def").unwrap();
+    fs.setattr(
+        ino,
+        SetAttr {
+            mtime: Some(old),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(fs.getattr(ino).unwrap().mtime, old);
+    fs.write(ino, 6, b"ghi").unwrap();
+    fs.setattr(
+        ino,
+        SetAttr {
+            mode: Some(0o640),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    fs.release(ino).unwrap();
+    let i = fs.getattr(ino).unwrap();
+    assert_eq!(i.perm & 0o777, 0o640);
+    assert!(i.mtime.secs > 5, "write after utimes must set mtime");
+    assert_eq!(get_file(&fs, "f"), b"abcdefghi");
+}
