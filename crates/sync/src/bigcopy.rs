@@ -54,8 +54,8 @@ pub struct Helpers {
     rx: Receiver<Weak<BigFile>>,
     /// Workers exist that pick up tickets (otherwise owners copy every range themselves).
     enabled: AtomicBool,
-    /// Workers busy with a batch of jobs (they may still start a big file).
-    busy: AtomicUsize,
+    /// Workers that have not yet seen their job queue closed (they may still start a big file).
+    active: Arc<AtomicUsize>,
 }
 
 impl Default for Helpers {
@@ -65,26 +65,54 @@ impl Default for Helpers {
             tx,
             rx,
             enabled: AtomicBool::new(false),
-            busy: AtomicUsize::new(0),
+            active: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
 
+/// A worker thread's registration with [`Helpers`] (see [`Helpers::next_job`]).
+pub struct Worker {
+    active: Arc<AtomicUsize>,
+    done: bool,
+}
+
+impl Worker {
+    fn finish(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // A worker leaving early must not keep the others waiting for it.
+        self.finish();
+    }
+}
+
 impl Helpers {
-    /// A worker thread's loop: runs job batches from `jobs` (first, so small files never wait
-    /// behind a large one) and helps copy ranges of large files when no batch is waiting.
-    /// Returns once `jobs` is closed and no range is left to help with.
-    pub fn worker_loop<T>(&self, jobs: &Receiver<T>, mut run: impl FnMut(T)) {
+    /// Registers a worker thread: from now on large files are offered to the workers.
+    pub fn join(&self) -> Worker {
         self.enabled.store(true, Ordering::Relaxed);
-        let mut closed = false;
+        self.active.fetch_add(1, Ordering::AcqRel);
+        Worker {
+            active: Arc::clone(&self.active),
+            done: false,
+        }
+    }
+
+    /// For a worker with nothing else to do: waits for the next job batch, copying ranges of
+    /// large files meanwhile. Batches come first, so small files never wait behind a large
+    /// one. Returns `None` once `jobs` is closed, every worker has seen that, and no range is
+    /// left to help with.
+    pub fn next_job<T>(&self, jobs: &Receiver<T>, me: &mut Worker) -> Option<T> {
         loop {
-            if !closed {
+            if !me.done {
                 match jobs.try_recv() {
-                    Ok(batch) => {
-                        self.run_busy(batch, &mut run);
-                        continue;
-                    }
-                    Err(TryRecvError::Disconnected) => closed = true,
+                    Ok(batch) => return Some(batch),
+                    Err(TryRecvError::Disconnected) => me.finish(),
                     Err(TryRecvError::Empty) => {}
                 }
             }
@@ -92,10 +120,10 @@ impl Helpers {
                 self.help(ticket);
                 continue;
             }
-            if closed {
+            if me.done {
                 // Other workers may still start a large file from their last batch.
-                if self.busy.load(Ordering::Acquire) == 0 && self.rx.is_empty() {
-                    return;
+                if self.active.load(Ordering::Acquire) == 0 && self.rx.is_empty() {
+                    return None;
                 }
                 if let Ok(ticket) = self.rx.recv_timeout(Duration::from_millis(5)) {
                     self.help(ticket);
@@ -104,8 +132,8 @@ impl Helpers {
             }
             crossbeam_channel::select! {
                 recv(jobs) -> batch => match batch {
-                    Ok(batch) => self.run_busy(batch, &mut run),
-                    Err(_) => closed = true,
+                    Ok(batch) => return Some(batch),
+                    Err(_) => me.finish(),
                 },
                 recv(self.rx) -> ticket => {
                     if let Ok(ticket) = ticket {
@@ -116,10 +144,13 @@ impl Helpers {
         }
     }
 
-    fn run_busy<T>(&self, batch: T, run: &mut impl FnMut(T)) {
-        self.busy.fetch_add(1, Ordering::AcqRel);
-        run(batch);
-        self.busy.fetch_sub(1, Ordering::AcqRel);
+    /// A worker thread's whole loop: runs each job batch with `run`, helping with large
+    /// files in between (see [`Helpers::next_job`]).
+    pub fn worker_loop<T>(&self, jobs: &Receiver<T>, mut run: impl FnMut(T)) {
+        let mut me = self.join();
+        while let Some(batch) = self.next_job(jobs, &mut me) {
+            run(batch);
+        }
     }
 
     /// Copies one range of the ticket's file, passing the ticket on first if more remain.
@@ -550,47 +581,67 @@ mod tests {
         assert!(blocks >= (1 << 20) - 4096, "{blocks} bytes allocated");
     }
 
+    /// Two workers take file jobs from one queue; each large file is copied in ranges that the
+    /// other worker may help with. Every file comes out exact and both loops end.
     #[test]
-    fn whole_copy_in_ranges_with_a_helper_thread() {
+    fn workers_copy_large_files_in_shared_ranges() {
         let dir = scratch();
-        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        let content: Vec<u8> = (0..(9 << 20) + 123).map(|i| (i * 7 % 251) as u8).collect();
-        std::fs::write(&a, &content).unwrap();
-        let helpers = Arc::new(Helpers::default());
-        let (tx, rx) = crossbeam_channel::bounded::<u32>(1);
-        let h = Arc::clone(&helpers);
-        let worker = std::thread::spawn(move || {
-            let mut ran = 0;
-            h.worker_loop(&rx, |_| ran += 1);
-            ran
-        });
-        // Let the worker enable helping before the file is posted.
-        while !helpers.enabled.load(Ordering::Relaxed) {
-            std::thread::yield_now();
+        let root = dir.path().to_path_buf();
+        let mut sources = Vec::new();
+        for f in 0..3u64 {
+            // Five different MiB and a tail (built from a short pattern: debug builds are slow).
+            let pattern: Vec<u8> = (0..4099u64).map(|i| (i * 7 + f) as u8 | 1).collect();
+            let mut content = Vec::new();
+            for mib in 0..5u8 {
+                let start = content.len();
+                while content.len() < start + (1 << 20) {
+                    content.extend_from_slice(&pattern);
+                }
+                content.truncate(start + (1 << 20));
+                content[start] = mib;
+            }
+            content.extend_from_slice(&pattern[..123 * f as usize % 4099]);
+            let a = root.join(format!("a{f}"));
+            std::fs::write(&a, &content).unwrap();
+            sources.push((a, content));
         }
-        let src = File::open(&a).unwrap();
-        let dst = fsops::create_new(&b, 0o600).unwrap();
-        let how = Method {
-            sparse: false,
-            plain: false,
-        };
-        let dev = src.metadata().unwrap().dev();
-        let n = copy_in_ranges(
-            Some(&helpers),
-            &src,
-            dev,
-            &dst,
-            content.len() as u64,
-            how,
-            1 << 20,
-            &no_stop,
-        )
-        .unwrap();
-        assert_eq!(n, content.len() as u64);
-        assert_eq!(std::fs::read(&b).unwrap(), content);
-        tx.send(1).unwrap();
+        let helpers = Arc::new(Helpers::default());
+        let (tx, rx) = crossbeam_channel::bounded::<u64>(1);
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let (h, rx, root) = (Arc::clone(&helpers), rx.clone(), root.clone());
+                std::thread::spawn(move || {
+                    h.worker_loop(&rx, |f| {
+                        let src = File::open(root.join(format!("a{f}"))).unwrap();
+                        let dst = fsops::create_new(&root.join(format!("b{f}")), 0o600).unwrap();
+                        let len = src.metadata().unwrap().len();
+                        let how = Method {
+                            sparse: f == 1,
+                            plain: false,
+                        };
+                        let r =
+                            copy_in_ranges(Some(&h), &src, 0, &dst, len, how, 1 << 20, &no_stop);
+                        assert_eq!(r.unwrap(), len);
+                    })
+                })
+            })
+            .collect();
+        for f in 0..3 {
+            tx.send(f).unwrap();
+        }
         drop(tx);
-        assert_eq!(worker.join().unwrap(), 1, "the job sent still ran");
+        for w in workers {
+            w.join().unwrap();
+        }
+        for (f, (_, content)) in sources.iter().enumerate() {
+            assert_eq!(&std::fs::read(root.join(format!("b{f}"))).unwrap(), content);
+        }
+        // A worker that leaves without draining its queue does not hold the others back.
+        let (_tx, rx) = crossbeam_channel::bounded::<u64>(1);
+        drop(helpers.join());
+        let mut me = helpers.join();
+        drop(_tx);
+        assert!(helpers.next_job(&rx, &mut me).is_none());
     }
 
     #[test]
