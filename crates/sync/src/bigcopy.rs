@@ -54,8 +54,8 @@ pub struct Helpers {
     rx: Receiver<Weak<BigFile>>,
     /// Workers exist that pick up tickets (otherwise owners copy every range themselves).
     enabled: AtomicBool,
-    /// Workers that have not yet seen their job queue closed (they may still start a big file).
-    active: Arc<AtomicUsize>,
+    /// Workers busy with a batch of jobs (they may still start a big file).
+    busy: AtomicUsize,
 }
 
 impl Default for Helpers {
@@ -65,54 +65,33 @@ impl Default for Helpers {
             tx,
             rx,
             enabled: AtomicBool::new(false),
-            active: Arc::new(AtomicUsize::new(0)),
+            busy: AtomicUsize::new(0),
         }
-    }
-}
-
-/// A worker thread's registration with [`Helpers`] (see [`Helpers::next_job`]).
-pub struct Worker {
-    active: Arc<AtomicUsize>,
-    done: bool,
-}
-
-impl Worker {
-    fn finish(&mut self) {
-        if !self.done {
-            self.done = true;
-            self.active.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        // A worker leaving early must not keep the others waiting for it.
-        self.finish();
     }
 }
 
 impl Helpers {
-    /// Registers a worker thread: from now on large files are offered to the workers.
-    pub fn join(&self) -> Worker {
-        self.enabled.store(true, Ordering::Relaxed);
-        self.active.fetch_add(1, Ordering::AcqRel);
-        Worker {
-            active: Arc::clone(&self.active),
-            done: false,
+    /// A worker thread's loop: runs job batches from `jobs` (first, so small files never wait
+    /// behind a large one) and helps copy ranges of large files when no batch is waiting.
+    /// Returns once `jobs` is closed and no range is left to help with.
+    pub fn worker_loop<T>(&self, jobs: &Receiver<T>, mut run: impl FnMut(T)) {
+        while let Some(batch) = self.next_job(jobs) {
+            run(batch);
+            self.idle();
         }
     }
 
-    /// For a worker with nothing else to do: waits for the next job batch, copying ranges of
-    /// large files meanwhile. Batches come first, so small files never wait behind a large
-    /// one. Returns `None` once `jobs` is closed, every worker has seen that, and no range is
-    /// left to help with.
-    pub fn next_job<T>(&self, jobs: &Receiver<T>, me: &mut Worker) -> Option<T> {
+    /// Waits for the next batch of `jobs`, copying ranges of large files meanwhile. Returns
+    /// `None` once `jobs` is closed and no worker can still start a large file; after `Some`,
+    /// the caller counts as busy until it calls [`Helpers::idle`].
+    pub fn next_job<T>(&self, jobs: &Receiver<T>) -> Option<T> {
+        self.enabled.store(true, Ordering::Relaxed);
+        let mut closed = false;
         loop {
-            if !me.done {
+            if !closed {
                 match jobs.try_recv() {
-                    Ok(batch) => return Some(batch),
-                    Err(TryRecvError::Disconnected) => me.finish(),
+                    Ok(batch) => return Some(self.busy(batch)),
+                    Err(TryRecvError::Disconnected) => closed = true,
                     Err(TryRecvError::Empty) => {}
                 }
             }
@@ -120,9 +99,9 @@ impl Helpers {
                 self.help(ticket);
                 continue;
             }
-            if me.done {
+            if closed {
                 // Other workers may still start a large file from their last batch.
-                if self.active.load(Ordering::Acquire) == 0 && self.rx.is_empty() {
+                if self.busy.load(Ordering::Acquire) == 0 && self.rx.is_empty() {
                     return None;
                 }
                 if let Ok(ticket) = self.rx.recv_timeout(Duration::from_millis(5)) {
@@ -132,8 +111,8 @@ impl Helpers {
             }
             crossbeam_channel::select! {
                 recv(jobs) -> batch => match batch {
-                    Ok(batch) => return Some(batch),
-                    Err(_) => me.finish(),
+                    Ok(batch) => return Some(self.busy(batch)),
+                    Err(_) => closed = true,
                 },
                 recv(self.rx) -> ticket => {
                     if let Ok(ticket) = ticket {
@@ -144,13 +123,14 @@ impl Helpers {
         }
     }
 
-    /// A worker thread's whole loop: runs each job batch with `run`, helping with large
-    /// files in between (see [`Helpers::next_job`]).
-    pub fn worker_loop<T>(&self, jobs: &Receiver<T>, mut run: impl FnMut(T)) {
-        let mut me = self.join();
-        while let Some(batch) = self.next_job(jobs, &mut me) {
-            run(batch);
-        }
+    fn busy<T>(&self, batch: T) -> T {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        batch
+    }
+
+    /// The caller of [`Helpers::next_job`] has finished everything it took.
+    pub fn idle(&self) {
+        self.busy.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Copies one range of the ticket's file, passing the ticket on first if more remain.
@@ -636,12 +616,13 @@ mod tests {
         for (f, (_, content)) in sources.iter().enumerate() {
             assert_eq!(&std::fs::read(root.join(format!("b{f}"))).unwrap(), content);
         }
-        // A worker that leaves without draining its queue does not hold the others back.
-        let (_tx, rx) = crossbeam_channel::bounded::<u64>(1);
-        drop(helpers.join());
-        let mut me = helpers.join();
-        drop(_tx);
-        assert!(helpers.next_job(&rx, &mut me).is_none());
+        // Once the queue is closed and nobody is busy, a waiting worker is let go.
+        let (tx, rx) = crossbeam_channel::bounded::<u64>(1);
+        tx.send(7).unwrap();
+        drop(tx);
+        assert_eq!(helpers.next_job(&rx), Some(7));
+        helpers.idle();
+        assert_eq!(helpers.next_job(&rx), None);
     }
 
     #[test]
