@@ -561,47 +561,68 @@ mod tests {
         assert!(blocks >= (1 << 20) - 4096, "{blocks} bytes allocated");
     }
 
+    /// Two workers take file jobs from one queue; each large file is copied in ranges that the
+    /// other worker may help with. Every file comes out exact and both loops end.
     #[test]
-    fn whole_copy_in_ranges_with_a_helper_thread() {
+    fn workers_copy_large_files_in_shared_ranges() {
         let dir = scratch();
-        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        let content: Vec<u8> = (0..(9 << 20) + 123).map(|i| (i * 7 % 251) as u8).collect();
-        std::fs::write(&a, &content).unwrap();
-        let helpers = Arc::new(Helpers::default());
-        let (tx, rx) = crossbeam_channel::bounded::<u32>(1);
-        let h = Arc::clone(&helpers);
-        let worker = std::thread::spawn(move || {
-            let mut ran = 0;
-            h.worker_loop(&rx, |_| ran += 1);
-            ran
-        });
-        // Let the worker enable helping before the file is posted.
-        while !helpers.enabled.load(Ordering::Relaxed) {
-            std::thread::yield_now();
+        let root = dir.path().to_path_buf();
+        let mut sources = Vec::new();
+        for f in 0..3u64 {
+            // Five different MiB and a tail (built from a short pattern: debug builds are slow).
+            let pattern: Vec<u8> = (0..4099u64).map(|i| (i * 7 + f) as u8 | 1).collect();
+            let mut content = Vec::new();
+            for mib in 0..5u8 {
+                let start = content.len();
+                while content.len() < start + (1 << 20) {
+                    content.extend_from_slice(&pattern);
+                }
+                content.truncate(start + (1 << 20));
+                content[start] = mib;
+            }
+            content.extend_from_slice(&pattern[..123 * f as usize % 4099]);
+            let a = root.join(format!("a{f}"));
+            std::fs::write(&a, &content).unwrap();
+            sources.push((a, content));
         }
-        let src = File::open(&a).unwrap();
-        let dst = fsops::create_new(&b, 0o600).unwrap();
-        let how = Method {
-            sparse: false,
-            plain: false,
-        };
-        let dev = src.metadata().unwrap().dev();
-        let n = copy_in_ranges(
-            Some(&helpers),
-            &src,
-            dev,
-            &dst,
-            content.len() as u64,
-            how,
-            1 << 20,
-            &no_stop,
-        )
-        .unwrap();
-        assert_eq!(n, content.len() as u64);
-        assert_eq!(std::fs::read(&b).unwrap(), content);
-        tx.send(1).unwrap();
+        let helpers = Arc::new(Helpers::default());
+        let (tx, rx) = crossbeam_channel::bounded::<u64>(1);
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let (h, rx, root) = (Arc::clone(&helpers), rx.clone(), root.clone());
+                std::thread::spawn(move || {
+                    h.worker_loop(&rx, |f| {
+                        let src = File::open(root.join(format!("a{f}"))).unwrap();
+                        let dst = fsops::create_new(&root.join(format!("b{f}")), 0o600).unwrap();
+                        let len = src.metadata().unwrap().len();
+                        let how = Method {
+                            sparse: f == 1,
+                            plain: false,
+                        };
+                        let r =
+                            copy_in_ranges(Some(&h), &src, 0, &dst, len, how, 1 << 20, &no_stop);
+                        assert_eq!(r.unwrap(), len);
+                    })
+                })
+            })
+            .collect();
+        for f in 0..3 {
+            tx.send(f).unwrap();
+        }
         drop(tx);
-        assert_eq!(worker.join().unwrap(), 1, "the job sent still ran");
+        for w in workers {
+            w.join().unwrap();
+        }
+        for (f, (_, content)) in sources.iter().enumerate() {
+            assert_eq!(&std::fs::read(root.join(format!("b{f}"))).unwrap(), content);
+        }
+        // Once the queue is closed and nobody is busy, a waiting worker is let go.
+        let (tx, rx) = crossbeam_channel::bounded::<u64>(1);
+        tx.send(7).unwrap();
+        drop(tx);
+        assert_eq!(helpers.next_job(&rx), Some(7));
+        helpers.idle();
+        assert_eq!(helpers.next_job(&rx), None);
     }
 
     #[test]

@@ -106,13 +106,19 @@ struct EntryJob {
     seq: u64,
 }
 
+/// Listings read ahead stop being requested once they hold this many bytes.
+const PREFETCH_BYTES: usize = 16 << 20;
+
 /// Source directory listings read ahead of the walker by helper threads.
 ///
-/// A slot is `None` while its listing is being read. The number of slots is capped, so
-/// read-ahead memory stays bounded.
+/// A slot is `None` while its listing is being read. The number of slots is capped, and no
+/// more is requested while the listings read ahead hold [`PREFETCH_BYTES`], so read-ahead
+/// memory stays bounded even next to huge directories.
 #[derive(Default)]
 struct Prefetch {
     slots: Mutex<HashMap<PathBuf, Option<io::Result<fsops::Listing>>>>,
+    /// Heap bytes of the listings read ahead and not yet taken.
+    ready_bytes: AtomicUsize,
     ready: std::sync::Condvar,
     tx: Mutex<Option<crossbeam_channel::Sender<PathBuf>>>,
     cap: usize,
@@ -126,7 +132,10 @@ impl Prefetch {
         let Ok(mut slots) = self.slots.lock() else {
             return;
         };
-        if slots.len() >= self.cap || slots.contains_key(&dir) {
+        if slots.len() >= self.cap
+            || slots.contains_key(&dir)
+            || self.ready_bytes.load(Ordering::Relaxed) >= PREFETCH_BYTES
+        {
             return;
         }
         slots.insert(dir.clone(), None);
@@ -143,7 +152,14 @@ impl Prefetch {
             match slots.get(dir) {
                 None => return None,
                 Some(None) => slots = self.ready.wait(slots).ok()?,
-                Some(Some(_)) => return slots.remove(dir).flatten(),
+                Some(Some(_)) => {
+                    let listing = slots.remove(dir).flatten();
+                    if let Some(Ok(l)) = &listing {
+                        self.ready_bytes
+                            .fetch_sub(l.heap_bytes(), Ordering::Relaxed);
+                    }
+                    return listing;
+                }
             }
         }
     }
@@ -154,6 +170,10 @@ impl Prefetch {
             let listing = fsops::list_with_stats(&dir, keep_atime);
             if let Ok(mut slots) = self.slots.lock() {
                 if let Some(slot) = slots.get_mut(&dir) {
+                    if let Ok(l) = &listing {
+                        self.ready_bytes
+                            .fetch_add(l.heap_bytes(), Ordering::Relaxed);
+                    }
                     *slot = Some(listing);
                 }
             }
@@ -2608,24 +2628,31 @@ impl Walker<'_> {
         }
         // Only the names to delete are collected: a huge destination directory that matches
         // its source costs no memory here.
-        let mut names = Vec::new();
+        let mut names = fsops::Names::default();
+        let mut full = None;
         let listed = fsops::for_each_name(dst, |name| {
-            if !listing_has(keep, name) && !self.is_internal(name) {
-                names.push(OsStr::from_bytes(name).to_os_string());
+            if listing_has(keep, name) || self.is_internal(name) {
+                return true;
             }
-            true
+            match names.push(name) {
+                Ok(()) => true,
+                Err(e) => {
+                    full = Some(e);
+                    false
+                }
+            }
         });
-        if listed.is_err() {
+        if listed.is_err() || full.is_some() {
             return 0;
         }
         eng.filter.enter_receiver_dir(dst);
         let mut deleted = 0;
-        names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
-        for name in names {
-            let path = dst.join(&name);
+        names.sort_descending();
+        for name in names.iter() {
+            let path = dst.join(name);
             let Ok(m) = fsops::lstat(&path) else { continue };
             let child_rel = Engine::child_rel(rel, name.as_bytes());
-            if self.protected(&child_rel, &name, m.kind() == Kind::Dir) {
+            if self.protected(&child_rel, name, m.kind() == Kind::Dir) {
                 continue;
             }
             self.delete_path(&path, &child_rel, &m, false);
@@ -2663,15 +2690,15 @@ impl Walker<'_> {
         let o = self.opts();
         let mut all_gone = true;
         if m.kind() == Kind::Dir {
-            if let Ok(mut names) = fsops::read_dir_names(path) {
-                names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
-                for name in names {
-                    let child = path.join(&name);
+            if let Ok(mut names) = fsops::read_dir_names_packed(path) {
+                names.sort_descending();
+                for name in names.iter() {
+                    let child = path.join(name);
                     let child_rel = Engine::child_rel(rel, name.as_bytes());
                     let Ok(cm) = fsops::lstat(&child) else {
                         continue;
                     };
-                    if self.protected_inside_deleted(&child_rel, &name, cm.kind() == Kind::Dir) {
+                    if self.protected_inside_deleted(&child_rel, name, cm.kind() == Kind::Dir) {
                         all_gone = false;
                         continue;
                     }

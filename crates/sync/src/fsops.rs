@@ -174,6 +174,70 @@ pub fn read_dir_names(path: &Path) -> io::Result<Vec<OsString>> {
     Ok(names)
 }
 
+/// Names held compactly (one byte arena, 8 bytes per name): the names of one directory,
+/// however many.
+#[derive(Debug, Default)]
+pub struct Names {
+    bytes: Vec<u8>,
+    /// Arena offset (high 48 bits) and length (low 16 bits) of each name.
+    index: Vec<u64>,
+}
+
+impl Names {
+    /// Adds a name (names longer than 65,535 bytes, which no Linux filesystem has, are
+    /// refused).
+    pub fn push(&mut self, name: &[u8]) -> io::Result<()> {
+        let off = self.bytes.len() as u64;
+        if name.len() > 0xffff || off >= 1 << 48 {
+            return Err(io::Error::other("directory listing too large"));
+        }
+        self.bytes.extend_from_slice(name);
+        self.index.push((off << 16) | name.len() as u64);
+        Ok(())
+    }
+
+    fn at(&self, packed: u64) -> &[u8] {
+        let off = (packed >> 16) as usize;
+        &self.bytes[off..off + (packed & 0xffff) as usize]
+    }
+
+    /// Number of names.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True if there are none.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Sorts the names bytewise, last first (the order rsync deletes in).
+    pub fn sort_descending(&mut self) {
+        let mut index = std::mem::take(&mut self.index);
+        index.sort_unstable_by(|&a, &b| self.at(b).cmp(self.at(a)));
+        self.index = index;
+    }
+
+    /// The names in their current order.
+    pub fn iter(&self) -> impl Iterator<Item = &OsStr> + '_ {
+        self.index.iter().map(|&p| OsStr::from_bytes(self.at(p)))
+    }
+}
+
+/// The names in a directory (without `.` and `..`), unsorted, packed.
+pub fn read_dir_names_packed(path: &Path) -> io::Result<Names> {
+    let mut names = Names::default();
+    let mut err = None;
+    for_each_name(path, |name| match names.push(name) {
+        Ok(()) => true,
+        Err(e) => {
+            err = Some(e);
+            false
+        }
+    })?;
+    err.map_or(Ok(names), Err)
+}
+
 /// True if the directory has no entries (other than `.` and `..`).
 pub fn dir_is_empty(path: &Path) -> io::Result<bool> {
     let mut empty = true;
@@ -405,6 +469,17 @@ impl Listing {
             (self.is_dir(a), self.name_of(a)).cmp(&(self.is_dir(b), self.name_of(b)))
         });
         self.order = order;
+    }
+
+    /// Approximate heap memory held, in bytes.
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.names.capacity()
+            + self.records.capacity() * size_of::<Record>()
+            + self.attrs.capacity() * size_of::<SharedAttrs>()
+            + self.attr_index.capacity() * (size_of::<SharedAttrs>() + 8)
+            + self.atimes.capacity() * size_of::<Time>()
+            + self.order.capacity() * size_of::<u32>()
     }
 
     fn is_dir(&self, r: u32) -> bool {
@@ -1318,6 +1393,71 @@ mod tests {
         // 1 MiB of data plus the last block; the 2 MiB of zeros written by the source are holes.
         let blocks = std::fs::metadata(&b).unwrap().blocks();
         assert!(blocks <= (SMALL_SPARSE / 512) + 64, "{blocks} blocks");
+    }
+
+    /// The packed listing gives back each entry's name and metadata exactly, filters with
+    /// metadata changes, sorts non-directories first, and finds names.
+    #[test]
+    fn packed_listing_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join("b"), b"12345").unwrap();
+        std::fs::write(p.join("a"), b"").unwrap();
+        std::fs::create_dir(p.join("c")).unwrap();
+        std::fs::create_dir(p.join("0dir")).unwrap();
+        symlink(OsStr::new("b"), &p.join("link")).unwrap();
+        let name = OsStr::from_bytes(b"\xff\xfe raw");
+        std::fs::write(p.join(name), b"x").unwrap();
+        let mut l = list_with_stats(p, true).unwrap();
+        assert_eq!(l.len(), 6);
+        assert!(l.failed.is_empty());
+        for e in l.iter() {
+            assert_eq!(e.meta, lstat(&p.join(e.name)).unwrap(), "{:?}", e.name);
+        }
+        // Without --atimes the access time is not kept (it reads as the mtime).
+        let no_atime = list_with_stats(p, false).unwrap();
+        let e = no_atime.iter().find(|e| e.name == "b").unwrap();
+        assert_eq!(e.meta.atime, e.meta.mtime);
+        // A followed symlink takes its target's metadata.
+        let target = lstat(&p.join("b")).unwrap();
+        l.retain(|name, meta| {
+            if name == "link" {
+                *meta = target;
+            }
+            name != "a"
+        });
+        l.sort();
+        let names: Vec<&[u8]> = l.iter().map(|e| e.name.as_bytes()).collect();
+        assert_eq!(
+            names,
+            [&b"b"[..], b"link", b"\xff\xfe raw", b"0dir", b"c"],
+            "non-directories first, then directories, each bytewise"
+        );
+        assert_eq!(l.get(1).unwrap().meta, target);
+        for n in [&b"b"[..], b"link", b"c", b"0dir", b"\xff\xfe raw"] {
+            assert!(l.contains_sorted(n), "{n:?}");
+        }
+        assert!(!l.contains_sorted(b"a"));
+        assert!(l.heap_bytes() > 0);
+        assert!(list_with_stats(&p.join("missing"), false).is_err());
+    }
+
+    #[test]
+    fn packed_names_sort_descending() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in ["m", "a", "zz", "b"] {
+            std::fs::write(dir.path().join(n), b"").unwrap();
+        }
+        let mut names = read_dir_names_packed(dir.path()).unwrap();
+        assert_eq!(names.len(), 4);
+        names.sort_descending();
+        let v: Vec<&OsStr> = names.iter().collect();
+        assert_eq!(v, ["zz", "m", "b", "a"]);
+        assert!(dir_is_empty(dir.path()).is_ok_and(|e| !e));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(dir_is_empty(empty.path()).unwrap());
+        assert!(Names::default().is_empty());
+        assert!(Names::default().push(&vec![b'x'; 70_000]).is_err());
     }
 
     #[test]
