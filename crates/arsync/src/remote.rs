@@ -496,6 +496,7 @@ pub fn run(args: &[OsString]) -> i32 {
         delete: o.deleting(),
         delay_updates: o.delay_updates,
         delete_after: matches!(o.delete, DeleteMode::After | DeleteMode::Delay),
+        partial: o.partial,
         numeric_ids: o.numeric_ids,
     };
     let mut daemon = None;
