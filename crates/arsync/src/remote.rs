@@ -496,6 +496,7 @@ pub fn run(args: &[OsString]) -> i32 {
         delete: o.deleting(),
         delay_updates: o.delay_updates,
         delete_after: matches!(o.delete, DeleteMode::After | DeleteMode::Delay),
+        partial: o.partial,
         numeric_ids: o.numeric_ids,
     };
     let mut daemon = None;
@@ -558,11 +559,27 @@ pub fn run(args: &[OsString]) -> i32 {
                 },
                 None => std::env::var("RSYNC_PASSWORD").ok(),
             };
-            if src_remote && srcs.len() > 1 {
-                return fail(
-                    ExitCode::Unsupported,
-                    "several sources from a daemon are not supported yet",
-                );
+            // Further sources: the same daemon and module.
+            for l in srcs.iter().skip(1).filter(|_| src_remote) {
+                match l {
+                    Location::Daemon {
+                        host: h,
+                        port: p,
+                        path: more,
+                        ..
+                    } if h == host
+                        && p.or(s.port).unwrap_or(DEFAULT_PORT) == port
+                        && more.split('/').next() == path.split('/').next() =>
+                    {
+                        t.more_paths.push(more.clone())
+                    }
+                    _ => {
+                        return fail(
+                            ExitCode::Syntax,
+                            "all daemon sources must name the same daemon and module",
+                        )
+                    }
+                }
             }
             cmd.path = path.clone();
             daemon = Some(t);

@@ -1169,13 +1169,28 @@ fn daemon_module_filters_and_chroot_match_rsync() {
             base.join("up/keep.secret").exists(),
             "{server:?}: deleted a hidden file"
         );
+        // Several sources from one module in one arsync command.
+        let multi = tmp.path().join(format!("multi-{server:?}"));
+        let out = Command::new(arsync_bin())
+            .args(["-a", &url("pub/a/"), &url("pub/small.txt")])
+            .arg(format!("{}/", multi.display()))
+            .output()
+            .unwrap();
+        check(&out, &format!("{server:?}: several daemon sources"));
+        assert!(multi.join("one.bin").exists() && multi.join("small.txt").exists());
+        assert!(!multi.join("key.secret").exists());
         results.push((pulled, base.join("up")));
+        results.push((multi.clone(), multi));
     }
-    let (a, r) = (&results[0], &results[1]);
+    let (a, r) = (&results[0], &results[2]);
     let diffs = compare_trees(&a.0, &r.0, &opts());
     assert!(diffs.is_empty(), "pulled trees differ: {diffs:#?}");
     let diffs = compare_trees(&a.1, &r.1, &opts().without_dir_mtimes());
     assert!(diffs.is_empty(), "pushed trees differ: {diffs:#?}");
+    let mut o = opts();
+    o.root_metadata = false;
+    let diffs = compare_trees(&results[1].0, &results[3].0, &o);
+    assert!(diffs.is_empty(), "several-source pulls differ: {diffs:#?}");
 }
 
 /// -H -A -X -S at protocols 30 and 31 (the ACL/xattr formats are the same

@@ -96,9 +96,12 @@ impl RsyncAcl {
 
     /// The full access ACL for a file with `mode` (after a received ACL was
     /// stripped): `None` when the mode alone says everything (no extended
-    /// ACL should exist).
+    /// ACL should exist), otherwise user/other from the mode and group/mask
+    /// as sent or else from the mode's group bits.
     pub fn access_entries(&self, mode: u32) -> Option<RsyncAcl> {
-        if self.names.is_empty() {
+        // A group entry is only ever sent with a mask; a mask may come
+        // alone (an ACL whose named entries were all removed).
+        if self.names.is_empty() && self.mask_obj.is_none() {
             return None;
         }
         let g = ((mode >> 3) & 7) as u8;
@@ -464,6 +467,21 @@ mod tests {
         a.strip_access(0o100644);
         assert!(a.is_empty());
         assert_eq!(a.access_entries(0o100644), None);
+        // A mask without named entries is kept (and rebuilt).
+        let mut m = RsyncAcl {
+            user_obj: Some(6),
+            group_obj: Some(6),
+            mask_obj: Some(4),
+            other_obj: Some(4),
+            names: vec![],
+        };
+        m.strip_access(0o100644);
+        assert_eq!((m.group_obj, m.mask_obj), (Some(6), Some(4)));
+        let full = m.access_entries(0o100644).unwrap();
+        assert_eq!(
+            (full.user_obj, full.group_obj, full.mask_obj, full.other_obj),
+            (Some(6), Some(6), Some(4), Some(4))
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct ServerCommand {
     pub delay_updates: bool,
     /// `--delete-after` / `--delete-delay`: delete after the transfer.
     pub delete_after: bool,
+    /// `--partial`: keep partially received files.
+    pub partial: bool,
 }
 
 impl ServerCommand {
@@ -51,6 +53,7 @@ impl ServerCommand {
             numeric_ids: false,
             delay_updates: false,
             delete_after: false,
+            partial: false,
         }
     }
 
@@ -80,6 +83,9 @@ impl ServerCommand {
         }
         if self.delay_updates && !self.server_sends {
             v.push("--delay-updates".into());
+        }
+        if self.partial && !self.server_sends {
+            v.push("--partial".into());
         }
         v
     }

@@ -28,6 +28,8 @@ pub struct DaemonTarget {
     /// Password for daemon authentication (the caller may take it from
     /// `RSYNC_PASSWORD`).
     pub password: Option<String>,
+    /// Further `module/path`s of the same module (a pull of several sources).
+    pub more_paths: Vec<String>,
 }
 
 impl DaemonTarget {
@@ -61,6 +63,7 @@ impl DaemonTarget {
             path: path.to_string(),
             user,
             password: None,
+            more_paths: Vec::new(),
         })
     }
 
@@ -146,6 +149,7 @@ pub fn preamble<R: Read, W: Write>(
     let mut args: Vec<&str> = server_args.iter().map(String::as_str).collect();
     args.push(".");
     args.push(&target.path);
+    args.extend(target.more_paths.iter().map(String::as_str));
     let mut buf = Vec::new();
     encode_args(&args, proto, &mut buf)?;
     outs.write(&buf)?;

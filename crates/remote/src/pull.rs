@@ -244,6 +244,7 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         delay_updates: opts.command.delay_updates,
         late_delete: opts.command.delete && opts.command.delete_after,
         daemon_filter: None,
+        partial: opts.command.partial,
     };
     receive_session(ins, outs, &neg, &fopts, dest, mode)
 }
@@ -276,6 +277,8 @@ pub(crate) struct ReceiveMode {
     pub late_delete: bool,
     /// A daemon module's rules: hidden entries are skipped and kept.
     pub daemon_filter: Option<Arc<DaemonFilter>>,
+    /// `--partial`: a file cut off by an error keeps what arrived.
+    pub partial: bool,
 }
 
 /// ACL and xattr state shared by the generator and the receiver.
@@ -1136,7 +1139,8 @@ fn receiver<R: Read>(
                     summary.files_transferred += 1;
                     continue;
                 }
-                let (good, lit, matched) = receive_file(ins, e, dest, neg.checksum, compressed)?;
+                let (good, lit, matched) =
+                    receive_file(ins, e, dest, neg.checksum, compressed, mode.partial)?;
                 summary.literal_bytes += lit;
                 summary.matched_bytes += matched;
                 if good.is_none() {
@@ -1239,6 +1243,7 @@ fn receive_file<R: Read>(
     dest: &DestRoot,
     algo: ChecksumAlgo,
     compressed: bool,
+    partial: bool,
 ) -> Result<(Option<TempFile>, u64, u64)> {
     let dlen = algo.digest_len();
     let head = ins.decode(|r| SumHead::decode(r, dlen))?;
@@ -1309,7 +1314,15 @@ fn receive_file<R: Read>(
             Ok((None, l, m))
         }
         Err(err) => {
-            DestRoot::remove_temp(tmp);
+            // --partial: what was written replaces the file (its mtime left
+            // alone, so the next run uses it as the basis), as rsync does;
+            // data still in the write batch (< 1 MiB) is lost.
+            let keep = partial && tmp.file.metadata().is_ok_and(|m| m.len() > 0);
+            if keep {
+                let _ = dest.commit(tmp, &e.name);
+            } else {
+                DestRoot::remove_temp(tmp);
+            }
             Err(err)
         }
     }

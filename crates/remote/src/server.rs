@@ -40,6 +40,8 @@ pub struct ServerArgs {
     pub delay_updates: bool,
     /// `--delete-after` / `--delete-delay`.
     pub delete_after: bool,
+    /// `--partial`.
+    pub partial: bool,
     /// The paths after `.`.
     pub paths: Vec<String>,
 }
@@ -62,6 +64,7 @@ impl ServerArgs {
             numeric_ids: false,
             delay_updates: false,
             delete_after: false,
+            partial: false,
             paths: Vec::new(),
         };
         let mut saw_dot = false;
@@ -80,6 +83,7 @@ impl ServerArgs {
                     a.delete_after = true;
                 }
                 "--delay-updates" => a.delay_updates = true,
+                "--partial" => a.partial = true,
                 // rsync implies this partial dir with --delay-updates; our
                 // delayed files wait under temporary names instead.
                 "--partial-dir=.~tmp~" => {}
@@ -289,6 +293,7 @@ pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
             delay_updates: args.delay_updates,
             late_delete: args.delete_after,
             daemon_filter: daemon.map(std::sync::Arc::new),
+            partial: args.partial,
         };
         receive_session(ins, outs, &neg, &fopts, dest, mode)
     }

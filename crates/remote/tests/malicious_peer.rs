@@ -570,3 +570,44 @@ fn xattr_values_nobody_asked_for_are_refused() {
         );
     }
 }
+
+#[test]
+fn partial_keeps_what_arrived_when_the_sender_vanishes() {
+    for partial in [false, true] {
+        let (_t, dest, _) = setup();
+        let mut s = Script::new();
+        // 3 MiB announced, 1.5 MiB sent: the receiver writes in 1 MiB
+        // batches, so at least the first batch is on disk when it breaks.
+        let body: Vec<u8> = (0..3u32 << 19).map(|i| (i % 251) as u8).collect();
+        s.flist(&[reg("f", 3 << 20)]);
+        s.gate();
+        ItemAttrs::transfer(0)
+            .encode(&mut s.ndx, &mut s.data)
+            .unwrap();
+        SumHead::default().encode(&mut s.data);
+        encode_literal(&body, &mut s.data);
+        // The stream ends here: no more data, no checksum.
+        let out = Shared::default();
+        let mut opts = PullOptions::new("unused", &dest);
+        opts.echo_messages = false;
+        opts.command.partial = partial;
+        let root = DestRoot::open(&dest).unwrap();
+        let (data, gate) = s.bytes_gated();
+        let input = GatedReader {
+            data,
+            pos: 0,
+            gate,
+            out: out.clone(),
+        };
+        assert!(run_pull(&opts, root, input, out).is_err());
+        let names = all_files(&dest);
+        if partial {
+            assert_eq!(names, ["f"]);
+            let kept = std::fs::read(dest.join("f")).unwrap();
+            assert!(kept.len() >= 1 << 20, "kept {} bytes", kept.len());
+            assert_eq!(kept[..], body[..kept.len()]);
+        } else {
+            assert!(names.is_empty(), "{names:?}");
+        }
+    }
+}
