@@ -251,9 +251,19 @@ impl Status {
                 let _ = writeln!(s, "scrub: interrupted, resumes at extent {n}");
             }
             (None, Some(r)) => {
+                let (bad, repaired) = r
+                    .disks
+                    .values()
+                    .fold((0, 0), |(b, f), d| (b + d.bad, f + d.repaired));
+                let ago = r.finished_at.map_or(String::new(), |t| {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    format!(", finished {}s ago", now.saturating_sub(t))
+                });
                 let _ = writeln!(
                     s,
-                    "scrub: last run checked {} extents, {}",
+                    "scrub: last run checked {} extents, {} ({bad} bad, {repaired} repaired fragments{ago})",
                     r.extents,
                     if r.clean() { "clean" } else { "problems found" }
                 );

@@ -334,3 +334,89 @@ fn busy_pool_without_a_daemon_is_reported_clearly() {
     drop(lock);
     assert!(run_ok(&["scrub", pool]).contains("clean"));
 }
+
+#[test]
+fn control_socket_works_for_a_pool_path_too_long_for_a_socket_address() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir_in("/dev/shm").unwrap();
+    let mnt = tempfile::Builder::new()
+        .prefix("dynfs-mnt")
+        .tempdir_in("/tmp")
+        .unwrap();
+    // Longer than the 108 bytes a Unix socket address can hold.
+    let pool = tmp.path().join("p".repeat(120));
+    let pool_s = pool.to_str().unwrap();
+    let mut args = vec!["init".to_string(), pool_s.to_string()];
+    for i in 0..2 {
+        let d = tmp.path().join(format!("d{i}"));
+        std::fs::create_dir(&d).unwrap();
+        args.extend(["--disk".into(), d.to_str().unwrap().to_string()]);
+    }
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    run_ok(&a);
+    run_ok(&["mount", pool_s, mnt.path().to_str().unwrap()]);
+    std::fs::write(mnt.path().join("f"), b"hello").unwrap();
+    let r = std::panic::catch_unwind(|| {
+        // Both reach the daemon (scrub would fail on the pool lock otherwise).
+        let out = run_ok(&["status", "--json", pool_s]);
+        let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(st["background_scrub"].is_object(), "{st}");
+        let out = run_ok(&["status", pool_s]);
+        assert!(out.contains("live status from the daemon"), "{out}");
+        assert!(run_ok(&["scrub", pool_s]).contains("clean"));
+    });
+    sh(&format!("fusermount3 -u '{}'", mnt.path().display()));
+    r.unwrap();
+    // The daemon removes its socket on the way out.
+    wait_for("the daemon to exit", 30, || {
+        !pool.join("control.sock").exists()
+    });
+    wait_for("the pool lock", 30, || {
+        run(&["scrub", pool_s]).status.success()
+    });
+}
+
+#[test]
+fn client_scrub_takes_over_the_background_pass() {
+    if !fuse_available() {
+        return;
+    }
+    let mut m = Mounted::new(3, "rs:2+1", "64K");
+    let pool = m.pool.to_str().unwrap().to_string();
+    m.mount();
+    for i in 0..4u64 {
+        write_synced(&m.p(&format!("f{i}")), &bytes(i, 1 << 20));
+    }
+    m.unmount();
+    // About 6 MB of fragments at 0.2 MB/s: the background pass alone would take 30 s.
+    set_scrub_rate(&m.pool, 0.2);
+    mount_with(&mut m, &["--scrub-interval", "1h"]);
+    wait_for("the background pass to start", 30, || {
+        let a = &status(&m.pool)["activity"];
+        a["origin"] == "background" && a["done"].as_u64().unwrap_or(0) > 0
+    });
+    let t = Instant::now();
+    let out = run_ok(&["scrub", "--rate", "0", "--json", &pool]);
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "client scrub took {:?}",
+        t.elapsed()
+    );
+    // The background pass stopped at its checkpoint and the client's scrub continued it.
+    assert_eq!(rep["complete"], true, "{rep}");
+    assert!(rep["resumed_from"].as_u64().unwrap() > 0, "{rep}");
+    let st = status(&m.pool);
+    assert_eq!(rep["extents"], st["extents"], "{st}");
+    // With the pass complete, the background scrub waits for the interval.
+    wait_for("the background scrub to go idle", 10, || {
+        let st = status(&m.pool);
+        st["activity"].is_null()
+            && st["background_scrub"]["next_pass_in_s"]
+                .as_u64()
+                .is_some_and(|s| s > 3000)
+    });
+    m.unmount();
+}
