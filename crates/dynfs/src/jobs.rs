@@ -285,10 +285,16 @@ impl Jobs {
                 max_extents: None,
             };
             let r = self.run_exclusive("scrub", None, |obs| {
-                scrub::scrub_with(&self.pool, opts, obs, &mut |_, _| {})
+                // A client's scrub may have completed the pass while this thread waited for
+                // the lock: then the next pass is not due yet.
+                if !self.until_next_pass()?.is_zero() {
+                    return Ok(None);
+                }
+                scrub::scrub_with(&self.pool, opts, obs, &mut |_, _| {}).map(Some)
             });
             match r {
-                Ok(rep) if rep.complete => {
+                Ok(None) => {}
+                Ok(Some(rep)) if rep.complete => {
                     self.bg_passes.fetch_add(1, Ordering::Relaxed);
                     add(&self.counters.scrub_passes, 1);
                     tracing::info!(
@@ -298,7 +304,7 @@ impl Jobs {
                         "background scrub pass completed"
                     );
                 }
-                Ok(_) => tracing::debug!("background scrub paused at its checkpoint"),
+                Ok(Some(_)) => tracing::debug!("background scrub paused at its checkpoint"),
                 Err(e) => {
                     tracing::error!(error = %e, "background scrub failed");
                     self.sleep(

@@ -216,6 +216,22 @@ fn background_scrub_repairs_and_admin_commands_reach_the_mount() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Replace a disk while mounted: add one, fail another, rebuild.
+    let newdisk = m.tmp.path().join("new-disk");
+    std::fs::create_dir(&newdisk).unwrap();
+    assert!(run_ok(&["disk", "add", &pool, newdisk.to_str().unwrap()]).contains("added disk"));
+    let out = run_ok(&["disk", "set-health", &pool, &healthy, "failed"]);
+    assert!(out.contains("is now failed"), "{out}");
+    assert!(status(&m.pool)["degraded_extents"].as_u64().unwrap() > 0);
+    let out = run_ok(&["rebuild", &pool]);
+    assert!(out.contains("0 failed"), "{out}");
+    let st = status(&m.pool);
+    assert_eq!(st["degraded_extents"], 0, "{st}");
+    assert_eq!(st["unavailable_extents"], 0, "{st}");
+    assert!(
+        !fragments(&newdisk).is_empty(),
+        "nothing rebuilt onto the new disk"
+    );
     // What cannot be done on a mounted pool says so.
     let out = run(&["gc", &pool]);
     assert_eq!(out.status.code(), Some(2));
