@@ -414,8 +414,20 @@ fn client_scrub_takes_over_the_background_pass() {
         a["origin"] == "background" && a["done"].as_u64().unwrap_or(0) > 0
     });
     let t = Instant::now();
-    let out = run_ok(&["scrub", "--rate", "0", "--json", &pool]);
-    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // At 2 MB/s the rest takes a few seconds: long enough to see progress lines.
+    let out = run(&["scrub", "--rate", "2", "--json", &pool]);
+    assert!(out.status.success());
+    let progress = String::from_utf8_lossy(&out.stderr);
+    let line = progress
+        .lines()
+        .find(|l| l.starts_with("scrub: "))
+        .unwrap_or_else(|| panic!("no progress streamed: {progress}"));
+    let (done, total) = line["scrub: ".len()..]
+        .trim_end_matches(" extents")
+        .split_once(" of ")
+        .unwrap();
+    assert!(done.parse::<u64>().unwrap() <= total.parse::<u64>().unwrap());
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         t.elapsed() < Duration::from_secs(20),
         "client scrub took {:?}",
