@@ -250,9 +250,27 @@ fn remote(c: control::Client, req: &Request) -> Result<serde_json::Value> {
 /// Open an unmounted pool for an admin command (a mounted one is reached through its control
 /// socket before this is called).
 fn open_unmounted(pool: &Path) -> Result<Pool> {
-    match Pool::open(pool) {
-        Err(dynfs_core::Error::InUse(_)) => bail!("{}", in_use(pool)),
-        r => r.with_context(|| format!("opening pool {}", pool.display())),
+    open_waiting(pool, || Pool::open(pool))
+}
+
+/// How long an admin command waits for the pool lock before reporting the pool busy. A daemon
+/// goes on for a moment after `fusermount3 -u` returns (stopping its jobs, closing the pool),
+/// and a process that just closed the pool may have a forked child still holding the lock
+/// until it execs; neither should make `fusermount3 -u MNT && dynfs gc POOL` fail.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Run `open` until it does not fail with [`dynfs_core::Error::InUse`] (at most
+/// [`LOCK_WAIT`]), then turn that error into a clear message.
+fn open_waiting(pool: &Path, open: impl Fn() -> dynfs_core::Result<Pool>) -> Result<Pool> {
+    let start = std::time::Instant::now();
+    loop {
+        match open() {
+            Err(dynfs_core::Error::InUse(_)) if start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(dynfs_core::Error::InUse(_)) => bail!("{}", in_use(pool)),
+            r => return r.with_context(|| format!("opening pool {}", pool.display())),
+        }
     }
 }
 
@@ -509,10 +527,9 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                 remote(c, &Request::Gc)?;
                 bail!("the daemon accepted gc on a mounted pool unexpectedly");
             }
-            let p = match Pool::open_no_gc(&pool, Arc::new(dynfs_core::io::StdIo)) {
-                Err(dynfs_core::Error::InUse(_)) => bail!("{}", in_use(&pool)),
-                r => r.with_context(|| format!("opening pool {}", pool.display()))?,
-            };
+            let p = open_waiting(&pool, || {
+                Pool::open_no_gc(&pool, Arc::new(dynfs_core::io::StdIo))
+            })?;
             let r = p.gc()?;
             println!(
                 "removed {} orphan fragments ({} bytes) and {} unlinked inodes",
