@@ -9,7 +9,7 @@ use crate::pool::Pool;
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Per-disk scrub figures.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -39,6 +39,12 @@ pub struct ScrubReport {
     pub resumed_from: u64,
     /// Seconds the run took (this invocation).
     pub seconds: f64,
+    /// The pass reached the last extent (false when it stopped early and kept a checkpoint).
+    #[serde(default)]
+    pub complete: bool,
+    /// When the pass completed (seconds since the Unix epoch).
+    #[serde(default)]
+    pub finished_at: Option<u64>,
 }
 
 impl ScrubReport {
@@ -127,12 +133,165 @@ pub fn last_scrub(pool: &Pool) -> Result<Option<ScrubReport>> {
     load_state(pool, SCRUB_LAST_KEY)
 }
 
+/// Hooks into a running scrub, rebuild or drain: the caller can stop it (its checkpoint is
+/// kept, so the next run resumes there) and follow it extent by extent. Every method has a
+/// default that does nothing.
+pub trait Observer {
+    /// Checked before every extent and while waiting for the rate limit; `true` stops the run.
+    fn stop_requested(&self) -> bool {
+        false
+    }
+    /// One extent scrubbed: fragment bytes read, fragments found bad, fragments repaired,
+    /// and whether the extent could not be reconstructed at all.
+    fn scrubbed(&self, _bytes: u64, _bad: u64, _repaired: u64, _unrecoverable: bool) {}
+    /// One extent examined by a rebuild or drain: fragments moved, and whether it failed.
+    fn rebuilt(&self, _fragments: u64, _failed: bool) {}
+    /// Position in the pass: extents done so far (including those before a checkpoint it
+    /// resumed from) and the number of extents in the pool when the run started.
+    fn position(&self, _done: u64, _total: u64) {}
+}
+
+/// An [`Observer`] that never stops the run and ignores its progress.
+pub struct Unobserved;
+
+impl Observer for Unobserved {}
+
+/// A token bucket limiting a byte rate. A rate of 0 means unlimited. The bucket holds at most
+/// a quarter of a second of tokens, so a paused reader cannot burst far above the rate.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A bucket admitting `bytes_per_s` bytes per second (0 or less: unlimited).
+    pub fn new(bytes_per_s: f64) -> Self {
+        let burst = (bytes_per_s * 0.25).max(1.0);
+        TokenBucket {
+            rate: bytes_per_s.max(0.0),
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let add = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + add).min(self.burst);
+        self.last = now;
+    }
+
+    /// Take `n` bytes' worth of tokens, sleeping (in slices of at most 100 ms) until the rate
+    /// allows them. Returns `false`, without waiting further, once `stop()` turns true.
+    pub fn take(&mut self, n: u64, stop: &dyn Fn() -> bool) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        self.refill();
+        self.tokens -= n as f64;
+        while self.tokens < 0.0 {
+            if stop() {
+                // Give the tokens back: nothing was read.
+                self.tokens += n as f64;
+                return false;
+            }
+            let wait = (-self.tokens / self.rate).min(0.1);
+            std::thread::sleep(Duration::from_secs_f64(wait));
+            self.refill();
+        }
+        true
+    }
+}
+
+/// Number of extents in the pool.
+pub fn extent_count(pool: &Pool) -> Result<u64> {
+    meta::table_len(&pool.meta.read()?, meta::EXTENTS)
+}
+
+/// The current record of extent `id`, if it still exists.
+fn current_record(pool: &Pool, id: u64) -> Result<Option<Extent>> {
+    let tx = pool.meta.read()?;
+    let t = tx.open_table(meta::EXTENTS)?;
+    meta::get_rec(&t, id)
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Outcome of scrubbing one extent: bad fragment indexes, repaired ones, and whether the extent
+/// could not be reconstructed.
+struct ExtentScrub {
+    bad: Vec<usize>,
+    repaired: Vec<usize>,
+    unrecoverable: bool,
+}
+
+/// Verify (and with `repair`, fix) one extent. `None` when the extent was freed or moved while
+/// it was being checked (a mounted pool keeps changing): then nothing is reported, and any
+/// fragment rewritten for it is removed again, since no metadata refers to it.
+fn scrub_extent(pool: &Pool, id: u64, ext: &Extent, repair: bool) -> Result<Option<ExtentScrub>> {
+    let result = pool.read_extent_verified(id, ext, repair, true);
+    let (bad, mut repaired, unrecoverable) = match &result {
+        Ok((_, o)) => (o.bad.clone(), o.repaired.clone(), false),
+        Err(_) => ((0..ext.frags.len()).collect(), Vec::new(), true),
+    };
+    if !bad.is_empty() {
+        let cur = current_record(pool, id)?;
+        if cur.as_ref().is_none_or(|c| c.frags != ext.frags) {
+            // Rewritten fragments that the metadata does not point at are orphans: remove them.
+            for &i in &repaired {
+                let kept = cur
+                    .as_ref()
+                    .and_then(|c| c.frags.get(i))
+                    .is_some_and(|f| f.disk == ext.frags[i].disk);
+                if !kept {
+                    pool.remove_fragment(ext.frags[i].disk, id, i);
+                }
+            }
+            return Ok(None);
+        }
+    }
+    if let Err(e) = &result {
+        tracing::error!(extent = id, error = %e, "extent unrecoverable");
+    }
+    if repair && !unrecoverable && bad.iter().any(|i| !repaired.contains(i)) {
+        match rebuild_extent(pool, id, ext, true) {
+            Ok(moved) => repaired.extend(moved),
+            Err(e) => tracing::warn!(extent = id, error = %e, "cannot relocate bad fragments"),
+        }
+    }
+    Ok(Some(ExtentScrub {
+        bad,
+        repaired,
+        unrecoverable,
+    }))
+}
+
 /// Verify every fragment of every extent; with `repair`, rewrite bad fragments (in place when
 /// their disk is usable, otherwise on another disk). Resumes from a checkpoint if one exists.
-/// `progress(done_extents, next_extent_id)` is called periodically.
+/// `progress(done_extents, total_extents)` is called periodically.
 pub fn scrub(
     pool: &Pool,
     opts: ScrubOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ScrubReport> {
+    scrub_with(pool, opts, &Unobserved, progress)
+}
+
+/// [`scrub`] with an [`Observer`], which can stop the run (keeping its checkpoint) and sees
+/// every extent. Safe on a mounted pool: extents freed or moved while being checked are
+/// skipped, and no lock is held while fragments are read, so file system requests proceed.
+pub fn scrub_with(
+    pool: &Pool,
+    opts: ScrubOptions,
+    obs: &dyn Observer,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ScrubReport> {
     let started = Instant::now();
@@ -143,99 +302,80 @@ pub fn scrub(
         }
         None => (0, ScrubReport::default()),
     };
-    let rate = opts.rate_mb_s * 1e6;
-    let mut bytes_this_run = 0u64;
+    rep.complete = false;
+    rep.finished_at = None;
+    let total = extent_count(pool)?;
+    let mut bucket = TokenBucket::new(opts.rate_mb_s * 1e6);
     let mut done = 0u64;
     let mut last_ckpt = Instant::now();
+    let save = |next: u64, rep: &ScrubReport| {
+        store_state(
+            pool,
+            SCRUB_KEY,
+            Some(&Checkpoint {
+                next,
+                report: rep.clone(),
+            }),
+        )
+    };
     while let Some((id, ext)) = next_extent(pool, next)? {
-        if opts.max_extents.is_some_and(|m| done >= m) {
-            store_state(
-                pool,
-                SCRUB_KEY,
-                Some(&Checkpoint {
-                    next,
-                    report: rep.clone(),
-                }),
-            )?;
+        let bytes = ext.frag_len as u64 * ext.frags.len() as u64;
+        let stop = opts.max_extents.is_some_and(|m| done >= m)
+            || obs.stop_requested()
+            || !bucket.take(bytes, &|| obs.stop_requested());
+        if stop {
+            save(next, &rep)?;
             rep.seconds = started.elapsed().as_secs_f64();
             return Ok(rep);
         }
         next = id + 1;
         done += 1;
-        rep.extents += 1;
-        let unusable: Vec<usize> = ext
-            .frags
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| !pool.disks().iter().any(|d| d.id == f.disk && d.readable()))
-            .map(|(i, _)| i)
-            .collect();
-        let result = pool.read_extent_verified(id, &ext, opts.repair, true);
-        let (bad, mut repaired) = match &result {
-            Ok((_, o)) => (o.bad.clone(), o.repaired.clone()),
-            Err(e) => {
-                tracing::error!(extent = id, error = %e, "extent unrecoverable");
-                rep.unrecoverable += 1;
-                ((0..ext.frags.len()).collect(), Vec::new())
-            }
+        let Some(x) = scrub_extent(pool, id, &ext, opts.repair)? else {
+            continue;
         };
-        if opts.repair && result.is_ok() {
-            let needs_move = bad.iter().any(|i| !repaired.contains(i));
-            if needs_move {
-                match rebuild_extent(pool, id, &ext, true) {
-                    Ok(moved) => repaired.extend(moved),
-                    Err(e) => {
-                        tracing::warn!(extent = id, error = %e, "cannot relocate bad fragments")
-                    }
-                }
-            }
+        rep.extents += 1;
+        if x.unrecoverable {
+            rep.unrecoverable += 1;
         }
-        let _ = unusable;
         for (i, f) in ext.frags.iter().enumerate() {
             let d = rep.disks.entry(f.disk).or_default();
             d.fragments += 1;
-            if bad.contains(&i) {
+            if x.bad.contains(&i) {
                 d.bad += 1;
-                if repaired.contains(&i) {
+                if x.repaired.contains(&i) {
                     d.repaired += 1;
                 }
             } else {
                 d.ok += 1;
             }
         }
-        let b = ext.frag_len as u64 * ext.frags.len() as u64;
-        rep.bytes += b;
-        bytes_this_run += b;
-        if rate > 0.0 {
-            let due = Duration::from_secs_f64(bytes_this_run as f64 / rate);
-            let el = started.elapsed();
-            if due > el {
-                std::thread::sleep(due - el);
-            }
-        }
+        rep.bytes += bytes;
+        obs.scrubbed(
+            bytes,
+            x.bad.len() as u64,
+            x.repaired.len() as u64,
+            x.unrecoverable,
+        );
+        obs.position(rep.extents, total.max(rep.extents));
         if last_ckpt.elapsed() > Duration::from_secs(2) {
-            store_state(
-                pool,
-                SCRUB_KEY,
-                Some(&Checkpoint {
-                    next,
-                    report: rep.clone(),
-                }),
-            )?;
+            save(next, &rep)?;
             last_ckpt = Instant::now();
-            progress(done, next);
+            progress(rep.extents, total.max(rep.extents));
         }
     }
     rep.seconds = started.elapsed().as_secs_f64();
+    rep.complete = true;
+    rep.finished_at = Some(now_unix());
     store_state::<()>(pool, SCRUB_KEY, None)?;
     store_state(pool, SCRUB_LAST_KEY, Some(&rep))?;
-    progress(done, next);
+    progress(rep.extents, total.max(rep.extents));
     Ok(rep)
 }
 
 /// Move the fragments of one extent that sit on unusable disks (missing, failed, draining), or
 /// (with `include_bad`) that fail verification, onto other healthy disks. Commits the new
-/// locations, then deletes the old fragments. Returns the fragment indexes moved.
+/// locations, then deletes the old fragments. Returns the fragment indexes moved. If the extent
+/// is freed meanwhile (on a mounted pool), the new copies are deleted and nothing is moved.
 pub fn rebuild_extent(pool: &Pool, id: u64, ext: &Extent, include_bad: bool) -> Result<Vec<usize>> {
     let disks = pool.disks();
     let usable = |disk: u32| {
@@ -282,18 +422,28 @@ pub fn rebuild_extent(pool: &Pool, id: u64, ext: &Extent, include_bad: bool) -> 
         }
     }
     let frags_new = updated.frags.clone();
-    pool.meta.write(|tx| {
+    let found = pool.meta.write(|tx| {
         let mut t = tx.open_table(meta::EXTENTS)?;
         let cur: Option<Extent> = match t.get(id)? {
             Some(g) => Some(meta::dec(g.value())?),
             None => None,
         };
-        if let Some(mut cur) = cur {
-            cur.frags = frags_new.clone();
-            t.insert(id, meta::enc(&cur)?.as_slice())?;
+        match cur {
+            Some(mut cur) => {
+                cur.frags = frags_new.clone();
+                t.insert(id, meta::enc(&cur)?.as_slice())?;
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        Ok(())
     })?;
+    if !found {
+        // Freed while we copied it: the new fragments are referenced by nothing.
+        for &i in &moved {
+            pool.remove_fragment(updated.frags[i].disk, id, i);
+        }
+        return Ok(Vec::new());
+    }
     for (disk, i) in old {
         pool.remove_fragment(disk, id, i);
     }
@@ -332,6 +482,17 @@ pub fn rebuild(
     max_extents: Option<u64>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RebuildReport> {
+    rebuild_with(pool, max_extents, &Unobserved, progress)
+}
+
+/// [`rebuild`] with an [`Observer`] that can stop it (keeping the checkpoint) and sees every
+/// extent.
+pub fn rebuild_with(
+    pool: &Pool,
+    max_extents: Option<u64>,
+    obs: &dyn Observer,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RebuildReport> {
     let (mut next, mut rep) = match rebuild_checkpoint(pool)? {
         Some((n, mut r)) => {
             r.resumed_from = n;
@@ -339,11 +500,11 @@ pub fn rebuild(
         }
         None => (0, RebuildReport::default()),
     };
-    let total = meta::table_len(&pool.meta.read()?, meta::EXTENTS)?;
+    let total = extent_count(pool)?;
     let mut done = 0u64;
     let mut last = Instant::now();
     while let Some((id, ext)) = next_extent(pool, next)? {
-        if max_extents.is_some_and(|m| done >= m) {
+        if max_extents.is_some_and(|m| done >= m) || obs.stop_requested() {
             store_state(
                 pool,
                 REBUILD_KEY,
@@ -357,17 +518,21 @@ pub fn rebuild(
         next = id + 1;
         done += 1;
         rep.extents += 1;
-        match rebuild_extent(pool, id, &ext, false) {
+        let (moved, failed) = match rebuild_extent(pool, id, &ext, false) {
             Ok(m) if !m.is_empty() => {
                 rep.rebuilt += 1;
                 rep.fragments += m.len() as u64;
+                (m.len() as u64, false)
             }
-            Ok(_) => {}
+            Ok(_) => (0, false),
             Err(e) => {
                 tracing::error!(extent = id, error = %e, "cannot rebuild extent");
                 rep.failed += 1;
+                (0, true)
             }
-        }
+        };
+        obs.rebuilt(moved, failed);
+        obs.position(rep.extents, total.max(rep.extents));
         if last.elapsed() > Duration::from_secs(1) {
             store_state(
                 pool,
@@ -377,18 +542,28 @@ pub fn rebuild(
                     report: rep.clone(),
                 }),
             )?;
-            progress(rep.extents, total);
+            progress(rep.extents, total.max(rep.extents));
             last = Instant::now();
         }
     }
     store_state::<()>(pool, REBUILD_KEY, None)?;
     store_state(pool, REBUILD_LAST_KEY, Some(&rep))?;
-    progress(rep.extents, total);
+    progress(rep.extents, total.max(rep.extents));
     Ok(rep)
 }
 
 /// Mark a disk draining and move all its fragments elsewhere.
 pub fn drain(pool: &Pool, disk: u32, progress: &mut dyn FnMut(u64, u64)) -> Result<RebuildReport> {
+    drain_with(pool, disk, &Unobserved, progress)
+}
+
+/// [`drain`] with an [`Observer`] (see [`rebuild_with`]).
+pub fn drain_with(
+    pool: &Pool,
+    disk: u32,
+    obs: &dyn Observer,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RebuildReport> {
     if !pool.disks().iter().any(|d| d.id == disk) {
         return Err(Error::Invalid(format!(
             "no disk with id {disk} in this pool"
@@ -401,5 +576,35 @@ pub fn drain(pool: &Pool, disk: u32, progress: &mut dyn FnMut(u64, u64)) -> Resu
     {
         pool.set_health(disk, crate::Health::Draining)?;
     }
-    rebuild(pool, None, progress)
+    rebuild_with(pool, None, obs, progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_limits_the_rate() {
+        // 4 MB/s: 2.5 MB is 1.5 MB beyond the initial burst of 1 MB, so about 0.375 s.
+        let mut b = TokenBucket::new(4e6);
+        let t = Instant::now();
+        for _ in 0..10 {
+            assert!(b.take(250_000, &|| false));
+        }
+        let el = t.elapsed().as_secs_f64();
+        assert!(el >= 0.3, "took only {el}s");
+        assert!(el < 2.0, "took {el}s");
+    }
+
+    #[test]
+    fn token_bucket_unlimited_and_stoppable() {
+        let mut b = TokenBucket::new(0.0);
+        let t = Instant::now();
+        assert!(b.take(u64::MAX / 2, &|| false));
+        assert!(t.elapsed() < Duration::from_millis(50));
+        let mut b = TokenBucket::new(1000.0);
+        let t = Instant::now();
+        assert!(!b.take(1_000_000, &|| true));
+        assert!(t.elapsed() < Duration::from_millis(50));
+    }
 }

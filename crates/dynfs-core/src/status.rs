@@ -63,6 +63,44 @@ pub struct Status {
     pub rebuild_in_progress: Option<u64>,
     /// Last completed rebuild.
     pub last_rebuild: Option<RebuildReport>,
+    /// The scrub, rebuild or drain running now (only known to a mounted daemon).
+    #[serde(default)]
+    pub activity: Option<Activity>,
+    /// The background scrub of a mounted pool (`None` when not mounted).
+    #[serde(default)]
+    pub background_scrub: Option<BackgroundScrub>,
+}
+
+/// A scrub, rebuild or drain running in a mounted daemon.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Activity {
+    /// `scrub`, `rebuild` or `drain`.
+    pub job: String,
+    /// `background` (the daemon's own scrub) or `client` (asked for over the control socket).
+    pub origin: String,
+    /// Extents done in this pass, including any before the checkpoint it resumed from.
+    pub done: u64,
+    /// Extents in the pool when the run started.
+    pub total: u64,
+    /// Seconds since the run started.
+    pub seconds: f64,
+}
+
+/// State of the background scrub of a mounted pool.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct BackgroundScrub {
+    /// Rate in MB/s (`scrub_rate_mb_s` of pool.toml; 0 = background scrub off).
+    pub rate_mb_s: f64,
+    /// Seconds between the end of one pass and the start of the next.
+    pub interval_s: u64,
+    /// Passes completed since the mount.
+    pub passes: u64,
+    /// Fragments found bad since the mount (by any scrub).
+    pub bad_fragments: u64,
+    /// Fragments repaired since the mount (by any scrub).
+    pub repaired_fragments: u64,
+    /// Seconds until the next pass starts (`None` while a pass runs or when off).
+    pub next_pass_in_s: Option<u64>,
 }
 
 /// File in the pool directory where a mounted daemon publishes its status.
@@ -165,6 +203,8 @@ impl Status {
             last_scrub: scrub::last_scrub(pool)?,
             rebuild_in_progress: scrub::rebuild_checkpoint(pool)?.map(|c| c.0),
             last_rebuild: scrub::last_rebuild(pool)?,
+            activity: None,
+            background_scrub: None,
         })
     }
 
@@ -211,9 +251,19 @@ impl Status {
                 let _ = writeln!(s, "scrub: interrupted, resumes at extent {n}");
             }
             (None, Some(r)) => {
+                let (bad, repaired) = r
+                    .disks
+                    .values()
+                    .fold((0, 0), |(b, f), d| (b + d.bad, f + d.repaired));
+                let ago = r.finished_at.map_or(String::new(), |t| {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    format!(", finished {}s ago", now.saturating_sub(t))
+                });
                 let _ = writeln!(
                     s,
-                    "scrub: last run checked {} extents, {}",
+                    "scrub: last run checked {} extents, {} ({bad} bad, {repaired} repaired fragments{ago})",
                     r.extents,
                     if r.clean() { "clean" } else { "problems found" }
                 );
@@ -234,6 +284,32 @@ impl Status {
                 );
             }
             (None, None) => {}
+        }
+        if let Some(a) = &self.activity {
+            let _ = writeln!(
+                s,
+                "running: {} ({}), {} of {} extents, {:.0}s",
+                a.job, a.origin, a.done, a.total, a.seconds
+            );
+        }
+        if let Some(b) = &self.background_scrub {
+            if b.rate_mb_s > 0.0 {
+                let _ = write!(
+                    s,
+                    "background scrub: {} MB/s, every {}s; {} passes, {} bad and {} repaired fragments since mount",
+                    b.rate_mb_s, b.interval_s, b.passes, b.bad_fragments, b.repaired_fragments
+                );
+                match b.next_pass_in_s {
+                    Some(n) => {
+                        let _ = writeln!(s, "; next pass in {n}s");
+                    }
+                    None => {
+                        let _ = writeln!(s);
+                    }
+                }
+            } else {
+                let _ = writeln!(s, "background scrub: off (scrub_rate_mb_s = 0)");
+            }
         }
         s
     }

@@ -1,14 +1,16 @@
 //! Command-line interface: argument parsing and the subcommands.
 
+use crate::control::{self, DrainResult, Request};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use dynfs_core::policy::parse_size;
-use dynfs_core::scrub::{self, ScrubOptions};
+use dynfs_core::scrub::{self, RebuildReport, ScrubOptions, ScrubReport};
 use dynfs_core::status::Status;
 use dynfs_core::{snapshot, Fs, Health, InitOptions, Policy, Pool};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// DynamicFS: a checksummed, erasure-coded filesystem across several disks, mounted with FUSE.
 #[derive(Parser, Debug)]
@@ -71,6 +73,10 @@ pub enum Command {
         /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9108.
         #[arg(long)]
         metrics: Option<String>,
+        /// Pause between background scrub passes, e.g. 30s, 12h, 7d (0 = continuous). The
+        /// background scrub runs at pool.toml's scrub_rate_mb_s; a rate of 0 turns it off.
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        scrub_interval: Duration,
     },
     /// Show disks, health, capacity, policies, degraded extents, scrub and rebuild state.
     Status {
@@ -211,12 +217,167 @@ pub fn init_logging(format: LogFormat, filter: &str, file: Option<&Path>) -> Res
     r.map_err(|e| anyhow::anyhow!("installing logger: {e}"))
 }
 
-fn open(pool: &Path) -> Result<Pool> {
-    Pool::open(pool).with_context(|| format!("opening pool {}", pool.display()))
+fn progress(label: &'static str) -> impl FnMut(u64, u64) {
+    move |done, total| eprintln!("{label}: {done} of {total} extents")
 }
 
-fn progress(label: &'static str) -> impl FnMut(u64, u64) {
-    move |done, total| eprintln!("{label}: {done} extents done (of {total})")
+/// Parse a duration: a number of seconds, or a number followed by `s`, `m`, `h` or `d`.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1),
+        Some((i, 'm')) => (&t[..i], 60),
+        Some((i, 'h')) => (&t[..i], 3600),
+        Some((i, 'd')) => (&t[..i], 86400),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 90, 30s, 10m, 12h or 7d"))?;
+    n.checked_mul(mult)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("duration {s:?} is too large"))
+}
+
+/// Send `req` to the daemon of a mounted pool, printing its progress on stderr.
+fn remote(c: control::Client, req: &Request) -> Result<serde_json::Value> {
+    c.call(req, &mut |job, done, total| {
+        eprintln!("{job}: {done} of {total} extents")
+    })
+}
+
+/// Open an unmounted pool for an admin command (a mounted one is reached through its control
+/// socket before this is called).
+fn open_unmounted(pool: &Path) -> Result<Pool> {
+    open_waiting(pool, || Pool::open(pool))
+}
+
+/// How long an admin command waits for the pool lock before reporting the pool busy. A daemon
+/// goes on for a moment after `fusermount3 -u` returns (stopping its jobs, closing the pool),
+/// and a process that just closed the pool may have a forked child still holding the lock
+/// until it execs; neither should make `fusermount3 -u MNT && dynfs gc POOL` fail.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Run `open` until it does not fail with [`dynfs_core::Error::InUse`] (at most
+/// [`LOCK_WAIT`]), then turn that error into a clear message.
+fn open_waiting(pool: &Path, open: impl Fn() -> dynfs_core::Result<Pool>) -> Result<Pool> {
+    let start = std::time::Instant::now();
+    loop {
+        match open() {
+            Err(dynfs_core::Error::InUse(_)) if start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(dynfs_core::Error::InUse(_)) => bail!("{}", in_use(pool)),
+            r => return r.with_context(|| format!("opening pool {}", pool.display())),
+        }
+    }
+}
+
+fn in_use(pool: &Path) -> String {
+    format!(
+        "pool {} is in use by another dynfs process, and no daemon answers on its control \
+         socket {} (an admin command may be running; try again when it ends)",
+        pool.display(),
+        pool.join(control::SOCKET).display()
+    )
+}
+
+fn print_scrub(r: &ScrubReport, json: bool) -> Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+    } else {
+        println!(
+            "scrubbed {} extents ({} bytes) in {:.1}s{}",
+            r.extents,
+            r.bytes,
+            r.seconds,
+            if r.resumed_from > 0 {
+                format!(", resumed at extent {}", r.resumed_from)
+            } else {
+                String::new()
+            }
+        );
+        println!(
+            "{:>4} {:>10} {:>10} {:>6} {:>8}",
+            "disk", "fragments", "ok", "bad", "repaired"
+        );
+        for (id, d) in &r.disks {
+            println!(
+                "{:>4} {:>10} {:>10} {:>6} {:>8}",
+                id, d.fragments, d.ok, d.bad, d.repaired
+            );
+        }
+        if r.unrecoverable > 0 {
+            println!("{} extents unrecoverable", r.unrecoverable);
+        }
+        println!(
+            "{}",
+            if r.clean() {
+                "clean"
+            } else {
+                "PROBLEMS FOUND (run with --repair)"
+            }
+        );
+    }
+    Ok(if r.clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_rebuild(r: &RebuildReport) -> ExitCode {
+    println!(
+        "rebuilt {} extents ({} fragments), {} failed",
+        r.rebuilt, r.fragments, r.failed
+    );
+    if r.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn print_drain(id: u32, r: &DrainResult) -> ExitCode {
+    println!(
+        "drained disk {id}: moved {} fragments of {} extents, {} failed",
+        r.report.fragments, r.report.rebuilt, r.report.failed
+    );
+    if r.remaining > 0 || r.report.failed > 0 {
+        println!("{} fragments remain on disk {id}", r.remaining);
+        return ExitCode::from(1);
+    }
+    println!("disk {id} is empty; `dynfs disk remove` can remove it");
+    ExitCode::SUCCESS
+}
+
+/// Print a status (human or JSON).
+fn print_status(st: &Status, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(st)?);
+    } else {
+        print!("{}", st.render());
+    }
+    Ok(())
+}
+
+/// What the daemon last published to `POOL/status.json`, with its age in seconds.
+fn published_status(pool: &Path) -> Result<(Status, u64)> {
+    let f = pool.join(dynfs_core::status::STATUS_FILE);
+    let body = std::fs::read(&f).with_context(|| {
+        format!(
+            "pool {} is in use and has not published a status yet",
+            pool.display()
+        )
+    })?;
+    let age = std::fs::metadata(&f)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .map_or(0, |d| d.as_secs());
+    let st = serde_json::from_slice(&body).context("reading the published status")?;
+    Ok((st, age))
 }
 
 /// Parse arguments and run; returns the process exit code.
@@ -268,43 +429,54 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             mountpoint,
             foreground,
             metrics,
+            scrub_interval,
             ..
         } => {
-            crate::mount::mount(&pool, &mountpoint, foreground, metrics.as_deref())?;
+            let opts = crate::mount::MountOptions {
+                foreground,
+                metrics,
+                scrub_interval,
+            };
+            crate::mount::mount(&pool, &mountpoint, &opts)?;
         }
         Command::Status { pool, json } => {
-            let st = match Pool::open(&pool) {
-                Ok(p) => Status::gather(&p)?,
-                Err(dynfs_core::Error::InUse(_)) => {
-                    // Mounted: show what the daemon last published.
-                    let f = pool.join(dynfs_core::status::STATUS_FILE);
-                    let body = std::fs::read(&f).with_context(|| {
-                        format!(
-                            "pool {} is in use and has not published a status yet",
-                            pool.display()
-                        )
-                    })?;
-                    let age = std::fs::metadata(&f)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .map_or(0, |d| d.as_secs());
+            let daemon = match control::connect(&pool) {
+                Ok(d) => d,
+                Err(e) => {
+                    // Mounted, but the socket is not ours to use: show the published status.
+                    let (st, age) = published_status(&pool).context(format!("{e:#}"))?;
                     if !json {
                         println!("(pool is mounted; status published by the daemon {age}s ago)");
                     }
-                    serde_json::from_slice(&body).context("reading the published status")?
-                }
-                Err(e) => {
-                    return Err(
-                        anyhow::Error::new(e).context(format!("opening pool {}", pool.display()))
-                    )
+                    print_status(&st, json)?;
+                    return Ok(ExitCode::SUCCESS);
                 }
             };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
-            } else {
-                print!("{}", st.render());
-            }
+            let st: Status = match daemon {
+                Some(c) => {
+                    let st = serde_json::from_value(remote(c, &Request::Status)?)
+                        .context("reading the daemon's status")?;
+                    if !json {
+                        println!("(pool is mounted; live status from the daemon)");
+                    }
+                    st
+                }
+                None => match Pool::open(&pool) {
+                    Ok(p) => Status::gather(&p)?,
+                    Err(dynfs_core::Error::InUse(_)) => {
+                        let (st, age) = published_status(&pool)?;
+                        if !json {
+                            println!("(pool is in use; status published by the daemon {age}s ago)");
+                        }
+                        st
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("opening pool {}", pool.display())))
+                    }
+                },
+            };
+            print_status(&st, json)?;
         }
         Command::Scrub {
             pool,
@@ -312,11 +484,23 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             rate,
             json,
         } => {
-            let p = open(&pool)?;
-            let rate_mb_s = rate.unwrap_or(p.config().scrub_rate_mb_s);
-            if rate_mb_s < 0.0 || !rate_mb_s.is_finite() {
+            if rate.is_some_and(|r| r < 0.0 || !r.is_finite()) {
                 bail!("--rate must be a number >= 0");
             }
+            if let Some(c) = control::connect(&pool)? {
+                let v = remote(
+                    c,
+                    &Request::Scrub {
+                        repair,
+                        rate_mb_s: rate,
+                    },
+                )?;
+                let r: ScrubReport =
+                    serde_json::from_value(v).context("reading the daemon's scrub report")?;
+                return print_scrub(&r, json);
+            }
+            let p = open_unmounted(&pool)?;
+            let rate_mb_s = rate.unwrap_or(p.config().scrub_rate_mb_s);
             let r = scrub::scrub(
                 &p,
                 ScrubOptions {
@@ -326,130 +510,174 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                 },
                 &mut progress("scrub"),
             )?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                println!(
-                    "scrubbed {} extents ({} bytes) in {:.1}s{}",
-                    r.extents,
-                    r.bytes,
-                    r.seconds,
-                    if r.resumed_from > 0 {
-                        format!(", resumed at extent {}", r.resumed_from)
-                    } else {
-                        String::new()
-                    }
-                );
-                println!(
-                    "{:>4} {:>10} {:>10} {:>6} {:>8}",
-                    "disk", "fragments", "ok", "bad", "repaired"
-                );
-                for (id, d) in &r.disks {
-                    println!(
-                        "{:>4} {:>10} {:>10} {:>6} {:>8}",
-                        id, d.fragments, d.ok, d.bad, d.repaired
-                    );
-                }
-                if r.unrecoverable > 0 {
-                    println!("{} extents unrecoverable", r.unrecoverable);
-                }
-                println!(
-                    "{}",
-                    if r.clean() {
-                        "clean"
-                    } else {
-                        "PROBLEMS FOUND (run with --repair)"
-                    }
-                );
-            }
-            return Ok(if r.clean() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            });
+            return print_scrub(&r, json);
         }
         Command::Rebuild { pool } => {
-            let p = open(&pool)?;
+            if let Some(c) = control::connect(&pool)? {
+                let r: RebuildReport = serde_json::from_value(remote(c, &Request::Rebuild)?)
+                    .context("reading the daemon's rebuild report")?;
+                return Ok(print_rebuild(&r));
+            }
+            let p = open_unmounted(&pool)?;
             let r = scrub::rebuild(&p, None, &mut progress("rebuild"))?;
-            println!(
-                "rebuilt {} extents ({} fragments), {} failed",
-                r.rebuilt, r.fragments, r.failed
-            );
-            return Ok(if r.failed == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            });
+            return Ok(print_rebuild(&r));
         }
         Command::Gc { pool } => {
-            let p = Pool::open_no_gc(&pool, Arc::new(dynfs_core::io::StdIo))
-                .with_context(|| format!("opening pool {}", pool.display()))?;
+            if let Some(c) = control::connect(&pool)? {
+                remote(c, &Request::Gc)?;
+                bail!("the daemon accepted gc on a mounted pool unexpectedly");
+            }
+            let p = open_waiting(&pool, || {
+                Pool::open_no_gc(&pool, Arc::new(dynfs_core::io::StdIo))
+            })?;
             let r = p.gc()?;
             println!(
                 "removed {} orphan fragments ({} bytes) and {} unlinked inodes",
                 r.fragments, r.bytes, r.inodes
             );
         }
-        Command::Disk { op } => match op {
-            DiskOp::Add { pool, dir } => {
-                let p = open(&pool)?;
-                let id = p.add_disk(&dir)?;
-                println!("added disk {id}: {}", dir.display());
-            }
-            DiskOp::Drain { pool, id } => {
-                let p = open(&pool)?;
-                let r = scrub::drain(&p, id, &mut progress("drain"))?;
-                println!(
-                    "drained disk {id}: moved {} fragments of {} extents, {} failed",
-                    r.fragments, r.rebuilt, r.failed
-                );
-                let left = p.fragments_on(id)?;
-                if left > 0 || r.failed > 0 {
-                    println!("{left} fragments remain on disk {id}");
-                    return Ok(ExitCode::from(1));
+        Command::Disk { op } => return disk(op),
+        Command::Snapshot { op } => return snap(op),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Print a daemon's answer that is a message.
+fn print_message(v: &serde_json::Value) {
+    match v.as_str() {
+        Some(m) => println!("{m}"),
+        None => println!("{v}"),
+    }
+}
+
+fn disk(op: DiskOp) -> Result<ExitCode> {
+    let pool = match &op {
+        DiskOp::Add { pool, .. }
+        | DiskOp::Drain { pool, .. }
+        | DiskOp::Remove { pool, .. }
+        | DiskOp::SetHealth { pool, .. } => pool.clone(),
+    };
+    if let DiskOp::SetHealth { health, .. } = &op {
+        health.parse::<Health>()?;
+    }
+    if let Some(c) = control::connect(&pool)? {
+        let req = match &op {
+            DiskOp::Add { dir, .. } => Request::AddDisk {
+                dir: std::fs::canonicalize(dir)
+                    .with_context(|| format!("disk directory {}", dir.display()))?,
+            },
+            DiskOp::Drain { id, .. } => Request::Drain { disk: *id },
+            DiskOp::Remove { id, .. } => Request::RemoveDisk { disk: *id },
+            DiskOp::SetHealth { id, health, .. } => Request::SetHealth {
+                disk: *id,
+                health: health.clone(),
+            },
+        };
+        let v = remote(c, &req)?;
+        if let DiskOp::Drain { id, .. } = op {
+            let r: DrainResult =
+                serde_json::from_value(v).context("reading the daemon's drain report")?;
+            return Ok(print_drain(id, &r));
+        }
+        print_message(&v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let p = open_unmounted(&pool)?;
+    match op {
+        DiskOp::Add { dir, .. } => {
+            let id = p.add_disk(&dir)?;
+            println!("added disk {id}: {}", dir.display());
+        }
+        DiskOp::Drain { id, .. } => {
+            let report = scrub::drain(&p, id, &mut progress("drain"))?;
+            let remaining = p.fragments_on(id)?;
+            return Ok(print_drain(id, &DrainResult { report, remaining }));
+        }
+        DiskOp::Remove { id, .. } => {
+            p.remove_disk(id)?;
+            println!("removed disk {id}");
+        }
+        DiskOp::SetHealth { id, health, .. } => {
+            let h: Health = health.parse()?;
+            p.set_health(id, h)?;
+            println!("disk {id} is now {h}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn snap(op: SnapOp) -> Result<ExitCode> {
+    let pool = match &op {
+        SnapOp::Create { pool, .. }
+        | SnapOp::List { pool }
+        | SnapOp::Restore { pool, .. }
+        | SnapOp::Delete { pool, .. } => pool.clone(),
+    };
+    if let Some(c) = control::connect(&pool)? {
+        let req = match &op {
+            SnapOp::Create { name, .. } => Request::SnapshotCreate { name: name.clone() },
+            SnapOp::List { .. } => Request::SnapshotList,
+            SnapOp::Restore { name, .. } => Request::SnapshotRestore { name: name.clone() },
+            SnapOp::Delete { name, .. } => Request::SnapshotDelete { name: name.clone() },
+        };
+        let v = remote(c, &req)?;
+        match v.as_array() {
+            Some(list) => {
+                for s in list {
+                    println!(
+                        "{}\t{}",
+                        s["name"].as_str().unwrap_or_default(),
+                        s["created"].as_u64().unwrap_or_default()
+                    );
                 }
-                println!("disk {id} is empty; `dynfs disk remove` can remove it");
             }
-            DiskOp::Remove { pool, id } => {
-                let p = open(&pool)?;
-                p.remove_disk(id)?;
-                println!("removed disk {id}");
+            None => print_message(&v),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let p = open_unmounted(&pool)?;
+    match op {
+        SnapOp::Create { name, .. } => {
+            let s = snapshot::create(&p, &name)?;
+            println!("created snapshot {} (tree {})", s.name, s.tree);
+        }
+        SnapOp::List { .. } => {
+            for s in snapshot::list(&p)? {
+                println!("{}\t{}", s.name, s.created.secs);
             }
-            DiskOp::SetHealth { pool, id, health } => {
-                let h: Health = health.parse()?;
-                let p = open(&pool)?;
-                p.set_health(id, h)?;
-                println!("disk {id} is now {h}");
-            }
-        },
-        Command::Snapshot { op } => match op {
-            SnapOp::Create { pool, name } => {
-                let p = open(&pool)?;
-                let s = snapshot::create(&p, &name)?;
-                println!("created snapshot {} (tree {})", s.name, s.tree);
-            }
-            SnapOp::List { pool } => {
-                let p = open(&pool)?;
-                for s in snapshot::list(&p)? {
-                    println!("{}\t{}", s.name, s.created.secs);
-                }
-            }
-            SnapOp::Restore { pool, name } => {
-                let p = open(&pool)?;
-                snapshot::restore(&p, &name)?;
-                println!("restored snapshot {name}");
-            }
-            SnapOp::Delete { pool, name } => {
-                let p = open(&pool)?;
-                snapshot::delete(&p, &name)?;
-                println!("deleted snapshot {name}");
-            }
-        },
+        }
+        SnapOp::Restore { name, .. } => {
+            snapshot::restore(&p, &name)?;
+            println!("restored snapshot {name}");
+        }
+        SnapOp::Delete { name, .. } => {
+            snapshot::delete(&p, &name)?;
+            println!("deleted snapshot {name}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Open a pool and wrap it in a filesystem (used by `mount`).
 pub fn open_fs(pool: &Path) -> Result<Arc<Fs>> {
-    Ok(Arc::new(Fs::new(open(pool)?)))
+    let p = Pool::open(pool).with_context(|| format!("opening pool {}", pool.display()))?;
+    Ok(Arc::new(Fs::new(p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "d", "1w", "-1s", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -1,5 +1,7 @@
 //! `dynfs mount`: open the pool, mount with FUSE (via fusermount3), and serve requests; without
 //! `--foreground`, fork first and let the parent exit once the child reports the mount ready.
+//! Beside the FUSE session the daemon runs the background scrub ([`crate::jobs`]), the control
+//! socket ([`crate::control`]), the periodic metadata commit and the status publisher.
 
 use crate::fuse::DynFuse;
 use anyhow::{bail, Context, Result};
@@ -7,6 +9,19 @@ use fuser::MountOption;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Options of a mounted daemon beyond the pool and the mount point.
+#[derive(Debug, Clone, Default)]
+pub struct MountOptions {
+    /// Stay in the foreground.
+    pub foreground: bool,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<String>,
+    /// Pause between background scrub passes (zero: scrub continuously).
+    pub scrub_interval: Duration,
+}
 
 fn options() -> Vec<MountOption> {
     let mut o = vec![
@@ -21,41 +36,49 @@ fn options() -> Vec<MountOption> {
     o
 }
 
-fn serve(
-    pool: &Path,
-    mountpoint: &Path,
-    metrics: Option<&str>,
-    ready: impl FnOnce(),
-) -> Result<()> {
+fn serve(pool: &Path, mountpoint: &Path, opts: &MountOptions, ready: impl FnOnce()) -> Result<()> {
     let fs = crate::cli::open_fs(pool)?;
-    let fs_for_session = fs.clone();
-    if let Some(addr) = metrics {
-        crate::metrics::spawn(addr, fs.pool().clone())?;
+    let jobs = crate::jobs::Jobs::new(fs.pool().clone(), opts.scrub_interval);
+    if let Some(addr) = &opts.metrics {
+        crate::metrics::spawn(addr, fs.pool(), Some(&jobs))?;
     }
-    let mut session = fuser::Session::new(DynFuse::new(fs_for_session), mountpoint, &options())
+    let mut session = fuser::Session::new(DynFuse::new(fs.clone()), mountpoint, &options())
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
     tracing::info!(pool = %pool.display(), mountpoint = %mountpoint.display(), "mounted");
-    spawn_status_publisher(fs.pool().clone());
+    let control = match crate::control::start(fs.clone(), jobs.clone()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no control socket; admin commands cannot reach this mount");
+            None
+        }
+    };
+    jobs.start_background()
+        .context("starting the background scrub")?;
+    spawn_status_publisher(&jobs);
     spawn_committer(fs.pool().clone());
     ready();
     let r = session.run().context("serving FUSE requests");
+    // Unmounted: stop jobs at their next extent (they keep their checkpoints), then close.
+    jobs.shutdown();
+    if let Some(c) = control {
+        c.stop();
+    }
+    drop(jobs);
+    if let Err(e) = fs.pool().meta.sync() {
+        tracing::error!(error = %e, "final metadata commit failed");
+    }
     let _ = std::fs::remove_file(pool.join(dynfs_core::status::STATUS_FILE));
     tracing::info!("unmounted");
     r
 }
 
 /// Mount `pool` at `mountpoint`.
-pub fn mount(
-    pool: &Path,
-    mountpoint: &Path,
-    foreground: bool,
-    metrics: Option<&str>,
-) -> Result<()> {
+pub fn mount(pool: &Path, mountpoint: &Path, opts: &MountOptions) -> Result<()> {
     if !mountpoint.is_dir() {
         bail!("mount point {} is not a directory", mountpoint.display());
     }
-    if foreground {
-        return serve(pool, mountpoint, metrics, || {});
+    if opts.foreground {
+        return serve(pool, mountpoint, opts, || {});
     }
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
@@ -88,7 +111,7 @@ pub fn mount(
     // SAFETY: setsid has no memory-safety preconditions; detaches from the controlling terminal.
     unsafe { libc::setsid() };
     let mut wr = Some(std::fs::File::from(wr));
-    let r = serve(pool, mountpoint, metrics, || {
+    let r = serve(pool, mountpoint, opts, || {
         if let Some(mut w) = wr.take() {
             let _ = w.write_all(b"ok\n");
         }
@@ -133,23 +156,26 @@ fn spawn_committer(pool: std::sync::Arc<dynfs_core::Pool>) {
         });
 }
 
-/// Every 30 s, publish the pool status to `POOL/status.json` for `dynfs status`.
-fn spawn_status_publisher(pool: std::sync::Arc<dynfs_core::Pool>) {
-    let weak = std::sync::Arc::downgrade(&pool);
-    drop(pool);
+/// Every 30 s, publish the pool status (with the running job and the background scrub) to
+/// `POOL/status.json`, for `dynfs status` run by users who may not use the control socket.
+fn spawn_status_publisher(jobs: &Arc<crate::jobs::Jobs>) {
+    let weak = Arc::downgrade(jobs);
     let _ = std::thread::Builder::new()
         .name("dynfs-status".into())
         .spawn(move || loop {
-            let Some(pool) = weak.upgrade() else { return };
-            match dynfs_core::status::Status::gather(&pool) {
+            let Some(jobs) = weak.upgrade() else { return };
+            if jobs.shutting_down() {
+                return;
+            }
+            match jobs.status() {
                 Ok(st) => {
-                    if let Err(e) = st.publish(pool.dir()) {
+                    if let Err(e) = st.publish(jobs.pool().dir()) {
                         tracing::warn!(error = %e, "cannot publish status");
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot gather status"),
             }
-            drop(pool);
-            std::thread::sleep(std::time::Duration::from_secs(30));
+            drop(jobs);
+            std::thread::sleep(Duration::from_secs(30));
         });
 }
