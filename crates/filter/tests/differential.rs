@@ -14,12 +14,25 @@ use arsync_filter::{CvsIgnoreSources, Decision, FilterRules, FromFile};
 
 type PathSet = BTreeSet<(Vec<u8>, bool)>;
 
-fn rsync_available() -> bool {
-    Command::new("rsync")
+/// These tests compare with the real rsync; CI installs it (scripts/deps), so its absence is a
+/// failure, not a reason to pass.
+fn require_rsync() {
+    let ok = Command::new("rsync")
         .arg("--version")
         .output()
         .map(|o| o.status.success())
-        .unwrap_or(false)
+        .unwrap_or(false);
+    assert!(ok, "rsync is not installed: run scripts/deps");
+}
+
+/// A small deterministic xorshift generator: `next(n)` is in `0..n`.
+fn xorshift(mut state: u64) -> impl FnMut(usize) -> usize {
+    move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    }
 }
 
 fn write(root: &Path, rel: &[u8], data: &[u8]) {
@@ -275,6 +288,43 @@ fn show(set: &PathSet) -> String {
         .join("\n")
 }
 
+/// How rsync's copy and our walk of the same tree with the same arguments compare.
+enum Verdict {
+    Same,
+    BothFailed,
+    /// What differs, ready for a failure message.
+    Differ(String),
+}
+
+fn compare_walk(args: &[OsString], src: &Path, dst: &Path, env: &Env) -> Verdict {
+    let theirs = rsync_copy(args, src, dst, env);
+    let ours = apply_args(args, env).and_then(|mut rules| {
+        let mut set = PathSet::new();
+        our_walk(&mut rules, src, b"", &mut set).map(|()| set)
+    });
+    match (theirs, ours) {
+        (Some(t), Ok(o)) if t == o => Verdict::Same,
+        (None, Err(_)) => Verdict::BothFailed,
+        (Some(t), Ok(o)) => {
+            let only_rsync: PathSet = t.difference(&o).cloned().collect();
+            let only_ours: PathSet = o.difference(&t).cloned().collect();
+            Verdict::Differ(format!(
+                "--- only rsync copied:\n{}\n--- only we include:\n{}\n",
+                show(&only_rsync),
+                show(&only_ours)
+            ))
+        }
+        (t, o) => Verdict::Differ(format!(
+            "rsync {}, ours {}",
+            if t.is_some() { "copied" } else { "<failed>" },
+            match o {
+                Ok(_) => "walked".to_string(),
+                Err(e) => format!("<error: {e}>"),
+            }
+        )),
+    }
+}
+
 fn fixture() -> (
     tempfile::TempDir,
     PathBuf,
@@ -418,41 +468,14 @@ const COMBOS: &[&[&[u8]]] = &[
 
 #[test]
 fn file_lists_match_rsync() {
-    if !rsync_available() {
-        eprintln!("rsync not installed: skipping the differential test");
-        return;
-    }
+    require_rsync();
     let (base, src, env, files) = fixture();
     let dst = base.path().join("dst");
     let mut failures = Vec::new();
     for combo in COMBOS {
         let args = expand(combo, &files);
-        let theirs = rsync_copy(&args, &src, &dst, &env);
-        let ours = apply_args(&args, &env).and_then(|mut rules| {
-            let mut set = PathSet::new();
-            our_walk(&mut rules, &src, b"", &mut set).map(|()| set)
-        });
-        match (theirs, ours) {
-            (Some(t), Ok(o)) if t == o => {}
-            (None, Err(_)) => {}
-            (Some(t), Ok(o)) => {
-                let only_rsync: PathSet = t.difference(&o).cloned().collect();
-                let only_ours: PathSet = o.difference(&t).cloned().collect();
-                failures.push(format!(
-                    "{args:?}\n--- only rsync copied:\n{}\n--- only we include:\n{}\n",
-                    show(&only_rsync),
-                    show(&only_ours)
-                ));
-            }
-            (t, o) => {
-                let t = t
-                    .map(|_| "copied".to_string())
-                    .unwrap_or_else(|| "<rsync failed>".into());
-                let o = o
-                    .map(|_| "walked".to_string())
-                    .unwrap_or_else(|e| format!("<error: {e}>"));
-                failures.push(format!("{args:?}: rsync {t}, ours {o}\n"));
-            }
+        if let Verdict::Differ(d) = compare_walk(&args, &src, &dst, &env) {
+            failures.push(format!("{args:?}: {d}"));
         }
     }
     assert!(
@@ -487,10 +510,7 @@ const DELETE_COMBOS: &[&[&[u8]]] = &[
 /// `--delete` keeps exactly the extra receiver files our receiver-side check protects.
 #[test]
 fn deletions_match_rsync() {
-    if !rsync_available() {
-        eprintln!("rsync not installed: skipping the differential test");
-        return;
-    }
+    require_rsync();
     let (base, src, env, files) = fixture();
     let dst = base.path().join("dst");
     let extras: &[&[u8]] = &[
@@ -641,10 +661,7 @@ const WIRE_COMBOS: &[&[&[u8]]] = &[
 /// The rules our client would send equal the bytes a real rsync client sends.
 #[test]
 fn wire_filter_lists_match_rsync() {
-    if !rsync_available() {
-        eprintln!("rsync not installed: skipping the differential test");
-        return;
-    }
+    require_rsync();
     let (base, src, env, files) = fixture();
     let rsh = base.path().join("fake-rsh");
     // Runs the server locally and records what the client sends it.
@@ -735,19 +752,10 @@ fn wire_filter_lists_match_rsync() {
 /// file set must equal rsync's.
 #[test]
 fn random_rule_lists_match_rsync() {
-    if !rsync_available() {
-        eprintln!("rsync not installed: skipping the differential test");
-        return;
-    }
+    require_rsync();
     let (base, src, env, _files) = fixture();
     let dst = base.path().join("dst");
-    let mut state: u64 = 0x5eed_f11e_u64;
-    let mut next = move |n: usize| -> usize {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n as u64) as usize
-    };
+    let mut next = xorshift(0x5eed_f11e_u64);
     const PREFIXES: &[&str] = &[
         "-", "+", "H", "S", "-!", "+!", "-p", "+s", "-r", "P", "exclude,", "include,",
     ];
@@ -802,31 +810,8 @@ fn random_rule_lists_match_rsync() {
             args.push("-f".into());
             args.push(format!("{} {}", PREFIXES[next(PREFIXES.len())], pat).into());
         }
-        let theirs = rsync_copy(&args, &src, &dst, &env);
-        let ours = apply_args(&args, &env).and_then(|mut rules| {
-            let mut set = PathSet::new();
-            our_walk(&mut rules, &src, b"", &mut set).map(|()| set)
-        });
-        match (theirs, ours) {
-            (Some(t), Ok(o)) if t == o => {}
-            (None, Err(_)) => {}
-            (Some(t), Ok(o)) => {
-                let only_rsync: PathSet = t.difference(&o).cloned().collect();
-                let only_ours: PathSet = o.difference(&t).cloned().collect();
-                failures.push(format!(
-                    "round {round} {args:?}\n--- only rsync copied:\n{}\n--- only we include:\n{}\n",
-                    show(&only_rsync),
-                    show(&only_ours)
-                ));
-            }
-            (t, o) => failures.push(format!(
-                "round {round} {args:?}: rsync {}, ours {}",
-                if t.is_some() { "ok" } else { "failed" },
-                match o {
-                    Ok(_) => "ok".to_string(),
-                    Err(e) => e,
-                }
-            )),
+        if let Verdict::Differ(d) = compare_walk(&args, &src, &dst, &env) {
+            failures.push(format!("round {round} {args:?}: {d}"));
         }
     }
     assert!(
@@ -841,10 +826,7 @@ fn random_rule_lists_match_rsync() {
 /// `include from`, `exclude from`) hide the same files from a pulling client.
 #[test]
 fn daemon_module_filters_match_rsync() {
-    if !rsync_available() {
-        eprintln!("rsync not installed: skipping the differential test");
-        return;
-    }
+    require_rsync();
     let (base, src, _env, files) = fixture();
     let rsh = base.path().join("daemon-rsh");
     // Runs `rsync --server --daemon .` locally with our configuration file.
@@ -946,8 +928,9 @@ fn xattr_selection_matches_rsync() {
     let is_root = fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false);
-    if !rsync_available() || !is_root {
-        eprintln!("needs rsync and root: skipped");
+    require_rsync();
+    if !is_root {
+        eprintln!("needs root (trusted.* xattrs): skipped");
         return;
     }
     let base = tempfile::tempdir_in("/dev/shm")
@@ -1018,19 +1001,10 @@ fn xattr_selection_matches_rsync() {
 /// Random per-directory merge files (random rules, random merge modifiers) over the tree.
 #[test]
 fn random_per_directory_rules_match_rsync() {
-    if !rsync_available() {
-        eprintln!("rsync not installed: skipping the differential test");
-        return;
-    }
+    require_rsync();
     let (base, src, env, _files) = fixture();
     let dst = base.path().join("dst");
-    let mut state: u64 = 0xd1ce_5eed_u64;
-    let mut next = move |n: usize| -> usize {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n as u64) as usize
-    };
+    let mut next = xorshift(0xd1ce_5eed_u64);
     const DIRS: &[&str] = &[
         "",
         "src",
@@ -1096,17 +1070,10 @@ fn random_per_directory_rules_match_rsync() {
             args.push("-f".into());
             args.push(["- *.c", "+ *", "- x/"][next(3)].into());
         }
-        let theirs = rsync_copy(&args, &src, &dst, &env);
-        let ours = apply_args(&args, &env).and_then(|mut rules| {
-            let mut set = PathSet::new();
-            our_walk(&mut rules, &src, b"", &mut set).map(|()| set)
-        });
-        match (theirs, ours) {
-            (Some(t), Ok(o)) if t == o => {}
-            (None, Err(_)) => both_failed += 1,
-            (Some(t), Ok(o)) => {
-                let only_rsync: PathSet = t.difference(&o).cloned().collect();
-                let only_ours: PathSet = o.difference(&t).cloned().collect();
+        match compare_walk(&args, &src, &dst, &env) {
+            Verdict::Same => {}
+            Verdict::BothFailed => both_failed += 1,
+            Verdict::Differ(d) => {
                 let files: Vec<String> = DIRS
                     .iter()
                     .filter_map(|d| {
@@ -1115,21 +1082,8 @@ fn random_per_directory_rules_match_rsync() {
                             .map(|t| format!("{d}/.pd: {t:?}"))
                     })
                     .collect();
-                failures.push(format!(
-                    "round {round} {args:?}\n{}\n--- only rsync copied:\n{}\n--- only we include:\n{}\n",
-                    files.join("\n"),
-                    show(&only_rsync),
-                    show(&only_ours)
-                ));
+                failures.push(format!("round {round} {args:?}\n{}\n{d}", files.join("\n")));
             }
-            (t, o) => failures.push(format!(
-                "round {round} {args:?}: rsync {}, ours {}",
-                if t.is_some() { "ok" } else { "failed" },
-                match o {
-                    Ok(_) => "ok".to_string(),
-                    Err(e) => e,
-                }
-            )),
         }
         if failures.len() >= 3 {
             break;

@@ -284,6 +284,27 @@ unsafe impl Operation for Close {
     }
 }
 
+/// The start of `buf`'s spare capacity (just after its initialised bytes), where a read lands.
+fn spare_ptr<B: IoBufMut>(buf: &mut B) -> *mut u8 {
+    let init = buf.bytes_init();
+    // SAFETY: IoBufMut guarantees init <= bytes_total, so the pointer stays within (or one past
+    // the end of) the allocation.
+    unsafe { buf.stable_mut_ptr().add(init) }
+}
+
+/// Completes a read into `buf`'s spare capacity: marks the bytes the kernel wrote (at most
+/// `want`) as initialised and returns how many there were.
+fn filled<B: IoBufMut>(buf: &mut B, res: i32, want: u32) -> io::Result<usize> {
+    let r = cqe_result(res);
+    if let Ok(n) = r {
+        let init = buf.bytes_init();
+        // SAFETY: the kernel wrote `n` (clamped to `want`, the spare capacity asked for) bytes
+        // right after the initialised part.
+        unsafe { buf.set_init(init + n.min(want as usize)) };
+    }
+    r
+}
+
 /// `pread(2)` into the spare capacity of `buf` (offset `u64::MAX`: the file position).
 pub struct Read<B> {
     fd: Fd,
@@ -311,19 +332,11 @@ impl<B: IoBufMut> Read<B> {
 unsafe impl<B: IoBufMut> Operation for Read<B> {
     type Output = (io::Result<usize>, B);
     fn build(&mut self) -> Entry {
-        let init = self.buf.bytes_init();
-        // SAFETY: init <= bytes_total, so the pointer stays within the allocation.
-        let ptr = unsafe { self.buf.stable_mut_ptr().add(init) };
+        let ptr = spare_ptr(&mut self.buf);
         with_fd!(self.fd, f => opcode::Read::new(f, ptr, self.want).offset(self.offset).build())
     }
     fn complete(mut self, res: i32, _: u32) -> Self::Output {
-        let r = cqe_result(res);
-        if let Ok(n) = r {
-            let init = self.buf.bytes_init();
-            // SAFETY: the kernel wrote `n` (<= want) bytes after the initialised part.
-            unsafe { self.buf.set_init(init + n.min(self.want as usize)) };
-        }
-        (r, self.buf)
+        (filled(&mut self.buf, res, self.want), self.buf)
     }
     fn success_result(&self) -> Option<i32> {
         i32::try_from(self.want).ok()
@@ -646,200 +659,83 @@ simple_fd_op!(
     Ftruncate { len: u64 } => |s, f| opcode::Ftruncate::new(f, s.len).build()
 );
 
-/// `mkdirat(2)`.
-pub struct MkdirAt {
-    dirfd: RawFd,
-    path: CString,
-    mode: u32,
-}
-
-impl MkdirAt {
-    #[allow(missing_docs)]
-    pub fn new(dirfd: RawFd, path: CString, mode: u32) -> MkdirAt {
-        MkdirAt { dirfd, path, mode }
-    }
-}
-
-// SAFETY: the SQE points at `path`, owned.
-unsafe impl Operation for MkdirAt {
-    type Output = io::Result<()>;
-    fn build(&mut self) -> Entry {
-        opcode::MkDirAt::new(types::Fd(self.dirfd), self.path.as_ptr())
-            .mode(self.mode)
-            .build()
-    }
-    fn complete(self, res: i32, _: u32) -> Self::Output {
-        unit(res)
-    }
-    fn success_result(&self) -> Option<i32> {
-        Some(0)
-    }
-}
-
-/// `symlinkat(2)`: creates `linkpath` (relative to `dirfd`) pointing at `target`.
-pub struct SymlinkAt {
-    target: CString,
-    dirfd: RawFd,
-    linkpath: CString,
-}
-
-impl SymlinkAt {
-    #[allow(missing_docs)]
-    pub fn new(target: CString, dirfd: RawFd, linkpath: CString) -> SymlinkAt {
-        SymlinkAt {
-            target,
-            dirfd,
-            linkpath,
+/// Defines a path-based operation with a unit result: a struct that owns its directory
+/// descriptors and `CString` paths, a `new` taking every field in order, and an `Operation`
+/// impl whose SQE points only into those owned fields.
+macro_rules! path_op {
+    ($(#[$m:meta])* $name:ident { $($field:ident : $ty:ty),* } => |$s:ident| $build:expr) => {
+        $(#[$m])*
+        pub struct $name {
+            $($field: $ty,)*
         }
-    }
-}
-
-// SAFETY: the SQE points at two owned CStrings.
-unsafe impl Operation for SymlinkAt {
-    type Output = io::Result<()>;
-    fn build(&mut self) -> Entry {
-        opcode::SymlinkAt::new(
-            types::Fd(self.dirfd),
-            self.target.as_ptr(),
-            self.linkpath.as_ptr(),
-        )
-        .build()
-    }
-    fn complete(self, res: i32, _: u32) -> Self::Output {
-        unit(res)
-    }
-    fn success_result(&self) -> Option<i32> {
-        Some(0)
-    }
-}
-
-/// `linkat(2)`.
-pub struct LinkAt {
-    olddirfd: RawFd,
-    oldpath: CString,
-    newdirfd: RawFd,
-    newpath: CString,
-    flags: i32,
-}
-
-impl LinkAt {
-    #[allow(missing_docs)]
-    pub fn new(
-        olddirfd: RawFd,
-        oldpath: CString,
-        newdirfd: RawFd,
-        newpath: CString,
-        flags: i32,
-    ) -> LinkAt {
-        LinkAt {
-            olddirfd,
-            oldpath,
-            newdirfd,
-            newpath,
-            flags,
+        impl $name {
+            #[allow(missing_docs, clippy::too_many_arguments)]
+            pub fn new($($field: $ty),*) -> $name {
+                $name { $($field,)* }
+            }
         }
-    }
+        // SAFETY: the SQE points only at `CString`s owned by the op, which the ring keeps alive
+        // (parked if the future is dropped) until the final CQE.
+        unsafe impl Operation for $name {
+            type Output = io::Result<()>;
+            fn build(&mut self) -> Entry {
+                let $s = &*self;
+                $build
+            }
+            fn complete(self, res: i32, _: u32) -> Self::Output {
+                unit(res)
+            }
+            fn success_result(&self) -> Option<i32> {
+                Some(0)
+            }
+        }
+    };
 }
 
-// SAFETY: the SQE points at two owned CStrings.
-unsafe impl Operation for LinkAt {
-    type Output = io::Result<()>;
-    fn build(&mut self) -> Entry {
+path_op!(
+    /// `mkdirat(2)`.
+    MkdirAt { dirfd: RawFd, path: CString, mode: u32 } => |s| {
+        opcode::MkDirAt::new(types::Fd(s.dirfd), s.path.as_ptr()).mode(s.mode).build()
+    }
+);
+path_op!(
+    /// `symlinkat(2)`: creates `linkpath` (relative to `dirfd`) pointing at `target`.
+    SymlinkAt { target: CString, dirfd: RawFd, linkpath: CString } => |s| {
+        opcode::SymlinkAt::new(types::Fd(s.dirfd), s.target.as_ptr(), s.linkpath.as_ptr()).build()
+    }
+);
+path_op!(
+    /// `linkat(2)`.
+    LinkAt { olddirfd: RawFd, oldpath: CString, newdirfd: RawFd, newpath: CString, flags: i32 } => |s| {
         opcode::LinkAt::new(
-            types::Fd(self.olddirfd),
-            self.oldpath.as_ptr(),
-            types::Fd(self.newdirfd),
-            self.newpath.as_ptr(),
+            types::Fd(s.olddirfd),
+            s.oldpath.as_ptr(),
+            types::Fd(s.newdirfd),
+            s.newpath.as_ptr(),
         )
-        .flags(self.flags)
+        .flags(s.flags)
         .build()
     }
-    fn complete(self, res: i32, _: u32) -> Self::Output {
-        unit(res)
-    }
-    fn success_result(&self) -> Option<i32> {
-        Some(0)
-    }
-}
-
-/// `renameat2(2)` (`flags`: `RENAME_NOREPLACE`, `RENAME_EXCHANGE`, ...).
-pub struct RenameAt {
-    olddirfd: RawFd,
-    oldpath: CString,
-    newdirfd: RawFd,
-    newpath: CString,
-    flags: u32,
-}
-
-impl RenameAt {
-    #[allow(missing_docs)]
-    pub fn new(
-        olddirfd: RawFd,
-        oldpath: CString,
-        newdirfd: RawFd,
-        newpath: CString,
-        flags: u32,
-    ) -> RenameAt {
-        RenameAt {
-            olddirfd,
-            oldpath,
-            newdirfd,
-            newpath,
-            flags,
-        }
-    }
-}
-
-// SAFETY: the SQE points at two owned CStrings.
-unsafe impl Operation for RenameAt {
-    type Output = io::Result<()>;
-    fn build(&mut self) -> Entry {
+);
+path_op!(
+    /// `renameat2(2)` (`flags`: `RENAME_NOREPLACE`, `RENAME_EXCHANGE`, ...).
+    RenameAt { olddirfd: RawFd, oldpath: CString, newdirfd: RawFd, newpath: CString, flags: u32 } => |s| {
         opcode::RenameAt::new(
-            types::Fd(self.olddirfd),
-            self.oldpath.as_ptr(),
-            types::Fd(self.newdirfd),
-            self.newpath.as_ptr(),
+            types::Fd(s.olddirfd),
+            s.oldpath.as_ptr(),
+            types::Fd(s.newdirfd),
+            s.newpath.as_ptr(),
         )
-        .flags(self.flags)
+        .flags(s.flags)
         .build()
     }
-    fn complete(self, res: i32, _: u32) -> Self::Output {
-        unit(res)
+);
+path_op!(
+    /// `unlinkat(2)` (`flags`: `AT_REMOVEDIR` for directories).
+    UnlinkAt { dirfd: RawFd, path: CString, flags: i32 } => |s| {
+        opcode::UnlinkAt::new(types::Fd(s.dirfd), s.path.as_ptr()).flags(s.flags).build()
     }
-    fn success_result(&self) -> Option<i32> {
-        Some(0)
-    }
-}
-
-/// `unlinkat(2)` (`flags`: `AT_REMOVEDIR` for directories).
-pub struct UnlinkAt {
-    dirfd: RawFd,
-    path: CString,
-    flags: i32,
-}
-
-impl UnlinkAt {
-    #[allow(missing_docs)]
-    pub fn new(dirfd: RawFd, path: CString, flags: i32) -> UnlinkAt {
-        UnlinkAt { dirfd, path, flags }
-    }
-}
-
-// SAFETY: the SQE points at `path`, owned.
-unsafe impl Operation for UnlinkAt {
-    type Output = io::Result<()>;
-    fn build(&mut self) -> Entry {
-        opcode::UnlinkAt::new(types::Fd(self.dirfd), self.path.as_ptr())
-            .flags(self.flags)
-            .build()
-    }
-    fn complete(self, res: i32, _: u32) -> Self::Output {
-        unit(res)
-    }
-    fn success_result(&self) -> Option<i32> {
-        Some(0)
-    }
-}
+);
 
 /// Where an xattr operation applies.
 pub enum XattrTarget {
@@ -1202,19 +1098,11 @@ impl<B: IoBufMut> Recv<B> {
 unsafe impl<B: IoBufMut> Operation for Recv<B> {
     type Output = (io::Result<usize>, B);
     fn build(&mut self) -> Entry {
-        let init = self.buf.bytes_init();
-        // SAFETY: init <= bytes_total.
-        let p = unsafe { self.buf.stable_mut_ptr().add(init) };
+        let p = spare_ptr(&mut self.buf);
         with_fd!(self.fd, f => opcode::Recv::new(f, p, self.want).flags(self.flags).build())
     }
     fn complete(mut self, res: i32, _: u32) -> Self::Output {
-        let r = cqe_result(res);
-        if let Ok(n) = r {
-            let init = self.buf.bytes_init();
-            // SAFETY: the kernel wrote `n` bytes after the initialised part.
-            unsafe { self.buf.set_init(init + n.min(self.want as usize)) };
-        }
-        (r, self.buf)
+        (filled(&mut self.buf, res, self.want), self.buf)
     }
 }
 

@@ -400,6 +400,25 @@ const BOOLS: &[(&str, Option<char>, &str, &str)] = &[
 ];
 
 /// Counted options: (id, short, long, help).
+/// A counted flag and its hidden `--no-FLAG` twin (rsync's way to switch an implied option off).
+fn flag_with_negation(
+    id: &'static str,
+    short: Option<char>,
+    long: &'static str,
+    help: &'static str,
+) -> (Arg, Arg) {
+    let mut a = Arg::new(id).long(long).action(ArgAction::Count).help(help);
+    if let Some(s) = short {
+        a = a.short(s);
+    }
+    let neg_id: &'static str = Box::leak(format!("no-{id}").into_boxed_str());
+    let n = Arg::new(neg_id)
+        .long(neg_id)
+        .action(ArgAction::Count)
+        .hide(true);
+    (a, n)
+}
+
 const COUNTS: &[(&str, Option<char>, &str, &str)] = &[
     ("verbose", Some('v'), "verbose", "increase verbosity"),
     (
@@ -790,42 +809,15 @@ fn command() -> Command {
                 .num_args(0..),
         );
     for (id, short, long, help) in BOOLS {
-        let mut a = Arg::new(*id)
-            .long(*long)
-            .action(ArgAction::Count)
-            .help(*help);
-        if let Some(s) = short {
-            a = a.short(*s);
+        let (a, mut n) = flag_with_negation(id, *short, long, help);
+        if let (Some(s), true) = (short, long.len() > 1) {
+            n = n.alias(Box::leak(format!("no-{s}").into_boxed_str()) as &'static str);
         }
-        cmd = cmd.arg(a);
-        let neg_id: &'static str = Box::leak(format!("no-{id}").into_boxed_str());
-        let mut n = Arg::new(neg_id)
-            .long(neg_id)
-            .action(ArgAction::Count)
-            .hide(true);
-        if short.is_some() && long.len() > 1 {
-            let alias: &'static str =
-                Box::leak(format!("no-{}", short.unwrap_or('?')).into_boxed_str());
-            n = n.alias(alias);
-        }
-        cmd = cmd.arg(n);
+        cmd = cmd.arg(a).arg(n);
     }
     for (id, short, long, help) in COUNTS {
-        let mut a = Arg::new(*id)
-            .long(*long)
-            .action(ArgAction::Count)
-            .help(*help);
-        if let Some(s) = short {
-            a = a.short(*s);
-        }
-        cmd = cmd.arg(a);
-        let neg_id: &'static str = Box::leak(format!("no-{id}").into_boxed_str());
-        cmd = cmd.arg(
-            Arg::new(neg_id)
-                .long(neg_id)
-                .action(ArgAction::Count)
-                .hide(true),
-        );
+        let (a, n) = flag_with_negation(id, *short, long, help);
+        cmd = cmd.arg(a).arg(n);
     }
     for (id, short, long, multi, help) in VALUES {
         let mut a = Arg::new(*id)

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::bigcopy;
 use crate::filter::PathFilter;
 use crate::fsops::{self, Kind, Meta, Time};
 use crate::meta::{self, Wanted};
@@ -148,9 +149,9 @@ impl Prefetch {
     }
 
     /// A helper thread: lists requested directories until the channel closes.
-    fn serve(&self, rx: crossbeam_channel::Receiver<PathBuf>) {
+    fn serve(&self, rx: crossbeam_channel::Receiver<PathBuf>, keep_atime: bool) {
         for dir in rx {
-            let listing = fsops::list_with_stats(&dir);
+            let listing = fsops::list_with_stats(&dir, keep_atime);
             if let Ok(mut slots) = self.slots.lock() {
                 if let Some(slot) = slots.get_mut(&dir) {
                     *slot = Some(listing);
@@ -229,6 +230,8 @@ pub struct Engine {
     seq: report::Sequencer,
     prefetch: Prefetch,
     redo_lines: Mutex<Vec<Vec<u8>>>,
+    /// Large files whose ranges idle workers help copy.
+    big: bigcopy::Helpers,
 }
 
 const DELAY_DIR: &str = ".~tmp~";
@@ -283,6 +286,7 @@ impl Engine {
             seq: report::Sequencer::default(),
             prefetch,
             redo_lines: Mutex::new(Vec::new()),
+            big: bigcopy::Helpers::default(),
         }
     }
 
@@ -439,7 +443,9 @@ impl Engine {
             for _ in 0..threads {
                 let prx = prx.clone();
                 let eng = Arc::clone(self);
-                listers.push(std::thread::spawn(move || eng.prefetch.serve(prx)));
+                listers.push(std::thread::spawn(move || {
+                    eng.prefetch.serve(prx, eng.opts.atimes)
+                }));
             }
         }
 
@@ -977,12 +983,13 @@ impl Engine {
                     // It grew past the small size: copy it as it is now.
                     None => fsops::copy_sparse(&sf, &df, fsops::fstat(&sf)?.size, &hook)?,
                 }
-            } else if self.opts.sparse {
-                fsops::copy_sparse(&sf, &df, len, &hook)?
             } else {
                 let dev = smeta.map_or(meta.dev, |m| m.dev);
-                fsops::copy_whole(&sf, dev, &df, len, plain, &hook)?;
-                len
+                let how = bigcopy::Method {
+                    sparse: self.opts.sparse,
+                    plain,
+                };
+                bigcopy::copy(Some(&self.big), &sf, dev, &df, len, how, &hook)?
             };
             self.finish_attrs_fd(src, &tmp, &df, &wanted)?;
             if self.opts.fsync {
@@ -1202,17 +1209,13 @@ struct Walker<'a> {
     skipped: std::cell::RefCell<Vec<Vec<u8>>>,
 }
 
-/// One source directory entry.
-type Entry = fsops::DirEntry;
+/// A source directory's entries, filtered and sorted (non-directories, then directories,
+/// each by name).
+type Entries = fsops::Listing;
 
-/// True if the sorted listing (non-directories, then directories, each by name) has `name`.
-fn listing_has(entries: &[Entry], name: &OsStr) -> bool {
-    let split = entries.partition_point(|e| e.meta.kind() != Kind::Dir);
-    let find = |part: &[Entry]| {
-        part.binary_search_by(|e| e.name.as_bytes().cmp(name.as_bytes()))
-            .is_ok()
-    };
-    find(&entries[..split]) || find(&entries[split..])
+/// True if the sorted listing has `name`.
+fn listing_has(entries: &Entries, name: &[u8]) -> bool {
+    entries.contains_sorted(name)
 }
 
 impl Walker<'_> {
@@ -1293,10 +1296,10 @@ impl Walker<'_> {
         src: &Path,
         rel: &[u8],
         pre: Option<io::Result<fsops::Listing>>,
-    ) -> Option<Vec<Entry>> {
+    ) -> Option<Entries> {
         let listing = match pre {
             Some(l) => l,
-            None => fsops::list_with_stats(src),
+            None => fsops::list_with_stats(src, self.opts().atimes),
         };
         let listing = match listing {
             Ok(n) => n,
@@ -1319,17 +1322,17 @@ impl Walker<'_> {
                 self.eng.io_fail("[sender] readlink_stat", &path, e);
             }
         }
-        let mut entries = listing.entries;
+        let mut entries = listing;
+        entries.failed = Vec::new();
         // Filtered in place: a huge directory is held once, not twice.
-        entries.retain_mut(|entry| {
-            let name = &entry.name;
+        entries.retain(|name, entry_meta| {
             let path = src.join(name);
             let child_rel = Engine::child_rel(rel, name.as_bytes());
-            let meta = match self.resolve_link(&path, &child_rel, entry.meta) {
+            let meta = match self.resolve_link(&path, &child_rel, *entry_meta) {
                 Some(m) => m,
                 None => return false,
             };
-            entry.meta = meta;
+            *entry_meta = meta;
             if self.is_internal(name.as_bytes()) {
                 return false;
             }
@@ -1357,10 +1360,7 @@ impl Walker<'_> {
                 && meta.kind() == Kind::Dir
                 && !self.has_content(&path, &child_rel, 0))
         });
-        entries.sort_by(|a, b| {
-            (a.meta.kind() == Kind::Dir, a.name.as_bytes())
-                .cmp(&(b.meta.kind() == Kind::Dir, b.name.as_bytes()))
-        });
+        entries.sort();
         // The skip messages are in listing order in rsync.
         self.skipped.borrow_mut().sort();
         Some(entries)
@@ -1459,9 +1459,9 @@ impl Walker<'_> {
         rel: &[u8],
         node: &Arc<DirNode>,
         recurse: bool,
-        entries: &[Entry],
+        entries: &Entries,
     ) {
-        for e in entries {
+        for e in entries.iter() {
             if self.eng.stopped() {
                 return;
             }
@@ -1469,7 +1469,7 @@ impl Walker<'_> {
                 continue;
             }
             let child_rel = Engine::child_rel(rel, e.name.as_bytes());
-            let (s, d) = (src.join(&e.name), dst.join(&e.name));
+            let (s, d) = (src.join(e.name), dst.join(e.name));
             // Regular files go to the workers (hard-link leaders stay here: their followers
             // are linked to them as soon as they are met).
             let parallel =
@@ -1480,7 +1480,7 @@ impl Walker<'_> {
             }
         }
         self.send_batch();
-        for e in entries {
+        for e in entries.iter() {
             if self.eng.stopped() {
                 return;
             }
@@ -1489,8 +1489,8 @@ impl Walker<'_> {
             }
             let child_rel = Engine::child_rel(rel, e.name.as_bytes());
             self.handle_dir(
-                &src.join(&e.name),
-                &dst.join(&e.name),
+                &src.join(e.name),
+                &dst.join(e.name),
                 &child_rel,
                 &e.meta,
                 node,
@@ -1678,7 +1678,7 @@ impl Walker<'_> {
                 // rsync's sender reads ahead: an unreadable subdirectory is an I/O error
                 // before this directory's deletions happen.
                 for e in entries.iter().filter(|e| e.meta.kind() == Kind::Dir) {
-                    if o.recursive && !fsops::can_list(&src.join(&e.name)) {
+                    if o.recursive && !fsops::can_list(&src.join(e.name)) {
                         eng.io_error.store(true, Ordering::Relaxed);
                     }
                 }
@@ -1705,7 +1705,7 @@ impl Walker<'_> {
         if let Some(entries) = entries {
             if o.recursive {
                 for e in entries.iter().filter(|e| e.meta.kind() == Kind::Dir) {
-                    eng.prefetch.request(src.join(&e.name));
+                    eng.prefetch.request(src.join(e.name));
                 }
             }
             self.process_entries(src, dst, rel, &node, o.recursive, &entries);
@@ -1736,9 +1736,7 @@ impl Walker<'_> {
             return true;
         }
         if d.kind() == Kind::Dir {
-            let empty = fsops::read_dir_names(dst)
-                .map(|n| n.is_empty())
-                .unwrap_or(false);
+            let empty = fsops::dir_is_empty(dst).unwrap_or(false);
             if !empty && !eng.opts.deleting() && !eng.opts.force {
                 eng.error(format!(
                     "arsync: cannot delete non-empty directory: {}",
@@ -2599,7 +2597,7 @@ impl Walker<'_> {
     }
 
     /// Deletes destination entries of `dst` that are not in the source listing.
-    fn delete_extraneous(&self, dst: &Path, rel: &[u8], keep: &[Entry]) -> usize {
+    fn delete_extraneous(&self, dst: &Path, rel: &[u8], keep: &Entries) -> usize {
         let eng = self.eng;
         if eng.io_error.load(Ordering::Relaxed) && !eng.opts.ignore_errors {
             if !eng.delete_skip_told.swap(true, Ordering::Relaxed) {
@@ -2608,16 +2606,22 @@ impl Walker<'_> {
             }
             return 0;
         }
-        let Ok(mut names) = fsops::read_dir_names(dst) else {
+        // Only the names to delete are collected: a huge destination directory that matches
+        // its source costs no memory here.
+        let mut names = Vec::new();
+        let listed = fsops::for_each_name(dst, |name| {
+            if !listing_has(keep, name) && !self.is_internal(name) {
+                names.push(OsStr::from_bytes(name).to_os_string());
+            }
+            true
+        });
+        if listed.is_err() {
             return 0;
-        };
+        }
         eng.filter.enter_receiver_dir(dst);
         let mut deleted = 0;
         names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
         for name in names {
-            if listing_has(keep, &name) || self.is_internal(name.as_bytes()) {
-                continue;
-            }
             let path = dst.join(&name);
             let Ok(m) = fsops::lstat(&path) else { continue };
             let child_rel = Engine::child_rel(rel, name.as_bytes());
@@ -2761,10 +2765,10 @@ impl Walker<'_> {
         if !self.opts().recursive {
             return;
         }
-        for e in &entries {
+        for e in entries.iter() {
             if e.meta.kind() == Kind::Dir {
                 let child_rel = Engine::child_rel(rel, e.name.as_bytes());
-                self.delete_walk(&src.join(&e.name), &dst.join(&e.name), &child_rel);
+                self.delete_walk(&src.join(e.name), &dst.join(e.name), &child_rel);
             }
         }
     }

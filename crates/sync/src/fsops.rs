@@ -4,6 +4,7 @@
 //! thread-pool fallback) replace the implementation later without touching the
 //! engine. Paths are handled as `Path`/`OsStr` (raw bytes), never lossily.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -166,58 +167,301 @@ pub fn fstat(file: &File) -> io::Result<Meta> {
 /// The names in a directory (without `.` and `..`), unsorted.
 pub fn read_dir_names(path: &Path) -> io::Result<Vec<OsString>> {
     let mut names = Vec::new();
-    for entry in std::fs::read_dir(path)? {
-        names.push(entry?.file_name());
-    }
+    for_each_name(path, |name| {
+        names.push(OsStr::from_bytes(name).to_os_string());
+        true
+    })?;
     Ok(names)
 }
 
-/// One directory entry with its `lstat` result.
-#[derive(Debug)]
-pub struct DirEntry {
-    /// The name (raw bytes).
-    pub name: OsString,
-    /// Its metadata (symlinks not followed).
-    pub meta: Meta,
+/// True if the directory has no entries (other than `.` and `..`).
+pub fn dir_is_empty(path: &Path) -> io::Result<bool> {
+    let mut empty = true;
+    for_each_name(path, |_| {
+        empty = false;
+        false
+    })?;
+    Ok(empty)
 }
 
-/// A directory's entries with their metadata, and the entries whose `lstat` failed.
-#[derive(Debug, Default)]
-pub struct Listing {
-    /// Entries that could be stat'ed.
-    pub entries: Vec<DirEntry>,
-    /// Entries that could not.
-    pub failed: Vec<(OsString, io::Error)>,
-}
-
-/// Lists a directory and stats every entry.
-pub fn list_with_stats(path: &Path) -> io::Result<Listing> {
-    let names = read_dir_names(path)?;
-    let mut out = Listing {
-        entries: Vec::with_capacity(names.len()),
-        failed: Vec::new(),
-    };
-    // Stat relative to the directory: one path lookup for the listing, not one per entry.
-    let dirfd = rustix::fs::openat(
+/// Opens a directory for listing and `*at` calls.
+fn open_dir(path: &Path) -> io::Result<rustix::fd::OwnedFd> {
+    rustix::fs::openat(
         CWD,
         path,
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .ok();
-    for name in names {
-        let meta = match &dirfd {
-            Some(fd) => rustix::fs::statat(fd, &name, AtFlags::SYMLINK_NOFOLLOW)
-                .map(|st| Meta::from_stat(&st))
-                .map_err(io::Error::from),
-            None => lstat(&path.join(&name)),
-        };
-        match meta {
-            Ok(meta) => out.entries.push(DirEntry { name, meta }),
-            Err(e) => out.failed.push((name, e)),
+    .map_err(io::Error::from)
+}
+
+/// Bytes of `getdents64` output read per call.
+const DENTS_BUF: usize = 64 * 1024;
+
+/// Calls `f` with each name in the directory `path` (without `.` and `..`) until it returns
+/// false; one buffer for the whole directory, no allocation per entry.
+pub fn for_each_name(path: &Path, f: impl FnMut(&[u8]) -> bool) -> io::Result<()> {
+    let fd = open_dir(path)?;
+    for_each_name_fd(&fd, f)
+}
+
+fn for_each_name_fd(fd: &rustix::fd::OwnedFd, mut f: impl FnMut(&[u8]) -> bool) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(DENTS_BUF);
+    let mut dir = rustix::fs::RawDir::new(fd, buf.spare_capacity_mut());
+    while let Some(entry) = dir.next() {
+        let entry = entry.map_err(io::Error::from)?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        if !f(name) {
+            break;
         }
     }
-    out.entries.shrink_to_fit();
+    Ok(())
+}
+
+/// Owner, group, mode and the other fields many entries of a directory share, kept once
+/// per listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct SharedAttrs {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    dev: u64,
+    rdev: u64,
+}
+
+/// One entry of a [`Listing`]: 40 bytes, the name in the listing's arena.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    /// Arena offset (high 48 bits) and length (low 16 bits) of the name.
+    name: u64,
+    size: u64,
+    mtime_sec: i64,
+    ino: u64,
+    mtime_nsec: u32,
+    /// Index into the listing's shared attributes.
+    attrs: u32,
+}
+
+/// One entry of a [`Listing`], as the engine sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct DirEntry<'a> {
+    /// The name (raw bytes).
+    pub name: &'a OsStr,
+    /// Its metadata (symlinks not followed).
+    pub meta: Meta,
+}
+
+/// A directory's entries with their metadata, and the entries whose `lstat` failed.
+///
+/// Packed for huge directories: all names live in one byte arena, each entry is a 40-byte
+/// record, and owner/group/mode/device/link count are interned per listing (entries of one
+/// directory share few of them). About 50 bytes per entry plus the name, against ~180 for a
+/// vector of `(OsString, Meta)`. Access time is kept only when asked for (`--atimes`).
+///
+/// The entries keep the directory's order until [`Listing::retain`] / [`Listing::sort`],
+/// which act on an index of positions, so records never move.
+#[derive(Debug, Default)]
+pub struct Listing {
+    names: Vec<u8>,
+    records: Vec<Record>,
+    attrs: Vec<SharedAttrs>,
+    attr_index: HashMap<SharedAttrs, u32>,
+    /// Access times by record, when kept.
+    atimes: Vec<Time>,
+    /// Record numbers of the entries, in listing order.
+    order: Vec<u32>,
+    /// Entries that could not be stat'ed.
+    pub failed: Vec<(OsString, io::Error)>,
+}
+
+impl Listing {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// True if there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The entry at position `i` (listing order).
+    pub fn get(&self, i: usize) -> Option<DirEntry<'_>> {
+        self.order.get(i).map(|&r| self.entry(r))
+    }
+
+    /// The entries in listing order.
+    pub fn iter(&self) -> impl Iterator<Item = DirEntry<'_>> + '_ {
+        self.order.iter().map(|&r| self.entry(r))
+    }
+
+    fn name_of(&self, r: u32) -> &[u8] {
+        let packed = self.records[r as usize].name;
+        let off = (packed >> 16) as usize;
+        let len = (packed & 0xffff) as usize;
+        &self.names[off..off + len]
+    }
+
+    fn entry(&self, r: u32) -> DirEntry<'_> {
+        let rec = &self.records[r as usize];
+        let a = self.attrs[rec.attrs as usize];
+        let mtime = Time {
+            sec: rec.mtime_sec,
+            nsec: rec.mtime_nsec,
+        };
+        DirEntry {
+            name: OsStr::from_bytes(self.name_of(r)),
+            meta: Meta {
+                mode: a.mode,
+                uid: a.uid,
+                gid: a.gid,
+                size: rec.size,
+                mtime,
+                atime: self.atimes.get(r as usize).copied().unwrap_or(mtime),
+                rdev: a.rdev,
+                dev: a.dev,
+                ino: rec.ino,
+                nlink: a.nlink,
+            },
+        }
+    }
+
+    fn intern(&mut self, m: &Meta) -> u32 {
+        let key = SharedAttrs {
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
+            nlink: m.nlink,
+            dev: m.dev,
+            rdev: m.rdev,
+        };
+        if let Some(&i) = self.attr_index.get(&key) {
+            return i;
+        }
+        let i = self.attrs.len() as u32;
+        self.attrs.push(key);
+        self.attr_index.insert(key, i);
+        i
+    }
+
+    fn record(&mut self, name_off: usize, name_len: usize, m: &Meta) -> Record {
+        Record {
+            name: ((name_off as u64) << 16) | name_len as u64,
+            size: m.size,
+            mtime_sec: m.mtime.sec,
+            ino: m.ino,
+            mtime_nsec: m.mtime.nsec,
+            attrs: self.intern(m),
+        }
+    }
+
+    /// Adds an entry (keeping its access time if `keep_atime`).
+    fn push(&mut self, name: &[u8], m: &Meta, keep_atime: bool) -> io::Result<()> {
+        let off = self.names.len();
+        if off as u64 >= 1 << 48 || name.len() > 0xffff || self.records.len() >= u32::MAX as usize {
+            return Err(io::Error::other("directory listing too large"));
+        }
+        self.names.extend_from_slice(name);
+        let rec = self.record(off, name.len(), m);
+        self.order.push(self.records.len() as u32);
+        self.records.push(rec);
+        if keep_atime {
+            self.atimes.push(m.atime);
+        }
+        Ok(())
+    }
+
+    /// Keeps the entries for which `f` returns true; `f` may change an entry's metadata
+    /// (a followed symlink takes its target's).
+    pub fn retain(&mut self, mut f: impl FnMut(&OsStr, &mut Meta) -> bool) {
+        let mut order = std::mem::take(&mut self.order);
+        order.retain(|&r| {
+            let DirEntry { name, meta } = self.entry(r);
+            let mut new = meta;
+            let keep = f(name, &mut new);
+            if keep && new != meta {
+                let packed = self.records[r as usize].name;
+                let rec = self.record((packed >> 16) as usize, (packed & 0xffff) as usize, &new);
+                self.records[r as usize] = rec;
+                if let Some(t) = self.atimes.get_mut(r as usize) {
+                    *t = new.atime;
+                }
+            }
+            keep
+        });
+        self.order = order;
+    }
+
+    /// Sorts the entries as the engine walks them: non-directories, then directories, each
+    /// by name (bytewise).
+    pub fn sort(&mut self) {
+        let mut order = std::mem::take(&mut self.order);
+        // Names in a directory are unique, so an unstable sort is exact (and allocates nothing).
+        order.sort_unstable_by(|&a, &b| {
+            (self.is_dir(a), self.name_of(a)).cmp(&(self.is_dir(b), self.name_of(b)))
+        });
+        self.order = order;
+    }
+
+    fn is_dir(&self, r: u32) -> bool {
+        let a = self.attrs[self.records[r as usize].attrs as usize];
+        Kind::from_mode(a.mode) == Kind::Dir
+    }
+
+    /// True if the listing, sorted by [`Listing::sort`], has an entry called `name`.
+    pub fn contains_sorted(&self, name: &[u8]) -> bool {
+        let split = self.order.partition_point(|&r| !self.is_dir(r));
+        let find = |part: &[u32]| {
+            part.binary_search_by(|&r| self.name_of(r).cmp(name))
+                .is_ok()
+        };
+        find(&self.order[..split]) || find(&self.order[split..])
+    }
+
+    /// Gives back spare capacity (after [`Listing::retain`] dropped many entries the records
+    /// stay, but the index shrinks).
+    fn shrink(&mut self) {
+        self.names.shrink_to_fit();
+        self.records.shrink_to_fit();
+        self.atimes.shrink_to_fit();
+        self.order.shrink_to_fit();
+    }
+}
+
+/// Lists a directory and stats every entry (relative to the directory: one path lookup for
+/// the listing, not one per entry). Access times are kept only with `keep_atime`.
+pub fn list_with_stats(path: &Path, keep_atime: bool) -> io::Result<Listing> {
+    let fd = open_dir(path)?;
+    let mut out = Listing::default();
+    let mut err = None;
+    for_each_name_fd(&fd, |name| {
+        let stat = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW);
+        let r = match stat {
+            Ok(st) => out.push(name, &Meta::from_stat(&st), keep_atime),
+            Err(e) => {
+                let name = OsStr::from_bytes(name).to_os_string();
+                out.failed.push((name, e.into()));
+                Ok(())
+            }
+        };
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                err = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    out.shrink();
+    // The interning table is only needed while entries are added or changed; keep it small.
+    out.attr_index.shrink_to_fit();
     Ok(out)
 }
 
@@ -494,8 +738,34 @@ pub enum CopyMethod {
 /// (interrupt handling, `--bwlimit` pacing, progress).
 pub type StopCheck<'a> = &'a dyn Fn(u64) -> bool;
 
-fn interrupted() -> io::Error {
+pub(crate) fn interrupted() -> io::Error {
     io::Error::new(io::ErrorKind::Interrupted, "transfer interrupted")
+}
+
+/// The last source filesystem (st_dev) whose FICLONE was refused: the ioctl is skipped there
+/// from then on.
+static NO_REFLINK_DEV: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// Shares `src`'s extents with the empty file `dst` (`FICLONE`). Returns false where the
+/// filesystem cannot (then the caller copies).
+pub(crate) fn try_reflink(src: &File, src_dev: u64, dst: &File) -> io::Result<bool> {
+    use std::sync::atomic::Ordering;
+    if NO_REFLINK_DEV.load(Ordering::Relaxed) == src_dev {
+        return Ok(false);
+    }
+    match rustix::fs::ioctl_ficlone(dst, src) {
+        Ok(()) => Ok(true),
+        Err(
+            rustix::io::Errno::OPNOTSUPP
+            | rustix::io::Errno::NOTTY
+            | rustix::io::Errno::XDEV
+            | rustix::io::Errno::INVAL,
+        ) => {
+            NO_REFLINK_DEV.store(src_dev, Ordering::Relaxed);
+            Ok(false)
+        }
+        Err(_) => Ok(false),
+    }
 }
 
 /// Copies `len` bytes of `src` into the empty file `dst`, trying a reflink, then
@@ -508,35 +778,15 @@ pub fn copy_whole(
     plain: bool,
     stop: StopCheck,
 ) -> io::Result<CopyMethod> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    // The last source filesystem (st_dev) whose FICLONE was refused: skip the ioctl
-    // there from then on.
-    static NO_REFLINK_DEV: AtomicU64 = AtomicU64::new(u64::MAX);
     if plain {
         copy_read_write(src, dst, 0, len, false, stop)?;
         return Ok(CopyMethod::ReadWrite);
     }
-    if len > 0 {
-        let dev = src_dev;
-        if NO_REFLINK_DEV.load(Ordering::Relaxed) != dev {
-            match rustix::fs::ioctl_ficlone(dst, src) {
-                Ok(()) => {
-                    if stop(len) {
-                        return Err(interrupted());
-                    }
-                    return Ok(CopyMethod::Reflink);
-                }
-                Err(
-                    rustix::io::Errno::OPNOTSUPP
-                    | rustix::io::Errno::NOTTY
-                    | rustix::io::Errno::XDEV
-                    | rustix::io::Errno::INVAL,
-                ) => {
-                    NO_REFLINK_DEV.store(dev, Ordering::Relaxed);
-                }
-                Err(_) => {}
-            }
+    if len > 0 && try_reflink(src, src_dev, dst)? {
+        if stop(len) {
+            return Err(interrupted());
         }
+        return Ok(CopyMethod::Reflink);
     }
     let mut done = 0u64;
     let mut in_off = 0u64;
@@ -575,7 +825,7 @@ pub fn copy_whole(
 /// Copies `[offset, offset+len)` with positional reads and writes. With `sparse`, all-zero
 /// 4 KiB blocks are skipped (left as holes) instead of written; runs of data blocks are
 /// written with one call each. Returns the bytes read (the copy ends early at end of file).
-fn copy_read_write(
+pub(crate) fn copy_read_write(
     src: &File,
     dst: &File,
     offset: u64,
@@ -652,7 +902,7 @@ fn write_all_at(dst: &File, buf: &[u8], offset: u64) -> io::Result<()> {
 }
 
 /// True if every byte is zero.
-fn is_zero(block: &[u8]) -> bool {
+pub(crate) fn is_zero(block: &[u8]) -> bool {
     // Data usually differs from zero in its first bytes: look there before scanning it all.
     let head = block.len().min(16);
     block[..head].iter().all(|&b| b == 0) && block[head..].iter().fold(0u8, |a, &b| a | b) == 0
@@ -1117,6 +1367,6 @@ mod size_tests {
     #[test]
     fn entry_stays_small() {
         assert!(std::mem::size_of::<super::Meta>() <= 80);
-        assert!(std::mem::size_of::<super::DirEntry>() <= 104);
+        assert_eq!(std::mem::size_of::<super::Record>(), 40);
     }
 }

@@ -10,6 +10,7 @@
 //! assert_eq!(code, 0);
 //! ```
 
+pub mod bigcopy;
 pub mod cli;
 pub mod engine;
 pub mod filter;

@@ -86,9 +86,7 @@ impl Engine {
             Err(e) => {
                 // Without a runtime the entries are still done, one at a time.
                 self.error(format!("arsync: cannot start the I/O runtime: {e}"));
-                for job in rx.iter().flatten() {
-                    self.run_entry_job(job);
-                }
+                self.run_one_at_a_time(&rx);
                 return;
             }
         };
@@ -96,10 +94,18 @@ impl Engine {
         let served = rt.block_on(Arc::clone(self).serve_batches(&rt, rx.clone(), probes));
         if let Err(e) = served {
             self.error(format!("arsync: I/O runtime failed: {e}"));
-            for job in rx.iter().flatten() {
+            self.run_one_at_a_time(&rx);
+        }
+    }
+
+    /// Without a runtime: every entry on this thread, one at a time (still helping with the
+    /// ranges of large files when idle).
+    fn run_one_at_a_time(self: &Arc<Self>, rx: &crossbeam_channel::Receiver<Vec<EntryJob>>) {
+        self.big.worker_loop(rx, |batch| {
+            for job in batch {
                 self.run_entry_job(job);
             }
-        }
+        });
     }
 
     /// Keeps up to `--queue-depth` files in flight, in batches as the walker sent them.
@@ -113,12 +119,20 @@ impl Engine {
         let io = rt.io();
         let mut running: VecDeque<(usize, arsync_io::JoinHandle<()>)> = VecDeque::new();
         let mut files = 0;
+        let mut busy = false;
         loop {
             let batch = if running.is_empty() {
-                // Nothing in flight: waiting here blocks nobody.
-                match rx.recv() {
-                    Ok(b) => b,
-                    Err(_) => break,
+                // Nothing in flight: waiting here blocks nobody, and idle time goes to helping
+                // with the ranges of large files other workers met.
+                if std::mem::take(&mut busy) {
+                    self.big.idle();
+                }
+                match self.big.next_job(&rx) {
+                    Some(b) => {
+                        busy = true;
+                        b
+                    }
+                    None => break,
                 }
             } else {
                 match (files < limit).then(|| rx.try_recv()) {

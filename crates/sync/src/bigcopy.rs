@@ -1,0 +1,659 @@
+//! Copying the data of large files: in-kernel copies, cheap `-S` (sparse) handling, and
+//! splitting one file into ranges that several workers copy at once.
+//!
+//! How a file's bytes are copied (`copy`):
+//! - `--bwlimit` (paced): positional reads and writes, one range, so pacing sees every chunk.
+//! - Small `-S` files (up to [`fsops::SMALL_SPARSE`]): one read, one write per run of data
+//!   blocks ([`fsops::copy_sparse`]).
+//! - Otherwise a reflink (`FICLONE`) where the filesystem shares extents; failing that the
+//!   file is cut into ranges of [`RANGE`] bytes copied with `copy_file_range` (read/write
+//!   where that is refused). With `-S` only the data extents (`SEEK_DATA`/`SEEK_HOLE`) are
+//!   copied, and each copied chunk is then looked at through a read-only mapping of the
+//!   *destination* (the page cache the copy just filled, so no second copy of the bytes) and
+//!   its all-zero 4 KiB blocks are punched out (`FALLOC_FL_PUNCH_HOLE`). That keeps rsync's
+//!   `-S` meaning (runs of zeros become holes) at close to the cost of a plain in-kernel copy:
+//!   a block of real data is told apart from zeros by its first bytes.
+//!
+//! Range hand-off: a file of more than one [`RANGE`] is shared through [`Helpers`]. The
+//! worker that met the file (the owner) copies ranges itself; idle workers pick up a ticket
+//! and copy one range at a time, going back to their job queue between ranges, so small files
+//! always come first and a big file never waits for helpers. The owner returns once every
+//! range is done; the caller then applies metadata and renames (commits) the file. The first
+//! error of any range fails the whole file.
+
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use rustix::fs::SeekFrom;
+
+use crate::fsops::{self, StopCheck};
+
+/// Bytes per range handed to one worker.
+pub const RANGE: u64 = 64 << 20;
+/// Largest single `copy_file_range` call (stop checks happen between calls).
+const CHUNK: u64 = 8 << 20;
+/// Zero detection granularity (the block size of tmpfs and ext4).
+const BLOCK: u64 = 4096;
+
+/// How to copy a file's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Method {
+    /// `-S`: keep holes and turn zero blocks into holes.
+    pub sparse: bool,
+    /// Paced (`--bwlimit`): plain reads and writes, never split.
+    pub plain: bool,
+}
+
+/// Large files currently open for help, shared by the engine's workers.
+pub struct Helpers {
+    tx: Sender<Weak<BigFile>>,
+    rx: Receiver<Weak<BigFile>>,
+    /// Workers exist that pick up tickets (otherwise owners copy every range themselves).
+    enabled: AtomicBool,
+    /// Workers busy with a batch of jobs (they may still start a big file).
+    busy: AtomicUsize,
+}
+
+impl Default for Helpers {
+    fn default() -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Helpers {
+            tx,
+            rx,
+            enabled: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Helpers {
+    /// A worker thread's loop: runs job batches from `jobs` (first, so small files never wait
+    /// behind a large one) and helps copy ranges of large files when no batch is waiting.
+    /// Returns once `jobs` is closed and no range is left to help with.
+    pub fn worker_loop<T>(&self, jobs: &Receiver<T>, mut run: impl FnMut(T)) {
+        while let Some(batch) = self.next_job(jobs) {
+            run(batch);
+            self.idle();
+        }
+    }
+
+    /// Waits for the next batch of `jobs`, copying ranges of large files meanwhile. Returns
+    /// `None` once `jobs` is closed and no worker can still start a large file; after `Some`,
+    /// the caller counts as busy until it calls [`Helpers::idle`].
+    pub fn next_job<T>(&self, jobs: &Receiver<T>) -> Option<T> {
+        self.enabled.store(true, Ordering::Relaxed);
+        let mut closed = false;
+        loop {
+            if !closed {
+                match jobs.try_recv() {
+                    Ok(batch) => return Some(self.busy(batch)),
+                    Err(TryRecvError::Disconnected) => closed = true,
+                    Err(TryRecvError::Empty) => {}
+                }
+            }
+            if let Ok(ticket) = self.rx.try_recv() {
+                self.help(ticket);
+                continue;
+            }
+            if closed {
+                // Other workers may still start a large file from their last batch.
+                if self.busy.load(Ordering::Acquire) == 0 && self.rx.is_empty() {
+                    return None;
+                }
+                if let Ok(ticket) = self.rx.recv_timeout(Duration::from_millis(5)) {
+                    self.help(ticket);
+                }
+                continue;
+            }
+            crossbeam_channel::select! {
+                recv(jobs) -> batch => match batch {
+                    Ok(batch) => return Some(self.busy(batch)),
+                    Err(_) => closed = true,
+                },
+                recv(self.rx) -> ticket => {
+                    if let Ok(ticket) = ticket {
+                        self.help(ticket);
+                    }
+                }
+            }
+        }
+    }
+
+    fn busy<T>(&self, batch: T) -> T {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        batch
+    }
+
+    /// The caller of [`Helpers::next_job`] has finished everything it took.
+    pub fn idle(&self) {
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Copies one range of the ticket's file, passing the ticket on first if more remain.
+    fn help(&self, ticket: Weak<BigFile>) {
+        let Some(file) = ticket.upgrade() else {
+            return;
+        };
+        let Some(range) = file.claim() else {
+            return;
+        };
+        if file.has_unclaimed() {
+            let _ = self.tx.send(ticket);
+        }
+        file.run(range, &|_| false);
+    }
+
+    fn post(&self, file: &Arc<BigFile>) {
+        if self.enabled.load(Ordering::Relaxed) {
+            let _ = self.tx.send(Arc::downgrade(file));
+        }
+    }
+}
+
+/// One large file being copied in ranges.
+struct BigFile {
+    src: File,
+    dst: File,
+    len: u64,
+    range: u64,
+    sparse: bool,
+    ranges: u64,
+    next: AtomicU64,
+    abort: AtomicBool,
+    /// Data bytes copied (for `-S`: bytes of data extents).
+    copied: AtomicU64,
+    /// The lowest offset where the source ended early (it shrank while copying).
+    short_end: AtomicU64,
+    state: Mutex<RangeState>,
+    done_cv: Condvar,
+}
+
+#[derive(Default)]
+struct RangeState {
+    done: u64,
+    error: Option<io::Error>,
+}
+
+impl BigFile {
+    fn claim(&self) -> Option<u64> {
+        let i = self.next.fetch_add(1, Ordering::AcqRel);
+        (i < self.ranges).then_some(i)
+    }
+
+    fn has_unclaimed(&self) -> bool {
+        self.next.load(Ordering::Acquire) < self.ranges
+    }
+
+    /// Copies range `i` and records its outcome; `stop` is the owner's interrupt check.
+    fn run(&self, i: u64, stop: StopCheck) {
+        let start = i * self.range;
+        let end = (start + self.range).min(self.len);
+        let result = if self.abort.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            let check = |n: u64| stop(n) || self.abort.load(Ordering::Relaxed);
+            copy_range(&self.src, &self.dst, start, end, self.sparse, &check).map(|(n, eof)| {
+                self.copied.fetch_add(n, Ordering::Relaxed);
+                if let Some(at) = eof {
+                    self.short_end.fetch_min(at, Ordering::Relaxed);
+                }
+            })
+        };
+        let Ok(mut st) = self.state.lock() else {
+            self.abort.store(true, Ordering::Relaxed);
+            return;
+        };
+        if let Err(e) = result {
+            self.abort.store(true, Ordering::Relaxed);
+            if st.error.is_none() {
+                st.error = Some(e);
+            }
+        }
+        st.done += 1;
+        drop(st);
+        self.done_cv.notify_all();
+    }
+}
+
+/// Copies `len` bytes of `src` into the empty file `dst` (see the module documentation).
+/// Large files are split into ranges that idle workers of `helpers` may copy too; this
+/// returns once all are done. Returns the bytes copied (data bytes only with `-S`).
+pub fn copy(
+    helpers: Option<&Helpers>,
+    src: &File,
+    src_dev: u64,
+    dst: &File,
+    len: u64,
+    how: Method,
+    stop: StopCheck,
+) -> io::Result<u64> {
+    copy_in_ranges(helpers, src, src_dev, dst, len, how, RANGE, stop)
+}
+
+/// [`copy`] with ranges of `range` bytes (files of two ranges or more are shared).
+#[allow(clippy::too_many_arguments)]
+fn copy_in_ranges(
+    helpers: Option<&Helpers>,
+    src: &File,
+    src_dev: u64,
+    dst: &File,
+    len: u64,
+    how: Method,
+    range: u64,
+    stop: StopCheck,
+) -> io::Result<u64> {
+    if how.plain {
+        return if how.sparse {
+            fsops::copy_sparse(src, dst, len, stop)
+        } else {
+            fsops::copy_read_write(src, dst, 0, len, false, stop)
+        };
+    }
+    if how.sparse && len <= fsops::SMALL_SPARSE {
+        return fsops::copy_sparse(src, dst, len, stop);
+    }
+    if len > 0 && fsops::try_reflink(src, src_dev, dst)? {
+        // Holes of the source stay holes; zero blocks inside shared extents use no new space,
+        // so they are not looked for (that would read the whole file).
+        if stop(len) {
+            return Err(fsops::interrupted());
+        }
+        return Ok(len);
+    }
+    if how.sparse {
+        // Ranges write anywhere below `len`; the mapping used to find zero blocks must lie
+        // inside the file.
+        fsops::set_len(dst, len)?;
+    }
+    let ranges = len.div_ceil(range).max(1);
+    let file = Arc::new(BigFile {
+        src: src.try_clone()?,
+        dst: dst.try_clone()?,
+        len,
+        range,
+        sparse: how.sparse,
+        ranges,
+        next: AtomicU64::new(0),
+        abort: AtomicBool::new(false),
+        copied: AtomicU64::new(0),
+        short_end: AtomicU64::new(u64::MAX),
+        state: Mutex::new(RangeState::default()),
+        done_cv: Condvar::new(),
+    });
+    if ranges >= 2 {
+        if let Some(h) = helpers {
+            h.post(&file);
+        }
+    }
+    while let Some(i) = file.claim() {
+        file.run(i, stop);
+    }
+    // Wait for the ranges helpers took; keep honouring interrupts meanwhile.
+    let mut st = file
+        .state
+        .lock()
+        .map_err(|_| io::Error::other("range state poisoned"))?;
+    while st.done < ranges {
+        let (next, _) = file
+            .done_cv
+            .wait_timeout(st, Duration::from_millis(50))
+            .map_err(|_| io::Error::other("range state poisoned"))?;
+        st = next;
+        if st.done < ranges && stop(0) {
+            file.abort.store(true, Ordering::Relaxed);
+        }
+    }
+    if let Some(e) = st.error.take() {
+        return Err(e);
+    }
+    drop(st);
+    if file.abort.load(Ordering::Relaxed) {
+        return Err(fsops::interrupted());
+    }
+    let short = file.short_end.load(Ordering::Relaxed);
+    if !how.sparse && short < len {
+        // The source shrank while copying: the copy ends where it ended.
+        fsops::set_len(dst, short)?;
+    }
+    Ok(file.copied.load(Ordering::Relaxed))
+}
+
+/// Copies `[start, end)`. Returns the bytes copied and, if the source ended inside the
+/// range, where.
+fn copy_range(
+    src: &File,
+    dst: &File,
+    start: u64,
+    end: u64,
+    sparse: bool,
+    stop: StopCheck,
+) -> io::Result<(u64, Option<u64>)> {
+    if !sparse {
+        return copy_extent(src, dst, start, end, false, stop);
+    }
+    let mut pos = start;
+    let mut copied = 0;
+    while pos < end {
+        let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => pos,
+            Err(e) => return Err(e.into()),
+        };
+        if data >= end {
+            break;
+        }
+        let hole = match rustix::fs::seek(src, SeekFrom::Hole(data)) {
+            Ok(h) => h.min(end),
+            Err(_) => end,
+        };
+        let (n, eof) = copy_extent(src, dst, data, hole, true, stop)?;
+        copied += n;
+        if eof.is_some() {
+            return Ok((copied, eof));
+        }
+        pos = hole;
+    }
+    Ok((copied, None))
+}
+
+/// Copies the extent `[start, end)` with `copy_file_range` (read/write where refused); with
+/// `sparse`, zero blocks of each copied chunk are punched out afterwards.
+fn copy_extent(
+    src: &File,
+    dst: &File,
+    start: u64,
+    end: u64,
+    sparse: bool,
+    stop: StopCheck,
+) -> io::Result<(u64, Option<u64>)> {
+    let mut in_off = start;
+    let mut out_off = start;
+    while in_off < end {
+        let chunk_start = in_off;
+        let want = (end - in_off).min(CHUNK) as usize;
+        match rustix::fs::copy_file_range(src, Some(&mut in_off), dst, Some(&mut out_off), want) {
+            Ok(0) => return Ok((in_off - start, Some(in_off))),
+            Ok(n) => {
+                if sparse {
+                    punch_zero_blocks(dst, chunk_start, chunk_start + n as u64)?;
+                }
+                if stop(n as u64) {
+                    return Err(fsops::interrupted());
+                }
+            }
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::NOSYS
+                | rustix::io::Errno::OPNOTSUPP
+                | rustix::io::Errno::INVAL,
+            ) if in_off == start => {
+                let n = fsops::copy_read_write(src, dst, start, end - start, sparse, stop)?;
+                let eof = (n < end - start).then_some(start + n);
+                return Ok((n, eof));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((in_off - start, None))
+}
+
+/// Turns the all-zero 4 KiB blocks of `dst[start..end)` (just written, inside the file) into
+/// holes. The bytes are read through a read-only shared mapping, so the check costs no copy;
+/// a data block is usually told apart by its first bytes.
+fn punch_zero_blocks(dst: &File, start: u64, end: u64) -> io::Result<()> {
+    let page = rustix::param::page_size() as u64;
+    let map_start = start / page * page;
+    let map_len = (end - map_start) as usize;
+    if map_len == 0 {
+        return Ok(());
+    }
+    // SAFETY: a fresh read-only shared mapping of `map_len` bytes of `dst` at a page-aligned
+    // offset; no Rust reference to that memory exists before this call. `dst` is this run's
+    // own temporary file and `[start, end)` lies below its size (set before the copy), so the
+    // pages exist; only another process truncating our temporary file meanwhile could make a
+    // read fault (SIGBUS), the same exposure any mapping has.
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            map_len,
+            rustix::mm::ProtFlags::READ,
+            rustix::mm::MapFlags::SHARED,
+            dst,
+            map_start,
+        )?
+    };
+    let map = Mapping { ptr, len: map_len };
+    // No MADV_POPULATE_READ: fault-around maps 16 cached pages per fault, which measured as
+    // cheap as populating up front.
+    let bytes = map.bytes();
+    let skip = (start - map_start) as usize;
+    let mut hole: Option<u64> = None;
+    let mut at = start;
+    while at < end {
+        // Blocks are aligned to the file, so holes line up with the filesystem's blocks.
+        let block_end = ((at / BLOCK + 1) * BLOCK).min(end);
+        let lo = (at - start) as usize + skip;
+        let hi = (block_end - start) as usize + skip;
+        let zero = fsops::is_zero(&bytes[lo..hi]);
+        match (zero, hole) {
+            (true, None) => hole = Some(at),
+            (false, Some(h)) => {
+                punch(dst, h, at)?;
+                hole = None;
+            }
+            _ => {}
+        }
+        at = block_end;
+    }
+    drop(map);
+    if let Some(h) = hole {
+        punch(dst, h, end)?;
+    }
+    Ok(())
+}
+
+/// `FALLOC_FL_PUNCH_HOLE`; filesystems that cannot punch keep the zeros (the data is right,
+/// only less sparse).
+fn punch(dst: &File, from: u64, to: u64) -> io::Result<()> {
+    use rustix::fs::FallocateFlags;
+    match rustix::fs::fallocate(
+        dst,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        from,
+        to - from,
+    ) {
+        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A read-only mapping, unmapped on drop.
+struct Mapping {
+    ptr: *mut std::ffi::c_void,
+    len: usize,
+}
+
+impl Mapping {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` is a live read-only mapping of `len` bytes (see `punch_zero_blocks`);
+        // the slice borrows `self`, so it cannot outlive the unmap in `drop`.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping this value owns; no borrow of it is alive
+        // (`bytes` borrows `self`).
+        let _ = unsafe { rustix::mm::munmap(self.ptr, self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    use std::path::Path;
+
+    fn scratch() -> tempfile::TempDir {
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            tempfile::tempdir_in(shm).unwrap()
+        } else {
+            tempfile::tempdir().unwrap()
+        }
+    }
+
+    /// A file with a hole, data, explicit zero blocks inside data, and a zero tail.
+    fn sparse_source(path: &Path) -> Vec<u8> {
+        let len = 6 << 20;
+        let mut content = vec![0u8; len];
+        // 1 MiB hole at the start, then 1 MiB of data with a zero block in its middle.
+        for (i, b) in content[1 << 20..2 << 20].iter_mut().enumerate() {
+            *b = (i % 253) as u8 | 1;
+        }
+        content[(1 << 20) + 8192..(1 << 20) + 12288].fill(0);
+        // A block whose first bytes are zero but not the rest.
+        content[(3 << 20) + 4000] = 5;
+        // Zeros written explicitly (data extents, not holes) from 4 MiB to the end.
+        let f = File::create(path).unwrap();
+        f.set_len(len as u64).unwrap();
+        f.write_all_at(&content[1 << 20..], 1 << 20).unwrap();
+        content
+    }
+
+    fn no_stop(_: u64) -> bool {
+        false
+    }
+
+    #[test]
+    fn sparse_copy_punches_zero_blocks_and_keeps_holes() {
+        let dir = scratch();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let content = sparse_source(&a);
+        let src = File::open(&a).unwrap();
+        let dst = fsops::create_new(&b, 0o600).unwrap();
+        let how = Method {
+            sparse: true,
+            plain: false,
+        };
+        let dev = src.metadata().unwrap().dev();
+        copy_in_ranges(
+            None,
+            &src,
+            dev,
+            &dst,
+            content.len() as u64,
+            how,
+            1 << 20,
+            &no_stop,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&b).unwrap(), content);
+        // Data: 1 MiB minus one zero block, plus the one block at 3 MiB + 4000.
+        let blocks = std::fs::metadata(&b).unwrap().blocks() * 512;
+        assert!(blocks <= (1 << 20) + 4096, "{blocks} bytes allocated");
+        assert!(blocks >= (1 << 20) - 4096, "{blocks} bytes allocated");
+    }
+
+    #[test]
+    fn whole_copy_in_ranges_with_a_helper_thread() {
+        let dir = scratch();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let content: Vec<u8> = (0..(9 << 20) + 123).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&a, &content).unwrap();
+        let helpers = Arc::new(Helpers::default());
+        let (tx, rx) = crossbeam_channel::bounded::<u32>(1);
+        let h = Arc::clone(&helpers);
+        let worker = std::thread::spawn(move || {
+            let mut ran = 0;
+            h.worker_loop(&rx, |_| ran += 1);
+            ran
+        });
+        // Let the worker enable helping before the file is posted.
+        while !helpers.enabled.load(Ordering::Relaxed) {
+            std::thread::yield_now();
+        }
+        let src = File::open(&a).unwrap();
+        let dst = fsops::create_new(&b, 0o600).unwrap();
+        let how = Method {
+            sparse: false,
+            plain: false,
+        };
+        let dev = src.metadata().unwrap().dev();
+        let n = copy_in_ranges(
+            Some(&helpers),
+            &src,
+            dev,
+            &dst,
+            content.len() as u64,
+            how,
+            1 << 20,
+            &no_stop,
+        )
+        .unwrap();
+        assert_eq!(n, content.len() as u64);
+        assert_eq!(std::fs::read(&b).unwrap(), content);
+        tx.send(1).unwrap();
+        drop(tx);
+        assert_eq!(worker.join().unwrap(), 1, "the job sent still ran");
+    }
+
+    #[test]
+    fn a_failing_range_fails_the_file() {
+        let dir = scratch();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, vec![1u8; 3 << 20]).unwrap();
+        std::fs::write(&b, b"").unwrap();
+        let src = File::open(&a).unwrap();
+        // Read-only destination: every write fails.
+        let dst = File::open(&b).unwrap();
+        for sparse in [false, true] {
+            let how = Method {
+                sparse,
+                plain: false,
+            };
+            let err = copy_in_ranges(
+                None,
+                &src,
+                u64::MAX - 1,
+                &dst,
+                3 << 20,
+                how,
+                1 << 20,
+                &no_stop,
+            );
+            assert!(err.is_err(), "sparse={sparse}");
+        }
+    }
+
+    #[test]
+    fn interrupt_and_shrunk_source() {
+        let dir = scratch();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        std::fs::write(&a, vec![3u8; 3 << 20]).unwrap();
+        let src = File::open(&a).unwrap();
+        let how = Method {
+            sparse: false,
+            plain: false,
+        };
+        let dst = fsops::create_new(&b, 0o600).unwrap();
+        let err =
+            copy_in_ranges(None, &src, 0, &dst, 3 << 20, how, 1 << 20, &|_| true).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+        // Listed larger than it is now: the copy has the current length.
+        let dst = fsops::create_new(&c, 0o600).unwrap();
+        let n = copy_in_ranges(None, &src, 0, &dst, 5 << 20, how, 1 << 20, &no_stop).unwrap();
+        assert_eq!(n, 3 << 20);
+        assert_eq!(std::fs::read(&c).unwrap(), vec![3u8; 3 << 20]);
+    }
+}
