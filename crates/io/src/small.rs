@@ -139,8 +139,10 @@ fn read_source_blocking(job: &SmallCopy) -> Result<Vec<u8>, SmallCopied> {
     let mut buf = Vec::with_capacity(cap);
     while buf.len() < cap {
         let at = buf.len() as u64;
+        let want = cap - buf.len();
         match sys::read_at(fd.as_raw_fd(), &mut buf, at) {
-            Ok(0) => break,
+            // A regular file's read comes back short only at its end: no second read for 0.
+            Ok(n) if n < want => break,
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(SmallCopied::Source(e)),

@@ -347,10 +347,7 @@ pub fn sync_xattrs(
         return Ok((false, false));
     }
     let wanted = |n: &OsStr| xattr_selected(n.as_bytes(), xattrs, acls);
-    let src_names: Vec<_> = fsops::list_xattrs(src)?
-        .into_iter()
-        .filter(|n| wanted(n))
-        .collect();
+    let src_xattrs = selected_xattrs(src, xattrs, acls)?;
     let dst_names: Vec<_> = match fsops::list_xattrs(dst) {
         Ok(v) => v.into_iter().filter(|n| wanted(n)).collect(),
         Err(e) if dry && e.kind() == io::ErrorKind::NotFound => Vec::new(),
@@ -365,19 +362,18 @@ pub fn sync_xattrs(
             x_changed = true;
         }
     };
-    for name in &src_names {
-        let value = fsops::get_xattr(src, name)?;
+    for (name, value) in &src_xattrs {
         let same =
-            dst_names.contains(name) && fsops::get_xattr(dst, name).is_ok_and(|v| v == value);
+            dst_names.contains(name) && fsops::get_xattr(dst, name).is_ok_and(|v| v == *value);
         if !same {
             mark(name);
             if !dry {
-                fsops::set_xattr(dst, name, &value)?;
+                fsops::set_xattr(dst, name, value)?;
             }
         }
     }
     for name in &dst_names {
-        if !src_names.contains(name) {
+        if !src_xattrs.iter().any(|(n, _)| n == name) {
             mark(name);
             if !dry {
                 fsops::remove_xattr(dst, name)?;

@@ -299,15 +299,11 @@ impl Engine {
                     });
                     copied.push(Copied { job, tmp, written });
                 }
-                SmallCopied::Grew => {
-                    // Copied as it is now, the usual way.
-                    self.unregister_temp(&tmp);
-                    self.run_job(job);
-                }
+                // A source that grew past its listed size is copied as it is now, and a taken
+                // temporary name replaced: both by the one-file-at-a-time path.
+                SmallCopied::Grew => self.retry_alone(job, &tmp),
                 SmallCopied::Create(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    // The random temporary name was taken: the usual path picks another.
-                    self.unregister_temp(&tmp);
-                    self.run_job(job);
+                    self.retry_alone(job, &tmp)
                 }
                 SmallCopied::Source(e) | SmallCopied::Create(e) => {
                     self.unregister_temp(&tmp);
@@ -394,6 +390,12 @@ impl Engine {
         } else {
             perms
         }
+    }
+
+    /// Hands a file the batch could not copy (nothing of it was created) to `run_job`.
+    fn retry_alone(&self, job: FileJob, tmp: &Path) {
+        self.unregister_temp(tmp);
+        self.run_job(job);
     }
 
     /// A batch-copied file failed: removes its temporary file (if `tmp`), reports, releases.
