@@ -1415,7 +1415,11 @@ impl Batch {
     /// small-file chains: io-wq starts on the first file while other tasks still build theirs.
     pub fn finished(&mut self) -> BatchFinished<'_> {
         let err = self.submit().err();
-        BatchFinished { batch: self, err }
+        BatchFinished {
+            batch: self,
+            err,
+            next: 0,
+        }
     }
 
     /// Takes the output of a completed operation. Gives the ticket back (`Err`) if the operation
@@ -1448,6 +1452,8 @@ impl Drop for Batch {
 pub struct BatchFinished<'a> {
     batch: &'a mut Batch,
     err: Option<io::Error>,
+    /// Slots before this index are known finished (the batch cannot change while borrowed).
+    next: usize,
 }
 
 impl Future for BatchFinished<'_> {
@@ -1456,19 +1462,19 @@ impl Future for BatchFinished<'_> {
         if let Some(e) = self.err.take() {
             return Poll::Ready(Err(e));
         }
-        let inner = &self.batch.handle.inner;
-        let mut done = true;
-        for &(ud, _) in &self.batch.slots {
+        // Wait on the first unfinished operation only: when it completes, the ones after it are
+        // checked again. Registering the waker on every unfinished operation at every poll
+        // would cost O(n^2) waker clones (and a wake per completion) for a batch of n.
+        let this = &mut *self;
+        let inner = &this.batch.handle.inner;
+        while let Some(&(ud, _)) = this.batch.slots.get(this.next) {
             if !inner.is_finished(ud) {
                 inner.set_waker(ud, cx.waker());
-                done = false;
+                return Poll::Pending;
             }
+            this.next += 1;
         }
-        if done {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
-        }
+        Poll::Ready(Ok(()))
     }
 }
 

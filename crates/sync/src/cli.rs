@@ -1529,7 +1529,15 @@ where
 /// io_uring offers (probed once, printed as found).
 fn print_io_backend() {
     match arsync_io::Runtime::new() {
-        Ok(rt) => println!("{}", rt.io().describe()),
+        Ok(rt) => {
+            println!("{}", rt.io().describe());
+            if let Ok(c) = crate::engine::worker_io_config() {
+                println!(
+                    "local sync workers: {:?} (ARSYNC_IO=uring|threads chooses)",
+                    c.mode
+                );
+            }
+        }
         Err(e) => println!("I/O backend: unavailable: {e}"),
     }
 }

@@ -29,6 +29,7 @@ use crate::plan::{self, Plan, TopItem};
 use crate::report::{self, Itemize, LineInfo, Output, Stats};
 
 mod worker;
+pub(crate) use worker::worker_io_config;
 
 /// rsync's exit codes.
 pub mod exit {

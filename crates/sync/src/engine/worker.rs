@@ -25,7 +25,7 @@
 use super::{Engine, EntryJob, FileJob};
 use crate::fsops::{self, Kind, Meta, Time};
 use crate::meta::{self, Wanted};
-use arsync_io::{Io, IoConfig, Rename, Runtime, SmallCopied, SmallCopy, AT_FDCWD};
+use arsync_io::{Io, IoConfig, Mode, Rename, Runtime, SmallCopied, SmallCopy, AT_FDCWD};
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
@@ -72,6 +72,19 @@ struct AttrWork {
     create_mode: u32,
 }
 
+/// The I/O configuration of a local-sync worker. An explicit `ARSYNC_IO=uring|threads` is
+/// obeyed; by default (`auto`) the workers use the blocking pool. For this workload (many
+/// small files in the page cache) io_uring punts every create, rename and statx to its io-wq
+/// threads, and a worker on the ring measured about 40% more CPU per file than one pool job
+/// per batch (docs/BENCHMARKS.md, "Local sync": the backend comparison).
+pub(crate) fn worker_io_config() -> io::Result<IoConfig> {
+    let c = IoConfig::from_env()?;
+    Ok(match c.mode {
+        Mode::Auto => c.mode(Mode::Threads),
+        _ => c,
+    })
+}
+
 fn cpath(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
@@ -80,7 +93,7 @@ impl Engine {
     /// A worker thread: runs batches of entries from `rx` until the walker is done.
     pub(super) fn serve_worker(self: &Arc<Self>, rx: crossbeam_channel::Receiver<Vec<EntryJob>>) {
         let in_flight = self.opts.queue_depth.max(1);
-        let rt = IoConfig::from_env().and_then(|c| Runtime::with_config(c.sized(in_flight + 16)));
+        let rt = worker_io_config().and_then(|c| Runtime::with_config(c.sized(in_flight + 16)));
         let rt = match rt {
             Ok(rt) => rt,
             Err(e) => {
