@@ -42,7 +42,8 @@ use crate::conn::{join_errors, InStream, OutStream};
 use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
 use crate::events::{EventSink, FileEvent};
-use crate::fsys::{read_basis, DestRoot, Meta, TempFile};
+use crate::filewriter::FileWriter;
+use crate::fsys::{read_basis, DestRoot, Meta};
 use crate::ids::{IdMap, IdNames};
 use crate::session::{am_root, flist_options, start_client, token_compression};
 use crate::transport::ChildTransport;
@@ -397,6 +398,9 @@ fn local_sum(dest: &DestRoot, name: &[u8], algo: ChecksumAlgo) -> Result<Option<
     Ok(Some(h.finish().as_bytes().to_vec()))
 }
 
+/// Bytes of basis read at once while computing block sums.
+const SUM_READ: usize = 1 << 20;
+
 /// Writes a transfer request for `ndx` with block sums of the basis (if any).
 fn request<W: Write>(
     outs: &mut OutStream<W>,
@@ -423,18 +427,29 @@ fn request<W: Write>(
     head.encode(&mut buf);
     outs.write(&buf)?;
     if let (Some(f), true) = (basis, head.count > 0) {
+        // Read the basis in large pieces (whole blocks) rather than one
+        // `pread` per block, and queue the sums of each piece at once.
         let seed_fix = neg.md5_seed_first();
-        let mut block = vec![0u8; head.blength as usize];
-        for i in 0..head.count {
-            let n = head.block_len(i);
-            read_basis(f, i as u64 * head.blength as u64, &mut block[..n])?;
-            let mut entry = Vec::with_capacity(4 + 16);
-            put_i32(&mut entry, weak_sum(&block[..n]) as i32);
-            entry.extend_from_slice(
-                &block_sum(neg.checksum, &block[..n], neg.seed, seed_fix).as_bytes()
-                    [..head.s2length as usize],
-            );
-            outs.write(&entry)?;
+        let blen = head.blength as usize;
+        let per_read = (SUM_READ / blen).max(1);
+        let mut data = vec![0u8; per_read * blen];
+        let s2 = head.s2length as usize;
+        let mut entries = Vec::with_capacity(per_read * (4 + s2));
+        let mut i = 0;
+        while i < head.count {
+            let k = (head.count - i).min(per_read as i32);
+            let bytes: usize = (i..i + k).map(|j| head.block_len(j)).sum();
+            read_basis(f, i as u64 * blen as u64, &mut data[..bytes])?;
+            entries.clear();
+            for (j, block) in data[..bytes].chunks(blen).enumerate() {
+                debug_assert_eq!(block.len(), head.block_len(i + j as i32));
+                put_i32(&mut entries, weak_sum(block) as i32);
+                entries.extend_from_slice(
+                    &block_sum(neg.checksum, block, neg.seed, seed_fix).as_bytes()[..s2],
+                );
+            }
+            outs.write(&entries)?;
+            i += k;
         }
     }
     Ok(())
@@ -522,6 +537,38 @@ fn delete_extraneous(
     Ok(counts)
 }
 
+/// When the generator hands queued requests to the transport: after the
+/// first, then after twice as many each time up to [`FlushPacer::MAX`], so
+/// the sender starts at once and later requests still go out in batches.
+#[derive(Debug)]
+struct FlushPacer {
+    pending: u32,
+    next: u32,
+}
+
+impl Default for FlushPacer {
+    fn default() -> Self {
+        FlushPacer {
+            pending: 0,
+            next: 1,
+        }
+    }
+}
+
+impl FlushPacer {
+    const MAX: u32 = 256;
+
+    fn requested<W: Write>(&mut self, outs: &mut OutStream<W>) -> Result<()> {
+        self.pending += 1;
+        if self.pending >= self.next {
+            outs.flush()?;
+            self.pending = 0;
+            self.next = (self.next * 2).min(Self::MAX);
+        }
+        Ok(())
+    }
+}
+
 /// Runs the generator; on failure tells the peer (an error text and
 /// MSG_ERROR_EXIT, as rsync does) so it stops instead of waiting for us.
 fn generator_thread<W: Write>(
@@ -556,6 +603,7 @@ fn generator<W: Write>(
     let mut codec = NdxCodec::new();
     let mut errors = Vec::new();
     let mut dirs = Vec::new();
+    let mut pacer = FlushPacer::default();
     let del_counts = if ctx.delete {
         Some(delete_extraneous(
             files,
@@ -618,6 +666,7 @@ fn generator<W: Write>(
                     };
                     ctx.requested[i].store(true, Ordering::Release);
                     request(outs, &mut codec, i as i32, basis.as_ref(), false, neg)?;
+                    pacer.requested(outs)?;
                 }
                 _ => {}
             }
@@ -705,6 +754,11 @@ fn receiver<R: Read>(
     let mut phase = 0u32;
     let mut summary = TransferSummary::default();
     let mut redo_sent = vec![false; files.len()];
+    let mut bufs = RecvBuffers {
+        writer: FileWriter::start(dest.clone(), mode.events.clone()),
+        out: Vec::new(),
+        window: BasisWindow::default(),
+    };
     loop {
         match ins.decode(|r| decode_item(&mut codec, r))? {
             NdxItem::Done => {
@@ -730,10 +784,12 @@ fn receiver<R: Read>(
                     )));
                 }
                 let e = &files[ndx as usize];
-                let (good, lit, matched) = receive_file(ins, e, dest, neg.checksum, compressed)?;
+                let (good, lit, matched) =
+                    receive_file(ins, e, dest, neg.checksum, compressed, &mut bufs)?;
                 summary.literal_bytes += lit;
                 summary.matched_bytes += matched;
-                if good.is_none() {
+                if !good {
+                    bufs.writer.discard()?;
                     if phase == 0 && !redo_sent[ndx as usize] {
                         redo_sent[ndx as usize] = true;
                         summary.files_redone += 1;
@@ -743,28 +799,9 @@ fn receiver<R: Read>(
                             String::from_utf8_lossy(&e.name).into_owned(),
                         ));
                     }
-                } else if let Some(tmp) = good {
-                    let r = match DestRoot::set_file_meta(&tmp.file, &meta_of(e, fopts, root)) {
-                        Ok(()) => dest.commit(tmp, &e.name),
-                        Err(err) => {
-                            DestRoot::remove_temp(tmp);
-                            Err(err)
-                        }
-                    };
-                    match r {
-                        Err(err) => summary
-                            .errors
-                            .push(format!("{}: {err}", String::from_utf8_lossy(&e.name))),
-                        Ok(()) => {
-                            if let Some(ev) = &mode.events {
-                                ev.emit(&FileEvent::Transferred {
-                                    name: &e.name,
-                                    literal: lit,
-                                    matched,
-                                });
-                            }
-                        }
-                    }
+                } else {
+                    // The writer applies metadata and renames into place.
+                    bufs.writer.commit(meta_of(e, fopts, root), lit, matched)?;
                     summary.files_transferred += 1;
                 }
             }
@@ -775,6 +812,9 @@ fn receiver<R: Read>(
             }
         }
     }
+    // Every file is written and committed before the generator's final
+    // steps (hard links, directory times) run.
+    summary.errors.extend(bufs.writer.finish()?);
     if mode.read_stats {
         summary.stats = ins.decode(Stats::decode_as_receiver)?;
     }
@@ -798,17 +838,76 @@ fn receiver<R: Read>(
 }
 
 /// Bytes of received file data collected before one write.
-const WRITE_BATCH: usize = 1 << 20;
+const WRITE_BATCH: usize = crate::filewriter::BUFFER_SIZE;
 
-/// Receives one file's data into a temporary file. Returns the temp file if
-/// the whole-file checksum matched (None if not), and literal/matched byte counts.
+/// Bytes of basis file read at once for matched blocks.
+const BASIS_WINDOW: usize = 1 << 20;
+
+/// The receiver's writer and buffers reused across received files.
+#[derive(Debug)]
+struct RecvBuffers {
+    /// Writes, commits and discards the received files.
+    writer: FileWriter,
+    /// File data collected for the next write (a buffer of the writer's).
+    out: Vec<u8>,
+    /// Where matched blocks are read from.
+    window: BasisWindow,
+}
+
+/// A window of the basis file: matched blocks are mostly consecutive, so
+/// one large `pread` serves many of them.
+#[derive(Debug, Default)]
+struct BasisWindow {
+    window: Vec<u8>,
+    window_start: u64,
+    window_len: usize,
+}
+
+impl BasisWindow {
+    /// The basis bytes `[off, off + n)`, reading a new window if needed.
+    fn get<'a>(&'a mut self, f: &File, off: u64, n: usize) -> Result<&'a [u8]> {
+        let inside = off >= self.window_start
+            && off + n as u64 <= self.window_start + self.window_len as u64;
+        if !inside {
+            let size = BASIS_WINDOW.max(n);
+            if self.window.len() < size {
+                self.window.resize(size, 0);
+            }
+            let mut got = 0;
+            while got < size {
+                match f.read_at(&mut self.window[got..size], off + got as u64) {
+                    Ok(0) => break,
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(RemoteError::io("reading the basis file", e)),
+                }
+            }
+            self.window_start = off;
+            self.window_len = got;
+            if got < n {
+                self.window_len = 0;
+                return Err(RemoteError::io(
+                    "reading the basis file",
+                    std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                ));
+            }
+        }
+        let at = (off - self.window_start) as usize;
+        Ok(&self.window[at..at + n])
+    }
+}
+
+/// Receives one file's data and hands it to the writer (which creates the
+/// temporary file). Returns whether the whole-file checksum matched, and
+/// the literal/matched byte counts; the caller then commits or discards.
 fn receive_file<R: Read>(
     ins: &mut InStream<R>,
     e: &FileEntry,
     dest: &DestRoot,
     algo: ChecksumAlgo,
     compressed: bool,
-) -> Result<(Option<TempFile>, u64, u64)> {
+    bufs: &mut RecvBuffers,
+) -> Result<(bool, u64, u64)> {
     let dlen = algo.digest_len();
     let head = ins.decode(|r| SumHead::decode(r, dlen))?;
     let basis = if head.count > 0 {
@@ -816,54 +915,93 @@ fn receive_file<R: Read>(
     } else {
         None
     };
-    let tmp = dest.create_temp(&e.name)?;
-    let f = &tmp.file;
+    // A new basis: forget the old window.
+    bufs.window.window_len = 0;
+    bufs.writer.begin(&e.name)?;
     let res: Result<(bool, u64, u64)> = (|| {
         let mut hasher = FileHasher::new(algo);
-        let mut dec = TokenSource::new(compressed, head.count as u32);
         let mut offset = 0u64;
         let (mut lit, mut matched) = (0u64, 0u64);
-        let mut block = vec![0u8; head.blength as usize];
-        // Data is written in batches of about WRITE_BATCH bytes, not per token.
-        let mut out: Vec<u8> = Vec::new();
-        let write_out = |out: &mut Vec<u8>, offset: &mut u64| -> Result<()> {
-            if out.is_empty() {
+        if bufs.out.capacity() == 0 {
+            bufs.out = bufs.writer.buffer();
+        }
+        // Data goes to the writer in batches of about WRITE_BATCH bytes.
+        let write_out = |bufs: &mut RecvBuffers, offset: &mut u64| -> Result<()> {
+            if bufs.out.is_empty() {
                 return Ok(());
             }
-            f.write_all_at(out, *offset).map_err(|err| {
-                RemoteError::io(format!("writing {}", String::from_utf8_lossy(&e.name)), err)
-            })?;
-            *offset += out.len() as u64;
-            out.clear();
+            let n = bufs.out.len() as u64;
+            let next = bufs.writer.buffer();
+            bufs.writer
+                .data(*offset, std::mem::replace(&mut bufs.out, next))?;
+            *offset += n;
             Ok(())
         };
-        loop {
-            match ins.decode(|r| dec.decode(r))? {
-                Token::Literal(b) => {
-                    hasher.update(&b);
-                    out.extend_from_slice(&b);
-                    lit += b.len() as u64;
+        let block = |i: u32, bufs: &mut RecvBuffers, hasher: &mut FileHasher| -> Result<u64> {
+            let Some(bf) = basis.as_ref() else {
+                return Err(RemoteError::Refused(format!(
+                    "block match with no basis file for {}",
+                    String::from_utf8_lossy(&e.name)
+                )));
+            };
+            let n = head.block_len(i as i32);
+            let data = bufs.window.get(bf, i as u64 * head.blength as u64, n)?;
+            hasher.update(data);
+            bufs.out.extend_from_slice(data);
+            Ok(n as u64)
+        };
+        if compressed {
+            let mut dec = TokenSource::new(true, head.count as u32);
+            loop {
+                match ins.decode(|r| dec.decode(r))? {
+                    Token::Literal(b) => {
+                        hasher.update(&b);
+                        bufs.out.extend_from_slice(&b);
+                        lit += b.len() as u64;
+                    }
+                    Token::Block(i) => matched += block(i, bufs, &mut hasher)?,
+                    Token::End => break,
                 }
-                Token::Block(i) => {
-                    let Some(bf) = basis.as_ref() else {
-                        return Err(RemoteError::Refused(format!(
-                            "block match with no basis file for {}",
-                            String::from_utf8_lossy(&e.name)
-                        )));
-                    };
-                    let n = head.block_len(i as i32);
-                    read_basis(bf, i as u64 * head.blength as u64, &mut block[..n])?;
-                    hasher.update(&block[..n]);
-                    out.extend_from_slice(&block[..n]);
-                    matched += n as u64;
+                if bufs.out.len() >= WRITE_BATCH {
+                    write_out(bufs, &mut offset)?;
                 }
-                Token::End => break,
             }
-            if out.len() >= WRITE_BATCH {
-                write_out(&mut out, &mut offset)?;
+        } else {
+            // Plain tokens, decoded here so literal data is hashed and
+            // batched straight from the input buffer (no copy per token).
+            loop {
+                let t = ins.decode(|r| r.i32())?;
+                if t == 0 {
+                    break;
+                }
+                if t > 0 {
+                    let mut left = t as usize;
+                    while left > 0 {
+                        let data = ins.take(left.min(WRITE_BATCH - bufs.out.len()))?;
+                        hasher.update(data);
+                        bufs.out.extend_from_slice(data);
+                        left -= data.len();
+                        lit += data.len() as u64;
+                        if bufs.out.len() >= WRITE_BATCH {
+                            write_out(bufs, &mut offset)?;
+                        }
+                    }
+                } else {
+                    let i = -(t as i64) - 1;
+                    if i >= head.count as i64 {
+                        return Err(RemoteError::Proto(arsync_proto::Error::malformed(
+                            "token",
+                            format!("block index {i} but the basis has {} blocks", head.count),
+                        )));
+                    }
+                    matched += block(i as u32, bufs, &mut hasher)?;
+                    if bufs.out.len() >= WRITE_BATCH {
+                        write_out(bufs, &mut offset)?;
+                    }
+                }
             }
         }
-        write_out(&mut out, &mut offset)?;
+        write_out(bufs, &mut offset)?;
         let theirs = ins.decode(|r| Ok(r.bytes(dlen)?.to_vec()))?;
         Ok((
             hasher.finish().as_bytes() == theirs.as_slice(),
@@ -871,15 +1009,5 @@ fn receive_file<R: Read>(
             matched,
         ))
     })();
-    match res {
-        Ok((true, l, m)) => Ok((Some(tmp), l, m)),
-        Ok((false, l, m)) => {
-            DestRoot::remove_temp(tmp);
-            Ok((None, l, m))
-        }
-        Err(err) => {
-            DestRoot::remove_temp(tmp);
-            Err(err)
-        }
-    }
+    res
 }
