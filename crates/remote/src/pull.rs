@@ -399,7 +399,7 @@ fn local_sum(dest: &DestRoot, name: &[u8], algo: ChecksumAlgo) -> Result<Option<
 }
 
 /// Bytes of basis read at once while computing block sums.
-const SUM_READ: usize = 1 << 20;
+const SUM_READ: usize = 128 << 10;
 
 /// Writes a transfer request for `ndx` with block sums of the basis (if any).
 fn request<W: Write>(
@@ -841,7 +841,7 @@ fn receiver<R: Read>(
 const WRITE_BATCH: usize = crate::filewriter::BUFFER_SIZE;
 
 /// Bytes of basis file read at once for matched blocks.
-const BASIS_WINDOW: usize = 1 << 20;
+const BASIS_WINDOW: usize = 256 << 10;
 
 /// The receiver's writer and buffers reused across received files.
 #[derive(Debug)]
