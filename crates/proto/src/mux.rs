@@ -179,15 +179,7 @@ impl Demuxer {
         if self.buf.len() < 4 {
             return Ok(None);
         }
-        let word = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
-        let len = (word & 0xFF_FFFF) as usize;
-        let raw = (word >> 24) as u8;
-        let Some(tag) = raw.checked_sub(MPLEX_BASE).and_then(MsgTag::from_wire) else {
-            return Err(Error::malformed(
-                "multiplexed frame",
-                format!("unexpected tag {}", raw.wrapping_sub(MPLEX_BASE)),
-            ));
-        };
+        let (tag, len) = parse_header(&self.buf[..4])?;
         if tag == MsgTag::Data {
             self.buf.drain(..4);
             if len == 0 {
@@ -196,60 +188,145 @@ impl Demuxer {
             self.data_left = len;
             return self.next_event();
         }
-        let expect_int = matches!(
-            tag,
-            MsgTag::IoError | MsgTag::IoTimeout | MsgTag::Success | MsgTag::NoSend
-        );
-        if expect_int && len != 4 {
-            return Err(Error::malformed(
-                "multiplexed frame",
-                format!("{tag:?} with length {len}"),
-            ));
-        }
-        if tag == MsgTag::Noop && len != 0 {
-            return Err(Error::malformed(
-                "multiplexed frame",
-                format!("NOOP with length {len}"),
-            ));
-        }
-        if tag == MsgTag::ErrorExit && len != 0 && len != 4 {
-            return Err(Error::malformed(
-                "multiplexed frame",
-                format!("ERROR_EXIT with length {len}"),
-            ));
-        }
-        if len > MAX_MSG_LEN {
-            return Err(Error::malformed(
-                "multiplexed frame",
-                format!("{tag:?} message of {len} bytes"),
-            ));
-        }
         if self.buf.len() < 4 + len {
             return Ok(None);
         }
-        let payload: Vec<u8> = self.buf[4..4 + len].to_vec();
+        let msg = parse_message(tag, &self.buf[4..4 + len])?;
         self.buf.drain(..4 + len);
-        let int = || i32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
-        let msg = match tag {
-            MsgTag::ErrorXfer | MsgTag::Info | MsgTag::Error | MsgTag::Warning => {
-                Message::Text(tag, payload)
-            }
-            MsgTag::IoError => Message::IoError(int() as u32),
-            MsgTag::IoTimeout => Message::IoTimeout(int()),
-            MsgTag::Noop => Message::Noop,
-            MsgTag::ErrorExit => Message::ErrorExit(if len == 4 { Some(int()) } else { None }),
-            MsgTag::Success => Message::Success(int()),
-            MsgTag::NoSend => Message::NoSend(int()),
-            MsgTag::Deleted => Message::Deleted(payload),
-            MsgTag::Data => {
-                return Err(Error::malformed(
-                    "multiplexed frame",
-                    "data frame in message path",
-                ))
-            }
-        };
         Ok(Some(Event::Message(msg)))
     }
+
+    /// Demultiplexes `input` without intermediate copies: `DATA` payloads
+    /// are appended to `data` as they arrive, keepalives are dropped, and
+    /// every other message goes to `on_message` (the data before it has
+    /// been appended by then). Frame headers and messages split across
+    /// calls are kept until complete. Do not mix with [`Demuxer::push`].
+    pub fn demux_into<E: From<Error>>(
+        &mut self,
+        mut input: &[u8],
+        data: &mut Vec<u8>,
+        mut on_message: impl FnMut(Message) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        loop {
+            if self.data_left > 0 {
+                let n = self.data_left.min(input.len());
+                data.extend_from_slice(&input[..n]);
+                input = &input[n..];
+                self.data_left -= n;
+            }
+            if input.is_empty() {
+                return Ok(());
+            }
+            if self.buf.is_empty() && input.len() >= 4 {
+                // The common case: a whole header in this input.
+                let (tag, len) = parse_header(&input[..4])?;
+                if tag == MsgTag::Data {
+                    input = &input[4..];
+                    self.data_left = len;
+                    continue;
+                }
+                if input.len() >= 4 + len {
+                    on_message(parse_message(tag, &input[4..4 + len])?)?;
+                    input = &input[4 + len..];
+                    continue;
+                }
+                self.buf.extend_from_slice(input);
+                return Ok(());
+            }
+            // A frame that straddles inputs: collect it in `buf`.
+            if self.buf.len() < 4 {
+                let k = (4 - self.buf.len()).min(input.len());
+                self.buf.extend_from_slice(&input[..k]);
+                input = &input[k..];
+                if self.buf.len() < 4 {
+                    return Ok(());
+                }
+            }
+            let (tag, len) = parse_header(&self.buf[..4])?;
+            if tag == MsgTag::Data {
+                self.buf.clear();
+                self.data_left = len;
+                continue;
+            }
+            let k = (4 + len - self.buf.len()).min(input.len());
+            self.buf.extend_from_slice(&input[..k]);
+            input = &input[k..];
+            if self.buf.len() < 4 + len {
+                return Ok(());
+            }
+            let msg = parse_message(tag, &self.buf[4..4 + len]);
+            self.buf.clear();
+            on_message(msg?)?;
+        }
+    }
+}
+
+/// Decodes and validates a frame header: the tag and the payload length.
+fn parse_header(b: &[u8]) -> Result<(MsgTag, usize)> {
+    let word = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let len = (word & 0xFF_FFFF) as usize;
+    let raw = (word >> 24) as u8;
+    let Some(tag) = raw.checked_sub(MPLEX_BASE).and_then(MsgTag::from_wire) else {
+        return Err(Error::malformed(
+            "multiplexed frame",
+            format!("unexpected tag {}", raw.wrapping_sub(MPLEX_BASE)),
+        ));
+    };
+    if tag == MsgTag::Data {
+        return Ok((tag, len));
+    }
+    let expect_int = matches!(
+        tag,
+        MsgTag::IoError | MsgTag::IoTimeout | MsgTag::Success | MsgTag::NoSend
+    );
+    if expect_int && len != 4 {
+        return Err(Error::malformed(
+            "multiplexed frame",
+            format!("{tag:?} with length {len}"),
+        ));
+    }
+    if tag == MsgTag::Noop && len != 0 {
+        return Err(Error::malformed(
+            "multiplexed frame",
+            format!("NOOP with length {len}"),
+        ));
+    }
+    if tag == MsgTag::ErrorExit && len != 0 && len != 4 {
+        return Err(Error::malformed(
+            "multiplexed frame",
+            format!("ERROR_EXIT with length {len}"),
+        ));
+    }
+    if len > MAX_MSG_LEN {
+        return Err(Error::malformed(
+            "multiplexed frame",
+            format!("{tag:?} message of {len} bytes"),
+        ));
+    }
+    Ok((tag, len))
+}
+
+/// Builds the message of a non-DATA frame whose header passed [`parse_header`].
+fn parse_message(tag: MsgTag, payload: &[u8]) -> Result<Message> {
+    let int = || i32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+    Ok(match tag {
+        MsgTag::ErrorXfer | MsgTag::Info | MsgTag::Error | MsgTag::Warning => {
+            Message::Text(tag, payload.to_vec())
+        }
+        MsgTag::IoError => Message::IoError(int() as u32),
+        MsgTag::IoTimeout => Message::IoTimeout(int()),
+        MsgTag::Noop => Message::Noop,
+        MsgTag::ErrorExit => Message::ErrorExit((payload.len() == 4).then(int)),
+        MsgTag::Success => Message::Success(int()),
+        MsgTag::NoSend => Message::NoSend(int()),
+        MsgTag::Deleted => Message::Deleted(payload.to_vec()),
+        MsgTag::Data => {
+            return Err(Error::malformed(
+                "multiplexed frame",
+                "data frame in message path",
+            ))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -342,6 +419,48 @@ mod tests {
             want.extend_from_slice(&data);
             prop_assert_eq!(got, want);
             prop_assert_eq!(msgs, vec![Message::Text(MsgTag::Warning, msg)]);
+        }
+
+        #[test]
+        fn demux_into_matches_events(data in proptest::collection::vec(any::<u8>(), 0..3000), msg in proptest::collection::vec(any::<u8>(), 0..100), splits in proptest::collection::vec(1usize..700, 1..40)) {
+            let mut s = Vec::new();
+            encode_data(&data, 700, &mut s);
+            encode_frame(MsgTag::Info, &msg, &mut s).unwrap();
+            encode_frame(MsgTag::Data, b"", &mut s).unwrap();
+            encode_int_msg(MsgTag::NoSend, 7, &mut s);
+            encode_data(&data, 1000, &mut s);
+            let mut d = Demuxer::new();
+            let mut got = Vec::new();
+            let mut msgs = Vec::new();
+            // Data length at the time each message arrived.
+            let mut at = Vec::new();
+            let (mut pos, mut i) = (0, 0);
+            while pos < s.len() {
+                let n = splits[i % splits.len()].min(s.len() - pos);
+                d.demux_into(&s[pos..pos + n], &mut got, |m| {
+                    msgs.push(m);
+                    Ok::<(), Error>(())
+                }).unwrap();
+                at.resize(msgs.len(), got.len());
+                pos += n;
+                i += 1;
+            }
+            let mut want = data.clone();
+            want.extend_from_slice(&data);
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(msgs, vec![Message::Text(MsgTag::Info, msg), Message::NoSend(7)]);
+            prop_assert!(at.iter().all(|&n| n >= data.len()));
+            prop_assert!(d.at_boundary());
+        }
+
+        #[test]
+        fn demux_into_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300), cut in 0usize..300) {
+            let mut d = Demuxer::new();
+            let mut out = Vec::new();
+            let cut = cut.min(data.len());
+            if d.demux_into(&data[..cut], &mut out, |_| Ok::<(), Error>(())).is_ok() {
+                let _ = d.demux_into(&data[cut..], &mut out, |_| Ok::<(), Error>(()));
+            }
         }
 
         #[test]

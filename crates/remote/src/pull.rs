@@ -468,6 +468,9 @@ fn local_sum(dest: &DestRoot, name: &[u8], algo: ChecksumAlgo) -> Result<Option<
     Ok(Some(h.finish().as_bytes().to_vec()))
 }
 
+/// Bytes of basis read at once while computing block sums.
+const SUM_READ: usize = 128 << 10;
+
 /// Writes a transfer request for `ndx` with block sums of the basis (if any).
 #[allow(clippy::too_many_arguments)]
 fn request<W: Write>(
@@ -512,18 +515,28 @@ fn request<W: Write>(
     head.encode(&mut buf);
     outs.write(&buf)?;
     if let (Some(f), true) = (basis, head.count > 0) {
+        // Read the basis in large pieces (whole blocks) rather than one `pread` per block,
+        // and queue the sums of each piece at once.
         let seed_fix = neg.md5_seed_first();
-        let mut block = vec![0u8; head.blength as usize];
-        for i in 0..head.count {
-            let n = head.block_len(i);
-            read_basis(f, i as u64 * head.blength as u64, &mut block[..n])?;
-            let mut entry = Vec::with_capacity(4 + 16);
-            put_i32(&mut entry, weak_sum(&block[..n]) as i32);
-            entry.extend_from_slice(
-                &block_sum(neg.checksum, &block[..n], neg.seed, seed_fix).as_bytes()
-                    [..head.s2length as usize],
-            );
-            outs.write(&entry)?;
+        let blen = head.blength as usize;
+        let per_read = (SUM_READ / blen).max(1);
+        let mut data = vec![0u8; per_read * blen];
+        let s2 = head.s2length as usize;
+        let mut entries = Vec::with_capacity(per_read * (4 + s2));
+        let mut i = 0;
+        while i < head.count {
+            let k = (head.count - i).min(per_read as i32);
+            let bytes: usize = (i..i + k).map(|j| head.block_len(j)).sum();
+            read_basis(f, i as u64 * blen as u64, &mut data[..bytes])?;
+            entries.clear();
+            for block in data[..bytes].chunks(blen) {
+                put_i32(&mut entries, weak_sum(block) as i32);
+                entries.extend_from_slice(
+                    &block_sum(neg.checksum, block, neg.seed, seed_fix).as_bytes()[..s2],
+                );
+            }
+            outs.write(&entries)?;
+            i += k;
         }
     }
     Ok(())
@@ -751,6 +764,38 @@ fn run_steps<W: Write>(
     outs.flush()
 }
 
+/// When the generator hands queued requests to the transport: after the first, then after
+/// twice as many each time up to [`FlushPacer::MAX`], so the sender starts at once and later
+/// requests still go out in batches.
+#[derive(Debug)]
+struct FlushPacer {
+    pending: u32,
+    next: u32,
+}
+
+impl Default for FlushPacer {
+    fn default() -> Self {
+        FlushPacer {
+            pending: 0,
+            next: 1,
+        }
+    }
+}
+
+impl FlushPacer {
+    const MAX: u32 = 256;
+
+    fn requested<W: Write>(&mut self, outs: &mut OutStream<W>) -> Result<()> {
+        self.pending += 1;
+        if self.pending >= self.next {
+            outs.flush()?;
+            self.pending = 0;
+            self.next = (self.next * 2).min(Self::MAX);
+        }
+        Ok(())
+    }
+}
+
 /// Runs the generator; on failure tells the peer (an error text and
 /// MSG_ERROR_EXIT, as rsync does) so it stops instead of waiting for us.
 fn generator_thread<W: Write>(
@@ -785,6 +830,7 @@ fn generator<W: Write>(
     let mut codec = NdxCodec::new();
     let mut errors = Vec::new();
     let mut dirs = Vec::new();
+    let mut pacer = FlushPacer::default();
     let mut del_counts = if ctx.delete && !ctx.late_delete {
         Some(delete_extraneous(
             files,
@@ -922,6 +968,7 @@ fn generator<W: Write>(
                         xreq.as_deref(),
                         dry,
                     )?;
+                    pacer.requested(outs)?;
                 }
                 _ => {}
             }

@@ -7,18 +7,20 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
+use arsync_proto::checksum::{ChecksumAlgo, FileHasher};
 use arsync_proto::compress::TokenSink;
 use arsync_proto::flist::FlistOptions;
 use arsync_proto::flist::{encode_id_list, FileType, FlistEncoder};
 use arsync_proto::handshake::Negotiated;
 use arsync_proto::handshake::PROTOCOL_VERSION;
 use arsync_proto::item::{decode_item, iflags, NdxItem};
-use arsync_proto::matcher::DeltaEncoder;
+use arsync_proto::matcher::{DeltaEncoder, DeltaStats};
 use arsync_proto::mux::MsgTag;
 use arsync_proto::ndx::{NdxCodec, NDX_DONE};
 use arsync_proto::phase::{goodbye_reads, SenderDoneAction, SenderPhases};
 use arsync_proto::stats::{Stats, IOERR_GENERAL, IOERR_VANISHED};
 use arsync_proto::sums::{SumDecoder, SumHead};
+use arsync_proto::token::CHUNK_SIZE;
 
 use arsync_proto::xattr::{decode_request, encode_reply};
 
@@ -183,6 +185,34 @@ pub fn run_push<R: Read, W: Write>(
             dry_run: opts.command.flags.contains('n'),
         },
     )
+}
+
+/// Sends a whole file as literal tokens (no basis, no compression): data
+/// goes from the read buffer straight into the framed output, hashed on
+/// the way. The same bytes on the wire as the delta encoder produces.
+fn send_whole<W: Write>(
+    f: &mut std::fs::File,
+    chunk: &mut [u8],
+    outs: &mut OutStream<W>,
+    algo: ChecksumAlgo,
+) -> Result<DeltaStats> {
+    let mut hasher = FileHasher::new(algo);
+    let mut st = DeltaStats::default();
+    loop {
+        let n = read_chunk(f, chunk)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&chunk[..n]);
+        for piece in chunk[..n].chunks(CHUNK_SIZE) {
+            outs.write(&(piece.len() as i32).to_le_bytes())?;
+            outs.write(piece)?;
+        }
+        st.literal += n as u64;
+    }
+    outs.write(&0i32.to_le_bytes())?;
+    outs.write(hasher.finish().as_bytes())?;
+    Ok(st)
 }
 
 /// How the sending half behaves.
@@ -398,27 +428,32 @@ pub(crate) fn send_session<R: Read, W: Write>(
                 b.extend_from_slice(xattr_reply.as_deref().unwrap_or_default());
                 head.encode(&mut b);
                 outs.write(&b)?;
-                let mut delta = DeltaEncoder::with_sink(
-                    sums,
-                    neg.checksum,
-                    neg.seed,
-                    seed_fix,
-                    TokenSink::new(zlevel),
-                );
-                let mut out = Vec::new();
-                loop {
-                    let n = read_chunk(&mut f, &mut chunk)?;
-                    if n == 0 {
-                        break;
+                let st = if sums.blocks.is_empty() && zlevel.is_none() {
+                    send_whole(&mut f, &mut chunk, &mut outs, neg.checksum)?
+                } else {
+                    let mut delta = DeltaEncoder::with_sink(
+                        sums,
+                        neg.checksum,
+                        neg.seed,
+                        seed_fix,
+                        TokenSink::new(zlevel),
+                    );
+                    let mut out = Vec::new();
+                    loop {
+                        let n = read_chunk(&mut f, &mut chunk)?;
+                        if n == 0 {
+                            break;
+                        }
+                        delta.feed(&chunk[..n], &mut out)?;
+                        if out.len() >= 64 * 1024 {
+                            outs.write(&out)?;
+                            out.clear();
+                        }
                     }
-                    delta.feed(&chunk[..n], &mut out)?;
-                    if out.len() >= 64 * 1024 {
-                        outs.write(&out)?;
-                        out.clear();
-                    }
-                }
-                let st = delta.finish(&mut out)?;
-                outs.write(&out)?;
+                    let st = delta.finish(&mut out)?;
+                    outs.write(&out)?;
+                    st
+                };
                 summary.literal_bytes += st.literal;
                 summary.matched_bytes += st.matched;
                 summary.files_transferred += 1;
