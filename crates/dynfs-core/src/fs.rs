@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use crate::meta::{self, Extent, Inode, Kind, Ts, DIRENTS, EXTMAP, INODES, LIVE, ROOT_INO, XATTRS};
 use crate::policy::Policy;
-use crate::pool::{new_inode, Pool};
+use crate::pool::{new_inode, Pool, INLINE_MAX};
 use redb::{ReadableTable, WriteTransaction};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -94,7 +94,9 @@ fn errno(e: i32) -> Error {
 /// Buffered, not yet committed state of an open file.
 #[derive(Default)]
 struct FileState {
-    /// Extent index → full-extent buffer, or `None` for "make this a hole".
+    /// Extent index → extent buffer, or `None` for "make this a hole". A buffer holds the
+    /// extent's first bytes; the rest of the extent reads as zeros (so a small file does not
+    /// cost a whole extent of memory).
     dirty: BTreeMap<u64, Option<Vec<u8>>>,
     /// Size including buffered writes, if it differs from the committed inode.
     size: Option<u64>,
@@ -161,6 +163,24 @@ fn apply_attrs(tx: &WriteTransaction, ino: u64, i: &mut Inode, p: &PendingAttrs)
     }
     p.overlay(i);
     Ok(())
+}
+
+/// A new extent written by a flush, not yet referenced by the metadata.
+struct NewExtent {
+    id: u64,
+    ext: Extent,
+    /// The value to store in [`meta::INLINE`] for an inline extent.
+    inline: Option<Vec<u8>>,
+}
+
+impl NewExtent {
+    /// Record the extent (with one reference) in a metadata transaction.
+    fn link(&self, tx: &WriteTransaction) -> Result<()> {
+        match &self.inline {
+            Some(v) => Pool::link_inline(tx, self.id, &self.ext, v, 1),
+            None => Pool::link_extent(tx, self.id, &self.ext, 1),
+        }
+    }
 }
 
 /// Attribute changes for [`Fs::setattr`].
@@ -343,7 +363,8 @@ impl Fs {
     /// Delete fragments that a lazy commit stopped referencing: make that commit durable first,
     /// so a crash can never bring back metadata that points at deleted fragments.
     fn free(&self, freed: &[(u64, Extent)]) -> Result<()> {
-        if !freed.is_empty() {
+        // Inline extents went with the commit that dropped them: no fragment to delete.
+        if freed.iter().any(|(_, e)| !e.is_inline()) {
             self.pool.meta.sync()?;
             self.pool.free_extents(freed);
         }
@@ -392,6 +413,36 @@ impl Fs {
         }
     }
 
+    /// Whether committing `ino`'s buffered state now is cheap: nothing buffered, or a file small
+    /// enough to be stored inline (one metadata commit, no fragment I/O), and no other request
+    /// holds the file. The FUSE layer answers such requests on its session thread.
+    pub fn is_light(&self, ino: u64) -> bool {
+        let Some(s) = self.existing_state(ino) else {
+            return true;
+        };
+        let Ok(st) = s.try_lock() else {
+            return false;
+        };
+        st.dirty.is_empty()
+            || (st.size.is_some_and(|sz| sz <= INLINE_MAX as u64)
+                && st.dirty.keys().all(|&idx| idx == 0))
+    }
+
+    /// Whether writing `len` bytes at `off` is cheap: the file stays within [`INLINE_MAX`]
+    /// bytes, so the write only copies into its buffer (see [`Fs::is_light`]).
+    pub fn write_is_light(&self, ino: u64, off: u64, len: usize) -> bool {
+        if off.saturating_add(len as u64) > INLINE_MAX as u64 || !self.is_light(ino) {
+            return false;
+        }
+        let size = self
+            .existing_state(ino)
+            .and_then(|s| s.try_lock().ok().and_then(|st| st.size));
+        match size {
+            Some(sz) => sz <= INLINE_MAX as u64,
+            None => self.inode(ino).is_ok_and(|i| i.size <= INLINE_MAX as u64),
+        }
+    }
+
     /// Read a committed inode.
     fn inode(&self, ino: u64) -> Result<Inode> {
         let tx = self.pool.meta.read()?;
@@ -417,8 +468,12 @@ impl Fs {
                 i.mtime = m;
                 i.ctime = m;
             }
-            let es = self.pool.extent_size();
-            i.alloc += st.dirty.values().filter(|b| b.is_some()).count() as u64 * es;
+            i.alloc += st
+                .dirty
+                .values()
+                .flatten()
+                .map(|b| (b.len() as u64).next_multiple_of(4096))
+                .sum::<u64>();
         }
         Ok(i)
     }
@@ -879,7 +934,13 @@ impl Fs {
             let n = ((idx + 1) * es).min(end) - pos;
             let dst = &mut out[(pos - off) as usize..(pos - off + n) as usize];
             match guard.as_ref().and_then(|g| g.dirty.get(&idx)) {
-                Some(Some(buf)) => dst.copy_from_slice(&buf[in_ext..in_ext + n as usize]),
+                Some(Some(buf)) => {
+                    // Past the buffer's end the extent is zeros (`out` starts zeroed).
+                    let have = buf.len().saturating_sub(in_ext).min(n as usize);
+                    if have > 0 {
+                        dst[..have].copy_from_slice(&buf[in_ext..in_ext + have]);
+                    }
+                }
                 Some(None) => {}
                 None => {
                     if in_ext == 0 || pos + n == end {
@@ -1010,16 +1071,23 @@ impl Fs {
                 st.dirty.insert(idx, None);
             } else {
                 if !matches!(st.dirty.get(&idx), Some(Some(_))) {
-                    let mut buf = vec![0u8; es as usize];
+                    let mut buf = Vec::new();
                     if !st.dirty.contains_key(&idx) && !whole {
                         if let Some(d) = self.committed_extent(ino, idx)? {
-                            let l = d.len().min(buf.len());
-                            buf[..l].copy_from_slice(&d[..l]);
+                            let l = d.len().min(es as usize);
+                            buf.extend_from_slice(&d[..l]);
                         }
                     }
                     st.dirty.insert(idx, Some(buf));
                 }
                 if let Some(Some(buf)) = st.dirty.get_mut(&idx) {
+                    if buf.len() < in_ext + n {
+                        if buf.capacity() < in_ext + n && in_ext + n > es as usize / 2 {
+                            // A sequential writer fills the extent: allocate it once.
+                            buf.reserve_exact(es as usize - buf.len());
+                        }
+                        buf.resize(in_ext + n, 0);
+                    }
                     let dst = &mut buf[in_ext..in_ext + n];
                     match data {
                         Some(d) => {
@@ -1077,6 +1145,25 @@ impl Fs {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Store extent `idx` of a file of `size` bytes: inline in the metadata when the whole
+    /// file fits in [`INLINE_MAX`] bytes, otherwise as fragments under `policy`.
+    fn store_extent(&self, policy: Policy, idx: u64, size: u64, data: &[u8]) -> Result<NewExtent> {
+        if idx == 0 && size <= INLINE_MAX as u64 {
+            let (id, ext, v) = self.pool.inline_extent(policy, data)?;
+            return Ok(NewExtent {
+                id,
+                ext,
+                inline: Some(v),
+            });
+        }
+        let (id, ext) = self.pool.write_extent(policy, data)?;
+        Ok(NewExtent {
+            id,
+            ext,
+            inline: None,
+        })
+    }
+
     fn flush_locked(&self, ino: u64, st: &mut FileState) -> Result<()> {
         if st.dirty.is_empty() && st.size.is_none() && st.mtime.is_none() && st.attrs.is_none() {
             return Ok(());
@@ -1096,11 +1183,23 @@ impl Fs {
         let policy = self.effective_policy(&i);
         let es = self.es();
         // 1. Write new fragments durably.
-        let mut new: Vec<(u64, Option<(u64, Extent)>)> = Vec::new();
-        let cleanup = |new: &[(u64, Option<(u64, Extent)>)]| {
-            let orphans: Vec<(u64, Extent)> = new.iter().filter_map(|(_, e)| e.clone()).collect();
+        let mut new: Vec<(u64, Option<NewExtent>)> = Vec::new();
+        let cleanup = |new: &[(u64, Option<NewExtent>)]| {
+            let orphans: Vec<(u64, Extent)> = new
+                .iter()
+                .filter_map(|(_, e)| e.as_ref().map(|n| (n.id, n.ext.clone())))
+                .collect();
             self.pool.free_extents(&orphans);
         };
+        // Buffers shorter than their extent's data end in zeros.
+        for (&idx, buf) in st.dirty.iter_mut() {
+            let len = size.saturating_sub(idx * es).min(es) as usize;
+            if let Some(b) = buf {
+                if b.len() < len {
+                    b.resize(len, 0);
+                }
+            }
+        }
         // Encode, hash and write several extents at once: the CPU work of one overlaps the
         // fragment writes of the others.
         let work: Vec<(u64, Option<&[u8]>)> = st
@@ -1118,16 +1217,19 @@ impl Fs {
             .collect();
         let mut first_err = None;
         for batch in work.chunks(FLUSH_PARALLEL) {
-            let results: Vec<Result<Option<(u64, Extent)>>> = if batch.len() == 1 {
-                let data = batch[0].1;
-                vec![data.map(|d| self.pool.write_extent(policy, d)).transpose()]
+            let results: Vec<Result<Option<NewExtent>>> = if batch.len() == 1 {
+                let (idx, data) = batch[0];
+                vec![data
+                    .map(|d| self.store_extent(policy, idx, size, d))
+                    .transpose()]
             } else {
                 std::thread::scope(|s| {
                     let handles: Vec<_> = batch
                         .iter()
-                        .map(|&(_, data)| {
+                        .map(|&(idx, data)| {
                             s.spawn(move || {
-                                data.map(|d| self.pool.write_extent(policy, d)).transpose()
+                                data.map(|d| self.store_extent(policy, idx, size, d))
+                                    .transpose()
                             })
                         })
                         .collect();
@@ -1186,11 +1288,11 @@ impl Fs {
                     }
                     let mut m = tx.open_table(EXTMAP)?;
                     match ext {
-                        Some((id, e)) => {
-                            m.insert((LIVE, ino, *idx), *id)?;
+                        Some(n) => {
+                            m.insert((LIVE, ino, *idx), n.id)?;
                             drop(m);
-                            Pool::link_extent(tx, *id, e, 1)?;
-                            inode.alloc += e.len as u64;
+                            n.link(tx)?;
+                            inode.alloc += n.ext.len as u64;
                         }
                         None => {
                             m.remove((LIVE, ino, *idx))?;
@@ -1458,6 +1560,11 @@ impl Fs {
         } else {
             None
         };
+        if let Some((bits, true)) = acl {
+            if self.defer_minimal_acl(ino, bits)? {
+                return Ok(());
+            }
+        }
         // Buffered attribute changes (a mode) go first, so they cannot override this one.
         self.flush(ino)?;
         let (name, value) = (name.to_vec(), value.to_vec());
@@ -1489,6 +1596,42 @@ impl Fs {
             i.ctime = Ts::now();
             put_inode(tx, LIVE, ino, &i)
         })
+    }
+
+    /// A minimal access ACL (one equivalent to the mode, as `cp -p` sets) on a file with
+    /// buffered writes and no stored ACL is just a change of the permission bits: buffer it like
+    /// a `chmod`, to be committed with the data. Returns whether it was buffered.
+    fn defer_minimal_acl(&self, ino: u64, bits: u32) -> Result<bool> {
+        let Some(s) = self.existing_state(ino) else {
+            return Ok(false);
+        };
+        let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
+        if st.dirty.is_empty() && st.size.is_none() {
+            return Ok(false);
+        }
+        let tx = self.pool.meta.read()?;
+        let stored = tx
+            .open_table(XATTRS)?
+            .get((LIVE, ino, ACL_ACCESS_XATTR))?
+            .is_some();
+        drop(tx);
+        if stored {
+            return Ok(false);
+        }
+        let mut i = self.inode(ino)?;
+        if let Some(p) = &st.attrs {
+            p.overlay(&mut i);
+        }
+        let a = SetAttr {
+            mode: Some((i.perm & !0o777) | bits),
+            ..Default::default()
+        };
+        let ctime = Ts::now();
+        match &mut st.attrs {
+            Some(p) => p.merge(&a, ctime),
+            None => st.attrs = Some(PendingAttrs { set: a, ctime }),
+        }
+        Ok(true)
     }
 
     /// Remove an xattr (`user.dynfs.policy`: clear the override; data keeps its layout).
@@ -1550,7 +1693,8 @@ impl Fs {
                     let id = v.value();
                     let e: Extent = meta::get_rec(&t, id)?
                         .ok_or_else(|| Error::Meta(format!("extent {id} missing")))?;
-                    if e.policy != policy {
+                    // Inline data lives in the metadata, which no policy governs.
+                    if e.policy != policy && !e.is_inline() {
                         found = Some((k.value().2, id, e));
                         break;
                     }

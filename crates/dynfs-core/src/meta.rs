@@ -37,6 +37,9 @@ pub const EXTMAP: TableDefinition<(u64, u64, u64), u64> = TableDefinition::new("
 pub const XATTRS: TableDefinition<(u64, u64, &[u8]), &[u8]> = TableDefinition::new("xattrs");
 /// extent id → [`Extent`].
 pub const EXTENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("extents");
+/// extent id → BLAKE3 of the data, then the data, for extents stored inline in the metadata
+/// (small files; see [`Extent::is_inline`]).
+pub const INLINE: TableDefinition<u64, &[u8]> = TableDefinition::new("inline");
 /// disk id → [`DiskRec`].
 pub const DISKS: TableDefinition<u32, &[u8]> = TableDefinition::new("disks");
 /// snapshot tree id → [`SnapRec`].
@@ -195,6 +198,15 @@ pub struct Extent {
     pub refs: u32,
 }
 
+impl Extent {
+    /// Whether the extent's data is stored in the metadata ([`INLINE`]) rather than in
+    /// fragment files: it then has no fragments. The metadata is replicated on every disk, so
+    /// inline data is at least as redundant as any policy.
+    pub fn is_inline(&self) -> bool {
+        self.frags.is_empty()
+    }
+}
+
 /// A disk as recorded in the metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskRec {
@@ -227,6 +239,7 @@ pub fn create_tables(tx: &WriteTransaction) -> Result<()> {
     tx.open_table(EXTMAP)?;
     tx.open_table(XATTRS)?;
     tx.open_table(EXTENTS)?;
+    tx.open_table(INLINE)?;
     tx.open_table(DISKS)?;
     tx.open_table(SNAPS)?;
     tx.open_table(STATE)?;

@@ -86,6 +86,11 @@ pub struct ReadOutcome {
 
 const CACHE_EXTENTS: usize = 32;
 
+/// Files of at most this many bytes are stored inline in the metadata instead of as fragment
+/// files: the metadata is replicated on every disk, and a fragment file costs at least a 4 KiB
+/// block per fragment anyway.
+pub const INLINE_MAX: usize = 4096;
+
 /// Fragments up to this size are written one after another rather than by parallel threads.
 const SMALL_FRAGMENT: usize = 16 << 10;
 
@@ -654,6 +659,68 @@ impl Pool {
         Ok(())
     }
 
+    /// A new extent holding `data` inline in the metadata (no fragment files, no I/O): for files
+    /// of at most [`INLINE_MAX`] bytes. Returns its id, its record (with `refs == 0`) and the
+    /// value to store with [`Pool::link_inline`].
+    pub fn inline_extent(&self, policy: Policy, data: &[u8]) -> Result<(u64, Extent, Vec<u8>)> {
+        if self.read_only.load(Ordering::Relaxed) {
+            return Err(Error::Errno(libc::EROFS));
+        }
+        if data.len() > INLINE_MAX {
+            return Err(Error::Invalid(format!(
+                "{} bytes is too large to store inline",
+                data.len()
+            )));
+        }
+        let id = self.next_extent.fetch_add(1, Ordering::Relaxed);
+        let mut value = codec::checksum(data).to_vec();
+        value.extend_from_slice(data);
+        let ext = Extent {
+            policy,
+            len: data.len() as u32,
+            frag_len: 0,
+            frags: Vec::new(),
+            refs: 0,
+        };
+        Ok((id, ext, value))
+    }
+
+    /// In a metadata transaction: record a new inline extent (from [`Pool::inline_extent`]).
+    pub fn link_inline(
+        tx: &WriteTransaction,
+        id: u64,
+        ext: &Extent,
+        value: &[u8],
+        refs: u32,
+    ) -> Result<()> {
+        tx.open_table(meta::INLINE)?.insert(id, value)?;
+        Self::link_extent(tx, id, ext, refs)
+    }
+
+    /// Read and verify the data of an inline extent.
+    fn read_inline(&self, id: u64, ext: &Extent) -> Result<Vec<u8>> {
+        let tx = self.meta.read()?;
+        let t = tx.open_table(meta::INLINE)?;
+        let v = t
+            .get(id)?
+            .map(|g| g.value().to_vec())
+            .ok_or_else(|| Error::Meta(format!("inline data of extent {id} missing")))?;
+        match v.split_at_checked(32) {
+            Some((sum, data)) if data.len() == ext.len as usize && codec::checksum(data) == sum => {
+                Ok(data.to_vec())
+            }
+            _ => {
+                tracing::error!(extent = id, "inline data fails its checksum");
+                crate::metrics::Metrics::add(&self.metrics.fragment_errors, 1);
+                Err(Error::Unrecoverable {
+                    extent: id,
+                    available: 0,
+                    needed: 1,
+                })
+            }
+        }
+    }
+
     /// In a metadata transaction: add a reference to an extent.
     pub fn incref(tx: &WriteTransaction, id: u64) -> Result<()> {
         let mut t = tx.open_table(meta::EXTENTS)?;
@@ -677,6 +744,10 @@ impl Pool {
         e.refs = e.refs.saturating_sub(1);
         if e.refs == 0 {
             t.remove(id)?;
+            drop(t);
+            if e.is_inline() {
+                tx.open_table(meta::INLINE)?.remove(id)?;
+            }
             Ok(Some((id, e)))
         } else {
             t.insert(id, meta::enc(&e)?.as_slice())?;
@@ -747,6 +818,10 @@ impl Pool {
 
     /// Read an extent's data (cached; extents are immutable), verifying and repairing fragments.
     pub fn read_extent(&self, id: u64, ext: &Extent) -> Result<Arc<Vec<u8>>> {
+        if ext.is_inline() {
+            // A metadata read: cheap, and verified every time.
+            return Ok(Arc::new(self.read_inline(id, ext)?));
+        }
         if let Some((_, d)) = self
             .cache
             .lock()
@@ -823,6 +898,9 @@ impl Pool {
         repair: bool,
         all: bool,
     ) -> Result<(Vec<u8>, ReadOutcome)> {
+        if ext.is_inline() {
+            return Ok((self.read_inline(id, ext)?, ReadOutcome::default()));
+        }
         let policy = ext.policy;
         let width = ext.frags.len();
         if width != policy.width() {

@@ -153,7 +153,8 @@ impl Status {
                 if bad {
                     degraded += 1;
                 }
-                if usable < e.policy.needed() {
+                // Inline extents (data in the metadata) have no fragments to lose.
+                if usable < e.policy.needed() && !e.is_inline() {
                     unavailable += 1;
                 }
             }

@@ -813,3 +813,90 @@ fn buffered_chmod_does_not_override_a_later_acl_or_write() {
     assert!(i.mtime.secs > 5, "write after utimes must set mtime");
     assert_eq!(get_file(&fs, "f"), b"abcdefghi");
 }
+
+#[test]
+fn small_files_are_stored_inline_and_verified() {
+    use dynfs_core::meta::{EXTENTS, EXTMAP, INLINE, LIVE};
+    use redb::ReadableTable;
+    let tp = TestPool::new(3, "rs:2+1", 65536);
+    let small = bytes(31, 4096);
+    let tiny = bytes(32, 10);
+    {
+        let fs = tp.open();
+        put_file(&fs, "small", &small);
+        let ino = put_file(&fs, "tiny", &tiny);
+        // No fragment file: the data is in the (replicated) metadata.
+        assert!(tp.fragment_files().is_empty());
+        assert_eq!(fs.getattr(ino).unwrap().alloc, 10);
+        let st = dynfs_core::status::Status::gather(fs.pool()).unwrap();
+        assert_eq!((st.extents, st.unavailable_extents), (2, 0));
+        // Restriping leaves inline data alone.
+        fs.setxattr(ino, b"user.dynfs.policy", b"replicate:3", 0)
+            .unwrap();
+        assert!(tp.fragment_files().is_empty());
+        fs.sync().unwrap();
+    }
+    {
+        // Reopened, it reads back and scrubs clean.
+        let fs = tp.open();
+        assert_eq!(get_file(&fs, "small"), small);
+        assert_eq!(get_file(&fs, "tiny"), tiny);
+        let pool = fs.pool().clone();
+        let r = scrub::scrub(&pool, ScrubOptions::default(), &mut |_, _| {}).unwrap();
+        assert!(r.clean() && r.extents == 2, "{r:?}");
+        // Growing past the inline limit stores the file as fragments and drops the inline row.
+        let ino = fs.lookup(ROOT_INO, b"small").unwrap().0;
+        fs.open(ino).unwrap();
+        fs.write(ino, 4096, b"more").unwrap();
+        fs.release(ino).unwrap();
+        assert_eq!(tp.fragment_files().len(), 3);
+        let mut want = small.clone();
+        want.extend_from_slice(b"more");
+        assert_eq!(get_file(&fs, "small"), want);
+        let rows = dynfs_core::meta::table_len(&pool.meta.read().unwrap(), INLINE).unwrap();
+        assert_eq!(rows, 1, "only tiny stays inline");
+        // Shrinking back under the limit: a later write-back stores it inline again.
+        fs.setattr(
+            ino,
+            SetAttr {
+                size: Some(100),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        fs.open(ino).unwrap();
+        fs.write(ino, 0, b"x").unwrap();
+        fs.release(ino).unwrap();
+        let mut want = small[..100].to_vec();
+        want[0] = b'x';
+        assert_eq!(get_file(&fs, "small"), want);
+        assert!(tp.fragment_files().is_empty(), "fragments freed");
+        // A damaged inline value is detected, never returned.
+        let tiny_ino = fs.lookup(ROOT_INO, b"tiny").unwrap().0;
+        let id = {
+            let tx = pool.meta.read().unwrap();
+            let t = tx.open_table(EXTMAP).unwrap();
+            let v = t.get((LIVE, tiny_ino, 0)).unwrap().unwrap().value();
+            v
+        };
+        pool.meta
+            .write(move |tx| {
+                let mut t = tx.open_table(INLINE)?;
+                let mut v = t.get(id)?.unwrap().value().to_vec();
+                let last = v.len() - 1;
+                v[last] ^= 1;
+                t.insert(id, v.as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+        let err = fs.read(tiny_ino, 0, 10).unwrap_err();
+        assert_eq!(err.errno(), libc::EIO);
+        // Unlinking frees the extent record and its inline row together.
+        fs.unlink(ROOT_INO, b"tiny").unwrap();
+        let tx = pool.meta.read().unwrap();
+        assert!(tx.open_table(INLINE).unwrap().get(id).unwrap().is_none());
+        // "small" (100 bytes again) is the only inline file left.
+        assert_eq!(dynfs_core::meta::table_len(&tx, INLINE).unwrap(), 1);
+        assert!(tx.open_table(EXTENTS).unwrap().get(id).unwrap().is_none());
+    }
+}

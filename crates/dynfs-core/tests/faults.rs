@@ -207,10 +207,12 @@ fn failed_disk_sync_fails_the_fsync_and_a_retry_succeeds() {
     let (ino, _) = fs
         .mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, 0, 0, b"")
         .unwrap();
-    fs.write(ino, 0, b"data").unwrap();
+    // Larger than the inline limit, so it goes to fragment files that need a disk sync.
+    let data = bytes(9, 5000);
+    fs.write(ino, 0, &data).unwrap();
     assert_eq!(fs.fsync(ino).unwrap_err().errno(), libc::EIO);
     assert_eq!(io.fired(), 1);
     fs.fsync(ino).unwrap();
     drop(fs);
-    assert_eq!(get_file(&tp.open(), "f"), b"data");
+    assert_eq!(get_file(&tp.open(), "f"), data);
 }

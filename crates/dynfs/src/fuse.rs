@@ -187,6 +187,17 @@ impl Filesystem for DynFuse {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
+        // Writeback cache: write(2) returns once the page cache holds the data, and the kernel
+        // sends it in large background requests (up to MAX_WRITE), several in flight. close and
+        // fsync still write every dirty page back before the FLUSH / FSYNC request, so what is
+        // committed at close and made durable by fsync is unchanged.
+        if config
+            .add_capabilities(fuser::consts::FUSE_WRITEBACK_CACHE)
+            .is_ok()
+        {
+            let _ = config.set_max_background(64);
+            let _ = config.set_congestion_threshold(48);
+        }
         // POSIX ACLs: the kernel enforces them and keeps the mode in sync when an ACL is set;
         // ACLs are stored as the usual system.posix_acl_* xattrs.
         let _ = config.add_capabilities(fuser::consts::FUSE_POSIX_ACL);
@@ -237,10 +248,15 @@ impl Filesystem for DynFuse {
             mtime: mtime.map(time_or_now),
             ctime: ctime.map(from_time),
         };
-        self.spawn(move |fs| match fs.setattr(ino, a) {
+        let run = move |fs: &Fs| match fs.setattr(ino, a) {
             Ok(i) => reply.attr(&TTL, &attr(ino, &i)),
             Err(e) => reply.error(err_code(&e)),
-        })
+        };
+        if size.is_none() && self.fs.is_light(ino) {
+            run(&self.fs)
+        } else {
+            self.spawn(run)
+        }
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
@@ -409,11 +425,17 @@ impl Filesystem for DynFuse {
         let Ok(off) = u64::try_from(offset) else {
             return reply.error(libc::EINVAL);
         };
-        let data = data.to_vec();
-        self.spawn(move |fs| match fs.write(ino, off, &data) {
+        let reply_write = |r: dynfs_core::Result<usize>, reply: ReplyWrite| match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(err_code(&e)),
-        })
+        };
+        // A small write into a small file is a copy into its buffer: answer it here rather
+        // than hand it to a worker (two thread switches per request).
+        if self.fs.write_is_light(ino, off, data.len()) {
+            return reply_write(self.fs.write(ino, off, data), reply);
+        }
+        let data = data.to_vec();
+        self.spawn(move |fs| reply_write(fs.write(ino, off, &data), reply))
     }
 
     fn flush(
@@ -424,6 +446,9 @@ impl Filesystem for DynFuse {
         _lock_owner: u64,
         reply: ReplyEmpty,
     ) {
+        if self.fs.is_light(ino) {
+            return empty(self.fs.flush(ino), reply);
+        }
         self.spawn(move |fs| empty(fs.flush(ino), reply))
     }
 
@@ -437,6 +462,9 @@ impl Filesystem for DynFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if self.fs.is_light(ino) {
+            return empty(self.fs.release(ino), reply);
+        }
         self.spawn(move |fs| empty(fs.release(ino), reply))
     }
 
