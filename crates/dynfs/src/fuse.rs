@@ -183,6 +183,12 @@ fn empty(r: dynfs_core::Result<()>, reply: ReplyEmpty) {
     }
 }
 
+/// The kernel writeback cache is off for now: with it, the kernel sends a file's writes as
+/// concurrent background requests, and a 5 MiB write read back through a fresh open came back
+/// wrong in about one run of six (`tests/mount.rs`, posix_details_through_the_kernel) until the
+/// write path is made safe for concurrent out-of-order writes to one file.
+const WRITEBACK_CACHE: bool = false;
+
 impl Filesystem for DynFuse {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
         let _ = config.set_max_write(MAX_WRITE);
@@ -191,9 +197,10 @@ impl Filesystem for DynFuse {
         // sends it in large background requests (up to MAX_WRITE), several in flight. close and
         // fsync still write every dirty page back before the FLUSH / FSYNC request, so what is
         // committed at close and made durable by fsync is unchanged.
-        if config
-            .add_capabilities(fuser::consts::FUSE_WRITEBACK_CACHE)
-            .is_ok()
+        if WRITEBACK_CACHE
+            && config
+                .add_capabilities(fuser::consts::FUSE_WRITEBACK_CACHE)
+                .is_ok()
         {
             let _ = config.set_max_background(64);
             let _ = config.set_congestion_threshold(48);
