@@ -205,35 +205,64 @@ struct Remote<'a> {
     server: String,
 }
 
+/// A scenario's scratch directory, its source and destination trees, and the client's
+/// source and destination arguments for one pair and direction.
+struct Endpoints {
+    what: String,
+    tmp: tempfile::TempDir,
+    src: PathBuf,
+    dst: PathBuf,
+    s: String,
+    d: String,
+}
+
+impl Endpoints {
+    fn new(client: Tool, remote: &Remote<'_>, push: bool, label: &str, make: fn(&Path)) -> Self {
+        let what = format!(
+            "{client:?} client -> {} server, {}{label}",
+            remote.server,
+            if push { "push" } else { "pull" }
+        );
+        let tmp = match remote.base {
+            Some(b) => tempfile::tempdir_in(b).unwrap(),
+            None => scratch_dir().unwrap(),
+        };
+        let src = tmp.path().join("src");
+        let dst = tmp.path().join("dst");
+        make(&src);
+        let (s, d) = if push {
+            (format!("{}/", src.display()), (remote.spec)(&dst))
+        } else {
+            (
+                format!("{}/", (remote.spec)(&src)),
+                dst.display().to_string(),
+            )
+        };
+        Endpoints {
+            what,
+            tmp,
+            src,
+            dst,
+            s,
+            d,
+        }
+    }
+
+    /// Runs the client with `flags` plus the pair's own arguments.
+    fn run(&self, client: Tool, remote: &Remote<'_>, flags: &[&str]) -> Output {
+        let mut all: Vec<&str> = flags.to_vec();
+        all.extend(remote.args.iter().map(String::as_str));
+        run_client(client, &all, &self.s, &self.d)
+    }
+}
+
 /// The full scenario for one client/server pair and direction: fresh
 /// copy, delta update of 1% of a large file with --delete and new hard
 /// links, then -c for a same-size same-mtime change.
 fn scenario(client: Tool, remote: &Remote<'_>, push: bool) {
-    let what = format!(
-        "{client:?} client -> {} server, {}",
-        remote.server,
-        if push { "push" } else { "pull" }
-    );
-    let tmp = match remote.base {
-        Some(b) => tempfile::tempdir_in(b).unwrap(),
-        None => scratch_dir().unwrap(),
-    };
-    let src = tmp.path().join("src");
-    let dst = tmp.path().join("dst");
-    make_tree(&src);
-    let (s, d) = if push {
-        (format!("{}/", src.display()), (remote.spec)(&dst))
-    } else {
-        (
-            format!("{}/", (remote.spec)(&src)),
-            dst.display().to_string(),
-        )
-    };
-    let run = |flags: &[&str]| {
-        let mut all: Vec<&str> = flags.to_vec();
-        all.extend(remote.args.iter().map(String::as_str));
-        run_client(client, &all, &s, &d)
-    };
+    let ep = Endpoints::new(client, remote, push, "", make_tree);
+    let (what, src, dst) = (ep.what.clone(), ep.src.clone(), ep.dst.clone());
+    let run = |flags: &[&str]| ep.run(client, remote, flags);
     check(&run(&["-aH"]), &format!("{what}: fresh copy"));
     assert_same(&src, &dst, &format!("{what}: fresh copy"));
 
@@ -871,31 +900,10 @@ fn feature_opts() -> CompareOpts {
 /// -H -A -X -S for one client/server pair and direction: a fresh copy,
 /// then changed attributes only, then a dry run that must change nothing.
 fn feature_scenario(client: Tool, remote: &Remote<'_>, push: bool) {
-    let what = format!(
-        "{client:?} client -> {} server, {}, -HAXS",
-        remote.server,
-        if push { "push" } else { "pull" }
-    );
-    let tmp = match remote.base {
-        Some(b) => tempfile::tempdir_in(b).unwrap(),
-        None => scratch_dir().unwrap(),
-    };
-    let src = tmp.path().join("src");
-    let dst = tmp.path().join("dst");
-    make_feature_tree(&src);
-    let (s, d) = if push {
-        (format!("{}/", src.display()), (remote.spec)(&dst))
-    } else {
-        (
-            format!("{}/", (remote.spec)(&src)),
-            dst.display().to_string(),
-        )
-    };
-    let run = |flags: &[&str]| {
-        let mut all: Vec<&str> = flags.to_vec();
-        all.extend(remote.args.iter().map(String::as_str));
-        run_client(client, &all, &s, &d)
-    };
+    let ep = Endpoints::new(client, remote, push, ", -HAXS", make_feature_tree);
+    let (what, src, dst) = (ep.what.clone(), ep.src.clone(), ep.dst.clone());
+    let tmp = &ep.tmp;
+    let run = |flags: &[&str]| ep.run(client, remote, flags);
     check(&run(&["-aHAXS"]), &format!("{what}: fresh copy"));
     let diffs = compare_trees(&src, &dst, &feature_opts());
     assert!(diffs.is_empty(), "{what}: fresh copy: {diffs:#?}");
@@ -926,7 +934,7 @@ fn feature_scenario(client: Tool, remote: &Remote<'_>, push: bool) {
     let mut all: Vec<&str> = vec!["-aHAXn"];
     all.extend(remote.args.iter().map(String::as_str));
     check(
-        &run_client(client, &all, &s, &f),
+        &run_client(client, &all, &ep.s, &f),
         &format!("{what}: dry run to a new dir"),
     );
     assert!(!fresh.exists(), "{what}: dry run created the destination");
