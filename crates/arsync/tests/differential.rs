@@ -7,7 +7,7 @@ use common::*;
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const RICH: TreeSpec = TreeSpec {
     dirs: 6,
@@ -197,25 +197,37 @@ fn update_with_delete_matches_rsync_including_itemize() {
     );
 }
 
-#[test]
-fn flag_combinations_on_update_match_rsync() {
-    let w = scratch();
-    let src = w.path().join("src");
+/// A rich generated tree `BASE/src` and an rsync -a copy of it in `BASE/old` (the starting
+/// point of the update tests).
+fn rich_tree_and_copy(
+    base: &Path,
+    dirs: usize,
+    files_per_dir: usize,
+    seed: u64,
+) -> (PathBuf, PathBuf) {
+    let src = base.join("src");
     make_tree(
         &src,
         TreeSpec {
-            dirs: 4,
-            files_per_dir: 4,
+            dirs,
+            files_per_dir,
             rich: true,
-            seed: 11,
+            seed,
         },
     );
-    let old = w.path().join("old");
+    let old = base.join("old");
     assert_code(
         &rsync(&[OsString::from("-a"), slash(&src), slash(&old)]),
         0,
         "seed",
     );
+    (src, old)
+}
+
+#[test]
+fn flag_combinations_on_update_match_rsync() {
+    let w = scratch();
+    let (src, old) = rich_tree_and_copy(w.path(), 4, 4, 11);
     // Make a same-size, same-mtime content change that only -c notices.
     let victim = src.join("dir0/f1_1.dat");
     let meta = fs::metadata(&victim).unwrap();
@@ -805,22 +817,7 @@ fn one_file_system_matches_rsync() {
 #[test]
 fn write_strategy_and_output_flags_match_rsync() {
     let w = scratch();
-    let src = w.path().join("src");
-    make_tree(
-        &src,
-        TreeSpec {
-            dirs: 3,
-            files_per_dir: 3,
-            rich: true,
-            seed: 31,
-        },
-    );
-    let old = w.path().join("old");
-    assert_code(
-        &rsync(&[OsString::from("-a"), slash(&src), slash(&old)]),
-        0,
-        "seed",
-    );
+    let (src, old) = rich_tree_and_copy(w.path(), 3, 3, 31);
     mutate(&src);
     let tmpd = w.path().join("tmpd");
     fs::create_dir(&tmpd).unwrap();
