@@ -143,6 +143,16 @@ impl DynFuse {
         DynFuse { fs, jobs, workers }
     }
 
+    /// Runs `f` on the session thread when `light` (nothing to encode or write to disks: a
+    /// worker hand-off would cost more than the request), else on a worker.
+    fn run_or_spawn(&self, light: bool, f: impl FnOnce(&Fs) + Send + 'static) {
+        if light {
+            f(&self.fs)
+        } else {
+            self.spawn(f)
+        }
+    }
+
     fn spawn(&self, f: impl FnOnce(&Fs) + Send + 'static) {
         let fs = self.fs.clone();
         let job: Job = Box::new(move || f(&fs));
@@ -259,11 +269,8 @@ impl Filesystem for DynFuse {
             Ok(i) => reply.attr(&TTL, &attr(ino, &i)),
             Err(e) => reply.error(err_code(&e)),
         };
-        if size.is_none() && self.fs.is_light(ino) {
-            run(&self.fs)
-        } else {
-            self.spawn(run)
-        }
+        let light = size.is_none() && self.fs.is_light(ino);
+        self.run_or_spawn(light, run)
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
@@ -453,10 +460,8 @@ impl Filesystem for DynFuse {
         _lock_owner: u64,
         reply: ReplyEmpty,
     ) {
-        if self.fs.is_light(ino) {
-            return empty(self.fs.flush(ino), reply);
-        }
-        self.spawn(move |fs| empty(fs.flush(ino), reply))
+        let light = self.fs.is_light(ino);
+        self.run_or_spawn(light, move |fs| empty(fs.flush(ino), reply))
     }
 
     fn release(
@@ -469,10 +474,8 @@ impl Filesystem for DynFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if self.fs.is_light(ino) {
-            return empty(self.fs.release(ino), reply);
-        }
-        self.spawn(move |fs| empty(fs.release(ino), reply))
+        let light = self.fs.is_light(ino);
+        self.run_or_spawn(light, move |fs| empty(fs.release(ino), reply))
     }
 
     fn fsync(

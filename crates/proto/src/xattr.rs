@@ -280,24 +280,37 @@ pub fn encode_request(nums: &[u32], out: &mut Vec<u8>) {
     out.push(0);
 }
 
+/// Reads the next attribute number of a request or answer (sent as a difference from the
+/// previous one, `num`); `None` at the terminating 0. The number must lie in `1..=max_num`,
+/// and at most `max_num` numbers (`seen` so far) may come.
+fn next_number(
+    rr: &mut Reader<'_>,
+    num: &mut i64,
+    seen: usize,
+    max_num: u32,
+    what: &'static str,
+) -> Result<Option<u32>> {
+    let rel = rr.varint()?;
+    if rel == 0 {
+        return Ok(None);
+    }
+    *num += rel as i64;
+    if *num < 1 || *num > max_num as i64 || seen >= max_num as usize {
+        return Err(Error::malformed(
+            what,
+            format!("attribute number {num} (of {max_num})"),
+        ));
+    }
+    Ok(Some(*num as u32))
+}
+
 /// Decodes a request; every number must lie in `1..=max_num`.
 pub fn decode_request(r: &mut Reader<'_>, max_num: u32) -> Result<Vec<u32>> {
     let mut rr = r.clone();
     let mut nums = Vec::new();
     let mut num = 0i64;
-    loop {
-        let rel = rr.varint()?;
-        if rel == 0 {
-            break;
-        }
-        num += rel as i64;
-        if num < 1 || num > max_num as i64 || nums.len() >= max_num as usize {
-            return Err(Error::malformed(
-                "xattr request",
-                format!("attribute number {num} (of {max_num})"),
-            ));
-        }
-        nums.push(num as u32);
+    while let Some(n) = next_number(&mut rr, &mut num, nums.len(), max_num, "xattr request")? {
+        nums.push(n);
     }
     *r = rr;
     Ok(nums)
@@ -320,18 +333,7 @@ pub fn decode_reply(r: &mut Reader<'_>, max_num: u32) -> Result<Vec<(u32, Vec<u8
     let mut rr = r.clone();
     let mut out = Vec::new();
     let mut num = 0i64;
-    loop {
-        let rel = rr.varint()?;
-        if rel == 0 {
-            break;
-        }
-        num += rel as i64;
-        if num < 1 || num > max_num as i64 || out.len() >= max_num as usize {
-            return Err(Error::malformed(
-                "xattr values",
-                format!("attribute number {num} (of {max_num})"),
-            ));
-        }
+    while let Some(n) = next_number(&mut rr, &mut num, out.len(), max_num, "xattr values")? {
         let len = rr.varint()?;
         if len < 0 || len as usize > MAX_VALUE_LEN {
             return Err(Error::malformed(
@@ -339,7 +341,7 @@ pub fn decode_reply(r: &mut Reader<'_>, max_num: u32) -> Result<Vec<(u32, Vec<u8
                 format!("value length {len}"),
             ));
         }
-        out.push((num as u32, rr.bytes(len as usize)?.to_vec()));
+        out.push((n, rr.bytes(len as usize)?.to_vec()));
     }
     *r = rr;
     Ok(out)
