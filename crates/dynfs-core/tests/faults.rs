@@ -22,7 +22,9 @@ fn fault(op: FaultOp, nth: u64, repeat: bool, kind: FaultKind, path: Option<Stri
 
 #[test]
 fn failed_fragment_write_moves_to_a_spare_disk() {
-    let tp = TestPool::new(4, "rs:2+1", 65536);
+    // Flush stores several extents at once, so the two failing writes may hit the same extent:
+    // five disks leave a spare for each of them either way.
+    let tp = TestPool::new(5, "rs:2+1", 65536);
     let io = Arc::new(FaultyIo::new());
     io.add(fault(FaultOp::Write, 2, false, FaultKind::Eio, None));
     io.add(fault(FaultOp::Write, 5, false, FaultKind::Enospc, None));
@@ -81,10 +83,17 @@ fn bit_flips_on_read_are_corrected() {
             put_file(&fs, "f", &d);
         }
         let io = Arc::new(FaultyIo::new());
-        // At most one bad fragment per extent (M = 1): reads 1, 4 and 8 fall in different extents.
-        io.add(fault(FaultOp::Read, 1, false, FaultKind::FlipBit, None));
-        io.add(fault(FaultOp::Read, 4, false, FaultKind::Eio, None));
-        io.add(fault(FaultOp::Read, 8, false, FaultKind::FlipBit, None));
+        // At most one bad fragment per extent (M = 1). Extents are read in parallel (read-ahead),
+        // so the faults name their fragment files rather than a position in the read order; a
+        // normal read starts with fragment 0 (first copy, or first data shard).
+        for (extent, kind) in [
+            (1, FaultKind::FlipBit),
+            (3, FaultKind::Eio),
+            (6, FaultKind::FlipBit),
+        ] {
+            let frag = format!("{extent:016x}.0");
+            io.add(fault(FaultOp::Read, 1, false, kind, Some(frag)));
+        }
         let fs = tp.open_with(io.clone());
         assert_eq!(get_file(&fs, "f"), d, "{p}");
         assert_eq!(io.fired(), 3, "{p}");
