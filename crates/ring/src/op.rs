@@ -862,38 +862,9 @@ impl Splice {
 unsafe impl Operation for Splice {
     type Output = io::Result<usize>;
     fn build(&mut self) -> Entry {
-        let fixed_in = matches!(self.fd_in, Fd::Fixed(_));
-        let e = match (self.fd_in, self.fd_out) {
-            (Fd::Raw(a), Fd::Raw(b)) => opcode::Splice::new(
-                types::Fd(a),
-                self.off_in,
-                types::Fd(b),
-                self.off_out,
-                self.len,
-            ),
-            (Fd::Raw(a), Fd::Fixed(b)) => opcode::Splice::new(
-                types::Fd(a),
-                self.off_in,
-                types::Fixed(b),
-                self.off_out,
-                self.len,
-            ),
-            (Fd::Fixed(a), Fd::Raw(b)) => opcode::Splice::new(
-                types::Fixed(a),
-                self.off_in,
-                types::Fd(b),
-                self.off_out,
-                self.len,
-            ),
-            (Fd::Fixed(a), Fd::Fixed(b)) => opcode::Splice::new(
-                types::Fixed(a),
-                self.off_in,
-                types::Fixed(b),
-                self.off_out,
-                self.len,
-            ),
-        };
-        let _ = fixed_in;
+        let (off_in, off_out, len) = (self.off_in, self.off_out, self.len);
+        let e = with_fd!(self.fd_in, a => with_fd!(self.fd_out, b =>
+            opcode::Splice::new(a, off_in, b, off_out, len)));
         e.flags(self.flags).build()
     }
     fn complete(self, res: i32, _: u32) -> Self::Output {
