@@ -15,10 +15,11 @@ use arsync_proto::stats::ExitCode;
 use arsync_remote::args::{ServerCommand, CLIENT_CAPS};
 use arsync_remote::daemon::{DaemonTarget, DEFAULT_PORT};
 use arsync_remote::events::{EventSink, FileEvent};
+use arsync_remote::opts::TransferOpts;
 use arsync_remote::pull::{pull, PullOptions, TransferSummary};
 use arsync_remote::push::{push, PushOptions};
 use arsync_remote::walk::SourceSpec;
-use arsync_sync::options::{DeleteMode, Options};
+use arsync_sync::options::{DeleteMode, IdMapRule, IdMatch, Options};
 
 /// Where a path argument points.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,45 +309,66 @@ fn fail(code: ExitCode, msg: impl std::fmt::Display) -> i32 {
 /// Options the remote roles do not implement yet: the first one set.
 fn unsupported(o: &Options) -> Option<&'static str> {
     let checks: &[(bool, &str)] = &[
-        (o.list_only, "--list-only"),
         (o.backup, "--backup (-b)"),
         (o.inplace, "--inplace"),
         (o.append, "--append"),
         (o.partial_dir.is_some(), "--partial-dir"),
-        (o.delete_excluded, "--delete-excluded"),
-        (o.max_delete.is_some(), "--max-delete"),
-        (o.remove_source_files, "--remove-source-files"),
-        (o.update, "--update (-u)"),
-        (o.existing, "--existing"),
-        (o.ignore_existing, "--ignore-existing"),
-        (o.size_only, "--size-only"),
-        (o.ignore_times, "--ignore-times (-I)"),
-        (o.copy_links, "--copy-links (-L)"),
-        (o.copy_unsafe_links, "--copy-unsafe-links"),
-        (o.safe_links, "--safe-links"),
-        (o.copy_dirlinks, "--copy-dirlinks (-k)"),
         (o.keep_dirlinks, "--keep-dirlinks (-K)"),
-        (o.one_file_system > 0, "--one-file-system (-x)"),
         (o.files_from.is_some(), "--files-from"),
         (!o.link_dest.is_empty(), "--link-dest"),
         (!o.compare_dest.is_empty(), "--compare-dest"),
         (!o.copy_dest.is_empty(), "--copy-dest"),
-        (!o.chmod.is_empty(), "--chmod"),
-        (o.chown_uid.is_some() || o.chown_gid.is_some(), "--chown"),
-        (
-            !o.usermap.is_empty() || !o.groupmap.is_empty(),
-            "--usermap/--groupmap",
-        ),
-        (
-            o.min_size.is_some() || o.max_size.is_some(),
-            "--min-size/--max-size",
-        ),
-        (o.prune_empty_dirs, "--prune-empty-dirs (-m)"),
         (o.temp_dir.is_some(), "--temp-dir (-T)"),
         (o.executability, "--executability (-E)"),
-        (o.dirs && !o.recursive, "--dirs (-d) without --recursive"),
     ];
     checks.iter().find(|(on, _)| *on).map(|(_, n)| *n)
+}
+
+/// The options beyond the packed flags (and `u`, `I`), for both roles.
+fn transfer_opts(o: &Options) -> TransferOpts {
+    TransferOpts {
+        update: o.update,
+        ignore_times: o.ignore_times,
+        existing: o.existing,
+        ignore_existing: o.ignore_existing,
+        size_only: o.size_only,
+        min_size: o.min_size,
+        max_size: o.max_size,
+        copy_links: o.copy_links,
+        copy_unsafe_links: o.copy_unsafe_links,
+        safe_links: o.safe_links,
+        copy_dirlinks: o.copy_dirlinks,
+        one_file_system: o.one_file_system,
+        chmod: o.chmod.clone(),
+        prune_empty_dirs: o.prune_empty_dirs,
+        dirs_only: o.dirs && !o.recursive,
+        max_delete: o.max_delete,
+        delete_excluded: o.delete_excluded,
+        remove_source_files: o.remove_source_files,
+        list_only: o.list_only,
+        usermap: id_spec(&o.usermap, o.chown_uid),
+        groupmap: id_spec(&o.groupmap, o.chown_gid),
+    }
+}
+
+/// `--usermap`/`--groupmap` text for the parsed rules (`--chown` gives
+/// `*:ID`), with local names already resolved to ids.
+fn id_spec(rules: &[IdMapRule], chown: Option<u32>) -> Option<String> {
+    if let Some(id) = chown {
+        return Some(format!("*:{id}"));
+    }
+    let parts: Vec<String> = rules
+        .iter()
+        .map(|r| {
+            let from = match &r.from {
+                IdMatch::Id(i) => i.to_string(),
+                IdMatch::Range(lo, hi) => format!("{lo}-{hi}"),
+                IdMatch::Name(n) => n.clone(),
+            };
+            format!("{from}:{}", r.to)
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(","))
 }
 
 /// The packed short flags for the server, as rsync's `server_options` builds them.
@@ -422,6 +444,23 @@ fn wire_filters(args: &[OsString]) -> Result<Vec<String>, String> {
     Ok(rules)
 }
 
+/// `--delete-excluded`: a plain include/exclude rule becomes a sender-side
+/// one (`-s`/`+s`), as rsync's client makes it, so it hides files from the
+/// sender's walk but does not protect the receiver's files from deletion.
+fn sender_side(rule: &str) -> String {
+    for (long, short) in [
+        ("exclude ", "-"),
+        ("include ", "+"),
+        ("- ", "-"),
+        ("+ ", "+"),
+    ] {
+        if let Some(pat) = rule.strip_prefix(long) {
+            return format!("{short}s {pat}");
+        }
+    }
+    rule.to_string()
+}
+
 /// Runs a transfer with one remote side. `args` is the whole argv.
 pub fn run(args: &[OsString]) -> i32 {
     let s = scan(args);
@@ -449,16 +488,18 @@ pub fn run(args: &[OsString]) -> i32 {
         }
     };
     let o = parsed.opts;
-    let locs: Vec<Location> = s
+    let mut locs: Vec<Location> = s
         .paths
         .iter()
         .map(|(_, p)| classify(&p.to_string_lossy()))
         .collect();
+    if locs.len() == 1 && o.list_only {
+        // One remote path: list it (a destination that is never created).
+        let nowhere = std::env::temp_dir().join(format!(".arsync-list-{}", std::process::id()));
+        locs.push(Location::Local(nowhere.to_string_lossy().into_owned()));
+    }
     if locs.len() < 2 {
-        return fail(
-            ExitCode::Unsupported,
-            "listing a remote directory (one path argument) is not supported yet",
-        );
+        return fail(ExitCode::Syntax, "no destination given");
     }
     let (srcs, dst) = locs.split_at(locs.len() - 1);
     let dst = &dst[0];
@@ -468,6 +509,12 @@ pub fn run(args: &[OsString]) -> i32 {
         return fail(
             ExitCode::Syntax,
             "the source and destination cannot both be remote",
+        );
+    }
+    if o.list_only && !src_remote {
+        return fail(
+            ExitCode::Unsupported,
+            "--list-only with a remote destination is not supported",
         );
     }
     if src_remote && srcs.iter().any(|l| matches!(l, Location::Local(_))) {
@@ -480,6 +527,7 @@ pub fn run(args: &[OsString]) -> i32 {
         );
     }
     let filters = match wire_filters(args) {
+        Ok(f) if o.delete_excluded => f.iter().map(|r| sender_side(r)).collect(),
         Ok(f) => f,
         Err(e) => return fail(ExitCode::Unsupported, format!("{e} is not supported yet")),
     };
@@ -498,6 +546,7 @@ pub fn run(args: &[OsString]) -> i32 {
         delete_after: matches!(o.delete, DeleteMode::After | DeleteMode::Delay),
         partial: o.partial,
         numeric_ids: o.numeric_ids,
+        opts: transfer_opts(&o),
     };
     let mut daemon = None;
     match remote {
@@ -592,7 +641,7 @@ pub fn run(args: &[OsString]) -> i32 {
             return fail(ExitCode::Syntax, "no local destination");
         };
         // A dry run creates nothing, not even the destination.
-        if let Err(e) = match o.dry_run {
+        if let Err(e) = match o.dry_run || o.list_only {
             true => Ok(()),
             false => std::fs::create_dir(dest),
         } {
@@ -613,7 +662,7 @@ pub fn run(args: &[OsString]) -> i32 {
             let Location::Local(src) = l else {
                 return fail(ExitCode::Syntax, "no local source");
             };
-            if !o.recursive && std::path::Path::new(src).is_dir() {
+            if !o.recursive && !o.dirs && std::path::Path::new(src).is_dir() {
                 return fail(
                     ExitCode::Unsupported,
                     format!(
@@ -653,6 +702,14 @@ pub fn run(args: &[OsString]) -> i32 {
 }
 
 fn event_sink(o: &Options) -> Option<EventSink> {
+    if o.list_only {
+        let human = o.human_readable;
+        return Some(EventSink(Arc::new(move |e: &FileEvent<'_>| {
+            if let FileEvent::Listed { entry } = e {
+                println!("{}", list_line(entry, human));
+            }
+        })));
+    }
     if o.quiet || (o.verbose == 0 && o.itemize == 0 && o.out_format.is_none()) {
         return None;
     }
@@ -663,7 +720,29 @@ fn event_sink(o: &Options) -> Option<EventSink> {
         FileEvent::Deleted { name } => {
             println!("deleting {}", String::from_utf8_lossy(name));
         }
+        FileEvent::Listed { .. } => {}
     })))
+}
+
+/// rsync's `--list-only` line for an entry of a remote file list.
+fn list_line(e: &arsync_proto::flist::FileEntry, human: u8) -> String {
+    let meta = arsync_sync::fsops::Meta {
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        size: e.size.max(0) as u64,
+        mtime: arsync_sync::fsops::Time {
+            sec: e.mtime,
+            nsec: e.mtime_nsec,
+        },
+        atime: arsync_sync::fsops::Time::default(),
+        rdev: 0,
+        dev: 0,
+        ino: 0,
+        nlink: 1,
+    };
+    let line = arsync_sync::report::list_line(&meta, &e.name, e.link_target.as_deref(), human);
+    String::from_utf8_lossy(&line).into_owned()
 }
 
 fn print_stats(s: &TransferSummary) {

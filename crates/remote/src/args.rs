@@ -1,6 +1,8 @@
 //! The command line that starts the peer: `[rsh...] rsync --server
 //! [--sender] -<flags>e.<caps> [--protocol=N] . <path>`.
 
+use crate::opts::TransferOpts;
+
 /// Capability letters we offer: everything rsync 3.2+ offers except
 /// incremental recursion (`i`), which we decline.
 pub const CLIENT_CAPS: &str = "LsfxCIvu";
@@ -35,6 +37,9 @@ pub struct ServerCommand {
     pub delete_after: bool,
     /// `--partial`: keep partially received files.
     pub partial: bool,
+    /// Further options (quick-check variants, selection, receiver
+    /// options), sent as rsync's client sends them.
+    pub opts: TransferOpts,
 }
 
 impl ServerCommand {
@@ -54,6 +59,7 @@ impl ServerCommand {
             delay_updates: false,
             delete_after: false,
             partial: false,
+            opts: TransferOpts::default(),
         }
     }
 
@@ -63,7 +69,12 @@ impl ServerCommand {
         if self.server_sends {
             v.push("--sender".into());
         }
-        v.push(format!("-{}e.{}", self.flags, self.caps));
+        v.push(format!(
+            "-{}{}e.{}",
+            self.flags,
+            self.opts.packed_flags(self.server_sends),
+            self.caps
+        ));
         if let Some(p) = self.protocol {
             v.push(format!("--protocol={p}"));
         }
@@ -87,6 +98,7 @@ impl ServerCommand {
         if self.partial && !self.server_sends {
             v.push("--partial".into());
         }
+        v.extend(self.opts.server_args(self.server_sends));
         v
     }
 

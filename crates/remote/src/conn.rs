@@ -34,6 +34,9 @@ pub struct PeerReports {
     pub no_send: Vec<i32>,
     /// The peer's error-exit code, if it sent one.
     pub error_exit: Option<i32>,
+    /// Indices the receiver has safely (MSG_SUCCESS, for
+    /// `--remove-source-files`).
+    pub success: Vec<i32>,
 }
 
 /// The input side of a connection.
@@ -197,7 +200,8 @@ impl<R: Read> InStream<R> {
                     messages: join_errors(&reports.errors),
                 });
             }
-            Message::IoTimeout(_) | Message::Noop | Message::Success(_) | Message::Deleted(_) => {}
+            Message::Success(n) => reports.success.push(n),
+            Message::IoTimeout(_) | Message::Noop | Message::Deleted(_) => {}
         }
         Ok(())
     }

@@ -19,6 +19,12 @@ pub enum FileEvent<'a> {
         /// Path relative to the transfer root.
         name: &'a [u8],
     },
+    /// An entry of a remote listing (`--list-only`, or one remote path
+    /// argument), in file-list order.
+    Listed {
+        /// The entry as the sender listed it.
+        entry: &'a arsync_proto::flist::FileEntry,
+    },
 }
 
 /// A callback receiving [`FileEvent`]s; called from the transfer's threads.

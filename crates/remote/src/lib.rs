@@ -26,6 +26,7 @@ pub mod error;
 pub mod events;
 pub mod fsys;
 pub mod ids;
+pub mod opts;
 pub mod pull;
 pub mod push;
 pub mod server;

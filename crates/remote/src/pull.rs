@@ -48,6 +48,7 @@ use crate::error::{RemoteError, Result};
 use crate::events::{EventSink, FileEvent};
 use crate::fsys::{punch_zero_blocks, read_basis, DelayedFile, DestRoot, Meta, TempFile};
 use crate::ids::{IdMap, IdNames};
+use crate::opts::{DeleteLimit, TransferOpts};
 use crate::session::{am_root, flist_options, start_client, token_compression};
 use crate::transport::ChildTransport;
 use crate::walk::DaemonFilter;
@@ -130,6 +131,8 @@ impl TransferSummary {
 
 enum ToGen {
     Redo(i32),
+    /// A received file is in place (MSG_SUCCESS, `--remove-source-files`).
+    Success(i32),
     Phase0Done,
     RedoDone,
     Finish,
@@ -155,7 +158,7 @@ pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
             "pull needs a server command with --sender".into(),
         ));
     }
-    let dest = match opts.command.flags.contains('n') {
+    let dest = match opts.command.flags.contains('n') || opts.command.opts.list_only {
         true => DestRoot::open_dry(&opts.dest)?,
         false => DestRoot::open(&opts.dest)?,
     };
@@ -245,6 +248,7 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         late_delete: opts.command.delete && opts.command.delete_after,
         daemon_filter: None,
         partial: opts.command.partial,
+        opts: opts.command.opts.clone(),
     };
     receive_session(ins, outs, &neg, &fopts, dest, mode)
 }
@@ -279,6 +283,8 @@ pub(crate) struct ReceiveMode {
     pub daemon_filter: Option<Arc<DaemonFilter>>,
     /// `--partial`: a file cut off by an error keeps what arrived.
     pub partial: bool,
+    /// Quick-check variants and other generator options.
+    pub opts: TransferOpts,
 }
 
 /// ACL and xattr state shared by the generator and the receiver.
@@ -337,18 +343,21 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
     drop(dec);
     let names = IdNames::load();
     let (mut uid_map, mut gid_map) = (IdMap::default(), IdMap::default());
+    let (mut uid_list, mut gid_list) = (Vec::new(), Vec::new());
     if fopts.id_lists_follow() {
         if fopts.uid_list_follows() {
             let mut d = IdListDecoder::new(fopts.id0_names);
-            let l = ins.decode_partial(|r| d.feed(r))?;
-            uid_map = IdMap::new(&l, |n| names.uid_of(n));
+            uid_list = ins.decode_partial(|r| d.feed(r))?;
+            uid_map = IdMap::new(&uid_list, |n| names.uid_of(n));
         }
         if fopts.gid_list_follows() {
             let mut d = IdListDecoder::new(fopts.id0_names);
-            let l = ins.decode_partial(|r| d.feed(r))?;
-            gid_map = IdMap::new(&l, |n| names.gid_of(n));
+            gid_list = ins.decode_partial(|r| d.feed(r))?;
+            gid_map = IdMap::new(&gid_list, |n| names.gid_of(n));
         }
     }
+    // --usermap/--groupmap (and --chown) come before the name mapping.
+    let (user_rules, group_rules) = mode.opts.id_rules()?;
     // Hard-link followers name their leader by receive-order index: resolve
     // to names before sorting.
     let links: Vec<(Vec<u8>, Vec<u8>)> = entries
@@ -361,10 +370,21 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
         })
         .collect();
     sort_entries(&mut entries);
-    let active = clear_duplicates(&entries);
+    let mut active = clear_duplicates(&entries);
+    // --chmod and -m on what arrived.
+    mode.opts.adjust_received(&mut entries, &mut active);
+    if mode.opts.list_only {
+        // A listing: report the entries, then let the generator skip them all.
+        for (e, a) in entries.iter().zip(active.iter_mut()) {
+            if let (true, Some(ev)) = (*a, &mode.events) {
+                ev.emit(&FileEvent::Listed { entry: e });
+            }
+            *a = false;
+        }
+    }
     for e in &mut entries {
-        e.uid = uid_map.map(e.uid);
-        e.gid = gid_map.map(e.gid);
+        e.uid = crate::opts::map_owner(&user_rules, e.uid, &uid_list, &uid_map, &names, true);
+        e.gid = crate::opts::map_owner(&group_rules, e.gid, &gid_list, &gid_map, &names, false);
     }
     let attr = AttrCtx {
         acls: fopts.preserve_acls,
@@ -400,6 +420,8 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
             delay_updates: mode.delay_updates,
             late_delete: mode.late_delete,
             daemon_filter: mode.daemon_filter.clone(),
+            opts: mode.opts.clone(),
+            warn_peer: !mode.read_stats,
         };
         std::thread::spawn(move || generator_thread(outs, &files, &active, &gen_ctx, rx))
     };
@@ -420,8 +442,15 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
         .join()
         .map_err(|_| RemoteError::Usage("generator thread panicked".into()))?;
     // A generator failure is the root cause of whatever the receiver saw.
-    let (gen_errors, bytes_written) = gen_res?;
+    let (gen_errors, bytes_written, deletions_skipped) = gen_res?;
     let mut summary = recv?;
+    if deletions_skipped > 0 {
+        // As rsync: a warning (the server's generator sent it to the
+        // client already) and exit code 25.
+        if mode.read_stats {
+            eprintln!("{}", crate::opts::max_delete_warning(deletions_skipped));
+        }
+    }
     if mode.drain_eof {
         ins.drain_to_eof()?;
     }
@@ -431,6 +460,9 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
     summary.checksum = neg.checksum.name().to_string();
     summary.files_total = files.len();
     summary.io_error = io_error | ins.reports.io_error;
+    if deletions_skipped > 0 {
+        summary.io_error |= arsync_proto::stats::IOERR_DEL_LIMIT;
+    }
     summary.bytes_read = ins.total_read();
     summary.bytes_written = bytes_written;
     Ok(summary)
@@ -571,6 +603,10 @@ struct GenCtx {
     late_delete: bool,
     /// A daemon module's rules.
     daemon_filter: Option<Arc<DaemonFilter>>,
+    /// Quick-check variants (`-u`, `--existing`, `--size-only`, ...).
+    opts: TransferOpts,
+    /// A server's generator: warnings go to the client.
+    warn_peer: bool,
 }
 
 impl GenCtx {
@@ -637,6 +673,14 @@ impl GenCtx {
         Ok(plan.differs.then_some(plan.request))
     }
 
+    /// `--remove-source-files`: tells the sender entry `i` is safely here.
+    fn success<W: Write>(&self, outs: &mut OutStream<W>, i: usize) -> Result<()> {
+        if self.opts.remove_source_files && !self.dry_run {
+            outs.message(MsgTag::Success, &(i as i32).to_le_bytes())?;
+        }
+        Ok(())
+    }
+
     /// Applies ACLs to an existing entry (after its mode was set).
     fn fix_acls(&self, e: &FileEntry) -> Result<()> {
         if self.dry_run {
@@ -659,6 +703,7 @@ fn delete_extraneous(
     events: Option<&EventSink>,
     filter: Option<&FilterRules>,
     errors: &mut Vec<String>,
+    limit: &mut DeleteLimit,
 ) -> Result<[i32; 5]> {
     let names: std::collections::HashSet<&[u8]> = files
         .iter()
@@ -672,9 +717,15 @@ fn delete_extraneous(
         .zip(active)
         .filter(|(e, a)| **a && e.is_dir() && !e.no_content_dir)
     {
-        let Some(children) = dest.list_dir(&e.name)? else {
+        let Some(mut children) = dest.list_dir(&e.name)? else {
             continue;
         };
+        if limit.left.is_some() {
+            // rsync deletes a directory's extras in reverse name order,
+            // so a --max-delete limit spares the same ones.
+            children.sort();
+            children.reverse();
+        }
         for c in children {
             let full = if e.name == b"." {
                 c
@@ -703,6 +754,9 @@ fn delete_extraneous(
                 if f.protected_from_delete(&full, is_dir) {
                     continue;
                 }
+            }
+            if !limit.allow(dest, &full)? {
+                continue;
             }
             if dry_run {
                 if let Some(ev) = events {
@@ -804,7 +858,7 @@ fn generator_thread<W: Write>(
     active: &[bool],
     ctx: &GenCtx,
     rx: Receiver<ToGen>,
-) -> Result<(Vec<String>, u64)> {
+) -> Result<(Vec<String>, u64, u64)> {
     match generator(&mut outs, files, active, ctx, rx) {
         Ok(v) => Ok(v),
         Err(e) => {
@@ -823,7 +877,7 @@ fn generator<W: Write>(
     active: &[bool],
     ctx: &GenCtx,
     rx: Receiver<ToGen>,
-) -> Result<(Vec<String>, u64)> {
+) -> Result<(Vec<String>, u64, u64)> {
     let (dest, neg, fopts, root) = (&ctx.dest, &ctx.neg, &ctx.fopts, ctx.root);
     let followers: std::collections::HashSet<&[u8]> =
         ctx.links.iter().map(|(f, _)| f.as_slice()).collect();
@@ -831,6 +885,7 @@ fn generator<W: Write>(
     let mut errors = Vec::new();
     let mut dirs = Vec::new();
     let mut pacer = FlushPacer::default();
+    let mut limit = DeleteLimit::new(ctx.opts.max_delete);
     let mut del_counts = if ctx.delete && !ctx.late_delete {
         Some(delete_extraneous(
             files,
@@ -841,14 +896,31 @@ fn generator<W: Write>(
             ctx.events.as_ref(),
             ctx.filter.as_deref(),
             &mut errors,
+            &mut limit,
         )?)
     } else {
         None
     };
     // A directory hidden by the daemon's rules: its contents follow it.
     let mut hidden_dir: Option<Vec<u8>> = None;
+    // A directory `--existing` does not create: its contents follow it.
+    let mut skip_dir: Option<Vec<u8>> = None;
     for (i, e) in files.iter().enumerate() {
         if !active[i] {
+            continue;
+        }
+        if let Some(h) = &skip_dir {
+            if e.name.starts_with(h) && e.name.get(h.len()) == Some(&b'/') {
+                continue;
+            }
+            skip_dir = None;
+        }
+        // -u, --existing, --ignore-existing, --min-size, --max-size.
+        let local = dest.lstat(&e.name).unwrap_or(None);
+        if let Some(why) = ctx.opts.skip(e, local.as_ref()) {
+            if why == crate::opts::Skip::NotCreating && e.is_dir() {
+                skip_dir = Some(e.name.clone());
+            }
             continue;
         }
         if let Some(d) = &ctx.daemon_filter {
@@ -910,6 +982,7 @@ fn generator<W: Write>(
                     dest.make_symlink(&e.name, target)?;
                     sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
                     dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
+                    ctx.success(outs, i)?;
                 }
                 Some(FileType::Device) | Some(FileType::Special)
                     if fopts.preserve_devices
@@ -932,22 +1005,18 @@ fn generator<W: Write>(
                         Err(err) => return Err(err),
                     };
                     if let Some(m) = existing {
-                        let same = m.file_type == rustix::fs::FileType::RegularFile
-                            && m.size == e.size as u64
-                            && match &e.checksum {
-                                // -c: compare content sums instead of mtimes.
-                                Some(sum) => {
-                                    local_sum(dest, &e.name, neg.checksum)?.as_deref()
-                                        == Some(sum.as_slice())
-                                }
-                                None => m.mtime == e.mtime,
-                            };
+                        // The quick check (-c compares content sums instead).
+                        let same = ctx.opts.unchanged(e, &m, || {
+                            Ok(local_sum(dest, &e.name, neg.checksum)?.as_deref()
+                                == e.checksum.as_deref())
+                        })?;
                         if same {
                             // Quick check passed: only fix metadata.
                             if !dry {
                                 ctx.fix_xattrs(outs, &mut codec, i, e, 0)?;
                                 dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
                                 ctx.fix_acls(e)?;
+                                ctx.success(outs, i)?;
                             }
                             return Ok(());
                         }
@@ -1047,10 +1116,14 @@ fn generator<W: Write>(
                             ctx.events.as_ref(),
                             ctx.filter.as_deref(),
                             &mut errors,
+                            &mut limit,
                         )
                         .map(Some)
                     },
                 )?;
+            }
+            Ok(ToGen::Success(ndx)) => {
+                outs.message(MsgTag::Success, &ndx.to_le_bytes())?;
             }
             Ok(ToGen::Finish) | Err(_) => break,
         }
@@ -1070,6 +1143,10 @@ fn generator<W: Write>(
             errors.push(format!("{}: {err}", String::from_utf8_lossy(&e.name)));
         }
     }
+    if limit.skipped > 0 && ctx.warn_peer {
+        let text = format!("{}\n", crate::opts::max_delete_warning(limit.skipped));
+        outs.message(MsgTag::Warning, text.as_bytes())?;
+    }
     let mut bye = Vec::new();
     for _ in 0..sched.goodbye {
         codec.encode(NDX_DONE, &mut bye);
@@ -1077,7 +1154,7 @@ fn generator<W: Write>(
     outs.write(&bye)?;
     outs.flush()?;
     outs.flush()?;
-    Ok((errors, outs.total_written()))
+    Ok((errors, outs.total_written(), limit.skipped))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1113,6 +1190,9 @@ fn receiver<R: Read>(
                         let e = &files[i];
                         match dest.commit_delayed(&d, &e.name) {
                             Ok(()) => {
+                                if mode.opts.remove_source_files {
+                                    let _ = tx.send(ToGen::Success(i as i32));
+                                }
                                 if let Some(ev) = &mode.events {
                                     ev.emit(&FileEvent::Transferred {
                                         name: &e.name,
@@ -1238,6 +1318,9 @@ fn receiver<R: Read>(
                             .errors
                             .push(format!("{}: {err}", String::from_utf8_lossy(&e.name))),
                         Ok(()) => {
+                            if mode.opts.remove_source_files {
+                                let _ = tx.send(ToGen::Success(ndx));
+                            }
                             if let Some(ev) = &mode.events {
                                 ev.emit(&FileEvent::Transferred {
                                     name: &e.name,

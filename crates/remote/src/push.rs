@@ -30,12 +30,12 @@ use crate::conn::{InStream, OutStream};
 use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
 use crate::events::{EventSink, FileEvent};
-use crate::fsys::{open_source, read_chunk};
+use crate::fsys::read_chunk;
 use crate::ids::IdNames;
 use crate::pull::{filter_from_wire, TransferSummary};
 use crate::session::{flist_options, start_client, token_compression};
 use crate::transport::{ChildTransport, PumpedReader};
-use crate::walk::{build_list_multi, LocalList, SourceSpec};
+use crate::walk::{build_list_with, LocalList, SourceSpec};
 
 /// What to push and where.
 #[derive(Debug, Clone)]
@@ -152,9 +152,15 @@ pub fn run_push<R: Read, W: Write>(
     outs.start_multiplex()?;
     ins.start_multiplex()?;
     let filter = filter_from_wire(&opts.filters, neg.protocol)?;
-    if opts.command.delete {
-        // A deleting receiver wants the filter list (its protections).
-        let rules: Vec<Vec<u8>> = opts.filters.iter().map(|r| r.as_bytes().to_vec()).collect();
+    if opts.command.delete || opts.command.opts.prune_empty_dirs {
+        // A deleting (or pruning, -m) receiver wants the filter list.
+        // Sender-side rules stay here, as rsync's client elides them.
+        let rules: Vec<Vec<u8>> = opts
+            .filters
+            .iter()
+            .filter(|r| !crate::opts::sender_only_rule(r))
+            .map(|r| r.as_bytes().to_vec())
+            .collect();
         let mut f = Vec::new();
         arsync_proto::filter::encode_filter_list(&rules, &mut f)?;
         outs.write(&f)?;
@@ -165,12 +171,14 @@ pub fn run_push<R: Read, W: Write>(
         contents: opts.contents,
     }];
     sources.extend(opts.more_sources.iter().cloned());
-    let list = build_list_multi(
+    let list = build_list_with(
         &sources,
         opts.command.flags.contains('R'),
         &fopts,
         neg.checksum,
         filter.as_ref(),
+        None,
+        &opts.command.opts,
     )?;
     send_session(
         ins,
@@ -183,6 +191,7 @@ pub fn run_push<R: Read, W: Write>(
             write_stats: false,
             events: opts.events.as_ref(),
             dry_run: opts.command.flags.contains('n'),
+            remove_sent: opts.command.opts.remove_source_files,
         },
     )
 }
@@ -225,6 +234,8 @@ pub(crate) struct SendMode<'a> {
     pub events: Option<&'a EventSink>,
     /// `-n`: transfer requests come without sums and get no data.
     pub dry_run: bool,
+    /// `--remove-source-files`: remove what the receiver confirmed.
+    pub remove_sent: bool,
 }
 
 /// The sending half of a session after setup: file list, id lists, the
@@ -242,6 +253,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
         write_stats,
         events,
         dry_run,
+        remove_sent,
     } = mode;
     let flist_start = std::time::Instant::now();
     for w in &list.warnings {
@@ -409,7 +421,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
                     )));
                 }
                 let path = list.path(i);
-                let mut f = match open_source(&path) {
+                let mut f = match crate::walk::open_listed(&path, list.follow_links) {
                     Ok(f) => f,
                     Err(err) => {
                         let vanished = matches!(&err, RemoteError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
@@ -535,6 +547,13 @@ pub(crate) fn send_session<R: Read, W: Write>(
     summary.bytes_read = ins.total_read();
     summary.io_error = io_error | ins.reports.io_error;
     summary.errors.extend(ins.reports.errors.iter().cloned());
+    if remove_sent && !dry_run {
+        let errs = crate::opts::remove_sent(&list, &ins.reports.success);
+        for e in &errs {
+            eprintln!("arsync: {e}");
+        }
+        summary.errors.extend(errs);
+    }
     Ok(summary)
 }
 

@@ -15,10 +15,11 @@ use arsync_proto::stats::ExitCode;
 use crate::conn::{InStream, OutStream};
 use crate::error::{RemoteError, Result};
 use crate::fsys::DestRoot;
+use crate::opts::TransferOpts;
 use crate::pull::{filter_from_wire, receive_session, ReceiveMode, TransferSummary};
 use crate::push::{send_session, SendMode};
 use crate::session::{flist_options, token_compression};
-use crate::walk::{build_list_scoped, DaemonFilter, SourceSpec};
+use crate::walk::{build_list_with, DaemonFilter, SourceSpec};
 use arsync_filter::FilterRules;
 
 /// The parsed server command line.
@@ -42,6 +43,8 @@ pub struct ServerArgs {
     pub delete_after: bool,
     /// `--partial`.
     pub partial: bool,
+    /// Further options (see [`TransferOpts`]).
+    pub opts: TransferOpts,
     /// The paths after `.`.
     pub paths: Vec<String>,
 }
@@ -65,13 +68,28 @@ impl ServerArgs {
             delay_updates: false,
             delete_after: false,
             partial: false,
+            opts: TransferOpts::default(),
             paths: Vec::new(),
         };
         let mut saw_dot = false;
-        for arg in it {
+        let rest: Vec<String> = it.cloned().collect();
+        let mut k = 0;
+        while k < rest.len() {
+            let arg = &rest[k];
+            k += 1;
             if saw_dot {
                 a.paths.push(arg.clone());
                 continue;
+            }
+            if arg.starts_with("--") && arg != "--" {
+                let mut next = || {
+                    let v = rest.get(k).cloned();
+                    k += 1;
+                    v
+                };
+                if a.opts.parse_server_arg(arg, &mut next)? {
+                    continue;
+                }
             }
             match arg.as_str() {
                 "." => saw_dot = true,
@@ -129,6 +147,9 @@ impl ServerArgs {
         if let Some(c) = a.flags.chars().find(|c| !SUPPORTED_FLAGS.contains(*c)) {
             return Err(unsupported(format!("server flag -{c}")));
         }
+        a.opts = std::mem::take(&mut a.opts).with_flags(&a.flags);
+        // --delete-excluded implies --delete.
+        a.delete |= a.opts.delete_excluded;
         if a.paths.is_empty() {
             return Err(RemoteError::Usage("no path after \".\"".into()));
         }
@@ -137,7 +158,7 @@ impl ServerArgs {
 }
 
 /// Packed short flags this server implements (`v`/`i` only change output).
-const SUPPORTED_FLAGS: &str = "logDtprHcWzUviOJAXnSR";
+const SUPPORTED_FLAGS: &str = "logDtprdHcWzUviOJAXnSRuILkmx";
 
 fn unsupported(what: String) -> RemoteError {
     RemoteError::Proto(arsync_proto::Error::Unsupported(format!(
@@ -243,20 +264,21 @@ pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
         let sources: Vec<SourceSpec> = args.paths.iter().map(|p| SourceSpec::parse(p)).collect();
         if let Some(s) = sources
             .iter()
-            .find(|s| !args.flags.contains('r') && s.path.is_dir())
+            .find(|s| !args.flags.contains('r') && !args.flags.contains('d') && s.path.is_dir())
         {
             return Err(unsupported(format!(
                 "sending directory {} without -r",
                 s.path.display()
             )));
         }
-        let list = build_list_scoped(
+        let list = build_list_with(
             &sources,
             args.flags.contains('R'),
             &fopts,
             neg.checksum,
             filter.as_ref(),
             daemon.as_ref(),
+            &args.opts,
         )?;
         send_session(
             ins,
@@ -269,10 +291,12 @@ pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
                 write_stats: true,
                 events: None,
                 dry_run: args.flags.contains('n'),
+                remove_sent: args.opts.remove_source_files,
             },
         )
     } else {
-        let filter = match args.delete {
+        // rsync's receiver reads the list when deleting or pruning (-m).
+        let filter = match args.delete || args.opts.prune_empty_dirs {
             true => read_filter_rules(&mut ins, neg.protocol)?.map(std::sync::Arc::new),
             false => None,
         };
@@ -294,6 +318,7 @@ pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
             late_delete: args.delete_after,
             daemon_filter: daemon.map(std::sync::Arc::new),
             partial: args.partial,
+            opts: args.opts.clone(),
         };
         receive_session(ins, outs, &neg, &fopts, dest, mode)
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use std::collections::HashMap;
 
-use arsync_proto::flist::{compare_entries, FileEntry, FlistOptions, HardLink};
+use arsync_proto::flist::{compare_entries, FileEntry, FileType, FlistOptions, HardLink};
 use arsync_proto::stats::{IOERR_GENERAL, IOERR_VANISHED};
 
 use arsync_proto::checksum::{ChecksumAlgo, FileHasher};
@@ -18,6 +18,7 @@ use std::sync::Arc;
 use crate::attrs::{self, Target};
 use crate::error::{RemoteError, Result};
 use crate::fsys::{open_source, read_chunk};
+use crate::opts::TransferOpts;
 use crate::session::am_root;
 
 /// A sorted file list with the local path of each entry.
@@ -36,6 +37,9 @@ pub struct LocalList {
     pub entry_roots: Vec<u32>,
     /// The source directories of a list built from several sources.
     pub roots: Vec<PathBuf>,
+    /// Symlinks were followed (`-L`, `--copy-unsafe-links`): a listed
+    /// file may be reached through one.
+    pub follow_links: bool,
 }
 
 impl LocalList {
@@ -118,10 +122,53 @@ pub fn build_list_scoped(
     filter: Option<&FilterRules>,
     daemon: Option<&DaemonFilter>,
 ) -> Result<LocalList> {
+    build_list_with(
+        sources,
+        relative,
+        fopts,
+        checksum_algo,
+        filter,
+        daemon,
+        &TransferOpts::default(),
+    )
+}
+
+/// [`build_list_scoped`] with the sender's options: which symlinks are
+/// followed (`-L`, `--copy-unsafe-links`, `-k`), `-x`, and `--chmod`
+/// applied to the modes sent.
+pub fn build_list_with(
+    sources: &[SourceSpec],
+    relative: bool,
+    fopts: &FlistOptions,
+    checksum_algo: ChecksumAlgo,
+    filter: Option<&FilterRules>,
+    daemon: Option<&DaemonFilter>,
+    opts: &TransferOpts,
+) -> Result<LocalList> {
     let f = Filters {
         client: filter,
         daemon,
+        opts: Some(opts),
     };
+    let mut list = build_sources(sources, relative, fopts, checksum_algo, f)?;
+    list.follow_links = opts.copy_links || opts.copy_unsafe_links;
+    if !opts.chmod.is_empty() {
+        for e in list.entries.iter_mut() {
+            if e.file_type() != Some(FileType::Symlink) && e.mode != 0 {
+                e.mode = (e.mode & !0o7777) | opts.chmod_perms(e.mode & 0o7777, e.is_dir());
+            }
+        }
+    }
+    Ok(list)
+}
+
+fn build_sources(
+    sources: &[SourceSpec],
+    relative: bool,
+    fopts: &FlistOptions,
+    checksum_algo: ChecksumAlgo,
+    f: Filters<'_>,
+) -> Result<LocalList> {
     if sources.len() == 1 && !relative {
         let s = &sources[0];
         return build_one(&s.path, s.contents, fopts, checksum_algo, f);
@@ -298,7 +345,9 @@ fn entry_for(
         }
     } else if ft.is_symlink() {
         if !fopts.preserve_links {
-            return Ok(None);
+            // rsync lists it without its target (a receiver skips it).
+            e.size = m.len() as i64;
+            return Ok(Some(e));
         }
         let t = fs::read_link(path)
             .map_err(|err| RemoteError::io(format!("readlink {}", path.display()), err))?;
@@ -306,6 +355,8 @@ fn entry_for(
         e.size = t.len() as i64;
         e.link_target = Some(t);
     } else if ft.is_dir() {
+        // Sent as rsync sends it (listings show it).
+        e.size = m.len() as i64;
     } else {
         // Devices, FIFOs, sockets.
         if !fopts.preserve_devices {
@@ -327,9 +378,21 @@ fn entry_for(
     Ok(Some(e))
 }
 
-/// The unseeded whole-file checksum sent with `-c`.
+/// Opens a listed regular file: a symlink at `path` was followed on
+/// purpose (`-L`, `--copy-unsafe-links`) when `follow`.
+pub(crate) fn open_listed(path: &Path, follow: bool) -> Result<std::fs::File> {
+    match follow {
+        true => std::fs::File::open(path)
+            .map_err(|e| RemoteError::io(format!("opening {}", path.display()), e)),
+        false => open_source(path),
+    }
+}
+
+/// The unseeded whole-file checksum sent with `-c` (the metadata said
+/// regular file, so a symlink here was followed on purpose).
 fn file_checksum(path: &Path, algo: ChecksumAlgo) -> Result<Vec<u8>> {
-    let mut f = open_source(path)?;
+    let follow = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let mut f = open_listed(path, follow)?;
     let mut h = FileHasher::new(algo);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -367,6 +430,7 @@ pub fn build_list_filtered(
     let f = Filters {
         client: filter,
         daemon: None,
+        opts: None,
     };
     build_one(source, contents, fopts, checksum_algo, f)
 }
@@ -377,6 +441,61 @@ pub fn build_list_filtered(
 struct Filters<'a> {
     client: Option<&'a FilterRules>,
     daemon: Option<&'a DaemonFilter>,
+    /// The sender's options (which symlinks to follow, `-x`).
+    opts: Option<&'a TransferOpts>,
+}
+
+impl Filters<'_> {
+    /// The metadata the sender lists for `path` (named `name` in the
+    /// list): the symlink itself, or with `-L`, `--copy-unsafe-links`
+    /// (for a link leaving the transfer) or `-k` (for a link to a
+    /// directory) what it points to. A followed link without a referent
+    /// is reported as such.
+    fn stat(&self, path: &Path, name: &str) -> std::io::Result<fs::Metadata> {
+        let Some(o) = self.opts else {
+            return fs::symlink_metadata(path);
+        };
+        let m = fs::symlink_metadata(path)?;
+        if !m.file_type().is_symlink() {
+            return Ok(m);
+        }
+        let follow = o.copy_links
+            || (o.copy_unsafe_links
+                && fs::read_link(path).is_ok_and(|t| {
+                    crate::opts::unsafe_symlink(t.as_os_str().as_encoded_bytes(), name.as_bytes())
+                }));
+        if follow {
+            return fs::metadata(path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    std::io::Error::other(format!("symlink has no referent: {}", path.display()))
+                } else {
+                    e
+                }
+            });
+        }
+        if o.copy_dirlinks {
+            if let Ok(t) = fs::metadata(path) {
+                if t.is_dir() {
+                    return Ok(t);
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    /// False with `-d` without `-r`: directories below a source are listed
+    /// without their contents.
+    fn recurse(&self) -> bool {
+        !self.opts.is_some_and(|o| o.dirs_only)
+    }
+
+    /// `-x`: how to treat a directory on device `dev` below a root on `root_dev`.
+    fn mount_point(&self, dev: u64, root_dev: u64) -> u8 {
+        match self.opts {
+            Some(o) if dev != root_dev => o.one_file_system,
+            _ => 0,
+        }
+    }
 }
 
 fn build_one(
@@ -386,7 +505,8 @@ fn build_one(
     checksum_algo: ChecksumAlgo,
     filter: Filters<'_>,
 ) -> Result<LocalList> {
-    let m = fs::symlink_metadata(source)
+    let m = filter
+        .stat(source, &source.to_string_lossy())
         .map_err(|e| RemoteError::io(format!("source {}", source.display()), e))?;
     if filter
         .daemon
@@ -404,6 +524,7 @@ fn build_one(
     if m.is_dir() && contents {
         return walk(source, fopts, checksum_algo, filter, "");
     }
+    let dir_entry_only = m.is_dir() && !filter.recurse();
     let base = source
         .file_name()
         .and_then(|b| b.to_str())
@@ -415,7 +536,7 @@ fn build_one(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if m.is_dir() {
+    if m.is_dir() && !dir_entry_only {
         let mut list = walk(source, fopts, checksum_algo, filter, &base)?;
         for e in &mut list.entries {
             let mut n = base.as_bytes().to_vec();
@@ -428,12 +549,14 @@ fn build_one(
         list.root = parent;
         return Ok(list);
     }
-    let e = entry_for(base.into_bytes(), source, &m, fopts, checksum_algo)?.ok_or_else(|| {
-        RemoteError::Usage(format!(
-            "source {}: this file type is not sent with these options",
-            source.display()
-        ))
-    })?;
+    let mut e =
+        entry_for(base.into_bytes(), source, &m, fopts, checksum_algo)?.ok_or_else(|| {
+            RemoteError::Usage(format!(
+                "source {}: this file type is not sent with these options",
+                source.display()
+            ))
+        })?;
+    e.no_content_dir = dir_entry_only;
     Ok(LocalList {
         entries: vec![e],
         root: parent,
@@ -469,6 +592,7 @@ fn walk(
             root.display()
         )));
     }
+    let root_dev = m.dev();
     let mut list = LocalList {
         root: root.to_path_buf(),
         ..LocalList::default()
@@ -513,7 +637,12 @@ fn walk(
                 format!("{prefix}/{fname}")
             };
             let path = de.path();
-            let m = match fs::symlink_metadata(&path) {
+            let listed = if filter_prefix.is_empty() {
+                rel.clone()
+            } else {
+                format!("{filter_prefix}/{rel}")
+            };
+            let m = match filters.stat(&path, &listed) {
                 Ok(m)
                     if filters
                         .daemon
@@ -544,9 +673,22 @@ fn walk(
                     continue;
                 }
             };
-            if let Some(e) = entry_for(rel.clone().into_bytes(), &path, &m, fopts, checksum_algo)? {
-                if m.is_dir() {
+            // -x: a directory on another file system is sent without its
+            // contents (-xx: not at all).
+            let mount = match m.is_dir() {
+                true => filters.mount_point(m.dev(), root_dev),
+                false => 0,
+            };
+            if mount >= 2 {
+                continue;
+            }
+            if let Some(mut e) =
+                entry_for(rel.clone().into_bytes(), &path, &m, fopts, checksum_algo)?
+            {
+                if m.is_dir() && mount == 0 && filters.recurse() {
                     stack.push((path, rel));
+                } else if m.is_dir() {
+                    e.no_content_dir = true;
                 }
                 let linked = fopts.preserve_hard_links && !m.is_dir() && m.nlink() > 1;
                 inodes.push(linked.then(|| (m.dev(), m.ino())));

@@ -82,6 +82,7 @@ fn events_report_transfers_and_deletions() {
         let line = match e {
             FileEvent::Transferred { name, .. } => format!("> {}", String::from_utf8_lossy(name)),
             FileEvent::Deleted { name } => format!("del {}", String::from_utf8_lossy(name)),
+            FileEvent::Listed { entry } => format!("list {}", String::from_utf8_lossy(&entry.name)),
         };
         s2.lock().unwrap().push(line);
     });

@@ -18,10 +18,12 @@
 //! - [`random_tree`] makes a reproducible tree of all of these from a seed.
 //! - [`compare_trees`] lists every [`Difference`] that [`CompareOpts`] asks about;
 //!   [`assert_trees_equal`] panics with a readable list.
+//! - [`remote`] runs a client against any server program through a stand-in ssh.
 
 mod compare;
 pub mod meta;
 mod random;
+pub mod remote;
 mod tree;
 
 pub use compare::{

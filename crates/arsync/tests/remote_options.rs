@@ -1,0 +1,545 @@
+//! rsync's options over the wire (issue 4, "same flags and exit codes as
+//! local mode"): for each option, arsync as the client (against
+//! `rsync --server`) and as the server (under a real rsync client), both
+//! pushing and pulling, must leave the same source and destination trees
+//! and exit with the same code as rsync talking to rsync. Each case also
+//! checks that the option had its effect in the reference run, so a case
+//! cannot pass by everyone ignoring the option.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use arsync_testutil::remote::{install_fake_ssh, run_over_shell};
+use arsync_testutil::{compare_trees, scratch_dir, CompareOpts};
+
+fn arsync_bin() -> OsString {
+    PathBuf::from(env!("CARGO_BIN_EXE_arsync")).into_os_string()
+}
+
+fn rsync_bin() -> OsString {
+    "rsync".into()
+}
+
+/// Writes `data` to `root/rel` (parents created) with mtime `secs`.
+fn put(root: &Path, rel: &str, data: &[u8], secs: u64) {
+    let p = root.join(rel);
+    if let Some(d) = p.parent() {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::write(&p, data).unwrap();
+    let f = fs::File::options().write(true).open(&p).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .unwrap();
+}
+
+/// Gives directories and symlinks a fixed old mtime, so trees built at
+/// different moments compare equal.
+fn settle(root: &Path) {
+    if !root.exists() {
+        return;
+    }
+    let st = Command::new("find")
+        .arg(root)
+        .args(["(", "-type", "d", "-o", "-type", "l", ")"])
+        .args(["-exec", "touch", "-h", "-d", "@1500000000", "{}", "+"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+const T0: u64 = 1_600_000_000;
+
+/// The tree for the quick-check variants: a source and an older copy.
+fn quick_tree(src: &Path, dst: &Path) {
+    // Same size and mtime, different content: only -I (or -c) sends it.
+    put(src, "same.txt", b"source version", T0);
+    put(dst, "same.txt", b"target version", T0);
+    // Same size, different mtime and content: --size-only keeps it.
+    put(src, "resized.txt", b"0123456789", T0 + 50);
+    put(dst, "resized.txt", b"abcdefghij", T0);
+    // Newer on the receiver: -u keeps it.
+    put(src, "newer_there.txt", b"old source", T0);
+    put(dst, "newer_there.txt", b"newer target!", T0 + 100);
+    // Older on the receiver: sent in every case but --ignore-existing.
+    put(src, "older_there.txt", b"fresh source", T0 + 100);
+    put(dst, "older_there.txt", b"stale", T0);
+    // Only in the source: --existing skips it (and the directory).
+    put(src, "new.txt", b"brand new", T0);
+    put(src, "newdir/inner.txt", b"inner", T0);
+    // Sizes for --min-size / --max-size, only in the source.
+    put(src, "tiny.bin", b"12", T0);
+    put(src, "big.bin", &[7u8; 5000], T0);
+    put(src, "sub/mid.bin", &[9u8; 300], T0);
+    symlink("new.txt", src.join("link")).unwrap();
+    fs::create_dir_all(dst.join("sub")).unwrap();
+    settle(src);
+    settle(dst);
+}
+
+fn read(p: &Path) -> Option<Vec<u8>> {
+    fs::read(p).ok()
+}
+
+/// One option scenario.
+struct Case {
+    name: &'static str,
+    flags: &'static [&'static str],
+    setup: fn(&Path, &Path),
+    /// Checks the reference (rsync to rsync) result: the option's effect.
+    expect: fn(&Path, &Path),
+    /// The reference exit code.
+    code: i32,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Direction {
+    Push,
+    Pull,
+}
+
+struct Run {
+    out: Output,
+    src: PathBuf,
+    dst: PathBuf,
+}
+
+fn run(
+    case: &Case,
+    rsh: &Path,
+    client: &OsString,
+    server: &OsString,
+    dir: Direction,
+    work: &Path,
+) -> Run {
+    let src = work.join("src");
+    let dst = work.join("dst");
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&dst).unwrap();
+    (case.setup)(&src, &dst);
+    let (from, to) = match dir {
+        Direction::Push => (
+            format!("{}/", src.display()),
+            format!("fakehost:{}", dst.display()),
+        ),
+        Direction::Pull => (
+            format!("fakehost:{}/", src.display()),
+            dst.display().to_string(),
+        ),
+    };
+    let out = run_over_shell(client, server, rsh, case.flags, &from, &to).unwrap();
+    Run { out, src, dst }
+}
+
+fn describe(r: &Run) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        r.out.status.code(),
+        String::from_utf8_lossy(&r.out.stdout),
+        String::from_utf8_lossy(&r.out.stderr)
+    )
+}
+
+/// Runs `case` for every pairing and direction against the rsync reference.
+fn check(case: &Case) {
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    let pairs = [
+        ("arsync->rsync", arsync_bin(), rsync_bin()),
+        ("rsync->arsync", rsync_bin(), arsync_bin()),
+        ("arsync->arsync", arsync_bin(), arsync_bin()),
+    ];
+    let cmp = CompareOpts::default();
+    for dir in [Direction::Push, Direction::Pull] {
+        let base = tmp.path().join(format!("{dir:?}"));
+        let reference = run(
+            case,
+            &rsh,
+            &rsync_bin(),
+            &rsync_bin(),
+            dir,
+            &base.join("ref"),
+        );
+        assert_eq!(
+            reference.out.status.code(),
+            Some(case.code),
+            "{} {dir:?} rsync->rsync: {}",
+            case.name,
+            describe(&reference)
+        );
+        (case.expect)(&reference.src, &reference.dst);
+        for (label, client, server) in &pairs {
+            let got = run(case, &rsh, client, server, dir, &base.join(label));
+            let what = format!("{} {dir:?} {label}", case.name);
+            assert_eq!(
+                got.out.status.code(),
+                reference.out.status.code(),
+                "{what}: {}",
+                describe(&got)
+            );
+            // Removing files (--remove-source-files) touches source directories.
+            let src_cmp = CompareOpts {
+                dir_mtime: false,
+                ..CompareOpts::default()
+            };
+            for (a, b, side, cmp) in [
+                (&reference.dst, &got.dst, "destination", &cmp),
+                (&reference.src, &got.src, "source", &src_cmp),
+            ] {
+                let diffs = compare_trees(a, b, cmp);
+                assert!(
+                    diffs.is_empty(),
+                    "{what}: {side} differs from rsync's: {diffs:#?}\n{}",
+                    describe(&got)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn update_skips_newer_files() {
+    check(&Case {
+        name: "-u",
+        flags: &["-a", "-u"],
+        setup: quick_tree,
+        expect: |_, d| {
+            assert_eq!(read(&d.join("newer_there.txt")).unwrap(), b"newer target!");
+            assert_eq!(read(&d.join("older_there.txt")).unwrap(), b"fresh source");
+        },
+        code: 0,
+    });
+}
+
+#[test]
+fn existing_creates_nothing_new() {
+    check(&Case {
+        name: "--existing",
+        flags: &["-a", "--existing"],
+        setup: quick_tree,
+        expect: |_, d| {
+            assert!(!d.join("new.txt").exists() && !d.join("newdir").exists());
+            assert_eq!(read(&d.join("older_there.txt")).unwrap(), b"fresh source");
+        },
+        code: 0,
+    });
+}
+
+#[test]
+fn ignore_existing_only_creates() {
+    check(&Case {
+        name: "--ignore-existing",
+        flags: &["-a", "--ignore-existing"],
+        setup: quick_tree,
+        expect: |_, d| {
+            assert_eq!(read(&d.join("older_there.txt")).unwrap(), b"stale");
+            assert_eq!(read(&d.join("newdir/inner.txt")).unwrap(), b"inner");
+        },
+        code: 0,
+    });
+}
+
+#[test]
+fn size_only_ignores_mtimes() {
+    check(&Case {
+        name: "--size-only",
+        flags: &["-a", "--size-only"],
+        setup: quick_tree,
+        expect: |_, d| {
+            assert_eq!(read(&d.join("resized.txt")).unwrap(), b"abcdefghij");
+            assert_eq!(read(&d.join("older_there.txt")).unwrap(), b"fresh source");
+        },
+        code: 0,
+    });
+}
+
+#[test]
+fn ignore_times_sends_everything() {
+    check(&Case {
+        name: "-I",
+        flags: &["-a", "-I"],
+        setup: quick_tree,
+        expect: |_, d| {
+            assert_eq!(read(&d.join("same.txt")).unwrap(), b"source version");
+        },
+        code: 0,
+    });
+}
+
+#[test]
+fn min_and_max_size() {
+    check(&Case {
+        name: "--min-size --max-size",
+        flags: &["-a", "--min-size=10", "--max-size=1k"],
+        setup: quick_tree,
+        expect: |_, d| {
+            assert!(!d.join("tiny.bin").exists() && !d.join("big.bin").exists());
+            assert!(d.join("sub/mid.bin").exists());
+        },
+        code: 0,
+    });
+}
+
+/// Symlinks of every kind for -L, -k, --copy-unsafe-links, --safe-links.
+fn link_tree(src: &Path, _dst: &Path) {
+    put(src, "file.txt", b"plain file", T0);
+    put(src, "dir/inner.txt", b"inside dir", T0);
+    // Outside the transfer: a sibling of the source directory.
+    let outside = src.parent().unwrap().join("outside");
+    put(&outside, "secret.txt", b"outside the tree", T0);
+    symlink("file.txt", src.join("to_file")).unwrap();
+    symlink("dir", src.join("to_dir")).unwrap();
+    symlink("../outside/secret.txt", src.join("escape")).unwrap();
+    symlink("../outside", src.join("escape_dir")).unwrap();
+    symlink("/etc/hostname", src.join("absolute")).unwrap();
+    symlink("../file.txt", src.join("dir/up")).unwrap();
+    settle(src);
+    settle(&outside);
+}
+
+fn is_link(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+#[test]
+fn copy_links_follows_every_link() {
+    check(&Case {
+        name: "-L",
+        flags: &["-a", "-L"],
+        setup: link_tree,
+        expect: |_, d| {
+            assert!(!is_link(&d.join("to_file")) && d.join("to_dir/inner.txt").is_file());
+            assert_eq!(read(&d.join("escape")).unwrap(), b"outside the tree");
+        },
+        code: 0,
+    });
+}
+
+#[test]
+fn copy_dirlinks_follows_links_to_directories() {
+    check(&Case {
+        name: "-k",
+        flags: &["-a", "-k"],
+        setup: link_tree,
+        expect: |_, d| {
+            assert!(is_link(&d.join("to_file")));
+            assert!(!is_link(&d.join("to_dir")) && d.join("to_dir/inner.txt").is_file());
+        },
+        code: 0,
+    });
+}
+
+#[test]
+fn copy_unsafe_links_follows_links_leaving_the_tree() {
+    check(&Case {
+        name: "--copy-unsafe-links",
+        flags: &["-a", "--copy-unsafe-links"],
+        setup: link_tree,
+        expect: |_, d| {
+            assert!(is_link(&d.join("to_file")) && is_link(&d.join("dir/up")));
+            assert!(!is_link(&d.join("escape")) && d.join("escape_dir/secret.txt").is_file());
+        },
+        code: 0,
+    });
+}
+
+#[test]
+fn safe_links_drops_links_leaving_the_tree() {
+    check(&Case {
+        name: "--safe-links",
+        flags: &["-a", "--safe-links"],
+        setup: link_tree,
+        expect: |_, d| {
+            assert!(is_link(&d.join("to_file")) && is_link(&d.join("dir/up")));
+            assert!(!d.join("escape").exists() && !is_link(&d.join("absolute")));
+        },
+        code: 0,
+    });
+}
+
+/// Nested directories, some with no files below them, for -m and -d.
+fn sparse_dirs(src: &Path, _dst: &Path) {
+    put(src, "top.txt", b"top", T0);
+    put(src, "full/deep/file.txt", b"deep file", T0);
+    fs::create_dir_all(src.join("empty/nested/deeper")).unwrap();
+    fs::create_dir_all(src.join("full/hollow")).unwrap();
+    settle(src);
+}
+
+#[test]
+fn prune_empty_dirs() {
+    check(&Case {
+        name: "-m",
+        flags: &["-a", "-m"],
+        setup: sparse_dirs,
+        expect: |_, d| {
+            assert!(d.join("full/deep/file.txt").is_file());
+            assert!(!d.join("empty").exists() && !d.join("full/hollow").exists());
+        },
+        code: 0,
+    });
+}
+
+#[test]
+fn dirs_without_recursion() {
+    check(&Case {
+        name: "-d",
+        flags: &["-lptgoD", "-d"],
+        setup: sparse_dirs,
+        expect: |_, d| {
+            assert!(d.join("top.txt").is_file() && d.join("full").is_dir());
+            assert!(!d.join("full/deep").exists() && !d.join("empty/nested").exists());
+        },
+        code: 0,
+    });
+}
+
+#[test]
+fn chmod_on_the_modes_sent() {
+    check(&Case {
+        name: "--chmod",
+        flags: &["-a", "--chmod=Fgo-rwx,Dg+s,u+x"],
+        setup: quick_tree,
+        expect: |_, d| {
+            use std::os::unix::fs::PermissionsExt;
+            let m = fs::metadata(d.join("new.txt"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(m & 0o777, 0o700, "{m:o}");
+            let m = fs::metadata(d.join("newdir")).unwrap().permissions().mode();
+            assert_eq!(m & 0o2000, 0o2000, "{m:o}");
+        },
+        code: 0,
+    });
+}
+
+/// A destination with extra files, some excluded from the transfer.
+fn extras_tree(src: &Path, dst: &Path) {
+    put(src, "keep.txt", b"kept", T0);
+    put(src, "sub/keep2.txt", b"kept too", T0);
+    for n in ["x1.txt", "x2.txt", "x3.txt", "x4.log", "sub/x5.txt"] {
+        put(dst, n, b"extraneous", T0);
+    }
+    put(src, "skip.log", b"excluded in the source", T0);
+    settle(src);
+    settle(dst);
+}
+
+#[test]
+fn max_delete_stops_with_code_25() {
+    check(&Case {
+        name: "--max-delete",
+        flags: &["-a", "--delete", "--max-delete=2"],
+        setup: extras_tree,
+        expect: |_, d| {
+            let left = ["x1.txt", "x2.txt", "x3.txt", "x4.log", "sub/x5.txt"]
+                .iter()
+                .filter(|n| d.join(n).exists())
+                .count();
+            assert_eq!(left, 3);
+        },
+        code: 25,
+    });
+}
+
+#[test]
+fn max_delete_zero_deletes_nothing() {
+    check(&Case {
+        name: "--max-delete=0",
+        flags: &["-a", "--delete", "--max-delete=0"],
+        setup: extras_tree,
+        expect: |_, d| assert!(d.join("x1.txt").exists() && d.join("sub/x5.txt").exists()),
+        code: 25,
+    });
+}
+
+#[test]
+fn delete_excluded_removes_excluded_files() {
+    check(&Case {
+        name: "--delete-excluded",
+        flags: &["-a", "--delete", "--delete-excluded", "--exclude=*.log"],
+        setup: extras_tree,
+        expect: |_, d| {
+            assert!(!d.join("x4.log").exists() && !d.join("skip.log").exists());
+            assert!(d.join("keep.txt").exists() && !d.join("x1.txt").exists());
+        },
+        code: 0,
+    });
+}
+
+#[test]
+fn exclude_protects_without_delete_excluded() {
+    check(&Case {
+        name: "--delete --exclude",
+        flags: &["-a", "--delete", "--exclude=*.log"],
+        setup: extras_tree,
+        expect: |_, d| assert!(d.join("x4.log").exists() && !d.join("x1.txt").exists()),
+        code: 0,
+    });
+}
+
+#[test]
+fn remove_source_files_after_confirmation() {
+    check(&Case {
+        name: "--remove-source-files",
+        flags: &["-a", "--remove-source-files"],
+        setup: quick_tree,
+        expect: |s, d| {
+            // Sent and unchanged files leave the source; directories stay.
+            assert!(!s.join("new.txt").exists() && !s.join("same.txt").exists());
+            assert!(s.join("newdir").is_dir() && d.join("newdir/inner.txt").is_file());
+        },
+        code: 0,
+    });
+}
+
+/// `--list-only` output of `client` (with `server`) for `args`.
+fn listing(rsh: &Path, client: &OsString, server: &OsString, args: &[&str]) -> Output {
+    Command::new(client)
+        .args(["-e", &rsh.to_string_lossy(), "--rsync-path"])
+        .arg(server)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn list_only_matches_rsync() {
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    let src = tmp.path().join("src");
+    quick_tree(&src, &tmp.path().join("unused"));
+    let remote = format!("fakehost:{}/", src.display());
+    let remote_dir = format!("fakehost:{}", src.display());
+    for args in [
+        vec![remote.as_str()],
+        vec!["-r", remote.as_str()],
+        vec!["--list-only", "-a", remote.as_str()],
+        vec![remote_dir.as_str()],
+    ] {
+        let want = listing(&rsh, &rsync_bin(), &rsync_bin(), &args);
+        assert_eq!(want.status.code(), Some(0), "{args:?}: {want:?}");
+        let text = String::from_utf8_lossy(&want.stdout).into_owned();
+        assert!(text.lines().count() >= 1, "{args:?}: empty listing");
+        for (label, client, server) in [
+            ("arsync->rsync", arsync_bin(), rsync_bin()),
+            ("rsync->arsync", rsync_bin(), arsync_bin()),
+            ("arsync->arsync", arsync_bin(), arsync_bin()),
+        ] {
+            let got = listing(&rsh, &client, &server, &args);
+            assert_eq!(
+                (
+                    got.status.code(),
+                    String::from_utf8_lossy(&got.stdout).into_owned()
+                ),
+                (Some(0), text.clone()),
+                "{label} {args:?}: stderr {}",
+                String::from_utf8_lossy(&got.stderr)
+            );
+        }
+    }
+}

@@ -1,0 +1,687 @@
+//! rsync options beyond the packed short flags that the remote roles honour:
+//! how a client spells them in the server's argument vector (as rsync's
+//! `server_options()` does: some go only to a receiving server, some only
+//! to a sending one), how a server reads them back, and what the side that
+//! owns each one does with it.
+//!
+//! Owners: the quick-check variants (`-u`, `--existing`,
+//! `--ignore-existing`, `--size-only`, `-I`, `--min-size`, `--max-size`)
+//! belong to the generator, which runs on the receiving side.
+
+use arsync_proto::flist::{FileEntry, FileType};
+
+use arsync_sync::options::{ChmodRule, IdMapRule, IdMatch};
+
+use crate::error::{RemoteError, Result};
+use crate::fsys::EntryInfo;
+
+/// The options of one transfer that are not packed short flags (plus the
+/// packed ones whose meaning lives here: `u`, `I`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransferOpts {
+    /// `-u`: skip files that are newer on the receiver (packed `u`).
+    pub update: bool,
+    /// `-I`: transfer even when size and mtime match (packed `I`).
+    pub ignore_times: bool,
+    /// `--existing`: create nothing new on the receiver.
+    pub existing: bool,
+    /// `--ignore-existing`: leave entries that exist on the receiver alone.
+    pub ignore_existing: bool,
+    /// `--size-only`: a file with the same size is up to date.
+    pub size_only: bool,
+    /// `--min-size`: skip smaller files.
+    pub min_size: Option<u64>,
+    /// `--max-size`: skip larger files.
+    pub max_size: Option<u64>,
+    /// `-L`: the sender follows every symlink (packed `L`, to a sending server).
+    pub copy_links: bool,
+    /// `--copy-unsafe-links`: the sender follows links leaving the transfer.
+    pub copy_unsafe_links: bool,
+    /// `--safe-links`: the receiver ignores links leaving the transfer.
+    pub safe_links: bool,
+    /// `-k`: the sender follows links to directories (packed `k`).
+    pub copy_dirlinks: bool,
+    /// `-x` count: the sender stays on the source's file system (packed `x`).
+    pub one_file_system: u8,
+    /// `--chmod` rules, applied by the client to the modes it sends or
+    /// receives (rsync never sends them to the server).
+    pub chmod: Vec<ChmodRule>,
+    /// `-m`: the receiver drops directories with nothing but directories
+    /// below them (packed `m`, to a receiving server).
+    pub prune_empty_dirs: bool,
+    /// `-d` without `-r`: the sender lists a directory argument's entries
+    /// without descending (the packed `d` itself is sent with the other
+    /// short flags).
+    pub dirs_only: bool,
+    /// `--max-delete`: the receiver deletes at most this many entries
+    /// (exit code 25 when more were due).
+    pub max_delete: Option<u64>,
+    /// `--delete-excluded`: the client's plain include/exclude rules apply
+    /// to the sender only, so excluded receiver files are deleted too.
+    pub delete_excluded: bool,
+    /// `--remove-source-files`: the sender removes each file the receiver
+    /// reports as safely there (MSG_SUCCESS).
+    pub remove_source_files: bool,
+    /// `--list-only`: the receiving client lists the sender's file list
+    /// and transfers nothing (the sender needs no option for it).
+    pub list_only: bool,
+    /// `--usermap` (or `--chown USER`, sent as `*:USER`): applied by the receiver.
+    pub usermap: Option<String>,
+    /// `--groupmap` (or `--chown :GROUP`).
+    pub groupmap: Option<String>,
+}
+
+impl TransferOpts {
+    /// Reads the meaning of the packed flags that belong here.
+    pub fn with_flags(mut self, flags: &str) -> Self {
+        self.update |= flags.contains('u');
+        self.ignore_times |= flags.contains('I');
+        self.copy_links |= flags.contains('L');
+        self.copy_dirlinks |= flags.contains('k');
+        self.prune_empty_dirs |= flags.contains('m');
+        self.dirs_only |= flags.contains('d') && !flags.contains('r');
+        let x = flags.chars().filter(|&c| c == 'x').count();
+        self.one_file_system = self.one_file_system.max(x.min(2) as u8);
+        self
+    }
+
+    /// The packed letters for these options. `u`, `I` and `x` go to either
+    /// kind of server, `L` and `k` only to a sending one, `m` only to a
+    /// receiving one (as rsync's client sends them).
+    pub fn packed_flags(&self, server_sends: bool) -> String {
+        let mut f = String::new();
+        for (on, c) in [
+            (self.update, 'u'),
+            (self.ignore_times, 'I'),
+            (self.copy_links && server_sends, 'L'),
+            (self.copy_dirlinks && server_sends, 'k'),
+            (self.prune_empty_dirs && !server_sends, 'm'),
+        ] {
+            if on {
+                f.push(c);
+            }
+        }
+        for _ in 0..self.one_file_system.min(2) {
+            f.push('x');
+        }
+        f
+    }
+
+    /// Permission bits after the `--chmod` rules.
+    pub fn chmod_perms(&self, mut perms: u32, is_dir: bool) -> u32 {
+        for r in &self.chmod {
+            if (is_dir && r.dirs) || (!is_dir && r.files) {
+                perms = arsync_sync::meta::apply_chmod(&r.spec, perms, is_dir);
+            }
+        }
+        perms
+    }
+
+    /// The long options for the server, in rsync's order. The generator's
+    /// options go only to a receiving server (`server_sends` false): a
+    /// pulling client runs the generator itself.
+    pub fn server_args(&self, server_sends: bool) -> Vec<String> {
+        let mut v = Vec::new();
+        if !server_sends {
+            if let Some(n) = self.min_size {
+                v.push(format!("--min-size={n}"));
+            }
+            if let Some(n) = self.max_size {
+                v.push(format!("--max-size={n}"));
+            }
+            if self.size_only {
+                v.push("--size-only".into());
+            }
+            if self.ignore_existing {
+                v.push("--ignore-existing".into());
+            }
+            if self.existing {
+                v.push("--existing".into());
+            }
+        }
+        if !server_sends {
+            if let Some(m) = &self.usermap {
+                v.push(format!("--usermap={m}"));
+            }
+            if let Some(m) = &self.groupmap {
+                v.push(format!("--groupmap={m}"));
+            }
+            match self.max_delete {
+                Some(0) => v.push("--max-delete=-1".into()),
+                Some(n) => v.push(format!("--max-delete={n}")),
+                None => {}
+            }
+            if self.delete_excluded {
+                v.push("--delete-excluded".into());
+            }
+        }
+        if self.copy_unsafe_links {
+            v.push("--copy-unsafe-links".into());
+        }
+        if self.remove_source_files {
+            v.push("--remove-source-files".into());
+        }
+        if self.safe_links {
+            v.push("--safe-links".into());
+        }
+        v
+    }
+
+    /// Applies one long server option (`--name` or `--name=value`); `next`
+    /// supplies the following word for options rsync splits in two.
+    /// Returns false for an option that is not ours.
+    pub fn parse_server_arg(
+        &mut self,
+        arg: &str,
+        next: &mut dyn FnMut() -> Option<String>,
+    ) -> Result<bool> {
+        let (name, value) = match arg.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (arg, None),
+        };
+        let size = |v: Option<&str>| -> Result<Option<u64>> {
+            let v = v.ok_or_else(|| RemoteError::Usage(format!("{name} needs a value")))?;
+            arsync_sync::cli::parse_size(v)
+                .map(Some)
+                .ok_or_else(|| RemoteError::Usage(format!("bad size in {arg}")))
+        };
+        match name {
+            "--existing" | "--ignore-non-existing" => self.existing = true,
+            "--ignore-existing" => self.ignore_existing = true,
+            "--size-only" => self.size_only = true,
+            "--ignore-times" => self.ignore_times = true,
+            "--update" => self.update = true,
+            "--min-size" => self.min_size = size(value)?,
+            "--max-size" => self.max_size = size(value)?,
+            "--copy-unsafe-links" => self.copy_unsafe_links = true,
+            "--delete-excluded" => self.delete_excluded = true,
+            "--remove-source-files" | "--remove-sent-files" => self.remove_source_files = true,
+            "--list-only" => self.list_only = true,
+            "--usermap" | "--groupmap" => {
+                let v = match value {
+                    Some(v) => v.to_string(),
+                    None => {
+                        next().ok_or_else(|| RemoteError::Usage(format!("{arg} needs a value")))?
+                    }
+                };
+                arsync_sync::cli::parse_idmap(&v, name == "--usermap")
+                    .map_err(RemoteError::Usage)?;
+                match name {
+                    "--usermap" => self.usermap = Some(v),
+                    _ => self.groupmap = Some(v),
+                }
+            }
+            "--max-delete" => {
+                let v = value.ok_or_else(|| RemoteError::Usage(format!("{arg} needs a value")))?;
+                let n: i64 = v
+                    .parse()
+                    .map_err(|_| RemoteError::Usage(format!("bad number in {arg}")))?;
+                // rsync's client sends -1 for a limit of 0.
+                self.max_delete = Some(n.max(0) as u64);
+            }
+            "--safe-links" => self.safe_links = true,
+            "--copy-links" => self.copy_links = true,
+            "--copy-dirlinks" => self.copy_dirlinks = true,
+            "--prune-empty-dirs" => self.prune_empty_dirs = true,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Why the generator leaves entry `e` alone, given what exists locally
+    /// (`None`: it is handled). `local` is the `lstat` of the destination.
+    pub fn skip(&self, e: &FileEntry, local: Option<&EntryInfo>) -> Option<Skip> {
+        if e.name == b"." {
+            return None;
+        }
+        let ft = e.file_type();
+        if self.safe_links && ft == Some(FileType::Symlink) {
+            let target = e.link_target.as_deref().unwrap_or_default();
+            if unsafe_symlink(target, &e.name) {
+                return Some(Skip::UnsafeLink);
+            }
+        }
+        let Some(m) = local else {
+            if self.existing {
+                return Some(Skip::NotCreating);
+            }
+            return self.size_excluded(e).then_some(Skip::Size);
+        };
+        let local_dir = m.file_type == rustix::fs::FileType::Directory;
+        if self.ignore_existing && !(e.is_dir() && local_dir) {
+            return Some(Skip::Exists);
+        }
+        if ft != Some(FileType::Regular) {
+            return None;
+        }
+        if self.size_excluded(e) {
+            return Some(Skip::Size);
+        }
+        if self.update && m.file_type == rustix::fs::FileType::RegularFile && e.mtime < m.mtime {
+            return Some(Skip::Newer);
+        }
+        None
+    }
+
+    /// `--min-size`/`--max-size` for a regular file that does not exist locally.
+    pub fn size_excluded(&self, e: &FileEntry) -> bool {
+        let size = e.size.max(0) as u64;
+        e.file_type() == Some(FileType::Regular)
+            && (self.max_size.is_some_and(|n| size > n) || self.min_size.is_some_and(|n| size < n))
+    }
+
+    /// The quick check for an existing regular file of the same size:
+    /// true when it is up to date. `same_sum` computes the `-c` comparison.
+    pub fn unchanged(
+        &self,
+        e: &FileEntry,
+        m: &EntryInfo,
+        same_sum: impl FnOnce() -> Result<bool>,
+    ) -> Result<bool> {
+        if m.file_type != rustix::fs::FileType::RegularFile || m.size != e.size.max(0) as u64 {
+            return Ok(false);
+        }
+        if e.checksum.is_some() {
+            return same_sum();
+        }
+        if self.size_only {
+            return Ok(true);
+        }
+        Ok(!self.ignore_times && m.mtime == e.mtime)
+    }
+}
+
+impl TransferOpts {
+    /// What the receiver does to a file list it received (sorted, with
+    /// duplicates inactive): `--chmod` on the modes, then `-m` marks
+    /// directories with no non-directory below them inactive.
+    pub fn adjust_received(&self, entries: &mut [FileEntry], active: &mut [bool]) {
+        if !self.chmod.is_empty() {
+            for e in entries.iter_mut() {
+                if e.file_type() != Some(FileType::Symlink) && e.mode != 0 {
+                    e.mode = (e.mode & !0o7777) | self.chmod_perms(e.mode & 0o7777, e.is_dir());
+                }
+            }
+        }
+        if !self.prune_empty_dirs {
+            return;
+        }
+        // Every directory that has an active non-directory below it.
+        let mut keep: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+        for (e, _) in entries
+            .iter()
+            .zip(active.iter())
+            .filter(|(e, a)| **a && !e.is_dir())
+        {
+            let mut n = e.name.as_slice();
+            while let Some(i) = n.iter().rposition(|&b| b == b'/') {
+                n = &n[..i];
+                if !keep.insert(n) {
+                    break;
+                }
+            }
+        }
+        let prune: Vec<bool> = entries
+            .iter()
+            .map(|e| {
+                e.is_dir() && e.name != b"." && !e.top_dir && !keep.contains(e.name.as_slice())
+            })
+            .collect();
+        for (a, p) in active.iter_mut().zip(prune) {
+            if p {
+                *a = false;
+            }
+        }
+    }
+}
+
+impl TransferOpts {
+    /// The parsed `--usermap` and `--groupmap` rules.
+    pub fn id_rules(&self) -> Result<(Vec<IdMapRule>, Vec<IdMapRule>)> {
+        let parse = |m: &Option<String>, user| match m {
+            Some(m) => arsync_sync::cli::parse_idmap(m, user).map_err(RemoteError::Usage),
+            None => Ok(Vec::new()),
+        };
+        Ok((parse(&self.usermap, true)?, parse(&self.groupmap, false)?))
+    }
+}
+
+/// The local owner for the sender's id `id`: the first `rules` entry
+/// matching the id (or the sender's name for it, else our name for it;
+/// `*` matches any id), else the usual mapping by name (`by_name`).
+pub fn map_owner(
+    rules: &[IdMapRule],
+    id: u32,
+    sender_names: &[(u32, Vec<u8>)],
+    by_name: &crate::ids::IdMap,
+    local: &crate::ids::IdNames,
+    user: bool,
+) -> u32 {
+    for r in rules {
+        let hit = match &r.from {
+            IdMatch::Id(x) => *x == id,
+            IdMatch::Range(lo, hi) => (*lo..=*hi).contains(&id),
+            IdMatch::Name(p) if p == "*" => true,
+            IdMatch::Name(p) => {
+                let name = sender_names
+                    .iter()
+                    .find(|(n, _)| *n == id)
+                    .map(|(_, name)| name.as_slice())
+                    .or_else(|| {
+                        if user {
+                            local.user(id)
+                        } else {
+                            local.group(id)
+                        }
+                    });
+                name.is_some_and(|n| arsync_filter::wildmatch::wildmatch(p.as_bytes(), n))
+            }
+        };
+        if hit {
+            return r.to;
+        }
+    }
+    by_name.map(id)
+}
+
+/// `--max-delete` bookkeeping of one run.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteLimit {
+    /// Deletions still allowed (`None`: no limit).
+    pub left: Option<u64>,
+    /// Deletions refused because of the limit.
+    pub skipped: u64,
+}
+
+impl DeleteLimit {
+    /// A limit of `max` deletions (`None`: unlimited).
+    pub fn new(max: Option<u64>) -> Self {
+        DeleteLimit {
+            left: max,
+            skipped: 0,
+        }
+    }
+
+    /// Whether deleting `name` (and everything below it) stays within the
+    /// limit; takes its entries from the budget when it does.
+    pub fn allow(&mut self, dest: &crate::fsys::DestRoot, name: &[u8]) -> Result<bool> {
+        let Some(left) = self.left else {
+            return Ok(true);
+        };
+        let n = count_tree(dest, name)?;
+        if n <= left {
+            self.left = Some(left - n);
+            Ok(true)
+        } else {
+            self.skipped += 1;
+            Ok(false)
+        }
+    }
+}
+
+/// Entries in the tree at `name` (itself included).
+fn count_tree(dest: &crate::fsys::DestRoot, name: &[u8]) -> Result<u64> {
+    let mut n = 1;
+    if let Some(children) = dest.list_dir(name)? {
+        for c in children {
+            let mut p = name.to_vec();
+            p.push(b'/');
+            p.extend_from_slice(&c);
+            n += count_tree(dest, &p)?;
+        }
+    }
+    Ok(n)
+}
+
+/// `--remove-source-files` on the sending side: removes the listed
+/// entries the receiver confirmed (`done`, file-list indices), skipping a
+/// regular file that changed since it was listed. Returns error texts.
+pub fn remove_sent(list: &crate::walk::LocalList, done: &[i32]) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut errors = Vec::new();
+    for &n in done {
+        let Some(e) = usize::try_from(n).ok().and_then(|i| list.entries.get(i)) else {
+            errors.push(format!("MSG_SUCCESS for unknown index {n}"));
+            continue;
+        };
+        if e.is_dir() {
+            continue;
+        }
+        let path = list.path(n as usize);
+        let m = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(err) => {
+                errors.push(format!("re-lstat {}: {err}", path.display()));
+                continue;
+            }
+        };
+        if e.file_type() == Some(FileType::Regular)
+            && (m.len() != e.size.max(0) as u64 || m.mtime() != e.mtime)
+        {
+            errors.push(format!(
+                "ERROR: Skipping sender remove for changed file: {}",
+                path.display()
+            ));
+            continue;
+        }
+        if let Err(err) = std::fs::remove_file(&path) {
+            errors.push(format!("sender failed to remove {}: {err}", path.display()));
+        }
+    }
+    errors
+}
+
+/// True for a wire-form filter rule that applies to the sender only
+/// (an `s` modifier without `r`, e.g. `-s *.o`): a sending client keeps
+/// it to itself.
+pub fn sender_only_rule(rule: &str) -> bool {
+    let head = rule.split([' ', ',']).next().unwrap_or("");
+    let mods = match head.chars().next() {
+        Some('-') | Some('+') | Some('P') | Some('H') | Some('R') | Some('S') => &head[1..],
+        _ => return false,
+    };
+    mods.contains('s') && !mods.contains('r')
+}
+
+/// rsync's warning when `--max-delete` stopped deletions.
+pub fn max_delete_warning(skipped: u64) -> String {
+    format!("Deletions stopped due to --max-delete limit ({skipped} skipped)")
+}
+
+/// True when symlink `target`, found at `name` (a path relative to the
+/// transfer root), points outside the transfer, as rsync judges it: an
+/// absolute or empty target, a `..` after the leading ones, a trailing
+/// `/..`, or more `..` steps than the link is deep.
+pub fn unsafe_symlink(target: &[u8], name: &[u8]) -> bool {
+    if target.is_empty() || target[0] == b'/' {
+        return true;
+    }
+    let mut rest = target;
+    while let Some(r) = rest.strip_prefix(b"../") {
+        rest = r;
+        while let Some(r) = rest.strip_prefix(b"/") {
+            rest = r;
+        }
+    }
+    if rest.windows(4).any(|w| w == b"/../") || (target.len() > 3 && target.ends_with(b"/..")) {
+        return true;
+    }
+    // The link's depth: its directory components (`..` starts over).
+    let mut depth: i64 = 0;
+    let comps: Vec<&[u8]> = name.split(|&b| b == b'/').collect();
+    for c in &comps[..comps.len().saturating_sub(1)] {
+        match *c {
+            b"" | b"." => {}
+            b".." => depth = 0,
+            _ => depth += 1,
+        }
+    }
+    if comps.last() == Some(&&b".."[..]) {
+        depth = 0;
+    }
+    let tcomps: Vec<&[u8]> = target.split(|&b| b == b'/').collect();
+    for c in &tcomps[..tcomps.len() - 1] {
+        match *c {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return true;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    if tcomps.last() == Some(&&b".."[..]) {
+        depth -= 1;
+    }
+    depth < 0
+}
+
+/// Why an entry is skipped by the generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// `--existing`: it does not exist locally (a directory's contents
+    /// are skipped with it).
+    NotCreating,
+    /// `--ignore-existing`: it exists locally.
+    Exists,
+    /// `--min-size`/`--max-size`.
+    Size,
+    /// `-u`: the local file is newer.
+    Newer,
+    /// `--safe-links`: a symlink leaving the transfer.
+    UnsafeLink,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, size: i64, mtime: i64) -> FileEntry {
+        FileEntry {
+            name: name.as_bytes().to_vec(),
+            mode: 0o100644,
+            size,
+            mtime,
+            ..FileEntry::default()
+        }
+    }
+
+    fn local(size: u64, mtime: i64) -> EntryInfo {
+        EntryInfo {
+            file_type: rustix::fs::FileType::RegularFile,
+            size,
+            mtime,
+        }
+    }
+
+    #[test]
+    fn server_args_round_trip() {
+        let o = TransferOpts {
+            existing: true,
+            ignore_existing: true,
+            size_only: true,
+            min_size: Some(10),
+            max_size: Some(2048),
+            ..TransferOpts::default()
+        };
+        let args = o.server_args(false);
+        assert!(o.server_args(true).is_empty());
+        let mut back = TransferOpts::default();
+        for a in &args {
+            assert!(back.parse_server_arg(a, &mut || None).unwrap(), "{a}");
+        }
+        assert_eq!(back, o);
+        let mut k = TransferOpts::default();
+        assert!(k.parse_server_arg("--max-size=1k", &mut || None).unwrap());
+        assert_eq!(k.max_size, Some(1024));
+        assert!(k.parse_server_arg("--max-size=zz", &mut || None).is_err());
+        assert!(!k.parse_server_arg("--whatever", &mut || None).unwrap());
+        let f = TransferOpts::default().with_flags("logDtpruIxx");
+        assert!(f.update && f.ignore_times && f.one_file_system == 2);
+        assert_eq!(f.packed_flags(true), "uIxx");
+        let f = TransferOpts {
+            copy_links: true,
+            copy_dirlinks: true,
+            prune_empty_dirs: true,
+            ..TransferOpts::default()
+        };
+        assert_eq!(f.packed_flags(true), "Lk");
+        assert_eq!(f.packed_flags(false), "m");
+    }
+
+    #[test]
+    fn sender_only_rules() {
+        assert!(sender_only_rule("-s *.o") && sender_only_rule("+s keep/"));
+        assert!(!sender_only_rule("- *.o") && !sender_only_rule("-sr x"));
+        assert!(!sender_only_rule("P x") && !sender_only_rule("merge .rules"));
+    }
+
+    #[test]
+    fn unsafe_symlinks() {
+        for (t, n, bad) in [
+            ("/etc/passwd", "a", true),
+            ("", "a", true),
+            ("x", "a", false),
+            ("../x", "a", true),
+            ("../x", "d/a", false),
+            ("../../x", "d/a", true),
+            ("d/../../x", "a", true),
+            ("./x/..", "a", true),
+            ("..", "d/a", false),
+            ("..", "a", true),
+            ("x/y", "a", false),
+        ] {
+            assert_eq!(
+                unsafe_symlink(t.as_bytes(), n.as_bytes()),
+                bad,
+                "{t} at {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn skip_rules() {
+        let o = TransferOpts {
+            update: true,
+            ..TransferOpts::default()
+        };
+        assert_eq!(
+            o.skip(&file("a", 5, 100), Some(&local(5, 200))),
+            Some(Skip::Newer)
+        );
+        assert_eq!(o.skip(&file("a", 5, 200), Some(&local(5, 200))), None);
+        let o = TransferOpts {
+            existing: true,
+            ..TransferOpts::default()
+        };
+        assert_eq!(o.skip(&file("a", 5, 1), None), Some(Skip::NotCreating));
+        assert_eq!(o.skip(&file(".", 5, 1), None), None);
+        let o = TransferOpts {
+            ignore_existing: true,
+            max_size: Some(4),
+            ..TransferOpts::default()
+        };
+        assert_eq!(
+            o.skip(&file("a", 1, 1), Some(&local(9, 9))),
+            Some(Skip::Exists)
+        );
+        assert_eq!(o.skip(&file("a", 5, 1), None), Some(Skip::Size));
+        assert_eq!(o.skip(&file("a", 4, 1), None), None);
+        let o = TransferOpts {
+            size_only: true,
+            ..TransferOpts::default()
+        };
+        assert!(o
+            .unchanged(&file("a", 5, 1), &local(5, 9), || Ok(false))
+            .unwrap());
+        let o = TransferOpts {
+            ignore_times: true,
+            ..TransferOpts::default()
+        };
+        assert!(!o
+            .unchanged(&file("a", 5, 1), &local(5, 1), || Ok(true))
+            .unwrap());
+    }
+}
