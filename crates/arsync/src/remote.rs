@@ -15,7 +15,7 @@ use arsync_proto::stats::ExitCode;
 use arsync_remote::args::{ServerCommand, CLIENT_CAPS};
 use arsync_remote::daemon::{DaemonTarget, DEFAULT_PORT};
 use arsync_remote::events::{EventSink, FileEvent};
-use arsync_remote::opts::TransferOpts;
+use arsync_remote::opts::{AltKind, TransferOpts};
 use arsync_remote::pull::{pull, PullOptions, TransferSummary};
 use arsync_remote::push::{push, PushOptions};
 use arsync_remote::walk::SourceSpec;
@@ -309,15 +309,11 @@ fn fail(code: ExitCode, msg: impl std::fmt::Display) -> i32 {
 /// Options the remote roles do not implement yet: the first one set.
 fn unsupported(o: &Options) -> Option<&'static str> {
     let checks: &[(bool, &str)] = &[
-        (o.backup, "--backup (-b)"),
         (o.inplace, "--inplace"),
         (o.append, "--append"),
         (o.partial_dir.is_some(), "--partial-dir"),
         (o.keep_dirlinks, "--keep-dirlinks (-K)"),
         (o.files_from.is_some(), "--files-from"),
-        (!o.link_dest.is_empty(), "--link-dest"),
-        (!o.compare_dest.is_empty(), "--compare-dest"),
-        (!o.copy_dest.is_empty(), "--copy-dest"),
         (o.temp_dir.is_some(), "--temp-dir (-T)"),
         (o.executability, "--executability (-E)"),
     ];
@@ -348,6 +344,24 @@ fn transfer_opts(o: &Options) -> TransferOpts {
         list_only: o.list_only,
         usermap: id_spec(&o.usermap, o.chown_uid),
         groupmap: id_spec(&o.groupmap, o.chown_gid),
+        backup: o.backup,
+        backup_dir: o
+            .backup_dir
+            .as_ref()
+            .map(|d| d.to_string_lossy().into_owned()),
+        suffix: o.suffix.as_ref().map(|x| x.to_string_lossy().into_owned()),
+        alt_dirs: [&o.compare_dest, &o.copy_dest, &o.link_dest]
+            .into_iter()
+            .flatten()
+            .map(|d| d.to_string_lossy().into_owned())
+            .collect(),
+        alt_kind: if !o.link_dest.is_empty() {
+            AltKind::Link
+        } else if !o.copy_dest.is_empty() {
+            AltKind::Copy
+        } else {
+            AltKind::Compare
+        },
     }
 }
 
@@ -520,17 +534,31 @@ pub fn run(args: &[OsString]) -> i32 {
     if src_remote && srcs.iter().any(|l| matches!(l, Location::Local(_))) {
         return fail(ExitCode::Syntax, "local and remote sources cannot be mixed");
     }
+    let alt_kinds = [&o.compare_dest, &o.copy_dest, &o.link_dest]
+        .iter()
+        .filter(|d| !d.is_empty())
+        .count();
+    if alt_kinds > 1 {
+        return fail(
+            ExitCode::Syntax,
+            "only one of --compare-dest, --copy-dest, --link-dest may be used",
+        );
+    }
     if let Some(name) = unsupported(&o) {
         return fail(
             ExitCode::Unsupported,
             format!("{name} is not supported with a remote peer yet"),
         );
     }
-    let filters = match wire_filters(args) {
+    let mut filters = match wire_filters(args) {
         Ok(f) if o.delete_excluded => f.iter().map(|r| sender_side(r)).collect(),
         Ok(f) => f,
         Err(e) => return fail(ExitCode::Unsupported, format!("{e} is not supported yet")),
     };
+    if o.backup && o.deleting() && o.backup_dir.is_none() && !o.delete_excluded {
+        // As rsync's client: backups in the destination are not deleted.
+        filters.push(format!("P *{}", o.backup_suffix().to_string_lossy()));
+    }
     let remote = if src_remote { &srcs[0] } else { dst };
     let mut cmd = ServerCommand {
         remote_shell: Vec::new(),

@@ -92,6 +92,9 @@ struct Case {
     expect: fn(&Path, &Path),
     /// The reference exit code.
     code: i32,
+    /// Compare directory mtimes (rsync's `-b` without `--backup-dir`
+    /// implies `-O`, which arsync's receiver does not mirror).
+    dir_times: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -145,15 +148,24 @@ fn describe(r: &Run) -> String {
 /// Runs `case` for every pairing and direction against the rsync reference.
 fn check(case: &Case) {
     let tmp = scratch_dir().unwrap();
-    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    check_in(case, tmp.path());
+}
+
+/// [`check`] with its trees under `tmp`.
+fn check_in(case: &Case, tmp: &Path) {
+    fs::create_dir_all(tmp).unwrap();
+    let rsh = install_fake_ssh(tmp).unwrap();
     let pairs = [
         ("arsync->rsync", arsync_bin(), rsync_bin()),
         ("rsync->arsync", rsync_bin(), arsync_bin()),
         ("arsync->arsync", arsync_bin(), arsync_bin()),
     ];
-    let cmp = CompareOpts::default();
+    let cmp = CompareOpts {
+        dir_mtime: case.dir_times,
+        ..CompareOpts::default()
+    };
     for dir in [Direction::Push, Direction::Pull] {
-        let base = tmp.path().join(format!("{dir:?}"));
+        let base = tmp.join(format!("{dir:?}"));
         let reference = run(
             case,
             &rsh,
@@ -173,6 +185,9 @@ fn check(case: &Case) {
         for (label, client, server) in &pairs {
             let got = run(case, &rsh, client, server, dir, &base.join(label));
             let what = format!("{} {dir:?} {label}", case.name);
+            if got.out.status.code() == reference.out.status.code() {
+                (case.expect)(&got.src, &got.dst);
+            }
             assert_eq!(
                 got.out.status.code(),
                 reference.out.status.code(),
@@ -210,6 +225,7 @@ fn update_skips_newer_files() {
             assert_eq!(read(&d.join("older_there.txt")).unwrap(), b"fresh source");
         },
         code: 0,
+        dir_times: true,
     });
 }
 
@@ -224,6 +240,7 @@ fn existing_creates_nothing_new() {
             assert_eq!(read(&d.join("older_there.txt")).unwrap(), b"fresh source");
         },
         code: 0,
+        dir_times: true,
     });
 }
 
@@ -238,6 +255,7 @@ fn ignore_existing_only_creates() {
             assert_eq!(read(&d.join("newdir/inner.txt")).unwrap(), b"inner");
         },
         code: 0,
+        dir_times: true,
     });
 }
 
@@ -252,6 +270,7 @@ fn size_only_ignores_mtimes() {
             assert_eq!(read(&d.join("older_there.txt")).unwrap(), b"fresh source");
         },
         code: 0,
+        dir_times: true,
     });
 }
 
@@ -265,6 +284,7 @@ fn ignore_times_sends_everything() {
             assert_eq!(read(&d.join("same.txt")).unwrap(), b"source version");
         },
         code: 0,
+        dir_times: true,
     });
 }
 
@@ -279,6 +299,7 @@ fn min_and_max_size() {
             assert!(d.join("sub/mid.bin").exists());
         },
         code: 0,
+        dir_times: true,
     });
 }
 
@@ -314,6 +335,7 @@ fn copy_links_follows_every_link() {
             assert_eq!(read(&d.join("escape")).unwrap(), b"outside the tree");
         },
         code: 0,
+        dir_times: true,
     });
 }
 
@@ -328,6 +350,7 @@ fn copy_dirlinks_follows_links_to_directories() {
             assert!(!is_link(&d.join("to_dir")) && d.join("to_dir/inner.txt").is_file());
         },
         code: 0,
+        dir_times: true,
     });
 }
 
@@ -342,6 +365,7 @@ fn copy_unsafe_links_follows_links_leaving_the_tree() {
             assert!(!is_link(&d.join("escape")) && d.join("escape_dir/secret.txt").is_file());
         },
         code: 0,
+        dir_times: true,
     });
 }
 
@@ -356,6 +380,7 @@ fn safe_links_drops_links_leaving_the_tree() {
             assert!(!d.join("escape").exists() && !is_link(&d.join("absolute")));
         },
         code: 0,
+        dir_times: true,
     });
 }
 
@@ -379,6 +404,7 @@ fn prune_empty_dirs() {
             assert!(!d.join("empty").exists() && !d.join("full/hollow").exists());
         },
         code: 0,
+        dir_times: true,
     });
 }
 
@@ -393,6 +419,7 @@ fn dirs_without_recursion() {
             assert!(!d.join("full/deep").exists() && !d.join("empty/nested").exists());
         },
         code: 0,
+        dir_times: true,
     });
 }
 
@@ -413,6 +440,7 @@ fn chmod_on_the_modes_sent() {
             assert_eq!(m & 0o2000, 0o2000, "{m:o}");
         },
         code: 0,
+        dir_times: true,
     });
 }
 
@@ -442,6 +470,7 @@ fn max_delete_stops_with_code_25() {
             assert_eq!(left, 3);
         },
         code: 25,
+        dir_times: true,
     });
 }
 
@@ -453,6 +482,7 @@ fn max_delete_zero_deletes_nothing() {
         setup: extras_tree,
         expect: |_, d| assert!(d.join("x1.txt").exists() && d.join("sub/x5.txt").exists()),
         code: 25,
+        dir_times: true,
     });
 }
 
@@ -467,6 +497,7 @@ fn delete_excluded_removes_excluded_files() {
             assert!(d.join("keep.txt").exists() && !d.join("x1.txt").exists());
         },
         code: 0,
+        dir_times: true,
     });
 }
 
@@ -478,6 +509,7 @@ fn exclude_protects_without_delete_excluded() {
         setup: extras_tree,
         expect: |_, d| assert!(d.join("x4.log").exists() && !d.join("x1.txt").exists()),
         code: 0,
+        dir_times: true,
     });
 }
 
@@ -493,6 +525,7 @@ fn remove_source_files_after_confirmation() {
             assert!(s.join("newdir").is_dir() && d.join("newdir/inner.txt").is_file());
         },
         code: 0,
+        dir_times: true,
     });
 }
 
@@ -542,4 +575,232 @@ fn list_only_matches_rsync() {
             );
         }
     }
+}
+
+fn owned_tree(src: &Path, _dst: &Path) {
+    put(src, "a.txt", b"owned", T0);
+    put(src, "d/b.txt", b"owned too", T0);
+    settle(src);
+}
+
+fn owner_of(p: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(p).unwrap();
+    (m.uid(), m.gid())
+}
+
+#[test]
+fn chown_and_id_maps() {
+    if !arsync_testutil::is_root() {
+        eprintln!("skipped: setting owners needs root");
+        return;
+    }
+    check(&Case {
+        name: "--chown",
+        flags: &["-a", "--chown=nobody:nogroup"],
+        setup: owned_tree,
+        expect: |_, d| assert_eq!(owner_of(&d.join("d/b.txt")), (65534, 65534)),
+        code: 0,
+        dir_times: true,
+    });
+    check(&Case {
+        name: "--usermap --groupmap",
+        flags: &["-a", "--usermap=0:nobody,*:0", "--groupmap=root:nogroup"],
+        setup: owned_tree,
+        expect: |_, d| assert_eq!(owner_of(&d.join("a.txt")), (65534, 65534)),
+        code: 0,
+        dir_times: true,
+    });
+}
+
+/// Unmounts every mount point below `root` (deepest first).
+fn unmount_below(root: &Path) {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|p| Path::new(p).starts_with(root))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = Command::new("umount").arg(p).status();
+    }
+}
+
+/// A source with a tmpfs mounted at `mnt/` (needs root).
+fn mounted_tree(src: &Path, _dst: &Path) {
+    put(src, "top.txt", b"on the source file system", T0);
+    fs::create_dir_all(src.join("mnt")).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "none"])
+        .arg(src.join("mnt"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    put(src, "mnt/other.txt", b"on another file system", T0);
+    settle(src);
+}
+
+#[test]
+fn one_file_system() {
+    let tmp = scratch_dir().unwrap();
+    let probe = tmp.path().join("probe");
+    fs::create_dir_all(&probe).unwrap();
+    let can_mount = arsync_testutil::is_root()
+        && Command::new("mount")
+            .args(["-t", "tmpfs", "none"])
+            .arg(&probe)
+            .status()
+            .is_ok_and(|s| s.success());
+    unmount_below(tmp.path());
+    if !can_mount {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let cases = [
+        Case {
+            name: "-x",
+            flags: &["-a", "-x"],
+            setup: mounted_tree,
+            expect: |_, d| assert!(d.join("mnt").is_dir() && !d.join("mnt/other.txt").exists()),
+            code: 0,
+            dir_times: true,
+        },
+        Case {
+            name: "-xx",
+            flags: &["-a", "-xx"],
+            setup: mounted_tree,
+            expect: |_, d| assert!(!d.join("mnt").exists() && d.join("top.txt").exists()),
+            code: 0,
+            dir_times: true,
+        },
+    ];
+    for (k, case) in cases.iter().enumerate() {
+        let dir = tmp.path().join(format!("case{k}"));
+        let res = std::panic::catch_unwind(|| check_in(case, &dir));
+        unmount_below(tmp.path());
+        if let Err(p) = res {
+            std::panic::resume_unwind(p);
+        }
+    }
+}
+
+/// A destination with older versions of files and extras, for backups.
+fn backup_tree(src: &Path, dst: &Path) {
+    put(src, "a.txt", b"new a", T0 + 100);
+    put(src, "d/b.txt", b"new b", T0 + 100);
+    put(src, "same.txt", b"unchanged", T0);
+    put(dst, "a.txt", b"old a", T0);
+    put(dst, "d/b.txt", b"old b", T0);
+    put(dst, "same.txt", b"unchanged", T0);
+    put(dst, "gone.txt", b"deleted", T0);
+    put(dst, "old~", b"an earlier backup", T0);
+    settle(src);
+    settle(dst);
+}
+
+#[test]
+fn backup_with_suffix() {
+    check(&Case {
+        name: "-b",
+        flags: &["-a", "-b", "--delete"],
+        setup: backup_tree,
+        expect: |_, d| {
+            assert_eq!(read(&d.join("a.txt~")).unwrap(), b"old a");
+            assert_eq!(read(&d.join("d/b.txt~")).unwrap(), b"old b");
+            assert_eq!(read(&d.join("gone.txt~")).unwrap(), b"deleted");
+            assert!(d.join("old~").exists() && !d.join("same.txt~").exists());
+        },
+        code: 0,
+        dir_times: false,
+    });
+    check(&Case {
+        name: "-b --suffix",
+        flags: &["-a", "-b", "--suffix=.bak"],
+        setup: backup_tree,
+        expect: |_, d| assert_eq!(read(&d.join("d/b.txt.bak")).unwrap(), b"old b"),
+        code: 0,
+        dir_times: false,
+    });
+}
+
+#[test]
+fn backup_dir() {
+    check(&Case {
+        name: "--backup-dir",
+        flags: &["-a", "-b", "--backup-dir=bak", "--delete", "--exclude=/bak"],
+        setup: backup_tree,
+        expect: |_, d| {
+            assert_eq!(read(&d.join("bak/d/b.txt")).unwrap(), b"old b");
+            assert_eq!(read(&d.join("bak/gone.txt")).unwrap(), b"deleted");
+            assert!(!d.join("a.txt~").exists());
+        },
+        code: 0,
+        dir_times: false,
+    });
+}
+
+/// A basis directory `../prev` beside the destination holding an older
+/// copy: `same.txt` identical, `changed.txt` different, `new.txt` absent.
+fn basis_tree(src: &Path, dst: &Path) {
+    let prev = dst.parent().unwrap().join("prev");
+    for root in [src, prev.as_path()] {
+        put(root, "same.txt", b"identical in both", T0);
+        put(root, "sub/same2.txt", b"identical too", T0);
+    }
+    put(src, "changed.txt", b"newer content", T0 + 100);
+    put(&prev, "changed.txt", b"older content", T0);
+    put(src, "new.txt", b"only in the source", T0);
+    settle(src);
+    settle(&prev);
+}
+
+fn inode(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(p).unwrap().ino()
+}
+
+#[test]
+fn compare_copy_and_link_dest() {
+    check(&Case {
+        name: "--compare-dest",
+        flags: &["-a", "--compare-dest=../prev"],
+        setup: basis_tree,
+        expect: |_, d| {
+            assert!(!d.join("same.txt").exists() && !d.join("sub/same2.txt").exists());
+            assert!(d.join("changed.txt").exists() && d.join("new.txt").exists());
+        },
+        code: 0,
+        dir_times: true,
+    });
+    check(&Case {
+        name: "--copy-dest",
+        flags: &["-a", "--copy-dest=../prev"],
+        setup: basis_tree,
+        expect: |_, d| {
+            let prev = d.parent().unwrap().join("prev");
+            assert_eq!(read(&d.join("same.txt")).unwrap(), b"identical in both");
+            assert_ne!(inode(&d.join("same.txt")), inode(&prev.join("same.txt")));
+        },
+        code: 0,
+        dir_times: true,
+    });
+    check(&Case {
+        name: "--link-dest",
+        flags: &["-a", "--link-dest=../prev"],
+        setup: basis_tree,
+        expect: |_, d| {
+            let prev = d.parent().unwrap().join("prev");
+            assert_eq!(
+                inode(&d.join("sub/same2.txt")),
+                inode(&prev.join("sub/same2.txt"))
+            );
+            assert_ne!(
+                inode(&d.join("changed.txt")),
+                inode(&prev.join("changed.txt"))
+            );
+        },
+        code: 0,
+        dir_times: true,
+    });
 }

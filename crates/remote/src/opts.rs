@@ -69,6 +69,50 @@ pub struct TransferOpts {
     pub usermap: Option<String>,
     /// `--groupmap` (or `--chown :GROUP`).
     pub groupmap: Option<String>,
+    /// `-b`: the receiver keeps what it replaces or deletes (packed `b`).
+    pub backup: bool,
+    /// `--backup-dir`: where backups go (relative to the destination).
+    pub backup_dir: Option<String>,
+    /// `--suffix` (default `~`, or empty with `--backup-dir`).
+    pub suffix: Option<String>,
+    /// `--compare-dest`/`--copy-dest`/`--link-dest` directories (relative
+    /// ones to the destination), all of `alt_kind`.
+    pub alt_dirs: Vec<String>,
+    /// What a match in `alt_dirs` does.
+    pub alt_kind: AltKind,
+}
+
+/// The kind of `--*-dest` basis directories.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AltKind {
+    /// `--compare-dest`: a match is not transferred.
+    #[default]
+    Compare,
+    /// `--copy-dest`: a match is copied locally.
+    Copy,
+    /// `--link-dest`: a match (with the same attributes) is hard-linked.
+    Link,
+}
+
+impl AltKind {
+    fn option(self) -> &'static str {
+        match self {
+            AltKind::Compare => "--compare-dest",
+            AltKind::Copy => "--copy-dest",
+            AltKind::Link => "--link-dest",
+        }
+    }
+}
+
+/// What the generator does with a file found in a `--*-dest` directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AltMatch {
+    /// `--compare-dest`: nothing (the file is up to date there).
+    Skip,
+    /// `--copy-dest`: copy this file into place.
+    Copy(std::path::PathBuf),
+    /// `--link-dest`: hard-link this file into place.
+    Link(std::path::PathBuf),
 }
 
 impl TransferOpts {
@@ -80,6 +124,7 @@ impl TransferOpts {
         self.copy_dirlinks |= flags.contains('k');
         self.prune_empty_dirs |= flags.contains('m');
         self.dirs_only |= flags.contains('d') && !flags.contains('r');
+        self.backup |= flags.contains('b');
         let x = flags.chars().filter(|&c| c == 'x').count();
         self.one_file_system = self.one_file_system.max(x.min(2) as u8);
         self
@@ -91,6 +136,7 @@ impl TransferOpts {
     pub fn packed_flags(&self, server_sends: bool) -> String {
         let mut f = String::new();
         for (on, c) in [
+            (self.backup, 'b'),
             (self.update, 'u'),
             (self.ignore_times, 'I'),
             (self.copy_links && server_sends, 'L'),
@@ -155,6 +201,23 @@ impl TransferOpts {
                 v.push("--delete-excluded".into());
             }
         }
+        if let Some(d) = &self.backup_dir {
+            v.push("--backup-dir".into());
+            v.push(d.clone());
+        }
+        if let Some(x) = self
+            .suffix
+            .as_ref()
+            .filter(|x| **x != self.default_suffix())
+        {
+            v.push(format!("--suffix={x}"));
+        }
+        if !server_sends {
+            for d in &self.alt_dirs {
+                v.push(self.alt_kind.option().into());
+                v.push(d.clone());
+            }
+        }
         if self.copy_unsafe_links {
             v.push("--copy-unsafe-links".into());
         }
@@ -197,6 +260,45 @@ impl TransferOpts {
             "--delete-excluded" => self.delete_excluded = true,
             "--remove-source-files" | "--remove-sent-files" => self.remove_source_files = true,
             "--list-only" => self.list_only = true,
+            "--backup" => self.backup = true,
+            "--compare-dest" | "--copy-dest" | "--link-dest" => {
+                let kind = match name {
+                    "--compare-dest" => AltKind::Compare,
+                    "--copy-dest" => AltKind::Copy,
+                    _ => AltKind::Link,
+                };
+                if !self.alt_dirs.is_empty() && self.alt_kind != kind {
+                    return Err(RemoteError::Usage(
+                        "only one of --compare-dest, --copy-dest, --link-dest may be used".into(),
+                    ));
+                }
+                let v = match value {
+                    Some(v) => v.to_string(),
+                    None => {
+                        next().ok_or_else(|| RemoteError::Usage(format!("{arg} needs a value")))?
+                    }
+                };
+                self.alt_kind = kind;
+                self.alt_dirs.push(v);
+            }
+            "--backup-dir" | "--suffix" => {
+                let v = match value {
+                    Some(v) => v.to_string(),
+                    None => {
+                        next().ok_or_else(|| RemoteError::Usage(format!("{arg} needs a value")))?
+                    }
+                };
+                if name == "--suffix" {
+                    if v.contains('/') {
+                        return Err(RemoteError::Usage(format!(
+                            "--suffix cannot contain slashes: {v}"
+                        )));
+                    }
+                    self.suffix = Some(v);
+                } else {
+                    self.backup_dir = Some(v);
+                }
+            }
             "--usermap" | "--groupmap" => {
                 let v = match value {
                     Some(v) => v.to_string(),
@@ -382,6 +484,128 @@ pub fn map_owner(
         }
     }
     by_name.map(id)
+}
+
+impl TransferOpts {
+    fn default_suffix(&self) -> &'static str {
+        match self.backup_dir {
+            Some(_) => "",
+            None => "~",
+        }
+    }
+
+    /// The backup suffix in effect.
+    pub fn backup_suffix(&self) -> &str {
+        self.suffix.as_deref().unwrap_or(self.default_suffix())
+    }
+
+    /// `-b`: moves the existing non-directory `name` aside (to
+    /// `name<suffix>`, or under `--backup-dir`) before it is replaced or
+    /// deleted. Returns false when there was nothing to back up.
+    pub fn make_backup(&self, dest: &crate::fsys::DestRoot, name: &[u8]) -> Result<bool> {
+        if !self.backup {
+            return Ok(false);
+        }
+        let from = dest.path(name)?;
+        match std::fs::symlink_metadata(&from) {
+            Ok(m) if !m.is_dir() => {}
+            _ => return Ok(false),
+        }
+        let rel = String::from_utf8_lossy(name);
+        let to = match &self.backup_dir {
+            Some(d) => {
+                let base = dest.root().join(d);
+                base.join(format!("{rel}{}", self.backup_suffix()))
+            }
+            None => dest.root().join(format!("{rel}{}", self.backup_suffix())),
+        };
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| RemoteError::io(format!("creating {}", parent.display()), e))?;
+        }
+        if let Err(e) = std::fs::rename(&from, &to) {
+            if e.raw_os_error() != Some(18) {
+                return Err(RemoteError::io(format!("backing up {rel}"), e));
+            }
+            // Another file system (EXDEV): copy, then remove.
+            std::fs::copy(&from, &to)
+                .and_then(|_| std::fs::remove_file(&from))
+                .map_err(|e| RemoteError::io(format!("backing up {rel}"), e))?;
+        }
+        Ok(true)
+    }
+
+    /// `--compare-dest`/`--copy-dest`/`--link-dest` for a regular file
+    /// missing from the destination: the first basis directory holding
+    /// the same file (the quick check, and for `--link-dest` the same
+    /// permissions and, when kept, owner) decides. `None`: transfer it.
+    pub fn alt_match(
+        &self,
+        dest: &crate::fsys::DestRoot,
+        e: &FileEntry,
+        owners: (bool, bool),
+        same_sum: impl Fn(&std::path::Path) -> Result<bool>,
+    ) -> Result<Option<AltMatch>> {
+        use std::os::unix::fs::MetadataExt;
+        let rel = String::from_utf8_lossy(&e.name);
+        for d in &self.alt_dirs {
+            let p = dest.root().join(d).join(rel.as_ref());
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let info = EntryInfo {
+                file_type: rustix::fs::FileType::from_raw_mode(m.mode()),
+                size: m.len(),
+                mtime: m.mtime(),
+            };
+            if !self.unchanged(e, &info, || same_sum(&p))? {
+                continue;
+            }
+            return Ok(Some(match self.alt_kind {
+                AltKind::Compare => AltMatch::Skip,
+                AltKind::Copy => AltMatch::Copy(p),
+                AltKind::Link => {
+                    let same_attrs = m.mode() & 0o7777 == e.mode & 0o7777
+                        && (!owners.0 || m.uid() == e.uid)
+                        && (!owners.1 || m.gid() == e.gid)
+                        && m.mtime() == e.mtime;
+                    if !same_attrs {
+                        continue;
+                    }
+                    AltMatch::Link(p)
+                }
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Deletes `name` (and what is below it) for `--delete`, keeping
+    /// backups of the non-directories with `-b`. Returns rsync's
+    /// deletion counts.
+    pub fn delete(&self, dest: &crate::fsys::DestRoot, name: &[u8]) -> Result<[i32; 5]> {
+        if !self.backup {
+            return dest.remove_tree(name);
+        }
+        let mut counts = [0i32; 5];
+        if let Some(children) = dest.list_dir(name)? {
+            for c in children {
+                let mut p = name.to_vec();
+                p.push(b'/');
+                p.extend_from_slice(&c);
+                for (t, k) in counts.iter_mut().zip(self.delete(dest, &p)?) {
+                    *t += k;
+                }
+            }
+        }
+        if self.make_backup(dest, name)? {
+            counts[0] += 1;
+            return Ok(counts);
+        }
+        for (t, k) in counts.iter_mut().zip(dest.remove_tree(name)?) {
+            *t += k;
+        }
+        Ok(counts)
+    }
 }
 
 /// `--max-delete` bookkeeping of one run.

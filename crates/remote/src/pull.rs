@@ -48,7 +48,7 @@ use crate::error::{RemoteError, Result};
 use crate::events::{EventSink, FileEvent};
 use crate::fsys::{punch_zero_blocks, read_basis, DelayedFile, DestRoot, Meta, TempFile};
 use crate::ids::{IdMap, IdNames};
-use crate::opts::{DeleteLimit, TransferOpts};
+use crate::opts::{AltMatch, DeleteLimit, TransferOpts};
 use crate::session::{am_root, flist_options, start_client, token_compression};
 use crate::transport::ChildTransport;
 use crate::walk::DaemonFilter;
@@ -704,6 +704,7 @@ fn delete_extraneous(
     filter: Option<&FilterRules>,
     errors: &mut Vec<String>,
     limit: &mut DeleteLimit,
+    opts: &TransferOpts,
 ) -> Result<[i32; 5]> {
     let names: std::collections::HashSet<&[u8]> = files
         .iter()
@@ -764,7 +765,7 @@ fn delete_extraneous(
                 }
                 continue;
             }
-            match dest.remove_tree(&full) {
+            match opts.delete(dest, &full) {
                 Ok(n) => {
                     for (t, k) in counts.iter_mut().zip(n) {
                         *t += k;
@@ -897,6 +898,7 @@ fn generator<W: Write>(
             ctx.filter.as_deref(),
             &mut errors,
             &mut limit,
+            &ctx.opts,
         )?)
     } else {
         None
@@ -1004,6 +1006,35 @@ fn generator<W: Write>(
                         Err(_) if dry => None,
                         Err(err) => return Err(err),
                     };
+                    if existing.is_none() && !ctx.opts.alt_dirs.is_empty() {
+                        // --compare-dest, --copy-dest, --link-dest.
+                        let owners = (root && fopts.preserve_uid, root && fopts.preserve_gid);
+                        let hit = ctx.opts.alt_match(dest, e, owners, |p| {
+                            Ok(crate::walk::file_checksum(p, neg.checksum)?.as_slice()
+                                == e.checksum.as_deref().unwrap_or_default())
+                        })?;
+                        let put = |r: std::io::Result<()>| {
+                            r.map_err(|err| {
+                                RemoteError::io(format!("{name} from a basis dir"), err)
+                            })
+                        };
+                        match hit {
+                            Some(AltMatch::Skip) => return Ok(()),
+                            Some(_) if dry => return Ok(()),
+                            Some(AltMatch::Link(p)) => {
+                                put(std::fs::hard_link(&p, dest.path(&e.name)?))?;
+                                ctx.success(outs, i)?;
+                                return Ok(());
+                            }
+                            Some(AltMatch::Copy(p)) => {
+                                put(std::fs::copy(&p, dest.path(&e.name)?).map(|_| ()))?;
+                                dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
+                                ctx.success(outs, i)?;
+                                return Ok(());
+                            }
+                            None => {}
+                        }
+                    }
                     if let Some(m) = existing {
                         // The quick check (-c compares content sums instead).
                         let same = ctx.opts.unchanged(e, &m, || {
@@ -1117,6 +1148,7 @@ fn generator<W: Write>(
                             ctx.filter.as_deref(),
                             &mut errors,
                             &mut limit,
+                            &ctx.opts,
                         )
                         .map(Some)
                     },
@@ -1188,7 +1220,8 @@ fn receiver<R: Read>(
                 if phase == 2 {
                     for (i, d) in delayed.drain(..) {
                         let e = &files[i];
-                        match dest.commit_delayed(&d, &e.name) {
+                        let backed = mode.opts.make_backup(dest, &e.name);
+                        match backed.and_then(|_| dest.commit_delayed(&d, &e.name)) {
                             Ok(()) => {
                                 if mode.opts.remove_source_files {
                                     let _ = tx.send(ToGen::Success(i as i32));
@@ -1307,7 +1340,13 @@ fn receiver<R: Read>(
                             summary.files_transferred += 1;
                             continue;
                         }
-                        Ok(()) => dest.commit(tmp, &e.name),
+                        Ok(()) => match mode.opts.make_backup(dest, &e.name) {
+                            Ok(_) => dest.commit(tmp, &e.name),
+                            Err(err) => {
+                                DestRoot::remove_temp(tmp);
+                                Err(err)
+                            }
+                        },
                         Err(err) => {
                             DestRoot::remove_temp(tmp);
                             Err(err)

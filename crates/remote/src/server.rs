@@ -158,7 +158,7 @@ impl ServerArgs {
 }
 
 /// Packed short flags this server implements (`v`/`i` only change output).
-const SUPPORTED_FLAGS: &str = "logDtprdHcWzUviOJAXnSRuILkmx";
+const SUPPORTED_FLAGS: &str = "logDtprdHcWzUviOJAXnSRuILkmxb";
 
 fn unsupported(what: String) -> RemoteError {
     RemoteError::Proto(arsync_proto::Error::Unsupported(format!(
@@ -426,8 +426,25 @@ mod tests {
         assert!(ServerArgs::parse(&v(&["--sender", ".", "x"])).is_err());
         assert!(ServerArgs::parse(&v(&["--server", "--files-from=x", ".", "x"])).is_err());
         assert!(ServerArgs::parse(&v(&["--server", "-logDtpr", "."])).is_err());
-        let e = ServerArgs::parse(&v(&["--server", "-blogDtpr", ".", "x"])).err();
+        let e = ServerArgs::parse(&v(&["--server", "-Klogdtpr", ".", "x"])).err();
         assert_eq!(e.map(|e| e.exit_code()), Some(ExitCode::Unsupported));
+        // Options rsync's client splits over two words, and packed ones.
+        let a = ServerArgs::parse(&v(&[
+            "--server",
+            "-blogDtpruxe.LsfxCIvu",
+            "--backup-dir",
+            "old files",
+            "--max-delete=-1",
+            "--delete-excluded",
+            ".",
+            "x",
+        ]))
+        .unwrap();
+        assert!(a.opts.backup && a.opts.update && a.opts.one_file_system == 1);
+        assert_eq!(a.opts.backup_dir.as_deref(), Some("old files"));
+        assert_eq!(a.opts.max_delete, Some(0));
+        assert!(a.delete && a.opts.delete_excluded);
+        assert_eq!(a.paths, ["x"]);
         let a = ServerArgs::parse(&v(&[
             "--server",
             "-nlogDtprAXSR",

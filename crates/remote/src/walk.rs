@@ -390,7 +390,7 @@ pub(crate) fn open_listed(path: &Path, follow: bool) -> Result<std::fs::File> {
 
 /// The unseeded whole-file checksum sent with `-c` (the metadata said
 /// regular file, so a symlink here was followed on purpose).
-fn file_checksum(path: &Path, algo: ChecksumAlgo) -> Result<Vec<u8>> {
+pub(crate) fn file_checksum(path: &Path, algo: ChecksumAlgo) -> Result<Vec<u8>> {
     let follow = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
     let mut f = open_listed(path, follow)?;
     let mut h = FileHasher::new(algo);
