@@ -313,7 +313,6 @@ fn unsupported(o: &Options) -> Option<&'static str> {
         (o.append, "--append"),
         (o.partial_dir.is_some(), "--partial-dir"),
         (o.keep_dirlinks, "--keep-dirlinks (-K)"),
-        (o.files_from.is_some(), "--files-from"),
         (o.temp_dir.is_some(), "--temp-dir (-T)"),
         (o.executability, "--executability (-E)"),
     ];
@@ -362,6 +361,9 @@ fn transfer_opts(o: &Options) -> TransferOpts {
         } else {
             AltKind::Compare
         },
+        // Set by `run` once it knows where the list is read.
+        files_from: None,
+        from0: false,
     }
 }
 
@@ -397,7 +399,8 @@ fn server_flags(o: &Options, compress: bool) -> String {
         (o.atimes, 'U'),
         (o.perms, 'p'),
         (o.recursive, 'r'),
-        (o.dirs && !o.recursive, 'd'),
+        // --files-from implies -d without sending it (as rsync's client).
+        (o.dirs && !o.recursive && o.files_from.is_none(), 'd'),
         (o.relative, 'R'),
         (o.hard_links, 'H'),
         (o.checksum, 'c'),
@@ -576,6 +579,42 @@ pub fn run(args: &[OsString]) -> i32 {
         numeric_ids: o.numeric_ids,
         opts: transfer_opts(&o),
     };
+    // --files-from: a local list is read here (a pull sends it to the
+    // server after the filter list); `host:path` on the pulling source's
+    // host is read by the server.
+    let mut ff_names = None;
+    if let Some(ff) = &o.files_from {
+        match classify(&ff.to_string_lossy()) {
+            Location::Local(f) => {
+                match arsync_sync::engine::read_files_from(std::path::Path::new(&f), o.from0) {
+                    Ok(n) => ff_names = Some(n),
+                    Err(e) => return fail(ExitCode::FileSelect, format!("--files-from {f}: {e}")),
+                }
+                if src_remote {
+                    if s.protocol.is_some_and(|p| p < 31) {
+                        return fail(
+                            ExitCode::Unsupported,
+                            "--files-from with a remote source below protocol 31",
+                        );
+                    }
+                    cmd.opts.files_from = Some("-".into());
+                }
+            }
+            Location::Shell { host, path, .. }
+                if src_remote
+                    && matches!(remote, Location::Shell { host: h, .. } if *h == host) =>
+            {
+                cmd.opts.files_from = Some(path);
+                cmd.opts.from0 = o.from0;
+            }
+            _ => {
+                return fail(
+                    ExitCode::Unsupported,
+                    "a remote --files-from list must be on the pulling source's host",
+                )
+            }
+        }
+    }
     let mut daemon = None;
     match remote {
         Location::Shell { user, host, path } => {
@@ -682,6 +721,7 @@ pub fn run(args: &[OsString]) -> i32 {
         p.daemon = daemon;
         p.events = events;
         p.filters = filters;
+        p.files_from = ff_names;
         p.echo_messages = !o.quiet;
         pull(&p)
     } else {
@@ -699,6 +739,17 @@ pub fn run(args: &[OsString]) -> i32 {
                 );
             }
             local.push(SourceSpec::parse(src));
+        }
+        if let Some(names) = &ff_names {
+            // --files-from: the names below the one source directory.
+            if local.len() != 1 || names.is_empty() {
+                return fail(
+                    ExitCode::Syntax,
+                    "--files-from needs one source directory and at least one name",
+                );
+            }
+            let base = local[0].path.clone();
+            local = arsync_remote::opts::files_from_sources(&base, names, o.relative);
         }
         let first = local.remove(0);
         let mut p = PushOptions::new(first.path, cmd.path.clone());

@@ -804,3 +804,127 @@ fn compare_copy_and_link_dest() {
         dir_times: true,
     });
 }
+
+/// A source tree and a `--files-from` list beside it (`list`, and
+/// `list0` NUL-separated).
+fn files_from_tree(src: &Path, _dst: &Path) {
+    put(src, "a.txt", b"listed", T0);
+    put(src, "b.txt", b"not listed", T0);
+    put(src, "deep/er/c.txt", b"listed deep", T0);
+    put(src, "deep/other.txt", b"not listed", T0);
+    put(src, "dir/inner.txt", b"inside a listed dir", T0);
+    settle(src);
+    let names = ["a.txt", "deep/er/c.txt", "dir"];
+    let parent = src.parent().unwrap();
+    fs::write(parent.join("list"), names.join("\n") + "\n").unwrap();
+    fs::write(parent.join("list0"), names.join("\0") + "\0").unwrap();
+}
+
+/// What `--files-from=list` (without `-r`) transfers.
+fn files_from_expect(_: &Path, d: &Path) {
+    assert!(d.join("a.txt").exists() && d.join("deep/er/c.txt").exists());
+    assert!(!d.join("b.txt").exists() && !d.join("deep/other.txt").exists());
+    // A listed directory without -r: the directory only.
+    assert!(d.join("dir").is_dir() && !d.join("dir/inner.txt").exists());
+}
+
+#[test]
+fn files_from_local_list() {
+    // Each run has its own `<work>/list`; the client runs in `<work>`.
+    // A list on the remote host (`h:PATH`) is read by the sending server.
+    for (name, flags, dirs) in [
+        (
+            "--files-from",
+            &["-a", "--files-from=list"][..],
+            &[Direction::Push, Direction::Pull][..],
+        ),
+        (
+            "--files-from --from0",
+            &["-a", "--from0", "--files-from=list0"][..],
+            &[Direction::Push, Direction::Pull][..],
+        ),
+        (
+            "--files-from -r",
+            &["-a", "-r", "--files-from=list"][..],
+            &[Direction::Push, Direction::Pull][..],
+        ),
+        (
+            "--files-from=h:",
+            &["-a", "--files-from=h:{work}/list"][..],
+            &[Direction::Pull][..],
+        ),
+    ] {
+        let tmp = scratch_dir().unwrap();
+        let rsh = install_fake_ssh(tmp.path()).unwrap();
+        for &dir in dirs {
+            let mut results = Vec::new();
+            for (label, client, server) in [
+                ("rsync->rsync", rsync_bin(), rsync_bin()),
+                ("arsync->rsync", arsync_bin(), rsync_bin()),
+                ("rsync->arsync", rsync_bin(), arsync_bin()),
+                ("arsync->arsync", arsync_bin(), arsync_bin()),
+            ] {
+                let work = tmp.path().join(format!("{dir:?}-{label}"));
+                let (src, dst) = (work.join("src"), work.join("dst"));
+                fs::create_dir_all(&src).unwrap();
+                files_from_tree(&src, &dst);
+                let (from, to) = match dir {
+                    Direction::Push => (src.display().to_string(), format!("h:{}", dst.display())),
+                    Direction::Pull => (format!("h:{}", src.display()), dst.display().to_string()),
+                };
+                let flags: Vec<String> = flags
+                    .iter()
+                    .map(|f| f.replace("{work}", &work.to_string_lossy()))
+                    .collect();
+                let out = Command::new(&client)
+                    .current_dir(&work)
+                    .args(&flags)
+                    .args(["-e", &rsh.to_string_lossy(), "--rsync-path"])
+                    .arg(&server)
+                    .args([&from, &to])
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .unwrap();
+                let what = format!("{name} {dir:?} {label}");
+                assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
+                if !flags.iter().any(|f| f == "-r") {
+                    files_from_expect(&src, &dst);
+                } else {
+                    assert!(dst.join("dir/inner.txt").exists(), "{what}");
+                }
+                results.push((what, dst));
+            }
+            // The destination root is not in the list: its mtime is when
+            // the transfer wrote into it.
+            let cmp = CompareOpts {
+                root_metadata: false,
+                ..CompareOpts::default()
+            };
+            let (_, reference) = &results[0];
+            for (what, dst) in &results[1..] {
+                let diffs = compare_trees(reference, dst, &cmp);
+                assert!(diffs.is_empty(), "{what}: differs from rsync's: {diffs:#?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn dirs_without_recursion_delete() {
+    check(&Case {
+        name: "-d --delete",
+        flags: &["-lptgoD", "-d", "--delete"],
+        setup: |s, d| {
+            sparse_dirs(s, d);
+            put(d, "extra.txt", b"extraneous", T0);
+            put(d, "full/keep_below.txt", b"not in a content dir", T0);
+            settle(d);
+        },
+        expect: |_, d| {
+            assert!(!d.join("extra.txt").exists());
+            assert!(d.join("full/keep_below.txt").exists());
+        },
+        code: 0,
+        dir_times: true,
+    });
+}

@@ -80,6 +80,11 @@ pub struct TransferOpts {
     pub alt_dirs: Vec<String>,
     /// What a match in `alt_dirs` does.
     pub alt_kind: AltKind,
+    /// `--files-from` for a sending server: `-` (the names follow the
+    /// filter list on the connection) or a file on the server's side.
+    pub files_from: Option<String>,
+    /// `--from0`: the names in a `--files-from` file end with NUL bytes.
+    pub from0: bool,
 }
 
 /// The kind of `--*-dest` basis directories.
@@ -218,6 +223,18 @@ impl TransferOpts {
                 v.push(d.clone());
             }
         }
+        if let (true, Some(f)) = (server_sends, &self.files_from) {
+            if f == "-" {
+                v.push("--files-from=-".into());
+                v.push("--from0".into());
+            } else {
+                v.push("--files-from".into());
+                v.push(f.clone());
+                if self.from0 {
+                    v.push("--from0".into());
+                }
+            }
+        }
         if self.copy_unsafe_links {
             v.push("--copy-unsafe-links".into());
         }
@@ -261,6 +278,16 @@ impl TransferOpts {
             "--remove-source-files" | "--remove-sent-files" => self.remove_source_files = true,
             "--list-only" => self.list_only = true,
             "--backup" => self.backup = true,
+            "--from0" => self.from0 = true,
+            "--files-from" => {
+                let v = match value {
+                    Some(v) => v.to_string(),
+                    None => {
+                        next().ok_or_else(|| RemoteError::Usage(format!("{arg} needs a value")))?
+                    }
+                };
+                self.files_from = Some(v);
+            }
             "--compare-dest" | "--copy-dest" | "--link-dest" => {
                 let kind = match name {
                     "--compare-dest" => AltKind::Compare,
@@ -328,6 +355,16 @@ impl TransferOpts {
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// True when [`TransferOpts::skip`] can skip anything.
+    pub fn selects(&self) -> bool {
+        self.update
+            || self.existing
+            || self.ignore_existing
+            || self.min_size.is_some()
+            || self.max_size.is_some()
+            || self.safe_links
     }
 
     /// Why the generator leaves entry `e` alone, given what exists locally
@@ -605,6 +642,60 @@ impl TransferOpts {
             *t += k;
         }
         Ok(counts)
+    }
+}
+
+/// The sources named by a `--files-from` list, below the source
+/// directory `base`: with `relative` (`-R`, the default with
+/// `--files-from`) each keeps its path after a `/./` marker.
+pub fn files_from_sources(
+    base: &std::path::Path,
+    names: &[Vec<u8>],
+    relative: bool,
+) -> Vec<crate::walk::SourceSpec> {
+    let base = base.to_string_lossy();
+    let base = base.trim_end_matches('/');
+    let base = if base.is_empty() { "." } else { base };
+    names
+        .iter()
+        .map(|n| {
+            let n = String::from_utf8_lossy(n);
+            let n = n.trim_start_matches("./");
+            let path = match relative {
+                true => format!("{base}/./{n}"),
+                false => format!("{base}/{n}"),
+            };
+            crate::walk::SourceSpec {
+                contents: false,
+                path: path.trim_end_matches('/').into(),
+            }
+        })
+        .collect()
+}
+
+/// Reads the `--files-from=-` names a receiving client sends after its
+/// filter list: each ends with a NUL, an empty name ends the list.
+pub fn read_files_from_wire<R: std::io::Read>(
+    ins: &mut crate::conn::InStream<R>,
+) -> Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    loop {
+        let name = ins.decode(|r| {
+            let rest = r.rest();
+            let Some(end) = rest.iter().position(|&b| b == 0) else {
+                return Err(arsync_proto::Error::Incomplete);
+            };
+            let v = rest[..end].to_vec();
+            r.bytes(end + 1)?;
+            Ok(v)
+        })?;
+        if name.is_empty() {
+            return Ok(names);
+        }
+        if name.len() > 4096 {
+            return Err(RemoteError::Refused("--files-from name too long".into()));
+        }
+        names.push(name);
     }
 }
 

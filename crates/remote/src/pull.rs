@@ -72,6 +72,9 @@ pub struct PullOptions {
     /// Filter rules for the sender, in rsync's wire form (`- *.o`,
     /// `+ /keep/`, `P name`, ...); the server applies them.
     pub filters: Vec<String>,
+    /// `--files-from` names sent to the server after the filter list
+    /// (the command carries `--files-from=-`).
+    pub files_from: Option<Vec<Vec<u8>>>,
 }
 
 impl PullOptions {
@@ -85,6 +88,7 @@ impl PullOptions {
             daemon: None,
             events: None,
             filters: Vec::new(),
+            files_from: None,
         }
     }
 }
@@ -231,6 +235,14 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
     let mut filt = Vec::new();
     let rules: Vec<Vec<u8>> = opts.filters.iter().map(|r| r.as_bytes().to_vec()).collect();
     encode_filter_list(&rules, &mut filt)?;
+    if let Some(names) = &opts.files_from {
+        // Each name ends with a NUL; an empty name ends the list.
+        for n in names {
+            filt.extend_from_slice(n);
+            filt.push(0);
+        }
+        filt.push(0);
+    }
     outs.write(&filt)?;
     outs.flush()?;
 
@@ -905,7 +917,7 @@ fn generator<W: Write>(
     };
     // A directory hidden by the daemon's rules: its contents follow it.
     let mut hidden_dir: Option<Vec<u8>> = None;
-    // A directory `--existing` does not create: its contents follow it.
+    // A directory the options leave alone (`--existing`, ...): its contents follow it.
     let mut skip_dir: Option<Vec<u8>> = None;
     for (i, e) in files.iter().enumerate() {
         if !active[i] {
@@ -917,13 +929,16 @@ fn generator<W: Write>(
             }
             skip_dir = None;
         }
-        // -u, --existing, --ignore-existing, --min-size, --max-size.
-        let local = dest.lstat(&e.name).unwrap_or(None);
-        if let Some(why) = ctx.opts.skip(e, local.as_ref()) {
-            if why == crate::opts::Skip::NotCreating && e.is_dir() {
-                skip_dir = Some(e.name.clone());
+        // -u, --existing, --ignore-existing, --min-size, --max-size, --safe-links.
+        if ctx.opts.selects() {
+            let local = dest.lstat(&e.name).unwrap_or(None);
+            if ctx.opts.skip(e, local.as_ref()).is_some() {
+                if e.is_dir() {
+                    // Nothing below a directory left alone is handled either.
+                    skip_dir = Some(e.name.clone());
+                }
+                continue;
             }
-            continue;
         }
         if let Some(d) = &ctx.daemon_filter {
             if let Some(h) = &hidden_dir {

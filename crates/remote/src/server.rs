@@ -118,6 +118,9 @@ impl ServerArgs {
                 // Options that only affect the client's output or are
                 // defaults here.
                 "--stats" | "--force" | "--ignore-errors" | "--no-i-r" | "--no-inc-recursive" => {}
+                // What the packed flags already say (rsync adds them for
+                // -d with --delete, and --files-from without -R).
+                "--no-r" | "--no-recursive" | "--no-relative" | "--no-R" => {}
                 s if s.starts_with("--log-format=")
                     || s.starts_with("--out-format=")
                     || s.starts_with("--timeout=")
@@ -261,11 +264,25 @@ pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
     let path = PathBuf::from(&args.paths[0]);
     if args.sender {
         let filter = read_filter_rules(&mut ins, neg.protocol)?;
-        let sources: Vec<SourceSpec> = args.paths.iter().map(|p| SourceSpec::parse(p)).collect();
-        if let Some(s) = sources
-            .iter()
-            .find(|s| !args.flags.contains('r') && !args.flags.contains('d') && s.path.is_dir())
-        {
+        let mut sources: Vec<SourceSpec> =
+            args.paths.iter().map(|p| SourceSpec::parse(p)).collect();
+        if let Some(from) = &args.opts.files_from {
+            // --files-from: names below the (single) source directory.
+            let names = match from.as_str() {
+                "-" if neg.protocol < 31 => {
+                    return Err(unsupported("--files-from=- below protocol 31".into()))
+                }
+                "-" => crate::opts::read_files_from_wire(&mut ins)?,
+                f => arsync_sync::engine::read_files_from(std::path::Path::new(f), args.opts.from0)
+                    .map_err(|e| RemoteError::io(format!("--files-from {f}"), e))?,
+            };
+            sources = crate::opts::files_from_sources(&path, &names, args.flags.contains('R'));
+        }
+        // --files-from implies -d (rsync's client does not send it).
+        let mut opts = args.opts.clone();
+        opts.dirs_only |= opts.files_from.is_some() && !args.flags.contains('r');
+        let dirs = args.flags.contains('r') || args.flags.contains('d') || opts.dirs_only;
+        if let Some(s) = sources.iter().find(|s| !dirs && s.path.is_dir()) {
             return Err(unsupported(format!(
                 "sending directory {} without -r",
                 s.path.display()
@@ -278,7 +295,7 @@ pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
             neg.checksum,
             filter.as_ref(),
             daemon.as_ref(),
-            &args.opts,
+            &opts,
         )?;
         send_session(
             ins,
@@ -424,7 +441,12 @@ mod tests {
             ("logDtprz", "LsfxCIvu", Some(30))
         );
         assert!(ServerArgs::parse(&v(&["--sender", ".", "x"])).is_err());
-        assert!(ServerArgs::parse(&v(&["--server", "--files-from=x", ".", "x"])).is_err());
+        assert!(ServerArgs::parse(&v(&["--server", "--temp-dir=x", ".", "x"])).is_err());
+        let a = ServerArgs::parse(&v(&["--server", "--files-from=-", "--from0", ".", "x"]));
+        assert_eq!(
+            a.ok().and_then(|a| a.opts.files_from),
+            Some("-".to_string())
+        );
         assert!(ServerArgs::parse(&v(&["--server", "-logDtpr", "."])).is_err());
         let e = ServerArgs::parse(&v(&["--server", "-Klogdtpr", ".", "x"])).err();
         assert_eq!(e.map(|e| e.exit_code()), Some(ExitCode::Unsupported));

@@ -288,7 +288,7 @@ fn build_relative(
             .push(format!("skipping daemon-excluded file {}", p.display()));
         return Ok(list);
     }
-    if m.is_dir() {
+    if m.is_dir() && filter.recurse() {
         let sub = walk(&p, fopts, checksum_algo, filter, &name)?;
         list.io_error |= sub.io_error;
         list.warnings.extend(sub.warnings);
@@ -306,7 +306,9 @@ fn build_relative(
             };
             list.entries.push(e);
         }
-    } else if let Some(e) = entry_for(name.into_bytes(), &p, &m, fopts, checksum_algo)? {
+    } else if let Some(mut e) = entry_for(name.into_bytes(), &p, &m, fopts, checksum_algo)? {
+        // -d without -r (as --files-from implies): the directory only.
+        e.no_content_dir = e.is_dir();
         list.entries.push(e);
     }
     Ok(list)
