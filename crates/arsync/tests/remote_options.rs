@@ -928,3 +928,25 @@ fn dirs_without_recursion_delete() {
         dir_times: true,
     });
 }
+
+#[test]
+fn remove_source_files_with_hard_links() {
+    check(&Case {
+        name: "--remove-source-files -H",
+        flags: &["-aH", "--remove-source-files"],
+        setup: |s, d| {
+            put(s, "a.txt", b"linked", T0);
+            fs::create_dir_all(s.join("d")).unwrap();
+            fs::hard_link(s.join("a.txt"), s.join("d/b.txt")).unwrap();
+            put(s, "c.txt", b"plain", T0);
+            settle(s);
+            fs::create_dir_all(d).unwrap();
+        },
+        expect: |s, d| {
+            assert!(!s.join("a.txt").exists() && !s.join("d/b.txt").exists());
+            assert!(d.join("d/b.txt").exists() && !s.join("c.txt").exists());
+        },
+        code: 0,
+        dir_times: true,
+    });
+}

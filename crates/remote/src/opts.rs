@@ -927,6 +927,27 @@ mod tests {
     }
 
     #[test]
+    fn files_from_names_become_sources() {
+        let names = vec![b"a.txt".to_vec(), b"./d/e/".to_vec()];
+        let rel = files_from_sources(std::path::Path::new("/src/"), &names, true);
+        assert_eq!(rel[0].path, std::path::Path::new("/src/./a.txt"));
+        assert_eq!(rel[1].path, std::path::Path::new("/src/./d/e"));
+        assert!(!rel[0].contents);
+        let flat = files_from_sources(std::path::Path::new("src"), &names, false);
+        assert_eq!(flat[1].path, std::path::Path::new("src/d/e"));
+    }
+
+    #[test]
+    fn wire_names_end_with_an_empty_one() {
+        let wire: &[u8] = b"a\0dir/b\0\0rest";
+        let mut ins = crate::conn::InStream::new(wire);
+        let names = read_files_from_wire(&mut ins).unwrap();
+        assert_eq!(names, [b"a".to_vec(), b"dir/b".to_vec()]);
+        let mut cut = crate::conn::InStream::new(&b"a\0b"[..]);
+        assert!(read_files_from_wire(&mut cut).is_err());
+    }
+
+    #[test]
     fn sender_only_rules() {
         assert!(sender_only_rule("-s *.o") && sender_only_rule("+s keep/"));
         assert!(!sender_only_rule("- *.o") && !sender_only_rule("-sr x"));
@@ -958,10 +979,12 @@ mod tests {
 
     #[test]
     fn skip_rules() {
+        assert!(!TransferOpts::default().selects());
         let o = TransferOpts {
             update: true,
             ..TransferOpts::default()
         };
+        assert!(o.selects());
         assert_eq!(
             o.skip(&file("a", 5, 100), Some(&local(5, 200))),
             Some(Skip::Newer)

@@ -1176,8 +1176,18 @@ fn generator<W: Write>(
         }
     }
     for (follower, leader) in ctx.links.iter().filter(|_| !ctx.dry_run) {
-        if let Err(err) = dest.hard_link(leader, follower) {
-            errors.push(format!("{}: {err}", String::from_utf8_lossy(follower)));
+        match dest.hard_link(leader, follower) {
+            Err(err) => errors.push(format!("{}: {err}", String::from_utf8_lossy(follower))),
+            // --remove-source-files: a linked follower is in place too.
+            Ok(()) if ctx.opts.remove_source_files => {
+                let at = files.binary_search_by(|f| {
+                    arsync_proto::flist::compare_names(&f.name, f.is_dir(), follower, false)
+                });
+                if let Ok(i) = at {
+                    ctx.success(outs, i)?;
+                }
+            }
+            Ok(()) => {}
         }
     }
     // Directory metadata last, deepest first, so nothing touches them afterwards.
