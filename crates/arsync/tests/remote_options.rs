@@ -950,3 +950,132 @@ fn remove_source_files_with_hard_links() {
         dir_times: true,
     });
 }
+
+/// A daemon on a free loopback port, killed on drop.
+struct Daemon {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon(program: &OsString, config: &Path) -> Daemon {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let child = Command::new(program)
+        .args([
+            "--daemon",
+            "--no-detach",
+            "--address",
+            "127.0.0.1",
+            "--port",
+        ])
+        .arg(port.to_string())
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Daemon { child, port }
+}
+
+/// Several options at once through `rsync://` (the daemon's argument
+/// vector), arsync and rsync as client and as daemon, push and pull.
+#[test]
+fn options_through_a_daemon() {
+    let tmp = scratch_dir().unwrap();
+    let base = tmp.path().join("mod");
+    fs::create_dir_all(&base).unwrap();
+    let cfg = tmp.path().join("d.conf");
+    fs::write(
+        &cfg,
+        format!(
+            "use chroot = no\n[m]\nmunge symlinks = no\npath = {}\nread only = no\nuid = root\ngid = root\n",
+            base.display()
+        ),
+    )
+    .unwrap();
+    let flags = [
+        "-a",
+        "-u",
+        "--delete",
+        "--max-delete=1",
+        "-b",
+        "--min-size=3",
+        "--ignore-times",
+    ];
+    let run = |daemon: &Daemon, client: &OsString, dir: Direction, label: &str| {
+        let work = base.join(label);
+        let (src, dst) = (work.join("src"), work.join("dst"));
+        fs::create_dir_all(&src).unwrap();
+        quick_tree(&src, &dst);
+        put(&dst, "extra1", b"extraneous", T0);
+        put(&dst, "extra2", b"extraneous", T0);
+        settle(&dst);
+        let url = |p: &Path| {
+            let rel = p.strip_prefix(&base).unwrap();
+            format!("rsync://127.0.0.1:{}/m/{}", daemon.port, rel.display())
+        };
+        let (from, to) = match dir {
+            Direction::Push => (format!("{}/", src.display()), url(&dst)),
+            Direction::Pull => (format!("{}/", url(&src)), dst.display().to_string()),
+        };
+        let out = Command::new(client)
+            .args(flags)
+            .args([&from, &to])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (out, src, dst)
+    };
+    let rsyncd = start_daemon(&rsync_bin(), &cfg);
+    let arsyncd = start_daemon(&arsync_bin(), &cfg);
+    for dir in [Direction::Push, Direction::Pull] {
+        let (want, want_src, want_dst) = run(&rsyncd, &rsync_bin(), dir, &format!("{dir:?}-ref"));
+        // rsync's daemon does not pass its exit code to a pushing client;
+        // a pulling client's own generator ends with 25.
+        let code = match dir {
+            Direction::Push => 0,
+            Direction::Pull => 25,
+        };
+        assert_eq!(want.status.code(), Some(code), "reference: {want:?}");
+        assert_eq!(
+            read(&want_dst.join("newer_there.txt")).unwrap(),
+            b"newer target!"
+        );
+        let extras = ["extra1", "extra2"]
+            .iter()
+            .filter(|n| want_dst.join(n).exists())
+            .count();
+        assert_eq!(extras, 1, "--max-delete=1 leaves one of two extras");
+        for (label, daemon, client) in [
+            ("arsync-to-rsyncd", &rsyncd, arsync_bin()),
+            ("rsync-to-arsyncd", &arsyncd, rsync_bin()),
+            ("arsync-to-arsyncd", &arsyncd, arsync_bin()),
+        ] {
+            let (got, src, dst) = run(daemon, &client, dir, &format!("{dir:?}-{label}"));
+            let what = format!("{dir:?} {label}");
+            assert_eq!(got.status.code(), want.status.code(), "{what}: {got:?}");
+            let cmp = CompareOpts {
+                dir_mtime: false,
+                ..CompareOpts::default()
+            };
+            for (a, b) in [(&want_dst, &dst), (&want_src, &src)] {
+                let diffs = compare_trees(a, b, &cmp);
+                assert!(diffs.is_empty(), "{what}: differs from rsync's: {diffs:#?}");
+            }
+        }
+    }
+}
