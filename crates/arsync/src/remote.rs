@@ -314,7 +314,11 @@ fn unsupported(o: &Options) -> Option<&'static str> {
         (o.partial_dir.is_some(), "--partial-dir"),
         (o.keep_dirlinks, "--keep-dirlinks (-K)"),
         (o.temp_dir.is_some(), "--temp-dir (-T)"),
-        (o.executability, "--executability (-E)"),
+        // With -p, -E changes nothing (rsync does not send it then).
+        (
+            o.executability && !o.perms,
+            "--executability (-E) without --perms",
+        ),
     ];
     checks.iter().find(|(on, _)| *on).map(|(_, n)| *n)
 }
