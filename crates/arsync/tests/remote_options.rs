@@ -8,7 +8,7 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -430,7 +430,6 @@ fn chmod_on_the_modes_sent() {
         flags: &["-a", "--chmod=Fgo-rwx,Dg+s,u+x"],
         setup: quick_tree,
         expect: |_, d| {
-            use std::os::unix::fs::PermissionsExt;
             let m = fs::metadata(d.join("new.txt"))
                 .unwrap()
                 .permissions()
@@ -751,8 +750,17 @@ fn basis_tree(src: &Path, dst: &Path) {
     put(src, "changed.txt", b"newer content", T0 + 100);
     put(&prev, "changed.txt", b"older content", T0);
     put(src, "new.txt", b"only in the source", T0);
+    // Same content, other permissions: copied locally, not linked or skipped.
+    put(src, "perm.txt", b"same bytes", T0);
+    put(&prev, "perm.txt", b"same bytes", T0);
+    fs::set_permissions(prev.join("perm.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    // An outdated copy in the destination with an exact match in prev.
+    put(src, "stale.txt", b"current", T0);
+    put(&prev, "stale.txt", b"current", T0);
+    put(dst, "stale.txt", b"outdated!", T0 - 100);
     settle(src);
     settle(&prev);
+    settle(dst);
 }
 
 fn inode(p: &Path) -> u64 {
@@ -769,6 +777,7 @@ fn compare_copy_and_link_dest() {
         expect: |_, d| {
             assert!(!d.join("same.txt").exists() && !d.join("sub/same2.txt").exists());
             assert!(d.join("changed.txt").exists() && d.join("new.txt").exists());
+            assert!(d.join("perm.txt").exists() && !d.join("stale.txt").exists());
         },
         code: 0,
         dir_times: true,
@@ -799,6 +808,8 @@ fn compare_copy_and_link_dest() {
                 inode(&d.join("changed.txt")),
                 inode(&prev.join("changed.txt"))
             );
+            assert_ne!(inode(&d.join("perm.txt")), inode(&prev.join("perm.txt")));
+            assert_eq!(inode(&d.join("stale.txt")), inode(&prev.join("stale.txt")));
         },
         code: 0,
         dir_times: true,

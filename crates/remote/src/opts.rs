@@ -572,19 +572,27 @@ impl TransferOpts {
         Ok(true)
     }
 
-    /// `--compare-dest`/`--copy-dest`/`--link-dest` for a regular file
-    /// missing from the destination: the first basis directory holding
-    /// the same file (the quick check, and for `--link-dest` the same
-    /// permissions and, when kept, owner) decides. `None`: transfer it.
+    /// `--compare-dest`/`--copy-dest`/`--link-dest` for a regular file,
+    /// as rsync's generator judges the basis directories: the first one
+    /// whose file passes the quick check and has the same attributes
+    /// (permissions, mtime, and the owner when kept) wins; failing that,
+    /// the first that passes the quick check. With the destination file
+    /// present (`exists`) only an exact match of `--compare-dest` or
+    /// `--link-dest` counts. `None`: the generator goes on as usual.
     pub fn alt_match(
         &self,
         dest: &crate::fsys::DestRoot,
         e: &FileEntry,
+        exists: bool,
         owners: (bool, bool),
         same_sum: impl Fn(&std::path::Path) -> Result<bool>,
     ) -> Result<Option<AltMatch>> {
         use std::os::unix::fs::MetadataExt;
+        if exists && self.alt_kind == AltKind::Copy {
+            return Ok(None);
+        }
         let rel = String::from_utf8_lossy(&e.name);
+        let mut content_match: Option<std::path::PathBuf> = None;
         for d in &self.alt_dirs {
             let p = dest.root().join(d).join(rel.as_ref());
             let Ok(m) = std::fs::symlink_metadata(&p) else {
@@ -598,22 +606,21 @@ impl TransferOpts {
             if !self.unchanged(e, &info, || same_sum(&p))? {
                 continue;
             }
-            return Ok(Some(match self.alt_kind {
-                AltKind::Compare => AltMatch::Skip,
-                AltKind::Copy => AltMatch::Copy(p),
-                AltKind::Link => {
-                    let same_attrs = m.mode() & 0o7777 == e.mode & 0o7777
-                        && (!owners.0 || m.uid() == e.uid)
-                        && (!owners.1 || m.gid() == e.gid)
-                        && m.mtime() == e.mtime;
-                    if !same_attrs {
-                        continue;
-                    }
-                    AltMatch::Link(p)
-                }
-            }));
+            let same_attrs = m.mode() & 0o7777 == e.mode & 0o7777
+                && (!owners.0 || m.uid() == e.uid)
+                && (!owners.1 || m.gid() == e.gid)
+                && m.mtime() == e.mtime;
+            if same_attrs && self.alt_kind != AltKind::Copy {
+                return Ok(Some(match self.alt_kind {
+                    AltKind::Link => AltMatch::Link(p),
+                    _ => AltMatch::Skip,
+                }));
+            }
+            content_match.get_or_insert(p);
         }
-        Ok(None)
+        // Same content, other attributes: a local copy (not for an
+        // existing destination file, which the quick check handles).
+        Ok(content_match.filter(|_| !exists).map(AltMatch::Copy))
     }
 
     /// Deletes `name` (and what is below it) for `--delete`, keeping
@@ -696,6 +703,15 @@ pub fn read_files_from_wire<R: std::io::Read>(
             return Err(RemoteError::Refused("--files-from name too long".into()));
         }
         names.push(name);
+    }
+}
+
+/// True when `a` and `b` are the same inode (neither followed if a symlink).
+pub fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
     }
 }
 

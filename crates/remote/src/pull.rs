@@ -1021,10 +1021,11 @@ fn generator<W: Write>(
                         Err(_) if dry => None,
                         Err(err) => return Err(err),
                     };
-                    if existing.is_none() && !ctx.opts.alt_dirs.is_empty() {
+                    if !ctx.opts.alt_dirs.is_empty() {
                         // --compare-dest, --copy-dest, --link-dest.
                         let owners = (root && fopts.preserve_uid, root && fopts.preserve_gid);
-                        let hit = ctx.opts.alt_match(dest, e, owners, |p| {
+                        let exists = existing.is_some();
+                        let hit = ctx.opts.alt_match(dest, e, exists, owners, |p| {
                             Ok(crate::walk::file_checksum(p, neg.checksum)?.as_slice()
                                 == e.checksum.as_deref().unwrap_or_default())
                         })?;
@@ -1033,6 +1034,20 @@ fn generator<W: Write>(
                                 RemoteError::io(format!("{name} from a basis dir"), err)
                             })
                         };
+                        if exists && !dry {
+                            // An exact match elsewhere replaces the file here
+                            // (--compare-dest: removes it), as rsync does.
+                            let here = dest.path(&e.name)?;
+                            match &hit {
+                                Some(AltMatch::Link(p)) if crate::opts::same_file(p, &here) => {
+                                    return Ok(());
+                                }
+                                Some(AltMatch::Link(_)) | Some(AltMatch::Skip) => {
+                                    put(std::fs::remove_file(&here))?;
+                                }
+                                _ => {}
+                            }
+                        }
                         match hit {
                             Some(AltMatch::Skip) => return Ok(()),
                             Some(_) if dry => return Ok(()),
