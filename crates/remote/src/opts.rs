@@ -4,9 +4,18 @@
 //! to a sending one), how a server reads them back, and what the side that
 //! owns each one does with it.
 //!
-//! Owners: the quick-check variants (`-u`, `--existing`,
-//! `--ignore-existing`, `--size-only`, `-I`, `--min-size`, `--max-size`)
-//! belong to the generator, which runs on the receiving side.
+//! Owners (docs/REMOTE.md has the table): the quick-check variants (`-u`,
+//! `--existing`, `--ignore-existing`, `--size-only`, `-I`, `--min-size`,
+//! `--max-size`) and `--*-dest` belong to the generator, on the receiving
+//! side ([`TransferOpts::skip`], [`TransferOpts::unchanged`],
+//! [`TransferOpts::alt_match`]); link following, `-x`, `-d` and
+//! `--files-from` to the sender's walk (`crate::walk::build_list_with`);
+//! `--chmod`, `-m` and the id maps to whoever receives the file list
+//! ([`TransferOpts::adjust_received`], [`map_owner`]); `-b`,
+//! `--max-delete` and `--delete-excluded` to the receiver's replacing and
+//! deleting ([`TransferOpts::make_backup`], [`TransferOpts::delete`],
+//! [`DeleteLimit`]); `--remove-source-files` to the sender, on the
+//! receiver's MSG_SUCCESS ([`remove_sent`]).
 
 use arsync_proto::flist::{FileEntry, FileType};
 
@@ -15,8 +24,9 @@ use arsync_sync::options::{ChmodRule, IdMapRule, IdMatch};
 use crate::error::{RemoteError, Result};
 use crate::fsys::EntryInfo;
 
-/// The options of one transfer that are not packed short flags (plus the
-/// packed ones whose meaning lives here: `u`, `I`).
+/// The options of one transfer that are not archive flags: long options,
+/// and the packed letters whose meaning lives here (`u I L k m x b`, and
+/// `d` without `r`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TransferOpts {
     /// `-u`: skip files that are newer on the receiver (packed `u`).
