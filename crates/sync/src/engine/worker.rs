@@ -22,10 +22,11 @@
 //! such as `--inplace`, `--backup`, `--partial`, `--progress`, basis directories) goes through
 //! the one-file-at-a-time path, `Engine::run_job`.
 
+use super::direct::Direct;
 use super::{Engine, EntryJob, FileJob};
 use crate::fsops::{self, Kind, Meta, Time};
 use crate::meta::{self, Wanted};
-use arsync_io::{Io, IoConfig, Mode, Rename, Runtime, SmallCopied, SmallCopy, AT_FDCWD};
+use arsync_io::{Backend, Io, IoConfig, Mode, Rename, Runtime, SmallCopied, SmallCopy, AT_FDCWD};
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
@@ -43,18 +44,18 @@ thread_local! {
 
 /// What creating a file in a destination directory gives, learned from the first one.
 #[derive(Debug, Clone, Copy)]
-struct Probe {
-    uid: u32,
-    gid: u32,
+pub(super) struct Probe {
+    pub(super) uid: u32,
+    pub(super) gid: u32,
     /// The mode is exactly the requested one minus the umask, and no selected xattr appeared.
-    plain: bool,
+    pub(super) plain: bool,
 }
 
 /// Per-worker cache of [`Probe`]s by destination directory (bounded).
 type Probes = Rc<RefCell<HashMap<PathBuf, Probe>>>;
 
 /// Most directories a worker remembers probes for.
-const PROBES_MAX: usize = 1024;
+pub(super) const PROBES_MAX: usize = 1024;
 
 /// A copied temporary file waiting for its attributes and its rename.
 struct Copied {
@@ -104,7 +105,8 @@ impl Engine {
             }
         };
         let probes: Probes = Rc::default();
-        let served = rt.block_on(Arc::clone(self).serve_batches(&rt, rx.clone(), probes));
+        let direct: Rc<RefCell<Direct>> = Rc::default();
+        let served = rt.block_on(Arc::clone(self).serve_batches(&rt, rx.clone(), probes, direct));
         if let Err(e) = served {
             self.error(format!("arsync: I/O runtime failed: {e}"));
             self.run_one_at_a_time(&rx);
@@ -127,6 +129,7 @@ impl Engine {
         rt: &Runtime,
         rx: crossbeam_channel::Receiver<Vec<EntryJob>>,
         probes: Probes,
+        direct: Rc<RefCell<Direct>>,
     ) {
         let limit = self.opts.queue_depth.max(1);
         let io = rt.io();
@@ -160,7 +163,8 @@ impl Engine {
                 }
             };
             let n = batch.len();
-            let task = Arc::clone(&self).run_batch(io.clone(), batch, probes.clone());
+            let task =
+                Arc::clone(&self).run_batch(io.clone(), batch, probes.clone(), direct.clone());
             files += n;
             running.push_back((n, rt.spawn_local(task)));
         }
@@ -170,7 +174,13 @@ impl Engine {
     }
 
     /// Decides every entry of a batch (in order), then copies its small files together.
-    async fn run_batch(self: Arc<Self>, io: Io, jobs: Vec<EntryJob>, probes: Probes) {
+    async fn run_batch(
+        self: Arc<Self>,
+        io: Io,
+        jobs: Vec<EntryJob>,
+        probes: Probes,
+        direct: Rc<RefCell<Direct>>,
+    ) {
         let mut pre = self.stat_destinations(&io, &jobs).await;
         let mut small = Vec::new();
         for (i, job) in jobs.into_iter().enumerate() {
@@ -178,8 +188,17 @@ impl Engine {
             self.run_entry_job_with(job, pre[i].take());
             small.extend(SMALL.with(|s| s.borrow_mut().take()).unwrap_or_default());
         }
-        if !small.is_empty() {
-            self.copy_small(&io, small, &probes).await;
+        if small.is_empty() {
+            return;
+        }
+        match io.backend() {
+            // On the thread-pool backend the worker copies them itself: a pool job per
+            // stage would only add thread hand-offs.
+            Backend::Threads => match direct.try_borrow_mut() {
+                Ok(mut d) => self.copy_small_direct(small, &mut d),
+                Err(_) => self.copy_small_direct(small, &mut Direct::default()),
+            },
+            Backend::Uring => self.copy_small(&io, small, &probes).await,
         }
     }
 
@@ -396,7 +415,7 @@ impl Engine {
     /// The mode a temporary file is created with: the wanted permission bits (set-id bits are
     /// added by a `chmod` after any `chown`, which clears them). A non-root owner keeps write
     /// access until its xattrs are set (user xattrs need it).
-    fn create_mode(&self, w: &Wanted) -> u32 {
+    pub(super) fn create_mode(&self, w: &Wanted) -> u32 {
         let perms = w.perms.unwrap_or(0o600) & 0o777;
         if (self.opts.xattrs || self.opts.acls) && !self.am_root {
             perms | 0o600
