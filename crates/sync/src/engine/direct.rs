@@ -17,8 +17,8 @@
 //! thread hand-off at all.
 
 use super::worker::{Probe, PROBES_MAX};
-use super::{Engine, FileJob};
-use crate::fsops::{self, Time};
+use super::{Engine, EntryJob, FileJob};
+use crate::fsops::{self, Meta, Time};
 use crate::meta::{self, Wanted};
 use rustix::fd::{AsFd, AsRawFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps, XattrFlags, CWD};
@@ -283,6 +283,32 @@ impl Direct {
 }
 
 impl Engine {
+    /// `lstat` of the batch's destinations that may exist, relative to their directory
+    /// (see `worker::stat_destinations`); `None` where the entry must be stat'ed later.
+    pub(super) fn stat_destinations_direct(
+        &self,
+        jobs: &[EntryJob],
+        d: &mut Direct,
+    ) -> Vec<Option<io::Result<Option<Meta>>>> {
+        jobs.iter()
+            .map(|job| {
+                if job.dir.virtual_new || self.opts.list_only {
+                    return None;
+                }
+                let (parent, name) = split(&job.dst);
+                d.enter_dst(parent).ok()?;
+                let dir = d.dst_dir.as_ref()?;
+                match fsops::lstat_at(&dir.fd, name) {
+                    // Another link may change under an earlier entry of this batch.
+                    Ok(m) if m.nlink > 1 => None,
+                    Ok(m) => Some(Ok(Some(m))),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Some(Ok(None)),
+                    Err(e) => Some(Err(e)),
+                }
+            })
+            .collect()
+    }
+
     /// Copies the batch's small files on this thread (see the module docs).
     pub(super) fn copy_small_direct(&self, files: Vec<FileJob>, d: &mut Direct) {
         let started = Instant::now();

@@ -1,8 +1,12 @@
-//! The worker side of the engine: every worker thread owns an `arsync-io` runtime (io_uring,
-//! or the thread pool with `ARSYNC_IO=threads`) and works on several batches of entries at
-//! once, up to `--queue-depth` files in flight.
+//! The worker side of the engine: every worker thread owns an `arsync-io` runtime (io_uring
+//! with `ARSYNC_IO=uring`, else the thread-pool backend) and works on several batches of
+//! entries at once, up to `--queue-depth` files in flight.
 //!
-//! How a batch of entries flows:
+//! On the thread-pool backend (the default) the worker does a batch's syscalls itself,
+//! relative to directory fds, and creates new files unnamed (`O_TMPFILE`) before linking them
+//! into place: see `direct`. The steps below are the io_uring path.
+//!
+//! How a batch of entries flows on io_uring:
 //! 1. The destinations of entries whose directory already existed are stat'ed in one
 //!    submission (`statx_many`), for the quick check.
 //! 2. Each entry is decided in order, exactly as the walker would (itemize output captured
@@ -181,7 +185,15 @@ impl Engine {
         probes: Probes,
         direct: Rc<RefCell<Direct>>,
     ) {
-        let mut pre = self.stat_destinations(&io, &jobs).await;
+        let mut pre = if io.backend() == Backend::Threads {
+            // On this thread, relative to the destination directory: no pool job.
+            match direct.try_borrow_mut() {
+                Ok(mut d) => self.stat_destinations_direct(&jobs, &mut d),
+                Err(_) => self.stat_destinations_direct(&jobs, &mut Direct::default()),
+            }
+        } else {
+            self.stat_destinations(&io, &jobs).await
+        };
         let mut small = Vec::new();
         for (i, job) in jobs.into_iter().enumerate() {
             SMALL.with(|s| *s.borrow_mut() = Some(Vec::new()));
