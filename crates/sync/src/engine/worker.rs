@@ -1,10 +1,10 @@
 //! The worker side of the engine: every worker thread owns an `arsync-io` runtime (io_uring
-//! with `ARSYNC_IO=uring`, else the thread-pool backend) and works on several batches of
-//! entries at once, up to `--queue-depth` files in flight.
+//! with `ARSYNC_IO=uring`, else the thread-pool backend) and works on batches of entries.
 //!
-//! On the thread-pool backend (the default) the worker does a batch's syscalls itself,
-//! relative to directory fds, and creates new files unnamed (`O_TMPFILE`) before linking them
-//! into place: see `direct`. The steps below are the io_uring path.
+//! On the thread-pool backend (the default) the worker does a batch's syscalls itself, one
+//! batch at a time, relative to directory fds, and creates new files unnamed (`O_TMPFILE`)
+//! before linking them into place: see `direct`. On io_uring it keeps several batches in
+//! flight, up to `--queue-depth` files, as follows.
 //!
 //! How a batch of entries flows on io_uring:
 //! 1. The destinations of entries whose directory already existed are stat'ed in one
@@ -135,8 +135,14 @@ impl Engine {
         probes: Probes,
         direct: Rc<RefCell<Direct>>,
     ) {
-        let limit = self.opts.queue_depth.max(1);
         let io = rt.io();
+        // On the thread-pool backend a batch runs to completion on this thread (`direct`):
+        // taking more batches from the channel before running them would only keep them from
+        // an idle worker.
+        let limit = match io.backend() {
+            Backend::Threads => 1,
+            Backend::Uring => self.opts.queue_depth.max(1),
+        };
         let mut running: VecDeque<(usize, arsync_io::JoinHandle<()>)> = VecDeque::new();
         let mut files = 0;
         let mut busy = false;
