@@ -28,6 +28,7 @@ use crate::options::{DeleteMode, Options};
 use crate::plan::{self, Plan, TopItem};
 use crate::report::{self, Itemize, LineInfo, Output, Stats};
 
+mod direct;
 mod worker;
 pub(crate) use worker::worker_io_config;
 

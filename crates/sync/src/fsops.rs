@@ -154,6 +154,13 @@ pub fn lstat(path: &Path) -> io::Result<Meta> {
     std::fs::symlink_metadata(path).map(|m| Meta::from_std(&m))
 }
 
+/// `lstat` of `name` in the open directory `dir` (one name to resolve, not a whole path).
+pub fn lstat_at(dir: impl rustix::fd::AsFd, name: &OsStr) -> io::Result<Meta> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map(|st| Meta::from_stat(&st))
+        .map_err(io::Error::from)
+}
+
 /// `stat`: metadata following symlinks.
 pub fn stat(path: &Path) -> io::Result<Meta> {
     std::fs::metadata(path).map(|m| Meta::from_std(&m))

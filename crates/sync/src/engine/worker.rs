@@ -1,8 +1,12 @@
-//! The worker side of the engine: every worker thread owns an `arsync-io` runtime (io_uring,
-//! or the thread pool with `ARSYNC_IO=threads`) and works on several batches of entries at
-//! once, up to `--queue-depth` files in flight.
+//! The worker side of the engine: every worker thread owns an `arsync-io` runtime (io_uring
+//! with `ARSYNC_IO=uring`, else the thread-pool backend) and works on batches of entries.
 //!
-//! How a batch of entries flows:
+//! On the thread-pool backend (the default) the worker does a batch's syscalls itself, one
+//! batch at a time, relative to directory fds, and creates new files unnamed (`O_TMPFILE`)
+//! before linking them into place: see `direct`. On io_uring it keeps several batches in
+//! flight, up to `--queue-depth` files, as follows.
+//!
+//! How a batch of entries flows on io_uring:
 //! 1. The destinations of entries whose directory already existed are stat'ed in one
 //!    submission (`statx_many`), for the quick check.
 //! 2. Each entry is decided in order, exactly as the walker would (itemize output captured
@@ -22,10 +26,11 @@
 //! such as `--inplace`, `--backup`, `--partial`, `--progress`, basis directories) goes through
 //! the one-file-at-a-time path, `Engine::run_job`.
 
+use super::direct::Direct;
 use super::{Engine, EntryJob, FileJob};
 use crate::fsops::{self, Kind, Meta, Time};
 use crate::meta::{self, Wanted};
-use arsync_io::{Io, IoConfig, Mode, Rename, Runtime, SmallCopied, SmallCopy, AT_FDCWD};
+use arsync_io::{Backend, Io, IoConfig, Mode, Rename, Runtime, SmallCopied, SmallCopy, AT_FDCWD};
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
@@ -43,18 +48,18 @@ thread_local! {
 
 /// What creating a file in a destination directory gives, learned from the first one.
 #[derive(Debug, Clone, Copy)]
-struct Probe {
-    uid: u32,
-    gid: u32,
+pub(super) struct Probe {
+    pub(super) uid: u32,
+    pub(super) gid: u32,
     /// The mode is exactly the requested one minus the umask, and no selected xattr appeared.
-    plain: bool,
+    pub(super) plain: bool,
 }
 
 /// Per-worker cache of [`Probe`]s by destination directory (bounded).
 type Probes = Rc<RefCell<HashMap<PathBuf, Probe>>>;
 
 /// Most directories a worker remembers probes for.
-const PROBES_MAX: usize = 1024;
+pub(super) const PROBES_MAX: usize = 1024;
 
 /// A copied temporary file waiting for its attributes and its rename.
 struct Copied {
@@ -104,7 +109,8 @@ impl Engine {
             }
         };
         let probes: Probes = Rc::default();
-        let served = rt.block_on(Arc::clone(self).serve_batches(&rt, rx.clone(), probes));
+        let direct: Rc<RefCell<Direct>> = Rc::default();
+        let served = rt.block_on(Arc::clone(self).serve_batches(&rt, rx.clone(), probes, direct));
         if let Err(e) = served {
             self.error(format!("arsync: I/O runtime failed: {e}"));
             self.run_one_at_a_time(&rx);
@@ -127,9 +133,16 @@ impl Engine {
         rt: &Runtime,
         rx: crossbeam_channel::Receiver<Vec<EntryJob>>,
         probes: Probes,
+        direct: Rc<RefCell<Direct>>,
     ) {
-        let limit = self.opts.queue_depth.max(1);
         let io = rt.io();
+        // On the thread-pool backend a batch runs to completion on this thread (`direct`):
+        // taking more batches from the channel before running them would only keep them from
+        // an idle worker.
+        let limit = match io.backend() {
+            Backend::Threads => 1,
+            Backend::Uring => self.opts.queue_depth.max(1),
+        };
         let mut running: VecDeque<(usize, arsync_io::JoinHandle<()>)> = VecDeque::new();
         let mut files = 0;
         let mut busy = false;
@@ -160,7 +173,8 @@ impl Engine {
                 }
             };
             let n = batch.len();
-            let task = Arc::clone(&self).run_batch(io.clone(), batch, probes.clone());
+            let task =
+                Arc::clone(&self).run_batch(io.clone(), batch, probes.clone(), direct.clone());
             files += n;
             running.push_back((n, rt.spawn_local(task)));
         }
@@ -170,16 +184,39 @@ impl Engine {
     }
 
     /// Decides every entry of a batch (in order), then copies its small files together.
-    async fn run_batch(self: Arc<Self>, io: Io, jobs: Vec<EntryJob>, probes: Probes) {
-        let mut pre = self.stat_destinations(&io, &jobs).await;
+    async fn run_batch(
+        self: Arc<Self>,
+        io: Io,
+        jobs: Vec<EntryJob>,
+        probes: Probes,
+        direct: Rc<RefCell<Direct>>,
+    ) {
+        let mut pre = if io.backend() == Backend::Threads {
+            // On this thread, relative to the destination directory: no pool job.
+            match direct.try_borrow_mut() {
+                Ok(mut d) => self.stat_destinations_direct(&jobs, &mut d),
+                Err(_) => self.stat_destinations_direct(&jobs, &mut Direct::default()),
+            }
+        } else {
+            self.stat_destinations(&io, &jobs).await
+        };
         let mut small = Vec::new();
         for (i, job) in jobs.into_iter().enumerate() {
             SMALL.with(|s| *s.borrow_mut() = Some(Vec::new()));
             self.run_entry_job_with(job, pre[i].take());
             small.extend(SMALL.with(|s| s.borrow_mut().take()).unwrap_or_default());
         }
-        if !small.is_empty() {
-            self.copy_small(&io, small, &probes).await;
+        if small.is_empty() {
+            return;
+        }
+        match io.backend() {
+            // On the thread-pool backend the worker copies them itself: a pool job per
+            // stage would only add thread hand-offs.
+            Backend::Threads => match direct.try_borrow_mut() {
+                Ok(mut d) => self.copy_small_direct(small, &mut d),
+                Err(_) => self.copy_small_direct(small, &mut Direct::default()),
+            },
+            Backend::Uring => self.copy_small(&io, small, &probes).await,
         }
     }
 
@@ -396,7 +433,7 @@ impl Engine {
     /// The mode a temporary file is created with: the wanted permission bits (set-id bits are
     /// added by a `chmod` after any `chown`, which clears them). A non-root owner keeps write
     /// access until its xattrs are set (user xattrs need it).
-    fn create_mode(&self, w: &Wanted) -> u32 {
+    pub(super) fn create_mode(&self, w: &Wanted) -> u32 {
         let perms = w.perms.unwrap_or(0o600) & 0o777;
         if (self.opts.xattrs || self.opts.acls) && !self.am_root {
             perms | 0o600
