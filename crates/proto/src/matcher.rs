@@ -25,7 +25,14 @@ struct WeakTable {
     bits: u32,
     head: Vec<u32>,
     next: Vec<u32>,
+    /// One bit per [`FILTER_BITS`]-bit hash of the weak sums present: an
+    /// 8 KiB table that stays in the L1 cache, so most windows of data the
+    /// basis does not have are rejected without touching `head`.
+    filter: Vec<u64>,
 }
+
+/// Bits of a weak sum's hash that index [`WeakTable::filter`].
+const FILTER_BITS: u32 = 16;
 
 const NIL: u32 = u32::MAX;
 
@@ -38,14 +45,27 @@ impl WeakTable {
             bits,
             head: vec![NIL; size],
             next: vec![NIL; n],
+            filter: vec![0; (1 << FILTER_BITS) / 64],
         };
         // Insert in reverse so each chain lists lower block indices first.
         for (i, b) in sums.blocks.iter().enumerate().rev() {
             let h = t.slot(b.weak);
             t.next[i] = t.head[h];
             t.head[h] = i as u32;
+            let f = Self::filter_bit(b.weak);
+            t.filter[f / 64] |= 1 << (f % 64);
         }
         t
+    }
+
+    fn filter_bit(weak: u32) -> usize {
+        (weak.wrapping_mul(0x85EB_CA6B) >> (32 - FILTER_BITS)) as usize
+    }
+
+    /// False when no block has this weak sum (true: maybe).
+    fn may_contain(&self, weak: u32) -> bool {
+        let f = Self::filter_bit(weak);
+        self.filter[f / 64] & (1 << (f % 64)) != 0
     }
 
     fn slot(&self, weak: u32) -> usize {
@@ -130,6 +150,9 @@ impl DeltaEncoder {
 
     /// Looks for a block equal to the window `buf[pos..pos+len]`.
     fn find(&self, weak: u32, len: usize) -> Option<u32> {
+        if !self.table.may_contain(weak) {
+            return None;
+        }
         let mut i = self.table.head[self.table.slot(weak)];
         let mut strong: Option<Digest16> = None;
         let s2 = self.sums.head.s2length as usize;
