@@ -262,10 +262,14 @@ impl<C: Committer> FileWriter<C> {
     }
 
     /// A writer thread when the machine has more than one CPU, else inline.
+    /// `ARSYNC_WRITER_THREAD=0` in the environment forces inline writing
+    /// (for A/B measurements of the thread).
     pub fn for_machine(dest: DestRoot, committer: C) -> Self {
-        match std::thread::available_parallelism().map_or(1, |n| n.get()) {
-            1 => Self::inline(dest, committer),
-            _ => Self::start(dest, committer),
+        let disabled = std::env::var_os("ARSYNC_WRITER_THREAD").is_some_and(|v| v == "0");
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match disabled || cpus == 1 {
+            true => Self::inline(dest, committer),
+            false => Self::start(dest, committer),
         }
     }
 
