@@ -9,10 +9,15 @@
 //! - whole-file sums and `-c` file-list sums are unseeded.
 //!
 //! Digests are little-endian for the xxhash family (xxh128: low 64 bits first).
+//!
+//! XXH3 (64 and 128 bits) comes from `twox-hash`, which picks AVX2 or SSE2
+//! at run time (`xxhash-rust` fixes the SIMD level at compile time, SSE2
+//! for a generic x86-64 build); XXH64 from `xxhash-rust`. The weak sum uses
+//! AVX2 when the CPU has it.
 
 use md4::Md4;
 use md5::{Digest, Md5};
-use xxhash_rust::xxh3::Xxh3;
+use twox_hash::{XxHash3_128, XxHash3_64};
 use xxhash_rust::xxh64::Xxh64;
 
 /// Longest digest of any algorithm.
@@ -106,12 +111,12 @@ pub fn block_sum(algo: ChecksumAlgo, data: &[u8], seed: i32, seed_fix: bool) -> 
         ChecksumAlgo::Xxh64 => {
             Digest16::new(&xxhash_rust::xxh64::xxh64(data, seed as u32 as u64).to_le_bytes())
         }
-        ChecksumAlgo::Xxh3 => Digest16::new(
-            &xxhash_rust::xxh3::xxh3_64_with_seed(data, seed as u32 as u64).to_le_bytes(),
-        ),
-        ChecksumAlgo::Xxh128 => Digest16::new(
-            &xxhash_rust::xxh3::xxh3_128_with_seed(data, seed as u32 as u64).to_le_bytes(),
-        ),
+        ChecksumAlgo::Xxh3 => {
+            Digest16::new(&XxHash3_64::oneshot_with_seed(seed as u32 as u64, data).to_le_bytes())
+        }
+        ChecksumAlgo::Xxh128 => {
+            Digest16::new(&XxHash3_128::oneshot_with_seed(seed as u32 as u64, data).to_le_bytes())
+        }
         ChecksumAlgo::Md5 => {
             let mut h = Md5::new();
             if seed != 0 && seed_fix {
@@ -140,9 +145,9 @@ pub enum FileHasher {
     /// xxh64 state.
     Xxh64(Box<Xxh64>),
     /// xxh3 64-bit state.
-    Xxh3(Box<Xxh3>),
+    Xxh3(Box<XxHash3_64>),
     /// xxh3 128-bit state.
-    Xxh128(Box<Xxh3>),
+    Xxh128(Box<XxHash3_128>),
     /// MD5 state.
     Md5(Md5),
     /// MD4 state.
@@ -162,8 +167,8 @@ impl FileHasher {
     pub fn new(algo: ChecksumAlgo) -> Self {
         match algo {
             ChecksumAlgo::Xxh64 => FileHasher::Xxh64(Box::new(Xxh64::new(0))),
-            ChecksumAlgo::Xxh3 => FileHasher::Xxh3(Box::new(Xxh3::new())),
-            ChecksumAlgo::Xxh128 => FileHasher::Xxh128(Box::new(Xxh3::new())),
+            ChecksumAlgo::Xxh3 => FileHasher::Xxh3(Box::new(XxHash3_64::new())),
+            ChecksumAlgo::Xxh128 => FileHasher::Xxh128(Box::new(XxHash3_128::new())),
             ChecksumAlgo::Md5 => FileHasher::Md5(Md5::new()),
             ChecksumAlgo::Md4 => FileHasher::Md4(Md4::new()),
             ChecksumAlgo::None => FileHasher::None,
@@ -174,7 +179,8 @@ impl FileHasher {
     pub fn update(&mut self, data: &[u8]) {
         match self {
             FileHasher::Xxh64(h) => h.update(data),
-            FileHasher::Xxh3(h) | FileHasher::Xxh128(h) => h.update(data),
+            FileHasher::Xxh3(h) => std::hash::Hasher::write(&mut **h, data),
+            FileHasher::Xxh128(h) => h.write(data),
             FileHasher::Md5(h) => h.update(data),
             FileHasher::Md4(h) => h.update(data),
             FileHasher::None => {}
@@ -185,8 +191,8 @@ impl FileHasher {
     pub fn finish(self) -> Digest16 {
         match self {
             FileHasher::Xxh64(h) => Digest16::new(&h.digest().to_le_bytes()),
-            FileHasher::Xxh3(h) => Digest16::new(&h.digest().to_le_bytes()),
-            FileHasher::Xxh128(h) => Digest16::new(&h.digest128().to_le_bytes()),
+            FileHasher::Xxh3(h) => Digest16::new(&std::hash::Hasher::finish(&*h).to_le_bytes()),
+            FileHasher::Xxh128(h) => Digest16::new(&h.finish_128().to_le_bytes()),
             FileHasher::Md5(h) => Digest16::new(&h.finalize()),
             FileHasher::Md4(h) => Digest16::new(&h.finalize()),
             FileHasher::None => Digest16::new(&[0]),
@@ -210,30 +216,19 @@ pub struct Rolling {
 }
 
 impl Rolling {
-    /// Computes the sum of `block`.
-    ///
-    /// Eight bytes per step: over a step, s2 grows by `8 * s1` plus the
-    /// bytes weighted 8, 7, ..., 1 and s1 by the bytes' sum, which shortens
-    /// the per-byte dependency chain of the plain definition (all modulo
-    /// 2^32).
+    /// Computes the sum of `block` (32 bytes per step with AVX2 when the
+    /// CPU has it, else eight per step).
     pub fn new(block: &[u8]) -> Self {
-        let mut s1: u32 = 0;
-        let mut s2: u32 = 0;
-        let steps = block.chunks_exact(8);
-        let rest = steps.remainder();
-        for q in steps {
-            let v: [u32; 8] = std::array::from_fn(|j| q[j] as i8 as i32 as u32);
-            let sum = v.iter().fold(0u32, |a, &x| a.wrapping_add(x));
-            let weighted = v.iter().enumerate().fold(0u32, |a, (j, &x)| {
-                a.wrapping_add(x.wrapping_mul(8 - j as u32))
-            });
-            s2 = s2.wrapping_add(s1.wrapping_mul(8)).wrapping_add(weighted);
-            s1 = s1.wrapping_add(sum);
+        let (mut s1, mut s2) = (0u32, 0u32);
+        let mut rest = block;
+        #[cfg(target_arch = "x86_64")]
+        if block.len() >= simd::STEP && std::arch::is_x86_feature_detected!("avx2") {
+            let whole = block.len() / simd::STEP * simd::STEP;
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            (s1, s2) = unsafe { simd::sums_avx2(&block[..whole]) };
+            rest = &block[whole..];
         }
-        for &b in rest {
-            s1 = s1.wrapping_add(b as i8 as i32 as u32);
-            s2 = s2.wrapping_add(s1);
-        }
+        (s1, s2) = scalar_sums(s1, s2, rest);
         Rolling {
             s1,
             s2,
@@ -271,6 +266,89 @@ pub fn weak_sum(block: &[u8]) -> u32 {
     Rolling::new(block).digest()
 }
 
+/// Continues the sums `(s1, s2)` over `data`, eight bytes per step: over a
+/// step, s2 grows by `8 * s1` plus the bytes weighted 8, 7, ..., 1 and s1 by
+/// the bytes' sum, which shortens the per-byte dependency chain of the
+/// plain definition (all modulo 2^32).
+fn scalar_sums(mut s1: u32, mut s2: u32, data: &[u8]) -> (u32, u32) {
+    let steps = data.chunks_exact(8);
+    let rest = steps.remainder();
+    for q in steps {
+        let v: [u32; 8] = std::array::from_fn(|j| q[j] as i8 as i32 as u32);
+        let sum = v.iter().fold(0u32, |a, &x| a.wrapping_add(x));
+        let weighted = v.iter().enumerate().fold(0u32, |a, (j, &x)| {
+            a.wrapping_add(x.wrapping_mul(8 - j as u32))
+        });
+        s2 = s2.wrapping_add(s1.wrapping_mul(8)).wrapping_add(weighted);
+        s1 = s1.wrapping_add(sum);
+    }
+    for &b in rest {
+        s1 = s1.wrapping_add(b as i8 as i32 as u32);
+        s2 = s2.wrapping_add(s1);
+    }
+    (s1, s2)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    //! The weak sum with AVX2, 32 bytes per step. For a step of bytes
+    //! `b[0..32]` (signed), s1 grows by `sum(b)` and s2 by `32 * s1 +
+    //! sum((32 - j) * b[j])`. Eight 32-bit lanes keep partial sums; as
+    //! every operation is a sum modulo 2^32, adding the lanes at the end
+    //! gives the same result as the sequential definition.
+
+    use std::arch::x86_64::*;
+
+    /// Bytes per step.
+    pub const STEP: usize = 32;
+
+    /// `(s1, s2)` of `data` from zero; `data.len()` must be a multiple of
+    /// [`STEP`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn sums_avx2(data: &[u8]) -> (u32, u32) {
+        debug_assert_eq!(data.len() % STEP, 0);
+        let ones8 = _mm256_set1_epi8(1);
+        let ones16 = _mm256_set1_epi16(1);
+        let weights = _mm256_setr_epi8(
+            32, 31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11,
+            10, 9, 8, 7, 6, 5, 4, 3, 2, 1,
+        );
+        // Per lane: bytes summed so far, sums of those before each step,
+        // weighted sums of each step.
+        let mut v_s1 = _mm256_setzero_si256();
+        let mut v_prefix = _mm256_setzero_si256();
+        let mut v_weighted = _mm256_setzero_si256();
+        for step in data.chunks_exact(STEP) {
+            // SAFETY: `step` is 32 readable bytes; loadu needs no alignment.
+            let x = unsafe { _mm256_loadu_si256(step.as_ptr().cast::<__m256i>()) };
+            v_prefix = _mm256_add_epi32(v_prefix, v_s1);
+            // maddubs: unsigned first operand times signed bytes, pairs
+            // added into i16 (at most 2 * 32 * 128, no saturation).
+            let sum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, x), ones16);
+            let weighted = _mm256_madd_epi16(_mm256_maddubs_epi16(weights, x), ones16);
+            v_s1 = _mm256_add_epi32(v_s1, sum);
+            v_weighted = _mm256_add_epi32(v_weighted, weighted);
+        }
+        let s1 = lanes_sum(v_s1);
+        let s2 = lanes_sum(v_prefix)
+            .wrapping_mul(STEP as u32)
+            .wrapping_add(lanes_sum(v_weighted));
+        (s1, s2)
+    }
+
+    /// The eight 32-bit lanes added modulo 2^32.
+    #[target_feature(enable = "avx2")]
+    fn lanes_sum(v: __m256i) -> u32 {
+        let mut lanes = [0u32; 8];
+        // SAFETY: `lanes` is 32 writable bytes; storeu needs no alignment.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast::<__m256i>(), v) };
+        lanes.iter().fold(0u32, |a, &x| a.wrapping_add(x))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,11 +371,27 @@ mod tests {
         }
     }
 
+    proptest! {
+        #[test]
+        fn scalar_and_simd_paths_match_the_definition(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let (s1, s2) = scalar_sums(0, 0, &data);
+            prop_assert_eq!((s1 & 0xFFFF) | (s2 << 16), naive_weak(&data));
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                let whole = data.len() / simd::STEP * simd::STEP;
+                // SAFETY: the CPU supports AVX2 (checked above).
+                let (s1, s2) = unsafe { simd::sums_avx2(&data[..whole]) };
+                let (s1, s2) = scalar_sums(s1, s2, &data[whole..]);
+                prop_assert_eq!((s1 & 0xFFFF) | (s2 << 16), naive_weak(&data));
+            }
+        }
+    }
+
     #[test]
     fn stepped_weak_sum_extremes() {
         // Long runs of the extreme byte values exercise the modular arithmetic.
         for b in [0x00u8, 0x7F, 0x80, 0xFF] {
-            for n in [7usize, 8, 9, 700, 131_072, 1 << 20] {
+            for n in [7usize, 8, 9, 31, 32, 33, 64, 700, 131_072, 1 << 20] {
                 let v = vec![b; n];
                 assert_eq!(weak_sum(&v), naive_weak(&v), "byte {b:#x} x {n}");
             }

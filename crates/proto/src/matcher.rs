@@ -25,7 +25,14 @@ struct WeakTable {
     bits: u32,
     head: Vec<u32>,
     next: Vec<u32>,
+    /// One bit per [`FILTER_BITS`]-bit hash of the weak sums present: an
+    /// 8 KiB table that stays in the L1 cache, so most windows of data the
+    /// basis does not have are rejected without touching `head`.
+    filter: Vec<u64>,
 }
+
+/// Bits of a weak sum's hash that index [`WeakTable::filter`].
+const FILTER_BITS: u32 = 16;
 
 const NIL: u32 = u32::MAX;
 
@@ -38,14 +45,27 @@ impl WeakTable {
             bits,
             head: vec![NIL; size],
             next: vec![NIL; n],
+            filter: vec![0; (1 << FILTER_BITS) / 64],
         };
         // Insert in reverse so each chain lists lower block indices first.
         for (i, b) in sums.blocks.iter().enumerate().rev() {
             let h = t.slot(b.weak);
             t.next[i] = t.head[h];
             t.head[h] = i as u32;
+            let f = Self::filter_bit(b.weak);
+            t.filter[f / 64] |= 1 << (f % 64);
         }
         t
+    }
+
+    fn filter_bit(weak: u32) -> usize {
+        (weak.wrapping_mul(0x85EB_CA6B) >> (32 - FILTER_BITS)) as usize
+    }
+
+    /// False when no block has this weak sum (true: maybe).
+    fn may_contain(&self, weak: u32) -> bool {
+        let f = Self::filter_bit(weak);
+        self.filter[f / 64] & (1 << (f % 64)) != 0
     }
 
     fn slot(&self, weak: u32) -> usize {
@@ -65,8 +85,10 @@ pub struct DeltaEncoder {
     seed: i32,
     seed_fix: bool,
     /// Unprocessed input; `buf[start..pos]` is literal data not yet sent and
-    /// `pos` is the start of the current window.
+    /// `pos` is the start of the current window; `buf[..filled]` is valid
+    /// (the rest is room for [`DeltaEncoder::input`]).
     buf: Vec<u8>,
+    filled: usize,
     start: usize,
     pos: usize,
     rolling: Option<Rolling>,
@@ -106,6 +128,7 @@ impl DeltaEncoder {
             seed,
             seed_fix,
             buf: Vec::new(),
+            filled: 0,
             start: 0,
             pos: 0,
             rolling: None,
@@ -130,6 +153,9 @@ impl DeltaEncoder {
 
     /// Looks for a block equal to the window `buf[pos..pos+len]`.
     fn find(&self, weak: u32, len: usize) -> Option<u32> {
+        if !self.table.may_contain(weak) {
+            return None;
+        }
         let mut i = self.table.head[self.table.slot(weak)];
         let mut strong: Option<Digest16> = None;
         let s2 = self.sums.head.s2length as usize;
@@ -165,7 +191,8 @@ impl DeltaEncoder {
 
     fn compact(&mut self) {
         if self.start > 0 {
-            self.buf.drain(..self.start);
+            self.buf.copy_within(self.start..self.filled, 0);
+            self.filled -= self.start;
             self.pos -= self.start;
             self.start = 0;
         }
@@ -173,12 +200,31 @@ impl DeltaEncoder {
 
     /// Processes more of the new file, appending token bytes to `out`.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        self.hasher.update(data);
+        self.input(data.len()).copy_from_slice(data);
+        self.commit_input(data.len(), out)
+    }
+
+    /// Room for the next `n` bytes of the new file, to be read straight
+    /// into the encoder's buffer (no copy); then call
+    /// [`DeltaEncoder::commit_input`] with how many were filled.
+    pub fn input(&mut self, n: usize) -> &mut [u8] {
         self.compact();
-        self.buf.extend_from_slice(data);
+        let end = self.filled + n;
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
+        &mut self.buf[self.filled..end]
+    }
+
+    /// Processes the first `n` bytes of the room given by
+    /// [`DeltaEncoder::input`], appending token bytes to `out`.
+    pub fn commit_input(&mut self, n: usize, out: &mut Vec<u8>) -> Result<()> {
+        let n = n.min(self.buf.len() - self.filled);
+        self.hasher.update(&self.buf[self.filled..self.filled + n]);
+        self.filled += n;
         let blen = self.blen();
         if self.sums.blocks.is_empty() || blen == 0 {
-            while self.buf.len() - self.start >= CHUNK_SIZE {
+            while self.filled - self.start >= CHUNK_SIZE {
                 self.pos = self.start + CHUNK_SIZE;
                 self.flush_literal(out)?;
             }
@@ -188,7 +234,7 @@ impl DeltaEncoder {
             if self.pos - self.start >= CHUNK_SIZE {
                 self.flush_literal(out)?;
             }
-            if self.buf.len() - self.pos < blen {
+            if self.filled - self.pos < blen {
                 return Ok(());
             }
             let r = match self.rolling {
@@ -199,7 +245,7 @@ impl DeltaEncoder {
                 self.emit_match(i, blen, out)?;
                 continue;
             }
-            if self.pos + blen < self.buf.len() {
+            if self.pos + blen < self.filled {
                 let mut r = r;
                 r.roll(self.buf[self.pos], self.buf[self.pos + blen]);
                 self.rolling = Some(r);
@@ -216,7 +262,7 @@ impl DeltaEncoder {
     pub fn finish(mut self, out: &mut Vec<u8>) -> Result<DeltaStats> {
         if !self.sums.blocks.is_empty() && self.blen() > 0 {
             loop {
-                let k = self.buf.len() - self.pos;
+                let k = self.filled - self.pos;
                 if k == 0 {
                     break;
                 }
@@ -228,7 +274,7 @@ impl DeltaEncoder {
                 }
                 let r = match self.rolling {
                     Some(r) => r,
-                    None => Rolling::new(&self.buf[self.pos..]),
+                    None => Rolling::new(&self.buf[self.pos..self.filled]),
                 };
                 if let Some(i) = self.find(r.digest(), k) {
                     self.emit_match(i, k, out)?;
@@ -243,7 +289,7 @@ impl DeltaEncoder {
                 }
             }
         }
-        self.pos = self.buf.len();
+        self.pos = self.filled;
         while self.pos - self.start > CHUNK_SIZE {
             let end = self.pos;
             self.pos = self.start + CHUNK_SIZE;
@@ -365,6 +411,32 @@ mod tests {
             apply_fmt(&basis, head, &zl, ChecksumAlgo::Xxh128, true),
             new
         );
+    }
+
+    proptest! {
+        /// Reading into `input` (filling less than asked, as a short read
+        /// does) gives the same tokens as `feed`.
+        #[test]
+        fn input_in_place_equals_feed(basis in proptest::collection::vec(0u8..4, 0..5000), new in proptest::collection::vec(0u8..4, 0..5000), ask in 1usize..3000, short in 0usize..3000) {
+            let (fed, st, _) = delta(&basis, &new, ask);
+            let algo = ChecksumAlgo::Xxh128;
+            let head = SumHead::for_file(basis.len() as u64, false, 16).unwrap();
+            let sums = SumSet::compute(&basis, head, algo, 42, true);
+            let mut enc = DeltaEncoder::new(sums, algo, 42, true);
+            let mut out = Vec::new();
+            let mut rest = &new[..];
+            while !rest.is_empty() {
+                let room = enc.input(ask);
+                let n = room.len().min(rest.len()).min(short.max(1));
+                room[..n].copy_from_slice(&rest[..n]);
+                enc.commit_input(n, &mut out).unwrap();
+                rest = &rest[n..];
+            }
+            let st2 = enc.finish(&mut out).unwrap();
+            prop_assert_eq!(st, st2);
+            prop_assert_eq!(apply(&basis, head, &out, algo), new.clone());
+            prop_assert_eq!(apply(&basis, head, &fed, algo), new);
+        }
     }
 
     proptest! {

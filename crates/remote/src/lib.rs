@@ -24,6 +24,7 @@ pub mod daemon;
 pub mod daemon_server;
 pub mod error;
 pub mod events;
+pub mod filewriter;
 pub mod fsys;
 pub mod ids;
 pub mod opts;

@@ -46,6 +46,7 @@ use crate::conn::{join_errors, InStream, OutStream};
 use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
 use crate::events::{EventSink, FileEvent};
+use crate::filewriter::{Committer, FileWriter};
 use crate::fsys::{punch_zero_blocks, read_basis, DelayedFile, DestRoot, Meta, TempFile};
 use crate::ids::{IdMap, IdNames};
 use crate::opts::{AltMatch, DeleteLimit, TransferOpts};
@@ -1229,10 +1230,120 @@ fn generator<W: Write>(
     Ok((errors, outs.total_written(), limit.skipped))
 }
 
+/// The commit step of a verified file, run on the writer thread: holes
+/// (`-S`), xattrs (before the mode, which may forbid them), mode, owner and
+/// times, ACLs, then the rename (or, with `--delay-updates`, the rename at
+/// the end of the redo phase).
+struct CommitStep {
+    files: Arc<Vec<FileEntry>>,
+    fopts: FlistOptions,
+    attr: AttrCtx,
+    sparse: bool,
+    delay_updates: bool,
+    events: Option<EventSink>,
+    /// `--delay-updates`: (index, temporary file) renamed at the phase end.
+    delayed: Vec<(usize, DelayedFile)>,
+    /// `-b` and friends: the old file is backed up before it is replaced.
+    opts: TransferOpts,
+    /// `--remove-source-files`: each file in place is confirmed to the sender.
+    success: Option<Sender<ToGen>>,
+}
+
+impl CommitStep {
+    fn set_attrs(&self, dest: &DestRoot, tmp: &TempFile, e: &FileEntry) -> Result<()> {
+        let root = self.attr.root;
+        let fd = Target::Fd(std::os::fd::AsFd::as_fd(&tmp.file));
+        let who = String::from_utf8_lossy(&e.name).into_owned();
+        if self.sparse {
+            punch_zero_blocks(&tmp.file)?;
+        }
+        if let (Some(store), Some(xn)) = (&self.attr.xstore, e.xattr_ndx) {
+            // Values left abbreviated matched the old file.
+            let basis = match dest.lstat(&e.name)? {
+                Some(m) if m.file_type == rustix::fs::FileType::RegularFile => {
+                    dest.with_attr_target(&e.name, |t| attrs::read_xattrs(t, root, &who))?
+                }
+                _ => Vec::new(),
+            };
+            store.apply(xn, fd, &basis, root, &who)?;
+        }
+        DestRoot::set_file_meta(&tmp.file, &meta_of(e, &self.fopts, root))?;
+        self.attr.apply_acls(fd, e)
+    }
+
+    /// `--remove-source-files`: tells the sender this file is in place.
+    fn confirm(&self, ndx: usize) {
+        if let Some(tx) = &self.success {
+            let _ = tx.send(ToGen::Success(ndx as i32));
+        }
+    }
+
+    fn emit(&self, name: &[u8], literal: u64, matched: u64) {
+        if let Some(ev) = &self.events {
+            ev.emit(&FileEvent::Transferred {
+                name,
+                literal,
+                matched,
+            });
+        }
+    }
+}
+
+impl Committer for CommitStep {
+    fn commit(
+        &mut self,
+        dest: &DestRoot,
+        tmp: TempFile,
+        ndx: usize,
+        name: &[u8],
+        literal: u64,
+        matched: u64,
+    ) -> Result<()> {
+        let files = Arc::clone(&self.files);
+        let Some(e) = files.get(ndx) else {
+            DestRoot::remove_temp(tmp);
+            return Err(RemoteError::Usage(format!("no file list entry {ndx}")));
+        };
+        if let Err(err) = self.set_attrs(dest, &tmp, e) {
+            DestRoot::remove_temp(tmp);
+            return Err(err);
+        }
+        if self.delay_updates {
+            self.delayed.push((ndx, DestRoot::delay(tmp)));
+            return Ok(());
+        }
+        if let Err(err) = self.opts.make_backup(dest, name) {
+            DestRoot::remove_temp(tmp);
+            return Err(err);
+        }
+        dest.commit(tmp, name)?;
+        self.confirm(ndx);
+        self.emit(name, literal, matched);
+        Ok(())
+    }
+
+    fn end_phase(&mut self, dest: &DestRoot) -> Vec<String> {
+        let mut errors = Vec::new();
+        let files = Arc::clone(&self.files);
+        for (i, d) in std::mem::take(&mut self.delayed) {
+            let name = &files[i].name;
+            let backed = self.opts.make_backup(dest, name);
+            match backed.and_then(|_| dest.commit_delayed(&d, name)) {
+                Ok(()) => {
+                    self.confirm(i);
+                    self.emit(name, 0, 0);
+                }
+                Err(err) => errors.push(format!("{}: {err}", String::from_utf8_lossy(name))),
+            }
+        }
+        errors
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn receiver<R: Read>(
     ins: &mut InStream<R>,
-    files: &[FileEntry],
+    files: &Arc<Vec<FileEntry>>,
     active: &[bool],
     requested: &[AtomicBool],
     dest: &DestRoot,
@@ -1248,8 +1359,22 @@ fn receiver<R: Read>(
     let mut phase = 0u32;
     let mut summary = TransferSummary::default();
     let mut redo_sent = vec![false; files.len()];
-    // --delay-updates: (index, temporary file) renamed after the redo phase.
-    let mut delayed: Vec<(usize, DelayedFile)> = Vec::new();
+    let step = CommitStep {
+        files: Arc::clone(files),
+        fopts: fopts.clone(),
+        attr: attr.clone(),
+        sparse: mode.sparse,
+        delay_updates: mode.delay_updates,
+        events: mode.events.clone(),
+        delayed: Vec::new(),
+        opts: mode.opts.clone(),
+        success: mode.opts.remove_source_files.then(|| tx.clone()),
+    };
+    let mut bufs = RecvBuffers {
+        writer: FileWriter::for_machine(dest.clone(), step),
+        out: Vec::new(),
+        window: BasisWindow::default(),
+    };
     loop {
         match ins.decode(|r| decode_item(&mut codec, r))? {
             NdxItem::Done => {
@@ -1258,27 +1383,9 @@ fn receiver<R: Read>(
                     let _ = tx.send(ToGen::Phase0Done);
                 }
                 if phase == 2 {
-                    for (i, d) in delayed.drain(..) {
-                        let e = &files[i];
-                        let backed = mode.opts.make_backup(dest, &e.name);
-                        match backed.and_then(|_| dest.commit_delayed(&d, &e.name)) {
-                            Ok(()) => {
-                                if mode.opts.remove_source_files {
-                                    let _ = tx.send(ToGen::Success(i as i32));
-                                }
-                                if let Some(ev) = &mode.events {
-                                    ev.emit(&FileEvent::Transferred {
-                                        name: &e.name,
-                                        literal: 0,
-                                        matched: 0,
-                                    });
-                                }
-                            }
-                            Err(err) => summary
-                                .errors
-                                .push(format!("{}: {err}", String::from_utf8_lossy(&e.name))),
-                        }
-                    }
+                    // Every file is on disk (and delayed ones renamed)
+                    // before the generator's deletion pass.
+                    summary.errors.extend(bufs.writer.end_phase()?);
                     let _ = tx.send(ToGen::RedoDone);
                 }
                 if phase > MAX_PHASE {
@@ -1339,11 +1446,19 @@ fn receiver<R: Read>(
                     summary.files_transferred += 1;
                     continue;
                 }
-                let (good, lit, matched) =
-                    receive_file(ins, e, dest, neg.checksum, compressed, mode.partial)?;
+                let (good, lit, matched) = receive_file(
+                    ins,
+                    e,
+                    dest,
+                    neg.checksum,
+                    compressed,
+                    mode.partial,
+                    &mut bufs,
+                )?;
                 summary.literal_bytes += lit;
                 summary.matched_bytes += matched;
-                if good.is_none() {
+                if !good {
+                    bufs.writer.discard()?;
                     if phase == 0 && !redo_sent[ndx as usize] {
                         redo_sent[ndx as usize] = true;
                         summary.files_redone += 1;
@@ -1353,62 +1468,9 @@ fn receiver<R: Read>(
                             String::from_utf8_lossy(&e.name).into_owned(),
                         ));
                     }
-                } else if let Some(tmp) = good {
-                    let fd = Target::Fd(std::os::fd::AsFd::as_fd(&tmp.file));
-                    let who = String::from_utf8_lossy(&e.name).into_owned();
-                    let set_attrs = || -> Result<()> {
-                        if mode.sparse {
-                            punch_zero_blocks(&tmp.file)?;
-                        }
-                        if let Some((store, xn)) = xstore {
-                            // Values left abbreviated matched the old file.
-                            let basis = match dest.lstat(&e.name)? {
-                                Some(m) if m.file_type == rustix::fs::FileType::RegularFile => dest
-                                    .with_attr_target(&e.name, |t| {
-                                        attrs::read_xattrs(t, root, &who)
-                                    })?,
-                                _ => Vec::new(),
-                            };
-                            store.apply(xn, fd, &basis, root, &who)?;
-                        }
-                        DestRoot::set_file_meta(&tmp.file, &meta_of(e, fopts, root))?;
-                        attr.apply_acls(fd, e)
-                    };
-                    let r = match set_attrs() {
-                        Ok(()) if mode.delay_updates => {
-                            delayed.push((ndx as usize, DestRoot::delay(tmp)));
-                            summary.files_transferred += 1;
-                            continue;
-                        }
-                        Ok(()) => match mode.opts.make_backup(dest, &e.name) {
-                            Ok(_) => dest.commit(tmp, &e.name),
-                            Err(err) => {
-                                DestRoot::remove_temp(tmp);
-                                Err(err)
-                            }
-                        },
-                        Err(err) => {
-                            DestRoot::remove_temp(tmp);
-                            Err(err)
-                        }
-                    };
-                    match r {
-                        Err(err) => summary
-                            .errors
-                            .push(format!("{}: {err}", String::from_utf8_lossy(&e.name))),
-                        Ok(()) => {
-                            if mode.opts.remove_source_files {
-                                let _ = tx.send(ToGen::Success(ndx));
-                            }
-                            if let Some(ev) = &mode.events {
-                                ev.emit(&FileEvent::Transferred {
-                                    name: &e.name,
-                                    literal: lit,
-                                    matched,
-                                });
-                            }
-                        }
-                    }
+                } else {
+                    // The writer applies attributes and renames into place.
+                    bufs.writer.commit(ndx as usize, lit, matched)?;
                     summary.files_transferred += 1;
                 }
             }
@@ -1419,6 +1481,9 @@ fn receiver<R: Read>(
             }
         }
     }
+    // Every file is written and committed before the generator's final
+    // steps (hard links, directory times) run.
+    summary.errors.extend(bufs.writer.finish()?);
     if mode.read_stats {
         summary.stats = ins.decode(Stats::decode_as_receiver)?;
     }
@@ -1442,10 +1507,70 @@ fn receiver<R: Read>(
 }
 
 /// Bytes of received file data collected before one write.
-const WRITE_BATCH: usize = 1 << 20;
+const WRITE_BATCH: usize = crate::filewriter::BUFFER_SIZE;
 
-/// Receives one file's data into a temporary file. Returns the temp file if
-/// the whole-file checksum matched (None if not), and literal/matched byte counts.
+/// Bytes of basis file read at once for matched blocks.
+const BASIS_WINDOW: usize = 256 << 10;
+
+/// The receiver's writer and buffers reused across received files.
+#[derive(Debug)]
+struct RecvBuffers {
+    /// Writes, commits and discards the received files.
+    writer: FileWriter<CommitStep>,
+    /// File data collected for the next write (a buffer of the writer's).
+    out: Vec<u8>,
+    /// Where matched blocks are read from.
+    window: BasisWindow,
+}
+
+/// A window of the basis file: matched blocks are mostly consecutive, so
+/// one large `pread` serves many of them.
+#[derive(Debug, Default)]
+struct BasisWindow {
+    window: Vec<u8>,
+    window_start: u64,
+    window_len: usize,
+}
+
+impl BasisWindow {
+    /// The basis bytes `[off, off + n)`, reading a new window if needed.
+    fn get<'a>(&'a mut self, f: &File, off: u64, n: usize) -> Result<&'a [u8]> {
+        let inside = off >= self.window_start
+            && off + n as u64 <= self.window_start + self.window_len as u64;
+        if !inside {
+            let size = BASIS_WINDOW.max(n);
+            if self.window.len() < size {
+                self.window.resize(size, 0);
+            }
+            let mut got = 0;
+            while got < size {
+                match f.read_at(&mut self.window[got..size], off + got as u64) {
+                    Ok(0) => break,
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(RemoteError::io("reading the basis file", e)),
+                }
+            }
+            self.window_start = off;
+            self.window_len = got;
+            if got < n {
+                self.window_len = 0;
+                return Err(RemoteError::io(
+                    "reading the basis file",
+                    std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                ));
+            }
+        }
+        let at = (off - self.window_start) as usize;
+        Ok(&self.window[at..at + n])
+    }
+}
+
+/// Receives one file's data and hands it to the writer (which creates the
+/// temporary file). Returns whether the whole-file checksum matched, and
+/// the literal/matched byte counts; the caller then commits or discards.
+/// On an error the file is aborted (with `partial`, what arrived is kept
+/// as the next run's basis, its mtime left alone, as rsync does).
 fn receive_file<R: Read>(
     ins: &mut InStream<R>,
     e: &FileEntry,
@@ -1453,7 +1578,8 @@ fn receive_file<R: Read>(
     algo: ChecksumAlgo,
     compressed: bool,
     partial: bool,
-) -> Result<(Option<TempFile>, u64, u64)> {
+    bufs: &mut RecvBuffers,
+) -> Result<(bool, u64, u64)> {
     let dlen = algo.digest_len();
     let head = ins.decode(|r| SumHead::decode(r, dlen))?;
     let basis = if head.count > 0 {
@@ -1461,78 +1587,132 @@ fn receive_file<R: Read>(
     } else {
         None
     };
-    let tmp = dest.create_temp(&e.name)?;
-    let f = &tmp.file;
-    let res: Result<(bool, u64, u64)> = (|| {
-        let mut hasher = FileHasher::new(algo);
-        let mut dec = TokenSource::new(compressed, head.count as u32);
-        let mut offset = 0u64;
-        let (mut lit, mut matched) = (0u64, 0u64);
-        let mut block = vec![0u8; head.blength as usize];
-        // Data is written in batches of about WRITE_BATCH bytes, not per token.
-        let mut out: Vec<u8> = Vec::new();
-        let write_out = |out: &mut Vec<u8>, offset: &mut u64| -> Result<()> {
-            if out.is_empty() {
-                return Ok(());
-            }
-            f.write_all_at(out, *offset).map_err(|err| {
-                RemoteError::io(format!("writing {}", String::from_utf8_lossy(&e.name)), err)
-            })?;
-            *offset += out.len() as u64;
-            out.clear();
-            Ok(())
+    // A new basis: forget the old window.
+    bufs.window.window_len = 0;
+    bufs.writer.begin(&e.name)?;
+    let mut offset = 0u64;
+    let res = receive_data(
+        ins,
+        e,
+        &head,
+        basis.as_ref(),
+        algo,
+        compressed,
+        bufs,
+        &mut offset,
+    );
+    if res.is_err() {
+        // Hand over what was verified-so-far data, then keep or drop it.
+        let rest = std::mem::take(&mut bufs.out);
+        let _ = bufs
+            .writer
+            .data(offset, rest)
+            .and_then(|()| bufs.writer.abort(partial));
+    }
+    res
+}
+
+/// The token loop of [`receive_file`]; `offset` is how much was handed
+/// to the writer.
+#[allow(clippy::too_many_arguments)]
+fn receive_data<R: Read>(
+    ins: &mut InStream<R>,
+    e: &FileEntry,
+    head: &SumHead,
+    basis: Option<&File>,
+    algo: ChecksumAlgo,
+    compressed: bool,
+    bufs: &mut RecvBuffers,
+    offset: &mut u64,
+) -> Result<(bool, u64, u64)> {
+    let dlen = algo.digest_len();
+    let mut hasher = FileHasher::new(algo);
+    let (mut lit, mut matched) = (0u64, 0u64);
+    if bufs.out.capacity() == 0 {
+        bufs.out = bufs.writer.buffer();
+    }
+    // Data goes to the writer in batches of about WRITE_BATCH bytes.
+    let write_out = |bufs: &mut RecvBuffers, offset: &mut u64| -> Result<()> {
+        if bufs.out.is_empty() {
+            return Ok(());
+        }
+        let n = bufs.out.len() as u64;
+        let next = bufs.writer.buffer();
+        bufs.writer
+            .data(*offset, std::mem::replace(&mut bufs.out, next))?;
+        *offset += n;
+        Ok(())
+    };
+    let block = |i: u32, bufs: &mut RecvBuffers, hasher: &mut FileHasher| -> Result<u64> {
+        let Some(bf) = basis else {
+            return Err(RemoteError::Refused(format!(
+                "block match with no basis file for {}",
+                String::from_utf8_lossy(&e.name)
+            )));
         };
+        let n = head.block_len(i as i32);
+        let data = bufs.window.get(bf, i as u64 * head.blength as u64, n)?;
+        hasher.update(data);
+        bufs.out.extend_from_slice(data);
+        Ok(n as u64)
+    };
+    if compressed {
+        let mut dec = TokenSource::new(true, head.count as u32);
         loop {
             match ins.decode(|r| dec.decode(r))? {
                 Token::Literal(b) => {
                     hasher.update(&b);
-                    out.extend_from_slice(&b);
+                    bufs.out.extend_from_slice(&b);
                     lit += b.len() as u64;
                 }
-                Token::Block(i) => {
-                    let Some(bf) = basis.as_ref() else {
-                        return Err(RemoteError::Refused(format!(
-                            "block match with no basis file for {}",
-                            String::from_utf8_lossy(&e.name)
-                        )));
-                    };
-                    let n = head.block_len(i as i32);
-                    read_basis(bf, i as u64 * head.blength as u64, &mut block[..n])?;
-                    hasher.update(&block[..n]);
-                    out.extend_from_slice(&block[..n]);
-                    matched += n as u64;
-                }
+                Token::Block(i) => matched += block(i, bufs, &mut hasher)?,
                 Token::End => break,
             }
-            if out.len() >= WRITE_BATCH {
-                write_out(&mut out, &mut offset)?;
+            if bufs.out.len() >= WRITE_BATCH {
+                write_out(bufs, offset)?;
             }
         }
-        write_out(&mut out, &mut offset)?;
-        let theirs = ins.decode(|r| Ok(r.bytes(dlen)?.to_vec()))?;
-        Ok((
-            hasher.finish().as_bytes() == theirs.as_slice(),
-            lit,
-            matched,
-        ))
-    })();
-    match res {
-        Ok((true, l, m)) => Ok((Some(tmp), l, m)),
-        Ok((false, l, m)) => {
-            DestRoot::remove_temp(tmp);
-            Ok((None, l, m))
-        }
-        Err(err) => {
-            // --partial: what was written replaces the file (its mtime left
-            // alone, so the next run uses it as the basis), as rsync does;
-            // data still in the write batch (< 1 MiB) is lost.
-            let keep = partial && tmp.file.metadata().is_ok_and(|m| m.len() > 0);
-            if keep {
-                let _ = dest.commit(tmp, &e.name);
+    } else {
+        // Plain tokens, decoded here so literal data is hashed and batched
+        // straight from the input buffer (no copy per token).
+        loop {
+            let t = ins.decode(|r| r.i32())?;
+            if t == 0 {
+                break;
+            }
+            if t > 0 {
+                let mut left = t as usize;
+                while left > 0 {
+                    let room = WRITE_BATCH.saturating_sub(bufs.out.len()).max(1);
+                    let data = ins.take(left.min(room))?;
+                    hasher.update(data);
+                    bufs.out.extend_from_slice(data);
+                    left -= data.len();
+                    lit += data.len() as u64;
+                    if bufs.out.len() >= WRITE_BATCH {
+                        write_out(bufs, offset)?;
+                    }
+                }
             } else {
-                DestRoot::remove_temp(tmp);
+                let i = -(t as i64) - 1;
+                if i >= head.count as i64 {
+                    return Err(RemoteError::Proto(arsync_proto::Error::malformed(
+                        "token",
+                        format!("block index {i} but the basis has {} blocks", head.count),
+                    )));
+                }
+                matched += block(i as u32, bufs, &mut hasher)?;
+                if bufs.out.len() >= WRITE_BATCH {
+                    write_out(bufs, offset)?;
+                }
             }
-            Err(err)
         }
     }
+    write_out(bufs, offset)?;
+    let theirs = ins.decode(|r| Ok(r.bytes(dlen)?.to_vec()))?;
+    Ok((
+        hasher.finish().as_bytes() == theirs.as_slice(),
+        lit,
+        matched,
+    ))
 }

@@ -452,11 +452,12 @@ pub(crate) fn send_session<R: Read, W: Write>(
                     );
                     let mut out = Vec::new();
                     loop {
-                        let n = read_chunk(&mut f, &mut chunk)?;
+                        // Read straight into the encoder's buffer.
+                        let n = read_chunk(&mut f, delta.input(chunk.len()))?;
                         if n == 0 {
                             break;
                         }
-                        delta.feed(&chunk[..n], &mut out)?;
+                        delta.commit_input(n, &mut out)?;
                         if out.len() >= 64 * 1024 {
                             outs.write(&out)?;
                             out.clear();
