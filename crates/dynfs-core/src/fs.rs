@@ -516,11 +516,17 @@ impl Fs {
         let (name, target) = (name.to_vec(), target.to_vec());
         self.pool.meta.write_lazy(move |tx| {
             let (name, target) = (name.as_slice(), target.as_slice());
-            let p = get_inode(tx, LIVE, parent)?;
+            // Each table is opened once: opening a table costs a lookup in redb's table tree.
+            let mut inodes = tx.open_table(INODES)?;
+            let mut p: Inode = match inodes.get((LIVE, parent))? {
+                Some(g) => meta::dec(g.value())?,
+                None => return Err(errno(libc::ENOENT)),
+            };
             if p.kind != Kind::Dir {
                 return Err(errno(libc::ENOTDIR));
             }
-            if get_dirent(tx, LIVE, parent, name)?.is_some() {
+            let mut dirents = tx.open_table(DIRENTS)?;
+            if dirents.get((LIVE, parent, name))?.is_some() {
                 return Err(errno(libc::EEXIST));
             }
             let ino = meta::alloc(tx, "next_ino", 2)?;
@@ -538,9 +544,16 @@ impl Fs {
                     i.perm |= libc::S_ISGID;
                 }
             }
-            put_inode(tx, LIVE, ino, &i)?;
-            tx.open_table(DIRENTS)?.insert((LIVE, parent, name), ino)?;
-            touch_dir(tx, parent, if kind == Kind::Dir { 1 } else { 0 })?;
+            inodes.insert((LIVE, ino), meta::enc(&i)?.as_slice())?;
+            dirents.insert((LIVE, parent, name), ino)?;
+            // What touch_dir does, on the table already open.
+            let now = Ts::now();
+            p.mtime = now;
+            p.ctime = now;
+            if kind == Kind::Dir {
+                p.nlink += 1;
+            }
+            inodes.insert((LIVE, parent), meta::enc(&p)?.as_slice())?;
             Ok((ino, i))
         })
     }

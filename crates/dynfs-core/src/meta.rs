@@ -2,7 +2,9 @@
 //!
 //! Every disk in the pool that is not failed holds a replica `meta/dynfs.redb`. A metadata change
 //! is a closure applied, in one redb write transaction each, to every live replica in turn; each
-//! transaction also increments the `generation` counter. Opening the pool reads every replica,
+//! durable transaction also increments the `generation` counter (lazy, non-durable changes do
+//! not: they are lost on a crash on every replica alike, so replicas that made the same
+//! durable commits always have the same generation). Opening the pool reads every replica,
 //! takes the one with the highest generation that opens cleanly, and copies it over stale,
 //! damaged or missing replicas. Losing any M disks (M = tolerance of the default policy, and we
 //! keep a replica on every disk) therefore loses no metadata.
@@ -279,13 +281,184 @@ pub fn alloc(tx: &WriteTransaction, name: &str, first: u64) -> Result<u64> {
 /// A lazy metadata change waiting to be applied to a secondary replica.
 type Op = Arc<dyn Fn(&WriteTransaction) -> Result<()> + Send + Sync>;
 
-/// Lazy changes queued for the secondaries before they are applied in one batch anyway.
+/// Lazy changes queued for the secondaries before the writer applies them itself (the
+/// background catch-up has fallen this far behind).
 const MAX_PENDING: usize = 4096;
+
+/// Queued lazy changes that wake the background catch-up of the secondaries.
+const CATCH_UP_BATCH: usize = 256;
 
 struct Replica {
     disk: u32,
     path: PathBuf,
     db: Database,
+    /// Sequence number ([`Queue`]) of the next lazy change this replica has to apply
+    /// (secondaries only). Held while changes are applied to the replica.
+    applied: Mutex<u64>,
+}
+
+impl Replica {
+    fn new(disk: u32, path: PathBuf, db: Database, applied: u64) -> Arc<Self> {
+        Arc::new(Replica {
+            disk,
+            path,
+            db,
+            applied: Mutex::new(applied),
+        })
+    }
+
+    fn applied(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Lazy changes the primary has committed and some secondary may not have applied yet, in
+/// commit order: change `base + i` is `ops[i]`.
+#[derive(Default)]
+struct Queue {
+    ops: std::collections::VecDeque<Op>,
+    base: u64,
+}
+
+impl Queue {
+    /// Sequence number of the next change to be queued.
+    fn end(&self) -> u64 {
+        self.base + self.ops.len() as u64
+    }
+
+    /// The changes from sequence number `from` on.
+    fn since(&self, from: u64) -> Vec<Op> {
+        let skip = from.saturating_sub(self.base) as usize;
+        self.ops.iter().skip(skip).cloned().collect()
+    }
+
+    /// Forget the changes every replica in `secondaries` has applied.
+    fn trim(&mut self, secondaries: &[Arc<Replica>]) {
+        let done = secondaries
+            .iter()
+            .map(|r| *r.applied())
+            .min()
+            .unwrap_or(self.end());
+        while self.base < done && self.ops.pop_front().is_some() {
+            self.base += 1;
+        }
+    }
+}
+
+/// What the writers and the background catch-up thread share.
+struct Shared {
+    replicas: RwLock<Vec<Arc<Replica>>>,
+    /// Held for every write; the queue of lazy changes the secondaries have not all applied.
+    queue: Mutex<Queue>,
+    /// Wakes the catch-up thread.
+    wake: std::sync::Condvar,
+    /// Set when the store is dropped: the catch-up thread exits.
+    closing: AtomicBool,
+}
+
+impl Shared {
+    fn live(&self) -> Vec<Arc<Replica>> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn drop_replicas(&self, failed: &[u32]) {
+        if !failed.is_empty() {
+            self.replicas
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|r| !failed.contains(&r.disk));
+        }
+    }
+
+    /// Background catch-up: apply the queued lazy changes to each secondary in one
+    /// non-durable transaction, without holding the queue (writers go on committing to the
+    /// primary meanwhile), so that a durable commit finds little left to do.
+    fn catch_up_in_background(&self) {
+        let (ops, base, end) = {
+            let q = self.lock_queue();
+            (q.since(q.base), q.base, q.end())
+        };
+        let live = self.live();
+        let mut failed = Vec::new();
+        for r in live.iter().skip(1) {
+            let mut applied = r.applied();
+            if *applied >= end || *applied < base {
+                continue;
+            }
+            let from = (*applied - base) as usize;
+            match commit::<()>(r, &ops[from..], None, false) {
+                Ok(_) => *applied = end,
+                Err(e) => {
+                    tracing::error!(disk = r.disk, error = %e, "metadata replica failed; dropped until next open");
+                    failed.push(r.disk);
+                }
+            }
+        }
+        self.drop_replicas(&failed);
+        let live = self.live();
+        self.lock_queue().trim(live.get(1..).unwrap_or_default());
+    }
+
+    /// Apply every queued change to every secondary (the queue lock held by the caller).
+    fn catch_up(&self, q: &mut Queue) {
+        let live = self.live();
+        let mut failed = Vec::new();
+        for r in live.iter().skip(1) {
+            let mut applied = r.applied();
+            let ops = q.since(*applied);
+            if ops.is_empty() {
+                continue;
+            }
+            match commit::<()>(r, &ops, None, false) {
+                Ok(_) => *applied = q.end(),
+                Err(e) => {
+                    tracing::error!(disk = r.disk, error = %e, "metadata replica failed; dropped until next open");
+                    failed.push(r.disk);
+                }
+            }
+        }
+        self.drop_replicas(&failed);
+        let live = self.live();
+        q.trim(live.get(1..).unwrap_or_default());
+    }
+}
+
+/// Start the thread that keeps the secondaries close behind the primary; it exits when
+/// [`Shared::closing`] is set (the store joins it when dropped).
+fn spawn_catch_up(shared: &Arc<Shared>) -> Option<std::thread::JoinHandle<()>> {
+    let shared = shared.clone();
+    std::thread::Builder::new()
+        .name("dynfs-meta-sync".into())
+        .spawn(move || loop {
+            {
+                let q = shared.lock_queue();
+                if shared.closing.load(Ordering::Acquire) {
+                    return;
+                }
+                if q.ops.len() < CATCH_UP_BATCH {
+                    let (q, _) = shared
+                        .wake
+                        .wait_timeout(q, std::time::Duration::from_millis(200))
+                        .unwrap_or_else(|e| e.into_inner());
+                    if shared.closing.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if q.ops.is_empty() {
+                        continue;
+                    }
+                }
+            }
+            shared.catch_up_in_background();
+        })
+        .map_err(|e| tracing::warn!(error = %e, "cannot start the metadata catch-up thread"))
+        .ok()
 }
 
 fn no_result() -> Error {
@@ -295,7 +468,8 @@ fn no_result() -> Error {
 /// A metadata change applied once per replica.
 type Change<'a, T> = &'a (dyn Fn(&WriteTransaction) -> Result<T> + Sync);
 
-/// One write transaction on `r`: the queued `ops`, then `f`, each bumping the generation.
+/// One write transaction on `r`: the queued `ops`, then `f`; a durable one also bumps the
+/// generation.
 fn commit<T>(
     r: &Replica,
     ops: &[Op],
@@ -306,22 +480,17 @@ fn commit<T>(
     if !durable {
         tx.set_durability(redb::Durability::None);
     }
-    let bump = |tx: &WriteTransaction| -> Result<()> {
-        let g = counter(tx, "generation")?;
-        set_counter(tx, "generation", g + 1)
-    };
     for op in ops {
         op(&tx)?;
-        bump(&tx)?;
     }
     let out = match f {
-        Some(f) => {
-            let out = f(&tx)?;
-            bump(&tx)?;
-            Some(out)
-        }
+        Some(f) => Some(f(&tx)?),
         None => None,
     };
+    if durable {
+        let g = counter(&tx, "generation")?;
+        set_counter(&tx, "generation", g + 1)?;
+    }
     tx.commit()?;
     Ok(out)
 }
@@ -329,10 +498,16 @@ fn commit<T>(
 impl Drop for MetaStore {
     fn drop(&mut self) {
         // Leave the secondaries exactly as up to date as the primary, as before group commit.
-        let pending = self.write_lock.get_mut().unwrap_or_else(|e| e.into_inner());
-        let mut pending = std::mem::take(pending);
-        let live = self.live();
-        self.catch_up(&mut pending, live.get(1..).unwrap_or_default());
+        {
+            let _q = self.shared.lock_queue();
+            self.shared.closing.store(true, Ordering::Release);
+            self.shared.wake.notify_all();
+        }
+        if let Some(t) = self.catch_up_thread.take() {
+            let _ = t.join();
+        }
+        let mut q = self.shared.lock_queue();
+        self.shared.catch_up(&mut q);
     }
 }
 
@@ -349,12 +524,13 @@ pub struct OpenReport {
 
 /// A replicated redb database.
 pub struct MetaStore {
-    replicas: RwLock<Vec<Arc<Replica>>>,
-    /// Held for every write; guards the queue of lazy changes the secondaries have not applied
-    /// yet (in commit order; the primary has applied them all).
-    write_lock: Mutex<Vec<Op>>,
+    /// Replicas (the primary first) and the queue of lazy changes (in commit order; the
+    /// primary has applied them all), shared with the background catch-up thread.
+    shared: Arc<Shared>,
+    catch_up_thread: Option<std::thread::JoinHandle<()>>,
     pre_durable: OnceLock<PreDurable>,
     dirty: AtomicBool,
+    commits: std::sync::atomic::AtomicU64,
 }
 
 fn open_db(path: &Path) -> Result<Database> {
@@ -406,18 +582,9 @@ impl MetaStore {
                 return Err(Error::Invalid(format!("{} already exists", path.display())));
             }
             let db = Database::builder().set_cache_size(32 << 20).create(path)?;
-            replicas.push(Arc::new(Replica {
-                disk: *disk,
-                path: path.clone(),
-                db,
-            }));
+            replicas.push(Replica::new(*disk, path.clone(), db, 0));
         }
-        let store = MetaStore {
-            replicas: RwLock::new(replicas),
-            write_lock: Mutex::new(Vec::new()),
-            pre_durable: OnceLock::new(),
-            dirty: AtomicBool::new(false),
-        };
+        let store = MetaStore::with_replicas(replicas);
         store.write(init)?;
         Ok(store)
     }
@@ -466,28 +633,30 @@ impl MetaStore {
         let order = std::iter::once(src).chain((0..paths.len()).filter(|&i| i != src));
         for i in order {
             let (disk, path) = &paths[i];
-            replicas.push(Arc::new(Replica {
-                disk: *disk,
-                path: path.clone(),
-                db: Database::builder().set_cache_size(32 << 20).open(path)?,
-            }));
+            let db = Database::builder().set_cache_size(32 << 20).open(path)?;
+            replicas.push(Replica::new(*disk, path.clone(), db, 0));
         }
-        Ok((
-            MetaStore {
-                replicas: RwLock::new(replicas),
-                write_lock: Mutex::new(Vec::new()),
-                pre_durable: OnceLock::new(),
-                dirty: AtomicBool::new(false),
-            },
-            report,
-        ))
+        Ok((MetaStore::with_replicas(replicas), report))
+    }
+
+    fn with_replicas(replicas: Vec<Arc<Replica>>) -> Self {
+        let shared = Arc::new(Shared {
+            replicas: RwLock::new(replicas),
+            queue: Mutex::new(Queue::default()),
+            wake: std::sync::Condvar::new(),
+            closing: AtomicBool::new(false),
+        });
+        MetaStore {
+            catch_up_thread: spawn_catch_up(&shared),
+            shared,
+            pre_durable: OnceLock::new(),
+            dirty: AtomicBool::new(false),
+            commits: Default::default(),
+        }
     }
 
     fn live(&self) -> Vec<Arc<Replica>> {
-        self.replicas
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.shared.live()
     }
 
     /// Disk ids holding live replicas.
@@ -517,34 +686,40 @@ impl MetaStore {
         self.apply(f)
     }
 
-    /// Apply `f` in one write transaction, bumping the generation, without waiting for stable
+    /// Apply `f` in one write transaction, without waiting for stable
     /// storage: the change is visible at once and becomes durable with the next durable commit
     /// ([`MetaStore::write`] or [`MetaStore::sync`]); a crash before that rolls it back. Use it
     /// only for changes that free no fragment.
     ///
     /// Group commit: only the primary replica (which serves reads) commits now; the secondaries
-    /// receive the queued changes in one transaction at the next durable commit (or when
-    /// [`MAX_PENDING`] have queued up). Crash safety is unchanged, since lazy commits are lost
-    /// on a crash on every replica alike.
+    /// receive the queued changes in batches, from a background thread (every
+    /// [`CATCH_UP_BATCH`] changes or 200 ms) and at the next durable commit; the writer applies
+    /// them itself only if [`MAX_PENDING`] have queued up. Crash safety is unchanged, since lazy
+    /// commits are lost on a crash on every replica alike.
     pub fn write_lazy<T: 'static>(
         &self,
         f: impl Fn(&WriteTransaction) -> Result<T> + Send + Sync + 'static,
     ) -> Result<T> {
-        let mut pending = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.shared.lock_queue();
         let replicas = self.live();
         let primary = replicas
             .first()
             .ok_or_else(|| Error::Meta("no live metadata replica".into()))?;
         let now = Ts::now();
         let out = at_time(now, || commit(primary, &[], Some(&f), false))?.ok_or_else(no_result)?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
         self.dirty.store(true, Ordering::Release);
         if replicas.len() > 1 {
-            pending.push(Arc::new(move |tx: &WriteTransaction| {
+            q.ops.push_back(Arc::new(move |tx: &WriteTransaction| {
                 at_time(now, || f(tx).map(|_| ()))
             }));
-            if pending.len() >= MAX_PENDING {
-                self.catch_up(&mut pending, &replicas[1..]);
+            if q.ops.len() >= MAX_PENDING {
+                self.shared.catch_up(&mut q);
+            } else if q.ops.len() % CATCH_UP_BATCH == 0 {
+                self.shared.wake.notify_one();
             }
+        } else {
+            q.base += 1;
         }
         Ok(out)
     }
@@ -559,41 +734,13 @@ impl MetaStore {
         Ok(())
     }
 
-    /// Apply the queued lazy changes to `secondaries` in one (lazy) transaction each.
-    fn catch_up(&self, pending: &mut Vec<Op>, secondaries: &[Arc<Replica>]) {
-        if pending.is_empty() {
-            return;
-        }
-        let failed: Vec<u32> = secondaries
-            .iter()
-            .filter_map(|r| match commit::<()>(r, pending, None, false) {
-                Ok(_) => None,
-                Err(e) => {
-                    tracing::error!(disk = r.disk, error = %e, "metadata replica failed; dropped until next open");
-                    Some(r.disk)
-                }
-            })
-            .collect();
-        pending.clear();
-        self.drop_replicas(&failed);
-    }
-
-    fn drop_replicas(&self, failed: &[u32]) {
-        if !failed.is_empty() {
-            self.replicas
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|r| !failed.contains(&r.disk));
-        }
-    }
-
     /// Apply `f` durably to every live replica (the secondaries first catch up on queued lazy
     /// changes in the same transaction). `f` must be deterministic. It runs on the primary
     /// first; if it fails there nothing is committed anywhere. The other replicas then commit
     /// in parallel; a replica that fails is dropped from the live set (it is resynced at the
     /// next open).
     fn apply<T>(&self, f: impl Fn(&WriteTransaction) -> Result<T> + Sync) -> Result<T> {
-        let mut pending = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.shared.lock_queue();
         if let Some(pre) = self.pre_durable.get() {
             pre()?;
         }
@@ -604,14 +751,23 @@ impl MetaStore {
         let now = Ts::now();
         let f = |tx: &WriteTransaction| at_time(now, || f(tx));
         let result = commit(primary, &[], Some(&f), true)?.ok_or_else(no_result)?;
-        let ops: &[Op] = &pending;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        let queue: &Queue = &q;
+        let end = queue.end() + 1;
         let failed: Vec<u32> = std::thread::scope(|s| {
             let handles: Vec<_> = replicas[1..]
                 .iter()
                 .map(|r| {
+                    let f = &f;
                     (
                         r.disk,
-                        s.spawn(|| commit(r, ops, Some(&f), true).map(|_| ())),
+                        s.spawn(move || {
+                            // Waits for a background catch-up of this replica to finish.
+                            let mut applied = r.applied();
+                            commit(r, &queue.since(*applied), Some(f), true)?;
+                            *applied = end;
+                            Ok::<(), Error>(())
+                        }),
                     )
                 })
                 .collect();
@@ -627,13 +783,22 @@ impl MetaStore {
                 })
                 .collect()
         });
-        pending.clear();
-        self.drop_replicas(&failed);
+        // Every live secondary has applied the queue and `f`, which took sequence number
+        // `end - 1`.
+        q.ops.clear();
+        q.base = end;
+        self.shared.drop_replicas(&failed);
         self.dirty.store(false, Ordering::Release);
         Ok(result)
     }
 
-    /// Current generation of the primary replica.
+    /// Metadata transactions committed on the primary replica since the store was opened
+    /// (lazy or durable).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Current generation of the primary replica (the number of durable commits).
     pub fn generation(&self) -> Result<u64> {
         let tx = self.read()?;
         let t = tx.open_table(SUPER)?;
@@ -643,9 +808,8 @@ impl MetaStore {
 
     /// Add a replica on a new disk by copying the primary (no write may be running: takes the lock).
     pub fn add_replica(&self, disk: u32, path: &Path) -> Result<()> {
-        let mut pending = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let live = self.live();
-        self.catch_up(&mut pending, live.get(1..).unwrap_or_default());
+        let mut q = self.shared.lock_queue();
+        self.shared.catch_up(&mut q);
         let primary = self
             .live()
             .into_iter()
@@ -653,24 +817,21 @@ impl MetaStore {
             .ok_or_else(|| Error::Meta("no live metadata replica".into()))?;
         copy_durable(&primary.path, path)?;
         let db = Database::builder().set_cache_size(32 << 20).open(path)?;
-        self.replicas
+        self.shared
+            .replicas
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::new(Replica {
-                disk,
-                path: path.to_path_buf(),
-                db,
-            }));
+            .push(Replica::new(disk, path.to_path_buf(), db, q.end()));
         Ok(())
     }
 
     /// Stop maintaining the replica on `disk`.
     pub fn remove_replica(&self, disk: u32) {
-        let mut pending = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.shared.lock_queue();
         // The next primary must have every change the current one has.
-        let live = self.live();
-        self.catch_up(&mut pending, live.get(1..).unwrap_or_default());
-        self.replicas
+        self.shared.catch_up(&mut q);
+        self.shared
+            .replicas
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|r| r.disk != disk);
@@ -697,5 +858,65 @@ pub fn get_rec<T: DeserializeOwned>(
     match t.get(key)? {
         Some(g) => Ok(Some(dec(g.value())?)),
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn key(i: u64) -> String {
+        format!("k{i}")
+    }
+
+    /// Lazy changes reach the secondaries from the background thread (with durable commits
+    /// racing it), and every replica ends up with every change and the same generation, which
+    /// only durable commits bump.
+    #[test]
+    fn secondaries_catch_up_in_the_background_and_match_the_primary() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<(u32, PathBuf)> = (1..=3)
+            .map(|d| (d, dir.path().join(format!("r{d}.redb"))))
+            .collect();
+        let store = MetaStore::create(&paths, create_tables).unwrap();
+        let first_gen = store.generation().unwrap();
+        let first_commits = store.commits();
+        const N: u64 = 2000;
+        let mut durable = 0;
+        for i in 0..N {
+            store
+                .write_lazy(move |tx| set_counter(tx, &key(i), i))
+                .unwrap();
+            if i % 300 == 299 {
+                store.write(|tx| set_counter(tx, "durable", i)).unwrap();
+                durable += 1;
+            }
+        }
+        // No durable commit since the last one: the background thread empties the queue.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !store.shared.lock_queue().ops.is_empty() {
+            assert!(Instant::now() < deadline, "the secondaries never caught up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        store.sync().unwrap();
+        let gen = store.generation().unwrap();
+        assert_eq!(
+            gen,
+            first_gen + durable + 1,
+            "lazy commits bumped the generation"
+        );
+        assert_eq!(store.commits(), first_commits + N + durable + 1);
+        drop(store);
+        for (disk, path) in &paths {
+            let db = Database::open(path).unwrap();
+            assert_eq!(generation_of(&db).unwrap(), gen, "replica {disk}");
+            let tx = db.begin_read().unwrap();
+            let t = tx.open_table(SUPER).unwrap();
+            for i in 0..N {
+                let v = t.get(key(i).as_str()).unwrap().map(|g| g.value());
+                assert_eq!(v, Some(i), "replica {disk}, change {i}");
+            }
+        }
     }
 }

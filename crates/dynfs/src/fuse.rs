@@ -580,8 +580,13 @@ impl Filesystem for DynFuse {
     ) {
         let name = name.as_bytes().to_vec();
         let value = value.to_vec();
-        // Setting the policy may restripe a large file: keep it off the session thread.
-        self.spawn(move |fs| empty(fs.setxattr(ino, &name, &value, flags), reply))
+        // Setting the policy may restripe a large file: keep it off the session thread. Other
+        // xattrs (such as the ACL `cp -a` sets on every file) of a file whose buffered writes
+        // are cheap to commit are answered here.
+        let light = name != dynfs_core::fs::POLICY_XATTR && self.fs.is_light(ino);
+        self.run_or_spawn(light, move |fs| {
+            empty(fs.setxattr(ino, &name, &value, flags), reply)
+        })
     }
 
     fn getxattr(
