@@ -99,6 +99,61 @@ fn large_file_in_ranges_with_and_without_sparse() {
     }
 }
 
+/// `-S` on a dense-looking file whose zeros are scattered: holes shorter than the step between
+/// `SEEK_DATA` calls, single zero blocks, zeros spanning range and chunk boundaries, and blocks
+/// whose only data is their first or last byte. The copy is exact and allocates exactly the
+/// blocks rsync -S allocates (all zero runs are block-aligned, so both make the same holes).
+#[test]
+fn scattered_zeros_become_the_same_holes_as_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let path = src.join("scattered");
+    let len = 70 * MIB;
+    let f = File::create(&path).unwrap();
+    f.set_len(len).unwrap();
+    let mut rng = Rng::new(11);
+    let mut at = 0;
+    while at < len {
+        // A run of data blocks, then a run of zero blocks: written zeros or a real hole.
+        let data = 4096 * (1 + rng.below(300));
+        let data = data.min(len - at);
+        let mut bytes = rng.bytes(data as usize);
+        if rng.below(4) == 0 {
+            // Only the first or last byte of this run's first block carries data.
+            let keep = if rng.below(2) == 0 { 0 } else { 4095 };
+            let first = bytes[keep] | 1;
+            bytes[..4096.min(data as usize)].fill(0);
+            bytes[keep.min(data as usize - 1)] = first;
+        }
+        f.write_all_at(&bytes, at).unwrap();
+        at += data;
+        let zeros = (4096 * rng.below(600)).min(len - at);
+        if rng.below(2) == 0 {
+            f.write_all_at(&vec![0u8; zeros as usize], at).unwrap();
+        }
+        at += zeros;
+    }
+    // Zeros across the 64 MiB range boundary.
+    f.write_all_at(&vec![0u8; 3 * MIB as usize], 63 * MIB)
+        .unwrap();
+    drop(f);
+    let ours = w.path().join("ours");
+    let o = arsync(&[OsString::from("-aS"), slash(&src), slash(&ours)]);
+    assert_code(&o, 0, "arsync -aS");
+    assert!(same_contents(&path, &ours.join("scattered")));
+    let ours_blocks = fs::metadata(ours.join("scattered")).unwrap().blocks();
+    assert!(ours_blocks * 512 < len - 3 * MIB, "{ours_blocks} blocks");
+    let theirs = w.path().join("theirs");
+    let o = rsync(&[OsString::from("-aS"), slash(&src), slash(&theirs)]);
+    assert_code(&o, 0, "rsync -aS");
+    let theirs_blocks = fs::metadata(theirs.join("scattered")).unwrap().blocks();
+    assert_eq!(
+        ours_blocks, theirs_blocks,
+        "512-byte blocks, arsync vs rsync"
+    );
+}
+
 /// A small tmpfs mounted for one test, unmounted when dropped.
 struct Mount<'a>(&'a Path);
 
