@@ -22,6 +22,8 @@ pub const POLICY_XATTR: &[u8] = b"user.dynfs.policy";
 const MAX_DIRTY_EXTENTS: usize = 16;
 /// Extents a flush encodes and writes at the same time.
 const FLUSH_PARALLEL: usize = 4;
+/// Whether a full buffer is written by a background thread (see [`Pending`]).
+const BACKGROUND_FLUSH: bool = true;
 /// Extents read ahead of a sequential reader.
 const READ_AHEAD: u64 = 4;
 
@@ -1371,7 +1373,7 @@ impl Fs {
             })
             .map(|(&idx, _)| idx)
             .collect();
-        if full.len() < MAX_DIRTY_EXTENTS / 2 || st.pending.is_some() {
+        if !BACKGROUND_FLUSH || full.len() < MAX_DIRTY_EXTENTS / 2 || st.pending.is_some() {
             return false;
         }
         let bufs: BTreeMap<u64, Option<Vec<u8>>> = full

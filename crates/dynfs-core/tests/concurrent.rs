@@ -99,10 +99,7 @@ fn hammer(fs: &Arc<Fs>, ino: u64, seed: u64, before: Vec<u8>) -> Vec<u8> {
                     // Disjoint: thread t writes chunks t, t+3, ... of 256 KiB, out of order
                     // (the kernel's background writeback sends them like that).
                     let chunk = 256 << 10;
-                    for (k, off) in shuffled_offsets(len, chunk, seed + t)
-                        .into_iter()
-                        .enumerate()
-                    {
+                    for (k, off) in shuffled_offsets(len, chunk, seed).into_iter().enumerate() {
                         if k % 3 == t as usize {
                             let end = (off + chunk).min(len);
                             fs.write(ino, off as u64, &want[off..end]).unwrap();

@@ -480,7 +480,7 @@ fn concurrent_writes_to_one_file_through_the_mount() {
                         }
                     } else {
                         // Overlapping uneven ranges, with the same bytes.
-                        let mut x = (t as u64 + 3) * 0x9E37_79B9_7F4A_7C15;
+                        let mut x = (t as u64 + 3).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                         for _ in 0..40 {
                             x ^= x << 13;
                             x ^= x >> 7;
