@@ -6,6 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::policy::Policy;
+use std::borrow::Cow;
 
 /// BLAKE3 checksum of a fragment.
 pub fn checksum(data: &[u8]) -> [u8; 32] {
@@ -26,20 +27,31 @@ pub fn fragment_len(policy: Policy, len: usize) -> usize {
 
 /// Split `data` into the fragments `policy` prescribes (index order: data shards, then parity).
 pub fn encode(policy: Policy, data: &[u8]) -> Result<Vec<Vec<u8>>> {
+    Ok(encode_borrowed(policy, data)?
+        .into_iter()
+        .map(Cow::into_owned)
+        .collect())
+}
+
+/// Like [`encode`], but fragments that are plain slices of `data` (every replica; every
+/// Reed–Solomon data shard but a padded last one) borrow it instead of copying it.
+pub fn encode_borrowed(policy: Policy, data: &[u8]) -> Result<Vec<Cow<'_, [u8]>>> {
     match policy {
-        Policy::Replicate { copies } => Ok(vec![data.to_vec(); copies as usize]),
+        Policy::Replicate { copies } => Ok(vec![Cow::Borrowed(data); copies as usize]),
         Policy::ReedSolomon { data: k, parity: m } => {
             let shards = data_shards(k as usize, data);
             let parity = reed_solomon_simd::encode(k as usize, m as usize, &shards)
                 .map_err(|e| Error::Invalid(format!("reed-solomon encode: {e}")))?;
             let mut out = shards;
-            out.extend(parity);
+            out.extend(parity.into_iter().map(Cow::Owned));
             Ok(out)
         }
     }
 }
 
-fn data_shards(k: usize, data: &[u8]) -> Vec<Vec<u8>> {
+/// The `k` data shards of `data`: slices of it, except shards that run past its end, which
+/// are copied and padded with zeros.
+fn data_shards(k: usize, data: &[u8]) -> Vec<Cow<'_, [u8]>> {
     let per = fragment_len(
         Policy::ReedSolomon {
             data: k as u8,
@@ -49,11 +61,14 @@ fn data_shards(k: usize, data: &[u8]) -> Vec<Vec<u8>> {
     );
     (0..k)
         .map(|i| {
-            let mut s = vec![0u8; per];
             let start = (i * per).min(data.len());
             let end = ((i + 1) * per).min(data.len());
+            if end - start == per {
+                return Cow::Borrowed(&data[start..end]);
+            }
+            let mut s = vec![0u8; per];
             s[..end - start].copy_from_slice(&data[start..end]);
-            s
+            Cow::Owned(s)
         })
         .collect()
 }
@@ -139,6 +154,28 @@ mod tests {
                 decode(p, 1, len, &too_few),
                 Err(Error::Unrecoverable { .. })
             ));
+        }
+    }
+
+    #[test]
+    fn borrowed_fragments_equal_copies_and_borrow_whole_shards() {
+        // (policy, length, fragments that are plain slices of the data)
+        for (p, len, borrowed) in [
+            ("rs:4+2", 1 << 20, 4),
+            ("rs:4+2", 1001, 3),
+            ("rs:2+1", 1, 0),
+            ("replicate:3", 777, 3),
+        ] {
+            let p: Policy = p.parse().unwrap();
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
+            let b = encode_borrowed(p, &data).unwrap();
+            let owned = encode(p, &data).unwrap();
+            assert_eq!(b.len(), owned.len());
+            for (x, y) in b.iter().zip(&owned) {
+                assert_eq!(x.as_ref(), y.as_slice());
+            }
+            let n = b.iter().filter(|f| matches!(f, Cow::Borrowed(_))).count();
+            assert_eq!(n, borrowed, "{p} {len}");
         }
     }
 

@@ -22,6 +22,8 @@ pub const POLICY_XATTR: &[u8] = b"user.dynfs.policy";
 const MAX_DIRTY_EXTENTS: usize = 16;
 /// Extents a flush encodes and writes at the same time.
 const FLUSH_PARALLEL: usize = 4;
+/// Whether a full buffer is written by a background thread (see [`Pending`]).
+const BACKGROUND_FLUSH: bool = true;
 /// Extents read ahead of a sequential reader.
 const READ_AHEAD: u64 = 4;
 
@@ -105,8 +107,38 @@ struct FileState {
     /// Attribute changes made while writes were buffered, committed with them (one metadata
     /// commit per written file instead of one per `chown`/`chmod`/`utimes`).
     attrs: Option<PendingAttrs>,
+    /// Full extents handed to a background writer, not yet committed.
+    pending: Option<Pending>,
     /// Open handles.
     opens: u32,
+}
+
+/// Extents taken out of a file's buffer when it filled up: a background thread encodes, hashes
+/// and writes them while new writes fill the buffer again (a sequential writer never waits for
+/// the disks unless the writer falls a whole buffer behind). The next request holding the file
+/// that needs them committed (a full buffer again, a flush, a truncate) joins the thread and
+/// commits its extents ([`Fs::finish_pending`]); until then reads and partial writes see the
+/// data here.
+struct Pending {
+    /// Extent index → data (`None`: a hole), as handed to the writer.
+    bufs: Arc<BTreeMap<u64, Option<Vec<u8>>>>,
+    /// The file's size when the batch was taken: its commit sets this size. Nothing can make
+    /// the committed size differ meanwhile, since every commit of the file (flush, truncate)
+    /// first finishes this batch.
+    size: u64,
+    writer: std::thread::JoinHandle<Result<Stored>>,
+}
+
+/// Extents stored by a flush: extent index → the new extent, or `None` for a hole.
+type Stored = Vec<(u64, Option<NewExtent>)>;
+
+impl FileState {
+    /// The buffered data of extent `idx`: `Some(None)` for a hole, `None` if not buffered.
+    fn buffered(&self, idx: u64) -> Option<&Option<Vec<u8>>> {
+        self.dirty
+            .get(&idx)
+            .or_else(|| self.pending.as_ref().and_then(|p| p.bufs.get(&idx)))
+    }
 }
 
 /// Buffered [`SetAttr`] changes (mode, owner, times) with the change time they set.
@@ -238,13 +270,29 @@ pub struct Fs {
     prefetching: Arc<Mutex<std::collections::HashSet<u64>>>,
     /// Read-ahead threads, joined on drop (they hold the pool, and so its lock).
     readers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Whole-extent buffers of committed writes, reused by the next writes (a fresh buffer
+    /// costs a page fault per 4 KiB).
+    spare: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Most spare extent buffers kept (two full file buffers: one filling, one being written).
+const SPARE_BUFFERS: usize = 2 * MAX_DIRTY_EXTENTS;
 
 impl Drop for Fs {
     fn drop(&mut self) {
         let readers = std::mem::take(self.readers.get_mut().unwrap_or_else(|e| e.into_inner()));
         for r in readers {
             let _ = r.join();
+        }
+        // Background writers of batches nobody committed (the owner dropped the filesystem
+        // without flushing): wait for them, and remove their fragments again.
+        let files = std::mem::take(self.files.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for s in files.into_values() {
+            let pending = s.lock().unwrap_or_else(|e| e.into_inner()).pending.take();
+            if let Some(Ok(new)) = pending.map(|p| p.writer.join()) {
+                self.pool
+                    .free_extents(&new_extents(new.unwrap_or_default()));
+            }
         }
     }
 }
@@ -339,6 +387,147 @@ fn check_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Copy `src` (zeros when `None`), `n` bytes, into `buf` at `at`, growing `buf` as needed (a
+/// gap before `at` reads as zeros).
+fn put(buf: &mut Vec<u8>, at: usize, n: usize, src: Option<&[u8]>) {
+    if buf.len() < at {
+        buf.resize(at, 0);
+    }
+    let overlap = (buf.len() - at).min(n);
+    match src {
+        Some(d) => {
+            buf[at..at + overlap].copy_from_slice(&d[..overlap]);
+            buf.extend_from_slice(&d[overlap..n]);
+        }
+        None => {
+            buf[at..at + overlap].fill(0);
+            buf.resize(buf.len().max(at + n), 0);
+        }
+    }
+}
+
+/// Whether `data` has a byte other than zero (word-wise, so it vectorizes).
+fn has_data(data: &[u8]) -> bool {
+    data.chunks(64)
+        .any(|c| c.iter().fold(0u8, |acc, &b| acc | b) != 0)
+}
+
+/// Store extent `idx` of a file of `size` bytes: inline in the metadata when the whole file
+/// fits in [`INLINE_MAX`] bytes, otherwise as fragments under `policy`.
+fn store_extent(
+    pool: &Pool,
+    policy: Policy,
+    idx: u64,
+    size: u64,
+    data: &[u8],
+) -> Result<NewExtent> {
+    if idx == 0 && size <= INLINE_MAX as u64 {
+        let (id, ext, v) = pool.inline_extent(policy, data)?;
+        return Ok(NewExtent {
+            id,
+            ext,
+            inline: Some(v),
+        });
+    }
+    let (id, ext) = pool.write_extent(policy, data)?;
+    Ok(NewExtent {
+        id,
+        ext,
+        inline: None,
+    })
+}
+
+/// Store the extents `(index, data)` of a file of `size` bytes; no data, or only zeros, makes
+/// a hole (stored as nothing). Up to [`FLUSH_PARALLEL`] threads take the next extent in turn,
+/// so the encoding and hashing of one overlaps the fragment writes of others. On failure the
+/// fragments written are removed and the first error is returned.
+fn store_extents(
+    pool: &Pool,
+    policy: Policy,
+    size: u64,
+    items: &[(u64, Option<&[u8]>)],
+) -> Result<Stored> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let store = |&(idx, data): &(u64, Option<&[u8]>)| -> Result<Option<NewExtent>> {
+        match data {
+            Some(d) if has_data(d) => store_extent(pool, policy, idx, size, d).map(Some),
+            _ => Ok(None),
+        }
+    };
+    let mut results: Vec<Option<Result<Option<NewExtent>>>> =
+        (0..items.len()).map(|_| None).collect();
+    if items.len() <= 1 {
+        for (slot, item) in results.iter_mut().zip(items) {
+            *slot = Some(store(item));
+        }
+    } else {
+        let (next, failed) = (AtomicUsize::new(0), AtomicBool::new(false));
+        let worker = || {
+            let mut done = Vec::new();
+            while !failed.load(Ordering::Relaxed) {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(k) else {
+                    break;
+                };
+                let r = store(item);
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                done.push((k, r));
+            }
+            done
+        };
+        let mut panicked = false;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..FLUSH_PARALLEL.min(items.len()))
+                .map(|_| s.spawn(worker))
+                .collect();
+            for h in handles {
+                match h.join() {
+                    Ok(done) => {
+                        for (k, r) in done {
+                            results[k] = Some(r);
+                        }
+                    }
+                    Err(_) => panicked = true,
+                }
+            }
+        });
+        if panicked {
+            // Whatever the panicked thread wrote is an orphan for gc.
+            results.push(Some(Err(Error::io(
+                pool.dir(),
+                std::io::Error::other("extent writer panicked"),
+            ))));
+        }
+    }
+    let mut out = Vec::with_capacity(items.len());
+    let mut first_err = None;
+    for (k, r) in results.into_iter().enumerate() {
+        match r {
+            Some(Ok(ext)) => out.push((items.get(k).map_or(0, |i| i.0), ext)),
+            Some(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            None => {}
+        }
+    }
+    match first_err {
+        Some(e) => {
+            pool.free_extents(&new_extents(out));
+            Err(e)
+        }
+        None => Ok(out),
+    }
+}
+
+/// The fragment-backed extents among `new` (to remove them again).
+fn new_extents(new: Stored) -> Vec<(u64, Extent)> {
+    new.into_iter()
+        .filter_map(|(_, e)| e.filter(|n| n.inline.is_none()).map(|n| (n.id, n.ext)))
+        .collect()
+}
+
 impl Fs {
     /// A filesystem over an open pool.
     pub fn new(pool: Pool) -> Self {
@@ -352,6 +541,7 @@ impl Fs {
             files: Mutex::new(HashMap::new()),
             prefetching: Arc::new(Mutex::new(std::collections::HashSet::new())),
             readers: Mutex::new(Vec::new()),
+            spare: Mutex::new(Vec::new()),
         }
     }
 
@@ -406,6 +596,7 @@ impl Fs {
                     && st.size.is_none()
                     && st.mtime.is_none()
                     && st.attrs.is_none()
+                    && st.pending.is_none()
             })
         });
         if idle {
@@ -423,9 +614,10 @@ impl Fs {
         let Ok(st) = s.try_lock() else {
             return false;
         };
-        st.dirty.is_empty()
-            || (st.size.is_some_and(|sz| sz <= INLINE_MAX as u64)
-                && st.dirty.keys().all(|&idx| idx == 0))
+        st.pending.is_none()
+            && (st.dirty.is_empty()
+                || (st.size.is_some_and(|sz| sz <= INLINE_MAX as u64)
+                    && st.dirty.keys().all(|&idx| idx == 0)))
     }
 
     /// Whether writing `len` bytes at `off` is cheap: the file stays within [`INLINE_MAX`]
@@ -455,9 +647,14 @@ impl Fs {
 
     /// Attributes of an inode, including buffered writes.
     pub fn getattr(&self, ino: u64) -> Result<Inode> {
+        let Some(s) = self.existing_state(ino) else {
+            return self.inode(ino);
+        };
+        // The committed inode is read under the file's lock: a flush commits and clears the
+        // buffered size under it, so reading the inode first could miss both.
+        let st = s.lock().unwrap_or_else(|e| e.into_inner());
         let mut i = self.inode(ino)?;
-        if let Some(s) = self.existing_state(ino) {
-            let st = s.lock().unwrap_or_else(|e| e.into_inner());
+        {
             if let Some(sz) = st.size {
                 i.size = sz;
             }
@@ -471,6 +668,7 @@ impl Fs {
             i.alloc += st
                 .dirty
                 .values()
+                .chain(st.pending.iter().flat_map(|p| p.bufs.values()))
                 .flatten()
                 .map(|b| (b.len() as u64).next_multiple_of(4096))
                 .sum::<u64>();
@@ -933,7 +1131,13 @@ impl Fs {
         let guard = state
             .as_ref()
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
-        let size = guard.as_ref().and_then(|g| g.size).unwrap_or(i.size);
+        // Without a buffered size, the committed one is read under the file's lock (a flush
+        // may have committed a new size since `i` was read).
+        let size = match guard.as_ref().map(|g| g.size) {
+            Some(Some(sz)) => sz,
+            Some(None) => self.inode(ino)?.size,
+            None => i.size,
+        };
         if off >= size || len == 0 {
             return Ok(Vec::new());
         }
@@ -946,7 +1150,7 @@ impl Fs {
             let in_ext = (pos % es) as usize;
             let n = ((idx + 1) * es).min(end) - pos;
             let dst = &mut out[(pos - off) as usize..(pos - off + n) as usize];
-            match guard.as_ref().and_then(|g| g.dirty.get(&idx)) {
+            match guard.as_ref().and_then(|g| g.buffered(idx)) {
                 Some(Some(buf)) => {
                     // Past the buffer's end the extent is zeros (`out` starts zeroed).
                     let have = buf.len().saturating_sub(in_ext).min(n as usize);
@@ -1072,7 +1276,13 @@ impl Fs {
         }
         let s = self.state(ino);
         let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
-        let size = st.size.unwrap_or(i.size);
+        // Without a buffered size, read the committed size under the lock: a flush of another
+        // request may have committed (and cleared) a larger size since `i` was read, and taking
+        // the stale size would shrink the file.
+        let size = match st.size {
+            Some(sz) => sz,
+            None => self.inode(ino)?.size,
+        };
         let es = self.es();
         let mut pos = off;
         while pos < end {
@@ -1086,29 +1296,31 @@ impl Fs {
                 if !matches!(st.dirty.get(&idx), Some(Some(_))) {
                     let mut buf = Vec::new();
                     if !st.dirty.contains_key(&idx) && !whole {
-                        if let Some(d) = self.committed_extent(ino, idx)? {
-                            let l = d.len().min(es as usize);
-                            buf.extend_from_slice(&d[..l]);
+                        // A partial write starts from the data buffered for the background
+                        // writer, or else from the committed extent.
+                        match st.pending.as_ref().and_then(|p| p.bufs.get(&idx)) {
+                            Some(Some(b)) => buf.extend_from_slice(b),
+                            Some(None) => {}
+                            None => {
+                                if let Some(d) = self.committed_extent(ino, idx)? {
+                                    let l = d.len().min(es as usize);
+                                    buf.extend_from_slice(&d[..l]);
+                                }
+                            }
                         }
                     }
                     st.dirty.insert(idx, Some(buf));
                 }
                 if let Some(Some(buf)) = st.dirty.get_mut(&idx) {
-                    if buf.len() < in_ext + n {
-                        if buf.capacity() < in_ext + n && in_ext + n > es as usize / 2 {
-                            // A sequential writer fills the extent: allocate it once.
-                            buf.reserve_exact(es as usize - buf.len());
-                        }
-                        buf.resize(in_ext + n, 0);
+                    if buf.capacity() < in_ext + n && in_ext + n > es as usize / 2 {
+                        // A sequential writer fills the extent: allocate it whole, once.
+                        let mut whole_buf = self.spare_buffer(es as usize);
+                        whole_buf.extend_from_slice(buf);
+                        *buf = whole_buf;
                     }
-                    let dst = &mut buf[in_ext..in_ext + n];
-                    match data {
-                        Some(d) => {
-                            let from = (pos - off) as usize;
-                            dst.copy_from_slice(&d[from..from + n]);
-                        }
-                        None => dst.fill(0),
-                    }
+                    let from = (pos - off) as usize;
+                    let src = data.map(|d| &d[from..from + n]);
+                    put(buf, in_ext, n, src);
                 }
             }
             pos += n as u64;
@@ -1120,9 +1332,116 @@ impl Fs {
         }
         st.mtime = Some(Ts::now());
         if st.dirty.len() >= MAX_DIRTY_EXTENTS {
-            self.flush_locked(ino, &mut st)?;
+            // Hand the full extents to a background writer (after committing the previous
+            // batch); with few full extents (random writes), flush everything now.
+            let policy = self.effective_policy(&i);
+            if self.finish_pending(ino, &mut st).is_err() || !self.start_pending(policy, &mut st) {
+                self.flush_locked(ino, &mut st)?;
+            }
         }
         Ok(())
+    }
+
+    /// A buffer of capacity `cap` for new extent data: a spare one if there is one.
+    fn spare_buffer(&self, cap: usize) -> Vec<u8> {
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match spare {
+            Some(mut b) if b.capacity() >= cap => {
+                b.clear();
+                b
+            }
+            _ => Vec::with_capacity(cap),
+        }
+    }
+
+    /// Keep the whole-extent buffers of a committed batch for reuse.
+    fn recycle(&self, bufs: Arc<BTreeMap<u64, Option<Vec<u8>>>>) {
+        let Ok(bufs) = Arc::try_unwrap(bufs) else {
+            return;
+        };
+        let es = self.es() as usize;
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        for b in bufs.into_values().flatten() {
+            if spare.len() >= SPARE_BUFFERS {
+                break;
+            }
+            if b.capacity() == es {
+                spare.push(b);
+            }
+        }
+    }
+
+    /// Move the full extents (and holes) of the buffer to a background writer. Returns false,
+    /// changing nothing, if fewer than half the buffer is full extents or no thread can start.
+    fn start_pending(&self, policy: Policy, st: &mut FileState) -> bool {
+        let es = self.es();
+        let Some(size) = st.size else {
+            return false;
+        };
+        let full: Vec<u64> = st
+            .dirty
+            .iter()
+            .filter(|(&idx, b)| {
+                (idx + 1) * es <= size && b.as_ref().is_none_or(|b| b.len() as u64 == es)
+            })
+            .map(|(&idx, _)| idx)
+            .collect();
+        if !BACKGROUND_FLUSH || full.len() < MAX_DIRTY_EXTENTS / 2 || st.pending.is_some() {
+            return false;
+        }
+        let bufs: BTreeMap<u64, Option<Vec<u8>>> = full
+            .iter()
+            .filter_map(|idx| st.dirty.remove(idx).map(|b| (*idx, b)))
+            .collect();
+        let bufs = Arc::new(bufs);
+        let (pool, work) = (self.pool.clone(), bufs.clone());
+        let spawned = std::thread::Builder::new()
+            .name("dynfs-flush".into())
+            .spawn(move || {
+                let items: Vec<(u64, Option<&[u8]>)> =
+                    work.iter().map(|(&idx, b)| (idx, b.as_deref())).collect();
+                store_extents(&pool, policy, size, &items)
+            });
+        match spawned {
+            Ok(writer) => {
+                st.pending = Some(Pending { bufs, size, writer });
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a flush thread; flushing in place");
+                let bufs = Arc::try_unwrap(bufs).unwrap_or_else(|a| (*a).clone());
+                st.dirty.extend(bufs);
+                false
+            }
+        }
+    }
+
+    /// Wait for the background writer of `ino`, if any, and commit its extents. On failure the
+    /// data goes back into the buffer (unless overwritten since), so a later flush retries it.
+    fn finish_pending(&self, ino: u64, st: &mut FileState) -> Result<()> {
+        let Some(p) = st.pending.take() else {
+            return Ok(());
+        };
+        let written = p.writer.join().unwrap_or_else(|_| {
+            Err(Error::io(
+                self.pool.dir(),
+                std::io::Error::other("extent writer panicked"),
+            ))
+        });
+        let r = written.and_then(|new| self.commit_extents(ino, new, p.size, None, None));
+        match r {
+            Ok(()) => {
+                self.recycle(p.bufs);
+                Ok(())
+            }
+            Err(e) => {
+                let bufs = Arc::try_unwrap(p.bufs).unwrap_or_else(|a| (*a).clone());
+                for (idx, b) in bufs {
+                    st.dirty.entry(idx).or_insert(b);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Commit buffered writes of `ino` (durably).
@@ -1158,26 +1477,10 @@ impl Fs {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Store extent `idx` of a file of `size` bytes: inline in the metadata when the whole
-    /// file fits in [`INLINE_MAX`] bytes, otherwise as fragments under `policy`.
-    fn store_extent(&self, policy: Policy, idx: u64, size: u64, data: &[u8]) -> Result<NewExtent> {
-        if idx == 0 && size <= INLINE_MAX as u64 {
-            let (id, ext, v) = self.pool.inline_extent(policy, data)?;
-            return Ok(NewExtent {
-                id,
-                ext,
-                inline: Some(v),
-            });
-        }
-        let (id, ext) = self.pool.write_extent(policy, data)?;
-        Ok(NewExtent {
-            id,
-            ext,
-            inline: None,
-        })
-    }
-
     fn flush_locked(&self, ino: u64, st: &mut FileState) -> Result<()> {
+        // The background batch commits first; if it failed, its data is back in `dirty` and
+        // is retried below.
+        let _ = self.finish_pending(ino, st);
         if st.dirty.is_empty() && st.size.is_none() && st.mtime.is_none() && st.attrs.is_none() {
             return Ok(());
         }
@@ -1195,15 +1498,7 @@ impl Fs {
         let size = st.size.unwrap_or(i.size);
         let policy = self.effective_policy(&i);
         let es = self.es();
-        // 1. Write new fragments durably.
-        let mut new: Vec<(u64, Option<NewExtent>)> = Vec::new();
-        let cleanup = |new: &[(u64, Option<NewExtent>)]| {
-            let orphans: Vec<(u64, Extent)> = new
-                .iter()
-                .filter_map(|(_, e)| e.as_ref().map(|n| (n.id, n.ext.clone())))
-                .collect();
-            self.pool.free_extents(&orphans);
-        };
+        // 1. Write new fragments (durable before any durable commit references them).
         // Buffers shorter than their extent's data end in zeros.
         for (&idx, buf) in st.dirty.iter_mut() {
             let len = size.saturating_sub(idx * es).min(es) as usize;
@@ -1213,71 +1508,36 @@ impl Fs {
                 }
             }
         }
-        // Encode, hash and write several extents at once: the CPU work of one overlaps the
-        // fragment writes of the others.
         let work: Vec<(u64, Option<&[u8]>)> = st
             .dirty
             .iter()
             .map(|(&idx, buf)| {
-                let start = idx * es;
-                let len = size.saturating_sub(start).min(es) as usize;
-                let data = match buf {
-                    Some(b) if len > 0 && b[..len].iter().any(|&x| x != 0) => Some(&b[..len]),
-                    _ => None,
-                };
-                (idx, data)
+                let len = size.saturating_sub(idx * es).min(es) as usize;
+                (idx, buf.as_ref().map(|b| &b[..len]))
             })
             .collect();
-        let mut first_err = None;
-        for batch in work.chunks(FLUSH_PARALLEL) {
-            let results: Vec<Result<Option<NewExtent>>> = if batch.len() == 1 {
-                let (idx, data) = batch[0];
-                vec![data
-                    .map(|d| self.store_extent(policy, idx, size, d))
-                    .transpose()]
-            } else {
-                std::thread::scope(|s| {
-                    let handles: Vec<_> = batch
-                        .iter()
-                        .map(|&(idx, data)| {
-                            s.spawn(move || {
-                                data.map(|d| self.store_extent(policy, idx, size, d))
-                                    .transpose()
-                            })
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| {
-                            h.join().unwrap_or_else(|_| {
-                                Err(Error::io(
-                                    self.pool.dir(),
-                                    std::io::Error::other("extent writer panicked"),
-                                ))
-                            })
-                        })
-                        .collect()
-                })
-            };
-            for (&(idx, _), r) in batch.iter().zip(results) {
-                match r {
-                    Ok(ext) => new.push((idx, ext)),
-                    Err(e) => {
-                        first_err.get_or_insert(e);
-                    }
-                }
-            }
-            if first_err.is_some() {
-                break;
-            }
-        }
-        if let Some(e) = first_err {
-            cleanup(&new);
-            return Err(e);
-        }
-        let mtime = st.mtime;
-        let attrs = st.attrs;
+        let new = store_extents(&self.pool, policy, size, &work)?;
         // 2. Commit metadata referencing them.
+        self.commit_extents(ino, new, size, st.mtime, st.attrs)?;
+        let dirty = std::mem::take(&mut st.dirty);
+        self.recycle(Arc::new(dirty));
+        st.size = None;
+        st.mtime = None;
+        st.attrs = None;
+        Ok(())
+    }
+
+    /// Commit new extents of `ino` (`None`: a hole) and its size, with the buffered mtime and
+    /// attribute changes; then delete the fragments the commit stopped referencing. On
+    /// failure the new extents' fragments are removed.
+    fn commit_extents(
+        &self,
+        ino: u64,
+        new: Stored,
+        size: u64,
+        mtime: Option<Ts>,
+        attrs: Option<PendingAttrs>,
+    ) -> Result<()> {
         let new = Arc::new(new);
         let committed = self.pool.meta.write_lazy({
             let new = new.clone();
@@ -1325,16 +1585,11 @@ impl Fs {
             }
         });
         match committed {
-            Ok(freed) => {
-                st.dirty.clear();
-                st.size = None;
-                st.mtime = None;
-                st.attrs = None;
-                // 3. Only now (after a durable commit) delete what the commit stopped referencing.
-                self.free(&freed)
-            }
+            // 3. Only now (after a durable commit) delete what the commit stopped referencing.
+            Ok(freed) => self.free(&freed),
             Err(e) => {
-                cleanup(&new);
+                let new = Arc::try_unwrap(new).unwrap_or_default();
+                self.pool.free_extents(&new_extents(new));
                 Err(e)
             }
         }

@@ -91,9 +91,6 @@ const CACHE_EXTENTS: usize = 32;
 /// block per fragment anyway.
 pub const INLINE_MAX: usize = 4096;
 
-/// Fragments up to this size are written one after another rather than by parallel threads.
-const SMALL_FRAGMENT: usize = 16 << 10;
-
 /// An open pool. Holds `POOL/pool.lock` until dropped.
 pub struct Pool {
     dir: PathBuf,
@@ -514,17 +511,22 @@ impl Pool {
         disk::fragment_path(&disk.path, extent, index)
     }
 
-    /// Encode `data` under `policy` and write its fragments (in parallel) to distinct healthy
-    /// disks. The fragments are synced (`syncfs` of their disks) before the next durable metadata
-    /// commit, which is what makes any commit referencing them durable. Returns the new extent id and record (with `refs == 0`); the caller must
-    /// reference it in a metadata commit via [`Pool::link_extent`].
+    /// Encode `data` under `policy` and write its fragments to distinct healthy disks. The
+    /// fragments are synced (`syncfs` of their disks) before the next durable metadata commit,
+    /// which is what makes any commit referencing them durable. Returns the new extent id and
+    /// record (with `refs == 0`); the caller must reference it in a metadata commit via
+    /// [`Pool::link_extent`].
+    ///
+    /// The fragments are written one after another on the calling thread (a flush stores
+    /// several extents at once on its own threads); replicas and Reed–Solomon data shards are
+    /// written straight from `data`, and a replica's checksum is computed once.
     pub fn write_extent(&self, policy: Policy, data: &[u8]) -> Result<(u64, Extent)> {
         if self.read_only.load(Ordering::Relaxed) {
             return Err(Error::Errno(libc::EROFS));
         }
         let id = self.next_extent.fetch_add(1, Ordering::Relaxed);
-        let frags = codec::encode(policy, data)?;
-        self.place_fragments(id, policy, data.len(), frags, &[])
+        let frags = codec::encode_borrowed(policy, data)?;
+        self.place_fragments(id, policy, data.len(), &frags, &[])
     }
 
     /// Write the given fragments of extent `id` to distinct disks, avoiding `exclude`.
@@ -533,7 +535,7 @@ impl Pool {
         id: u64,
         policy: Policy,
         len: usize,
-        frags: Vec<Vec<u8>>,
+        frags: &[std::borrow::Cow<'_, [u8]>],
         exclude: &[u32],
     ) -> Result<(u64, Extent)> {
         let width = frags.len();
@@ -545,34 +547,12 @@ impl Pool {
                 available: chosen.len() + exclude.len(),
             });
         }
-        // Small fragments cost less to write in turn than to hand to threads.
-        let results: Vec<std::io::Result<()>> = if frags.iter().all(|f| f.len() <= SMALL_FRAGMENT) {
-            frags
-                .iter()
-                .zip(&chosen)
-                .enumerate()
-                .map(|(i, (f, d))| self.io.write_unsynced(&self.frag_path(d, id, i), f))
-                .collect()
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = frags
-                    .iter()
-                    .zip(&chosen)
-                    .enumerate()
-                    .map(|(i, (f, d))| {
-                        let path = self.frag_path(d, id, i);
-                        s.spawn(move || self.io.write_unsynced(&path, f))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err(std::io::Error::other("writer panicked")))
-                    })
-                    .collect()
-            })
-        };
+        let results: Vec<std::io::Result<()>> = frags
+            .iter()
+            .zip(&chosen)
+            .enumerate()
+            .map(|(i, (f, d))| self.io.write_unsynced(&self.frag_path(d, id, i), f))
+            .collect();
         let mut placed: Vec<Option<u32>> = vec![None; width];
         let mut used: Vec<u32> = exclude.to_vec();
         used.extend(chosen.iter().map(|d| d.id));
@@ -629,16 +609,25 @@ impl Pool {
         }
         let frag_len = frags.first().map_or(0, |f| f.len());
         crate::metrics::Metrics::add(&self.metrics.extents_written, 1);
+        // Replicas are the same bytes: hash them once.
+        let mut sums: Vec<[u8; 32]> = Vec::with_capacity(width);
+        for (i, f) in frags.iter().enumerate() {
+            let same = i > 0 && std::ptr::eq(f.as_ref(), frags[i - 1].as_ref());
+            sums.push(match (same, sums.last()) {
+                (true, Some(&s)) => s,
+                _ => codec::checksum(f),
+            });
+        }
         let ext = Extent {
             policy,
             len: len as u32,
             frag_len: frag_len as u32,
-            frags: frags
-                .iter()
+            frags: sums
+                .into_iter()
                 .zip(placed)
-                .map(|(f, d)| Frag {
+                .map(|(sum, d)| Frag {
                     disk: d.unwrap_or(0),
-                    sum: codec::checksum(f),
+                    sum,
                 })
                 .collect(),
             refs: 0,

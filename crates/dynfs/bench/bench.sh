@@ -38,22 +38,46 @@ drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 # directory (`sync DIR`). `sync -f`/`sync` alone would not do for the mount: the kernel does not
 # pass syncfs on to a FUSE filesystem, so dynfs would be timed without making anything durable;
 # fsync of a file or directory on the mount makes every change so far durable.
-measure() { # label dest-dir
-    local label=$1 dst=$2 t0 t1 t2 t3 t4
-    drop; t0=$(now); cp "$SRC/big" "$dst/big"; sync "$dst/big"; t1=$(now)
-    drop; t2=$(now); cat "$dst/big" > /dev/null; t3=$(now)
+# CPU seconds (user + system) used so far by process $1 (0 when not given).
+cpu() { [ -n "${1:-}" ] && awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat" || echo 0; }
+
+measure() { # label dest-dir [daemon-pid]
+    local label=$1 dst=$2 pid=${3:-} t0 t1 t2 t3 t4 c0 c1 c2
+    drop; c0=$(cpu "$pid"); t0=$(now); cp "$SRC/big" "$dst/big"; sync "$dst/big"; t1=$(now); c1=$(cpu "$pid")
+    drop; t2=$(now); cat "$dst/big" > /dev/null; t3=$(now); c2=$(cpu "$pid")
     drop; local s0; s0=$(now); cp -a "$SRC/small" "$dst/small"; sync; sync "$dst/small"; t4=$(now)
-    echo "$label seq_write_s=$(secs $t0 $t1) seq_read_s=$(secs $t2 $t3) small_files_s=$(secs $s0 $t4) load=$(cut -d' ' -f1 /proc/loadavg)"
+    echo "$label seq_write_s=$(secs $t0 $t1) seq_read_s=$(secs $t2 $t3) small_files_s=$(secs $s0 $t4) write_cpu_s=$(secs $c0 $c1) read_cpu_s=$(secs $c1 $c2) load=$(cut -d' ' -f1 /proc/loadavg)"
 }
 
+# The disk's own rate for the bytes each policy stores: rs:4+2 writes 1.5x the file,
+# replicate:3 3x, all to this one disk. Written directly (cp, plus head -c for a half copy) with
+# the same fsync at the end, this is the floor for the mount's write time.
+disk_floor() { # label halves (3 = 1.5x, 6 = 3x)
+    local label=$1 halves=$2 t0 t1 files=()
+    drop; t0=$(now)
+    for ((h = 0; h + 1 < halves; h += 2)); do cp "$SRC/big" "$WORK/direct/floor$h"; files+=("$WORK/direct/floor$h"); done
+    if ((halves % 2)); then head -c $((SEQ_MIB << 19)) "$SRC/big" > "$WORK/direct/floor-half"; files+=("$WORK/direct/floor-half"); fi
+    sync "${files[@]}"; t1=$(now)
+    rm -f "${files[@]}"
+    echo "$label seq_write_s=$(secs $t0 $t1) load=$(cut -d' ' -f1 /proc/loadavg)"
+}
+
+# Encoding and hashing alone (no I/O), when the example is built
+# (cargo build --release -p dynfs-core --example codec_bench).
+CODEC=$(dirname "$BIN")/examples/codec_bench
+if [ -x "$CODEC" ]; then "$CODEC" $((SEQ_MIB < 256 ? SEQ_MIB : 256)); fi
+
 measure direct "$WORK/direct"
+disk_floor "direct-1.5x(rs:4+2 bytes)" 3
+disk_floor "direct-3x(replicate:3 bytes)" 6
 for policy in rs:4+2 replicate:3; do
     rm -rf "$WORK/pool" "$WORK"/disk* "$WORK/mnt"; mkdir -p "$WORK/mnt"
     args=()
     for i in 1 2 3 4 5 6; do mkdir -p "$WORK/disk$i"; args+=(--disk "$WORK/disk$i"); done
     "$BIN" init "$WORK/pool" "${args[@]}" --policy "$policy" --extent-size 1MiB > /dev/null
     "$BIN" mount "$WORK/pool" "$WORK/mnt"
-    measure "dynfs-$policy" "$WORK/mnt"
+    pid=$(pgrep -n -f "mount $WORK/pool $WORK/mnt" || true)
+    measure "dynfs-$policy" "$WORK/mnt" "$pid"
     fusermount3 -u "$WORK/mnt"
     sleep 1
 done

@@ -422,3 +422,93 @@ fn prometheus_metrics_endpoint() {
     m.unmount();
     assert!(!m.pool.join("status.json").exists());
 }
+
+#[test]
+fn concurrent_writes_to_one_file_through_the_mount() {
+    if !fuse_available() {
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut m = Mounted::new(3, "rs:2+1", "64K");
+    m.mount();
+    let len = 8 << 20;
+    let want = Arc::new(bytes(77, len));
+    for name in ["one", "two"] {
+        let f = Arc::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(m.p(name))
+                .unwrap(),
+        );
+        let done = Arc::new(AtomicBool::new(false));
+        // stat and fsync while the writes go on (the size seen never shrinks).
+        let observer = {
+            let (f, done) = (f.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut last = 0;
+                let mut n = 0u32;
+                while !done.load(Ordering::Relaxed) {
+                    let size = f.metadata().unwrap().len();
+                    assert!(size >= last, "size went back from {last} to {size}");
+                    last = size;
+                    if n % 5 == 0 {
+                        f.sync_data().unwrap();
+                    }
+                    n += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            })
+        };
+        let writers: Vec<_> = (0..6usize)
+            .map(|t| {
+                let (f, want) = (f.clone(), want.clone());
+                std::thread::spawn(move || {
+                    let chunk = 192 << 10;
+                    if t < 3 {
+                        // Disjoint chunks, every third one, from the end backwards.
+                        let offs: Vec<usize> = (0..len).step_by(chunk).collect();
+                        for (k, &off) in offs.iter().enumerate().rev() {
+                            if k % 3 == t {
+                                let end = (off + chunk).min(len);
+                                f.write_all_at(&want[off..end], off as u64).unwrap();
+                            }
+                        }
+                    } else {
+                        // Overlapping uneven ranges, with the same bytes.
+                        let mut x = (t as u64 + 3).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                        for _ in 0..40 {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            let off = (x % len as u64) as usize;
+                            let end = (off + (x >> 40) as usize % 400_000 + 1).min(len);
+                            f.write_all_at(&want[off..end], off as u64).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+        observer.join().unwrap();
+        drop(f);
+        assert!(std::fs::read(m.p(name)).unwrap() == *want, "{name} differs");
+    }
+    // Past the page cache: from the pool after a remount.
+    m.unmount();
+    m.mount();
+    for name in ["one", "two"] {
+        assert!(
+            std::fs::read(m.p(name)).unwrap() == *want,
+            "{name} differs after remount"
+        );
+    }
+    m.unmount();
+}
