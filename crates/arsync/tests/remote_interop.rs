@@ -9,6 +9,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use arsync_testutil::remote::{start_daemon, FAKE_SSH};
 use arsync_testutil::{compare_trees, scratch_dir, CompareOpts};
 
 fn arsync_bin() -> PathBuf {
@@ -29,19 +30,6 @@ impl Tool {
         }
     }
 }
-
-/// A stand-in for ssh: skips options and the host name, runs the rest
-/// through `sh -c` (as sshd runs the command with the user's shell).
-const FAKE_SSH: &str = r#"#!/bin/sh
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -l|-p|-o|-i) shift 2 ;;
-    -*) shift ;;
-    *) shift; break ;;
-  esac
-done
-exec sh -c "$*"
-"#;
 
 fn write_script(path: &Path, text: &str) {
     fs::write(path, text).unwrap();
@@ -480,43 +468,6 @@ fn rustix_is_root() -> bool {
     arsync_testutil::is_root()
 }
 
-/// A daemon process (arsync or rsync) on 127.0.0.1, killed on drop.
-struct Daemon {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_daemon(tool: Tool, config: &Path) -> Daemon {
-    let port = free_port();
-    let child = Command::new(tool.program())
-        .args([
-            "--daemon",
-            "--no-detach",
-            "--address",
-            "127.0.0.1",
-            "--port",
-        ])
-        .arg(port.to_string())
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    Daemon { child, port }
-}
-
 #[test]
 fn interop_over_daemon() {
     let tmp = scratch_dir().unwrap();
@@ -532,7 +483,7 @@ fn interop_over_daemon() {
     )
     .unwrap();
     for server in [Tool::Arsync, Tool::Rsync] {
-        let daemon = start_daemon(server, &cfg);
+        let daemon = start_daemon(&server.program(), &cfg).unwrap();
         let port = daemon.port;
         let base_ref = base.as_path();
         let spec = move |p: &Path| {
@@ -582,7 +533,7 @@ fn daemon_modules_auth_and_access() {
         ),
     )
     .unwrap();
-    let d = start_daemon(Tool::Arsync, &cfg);
+    let d = start_daemon(&Tool::Arsync.program(), &cfg).unwrap();
     let url = |m: &str| format!("rsync://127.0.0.1:{}/{m}", d.port);
     // Module list: listed modules with comments only.
     let out = Command::new("rsync").arg(url("")).output().unwrap();
@@ -1008,7 +959,7 @@ fn features_over_real_sshd_and_daemon() {
         ),
     )
     .unwrap();
-    let daemon = start_daemon(Tool::Arsync, &cfg);
+    let daemon = start_daemon(&Tool::Arsync.program(), &cfg).unwrap();
     let port = daemon.port;
     let base_ref = base.as_path();
     let spec = move |p: &Path| {
@@ -1139,7 +1090,7 @@ fn daemon_module_filters_and_chroot_match_rsync() {
             ),
         )
         .unwrap();
-        let daemon = start_daemon(server, &cfg);
+        let daemon = start_daemon(&server.program(), &cfg).unwrap();
         let url = |p: &str| format!("rsync://127.0.0.1:{}/m/{p}", daemon.port);
         let pulled = tmp.path().join(format!("pulled-{server:?}"));
         check(

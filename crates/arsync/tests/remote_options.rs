@@ -12,7 +12,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use arsync_testutil::remote::{install_fake_ssh, run_over_shell};
+use arsync_testutil::remote::{install_fake_ssh, run_over_shell, start_daemon, Daemon};
 use arsync_testutil::{compare_trees, scratch_dir, CompareOpts};
 
 fn arsync_bin() -> OsString {
@@ -962,46 +962,6 @@ fn remove_source_files_with_hard_links() {
     });
 }
 
-/// A daemon on a free loopback port, killed on drop.
-struct Daemon {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_daemon(program: &OsString, config: &Path) -> Daemon {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
-    let child = Command::new(program)
-        .args([
-            "--daemon",
-            "--no-detach",
-            "--address",
-            "127.0.0.1",
-            "--port",
-        ])
-        .arg(port.to_string())
-        .arg("--config")
-        .arg(config)
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    Daemon { child, port }
-}
-
 /// Several options at once through `rsync://` (the daemon's argument
 /// vector), arsync and rsync as client and as daemon, push and pull.
 #[test]
@@ -1051,8 +1011,8 @@ fn options_through_a_daemon() {
             .unwrap();
         (out, src, dst)
     };
-    let rsyncd = start_daemon(&rsync_bin(), &cfg);
-    let arsyncd = start_daemon(&arsync_bin(), &cfg);
+    let rsyncd = start_daemon(&rsync_bin(), &cfg).unwrap();
+    let arsyncd = start_daemon(&arsync_bin(), &cfg).unwrap();
     for dir in [Direction::Push, Direction::Pull] {
         let (want, want_src, want_dst) = run(&rsyncd, &rsync_bin(), dir, &format!("{dir:?}-ref"));
         // rsync's daemon does not pass its exit code to a pushing client;

@@ -625,23 +625,25 @@ pub fn lchown(path: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()>
     std::os::unix::fs::lchown(path, uid, gid)
 }
 
+/// A time for `utimensat`/`futimens`: `None` leaves it unchanged (`UTIME_OMIT`).
+pub(crate) fn timespec(t: Option<Time>) -> Timespec {
+    match t {
+        Some(t) => Timespec {
+            tv_sec: t.sec,
+            tv_nsec: t.nsec as _,
+        },
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+    }
+}
+
 /// Sets access and modification times without following symlinks. `None` leaves a time unchanged.
 pub fn set_times(path: &Path, atime: Option<Time>, mtime: Option<Time>) -> io::Result<()> {
-    fn ts(t: Option<Time>) -> Timespec {
-        match t {
-            Some(t) => Timespec {
-                tv_sec: t.sec,
-                tv_nsec: t.nsec as _,
-            },
-            None => Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_OMIT,
-            },
-        }
-    }
     let times = Timestamps {
-        last_access: ts(atime),
-        last_modification: ts(mtime),
+        last_access: timespec(atime),
+        last_modification: timespec(mtime),
     };
     rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(io::Error::from)
 }
@@ -658,19 +660,9 @@ pub fn fchmod(file: &File, mode: u32) -> io::Result<()> {
 
 /// Sets times of an open file. `None` leaves a time unchanged.
 pub fn futimes(file: &File, atime: Option<Time>, mtime: Option<Time>) -> io::Result<()> {
-    let ts = |t: Option<Time>| match t {
-        Some(t) => Timespec {
-            tv_sec: t.sec,
-            tv_nsec: t.nsec as _,
-        },
-        None => Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_OMIT,
-        },
-    };
     let times = Timestamps {
-        last_access: ts(atime),
-        last_modification: ts(mtime),
+        last_access: timespec(atime),
+        last_modification: timespec(mtime),
     };
     rustix::fs::futimens(file, &times).map_err(io::Error::from)
 }

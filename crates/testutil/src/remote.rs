@@ -50,3 +50,52 @@ pub fn run_over_shell(
         .stdin(Stdio::null())
         .output()
 }
+
+/// A daemon process (`arsync --daemon` or `rsync --daemon`) listening on a
+/// free loopback port; killed on drop.
+pub struct Daemon {
+    /// The daemon process.
+    pub child: std::process::Child,
+    /// Its TCP port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `program --daemon --no-detach` with `config` on a free port of
+/// 127.0.0.1 and waits (up to 10 s) until it accepts connections.
+pub fn start_daemon(program: &OsStr, config: &Path) -> io::Result<Daemon> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new(program)
+        .args([
+            "--daemon",
+            "--no-detach",
+            "--address",
+            "127.0.0.1",
+            "--port",
+        ])
+        .arg(port.to_string())
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .spawn()?;
+    let mut daemon = Daemon { child, port };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = daemon.child.try_wait()? {
+            return Err(io::Error::other(format!("daemon exited: {status}")));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::other("daemon did not start within 10 s"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(daemon)
+}

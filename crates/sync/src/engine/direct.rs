@@ -18,10 +18,10 @@
 
 use super::worker::{Probe, PROBES_MAX};
 use super::{Engine, EntryJob, FileJob};
-use crate::fsops::{self, Meta, Time};
+use crate::fsops::{self, Meta};
 use crate::meta::{self, Wanted};
 use rustix::fd::{AsFd, AsRawFd, OwnedFd};
-use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps, XattrFlags, CWD};
+use rustix::fs::{AtFlags, Mode, OFlags, Timestamps, XattrFlags, CWD};
 use rustix::io::Errno;
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -215,19 +215,6 @@ fn get_xattr_fd(fd: &OwnedFd, name: &[u8]) -> io::Result<Vec<u8>> {
 
 fn names(list: &[u8]) -> impl Iterator<Item = &[u8]> {
     list.split(|b| *b == 0).filter(|s| !s.is_empty())
-}
-
-fn timespec(t: Option<Time>) -> Timespec {
-    match t {
-        Some(t) => Timespec {
-            tv_sec: t.sec,
-            tv_nsec: t.nsec as _,
-        },
-        None => Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_OMIT,
-        },
-    }
 }
 
 /// Links the open file `fd` (made with `O_TMPFILE`) as `name` in `dir`: through
@@ -560,8 +547,8 @@ impl Engine {
         }
         if want.mtime.is_some() || want.atime.is_some() {
             let times = Timestamps {
-                last_access: timespec(want.atime),
-                last_modification: timespec(want.mtime),
+                last_access: fsops::timespec(want.atime),
+                last_modification: fsops::timespec(want.mtime),
             };
             rustix::fs::futimens(fd, &times).map_err(err)?;
         }
