@@ -9,7 +9,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use arsync_testutil::remote::{start_daemon, FAKE_SSH};
+use arsync_testutil::remote::{start_daemon, write_module_config, FAKE_SSH};
 use arsync_testutil::{compare_trees, scratch_dir, CompareOpts};
 
 fn arsync_bin() -> PathBuf {
@@ -474,14 +474,7 @@ fn interop_over_daemon() {
     let base = tmp.path().join("module");
     fs::create_dir(&base).unwrap();
     let cfg = tmp.path().join("rsyncd.conf");
-    fs::write(
-        &cfg,
-        format!(
-            "use chroot = no\n[m]\nmunge symlinks = no\npath = {}\nread only = no\nuid = root\ngid = root\n",
-            base.display()
-        ),
-    )
-    .unwrap();
+    write_module_config(&cfg, &base).unwrap();
     for server in [Tool::Arsync, Tool::Rsync] {
         let daemon = start_daemon(&server.program(), &cfg).unwrap();
         let port = daemon.port;
@@ -951,14 +944,7 @@ fn features_over_real_sshd_and_daemon() {
     let base = tmp.path().join("module");
     fs::create_dir(&base).unwrap();
     let cfg = tmp.path().join("rsyncd.conf");
-    fs::write(
-        &cfg,
-        format!(
-            "use chroot = no\n[m]\nmunge symlinks = no\npath = {}\nread only = no\nuid = root\ngid = root\n",
-            base.display()
-        ),
-    )
-    .unwrap();
+    write_module_config(&cfg, &base).unwrap();
     let daemon = start_daemon(&Tool::Arsync.program(), &cfg).unwrap();
     let port = daemon.port;
     let base_ref = base.as_path();

@@ -12,7 +12,9 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use arsync_testutil::remote::{install_fake_ssh, run_over_shell, start_daemon, Daemon};
+use arsync_testutil::remote::{
+    install_fake_ssh, run_over_shell, start_daemon, write_module_config, Daemon,
+};
 use arsync_testutil::{compare_trees, scratch_dir, CompareOpts};
 
 fn arsync_bin() -> OsString {
@@ -970,14 +972,7 @@ fn options_through_a_daemon() {
     let base = tmp.path().join("mod");
     fs::create_dir_all(&base).unwrap();
     let cfg = tmp.path().join("d.conf");
-    fs::write(
-        &cfg,
-        format!(
-            "use chroot = no\n[m]\nmunge symlinks = no\npath = {}\nread only = no\nuid = root\ngid = root\n",
-            base.display()
-        ),
-    )
-    .unwrap();
+    write_module_config(&cfg, &base).unwrap();
     let flags = [
         "-a",
         "-u",

@@ -99,3 +99,15 @@ pub fn start_daemon(program: &OsStr, config: &Path) -> io::Result<Daemon> {
     }
     Ok(daemon)
 }
+
+/// Writes an rsyncd.conf at `cfg` with one writable module `m` at `path`
+/// (no chroot, symlinks kept as they are, run as root).
+pub fn write_module_config(cfg: &Path, path: &Path) -> io::Result<()> {
+    std::fs::write(
+        cfg,
+        format!(
+            "use chroot = no\n[m]\nmunge symlinks = no\npath = {}\nread only = no\nuid = root\ngid = root\n",
+            path.display()
+        ),
+    )
+}
