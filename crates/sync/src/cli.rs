@@ -813,6 +813,12 @@ fn command() -> Command {
         if let (Some(s), true) = (short, long.len() > 1) {
             n = n.alias(Box::leak(format!("no-{s}").into_boxed_str()) as &'static str);
         }
+        // rsync 3.2's name for --secluded-args is still accepted by rsync 3.5.
+        let (a, n) = if *id == "secluded-args" {
+            (a.alias("protect-args"), n.alias("no-protect-args"))
+        } else {
+            (a, n)
+        };
         cmd = cmd.arg(a).arg(n);
     }
     for (id, short, long, help) in COUNTS {
@@ -1644,6 +1650,22 @@ mod tests {
         assert_eq!(p.opts.suffix.as_deref(), Some(std::ffi::OsStr::new(".bak")));
         assert_eq!(p.opts.modify_window, -1);
         assert_eq!(p.dest.as_deref(), Some(std::ffi::OsStr::new("d")));
+    }
+
+    #[test]
+    fn protect_args_is_an_alias_of_secluded_args() {
+        for arg in [
+            "--protect-args",
+            "--secluded-args",
+            "-s",
+            "--no-protect-args",
+        ] {
+            assert!(
+                parse(["arsync", "-a", arg, "s", "d"]).is_ok(),
+                "{arg} refused"
+            );
+        }
+        assert!(parse(["arsync", "-a", "--protect-argz", "s", "d"]).is_err());
     }
 
     #[test]
