@@ -1048,4 +1048,66 @@ mod tests {
             }
         }
     }
+
+    fn read_key(tx: &ReadTransaction, k: &str) -> Option<u64> {
+        let t = tx.open_table(SUPER).unwrap();
+        let v = t.get(k).unwrap().map(|g| g.value());
+        v
+    }
+
+    /// Lazy changes gather in the primary's open transaction: visible through `view` and `read`
+    /// at once, committed every `BATCH_MAX` changes; a change that fails midway leaves none of
+    /// its writes and the batch's earlier changes stay, lazy or durable, on every replica.
+    #[test]
+    fn failed_change_in_the_open_batch_drops_only_its_own_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<(u32, PathBuf)> = (1..=2)
+            .map(|d| (d, dir.path().join(format!("r{d}.redb"))))
+            .collect();
+        let store = MetaStore::create(&paths, create_tables).unwrap();
+        let primary = store.primary().unwrap();
+        let n = BATCH_MAX as u64 + 10;
+        for i in 0..n {
+            store
+                .write_lazy(move |tx| set_counter(tx, &key(i), i))
+                .unwrap();
+        }
+        // The first BATCH_MAX changes were committed; the last ten are in the open batch.
+        let committed = primary.db.begin_read().unwrap();
+        assert_eq!(read_key(&committed, &key(0)), Some(0));
+        assert_eq!(read_key(&committed, &key(n - 1)), None);
+        drop(committed);
+        assert_eq!(store.view(|tx| counter(tx, &key(n - 1))).unwrap(), n - 1);
+        let failing = |tx: &WriteTransaction| -> Result<()> {
+            set_counter(tx, "partial", 1)?;
+            Err(Error::Errno(libc::EEXIST))
+        };
+        assert!(matches!(
+            store.write_lazy(failing),
+            Err(Error::Errno(libc::EEXIST))
+        ));
+        assert_eq!(store.view(|tx| counter(tx, "partial")).unwrap(), 0);
+        assert_eq!(store.view(|tx| counter(tx, &key(n - 1))).unwrap(), n - 1);
+        // A read transaction sees the whole batch.
+        let tx = store.read().unwrap();
+        assert_eq!(read_key(&tx, &key(n - 1)), Some(n - 1));
+        assert_eq!(read_key(&tx, "partial"), None);
+        drop(tx);
+        store
+            .write_lazy(move |tx| set_counter(tx, "after", 7))
+            .unwrap();
+        assert!(store.write(failing).is_err());
+        assert_eq!(store.view(|tx| counter(tx, "after")).unwrap(), 7);
+        store.sync().unwrap();
+        drop((store, primary));
+        for (disk, path) in &paths {
+            let db = Database::open(path).unwrap();
+            let tx = db.begin_read().unwrap();
+            for i in 0..n {
+                assert_eq!(read_key(&tx, &key(i)), Some(i), "replica {disk}");
+            }
+            assert_eq!(read_key(&tx, "after"), Some(7), "replica {disk}");
+            assert_eq!(read_key(&tx, "partial"), None, "replica {disk}");
+        }
+    }
 }
