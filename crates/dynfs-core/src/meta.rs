@@ -1,7 +1,8 @@
 //! Metadata: redb tables, record types, and replication of the database over several disks.
 //!
 //! Every disk in the pool that is not failed holds a replica `meta/dynfs.redb`. A metadata change
-//! is a closure applied, in one redb write transaction each, to every live replica in turn; each
+//! is a closure applied, in a redb write transaction, to every live replica (lazy changes are
+//! gathered in batches, see [`MetaStore::write_lazy`]); each
 //! durable transaction also increments the `generation` counter (lazy, non-durable changes do
 //! not: they are lost on a crash on every replica alike, so replicas that made the same
 //! durable commits always have the same generation). Opening the pool reads every replica,
@@ -776,12 +777,13 @@ impl MetaStore {
         self.apply(f)
     }
 
-    /// Apply `f` in one write transaction, without waiting for stable
-    /// storage: the change is visible at once and becomes durable with the next durable commit
-    /// ([`MetaStore::write`] or [`MetaStore::sync`]); a crash before that rolls it back. Use it
-    /// only for changes that free no fragment.
+    /// Apply `f` without waiting for stable storage: the change is visible at once and becomes
+    /// durable with the next durable commit ([`MetaStore::write`] or [`MetaStore::sync`]); a
+    /// crash before that rolls it back. Use it only for changes that free no fragment. If `f`
+    /// fails, none of its writes stay.
     ///
-    /// Group commit: only the primary replica (which serves reads) commits now; the secondaries
+    /// Group commit: only the primary replica (which serves reads) applies it now, in its open
+    /// transaction (`Batch`, committed non-durably every `BATCH_MAX` changes); the secondaries
     /// receive the queued changes in batches, from a background thread (every
     /// [`CATCH_UP_BATCH`] changes or 200 ms) and at the next durable commit; the writer applies
     /// them itself only if [`MAX_PENDING`] have queued up. Crash safety is unchanged, since lazy
