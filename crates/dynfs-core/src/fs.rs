@@ -637,12 +637,7 @@ impl Fs {
 
     /// Read a committed inode.
     fn inode(&self, ino: u64) -> Result<Inode> {
-        let tx = self.pool.meta.read()?;
-        let t = tx.open_table(INODES)?;
-        match t.get((LIVE, ino))? {
-            Some(g) => meta::dec(g.value()),
-            None => Err(errno(libc::ENOENT)),
-        }
+        self.pool.meta.view(|tx| get_inode(tx, LIVE, ino))
     }
 
     /// Attributes of an inode, including buffered writes.
@@ -679,9 +674,10 @@ impl Fs {
     /// Find `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<(u64, Inode)> {
         let ino = {
-            let tx = self.pool.meta.read()?;
-            let t = tx.open_table(DIRENTS)?;
-            let v = t.get((LIVE, parent, name))?.map(|g| g.value());
+            let v = self
+                .pool
+                .meta
+                .view(|tx| get_dirent(tx, LIVE, parent, name))?;
             match v {
                 Some(i) => i,
                 None => {
@@ -1230,8 +1226,7 @@ impl Fs {
     }
 
     fn committed_extent(&self, ino: u64, idx: u64) -> Result<Option<Arc<Vec<u8>>>> {
-        let (id, ext) = {
-            let tx = self.pool.meta.read()?;
+        let found = self.pool.meta.view(|tx| {
             let m = tx.open_table(EXTMAP)?;
             let Some(id) = m.get((LIVE, ino, idx))?.map(|g| g.value()) else {
                 return Ok(None);
@@ -1239,7 +1234,10 @@ impl Fs {
             let t = tx.open_table(meta::EXTENTS)?;
             let ext: Extent = meta::get_rec(&t, id)?
                 .ok_or_else(|| Error::Meta(format!("extent {id} of inode {ino} missing")))?;
-            (id, ext)
+            Ok(Some((id, ext)))
+        })?;
+        let Some((id, ext)) = found else {
+            return Ok(None);
         };
         Ok(Some(self.pool.read_extent(id, &ext)?))
     }
@@ -1788,9 +1786,11 @@ impl Fs {
                 .map(|p| p.to_string().into_bytes())
                 .ok_or(errno(libc::ENODATA));
         }
-        let tx = self.pool.meta.read()?;
-        let t = tx.open_table(XATTRS)?;
-        let v = t.get((LIVE, ino, name))?.map(|g| g.value().to_vec());
+        let v = self.pool.meta.view(|tx| {
+            let t = tx.open_table(XATTRS)?;
+            let v = t.get((LIVE, ino, name))?.map(|g| g.value().to_vec());
+            Ok(v)
+        })?;
         v.ok_or(errno(libc::ENODATA))
     }
 
@@ -1801,11 +1801,13 @@ impl Fs {
         if i.policy.is_some() {
             out.push(POLICY_XATTR.to_vec());
         }
-        let tx = self.pool.meta.read()?;
-        let t = tx.open_table(XATTRS)?;
-        for row in t.range((LIVE, ino, &[][..])..(LIVE, ino + 1, &[][..]))? {
-            out.push(row?.0.value().2.to_vec());
-        }
+        self.pool.meta.view(|tx| {
+            let t = tx.open_table(XATTRS)?;
+            for row in t.range((LIVE, ino, &[][..])..(LIVE, ino + 1, &[][..]))? {
+                out.push(row?.0.value().2.to_vec());
+            }
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -1877,12 +1879,13 @@ impl Fs {
         if st.dirty.is_empty() && st.size.is_none() {
             return Ok(false);
         }
-        let tx = self.pool.meta.read()?;
-        let stored = tx
-            .open_table(XATTRS)?
-            .get((LIVE, ino, ACL_ACCESS_XATTR))?
-            .is_some();
-        drop(tx);
+        let stored = self.pool.meta.view(|tx| {
+            let stored = tx
+                .open_table(XATTRS)?
+                .get((LIVE, ino, ACL_ACCESS_XATTR))?
+                .is_some();
+            Ok(stored)
+        })?;
         if stored {
             return Ok(false);
         }
@@ -1904,6 +1907,20 @@ impl Fs {
 
     /// Remove an xattr (`user.dynfs.policy`: clear the override; data keeps its layout).
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+        // The kernel removes the access ACL whenever a minimal one is set (`cp -p` does for every
+        // file), and there usually is none: answer that from a read, since a failed change
+        // costs re-applying the open metadata batch.
+        if name != POLICY_XATTR {
+            let exists = self.pool.meta.view(|tx| {
+                get_inode(tx, LIVE, ino)?;
+                let t = tx.open_table(XATTRS)?;
+                let exists = t.get((LIVE, ino, name))?.is_some();
+                Ok(exists)
+            })?;
+            if !exists {
+                return Err(errno(libc::ENODATA));
+            }
+        }
         self.flush(ino)?;
         let name = name.to_vec();
         self.pool.meta.write_lazy(move |tx| {

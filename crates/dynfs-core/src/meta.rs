@@ -1,7 +1,8 @@
 //! Metadata: redb tables, record types, and replication of the database over several disks.
 //!
 //! Every disk in the pool that is not failed holds a replica `meta/dynfs.redb`. A metadata change
-//! is a closure applied, in one redb write transaction each, to every live replica in turn; each
+//! is a closure applied, in a redb write transaction, to every live replica (lazy changes are
+//! gathered in batches, see [`MetaStore::write_lazy`]); each
 //! durable transaction also increments the `generation` counter (lazy, non-durable changes do
 //! not: they are lost on a crash on every replica alike, so replicas that made the same
 //! durable commits always have the same generation). Opening the pool reads every replica,
@@ -312,13 +313,31 @@ impl Replica {
     }
 }
 
-/// Lazy changes the primary has committed and some secondary may not have applied yet, in
-/// commit order: change `base + i` is `ops[i]`.
+/// Lazy changes the primary has applied and some secondary may not have applied yet, in
+/// commit order: change `base + i` is `ops[i]`; and the primary's open write transaction.
 #[derive(Default)]
 struct Queue {
     ops: std::collections::VecDeque<Op>,
     base: u64,
+    /// The primary's open (not yet committed) write transaction holding the latest lazy changes.
+    batch: Option<Batch>,
 }
+
+/// Lazy changes applied to the primary replica in one open write transaction, committed
+/// (non-durably) when [`BATCH_MAX`] changes have gathered, before any read transaction begins
+/// ([`MetaStore::read`]), and folded into the next durable commit. One redb commit per batch
+/// instead of one per change: a commit writes every page the transaction dirtied and cannot
+/// free pages until a durable commit, so per-change commits cost most of the metadata path.
+/// Point reads of the hot path ([`MetaStore::view`]) go through the open transaction itself.
+struct Batch {
+    tx: WriteTransaction,
+    /// The changes in `tx`, to apply again to a fresh transaction when a change fails midway
+    /// (its partial writes must not stay: the transaction is dropped and rebuilt).
+    ops: Vec<Op>,
+}
+
+/// Changes gathered in the primary's open transaction before it is committed.
+const BATCH_MAX: usize = 256;
 
 impl Queue {
     /// Sequence number of the next change to be queued.
@@ -461,10 +480,6 @@ fn spawn_catch_up(shared: &Arc<Shared>) -> Option<std::thread::JoinHandle<()>> {
         .ok()
 }
 
-fn no_result() -> Error {
-    Error::Meta("metadata change produced no result".into())
-}
-
 /// A metadata change applied once per replica.
 type Change<'a, T> = &'a (dyn Fn(&WriteTransaction) -> Result<T> + Sync);
 
@@ -495,11 +510,63 @@ fn commit<T>(
     Ok(out)
 }
 
+impl Queue {
+    /// The primary's open transaction, begun (non-durable) if there is none.
+    fn batch(&mut self, primary: &Replica) -> Result<&mut Batch> {
+        if self.batch.is_none() {
+            let mut tx = primary.db.begin_write()?;
+            tx.set_durability(redb::Durability::None);
+            self.batch = Some(Batch {
+                tx,
+                ops: Vec::new(),
+            });
+        }
+        self.batch
+            .as_mut()
+            .ok_or_else(|| Error::Meta("no open metadata transaction".into()))
+    }
+
+    /// Commit the primary's open transaction (non-durably), if it holds changes.
+    fn commit_batch(&mut self) -> Result<()> {
+        if let Some(b) = self.batch.take() {
+            if b.ops.is_empty() {
+                b.tx.abort()?;
+            } else {
+                b.tx.commit()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a change failed midway in the open transaction: drop the transaction (and the
+    /// change's partial writes) and apply the batch's earlier changes to a fresh one.
+    fn rebuild_batch(&mut self, primary: &Replica) -> Result<()> {
+        let Some(b) = self.batch.take() else {
+            return Ok(());
+        };
+        let ops = b.ops;
+        b.tx.abort()?;
+        let batch = self.batch(primary)?;
+        for op in &ops {
+            if let Err(e) = op(&batch.tx) {
+                tracing::error!(error = %e, "re-applying metadata changes failed");
+                self.batch = None;
+                return Err(e);
+            }
+        }
+        batch.ops = ops;
+        Ok(())
+    }
+}
+
 impl Drop for MetaStore {
     fn drop(&mut self) {
         // Leave the secondaries exactly as up to date as the primary, as before group commit.
         {
-            let _q = self.shared.lock_queue();
+            let mut q = self.shared.lock_queue();
+            if let Err(e) = q.commit_batch() {
+                tracing::error!(error = %e, "committing metadata changes failed");
+            }
             self.shared.closing.store(true, Ordering::Release);
             self.shared.wake.notify_all();
         }
@@ -665,13 +732,37 @@ impl MetaStore {
     }
 
     /// Begin a read transaction on the primary replica.
+    ///
+    /// The primary's open batch of lazy changes is committed first (non-durably), so the
+    /// transaction sees every change made before the call. Point reads on the hot path use
+    /// [`MetaStore::view`] instead, which reads the open batch without committing it.
     pub fn read(&self) -> Result<ReadTransaction> {
-        let r = self
-            .live()
+        let mut q = self.shared.lock_queue();
+        // An open transaction without changes stays open: it sees the committed state.
+        if q.batch.as_ref().is_some_and(|b| !b.ops.is_empty()) {
+            q.commit_batch()?;
+        }
+        drop(q);
+        let r = self.primary()?;
+        Ok(r.db.begin_read()?)
+    }
+
+    /// Run `f` on the primary replica's open write transaction: it sees every change so far,
+    /// committed or not, without committing anything. `f` must only read (writes go through
+    /// [`MetaStore::write_lazy`] or [`MetaStore::write`]) and should be short: writers wait
+    /// meanwhile.
+    pub fn view<T>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T>) -> Result<T> {
+        let mut q = self.shared.lock_queue();
+        let primary = self.primary()?;
+        let b = q.batch(&primary)?;
+        f(&b.tx)
+    }
+
+    fn primary(&self) -> Result<Arc<Replica>> {
+        self.live()
             .into_iter()
             .next()
-            .ok_or_else(|| Error::Meta("no live metadata replica".into()))?;
-        Ok(r.db.begin_read()?)
+            .ok_or_else(|| Error::Meta("no live metadata replica".into()))
     }
 
     /// Register what must be made durable before any durable commit (set once by the pool).
@@ -686,12 +777,13 @@ impl MetaStore {
         self.apply(f)
     }
 
-    /// Apply `f` in one write transaction, without waiting for stable
-    /// storage: the change is visible at once and becomes durable with the next durable commit
-    /// ([`MetaStore::write`] or [`MetaStore::sync`]); a crash before that rolls it back. Use it
-    /// only for changes that free no fragment.
+    /// Apply `f` without waiting for stable storage: the change is visible at once and becomes
+    /// durable with the next durable commit ([`MetaStore::write`] or [`MetaStore::sync`]); a
+    /// crash before that rolls it back. Use it only for changes that free no fragment. If `f`
+    /// fails, none of its writes stay.
     ///
-    /// Group commit: only the primary replica (which serves reads) commits now; the secondaries
+    /// Group commit: only the primary replica (which serves reads) applies it now, in its open
+    /// transaction (`Batch`, committed non-durably every `BATCH_MAX` changes); the secondaries
     /// receive the queued changes in batches, from a background thread (every
     /// [`CATCH_UP_BATCH`] changes or 200 ms) and at the next durable commit; the writer applies
     /// them itself only if [`MAX_PENDING`] have queued up. Crash safety is unchanged, since lazy
@@ -706,13 +798,21 @@ impl MetaStore {
             .first()
             .ok_or_else(|| Error::Meta("no live metadata replica".into()))?;
         let now = Ts::now();
-        let out = at_time(now, || commit(primary, &[], Some(&f), false))?.ok_or_else(no_result)?;
+        let b = q.batch(primary)?;
+        let out = match at_time(now, || f(&b.tx)) {
+            Ok(v) => v,
+            Err(e) => {
+                q.rebuild_batch(primary)?;
+                return Err(e);
+            }
+        };
+        let op: Op = Arc::new(move |tx: &WriteTransaction| at_time(now, || f(tx).map(|_| ())));
+        b.ops.push(op.clone());
+        let full = b.ops.len() >= BATCH_MAX;
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.dirty.store(true, Ordering::Release);
         if replicas.len() > 1 {
-            q.ops.push_back(Arc::new(move |tx: &WriteTransaction| {
-                at_time(now, || f(tx).map(|_| ()))
-            }));
+            q.ops.push_back(op);
             if q.ops.len() >= MAX_PENDING {
                 self.shared.catch_up(&mut q);
             } else if q.ops.len() % CATCH_UP_BATCH == 0 {
@@ -720,6 +820,9 @@ impl MetaStore {
             }
         } else {
             q.base += 1;
+        }
+        if full {
+            q.commit_batch()?;
         }
         Ok(out)
     }
@@ -750,7 +853,35 @@ impl MetaStore {
             .ok_or_else(|| Error::Meta("no live metadata replica".into()))?;
         let now = Ts::now();
         let f = |tx: &WriteTransaction| at_time(now, || f(tx));
-        let result = commit(primary, &[], Some(&f), true)?.ok_or_else(no_result)?;
+        // On the primary, `f` joins the open batch of lazy changes, and the batch commits
+        // durably.
+        let b = q.batch(primary)?;
+        let result = match f(&b.tx) {
+            Ok(v) => v,
+            Err(e) => {
+                q.rebuild_batch(primary)?;
+                return Err(e);
+            }
+        };
+        let Some(Batch { mut tx, ops }) = q.batch.take() else {
+            return Err(Error::Meta("no open metadata transaction".into()));
+        };
+        let committed = counter(&tx, "generation")
+            .and_then(|g| set_counter(&tx, "generation", g + 1))
+            .and_then(|()| {
+                tx.set_durability(redb::Durability::Immediate);
+                Ok(tx.commit()?)
+            });
+        if let Err(e) = committed {
+            // The batch's lazy changes stay applied on the primary (they are queued for the
+            // secondaries too); `f` is not.
+            q.batch = Some(Batch {
+                tx: primary.db.begin_write()?,
+                ops,
+            });
+            q.rebuild_batch(primary)?;
+            return Err(e);
+        }
         self.commits.fetch_add(1, Ordering::Relaxed);
         let queue: &Queue = &q;
         let end = queue.end() + 1;
@@ -809,12 +940,9 @@ impl MetaStore {
     /// Add a replica on a new disk by copying the primary (no write may be running: takes the lock).
     pub fn add_replica(&self, disk: u32, path: &Path) -> Result<()> {
         let mut q = self.shared.lock_queue();
+        q.commit_batch()?;
         self.shared.catch_up(&mut q);
-        let primary = self
-            .live()
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::Meta("no live metadata replica".into()))?;
+        let primary = self.primary()?;
         copy_durable(&primary.path, path)?;
         let db = Database::builder().set_cache_size(32 << 20).open(path)?;
         self.shared
@@ -829,6 +957,9 @@ impl MetaStore {
     pub fn remove_replica(&self, disk: u32) {
         let mut q = self.shared.lock_queue();
         // The next primary must have every change the current one has.
+        if let Err(e) = q.commit_batch() {
+            tracing::error!(error = %e, "committing metadata changes failed");
+        }
         self.shared.catch_up(&mut q);
         self.shared
             .replicas
@@ -917,6 +1048,68 @@ mod tests {
                 let v = t.get(key(i).as_str()).unwrap().map(|g| g.value());
                 assert_eq!(v, Some(i), "replica {disk}, change {i}");
             }
+        }
+    }
+
+    fn read_key(tx: &ReadTransaction, k: &str) -> Option<u64> {
+        let t = tx.open_table(SUPER).unwrap();
+        let v = t.get(k).unwrap().map(|g| g.value());
+        v
+    }
+
+    /// Lazy changes gather in the primary's open transaction: visible through `view` and `read`
+    /// at once, committed every `BATCH_MAX` changes; a change that fails midway leaves none of
+    /// its writes and the batch's earlier changes stay, lazy or durable, on every replica.
+    #[test]
+    fn failed_change_in_the_open_batch_drops_only_its_own_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<(u32, PathBuf)> = (1..=2)
+            .map(|d| (d, dir.path().join(format!("r{d}.redb"))))
+            .collect();
+        let store = MetaStore::create(&paths, create_tables).unwrap();
+        let primary = store.primary().unwrap();
+        let n = BATCH_MAX as u64 + 10;
+        for i in 0..n {
+            store
+                .write_lazy(move |tx| set_counter(tx, &key(i), i))
+                .unwrap();
+        }
+        // The first BATCH_MAX changes were committed; the last ten are in the open batch.
+        let committed = primary.db.begin_read().unwrap();
+        assert_eq!(read_key(&committed, &key(0)), Some(0));
+        assert_eq!(read_key(&committed, &key(n - 1)), None);
+        drop(committed);
+        assert_eq!(store.view(|tx| counter(tx, &key(n - 1))).unwrap(), n - 1);
+        let failing = |tx: &WriteTransaction| -> Result<()> {
+            set_counter(tx, "partial", 1)?;
+            Err(Error::Errno(libc::EEXIST))
+        };
+        assert!(matches!(
+            store.write_lazy(failing),
+            Err(Error::Errno(libc::EEXIST))
+        ));
+        assert_eq!(store.view(|tx| counter(tx, "partial")).unwrap(), 0);
+        assert_eq!(store.view(|tx| counter(tx, &key(n - 1))).unwrap(), n - 1);
+        // A read transaction sees the whole batch.
+        let tx = store.read().unwrap();
+        assert_eq!(read_key(&tx, &key(n - 1)), Some(n - 1));
+        assert_eq!(read_key(&tx, "partial"), None);
+        drop(tx);
+        store
+            .write_lazy(move |tx| set_counter(tx, "after", 7))
+            .unwrap();
+        assert!(store.write(failing).is_err());
+        assert_eq!(store.view(|tx| counter(tx, "after")).unwrap(), 7);
+        store.sync().unwrap();
+        drop((store, primary));
+        for (disk, path) in &paths {
+            let db = Database::open(path).unwrap();
+            let tx = db.begin_read().unwrap();
+            for i in 0..n {
+                assert_eq!(read_key(&tx, &key(i)), Some(i), "replica {disk}");
+            }
+            assert_eq!(read_key(&tx, "after"), Some(7), "replica {disk}");
+            assert_eq!(read_key(&tx, "partial"), None, "replica {disk}");
         }
     }
 }

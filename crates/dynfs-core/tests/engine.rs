@@ -900,3 +900,58 @@ fn small_files_are_stored_inline_and_verified() {
         assert!(tx.open_table(EXTENTS).unwrap().get(id).unwrap().is_none());
     }
 }
+
+/// Small files made through the primary's open metadata batch (more than one batch of
+/// changes), with failing changes in between (an existing name, absent xattrs, a missing
+/// rename source, a write to a directory), are all there at once, through a fresh read
+/// transaction (readdir) and after reopening; the failed changes left nothing behind.
+#[test]
+fn failed_changes_between_small_files_lose_nothing() {
+    use dynfs_core::fs::POLICY_XATTR;
+    let tp = TestPool::new(3, "rs:2+1", 65536);
+    let n = 400u64;
+    let failing = |fs: &dynfs_core::Fs, name: &str| {
+        let e = fs.mknod(ROOT_INO, name.as_bytes(), Kind::File, 0o644, 0, 0, 0, b"");
+        assert!(matches!(e, Err(Error::Errno(libc::EEXIST))));
+        let ino = fs.lookup(ROOT_INO, name.as_bytes()).unwrap().0;
+        let e = fs.removexattr(ino, b"user.none");
+        assert!(matches!(e, Err(Error::Errno(libc::ENODATA))));
+        // Fails inside the metadata change, after reading the inode.
+        let e = fs.removexattr(ino, POLICY_XATTR);
+        assert!(matches!(e, Err(Error::Errno(libc::ENODATA))));
+        let e = fs.rename(ROOT_INO, b"missing", ROOT_INO, b"x", 0);
+        assert!(matches!(e, Err(Error::Errno(libc::ENOENT))));
+        assert!(fs.write(ROOT_INO, 0, b"x").is_err());
+    };
+    {
+        let fs = tp.open();
+        for i in 0..n {
+            let name = format!("f{i}");
+            put_file(&fs, &name, &bytes(i, 1000 + i as usize));
+            if i % 40 == 0 {
+                failing(&fs, &name);
+            }
+        }
+        for i in 0..n {
+            assert_eq!(get_file(&fs, &format!("f{i}")), bytes(i, 1000 + i as usize));
+        }
+        let mut names = 0;
+        let mut off = 0;
+        loop {
+            let entries = fs.readdir(ROOT_INO, off, 100).unwrap();
+            let Some(last) = entries.last() else { break };
+            off = last.next;
+            names += entries.iter().filter(|e| e.name.starts_with(b"f")).count();
+        }
+        assert_eq!(names, n as usize);
+        assert!(fs.lookup(ROOT_INO, b"x").is_err());
+    }
+    let fs = tp.open();
+    for i in 0..n {
+        let name = format!("f{i}");
+        assert_eq!(get_file(&fs, &name), bytes(i, 1000 + i as usize), "{name}");
+        let ino = fs.lookup(ROOT_INO, name.as_bytes()).unwrap().0;
+        assert!(fs.listxattr(ino).unwrap().is_empty());
+    }
+    assert!(fs.lookup(ROOT_INO, b"x").is_err());
+}
