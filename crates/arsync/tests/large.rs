@@ -240,42 +240,52 @@ fn unaligned_ends_and_all_zero_files_match_rsync() {
     assert_eq!(fs::metadata(ours.join("zeros")).unwrap().blocks(), 0);
 }
 
-/// A source that shrinks while it is copied (the copy is slowed by `--bwlimit`) gives a
-/// warning and a copy that ends where the source ended, not a file padded with zeros.
+/// A source that shrinks or grows while it is copied (the copy is slowed by `--bwlimit`)
+/// gives a warning and a consistent copy: it ends where the shrunk source ended (not padded
+/// with zeros), or holds the bytes the source had when opened (not a mix of lengths).
 #[test]
-fn source_shrinking_during_the_copy_is_a_warning() {
-    let w = scratch();
-    let src = w.path().join("src");
-    fs::create_dir(&src).unwrap();
-    let path = src.join("shrinks");
-    let content = Rng::new(9).bytes(4 * MIB as usize);
-    fs::write(&path, &content).unwrap();
-    let dst = w.path().join("dst");
-    let cut = {
-        let path = path.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(700));
-            File::options()
-                .write(true)
-                .open(&path)
-                .unwrap()
-                .set_len(MIB)
-                .unwrap();
-        })
-    };
-    // 2000 KiB/s: four 1 MiB pieces take about two seconds.
-    let o = arsync(&[
-        OsString::from("-a"),
-        OsString::from("--bwlimit=2000"),
-        slash(&src),
-        slash(&dst),
-    ]);
-    cut.join().unwrap();
-    assert_code(&o, 0, "arsync");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("changed while it was copied"), "{err}");
-    let copied = fs::read(dst.join("shrinks")).unwrap();
-    assert!(copied.len() < content.len(), "{} bytes", copied.len());
-    assert!(content.starts_with(&copied), "the copy is not a prefix");
-    assert!(no_temp_files(&dst));
+fn source_changing_size_during_the_copy_is_a_warning() {
+    for grow in [false, true] {
+        let w = scratch();
+        let src = w.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let path = src.join("changes");
+        let content = Rng::new(9).bytes(4 * MIB as usize);
+        fs::write(&path, &content).unwrap();
+        let dst = w.path().join("dst");
+        let change = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(700));
+                let f = File::options().write(true).open(&path).unwrap();
+                if grow {
+                    f.write_all_at(&vec![7u8; MIB as usize], 4 * MIB).unwrap();
+                } else {
+                    f.set_len(MIB).unwrap();
+                }
+            })
+        };
+        // 2000 KiB/s: four 1 MiB pieces take about two seconds.
+        let o = arsync(&[
+            OsString::from("-a"),
+            OsString::from("--bwlimit=2000"),
+            slash(&src),
+            slash(&dst),
+        ]);
+        change.join().unwrap();
+        assert_code(&o, 0, "arsync");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("changed while it was copied"),
+            "grow={grow}: {err}"
+        );
+        let copied = fs::read(dst.join("changes")).unwrap();
+        if grow {
+            assert!(copied == content, "grow: {} bytes", copied.len());
+        } else {
+            assert!(copied.len() < content.len(), "{} bytes", copied.len());
+            assert!(content.starts_with(&copied), "the copy is not a prefix");
+        }
+        assert!(no_temp_files(&dst), "grow={grow}");
+    }
 }
