@@ -199,3 +199,93 @@ fn destination_full_in_the_middle_of_a_range_leaves_nothing() {
         assert!(no_temp_files(&dst), "{flags}: temporary file left");
     }
 }
+
+/// `-S` on large files whose size is not a multiple of the block: a zero run reaching the
+/// end (including the partial last block), data ending in a partial block, and a file of
+/// zeros only. Exact copies, with the blocks rsync -S allocates.
+#[test]
+fn unaligned_ends_and_all_zero_files_match_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let mut rng = Rng::new(5);
+    // 3 MiB of data, then zeros to the end: the last block is partial.
+    let mut tail = rng.bytes(3 * MIB as usize);
+    tail.resize(3 * MIB as usize + 70_000 + 123, 0);
+    fs::write(src.join("zero-tail"), &tail).unwrap();
+    // Zeros, then data ending inside a block.
+    let mut head = vec![0u8; 2 * MIB as usize + 4096];
+    head.extend_from_slice(&rng.bytes(MIB as usize + 555));
+    fs::write(src.join("data-tail"), &head).unwrap();
+    // Only written zeros, more than one 64 MiB range.
+    let zeros = File::create(src.join("zeros")).unwrap();
+    let block = vec![0u8; 8 * MIB as usize];
+    for i in 0..9 {
+        zeros.write_all_at(&block, i * 8 * MIB).unwrap();
+    }
+    zeros.set_len(72 * MIB + 77).unwrap();
+    drop(zeros);
+    let ours = w.path().join("ours");
+    let o = arsync(&[OsString::from("-aS"), slash(&src), slash(&ours)]);
+    assert_code(&o, 0, "arsync -aS");
+    let theirs = w.path().join("theirs");
+    let o = rsync(&[OsString::from("-aS"), slash(&src), slash(&theirs)]);
+    assert_code(&o, 0, "rsync -aS");
+    for name in ["zero-tail", "data-tail", "zeros"] {
+        assert!(same_contents(&src.join(name), &ours.join(name)), "{name}");
+        let ours_blocks = fs::metadata(ours.join(name)).unwrap().blocks();
+        let theirs_blocks = fs::metadata(theirs.join(name)).unwrap().blocks();
+        assert_eq!(ours_blocks, theirs_blocks, "{name}: 512-byte blocks");
+    }
+    assert_eq!(fs::metadata(ours.join("zeros")).unwrap().blocks(), 0);
+}
+
+/// A source that shrinks or grows while it is copied (the copy is slowed by `--bwlimit`)
+/// gives a warning and a consistent copy: it ends where the shrunk source ended (not padded
+/// with zeros), or holds the bytes the source had when opened (not a mix of lengths).
+#[test]
+fn source_changing_size_during_the_copy_is_a_warning() {
+    for grow in [false, true] {
+        let w = scratch();
+        let src = w.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let path = src.join("changes");
+        let content = Rng::new(9).bytes(4 * MIB as usize);
+        fs::write(&path, &content).unwrap();
+        let dst = w.path().join("dst");
+        let change = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(700));
+                let f = File::options().write(true).open(&path).unwrap();
+                if grow {
+                    f.write_all_at(&vec![7u8; MIB as usize], 4 * MIB).unwrap();
+                } else {
+                    f.set_len(MIB).unwrap();
+                }
+            })
+        };
+        // 2000 KiB/s: four 1 MiB pieces take about two seconds.
+        let o = arsync(&[
+            OsString::from("-a"),
+            OsString::from("--bwlimit=2000"),
+            slash(&src),
+            slash(&dst),
+        ]);
+        change.join().unwrap();
+        assert_code(&o, 0, "arsync");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("changed while it was copied"),
+            "grow={grow}: {err}"
+        );
+        let copied = fs::read(dst.join("changes")).unwrap();
+        if grow {
+            assert!(copied == content, "grow: {} bytes", copied.len());
+        } else {
+            assert!(copied.len() < content.len(), "{} bytes", copied.len());
+            assert!(content.starts_with(&copied), "the copy is not a prefix");
+        }
+        assert!(no_temp_files(&dst), "grow={grow}");
+    }
+}

@@ -329,6 +329,20 @@ impl Engine {
         ));
     }
 
+    /// Warns that a source file changed while it was copied (its size or modification time
+    /// differ from when it was opened): the copy holds what was read, which may mix both
+    /// versions. Like rsync, this is not an error.
+    fn warn_if_changed(&self, path: &Path, before: &Meta, now: &Meta) {
+        if now.size != before.size || now.mtime != before.mtime {
+            self.out.error(&format!(
+                "arsync warning: \"{}\" changed while it was copied ({} bytes when opened, {} now)",
+                display(path),
+                before.size,
+                now.size
+            ));
+        }
+    }
+
     fn vanished_file(&self, path: &Path) {
         self.vanished.store(true, Ordering::Relaxed);
         self.out
@@ -1011,7 +1025,11 @@ impl Engine {
                     sparse: self.opts.sparse,
                     plain,
                 };
-                bigcopy::copy(Some(&self.big), &sf, dev, &df, len, how, &hook)?
+                let n = bigcopy::copy(Some(&self.big), &sf, dev, &df, len, how, &hook)?;
+                if let Some(before) = &smeta {
+                    self.warn_if_changed(src, before, &fsops::fstat(&sf)?);
+                }
+                n
             };
             self.finish_attrs_fd(src, &tmp, &df, &wanted)?;
             if self.opts.fsync {

@@ -8,12 +8,19 @@ pub(super) const BLOCK: u64 = 4096;
 
 /// True if every byte of `block` is zero.
 ///
-/// Data blocks are rejected from a few bytes spread over the block (real data rarely has
-/// a long zero prefix); only blocks that pass are scanned whole, 64 bytes at a time.
+/// Most data blocks are rejected by their first 64-byte line alone (one cache line read per
+/// block: the blocks were just written and may already have left the cache); then by a few
+/// bytes spread over the block (data with a long zero prefix); only blocks that pass both
+/// are scanned whole, a line at a time.
 pub(super) fn is_zero(block: &[u8]) -> bool {
     let n = block.len();
     if n == 0 {
         return true;
+    }
+    if let Some(first) = block.first_chunk::<64>() {
+        if line_or(first) != 0 {
+            return false;
+        }
     }
     if block[0] | block[n / 4] | block[n / 2] | block[n - 1 - n / 4] | block[n - 1] != 0 {
         return false;
@@ -22,16 +29,20 @@ pub(super) fn is_zero(block: &[u8]) -> bool {
     // ends the scan at its first nonzero line.
     let mut lines = block.chunks_exact(64);
     for line in &mut lines {
-        let acc = line.chunks_exact(8).fold(0u64, |a, w| {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(w);
-            a | u64::from_ne_bytes(word)
-        });
-        if acc != 0 {
+        if line_or(line) != 0 {
             return false;
         }
     }
     lines.remainder().iter().all(|&b| b == 0)
+}
+
+/// The OR of the 8-byte words of a 64-byte line (zero only if the line is).
+fn line_or(line: &[u8]) -> u64 {
+    line.chunks_exact(8).fold(0u64, |a, w| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(w);
+        a | u64::from_ne_bytes(word)
+    })
 }
 
 /// Calls `hole(from, to)` for each maximal run of all-zero blocks in `bytes`, which hold the
