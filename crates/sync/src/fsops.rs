@@ -1059,8 +1059,9 @@ pub fn copy_sparse(src: &File, dst: &File, len: u64, stop: StopCheck) -> io::Res
             let data_end = write_data_blocks(dst, &buf[..n], 0)?;
             Ok((n, data_end))
         })?;
-        if data_end < len {
-            set_len(dst, len)?;
+        // A source that shrank since it was listed ends the copy where it ended.
+        if data_end < n as u64 {
+            set_len(dst, n as u64)?;
         }
         if stop(n as u64) {
             return Err(interrupted());
@@ -1086,7 +1087,8 @@ pub fn copy_sparse(src: &File, dst: &File, len: u64, stop: StopCheck) -> io::Res
         copied += copy_read_write(src, dst, data, hole - data, true, stop)?;
         pos = hole;
     }
-    set_len(dst, len)?;
+    // Trailing holes up to the listed length, but not past the source's end if it shrank.
+    set_len(dst, len.min(src.metadata()?.len()))?;
     Ok(copied)
 }
 
@@ -1316,6 +1318,26 @@ mod tests {
             std::fs::metadata(&b).unwrap().blocks() < 1024,
             "holes were filled"
         );
+    }
+
+    /// A source listed longer than it now is (it shrank before the copy): `-S` ends the copy
+    /// at the source's end, both on the small-file path and the extent path, instead of
+    /// padding it with zeros to the listed length.
+    #[test]
+    fn sparse_copy_of_a_shrunk_source_ends_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        for (real, listed) in [(5000usize, 9000u64), (3 << 20, 40 << 20)] {
+            let a = dir.path().join("a");
+            let b = dir.path().join("b");
+            let _ = std::fs::remove_file(&b);
+            let content: Vec<u8> = (0..real).map(|i| (i % 253) as u8 | 1).collect();
+            std::fs::write(&a, &content).unwrap();
+            let src = open_read(&a, false).unwrap();
+            let dst = create_new(&b, 0o600).unwrap();
+            let n = copy_sparse(&src, &dst, listed, &|_| false).unwrap();
+            assert_eq!(n, real as u64, "listed {listed}");
+            assert_eq!(std::fs::read(&b).unwrap(), content, "listed {listed}");
+        }
     }
 
     /// Small files: zero blocks (and a zero tail) become holes, data runs are kept, the
