@@ -314,11 +314,6 @@ fn unsupported(o: &Options) -> Option<&'static str> {
         (o.partial_dir.is_some(), "--partial-dir"),
         (o.keep_dirlinks, "--keep-dirlinks (-K)"),
         (o.temp_dir.is_some(), "--temp-dir (-T)"),
-        // With -p, -E changes nothing (rsync does not send it then).
-        (
-            o.executability && !o.perms,
-            "--executability (-E) without --perms",
-        ),
     ];
     checks.iter().find(|(on, _)| *on).map(|(_, n)| *n)
 }
@@ -368,6 +363,19 @@ fn transfer_opts(o: &Options) -> TransferOpts {
         // Set by `run` once it knows where the list is read.
         files_from: None,
         from0: false,
+        // With -p, -E changes nothing (rsync does not send it then).
+        executability: o.executability && !o.perms,
+        inplace: o.inplace,
+        append: if o.append_verify { 2 } else { o.append as u8 },
+        partial_dir: o
+            .partial_dir
+            .as_ref()
+            .map(|d| d.to_string_lossy().into_owned()),
+        temp_dir: o
+            .temp_dir
+            .as_ref()
+            .map(|d| d.to_string_lossy().into_owned()),
+        keep_dirlinks: o.keep_dirlinks,
     }
 }
 

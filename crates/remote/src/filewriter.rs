@@ -449,9 +449,8 @@ mod tests {
             matched: u64,
         ) -> Result<()> {
             let meta = Meta {
-                perms: 0o640,
-                mtime: 1_600_000_000,
-                mtime_nsec: 0,
+                perms: Some(0o640),
+                mtime: Some((1_600_000_000, 0)),
                 uid: None,
                 gid: None,
                 atime: None,

@@ -29,12 +29,10 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Metadata to apply to a received entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
-    /// Permission bits (07777).
-    pub perms: u32,
-    /// mtime seconds.
-    pub mtime: i64,
-    /// mtime nanoseconds.
-    pub mtime_nsec: u32,
+    /// Permission bits (07777) to set (None: leave).
+    pub perms: Option<u32>,
+    /// mtime seconds and nanoseconds to set (`-t`; None: leave).
+    pub mtime: Option<(i64, u32)>,
     /// Owner to set (None: leave).
     pub uid: Option<u32>,
     /// Group to set (None: leave).
@@ -56,12 +54,43 @@ impl Meta {
                     tv_nsec: UTIME_OMIT,
                 },
             },
-            last_modification: Timespec {
-                tv_sec: self.mtime,
-                tv_nsec: self.mtime_nsec as _,
+            last_modification: match self.mtime {
+                Some((sec, nsec)) => Timespec {
+                    tv_sec: sec,
+                    tv_nsec: nsec as _,
+                },
+                None => Timespec {
+                    tv_sec: 0,
+                    tv_nsec: UTIME_OMIT,
+                },
             },
         }
     }
+
+    /// True when no time is to be set.
+    fn no_times(&self) -> bool {
+        self.mtime.is_none() && self.atime.is_none()
+    }
+}
+
+/// The process's umask (read once: `/proc/self/status`, else by setting
+/// and restoring it).
+pub fn umask() -> u32 {
+    static MASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MASK.get_or_init(|| {
+        let from_proc = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            });
+        from_proc.unwrap_or_else(|| {
+            let old = rustix::process::umask(Mode::from_raw_mode(0o022));
+            rustix::process::umask(old);
+            old.as_raw_mode() as u32
+        })
+    })
 }
 
 /// What kind of thing an existing entry is.
@@ -73,6 +102,8 @@ pub struct EntryInfo {
     pub size: u64,
     /// mtime seconds.
     pub mtime: i64,
+    /// Permission bits (07777).
+    pub perms: u32,
 }
 
 /// A temporary file being received, to be committed under its final name.
@@ -255,6 +286,7 @@ impl DestRoot {
                 file_type: FileType::from_raw_mode(st.st_mode),
                 size: st.st_size as u64,
                 mtime: st.st_mtime,
+                perms: st.st_mode & 0o7777,
             })),
             Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(io_err(format!("stat {}", shown(name)), e)),
@@ -498,8 +530,13 @@ impl DestRoot {
             rustix::fs::fchown(f, meta.uid.map(Uid::from_raw), meta.gid.map(Gid::from_raw))
                 .map_err(|e| io_err("chown".into(), e))?;
         }
-        rustix::fs::fchmod(f, Mode::from_raw_mode(meta.perms & 0o7777))
-            .map_err(|e| io_err("chmod".into(), e))?;
+        if let Some(perms) = meta.perms {
+            rustix::fs::fchmod(f, Mode::from_raw_mode(perms & 0o7777))
+                .map_err(|e| io_err("chmod".into(), e))?;
+        }
+        if meta.no_times() {
+            return Ok(());
+        }
         rustix::fs::futimens(f, &meta.times()).map_err(|e| io_err("setting times".into(), e))
     }
 
@@ -541,14 +578,17 @@ impl DestRoot {
                     )
                     .map_err(what)?;
                 }
-                if ft != FileType::Symlink {
+                if let (Some(perms), true) = (meta.perms, ft != FileType::Symlink) {
                     rustix::fs::chmodat(
                         &*p,
                         base.as_str(),
-                        Mode::from_raw_mode(meta.perms & 0o7777),
+                        Mode::from_raw_mode(perms & 0o7777),
                         AtFlags::empty(),
                     )
                     .map_err(what)?;
+                }
+                if meta.no_times() {
+                    return Ok(());
                 }
                 rustix::fs::utimensat(&*p, base.as_str(), &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(what)
@@ -753,9 +793,8 @@ mod tests {
         let tmp = d.create_temp(b"sub/f").unwrap();
         tmp.file.write_all_at(b"hello", 0).unwrap();
         let meta = Meta {
-            perms: 0o640,
-            mtime: 1_000_000_000,
-            mtime_nsec: 5,
+            perms: Some(0o640),
+            mtime: Some((1_000_000_000, 5)),
             uid: None,
             atime: Some(1_234_567),
             gid: None,
@@ -768,7 +807,14 @@ mod tests {
         assert_eq!(m.atime(), 1_234_567);
         assert_eq!(d.lstat(b"sub/f").unwrap().unwrap().size, 5);
         d.make_symlink(b"sub/l", b"f").unwrap();
-        d.set_meta(b"sub/l", &Meta { mtime: 7, ..meta }).unwrap();
+        d.set_meta(
+            b"sub/l",
+            &Meta {
+                mtime: Some((7, 0)),
+                ..meta
+            },
+        )
+        .unwrap();
         assert_eq!(
             std::fs::symlink_metadata(t.path().join("sub/l"))
                 .unwrap()
@@ -778,8 +824,8 @@ mod tests {
         d.set_meta(
             b"sub",
             &Meta {
-                perms: 0o711,
-                mtime: 9,
+                perms: Some(0o711),
+                mtime: Some((9, 0)),
                 ..meta
             },
         )

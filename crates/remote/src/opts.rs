@@ -95,6 +95,27 @@ pub struct TransferOpts {
     pub files_from: Option<String>,
     /// `--from0`: the names in a `--files-from` file end with NUL bytes.
     pub from0: bool,
+    /// `-E` without `-p`: the receiver gives an existing file the
+    /// source's executability (packed `E`, to a receiving server).
+    pub executability: bool,
+    /// `--inplace`: the receiver writes into the existing file (no
+    /// temporary file, no rename); the sender matches only blocks the
+    /// receiver has not overwritten yet. Sent to either kind of server.
+    pub inplace: bool,
+    /// `--append` (1) / `--append-verify` (2): only data beyond the
+    /// receiver's length is sent and appended in place (implies
+    /// `inplace`). Sent to either kind of server.
+    pub append: u8,
+    /// `--partial-dir`: where the receiver keeps a partial file (a
+    /// relative one is below each file's directory) and finds it again as
+    /// the next run's basis. To a receiving server.
+    pub partial_dir: Option<String>,
+    /// `--temp-dir`: where the receiver creates its temporary files (a
+    /// relative one is relative to the destination). To a receiving server.
+    pub temp_dir: Option<String>,
+    /// `-K`: the receiver treats a symlink to a directory as that
+    /// directory (packed `K`, to a receiving server).
+    pub keep_dirlinks: bool,
 }
 
 /// The kind of `--*-dest` basis directories.
@@ -140,6 +161,8 @@ impl TransferOpts {
         self.prune_empty_dirs |= flags.contains('m');
         self.dirs_only |= flags.contains('d') && !flags.contains('r');
         self.backup |= flags.contains('b');
+        self.executability |= flags.contains('E') && !flags.contains('p');
+        self.keep_dirlinks |= flags.contains('K');
         let x = flags.chars().filter(|&c| c == 'x').count();
         self.one_file_system = self.one_file_system.max(x.min(2) as u8);
         self
@@ -157,6 +180,8 @@ impl TransferOpts {
             (self.copy_links && server_sends, 'L'),
             (self.copy_dirlinks && server_sends, 'k'),
             (self.prune_empty_dirs && !server_sends, 'm'),
+            (self.keep_dirlinks && !server_sends, 'K'),
+            (self.executability && !server_sends, 'E'),
         ] {
             if on {
                 f.push(c);
@@ -245,6 +270,16 @@ impl TransferOpts {
                 }
             }
         }
+        if !server_sends {
+            if let Some(d) = &self.partial_dir {
+                v.push("--partial-dir".into());
+                v.push(d.clone());
+            }
+            if let Some(d) = &self.temp_dir {
+                v.push("--temp-dir".into());
+                v.push(d.clone());
+            }
+        }
         if self.copy_unsafe_links {
             v.push("--copy-unsafe-links".into());
         }
@@ -253,6 +288,14 @@ impl TransferOpts {
         }
         if self.safe_links {
             v.push("--safe-links".into());
+        }
+        if self.append > 0 {
+            if self.append > 1 {
+                v.push("--append".into());
+            }
+            v.push("--append".into());
+        } else if self.inplace {
+            v.push("--inplace".into());
         }
         v
     }
@@ -359,12 +402,55 @@ impl TransferOpts {
                 self.max_delete = Some(n.max(0) as u64);
             }
             "--safe-links" => self.safe_links = true,
+            "--inplace" => self.inplace = true,
+            "--append" => {
+                self.append = (self.append + 1).min(2);
+                self.inplace = true;
+            }
+            "--append-verify" => {
+                self.append = 2;
+                self.inplace = true;
+            }
+            "--executability" => self.executability = true,
+            "--keep-dirlinks" => self.keep_dirlinks = true,
+            // rsync's --delay-updates directory (the server handles it).
+            "--partial-dir" if value == Some(".~tmp~") => return Ok(false),
+            "--partial-dir" | "--temp-dir" => {
+                let v = match value {
+                    Some(v) => v.to_string(),
+                    None => {
+                        next().ok_or_else(|| RemoteError::Usage(format!("{arg} needs a value")))?
+                    }
+                };
+                if v.is_empty() {
+                    return Err(RemoteError::Usage(format!("{name} needs a directory")));
+                }
+                match name {
+                    "--partial-dir" => self.partial_dir = Some(v),
+                    _ => self.temp_dir = Some(v),
+                }
+            }
             "--copy-links" => self.copy_links = true,
             "--copy-dirlinks" => self.copy_dirlinks = true,
             "--prune-empty-dirs" => self.prune_empty_dirs = true,
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// The first option that is parsed but not implemented by the remote
+    /// roles yet.
+    pub fn not_implemented(&self) -> Option<&'static str> {
+        [
+            (self.inplace && self.append == 0, "--inplace"),
+            (self.append > 0, "--append"),
+            (self.partial_dir.is_some(), "--partial-dir"),
+            (self.temp_dir.is_some(), "--temp-dir"),
+            (self.keep_dirlinks, "--keep-dirlinks (-K)"),
+        ]
+        .into_iter()
+        .find(|(on, _)| *on)
+        .map(|(_, n)| n)
     }
 
     /// True when [`TransferOpts::skip`] can skip anything.
@@ -612,6 +698,7 @@ impl TransferOpts {
                 file_type: rustix::fs::FileType::from_raw_mode(m.mode()),
                 size: m.len(),
                 mtime: m.mtime(),
+                perms: m.mode() & 0o7777,
             };
             if !self.unchanged(e, &info, || same_sum(&p))? {
                 continue;
@@ -914,6 +1001,7 @@ mod tests {
             file_type: rustix::fs::FileType::RegularFile,
             size,
             mtime,
+            perms: 0o644,
         }
     }
 

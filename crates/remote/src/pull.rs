@@ -261,6 +261,8 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         late_delete: opts.command.delete && opts.command.delete_after,
         daemon_filter: None,
         partial: opts.command.partial,
+        perms: opts.command.flags.contains('p'),
+        times: opts.command.flags.contains('t'),
         opts: opts.command.opts.clone(),
     };
     receive_session(ins, outs, &neg, &fopts, dest, mode)
@@ -296,6 +298,11 @@ pub(crate) struct ReceiveMode {
     pub daemon_filter: Option<Arc<DaemonFilter>>,
     /// `--partial`: a file cut off by an error keeps what arrived.
     pub partial: bool,
+    /// `-p`: the source's permissions (else rsync's rules for new and
+    /// existing entries, see [`MetaRules`]).
+    pub perms: bool,
+    /// `-t`: the source's mtimes.
+    pub times: bool,
     /// Quick-check variants and other generator options.
     pub opts: TransferOpts,
 }
@@ -399,6 +406,13 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
         e.uid = crate::opts::map_owner(&user_rules, e.uid, &uid_list, &uid_map, &names, true);
         e.gid = crate::opts::map_owner(&group_rules, e.gid, &gid_list, &gid_map, &names, false);
     }
+    let meta = MetaRules::new(
+        mode.perms,
+        mode.times,
+        mode.opts.executability,
+        &fopts,
+        root,
+    );
     let attr = AttrCtx {
         acls: fopts.preserve_acls,
         xstore,
@@ -435,6 +449,7 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
             daemon_filter: mode.daemon_filter.clone(),
             opts: mode.opts.clone(),
             warn_peer: !mode.read_stats,
+            meta,
         };
         std::thread::spawn(move || generator_thread(outs, &files, &active, &gen_ctx, rx))
     };
@@ -481,14 +496,81 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
     Ok(summary)
 }
 
-fn meta_of(e: &FileEntry, fopts: &FlistOptions, root: bool) -> Meta {
-    Meta {
-        perms: e.mode & 0o7777,
-        mtime: e.mtime,
-        mtime_nsec: e.mtime_nsec,
-        uid: (root && fopts.preserve_uid).then_some(e.uid),
-        gid: (root && fopts.preserve_gid).then_some(e.gid),
-        atime: (fopts.atimes && !e.is_dir()).then_some(e.atime),
+/// What the receiver sets on an entry, as rsync's `set_file_attrs` with
+/// `dest_mode` decides: the source's permissions with `-p`; without it a
+/// new entry gets the source's permissions masked by the umask (special
+/// bits dropped) and an existing one keeps its own (with `-E` a regular
+/// file takes the source's executability); the mtime only with `-t`;
+/// owners only as root with `-o`/`-g`; atimes with `-U`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MetaRules {
+    perms: bool,
+    times: bool,
+    executability: bool,
+    /// Permission bits a new entry may have without `-p` (0777 & ~umask).
+    default_perms: u32,
+    uid: bool,
+    gid: bool,
+    atimes: bool,
+}
+
+impl MetaRules {
+    /// The rules for `-p` (`perms`), `-t` (`times`), `-E` and the file-list options.
+    pub(crate) fn new(
+        perms: bool,
+        times: bool,
+        executability: bool,
+        fopts: &FlistOptions,
+        root: bool,
+    ) -> Self {
+        MetaRules {
+            perms,
+            times,
+            executability: executability && !perms,
+            default_perms: 0o777 & !crate::fsys::umask(),
+            uid: root && fopts.preserve_uid,
+            gid: root && fopts.preserve_gid,
+            atimes: fopts.atimes,
+        }
+    }
+
+    /// Whether the permissions of the entry already there matter (they
+    /// are kept without `-p`).
+    fn needs_existing(&self) -> bool {
+        !self.perms
+    }
+
+    /// The permission bits for `e`; `existing` is the permission bits of
+    /// the entry already at its name (rsync's `dest_mode`).
+    fn perms_for(&self, e: &FileEntry, existing: Option<u32>) -> u32 {
+        if self.perms {
+            return e.mode & 0o7777;
+        }
+        match existing {
+            Some(st) => {
+                let mut m = st & 0o7777;
+                if self.executability && e.file_type() == Some(FileType::Regular) {
+                    if e.mode & 0o111 == 0 {
+                        m &= !0o111;
+                    } else if st & 0o111 == 0 {
+                        m |= (m & 0o444) >> 2;
+                    }
+                }
+                m
+            }
+            None => e.mode & 0o7777 & self.default_perms,
+        }
+    }
+
+    /// The metadata to apply to `e` (see [`MetaRules::perms_for`]).
+    fn meta(&self, e: &FileEntry, existing: Option<u32>) -> Meta {
+        Meta {
+            perms: Some(self.perms_for(e, existing)),
+            mtime: self.times.then_some((e.mtime, e.mtime_nsec)),
+            uid: self.uid.then_some(e.uid),
+            gid: self.gid.then_some(e.gid),
+            atime: (self.atimes && !e.is_dir()).then_some(e.atime),
+        }
     }
 }
 
@@ -620,6 +702,8 @@ struct GenCtx {
     opts: TransferOpts,
     /// A server's generator: warnings go to the client.
     warn_peer: bool,
+    /// What metadata the options ask for.
+    meta: MetaRules,
 }
 
 impl GenCtx {
@@ -987,19 +1071,28 @@ fn generator<W: Write>(
             };
             // Set when an item for this entry went out already.
             let mut sent = false;
+            // Without -p the permissions of what is there are kept: those
+            // of a directory for a directory, of any other entry otherwise.
+            let before = match ctx.meta.needs_existing() && !dry {
+                true => dest
+                    .lstat(&e.name)?
+                    .filter(|m| (m.file_type == rustix::fs::FileType::Directory) == e.is_dir()),
+                false => None,
+            }
+            .map(|m| m.perms);
             match e.file_type() {
                 Some(FileType::Dir) => {
                     if !dry {
                         dest.ensure_dir(&e.name)?;
                         sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
                     }
-                    dirs.push(i);
+                    dirs.push((i, before));
                 }
                 Some(FileType::Symlink) if fopts.preserve_links && !dry => {
                     let target = e.link_target.as_deref().unwrap_or_default();
                     dest.make_symlink(&e.name, target)?;
                     sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
-                    dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
+                    dest.set_meta(&e.name, &ctx.meta.meta(e, before))?;
                     ctx.success(outs, i)?;
                 }
                 Some(FileType::Device) | Some(FileType::Special)
@@ -1009,7 +1102,7 @@ fn generator<W: Write>(
                 {
                     dest.make_node(&e.name, e.mode, e.rdev)?;
                     sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
-                    dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
+                    dest.set_meta(&e.name, &ctx.meta.meta(e, before))?;
                     ctx.fix_acls(e)?;
                 }
                 Some(FileType::Regular) if followers.contains(e.name.as_slice()) => {
@@ -1059,7 +1152,7 @@ fn generator<W: Write>(
                             }
                             Some(AltMatch::Copy(p)) => {
                                 put(std::fs::copy(&p, dest.path(&e.name)?).map(|_| ()))?;
-                                dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
+                                dest.set_meta(&e.name, &ctx.meta.meta(e, None))?;
                                 ctx.success(outs, i)?;
                                 return Ok(());
                             }
@@ -1076,7 +1169,7 @@ fn generator<W: Write>(
                             // Quick check passed: only fix metadata.
                             if !dry {
                                 ctx.fix_xattrs(outs, &mut codec, i, e, 0)?;
-                                dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
+                                dest.set_meta(&e.name, &ctx.meta.meta(e, Some(m.perms)))?;
                                 ctx.fix_acls(e)?;
                                 ctx.success(outs, i)?;
                             }
@@ -1207,10 +1300,10 @@ fn generator<W: Write>(
         }
     }
     // Directory metadata last, deepest first, so nothing touches them afterwards.
-    for &i in dirs.iter().rev().filter(|_| !ctx.dry_run) {
+    for &(i, before) in dirs.iter().rev().filter(|_| !ctx.dry_run) {
         let e = &files[i];
         let r = dest
-            .set_meta(&e.name, &meta_of(e, fopts, root))
+            .set_meta(&e.name, &ctx.meta.meta(e, before))
             .and_then(|()| ctx.fix_acls(e));
         if let Err(err) = r {
             errors.push(format!("{}: {err}", String::from_utf8_lossy(&e.name)));
@@ -1236,7 +1329,7 @@ fn generator<W: Write>(
 /// the end of the redo phase).
 struct CommitStep {
     files: Arc<Vec<FileEntry>>,
-    fopts: FlistOptions,
+    meta: MetaRules,
     attr: AttrCtx,
     sparse: bool,
     delay_updates: bool,
@@ -1267,7 +1360,15 @@ impl CommitStep {
             };
             store.apply(xn, fd, &basis, root, &who)?;
         }
-        DestRoot::set_file_meta(&tmp.file, &meta_of(e, &self.fopts, root))?;
+        // Without -p an existing file keeps its permissions.
+        let existing = match self.meta.needs_existing() {
+            true => dest
+                .lstat(&e.name)?
+                .filter(|m| m.file_type == rustix::fs::FileType::RegularFile)
+                .map(|m| m.perms),
+            false => None,
+        };
+        DestRoot::set_file_meta(&tmp.file, &self.meta.meta(e, existing))?;
         self.attr.apply_acls(fd, e)
     }
 
@@ -1361,7 +1462,7 @@ fn receiver<R: Read>(
     let mut redo_sent = vec![false; files.len()];
     let step = CommitStep {
         files: Arc::clone(files),
-        fopts: fopts.clone(),
+        meta: MetaRules::new(mode.perms, mode.times, mode.opts.executability, fopts, root),
         attr: attr.clone(),
         sparse: mode.sparse,
         delay_updates: mode.delay_updates,

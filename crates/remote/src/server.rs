@@ -118,6 +118,9 @@ impl ServerArgs {
                 // Options that only affect the client's output or are
                 // defaults here.
                 "--stats" | "--force" | "--ignore-errors" | "--no-i-r" | "--no-inc-recursive" => {}
+                // rsync adds it for --inplace --sparse (an old peers' bug); -W
+                // is off unless the packed flags say otherwise.
+                "--no-W" | "--no-whole-file" => {}
                 // What the packed flags already say (rsync adds them for
                 // -d with --delete, and --files-from without -R).
                 "--no-r" | "--no-recursive" | "--no-relative" | "--no-R" => {}
@@ -151,6 +154,9 @@ impl ServerArgs {
             return Err(unsupported(format!("server flag -{c}")));
         }
         a.opts = std::mem::take(&mut a.opts).with_flags(&a.flags);
+        if let Some(o) = a.opts.not_implemented() {
+            return Err(unsupported(format!("server option {o}")));
+        }
         // --delete-excluded implies --delete.
         a.delete |= a.opts.delete_excluded;
         if a.paths.is_empty() {
@@ -161,7 +167,7 @@ impl ServerArgs {
 }
 
 /// Packed short flags this server implements (`v`/`i` only change output).
-const SUPPORTED_FLAGS: &str = "logDtprdHcWzUviOJAXnSRuILkmxb";
+const SUPPORTED_FLAGS: &str = "logDtprdHcWzUviOJAXnSRuILkmxbE";
 
 fn unsupported(what: String) -> RemoteError {
     RemoteError::Proto(arsync_proto::Error::Unsupported(format!(
@@ -335,6 +341,8 @@ pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
             late_delete: args.delete_after,
             daemon_filter: daemon.map(std::sync::Arc::new),
             partial: args.partial,
+            perms: args.flags.contains('p'),
+            times: args.flags.contains('t'),
             opts: args.opts.clone(),
         };
         receive_session(ins, outs, &neg, &fopts, dest, mode)
@@ -441,7 +449,7 @@ mod tests {
             ("logDtprz", "LsfxCIvu", Some(30))
         );
         assert!(ServerArgs::parse(&v(&["--sender", ".", "x"])).is_err());
-        assert!(ServerArgs::parse(&v(&["--server", "--temp-dir=x", ".", "x"])).is_err());
+        assert!(ServerArgs::parse(&v(&["--server", "--only-write-batch=x", ".", "x"])).is_err());
         let a = ServerArgs::parse(&v(&["--server", "--files-from=-", "--from0", ".", "x"]));
         assert_eq!(
             a.ok().and_then(|a| a.opts.files_from),
