@@ -308,14 +308,7 @@ fn fail(code: ExitCode, msg: impl std::fmt::Display) -> i32 {
 
 /// Options the remote roles do not implement yet: the first one set.
 fn unsupported(o: &Options) -> Option<&'static str> {
-    let checks: &[(bool, &str)] = &[
-        (o.inplace, "--inplace"),
-        (o.append, "--append"),
-        (o.partial_dir.is_some(), "--partial-dir"),
-        (o.keep_dirlinks, "--keep-dirlinks (-K)"),
-        (o.temp_dir.is_some(), "--temp-dir (-T)"),
-    ];
-    checks.iter().find(|(on, _)| *on).map(|(_, n)| *n)
+    transfer_opts(o).not_implemented()
 }
 
 /// The options beyond the packed flags (and `u`, `I`), for both roles.
@@ -570,6 +563,13 @@ pub fn run(args: &[OsString]) -> i32 {
         Ok(f) => f,
         Err(e) => return fail(ExitCode::Unsupported, format!("{e} is not supported yet")),
     };
+    if let Some(d) = o.partial_dir.as_ref().map(|d| d.to_string_lossy()) {
+        // As rsync's client: a relative partial directory is hidden from
+        // the walk and protected from deletion (a perishable exclude).
+        if !d.starts_with('/') {
+            filters.push(format!("-p {}/", d.trim_end_matches('/')));
+        }
+    }
     if o.backup && o.deleting() && o.backup_dir.is_none() && !o.delete_excluded {
         // As rsync's client: backups in the destination are not deleted.
         filters.push(format!("P *{}", o.backup_suffix().to_string_lossy()));

@@ -113,13 +113,17 @@ pub struct TempFile {
     pub file: File,
     parent: Arc<OwnedFd>,
     name: String,
+    /// `--inplace`: this is the target itself (never renamed or removed);
+    /// the permission bits it had before (`None`: it was created).
+    pub in_place: Option<Option<u32>>,
 }
 
 /// A received file waiting for the end of the transfer (`--delay-updates`):
-/// its temporary name in the target's directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// its temporary name and directory.
+#[derive(Debug, Clone)]
 pub struct DelayedFile {
     tmp: String,
+    dir: Arc<OwnedFd>,
 }
 
 /// A destination directory tree.
@@ -127,6 +131,8 @@ pub struct DelayedFile {
 pub struct DestRoot {
     root: PathBuf,
     fd: Arc<OwnedFd>,
+    /// `--temp-dir`: where temporary files are created.
+    temp_dir: Option<Arc<OwnedFd>>,
 }
 
 fn shown(name: &[u8]) -> String {
@@ -161,7 +167,23 @@ impl DestRoot {
         Ok(DestRoot {
             root: root.to_path_buf(),
             fd: Arc::new(fd),
+            temp_dir: None,
         })
+    }
+
+    /// `--temp-dir`: temporary files are created in `dir` (a relative
+    /// one is relative to the root; it must exist) and renamed into place
+    /// from there (copied when it is on another file system).
+    pub fn with_temp_dir(mut self, dir: &str) -> Result<Self> {
+        let fd = rustix::fs::openat(
+            &*self.fd,
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err(format!("opening --temp-dir {dir}"), e))?;
+        self.temp_dir = Some(Arc::new(fd));
+        Ok(self)
     }
 
     /// For a dry run: like [`DestRoot::open`] but never creates `root`. A
@@ -186,6 +208,7 @@ impl DestRoot {
         Ok(DestRoot {
             root: root.to_path_buf(),
             fd: Arc::new(fd),
+            temp_dir: None,
         })
     }
 
@@ -450,15 +473,20 @@ impl DestRoot {
         Ok(Some(File::from(fd)))
     }
 
-    /// Creates a new temporary file next to `name` (`.name.XXXXXX`).
+    /// Creates a new temporary file next to `name` (`.name.XXXXXX`), or
+    /// in the `--temp-dir` (`name.XXXXXX`).
     pub fn create_temp(&self, name: &[u8]) -> Result<TempFile> {
         let (p, base) = self.parent(name)?;
         let short: String = base.chars().take(200).collect();
+        let (dir, dot) = match &self.temp_dir {
+            Some(t) => (Arc::clone(t), ""),
+            None => (p, "."),
+        };
         loop {
             let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let tmp = format!(".{short}.{:06}{n}", std::process::id() % 1_000_000);
+            let tmp = format!("{dot}{short}.{:06}{n}", std::process::id() % 1_000_000);
             match rustix::fs::openat(
-                &*p,
+                &*dir,
                 tmp.as_str(),
                 OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
@@ -466,8 +494,9 @@ impl DestRoot {
                 Ok(fd) => {
                     return Ok(TempFile {
                         file: File::from(fd),
-                        parent: p,
+                        parent: dir,
                         name: tmp,
+                        in_place: None,
                     })
                 }
                 Err(Errno::EXIST) => continue,
@@ -481,10 +510,119 @@ impl DestRoot {
         }
     }
 
-    /// Renames a finished temporary file over `name` (same parent).
+    /// `--inplace`: opens the regular file `name` itself for writing
+    /// (created with mode 0600 if missing; a non-file there is replaced).
+    pub fn open_in_place(&self, name: &[u8]) -> Result<TempFile> {
+        let (p, base) = self.parent(name)?;
+        let what = |e: Errno| io_err(format!("opening {} in place", shown(name)), e);
+        let mut prior = None;
+        match rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
+                prior = Some(st.st_mode & 0o7777);
+            }
+            Ok(_) => Self::remove_non_dir(&p, &base)?,
+            Err(_) => {}
+        }
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(&*p, base.as_str(), flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => fd,
+            Err(Errno::ACCESS) if prior.is_some() => {
+                // A read-only file (as root this does not happen): make it
+                // writable for the open, as rsync does; its mode is set again
+                // when the file is done.
+                let mode = prior.unwrap_or(0o600) | 0o200;
+                rustix::fs::chmodat(
+                    &*p,
+                    base.as_str(),
+                    Mode::from_raw_mode(mode),
+                    AtFlags::empty(),
+                )
+                .map_err(what)?;
+                rustix::fs::openat(&*p, base.as_str(), flags, Mode::from_raw_mode(0o600))
+                    .map_err(what)?
+            }
+            Err(e) => return Err(what(e)),
+        };
+        Ok(TempFile {
+            file: File::from(fd),
+            parent: p,
+            name: base,
+            in_place: Some(prior),
+        })
+    }
+
+    /// `--partial-dir`: the name (relative to the root) of `name`'s
+    /// partial file: `dir/<partial_dir>/base`. `None` for an absolute
+    /// partial directory (outside the tree; not supported here).
+    pub fn partial_name(name: &[u8], partial_dir: &str) -> Option<Vec<u8>> {
+        if partial_dir.starts_with('/') || name == b"." {
+            return None;
+        }
+        let (dir, base) = match name.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&name[..=i], &name[i + 1..]),
+            None => (&b""[..], name),
+        };
+        let mut v = dir.to_vec();
+        v.extend_from_slice(partial_dir.trim_end_matches('/').as_bytes());
+        v.push(b'/');
+        v.extend_from_slice(base);
+        Some(v)
+    }
+
+    /// Makes sure the directory holding `partial` (a name from
+    /// [`DestRoot::partial_name`]) exists (mode 0700; a non-directory
+    /// there is removed), as rsync's receiver does before keeping a file.
+    pub fn ensure_partial_dir(&self, partial: &[u8]) -> Result<()> {
+        match partial.iter().rposition(|&b| b == b'/') {
+            Some(i) => {
+                let dir = &partial[..i];
+                if self
+                    .lstat(dir)?
+                    .is_some_and(|m| m.file_type == FileType::Directory)
+                {
+                    return Ok(());
+                }
+                let (p, base) = self.parent(dir)?;
+                Self::remove_non_dir(&p, &base)?;
+                match rustix::fs::mkdirat(&*p, base.as_str(), Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(Errno::EXIST) => Ok(()),
+                    Err(e) => Err(io_err(format!("creating {}", shown(dir)), e)),
+                }
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Removes the directory holding `partial` if it is empty now.
+    pub fn remove_partial_dir(&self, partial: &[u8]) {
+        if let Some(i) = partial.iter().rposition(|&b| b == b'/') {
+            if let Ok((p, base)) = self.parent(&partial[..i]) {
+                let _ = rustix::fs::unlinkat(&*p, base.as_str(), AtFlags::REMOVEDIR);
+            }
+        }
+    }
+
+    /// Removes the regular file `name` (best effort; for a consumed
+    /// partial file).
+    pub fn remove_file(&self, name: &[u8]) {
+        if let Ok((p, base)) = self.parent(name) {
+            if let Ok(st) = rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
+                    let _ = rustix::fs::unlinkat(&*p, base.as_str(), AtFlags::empty());
+                }
+            }
+        }
+    }
+
+    /// Renames a finished temporary file over `name` (nothing to do for
+    /// a file written in place). A temporary file on another file system
+    /// (`--temp-dir`) is copied next to `name` first.
     pub fn commit(&self, tmp: TempFile, name: &[u8]) -> Result<()> {
-        let (_, base) = self.parent(name)?;
-        if let Ok(st) = rustix::fs::statat(&*tmp.parent, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        let (p, base) = self.parent(name)?;
+        if tmp.in_place.is_some() {
+            return Ok(());
+        }
+        if let Ok(st) = rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                 Self::remove_temp(tmp);
                 return Err(RemoteError::io(
@@ -493,14 +631,78 @@ impl DestRoot {
                 ));
             }
         }
-        rustix::fs::renameat(&*tmp.parent, tmp.name.as_str(), &*tmp.parent, base.as_str())
-            .map_err(|e| io_err(format!("renaming into {}", shown(name)), e))
+        match rustix::fs::renameat(&*tmp.parent, tmp.name.as_str(), &*p, base.as_str()) {
+            Err(Errno::XDEV) => {
+                let copy = self.copy_across(&tmp, name);
+                Self::remove_temp(tmp);
+                let copy = copy?;
+                rustix::fs::renameat(&*copy.parent, copy.name.as_str(), &*p, base.as_str()).map_err(
+                    |e| {
+                        let _ = rustix::fs::unlinkat(
+                            &*copy.parent,
+                            copy.name.as_str(),
+                            AtFlags::empty(),
+                        );
+                        io_err(format!("renaming into {}", shown(name)), e)
+                    },
+                )
+            }
+            r => r.map_err(|e| io_err(format!("renaming into {}", shown(name)), e)),
+        }
+    }
+
+    /// A copy of `tmp` (data, mode, owner, times) in a new temporary file
+    /// next to `name`.
+    fn copy_across(&self, tmp: &TempFile, name: &[u8]) -> Result<TempFile> {
+        let plain = DestRoot {
+            temp_dir: None,
+            ..self.clone()
+        };
+        let copy = plain.create_temp(name)?;
+        let r = (|| -> Result<()> {
+            let what = |e: std::io::Error| {
+                RemoteError::io(format!("copying {} from --temp-dir", shown(name)), e)
+            };
+            let mut from = &tmp.file;
+            std::io::Seek::seek(&mut from, std::io::SeekFrom::Start(0)).map_err(what)?;
+            let mut to = &copy.file;
+            std::io::copy(&mut from, &mut to).map_err(what)?;
+            let st = rustix::fs::fstat(&tmp.file).map_err(|e| io_err("stat".into(), e))?;
+            let _ = rustix::fs::fchown(
+                &copy.file,
+                Some(Uid::from_raw(st.st_uid)),
+                Some(Gid::from_raw(st.st_gid)),
+            );
+            rustix::fs::fchmod(&copy.file, Mode::from_raw_mode(st.st_mode & 0o7777))
+                .map_err(|e| io_err("chmod".into(), e))?;
+            let times = Timestamps {
+                last_access: Timespec {
+                    tv_sec: st.st_atime,
+                    tv_nsec: st.st_atime_nsec as _,
+                },
+                last_modification: Timespec {
+                    tv_sec: st.st_mtime,
+                    tv_nsec: st.st_mtime_nsec as _,
+                },
+            };
+            rustix::fs::futimens(&copy.file, &times).map_err(|e| io_err("setting times".into(), e))
+        })();
+        match r {
+            Ok(()) => Ok(copy),
+            Err(e) => {
+                Self::remove_temp(copy);
+                Err(e)
+            }
+        }
     }
 
     /// `--delay-updates`: closes a finished temporary file and remembers
     /// it for [`DestRoot::commit_delayed`] (no descriptor is kept).
     pub fn delay(tmp: TempFile) -> DelayedFile {
-        DelayedFile { tmp: tmp.name }
+        DelayedFile {
+            tmp: tmp.name,
+            dir: tmp.parent,
+        }
     }
 
     /// Renames a delayed temporary file over `name`.
@@ -508,19 +710,22 @@ impl DestRoot {
         let (p, base) = self.parent(name)?;
         if let Ok(st) = rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                let _ = rustix::fs::unlinkat(&*p, d.tmp.as_str(), AtFlags::empty());
+                let _ = rustix::fs::unlinkat(&*d.dir, d.tmp.as_str(), AtFlags::empty());
                 return Err(RemoteError::io(
                     format!("replacing directory {}", shown(name)),
                     std::io::Error::from(ErrorKind::IsADirectory),
                 ));
             }
         }
-        rustix::fs::renameat(&*p, d.tmp.as_str(), &*p, base.as_str())
+        rustix::fs::renameat(&*d.dir, d.tmp.as_str(), &*p, base.as_str())
             .map_err(|e| io_err(format!("renaming into {}", shown(name)), e))
     }
 
-    /// Deletes a temporary file (best effort).
+    /// Deletes a temporary file (best effort; a file written in place stays).
     pub fn remove_temp(tmp: TempFile) {
+        if tmp.in_place.is_some() {
+            return;
+        }
         let _ = rustix::fs::unlinkat(&*tmp.parent, tmp.name.as_str(), AtFlags::empty());
     }
 

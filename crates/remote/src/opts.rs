@@ -438,14 +438,17 @@ impl TransferOpts {
         Ok(true)
     }
 
-    /// The first option that is parsed but not implemented by the remote
-    /// roles yet.
+    /// The first option (or combination) that is parsed but not
+    /// implemented by the remote roles.
     pub fn not_implemented(&self) -> Option<&'static str> {
         [
-            (self.inplace && self.append == 0, "--inplace"),
-            (self.append > 0, "--append"),
-            (self.partial_dir.is_some(), "--partial-dir"),
-            (self.temp_dir.is_some(), "--temp-dir"),
+            (
+                self.partial_dir
+                    .as_ref()
+                    .is_some_and(|d| d.starts_with('/')),
+                "an absolute --partial-dir",
+            ),
+            (self.inplace && self.backup, "--inplace with --backup"),
             (self.keep_dirlinks, "--keep-dirlinks (-K)"),
         ]
         .into_iter()
@@ -801,6 +804,38 @@ pub fn read_files_from_wire<R: std::io::Read>(
         }
         names.push(name);
     }
+}
+
+/// rsync's basis type for a `--partial-dir` file (`FNAMECMP_PARTIAL_DIR`).
+pub const BASIS_PARTIAL_DIR: u8 = 0x81;
+
+/// rsync's basis type for the destination file itself (`FNAMECMP_FNAME`).
+pub const BASIS_FNAME: u8 = 0x80;
+
+/// Whether the receiver rewrites its basis file in place for an item with
+/// `basis_type`: with `--inplace` when the basis is the file itself, and
+/// for a `--partial-dir` basis when both sides agreed on it (compat `I`).
+pub fn receiver_in_place(
+    inplace: bool,
+    basis_type: Option<u8>,
+    neg: &arsync_proto::handshake::Negotiated,
+) -> bool {
+    let basis = basis_type.unwrap_or(BASIS_FNAME);
+    (inplace && basis == BASIS_FNAME)
+        || (basis == BASIS_PARTIAL_DIR
+            && neg
+                .compat
+                .has(arsync_proto::handshake::CompatFlags::INPLACE_PARTIAL_DIR))
+}
+
+/// `--append`: how much of the file the receiver has, from its sum head.
+pub fn append_offset(head: &arsync_proto::sums::SumHead) -> u64 {
+    let (count, blen) = (head.count.max(0) as u64, head.blength.max(0) as u64);
+    let mut len = count * blen;
+    if head.remainder > 0 && count > 0 {
+        len -= blen - head.remainder as u64;
+    }
+    len
 }
 
 /// True when `a` and `b` are the same inode (neither followed if a symlink).

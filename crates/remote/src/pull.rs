@@ -165,7 +165,10 @@ pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
     }
     let dest = match opts.command.flags.contains('n') || opts.command.opts.list_only {
         true => DestRoot::open_dry(&opts.dest)?,
-        false => DestRoot::open(&opts.dest)?,
+        false => match &opts.command.opts.temp_dir {
+            Some(t) => DestRoot::open(&opts.dest)?.with_temp_dir(t)?,
+            None => DestRoot::open(&opts.dest)?,
+        },
     };
     if let Some(t) = &opts.daemon {
         let (r, w) = t.connect()?;
@@ -609,12 +612,14 @@ fn request<W: Write>(
     neg: &Negotiated,
     xattr_request: Option<&[u32]>,
     dry_run: bool,
+    how: RequestKind,
 ) -> Result<()> {
     let mut buf = Vec::new();
     let mut item = ItemAttrs::transfer(ndx);
-    if basis.is_none() {
+    if how.is_new.unwrap_or(basis.is_none()) {
         item.iflags |= iflags::IS_NEW;
     }
+    item.basis_type = how.basis_type;
     if xattr_request.is_some() {
         item.iflags |= iflags::REPORT_XATTR;
     }
@@ -641,7 +646,8 @@ fn request<W: Write>(
     };
     head.encode(&mut buf);
     outs.write(&buf)?;
-    if let (Some(f), true) = (basis, head.count > 0) {
+    // --append: the head says how long the file is; no sums follow.
+    if let (Some(f), true, false) = (basis, head.count > 0, how.append) {
         // Read the basis in large pieces (whole blocks) rather than one `pread` per block,
         // and queue the sums of each piece at once.
         let seed_fix = neg.md5_seed_first();
@@ -667,6 +673,17 @@ fn request<W: Write>(
         }
     }
     Ok(())
+}
+
+/// Details of a transfer request beyond the basis.
+#[derive(Debug, Clone, Copy, Default)]
+struct RequestKind {
+    /// The item's basis type (`None`: the file itself).
+    basis_type: Option<u8>,
+    /// Whether the file is new here (`None`: when there is no basis).
+    is_new: Option<bool>,
+    /// `--append`: the sum head only.
+    append: bool,
 }
 
 /// What the generator thread needs besides the file list.
@@ -707,6 +724,32 @@ struct GenCtx {
 }
 
 impl GenCtx {
+    /// `--partial-dir`: the name of `e`'s partial file if one is there.
+    fn partial_file(&self, e: &FileEntry) -> Option<Vec<u8>> {
+        let p = DestRoot::partial_name(&e.name, self.opts.partial_dir.as_deref()?)?;
+        match self.dest.lstat(&p) {
+            Ok(Some(m)) if m.file_type == rustix::fs::FileType::RegularFile => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The delta basis for `e` and its basis type: a `--partial-dir` file
+    /// if there is one, else the file itself when it `exists` (nothing
+    /// with `-W` or in a dry run).
+    fn basis(&self, e: &FileEntry, exists: bool, dry: bool) -> Result<(Option<File>, Option<u8>)> {
+        if let Some(p) = self.partial_file(e) {
+            let f = match self.whole_file || dry {
+                true => None,
+                false => self.dest.open_basis(&p)?,
+            };
+            return Ok((f, Some(crate::opts::BASIS_PARTIAL_DIR)));
+        }
+        match (self.whole_file || dry, exists) {
+            (false, true) => Ok((self.dest.open_basis(&e.name)?, None)),
+            _ => Ok((None, None)),
+        }
+    }
+
     /// Brings the xattrs of an existing entry that is not transferred in
     /// line (before its mode is set: a read-only mode would forbid it).
     /// When values must first come from the sender, sends an item with
@@ -1166,7 +1209,12 @@ fn generator<W: Write>(
                                 == e.checksum.as_deref())
                         })?;
                         if same {
-                            // Quick check passed: only fix metadata.
+                            // Quick check passed: only fix metadata (and
+                            // drop a --partial-dir file, as rsync does).
+                            if let (Some(p), false) = (ctx.partial_file(e), dry) {
+                                dest.remove_file(&p);
+                                dest.remove_partial_dir(&p);
+                            }
                             if !dry {
                                 ctx.fix_xattrs(outs, &mut codec, i, e, 0)?;
                                 dest.set_meta(&e.name, &ctx.meta.meta(e, Some(m.perms)))?;
@@ -1176,10 +1224,16 @@ fn generator<W: Write>(
                             return Ok(());
                         }
                     }
-                    let basis = match (ctx.whole_file || dry, &existing) {
-                        (false, Some(_)) => dest.open_basis(&e.name)?,
-                        _ => None,
-                    };
+                    // --append: a file as long as the source's is left alone.
+                    if ctx.opts.append > 0
+                        && existing.as_ref().is_some_and(|m| {
+                            m.file_type == rustix::fs::FileType::RegularFile
+                                && m.size >= e.size.max(0) as u64
+                        })
+                    {
+                        return Ok(());
+                    }
+                    let (basis, basis_type) = ctx.basis(e, existing.is_some(), dry)?;
                     let xreq = ctx.transfer_xattrs(e, existing.is_some())?;
                     ctx.requested[i].store(true, Ordering::Release);
                     request(
@@ -1191,6 +1245,11 @@ fn generator<W: Write>(
                         neg,
                         xreq.as_deref(),
                         dry,
+                        RequestKind {
+                            basis_type,
+                            is_new: Some(existing.is_none()),
+                            append: ctx.opts.append > 0,
+                        },
                     )?;
                     pacer.requested(outs)?;
                 }
@@ -1227,10 +1286,8 @@ fn generator<W: Write>(
         match rx.recv() {
             Ok(ToGen::Redo(ndx)) => {
                 let e = &files[ndx as usize];
-                let basis = match ctx.whole_file {
-                    true => None,
-                    false => dest.open_basis(&e.name)?,
-                };
+                let exists = dest.lstat(&e.name)?.is_some();
+                let (basis, basis_type) = ctx.basis(e, exists, false)?;
                 request(
                     outs,
                     &mut codec,
@@ -1240,6 +1297,11 @@ fn generator<W: Write>(
                     neg,
                     None,
                     false,
+                    RequestKind {
+                        basis_type,
+                        is_new: Some(!exists),
+                        append: false,
+                    },
                 )?;
                 outs.flush()?;
             }
@@ -1361,12 +1423,14 @@ impl CommitStep {
             store.apply(xn, fd, &basis, root, &who)?;
         }
         // Without -p an existing file keeps its permissions.
-        let existing = match self.meta.needs_existing() {
-            true => dest
+        let existing = match (self.meta.needs_existing(), tmp.in_place) {
+            // Written in place: what the file had before.
+            (true, Some(prior)) => prior,
+            (true, None) => dest
                 .lstat(&e.name)?
                 .filter(|m| m.file_type == rustix::fs::FileType::RegularFile)
                 .map(|m| m.perms),
-            false => None,
+            (false, _) => None,
         };
         DestRoot::set_file_meta(&tmp.file, &self.meta.meta(e, existing))?;
         self.attr.apply_acls(fd, e)
@@ -1547,17 +1611,31 @@ fn receiver<R: Read>(
                     summary.files_transferred += 1;
                     continue;
                 }
-                let (good, lit, matched) = receive_file(
-                    ins,
-                    e,
-                    dest,
-                    neg.checksum,
-                    compressed,
-                    mode.partial,
-                    &mut bufs,
-                )?;
+                // A --partial-dir file from an earlier run as the basis.
+                let partial_basis = match (a.basis_type, &mode.opts.partial_dir) {
+                    (Some(crate::opts::BASIS_PARTIAL_DIR), Some(d)) => {
+                        DestRoot::partial_name(&e.name, d)
+                    }
+                    _ => None,
+                };
+                let how = FileRecv {
+                    in_place: mode.opts.inplace,
+                    append: if phase == 0 { mode.opts.append } else { 0 },
+                    basis: partial_basis.clone().unwrap_or_else(|| e.name.clone()),
+                    keep: match &mode.opts.partial_dir {
+                        Some(d) => DestRoot::partial_name(&e.name, d),
+                        None => mode.partial.then(|| e.name.clone()),
+                    },
+                };
+                let (good, lit, matched) =
+                    receive_file(ins, e, dest, neg.checksum, compressed, &how, &mut bufs)?;
                 summary.literal_bytes += lit;
                 summary.matched_bytes += matched;
+                if let (true, Some(p)) = (good, &partial_basis) {
+                    // The partial file served its purpose.
+                    dest.remove_file(p);
+                    dest.remove_partial_dir(p);
+                }
                 if !good {
                     bufs.writer.discard()?;
                     if phase == 0 && !redo_sent[ndx as usize] {
@@ -1667,6 +1745,19 @@ impl BasisWindow {
     }
 }
 
+/// How one file is received.
+#[derive(Debug)]
+struct FileRecv {
+    /// `--inplace`: written into the file itself.
+    in_place: bool,
+    /// `--append`/`--append-verify` in effect (not in the redo phase).
+    append: u8,
+    /// The basis file's name (the file itself, or a `--partial-dir` file).
+    basis: Vec<u8>,
+    /// Where a cut-off transfer is kept (`--partial`, `--partial-dir`).
+    keep: Option<Vec<u8>>,
+}
+
 /// Receives one file's data and hands it to the writer (which creates the
 /// temporary file). Returns whether the whole-file checksum matched, and
 /// the literal/matched byte counts; the caller then commits or discards.
@@ -1678,19 +1769,20 @@ fn receive_file<R: Read>(
     dest: &DestRoot,
     algo: ChecksumAlgo,
     compressed: bool,
-    partial: bool,
+    how: &FileRecv,
     bufs: &mut RecvBuffers,
 ) -> Result<(bool, u64, u64)> {
     let dlen = algo.digest_len();
     let head = ins.decode(|r| SumHead::decode(r, dlen))?;
     let basis = if head.count > 0 {
-        dest.open_basis(&e.name)?
+        dest.open_basis(&how.basis)?
     } else {
         None
     };
     // A new basis: forget the old window.
     bufs.window.window_len = 0;
-    bufs.writer.begin(&e.name)?;
+    let in_place = how.in_place || how.append > 0;
+    bufs.writer.begin(&e.name, in_place)?;
     let mut offset = 0u64;
     let res = receive_data(
         ins,
@@ -1699,16 +1791,21 @@ fn receive_file<R: Read>(
         basis.as_ref(),
         algo,
         compressed,
+        how,
         bufs,
         &mut offset,
     );
-    if res.is_err() {
-        // Hand over what was verified-so-far data, then keep or drop it.
-        let rest = std::mem::take(&mut bufs.out);
-        let _ = bufs
-            .writer
-            .data(offset, rest)
-            .and_then(|()| bufs.writer.abort(partial));
+    match &res {
+        Ok(_) if in_place => bufs.writer.set_len(offset)?,
+        Ok(_) => {}
+        Err(_) => {
+            // Hand over what was verified-so-far data, then keep or drop it.
+            let rest = std::mem::take(&mut bufs.out);
+            let _ = bufs
+                .writer
+                .data(offset, rest)
+                .and_then(|()| bufs.writer.abort(how.keep.clone()));
+        }
     }
     res
 }
@@ -1723,6 +1820,7 @@ fn receive_data<R: Read>(
     basis: Option<&File>,
     algo: ChecksumAlgo,
     compressed: bool,
+    how: &FileRecv,
     bufs: &mut RecvBuffers,
     offset: &mut u64,
 ) -> Result<(bool, u64, u64)> {
@@ -1732,6 +1830,27 @@ fn receive_data<R: Read>(
     if bufs.out.capacity() == 0 {
         bufs.out = bufs.writer.buffer();
     }
+    if how.append > 0 {
+        // --append: the data goes after what the file has; with
+        // --append-verify that part counts in the whole-file checksum.
+        *offset = crate::opts::append_offset(head);
+        if how.append > 1 && *offset > 0 {
+            let Some(bf) = basis else {
+                return Err(RemoteError::Refused(format!(
+                    "--append-verify with no basis file for {}",
+                    String::from_utf8_lossy(&e.name)
+                )));
+            };
+            let mut at = 0u64;
+            while at < *offset {
+                let n = (*offset - at).min(BASIS_WINDOW as u64) as usize;
+                hasher.update(bufs.window.get(bf, at, n)?);
+                at += n as u64;
+            }
+        }
+    }
+    // --inplace: a block at the offset it is written to is already there.
+    let in_place = how.in_place || how.append > 0;
     // Data goes to the writer in batches of about WRITE_BATCH bytes.
     let write_out = |bufs: &mut RecvBuffers, offset: &mut u64| -> Result<()> {
         if bufs.out.is_empty() {
@@ -1744,7 +1863,11 @@ fn receive_data<R: Read>(
         *offset += n;
         Ok(())
     };
-    let block = |i: u32, bufs: &mut RecvBuffers, hasher: &mut FileHasher| -> Result<u64> {
+    let block = |i: u32,
+                 bufs: &mut RecvBuffers,
+                 hasher: &mut FileHasher,
+                 offset: &mut u64|
+     -> Result<u64> {
         let Some(bf) = basis else {
             return Err(RemoteError::Refused(format!(
                 "block match with no basis file for {}",
@@ -1752,7 +1875,14 @@ fn receive_data<R: Read>(
             )));
         };
         let n = head.block_len(i as i32);
-        let data = bufs.window.get(bf, i as u64 * head.blength as u64, n)?;
+        let at = i as u64 * head.blength as u64;
+        if in_place && at == *offset + bufs.out.len() as u64 {
+            write_out(bufs, offset)?;
+            hasher.update(bufs.window.get(bf, at, n)?);
+            *offset += n as u64;
+            return Ok(n as u64);
+        }
+        let data = bufs.window.get(bf, at, n)?;
         hasher.update(data);
         bufs.out.extend_from_slice(data);
         Ok(n as u64)
@@ -1766,7 +1896,7 @@ fn receive_data<R: Read>(
                     bufs.out.extend_from_slice(&b);
                     lit += b.len() as u64;
                 }
-                Token::Block(i) => matched += block(i, bufs, &mut hasher)?,
+                Token::Block(i) => matched += block(i, bufs, &mut hasher, offset)?,
                 Token::End => break,
             }
             if bufs.out.len() >= WRITE_BATCH {
@@ -1802,7 +1932,7 @@ fn receive_data<R: Read>(
                         format!("block index {i} but the basis has {} blocks", head.count),
                     )));
                 }
-                matched += block(i as u32, bufs, &mut hasher)?;
+                matched += block(i as u32, bufs, &mut hasher, offset)?;
                 if bufs.out.len() >= WRITE_BATCH {
                     write_out(bufs, offset)?;
                 }

@@ -315,6 +315,8 @@ pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
                 events: None,
                 dry_run: args.flags.contains('n'),
                 remove_sent: args.opts.remove_source_files,
+                inplace: args.opts.inplace,
+                append: args.opts.append,
             },
         )
     } else {
@@ -325,7 +327,10 @@ pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
         };
         let dest = match args.flags.contains('n') {
             true => DestRoot::open_dry(&path)?,
-            false => DestRoot::open(&path)?,
+            false => match &args.opts.temp_dir {
+                Some(t) => DestRoot::open(&path)?.with_temp_dir(t)?,
+                None => DestRoot::open(&path)?,
+            },
         };
         let mode = ReceiveMode {
             delete: args.delete,
