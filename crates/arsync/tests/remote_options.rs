@@ -1310,3 +1310,102 @@ fn partial_dir_keeps_a_cut_off_file_and_resumes_from_it() {
         assert!(diffs.is_empty(), "{what}: differs from rsync's: {diffs:#?}");
     }
 }
+
+#[test]
+fn keep_dirlinks_writes_through_a_symlinked_directory() {
+    check(&Case {
+        name: "-K",
+        flags: &["-a", "-K"],
+        setup: |s, d| {
+            put(s, "d/f.txt", b"into the linked dir", T0);
+            put(s, "d/deeper/g.txt", b"deeper", T0);
+            put(s, "top.txt", b"top", T0);
+            put(d, "real/extra.txt", b"already there", T0);
+            symlink("real", d.join("d")).unwrap();
+            // The same modes on both sides: rsync 3.5.0 fails to chmod a
+            // directory kept through a symlink (ELOOP, exit 23).
+            for p in [s.join("d"), d.join("real")] {
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            settle(s);
+            settle(d);
+        },
+        expect: |_, d| {
+            assert!(is_link(&d.join("d")));
+            assert_eq!(read(&d.join("real/f.txt")).unwrap(), b"into the linked dir");
+            assert!(d.join("real/deeper/g.txt").is_file() && d.join("real/extra.txt").is_file());
+        },
+        code: 0,
+        // The linked directory's time is when the files arrived.
+        dir_times: false,
+    });
+}
+
+#[test]
+fn keep_dirlinks_sets_the_linked_directorys_mode() {
+    // Where rsync 3.5.0 fails (ELOOP, exit 23), arsync's receiver gives
+    // the directory the link stands for the source directory's mode.
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    for (label, client, server, push) in [
+        ("arsync->rsync pull", arsync_bin(), rsync_bin(), false),
+        ("rsync->arsync push", rsync_bin(), arsync_bin(), true),
+    ] {
+        let work = tmp.path().join(label.replace(' ', "-"));
+        let (src, dst) = (work.join("src"), work.join("dst"));
+        put(&src, "d/f.txt", b"data", T0);
+        fs::set_permissions(src.join("d"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::create_dir_all(dst.join("real")).unwrap();
+        fs::set_permissions(dst.join("real"), fs::Permissions::from_mode(0o755)).unwrap();
+        symlink("real", dst.join("d")).unwrap();
+        let (from, to) = match push {
+            true => (
+                format!("{}/", src.display()),
+                format!("fakehost:{}", dst.display()),
+            ),
+            false => (
+                format!("fakehost:{}/", src.display()),
+                dst.display().to_string(),
+            ),
+        };
+        let out = run_over_shell(&client, &server, &rsh, &["-a", "-K"], &from, &to).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{label}: {out:?}");
+        assert!(is_link(&dst.join("d")), "{label}");
+        let mode = fs::metadata(dst.join("real")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o700, "{label}");
+        assert!(dst.join("real/f.txt").is_file(), "{label}");
+    }
+}
+
+#[test]
+fn keep_dirlinks_never_leaves_the_destination() {
+    // A symlink out of the destination is not followed by arsync's
+    // receiver (rsync's would write through it): nothing lands outside.
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    for (label, client, server, push) in [
+        ("arsync pull", arsync_bin(), rsync_bin(), false),
+        ("arsync server push", rsync_bin(), arsync_bin(), true),
+    ] {
+        let work = tmp.path().join(label.replace(' ', "-"));
+        let (src, dst) = (work.join("src"), work.join("dst"));
+        put(&src, "d/f.txt", b"data", T0);
+        fs::create_dir_all(&dst).unwrap();
+        symlink(&outside, dst.join("d")).unwrap();
+        let (from, to) = match push {
+            true => (
+                format!("{}/", src.display()),
+                format!("fakehost:{}", dst.display()),
+            ),
+            false => (
+                format!("fakehost:{}/", src.display()),
+                dst.display().to_string(),
+            ),
+        };
+        let out = run_over_shell(&client, &server, &rsh, &["-a", "-K"], &from, &to).unwrap();
+        assert_ne!(out.status.code(), Some(0), "{label}: {out:?}");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "{label}");
+    }
+}

@@ -133,6 +133,8 @@ pub struct DestRoot {
     fd: Arc<OwnedFd>,
     /// `--temp-dir`: where temporary files are created.
     temp_dir: Option<Arc<OwnedFd>>,
+    /// `-K`: symlinks to directories are followed (inside the root only).
+    keep_dirlinks: bool,
 }
 
 fn shown(name: &[u8]) -> String {
@@ -168,7 +170,41 @@ impl DestRoot {
             root: root.to_path_buf(),
             fd: Arc::new(fd),
             temp_dir: None,
+            keep_dirlinks: false,
         })
+    }
+
+    /// `-K`: a symlink to a directory stands for that directory (parents
+    /// are resolved through symlinks, but never out of the root: a link
+    /// that leaves it, or an absolute one, is refused).
+    pub fn with_keep_dirlinks(mut self, on: bool) -> Self {
+        self.keep_dirlinks = on;
+        self
+    }
+
+    fn resolve_flags(&self) -> ResolveFlags {
+        match self.keep_dirlinks {
+            true => ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+            false => {
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+            }
+        }
+    }
+
+    /// `-K`: opens `base` in `parent` as a directory, following a symlink
+    /// that stays inside the root.
+    fn open_dirlink(&self, parent: &OwnedFd, base: &str, flags: OFlags) -> Option<OwnedFd> {
+        if !self.keep_dirlinks {
+            return None;
+        }
+        rustix::fs::openat2(
+            parent,
+            base,
+            flags | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            self.resolve_flags(),
+        )
+        .ok()
     }
 
     /// `--temp-dir`: temporary files are created in `dir` (a relative
@@ -209,6 +245,7 @@ impl DestRoot {
             root: root.to_path_buf(),
             fd: Arc::new(fd),
             temp_dir: None,
+            keep_dirlinks: false,
         })
     }
 
@@ -247,7 +284,7 @@ impl DestRoot {
             dir,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            self.resolve_flags(),
         )
         .map_err(|e| match e {
             Errno::LOOP | Errno::XDEV | Errno::NOTDIR => RemoteError::Refused(format!(
@@ -338,6 +375,30 @@ impl DestRoot {
         let (p, base) = self.parent(name)?;
         match rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => return Ok(()),
+            Ok(st)
+                if FileType::from_raw_mode(st.st_mode) == FileType::Symlink
+                    && self.open_dirlink(&p, &base, OFlags::PATH).is_some() =>
+            {
+                // -K: kept as the directory it points to.
+                return Ok(());
+            }
+            Ok(st)
+                if FileType::from_raw_mode(st.st_mode) == FileType::Symlink
+                    && self.keep_dirlinks
+                    && std::fs::metadata(
+                        self.root.join(String::from_utf8_lossy(name).as_ref()),
+                    )
+                    .is_ok_and(|m| m.is_dir()) =>
+            {
+                // -K with a link out of the root: neither followed nor replaced.
+                return Err(RemoteError::io(
+                    format!(
+                        "{}: -K does not follow a symlink that leaves the destination",
+                        shown(name)
+                    ),
+                    std::io::Error::from(ErrorKind::PermissionDenied),
+                ));
+            }
             Ok(_) => Self::remove_non_dir(&p, &base)?,
             Err(_) => {}
         }
@@ -393,12 +454,15 @@ impl DestRoot {
                 }
                 Err(e) => return Err(e),
             };
-            rustix::fs::openat(
-                &*p,
-                base.as_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
+            match self.open_dirlink(&p, &base, OFlags::RDONLY) {
+                Some(fd) => Ok(fd),
+                None => rustix::fs::openat(
+                    &*p,
+                    base.as_str(),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ),
+            }
         };
         match r {
             Ok(fd) => Ok(Some(fd)),
@@ -743,6 +807,26 @@ impl DestRoot {
             return Ok(());
         }
         rustix::fs::futimens(f, &meta.times()).map_err(|e| io_err("setting times".into(), e))
+    }
+
+    /// Applies a directory's metadata to `name`. With `-K` and a symlink
+    /// standing for the directory, the link gets the owner and times (as
+    /// rsync's receiver does) and the directory it points to the mode.
+    pub fn set_dir_meta(&self, name: &[u8], meta: &Meta) -> Result<()> {
+        if self.keep_dirlinks && name != b"." {
+            let (p, base) = self.parent(name)?;
+            let st = rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| io_err(format!("stat {}", shown(name)), e))?;
+            if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+                if let (Some(perms), Some(fd)) =
+                    (meta.perms, self.open_dirlink(&p, &base, OFlags::RDONLY))
+                {
+                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(perms & 0o7777))
+                        .map_err(|e| io_err(format!("chmod {}", shown(name)), e))?;
+                }
+            }
+        }
+        self.set_meta(name, meta)
     }
 
     /// Applies metadata to an existing entry (directory, symlink or node).

@@ -449,7 +449,6 @@ impl TransferOpts {
                 "an absolute --partial-dir",
             ),
             (self.inplace && self.backup, "--inplace with --backup"),
-            (self.keep_dirlinks, "--keep-dirlinks (-K)"),
         ]
         .into_iter()
         .find(|(on, _)| *on)
@@ -1073,6 +1072,60 @@ mod tests {
         };
         assert_eq!(f.packed_flags(true), "Lk");
         assert_eq!(f.packed_flags(false), "m");
+    }
+
+    #[test]
+    fn transfer_mode_options_round_trip() {
+        let o = TransferOpts {
+            inplace: true,
+            append: 2,
+            partial_dir: Some(".part".into()),
+            temp_dir: Some("/tmp/t".into()),
+            executability: true,
+            keep_dirlinks: true,
+            ..TransferOpts::default()
+        };
+        // To a receiving server: everything; to a sending one: --append only.
+        let args = o.server_args(false);
+        assert_eq!(
+            args,
+            [
+                "--partial-dir",
+                ".part",
+                "--temp-dir",
+                "/tmp/t",
+                "--append",
+                "--append"
+            ]
+        );
+        assert_eq!(o.server_args(true), ["--append", "--append"]);
+        assert_eq!(o.packed_flags(false), "KE");
+        assert_eq!(o.packed_flags(true), "");
+        let mut back = TransferOpts::default().with_flags("rtKE");
+        let mut words = args.iter().cloned();
+        while let Some(a) = words.next() {
+            assert!(back.parse_server_arg(&a, &mut || words.next()).unwrap());
+        }
+        assert_eq!(back, o);
+        // -E means nothing with -p; rsync's delay-updates directory is not ours.
+        assert!(!TransferOpts::default().with_flags("rpE").executability);
+        let mut d = TransferOpts::default();
+        assert!(!d
+            .parse_server_arg("--partial-dir=.~tmp~", &mut || None)
+            .unwrap());
+        assert!(d.parse_server_arg("--temp-dir=", &mut || None).is_err());
+        let abs = TransferOpts {
+            partial_dir: Some("/abs".into()),
+            ..TransferOpts::default()
+        };
+        assert_eq!(abs.not_implemented(), Some("an absolute --partial-dir"));
+        let head = arsync_proto::sums::SumHead {
+            count: 3,
+            blength: 700,
+            s2length: 2,
+            remainder: 100,
+        };
+        assert_eq!(append_offset(&head), 1500);
     }
 
     #[test]

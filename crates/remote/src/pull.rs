@@ -169,7 +169,8 @@ pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
             Some(t) => DestRoot::open(&opts.dest)?.with_temp_dir(t)?,
             None => DestRoot::open(&opts.dest)?,
         },
-    };
+    }
+    .with_keep_dirlinks(opts.command.opts.keep_dirlinks);
     if let Some(t) = &opts.daemon {
         let (r, w) = t.connect()?;
         return run_pull(opts, dest, r, w);
@@ -1365,7 +1366,7 @@ fn generator<W: Write>(
     for &(i, before) in dirs.iter().rev().filter(|_| !ctx.dry_run) {
         let e = &files[i];
         let r = dest
-            .set_meta(&e.name, &ctx.meta.meta(e, before))
+            .set_dir_meta(&e.name, &ctx.meta.meta(e, before))
             .and_then(|()| ctx.fix_acls(e));
         if let Err(err) = r {
             errors.push(format!("{}: {err}", String::from_utf8_lossy(&e.name)));

@@ -167,7 +167,7 @@ impl ServerArgs {
 }
 
 /// Packed short flags this server implements (`v`/`i` only change output).
-const SUPPORTED_FLAGS: &str = "logDtprdHcWzUviOJAXnSRuILkmxbE";
+const SUPPORTED_FLAGS: &str = "logDtprdHcWzUviOJAXnSRuILkmxbEK";
 
 fn unsupported(what: String) -> RemoteError {
     RemoteError::Proto(arsync_proto::Error::Unsupported(format!(
@@ -331,7 +331,8 @@ pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
                 Some(t) => DestRoot::open(&path)?.with_temp_dir(t)?,
                 None => DestRoot::open(&path)?,
             },
-        };
+        }
+        .with_keep_dirlinks(args.opts.keep_dirlinks);
         let mode = ReceiveMode {
             delete: args.delete,
             read_stats: false,
@@ -461,7 +462,7 @@ mod tests {
             Some("-".to_string())
         );
         assert!(ServerArgs::parse(&v(&["--server", "-logDtpr", "."])).is_err());
-        let e = ServerArgs::parse(&v(&["--server", "-Klogdtpr", ".", "x"])).err();
+        let e = ServerArgs::parse(&v(&["--server", "-Ylogdtpr", ".", "x"])).err();
         assert_eq!(e.map(|e| e.exit_code()), Some(ExitCode::Unsupported));
         // Options rsync's client splits over two words, and packed ones.
         let a = ServerArgs::parse(&v(&[
