@@ -365,12 +365,12 @@ fn whole_file_and_unsupported_options() {
         Tool::Arsync,
         Tool::Rsync,
         rsh,
-        &["-a", "--inplace", "-b"],
+        &["-a", "--partial-dir=/var/tmp/partial"],
         &s,
         &d,
     );
     assert_eq!(out.status.code(), Some(4));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--inplace with --backup"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("an absolute --partial-dir"));
     // A real rsync client asking the arsync server for something it lacks.
     let out = transfer(Tool::Rsync, Tool::Arsync, rsh, &["-ay"], &s, &d);
     assert_ne!(out.status.code(), Some(0), "-y must not be faked");

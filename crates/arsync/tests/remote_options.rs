@@ -1409,3 +1409,20 @@ fn keep_dirlinks_never_leaves_the_destination() {
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "{label}");
     }
 }
+
+#[test]
+fn inplace_with_backups_copies_the_old_file_first() {
+    check(&Case {
+        name: "--inplace -b",
+        flags: &["-a", "--inplace", "-b", "--backup-dir=old"],
+        setup: inplace_tree,
+        expect: |s, d| {
+            assert_eq!(read(&d.join("big.other")), read(&s.join("big.bin")));
+            // The backup has the old data (the copy the delta was made against).
+            assert_eq!(read(&d.join("old/big.bin")), read(&s.join("big.other")));
+            assert_eq!(read(&d.join("old/shrinks.txt")).unwrap(), vec![b'x'; 5000]);
+        },
+        code: 0,
+        dir_times: false,
+    });
+}

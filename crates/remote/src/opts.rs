@@ -441,15 +441,12 @@ impl TransferOpts {
     /// The first option (or combination) that is parsed but not
     /// implemented by the remote roles.
     pub fn not_implemented(&self) -> Option<&'static str> {
-        [
-            (
-                self.partial_dir
-                    .as_ref()
-                    .is_some_and(|d| d.starts_with('/')),
-                "an absolute --partial-dir",
-            ),
-            (self.inplace && self.backup, "--inplace with --backup"),
-        ]
+        [(
+            self.partial_dir
+                .as_ref()
+                .is_some_and(|d| d.starts_with('/')),
+            "an absolute --partial-dir",
+        )]
         .into_iter()
         .find(|(on, _)| *on)
         .map(|(_, n)| n)
@@ -634,6 +631,61 @@ impl TransferOpts {
         self.suffix.as_deref().unwrap_or(self.default_suffix())
     }
 
+    /// Where `-b` keeps the old version of `name` (its parent directory
+    /// is created).
+    pub fn backup_path(
+        &self,
+        dest: &crate::fsys::DestRoot,
+        name: &[u8],
+    ) -> Result<std::path::PathBuf> {
+        let rel = String::from_utf8_lossy(name);
+        let to = match &self.backup_dir {
+            Some(d) => {
+                let base = dest.root().join(d);
+                base.join(format!("{rel}{}", self.backup_suffix()))
+            }
+            None => dest.root().join(format!("{rel}{}", self.backup_suffix())),
+        };
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| RemoteError::io(format!("creating {}", parent.display()), e))?;
+        }
+        Ok(to)
+    }
+
+    /// `--inplace -b`: copies the existing regular file `name` to its
+    /// backup name (with its mode, owner and times) before it is rewritten
+    /// in place; returns the backup's path, the delta basis.
+    pub fn copy_backup(
+        &self,
+        dest: &crate::fsys::DestRoot,
+        name: &[u8],
+    ) -> Result<std::path::PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let from = dest.path(name)?;
+        let to = self.backup_path(dest, name)?;
+        let what = |e: std::io::Error| {
+            RemoteError::io(format!("backing up {}", String::from_utf8_lossy(name)), e)
+        };
+        match std::fs::symlink_metadata(&to) {
+            Ok(m) if !m.is_dir() => std::fs::remove_file(&to).map_err(what)?,
+            _ => {}
+        }
+        let m = std::fs::symlink_metadata(&from).map_err(what)?;
+        std::fs::copy(&from, &to).map_err(what)?;
+        let _ = std::os::unix::fs::lchown(&to, Some(m.uid()), Some(m.gid()));
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&to)
+            .map_err(what)?;
+        f.set_permissions(m.permissions()).map_err(what)?;
+        let times = std::fs::FileTimes::new()
+            .set_accessed(m.accessed().map_err(what)?)
+            .set_modified(m.modified().map_err(what)?);
+        f.set_times(times).map_err(what)?;
+        Ok(to)
+    }
+
     /// `-b`: moves the existing non-directory `name` aside (to
     /// `name<suffix>`, or under `--backup-dir`) before it is replaced or
     /// deleted. Returns false when there was nothing to back up.
@@ -647,17 +699,7 @@ impl TransferOpts {
             _ => return Ok(false),
         }
         let rel = String::from_utf8_lossy(name);
-        let to = match &self.backup_dir {
-            Some(d) => {
-                let base = dest.root().join(d);
-                base.join(format!("{rel}{}", self.backup_suffix()))
-            }
-            None => dest.root().join(format!("{rel}{}", self.backup_suffix())),
-        };
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| RemoteError::io(format!("creating {}", parent.display()), e))?;
-        }
+        let to = self.backup_path(dest, name)?;
         if let Err(e) = std::fs::rename(&from, &to) {
             if e.raw_os_error() != Some(18) {
                 return Err(RemoteError::io(format!("backing up {rel}"), e));
@@ -807,6 +849,10 @@ pub fn read_files_from_wire<R: std::io::Read>(
 
 /// rsync's basis type for a `--partial-dir` file (`FNAMECMP_PARTIAL_DIR`).
 pub const BASIS_PARTIAL_DIR: u8 = 0x81;
+
+/// rsync's basis type for the backup of the destination file
+/// (`FNAMECMP_BACKUP`: `--inplace -b`).
+pub const BASIS_BACKUP: u8 = 0x82;
 
 /// rsync's basis type for the destination file itself (`FNAMECMP_FNAME`).
 pub const BASIS_FNAME: u8 = 0x80;

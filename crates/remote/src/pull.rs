@@ -1234,7 +1234,25 @@ fn generator<W: Write>(
                     {
                         return Ok(());
                     }
-                    let (basis, basis_type) = ctx.basis(e, existing.is_some(), dry)?;
+                    let (mut basis, mut basis_type) = ctx.basis(e, existing.is_some(), dry)?;
+                    if let (true, true, false, None) =
+                        (ctx.opts.inplace, ctx.opts.backup, dry, basis_type)
+                    {
+                        // --inplace -b: the old file is copied to its backup
+                        // first, which then serves as the basis.
+                        if existing
+                            .as_ref()
+                            .is_some_and(|m| m.file_type == rustix::fs::FileType::RegularFile)
+                        {
+                            let copy = ctx.opts.copy_backup(dest, &e.name)?;
+                            if basis.is_some() {
+                                basis = Some(File::open(&copy).map_err(|err| {
+                                    RemoteError::io(format!("opening {}", copy.display()), err)
+                                })?);
+                            }
+                            basis_type = Some(crate::opts::BASIS_BACKUP);
+                        }
+                    }
                     let xreq = ctx.transfer_xattrs(e, existing.is_some())?;
                     ctx.requested[i].store(true, Ordering::Release);
                     request(
@@ -1478,7 +1496,12 @@ impl Committer for CommitStep {
             self.delayed.push((ndx, DestRoot::delay(tmp)));
             return Ok(());
         }
-        if let Err(err) = self.opts.make_backup(dest, name) {
+        // A file written in place was backed up (copied) before.
+        let backup = match tmp.in_place {
+            Some(_) => Ok(false),
+            None => self.opts.make_backup(dest, name),
+        };
+        if let Err(err) = backup {
             DestRoot::remove_temp(tmp);
             return Err(err);
         }
@@ -1619,9 +1642,17 @@ fn receiver<R: Read>(
                     }
                     _ => None,
                 };
+                // --inplace -b: the generator's copy of the old file.
+                let backup_basis = match a.basis_type {
+                    Some(crate::opts::BASIS_BACKUP) if mode.opts.backup => {
+                        Some(mode.opts.backup_path(dest, &e.name)?)
+                    }
+                    _ => None,
+                };
                 let how = FileRecv {
                     in_place: mode.opts.inplace,
                     append: if phase == 0 { mode.opts.append } else { 0 },
+                    backup_basis,
                     basis: partial_basis.clone().unwrap_or_else(|| e.name.clone()),
                     keep: match &mode.opts.partial_dir {
                         Some(d) => DestRoot::partial_name(&e.name, d),
@@ -1755,6 +1786,8 @@ struct FileRecv {
     append: u8,
     /// The basis file's name (the file itself, or a `--partial-dir` file).
     basis: Vec<u8>,
+    /// `--inplace -b`: the basis is this backup copy instead.
+    backup_basis: Option<PathBuf>,
     /// Where a cut-off transfer is kept (`--partial`, `--partial-dir`).
     keep: Option<Vec<u8>>,
 }
@@ -1775,10 +1808,13 @@ fn receive_file<R: Read>(
 ) -> Result<(bool, u64, u64)> {
     let dlen = algo.digest_len();
     let head = ins.decode(|r| SumHead::decode(r, dlen))?;
-    let basis = if head.count > 0 {
-        dest.open_basis(&how.basis)?
-    } else {
-        None
+    let basis = match (&how.backup_basis, head.count > 0) {
+        (_, false) => None,
+        (Some(p), true) => Some(
+            File::open(p)
+                .map_err(|err| RemoteError::io(format!("opening {}", p.display()), err))?,
+        ),
+        (None, true) => dest.open_basis(&how.basis)?,
     };
     // A new basis: forget the old window.
     bufs.window.window_len = 0;
