@@ -1426,3 +1426,102 @@ fn inplace_with_backups_copies_the_old_file_first() {
         dir_times: false,
     });
 }
+
+#[test]
+fn transfer_mode_conflicts_are_usage_errors() {
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    let src = tmp.path().join("src");
+    put(&src, "a.txt", b"data", T0);
+    for flags in [
+        &["-a", "--inplace", "--delay-updates"][..],
+        &["-a", "--inplace", "--partial-dir=.part"],
+        &["-a", "--append", "-W"],
+    ] {
+        for (label, client, server) in [
+            ("rsync->rsync", rsync_bin(), rsync_bin()),
+            ("arsync->rsync", arsync_bin(), rsync_bin()),
+            ("rsync->arsync", rsync_bin(), arsync_bin()),
+            ("arsync->arsync", arsync_bin(), arsync_bin()),
+        ] {
+            let dst = tmp.path().join(format!("{label}-{}", flags[2]));
+            fs::create_dir_all(&dst).unwrap();
+            let out = run_over_shell(
+                &client,
+                &server,
+                &rsh,
+                flags,
+                &format!("{}/", src.display()),
+                &format!("fakehost:{}", dst.display()),
+            )
+            .unwrap();
+            assert_eq!(out.status.code(), Some(1), "{label} {flags:?}: {out:?}");
+            assert!(!dst.join("a.txt").exists(), "{label} {flags:?}");
+        }
+    }
+}
+
+/// The transfer modes through `rsync://` (the daemon's argument vector).
+#[test]
+fn transfer_modes_through_a_daemon() {
+    let tmp = scratch_dir().unwrap();
+    let base = tmp.path().join("mod");
+    fs::create_dir_all(&base).unwrap();
+    let cfg = tmp.path().join("d.conf");
+    write_module_config(&cfg, &base).unwrap();
+    let rsyncd = start_daemon(&rsync_bin(), &cfg).unwrap();
+    let arsyncd = start_daemon(&arsync_bin(), &cfg).unwrap();
+    for flags in [
+        &["-rtE", "--inplace"][..],
+        &["-a", "--append-verify", "-K"],
+        &["-a", "--temp-dir=.scratch", "--partial-dir=.part"],
+    ] {
+        for dir in [Direction::Push, Direction::Pull] {
+            let mut results = Vec::new();
+            for (label, daemon, client) in [
+                ("rsync-to-rsyncd", &rsyncd, rsync_bin()),
+                ("arsync-to-rsyncd", &rsyncd, arsync_bin()),
+                ("rsync-to-arsyncd", &arsyncd, rsync_bin()),
+                ("arsync-to-arsyncd", &arsyncd, arsync_bin()),
+            ] {
+                let what = format!("{flags:?} {dir:?} {label}");
+                let work = base.join(format!(
+                    "{}-{dir:?}-{label}",
+                    flags[1].trim_start_matches('-')
+                ));
+                let (src, dst) = (work.join("src"), work.join("dst"));
+                append_tree(&src, &dst);
+                inplace_tree(&src.join("more"), &dst.join("more"));
+                fs::create_dir_all(dst.join(".scratch")).unwrap();
+                settle(&dst);
+                let url = |p: &Path| {
+                    let rel = p.strip_prefix(&base).unwrap();
+                    format!("rsync://127.0.0.1:{}/m/{}", daemon.port, rel.display())
+                };
+                let (from, to) = match dir {
+                    Direction::Push => (format!("{}/", src.display()), url(&dst)),
+                    Direction::Pull => (format!("{}/", url(&src)), dst.display().to_string()),
+                };
+                let out = Command::new(&client)
+                    .args(flags)
+                    .args([&from, &to])
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .unwrap();
+                assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
+                results.push((what, dst));
+            }
+            let cmp = CompareOpts {
+                dir_mtime: false,
+                mtime: flags[0].contains('t'),
+                root_metadata: false,
+                ..CompareOpts::default()
+            };
+            let (_, reference) = &results[0];
+            for (what, dst) in &results[1..] {
+                let diffs = compare_trees(reference, dst, &cmp);
+                assert!(diffs.is_empty(), "{what}: differs from rsync's: {diffs:#?}");
+            }
+        }
+    }
+}

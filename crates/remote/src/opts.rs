@@ -438,6 +438,22 @@ impl TransferOpts {
         Ok(true)
     }
 
+    /// rsync's usage errors for the transfer modes (exit code 1): given
+    /// `delay_updates` and `whole_file` (`-W`) besides these options.
+    pub fn conflict(&self, delay_updates: bool, whole_file: bool) -> Option<String> {
+        let mode = if self.append > 0 { "append" } else { "inplace" };
+        if self.append > 0 && whole_file {
+            return Some("--append cannot be used with --whole-file".into());
+        }
+        if self.inplace && delay_updates {
+            return Some(format!("--{mode} cannot be used with --delay-updates"));
+        }
+        if self.inplace && self.partial_dir.is_some() {
+            return Some(format!("--{mode} cannot be used with --partial-dir"));
+        }
+        None
+    }
+
     /// The first option (or combination) that is parsed but not
     /// implemented by the remote roles.
     pub fn not_implemented(&self) -> Option<&'static str> {

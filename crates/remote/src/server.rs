@@ -154,6 +154,9 @@ impl ServerArgs {
             return Err(unsupported(format!("server flag -{c}")));
         }
         a.opts = std::mem::take(&mut a.opts).with_flags(&a.flags);
+        if let Some(msg) = a.opts.conflict(a.delay_updates, a.flags.contains('W')) {
+            return Err(RemoteError::Usage(msg));
+        }
         if let Some(o) = a.opts.not_implemented() {
             return Err(unsupported(format!("server option {o}")));
         }
