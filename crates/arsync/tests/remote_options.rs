@@ -1234,7 +1234,18 @@ fn partial_dir_keeps_a_cut_off_file_and_resumes_from_it() {
             x as u8
         })
         .collect();
-    let flags = ["-a", "--partial-dir=.part", "--stats"];
+    for keep in ["--partial-dir=.part", "--partial"] {
+        let dir = tmp.path().join(keep.trim_start_matches('-'));
+        cut_and_resume(&dir, &rsh, &cutting, keep, &data);
+    }
+}
+
+/// One `--partial`/`--partial-dir` scenario of
+/// [`partial_dir_keeps_a_cut_off_file_and_resumes_from_it`].
+fn cut_and_resume(tmp: &Path, rsh: &Path, cutting: &Path, keep: &str, data: &[u8]) {
+    use std::os::unix::fs::MetadataExt;
+    let in_dir = keep.starts_with("--partial-dir");
+    let flags = ["-a", keep, "--stats"];
     let mut finals = Vec::new();
     for (label, client, server) in [
         ("rsync->rsync", rsync_bin(), rsync_bin()),
@@ -1244,9 +1255,11 @@ fn partial_dir_keeps_a_cut_off_file_and_resumes_from_it() {
     ] {
         for dir in [Direction::Push, Direction::Pull] {
             let what = format!("{label} {dir:?}");
-            let work = tmp.path().join(format!("{label}-{dir:?}"));
+            let work = tmp.join(format!("{label}-{dir:?}"));
             let (src, dst) = (work.join("src"), work.join("dst"));
-            put(&src, "sub/big.bin", &data, T0);
+            put(&src, "sub/big.bin", data, T0);
+            fs::set_permissions(src.join("sub/big.bin"), fs::Permissions::from_mode(0o640))
+                .unwrap();
             put(&src, "small.txt", b"small", T0);
             fs::create_dir_all(&dst).unwrap();
             settle(&src);
@@ -1267,7 +1280,7 @@ fn partial_dir_keeps_a_cut_off_file_and_resumes_from_it() {
             let cut = Command::new(&client)
                 .args(flags)
                 .arg("-e")
-                .arg(&cutting)
+                .arg(cutting)
                 .arg("--rsync-path")
                 .arg(&server)
                 .args([&from, &to])
@@ -1277,17 +1290,23 @@ fn partial_dir_keeps_a_cut_off_file_and_resumes_from_it() {
                 .output()
                 .unwrap();
             assert_ne!(cut.status.code(), Some(0), "{what}: {cut:?}");
-            let kept = dst.join("sub/.part/big.bin");
-            let len = fs::metadata(&kept)
-                .unwrap_or_else(|e| panic!("{what}: no partial file: {e} {cut:?}"))
-                .len();
+            let kept = match in_dir {
+                true => dst.join("sub/.part/big.bin"),
+                false => dst.join("sub/big.bin"),
+            };
+            let m = fs::metadata(&kept)
+                .unwrap_or_else(|e| panic!("{what}: no partial file: {e} {cut:?}"));
+            let len = m.len();
+            // The source's permissions; without a partial dir mtime 0.
+            assert_eq!(m.mode() & 0o7777, 0o640, "{what}");
+            assert_eq!(m.mtime() == 0, !in_dir, "{what}: mtime {}", m.mtime());
             assert!(
                 len > 0 && len < data.len() as u64,
                 "{what}: {len} bytes kept"
             );
-            assert!(!dst.join("sub/big.bin").exists(), "{what}");
+            assert_eq!(dst.join("sub/big.bin").exists(), !in_dir, "{what}");
             // The next run resumes: the kept part is the delta basis.
-            let out = run_over_shell(&client, &server, &rsh, &flags, &from, &to).unwrap();
+            let out = run_over_shell(&client, &server, rsh, &flags, &from, &to).unwrap();
             assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
             assert_eq!(read(&dst.join("sub/big.bin")).unwrap(), data, "{what}");
             assert!(!dst.join("sub/.part").exists(), "{what}: partial dir left");

@@ -54,6 +54,11 @@ pub trait Committer: Send + 'static {
     /// The end of a phase (all files of it are committed): e.g. the
     /// delayed renames of `--delay-updates`. Returns per-file errors.
     fn end_phase(&mut self, dest: &DestRoot) -> Vec<String>;
+
+    /// A cut-off file of `name` is about to be kept (`--partial`, or in
+    /// a `--partial-dir` with `in_partial_dir`): its attributes, best
+    /// effort. By default nothing.
+    fn keep_partial(&mut self, _tmp: &TempFile, _name: &[u8], _in_partial_dir: bool) {}
 }
 
 enum Job {
@@ -164,6 +169,7 @@ impl<C: Committer> Worker<C> {
                 if let Some((t, name)) = self.cur.take() {
                     match keep {
                         Some(k) if t.file.metadata().is_ok_and(|m| m.len() > 0) => {
+                            self.committer.keep_partial(&t, &name, k != name);
                             let placed = match k == name {
                                 true => Ok(()),
                                 false => self.dest.ensure_partial_dir(&k),

@@ -1474,6 +1474,21 @@ impl CommitStep {
 }
 
 impl Committer for CommitStep {
+    fn keep_partial(&mut self, tmp: &TempFile, name: &[u8], in_partial_dir: bool) {
+        // As rsync: the permissions (and owner); in a --partial-dir no
+        // time, else mtime 0 so that it stands out (and -u never keeps it).
+        let at = self.files.binary_search_by(|f| {
+            arsync_proto::flist::compare_names(&f.name, f.is_dir(), name, false)
+        });
+        let Some(e) = at.ok().and_then(|i| self.files.get(i)) else {
+            return;
+        };
+        let mut meta = self.meta.meta(e, tmp.in_place.flatten());
+        meta.mtime = (!in_partial_dir).then_some((0, 0));
+        meta.atime = None;
+        let _ = DestRoot::set_file_meta(&tmp.file, &meta);
+    }
+
     fn commit(
         &mut self,
         dest: &DestRoot,
