@@ -1669,9 +1669,12 @@ fn receiver<R: Read>(
                     append: if phase == 0 { mode.opts.append } else { 0 },
                     backup_basis,
                     basis: partial_basis.clone().unwrap_or_else(|| e.name.clone()),
-                    keep: match &mode.opts.partial_dir {
-                        Some(d) => DestRoot::partial_name(&e.name, d),
-                        None => mode.partial.then(|| e.name.clone()),
+                    // Written in place, a cut-off file stays as it is
+                    // (rsync's --inplace clears --partial).
+                    keep: match (&mode.opts.partial_dir, mode.opts.inplace) {
+                        (_, true) => None,
+                        (Some(d), false) => DestRoot::partial_name(&e.name, d),
+                        (None, false) => mode.partial.then(|| e.name.clone()),
                     },
                 };
                 let (good, lit, matched) =
