@@ -337,3 +337,72 @@ fn executability_without_perms() {
     );
     assert!(seen);
 }
+
+/// Without `-p`, a new entry in a directory with a default ACL takes its
+/// permission bits from that ACL, not from the umask (rsync's
+/// `default_perms_for_dir`).
+#[test]
+fn default_acl_instead_of_the_umask() {
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    let probe = tmp.path().join("probe");
+    fs::create_dir_all(&probe).unwrap();
+    let acl_ok = Command::new("setfacl")
+        .args(["-d", "-m", "u::rwx,g::rwx,o::r-x"])
+        .arg(&probe)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !acl_ok {
+        eprintln!("skipped: no default ACLs here");
+        return;
+    }
+    for way in [Direction::Push, Direction::Pull] {
+        let mut results = Vec::new();
+        for (label, client, server) in [
+            ("rsync->rsync", rsync_bin(), rsync_bin()),
+            ("arsync->rsync", arsync_bin(), rsync_bin()),
+            ("rsync->arsync", rsync_bin(), arsync_bin()),
+            ("arsync->arsync", arsync_bin(), arsync_bin()),
+        ] {
+            let work = tmp.path().join(format!("{way:?}-{label}"));
+            let (src, dst) = (work.join("src"), work.join("dst"));
+            put(&src, "all.txt", b"world writable", 0o777, T0);
+            put(&src, "sub/inner.txt", b"inner", 0o666, T0);
+            dir(&src, "sub", 0o777);
+            fs::create_dir_all(&dst).unwrap();
+            let st = Command::new("setfacl")
+                .args(["-d", "-m", "u::rwx,g::rwx,o::r-x"])
+                .arg(&dst)
+                .status()
+                .unwrap();
+            assert!(st.success());
+            let (from, to) = match way {
+                Direction::Push => (
+                    format!("{}/", src.display()),
+                    format!("fakehost:{}", dst.display()),
+                ),
+                Direction::Pull => (
+                    format!("fakehost:{}/", src.display()),
+                    dst.display().to_string(),
+                ),
+            };
+            let out = transfer(&client, &server, &rsh, &["-r"], &from, &to);
+            let what = format!("{way:?} {label}");
+            assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
+            // 0777 through the ACL's 0775 (the umask, 027, would give 0750).
+            assert_eq!(mode_of(&dst.join("all.txt")), 0o775, "{what}");
+            results.push((what, dst));
+        }
+        let cmp = CompareOpts {
+            mtime: false,
+            dir_mtime: false,
+            symlink_mtime: false,
+            ..CompareOpts::default()
+        };
+        let (_, reference) = &results[0];
+        for (what, dst) in &results[1..] {
+            let diffs = compare_trees(reference, dst, &cmp);
+            assert!(diffs.is_empty(), "{what}: differs from rsync's: {diffs:#?}");
+        }
+    }
+}

@@ -566,6 +566,32 @@ impl MetaRules {
         }
     }
 
+    /// The metadata for `e` at its place under `dest`: like
+    /// [`MetaRules::meta`], but a new entry without `-p` takes its
+    /// permission bits from the parent directory's default ACL if it has
+    /// one (else the umask), as rsync's receiver does.
+    fn meta_at(&self, dest: &DestRoot, e: &FileEntry, existing: Option<u32>) -> Meta {
+        if self.perms || existing.is_some() {
+            return self.meta(e, existing);
+        }
+        let parent = match e.name.iter().rposition(|&b| b == b'/') {
+            Some(i) => &e.name[..i],
+            None => &b"."[..],
+        };
+        let acl = dest
+            .with_attr_target(parent, |t| Ok(attrs::default_acl_perms(t)))
+            .ok()
+            .flatten();
+        match acl {
+            Some(p) => MetaRules {
+                default_perms: p,
+                ..*self
+            }
+            .meta(e, None),
+            None => self.meta(e, None),
+        }
+    }
+
     /// The metadata to apply to `e` (see [`MetaRules::perms_for`]).
     fn meta(&self, e: &FileEntry, existing: Option<u32>) -> Meta {
         Meta {
@@ -1136,7 +1162,7 @@ fn generator<W: Write>(
                     let target = e.link_target.as_deref().unwrap_or_default();
                     dest.make_symlink(&e.name, target)?;
                     sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
-                    dest.set_meta(&e.name, &ctx.meta.meta(e, before))?;
+                    dest.set_meta(&e.name, &ctx.meta.meta_at(dest, e, before))?;
                     ctx.success(outs, i)?;
                 }
                 Some(FileType::Device) | Some(FileType::Special)
@@ -1146,7 +1172,7 @@ fn generator<W: Write>(
                 {
                     dest.make_node(&e.name, e.mode, e.rdev)?;
                     sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
-                    dest.set_meta(&e.name, &ctx.meta.meta(e, before))?;
+                    dest.set_meta(&e.name, &ctx.meta.meta_at(dest, e, before))?;
                     ctx.fix_acls(e)?;
                 }
                 Some(FileType::Regular) if followers.contains(e.name.as_slice()) => {
@@ -1196,7 +1222,7 @@ fn generator<W: Write>(
                             }
                             Some(AltMatch::Copy(p)) => {
                                 put(std::fs::copy(&p, dest.path(&e.name)?).map(|_| ()))?;
-                                dest.set_meta(&e.name, &ctx.meta.meta(e, None))?;
+                                dest.set_meta(&e.name, &ctx.meta.meta_at(dest, e, None))?;
                                 ctx.success(outs, i)?;
                                 return Ok(());
                             }
@@ -1384,7 +1410,7 @@ fn generator<W: Write>(
     for &(i, before) in dirs.iter().rev().filter(|_| !ctx.dry_run) {
         let e = &files[i];
         let r = dest
-            .set_dir_meta(&e.name, &ctx.meta.meta(e, before))
+            .set_dir_meta(&e.name, &ctx.meta.meta_at(dest, e, before))
             .and_then(|()| ctx.fix_acls(e));
         if let Err(err) = r {
             errors.push(format!("{}: {err}", String::from_utf8_lossy(&e.name)));
@@ -1451,7 +1477,7 @@ impl CommitStep {
                 .map(|m| m.perms),
             (false, _) => None,
         };
-        DestRoot::set_file_meta(&tmp.file, &self.meta.meta(e, existing))?;
+        DestRoot::set_file_meta(&tmp.file, &self.meta.meta_at(dest, e, existing))?;
         self.attr.apply_acls(fd, e)
     }
 
