@@ -369,6 +369,7 @@ fn transfer_opts(o: &Options) -> TransferOpts {
             .as_ref()
             .map(|d| d.to_string_lossy().into_owned()),
         keep_dirlinks: o.keep_dirlinks,
+        confined: false,
     }
 }
 

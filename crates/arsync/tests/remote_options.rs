@@ -1544,3 +1544,37 @@ fn transfer_modes_through_a_daemon() {
         }
     }
 }
+
+/// A daemon keeps a client's `--temp-dir` inside the module (rsync's
+/// daemon sanitizes it the same way): no temporary file is created in an
+/// absolute directory outside it.
+#[test]
+fn daemon_confines_the_temp_dir() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = scratch_dir().unwrap();
+    let base = tmp.path().join("mod");
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&base).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    let cfg = tmp.path().join("d.conf");
+    write_module_config(&cfg, &base).unwrap();
+    let arsyncd = start_daemon(&arsync_bin(), &cfg).unwrap();
+    let src = tmp.path().join("src");
+    put(&src, "a.txt", b"data", T0);
+    for client in [rsync_bin(), arsync_bin()] {
+        settle(&outside);
+        let out = Command::new(&client)
+            .args(["-a", "--temp-dir"])
+            .arg(&outside)
+            .arg(format!("{}/", src.display()))
+            .arg(format!("rsync://127.0.0.1:{}/m/dst", arsyncd.port))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(0), "{out:?}");
+        let m = fs::metadata(&outside).unwrap();
+        assert_eq!(m.mtime(), 1_500_000_000, "a file came and went outside");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        assert!(!base.join("dst/a.txt").exists());
+    }
+}

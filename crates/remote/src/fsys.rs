@@ -210,13 +210,19 @@ impl DestRoot {
     /// `--temp-dir`: temporary files are created in `dir` (a relative
     /// one is relative to the root; it must exist) and renamed into place
     /// from there (copied when it is on another file system).
-    pub fn with_temp_dir(mut self, dir: &str) -> Result<Self> {
-        let fd = rustix::fs::openat(
-            &*self.fd,
-            dir,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
+    /// With `beneath` (a daemon's session) it must resolve inside the root.
+    pub fn with_temp_dir(mut self, dir: &str, beneath: bool) -> Result<Self> {
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = match beneath {
+            true => rustix::fs::openat2(
+                &*self.fd,
+                dir,
+                flags,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            ),
+            false => rustix::fs::openat(&*self.fd, dir, flags, Mode::empty()),
+        }
         .map_err(|e| io_err(format!("opening --temp-dir {dir}"), e))?;
         self.temp_dir = Some(Arc::new(fd));
         Ok(self)

@@ -116,6 +116,9 @@ pub struct TransferOpts {
     /// `-K`: the receiver treats a symlink to a directory as that
     /// directory (packed `K`, to a receiving server).
     pub keep_dirlinks: bool,
+    /// A daemon's session: the directories above are inside the
+    /// destination (see [`TransferOpts::confine`]).
+    pub confined: bool,
 }
 
 /// The kind of `--*-dest` basis directories.
@@ -436,6 +439,35 @@ impl TransferOpts {
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// For a daemon's session (the client is not trusted with the
+    /// daemon's file system): `--temp-dir`, `--partial-dir` and
+    /// `--backup-dir` are made relative (leading `/` dropped, as rsync's
+    /// daemon sanitizes them) and may not contain `..`; the temporary
+    /// directory is then resolved beneath the destination.
+    pub fn confine(&mut self) -> Result<()> {
+        for (d, what) in [
+            (&mut self.temp_dir, "--temp-dir"),
+            (&mut self.partial_dir, "--partial-dir"),
+            (&mut self.backup_dir, "--backup-dir"),
+        ] {
+            if let Some(v) = d {
+                let rel = v.trim_start_matches('/');
+                if rel.split('/').any(|c| c == "..") {
+                    return Err(RemoteError::Refused(format!(
+                        "{what} {v:?} leaves the module"
+                    )));
+                }
+                *v = if rel.is_empty() {
+                    ".".into()
+                } else {
+                    rel.into()
+                };
+            }
+        }
+        self.confined = true;
+        Ok(())
     }
 
     /// rsync's usage errors for the transfer modes (exit code 1): given
@@ -1188,6 +1220,20 @@ mod tests {
             remainder: 100,
         };
         assert_eq!(append_offset(&head), 1500);
+        let mut c = TransferOpts {
+            temp_dir: Some("/tmp/x".into()),
+            backup_dir: Some("/".into()),
+            ..TransferOpts::default()
+        };
+        c.confine().unwrap();
+        assert_eq!(c.temp_dir.as_deref(), Some("tmp/x"));
+        assert_eq!(c.backup_dir.as_deref(), Some("."));
+        assert!(c.confined);
+        let mut bad = TransferOpts {
+            partial_dir: Some("a/../../etc".into()),
+            ..TransferOpts::default()
+        };
+        assert!(bad.confine().is_err());
     }
 
     #[test]

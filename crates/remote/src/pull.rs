@@ -166,7 +166,7 @@ pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
     let dest = match opts.command.flags.contains('n') || opts.command.opts.list_only {
         true => DestRoot::open_dry(&opts.dest)?,
         false => match &opts.command.opts.temp_dir {
-            Some(t) => DestRoot::open(&opts.dest)?.with_temp_dir(t)?,
+            Some(t) => DestRoot::open(&opts.dest)?.with_temp_dir(t, false)?,
             None => DestRoot::open(&opts.dest)?,
         },
     }

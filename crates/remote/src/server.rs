@@ -331,7 +331,7 @@ pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
         let dest = match args.flags.contains('n') {
             true => DestRoot::open_dry(&path)?,
             false => match &args.opts.temp_dir {
-                Some(t) => DestRoot::open(&path)?.with_temp_dir(t)?,
+                Some(t) => DestRoot::open(&path)?.with_temp_dir(t, args.opts.confined)?,
                 None => DestRoot::open(&path)?,
             },
         }
