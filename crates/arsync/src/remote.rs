@@ -308,19 +308,7 @@ fn fail(code: ExitCode, msg: impl std::fmt::Display) -> i32 {
 
 /// Options the remote roles do not implement yet: the first one set.
 fn unsupported(o: &Options) -> Option<&'static str> {
-    let checks: &[(bool, &str)] = &[
-        (o.inplace, "--inplace"),
-        (o.append, "--append"),
-        (o.partial_dir.is_some(), "--partial-dir"),
-        (o.keep_dirlinks, "--keep-dirlinks (-K)"),
-        (o.temp_dir.is_some(), "--temp-dir (-T)"),
-        // With -p, -E changes nothing (rsync does not send it then).
-        (
-            o.executability && !o.perms,
-            "--executability (-E) without --perms",
-        ),
-    ];
-    checks.iter().find(|(on, _)| *on).map(|(_, n)| *n)
+    transfer_opts(o).not_implemented()
 }
 
 /// The options beyond the packed flags (and `u`, `I`), for both roles.
@@ -368,6 +356,20 @@ fn transfer_opts(o: &Options) -> TransferOpts {
         // Set by `run` once it knows where the list is read.
         files_from: None,
         from0: false,
+        // With -p, -E changes nothing (rsync does not send it then).
+        executability: o.executability && !o.perms,
+        inplace: o.inplace,
+        append: if o.append_verify { 2 } else { o.append as u8 },
+        partial_dir: o
+            .partial_dir
+            .as_ref()
+            .map(|d| d.to_string_lossy().into_owned()),
+        temp_dir: o
+            .temp_dir
+            .as_ref()
+            .map(|d| d.to_string_lossy().into_owned()),
+        keep_dirlinks: o.keep_dirlinks,
+        confined: false,
     }
 }
 
@@ -551,6 +553,9 @@ pub fn run(args: &[OsString]) -> i32 {
             "only one of --compare-dest, --copy-dest, --link-dest may be used",
         );
     }
+    if let Some(msg) = transfer_opts(&o).conflict(o.delay_updates, o.whole_file) {
+        return fail(ExitCode::Syntax, msg);
+    }
     if let Some(name) = unsupported(&o) {
         return fail(
             ExitCode::Unsupported,
@@ -562,6 +567,13 @@ pub fn run(args: &[OsString]) -> i32 {
         Ok(f) => f,
         Err(e) => return fail(ExitCode::Unsupported, format!("{e} is not supported yet")),
     };
+    if let Some(d) = o.partial_dir.as_ref().map(|d| d.to_string_lossy()) {
+        // As rsync's client: a relative partial directory is hidden from
+        // the walk and protected from deletion (a perishable exclude).
+        if !d.starts_with('/') {
+            filters.push(format!("-p {}/", d.trim_end_matches('/')));
+        }
+    }
     if o.backup && o.deleting() && o.backup_dir.is_none() && !o.delete_excluded {
         // As rsync's client: backups in the destination are not deleted.
         filters.push(format!("P *{}", o.backup_suffix().to_string_lossy()));

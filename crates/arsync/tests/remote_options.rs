@@ -1045,3 +1045,536 @@ fn options_through_a_daemon() {
         }
     }
 }
+
+/// A destination with older versions of files, each hard-linked to a
+/// second name, so writing in place is visible through the other name.
+fn inplace_tree(src: &Path, dst: &Path) {
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut changed = big.clone();
+    changed[100_000..100_100].fill(0xAA);
+    // Blocks move: the new file starts with what was the old file's end.
+    changed.rotate_left(60_000);
+    put(src, "big.bin", &changed, T0 + 100);
+    put(dst, "big.bin", &big, T0);
+    fs::hard_link(dst.join("big.bin"), dst.join("big.other")).unwrap();
+    put(src, "big.other", &big, T0);
+    put(src, "shrinks.txt", b"short now", T0 + 100);
+    put(dst, "shrinks.txt", &[b'x'; 5000], T0);
+    put(src, "new.txt", b"a new file", T0);
+    settle(src);
+    settle(dst);
+}
+
+#[test]
+fn inplace_writes_into_the_existing_file() {
+    check(&Case {
+        name: "--inplace",
+        flags: &["-a", "--inplace"],
+        setup: inplace_tree,
+        expect: |s, d| {
+            // The other name of the same inode sees the new data.
+            assert_eq!(read(&d.join("big.other")), read(&s.join("big.bin")));
+            assert_eq!(read(&d.join("shrinks.txt")).unwrap(), b"short now");
+            assert_eq!(read(&d.join("new.txt")).unwrap(), b"a new file");
+        },
+        code: 0,
+        dir_times: true,
+    });
+}
+
+/// Shorter destination files: one a true prefix of the source, one with
+/// other data in the part it has.
+fn append_tree(src: &Path, dst: &Path) {
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+    put(src, "grows.log", &data, T0 + 100);
+    put(dst, "grows.log", &data[..20_000], T0);
+    put(src, "differs.log", &data, T0 + 100);
+    let mut wrong = data[..30_000].to_vec();
+    wrong[10..20].fill(b'!');
+    put(dst, "differs.log", &wrong, T0);
+    put(src, "long_there.log", b"short", T0 + 100);
+    put(dst, "long_there.log", b"already longer", T0);
+    put(src, "new.log", b"new", T0);
+    settle(src);
+    settle(dst);
+}
+
+#[test]
+fn append_sends_only_the_tail() {
+    check(&Case {
+        name: "--append",
+        flags: &["-a", "--append"],
+        setup: append_tree,
+        expect: |s, d| {
+            assert_eq!(read(&d.join("grows.log")), read(&s.join("grows.log")));
+            // The differing part is not looked at.
+            let got = read(&d.join("differs.log")).unwrap();
+            assert_eq!(&got[10..20], b"!!!!!!!!!!");
+            assert_eq!(got.len(), 50_000);
+            assert_eq!(read(&d.join("long_there.log")).unwrap(), b"already longer");
+        },
+        code: 0,
+        dir_times: true,
+    });
+}
+
+#[test]
+fn append_verify_redoes_a_mismatch() {
+    check(&Case {
+        name: "--append-verify",
+        flags: &["-a", "--append-verify"],
+        setup: append_tree,
+        expect: |s, d| {
+            assert_eq!(read(&d.join("grows.log")), read(&s.join("grows.log")));
+            assert_eq!(read(&d.join("differs.log")), read(&s.join("differs.log")));
+            assert_eq!(read(&d.join("long_there.log")).unwrap(), b"already longer");
+        },
+        code: 0,
+        dir_times: true,
+    });
+}
+
+#[test]
+fn temp_dir_holds_the_temporary_files() {
+    check(&Case {
+        name: "--temp-dir",
+        flags: &["-a", "--temp-dir=.scratch", "--exclude=/.scratch"],
+        setup: |s, d| {
+            quick_tree(s, d);
+            fs::create_dir_all(d.join(".scratch")).unwrap();
+            settle(d);
+        },
+        expect: |_, d| {
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(read(&d.join("new.txt")).unwrap(), b"brand new");
+            let scratch = d.join(".scratch");
+            assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0);
+            // Temporary files came and went there.
+            assert_ne!(fs::metadata(&scratch).unwrap().mtime(), 1_500_000_000);
+        },
+        code: 0,
+        // The scratch directory's time is when the last temporary file left.
+        dir_times: false,
+    });
+}
+
+#[test]
+fn temp_dir_must_exist() {
+    // rsync reports each file it cannot create a temporary file for.
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    let src = tmp.path().join("src");
+    put(&src, "a.txt", b"data", T0);
+    for (label, client, server) in [
+        ("rsync->rsync", rsync_bin(), rsync_bin()),
+        ("arsync->rsync", arsync_bin(), rsync_bin()),
+        ("rsync->arsync", rsync_bin(), arsync_bin()),
+    ] {
+        let dst = tmp.path().join(label);
+        fs::create_dir_all(&dst).unwrap();
+        let out = run_over_shell(
+            &client,
+            &server,
+            &rsh,
+            &["-a", "--temp-dir=missing"],
+            &format!("{}/", src.display()),
+            &format!("fakehost:{}", dst.display()),
+        )
+        .unwrap();
+        assert_ne!(out.status.code(), Some(0), "{label}: {out:?}");
+        assert!(!dst.join("a.txt").exists(), "{label}");
+    }
+}
+
+/// A stand-in for ssh whose connection breaks after `$CUT` bytes: of the
+/// client's output for a push (`$CUT_SIDE` = push), of the server's output
+/// for a pull.
+const CUTTING_SSH: &str = r#"#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -l|-p|-o|-i) shift 2 ;;
+    -*) shift ;;
+    *) shift; break ;;
+  esac
+done
+if [ "$CUT_SIDE" = push ]; then
+  dd bs=65536 iflag=count_bytes count="$CUT" status=none | sh -c "$*"
+else
+  sh -c "$*" | dd bs=65536 iflag=count_bytes count="$CUT" status=none
+fi
+"#;
+
+/// The number in rsync's (or arsync's) `--stats` line `Matched data: N bytes`.
+fn matched_bytes(stdout: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text.lines().find(|l| l.starts_with("Matched data:"))?;
+    let digits: String = line
+        .trim_start_matches("Matched data:")
+        .chars()
+        .take_while(|c| !c.is_alphabetic())
+        .filter(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+#[test]
+fn partial_dir_keeps_a_cut_off_file_and_resumes_from_it() {
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    let cutting = tmp.path().join("cutting-ssh");
+    fs::write(&cutting, CUTTING_SSH).unwrap();
+    fs::set_permissions(&cutting, fs::Permissions::from_mode(0o755)).unwrap();
+    // Data that does not compress and has no repeats.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let data: Vec<u8> = (0..3_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    for keep in ["--partial-dir=.part", "--partial"] {
+        let dir = tmp.path().join(keep.trim_start_matches('-'));
+        cut_and_resume(&dir, &rsh, &cutting, keep, &data);
+    }
+}
+
+/// One `--partial`/`--partial-dir` scenario of
+/// [`partial_dir_keeps_a_cut_off_file_and_resumes_from_it`].
+fn cut_and_resume(tmp: &Path, rsh: &Path, cutting: &Path, keep: &str, data: &[u8]) {
+    use std::os::unix::fs::MetadataExt;
+    let in_dir = keep.starts_with("--partial-dir");
+    let flags = ["-a", keep, "--stats"];
+    let mut finals = Vec::new();
+    for (label, client, server) in [
+        ("rsync->rsync", rsync_bin(), rsync_bin()),
+        ("arsync->rsync", arsync_bin(), rsync_bin()),
+        ("rsync->arsync", rsync_bin(), arsync_bin()),
+        ("arsync->arsync", arsync_bin(), arsync_bin()),
+    ] {
+        for dir in [Direction::Push, Direction::Pull] {
+            let what = format!("{label} {dir:?}");
+            let work = tmp.join(format!("{label}-{dir:?}"));
+            let (src, dst) = (work.join("src"), work.join("dst"));
+            put(&src, "sub/big.bin", data, T0);
+            fs::set_permissions(src.join("sub/big.bin"), fs::Permissions::from_mode(0o640))
+                .unwrap();
+            put(&src, "small.txt", b"small", T0);
+            fs::create_dir_all(&dst).unwrap();
+            settle(&src);
+            let (from, to) = match dir {
+                Direction::Push => (
+                    format!("{}/", src.display()),
+                    format!("fakehost:{}", dst.display()),
+                ),
+                Direction::Pull => (
+                    format!("fakehost:{}/", src.display()),
+                    dst.display().to_string(),
+                ),
+            };
+            let side = match dir {
+                Direction::Push => "push",
+                Direction::Pull => "pull",
+            };
+            let cut = Command::new(&client)
+                .args(flags)
+                .arg("-e")
+                .arg(cutting)
+                .arg("--rsync-path")
+                .arg(&server)
+                .args([&from, &to])
+                .env("CUT", "1500000")
+                .env("CUT_SIDE", side)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            assert_ne!(cut.status.code(), Some(0), "{what}: {cut:?}");
+            let kept = match in_dir {
+                true => dst.join("sub/.part/big.bin"),
+                false => dst.join("sub/big.bin"),
+            };
+            let m = fs::metadata(&kept)
+                .unwrap_or_else(|e| panic!("{what}: no partial file: {e} {cut:?}"));
+            let len = m.len();
+            // The source's permissions; without a partial dir mtime 0.
+            assert_eq!(m.mode() & 0o7777, 0o640, "{what}");
+            assert_eq!(m.mtime() == 0, !in_dir, "{what}: mtime {}", m.mtime());
+            assert!(
+                len > 0 && len < data.len() as u64,
+                "{what}: {len} bytes kept"
+            );
+            assert_eq!(dst.join("sub/big.bin").exists(), !in_dir, "{what}");
+            // The next run resumes: the kept part is the delta basis.
+            let out = run_over_shell(&client, &server, rsh, &flags, &from, &to).unwrap();
+            assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
+            assert_eq!(read(&dst.join("sub/big.bin")).unwrap(), data, "{what}");
+            assert!(!dst.join("sub/.part").exists(), "{what}: partial dir left");
+            let matched = matched_bytes(&out.stdout);
+            assert!(
+                matched.is_some_and(|m| m > 0),
+                "{what}: matched {matched:?}"
+            );
+            finals.push((what, dst));
+        }
+    }
+    let (_, reference) = &finals[0];
+    for (what, dst) in &finals[1..] {
+        let cmp = CompareOpts {
+            root_metadata: false,
+            dir_mtime: false,
+            ..CompareOpts::default()
+        };
+        let diffs = compare_trees(reference, dst, &cmp);
+        assert!(diffs.is_empty(), "{what}: differs from rsync's: {diffs:#?}");
+    }
+}
+
+#[test]
+fn keep_dirlinks_writes_through_a_symlinked_directory() {
+    check(&Case {
+        name: "-K",
+        flags: &["-a", "-K"],
+        setup: |s, d| {
+            put(s, "d/f.txt", b"into the linked dir", T0);
+            put(s, "d/deeper/g.txt", b"deeper", T0);
+            put(s, "top.txt", b"top", T0);
+            put(d, "real/extra.txt", b"already there", T0);
+            symlink("real", d.join("d")).unwrap();
+            // The same modes on both sides: rsync 3.5.0 fails to chmod a
+            // directory kept through a symlink (ELOOP, exit 23).
+            for p in [s.join("d"), d.join("real")] {
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            settle(s);
+            settle(d);
+        },
+        expect: |_, d| {
+            assert!(is_link(&d.join("d")));
+            assert_eq!(read(&d.join("real/f.txt")).unwrap(), b"into the linked dir");
+            assert!(d.join("real/deeper/g.txt").is_file() && d.join("real/extra.txt").is_file());
+        },
+        code: 0,
+        // The linked directory's time is when the files arrived.
+        dir_times: false,
+    });
+}
+
+#[test]
+fn keep_dirlinks_sets_the_linked_directorys_mode() {
+    // Where rsync 3.5.0 fails (ELOOP, exit 23), arsync's receiver gives
+    // the directory the link stands for the source directory's mode.
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    for (label, client, server, push) in [
+        ("arsync->rsync pull", arsync_bin(), rsync_bin(), false),
+        ("rsync->arsync push", rsync_bin(), arsync_bin(), true),
+    ] {
+        let work = tmp.path().join(label.replace(' ', "-"));
+        let (src, dst) = (work.join("src"), work.join("dst"));
+        put(&src, "d/f.txt", b"data", T0);
+        fs::set_permissions(src.join("d"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::create_dir_all(dst.join("real")).unwrap();
+        fs::set_permissions(dst.join("real"), fs::Permissions::from_mode(0o755)).unwrap();
+        symlink("real", dst.join("d")).unwrap();
+        let (from, to) = match push {
+            true => (
+                format!("{}/", src.display()),
+                format!("fakehost:{}", dst.display()),
+            ),
+            false => (
+                format!("fakehost:{}/", src.display()),
+                dst.display().to_string(),
+            ),
+        };
+        let out = run_over_shell(&client, &server, &rsh, &["-a", "-K"], &from, &to).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{label}: {out:?}");
+        assert!(is_link(&dst.join("d")), "{label}");
+        let mode = fs::metadata(dst.join("real")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o700, "{label}");
+        assert!(dst.join("real/f.txt").is_file(), "{label}");
+    }
+}
+
+#[test]
+fn keep_dirlinks_never_leaves_the_destination() {
+    // A symlink out of the destination is not followed by arsync's
+    // receiver (rsync's would write through it): nothing lands outside.
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    for (label, client, server, push) in [
+        ("arsync pull", arsync_bin(), rsync_bin(), false),
+        ("arsync server push", rsync_bin(), arsync_bin(), true),
+    ] {
+        let work = tmp.path().join(label.replace(' ', "-"));
+        let (src, dst) = (work.join("src"), work.join("dst"));
+        put(&src, "d/f.txt", b"data", T0);
+        fs::create_dir_all(&dst).unwrap();
+        symlink(&outside, dst.join("d")).unwrap();
+        let (from, to) = match push {
+            true => (
+                format!("{}/", src.display()),
+                format!("fakehost:{}", dst.display()),
+            ),
+            false => (
+                format!("fakehost:{}/", src.display()),
+                dst.display().to_string(),
+            ),
+        };
+        let out = run_over_shell(&client, &server, &rsh, &["-a", "-K"], &from, &to).unwrap();
+        assert_ne!(out.status.code(), Some(0), "{label}: {out:?}");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "{label}");
+    }
+}
+
+#[test]
+fn inplace_with_backups_copies_the_old_file_first() {
+    check(&Case {
+        name: "--inplace -b",
+        flags: &["-a", "--inplace", "-b", "--backup-dir=old"],
+        setup: inplace_tree,
+        expect: |s, d| {
+            assert_eq!(read(&d.join("big.other")), read(&s.join("big.bin")));
+            // The backup has the old data (the copy the delta was made against).
+            assert_eq!(read(&d.join("old/big.bin")), read(&s.join("big.other")));
+            assert_eq!(read(&d.join("old/shrinks.txt")).unwrap(), vec![b'x'; 5000]);
+        },
+        code: 0,
+        dir_times: false,
+    });
+}
+
+#[test]
+fn transfer_mode_conflicts_are_usage_errors() {
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    let src = tmp.path().join("src");
+    put(&src, "a.txt", b"data", T0);
+    for flags in [
+        &["-a", "--inplace", "--delay-updates"][..],
+        &["-a", "--inplace", "--partial-dir=.part"],
+        &["-a", "--append", "-W"],
+    ] {
+        for (label, client, server) in [
+            ("rsync->rsync", rsync_bin(), rsync_bin()),
+            ("arsync->rsync", arsync_bin(), rsync_bin()),
+            ("rsync->arsync", rsync_bin(), arsync_bin()),
+            ("arsync->arsync", arsync_bin(), arsync_bin()),
+        ] {
+            let dst = tmp.path().join(format!("{label}-{}", flags[2]));
+            fs::create_dir_all(&dst).unwrap();
+            let out = run_over_shell(
+                &client,
+                &server,
+                &rsh,
+                flags,
+                &format!("{}/", src.display()),
+                &format!("fakehost:{}", dst.display()),
+            )
+            .unwrap();
+            assert_eq!(out.status.code(), Some(1), "{label} {flags:?}: {out:?}");
+            assert!(!dst.join("a.txt").exists(), "{label} {flags:?}");
+        }
+    }
+}
+
+/// The transfer modes through `rsync://` (the daemon's argument vector).
+#[test]
+fn transfer_modes_through_a_daemon() {
+    let tmp = scratch_dir().unwrap();
+    let base = tmp.path().join("mod");
+    fs::create_dir_all(&base).unwrap();
+    let cfg = tmp.path().join("d.conf");
+    write_module_config(&cfg, &base).unwrap();
+    let rsyncd = start_daemon(&rsync_bin(), &cfg).unwrap();
+    let arsyncd = start_daemon(&arsync_bin(), &cfg).unwrap();
+    for flags in [
+        &["-rtE", "--inplace"][..],
+        &["-a", "--append-verify", "-K"],
+        &["-a", "--temp-dir=.scratch", "--partial-dir=.part"],
+    ] {
+        for dir in [Direction::Push, Direction::Pull] {
+            let mut results = Vec::new();
+            for (label, daemon, client) in [
+                ("rsync-to-rsyncd", &rsyncd, rsync_bin()),
+                ("arsync-to-rsyncd", &rsyncd, arsync_bin()),
+                ("rsync-to-arsyncd", &arsyncd, rsync_bin()),
+                ("arsync-to-arsyncd", &arsyncd, arsync_bin()),
+            ] {
+                let what = format!("{flags:?} {dir:?} {label}");
+                let work = base.join(format!(
+                    "{}-{dir:?}-{label}",
+                    flags[1].trim_start_matches('-')
+                ));
+                let (src, dst) = (work.join("src"), work.join("dst"));
+                append_tree(&src, &dst);
+                inplace_tree(&src.join("more"), &dst.join("more"));
+                fs::create_dir_all(dst.join(".scratch")).unwrap();
+                settle(&dst);
+                let url = |p: &Path| {
+                    let rel = p.strip_prefix(&base).unwrap();
+                    format!("rsync://127.0.0.1:{}/m/{}", daemon.port, rel.display())
+                };
+                let (from, to) = match dir {
+                    Direction::Push => (format!("{}/", src.display()), url(&dst)),
+                    Direction::Pull => (format!("{}/", url(&src)), dst.display().to_string()),
+                };
+                let out = Command::new(&client)
+                    .args(flags)
+                    .args([&from, &to])
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .unwrap();
+                assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
+                results.push((what, dst));
+            }
+            let cmp = CompareOpts {
+                dir_mtime: false,
+                mtime: flags[0].contains('t'),
+                root_metadata: false,
+                ..CompareOpts::default()
+            };
+            let (_, reference) = &results[0];
+            for (what, dst) in &results[1..] {
+                let diffs = compare_trees(reference, dst, &cmp);
+                assert!(diffs.is_empty(), "{what}: differs from rsync's: {diffs:#?}");
+            }
+        }
+    }
+}
+
+/// A daemon keeps a client's `--temp-dir` inside the module (rsync's
+/// daemon sanitizes it the same way): no temporary file is created in an
+/// absolute directory outside it.
+#[test]
+fn daemon_confines_the_temp_dir() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = scratch_dir().unwrap();
+    let base = tmp.path().join("mod");
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&base).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    let cfg = tmp.path().join("d.conf");
+    write_module_config(&cfg, &base).unwrap();
+    let arsyncd = start_daemon(&arsync_bin(), &cfg).unwrap();
+    let src = tmp.path().join("src");
+    put(&src, "a.txt", b"data", T0);
+    for client in [rsync_bin(), arsync_bin()] {
+        settle(&outside);
+        let out = Command::new(&client)
+            .args(["-a", "--temp-dir"])
+            .arg(&outside)
+            .arg(format!("{}/", src.display()))
+            .arg(format!("rsync://127.0.0.1:{}/m/dst", arsyncd.port))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(0), "{out:?}");
+        let m = fs::metadata(&outside).unwrap();
+        assert_eq!(m.mtime(), 1_500_000_000, "a file came and went outside");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        assert!(!base.join("dst/a.txt").exists());
+    }
+}

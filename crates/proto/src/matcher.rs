@@ -95,6 +95,11 @@ pub struct DeltaEncoder {
     hasher: FileHasher,
     stats: DeltaStats,
     sink: TokenSink,
+    /// Offset in the new file of `buf[0]`.
+    base: u64,
+    /// `--inplace`: per block, whether it was matched at its own offset
+    /// (see [`DeltaEncoder::set_in_place`]).
+    in_place: Option<Vec<bool>>,
 }
 
 impl std::fmt::Debug for DeltaEncoder {
@@ -135,7 +140,24 @@ impl DeltaEncoder {
             hasher: FileHasher::new(algo),
             stats: DeltaStats::default(),
             sink,
+            base: 0,
+            in_place: None,
         }
+    }
+
+    /// The receiver rewrites the basis file itself (`--inplace`, or a
+    /// `--partial-dir` file updated in place): a block may only be used
+    /// where the receiver has not overwritten it yet, at or after the
+    /// current offset, or where it was already matched at its own offset
+    /// (so left as it was); a block at the current offset is preferred.
+    pub fn set_in_place(&mut self) {
+        self.in_place = Some(vec![false; self.sums.blocks.len()]);
+    }
+
+    /// Feeds `data` to the whole-file checksum only (`--append-verify`:
+    /// the data the receiver already has).
+    pub fn hash_only(&mut self, data: &[u8]) {
+        self.hasher.update(data);
     }
 
     fn blen(&self) -> usize {
@@ -159,9 +181,17 @@ impl DeltaEncoder {
         let mut i = self.table.head[self.table.slot(weak)];
         let mut strong: Option<Digest16> = None;
         let s2 = self.sums.head.s2length as usize;
+        let at = self.base + self.pos as u64;
+        let blen = self.blen() as u64;
+        // In place: the first usable match, unless one at `at` follows.
+        let mut usable = None;
         while i != NIL {
             let b = &self.sums.blocks[i as usize];
-            if b.weak == weak && self.sums.head.block_len(i as i32) == len {
+            let overwritten = self
+                .in_place
+                .as_ref()
+                .is_some_and(|same| (i as u64) * blen < at && !same[i as usize]);
+            if !overwritten && b.weak == weak && self.sums.head.block_len(i as i32) == len {
                 let d = *strong.get_or_insert_with(|| {
                     block_sum(
                         self.algo,
@@ -171,15 +201,25 @@ impl DeltaEncoder {
                     )
                 });
                 if d.as_bytes()[..s2] == b.strong[..] {
-                    return Some(i);
+                    if self.in_place.is_none() || (i as u64) * blen == at {
+                        return Some(i);
+                    }
+                    usable.get_or_insert(i);
                 }
             }
             i = self.table.next[i as usize];
         }
-        None
+        usable
     }
 
     fn emit_match(&mut self, i: u32, len: usize, out: &mut Vec<u8>) -> Result<()> {
+        let at = self.base + self.pos as u64;
+        let blen = self.blen() as u64;
+        if let Some(same) = self.in_place.as_mut() {
+            if (i as u64) * blen == at {
+                same[i as usize] = true;
+            }
+        }
         self.flush_literal(out)?;
         self.sink.block(i, out)?;
         self.stats.matched += len as u64;
@@ -191,6 +231,7 @@ impl DeltaEncoder {
 
     fn compact(&mut self) {
         if self.start > 0 {
+            self.base += self.start as u64;
             self.buf.copy_within(self.start..self.filled, 0);
             self.filled -= self.start;
             self.pos -= self.start;
@@ -440,6 +481,56 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn in_place_never_uses_overwritten_blocks(basis in proptest::collection::vec(0u8..3, 0..6000), edits in proptest::collection::vec((0usize..6000, 0u8..3), 0..40), chunk in 1usize..3000) {
+            // A new file that shares much with the basis, blocks moved around.
+            let mut new = basis.clone();
+            let head_of_basis = basis[..basis.len().min(700)].to_vec();
+            for (at, b) in edits {
+                if at < new.len() {
+                    new[at] = b;
+                } else {
+                    new.extend_from_slice(&head_of_basis);
+                }
+            }
+            let third = new.len() / 3;
+            new.rotate_left(third);
+            let algo = ChecksumAlgo::Xxh128;
+            let head = SumHead::for_file(basis.len() as u64, false, 16).unwrap();
+            let sums = SumSet::compute(&basis, head, algo, 7, true);
+            let mut enc = DeltaEncoder::new(sums, algo, 7, true);
+            enc.set_in_place();
+            let mut out = Vec::new();
+            for c in new.chunks(chunk) {
+                enc.feed(c, &mut out).unwrap();
+            }
+            let st = enc.finish(&mut out).unwrap();
+            prop_assert_eq!(st.literal + st.matched, new.len() as u64);
+            // Apply it the way an in-place receiver does: blocks are read
+            // from the file being overwritten.
+            let mut file = basis.clone();
+            let mut d = TokenSource::new(false, head.count as u32);
+            let mut r = Reader::new(&out);
+            let mut off = 0usize;
+            loop {
+                let data = match d.decode(&mut r).unwrap() {
+                    Token::Literal(b) => b,
+                    Token::Block(i) => {
+                        let at = i as usize * head.blength as usize;
+                        file[at..at + head.block_len(i as i32)].to_vec()
+                    }
+                    Token::End => break,
+                };
+                if file.len() < off + data.len() {
+                    file.resize(off + data.len(), 0);
+                }
+                file[off..off + data.len()].copy_from_slice(&data);
+                off += data.len();
+            }
+            file.truncate(off);
+            prop_assert_eq!(file, new);
+        }
+
         #[test]
         fn reconstructs_any_pair(basis in proptest::collection::vec(0u8..4, 0..5000), new in proptest::collection::vec(0u8..4, 0..5000), chunk in 1usize..3000) {
             let (out, st, head) = delta(&basis, &new, chunk);

@@ -95,7 +95,10 @@ impl ServerCommand {
         if self.delay_updates && !self.server_sends {
             v.push("--delay-updates".into());
         }
-        if self.partial && !self.server_sends {
+        // As rsync's client: --partial-dir stands for --partial, and
+        // --inplace clears it.
+        let partial = self.partial && self.opts.partial_dir.is_none() && !self.opts.inplace;
+        if partial && !self.server_sends {
             v.push("--partial".into());
         }
         v.extend(self.opts.server_args(self.server_sends));

@@ -173,6 +173,18 @@ pub fn read_value(t: Target<'_>, name: &[u8]) -> Option<Vec<u8>> {
     get_raw(t, name).ok().flatten()
 }
 
+/// The permission bits a directory's default ACL gives new entries
+/// (rsync's `default_perms_for_dir`: user, mask or else group, other);
+/// `None` when it has no default ACL (or ACLs are not supported).
+pub fn default_acl_perms(t: Target<'_>) -> Option<u32> {
+    let raw = get_raw(t, ACL_DEFAULT.as_bytes()).ok()??;
+    let acl = parse_posix_xattr(&raw).ok()?;
+    let user = acl.user_obj?;
+    let group = acl.mask_obj.or(acl.group_obj).unwrap_or(0);
+    let other = acl.other_obj.unwrap_or(0);
+    Some(((user as u32 & 7) << 6) | ((group as u32 & 7) << 3) | (other as u32 & 7))
+}
+
 /// The ACLs of a non-symlink as sent: the access ACL without what `mode`
 /// says, and for a directory its default ACL.
 pub fn read_acls(

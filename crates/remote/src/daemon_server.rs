@@ -698,6 +698,10 @@ fn handle(state: &State, mut s: TcpStream) -> Result<()> {
         Ok(p) => p,
         Err(e) => return refuse(&mut s, e.to_string()),
     };
+    // The client's directories stay inside the module, as rsync's daemon keeps them.
+    if let Err(e) = parsed.opts.confine() {
+        return refuse(&mut s, e.to_string());
+    }
     let denied = if parsed.sender && m.write_only {
         Some(format!("module {} is write only", m.name))
     } else if !parsed.sender && m.read_only {

@@ -54,11 +54,18 @@ pub trait Committer: Send + 'static {
     /// The end of a phase (all files of it are committed): e.g. the
     /// delayed renames of `--delay-updates`. Returns per-file errors.
     fn end_phase(&mut self, dest: &DestRoot) -> Vec<String>;
+
+    /// A cut-off file of `name` is about to be kept (`--partial`, or in
+    /// a `--partial-dir` with `in_partial_dir`): its attributes, best
+    /// effort. By default nothing.
+    fn keep_partial(&mut self, _tmp: &TempFile, _name: &[u8], _in_partial_dir: bool) {}
 }
 
 enum Job {
-    /// Create the temporary file for `name`.
-    Begin { name: Vec<u8> },
+    /// Create the temporary file for `name` (`in_place`: open `name` itself).
+    Begin { name: Vec<u8>, in_place: bool },
+    /// Set the current file's length (a file written in place).
+    SetLen(u64),
     /// Write `buf` at `offset` of the current file.
     Data { offset: u64, buf: Vec<u8> },
     /// Commit the current (verified) file.
@@ -69,9 +76,10 @@ enum Job {
     },
     /// Delete the current file (it failed verification).
     Discard,
-    /// The transfer of the current file broke off: with `keep` (`--partial`)
-    /// a non-empty file replaces the target, else it is deleted.
-    Abort { keep: bool },
+    /// The transfer of the current file broke off: with `keep` (`--partial`,
+    /// `--partial-dir`) a non-empty file is renamed to that name, else it
+    /// is deleted (a file written in place stays as it is).
+    Abort { keep: Option<Vec<u8>> },
     /// Run [`Committer::end_phase`] and answer with the per-file errors
     /// collected so far.
     EndPhase(SyncSender<Vec<String>>),
@@ -115,11 +123,23 @@ impl<C: Committer> Worker<C> {
         }
         let mut recycled = None;
         match job {
-            Job::Begin { name } => {
+            Job::Begin { name, in_place } => {
                 self.drop_current();
-                match self.dest.create_temp(&name) {
+                let t = match in_place {
+                    true => self.dest.open_in_place(&name),
+                    false => self.dest.create_temp(&name),
+                };
+                match t {
                     Ok(t) => self.cur = Some((t, name)),
                     Err(e) => self.fatal = Some(e),
+                }
+            }
+            Job::SetLen(len) => {
+                if let Some((t, name)) = &self.cur {
+                    if let Err(e) = t.file.set_len(len) {
+                        self.fatal =
+                            Some(RemoteError::io(format!("truncating {}", shown(name)), e));
+                    }
                 }
             }
             Job::Data { offset, buf } => {
@@ -147,10 +167,21 @@ impl<C: Committer> Worker<C> {
             Job::Discard => self.drop_current(),
             Job::Abort { keep } => {
                 if let Some((t, name)) = self.cur.take() {
-                    if keep && t.file.metadata().is_ok_and(|m| m.len() > 0) {
-                        let _ = self.dest.commit(t, &name);
-                    } else {
-                        DestRoot::remove_temp(t);
+                    match keep {
+                        Some(k) if t.file.metadata().is_ok_and(|m| m.len() > 0) => {
+                            self.committer.keep_partial(&t, &name, k != name);
+                            let placed = match k == name {
+                                true => Ok(()),
+                                false => self.dest.ensure_partial_dir(&k),
+                            };
+                            match placed {
+                                Ok(()) => {
+                                    let _ = self.dest.commit(t, &k);
+                                }
+                                Err(_) => DestRoot::remove_temp(t),
+                            }
+                        }
+                        _ => DestRoot::remove_temp(t),
                     }
                 }
             }
@@ -337,11 +368,18 @@ impl<C: Committer> FileWriter<C> {
         reused.unwrap_or_else(|| Vec::with_capacity(BUFFER_SIZE))
     }
 
-    /// Starts a new file (the previous one must be committed or discarded).
-    pub fn begin(&mut self, name: &[u8]) -> Result<()> {
+    /// Starts a new file (the previous one must be committed or
+    /// discarded); `in_place` (`--inplace`) writes into `name` itself.
+    pub fn begin(&mut self, name: &[u8], in_place: bool) -> Result<()> {
         self.send(Job::Begin {
             name: name.to_vec(),
+            in_place,
         })
+    }
+
+    /// Sets the current file's length (after writing a file in place).
+    pub fn set_len(&mut self, len: u64) -> Result<()> {
+        self.send(Job::SetLen(len))
     }
 
     /// Queues `buf` to be written at `offset` of the current file.
@@ -367,9 +405,10 @@ impl<C: Committer> FileWriter<C> {
     }
 
     /// The current file's transfer broke off: keep what was written
-    /// (`keep`, for `--partial`) or delete it. Everything queued before
-    /// is written first.
-    pub fn abort(&mut self, keep: bool) -> Result<()> {
+    /// under the name `keep` (for `--partial`: the target; for
+    /// `--partial-dir`: the name in that directory, created if needed) or
+    /// delete it. Everything queued before is written first.
+    pub fn abort(&mut self, keep: Option<Vec<u8>>) -> Result<()> {
         self.send(Job::Abort { keep })?;
         self.hand_over()
     }
@@ -449,9 +488,8 @@ mod tests {
             matched: u64,
         ) -> Result<()> {
             let meta = Meta {
-                perms: 0o640,
-                mtime: 1_600_000_000,
-                mtime_nsec: 0,
+                perms: Some(0o640),
+                mtime: Some((1_600_000_000, 0)),
                 uid: None,
                 gid: None,
                 atime: None,
@@ -513,11 +551,11 @@ mod tests {
             let dest = DestRoot::open(dir.path()).unwrap();
             let (c, seen) = committer(false);
             let mut w = make(dest, c);
-            w.begin(b"a").unwrap();
+            w.begin(b"a", false).unwrap();
             write(&mut w, 0, b"hello ");
             write(&mut w, 6, b"world");
             w.commit(7, 11, 0).unwrap();
-            w.begin(b"b").unwrap();
+            w.begin(b"b", false).unwrap();
             write(&mut w, 0, b"bad");
             w.discard().unwrap();
             assert!(w.finish().unwrap().is_empty());
@@ -535,7 +573,7 @@ mod tests {
             let (c, _) = committer(true);
             let mut w = make(dest, c);
             for (i, n) in [b"x", b"y"].iter().enumerate() {
-                w.begin(*n).unwrap();
+                w.begin(*n, false).unwrap();
                 write(&mut w, 0, *n);
                 w.commit(i, 1, 0).unwrap();
             }
@@ -558,16 +596,26 @@ mod tests {
             let dest = DestRoot::open(dir.path()).unwrap();
             let (c, seen) = committer(false);
             let mut w = make(dest, c);
-            w.begin(b"kept").unwrap();
+            w.begin(b"kept", false).unwrap();
             write(&mut w, 0, b"part");
-            w.abort(true).unwrap();
-            w.begin(b"dropped").unwrap();
+            w.abort(Some(b"kept".to_vec())).unwrap();
+            w.begin(b"dropped", false).unwrap();
             write(&mut w, 0, b"part");
-            w.abort(false).unwrap();
+            w.abort(None).unwrap();
+            // --partial-dir: kept in that directory, created on demand.
+            w.begin(b"aside", false).unwrap();
+            write(&mut w, 0, b"partial data");
+            w.abort(Some(b".part/aside".to_vec())).unwrap();
+            // --inplace: the file itself is written and stays.
+            w.begin(b"dropped", true).unwrap();
+            write(&mut w, 1, b"X");
+            w.abort(None).unwrap();
             assert!(w.finish().unwrap().is_empty());
-            assert_eq!(names(dir.path()), ["dropped", "kept"]);
+            assert_eq!(names(dir.path()), [".part", "dropped", "kept"]);
             assert_eq!(std::fs::read(dir.path().join("kept")).unwrap(), b"part");
-            assert_eq!(std::fs::read(dir.path().join("dropped")).unwrap(), b"old");
+            assert_eq!(std::fs::read(dir.path().join("dropped")).unwrap(), b"oXd");
+            let aside = dir.path().join(".part/aside");
+            assert_eq!(std::fs::read(aside).unwrap(), b"partial data");
             assert!(seen.lock().unwrap().is_empty(), "nothing was committed");
         }
     }
@@ -581,10 +629,10 @@ mod tests {
             let (c, _) = committer(false);
             let mut w = make(dest, c);
             // A directory of that name cannot be replaced by the file.
-            w.begin(b"d").unwrap();
+            w.begin(b"d", false).unwrap();
             write(&mut w, 0, b"data");
             w.commit(0, 4, 0).unwrap();
-            w.begin(b"f").unwrap();
+            w.begin(b"f", false).unwrap();
             write(&mut w, 0, b"data");
             w.commit(1, 4, 0).unwrap();
             let errors = w.finish().unwrap();
@@ -602,13 +650,13 @@ mod tests {
             let (c, _) = committer(false);
             let mut w = make(dest, c);
             // The parent directory does not exist.
-            let mut r = w.begin(b"missing/x");
+            let mut r = w.begin(b"missing/x", false);
             for _ in 0..1000 {
                 if r.is_err() {
                     break;
                 }
                 let b = w.buffer();
-                r = w.data(0, b).and_then(|_| w.begin(b"missing/y"));
+                r = w.data(0, b).and_then(|_| w.begin(b"missing/y", false));
             }
             let err = match r {
                 Err(e) => e,

@@ -29,12 +29,10 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Metadata to apply to a received entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
-    /// Permission bits (07777).
-    pub perms: u32,
-    /// mtime seconds.
-    pub mtime: i64,
-    /// mtime nanoseconds.
-    pub mtime_nsec: u32,
+    /// Permission bits (07777) to set (None: leave).
+    pub perms: Option<u32>,
+    /// mtime seconds and nanoseconds to set (`-t`; None: leave).
+    pub mtime: Option<(i64, u32)>,
     /// Owner to set (None: leave).
     pub uid: Option<u32>,
     /// Group to set (None: leave).
@@ -56,12 +54,43 @@ impl Meta {
                     tv_nsec: UTIME_OMIT,
                 },
             },
-            last_modification: Timespec {
-                tv_sec: self.mtime,
-                tv_nsec: self.mtime_nsec as _,
+            last_modification: match self.mtime {
+                Some((sec, nsec)) => Timespec {
+                    tv_sec: sec,
+                    tv_nsec: nsec as _,
+                },
+                None => Timespec {
+                    tv_sec: 0,
+                    tv_nsec: UTIME_OMIT,
+                },
             },
         }
     }
+
+    /// True when no time is to be set.
+    fn no_times(&self) -> bool {
+        self.mtime.is_none() && self.atime.is_none()
+    }
+}
+
+/// The process's umask (read once: `/proc/self/status`, else by setting
+/// and restoring it).
+pub fn umask() -> u32 {
+    static MASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MASK.get_or_init(|| {
+        let from_proc = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            });
+        from_proc.unwrap_or_else(|| {
+            let old = rustix::process::umask(Mode::from_raw_mode(0o022));
+            rustix::process::umask(old);
+            old.as_raw_mode() as u32
+        })
+    })
 }
 
 /// What kind of thing an existing entry is.
@@ -73,6 +102,8 @@ pub struct EntryInfo {
     pub size: u64,
     /// mtime seconds.
     pub mtime: i64,
+    /// Permission bits (07777).
+    pub perms: u32,
 }
 
 /// A temporary file being received, to be committed under its final name.
@@ -82,13 +113,17 @@ pub struct TempFile {
     pub file: File,
     parent: Arc<OwnedFd>,
     name: String,
+    /// `--inplace`: this is the target itself (never renamed or removed);
+    /// the permission bits it had before (`None`: it was created).
+    pub in_place: Option<Option<u32>>,
 }
 
 /// A received file waiting for the end of the transfer (`--delay-updates`):
-/// its temporary name in the target's directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// its temporary name and directory.
+#[derive(Debug, Clone)]
 pub struct DelayedFile {
     tmp: String,
+    dir: Arc<OwnedFd>,
 }
 
 /// A destination directory tree.
@@ -96,6 +131,10 @@ pub struct DelayedFile {
 pub struct DestRoot {
     root: PathBuf,
     fd: Arc<OwnedFd>,
+    /// `--temp-dir`: where temporary files are created.
+    temp_dir: Option<Arc<OwnedFd>>,
+    /// `-K`: symlinks to directories are followed (inside the root only).
+    keep_dirlinks: bool,
 }
 
 fn shown(name: &[u8]) -> String {
@@ -130,7 +169,63 @@ impl DestRoot {
         Ok(DestRoot {
             root: root.to_path_buf(),
             fd: Arc::new(fd),
+            temp_dir: None,
+            keep_dirlinks: false,
         })
+    }
+
+    /// `-K`: a symlink to a directory stands for that directory (parents
+    /// are resolved through symlinks, but never out of the root: a link
+    /// that leaves it, or an absolute one, is refused).
+    pub fn with_keep_dirlinks(mut self, on: bool) -> Self {
+        self.keep_dirlinks = on;
+        self
+    }
+
+    fn resolve_flags(&self) -> ResolveFlags {
+        match self.keep_dirlinks {
+            true => ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+            false => {
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+            }
+        }
+    }
+
+    /// `-K`: opens `base` in `parent` as a directory, following a symlink
+    /// that stays inside the root.
+    fn open_dirlink(&self, parent: &OwnedFd, base: &str, flags: OFlags) -> Option<OwnedFd> {
+        if !self.keep_dirlinks {
+            return None;
+        }
+        rustix::fs::openat2(
+            parent,
+            base,
+            flags | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            self.resolve_flags(),
+        )
+        .ok()
+    }
+
+    /// `--temp-dir`: temporary files are created in `dir` (a relative
+    /// one is relative to the root; it must exist) and renamed into place
+    /// from there (copied when it is on another file system).
+    /// With `beneath` (a daemon's session) it must resolve inside the root.
+    pub fn with_temp_dir(mut self, dir: &str, beneath: bool) -> Result<Self> {
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = match beneath {
+            true => rustix::fs::openat2(
+                &*self.fd,
+                dir,
+                flags,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            ),
+            false => rustix::fs::openat(&*self.fd, dir, flags, Mode::empty()),
+        }
+        .map_err(|e| io_err(format!("opening --temp-dir {dir}"), e))?;
+        self.temp_dir = Some(Arc::new(fd));
+        Ok(self)
     }
 
     /// For a dry run: like [`DestRoot::open`] but never creates `root`. A
@@ -155,6 +250,8 @@ impl DestRoot {
         Ok(DestRoot {
             root: root.to_path_buf(),
             fd: Arc::new(fd),
+            temp_dir: None,
+            keep_dirlinks: false,
         })
     }
 
@@ -193,7 +290,7 @@ impl DestRoot {
             dir,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            self.resolve_flags(),
         )
         .map_err(|e| match e {
             Errno::LOOP | Errno::XDEV | Errno::NOTDIR => RemoteError::Refused(format!(
@@ -255,6 +352,7 @@ impl DestRoot {
                 file_type: FileType::from_raw_mode(st.st_mode),
                 size: st.st_size as u64,
                 mtime: st.st_mtime,
+                perms: st.st_mode & 0o7777,
             })),
             Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(io_err(format!("stat {}", shown(name)), e)),
@@ -283,6 +381,30 @@ impl DestRoot {
         let (p, base) = self.parent(name)?;
         match rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => return Ok(()),
+            Ok(st)
+                if FileType::from_raw_mode(st.st_mode) == FileType::Symlink
+                    && self.open_dirlink(&p, &base, OFlags::PATH).is_some() =>
+            {
+                // -K: kept as the directory it points to.
+                return Ok(());
+            }
+            Ok(st)
+                if FileType::from_raw_mode(st.st_mode) == FileType::Symlink
+                    && self.keep_dirlinks
+                    && std::fs::metadata(
+                        self.root.join(String::from_utf8_lossy(name).as_ref()),
+                    )
+                    .is_ok_and(|m| m.is_dir()) =>
+            {
+                // -K with a link out of the root: neither followed nor replaced.
+                return Err(RemoteError::io(
+                    format!(
+                        "{}: -K does not follow a symlink that leaves the destination",
+                        shown(name)
+                    ),
+                    std::io::Error::from(ErrorKind::PermissionDenied),
+                ));
+            }
             Ok(_) => Self::remove_non_dir(&p, &base)?,
             Err(_) => {}
         }
@@ -338,12 +460,15 @@ impl DestRoot {
                 }
                 Err(e) => return Err(e),
             };
-            rustix::fs::openat(
-                &*p,
-                base.as_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
+            match self.open_dirlink(&p, &base, OFlags::RDONLY) {
+                Some(fd) => Ok(fd),
+                None => rustix::fs::openat(
+                    &*p,
+                    base.as_str(),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ),
+            }
         };
         match r {
             Ok(fd) => Ok(Some(fd)),
@@ -418,15 +543,20 @@ impl DestRoot {
         Ok(Some(File::from(fd)))
     }
 
-    /// Creates a new temporary file next to `name` (`.name.XXXXXX`).
+    /// Creates a new temporary file next to `name` (`.name.XXXXXX`), or
+    /// in the `--temp-dir` (`name.XXXXXX`).
     pub fn create_temp(&self, name: &[u8]) -> Result<TempFile> {
         let (p, base) = self.parent(name)?;
         let short: String = base.chars().take(200).collect();
+        let (dir, dot) = match &self.temp_dir {
+            Some(t) => (Arc::clone(t), ""),
+            None => (p, "."),
+        };
         loop {
             let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let tmp = format!(".{short}.{:06}{n}", std::process::id() % 1_000_000);
+            let tmp = format!("{dot}{short}.{:06}{n}", std::process::id() % 1_000_000);
             match rustix::fs::openat(
-                &*p,
+                &*dir,
                 tmp.as_str(),
                 OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
@@ -434,8 +564,9 @@ impl DestRoot {
                 Ok(fd) => {
                     return Ok(TempFile {
                         file: File::from(fd),
-                        parent: p,
+                        parent: dir,
                         name: tmp,
+                        in_place: None,
                     })
                 }
                 Err(Errno::EXIST) => continue,
@@ -449,10 +580,119 @@ impl DestRoot {
         }
     }
 
-    /// Renames a finished temporary file over `name` (same parent).
+    /// `--inplace`: opens the regular file `name` itself for writing
+    /// (created with mode 0600 if missing; a non-file there is replaced).
+    pub fn open_in_place(&self, name: &[u8]) -> Result<TempFile> {
+        let (p, base) = self.parent(name)?;
+        let what = |e: Errno| io_err(format!("opening {} in place", shown(name)), e);
+        let mut prior = None;
+        match rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
+                prior = Some(st.st_mode & 0o7777);
+            }
+            Ok(_) => Self::remove_non_dir(&p, &base)?,
+            Err(_) => {}
+        }
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(&*p, base.as_str(), flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => fd,
+            Err(Errno::ACCESS) if prior.is_some() => {
+                // A read-only file (as root this does not happen): make it
+                // writable for the open, as rsync does; its mode is set again
+                // when the file is done.
+                let mode = prior.unwrap_or(0o600) | 0o200;
+                rustix::fs::chmodat(
+                    &*p,
+                    base.as_str(),
+                    Mode::from_raw_mode(mode),
+                    AtFlags::empty(),
+                )
+                .map_err(what)?;
+                rustix::fs::openat(&*p, base.as_str(), flags, Mode::from_raw_mode(0o600))
+                    .map_err(what)?
+            }
+            Err(e) => return Err(what(e)),
+        };
+        Ok(TempFile {
+            file: File::from(fd),
+            parent: p,
+            name: base,
+            in_place: Some(prior),
+        })
+    }
+
+    /// `--partial-dir`: the name (relative to the root) of `name`'s
+    /// partial file: `dir/<partial_dir>/base`. `None` for an absolute
+    /// partial directory (outside the tree; not supported here).
+    pub fn partial_name(name: &[u8], partial_dir: &str) -> Option<Vec<u8>> {
+        if partial_dir.starts_with('/') || name == b"." {
+            return None;
+        }
+        let (dir, base) = match name.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&name[..=i], &name[i + 1..]),
+            None => (&b""[..], name),
+        };
+        let mut v = dir.to_vec();
+        v.extend_from_slice(partial_dir.trim_end_matches('/').as_bytes());
+        v.push(b'/');
+        v.extend_from_slice(base);
+        Some(v)
+    }
+
+    /// Makes sure the directory holding `partial` (a name from
+    /// [`DestRoot::partial_name`]) exists (mode 0700; a non-directory
+    /// there is removed), as rsync's receiver does before keeping a file.
+    pub fn ensure_partial_dir(&self, partial: &[u8]) -> Result<()> {
+        match partial.iter().rposition(|&b| b == b'/') {
+            Some(i) => {
+                let dir = &partial[..i];
+                if self
+                    .lstat(dir)?
+                    .is_some_and(|m| m.file_type == FileType::Directory)
+                {
+                    return Ok(());
+                }
+                let (p, base) = self.parent(dir)?;
+                Self::remove_non_dir(&p, &base)?;
+                match rustix::fs::mkdirat(&*p, base.as_str(), Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(Errno::EXIST) => Ok(()),
+                    Err(e) => Err(io_err(format!("creating {}", shown(dir)), e)),
+                }
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Removes the directory holding `partial` if it is empty now.
+    pub fn remove_partial_dir(&self, partial: &[u8]) {
+        if let Some(i) = partial.iter().rposition(|&b| b == b'/') {
+            if let Ok((p, base)) = self.parent(&partial[..i]) {
+                let _ = rustix::fs::unlinkat(&*p, base.as_str(), AtFlags::REMOVEDIR);
+            }
+        }
+    }
+
+    /// Removes the regular file `name` (best effort; for a consumed
+    /// partial file).
+    pub fn remove_file(&self, name: &[u8]) {
+        if let Ok((p, base)) = self.parent(name) {
+            if let Ok(st) = rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
+                    let _ = rustix::fs::unlinkat(&*p, base.as_str(), AtFlags::empty());
+                }
+            }
+        }
+    }
+
+    /// Renames a finished temporary file over `name` (nothing to do for
+    /// a file written in place). A temporary file on another file system
+    /// (`--temp-dir`) is copied next to `name` first.
     pub fn commit(&self, tmp: TempFile, name: &[u8]) -> Result<()> {
-        let (_, base) = self.parent(name)?;
-        if let Ok(st) = rustix::fs::statat(&*tmp.parent, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        let (p, base) = self.parent(name)?;
+        if tmp.in_place.is_some() {
+            return Ok(());
+        }
+        if let Ok(st) = rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                 Self::remove_temp(tmp);
                 return Err(RemoteError::io(
@@ -461,14 +701,78 @@ impl DestRoot {
                 ));
             }
         }
-        rustix::fs::renameat(&*tmp.parent, tmp.name.as_str(), &*tmp.parent, base.as_str())
-            .map_err(|e| io_err(format!("renaming into {}", shown(name)), e))
+        match rustix::fs::renameat(&*tmp.parent, tmp.name.as_str(), &*p, base.as_str()) {
+            Err(Errno::XDEV) => {
+                let copy = self.copy_across(&tmp, name);
+                Self::remove_temp(tmp);
+                let copy = copy?;
+                rustix::fs::renameat(&*copy.parent, copy.name.as_str(), &*p, base.as_str()).map_err(
+                    |e| {
+                        let _ = rustix::fs::unlinkat(
+                            &*copy.parent,
+                            copy.name.as_str(),
+                            AtFlags::empty(),
+                        );
+                        io_err(format!("renaming into {}", shown(name)), e)
+                    },
+                )
+            }
+            r => r.map_err(|e| io_err(format!("renaming into {}", shown(name)), e)),
+        }
+    }
+
+    /// A copy of `tmp` (data, mode, owner, times) in a new temporary file
+    /// next to `name`.
+    fn copy_across(&self, tmp: &TempFile, name: &[u8]) -> Result<TempFile> {
+        let plain = DestRoot {
+            temp_dir: None,
+            ..self.clone()
+        };
+        let copy = plain.create_temp(name)?;
+        let r = (|| -> Result<()> {
+            let what = |e: std::io::Error| {
+                RemoteError::io(format!("copying {} from --temp-dir", shown(name)), e)
+            };
+            let mut from = &tmp.file;
+            std::io::Seek::seek(&mut from, std::io::SeekFrom::Start(0)).map_err(what)?;
+            let mut to = &copy.file;
+            std::io::copy(&mut from, &mut to).map_err(what)?;
+            let st = rustix::fs::fstat(&tmp.file).map_err(|e| io_err("stat".into(), e))?;
+            let _ = rustix::fs::fchown(
+                &copy.file,
+                Some(Uid::from_raw(st.st_uid)),
+                Some(Gid::from_raw(st.st_gid)),
+            );
+            rustix::fs::fchmod(&copy.file, Mode::from_raw_mode(st.st_mode & 0o7777))
+                .map_err(|e| io_err("chmod".into(), e))?;
+            let times = Timestamps {
+                last_access: Timespec {
+                    tv_sec: st.st_atime,
+                    tv_nsec: st.st_atime_nsec as _,
+                },
+                last_modification: Timespec {
+                    tv_sec: st.st_mtime,
+                    tv_nsec: st.st_mtime_nsec as _,
+                },
+            };
+            rustix::fs::futimens(&copy.file, &times).map_err(|e| io_err("setting times".into(), e))
+        })();
+        match r {
+            Ok(()) => Ok(copy),
+            Err(e) => {
+                Self::remove_temp(copy);
+                Err(e)
+            }
+        }
     }
 
     /// `--delay-updates`: closes a finished temporary file and remembers
     /// it for [`DestRoot::commit_delayed`] (no descriptor is kept).
     pub fn delay(tmp: TempFile) -> DelayedFile {
-        DelayedFile { tmp: tmp.name }
+        DelayedFile {
+            tmp: tmp.name,
+            dir: tmp.parent,
+        }
     }
 
     /// Renames a delayed temporary file over `name`.
@@ -476,19 +780,22 @@ impl DestRoot {
         let (p, base) = self.parent(name)?;
         if let Ok(st) = rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                let _ = rustix::fs::unlinkat(&*p, d.tmp.as_str(), AtFlags::empty());
+                let _ = rustix::fs::unlinkat(&*d.dir, d.tmp.as_str(), AtFlags::empty());
                 return Err(RemoteError::io(
                     format!("replacing directory {}", shown(name)),
                     std::io::Error::from(ErrorKind::IsADirectory),
                 ));
             }
         }
-        rustix::fs::renameat(&*p, d.tmp.as_str(), &*p, base.as_str())
+        rustix::fs::renameat(&*d.dir, d.tmp.as_str(), &*p, base.as_str())
             .map_err(|e| io_err(format!("renaming into {}", shown(name)), e))
     }
 
-    /// Deletes a temporary file (best effort).
+    /// Deletes a temporary file (best effort; a file written in place stays).
     pub fn remove_temp(tmp: TempFile) {
+        if tmp.in_place.is_some() {
+            return;
+        }
         let _ = rustix::fs::unlinkat(&*tmp.parent, tmp.name.as_str(), AtFlags::empty());
     }
 
@@ -498,9 +805,34 @@ impl DestRoot {
             rustix::fs::fchown(f, meta.uid.map(Uid::from_raw), meta.gid.map(Gid::from_raw))
                 .map_err(|e| io_err("chown".into(), e))?;
         }
-        rustix::fs::fchmod(f, Mode::from_raw_mode(meta.perms & 0o7777))
-            .map_err(|e| io_err("chmod".into(), e))?;
+        if let Some(perms) = meta.perms {
+            rustix::fs::fchmod(f, Mode::from_raw_mode(perms & 0o7777))
+                .map_err(|e| io_err("chmod".into(), e))?;
+        }
+        if meta.no_times() {
+            return Ok(());
+        }
         rustix::fs::futimens(f, &meta.times()).map_err(|e| io_err("setting times".into(), e))
+    }
+
+    /// Applies a directory's metadata to `name`. With `-K` and a symlink
+    /// standing for the directory, the link gets the owner and times (as
+    /// rsync's receiver does) and the directory it points to the mode.
+    pub fn set_dir_meta(&self, name: &[u8], meta: &Meta) -> Result<()> {
+        if self.keep_dirlinks && name != b"." {
+            let (p, base) = self.parent(name)?;
+            let st = rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| io_err(format!("stat {}", shown(name)), e))?;
+            if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+                if let (Some(perms), Some(fd)) =
+                    (meta.perms, self.open_dirlink(&p, &base, OFlags::RDONLY))
+                {
+                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(perms & 0o7777))
+                        .map_err(|e| io_err(format!("chmod {}", shown(name)), e))?;
+                }
+            }
+        }
+        self.set_meta(name, meta)
     }
 
     /// Applies metadata to an existing entry (directory, symlink or node).
@@ -541,14 +873,17 @@ impl DestRoot {
                     )
                     .map_err(what)?;
                 }
-                if ft != FileType::Symlink {
+                if let (Some(perms), true) = (meta.perms, ft != FileType::Symlink) {
                     rustix::fs::chmodat(
                         &*p,
                         base.as_str(),
-                        Mode::from_raw_mode(meta.perms & 0o7777),
+                        Mode::from_raw_mode(perms & 0o7777),
                         AtFlags::empty(),
                     )
                     .map_err(what)?;
+                }
+                if meta.no_times() {
+                    return Ok(());
                 }
                 rustix::fs::utimensat(&*p, base.as_str(), &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(what)
@@ -753,9 +1088,8 @@ mod tests {
         let tmp = d.create_temp(b"sub/f").unwrap();
         tmp.file.write_all_at(b"hello", 0).unwrap();
         let meta = Meta {
-            perms: 0o640,
-            mtime: 1_000_000_000,
-            mtime_nsec: 5,
+            perms: Some(0o640),
+            mtime: Some((1_000_000_000, 5)),
             uid: None,
             atime: Some(1_234_567),
             gid: None,
@@ -768,7 +1102,14 @@ mod tests {
         assert_eq!(m.atime(), 1_234_567);
         assert_eq!(d.lstat(b"sub/f").unwrap().unwrap().size, 5);
         d.make_symlink(b"sub/l", b"f").unwrap();
-        d.set_meta(b"sub/l", &Meta { mtime: 7, ..meta }).unwrap();
+        d.set_meta(
+            b"sub/l",
+            &Meta {
+                mtime: Some((7, 0)),
+                ..meta
+            },
+        )
+        .unwrap();
         assert_eq!(
             std::fs::symlink_metadata(t.path().join("sub/l"))
                 .unwrap()
@@ -778,8 +1119,8 @@ mod tests {
         d.set_meta(
             b"sub",
             &Meta {
-                perms: 0o711,
-                mtime: 9,
+                perms: Some(0o711),
+                mtime: Some((9, 0)),
                 ..meta
             },
         )

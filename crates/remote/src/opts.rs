@@ -95,6 +95,30 @@ pub struct TransferOpts {
     pub files_from: Option<String>,
     /// `--from0`: the names in a `--files-from` file end with NUL bytes.
     pub from0: bool,
+    /// `-E` without `-p`: the receiver gives an existing file the
+    /// source's executability (packed `E`, to a receiving server).
+    pub executability: bool,
+    /// `--inplace`: the receiver writes into the existing file (no
+    /// temporary file, no rename); the sender matches only blocks the
+    /// receiver has not overwritten yet. Sent to either kind of server.
+    pub inplace: bool,
+    /// `--append` (1) / `--append-verify` (2): only data beyond the
+    /// receiver's length is sent and appended in place (implies
+    /// `inplace`). Sent to either kind of server.
+    pub append: u8,
+    /// `--partial-dir`: where the receiver keeps a partial file (a
+    /// relative one is below each file's directory) and finds it again as
+    /// the next run's basis. To a receiving server.
+    pub partial_dir: Option<String>,
+    /// `--temp-dir`: where the receiver creates its temporary files (a
+    /// relative one is relative to the destination). To a receiving server.
+    pub temp_dir: Option<String>,
+    /// `-K`: the receiver treats a symlink to a directory as that
+    /// directory (packed `K`, to a receiving server).
+    pub keep_dirlinks: bool,
+    /// A daemon's session: the directories above are inside the
+    /// destination (see [`TransferOpts::confine`]).
+    pub confined: bool,
 }
 
 /// The kind of `--*-dest` basis directories.
@@ -140,6 +164,8 @@ impl TransferOpts {
         self.prune_empty_dirs |= flags.contains('m');
         self.dirs_only |= flags.contains('d') && !flags.contains('r');
         self.backup |= flags.contains('b');
+        self.executability |= flags.contains('E') && !flags.contains('p');
+        self.keep_dirlinks |= flags.contains('K');
         let x = flags.chars().filter(|&c| c == 'x').count();
         self.one_file_system = self.one_file_system.max(x.min(2) as u8);
         self
@@ -157,6 +183,8 @@ impl TransferOpts {
             (self.copy_links && server_sends, 'L'),
             (self.copy_dirlinks && server_sends, 'k'),
             (self.prune_empty_dirs && !server_sends, 'm'),
+            (self.keep_dirlinks && !server_sends, 'K'),
+            (self.executability && !server_sends, 'E'),
         ] {
             if on {
                 f.push(c);
@@ -245,6 +273,16 @@ impl TransferOpts {
                 }
             }
         }
+        if !server_sends {
+            if let Some(d) = &self.partial_dir {
+                v.push("--partial-dir".into());
+                v.push(d.clone());
+            }
+            if let Some(d) = &self.temp_dir {
+                v.push("--temp-dir".into());
+                v.push(d.clone());
+            }
+        }
         if self.copy_unsafe_links {
             v.push("--copy-unsafe-links".into());
         }
@@ -253,6 +291,14 @@ impl TransferOpts {
         }
         if self.safe_links {
             v.push("--safe-links".into());
+        }
+        if self.append > 0 {
+            if self.append > 1 {
+                v.push("--append".into());
+            }
+            v.push("--append".into());
+        } else if self.inplace {
+            v.push("--inplace".into());
         }
         v
     }
@@ -359,12 +405,99 @@ impl TransferOpts {
                 self.max_delete = Some(n.max(0) as u64);
             }
             "--safe-links" => self.safe_links = true,
+            "--inplace" => self.inplace = true,
+            "--append" => {
+                self.append = (self.append + 1).min(2);
+                self.inplace = true;
+            }
+            "--append-verify" => {
+                self.append = 2;
+                self.inplace = true;
+            }
+            "--executability" => self.executability = true,
+            "--keep-dirlinks" => self.keep_dirlinks = true,
+            // rsync's --delay-updates directory (the server handles it).
+            "--partial-dir" if value == Some(".~tmp~") => return Ok(false),
+            "--partial-dir" | "--temp-dir" => {
+                let v = match value {
+                    Some(v) => v.to_string(),
+                    None => {
+                        next().ok_or_else(|| RemoteError::Usage(format!("{arg} needs a value")))?
+                    }
+                };
+                if v.is_empty() {
+                    return Err(RemoteError::Usage(format!("{name} needs a directory")));
+                }
+                match name {
+                    "--partial-dir" => self.partial_dir = Some(v),
+                    _ => self.temp_dir = Some(v),
+                }
+            }
             "--copy-links" => self.copy_links = true,
             "--copy-dirlinks" => self.copy_dirlinks = true,
             "--prune-empty-dirs" => self.prune_empty_dirs = true,
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// For a daemon's session (the client is not trusted with the
+    /// daemon's file system): `--temp-dir`, `--partial-dir` and
+    /// `--backup-dir` are made relative (leading `/` dropped, as rsync's
+    /// daemon sanitizes them) and may not contain `..`; the temporary
+    /// directory is then resolved beneath the destination.
+    pub fn confine(&mut self) -> Result<()> {
+        for (d, what) in [
+            (&mut self.temp_dir, "--temp-dir"),
+            (&mut self.partial_dir, "--partial-dir"),
+            (&mut self.backup_dir, "--backup-dir"),
+        ] {
+            if let Some(v) = d {
+                let rel = v.trim_start_matches('/');
+                if rel.split('/').any(|c| c == "..") {
+                    return Err(RemoteError::Refused(format!(
+                        "{what} {v:?} leaves the module"
+                    )));
+                }
+                *v = if rel.is_empty() {
+                    ".".into()
+                } else {
+                    rel.into()
+                };
+            }
+        }
+        self.confined = true;
+        Ok(())
+    }
+
+    /// rsync's usage errors for the transfer modes (exit code 1): given
+    /// `delay_updates` and `whole_file` (`-W`) besides these options.
+    pub fn conflict(&self, delay_updates: bool, whole_file: bool) -> Option<String> {
+        let mode = if self.append > 0 { "append" } else { "inplace" };
+        if self.append > 0 && whole_file {
+            return Some("--append cannot be used with --whole-file".into());
+        }
+        if self.inplace && delay_updates {
+            return Some(format!("--{mode} cannot be used with --delay-updates"));
+        }
+        if self.inplace && self.partial_dir.is_some() {
+            return Some(format!("--{mode} cannot be used with --partial-dir"));
+        }
+        None
+    }
+
+    /// The first option (or combination) that is parsed but not
+    /// implemented by the remote roles.
+    pub fn not_implemented(&self) -> Option<&'static str> {
+        [(
+            self.partial_dir
+                .as_ref()
+                .is_some_and(|d| d.starts_with('/')),
+            "an absolute --partial-dir",
+        )]
+        .into_iter()
+        .find(|(on, _)| *on)
+        .map(|(_, n)| n)
     }
 
     /// True when [`TransferOpts::skip`] can skip anything.
@@ -546,6 +679,61 @@ impl TransferOpts {
         self.suffix.as_deref().unwrap_or(self.default_suffix())
     }
 
+    /// Where `-b` keeps the old version of `name` (its parent directory
+    /// is created).
+    pub fn backup_path(
+        &self,
+        dest: &crate::fsys::DestRoot,
+        name: &[u8],
+    ) -> Result<std::path::PathBuf> {
+        let rel = String::from_utf8_lossy(name);
+        let to = match &self.backup_dir {
+            Some(d) => {
+                let base = dest.root().join(d);
+                base.join(format!("{rel}{}", self.backup_suffix()))
+            }
+            None => dest.root().join(format!("{rel}{}", self.backup_suffix())),
+        };
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| RemoteError::io(format!("creating {}", parent.display()), e))?;
+        }
+        Ok(to)
+    }
+
+    /// `--inplace -b`: copies the existing regular file `name` to its
+    /// backup name (with its mode, owner and times) before it is rewritten
+    /// in place; returns the backup's path, the delta basis.
+    pub fn copy_backup(
+        &self,
+        dest: &crate::fsys::DestRoot,
+        name: &[u8],
+    ) -> Result<std::path::PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let from = dest.path(name)?;
+        let to = self.backup_path(dest, name)?;
+        let what = |e: std::io::Error| {
+            RemoteError::io(format!("backing up {}", String::from_utf8_lossy(name)), e)
+        };
+        match std::fs::symlink_metadata(&to) {
+            Ok(m) if !m.is_dir() => std::fs::remove_file(&to).map_err(what)?,
+            _ => {}
+        }
+        let m = std::fs::symlink_metadata(&from).map_err(what)?;
+        std::fs::copy(&from, &to).map_err(what)?;
+        let _ = std::os::unix::fs::lchown(&to, Some(m.uid()), Some(m.gid()));
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&to)
+            .map_err(what)?;
+        f.set_permissions(m.permissions()).map_err(what)?;
+        let times = std::fs::FileTimes::new()
+            .set_accessed(m.accessed().map_err(what)?)
+            .set_modified(m.modified().map_err(what)?);
+        f.set_times(times).map_err(what)?;
+        Ok(to)
+    }
+
     /// `-b`: moves the existing non-directory `name` aside (to
     /// `name<suffix>`, or under `--backup-dir`) before it is replaced or
     /// deleted. Returns false when there was nothing to back up.
@@ -559,17 +747,7 @@ impl TransferOpts {
             _ => return Ok(false),
         }
         let rel = String::from_utf8_lossy(name);
-        let to = match &self.backup_dir {
-            Some(d) => {
-                let base = dest.root().join(d);
-                base.join(format!("{rel}{}", self.backup_suffix()))
-            }
-            None => dest.root().join(format!("{rel}{}", self.backup_suffix())),
-        };
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| RemoteError::io(format!("creating {}", parent.display()), e))?;
-        }
+        let to = self.backup_path(dest, name)?;
         if let Err(e) = std::fs::rename(&from, &to) {
             if e.raw_os_error() != Some(18) {
                 return Err(RemoteError::io(format!("backing up {rel}"), e));
@@ -612,6 +790,7 @@ impl TransferOpts {
                 file_type: rustix::fs::FileType::from_raw_mode(m.mode()),
                 size: m.len(),
                 mtime: m.mtime(),
+                perms: m.mode() & 0o7777,
             };
             if !self.unchanged(e, &info, || same_sum(&p))? {
                 continue;
@@ -714,6 +893,42 @@ pub fn read_files_from_wire<R: std::io::Read>(
         }
         names.push(name);
     }
+}
+
+/// rsync's basis type for a `--partial-dir` file (`FNAMECMP_PARTIAL_DIR`).
+pub const BASIS_PARTIAL_DIR: u8 = 0x81;
+
+/// rsync's basis type for the backup of the destination file
+/// (`FNAMECMP_BACKUP`: `--inplace -b`).
+pub const BASIS_BACKUP: u8 = 0x82;
+
+/// rsync's basis type for the destination file itself (`FNAMECMP_FNAME`).
+pub const BASIS_FNAME: u8 = 0x80;
+
+/// Whether the receiver rewrites its basis file in place for an item with
+/// `basis_type`: with `--inplace` when the basis is the file itself, and
+/// for a `--partial-dir` basis when both sides agreed on it (compat `I`).
+pub fn receiver_in_place(
+    inplace: bool,
+    basis_type: Option<u8>,
+    neg: &arsync_proto::handshake::Negotiated,
+) -> bool {
+    let basis = basis_type.unwrap_or(BASIS_FNAME);
+    (inplace && basis == BASIS_FNAME)
+        || (basis == BASIS_PARTIAL_DIR
+            && neg
+                .compat
+                .has(arsync_proto::handshake::CompatFlags::INPLACE_PARTIAL_DIR))
+}
+
+/// `--append`: how much of the file the receiver has, from its sum head.
+pub fn append_offset(head: &arsync_proto::sums::SumHead) -> u64 {
+    let (count, blen) = (head.count.max(0) as u64, head.blength.max(0) as u64);
+    let mut len = count * blen;
+    if head.remainder > 0 && count > 0 {
+        len -= blen - head.remainder as u64;
+    }
+    len
 }
 
 /// True when `a` and `b` are the same inode (neither followed if a symlink).
@@ -914,6 +1129,7 @@ mod tests {
             file_type: rustix::fs::FileType::RegularFile,
             size,
             mtime,
+            perms: 0o644,
         }
     }
 
@@ -950,6 +1166,74 @@ mod tests {
         };
         assert_eq!(f.packed_flags(true), "Lk");
         assert_eq!(f.packed_flags(false), "m");
+    }
+
+    #[test]
+    fn transfer_mode_options_round_trip() {
+        let o = TransferOpts {
+            inplace: true,
+            append: 2,
+            partial_dir: Some(".part".into()),
+            temp_dir: Some("/tmp/t".into()),
+            executability: true,
+            keep_dirlinks: true,
+            ..TransferOpts::default()
+        };
+        // To a receiving server: everything; to a sending one: --append only.
+        let args = o.server_args(false);
+        assert_eq!(
+            args,
+            [
+                "--partial-dir",
+                ".part",
+                "--temp-dir",
+                "/tmp/t",
+                "--append",
+                "--append"
+            ]
+        );
+        assert_eq!(o.server_args(true), ["--append", "--append"]);
+        assert_eq!(o.packed_flags(false), "KE");
+        assert_eq!(o.packed_flags(true), "");
+        let mut back = TransferOpts::default().with_flags("rtKE");
+        let mut words = args.iter().cloned();
+        while let Some(a) = words.next() {
+            assert!(back.parse_server_arg(&a, &mut || words.next()).unwrap());
+        }
+        assert_eq!(back, o);
+        // -E means nothing with -p; rsync's delay-updates directory is not ours.
+        assert!(!TransferOpts::default().with_flags("rpE").executability);
+        let mut d = TransferOpts::default();
+        assert!(!d
+            .parse_server_arg("--partial-dir=.~tmp~", &mut || None)
+            .unwrap());
+        assert!(d.parse_server_arg("--temp-dir=", &mut || None).is_err());
+        let abs = TransferOpts {
+            partial_dir: Some("/abs".into()),
+            ..TransferOpts::default()
+        };
+        assert_eq!(abs.not_implemented(), Some("an absolute --partial-dir"));
+        let head = arsync_proto::sums::SumHead {
+            count: 3,
+            blength: 700,
+            s2length: 2,
+            remainder: 100,
+        };
+        assert_eq!(append_offset(&head), 1500);
+        let mut c = TransferOpts {
+            temp_dir: Some("/tmp/x".into()),
+            backup_dir: Some("/".into()),
+            ..TransferOpts::default()
+        };
+        c.confine().unwrap();
+        assert_eq!(c.temp_dir.as_deref(), Some("tmp/x"));
+        assert_eq!(c.backup_dir.as_deref(), Some("."));
+        assert!(c.confined);
+        let mut bad = TransferOpts {
+            partial_dir: Some("a/../../etc".into()),
+            ..TransferOpts::default()
+        };
+        assert!(bad.confine().is_err());
     }
 
     #[test]

@@ -165,8 +165,12 @@ pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
     }
     let dest = match opts.command.flags.contains('n') || opts.command.opts.list_only {
         true => DestRoot::open_dry(&opts.dest)?,
-        false => DestRoot::open(&opts.dest)?,
-    };
+        false => match &opts.command.opts.temp_dir {
+            Some(t) => DestRoot::open(&opts.dest)?.with_temp_dir(t, false)?,
+            None => DestRoot::open(&opts.dest)?,
+        },
+    }
+    .with_keep_dirlinks(opts.command.opts.keep_dirlinks);
     if let Some(t) = &opts.daemon {
         let (r, w) = t.connect()?;
         return run_pull(opts, dest, r, w);
@@ -261,6 +265,8 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         late_delete: opts.command.delete && opts.command.delete_after,
         daemon_filter: None,
         partial: opts.command.partial,
+        perms: opts.command.flags.contains('p'),
+        times: opts.command.flags.contains('t'),
         opts: opts.command.opts.clone(),
     };
     receive_session(ins, outs, &neg, &fopts, dest, mode)
@@ -296,6 +302,11 @@ pub(crate) struct ReceiveMode {
     pub daemon_filter: Option<Arc<DaemonFilter>>,
     /// `--partial`: a file cut off by an error keeps what arrived.
     pub partial: bool,
+    /// `-p`: the source's permissions (else rsync's rules for new and
+    /// existing entries, see [`MetaRules`]).
+    pub perms: bool,
+    /// `-t`: the source's mtimes.
+    pub times: bool,
     /// Quick-check variants and other generator options.
     pub opts: TransferOpts,
 }
@@ -399,6 +410,13 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
         e.uid = crate::opts::map_owner(&user_rules, e.uid, &uid_list, &uid_map, &names, true);
         e.gid = crate::opts::map_owner(&group_rules, e.gid, &gid_list, &gid_map, &names, false);
     }
+    let meta = MetaRules::new(
+        mode.perms,
+        mode.times,
+        mode.opts.executability,
+        &fopts,
+        root,
+    );
     let attr = AttrCtx {
         acls: fopts.preserve_acls,
         xstore,
@@ -435,6 +453,7 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
             daemon_filter: mode.daemon_filter.clone(),
             opts: mode.opts.clone(),
             warn_peer: !mode.read_stats,
+            meta,
         };
         std::thread::spawn(move || generator_thread(outs, &files, &active, &gen_ctx, rx))
     };
@@ -481,14 +500,107 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
     Ok(summary)
 }
 
-fn meta_of(e: &FileEntry, fopts: &FlistOptions, root: bool) -> Meta {
-    Meta {
-        perms: e.mode & 0o7777,
-        mtime: e.mtime,
-        mtime_nsec: e.mtime_nsec,
-        uid: (root && fopts.preserve_uid).then_some(e.uid),
-        gid: (root && fopts.preserve_gid).then_some(e.gid),
-        atime: (fopts.atimes && !e.is_dir()).then_some(e.atime),
+/// What the receiver sets on an entry, as rsync's `set_file_attrs` with
+/// `dest_mode` decides: the source's permissions with `-p`; without it a
+/// new entry gets the source's permissions masked by the umask (special
+/// bits dropped) and an existing one keeps its own (with `-E` a regular
+/// file takes the source's executability); the mtime only with `-t`;
+/// owners only as root with `-o`/`-g`; atimes with `-U`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MetaRules {
+    perms: bool,
+    times: bool,
+    executability: bool,
+    /// Permission bits a new entry may have without `-p` (0777 & ~umask).
+    default_perms: u32,
+    uid: bool,
+    gid: bool,
+    atimes: bool,
+}
+
+impl MetaRules {
+    /// The rules for `-p` (`perms`), `-t` (`times`), `-E` and the file-list options.
+    pub(crate) fn new(
+        perms: bool,
+        times: bool,
+        executability: bool,
+        fopts: &FlistOptions,
+        root: bool,
+    ) -> Self {
+        MetaRules {
+            perms,
+            times,
+            executability: executability && !perms,
+            default_perms: 0o777 & !crate::fsys::umask(),
+            uid: root && fopts.preserve_uid,
+            gid: root && fopts.preserve_gid,
+            atimes: fopts.atimes,
+        }
+    }
+
+    /// Whether the permissions of the entry already there matter (they
+    /// are kept without `-p`).
+    fn needs_existing(&self) -> bool {
+        !self.perms
+    }
+
+    /// The permission bits for `e`; `existing` is the permission bits of
+    /// the entry already at its name (rsync's `dest_mode`).
+    fn perms_for(&self, e: &FileEntry, existing: Option<u32>) -> u32 {
+        if self.perms {
+            return e.mode & 0o7777;
+        }
+        match existing {
+            Some(st) => {
+                let mut m = st & 0o7777;
+                if self.executability && e.file_type() == Some(FileType::Regular) {
+                    if e.mode & 0o111 == 0 {
+                        m &= !0o111;
+                    } else if st & 0o111 == 0 {
+                        m |= (m & 0o444) >> 2;
+                    }
+                }
+                m
+            }
+            None => e.mode & 0o7777 & self.default_perms,
+        }
+    }
+
+    /// The metadata for `e` at its place under `dest`: like
+    /// [`MetaRules::meta`], but a new entry without `-p` takes its
+    /// permission bits from the parent directory's default ACL if it has
+    /// one (else the umask), as rsync's receiver does.
+    fn meta_at(&self, dest: &DestRoot, e: &FileEntry, existing: Option<u32>) -> Meta {
+        if self.perms || existing.is_some() {
+            return self.meta(e, existing);
+        }
+        let parent = match e.name.iter().rposition(|&b| b == b'/') {
+            Some(i) => &e.name[..i],
+            None => &b"."[..],
+        };
+        let acl = dest
+            .with_attr_target(parent, |t| Ok(attrs::default_acl_perms(t)))
+            .ok()
+            .flatten();
+        match acl {
+            Some(p) => MetaRules {
+                default_perms: p,
+                ..*self
+            }
+            .meta(e, None),
+            None => self.meta(e, None),
+        }
+    }
+
+    /// The metadata to apply to `e` (see [`MetaRules::perms_for`]).
+    fn meta(&self, e: &FileEntry, existing: Option<u32>) -> Meta {
+        Meta {
+            perms: Some(self.perms_for(e, existing)),
+            mtime: self.times.then_some((e.mtime, e.mtime_nsec)),
+            uid: self.uid.then_some(e.uid),
+            gid: self.gid.then_some(e.gid),
+            atime: (self.atimes && !e.is_dir()).then_some(e.atime),
+        }
     }
 }
 
@@ -527,12 +639,14 @@ fn request<W: Write>(
     neg: &Negotiated,
     xattr_request: Option<&[u32]>,
     dry_run: bool,
+    how: RequestKind,
 ) -> Result<()> {
     let mut buf = Vec::new();
     let mut item = ItemAttrs::transfer(ndx);
-    if basis.is_none() {
+    if how.is_new.unwrap_or(basis.is_none()) {
         item.iflags |= iflags::IS_NEW;
     }
+    item.basis_type = how.basis_type;
     if xattr_request.is_some() {
         item.iflags |= iflags::REPORT_XATTR;
     }
@@ -559,7 +673,8 @@ fn request<W: Write>(
     };
     head.encode(&mut buf);
     outs.write(&buf)?;
-    if let (Some(f), true) = (basis, head.count > 0) {
+    // --append: the head says how long the file is; no sums follow.
+    if let (Some(f), true, false) = (basis, head.count > 0, how.append) {
         // Read the basis in large pieces (whole blocks) rather than one `pread` per block,
         // and queue the sums of each piece at once.
         let seed_fix = neg.md5_seed_first();
@@ -585,6 +700,17 @@ fn request<W: Write>(
         }
     }
     Ok(())
+}
+
+/// Details of a transfer request beyond the basis.
+#[derive(Debug, Clone, Copy, Default)]
+struct RequestKind {
+    /// The item's basis type (`None`: the file itself).
+    basis_type: Option<u8>,
+    /// Whether the file is new here (`None`: when there is no basis).
+    is_new: Option<bool>,
+    /// `--append`: the sum head only.
+    append: bool,
 }
 
 /// What the generator thread needs besides the file list.
@@ -620,9 +746,37 @@ struct GenCtx {
     opts: TransferOpts,
     /// A server's generator: warnings go to the client.
     warn_peer: bool,
+    /// What metadata the options ask for.
+    meta: MetaRules,
 }
 
 impl GenCtx {
+    /// `--partial-dir`: the name of `e`'s partial file if one is there.
+    fn partial_file(&self, e: &FileEntry) -> Option<Vec<u8>> {
+        let p = DestRoot::partial_name(&e.name, self.opts.partial_dir.as_deref()?)?;
+        match self.dest.lstat(&p) {
+            Ok(Some(m)) if m.file_type == rustix::fs::FileType::RegularFile => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The delta basis for `e` and its basis type: a `--partial-dir` file
+    /// if there is one, else the file itself when it `exists` (nothing
+    /// with `-W` or in a dry run).
+    fn basis(&self, e: &FileEntry, exists: bool, dry: bool) -> Result<(Option<File>, Option<u8>)> {
+        if let Some(p) = self.partial_file(e) {
+            let f = match self.whole_file || dry {
+                true => None,
+                false => self.dest.open_basis(&p)?,
+            };
+            return Ok((f, Some(crate::opts::BASIS_PARTIAL_DIR)));
+        }
+        match (self.whole_file || dry, exists) {
+            (false, true) => Ok((self.dest.open_basis(&e.name)?, None)),
+            _ => Ok((None, None)),
+        }
+    }
+
     /// Brings the xattrs of an existing entry that is not transferred in
     /// line (before its mode is set: a read-only mode would forbid it).
     /// When values must first come from the sender, sends an item with
@@ -987,19 +1141,28 @@ fn generator<W: Write>(
             };
             // Set when an item for this entry went out already.
             let mut sent = false;
+            // Without -p the permissions of what is there are kept: those
+            // of a directory for a directory, of any other entry otherwise.
+            let before = match ctx.meta.needs_existing() && !dry {
+                true => dest
+                    .lstat(&e.name)?
+                    .filter(|m| (m.file_type == rustix::fs::FileType::Directory) == e.is_dir()),
+                false => None,
+            }
+            .map(|m| m.perms);
             match e.file_type() {
                 Some(FileType::Dir) => {
                     if !dry {
                         dest.ensure_dir(&e.name)?;
                         sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
                     }
-                    dirs.push(i);
+                    dirs.push((i, before));
                 }
                 Some(FileType::Symlink) if fopts.preserve_links && !dry => {
                     let target = e.link_target.as_deref().unwrap_or_default();
                     dest.make_symlink(&e.name, target)?;
                     sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
-                    dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
+                    dest.set_meta(&e.name, &ctx.meta.meta_at(dest, e, before))?;
                     ctx.success(outs, i)?;
                 }
                 Some(FileType::Device) | Some(FileType::Special)
@@ -1009,7 +1172,7 @@ fn generator<W: Write>(
                 {
                     dest.make_node(&e.name, e.mode, e.rdev)?;
                     sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
-                    dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
+                    dest.set_meta(&e.name, &ctx.meta.meta_at(dest, e, before))?;
                     ctx.fix_acls(e)?;
                 }
                 Some(FileType::Regular) if followers.contains(e.name.as_slice()) => {
@@ -1059,7 +1222,7 @@ fn generator<W: Write>(
                             }
                             Some(AltMatch::Copy(p)) => {
                                 put(std::fs::copy(&p, dest.path(&e.name)?).map(|_| ()))?;
-                                dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
+                                dest.set_meta(&e.name, &ctx.meta.meta_at(dest, e, None))?;
                                 ctx.success(outs, i)?;
                                 return Ok(());
                             }
@@ -1073,20 +1236,49 @@ fn generator<W: Write>(
                                 == e.checksum.as_deref())
                         })?;
                         if same {
-                            // Quick check passed: only fix metadata.
+                            // Quick check passed: only fix metadata (and
+                            // drop a --partial-dir file, as rsync does).
+                            if let (Some(p), false) = (ctx.partial_file(e), dry) {
+                                dest.remove_file(&p);
+                                dest.remove_partial_dir(&p);
+                            }
                             if !dry {
                                 ctx.fix_xattrs(outs, &mut codec, i, e, 0)?;
-                                dest.set_meta(&e.name, &meta_of(e, fopts, root))?;
+                                dest.set_meta(&e.name, &ctx.meta.meta(e, Some(m.perms)))?;
                                 ctx.fix_acls(e)?;
                                 ctx.success(outs, i)?;
                             }
                             return Ok(());
                         }
                     }
-                    let basis = match (ctx.whole_file || dry, &existing) {
-                        (false, Some(_)) => dest.open_basis(&e.name)?,
-                        _ => None,
-                    };
+                    // --append: a file as long as the source's is left alone.
+                    if ctx.opts.append > 0
+                        && existing.as_ref().is_some_and(|m| {
+                            m.file_type == rustix::fs::FileType::RegularFile
+                                && m.size >= e.size.max(0) as u64
+                        })
+                    {
+                        return Ok(());
+                    }
+                    let (mut basis, mut basis_type) = ctx.basis(e, existing.is_some(), dry)?;
+                    if let (true, true, false, None) =
+                        (ctx.opts.inplace, ctx.opts.backup, dry, basis_type)
+                    {
+                        // --inplace -b: the old file is copied to its backup
+                        // first, which then serves as the basis.
+                        if existing
+                            .as_ref()
+                            .is_some_and(|m| m.file_type == rustix::fs::FileType::RegularFile)
+                        {
+                            let copy = ctx.opts.copy_backup(dest, &e.name)?;
+                            if basis.is_some() {
+                                basis = Some(File::open(&copy).map_err(|err| {
+                                    RemoteError::io(format!("opening {}", copy.display()), err)
+                                })?);
+                            }
+                            basis_type = Some(crate::opts::BASIS_BACKUP);
+                        }
+                    }
                     let xreq = ctx.transfer_xattrs(e, existing.is_some())?;
                     ctx.requested[i].store(true, Ordering::Release);
                     request(
@@ -1098,6 +1290,11 @@ fn generator<W: Write>(
                         neg,
                         xreq.as_deref(),
                         dry,
+                        RequestKind {
+                            basis_type,
+                            is_new: Some(existing.is_none()),
+                            append: ctx.opts.append > 0,
+                        },
                     )?;
                     pacer.requested(outs)?;
                 }
@@ -1134,10 +1331,8 @@ fn generator<W: Write>(
         match rx.recv() {
             Ok(ToGen::Redo(ndx)) => {
                 let e = &files[ndx as usize];
-                let basis = match ctx.whole_file {
-                    true => None,
-                    false => dest.open_basis(&e.name)?,
-                };
+                let exists = dest.lstat(&e.name)?.is_some();
+                let (basis, basis_type) = ctx.basis(e, exists, false)?;
                 request(
                     outs,
                     &mut codec,
@@ -1147,6 +1342,11 @@ fn generator<W: Write>(
                     neg,
                     None,
                     false,
+                    RequestKind {
+                        basis_type,
+                        is_new: Some(!exists),
+                        append: false,
+                    },
                 )?;
                 outs.flush()?;
             }
@@ -1207,10 +1407,10 @@ fn generator<W: Write>(
         }
     }
     // Directory metadata last, deepest first, so nothing touches them afterwards.
-    for &i in dirs.iter().rev().filter(|_| !ctx.dry_run) {
+    for &(i, before) in dirs.iter().rev().filter(|_| !ctx.dry_run) {
         let e = &files[i];
         let r = dest
-            .set_meta(&e.name, &meta_of(e, fopts, root))
+            .set_dir_meta(&e.name, &ctx.meta.meta_at(dest, e, before))
             .and_then(|()| ctx.fix_acls(e));
         if let Err(err) = r {
             errors.push(format!("{}: {err}", String::from_utf8_lossy(&e.name)));
@@ -1236,7 +1436,7 @@ fn generator<W: Write>(
 /// the end of the redo phase).
 struct CommitStep {
     files: Arc<Vec<FileEntry>>,
-    fopts: FlistOptions,
+    meta: MetaRules,
     attr: AttrCtx,
     sparse: bool,
     delay_updates: bool,
@@ -1267,7 +1467,17 @@ impl CommitStep {
             };
             store.apply(xn, fd, &basis, root, &who)?;
         }
-        DestRoot::set_file_meta(&tmp.file, &meta_of(e, &self.fopts, root))?;
+        // Without -p an existing file keeps its permissions.
+        let existing = match (self.meta.needs_existing(), tmp.in_place) {
+            // Written in place: what the file had before.
+            (true, Some(prior)) => prior,
+            (true, None) => dest
+                .lstat(&e.name)?
+                .filter(|m| m.file_type == rustix::fs::FileType::RegularFile)
+                .map(|m| m.perms),
+            (false, _) => None,
+        };
+        DestRoot::set_file_meta(&tmp.file, &self.meta.meta_at(dest, e, existing))?;
         self.attr.apply_acls(fd, e)
     }
 
@@ -1290,6 +1500,21 @@ impl CommitStep {
 }
 
 impl Committer for CommitStep {
+    fn keep_partial(&mut self, tmp: &TempFile, name: &[u8], in_partial_dir: bool) {
+        // As rsync: the permissions (and owner); in a --partial-dir no
+        // time, else mtime 0 so that it stands out (and -u never keeps it).
+        let at = self.files.binary_search_by(|f| {
+            arsync_proto::flist::compare_names(&f.name, f.is_dir(), name, false)
+        });
+        let Some(e) = at.ok().and_then(|i| self.files.get(i)) else {
+            return;
+        };
+        let mut meta = self.meta.meta(e, tmp.in_place.flatten());
+        meta.mtime = (!in_partial_dir).then_some((0, 0));
+        meta.atime = None;
+        let _ = DestRoot::set_file_meta(&tmp.file, &meta);
+    }
+
     fn commit(
         &mut self,
         dest: &DestRoot,
@@ -1312,7 +1537,12 @@ impl Committer for CommitStep {
             self.delayed.push((ndx, DestRoot::delay(tmp)));
             return Ok(());
         }
-        if let Err(err) = self.opts.make_backup(dest, name) {
+        // A file written in place was backed up (copied) before.
+        let backup = match tmp.in_place {
+            Some(_) => Ok(false),
+            None => self.opts.make_backup(dest, name),
+        };
+        if let Err(err) = backup {
             DestRoot::remove_temp(tmp);
             return Err(err);
         }
@@ -1361,7 +1591,7 @@ fn receiver<R: Read>(
     let mut redo_sent = vec![false; files.len()];
     let step = CommitStep {
         files: Arc::clone(files),
-        fopts: fopts.clone(),
+        meta: MetaRules::new(mode.perms, mode.times, mode.opts.executability, fopts, root),
         attr: attr.clone(),
         sparse: mode.sparse,
         delay_updates: mode.delay_updates,
@@ -1446,17 +1676,42 @@ fn receiver<R: Read>(
                     summary.files_transferred += 1;
                     continue;
                 }
-                let (good, lit, matched) = receive_file(
-                    ins,
-                    e,
-                    dest,
-                    neg.checksum,
-                    compressed,
-                    mode.partial,
-                    &mut bufs,
-                )?;
+                // A --partial-dir file from an earlier run as the basis.
+                let partial_basis = match (a.basis_type, &mode.opts.partial_dir) {
+                    (Some(crate::opts::BASIS_PARTIAL_DIR), Some(d)) => {
+                        DestRoot::partial_name(&e.name, d)
+                    }
+                    _ => None,
+                };
+                // --inplace -b: the generator's copy of the old file.
+                let backup_basis = match a.basis_type {
+                    Some(crate::opts::BASIS_BACKUP) if mode.opts.backup => {
+                        Some(mode.opts.backup_path(dest, &e.name)?)
+                    }
+                    _ => None,
+                };
+                let how = FileRecv {
+                    in_place: mode.opts.inplace,
+                    append: if phase == 0 { mode.opts.append } else { 0 },
+                    backup_basis,
+                    basis: partial_basis.clone().unwrap_or_else(|| e.name.clone()),
+                    // Written in place, a cut-off file stays as it is
+                    // (rsync's --inplace clears --partial).
+                    keep: match (&mode.opts.partial_dir, mode.opts.inplace) {
+                        (_, true) => None,
+                        (Some(d), false) => DestRoot::partial_name(&e.name, d),
+                        (None, false) => mode.partial.then(|| e.name.clone()),
+                    },
+                };
+                let (good, lit, matched) =
+                    receive_file(ins, e, dest, neg.checksum, compressed, &how, &mut bufs)?;
                 summary.literal_bytes += lit;
                 summary.matched_bytes += matched;
+                if let (true, Some(p)) = (good, &partial_basis) {
+                    // The partial file served its purpose.
+                    dest.remove_file(p);
+                    dest.remove_partial_dir(p);
+                }
                 if !good {
                     bufs.writer.discard()?;
                     if phase == 0 && !redo_sent[ndx as usize] {
@@ -1566,6 +1821,21 @@ impl BasisWindow {
     }
 }
 
+/// How one file is received.
+#[derive(Debug)]
+struct FileRecv {
+    /// `--inplace`: written into the file itself.
+    in_place: bool,
+    /// `--append`/`--append-verify` in effect (not in the redo phase).
+    append: u8,
+    /// The basis file's name (the file itself, or a `--partial-dir` file).
+    basis: Vec<u8>,
+    /// `--inplace -b`: the basis is this backup copy instead.
+    backup_basis: Option<PathBuf>,
+    /// Where a cut-off transfer is kept (`--partial`, `--partial-dir`).
+    keep: Option<Vec<u8>>,
+}
+
 /// Receives one file's data and hands it to the writer (which creates the
 /// temporary file). Returns whether the whole-file checksum matched, and
 /// the literal/matched byte counts; the caller then commits or discards.
@@ -1577,19 +1847,23 @@ fn receive_file<R: Read>(
     dest: &DestRoot,
     algo: ChecksumAlgo,
     compressed: bool,
-    partial: bool,
+    how: &FileRecv,
     bufs: &mut RecvBuffers,
 ) -> Result<(bool, u64, u64)> {
     let dlen = algo.digest_len();
     let head = ins.decode(|r| SumHead::decode(r, dlen))?;
-    let basis = if head.count > 0 {
-        dest.open_basis(&e.name)?
-    } else {
-        None
+    let basis = match (&how.backup_basis, head.count > 0) {
+        (_, false) => None,
+        (Some(p), true) => Some(
+            File::open(p)
+                .map_err(|err| RemoteError::io(format!("opening {}", p.display()), err))?,
+        ),
+        (None, true) => dest.open_basis(&how.basis)?,
     };
     // A new basis: forget the old window.
     bufs.window.window_len = 0;
-    bufs.writer.begin(&e.name)?;
+    let in_place = how.in_place || how.append > 0;
+    bufs.writer.begin(&e.name, in_place)?;
     let mut offset = 0u64;
     let res = receive_data(
         ins,
@@ -1598,16 +1872,21 @@ fn receive_file<R: Read>(
         basis.as_ref(),
         algo,
         compressed,
+        how,
         bufs,
         &mut offset,
     );
-    if res.is_err() {
-        // Hand over what was verified-so-far data, then keep or drop it.
-        let rest = std::mem::take(&mut bufs.out);
-        let _ = bufs
-            .writer
-            .data(offset, rest)
-            .and_then(|()| bufs.writer.abort(partial));
+    match &res {
+        Ok(_) if in_place => bufs.writer.set_len(offset)?,
+        Ok(_) => {}
+        Err(_) => {
+            // Hand over what was verified-so-far data, then keep or drop it.
+            let rest = std::mem::take(&mut bufs.out);
+            let _ = bufs
+                .writer
+                .data(offset, rest)
+                .and_then(|()| bufs.writer.abort(how.keep.clone()));
+        }
     }
     res
 }
@@ -1622,6 +1901,7 @@ fn receive_data<R: Read>(
     basis: Option<&File>,
     algo: ChecksumAlgo,
     compressed: bool,
+    how: &FileRecv,
     bufs: &mut RecvBuffers,
     offset: &mut u64,
 ) -> Result<(bool, u64, u64)> {
@@ -1631,6 +1911,27 @@ fn receive_data<R: Read>(
     if bufs.out.capacity() == 0 {
         bufs.out = bufs.writer.buffer();
     }
+    if how.append > 0 {
+        // --append: the data goes after what the file has; with
+        // --append-verify that part counts in the whole-file checksum.
+        *offset = crate::opts::append_offset(head);
+        if how.append > 1 && *offset > 0 {
+            let Some(bf) = basis else {
+                return Err(RemoteError::Refused(format!(
+                    "--append-verify with no basis file for {}",
+                    String::from_utf8_lossy(&e.name)
+                )));
+            };
+            let mut at = 0u64;
+            while at < *offset {
+                let n = (*offset - at).min(BASIS_WINDOW as u64) as usize;
+                hasher.update(bufs.window.get(bf, at, n)?);
+                at += n as u64;
+            }
+        }
+    }
+    // --inplace: a block at the offset it is written to is already there.
+    let in_place = how.in_place || how.append > 0;
     // Data goes to the writer in batches of about WRITE_BATCH bytes.
     let write_out = |bufs: &mut RecvBuffers, offset: &mut u64| -> Result<()> {
         if bufs.out.is_empty() {
@@ -1643,7 +1944,11 @@ fn receive_data<R: Read>(
         *offset += n;
         Ok(())
     };
-    let block = |i: u32, bufs: &mut RecvBuffers, hasher: &mut FileHasher| -> Result<u64> {
+    let block = |i: u32,
+                 bufs: &mut RecvBuffers,
+                 hasher: &mut FileHasher,
+                 offset: &mut u64|
+     -> Result<u64> {
         let Some(bf) = basis else {
             return Err(RemoteError::Refused(format!(
                 "block match with no basis file for {}",
@@ -1651,7 +1956,14 @@ fn receive_data<R: Read>(
             )));
         };
         let n = head.block_len(i as i32);
-        let data = bufs.window.get(bf, i as u64 * head.blength as u64, n)?;
+        let at = i as u64 * head.blength as u64;
+        if in_place && at == *offset + bufs.out.len() as u64 {
+            write_out(bufs, offset)?;
+            hasher.update(bufs.window.get(bf, at, n)?);
+            *offset += n as u64;
+            return Ok(n as u64);
+        }
+        let data = bufs.window.get(bf, at, n)?;
         hasher.update(data);
         bufs.out.extend_from_slice(data);
         Ok(n as u64)
@@ -1665,7 +1977,7 @@ fn receive_data<R: Read>(
                     bufs.out.extend_from_slice(&b);
                     lit += b.len() as u64;
                 }
-                Token::Block(i) => matched += block(i, bufs, &mut hasher)?,
+                Token::Block(i) => matched += block(i, bufs, &mut hasher, offset)?,
                 Token::End => break,
             }
             if bufs.out.len() >= WRITE_BATCH {
@@ -1701,7 +2013,7 @@ fn receive_data<R: Read>(
                         format!("block index {i} but the basis has {} blocks", head.count),
                     )));
                 }
-                matched += block(i as u32, bufs, &mut hasher)?;
+                matched += block(i as u32, bufs, &mut hasher, offset)?;
                 if bufs.out.len() >= WRITE_BATCH {
                     write_out(bufs, offset)?;
                 }

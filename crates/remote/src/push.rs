@@ -192,6 +192,8 @@ pub fn run_push<R: Read, W: Write>(
             events: opts.events.as_ref(),
             dry_run: opts.command.flags.contains('n'),
             remove_sent: opts.command.opts.remove_source_files,
+            inplace: opts.command.opts.inplace,
+            append: opts.command.opts.append,
         },
     )
 }
@@ -224,6 +226,39 @@ fn send_whole<W: Write>(
     Ok(st)
 }
 
+/// `--append`: the part of the file the receiver has (its length is in
+/// `head`) is not sent; `--append-verify` (2) hashes it into the
+/// whole-file checksum.
+fn skip_appended(
+    f: &mut std::fs::File,
+    delta: &mut DeltaEncoder,
+    head: &SumHead,
+    append: u8,
+    chunk: &mut [u8],
+) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut have = crate::opts::append_offset(head);
+    if append < 2 {
+        let len = f
+            .metadata()
+            .map_err(|e| RemoteError::io("stat for --append", e))?
+            .len();
+        f.seek(SeekFrom::Start(have.min(len)))
+            .map_err(|e| RemoteError::io("seek for --append", e))?;
+        return Ok(());
+    }
+    while have > 0 {
+        let want = chunk.len().min(have as usize);
+        let n = read_chunk(f, &mut chunk[..want])?;
+        if n == 0 {
+            break;
+        }
+        delta.hash_only(&chunk[..n]);
+        have -= n as u64;
+    }
+    Ok(())
+}
+
 /// How the sending half behaves.
 pub(crate) struct SendMode<'a> {
     /// zlibx level for compressed tokens.
@@ -236,6 +271,11 @@ pub(crate) struct SendMode<'a> {
     pub dry_run: bool,
     /// `--remove-source-files`: remove what the receiver confirmed.
     pub remove_sent: bool,
+    /// `--inplace`: the receiver rewrites its file (block matches are
+    /// limited, see `DeltaEncoder::set_in_place`).
+    pub inplace: bool,
+    /// `--append` (1) / `--append-verify` (2), see [`crate::opts::TransferOpts::append`].
+    pub append: u8,
 }
 
 /// The sending half of a session after setup: file list, id lists, the
@@ -254,6 +294,8 @@ pub(crate) fn send_session<R: Read, W: Write>(
         events,
         dry_run,
         remove_sent,
+        inplace,
+        append,
     } = mode;
     let flist_start = std::time::Instant::now();
     for w in &list.warnings {
@@ -411,8 +453,19 @@ pub(crate) fn send_session<R: Read, W: Write>(
                     )));
                 }
                 let head = ins.decode(|r| SumHead::decode(r, dlen))?;
-                let mut sd = SumDecoder::new(head);
-                let sums = ins.decode_partial(|r| sd.feed(r))?;
+                // --append (not in the redo phase): the head gives the
+                // receiver's length and no sums follow.
+                let appending = append > 0 && !phases.is_redo();
+                let sums = match appending {
+                    true => arsync_proto::sums::SumSet {
+                        head: SumHead::default(),
+                        blocks: Vec::new(),
+                    },
+                    false => {
+                        let mut sd = SumDecoder::new(head);
+                        ins.decode_partial(|r| sd.feed(r))?
+                    }
+                };
                 let e = &list.entries[i];
                 if e.file_type() != Some(FileType::Regular) {
                     return Err(RemoteError::Refused(format!(
@@ -440,7 +493,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
                 b.extend_from_slice(xattr_reply.as_deref().unwrap_or_default());
                 head.encode(&mut b);
                 outs.write(&b)?;
-                let st = if sums.blocks.is_empty() && zlevel.is_none() {
+                let st = if sums.blocks.is_empty() && zlevel.is_none() && !appending {
                     send_whole(&mut f, &mut chunk, &mut outs, neg.checksum)?
                 } else {
                     let mut delta = DeltaEncoder::with_sink(
@@ -450,6 +503,11 @@ pub(crate) fn send_session<R: Read, W: Write>(
                         seed_fix,
                         TokenSink::new(zlevel),
                     );
+                    if appending {
+                        skip_appended(&mut f, &mut delta, &head, append, &mut chunk)?;
+                    } else if crate::opts::receiver_in_place(inplace, a.basis_type, neg) {
+                        delta.set_in_place();
+                    }
                     let mut out = Vec::new();
                     loop {
                         // Read straight into the encoder's buffer.

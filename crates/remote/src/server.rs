@@ -118,6 +118,9 @@ impl ServerArgs {
                 // Options that only affect the client's output or are
                 // defaults here.
                 "--stats" | "--force" | "--ignore-errors" | "--no-i-r" | "--no-inc-recursive" => {}
+                // rsync adds it for --inplace --sparse (an old peers' bug); -W
+                // is off unless the packed flags say otherwise.
+                "--no-W" | "--no-whole-file" => {}
                 // What the packed flags already say (rsync adds them for
                 // -d with --delete, and --files-from without -R).
                 "--no-r" | "--no-recursive" | "--no-relative" | "--no-R" => {}
@@ -151,6 +154,12 @@ impl ServerArgs {
             return Err(unsupported(format!("server flag -{c}")));
         }
         a.opts = std::mem::take(&mut a.opts).with_flags(&a.flags);
+        if let Some(msg) = a.opts.conflict(a.delay_updates, a.flags.contains('W')) {
+            return Err(RemoteError::Usage(msg));
+        }
+        if let Some(o) = a.opts.not_implemented() {
+            return Err(unsupported(format!("server option {o}")));
+        }
         // --delete-excluded implies --delete.
         a.delete |= a.opts.delete_excluded;
         if a.paths.is_empty() {
@@ -161,7 +170,7 @@ impl ServerArgs {
 }
 
 /// Packed short flags this server implements (`v`/`i` only change output).
-const SUPPORTED_FLAGS: &str = "logDtprdHcWzUviOJAXnSRuILkmxb";
+const SUPPORTED_FLAGS: &str = "logDtprdHcWzUviOJAXnSRuILkmxbEK";
 
 fn unsupported(what: String) -> RemoteError {
     RemoteError::Proto(arsync_proto::Error::Unsupported(format!(
@@ -309,6 +318,8 @@ pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
                 events: None,
                 dry_run: args.flags.contains('n'),
                 remove_sent: args.opts.remove_source_files,
+                inplace: args.opts.inplace,
+                append: args.opts.append,
             },
         )
     } else {
@@ -319,8 +330,12 @@ pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
         };
         let dest = match args.flags.contains('n') {
             true => DestRoot::open_dry(&path)?,
-            false => DestRoot::open(&path)?,
-        };
+            false => match &args.opts.temp_dir {
+                Some(t) => DestRoot::open(&path)?.with_temp_dir(t, args.opts.confined)?,
+                None => DestRoot::open(&path)?,
+            },
+        }
+        .with_keep_dirlinks(args.opts.keep_dirlinks);
         let mode = ReceiveMode {
             delete: args.delete,
             read_stats: false,
@@ -335,6 +350,8 @@ pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
             late_delete: args.delete_after,
             daemon_filter: daemon.map(std::sync::Arc::new),
             partial: args.partial,
+            perms: args.flags.contains('p'),
+            times: args.flags.contains('t'),
             opts: args.opts.clone(),
         };
         receive_session(ins, outs, &neg, &fopts, dest, mode)
@@ -441,14 +458,14 @@ mod tests {
             ("logDtprz", "LsfxCIvu", Some(30))
         );
         assert!(ServerArgs::parse(&v(&["--sender", ".", "x"])).is_err());
-        assert!(ServerArgs::parse(&v(&["--server", "--temp-dir=x", ".", "x"])).is_err());
+        assert!(ServerArgs::parse(&v(&["--server", "--only-write-batch=x", ".", "x"])).is_err());
         let a = ServerArgs::parse(&v(&["--server", "--files-from=-", "--from0", ".", "x"]));
         assert_eq!(
             a.ok().and_then(|a| a.opts.files_from),
             Some("-".to_string())
         );
         assert!(ServerArgs::parse(&v(&["--server", "-logDtpr", "."])).is_err());
-        let e = ServerArgs::parse(&v(&["--server", "-Klogdtpr", ".", "x"])).err();
+        let e = ServerArgs::parse(&v(&["--server", "-Ylogdtpr", ".", "x"])).err();
         assert_eq!(e.map(|e| e.exit_code()), Some(ExitCode::Unsupported));
         // Options rsync's client splits over two words, and packed ones.
         let a = ServerArgs::parse(&v(&[
