@@ -553,9 +553,6 @@ pub fn run(args: &[OsString]) -> i32 {
             "only one of --compare-dest, --copy-dest, --link-dest may be used",
         );
     }
-    if let Some(msg) = transfer_opts(&o).conflict(o.delay_updates, o.whole_file) {
-        return fail(ExitCode::Syntax, msg);
-    }
     if let Some(name) = unsupported(&o) {
         return fail(
             ExitCode::Unsupported,

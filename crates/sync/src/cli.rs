@@ -1287,6 +1287,21 @@ where
         o.partial = true;
     }
     o.temp_dir = path_val("temp-dir");
+    // rsync's option conflicts for writing into the destination file.
+    let mode = if o.append { "append" } else { "inplace" };
+    if o.append && o.whole_file {
+        return Err(usage("arsync: --append cannot be used with --whole-file"));
+    }
+    if o.inplace && o.delay_updates {
+        return Err(usage(format!(
+            "arsync: --{mode} cannot be used with --delay-updates"
+        )));
+    }
+    if o.inplace && o.partial_dir.is_some() {
+        return Err(usage(format!(
+            "arsync: --{mode} cannot be used with --partial-dir"
+        )));
+    }
     if let Some(v) = value(&m, "max-delete") {
         let n: i64 = v
             .parse()
@@ -1650,6 +1665,25 @@ mod tests {
         assert_eq!(p.opts.suffix.as_deref(), Some(std::ffi::OsStr::new(".bak")));
         assert_eq!(p.opts.modify_window, -1);
         assert_eq!(p.dest.as_deref(), Some(std::ffi::OsStr::new("d")));
+    }
+
+    #[test]
+    fn inplace_and_append_conflicts_are_usage_errors() {
+        for args in [
+            &["--inplace", "--partial-dir=.p"][..],
+            &["--append", "--partial-dir=.p"],
+            &["--inplace", "--delay-updates"],
+            &["--append-verify", "--delay-updates"],
+            &["--append", "-W"],
+        ] {
+            let argv = ["arsync", "-a"].iter().chain(args).chain(&["s", "d"]);
+            let e = parse(argv.copied()).err();
+            assert_eq!(e.map(|e| e.code), Some(1), "{args:?}");
+        }
+        for args in [&["--inplace", "-W"][..], &["--inplace", "--partial"]] {
+            let argv = ["arsync", "-a"].iter().chain(args).chain(&["s", "d"]);
+            assert!(parse(argv.copied()).is_ok(), "{args:?}");
+        }
     }
 
     #[test]
