@@ -198,26 +198,26 @@ pub fn run_push<R: Read, W: Write>(
     )
 }
 
-/// Sends a whole file as literal tokens (no basis, no compression): data
-/// goes from the read buffer straight into the framed output, hashed on
-/// the way. The same bytes on the wire as the delta encoder produces.
+/// Sends a whole file as literal tokens (no basis, no compression): the
+/// file is read straight into the framed output and hashed there (no read
+/// buffer, one user-space copy less per byte). Each token fills the rest
+/// of a DATA frame (32,764 bytes in a fresh one), so token boundaries
+/// differ from the delta encoder's, which any receiver accepts.
 fn send_whole<W: Write>(
     f: &mut std::fs::File,
-    chunk: &mut [u8],
     outs: &mut OutStream<W>,
     algo: ChecksumAlgo,
 ) -> Result<DeltaStats> {
     let mut hasher = FileHasher::new(algo);
     let mut st = DeltaStats::default();
     loop {
-        let n = read_chunk(f, chunk)?;
+        let n = outs.literal_token(CHUNK_SIZE, |buf| {
+            let n = read_chunk(f, buf)?;
+            hasher.update(&buf[..n]);
+            Ok(n)
+        })?;
         if n == 0 {
             break;
-        }
-        hasher.update(&chunk[..n]);
-        for piece in chunk[..n].chunks(CHUNK_SIZE) {
-            outs.write(&(piece.len() as i32).to_le_bytes())?;
-            outs.write(piece)?;
         }
         st.literal += n as u64;
     }
@@ -234,7 +234,6 @@ fn skip_appended(
     delta: &mut DeltaEncoder,
     head: &SumHead,
     append: u8,
-    chunk: &mut [u8],
 ) -> Result<()> {
     use std::io::{Seek, SeekFrom};
     let mut have = crate::opts::append_offset(head);
@@ -247,6 +246,7 @@ fn skip_appended(
             .map_err(|e| RemoteError::io("seek for --append", e))?;
         return Ok(());
     }
+    let mut chunk = vec![0u8; have.min(256 * 1024) as usize];
     while have > 0 {
         let want = chunk.len().min(have as usize);
         let n = read_chunk(f, &mut chunk[..want])?;
@@ -362,9 +362,9 @@ pub(crate) fn send_session<R: Read, W: Write>(
     let (mut rcodec, mut wcodec) = (NdxCodec::new(), NdxCodec::new());
     let mut phases = SenderPhases::new();
     let mut io_error = list.io_error;
-    // One read buffer for every file (allocating and zeroing one per file
-    // dominated small-file pushes).
-    let mut chunk = vec![0u8; 256 * 1024];
+    // Bytes read per call into the delta encoder's input (whole-file
+    // sends read straight into the framed output instead).
+    const DELTA_READ: usize = 256 * 1024;
     loop {
         // Never wait for the peer with our own output still buffered.
         if !ins.has_buffered() {
@@ -494,7 +494,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
                 head.encode(&mut b);
                 outs.write(&b)?;
                 let st = if sums.blocks.is_empty() && zlevel.is_none() && !appending {
-                    send_whole(&mut f, &mut chunk, &mut outs, neg.checksum)?
+                    send_whole(&mut f, &mut outs, neg.checksum)?
                 } else {
                     let mut delta = DeltaEncoder::with_sink(
                         sums,
@@ -504,14 +504,14 @@ pub(crate) fn send_session<R: Read, W: Write>(
                         TokenSink::new(zlevel),
                     );
                     if appending {
-                        skip_appended(&mut f, &mut delta, &head, append, &mut chunk)?;
+                        skip_appended(&mut f, &mut delta, &head, append)?;
                     } else if crate::opts::receiver_in_place(inplace, a.basis_type, neg) {
                         delta.set_in_place();
                     }
                     let mut out = Vec::new();
                     loop {
                         // Read straight into the encoder's buffer.
-                        let n = read_chunk(&mut f, delta.input(chunk.len()))?;
+                        let n = read_chunk(&mut f, delta.input(DELTA_READ))?;
                         if n == 0 {
                             break;
                         }
