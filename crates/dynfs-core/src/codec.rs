@@ -40,13 +40,47 @@ pub fn encode_borrowed(policy: Policy, data: &[u8]) -> Result<Vec<Cow<'_, [u8]>>
         Policy::Replicate { copies } => Ok(vec![Cow::Borrowed(data); copies as usize]),
         Policy::ReedSolomon { data: k, parity: m } => {
             let shards = data_shards(k as usize, data);
-            let parity = reed_solomon_simd::encode(k as usize, m as usize, &shards)
+            let parity = encode_parity(k as usize, m as usize, &shards)
                 .map_err(|e| Error::Invalid(format!("reed-solomon encode: {e}")))?;
             let mut out = shards;
             out.extend(parity.into_iter().map(Cow::Owned));
             Ok(out)
         }
     }
+}
+
+/// Encoders kept for reuse: a new encoder allocates (and the kernel zeroes) a work buffer
+/// several shards large, every extent.
+static ENCODERS: std::sync::Mutex<Vec<reed_solomon_simd::ReedSolomonEncoder>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Most encoders kept (one per concurrent flush thread).
+const SPARE_ENCODERS: usize = 8;
+
+/// The `m` parity shards of the `k` equally long `shards`, with a reused encoder.
+fn encode_parity(
+    k: usize,
+    m: usize,
+    shards: &[Cow<'_, [u8]>],
+) -> std::result::Result<Vec<Vec<u8>>, reed_solomon_simd::Error> {
+    let per = shards.first().map_or(0, |s| s.len());
+    let spare = ENCODERS.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    let mut enc = match spare {
+        Some(mut e) => {
+            e.reset(k, m, per)?;
+            e
+        }
+        None => reed_solomon_simd::ReedSolomonEncoder::new(k, m, per)?,
+    };
+    for s in shards {
+        enc.add_original_shard(s)?;
+    }
+    let parity: Vec<Vec<u8>> = enc.encode()?.recovery_iter().map(<[u8]>::to_vec).collect();
+    let mut spare = ENCODERS.lock().unwrap_or_else(|e| e.into_inner());
+    if spare.len() < SPARE_ENCODERS {
+        spare.push(enc);
+    }
+    Ok(parity)
 }
 
 /// The `k` data shards of `data`: slices of it, except shards that run past its end, which
@@ -176,6 +210,24 @@ mod tests {
             }
             let n = b.iter().filter(|f| matches!(f, Cow::Borrowed(_))).count();
             assert_eq!(n, borrowed, "{p} {len}");
+        }
+    }
+
+    #[test]
+    fn reused_encoders_match_fresh_ones_across_shapes() {
+        // Alternate shapes so pooled encoders are reset from one shape to another.
+        for round in 0..3 {
+            for (p, len) in [("rs:4+2", 1 << 20), ("rs:2+1", 4098), ("rs:6+3", 70_000)] {
+                let p: Policy = p.parse().unwrap();
+                let Policy::ReedSolomon { data: k, parity: m } = p else {
+                    unreachable!()
+                };
+                let data: Vec<u8> = (0..len).map(|i| ((i + round) * 13 % 251) as u8).collect();
+                let frags = encode(p, &data).unwrap();
+                let shards = data_shards(k as usize, &data);
+                let fresh = reed_solomon_simd::encode(k as usize, m as usize, &shards).unwrap();
+                assert_eq!(&frags[k as usize..], &fresh[..], "{p} {len} round {round}");
+            }
         }
     }
 

@@ -563,6 +563,7 @@ impl Fs {
 
     /// Make every change so far durable (metadata and the fragments it references).
     pub fn sync(&self) -> Result<()> {
+        self.pool.sync_fragments()?;
         self.pool.meta.sync()
     }
 
@@ -1281,6 +1282,79 @@ impl Fs {
             Some(sz) => sz,
             None => self.inode(ino)?.size,
         };
+        self.fill_buffers(ino, &mut st, off, end, data, extend, size)?;
+        if st.dirty.len() >= MAX_DIRTY_EXTENTS {
+            // Hand the full extents to a background writer (after committing the previous
+            // batch); with few full extents (random writes), flush everything now.
+            let policy = self.effective_policy(&i);
+            if self.finish_pending(ino, &mut st).is_err() || !self.start_pending(policy, &mut st) {
+                self.flush_locked(ino, &mut st)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write `data` at `off` into the file's buffer if that can be done right now with nothing
+    /// but a copy: the file already has buffered writes, its lock is free, every extent touched
+    /// is already buffered or overwritten whole (no committed extent to read), and the buffer
+    /// does not fill up (no flush). Returns `None`, changing nothing, otherwise; the caller
+    /// then uses [`Fs::write`]. The FUSE layer calls this on its session thread, which saves
+    /// copying the request's data and handing it to a worker for most sequential writes.
+    pub fn try_write_buffered(&self, ino: u64, off: u64, data: &[u8]) -> Option<Result<usize>> {
+        let s = self.existing_state(ino)?;
+        let mut st = s.try_lock().ok()?;
+        // A buffered size means an earlier write (which checked the inode is a file) or a
+        // truncate of this file is still buffered.
+        let size = st.size?;
+        let end = off.checked_add(data.len() as u64)?;
+        if data.is_empty() || end > i64::MAX as u64 {
+            return None;
+        }
+        let es = self.es();
+        let (first, last) = (off / es, (end - 1) / es);
+        let mut added = 0;
+        for idx in first..=last {
+            let whole = off <= idx * es && (idx + 1) * es <= end;
+            // A partly written extent starts from its buffered data: in `dirty`, with the
+            // background writer, or none at all when it starts at or past the buffered size
+            // (which is at least the committed size, so nothing is committed there). Anything
+            // else needs the committed extent read: not here.
+            let pending = st
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.bufs.contains_key(&idx));
+            match st.dirty.get(&idx) {
+                // A hole marker: the extent starts from zeros.
+                Some(_) => {}
+                None if whole || pending || idx * es >= size => added += 1,
+                _ => return None,
+            }
+        }
+        if st.dirty.len() + added >= MAX_DIRTY_EXTENTS {
+            return None;
+        }
+        let r = self.fill_buffers(ino, &mut st, off, end, Some(data), true, size);
+        drop(st);
+        let m = &self.pool.metrics;
+        crate::metrics::Metrics::add(&m.writes, 1);
+        crate::metrics::Metrics::add(&m.bytes_written, data.len() as u64);
+        Some(r.map(|()| data.len()))
+    }
+
+    /// Copy `data` (zeros when `None`) over `[off, end)` into the buffers of `st`, starting
+    /// partially written extents from their buffered or committed data; extend the buffered
+    /// size past `size` (the current one) if `extend`, and set the buffered mtime.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_buffers(
+        &self,
+        ino: u64,
+        st: &mut FileState,
+        off: u64,
+        end: u64,
+        data: Option<&[u8]>,
+        extend: bool,
+        size: u64,
+    ) -> Result<()> {
         let es = self.es();
         let mut pos = off;
         while pos < end {
@@ -1329,14 +1403,6 @@ impl Fs {
             st.size = Some(size);
         }
         st.mtime = Some(Ts::now());
-        if st.dirty.len() >= MAX_DIRTY_EXTENTS {
-            // Hand the full extents to a background writer (after committing the previous
-            // batch); with few full extents (random writes), flush everything now.
-            let policy = self.effective_policy(&i);
-            if self.finish_pending(ino, &mut st).is_err() || !self.start_pending(policy, &mut st) {
-                self.flush_locked(ino, &mut st)?;
-            }
-        }
         Ok(())
     }
 

@@ -22,6 +22,15 @@ pub trait DiskIo: Send + Sync + 'static {
     fn write_unsynced(&self, path: &Path, data: &[u8]) -> io::Result<()>;
     /// Make everything written on the filesystem holding `root` durable (`syncfs`).
     fn sync_disk(&self, root: &Path) -> io::Result<()>;
+    /// Make everything written under each of `roots` durable. On failure, returns the index of
+    /// the first root that may not be synced, with the error (roots before it are synced). The
+    /// default syncs each root in turn; [`StdIo`] syncs each filesystem only once.
+    fn sync_disks(&self, roots: &[PathBuf]) -> Result<(), (usize, io::Error)> {
+        for (i, r) in roots.iter().enumerate() {
+            self.sync_disk(r).map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
     /// Read the whole file at `path`.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Remove the file at `path`.
@@ -99,6 +108,22 @@ impl DiskIo for StdIo {
 
     fn sync_disk(&self, root: &Path) -> io::Result<()> {
         syncfs(root)
+    }
+
+    /// Disk directories on one filesystem (same `st_dev`, as when a pool's disks are
+    /// directories of one device) need one `syncfs`, which covers them all.
+    fn sync_disks(&self, roots: &[PathBuf]) -> Result<(), (usize, io::Error)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut synced: Vec<u64> = Vec::new();
+        for (i, r) in roots.iter().enumerate() {
+            let dev = fs::metadata(r).map_err(|e| (i, e))?.dev();
+            if synced.contains(&dev) {
+                continue;
+            }
+            syncfs(r).map_err(|e| (i, e))?;
+            synced.push(dev);
+        }
+        Ok(())
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -328,5 +353,40 @@ impl DiskIo for FaultyIo {
 
     fn list_dir(&self, path: &Path, f: &mut dyn FnMut(&OsStr)) -> io::Result<()> {
         StdIo.list_dir(path, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_disks_covers_each_filesystem_once_and_reports_the_failing_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::create_dir(&a).unwrap();
+        fs::create_dir(&b).unwrap();
+        // Two directories of one filesystem: one syncfs, no error.
+        assert!(StdIo.sync_disks(&[a.clone(), b.clone()]).is_ok());
+        // A missing disk directory is reported with its index, after the ones before it.
+        let missing = dir.path().join("missing");
+        let err = StdIo
+            .sync_disks(&[a.clone(), missing, b.clone()])
+            .unwrap_err();
+        assert_eq!(err.0, 1);
+        assert_eq!(err.1.kind(), io::ErrorKind::NotFound);
+        // The fault injector keeps the per-disk default, so every root is synced (and its
+        // unsynced files forgotten), and a sync fault names the root it hit.
+        let faulty = FaultyIo::new();
+        faulty.add(Fault {
+            op: FaultOp::Sync,
+            path_contains: Some("/b".into()),
+            nth: 1,
+            repeat: false,
+            kind: FaultKind::Eio,
+        });
+        let err = faulty.sync_disks(&[a, b]).unwrap_err();
+        assert_eq!(err.0, 1);
+        assert_eq!(faulty.fired(), 1);
     }
 }

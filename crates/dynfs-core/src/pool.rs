@@ -122,6 +122,29 @@ fn random_id() -> String {
     h.to_hex()[..32].to_string()
 }
 
+/// Sync the disks in `unsynced` (taking them out of it); on failure, the disks not known to be
+/// synced go back into it.
+fn sync_unsynced(
+    io: &dyn DiskIo,
+    unsynced: &Mutex<std::collections::BTreeSet<PathBuf>>,
+) -> Result<()> {
+    let disks: Vec<PathBuf> =
+        std::mem::take(&mut *unsynced.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_iter()
+            .collect();
+    if disks.is_empty() {
+        return Ok(());
+    }
+    io.sync_disks(&disks).map_err(|(i, e)| {
+        let failed = disks.get(i).cloned().unwrap_or_default();
+        unsynced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(disks.into_iter().skip(i));
+        Error::io(&failed, e)
+    })
+}
+
 fn lock_pool(dir: &Path) -> Result<File> {
     use std::os::fd::AsRawFd;
     let p = dir.join("pool.lock");
@@ -354,20 +377,7 @@ impl Pool {
         let unsynced: Arc<Mutex<std::collections::BTreeSet<PathBuf>>> = Arc::default();
         {
             let (unsynced, io) = (unsynced.clone(), io.clone());
-            store.set_pre_durable(Arc::new(move || {
-                let disks =
-                    std::mem::take(&mut *unsynced.lock().unwrap_or_else(|e| e.into_inner()));
-                for (i, d) in disks.iter().enumerate() {
-                    if let Err(e) = io.sync_disk(d) {
-                        unsynced
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .extend(disks.iter().skip(i).cloned());
-                        return Err(Error::io(d, e));
-                    }
-                }
-                Ok(())
-            }));
+            store.set_pre_durable(Arc::new(move || sync_unsynced(&*io, &unsynced)));
         }
         Ok(Pool {
             dir: pool_dir.to_path_buf(),
@@ -383,6 +393,14 @@ impl Pool {
             unsynced: unsynced.clone(),
             _lock: lock,
         })
+    }
+
+    /// Sync the disks holding fragments written since the last sync. Every durable metadata
+    /// commit does this first anyway (under the metadata lock); doing it before, without the
+    /// lock, leaves the commit only the fragments written meanwhile, so lazy commits of other
+    /// requests do not wait for a whole `syncfs`.
+    pub fn sync_fragments(&self) -> Result<()> {
+        sync_unsynced(&*self.io, &self.unsynced)
     }
 
     /// The pool directory.

@@ -451,6 +451,12 @@ impl Filesystem for DynFuse {
         if self.fs.write_is_light(ino, off, data.len()) {
             return reply_write(self.fs.write(ino, off, data), reply);
         }
+        // Most writes of a sequential writer only copy into the file's extent buffer: do that
+        // here, straight from the request (no copy of the request, no hand-off to a worker).
+        // The writes that fill the buffer and start its flush go to a worker.
+        if let Some(r) = self.fs.try_write_buffered(ino, off, data) {
+            return reply_write(r, reply);
+        }
         let data = data.to_vec();
         self.spawn(move |fs| reply_write(fs.write(ino, off, &data), reply))
     }
