@@ -150,7 +150,9 @@ fn spawn_committer(pool: std::sync::Arc<dynfs_core::Pool>) {
         .spawn(move || loop {
             std::thread::sleep(COMMIT_INTERVAL);
             let Some(pool) = weak.upgrade() else { return };
-            if let Err(e) = pool.meta.sync() {
+            // Fragments first, outside the metadata lock (as `Fs::sync`), so requests that
+            // commit lazily meanwhile do not wait for a whole `syncfs`.
+            if let Err(e) = pool.sync_fragments().and_then(|()| pool.meta.sync()) {
                 tracing::error!(error = %e, "periodic metadata commit failed");
             }
         });
