@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use arsync_testutil::remote::install_fake_ssh;
-use arsync_testutil::{compare_trees, is_root, scratch_dir, CompareOpts};
+use arsync_testutil::{assert_trees_match_first, compare_trees, is_root, scratch_dir, CompareOpts};
 
 fn arsync_bin() -> OsString {
     PathBuf::from(env!("CARGO_BIN_EXE_arsync")).into_os_string()
@@ -399,10 +399,6 @@ fn default_acl_instead_of_the_umask() {
             symlink_mtime: false,
             ..CompareOpts::default()
         };
-        let (_, reference) = &results[0];
-        for (what, dst) in &results[1..] {
-            let diffs = compare_trees(reference, dst, &cmp);
-            assert!(diffs.is_empty(), "{what}: differs from rsync's: {diffs:#?}");
-        }
+        assert_trees_match_first(&results, &cmp);
     }
 }

@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 use arsync_testutil::remote::{
     install_fake_ssh, run_over_shell, start_daemon, write_module_config, Daemon,
 };
-use arsync_testutil::{compare_trees, scratch_dir, CompareOpts};
+use arsync_testutil::{assert_trees_match_first, compare_trees, scratch_dir, CompareOpts};
 
 fn arsync_bin() -> OsString {
     PathBuf::from(env!("CARGO_BIN_EXE_arsync")).into_os_string()
@@ -913,11 +913,7 @@ fn files_from_local_list() {
                 root_metadata: false,
                 ..CompareOpts::default()
             };
-            let (_, reference) = &results[0];
-            for (what, dst) in &results[1..] {
-                let diffs = compare_trees(reference, dst, &cmp);
-                assert!(diffs.is_empty(), "{what}: differs from rsync's: {diffs:#?}");
-            }
+            assert_trees_match_first(&results, &cmp);
         }
     }
 }
@@ -1536,11 +1532,7 @@ fn transfer_modes_through_a_daemon() {
                 root_metadata: false,
                 ..CompareOpts::default()
             };
-            let (_, reference) = &results[0];
-            for (what, dst) in &results[1..] {
-                let diffs = compare_trees(reference, dst, &cmp);
-                assert!(diffs.is_empty(), "{what}: differs from rsync's: {diffs:#?}");
-            }
+            assert_trees_match_first(&results, &cmp);
         }
     }
 }

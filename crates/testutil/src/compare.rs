@@ -391,6 +391,21 @@ impl fmt::Display for Difference {
     }
 }
 
+/// Asserts that every tree in `results` equals the first one (the reference run, e.g. what
+/// rsync wrote), naming the run that differs: `results` pairs a run's label with its tree.
+pub fn assert_trees_match_first<L: std::fmt::Display, P: AsRef<Path>>(
+    results: &[(L, P)],
+    opts: &CompareOpts,
+) {
+    let Some(((_, reference), rest)) = results.split_first() else {
+        return;
+    };
+    for (what, dst) in rest {
+        let diffs = compare_trees(reference.as_ref(), dst.as_ref(), opts);
+        assert!(diffs.is_empty(), "{what}: differs from rsync's: {diffs:#?}");
+    }
+}
+
 /// Compares trees `a` and `b` and returns every difference the options ask for.
 pub fn compare_trees(a: &Path, b: &Path, opts: &CompareOpts) -> Vec<Difference> {
     let mut cmp = Comparer {

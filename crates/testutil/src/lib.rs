@@ -27,7 +27,8 @@ pub mod remote;
 mod tree;
 
 pub use compare::{
-    assert_trees_equal, compare_trees, CompareOpts, Difference, Kind, Side, SparseCheck,
+    assert_trees_equal, assert_trees_match_first, compare_trees, CompareOpts, Difference, Kind,
+    Side, SparseCheck,
 };
 pub use meta::{AclEntry, AclKind, AclTag, FileTime};
 pub use random::{is_root, random_tree, RandomTreeParams, TreeSummary};
