@@ -15,7 +15,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use arsync_testutil::remote::install_fake_ssh;
+use arsync_testutil::remote::{install_fake_ssh, Direction};
 use arsync_testutil::{assert_trees_match_first, compare_trees, is_root, scratch_dir, CompareOpts};
 
 fn arsync_bin() -> OsString {
@@ -144,12 +144,6 @@ fn transfer(
         .unwrap()
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Direction {
-    Push,
-    Pull,
-}
-
 /// Both runs of one pairing; returns the destination.
 fn run_pair(
     work: &Path,
@@ -165,16 +159,7 @@ fn run_pair(
     fs::create_dir_all(&dst).unwrap();
     source_tree(&src);
     dest_tree(&dst);
-    let (from, to) = match dir {
-        Direction::Push => (
-            format!("{}/", src.display()),
-            format!("fakehost:{}", dst.display()),
-        ),
-        Direction::Pull => (
-            format!("fakehost:{}/", src.display()),
-            dst.display().to_string(),
-        ),
-    };
+    let (from, to) = dir.endpoints(&src, &dst);
     for round in 0..2 {
         if round == 1 {
             change_source(&src);
@@ -376,16 +361,7 @@ fn default_acl_instead_of_the_umask() {
                 .status()
                 .unwrap();
             assert!(st.success());
-            let (from, to) = match way {
-                Direction::Push => (
-                    format!("{}/", src.display()),
-                    format!("fakehost:{}", dst.display()),
-                ),
-                Direction::Pull => (
-                    format!("fakehost:{}/", src.display()),
-                    dst.display().to_string(),
-                ),
-            };
+            let (from, to) = way.endpoints(&src, &dst);
             let out = transfer(&client, &server, &rsh, &["-r"], &from, &to);
             let what = format!("{way:?} {label}");
             assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use arsync_testutil::remote::{
-    install_fake_ssh, run_over_shell, start_daemon, write_module_config, Daemon,
+    install_fake_ssh, run_over_shell, start_daemon, write_module_config, Daemon, Direction,
 };
 use arsync_testutil::{assert_trees_match_first, compare_trees, scratch_dir, CompareOpts};
 
@@ -99,12 +99,6 @@ struct Case {
     dir_times: bool,
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Direction {
-    Push,
-    Pull,
-}
-
 struct Run {
     out: Output,
     src: PathBuf,
@@ -124,16 +118,7 @@ fn run(
     fs::create_dir_all(&src).unwrap();
     fs::create_dir_all(&dst).unwrap();
     (case.setup)(&src, &dst);
-    let (from, to) = match dir {
-        Direction::Push => (
-            format!("{}/", src.display()),
-            format!("fakehost:{}", dst.display()),
-        ),
-        Direction::Pull => (
-            format!("fakehost:{}/", src.display()),
-            dst.display().to_string(),
-        ),
-    };
+    let (from, to) = dir.endpoints(&src, &dst);
     let out = run_over_shell(client, server, rsh, case.flags, &from, &to).unwrap();
     Run { out, src, dst }
 }
@@ -1259,16 +1244,7 @@ fn cut_and_resume(tmp: &Path, rsh: &Path, cutting: &Path, keep: &str, data: &[u8
             put(&src, "small.txt", b"small", T0);
             fs::create_dir_all(&dst).unwrap();
             settle(&src);
-            let (from, to) = match dir {
-                Direction::Push => (
-                    format!("{}/", src.display()),
-                    format!("fakehost:{}", dst.display()),
-                ),
-                Direction::Pull => (
-                    format!("fakehost:{}/", src.display()),
-                    dst.display().to_string(),
-                ),
-            };
+            let (from, to) = dir.endpoints(&src, &dst);
             let side = match dir {
                 Direction::Push => "push",
                 Direction::Pull => "pull",

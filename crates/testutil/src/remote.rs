@@ -22,6 +22,32 @@ done
 exec sh -c "$*"
 "#;
 
+/// Which way a remote transfer goes, seen from the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The client sends: `SRC/ fakehost:DST`.
+    Push,
+    /// The client receives: `fakehost:SRC/ DST`.
+    Pull,
+}
+
+impl Direction {
+    /// The client's source and destination arguments for copying the contents of `src`
+    /// into `dst` through [`FAKE_SSH`] (the host name is `fakehost`).
+    pub fn endpoints(self, src: &Path, dst: &Path) -> (String, String) {
+        match self {
+            Direction::Push => (
+                format!("{}/", src.display()),
+                format!("fakehost:{}", dst.display()),
+            ),
+            Direction::Pull => (
+                format!("fakehost:{}/", src.display()),
+                dst.display().to_string(),
+            ),
+        }
+    }
+}
+
 /// Writes [`FAKE_SSH`] as an executable `fake-ssh` in `dir` and returns its path.
 pub fn install_fake_ssh(dir: &Path) -> io::Result<PathBuf> {
     let path = dir.join("fake-ssh");
