@@ -15,7 +15,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use arsync_testutil::remote::{install_fake_ssh, Direction};
+use arsync_testutil::remote::{install_fake_ssh, pairings, Direction};
 use arsync_testutil::{assert_trees_match_first, compare_trees, is_root, scratch_dir, CompareOpts};
 
 fn arsync_bin() -> OsString {
@@ -343,12 +343,7 @@ fn default_acl_instead_of_the_umask() {
     }
     for way in [Direction::Push, Direction::Pull] {
         let mut results = Vec::new();
-        for (label, client, server) in [
-            ("rsync->rsync", rsync_bin(), rsync_bin()),
-            ("arsync->rsync", arsync_bin(), rsync_bin()),
-            ("rsync->arsync", rsync_bin(), arsync_bin()),
-            ("arsync->arsync", arsync_bin(), arsync_bin()),
-        ] {
+        for (label, client, server) in pairings(&arsync_bin()) {
             let work = tmp.path().join(format!("{way:?}-{label}"));
             let (src, dst) = (work.join("src"), work.join("dst"));
             put(&src, "all.txt", b"world writable", 0o777, T0);

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use arsync_testutil::remote::{
-    install_fake_ssh, run_over_shell, start_daemon, write_module_config, Daemon, Direction,
+    install_fake_ssh, pairings, run_over_shell, start_daemon, write_module_config, Daemon,
+    Direction,
 };
 use arsync_testutil::{assert_trees_match_first, compare_trees, scratch_dir, CompareOpts};
 
@@ -856,12 +857,7 @@ fn files_from_local_list() {
         let rsh = install_fake_ssh(tmp.path()).unwrap();
         for &dir in dirs {
             let mut results = Vec::new();
-            for (label, client, server) in [
-                ("rsync->rsync", rsync_bin(), rsync_bin()),
-                ("arsync->rsync", arsync_bin(), rsync_bin()),
-                ("rsync->arsync", rsync_bin(), arsync_bin()),
-                ("arsync->arsync", arsync_bin(), arsync_bin()),
-            ] {
+            for (label, client, server) in pairings(&arsync_bin()) {
                 let work = tmp.path().join(format!("{dir:?}-{label}"));
                 let (src, dst) = (work.join("src"), work.join("dst"));
                 fs::create_dir_all(&src).unwrap();
@@ -1228,12 +1224,7 @@ fn cut_and_resume(tmp: &Path, rsh: &Path, cutting: &Path, keep: &str, data: &[u8
     let in_dir = keep.starts_with("--partial-dir");
     let flags = ["-a", keep, "--stats"];
     let mut finals = Vec::new();
-    for (label, client, server) in [
-        ("rsync->rsync", rsync_bin(), rsync_bin()),
-        ("arsync->rsync", arsync_bin(), rsync_bin()),
-        ("rsync->arsync", rsync_bin(), arsync_bin()),
-        ("arsync->arsync", arsync_bin(), arsync_bin()),
-    ] {
+    for (label, client, server) in pairings(&arsync_bin()) {
         for dir in [Direction::Push, Direction::Pull] {
             let what = format!("{label} {dir:?}");
             let work = tmp.join(format!("{label}-{dir:?}"));
@@ -1429,12 +1420,7 @@ fn transfer_mode_conflicts_are_usage_errors() {
         &["-a", "--inplace", "--partial-dir=.part"],
         &["-a", "--append", "-W"],
     ] {
-        for (label, client, server) in [
-            ("rsync->rsync", rsync_bin(), rsync_bin()),
-            ("arsync->rsync", arsync_bin(), rsync_bin()),
-            ("rsync->arsync", rsync_bin(), arsync_bin()),
-            ("arsync->arsync", arsync_bin(), arsync_bin()),
-        ] {
+        for (label, client, server) in pairings(&arsync_bin()) {
             let dst = tmp.path().join(format!("{label}-{}", flags[2]));
             fs::create_dir_all(&dst).unwrap();
             let out = run_over_shell(

@@ -3,7 +3,7 @@
 //! the user's shell. Lets a test pair any client (arsync, rsync) with any
 //! server program (`--rsync-path`).
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,18 @@ while [ $# -gt 0 ]; do
 done
 exec sh -c "$*"
 "#;
+
+/// Every client -> server pairing of `arsync` and the system's `rsync`, labelled
+/// `client->server`, rsync->rsync (the reference) first.
+pub fn pairings(arsync: &OsStr) -> [(&'static str, OsString, OsString); 4] {
+    let (a, r) = (arsync.to_os_string(), OsString::from("rsync"));
+    [
+        ("rsync->rsync", r.clone(), r.clone()),
+        ("arsync->rsync", a.clone(), r.clone()),
+        ("rsync->arsync", r, a.clone()),
+        ("arsync->arsync", a.clone(), a),
+    ]
+}
 
 /// Which way a remote transfer goes, seen from the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
