@@ -1166,20 +1166,16 @@ fn temp_dir_must_exist() {
 /// A stand-in for ssh whose connection breaks after `$CUT` bytes: of the
 /// client's output for a push (`$CUT_SIDE` = push), of the server's output
 /// for a pull.
-const CUTTING_SSH: &str = r#"#!/bin/sh
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -l|-p|-o|-i) shift 2 ;;
-    -*) shift ;;
-    *) shift; break ;;
-  esac
-done
-if [ "$CUT_SIDE" = push ]; then
+const CUTTING_SSH: &str = concat!(
+    "#!/bin/sh\n",
+    arsync_testutil::ssh_skip_to_command!(),
+    r#"if [ "$CUT_SIDE" = push ]; then
   dd bs=65536 iflag=count_bytes count="$CUT" status=none | sh -c "$*"
 else
   sh -c "$*" | dd bs=65536 iflag=count_bytes count="$CUT" status=none
 fi
-"#;
+"#
+);
 
 /// The number in rsync's (or arsync's) `--stats` line `Matched data: N bytes`.
 fn matched_bytes(stdout: &[u8]) -> Option<u64> {

@@ -11,16 +11,27 @@ use std::process::{Command, Output, Stdio};
 
 /// The stand-in for ssh: skips its options and the host name, then runs
 /// the remaining words through `sh -c`.
-pub const FAKE_SSH: &str = r#"#!/bin/sh
-while [ $# -gt 0 ]; do
+pub const FAKE_SSH: &str = concat!(
+    "#!/bin/sh\n",
+    crate::ssh_skip_to_command!(),
+    "exec sh -c \"$*\"\n"
+);
+
+/// The start of every stand-in for ssh, as a string literal (for `concat!`): a shell loop
+/// that drops ssh's options and the host name, leaving the remote command in `$*`.
+#[macro_export]
+macro_rules! ssh_skip_to_command {
+    () => {
+        r#"while [ $# -gt 0 ]; do
   case "$1" in
     -l|-p|-o|-i) shift 2 ;;
     -*) shift ;;
     *) shift; break ;;
   esac
 done
-exec sh -c "$*"
-"#;
+"#
+    };
+}
 
 /// Every client -> server pairing of `arsync` and the system's `rsync`, labelled
 /// `client->server`, rsync->rsync (the reference) first.
