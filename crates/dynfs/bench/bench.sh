@@ -11,6 +11,7 @@ WORK=${1:-/var/tmp/dynfs-bench}
 SEQ_MIB=${2:-2048}
 SMALL=${3:-10000}
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
+. "$(dirname "$0")/lib.sh"
 BIN=${DYNFS_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/dynfs}
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release -p dynfs)
 
@@ -19,27 +20,14 @@ rm -rf "$WORK"; mkdir -p "$WORK/src-small" "$WORK/direct"
 SRC=$(mktemp -d /dev/shm/dynfs-bench-src.XXXXXX)
 trap 'fusermount3 -u "$WORK/mnt" 2>/dev/null || true; rm -rf "$SRC"' EXIT
 head -c $((SEQ_MIB << 20)) /dev/urandom > "$SRC/big"
-python3 - "$SRC/small" "$SMALL" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, "d%03d" % (i // 100))
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "f%05d" % i), "wb") as f:
-        f.write(os.urandom(4096))
-PY
+small_tree "$SRC/small" "$SMALL"
 
-now() { date +%s.%N; }
-secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 
 # Both sides promise the same durability when the clock stops: the big file is fsynced
 # (`sync FILE`), and after the small files a global `sync` is followed by an fsync of their
 # directory (`sync DIR`). `sync -f`/`sync` alone would not do for the mount: the kernel does not
 # pass syncfs on to a FUSE filesystem, so dynfs would be timed without making anything durable;
 # fsync of a file or directory on the mount makes every change so far durable.
-# CPU seconds (user + system) used so far by process $1 (0 when not given).
-cpu() { [ -n "${1:-}" ] && awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat" || echo 0; }
 
 measure() { # label dest-dir [daemon-pid]
     local label=$1 dst=$2 pid=${3:-} t0 t1 t2 t3 t4 c0 c1 c2
@@ -71,13 +59,8 @@ measure direct "$WORK/direct"
 disk_floor "direct-1.5x(rs:4+2 bytes)" 3
 disk_floor "direct-3x(replicate:3 bytes)" 6
 for policy in rs:4+2 replicate:3; do
-    rm -rf "$WORK/pool" "$WORK"/disk* "$WORK/mnt"; mkdir -p "$WORK/mnt"
-    args=()
-    for i in 1 2 3 4 5 6; do mkdir -p "$WORK/disk$i"; args+=(--disk "$WORK/disk$i"); done
-    "$BIN" init "$WORK/pool" "${args[@]}" --policy "$policy" --extent-size 1MiB > /dev/null
-    "$BIN" mount "$WORK/pool" "$WORK/mnt"
-    pid=$(pgrep -n -f "mount $WORK/pool $WORK/mnt" || true)
-    measure "dynfs-$policy" "$WORK/mnt" "$pid"
+    mount_pool "$BIN" "$policy"
+    measure "dynfs-$policy" "$WORK/mnt" "$POOL_PID"
     fusermount3 -u "$WORK/mnt"
     sleep 1
 done

@@ -14,33 +14,21 @@
 set -euo pipefail
 WORK=$1 FILES=$2 ROUNDS=$3 POLICY=$4
 shift 4
+. "$(dirname "$0")/lib.sh"
 rm -rf "$WORK"; mkdir -p "$WORK"
 SRC=$(mktemp -d /dev/shm/dynfs-small-src.XXXXXX)
 trap 'fusermount3 -u "$WORK/mnt" 2>/dev/null || true; rm -rf "$SRC"' EXIT
-python3 - "$SRC/small" "$FILES" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, "d%03d" % (i // 100))
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "f%05d" % i), "wb") as f:
-        f.write(os.urandom(4096))
-PY
+small_tree "$SRC/small" "$FILES"
 
-now() { date +%s.%N; }
-secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
-# user + system seconds of a process so far
-cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 
 # label dest-dir [daemon pid]
 measure() {
     local label=$1 dst=$2 pid=${3:-} t0 t1 t2 c0=0 c1=0
     drop
-    [ -n "$pid" ] && c0=$(cpu "$pid")
+    c0=$(cpu "$pid")
     t0=$(now); cp -a "$SRC/small" "$dst/small"; t1=$(now)
     sync; sync "$dst/small"; t2=$(now)
-    [ -n "$pid" ] && c1=$(cpu "$pid")
+    c1=$(cpu "$pid")
     echo "$label copy_s=$(secs "$t0" "$t1") durable_s=$(secs "$t1" "$t2") total_s=$(secs "$t0" "$t2") daemon_cpu_s=$(secs "$c0" "$c1") load=$(cut -d' ' -f1 /proc/loadavg)"
 }
 
@@ -48,13 +36,8 @@ for round in $(seq "$ROUNDS"); do
     rm -rf "$WORK/direct"; mkdir -p "$WORK/direct"
     measure "round=$round direct" "$WORK/direct"
     for bin in "$@"; do
-        rm -rf "$WORK/pool" "$WORK"/disk* "$WORK/mnt"; mkdir -p "$WORK/mnt"
-        args=()
-        for i in 1 2 3 4 5 6; do mkdir -p "$WORK/disk$i"; args+=(--disk "$WORK/disk$i"); done
-        "$bin" init "$WORK/pool" "${args[@]}" --policy "$POLICY" --extent-size 1MiB > /dev/null
-        "$bin" mount "$WORK/pool" "$WORK/mnt"
-        pid=$(pgrep -n -f "^$bin mount $WORK/pool" || true)
-        measure "round=$round $bin $POLICY" "$WORK/mnt" "$pid"
+        mount_pool "$bin" "$POLICY"
+        measure "round=$round $bin $POLICY" "$WORK/mnt" "$POOL_PID"
         fusermount3 -u "$WORK/mnt"
         sleep 1
     done
