@@ -77,15 +77,7 @@ fn kill9_during_writes_keeps_fsynced_files() {
         }
         m.unmount();
     }
-    // The mount-time gc already collected every orphan: a second gc finds nothing, scrub is clean.
-    let out = run_ok(&["gc", m.pool.to_str().unwrap()]);
-    assert!(out.contains("removed 0 orphan fragments"), "{out}");
-    let scrub = run(&["scrub", m.pool.to_str().unwrap()]);
-    assert!(
-        scrub.status.success(),
-        "{}",
-        String::from_utf8_lossy(&scrub.stdout)
-    );
+    assert_no_orphans_and_scrub_clean(&m.pool);
     assert!(
         synced.lock().unwrap().len() >= ROUNDS as usize / 2,
         "the test barely wrote anything"
@@ -180,18 +172,24 @@ fn kill9_during_small_file_copies_keeps_files_closed_before_an_fsync() {
         }
         m.unmount();
     }
-    let out = run_ok(&["gc", m.pool.to_str().unwrap()]);
-    assert!(out.contains("removed 0 orphan fragments"), "{out}");
-    let scrub = run(&["scrub", m.pool.to_str().unwrap()]);
-    assert!(
-        scrub.status.success(),
-        "{}",
-        String::from_utf8_lossy(&scrub.stdout)
-    );
+    assert_no_orphans_and_scrub_clean(&m.pool);
     assert!(
         durable.len() >= 25 * ROUNDS as usize / 2,
         "the test barely wrote anything: {} durable files",
         durable.len()
     );
     assert!(checked_maybe > 0, "no unsynced file was ever checked");
+}
+
+/// After the crash rounds: the mount-time gc already collected every orphan (a second gc
+/// finds nothing) and a scrub of the pool is clean.
+fn assert_no_orphans_and_scrub_clean(pool: &std::path::Path) {
+    let out = run_ok(&["gc", pool.to_str().unwrap()]);
+    assert!(out.contains("removed 0 orphan fragments"), "{out}");
+    let scrub = run(&["scrub", pool.to_str().unwrap()]);
+    assert!(
+        scrub.status.success(),
+        "{}",
+        String::from_utf8_lossy(&scrub.stdout)
+    );
 }
