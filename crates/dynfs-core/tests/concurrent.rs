@@ -76,14 +76,7 @@ fn hammer(fs: &Arc<Fs>, ino: u64, seed: u64, before: Vec<u8>) -> Vec<u8> {
                     }
                     2 if rounds % 8 == 2 => {
                         // An extending truncate to the final length changes no data.
-                        fs.setattr(
-                            ino,
-                            SetAttr {
-                                size: Some(len as u64),
-                                ..Default::default()
-                            },
-                        )
-                        .unwrap();
+                        set_size(&fs, ino, len as u64);
                     }
                     _ => std::thread::yield_now(),
                 }
@@ -177,22 +170,8 @@ fn concurrent_overwrite_of_committed_file_and_truncate() {
     // the cut-off tail reads as zeros.
     let cut = len / 3 + 1234;
     fs.write(ino, 10, b"late").unwrap();
-    fs.setattr(
-        ino,
-        SetAttr {
-            size: Some(cut as u64),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    fs.setattr(
-        ino,
-        SetAttr {
-            size: Some(len as u64),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    set_size(&fs, ino, cut as u64);
+    set_size(&fs, ino, len as u64);
     let mut expect = want;
     expect[10..14].copy_from_slice(b"late");
     expect[cut..].fill(0);
@@ -201,4 +180,16 @@ fn concurrent_overwrite_of_committed_file_and_truncate() {
     fs.sync().unwrap();
     drop(fs);
     assert!(get_file(&tp.open(), "f") == expect);
+}
+
+/// Truncates or extends `ino` to `size` bytes.
+fn set_size(fs: &Fs, ino: u64, size: u64) {
+    fs.setattr(
+        ino,
+        SetAttr {
+            size: Some(size),
+            ..Default::default()
+        },
+    )
+    .unwrap();
 }
