@@ -2011,6 +2011,8 @@ impl Fs {
     pub fn set_policy(&self, ino: u64, policy: Option<Policy>) -> Result<()> {
         if let Some(p) = policy {
             self.pool.check_placeable(p)?;
+            // The metadata (and the inline data of small files) needs replicas enough for it.
+            self.pool.require_tolerance(p.tolerance())?;
         }
         self.flush(ino)?;
         let i = self.pool.meta.write_lazy(move |tx| {

@@ -1,14 +1,29 @@
 //! Metadata: redb tables, record types, and replication of the database over several disks.
 //!
-//! Every disk in the pool that is not failed holds a replica `meta/dynfs.redb`. A metadata change
-//! is a closure applied, in a redb write transaction, to every live replica (lazy changes are
-//! gathered in batches, see [`MetaStore::write_lazy`]); each
-//! durable transaction also increments the `generation` counter (lazy, non-durable changes do
-//! not: they are lost on a crash on every replica alike, so replicas that made the same
-//! durable commits always have the same generation). Opening the pool reads every replica,
-//! takes the one with the highest generation that opens cleanly, and copies it over stale,
-//! damaged or missing replicas. Losing any M disks (M = tolerance of the default policy, and we
-//! keep a replica on every disk) therefore loses no metadata.
+//! The database has replicas `meta/dynfs.redb` on R = M + 1 disks of the pool, where M is the
+//! highest tolerance of any policy in use (see [`TOLERANCE`]): losing any M disks loses no
+//! metadata, and small files' data, stored inline in the metadata, is as redundant as its
+//! policy asks. The pool chooses the replica disks (its [`Placement`]); every replica records
+//! the set of replica disks ([`put_replica_set`]) in the same durable commits that change it.
+//!
+//! A metadata change is a closure applied, in a redb write transaction, to every live replica
+//! (lazy changes are gathered in batches, see [`MetaStore::write_lazy`]); each durable
+//! transaction also increments the `generation` counter (lazy, non-durable changes do not: they
+//! are lost on a crash on every replica alike, so replicas that made the same durable commits
+//! always have the same generation).
+//!
+//! Invariants:
+//! - The replica set only changes through [`MetaStore::place`]: new replicas are copies of the
+//!   primary made after a durable commit, and join the set in a durable commit that every old
+//!   replica (also those leaving) makes too; only then are the leaving replicas deleted. So at
+//!   every instant at least min(R, old count) replicas hold the newest generation and list
+//!   themselves in their recorded set.
+//! - Opening the pool reads every replica file on the present disks, takes the highest
+//!   generation that opens cleanly (among equal generations, one that lists itself), and adopts
+//!   its recorded set: replicas of member disks that are stale, damaged or missing are copied
+//!   over; files on disks outside the set are former replicas (a lower generation, or a set
+//!   without them) and are deleted. Pools made before the set was recorded have a replica on
+//!   every disk: all of them count as members, and the pool then converges to R replicas.
 //!
 //! Tables are keyed by a *tree* id: tree 0 is the live filesystem, trees >= 1 are snapshots.
 
@@ -49,6 +64,13 @@ pub const DISKS: TableDefinition<u32, &[u8]> = TableDefinition::new("disks");
 pub const SNAPS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
 /// Named state blobs (scrub and rebuild checkpoints).
 pub const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+
+/// [`SUPER`] counter: the highest tolerance (M) of any policy the pool uses or has used (the
+/// default policy and every `user.dynfs.policy` override). The metadata is kept on M + 1 disks.
+pub const TOLERANCE: &str = "meta_tolerance";
+
+/// [`STATE`] key of the disk ids holding metadata replicas (postcard `Vec<u32>`).
+pub const REPLICA_SET: &str = "meta_replicas";
 
 /// The live filesystem's tree id.
 pub const LIVE: u64 = 0;
@@ -203,8 +225,9 @@ pub struct Extent {
 
 impl Extent {
     /// Whether the extent's data is stored in the metadata ([`INLINE`]) rather than in
-    /// fragment files: it then has no fragments. The metadata is replicated on every disk, so
-    /// inline data is at least as redundant as any policy.
+    /// fragment files: it then has no fragments. The metadata has replicas on M + 1 disks for
+    /// the highest tolerance M of any policy in use, so inline data is as redundant as its
+    /// policy asks.
     pub fn is_inline(&self) -> bool {
         self.frags.is_empty()
     }
@@ -277,6 +300,26 @@ pub fn alloc(tx: &WriteTransaction, name: &str, first: u64) -> Result<u64> {
     let v = counter(tx, name)?.max(first);
     set_counter(tx, name, v + 1)?;
     Ok(v)
+}
+
+/// In a metadata transaction: record the disks holding metadata replicas.
+pub fn put_replica_set(tx: &WriteTransaction, disks: &[u32]) -> Result<()> {
+    let mut v = disks.to_vec();
+    v.sort_unstable();
+    tx.open_table(STATE)?
+        .insert(REPLICA_SET, enc(&v)?.as_slice())?;
+    Ok(())
+}
+
+/// The recorded replica disks of a database (`None` for pools made before it was recorded).
+fn replica_set_of(tx: &ReadTransaction) -> Result<Option<Vec<u32>>> {
+    let t = match tx.open_table(STATE) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let v = t.get(REPLICA_SET)?;
+    v.map(|g| dec(g.value())).transpose()
 }
 
 /// A lazy metadata change waiting to be applied to a secondary replica.
@@ -373,6 +416,11 @@ struct Shared {
     wake: std::sync::Condvar,
     /// Set when the store is dropped: the catch-up thread exits.
     closing: AtomicBool,
+    /// Disks whose replica failed since the store was opened: dropped from the live set and
+    /// kept out of placement until the next open.
+    lost: Mutex<Vec<u32>>,
+    /// A replica was lost: the next durable commit places a new one ([`MetaStore::place`]).
+    short: AtomicBool,
 }
 
 impl Shared {
@@ -393,7 +441,16 @@ impl Shared {
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .retain(|r| !failed.contains(&r.disk));
+            self.lost
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(failed);
+            self.short.store(true, Ordering::Release);
         }
+    }
+
+    fn lost(&self) -> Vec<u32> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Background catch-up: apply the queued lazy changes to each secondary in one
@@ -415,7 +472,7 @@ impl Shared {
             match commit::<()>(r, &ops[from..], None, false) {
                 Ok(_) => *applied = end,
                 Err(e) => {
-                    tracing::error!(disk = r.disk, error = %e, "metadata replica failed; dropped until next open");
+                    tracing::error!(disk = r.disk, error = %e, "metadata replica failed; replaced at the next durable commit");
                     failed.push(r.disk);
                 }
             }
@@ -438,7 +495,7 @@ impl Shared {
             match commit::<()>(r, &ops, None, false) {
                 Ok(_) => *applied = q.end(),
                 Err(e) => {
-                    tracing::error!(disk = r.disk, error = %e, "metadata replica failed; dropped until next open");
+                    tracing::error!(disk = r.disk, error = %e, "metadata replica failed; replaced at the next durable commit");
                     failed.push(r.disk);
                 }
             }
@@ -587,7 +644,17 @@ pub struct OpenReport {
     pub source_disk: u32,
     /// Disks whose replica was stale, damaged or missing and was replaced.
     pub resynced: Vec<u32>,
+    /// Disks in the recorded replica set (every disk for a pool made before the set was
+    /// recorded).
+    pub members: Vec<u32>,
+    /// Disks holding a former replica (outside the recorded set), which was deleted.
+    pub stale_removed: Vec<u32>,
 }
+
+/// Chooses the disks that should hold metadata replicas: given the disks holding live
+/// replicas (the primary first) and disks to leave out, returns the disks (with the path of
+/// their replica file) that should hold them. Must be deterministic.
+pub type Placement = Arc<dyn Fn(&[u32], &[u32]) -> Vec<(u32, PathBuf)> + Send + Sync>;
 
 /// A replicated redb database.
 pub struct MetaStore {
@@ -596,6 +663,7 @@ pub struct MetaStore {
     shared: Arc<Shared>,
     catch_up_thread: Option<std::thread::JoinHandle<()>>,
     pre_durable: OnceLock<PreDurable>,
+    placement: OnceLock<Placement>,
     dirty: AtomicBool,
     commits: std::sync::atomic::AtomicU64,
 }
@@ -619,6 +687,24 @@ fn generation_of(db: &Database) -> Result<u64> {
     let t = tx.open_table(SUPER)?;
     let v = t.get("generation")?.map(|g| g.value());
     v.ok_or_else(|| Error::Meta("no generation counter".into()))
+}
+
+/// What opening reads from one replica file.
+struct Found {
+    db: Database,
+    generation: u64,
+    set: Option<Vec<u32>>,
+}
+
+fn read_replica(path: &Path) -> Result<Found> {
+    let db = open_db(path)?;
+    let generation = generation_of(&db)?;
+    let set = replica_set_of(&db.begin_read()?)?;
+    Ok(Found {
+        db,
+        generation,
+        set,
+    })
 }
 
 fn copy_durable(from: &Path, to: &Path) -> Result<()> {
@@ -652,56 +738,138 @@ impl MetaStore {
             replicas.push(Replica::new(*disk, path.clone(), db, 0));
         }
         let store = MetaStore::with_replicas(replicas);
-        store.write(init)?;
+        let disks: Vec<u32> = paths.iter().map(|(d, _)| *d).collect();
+        store.write(|tx| {
+            init(tx)?;
+            put_replica_set(tx, &disks)
+        })?;
         Ok(store)
     }
 
-    /// Open the replicas at `paths`, choose the newest valid generation and resync the others.
+    /// Open the replica files at `paths` (every present disk of the pool: disk id, file path),
+    /// choose the newest valid generation, adopt its recorded replica set, resync the members'
+    /// stale, damaged or missing replicas and delete former replicas outside the set.
+    ///
+    /// A member whose replica cannot be resynced is left out (and reported in the log); the
+    /// pool then places a replacement ([`MetaStore::place`]).
     pub fn open(paths: &[(u32, PathBuf)]) -> Result<(Self, OpenReport)> {
-        let mut best: Option<(u64, usize)> = None;
-        let mut gens = vec![None; paths.len()];
-        for (i, (disk, path)) in paths.iter().enumerate() {
+        let mut found: Vec<Option<Found>> = Vec::with_capacity(paths.len());
+        for (disk, path) in paths {
             if !path.exists() {
+                found.push(None);
                 continue;
             }
-            match open_db(path).and_then(|db| generation_of(&db)) {
-                Ok(g) => {
-                    gens[i] = Some(g);
-                    if best.is_none_or(|(bg, _)| g > bg) {
-                        best = Some((g, i));
-                    }
-                }
+            match read_replica(path) {
+                Ok(f) => found.push(Some(f)),
                 Err(e) => {
-                    tracing::warn!(disk, path = %path.display(), error = %e, "metadata replica unusable")
+                    tracing::warn!(disk, path = %path.display(), error = %e, "metadata replica unusable");
+                    found.push(None);
                 }
             }
         }
-        let (generation, src) = best.ok_or_else(|| {
-            Error::Meta("no readable metadata replica on any disk of the pool".into())
-        })?;
+        // The newest generation; among equals, a replica that lists itself (a replica that
+        // left the set made the commit recording its departure, with the same content).
+        let lists_self = |i: usize| {
+            found[i]
+                .as_ref()
+                .is_some_and(|f| f.set.as_ref().is_none_or(|s| s.contains(&paths[i].0)))
+        };
+        let src = (0..paths.len())
+            .filter_map(|i| found[i].as_ref().map(|f| (f.generation, lists_self(i), i)))
+            .max_by_key(|&(g, own, i)| (g, own, std::cmp::Reverse(i)))
+            .map(|(_, _, i)| i)
+            .ok_or_else(|| {
+                Error::Meta("no readable metadata replica on any disk of the pool".into())
+            })?;
+        let (generation, members) = match &found[src] {
+            Some(f) => (
+                f.generation,
+                f.set
+                    .clone()
+                    .unwrap_or_else(|| paths.iter().map(|(d, _)| *d).collect()),
+            ),
+            None => return Err(Error::Meta("chosen metadata replica vanished".into())),
+        };
         let mut report = OpenReport {
             generation,
             source_disk: paths[src].0,
-            resynced: Vec::new(),
+            members: members.clone(),
+            ..Default::default()
         };
-        for (i, (disk, path)) in paths.iter().enumerate() {
-            if i != src && gens[i] != Some(generation) {
-                tracing::info!(
-                    disk,
-                    "resyncing metadata replica from disk {}",
-                    paths[src].0
-                );
-                copy_durable(&paths[src].1, path)?;
-                report.resynced.push(*disk);
-            }
-        }
+        let current = |f: &Found| {
+            f.generation == generation
+                && f.set.as_ref().is_none_or(|s| {
+                    let mut s = s.clone();
+                    s.sort_unstable();
+                    let mut m = members.clone();
+                    m.sort_unstable();
+                    s == m
+                })
+        };
+        let src_path = paths[src].1.clone();
         let mut replicas = Vec::new();
         // The chosen replica first: it is the one reads use.
         let order = std::iter::once(src).chain((0..paths.len()).filter(|&i| i != src));
         for i in order {
             let (disk, path) = &paths[i];
-            let db = Database::builder().set_cache_size(32 << 20).open(path)?;
+            if !members.contains(disk) {
+                continue;
+            }
+            let db = match found[i].take() {
+                Some(f) if current(&f) => f.db,
+                other => {
+                    drop(other);
+                    tracing::info!(
+                        disk,
+                        "resyncing metadata replica from disk {}",
+                        paths[src].0
+                    );
+                    match copy_durable(&src_path, path).and_then(|()| {
+                        Ok(Database::builder().set_cache_size(32 << 20).open(path)?)
+                    }) {
+                        Ok(db) => {
+                            report.resynced.push(*disk);
+                            db
+                        }
+                        Err(e) => {
+                            tracing::error!(disk, error = %e, "cannot resync metadata replica; left out");
+                            continue;
+                        }
+                    }
+                }
+            };
             replicas.push(Replica::new(*disk, path.clone(), db, 0));
+        }
+        if replicas.is_empty() {
+            // No member could be opened or resynced, but the newest replica (which had left
+            // the set in its last commit) holds everything: it serves until placement runs.
+            if let Some(f) = found[src].take() {
+                tracing::warn!(disk = paths[src].0, "no member of the metadata replica set is usable; using a former replica of the newest generation");
+                replicas.push(Replica::new(paths[src].0, src_path.clone(), f.db, 0));
+                report.members.push(paths[src].0);
+            }
+        }
+        // Replicas outside the set are former ones (an older generation, or the commit that
+        // recorded their departure): delete them. Damaged files are left alone.
+        for (i, (disk, path)) in paths.iter().enumerate() {
+            if report.members.contains(disk) {
+                continue;
+            }
+            if found[i].take().is_none() {
+                if path.exists() {
+                    tracing::warn!(disk, path = %path.display(), "unreadable metadata file outside the replica set left in place");
+                }
+                continue;
+            }
+            match std::fs::remove_file(path) {
+                Ok(()) => {
+                    tracing::info!(disk, "removed a former metadata replica");
+                    report.stale_removed.push(*disk);
+                }
+                Err(e) => {
+                    tracing::warn!(disk, error = %e, "cannot remove a former metadata replica")
+                }
+            }
         }
         Ok((MetaStore::with_replicas(replicas), report))
     }
@@ -712,11 +880,14 @@ impl MetaStore {
             queue: Mutex::new(Queue::default()),
             wake: std::sync::Condvar::new(),
             closing: AtomicBool::new(false),
+            lost: Mutex::new(Vec::new()),
+            short: AtomicBool::new(false),
         });
         MetaStore {
             catch_up_thread: spawn_catch_up(&shared),
             shared,
             pre_durable: OnceLock::new(),
+            placement: OnceLock::new(),
             dirty: AtomicBool::new(false),
             commits: Default::default(),
         }
@@ -844,6 +1015,23 @@ impl MetaStore {
     /// next open).
     fn apply<T>(&self, f: impl Fn(&WriteTransaction) -> Result<T> + Sync) -> Result<T> {
         let mut q = self.shared.lock_queue();
+        let out = self.apply_locked(&mut q, f)?;
+        if self.shared.short.load(Ordering::Acquire) {
+            // A replica failed (in this commit or a background catch-up): replace it now,
+            // so that the count is short for as little time as possible.
+            if let Err(e) = self.place_locked(&mut q, &[]) {
+                tracing::error!(error = %e, "cannot replace a lost metadata replica");
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`MetaStore::apply`] with the queue lock held by the caller.
+    fn apply_locked<T>(
+        &self,
+        q: &mut Queue,
+        f: impl Fn(&WriteTransaction) -> Result<T> + Sync,
+    ) -> Result<T> {
         if let Some(pre) = self.pre_durable.get() {
             pre()?;
         }
@@ -883,7 +1071,7 @@ impl MetaStore {
             return Err(e);
         }
         self.commits.fetch_add(1, Ordering::Relaxed);
-        let queue: &Queue = &q;
+        let queue: &Queue = q;
         let end = queue.end() + 1;
         let failed: Vec<u32> = std::thread::scope(|s| {
             let handles: Vec<_> = replicas[1..]
@@ -907,7 +1095,7 @@ impl MetaStore {
                 .filter_map(|(disk, h)| match h.join() {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => {
-                        tracing::error!(disk, error = %e, "metadata replica failed; dropped until next open");
+                        tracing::error!(disk, error = %e, "metadata replica failed; replaced after this commit");
                         Some(disk)
                     }
                     Err(_) => Some(disk),
@@ -937,36 +1125,131 @@ impl MetaStore {
         Ok(v)
     }
 
-    /// Add a replica on a new disk by copying the primary (no write may be running: takes the lock).
-    pub fn add_replica(&self, disk: u32, path: &Path) -> Result<()> {
-        let mut q = self.shared.lock_queue();
-        q.commit_batch()?;
-        self.shared.catch_up(&mut q);
-        let primary = self.primary()?;
-        copy_durable(&primary.path, path)?;
-        let db = Database::builder().set_cache_size(32 << 20).open(path)?;
-        self.shared
-            .replicas
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Replica::new(disk, path.to_path_buf(), db, q.end()));
-        Ok(())
+    /// The replica set recorded in the primary (what the last durable commit wrote).
+    pub fn recorded_replica_disks(&self) -> Result<Vec<u32>> {
+        let tx = self.read()?;
+        Ok(replica_set_of(&tx)?.unwrap_or_default())
     }
 
-    /// Stop maintaining the replica on `disk`.
-    pub fn remove_replica(&self, disk: u32) {
-        let mut q = self.shared.lock_queue();
-        // The next primary must have every change the current one has.
-        if let Err(e) = q.commit_batch() {
-            tracing::error!(error = %e, "committing metadata changes failed");
-        }
-        self.shared.catch_up(&mut q);
-        self.shared
-            .replicas
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|r| r.disk != disk);
+    /// Register how replica disks are chosen (set once by the pool, before the first
+    /// [`MetaStore::place`]).
+    pub fn set_placement(&self, p: Placement) {
+        let _ = self.placement.set(p);
     }
+
+    /// Move the replicas to the disks the placement chooses, leaving out `exclude` (and disks
+    /// whose replica failed since open): new replicas are copied from the primary and join
+    /// the set in a durable commit before any replica leaves it, so there are never fewer
+    /// valid replicas than before or than needed. A no-op when the live replicas, the recorded
+    /// set and the placement agree. Takes the write lock (writers wait meanwhile).
+    pub fn place(&self, exclude: &[u32]) -> Result<()> {
+        let mut q = self.shared.lock_queue();
+        self.place_locked(&mut q, exclude)
+    }
+
+    fn place_locked(&self, q: &mut Queue, exclude: &[u32]) -> Result<()> {
+        let Some(placement) = self.placement.get() else {
+            return Ok(());
+        };
+        let mut excluded = exclude.to_vec();
+        // Each round either ends or leaves out one more disk (whose copy or commit failed).
+        for _ in 0..64 {
+            self.shared.short.store(false, Ordering::Release);
+            excluded.extend(self.shared.lost());
+            let live = self.live();
+            let live_ids: Vec<u32> = live.iter().map(|r| r.disk).collect();
+            let desired = placement(&live_ids, &excluded);
+            if desired.is_empty() {
+                return Err(Error::Meta(
+                    "no disk can hold a metadata replica (every disk is missing or failed)".into(),
+                ));
+            }
+            let want: Vec<u32> = desired.iter().map(|(d, _)| *d).collect();
+            let recorded = {
+                let primary = self.primary()?;
+                let b = q.batch(&primary)?;
+                let t = b.tx.open_table(STATE)?;
+                let v = t.get(REPLICA_SET)?;
+                v.map(|g| dec::<Vec<u32>>(g.value())).transpose()?
+            };
+            if same_disks(&want, &live_ids) && recorded.is_some_and(|r| same_disks(&r, &want)) {
+                return Ok(());
+            }
+            let new: Vec<&(u32, PathBuf)> = desired
+                .iter()
+                .filter(|(d, _)| !live_ids.contains(d))
+                .collect();
+            if !new.is_empty() {
+                // A durable commit first: the primary's file then holds every change, and every
+                // live replica has the same generation as the copies.
+                self.apply_locked(q, |_| Ok(()))?;
+                let primary = self.primary()?;
+                let mut failed = false;
+                for (disk, path) in new {
+                    let copied = copy_durable(&primary.path, path).and_then(|()| {
+                        Ok(Database::builder().set_cache_size(32 << 20).open(path)?)
+                    });
+                    match copied {
+                        Ok(db) => {
+                            tracing::info!(disk, "metadata replica created");
+                            self.shared
+                                .replicas
+                                .write()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(Replica::new(*disk, path.clone(), db, q.end()));
+                        }
+                        Err(e) => {
+                            tracing::error!(disk, error = %e, "cannot create a metadata replica; trying another disk");
+                            let _ = std::fs::remove_file(path);
+                            excluded.push(*disk);
+                            failed = true;
+                        }
+                    }
+                }
+                if failed {
+                    continue;
+                }
+            }
+            // Every replica, also those leaving, records the new set (leaving ones then know
+            // they are former replicas, should they survive their deletion).
+            self.apply_locked(q, |tx| put_replica_set(tx, &want))?;
+            if self.shared.short.load(Ordering::Acquire) {
+                continue;
+            }
+            let leaving: Vec<Arc<Replica>> = {
+                let mut replicas = self
+                    .shared
+                    .replicas
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
+                let (stay, leave) = replicas.drain(..).partition(|r| want.contains(&r.disk));
+                *replicas = stay;
+                leave
+            };
+            for r in leaving {
+                tracing::info!(disk = r.disk, "metadata replica removed");
+                let path = r.path.clone();
+                // Waits for a background catch-up of this replica, then closes it.
+                drop(r.applied());
+                drop(r);
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete a former metadata replica");
+                }
+            }
+            return Ok(());
+        }
+        Err(Error::Meta(
+            "metadata replicas could not be placed: too many disks failed".into(),
+        ))
+    }
+}
+
+/// Whether two lists hold the same disk ids.
+fn same_disks(a: &[u32], b: &[u32]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
 }
 
 /// Number of rows in a table of a read transaction (0 if the table does not exist yet).

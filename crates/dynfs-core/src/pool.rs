@@ -13,7 +13,7 @@ use serde::Serialize;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Arguments of [`Pool::init`].
@@ -87,8 +87,8 @@ pub struct ReadOutcome {
 const CACHE_EXTENTS: usize = 32;
 
 /// Files of at most this many bytes are stored inline in the metadata instead of as fragment
-/// files: the metadata is replicated on every disk, and a fragment file costs at least a 4 KiB
-/// block per fragment anyway.
+/// files: the metadata has replicas on M + 1 disks for the highest tolerance M in use, and a
+/// fragment file costs at least a 4 KiB block per fragment anyway.
 pub const INLINE_MAX: usize = 4096;
 
 /// An open pool. Holds `POOL/pool.lock` until dropped.
@@ -98,7 +98,9 @@ pub struct Pool {
     io: Arc<dyn DiskIo>,
     /// Replicated metadata.
     pub meta: MetaStore,
-    disks: RwLock<Vec<Arc<DiskState>>>,
+    disks: Arc<RwLock<Vec<Arc<DiskState>>>>,
+    /// Metadata replicas needed: the highest policy tolerance in use + 1 ([`meta::TOLERANCE`]).
+    meta_copies: Arc<AtomicUsize>,
     next_extent: AtomicU64,
     cache: Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>,
     read_only: AtomicBool,
@@ -189,6 +191,102 @@ pub fn new_inode(kind: meta::Kind, perm: u32, uid: u32, gid: u32, parent: u64) -
     }
 }
 
+/// A disk that may hold a metadata replica, as [`choose_meta_disks`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaCandidate {
+    /// Disk id.
+    pub id: u32,
+    /// Preference: 0 healthy, 1 degraded, 2 suspect, 3 draining (failed and missing disks are
+    /// no candidates).
+    pub tier: u8,
+    /// Device of the filesystem holding the disk (replicas spread over devices first).
+    pub device: u64,
+}
+
+impl MetaCandidate {
+    /// The candidate for a disk, if it can hold a replica (present and not failed).
+    pub fn of(d: &DiskState) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let tier = match d.health() {
+            _ if !d.present => return None,
+            Health::Healthy => 0,
+            Health::Degraded => 1,
+            Health::Suspect => 2,
+            Health::Draining => 3,
+            Health::Failed => return None,
+        };
+        let device = std::fs::metadata(&d.path).map_or(0, |m| m.dev());
+        Some(MetaCandidate {
+            id: d.id,
+            tier,
+            device,
+        })
+    }
+}
+
+/// Choose `count` disks for metadata replicas (fewer if there are fewer candidates), given the
+/// disks holding replicas now (`current`). One at a time, the best remaining candidate by: its
+/// health tier, whether it holds a replica now (no needless moves: adding a disk moves
+/// nothing), whether its device already holds a chosen replica (spreading), and its id.
+/// Deterministic; the result is sorted by id.
+pub fn choose_meta_disks(cands: &[MetaCandidate], current: &[u32], count: usize) -> Vec<u32> {
+    let mut left: Vec<&MetaCandidate> = cands.iter().collect();
+    let mut chosen: Vec<&MetaCandidate> = Vec::new();
+    while chosen.len() < count {
+        let best = left.iter().enumerate().min_by_key(|(_, c)| {
+            (
+                c.tier,
+                !current.contains(&c.id),
+                chosen.iter().any(|x| x.device == c.device),
+                c.id,
+            )
+        });
+        let Some((i, _)) = best else { break };
+        chosen.push(left.swap_remove(i));
+    }
+    let mut ids: Vec<u32> = chosen.into_iter().map(|c| c.id).collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// The placement of metadata replicas over `disks` (see [`choose_meta_disks`]).
+fn meta_placement(
+    disks: Arc<RwLock<Vec<Arc<DiskState>>>>,
+    copies: Arc<AtomicUsize>,
+) -> meta::Placement {
+    Arc::new(move |live: &[u32], exclude: &[u32]| {
+        let disks = disks.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let cands: Vec<MetaCandidate> = disks
+            .iter()
+            .filter(|d| !exclude.contains(&d.id))
+            .filter_map(|d| MetaCandidate::of(d))
+            .collect();
+        let count = copies.load(Ordering::Relaxed);
+        choose_meta_disks(&cands, live, count)
+            .into_iter()
+            .filter_map(|id| disks.iter().find(|d| d.id == id))
+            .map(|d| (d.id, disk::meta_path(&d.path)))
+            .collect()
+    })
+}
+
+/// The highest tolerance of any policy in the metadata: `user.dynfs.policy` overrides of any
+/// tree and the policies of extents (for pools made before [`meta::TOLERANCE`] was kept).
+fn scan_tolerance(tx: &redb::ReadTransaction) -> Result<usize> {
+    let mut m = 0;
+    for row in tx.open_table(meta::INODES)?.iter()? {
+        let (_, v) = row?;
+        let i: Inode = meta::dec(v.value())?;
+        m = m.max(i.policy.map_or(0, |p| p.tolerance()));
+    }
+    for row in tx.open_table(meta::EXTENTS)?.iter()? {
+        let (_, v) = row?;
+        let e: Extent = meta::dec(v.value())?;
+        m = m.max(e.policy.tolerance());
+    }
+    Ok(m)
+}
+
 fn check_new_disk(p: &Path, errs: &mut Vec<String>) -> Option<PathBuf> {
     match canonical(p) {
         Err(e) => {
@@ -271,12 +369,28 @@ impl Pool {
                 capacity,
             });
         }
+        // Metadata replicas on M + 1 of the disks.
+        let cands: Vec<MetaCandidate> = recs
+            .iter()
+            .map(|r| {
+                use std::os::unix::fs::MetadataExt;
+                MetaCandidate {
+                    id: r.id,
+                    tier: 0,
+                    device: std::fs::metadata(&r.path).map_or(0, |m| m.dev()),
+                }
+            })
+            .collect();
+        let tolerance = opts.policy.tolerance();
+        let chosen = choose_meta_disks(&cands, &[], tolerance + 1);
         let paths: Vec<(u32, PathBuf)> = recs
             .iter()
+            .filter(|r| chosen.contains(&r.id))
             .map(|r| (r.id, disk::meta_path(Path::new(&r.path))))
             .collect();
         let store = MetaStore::create(&paths, |tx| {
             meta::create_tables(tx)?;
+            meta::set_counter(tx, meta::TOLERANCE, tolerance as u64)?;
             meta::set_counter(tx, "next_ino", 2)?;
             meta::set_counter(tx, "next_extent", 1)?;
             meta::set_counter(tx, "next_snap", 1)?;
@@ -368,23 +482,45 @@ impl Pool {
                 }));
             }
         }
-        let next_extent = {
+        let (next_extent, recorded_tolerance) = {
             let t = tx.open_table(meta::SUPER)?;
             let v = t.get("next_extent")?.map(|g| g.value()).unwrap_or(1);
-            v
+            let m = t.get(meta::TOLERANCE)?.map(|g| g.value() as usize);
+            (v, m)
+        };
+        // Pools made before the tolerance was kept: scan once.
+        let scanned = match recorded_tolerance {
+            Some(_) => None,
+            None => Some(scan_tolerance(&tx)?),
         };
         drop(tx);
+        let tolerance = recorded_tolerance
+            .or(scanned)
+            .unwrap_or(0)
+            .max(config.default_policy.tolerance());
+        if Some(tolerance) != recorded_tolerance {
+            store.write(|tx| meta::set_counter(tx, meta::TOLERANCE, tolerance as u64))?;
+        }
         let unsynced: Arc<Mutex<std::collections::BTreeSet<PathBuf>>> = Arc::default();
         {
             let (unsynced, io) = (unsynced.clone(), io.clone());
             store.set_pre_durable(Arc::new(move || sync_unsynced(&*io, &unsynced)));
+        }
+        let disks = Arc::new(RwLock::new(disks));
+        let meta_copies = Arc::new(AtomicUsize::new(tolerance + 1));
+        store.set_placement(meta_placement(disks.clone(), meta_copies.clone()));
+        // Converge to the placement: replaces replicas of missing or failed disks, and moves
+        // pools made before it from a replica on every disk to M + 1.
+        if let Err(e) = store.place(&[]) {
+            tracing::error!(error = %e, "cannot place the metadata replicas");
         }
         Ok(Pool {
             dir: pool_dir.to_path_buf(),
             config: RwLock::new(config),
             io,
             meta: store,
-            disks: RwLock::new(disks),
+            meta_copies,
+            disks,
             next_extent: AtomicU64::new(next_extent.max(1)),
             cache: Mutex::new(VecDeque::new()),
             read_only: AtomicBool::new(false),
@@ -504,10 +640,38 @@ impl Pool {
                 let _ = id.store(&d.path);
             }
         }
-        if health == Health::Failed {
-            self.meta.remove_replica(disk);
-        }
+        // A replica on a disk that is no longer healthy moves elsewhere (the new one is
+        // made before the old one goes).
+        self.place_meta_replicas(&[]);
         Ok(())
+    }
+
+    /// Metadata replicas the pool needs: the highest tolerance of any policy in use, plus one
+    /// (fewer disks may hold them if fewer can).
+    pub fn meta_replicas_needed(&self) -> usize {
+        self.meta_copies.load(Ordering::Relaxed)
+    }
+
+    /// Make sure the metadata has replicas enough for a policy of tolerance `tolerance` (before
+    /// any data under that policy is committed): records it and adds replicas if needed.
+    pub fn require_tolerance(&self, tolerance: usize) -> Result<()> {
+        if tolerance < self.meta_replicas_needed() {
+            return Ok(());
+        }
+        self.meta.write(|tx| {
+            let m = meta::counter(tx, meta::TOLERANCE)?.max(tolerance as u64);
+            meta::set_counter(tx, meta::TOLERANCE, m)
+        })?;
+        self.meta_copies.fetch_max(tolerance + 1, Ordering::Relaxed);
+        self.meta.place(&[])
+    }
+
+    /// Move metadata replicas to the disks the placement chooses (errors are logged: the
+    /// replicas stay where they are).
+    fn place_meta_replicas(&self, exclude: &[u32]) {
+        if let Err(e) = self.meta.place(exclude) {
+            tracing::error!(error = %e, "cannot place the metadata replicas");
+        }
     }
 
     fn choose_disks(&self, count: usize, seed: u64, exclude: &[u32]) -> Vec<Arc<DiskState>> {
@@ -1135,7 +1299,6 @@ impl Pool {
                 .insert(id, meta::enc(&rec)?.as_slice())?;
             Ok(())
         })?;
-        self.meta.add_replica(id, &disk::meta_path(&c))?;
         DiskIdentity {
             disk_id: id,
             pool_id: cfg.pool_id.clone(),
@@ -1158,6 +1321,8 @@ impl Pool {
                 errors: AtomicU32::new(0),
                 capacity,
             }));
+        // Only if the metadata is short of replicas (or could spread over more devices).
+        self.place_meta_replicas(&[]);
         Ok(id)
     }
 
@@ -1180,7 +1345,8 @@ impl Pool {
                 policy.width()
             )));
         }
-        self.meta.remove_replica(id);
+        // A replica on the disk moves elsewhere first (refused if none can take it).
+        self.meta.place(&[id])?;
         self.meta.write(|tx| {
             tx.open_table(meta::DISKS)?.remove(id)?;
             Ok(())

@@ -41,6 +41,12 @@ pub struct Status {
     pub extent_size: u64,
     /// Metadata generation.
     pub generation: u64,
+    /// Metadata replicas the pool needs (the highest policy tolerance in use + 1).
+    #[serde(default)]
+    pub metadata_replicas_needed: usize,
+    /// Disks holding a live metadata replica (the primary first).
+    #[serde(default)]
+    pub metadata_replica_disks: Vec<u32>,
     /// Disks.
     pub disks: Vec<DiskStatus>,
     /// Extents stored.
@@ -171,6 +177,8 @@ impl Status {
             default_policy: cfg.default_policy.to_string(),
             extent_size: cfg.extent_size,
             generation: pool.meta.generation()?,
+            metadata_replicas_needed: pool.meta_replicas_needed(),
+            metadata_replica_disks: replicas.clone(),
             disks: disks
                 .iter()
                 .map(|d| {
@@ -236,6 +244,17 @@ impl Status {
                 d.path
             );
         }
+        let _ = writeln!(
+            s,
+            "metadata replicas: {} of {} needed, on disks {}",
+            self.metadata_replica_disks.len(),
+            self.metadata_replicas_needed,
+            self.metadata_replica_disks
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let _ = writeln!(
             s,
             "extents {}  degraded {}  unavailable {}  inodes {}",

@@ -365,11 +365,14 @@ fn policy_xattr_restripes_without_losing_copies() {
 
 #[test]
 fn metadata_survives_lost_and_stale_replicas() {
+    // rs:2+1 tolerates one lost disk: metadata replicas on two of the three disks (ids 1, 2).
     let tp = TestPool::new(3, "rs:2+1", 65536);
     {
         let fs = tp.open();
         put_file(&fs, "one", b"first");
+        assert_eq!(fs.pool().meta.replica_disks(), vec![1, 2]);
     }
+    assert!(!disk::meta_path(&tp.disks[2]).exists());
     // Keep a stale copy of disk0's replica.
     let stale = tp.root.path().join("stale.redb");
     std::fs::copy(disk::meta_path(&tp.disks[0]), &stale).unwrap();
@@ -377,38 +380,29 @@ fn metadata_survives_lost_and_stale_replicas() {
         let fs = tp.open();
         put_file(&fs, "two", b"second");
     }
-    // Disk 0 gets the stale replica back; disk 1's replica is destroyed.
+    // Disk 0 gets the stale replica back: the other replica's newer generation wins.
     std::fs::copy(&stale, disk::meta_path(&tp.disks[0])).unwrap();
+    {
+        let fs = tp.open();
+        assert_eq!(get_file(&fs, "two"), b"second");
+        assert_eq!(fs.pool().open_report.resynced, vec![1]);
+    }
+    // Disk 1's replica is destroyed: disk 0's alone holds everything and is copied back.
     std::fs::write(disk::meta_path(&tp.disks[1]), b"garbage").unwrap();
-    let fs = tp.open();
-    assert_eq!(get_file(&fs, "two"), b"second");
-    let mut resynced = fs.pool().open_report.resynced.clone();
-    resynced.sort();
-    assert_eq!(resynced, vec![1, 2]);
-    drop(fs);
+    {
+        let fs = tp.open();
+        assert_eq!(get_file(&fs, "two"), b"second");
+        assert_eq!(fs.pool().open_report.resynced, vec![2]);
+    }
     // After resync, each replica alone is enough.
-    for i in 0..3 {
-        for (j, d) in tp.disks.iter().enumerate() {
-            if j != i {
-                std::fs::rename(
-                    disk::meta_path(d),
-                    disk::meta_path(d).with_extension("hide"),
-                )
-                .unwrap();
-            }
-        }
+    for i in 0..2 {
+        let other = disk::meta_path(&tp.disks[1 - i]);
+        std::fs::rename(&other, other.with_extension("hide")).unwrap();
         let fs = tp.open();
         assert_eq!(get_file(&fs, "one"), b"first");
+        assert_eq!(fs.pool().open_report.source_disk, i as u32 + 1);
         drop(fs);
-        for (j, d) in tp.disks.iter().enumerate() {
-            if j != i {
-                std::fs::rename(
-                    disk::meta_path(d).with_extension("hide"),
-                    disk::meta_path(d),
-                )
-                .unwrap();
-            }
-        }
+        std::fs::rename(other.with_extension("hide"), &other).unwrap();
     }
 }
 
