@@ -4,7 +4,8 @@
 //! fixed-size *extents*; each extent is stored under a [`Policy`]: N full copies, or Reed–Solomon
 //! K data + M parity fragments, each fragment on a different disk and protected by a BLAKE3
 //! checksum verified on every read. Metadata (inodes, directories, extent maps, xattrs,
-//! snapshots) lives in redb, replicated on every disk with a generation number.
+//! snapshots) lives in redb, replicated on M + 1 disks (M: the highest policy tolerance in use)
+//! with a generation number and the recorded set of replica disks.
 //!
 //! ```no_run
 //! use dynfs_core::{Pool, InitOptions};

@@ -1183,12 +1183,24 @@ impl MetaStore {
                 // A durable commit first: the primary's file then holds every change, and every
                 // live replica has the same generation as the copies.
                 self.apply_locked(q, |_| Ok(()))?;
-                let primary = self.primary()?;
+                // Any live replica is a good source: copy from one that stays (its disk is
+                // not on its way out), falling back to the others.
+                let mut sources = self.live();
+                sources.sort_by_key(|r| !want.contains(&r.disk));
                 let mut failed = false;
                 for (disk, path) in new {
-                    let copied = copy_durable(&primary.path, path).and_then(|()| {
-                        Ok(Database::builder().set_cache_size(32 << 20).open(path)?)
-                    });
+                    let mut copied = Err(Error::Meta("no live metadata replica".into()));
+                    for src in &sources {
+                        copied = copy_durable(&src.path, path).and_then(|()| {
+                            Ok(Database::builder().set_cache_size(32 << 20).open(path)?)
+                        });
+                        match &copied {
+                            Ok(_) => break,
+                            Err(e) => {
+                                tracing::warn!(disk, from = src.disk, error = %e, "copying a metadata replica failed")
+                            }
+                        }
+                    }
                     match copied {
                         Ok(db) => {
                             tracing::info!(disk, "metadata replica created");
