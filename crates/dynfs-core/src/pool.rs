@@ -1346,6 +1346,20 @@ impl Pool {
             )));
         }
         // A replica on the disk moves elsewhere first (refused if none can take it).
+        if self.meta.replica_disks().contains(&id) {
+            let spare = self
+                .disks()
+                .iter()
+                .filter(|x| x.id != id)
+                .filter_map(|x| MetaCandidate::of(x))
+                .count();
+            let needed = self.meta_replicas_needed();
+            if spare < needed {
+                return Err(Error::Invalid(format!(
+                    "disk {id} holds a metadata replica and only {spare} other disks could hold                      one, fewer than the {needed} the pool needs; add a disk first"
+                )));
+            }
+        }
         self.meta.place(&[id])?;
         self.meta.write(|tx| {
             tx.open_table(meta::DISKS)?.remove(id)?;

@@ -268,6 +268,28 @@ fn draining_failing_and_removing_a_replica_disk_moves_its_replica_first() {
 }
 
 #[test]
+fn a_replica_disk_cannot_leave_when_no_other_disk_can_take_its_replica() {
+    let tp = TestPool::new(3, "replicate:2", 16384);
+    let fs = tp.open();
+    fs.setxattr(ROOT_INO, b"user.dynfs.policy", b"replicate:3", 0)
+        .unwrap();
+    assert_eq!(fs.pool().meta.replica_disks(), vec![1, 2, 3]);
+    let err = fs.pool().remove_disk(3).unwrap_err().to_string();
+    assert!(err.contains("holds a metadata replica"), "{err}");
+    assert_eq!(fs.pool().meta.replica_disks(), vec![1, 2, 3]);
+    // With a fourth disk it can.
+    let extra = tp.root.path().join("extra");
+    std::fs::create_dir(&extra).unwrap();
+    let id = fs.pool().add_disk(&extra).unwrap();
+    fs.pool().remove_disk(3).unwrap();
+    assert_eq!(fs.pool().meta.replica_disks().len(), 3);
+    assert_eq!(
+        fs.pool().meta.recorded_replica_disks().unwrap(),
+        vec![1, 2, id]
+    );
+}
+
+#[test]
 fn adding_a_disk_needs_no_replica_when_the_count_is_met() {
     let tp = TestPool::new(3, "replicate:2", 16384);
     let fs = tp.open();
