@@ -1407,4 +1407,86 @@ mod tests {
             assert_eq!(read_key(&tx, "partial"), None, "replica {disk}");
         }
     }
+
+    /// A placement over disk ids 1..=n, `count` replicas, lowest ids first; `paths[d]` is the
+    /// replica file of disk `d`.
+    fn placement(paths: Vec<PathBuf>, count: usize) -> Placement {
+        Arc::new(move |_live: &[u32], exclude: &[u32]| {
+            (1..paths.len() as u32)
+                .filter(|d| !exclude.contains(d))
+                .take(count)
+                .map(|d| (d, paths[d as usize].clone()))
+                .collect()
+        })
+    }
+
+    fn recorded(path: &Path) -> Vec<u32> {
+        let db = Database::open(path).unwrap();
+        let tx = db.begin_read().unwrap();
+        replica_set_of(&tx).unwrap().unwrap()
+    }
+
+    /// A copy that cannot be made (disk 2's meta directory is a file) leaves that disk out and
+    /// places the replica on the next one; the old replicas stay until the new set commits.
+    #[test]
+    fn place_skips_a_disk_where_the_copy_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = (0..=4)
+            .map(|d| dir.path().join(format!("d{d}")).join("meta").join("r.redb"))
+            .collect();
+        for p in &paths {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        }
+        std::fs::remove_dir(paths[2].parent().unwrap()).unwrap();
+        std::fs::write(paths[2].parent().unwrap(), b"not a directory").unwrap();
+        let store =
+            MetaStore::create(&[(1, paths[1].clone())], |tx| set_counter(tx, "x", 7)).unwrap();
+        store.set_placement(placement(paths.clone(), 2));
+        store.place(&[]).unwrap();
+        assert_eq!(store.replica_disks(), vec![1, 3]);
+        assert_eq!(store.recorded_replica_disks().unwrap(), vec![1, 3]);
+        store.write(|tx| set_counter(tx, "x", 8)).unwrap();
+        drop(store);
+        let (store, report) =
+            MetaStore::open(&[(1, paths[1].clone()), (3, paths[3].clone())]).unwrap();
+        assert_eq!(report.members, vec![1, 3]);
+        assert!(report.resynced.is_empty());
+        assert_eq!(store.view(|tx| counter(tx, "x")).unwrap(), 8);
+        drop(store);
+        assert_eq!(recorded(&paths[3]), vec![1, 3]);
+    }
+
+    /// A replica dropped after a failure (as a failed commit drops it) is replaced by the next
+    /// durable commit, on a disk the placement chooses without the lost one.
+    #[test]
+    fn a_lost_replica_is_replaced_at_the_next_durable_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = (0..=4)
+            .map(|d| dir.path().join(format!("r{d}.redb")))
+            .collect();
+        let initial: Vec<(u32, PathBuf)> =
+            (1..=3).map(|d| (d, paths[d as usize].clone())).collect();
+        let store = MetaStore::create(&initial, |_| Ok(())).unwrap();
+        store.set_placement(placement(paths.clone(), 3));
+        store.place(&[]).unwrap();
+        assert_eq!(store.replica_disks(), vec![1, 2, 3]);
+        store.write_lazy(|tx| set_counter(tx, "lazy", 1)).unwrap();
+        store.shared.drop_replicas(&[2]);
+        assert_eq!(store.replica_disks(), vec![1, 3]);
+        store.write(|tx| set_counter(tx, "durable", 2)).unwrap();
+        assert_eq!(store.replica_disks(), vec![1, 3, 4]);
+        assert_eq!(store.recorded_replica_disks().unwrap(), vec![1, 3, 4]);
+        drop(store);
+        // Disk 2's file is a former replica (older generation, a set with itself) and is
+        // deleted at open; the new replica has every change.
+        let all: Vec<(u32, PathBuf)> = (1..=4).map(|d| (d, paths[d as usize].clone())).collect();
+        let (store, report) = MetaStore::open(&all).unwrap();
+        assert_eq!(report.stale_removed, vec![2]);
+        assert!(!paths[2].exists());
+        drop(store);
+        let db = Database::open(&paths[4]).unwrap();
+        let tx = db.begin_read().unwrap();
+        assert_eq!(read_key(&tx, "lazy"), Some(1));
+        assert_eq!(read_key(&tx, "durable"), Some(2));
+    }
 }

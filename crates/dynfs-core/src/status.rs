@@ -44,7 +44,7 @@ pub struct Status {
     /// Metadata replicas the pool needs (the highest policy tolerance in use + 1).
     #[serde(default)]
     pub metadata_replicas_needed: usize,
-    /// Disks holding a live metadata replica (the primary first).
+    /// Disks holding a live metadata replica, by id.
     #[serde(default)]
     pub metadata_replica_disks: Vec<u32>,
     /// Disks.
@@ -129,7 +129,8 @@ impl Status {
     pub fn gather(pool: &Pool) -> Result<Status> {
         let cfg = pool.config();
         let disks = pool.disks();
-        let replicas = pool.meta.replica_disks();
+        let mut replicas = pool.meta.replica_disks();
+        replicas.sort_unstable();
         let mut per: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
         let (mut extents, mut degraded, mut unavailable) = (0, 0, 0);
         let mut policies = BTreeMap::new();

@@ -96,11 +96,28 @@ fn disk_lifecycle_through_the_cli() {
     let st: serde_json::Value = serde_json::from_str(&run_ok(&["status", "--json", pool])).unwrap();
     assert_eq!(st["disks"].as_array().unwrap().len(), 3);
     assert_eq!(st["degraded_extents"], 0);
+    // rs:2+1 keeps metadata on two disks: disk 2's replica moved to disk 3 when it drained.
+    assert_eq!(st["metadata_replicas_needed"], 2);
+    assert_eq!(st["metadata_replica_disks"], serde_json::json!([1, 3]));
+    let holders: Vec<u64> = st["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["metadata_replica"] == true)
+        .map(|d| d["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(holders, vec![1, 3]);
     check(&m, &want);
     // A failed disk is rebuilt.
     run_ok(&["disk", "set-health", pool, "1", "failed"]);
     let st: serde_json::Value = serde_json::from_str(&run_ok(&["status", "--json", pool])).unwrap();
     assert!(st["degraded_extents"].as_u64().unwrap() > 0);
+    assert_eq!(st["metadata_replica_disks"], serde_json::json!([3, 4]));
+    let text = run_ok(&["status", pool]);
+    assert!(
+        text.contains("metadata replicas: 2 of 2 needed, on disks 3, 4"),
+        "{text}"
+    );
     // Only 2 healthy disks remain for rs:2+1 (needs 3): rebuild cannot place, says so.
     let out = run(&["rebuild", pool]);
     assert_eq!(out.status.code(), Some(1));
