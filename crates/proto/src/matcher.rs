@@ -173,15 +173,24 @@ impl DeltaEncoder {
         Ok(())
     }
 
-    /// Looks for a block equal to the window `buf[pos..pos+len]`.
+    /// Looks for a block equal to the window `buf[pos..pos+len]` whose
+    /// weak sum is `weak`.
     fn find(&self, weak: u32, len: usize) -> Option<u32> {
         if !self.table.may_contain(weak) {
             return None;
         }
+        self.lookup(self.pos, weak, len)
+    }
+
+    /// The hash-chain walk of [`DeltaEncoder::find`] for the window
+    /// `buf[pos..pos+len]` (after the filter said "maybe"); out of line so
+    /// the rolling loop stays small.
+    #[inline(never)]
+    fn lookup(&self, pos: usize, weak: u32, len: usize) -> Option<u32> {
         let mut i = self.table.head[self.table.slot(weak)];
         let mut strong: Option<Digest16> = None;
         let s2 = self.sums.head.s2length as usize;
-        let at = self.base + self.pos as u64;
+        let at = self.base + pos as u64;
         let blen = self.blen() as u64;
         // In place: the first usable match, unless one at `at` follows.
         let mut usable = None;
@@ -195,7 +204,7 @@ impl DeltaEncoder {
                 let d = *strong.get_or_insert_with(|| {
                     block_sum(
                         self.algo,
-                        &self.buf[self.pos..self.pos + len],
+                        &self.buf[pos..pos + len],
                         self.seed,
                         self.seed_fix,
                     )
@@ -210,6 +219,30 @@ impl DeltaEncoder {
             i = self.table.next[i as usize];
         }
         usable
+    }
+
+    /// Tests the windows of `blen` bytes starting at `pos`, `pos + 1`, ...,
+    /// `last` (rolling `r`, the sum of the window at `pos`, along) until
+    /// one matches a block. Returns the block, the window's start and its
+    /// sum; without a match, the window at `last` (tested) and its sum.
+    /// The loop keeps the sums in registers and only leaves it for the
+    /// hash table when the filter lets a weak sum through.
+    fn scan(&self, mut r: Rolling, mut pos: usize, last: usize) -> (Option<u32>, usize, Rolling) {
+        let blen = self.blen();
+        let window = &self.buf[..last + blen];
+        loop {
+            let weak = r.digest();
+            if self.table.may_contain(weak) {
+                if let Some(i) = self.lookup(pos, weak, blen) {
+                    return (Some(i), pos, r);
+                }
+            }
+            if pos >= last {
+                return (None, pos, r);
+            }
+            r.roll(window[pos], window[pos + blen]);
+            pos += 1;
+        }
     }
 
     fn emit_match(&mut self, i: u32, len: usize, out: &mut Vec<u8>) -> Result<()> {
@@ -278,16 +311,20 @@ impl DeltaEncoder {
             if self.filled - self.pos < blen {
                 return Ok(());
             }
-            let r = match self.rolling {
+            let r = match self.rolling.take() {
                 Some(r) => r,
                 None => Rolling::new(&self.buf[self.pos..self.pos + blen]),
             };
-            if let Some(i) = self.find(r.digest(), blen) {
+            // The last window to test: the literal run must not grow past
+            // CHUNK_SIZE (flushed above) and the window must be in the data.
+            let last = (self.filled - blen).min(self.start + CHUNK_SIZE - 1);
+            let (found, pos, mut r) = self.scan(r, self.pos, last);
+            self.pos = pos;
+            if let Some(i) = found {
                 self.emit_match(i, blen, out)?;
                 continue;
             }
             if self.pos + blen < self.filled {
-                let mut r = r;
                 r.roll(self.buf[self.pos], self.buf[self.pos + blen]);
                 self.rolling = Some(r);
                 self.pos += 1;

@@ -71,6 +71,31 @@ impl Meta {
     fn no_times(&self) -> bool {
         self.mtime.is_none() && self.atime.is_none()
     }
+
+    /// True when applying this to an entry whose attributes are `now`
+    /// would change nothing (so the calls can be left out, as rsync's
+    /// `set_file_attrs` does). An access time to set always counts as a
+    /// change.
+    pub fn is_applied(&self, now: &AttrState) -> bool {
+        self.perms.is_none_or(|p| p & 0o7777 == now.perms)
+            && self.mtime.is_none_or(|t| t == now.mtime)
+            && self.uid.is_none_or(|u| u == now.uid)
+            && self.gid.is_none_or(|g| g == now.gid)
+            && self.atime.is_none()
+    }
+}
+
+/// The attributes of an existing entry that [`Meta`] sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttrState {
+    /// Permission bits (07777).
+    pub perms: u32,
+    /// mtime seconds and nanoseconds.
+    pub mtime: (i64, u32),
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
 }
 
 /// The process's umask (read once: `/proc/self/status`, else by setting
@@ -341,6 +366,12 @@ impl DestRoot {
 
     /// `lstat` of an entry, `None` if it does not exist.
     pub fn lstat(&self, name: &[u8]) -> Result<Option<EntryInfo>> {
+        Ok(self.lstat_attrs(name)?.map(|(info, _)| info))
+    }
+
+    /// `lstat` of an entry with the attributes [`Meta`] sets (for
+    /// [`Meta::is_applied`]), `None` if it does not exist.
+    pub fn lstat_attrs(&self, name: &[u8]) -> Result<Option<(EntryInfo, AttrState)>> {
         let st = if name == b"." {
             rustix::fs::fstat(&*self.fd)
         } else {
@@ -348,12 +379,20 @@ impl DestRoot {
             rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW)
         };
         match st {
-            Ok(st) => Ok(Some(EntryInfo {
-                file_type: FileType::from_raw_mode(st.st_mode),
-                size: st.st_size as u64,
-                mtime: st.st_mtime,
-                perms: st.st_mode & 0o7777,
-            })),
+            Ok(st) => Ok(Some((
+                EntryInfo {
+                    file_type: FileType::from_raw_mode(st.st_mode),
+                    size: st.st_size as u64,
+                    mtime: st.st_mtime,
+                    perms: st.st_mode & 0o7777,
+                },
+                AttrState {
+                    perms: st.st_mode & 0o7777,
+                    mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+                    uid: st.st_uid,
+                    gid: st.st_gid,
+                },
+            ))),
             Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(io_err(format!("stat {}", shown(name)), e)),
         }

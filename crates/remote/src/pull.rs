@@ -1180,9 +1180,9 @@ fn generator<W: Write>(
                 }
                 Some(FileType::Regular) => {
                     // In a dry run a parent may not exist yet: treat as missing.
-                    let existing = match dest.lstat(&e.name) {
-                        Ok(m) => m,
-                        Err(_) if dry => None,
+                    let (existing, attrs) = match dest.lstat_attrs(&e.name) {
+                        Ok(m) => m.unzip(),
+                        Err(_) if dry => (None, None),
                         Err(err) => return Err(err),
                     };
                     if !ctx.opts.alt_dirs.is_empty() {
@@ -1244,7 +1244,11 @@ fn generator<W: Write>(
                             }
                             if !dry {
                                 ctx.fix_xattrs(outs, &mut codec, i, e, 0)?;
-                                dest.set_meta(&e.name, &ctx.meta.meta(e, Some(m.perms)))?;
+                                // Only what differs is changed (most often nothing).
+                                let meta = ctx.meta.meta(e, Some(m.perms));
+                                if !attrs.is_some_and(|a| meta.is_applied(&a)) {
+                                    dest.set_meta(&e.name, &meta)?;
+                                }
                                 ctx.fix_acls(e)?;
                                 ctx.success(outs, i)?;
                             }
