@@ -92,6 +92,9 @@ pub struct DeltaEncoder {
     start: usize,
     pos: usize,
     rolling: Option<Rolling>,
+    /// The block after the last one matched: the likeliest match of the
+    /// next window, tried before the hash table (not with `--inplace`).
+    next_block: Option<u32>,
     hasher: FileHasher,
     stats: DeltaStats,
     sink: TokenSink,
@@ -137,6 +140,7 @@ impl DeltaEncoder {
             start: 0,
             pos: 0,
             rolling: None,
+            next_block: None,
             hasher: FileHasher::new(algo),
             stats: DeltaStats::default(),
             sink,
@@ -209,7 +213,7 @@ impl DeltaEncoder {
                         self.seed_fix,
                     )
                 });
-                if d.as_bytes()[..s2] == b.strong[..] {
+                if d.as_bytes()[..s2] == b.strong[..s2] {
                     if self.in_place.is_none() || (i as u64) * blen == at {
                         return Some(i);
                     }
@@ -259,7 +263,25 @@ impl DeltaEncoder {
         self.pos += len;
         self.start = self.pos;
         self.rolling = None;
+        self.next_block =
+            (self.in_place.is_none() && (i as usize + 1) < self.sums.blocks.len()).then_some(i + 1);
         Ok(())
+    }
+
+    /// Whether block `i` equals the window `buf[pos..pos+len]` of weak sum `weak`.
+    fn is_block(&self, i: u32, pos: usize, weak: u32, len: usize) -> bool {
+        let b = &self.sums.blocks[i as usize];
+        let s2 = self.sums.head.s2length as usize;
+        b.weak == weak
+            && self.sums.head.block_len(i as i32) == len
+            && block_sum(
+                self.algo,
+                &self.buf[pos..pos + len],
+                self.seed,
+                self.seed_fix,
+            )
+            .as_bytes()[..s2]
+                == b.strong[..s2]
     }
 
     fn compact(&mut self) {
@@ -315,6 +337,13 @@ impl DeltaEncoder {
                 Some(r) => r,
                 None => Rolling::new(&self.buf[self.pos..self.pos + blen]),
             };
+            // Right after a match: most often the next block follows.
+            if let Some(i) = self.next_block.take() {
+                if self.is_block(i, self.pos, r.digest(), blen) {
+                    self.emit_match(i, blen, out)?;
+                    continue;
+                }
+            }
             // The last window to test: the literal run must not grow past
             // CHUNK_SIZE (flushed above) and the window must be in the data.
             let last = (self.filled - blen).min(self.start + CHUNK_SIZE - 1);

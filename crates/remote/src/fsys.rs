@@ -993,6 +993,37 @@ pub fn read_basis(f: &File, offset: u64, buf: &mut [u8]) -> Result<()> {
         .map_err(|e| RemoteError::io("reading the basis file", e))
 }
 
+/// Appends exactly `len` bytes at `offset` of a basis file to `out`, read
+/// straight into its spare capacity (no zero-filling, no copy from a side
+/// buffer). On an error `out` may hold part of the bytes.
+pub fn read_basis_append(f: &File, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<()> {
+    out.reserve(len);
+    let end = out.len() + len;
+    while out.len() < end {
+        let left = end - out.len();
+        let at = offset + (len - left) as u64;
+        let spare = &mut out.spare_capacity_mut()[..left];
+        match rustix::io::pread(f, spare, at) {
+            Ok(([], _)) => {
+                return Err(RemoteError::io(
+                    "reading the basis file",
+                    std::io::Error::from(ErrorKind::UnexpectedEof),
+                ))
+            }
+            Ok((filled, _)) => {
+                let n = filled.len();
+                // SAFETY: `pread` initialized the first `n` bytes of the
+                // spare capacity (rustix hands back exactly those), and
+                // `n <= left <= out.capacity() - out.len()`.
+                unsafe { out.set_len(out.len() + n) };
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(io_err("reading the basis file".into(), e)),
+        }
+    }
+    Ok(())
+}
+
 /// Reads the next chunk of a source file; used by the sender.
 pub fn read_chunk(f: &mut File, buf: &mut [u8]) -> Result<usize> {
     loop {
@@ -1085,6 +1116,73 @@ mod tests {
 
     fn m_ino(p: &Path) -> u64 {
         std::fs::metadata(p).unwrap().ino()
+    }
+
+    #[test]
+    fn basis_bytes_are_appended_in_place() {
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        let p = t.path().join("basis");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 / 3) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let f = File::open(&p).unwrap();
+        let mut out = b"head".to_vec();
+        read_basis_append(&f, 1000, 200_000, &mut out).unwrap();
+        read_basis_append(&f, 0, 0, &mut out).unwrap();
+        read_basis_append(&f, 299_990, 10, &mut out).unwrap();
+        assert_eq!(&out[..4], b"head");
+        assert_eq!(&out[4..200_004], &data[1000..201_000]);
+        assert_eq!(&out[200_004..], &data[299_990..]);
+        // Past the end of the file: an error, never made-up bytes.
+        let mut short = Vec::new();
+        assert!(read_basis_append(&f, 299_000, 2000, &mut short).is_err());
+        assert!(short.len() <= 1000);
+        assert_eq!(&short[..], &data[299_000..299_000 + short.len()]);
+    }
+
+    #[test]
+    fn applied_meta_is_recognized() {
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        let d = DestRoot::open(t.path()).unwrap();
+        std::fs::write(t.path().join("f"), b"x").unwrap();
+        let meta = Meta {
+            perms: Some(0o640),
+            mtime: Some((1_000_000_000, 5)),
+            uid: None,
+            gid: None,
+            atime: None,
+        };
+        d.set_meta(b"f", &meta).unwrap();
+        let (info, now) = d.lstat_attrs(b"f").unwrap().unwrap();
+        assert_eq!((info.size, info.perms), (1, 0o640));
+        assert!(meta.is_applied(&now));
+        let uid = std::fs::metadata(t.path().join("f")).unwrap().uid();
+        assert!(Meta {
+            uid: Some(uid),
+            ..meta
+        }
+        .is_applied(&now));
+        // Any difference (or an access time to set) is a change.
+        for other in [
+            Meta {
+                perms: Some(0o644),
+                ..meta
+            },
+            Meta {
+                mtime: Some((1_000_000_000, 6)),
+                ..meta
+            },
+            Meta {
+                uid: Some(uid + 1),
+                ..meta
+            },
+            Meta {
+                atime: Some(1),
+                ..meta
+            },
+        ] {
+            assert!(!other.is_applied(&now), "{other:?}");
+        }
+        assert!(d.lstat_attrs(b"missing").unwrap().is_none());
     }
 
     #[test]
