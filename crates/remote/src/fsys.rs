@@ -85,6 +85,13 @@ impl Meta {
     }
 }
 
+/// The parent directory last opened by [`DestRoot::lstat_attrs_cached`].
+#[derive(Debug, Default)]
+pub struct ParentCache {
+    dir: Vec<u8>,
+    fd: Option<Arc<OwnedFd>>,
+}
+
 /// The attributes of an existing entry that [`Meta`] sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttrState {
@@ -372,10 +379,38 @@ impl DestRoot {
     /// `lstat` of an entry with the attributes [`Meta`] sets (for
     /// [`Meta::is_applied`]), `None` if it does not exist.
     pub fn lstat_attrs(&self, name: &[u8]) -> Result<Option<(EntryInfo, AttrState)>> {
+        self.lstat_attrs_cached(&mut ParentCache::default(), name)
+    }
+
+    /// [`DestRoot::lstat_attrs`] that keeps the last parent directory
+    /// opened in `cache` and reuses it while the names stay in that
+    /// directory (a file list lists a directory's entries together), so
+    /// most calls are one `statat`.
+    pub fn lstat_attrs_cached(
+        &self,
+        cache: &mut ParentCache,
+        name: &[u8],
+    ) -> Result<Option<(EntryInfo, AttrState)>> {
         let st = if name == b"." {
             rustix::fs::fstat(&*self.fd)
         } else {
-            let (p, base) = self.parent(name)?;
+            let (p, base) = match (name.iter().rposition(|&b| b == b'/'), &cache.fd) {
+                (Some(i), Some(fd)) if cache.dir == name[..i] => {
+                    validate_name(name).map_err(|e| RemoteError::Refused(e.to_string()))?;
+                    let base = std::str::from_utf8(&name[i + 1..]).map_err(|_| {
+                        RemoteError::Refused(format!("non-UTF-8 name {:?}", shown(name)))
+                    })?;
+                    (Arc::clone(fd), base.to_string())
+                }
+                (at, _) => {
+                    let (p, base) = self.parent(name)?;
+                    if let Some(i) = at {
+                        cache.dir = name[..i].to_vec();
+                        cache.fd = Some(Arc::clone(&p));
+                    }
+                    (p, base)
+                }
+            };
             rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW)
         };
         match st {
@@ -1183,6 +1218,50 @@ mod tests {
             assert!(!other.is_applied(&now), "{other:?}");
         }
         assert!(d.lstat_attrs(b"missing").unwrap().is_none());
+    }
+
+    #[test]
+    fn cached_parent_lookups_match_plain_ones() {
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        let d = DestRoot::open(t.path()).unwrap();
+        d.ensure_dir(b"a").unwrap();
+        d.ensure_dir(b"a/b").unwrap();
+        for (n, body) in [
+            ("top", "1"),
+            ("a/x", "22"),
+            ("a/y", "333"),
+            ("a/b/z", "4444"),
+        ] {
+            std::fs::write(t.path().join(n), body).unwrap();
+        }
+        std::os::unix::fs::symlink(t.path().join("a"), t.path().join("link")).unwrap();
+        let mut cache = ParentCache::default();
+        let names: [&[u8]; 8] = [
+            b"a/x", b"a/y", b"a/gone", b"a/b/z", b"a/x", b"top", b".", b"a/y",
+        ];
+        for name in names {
+            assert_eq!(
+                d.lstat_attrs_cached(&mut cache, name).unwrap(),
+                d.lstat_attrs(name).unwrap(),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+        assert_eq!(
+            d.lstat_attrs_cached(&mut cache, b"a/y")
+                .unwrap()
+                .unwrap()
+                .0
+                .size,
+            3
+        );
+        // Bad names and symlinked parents are refused with a warm cache too.
+        for bad in [&b"a/../top"[..], b"/a/x", b"link/x"] {
+            assert!(matches!(
+                d.lstat_attrs_cached(&mut cache, bad),
+                Err(RemoteError::Refused(_))
+            ));
+        }
     }
 
     #[test]

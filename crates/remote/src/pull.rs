@@ -852,7 +852,8 @@ impl GenCtx {
 
     /// Applies ACLs to an existing entry (after its mode was set).
     fn fix_acls(&self, e: &FileEntry) -> Result<()> {
-        if self.dry_run {
+        // Without -A (or an ACL to set) nothing is opened.
+        if self.dry_run || !self.attr.acls || e.acl.is_none() {
             return Ok(());
         }
         self.dest
@@ -1072,6 +1073,8 @@ fn generator<W: Write>(
     } else {
         None
     };
+    // The parent directory of the last regular file looked at.
+    let mut parents = crate::fsys::ParentCache::default();
     // A directory hidden by the daemon's rules: its contents follow it.
     let mut hidden_dir: Option<Vec<u8>> = None;
     // A directory the options leave alone (`--existing`, ...): its contents follow it.
@@ -1182,7 +1185,7 @@ fn generator<W: Write>(
                 }
                 Some(FileType::Regular) => {
                     // In a dry run a parent may not exist yet: treat as missing.
-                    let (existing, attrs) = match dest.lstat_attrs(&e.name) {
+                    let (existing, attrs) = match dest.lstat_attrs_cached(&mut parents, &e.name) {
                         Ok(m) => m.unzip(),
                         Err(_) if dry => (None, None),
                         Err(err) => return Err(err),
