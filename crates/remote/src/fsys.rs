@@ -1028,37 +1028,6 @@ pub fn read_basis(f: &File, offset: u64, buf: &mut [u8]) -> Result<()> {
         .map_err(|e| RemoteError::io("reading the basis file", e))
 }
 
-/// Appends exactly `len` bytes at `offset` of a basis file to `out`, read
-/// straight into its spare capacity (no zero-filling, no copy from a side
-/// buffer). On an error `out` may hold part of the bytes.
-pub fn read_basis_append(f: &File, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<()> {
-    out.reserve(len);
-    let end = out.len() + len;
-    while out.len() < end {
-        let left = end - out.len();
-        let at = offset + (len - left) as u64;
-        let spare = &mut out.spare_capacity_mut()[..left];
-        match rustix::io::pread(f, spare, at) {
-            Ok(([], _)) => {
-                return Err(RemoteError::io(
-                    "reading the basis file",
-                    std::io::Error::from(ErrorKind::UnexpectedEof),
-                ))
-            }
-            Ok((filled, _)) => {
-                let n = filled.len();
-                // SAFETY: `pread` initialized the first `n` bytes of the
-                // spare capacity (rustix hands back exactly those), and
-                // `n <= left <= out.capacity() - out.len()`.
-                unsafe { out.set_len(out.len() + n) };
-            }
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(io_err("reading the basis file".into(), e)),
-        }
-    }
-    Ok(())
-}
-
 /// Reads the next chunk of a source file; used by the sender.
 pub fn read_chunk(f: &mut File, buf: &mut [u8]) -> Result<usize> {
     loop {
@@ -1151,27 +1120,6 @@ mod tests {
 
     fn m_ino(p: &Path) -> u64 {
         std::fs::metadata(p).unwrap().ino()
-    }
-
-    #[test]
-    fn basis_bytes_are_appended_in_place() {
-        let t = tempfile::tempdir_in("/dev/shm").unwrap();
-        let p = t.path().join("basis");
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 / 3) as u8).collect();
-        std::fs::write(&p, &data).unwrap();
-        let f = File::open(&p).unwrap();
-        let mut out = b"head".to_vec();
-        read_basis_append(&f, 1000, 200_000, &mut out).unwrap();
-        read_basis_append(&f, 0, 0, &mut out).unwrap();
-        read_basis_append(&f, 299_990, 10, &mut out).unwrap();
-        assert_eq!(&out[..4], b"head");
-        assert_eq!(&out[4..200_004], &data[1000..201_000]);
-        assert_eq!(&out[200_004..], &data[299_990..]);
-        // Past the end of the file: an error, never made-up bytes.
-        let mut short = Vec::new();
-        assert!(read_basis_append(&f, 299_000, 2000, &mut short).is_err());
-        assert!(short.len() <= 1000);
-        assert_eq!(&short[..], &data[299_000..299_000 + short.len()]);
     }
 
     #[test]

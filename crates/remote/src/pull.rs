@@ -47,9 +47,7 @@ use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
 use crate::events::{EventSink, FileEvent};
 use crate::filewriter::{Committer, FileWriter};
-use crate::fsys::{
-    punch_zero_blocks, read_basis, read_basis_append, DelayedFile, DestRoot, Meta, TempFile,
-};
+use crate::fsys::{punch_zero_blocks, read_basis, DelayedFile, DestRoot, Meta, TempFile};
 use crate::ids::{IdMap, IdNames};
 use crate::opts::{AltMatch, DeleteLimit, TransferOpts};
 use crate::session::{am_root, flist_options, start_client, token_compression};
@@ -1830,34 +1828,6 @@ impl BasisWindow {
     }
 }
 
-/// Matched blocks not read yet: consecutive basis bytes `[at, at + len)`,
-/// read at once straight to the end of the write batch (one `pread` per run
-/// of blocks, no copy through a side buffer).
-#[derive(Debug, Default)]
-struct BasisRun {
-    at: u64,
-    len: usize,
-}
-
-impl BasisRun {
-    /// Reads the run to the end of `out` and hashes it.
-    fn read(&mut self, f: Option<&File>, out: &mut Vec<u8>, hasher: &mut FileHasher) -> Result<()> {
-        if self.len == 0 {
-            return Ok(());
-        }
-        let Some(f) = f else {
-            return Err(RemoteError::Refused(
-                "block match with no basis file".into(),
-            ));
-        };
-        let start = out.len();
-        read_basis_append(f, self.at, self.len, out)?;
-        hasher.update(&out[start..]);
-        self.len = 0;
-        Ok(())
-    }
-}
-
 /// How one file is received.
 #[derive(Debug)]
 struct FileRecv {
@@ -1981,14 +1951,10 @@ fn receive_data<R: Read>(
         *offset += n;
         Ok(())
     };
-    // Matched blocks are collected into runs (see BasisRun); the run is
-    // read before any literal data, a full batch and the end.
-    let mut run = BasisRun::default();
     let block = |i: u32,
                  bufs: &mut RecvBuffers,
                  hasher: &mut FileHasher,
-                 offset: &mut u64,
-                 run: &mut BasisRun|
+                 offset: &mut u64|
      -> Result<u64> {
         let Some(bf) = basis else {
             return Err(RemoteError::Refused(format!(
@@ -2004,25 +1970,9 @@ fn receive_data<R: Read>(
             *offset += n as u64;
             return Ok(n as u64);
         }
-        if in_place {
-            let data = bufs.window.get(bf, at, n)?;
-            hasher.update(data);
-            bufs.out.extend_from_slice(data);
-            return Ok(n as u64);
-        }
-        if run.len > 0
-            && run.at + run.len as u64 == at
-            && run.len + n <= BASIS_WINDOW
-            && bufs.out.len() + run.len + n <= WRITE_BATCH
-        {
-            run.len += n;
-            return Ok(n as u64);
-        }
-        run.read(basis, &mut bufs.out, hasher)?;
-        if bufs.out.len() + n > WRITE_BATCH {
-            write_out(bufs, offset)?;
-        }
-        *run = BasisRun { at, len: n };
+        let data = bufs.window.get(bf, at, n)?;
+        hasher.update(data);
+        bufs.out.extend_from_slice(data);
         Ok(n as u64)
     };
     if compressed {
@@ -2030,12 +1980,11 @@ fn receive_data<R: Read>(
         loop {
             match ins.decode(|r| dec.decode(r))? {
                 Token::Literal(b) => {
-                    run.read(basis, &mut bufs.out, &mut hasher)?;
                     hasher.update(&b);
                     bufs.out.extend_from_slice(&b);
                     lit += b.len() as u64;
                 }
-                Token::Block(i) => matched += block(i, bufs, &mut hasher, offset, &mut run)?,
+                Token::Block(i) => matched += block(i, bufs, &mut hasher, offset)?,
                 Token::End => break,
             }
             if bufs.out.len() >= WRITE_BATCH {
@@ -2051,7 +2000,6 @@ fn receive_data<R: Read>(
                 break;
             }
             if t > 0 {
-                run.read(basis, &mut bufs.out, &mut hasher)?;
                 let mut left = t as usize;
                 while left > 0 {
                     let room = WRITE_BATCH.saturating_sub(bufs.out.len()).max(1);
@@ -2072,14 +2020,13 @@ fn receive_data<R: Read>(
                         format!("block index {i} but the basis has {} blocks", head.count),
                     )));
                 }
-                matched += block(i as u32, bufs, &mut hasher, offset, &mut run)?;
+                matched += block(i as u32, bufs, &mut hasher, offset)?;
                 if bufs.out.len() >= WRITE_BATCH {
                     write_out(bufs, offset)?;
                 }
             }
         }
     }
-    run.read(basis, &mut bufs.out, &mut hasher)?;
     write_out(bufs, offset)?;
     let theirs = ins.decode(|r| Ok(r.bytes(dlen)?.to_vec()))?;
     Ok((
