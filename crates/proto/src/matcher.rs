@@ -508,6 +508,23 @@ mod tests {
     }
 
     #[test]
+    fn repeated_blocks_and_the_next_block_rule() {
+        // Blocks A A B A B B (700 bytes each); the new file reorders them and
+        // ends in a short block, so a match is often not followed by the
+        // block after it, and equal blocks compete.
+        let a: Vec<u8> = (0..700u32).map(|i| (i * 31 % 251) as u8).collect();
+        let b: Vec<u8> = (0..700u32).map(|i| (i * 17 % 241) as u8).collect();
+        let basis: Vec<u8> = [&a, &a, &b, &a, &b, &b].concat();
+        let new: Vec<u8> = [&b[..], &a, &a, &a, &b, &b, &a, &b[..300]].concat();
+        for chunk in [1, 700, 4096] {
+            let (out, st, head) = delta(&basis, &new, chunk);
+            assert_eq!(st.matched, 7 * 700, "chunk {chunk}");
+            assert_eq!(st.literal, 300, "chunk {chunk}");
+            assert_eq!(apply(&basis, head, &out, ChecksumAlgo::Xxh128), new);
+        }
+    }
+
+    #[test]
     fn zlibx_delta_round_trip() {
         let basis: Vec<u8> = (0..300_000u32)
             .map(|i| (i / 7 % 13) as u8 ^ (i.wrapping_mul(2654435761) >> 29) as u8)
