@@ -514,7 +514,7 @@ mod tests {
         // block after it, and equal blocks compete.
         let a: Vec<u8> = (0..700u32).map(|i| (i * 31 % 251) as u8).collect();
         let b: Vec<u8> = (0..700u32).map(|i| (i * 17 % 241) as u8).collect();
-        let basis: Vec<u8> = [&a, &a, &b, &a, &b, &b].concat();
+        let basis: Vec<u8> = [&a[..], &a, &b, &a, &b, &b].concat();
         let new: Vec<u8> = [&b[..], &a, &a, &a, &b, &b, &a, &b[..300]].concat();
         for chunk in [1, 700, 4096] {
             let (out, st, head) = delta(&basis, &new, chunk);
