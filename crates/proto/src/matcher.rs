@@ -25,9 +25,11 @@ struct WeakTable {
     bits: u32,
     head: Vec<u32>,
     next: Vec<u32>,
-    /// One bit per [`FILTER_BITS`]-bit hash of the weak sums present: an
-    /// 8 KiB table that stays in the L1 cache, so most windows of data the
-    /// basis does not have are rejected without touching `head`.
+    /// A Bloom filter of the weak sums present, two bits per sum (two
+    /// [`FILTER_BITS`]-bit hashes): an 8 KiB table that stays in the L1
+    /// cache, so most windows of data the basis does not have are rejected
+    /// without touching `head` (with 6,000 blocks, 2.6% of the windows get
+    /// through, against 8.5% with one bit).
     filter: Vec<u64>,
 }
 
@@ -52,20 +54,28 @@ impl WeakTable {
             let h = t.slot(b.weak);
             t.next[i] = t.head[h];
             t.head[h] = i as u32;
-            let f = Self::filter_bit(b.weak);
-            t.filter[f / 64] |= 1 << (f % 64);
+            for f in Self::filter_bits(b.weak) {
+                t.filter[f / 64] |= 1 << (f % 64);
+            }
         }
         t
     }
 
-    fn filter_bit(weak: u32) -> usize {
-        (weak.wrapping_mul(0x85EB_CA6B) >> (32 - FILTER_BITS)) as usize
+    /// The two filter bits of `weak`: two slices of the upper half of a
+    /// 64-bit multiplicative hash.
+    fn filter_bits(weak: u32) -> [usize; 2] {
+        let h = (weak as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mask = (1 << FILTER_BITS) - 1;
+        [
+            (h >> (64 - FILTER_BITS)) as usize & mask,
+            (h >> 32) as usize & mask,
+        ]
     }
 
     /// False when no block has this weak sum (true: maybe).
     fn may_contain(&self, weak: u32) -> bool {
-        let f = Self::filter_bit(weak);
-        self.filter[f / 64] & (1 << (f % 64)) != 0
+        let [a, b] = Self::filter_bits(weak);
+        (self.filter[a / 64] >> (a % 64)) & (self.filter[b / 64] >> (b % 64)) & 1 != 0
     }
 
     fn slot(&self, weak: u32) -> usize {
@@ -92,6 +102,9 @@ pub struct DeltaEncoder {
     start: usize,
     pos: usize,
     rolling: Option<Rolling>,
+    /// The block after the last one matched: the likeliest match of the
+    /// next window, tried before the hash table (not with `--inplace`).
+    next_block: Option<u32>,
     hasher: FileHasher,
     stats: DeltaStats,
     sink: TokenSink,
@@ -137,6 +150,7 @@ impl DeltaEncoder {
             start: 0,
             pos: 0,
             rolling: None,
+            next_block: None,
             hasher: FileHasher::new(algo),
             stats: DeltaStats::default(),
             sink,
@@ -173,15 +187,24 @@ impl DeltaEncoder {
         Ok(())
     }
 
-    /// Looks for a block equal to the window `buf[pos..pos+len]`.
+    /// Looks for a block equal to the window `buf[pos..pos+len]` whose
+    /// weak sum is `weak`.
     fn find(&self, weak: u32, len: usize) -> Option<u32> {
         if !self.table.may_contain(weak) {
             return None;
         }
+        self.lookup(self.pos, weak, len)
+    }
+
+    /// The hash-chain walk of [`DeltaEncoder::find`] for the window
+    /// `buf[pos..pos+len]` (after the filter said "maybe"); out of line so
+    /// the rolling loop stays small.
+    #[inline(never)]
+    fn lookup(&self, pos: usize, weak: u32, len: usize) -> Option<u32> {
         let mut i = self.table.head[self.table.slot(weak)];
         let mut strong: Option<Digest16> = None;
         let s2 = self.sums.head.s2length as usize;
-        let at = self.base + self.pos as u64;
+        let at = self.base + pos as u64;
         let blen = self.blen() as u64;
         // In place: the first usable match, unless one at `at` follows.
         let mut usable = None;
@@ -195,12 +218,12 @@ impl DeltaEncoder {
                 let d = *strong.get_or_insert_with(|| {
                     block_sum(
                         self.algo,
-                        &self.buf[self.pos..self.pos + len],
+                        &self.buf[pos..pos + len],
                         self.seed,
                         self.seed_fix,
                     )
                 });
-                if d.as_bytes()[..s2] == b.strong[..] {
+                if d.as_bytes()[..s2] == b.strong[..s2] {
                     if self.in_place.is_none() || (i as u64) * blen == at {
                         return Some(i);
                     }
@@ -210,6 +233,30 @@ impl DeltaEncoder {
             i = self.table.next[i as usize];
         }
         usable
+    }
+
+    /// Tests the windows of `blen` bytes starting at `pos`, `pos + 1`, ...,
+    /// `last` (rolling `r`, the sum of the window at `pos`, along) until
+    /// one matches a block. Returns the block, the window's start and its
+    /// sum; without a match, the window at `last` (tested) and its sum.
+    /// The loop keeps the sums in registers and only leaves it for the
+    /// hash table when the filter lets a weak sum through.
+    fn scan(&self, mut r: Rolling, mut pos: usize, last: usize) -> (Option<u32>, usize, Rolling) {
+        let blen = self.blen();
+        let window = &self.buf[..last + blen];
+        loop {
+            let weak = r.digest();
+            if self.table.may_contain(weak) {
+                if let Some(i) = self.lookup(pos, weak, blen) {
+                    return (Some(i), pos, r);
+                }
+            }
+            if pos >= last {
+                return (None, pos, r);
+            }
+            r.roll(window[pos], window[pos + blen]);
+            pos += 1;
+        }
     }
 
     fn emit_match(&mut self, i: u32, len: usize, out: &mut Vec<u8>) -> Result<()> {
@@ -226,7 +273,25 @@ impl DeltaEncoder {
         self.pos += len;
         self.start = self.pos;
         self.rolling = None;
+        self.next_block =
+            (self.in_place.is_none() && (i as usize + 1) < self.sums.blocks.len()).then_some(i + 1);
         Ok(())
+    }
+
+    /// Whether block `i` equals the window `buf[pos..pos+len]` of weak sum `weak`.
+    fn is_block(&self, i: u32, pos: usize, weak: u32, len: usize) -> bool {
+        let b = &self.sums.blocks[i as usize];
+        let s2 = self.sums.head.s2length as usize;
+        b.weak == weak
+            && self.sums.head.block_len(i as i32) == len
+            && block_sum(
+                self.algo,
+                &self.buf[pos..pos + len],
+                self.seed,
+                self.seed_fix,
+            )
+            .as_bytes()[..s2]
+                == b.strong[..s2]
     }
 
     fn compact(&mut self) {
@@ -278,16 +343,27 @@ impl DeltaEncoder {
             if self.filled - self.pos < blen {
                 return Ok(());
             }
-            let r = match self.rolling {
+            let r = match self.rolling.take() {
                 Some(r) => r,
                 None => Rolling::new(&self.buf[self.pos..self.pos + blen]),
             };
-            if let Some(i) = self.find(r.digest(), blen) {
+            // Right after a match: most often the next block follows.
+            if let Some(i) = self.next_block.take() {
+                if self.is_block(i, self.pos, r.digest(), blen) {
+                    self.emit_match(i, blen, out)?;
+                    continue;
+                }
+            }
+            // The last window to test: the literal run must not grow past
+            // CHUNK_SIZE (flushed above) and the window must be in the data.
+            let last = (self.filled - blen).min(self.start + CHUNK_SIZE - 1);
+            let (found, pos, mut r) = self.scan(r, self.pos, last);
+            self.pos = pos;
+            if let Some(i) = found {
                 self.emit_match(i, blen, out)?;
                 continue;
             }
             if self.pos + blen < self.filled {
-                let mut r = r;
                 r.roll(self.buf[self.pos], self.buf[self.pos + blen]);
                 self.rolling = Some(r);
                 self.pos += 1;
@@ -429,6 +505,23 @@ mod tests {
         let (out, st, head) = delta(&basis, &new, 1000);
         assert!(st.literal < 3000, "{st:?}");
         assert_eq!(apply(&basis, head, &out, ChecksumAlgo::Xxh128), new);
+    }
+
+    #[test]
+    fn repeated_blocks_and_the_next_block_rule() {
+        // Blocks A A B A B B (700 bytes each); the new file reorders them and
+        // ends in a short block, so a match is often not followed by the
+        // block after it, and equal blocks compete.
+        let a: Vec<u8> = (0..700u32).map(|i| (i * 31 % 251) as u8).collect();
+        let b: Vec<u8> = (0..700u32).map(|i| (i * 17 % 241) as u8).collect();
+        let basis: Vec<u8> = [&a[..], &a, &b, &a, &b, &b].concat();
+        let new: Vec<u8> = [&b[..], &a, &a, &a, &b, &b, &a, &b[..300]].concat();
+        for chunk in [1, 700, 4096] {
+            let (out, st, head) = delta(&basis, &new, chunk);
+            assert_eq!(st.matched, 7 * 700, "chunk {chunk}");
+            assert_eq!(st.literal, 300, "chunk {chunk}");
+            assert_eq!(apply(&basis, head, &out, ChecksumAlgo::Xxh128), new);
+        }
     }
 
     #[test]

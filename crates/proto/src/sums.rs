@@ -110,7 +110,7 @@ impl SumHead {
         if h.count > 0 && h.blength == 0 {
             return Err(Error::malformed("sum head", "zero block length"));
         }
-        if h.s2length < 0 || h.s2length as usize > digest_len {
+        if h.s2length < 0 || h.s2length as usize > digest_len.min(MAX_STRONG) {
             return Err(Error::malformed(
                 "sum head",
                 format!("invalid strong-sum length {}", h.s2length),
@@ -176,13 +176,24 @@ pub fn block_len_for(len: u64) -> u32 {
     (blength as u32).max(BLOCK_SIZE)
 }
 
+/// Most strong-sum bytes a block sum carries (the longest digest).
+pub const MAX_STRONG: usize = 16;
+
+/// The first `s2length` bytes of `digest`, zero-padded to [`MAX_STRONG`].
+fn short_strong(digest: &[u8], s2length: usize) -> [u8; MAX_STRONG] {
+    let mut strong = [0u8; MAX_STRONG];
+    strong[..s2length].copy_from_slice(&digest[..s2length]);
+    strong
+}
+
 /// One block's sums.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockSum {
     /// Rolling checksum.
     pub weak: u32,
-    /// First s2length bytes of the strong checksum.
-    pub strong: Vec<u8>,
+    /// The first s2length bytes of the strong checksum, zero-padded
+    /// (kept inline: the matcher compares them without a pointer chase).
+    pub strong: [u8; MAX_STRONG],
 }
 
 /// A head plus all block sums.
@@ -211,7 +222,7 @@ impl SumSet {
             let strong = block_sum(algo, block, seed, seed_fix);
             blocks.push(BlockSum {
                 weak: weak_sum(block),
-                strong: strong.as_bytes()[..head.s2length as usize].to_vec(),
+                strong: short_strong(strong.as_bytes(), head.s2length as usize),
             });
             off += n;
         }
@@ -223,7 +234,7 @@ impl SumSet {
         self.head.encode(out);
         for b in &self.blocks {
             put_i32(out, b.weak as i32);
-            out.extend_from_slice(&b.strong);
+            out.extend_from_slice(&b.strong[..self.head.s2length as usize]);
         }
     }
 }
@@ -249,12 +260,18 @@ impl SumDecoder {
     /// `count` entries are in.
     pub fn feed(&mut self, r: &mut Reader<'_>) -> Result<Option<SumSet>> {
         let s2 = self.head.s2length as usize;
+        if s2 > MAX_STRONG {
+            return Err(Error::malformed(
+                "sum head",
+                format!("invalid strong-sum length {s2}"),
+            ));
+        }
         while self.blocks.len() < self.head.count as usize {
             if r.remaining() < 4 + s2 {
                 return Ok(None);
             }
             let weak = r.i32()? as u32;
-            let strong = r.bytes(s2)?.to_vec();
+            let strong = short_strong(r.bytes(s2)?, s2);
             self.blocks.push(BlockSum { weak, strong });
         }
         Ok(Some(SumSet {

@@ -71,6 +71,38 @@ impl Meta {
     fn no_times(&self) -> bool {
         self.mtime.is_none() && self.atime.is_none()
     }
+
+    /// True when applying this to an entry whose attributes are `now`
+    /// would change nothing (so the calls can be left out, as rsync's
+    /// `set_file_attrs` does). An access time to set always counts as a
+    /// change.
+    pub fn is_applied(&self, now: &AttrState) -> bool {
+        self.perms.is_none_or(|p| p & 0o7777 == now.perms)
+            && self.mtime.is_none_or(|t| t == now.mtime)
+            && self.uid.is_none_or(|u| u == now.uid)
+            && self.gid.is_none_or(|g| g == now.gid)
+            && self.atime.is_none()
+    }
+}
+
+/// The parent directory last opened by [`DestRoot::lstat_attrs_cached`].
+#[derive(Debug, Default)]
+pub struct ParentCache {
+    dir: Vec<u8>,
+    fd: Option<Arc<OwnedFd>>,
+}
+
+/// The attributes of an existing entry that [`Meta`] sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttrState {
+    /// Permission bits (07777).
+    pub perms: u32,
+    /// mtime seconds and nanoseconds.
+    pub mtime: (i64, u32),
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
 }
 
 /// The process's umask (read once: `/proc/self/status`, else by setting
@@ -341,19 +373,61 @@ impl DestRoot {
 
     /// `lstat` of an entry, `None` if it does not exist.
     pub fn lstat(&self, name: &[u8]) -> Result<Option<EntryInfo>> {
+        Ok(self.lstat_attrs(name)?.map(|(info, _)| info))
+    }
+
+    /// `lstat` of an entry with the attributes [`Meta`] sets (for
+    /// [`Meta::is_applied`]), `None` if it does not exist.
+    pub fn lstat_attrs(&self, name: &[u8]) -> Result<Option<(EntryInfo, AttrState)>> {
+        self.lstat_attrs_cached(&mut ParentCache::default(), name)
+    }
+
+    /// [`DestRoot::lstat_attrs`] that keeps the last parent directory
+    /// opened in `cache` and reuses it while the names stay in that
+    /// directory (a file list lists a directory's entries together), so
+    /// most calls are one `statat`.
+    pub fn lstat_attrs_cached(
+        &self,
+        cache: &mut ParentCache,
+        name: &[u8],
+    ) -> Result<Option<(EntryInfo, AttrState)>> {
         let st = if name == b"." {
             rustix::fs::fstat(&*self.fd)
         } else {
-            let (p, base) = self.parent(name)?;
+            let (p, base) = match (name.iter().rposition(|&b| b == b'/'), &cache.fd) {
+                (Some(i), Some(fd)) if cache.dir == name[..i] => {
+                    validate_name(name).map_err(|e| RemoteError::Refused(e.to_string()))?;
+                    let base = std::str::from_utf8(&name[i + 1..]).map_err(|_| {
+                        RemoteError::Refused(format!("non-UTF-8 name {:?}", shown(name)))
+                    })?;
+                    (Arc::clone(fd), base.to_string())
+                }
+                (at, _) => {
+                    let (p, base) = self.parent(name)?;
+                    if let Some(i) = at {
+                        cache.dir = name[..i].to_vec();
+                        cache.fd = Some(Arc::clone(&p));
+                    }
+                    (p, base)
+                }
+            };
             rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW)
         };
         match st {
-            Ok(st) => Ok(Some(EntryInfo {
-                file_type: FileType::from_raw_mode(st.st_mode),
-                size: st.st_size as u64,
-                mtime: st.st_mtime,
-                perms: st.st_mode & 0o7777,
-            })),
+            Ok(st) => Ok(Some((
+                EntryInfo {
+                    file_type: FileType::from_raw_mode(st.st_mode),
+                    size: st.st_size as u64,
+                    mtime: st.st_mtime,
+                    perms: st.st_mode & 0o7777,
+                },
+                AttrState {
+                    perms: st.st_mode & 0o7777,
+                    mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+                    uid: st.st_uid,
+                    gid: st.st_gid,
+                },
+            ))),
             Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(io_err(format!("stat {}", shown(name)), e)),
         }
@@ -1046,6 +1120,96 @@ mod tests {
 
     fn m_ino(p: &Path) -> u64 {
         std::fs::metadata(p).unwrap().ino()
+    }
+
+    #[test]
+    fn applied_meta_is_recognized() {
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        let d = DestRoot::open(t.path()).unwrap();
+        std::fs::write(t.path().join("f"), b"x").unwrap();
+        let meta = Meta {
+            perms: Some(0o640),
+            mtime: Some((1_000_000_000, 5)),
+            uid: None,
+            gid: None,
+            atime: None,
+        };
+        d.set_meta(b"f", &meta).unwrap();
+        let (info, now) = d.lstat_attrs(b"f").unwrap().unwrap();
+        assert_eq!((info.size, info.perms), (1, 0o640));
+        assert!(meta.is_applied(&now));
+        let uid = std::fs::metadata(t.path().join("f")).unwrap().uid();
+        assert!(Meta {
+            uid: Some(uid),
+            ..meta
+        }
+        .is_applied(&now));
+        // Any difference (or an access time to set) is a change.
+        for other in [
+            Meta {
+                perms: Some(0o644),
+                ..meta
+            },
+            Meta {
+                mtime: Some((1_000_000_000, 6)),
+                ..meta
+            },
+            Meta {
+                uid: Some(uid + 1),
+                ..meta
+            },
+            Meta {
+                atime: Some(1),
+                ..meta
+            },
+        ] {
+            assert!(!other.is_applied(&now), "{other:?}");
+        }
+        assert!(d.lstat_attrs(b"missing").unwrap().is_none());
+    }
+
+    #[test]
+    fn cached_parent_lookups_match_plain_ones() {
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        let d = DestRoot::open(t.path()).unwrap();
+        d.ensure_dir(b"a").unwrap();
+        d.ensure_dir(b"a/b").unwrap();
+        for (n, body) in [
+            ("top", "1"),
+            ("a/x", "22"),
+            ("a/y", "333"),
+            ("a/b/z", "4444"),
+        ] {
+            std::fs::write(t.path().join(n), body).unwrap();
+        }
+        std::os::unix::fs::symlink(t.path().join("a"), t.path().join("link")).unwrap();
+        let mut cache = ParentCache::default();
+        let names: [&[u8]; 8] = [
+            b"a/x", b"a/y", b"a/gone", b"a/b/z", b"a/x", b"top", b".", b"a/y",
+        ];
+        for name in names {
+            assert_eq!(
+                d.lstat_attrs_cached(&mut cache, name).unwrap(),
+                d.lstat_attrs(name).unwrap(),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+        assert_eq!(
+            d.lstat_attrs_cached(&mut cache, b"a/y")
+                .unwrap()
+                .unwrap()
+                .0
+                .size,
+            3
+        );
+        // Bad names and symlinked parents are refused with a warm cache too.
+        for bad in [&b"a/../top"[..], b"/a/x", b"link/x"] {
+            assert!(matches!(
+                d.lstat_attrs_cached(&mut cache, bad),
+                Err(RemoteError::Refused(_))
+            ));
+        }
     }
 
     #[test]

@@ -850,7 +850,8 @@ impl GenCtx {
 
     /// Applies ACLs to an existing entry (after its mode was set).
     fn fix_acls(&self, e: &FileEntry) -> Result<()> {
-        if self.dry_run {
+        // Without -A (or an ACL to set) nothing is opened.
+        if self.dry_run || !self.attr.acls || e.acl.is_none() {
             return Ok(());
         }
         self.dest
@@ -1070,6 +1071,8 @@ fn generator<W: Write>(
     } else {
         None
     };
+    // The parent directory of the last regular file looked at.
+    let mut parents = crate::fsys::ParentCache::default();
     // A directory hidden by the daemon's rules: its contents follow it.
     let mut hidden_dir: Option<Vec<u8>> = None;
     // A directory the options leave alone (`--existing`, ...): its contents follow it.
@@ -1180,9 +1183,9 @@ fn generator<W: Write>(
                 }
                 Some(FileType::Regular) => {
                     // In a dry run a parent may not exist yet: treat as missing.
-                    let existing = match dest.lstat(&e.name) {
-                        Ok(m) => m,
-                        Err(_) if dry => None,
+                    let (existing, attrs) = match dest.lstat_attrs_cached(&mut parents, &e.name) {
+                        Ok(m) => m.unzip(),
+                        Err(_) if dry => (None, None),
                         Err(err) => return Err(err),
                     };
                     if !ctx.opts.alt_dirs.is_empty() {
@@ -1244,7 +1247,11 @@ fn generator<W: Write>(
                             }
                             if !dry {
                                 ctx.fix_xattrs(outs, &mut codec, i, e, 0)?;
-                                dest.set_meta(&e.name, &ctx.meta.meta(e, Some(m.perms)))?;
+                                // Only what differs is changed (most often nothing).
+                                let meta = ctx.meta.meta(e, Some(m.perms));
+                                if !attrs.is_some_and(|a| meta.is_applied(&a)) {
+                                    dest.set_meta(&e.name, &meta)?;
+                                }
                                 ctx.fix_acls(e)?;
                                 ctx.success(outs, i)?;
                             }
