@@ -25,6 +25,12 @@ const TTL: Duration = Duration::from_secs(1);
 pub const MAX_WRITE: u32 = 1 << 20;
 /// Data-path worker threads.
 const WORKERS: usize = 4;
+/// `FUSE_HANDLE_KILLPRIV_V2` (protocol 7.33; fuser 0.15 names flags up to 7.31): the filesystem
+/// clears set-user-ID / set-group-ID bits on write, truncate and chown itself, so the kernel no
+/// longer asks for `security.capability` before writing a file it has not checked yet.
+const FUSE_HANDLE_KILLPRIV_V2: u32 = 1 << 28;
+/// Write flag under [`FUSE_HANDLE_KILLPRIV_V2`]: the writer may not keep set-ID bits.
+const FUSE_WRITE_KILL_SUIDGID: u32 = 1 << 2;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -33,6 +39,8 @@ pub struct DynFuse {
     fs: Arc<Fs>,
     jobs: Option<mpsc::Sender<Job>>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// [`FUSE_HANDLE_KILLPRIV_V2`] was negotiated.
+    killpriv: bool,
 }
 
 fn to_time(t: Ts) -> SystemTime {
@@ -140,7 +148,12 @@ impl DynFuse {
             .collect();
         // Without workers, requests run on the session thread.
         let jobs = if workers.is_empty() { None } else { Some(tx) };
-        DynFuse { fs, jobs, workers }
+        DynFuse {
+            fs,
+            jobs,
+            workers,
+            killpriv: false,
+        }
     }
 
     /// Runs `f` on the session thread when `light` (nothing to encode or write to disks: a
@@ -221,6 +234,7 @@ impl Filesystem for DynFuse {
         // POSIX ACLs: the kernel enforces them and keeps the mode in sync when an ACL is set;
         // ACLs are stored as the usual system.posix_acl_* xattrs.
         let _ = config.add_capabilities(fuser::consts::FUSE_POSIX_ACL);
+        self.killpriv = config.add_capabilities(FUSE_HANDLE_KILLPRIV_V2).is_ok();
         Ok(())
     }
 
@@ -243,7 +257,7 @@ impl Filesystem for DynFuse {
 
     fn setattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -267,6 +281,12 @@ impl Filesystem for DynFuse {
             atime: atime.map(time_or_now),
             mtime: mtime.map(time_or_now),
             ctime: ctime.map(from_time),
+            // Under KILLPRIV_V2 the kernel leaves it to us (fuser hides the request's
+            // FATTR_KILL_SUIDGID flag, so apply the kernel's rule for setting it): a chown
+            // always clears the set-ID bits of a non-directory, a truncate does unless the
+            // caller may keep them (CAP_FSETID; taken as being root).
+            kill_suidgid: self.killpriv
+                && (uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0)),
         };
         let run = move |fs: &Fs| match fs.setattr(ino, a) {
             Ok(i) => reply.attr(&TTL, &attr(ino, &i)),
@@ -434,7 +454,7 @@ impl Filesystem for DynFuse {
         _fh: u64,
         offset: i64,
         data: &[u8],
-        _write_flags: u32,
+        write_flags: u32,
         _flags: i32,
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
@@ -442,6 +462,17 @@ impl Filesystem for DynFuse {
         let Ok(off) = u64::try_from(offset) else {
             return reply.error(libc::EINVAL);
         };
+        // The kernel sends this (writing through, past its cache) only for a file with set-ID
+        // bits, written by a caller that may not keep them.
+        if self.killpriv && write_flags & FUSE_WRITE_KILL_SUIDGID != 0 {
+            let kill = SetAttr {
+                kill_suidgid: true,
+                ..Default::default()
+            };
+            if let Err(e) = self.fs.setattr(ino, kill) {
+                return reply.error(err_code(&e));
+            }
+        }
         let reply_write = |r: dynfs_core::Result<usize>, reply: ReplyWrite| match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(err_code(&e)),
@@ -655,17 +686,7 @@ impl Filesystem for DynFuse {
     ) {
         let r = self
             .fs
-            .mknod(
-                parent,
-                name.as_bytes(),
-                Kind::File,
-                mode & !umask,
-                req.uid(),
-                req.gid(),
-                0,
-                b"",
-            )
-            .and_then(|(ino, i)| self.fs.open(ino).map(|_| (ino, i)));
+            .create(parent, name.as_bytes(), mode & !umask, req.uid(), req.gid());
         match r {
             Ok((ino, i)) => reply.created(&TTL, &attr(ino, &i), 0, 0, 0),
             Err(e) => reply.error(err_code(&e)),
