@@ -155,11 +155,6 @@ impl PendingAttrs {
     /// Fold a later change into this one.
     fn merge(&mut self, a: &SetAttr, ctime: Ts) {
         let s = &mut self.set;
-        if a.kill_suidgid {
-            // Applies to what the earlier changes set, and to the committed mode.
-            s.mode = s.mode.map(kill_suidgid);
-            s.kill_suidgid = true;
-        }
         s.mode = a.mode.or(s.mode);
         s.uid = a.uid.or(s.uid);
         s.gid = a.gid.or(s.gid);
@@ -171,9 +166,6 @@ impl PendingAttrs {
     /// The inode fields these changes set (the ACL follows in [`apply_attrs`]).
     fn overlay(&self, i: &mut Inode) {
         let a = &self.set;
-        if a.kill_suidgid && i.kind != Kind::Dir {
-            i.perm = kill_suidgid(i.perm);
-        }
         if let Some(m) = a.mode {
             i.perm = m & 0o7777;
         }
@@ -243,21 +235,6 @@ pub struct SetAttr {
     pub mtime: Option<Ts>,
     /// New change time.
     pub ctime: Option<Ts>,
-    /// Clear the set-user-ID bit, and the set-group-ID bit if the group may execute, of a
-    /// non-directory before `mode` applies: what a write, truncate or chown must do under the
-    /// kernel's rules when the filesystem handles it (FUSE `HANDLE_KILLPRIV_V2`).
-    pub kill_suidgid: bool,
-}
-
-/// Permission bits without set-user-ID, and without set-group-ID when the group may execute (a
-/// set-group-ID bit without group execute marks mandatory locking, not privilege): what the
-/// kernel clears when an unprivileged write or truncate, or a chown, meets such a file.
-pub fn kill_suidgid(perm: u32) -> u32 {
-    let mut p = perm & !libc::S_ISUID;
-    if p & libc::S_IXGRP != 0 {
-        p &= !libc::S_ISGID;
-    }
-    p
 }
 
 /// Filesystem usage for `statfs`.
@@ -1214,7 +1191,6 @@ impl Fs {
             self.truncate(ino, size)?;
         }
         let has_other = a.mode.is_some()
-            || a.kill_suidgid
             || a.uid.is_some()
             || a.gid.is_some()
             || a.atime.is_some()

@@ -179,6 +179,24 @@ impl DynFuse {
         }
     }
 
+    /// The permission bits of `ino` once the set-ID bits a write, truncate or chown must clear
+    /// are cleared (`None` if nothing changes): set-user-ID always; set-group-ID if the group
+    /// may execute, or, for a write or truncate by a caller of group `caller_gid`, if the caller
+    /// is not in the file's group (as the kernel decides, by the caller's primary group here).
+    fn killed_mode(&self, ino: u64, caller_gid: Option<u32>) -> Option<u32> {
+        let i = self.fs.getattr(ino).ok()?;
+        if i.kind == Kind::Dir {
+            return None;
+        }
+        let mut p = i.perm & !libc::S_ISUID;
+        if p & libc::S_ISGID != 0
+            && (p & libc::S_IXGRP != 0 || caller_gid.is_some_and(|g| g != i.gid))
+        {
+            p &= !libc::S_ISGID;
+        }
+        (p != i.perm).then_some(p)
+    }
+
     fn entry(&self, r: dynfs_core::Result<(u64, Inode)>, reply: ReplyEntry) {
         match r {
             Ok((ino, i)) => reply.entry(&TTL, &attr(ino, &i), 0),
@@ -273,7 +291,7 @@ impl Filesystem for DynFuse {
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
-        let a = SetAttr {
+        let mut a = SetAttr {
             mode,
             uid,
             gid,
@@ -281,13 +299,19 @@ impl Filesystem for DynFuse {
             atime: atime.map(time_or_now),
             mtime: mtime.map(time_or_now),
             ctime: ctime.map(from_time),
-            // Under KILLPRIV_V2 the kernel leaves it to us (fuser hides the request's
-            // FATTR_KILL_SUIDGID flag, so apply the kernel's rule for setting it): a chown
-            // always clears the set-ID bits of a non-directory, a truncate does unless the
-            // caller may keep them (CAP_FSETID; taken as being root).
-            kill_suidgid: self.killpriv
-                && (uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0)),
         };
+        // Under KILLPRIV_V2 the kernel leaves clearing set-ID bits to us, and fuser hides the
+        // request's FATTR_KILL_SUIDGID flag: apply the kernel's rule for setting it. A chown
+        // always clears them (of a non-directory), a truncate unless the caller may keep them
+        // (CAP_FSETID; taken as being root).
+        if self.killpriv && mode.is_none() {
+            let chown = uid.is_some() || gid.is_some();
+            let unprivileged_truncate = size.is_some() && req.uid() != 0;
+            if chown || unprivileged_truncate {
+                let caller_gid = (!chown).then(|| req.gid());
+                a.mode = self.killed_mode(ino, caller_gid);
+            }
+        }
         let run = move |fs: &Fs| match fs.setattr(ino, a) {
             Ok(i) => reply.attr(&TTL, &attr(ino, &i)),
             Err(e) => reply.error(err_code(&e)),
@@ -449,7 +473,7 @@ impl Filesystem for DynFuse {
 
     fn write(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         _fh: u64,
         offset: i64,
@@ -465,12 +489,14 @@ impl Filesystem for DynFuse {
         // The kernel sends this (writing through, past its cache) only for a file with set-ID
         // bits, written by a caller that may not keep them.
         if self.killpriv && write_flags & FUSE_WRITE_KILL_SUIDGID != 0 {
-            let kill = SetAttr {
-                kill_suidgid: true,
-                ..Default::default()
-            };
-            if let Err(e) = self.fs.setattr(ino, kill) {
-                return reply.error(err_code(&e));
+            if let Some(mode) = self.killed_mode(ino, Some(req.gid())) {
+                let kill = SetAttr {
+                    mode: Some(mode),
+                    ..Default::default()
+                };
+                if let Err(e) = self.fs.setattr(ino, kill) {
+                    return reply.error(err_code(&e));
+                }
             }
         }
         let reply_write = |r: dynfs_core::Result<usize>, reply: ReplyWrite| match r {
