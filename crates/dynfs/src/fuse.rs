@@ -303,11 +303,14 @@ impl Filesystem for DynFuse {
         // Under KILLPRIV_V2 the kernel leaves clearing set-ID bits to us, and fuser hides the
         // request's FATTR_KILL_SUIDGID flag: apply the kernel's rule for setting it. A chown
         // always clears them (of a non-directory), a truncate unless the caller may keep them
-        // (CAP_FSETID; taken as being root).
+        // (CAP_FSETID; taken as being root). A request changing nothing is what the kernel
+        // sends for its own clearing (before an unprivileged fallocate, say).
         if self.killpriv && mode.is_none() {
             let chown = uid.is_some() || gid.is_some();
-            let unprivileged_truncate = size.is_some() && req.uid() != 0;
-            if chown || unprivileged_truncate {
+            let nothing =
+                a.size.is_none() && a.atime.is_none() && a.mtime.is_none() && a.ctime.is_none();
+            let unprivileged = req.uid() != 0 && (size.is_some() || nothing);
+            if chown || unprivileged {
                 let caller_gid = (!chown).then(|| req.gid());
                 a.mode = self.killed_mode(ino, caller_gid);
             }

@@ -526,8 +526,8 @@ fn set_id_bits_are_cleared_as_on_a_local_filesystem() {
     let nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups";
     let script = format!(
         "set -e; cd \"$1\"
-        for f in w t r c g x; do printf x > $f; done
-        chmod 6777 w t r c
+        for f in w t r c g x a; do printf x > $f; done
+        chmod 6777 w t r c a
         chgrp 65534 g && chmod 2767 g
         chmod 2707 x
         {nobody} sh -c 'printf y >> w'
@@ -536,8 +536,9 @@ fn set_id_bits_are_cleared_as_on_a_local_filesystem() {
         chown 1:1 c
         {nobody} sh -c 'printf y >> g'
         {nobody} sh -c 'printf y >> x'
+        {nobody} fallocate -l 8192 a
         sleep 1.1
-        stat -c '%n %a %s' w t r c g x"
+        stat -c '%n %a %s' w t r c g x a"
     );
     let run = |dir: &std::path::Path| {
         let out = std::process::Command::new("sh")
@@ -560,6 +561,7 @@ fn set_id_bits_are_cleared_as_on_a_local_filesystem() {
     let want = run(&local);
     assert!(want.starts_with("w 777 2\n"), "local: {want}");
     assert!(want.contains("r 6777 2\n"), "local: {want}");
+    assert!(want.contains("a 777 8192\n"), "local: {want}");
     assert_eq!(run(m.mnt()), want);
     // One write(2) after another: one capability lookup for the first at most, not one each.
     let log = m.tmp.path().join("mount.log");
