@@ -111,6 +111,9 @@ struct FileState {
     pending: Option<Pending>,
     /// Open handles.
     opens: u32,
+    /// A link was dropped while the file was open: its last release deletes the inode if no
+    /// link is left ([`Fs::reap`]). Other releases need not read the inode.
+    unlinked_while_open: bool,
 }
 
 /// Extents taken out of a file's buffer when it filled up: a background thread encodes, hashes
@@ -273,7 +276,42 @@ pub struct Fs {
     /// Whole-extent buffers of committed writes, reused by the next writes (a fresh buffer
     /// costs a page fault per 4 KiB).
     spare: Mutex<Vec<Vec<u8>>>,
+    /// Inode numbers handed out from memory (`None` until the first create reads the counter).
+    /// Held across a create's metadata change, so numbers are taken in commit order.
+    inos: Mutex<Option<InoRange>>,
+    /// The inode last read or created. Copying a small file sends about ten requests for it in
+    /// a row, and only the create and the closing flush change the metadata: the others read
+    /// it from here instead of the database.
+    last: Mutex<Option<LastInode>>,
 }
+
+/// A committed inode as of a metadata commit count ([`crate::meta::MetaStore::commits`]): valid
+/// while the count is unchanged, since every change to the metadata (lazy or durable, through
+/// this filesystem or not) counts one commit under the metadata lock.
+#[derive(Debug, Clone)]
+struct LastInode {
+    commits: u64,
+    ino: u64,
+    inode: Inode,
+    /// Known to have no extended attributes (created by this filesystem, none set since).
+    no_xattrs: bool,
+}
+
+/// Inode numbers reserved in the metadata: `next` is the next number to hand out, and every
+/// number below `limit` is covered by the `next_ino` counter the metadata holds (or will hold
+/// once the create that reserved it commits). A create whose number reaches `limit` raises the
+/// counter by [`INO_RESERVE`] in its own change, so the counter is written once per that many
+/// creates, not in every one, on every metadata replica; since changes commit in order, any
+/// committed inode's number is below the committed counter, and numbers handed out after a
+/// crash (from the counter) never collide with a surviving inode.
+#[derive(Debug, Clone, Copy)]
+struct InoRange {
+    next: u64,
+    limit: u64,
+}
+
+/// Inode numbers reserved at a time (see [`InoRange`]).
+const INO_RESERVE: u64 = 1024;
 
 /// Most spare extent buffers kept (two full file buffers: one filling, one being written).
 const SPARE_BUFFERS: usize = 2 * MAX_DIRTY_EXTENTS;
@@ -542,6 +580,8 @@ impl Fs {
             prefetching: Arc::new(Mutex::new(std::collections::HashSet::new())),
             readers: Mutex::new(Vec::new()),
             spare: Mutex::new(Vec::new()),
+            inos: Mutex::new(None),
+            last: Mutex::new(None),
         }
     }
 
@@ -636,9 +676,34 @@ impl Fs {
         }
     }
 
-    /// Read a committed inode.
+    /// Read a committed inode (from [`Fs::last`] if no metadata change committed since).
     fn inode(&self, ino: u64) -> Result<Inode> {
-        self.pool.meta.view(|tx| get_inode(tx, LIVE, ino))
+        if let Some(c) = self.cached(ino) {
+            return Ok(c.inode);
+        }
+        let meta = &self.pool.meta;
+        // The commit count is read under the metadata lock, with the inode: it tags exactly
+        // the state read.
+        let (commits, i) = meta.view(|tx| Ok((meta.commits(), get_inode(tx, LIVE, ino)?)))?;
+        self.remember(LastInode {
+            commits,
+            ino,
+            inode: i.clone(),
+            no_xattrs: false,
+        });
+        Ok(i)
+    }
+
+    /// [`Fs::last`] if it holds `ino` and is still current.
+    fn cached(&self, ino: u64) -> Option<LastInode> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|c| c.ino == ino && c.commits == self.pool.meta.commits())
+            .cloned()
+    }
+
+    fn remember(&self, c: LastInode) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
     }
 
     /// Attributes of an inode, including buffered writes.
@@ -708,8 +773,17 @@ impl Fs {
         target: &[u8],
     ) -> Result<(u64, Inode)> {
         check_name(name)?;
+        let mut inos = self.inos.lock().unwrap_or_else(|e| e.into_inner());
+        let range = match *inos {
+            Some(r) => r,
+            None => self.first_ino()?,
+        };
+        let ino = range.next;
+        // The counter moves only when this number leaves the reserved range.
+        let reserve = (ino >= range.limit).then(|| ino + INO_RESERVE);
         let (name, target) = (name.to_vec(), target.to_vec());
-        self.pool.meta.write_lazy(move |tx| {
+        let before = self.pool.meta.commits();
+        let r = self.pool.meta.write_lazy(move |tx| {
             let (name, target) = (name.as_slice(), target.as_slice());
             // Each table is opened once: opening a table costs a lookup in redb's table tree.
             let mut inodes = tx.open_table(INODES)?;
@@ -724,7 +798,9 @@ impl Fs {
             if dirents.get((LIVE, parent, name))?.is_some() {
                 return Err(errno(libc::EEXIST));
             }
-            let ino = meta::alloc(tx, "next_ino", 2)?;
+            if let Some(limit) = reserve {
+                meta::set_counter(tx, "next_ino", limit)?;
+            }
             let mut i = new_inode(kind, perm & 0o7777, uid, gid, parent);
             i.rdev = rdev;
             i.policy = p.policy;
@@ -739,7 +815,14 @@ impl Fs {
                     i.perm |= libc::S_ISGID;
                 }
             }
-            inodes.insert((LIVE, ino), meta::enc(&i)?.as_slice())?;
+            // A number already in use means the counter was behind: refuse rather than
+            // overwrite (the change is dropped; the next create derives the range again).
+            if inodes
+                .insert((LIVE, ino), meta::enc(&i)?.as_slice())?
+                .is_some()
+            {
+                return Err(Error::Meta(format!("inode number {ino} is already in use")));
+            }
             dirents.insert((LIVE, parent, name), ino)?;
             // What touch_dir does, on the table already open.
             let now = Ts::now();
@@ -750,7 +833,63 @@ impl Fs {
             }
             inodes.insert((LIVE, parent), meta::enc(&p)?.as_slice())?;
             Ok((ino, i))
-        })
+        });
+        if let Ok((ino, i)) = &r {
+            // If this create was the only commit since `before`, the metadata now is exactly
+            // as it left it.
+            let commits = self.pool.meta.commits();
+            if commits == before + 1 {
+                self.remember(LastInode {
+                    commits,
+                    ino: *ino,
+                    inode: i.clone(),
+                    no_xattrs: true,
+                });
+            }
+        }
+        *inos = match &r {
+            Ok(_) => Some(InoRange {
+                next: ino + 1,
+                limit: reserve.unwrap_or(range.limit),
+            }),
+            Err(Error::Meta(_)) => None,
+            Err(_) => Some(range),
+        };
+        r
+    }
+
+    /// The inode numbers to hand out first: from the `next_ino` counter, or past the largest
+    /// live inode if the counter is behind it (it never is, unless the metadata was edited).
+    fn first_ino(&self) -> Result<InoRange> {
+        let next = self.pool.meta.view(|tx| {
+            let counter = meta::counter(tx, "next_ino")?;
+            let t = tx.open_table(INODES)?;
+            let last = t.range((LIVE, 0)..=(LIVE, u64::MAX))?.next_back();
+            let past_last = match last {
+                Some(row) => row?.0.value().1 + 1,
+                None => 0,
+            };
+            Ok(counter.max(past_last).max(ROOT_INO + 1))
+        })?;
+        Ok(InoRange { next, limit: next })
+    }
+
+    /// Create a regular file and open it (one handle): [`Fs::mknod`] then [`Fs::open`],
+    /// without reading back the inode just written.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(u64, Inode)> {
+        let (ino, i) = self.mknod(parent, name, Kind::File, perm, uid, gid, 0, b"")?;
+        self.state(ino)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .opens += 1;
+        Ok((ino, i))
     }
 
     /// Create a hard link to `ino` named `name` in `parent`.
@@ -783,7 +922,9 @@ impl Fs {
     /// After a commit that may have dropped an inode's last link: delete it unless it is open.
     fn reap(&self, ino: u64) -> Result<()> {
         if let Some(s) = self.existing_state(ino) {
-            if s.lock().unwrap_or_else(|e| e.into_inner()).opens > 0 {
+            let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
+            if st.opens > 0 {
+                st.unlinked_while_open = true;
                 return Ok(());
             }
         }
@@ -1106,13 +1247,17 @@ impl Fs {
     /// unlinked file.
     pub fn release(&self, ino: u64) -> Result<()> {
         let r = self.flush(ino);
+        let mut unlinked = false;
         if let Some(s) = self.existing_state(ino) {
             let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
             st.opens = st.opens.saturating_sub(1);
+            unlinked = st.unlinked_while_open && st.opens == 0;
         }
-        match self.inode(ino) {
-            Ok(i) if i.nlink == 0 => self.reap(ino)?,
-            _ => {}
+        if unlinked {
+            match self.inode(ino) {
+                Ok(i) if i.nlink == 0 => self.reap(ino)?,
+                _ => {}
+            }
         }
         self.drop_state_if_idle(ino);
         r
@@ -1845,16 +1990,24 @@ impl Fs {
 
     /// Get an xattr value.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
-        let i = self.inode(ino)?;
         if name == POLICY_XATTR {
-            return i
+            return self
+                .inode(ino)?
                 .policy
                 .map(|p| p.to_string().into_bytes())
                 .ok_or(errno(libc::ENODATA));
         }
+        // The kernel asks for `security.capability` before the first write to every file.
+        if self.cached(ino).is_some_and(|c| c.no_xattrs) {
+            return Err(errno(libc::ENODATA));
+        }
         let v = self.pool.meta.view(|tx| {
             let t = tx.open_table(XATTRS)?;
             let v = t.get((LIVE, ino, name))?.map(|g| g.value().to_vec());
+            if v.is_none() {
+                // ENOENT rather than ENODATA for a missing inode.
+                get_inode(tx, LIVE, ino)?;
+            }
             Ok(v)
         })?;
         v.ok_or(errno(libc::ENODATA))
@@ -1945,13 +2098,14 @@ impl Fs {
         if st.dirty.is_empty() && st.size.is_none() {
             return Ok(false);
         }
-        let stored = self.pool.meta.view(|tx| {
-            let stored = tx
-                .open_table(XATTRS)?
-                .get((LIVE, ino, ACL_ACCESS_XATTR))?
-                .is_some();
-            Ok(stored)
-        })?;
+        let stored = !self.cached(ino).is_some_and(|c| c.no_xattrs)
+            && self.pool.meta.view(|tx| {
+                let stored = tx
+                    .open_table(XATTRS)?
+                    .get((LIVE, ino, ACL_ACCESS_XATTR))?
+                    .is_some();
+                Ok(stored)
+            })?;
         if stored {
             return Ok(false);
         }
@@ -1977,6 +2131,9 @@ impl Fs {
         // file), and there usually is none: answer that from a read, since a failed change
         // costs re-applying the open metadata batch.
         if name != POLICY_XATTR {
+            if self.cached(ino).is_some_and(|c| c.no_xattrs) {
+                return Err(errno(libc::ENODATA));
+            }
             let exists = self.pool.meta.view(|tx| {
                 get_inode(tx, LIVE, ino)?;
                 let t = tx.open_table(XATTRS)?;

@@ -25,6 +25,12 @@ const TTL: Duration = Duration::from_secs(1);
 pub const MAX_WRITE: u32 = 1 << 20;
 /// Data-path worker threads.
 const WORKERS: usize = 4;
+/// `FUSE_HANDLE_KILLPRIV_V2` (protocol 7.33; fuser 0.15 names flags up to 7.31): the filesystem
+/// clears set-user-ID / set-group-ID bits on write, truncate and chown itself, so the kernel no
+/// longer asks for `security.capability` before writing a file it has not checked yet.
+const FUSE_HANDLE_KILLPRIV_V2: u32 = 1 << 28;
+/// Write flag under [`FUSE_HANDLE_KILLPRIV_V2`]: the writer may not keep set-ID bits.
+const FUSE_WRITE_KILL_SUIDGID: u32 = 1 << 2;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -33,6 +39,8 @@ pub struct DynFuse {
     fs: Arc<Fs>,
     jobs: Option<mpsc::Sender<Job>>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// [`FUSE_HANDLE_KILLPRIV_V2`] was negotiated.
+    killpriv: bool,
 }
 
 fn to_time(t: Ts) -> SystemTime {
@@ -140,7 +148,12 @@ impl DynFuse {
             .collect();
         // Without workers, requests run on the session thread.
         let jobs = if workers.is_empty() { None } else { Some(tx) };
-        DynFuse { fs, jobs, workers }
+        DynFuse {
+            fs,
+            jobs,
+            workers,
+            killpriv: false,
+        }
     }
 
     /// Runs `f` on the session thread when `light` (nothing to encode or write to disks: a
@@ -164,6 +177,24 @@ impl DynFuse {
             }
             None => job(),
         }
+    }
+
+    /// The permission bits of `ino` once the set-ID bits a write, truncate or chown must clear
+    /// are cleared (`None` if nothing changes): set-user-ID always; set-group-ID if the group
+    /// may execute, or, for a write or truncate by a caller of group `caller_gid`, if the caller
+    /// is not in the file's group (as the kernel decides, by the caller's primary group here).
+    fn killed_mode(&self, ino: u64, caller_gid: Option<u32>) -> Option<u32> {
+        let i = self.fs.getattr(ino).ok()?;
+        if i.kind == Kind::Dir {
+            return None;
+        }
+        let mut p = i.perm & !libc::S_ISUID;
+        if p & libc::S_ISGID != 0
+            && (p & libc::S_IXGRP != 0 || caller_gid.is_some_and(|g| g != i.gid))
+        {
+            p &= !libc::S_ISGID;
+        }
+        (p != i.perm).then_some(p)
     }
 
     fn entry(&self, r: dynfs_core::Result<(u64, Inode)>, reply: ReplyEntry) {
@@ -221,6 +252,7 @@ impl Filesystem for DynFuse {
         // POSIX ACLs: the kernel enforces them and keeps the mode in sync when an ACL is set;
         // ACLs are stored as the usual system.posix_acl_* xattrs.
         let _ = config.add_capabilities(fuser::consts::FUSE_POSIX_ACL);
+        self.killpriv = config.add_capabilities(FUSE_HANDLE_KILLPRIV_V2).is_ok();
         Ok(())
     }
 
@@ -243,7 +275,7 @@ impl Filesystem for DynFuse {
 
     fn setattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -259,7 +291,7 @@ impl Filesystem for DynFuse {
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
-        let a = SetAttr {
+        let mut a = SetAttr {
             mode,
             uid,
             gid,
@@ -268,6 +300,21 @@ impl Filesystem for DynFuse {
             mtime: mtime.map(time_or_now),
             ctime: ctime.map(from_time),
         };
+        // Under KILLPRIV_V2 the kernel leaves clearing set-ID bits to us, and fuser hides the
+        // request's FATTR_KILL_SUIDGID flag: apply the kernel's rule for setting it. A chown
+        // always clears them (of a non-directory), a truncate unless the caller may keep them
+        // (CAP_FSETID; taken as being root). A request changing nothing is what the kernel
+        // sends for its own clearing (before an unprivileged fallocate, say).
+        if self.killpriv && mode.is_none() {
+            let chown = uid.is_some() || gid.is_some();
+            let nothing =
+                a.size.is_none() && a.atime.is_none() && a.mtime.is_none() && a.ctime.is_none();
+            let unprivileged = req.uid() != 0 && (size.is_some() || nothing);
+            if chown || unprivileged {
+                let caller_gid = (!chown).then(|| req.gid());
+                a.mode = self.killed_mode(ino, caller_gid);
+            }
+        }
         let run = move |fs: &Fs| match fs.setattr(ino, a) {
             Ok(i) => reply.attr(&TTL, &attr(ino, &i)),
             Err(e) => reply.error(err_code(&e)),
@@ -429,12 +476,12 @@ impl Filesystem for DynFuse {
 
     fn write(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         _fh: u64,
         offset: i64,
         data: &[u8],
-        _write_flags: u32,
+        write_flags: u32,
         _flags: i32,
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
@@ -442,6 +489,19 @@ impl Filesystem for DynFuse {
         let Ok(off) = u64::try_from(offset) else {
             return reply.error(libc::EINVAL);
         };
+        // The kernel sends this (writing through, past its cache) only for a file with set-ID
+        // bits, written by a caller that may not keep them.
+        if self.killpriv && write_flags & FUSE_WRITE_KILL_SUIDGID != 0 {
+            if let Some(mode) = self.killed_mode(ino, Some(req.gid())) {
+                let kill = SetAttr {
+                    mode: Some(mode),
+                    ..Default::default()
+                };
+                if let Err(e) = self.fs.setattr(ino, kill) {
+                    return reply.error(err_code(&e));
+                }
+            }
+        }
         let reply_write = |r: dynfs_core::Result<usize>, reply: ReplyWrite| match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(err_code(&e)),
@@ -655,17 +715,7 @@ impl Filesystem for DynFuse {
     ) {
         let r = self
             .fs
-            .mknod(
-                parent,
-                name.as_bytes(),
-                Kind::File,
-                mode & !umask,
-                req.uid(),
-                req.gid(),
-                0,
-                b"",
-            )
-            .and_then(|(ino, i)| self.fs.open(ino).map(|_| (ino, i)));
+            .create(parent, name.as_bytes(), mode & !umask, req.uid(), req.gid());
         match r {
             Ok((ino, i)) => reply.created(&TTL, &attr(ino, &i), 0, 0, 0),
             Err(e) => reply.error(err_code(&e)),

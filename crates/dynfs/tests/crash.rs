@@ -170,6 +170,15 @@ fn kill9_during_small_file_copies_keeps_files_closed_before_an_fsync() {
                 std::fs::read(m.p(name)).unwrap_or_else(|e| panic!("round {round}: {name}: {e}"));
             assert!(got == bytes(*seed, *len), "round {round}: {name} differs");
         }
+        // Inode numbers come from a range reserved in the metadata: after the crash, new ones
+        // never collide with a surviving file's (a collision would fail the create).
+        let after = format!("r{round}-after");
+        std::fs::write(m.p(&after), b"after").unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let mut inos = std::collections::HashSet::new();
+        for e in std::fs::read_dir(m.mnt()).unwrap() {
+            let ino = std::os::unix::fs::MetadataExt::ino(&e.unwrap().metadata().unwrap());
+            assert!(inos.insert(ino), "round {round}: inode {ino} used twice");
+        }
         m.unmount();
     }
     assert_no_orphans_and_scrub_clean(&m.pool);

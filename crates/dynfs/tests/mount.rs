@@ -512,3 +512,82 @@ fn concurrent_writes_to_one_file_through_the_mount() {
     }
     m.unmount();
 }
+
+/// Set-ID bits under FUSE_HANDLE_KILLPRIV_V2, where the filesystem clears them: writes and
+/// truncates by an unprivileged user, and chown, leave the same modes as on a local filesystem
+/// (tmpfs), and the kernel no longer asks for `security.capability` before every write.
+#[test]
+fn set_id_bits_are_cleared_as_on_a_local_filesystem() {
+    if !fuse_available() {
+        return;
+    }
+    let mut m = Mounted::new(2, "replicate:2", "64K");
+    m.mount();
+    let nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups";
+    let script = format!(
+        "set -e; cd \"$1\"
+        for f in w t r c g x a; do printf x > $f; done
+        chmod 6777 w t r c a
+        chgrp 65534 g && chmod 2767 g
+        chmod 2707 x
+        {nobody} sh -c 'printf y >> w'
+        {nobody} truncate -s 0 t
+        printf y >> r
+        chown 1:1 c
+        {nobody} sh -c 'printf y >> g'
+        {nobody} sh -c 'printf y >> x'
+        {nobody} fallocate -l 8192 a
+        sleep 1.1
+        stat -c '%n %a %s' w t r c g x a"
+    );
+    let run = |dir: &std::path::Path| {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script, "sh"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let local = m.tmp.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+    for d in [m.tmp.path(), &local] {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let want = run(&local);
+    assert!(want.starts_with("w 777 2\n"), "local: {want}");
+    assert!(want.contains("r 6777 2\n"), "local: {want}");
+    assert!(want.contains("a 777 8192\n"), "local: {want}");
+    assert_eq!(run(m.mnt()), want);
+    // One write(2) after another: one capability lookup for the first at most, not one each.
+    let log = m.tmp.path().join("mount.log");
+    m.unmount();
+    run_ok(&[
+        "mount",
+        m.pool.to_str().unwrap(),
+        m.mnt().to_str().unwrap(),
+        "--log-file",
+        log.to_str().unwrap(),
+        "--log",
+        "fuser=debug",
+    ]);
+    m.mounted = true;
+    sh(&format!(
+        "dd if=/dev/zero of='{}' bs=4k count=50 status=none",
+        m.p("many").display()
+    ));
+    m.unmount();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lookups = text
+        .matches("GETXATTR name \"security.capability\"")
+        .count();
+    assert!(text.contains("CREATE name \"many\""), "no request log");
+    assert!(
+        lookups <= 1,
+        "{lookups} security.capability lookups for one file"
+    );
+}
