@@ -606,16 +606,11 @@ impl Engine {
         }
         *self.dest_root.lock().unwrap_or_else(|p| p.into_inner()) = plan.dest.clone();
         self.fresh_dest.store(plan.create_dest, Ordering::Relaxed);
-        if (self.opts.verbose > 0 || self.opts.progress)
-            && self.opts.itemize == 0
-            && self.opts.out_format.is_none()
-            && !self.opts.list_only
-        {
+        // rsync says this with -v or --progress whatever the output format (-i, --out-format),
+        // and at -vv the delta note follows the destination's creation.
+        let announce = (self.opts.verbose > 0 || self.opts.progress) && !self.opts.list_only;
+        if announce {
             self.out.line(b"sending incremental file list");
-            if self.opts.verbose > 1 {
-                self.out
-                    .line(b"delta-transmission disabled for local transfer or --whole-file");
-            }
         }
         if plan.create_dest
             && (self.opts.verbose > 0 || self.opts.itemize > 0 || self.opts.progress)
@@ -630,6 +625,10 @@ impl Engine {
                 )
                 .as_bytes(),
             );
+        }
+        if announce && self.opts.verbose > 1 {
+            self.out
+                .line(b"delta-transmission disabled for local transfer or --whole-file");
         }
         if let Some(at) = self.opts.stop_at {
             let (stop, timed_out) = (Arc::clone(&self.stop), Arc::clone(&self.timed_out));
