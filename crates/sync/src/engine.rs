@@ -82,14 +82,195 @@ struct DirNode {
     virtual_new: bool,
 }
 
+/// The source path, destination path and display name (path relative to the transfer
+/// root) of one entry, in one allocation: the walker builds them for every file it hands
+/// out, and the worker that frees them is another thread, where each allocation costs more.
+/// Where each path's directory ends and its last name starts is kept too (the workers open
+/// files relative to their directory).
+#[derive(Clone)]
+struct JobPaths {
+    buf: Box<[u8]>,
+    src: PathSplit,
+    dst: PathSplit,
+}
+
+/// Offsets of one path in [`JobPaths::buf`]: `start..end` is the path, `start..dir_end` its
+/// directory and `name_at..name_end` its last name (the path's end, unless it is followed
+/// by a `/` or a `.` component).
+#[derive(Clone, Copy)]
+struct PathSplit {
+    start: usize,
+    dir_end: usize,
+    name_at: usize,
+    name_end: usize,
+    end: usize,
+}
+
+impl PathSplit {
+    /// The offsets of `path`, which starts at `start` in the buffer.
+    fn of(path: &Path, start: usize) -> PathSplit {
+        let bytes = path.as_os_str().as_bytes();
+        let (dir, name) = split_path(path);
+        let name = name.as_bytes();
+        // The directory is a prefix of `path` and a non-empty name a slice of it.
+        let name_at = if name.is_empty() {
+            bytes.len()
+        } else {
+            name.as_ptr() as usize - bytes.as_ptr() as usize
+        };
+        PathSplit {
+            start,
+            dir_end: start + dir.as_os_str().len(),
+            name_at: start + name_at,
+            name_end: start + name_at + name.len(),
+            end: start + bytes.len(),
+        }
+    }
+}
+
+impl JobPaths {
+    /// The paths of `src`, `dst` and `rel` as given.
+    fn new(src: &Path, dst: &Path, rel: &[u8]) -> JobPaths {
+        let (s, d) = (src.as_os_str().as_bytes(), dst.as_os_str().as_bytes());
+        let mut buf = Vec::with_capacity(s.len() + d.len() + rel.len());
+        buf.extend_from_slice(s);
+        buf.extend_from_slice(d);
+        buf.extend_from_slice(rel);
+        JobPaths {
+            buf: buf.into_boxed_slice(),
+            src: PathSplit::of(src, 0),
+            dst: PathSplit::of(dst, s.len()),
+        }
+    }
+
+    /// The paths of the entry `name` (no `/` in it) of a directory: `src_dir.join(name)`,
+    /// `dst_dir.join(name)` and [`Engine::child_rel`]`(rel_dir, name)`, built in place.
+    fn child(src_dir: &Path, dst_dir: &Path, rel_dir: &[u8], name: &[u8]) -> JobPaths {
+        fn join_len(dir: &[u8], name: &[u8]) -> usize {
+            dir.len() + usize::from(!dir.is_empty() && !dir.ends_with(b"/")) + name.len()
+        }
+        /// `Path::join` of a plain name.
+        fn join(buf: &mut Vec<u8>, dir: &[u8], name: &[u8]) -> PathSplit {
+            let start = buf.len();
+            buf.extend_from_slice(dir);
+            let dir_end = buf.len();
+            if !dir.is_empty() && !dir.ends_with(b"/") {
+                buf.push(b'/');
+            }
+            let name_at = buf.len();
+            buf.extend_from_slice(name);
+            PathSplit {
+                start,
+                dir_end,
+                name_at,
+                name_end: buf.len(),
+                end: buf.len(),
+            }
+        }
+        let (s, d) = (
+            src_dir.as_os_str().as_bytes(),
+            dst_dir.as_os_str().as_bytes(),
+        );
+        // As `child_rel`: a name directly below the root is its own display name.
+        let rel_dir: &[u8] = if rel_dir == b"." { b"" } else { rel_dir };
+        let rel_len = rel_dir.len() + usize::from(!rel_dir.is_empty()) + name.len();
+        let mut buf = Vec::with_capacity(join_len(s, name) + join_len(d, name) + rel_len);
+        let src = join(&mut buf, s, name);
+        let dst = join(&mut buf, d, name);
+        buf.extend_from_slice(rel_dir);
+        if !rel_dir.is_empty() {
+            buf.push(b'/');
+        }
+        buf.extend_from_slice(name);
+        JobPaths {
+            buf: buf.into_boxed_slice(),
+            src,
+            dst,
+        }
+    }
+
+    fn path(&self, at: PathSplit) -> &Path {
+        Path::new(OsStr::from_bytes(&self.buf[at.start..at.end]))
+    }
+
+    /// The directory and last name of a path.
+    fn parts(&self, at: PathSplit) -> (&Path, &OsStr) {
+        (
+            Path::new(OsStr::from_bytes(&self.buf[at.start..at.dir_end])),
+            OsStr::from_bytes(&self.buf[at.name_at..at.name_end]),
+        )
+    }
+
+    fn src(&self) -> &Path {
+        self.path(self.src)
+    }
+
+    fn dst(&self) -> &Path {
+        self.path(self.dst)
+    }
+
+    fn rel(&self) -> &[u8] {
+        &self.buf[self.dst.end..]
+    }
+
+    /// The source's directory and name.
+    fn src_parts(&self) -> (&Path, &OsStr) {
+        self.parts(self.src)
+    }
+
+    /// The destination's directory and name.
+    fn dst_parts(&self) -> (&Path, &OsStr) {
+        self.parts(self.dst)
+    }
+}
+
+/// A path's directory and last name. The engine builds its paths as `dir.join(name)`: those
+/// are split at the last `/` without parsing every component; anything else (a trailing
+/// `/` or `.`, doubled slashes, a bare root) goes through [`Path::parent`] and
+/// [`Path::file_name`]. Both parts are slices of `p`.
+fn split_path(p: &Path) -> (&Path, &OsStr) {
+    let b = p.as_os_str().as_bytes();
+    let at = b.iter().rposition(|&c| c == b'/');
+    let (dir, name) = match at {
+        Some(i) => (&b[..i], &b[i + 1..]),
+        None => (&b[..0], b),
+    };
+    let plain_name = !matches!(name, b"" | b"." | b"..");
+    let plain_dir = at.is_none() || (!dir.is_empty() && !dir.ends_with(b"/"));
+    if plain_name && plain_dir {
+        return (Path::new(OsStr::from_bytes(dir)), OsStr::from_bytes(name));
+    }
+    (
+        p.parent().unwrap_or(Path::new("")),
+        p.file_name().unwrap_or(OsStr::new("")),
+    )
+}
+
 /// One file whose data must be copied.
 struct FileJob {
-    src: PathBuf,
-    dst: PathBuf,
-    rel: Vec<u8>,
+    paths: JobPaths,
     meta: Meta,
     existing: Option<Meta>,
     dir: Arc<DirNode>,
+}
+
+/// Finished transfers added up on a worker, counted in the shared statistics once per batch
+/// (the counters are shared by every thread: fewer atomic additions on them).
+#[derive(Default)]
+struct Tally {
+    files: u64,
+    size: u64,
+    written: u64,
+    matched: u64,
+}
+
+impl Tally {
+    fn add(&mut self, size: u64, written: u64) {
+        self.files += 1;
+        self.size += size;
+        self.written += written;
+        self.matched += size.saturating_sub(written);
+    }
 }
 
 /// Most entries handed to the workers in one message.
@@ -100,12 +281,17 @@ const JOB_BATCH_BYTES: u64 = 1 << 20;
 /// One source entry handed to a worker: the worker decides and acts (quick check,
 /// attributes, transfer) and its output lines take position `seq`.
 struct EntryJob {
-    src: PathBuf,
-    dst: PathBuf,
-    rel: Vec<u8>,
+    paths: JobPaths,
     meta: Meta,
     dir: Arc<DirNode>,
+}
+
+/// Entries handed to a worker together. Their output lines, in their order, take output
+/// position `seq` as one piece: the walker starts a new batch whenever it printed something
+/// after the batch's first entry, so the order stays rsync's.
+struct JobBatch {
     seq: u64,
+    jobs: Vec<EntryJob>,
 }
 
 /// Listings read ahead stop being requested once they hold this many bytes.
@@ -420,16 +606,11 @@ impl Engine {
         }
         *self.dest_root.lock().unwrap_or_else(|p| p.into_inner()) = plan.dest.clone();
         self.fresh_dest.store(plan.create_dest, Ordering::Relaxed);
-        if (self.opts.verbose > 0 || self.opts.progress)
-            && self.opts.itemize == 0
-            && self.opts.out_format.is_none()
-            && !self.opts.list_only
-        {
+        // rsync says this with -v or --progress whatever the output format (-i, --out-format),
+        // and at -vv the delta note follows the destination's creation.
+        let announce = (self.opts.verbose > 0 || self.opts.progress) && !self.opts.list_only;
+        if announce {
             self.out.line(b"sending incremental file list");
-            if self.opts.verbose > 1 {
-                self.out
-                    .line(b"delta-transmission disabled for local transfer or --whole-file");
-            }
         }
         if plan.create_dest
             && (self.opts.verbose > 0 || self.opts.itemize > 0 || self.opts.progress)
@@ -445,6 +626,10 @@ impl Engine {
                 .as_bytes(),
             );
         }
+        if announce && self.opts.verbose > 1 {
+            self.out
+                .line(b"delta-transmission disabled for local transfer or --whole-file");
+        }
         if let Some(at) = self.opts.stop_at {
             let (stop, timed_out) = (Arc::clone(&self.stop), Arc::clone(&self.timed_out));
             // Detached: the process exits when the run ends.
@@ -459,7 +644,7 @@ impl Engine {
         let threads = self.opts.threads.max(1);
         // Jobs travel in batches (see `JOB_BATCH`); the queue holds about `queue_depth` entries.
         let (tx, rx) =
-            crossbeam_channel::bounded::<Vec<EntryJob>>((self.opts.queue_depth / JOB_BATCH).max(2));
+            crossbeam_channel::bounded::<JobBatch>((self.opts.queue_depth / JOB_BATCH).max(2));
         let mut workers = Vec::new();
         if threads > 1 && !self.opts.dry_run && !self.opts.list_only {
             for _ in 0..threads {
@@ -784,14 +969,21 @@ impl Engine {
         }
     }
 
-    /// A worker's part for one source entry: everything the walker would do for it.
-    fn run_entry_job(self: &Arc<Self>, job: EntryJob) {
-        self.run_entry_job_with(job, None);
+    /// Runs a batch of entries on this thread, one after the other, and prints their output
+    /// in its turn.
+    fn run_entries(self: &Arc<Self>, batch: JobBatch) {
+        report::begin_capture();
+        for job in batch.jobs {
+            self.run_entry_job_with(job, None);
+        }
+        self.seq
+            .complete(&self.out, batch.seq, report::end_capture());
     }
 
-    /// [`Engine::run_entry_job`] with the destination's `lstat` already done (`pre`).
+    /// A worker's part for one source entry: everything the walker would do for it, with the
+    /// destination's `lstat` possibly done already (`pre`). Its output lines go to the
+    /// batch's capture.
     fn run_entry_job_with(self: &Arc<Self>, job: EntryJob, pre: Option<io::Result<Option<Meta>>>) {
-        report::begin_capture();
         if !self.stopped() {
             let walker = Walker {
                 eng: self,
@@ -800,26 +992,24 @@ impl Engine {
                 skipped: Default::default(),
                 batch: Default::default(),
             };
-            walker.handle_nondir_with(&job.src, &job.dst, &job.rel, &job.meta, &job.dir, pre);
+            walker.handle_nondir_with(job.paths, &job.meta, &job.dir, pre);
         }
-        self.seq.complete(&self.out, job.seq, report::end_capture());
         self.release(&job.dir);
     }
 
     fn run_job(&self, job: FileJob) {
         let FileJob {
-            src,
-            dst,
-            rel,
+            paths,
             meta,
             existing,
             dir,
         } = job;
+        let (src, dst, rel) = (paths.src(), paths.dst(), paths.rel());
         if !self.stopped() {
             let started = Instant::now();
-            match self.transfer(&src, &dst, &rel, &meta, existing.as_ref()) {
-                Ok(written) => self.transfer_done(&src, &rel, &meta, written, started),
-                Err(e) => self.transfer_failed(&src, &dst, &e),
+            match self.transfer(src, dst, rel, &meta, existing.as_ref()) {
+                Ok(written) => self.transfer_done(src, rel, &meta, written, started),
+                Err(e) => self.transfer_failed(src, dst, &e),
             }
         }
         self.release(&dir);
@@ -836,6 +1026,18 @@ impl Engine {
             .matched
             .fetch_add(meta.size.saturating_sub(written), Ordering::Relaxed);
         self.after_transfer(src, rel, meta, started.elapsed().as_secs_f64());
+    }
+
+    /// Counts finished transfers added up by a worker's batch copy, which takes no file that
+    /// needs anything reported or done after its transfer (progress lines, source removal).
+    fn count_transfers(&self, t: &Tally) {
+        let s = &self.stats;
+        s.transferred.fetch_add(t.files, Ordering::Relaxed);
+        s.transferred_size.fetch_add(t.size, Ordering::Relaxed);
+        s.literal.fetch_add(t.written, Ordering::Relaxed);
+        s.matched.fetch_add(t.matched, Ordering::Relaxed);
+        self.xfer_count.fetch_add(t.files, Ordering::Relaxed);
+        self.bytes_done.fetch_add(t.size, Ordering::Relaxed);
     }
 
     /// Reports a failed transfer as rsync does: vanished source (exit 24), full destination
@@ -1240,13 +1442,23 @@ fn unsafe_link(target: &[u8], rel: &[u8]) -> bool {
 /// The walker: runs on one thread, hands file copies to the workers.
 struct Walker<'a> {
     eng: &'a Arc<Engine>,
-    jobs: Option<&'a crossbeam_channel::Sender<Vec<EntryJob>>>,
-    /// Entries dispatched but not yet handed to the workers, with their total size.
-    batch: std::cell::RefCell<(Vec<EntryJob>, u64)>,
+    jobs: Option<&'a crossbeam_channel::Sender<JobBatch>>,
+    /// Entries dispatched but not yet handed to the workers.
+    batch: std::cell::RefCell<PendingBatch>,
     /// The output position the walker's own lines currently go to.
     segment: std::cell::Cell<u64>,
     /// Non-regular files left out of the last listing, reported after its deletions.
     skipped: std::cell::RefCell<Vec<Vec<u8>>>,
+}
+
+/// The batch the walker is filling (see [`Walker::dispatch`]).
+#[derive(Default)]
+struct PendingBatch {
+    jobs: Vec<EntryJob>,
+    /// Total size of the entries' data.
+    bytes: u64,
+    /// The batch's output position.
+    seq: u64,
 }
 
 /// A source directory's entries, filtered and sorted (non-directories, then directories,
@@ -1326,7 +1538,8 @@ impl Walker<'_> {
                 recurse_contents,
             );
         } else {
-            self.handle_nondir(&item.src, &dst, &item.display, &item.meta, root);
+            let paths = JobPaths::new(&item.src, &dst, &item.display);
+            self.handle_nondir(paths, &item.meta, root);
         }
     }
 
@@ -1365,14 +1578,17 @@ impl Walker<'_> {
         let mut entries = listing;
         entries.failed = Vec::new();
         // Filtered in place: a huge directory is held once, not twice.
+        // The entry's path and display name are built only where they are needed (most
+        // entries of most transfers need neither).
         entries.retain(|name, entry_meta| {
-            let path = src.join(name);
-            let child_rel = Engine::child_rel(rel, name.as_bytes());
-            let meta = match self.resolve_link(&path, &child_rel, *entry_meta) {
-                Some(m) => m,
-                None => return false,
-            };
-            *entry_meta = meta;
+            let child_rel = || Engine::child_rel(rel, name.as_bytes());
+            if entry_meta.kind() == Kind::Symlink {
+                match self.resolve_link(&src.join(name), &child_rel(), *entry_meta) {
+                    Some(m) => *entry_meta = m,
+                    None => return false,
+                }
+            }
+            let meta = *entry_meta;
             if self.is_internal(name.as_bytes()) {
                 return false;
             }
@@ -1380,7 +1596,7 @@ impl Walker<'_> {
                 && self
                     .eng
                     .filter
-                    .excluded(&child_rel, meta.kind() == Kind::Dir)
+                    .excluded(&child_rel(), meta.kind() == Kind::Dir)
             {
                 return false;
             }
@@ -1392,13 +1608,13 @@ impl Walker<'_> {
                 _ => false,
             };
             if unwanted && !o.list_only {
-                self.skipped.borrow_mut().push(child_rel);
+                self.skipped.borrow_mut().push(child_rel());
                 return false;
             }
             !(o.prune_empty_dirs
                 && o.recursive
                 && meta.kind() == Kind::Dir
-                && !self.has_content(&path, &child_rel, 0))
+                && !self.has_content(&src.join(name), &child_rel(), 0))
         });
         entries.sort();
         // The skip messages are in listing order in rsync.
@@ -1508,15 +1724,14 @@ impl Walker<'_> {
             if e.meta.kind() == Kind::Dir {
                 continue;
             }
-            let child_rel = Engine::child_rel(rel, e.name.as_bytes());
-            let (s, d) = (src.join(e.name), dst.join(e.name));
+            let paths = JobPaths::child(src, dst, rel, e.name.as_bytes());
             // Regular files go to the workers (hard-link leaders stay here: their followers
             // are linked to them as soon as they are met).
             let parallel =
                 e.meta.kind() == Kind::File && !(self.opts().hard_links && e.meta.nlink > 1);
             match self.jobs {
-                Some(tx) if parallel => self.dispatch(tx, s, d, child_rel, e.meta, node),
-                _ => self.handle_nondir(&s, &d, &child_rel, &e.meta, node),
+                Some(tx) if parallel => self.dispatch(tx, paths, e.meta, node),
+                _ => self.handle_nondir(paths, &e.meta, node),
             }
         }
         self.send_batch();
@@ -1796,21 +2011,20 @@ impl Walker<'_> {
         }
     }
 
-    fn handle_nondir(&self, src: &Path, dst: &Path, rel: &[u8], meta: &Meta, dir: &Arc<DirNode>) {
-        self.handle_nondir_with(src, dst, rel, meta, dir, None);
+    fn handle_nondir(&self, paths: JobPaths, meta: &Meta, dir: &Arc<DirNode>) {
+        self.handle_nondir_with(paths, meta, dir, None);
     }
 
     /// [`Walker::handle_nondir`] with the destination's `lstat` possibly done already (`pre`:
     /// the entry's metadata, `None` when it does not exist).
     fn handle_nondir_with(
         &self,
-        src: &Path,
-        dst: &Path,
-        rel: &[u8],
+        paths: JobPaths,
         meta: &Meta,
         dir: &Arc<DirNode>,
         pre: Option<io::Result<Option<Meta>>>,
     ) {
+        let (src, dst, rel) = (paths.src(), paths.dst(), paths.rel());
         let eng = self.eng;
         let o = self.opts();
         let kind = meta.kind();
@@ -1875,7 +2089,7 @@ impl Walker<'_> {
                 // transferred and the others are linked to it as they come.
                 group.leader = Some((dst.to_path_buf(), rel.to_vec()));
                 drop(map);
-                self.handle_kind(src, dst, rel, meta, existing, dir);
+                self.handle_kind(paths, meta, existing, dir);
                 return;
             }
             dir.pending.fetch_add(1, Ordering::AcqRel);
@@ -1895,7 +2109,7 @@ impl Walker<'_> {
             self.finish_link_group(key, members);
             return;
         }
-        self.handle_kind(src, dst, rel, meta, existing, dir);
+        self.handle_kind(paths, meta, existing, dir);
     }
 
     /// Transfers the last-met link of a group and links the others to it (reported in
@@ -1907,14 +2121,8 @@ impl Walker<'_> {
         };
         if !eng.stopped() {
             let existing = fsops::lstat(&leader.dst).ok();
-            self.handle_kind(
-                &leader.src,
-                &leader.dst,
-                &leader.rel,
-                &leader.meta,
-                existing,
-                &leader.dir,
-            );
+            let paths = JobPaths::new(&leader.src, &leader.dst, &leader.rel);
+            self.handle_kind(paths, &leader.meta, existing, &leader.dir);
             if let Ok(mut map) = eng.hlinks.lock() {
                 map.entry(key).or_default().leader = Some((leader.dst.clone(), leader.rel.clone()));
             }
@@ -1980,39 +2188,42 @@ impl Walker<'_> {
         }
     }
 
-    /// Hands one entry to the workers, closing the walker's current output segment. Entries
-    /// are queued in batches (fewer hand-offs between threads); [`Walker::send_batch`] sends
-    /// a partial batch.
+    /// Hands one entry to the workers. Entries are queued in batches (fewer hand-offs between
+    /// threads); [`Walker::send_batch`] sends a partial batch. A batch takes one output
+    /// position, between the walker's lines before its first entry and those after: if the
+    /// walker printed anything since the batch began, the batch is sent first.
     fn dispatch(
         &self,
-        tx: &crossbeam_channel::Sender<Vec<EntryJob>>,
-        src: PathBuf,
-        dst: PathBuf,
-        rel: Vec<u8>,
+        tx: &crossbeam_channel::Sender<JobBatch>,
+        paths: JobPaths,
         meta: Meta,
         dir: &Arc<DirNode>,
     ) {
         let eng = self.eng;
-        eng.seq
-            .complete(&eng.out, self.segment.get(), report::end_capture());
-        let seq = eng.seq.alloc();
-        self.segment.set(eng.seq.alloc());
+        let lines = report::end_capture();
+        if !lines.is_empty() {
+            self.send_batch_to(tx);
+        }
+        if self.batch.borrow().jobs.is_empty() {
+            eng.seq.complete(&eng.out, self.segment.get(), lines);
+            let mut b = self.batch.borrow_mut();
+            b.seq = eng.seq.alloc();
+            b.jobs.reserve(JOB_BATCH);
+            self.segment.set(eng.seq.alloc());
+        }
         report::begin_capture();
         dir.pending.fetch_add(1, Ordering::AcqRel);
         let size = meta.size;
         let job = EntryJob {
-            src,
-            dst,
-            rel,
+            paths,
             meta,
             dir: Arc::clone(dir),
-            seq,
         };
         let full = {
             let mut b = self.batch.borrow_mut();
-            b.0.push(job);
-            b.1 += size;
-            b.0.len() >= JOB_BATCH || b.1 >= JOB_BATCH_BYTES
+            b.jobs.push(job);
+            b.bytes += size;
+            b.jobs.len() >= JOB_BATCH || b.bytes >= JOB_BATCH_BYTES
         };
         if full {
             self.send_batch_to(tx);
@@ -2026,18 +2237,20 @@ impl Walker<'_> {
         }
     }
 
-    fn send_batch_to(&self, tx: &crossbeam_channel::Sender<Vec<EntryJob>>) {
-        let jobs = std::mem::take(&mut *self.batch.borrow_mut()).0;
-        if jobs.is_empty() {
+    fn send_batch_to(&self, tx: &crossbeam_channel::Sender<JobBatch>) {
+        let pending = std::mem::take(&mut *self.batch.borrow_mut());
+        if pending.jobs.is_empty() {
             return;
         }
-        if let Err(crossbeam_channel::SendError(jobs)) = tx.send(jobs) {
+        let batch = JobBatch {
+            seq: pending.seq,
+            jobs: pending.jobs,
+        };
+        if let Err(crossbeam_channel::SendError(batch)) = tx.send(batch) {
             // No worker left (cannot happen while the walker holds the sender): do it here.
             let eng = self.eng;
             let lines = report::end_capture();
-            for job in jobs {
-                eng.run_entry_job(job);
-            }
+            eng.run_entries(batch);
             report::begin_capture();
             for l in lines {
                 eng.out.line(&l);
@@ -2114,16 +2327,14 @@ impl Walker<'_> {
         });
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn handle_kind(
         &self,
-        src: &Path,
-        dst: &Path,
-        rel: &[u8],
+        paths: JobPaths,
         meta: &Meta,
         mut existing: Option<Meta>,
         dir: &Arc<DirNode>,
     ) {
+        let (src, dst, rel) = (paths.src(), paths.dst(), paths.rel());
         let kind = meta.kind();
         if let Some(d) = existing {
             if d.kind() != kind && !(kind == Kind::File && d.kind() == Kind::File) {
@@ -2133,8 +2344,11 @@ impl Walker<'_> {
                 existing = None;
             }
         }
+        if kind == Kind::File {
+            return self.handle_file(paths, meta, existing, dir);
+        }
         let mut quiet = false;
-        if existing.is_none() && kind != Kind::File {
+        if existing.is_none() {
             match self.try_alternates(src, dst, rel, meta) {
                 Alt::Handled => return,
                 Alt::CreateQuietly => quiet = true,
@@ -2142,7 +2356,6 @@ impl Walker<'_> {
             }
         }
         let act = || match kind {
-            Kind::File => self.handle_file(src, dst, rel, meta, existing, dir),
             Kind::Symlink => self.handle_symlink(src, dst, rel, meta, existing),
             _ => self.handle_node(dst, rel, meta, existing),
         };
@@ -2151,21 +2364,21 @@ impl Walker<'_> {
         } else {
             act();
         }
-        if kind != Kind::File && fsops::lstat(dst).is_ok_and(|d| d.kind() == kind) {
+        if fsops::lstat(dst).is_ok_and(|d| d.kind() == kind) {
             self.eng.remove_source(src, rel, meta);
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A regular file: the quick check, the itemized line, then the transfer (queued for
+    /// the worker's batch copy where it can be).
     fn handle_file(
         &self,
-        src: &Path,
-        dst: &Path,
-        rel: &[u8],
+        paths: JobPaths,
         meta: &Meta,
         existing: Option<Meta>,
         dir: &Arc<DirNode>,
     ) {
+        let (src, dst, rel) = (paths.src(), paths.dst(), paths.rel());
         let eng = self.eng;
         let o = self.opts();
         if let Some(d) = &existing {
@@ -2263,9 +2476,7 @@ impl Walker<'_> {
         }
         dir.pending.fetch_add(1, Ordering::AcqRel);
         let job = FileJob {
-            src: src.to_path_buf(),
-            dst: dst.to_path_buf(),
-            rel: rel.to_vec(),
+            paths,
             meta: *meta,
             existing,
             dir: Arc::clone(dir),
@@ -2855,6 +3066,62 @@ mod tests {
         assert!(!unsafe_link(b"../x", b"d/a"));
         assert!(unsafe_link(b"../../x", b"d/a"));
         assert!(!unsafe_link(b"sub/../y", b"a"));
+    }
+
+    #[test]
+    fn split_path_matches_parent_and_file_name() {
+        for p in [
+            "f",
+            "a/f",
+            "/f",
+            "/a/f",
+            "a//f",
+            "a/f/",
+            "a/f/.",
+            "a/./f",
+            "./f",
+            "a/..",
+            "..",
+            ".",
+            "/",
+            "",
+            "dir with space/f.x",
+        ] {
+            let p = Path::new(p);
+            let (dir, name) = split_path(p);
+            assert_eq!(dir, p.parent().unwrap_or(Path::new("")), "{p:?}");
+            assert_eq!(name, p.file_name().unwrap_or(OsStr::new("")), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn job_paths_are_the_joined_paths() {
+        for (src, dst, rel) in [
+            ("src", "dst", "."),
+            ("src/", "/abs/dst/", "sub/dir"),
+            ("", "", ""),
+            ("/", "d", "x"),
+        ] {
+            let (src, dst) = (Path::new(src), Path::new(dst));
+            let p = JobPaths::child(src, dst, rel.as_bytes(), b"name.1");
+            assert_eq!(p.src().as_os_str(), src.join("name.1").as_os_str());
+            assert_eq!(p.dst().as_os_str(), dst.join("name.1").as_os_str());
+            assert_eq!(p.rel(), Engine::child_rel(rel.as_bytes(), b"name.1"));
+            for ((dir, name), whole) in [(p.src_parts(), p.src()), (p.dst_parts(), p.dst())] {
+                assert_eq!(name, "name.1");
+                assert_eq!(dir.join(name).as_os_str(), whole.as_os_str());
+            }
+            // The same paths given whole, and a copy, say the same.
+            let q = JobPaths::new(p.src(), p.dst(), p.rel()).clone();
+            assert_eq!((q.src(), q.dst(), q.rel()), (p.src(), p.dst(), p.rel()));
+            assert_eq!(q.src_parts(), split_path(p.src()));
+            assert_eq!(q.dst_parts(), split_path(p.dst()));
+        }
+        // Paths not built by a join keep `Path`'s idea of their parts.
+        let q = JobPaths::new(Path::new("/top/f/."), Path::new("/"), b"f");
+        assert_eq!(q.src_parts(), (Path::new("/top"), OsStr::new("f")));
+        assert_eq!(q.dst_parts(), (Path::new(""), OsStr::new("")));
+        assert_eq!(q.rel(), b"f");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
+use std::hash::BuildHasherDefault;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -304,6 +305,37 @@ struct SharedAttrs {
     rdev: u64,
 }
 
+/// A quick hasher for [`SharedAttrs`]: its fields come from the local filesystem, so the
+/// flooding resistance of the default hasher buys nothing here.
+#[derive(Default)]
+struct AttrHasher(u64);
+
+impl AttrHasher {
+    fn add(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for AttrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.add(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+}
+
 /// One entry of a [`Listing`]: 40 bytes, the name in the listing's arena.
 #[derive(Debug, Clone, Copy)]
 struct Record {
@@ -340,7 +372,7 @@ pub struct Listing {
     names: Vec<u8>,
     records: Vec<Record>,
     attrs: Vec<SharedAttrs>,
-    attr_index: HashMap<SharedAttrs, u32>,
+    attr_index: HashMap<SharedAttrs, u32, BuildHasherDefault<AttrHasher>>,
     /// Access times by record, when kept.
     atimes: Vec<Time>,
     /// Record numbers of the entries, in listing order.
@@ -410,6 +442,12 @@ impl Listing {
             dev: m.dev,
             rdev: m.rdev,
         };
+        // Neighbours in a directory mostly share them: no hashing then.
+        if let Some(last) = self.attrs.len().checked_sub(1) {
+            if self.attrs[last] == key {
+                return last as u32;
+            }
+        }
         if let Some(&i) = self.attr_index.get(&key) {
             return i;
         }

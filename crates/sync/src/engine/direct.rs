@@ -17,7 +17,7 @@
 //! thread hand-off at all.
 
 use super::worker::{Probe, PROBES_MAX};
-use super::{Engine, EntryJob, FileJob};
+use super::{Engine, EntryJob, FileJob, Tally};
 use crate::fsops::{self, Meta};
 use crate::meta::{self, Wanted};
 use rustix::fd::{AsFd, AsRawFd, OwnedFd};
@@ -28,7 +28,6 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// An open destination directory and what this worker learned about creating files in it.
 struct DstDir {
@@ -90,13 +89,6 @@ fn open_dir(path: &Path) -> io::Result<OwnedFd> {
         Mode::empty(),
     )
     .map_err(err)
-}
-
-fn split(p: &Path) -> (&Path, &OsStr) {
-    (
-        p.parent().unwrap_or(Path::new("")),
-        p.file_name().unwrap_or(OsStr::new("")),
-    )
 }
 
 /// Reads the whole file (at most `expect` bytes) into `buf`; `None` if it holds more now.
@@ -173,23 +165,20 @@ fn write_data(fd: &OwnedFd, data: &[u8], sparse: bool) -> io::Result<()> {
 /// The names listed by `flistxattr` of `fd` into `names` (NUL-separated), or an empty list
 /// where the filesystem has no xattrs.
 fn list_xattrs_fd(fd: &OwnedFd, names: &mut Vec<u8>) -> io::Result<()> {
-    if names.len() < 1024 {
-        names.resize(1024, 0);
+    names.clear();
+    if names.capacity() < 1024 {
+        names.reserve(1024);
     }
     loop {
-        match rustix::fs::flistxattr(fd, &mut names[..]) {
-            Ok(n) => {
-                names.truncate(n);
-                return Ok(());
-            }
+        // The list lands in the spare capacity (`names` grows by its length): no buffer to
+        // clear first.
+        match rustix::fs::flistxattr(fd, rustix::buffer::spare_capacity(names)) {
+            Ok(_) => return Ok(()),
             Err(Errno::RANGE) => {
                 let need = rustix::fs::flistxattr(fd, &mut [0u8; 0][..]).map_err(err)?;
-                names.resize(need.max(names.len() * 2), 0);
+                names.reserve(need.max(names.capacity() * 2));
             }
-            Err(Errno::NOTSUP) => {
-                names.clear();
-                return Ok(());
-            }
+            Err(Errno::NOTSUP) => return Ok(()),
             Err(e) => return Err(err(e)),
         }
     }
@@ -236,7 +225,9 @@ fn tmpfile_unsupported(e: Errno) -> bool {
 impl Direct {
     /// The source directory `path`, opened if it is not the current one.
     fn src_dir(&mut self, path: &Path) -> io::Result<&OwnedFd> {
-        if self.src_dir.as_ref().is_none_or(|(p, _)| p != path) {
+        // Compared as bytes: `Path`'s `==` parses both into components.
+        let same = |p: &PathBuf| p.as_os_str().as_bytes() == path.as_os_str().as_bytes();
+        if self.src_dir.as_ref().is_none_or(|(p, _)| !same(p)) {
             self.src_dir = None;
             self.src_dir = Some((path.to_path_buf(), open_dir(path)?));
         }
@@ -248,7 +239,8 @@ impl Direct {
 
     /// Makes `path` the current destination directory.
     fn enter_dst(&mut self, path: &Path) -> io::Result<()> {
-        if self.dst_dir.as_ref().is_none_or(|d| d.path != path) {
+        let same = |p: &PathBuf| p.as_os_str().as_bytes() == path.as_os_str().as_bytes();
+        if self.dst_dir.as_ref().is_none_or(|d| !same(&d.path)) {
             if let Some(old) = self.dst_dir.take() {
                 if let Some(p) = old.probe {
                     if self.probes.len() >= PROBES_MAX {
@@ -282,7 +274,7 @@ impl Engine {
                 if job.dir.virtual_new || self.opts.list_only {
                     return None;
                 }
-                let (parent, name) = split(&job.dst);
+                let (parent, name) = job.paths.dst_parts();
                 d.enter_dst(parent).ok()?;
                 let dir = d.dst_dir.as_ref()?;
                 match fsops::lstat_at(&dir.fd, name) {
@@ -298,7 +290,7 @@ impl Engine {
 
     /// Copies the batch's small files on this thread (see the module docs).
     pub(super) fn copy_small_direct(&self, files: Vec<FileJob>, d: &mut Direct) {
-        let started = Instant::now();
+        let mut done = Tally::default();
         for job in files {
             if self.stopped() {
                 self.release(&job.dir);
@@ -306,15 +298,8 @@ impl Engine {
             }
             match self.new_file_direct(&job, d) {
                 Outcome::Done(written) => {
-                    let FileJob {
-                        src,
-                        rel,
-                        meta,
-                        dir,
-                        ..
-                    } = job;
-                    self.transfer_done(&src, &rel, &meta, written, started);
-                    self.release(&dir);
+                    done.add(job.meta.size, written);
+                    self.release(&job.dir);
                 }
                 Outcome::Alone => self.run_job(job),
                 Outcome::Failed(e, tmp) => {
@@ -322,18 +307,19 @@ impl Engine {
                         self.unregister_temp(t);
                         let _ = fsops::unlink(t);
                     }
-                    self.transfer_failed(&job.src, &job.dst, &e);
+                    self.transfer_failed(job.paths.src(), job.paths.dst(), &e);
                     self.release(&job.dir);
                 }
             }
         }
+        self.count_transfers(&done);
     }
 
     /// One file: read the source, write a new unnamed (or temporary) file with its
     /// attributes, give it its name.
     fn new_file_direct(&self, job: &FileJob, d: &mut Direct) -> Outcome {
-        let (src_parent, src_name) = split(&job.src);
-        let (dst_parent, dst_name) = split(&job.dst);
+        let (src_parent, src_name) = job.paths.src_parts();
+        let (dst_parent, dst_name) = job.paths.dst_parts();
         let src = match d.src_dir(src_parent).and_then(|dir| {
             rustix::fs::openat(
                 dir,

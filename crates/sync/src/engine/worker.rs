@@ -27,9 +27,10 @@
 //! the one-file-at-a-time path, `Engine::run_job`.
 
 use super::direct::Direct;
-use super::{Engine, EntryJob, FileJob};
+use super::{Engine, EntryJob, FileJob, JobBatch};
 use crate::fsops::{self, Kind, Meta, Time};
 use crate::meta::{self, Wanted};
+use crate::report;
 use arsync_io::{Backend, Io, IoConfig, Mode, Rename, Runtime, SmallCopied, SmallCopy, AT_FDCWD};
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -96,7 +97,7 @@ fn cpath(p: &Path) -> io::Result<CString> {
 
 impl Engine {
     /// A worker thread: runs batches of entries from `rx` until the walker is done.
-    pub(super) fn serve_worker(self: &Arc<Self>, rx: crossbeam_channel::Receiver<Vec<EntryJob>>) {
+    pub(super) fn serve_worker(self: &Arc<Self>, rx: crossbeam_channel::Receiver<JobBatch>) {
         let in_flight = self.opts.queue_depth.max(1);
         let rt = worker_io_config().and_then(|c| Runtime::with_config(c.sized(in_flight + 16)));
         let rt = match rt {
@@ -119,19 +120,15 @@ impl Engine {
 
     /// Without a runtime: every entry on this thread, one at a time (still helping with the
     /// ranges of large files when idle).
-    fn run_one_at_a_time(self: &Arc<Self>, rx: &crossbeam_channel::Receiver<Vec<EntryJob>>) {
-        self.big.worker_loop(rx, |batch| {
-            for job in batch {
-                self.run_entry_job(job);
-            }
-        });
+    fn run_one_at_a_time(self: &Arc<Self>, rx: &crossbeam_channel::Receiver<JobBatch>) {
+        self.big.worker_loop(rx, |batch| self.run_entries(batch));
     }
 
     /// Keeps up to `--queue-depth` files in flight, in batches as the walker sent them.
     async fn serve_batches(
         self: Arc<Self>,
         rt: &Runtime,
-        rx: crossbeam_channel::Receiver<Vec<EntryJob>>,
+        rx: crossbeam_channel::Receiver<JobBatch>,
         probes: Probes,
         direct: Rc<RefCell<Direct>>,
     ) {
@@ -172,7 +169,7 @@ impl Engine {
                     }
                 }
             };
-            let n = batch.len();
+            let n = batch.jobs.len();
             let task =
                 Arc::clone(&self).run_batch(io.clone(), batch, probes.clone(), direct.clone());
             files += n;
@@ -187,10 +184,11 @@ impl Engine {
     async fn run_batch(
         self: Arc<Self>,
         io: Io,
-        jobs: Vec<EntryJob>,
+        batch: JobBatch,
         probes: Probes,
         direct: Rc<RefCell<Direct>>,
     ) {
+        let JobBatch { seq, jobs } = batch;
         let mut pre = if io.backend() == Backend::Threads {
             // On this thread, relative to the destination directory: no pool job.
             match direct.try_borrow_mut() {
@@ -200,12 +198,14 @@ impl Engine {
         } else {
             self.stat_destinations(&io, &jobs).await
         };
-        let mut small = Vec::new();
-        for (i, job) in jobs.into_iter().enumerate() {
-            SMALL.with(|s| *s.borrow_mut() = Some(Vec::new()));
-            self.run_entry_job_with(job, pre[i].take());
-            small.extend(SMALL.with(|s| s.borrow_mut().take()).unwrap_or_default());
+        // No await from here to the end of the capture: it is this thread's alone.
+        SMALL.with(|s| *s.borrow_mut() = Some(Vec::with_capacity(jobs.len())));
+        report::begin_capture();
+        for (job, pre) in jobs.into_iter().zip(pre.iter_mut()) {
+            self.run_entry_job_with(job, pre.take());
         }
+        self.seq.complete(&self.out, seq, report::end_capture());
+        let small = SMALL.with(|s| s.borrow_mut().take()).unwrap_or_default();
         if small.is_empty() {
             return;
         }
@@ -233,7 +233,7 @@ impl Engine {
             if job.dir.virtual_new || self.opts.list_only {
                 continue;
             }
-            if let Ok(c) = cpath(&job.dst) {
+            if let Ok(c) = cpath(job.paths.dst()) {
                 which.push(i);
                 names.push(c);
             }
@@ -314,9 +314,13 @@ impl Engine {
         for job in files {
             let wanted = meta::wanted(&self.opts, &job.meta, job.existing.as_ref(), self.am_root);
             let create_mode = self.create_mode(&wanted);
-            let name = job.dst.file_name().map_or(&b""[..], |n| n.as_bytes());
-            let tmp = self.temp_path(job.dst.parent().unwrap_or(Path::new(".")), name);
-            match (cpath(&job.src), cpath(&tmp)) {
+            let name = job
+                .paths
+                .dst()
+                .file_name()
+                .map_or(&b""[..], |n| n.as_bytes());
+            let tmp = self.temp_path(job.paths.dst().parent().unwrap_or(Path::new(".")), name);
+            match (cpath(job.paths.src()), cpath(&tmp)) {
                 (Ok(src), Ok(dst)) => {
                     self.register_temp(&tmp);
                     copies.push(SmallCopy {
@@ -341,9 +345,14 @@ impl Engine {
             match r {
                 SmallCopied::Copied(written) => {
                     work.push(AttrWork {
-                        src: job.src.clone(),
+                        src: job.paths.src().to_path_buf(),
                         tmp: tmp.clone(),
-                        dir: job.dst.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                        dir: job
+                            .paths
+                            .dst()
+                            .parent()
+                            .unwrap_or(Path::new("."))
+                            .to_path_buf(),
                         wanted,
                         create_mode,
                     });
@@ -399,7 +408,7 @@ impl Engine {
                     old_dir: AT_FDCWD,
                     old: cpath(&c.tmp)?,
                     new_dir: AT_FDCWD,
-                    new: cpath(&c.job.dst)?,
+                    new: cpath(c.job.paths.dst())?,
                 })
             });
             match r {
@@ -415,15 +424,10 @@ impl Engine {
             match r {
                 Ok(()) => {
                     self.unregister_temp(&c.tmp);
-                    let FileJob {
-                        src,
-                        rel,
-                        meta,
-                        dir,
-                        ..
-                    } = c.job;
-                    self.transfer_done(&src, &rel, &meta, c.written, started);
-                    self.release(&dir);
+                    let job = c.job;
+                    let (src, rel) = (job.paths.src(), job.paths.rel());
+                    self.transfer_done(src, rel, &job.meta, c.written, started);
+                    self.release(&job.dir);
                 }
                 Err(e) => self.small_failed(c.job, Some(&c.tmp), &e),
             }
@@ -454,7 +458,7 @@ impl Engine {
             self.unregister_temp(t);
             let _ = fsops::unlink(t);
         }
-        self.transfer_failed(&job.src, &job.dst, e);
+        self.transfer_failed(job.paths.src(), job.paths.dst(), e);
         self.release(&job.dir);
     }
 
