@@ -8,6 +8,7 @@
 //! All-zero extents are stored as holes.
 
 use crate::error::{Error, Result};
+use crate::io::AlignedBuf;
 use crate::meta::{self, Extent, Inode, Kind, Ts, DIRENTS, EXTMAP, INODES, LIVE, ROOT_INO, XATTRS};
 use crate::policy::Policy;
 use crate::pool::{new_inode, Pool, INLINE_MAX};
@@ -99,7 +100,7 @@ struct FileState {
     /// Extent index → extent buffer, or `None` for "make this a hole". A buffer holds the
     /// extent's first bytes; the rest of the extent reads as zeros (so a small file does not
     /// cost a whole extent of memory).
-    dirty: BTreeMap<u64, Option<Vec<u8>>>,
+    dirty: BTreeMap<u64, Option<AlignedBuf>>,
     /// Size including buffered writes, if it differs from the committed inode.
     size: Option<u64>,
     /// Pending modification time.
@@ -124,7 +125,7 @@ struct FileState {
 /// data here.
 struct Pending {
     /// Extent index → data (`None`: a hole), as handed to the writer.
-    bufs: Arc<BTreeMap<u64, Option<Vec<u8>>>>,
+    bufs: Arc<BTreeMap<u64, Option<AlignedBuf>>>,
     /// The file's size when the batch was taken: its commit sets this size. Nothing can make
     /// the committed size differ meanwhile, since every commit of the file (flush, truncate)
     /// first finishes this batch.
@@ -137,7 +138,7 @@ type Stored = Vec<(u64, Option<NewExtent>)>;
 
 impl FileState {
     /// The buffered data of extent `idx`: `Some(None)` for a hole, `None` if not buffered.
-    fn buffered(&self, idx: u64) -> Option<&Option<Vec<u8>>> {
+    fn buffered(&self, idx: u64) -> Option<&Option<AlignedBuf>> {
         self.dirty
             .get(&idx)
             .or_else(|| self.pending.as_ref().and_then(|p| p.bufs.get(&idx)))
@@ -275,7 +276,7 @@ pub struct Fs {
     readers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Whole-extent buffers of committed writes, reused by the next writes (a fresh buffer
     /// costs a page fault per 4 KiB).
-    spare: Mutex<Vec<Vec<u8>>>,
+    spare: Mutex<Vec<AlignedBuf>>,
     /// Inode numbers handed out from memory (`None` until the first create reads the counter).
     /// Held across a create's metadata change, so numbers are taken in commit order.
     inos: Mutex<Option<InoRange>>,
@@ -427,7 +428,7 @@ fn check_name(name: &[u8]) -> Result<()> {
 
 /// Copy `src` (zeros when `None`), `n` bytes, into `buf` at `at`, growing `buf` as needed (a
 /// gap before `at` reads as zeros).
-fn put(buf: &mut Vec<u8>, at: usize, n: usize, src: Option<&[u8]>) {
+fn put(buf: &mut AlignedBuf, at: usize, n: usize, src: Option<&[u8]>) {
     if buf.len() < at {
         buf.resize(at, 0);
     }
@@ -1511,7 +1512,7 @@ impl Fs {
                 st.dirty.insert(idx, None);
             } else {
                 if !matches!(st.dirty.get(&idx), Some(Some(_))) {
-                    let mut buf = Vec::new();
+                    let mut buf = AlignedBuf::new();
                     if !st.dirty.contains_key(&idx) && !whole {
                         // A partial write starts from the data buffered for the background
                         // writer, or else from the committed extent.
@@ -1552,19 +1553,19 @@ impl Fs {
     }
 
     /// A buffer of capacity `cap` for new extent data: a spare one if there is one.
-    fn spare_buffer(&self, cap: usize) -> Vec<u8> {
+    fn spare_buffer(&self, cap: usize) -> AlignedBuf {
         let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
         match spare {
             Some(mut b) if b.capacity() >= cap => {
                 b.clear();
                 b
             }
-            _ => Vec::with_capacity(cap),
+            _ => AlignedBuf::with_capacity(cap),
         }
     }
 
     /// Keep the whole-extent buffers of a committed batch for reuse.
-    fn recycle(&self, bufs: Arc<BTreeMap<u64, Option<Vec<u8>>>>) {
+    fn recycle(&self, bufs: Arc<BTreeMap<u64, Option<AlignedBuf>>>) {
         let Ok(bufs) = Arc::try_unwrap(bufs) else {
             return;
         };
@@ -1598,7 +1599,7 @@ impl Fs {
         if !BACKGROUND_FLUSH || full.len() < MAX_DIRTY_EXTENTS / 2 || st.pending.is_some() {
             return false;
         }
-        let bufs: BTreeMap<u64, Option<Vec<u8>>> = full
+        let bufs: BTreeMap<u64, Option<AlignedBuf>> = full
             .iter()
             .filter_map(|idx| st.dirty.remove(idx).map(|b| (*idx, b)))
             .collect();
