@@ -168,7 +168,26 @@ impl Mounted {
         if !self.mounted {
             return;
         }
-        sh(&format!("fusermount3 -u '{}'", self.mnt().display()));
+        // Tests run in parallel threads, and a child process another test forks holds
+        // inherited descriptors (also ones into this mount) until it execs: an unmount can
+        // meet a transient EBUSY. Retry for a while before failing.
+        let start = Instant::now();
+        loop {
+            let out = Command::new("fusermount3")
+                .arg("-u")
+                .arg(self.mnt())
+                .output()
+                .expect("fusermount3");
+            if out.status.success() {
+                break;
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("busy") && start.elapsed() < Duration::from_secs(10),
+                "fusermount3 -u failed: {err}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         self.mounted = false;
         if let Some(mut c) = self.child.take() {
             c.wait().unwrap();
