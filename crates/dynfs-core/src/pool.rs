@@ -88,6 +88,9 @@ const CACHE_EXTENTS: usize = 32;
 
 /// Files of at most this many bytes are stored inline in the metadata instead of as fragment
 /// files: the metadata has replicas on M + 1 disks for the highest tolerance M in use, and a
+/// Extent ids covered by one raise of the `next_extent` counter (see [`Pool::link_extent`]).
+const EXTENT_RESERVE: u64 = 1024;
+
 /// fragment file costs at least a 4 KiB block per fragment anyway.
 pub const INLINE_MAX: usize = 4096;
 
@@ -823,9 +826,14 @@ impl Pool {
         e.refs = refs;
         tx.open_table(meta::EXTENTS)?
             .insert(id, meta::enc(&e)?.as_slice())?;
+        // Every committed extent id stays below the committed counter (ids are handed out in
+        // memory and may commit in any order), so ids handed out after a reopen never collide.
+        // Raising it a range at a time writes the counter once per EXTENT_RESERVE links instead
+        // of in every link, on every replica; the rule depends on `id` and the counter only,
+        // so every replica replaying the change computes the same value.
         let next = meta::counter(tx, "next_extent")?;
         if next <= id {
-            meta::set_counter(tx, "next_extent", id + 1)?;
+            meta::set_counter(tx, "next_extent", id + EXTENT_RESERVE)?;
         }
         Ok(())
     }

@@ -187,3 +187,64 @@ fn an_unlinked_file_goes_at_its_last_release() {
     fs.unlink(ROOT_INO, b"h").unwrap();
     assert_eq!(errno(fs.getattr(ino)), libc::ENOENT);
 }
+
+/// The committed `next_extent` counter.
+fn extent_counter(fs: &Fs) -> u64 {
+    let tx = fs.pool().meta.read().unwrap();
+    let t = tx.open_table(SUPER).unwrap();
+    let v = t.get("next_extent").unwrap().map(|g| g.value()).unwrap();
+    v
+}
+
+/// Every extent id in the live metadata.
+fn extent_ids(fs: &Fs) -> HashSet<u64> {
+    use redb::ReadableTable;
+    let tx = fs.pool().meta.read().unwrap();
+    let t = tx.open_table(meta::EXTENTS).unwrap();
+    t.iter().unwrap().map(|r| r.unwrap().0.value()).collect()
+}
+
+#[test]
+fn extent_ids_stay_below_the_counter_raised_a_range_at_a_time() {
+    let tp = TestPool::new(2, "replicate:2", 65536);
+    let fs = tp.open();
+    // Inline extents (small files) and fragment extents, more than one reserved range.
+    for i in 0..1100u32 {
+        let (ino, _) = fs
+            .create(ROOT_INO, format!("f{i}").as_bytes(), 0o644, 0, 0)
+            .unwrap();
+        let len = if i % 100 == 0 { 70_000 } else { 100 };
+        let data = vec![(i % 251) as u8 + 1; len];
+        fs.write(ino, 0, &data).unwrap();
+        fs.flush(ino).unwrap();
+        fs.release(ino).unwrap();
+    }
+    fs.sync().unwrap();
+    let ids = extent_ids(&fs);
+    assert!(ids.len() >= 1100, "only {} extents", ids.len());
+    let max = *ids.iter().max().unwrap();
+    let c = extent_counter(&fs);
+    assert!(c > max, "counter {c} does not cover extent {max}");
+    assert!(
+        c <= max + 1024,
+        "counter {c} is more than one range past {max}"
+    );
+    drop(fs);
+    // After reopening, new extents take ids past every committed one, and old data reads back.
+    let fs = tp.open();
+    let (ino, _) = fs.create(ROOT_INO, b"after", 0o644, 0, 0).unwrap();
+    fs.write(ino, 0, b"new data").unwrap();
+    fs.flush(ino).unwrap();
+    fs.release(ino).unwrap();
+    fs.sync().unwrap();
+    let new: Vec<u64> = extent_ids(&fs).difference(&ids).copied().collect();
+    assert_eq!(new.len(), 1, "one new extent expected, got {new:?}");
+    assert!(new[0] >= c, "new extent {} below the counter {c}", new[0]);
+    for i in (0..1100u32).step_by(50) {
+        let (ino, attr) = fs.lookup(ROOT_INO, format!("f{i}").as_bytes()).unwrap();
+        let len = if i % 100 == 0 { 70_000 } else { 100 };
+        assert_eq!(attr.size, len as u64);
+        let got = fs.read(ino, 0, len).unwrap();
+        assert_eq!(&got[..], &vec![(i % 251) as u8 + 1; len][..], "file f{i}");
+    }
+}
