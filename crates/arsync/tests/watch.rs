@@ -199,6 +199,10 @@ fn watch_follows_creates_changes_renames_and_deletes() -> std::io::Result<()> {
     wait_synced(&mut w, "change in a moved directory", &src, &dst);
     std::fs::remove_file(src.join("e1/d2/after-move"))?;
     wait_synced(&mut w, "delete in a subdirectory", &src, &dst);
+    // A destination directory removed behind arsync's back comes back with the next change.
+    std::fs::remove_dir_all(dst.join("e1"))?;
+    std::fs::write(src.join("e1/d2/again"), b"again")?;
+    wait_synced(&mut w, "destination repaired", &src, &dst);
 
     std::fs::remove_file(src.join("new"))?;
     std::fs::remove_dir_all(src.join("old"))?;
@@ -237,7 +241,7 @@ fn watch_honours_filters_and_itemizes_one_line_per_burst() -> std::io::Result<()
     std::fs::write(src.join("keep.txt"), b"k")?;
     std::fs::write(src.join("skip.tmp"), b"s")?;
     std::fs::create_dir_all(src.join("sub/cache"))?;
-    std::fs::create_dir_all(src.join("other"))?;
+    std::fs::create_dir_all(src.join("other/anchored"))?;
     std::fs::write(src.join("sub/cache/c"), b"c")?;
 
     let mut w = Watch::start(
@@ -247,6 +251,7 @@ fn watch_honours_filters_and_itemizes_one_line_per_burst() -> std::io::Result<()
             "--delete",
             "--exclude=*.tmp",
             "--exclude=cache/",
+            "--exclude=/other/anchored",
             "--watch",
             "--watch-delay=300",
         ],
@@ -255,7 +260,8 @@ fn watch_honours_filters_and_itemizes_one_line_per_burst() -> std::io::Result<()
     );
     let opts = CompareOpts::default()
         .skipping("skip.tmp")
-        .skipping("sub/cache");
+        .skipping("sub/cache")
+        .skipping("other/anchored");
     wait_until(&mut w, "initial sync", || compare_trees(&src, &dst, &opts));
     assert!(!dst.join("skip.tmp").exists());
 
@@ -270,11 +276,13 @@ fn watch_honours_filters_and_itemizes_one_line_per_burst() -> std::io::Result<()
     // Changes inside an excluded directory are not transferred; a sibling's are.
     std::fs::write(src.join("sub/cache/c2"), b"c")?;
     std::fs::write(src.join("sub/cache/c"), b"changed")?;
+    std::fs::write(src.join("other/anchored/a"), b"a")?;
     std::fs::write(src.join("other/o"), b"o")?;
     wait_until(&mut w, "excluded directory", || {
         compare_trees(&src, &dst, &opts)
     });
     assert!(!dst.join("sub/cache").exists());
+    assert!(!dst.join("other/anchored").exists());
 
     // Twenty writes 10 ms apart settle into one re-sync: one itemized line.
     for i in 0..20u8 {

@@ -279,9 +279,16 @@ fn partial_plan(parsed: &Parsed, batch: &Batch) -> Option<Scope> {
         if parent_excluded(&parsed.filter, &display) {
             continue;
         }
+        let rel = join_rel(&item.rel, sub_bytes);
+        // The destination's parent directory must be there (it is, unless someone changed
+        // the destination): else only a full pass rebuilds the path.
+        let dst_parent = plan::join(&full.dest, &rel);
+        if !dst_parent.parent().is_some_and(Path::is_dir) {
+            return None;
+        }
         items.push(TopItem {
             src: item.src.join(sub),
-            rel: join_rel(&item.rel, sub_bytes),
+            rel,
             display,
             meta,
             contents: false,
@@ -420,6 +427,74 @@ mod tests {
         }
         let p = cli::parse(["arsync", "-a", "--watch", "--no-watch", "s", "d"]);
         assert!(p.is_ok_and(|p| !p.opts.watch));
+    }
+
+    fn parsed(extra: &[&str], src: &Path, dst: &Path) -> Parsed {
+        let mut argv: Vec<OsString> = vec!["arsync".into(), "-a".into(), "--delete".into()];
+        argv.extend(extra.iter().map(OsString::from));
+        argv.push(format!("{}/", src.display()).into());
+        argv.push(format!("{}/", dst.display()).into());
+        cli::parse(argv).unwrap_or_else(|e| panic!("{}", e.msg))
+    }
+
+    fn batch(dirs: &[PathBuf]) -> Batch {
+        Batch {
+            dirs: dirs.iter().cloned().collect(),
+            ..Batch::default()
+        }
+    }
+
+    fn displays(scope: Option<Scope>) -> Option<Vec<String>> {
+        match scope? {
+            Scope::Nothing => Some(Vec::new()),
+            Scope::Part(plan) => Some(
+                plan.items
+                    .iter()
+                    .map(|i| String::from_utf8_lossy(&i.display).into_owned())
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn partial_plans_cover_the_outermost_changed_directories() -> std::io::Result<()> {
+        let t = tempfile::tempdir()?;
+        let (src, dst) = (absolute(&t.path().join("s")), absolute(&t.path().join("d")));
+        for d in ["s/a/b", "s/c", "s/x/y", "d/a", "d/c"] {
+            std::fs::create_dir_all(t.path().join(d))?;
+        }
+        let p = parsed(&["--exclude=x/"], &src, &dst);
+        let changed = [
+            src.join("a"),
+            src.join("a/b"),
+            src.join("c"),
+            src.join("x/y"),
+            src.join("gone"),
+        ];
+        assert_eq!(
+            displays(partial_plan(&p, &batch(&changed))),
+            Some(vec!["a".to_string(), "c".to_string()])
+        );
+        // Only an excluded directory changed: nothing to do.
+        assert_eq!(
+            displays(partial_plan(&p, &batch(&[src.join("x/y")]))),
+            Some(Vec::new())
+        );
+        // A change of the root itself, or outside every source: a full pass.
+        assert!(partial_plan(&p, &batch(std::slice::from_ref(&src))).is_none());
+        assert!(partial_plan(&p, &batch(&[t.path().join("elsewhere")])).is_none());
+        // Options that depend on the whole tree: a full pass.
+        for extra in [&["-H"][..], &["-m"], &["-F"], &["--filter=- x/"], &["-x"]] {
+            let p = parsed(extra, &src, &dst);
+            assert!(
+                partial_plan(&p, &batch(&[src.join("c")])).is_none(),
+                "{extra:?}"
+            );
+        }
+        // The destination lost the parent directory: a full pass rebuilds it.
+        std::fs::remove_dir_all(t.path().join("d/a"))?;
+        assert!(partial_plan(&p, &batch(&[src.join("a/b")])).is_none());
+        Ok(())
     }
 
     #[test]
