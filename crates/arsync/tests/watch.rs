@@ -26,8 +26,13 @@ struct Watch {
 
 impl Watch {
     fn start(args: &[&str], src: &Path, dst: &Path) -> Watch {
+        Watch::start_with_env(args, src, dst, &[])
+    }
+
+    fn start_with_env(args: &[&str], src: &Path, dst: &Path, env: &[(&str, &str)]) -> Watch {
         let mut cmd = Command::new(arsync_bin());
-        cmd.args(args)
+        cmd.envs(env.iter().copied())
+            .args(args)
             .arg(format!("{}/", src.display()))
             .arg(format!("{}/", dst.display()))
             .stdin(Stdio::null())
@@ -330,6 +335,41 @@ fn watch_interrupted_mid_copy_leaves_no_temporaries() -> std::io::Result<()> {
     assert_eq!(w.stop(libc::SIGTERM), 20);
     assert_eq!(temporaries(&dst), Vec::<PathBuf>::new());
     assert!(!dst.join("big").exists());
+    Ok(())
+}
+
+#[test]
+fn watch_limit_falls_back_to_periodic_full_resyncs() -> std::io::Result<()> {
+    let t = scratch_dir()?;
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    for d in ["a/b/c", "d/e", "f"] {
+        std::fs::create_dir_all(src.join(d))?;
+    }
+    let mut cmd_env = Watch::start_with_env(
+        &[
+            "-a",
+            "--delete",
+            "--watch",
+            "--watch-delay=20",
+            "--watch-interval=1",
+        ],
+        &src,
+        &dst,
+        &[("ARSYNC_WATCH_MAX_DIRS", "1")],
+    );
+    let w = &mut cmd_env;
+    wait_synced(w, "initial sync", &src, &dst);
+    // Only the root is watched: changes below it come with the periodic full re-sync.
+    for d in ["a/b/c", "d/e", "f"] {
+        std::fs::write(src.join(d).join("late"), d.as_bytes())?;
+    }
+    wait_synced(w, "periodic re-sync", &src, &dst);
+    let err = w.stderr();
+    assert!(
+        err.contains("watch limit") && err.matches("arsync warning").count() == 1,
+        "{err}"
+    );
+    assert_eq!(cmd_env.stop(libc::SIGTERM), 20);
     Ok(())
 }
 

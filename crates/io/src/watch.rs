@@ -124,6 +124,8 @@ pub struct TreeWatcher {
     buf: Vec<u8>,
     /// A watch failed for lack of watches since the last [`TreeWatcher::take_limit_hit`].
     limit_hit: bool,
+    /// A cap on watches below the kernel's (see [`TreeWatcher::set_max_watches`]).
+    max_watches: Option<usize>,
 }
 
 impl TreeWatcher {
@@ -144,12 +146,19 @@ impl TreeWatcher {
             ignored: Vec::new(),
             buf: vec![0; 64 * 1024],
             limit_hit: false,
+            max_watches: None,
         })
     }
 
     /// How many directories are watched.
     pub fn watched(&self) -> usize {
         self.dirs.len()
+    }
+
+    /// Uses at most `max` watches (directories); beyond, adding a watch fails as at the
+    /// kernel's limit ([`WatchError::Limit`]). Leaves watches for other programs.
+    pub fn set_max_watches(&mut self, max: Option<usize>) {
+        self.max_watches = max;
     }
 
     /// Changes at or below `path` are not reported (and its directories are not watched).
@@ -224,6 +233,13 @@ impl TreeWatcher {
     }
 
     fn add_watch(&mut self, dir: &Path, follow: bool) -> Result<i32, WatchError> {
+        let at_cap = self.max_watches.is_some_and(|m| self.dirs.len() >= m);
+        if at_cap && !self.dirs.values().any(|p| p == dir) {
+            self.limit_hit = true;
+            return Err(WatchError::Limit {
+                watched: self.dirs.len(),
+            });
+        }
         let c = CString::new(dir.as_os_str().as_bytes())
             .map_err(|e| WatchError::Io(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
         let mask = if follow {
@@ -265,8 +281,8 @@ impl TreeWatcher {
     }
 
     /// Waits up to `timeout` (`None`: forever) for events and returns the changes they mean,
-    /// in order (possibly none: the wait timed out or only ignored events arrived). New
-    /// directories are watched before this returns.
+    /// in order (possibly none: the wait timed out or only ignored events arrived; at most
+    /// 64 buffers of events per call). New directories are watched before this returns.
     pub fn read_changes(&mut self, timeout: Option<Duration>) -> io::Result<Vec<Change>> {
         let ms = match timeout {
             None => -1,
@@ -290,7 +306,8 @@ impl TreeWatcher {
         if n == 0 {
             return Ok(changes);
         }
-        loop {
+        // Bounded, so that a flood of events cannot keep this call from returning.
+        for _ in 0..64 {
             // SAFETY: `buf` is a writable buffer of `buf.len()` bytes owned by self for the
             // duration of the call.
             let got = unsafe {
@@ -368,20 +385,23 @@ impl TreeWatcher {
         out.push(Change::Dir(dir));
     }
 
-    /// Watches the roots again where their watches were lost (a root deleted and created
-    /// again): call after an [`Change::Everything`] batch has been handled.
-    pub fn rewatch_roots(&mut self) -> Result<(), WatchError> {
+    /// Walks every root again and watches each directory not watched yet (and records the
+    /// current path of those that are): call after a [`Change::Everything`] (events were
+    /// lost, so directories made meanwhile have no watch; a root deleted and created again
+    /// has none either). Costs one `inotify_add_watch` per directory.
+    pub fn rewatch_all(&mut self) -> Result<(), WatchError> {
         let roots = self.roots.clone();
         let mut result = Ok(());
         for r in roots {
-            let watched = self.dirs.values().any(|p| *p == r);
-            if !watched && r.is_dir() {
-                if let Err(e) = self.add_subtree(&r, true) {
-                    if matches!(e, WatchError::Limit { .. }) {
-                        return Err(e);
-                    }
-                    result = Err(e);
+            let is_dir = std::fs::metadata(&r).is_ok_and(|m| m.is_dir());
+            if !is_dir {
+                continue;
+            }
+            if let Err(e) = self.add_subtree(&r, true) {
+                if matches!(e, WatchError::Limit { .. }) {
+                    return Err(e);
                 }
+                result = Err(e);
             }
         }
         result
@@ -626,10 +646,13 @@ mod tests {
         let c = collect(&mut w, |c| c.contains(&Change::Everything));
         assert!(c.contains(&Change::Everything), "{c:?}");
         assert_eq!(w.watched(), 0);
-        // Re-created, it is watched again.
-        std::fs::create_dir(&root)?;
-        w.rewatch_roots()?;
-        assert_eq!(w.watched(), 1);
+        // Re-created (with a subdirectory made while unwatched), it is watched again.
+        std::fs::create_dir_all(root.join("later"))?;
+        w.rewatch_all()?;
+        assert_eq!(w.watched(), 2);
+        std::fs::write(root.join("later/f"), b"f")?;
+        let c = collect(&mut w, |c| c.contains(&Change::Dir(root.join("later"))));
+        assert!(c.contains(&Change::Dir(root.join("later"))), "{c:?}");
         Ok(())
     }
 
@@ -659,6 +682,30 @@ mod tests {
             w.watch_tree(&root.join("missing")),
             Err(WatchError::Io(_))
         ));
+        Ok(())
+    }
+
+    #[test]
+    fn a_watch_cap_acts_as_the_kernel_limit() -> io::Result<()> {
+        let t = tempfile::tempdir()?;
+        let root = t.path().join("src");
+        for d in ["a/b", "c"] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        let mut w = TreeWatcher::new()?;
+        w.set_max_watches(Some(2));
+        assert!(matches!(
+            w.watch_tree(&root),
+            Err(WatchError::Limit { watched: 2 })
+        ));
+        assert!(w.take_limit_hit());
+        assert!(!w.take_limit_hit());
+        assert_eq!(w.watched(), 2);
+        // Walking again re-adds the watched ones and fails again on the first new one.
+        assert!(matches!(w.rewatch_all(), Err(WatchError::Limit { .. })));
+        assert_eq!(w.watched(), 2);
+        let msg = WatchError::Limit { watched: 2 }.to_string();
+        assert!(msg.contains("max_user_watches"), "{msg}");
         Ok(())
     }
 

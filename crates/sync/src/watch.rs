@@ -25,7 +25,8 @@
 //! watch goes on with the directories it has and adds a full re-sync every `--watch-interval`
 //! seconds (30 when not given), after a warning. `--watch-interval` also adds periodic
 //! re-syncs when the limit is not reached, e.g. for network filesystems whose remote changes
-//! inotify does not see.
+//! inotify does not see. `ARSYNC_WATCH_MAX_DIRS=N` caps arsync's own watches at N (leaving
+//! the rest of the kernel's limit to other programs), with the same fallback.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -74,6 +75,7 @@ pub fn run(args: &[OsString], parsed: Parsed, stop: Arc<AtomicBool>) -> i32 {
             return exit::FILE_IO;
         }
     };
+    watcher.set_max_watches(max_watches_from_env());
     if let Some(d) = parsed.dest.as_deref() {
         // A destination inside a source must not trigger re-syncs of its own writes.
         watcher.ignore(&absolute(Path::new(d)));
@@ -82,14 +84,14 @@ pub fn run(args: &[OsString], parsed: Parsed, stop: Arc<AtomicBool>) -> i32 {
     for root in watch_roots(&parsed) {
         match watcher.watch_tree(&root) {
             Ok(()) => {}
-            Err(e @ WatchError::Limit { .. }) => {
-                interval = Some(limit_fallback(&e, interval));
-            }
+            // Recorded by the watcher; handled below.
+            Err(WatchError::Limit { .. }) => {}
             // The sync below reports a missing source as a normal run does.
             Err(WatchError::Io(_)) => roots_missing = true,
         }
     }
-    watcher.take_limit_hit();
+    let mut limited = false;
+    limit_fallback(&mut watcher, &mut limited, &mut interval);
 
     let first = cli::run_parsed(parsed, Arc::clone(&stop));
     if stop.load(Ordering::Relaxed) || !matches!(first, 0 | exit::PARTIAL | exit::VANISHED) {
@@ -129,17 +131,12 @@ pub fn run(args: &[OsString], parsed: Parsed, stop: Arc<AtomicBool>) -> i32 {
         }
         if let Some(batch) = debouncer.take_ready(now) {
             if batch.everything {
-                if let Err(e @ WatchError::Limit { .. }) = watcher.rewatch_roots() {
-                    interval = Some(limit_fallback(&e, interval));
-                    next_full = next_full.or(interval.map(|i| now + i));
-                }
+                // Events may have been lost: directories made meanwhile need their watches.
+                // (Reaching the limit is recorded by the watcher.)
+                let _ = watcher.rewatch_all();
             }
-            if watcher.take_limit_hit() && next_full.is_none() {
-                let e = WatchError::Limit {
-                    watched: watcher.watched(),
-                };
-                interval = Some(limit_fallback(&e, interval));
-                next_full = interval.map(|i| now + i);
+            if limit_fallback(&mut watcher, &mut limited, &mut interval) {
+                next_full = next_full.or(interval.map(|i| now + i));
             }
             if verbose > 1 {
                 eprintln!(
@@ -350,15 +347,39 @@ fn run_plan(parsed: Parsed, plan: Plan, stop: &Arc<AtomicBool>) -> i32 {
     engine.run(plan)
 }
 
-/// Warns about the watch limit; returns the periodic re-sync interval to use.
-fn limit_fallback(e: &WatchError, interval: Option<Duration>) -> Duration {
-    let i = interval.unwrap_or(Duration::from_secs(LIMIT_FALLBACK_INTERVAL_SECS));
-    eprintln!(
-        "arsync warning: {e}; changes in unwatched directories are picked up by a full \
-         re-sync every {} seconds (--watch-interval)",
-        i.as_secs()
-    );
-    i
+/// When the watcher ran out of watches since the last call: warns (once per watch) and
+/// makes sure periodic full re-syncs are on; returns true when it ran out.
+fn limit_fallback(
+    watcher: &mut TreeWatcher,
+    warned: &mut bool,
+    interval: &mut Option<Duration>,
+) -> bool {
+    if !watcher.take_limit_hit() {
+        return false;
+    }
+    let i = *interval.get_or_insert(Duration::from_secs(LIMIT_FALLBACK_INTERVAL_SECS));
+    if !std::mem::replace(warned, true) {
+        let e = WatchError::Limit {
+            watched: watcher.watched(),
+        };
+        eprintln!(
+            "arsync warning: {e}; changes in unwatched directories are picked up by a full \
+             re-sync every {} seconds (--watch-interval)",
+            i.as_secs()
+        );
+    }
+    true
+}
+
+/// `ARSYNC_WATCH_MAX_DIRS`: at most this many inotify watches (directories) for this run,
+/// leaving the rest of `fs.inotify.max_user_watches` to other programs; beyond it, watching
+/// falls back as at the kernel's limit.
+fn max_watches_from_env() -> Option<usize> {
+    std::env::var("ARSYNC_WATCH_MAX_DIRS")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The directories (or files) to watch: each source as an absolute path, without the
