@@ -12,7 +12,8 @@
 //! it is the normal engine with rsync's quick check, so unchanged files cost one `stat` each
 //! and everything rsync would do is done: `--delete` removes what was deleted, filters apply,
 //! directory metadata is set after the directory's entries. Output per re-sync is that of a
-//! normal run (`-v`, `-i`, `--out-format`, `--stats`, `--log-file`).
+//! normal run (`-v`, `-i`, `--out-format`, `--stats`, `--log-file`); the totals of a partial
+//! re-sync count the directories it re-synced.
 //!
 //! A re-sync that fails (a vanished file, an unreadable directory, a full disk) is reported as
 //! a normal run would report it, and watching goes on. SIGINT, SIGTERM or SIGHUP ends the
