@@ -189,6 +189,9 @@ fn watch_follows_creates_changes_renames_and_deletes() -> std::io::Result<()> {
 
     std::fs::write(src.join("d1/b"), b"beta, longer now")?;
     wait_synced(&mut w, "content change", &src, &dst);
+    // Rewritten at once with the same size: the same second, but not the same nanosecond.
+    std::fs::write(src.join("d1/b"), b"BETA, LONGER NOW")?;
+    wait_synced(&mut w, "same-size rewrite", &src, &dst);
 
     std::fs::set_permissions(src.join("d1/d2/c"), std::fs::Permissions::from_mode(0o600))?;
     set_mtime(&src.join("d1/d2/c"), 1_000_000_000);

@@ -13,7 +13,9 @@
 //! and everything rsync would do is done: `--delete` removes what was deleted, filters apply,
 //! directory metadata is set after the directory's entries. Output per re-sync is that of a
 //! normal run (`-v`, `-i`, `--out-format`, `--stats`, `--log-file`); the totals of a partial
-//! re-sync count the directories it re-synced.
+//! re-sync count the directories it re-synced. Re-syncs compare modification times to the
+//! nanosecond (as `--modify-window=-1`) unless `--modify-window` is given: a file rewritten
+//! within one second with the same size is then still seen as changed.
 //!
 //! A re-sync that fails (a vanished file, an unreadable directory, a full disk) is reported as
 //! a normal run would report it, and watching goes on. SIGINT, SIGTERM or SIGHUP ends the
@@ -191,6 +193,11 @@ fn resync(args: &[OsString], stop: &Arc<AtomicBool>, batch: &Batch) -> i32 {
     // The deadline is the first run's (--stop-after counts from the start); the watch loop
     // checks it between re-syncs.
     parsed.opts.stop_at = None;
+    if !modify_window_given(args) {
+        // A file rewritten within the same second with the same size must still be seen:
+        // compare nanoseconds (the destination's times were set to the nanosecond).
+        parsed.opts.modify_window = -1;
+    }
     if !batch.everything {
         match partial_plan(&parsed, batch) {
             Some(Scope::Nothing) => return exit::OK,
@@ -199,6 +206,14 @@ fn resync(args: &[OsString], stop: &Arc<AtomicBool>, batch: &Batch) -> i32 {
         }
     }
     cli::run_parsed(parsed, Arc::clone(stop))
+}
+
+/// True when the command line sets `--modify-window` (before any `--`).
+fn modify_window_given(args: &[OsString]) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a.as_bytes().starts_with(b"--modify-window"))
 }
 
 /// What a batch of changes needs re-synced, when less than everything.
@@ -415,6 +430,31 @@ mod tests {
         );
         let cwd = std::env::current_dir().unwrap_or_default();
         assert_eq!(absolute(Path::new("x/")), cwd.join("x"));
+    }
+
+    #[test]
+    fn explicit_modify_window_is_found() {
+        let v = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(modify_window_given(&v(&[
+            "arsync",
+            "--modify-window=2",
+            "s",
+            "d"
+        ])));
+        assert!(modify_window_given(&v(&[
+            "arsync",
+            "--modify-window",
+            "0",
+            "s",
+            "d"
+        ])));
+        assert!(!modify_window_given(&v(&["arsync", "-a", "s", "d"])));
+        assert!(!modify_window_given(&v(&[
+            "arsync",
+            "--",
+            "--modify-window=1",
+            "d"
+        ])));
     }
 
     #[test]
