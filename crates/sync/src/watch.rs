@@ -151,8 +151,12 @@ pub fn run(args: &[OsString], parsed: Parsed, stop: Arc<AtomicBool>) -> i32 {
             }
             let code = resync(args, &stop, &batch);
             if stop.load(Ordering::Relaxed) {
-                // The interrupted run has cleaned up and reported the signal.
-                return if code == 0 { exit::SIGNAL } else { code };
+                // An interrupted run has cleaned up and reported the signal; one that ended
+                // just before it arrived has not.
+                if code != exit::SIGNAL {
+                    eprintln!("arsync error: received SIGINT, SIGTERM, or SIGHUP (code 20)");
+                }
+                return exit::SIGNAL;
             }
             continue;
         }
