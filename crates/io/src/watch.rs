@@ -126,6 +126,8 @@ pub struct TreeWatcher {
     limit_hit: bool,
     /// A cap on watches below the kernel's (see [`TreeWatcher::set_max_watches`]).
     max_watches: Option<usize>,
+    /// Directories watched only for file roots in them: the names whose events count.
+    file_parents: HashMap<i32, Vec<Vec<u8>>>,
 }
 
 impl TreeWatcher {
@@ -147,6 +149,7 @@ impl TreeWatcher {
             buf: vec![0; 64 * 1024],
             limit_hit: false,
             max_watches: None,
+            file_parents: HashMap::new(),
         })
     }
 
@@ -193,7 +196,16 @@ impl TreeWatcher {
                 Some(p) if !p.as_os_str().is_empty() => p,
                 _ => Path::new("."),
             };
-            return self.add_watch(parent, true).map(|_| ());
+            let name = root.file_name().map(|n| n.as_bytes().to_vec());
+            let before = self.dirs.len();
+            let wd = self.add_watch(parent, true)?;
+            // A directory already watched as part of a tree reports everything anyway.
+            let tree_dir = self.dirs.len() == before && !self.file_parents.contains_key(&wd);
+            if !tree_dir {
+                let names = self.file_parents.entry(wd).or_default();
+                names.extend(name);
+            }
+            return Ok(());
         }
         self.add_subtree(root, true)
     }
@@ -211,7 +223,9 @@ impl TreeWatcher {
             }
             // A root given as a symbolic link to a directory is followed; nothing below is.
             match self.add_watch(&d, first && strict) {
-                Ok(_) => {}
+                Ok(wd) => {
+                    self.file_parents.remove(&wd);
+                }
                 Err(WatchError::Io(e)) if !(first && strict) => {
                     let _ = e;
                     first = false;
@@ -345,6 +359,16 @@ impl TreeWatcher {
         let Some(dir) = self.dirs.get(&ev.wd).cloned() else {
             return;
         };
+        if let Some(names) = self.file_parents.get(&ev.wd) {
+            // Watched for file roots only: other entries of the directory do not count.
+            if ev.mask & libc::IN_Q_OVERFLOW == 0 && !names.iter().any(|n| *n == ev.name) {
+                if ev.mask & libc::IN_IGNORED != 0 {
+                    self.dirs.remove(&ev.wd);
+                    self.file_parents.remove(&ev.wd);
+                }
+                return;
+            }
+        }
         if ev.mask & libc::IN_IGNORED != 0 {
             // The directory is gone (deleted, or its filesystem unmounted).
             self.dirs.remove(&ev.wd);
@@ -669,10 +693,22 @@ mod tests {
         std::fs::write(root.join("skip/x"), b"x")?;
         assert!(settle(&mut w).is_empty());
 
-        // A file root is watched through its parent.
+        // A file root is watched through its parent, for its own name only.
         let mut w = TreeWatcher::new()?;
         w.watch_tree(&root.join("file"))?;
+        std::fs::write(root.join("other"), b"o")?;
+        assert!(settle(&mut w).is_empty());
         std::fs::write(root.join("file"), b"2")?;
+        let c = collect(&mut w, |c| !c.is_empty());
+        assert!(c.contains(&Change::Dir(root.clone())), "{c:?}");
+        // Replaced by a rename, it is still seen.
+        std::fs::write(root.join("file.new"), b"3")?;
+        std::fs::rename(root.join("file.new"), root.join("file"))?;
+        let c = collect(&mut w, |c| !c.is_empty());
+        assert!(c.contains(&Change::Dir(root.clone())), "{c:?}");
+        // Once the directory is also watched as a tree, every entry counts.
+        w.watch_tree(&root)?;
+        std::fs::write(root.join("other"), b"p")?;
         let c = collect(&mut w, |c| !c.is_empty());
         assert!(c.contains(&Change::Dir(root.clone())), "{c:?}");
 
