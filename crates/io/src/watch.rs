@@ -361,7 +361,7 @@ impl TreeWatcher {
         };
         if let Some(names) = self.file_parents.get(&ev.wd) {
             // Watched for file roots only: other entries of the directory do not count.
-            if ev.mask & libc::IN_Q_OVERFLOW == 0 && !names.iter().any(|n| *n == ev.name) {
+            if ev.mask & libc::IN_Q_OVERFLOW == 0 && !names.contains(&ev.name) {
                 if ev.mask & libc::IN_IGNORED != 0 {
                     self.dirs.remove(&ev.wd);
                     self.file_parents.remove(&ev.wd);
