@@ -87,6 +87,7 @@ mod small;
 mod stat;
 mod sys;
 pub mod tools;
+pub mod watch;
 
 pub use arsync_ring::{spawn_local, Features, JoinHandle};
 pub use dir::{DirEntry, DirReader};

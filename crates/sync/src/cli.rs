@@ -19,6 +19,9 @@ use crate::plan;
 use crate::report::Output;
 use arsync_filter::{FilterRules, FromFile};
 
+/// `--watch-delay` when not given, in milliseconds.
+pub const DEFAULT_WATCH_DELAY_MS: u64 = 200;
+
 /// Boolean options: (id, short, long, help). Each also gets `--no-<long>`.
 const BOOLS: &[(&str, Option<char>, &str, &str)] = &[
     (
@@ -397,6 +400,12 @@ const BOOLS: &[(&str, Option<char>, &str, &str)] = &[
         "compress",
         "compress file data (no effect on local copies)",
     ),
+    (
+        "watch",
+        None,
+        "watch",
+        "after the sync, keep watching the sources and re-sync on changes (arsync)",
+    ),
 ];
 
 /// Counted options: (id, short, long, help).
@@ -745,6 +754,20 @@ const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
         false,
         "bounded queue length between walker and workers",
     ),
+    (
+        "watch-delay",
+        None,
+        "watch-delay",
+        false,
+        "--watch: re-sync once changes settle for MS milliseconds (default 200)",
+    ),
+    (
+        "watch-interval",
+        None,
+        "watch-interval",
+        false,
+        "--watch: also do a full re-sync every SECS seconds (default: only on changes)",
+    ),
 ];
 
 /// rsync options that are recognised but not supported yet: refused with exit code 1.
@@ -1051,6 +1074,9 @@ pub struct Parsed {
     pub dest: Option<OsString>,
     /// `--version` was given.
     pub version: bool,
+    /// Filter options that may read per-directory merge files (`--filter`, `-F`, `-C`) were
+    /// given: a sync of part of the tree would miss its parents' rules.
+    pub per_dir_rules: bool,
 }
 
 /// Parses an argument vector (including the program name).
@@ -1389,6 +1415,29 @@ where
             .ok_or_else(|| usage(format!("arsync: invalid --queue-depth value: {v}")))?,
         None => 256,
     };
+    o.watch = flag(&m, "watch", &[]);
+    if let Some(v) = value(&m, "watch-delay") {
+        o.watch_delay_ms = v
+            .parse()
+            .ok()
+            .filter(|n: &u64| *n <= 3_600_000)
+            .ok_or_else(|| usage(format!("arsync: invalid --watch-delay value: {v}")))?;
+    } else {
+        o.watch_delay_ms = DEFAULT_WATCH_DELAY_MS;
+    }
+    if let Some(v) = value(&m, "watch-interval") {
+        o.watch_interval = Some(
+            v.parse()
+                .ok()
+                .filter(|n: &u64| (1..=31_536_000).contains(n))
+                .ok_or_else(|| usage(format!("arsync: invalid --watch-interval value: {v}")))?,
+        );
+    }
+    if (o.watch_interval.is_some() || value(&m, "watch-delay").is_some()) && !o.watch {
+        return Err(usage(
+            "arsync: --watch-delay and --watch-interval need --watch",
+        ));
+    }
     if o.files_from.is_some() {
         // --files-from implies -R and -d; -a's -r is not implied (rsync's rule).
         if last_index(&m, "no-relative").is_none() {
@@ -1428,6 +1477,10 @@ where
         ordered.push((at, "F", OsString::from(if k == 0 { "1" } else { "2" })));
     }
     ordered.sort_by_key(|(i, _, _)| *i);
+    // `--filter` rules may be (or merge files holding) per-directory merge rules.
+    let per_dir_rules = ordered
+        .iter()
+        .any(|(_, id, _)| matches!(*id, "filter" | "F" | "cvs"));
     for (_, id, v) in ordered {
         let text = v.to_string_lossy();
         let r = match id {
@@ -1489,6 +1542,7 @@ where
         sources: paths,
         dest,
         version,
+        per_dir_rules,
     })
 }
 
@@ -1510,7 +1564,8 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let parsed = match parse(args) {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let parsed = match parse(args.iter().cloned()) {
         Ok(p) => p,
         Err(e) => {
             if !e.msg.is_empty() {
@@ -1542,6 +1597,9 @@ where
             eprintln!("arsync: cannot install signal handler: {e}");
             return exit::FILE_IO;
         }
+    }
+    if parsed.opts.watch {
+        return crate::watch::run(&args, parsed, stop);
     }
     run_parsed(parsed, stop)
 }

@@ -19,6 +19,7 @@ pub mod meta;
 pub mod options;
 pub mod plan;
 pub mod report;
+pub mod watch;
 
 pub use engine::Engine;
 pub use filter::{PathFilter, RulesFilter};

@@ -234,6 +234,12 @@ pub struct Options {
     pub threads: usize,
     /// `--queue-depth`
     pub queue_depth: usize,
+    /// `--watch`: keep the destination in sync after the first run (see [`crate::watch`]).
+    pub watch: bool,
+    /// `--watch-delay` in milliseconds.
+    pub watch_delay_ms: u64,
+    /// `--watch-interval` in seconds: periodic full re-syncs.
+    pub watch_interval: Option<u64>,
 }
 
 /// Maps an id through `--usermap`/`--groupmap` rules (first match wins).
