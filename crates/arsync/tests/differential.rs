@@ -618,6 +618,57 @@ fn path_rules_match_rsync() {
 }
 
 #[test]
+fn several_sources_with_delete_keep_each_others_entries() {
+    // `dir0 dir1/ f0_0.dat` all land in the destination root: rsync builds one file list of
+    // them, so a deletion there keeps what any of them brings, and a re-run does nothing.
+    let w = scratch();
+    let src = w.path().join("src");
+    make_tree(
+        &src,
+        TreeSpec {
+            dirs: 3,
+            files_per_dir: 2,
+            rich: false,
+            seed: 5,
+        },
+    );
+    let srcs = [
+        src.join("dir0").into_os_string(),
+        slash(&src.join("dir1")),
+        src.join("f0_0.dat").into_os_string(),
+    ];
+    let o = SnapOpts {
+        root_mtime: false,
+        ..SnapOpts::default()
+    };
+    differential(w.path(), &["-a", "--delete"], &srcs, None, o, "first run");
+    let seeded = w.path().join("seeded");
+    clone_tree(&w.path().join("r"), &seeded);
+    fs::write(seeded.join("junk"), b"extraneous").unwrap();
+    fs::create_dir(seeded.join("dir0").join("junkdir")).unwrap();
+    let (ao, ro) = differential(
+        w.path(),
+        &["-ai", "--delete"],
+        &srcs,
+        Some(&seeded),
+        o,
+        "re-run with extraneous entries",
+    );
+    let (mut a, mut r) = (lines(&ao), lines(&ro));
+    // Directory time updates may be reported in a different order; deletions must match.
+    a.sort();
+    r.sort();
+    assert_eq!(a, r, "-i output of the re-run");
+    assert!(a
+        .iter()
+        .any(|l| l.contains("*deleting") && l.contains("junk")));
+    assert!(
+        !a.iter().any(|l| l.starts_with(">f")),
+        "re-run copied files again: {a:?}"
+    );
+}
+
+#[test]
 fn demo_commands_produce_rsyncs_tree() {
     // The same steps as scripts/demo: arsync -aHS --stats, then a no-op arsync -aHSi.
     let w = scratch();

@@ -422,6 +422,10 @@ pub struct Engine {
     link_order: AtomicU64,
     delayed: Mutex<Vec<(PathBuf, PathBuf, PathBuf)>>,
     late_dirs: Mutex<Vec<(PathBuf, Meta)>>,
+    /// With several top-level items: each one's destination path (relative) and source, so a
+    /// deletion in a directory they share keeps what another item brings (rsync builds one
+    /// file list from all of them).
+    shared_items: Mutex<Vec<(Vec<u8>, PathBuf)>>,
     delayed_dirs: Mutex<HashSet<PathBuf>>,
     am_root: bool,
     fresh_dest: AtomicBool,
@@ -484,6 +488,7 @@ impl Engine {
             link_order: AtomicU64::new(0),
             delayed: Mutex::new(Vec::new()),
             late_dirs: Mutex::new(Vec::new()),
+            shared_items: Mutex::new(Vec::new()),
             delayed_dirs: Mutex::new(HashSet::new()),
             dest_root: Mutex::new(PathBuf::new()),
             root_dev: Mutex::new(None),
@@ -599,12 +604,38 @@ impl Engine {
         }
     }
 
+    /// Whether a top-level item other than the one being walked brings the destination path
+    /// `rel` (itself, a path inside it, or a parent directory of its destination).
+    fn other_item_brings(&self, rel: &[u8]) -> bool {
+        let items = self.shared_items.lock().unwrap_or_else(|p| p.into_inner());
+        items.iter().any(|(top, src)| {
+            let top: &[u8] = if top.as_slice() == b"." { b"" } else { top };
+            if top.is_empty() {
+                return fsops::lstat(&plan::join(src, rel)).is_ok();
+            }
+            if rel == top || (top.starts_with(rel) && top.get(rel.len()) == Some(&b'/')) {
+                return true;
+            }
+            match rel.strip_prefix(top) {
+                Some([b'/', inner @ ..]) => fsops::lstat(&plan::join(src, inner)).is_ok(),
+                _ => false,
+            }
+        })
+    }
+
     /// Runs the whole transfer described by `plan`; returns rsync's exit code.
     pub fn run(self: &Arc<Self>, plan: Plan) -> i32 {
         for e in &plan.errors {
             self.error(e.clone());
         }
         *self.dest_root.lock().unwrap_or_else(|p| p.into_inner()) = plan.dest.clone();
+        if plan.items.len() > 1 {
+            *self.shared_items.lock().unwrap_or_else(|p| p.into_inner()) = plan
+                .items
+                .iter()
+                .map(|i| (i.rel.clone(), i.src.clone()))
+                .collect();
+        }
         self.fresh_dest.store(plan.create_dest, Ordering::Relaxed);
         // rsync says this with -v or --progress whatever the output format (-i, --out-format),
         // and at -vv the delta note follows the destination's creation.
@@ -2883,7 +2914,9 @@ impl Walker<'_> {
             let path = dst.join(name);
             let Ok(m) = fsops::lstat(&path) else { continue };
             let child_rel = Engine::child_rel(rel, name.as_bytes());
-            if self.protected(&child_rel, name, m.kind() == Kind::Dir) {
+            if self.protected(&child_rel, name, m.kind() == Kind::Dir)
+                || eng.other_item_brings(&child_rel)
+            {
                 continue;
             }
             self.delete_path(&path, &child_rel, &m, false);
