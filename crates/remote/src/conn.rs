@@ -21,6 +21,24 @@ pub const OUT_BATCH: usize = 64 * 1024;
 /// Size of one `read` from the transport (see [`OUT_BATCH`]).
 pub const IN_READ: usize = 64 * 1024;
 
+/// Decoded bytes a [`InStream::decode`] first demultiplexes for a decoder
+/// that needs more input (doubling while it still needs more): small, so
+/// that little of the file data after a token header takes the detour
+/// through the decode buffer instead of going straight to its
+/// destination ([`InStream::take_into`]).
+const DECODE_STEP: usize = 256;
+
+/// [`InStream::take_into`] reads the transport straight into the caller's
+/// buffer when it takes the rest of the current DATA frame or at least
+/// this much of it (and [`InStream::int_and_data`] when it has this much
+/// room).
+const DIRECT_MIN: usize = 4096;
+
+/// What such a direct read also takes into the raw buffer: the header of
+/// the next frame and a token header, so that the next token's data is
+/// again read directly.
+const DIRECT_TAIL: usize = 8;
+
 /// What the peer reported out of band.
 #[derive(Debug, Default, Clone)]
 pub struct PeerReports {
@@ -51,9 +69,13 @@ pub struct InStream<R: Read> {
     /// Print peer messages to stderr as they arrive.
     pub echo_messages: bool,
     total_read: u64,
-    /// Raw transport bytes (multiplexed input is demultiplexed from here
-    /// straight into `data`).
+    /// Raw transport bytes; `raw[raw_pos..raw_len]` is not demultiplexed yet.
+    /// Multiplexed input goes from here into `data` in small steps as
+    /// decoders need it, or straight into the caller's buffer
+    /// ([`InStream::take_into`]), so bulk data is copied once.
     raw: Vec<u8>,
+    raw_pos: usize,
+    raw_len: usize,
 }
 
 impl<R: Read> std::fmt::Debug for InStream<R> {
@@ -77,34 +99,58 @@ impl<R: Read> InStream<R> {
             echo_messages: true,
             total_read: 0,
             raw: Vec::new(),
+            raw_pos: 0,
+            raw_len: 0,
         }
     }
 
     /// Switches to multiplexed input: bytes buffered but not yet consumed
     /// are re-read as frames.
     pub fn start_multiplex(&mut self) -> Result<()> {
-        let leftover = self.data.split_off(self.pos);
+        let mut leftover = self.data.split_off(self.pos);
         self.data.clear();
         self.pos = 0;
+        leftover.extend_from_slice(&self.raw[self.raw_pos..self.raw_len]);
+        self.raw_len = leftover.len();
+        self.raw_pos = 0;
+        leftover.resize(leftover.len().max(IN_READ), 0);
+        self.raw = leftover;
         self.demux = Some(Demuxer::new());
-        self.demux_raw(&leftover)
+        Ok(())
     }
 
-    /// Demultiplexes raw input into `data`, handling messages.
-    fn demux_raw(&mut self, raw: &[u8]) -> Result<()> {
-        let Some(d) = self.demux.as_mut() else {
-            self.data.extend_from_slice(raw);
-            return Ok(());
+    /// Moves up to `limit` decoded bytes from the raw input to the end of
+    /// `dst` (demultiplexing, and handling the messages met on the way).
+    /// Returns false when no raw input was waiting.
+    fn demux_raw(&mut self, limit: usize, to_data: Option<&mut Vec<u8>>) -> Result<bool> {
+        let raw = &self.raw[self.raw_pos..self.raw_len];
+        if raw.is_empty() {
+            return Ok(false);
+        }
+        let dst = match to_data {
+            Some(v) => v,
+            None => &mut self.data,
         };
-        let (reports, echo) = (&mut self.reports, self.echo_messages);
-        d.demux_into(raw, &mut self.data, |m| {
-            Self::handle_message(reports, echo, m)
-        })
+        let used = match self.demux.as_mut() {
+            None => {
+                let n = limit.min(raw.len());
+                dst.extend_from_slice(&raw[..n]);
+                n
+            }
+            Some(d) => {
+                let (reports, echo) = (&mut self.reports, self.echo_messages);
+                d.demux_some(raw, dst, limit, |m| Self::handle_message(reports, echo, m))?
+            }
+        };
+        self.raw_pos += used;
+        Ok(true)
     }
 
-    /// True when decoded data is waiting (a decode may not need to block).
-    pub fn has_buffered(&self) -> bool {
-        self.pos < self.data.len()
+    /// True when input is waiting (decoded, or read but not demultiplexed
+    /// yet: that is demultiplexed now, so a decode may not need to block).
+    pub fn has_buffered(&mut self) -> Result<bool> {
+        while self.pos == self.data.len() && self.demux_raw(usize::MAX, None)? {}
+        Ok(self.pos < self.data.len())
     }
 
     /// Raw bytes read from the transport.
@@ -122,41 +168,49 @@ impl<R: Read> InStream<R> {
         }
     }
 
-    /// Reads more from the transport; returns false at EOF.
-    fn fill(&mut self) -> Result<bool> {
+    /// Reads the next piece of raw input from the transport (only when
+    /// all raw input is demultiplexed); returns false at EOF.
+    fn read_raw(&mut self) -> Result<bool> {
         if self.eof {
             return Ok(false);
         }
-        self.compact();
-        let mut raw = std::mem::take(&mut self.raw);
-        raw.resize(IN_READ, 0);
+        if self.raw.len() < IN_READ {
+            self.raw.resize(IN_READ, 0);
+        }
+        self.raw_pos = 0;
+        self.raw_len = 0;
         let n = loop {
-            match self.inner.read(&mut raw) {
+            match self.inner.read(&mut self.raw) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.raw = raw;
-                    return Err(RemoteError::io("reading from the peer", e));
-                }
+                Err(e) => return Err(RemoteError::io("reading from the peer", e)),
             }
         };
+        self.raw_len = n;
         if n == 0 {
-            self.raw = raw;
             self.eof = true;
             return Ok(false);
         }
         self.total_read += n as u64;
-        let res = self.demux_raw(&raw[..n]);
-        self.raw = raw;
-        res?;
         Ok(true)
+    }
+
+    /// Makes progress towards more decoded data in `data` (up to `step`
+    /// bytes, reading from the transport if no raw input is waiting);
+    /// returns false at EOF.
+    fn fill(&mut self, step: usize) -> Result<bool> {
+        self.compact();
+        if self.raw_pos == self.raw_len && !self.read_raw()? {
+            return Ok(false);
+        }
+        self.demux_raw(step, None)
     }
 
     /// Consumes and returns up to `max` bytes of decoded data (at least
     /// one unless `max` is 0), reading from the transport only if nothing
-    /// is buffered. For bulk data such as literal file contents.
+    /// is buffered.
     pub fn take(&mut self, max: usize) -> Result<&[u8]> {
-        if max > 0 && self.pos == self.data.len() && !self.fill_some()? {
+        if max > 0 && self.pos == self.data.len() && !self.fill_some(max)? {
             return Err(RemoteError::Eof(join_errors(&self.reports.errors)));
         }
         let n = max.min(self.data.len() - self.pos);
@@ -165,10 +219,190 @@ impl<R: Read> InStream<R> {
         Ok(&self.data[start..start + n])
     }
 
+    /// Fills the start of `dst` with decoded data and returns how many
+    /// bytes (at least one unless `dst` is empty). For bulk data such as
+    /// literal file contents: what is not decoded yet goes from the raw
+    /// input straight to `dst`, and when nothing is waiting and the
+    /// stream is inside a DATA frame, the transport is read straight into
+    /// `dst` (with `readv`: the rest of the frame there, what follows into
+    /// the raw buffer), so the data is not copied in user space at all.
+    pub fn take_into(&mut self, dst: &mut [u8]) -> Result<usize> {
+        if dst.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.pos < self.data.len() {
+                let n = dst.len().min(self.data.len() - self.pos);
+                dst[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            if self.raw_pos < self.raw_len {
+                let raw = &self.raw[self.raw_pos..self.raw_len];
+                let (used, n) = match self.demux.as_mut() {
+                    None => {
+                        let n = dst.len().min(raw.len());
+                        dst[..n].copy_from_slice(&raw[..n]);
+                        (n, n)
+                    }
+                    Some(d) => {
+                        let (reports, echo) = (&mut self.reports, self.echo_messages);
+                        d.demux_to(raw, dst, |m| Self::handle_message(reports, echo, m))?
+                    }
+                };
+                self.raw_pos += used;
+                if n > 0 {
+                    return Ok(n);
+                }
+                continue;
+            }
+            // Straight into `dst` when it takes the rest of the frame, or
+            // at least a good piece of it.
+            let (left, direct) = match &self.demux {
+                Some(d) if !self.eof => (d.data_left(), d.data_left().min(dst.len())),
+                _ => (0, 0),
+            };
+            if direct > 0 && (direct == left || direct >= DIRECT_MIN) {
+                match self.read_direct(&mut dst[..direct])? {
+                    0 => return Err(RemoteError::Eof(join_errors(&self.reports.errors))),
+                    n => return Ok(n),
+                }
+            }
+            if !self.read_raw()? {
+                return Err(RemoteError::Eof(join_errors(&self.reports.errors)));
+            }
+        }
+    }
+
+    /// Decodes the next four bytes as a little-endian `i32` (a token
+    /// header) and, when it is positive, fills the start of `dst` with up
+    /// to that many of the data bytes that follow (maybe none). Returns
+    /// the int and how many bytes were filled.
+    ///
+    /// When nothing is buffered, a single `readv` speculates on the usual
+    /// layout: (a DATA frame header and) the int into the raw buffer, the
+    /// data straight into `dst`. If the stream is laid out otherwise, the
+    /// bytes that landed in `dst` are moved back behind the raw bytes and
+    /// decoded the ordinary way.
+    pub fn int_and_data(&mut self, dst: &mut [u8]) -> Result<(i32, usize)> {
+        let plain = self.pos < self.data.len()
+            || self.raw_pos < self.raw_len
+            || self.eof
+            || dst.len() < DIRECT_MIN;
+        let head = match &self.demux {
+            Some(d) if !plain && d.at_boundary() => 8,
+            Some(d) if !plain && d.data_left() >= 4 => 4,
+            _ => return Ok((self.decode(|r| r.i32())?, 0)),
+        };
+        if self.raw.len() < IN_READ {
+            self.raw.resize(IN_READ, 0);
+        }
+        self.raw_pos = 0;
+        self.raw_len = 0;
+        let want = dst.len().min(MAX_OUT_FRAME).min(IN_READ - head);
+        // Read until the header bytes are complete (a pipe may hand them
+        // out in pieces); `n` counts the header and data bytes read.
+        let mut n = 0;
+        while n < head {
+            let mut iov = [
+                std::io::IoSliceMut::new(&mut self.raw[n..head]),
+                std::io::IoSliceMut::new(&mut dst[..want]),
+            ];
+            match self.inner.read_vectored(&mut iov) {
+                Ok(0) => {
+                    // Cut off: what arrived is decoded the ordinary way.
+                    self.eof = true;
+                    self.raw_len = n;
+                    return Ok((self.decode(|r| r.i32())?, 0));
+                }
+                Ok(k) => {
+                    // `readv` fills in order: data lands in `dst` only
+                    // once the header part is full.
+                    self.total_read += k as u64;
+                    n += k;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(RemoteError::io("reading from the peer", e)),
+            }
+        }
+        if let Some(d) = self.demux.as_mut() {
+            let frame = match head {
+                8 => d.data_header(&self.raw[..4]),
+                _ => Some(d.data_left()),
+            };
+            let at = head - 4;
+            let t = i32::from_le_bytes([
+                self.raw[at],
+                self.raw[at + 1],
+                self.raw[at + 2],
+                self.raw[at + 3],
+            ]);
+            match frame {
+                Some(len) if len >= 4 && t > 0 => {
+                    // As speculated: the rest is this frame's payload, up to
+                    // the token's length; anything after it goes back to
+                    // the raw buffer.
+                    let got = n - head;
+                    let valid = got.min(t as usize).min(len - 4);
+                    d.consume_data(4 + valid);
+                    let extra = got - valid;
+                    self.raw[..extra].copy_from_slice(&dst[valid..got]);
+                    self.raw_len = extra;
+                    return Ok((t, valid));
+                }
+                Some(_) if head == 8 => {
+                    // A DATA header that did not fit: undo, re-read below.
+                    let len = d.data_left();
+                    d.consume_data(len);
+                }
+                _ => {}
+            }
+        }
+        let got = n.saturating_sub(head);
+        self.raw[head..head + got].copy_from_slice(&dst[..got]);
+        self.raw_len = n;
+        Ok((self.decode(|r| r.i32())?, 0))
+    }
+
+    /// One `readv` of the transport (nothing may be waiting in the raw
+    /// buffer): `dst` (payload of the current DATA frame, no longer than
+    /// what is left of it) first, then up to [`DIRECT_TAIL`] bytes into
+    /// the raw buffer. Returns the bytes that landed in `dst` (0 at EOF).
+    fn read_direct(&mut self, dst: &mut [u8]) -> Result<usize> {
+        if self.raw.len() < IN_READ {
+            self.raw.resize(IN_READ, 0);
+        }
+        self.raw_pos = 0;
+        self.raw_len = 0;
+        let k = dst.len();
+        let n = loop {
+            let mut iov = [
+                std::io::IoSliceMut::new(dst),
+                std::io::IoSliceMut::new(&mut self.raw[..DIRECT_TAIL]),
+            ];
+            match self.inner.read_vectored(&mut iov) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(RemoteError::io("reading from the peer", e)),
+            }
+        };
+        if n == 0 {
+            self.eof = true;
+            return Ok(0);
+        }
+        self.total_read += n as u64;
+        let direct = n.min(k);
+        if let Some(d) = self.demux.as_mut() {
+            d.consume_data(direct);
+        }
+        self.raw_len = n - direct;
+        Ok(direct)
+    }
+
     /// Fills until at least one decoded byte is buffered; false at EOF.
-    fn fill_some(&mut self) -> Result<bool> {
+    fn fill_some(&mut self, step: usize) -> Result<bool> {
         while self.pos == self.data.len() {
-            if !self.fill()? {
+            if !self.fill(step)? {
                 return Ok(false);
             }
         }
@@ -212,6 +446,7 @@ impl<R: Read> InStream<R> {
         &mut self,
         mut f: impl FnMut(&mut Reader<'_>) -> arsync_proto::Result<T>,
     ) -> Result<T> {
+        let mut step = DECODE_STEP;
         loop {
             let mut r = Reader::new(&self.data[self.pos..]);
             match f(&mut r) {
@@ -220,9 +455,10 @@ impl<R: Read> InStream<R> {
                     return Ok(v);
                 }
                 Err(ProtoError::Incomplete) => {
-                    if !self.fill()? {
+                    if !self.fill(step)? {
                         return Err(RemoteError::Eof(join_errors(&self.reports.errors)));
                     }
+                    step = (step * 2).min(IN_READ);
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -235,6 +471,7 @@ impl<R: Read> InStream<R> {
         &mut self,
         mut f: impl FnMut(&mut Reader<'_>) -> arsync_proto::Result<Option<T>>,
     ) -> Result<T> {
+        let mut step = DECODE_STEP;
         loop {
             let mut r = Reader::new(&self.data[self.pos..]);
             let res = f(&mut r);
@@ -242,9 +479,10 @@ impl<R: Read> InStream<R> {
             match res {
                 Ok(Some(v)) => return Ok(v),
                 Ok(None) | Err(ProtoError::Incomplete) => {
-                    if !self.fill()? {
+                    if !self.fill(step)? {
                         return Err(RemoteError::Eof(join_errors(&self.reports.errors)));
                     }
+                    step = (step * 2).min(IN_READ);
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -253,7 +491,7 @@ impl<R: Read> InStream<R> {
 
     /// Reads until EOF, handling messages; data after the protocol end is an error.
     pub fn drain_to_eof(&mut self) -> Result<()> {
-        while self.fill()? {}
+        while self.fill(IN_READ)? {}
         if self.pos < self.data.len() {
             return Err(RemoteError::Refused(format!(
                 "{} unexpected bytes after the end of the run",
@@ -564,6 +802,107 @@ mod tests {
         let mut want = Vec::new();
         encode_data(b"ab", MAX_OUT_FRAME, &mut want);
         assert_eq!(o.into_inner().unwrap(), want);
+    }
+
+    /// A reader that hands out its bytes in pieces of the given sizes.
+    struct Pieces {
+        data: Vec<u8>,
+        at: usize,
+        sizes: Vec<usize>,
+        i: usize,
+    }
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.read_vectored(&mut [std::io::IoSliceMut::new(buf)])
+        }
+
+        /// Fills the buffers in turn, like `readv`.
+        fn read_vectored(
+            &mut self,
+            bufs: &mut [std::io::IoSliceMut<'_>],
+        ) -> std::io::Result<usize> {
+            let mut want = self.sizes[self.i % self.sizes.len()];
+            self.i += 1;
+            let mut total = 0;
+            for buf in bufs {
+                let n = want.min(buf.len()).min(self.data.len() - self.at);
+                buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+                self.at += n;
+                want -= n;
+                total += n;
+            }
+            Ok(total)
+        }
+    }
+
+    #[test]
+    fn take_into_and_decode_interleave_across_frames_and_messages() {
+        // Length-prefixed tokens in frames that split them anywhere, with
+        // messages between frames, read in odd pieces: decoding the
+        // lengths and taking the data into a caller's buffer gives back
+        // the tokens, and every message is seen in order.
+        let tokens: Vec<Vec<u8>> = [5usize, 40_000, 1, 70_000, 3, 32_764]
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| (0..n).map(|i| (i * 7 + k) as u8).collect())
+            .collect();
+        let mut stream = Vec::new();
+        for t in &tokens {
+            stream.extend_from_slice(&(t.len() as i32).to_le_bytes());
+            stream.extend_from_slice(t);
+        }
+        stream.extend_from_slice(&0i32.to_le_bytes());
+        let mut wire = Vec::new();
+        for (k, chunk) in stream.chunks(9_001).enumerate() {
+            encode_data(chunk, MAX_OUT_FRAME, &mut wire);
+            encode_int_msg(MsgTag::NoSend, k as i32, &mut wire);
+        }
+        let all_sizes = [
+            vec![1, 3, 7],
+            vec![65_536],
+            vec![4_096, 13, 30_000],
+            vec![5_000, 6],
+            vec![9_009, 9_013, 12],
+        ];
+        for (sizes, speculate) in all_sizes.iter().flat_map(|s| [(s, false), (s, true)]) {
+            let r = Pieces {
+                data: wire.clone(),
+                at: 0,
+                sizes: sizes.clone(),
+                i: 0,
+            };
+            let mut i = InStream::new(r);
+            i.start_multiplex().unwrap();
+            let head = |i: &mut InStream<Pieces>, got: &mut Vec<u8>| match speculate {
+                true => {
+                    let mut buf = vec![0u8; 50_000];
+                    let (t, n) = i.int_and_data(&mut buf).unwrap();
+                    assert!(n == 0 || (t > 0 && n <= t as usize), "{t} {n}");
+                    got.extend_from_slice(&buf[..n]);
+                    t
+                }
+                false => i.decode(|r| r.i32()).unwrap(),
+            };
+            for t in &tokens {
+                let mut got = Vec::new();
+                let len = head(&mut i, &mut got) as usize;
+                assert_eq!(len, t.len());
+                while got.len() < len {
+                    let want = (len - got.len()).min(10_000);
+                    let mut buf = vec![0u8; want];
+                    let n = i.take_into(&mut buf).unwrap();
+                    assert!(n > 0 && n <= want);
+                    got.extend_from_slice(&buf[..n]);
+                }
+                assert_eq!(&got, t);
+            }
+            assert_eq!(head(&mut i, &mut Vec::new()), 0);
+            i.drain_to_eof().unwrap();
+            let n = stream.chunks(9_001).count() as i32;
+            assert_eq!(i.reports.no_send, (0..n).collect::<Vec<_>>());
+            assert!(matches!(i.take_into(&mut [0]), Err(RemoteError::Eof(_))));
+        }
     }
 
     #[test]

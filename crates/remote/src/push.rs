@@ -367,7 +367,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
     const DELTA_READ: usize = 256 * 1024;
     loop {
         // Never wait for the peer with our own output still buffered.
-        if !ins.has_buffered() {
+        if !ins.has_buffered()? {
             outs.flush()?;
         }
         match ins.decode(|r| decode_item(&mut rcodec, r))? {

@@ -157,9 +157,6 @@ impl ServerArgs {
         if let Some(msg) = a.opts.conflict(a.delay_updates, a.flags.contains('W')) {
             return Err(RemoteError::Usage(msg));
         }
-        if let Some(o) = a.opts.not_implemented() {
-            return Err(unsupported(format!("server option {o}")));
-        }
         // --delete-excluded implies --delete.
         a.delete |= a.opts.delete_excluded;
         if a.paths.is_empty() {
