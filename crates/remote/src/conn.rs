@@ -2,6 +2,7 @@
 //! decoders of `arsync-proto`.
 
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 
 use arsync_proto::mux::{encode_frame, Demuxer, Message, MsgTag};
 use arsync_proto::wire::Reader;
@@ -534,6 +535,8 @@ pub struct OutStream<W: Write> {
     /// Offset in `buf` of the open DATA frame's header.
     frame: Option<usize>,
     total_written: u64,
+    /// The transport when it is a pipe (see [`OutStream::splice_into`]).
+    pipe: Option<OwnedFd>,
 }
 
 impl<W: Write> std::fmt::Debug for OutStream<W> {
@@ -553,6 +556,7 @@ impl<W: Write> OutStream<W> {
             buf: Vec::new(),
             frame: None,
             total_written: 0,
+            pipe: None,
         }
     }
 
@@ -652,6 +656,91 @@ impl<W: Write> OutStream<W> {
             self.close_frame();
             self.write_out()?;
         }
+        Ok(n)
+    }
+
+    /// Lets [`OutStream::literal_token_spliced`] move file data into
+    /// `fd` (the transport's descriptor, duplicated) with `splice(2)`:
+    /// only when it is a pipe, else this does nothing.
+    pub fn splice_into(&mut self, fd: OwnedFd) {
+        let is_pipe = rustix::fs::fstat(&fd)
+            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_fifo());
+        if is_pipe {
+            self.pipe = Some(fd);
+        }
+    }
+
+    /// True when literal data can be spliced into the transport.
+    pub fn can_splice(&self) -> bool {
+        self.multiplexed && self.pipe.is_some()
+    }
+
+    /// Appends one literal token of up to `max` bytes of `file` from
+    /// `*offset` (advanced), in a DATA frame of its own: the bytes are read
+    /// into `scratch` and given to `hash`, then moved from the file into
+    /// the pipe with `splice(2)`, so they are not copied into the pipe.
+    /// Should the splice fail or fall short (the file shrank), the rest
+    /// is written from `scratch`, and splicing stops for the session: the
+    /// stream always carries exactly the bytes that were hashed, unless
+    /// the file changes in between (then the receiver's whole-file check
+    /// fails and the file is sent again, which callers do without
+    /// splicing). Returns how many bytes (0 at the end of the file).
+    pub fn literal_token_spliced(
+        &mut self,
+        file: &std::fs::File,
+        offset: &mut u64,
+        max: usize,
+        scratch: &mut Vec<u8>,
+        hash: impl FnOnce(&[u8]),
+    ) -> Result<usize> {
+        const TOKEN_HEAD: usize = 4;
+        let k = max.min(MAX_OUT_FRAME - TOKEN_HEAD);
+        if scratch.len() < k {
+            scratch.resize(k, 0);
+        }
+        let n = loop {
+            match std::os::unix::fs::FileExt::read_at(file, &mut scratch[..k], *offset) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(RemoteError::io("reading a source file", e)),
+            }
+        };
+        if n == 0 {
+            return Ok(0);
+        }
+        hash(&scratch[..n]);
+        self.close_frame();
+        let word = ((arsync_proto::mux::MPLEX_BASE as u32) << 24) | (TOKEN_HEAD + n) as u32;
+        self.buf.extend_from_slice(&word.to_le_bytes());
+        self.buf.extend_from_slice(&(n as i32).to_le_bytes());
+        self.write_out()?;
+        let mut moved = 0;
+        if let Some(pipe) = &self.pipe {
+            let mut at = *offset;
+            while moved < n {
+                match rustix::pipe::splice(
+                    file,
+                    Some(&mut at),
+                    pipe,
+                    None,
+                    n - moved,
+                    rustix::pipe::SpliceFlags::empty(),
+                ) {
+                    Ok(0) => break,
+                    Ok(m) => moved += m,
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        if moved < n {
+            self.pipe = None;
+            self.inner
+                .write_all(&scratch[moved..n])
+                .map_err(|e| write_error("writing to the peer", e))?;
+        }
+        self.total_written += n as u64;
+        *offset += n as u64;
         Ok(n)
     }
 
@@ -790,6 +879,66 @@ mod tests {
             assert_eq!(&got, f);
         }
         assert!(matches!(i.take(1), Err(RemoteError::Eof(_))));
+    }
+
+    #[test]
+    fn spliced_literal_tokens_arrive_intact_over_a_pipe() {
+        // A file's data spliced into a real pipe between framed protocol
+        // bytes: the reader sees the same stream as with plain tokens.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let (rd, wr) = rustix::pipe::pipe().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut i = InStream::new(std::fs::File::from(rd));
+            i.start_multiplex().unwrap();
+            assert_eq!(i.decode(|r| Ok(r.bytes(5)?.to_vec())).unwrap(), b"head:");
+            let mut got = Vec::new();
+            loop {
+                let len = i.decode(|r| r.i32()).unwrap();
+                assert!((0..=32 * 1024).contains(&len), "token length {len}");
+                if len == 0 {
+                    break;
+                }
+                got.extend_from_slice(&i.decode(|r| Ok(r.bytes(len as usize)?.to_vec())).unwrap());
+            }
+            let tail = i.decode(|r| Ok(r.bytes(4)?.to_vec())).unwrap();
+            (got, tail)
+        });
+        let dup = wr.try_clone().unwrap();
+        let mut o = OutStream::new(std::fs::File::from(wr));
+        o.splice_into(dup);
+        assert!(!o.can_splice(), "not before multiplexing");
+        o.start_multiplex().unwrap();
+        assert!(o.can_splice());
+        o.write(b"head:").unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let (mut offset, mut scratch, mut hashed) = (0u64, Vec::new(), Vec::new());
+        loop {
+            let n = o
+                .literal_token_spliced(&f, &mut offset, 32 * 1024, &mut scratch, |b| {
+                    hashed.extend_from_slice(b)
+                })
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+        }
+        assert!(o.can_splice(), "splicing kept working");
+        o.write(&0i32.to_le_bytes()).unwrap();
+        o.write(b"tail").unwrap();
+        drop(o.into_inner().unwrap());
+        let (got, tail) = reader.join().unwrap();
+        assert_eq!(offset, data.len() as u64);
+        assert_eq!(hashed, data, "the hash saw every byte once");
+        assert_eq!(got, data);
+        assert_eq!(tail, b"tail");
+        // Not a pipe: no splicing.
+        let mut v = OutStream::new(Vec::new());
+        v.splice_into(std::fs::File::open(&path).unwrap().into());
+        v.start_multiplex().unwrap();
+        assert!(!v.can_splice());
     }
 
     #[test]
