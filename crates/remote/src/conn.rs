@@ -77,6 +77,9 @@ pub struct InStream<R: Read> {
     raw: Vec<u8>,
     raw_pos: usize,
     raw_len: usize,
+    /// The last token [`InStream::int_and_data`] speculated on was shorter
+    /// than the room it had (small files).
+    short_tokens: bool,
 }
 
 impl<R: Read> std::fmt::Debug for InStream<R> {
@@ -102,6 +105,7 @@ impl<R: Read> InStream<R> {
             raw: Vec::new(),
             raw_pos: 0,
             raw_len: 0,
+            short_tokens: false,
         }
     }
 
@@ -301,13 +305,24 @@ impl<R: Read> InStream<R> {
         self.raw_pos = 0;
         self.raw_len = 0;
         let want = dst.len().min(MAX_OUT_FRAME).min(IN_READ - head);
+        // After a short token (small files) the read also takes what
+        // follows into the raw buffer, behind a gap of `want` bytes, so
+        // that reads stay large; after a long one it stops at `dst`, so
+        // the next token's data is again read directly.
+        let tail_at = head + want;
+        let tail_end = match self.short_tokens {
+            true => IN_READ,
+            false => tail_at,
+        };
         // Read until the header bytes are complete (a pipe may hand them
         // out in pieces); `n` counts the header and data bytes read.
         let mut n = 0;
         while n < head {
+            let (hdr, rest) = self.raw.split_at_mut(head);
             let mut iov = [
-                std::io::IoSliceMut::new(&mut self.raw[n..head]),
+                std::io::IoSliceMut::new(&mut hdr[n..]),
                 std::io::IoSliceMut::new(&mut dst[..want]),
+                std::io::IoSliceMut::new(&mut rest[want..tail_end - head]),
             ];
             match self.inner.read_vectored(&mut iov) {
                 Ok(0) => {
@@ -318,7 +333,8 @@ impl<R: Read> InStream<R> {
                 }
                 Ok(k) => {
                     // `readv` fills in order: data lands in `dst` only
-                    // once the header part is full.
+                    // once the header part is full, in the tail only once
+                    // `dst` is.
                     self.total_read += k as u64;
                     n += k;
                 }
@@ -326,6 +342,8 @@ impl<R: Read> InStream<R> {
                 Err(e) => return Err(RemoteError::io("reading from the peer", e)),
             }
         }
+        let got = (n - head).min(want);
+        let tail = n - head - got;
         if let Some(d) = self.demux.as_mut() {
             let frame = match head {
                 8 => d.data_header(&self.raw[..4]),
@@ -340,15 +358,16 @@ impl<R: Read> InStream<R> {
             ]);
             match frame {
                 Some(len) if len >= 4 && t > 0 => {
-                    // As speculated: the rest is this frame's payload, up to
-                    // the token's length; anything after it goes back to
-                    // the raw buffer.
-                    let got = n - head;
+                    // As speculated: what landed in `dst` is this frame's
+                    // payload, up to the token's length; anything after it
+                    // goes back to the raw buffer, right before the tail.
                     let valid = got.min(t as usize).min(len - 4);
                     d.consume_data(4 + valid);
                     let extra = got - valid;
-                    self.raw[..extra].copy_from_slice(&dst[valid..got]);
-                    self.raw_len = extra;
+                    self.raw[tail_at - extra..tail_at].copy_from_slice(&dst[valid..got]);
+                    self.raw_pos = tail_at - extra;
+                    self.raw_len = tail_at + tail;
+                    self.short_tokens = (t as usize) < want;
                     return Ok((t, valid));
                 }
                 Some(_) if head == 8 => {
@@ -359,9 +378,10 @@ impl<R: Read> InStream<R> {
                 _ => {}
             }
         }
-        let got = n.saturating_sub(head);
+        // Not as speculated: everything goes to the raw buffer in stream
+        // order (the tail is only filled when `dst` was, so it follows).
         self.raw[head..head + got].copy_from_slice(&dst[..got]);
-        self.raw_len = n;
+        self.raw_len = head + got + tail;
         Ok((self.decode(|r| r.i32())?, 0))
     }
 

@@ -37,13 +37,14 @@ pub const BATCH_JOBS: usize = 128;
 /// Capacity of a fresh data buffer.
 pub const BUFFER_SIZE: usize = 512 * 1024;
 
-/// A data buffer of the writer: initialized bytes (at least
-/// [`BUFFER_SIZE`]), of which the first [`DataBuf::len`] are data; the
-/// rest ([`DataBuf::spare_mut`]) can be read into directly, e.g. from the
-/// transport, without a copy. Emptied buffers come back for reuse, so
-/// the initial zeroing happens once per buffer.
+/// A data buffer of the writer: the first [`DataBuf::len`] bytes are
+/// data; room after them ([`DataBuf::spare_mut`]) can be read into
+/// directly, e.g. from the transport, without a copy. That room is
+/// initialized (zeroed) only as far as it is ever asked for, once per
+/// buffer: emptied buffers come back for reuse.
 #[derive(Debug, Default)]
 pub struct DataBuf {
+    /// Initialized bytes (data, then reusable room).
     bytes: Vec<u8>,
     len: usize,
 }
@@ -51,19 +52,24 @@ pub struct DataBuf {
 impl DataBuf {
     fn new() -> Self {
         DataBuf {
-            bytes: vec![0; BUFFER_SIZE],
+            bytes: Vec::with_capacity(BUFFER_SIZE),
             len: 0,
         }
     }
 
     /// Bytes it can hold without growing (0 for a default one).
     pub fn capacity(&self) -> usize {
-        self.bytes.len()
+        self.bytes.capacity()
     }
 
-    /// The room after the data, to be filled and then [`DataBuf::advance`]d.
-    pub fn spare_mut(&mut self) -> &mut [u8] {
-        &mut self.bytes[self.len..]
+    /// `want` bytes of room after the data, to be filled and then
+    /// [`DataBuf::advance`]d (grows the buffer if needed).
+    pub fn spare_mut(&mut self, want: usize) -> &mut [u8] {
+        let end = self.len + want;
+        if self.bytes.len() < end {
+            self.bytes.resize(end, 0);
+        }
+        &mut self.bytes[self.len..end]
     }
 
     /// Adds the first `n` bytes of [`DataBuf::spare_mut`] to the data.
@@ -663,21 +669,23 @@ mod tests {
     fn data_buf_fills_in_place_and_grows() {
         let mut b = DataBuf::new();
         assert_eq!((b.len(), b.capacity()), (0, BUFFER_SIZE));
-        b.spare_mut()[..3].copy_from_slice(b"abc");
+        b.spare_mut(3).copy_from_slice(b"abc");
         b.advance(3);
         b.extend_from_slice(b"de");
         assert_eq!(&b[..], b"abcde");
-        assert_eq!(b.spare_mut().len(), BUFFER_SIZE - 5);
+        assert_eq!(b.spare_mut(100).len(), 100);
+        // Only the room asked for counts: advancing past it stops there.
+        b.advance(1000);
+        assert_eq!(b.len(), 105);
         // Past the capacity it grows, keeping the data.
         let big = vec![7u8; BUFFER_SIZE];
         b.extend_from_slice(&big);
-        assert_eq!(b.len(), BUFFER_SIZE + 5);
+        assert_eq!(b.len(), BUFFER_SIZE + 105);
         assert_eq!(&b[..5], b"abcde");
-        assert!(b.spare_mut().is_empty());
-        b.advance(10);
-        assert_eq!(b.len(), BUFFER_SIZE + 5, "advance stays within the bytes");
         b.clear();
         assert!(b.is_empty());
+        // Reused room keeps its old bytes until overwritten.
+        assert_eq!(b.spare_mut(5), b"abcde");
         assert_eq!(DataBuf::default().capacity(), 0);
     }
 

@@ -43,7 +43,7 @@ use arsync_proto::xattr::{decode_reply, encode_request};
 
 use crate::args::ServerCommand;
 use crate::attrs::{self, Target, XattrStore};
-use crate::conn::{join_errors, InStream, OutStream};
+use crate::conn::{join_errors, InStream, OutStream, MAX_OUT_FRAME};
 use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
 use crate::events::{EventSink, FileEvent};
@@ -2068,9 +2068,8 @@ fn receive_data<R: Read>(
             // The token header, and (when it is literal data) its first
             // bytes, read straight into the batch where possible.
             let room = WRITE_BATCH.saturating_sub(bufs.out.len());
-            let spare = bufs.out.spare_mut();
-            let k = room.min(spare.len());
-            let (t, first) = ins.int_and_data(&mut spare[..k])?;
+            let spare = bufs.out.spare_mut(room.min(MAX_OUT_FRAME));
+            let (t, first) = ins.int_and_data(spare)?;
             if first > 0 {
                 let at = bufs.out.len();
                 bufs.out.advance(first);
@@ -2088,13 +2087,12 @@ fn receive_data<R: Read>(
                 while left > 0 {
                     let room = WRITE_BATCH.saturating_sub(bufs.out.len());
                     let at = bufs.out.len();
-                    let spare = bufs.out.spare_mut();
-                    let k = left.min(room).min(spare.len());
+                    let k = left.min(room);
                     if k == 0 {
                         write_out(bufs, offset)?;
                         continue;
                     }
-                    let n = ins.take_into(&mut spare[..k])?;
+                    let n = ins.take_into(bufs.out.spare_mut(k))?;
                     bufs.out.advance(n);
                     hasher.update(&bufs.out[at..]);
                     left -= n;

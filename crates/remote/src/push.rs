@@ -243,6 +243,11 @@ fn send_whole<W: Write>(
     Ok(st)
 }
 
+/// Files at least this large are spliced ([`send_whole_spliced`]): below
+/// it the two system calls per 32 KiB token cost more than copying the
+/// data into batched pipe writes.
+const SPLICE_MIN: i64 = 256 * 1024;
+
 /// [`send_whole`] with the data moved from the file into the pipe by
 /// `splice(2)` ([`OutStream::literal_token_spliced`]): read once for the
 /// checksum, never copied into the pipe. One token per DATA frame.
@@ -538,10 +543,13 @@ pub(crate) fn send_session<R: Read, W: Write>(
                 head.encode(&mut b);
                 outs.write(&b)?;
                 let st = if sums.blocks.is_empty() && zlevel.is_none() && !appending {
-                    // Spliced into the pipe when it is one, but not when
-                    // resending a file that failed its check (it may be
-                    // changing: then what was read is what is sent).
-                    match outs.can_splice() && !phases.is_redo() {
+                    // Spliced into the pipe when it is one and the file is
+                    // large (small files' data is batched into larger
+                    // pipe writes instead), but not when resending a file
+                    // that failed its check (it may be changing: then what
+                    // was read is what is sent).
+                    let large = list.entries[i].size >= SPLICE_MIN;
+                    match outs.can_splice() && large && !phases.is_redo() {
                         true => send_whole_spliced(&f, &mut outs, neg.checksum, &mut scratch)?,
                         false => send_whole(&mut f, &mut outs, neg.checksum)?,
                     }
