@@ -35,6 +35,11 @@ const DECODE_STEP: usize = 256;
 /// room).
 const DIRECT_MIN: usize = 4096;
 
+/// A literal token shorter than this is taken for a small file's by
+/// [`InStream::int_and_data`] (senders cut large files into tokens of a
+/// whole 32 KiB frame).
+const SHORT_TOKEN: usize = MAX_OUT_FRAME - 64;
+
 /// What such a direct read also takes into the raw buffer: the header of
 /// the next frame and a token header, so that the next token's data is
 /// again read directly.
@@ -77,8 +82,8 @@ pub struct InStream<R: Read> {
     raw: Vec<u8>,
     raw_pos: usize,
     raw_len: usize,
-    /// The last token [`InStream::int_and_data`] speculated on was shorter
-    /// than the room it had (small files).
+    /// The last token [`InStream::int_and_data`] speculated on was short
+    /// (a small file's, see [`SHORT_TOKEN`]).
     short_tokens: bool,
 }
 
@@ -367,7 +372,9 @@ impl<R: Read> InStream<R> {
                     self.raw[tail_at - extra..tail_at].copy_from_slice(&dst[valid..got]);
                     self.raw_pos = tail_at - extra;
                     self.raw_len = tail_at + tail;
-                    self.short_tokens = (t as usize) < want;
+                    // Whole-frame tokens (32 KiB, as senders cut large
+                    // files) are long; a small file's is short.
+                    self.short_tokens = (t as usize) < SHORT_TOKEN;
                     return Ok((t, valid));
                 }
                 Some(_) if head == 8 => {
