@@ -306,11 +306,6 @@ fn fail(code: ExitCode, msg: impl std::fmt::Display) -> i32 {
     code.code()
 }
 
-/// Options the remote roles do not implement yet: the first one set.
-fn unsupported(o: &Options) -> Option<&'static str> {
-    transfer_opts(o).not_implemented()
-}
-
 /// The options beyond the packed flags (and `u`, `I`), for both roles.
 fn transfer_opts(o: &Options) -> TransferOpts {
     TransferOpts {
@@ -551,12 +546,6 @@ pub fn run(args: &[OsString]) -> i32 {
         return fail(
             ExitCode::Syntax,
             "only one of --compare-dest, --copy-dest, --link-dest may be used",
-        );
-    }
-    if let Some(name) = unsupported(&o) {
-        return fail(
-            ExitCode::Unsupported,
-            format!("{name} is not supported with a remote peer yet"),
         );
     }
     let mut filters = match wire_filters(args) {

@@ -1207,24 +1207,39 @@ fn partial_dir_keeps_a_cut_off_file_and_resumes_from_it() {
             x as u8
         })
         .collect();
-    for keep in ["--partial-dir=.part", "--partial"] {
+    for keep in ["--partial-dir=.part", "--partial", ABSOLUTE_PARTIAL_DIR] {
         let dir = tmp.path().join(keep.trim_start_matches('-'));
         cut_and_resume(&dir, &rsh, &cutting, keep, &data);
     }
 }
+
+/// Stands for `--partial-dir=<an absolute directory of the scenario>` in
+/// [`cut_and_resume`].
+const ABSOLUTE_PARTIAL_DIR: &str = "--partial-dir=<absolute>";
 
 /// One `--partial`/`--partial-dir` scenario of
 /// [`partial_dir_keeps_a_cut_off_file_and_resumes_from_it`].
 fn cut_and_resume(tmp: &Path, rsh: &Path, cutting: &Path, keep: &str, data: &[u8]) {
     use std::os::unix::fs::MetadataExt;
     let in_dir = keep.starts_with("--partial-dir");
-    let flags = ["-a", keep, "--stats"];
     let mut finals = Vec::new();
+    // Whether the absolute partial directory is still there at the end,
+    // per pairing (rsync's receiver leaves it, empty).
+    let mut abs_left = Vec::new();
     for (label, client, server) in pairings(&arsync_bin()) {
         for dir in [Direction::Push, Direction::Pull] {
             let what = format!("{label} {dir:?}");
             let work = tmp.join(format!("{label}-{dir:?}"));
             let (src, dst) = (work.join("src"), work.join("dst"));
+            // An absolute --partial-dir: one directory outside the
+            // destination, created by the receiver (not the client).
+            let abs = work.join("outside/partial");
+            fs::create_dir_all(abs.parent().unwrap()).unwrap();
+            let keep = match keep {
+                ABSOLUTE_PARTIAL_DIR => format!("--partial-dir={}", abs.display()),
+                k => k.to_string(),
+            };
+            let flags = ["-a", keep.as_str(), "--stats"];
             put(&src, "sub/big.bin", data, T0);
             fs::set_permissions(src.join("sub/big.bin"), fs::Permissions::from_mode(0o640))
                 .unwrap();
@@ -1249,10 +1264,15 @@ fn cut_and_resume(tmp: &Path, rsh: &Path, cutting: &Path, keep: &str, data: &[u8
                 .output()
                 .unwrap();
             assert_ne!(cut.status.code(), Some(0), "{what}: {cut:?}");
-            let kept = match in_dir {
-                true => dst.join("sub/.part/big.bin"),
-                false => dst.join("sub/big.bin"),
+            let kept = match (in_dir, keep.contains(&*abs.to_string_lossy())) {
+                (true, true) => abs.join("big.bin"),
+                (true, false) => dst.join("sub/.part/big.bin"),
+                (false, _) => dst.join("sub/big.bin"),
             };
+            if kept.starts_with(&abs) {
+                let m = fs::metadata(&abs).unwrap().mode();
+                assert_eq!(m & 0o777, 0o700, "{what}: partial dir mode {m:o}");
+            }
             let m = fs::metadata(&kept)
                 .unwrap_or_else(|e| panic!("{what}: no partial file: {e} {cut:?}"));
             let len = m.len();
@@ -1269,6 +1289,8 @@ fn cut_and_resume(tmp: &Path, rsh: &Path, cutting: &Path, keep: &str, data: &[u8
             assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
             assert_eq!(read(&dst.join("sub/big.bin")).unwrap(), data, "{what}");
             assert!(!dst.join("sub/.part").exists(), "{what}: partial dir left");
+            assert!(!kept.exists() || !in_dir, "{what}: partial file left");
+            abs_left.push(abs.exists());
             let matched = matched_bytes(&out.stdout);
             assert!(
                 matched.is_some_and(|m| m > 0),
@@ -1277,6 +1299,10 @@ fn cut_and_resume(tmp: &Path, rsh: &Path, cutting: &Path, keep: &str, data: &[u8
             finals.push((what, dst));
         }
     }
+    assert!(
+        abs_left.iter().all(|&l| l == abs_left[0]),
+        "{keep}: absolute partial dir left behind: {abs_left:?}"
+    );
     let (_, reference) = &finals[0];
     for (what, dst) in &finals[1..] {
         let cmp = CompareOpts {

@@ -203,19 +203,104 @@ impl Demuxer {
     /// calls are kept until complete. Do not mix with [`Demuxer::push`].
     pub fn demux_into<E: From<Error>>(
         &mut self,
-        mut input: &[u8],
+        input: &[u8],
         data: &mut Vec<u8>,
-        mut on_message: impl FnMut(Message) -> std::result::Result<(), E>,
+        on_message: impl FnMut(Message) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
+        self.demux_some(input, data, usize::MAX, on_message)
+            .map(|_| ())
+    }
+
+    /// Like [`Demuxer::demux_into`], but stops once `limit` data bytes
+    /// were appended (right after them: the frame header or message that
+    /// follows is left in `input`). Returns how many bytes of `input` were
+    /// consumed; the caller passes the rest again later. With this a
+    /// reader can send a run of file data straight to its destination
+    /// buffer and keep only small pieces (token headers) in between.
+    pub fn demux_some<E: From<Error>>(
+        &mut self,
+        input: &[u8],
+        data: &mut Vec<u8>,
+        limit: usize,
+        on_message: impl FnMut(Message) -> std::result::Result<(), E>,
+    ) -> std::result::Result<usize, E> {
+        self.demux_with(input, limit, |b| data.extend_from_slice(b), on_message)
+    }
+
+    /// Like [`Demuxer::demux_some`] into a slice: fills the start of `dst`
+    /// with data (at most `dst.len()` bytes). Returns how many bytes of
+    /// `input` were consumed and how many data bytes were written.
+    pub fn demux_to<E: From<Error>>(
+        &mut self,
+        input: &[u8],
+        dst: &mut [u8],
+        on_message: impl FnMut(Message) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(usize, usize), E> {
+        let mut written = 0;
+        let used = self.demux_with(
+            input,
+            dst.len(),
+            |b| {
+                dst[written..written + b.len()].copy_from_slice(b);
+                written += b.len();
+            },
+            on_message,
+        )?;
+        Ok((used, written))
+    }
+
+    /// Bytes of the current DATA frame not delivered yet: when non-zero,
+    /// the next bytes of the stream are that much payload.
+    pub fn data_left(&self) -> usize {
+        self.data_left
+    }
+
+    /// At a frame boundary, takes `header` (the next 4 bytes of the
+    /// stream, read by the caller) if it starts a DATA frame: returns its
+    /// payload length (now [`Demuxer::data_left`]). Otherwise (another
+    /// frame, a bad header, not at a boundary) nothing changes: `None`.
+    pub fn data_header(&mut self, header: &[u8]) -> Option<usize> {
+        if !self.at_boundary() || header.len() != 4 {
+            return None;
+        }
+        match parse_header(header) {
+            Ok((MsgTag::Data, len)) => {
+                self.data_left = len;
+                Some(len)
+            }
+            _ => None,
+        }
+    }
+
+    /// Records that the caller took `n` bytes of the current DATA frame's
+    /// payload from the stream itself (e.g. read them straight into its
+    /// buffer); at most [`Demuxer::data_left`].
+    pub fn consume_data(&mut self, n: usize) {
+        self.data_left -= n.min(self.data_left);
+    }
+
+    /// The demultiplexing loop: data goes to `put` (at most `limit` bytes
+    /// in all); returns how much of `input` was consumed.
+    fn demux_with<E: From<Error>>(
+        &mut self,
+        input: &[u8],
+        limit: usize,
+        mut put: impl FnMut(&[u8]),
+        mut on_message: impl FnMut(Message) -> std::result::Result<(), E>,
+    ) -> std::result::Result<usize, E> {
+        let total = input.len();
+        let mut input = input;
+        let mut room = limit;
         loop {
             if self.data_left > 0 {
-                let n = self.data_left.min(input.len());
-                data.extend_from_slice(&input[..n]);
+                let n = self.data_left.min(input.len()).min(room);
+                put(&input[..n]);
                 input = &input[n..];
                 self.data_left -= n;
+                room -= n;
             }
-            if input.is_empty() {
-                return Ok(());
+            if input.is_empty() || room == 0 {
+                return Ok(total - input.len());
             }
             if self.buf.is_empty() && input.len() >= 4 {
                 // The common case: a whole header in this input.
@@ -231,7 +316,7 @@ impl Demuxer {
                     continue;
                 }
                 self.buf.extend_from_slice(input);
-                return Ok(());
+                return Ok(total);
             }
             // A frame that straddles inputs: collect it in `buf`.
             if self.buf.len() < 4 {
@@ -239,7 +324,7 @@ impl Demuxer {
                 self.buf.extend_from_slice(&input[..k]);
                 input = &input[k..];
                 if self.buf.len() < 4 {
-                    return Ok(());
+                    return Ok(total);
                 }
             }
             let (tag, len) = parse_header(&self.buf[..4])?;
@@ -252,7 +337,7 @@ impl Demuxer {
             self.buf.extend_from_slice(&input[..k]);
             input = &input[k..];
             if self.buf.len() < 4 + len {
-                return Ok(());
+                return Ok(total);
             }
             let msg = parse_message(tag, &self.buf[4..4 + len]);
             self.buf.clear();
@@ -376,6 +461,27 @@ mod tests {
     }
 
     #[test]
+    fn data_header_only_at_a_boundary_and_only_for_data() {
+        let mut d = Demuxer::new();
+        let mut info = Vec::new();
+        encode_frame(MsgTag::Info, b"x", &mut info).unwrap();
+        assert_eq!(d.data_header(&info[..4]), None);
+        assert_eq!(d.data_header(&[0xff; 4]), None);
+        let mut data = Vec::new();
+        encode_data(b"hello", 100, &mut data);
+        assert_eq!(d.data_header(&data[..4]), Some(5));
+        assert_eq!(d.data_left(), 5);
+        // Inside a frame no header is taken.
+        assert_eq!(d.data_header(&data[..4]), None);
+        d.consume_data(2);
+        let mut out = Vec::new();
+        d.demux_into(&data[6..], &mut out, |_| Ok::<(), Error>(()))
+            .unwrap();
+        assert_eq!(out, b"llo");
+        assert!(d.at_boundary());
+    }
+
+    #[test]
     fn rejects_internal_and_bad_lengths() {
         for raw in [7u8 + 9, 7 + 10, 7 + 5, 7 + 50, 3] {
             let mut d = Demuxer::new();
@@ -450,6 +556,63 @@ mod tests {
             prop_assert_eq!(got, want);
             prop_assert_eq!(msgs, vec![Message::Text(MsgTag::Info, msg), Message::NoSend(7)]);
             prop_assert!(at.iter().all(|&n| n >= data.len()));
+            prop_assert!(d.at_boundary());
+        }
+
+        #[test]
+        fn demux_some_in_limited_steps_matches(data in proptest::collection::vec(any::<u8>(), 0..3000), msg in proptest::collection::vec(any::<u8>(), 0..100), splits in proptest::collection::vec(1usize..700, 1..40), limits in proptest::collection::vec(1usize..300, 1..40)) {
+            // Input in arbitrary pieces, each passed again until consumed,
+            // with arbitrary data limits: the same data and messages as
+            // demultiplexing it whole, and no call appends past its limit.
+            let mut s = Vec::new();
+            encode_data(&data, 700, &mut s);
+            encode_frame(MsgTag::Info, &msg, &mut s).unwrap();
+            encode_frame(MsgTag::Data, b"", &mut s).unwrap();
+            encode_int_msg(MsgTag::NoSend, 7, &mut s);
+            encode_data(&data, 1000, &mut s);
+            let mut d = Demuxer::new();
+            let mut got = Vec::new();
+            let mut msgs = Vec::new();
+            let (mut pos, mut i) = (0, 0);
+            while pos < s.len() {
+                let end = pos + splits[i % splits.len()].min(s.len() - pos);
+                let limit = limits[i % limits.len()];
+                let before = got.len();
+                let used = match i % 3 {
+                    0 => d.demux_some(&s[pos..end], &mut got, limit, |m| {
+                        msgs.push(m);
+                        Ok::<(), Error>(())
+                    }).unwrap(),
+                    1 => {
+                        let mut dst = vec![0u8; limit];
+                        let (used, n) = d.demux_to(&s[pos..end], &mut dst, |m| {
+                            msgs.push(m);
+                            Ok::<(), Error>(())
+                        }).unwrap();
+                        got.extend_from_slice(&dst[..n]);
+                        used
+                    }
+                    _ if d.data_left() > 0 => {
+                        // Payload taken from the stream by the caller.
+                        let n = d.data_left().min(end - pos).min(limit);
+                        got.extend_from_slice(&s[pos..pos + n]);
+                        d.consume_data(n);
+                        n
+                    }
+                    _ => d.demux_some(&s[pos..end], &mut got, limit, |m| {
+                        msgs.push(m);
+                        Ok::<(), Error>(())
+                    }).unwrap(),
+                };
+                prop_assert!(got.len() - before <= limit);
+                prop_assert!(used > 0 && used <= end - pos);
+                pos += used;
+                i += 1;
+            }
+            let mut want = data.clone();
+            want.extend_from_slice(&data);
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(msgs, vec![Message::Text(MsgTag::Info, msg), Message::NoSend(7)]);
             prop_assert!(d.at_boundary());
         }
 

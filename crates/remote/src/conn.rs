@@ -2,6 +2,7 @@
 //! decoders of `arsync-proto`.
 
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 
 use arsync_proto::mux::{encode_frame, Demuxer, Message, MsgTag};
 use arsync_proto::wire::Reader;
@@ -20,6 +21,29 @@ pub const OUT_BATCH: usize = 64 * 1024;
 
 /// Size of one `read` from the transport (see [`OUT_BATCH`]).
 pub const IN_READ: usize = 64 * 1024;
+
+/// Decoded bytes a [`InStream::decode`] first demultiplexes for a decoder
+/// that needs more input (doubling while it still needs more): small, so
+/// that little of the file data after a token header takes the detour
+/// through the decode buffer instead of going straight to its
+/// destination ([`InStream::take_into`]).
+const DECODE_STEP: usize = 256;
+
+/// [`InStream::take_into`] reads the transport straight into the caller's
+/// buffer when it takes the rest of the current DATA frame or at least
+/// this much of it (and [`InStream::int_and_data`] when it has this much
+/// room).
+const DIRECT_MIN: usize = 4096;
+
+/// A literal token shorter than this is taken for a small file's by
+/// [`InStream::int_and_data`] (senders cut large files into tokens of a
+/// whole 32 KiB frame).
+const SHORT_TOKEN: usize = MAX_OUT_FRAME - 64;
+
+/// What such a direct read also takes into the raw buffer: the header of
+/// the next frame and a token header, so that the next token's data is
+/// again read directly.
+const DIRECT_TAIL: usize = 8;
 
 /// What the peer reported out of band.
 #[derive(Debug, Default, Clone)]
@@ -51,9 +75,16 @@ pub struct InStream<R: Read> {
     /// Print peer messages to stderr as they arrive.
     pub echo_messages: bool,
     total_read: u64,
-    /// Raw transport bytes (multiplexed input is demultiplexed from here
-    /// straight into `data`).
+    /// Raw transport bytes; `raw[raw_pos..raw_len]` is not demultiplexed yet.
+    /// Multiplexed input goes from here into `data` in small steps as
+    /// decoders need it, or straight into the caller's buffer
+    /// ([`InStream::take_into`]), so bulk data is copied once.
     raw: Vec<u8>,
+    raw_pos: usize,
+    raw_len: usize,
+    /// The last token [`InStream::int_and_data`] speculated on was short
+    /// (a small file's, see [`SHORT_TOKEN`]).
+    short_tokens: bool,
 }
 
 impl<R: Read> std::fmt::Debug for InStream<R> {
@@ -77,34 +108,59 @@ impl<R: Read> InStream<R> {
             echo_messages: true,
             total_read: 0,
             raw: Vec::new(),
+            raw_pos: 0,
+            raw_len: 0,
+            short_tokens: false,
         }
     }
 
     /// Switches to multiplexed input: bytes buffered but not yet consumed
     /// are re-read as frames.
     pub fn start_multiplex(&mut self) -> Result<()> {
-        let leftover = self.data.split_off(self.pos);
+        let mut leftover = self.data.split_off(self.pos);
         self.data.clear();
         self.pos = 0;
+        leftover.extend_from_slice(&self.raw[self.raw_pos..self.raw_len]);
+        self.raw_len = leftover.len();
+        self.raw_pos = 0;
+        leftover.resize(leftover.len().max(IN_READ), 0);
+        self.raw = leftover;
         self.demux = Some(Demuxer::new());
-        self.demux_raw(&leftover)
+        Ok(())
     }
 
-    /// Demultiplexes raw input into `data`, handling messages.
-    fn demux_raw(&mut self, raw: &[u8]) -> Result<()> {
-        let Some(d) = self.demux.as_mut() else {
-            self.data.extend_from_slice(raw);
-            return Ok(());
+    /// Moves up to `limit` decoded bytes from the raw input to the end of
+    /// `dst` (demultiplexing, and handling the messages met on the way).
+    /// Returns false when no raw input was waiting.
+    fn demux_raw(&mut self, limit: usize, to_data: Option<&mut Vec<u8>>) -> Result<bool> {
+        let raw = &self.raw[self.raw_pos..self.raw_len];
+        if raw.is_empty() {
+            return Ok(false);
+        }
+        let dst = match to_data {
+            Some(v) => v,
+            None => &mut self.data,
         };
-        let (reports, echo) = (&mut self.reports, self.echo_messages);
-        d.demux_into(raw, &mut self.data, |m| {
-            Self::handle_message(reports, echo, m)
-        })
+        let used = match self.demux.as_mut() {
+            None => {
+                let n = limit.min(raw.len());
+                dst.extend_from_slice(&raw[..n]);
+                n
+            }
+            Some(d) => {
+                let (reports, echo) = (&mut self.reports, self.echo_messages);
+                d.demux_some(raw, dst, limit, |m| Self::handle_message(reports, echo, m))?
+            }
+        };
+        self.raw_pos += used;
+        Ok(true)
     }
 
-    /// True when decoded data is waiting (a decode may not need to block).
-    pub fn has_buffered(&self) -> bool {
-        self.pos < self.data.len()
+    /// True when input is waiting (decoded, or read but not demultiplexed
+    /// yet: that is demultiplexed now, so a decode may not need to block).
+    pub fn has_buffered(&mut self) -> Result<bool> {
+        while self.pos == self.data.len() && self.demux_raw(usize::MAX, None)? {}
+        Ok(self.pos < self.data.len())
     }
 
     /// Raw bytes read from the transport.
@@ -122,41 +178,49 @@ impl<R: Read> InStream<R> {
         }
     }
 
-    /// Reads more from the transport; returns false at EOF.
-    fn fill(&mut self) -> Result<bool> {
+    /// Reads the next piece of raw input from the transport (only when
+    /// all raw input is demultiplexed); returns false at EOF.
+    fn read_raw(&mut self) -> Result<bool> {
         if self.eof {
             return Ok(false);
         }
-        self.compact();
-        let mut raw = std::mem::take(&mut self.raw);
-        raw.resize(IN_READ, 0);
+        if self.raw.len() < IN_READ {
+            self.raw.resize(IN_READ, 0);
+        }
+        self.raw_pos = 0;
+        self.raw_len = 0;
         let n = loop {
-            match self.inner.read(&mut raw) {
+            match self.inner.read(&mut self.raw) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.raw = raw;
-                    return Err(RemoteError::io("reading from the peer", e));
-                }
+                Err(e) => return Err(RemoteError::io("reading from the peer", e)),
             }
         };
+        self.raw_len = n;
         if n == 0 {
-            self.raw = raw;
             self.eof = true;
             return Ok(false);
         }
         self.total_read += n as u64;
-        let res = self.demux_raw(&raw[..n]);
-        self.raw = raw;
-        res?;
         Ok(true)
+    }
+
+    /// Makes progress towards more decoded data in `data` (up to `step`
+    /// bytes, reading from the transport if no raw input is waiting);
+    /// returns false at EOF.
+    fn fill(&mut self, step: usize) -> Result<bool> {
+        self.compact();
+        if self.raw_pos == self.raw_len && !self.read_raw()? {
+            return Ok(false);
+        }
+        self.demux_raw(step, None)
     }
 
     /// Consumes and returns up to `max` bytes of decoded data (at least
     /// one unless `max` is 0), reading from the transport only if nothing
-    /// is buffered. For bulk data such as literal file contents.
+    /// is buffered.
     pub fn take(&mut self, max: usize) -> Result<&[u8]> {
-        if max > 0 && self.pos == self.data.len() && !self.fill_some()? {
+        if max > 0 && self.pos == self.data.len() && !self.fill_some(max)? {
             return Err(RemoteError::Eof(join_errors(&self.reports.errors)));
         }
         let n = max.min(self.data.len() - self.pos);
@@ -165,10 +229,208 @@ impl<R: Read> InStream<R> {
         Ok(&self.data[start..start + n])
     }
 
+    /// Fills the start of `dst` with decoded data and returns how many
+    /// bytes (at least one unless `dst` is empty). For bulk data such as
+    /// literal file contents: what is not decoded yet goes from the raw
+    /// input straight to `dst`, and when nothing is waiting and the
+    /// stream is inside a DATA frame, the transport is read straight into
+    /// `dst` (with `readv`: the rest of the frame there, what follows into
+    /// the raw buffer), so the data is not copied in user space at all.
+    pub fn take_into(&mut self, dst: &mut [u8]) -> Result<usize> {
+        if dst.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.pos < self.data.len() {
+                let n = dst.len().min(self.data.len() - self.pos);
+                dst[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            if self.raw_pos < self.raw_len {
+                let raw = &self.raw[self.raw_pos..self.raw_len];
+                let (used, n) = match self.demux.as_mut() {
+                    None => {
+                        let n = dst.len().min(raw.len());
+                        dst[..n].copy_from_slice(&raw[..n]);
+                        (n, n)
+                    }
+                    Some(d) => {
+                        let (reports, echo) = (&mut self.reports, self.echo_messages);
+                        d.demux_to(raw, dst, |m| Self::handle_message(reports, echo, m))?
+                    }
+                };
+                self.raw_pos += used;
+                if n > 0 {
+                    return Ok(n);
+                }
+                continue;
+            }
+            // Straight into `dst` when it takes the rest of the frame, or
+            // at least a good piece of it.
+            let (left, direct) = match &self.demux {
+                Some(d) if !self.eof => (d.data_left(), d.data_left().min(dst.len())),
+                _ => (0, 0),
+            };
+            if direct > 0 && (direct == left || direct >= DIRECT_MIN) {
+                match self.read_direct(&mut dst[..direct])? {
+                    0 => return Err(RemoteError::Eof(join_errors(&self.reports.errors))),
+                    n => return Ok(n),
+                }
+            }
+            if !self.read_raw()? {
+                return Err(RemoteError::Eof(join_errors(&self.reports.errors)));
+            }
+        }
+    }
+
+    /// Decodes the next four bytes as a little-endian `i32` (a token
+    /// header) and, when it is positive, fills the start of `dst` with up
+    /// to that many of the data bytes that follow (maybe none). Returns
+    /// the int and how many bytes were filled.
+    ///
+    /// When nothing is buffered, a single `readv` speculates on the usual
+    /// layout: (a DATA frame header and) the int into the raw buffer, the
+    /// data straight into `dst`. If the stream is laid out otherwise, the
+    /// bytes that landed in `dst` are moved back behind the raw bytes and
+    /// decoded the ordinary way.
+    pub fn int_and_data(&mut self, dst: &mut [u8]) -> Result<(i32, usize)> {
+        let plain = self.pos < self.data.len()
+            || self.raw_pos < self.raw_len
+            || self.eof
+            || dst.len() < DIRECT_MIN;
+        let head = match &self.demux {
+            Some(d) if !plain && d.at_boundary() => 8,
+            Some(d) if !plain && d.data_left() >= 4 => 4,
+            _ => return Ok((self.decode(|r| r.i32())?, 0)),
+        };
+        if self.raw.len() < IN_READ {
+            self.raw.resize(IN_READ, 0);
+        }
+        self.raw_pos = 0;
+        self.raw_len = 0;
+        let want = dst.len().min(MAX_OUT_FRAME).min(IN_READ - head);
+        // After a short token (small files) the read also takes what
+        // follows into the raw buffer, behind a gap of `want` bytes, so
+        // that reads stay large; after a long one it stops at `dst`, so
+        // the next token's data is again read directly.
+        let tail_at = head + want;
+        let tail_end = match self.short_tokens {
+            true => IN_READ,
+            false => tail_at,
+        };
+        // Read until the header bytes are complete (a pipe may hand them
+        // out in pieces); `n` counts the header and data bytes read.
+        let mut n = 0;
+        while n < head {
+            let (hdr, rest) = self.raw.split_at_mut(head);
+            let mut iov = [
+                std::io::IoSliceMut::new(&mut hdr[n..]),
+                std::io::IoSliceMut::new(&mut dst[..want]),
+                std::io::IoSliceMut::new(&mut rest[want..tail_end - head]),
+            ];
+            match self.inner.read_vectored(&mut iov) {
+                Ok(0) => {
+                    // Cut off: what arrived is decoded the ordinary way.
+                    self.eof = true;
+                    self.raw_len = n;
+                    return Ok((self.decode(|r| r.i32())?, 0));
+                }
+                Ok(k) => {
+                    // `readv` fills in order: data lands in `dst` only
+                    // once the header part is full, in the tail only once
+                    // `dst` is.
+                    self.total_read += k as u64;
+                    n += k;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(RemoteError::io("reading from the peer", e)),
+            }
+        }
+        let got = (n - head).min(want);
+        let tail = n - head - got;
+        if let Some(d) = self.demux.as_mut() {
+            let frame = match head {
+                8 => d.data_header(&self.raw[..4]),
+                _ => Some(d.data_left()),
+            };
+            let at = head - 4;
+            let t = i32::from_le_bytes([
+                self.raw[at],
+                self.raw[at + 1],
+                self.raw[at + 2],
+                self.raw[at + 3],
+            ]);
+            match frame {
+                Some(len) if len >= 4 && t > 0 => {
+                    // As speculated: what landed in `dst` is this frame's
+                    // payload, up to the token's length; anything after it
+                    // goes back to the raw buffer, right before the tail.
+                    let valid = got.min(t as usize).min(len - 4);
+                    d.consume_data(4 + valid);
+                    let extra = got - valid;
+                    self.raw[tail_at - extra..tail_at].copy_from_slice(&dst[valid..got]);
+                    self.raw_pos = tail_at - extra;
+                    self.raw_len = tail_at + tail;
+                    // Whole-frame tokens (32 KiB, as senders cut large
+                    // files) are long; a small file's is short.
+                    self.short_tokens = (t as usize) < SHORT_TOKEN;
+                    return Ok((t, valid));
+                }
+                Some(_) if head == 8 => {
+                    // A DATA header that did not fit: undo, re-read below.
+                    let len = d.data_left();
+                    d.consume_data(len);
+                }
+                _ => {}
+            }
+        }
+        // Not as speculated: everything goes to the raw buffer in stream
+        // order (the tail is only filled when `dst` was, so it follows).
+        self.raw[head..head + got].copy_from_slice(&dst[..got]);
+        self.raw_len = head + got + tail;
+        Ok((self.decode(|r| r.i32())?, 0))
+    }
+
+    /// One `readv` of the transport (nothing may be waiting in the raw
+    /// buffer): `dst` (payload of the current DATA frame, no longer than
+    /// what is left of it) first, then up to [`DIRECT_TAIL`] bytes into
+    /// the raw buffer. Returns the bytes that landed in `dst` (0 at EOF).
+    fn read_direct(&mut self, dst: &mut [u8]) -> Result<usize> {
+        if self.raw.len() < IN_READ {
+            self.raw.resize(IN_READ, 0);
+        }
+        self.raw_pos = 0;
+        self.raw_len = 0;
+        let k = dst.len();
+        let n = loop {
+            let mut iov = [
+                std::io::IoSliceMut::new(dst),
+                std::io::IoSliceMut::new(&mut self.raw[..DIRECT_TAIL]),
+            ];
+            match self.inner.read_vectored(&mut iov) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(RemoteError::io("reading from the peer", e)),
+            }
+        };
+        if n == 0 {
+            self.eof = true;
+            return Ok(0);
+        }
+        self.total_read += n as u64;
+        let direct = n.min(k);
+        if let Some(d) = self.demux.as_mut() {
+            d.consume_data(direct);
+        }
+        self.raw_len = n - direct;
+        Ok(direct)
+    }
+
     /// Fills until at least one decoded byte is buffered; false at EOF.
-    fn fill_some(&mut self) -> Result<bool> {
+    fn fill_some(&mut self, step: usize) -> Result<bool> {
         while self.pos == self.data.len() {
-            if !self.fill()? {
+            if !self.fill(step)? {
                 return Ok(false);
             }
         }
@@ -212,6 +474,7 @@ impl<R: Read> InStream<R> {
         &mut self,
         mut f: impl FnMut(&mut Reader<'_>) -> arsync_proto::Result<T>,
     ) -> Result<T> {
+        let mut step = DECODE_STEP;
         loop {
             let mut r = Reader::new(&self.data[self.pos..]);
             match f(&mut r) {
@@ -220,9 +483,10 @@ impl<R: Read> InStream<R> {
                     return Ok(v);
                 }
                 Err(ProtoError::Incomplete) => {
-                    if !self.fill()? {
+                    if !self.fill(step)? {
                         return Err(RemoteError::Eof(join_errors(&self.reports.errors)));
                     }
+                    step = (step * 2).min(IN_READ);
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -235,6 +499,7 @@ impl<R: Read> InStream<R> {
         &mut self,
         mut f: impl FnMut(&mut Reader<'_>) -> arsync_proto::Result<Option<T>>,
     ) -> Result<T> {
+        let mut step = DECODE_STEP;
         loop {
             let mut r = Reader::new(&self.data[self.pos..]);
             let res = f(&mut r);
@@ -242,9 +507,10 @@ impl<R: Read> InStream<R> {
             match res {
                 Ok(Some(v)) => return Ok(v),
                 Ok(None) | Err(ProtoError::Incomplete) => {
-                    if !self.fill()? {
+                    if !self.fill(step)? {
                         return Err(RemoteError::Eof(join_errors(&self.reports.errors)));
                     }
+                    step = (step * 2).min(IN_READ);
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -253,7 +519,7 @@ impl<R: Read> InStream<R> {
 
     /// Reads until EOF, handling messages; data after the protocol end is an error.
     pub fn drain_to_eof(&mut self) -> Result<()> {
-        while self.fill()? {}
+        while self.fill(IN_READ)? {}
         if self.pos < self.data.len() {
             return Err(RemoteError::Refused(format!(
                 "{} unexpected bytes after the end of the run",
@@ -296,6 +562,8 @@ pub struct OutStream<W: Write> {
     /// Offset in `buf` of the open DATA frame's header.
     frame: Option<usize>,
     total_written: u64,
+    /// The transport when it is a pipe (see [`OutStream::splice_into`]).
+    pipe: Option<OwnedFd>,
 }
 
 impl<W: Write> std::fmt::Debug for OutStream<W> {
@@ -315,6 +583,7 @@ impl<W: Write> OutStream<W> {
             buf: Vec::new(),
             frame: None,
             total_written: 0,
+            pipe: None,
         }
     }
 
@@ -414,6 +683,91 @@ impl<W: Write> OutStream<W> {
             self.close_frame();
             self.write_out()?;
         }
+        Ok(n)
+    }
+
+    /// Lets [`OutStream::literal_token_spliced`] move file data into
+    /// `fd` (the transport's descriptor, duplicated) with `splice(2)`:
+    /// only when it is a pipe, else this does nothing.
+    pub fn splice_into(&mut self, fd: OwnedFd) {
+        let is_pipe = rustix::fs::fstat(&fd)
+            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_fifo());
+        if is_pipe {
+            self.pipe = Some(fd);
+        }
+    }
+
+    /// True when literal data can be spliced into the transport.
+    pub fn can_splice(&self) -> bool {
+        self.multiplexed && self.pipe.is_some()
+    }
+
+    /// Appends one literal token of up to `max` bytes of `file` from
+    /// `*offset` (advanced), in a DATA frame of its own: the bytes are read
+    /// into `scratch` and given to `hash`, then moved from the file into
+    /// the pipe with `splice(2)`, so they are not copied into the pipe.
+    /// Should the splice fail or fall short (the file shrank), the rest
+    /// is written from `scratch`, and splicing stops for the session: the
+    /// stream always carries exactly the bytes that were hashed, unless
+    /// the file changes in between (then the receiver's whole-file check
+    /// fails and the file is sent again, which callers do without
+    /// splicing). Returns how many bytes (0 at the end of the file).
+    pub fn literal_token_spliced(
+        &mut self,
+        file: &std::fs::File,
+        offset: &mut u64,
+        max: usize,
+        scratch: &mut Vec<u8>,
+        hash: impl FnOnce(&[u8]),
+    ) -> Result<usize> {
+        const TOKEN_HEAD: usize = 4;
+        let k = max.min(MAX_OUT_FRAME - TOKEN_HEAD);
+        if scratch.len() < k {
+            scratch.resize(k, 0);
+        }
+        let n = loop {
+            match std::os::unix::fs::FileExt::read_at(file, &mut scratch[..k], *offset) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(RemoteError::io("reading a source file", e)),
+            }
+        };
+        if n == 0 {
+            return Ok(0);
+        }
+        hash(&scratch[..n]);
+        self.close_frame();
+        let word = ((arsync_proto::mux::MPLEX_BASE as u32) << 24) | (TOKEN_HEAD + n) as u32;
+        self.buf.extend_from_slice(&word.to_le_bytes());
+        self.buf.extend_from_slice(&(n as i32).to_le_bytes());
+        self.write_out()?;
+        let mut moved = 0;
+        if let Some(pipe) = &self.pipe {
+            let mut at = *offset;
+            while moved < n {
+                match rustix::pipe::splice(
+                    file,
+                    Some(&mut at),
+                    pipe,
+                    None,
+                    n - moved,
+                    rustix::pipe::SpliceFlags::empty(),
+                ) {
+                    Ok(0) => break,
+                    Ok(m) => moved += m,
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        if moved < n {
+            self.pipe = None;
+            self.inner
+                .write_all(&scratch[moved..n])
+                .map_err(|e| write_error("writing to the peer", e))?;
+        }
+        self.total_written += n as u64;
+        *offset += n as u64;
         Ok(n)
     }
 
@@ -555,6 +909,66 @@ mod tests {
     }
 
     #[test]
+    fn spliced_literal_tokens_arrive_intact_over_a_pipe() {
+        // A file's data spliced into a real pipe between framed protocol
+        // bytes: the reader sees the same stream as with plain tokens.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let (rd, wr) = rustix::pipe::pipe().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut i = InStream::new(std::fs::File::from(rd));
+            i.start_multiplex().unwrap();
+            assert_eq!(i.decode(|r| Ok(r.bytes(5)?.to_vec())).unwrap(), b"head:");
+            let mut got = Vec::new();
+            loop {
+                let len = i.decode(|r| r.i32()).unwrap();
+                assert!((0..=32 * 1024).contains(&len), "token length {len}");
+                if len == 0 {
+                    break;
+                }
+                got.extend_from_slice(&i.decode(|r| Ok(r.bytes(len as usize)?.to_vec())).unwrap());
+            }
+            let tail = i.decode(|r| Ok(r.bytes(4)?.to_vec())).unwrap();
+            (got, tail)
+        });
+        let dup = wr.try_clone().unwrap();
+        let mut o = OutStream::new(std::fs::File::from(wr));
+        o.splice_into(dup);
+        assert!(!o.can_splice(), "not before multiplexing");
+        o.start_multiplex().unwrap();
+        assert!(o.can_splice());
+        o.write(b"head:").unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let (mut offset, mut scratch, mut hashed) = (0u64, Vec::new(), Vec::new());
+        loop {
+            let n = o
+                .literal_token_spliced(&f, &mut offset, 32 * 1024, &mut scratch, |b| {
+                    hashed.extend_from_slice(b)
+                })
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+        }
+        assert!(o.can_splice(), "splicing kept working");
+        o.write(&0i32.to_le_bytes()).unwrap();
+        o.write(b"tail").unwrap();
+        drop(o.into_inner().unwrap());
+        let (got, tail) = reader.join().unwrap();
+        assert_eq!(offset, data.len() as u64);
+        assert_eq!(hashed, data, "the hash saw every byte once");
+        assert_eq!(got, data);
+        assert_eq!(tail, b"tail");
+        // Not a pipe: no splicing.
+        let mut v = OutStream::new(Vec::new());
+        v.splice_into(std::fs::File::open(&path).unwrap().into());
+        v.start_multiplex().unwrap();
+        assert!(!v.can_splice());
+    }
+
+    #[test]
     fn literal_token_read_error_leaves_output_intact() {
         let mut o = OutStream::new(Vec::new());
         o.start_multiplex().unwrap();
@@ -564,6 +978,107 @@ mod tests {
         let mut want = Vec::new();
         encode_data(b"ab", MAX_OUT_FRAME, &mut want);
         assert_eq!(o.into_inner().unwrap(), want);
+    }
+
+    /// A reader that hands out its bytes in pieces of the given sizes.
+    struct Pieces {
+        data: Vec<u8>,
+        at: usize,
+        sizes: Vec<usize>,
+        i: usize,
+    }
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.read_vectored(&mut [std::io::IoSliceMut::new(buf)])
+        }
+
+        /// Fills the buffers in turn, like `readv`.
+        fn read_vectored(
+            &mut self,
+            bufs: &mut [std::io::IoSliceMut<'_>],
+        ) -> std::io::Result<usize> {
+            let mut want = self.sizes[self.i % self.sizes.len()];
+            self.i += 1;
+            let mut total = 0;
+            for buf in bufs {
+                let n = want.min(buf.len()).min(self.data.len() - self.at);
+                buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+                self.at += n;
+                want -= n;
+                total += n;
+            }
+            Ok(total)
+        }
+    }
+
+    #[test]
+    fn take_into_and_decode_interleave_across_frames_and_messages() {
+        // Length-prefixed tokens in frames that split them anywhere, with
+        // messages between frames, read in odd pieces: decoding the
+        // lengths and taking the data into a caller's buffer gives back
+        // the tokens, and every message is seen in order.
+        let tokens: Vec<Vec<u8>> = [5usize, 40_000, 1, 70_000, 3, 32_764]
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| (0..n).map(|i| (i * 7 + k) as u8).collect())
+            .collect();
+        let mut stream = Vec::new();
+        for t in &tokens {
+            stream.extend_from_slice(&(t.len() as i32).to_le_bytes());
+            stream.extend_from_slice(t);
+        }
+        stream.extend_from_slice(&0i32.to_le_bytes());
+        let mut wire = Vec::new();
+        for (k, chunk) in stream.chunks(9_001).enumerate() {
+            encode_data(chunk, MAX_OUT_FRAME, &mut wire);
+            encode_int_msg(MsgTag::NoSend, k as i32, &mut wire);
+        }
+        let all_sizes = [
+            vec![1, 3, 7],
+            vec![65_536],
+            vec![4_096, 13, 30_000],
+            vec![5_000, 6],
+            vec![9_009, 9_013, 12],
+        ];
+        for (sizes, speculate) in all_sizes.iter().flat_map(|s| [(s, false), (s, true)]) {
+            let r = Pieces {
+                data: wire.clone(),
+                at: 0,
+                sizes: sizes.clone(),
+                i: 0,
+            };
+            let mut i = InStream::new(r);
+            i.start_multiplex().unwrap();
+            let head = |i: &mut InStream<Pieces>, got: &mut Vec<u8>| match speculate {
+                true => {
+                    let mut buf = vec![0u8; 50_000];
+                    let (t, n) = i.int_and_data(&mut buf).unwrap();
+                    assert!(n == 0 || (t > 0 && n <= t as usize), "{t} {n}");
+                    got.extend_from_slice(&buf[..n]);
+                    t
+                }
+                false => i.decode(|r| r.i32()).unwrap(),
+            };
+            for t in &tokens {
+                let mut got = Vec::new();
+                let len = head(&mut i, &mut got) as usize;
+                assert_eq!(len, t.len());
+                while got.len() < len {
+                    let want = (len - got.len()).min(10_000);
+                    let mut buf = vec![0u8; want];
+                    let n = i.take_into(&mut buf).unwrap();
+                    assert!(n > 0 && n <= want);
+                    got.extend_from_slice(&buf[..n]);
+                }
+                assert_eq!(&got, t);
+            }
+            assert_eq!(head(&mut i, &mut Vec::new()), 0);
+            i.drain_to_eof().unwrap();
+            let n = stream.chunks(9_001).count() as i32;
+            assert_eq!(i.reports.no_send, (0..n).collect::<Vec<_>>());
+            assert!(matches!(i.take_into(&mut [0]), Err(RemoteError::Eof(_))));
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! caller's [`Committer`], which runs on the writer thread.
 
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
@@ -35,6 +36,69 @@ pub const BATCH_JOBS: usize = 128;
 
 /// Capacity of a fresh data buffer.
 pub const BUFFER_SIZE: usize = 512 * 1024;
+
+/// A data buffer of the writer: the first [`DataBuf::len`] bytes are
+/// data; room after them ([`DataBuf::spare_mut`]) can be read into
+/// directly, e.g. from the transport, without a copy. That room is
+/// initialized (zeroed) only as far as it is ever asked for, once per
+/// buffer: emptied buffers come back for reuse.
+#[derive(Debug, Default)]
+pub struct DataBuf {
+    /// Initialized bytes (data, then reusable room).
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+impl DataBuf {
+    fn new() -> Self {
+        DataBuf {
+            bytes: Vec::with_capacity(BUFFER_SIZE),
+            len: 0,
+        }
+    }
+
+    /// Bytes it can hold without growing (0 for a default one).
+    pub fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    /// `want` bytes of room after the data, to be filled and then
+    /// [`DataBuf::advance`]d (grows the buffer if needed).
+    pub fn spare_mut(&mut self, want: usize) -> &mut [u8] {
+        let end = self.len + want;
+        if self.bytes.len() < end {
+            self.bytes.resize(end, 0);
+        }
+        &mut self.bytes[self.len..end]
+    }
+
+    /// Adds the first `n` bytes of [`DataBuf::spare_mut`] to the data.
+    pub fn advance(&mut self, n: usize) {
+        self.len = (self.len + n).min(self.bytes.len());
+    }
+
+    /// Appends `b` (growing if needed).
+    pub fn extend_from_slice(&mut self, b: &[u8]) {
+        let end = self.len + b.len();
+        if end > self.bytes.len() {
+            self.bytes.resize(end, 0);
+        }
+        self.bytes[self.len..end].copy_from_slice(b);
+        self.len = end;
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+impl std::ops::Deref for DataBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
 
 /// The commit step of a verified file, run where the writer runs.
 pub trait Committer: Send + 'static {
@@ -61,13 +125,80 @@ pub trait Committer: Send + 'static {
     fn keep_partial(&mut self, _tmp: &TempFile, _name: &[u8], _in_partial_dir: bool) {}
 }
 
+/// Where a cut-off file is kept ([`FileWriter::abort`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keep {
+    /// Under this name in the destination: the target itself
+    /// (`--partial`) or its name in a relative `--partial-dir`.
+    Named(Vec<u8>),
+    /// At this path in an absolute `--partial-dir`, outside the
+    /// destination (its directory is created if missing, mode 0700).
+    Outside(PathBuf),
+}
+
+impl Keep {
+    /// Keeps `t` (the temporary file of `name`, whose attributes the
+    /// committer has set) as this; removes it when that fails.
+    fn place<C: Committer>(&self, dest: &DestRoot, committer: &mut C, t: TempFile, name: &[u8]) {
+        match self {
+            Keep::Named(k) => {
+                committer.keep_partial(&t, name, k != name);
+                let placed = match k == name {
+                    true => Ok(()),
+                    false => dest.ensure_partial_dir(k),
+                };
+                match placed {
+                    Ok(()) => {
+                        let _ = dest.commit(t, k);
+                    }
+                    Err(_) => DestRoot::remove_temp(t),
+                }
+            }
+            Keep::Outside(path) => {
+                committer.keep_partial(&t, name, true);
+                let dir_and_base = path
+                    .parent()
+                    .zip(path.file_name())
+                    .map(|(d, b)| (d, b.as_encoded_bytes()));
+                let placed = dir_and_base.and_then(|(dir, base)| {
+                    ensure_dir_0700(dir)?;
+                    Some((DestRoot::open(dir).ok()?, base))
+                });
+                match placed {
+                    Some((root, base)) => {
+                        let _ = root.commit(t, base);
+                    }
+                    None => DestRoot::remove_temp(t),
+                }
+            }
+        }
+    }
+}
+
+/// Makes sure `dir` is a directory, as rsync's receiver does for a
+/// partial directory: a non-directory there is removed, a missing one is
+/// created with mode 0700 (its parent must exist). `None` on failure.
+fn ensure_dir_0700(dir: &std::path::Path) -> Option<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => return Some(()),
+        Ok(_) => std::fs::remove_file(dir).ok()?,
+        Err(_) => {}
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Some(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some(()),
+        Err(_) => None,
+    }
+}
+
 enum Job {
     /// Create the temporary file for `name` (`in_place`: open `name` itself).
     Begin { name: Vec<u8>, in_place: bool },
     /// Set the current file's length (a file written in place).
     SetLen(u64),
     /// Write `buf` at `offset` of the current file.
-    Data { offset: u64, buf: Vec<u8> },
+    Data { offset: u64, buf: DataBuf },
     /// Commit the current (verified) file.
     Commit {
         ndx: usize,
@@ -77,9 +208,9 @@ enum Job {
     /// Delete the current file (it failed verification).
     Discard,
     /// The transfer of the current file broke off: with `keep` (`--partial`,
-    /// `--partial-dir`) a non-empty file is renamed to that name, else it
-    /// is deleted (a file written in place stays as it is).
-    Abort { keep: Option<Vec<u8>> },
+    /// `--partial-dir`) a non-empty file is kept there, else it is deleted
+    /// (a file written in place stays as it is).
+    Abort { keep: Option<Keep> },
     /// Run [`Committer::end_phase`] and answer with the per-file errors
     /// collected so far.
     EndPhase(SyncSender<Vec<String>>),
@@ -110,7 +241,7 @@ impl<C: Committer> Worker<C> {
     }
 
     /// Runs one job; returns a data buffer to reuse.
-    fn apply(&mut self, job: Job) -> Option<Vec<u8>> {
+    fn apply(&mut self, job: Job) -> Option<DataBuf> {
         if self.fatal.is_some() {
             return match job {
                 Job::Data { buf, .. } => Some(buf),
@@ -169,17 +300,7 @@ impl<C: Committer> Worker<C> {
                 if let Some((t, name)) = self.cur.take() {
                     match keep {
                         Some(k) if t.file.metadata().is_ok_and(|m| m.len() > 0) => {
-                            self.committer.keep_partial(&t, &name, k != name);
-                            let placed = match k == name {
-                                true => Ok(()),
-                                false => self.dest.ensure_partial_dir(&k),
-                            };
-                            match placed {
-                                Ok(()) => {
-                                    let _ = self.dest.commit(t, &k);
-                                }
-                                Err(_) => DestRoot::remove_temp(t),
-                            }
+                            k.place(&self.dest, &mut self.committer, t, &name)
                         }
                         _ => DestRoot::remove_temp(t),
                     }
@@ -221,14 +342,14 @@ enum Mode<C> {
         tx: Option<SyncSender<Vec<Job>>>,
         batch: Vec<Job>,
         batch_bytes: usize,
-        pool: Receiver<Vec<u8>>,
+        pool: Receiver<DataBuf>,
         failed: Arc<AtomicBool>,
         handle: Option<JoinHandle<Result<Vec<String>>>>,
     },
     /// At once on the calling thread.
     Inline {
         worker: Option<Worker<C>>,
-        pool: Vec<Vec<u8>>,
+        pool: Vec<DataBuf>,
     },
 }
 
@@ -360,12 +481,12 @@ impl<C: Committer> FileWriter<C> {
     }
 
     /// An empty buffer for the next [`FileWriter::data`].
-    pub fn buffer(&mut self) -> Vec<u8> {
+    pub fn buffer(&mut self) -> DataBuf {
         let reused = match &mut self.mode {
             Mode::Thread { pool, .. } => pool.try_recv().ok(),
             Mode::Inline { pool, .. } => pool.pop(),
         };
-        reused.unwrap_or_else(|| Vec::with_capacity(BUFFER_SIZE))
+        reused.unwrap_or_else(DataBuf::new)
     }
 
     /// Starts a new file (the previous one must be committed or
@@ -383,7 +504,7 @@ impl<C: Committer> FileWriter<C> {
     }
 
     /// Queues `buf` to be written at `offset` of the current file.
-    pub fn data(&mut self, offset: u64, buf: Vec<u8>) -> Result<()> {
+    pub fn data(&mut self, offset: u64, buf: DataBuf) -> Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
@@ -404,11 +525,11 @@ impl<C: Committer> FileWriter<C> {
         self.send(Job::Discard)
     }
 
-    /// The current file's transfer broke off: keep what was written
-    /// under the name `keep` (for `--partial`: the target; for
-    /// `--partial-dir`: the name in that directory, created if needed) or
-    /// delete it. Everything queued before is written first.
-    pub fn abort(&mut self, keep: Option<Vec<u8>>) -> Result<()> {
+    /// The current file's transfer broke off: keep what was written as
+    /// `keep` (for `--partial`: the target; for `--partial-dir`: the file
+    /// in that directory, created if needed) or delete it. Everything
+    /// queued before is written first.
+    pub fn abort(&mut self, keep: Option<Keep>) -> Result<()> {
         self.send(Job::Abort { keep })?;
         self.hand_over()
     }
@@ -545,6 +666,30 @@ mod tests {
     }
 
     #[test]
+    fn data_buf_fills_in_place_and_grows() {
+        let mut b = DataBuf::new();
+        assert_eq!((b.len(), b.capacity()), (0, BUFFER_SIZE));
+        b.spare_mut(3).copy_from_slice(b"abc");
+        b.advance(3);
+        b.extend_from_slice(b"de");
+        assert_eq!(&b[..], b"abcde");
+        assert_eq!(b.spare_mut(100).len(), 100);
+        // Only the room asked for counts: advancing past it stops there.
+        b.advance(1000);
+        assert_eq!(b.len(), 105);
+        // Past the capacity it grows, keeping the data.
+        let big = vec![7u8; BUFFER_SIZE];
+        b.extend_from_slice(&big);
+        assert_eq!(b.len(), BUFFER_SIZE + 105);
+        assert_eq!(&b[..5], b"abcde");
+        b.clear();
+        assert!(b.is_empty());
+        // Reused room keeps its old bytes until overwritten.
+        assert_eq!(b.spare_mut(5), b"abcde");
+        assert_eq!(DataBuf::default().capacity(), 0);
+    }
+
+    #[test]
     fn writes_commits_and_discards() {
         for make in [FileWriter::start as Make, FileWriter::inline] {
             let dir = tempfile::tempdir().unwrap();
@@ -598,14 +743,20 @@ mod tests {
             let mut w = make(dest, c);
             w.begin(b"kept", false).unwrap();
             write(&mut w, 0, b"part");
-            w.abort(Some(b"kept".to_vec())).unwrap();
+            w.abort(Some(Keep::Named(b"kept".to_vec()))).unwrap();
             w.begin(b"dropped", false).unwrap();
             write(&mut w, 0, b"part");
             w.abort(None).unwrap();
             // --partial-dir: kept in that directory, created on demand.
             w.begin(b"aside", false).unwrap();
             write(&mut w, 0, b"partial data");
-            w.abort(Some(b".part/aside".to_vec())).unwrap();
+            w.abort(Some(Keep::Named(b".part/aside".to_vec()))).unwrap();
+            // An absolute --partial-dir: outside the destination.
+            let outside = tempfile::tempdir().unwrap();
+            let pdir = outside.path().join("pd");
+            w.begin(b"far", false).unwrap();
+            write(&mut w, 0, b"far away");
+            w.abort(Some(Keep::Outside(pdir.join("far")))).unwrap();
             // --inplace: the file itself is written and stays.
             w.begin(b"dropped", true).unwrap();
             write(&mut w, 1, b"X");
@@ -616,6 +767,10 @@ mod tests {
             assert_eq!(std::fs::read(dir.path().join("dropped")).unwrap(), b"oXd");
             let aside = dir.path().join(".part/aside");
             assert_eq!(std::fs::read(aside).unwrap(), b"partial data");
+            assert_eq!(std::fs::read(pdir.join("far")).unwrap(), b"far away");
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&pdir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
             assert!(seen.lock().unwrap().is_empty(), "nothing was committed");
         }
     }

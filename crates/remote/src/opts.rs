@@ -486,20 +486,6 @@ impl TransferOpts {
         None
     }
 
-    /// The first option (or combination) that is parsed but not
-    /// implemented by the remote roles.
-    pub fn not_implemented(&self) -> Option<&'static str> {
-        [(
-            self.partial_dir
-                .as_ref()
-                .is_some_and(|d| d.starts_with('/')),
-            "an absolute --partial-dir",
-        )]
-        .into_iter()
-        .find(|(on, _)| *on)
-        .map(|(_, n)| n)
-    }
-
     /// True when [`TransferOpts::skip`] can skip anything.
     pub fn selects(&self) -> bool {
         self.update
@@ -1208,11 +1194,6 @@ mod tests {
             .parse_server_arg("--partial-dir=.~tmp~", &mut || None)
             .unwrap());
         assert!(d.parse_server_arg("--temp-dir=", &mut || None).is_err());
-        let abs = TransferOpts {
-            partial_dir: Some("/abs".into()),
-            ..TransferOpts::default()
-        };
-        assert_eq!(abs.not_implemented(), Some("an absolute --partial-dir"));
         let head = arsync_proto::sums::SumHead {
             count: 3,
             blength: 700,
@@ -1223,10 +1204,13 @@ mod tests {
         let mut c = TransferOpts {
             temp_dir: Some("/tmp/x".into()),
             backup_dir: Some("/".into()),
+            partial_dir: Some("/abs/part".into()),
             ..TransferOpts::default()
         };
         c.confine().unwrap();
         assert_eq!(c.temp_dir.as_deref(), Some("tmp/x"));
+        // A daemon keeps an absolute --partial-dir inside the module.
+        assert_eq!(c.partial_dir.as_deref(), Some("abs/part"));
         assert_eq!(c.backup_dir.as_deref(), Some("."));
         assert!(c.confined);
         let mut bad = TransferOpts {

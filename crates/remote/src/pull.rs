@@ -14,6 +14,7 @@
 use arsync_filter::FilterRules;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,11 +43,11 @@ use arsync_proto::xattr::{decode_reply, encode_request};
 
 use crate::args::ServerCommand;
 use crate::attrs::{self, Target, XattrStore};
-use crate::conn::{join_errors, InStream, OutStream};
+use crate::conn::{join_errors, InStream, OutStream, MAX_OUT_FRAME};
 use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
 use crate::events::{EventSink, FileEvent};
-use crate::filewriter::{Committer, FileWriter};
+use crate::filewriter::{Committer, DataBuf, FileWriter, Keep};
 use crate::fsys::{punch_zero_blocks, read_basis, DelayedFile, DestRoot, Meta, TempFile};
 use crate::ids::{IdMap, IdNames};
 use crate::opts::{AltMatch, DeleteLimit, TransferOpts};
@@ -750,14 +751,87 @@ struct GenCtx {
     meta: MetaRules,
 }
 
-impl GenCtx {
-    /// `--partial-dir`: the name of `e`'s partial file if one is there.
-    fn partial_file(&self, e: &FileEntry) -> Option<Vec<u8>> {
-        let p = DestRoot::partial_name(&e.name, self.opts.partial_dir.as_deref()?)?;
-        match self.dest.lstat(&p) {
-            Ok(Some(m)) if m.file_type == rustix::fs::FileType::RegularFile => Some(p),
-            _ => None,
+/// A `--partial-dir` file: `dir/<partial-dir>/base` in the destination,
+/// or for an absolute partial directory `<partial-dir>/base` (one
+/// directory for the files of every directory, as rsync has it).
+#[derive(Debug, Clone)]
+enum PartialFile {
+    /// A name relative to the destination root.
+    Inside(Vec<u8>),
+    /// A path in an absolute `--partial-dir`.
+    Outside(PathBuf),
+}
+
+impl PartialFile {
+    /// The partial file of entry `name` for `--partial-dir` `dir`.
+    fn of(name: &[u8], dir: &str) -> Option<PartialFile> {
+        if !dir.starts_with('/') {
+            return DestRoot::partial_name(name, dir).map(PartialFile::Inside);
         }
+        let base = name
+            .rsplit(|&b| b == b'/')
+            .next()
+            .filter(|b| !b.is_empty())?;
+        if name == b"." || base == b"." || base == b".." {
+            return None;
+        }
+        let base = std::ffi::OsStr::from_bytes(base);
+        Some(PartialFile::Outside(std::path::Path::new(dir).join(base)))
+    }
+
+    /// True when it is there as a regular file.
+    fn exists(&self, dest: &DestRoot) -> bool {
+        match self {
+            PartialFile::Inside(p) => dest
+                .lstat(p)
+                .is_ok_and(|m| m.is_some_and(|m| m.file_type == rustix::fs::FileType::RegularFile)),
+            PartialFile::Outside(p) => std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()),
+        }
+    }
+
+    /// Opens it as a delta basis.
+    fn open(&self, dest: &DestRoot) -> Result<Option<File>> {
+        match self {
+            PartialFile::Inside(p) => dest.open_basis(p),
+            PartialFile::Outside(p) => match File::open(p) {
+                Ok(f) => Ok(Some(f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(RemoteError::io(format!("opening {}", p.display()), e)),
+            },
+        }
+    }
+
+    /// Removes it (it served its purpose), and a relative partial
+    /// directory if that is empty now, as rsync does (an absolute one
+    /// stays, as with rsync).
+    fn remove(&self, dest: &DestRoot) {
+        match self {
+            PartialFile::Inside(p) => {
+                dest.remove_file(p);
+                dest.remove_partial_dir(p);
+            }
+            PartialFile::Outside(p) => {
+                if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()) {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+    }
+
+    /// Where the writer keeps a cut-off transfer.
+    fn keep(self) -> Keep {
+        match self {
+            PartialFile::Inside(p) => Keep::Named(p),
+            PartialFile::Outside(p) => Keep::Outside(p),
+        }
+    }
+}
+
+impl GenCtx {
+    /// `--partial-dir`: `e`'s partial file if one is there.
+    fn partial_file(&self, e: &FileEntry) -> Option<PartialFile> {
+        let p = PartialFile::of(&e.name, self.opts.partial_dir.as_deref()?)?;
+        p.exists(&self.dest).then_some(p)
     }
 
     /// The delta basis for `e` and its basis type: a `--partial-dir` file
@@ -767,7 +841,7 @@ impl GenCtx {
         if let Some(p) = self.partial_file(e) {
             let f = match self.whole_file || dry {
                 true => None,
-                false => self.dest.open_basis(&p)?,
+                false => p.open(&self.dest)?,
             };
             return Ok((f, Some(crate::opts::BASIS_PARTIAL_DIR)));
         }
@@ -1242,8 +1316,7 @@ fn generator<W: Write>(
                             // Quick check passed: only fix metadata (and
                             // drop a --partial-dir file, as rsync does).
                             if let (Some(p), false) = (ctx.partial_file(e), dry) {
-                                dest.remove_file(&p);
-                                dest.remove_partial_dir(&p);
+                                p.remove(dest);
                             }
                             if !dry {
                                 ctx.fix_xattrs(outs, &mut codec, i, e, 0)?;
@@ -1609,7 +1682,7 @@ fn receiver<R: Read>(
     };
     let mut bufs = RecvBuffers {
         writer: FileWriter::for_machine(dest.clone(), step),
-        out: Vec::new(),
+        out: DataBuf::default(),
         window: BasisWindow::default(),
     };
     loop {
@@ -1685,29 +1758,32 @@ fn receiver<R: Read>(
                 }
                 // A --partial-dir file from an earlier run as the basis.
                 let partial_basis = match (a.basis_type, &mode.opts.partial_dir) {
-                    (Some(crate::opts::BASIS_PARTIAL_DIR), Some(d)) => {
-                        DestRoot::partial_name(&e.name, d)
-                    }
+                    (Some(crate::opts::BASIS_PARTIAL_DIR), Some(d)) => PartialFile::of(&e.name, d),
                     _ => None,
                 };
-                // --inplace -b: the generator's copy of the old file.
-                let backup_basis = match a.basis_type {
-                    Some(crate::opts::BASIS_BACKUP) if mode.opts.backup => {
+                // --inplace -b: the generator's copy of the old file; an
+                // absolute --partial-dir: the file there.
+                let backup_basis = match (a.basis_type, &partial_basis) {
+                    (Some(crate::opts::BASIS_BACKUP), _) if mode.opts.backup => {
                         Some(mode.opts.backup_path(dest, &e.name)?)
                     }
+                    (_, Some(PartialFile::Outside(p))) => Some(p.clone()),
                     _ => None,
                 };
                 let how = FileRecv {
                     in_place: mode.opts.inplace,
                     append: if phase == 0 { mode.opts.append } else { 0 },
                     backup_basis,
-                    basis: partial_basis.clone().unwrap_or_else(|| e.name.clone()),
+                    basis: match &partial_basis {
+                        Some(PartialFile::Inside(p)) => p.clone(),
+                        _ => e.name.clone(),
+                    },
                     // Written in place, a cut-off file stays as it is
                     // (rsync's --inplace clears --partial).
                     keep: match (&mode.opts.partial_dir, mode.opts.inplace) {
                         (_, true) => None,
-                        (Some(d), false) => DestRoot::partial_name(&e.name, d),
-                        (None, false) => mode.partial.then(|| e.name.clone()),
+                        (Some(d), false) => PartialFile::of(&e.name, d).map(PartialFile::keep),
+                        (None, false) => mode.partial.then(|| Keep::Named(e.name.clone())),
                     },
                 };
                 let (good, lit, matched) =
@@ -1716,8 +1792,7 @@ fn receiver<R: Read>(
                 summary.matched_bytes += matched;
                 if let (true, Some(p)) = (good, &partial_basis) {
                     // The partial file served its purpose.
-                    dest.remove_file(p);
-                    dest.remove_partial_dir(p);
+                    p.remove(dest);
                 }
                 if !good {
                     bufs.writer.discard()?;
@@ -1780,7 +1855,7 @@ struct RecvBuffers {
     /// Writes, commits and discards the received files.
     writer: FileWriter<CommitStep>,
     /// File data collected for the next write (a buffer of the writer's).
-    out: Vec<u8>,
+    out: DataBuf,
     /// Where matched blocks are read from.
     window: BasisWindow,
 }
@@ -1837,10 +1912,11 @@ struct FileRecv {
     append: u8,
     /// The basis file's name (the file itself, or a `--partial-dir` file).
     basis: Vec<u8>,
-    /// `--inplace -b`: the basis is this backup copy instead.
+    /// The basis is this file outside the tree instead: the backup copy
+    /// (`--inplace -b`) or the file in an absolute `--partial-dir`.
     backup_basis: Option<PathBuf>,
     /// Where a cut-off transfer is kept (`--partial`, `--partial-dir`).
-    keep: Option<Vec<u8>>,
+    keep: Option<Keep>,
 }
 
 /// Receives one file's data and hands it to the writer (which creates the
@@ -1992,22 +2068,42 @@ fn receive_data<R: Read>(
             }
         }
     } else {
-        // Plain tokens, decoded here so literal data is hashed and batched
-        // straight from the input buffer (no copy per token).
+        // Plain tokens, decoded here so literal data goes from the raw
+        // input straight into the writer's batch (one copy) and is
+        // hashed there.
         loop {
-            let t = ins.decode(|r| r.i32())?;
+            // The token header, and (when it is literal data) its first
+            // bytes, read straight into the batch where possible.
+            let room = WRITE_BATCH.saturating_sub(bufs.out.len());
+            let spare = bufs.out.spare_mut(room.min(MAX_OUT_FRAME));
+            let (t, first) = ins.int_and_data(spare)?;
+            if first > 0 {
+                let at = bufs.out.len();
+                bufs.out.advance(first);
+                hasher.update(&bufs.out[at..]);
+                lit += first as u64;
+                if bufs.out.len() >= WRITE_BATCH {
+                    write_out(bufs, offset)?;
+                }
+            }
             if t == 0 {
                 break;
             }
             if t > 0 {
-                let mut left = t as usize;
+                let mut left = t as usize - first;
                 while left > 0 {
-                    let room = WRITE_BATCH.saturating_sub(bufs.out.len()).max(1);
-                    let data = ins.take(left.min(room))?;
-                    hasher.update(data);
-                    bufs.out.extend_from_slice(data);
-                    left -= data.len();
-                    lit += data.len() as u64;
+                    let room = WRITE_BATCH.saturating_sub(bufs.out.len());
+                    let at = bufs.out.len();
+                    let k = left.min(room);
+                    if k == 0 {
+                        write_out(bufs, offset)?;
+                        continue;
+                    }
+                    let n = ins.take_into(bufs.out.spare_mut(k))?;
+                    bufs.out.advance(n);
+                    hasher.update(&bufs.out[at..]);
+                    left -= n;
+                    lit += n as u64;
                     if bufs.out.len() >= WRITE_BATCH {
                         write_out(bufs, offset)?;
                     }

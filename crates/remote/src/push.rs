@@ -5,6 +5,7 @@
 //! while we write.
 
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use arsync_proto::checksum::{ChecksumAlgo, FileHasher};
@@ -100,7 +101,9 @@ pub fn push(opts: &PushOptions) -> Result<TransferSummary> {
         .stdout
         .take()
         .ok_or_else(|| RemoteError::Usage("no stdout".into()))?;
-    match run_push(opts, PumpedReader::new(stdout), stdin) {
+    // File data can be spliced into the pipe to the transport.
+    let pipe = stdin.as_fd().try_clone_to_owned().ok();
+    match run_push_piped(opts, PumpedReader::new(stdout), stdin, pipe) {
         Ok(summary) => {
             let status = child.wait()?;
             if !status.success() {
@@ -132,9 +135,23 @@ pub fn run_push<R: Read, W: Write>(
     input: R,
     output: W,
 ) -> Result<TransferSummary> {
+    run_push_piped(opts, input, output, None)
+}
+
+/// [`run_push`]; `pipe` is the descriptor `output` writes to, unbuffered,
+/// for splicing file data into it (see [`OutStream::splice_into`]).
+fn run_push_piped<R: Read, W: Write>(
+    opts: &PushOptions,
+    input: R,
+    output: W,
+    pipe: Option<OwnedFd>,
+) -> Result<TransferSummary> {
     let mut ins = InStream::new(input);
     ins.echo_messages = opts.echo_messages;
     let mut outs = OutStream::new(output);
+    if let Some(fd) = pipe {
+        outs.splice_into(fd);
+    }
     let neg = start_client(
         &mut ins,
         &mut outs,
@@ -216,6 +233,36 @@ fn send_whole<W: Write>(
             hasher.update(&buf[..n]);
             Ok(n)
         })?;
+        if n == 0 {
+            break;
+        }
+        st.literal += n as u64;
+    }
+    outs.write(&0i32.to_le_bytes())?;
+    outs.write(hasher.finish().as_bytes())?;
+    Ok(st)
+}
+
+/// Files at least this large are spliced ([`send_whole_spliced`]): below
+/// it the two system calls per 32 KiB token cost more than copying the
+/// data into batched pipe writes.
+const SPLICE_MIN: i64 = 256 * 1024;
+
+/// [`send_whole`] with the data moved from the file into the pipe by
+/// `splice(2)` ([`OutStream::literal_token_spliced`]): read once for the
+/// checksum, never copied into the pipe. One token per DATA frame.
+fn send_whole_spliced<W: Write>(
+    f: &std::fs::File,
+    outs: &mut OutStream<W>,
+    algo: ChecksumAlgo,
+    scratch: &mut Vec<u8>,
+) -> Result<DeltaStats> {
+    let mut hasher = FileHasher::new(algo);
+    let mut st = DeltaStats::default();
+    let mut offset = 0u64;
+    loop {
+        let n =
+            outs.literal_token_spliced(f, &mut offset, CHUNK_SIZE, scratch, |b| hasher.update(b))?;
         if n == 0 {
             break;
         }
@@ -361,13 +408,15 @@ pub(crate) fn send_session<R: Read, W: Write>(
     let dlen = neg.checksum.digest_len();
     let (mut rcodec, mut wcodec) = (NdxCodec::new(), NdxCodec::new());
     let mut phases = SenderPhases::new();
+    // The read buffer of spliced whole-file sends.
+    let mut scratch = Vec::new();
     let mut io_error = list.io_error;
     // Bytes read per call into the delta encoder's input (whole-file
     // sends read straight into the framed output instead).
     const DELTA_READ: usize = 256 * 1024;
     loop {
         // Never wait for the peer with our own output still buffered.
-        if !ins.has_buffered() {
+        if !ins.has_buffered()? {
             outs.flush()?;
         }
         match ins.decode(|r| decode_item(&mut rcodec, r))? {
@@ -494,7 +543,16 @@ pub(crate) fn send_session<R: Read, W: Write>(
                 head.encode(&mut b);
                 outs.write(&b)?;
                 let st = if sums.blocks.is_empty() && zlevel.is_none() && !appending {
-                    send_whole(&mut f, &mut outs, neg.checksum)?
+                    // Spliced into the pipe when it is one and the file is
+                    // large (small files' data is batched into larger
+                    // pipe writes instead), but not when resending a file
+                    // that failed its check (it may be changing: then what
+                    // was read is what is sent).
+                    let large = list.entries[i].size >= SPLICE_MIN;
+                    match outs.can_splice() && large && !phases.is_redo() {
+                        true => send_whole_spliced(&f, &mut outs, neg.checksum, &mut scratch)?,
+                        false => send_whole(&mut f, &mut outs, neg.checksum)?,
+                    }
                 } else {
                     let mut delta = DeltaEncoder::with_sink(
                         sums,

@@ -157,9 +157,6 @@ impl ServerArgs {
         if let Some(msg) = a.opts.conflict(a.delay_updates, a.flags.contains('W')) {
             return Err(RemoteError::Usage(msg));
         }
-        if let Some(o) = a.opts.not_implemented() {
-            return Err(unsupported(format!("server option {o}")));
-        }
         // --delete-excluded implies --delete.
         a.delete |= a.opts.delete_excluded;
         if a.paths.is_empty() {
@@ -262,8 +259,25 @@ pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
     known_remote: Option<i32>,
     daemon: Option<DaemonFilter>,
 ) -> Result<TransferSummary> {
+    serve(args, input, output, known_remote, daemon, None)
+}
+
+/// [`run_server_scoped`]; `pipe` is the descriptor `output` writes to,
+/// unbuffered, for splicing file data into it (see
+/// [`OutStream::splice_into`]).
+fn serve<R: Read, W: Write + Send + 'static>(
+    args: &ServerArgs,
+    input: R,
+    output: W,
+    known_remote: Option<i32>,
+    daemon: Option<DaemonFilter>,
+    pipe: Option<std::os::fd::OwnedFd>,
+) -> Result<TransferSummary> {
     let mut ins = InStream::new(input);
     let mut outs = OutStream::new(output);
+    if let Some(fd) = pipe {
+        outs.splice_into(fd);
+    }
     let neg = server_handshake(&mut ins, &mut outs, args, known_remote)?;
     let mut fopts = flist_options(&args.flags, args.numeric_ids, &neg)?;
     fopts.inc_recurse = false;
@@ -412,7 +426,8 @@ pub fn serve_stdio(args: &[String]) -> ExitCode {
             return ExitCode::FileIo;
         }
     };
-    match run_server(&parsed, input, output) {
+    let pipe = output.try_clone().ok().map(std::os::fd::OwnedFd::from);
+    match serve(&parsed, input, output, None, None, pipe) {
         Ok(s) => s.exit_code(),
         Err(e) => {
             eprintln!("arsync server: {e}");
