@@ -5,6 +5,7 @@
 #   WORKDIR      where disks, mount point and data live (default /var/tmp/dynfs-bench)
 #   SEQ_MIB      size of the sequential file in MiB (default 2048)
 #   SMALL_FILES  number of 4 KiB files (default 10000)
+# Environment: DYNFS_BIN (the dynfs binary), DYNFS_EXTENT (pool extent size, default 1MiB).
 # Needs root (FUSE mount with allow_other), fuse3, hyperfine is not required.
 set -euo pipefail
 WORK=${1:-/var/tmp/dynfs-bench}

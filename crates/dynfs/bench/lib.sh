@@ -27,12 +27,13 @@ PY
 }
 
 # mount_pool BIN POLICY: a new pool over six disk directories under $WORK, mounted at
-# $WORK/mnt; sets POOL_PID to the mount daemon's pid (empty if not found).
+# $WORK/mnt; sets POOL_PID to the mount daemon's pid (empty if not found). The extent size is
+# $DYNFS_EXTENT (default 1MiB).
 mount_pool() {
     local bin=$1 policy=$2 args=() i
     rm -rf "$WORK/pool" "$WORK"/disk* "$WORK/mnt"; mkdir -p "$WORK/mnt"
     for i in 1 2 3 4 5 6; do mkdir -p "$WORK/disk$i"; args+=(--disk "$WORK/disk$i"); done
-    "$bin" init "$WORK/pool" "${args[@]}" --policy "$policy" --extent-size 1MiB > /dev/null
+    "$bin" init "$WORK/pool" "${args[@]}" --policy "$policy" --extent-size "${DYNFS_EXTENT:-1MiB}" > /dev/null
     "$bin" mount "$WORK/pool" "$WORK/mnt"
     POOL_PID=$(pgrep -n -f "mount $WORK/pool $WORK/mnt" || true)
 }
