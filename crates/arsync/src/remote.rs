@@ -806,14 +806,20 @@ fn event_sink(o: &Options) -> Option<EventSink> {
         return None;
     }
     Some(EventSink(Arc::new(|e: &FileEvent<'_>| match e {
-        FileEvent::Transferred { name, .. } => {
-            println!("{}", String::from_utf8_lossy(name));
-        }
-        FileEvent::Deleted { name } => {
-            println!("deleting {}", String::from_utf8_lossy(name));
-        }
+        FileEvent::Transferred { name, .. } => print_name(b"", name),
+        FileEvent::Deleted { name } => print_name(b"deleting ", name),
         FileEvent::Listed { .. } => {}
     })))
+}
+
+/// Prints `prefix` and `name` on a line, the name escaped as rsync does
+/// (`\#ooo` for bytes that are not printable UTF-8).
+fn print_name(prefix: &[u8], name: &[u8]) {
+    use std::io::Write;
+    let mut line = prefix.to_vec();
+    line.extend_from_slice(&arsync_sync::report::escape_name(name));
+    line.push(b'\n');
+    let _ = std::io::stdout().lock().write_all(&line);
 }
 
 /// rsync's `--list-only` line for an entry of a remote file list.
@@ -833,7 +839,10 @@ fn list_line(e: &arsync_proto::flist::FileEntry, human: u8) -> String {
         ino: 0,
         nlink: 1,
     };
-    let line = arsync_sync::report::list_line(&meta, &e.name, e.link_target.as_deref(), human);
+    // rsync escapes the whole line (name and link target) as it prints it.
+    let esc = arsync_sync::report::escape_name;
+    let link = e.link_target.as_deref().map(esc);
+    let line = arsync_sync::report::list_line(&meta, &esc(&e.name), link.as_deref(), human);
     String::from_utf8_lossy(&line).into_owned()
 }
 

@@ -21,6 +21,8 @@ use arsync_proto::flist::{FileEntry, FileType};
 
 use arsync_sync::options::{ChmodRule, IdMapRule, IdMatch};
 
+use std::os::unix::ffi::OsStrExt;
+
 use crate::error::{RemoteError, Result};
 use crate::fsys::EntryInfo;
 
@@ -686,13 +688,12 @@ impl TransferOpts {
         dest: &crate::fsys::DestRoot,
         name: &[u8],
     ) -> Result<std::path::PathBuf> {
-        let rel = String::from_utf8_lossy(name);
+        let mut rel = name.to_vec();
+        rel.extend_from_slice(self.backup_suffix().as_bytes());
+        let rel = std::ffi::OsStr::from_bytes(&rel);
         let to = match &self.backup_dir {
-            Some(d) => {
-                let base = dest.root().join(d);
-                base.join(format!("{rel}{}", self.backup_suffix()))
-            }
-            None => dest.root().join(format!("{rel}{}", self.backup_suffix())),
+            Some(d) => dest.root().join(d).join(rel),
+            None => dest.root().join(rel),
         };
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent)
@@ -779,10 +780,10 @@ impl TransferOpts {
         if exists && self.alt_kind == AltKind::Copy {
             return Ok(None);
         }
-        let rel = String::from_utf8_lossy(&e.name);
+        let rel = std::ffi::OsStr::from_bytes(&e.name);
         let mut content_match: Option<std::path::PathBuf> = None;
         for d in &self.alt_dirs {
-            let p = dest.root().join(d).join(rel.as_ref());
+            let p = dest.root().join(d).join(rel);
             let Ok(m) = std::fs::symlink_metadata(&p) else {
                 continue;
             };
