@@ -1171,3 +1171,120 @@ fn features_at_older_protocols() {
         }
     }
 }
+
+/// A local path below `root` named by raw bytes (Linux names need not be UTF-8).
+fn raw(root: &Path, name: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    root.join(std::ffi::OsStr::from_bytes(name))
+}
+
+/// A tree whose names are not UTF-8: a 0xff byte, Latin-1 `é` (0xe9) in a
+/// directory and a file below it, a newline, a symlink with such a name and
+/// target, a hard-link pair and an excluded file (`*.tmp`).
+fn make_bytes_tree(root: &Path) {
+    fs::create_dir_all(raw(root, b"caf\xe9/sub\xff")).unwrap();
+    fs::write(raw(root, b"a\xffb"), b"ff").unwrap();
+    fs::write(raw(root, b"caf\xe9/cr\xe8me"), bytes(5, 3000)).unwrap();
+    fs::write(raw(root, b"caf\xe9/sub\xff/new\nline"), b"nl").unwrap();
+    fs::write(raw(root, b"caf\xe9/skip\xfe.tmp"), b"excluded").unwrap();
+    fs::write(root.join("plain.txt"), b"utf-8 name").unwrap();
+    symlink(raw(Path::new(""), b"t\xfe/x"), raw(root, b"l\xe9nk")).unwrap();
+    fs::hard_link(raw(root, b"a\xffb"), raw(root, b"caf\xe9/link\xff")).unwrap();
+    settle_dirs(root);
+}
+
+/// Names that are not UTF-8 go over the wire as bytes, as rsync sends them
+/// (without --iconv): every client/server pair, push and pull, over the
+/// stand-in ssh and the daemons, with --delete of such a name and an
+/// --exclude pattern matching one, gives rsync -> rsync's tree; -v prints
+/// them escaped (`\#ooo`).
+#[test]
+fn non_utf8_names_match_rsync() {
+    let tmp = scratch_dir().unwrap();
+    let ssh = tmp.path().join("fake-ssh");
+    write_script(&ssh, FAKE_SSH);
+    let rsh = ssh.to_str().unwrap();
+    let base = tmp.path().join("module");
+    let src = base.join("src");
+    make_bytes_tree(&src);
+    let cfg = tmp.path().join("rsyncd.conf");
+    write_module_config(&cfg, &base).unwrap();
+    let flags = ["-aHv", "--delete", "--exclude", "*.tmp"];
+    // Each destination starts with an extraneous non-UTF-8 file (deleted).
+    let seed = |d: &Path| {
+        fs::create_dir_all(raw(d, b"caf\xe9")).unwrap();
+        fs::write(raw(d, b"caf\xe9/old\xff"), b"delete me").unwrap();
+    };
+    let reference = base.join("reference");
+    seed(&reference);
+    let out = transfer(
+        Tool::Rsync,
+        Tool::Rsync,
+        rsh,
+        &flags,
+        &format!("{}/", src.display()),
+        &format!("h:{}", reference.display()),
+    );
+    check(&out, "rsync -> rsync with non-UTF-8 names");
+    assert!(raw(&reference, b"caf\xe9/sub\xff/new\nline").exists());
+    assert!(!raw(&reference, b"caf\xe9/old\xff").exists());
+    assert!(!raw(&reference, b"caf\xe9/skip\xfe.tmp").exists());
+    settle_dirs(&reference);
+    let mut n = 0;
+    let mut verify = |client: Tool, how: &str, push: bool, run: &dyn Fn(&str, &str) -> Output| {
+        n += 1;
+        let dst = base.join(format!("dst{n}"));
+        seed(&dst);
+        let what = format!("{client:?} client -> {how}, push={push}, non-UTF-8 names");
+        let rel = |p: &Path| p.strip_prefix(&base).unwrap().display().to_string();
+        let (s, d) = match push {
+            true => (format!("{}/", src.display()), rel(&dst)),
+            false => (format!("{}/", rel(&src)), dst.display().to_string()),
+        };
+        let out = run(&s, &d);
+        let stdout = check(&out, &what);
+        if client == Tool::Arsync {
+            assert!(
+                stdout.contains("caf\\#351/cr\\#350me\n"),
+                "{what}: -v output {stdout:?}"
+            );
+        }
+        settle_dirs(&dst);
+        assert_same(&reference, &dst, &what);
+    };
+    for (client, server) in [
+        (Tool::Arsync, Tool::Rsync),
+        (Tool::Rsync, Tool::Arsync),
+        (Tool::Arsync, Tool::Arsync),
+    ] {
+        for push in [true, false] {
+            let run = |s: &str, d: &str| {
+                let spec = |p: &str| match p.starts_with('/') {
+                    true => p.to_string(),
+                    false => format!("h:{}/{p}", base.display()),
+                };
+                transfer(client, server, rsh, &flags, &spec(s), &spec(d))
+            };
+            verify(client, &format!("{server:?} over ssh"), push, &run);
+        }
+    }
+    for server in [Tool::Arsync, Tool::Rsync] {
+        let daemon = start_daemon(&server.program(), &cfg).unwrap();
+        let port = daemon.port;
+        for client in [Tool::Arsync, Tool::Rsync] {
+            if client == Tool::Rsync && server == Tool::Rsync {
+                continue;
+            }
+            for push in [true, false] {
+                let run = |s: &str, d: &str| {
+                    let spec = |p: &str| match p.starts_with('/') {
+                        true => p.to_string(),
+                        false => format!("rsync://127.0.0.1:{port}/m/{p}"),
+                    };
+                    run_client(client, &flags, &spec(s), &spec(d))
+                };
+                verify(client, &format!("{server:?} daemon"), push, &run);
+            }
+        }
+    }
+}
