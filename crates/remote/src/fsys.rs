@@ -1226,6 +1226,57 @@ mod tests {
     }
 
     #[test]
+    fn names_that_are_not_utf8_are_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        let d = DestRoot::open(t.path()).unwrap();
+        let on_disk = |n: &[u8]| t.path().join(OsStr::from_bytes(n));
+        d.ensure_dir(b"caf\xe9").unwrap();
+        d.ensure_dir(b"caf\xe9/sub\xff").unwrap();
+        assert!(on_disk(b"caf\xe9/sub\xff").is_dir());
+        let tmp = d.create_temp(b"caf\xe9/sub\xff/f\xfe\nx").unwrap();
+        tmp.file.write_all_at(b"data", 0).unwrap();
+        d.commit(tmp, b"caf\xe9/sub\xff/f\xfe\nx").unwrap();
+        assert_eq!(
+            std::fs::read(on_disk(b"caf\xe9/sub\xff/f\xfe\nx")).unwrap(),
+            b"data"
+        );
+        d.make_symlink(b"l\xe9", b"t\xfe").unwrap();
+        assert_eq!(
+            std::fs::read_link(on_disk(b"l\xe9"))
+                .unwrap()
+                .as_os_str()
+                .as_bytes(),
+            b"t\xfe"
+        );
+        d.hard_link(b"caf\xe9/sub\xff/f\xfe\nx", b"h\xff").unwrap();
+        assert_eq!(std::fs::read(on_disk(b"h\xff")).unwrap(), b"data");
+        let mut cache = ParentCache::default();
+        let got = d.lstat_attrs_cached(&mut cache, b"caf\xe9/sub\xff/f\xfe\nx");
+        assert_eq!(got.unwrap().unwrap().0.size, 4);
+        assert_eq!(d.path(b"caf\xe9").unwrap(), on_disk(b"caf\xe9"));
+        // No temporary file is left beside the committed one.
+        assert_eq!(
+            std::fs::read_dir(on_disk(b"caf\xe9/sub\xff"))
+                .unwrap()
+                .count(),
+            1
+        );
+        assert_eq!(d.remove_tree(b"caf\xe9").unwrap().iter().sum::<i32>(), 3);
+        assert!(!on_disk(b"caf\xe9").exists());
+        // The confinement checks hold for such names too.
+        for bad in [&b"../\xff"[..], b"/\xe9", b"a\xff/../../x"] {
+            assert!(matches!(d.path(bad), Err(RemoteError::Refused(_))));
+            assert!(matches!(d.create_temp(bad), Err(RemoteError::Refused(_))));
+        }
+        std::os::unix::fs::symlink("/", on_disk(b"up\xff")).unwrap();
+        assert!(matches!(
+            d.create_temp(b"up\xff/f"),
+            Err(RemoteError::Refused(_))
+        ));
+    }
+
+    #[test]
     fn refuses_escapes() {
         let t = tempfile::tempdir().unwrap();
         let d = DestRoot::open(&t.path().join("dst")).unwrap();

@@ -706,3 +706,35 @@ fn walk(
     list.entries = keyed.into_iter().map(|(e, _)| e).collect();
     Ok(list)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_names_that_are_not_utf8_as_bytes_in_byte_order() {
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        let on_disk = |n: &[u8]| t.path().join(OsStr::from_bytes(n));
+        fs::create_dir(on_disk(b"caf\xe9")).unwrap();
+        for n in [&b"caf\xe9/x\xff"[..], b"a\xffb", b"z", b"\xc3\xa9t\xe9"] {
+            fs::write(on_disk(n), n).unwrap();
+        }
+        let fopts = FlistOptions::archive(31);
+        let list = build_list(t.path(), &fopts, ChecksumAlgo::Md5).unwrap();
+        let names: Vec<&[u8]> = list.entries.iter().map(|e| e.name.as_slice()).collect();
+        // rsync's order: bytes compared unsigned, a directory's contents after its files.
+        let want: [&[u8]; 6] = [
+            b".",
+            b"a\xffb",
+            b"z",
+            b"\xc3\xa9t\xe9",
+            b"caf\xe9",
+            b"caf\xe9/x\xff",
+        ];
+        assert_eq!(names, want);
+        assert!(list.warnings.is_empty(), "{:?}", list.warnings);
+        assert_eq!(list.path(5), on_disk(b"caf\xe9/x\xff"));
+        let read = fs::read(list.path(5)).unwrap();
+        assert_eq!(read, b"caf\xe9/x\xff");
+    }
+}
