@@ -1268,6 +1268,42 @@ fn non_utf8_names_match_rsync() {
             verify(client, &format!("{server:?} over ssh"), push, &run);
         }
     }
+    // --files-from naming such files (with -R, sent as a list of names).
+    let list = tmp.path().join("list");
+    fs::write(
+        &list,
+        b"a\xffb\ncaf\xe9/sub\xff\nl\xe9nk\n./caf\xe9/cr\xe8me\n",
+    )
+    .unwrap();
+    let ff = format!("--files-from={}", list.display());
+    let from_list = |client: Tool, server: Tool, push: bool, dst: &Path| {
+        let (s, d) = match push {
+            true => (
+                format!("{}/", src.display()),
+                format!("h:{}", dst.display()),
+            ),
+            false => (format!("h:{}/", src.display()), dst.display().to_string()),
+        };
+        let what =
+            format!("{client:?} -> {server:?} push={push} --files-from with non-UTF-8 names");
+        check(&transfer(client, server, rsh, &["-a", &ff], &s, &d), &what);
+        settle_dirs(dst);
+        what
+    };
+    let ff_reference = base.join("ff-reference");
+    from_list(Tool::Rsync, Tool::Rsync, true, &ff_reference);
+    assert!(raw(&ff_reference, b"caf\xe9/cr\xe8me").exists());
+    for (client, server) in [
+        (Tool::Arsync, Tool::Rsync),
+        (Tool::Rsync, Tool::Arsync),
+        (Tool::Arsync, Tool::Arsync),
+    ] {
+        for push in [true, false] {
+            let dst = base.join(format!("ff-{client:?}-{server:?}-{push}"));
+            let what = from_list(client, server, push, &dst);
+            assert_same(&ff_reference, &dst, &what);
+        }
+    }
     for server in [Tool::Arsync, Tool::Rsync] {
         let daemon = start_daemon(&server.program(), &cfg).unwrap();
         let port = daemon.port;

@@ -21,7 +21,7 @@ use arsync_proto::flist::{FileEntry, FileType};
 
 use arsync_sync::options::{ChmodRule, IdMapRule, IdMatch};
 
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use crate::error::{RemoteError, Result};
 use crate::fsys::EntryInfo;
@@ -850,21 +850,27 @@ pub fn files_from_sources(
     names: &[Vec<u8>],
     relative: bool,
 ) -> Vec<crate::walk::SourceSpec> {
-    let base = base.to_string_lossy();
-    let base = base.trim_end_matches('/');
-    let base = if base.is_empty() { "." } else { base };
+    let mut base = base.as_os_str().as_bytes();
+    while let Some(b) = base.strip_suffix(b"/") {
+        base = b;
+    }
+    let base = if base.is_empty() { &b"."[..] } else { base };
     names
         .iter()
         .map(|n| {
-            let n = String::from_utf8_lossy(n);
-            let n = n.trim_start_matches("./");
-            let path = match relative {
-                true => format!("{base}/./{n}"),
-                false => format!("{base}/{n}"),
-            };
+            let mut n = &n[..];
+            while let Some(rest) = n.strip_prefix(b"./") {
+                n = rest;
+            }
+            let mut path = base.to_vec();
+            path.extend_from_slice(if relative { b"/./" } else { b"/" });
+            path.extend_from_slice(n);
+            while path.len() > 1 && path.ends_with(b"/") {
+                path.pop();
+            }
             crate::walk::SourceSpec {
                 contents: false,
-                path: path.trim_end_matches('/').into(),
+                path: std::ffi::OsString::from_vec(path).into(),
             }
         })
         .collect()

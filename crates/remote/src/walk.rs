@@ -238,27 +238,27 @@ fn build_relative(
     checksum_algo: ChecksumAlgo,
     filter: Filters<'_>,
 ) -> Result<LocalList> {
-    let text = source
-        .to_str()
-        .ok_or_else(|| RemoteError::Usage(format!("source {} is not UTF-8", source.display())))?;
-    let (base, rel) = match text.find("/./") {
-        Some(i) => (PathBuf::from(&text[..i.max(1)]), &text[i + 3..]),
-        None if text.starts_with('/') => (PathBuf::from("/"), &text[1..]),
+    let text = source.as_os_str().as_bytes();
+    let path_of = |b: &[u8]| PathBuf::from(OsStr::from_bytes(b));
+    let (base, rel) = match text.windows(3).position(|w| w == b"/./") {
+        Some(i) => (path_of(&text[..i.max(1)]), &text[i + 3..]),
+        None if text.starts_with(b"/") => (PathBuf::from("/"), &text[1..]),
         None => (PathBuf::from("."), text),
     };
-    let base = if text.starts_with("/./") {
+    let base = if text.starts_with(b"/./") {
         PathBuf::from("/")
     } else {
         base
     };
     // Clean components: no empty, `.` or `..` parts.
-    let comps: Vec<&str> = rel
-        .split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
+    let comps: Vec<&[u8]> = rel
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
         .collect();
-    if comps.contains(&"..") {
+    if comps.contains(&&b".."[..]) {
         return Err(RemoteError::Usage(format!(
-            "source {text}: \"..\" is not allowed with --relative"
+            "source {}: \"..\" is not allowed with --relative",
+            source.display()
         )));
     }
     if comps.is_empty() {
@@ -272,17 +272,17 @@ fn build_relative(
     };
     // Implied parent directories.
     for k in 1..comps.len() {
-        let name = comps[..k].join("/");
-        let p = base.join(&name);
+        let name = comps[..k].join(&b'/');
+        let p = base.join(OsStr::from_bytes(&name));
         let m = fs::symlink_metadata(&p)
             .map_err(|e| RemoteError::io(format!("source {}", p.display()), e))?;
-        if let Some(mut e) = entry_for(name.into_bytes(), &p, &m, fopts, checksum_algo)? {
+        if let Some(mut e) = entry_for(name, &p, &m, fopts, checksum_algo)? {
             e.no_content_dir = e.is_dir();
             list.entries.push(e);
         }
     }
-    let name = comps.join("/");
-    let p = base.join(&name);
+    let name = comps.join(&b'/');
+    let p = base.join(OsStr::from_bytes(&name));
     let m = fs::symlink_metadata(&p)
         .map_err(|e| RemoteError::io(format!("source {}", p.display()), e))?;
     if filter.daemon.is_some_and(|d| d.excluded(&p, m.is_dir())) {
@@ -291,11 +291,11 @@ fn build_relative(
         return Ok(list);
     }
     if m.is_dir() && filter.recurse() {
-        let sub = walk(&p, fopts, checksum_algo, filter, name.as_bytes())?;
+        let sub = walk(&p, fopts, checksum_algo, filter, &name)?;
         list.io_error |= sub.io_error;
         list.warnings.extend(sub.warnings);
         for mut e in sub.entries {
-            let mut n = name.as_bytes().to_vec();
+            let mut n = name.clone();
             if e.name != b"." {
                 n.push(b'/');
                 n.extend_from_slice(&e.name);
@@ -308,7 +308,7 @@ fn build_relative(
             };
             list.entries.push(e);
         }
-    } else if let Some(mut e) = entry_for(name.into_bytes(), &p, &m, fopts, checksum_algo)? {
+    } else if let Some(mut e) = entry_for(name, &p, &m, fopts, checksum_algo)? {
         // -d without -r (as --files-from implies): the directory only.
         e.no_content_dir = e.is_dir();
         list.entries.push(e);
