@@ -92,10 +92,12 @@ pub struct SourceSpec {
 
 impl SourceSpec {
     /// From a source argument as typed (a trailing `/` means contents).
-    pub fn parse(arg: &str) -> SourceSpec {
+    pub fn parse(arg: impl AsRef<OsStr>) -> SourceSpec {
+        let arg = arg.as_ref();
+        let b = arg.as_bytes();
         SourceSpec {
             path: PathBuf::from(arg),
-            contents: arg.ends_with('/') || arg == "." || arg.ends_with("/."),
+            contents: b.ends_with(b"/") || b == b"." || b.ends_with(b"/."),
         }
     }
 }
