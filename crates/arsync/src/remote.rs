@@ -24,8 +24,8 @@ use arsync_sync::options::{DeleteMode, IdMapRule, IdMatch, Options};
 /// Where a path argument points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
-    /// A local path.
-    Local(String),
+    /// A local path (bytes: it need not be UTF-8).
+    Local(OsString),
     /// `[user@]host:path` through a remote shell.
     Shell {
         /// Login name, if given.
@@ -65,11 +65,11 @@ pub fn classify(arg: &str) -> Location {
         };
     }
     let Some(i) = arg.find(':') else {
-        return Location::Local(arg.to_string());
+        return Location::Local(arg.into());
     };
     // A slash before the first colon makes it a local path (as in rsync).
     if i == 0 || arg[..i].contains('/') {
-        return Location::Local(arg.to_string());
+        return Location::Local(arg.into());
     }
     let (user, host) = split_user(&arg[..i]);
     let rest = &arg[i + 1..];
@@ -88,6 +88,14 @@ pub fn classify(arg: &str) -> Location {
     }
 }
 
+/// [`classify`] for an argument as given: a local path keeps its bytes.
+pub fn classify_os(arg: &std::ffi::OsStr) -> Location {
+    match classify(&arg.to_string_lossy()) {
+        Location::Local(_) => Location::Local(arg.to_os_string()),
+        remote => remote,
+    }
+}
+
 fn split_user(s: &str) -> (Option<String>, String) {
     match s.rsplit_once('@') {
         Some((u, h)) => (Some(u.to_string()), h.to_string()),
@@ -100,7 +108,7 @@ pub fn has_remote_path(args: &[OsString]) -> bool {
     scan(args)
         .paths
         .iter()
-        .any(|(_, p)| !matches!(classify(&p.to_string_lossy()), Location::Local(_)))
+        .any(|(_, p)| !matches!(classify_os(p), Location::Local(_)))
 }
 
 /// Remote-only options found by the pre-scan, and the path arguments with
@@ -495,7 +503,7 @@ pub fn run(args: &[OsString]) -> i32 {
         if s.drop.contains(&i) {
             continue;
         }
-        if path_idx.contains(&i) && !matches!(classify(&a.to_string_lossy()), Location::Local(_)) {
+        if path_idx.contains(&i) && !matches!(classify_os(a), Location::Local(_)) {
             local_args.push(OsString::from(format!("/arsync-remote-placeholder-{i}")));
         } else {
             local_args.push(a.clone());
@@ -511,15 +519,11 @@ pub fn run(args: &[OsString]) -> i32 {
         }
     };
     let o = parsed.opts;
-    let mut locs: Vec<Location> = s
-        .paths
-        .iter()
-        .map(|(_, p)| classify(&p.to_string_lossy()))
-        .collect();
+    let mut locs: Vec<Location> = s.paths.iter().map(|(_, p)| classify_os(p)).collect();
     if locs.len() == 1 && o.list_only {
         // One remote path: list it (a destination that is never created).
         let nowhere = std::env::temp_dir().join(format!(".arsync-list-{}", std::process::id()));
-        locs.push(Location::Local(nowhere.to_string_lossy().into_owned()));
+        locs.push(Location::Local(nowhere.into_os_string()));
     }
     if locs.len() < 2 {
         return fail(ExitCode::Syntax, "no destination given");
@@ -597,11 +601,17 @@ pub fn run(args: &[OsString]) -> i32 {
     // host is read by the server.
     let mut ff_names = None;
     if let Some(ff) = &o.files_from {
-        match classify(&ff.to_string_lossy()) {
+        match classify_os(ff.as_ref()) {
             Location::Local(f) => {
-                match arsync_sync::engine::read_files_from(std::path::Path::new(&f), o.from0) {
+                let f = std::path::Path::new(&f);
+                match arsync_sync::engine::read_files_from(f, o.from0) {
                     Ok(n) => ff_names = Some(n),
-                    Err(e) => return fail(ExitCode::FileSelect, format!("--files-from {f}: {e}")),
+                    Err(e) => {
+                        return fail(
+                            ExitCode::FileSelect,
+                            format!("--files-from {}: {e}", f.display()),
+                        )
+                    }
                 }
                 if src_remote {
                     if s.protocol.is_some_and(|p| p < 31) {
@@ -726,6 +736,7 @@ pub fn run(args: &[OsString]) -> i32 {
             false => std::fs::create_dir(dest),
         } {
             if e.kind() != std::io::ErrorKind::AlreadyExists {
+                let dest = std::path::Path::new(dest).display();
                 return fail(ExitCode::FileIo, format!("mkdir {dest}: {e}"));
             }
         }
@@ -747,7 +758,8 @@ pub fn run(args: &[OsString]) -> i32 {
                 return fail(
                     ExitCode::Unsupported,
                     format!(
-                        "sending directory {src} without --recursive (-r) is not supported yet"
+                        "sending directory {} without --recursive (-r) is not supported yet",
+                        std::path::Path::new(src).display()
                     ),
                 );
             }
