@@ -33,7 +33,7 @@ pub enum Location {
         /// Host name.
         host: String,
         /// Path on the host (may be empty: the login directory).
-        path: String,
+        path: OsString,
     },
     /// An rsync daemon: `rsync://...` or `host::module/path`.
     Daemon {
@@ -44,7 +44,7 @@ pub enum Location {
         /// Port given in the URL.
         port: Option<u16>,
         /// `module/path`.
-        path: String,
+        path: OsString,
     },
 }
 
@@ -61,7 +61,7 @@ pub fn classify(arg: &str) -> Location {
             user,
             host,
             port,
-            path: path.to_string(),
+            path: path.into(),
         };
     }
     let Some(i) = arg.find(':') else {
@@ -78,22 +78,57 @@ pub fn classify(arg: &str) -> Location {
             user,
             host,
             port: None,
-            path: path.to_string(),
+            path: path.into(),
         },
         None => Location::Shell {
             user,
             host,
-            path: rest.to_string(),
+            path: rest.into(),
         },
     }
 }
 
-/// [`classify`] for an argument as given: a local path keeps its bytes.
+/// [`classify`] for an argument as given: paths keep their bytes (the
+/// host part is text).
 pub fn classify_os(arg: &std::ffi::OsStr) -> Location {
-    match classify(&arg.to_string_lossy()) {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let text = arg.to_string_lossy();
+    let raw = arg.as_bytes();
+    // The path is the argument's tail; its bytes are taken from the raw
+    // argument when the part before it was text.
+    let tail = |path: OsString| {
+        let start = text.len() - path.len();
+        match raw.get(..start) == Some(&text.as_bytes()[..start]) {
+            true => OsString::from_vec(raw[start..].to_vec()),
+            false => path,
+        }
+    };
+    match classify(&text) {
         Location::Local(_) => Location::Local(arg.to_os_string()),
-        remote => remote,
+        Location::Shell { user, host, path } => Location::Shell {
+            user,
+            host,
+            path: tail(path),
+        },
+        Location::Daemon {
+            user,
+            host,
+            port,
+            path,
+        } => Location::Daemon {
+            user,
+            host,
+            port,
+            path: tail(path),
+        },
     }
+}
+
+/// The module name of a daemon `module/path` (its first component).
+fn module_of(path: &std::ffi::OsStr) -> &[u8] {
+    use std::os::unix::ffi::OsStrExt;
+    let b = path.as_bytes();
+    b.split(|&c| c == b'/').next().unwrap_or_default()
 }
 
 fn split_user(s: &str) -> (Option<String>, String) {
@@ -587,7 +622,7 @@ pub fn run(args: &[OsString]) -> i32 {
         flags: server_flags(&o, s.compress),
         caps: CLIENT_CAPS.into(),
         protocol: s.protocol,
-        path: String::new(),
+        path: OsString::new(),
         more_paths: Vec::new(),
         delete: o.deleting(),
         delay_updates: o.delay_updates,
@@ -627,7 +662,7 @@ pub fn run(args: &[OsString]) -> i32 {
                 if src_remote
                     && matches!(remote, Location::Shell { host: h, .. } if *h == host) =>
             {
-                cmd.opts.files_from = Some(path);
+                cmd.opts.files_from = Some(path.to_string_lossy().into_owned());
                 cmd.opts.from0 = o.from0;
             }
             _ => {
@@ -683,14 +718,17 @@ pub fn run(args: &[OsString]) -> i32 {
             path,
         } => {
             let port = port.or(s.port).unwrap_or(DEFAULT_PORT);
+            let shown = path.to_string_lossy();
             let url = match user {
-                Some(u) => format!("rsync://{u}@{host}:{port}/{path}"),
-                None => format!("rsync://{host}:{port}/{path}"),
+                Some(u) => format!("rsync://{u}@{host}:{port}/{shown}"),
+                None => format!("rsync://{host}:{port}/{shown}"),
             };
             let mut t = match DaemonTarget::parse(&url) {
                 Ok(t) => t,
                 Err(e) => return fail(ExitCode::Syntax, e),
             };
+            // The path's own bytes (it need not be UTF-8).
+            t.path = path.clone();
             t.password = match &s.password_file {
                 Some(f) => match std::fs::read_to_string(f) {
                     Ok(text) => Some(text.lines().next().unwrap_or("").to_string()),
@@ -708,7 +746,7 @@ pub fn run(args: &[OsString]) -> i32 {
                         ..
                     } if h == host
                         && p.or(s.port).unwrap_or(DEFAULT_PORT) == port
-                        && more.split('/').next() == path.split('/').next() =>
+                        && module_of(more) == module_of(path) =>
                     {
                         t.more_paths.push(more.clone())
                     }
@@ -905,6 +943,34 @@ mod tests {
                 path: "mod/x".into()
             }
         );
+    }
+
+    #[test]
+    fn paths_keep_their_bytes() {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let os = |b: &[u8]| OsString::from_vec(b.to_vec());
+        assert_eq!(
+            classify_os(&os(b"d\xe9/x:y")),
+            Location::Local(os(b"d\xe9/x:y"))
+        );
+        assert_eq!(
+            classify_os(&os(b"u@h:/caf\xe9/\xff")),
+            Location::Shell {
+                user: Some("u".into()),
+                host: "h".into(),
+                path: os(b"/caf\xe9/\xff")
+            }
+        );
+        assert_eq!(
+            classify_os(&os(b"rsync://h:8730/mod/\xe9")),
+            Location::Daemon {
+                user: None,
+                host: "h".into(),
+                port: Some(8730),
+                path: os(b"mod/\xe9")
+            }
+        );
+        assert_eq!(module_of(std::ffi::OsStr::from_bytes(b"m\xff/x")), b"m\xff");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::ffi::OsString;
 use std::fs;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -1302,6 +1303,48 @@ fn non_utf8_names_match_rsync() {
             let dst = base.join(format!("ff-{client:?}-{server:?}-{push}"));
             let what = from_list(client, server, push, &dst);
             assert_same(&ff_reference, &dst, &what);
+        }
+    }
+    // Path arguments that are not UTF-8: a source directory and a
+    // destination named by such bytes.
+    let with_host = |p: &Path| {
+        let mut v = b"h:".to_vec();
+        v.extend_from_slice(p.as_os_str().as_encoded_bytes());
+        OsString::from_vec(v)
+    };
+    let by_args = |client: Tool, server: Tool, push: bool, dst: &Path| {
+        let from = raw(&src, b"caf\xe9");
+        let (s, d) = match push {
+            true => (from.into_os_string(), with_host(dst)),
+            false => (with_host(&from), dst.as_os_str().to_os_string()),
+        };
+        let what = format!("{client:?} -> {server:?} push={push}, non-UTF-8 path arguments");
+        let out = Command::new(client.program())
+            .arg("-a")
+            .args(shell_args(server, rsh))
+            .arg(s)
+            .arg(d)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        check(&out, &what);
+        settle_dirs(dst);
+        what
+    };
+    let arg_reference = raw(&base, b"arg-reference\xff");
+    by_args(Tool::Rsync, Tool::Rsync, true, &arg_reference);
+    assert!(raw(&arg_reference, b"caf\xe9/sub\xff/new\nline").exists());
+    for (client, server) in [
+        (Tool::Arsync, Tool::Rsync),
+        (Tool::Rsync, Tool::Arsync),
+        (Tool::Arsync, Tool::Arsync),
+    ] {
+        for push in [true, false] {
+            let mut name = format!("arg-{client:?}-{server:?}-{push}-").into_bytes();
+            name.push(0xe9);
+            let dst = raw(&base, &name);
+            let what = by_args(client, server, push, &dst);
+            assert_same(&arg_reference, &dst, &what);
         }
     }
     for server in [Tool::Arsync, Tool::Rsync] {

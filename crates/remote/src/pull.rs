@@ -80,7 +80,7 @@ pub struct PullOptions {
 
 impl PullOptions {
     /// Pull `remote_path` into `dest` with `-logDtpr`.
-    pub fn new(remote_path: impl Into<String>, dest: impl Into<PathBuf>) -> Self {
+    pub fn new(remote_path: impl Into<std::ffi::OsString>, dest: impl Into<PathBuf>) -> Self {
         PullOptions {
             command: ServerCommand::archive(true, remote_path),
             dest: dest.into(),

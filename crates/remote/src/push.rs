@@ -65,7 +65,7 @@ pub struct PushOptions {
 
 impl PushOptions {
     /// Push the contents of `source` to `remote_path` with `-logDtpr`.
-    pub fn new(source: impl Into<PathBuf>, remote_path: impl Into<String>) -> Self {
+    pub fn new(source: impl Into<PathBuf>, remote_path: impl Into<std::ffi::OsString>) -> Self {
         PushOptions {
             command: ServerCommand::archive(false, remote_path),
             source: source.into(),
