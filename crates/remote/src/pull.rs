@@ -144,14 +144,17 @@ enum ToGen {
 }
 
 /// Builds rules from wire-form rule texts (`None` when there are none).
-pub fn filter_from_wire(rules: &[String], protocol: i32) -> Result<Option<FilterRules>> {
+pub fn filter_from_wire<R: AsRef<[u8]>>(rules: &[R], protocol: i32) -> Result<Option<FilterRules>> {
     if rules.is_empty() {
         return Ok(None);
     }
     let mut f = FilterRules::new();
     for r in rules {
-        f.add_wire_rule(r.as_bytes(), protocol.max(0) as u32)
-            .map_err(|e| RemoteError::Usage(format!("filter rule {r:?}: {e}")))?;
+        // Bytes: a pattern need not be UTF-8, as the names it matches.
+        let r = r.as_ref();
+        f.add_wire_rule(r, protocol.max(0) as u32).map_err(|e| {
+            RemoteError::Usage(format!("filter rule {:?}: {e}", String::from_utf8_lossy(r)))
+        })?;
     }
     Ok(Some(f))
 }

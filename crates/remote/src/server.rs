@@ -230,11 +230,7 @@ fn server_handshake<R: Read, W: Write>(
 /// Reads the client's filter list into rules (`None` when empty).
 fn read_filter_rules<R: Read>(ins: &mut InStream<R>, protocol: i32) -> Result<Option<FilterRules>> {
     let rules = ins.decode(arsync_proto::filter::decode_filter_list)?;
-    let texts: Vec<String> = rules
-        .iter()
-        .map(|r| String::from_utf8_lossy(r).into_owned())
-        .collect();
-    filter_from_wire(&texts, protocol)
+    filter_from_wire(&rules, protocol)
 }
 
 /// Serves one session over `input`/`output` (the process's stdin/stdout).
