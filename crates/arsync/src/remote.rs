@@ -468,24 +468,31 @@ fn server_flags(o: &Options, compress: bool) -> String {
 }
 
 /// Wire-form filter rules (`- pat`, `+ pat`, rule text) from the argv, in order.
-fn wire_filters(args: &[OsString]) -> Result<Vec<String>, String> {
-    let mut rules = Vec::new();
+fn wire_filters(args: &[OsString]) -> Result<Vec<Vec<u8>>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut rules: Vec<Vec<u8>> = Vec::new();
     let mut i = 1;
     while i < args.len() {
         let a = args[i].to_string_lossy().into_owned();
-        let (name, value) = match a.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+        // The value keeps its bytes (a pattern need not be UTF-8).
+        let raw = args[i].as_bytes();
+        let (name, value) = match raw.iter().position(|&c| c == b'=') {
+            Some(k) if raw.starts_with(b"--") => (
+                String::from_utf8_lossy(&raw[..k]).into_owned(),
+                Some(raw[k + 1..].to_vec()),
+            ),
             _ => (a.clone(), None),
         };
-        let take = |i: &mut usize| -> Option<String> {
+        let take = |i: &mut usize| -> Option<Vec<u8>> {
             value.clone().or_else(|| {
                 *i += 1;
-                args.get(*i).map(|v| v.to_string_lossy().into_owned())
+                args.get(*i).map(|v| v.as_bytes().to_vec())
             })
         };
+        let prefixed = |p: &[u8], v: Vec<u8>| [p, &v].concat();
         match name.as_str() {
-            "--exclude" => rules.extend(take(&mut i).map(|v| format!("- {v}"))),
-            "--include" => rules.extend(take(&mut i).map(|v| format!("+ {v}"))),
+            "--exclude" => rules.extend(take(&mut i).map(|v| prefixed(b"- ", v))),
+            "--include" => rules.extend(take(&mut i).map(|v| prefixed(b"+ ", v))),
             "--filter" => rules.extend(take(&mut i)),
             "--exclude-from" | "--include-from" | "--cvs-exclude" => {
                 return Err(format!("{name} with a remote peer"));
@@ -500,12 +507,17 @@ fn wire_filters(args: &[OsString]) -> Result<Vec<String>, String> {
         }
         i += 1;
     }
-    let merge = |r: &String| {
-        let word = r.split([' ', ',']).next().unwrap_or("");
-        matches!(word, "merge" | "dir-merge" | ".") || word.starts_with(':') || r.starts_with('.')
+    let merge = |r: &Vec<u8>| {
+        let word = r
+            .split(|&c| c == b' ' || c == b',')
+            .next()
+            .unwrap_or_default();
+        matches!(word, b"merge" | b"dir-merge" | b".")
+            || word.starts_with(b":")
+            || r.starts_with(b".")
     };
     if let Some(r) = rules.iter().find(|r| merge(r)) {
-        return Err(format!("merge rule {r:?}"));
+        return Err(format!("merge rule {:?}", String::from_utf8_lossy(r)));
     }
     Ok(rules)
 }
@@ -513,18 +525,18 @@ fn wire_filters(args: &[OsString]) -> Result<Vec<String>, String> {
 /// `--delete-excluded`: a plain include/exclude rule becomes a sender-side
 /// one (`-s`/`+s`), as rsync's client makes it, so it hides files from the
 /// sender's walk but does not protect the receiver's files from deletion.
-fn sender_side(rule: &str) -> String {
+fn sender_side(rule: &[u8]) -> Vec<u8> {
     for (long, short) in [
-        ("exclude ", "-"),
-        ("include ", "+"),
-        ("- ", "-"),
-        ("+ ", "+"),
+        (&b"exclude "[..], &b"-s "[..]),
+        (b"include ", b"+s "),
+        (b"- ", b"-s "),
+        (b"+ ", b"+s "),
     ] {
         if let Some(pat) = rule.strip_prefix(long) {
-            return format!("{short}s {pat}");
+            return [short, pat].concat();
         }
     }
-    rule.to_string()
+    rule.to_vec()
 }
 
 /// Runs a transfer with one remote side. `args` is the whole argv.
@@ -607,12 +619,12 @@ pub fn run(args: &[OsString]) -> i32 {
         // As rsync's client: a relative partial directory is hidden from
         // the walk and protected from deletion (a perishable exclude).
         if !d.starts_with('/') {
-            filters.push(format!("-p {}/", d.trim_end_matches('/')));
+            filters.push(format!("-p {}/", d.trim_end_matches('/')).into_bytes());
         }
     }
     if o.backup && o.deleting() && o.backup_dir.is_none() && !o.delete_excluded {
         // As rsync's client: backups in the destination are not deleted.
-        filters.push(format!("P *{}", o.backup_suffix().to_string_lossy()));
+        filters.push(format!("P *{}", o.backup_suffix().to_string_lossy()).into_bytes());
     }
     let remote = if src_remote { &srcs[0] } else { dst };
     let mut cmd = ServerCommand {

@@ -1306,7 +1306,7 @@ fn non_utf8_names_match_rsync() {
         }
     }
     // Path arguments that are not UTF-8: a source directory and a
-    // destination named by such bytes.
+    // destination named by such bytes; an --exclude pattern of such bytes.
     let with_host = |p: &Path| {
         let mut v = b"h:".to_vec();
         v.extend_from_slice(p.as_os_str().as_encoded_bytes());
@@ -1321,6 +1321,7 @@ fn non_utf8_names_match_rsync() {
         let what = format!("{client:?} -> {server:?} push={push}, non-UTF-8 path arguments");
         let out = Command::new(client.program())
             .arg("-a")
+            .arg(OsString::from_vec(b"--exclude=sub\xff".to_vec()))
             .args(shell_args(server, rsh))
             .arg(s)
             .arg(d)
@@ -1333,7 +1334,8 @@ fn non_utf8_names_match_rsync() {
     };
     let arg_reference = raw(&base, b"arg-reference\xff");
     by_args(Tool::Rsync, Tool::Rsync, true, &arg_reference);
-    assert!(raw(&arg_reference, b"caf\xe9/sub\xff/new\nline").exists());
+    assert!(raw(&arg_reference, b"caf\xe9/cr\xe8me").exists());
+    assert!(!raw(&arg_reference, b"caf\xe9/sub\xff").exists());
     for (client, server) in [
         (Tool::Arsync, Tool::Rsync),
         (Tool::Rsync, Tool::Arsync),

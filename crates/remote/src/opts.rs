@@ -1037,13 +1037,17 @@ pub fn remove_sent(list: &crate::walk::LocalList, done: &[i32]) -> Vec<String> {
 /// True for a wire-form filter rule that applies to the sender only
 /// (an `s` modifier without `r`, e.g. `-s *.o`): a sending client keeps
 /// it to itself.
-pub fn sender_only_rule(rule: &str) -> bool {
-    let head = rule.split([' ', ',']).next().unwrap_or("");
-    let mods = match head.chars().next() {
-        Some('-') | Some('+') | Some('P') | Some('H') | Some('R') | Some('S') => &head[1..],
+pub fn sender_only_rule(rule: impl AsRef<[u8]>) -> bool {
+    let rule = rule.as_ref();
+    let head = rule
+        .split(|&c| c == b' ' || c == b',')
+        .next()
+        .unwrap_or_default();
+    let mods = match head.first() {
+        Some(b'-' | b'+' | b'P' | b'H' | b'R' | b'S') => &head[1..],
         _ => return false,
     };
-    mods.contains('s') && !mods.contains('r')
+    mods.contains(&b's') && !mods.contains(&b'r')
 }
 
 /// rsync's warning when `--max-delete` stopped deletions.

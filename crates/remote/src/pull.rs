@@ -71,8 +71,9 @@ pub struct PullOptions {
     /// Per-entry notifications.
     pub events: Option<EventSink>,
     /// Filter rules for the sender, in rsync's wire form (`- *.o`,
-    /// `+ /keep/`, `P name`, ...); the server applies them.
-    pub filters: Vec<String>,
+    /// `+ /keep/`, `P name`, ...; bytes: a pattern need not be UTF-8);
+    /// the server applies them.
+    pub filters: Vec<Vec<u8>>,
     /// `--files-from` names sent to the server after the filter list
     /// (the command carries `--files-from=-`).
     pub files_from: Option<Vec<Vec<u8>>>,
@@ -241,7 +242,7 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
     ins.start_multiplex()?;
     outs.start_multiplex()?;
     let mut filt = Vec::new();
-    let rules: Vec<Vec<u8>> = opts.filters.iter().map(|r| r.as_bytes().to_vec()).collect();
+    let rules: Vec<Vec<u8>> = opts.filters.clone();
     encode_filter_list(&rules, &mut filt)?;
     if let Some(names) = &opts.files_from {
         // Each name ends with a NUL; an empty name ends the list.
