@@ -17,11 +17,8 @@ fn main() {
 
 fn dispatch(args: Vec<OsString>) -> i32 {
     if args.get(1).is_some_and(|a| a == "--server") {
-        let words: Vec<String> = args[1..]
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        return arsync_remote::server::serve_stdio(&words).code();
+        // The paths keep their bytes (names need not be UTF-8).
+        return arsync_remote::server::serve_stdio(&args[1..]).code();
     }
     if args.iter().skip(1).any(|a| a == "--daemon") {
         return arsync_remote::daemon_server::main_with_args(&args[1..]);

@@ -24,8 +24,8 @@ use arsync_sync::options::{DeleteMode, IdMapRule, IdMatch, Options};
 /// Where a path argument points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
-    /// A local path.
-    Local(String),
+    /// A local path (bytes: it need not be UTF-8).
+    Local(OsString),
     /// `[user@]host:path` through a remote shell.
     Shell {
         /// Login name, if given.
@@ -33,7 +33,7 @@ pub enum Location {
         /// Host name.
         host: String,
         /// Path on the host (may be empty: the login directory).
-        path: String,
+        path: OsString,
     },
     /// An rsync daemon: `rsync://...` or `host::module/path`.
     Daemon {
@@ -44,7 +44,7 @@ pub enum Location {
         /// Port given in the URL.
         port: Option<u16>,
         /// `module/path`.
-        path: String,
+        path: OsString,
     },
 }
 
@@ -61,15 +61,15 @@ pub fn classify(arg: &str) -> Location {
             user,
             host,
             port,
-            path: path.to_string(),
+            path: path.into(),
         };
     }
     let Some(i) = arg.find(':') else {
-        return Location::Local(arg.to_string());
+        return Location::Local(arg.into());
     };
     // A slash before the first colon makes it a local path (as in rsync).
     if i == 0 || arg[..i].contains('/') {
-        return Location::Local(arg.to_string());
+        return Location::Local(arg.into());
     }
     let (user, host) = split_user(&arg[..i]);
     let rest = &arg[i + 1..];
@@ -78,14 +78,57 @@ pub fn classify(arg: &str) -> Location {
             user,
             host,
             port: None,
-            path: path.to_string(),
+            path: path.into(),
         },
         None => Location::Shell {
             user,
             host,
-            path: rest.to_string(),
+            path: rest.into(),
         },
     }
+}
+
+/// [`classify`] for an argument as given: paths keep their bytes (the
+/// host part is text).
+pub fn classify_os(arg: &std::ffi::OsStr) -> Location {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let text = arg.to_string_lossy();
+    let raw = arg.as_bytes();
+    // The path is the argument's tail; its bytes are taken from the raw
+    // argument when the part before it was text.
+    let tail = |path: OsString| {
+        let start = text.len() - path.len();
+        match raw.get(..start) == Some(&text.as_bytes()[..start]) {
+            true => OsString::from_vec(raw[start..].to_vec()),
+            false => path,
+        }
+    };
+    match classify(&text) {
+        Location::Local(_) => Location::Local(arg.to_os_string()),
+        Location::Shell { user, host, path } => Location::Shell {
+            user,
+            host,
+            path: tail(path),
+        },
+        Location::Daemon {
+            user,
+            host,
+            port,
+            path,
+        } => Location::Daemon {
+            user,
+            host,
+            port,
+            path: tail(path),
+        },
+    }
+}
+
+/// The module name of a daemon `module/path` (its first component).
+fn module_of(path: &std::ffi::OsStr) -> &[u8] {
+    use std::os::unix::ffi::OsStrExt;
+    let b = path.as_bytes();
+    b.split(|&c| c == b'/').next().unwrap_or_default()
 }
 
 fn split_user(s: &str) -> (Option<String>, String) {
@@ -100,7 +143,7 @@ pub fn has_remote_path(args: &[OsString]) -> bool {
     scan(args)
         .paths
         .iter()
-        .any(|(_, p)| !matches!(classify(&p.to_string_lossy()), Location::Local(_)))
+        .any(|(_, p)| !matches!(classify_os(p), Location::Local(_)))
 }
 
 /// Remote-only options found by the pre-scan, and the path arguments with
@@ -420,24 +463,31 @@ fn server_flags(o: &Options, compress: bool) -> String {
 }
 
 /// Wire-form filter rules (`- pat`, `+ pat`, rule text) from the argv, in order.
-fn wire_filters(args: &[OsString]) -> Result<Vec<String>, String> {
-    let mut rules = Vec::new();
+fn wire_filters(args: &[OsString]) -> Result<Vec<Vec<u8>>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut rules: Vec<Vec<u8>> = Vec::new();
     let mut i = 1;
     while i < args.len() {
         let a = args[i].to_string_lossy().into_owned();
-        let (name, value) = match a.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+        // The value keeps its bytes (a pattern need not be UTF-8).
+        let raw = args[i].as_bytes();
+        let (name, value) = match raw.iter().position(|&c| c == b'=') {
+            Some(k) if raw.starts_with(b"--") => (
+                String::from_utf8_lossy(&raw[..k]).into_owned(),
+                Some(raw[k + 1..].to_vec()),
+            ),
             _ => (a.clone(), None),
         };
-        let take = |i: &mut usize| -> Option<String> {
+        let take = |i: &mut usize| -> Option<Vec<u8>> {
             value.clone().or_else(|| {
                 *i += 1;
-                args.get(*i).map(|v| v.to_string_lossy().into_owned())
+                args.get(*i).map(|v| v.as_bytes().to_vec())
             })
         };
+        let prefixed = |p: &[u8], v: Vec<u8>| [p, &v].concat();
         match name.as_str() {
-            "--exclude" => rules.extend(take(&mut i).map(|v| format!("- {v}"))),
-            "--include" => rules.extend(take(&mut i).map(|v| format!("+ {v}"))),
+            "--exclude" => rules.extend(take(&mut i).map(|v| prefixed(b"- ", v))),
+            "--include" => rules.extend(take(&mut i).map(|v| prefixed(b"+ ", v))),
             "--filter" => rules.extend(take(&mut i)),
             "--exclude-from" | "--include-from" | "--cvs-exclude" => {
                 return Err(format!("{name} with a remote peer"));
@@ -452,12 +502,17 @@ fn wire_filters(args: &[OsString]) -> Result<Vec<String>, String> {
         }
         i += 1;
     }
-    let merge = |r: &String| {
-        let word = r.split([' ', ',']).next().unwrap_or("");
-        matches!(word, "merge" | "dir-merge" | ".") || word.starts_with(':') || r.starts_with('.')
+    let merge = |r: &Vec<u8>| {
+        let word = r
+            .split(|&c| c == b' ' || c == b',')
+            .next()
+            .unwrap_or_default();
+        matches!(word, b"merge" | b"dir-merge" | b".")
+            || word.starts_with(b":")
+            || r.starts_with(b".")
     };
     if let Some(r) = rules.iter().find(|r| merge(r)) {
-        return Err(format!("merge rule {r:?}"));
+        return Err(format!("merge rule {:?}", String::from_utf8_lossy(r)));
     }
     Ok(rules)
 }
@@ -465,18 +520,18 @@ fn wire_filters(args: &[OsString]) -> Result<Vec<String>, String> {
 /// `--delete-excluded`: a plain include/exclude rule becomes a sender-side
 /// one (`-s`/`+s`), as rsync's client makes it, so it hides files from the
 /// sender's walk but does not protect the receiver's files from deletion.
-fn sender_side(rule: &str) -> String {
+fn sender_side(rule: &[u8]) -> Vec<u8> {
     for (long, short) in [
-        ("exclude ", "-"),
-        ("include ", "+"),
-        ("- ", "-"),
-        ("+ ", "+"),
+        (&b"exclude "[..], &b"-s "[..]),
+        (b"include ", b"+s "),
+        (b"- ", b"-s "),
+        (b"+ ", b"+s "),
     ] {
         if let Some(pat) = rule.strip_prefix(long) {
-            return format!("{short}s {pat}");
+            return [short, pat].concat();
         }
     }
-    rule.to_string()
+    rule.to_vec()
 }
 
 /// Runs a transfer with one remote side. `args` is the whole argv.
@@ -490,7 +545,7 @@ pub fn run(args: &[OsString]) -> i32 {
         if s.drop.contains(&i) {
             continue;
         }
-        if path_idx.contains(&i) && !matches!(classify(&a.to_string_lossy()), Location::Local(_)) {
+        if path_idx.contains(&i) && !matches!(classify_os(a), Location::Local(_)) {
             local_args.push(OsString::from(format!("/arsync-remote-placeholder-{i}")));
         } else {
             local_args.push(a.clone());
@@ -506,15 +561,11 @@ pub fn run(args: &[OsString]) -> i32 {
         }
     };
     let o = parsed.opts;
-    let mut locs: Vec<Location> = s
-        .paths
-        .iter()
-        .map(|(_, p)| classify(&p.to_string_lossy()))
-        .collect();
+    let mut locs: Vec<Location> = s.paths.iter().map(|(_, p)| classify_os(p)).collect();
     if locs.len() == 1 && o.list_only {
         // One remote path: list it (a destination that is never created).
         let nowhere = std::env::temp_dir().join(format!(".arsync-list-{}", std::process::id()));
-        locs.push(Location::Local(nowhere.to_string_lossy().into_owned()));
+        locs.push(Location::Local(nowhere.into_os_string()));
     }
     if locs.len() < 2 {
         return fail(ExitCode::Syntax, "no destination given");
@@ -557,12 +608,12 @@ pub fn run(args: &[OsString]) -> i32 {
         // As rsync's client: a relative partial directory is hidden from
         // the walk and protected from deletion (a perishable exclude).
         if !d.starts_with('/') {
-            filters.push(format!("-p {}/", d.trim_end_matches('/')));
+            filters.push(format!("-p {}/", d.trim_end_matches('/')).into_bytes());
         }
     }
     if o.backup && o.deleting() && o.backup_dir.is_none() && !o.delete_excluded {
         // As rsync's client: backups in the destination are not deleted.
-        filters.push(format!("P *{}", o.backup_suffix().to_string_lossy()));
+        filters.push(format!("P *{}", o.backup_suffix().to_string_lossy()).into_bytes());
     }
     let remote = if src_remote { &srcs[0] } else { dst };
     let mut cmd = ServerCommand {
@@ -572,7 +623,7 @@ pub fn run(args: &[OsString]) -> i32 {
         flags: server_flags(&o, s.compress),
         caps: CLIENT_CAPS.into(),
         protocol: s.protocol,
-        path: String::new(),
+        path: OsString::new(),
         more_paths: Vec::new(),
         delete: o.deleting(),
         delay_updates: o.delay_updates,
@@ -586,11 +637,17 @@ pub fn run(args: &[OsString]) -> i32 {
     // host is read by the server.
     let mut ff_names = None;
     if let Some(ff) = &o.files_from {
-        match classify(&ff.to_string_lossy()) {
+        match classify_os(ff.as_ref()) {
             Location::Local(f) => {
-                match arsync_sync::engine::read_files_from(std::path::Path::new(&f), o.from0) {
+                let f = std::path::Path::new(&f);
+                match arsync_sync::engine::read_files_from(f, o.from0) {
                     Ok(n) => ff_names = Some(n),
-                    Err(e) => return fail(ExitCode::FileSelect, format!("--files-from {f}: {e}")),
+                    Err(e) => {
+                        return fail(
+                            ExitCode::FileSelect,
+                            format!("--files-from {}: {e}", f.display()),
+                        )
+                    }
                 }
                 if src_remote {
                     if s.protocol.is_some_and(|p| p < 31) {
@@ -606,7 +663,7 @@ pub fn run(args: &[OsString]) -> i32 {
                 if src_remote
                     && matches!(remote, Location::Shell { host: h, .. } if *h == host) =>
             {
-                cmd.opts.files_from = Some(path);
+                cmd.opts.files_from = Some(path.to_string_lossy().into_owned());
                 cmd.opts.from0 = o.from0;
             }
             _ => {
@@ -662,14 +719,17 @@ pub fn run(args: &[OsString]) -> i32 {
             path,
         } => {
             let port = port.or(s.port).unwrap_or(DEFAULT_PORT);
+            let shown = path.to_string_lossy();
             let url = match user {
-                Some(u) => format!("rsync://{u}@{host}:{port}/{path}"),
-                None => format!("rsync://{host}:{port}/{path}"),
+                Some(u) => format!("rsync://{u}@{host}:{port}/{shown}"),
+                None => format!("rsync://{host}:{port}/{shown}"),
             };
             let mut t = match DaemonTarget::parse(&url) {
                 Ok(t) => t,
                 Err(e) => return fail(ExitCode::Syntax, e),
             };
+            // The path's own bytes (it need not be UTF-8).
+            t.path = path.clone();
             t.password = match &s.password_file {
                 Some(f) => match std::fs::read_to_string(f) {
                     Ok(text) => Some(text.lines().next().unwrap_or("").to_string()),
@@ -687,7 +747,7 @@ pub fn run(args: &[OsString]) -> i32 {
                         ..
                     } if h == host
                         && p.or(s.port).unwrap_or(DEFAULT_PORT) == port
-                        && more.split('/').next() == path.split('/').next() =>
+                        && module_of(more) == module_of(path) =>
                     {
                         t.more_paths.push(more.clone())
                     }
@@ -715,6 +775,7 @@ pub fn run(args: &[OsString]) -> i32 {
             false => std::fs::create_dir(dest),
         } {
             if e.kind() != std::io::ErrorKind::AlreadyExists {
+                let dest = std::path::Path::new(dest).display();
                 return fail(ExitCode::FileIo, format!("mkdir {dest}: {e}"));
             }
         }
@@ -736,7 +797,8 @@ pub fn run(args: &[OsString]) -> i32 {
                 return fail(
                     ExitCode::Unsupported,
                     format!(
-                        "sending directory {src} without --recursive (-r) is not supported yet"
+                        "sending directory {} without --recursive (-r) is not supported yet",
+                        std::path::Path::new(src).display()
                     ),
                 );
             }
@@ -795,14 +857,20 @@ fn event_sink(o: &Options) -> Option<EventSink> {
         return None;
     }
     Some(EventSink(Arc::new(|e: &FileEvent<'_>| match e {
-        FileEvent::Transferred { name, .. } => {
-            println!("{}", String::from_utf8_lossy(name));
-        }
-        FileEvent::Deleted { name } => {
-            println!("deleting {}", String::from_utf8_lossy(name));
-        }
+        FileEvent::Transferred { name, .. } => print_name(b"", name),
+        FileEvent::Deleted { name } => print_name(b"deleting ", name),
         FileEvent::Listed { .. } => {}
     })))
+}
+
+/// Prints `prefix` and `name` on a line, the name escaped as rsync does
+/// (`\#ooo` for bytes that are not printable UTF-8).
+fn print_name(prefix: &[u8], name: &[u8]) {
+    use std::io::Write;
+    let mut line = prefix.to_vec();
+    line.extend_from_slice(&arsync_sync::report::escape_name(name));
+    line.push(b'\n');
+    let _ = std::io::stdout().lock().write_all(&line);
 }
 
 /// rsync's `--list-only` line for an entry of a remote file list.
@@ -822,7 +890,10 @@ fn list_line(e: &arsync_proto::flist::FileEntry, human: u8) -> String {
         ino: 0,
         nlink: 1,
     };
-    let line = arsync_sync::report::list_line(&meta, &e.name, e.link_target.as_deref(), human);
+    // rsync escapes the whole line (name and link target) as it prints it.
+    let esc = arsync_sync::report::escape_name;
+    let link = e.link_target.as_deref().map(esc);
+    let line = arsync_sync::report::list_line(&meta, &esc(&e.name), link.as_deref(), human);
     String::from_utf8_lossy(&line).into_owned()
 }
 
@@ -873,6 +944,34 @@ mod tests {
                 path: "mod/x".into()
             }
         );
+    }
+
+    #[test]
+    fn paths_keep_their_bytes() {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let os = |b: &[u8]| OsString::from_vec(b.to_vec());
+        assert_eq!(
+            classify_os(&os(b"d\xe9/x:y")),
+            Location::Local(os(b"d\xe9/x:y"))
+        );
+        assert_eq!(
+            classify_os(&os(b"u@h:/caf\xe9/\xff")),
+            Location::Shell {
+                user: Some("u".into()),
+                host: "h".into(),
+                path: os(b"/caf\xe9/\xff")
+            }
+        );
+        assert_eq!(
+            classify_os(&os(b"rsync://h:8730/mod/\xe9")),
+            Location::Daemon {
+                user: None,
+                host: "h".into(),
+                port: Some(8730),
+                path: os(b"mod/\xe9")
+            }
+        );
+        assert_eq!(module_of(std::ffi::OsStr::from_bytes(b"m\xff/x")), b"m\xff");
     }
 
     #[test]

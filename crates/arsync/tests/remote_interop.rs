@@ -5,6 +5,7 @@
 
 use std::ffi::OsString;
 use std::fs;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -1157,6 +1158,203 @@ fn features_at_older_protocols() {
                 server: format!("{server:?} {proto}"),
             };
             feature_scenario(client, &remote, push);
+        }
+    }
+}
+
+/// A local path below `root` named by raw bytes (Linux names need not be UTF-8).
+fn raw(root: &Path, name: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    root.join(std::ffi::OsStr::from_bytes(name))
+}
+
+/// A tree whose names are not UTF-8: a 0xff byte, Latin-1 `é` (0xe9) in a
+/// directory and a file below it, a newline, a symlink with such a name and
+/// target, a hard-link pair and an excluded file (`*.tmp`).
+fn make_bytes_tree(root: &Path) {
+    fs::create_dir_all(raw(root, b"caf\xe9/sub\xff")).unwrap();
+    fs::write(raw(root, b"a\xffb"), b"ff").unwrap();
+    fs::write(raw(root, b"caf\xe9/cr\xe8me"), bytes(5, 3000)).unwrap();
+    fs::write(raw(root, b"caf\xe9/sub\xff/new\nline"), b"nl").unwrap();
+    fs::write(raw(root, b"caf\xe9/skip\xfe.tmp"), b"excluded").unwrap();
+    fs::write(root.join("plain.txt"), b"utf-8 name").unwrap();
+    symlink(raw(Path::new(""), b"t\xfe/x"), raw(root, b"l\xe9nk")).unwrap();
+    fs::hard_link(raw(root, b"a\xffb"), raw(root, b"caf\xe9/link\xff")).unwrap();
+    settle_dirs(root);
+}
+
+/// Names that are not UTF-8 go over the wire as bytes, as rsync sends them
+/// (without --iconv): every client/server pair, push and pull, over the
+/// stand-in ssh and the daemons, with --delete of such a name and an
+/// --exclude pattern matching one, gives rsync -> rsync's tree; -v prints
+/// them escaped (`\#ooo`).
+#[test]
+fn non_utf8_names_match_rsync() {
+    let tmp = scratch_dir().unwrap();
+    let ssh = tmp.path().join("fake-ssh");
+    write_script(&ssh, FAKE_SSH);
+    let rsh = ssh.to_str().unwrap();
+    let base = tmp.path().join("module");
+    let src = base.join("src");
+    make_bytes_tree(&src);
+    let cfg = tmp.path().join("rsyncd.conf");
+    write_module_config(&cfg, &base).unwrap();
+    let flags = ["-aHv", "--delete", "--exclude", "*.tmp"];
+    // Each destination starts with an extraneous non-UTF-8 file (deleted).
+    let seed = |d: &Path| {
+        fs::create_dir_all(raw(d, b"caf\xe9")).unwrap();
+        fs::write(raw(d, b"caf\xe9/old\xff"), b"delete me").unwrap();
+    };
+    let reference = base.join("reference");
+    seed(&reference);
+    let out = transfer(
+        Tool::Rsync,
+        Tool::Rsync,
+        rsh,
+        &flags,
+        &format!("{}/", src.display()),
+        &format!("h:{}", reference.display()),
+    );
+    check(&out, "rsync -> rsync with non-UTF-8 names");
+    assert!(raw(&reference, b"caf\xe9/sub\xff/new\nline").exists());
+    assert!(!raw(&reference, b"caf\xe9/old\xff").exists());
+    assert!(!raw(&reference, b"caf\xe9/skip\xfe.tmp").exists());
+    settle_dirs(&reference);
+    let mut n = 0;
+    let mut verify = |client: Tool, how: &str, push: bool, run: &dyn Fn(&str, &str) -> Output| {
+        n += 1;
+        let dst = base.join(format!("dst{n}"));
+        seed(&dst);
+        let what = format!("{client:?} client -> {how}, push={push}, non-UTF-8 names");
+        let rel = |p: &Path| p.strip_prefix(&base).unwrap().display().to_string();
+        let (s, d) = match push {
+            true => (format!("{}/", src.display()), rel(&dst)),
+            false => (format!("{}/", rel(&src)), dst.display().to_string()),
+        };
+        let out = run(&s, &d);
+        let stdout = check(&out, &what);
+        if client == Tool::Arsync {
+            assert!(
+                stdout.contains("caf\\#351/cr\\#350me\n"),
+                "{what}: -v output {stdout:?}"
+            );
+        }
+        settle_dirs(&dst);
+        assert_same(&reference, &dst, &what);
+    };
+    for (client, server) in [
+        (Tool::Arsync, Tool::Rsync),
+        (Tool::Rsync, Tool::Arsync),
+        (Tool::Arsync, Tool::Arsync),
+    ] {
+        for push in [true, false] {
+            let run = |s: &str, d: &str| {
+                let spec = |p: &str| match p.starts_with('/') {
+                    true => p.to_string(),
+                    false => format!("h:{}/{p}", base.display()),
+                };
+                transfer(client, server, rsh, &flags, &spec(s), &spec(d))
+            };
+            verify(client, &format!("{server:?} over ssh"), push, &run);
+        }
+    }
+    // --files-from naming such files (with -R, sent as a list of names).
+    let list = tmp.path().join("list");
+    fs::write(
+        &list,
+        b"a\xffb\ncaf\xe9/sub\xff\nl\xe9nk\n./caf\xe9/cr\xe8me\n",
+    )
+    .unwrap();
+    let ff = format!("--files-from={}", list.display());
+    let from_list = |client: Tool, server: Tool, push: bool, dst: &Path| {
+        let (s, d) = match push {
+            true => (
+                format!("{}/", src.display()),
+                format!("h:{}", dst.display()),
+            ),
+            false => (format!("h:{}/", src.display()), dst.display().to_string()),
+        };
+        let what =
+            format!("{client:?} -> {server:?} push={push} --files-from with non-UTF-8 names");
+        check(&transfer(client, server, rsh, &["-a", &ff], &s, &d), &what);
+        settle_dirs(dst);
+        what
+    };
+    let ff_reference = base.join("ff-reference");
+    from_list(Tool::Rsync, Tool::Rsync, true, &ff_reference);
+    assert!(raw(&ff_reference, b"caf\xe9/cr\xe8me").exists());
+    for (client, server) in [
+        (Tool::Arsync, Tool::Rsync),
+        (Tool::Rsync, Tool::Arsync),
+        (Tool::Arsync, Tool::Arsync),
+    ] {
+        for push in [true, false] {
+            let dst = base.join(format!("ff-{client:?}-{server:?}-{push}"));
+            let what = from_list(client, server, push, &dst);
+            assert_same(&ff_reference, &dst, &what);
+        }
+    }
+    // Path arguments that are not UTF-8: a source directory and a
+    // destination named by such bytes; an --exclude pattern of such bytes.
+    let with_host = |p: &Path| {
+        let mut v = b"h:".to_vec();
+        v.extend_from_slice(p.as_os_str().as_encoded_bytes());
+        OsString::from_vec(v)
+    };
+    let by_args = |client: Tool, server: Tool, push: bool, dst: &Path| {
+        let from = raw(&src, b"caf\xe9");
+        let (s, d) = match push {
+            true => (from.into_os_string(), with_host(dst)),
+            false => (with_host(&from), dst.as_os_str().to_os_string()),
+        };
+        let what = format!("{client:?} -> {server:?} push={push}, non-UTF-8 path arguments");
+        let out = Command::new(client.program())
+            .arg("-a")
+            .arg(OsString::from_vec(b"--exclude=sub\xff".to_vec()))
+            .args(shell_args(server, rsh))
+            .arg(s)
+            .arg(d)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        check(&out, &what);
+        settle_dirs(dst);
+        what
+    };
+    let arg_reference = raw(&base, b"arg-reference\xff");
+    by_args(Tool::Rsync, Tool::Rsync, true, &arg_reference);
+    assert!(raw(&arg_reference, b"caf\xe9/cr\xe8me").exists());
+    assert!(!raw(&arg_reference, b"caf\xe9/sub\xff").exists());
+    for (client, server) in [
+        (Tool::Arsync, Tool::Rsync),
+        (Tool::Rsync, Tool::Arsync),
+        (Tool::Arsync, Tool::Arsync),
+    ] {
+        for push in [true, false] {
+            let mut name = format!("arg-{client:?}-{server:?}-{push}-").into_bytes();
+            name.push(0xe9);
+            let dst = raw(&base, &name);
+            let what = by_args(client, server, push, &dst);
+            assert_same(&arg_reference, &dst, &what);
+        }
+    }
+    for server in [Tool::Arsync, Tool::Rsync] {
+        let daemon = start_daemon(&server.program(), &cfg).unwrap();
+        let port = daemon.port;
+        for client in [Tool::Arsync, Tool::Rsync] {
+            if client == Tool::Rsync && server == Tool::Rsync {
+                continue;
+            }
+            for push in [true, false] {
+                let run = |s: &str, d: &str| {
+                    let spec = |p: &str| match p.starts_with('/') {
+                        true => p.to_string(),
+                        false => format!("rsync://127.0.0.1:{port}/m/{p}"),
+                    };
+                    run_client(client, &flags, &spec(s), &spec(d))
+                };
+                verify(client, &format!("{server:?} daemon"), push, &run);
+            }
         }
     }
 }

@@ -145,13 +145,16 @@ pub fn decode_line(r: &mut Reader<'_>) -> Result<Vec<u8>> {
 
 /// Appends the client's arguments (protocol >= 30: NUL-separated, ended by an
 /// empty argument; older: newline-separated, ended by an empty line).
-pub fn encode_args(args: &[&str], protocol: i32, out: &mut Vec<u8>) -> Result<()> {
+pub fn encode_args<A: AsRef<[u8]>>(args: &[A], protocol: i32, out: &mut Vec<u8>) -> Result<()> {
     let sep = if protocol >= 30 { 0u8 } else { b'\n' };
     for a in args {
-        if a.as_bytes().contains(&sep) || a.is_empty() {
-            return Err(Error::unencodable("daemon argument", format!("{a:?}")));
+        // Bytes: a path need not be UTF-8.
+        let a = a.as_ref();
+        if a.contains(&sep) || a.is_empty() {
+            let shown = String::from_utf8_lossy(a);
+            return Err(Error::unencodable("daemon argument", format!("{shown:?}")));
         }
-        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(a);
         out.push(sep);
     }
     out.push(sep);

@@ -1,6 +1,9 @@
 //! The command line that starts the peer: `[rsh...] rsync --server
 //! [--sender] -<flags>e.<caps> [--protocol=N] . <path>`.
 
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
 use crate::opts::TransferOpts;
 
 /// Capability letters we offer: everything rsync 3.2+ offers except
@@ -24,9 +27,9 @@ pub struct ServerCommand {
     /// Force a protocol version on the server (`--protocol=N`).
     pub protocol: Option<i32>,
     /// The remote path.
-    pub path: String,
+    pub path: OsString,
     /// Further remote paths (a pull of several sources).
-    pub more_paths: Vec<String>,
+    pub more_paths: Vec<OsString>,
     /// Delete extraneous files on the receiving side (`--delete`).
     pub delete: bool,
     /// Send uids/gids as numbers only (`--numeric-ids`: no name lists).
@@ -44,7 +47,7 @@ pub struct ServerCommand {
 
 impl ServerCommand {
     /// A command for `-logDtpr` (archive without hard links) on `path`.
-    pub fn archive(server_sends: bool, path: impl Into<String>) -> Self {
+    pub fn archive(server_sends: bool, path: impl Into<OsString>) -> Self {
         ServerCommand {
             remote_shell: Vec::new(),
             rsync_path: "rsync".into(),
@@ -108,29 +111,42 @@ impl ServerCommand {
     /// The full argument vector (program first). Behind a remote shell the
     /// remote command's words are shell-quoted, because ssh joins them with
     /// spaces and hands the line to the remote user's shell.
-    pub fn argv(&self) -> Vec<String> {
-        let mut words = vec![self.rsync_path.clone()];
-        words.extend(self.server_args());
+    pub fn argv(&self) -> Vec<OsString> {
+        let mut words: Vec<OsString> = vec![self.rsync_path.clone().into()];
+        words.extend(self.server_args().into_iter().map(OsString::from));
         words.push(".".into());
         words.push(self.path.clone());
         words.extend(self.more_paths.iter().cloned());
         if self.remote_shell.is_empty() {
             return words;
         }
-        let mut v = self.remote_shell.clone();
-        v.extend(words.iter().map(|w| shell_quote(w)));
+        let mut v: Vec<OsString> = self.remote_shell.iter().map(OsString::from).collect();
+        v.extend(words.iter().map(|w| shell_quote_bytes(w.as_bytes())));
         v
     }
 }
 
 /// Quotes a word for a POSIX shell (unchanged if it needs no quoting).
 pub fn shell_quote(w: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "_./=:,+-@%".contains(c);
-    if !w.is_empty() && w.chars().all(safe) {
-        w.to_string()
-    } else {
-        format!("'{}'", w.replace('\'', "'\\''"))
+    let q = shell_quote_bytes(w.as_bytes()).into_vec();
+    String::from_utf8(q).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// [`shell_quote`] for a word of any bytes (a path need not be UTF-8).
+pub fn shell_quote_bytes(w: &[u8]) -> OsString {
+    let safe = |c: &u8| c.is_ascii_alphanumeric() || b"_./=:,+-@%".contains(c);
+    if !w.is_empty() && w.iter().all(safe) {
+        return OsString::from_vec(w.to_vec());
     }
+    let mut v = vec![b'\''];
+    for &c in w {
+        match c {
+            b'\'' => v.extend_from_slice(b"'\\''"),
+            c => v.push(c),
+        }
+    }
+    v.push(b'\'');
+    OsString::from_vec(v)
 }
 
 #[cfg(test)]
@@ -170,5 +186,10 @@ mod tests {
         c.path = "/my dir/it's/".into();
         assert_eq!(c.argv().last().unwrap(), "'/my dir/it'\\''s/'");
         assert_eq!(shell_quote(""), "''");
+        // A path that is not UTF-8 is quoted and passed as bytes.
+        c.path = OsString::from_vec(b"/d\xe9 x/".to_vec());
+        assert_eq!(c.argv().last().unwrap().as_bytes(), b"'/d\xe9 x/'");
+        c.path = OsString::from_vec(b"/d\xe9".to_vec());
+        assert_eq!(c.argv().last().unwrap().as_bytes(), b"'/d\xe9'");
     }
 }

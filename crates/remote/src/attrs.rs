@@ -36,7 +36,7 @@ pub enum Target<'a> {
 /// A target for `base` inside the directory `parent` (or the directory
 /// itself when `base` is `None`), resolved through `/proc/self/fd` so the
 /// confinement of `parent` is kept.
-pub fn at_path(parent: &OwnedFd, base: Option<&str>) -> PathBuf {
+pub fn at_path(parent: &OwnedFd, base: Option<&std::ffi::OsStr>) -> PathBuf {
     let p = PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd()));
     match base {
         Some(b) => p.join(b),
@@ -76,7 +76,7 @@ fn list_raw(t: Target<'_>) -> rustix::io::Result<Vec<u8>> {
 }
 
 fn get_raw(t: Target<'_>, name: &[u8]) -> rustix::io::Result<Option<Vec<u8>>> {
-    let name = std::ffi::OsStr::new(std::str::from_utf8(name).map_err(|_| Errno::INVAL)?);
+    let name: &std::ffi::OsStr = std::os::unix::ffi::OsStrExt::from_bytes(name);
     loop {
         let need = match t {
             Target::Fd(fd) => rustix::fs::fgetxattr_query(fd, name),
@@ -110,7 +110,7 @@ fn get_raw(t: Target<'_>, name: &[u8]) -> rustix::io::Result<Option<Vec<u8>>> {
 }
 
 fn set_raw(t: Target<'_>, name: &[u8], value: &[u8]) -> rustix::io::Result<()> {
-    let name = std::str::from_utf8(name).map_err(|_| Errno::INVAL)?;
+    let name: &std::ffi::OsStr = std::os::unix::ffi::OsStrExt::from_bytes(name);
     match t {
         Target::Fd(fd) => rustix::fs::fsetxattr(fd, name, value, XattrFlags::empty()),
         Target::Path(p) => rustix::fs::lsetxattr(p, name, value, XattrFlags::empty()),
@@ -119,7 +119,7 @@ fn set_raw(t: Target<'_>, name: &[u8], value: &[u8]) -> rustix::io::Result<()> {
 }
 
 fn remove_raw(t: Target<'_>, name: &[u8]) -> rustix::io::Result<()> {
-    let name = std::str::from_utf8(name).map_err(|_| Errno::INVAL)?;
+    let name: &std::ffi::OsStr = std::os::unix::ffi::OsStrExt::from_bytes(name);
     let r = match t {
         Target::Fd(fd) => rustix::fs::fremovexattr(fd, name),
         Target::Path(p) => rustix::fs::lremovexattr(p, name),

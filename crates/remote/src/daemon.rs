@@ -2,8 +2,10 @@
 //! preamble (greeting, module, `@RSYNCD: OK`, arguments) runs first; then the
 //! binary protocol continues as over a remote shell, minus the version ints.
 
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::ffi::OsStrExt;
 
 use arsync_proto::daemon::{
     auth_response, choose_auth_digest, decode_line, encode_args, DaemonReply, Greeting,
@@ -21,15 +23,16 @@ pub const DEFAULT_PORT: u16 = 873;
 pub struct DaemonTarget {
     /// `host:port`.
     pub addr: String,
-    /// `module/path` (the module name is the first component).
-    pub path: String,
+    /// `module/path` (the module name is the first component; bytes: the
+    /// path need not be UTF-8).
+    pub path: OsString,
     /// User for daemon authentication (`user@host` in the URL).
     pub user: Option<String>,
     /// Password for daemon authentication (the caller may take it from
     /// `RSYNC_PASSWORD`).
     pub password: Option<String>,
     /// Further `module/path`s of the same module (a pull of several sources).
-    pub more_paths: Vec<String>,
+    pub more_paths: Vec<OsString>,
 }
 
 impl DaemonTarget {
@@ -60,7 +63,7 @@ impl DaemonTarget {
         };
         Ok(DaemonTarget {
             addr,
-            path: path.to_string(),
+            path: path.into(),
             user,
             password: None,
             more_paths: Vec::new(),
@@ -68,8 +71,10 @@ impl DaemonTarget {
     }
 
     /// The module name.
-    pub fn module(&self) -> &str {
-        self.path.split('/').next().unwrap_or_default()
+    pub fn module(&self) -> String {
+        let b = self.path.as_bytes();
+        let m = b.split(|&c| c == b'/').next().unwrap_or_default();
+        String::from_utf8_lossy(m).into_owned()
     }
 
     /// Connects; returns a reader and a writer on the socket.
@@ -146,10 +151,10 @@ pub fn preamble<R: Read, W: Write>(
             }
         }
     }
-    let mut args: Vec<&str> = server_args.iter().map(String::as_str).collect();
-    args.push(".");
-    args.push(&target.path);
-    args.extend(target.more_paths.iter().map(String::as_str));
+    let mut args: Vec<&[u8]> = server_args.iter().map(|a| a.as_bytes()).collect();
+    args.push(b".");
+    args.push(target.path.as_bytes());
+    args.extend(target.more_paths.iter().map(|p| p.as_bytes()));
     let mut buf = Vec::new();
     encode_args(&args, proto, &mut buf)?;
     outs.write(&buf)?;

@@ -18,8 +18,10 @@
 //! credentials are per thread; the transfer's helper threads inherit them).
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -449,7 +451,7 @@ fn read_line(s: &mut TcpStream) -> Result<String> {
 
 /// Reads the client's arguments: NUL-separated (protocol >= 30) or
 /// newline-separated, ended by an empty one.
-fn read_args(s: &mut TcpStream, protocol: i32) -> Result<Vec<String>> {
+fn read_args(s: &mut TcpStream, protocol: i32) -> Result<Vec<OsString>> {
     let sep = if protocol >= 30 { 0u8 } else { b'\n' };
     let mut args = Vec::new();
     let mut cur = Vec::new();
@@ -470,10 +472,8 @@ fn read_args(s: &mut TcpStream, protocol: i32) -> Result<Vec<String>> {
             if cur.is_empty() {
                 return Ok(args);
             }
-            args.push(
-                String::from_utf8(std::mem::take(&mut cur))
-                    .map_err(|_| RemoteError::Refused("argument is not UTF-8".into()))?,
-            );
+            // Bytes, as rsync sends them: paths need not be UTF-8.
+            args.push(OsString::from_vec(std::mem::take(&mut cur)));
         } else {
             cur.push(b[0]);
         }
@@ -555,22 +555,29 @@ fn check_auth(s: &mut TcpStream, m: &Module) -> Result<()> {
 
 /// The served path for a client path `module[/sub]`, or `None` if it tries
 /// to leave the module.
-fn module_path(m: &Module, client_path: &str) -> Option<String> {
+fn module_path(m: &Module, client_path: &OsStr) -> Option<OsString> {
     let rest = client_path
-        .strip_prefix(&m.name)
-        .filter(|r| r.is_empty() || r.starts_with('/'))?;
-    let rest = rest.trim_start_matches('/');
-    if Path::new(rest)
+        .as_bytes()
+        .strip_prefix(m.name.as_bytes())
+        .filter(|r| r.is_empty() || r.starts_with(b"/"))?;
+    let mut rest = rest;
+    while let Some(r) = rest.strip_prefix(b"/") {
+        rest = r;
+    }
+    if Path::new(OsStr::from_bytes(rest))
         .components()
         .any(|c| matches!(c, Component::ParentDir))
     {
         return None;
     }
-    let base = m.path.to_string_lossy().trim_end_matches('/').to_string();
-    if rest.is_empty() {
-        return Some(format!("{base}/"));
+    let mut base = m.path.as_os_str().as_bytes();
+    while let Some(b) = base.strip_suffix(b"/") {
+        base = b;
     }
-    Some(format!("{base}/{rest}"))
+    let mut v = base.to_vec();
+    v.push(b'/');
+    v.extend_from_slice(rest);
+    Some(OsString::from_vec(v))
 }
 
 impl Module {
@@ -815,10 +822,17 @@ mod tests {
             path: PathBuf::from("/srv/m/"),
             ..Module::default()
         };
-        assert_eq!(module_path(&m, "mod").as_deref(), Some("/srv/m/"));
-        assert_eq!(module_path(&m, "mod/").as_deref(), Some("/srv/m/"));
-        assert_eq!(module_path(&m, "mod/a/b/").as_deref(), Some("/srv/m/a/b/"));
-        assert_eq!(module_path(&m, "mod/../etc"), None);
-        assert_eq!(module_path(&m, "module2/x"), None);
+        let mp = |p: &[u8]| module_path(&m, OsStr::from_bytes(p)).map(OsString::into_vec);
+        assert_eq!(mp(b"mod").as_deref(), Some(&b"/srv/m/"[..]));
+        assert_eq!(mp(b"mod/").as_deref(), Some(&b"/srv/m/"[..]));
+        assert_eq!(mp(b"mod/a/b/").as_deref(), Some(&b"/srv/m/a/b/"[..]));
+        // Paths are bytes: a name that is not UTF-8 is kept as it is.
+        assert_eq!(
+            mp(b"mod/caf\xe9/").as_deref(),
+            Some(&b"/srv/m/caf\xe9/"[..])
+        );
+        assert_eq!(mp(b"mod/../etc"), None);
+        assert_eq!(mp(b"mod/\xff/../../etc"), None);
+        assert_eq!(mp(b"module2/x"), None);
     }
 }

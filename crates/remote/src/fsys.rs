@@ -8,9 +8,11 @@
 //! a write outside the root. Kept in one module so it can move to the
 //! platform I/O layer later.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -144,7 +146,7 @@ pub struct TempFile {
     /// The open file.
     pub file: File,
     parent: Arc<OwnedFd>,
-    name: String,
+    name: OsString,
     /// `--inplace`: this is the target itself (never renamed or removed);
     /// the permission bits it had before (`None`: it was created).
     pub in_place: Option<Option<u32>>,
@@ -154,7 +156,7 @@ pub struct TempFile {
 /// its temporary name and directory.
 #[derive(Debug, Clone)]
 pub struct DelayedFile {
-    tmp: String,
+    tmp: OsString,
     dir: Arc<OwnedFd>,
 }
 
@@ -225,7 +227,7 @@ impl DestRoot {
 
     /// `-K`: opens `base` in `parent` as a directory, following a symlink
     /// that stays inside the root.
-    fn open_dirlink(&self, parent: &OwnedFd, base: &str, flags: OFlags) -> Option<OwnedFd> {
+    fn open_dirlink(&self, parent: &OwnedFd, base: &OsStr, flags: OFlags) -> Option<OwnedFd> {
         if !self.keep_dirlinks {
             return None;
         }
@@ -298,24 +300,22 @@ impl DestRoot {
         if name == b"." {
             return Ok(self.root.clone());
         }
-        Ok(self.root.join(
-            std::str::from_utf8(name)
-                .map_err(|_| RemoteError::Refused(format!("non-UTF-8 name {:?}", shown(name))))?,
-        ))
+        Ok(self.root.join(OsStr::from_bytes(name)))
     }
 
     /// Opens the parent directory of `name` beneath the root without following
     /// any symlink, and returns it with the final component.
-    fn parent(&self, name: &[u8]) -> Result<(Arc<OwnedFd>, String)> {
+    fn parent(&self, name: &[u8]) -> Result<(Arc<OwnedFd>, OsString)> {
         validate_name(name).map_err(|e| RemoteError::Refused(e.to_string()))?;
-        let s = std::str::from_utf8(name)
-            .map_err(|_| RemoteError::Refused(format!("non-UTF-8 name {:?}", shown(name))))?;
-        if s == "." {
+        if name == b"." {
             return Err(RemoteError::Refused("operation on the root itself".into()));
         }
-        let (dir, base) = match s.rfind('/') {
-            Some(i) => (&s[..i], &s[i + 1..]),
-            None => return Ok((Arc::clone(&self.fd), s.to_string())),
+        let (dir, base) = match name.iter().rposition(|&b| b == b'/') {
+            Some(i) => (
+                OsStr::from_bytes(&name[..i]),
+                OsStr::from_bytes(&name[i + 1..]),
+            ),
+            None => return Ok((Arc::clone(&self.fd), OsStr::from_bytes(name).to_os_string())),
         };
         let fd = rustix::fs::openat2(
             &*self.fd,
@@ -326,14 +326,18 @@ impl DestRoot {
         )
         .map_err(|e| match e {
             Errno::LOOP | Errno::XDEV | Errno::NOTDIR => RemoteError::Refused(format!(
-                "{s}: a parent directory is a symlink or not a directory"
+                "{}: a parent directory is a symlink or not a directory",
+                shown(name)
             )),
             e => io_err(
-                format!("opening the parent of {}", self.root.join(s).display()),
+                format!(
+                    "opening the parent of {}",
+                    self.root.join(OsStr::from_bytes(name)).display()
+                ),
                 e,
             ),
         })?;
-        Ok((Arc::new(fd), base.to_string()))
+        Ok((Arc::new(fd), base.to_os_string()))
     }
 
     /// Runs `f` with an attribute target for `name` that keeps the
@@ -357,13 +361,13 @@ impl DestRoot {
             return f(crate::attrs::Target::FollowPath(&p));
         }
         let (parent, base) = self.parent(name)?;
-        let st = rustix::fs::statat(&*parent, base.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+        let st = rustix::fs::statat(&*parent, base.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| io_err(format!("stat {}", shown(name)), e))?;
         if matches!(
             FileType::from_raw_mode(st.st_mode),
             FileType::RegularFile | FileType::Directory
         ) {
-            if let Ok(fd) = rustix::fs::openat(&*parent, base.as_str(), flags, Mode::empty()) {
+            if let Ok(fd) = rustix::fs::openat(&*parent, base.as_os_str(), flags, Mode::empty()) {
                 return f(crate::attrs::Target::Fd(fd.as_fd()));
             }
         }
@@ -397,10 +401,10 @@ impl DestRoot {
             let (p, base) = match (name.iter().rposition(|&b| b == b'/'), &cache.fd) {
                 (Some(i), Some(fd)) if cache.dir == name[..i] => {
                     validate_name(name).map_err(|e| RemoteError::Refused(e.to_string()))?;
-                    let base = std::str::from_utf8(&name[i + 1..]).map_err(|_| {
-                        RemoteError::Refused(format!("non-UTF-8 name {:?}", shown(name)))
-                    })?;
-                    (Arc::clone(fd), base.to_string())
+                    (
+                        Arc::clone(fd),
+                        OsStr::from_bytes(&name[i + 1..]).to_os_string(),
+                    )
                 }
                 (at, _) => {
                     let (p, base) = self.parent(name)?;
@@ -411,7 +415,7 @@ impl DestRoot {
                     (p, base)
                 }
             };
-            rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            rustix::fs::statat(&*p, base.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
         };
         match st {
             Ok(st) => Ok(Some((
@@ -433,16 +437,16 @@ impl DestRoot {
         }
     }
 
-    fn remove_non_dir(p: &OwnedFd, base: &str) -> Result<()> {
+    fn remove_non_dir(p: &OwnedFd, base: &OsStr) -> Result<()> {
         match rustix::fs::statat(p, base, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
                 Err(RemoteError::io(
-                    format!("replacing directory {base}"),
+                    format!("replacing directory {}", shown(base.as_bytes())),
                     std::io::Error::from(ErrorKind::IsADirectory),
                 ))
             }
             Ok(_) => rustix::fs::unlinkat(p, base, AtFlags::empty())
-                .map_err(|e| io_err(format!("removing {base}"), e)),
+                .map_err(|e| io_err(format!("removing {}", shown(base.as_bytes())), e)),
             Err(_) => Ok(()),
         }
     }
@@ -453,7 +457,7 @@ impl DestRoot {
             return Ok(());
         }
         let (p, base) = self.parent(name)?;
-        match rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        match rustix::fs::statat(&*p, base.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => return Ok(()),
             Ok(st)
                 if FileType::from_raw_mode(st.st_mode) == FileType::Symlink
@@ -465,10 +469,8 @@ impl DestRoot {
             Ok(st)
                 if FileType::from_raw_mode(st.st_mode) == FileType::Symlink
                     && self.keep_dirlinks
-                    && std::fs::metadata(
-                        self.root.join(String::from_utf8_lossy(name).as_ref()),
-                    )
-                    .is_ok_and(|m| m.is_dir()) =>
+                    && std::fs::metadata(self.root.join(OsStr::from_bytes(name)))
+                        .is_ok_and(|m| m.is_dir()) =>
             {
                 // -K with a link out of the root: neither followed nor replaced.
                 return Err(RemoteError::io(
@@ -482,21 +484,21 @@ impl DestRoot {
             Ok(_) => Self::remove_non_dir(&p, &base)?,
             Err(_) => {}
         }
-        rustix::fs::mkdirat(&*p, base.as_str(), Mode::from_raw_mode(0o700))
+        rustix::fs::mkdirat(&*p, base.as_os_str(), Mode::from_raw_mode(0o700))
             .map_err(|e| io_err(format!("creating directory {}", shown(name)), e))
     }
 
     /// Creates (or replaces) a symlink.
     pub fn make_symlink(&self, name: &[u8], target: &[u8]) -> Result<()> {
         let (p, base) = self.parent(name)?;
-        if let Ok(cur) = rustix::fs::readlinkat(&*p, base.as_str(), Vec::new()) {
+        if let Ok(cur) = rustix::fs::readlinkat(&*p, base.as_os_str(), Vec::new()) {
             if cur.as_bytes() == target {
                 return Ok(());
             }
         }
         Self::remove_non_dir(&p, &base)?;
         let t = std::ffi::OsStr::from_bytes_checked(target)?;
-        rustix::fs::symlinkat(t, &*p, base.as_str())
+        rustix::fs::symlinkat(t, &*p, base.as_os_str())
             .map_err(|e| io_err(format!("symlink {}", shown(name)), e))
     }
 
@@ -507,7 +509,7 @@ impl DestRoot {
         let ft = FileType::from_raw_mode(mode);
         rustix::fs::mknodat(
             &*p,
-            base.as_str(),
+            base.as_os_str(),
             ft,
             Mode::from_raw_mode(mode & 0o7777),
             rustix::fs::makedev(rdev.0, rdev.1),
@@ -538,7 +540,7 @@ impl DestRoot {
                 Some(fd) => Ok(fd),
                 None => rustix::fs::openat(
                     &*p,
-                    base.as_str(),
+                    base.as_os_str(),
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
                 ),
@@ -575,7 +577,7 @@ impl DestRoot {
     pub fn remove_tree(&self, name: &[u8]) -> Result<[i32; 5]> {
         let (p, base) = self.parent(name)?;
         let mut counts = [0i32; 5];
-        remove_at(&p, std::ffi::OsStr::new(&base), &mut counts)
+        remove_at(&p, &base, &mut counts)
             .map_err(|e| io_err(format!("deleting {}", shown(name)), e))?;
         Ok(counts)
     }
@@ -586,14 +588,16 @@ impl DestRoot {
         let (tp, tb) = self.parent(target)?;
         let (np, nb) = self.parent(name)?;
         let what = |e: Errno| io_err(format!("hard link {} => {}", shown(name), shown(target)), e);
-        let ts = rustix::fs::statat(&*tp, tb.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(what)?;
-        if let Ok(ns) = rustix::fs::statat(&*np, nb.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        let ts =
+            rustix::fs::statat(&*tp, tb.as_os_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(what)?;
+        if let Ok(ns) = rustix::fs::statat(&*np, nb.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
             if ns.st_ino == ts.st_ino && ns.st_dev == ts.st_dev {
                 return Ok(());
             }
             Self::remove_non_dir(&np, &nb)?;
         }
-        rustix::fs::linkat(&*tp, tb.as_str(), &*np, nb.as_str(), AtFlags::empty()).map_err(what)
+        rustix::fs::linkat(&*tp, tb.as_os_str(), &*np, nb.as_os_str(), AtFlags::empty())
+            .map_err(what)
     }
 
     /// Opens an existing regular file to use as a delta basis.
@@ -601,7 +605,7 @@ impl DestRoot {
         let (p, base) = self.parent(name)?;
         let fd = match rustix::fs::openat(
             &*p,
-            base.as_str(),
+            base.as_os_str(),
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
             Mode::empty(),
         ) {
@@ -621,17 +625,20 @@ impl DestRoot {
     /// in the `--temp-dir` (`name.XXXXXX`).
     pub fn create_temp(&self, name: &[u8]) -> Result<TempFile> {
         let (p, base) = self.parent(name)?;
-        let short: String = base.chars().take(200).collect();
+        let short = &base.as_bytes()[..base.len().min(200)];
         let (dir, dot) = match &self.temp_dir {
-            Some(t) => (Arc::clone(t), ""),
-            None => (p, "."),
+            Some(t) => (Arc::clone(t), &b""[..]),
+            None => (p, &b"."[..]),
         };
         loop {
             let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let tmp = format!("{dot}{short}.{:06}{n}", std::process::id() % 1_000_000);
+            let mut tmp = dot.to_vec();
+            tmp.extend_from_slice(short);
+            tmp.extend_from_slice(format!(".{:06}{n}", std::process::id() % 1_000_000).as_bytes());
+            let tmp = OsString::from_vec(tmp);
             match rustix::fs::openat(
                 &*dir,
-                tmp.as_str(),
+                tmp.as_os_str(),
                 OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
             ) {
@@ -660,7 +667,7 @@ impl DestRoot {
         let (p, base) = self.parent(name)?;
         let what = |e: Errno| io_err(format!("opening {} in place", shown(name)), e);
         let mut prior = None;
-        match rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        match rustix::fs::statat(&*p, base.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
                 prior = Some(st.st_mode & 0o7777);
             }
@@ -668,7 +675,8 @@ impl DestRoot {
             Err(_) => {}
         }
         let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = match rustix::fs::openat(&*p, base.as_str(), flags, Mode::from_raw_mode(0o600)) {
+        let fd = match rustix::fs::openat(&*p, base.as_os_str(), flags, Mode::from_raw_mode(0o600))
+        {
             Ok(fd) => fd,
             Err(Errno::ACCESS) if prior.is_some() => {
                 // A read-only file (as root this does not happen): make it
@@ -677,12 +685,12 @@ impl DestRoot {
                 let mode = prior.unwrap_or(0o600) | 0o200;
                 rustix::fs::chmodat(
                     &*p,
-                    base.as_str(),
+                    base.as_os_str(),
                     Mode::from_raw_mode(mode),
                     AtFlags::empty(),
                 )
                 .map_err(what)?;
-                rustix::fs::openat(&*p, base.as_str(), flags, Mode::from_raw_mode(0o600))
+                rustix::fs::openat(&*p, base.as_os_str(), flags, Mode::from_raw_mode(0o600))
                     .map_err(what)?
             }
             Err(e) => return Err(what(e)),
@@ -728,7 +736,7 @@ impl DestRoot {
                 }
                 let (p, base) = self.parent(dir)?;
                 Self::remove_non_dir(&p, &base)?;
-                match rustix::fs::mkdirat(&*p, base.as_str(), Mode::from_raw_mode(0o700)) {
+                match rustix::fs::mkdirat(&*p, base.as_os_str(), Mode::from_raw_mode(0o700)) {
                     Ok(()) | Err(Errno::EXIST) => Ok(()),
                     Err(e) => Err(io_err(format!("creating {}", shown(dir)), e)),
                 }
@@ -741,7 +749,7 @@ impl DestRoot {
     pub fn remove_partial_dir(&self, partial: &[u8]) {
         if let Some(i) = partial.iter().rposition(|&b| b == b'/') {
             if let Ok((p, base)) = self.parent(&partial[..i]) {
-                let _ = rustix::fs::unlinkat(&*p, base.as_str(), AtFlags::REMOVEDIR);
+                let _ = rustix::fs::unlinkat(&*p, base.as_os_str(), AtFlags::REMOVEDIR);
             }
         }
     }
@@ -750,9 +758,9 @@ impl DestRoot {
     /// partial file).
     pub fn remove_file(&self, name: &[u8]) {
         if let Ok((p, base)) = self.parent(name) {
-            if let Ok(st) = rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            if let Ok(st) = rustix::fs::statat(&*p, base.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
                 if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
-                    let _ = rustix::fs::unlinkat(&*p, base.as_str(), AtFlags::empty());
+                    let _ = rustix::fs::unlinkat(&*p, base.as_os_str(), AtFlags::empty());
                 }
             }
         }
@@ -766,7 +774,7 @@ impl DestRoot {
         if tmp.in_place.is_some() {
             return Ok(());
         }
-        if let Ok(st) = rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        if let Ok(st) = rustix::fs::statat(&*p, base.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
             if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                 Self::remove_temp(tmp);
                 return Err(RemoteError::io(
@@ -775,21 +783,20 @@ impl DestRoot {
                 ));
             }
         }
-        match rustix::fs::renameat(&*tmp.parent, tmp.name.as_str(), &*p, base.as_str()) {
+        match rustix::fs::renameat(&*tmp.parent, tmp.name.as_os_str(), &*p, base.as_os_str()) {
             Err(Errno::XDEV) => {
                 let copy = self.copy_across(&tmp, name);
                 Self::remove_temp(tmp);
                 let copy = copy?;
-                rustix::fs::renameat(&*copy.parent, copy.name.as_str(), &*p, base.as_str()).map_err(
-                    |e| {
+                rustix::fs::renameat(&*copy.parent, copy.name.as_os_str(), &*p, base.as_os_str())
+                    .map_err(|e| {
                         let _ = rustix::fs::unlinkat(
                             &*copy.parent,
-                            copy.name.as_str(),
+                            copy.name.as_os_str(),
                             AtFlags::empty(),
                         );
                         io_err(format!("renaming into {}", shown(name)), e)
-                    },
-                )
+                    })
             }
             r => r.map_err(|e| io_err(format!("renaming into {}", shown(name)), e)),
         }
@@ -852,16 +859,16 @@ impl DestRoot {
     /// Renames a delayed temporary file over `name`.
     pub fn commit_delayed(&self, d: &DelayedFile, name: &[u8]) -> Result<()> {
         let (p, base) = self.parent(name)?;
-        if let Ok(st) = rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        if let Ok(st) = rustix::fs::statat(&*p, base.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
             if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                let _ = rustix::fs::unlinkat(&*d.dir, d.tmp.as_str(), AtFlags::empty());
+                let _ = rustix::fs::unlinkat(&*d.dir, d.tmp.as_os_str(), AtFlags::empty());
                 return Err(RemoteError::io(
                     format!("replacing directory {}", shown(name)),
                     std::io::Error::from(ErrorKind::IsADirectory),
                 ));
             }
         }
-        rustix::fs::renameat(&*d.dir, d.tmp.as_str(), &*p, base.as_str())
+        rustix::fs::renameat(&*d.dir, d.tmp.as_os_str(), &*p, base.as_os_str())
             .map_err(|e| io_err(format!("renaming into {}", shown(name)), e))
     }
 
@@ -870,7 +877,7 @@ impl DestRoot {
         if tmp.in_place.is_some() {
             return;
         }
-        let _ = rustix::fs::unlinkat(&*tmp.parent, tmp.name.as_str(), AtFlags::empty());
+        let _ = rustix::fs::unlinkat(&*tmp.parent, tmp.name.as_os_str(), AtFlags::empty());
     }
 
     /// Applies owner, permissions and mtime to an open file.
@@ -895,7 +902,7 @@ impl DestRoot {
     pub fn set_dir_meta(&self, name: &[u8], meta: &Meta) -> Result<()> {
         if self.keep_dirlinks && name != b"." {
             let (p, base) = self.parent(name)?;
-            let st = rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            let st = rustix::fs::statat(&*p, base.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|e| io_err(format!("stat {}", shown(name)), e))?;
             if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
                 if let (Some(perms), Some(fd)) =
@@ -924,12 +931,13 @@ impl DestRoot {
             return Self::set_file_meta(&File::from(fd), meta);
         }
         let (p, base) = self.parent(name)?;
-        let st = rustix::fs::statat(&*p, base.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(what)?;
+        let st =
+            rustix::fs::statat(&*p, base.as_os_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(what)?;
         match FileType::from_raw_mode(st.st_mode) {
             FileType::Directory | FileType::RegularFile => {
                 let fd = rustix::fs::openat(
                     &*p,
-                    base.as_str(),
+                    base.as_os_str(),
                     OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
                     Mode::empty(),
                 )
@@ -940,7 +948,7 @@ impl DestRoot {
                 if meta.uid.is_some() || meta.gid.is_some() {
                     rustix::fs::chownat(
                         &*p,
-                        base.as_str(),
+                        base.as_os_str(),
                         meta.uid.map(Uid::from_raw),
                         meta.gid.map(Gid::from_raw),
                         AtFlags::SYMLINK_NOFOLLOW,
@@ -950,7 +958,7 @@ impl DestRoot {
                 if let (Some(perms), true) = (meta.perms, ft != FileType::Symlink) {
                     rustix::fs::chmodat(
                         &*p,
-                        base.as_str(),
+                        base.as_os_str(),
                         Mode::from_raw_mode(perms & 0o7777),
                         AtFlags::empty(),
                     )
@@ -959,8 +967,13 @@ impl DestRoot {
                 if meta.no_times() {
                     return Ok(());
                 }
-                rustix::fs::utimensat(&*p, base.as_str(), &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(what)
+                rustix::fs::utimensat(
+                    &*p,
+                    base.as_os_str(),
+                    &meta.times(),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(what)
             }
         }
     }
@@ -1210,6 +1223,57 @@ mod tests {
                 Err(RemoteError::Refused(_))
             ));
         }
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        let d = DestRoot::open(t.path()).unwrap();
+        let on_disk = |n: &[u8]| t.path().join(OsStr::from_bytes(n));
+        d.ensure_dir(b"caf\xe9").unwrap();
+        d.ensure_dir(b"caf\xe9/sub\xff").unwrap();
+        assert!(on_disk(b"caf\xe9/sub\xff").is_dir());
+        let tmp = d.create_temp(b"caf\xe9/sub\xff/f\xfe\nx").unwrap();
+        tmp.file.write_all_at(b"data", 0).unwrap();
+        d.commit(tmp, b"caf\xe9/sub\xff/f\xfe\nx").unwrap();
+        assert_eq!(
+            std::fs::read(on_disk(b"caf\xe9/sub\xff/f\xfe\nx")).unwrap(),
+            b"data"
+        );
+        d.make_symlink(b"l\xe9", b"t\xfe").unwrap();
+        assert_eq!(
+            std::fs::read_link(on_disk(b"l\xe9"))
+                .unwrap()
+                .as_os_str()
+                .as_bytes(),
+            b"t\xfe"
+        );
+        d.hard_link(b"caf\xe9/sub\xff/f\xfe\nx", b"h\xff").unwrap();
+        assert_eq!(std::fs::read(on_disk(b"h\xff")).unwrap(), b"data");
+        let mut cache = ParentCache::default();
+        let got = d.lstat_attrs_cached(&mut cache, b"caf\xe9/sub\xff/f\xfe\nx");
+        assert_eq!(got.unwrap().unwrap().0.size, 4);
+        assert_eq!(d.path(b"caf\xe9").unwrap(), on_disk(b"caf\xe9"));
+        // No temporary file is left beside the committed one.
+        assert_eq!(
+            std::fs::read_dir(on_disk(b"caf\xe9/sub\xff"))
+                .unwrap()
+                .count(),
+            1
+        );
+        assert_eq!(d.remove_tree(b"caf\xe9").unwrap().iter().sum::<i32>(), 3);
+        assert!(!on_disk(b"caf\xe9").exists());
+        // The confinement checks hold for such names too.
+        for bad in [&b"../\xff"[..], b"/\xe9", b"a\xff/../../x"] {
+            assert!(matches!(d.path(bad), Err(RemoteError::Refused(_))));
+            assert!(matches!(d.create_temp(bad), Err(RemoteError::Refused(_))));
+        }
+        std::os::unix::fs::symlink("/", on_disk(b"up\xff")).unwrap();
+        assert!(matches!(
+            d.create_temp(b"up\xff/f"),
+            Err(RemoteError::Refused(_))
+        ));
     }
 
     #[test]

@@ -21,6 +21,8 @@ use arsync_proto::flist::{FileEntry, FileType};
 
 use arsync_sync::options::{ChmodRule, IdMapRule, IdMatch};
 
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
 use crate::error::{RemoteError, Result};
 use crate::fsys::EntryInfo;
 
@@ -672,13 +674,12 @@ impl TransferOpts {
         dest: &crate::fsys::DestRoot,
         name: &[u8],
     ) -> Result<std::path::PathBuf> {
-        let rel = String::from_utf8_lossy(name);
+        let mut rel = name.to_vec();
+        rel.extend_from_slice(self.backup_suffix().as_bytes());
+        let rel = std::ffi::OsStr::from_bytes(&rel);
         let to = match &self.backup_dir {
-            Some(d) => {
-                let base = dest.root().join(d);
-                base.join(format!("{rel}{}", self.backup_suffix()))
-            }
-            None => dest.root().join(format!("{rel}{}", self.backup_suffix())),
+            Some(d) => dest.root().join(d).join(rel),
+            None => dest.root().join(rel),
         };
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent)
@@ -765,10 +766,10 @@ impl TransferOpts {
         if exists && self.alt_kind == AltKind::Copy {
             return Ok(None);
         }
-        let rel = String::from_utf8_lossy(&e.name);
+        let rel = std::ffi::OsStr::from_bytes(&e.name);
         let mut content_match: Option<std::path::PathBuf> = None;
         for d in &self.alt_dirs {
-            let p = dest.root().join(d).join(rel.as_ref());
+            let p = dest.root().join(d).join(rel);
             let Ok(m) = std::fs::symlink_metadata(&p) else {
                 continue;
             };
@@ -835,21 +836,27 @@ pub fn files_from_sources(
     names: &[Vec<u8>],
     relative: bool,
 ) -> Vec<crate::walk::SourceSpec> {
-    let base = base.to_string_lossy();
-    let base = base.trim_end_matches('/');
-    let base = if base.is_empty() { "." } else { base };
+    let mut base = base.as_os_str().as_bytes();
+    while let Some(b) = base.strip_suffix(b"/") {
+        base = b;
+    }
+    let base = if base.is_empty() { &b"."[..] } else { base };
     names
         .iter()
         .map(|n| {
-            let n = String::from_utf8_lossy(n);
-            let n = n.trim_start_matches("./");
-            let path = match relative {
-                true => format!("{base}/./{n}"),
-                false => format!("{base}/{n}"),
-            };
+            let mut n = &n[..];
+            while let Some(rest) = n.strip_prefix(b"./") {
+                n = rest;
+            }
+            let mut path = base.to_vec();
+            path.extend_from_slice(if relative { b"/./" } else { b"/" });
+            path.extend_from_slice(n);
+            while path.len() > 1 && path.ends_with(b"/") {
+                path.pop();
+            }
             crate::walk::SourceSpec {
                 contents: false,
-                path: path.trim_end_matches('/').into(),
+                path: std::ffi::OsString::from_vec(path).into(),
             }
         })
         .collect()
@@ -1016,13 +1023,17 @@ pub fn remove_sent(list: &crate::walk::LocalList, done: &[i32]) -> Vec<String> {
 /// True for a wire-form filter rule that applies to the sender only
 /// (an `s` modifier without `r`, e.g. `-s *.o`): a sending client keeps
 /// it to itself.
-pub fn sender_only_rule(rule: &str) -> bool {
-    let head = rule.split([' ', ',']).next().unwrap_or("");
-    let mods = match head.chars().next() {
-        Some('-') | Some('+') | Some('P') | Some('H') | Some('R') | Some('S') => &head[1..],
+pub fn sender_only_rule(rule: impl AsRef<[u8]>) -> bool {
+    let rule = rule.as_ref();
+    let head = rule
+        .split(|&c| c == b' ' || c == b',')
+        .next()
+        .unwrap_or_default();
+    let mods = match head.first() {
+        Some(b'-' | b'+' | b'P' | b'H' | b'R' | b'S') => &head[1..],
         _ => return false,
     };
-    mods.contains('s') && !mods.contains('r')
+    mods.contains(&b's') && !mods.contains(&b'r')
 }
 
 /// rsync's warning when `--max-delete` stopped deletions.

@@ -72,8 +72,9 @@ pub struct PullOptions {
     /// Per-entry notifications.
     pub events: Option<EventSink>,
     /// Filter rules for the sender, in rsync's wire form (`- *.o`,
-    /// `+ /keep/`, `P name`, ...); the server applies them.
-    pub filters: Vec<String>,
+    /// `+ /keep/`, `P name`, ...; bytes: a pattern need not be UTF-8);
+    /// the server applies them.
+    pub filters: Vec<Vec<u8>>,
     /// `--files-from` names sent to the server after the filter list
     /// (the command carries `--files-from=-`).
     pub files_from: Option<Vec<Vec<u8>>>,
@@ -81,7 +82,7 @@ pub struct PullOptions {
 
 impl PullOptions {
     /// Pull `remote_path` into `dest` with `-logDtpr`.
-    pub fn new(remote_path: impl Into<String>, dest: impl Into<PathBuf>) -> Self {
+    pub fn new(remote_path: impl Into<std::ffi::OsString>, dest: impl Into<PathBuf>) -> Self {
         PullOptions {
             command: ServerCommand::archive(true, remote_path),
             dest: dest.into(),
@@ -145,14 +146,17 @@ enum ToGen {
 }
 
 /// Builds rules from wire-form rule texts (`None` when there are none).
-pub fn filter_from_wire(rules: &[String], protocol: i32) -> Result<Option<FilterRules>> {
+pub fn filter_from_wire<R: AsRef<[u8]>>(rules: &[R], protocol: i32) -> Result<Option<FilterRules>> {
     if rules.is_empty() {
         return Ok(None);
     }
     let mut f = FilterRules::new();
     for r in rules {
-        f.add_wire_rule(r.as_bytes(), protocol.max(0) as u32)
-            .map_err(|e| RemoteError::Usage(format!("filter rule {r:?}: {e}")))?;
+        // Bytes: a pattern need not be UTF-8, as the names it matches.
+        let r = r.as_ref();
+        f.add_wire_rule(r, protocol.max(0) as u32).map_err(|e| {
+            RemoteError::Usage(format!("filter rule {:?}: {e}", String::from_utf8_lossy(r)))
+        })?;
     }
     Ok(Some(f))
 }
@@ -239,7 +243,7 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
     ins.start_multiplex()?;
     outs.start_multiplex()?;
     let mut filt = Vec::new();
-    let rules: Vec<Vec<u8>> = opts.filters.iter().map(|r| r.as_bytes().to_vec()).collect();
+    let rules: Vec<Vec<u8>> = opts.filters.clone();
     encode_filter_list(&rules, &mut filt)?;
     if let Some(names) = &opts.files_from {
         // Each name ends with a NUL; an empty name ends the list.

@@ -58,15 +58,16 @@ pub struct PushOptions {
     /// flags and caps are used then).
     pub daemon: Option<DaemonTarget>,
     /// Filter rules in rsync's wire form (`- *.o`, `+ dir/`, `P keep`):
-    /// applied to the local walk and sent to a deleting receiver.
-    pub filters: Vec<String>,
+    /// applied to the local walk and sent to a deleting receiver (bytes:
+    /// a pattern need not be UTF-8).
+    pub filters: Vec<Vec<u8>>,
     /// Further sources after `source` (rsync's `SRC1 SRC2 ... DEST`).
     pub more_sources: Vec<SourceSpec>,
 }
 
 impl PushOptions {
     /// Push the contents of `source` to `remote_path` with `-logDtpr`.
-    pub fn new(source: impl Into<PathBuf>, remote_path: impl Into<String>) -> Self {
+    pub fn new(source: impl Into<PathBuf>, remote_path: impl Into<std::ffi::OsString>) -> Self {
         PushOptions {
             command: ServerCommand::archive(false, remote_path),
             source: source.into(),
@@ -176,7 +177,7 @@ fn run_push_piped<R: Read, W: Write>(
             .filters
             .iter()
             .filter(|r| !crate::opts::sender_only_rule(r))
-            .map(|r| r.as_bytes().to_vec())
+            .cloned()
             .collect();
         let mut f = Vec::new();
         arsync_proto::filter::encode_filter_list(&rules, &mut f)?;

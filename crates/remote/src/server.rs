@@ -3,6 +3,7 @@
 //! arsync remotely. The server sends (`--sender`, the client pulls) or
 //! receives (the client pushes) over its stdin/stdout.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -45,15 +46,15 @@ pub struct ServerArgs {
     pub partial: bool,
     /// Further options (see [`TransferOpts`]).
     pub opts: TransferOpts,
-    /// The paths after `.`.
-    pub paths: Vec<String>,
+    /// The paths after `.` (bytes: they need not be UTF-8).
+    pub paths: Vec<OsString>,
 }
 
 impl ServerArgs {
     /// Parses the arguments that follow the program name (starting with `--server`).
-    pub fn parse(args: &[String]) -> Result<ServerArgs> {
-        let mut it = args.iter();
-        if it.next().map(String::as_str) != Some("--server") {
+    /// Options are read as text; the paths keep their bytes.
+    pub fn parse<S: AsRef<OsStr>>(args: &[S]) -> Result<ServerArgs> {
+        if args.first().map(|a| a.as_ref()) != Some(OsStr::new("--server")) {
             return Err(RemoteError::Usage(
                 "server arguments must start with --server".into(),
             ));
@@ -72,13 +73,17 @@ impl ServerArgs {
             paths: Vec::new(),
         };
         let mut saw_dot = false;
-        let rest: Vec<String> = it.cloned().collect();
+        let raw = &args[1..];
+        let rest: Vec<String> = raw
+            .iter()
+            .map(|r| r.as_ref().to_string_lossy().into_owned())
+            .collect();
         let mut k = 0;
         while k < rest.len() {
             let arg = &rest[k];
             k += 1;
             if saw_dot {
-                a.paths.push(arg.clone());
+                a.paths.push(raw[k - 1].as_ref().to_os_string());
                 continue;
             }
             if arg.starts_with("--") && arg != "--" {
@@ -222,11 +227,7 @@ fn server_handshake<R: Read, W: Write>(
 /// Reads the client's filter list into rules (`None` when empty).
 fn read_filter_rules<R: Read>(ins: &mut InStream<R>, protocol: i32) -> Result<Option<FilterRules>> {
     let rules = ins.decode(arsync_proto::filter::decode_filter_list)?;
-    let texts: Vec<String> = rules
-        .iter()
-        .map(|r| String::from_utf8_lossy(r).into_owned())
-        .collect();
-    filter_from_wire(&texts, protocol)
+    filter_from_wire(&rules, protocol)
 }
 
 /// Serves one session over `input`/`output` (the process's stdin/stdout).
@@ -287,8 +288,7 @@ fn serve<R: Read, W: Write + Send + 'static>(
     let path = PathBuf::from(&args.paths[0]);
     if args.sender {
         let filter = read_filter_rules(&mut ins, neg.protocol)?;
-        let mut sources: Vec<SourceSpec> =
-            args.paths.iter().map(|p| SourceSpec::parse(p)).collect();
+        let mut sources: Vec<SourceSpec> = args.paths.iter().map(SourceSpec::parse).collect();
         if let Some(from) = &args.opts.files_from {
             // --files-from: names below the (single) source directory.
             let names = match from.as_str() {
@@ -399,7 +399,7 @@ pub fn refuse_session<R: Read, W: Write>(
 }
 
 /// Runs the server on stdin/stdout and returns the process exit code.
-pub fn serve_stdio(args: &[String]) -> ExitCode {
+pub fn serve_stdio<S: AsRef<OsStr>>(args: &[S]) -> ExitCode {
     let parsed = match ServerArgs::parse(args) {
         Ok(a) => a,
         Err(e) => {
@@ -513,6 +513,19 @@ mod tests {
         assert_eq!(a.flags, "nlogDtprAXSR");
         assert!(a.delete && a.delete_after && a.delay_updates);
         assert_eq!(a.paths, ["x", "y"]);
+        // Paths keep their bytes; options are text.
+        use std::os::unix::ffi::OsStrExt;
+        let raw = [
+            OsStr::new("--server"),
+            OsStr::new("--sender"),
+            OsStr::new("-logDtpr"),
+            OsStr::new("."),
+            OsStr::from_bytes(b"caf\xe9/"),
+        ];
+        let a = ServerArgs::parse(&raw).unwrap();
+        assert!(a.sender);
+        assert_eq!(a.paths[0].as_bytes(), b"caf\xe9/");
+        assert!(SourceSpec::parse(&a.paths[0]).contents);
         let a = ServerArgs::parse(&v(&["--server", "-vlogDtpr", "--stats", ".", "x"]));
         assert!(a.is_ok());
     }

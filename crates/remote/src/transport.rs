@@ -21,7 +21,7 @@ pub struct ChildTransport {
 impl ChildTransport {
     /// Spawns `argv[0]` with the remaining arguments; stderr is inherited so
     /// the server's own diagnostics reach the user.
-    pub fn spawn(argv: &[String]) -> Result<ChildTransport> {
+    pub fn spawn(argv: &[std::ffi::OsString]) -> Result<ChildTransport> {
         let (prog, args) = argv
             .split_first()
             .ok_or_else(|| RemoteError::Usage("empty remote command".into()))?;
@@ -31,7 +31,7 @@ impl ChildTransport {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| RemoteError::io(format!("starting {prog}"), e))?;
+            .map_err(|e| RemoteError::io(format!("starting {}", prog.to_string_lossy()), e))?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         Ok(ChildTransport {

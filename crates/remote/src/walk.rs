@@ -1,6 +1,8 @@
 //! Building a file list from a local source directory (the sending side).
 
+use std::ffi::OsStr;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -53,7 +55,7 @@ impl LocalList {
         if name == b"." {
             root.clone()
         } else {
-            root.join(String::from_utf8_lossy(name).as_ref())
+            root.join(OsStr::from_bytes(name))
         }
     }
 }
@@ -90,10 +92,12 @@ pub struct SourceSpec {
 
 impl SourceSpec {
     /// From a source argument as typed (a trailing `/` means contents).
-    pub fn parse(arg: &str) -> SourceSpec {
+    pub fn parse(arg: impl AsRef<OsStr>) -> SourceSpec {
+        let arg = arg.as_ref();
+        let b = arg.as_bytes();
         SourceSpec {
             path: PathBuf::from(arg),
-            contents: arg.ends_with('/') || arg == "." || arg.ends_with("/."),
+            contents: b.ends_with(b"/") || b == b"." || b.ends_with(b"/."),
         }
     }
 }
@@ -195,7 +199,7 @@ fn build_sources(
         if e.hardlink == HardLink::None {
             continue;
         }
-        let path = out.roots[*r as usize].join(String::from_utf8_lossy(&e.name).as_ref());
+        let path = out.roots[*r as usize].join(OsStr::from_bytes(&e.name));
         let Ok(m) = fs::symlink_metadata(&path) else {
             e.hardlink = HardLink::None;
             continue;
@@ -236,31 +240,31 @@ fn build_relative(
     checksum_algo: ChecksumAlgo,
     filter: Filters<'_>,
 ) -> Result<LocalList> {
-    let text = source
-        .to_str()
-        .ok_or_else(|| RemoteError::Usage(format!("source {} is not UTF-8", source.display())))?;
-    let (base, rel) = match text.find("/./") {
-        Some(i) => (PathBuf::from(&text[..i.max(1)]), &text[i + 3..]),
-        None if text.starts_with('/') => (PathBuf::from("/"), &text[1..]),
+    let text = source.as_os_str().as_bytes();
+    let path_of = |b: &[u8]| PathBuf::from(OsStr::from_bytes(b));
+    let (base, rel) = match text.windows(3).position(|w| w == b"/./") {
+        Some(i) => (path_of(&text[..i.max(1)]), &text[i + 3..]),
+        None if text.starts_with(b"/") => (PathBuf::from("/"), &text[1..]),
         None => (PathBuf::from("."), text),
     };
-    let base = if text.starts_with("/./") {
+    let base = if text.starts_with(b"/./") {
         PathBuf::from("/")
     } else {
         base
     };
     // Clean components: no empty, `.` or `..` parts.
-    let comps: Vec<&str> = rel
-        .split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
+    let comps: Vec<&[u8]> = rel
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
         .collect();
-    if comps.contains(&"..") {
+    if comps.contains(&&b".."[..]) {
         return Err(RemoteError::Usage(format!(
-            "source {text}: \"..\" is not allowed with --relative"
+            "source {}: \"..\" is not allowed with --relative",
+            source.display()
         )));
     }
     if comps.is_empty() {
-        let mut l = walk(&base, fopts, checksum_algo, filter, "")?;
+        let mut l = walk(&base, fopts, checksum_algo, filter, b"")?;
         l.root = base;
         return Ok(l);
     }
@@ -270,17 +274,17 @@ fn build_relative(
     };
     // Implied parent directories.
     for k in 1..comps.len() {
-        let name = comps[..k].join("/");
-        let p = base.join(&name);
+        let name = comps[..k].join(&b'/');
+        let p = base.join(OsStr::from_bytes(&name));
         let m = fs::symlink_metadata(&p)
             .map_err(|e| RemoteError::io(format!("source {}", p.display()), e))?;
-        if let Some(mut e) = entry_for(name.into_bytes(), &p, &m, fopts, checksum_algo)? {
+        if let Some(mut e) = entry_for(name, &p, &m, fopts, checksum_algo)? {
             e.no_content_dir = e.is_dir();
             list.entries.push(e);
         }
     }
-    let name = comps.join("/");
-    let p = base.join(&name);
+    let name = comps.join(&b'/');
+    let p = base.join(OsStr::from_bytes(&name));
     let m = fs::symlink_metadata(&p)
         .map_err(|e| RemoteError::io(format!("source {}", p.display()), e))?;
     if filter.daemon.is_some_and(|d| d.excluded(&p, m.is_dir())) {
@@ -293,7 +297,7 @@ fn build_relative(
         list.io_error |= sub.io_error;
         list.warnings.extend(sub.warnings);
         for mut e in sub.entries {
-            let mut n = name.as_bytes().to_vec();
+            let mut n = name.clone();
             if e.name != b"." {
                 n.push(b'/');
                 n.extend_from_slice(&e.name);
@@ -306,7 +310,7 @@ fn build_relative(
             };
             list.entries.push(e);
         }
-    } else if let Some(mut e) = entry_for(name.into_bytes(), &p, &m, fopts, checksum_algo)? {
+    } else if let Some(mut e) = entry_for(name, &p, &m, fopts, checksum_algo)? {
         // -d without -r (as --files-from implies): the directory only.
         e.no_content_dir = e.is_dir();
         list.entries.push(e);
@@ -453,7 +457,7 @@ impl Filters<'_> {
     /// (for a link leaving the transfer) or `-k` (for a link to a
     /// directory) what it points to. A followed link without a referent
     /// is reported as such.
-    fn stat(&self, path: &Path, name: &str) -> std::io::Result<fs::Metadata> {
+    fn stat(&self, path: &Path, name: &[u8]) -> std::io::Result<fs::Metadata> {
         let Some(o) = self.opts else {
             return fs::symlink_metadata(path);
         };
@@ -464,7 +468,7 @@ impl Filters<'_> {
         let follow = o.copy_links
             || (o.copy_unsafe_links
                 && fs::read_link(path).is_ok_and(|t| {
-                    crate::opts::unsafe_symlink(t.as_os_str().as_encoded_bytes(), name.as_bytes())
+                    crate::opts::unsafe_symlink(t.as_os_str().as_encoded_bytes(), name)
                 }));
         if follow {
             return fs::metadata(path).map_err(|e| {
@@ -508,7 +512,7 @@ fn build_one(
     filter: Filters<'_>,
 ) -> Result<LocalList> {
     let m = filter
-        .stat(source, &source.to_string_lossy())
+        .stat(source, source.as_os_str().as_bytes())
         .map_err(|e| RemoteError::io(format!("source {}", source.display()), e))?;
     if filter
         .daemon
@@ -524,16 +528,15 @@ fn build_one(
         });
     }
     if m.is_dir() && contents {
-        return walk(source, fopts, checksum_algo, filter, "");
+        return walk(source, fopts, checksum_algo, filter, b"");
     }
     let dir_entry_only = m.is_dir() && !filter.recurse();
     let base = source
         .file_name()
-        .and_then(|b| b.to_str())
+        .map(|b| b.as_bytes().to_vec())
         .ok_or_else(|| {
             RemoteError::Usage(format!("source {} has no usable name", source.display()))
-        })?
-        .to_string();
+        })?;
     let parent = match source.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -541,7 +544,7 @@ fn build_one(
     if m.is_dir() && !dir_entry_only {
         let mut list = walk(source, fopts, checksum_algo, filter, &base)?;
         for e in &mut list.entries {
-            let mut n = base.as_bytes().to_vec();
+            let mut n = base.clone();
             if e.name != b"." {
                 n.push(b'/');
                 n.extend_from_slice(&e.name);
@@ -551,19 +554,29 @@ fn build_one(
         list.root = parent;
         return Ok(list);
     }
-    let mut e =
-        entry_for(base.into_bytes(), source, &m, fopts, checksum_algo)?.ok_or_else(|| {
-            RemoteError::Usage(format!(
-                "source {}: this file type is not sent with these options",
-                source.display()
-            ))
-        })?;
+    let mut e = entry_for(base, source, &m, fopts, checksum_algo)?.ok_or_else(|| {
+        RemoteError::Usage(format!(
+            "source {}: this file type is not sent with these options",
+            source.display()
+        ))
+    })?;
     e.no_content_dir = dir_entry_only;
     Ok(LocalList {
         entries: vec![e],
         root: parent,
         ..LocalList::default()
     })
+}
+
+/// `prefix/name` (just `name` when `prefix` is empty); names are bytes.
+fn join_name(prefix: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(prefix.len() + 1 + name.len());
+    if !prefix.is_empty() {
+        v.extend_from_slice(prefix);
+        v.push(b'/');
+    }
+    v.extend_from_slice(name);
+    v
 }
 
 /// Walks `root` (the contents of the directory, as `SRC/` in rsync) into a
@@ -573,7 +586,7 @@ pub fn build_list(
     fopts: &FlistOptions,
     checksum_algo: ChecksumAlgo,
 ) -> Result<LocalList> {
-    walk(root, fopts, checksum_algo, Filters::default(), "")
+    walk(root, fopts, checksum_algo, Filters::default(), b"")
 }
 
 /// The walk behind [`build_list`]; `filter_prefix` is prepended (with `/`)
@@ -583,7 +596,7 @@ fn walk(
     fopts: &FlistOptions,
     checksum_algo: ChecksumAlgo,
     filters: Filters<'_>,
-    filter_prefix: &str,
+    filter_prefix: &[u8],
 ) -> Result<LocalList> {
     let filter = filters.client;
     let m =
@@ -605,7 +618,7 @@ fn walk(
     list.entries.push(top);
     // (dev, ino) of hard-linked non-directories, parallel to `entries`.
     let mut inodes: Vec<Option<(u64, u64)>> = vec![None];
-    let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
+    let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(root.to_path_buf(), Vec::new())];
     while let Some((dir, prefix)) = stack.pop() {
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
@@ -627,23 +640,9 @@ fn walk(
                 }
             };
             let fname = de.file_name();
-            let Some(fname) = fname.to_str() else {
-                list.io_error |= IOERR_GENERAL;
-                list.warnings
-                    .push(format!("skipping non-UTF-8 name in {}", dir.display()));
-                continue;
-            };
-            let rel = if prefix.is_empty() {
-                fname.to_string()
-            } else {
-                format!("{prefix}/{fname}")
-            };
+            let rel = join_name(&prefix, fname.as_bytes());
             let path = de.path();
-            let listed = if filter_prefix.is_empty() {
-                rel.clone()
-            } else {
-                format!("{filter_prefix}/{rel}")
-            };
+            let listed = join_name(filter_prefix, &rel);
             let m = match filters.stat(&path, &listed) {
                 Ok(m)
                     if filters
@@ -652,16 +651,7 @@ fn walk(
                 {
                     continue
                 }
-                Ok(m)
-                    if filter.is_some_and(|f| {
-                        let full = if filter_prefix.is_empty() {
-                            rel.clone()
-                        } else {
-                            format!("{filter_prefix}/{rel}")
-                        };
-                        f.excluded_for_transfer(full.as_bytes(), m.is_dir())
-                    }) =>
-                {
+                Ok(m) if filter.is_some_and(|f| f.excluded_for_transfer(&listed, m.is_dir())) => {
                     continue
                 }
                 Ok(m) => m,
@@ -684,9 +674,7 @@ fn walk(
             if mount >= 2 {
                 continue;
             }
-            if let Some(mut e) =
-                entry_for(rel.clone().into_bytes(), &path, &m, fopts, checksum_algo)?
-            {
+            if let Some(mut e) = entry_for(rel.clone(), &path, &m, fopts, checksum_algo)? {
                 if m.is_dir() && mount == 0 && filters.recurse() {
                     stack.push((path, rel));
                 } else if m.is_dir() {
@@ -719,4 +707,36 @@ fn walk(
     }
     list.entries = keyed.into_iter().map(|(e, _)| e).collect();
     Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_names_that_are_not_utf8_as_bytes_in_byte_order() {
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        let on_disk = |n: &[u8]| t.path().join(OsStr::from_bytes(n));
+        fs::create_dir(on_disk(b"caf\xe9")).unwrap();
+        for n in [&b"caf\xe9/x\xff"[..], b"a\xffb", b"z", b"\xc3\xa9t\xe9"] {
+            fs::write(on_disk(n), n).unwrap();
+        }
+        let fopts = FlistOptions::archive(31);
+        let list = build_list(t.path(), &fopts, ChecksumAlgo::Md5).unwrap();
+        let names: Vec<&[u8]> = list.entries.iter().map(|e| e.name.as_slice()).collect();
+        // rsync's order: bytes compared unsigned, a directory's contents after its files.
+        let want: [&[u8]; 6] = [
+            b".",
+            b"a\xffb",
+            b"z",
+            b"\xc3\xa9t\xe9",
+            b"caf\xe9",
+            b"caf\xe9/x\xff",
+        ];
+        assert_eq!(names, want);
+        assert!(list.warnings.is_empty(), "{:?}", list.warnings);
+        assert_eq!(list.path(5), on_disk(b"caf\xe9/x\xff"));
+        let read = fs::read(list.path(5)).unwrap();
+        assert_eq!(read, b"caf\xe9/x\xff");
+    }
 }
