@@ -1621,15 +1621,9 @@ fn print_io_backend() {
     }
 }
 
-/// Runs an already parsed command line with the given interrupt flag.
-pub fn run_parsed(parsed: Parsed, stop: Arc<AtomicBool>) -> i32 {
-    let Parsed {
-        opts,
-        filter,
-        sources,
-        dest,
-        ..
-    } = parsed;
+/// The run's output: stdout plus the `--log-file` (opened for appending). A log file that
+/// cannot be opened is reported and ends the run with rsync's exit code 11.
+pub(crate) fn open_output(opts: &Options) -> Result<Output, i32> {
     let log = match &opts.log_file {
         Some(p) => match std::fs::OpenOptions::new()
             .create(true)
@@ -1643,12 +1637,27 @@ pub fn run_parsed(parsed: Parsed, stop: Arc<AtomicBool>) -> i32 {
                     p.display(),
                     engine::errno_text(&e)
                 );
-                return exit::FILE_IO;
+                return Err(exit::FILE_IO);
             }
         },
         None => None,
     };
-    let out = Output::new(log, opts.log_file_format.clone(), opts.quiet);
+    Ok(Output::new(log, opts.log_file_format.clone(), opts.quiet))
+}
+
+/// Runs an already parsed command line with the given interrupt flag.
+pub fn run_parsed(parsed: Parsed, stop: Arc<AtomicBool>) -> i32 {
+    let Parsed {
+        opts,
+        filter,
+        sources,
+        dest,
+        ..
+    } = parsed;
+    let out = match open_output(&opts) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
     let files = match &opts.files_from {
         Some(p) => match engine::read_files_from(p, opts.from0) {
             Ok(f) => Some(f),

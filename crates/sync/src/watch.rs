@@ -42,11 +42,10 @@ use std::time::{Duration, Instant, SystemTime};
 use arsync_io::watch::{Batch, Debouncer, TreeWatcher, WatchError};
 
 use crate::cli::{self, Parsed};
-use crate::engine::{self, exit, Engine};
+use crate::engine::{exit, Engine};
 use crate::filter::{PathFilter, RulesFilter};
 use crate::fsops::{self, Kind};
 use crate::plan::{self, Plan, TopItem};
-use crate::report::Output;
 
 /// Full re-syncs every this many seconds after the watch limit was hit and no
 /// `--watch-interval` was given.
@@ -344,25 +343,10 @@ fn parent_excluded(filter: &RulesFilter, rel: &[u8]) -> bool {
 /// Runs `plan` with the parsed options, as [`cli::run_parsed`] runs a full one.
 fn run_plan(parsed: Parsed, plan: Plan, stop: &Arc<AtomicBool>) -> i32 {
     let Parsed { opts, filter, .. } = parsed;
-    let log = match &opts.log_file {
-        Some(p) => match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-        {
-            Ok(f) => Some(f),
-            Err(e) => {
-                eprintln!(
-                    "arsync: failed to open log-file {}: {}",
-                    p.display(),
-                    engine::errno_text(&e)
-                );
-                return exit::FILE_IO;
-            }
-        },
-        None => None,
+    let out = match cli::open_output(&opts) {
+        Ok(o) => o,
+        Err(code) => return code,
     };
-    let out = Output::new(log, opts.log_file_format.clone(), opts.quiet);
     let engine = Arc::new(Engine::new(opts, Box::new(filter), out, Arc::clone(stop)));
     engine.run(plan)
 }
