@@ -894,18 +894,22 @@ mod tests {
         let mut i = InStream::new(std::io::Cursor::new(wire));
         i.start_multiplex().unwrap();
         for f in &files {
-            let mut got = Vec::new();
-            loop {
-                let len = i.decode(|r| r.i32()).unwrap();
-                assert!((0..=32 * 1024).contains(&len), "token length {len}");
-                if len == 0 {
-                    break;
-                }
-                got.extend_from_slice(&i.decode(|r| Ok(r.bytes(len as usize)?.to_vec())).unwrap());
-            }
-            assert_eq!(&got, f);
+            assert_eq!(&read_literal_tokens(&mut i), f);
         }
         assert!(matches!(i.take(1), Err(RemoteError::Eof(_))));
+    }
+
+    /// Reads literal tokens up to the end token (length 0) and returns their data.
+    fn read_literal_tokens<R: std::io::Read>(i: &mut InStream<R>) -> Vec<u8> {
+        let mut got = Vec::new();
+        loop {
+            let len = i.decode(|r| r.i32()).unwrap();
+            assert!((0..=32 * 1024).contains(&len), "token length {len}");
+            if len == 0 {
+                return got;
+            }
+            got.extend_from_slice(&i.decode(|r| Ok(r.bytes(len as usize)?.to_vec())).unwrap());
+        }
     }
 
     #[test]
@@ -921,15 +925,7 @@ mod tests {
             let mut i = InStream::new(std::fs::File::from(rd));
             i.start_multiplex().unwrap();
             assert_eq!(i.decode(|r| Ok(r.bytes(5)?.to_vec())).unwrap(), b"head:");
-            let mut got = Vec::new();
-            loop {
-                let len = i.decode(|r| r.i32()).unwrap();
-                assert!((0..=32 * 1024).contains(&len), "token length {len}");
-                if len == 0 {
-                    break;
-                }
-                got.extend_from_slice(&i.decode(|r| Ok(r.bytes(len as usize)?.to_vec())).unwrap());
-            }
+            let got = read_literal_tokens(&mut i);
             let tail = i.decode(|r| Ok(r.bytes(4)?.to_vec())).unwrap();
             (got, tail)
         });
