@@ -496,6 +496,18 @@ mod tests {
         assert!(d.next_event().is_err());
     }
 
+    /// `data` in 700-byte frames, an INFO message, an empty DATA frame, a NO_SEND message and
+    /// `data` again in 1000-byte frames.
+    fn data_info_nosend_data(data: &[u8], msg: &[u8]) -> Vec<u8> {
+        let mut s = Vec::new();
+        encode_data(data, 700, &mut s);
+        encode_frame(MsgTag::Info, msg, &mut s).unwrap();
+        encode_frame(MsgTag::Data, b"", &mut s).unwrap();
+        encode_int_msg(MsgTag::NoSend, 7, &mut s);
+        encode_data(data, 1000, &mut s);
+        s
+    }
+
     proptest! {
         #[test]
         fn arbitrary_splits(data in proptest::collection::vec(any::<u8>(), 0..2000), msg in proptest::collection::vec(any::<u8>(), 0..100), splits in proptest::collection::vec(1usize..50, 1..40)) {
@@ -529,12 +541,7 @@ mod tests {
 
         #[test]
         fn demux_into_matches_events(data in proptest::collection::vec(any::<u8>(), 0..3000), msg in proptest::collection::vec(any::<u8>(), 0..100), splits in proptest::collection::vec(1usize..700, 1..40)) {
-            let mut s = Vec::new();
-            encode_data(&data, 700, &mut s);
-            encode_frame(MsgTag::Info, &msg, &mut s).unwrap();
-            encode_frame(MsgTag::Data, b"", &mut s).unwrap();
-            encode_int_msg(MsgTag::NoSend, 7, &mut s);
-            encode_data(&data, 1000, &mut s);
+            let s = data_info_nosend_data(&data, &msg);
             let mut d = Demuxer::new();
             let mut got = Vec::new();
             let mut msgs = Vec::new();
@@ -564,12 +571,7 @@ mod tests {
             // Input in arbitrary pieces, each passed again until consumed,
             // with arbitrary data limits: the same data and messages as
             // demultiplexing it whole, and no call appends past its limit.
-            let mut s = Vec::new();
-            encode_data(&data, 700, &mut s);
-            encode_frame(MsgTag::Info, &msg, &mut s).unwrap();
-            encode_frame(MsgTag::Data, b"", &mut s).unwrap();
-            encode_int_msg(MsgTag::NoSend, 7, &mut s);
-            encode_data(&data, 1000, &mut s);
+            let s = data_info_nosend_data(&data, &msg);
             let mut d = Demuxer::new();
             let mut got = Vec::new();
             let mut msgs = Vec::new();

@@ -226,14 +226,26 @@ fn send_whole<W: Write>(
     outs: &mut OutStream<W>,
     algo: ChecksumAlgo,
 ) -> Result<DeltaStats> {
-    let mut hasher = FileHasher::new(algo);
-    let mut st = DeltaStats::default();
-    loop {
-        let n = outs.literal_token(CHUNK_SIZE, |buf| {
+    send_literal_tokens(outs, algo, |outs, hasher| {
+        outs.literal_token(CHUNK_SIZE, |buf| {
             let n = read_chunk(f, buf)?;
             hasher.update(&buf[..n]);
             Ok(n)
-        })?;
+        })
+    })
+}
+
+/// Sends literal tokens made by `token` (which returns the bytes it sent, 0 at the end of the
+/// file, and hashes them), then the end token and the whole-file checksum.
+fn send_literal_tokens<W: Write>(
+    outs: &mut OutStream<W>,
+    algo: ChecksumAlgo,
+    mut token: impl FnMut(&mut OutStream<W>, &mut FileHasher) -> Result<usize>,
+) -> Result<DeltaStats> {
+    let mut hasher = FileHasher::new(algo);
+    let mut st = DeltaStats::default();
+    loop {
+        let n = token(outs, &mut hasher)?;
         if n == 0 {
             break;
         }
@@ -258,20 +270,10 @@ fn send_whole_spliced<W: Write>(
     algo: ChecksumAlgo,
     scratch: &mut Vec<u8>,
 ) -> Result<DeltaStats> {
-    let mut hasher = FileHasher::new(algo);
-    let mut st = DeltaStats::default();
     let mut offset = 0u64;
-    loop {
-        let n =
-            outs.literal_token_spliced(f, &mut offset, CHUNK_SIZE, scratch, |b| hasher.update(b))?;
-        if n == 0 {
-            break;
-        }
-        st.literal += n as u64;
-    }
-    outs.write(&0i32.to_le_bytes())?;
-    outs.write(hasher.finish().as_bytes())?;
-    Ok(st)
+    send_literal_tokens(outs, algo, |outs, hasher| {
+        outs.literal_token_spliced(f, &mut offset, CHUNK_SIZE, scratch, |b| hasher.update(b))
+    })
 }
 
 /// `--append`: the part of the file the receiver has (its length is in
