@@ -725,6 +725,27 @@ fn demo_commands_produce_rsyncs_tree() {
 }
 
 #[test]
+fn list_only_escapes_names_that_are_not_utf8_like_rsync() {
+    use std::os::unix::ffi::OsStrExt;
+    let w = scratch();
+    let src = w.path().join("src");
+    let name = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_os_string();
+    fs::create_dir_all(src.join(name(b"d\xe9"))).unwrap();
+    fs::write(src.join(name(b"a\xffb")), b"x").unwrap();
+    fs::write(src.join(name(b"d\xe9")).join(name(b"tab\there")), b"yy").unwrap();
+    std::os::unix::fs::symlink(name(b"t\xfe"), src.join(name(b"l\xfd"))).unwrap();
+    let args = [
+        OsString::from("-a"),
+        OsString::from("--list-only"),
+        slash(&src),
+    ];
+    let (a, r) = (arsync(&args), rsync(&args));
+    assert_code(&a, 0, "list-only");
+    assert_eq!(lines(&a), lines(&r), "--list-only output differs");
+    assert!(lines(&a).iter().any(|l| l.ends_with("l\\#375 -> t\\#376")));
+}
+
+#[test]
 fn dry_run_and_list_only_change_nothing() {
     let w = scratch();
     let src = w.path().join("src");

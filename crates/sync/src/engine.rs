@@ -1802,10 +1802,12 @@ impl Walker<'_> {
         } else {
             None
         };
+        // Names and link targets are escaped as in every other output line (`\#ooo`).
+        let link = link.map(|l| report::escape_name(l.as_bytes()));
         let line = report::list_line(
             meta,
-            rel,
-            link.as_ref().map(|l| l.as_bytes()),
+            &report::escape_name(rel),
+            link.as_deref(),
             self.opts().human_readable,
         );
         self.eng.out.line(&line);
