@@ -28,6 +28,13 @@ use crate::error::{RemoteError, Result};
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// This process's id, asked of the kernel once: temporary names carry it, and `getpid` is a
+/// system call per file otherwise (the C library no longer caches it).
+fn own_pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
 /// Metadata to apply to a received entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
@@ -634,7 +641,7 @@ impl DestRoot {
             let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
             let mut tmp = dot.to_vec();
             tmp.extend_from_slice(short);
-            tmp.extend_from_slice(format!(".{:06}{n}", std::process::id() % 1_000_000).as_bytes());
+            tmp.extend_from_slice(format!(".{:06}{n}", own_pid() % 1_000_000).as_bytes());
             let tmp = OsString::from_vec(tmp);
             match rustix::fs::openat(
                 &*dir,
