@@ -35,6 +35,8 @@ pub const RENAME_EXCHANGE: u32 = 2;
 
 /// The xattr holding a POSIX access ACL.
 pub const ACL_ACCESS_XATTR: &[u8] = b"system.posix_acl_access";
+/// The xattr holding a directory's POSIX default ACL, inherited by what is created in it.
+pub const ACL_DEFAULT_XATTR: &[u8] = b"system.posix_acl_default";
 
 const ACL_USER_OBJ: u16 = 0x01;
 const ACL_GROUP_OBJ: u16 = 0x04;
@@ -66,6 +68,57 @@ pub fn acl_to_mode(value: &[u8]) -> Result<(u32, bool)> {
         (Some(u), Some(g), Some(o)) => Ok(((u << 6) | (mask.unwrap_or(g) << 3) | o, n == 3)),
         _ => Err(errno(libc::EINVAL)),
     }
+}
+
+/// What a new node gets from its parent's default ACL `default` (as the kernel's
+/// `posix_acl_create` does): the access ACL is the default ACL with its owner, mask (or group)
+/// and other entries limited by the requested `mode`, and the mode's permission bits are
+/// limited by those entries in turn. Returns the new mode and the access ACL, or `None` when
+/// that ACL is minimal (the mode says everything).
+pub fn acl_inherit(default: &[u8], mode: u32) -> Result<(u32, Option<Vec<u8>>)> {
+    acl_to_mode(default)?;
+    let mut v = default.to_vec();
+    let mut mode = mode;
+    let mut extended = false;
+    let (mut group_obj, mut mask) = (None, None);
+    for (k, e) in v[4..].chunks_exact_mut(8).enumerate() {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let perm = u16::from_le_bytes([e[2], e[3]]) as u32 & 7;
+        let limited = match tag {
+            ACL_USER_OBJ => {
+                let p = perm & (mode >> 6);
+                mode &= !0o700 | (p << 6);
+                p
+            }
+            ACL_OTHER => {
+                let p = perm & mode;
+                mode &= !0o007 | p;
+                p
+            }
+            ACL_GROUP_OBJ => {
+                group_obj = Some(k);
+                continue;
+            }
+            ACL_MASK => {
+                mask = Some(k);
+                extended = true;
+                continue;
+            }
+            _ => {
+                extended = true;
+                continue;
+            }
+        };
+        e[2..4].copy_from_slice(&(limited as u16).to_le_bytes());
+    }
+    // The group class: the mask when there is one, else the owning group's entry.
+    if let Some(k) = mask.or(group_obj) {
+        let e = &mut v[4 + 8 * k..4 + 8 * k + 8];
+        let p = u16::from_le_bytes([e[2], e[3]]) as u32 & (mode >> 3) & 7;
+        mode &= !0o070 | (p << 3);
+        e[2..4].copy_from_slice(&(p as u16).to_le_bytes());
+    }
+    Ok((mode, extended.then_some(v)))
 }
 
 /// Rewrite an access ACL's owner, mask (or group) and other entries from `mode` (after chmod).
@@ -760,7 +813,8 @@ impl Fs {
         Ok((ino, self.getattr(ino)?))
     }
 
-    /// Create a node (file, directory, symlink, FIFO, socket or device) named `name` in `parent`.
+    /// Create a node (file, directory, symlink, FIFO, socket or device) named `name` in `parent`,
+    /// with the permission bits `perm` (limited by the parent's default ACL, if it has one).
     #[allow(clippy::too_many_arguments)]
     pub fn mknod(
         &self,
@@ -768,6 +822,27 @@ impl Fs {
         name: &[u8],
         kind: Kind,
         perm: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        target: &[u8],
+    ) -> Result<(u64, Inode)> {
+        self.mknod_masked(parent, name, kind, perm, 0, uid, gid, rdev, target)
+    }
+
+    /// [`Fs::mknod`] as a process with the file-creation mask `umask` asks for it: POSIX ACL
+    /// semantics, as the kernel gives local filesystems. Under a parent with a default ACL the
+    /// umask is ignored, the new node's access ACL (and a directory's default ACL) come from
+    /// the parent's default ACL, and the mode is limited by it; elsewhere the mode is
+    /// `perm & !umask`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod_masked(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: Kind,
+        perm: u32,
+        umask: u32,
         uid: u32,
         gid: u32,
         rdev: u32,
@@ -802,6 +877,18 @@ impl Fs {
             if let Some(limit) = reserve {
                 meta::set_counter(tx, "next_ino", limit)?;
             }
+            let mut xattrs = tx.open_table(XATTRS)?;
+            let default_acl = match kind {
+                Kind::Symlink => None,
+                _ => xattrs
+                    .get((LIVE, parent, ACL_DEFAULT_XATTR))?
+                    .map(|g| g.value().to_vec()),
+            };
+            let (perm, access_acl) = match default_acl.as_deref().map(|d| acl_inherit(d, perm)) {
+                Some(Ok(inherited)) => inherited,
+                // No default ACL (or one that does not parse): the umask applies.
+                _ => (perm & !(umask & 0o777), None),
+            };
             let mut i = new_inode(kind, perm & 0o7777, uid, gid, parent);
             i.rdev = rdev;
             i.policy = p.policy;
@@ -825,6 +912,14 @@ impl Fs {
                 return Err(Error::Meta(format!("inode number {ino} is already in use")));
             }
             dirents.insert((LIVE, parent, name), ino)?;
+            if let Some(acl) = &access_acl {
+                xattrs.insert((LIVE, ino, ACL_ACCESS_XATTR), acl.as_slice())?;
+            }
+            let inherits_default = kind == Kind::Dir && default_acl.is_some();
+            if let (true, Some(acl)) = (inherits_default, &default_acl) {
+                xattrs.insert((LIVE, ino, ACL_DEFAULT_XATTR), acl.as_slice())?;
+            }
+            let no_xattrs = access_acl.is_none() && !inherits_default;
             // What touch_dir does, on the table already open.
             let now = Ts::now();
             p.mtime = now;
@@ -833,9 +928,9 @@ impl Fs {
                 p.nlink += 1;
             }
             inodes.insert((LIVE, parent), meta::enc(&p)?.as_slice())?;
-            Ok((ino, i))
+            Ok((ino, i, no_xattrs))
         });
-        if let Ok((ino, i)) = &r {
+        if let Ok((ino, i, no_xattrs)) = &r {
             // If this create was the only commit since `before`, the metadata now is exactly
             // as it left it.
             let commits = self.pool.meta.commits();
@@ -844,10 +939,11 @@ impl Fs {
                     commits,
                     ino: *ino,
                     inode: i.clone(),
-                    no_xattrs: true,
+                    no_xattrs: *no_xattrs,
                 });
             }
         }
+        let r = r.map(|(ino, i, _)| (ino, i));
         *inos = match &r {
             Ok(_) => Some(InoRange {
                 next: ino + 1,
@@ -885,7 +981,21 @@ impl Fs {
         uid: u32,
         gid: u32,
     ) -> Result<(u64, Inode)> {
-        let (ino, i) = self.mknod(parent, name, Kind::File, perm, uid, gid, 0, b"")?;
+        self.create_masked(parent, name, perm, 0, uid, gid)
+    }
+
+    /// [`Fs::create`] under the file-creation mask `umask` (see [`Fs::mknod_masked`]).
+    pub fn create_masked(
+        &self,
+        parent: u64,
+        name: &[u8],
+        perm: u32,
+        umask: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(u64, Inode)> {
+        let (ino, i) =
+            self.mknod_masked(parent, name, Kind::File, perm, umask, uid, gid, 0, b"")?;
         self.state(ino)
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -2274,5 +2384,59 @@ impl Fs {
             files,
             ffree: u32::MAX as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACL_USER: u16 = 0x02;
+
+    fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for &(tag, perm, id) in entries {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&id.to_le_bytes());
+        }
+        v
+    }
+
+    /// The values `setfacl -d -m u:nobody:rwx,g::r-x,o::-` then `touch` / `mkdir` give on tmpfs.
+    #[test]
+    fn inherited_acl_is_limited_by_the_mode_and_limits_it() {
+        let u = u32::MAX;
+        let default = acl(&[
+            (ACL_USER_OBJ, 7, u),
+            (ACL_USER, 7, 65534),
+            (ACL_GROUP_OBJ, 5, u),
+            (ACL_MASK, 7, u),
+            (ACL_OTHER, 0, u),
+        ]);
+        let (mode, access) = acl_inherit(&default, libc::S_IFREG | 0o666).unwrap();
+        assert_eq!(mode, libc::S_IFREG | 0o660);
+        let want = acl(&[
+            (ACL_USER_OBJ, 6, u),
+            (ACL_USER, 7, 65534),
+            (ACL_GROUP_OBJ, 5, u),
+            (ACL_MASK, 6, u),
+            (ACL_OTHER, 0, u),
+        ]);
+        assert_eq!(access.as_deref(), Some(&want[..]));
+        let (mode, access) = acl_inherit(&default, 0o2777).unwrap();
+        assert_eq!(mode, 0o2770, "set-ID bits stay, permissions follow the ACL");
+        assert_eq!(access.as_deref(), Some(&default[..]));
+
+        // A minimal default ACL gives a mode and no access ACL; without a mask the owning
+        // group's entry is the one limited.
+        let minimal = acl(&[
+            (ACL_USER_OBJ, 7, u),
+            (ACL_GROUP_OBJ, 5, u),
+            (ACL_OTHER, 1, u),
+        ]);
+        assert_eq!(acl_inherit(&minimal, 0o666).unwrap(), (0o640, None));
+        assert_eq!(acl_inherit(&minimal, 0o750).unwrap(), (0o750, None));
+        assert!(acl_inherit(b"junk", 0o666).is_err());
     }
 }

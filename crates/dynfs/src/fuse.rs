@@ -252,6 +252,9 @@ impl Filesystem for DynFuse {
         // POSIX ACLs: the kernel enforces them and keeps the mode in sync when an ACL is set;
         // ACLs are stored as the usual system.posix_acl_* xattrs.
         let _ = config.add_capabilities(fuser::consts::FUSE_POSIX_ACL);
+        // New nodes inherit a parent's default ACL, which the filesystem applies (the kernel
+        // leaves it to FUSE filesystems): it needs the mode before the umask, and the umask.
+        let _ = config.add_capabilities(fuser::consts::FUSE_DONT_MASK);
         self.killpriv = config.add_capabilities(FUSE_HANDLE_KILLPRIV_V2).is_ok();
         Ok(())
     }
@@ -346,11 +349,12 @@ impl Filesystem for DynFuse {
         if kind == Kind::Dir || kind == Kind::Symlink {
             return reply.error(libc::EINVAL);
         }
-        let r = self.fs.mknod(
+        let r = self.fs.mknod_masked(
             parent,
             name.as_bytes(),
             kind,
-            mode & !umask,
+            mode,
+            umask,
             req.uid(),
             req.gid(),
             rdev,
@@ -368,11 +372,12 @@ impl Filesystem for DynFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.fs.mknod(
+        let r = self.fs.mknod_masked(
             parent,
             name.as_bytes(),
             Kind::Dir,
-            mode & !umask,
+            mode,
+            umask,
             req.uid(),
             req.gid(),
             0,
@@ -715,7 +720,7 @@ impl Filesystem for DynFuse {
     ) {
         let r = self
             .fs
-            .create(parent, name.as_bytes(), mode & !umask, req.uid(), req.gid());
+            .create_masked(parent, name.as_bytes(), mode, umask, req.uid(), req.gid());
         match r {
             Ok((ino, i)) => reply.created(&TTL, &attr(ino, &i), 0, 0, 0),
             Err(e) => reply.error(err_code(&e)),

@@ -591,3 +591,55 @@ fn set_id_bits_are_cleared_as_on_a_local_filesystem() {
         "{lookups} security.capability lookups for one file"
     );
 }
+
+/// New files, directories and FIFOs inherit a parent's default ACL as on a local filesystem
+/// (the umask ignored under a default ACL, applied elsewhere), and directories pass the
+/// default ACL on.
+#[test]
+fn default_acls_are_inherited_as_on_a_local_filesystem() {
+    if !fuse_available() {
+        return;
+    }
+    let mut m = Mounted::new(2, "replicate:2", "64K");
+    m.mount();
+    let script = "set -e; cd \"$1\"
+        mkdir d n
+        setfacl -d -m u:nobody:rwx,g::r-x,o::- d
+        setfacl -d -m u::rwx,g::r-x,o::r-x n
+        umask 022
+        touch d/f; mkdir d/sub; mkfifo d/p; touch d/sub/g; mkdir d/sub/deeper
+        umask 077
+        touch d/f2 n/f plain; mkdir n/s plaind
+        for f in d/f d/sub d/p d/sub/g d/sub/deeper d/f2 n/f n/s plain plaind; do
+            stat -c '%n %A' $f; getfacl -cp $f; done";
+    let run = |dir: &std::path::Path| {
+        let out = std::process::Command::new("sh")
+            .args(["-c", script, "sh"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let local = m.tmp.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+    let want = run(&local);
+    assert!(want.contains("d/f -rw-rw----\n"), "local: {want}");
+    assert!(want.contains("default:user:nobody:rwx\n"), "local: {want}");
+    assert!(want.contains("plain -rw-------\n"), "local: {want}");
+    assert_eq!(run(m.mnt()), want);
+    // Still there after a remount (committed with the create).
+    m.unmount();
+    m.mount();
+    assert_eq!(
+        sh(&format!("getfacl -cp '{}'", m.p("d/sub/deeper").display())),
+        sh(&format!(
+            "getfacl -cp '{}'",
+            local.join("d/sub/deeper").display()
+        ))
+    );
+}
