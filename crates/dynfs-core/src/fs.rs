@@ -16,6 +16,9 @@ use redb::{ReadableTable, WriteTransaction};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+mod snapview;
+pub use snapview::{is_view, is_view_name, SNAPDIR_INO, SNAPDIR_NAME};
+
 /// The xattr through which users read and set a file's or directory's policy.
 pub const POLICY_XATTR: &[u8] = b"user.dynfs.policy";
 
@@ -2067,7 +2070,23 @@ impl Fs {
         }
         self.flush(ino)?;
         let i = self.inode(ino)?;
-        if offset >= i.size {
+        self.seek_extents(LIVE, ino, i.size, offset, whence)
+    }
+
+    /// `SEEK_DATA` / `SEEK_HOLE` over the committed extent map of inode `ino` of `tree`, of
+    /// size `size`.
+    fn seek_extents(
+        &self,
+        tree: u64,
+        ino: u64,
+        size: u64,
+        offset: u64,
+        whence: i32,
+    ) -> Result<u64> {
+        if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+            return Ok(offset);
+        }
+        if offset >= size {
             return Err(errno(libc::ENXIO));
         }
         let es = self.es();
@@ -2075,11 +2094,11 @@ impl Fs {
         let t = tx.open_table(EXTMAP)?;
         let first = offset / es;
         if whence == libc::SEEK_DATA {
-            let mut r = t.range((LIVE, ino, first)..=(LIVE, ino, u64::MAX))?;
+            let mut r = t.range((tree, ino, first)..=(tree, ino, u64::MAX))?;
             match r.next() {
                 Some(row) => {
                     let pos = (row?.0.value().2 * es).max(offset);
-                    if pos >= i.size {
+                    if pos >= size {
                         Err(errno(libc::ENXIO))
                     } else {
                         Ok(pos)
@@ -2089,13 +2108,13 @@ impl Fs {
             }
         } else {
             let mut expect = first;
-            for row in t.range((LIVE, ino, first)..=(LIVE, ino, u64::MAX))? {
+            for row in t.range((tree, ino, first)..=(tree, ino, u64::MAX))? {
                 if row?.0.value().2 != expect {
                     break;
                 }
                 expect += 1;
             }
-            Ok((expect * es).max(offset).min(i.size))
+            Ok((expect * es).max(offset).min(size))
         }
     }
 

@@ -4,7 +4,7 @@
 //! fsync, release, fallocate) go to a small worker pool and reply from there, so several can be
 //! in flight at once; per-file ordering is kept by the engine's per-file lock.
 
-use dynfs_core::fs::{SetAttr, StatFs};
+use dynfs_core::fs::{is_view, is_view_name, SetAttr, StatFs, SNAPDIR_INO};
 use dynfs_core::meta::{Inode, Kind, Ts};
 use dynfs_core::{Error, Fs};
 use fuser::{
@@ -33,6 +33,15 @@ const FUSE_HANDLE_KILLPRIV_V2: u32 = 1 << 28;
 const FUSE_WRITE_KILL_SUIDGID: u32 = 1 << 2;
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// Answer a change under `/.snapshots` (read-only snapshot views) with `EROFS`.
+macro_rules! read_only {
+    ($reply:expr, $($under_snapshots:expr),+) => {
+        if $($under_snapshots)||+ {
+            return $reply.error(libc::EROFS);
+        }
+    };
+}
 
 /// The mounted filesystem.
 pub struct DynFuse {
@@ -197,6 +206,18 @@ impl DynFuse {
         (p != i.perm).then_some(p)
     }
 
+    fn readdir_any(
+        &self,
+        ino: u64,
+        offset: u64,
+        max: usize,
+    ) -> dynfs_core::Result<Vec<dynfs_core::fs::DirEntry>> {
+        match is_view(ino) {
+            true => self.fs.view_readdir(ino, offset, max),
+            false => self.fs.readdir(ino, offset, max),
+        }
+    }
+
     fn entry(&self, r: dynfs_core::Result<(u64, Inode)>, reply: ReplyEntry) {
         match r {
             Ok((ino, i)) => reply.entry(&TTL, &attr(ino, &i), 0),
@@ -266,11 +287,26 @@ impl Filesystem for DynFuse {
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        self.entry(self.fs.lookup(parent, name.as_bytes()), reply)
+        let name = name.as_bytes();
+        if is_view_name(parent, name) {
+            // Snapshots come and go by `dynfs snapshot`, not through the kernel: names in
+            // `.snapshots` are not cached, so the listing and lookups agree at once.
+            return match self.fs.view_lookup(parent, name) {
+                Ok((ino, i)) if parent == SNAPDIR_INO => {
+                    reply.entry(&Duration::ZERO, &attr(ino, &i), 0)
+                }
+                r => self.entry(r, reply),
+            };
+        }
+        self.entry(self.fs.lookup(parent, name), reply)
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        match self.fs.getattr(ino) {
+        let r = match is_view(ino) {
+            true => self.fs.view_getattr(ino),
+            false => self.fs.getattr(ino),
+        };
+        match r {
             Ok(i) => reply.attr(&TTL, &attr(ino, &i)),
             Err(e) => reply.error(err_code(&e)),
         }
@@ -294,6 +330,7 @@ impl Filesystem for DynFuse {
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
+        read_only!(reply, is_view(ino));
         let mut a = SetAttr {
             mode,
             uid,
@@ -327,7 +364,11 @@ impl Filesystem for DynFuse {
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
-        match self.fs.readlink(ino) {
+        let r = match is_view(ino) {
+            true => self.fs.view_readlink(ino),
+            false => self.fs.readlink(ino),
+        };
+        match r {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(err_code(&e)),
         }
@@ -343,6 +384,7 @@ impl Filesystem for DynFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        read_only!(reply, is_view_name(parent, name.as_bytes()));
         let Some(kind) = Kind::from_mode(mode) else {
             return reply.error(libc::EINVAL);
         };
@@ -372,6 +414,7 @@ impl Filesystem for DynFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        read_only!(reply, is_view_name(parent, name.as_bytes()));
         let r = self.fs.mknod_masked(
             parent,
             name.as_bytes(),
@@ -387,10 +430,12 @@ impl Filesystem for DynFuse {
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        read_only!(reply, is_view_name(parent, name.as_bytes()));
         empty(self.fs.unlink(parent, name.as_bytes()), reply)
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        read_only!(reply, is_view_name(parent, name.as_bytes()));
         empty(self.fs.rmdir(parent, name.as_bytes()), reply)
     }
 
@@ -402,6 +447,7 @@ impl Filesystem for DynFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        read_only!(reply, is_view_name(parent, link_name.as_bytes()));
         let r = self.fs.mknod(
             parent,
             link_name.as_bytes(),
@@ -425,6 +471,11 @@ impl Filesystem for DynFuse {
         flags: u32,
         reply: ReplyEmpty,
     ) {
+        read_only!(
+            reply,
+            is_view_name(parent, name.as_bytes()),
+            is_view_name(newparent, newname.as_bytes())
+        );
         empty(
             self.fs.rename(
                 parent,
@@ -445,6 +496,11 @@ impl Filesystem for DynFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        read_only!(
+            reply,
+            is_view(ino),
+            is_view_name(newparent, newname.as_bytes())
+        );
         let r = self
             .fs
             .link(ino, newparent, newname.as_bytes())
@@ -452,7 +508,15 @@ impl Filesystem for DynFuse {
         self.entry(r, reply)
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        if is_view(ino) {
+            let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+            read_only!(reply, writing);
+            return match self.fs.view_getattr(ino) {
+                Ok(_) => reply.opened(0, 0),
+                Err(e) => reply.error(err_code(&e)),
+            };
+        }
         match self.fs.open(ino) {
             Ok(()) => reply.opened(0, 0),
             Err(e) => reply.error(err_code(&e)),
@@ -473,6 +537,12 @@ impl Filesystem for DynFuse {
         let Ok(off) = u64::try_from(offset) else {
             return reply.error(libc::EINVAL);
         };
+        if is_view(ino) {
+            return self.spawn(move |fs| match fs.view_read(ino, off, size as usize) {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(err_code(&e)),
+            });
+        }
         self.spawn(move |fs| match fs.read(ino, off, size as usize) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(err_code(&e)),
@@ -491,6 +561,7 @@ impl Filesystem for DynFuse {
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
+        read_only!(reply, is_view(ino));
         let Ok(off) = u64::try_from(offset) else {
             return reply.error(libc::EINVAL);
         };
@@ -534,6 +605,9 @@ impl Filesystem for DynFuse {
         _lock_owner: u64,
         reply: ReplyEmpty,
     ) {
+        if is_view(ino) {
+            return reply.ok();
+        }
         let light = self.fs.is_light(ino);
         self.run_or_spawn(light, move |fs| empty(fs.flush(ino), reply))
     }
@@ -548,6 +622,9 @@ impl Filesystem for DynFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if is_view(ino) {
+            return reply.ok();
+        }
         let light = self.fs.is_light(ino);
         self.run_or_spawn(light, move |fs| empty(fs.release(ino), reply))
     }
@@ -560,6 +637,9 @@ impl Filesystem for DynFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if is_view(ino) {
+            return reply.ok();
+        }
         self.spawn(move |fs| empty(fs.fsync(ino), reply))
     }
 
@@ -571,7 +651,7 @@ impl Filesystem for DynFuse {
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(ino, offset.max(0) as u64, 256) {
+        match self.readdir_any(ino, offset.max(0) as u64, 256) {
             Ok(entries) => {
                 for e in entries {
                     if reply.add(
@@ -597,7 +677,7 @@ impl Filesystem for DynFuse {
         offset: i64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.fs.readdir(ino, offset.max(0) as u64, 128) {
+        match self.readdir_any(ino, offset.max(0) as u64, 128) {
             Ok(entries) => {
                 for e in entries {
                     if reply.add(
@@ -652,6 +732,7 @@ impl Filesystem for DynFuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        read_only!(reply, is_view(ino));
         let name = name.as_bytes().to_vec();
         let value = value.to_vec();
         // Setting the policy may restripe a large file: keep it off the session thread. Other
@@ -671,7 +752,11 @@ impl Filesystem for DynFuse {
         size: u32,
         reply: ReplyXattr,
     ) {
-        match self.fs.getxattr(ino, name.as_bytes()) {
+        let r = match is_view(ino) {
+            true => self.fs.view_getxattr(ino, name.as_bytes()),
+            false => self.fs.getxattr(ino, name.as_bytes()),
+        };
+        match r {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() > size as usize => reply.error(libc::ERANGE),
             Ok(v) => reply.data(&v),
@@ -680,7 +765,11 @@ impl Filesystem for DynFuse {
     }
 
     fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
-        match self.fs.listxattr(ino) {
+        let r = match is_view(ino) {
+            true => self.fs.view_listxattr(ino),
+            false => self.fs.listxattr(ino),
+        };
+        match r {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {
@@ -700,11 +789,15 @@ impl Filesystem for DynFuse {
     }
 
     fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+        read_only!(reply, is_view(ino));
         empty(self.fs.removexattr(ino, name.as_bytes()), reply)
     }
 
     fn access(&mut self, _req: &Request<'_>, ino: u64, _mask: i32, reply: ReplyEmpty) {
         // Permission checks are done by the kernel (default_permissions).
+        if is_view(ino) {
+            return empty(self.fs.view_getattr(ino).map(|_| ()), reply);
+        }
         empty(self.fs.getattr(ino).map(|_| ()), reply)
     }
 
@@ -718,6 +811,7 @@ impl Filesystem for DynFuse {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        read_only!(reply, is_view_name(parent, name.as_bytes()));
         let r = self
             .fs
             .create_masked(parent, name.as_bytes(), mode, umask, req.uid(), req.gid());
@@ -737,6 +831,7 @@ impl Filesystem for DynFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        read_only!(reply, is_view(ino));
         let (Ok(off), Ok(len)) = (u64::try_from(offset), u64::try_from(length)) else {
             return reply.error(libc::EINVAL);
         };
@@ -755,6 +850,12 @@ impl Filesystem for DynFuse {
         let Ok(off) = u64::try_from(offset) else {
             return reply.error(libc::EINVAL);
         };
+        if is_view(ino) {
+            return match self.fs.view_seek(ino, off, whence) {
+                Ok(o) => reply.offset(o as i64),
+                Err(e) => reply.error(err_code(&e)),
+            };
+        }
         self.spawn(move |fs| match fs.seek(ino, off, whence) {
             Ok(o) => reply.offset(o as i64),
             Err(e) => reply.error(err_code(&e)),

@@ -643,3 +643,116 @@ fn default_acls_are_inherited_as_on_a_local_filesystem() {
         ))
     );
 }
+
+/// Snapshots are browsable, read-only, under `/.snapshots/<name>`: the tree as it was when the
+/// snapshot was taken (content, metadata, hard links, xattrs, holes), while the live tree moves
+/// on; changes under `.snapshots` fail with EROFS; a deleted snapshot disappears.
+#[test]
+fn snapshots_are_browsable_read_only_through_the_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let mut m = Mounted::new(3, "rs:2+1", "64K");
+    m.mount();
+    let pool = m.pool.to_str().unwrap().to_string();
+    let saved = m.tmp.path().join("saved");
+    make_tree(&m.mnt().join("t"));
+    sh(&format!(
+        "cp -a '{}' '{}'",
+        m.p("t").display(),
+        saved.display()
+    ));
+    // Hidden from the root's listing, but there, and empty before any snapshot.
+    let root_list = sh(&format!("ls -a '{}'", m.mnt().display()));
+    assert!(!root_list.contains(".snapshots"), "{root_list}");
+    assert_eq!(sh(&format!("ls -A '{}'", m.p(".snapshots").display())), "");
+    assert!(run_ok(&["snapshot", "create", &pool, "monday"]).contains("created snapshot"));
+    // The live tree changes after the snapshot.
+    std::fs::write(m.p("t/a/f5"), b"changed").unwrap();
+    std::fs::remove_file(m.p("t/a/f9")).unwrap();
+    std::fs::write(m.p("t/new"), b"new").unwrap();
+    run_ok(&["snapshot", "create", &pool, "tuesday"]);
+    assert_eq!(
+        sh(&format!("ls '{}'", m.p(".snapshots").display())),
+        "monday\ntuesday\n"
+    );
+    let monday = m.p(".snapshots/monday/t");
+    assert_eq!(rsync_diff(&saved, &monday), "", "monday's view differs");
+    assert!(std::fs::read(monday.join("a/f5")).unwrap() == bytes(5, 65535));
+    assert_eq!(
+        std::fs::read(m.p(".snapshots/tuesday/t/a/f5")).unwrap(),
+        b"changed"
+    );
+    assert!(!monday.join("new").exists());
+    assert!(m.p(".snapshots/tuesday/t/new").exists());
+    // Holes are reported as holes.
+    let holes = sh(&format!(
+        "python3 -c \"import os; f=os.open('{}', os.O_RDONLY); print(os.lseek(f, 0, os.SEEK_DATA) > 0)\"",
+        monday.join("sparse").display()
+    ));
+    assert_eq!(holes.trim(), "True");
+    // Read-only: every kind of change fails with EROFS and changes nothing.
+    for cmd in [
+        "touch t/new2",
+        "printf x >> t/a/f1",
+        "truncate -s 0 t/a/f1",
+        "rm t/a/f1",
+        "mkdir t/d2",
+        "rmdir t/empty-dir",
+        "mv t/a/f1 t/a/f1x",
+        "ln t/a/f1 t/a/f1l",
+        "ln -s x t/sl",
+        "chmod 600 t/a/f1",
+        "setfattr -n user.x -v y t/a/f1",
+        "setfattr -x user.color t/a/f5",
+    ] {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cd '{}' && {cmd}",
+                m.p(".snapshots/monday").display()
+            ))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Read-only file system"),
+            "{cmd}: {err}"
+        );
+    }
+    // Nor can `.snapshots` itself be removed, renamed over or replaced.
+    for cmd in [
+        "rmdir .snapshots",
+        "mkdir .snapshots",
+        "mv t .snapshots/x",
+        "mv t/new .snapshots",
+    ] {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("cd '{}' && {cmd}", m.mnt().display()))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{cmd} succeeded");
+    }
+    assert_eq!(
+        rsync_diff(&saved, &monday),
+        "",
+        "a refused change altered the view"
+    );
+    // Restoring one file is a copy out of the view.
+    sh(&format!(
+        "cp -a '{}' '{}'",
+        monday.join("a/f9").display(),
+        m.p("t/a/f9").display()
+    ));
+    assert!(std::fs::read(m.p("t/a/f9")).unwrap() == bytes(9, 1_100_000));
+    run_ok(&["snapshot", "delete", &pool, "monday"]);
+    assert_eq!(
+        sh(&format!("ls '{}'", m.p(".snapshots").display())),
+        "tuesday\n"
+    );
+    assert!(!m.p(".snapshots/monday").exists());
+    m.unmount();
+    let out = run_ok(&["scrub", &pool]);
+    assert!(out.contains("clean"), "{out}");
+}
