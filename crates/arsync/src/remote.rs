@@ -9,8 +9,10 @@
 //! requested feature the remote roles do not implement exits with code 4.
 
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
+use arsync_filter::{FilterRules, FromFile, WireRole};
 use arsync_proto::stats::ExitCode;
 use arsync_remote::args::{ServerCommand, CLIENT_CAPS};
 use arsync_remote::daemon::{DaemonTarget, DEFAULT_PORT};
@@ -374,11 +376,9 @@ fn transfer_opts(o: &Options) -> TransferOpts {
         usermap: id_spec(&o.usermap, o.chown_uid),
         groupmap: id_spec(&o.groupmap, o.chown_gid),
         backup: o.backup,
-        backup_dir: o
-            .backup_dir
-            .as_ref()
-            .map(|d| d.to_string_lossy().into_owned()),
-        suffix: o.suffix.as_ref().map(|x| x.to_string_lossy().into_owned()),
+        // Bytes: neither need be UTF-8.
+        backup_dir: o.backup_dir.as_ref().map(|d| d.as_os_str().to_os_string()),
+        suffix: o.suffix.clone(),
         alt_dirs: [&o.compare_dest, &o.copy_dest, &o.link_dest]
             .into_iter()
             .flatten()
@@ -432,7 +432,7 @@ fn id_spec(rules: &[IdMapRule], chown: Option<u32>) -> Option<String> {
 }
 
 /// The packed short flags for the server, as rsync's `server_options` builds them.
-fn server_flags(o: &Options, compress: bool) -> String {
+fn server_flags(o: &Options, compress: bool, cvs: bool) -> String {
     let mut f = String::new();
     for (on, c) in [
         (o.links, 'l'),
@@ -448,6 +448,7 @@ fn server_flags(o: &Options, compress: bool) -> String {
         (o.relative, 'R'),
         (o.hard_links, 'H'),
         (o.checksum, 'c'),
+        (cvs, 'C'),
         (o.whole_file, 'W'),
         (o.dry_run, 'n'),
         (o.sparse, 'S'),
@@ -462,76 +463,100 @@ fn server_flags(o: &Options, compress: bool) -> String {
     f
 }
 
-/// Wire-form filter rules (`- pat`, `+ pat`, rule text) from the argv, in order.
-fn wire_filters(args: &[OsString]) -> Result<Vec<Vec<u8>>, String> {
+/// The client's filter rules from the argv, in command-line order, as rsync's
+/// client builds its list: `--exclude`, `--include`, `--filter`/`-f`,
+/// `--exclude-from`, `--include-from` and `merge` rules are read here (the
+/// files are the client's), `-F` adds `dir-merge /.rsync-filter` (a second
+/// `-F` also `- .rsync-filter`), `-C` adds `:C` and `-C` after all others.
+/// Returns the rules and whether `-C` was given (rsync also sends it as the
+/// packed `C`, so a sending server adds its own CVS rules).
+fn client_filters(args: &[OsString], o: &Options) -> Result<(FilterRules, bool), String> {
     use std::os::unix::ffi::OsStrExt;
-    let mut rules: Vec<Vec<u8>> = Vec::new();
+    let mut rules = FilterRules::new();
+    rules.set_from0(o.from0);
+    let mut cvs = false;
+    let mut f_count = 0;
     let mut i = 1;
+    let err = |what: &str, e: arsync_filter::FilterError| format!("{what}: {e}");
     while i < args.len() {
-        let a = args[i].to_string_lossy().into_owned();
-        // The value keeps its bytes (a pattern need not be UTF-8).
+        // Values keep their bytes (a pattern need not be UTF-8).
         let raw = args[i].as_bytes();
-        let (name, value) = match raw.iter().position(|&c| c == b'=') {
-            Some(k) if raw.starts_with(b"--") => (
-                String::from_utf8_lossy(&raw[..k]).into_owned(),
-                Some(raw[k + 1..].to_vec()),
-            ),
-            _ => (a.clone(), None),
-        };
-        let take = |i: &mut usize| -> Option<Vec<u8>> {
-            value.clone().or_else(|| {
-                *i += 1;
-                args.get(*i).map(|v| v.as_bytes().to_vec())
-            })
-        };
-        let prefixed = |p: &[u8], v: Vec<u8>| [p, &v].concat();
-        match name.as_str() {
-            "--exclude" => rules.extend(take(&mut i).map(|v| prefixed(b"- ", v))),
-            "--include" => rules.extend(take(&mut i).map(|v| prefixed(b"+ ", v))),
-            "--filter" => rules.extend(take(&mut i)),
-            "--exclude-from" | "--include-from" | "--cvs-exclude" => {
-                return Err(format!("{name} with a remote peer"));
+        if raw == b"--" {
+            break;
+        }
+        if !raw.starts_with(b"-") || raw == b"-" {
+            i += 1;
+            continue;
+        }
+        if let Some(long) = raw.strip_prefix(b"--") {
+            let (name, inline) = match long.iter().position(|&c| c == b'=') {
+                Some(k) => (&long[..k], Some(long[k + 1..].to_vec())),
+                None => (long, None),
+            };
+            let name = String::from_utf8_lossy(name).into_owned();
+            let mut value = inline;
+            if value.is_none() && LONG_WITH_VALUE.contains(&name.as_str()) {
+                i += 1;
+                value = args.get(i).map(|v| v.as_bytes().to_vec());
             }
-            "-f" => rules.extend(take(&mut i)),
-            s if s.starts_with("-C")
-                || (s.starts_with('-') && !s.starts_with("--") && s.contains('C')) =>
-            {
-                return Err("--cvs-exclude (-C) with a remote peer".into());
+            let v = value.unwrap_or_default();
+            let path = || std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&v));
+            match name.as_str() {
+                "exclude" => rules.add_exclude_bytes(&v),
+                "include" => rules.add_include_bytes(&v),
+                "filter" => rules.add_rule_bytes(&v),
+                "exclude-from" => rules.add_from_file(&path(), FromFile::Exclude),
+                "include-from" => rules.add_from_file(&path(), FromFile::Include),
+                "cvs-exclude" => {
+                    cvs = true;
+                    Ok(())
+                }
+                _ => Ok(()),
             }
-            _ => {}
+            .map_err(|e| err(&format!("--{name}"), e))?;
+            i += 1;
+            continue;
+        }
+        // A cluster of short options: `f` takes a value; `F` and `C` count.
+        let mut j = 1;
+        while j < raw.len() {
+            let c = raw[j] as char;
+            if SHORT_WITH_VALUE.contains(c) {
+                let value = if j + 1 < raw.len() {
+                    raw[j + 1..].to_vec()
+                } else {
+                    i += 1;
+                    args.get(i)
+                        .map(|v| v.as_bytes().to_vec())
+                        .unwrap_or_default()
+                };
+                if c == 'f' {
+                    rules.add_rule_bytes(&value).map_err(|e| err("-f", e))?;
+                }
+                break;
+            }
+            match c {
+                'C' => cvs = true,
+                'F' => {
+                    // The k-th -F adds the k-th of rsync's two rules.
+                    f_count += 1;
+                    match f_count {
+                        1 => rules.add_rule(": /.rsync-filter"),
+                        2 => rules.add_rule("- .rsync-filter"),
+                        _ => Ok(()),
+                    }
+                    .map_err(|e| err("-F", e))?;
+                }
+                _ => {}
+            }
+            j += 1;
         }
         i += 1;
     }
-    let merge = |r: &Vec<u8>| {
-        let word = r
-            .split(|&c| c == b' ' || c == b',')
-            .next()
-            .unwrap_or_default();
-        matches!(word, b"merge" | b"dir-merge" | b".")
-            || word.starts_with(b":")
-            || r.starts_with(b".")
-    };
-    if let Some(r) = rules.iter().find(|r| merge(r)) {
-        return Err(format!("merge rule {:?}", String::from_utf8_lossy(r)));
+    if cvs {
+        rules.add_cvs_exclude().map_err(|e| err("-C", e))?;
     }
-    Ok(rules)
-}
-
-/// `--delete-excluded`: a plain include/exclude rule becomes a sender-side
-/// one (`-s`/`+s`), as rsync's client makes it, so it hides files from the
-/// sender's walk but does not protect the receiver's files from deletion.
-fn sender_side(rule: &[u8]) -> Vec<u8> {
-    for (long, short) in [
-        (&b"exclude "[..], &b"-s "[..]),
-        (b"include ", b"+s "),
-        (b"- ", b"-s "),
-        (b"+ ", b"+s "),
-    ] {
-        if let Some(pat) = rule.strip_prefix(long) {
-            return [short, pat].concat();
-        }
-    }
-    rule.to_vec()
+    Ok((rules, cvs))
 }
 
 /// Runs a transfer with one remote side. `args` is the whole argv.
@@ -599,28 +624,52 @@ pub fn run(args: &[OsString]) -> i32 {
             "only one of --compare-dest, --copy-dest, --link-dest may be used",
         );
     }
-    let mut filters = match wire_filters(args) {
-        Ok(f) if o.delete_excluded => f.iter().map(|r| sender_side(r)).collect(),
-        Ok(f) => f,
-        Err(e) => return fail(ExitCode::Unsupported, format!("{e} is not supported yet")),
+    let (mut rules, cvs) = match client_filters(args, &o) {
+        Ok(r) => r,
+        Err(e) => return fail(ExitCode::FileIo, e),
     };
-    if let Some(d) = o.partial_dir.as_ref().map(|d| d.to_string_lossy()) {
+    rules.set_delete_excluded(o.delete_excluded);
+    // What goes on the wire depends on which side the client is (rules a
+    // side keeps to itself are not sent; `-C`'s list only by a sender).
+    let role = match src_remote {
+        true => WireRole::ClientReceiver,
+        false => WireRole::ClientSender,
+    };
+    let wire_protocol = s.protocol.map_or(32, |p| p.clamp(20, 32)) as u32;
+    let mut filters = match rules.to_wire_rules(role, wire_protocol) {
+        Ok(f) => f,
+        Err(e) => return fail(ExitCode::Protocol, e),
+    };
+    // Rules rsync's client adds itself: sent as they are and applied here.
+    let mut implied: Vec<Vec<u8>> = Vec::new();
+    if let Some(d) = o.partial_dir.as_ref() {
         // As rsync's client: a relative partial directory is hidden from
         // the walk and protected from deletion (a perishable exclude).
-        if !d.starts_with('/') {
-            filters.push(format!("-p {}/", d.trim_end_matches('/')).into_bytes());
+        let mut d = d.as_os_str().as_bytes().to_vec();
+        if !d.starts_with(b"/") {
+            while d.last() == Some(&b'/') {
+                d.pop();
+            }
+            implied.push([&b"-p "[..], &d, b"/"].concat());
         }
     }
     if o.backup && o.deleting() && o.backup_dir.is_none() && !o.delete_excluded {
         // As rsync's client: backups in the destination are not deleted.
-        filters.push(format!("P *{}", o.backup_suffix().to_string_lossy()).into_bytes());
+        implied.push([&b"P *"[..], o.backup_suffix().as_bytes()].concat());
     }
+    for r in implied {
+        if let Err(e) = rules.add_rule_bytes(&r) {
+            return fail(ExitCode::Syntax, e);
+        }
+        filters.push(r);
+    }
+    let local_filter = (!rules.is_empty()).then_some(rules);
     let remote = if src_remote { &srcs[0] } else { dst };
     let mut cmd = ServerCommand {
         remote_shell: Vec::new(),
         rsync_path: s.rsync_path.clone().unwrap_or_else(|| "rsync".into()),
         server_sends: src_remote,
-        flags: server_flags(&o, s.compress),
+        flags: server_flags(&o, s.compress, cvs),
         caps: CLIENT_CAPS.into(),
         protocol: s.protocol,
         path: OsString::new(),
@@ -659,17 +708,23 @@ pub fn run(args: &[OsString]) -> i32 {
                     cmd.opts.files_from = Some("-".into());
                 }
             }
-            Location::Shell { host, path, .. }
-                if src_remote
-                    && matches!(remote, Location::Shell { host: h, .. } if *h == host) =>
+            // A list on the remote host: a sending server reads it; a
+            // receiving one forwards its names to us (protocol 31 and later).
+            Location::Shell { host, path, .. } if matches!(remote, Location::Shell { host: h, .. } if *h == host) =>
             {
-                cmd.opts.files_from = Some(path.to_string_lossy().into_owned());
+                if !src_remote && s.protocol.is_some_and(|p| p < 31) {
+                    return fail(
+                        ExitCode::Unsupported,
+                        "--files-from=HOST:LIST on a push below protocol 31",
+                    );
+                }
+                cmd.opts.files_from = Some(path);
                 cmd.opts.from0 = o.from0;
             }
             _ => {
                 return fail(
-                    ExitCode::Unsupported,
-                    "a remote --files-from list must be on the pulling source's host",
+                    ExitCode::Syntax,
+                    "--files-from hostname is not the same as the transfer hostname",
                 )
             }
         }
@@ -784,6 +839,7 @@ pub fn run(args: &[OsString]) -> i32 {
         p.daemon = daemon;
         p.events = events;
         p.filters = filters;
+        p.local_filter = local_filter;
         p.files_from = ff_names;
         p.echo_messages = !o.quiet;
         pull(&p)
@@ -804,6 +860,9 @@ pub fn run(args: &[OsString]) -> i32 {
             }
             local.push(SourceSpec::parse(src));
         }
+        if cmd.opts.files_from.is_some() && local.len() != 1 {
+            return fail(ExitCode::Syntax, "--files-from needs one source directory");
+        }
         if let Some(names) = &ff_names {
             // --files-from: the names below the one source directory.
             if local.len() != 1 || names.is_empty() {
@@ -823,6 +882,7 @@ pub fn run(args: &[OsString]) -> i32 {
         p.daemon = daemon;
         p.events = events;
         p.filters = filters;
+        p.local_filter = local_filter;
         p.echo_messages = !o.quiet;
         push(&p)
     };

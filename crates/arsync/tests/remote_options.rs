@@ -6,7 +6,7 @@
 //! checks that the option had its effect in the reference run, so a case
 //! cannot pass by everyone ignoring the option.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -830,7 +830,8 @@ fn files_from_expect(_: &Path, d: &Path) {
 #[test]
 fn files_from_local_list() {
     // Each run has its own `<work>/list`; the client runs in `<work>`.
-    // A list on the remote host (`h:PATH`) is read by the sending server.
+    // A list on the remote host (`h:PATH`) is read by the sending server,
+    // or on a push forwarded by the receiving server to the client.
     for (name, flags, dirs) in [
         (
             "--files-from",
@@ -850,7 +851,7 @@ fn files_from_local_list() {
         (
             "--files-from=h:",
             &["-a", "--files-from=h:{work}/list"][..],
-            &[Direction::Pull][..],
+            &[Direction::Push, Direction::Pull][..],
         ),
     ] {
         let tmp = scratch_dir().unwrap();
@@ -1552,5 +1553,326 @@ fn daemon_confines_the_temp_dir() {
         assert_eq!(m.mtime(), 1_500_000_000, "a file came and went outside");
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
         assert!(!base.join("dst/a.txt").exists());
+    }
+}
+
+/// One run of a pairing: its output and trees.
+struct PairRun {
+    label: &'static str,
+    out: Output,
+    src: PathBuf,
+    dst: PathBuf,
+}
+
+/// Runs `flags` (`{work}` replaced by the run's own directory, where the
+/// client runs) for every pairing in direction `dir`, each in a fresh tree
+/// made by `setup(src, dst, work)`. The rsync->rsync run must exit 0 and
+/// pass `expect`; every other pairing must exit as it did and leave the
+/// same source and destination trees. Returns the runs, rsync's first.
+fn compare_pairings(
+    name: &str,
+    flags: &[&str],
+    dir: Direction,
+    setup: fn(&Path, &Path, &Path),
+    expect: fn(&Path, &Path),
+) -> Vec<PairRun> {
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    let mut runs = Vec::new();
+    for (label, client, server) in pairings(&arsync_bin()) {
+        let work = tmp.path().join(label.replace('>', ""));
+        let (src, dst) = (work.join("src"), work.join("dst"));
+        fs::create_dir_all(&src).unwrap();
+        fs::create_dir_all(&dst).unwrap();
+        setup(&src, &dst, &work);
+        let (from, to) = dir.endpoints(&src, &dst);
+        let flags: Vec<String> = flags
+            .iter()
+            .map(|f| f.replace("{work}", &work.to_string_lossy()))
+            .collect();
+        let out = Command::new(&client)
+            .current_dir(&work)
+            .args(&flags)
+            .args(["-e", &rsh.to_string_lossy(), "--rsync-path"])
+            .arg(&server)
+            .args([&from, &to])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        runs.push(PairRun {
+            label,
+            out,
+            src,
+            dst,
+        });
+    }
+    let show = |r: &PairRun| {
+        format!(
+            "{name} {dir:?} {}: exit {:?}\nstdout: {}\nstderr: {}",
+            r.label,
+            r.out.status.code(),
+            String::from_utf8_lossy(&r.out.stdout),
+            String::from_utf8_lossy(&r.out.stderr)
+        )
+    };
+    let reference = &runs[0];
+    assert_eq!(reference.out.status.code(), Some(0), "{}", show(reference));
+    expect(&reference.src, &reference.dst);
+    let cmp = CompareOpts::default();
+    for got in &runs[1..] {
+        assert_eq!(
+            got.out.status.code(),
+            reference.out.status.code(),
+            "{}",
+            show(got)
+        );
+        for (a, b, side) in [
+            (&reference.dst, &got.dst, "destination"),
+            (&reference.src, &got.src, "source"),
+        ] {
+            let diffs = compare_trees(a, b, &cmp);
+            assert!(
+                diffs.is_empty(),
+                "{side} differs from rsync's: {diffs:#?}\n{}",
+                show(got)
+            );
+        }
+    }
+    runs
+}
+
+/// [`compare_pairings`] pushing and pulling.
+fn compare_both(
+    name: &str,
+    flags: &[&str],
+    setup: fn(&Path, &Path, &Path),
+    expect: fn(&Path, &Path),
+) {
+    for dir in [Direction::Push, Direction::Pull] {
+        compare_pairings(name, flags, dir, setup, expect);
+    }
+}
+
+/// A tree for filter files: logs, objects, a CVS directory, extraneous
+/// files on the receiver, and rule files beside the trees in `work`.
+fn filter_tree(src: &Path, dst: &Path, work: &Path) {
+    put(src, "keep.txt", b"keep", T0);
+    put(src, "app.log", b"log", T0);
+    put(src, "main.o", b"object", T0);
+    put(src, "notes.bak", b"backup", T0);
+    put(src, "sub/deep.log", b"deep log", T0);
+    put(src, "sub/deep.txt", b"deep text", T0);
+    put(src, "sub/core", b"core dump", T0);
+    put(src, "sub/x.tmp", b"tmp", T0);
+    put(src, "CVS/Entries", b"cvs", T0);
+    put(dst, "stale.txt", b"extraneous", T0);
+    put(dst, "old.log", b"extraneous log", T0);
+    put(dst, "sub/stale.o", b"extraneous object", T0);
+    put(dst, "sub/gone.txt", b"extraneous", T0);
+    fs::write(
+        work.join("excl"),
+        "*.log\n# a comment\n; another\n\n+ keep.txt\n*.bak\n",
+    )
+    .unwrap();
+    fs::write(work.join("incl"), "*/\n*.txt\n").unwrap();
+    fs::write(work.join("rules"), "- *.o\n: .per-dir\nP gone.txt\n").unwrap();
+    settle(src);
+    settle(dst);
+}
+
+#[test]
+fn exclude_from_is_read_by_the_client() {
+    compare_both(
+        "--exclude-from",
+        &["-a", "--delete", "--exclude-from=excl"],
+        filter_tree,
+        |_, d| {
+            assert!(d.join("keep.txt").exists() && !d.join("app.log").exists());
+            assert!(!d.join("notes.bak").exists() && !d.join("sub/deep.log").exists());
+            // Excluded names on the receiver are protected from --delete.
+            assert!(d.join("old.log").exists() && !d.join("stale.txt").exists());
+        },
+    );
+}
+
+#[test]
+fn include_from_with_an_exclude_all() {
+    compare_both(
+        "--include-from",
+        &[
+            "-a",
+            "--delete",
+            "--include-from={work}/incl",
+            "--exclude=*",
+        ],
+        filter_tree,
+        |_, d| {
+            assert!(d.join("keep.txt").exists() && d.join("sub/deep.txt").exists());
+            assert!(!d.join("app.log").exists() && !d.join("sub/core").exists());
+            assert!(!d.join("stale.txt").exists() && d.join("old.log").exists());
+        },
+    );
+}
+
+#[test]
+fn cvs_exclude() {
+    fn setup(src: &Path, dst: &Path, work: &Path) {
+        filter_tree(src, dst, work);
+        // A per-directory .cvsignore, in the source and on the receiver.
+        put(src, "sub/.cvsignore", b"*.txt\n", T0);
+        put(dst, "sub/.cvsignore", b"gone.txt\n", T0);
+        settle(src);
+        settle(dst);
+    }
+    compare_both("-C", &["-a", "-C", "--delete"], setup, |_, d| {
+        assert!(d.join("keep.txt").exists() && !d.join("main.o").exists());
+        assert!(!d.join("CVS").exists() && !d.join("sub/core").exists());
+        assert!(!d.join("sub/deep.txt").exists(), "sub/.cvsignore applies");
+        // -C's names are protected on the receiver.
+        assert!(d.join("sub/stale.o").exists());
+        assert!(!d.join("stale.txt").exists());
+    });
+    // The short option in a cluster, without --delete.
+    compare_both("-aC", &["-aC"], setup, |_, d| {
+        assert!(!d.join("main.o").exists() && !d.join("sub/deep.txt").exists());
+    });
+}
+
+#[test]
+fn per_directory_filter_files() {
+    fn setup(src: &Path, dst: &Path, work: &Path) {
+        filter_tree(src, dst, work);
+        put(src, ".rsync-filter", b"- *.bak\n", T0);
+        put(src, "sub/.rsync-filter", b"- *.log\n- core\n", T0);
+        // The receiver's own rules protect its files from --delete.
+        put(dst, "sub/.rsync-filter", b"P gone.txt\n", T0);
+        settle(src);
+        settle(dst);
+    }
+    compare_both("-F", &["-a", "-F", "--delete"], setup, |_, d| {
+        assert!(!d.join("notes.bak").exists() && d.join("app.log").exists());
+        assert!(!d.join("sub/deep.log").exists() && !d.join("sub/core").exists());
+        assert!(d.join("sub/.rsync-filter").exists());
+        assert!(!d.join("stale.txt").exists());
+    });
+    compare_both("-FF", &["-a", "-FF", "--delete"], setup, |_, d| {
+        assert!(!d.join("notes.bak").exists() && !d.join(".rsync-filter").exists());
+        assert!(d.join("sub/gone.txt").exists(), "the receiver's P rule");
+    });
+}
+
+#[test]
+fn merge_and_dir_merge_rules() {
+    fn setup(src: &Path, dst: &Path, work: &Path) {
+        filter_tree(src, dst, work);
+        put(src, "sub/.per-dir", b"- *.txt\n", T0);
+        put(src, "sub/.excl", b"- deep.log\n", T0);
+        // For a `-` modifier: a bare pattern per line.
+        put(src, "sub/.exn", b"deep.log\n", T0);
+        put(dst, "sub/.per-dir", b"P stale.o\n", T0);
+        settle(src);
+        settle(dst);
+    }
+    // A merge file read by the client (holding a dir-merge rule), and a
+    // dir-merge rule with modifiers (`e`: the file itself is excluded).
+    compare_both(
+        "merge",
+        &[
+            "-a",
+            "--delete",
+            "--filter=merge {work}/rules",
+            "--filter=:e .excl",
+        ],
+        setup,
+        |_, d| {
+            assert!(!d.join("main.o").exists() && !d.join("sub/deep.txt").exists());
+            assert!(!d.join("sub/deep.log").exists() && !d.join("sub/.excl").exists());
+            assert!(d.join("sub/gone.txt").exists() && d.join("sub/stale.o").exists());
+            assert!(!d.join("stale.txt").exists());
+        },
+    );
+    compare_both(
+        "dir-merge,n",
+        &["-a", "--delete", "-f", "dir-merge,n- .exn", "-f", ". rules"],
+        setup,
+        |_, d| {
+            assert!(!d.join("sub/deep.log").exists() && !d.join("main.o").exists());
+        },
+    );
+}
+
+#[test]
+fn byte_values_of_backup_dir_suffix_and_remote_files_from() {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let os = |b: &[u8]| OsString::from_vec(b.to_vec());
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    for dir in [Direction::Push, Direction::Pull] {
+        for (name, backup) in [("--files-from", false), ("-b", true)] {
+            let mut results = Vec::new();
+            for (label, client, server) in pairings(&arsync_bin()) {
+                let work = tmp
+                    .path()
+                    .join(format!("{dir:?}{name}{}", label.replace('>', "")));
+                let (src, dst) = (work.join("src"), work.join("dst"));
+                put(&src, "a.txt", b"new a", T0 + 10);
+                put(&src, "b.txt", b"new b", T0 + 10);
+                put(&src, "sub/c.txt", b"new c", T0 + 10);
+                put(&dst, "a.txt", b"old a", T0);
+                put(&dst, "sub/c.txt", b"old c", T0);
+                put(&dst, "gone.txt", b"extra", T0);
+                let mut flags = vec![OsString::from("-a")];
+                if backup {
+                    // A backup directory and a suffix that are not UTF-8.
+                    flags.extend(["-b", "--delete"].map(OsString::from));
+                    flags.push(os(b"--backup-dir=old\xe9"));
+                    flags.push(os(b"--suffix=.\xff"));
+                } else {
+                    // A list with a name that is not UTF-8, at a path that is not.
+                    put(&src, "caf\u{e9}", b"utf-8 name", T0);
+                    let latin = src.join(OsStr::from_bytes(b"n\xe9"));
+                    fs::write(&latin, b"latin-1 name").unwrap();
+                    let f = fs::File::options().write(true).open(&latin).unwrap();
+                    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(T0))
+                        .unwrap();
+                    let list = work.join(OsStr::from_bytes(b"li\xe9st"));
+                    fs::write(&list, b"a.txt\nsub/c.txt\nn\xe9\n").unwrap();
+                    let mut arg = b"--files-from=fakehost:".to_vec();
+                    arg.extend_from_slice(list.as_os_str().as_bytes());
+                    flags.push(os(&arg));
+                }
+                settle(&src);
+                settle(&dst);
+                let (from, to) = dir.endpoints(&src, &dst);
+                let out = Command::new(&client)
+                    .current_dir(&work)
+                    .args(&flags)
+                    .args(["-e", &rsh.to_string_lossy(), "--rsync-path"])
+                    .arg(&server)
+                    .args([&from, &to])
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .unwrap();
+                let what = format!("{name} {dir:?} {label}");
+                assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
+                if backup {
+                    let kept = dst.join(OsStr::from_bytes(b"old\xe9/sub/c.txt.\xff"));
+                    assert_eq!(read(&kept).as_deref(), Some(&b"old c"[..]), "{what}");
+                    let gone = dst.join(OsStr::from_bytes(b"old\xe9/gone.txt.\xff"));
+                    assert!(gone.exists(), "{what}");
+                } else {
+                    assert!(dst.join(OsStr::from_bytes(b"n\xe9")).exists(), "{what}");
+                    assert!(!dst.join("b.txt").exists(), "{what}: not listed");
+                }
+                results.push((what, dst));
+            }
+            // The backup directory is made during the run.
+            let cmp = CompareOpts {
+                root_metadata: false,
+                dir_mtime: !backup,
+                ..CompareOpts::default()
+            };
+            assert_trees_match_first(&results, &cmp);
+        }
     }
 }

@@ -78,6 +78,9 @@ pub struct PullOptions {
     /// `--files-from` names sent to the server after the filter list
     /// (the command carries `--files-from=-`).
     pub files_from: Option<Vec<Vec<u8>>>,
+    /// The client's own rules, when they differ from `filters` (rules
+    /// kept local, `-C`'s): used for deletion instead of `filters`.
+    pub local_filter: Option<FilterRules>,
 }
 
 impl PullOptions {
@@ -92,6 +95,7 @@ impl PullOptions {
             events: None,
             filters: Vec::new(),
             files_from: None,
+            local_filter: None,
         }
     }
 }
@@ -263,7 +267,10 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         drain_eof: true,
         events: opts.events.clone(),
         whole_file: opts.command.flags.contains('W'),
-        filter: filter_from_wire(&opts.filters, neg.protocol)?.map(Arc::new),
+        filter: match &opts.local_filter {
+            Some(f) => Some(Arc::new(f.clone())),
+            None => filter_from_wire(&opts.filters, neg.protocol)?.map(Arc::new),
+        },
         dry_run: opts.command.flags.contains('n'),
         sparse: opts.command.flags.contains('S'),
         delay_updates: opts.command.delay_updates,
@@ -959,6 +966,8 @@ fn delete_extraneous(
         .map(|(e, _)| e.name.as_slice())
         .collect();
     let mut counts = [0i32; 5];
+    // Per-directory merge files are read from the destination's own tree.
+    let mut perdir = filter.map(|f| crate::dirrules::DestRules::new(f, dest.root()));
     for (e, _) in files
         .iter()
         .zip(active)
@@ -966,6 +975,10 @@ fn delete_extraneous(
     {
         let Some(mut children) = dest.list_dir(&e.name)? else {
             continue;
+        };
+        let filter = match perdir.as_mut() {
+            Some(p) => Some(p.at(&e.name)?),
+            None => None,
         };
         if limit.left.is_some() {
             // rsync deletes a directory's extras in reverse name order,

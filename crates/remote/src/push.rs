@@ -63,6 +63,10 @@ pub struct PushOptions {
     pub filters: Vec<Vec<u8>>,
     /// Further sources after `source` (rsync's `SRC1 SRC2 ... DEST`).
     pub more_sources: Vec<SourceSpec>,
+    /// The client's own rules, when they differ from `filters` (rules
+    /// kept local, `-C`'s, per-directory merge rules): used for the walk
+    /// instead of `filters`.
+    pub local_filter: Option<arsync_filter::FilterRules>,
 }
 
 impl PushOptions {
@@ -78,6 +82,7 @@ impl PushOptions {
             daemon: None,
             filters: Vec::new(),
             more_sources: Vec::new(),
+            local_filter: None,
         }
     }
 }
@@ -169,7 +174,10 @@ fn run_push_piped<R: Read, W: Write>(
     }
     outs.start_multiplex()?;
     ins.start_multiplex()?;
-    let filter = filter_from_wire(&opts.filters, neg.protocol)?;
+    let filter = match &opts.local_filter {
+        Some(f) => Some(f.clone()),
+        None => filter_from_wire(&opts.filters, neg.protocol)?,
+    };
     if opts.command.delete || opts.command.opts.prune_empty_dirs {
         // A deleting (or pruning, -m) receiver wants the filter list.
         // Sender-side rules stay here, as rsync's client elides them.
@@ -189,6 +197,14 @@ fn run_push_piped<R: Read, W: Write>(
         contents: opts.contents,
     }];
     sources.extend(opts.more_sources.iter().cloned());
+    if opts.command.opts.files_from.is_some() {
+        // --files-from=HOST:LIST: the receiving server reads the list and
+        // forwards its names after our filter list.
+        outs.flush()?;
+        let names = crate::opts::read_files_from_wire(&mut ins)?;
+        let relative = opts.command.flags.contains('R');
+        sources = crate::opts::files_from_sources(&opts.source, &names, relative);
+    }
     let list = build_list_with(
         &sources,
         opts.command.flags.contains('R'),

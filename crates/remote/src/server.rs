@@ -87,12 +87,14 @@ impl ServerArgs {
                 continue;
             }
             if arg.starts_with("--") && arg != "--" {
+                // Values keep their bytes (a backup directory need not be UTF-8).
+                let this = raw[k - 1].as_ref();
                 let mut next = || {
-                    let v = rest.get(k).cloned();
+                    let v = raw.get(k).map(|r| r.as_ref().to_os_string());
                     k += 1;
                     v
                 };
-                if a.opts.parse_server_arg(arg, &mut next)? {
+                if a.opts.parse_server_arg_os(this, &mut next)? {
                     continue;
                 }
             }
@@ -172,7 +174,7 @@ impl ServerArgs {
 }
 
 /// Packed short flags this server implements (`v`/`i` only change output).
-const SUPPORTED_FLAGS: &str = "logDtprdHcWzUviOJAXnSRuILkmxbEK";
+const SUPPORTED_FLAGS: &str = "logDtprdHcWzUviOJAXnSRuILkmxbEKC";
 
 fn unsupported(what: String) -> RemoteError {
     RemoteError::Proto(arsync_proto::Error::Unsupported(format!(
@@ -287,17 +289,35 @@ fn serve<R: Read, W: Write + Send + 'static>(
     ins.start_multiplex()?;
     let path = PathBuf::from(&args.paths[0]);
     if args.sender {
-        let filter = read_filter_rules(&mut ins, neg.protocol)?;
+        let mut filter = read_filter_rules(&mut ins, neg.protocol)?;
+        if args.flags.contains('C') {
+            // -C: a sending server adds `:C` and `-C` after the client's
+            // rules, with its own $HOME/.cvsignore and $CVSIGNORE (as
+            // rsync's recv_filter_list does; a client receiver does not
+            // send them).
+            filter
+                .get_or_insert_with(FilterRules::new)
+                .add_cvs_exclude()
+                .map_err(|e| RemoteError::Usage(format!("-C: {e}")))?;
+        }
         let mut sources: Vec<SourceSpec> = args.paths.iter().map(SourceSpec::parse).collect();
         if let Some(from) = &args.opts.files_from {
+            if args.opts.confined && from != "-" {
+                return Err(RemoteError::Refused(
+                    "--files-from with a file on the daemon's host".into(),
+                ));
+            }
             // --files-from: names below the (single) source directory.
-            let names = match from.as_str() {
-                "-" if neg.protocol < 31 => {
+            let names = match from.as_encoded_bytes() {
+                b"-" if neg.protocol < 31 => {
                     return Err(unsupported("--files-from=- below protocol 31".into()))
                 }
-                "-" => crate::opts::read_files_from_wire(&mut ins)?,
-                f => arsync_sync::engine::read_files_from(std::path::Path::new(f), args.opts.from0)
-                    .map_err(|e| RemoteError::io(format!("--files-from {f}"), e))?,
+                b"-" => crate::opts::read_files_from_wire(&mut ins)?,
+                _ => {
+                    let f = std::path::Path::new(from);
+                    arsync_sync::engine::read_files_from(f, args.opts.from0)
+                        .map_err(|e| RemoteError::io(format!("--files-from {}", f.display()), e))?
+                }
             };
             sources = crate::opts::files_from_sources(&path, &names, args.flags.contains('R'));
         }
@@ -342,6 +362,9 @@ fn serve<R: Read, W: Write + Send + 'static>(
             true => read_filter_rules(&mut ins, neg.protocol)?.map(std::sync::Arc::new),
             false => None,
         };
+        if let Some(from) = args.opts.files_from.as_ref().filter(|f| *f != "-") {
+            forward_files_from(&mut outs, from, args)?;
+        }
         let dest = match args.flags.contains('n') {
             true => DestRoot::open_dry(&path)?,
             false => match &args.opts.temp_dir {
@@ -370,6 +393,29 @@ fn serve<R: Read, W: Write + Send + 'static>(
         };
         receive_session(ins, outs, &neg, &fopts, dest, mode)
     }
+}
+
+/// `--files-from=HOST:LIST` on a push: a receiving server reads the list
+/// on its own host and forwards the names to the sending client (as
+/// rsync's receiver does, after the filter list).
+fn forward_files_from<W: Write>(
+    outs: &mut OutStream<W>,
+    from: &OsStr,
+    args: &ServerArgs,
+) -> Result<()> {
+    if args.opts.confined {
+        // rsync's daemon would confine the path to the module; ours refuses.
+        return Err(RemoteError::Refused(
+            "--files-from with a file on the daemon's host".into(),
+        ));
+    }
+    let f = std::path::Path::new(from);
+    let names = arsync_sync::engine::read_files_from(f, args.opts.from0)
+        .map_err(|e| RemoteError::io(format!("--files-from {}", f.display()), e))?;
+    let mut out = Vec::new();
+    crate::opts::encode_files_from(&names, &mut out);
+    outs.write(&out)?;
+    outs.flush()
 }
 
 /// Completes the handshake, then reports `msg` as a fatal error the way
@@ -477,7 +523,7 @@ mod tests {
         let a = ServerArgs::parse(&v(&["--server", "--files-from=-", "--from0", ".", "x"]));
         assert_eq!(
             a.ok().and_then(|a| a.opts.files_from),
-            Some("-".to_string())
+            Some(OsString::from("-"))
         );
         assert!(ServerArgs::parse(&v(&["--server", "-logDtpr", "."])).is_err());
         let e = ServerArgs::parse(&v(&["--server", "-Ylogdtpr", ".", "x"])).err();
@@ -495,7 +541,7 @@ mod tests {
         ]))
         .unwrap();
         assert!(a.opts.backup && a.opts.update && a.opts.one_file_system == 1);
-        assert_eq!(a.opts.backup_dir.as_deref(), Some("old files"));
+        assert_eq!(a.opts.backup_dir.as_deref(), Some(OsStr::new("old files")));
         assert_eq!(a.opts.max_delete, Some(0));
         assert!(a.delete && a.opts.delete_excluded);
         assert_eq!(a.paths, ["x"]);
