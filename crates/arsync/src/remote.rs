@@ -18,7 +18,7 @@ use arsync_remote::args::{ServerCommand, CLIENT_CAPS};
 use arsync_remote::daemon::{DaemonTarget, DEFAULT_PORT};
 use arsync_remote::events::{EventSink, FileEvent};
 use arsync_remote::opts::{AltKind, TransferOpts};
-use arsync_remote::pull::{pull, PullOptions, TransferSummary};
+use arsync_remote::pull::{pull, PullOptions};
 use arsync_remote::push::{push, PushOptions};
 use arsync_remote::walk::SourceSpec;
 use arsync_sync::options::{DeleteMode, IdMapRule, IdMatch, Options};
@@ -819,7 +819,21 @@ pub fn run(args: &[OsString]) -> i32 {
         }
         Location::Local(_) => return fail(ExitCode::Syntax, "no remote path"),
     }
-    let events = event_sink(&o);
+    let started = std::time::Instant::now();
+    let printer = (!o.list_only
+        && (o.stats || (!o.quiet && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some()))))
+    .then(|| Arc::new(output::Printer::new(&o, !src_remote)));
+    let events = event_sink(&o, &printer);
+    if o.verbose > 0 && !o.quiet && !o.list_only {
+        // arsync's file list is not incremental: rsync's lines for that.
+        println!(
+            "{}",
+            match src_remote {
+                true => "receiving file list ... done",
+                false => "building file list ... done",
+            }
+        );
+    }
     let res = if src_remote {
         let Location::Local(dest) = dst else {
             return fail(ExitCode::Syntax, "no local destination");
@@ -888,8 +902,8 @@ pub fn run(args: &[OsString]) -> i32 {
     };
     match res {
         Ok(summary) => {
-            if o.stats {
-                print_stats(&summary);
+            if let Some(p) = &printer {
+                p.finish(&o, &summary, started.elapsed().as_secs_f64());
             }
             let code = summary.exit_code();
             if code != ExitCode::Ok {
@@ -904,7 +918,9 @@ pub fn run(args: &[OsString]) -> i32 {
     }
 }
 
-fn event_sink(o: &Options) -> Option<EventSink> {
+/// The events the client's output needs: `--list-only` lines, or the
+/// [`output::Printer`] (`None` when nothing is printed).
+fn event_sink(o: &Options, printer: &Option<Arc<output::Printer>>) -> Option<EventSink> {
     if o.list_only {
         let human = o.human_readable;
         return Some(EventSink(Arc::new(move |e: &FileEvent<'_>| {
@@ -913,24 +929,8 @@ fn event_sink(o: &Options) -> Option<EventSink> {
             }
         })));
     }
-    if o.quiet || (o.verbose == 0 && o.itemize == 0 && o.out_format.is_none()) {
-        return None;
-    }
-    Some(EventSink(Arc::new(|e: &FileEvent<'_>| match e {
-        FileEvent::Transferred { name, .. } => print_name(b"", name),
-        FileEvent::Deleted { name } => print_name(b"deleting ", name),
-        FileEvent::Listed { .. } => {}
-    })))
-}
-
-/// Prints `prefix` and `name` on a line, the name escaped as rsync does
-/// (`\#ooo` for bytes that are not printable UTF-8).
-fn print_name(prefix: &[u8], name: &[u8]) {
-    use std::io::Write;
-    let mut line = prefix.to_vec();
-    line.extend_from_slice(&arsync_sync::report::escape_name(name));
-    line.push(b'\n');
-    let _ = std::io::stdout().lock().write_all(&line);
+    let p = Arc::clone(printer.as_ref()?);
+    Some(EventSink(Arc::new(move |e: &FileEvent<'_>| p.event(e))))
 }
 
 /// rsync's `--list-only` line for an entry of a remote file list.
@@ -957,17 +957,278 @@ fn list_line(e: &arsync_proto::flist::FileEntry, human: u8) -> String {
     String::from_utf8_lossy(&line).into_owned()
 }
 
-fn print_stats(s: &TransferSummary) {
-    println!();
-    println!("Number of files: {}", s.files_total);
-    println!(
-        "Number of regular files transferred: {}",
-        s.files_transferred
-    );
-    println!("Literal data: {} bytes", s.literal_bytes);
-    println!("Matched data: {} bytes", s.matched_bytes);
-    println!("Total bytes sent: {}", s.bytes_written);
-    println!("Total bytes received: {}", s.bytes_read);
+/// What the client prints for `-v`, `-i`, `--out-format` and `--stats`, as
+/// rsync's client prints it, from the transfer's events; the lines and the
+/// stats block come from the local engine's report module.
+mod output {
+    use std::collections::VecDeque;
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    use std::sync::Mutex;
+
+    use arsync_proto::flist::FileEntry;
+    use arsync_proto::item::iflags;
+    use arsync_remote::events::{FileEvent, SIGNIFICANT_ITEM_FLAGS};
+    use arsync_remote::pull::TransferSummary;
+    use arsync_sync::fsops::{Kind, Meta, Time};
+    use arsync_sync::options::Options;
+    use arsync_sync::report::{escape_name, format_line, Itemize, LineInfo, Stats};
+
+    /// A line waiting for the transfers before it (a pull prints in
+    /// file-list order, as rsync's receiver does).
+    struct Pending {
+        name: Vec<u8>,
+        line: Option<Vec<u8>>,
+        waiting: bool,
+    }
+
+    /// The client's output for one transfer.
+    pub(super) struct Printer {
+        /// The per-item format (`%n%L` for `-v`, `%i %n%L` for `-i`, or
+        /// `--out-format`); `None`: no item lines.
+        format: Option<String>,
+        itemizing: bool,
+        /// The client sends (a push: `<` in items).
+        sender: bool,
+        times: bool,
+        human: u8,
+        /// Hold lines until the files before them arrived (a pull).
+        ordered: bool,
+        queue: Mutex<VecDeque<Pending>>,
+        /// `--stats` counters.
+        pub(super) stats: Stats,
+    }
+
+    /// The local engine's kind of a file-list entry.
+    fn kind_of(e: &FileEntry) -> Kind {
+        meta_of(e).kind()
+    }
+
+    fn meta_of(e: &FileEntry) -> Meta {
+        Meta {
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            size: e.size.max(0) as u64,
+            mtime: Time {
+                sec: e.mtime,
+                nsec: e.mtime_nsec,
+            },
+            atime: Time::default(),
+            rdev: 0,
+            dev: 0,
+            ino: 0,
+            nlink: 1,
+        }
+    }
+
+    /// The `%i` string of an item as rsync's `log_item` renders its flags.
+    pub(super) fn itemize(f: u16, kind: Kind, sender: bool, times: bool) -> Itemize {
+        let update = if f & iflags::TRANSFER != 0 {
+            if sender {
+                b'<'
+            } else {
+                b'>'
+            }
+        } else if f & iflags::LOCAL_CHANGE != 0 {
+            if f & iflags::XNAME_FOLLOWS != 0 {
+                b'h'
+            } else {
+                b'c'
+            }
+        } else {
+            b'.'
+        };
+        let mut it = Itemize::new(update, kind);
+        it.new = f & iflags::IS_NEW != 0;
+        it.checksum = f & iflags::REPORT_CHANGE != 0;
+        it.size = f & iflags::REPORT_SIZE != 0;
+        it.time = match (f & iflags::REPORT_TIME != 0, times) {
+            (false, _) => b'.',
+            (true, true) => b't',
+            (true, false) => b'T',
+        };
+        it.perms = f & iflags::REPORT_PERMS != 0;
+        it.owner = f & iflags::REPORT_OWNER != 0;
+        it.group = f & iflags::REPORT_GROUP != 0;
+        it.acl = f & iflags::REPORT_ACL != 0;
+        it.xattr = f & iflags::REPORT_XATTR != 0;
+        it
+    }
+
+    impl Printer {
+        /// The output `o` asks for (`sender`: a push).
+        pub(super) fn new(o: &Options, sender: bool) -> Printer {
+            let format = match (&o.out_format, o.itemize > 0, o.verbose > 0) {
+                _ if o.quiet => None,
+                (Some(f), _, _) => Some(f.clone()),
+                (None, true, _) => Some("%i %n%L".to_string()),
+                (None, false, true) => Some("%n%L".to_string()),
+                (None, false, false) => None,
+            };
+            Printer {
+                itemizing: format.as_deref().is_some_and(|f| f.contains("%i")),
+                format,
+                sender,
+                times: o.times,
+                human: o.human_readable,
+                ordered: !sender,
+                queue: Mutex::new(VecDeque::new()),
+                stats: Stats::default(),
+            }
+        }
+
+        /// The line for an item, if rsync prints one: with `%i`, every
+        /// significant item; otherwise transfers, local changes and
+        /// directories with a significant change (rsync's `maybe_log_item`).
+        fn item_line(&self, f: u16, e: &FileEntry) -> Option<Vec<u8>> {
+            let format = self.format.as_deref()?;
+            let significant = f & SIGNIFICANT_ITEM_FLAGS != 0;
+            let kind = kind_of(e);
+            let shown = match self.itemizing {
+                true => significant,
+                false => {
+                    f & iflags::TRANSFER != 0
+                        || (f & iflags::LOCAL_CHANGE != 0 && significant)
+                        || (kind == Kind::Dir && significant)
+                }
+            };
+            if !shown {
+                return None;
+            }
+            let meta = meta_of(e);
+            let info = LineInfo {
+                name: &e.name,
+                kind,
+                item: Some(itemize(f, kind, self.sender, self.times)),
+                link: e.link_target.as_deref().map(|t| ("->", t)),
+                length: meta.size,
+                bytes: 0,
+                meta: Some(&meta),
+                operation: if self.sender { "send" } else { "recv" },
+            };
+            let mut line = format_line(format, &info, self.human);
+            line.push(b'\n');
+            Some(line)
+        }
+
+        /// Takes one event of the transfer.
+        pub(super) fn event(&self, ev: &FileEvent<'_>) {
+            match ev {
+                FileEvent::List { entries } => {
+                    for e in *entries {
+                        self.stats.seen(kind_of(e), e.size.max(0) as u64);
+                    }
+                }
+                FileEvent::Item {
+                    iflags: f, entry, ..
+                } => {
+                    let f = *f;
+                    if f & iflags::IS_NEW != 0 {
+                        self.stats.created(kind_of(entry));
+                    }
+                    let transfer = f & iflags::TRANSFER != 0;
+                    if transfer {
+                        self.stats.transferred.fetch_add(1, Ordering::Relaxed);
+                        let size = entry.size.max(0) as u64;
+                        self.stats
+                            .transferred_size
+                            .fetch_add(size, Ordering::Relaxed);
+                    }
+                    let line = self.item_line(f, entry);
+                    if !self.ordered {
+                        if let Some(l) = line {
+                            let _ = std::io::stdout().lock().write_all(&l);
+                        }
+                        return;
+                    }
+                    if line.is_none() && !transfer {
+                        return;
+                    }
+                    self.push(Pending {
+                        name: entry.name.clone(),
+                        line,
+                        waiting: transfer,
+                    });
+                }
+                FileEvent::Transferred { name, .. } if self.ordered => {
+                    let mut q = self.lock();
+                    if let Some(p) = q.iter_mut().find(|p| p.waiting && p.name == *name) {
+                        p.waiting = false;
+                    }
+                    Self::flush_ready(&mut q, false);
+                }
+                FileEvent::Deleted { name } => {
+                    self.stats.deleted.fetch_add(1, Ordering::Relaxed);
+                    if self.format.is_none() {
+                        return;
+                    }
+                    let prefix: &[u8] = match self.itemizing {
+                        true => b"*deleting   ",
+                        false => b"deleting ",
+                    };
+                    let mut line = prefix.to_vec();
+                    line.extend_from_slice(&escape_name(name));
+                    line.push(b'\n');
+                    self.push(Pending {
+                        name: Vec::new(),
+                        line: Some(line),
+                        waiting: false,
+                    });
+                }
+                _ => {}
+            }
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
+            self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        fn push(&self, p: Pending) {
+            let mut q = self.lock();
+            q.push_back(p);
+            Self::flush_ready(&mut q, false);
+        }
+
+        /// Prints the lines at the front that wait for nothing (`all`:
+        /// every line, at the end of the transfer).
+        fn flush_ready(q: &mut VecDeque<Pending>, all: bool) {
+            let mut out = std::io::stdout().lock();
+            while let Some(p) = q.front() {
+                if p.waiting && !all {
+                    break;
+                }
+                if let Some(l) = &p.line {
+                    let _ = out.write_all(l);
+                }
+                q.pop_front();
+            }
+            let _ = out.flush();
+        }
+
+        /// Prints what is left, then rsync's closing lines: the `--stats`
+        /// block and, with `-v` or `--stats`, the two summary lines.
+        pub(super) fn finish(&self, o: &Options, s: &TransferSummary, elapsed: f64) {
+            Self::flush_ready(&mut self.lock(), true);
+            if o.quiet || (o.verbose == 0 && !o.stats) {
+                return;
+            }
+            let st = &self.stats;
+            st.literal.store(s.literal_bytes, Ordering::Relaxed);
+            st.matched.store(s.matched_bytes, Ordering::Relaxed);
+            // A pulling client gets the sender's total size with its stats.
+            if self.ordered && s.stats.total_size > 0 {
+                st.total_size
+                    .store(s.stats.total_size as u64, Ordering::Relaxed);
+            }
+            let _ = st.wire_bytes.set((s.bytes_written, s.bytes_read));
+            let text = match o.stats {
+                true => st.render(elapsed, o.human_readable),
+                false => format!("\n{}", st.summary(elapsed, o.human_readable)),
+            };
+            println!("{text}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1876,3 +1876,184 @@ fn byte_values_of_backup_dir_suffix_and_remote_files_from() {
         }
     }
 }
+
+/// A tree for the output tests: a changed file, a file whose permissions
+/// differ, an unchanged file, a new directory and file, a symlink, a
+/// directory whose mtime differs, an extraneous file on the receiver.
+fn output_tree(src: &Path, dst: &Path, _work: &Path) {
+    put(src, "changed.txt", b"new content here", T0 + 5);
+    put(dst, "changed.txt", b"old", T0);
+    put(src, "perms.txt", b"same", T0);
+    put(dst, "perms.txt", b"same", T0);
+    fs::set_permissions(dst.join("perms.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    put(src, "same.txt", b"unchanged", T0);
+    put(dst, "same.txt", b"unchanged", T0);
+    put(src, "newdir/inner.txt", b"inner", T0);
+    put(src, "olddir/x.txt", b"x", T0);
+    put(dst, "olddir/x.txt", b"x", T0);
+    put(dst, "extra.txt", b"extraneous", T0);
+    symlink("same.txt", src.join("link")).unwrap();
+    settle(src);
+    settle(dst);
+    // Directory times after settle: one differs.
+    let st = Command::new("touch")
+        .args(["-d", "@1400000000"])
+        .arg(dst.join("olddir"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// The lines of `out`'s stdout that do not depend on the wire bytes or
+/// the clock: the byte counts, rates, speedup and list timings are left
+/// out ("total size is N" stays).
+fn stable_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            ![
+                "sent ",
+                "Total bytes sent:",
+                "Total bytes received:",
+                "File list size:",
+                "File list generation time:",
+                "File list transfer time:",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
+        })
+        .map(|l| match l.split_once("  speedup is") {
+            Some((total, _)) => total.to_string(),
+            None => l.to_string(),
+        })
+        .collect()
+}
+
+/// rsync's client output for `flags` in every pairing against rsync's own
+/// (its file list not incremental, as arsync's never is), after the same
+/// transfer; the trees are compared too.
+fn compare_output(flags: &[&str], dirs: &[Direction], must_have: &[&str]) {
+    for &dir in dirs {
+        let tmp = scratch_dir().unwrap();
+        let rsh = install_fake_ssh(tmp.path()).unwrap();
+        let mut results = Vec::new();
+        let mut reference: Option<Vec<String>> = None;
+        for (label, client, server) in pairings(&arsync_bin()) {
+            let work = tmp.path().join(label.replace('>', ""));
+            let (src, dst) = (work.join("src"), work.join("dst"));
+            output_tree(&src, &dst, &work);
+            let (from, to) = dir.endpoints(&src, &dst);
+            let mut cmd = Command::new(&client);
+            if client == rsync_bin() {
+                cmd.arg("--no-i-r");
+            }
+            let out = cmd
+                .args(flags)
+                .args(["-e", &rsh.to_string_lossy(), "--rsync-path"])
+                .arg(&server)
+                .args([&from, &to])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let what = format!("{flags:?} {dir:?} {label}");
+            assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
+            let lines = stable_lines(&out);
+            match &reference {
+                None => {
+                    for want in must_have {
+                        assert!(lines.iter().any(|l| l == want), "{what}: {lines:#?}");
+                    }
+                    reference = Some(lines);
+                }
+                Some(r) => assert_eq!(
+                    &lines,
+                    r,
+                    "{what}: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                ),
+            }
+            results.push((what, dst));
+        }
+        // Without -t (or -p) the times (and modes) are the run's own.
+        let timed = flags.contains(&"-a");
+        let cmp = CompareOpts {
+            mtime: timed,
+            dir_mtime: timed,
+            symlink_mtime: timed,
+            mode: timed,
+            ..CompareOpts::default()
+        };
+        assert_trees_match_first(&results, &cmp);
+    }
+}
+
+#[test]
+fn itemized_output_matches_rsync() {
+    let both = [Direction::Push, Direction::Pull];
+    compare_output(
+        &["-ai"],
+        &both,
+        &[
+            "cd+++++++++ newdir/",
+            "cL+++++++++ link -> same.txt",
+            ".d..t...... olddir/",
+        ],
+    );
+    // The update column says who sends; perms-only changes are items too.
+    compare_output(
+        &["-ai"],
+        &[Direction::Pull],
+        &[">f.st...... changed.txt", ".f...p..... perms.txt"],
+    );
+    compare_output(
+        &["-ai"],
+        &[Direction::Push],
+        &["<f.st...... changed.txt", ".f...p..... perms.txt"],
+    );
+    // Without -t and -p: `T` for a transfer, no `p`.
+    compare_output(&["-rli"], &[Direction::Pull], &[">f.sT...... changed.txt"]);
+    // Deletions on a pull (the client deletes).
+    compare_output(
+        &["-ai", "--delete"],
+        &[Direction::Pull],
+        &["*deleting   extra.txt"],
+    );
+}
+
+#[test]
+fn verbose_output_matches_rsync() {
+    compare_output(
+        &["-av"],
+        &[Direction::Push],
+        &[
+            "building file list ... done",
+            "newdir/",
+            "link -> same.txt",
+            "total size is 43",
+        ],
+    );
+    compare_output(
+        &["-av", "--delete"],
+        &[Direction::Pull],
+        &[
+            "receiving file list ... done",
+            "deleting extra.txt",
+            "olddir/",
+        ],
+    );
+    compare_output(
+        &["-a", "--stats"],
+        &[Direction::Push, Direction::Pull],
+        &[
+            "Number of files: 9 (reg: 5, dir: 3, link: 1)",
+            "Number of created files: 3 (reg: 1, dir: 1, link: 1)",
+            "Number of regular files transferred: 2",
+            "Total transferred file size: 21 bytes",
+        ],
+    );
+    compare_output(
+        &["-a", "--out-format=%o %n %l"],
+        &[Direction::Pull],
+        &["recv changed.txt 16"],
+    );
+}

@@ -46,7 +46,7 @@ use crate::attrs::{self, Target, XattrStore};
 use crate::conn::{join_errors, InStream, OutStream, MAX_OUT_FRAME};
 use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
-use crate::events::{EventSink, FileEvent};
+use crate::events::{change_flags, EventSink, FileEvent, SIGNIFICANT_ITEM_FLAGS};
 use crate::filewriter::{Committer, DataBuf, FileWriter, Keep};
 use crate::fsys::{punch_zero_blocks, read_basis, DelayedFile, DestRoot, Meta, TempFile};
 use crate::ids::{IdMap, IdNames};
@@ -422,6 +422,9 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
         e.uid = crate::opts::map_owner(&user_rules, e.uid, &uid_list, &uid_map, &names, true);
         e.gid = crate::opts::map_owner(&group_rules, e.gid, &gid_list, &gid_map, &names, false);
     }
+    if let Some(ev) = &mode.events {
+        ev.emit(&FileEvent::List { entries: &entries });
+    }
     let meta = MetaRules::new(
         mode.perms,
         mode.times,
@@ -659,6 +662,7 @@ fn request<W: Write>(
         item.iflags |= iflags::IS_NEW;
     }
     item.basis_type = how.basis_type;
+    item.iflags |= how.report;
     if xattr_request.is_some() {
         item.iflags |= iflags::REPORT_XATTR;
     }
@@ -723,6 +727,8 @@ struct RequestKind {
     is_new: Option<bool>,
     /// `--append`: the sum head only.
     append: bool,
+    /// rsync's change bits for the item (`ITEM_REPORT_*`).
+    report: u16,
 }
 
 /// What the generator thread needs besides the file list.
@@ -868,6 +874,82 @@ impl GenCtx {
     /// ITEM_REPORT_XATTR and the request; the receiver applies them.
     /// `extra` item flags (a new entry) go into that item; returns true
     /// when an item was sent.
+    /// Sends rsync's item for an entry that is not transferred, when it is
+    /// significant and no item went out for it yet (the sender logs and
+    /// echoes it), and reports it to the events.
+    fn report_item<W: Write>(
+        &self,
+        outs: &mut OutStream<W>,
+        codec: &mut NdxCodec,
+        i: usize,
+        e: &FileEntry,
+        report: u16,
+        sent: bool,
+    ) -> Result<()> {
+        if report & SIGNIFICANT_ITEM_FLAGS == 0 {
+            return Ok(());
+        }
+        if !sent {
+            self.requested[i].store(true, Ordering::Release);
+            let mut b = Vec::new();
+            ItemAttrs {
+                ndx: i as i32,
+                iflags: report,
+                basis_type: None,
+                xname: None,
+            }
+            .encode(codec, &mut b)?;
+            outs.write(&b)?;
+        }
+        self.itemized(i, e, report);
+        Ok(())
+    }
+
+    /// Reports rsync's item for entry `i` to the events.
+    fn itemized(&self, i: usize, e: &FileEntry, report: u16) {
+        if let Some(ev) = &self.events {
+            ev.emit(&FileEvent::Item {
+                ndx: i as i32,
+                iflags: report,
+                entry: e,
+            });
+        }
+    }
+
+    /// The change bits of an existing entry of the same kind (`changing`:
+    /// it is replaced here); a missing one is new.
+    fn local_changes(&self, e: &FileEntry, changing: bool) -> Result<u16> {
+        self.local_changes_at(e, changing, None)
+    }
+
+    /// [`GenCtx::local_changes`] with the mtime the entry had before this
+    /// run changed it (`mtime`), if it did.
+    fn local_changes_at(
+        &self,
+        e: &FileEntry,
+        changing: bool,
+        mtime: Option<(i64, u32)>,
+    ) -> Result<u16> {
+        let Some((info, mut attrs)) = self.dest.lstat_attrs(&e.name).unwrap_or(None) else {
+            return Ok(iflags::IS_NEW);
+        };
+        if let Some(t) = mtime {
+            attrs.mtime = t;
+        }
+        let want = self.meta.meta(e, Some(attrs.perms));
+        Ok(change_flags(e, Some((&info, &attrs)), &want, changing))
+    }
+
+    /// The item of a symlink about to be made: a link with another target
+    /// (or another kind of entry) is replaced (`cL.c...`).
+    fn symlink_changes(&self, e: &FileEntry, target: &[u8]) -> Result<u16> {
+        let now = std::fs::read_link(self.dest.path(&e.name)?).ok();
+        match now {
+            Some(t) if t.as_os_str().as_bytes() == target => self.local_changes(e, false),
+            _ => Ok(iflags::LOCAL_CHANGE | iflags::REPORT_CHANGE | self.local_changes(e, true)?),
+        }
+    }
+
     fn fix_xattrs<W: Write>(
         &self,
         outs: &mut OutStream<W>,
@@ -1146,6 +1228,21 @@ fn generator<W: Write>(
     let mut dirs = Vec::new();
     let mut pacer = FlushPacer::default();
     let mut limit = DeleteLimit::new(ctx.opts.max_delete);
+    // Directory times before the early deletions change them: rsync
+    // itemizes a directory before deleting in it.
+    let dir_times: std::collections::HashMap<&[u8], (i64, u32)> =
+        match ctx.delete && !ctx.late_delete {
+            true => files
+                .iter()
+                .zip(active)
+                .filter(|(e, a)| **a && e.is_dir())
+                .filter_map(|(e, _)| {
+                    let (_, attrs) = dest.lstat_attrs(&e.name).ok()??;
+                    Some((e.name.as_slice(), attrs.mtime))
+                })
+                .collect(),
+            false => std::collections::HashMap::new(),
+        };
     let mut del_counts = if ctx.delete && !ctx.late_delete {
         Some(delete_extraneous(
             files,
@@ -1235,6 +1332,8 @@ fn generator<W: Write>(
             };
             // Set when an item for this entry went out already.
             let mut sent = false;
+            // rsync's item for the entry (its `itemize`): what changes here.
+            let mut report = new_flags;
             // Without -p the permissions of what is there are kept: those
             // of a directory for a directory, of any other entry otherwise.
             let before = match ctx.meta.needs_existing() && !dry {
@@ -1246,6 +1345,10 @@ fn generator<W: Write>(
             .map(|m| m.perms);
             match e.file_type() {
                 Some(FileType::Dir) => {
+                    if !created {
+                        let before = dir_times.get(e.name.as_slice()).copied();
+                        report = ctx.local_changes_at(e, false, before)?;
+                    }
                     if !dry {
                         dest.ensure_dir(&e.name)?;
                         sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
@@ -1254,6 +1357,9 @@ fn generator<W: Write>(
                 }
                 Some(FileType::Symlink) if fopts.preserve_links && !dry => {
                     let target = e.link_target.as_deref().unwrap_or_default();
+                    if !created {
+                        report = ctx.symlink_changes(e, target)?;
+                    }
                     dest.make_symlink(&e.name, target)?;
                     sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
                     dest.set_meta(&e.name, &ctx.meta.meta_at(dest, e, before))?;
@@ -1335,8 +1441,12 @@ fn generator<W: Write>(
                             if let (Some(p), false) = (ctx.partial_file(e), dry) {
                                 p.remove(dest);
                             }
+                            let report = attrs.map_or(0, |a| {
+                                let want = ctx.meta.meta(e, Some(a.perms));
+                                change_flags(e, Some((&m, &a)), &want, false)
+                            });
                             if !dry {
-                                ctx.fix_xattrs(outs, &mut codec, i, e, 0)?;
+                                sent = ctx.fix_xattrs(outs, &mut codec, i, e, 0)?;
                                 // Only what differs is changed (most often nothing).
                                 let meta = ctx.meta.meta(e, Some(m.perms));
                                 if !attrs.is_some_and(|a| meta.is_applied(&a)) {
@@ -1345,7 +1455,7 @@ fn generator<W: Write>(
                                 ctx.fix_acls(e)?;
                                 ctx.success(outs, i)?;
                             }
-                            return Ok(());
+                            return ctx.report_item(outs, &mut codec, i, e, report, sent);
                         }
                     }
                     // --append: a file as long as the source's is left alone.
@@ -1377,6 +1487,10 @@ fn generator<W: Write>(
                         }
                     }
                     let xreq = ctx.transfer_xattrs(e, existing.is_some())?;
+                    let want = ctx.meta.meta(e, attrs.map(|a| a.perms));
+                    let local = existing.as_ref().zip(attrs.as_ref());
+                    let report = iflags::TRANSFER | change_flags(e, local, &want, true);
+                    ctx.itemized(i, e, report);
                     ctx.requested[i].store(true, Ordering::Release);
                     request(
                         outs,
@@ -1391,25 +1505,14 @@ fn generator<W: Write>(
                             basis_type,
                             is_new: Some(existing.is_none()),
                             append: ctx.opts.append > 0,
+                            report: report & !(iflags::TRANSFER | iflags::IS_NEW),
                         },
                     )?;
                     pacer.requested(outs)?;
                 }
                 _ => {}
             }
-            if created && !sent {
-                ctx.requested[i].store(true, Ordering::Release);
-                let mut b = Vec::new();
-                ItemAttrs {
-                    ndx: i as i32,
-                    iflags: new_flags,
-                    basis_type: None,
-                    xname: None,
-                }
-                .encode(&mut codec, &mut b)?;
-                outs.write(&b)?;
-            }
-            Ok(())
+            ctx.report_item(outs, &mut codec, i, e, report, sent)
         })();
         match step {
             Ok(()) => {}
@@ -1443,6 +1546,7 @@ fn generator<W: Write>(
                         basis_type,
                         is_new: Some(!exists),
                         append: false,
+                        report: 0,
                     },
                 )?;
                 outs.flush()?;

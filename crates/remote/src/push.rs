@@ -364,6 +364,11 @@ pub(crate) fn send_session<R: Read, W: Write>(
         append,
     } = mode;
     let flist_start = std::time::Instant::now();
+    if let Some(ev) = events {
+        ev.emit(&FileEvent::List {
+            entries: &list.entries,
+        });
+    }
     for w in &list.warnings {
         eprintln!("arsync: {w}");
     }
@@ -456,6 +461,15 @@ pub(crate) fn send_session<R: Read, W: Write>(
                         "file index {} out of range",
                         a.ndx
                     )));
+                }
+                // What the peer's generator says of the entry (rsync's
+                // sender logs it for -i/-v), once: not again on a redo.
+                if let (Some(ev), false) = (events, phases.is_redo()) {
+                    ev.emit(&FileEvent::Item {
+                        ndx: a.ndx,
+                        iflags: a.iflags,
+                        entry: &list.entries[i],
+                    });
                 }
                 // The receiver asks for full values of abbreviated xattrs.
                 // rsync skips the exchange for local-change items that name

@@ -541,6 +541,9 @@ pub struct Stats {
     pub literal: AtomicU64,
     /// Bytes matched (unchanged in place or reflinked).
     pub matched: AtomicU64,
+    /// Bytes sent and received on a connection (remote mode); without them
+    /// the totals are estimated from the counters.
+    pub wire_bytes: std::sync::OnceLock<(u64, u64)>,
 }
 
 impl Stats {
@@ -652,6 +655,9 @@ impl Stats {
 
     /// Estimated bytes an rsync pipe would have carried (data plus per-file overhead).
     fn wire_estimate(&self) -> (u64, u64) {
+        if let Some(&w) = self.wire_bytes.get() {
+            return w;
+        }
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let files: u64 = [
             &self.files_reg,
