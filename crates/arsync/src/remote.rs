@@ -408,6 +408,9 @@ fn transfer_opts(o: &Options) -> TransferOpts {
             .map(|d| d.to_string_lossy().into_owned()),
         keep_dirlinks: o.keep_dirlinks,
         confined: false,
+        // A receiving server reports deletions when we print them.
+        report_deletions: !o.quiet
+            && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some() || o.stats),
     }
 }
 
@@ -1160,6 +1163,10 @@ mod output {
                 }
                 FileEvent::Deleted { name } => {
                     self.stats.deleted.fetch_add(1, Ordering::Relaxed);
+                    // A directory's name ends with `/`; other kinds are not
+                    // told apart (counted as files).
+                    let kind = usize::from(name.ends_with(b"/"));
+                    self.stats.deleted_by_kind[kind].fetch_add(1, Ordering::Relaxed);
                     if self.format.is_none() {
                         return;
                     }

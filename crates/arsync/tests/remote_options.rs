@@ -1892,6 +1892,7 @@ fn output_tree(src: &Path, dst: &Path, _work: &Path) {
     put(src, "olddir/x.txt", b"x", T0);
     put(dst, "olddir/x.txt", b"x", T0);
     put(dst, "extra.txt", b"extraneous", T0);
+    put(dst, "gone/deep/old.txt", b"extraneous, below", T0);
     symlink("same.txt", src.join("link")).unwrap();
     settle(src);
     settle(dst);
@@ -2012,11 +2013,22 @@ fn itemized_output_matches_rsync() {
     );
     // Without -t and -p: `T` for a transfer, no `p`.
     compare_output(&["-rli"], &[Direction::Pull], &[">f.sT...... changed.txt"]);
-    // Deletions on a pull (the client deletes).
+    // Deletions: by the client on a pull; on a push the server tells the
+    // client (MSG_DELETED). A directory's contents are listed first.
     compare_output(
         &["-ai", "--delete"],
-        &[Direction::Pull],
-        &["*deleting   extra.txt"],
+        &both,
+        &[
+            "*deleting   gone/deep/old.txt",
+            "*deleting   gone/deep/",
+            "*deleting   gone/",
+            "*deleting   extra.txt",
+        ],
+    );
+    compare_output(
+        &["-ain", "--delete-after"],
+        &both,
+        &["*deleting   gone/deep/"],
     );
 }
 
@@ -2042,11 +2054,17 @@ fn verbose_output_matches_rsync() {
         ],
     );
     compare_output(
-        &["-a", "--stats"],
+        &["-avn", "--delete"],
+        &[Direction::Push],
+        &["deleting gone/"],
+    );
+    compare_output(
+        &["-a", "--stats", "--delete"],
         &[Direction::Push, Direction::Pull],
         &[
             "Number of files: 9 (reg: 5, dir: 3, link: 1)",
             "Number of created files: 3 (reg: 1, dir: 1, link: 1)",
+            "Number of deleted files: 4 (reg: 2, dir: 2)",
             "Number of regular files transferred: 2",
             "Total transferred file size: 21 bytes",
         ],

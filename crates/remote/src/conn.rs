@@ -61,6 +61,9 @@ pub struct PeerReports {
     /// Indices the receiver has safely (MSG_SUCCESS, for
     /// `--remove-source-files`).
     pub success: Vec<i32>,
+    /// Names the receiving peer deleted (MSG_DELETED; a directory's ends
+    /// with a NUL byte), not yet taken.
+    pub deleted: Vec<Vec<u8>>,
 }
 
 /// The input side of a connection.
@@ -463,7 +466,8 @@ impl<R: Read> InStream<R> {
                 });
             }
             Message::Success(n) => reports.success.push(n),
-            Message::IoTimeout(_) | Message::Noop | Message::Deleted(_) => {}
+            Message::Deleted(name) => reports.deleted.push(name),
+            Message::IoTimeout(_) | Message::Noop => {}
         }
         Ok(())
     }

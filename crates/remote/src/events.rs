@@ -19,9 +19,10 @@ pub enum FileEvent<'a> {
         /// Bytes taken from the existing copy.
         matched: u64,
     },
-    /// An extraneous local entry was deleted (`--delete` on a pull).
+    /// An extraneous entry was deleted (`--delete`: by us on a pull, by
+    /// the receiving peer on a push).
     Deleted {
-        /// Path relative to the transfer root.
+        /// Path relative to the transfer root (a directory's ends with `/`).
         name: &'a [u8],
     },
     /// An entry of a remote listing (`--list-only`, or one remote path

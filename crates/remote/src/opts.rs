@@ -98,6 +98,10 @@ pub struct TransferOpts {
     pub files_from: Option<OsString>,
     /// `--from0`: the names in a `--files-from` file end with NUL bytes.
     pub from0: bool,
+    /// A receiving server reports its deletions to the client (MSG_DELETED):
+    /// the client logs them (`-v`, sent as `v`; `-i` or `--out-format`, sent
+    /// as rsync's `--log-format=%i`).
+    pub report_deletions: bool,
     /// `-E` without `-p`: the receiver gives an existing file the
     /// source's executability (packed `E`, to a receiving server).
     pub executability: bool,
@@ -167,6 +171,7 @@ impl TransferOpts {
         self.prune_empty_dirs |= flags.contains('m');
         self.dirs_only |= flags.contains('d') && !flags.contains('r');
         self.backup |= flags.contains('b');
+        self.report_deletions |= flags.contains('v');
         self.executability |= flags.contains('E') && !flags.contains('p');
         self.keep_dirlinks |= flags.contains('K');
         let x = flags.chars().filter(|&c| c == 'x').count();
@@ -290,6 +295,9 @@ impl TransferOpts {
                 v.push("--temp-dir".into());
                 v.push(d.into());
             }
+        }
+        if self.report_deletions && !server_sends {
+            v.push("--log-format=%i".into());
         }
         if self.copy_unsafe_links {
             v.push("--copy-unsafe-links".into());
@@ -828,6 +836,49 @@ impl TransferOpts {
         // Same content, other attributes: a local copy (not for an
         // existing destination file, which the quick check handles).
         Ok(content_match.filter(|_| !exists).map(AltMatch::Copy))
+    }
+
+    /// [`TransferOpts::delete`] that names every entry it removes to
+    /// `report` (a directory's name with its `/`), each directory's
+    /// contents first in the order rsync deletes them (its list order
+    /// reversed), as rsync's `-v` lists them. With `dry_run` nothing is
+    /// removed (the names are reported all the same).
+    pub fn delete_reporting(
+        &self,
+        dest: &crate::fsys::DestRoot,
+        name: &[u8],
+        is_dir: bool,
+        dry_run: bool,
+        report: &mut dyn FnMut(&[u8]),
+    ) -> Result<[i32; 5]> {
+        let mut counts = [0i32; 5];
+        if is_dir {
+            let mut kids = Vec::new();
+            for c in dest.list_dir(name)?.unwrap_or_default() {
+                let p = [name, b"/", &c].concat();
+                let d = dest
+                    .lstat(&p)?
+                    .is_some_and(|m| m.file_type == rustix::fs::FileType::Directory);
+                kids.push((d, p));
+            }
+            kids.sort();
+            for (d, p) in kids.into_iter().rev() {
+                let n = self.delete_reporting(dest, &p, d, dry_run, report)?;
+                for (t, k) in counts.iter_mut().zip(n) {
+                    *t += k;
+                }
+            }
+        }
+        if !dry_run {
+            for (t, k) in counts.iter_mut().zip(self.delete(dest, name)?) {
+                *t += k;
+            }
+        }
+        match is_dir {
+            true => report(&[name, b"/"].concat()),
+            false => report(name),
+        }
+        Ok(counts)
     }
 
     /// Deletes `name` (and what is below it) for `--delete`, keeping

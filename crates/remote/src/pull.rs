@@ -1055,19 +1055,17 @@ fn delete_extraneous(
         .zip(active)
         .filter(|(e, a)| **a && e.is_dir() && !e.no_content_dir)
     {
-        let Some(mut children) = dest.list_dir(&e.name)? else {
+        let Some(children) = dest.list_dir(&e.name)? else {
             continue;
         };
         let filter = match perdir.as_mut() {
             Some(p) => Some(p.at(&e.name)?),
             None => None,
         };
-        if limit.left.is_some() {
-            // rsync deletes a directory's extras in reverse name order,
-            // so a --max-delete limit spares the same ones.
-            children.sort();
-            children.reverse();
-        }
+        // The extraneous entries in the order rsync deletes them: its list
+        // order (files, then directories) reversed, so a --max-delete limit
+        // spares the same ones and -v lists them as rsync does.
+        let mut extra = Vec::new();
         for c in children {
             let full = if e.name == b"." {
                 c
@@ -1080,39 +1078,36 @@ fn delete_extraneous(
             if names.contains(full.as_slice()) {
                 continue;
             }
-            if let Some(d) = daemon {
-                // Files a module's rules hide are never deleted.
-                let is_dir = dest
-                    .lstat(&full)?
-                    .is_some_and(|m| m.file_type == rustix::fs::FileType::Directory);
-                if d.excluded(&dest.path(&full)?, is_dir) {
-                    continue;
-                }
+            let is_dir = dest
+                .lstat(&full)?
+                .is_some_and(|m| m.file_type == rustix::fs::FileType::Directory);
+            extra.push((is_dir, full));
+        }
+        extra.sort();
+        for (is_dir, full) in extra.into_iter().rev() {
+            // Files a module's rules hide are never deleted.
+            if daemon.is_some_and(|d| dest.path(&full).is_ok_and(|p| d.excluded(&p, is_dir))) {
+                continue;
             }
-            if let Some(f) = filter {
-                let is_dir = dest
-                    .lstat(&full)?
-                    .is_some_and(|m| m.file_type == rustix::fs::FileType::Directory);
-                if f.protected_from_delete(&full, is_dir) {
-                    continue;
-                }
+            if filter.is_some_and(|f| f.protected_from_delete(&full, is_dir)) {
+                continue;
             }
             if !limit.allow(dest, &full)? {
                 continue;
             }
-            if dry_run {
-                if let Some(ev) = events {
-                    ev.emit(&FileEvent::Deleted { name: &full });
-                }
-                continue;
-            }
-            match opts.delete(dest, &full) {
+            // Someone listening hears of each entry below a directory too
+            // (also in a dry run, which deletes nothing).
+            let done = match events {
+                Some(ev) => opts.delete_reporting(dest, &full, is_dir, dry_run, &mut |n| {
+                    ev.emit(&FileEvent::Deleted { name: n })
+                }),
+                None if dry_run => continue,
+                None => opts.delete(dest, &full),
+            };
+            match done {
                 Ok(n) => {
                     for (t, k) in counts.iter_mut().zip(n) {
                         *t += k;
-                    }
-                    if let Some(ev) = events {
-                        ev.emit(&FileEvent::Deleted { name: &full });
                     }
                 }
                 Err(err) => errors.push(format!("{}: {err}", String::from_utf8_lossy(&full))),
@@ -1120,6 +1115,23 @@ fn delete_extraneous(
         }
     }
     Ok(counts)
+}
+
+/// Sends the names collected for MSG_DELETED (see `report_deletions`).
+fn send_deleted<W: Write>(
+    outs: &mut OutStream<W>,
+    deleted: &std::sync::Mutex<Vec<Vec<u8>>>,
+) -> Result<()> {
+    let names = std::mem::take(&mut *deleted.lock().unwrap_or_else(|p| p.into_inner()));
+    for mut n in names {
+        // rsync marks a directory with a trailing NUL.
+        if n.last() == Some(&b'/') {
+            n.pop();
+            n.push(0);
+        }
+        outs.message(MsgTag::Deleted, &n)?;
+    }
+    Ok(())
 }
 
 /// The late deletion pass never runs at the end of phase 0.
@@ -1243,6 +1255,22 @@ fn generator<W: Write>(
                 .collect(),
             false => std::collections::HashMap::new(),
         };
+    // A receiving server tells a client that asked (-v, -i) what it
+    // deleted (MSG_DELETED), as rsync's does.
+    let deleted: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let del_events = match (ctx.opts.report_deletions, &ctx.events) {
+        (true, None) => {
+            let d = Arc::clone(&deleted);
+            Some(EventSink::new(move |e| {
+                if let FileEvent::Deleted { name } = e {
+                    d.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(name.to_vec());
+                }
+            }))
+        }
+        _ => ctx.events.clone(),
+    };
     let mut del_counts = if ctx.delete && !ctx.late_delete {
         Some(delete_extraneous(
             files,
@@ -1250,7 +1278,7 @@ fn generator<W: Write>(
             dest,
             ctx.dry_run,
             ctx.daemon_filter.as_deref(),
-            ctx.events.as_ref(),
+            del_events.as_ref(),
             ctx.filter.as_deref(),
             &mut errors,
             &mut limit,
@@ -1259,6 +1287,7 @@ fn generator<W: Write>(
     } else {
         None
     };
+    send_deleted(outs, &deleted)?;
     // The parent directory of the last regular file looked at.
     let mut parents = crate::fsys::ParentCache::default();
     // A directory hidden by the daemon's rules: its contents follow it.
@@ -1576,7 +1605,7 @@ fn generator<W: Write>(
                             dest,
                             ctx.dry_run,
                             ctx.daemon_filter.as_deref(),
-                            ctx.events.as_ref(),
+                            del_events.as_ref(),
                             ctx.filter.as_deref(),
                             &mut errors,
                             &mut limit,
@@ -1585,6 +1614,7 @@ fn generator<W: Write>(
                         .map(Some)
                     },
                 )?;
+                send_deleted(outs, &deleted)?;
             }
             Ok(ToGen::Success(ndx)) => {
                 outs.message(MsgTag::Success, &ndx.to_le_bytes())?;

@@ -232,6 +232,20 @@ fn run_push_piped<R: Read, W: Write>(
     )
 }
 
+/// Reports the deletions the receiving peer told us of (MSG_DELETED) as
+/// events; a directory's name gets its `/`.
+fn report_deleted(names: &mut Vec<Vec<u8>>, events: Option<&EventSink>) {
+    for mut n in names.drain(..) {
+        if n.last() == Some(&0) {
+            n.pop();
+            n.push(b'/');
+        }
+        if let Some(ev) = events {
+            ev.emit(&FileEvent::Deleted { name: &n });
+        }
+    }
+}
+
 /// Sends a whole file as literal tokens (no basis, no compression): the
 /// file is read straight into the framed output and hashed there (no read
 /// buffer, one user-space copy less per byte). Each token fills the rest
@@ -443,7 +457,9 @@ pub(crate) fn send_session<R: Read, W: Write>(
         if !ins.has_buffered()? {
             outs.flush()?;
         }
-        match ins.decode(|r| decode_item(&mut rcodec, r))? {
+        let item = ins.decode(|r| decode_item(&mut rcodec, r))?;
+        report_deleted(&mut ins.reports.deleted, events);
+        match item {
             NdxItem::Done => {
                 let mut b = Vec::new();
                 wcodec.encode(NDX_DONE, &mut b);
@@ -452,6 +468,13 @@ pub(crate) fn send_session<R: Read, W: Write>(
                 if phases.on_done() == SenderDoneAction::EndOfFiles {
                     break;
                 }
+            }
+            // rsync's sending server passes the generator's deletion counts
+            // on to the receiving client (which prints them with --stats).
+            NdxItem::DelStats(counts) if write_stats => {
+                let mut b = Vec::new();
+                arsync_proto::item::encode_del_stats(&mut wcodec, counts, &mut b);
+                outs.write(&b)?;
             }
             NdxItem::DelStats(_) => {}
             NdxItem::File(a) => {
@@ -668,7 +691,13 @@ pub(crate) fn send_session<R: Read, W: Write>(
     // Goodbye: at protocol >= 31 echo one NDX_DONE, then read the last.
     for k in 0..goodbye_reads(neg.protocol) {
         let mut item = ins.decode(|r| decode_item(&mut rcodec, r))?;
-        while let NdxItem::DelStats(_) = item {
+        while let NdxItem::DelStats(counts) = item {
+            if write_stats {
+                // Passed on to the receiving client, as above.
+                let mut b = Vec::new();
+                arsync_proto::item::encode_del_stats(&mut wcodec, counts, &mut b);
+                outs.write(&b)?;
+            }
             item = ins.decode(|r| decode_item(&mut rcodec, r))?;
         }
         match item {
@@ -695,6 +724,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
         ins.drain_to_eof()?;
     }
     summary.bytes_read = ins.total_read();
+    report_deleted(&mut ins.reports.deleted, events);
     summary.io_error = io_error | ins.reports.io_error;
     summary.errors.extend(ins.reports.errors.iter().cloned());
     if remove_sent && !dry_run {

@@ -131,8 +131,9 @@ impl ServerArgs {
                 // What the packed flags already say (rsync adds them for
                 // -d with --delete, and --files-from without -R).
                 "--no-r" | "--no-recursive" | "--no-relative" | "--no-R" => {}
-                s if s.starts_with("--log-format=")
-                    || s.starts_with("--out-format=")
+                // The client logs (rsync's client sends this to a receiver).
+                s if s.starts_with("--log-format=") => a.opts.report_deletions = true,
+                s if s.starts_with("--out-format=")
                     || s.starts_with("--timeout=")
                     || s.starts_with("--bwlimit=") => {}
                 s if s.starts_with("--") => return Err(unsupported(format!("server option {s}"))),

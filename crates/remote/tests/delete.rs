@@ -94,7 +94,7 @@ fn events_report_transfers_and_deletions() {
     pull(&o).unwrap();
     let mut got = seen.lock().unwrap().clone();
     got.sort();
-    assert!(got.contains(&"del old".to_string()), "{got:?}");
+    assert!(got.contains(&"del old/".to_string()), "{got:?}");
     assert!(got.contains(&"> a/b/two.bin".to_string()), "{got:?}");
     assert_eq!(got.iter().filter(|l| l.starts_with('>')).count(), 8);
 

@@ -531,6 +531,9 @@ pub struct Stats {
     pub created_special: AtomicU64,
     /// Deleted entries.
     pub deleted: AtomicU64,
+    /// Deleted entries per type (reg, dir, link, dev, special), when known:
+    /// then `--stats` shows the breakdown as rsync does.
+    pub deleted_by_kind: [AtomicU64; 5],
     /// Regular files transferred.
     pub transferred: AtomicU64,
     /// Total size of all files.
@@ -628,9 +631,13 @@ impl Stats {
             "Number of created files: {}\n",
             Self::breakdown(created)
         ));
+        let deleted = self.deleted_by_kind.each_ref().map(l);
         s.push_str(&format!(
             "Number of deleted files: {}\n",
-            commas(l(&self.deleted))
+            match deleted.iter().sum::<u64>() {
+                0 => commas(l(&self.deleted)),
+                _ => Self::breakdown(deleted),
+            }
         ));
         s.push_str(&format!(
             "Number of regular files transferred: {}\n",
