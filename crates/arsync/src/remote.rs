@@ -823,20 +823,12 @@ pub fn run(args: &[OsString]) -> i32 {
         Location::Local(_) => return fail(ExitCode::Syntax, "no remote path"),
     }
     let started = std::time::Instant::now();
-    let printer = (!o.list_only
-        && (o.stats || (!o.quiet && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some()))))
-    .then(|| Arc::new(output::Printer::new(&o, !src_remote)));
+    let shows =
+        !o.quiet && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some() || o.progress);
+    let printer = (!o.list_only && (o.stats || shows))
+        .then(|| Arc::new(output::Printer::new(&o, !src_remote)));
     let events = event_sink(&o, &printer);
-    if o.verbose > 0 && !o.quiet && !o.list_only {
-        // arsync's file list is not incremental: rsync's lines for that.
-        println!(
-            "{}",
-            match src_remote {
-                true => "receiving file list ... done",
-                false => "building file list ... done",
-            }
-        );
-    }
+
     let res = if src_remote {
         let Location::Local(dest) = dst else {
             return fail(ExitCode::Syntax, "no local destination");
@@ -983,6 +975,11 @@ mod output {
         name: Vec<u8>,
         line: Option<Vec<u8>>,
         waiting: bool,
+        /// Index and size in the file list, and when the request went out
+        /// (for `--progress`).
+        ndx: i32,
+        size: u64,
+        started: std::time::Instant,
     }
 
     /// The client's output for one transfer.
@@ -998,6 +995,13 @@ mod output {
         /// Hold lines until the files before them arrived (a pull).
         ordered: bool,
         queue: Mutex<VecDeque<Pending>>,
+        /// `--progress`: a line per transferred file.
+        progress: bool,
+        /// `-v` or `--progress`: the file-list line.
+        list_line: bool,
+        /// The transfer a push is sending now (its item came last).
+        current: Mutex<Option<(i32, u64, std::time::Instant)>>,
+        xfers: std::sync::atomic::AtomicU64,
         /// `--stats` counters.
         pub(super) stats: Stats,
     }
@@ -1022,6 +1026,14 @@ mod output {
             dev: 0,
             ino: 0,
             nlink: 1,
+        }
+    }
+
+    /// The file-list index of an item event.
+    fn entry_ndx(ev: &FileEvent<'_>) -> i32 {
+        match ev {
+            FileEvent::Item { ndx, .. } => *ndx,
+            _ => 0,
         }
     }
 
@@ -1062,7 +1074,9 @@ mod output {
     impl Printer {
         /// The output `o` asks for (`sender`: a push).
         pub(super) fn new(o: &Options, sender: bool) -> Printer {
-            let format = match (&o.out_format, o.itemize > 0, o.verbose > 0) {
+            // --progress also names the files, as rsync's client does.
+            let names = o.verbose > 0 || o.progress;
+            let format = match (&o.out_format, o.itemize > 0, names) {
                 _ if o.quiet => None,
                 (Some(f), _, _) => Some(f.clone()),
                 (None, true, _) => Some("%i %n%L".to_string()),
@@ -1077,6 +1091,10 @@ mod output {
                 human: o.human_readable,
                 ordered: !sender,
                 queue: Mutex::new(VecDeque::new()),
+                progress: o.progress && !o.quiet,
+                list_line: (o.verbose > 0 || o.progress) && !o.quiet,
+                current: Mutex::new(None),
+                xfers: Default::default(),
                 stats: Stats::default(),
             }
         }
@@ -1122,6 +1140,24 @@ mod output {
                     for e in *entries {
                         self.stats.seen(kind_of(e), e.size.max(0) as u64);
                     }
+                    if self.list_line {
+                        // arsync's file list is not incremental: rsync's
+                        // lines for such a list (with --progress, a count).
+                        let n = entries.len();
+                        let line = match (self.sender, self.progress) {
+                            (true, false) => "building file list ... done".to_string(),
+                            (true, true) => {
+                                format!(
+                                    "building file list ... \n 0 files...\r{n} files to consider"
+                                )
+                            }
+                            (false, false) => "receiving file list ... done".to_string(),
+                            (false, true) => {
+                                format!("receiving file list ... {n} files to consider")
+                            }
+                        };
+                        println!("{line}");
+                    }
                 }
                 FileEvent::Item {
                     iflags: f, entry, ..
@@ -1139,9 +1175,15 @@ mod output {
                             .fetch_add(size, Ordering::Relaxed);
                     }
                     let line = self.item_line(f, entry);
+                    let (ndx, size) = (entry_ndx(ev), entry.size.max(0) as u64);
+                    let started = std::time::Instant::now();
                     if !self.ordered {
                         if let Some(l) = line {
                             let _ = std::io::stdout().lock().write_all(&l);
+                        }
+                        if transfer {
+                            *self.current.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some((ndx, size, started));
                         }
                         return;
                     }
@@ -1152,14 +1194,30 @@ mod output {
                         name: entry.name.clone(),
                         line,
                         waiting: transfer,
+                        ndx,
+                        size,
+                        started,
                     });
                 }
                 FileEvent::Transferred { name, .. } if self.ordered => {
                     let mut q = self.lock();
                     if let Some(p) = q.iter_mut().find(|p| p.waiting && p.name == *name) {
                         p.waiting = false;
+                        let done = self.progress_line(p.ndx, p.size, p.started);
+                        p.line.get_or_insert_with(Vec::new).extend(done);
                     }
                     Self::flush_ready(&mut q, false);
+                }
+                FileEvent::Transferred { .. } => {
+                    let current = self
+                        .current
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                    if let Some((ndx, size, started)) = current {
+                        let done = self.progress_line(ndx, size, started);
+                        let _ = std::io::stdout().lock().write_all(&done);
+                    }
                 }
                 FileEvent::Deleted { name } => {
                     self.stats.deleted.fetch_add(1, Ordering::Relaxed);
@@ -1181,10 +1239,40 @@ mod output {
                         name: Vec::new(),
                         line: Some(line),
                         waiting: false,
+                        ndx: 0,
+                        size: 0,
+                        started: std::time::Instant::now(),
                     });
                 }
                 _ => {}
             }
+        }
+
+        /// `--progress`'s last line for a transferred file (the local
+        /// engine's): its size, 100%, the rate, the time it took, and
+        /// rsync's `(xfr#N, to-chk=LEFT/TOTAL)`.
+        fn progress_line(&self, ndx: i32, size: u64, started: std::time::Instant) -> Vec<u8> {
+            if !self.progress {
+                return Vec::new();
+            }
+            let n = self.xfers.fetch_add(1, Ordering::Relaxed) + 1;
+            let took = started.elapsed().as_secs_f64();
+            // kB/s, MB/s or GB/s, as rsync's progress.c picks the unit.
+            let mut rate = size as f64 / 1024.0 / took.max(1e-6);
+            let mut unit = "kB/s";
+            for next in ["MB/s", "GB/s"] {
+                if rate > 1024.0 {
+                    rate /= 1024.0;
+                    unit = next;
+                }
+            }
+            let secs = took as u64;
+            let clock = format!("{:>4}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+            let size = arsync_sync::report::num(size, self.human);
+            let total = self.stats.files_seen();
+            let left = total.saturating_sub(ndx.max(0) as u64 + 1);
+            let at = format!("{size:>15} 100% {rate:>7.2}{unit} {clock}");
+            format!("\r{at}  \r{at} (xfr#{n}, to-chk={left}/{total})\n").into_bytes()
         }
 
         fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {

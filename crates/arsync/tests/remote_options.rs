@@ -1927,6 +1927,19 @@ fn stable_lines(out: &Output) -> Vec<String> {
             Some((total, _)) => total.to_string(),
             None => l.to_string(),
         })
+        .map(|l| match l.rsplit_once('\r') {
+            // --progress: the last state of the line, without rate and time.
+            Some((_, last)) => {
+                let w: Vec<&str> = last.split_whitespace().collect();
+                match w.as_slice() {
+                    [size, pct, _rate, _time, rest @ ..] => {
+                        format!("{size} {pct} {}", rest.join(" "))
+                    }
+                    _ => last.to_string(),
+                }
+            }
+            None => l,
+        })
         .collect()
 }
 
@@ -2068,6 +2081,16 @@ fn verbose_output_matches_rsync() {
             "Number of regular files transferred: 2",
             "Total transferred file size: 21 bytes",
         ],
+    );
+    compare_output(
+        &["-a", "--progress"],
+        &[Direction::Push, Direction::Pull],
+        &["newdir/inner.txt", "5 100% (xfr#2, to-chk=2/9)"],
+    );
+    compare_output(
+        &["-a", "--progress"],
+        &[Direction::Pull],
+        &["receiving file list ... 9 files to consider"],
     );
     compare_output(
         &["-a", "--out-format=%o %n %l"],
