@@ -2098,3 +2098,58 @@ fn verbose_output_matches_rsync() {
         &["recv changed.txt 16"],
     );
 }
+
+#[test]
+fn filter_files_through_a_daemon() {
+    let tmp = scratch_dir().unwrap();
+    let base = tmp.path().join("mod");
+    fs::create_dir_all(&base).unwrap();
+    let cfg = tmp.path().join("d.conf");
+    write_module_config(&cfg, &base).unwrap();
+    let rsyncd = start_daemon(&rsync_bin(), &cfg).unwrap();
+    let arsyncd = start_daemon(&arsync_bin(), &cfg).unwrap();
+    let run = |daemon: &Daemon, client: &OsString, dir: Direction, label: &str| {
+        let work = base.join(label);
+        let (src, dst) = (work.join("src"), work.join("dst"));
+        fs::create_dir_all(&src).unwrap();
+        fs::create_dir_all(&dst).unwrap();
+        filter_tree(&src, &dst, &work);
+        put(&src, "sub/.rsync-filter", b"- *.txt\n", T0);
+        put(&dst, "sub/.rsync-filter", b"P gone.txt\n", T0);
+        settle(&src);
+        settle(&dst);
+        let url = |p: &Path| {
+            let rel = p.strip_prefix(&base).unwrap();
+            format!("rsync://127.0.0.1:{}/m/{}", daemon.port, rel.display())
+        };
+        let (from, to) = match dir {
+            Direction::Push => (format!("{}/", src.display()), url(&dst)),
+            Direction::Pull => (format!("{}/", url(&src)), dst.display().to_string()),
+        };
+        let out = Command::new(client)
+            .current_dir(&work)
+            .args(["-a", "-F", "-C", "--delete", "--exclude-from=excl"])
+            .args([&from, &to])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (out, dst)
+    };
+    for dir in [Direction::Push, Direction::Pull] {
+        let (want, want_dst) = run(&rsyncd, &rsync_bin(), dir, &format!("{dir:?}-ref"));
+        assert_eq!(want.status.code(), Some(0), "reference: {want:?}");
+        assert!(!want_dst.join("sub/deep.txt").exists() && !want_dst.join("main.o").exists());
+        assert!(want_dst.join("sub/gone.txt").exists() && !want_dst.join("app.log").exists());
+        for (label, daemon, client) in [
+            ("arsync-to-rsyncd", &rsyncd, arsync_bin()),
+            ("rsync-to-arsyncd", &arsyncd, rsync_bin()),
+            ("arsync-to-arsyncd", &arsyncd, arsync_bin()),
+        ] {
+            let (got, dst) = run(daemon, &client, dir, &format!("{dir:?}-{label}"));
+            let what = format!("{dir:?} {label}");
+            assert_eq!(got.status.code(), Some(0), "{what}: {got:?}");
+            let diffs = compare_trees(&want_dst, &dst, &CompareOpts::default());
+            assert!(diffs.is_empty(), "{what}: differs from rsync's: {diffs:#?}");
+        }
+    }
+}

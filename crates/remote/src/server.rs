@@ -228,9 +228,55 @@ fn server_handshake<R: Read, W: Write>(
 }
 
 /// Reads the client's filter list into rules (`None` when empty).
-fn read_filter_rules<R: Read>(ins: &mut InStream<R>, protocol: i32) -> Result<Option<FilterRules>> {
+/// Through a daemon (`confined`) rules that would read files of the
+/// daemon's host are refused: a `merge` rule (rsync's client expands them,
+/// so only a hostile one sends them) and a per-directory merge file named
+/// with a directory part (which would be looked for outside the module);
+/// `-F`'s `/.rsync-filter` is read from the module's parents too (with
+/// `use chroot`, the module is the root).
+fn read_filter_rules<R: Read>(
+    ins: &mut InStream<R>,
+    protocol: i32,
+    confined: bool,
+) -> Result<Option<FilterRules>> {
     let rules = ins.decode(arsync_proto::filter::decode_filter_list)?;
+    if confined {
+        if let Some(r) = rules.iter().find(|r| reads_host_files(r)) {
+            return Err(RemoteError::Refused(format!(
+                "filter rule {:?}: merge files outside the module are not read",
+                String::from_utf8_lossy(r)
+            )));
+        }
+    }
     filter_from_wire(&rules, protocol)
+}
+
+/// Whether a wire rule is a `merge` rule, or a `dir-merge` rule whose file
+/// name has a directory part other than `-F`'s leading `/` (rule words as
+/// rsync's `parse_rule_tok` reads them: a long name with `,modifiers`, or
+/// `.`/`:` with modifiers, then a space or `_` before the name).
+fn reads_host_files(rule: &[u8]) -> bool {
+    let (per_dir, rest) = if let Some(r) = rule.strip_prefix(b"dir-merge") {
+        (true, r)
+    } else if let Some(r) = rule.strip_prefix(b"merge") {
+        (false, r)
+    } else if let Some(r) = rule.strip_prefix(b":") {
+        (true, r)
+    } else if let Some(r) = rule.strip_prefix(b".") {
+        (false, r)
+    } else {
+        return false;
+    };
+    if !matches!(rest.first(), None | Some(b',' | b' ' | b'_')) && rule[0].is_ascii_alphabetic() {
+        // Another rule word that starts the same way.
+        return false;
+    }
+    let name = match rest.iter().position(|&c| c == b' ' || c == b'_') {
+        Some(i) => &rest[i + 1..],
+        None => &[][..],
+    };
+    let name = name.strip_prefix(b"/").unwrap_or(name);
+    !per_dir || name.contains(&b'/')
 }
 
 /// Serves one session over `input`/`output` (the process's stdin/stdout).
@@ -290,7 +336,7 @@ fn serve<R: Read, W: Write + Send + 'static>(
     ins.start_multiplex()?;
     let path = PathBuf::from(&args.paths[0]);
     if args.sender {
-        let mut filter = read_filter_rules(&mut ins, neg.protocol)?;
+        let mut filter = read_filter_rules(&mut ins, neg.protocol, args.opts.confined)?;
         if args.flags.contains('C') {
             // -C: a sending server adds `:C` and `-C` after the client's
             // rules, with its own $HOME/.cvsignore and $CVSIGNORE (as
@@ -360,7 +406,8 @@ fn serve<R: Read, W: Write + Send + 'static>(
     } else {
         // rsync's receiver reads the list when deleting or pruning (-m).
         let filter = match args.delete || args.opts.prune_empty_dirs {
-            true => read_filter_rules(&mut ins, neg.protocol)?.map(std::sync::Arc::new),
+            true => read_filter_rules(&mut ins, neg.protocol, args.opts.confined)?
+                .map(std::sync::Arc::new),
             false => None,
         };
         if let Some(from) = args.opts.files_from.as_ref().filter(|f| *f != "-") {
@@ -489,6 +536,34 @@ mod tests {
 
     fn v(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn rules_reading_daemon_host_files() {
+        for r in [
+            &b"merge /etc/rules"[..],
+            b". /etc/rules",
+            b".e rules",
+            b"merge,n- x",
+            b":n- ../x/.f",
+            b": /etc/.f",
+            b"dir-merge,e /etc/.f",
+            b"dir-merge_a/b",
+        ] {
+            assert!(reads_host_files(r), "{:?}", String::from_utf8_lossy(r));
+        }
+        for r in [
+            &b": .rsync-filter"[..],
+            b": /.rsync-filter",
+            b":C",
+            b"dir-merge,n- .excl",
+            b"- *.o",
+            b"+ /keep/",
+            b"P x/y",
+            b"mergeable",
+        ] {
+            assert!(!reads_host_files(r), "{:?}", String::from_utf8_lossy(r));
+        }
     }
 
     #[test]
