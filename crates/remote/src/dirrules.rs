@@ -48,6 +48,9 @@ impl<'a> DestRules<'a> {
     /// The rules for the entries of directory `rel` (`.` or empty for the
     /// root), with the merge files of `rel` and its parents read.
     pub(crate) fn at(&mut self, rel: &[u8]) -> Result<&FilterRules> {
+        if !self.base.has_dir_merge() {
+            return Ok(self.base);
+        }
         let rel = if rel == b"." { &b""[..] } else { rel };
         let inside = |dir: &[u8]| {
             dir.is_empty()

@@ -617,16 +617,17 @@ fn walk(
     list.entries.push(top);
     // (dev, ino) of hard-linked non-directories, parallel to `entries`.
     let mut inodes: Vec<Option<(u64, u64)>> = vec![None];
-    // The client's rules for each directory to list (per-directory merge
-    // files read on entering it).
-    let root_rules = match filters.client {
+    // The client's rules for each directory to list: with per-directory
+    // merge files, a state per directory (its files read on entering it).
+    let per_dir = filters.client.filter(|f| f.has_dir_merge());
+    let root_rules = match per_dir {
         Some(f) => Some(crate::dirrules::entered(f, root, filter_prefix)?),
         None => None,
     };
     let mut stack: Vec<(PathBuf, Vec<u8>, Option<FilterRules>)> =
         vec![(root.to_path_buf(), Vec::new(), root_rules)];
     while let Some((dir, prefix, rules)) = stack.pop() {
-        let filter = rules.as_ref();
+        let filter = rules.as_ref().or(filters.client);
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) => {
@@ -683,7 +684,7 @@ fn walk(
             }
             if let Some(mut e) = entry_for(rel.clone(), &path, &m, fopts, checksum_algo)? {
                 if m.is_dir() && mount == 0 && filters.recurse() {
-                    let sub = match filter {
+                    let sub = match rules.as_ref() {
                         Some(f) => Some(crate::dirrules::entered(f, &path, &listed)?),
                         None => None,
                     };
