@@ -409,6 +409,8 @@ fn transfer_opts(o: &Options) -> TransferOpts {
         keep_dirlinks: o.keep_dirlinks,
         confined: false,
         // A receiving server reports deletions when we print them.
+        // Set by `run` when it makes a pulled destination.
+        dest_created: false,
         report_deletions: !o.quiet
             && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some() || o.stats),
     }
@@ -834,14 +836,22 @@ pub fn run(args: &[OsString]) -> i32 {
             return fail(ExitCode::Syntax, "no local destination");
         };
         // A dry run creates nothing, not even the destination.
-        if let Err(e) = match o.dry_run || o.list_only {
+        match match o.dry_run || o.list_only {
             true => Ok(()),
             false => std::fs::create_dir(dest),
         } {
-            if e.kind() != std::io::ErrorKind::AlreadyExists {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                 let dest = std::path::Path::new(dest).display();
                 return fail(ExitCode::FileIo, format!("mkdir {dest}: {e}"));
             }
+            Ok(()) if !(o.dry_run || o.list_only) => {
+                cmd.opts.dest_created = true;
+                if let Some(p) = &printer {
+                    *p.created_dir.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(dest.as_bytes().to_vec());
+                }
+            }
+            _ => {}
         }
         let mut p = PullOptions::new(cmd.path.clone(), dest);
         p.command = cmd;
@@ -920,7 +930,7 @@ fn event_sink(o: &Options, printer: &Option<Arc<output::Printer>>) -> Option<Eve
         let human = o.human_readable;
         return Some(EventSink(Arc::new(move |e: &FileEvent<'_>| {
             if let FileEvent::Listed { entry } = e {
-                println!("{}", list_line(entry, human));
+                output::out_line(list_line(entry, human).as_bytes());
             }
         })));
     }
@@ -999,6 +1009,10 @@ mod output {
         progress: bool,
         /// `-v` or `--progress`: the file-list line.
         list_line: bool,
+        /// A pulling client made its destination: rsync's line for it,
+        /// printed after the file-list line (`-v`, `-i`).
+        pub(super) created_dir: Mutex<Option<Vec<u8>>>,
+        names: bool,
         /// The transfer a push is sending now (its item came last).
         current: Mutex<Option<(i32, u64, std::time::Instant)>>,
         xfers: std::sync::atomic::AtomicU64,
@@ -1027,6 +1041,15 @@ mod output {
             ino: 0,
             nlink: 1,
         }
+    }
+
+    /// Prints a line on stdout; a closed stdout (`| head`) is not an error
+    /// worth stopping the transfer for, as with rsync.
+    pub(super) fn out_line(line: &[u8]) {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(line);
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
     }
 
     /// The file-list index of an item event.
@@ -1093,6 +1116,8 @@ mod output {
                 queue: Mutex::new(VecDeque::new()),
                 progress: o.progress && !o.quiet,
                 list_line: (o.verbose > 0 || o.progress) && !o.quiet,
+                created_dir: Mutex::new(None),
+                names: !o.quiet && (o.verbose > 0 || o.itemize > 0),
                 current: Mutex::new(None),
                 xfers: Default::default(),
                 stats: Stats::default(),
@@ -1156,7 +1181,15 @@ mod output {
                                 format!("receiving file list ... {n} files to consider")
                             }
                         };
-                        println!("{line}");
+                        out_line(line.as_bytes());
+                    }
+                    let made = self
+                        .created_dir
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                    if let (Some(d), true) = (made, self.names) {
+                        out_line(&[&b"created directory "[..], &d].concat());
                     }
                 }
                 FileEvent::Item {
@@ -1321,7 +1354,7 @@ mod output {
                 true => st.render(elapsed, o.human_readable),
                 false => format!("\n{}", st.summary(elapsed, o.human_readable)),
             };
-            println!("{text}");
+            out_line(text.as_bytes());
         }
     }
 }

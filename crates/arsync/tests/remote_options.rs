@@ -1947,6 +1947,16 @@ fn stable_lines(out: &Output) -> Vec<String> {
 /// (its file list not incremental, as arsync's never is), after the same
 /// transfer; the trees are compared too.
 fn compare_output(flags: &[&str], dirs: &[Direction], must_have: &[&str]) {
+    compare_output_in(flags, dirs, must_have, output_tree);
+}
+
+/// [`compare_output`] with the trees made by `setup`.
+fn compare_output_in(
+    flags: &[&str],
+    dirs: &[Direction],
+    must_have: &[&str],
+    setup: fn(&Path, &Path, &Path),
+) {
     for &dir in dirs {
         let tmp = scratch_dir().unwrap();
         let rsh = install_fake_ssh(tmp.path()).unwrap();
@@ -1955,7 +1965,7 @@ fn compare_output(flags: &[&str], dirs: &[Direction], must_have: &[&str]) {
         for (label, client, server) in pairings(&arsync_bin()) {
             let work = tmp.path().join(label.replace('>', ""));
             let (src, dst) = (work.join("src"), work.join("dst"));
-            output_tree(&src, &dst, &work);
+            setup(&src, &dst, &work);
             let (from, to) = dir.endpoints(&src, &dst);
             let mut cmd = Command::new(&client);
             if client == rsync_bin() {
@@ -1971,7 +1981,12 @@ fn compare_output(flags: &[&str], dirs: &[Direction], must_have: &[&str]) {
                 .unwrap();
             let what = format!("{flags:?} {dir:?} {label}");
             assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
-            let lines = stable_lines(&out);
+            // Paths of this run's own directory are named alike.
+            let here = work.to_string_lossy().into_owned();
+            let lines: Vec<String> = stable_lines(&out)
+                .into_iter()
+                .map(|l| l.replace(&here, "{work}"))
+                .collect();
             match &reference {
                 None => {
                     for want in must_have {
@@ -2152,4 +2167,34 @@ fn filter_files_through_a_daemon() {
             assert!(diffs.is_empty(), "{what}: differs from rsync's: {diffs:#?}");
         }
     }
+}
+
+#[test]
+fn created_destination_is_reported() {
+    fn fresh(src: &Path, dst: &Path, work: &Path) {
+        output_tree(src, dst, work);
+        fs::remove_dir_all(dst).unwrap();
+    }
+    // The receiver makes the destination and says so (a receiving server
+    // through MSG_INFO, which the client prints on stdout).
+    compare_output_in(
+        &["-av"],
+        &[Direction::Push],
+        &[
+            "building file list ... done",
+            "created directory {work}/dst",
+            "./",
+        ],
+        fresh,
+    );
+    compare_output_in(
+        &["-ai"],
+        &[Direction::Push, Direction::Pull],
+        &[
+            "created directory {work}/dst",
+            "cd+++++++++ ./",
+            "cd+++++++++ newdir/",
+        ],
+        fresh,
+    );
 }

@@ -444,7 +444,13 @@ impl<R: Read> InStream<R> {
         match m {
             Message::Text(tag, text) => {
                 let s = String::from_utf8_lossy(&text).into_owned();
-                if echo {
+                // rsync's client prints the peer's MSG_INFO on stdout (e.g.
+                // "created directory"), errors and warnings on stderr.
+                if echo && tag == MsgTag::Info {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&text);
+                    let _ = out.flush();
+                } else if echo {
                     eprint!("{s}");
                 }
                 match tag {

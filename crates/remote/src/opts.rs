@@ -102,6 +102,9 @@ pub struct TransferOpts {
     /// the client logs them (`-v`, sent as `v`; `-i` or `--out-format`, sent
     /// as rsync's `--log-format=%i`).
     pub report_deletions: bool,
+    /// The receiver made the destination directory for this run: its `.`
+    /// is a new item (`cd+++++++++ ./`), as rsync reports it. Not sent.
+    pub dest_created: bool,
     /// `-E` without `-p`: the receiver gives an existing file the
     /// source's executability (packed `E`, to a receiving server).
     pub executability: bool,

@@ -1374,7 +1374,9 @@ fn generator<W: Write>(
             .map(|m| m.perms);
             match e.file_type() {
                 Some(FileType::Dir) => {
-                    if !created {
+                    if e.name == b"." && ctx.opts.dest_created {
+                        report = iflags::LOCAL_CHANGE | iflags::IS_NEW;
+                    } else if !created {
                         let before = dir_times.get(e.name.as_slice()).copied();
                         report = ctx.local_changes_at(e, false, before)?;
                     }

@@ -413,6 +413,9 @@ fn serve<R: Read, W: Write + Send + 'static>(
         if let Some(from) = args.opts.files_from.as_ref().filter(|f| *f != "-") {
             forward_files_from(&mut outs, from, args)?;
         }
+        // rsync's receiver says when it makes the destination (the client
+        // prints it with -v or -i).
+        let made = !args.flags.contains('n') && std::fs::symlink_metadata(&path).is_err();
         let dest = match args.flags.contains('n') {
             true => DestRoot::open_dry(&path)?,
             false => match &args.opts.temp_dir {
@@ -421,6 +424,12 @@ fn serve<R: Read, W: Write + Send + 'static>(
             },
         }
         .with_keep_dirlinks(args.opts.keep_dirlinks);
+        if made && args.opts.report_deletions {
+            let mut text = b"created directory ".to_vec();
+            text.extend_from_slice(path.as_os_str().as_encoded_bytes());
+            text.push(b'\n');
+            outs.message(arsync_proto::mux::MsgTag::Info, &text)?;
+        }
         let mode = ReceiveMode {
             delete: args.delete,
             read_stats: false,
@@ -437,7 +446,10 @@ fn serve<R: Read, W: Write + Send + 'static>(
             partial: args.partial,
             perms: args.flags.contains('p'),
             times: args.flags.contains('t'),
-            opts: args.opts.clone(),
+            opts: TransferOpts {
+                dest_created: made,
+                ..args.opts.clone()
+            },
         };
         receive_session(ins, outs, &neg, &fopts, dest, mode)
     }
