@@ -411,6 +411,7 @@ fn transfer_opts(o: &Options) -> TransferOpts {
         // A receiving server reports deletions when we print them.
         // Set by `run` when it makes a pulled destination.
         dest_created: false,
+        itemize_all: o.itemize > 1 && !o.quiet,
         report_deletions: !o.quiet
             && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some() || o.stats),
     }
@@ -998,6 +999,8 @@ mod output {
         /// `--out-format`); `None`: no item lines.
         format: Option<String>,
         itemizing: bool,
+        /// `-ii`: unchanged items too.
+        all: bool,
         /// The client sends (a push: `<` in items).
         sender: bool,
         times: bool,
@@ -1108,6 +1111,7 @@ mod output {
             };
             Printer {
                 itemizing: format.as_deref().is_some_and(|f| f.contains("%i")),
+                all: o.itemize > 1,
                 format,
                 sender,
                 times: o.times,
@@ -1132,7 +1136,7 @@ mod output {
             let significant = f & SIGNIFICANT_ITEM_FLAGS != 0;
             let kind = kind_of(e);
             let shown = match self.itemizing {
-                true => significant,
+                true => significant || self.all,
                 false => {
                     f & iflags::TRANSFER != 0
                         || (f & iflags::LOCAL_CHANGE != 0 && significant)

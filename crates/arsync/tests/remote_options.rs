@@ -2058,6 +2058,17 @@ fn itemized_output_matches_rsync() {
         &both,
         &["*deleting   gone/deep/"],
     );
+    // -ii: unchanged entries too (a receiving server is told with
+    // rsync's --log-format=%i%I).
+    compare_output(
+        &["-aii"],
+        &both,
+        &[
+            ".d          ./",
+            ".f          same.txt",
+            ".f          olddir/x.txt",
+        ],
+    );
 }
 
 #[test]

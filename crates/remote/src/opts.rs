@@ -105,6 +105,9 @@ pub struct TransferOpts {
     /// The receiver made the destination directory for this run: its `.`
     /// is a new item (`cd+++++++++ ./`), as rsync reports it. Not sent.
     pub dest_created: bool,
+    /// `-ii`: every entry's item is reported, changed or not (sent to a
+    /// receiving server as rsync's `--log-format=%i%I`).
+    pub itemize_all: bool,
     /// `-E` without `-p`: the receiver gives an existing file the
     /// source's executability (packed `E`, to a receiving server).
     pub executability: bool,
@@ -300,7 +303,10 @@ impl TransferOpts {
             }
         }
         if self.report_deletions && !server_sends {
-            v.push("--log-format=%i".into());
+            v.push(match self.itemize_all {
+                true => "--log-format=%i%I".into(),
+                false => "--log-format=%i".into(),
+            });
         }
         if self.copy_unsafe_links {
             v.push("--copy-unsafe-links".into());

@@ -886,7 +886,9 @@ impl GenCtx {
         report: u16,
         sent: bool,
     ) -> Result<()> {
-        if report & SIGNIFICANT_ITEM_FLAGS == 0 {
+        // A transfer's item is its request.
+        let transfer = report & iflags::TRANSFER != 0;
+        if transfer || (report & SIGNIFICANT_ITEM_FLAGS == 0 && !self.opts.itemize_all) {
             return Ok(());
         }
         if !sent {
@@ -1520,7 +1522,7 @@ fn generator<W: Write>(
                     let xreq = ctx.transfer_xattrs(e, existing.is_some())?;
                     let want = ctx.meta.meta(e, attrs.map(|a| a.perms));
                     let local = existing.as_ref().zip(attrs.as_ref());
-                    let report = iflags::TRANSFER | change_flags(e, local, &want, true);
+                    report = iflags::TRANSFER | change_flags(e, local, &want, true);
                     ctx.itemized(i, e, report);
                     ctx.requested[i].store(true, Ordering::Release);
                     request(

@@ -132,7 +132,10 @@ impl ServerArgs {
                 // -d with --delete, and --files-from without -R).
                 "--no-r" | "--no-recursive" | "--no-relative" | "--no-R" => {}
                 // The client logs (rsync's client sends this to a receiver).
-                s if s.starts_with("--log-format=") => a.opts.report_deletions = true,
+                s if s.starts_with("--log-format=") => {
+                    a.opts.report_deletions = true;
+                    a.opts.itemize_all |= s.contains("%I");
+                }
                 s if s.starts_with("--out-format=")
                     || s.starts_with("--timeout=")
                     || s.starts_with("--bwlimit=") => {}
