@@ -64,6 +64,9 @@ pub struct PeerReports {
     /// Names the receiving peer deleted (MSG_DELETED; a directory's ends
     /// with a NUL byte), not yet taken.
     pub deleted: Vec<Vec<u8>>,
+    /// A client's setting: echoed MSG_INFO goes to stdout as rsync's
+    /// client prints it (never on a server, whose stdout is the connection).
+    pub info_on_stdout: bool,
 }
 
 /// The input side of a connection.
@@ -446,7 +449,7 @@ impl<R: Read> InStream<R> {
                 let s = String::from_utf8_lossy(&text).into_owned();
                 // rsync's client prints the peer's MSG_INFO on stdout (e.g.
                 // "created directory"), errors and warnings on stderr.
-                if echo && tag == MsgTag::Info {
+                if echo && tag == MsgTag::Info && reports.info_on_stdout {
                     let mut out = std::io::stdout().lock();
                     let _ = out.write_all(&text);
                     let _ = out.flush();

@@ -229,6 +229,7 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
 ) -> Result<TransferSummary> {
     let mut ins = InStream::new(input);
     ins.echo_messages = opts.echo_messages;
+    ins.reports.info_on_stdout = true;
     let mut outs = OutStream::new(output);
     let neg = start_client(
         &mut ins,

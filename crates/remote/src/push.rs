@@ -154,6 +154,7 @@ fn run_push_piped<R: Read, W: Write>(
 ) -> Result<TransferSummary> {
     let mut ins = InStream::new(input);
     ins.echo_messages = opts.echo_messages;
+    ins.reports.info_on_stdout = true;
     let mut outs = OutStream::new(output);
     if let Some(fd) = pipe {
         outs.splice_into(fd);
