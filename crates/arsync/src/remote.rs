@@ -991,7 +991,13 @@ mod output {
         ndx: i32,
         size: u64,
         started: std::time::Instant,
+        /// With `%b`/`%c` a transfer's line is made once it is done.
+        late: Option<(FileEntry, u16)>,
     }
+
+    /// The transfer a push is sending: index, size, start, and its line
+    /// when it waits for the byte count.
+    type Current = (i32, u64, std::time::Instant, Option<(FileEntry, u16)>);
 
     /// The client's output for one transfer.
     pub(super) struct Printer {
@@ -1017,7 +1023,9 @@ mod output {
         pub(super) created_dir: Mutex<Option<Vec<u8>>>,
         names: bool,
         /// The transfer a push is sending now (its item came last).
-        current: Mutex<Option<(i32, u64, std::time::Instant)>>,
+        current: Mutex<Option<Current>>,
+        /// `%b`/`%c` in the format: lines of transfers wait for their bytes.
+        after: bool,
         xfers: std::sync::atomic::AtomicU64,
         /// `--stats` counters.
         pub(super) stats: Stats,
@@ -1109,6 +1117,10 @@ mod output {
                 (None, false, true) => Some("%n%L".to_string()),
                 (None, false, false) => None,
             };
+            // rsync logs a transfer after it when the line has its bytes.
+            let after = ["%b", "%c"]
+                .iter()
+                .any(|k| format.as_deref().is_some_and(|f| f.contains(k)));
             Printer {
                 itemizing: format.as_deref().is_some_and(|f| f.contains("%i")),
                 all: o.itemize > 1,
@@ -1123,6 +1135,7 @@ mod output {
                 created_dir: Mutex::new(None),
                 names: !o.quiet && (o.verbose > 0 || o.itemize > 0),
                 current: Mutex::new(None),
+                after,
                 xfers: Default::default(),
                 stats: Stats::default(),
             }
@@ -1131,7 +1144,7 @@ mod output {
         /// The line for an item, if rsync prints one: with `%i`, every
         /// significant item; otherwise transfers, local changes and
         /// directories with a significant change (rsync's `maybe_log_item`).
-        fn item_line(&self, f: u16, e: &FileEntry) -> Option<Vec<u8>> {
+        fn item_line(&self, f: u16, e: &FileEntry, bytes: u64) -> Option<Vec<u8>> {
             let format = self.format.as_deref()?;
             let significant = f & SIGNIFICANT_ITEM_FLAGS != 0;
             let kind = kind_of(e);
@@ -1153,7 +1166,7 @@ mod output {
                 item: Some(itemize(f, kind, self.sender, self.times)),
                 link: e.link_target.as_deref().map(|t| ("->", t)),
                 length: meta.size,
-                bytes: 0,
+                bytes,
                 meta: Some(&meta),
                 operation: if self.sender { "send" } else { "recv" },
             };
@@ -1211,16 +1224,20 @@ mod output {
                             .transferred_size
                             .fetch_add(size, Ordering::Relaxed);
                     }
-                    let line = self.item_line(f, entry);
                     let (ndx, size) = (entry_ndx(ev), entry.size.max(0) as u64);
                     let started = std::time::Instant::now();
+                    let late = (transfer && self.after).then(|| ((*entry).clone(), f));
+                    let line = match late {
+                        Some(_) => None,
+                        None => self.item_line(f, entry, 0),
+                    };
                     if !self.ordered {
                         if let Some(l) = line {
                             let _ = std::io::stdout().lock().write_all(&l);
                         }
                         if transfer {
                             *self.current.lock().unwrap_or_else(|e| e.into_inner()) =
-                                Some((ndx, size, started));
+                                Some((ndx, size, started, late));
                         }
                         return;
                     }
@@ -1234,26 +1251,33 @@ mod output {
                         ndx,
                         size,
                         started,
+                        late,
                     });
                 }
-                FileEvent::Transferred { name, .. } if self.ordered => {
+                FileEvent::Transferred { name, literal, .. } if self.ordered => {
                     let mut q = self.lock();
                     if let Some(p) = q.iter_mut().find(|p| p.waiting && p.name == *name) {
                         p.waiting = false;
+                        if let Some((e, f)) = p.late.take() {
+                            p.line = self.item_line(f, &e, *literal);
+                        }
                         let done = self.progress_line(p.ndx, p.size, p.started);
                         p.line.get_or_insert_with(Vec::new).extend(done);
                     }
                     Self::flush_ready(&mut q, false);
                 }
-                FileEvent::Transferred { .. } => {
+                FileEvent::Transferred { literal, .. } => {
                     let current = self
                         .current
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .take();
-                    if let Some((ndx, size, started)) = current {
-                        let done = self.progress_line(ndx, size, started);
-                        let _ = std::io::stdout().lock().write_all(&done);
+                    if let Some((ndx, size, started, late)) = current {
+                        let mut out = late
+                            .and_then(|(e, f)| self.item_line(f, &e, *literal))
+                            .unwrap_or_default();
+                        out.extend(self.progress_line(ndx, size, started));
+                        let _ = std::io::stdout().lock().write_all(&out);
                     }
                 }
                 FileEvent::Deleted { name } => {
@@ -1279,6 +1303,7 @@ mod output {
                         ndx: 0,
                         size: 0,
                         started: std::time::Instant::now(),
+                        late: None,
                     });
                 }
                 _ => {}

@@ -2123,6 +2123,13 @@ fn verbose_output_matches_rsync() {
         &[Direction::Pull],
         &["recv changed.txt 16"],
     );
+    // With %b a transfer's line comes after it (the byte counts differ:
+    // rsync's include its protocol overhead).
+    compare_output(
+        &["-a", "--out-format=%i %n"],
+        &[Direction::Push],
+        &["<f.st...... changed.txt", "cd+++++++++ newdir/"],
+    );
 }
 
 #[test]
