@@ -1379,10 +1379,13 @@ mod output {
                     .store(s.stats.total_size as u64, Ordering::Relaxed);
             }
             let _ = st.wire_bytes.set((s.bytes_written, s.bytes_read));
-            let text = match o.stats {
+            let mut text = match o.stats {
                 true => st.render(elapsed, o.human_readable),
                 false => format!("\n{}", st.summary(elapsed, o.human_readable)),
             };
+            if o.dry_run {
+                text.push_str(" (DRY RUN)");
+            }
             out_line(text.as_bytes());
         }
     }

@@ -1924,6 +1924,7 @@ fn stable_lines(out: &Output) -> Vec<String> {
             .any(|p| l.starts_with(p))
         })
         .map(|l| match l.split_once("  speedup is") {
+            Some((total, rest)) if rest.ends_with(" (DRY RUN)") => format!("{total} (DRY RUN)"),
             Some((total, _)) => total.to_string(),
             None => l.to_string(),
         })
@@ -2094,8 +2095,8 @@ fn verbose_output_matches_rsync() {
     );
     compare_output(
         &["-avn", "--delete"],
-        &[Direction::Push],
-        &["deleting gone/"],
+        &[Direction::Push, Direction::Pull],
+        &["deleting gone/", "total size is 43 (DRY RUN)"],
     );
     compare_output(
         &["-a", "--stats", "--delete"],
