@@ -826,8 +826,8 @@ pub fn run(args: &[OsString]) -> i32 {
         Location::Local(_) => return fail(ExitCode::Syntax, "no remote path"),
     }
     let started = std::time::Instant::now();
-    let shows =
-        !o.quiet && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some() || o.progress);
+    let shows = !o.quiet
+        && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some() || o.progress || o.progress2);
     let printer = (!o.list_only && (o.stats || shows))
         .then(|| Arc::new(output::Printer::new(&o, !src_remote)));
     let events = event_sink(&o, &printer);
@@ -1026,6 +1026,11 @@ mod output {
         current: Mutex<Option<Current>>,
         /// `%b`/`%c` in the format: lines of transfers wait for their bytes.
         after: bool,
+        /// `--info=progress2`: one line for the whole transfer, updated as
+        /// each file is done.
+        progress2: bool,
+        done_bytes: std::sync::atomic::AtomicU64,
+        begun: std::time::Instant,
         xfers: std::sync::atomic::AtomicU64,
         /// `--stats` counters.
         pub(super) stats: Stats,
@@ -1136,6 +1141,9 @@ mod output {
                 names: !o.quiet && (o.verbose > 0 || o.itemize > 0),
                 current: Mutex::new(None),
                 after,
+                progress2: o.progress2 && !o.quiet,
+                done_bytes: Default::default(),
+                begun: std::time::Instant::now(),
                 xfers: Default::default(),
                 stats: Stats::default(),
             }
@@ -1258,6 +1266,7 @@ mod output {
                     let mut q = self.lock();
                     if let Some(p) = q.iter_mut().find(|p| p.waiting && p.name == *name) {
                         p.waiting = false;
+                        self.progress2_line(Some((p.ndx, p.size)));
                         if let Some((e, f)) = p.late.take() {
                             p.line = self.item_line(f, &e, *literal);
                         }
@@ -1273,6 +1282,7 @@ mod output {
                         .unwrap_or_else(|e| e.into_inner())
                         .take();
                     if let Some((ndx, size, started, late)) = current {
+                        self.progress2_line(Some((ndx, size)));
                         let mut out = late
                             .and_then(|(e, f)| self.item_line(f, &e, *literal))
                             .unwrap_or_default();
@@ -1337,6 +1347,47 @@ mod output {
             format!("\r{at}  \r{at} (xfr#{n}, to-chk={left}/{total})\n").into_bytes()
         }
 
+        /// `--info=progress2` after a file is done: the bytes done of the
+        /// list's total, the overall rate and time, rsync's counters (the
+        /// local engine's line).
+        /// `file`: the index and size of the file just done; `None` at the
+        /// end of the run (the last state again, everything checked, as
+        /// rsync prints it last).
+        fn progress2_line(&self, file: Option<(i32, u64)>) {
+            if !self.progress2 {
+                return;
+            }
+            let (n, done, checked) = match file {
+                Some((ndx, size)) => (
+                    self.xfers.fetch_add(1, Ordering::Relaxed) + 1,
+                    self.done_bytes.fetch_add(size, Ordering::Relaxed) + size,
+                    ndx.max(0) as u64 + 1,
+                ),
+                None => (
+                    self.xfers.load(Ordering::Relaxed),
+                    self.done_bytes.load(Ordering::Relaxed),
+                    u64::MAX,
+                ),
+            };
+            let total = self.stats.total_size.load(Ordering::Relaxed).max(done);
+            let secs = self.begun.elapsed().as_secs_f64().max(0.001);
+            let whole = secs as u64;
+            let files = self.stats.files_seen();
+            let left = files.saturating_sub(checked);
+            let line = format!(
+                "\r{:>15} {:>3}% {:>7.2}MB/s {:>4}:{:02}:{:02} (xfr#{n}, to-chk={left}/{files})",
+                arsync_sync::report::num(done, self.human),
+                done * 100 / total.max(1),
+                done as f64 / 1024.0 / 1024.0 / secs,
+                whole / 3600,
+                whole / 60 % 60,
+                whole % 60,
+            );
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line.as_bytes());
+            let _ = out.flush();
+        }
+
         fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
             self.queue.lock().unwrap_or_else(|e| e.into_inner())
         }
@@ -1367,6 +1418,10 @@ mod output {
         /// block and, with `-v` or `--stats`, the two summary lines.
         pub(super) fn finish(&self, o: &Options, s: &TransferSummary, elapsed: f64) {
             Self::flush_ready(&mut self.lock(), true);
+            if self.progress2 && self.xfers.load(Ordering::Relaxed) > 0 {
+                self.progress2_line(None);
+                out_line(b"");
+            }
             if o.quiet || (o.verbose == 0 && !o.stats) {
                 return;
             }

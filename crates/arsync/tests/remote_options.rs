@@ -2119,6 +2119,12 @@ fn verbose_output_matches_rsync() {
         &[Direction::Pull],
         &["receiving file list ... 9 files to consider"],
     );
+    // --info=progress2: one line for the whole run (its last state).
+    compare_output(
+        &["-a", "--info=progress2"],
+        &[Direction::Push, Direction::Pull],
+        &["21 48% (xfr#2, to-chk=0/9)"],
+    );
     compare_output(
         &["-a", "--out-format=%o %n %l"],
         &[Direction::Pull],
