@@ -9,14 +9,16 @@
 //! requested feature the remote roles do not implement exits with code 4.
 
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
+use arsync_filter::{FilterRules, FromFile, WireRole};
 use arsync_proto::stats::ExitCode;
 use arsync_remote::args::{ServerCommand, CLIENT_CAPS};
 use arsync_remote::daemon::{DaemonTarget, DEFAULT_PORT};
 use arsync_remote::events::{EventSink, FileEvent};
 use arsync_remote::opts::{AltKind, TransferOpts};
-use arsync_remote::pull::{pull, PullOptions, TransferSummary};
+use arsync_remote::pull::{pull, PullOptions};
 use arsync_remote::push::{push, PushOptions};
 use arsync_remote::walk::SourceSpec;
 use arsync_sync::options::{DeleteMode, IdMapRule, IdMatch, Options};
@@ -374,11 +376,9 @@ fn transfer_opts(o: &Options) -> TransferOpts {
         usermap: id_spec(&o.usermap, o.chown_uid),
         groupmap: id_spec(&o.groupmap, o.chown_gid),
         backup: o.backup,
-        backup_dir: o
-            .backup_dir
-            .as_ref()
-            .map(|d| d.to_string_lossy().into_owned()),
-        suffix: o.suffix.as_ref().map(|x| x.to_string_lossy().into_owned()),
+        // Bytes: neither need be UTF-8.
+        backup_dir: o.backup_dir.as_ref().map(|d| d.as_os_str().to_os_string()),
+        suffix: o.suffix.clone(),
         alt_dirs: [&o.compare_dest, &o.copy_dest, &o.link_dest]
             .into_iter()
             .flatten()
@@ -408,6 +408,12 @@ fn transfer_opts(o: &Options) -> TransferOpts {
             .map(|d| d.to_string_lossy().into_owned()),
         keep_dirlinks: o.keep_dirlinks,
         confined: false,
+        // A receiving server reports deletions when we print them.
+        // Set by `run` when it makes a pulled destination.
+        dest_created: false,
+        itemize_all: o.itemize > 1 && !o.quiet,
+        report_deletions: !o.quiet
+            && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some() || o.stats),
     }
 }
 
@@ -432,7 +438,7 @@ fn id_spec(rules: &[IdMapRule], chown: Option<u32>) -> Option<String> {
 }
 
 /// The packed short flags for the server, as rsync's `server_options` builds them.
-fn server_flags(o: &Options, compress: bool) -> String {
+fn server_flags(o: &Options, compress: bool, cvs: bool) -> String {
     let mut f = String::new();
     for (on, c) in [
         (o.links, 'l'),
@@ -448,6 +454,7 @@ fn server_flags(o: &Options, compress: bool) -> String {
         (o.relative, 'R'),
         (o.hard_links, 'H'),
         (o.checksum, 'c'),
+        (cvs, 'C'),
         (o.whole_file, 'W'),
         (o.dry_run, 'n'),
         (o.sparse, 'S'),
@@ -462,76 +469,100 @@ fn server_flags(o: &Options, compress: bool) -> String {
     f
 }
 
-/// Wire-form filter rules (`- pat`, `+ pat`, rule text) from the argv, in order.
-fn wire_filters(args: &[OsString]) -> Result<Vec<Vec<u8>>, String> {
+/// The client's filter rules from the argv, in command-line order, as rsync's
+/// client builds its list: `--exclude`, `--include`, `--filter`/`-f`,
+/// `--exclude-from`, `--include-from` and `merge` rules are read here (the
+/// files are the client's), `-F` adds `dir-merge /.rsync-filter` (a second
+/// `-F` also `- .rsync-filter`), `-C` adds `:C` and `-C` after all others.
+/// Returns the rules and whether `-C` was given (rsync also sends it as the
+/// packed `C`, so a sending server adds its own CVS rules).
+fn client_filters(args: &[OsString], o: &Options) -> Result<(FilterRules, bool), String> {
     use std::os::unix::ffi::OsStrExt;
-    let mut rules: Vec<Vec<u8>> = Vec::new();
+    let mut rules = FilterRules::new();
+    rules.set_from0(o.from0);
+    let mut cvs = false;
+    let mut f_count = 0;
     let mut i = 1;
+    let err = |what: &str, e: arsync_filter::FilterError| format!("{what}: {e}");
     while i < args.len() {
-        let a = args[i].to_string_lossy().into_owned();
-        // The value keeps its bytes (a pattern need not be UTF-8).
+        // Values keep their bytes (a pattern need not be UTF-8).
         let raw = args[i].as_bytes();
-        let (name, value) = match raw.iter().position(|&c| c == b'=') {
-            Some(k) if raw.starts_with(b"--") => (
-                String::from_utf8_lossy(&raw[..k]).into_owned(),
-                Some(raw[k + 1..].to_vec()),
-            ),
-            _ => (a.clone(), None),
-        };
-        let take = |i: &mut usize| -> Option<Vec<u8>> {
-            value.clone().or_else(|| {
-                *i += 1;
-                args.get(*i).map(|v| v.as_bytes().to_vec())
-            })
-        };
-        let prefixed = |p: &[u8], v: Vec<u8>| [p, &v].concat();
-        match name.as_str() {
-            "--exclude" => rules.extend(take(&mut i).map(|v| prefixed(b"- ", v))),
-            "--include" => rules.extend(take(&mut i).map(|v| prefixed(b"+ ", v))),
-            "--filter" => rules.extend(take(&mut i)),
-            "--exclude-from" | "--include-from" | "--cvs-exclude" => {
-                return Err(format!("{name} with a remote peer"));
+        if raw == b"--" {
+            break;
+        }
+        if !raw.starts_with(b"-") || raw == b"-" {
+            i += 1;
+            continue;
+        }
+        if let Some(long) = raw.strip_prefix(b"--") {
+            let (name, inline) = match long.iter().position(|&c| c == b'=') {
+                Some(k) => (&long[..k], Some(long[k + 1..].to_vec())),
+                None => (long, None),
+            };
+            let name = String::from_utf8_lossy(name).into_owned();
+            let mut value = inline;
+            if value.is_none() && LONG_WITH_VALUE.contains(&name.as_str()) {
+                i += 1;
+                value = args.get(i).map(|v| v.as_bytes().to_vec());
             }
-            "-f" => rules.extend(take(&mut i)),
-            s if s.starts_with("-C")
-                || (s.starts_with('-') && !s.starts_with("--") && s.contains('C')) =>
-            {
-                return Err("--cvs-exclude (-C) with a remote peer".into());
+            let v = value.unwrap_or_default();
+            let path = || std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&v));
+            match name.as_str() {
+                "exclude" => rules.add_exclude_bytes(&v),
+                "include" => rules.add_include_bytes(&v),
+                "filter" => rules.add_rule_bytes(&v),
+                "exclude-from" => rules.add_from_file(&path(), FromFile::Exclude),
+                "include-from" => rules.add_from_file(&path(), FromFile::Include),
+                "cvs-exclude" => {
+                    cvs = true;
+                    Ok(())
+                }
+                _ => Ok(()),
             }
-            _ => {}
+            .map_err(|e| err(&format!("--{name}"), e))?;
+            i += 1;
+            continue;
+        }
+        // A cluster of short options: `f` takes a value; `F` and `C` count.
+        let mut j = 1;
+        while j < raw.len() {
+            let c = raw[j] as char;
+            if SHORT_WITH_VALUE.contains(c) {
+                let value = if j + 1 < raw.len() {
+                    raw[j + 1..].to_vec()
+                } else {
+                    i += 1;
+                    args.get(i)
+                        .map(|v| v.as_bytes().to_vec())
+                        .unwrap_or_default()
+                };
+                if c == 'f' {
+                    rules.add_rule_bytes(&value).map_err(|e| err("-f", e))?;
+                }
+                break;
+            }
+            match c {
+                'C' => cvs = true,
+                'F' => {
+                    // The k-th -F adds the k-th of rsync's two rules.
+                    f_count += 1;
+                    match f_count {
+                        1 => rules.add_rule(": /.rsync-filter"),
+                        2 => rules.add_rule("- .rsync-filter"),
+                        _ => Ok(()),
+                    }
+                    .map_err(|e| err("-F", e))?;
+                }
+                _ => {}
+            }
+            j += 1;
         }
         i += 1;
     }
-    let merge = |r: &Vec<u8>| {
-        let word = r
-            .split(|&c| c == b' ' || c == b',')
-            .next()
-            .unwrap_or_default();
-        matches!(word, b"merge" | b"dir-merge" | b".")
-            || word.starts_with(b":")
-            || r.starts_with(b".")
-    };
-    if let Some(r) = rules.iter().find(|r| merge(r)) {
-        return Err(format!("merge rule {:?}", String::from_utf8_lossy(r)));
+    if cvs {
+        rules.add_cvs_exclude().map_err(|e| err("-C", e))?;
     }
-    Ok(rules)
-}
-
-/// `--delete-excluded`: a plain include/exclude rule becomes a sender-side
-/// one (`-s`/`+s`), as rsync's client makes it, so it hides files from the
-/// sender's walk but does not protect the receiver's files from deletion.
-fn sender_side(rule: &[u8]) -> Vec<u8> {
-    for (long, short) in [
-        (&b"exclude "[..], &b"-s "[..]),
-        (b"include ", b"+s "),
-        (b"- ", b"-s "),
-        (b"+ ", b"+s "),
-    ] {
-        if let Some(pat) = rule.strip_prefix(long) {
-            return [short, pat].concat();
-        }
-    }
-    rule.to_vec()
+    Ok((rules, cvs))
 }
 
 /// Runs a transfer with one remote side. `args` is the whole argv.
@@ -599,28 +630,52 @@ pub fn run(args: &[OsString]) -> i32 {
             "only one of --compare-dest, --copy-dest, --link-dest may be used",
         );
     }
-    let mut filters = match wire_filters(args) {
-        Ok(f) if o.delete_excluded => f.iter().map(|r| sender_side(r)).collect(),
-        Ok(f) => f,
-        Err(e) => return fail(ExitCode::Unsupported, format!("{e} is not supported yet")),
+    let (mut rules, cvs) = match client_filters(args, &o) {
+        Ok(r) => r,
+        Err(e) => return fail(ExitCode::FileIo, e),
     };
-    if let Some(d) = o.partial_dir.as_ref().map(|d| d.to_string_lossy()) {
+    rules.set_delete_excluded(o.delete_excluded);
+    // What goes on the wire depends on which side the client is (rules a
+    // side keeps to itself are not sent; `-C`'s list only by a sender).
+    let role = match src_remote {
+        true => WireRole::ClientReceiver,
+        false => WireRole::ClientSender,
+    };
+    let wire_protocol = s.protocol.map_or(32, |p| p.clamp(20, 32)) as u32;
+    let mut filters = match rules.to_wire_rules(role, wire_protocol) {
+        Ok(f) => f,
+        Err(e) => return fail(ExitCode::Protocol, e),
+    };
+    // Rules rsync's client adds itself: sent as they are and applied here.
+    let mut implied: Vec<Vec<u8>> = Vec::new();
+    if let Some(d) = o.partial_dir.as_ref() {
         // As rsync's client: a relative partial directory is hidden from
         // the walk and protected from deletion (a perishable exclude).
-        if !d.starts_with('/') {
-            filters.push(format!("-p {}/", d.trim_end_matches('/')).into_bytes());
+        let mut d = d.as_os_str().as_bytes().to_vec();
+        if !d.starts_with(b"/") {
+            while d.last() == Some(&b'/') {
+                d.pop();
+            }
+            implied.push([&b"-p "[..], &d, b"/"].concat());
         }
     }
     if o.backup && o.deleting() && o.backup_dir.is_none() && !o.delete_excluded {
         // As rsync's client: backups in the destination are not deleted.
-        filters.push(format!("P *{}", o.backup_suffix().to_string_lossy()).into_bytes());
+        implied.push([&b"P *"[..], o.backup_suffix().as_bytes()].concat());
     }
+    for r in implied {
+        if let Err(e) = rules.add_rule_bytes(&r) {
+            return fail(ExitCode::Syntax, e);
+        }
+        filters.push(r);
+    }
+    let local_filter = (!rules.is_empty()).then_some(rules);
     let remote = if src_remote { &srcs[0] } else { dst };
     let mut cmd = ServerCommand {
         remote_shell: Vec::new(),
         rsync_path: s.rsync_path.clone().unwrap_or_else(|| "rsync".into()),
         server_sends: src_remote,
-        flags: server_flags(&o, s.compress),
+        flags: server_flags(&o, s.compress, cvs),
         caps: CLIENT_CAPS.into(),
         protocol: s.protocol,
         path: OsString::new(),
@@ -659,17 +714,23 @@ pub fn run(args: &[OsString]) -> i32 {
                     cmd.opts.files_from = Some("-".into());
                 }
             }
-            Location::Shell { host, path, .. }
-                if src_remote
-                    && matches!(remote, Location::Shell { host: h, .. } if *h == host) =>
+            // A list on the remote host: a sending server reads it; a
+            // receiving one forwards its names to us (protocol 31 and later).
+            Location::Shell { host, path, .. } if matches!(remote, Location::Shell { host: h, .. } if *h == host) =>
             {
-                cmd.opts.files_from = Some(path.to_string_lossy().into_owned());
+                if !src_remote && s.protocol.is_some_and(|p| p < 31) {
+                    return fail(
+                        ExitCode::Unsupported,
+                        "--files-from=HOST:LIST on a push below protocol 31",
+                    );
+                }
+                cmd.opts.files_from = Some(path);
                 cmd.opts.from0 = o.from0;
             }
             _ => {
                 return fail(
-                    ExitCode::Unsupported,
-                    "a remote --files-from list must be on the pulling source's host",
+                    ExitCode::Syntax,
+                    "--files-from hostname is not the same as the transfer hostname",
                 )
             }
         }
@@ -764,26 +825,41 @@ pub fn run(args: &[OsString]) -> i32 {
         }
         Location::Local(_) => return fail(ExitCode::Syntax, "no remote path"),
     }
-    let events = event_sink(&o);
+    let started = std::time::Instant::now();
+    let shows = !o.quiet
+        && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some() || o.progress || o.progress2);
+    let printer = (!o.list_only && (o.stats || shows))
+        .then(|| Arc::new(output::Printer::new(&o, !src_remote)));
+    let events = event_sink(&o, &printer);
+
     let res = if src_remote {
         let Location::Local(dest) = dst else {
             return fail(ExitCode::Syntax, "no local destination");
         };
         // A dry run creates nothing, not even the destination.
-        if let Err(e) = match o.dry_run || o.list_only {
+        match match o.dry_run || o.list_only {
             true => Ok(()),
             false => std::fs::create_dir(dest),
         } {
-            if e.kind() != std::io::ErrorKind::AlreadyExists {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                 let dest = std::path::Path::new(dest).display();
                 return fail(ExitCode::FileIo, format!("mkdir {dest}: {e}"));
             }
+            Ok(()) if !(o.dry_run || o.list_only) => {
+                cmd.opts.dest_created = true;
+                if let Some(p) = &printer {
+                    *p.created_dir.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(dest.as_bytes().to_vec());
+                }
+            }
+            _ => {}
         }
         let mut p = PullOptions::new(cmd.path.clone(), dest);
         p.command = cmd;
         p.daemon = daemon;
         p.events = events;
         p.filters = filters;
+        p.local_filter = local_filter;
         p.files_from = ff_names;
         p.echo_messages = !o.quiet;
         pull(&p)
@@ -804,6 +880,9 @@ pub fn run(args: &[OsString]) -> i32 {
             }
             local.push(SourceSpec::parse(src));
         }
+        if cmd.opts.files_from.is_some() && local.len() != 1 {
+            return fail(ExitCode::Syntax, "--files-from needs one source directory");
+        }
         if let Some(names) = &ff_names {
             // --files-from: the names below the one source directory.
             if local.len() != 1 || names.is_empty() {
@@ -823,13 +902,14 @@ pub fn run(args: &[OsString]) -> i32 {
         p.daemon = daemon;
         p.events = events;
         p.filters = filters;
+        p.local_filter = local_filter;
         p.echo_messages = !o.quiet;
         push(&p)
     };
     match res {
         Ok(summary) => {
-            if o.stats {
-                print_stats(&summary);
+            if let Some(p) = &printer {
+                p.finish(&o, &summary, started.elapsed().as_secs_f64());
             }
             let code = summary.exit_code();
             if code != ExitCode::Ok {
@@ -844,33 +924,19 @@ pub fn run(args: &[OsString]) -> i32 {
     }
 }
 
-fn event_sink(o: &Options) -> Option<EventSink> {
+/// The events the client's output needs: `--list-only` lines, or the
+/// [`output::Printer`] (`None` when nothing is printed).
+fn event_sink(o: &Options, printer: &Option<Arc<output::Printer>>) -> Option<EventSink> {
     if o.list_only {
         let human = o.human_readable;
         return Some(EventSink(Arc::new(move |e: &FileEvent<'_>| {
             if let FileEvent::Listed { entry } = e {
-                println!("{}", list_line(entry, human));
+                output::out_line(list_line(entry, human).as_bytes());
             }
         })));
     }
-    if o.quiet || (o.verbose == 0 && o.itemize == 0 && o.out_format.is_none()) {
-        return None;
-    }
-    Some(EventSink(Arc::new(|e: &FileEvent<'_>| match e {
-        FileEvent::Transferred { name, .. } => print_name(b"", name),
-        FileEvent::Deleted { name } => print_name(b"deleting ", name),
-        FileEvent::Listed { .. } => {}
-    })))
-}
-
-/// Prints `prefix` and `name` on a line, the name escaped as rsync does
-/// (`\#ooo` for bytes that are not printable UTF-8).
-fn print_name(prefix: &[u8], name: &[u8]) {
-    use std::io::Write;
-    let mut line = prefix.to_vec();
-    line.extend_from_slice(&arsync_sync::report::escape_name(name));
-    line.push(b'\n');
-    let _ = std::io::stdout().lock().write_all(&line);
+    let p = Arc::clone(printer.as_ref()?);
+    Some(EventSink(Arc::new(move |e: &FileEvent<'_>| p.event(e))))
 }
 
 /// rsync's `--list-only` line for an entry of a remote file list.
@@ -897,17 +963,487 @@ fn list_line(e: &arsync_proto::flist::FileEntry, human: u8) -> String {
     String::from_utf8_lossy(&line).into_owned()
 }
 
-fn print_stats(s: &TransferSummary) {
-    println!();
-    println!("Number of files: {}", s.files_total);
-    println!(
-        "Number of regular files transferred: {}",
-        s.files_transferred
-    );
-    println!("Literal data: {} bytes", s.literal_bytes);
-    println!("Matched data: {} bytes", s.matched_bytes);
-    println!("Total bytes sent: {}", s.bytes_written);
-    println!("Total bytes received: {}", s.bytes_read);
+/// What the client prints for `-v`, `-i`, `--out-format` and `--stats`, as
+/// rsync's client prints it, from the transfer's events; the lines and the
+/// stats block come from the local engine's report module.
+mod output {
+    use std::collections::VecDeque;
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    use std::sync::Mutex;
+
+    use arsync_proto::flist::FileEntry;
+    use arsync_proto::item::iflags;
+    use arsync_remote::events::{FileEvent, SIGNIFICANT_ITEM_FLAGS};
+    use arsync_remote::pull::TransferSummary;
+    use arsync_sync::fsops::{Kind, Meta, Time};
+    use arsync_sync::options::Options;
+    use arsync_sync::report::{escape_name, format_line, Itemize, LineInfo, Stats};
+
+    /// A line waiting for the transfers before it (a pull prints in
+    /// file-list order, as rsync's receiver does).
+    struct Pending {
+        name: Vec<u8>,
+        line: Option<Vec<u8>>,
+        waiting: bool,
+        /// Index and size in the file list, and when the request went out
+        /// (for `--progress`).
+        ndx: i32,
+        size: u64,
+        started: std::time::Instant,
+        /// With `%b`/`%c` a transfer's line is made once it is done.
+        late: Option<(FileEntry, u16)>,
+    }
+
+    /// The transfer a push is sending: index, size, start, and its line
+    /// when it waits for the byte count.
+    type Current = (i32, u64, std::time::Instant, Option<(FileEntry, u16)>);
+
+    /// The client's output for one transfer.
+    pub(super) struct Printer {
+        /// The per-item format (`%n%L` for `-v`, `%i %n%L` for `-i`, or
+        /// `--out-format`); `None`: no item lines.
+        format: Option<String>,
+        itemizing: bool,
+        /// `-ii`: unchanged items too.
+        all: bool,
+        /// The client sends (a push: `<` in items).
+        sender: bool,
+        times: bool,
+        human: u8,
+        /// Hold lines until the files before them arrived (a pull).
+        ordered: bool,
+        queue: Mutex<VecDeque<Pending>>,
+        /// `--progress`: a line per transferred file.
+        progress: bool,
+        /// `-v` or `--progress`: the file-list line.
+        list_line: bool,
+        /// A pulling client made its destination: rsync's line for it,
+        /// printed after the file-list line (`-v`, `-i`).
+        pub(super) created_dir: Mutex<Option<Vec<u8>>>,
+        names: bool,
+        /// The transfer a push is sending now (its item came last).
+        current: Mutex<Option<Current>>,
+        /// `%b`/`%c` in the format: lines of transfers wait for their bytes.
+        after: bool,
+        /// `--info=progress2`: one line for the whole transfer, updated as
+        /// each file is done.
+        progress2: bool,
+        done_bytes: std::sync::atomic::AtomicU64,
+        begun: std::time::Instant,
+        xfers: std::sync::atomic::AtomicU64,
+        /// `--stats` counters.
+        pub(super) stats: Stats,
+    }
+
+    /// The local engine's kind of a file-list entry.
+    fn kind_of(e: &FileEntry) -> Kind {
+        meta_of(e).kind()
+    }
+
+    fn meta_of(e: &FileEntry) -> Meta {
+        Meta {
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            size: e.size.max(0) as u64,
+            mtime: Time {
+                sec: e.mtime,
+                nsec: e.mtime_nsec,
+            },
+            atime: Time::default(),
+            rdev: 0,
+            dev: 0,
+            ino: 0,
+            nlink: 1,
+        }
+    }
+
+    /// Prints a line on stdout; a closed stdout (`| head`) is not an error
+    /// worth stopping the transfer for, as with rsync.
+    pub(super) fn out_line(line: &[u8]) {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(line);
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
+    }
+
+    /// The file-list index of an item event.
+    fn entry_ndx(ev: &FileEvent<'_>) -> i32 {
+        match ev {
+            FileEvent::Item { ndx, .. } => *ndx,
+            _ => 0,
+        }
+    }
+
+    /// The `%i` string of an item as rsync's `log_item` renders its flags.
+    pub(super) fn itemize(f: u16, kind: Kind, sender: bool, times: bool) -> Itemize {
+        let update = if f & iflags::TRANSFER != 0 {
+            if sender {
+                b'<'
+            } else {
+                b'>'
+            }
+        } else if f & iflags::LOCAL_CHANGE != 0 {
+            if f & iflags::XNAME_FOLLOWS != 0 {
+                b'h'
+            } else {
+                b'c'
+            }
+        } else {
+            b'.'
+        };
+        let mut it = Itemize::new(update, kind);
+        it.new = f & iflags::IS_NEW != 0;
+        it.checksum = f & iflags::REPORT_CHANGE != 0;
+        it.size = f & iflags::REPORT_SIZE != 0;
+        it.time = match (f & iflags::REPORT_TIME != 0, times) {
+            (false, _) => b'.',
+            (true, true) => b't',
+            (true, false) => b'T',
+        };
+        it.perms = f & iflags::REPORT_PERMS != 0;
+        it.owner = f & iflags::REPORT_OWNER != 0;
+        it.group = f & iflags::REPORT_GROUP != 0;
+        it.acl = f & iflags::REPORT_ACL != 0;
+        it.xattr = f & iflags::REPORT_XATTR != 0;
+        it
+    }
+
+    impl Printer {
+        /// The output `o` asks for (`sender`: a push).
+        pub(super) fn new(o: &Options, sender: bool) -> Printer {
+            // --progress also names the files, as rsync's client does.
+            let names = o.verbose > 0 || o.progress;
+            let format = match (&o.out_format, o.itemize > 0, names) {
+                _ if o.quiet => None,
+                (Some(f), _, _) => Some(f.clone()),
+                (None, true, _) => Some("%i %n%L".to_string()),
+                (None, false, true) => Some("%n%L".to_string()),
+                (None, false, false) => None,
+            };
+            // rsync logs a transfer after it when the line has its bytes.
+            let after = ["%b", "%c"]
+                .iter()
+                .any(|k| format.as_deref().is_some_and(|f| f.contains(k)));
+            Printer {
+                itemizing: format.as_deref().is_some_and(|f| f.contains("%i")),
+                all: o.itemize > 1,
+                format,
+                sender,
+                times: o.times,
+                human: o.human_readable,
+                ordered: !sender,
+                queue: Mutex::new(VecDeque::new()),
+                progress: o.progress && !o.quiet,
+                list_line: (o.verbose > 0 || o.progress) && !o.quiet,
+                created_dir: Mutex::new(None),
+                names: !o.quiet && (o.verbose > 0 || o.itemize > 0),
+                current: Mutex::new(None),
+                after,
+                progress2: o.progress2 && !o.quiet,
+                done_bytes: Default::default(),
+                begun: std::time::Instant::now(),
+                xfers: Default::default(),
+                stats: Stats::default(),
+            }
+        }
+
+        /// The line for an item, if rsync prints one: with `%i`, every
+        /// significant item; otherwise transfers, local changes and
+        /// directories with a significant change (rsync's `maybe_log_item`).
+        fn item_line(&self, f: u16, e: &FileEntry, bytes: u64) -> Option<Vec<u8>> {
+            let format = self.format.as_deref()?;
+            let significant = f & SIGNIFICANT_ITEM_FLAGS != 0;
+            let kind = kind_of(e);
+            let shown = match self.itemizing {
+                true => significant || self.all,
+                false => {
+                    f & iflags::TRANSFER != 0
+                        || (f & iflags::LOCAL_CHANGE != 0 && significant)
+                        || (kind == Kind::Dir && significant)
+                }
+            };
+            if !shown {
+                return None;
+            }
+            let meta = meta_of(e);
+            let info = LineInfo {
+                name: &e.name,
+                kind,
+                item: Some(itemize(f, kind, self.sender, self.times)),
+                link: e.link_target.as_deref().map(|t| ("->", t)),
+                length: meta.size,
+                bytes,
+                meta: Some(&meta),
+                operation: if self.sender { "send" } else { "recv" },
+            };
+            let mut line = format_line(format, &info, self.human);
+            line.push(b'\n');
+            Some(line)
+        }
+
+        /// Takes one event of the transfer.
+        pub(super) fn event(&self, ev: &FileEvent<'_>) {
+            match ev {
+                FileEvent::List { entries } => {
+                    for e in *entries {
+                        self.stats.seen(kind_of(e), e.size.max(0) as u64);
+                    }
+                    if self.list_line {
+                        // arsync's file list is not incremental: rsync's
+                        // lines for such a list (with --progress, a count).
+                        let n = entries.len();
+                        let line = match (self.sender, self.progress) {
+                            (true, false) => "building file list ... done".to_string(),
+                            (true, true) => {
+                                format!(
+                                    "building file list ... \n 0 files...\r{n} files to consider"
+                                )
+                            }
+                            (false, false) => "receiving file list ... done".to_string(),
+                            (false, true) => {
+                                format!("receiving file list ... {n} files to consider")
+                            }
+                        };
+                        out_line(line.as_bytes());
+                    }
+                    let made = self
+                        .created_dir
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                    if let (Some(d), true) = (made, self.names) {
+                        out_line(&[&b"created directory "[..], &d].concat());
+                    }
+                }
+                FileEvent::Item {
+                    iflags: f, entry, ..
+                } => {
+                    let f = *f;
+                    if f & iflags::IS_NEW != 0 {
+                        self.stats.created(kind_of(entry));
+                    }
+                    let transfer = f & iflags::TRANSFER != 0;
+                    if transfer {
+                        self.stats.transferred.fetch_add(1, Ordering::Relaxed);
+                        let size = entry.size.max(0) as u64;
+                        self.stats
+                            .transferred_size
+                            .fetch_add(size, Ordering::Relaxed);
+                    }
+                    let (ndx, size) = (entry_ndx(ev), entry.size.max(0) as u64);
+                    let started = std::time::Instant::now();
+                    let late = (transfer && self.after).then(|| ((*entry).clone(), f));
+                    let line = match late {
+                        Some(_) => None,
+                        None => self.item_line(f, entry, 0),
+                    };
+                    if !self.ordered {
+                        if let Some(l) = line {
+                            let _ = std::io::stdout().lock().write_all(&l);
+                        }
+                        if transfer {
+                            *self.current.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some((ndx, size, started, late));
+                        }
+                        return;
+                    }
+                    if line.is_none() && !transfer {
+                        return;
+                    }
+                    self.push(Pending {
+                        name: entry.name.clone(),
+                        line,
+                        waiting: transfer,
+                        ndx,
+                        size,
+                        started,
+                        late,
+                    });
+                }
+                FileEvent::Transferred { name, literal, .. } if self.ordered => {
+                    let mut q = self.lock();
+                    if let Some(p) = q.iter_mut().find(|p| p.waiting && p.name == *name) {
+                        p.waiting = false;
+                        self.progress2_line(Some((p.ndx, p.size)));
+                        if let Some((e, f)) = p.late.take() {
+                            p.line = self.item_line(f, &e, *literal);
+                        }
+                        let done = self.progress_line(p.ndx, p.size, p.started);
+                        p.line.get_or_insert_with(Vec::new).extend(done);
+                    }
+                    Self::flush_ready(&mut q, false);
+                }
+                FileEvent::Transferred { literal, .. } => {
+                    let current = self
+                        .current
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                    if let Some((ndx, size, started, late)) = current {
+                        self.progress2_line(Some((ndx, size)));
+                        let mut out = late
+                            .and_then(|(e, f)| self.item_line(f, &e, *literal))
+                            .unwrap_or_default();
+                        out.extend(self.progress_line(ndx, size, started));
+                        let _ = std::io::stdout().lock().write_all(&out);
+                    }
+                }
+                FileEvent::Deleted { name } => {
+                    self.stats.deleted.fetch_add(1, Ordering::Relaxed);
+                    // A directory's name ends with `/`; other kinds are not
+                    // told apart (counted as files).
+                    let kind = usize::from(name.ends_with(b"/"));
+                    self.stats.deleted_by_kind[kind].fetch_add(1, Ordering::Relaxed);
+                    if self.format.is_none() {
+                        return;
+                    }
+                    let prefix: &[u8] = match self.itemizing {
+                        true => b"*deleting   ",
+                        false => b"deleting ",
+                    };
+                    let mut line = prefix.to_vec();
+                    line.extend_from_slice(&escape_name(name));
+                    line.push(b'\n');
+                    self.push(Pending {
+                        name: Vec::new(),
+                        line: Some(line),
+                        waiting: false,
+                        ndx: 0,
+                        size: 0,
+                        started: std::time::Instant::now(),
+                        late: None,
+                    });
+                }
+                _ => {}
+            }
+        }
+
+        /// `--progress`'s last line for a transferred file (the local
+        /// engine's): its size, 100%, the rate, the time it took, and
+        /// rsync's `(xfr#N, to-chk=LEFT/TOTAL)`.
+        fn progress_line(&self, ndx: i32, size: u64, started: std::time::Instant) -> Vec<u8> {
+            if !self.progress {
+                return Vec::new();
+            }
+            let n = self.xfers.fetch_add(1, Ordering::Relaxed) + 1;
+            let took = started.elapsed().as_secs_f64();
+            // kB/s, MB/s or GB/s, as rsync's progress.c picks the unit.
+            let mut rate = size as f64 / 1024.0 / took.max(1e-6);
+            let mut unit = "kB/s";
+            for next in ["MB/s", "GB/s"] {
+                if rate > 1024.0 {
+                    rate /= 1024.0;
+                    unit = next;
+                }
+            }
+            let secs = took as u64;
+            let clock = format!("{:>4}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+            let size = arsync_sync::report::num(size, self.human);
+            let total = self.stats.files_seen();
+            let left = total.saturating_sub(ndx.max(0) as u64 + 1);
+            let at = format!("{size:>15} 100% {rate:>7.2}{unit} {clock}");
+            format!("\r{at}  \r{at} (xfr#{n}, to-chk={left}/{total})\n").into_bytes()
+        }
+
+        /// `--info=progress2` after a file is done: the bytes done of the
+        /// list's total, the overall rate and time, rsync's counters (the
+        /// local engine's line).
+        /// `file`: the index and size of the file just done; `None` at the
+        /// end of the run (the last state again, everything checked, as
+        /// rsync prints it last).
+        fn progress2_line(&self, file: Option<(i32, u64)>) {
+            if !self.progress2 {
+                return;
+            }
+            let (n, done, checked) = match file {
+                Some((ndx, size)) => (
+                    self.xfers.fetch_add(1, Ordering::Relaxed) + 1,
+                    self.done_bytes.fetch_add(size, Ordering::Relaxed) + size,
+                    ndx.max(0) as u64 + 1,
+                ),
+                None => (
+                    self.xfers.load(Ordering::Relaxed),
+                    self.done_bytes.load(Ordering::Relaxed),
+                    u64::MAX,
+                ),
+            };
+            let total = self.stats.total_size.load(Ordering::Relaxed).max(done);
+            let secs = self.begun.elapsed().as_secs_f64().max(0.001);
+            let whole = secs as u64;
+            let files = self.stats.files_seen();
+            let left = files.saturating_sub(checked);
+            let line = format!(
+                "\r{:>15} {:>3}% {:>7.2}MB/s {:>4}:{:02}:{:02} (xfr#{n}, to-chk={left}/{files})",
+                arsync_sync::report::num(done, self.human),
+                done * 100 / total.max(1),
+                done as f64 / 1024.0 / 1024.0 / secs,
+                whole / 3600,
+                whole / 60 % 60,
+                whole % 60,
+            );
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line.as_bytes());
+            let _ = out.flush();
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
+            self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        fn push(&self, p: Pending) {
+            let mut q = self.lock();
+            q.push_back(p);
+            Self::flush_ready(&mut q, false);
+        }
+
+        /// Prints the lines at the front that wait for nothing (`all`:
+        /// every line, at the end of the transfer).
+        fn flush_ready(q: &mut VecDeque<Pending>, all: bool) {
+            let mut out = std::io::stdout().lock();
+            while let Some(p) = q.front() {
+                if p.waiting && !all {
+                    break;
+                }
+                if let Some(l) = &p.line {
+                    let _ = out.write_all(l);
+                }
+                q.pop_front();
+            }
+            let _ = out.flush();
+        }
+
+        /// Prints what is left, then rsync's closing lines: the `--stats`
+        /// block and, with `-v` or `--stats`, the two summary lines.
+        pub(super) fn finish(&self, o: &Options, s: &TransferSummary, elapsed: f64) {
+            Self::flush_ready(&mut self.lock(), true);
+            if self.progress2 && self.xfers.load(Ordering::Relaxed) > 0 {
+                self.progress2_line(None);
+                out_line(b"");
+            }
+            if o.quiet || (o.verbose == 0 && !o.stats) {
+                return;
+            }
+            let st = &self.stats;
+            st.literal.store(s.literal_bytes, Ordering::Relaxed);
+            st.matched.store(s.matched_bytes, Ordering::Relaxed);
+            // A pulling client gets the sender's total size with its stats.
+            if self.ordered && s.stats.total_size > 0 {
+                st.total_size
+                    .store(s.stats.total_size as u64, Ordering::Relaxed);
+            }
+            let _ = st.wire_bytes.set((s.bytes_written, s.bytes_read));
+            let mut text = match o.stats {
+                true => st.render(elapsed, o.human_readable),
+                false => format!("\n{}", st.summary(elapsed, o.human_readable)),
+            };
+            if o.dry_run {
+                text.push_str(" (DRY RUN)");
+            }
+            out_line(text.as_bytes());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! checks that the option had its effect in the reference run, so a case
 //! cannot pass by everyone ignoring the option.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -830,7 +830,8 @@ fn files_from_expect(_: &Path, d: &Path) {
 #[test]
 fn files_from_local_list() {
     // Each run has its own `<work>/list`; the client runs in `<work>`.
-    // A list on the remote host (`h:PATH`) is read by the sending server.
+    // A list on the remote host (`h:PATH`) is read by the sending server,
+    // or on a push forwarded by the receiving server to the client.
     for (name, flags, dirs) in [
         (
             "--files-from",
@@ -850,7 +851,7 @@ fn files_from_local_list() {
         (
             "--files-from=h:",
             &["-a", "--files-from=h:{work}/list"][..],
-            &[Direction::Pull][..],
+            &[Direction::Push, Direction::Pull][..],
         ),
     ] {
         let tmp = scratch_dir().unwrap();
@@ -1553,4 +1554,672 @@ fn daemon_confines_the_temp_dir() {
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
         assert!(!base.join("dst/a.txt").exists());
     }
+}
+
+/// One run of a pairing: its output and trees.
+struct PairRun {
+    label: &'static str,
+    out: Output,
+    src: PathBuf,
+    dst: PathBuf,
+}
+
+/// Runs `flags` (`{work}` replaced by the run's own directory, where the
+/// client runs) for every pairing in direction `dir`, each in a fresh tree
+/// made by `setup(src, dst, work)`. The rsync->rsync run must exit 0 and
+/// pass `expect`; every other pairing must exit as it did and leave the
+/// same source and destination trees. Returns the runs, rsync's first.
+fn compare_pairings(
+    name: &str,
+    flags: &[&str],
+    dir: Direction,
+    setup: fn(&Path, &Path, &Path),
+    expect: fn(&Path, &Path),
+) -> Vec<PairRun> {
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    let mut runs = Vec::new();
+    for (label, client, server) in pairings(&arsync_bin()) {
+        let work = tmp.path().join(label.replace('>', ""));
+        let (src, dst) = (work.join("src"), work.join("dst"));
+        fs::create_dir_all(&src).unwrap();
+        fs::create_dir_all(&dst).unwrap();
+        setup(&src, &dst, &work);
+        let (from, to) = dir.endpoints(&src, &dst);
+        let flags: Vec<String> = flags
+            .iter()
+            .map(|f| f.replace("{work}", &work.to_string_lossy()))
+            .collect();
+        let out = Command::new(&client)
+            .current_dir(&work)
+            .args(&flags)
+            .args(["-e", &rsh.to_string_lossy(), "--rsync-path"])
+            .arg(&server)
+            .args([&from, &to])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        runs.push(PairRun {
+            label,
+            out,
+            src,
+            dst,
+        });
+    }
+    let show = |r: &PairRun| {
+        format!(
+            "{name} {dir:?} {}: exit {:?}\nstdout: {}\nstderr: {}",
+            r.label,
+            r.out.status.code(),
+            String::from_utf8_lossy(&r.out.stdout),
+            String::from_utf8_lossy(&r.out.stderr)
+        )
+    };
+    let reference = &runs[0];
+    assert_eq!(reference.out.status.code(), Some(0), "{}", show(reference));
+    expect(&reference.src, &reference.dst);
+    let cmp = CompareOpts::default();
+    for got in &runs[1..] {
+        assert_eq!(
+            got.out.status.code(),
+            reference.out.status.code(),
+            "{}",
+            show(got)
+        );
+        for (a, b, side) in [
+            (&reference.dst, &got.dst, "destination"),
+            (&reference.src, &got.src, "source"),
+        ] {
+            let diffs = compare_trees(a, b, &cmp);
+            assert!(
+                diffs.is_empty(),
+                "{side} differs from rsync's: {diffs:#?}\n{}",
+                show(got)
+            );
+        }
+    }
+    runs
+}
+
+/// [`compare_pairings`] pushing and pulling.
+fn compare_both(
+    name: &str,
+    flags: &[&str],
+    setup: fn(&Path, &Path, &Path),
+    expect: fn(&Path, &Path),
+) {
+    for dir in [Direction::Push, Direction::Pull] {
+        compare_pairings(name, flags, dir, setup, expect);
+    }
+}
+
+/// A tree for filter files: logs, objects, a CVS directory, extraneous
+/// files on the receiver, and rule files beside the trees in `work`.
+fn filter_tree(src: &Path, dst: &Path, work: &Path) {
+    put(src, "keep.txt", b"keep", T0);
+    put(src, "app.log", b"log", T0);
+    put(src, "main.o", b"object", T0);
+    put(src, "notes.bak", b"backup", T0);
+    put(src, "sub/deep.log", b"deep log", T0);
+    put(src, "sub/deep.txt", b"deep text", T0);
+    put(src, "sub/core", b"core dump", T0);
+    put(src, "sub/x.tmp", b"tmp", T0);
+    put(src, "CVS/Entries", b"cvs", T0);
+    put(dst, "stale.txt", b"extraneous", T0);
+    put(dst, "old.log", b"extraneous log", T0);
+    put(dst, "sub/stale.o", b"extraneous object", T0);
+    put(dst, "sub/gone.txt", b"extraneous", T0);
+    fs::write(
+        work.join("excl"),
+        "*.log\n# a comment\n; another\n\n+ keep.txt\n*.bak\n",
+    )
+    .unwrap();
+    fs::write(work.join("incl"), "*/\n*.txt\n").unwrap();
+    fs::write(work.join("rules"), "- *.o\n: .per-dir\nP gone.txt\n").unwrap();
+    settle(src);
+    settle(dst);
+}
+
+#[test]
+fn exclude_from_is_read_by_the_client() {
+    compare_both(
+        "--exclude-from",
+        &["-a", "--delete", "--exclude-from=excl"],
+        filter_tree,
+        |_, d| {
+            assert!(d.join("keep.txt").exists() && !d.join("app.log").exists());
+            assert!(!d.join("notes.bak").exists() && !d.join("sub/deep.log").exists());
+            // Excluded names on the receiver are protected from --delete.
+            assert!(d.join("old.log").exists() && !d.join("stale.txt").exists());
+        },
+    );
+}
+
+#[test]
+fn include_from_with_an_exclude_all() {
+    compare_both(
+        "--include-from",
+        &[
+            "-a",
+            "--delete",
+            "--include-from={work}/incl",
+            "--exclude=*",
+        ],
+        filter_tree,
+        |_, d| {
+            assert!(d.join("keep.txt").exists() && d.join("sub/deep.txt").exists());
+            assert!(!d.join("app.log").exists() && !d.join("sub/core").exists());
+            assert!(!d.join("stale.txt").exists() && d.join("old.log").exists());
+        },
+    );
+}
+
+#[test]
+fn cvs_exclude() {
+    fn setup(src: &Path, dst: &Path, work: &Path) {
+        filter_tree(src, dst, work);
+        // A per-directory .cvsignore, in the source and on the receiver.
+        put(src, "sub/.cvsignore", b"*.txt\n", T0);
+        put(dst, "sub/.cvsignore", b"gone.txt\n", T0);
+        settle(src);
+        settle(dst);
+    }
+    compare_both("-C", &["-a", "-C", "--delete"], setup, |_, d| {
+        assert!(d.join("keep.txt").exists() && !d.join("main.o").exists());
+        assert!(!d.join("CVS").exists() && !d.join("sub/core").exists());
+        assert!(!d.join("sub/deep.txt").exists(), "sub/.cvsignore applies");
+        // -C's names are protected on the receiver.
+        assert!(d.join("sub/stale.o").exists());
+        assert!(!d.join("stale.txt").exists());
+    });
+    // The short option in a cluster, without --delete.
+    compare_both("-aC", &["-aC"], setup, |_, d| {
+        assert!(!d.join("main.o").exists() && !d.join("sub/deep.txt").exists());
+    });
+}
+
+#[test]
+fn per_directory_filter_files() {
+    fn setup(src: &Path, dst: &Path, work: &Path) {
+        filter_tree(src, dst, work);
+        put(src, ".rsync-filter", b"- *.bak\n", T0);
+        put(src, "sub/.rsync-filter", b"- *.log\n- core\n", T0);
+        // The receiver's own rules protect its files from --delete.
+        put(dst, "sub/.rsync-filter", b"P gone.txt\n", T0);
+        settle(src);
+        settle(dst);
+    }
+    compare_both("-F", &["-a", "-F", "--delete"], setup, |_, d| {
+        assert!(!d.join("notes.bak").exists() && d.join("app.log").exists());
+        assert!(!d.join("sub/deep.log").exists() && !d.join("sub/core").exists());
+        assert!(d.join("sub/.rsync-filter").exists());
+        assert!(!d.join("stale.txt").exists());
+    });
+    compare_both("-FF", &["-a", "-FF", "--delete"], setup, |_, d| {
+        assert!(!d.join("notes.bak").exists() && !d.join(".rsync-filter").exists());
+        assert!(d.join("sub/gone.txt").exists(), "the receiver's P rule");
+    });
+}
+
+#[test]
+fn merge_and_dir_merge_rules() {
+    fn setup(src: &Path, dst: &Path, work: &Path) {
+        filter_tree(src, dst, work);
+        put(src, "sub/.per-dir", b"- *.txt\n", T0);
+        put(src, "sub/.excl", b"- deep.log\n", T0);
+        // For a `-` modifier: a bare pattern per line.
+        put(src, "sub/.exn", b"deep.log\n", T0);
+        put(dst, "sub/.per-dir", b"P stale.o\n", T0);
+        settle(src);
+        settle(dst);
+    }
+    // A merge file read by the client (holding a dir-merge rule), and a
+    // dir-merge rule with modifiers (`e`: the file itself is excluded).
+    compare_both(
+        "merge",
+        &[
+            "-a",
+            "--delete",
+            "--filter=merge {work}/rules",
+            "--filter=:e .excl",
+        ],
+        setup,
+        |_, d| {
+            assert!(!d.join("main.o").exists() && !d.join("sub/deep.txt").exists());
+            assert!(!d.join("sub/deep.log").exists() && !d.join("sub/.excl").exists());
+            assert!(d.join("sub/gone.txt").exists() && d.join("sub/stale.o").exists());
+            assert!(!d.join("stale.txt").exists());
+        },
+    );
+    compare_both(
+        "dir-merge,n",
+        &["-a", "--delete", "-f", "dir-merge,n- .exn", "-f", ". rules"],
+        setup,
+        |_, d| {
+            assert!(!d.join("sub/deep.log").exists() && !d.join("main.o").exists());
+        },
+    );
+}
+
+#[test]
+fn byte_values_of_backup_dir_suffix_and_remote_files_from() {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let os = |b: &[u8]| OsString::from_vec(b.to_vec());
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    for dir in [Direction::Push, Direction::Pull] {
+        for (name, backup) in [("--files-from", false), ("-b", true)] {
+            let mut results = Vec::new();
+            for (label, client, server) in pairings(&arsync_bin()) {
+                let work = tmp
+                    .path()
+                    .join(format!("{dir:?}{name}{}", label.replace('>', "")));
+                let (src, dst) = (work.join("src"), work.join("dst"));
+                put(&src, "a.txt", b"new a", T0 + 10);
+                put(&src, "b.txt", b"new b", T0 + 10);
+                put(&src, "sub/c.txt", b"new c", T0 + 10);
+                put(&dst, "a.txt", b"old a", T0);
+                put(&dst, "sub/c.txt", b"old c", T0);
+                put(&dst, "gone.txt", b"extra", T0);
+                let mut flags = vec![OsString::from("-a")];
+                if backup {
+                    // A backup directory and a suffix that are not UTF-8.
+                    flags.extend(["-b", "--delete"].map(OsString::from));
+                    flags.push(os(b"--backup-dir=old\xe9"));
+                    flags.push(os(b"--suffix=.\xff"));
+                } else {
+                    // A list with a name that is not UTF-8, at a path that is not.
+                    put(&src, "caf\u{e9}", b"utf-8 name", T0);
+                    let latin = src.join(OsStr::from_bytes(b"n\xe9"));
+                    fs::write(&latin, b"latin-1 name").unwrap();
+                    let f = fs::File::options().write(true).open(&latin).unwrap();
+                    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(T0))
+                        .unwrap();
+                    let list = work.join(OsStr::from_bytes(b"li\xe9st"));
+                    fs::write(&list, b"a.txt\nsub/c.txt\nn\xe9\n").unwrap();
+                    let mut arg = b"--files-from=fakehost:".to_vec();
+                    arg.extend_from_slice(list.as_os_str().as_bytes());
+                    flags.push(os(&arg));
+                }
+                settle(&src);
+                settle(&dst);
+                let (from, to) = dir.endpoints(&src, &dst);
+                let out = Command::new(&client)
+                    .current_dir(&work)
+                    .args(&flags)
+                    .args(["-e", &rsh.to_string_lossy(), "--rsync-path"])
+                    .arg(&server)
+                    .args([&from, &to])
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .unwrap();
+                let what = format!("{name} {dir:?} {label}");
+                assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
+                if backup {
+                    let kept = dst.join(OsStr::from_bytes(b"old\xe9/sub/c.txt.\xff"));
+                    assert_eq!(read(&kept).as_deref(), Some(&b"old c"[..]), "{what}");
+                    let gone = dst.join(OsStr::from_bytes(b"old\xe9/gone.txt.\xff"));
+                    assert!(gone.exists(), "{what}");
+                } else {
+                    assert!(dst.join(OsStr::from_bytes(b"n\xe9")).exists(), "{what}");
+                    assert!(!dst.join("b.txt").exists(), "{what}: not listed");
+                }
+                results.push((what, dst));
+            }
+            // The backup directory is made during the run.
+            let cmp = CompareOpts {
+                root_metadata: false,
+                dir_mtime: !backup,
+                ..CompareOpts::default()
+            };
+            assert_trees_match_first(&results, &cmp);
+        }
+    }
+}
+
+/// A tree for the output tests: a changed file, a file whose permissions
+/// differ, an unchanged file, a new directory and file, a symlink, a
+/// directory whose mtime differs, an extraneous file on the receiver.
+fn output_tree(src: &Path, dst: &Path, _work: &Path) {
+    put(src, "changed.txt", b"new content here", T0 + 5);
+    put(dst, "changed.txt", b"old", T0);
+    put(src, "perms.txt", b"same", T0);
+    put(dst, "perms.txt", b"same", T0);
+    fs::set_permissions(dst.join("perms.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    put(src, "same.txt", b"unchanged", T0);
+    put(dst, "same.txt", b"unchanged", T0);
+    put(src, "newdir/inner.txt", b"inner", T0);
+    put(src, "olddir/x.txt", b"x", T0);
+    put(dst, "olddir/x.txt", b"x", T0);
+    put(dst, "extra.txt", b"extraneous", T0);
+    put(dst, "gone/deep/old.txt", b"extraneous, below", T0);
+    symlink("same.txt", src.join("link")).unwrap();
+    settle(src);
+    settle(dst);
+    // Directory times after settle: one differs.
+    let st = Command::new("touch")
+        .args(["-d", "@1400000000"])
+        .arg(dst.join("olddir"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// The lines of `out`'s stdout that do not depend on the wire bytes or
+/// the clock: the byte counts, rates, speedup and list timings are left
+/// out ("total size is N" stays).
+fn stable_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            ![
+                "sent ",
+                "Total bytes sent:",
+                "Total bytes received:",
+                "File list size:",
+                "File list generation time:",
+                "File list transfer time:",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
+        })
+        .map(|l| match l.split_once("  speedup is") {
+            Some((total, rest)) if rest.ends_with(" (DRY RUN)") => format!("{total} (DRY RUN)"),
+            Some((total, _)) => total.to_string(),
+            None => l.to_string(),
+        })
+        .map(|l| match l.rsplit_once('\r') {
+            // --progress: the last state of the line, without rate and time.
+            Some((_, last)) => {
+                let w: Vec<&str> = last.split_whitespace().collect();
+                match w.as_slice() {
+                    [size, pct, _rate, _time, rest @ ..] => {
+                        format!("{size} {pct} {}", rest.join(" "))
+                    }
+                    _ => last.to_string(),
+                }
+            }
+            None => l,
+        })
+        .collect()
+}
+
+/// rsync's client output for `flags` in every pairing against rsync's own
+/// (its file list not incremental, as arsync's never is), after the same
+/// transfer; the trees are compared too.
+fn compare_output(flags: &[&str], dirs: &[Direction], must_have: &[&str]) {
+    compare_output_in(flags, dirs, must_have, output_tree);
+}
+
+/// [`compare_output`] with the trees made by `setup`.
+fn compare_output_in(
+    flags: &[&str],
+    dirs: &[Direction],
+    must_have: &[&str],
+    setup: fn(&Path, &Path, &Path),
+) {
+    for &dir in dirs {
+        let tmp = scratch_dir().unwrap();
+        let rsh = install_fake_ssh(tmp.path()).unwrap();
+        let mut results = Vec::new();
+        let mut reference: Option<Vec<String>> = None;
+        for (label, client, server) in pairings(&arsync_bin()) {
+            let work = tmp.path().join(label.replace('>', ""));
+            let (src, dst) = (work.join("src"), work.join("dst"));
+            setup(&src, &dst, &work);
+            let (from, to) = dir.endpoints(&src, &dst);
+            let mut cmd = Command::new(&client);
+            if client == rsync_bin() {
+                cmd.arg("--no-i-r");
+            }
+            let out = cmd
+                .args(flags)
+                .args(["-e", &rsh.to_string_lossy(), "--rsync-path"])
+                .arg(&server)
+                .args([&from, &to])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let what = format!("{flags:?} {dir:?} {label}");
+            assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
+            // Paths of this run's own directory are named alike.
+            let here = work.to_string_lossy().into_owned();
+            let lines: Vec<String> = stable_lines(&out)
+                .into_iter()
+                .map(|l| l.replace(&here, "{work}"))
+                .collect();
+            match &reference {
+                None => {
+                    for want in must_have {
+                        assert!(lines.iter().any(|l| l == want), "{what}: {lines:#?}");
+                    }
+                    reference = Some(lines);
+                }
+                Some(r) => assert_eq!(
+                    &lines,
+                    r,
+                    "{what}: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                ),
+            }
+            results.push((what, dst));
+        }
+        // Without -t (or -p) the times (and modes) are the run's own.
+        let timed = flags.contains(&"-a");
+        let cmp = CompareOpts {
+            mtime: timed,
+            dir_mtime: timed,
+            symlink_mtime: timed,
+            mode: timed,
+            ..CompareOpts::default()
+        };
+        assert_trees_match_first(&results, &cmp);
+    }
+}
+
+#[test]
+fn itemized_output_matches_rsync() {
+    let both = [Direction::Push, Direction::Pull];
+    compare_output(
+        &["-ai"],
+        &both,
+        &[
+            "cd+++++++++ newdir/",
+            "cL+++++++++ link -> same.txt",
+            ".d..t...... olddir/",
+        ],
+    );
+    // The update column says who sends; perms-only changes are items too.
+    compare_output(
+        &["-ai"],
+        &[Direction::Pull],
+        &[">f.st...... changed.txt", ".f...p..... perms.txt"],
+    );
+    compare_output(
+        &["-ai"],
+        &[Direction::Push],
+        &["<f.st...... changed.txt", ".f...p..... perms.txt"],
+    );
+    // Without -t and -p: `T` for a transfer, no `p`.
+    compare_output(&["-rli"], &[Direction::Pull], &[">f.sT...... changed.txt"]);
+    // Deletions: by the client on a pull; on a push the server tells the
+    // client (MSG_DELETED). A directory's contents are listed first.
+    compare_output(
+        &["-ai", "--delete"],
+        &both,
+        &[
+            "*deleting   gone/deep/old.txt",
+            "*deleting   gone/deep/",
+            "*deleting   gone/",
+            "*deleting   extra.txt",
+        ],
+    );
+    compare_output(
+        &["-ain", "--delete-after"],
+        &both,
+        &["*deleting   gone/deep/"],
+    );
+    // -ii: unchanged entries too (a receiving server is told with
+    // rsync's --log-format=%i%I).
+    compare_output(
+        &["-aii"],
+        &both,
+        &[
+            ".d          ./",
+            ".f          same.txt",
+            ".f          olddir/x.txt",
+        ],
+    );
+}
+
+#[test]
+fn verbose_output_matches_rsync() {
+    compare_output(
+        &["-av"],
+        &[Direction::Push],
+        &[
+            "building file list ... done",
+            "newdir/",
+            "link -> same.txt",
+            "total size is 43",
+        ],
+    );
+    compare_output(
+        &["-av", "--delete"],
+        &[Direction::Pull],
+        &[
+            "receiving file list ... done",
+            "deleting extra.txt",
+            "olddir/",
+        ],
+    );
+    compare_output(
+        &["-avn", "--delete"],
+        &[Direction::Push, Direction::Pull],
+        &["deleting gone/", "total size is 43 (DRY RUN)"],
+    );
+    compare_output(
+        &["-a", "--stats", "--delete"],
+        &[Direction::Push, Direction::Pull],
+        &[
+            "Number of files: 9 (reg: 5, dir: 3, link: 1)",
+            "Number of created files: 3 (reg: 1, dir: 1, link: 1)",
+            "Number of deleted files: 4 (reg: 2, dir: 2)",
+            "Number of regular files transferred: 2",
+            "Total transferred file size: 21 bytes",
+        ],
+    );
+    compare_output(
+        &["-a", "--progress"],
+        &[Direction::Push, Direction::Pull],
+        &["newdir/inner.txt", "5 100% (xfr#2, to-chk=2/9)"],
+    );
+    compare_output(
+        &["-a", "--progress"],
+        &[Direction::Pull],
+        &["receiving file list ... 9 files to consider"],
+    );
+    // --info=progress2: one line for the whole run (its last state).
+    compare_output(
+        &["-a", "--info=progress2"],
+        &[Direction::Push, Direction::Pull],
+        &["21 48% (xfr#2, to-chk=0/9)"],
+    );
+    compare_output(
+        &["-a", "--out-format=%o %n %l"],
+        &[Direction::Pull],
+        &["recv changed.txt 16"],
+    );
+    // With %b a transfer's line comes after it (the byte counts differ:
+    // rsync's include its protocol overhead).
+    compare_output(
+        &["-a", "--out-format=%i %n"],
+        &[Direction::Push],
+        &["<f.st...... changed.txt", "cd+++++++++ newdir/"],
+    );
+}
+
+#[test]
+fn filter_files_through_a_daemon() {
+    let tmp = scratch_dir().unwrap();
+    let base = tmp.path().join("mod");
+    fs::create_dir_all(&base).unwrap();
+    let cfg = tmp.path().join("d.conf");
+    write_module_config(&cfg, &base).unwrap();
+    let rsyncd = start_daemon(&rsync_bin(), &cfg).unwrap();
+    let arsyncd = start_daemon(&arsync_bin(), &cfg).unwrap();
+    let run = |daemon: &Daemon, client: &OsString, dir: Direction, label: &str| {
+        let work = base.join(label);
+        let (src, dst) = (work.join("src"), work.join("dst"));
+        fs::create_dir_all(&src).unwrap();
+        fs::create_dir_all(&dst).unwrap();
+        filter_tree(&src, &dst, &work);
+        put(&src, "sub/.rsync-filter", b"- *.txt\n", T0);
+        put(&dst, "sub/.rsync-filter", b"P gone.txt\n", T0);
+        settle(&src);
+        settle(&dst);
+        let url = |p: &Path| {
+            let rel = p.strip_prefix(&base).unwrap();
+            format!("rsync://127.0.0.1:{}/m/{}", daemon.port, rel.display())
+        };
+        let (from, to) = match dir {
+            Direction::Push => (format!("{}/", src.display()), url(&dst)),
+            Direction::Pull => (format!("{}/", url(&src)), dst.display().to_string()),
+        };
+        let out = Command::new(client)
+            .current_dir(&work)
+            .args(["-a", "-F", "-C", "--delete", "--exclude-from=excl"])
+            .args([&from, &to])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (out, dst)
+    };
+    for dir in [Direction::Push, Direction::Pull] {
+        let (want, want_dst) = run(&rsyncd, &rsync_bin(), dir, &format!("{dir:?}-ref"));
+        assert_eq!(want.status.code(), Some(0), "reference: {want:?}");
+        assert!(!want_dst.join("sub/deep.txt").exists() && !want_dst.join("main.o").exists());
+        assert!(want_dst.join("sub/gone.txt").exists() && !want_dst.join("app.log").exists());
+        for (label, daemon, client) in [
+            ("arsync-to-rsyncd", &rsyncd, arsync_bin()),
+            ("rsync-to-arsyncd", &arsyncd, rsync_bin()),
+            ("arsync-to-arsyncd", &arsyncd, arsync_bin()),
+        ] {
+            let (got, dst) = run(daemon, &client, dir, &format!("{dir:?}-{label}"));
+            let what = format!("{dir:?} {label}");
+            assert_eq!(got.status.code(), Some(0), "{what}: {got:?}");
+            let diffs = compare_trees(&want_dst, &dst, &CompareOpts::default());
+            assert!(diffs.is_empty(), "{what}: differs from rsync's: {diffs:#?}");
+        }
+    }
+}
+
+#[test]
+fn created_destination_is_reported() {
+    fn fresh(src: &Path, dst: &Path, work: &Path) {
+        output_tree(src, dst, work);
+        fs::remove_dir_all(dst).unwrap();
+    }
+    // The receiver makes the destination and says so (a receiving server
+    // through MSG_INFO, which the client prints on stdout).
+    compare_output_in(
+        &["-av"],
+        &[Direction::Push],
+        &[
+            "building file list ... done",
+            "created directory {work}/dst",
+            "./",
+        ],
+        fresh,
+    );
+    compare_output_in(
+        &["-ai"],
+        &[Direction::Push, Direction::Pull],
+        &[
+            "created directory {work}/dst",
+            "cd+++++++++ ./",
+            "cd+++++++++ newdir/",
+        ],
+        fresh,
+    );
 }

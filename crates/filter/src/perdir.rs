@@ -189,6 +189,13 @@ impl FilterRules {
         copy
     }
 
+    /// True when per-directory merge files are read as directories are
+    /// entered (a `dir-merge` rule, `-F`, `:C`); otherwise
+    /// [`FilterRules::enter_dir`] changes nothing a walker needs.
+    pub fn has_dir_merge(&self) -> bool {
+        !self.perdir.defs.is_empty()
+    }
+
     /// How many directories are currently entered.
     pub fn dir_depth(&self) -> usize {
         self.perdir.frames.len()
@@ -340,6 +347,23 @@ mod tests {
         assert_eq!(clean_abs(Path::new("/a/./b//c/../d/")), b"/a/b/d");
         assert_eq!(clean_abs(Path::new("/")), b"/");
         assert_eq!(clean_abs(Path::new("/..")), b"/");
+    }
+
+    #[test]
+    fn knows_when_directories_have_rules() {
+        let mut r = FilterRules::new();
+        assert!(!r.has_dir_merge());
+        r.add_rule("- *.o").unwrap();
+        assert!(!r.has_dir_merge());
+        r.add_rule(": .per-dir").unwrap();
+        assert!(r.has_dir_merge());
+        let mut f = FilterRules::new();
+        f.add_f_option(1).unwrap();
+        assert!(f.has_dir_merge());
+        let mut c = FilterRules::new();
+        c.add_cvs_exclude_with(crate::CvsIgnoreSources::default())
+            .unwrap();
+        assert!(c.has_dir_merge(), "-C reads .cvsignore files");
     }
 
     #[test]

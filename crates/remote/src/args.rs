@@ -67,19 +67,22 @@ impl ServerCommand {
     }
 
     /// The server's options (from `--server` up to, not including, `.`).
-    pub fn server_args(&self) -> Vec<String> {
-        let mut v = vec!["--server".to_string()];
+    pub fn server_args(&self) -> Vec<OsString> {
+        let mut v: Vec<OsString> = vec!["--server".into()];
         if self.server_sends {
             v.push("--sender".into());
         }
-        v.push(format!(
-            "-{}{}e.{}",
-            self.flags,
-            self.opts.packed_flags(self.server_sends),
-            self.caps
-        ));
+        v.push(
+            format!(
+                "-{}{}e.{}",
+                self.flags,
+                self.opts.packed_flags(self.server_sends),
+                self.caps
+            )
+            .into(),
+        );
         if let Some(p) = self.protocol {
-            v.push(format!("--protocol={p}"));
+            v.push(format!("--protocol={p}").into());
         }
         if self.numeric_ids {
             v.push("--numeric-ids".into());
@@ -113,7 +116,7 @@ impl ServerCommand {
     /// spaces and hands the line to the remote user's shell.
     pub fn argv(&self) -> Vec<OsString> {
         let mut words: Vec<OsString> = vec![self.rsync_path.clone().into()];
-        words.extend(self.server_args().into_iter().map(OsString::from));
+        words.extend(self.server_args());
         words.push(".".into());
         words.push(self.path.clone());
         words.extend(self.more_paths.iter().cloned());

@@ -61,6 +61,12 @@ pub struct PeerReports {
     /// Indices the receiver has safely (MSG_SUCCESS, for
     /// `--remove-source-files`).
     pub success: Vec<i32>,
+    /// Names the receiving peer deleted (MSG_DELETED; a directory's ends
+    /// with a NUL byte), not yet taken.
+    pub deleted: Vec<Vec<u8>>,
+    /// A client's setting: echoed MSG_INFO goes to stdout as rsync's
+    /// client prints it (never on a server, whose stdout is the connection).
+    pub info_on_stdout: bool,
 }
 
 /// The input side of a connection.
@@ -441,7 +447,13 @@ impl<R: Read> InStream<R> {
         match m {
             Message::Text(tag, text) => {
                 let s = String::from_utf8_lossy(&text).into_owned();
-                if echo {
+                // rsync's client prints the peer's MSG_INFO on stdout (e.g.
+                // "created directory"), errors and warnings on stderr.
+                if echo && tag == MsgTag::Info && reports.info_on_stdout {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&text);
+                    let _ = out.flush();
+                } else if echo {
                     eprint!("{s}");
                 }
                 match tag {
@@ -463,7 +475,8 @@ impl<R: Read> InStream<R> {
                 });
             }
             Message::Success(n) => reports.success.push(n),
-            Message::IoTimeout(_) | Message::Noop | Message::Deleted(_) => {}
+            Message::Deleted(name) => reports.deleted.push(name),
+            Message::IoTimeout(_) | Message::Noop => {}
         }
         Ok(())
     }

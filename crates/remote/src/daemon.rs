@@ -95,7 +95,7 @@ pub fn preamble<R: Read, W: Write>(
     ins: &mut InStream<R>,
     outs: &mut OutStream<W>,
     target: &DaemonTarget,
-    server_args: &[String],
+    server_args: &[std::ffi::OsString],
     protocol: i32,
     echo: bool,
 ) -> Result<Greeting> {

@@ -2,6 +2,11 @@
 
 use std::sync::Arc;
 
+use arsync_proto::flist::{FileEntry, FileType};
+use arsync_proto::item::iflags;
+
+use crate::fsys::{AttrState, EntryInfo, Meta};
+
 /// Something that happened to one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileEvent<'a> {
@@ -14,9 +19,10 @@ pub enum FileEvent<'a> {
         /// Bytes taken from the existing copy.
         matched: u64,
     },
-    /// An extraneous local entry was deleted (`--delete` on a pull).
+    /// An extraneous entry was deleted (`--delete`: by us on a pull, by
+    /// the receiving peer on a push).
     Deleted {
-        /// Path relative to the transfer root.
+        /// Path relative to the transfer root (a directory's ends with `/`).
         name: &'a [u8],
     },
     /// An entry of a remote listing (`--list-only`, or one remote path
@@ -25,6 +31,66 @@ pub enum FileEvent<'a> {
         /// The entry as the sender listed it.
         entry: &'a arsync_proto::flist::FileEntry,
     },
+    /// The whole file list, once it is known (sorted, as sent).
+    List {
+        /// Every entry.
+        entries: &'a [FileEntry],
+    },
+    /// rsync's item for an entry (what `-i` and `-v` print), in file-list
+    /// order: from the generator (a pull: before a requested file arrives,
+    /// which a later [`FileEvent::Transferred`] with its name confirms) or
+    /// as the sender gets it from the peer's generator (a push).
+    Item {
+        /// Index in the file list.
+        ndx: i32,
+        /// Item flags ([`arsync_proto::item::iflags`]).
+        iflags: u16,
+        /// The entry.
+        entry: &'a arsync_proto::flist::FileEntry,
+    },
+}
+
+/// Item flags that make an item worth reporting (rsync's
+/// `SIGNIFICANT_ITEM_FLAGS`: everything but the basis, name and
+/// local-change markers).
+pub const SIGNIFICANT_ITEM_FLAGS: u16 =
+    !(iflags::BASIS_TYPE_FOLLOWS | iflags::XNAME_FOLLOWS | iflags::LOCAL_CHANGE);
+
+/// rsync's `itemize` change bits for `e` when `local` is what is at its
+/// name now (`None`: nothing, the item is new) and `want` the metadata the
+/// receiver gives it: size (regular files), mtime (`t` with `-t`; without
+/// it a transferred or locally changed item reports `T`), permissions
+/// (`-p`, or `-E`'s executability; not for symlinks), owner and group.
+/// `changing` says whether the entry is transferred or replaced here.
+pub fn change_flags(
+    e: &FileEntry,
+    local: Option<(&EntryInfo, &AttrState)>,
+    want: &Meta,
+    changing: bool,
+) -> u16 {
+    let Some((info, attrs)) = local else {
+        return iflags::IS_NEW;
+    };
+    let mut f = 0;
+    let ft = e.file_type();
+    if ft == Some(FileType::Regular) && info.size != e.size.max(0) as u64 {
+        f |= iflags::REPORT_SIZE;
+    }
+    match want.mtime {
+        Some(t) if t != attrs.mtime => f |= iflags::REPORT_TIME,
+        None if changing => f |= iflags::REPORT_TIME,
+        _ => {}
+    }
+    if ft != Some(FileType::Symlink) && want.perms.is_some_and(|p| p != attrs.perms & 0o7777) {
+        f |= iflags::REPORT_PERMS;
+    }
+    if want.uid.is_some_and(|u| u != attrs.uid) {
+        f |= iflags::REPORT_OWNER;
+    }
+    if want.gid.is_some_and(|g| g != attrs.gid) {
+        f |= iflags::REPORT_GROUP;
+    }
+    f
 }
 
 /// A callback receiving [`FileEvent`]s; called from the transfer's threads.
@@ -46,5 +112,67 @@ impl EventSink {
 impl std::fmt::Debug for EventSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("EventSink")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_bits_as_rsync_reports_them() {
+        let e = FileEntry {
+            name: b"f".to_vec(),
+            mode: 0o100644,
+            size: 10,
+            mtime: 100,
+            uid: 1,
+            gid: 2,
+            ..FileEntry::default()
+        };
+        let info = EntryInfo {
+            file_type: rustix::fs::FileType::RegularFile,
+            size: 9,
+            mtime: 50,
+            perms: 0o600,
+        };
+        let attrs = AttrState {
+            perms: 0o600,
+            mtime: (50, 0),
+            uid: 1,
+            gid: 3,
+        };
+        let want = Meta {
+            perms: Some(0o644),
+            mtime: Some((100, 0)),
+            uid: Some(1),
+            gid: Some(2),
+            atime: None,
+        };
+        let f = change_flags(&e, Some((&info, &attrs)), &want, true);
+        assert_eq!(
+            f,
+            iflags::REPORT_SIZE | iflags::REPORT_TIME | iflags::REPORT_PERMS | iflags::REPORT_GROUP
+        );
+        // Without -t a transfer reports the time (rsync's `T`), an
+        // unchanged entry does not; nothing is compared that is not set.
+        let loose = Meta {
+            perms: Some(0o600),
+            mtime: None,
+            uid: None,
+            gid: None,
+            atime: None,
+        };
+        assert_eq!(
+            change_flags(&e, Some((&info, &attrs)), &loose, true),
+            iflags::REPORT_SIZE | iflags::REPORT_TIME
+        );
+        assert_eq!(
+            change_flags(&e, Some((&info, &attrs)), &loose, false),
+            iflags::REPORT_SIZE
+        );
+        assert_eq!(change_flags(&e, None, &want, true), iflags::IS_NEW);
+        assert_eq!(SIGNIFICANT_ITEM_FLAGS & iflags::LOCAL_CHANGE, 0);
+        assert_ne!(SIGNIFICANT_ITEM_FLAGS & iflags::REPORT_TIME, 0);
     }
 }

@@ -22,6 +22,7 @@ pub mod attrs;
 pub mod conn;
 pub mod daemon;
 pub mod daemon_server;
+mod dirrules;
 pub mod error;
 pub mod events;
 pub mod filewriter;

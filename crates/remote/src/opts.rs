@@ -21,6 +21,7 @@ use arsync_proto::flist::{FileEntry, FileType};
 
 use arsync_sync::options::{ChmodRule, IdMapRule, IdMatch};
 
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use crate::error::{RemoteError, Result};
@@ -84,9 +85,9 @@ pub struct TransferOpts {
     /// `-b`: the receiver keeps what it replaces or deletes (packed `b`).
     pub backup: bool,
     /// `--backup-dir`: where backups go (relative to the destination).
-    pub backup_dir: Option<String>,
+    pub backup_dir: Option<OsString>,
     /// `--suffix` (default `~`, or empty with `--backup-dir`).
-    pub suffix: Option<String>,
+    pub suffix: Option<OsString>,
     /// `--compare-dest`/`--copy-dest`/`--link-dest` directories (relative
     /// ones to the destination), all of `alt_kind`.
     pub alt_dirs: Vec<String>,
@@ -94,9 +95,19 @@ pub struct TransferOpts {
     pub alt_kind: AltKind,
     /// `--files-from` for a sending server: `-` (the names follow the
     /// filter list on the connection) or a file on the server's side.
-    pub files_from: Option<String>,
+    pub files_from: Option<OsString>,
     /// `--from0`: the names in a `--files-from` file end with NUL bytes.
     pub from0: bool,
+    /// A receiving server reports its deletions to the client (MSG_DELETED):
+    /// the client logs them (`-v`, sent as `v`; `-i` or `--out-format`, sent
+    /// as rsync's `--log-format=%i`).
+    pub report_deletions: bool,
+    /// The receiver made the destination directory for this run: its `.`
+    /// is a new item (`cd+++++++++ ./`), as rsync reports it. Not sent.
+    pub dest_created: bool,
+    /// `-ii`: every entry's item is reported, changed or not (sent to a
+    /// receiving server as rsync's `--log-format=%i%I`).
+    pub itemize_all: bool,
     /// `-E` without `-p`: the receiver gives an existing file the
     /// source's executability (packed `E`, to a receiving server).
     pub executability: bool,
@@ -166,6 +177,7 @@ impl TransferOpts {
         self.prune_empty_dirs |= flags.contains('m');
         self.dirs_only |= flags.contains('d') && !flags.contains('r');
         self.backup |= flags.contains('b');
+        self.report_deletions |= flags.contains('v');
         self.executability |= flags.contains('E') && !flags.contains('p');
         self.keep_dirlinks |= flags.contains('K');
         let x = flags.chars().filter(|&c| c == 'x').count();
@@ -211,14 +223,14 @@ impl TransferOpts {
     /// The long options for the server, in rsync's order. The generator's
     /// options go only to a receiving server (`server_sends` false): a
     /// pulling client runs the generator itself.
-    pub fn server_args(&self, server_sends: bool) -> Vec<String> {
+    pub fn server_args(&self, server_sends: bool) -> Vec<OsString> {
         let mut v = Vec::new();
         if !server_sends {
             if let Some(n) = self.min_size {
-                v.push(format!("--min-size={n}"));
+                v.push(format!("--min-size={n}").into());
             }
             if let Some(n) = self.max_size {
-                v.push(format!("--max-size={n}"));
+                v.push(format!("--max-size={n}").into());
             }
             if self.size_only {
                 v.push("--size-only".into());
@@ -232,14 +244,14 @@ impl TransferOpts {
         }
         if !server_sends {
             if let Some(m) = &self.usermap {
-                v.push(format!("--usermap={m}"));
+                v.push(format!("--usermap={m}").into());
             }
             if let Some(m) = &self.groupmap {
-                v.push(format!("--groupmap={m}"));
+                v.push(format!("--groupmap={m}").into());
             }
             match self.max_delete {
                 Some(0) => v.push("--max-delete=-1".into()),
-                Some(n) => v.push(format!("--max-delete={n}")),
+                Some(n) => v.push(format!("--max-delete={n}").into()),
                 None => {}
             }
             if self.delete_excluded {
@@ -253,17 +265,22 @@ impl TransferOpts {
         if let Some(x) = self
             .suffix
             .as_ref()
-            .filter(|x| **x != self.default_suffix())
+            .filter(|x| x.as_os_str() != self.default_suffix())
         {
-            v.push(format!("--suffix={x}"));
+            // Bytes: a suffix need not be UTF-8.
+            let mut arg = OsString::from("--suffix=");
+            arg.push(x);
+            v.push(arg);
         }
         if !server_sends {
             for d in &self.alt_dirs {
                 v.push(self.alt_kind.option().into());
-                v.push(d.clone());
+                v.push(d.into());
             }
         }
-        if let (true, Some(f)) = (server_sends, &self.files_from) {
+        // A list on the server's host goes to either server (a receiving
+        // one forwards it to the sending client); `-` only to a sender.
+        if let Some(f) = &self.files_from {
             if f == "-" {
                 v.push("--files-from=-".into());
                 v.push("--from0".into());
@@ -278,12 +295,18 @@ impl TransferOpts {
         if !server_sends {
             if let Some(d) = &self.partial_dir {
                 v.push("--partial-dir".into());
-                v.push(d.clone());
+                v.push(d.into());
             }
             if let Some(d) = &self.temp_dir {
                 v.push("--temp-dir".into());
-                v.push(d.clone());
+                v.push(d.into());
             }
+        }
+        if self.report_deletions && !server_sends {
+            v.push(match self.itemize_all {
+                true => "--log-format=%i%I".into(),
+                false => "--log-format=%i".into(),
+            });
         }
         if self.copy_unsafe_links {
             v.push("--copy-unsafe-links".into());
@@ -303,6 +326,44 @@ impl TransferOpts {
             v.push("--inplace".into());
         }
         v
+    }
+
+    /// [`TransferOpts::parse_server_arg`] for an argument as received: the
+    /// values of `--backup-dir`, `--suffix` and `--files-from` keep their
+    /// bytes (they need not be UTF-8); other options are read as text.
+    pub fn parse_server_arg_os(
+        &mut self,
+        arg: &OsStr,
+        next: &mut dyn FnMut() -> Option<OsString>,
+    ) -> Result<bool> {
+        let raw = arg.as_bytes();
+        let (name, inline) = match raw.iter().position(|&c| c == b'=') {
+            Some(k) => (&raw[..k], Some(&raw[k + 1..])),
+            None => (raw, None),
+        };
+        if !matches!(name, b"--backup-dir" | b"--suffix" | b"--files-from") {
+            let text = arg.to_string_lossy();
+            let mut next_text = || next().map(|v| v.to_string_lossy().into_owned());
+            return self.parse_server_arg(&text, &mut next_text);
+        }
+        let v = match inline {
+            Some(v) => OsStr::from_bytes(v).to_os_string(),
+            None => next().ok_or_else(|| {
+                RemoteError::Usage(format!("{} needs a value", arg.to_string_lossy()))
+            })?,
+        };
+        match name {
+            b"--suffix" if v.as_bytes().contains(&b'/') => {
+                return Err(RemoteError::Usage(format!(
+                    "--suffix cannot contain slashes: {}",
+                    v.to_string_lossy()
+                )))
+            }
+            b"--suffix" => self.suffix = Some(v),
+            b"--backup-dir" => self.backup_dir = Some(v),
+            _ => self.files_from = Some(v),
+        }
+        Ok(true)
     }
 
     /// Applies one long server option (`--name` or `--name=value`); `next`
@@ -337,15 +398,6 @@ impl TransferOpts {
             "--list-only" => self.list_only = true,
             "--backup" => self.backup = true,
             "--from0" => self.from0 = true,
-            "--files-from" => {
-                let v = match value {
-                    Some(v) => v.to_string(),
-                    None => {
-                        next().ok_or_else(|| RemoteError::Usage(format!("{arg} needs a value")))?
-                    }
-                };
-                self.files_from = Some(v);
-            }
             "--compare-dest" | "--copy-dest" | "--link-dest" => {
                 let kind = match name {
                     "--compare-dest" => AltKind::Compare,
@@ -365,24 +417,6 @@ impl TransferOpts {
                 };
                 self.alt_kind = kind;
                 self.alt_dirs.push(v);
-            }
-            "--backup-dir" | "--suffix" => {
-                let v = match value {
-                    Some(v) => v.to_string(),
-                    None => {
-                        next().ok_or_else(|| RemoteError::Usage(format!("{arg} needs a value")))?
-                    }
-                };
-                if name == "--suffix" {
-                    if v.contains('/') {
-                        return Err(RemoteError::Usage(format!(
-                            "--suffix cannot contain slashes: {v}"
-                        )));
-                    }
-                    self.suffix = Some(v);
-                } else {
-                    self.backup_dir = Some(v);
-                }
             }
             "--usermap" | "--groupmap" => {
                 let v = match value {
@@ -449,10 +483,24 @@ impl TransferOpts {
     /// daemon sanitizes them) and may not contain `..`; the temporary
     /// directory is then resolved beneath the destination.
     pub fn confine(&mut self) -> Result<()> {
+        if let Some(v) = &mut self.backup_dir {
+            let b = v.as_bytes();
+            let start = b.iter().position(|&c| c != b'/').unwrap_or(b.len());
+            let rel = &b[start..];
+            if rel.split(|&c| c == b'/').any(|c| c == b"..") {
+                return Err(RemoteError::Refused(format!(
+                    "--backup-dir {:?} leaves the module",
+                    v.to_string_lossy()
+                )));
+            }
+            *v = match rel.is_empty() {
+                true => ".".into(),
+                false => OsStr::from_bytes(rel).to_os_string(),
+            };
+        }
         for (d, what) in [
             (&mut self.temp_dir, "--temp-dir"),
             (&mut self.partial_dir, "--partial-dir"),
-            (&mut self.backup_dir, "--backup-dir"),
         ] {
             if let Some(v) = d {
                 let rel = v.trim_start_matches('/');
@@ -655,15 +703,15 @@ pub fn map_owner(
 }
 
 impl TransferOpts {
-    fn default_suffix(&self) -> &'static str {
+    fn default_suffix(&self) -> &'static OsStr {
         match self.backup_dir {
-            Some(_) => "",
-            None => "~",
+            Some(_) => OsStr::new(""),
+            None => OsStr::new("~"),
         }
     }
 
     /// The backup suffix in effect.
-    pub fn backup_suffix(&self) -> &str {
+    pub fn backup_suffix(&self) -> &OsStr {
         self.suffix.as_deref().unwrap_or(self.default_suffix())
     }
 
@@ -799,6 +847,49 @@ impl TransferOpts {
         Ok(content_match.filter(|_| !exists).map(AltMatch::Copy))
     }
 
+    /// [`TransferOpts::delete`] that names every entry it removes to
+    /// `report` (a directory's name with its `/`), each directory's
+    /// contents first in the order rsync deletes them (its list order
+    /// reversed), as rsync's `-v` lists them. With `dry_run` nothing is
+    /// removed (the names are reported all the same).
+    pub fn delete_reporting(
+        &self,
+        dest: &crate::fsys::DestRoot,
+        name: &[u8],
+        is_dir: bool,
+        dry_run: bool,
+        report: &mut dyn FnMut(&[u8]),
+    ) -> Result<[i32; 5]> {
+        let mut counts = [0i32; 5];
+        if is_dir {
+            let mut kids = Vec::new();
+            for c in dest.list_dir(name)?.unwrap_or_default() {
+                let p = [name, b"/", &c].concat();
+                let d = dest
+                    .lstat(&p)?
+                    .is_some_and(|m| m.file_type == rustix::fs::FileType::Directory);
+                kids.push((d, p));
+            }
+            kids.sort();
+            for (d, p) in kids.into_iter().rev() {
+                let n = self.delete_reporting(dest, &p, d, dry_run, report)?;
+                for (t, k) in counts.iter_mut().zip(n) {
+                    *t += k;
+                }
+            }
+        }
+        if !dry_run {
+            for (t, k) in counts.iter_mut().zip(self.delete(dest, name)?) {
+                *t += k;
+            }
+        }
+        match is_dir {
+            true => report(&[name, b"/"].concat()),
+            false => report(name),
+        }
+        Ok(counts)
+    }
+
     /// Deletes `name` (and what is below it) for `--delete`, keeping
     /// backups of the non-directories with `-b`. Returns rsync's
     /// deletion counts.
@@ -860,6 +951,17 @@ pub fn files_from_sources(
             }
         })
         .collect()
+}
+
+/// Writes `--files-from` names as they travel on the connection: each
+/// ends with a NUL, an empty name ends the list (the form
+/// [`read_files_from_wire`] reads).
+pub fn encode_files_from(names: &[Vec<u8>], out: &mut Vec<u8>) {
+    for n in names {
+        out.extend_from_slice(n);
+        out.push(0);
+    }
+    out.push(0);
 }
 
 /// Reads the `--files-from=-` names a receiving client sends after its
@@ -1144,7 +1246,7 @@ mod tests {
         assert!(o.server_args(true).is_empty());
         let mut back = TransferOpts::default();
         for a in &args {
-            assert!(back.parse_server_arg(a, &mut || None).unwrap(), "{a}");
+            assert!(back.parse_server_arg_os(a, &mut || None).unwrap(), "{a:?}");
         }
         assert_eq!(back, o);
         let mut k = TransferOpts::default();
@@ -1195,7 +1297,7 @@ mod tests {
         let mut back = TransferOpts::default().with_flags("rtKE");
         let mut words = args.iter().cloned();
         while let Some(a) = words.next() {
-            assert!(back.parse_server_arg(&a, &mut || words.next()).unwrap());
+            assert!(back.parse_server_arg_os(&a, &mut || words.next()).unwrap());
         }
         assert_eq!(back, o);
         // -E means nothing with -p; rsync's delay-updates directory is not ours.
@@ -1222,13 +1324,52 @@ mod tests {
         assert_eq!(c.temp_dir.as_deref(), Some("tmp/x"));
         // A daemon keeps an absolute --partial-dir inside the module.
         assert_eq!(c.partial_dir.as_deref(), Some("abs/part"));
-        assert_eq!(c.backup_dir.as_deref(), Some("."));
+        assert_eq!(c.backup_dir.as_deref(), Some(OsStr::new(".")));
         assert!(c.confined);
         let mut bad = TransferOpts {
             partial_dir: Some("a/../../etc".into()),
             ..TransferOpts::default()
         };
         assert!(bad.confine().is_err());
+    }
+
+    #[test]
+    fn byte_values_round_trip() {
+        let os = |b: &[u8]| OsStr::from_bytes(b).to_os_string();
+        let o = TransferOpts {
+            backup: true,
+            backup_dir: Some(os(b"old\xe9/\xff")),
+            suffix: Some(os(b".b\xe9k")),
+            files_from: Some(os(b"/lists/l\xfe")),
+            from0: true,
+            ..TransferOpts::default()
+        };
+        for server_sends in [false, true] {
+            let args = o.server_args(server_sends);
+            assert!(args.contains(&os(b"old\xe9/\xff")), "{args:?}");
+            assert!(args.contains(&os(b"--suffix=.b\xe9k")), "{args:?}");
+            assert!(args.contains(&os(b"/lists/l\xfe")), "{args:?}");
+            let mut back = TransferOpts {
+                backup: true,
+                ..TransferOpts::default()
+            };
+            let mut words = args.iter().cloned();
+            while let Some(a) = words.next() {
+                assert!(back.parse_server_arg_os(&a, &mut || words.next()).unwrap());
+            }
+            assert_eq!(back, o);
+        }
+        assert_eq!(o.backup_suffix().as_bytes(), b".b\xe9k");
+        let mut bad = TransferOpts::default();
+        assert!(bad
+            .parse_server_arg_os(&os(b"--suffix=a/\xe9"), &mut || None)
+            .is_err());
+        assert!(bad
+            .parse_server_arg_os(OsStr::new("--backup-dir"), &mut || None)
+            .is_err());
+        let mut names = Vec::new();
+        encode_files_from(&[b"a\xff".to_vec(), b"b".to_vec()], &mut names);
+        assert_eq!(names, b"a\xff\0b\0\0");
     }
 
     #[test]

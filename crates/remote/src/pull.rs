@@ -46,7 +46,7 @@ use crate::attrs::{self, Target, XattrStore};
 use crate::conn::{join_errors, InStream, OutStream, MAX_OUT_FRAME};
 use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
-use crate::events::{EventSink, FileEvent};
+use crate::events::{change_flags, EventSink, FileEvent, SIGNIFICANT_ITEM_FLAGS};
 use crate::filewriter::{Committer, DataBuf, FileWriter, Keep};
 use crate::fsys::{punch_zero_blocks, read_basis, DelayedFile, DestRoot, Meta, TempFile};
 use crate::ids::{IdMap, IdNames};
@@ -78,6 +78,9 @@ pub struct PullOptions {
     /// `--files-from` names sent to the server after the filter list
     /// (the command carries `--files-from=-`).
     pub files_from: Option<Vec<Vec<u8>>>,
+    /// The client's own rules, when they differ from `filters` (rules
+    /// kept local, `-C`'s): used for deletion instead of `filters`.
+    pub local_filter: Option<FilterRules>,
 }
 
 impl PullOptions {
@@ -92,6 +95,7 @@ impl PullOptions {
             events: None,
             filters: Vec::new(),
             files_from: None,
+            local_filter: None,
         }
     }
 }
@@ -225,6 +229,7 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
 ) -> Result<TransferSummary> {
     let mut ins = InStream::new(input);
     ins.echo_messages = opts.echo_messages;
+    ins.reports.info_on_stdout = true;
     let mut outs = OutStream::new(output);
     let neg = start_client(
         &mut ins,
@@ -263,7 +268,10 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         drain_eof: true,
         events: opts.events.clone(),
         whole_file: opts.command.flags.contains('W'),
-        filter: filter_from_wire(&opts.filters, neg.protocol)?.map(Arc::new),
+        filter: match &opts.local_filter {
+            Some(f) => Some(Arc::new(f.clone())),
+            None => filter_from_wire(&opts.filters, neg.protocol)?.map(Arc::new),
+        },
         dry_run: opts.command.flags.contains('n'),
         sparse: opts.command.flags.contains('S'),
         delay_updates: opts.command.delay_updates,
@@ -414,6 +422,9 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
     for e in &mut entries {
         e.uid = crate::opts::map_owner(&user_rules, e.uid, &uid_list, &uid_map, &names, true);
         e.gid = crate::opts::map_owner(&group_rules, e.gid, &gid_list, &gid_map, &names, false);
+    }
+    if let Some(ev) = &mode.events {
+        ev.emit(&FileEvent::List { entries: &entries });
     }
     let meta = MetaRules::new(
         mode.perms,
@@ -652,6 +663,7 @@ fn request<W: Write>(
         item.iflags |= iflags::IS_NEW;
     }
     item.basis_type = how.basis_type;
+    item.iflags |= how.report;
     if xattr_request.is_some() {
         item.iflags |= iflags::REPORT_XATTR;
     }
@@ -716,6 +728,8 @@ struct RequestKind {
     is_new: Option<bool>,
     /// `--append`: the sum head only.
     append: bool,
+    /// rsync's change bits for the item (`ITEM_REPORT_*`).
+    report: u16,
 }
 
 /// What the generator thread needs besides the file list.
@@ -861,6 +875,84 @@ impl GenCtx {
     /// ITEM_REPORT_XATTR and the request; the receiver applies them.
     /// `extra` item flags (a new entry) go into that item; returns true
     /// when an item was sent.
+    /// Sends rsync's item for an entry that is not transferred, when it is
+    /// significant and no item went out for it yet (the sender logs and
+    /// echoes it), and reports it to the events.
+    fn report_item<W: Write>(
+        &self,
+        outs: &mut OutStream<W>,
+        codec: &mut NdxCodec,
+        i: usize,
+        e: &FileEntry,
+        report: u16,
+        sent: bool,
+    ) -> Result<()> {
+        // A transfer's item is its request.
+        let transfer = report & iflags::TRANSFER != 0;
+        if transfer || (report & SIGNIFICANT_ITEM_FLAGS == 0 && !self.opts.itemize_all) {
+            return Ok(());
+        }
+        if !sent {
+            self.requested[i].store(true, Ordering::Release);
+            let mut b = Vec::new();
+            ItemAttrs {
+                ndx: i as i32,
+                iflags: report,
+                basis_type: None,
+                xname: None,
+            }
+            .encode(codec, &mut b)?;
+            outs.write(&b)?;
+        }
+        self.itemized(i, e, report);
+        Ok(())
+    }
+
+    /// Reports rsync's item for entry `i` to the events.
+    fn itemized(&self, i: usize, e: &FileEntry, report: u16) {
+        if let Some(ev) = &self.events {
+            ev.emit(&FileEvent::Item {
+                ndx: i as i32,
+                iflags: report,
+                entry: e,
+            });
+        }
+    }
+
+    /// The change bits of an existing entry of the same kind (`changing`:
+    /// it is replaced here); a missing one is new.
+    fn local_changes(&self, e: &FileEntry, changing: bool) -> Result<u16> {
+        self.local_changes_at(e, changing, None)
+    }
+
+    /// [`GenCtx::local_changes`] with the mtime the entry had before this
+    /// run changed it (`mtime`), if it did.
+    fn local_changes_at(
+        &self,
+        e: &FileEntry,
+        changing: bool,
+        mtime: Option<(i64, u32)>,
+    ) -> Result<u16> {
+        let Some((info, mut attrs)) = self.dest.lstat_attrs(&e.name).unwrap_or(None) else {
+            return Ok(iflags::IS_NEW);
+        };
+        if let Some(t) = mtime {
+            attrs.mtime = t;
+        }
+        let want = self.meta.meta(e, Some(attrs.perms));
+        Ok(change_flags(e, Some((&info, &attrs)), &want, changing))
+    }
+
+    /// The item of a symlink about to be made: a link with another target
+    /// (or another kind of entry) is replaced (`cL.c...`).
+    fn symlink_changes(&self, e: &FileEntry, target: &[u8]) -> Result<u16> {
+        let now = std::fs::read_link(self.dest.path(&e.name)?).ok();
+        match now {
+            Some(t) if t.as_os_str().as_bytes() == target => self.local_changes(e, false),
+            _ => Ok(iflags::LOCAL_CHANGE | iflags::REPORT_CHANGE | self.local_changes(e, true)?),
+        }
+    }
+
     fn fix_xattrs<W: Write>(
         &self,
         outs: &mut OutStream<W>,
@@ -959,20 +1051,24 @@ fn delete_extraneous(
         .map(|(e, _)| e.name.as_slice())
         .collect();
     let mut counts = [0i32; 5];
+    // Per-directory merge files are read from the destination's own tree.
+    let mut perdir = filter.map(|f| crate::dirrules::DestRules::new(f, dest.root()));
     for (e, _) in files
         .iter()
         .zip(active)
         .filter(|(e, a)| **a && e.is_dir() && !e.no_content_dir)
     {
-        let Some(mut children) = dest.list_dir(&e.name)? else {
+        let Some(children) = dest.list_dir(&e.name)? else {
             continue;
         };
-        if limit.left.is_some() {
-            // rsync deletes a directory's extras in reverse name order,
-            // so a --max-delete limit spares the same ones.
-            children.sort();
-            children.reverse();
-        }
+        let filter = match perdir.as_mut() {
+            Some(p) => Some(p.at(&e.name)?),
+            None => None,
+        };
+        // The extraneous entries in the order rsync deletes them: its list
+        // order (files, then directories) reversed, so a --max-delete limit
+        // spares the same ones and -v lists them as rsync does.
+        let mut extra = Vec::new();
         for c in children {
             let full = if e.name == b"." {
                 c
@@ -985,39 +1081,36 @@ fn delete_extraneous(
             if names.contains(full.as_slice()) {
                 continue;
             }
-            if let Some(d) = daemon {
-                // Files a module's rules hide are never deleted.
-                let is_dir = dest
-                    .lstat(&full)?
-                    .is_some_and(|m| m.file_type == rustix::fs::FileType::Directory);
-                if d.excluded(&dest.path(&full)?, is_dir) {
-                    continue;
-                }
+            let is_dir = dest
+                .lstat(&full)?
+                .is_some_and(|m| m.file_type == rustix::fs::FileType::Directory);
+            extra.push((is_dir, full));
+        }
+        extra.sort();
+        for (is_dir, full) in extra.into_iter().rev() {
+            // Files a module's rules hide are never deleted.
+            if daemon.is_some_and(|d| dest.path(&full).is_ok_and(|p| d.excluded(&p, is_dir))) {
+                continue;
             }
-            if let Some(f) = filter {
-                let is_dir = dest
-                    .lstat(&full)?
-                    .is_some_and(|m| m.file_type == rustix::fs::FileType::Directory);
-                if f.protected_from_delete(&full, is_dir) {
-                    continue;
-                }
+            if filter.is_some_and(|f| f.protected_from_delete(&full, is_dir)) {
+                continue;
             }
             if !limit.allow(dest, &full)? {
                 continue;
             }
-            if dry_run {
-                if let Some(ev) = events {
-                    ev.emit(&FileEvent::Deleted { name: &full });
-                }
-                continue;
-            }
-            match opts.delete(dest, &full) {
+            // Someone listening hears of each entry below a directory too
+            // (also in a dry run, which deletes nothing).
+            let done = match events {
+                Some(ev) => opts.delete_reporting(dest, &full, is_dir, dry_run, &mut |n| {
+                    ev.emit(&FileEvent::Deleted { name: n })
+                }),
+                None if dry_run => continue,
+                None => opts.delete(dest, &full),
+            };
+            match done {
                 Ok(n) => {
                     for (t, k) in counts.iter_mut().zip(n) {
                         *t += k;
-                    }
-                    if let Some(ev) = events {
-                        ev.emit(&FileEvent::Deleted { name: &full });
                     }
                 }
                 Err(err) => errors.push(format!("{}: {err}", String::from_utf8_lossy(&full))),
@@ -1025,6 +1118,23 @@ fn delete_extraneous(
         }
     }
     Ok(counts)
+}
+
+/// Sends the names collected for MSG_DELETED (see `report_deletions`).
+fn send_deleted<W: Write>(
+    outs: &mut OutStream<W>,
+    deleted: &std::sync::Mutex<Vec<Vec<u8>>>,
+) -> Result<()> {
+    let names = std::mem::take(&mut *deleted.lock().unwrap_or_else(|p| p.into_inner()));
+    for mut n in names {
+        // rsync marks a directory with a trailing NUL.
+        if n.last() == Some(&b'/') {
+            n.pop();
+            n.push(0);
+        }
+        outs.message(MsgTag::Deleted, &n)?;
+    }
+    Ok(())
 }
 
 /// The late deletion pass never runs at the end of phase 0.
@@ -1133,6 +1243,37 @@ fn generator<W: Write>(
     let mut dirs = Vec::new();
     let mut pacer = FlushPacer::default();
     let mut limit = DeleteLimit::new(ctx.opts.max_delete);
+    // Directory times before the early deletions change them: rsync
+    // itemizes a directory before deleting in it.
+    let dir_times: std::collections::HashMap<&[u8], (i64, u32)> =
+        match ctx.delete && !ctx.late_delete {
+            true => files
+                .iter()
+                .zip(active)
+                .filter(|(e, a)| **a && e.is_dir())
+                .filter_map(|(e, _)| {
+                    let (_, attrs) = dest.lstat_attrs(&e.name).ok()??;
+                    Some((e.name.as_slice(), attrs.mtime))
+                })
+                .collect(),
+            false => std::collections::HashMap::new(),
+        };
+    // A receiving server tells a client that asked (-v, -i) what it
+    // deleted (MSG_DELETED), as rsync's does.
+    let deleted: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let del_events = match (ctx.opts.report_deletions, &ctx.events) {
+        (true, None) => {
+            let d = Arc::clone(&deleted);
+            Some(EventSink::new(move |e| {
+                if let FileEvent::Deleted { name } = e {
+                    d.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(name.to_vec());
+                }
+            }))
+        }
+        _ => ctx.events.clone(),
+    };
     let mut del_counts = if ctx.delete && !ctx.late_delete {
         Some(delete_extraneous(
             files,
@@ -1140,7 +1281,7 @@ fn generator<W: Write>(
             dest,
             ctx.dry_run,
             ctx.daemon_filter.as_deref(),
-            ctx.events.as_ref(),
+            del_events.as_ref(),
             ctx.filter.as_deref(),
             &mut errors,
             &mut limit,
@@ -1149,6 +1290,7 @@ fn generator<W: Write>(
     } else {
         None
     };
+    send_deleted(outs, &deleted)?;
     // The parent directory of the last regular file looked at.
     let mut parents = crate::fsys::ParentCache::default();
     // A directory hidden by the daemon's rules: its contents follow it.
@@ -1222,6 +1364,8 @@ fn generator<W: Write>(
             };
             // Set when an item for this entry went out already.
             let mut sent = false;
+            // rsync's item for the entry (its `itemize`): what changes here.
+            let mut report = new_flags;
             // Without -p the permissions of what is there are kept: those
             // of a directory for a directory, of any other entry otherwise.
             let before = match ctx.meta.needs_existing() && !dry {
@@ -1233,6 +1377,12 @@ fn generator<W: Write>(
             .map(|m| m.perms);
             match e.file_type() {
                 Some(FileType::Dir) => {
+                    if e.name == b"." && ctx.opts.dest_created {
+                        report = iflags::LOCAL_CHANGE | iflags::IS_NEW;
+                    } else if !created {
+                        let before = dir_times.get(e.name.as_slice()).copied();
+                        report = ctx.local_changes_at(e, false, before)?;
+                    }
                     if !dry {
                         dest.ensure_dir(&e.name)?;
                         sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
@@ -1241,6 +1391,9 @@ fn generator<W: Write>(
                 }
                 Some(FileType::Symlink) if fopts.preserve_links && !dry => {
                     let target = e.link_target.as_deref().unwrap_or_default();
+                    if !created {
+                        report = ctx.symlink_changes(e, target)?;
+                    }
                     dest.make_symlink(&e.name, target)?;
                     sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
                     dest.set_meta(&e.name, &ctx.meta.meta_at(dest, e, before))?;
@@ -1322,8 +1475,12 @@ fn generator<W: Write>(
                             if let (Some(p), false) = (ctx.partial_file(e), dry) {
                                 p.remove(dest);
                             }
+                            let report = attrs.map_or(0, |a| {
+                                let want = ctx.meta.meta(e, Some(a.perms));
+                                change_flags(e, Some((&m, &a)), &want, false)
+                            });
                             if !dry {
-                                ctx.fix_xattrs(outs, &mut codec, i, e, 0)?;
+                                sent = ctx.fix_xattrs(outs, &mut codec, i, e, 0)?;
                                 // Only what differs is changed (most often nothing).
                                 let meta = ctx.meta.meta(e, Some(m.perms));
                                 if !attrs.is_some_and(|a| meta.is_applied(&a)) {
@@ -1332,7 +1489,7 @@ fn generator<W: Write>(
                                 ctx.fix_acls(e)?;
                                 ctx.success(outs, i)?;
                             }
-                            return Ok(());
+                            return ctx.report_item(outs, &mut codec, i, e, report, sent);
                         }
                     }
                     // --append: a file as long as the source's is left alone.
@@ -1364,6 +1521,10 @@ fn generator<W: Write>(
                         }
                     }
                     let xreq = ctx.transfer_xattrs(e, existing.is_some())?;
+                    let want = ctx.meta.meta(e, attrs.map(|a| a.perms));
+                    let local = existing.as_ref().zip(attrs.as_ref());
+                    report = iflags::TRANSFER | change_flags(e, local, &want, true);
+                    ctx.itemized(i, e, report);
                     ctx.requested[i].store(true, Ordering::Release);
                     request(
                         outs,
@@ -1378,25 +1539,14 @@ fn generator<W: Write>(
                             basis_type,
                             is_new: Some(existing.is_none()),
                             append: ctx.opts.append > 0,
+                            report: report & !(iflags::TRANSFER | iflags::IS_NEW),
                         },
                     )?;
                     pacer.requested(outs)?;
                 }
                 _ => {}
             }
-            if created && !sent {
-                ctx.requested[i].store(true, Ordering::Release);
-                let mut b = Vec::new();
-                ItemAttrs {
-                    ndx: i as i32,
-                    iflags: new_flags,
-                    basis_type: None,
-                    xname: None,
-                }
-                .encode(&mut codec, &mut b)?;
-                outs.write(&b)?;
-            }
-            Ok(())
+            ctx.report_item(outs, &mut codec, i, e, report, sent)
         })();
         match step {
             Ok(()) => {}
@@ -1430,6 +1580,7 @@ fn generator<W: Write>(
                         basis_type,
                         is_new: Some(!exists),
                         append: false,
+                        report: 0,
                     },
                 )?;
                 outs.flush()?;
@@ -1459,7 +1610,7 @@ fn generator<W: Write>(
                             dest,
                             ctx.dry_run,
                             ctx.daemon_filter.as_deref(),
-                            ctx.events.as_ref(),
+                            del_events.as_ref(),
                             ctx.filter.as_deref(),
                             &mut errors,
                             &mut limit,
@@ -1468,6 +1619,7 @@ fn generator<W: Write>(
                         .map(Some)
                     },
                 )?;
+                send_deleted(outs, &deleted)?;
             }
             Ok(ToGen::Success(ndx)) => {
                 outs.message(MsgTag::Success, &ndx.to_le_bytes())?;

@@ -63,6 +63,10 @@ pub struct PushOptions {
     pub filters: Vec<Vec<u8>>,
     /// Further sources after `source` (rsync's `SRC1 SRC2 ... DEST`).
     pub more_sources: Vec<SourceSpec>,
+    /// The client's own rules, when they differ from `filters` (rules
+    /// kept local, `-C`'s, per-directory merge rules): used for the walk
+    /// instead of `filters`.
+    pub local_filter: Option<arsync_filter::FilterRules>,
 }
 
 impl PushOptions {
@@ -78,6 +82,7 @@ impl PushOptions {
             daemon: None,
             filters: Vec::new(),
             more_sources: Vec::new(),
+            local_filter: None,
         }
     }
 }
@@ -149,6 +154,7 @@ fn run_push_piped<R: Read, W: Write>(
 ) -> Result<TransferSummary> {
     let mut ins = InStream::new(input);
     ins.echo_messages = opts.echo_messages;
+    ins.reports.info_on_stdout = true;
     let mut outs = OutStream::new(output);
     if let Some(fd) = pipe {
         outs.splice_into(fd);
@@ -169,7 +175,10 @@ fn run_push_piped<R: Read, W: Write>(
     }
     outs.start_multiplex()?;
     ins.start_multiplex()?;
-    let filter = filter_from_wire(&opts.filters, neg.protocol)?;
+    let filter = match &opts.local_filter {
+        Some(f) => Some(f.clone()),
+        None => filter_from_wire(&opts.filters, neg.protocol)?,
+    };
     if opts.command.delete || opts.command.opts.prune_empty_dirs {
         // A deleting (or pruning, -m) receiver wants the filter list.
         // Sender-side rules stay here, as rsync's client elides them.
@@ -189,6 +198,14 @@ fn run_push_piped<R: Read, W: Write>(
         contents: opts.contents,
     }];
     sources.extend(opts.more_sources.iter().cloned());
+    if opts.command.opts.files_from.is_some() {
+        // --files-from=HOST:LIST: the receiving server reads the list and
+        // forwards its names after our filter list.
+        outs.flush()?;
+        let names = crate::opts::read_files_from_wire(&mut ins)?;
+        let relative = opts.command.flags.contains('R');
+        sources = crate::opts::files_from_sources(&opts.source, &names, relative);
+    }
     let list = build_list_with(
         &sources,
         opts.command.flags.contains('R'),
@@ -214,6 +231,20 @@ fn run_push_piped<R: Read, W: Write>(
             append: opts.command.opts.append,
         },
     )
+}
+
+/// Reports the deletions the receiving peer told us of (MSG_DELETED) as
+/// events; a directory's name gets its `/`.
+fn report_deleted(names: &mut Vec<Vec<u8>>, events: Option<&EventSink>) {
+    for mut n in names.drain(..) {
+        if n.last() == Some(&0) {
+            n.pop();
+            n.push(b'/');
+        }
+        if let Some(ev) = events {
+            ev.emit(&FileEvent::Deleted { name: &n });
+        }
+    }
 }
 
 /// Sends a whole file as literal tokens (no basis, no compression): the
@@ -348,6 +379,11 @@ pub(crate) fn send_session<R: Read, W: Write>(
         append,
     } = mode;
     let flist_start = std::time::Instant::now();
+    if let Some(ev) = events {
+        ev.emit(&FileEvent::List {
+            entries: &list.entries,
+        });
+    }
     for w in &list.warnings {
         eprintln!("arsync: {w}");
     }
@@ -422,7 +458,9 @@ pub(crate) fn send_session<R: Read, W: Write>(
         if !ins.has_buffered()? {
             outs.flush()?;
         }
-        match ins.decode(|r| decode_item(&mut rcodec, r))? {
+        let item = ins.decode(|r| decode_item(&mut rcodec, r))?;
+        report_deleted(&mut ins.reports.deleted, events);
+        match item {
             NdxItem::Done => {
                 let mut b = Vec::new();
                 wcodec.encode(NDX_DONE, &mut b);
@@ -432,6 +470,13 @@ pub(crate) fn send_session<R: Read, W: Write>(
                     break;
                 }
             }
+            // rsync's sending server passes the generator's deletion counts
+            // on to the receiving client (which prints them with --stats).
+            NdxItem::DelStats(counts) if write_stats => {
+                let mut b = Vec::new();
+                arsync_proto::item::encode_del_stats(&mut wcodec, counts, &mut b);
+                outs.write(&b)?;
+            }
             NdxItem::DelStats(_) => {}
             NdxItem::File(a) => {
                 let i = a.ndx as usize;
@@ -440,6 +485,15 @@ pub(crate) fn send_session<R: Read, W: Write>(
                         "file index {} out of range",
                         a.ndx
                     )));
+                }
+                // What the peer's generator says of the entry (rsync's
+                // sender logs it for -i/-v), once: not again on a redo.
+                if let (Some(ev), false) = (events, phases.is_redo()) {
+                    ev.emit(&FileEvent::Item {
+                        ndx: a.ndx,
+                        iflags: a.iflags,
+                        entry: &list.entries[i],
+                    });
                 }
                 // The receiver asks for full values of abbreviated xattrs.
                 // rsync skips the exchange for local-change items that name
@@ -638,7 +692,13 @@ pub(crate) fn send_session<R: Read, W: Write>(
     // Goodbye: at protocol >= 31 echo one NDX_DONE, then read the last.
     for k in 0..goodbye_reads(neg.protocol) {
         let mut item = ins.decode(|r| decode_item(&mut rcodec, r))?;
-        while let NdxItem::DelStats(_) = item {
+        while let NdxItem::DelStats(counts) = item {
+            if write_stats {
+                // Passed on to the receiving client, as above.
+                let mut b = Vec::new();
+                arsync_proto::item::encode_del_stats(&mut wcodec, counts, &mut b);
+                outs.write(&b)?;
+            }
             item = ins.decode(|r| decode_item(&mut rcodec, r))?;
         }
         match item {
@@ -665,6 +725,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
         ins.drain_to_eof()?;
     }
     summary.bytes_read = ins.total_read();
+    report_deleted(&mut ins.reports.deleted, events);
     summary.io_error = io_error | ins.reports.io_error;
     summary.errors.extend(ins.reports.errors.iter().cloned());
     if remove_sent && !dry_run {

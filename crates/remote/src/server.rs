@@ -87,12 +87,14 @@ impl ServerArgs {
                 continue;
             }
             if arg.starts_with("--") && arg != "--" {
+                // Values keep their bytes (a backup directory need not be UTF-8).
+                let this = raw[k - 1].as_ref();
                 let mut next = || {
-                    let v = rest.get(k).cloned();
+                    let v = raw.get(k).map(|r| r.as_ref().to_os_string());
                     k += 1;
                     v
                 };
-                if a.opts.parse_server_arg(arg, &mut next)? {
+                if a.opts.parse_server_arg_os(this, &mut next)? {
                     continue;
                 }
             }
@@ -129,8 +131,12 @@ impl ServerArgs {
                 // What the packed flags already say (rsync adds them for
                 // -d with --delete, and --files-from without -R).
                 "--no-r" | "--no-recursive" | "--no-relative" | "--no-R" => {}
-                s if s.starts_with("--log-format=")
-                    || s.starts_with("--out-format=")
+                // The client logs (rsync's client sends this to a receiver).
+                s if s.starts_with("--log-format=") => {
+                    a.opts.report_deletions = true;
+                    a.opts.itemize_all |= s.contains("%I");
+                }
+                s if s.starts_with("--out-format=")
                     || s.starts_with("--timeout=")
                     || s.starts_with("--bwlimit=") => {}
                 s if s.starts_with("--") => return Err(unsupported(format!("server option {s}"))),
@@ -172,7 +178,7 @@ impl ServerArgs {
 }
 
 /// Packed short flags this server implements (`v`/`i` only change output).
-const SUPPORTED_FLAGS: &str = "logDtprdHcWzUviOJAXnSRuILkmxbEK";
+const SUPPORTED_FLAGS: &str = "logDtprdHcWzUviOJAXnSRuILkmxbEKC";
 
 fn unsupported(what: String) -> RemoteError {
     RemoteError::Proto(arsync_proto::Error::Unsupported(format!(
@@ -225,9 +231,55 @@ fn server_handshake<R: Read, W: Write>(
 }
 
 /// Reads the client's filter list into rules (`None` when empty).
-fn read_filter_rules<R: Read>(ins: &mut InStream<R>, protocol: i32) -> Result<Option<FilterRules>> {
+/// Through a daemon (`confined`) rules that would read files of the
+/// daemon's host are refused: a `merge` rule (rsync's client expands them,
+/// so only a hostile one sends them) and a per-directory merge file named
+/// with a directory part (which would be looked for outside the module);
+/// `-F`'s `/.rsync-filter` is read from the module's parents too (with
+/// `use chroot`, the module is the root).
+fn read_filter_rules<R: Read>(
+    ins: &mut InStream<R>,
+    protocol: i32,
+    confined: bool,
+) -> Result<Option<FilterRules>> {
     let rules = ins.decode(arsync_proto::filter::decode_filter_list)?;
+    if confined {
+        if let Some(r) = rules.iter().find(|r| reads_host_files(r)) {
+            return Err(RemoteError::Refused(format!(
+                "filter rule {:?}: merge files outside the module are not read",
+                String::from_utf8_lossy(r)
+            )));
+        }
+    }
     filter_from_wire(&rules, protocol)
+}
+
+/// Whether a wire rule is a `merge` rule, or a `dir-merge` rule whose file
+/// name has a directory part other than `-F`'s leading `/` (rule words as
+/// rsync's `parse_rule_tok` reads them: a long name with `,modifiers`, or
+/// `.`/`:` with modifiers, then a space or `_` before the name).
+fn reads_host_files(rule: &[u8]) -> bool {
+    let (per_dir, rest) = if let Some(r) = rule.strip_prefix(b"dir-merge") {
+        (true, r)
+    } else if let Some(r) = rule.strip_prefix(b"merge") {
+        (false, r)
+    } else if let Some(r) = rule.strip_prefix(b":") {
+        (true, r)
+    } else if let Some(r) = rule.strip_prefix(b".") {
+        (false, r)
+    } else {
+        return false;
+    };
+    if !matches!(rest.first(), None | Some(b',' | b' ' | b'_')) && rule[0].is_ascii_alphabetic() {
+        // Another rule word that starts the same way.
+        return false;
+    }
+    let name = match rest.iter().position(|&c| c == b' ' || c == b'_') {
+        Some(i) => &rest[i + 1..],
+        None => &[][..],
+    };
+    let name = name.strip_prefix(b"/").unwrap_or(name);
+    !per_dir || name.contains(&b'/')
 }
 
 /// Serves one session over `input`/`output` (the process's stdin/stdout).
@@ -287,17 +339,35 @@ fn serve<R: Read, W: Write + Send + 'static>(
     ins.start_multiplex()?;
     let path = PathBuf::from(&args.paths[0]);
     if args.sender {
-        let filter = read_filter_rules(&mut ins, neg.protocol)?;
+        let mut filter = read_filter_rules(&mut ins, neg.protocol, args.opts.confined)?;
+        if args.flags.contains('C') {
+            // -C: a sending server adds `:C` and `-C` after the client's
+            // rules, with its own $HOME/.cvsignore and $CVSIGNORE (as
+            // rsync's recv_filter_list does; a client receiver does not
+            // send them).
+            filter
+                .get_or_insert_with(FilterRules::new)
+                .add_cvs_exclude()
+                .map_err(|e| RemoteError::Usage(format!("-C: {e}")))?;
+        }
         let mut sources: Vec<SourceSpec> = args.paths.iter().map(SourceSpec::parse).collect();
         if let Some(from) = &args.opts.files_from {
+            if args.opts.confined && from != "-" {
+                return Err(RemoteError::Refused(
+                    "--files-from with a file on the daemon's host".into(),
+                ));
+            }
             // --files-from: names below the (single) source directory.
-            let names = match from.as_str() {
-                "-" if neg.protocol < 31 => {
+            let names = match from.as_encoded_bytes() {
+                b"-" if neg.protocol < 31 => {
                     return Err(unsupported("--files-from=- below protocol 31".into()))
                 }
-                "-" => crate::opts::read_files_from_wire(&mut ins)?,
-                f => arsync_sync::engine::read_files_from(std::path::Path::new(f), args.opts.from0)
-                    .map_err(|e| RemoteError::io(format!("--files-from {f}"), e))?,
+                b"-" => crate::opts::read_files_from_wire(&mut ins)?,
+                _ => {
+                    let f = std::path::Path::new(from);
+                    arsync_sync::engine::read_files_from(f, args.opts.from0)
+                        .map_err(|e| RemoteError::io(format!("--files-from {}", f.display()), e))?
+                }
             };
             sources = crate::opts::files_from_sources(&path, &names, args.flags.contains('R'));
         }
@@ -339,9 +409,16 @@ fn serve<R: Read, W: Write + Send + 'static>(
     } else {
         // rsync's receiver reads the list when deleting or pruning (-m).
         let filter = match args.delete || args.opts.prune_empty_dirs {
-            true => read_filter_rules(&mut ins, neg.protocol)?.map(std::sync::Arc::new),
+            true => read_filter_rules(&mut ins, neg.protocol, args.opts.confined)?
+                .map(std::sync::Arc::new),
             false => None,
         };
+        if let Some(from) = args.opts.files_from.as_ref().filter(|f| *f != "-") {
+            forward_files_from(&mut outs, from, args)?;
+        }
+        // rsync's receiver says when it makes the destination (the client
+        // prints it with -v or -i).
+        let made = !args.flags.contains('n') && std::fs::symlink_metadata(&path).is_err();
         let dest = match args.flags.contains('n') {
             true => DestRoot::open_dry(&path)?,
             false => match &args.opts.temp_dir {
@@ -350,6 +427,12 @@ fn serve<R: Read, W: Write + Send + 'static>(
             },
         }
         .with_keep_dirlinks(args.opts.keep_dirlinks);
+        if made && args.opts.report_deletions {
+            let mut text = b"created directory ".to_vec();
+            text.extend_from_slice(path.as_os_str().as_encoded_bytes());
+            text.push(b'\n');
+            outs.message(arsync_proto::mux::MsgTag::Info, &text)?;
+        }
         let mode = ReceiveMode {
             delete: args.delete,
             read_stats: false,
@@ -366,10 +449,36 @@ fn serve<R: Read, W: Write + Send + 'static>(
             partial: args.partial,
             perms: args.flags.contains('p'),
             times: args.flags.contains('t'),
-            opts: args.opts.clone(),
+            opts: TransferOpts {
+                dest_created: made,
+                ..args.opts.clone()
+            },
         };
         receive_session(ins, outs, &neg, &fopts, dest, mode)
     }
+}
+
+/// `--files-from=HOST:LIST` on a push: a receiving server reads the list
+/// on its own host and forwards the names to the sending client (as
+/// rsync's receiver does, after the filter list).
+fn forward_files_from<W: Write>(
+    outs: &mut OutStream<W>,
+    from: &OsStr,
+    args: &ServerArgs,
+) -> Result<()> {
+    if args.opts.confined {
+        // rsync's daemon would confine the path to the module; ours refuses.
+        return Err(RemoteError::Refused(
+            "--files-from with a file on the daemon's host".into(),
+        ));
+    }
+    let f = std::path::Path::new(from);
+    let names = arsync_sync::engine::read_files_from(f, args.opts.from0)
+        .map_err(|e| RemoteError::io(format!("--files-from {}", f.display()), e))?;
+    let mut out = Vec::new();
+    crate::opts::encode_files_from(&names, &mut out);
+    outs.write(&out)?;
+    outs.flush()
 }
 
 /// Completes the handshake, then reports `msg` as a fatal error the way
@@ -445,6 +554,34 @@ mod tests {
     }
 
     #[test]
+    fn rules_reading_daemon_host_files() {
+        for r in [
+            &b"merge /etc/rules"[..],
+            b". /etc/rules",
+            b".e rules",
+            b"merge,n- x",
+            b":n- ../x/.f",
+            b": /etc/.f",
+            b"dir-merge,e /etc/.f",
+            b"dir-merge_a/b",
+        ] {
+            assert!(reads_host_files(r), "{:?}", String::from_utf8_lossy(r));
+        }
+        for r in [
+            &b": .rsync-filter"[..],
+            b": /.rsync-filter",
+            b":C",
+            b"dir-merge,n- .excl",
+            b"- *.o",
+            b"+ /keep/",
+            b"P x/y",
+            b"mergeable",
+        ] {
+            assert!(!reads_host_files(r), "{:?}", String::from_utf8_lossy(r));
+        }
+    }
+
+    #[test]
     fn parses_server_argv() {
         let a = ServerArgs::parse(&v(&[
             "--server",
@@ -477,7 +614,7 @@ mod tests {
         let a = ServerArgs::parse(&v(&["--server", "--files-from=-", "--from0", ".", "x"]));
         assert_eq!(
             a.ok().and_then(|a| a.opts.files_from),
-            Some("-".to_string())
+            Some(OsString::from("-"))
         );
         assert!(ServerArgs::parse(&v(&["--server", "-logDtpr", "."])).is_err());
         let e = ServerArgs::parse(&v(&["--server", "-Ylogdtpr", ".", "x"])).err();
@@ -495,7 +632,7 @@ mod tests {
         ]))
         .unwrap();
         assert!(a.opts.backup && a.opts.update && a.opts.one_file_system == 1);
-        assert_eq!(a.opts.backup_dir.as_deref(), Some("old files"));
+        assert_eq!(a.opts.backup_dir.as_deref(), Some(OsStr::new("old files")));
         assert_eq!(a.opts.max_delete, Some(0));
         assert!(a.delete && a.opts.delete_excluded);
         assert_eq!(a.paths, ["x"]);

@@ -598,7 +598,6 @@ fn walk(
     filters: Filters<'_>,
     filter_prefix: &[u8],
 ) -> Result<LocalList> {
-    let filter = filters.client;
     let m =
         fs::metadata(root).map_err(|e| RemoteError::io(format!("source {}", root.display()), e))?;
     if !m.is_dir() {
@@ -618,8 +617,17 @@ fn walk(
     list.entries.push(top);
     // (dev, ino) of hard-linked non-directories, parallel to `entries`.
     let mut inodes: Vec<Option<(u64, u64)>> = vec![None];
-    let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(root.to_path_buf(), Vec::new())];
-    while let Some((dir, prefix)) = stack.pop() {
+    // The client's rules for each directory to list: with per-directory
+    // merge files, a state per directory (its files read on entering it).
+    let per_dir = filters.client.filter(|f| f.has_dir_merge());
+    let root_rules = match per_dir {
+        Some(f) => Some(crate::dirrules::entered(f, root, filter_prefix)?),
+        None => None,
+    };
+    let mut stack: Vec<(PathBuf, Vec<u8>, Option<FilterRules>)> =
+        vec![(root.to_path_buf(), Vec::new(), root_rules)];
+    while let Some((dir, prefix, rules)) = stack.pop() {
+        let filter = rules.as_ref().or(filters.client);
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) => {
@@ -676,7 +684,11 @@ fn walk(
             }
             if let Some(mut e) = entry_for(rel.clone(), &path, &m, fopts, checksum_algo)? {
                 if m.is_dir() && mount == 0 && filters.recurse() {
-                    stack.push((path, rel));
+                    let sub = match rules.as_ref() {
+                        Some(f) => Some(crate::dirrules::entered(f, &path, &listed)?),
+                        None => None,
+                    };
+                    stack.push((path, rel, sub));
                 } else if m.is_dir() {
                     e.no_content_dir = true;
                 }

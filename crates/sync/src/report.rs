@@ -531,6 +531,9 @@ pub struct Stats {
     pub created_special: AtomicU64,
     /// Deleted entries.
     pub deleted: AtomicU64,
+    /// Deleted entries per type (reg, dir, link, dev, special), when known:
+    /// then `--stats` shows the breakdown as rsync does.
+    pub deleted_by_kind: [AtomicU64; 5],
     /// Regular files transferred.
     pub transferred: AtomicU64,
     /// Total size of all files.
@@ -541,6 +544,9 @@ pub struct Stats {
     pub literal: AtomicU64,
     /// Bytes matched (unchanged in place or reflinked).
     pub matched: AtomicU64,
+    /// Bytes sent and received on a connection (remote mode); without them
+    /// the totals are estimated from the counters.
+    pub wire_bytes: std::sync::OnceLock<(u64, u64)>,
 }
 
 impl Stats {
@@ -625,9 +631,13 @@ impl Stats {
             "Number of created files: {}\n",
             Self::breakdown(created)
         ));
+        let deleted = self.deleted_by_kind.each_ref().map(l);
         s.push_str(&format!(
             "Number of deleted files: {}\n",
-            commas(l(&self.deleted))
+            match deleted.iter().sum::<u64>() {
+                0 => commas(l(&self.deleted)),
+                _ => Self::breakdown(deleted),
+            }
         ));
         s.push_str(&format!(
             "Number of regular files transferred: {}\n",
@@ -652,6 +662,9 @@ impl Stats {
 
     /// Estimated bytes an rsync pipe would have carried (data plus per-file overhead).
     fn wire_estimate(&self) -> (u64, u64) {
+        if let Some(&w) = self.wire_bytes.get() {
+            return w;
+        }
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let files: u64 = [
             &self.files_reg,
