@@ -433,6 +433,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
     let mut phases = SenderPhases::new();
     // The read buffer of spliced whole-file sends.
     let mut scratch = Vec::new();
+    let mut sources = crate::walk::SourceOpener::default();
     let mut io_error = list.io_error;
     // Bytes read per call into the delta encoder's input (whole-file
     // sends read straight into the framed output instead).
@@ -546,7 +547,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
                     )));
                 }
                 let path = list.path(i);
-                let mut f = match crate::walk::open_listed(&path, list.follow_links) {
+                let mut f = match sources.open(&path, list.follow_links) {
                     Ok(f) => f,
                     Err(err) => {
                         let vanished = matches!(&err, RemoteError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
