@@ -499,12 +499,23 @@ impl Filters<'_> {
     /// list): the symlink itself, or with `-L`, `--copy-unsafe-links`
     /// (for a link leaving the transfer) or `-k` (for a link to a
     /// directory) what it points to. A followed link without a referent
-    /// is reported as such.
-    fn stat(&self, path: &Path, name: &[u8]) -> std::io::Result<fs::Metadata> {
-        let Some(o) = self.opts else {
-            return fs::symlink_metadata(path);
+    /// is reported as such. With `de` (the entry as read from its
+    /// directory) the entry itself is looked up relative to that directory
+    /// (one name, not the whole path).
+    fn stat(
+        &self,
+        path: &Path,
+        name: &[u8],
+        de: Option<&fs::DirEntry>,
+    ) -> std::io::Result<fs::Metadata> {
+        let own = || match de {
+            Some(de) => de.metadata(),
+            None => fs::symlink_metadata(path),
         };
-        let m = fs::symlink_metadata(path)?;
+        let Some(o) = self.opts else {
+            return own();
+        };
+        let m = own()?;
         if !m.file_type().is_symlink() {
             return Ok(m);
         }
@@ -555,7 +566,7 @@ fn build_one(
     filter: Filters<'_>,
 ) -> Result<LocalList> {
     let m = filter
-        .stat(source, source.as_os_str().as_bytes())
+        .stat(source, source.as_os_str().as_bytes(), None)
         .map_err(|e| RemoteError::io(format!("source {}", source.display()), e))?;
     if filter
         .daemon
@@ -686,7 +697,7 @@ fn walk(
             let rel = join_name(&prefix, fname.as_bytes());
             let path = de.path();
             let listed = join_name(filter_prefix, &rel);
-            let m = match filters.stat(&path, &listed) {
+            let m = match filters.stat(&path, &listed, Some(&de)) {
                 Ok(m)
                     if filters
                         .daemon
