@@ -52,19 +52,6 @@ fn main() {
         },
     );
     time(
-        "cached: twox-hash streaming, 32,764-byte updates",
-        hot.len() * reps,
-        || {
-            let mut h = twox_hash::XxHash3_128::new();
-            for _ in 0..reps {
-                std::hint::black_box(hot)
-                    .chunks(32_764)
-                    .for_each(|c| h.write(c));
-            }
-            h.finish_128() as u64
-        },
-    );
-    time(
         "cached: FileHasher xxh128, 32,764-byte updates",
         hot.len() * reps,
         || {
@@ -79,11 +66,6 @@ fn main() {
     );
     time("one-shot xxh128 (whole buffer)", n, || {
         twox_hash::XxHash3_128::oneshot(&data) as u64
-    });
-    time("twox-hash streaming xxh128 64 KiB updates", n, || {
-        let mut h = twox_hash::XxHash3_128::new();
-        data.chunks(65536).for_each(|c| h.write(c));
-        h.finish_128() as u64
     });
     time("FileHasher xxh128 32,764-byte updates", n, || {
         let mut h = FileHasher::new(ChecksumAlgo::Xxh128);

@@ -12,19 +12,13 @@
 //!
 //! XXH3 (64 and 128 bits) comes from `twox-hash`, which picks AVX2 or SSE2
 //! at run time (`xxhash-rust` fixes the SIMD level at compile time, SSE2
-//! for a generic x86-64 build), except the streaming whole-file sums
-//! ([`xxh3_stream`]: `twox-hash`'s streaming path runs at half its one-shot
-//! speed); XXH64 from `xxhash-rust`. The weak sum uses AVX2 when the CPU
-//! has it.
+//! for a generic x86-64 build); XXH64 from `xxhash-rust`. The weak sum uses
+//! AVX2 when the CPU has it.
 
 use md4::Md4;
 use md5::{Digest, Md5};
 use twox_hash::{XxHash3_128, XxHash3_64};
 use xxhash_rust::xxh64::Xxh64;
-
-pub mod xxh3_stream;
-
-use xxh3_stream::Xxh3Stream;
 
 /// Longest digest of any algorithm.
 pub const MAX_DIGEST_LEN: usize = 16;
@@ -151,9 +145,9 @@ pub enum FileHasher {
     /// xxh64 state.
     Xxh64(Box<Xxh64>),
     /// xxh3 64-bit state.
-    Xxh3(Box<Xxh3Stream>),
+    Xxh3(Box<XxHash3_64>),
     /// xxh3 128-bit state.
-    Xxh128(Box<Xxh3Stream>),
+    Xxh128(Box<XxHash3_128>),
     /// MD5 state.
     Md5(Md5),
     /// MD4 state.
@@ -173,8 +167,8 @@ impl FileHasher {
     pub fn new(algo: ChecksumAlgo) -> Self {
         match algo {
             ChecksumAlgo::Xxh64 => FileHasher::Xxh64(Box::new(Xxh64::new(0))),
-            ChecksumAlgo::Xxh3 => FileHasher::Xxh3(Box::default()),
-            ChecksumAlgo::Xxh128 => FileHasher::Xxh128(Box::default()),
+            ChecksumAlgo::Xxh3 => FileHasher::Xxh3(Box::new(XxHash3_64::new())),
+            ChecksumAlgo::Xxh128 => FileHasher::Xxh128(Box::new(XxHash3_128::new())),
             ChecksumAlgo::Md5 => FileHasher::Md5(Md5::new()),
             ChecksumAlgo::Md4 => FileHasher::Md4(Md4::new()),
             ChecksumAlgo::None => FileHasher::None,
@@ -185,7 +179,8 @@ impl FileHasher {
     pub fn update(&mut self, data: &[u8]) {
         match self {
             FileHasher::Xxh64(h) => h.update(data),
-            FileHasher::Xxh3(h) | FileHasher::Xxh128(h) => h.update(data),
+            FileHasher::Xxh3(h) => std::hash::Hasher::write(&mut **h, data),
+            FileHasher::Xxh128(h) => h.write(data),
             FileHasher::Md5(h) => h.update(data),
             FileHasher::Md4(h) => h.update(data),
             FileHasher::None => {}
@@ -196,7 +191,7 @@ impl FileHasher {
     pub fn finish(self) -> Digest16 {
         match self {
             FileHasher::Xxh64(h) => Digest16::new(&h.digest().to_le_bytes()),
-            FileHasher::Xxh3(h) => Digest16::new(&h.finish_64().to_le_bytes()),
+            FileHasher::Xxh3(h) => Digest16::new(&std::hash::Hasher::finish(&*h).to_le_bytes()),
             FileHasher::Xxh128(h) => Digest16::new(&h.finish_128().to_le_bytes()),
             FileHasher::Md5(h) => Digest16::new(&h.finalize()),
             FileHasher::Md4(h) => Digest16::new(&h.finalize()),
@@ -207,11 +202,6 @@ impl FileHasher {
 
 /// Unseeded checksum of a whole buffer (file sums and `-c` sums).
 pub fn file_sum(algo: ChecksumAlgo, data: &[u8]) -> Digest16 {
-    match algo {
-        ChecksumAlgo::Xxh3 => return Digest16::new(&XxHash3_64::oneshot(data).to_le_bytes()),
-        ChecksumAlgo::Xxh128 => return Digest16::new(&XxHash3_128::oneshot(data).to_le_bytes()),
-        _ => {}
-    }
     let mut h = FileHasher::new(algo);
     h.update(data);
     h.finish()
