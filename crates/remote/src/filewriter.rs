@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::error::{RemoteError, Result};
-use crate::fsys::{DestRoot, TempFile};
+use crate::fsys::{DestRoot, ParentCache, TempFile};
 
 /// Batches queued ahead of the writer at most.
 pub const QUEUE_DEPTH: usize = 4;
@@ -219,6 +219,8 @@ enum Job {
 /// The writing itself, on whichever thread runs it.
 struct Worker<C> {
     dest: DestRoot,
+    /// The directory of the last temporary file (see [`ParentCache`]).
+    parents: ParentCache,
     committer: C,
     cur: Option<(TempFile, Vec<u8>)>,
     errors: Vec<String>,
@@ -233,6 +235,7 @@ impl<C: Committer> Worker<C> {
     fn new(dest: DestRoot, committer: C) -> Self {
         Worker {
             dest,
+            parents: ParentCache::default(),
             committer,
             cur: None,
             errors: Vec::new(),
@@ -258,7 +261,7 @@ impl<C: Committer> Worker<C> {
                 self.drop_current();
                 let t = match in_place {
                     true => self.dest.open_in_place(&name),
-                    false => self.dest.create_temp(&name),
+                    false => self.dest.create_temp_cached(&mut self.parents, &name),
                 };
                 match t {
                     Ok(t) => self.cur = Some((t, name)),
@@ -348,7 +351,7 @@ enum Mode<C> {
     },
     /// At once on the calling thread.
     Inline {
-        worker: Option<Worker<C>>,
+        worker: Option<Box<Worker<C>>>,
         pool: Vec<DataBuf>,
     },
 }
@@ -407,7 +410,7 @@ impl<C: Committer> FileWriter<C> {
     pub fn inline(dest: DestRoot, committer: C) -> Self {
         FileWriter {
             mode: Mode::Inline {
-                worker: Some(Worker::new(dest, committer)),
+                worker: Some(Box::new(Worker::new(dest, committer))),
                 pool: Vec::new(),
             },
         }

@@ -94,11 +94,53 @@ impl Meta {
     }
 }
 
-/// The parent directory last opened by [`DestRoot::lstat_attrs_cached`].
+/// The parent directory last opened by [`DestRoot::lstat_attrs_cached`] or
+/// [`DestRoot::create_temp_cached`], reused while the names stay in that
+/// directory (a file list lists a directory's entries together). The
+/// descriptor was opened beneath the root without following symlinks; it
+/// names that directory itself, so a later change of the path cannot move
+/// an operation through it elsewhere.
 #[derive(Debug, Default)]
 pub struct ParentCache {
+    /// The directory's name (empty for the root).
     dir: Vec<u8>,
     fd: Option<Arc<OwnedFd>>,
+    /// The owner a new file in `dir` gets (learnt from the first temporary
+    /// file created there: the process's ids, or the directory's group
+    /// when it is set-group-ID).
+    new_owner: Option<(u32, u32)>,
+}
+
+impl ParentCache {
+    /// The confined parent of `name` (validated) and its final component,
+    /// from the cache when `name` is in the cached directory.
+    fn parent<'n>(&mut self, dest: &DestRoot, name: &'n [u8]) -> Result<(Arc<OwnedFd>, &'n OsStr)> {
+        validate_name(name).map_err(|e| RemoteError::Refused(e.to_string()))?;
+        if name == b"." {
+            return Err(RemoteError::Refused("operation on the root itself".into()));
+        }
+        let (dir, base) = split_name(name);
+        if let Some(fd) = self.fd.as_ref().filter(|_| self.dir == dir) {
+            return Ok((Arc::clone(fd), base));
+        }
+        let fd = match dir.is_empty() {
+            true => Arc::clone(&dest.fd),
+            false => dest.parent(name)?.0,
+        };
+        self.dir.clear();
+        self.dir.extend_from_slice(dir);
+        self.fd = Some(Arc::clone(&fd));
+        self.new_owner = None;
+        Ok((fd, base))
+    }
+}
+
+/// `name`'s directory part (empty at the top) and final component.
+fn split_name(name: &[u8]) -> (&[u8], &OsStr) {
+    match name.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&name[..i], OsStr::from_bytes(&name[i + 1..])),
+        None => (&[], OsStr::from_bytes(name)),
+    }
 }
 
 /// The attributes of an existing entry that [`Meta`] sets.
@@ -157,6 +199,12 @@ pub struct TempFile {
     /// `--inplace`: this is the target itself (never renamed or removed);
     /// the permission bits it had before (`None`: it was created).
     pub in_place: Option<Option<u32>>,
+    /// Created next to its target: the root it was created under and the
+    /// target's directory part (`parent` is that directory), so the
+    /// rename needs no second lookup.
+    beside: Option<(Arc<OwnedFd>, Vec<u8>)>,
+    /// The owner (uid, gid) the file was created with, when known.
+    owner: Option<(u32, u32)>,
 }
 
 /// A received file waiting for the end of the transfer (`--delay-updates`):
@@ -405,24 +453,8 @@ impl DestRoot {
         let st = if name == b"." {
             rustix::fs::fstat(&*self.fd)
         } else {
-            let (p, base) = match (name.iter().rposition(|&b| b == b'/'), &cache.fd) {
-                (Some(i), Some(fd)) if cache.dir == name[..i] => {
-                    validate_name(name).map_err(|e| RemoteError::Refused(e.to_string()))?;
-                    (
-                        Arc::clone(fd),
-                        OsStr::from_bytes(&name[i + 1..]).to_os_string(),
-                    )
-                }
-                (at, _) => {
-                    let (p, base) = self.parent(name)?;
-                    if let Some(i) = at {
-                        cache.dir = name[..i].to_vec();
-                        cache.fd = Some(Arc::clone(&p));
-                    }
-                    (p, base)
-                }
-            };
-            rustix::fs::statat(&*p, base.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+            let (p, base) = cache.parent(self, name)?;
+            rustix::fs::statat(&*p, base, AtFlags::SYMLINK_NOFOLLOW)
         };
         match st {
             Ok(st) => Ok(Some((
@@ -631,7 +663,15 @@ impl DestRoot {
     /// Creates a new temporary file next to `name` (`.name.XXXXXX`), or
     /// in the `--temp-dir` (`name.XXXXXX`).
     pub fn create_temp(&self, name: &[u8]) -> Result<TempFile> {
-        let (p, base) = self.parent(name)?;
+        self.create_temp_cached(&mut ParentCache::default(), name)
+    }
+
+    /// [`DestRoot::create_temp`] with the parent directory kept in `cache`
+    /// (one lookup per directory for consecutive files), which also learns
+    /// the owner new files there get, so that [`DestRoot::set_temp_meta`]
+    /// can leave out a `chown` that would change nothing.
+    pub fn create_temp_cached(&self, cache: &mut ParentCache, name: &[u8]) -> Result<TempFile> {
+        let (p, base) = cache.parent(self, name)?;
         let short = &base.as_bytes()[..base.len().min(200)];
         let (dir, dot) = match &self.temp_dir {
             Some(t) => (Arc::clone(t), &b""[..]),
@@ -650,12 +690,24 @@ impl DestRoot {
                 Mode::from_raw_mode(0o600),
             ) {
                 Ok(fd) => {
+                    let beside = self.temp_dir.is_none();
+                    let owner = match (beside, cache.new_owner) {
+                        (false, _) => None,
+                        (true, Some(o)) => Some(o),
+                        (true, None) => rustix::fs::fstat(&fd).ok().map(|st| {
+                            let o = (st.st_uid, st.st_gid);
+                            cache.new_owner = Some(o);
+                            o
+                        }),
+                    };
                     return Ok(TempFile {
                         file: File::from(fd),
                         parent: dir,
                         name: tmp,
                         in_place: None,
-                    })
+                        beside: beside.then(|| (Arc::clone(&self.fd), split_name(name).0.to_vec())),
+                        owner,
+                    });
                 }
                 Err(Errno::EXIST) => continue,
                 Err(e) => {
@@ -707,6 +759,8 @@ impl DestRoot {
             parent: p,
             name: base,
             in_place: Some(prior),
+            beside: None,
+            owner: None,
         })
     }
 
@@ -777,20 +831,30 @@ impl DestRoot {
     /// a file written in place). A temporary file on another file system
     /// (`--temp-dir`) is copied next to `name` first.
     pub fn commit(&self, tmp: TempFile, name: &[u8]) -> Result<()> {
-        let (p, base) = self.parent(name)?;
+        let (p, base) = match &tmp.beside {
+            // Created next to `name` under this root: its directory is the
+            // one to rename in.
+            Some((root, dir))
+                if Arc::ptr_eq(root, &self.fd) && split_name(name).0 == dir.as_slice() =>
+            {
+                validate_name(name).map_err(|e| RemoteError::Refused(e.to_string()))?;
+                (Arc::clone(&tmp.parent), split_name(name).1.to_os_string())
+            }
+            _ => self.parent(name)?,
+        };
         if tmp.in_place.is_some() {
             return Ok(());
         }
-        if let Ok(st) = rustix::fs::statat(&*p, base.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+        // A regular file never replaces a directory: rename(2) refuses
+        // (EISDIR), so no stat is needed first.
+        match rustix::fs::renameat(&*tmp.parent, tmp.name.as_os_str(), &*p, base.as_os_str()) {
+            Err(Errno::ISDIR) => {
                 Self::remove_temp(tmp);
-                return Err(RemoteError::io(
+                Err(RemoteError::io(
                     format!("replacing directory {}", shown(name)),
                     std::io::Error::from(ErrorKind::IsADirectory),
-                ));
+                ))
             }
-        }
-        match rustix::fs::renameat(&*tmp.parent, tmp.name.as_os_str(), &*p, base.as_os_str()) {
             Err(Errno::XDEV) => {
                 let copy = self.copy_across(&tmp, name);
                 Self::remove_temp(tmp);
@@ -885,6 +949,27 @@ impl DestRoot {
             return;
         }
         let _ = rustix::fs::unlinkat(&*tmp.parent, tmp.name.as_os_str(), AtFlags::empty());
+    }
+
+    /// [`DestRoot::set_file_meta`] for a temporary file: the owner is left
+    /// alone when the file was created with it already (e.g. root
+    /// receiving root's files), as rsync's `set_file_attrs` does.
+    pub fn set_temp_meta(tmp: &TempFile, meta: &Meta) -> Result<()> {
+        match tmp.owner {
+            Some((uid, gid))
+                if meta.uid.is_none_or(|u| u == uid) && meta.gid.is_none_or(|g| g == gid) =>
+            {
+                Self::set_file_meta(
+                    &tmp.file,
+                    &Meta {
+                        uid: None,
+                        gid: None,
+                        ..*meta
+                    },
+                )
+            }
+            _ => Self::set_file_meta(&tmp.file, meta),
+        }
     }
 
     /// Applies owner, permissions and mtime to an open file.
@@ -1227,6 +1312,62 @@ mod tests {
         for bad in [&b"a/../top"[..], b"/a/x", b"link/x"] {
             assert!(matches!(
                 d.lstat_attrs_cached(&mut cache, bad),
+                Err(RemoteError::Refused(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn cached_temp_files_commit_in_place_and_know_their_owner() {
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        let d = DestRoot::open(t.path()).unwrap();
+        d.ensure_dir(b"a").unwrap();
+        d.ensure_dir(b"b").unwrap();
+        let mut cache = ParentCache::default();
+        let names: [&[u8]; 5] = [b"a/x", b"a/y", b"top", b"b/z", b"a/x"];
+        for (i, name) in names.into_iter().enumerate() {
+            let tmp = d.create_temp_cached(&mut cache, name).unwrap();
+            tmp.file.write_all_at(&[b'0' + i as u8], 0).unwrap();
+            let st = rustix::fs::fstat(&tmp.file).unwrap();
+            assert_eq!(tmp.owner, Some((st.st_uid, st.st_gid)));
+            // The owner it already has: no chown; the rest is applied.
+            let meta = Meta {
+                perms: Some(0o640),
+                mtime: Some((1_000_000_000, 0)),
+                uid: Some(st.st_uid),
+                gid: Some(st.st_gid),
+                atime: None,
+            };
+            DestRoot::set_temp_meta(&tmp, &meta).unwrap();
+            d.commit(tmp, name).unwrap();
+            let path = t.path().join(OsStr::from_bytes(name));
+            let m = std::fs::metadata(&path).unwrap();
+            assert_eq!((m.mode() & 0o7777, m.mtime()), (0o640, 1_000_000_000));
+            assert_eq!(std::fs::read(&path).unwrap(), [b'0' + i as u8]);
+        }
+        // No temporary file is left anywhere.
+        let count = |dir: &str| std::fs::read_dir(t.path().join(dir)).unwrap().count();
+        assert_eq!((count("."), count("a"), count("b")), (3, 2, 1));
+        // A file never replaces a directory; its temporary file goes.
+        d.ensure_dir(b"a/sub").unwrap();
+        let tmp = d.create_temp_cached(&mut cache, b"a/sub").unwrap();
+        let err = d.commit(tmp, b"a/sub").unwrap_err();
+        assert!(err.to_string().contains("replacing directory"), "{err}");
+        assert!(t.path().join("a/sub").is_dir());
+        assert_eq!(count("a"), 3);
+        // A temporary file committed under another root (an absolute
+        // --partial-dir) is renamed there, not next to where it was made.
+        let other = tempfile::tempdir_in("/dev/shm").unwrap();
+        let o = DestRoot::open(other.path()).unwrap();
+        let tmp = d.create_temp_cached(&mut cache, b"moved").unwrap();
+        o.commit(tmp, b"moved").unwrap();
+        assert!(other.path().join("moved").is_file());
+        assert!(!t.path().join("moved").exists());
+        // Bad names and symlinked parents are refused with a warm cache.
+        std::os::unix::fs::symlink(other.path(), t.path().join("up")).unwrap();
+        for bad in [&b"a/../x"[..], b"/a/x", b"up/x", b"a//x"] {
+            assert!(matches!(
+                d.create_temp_cached(&mut cache, bad),
                 Err(RemoteError::Refused(_))
             ));
         }

@@ -1689,11 +1689,11 @@ impl CommitStep {
     fn set_attrs(&self, dest: &DestRoot, tmp: &TempFile, e: &FileEntry) -> Result<()> {
         let root = self.attr.root;
         let fd = Target::Fd(std::os::fd::AsFd::as_fd(&tmp.file));
-        let who = String::from_utf8_lossy(&e.name).into_owned();
         if self.sparse {
             punch_zero_blocks(&tmp.file)?;
         }
         if let (Some(store), Some(xn)) = (&self.attr.xstore, e.xattr_ndx) {
+            let who = String::from_utf8_lossy(&e.name).into_owned();
             // Values left abbreviated matched the old file.
             let basis = match dest.lstat(&e.name)? {
                 Some(m) if m.file_type == rustix::fs::FileType::RegularFile => {
@@ -1713,7 +1713,7 @@ impl CommitStep {
                 .map(|m| m.perms),
             (false, _) => None,
         };
-        DestRoot::set_file_meta(&tmp.file, &self.meta.meta_at(dest, e, existing))?;
+        DestRoot::set_temp_meta(tmp, &self.meta.meta_at(dest, e, existing))?;
         self.attr.apply_acls(fd, e)
     }
 
@@ -1748,7 +1748,7 @@ impl Committer for CommitStep {
         let mut meta = self.meta.meta(e, tmp.in_place.flatten());
         meta.mtime = (!in_partial_dir).then_some((0, 0));
         meta.atime = None;
-        let _ = DestRoot::set_file_meta(&tmp.file, &meta);
+        let _ = DestRoot::set_temp_meta(tmp, &meta);
     }
 
     fn commit(

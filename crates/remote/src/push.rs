@@ -252,19 +252,39 @@ fn report_deleted(names: &mut Vec<Vec<u8>>, events: Option<&EventSink>) {
 /// buffer, one user-space copy less per byte). Each token fills the rest
 /// of a DATA frame (32,764 bytes in a fresh one), so token boundaries
 /// differ from the delta encoder's, which any receiver accepts.
+///
+/// `size` is the file's listed size: each token asks for no more than
+/// what is expected (plus one byte, to see a grown file), so that the
+/// room [`OutStream::literal_token`] prepares for the read, and the read
+/// that finds the end, stay small for small files.
 fn send_whole<W: Write>(
     f: &mut std::fs::File,
     outs: &mut OutStream<W>,
     algo: ChecksumAlgo,
+    size: u64,
 ) -> Result<DeltaStats> {
+    let mut sent = 0u64;
     send_literal_tokens(outs, algo, |outs, hasher| {
-        outs.literal_token(CHUNK_SIZE, |buf| {
+        let want = match size.checked_sub(sent) {
+            Some(left) if left > 0 => (left + 1).min(CHUNK_SIZE as u64) as usize,
+            // At or past the listed size: a short read for the end, full
+            // chunks once the file turned out to have grown.
+            _ if sent == size => END_PROBE,
+            _ => CHUNK_SIZE,
+        };
+        let n = outs.literal_token(want, |buf| {
             let n = read_chunk(f, buf)?;
             hasher.update(&buf[..n]);
             Ok(n)
-        })
+        })?;
+        sent += n as u64;
+        Ok(n)
     })
 }
+
+/// What [`send_whole`] reads once the listed size is sent (normally
+/// nothing: the end of the file).
+const END_PROBE: usize = 4096;
 
 /// Sends literal tokens made by `token` (which returns the bytes it sent, 0 at the end of the
 /// file, and hashes them), then the end token and the whole-file checksum.
@@ -449,6 +469,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
     let mut phases = SenderPhases::new();
     // The read buffer of spliced whole-file sends.
     let mut scratch = Vec::new();
+    let mut sources = crate::walk::SourceOpener::default();
     let mut io_error = list.io_error;
     // Bytes read per call into the delta encoder's input (whole-file
     // sends read straight into the framed output instead).
@@ -580,7 +601,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
                     )));
                 }
                 let path = list.path(i);
-                let mut f = match crate::walk::open_listed(&path, list.follow_links) {
+                let mut f = match sources.open(&path, list.follow_links) {
                     Ok(f) => f,
                     Err(err) => {
                         let vanished = matches!(&err, RemoteError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
@@ -608,7 +629,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
                     let large = list.entries[i].size >= SPLICE_MIN;
                     match outs.can_splice() && large && !phases.is_redo() {
                         true => send_whole_spliced(&f, &mut outs, neg.checksum, &mut scratch)?,
-                        false => send_whole(&mut f, &mut outs, neg.checksum)?,
+                        false => send_whole(&mut f, &mut outs, neg.checksum, e.size as u64)?,
                     }
                 } else {
                     let mut delta = DeltaEncoder::with_sink(
@@ -750,4 +771,58 @@ fn acl_ids(list: &LocalList, users: bool) -> impl Iterator<Item = u32> + '_ {
                 .filter(move |n| n.is_user == users)
                 .map(|n| n.id)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arsync_proto::checksum::file_sum;
+
+    /// What a receiver reads of one file: the literal data and the
+    /// whole-file checksum after the end token.
+    fn received(stream: Vec<u8>, algo: ChecksumAlgo) -> (Vec<u8>, Vec<u8>) {
+        let mut i = InStream::new(std::io::Cursor::new(stream));
+        i.start_multiplex().unwrap();
+        let mut data = Vec::new();
+        loop {
+            let len = i.decode(|r| r.i32()).unwrap();
+            assert!((0..=CHUNK_SIZE as i32).contains(&len), "token length {len}");
+            if len == 0 {
+                break;
+            }
+            data.extend_from_slice(&i.decode(|r| Ok(r.bytes(len as usize)?.to_vec())).unwrap());
+        }
+        let sum = i
+            .decode(|r| Ok(r.bytes(algo.digest_len())?.to_vec()))
+            .unwrap();
+        (data, sum)
+    }
+
+    #[test]
+    fn whole_files_are_sent_as_they_are_read_whatever_size_was_listed() {
+        // The listed size only shapes the reads: a file that grew or
+        // shrank since it was listed is sent as it is now.
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let path = dir.path().join("f");
+        let algo = ChecksumAlgo::Xxh128;
+        for size in [0usize, 1, 4095, 4097, 16_384, 32_764, 32_765, 100_000] {
+            let data: Vec<u8> = (0..size as u32).map(|i| (i * 7 % 253) as u8).collect();
+            std::fs::write(&path, &data).unwrap();
+            for listed in [
+                size as u64,
+                (size as u64).saturating_sub(10),
+                size as u64 + 10,
+                0,
+            ] {
+                let mut f = std::fs::File::open(&path).unwrap();
+                let mut o = OutStream::new(Vec::new());
+                o.start_multiplex().unwrap();
+                let st = send_whole(&mut f, &mut o, algo, listed).unwrap();
+                assert_eq!(st.literal, size as u64);
+                let (got, sum) = received(o.into_inner().unwrap(), algo);
+                assert!(got == data, "{size} bytes listed as {listed}");
+                assert_eq!(sum, file_sum(algo, &data).as_bytes());
+            }
+        }
+    }
 }

@@ -394,6 +394,49 @@ pub(crate) fn open_listed(path: &Path, follow: bool) -> Result<std::fs::File> {
     }
 }
 
+/// Opens listed files for sending relative to their directory, which
+/// stays open while consecutive files share it (a file list lists a
+/// directory's files together): a lookup of one name instead of the whole
+/// path per file. The directory is opened by its path as [`open_listed`]
+/// would walk it (following symlinks in it), the file itself as
+/// [`open_listed`] does.
+#[derive(Debug, Default)]
+pub(crate) struct SourceOpener {
+    dir: PathBuf,
+    fd: Option<std::os::fd::OwnedFd>,
+}
+
+impl SourceOpener {
+    /// Opens `path` (a listed regular file) for reading; `follow`: a
+    /// final symlink is followed (see [`open_listed`]).
+    pub(crate) fn open(&mut self, path: &Path, follow: bool) -> Result<std::fs::File> {
+        use rustix::fs::{Mode, OFlags};
+        let (Some(dir), Some(base)) = (path.parent(), path.file_name()) else {
+            return open_listed(path, follow);
+        };
+        if self.fd.is_none() || self.dir != dir {
+            self.fd = None;
+            let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            let Ok(fd) = rustix::fs::open(dir, flags, Mode::empty()) else {
+                return open_listed(path, follow);
+            };
+            self.dir.clear();
+            self.dir.push(dir);
+            self.fd = Some(fd);
+        }
+        let Some(fd) = &self.fd else {
+            return open_listed(path, follow);
+        };
+        let flags = match follow {
+            true => OFlags::RDONLY | OFlags::CLOEXEC,
+            false => OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        };
+        rustix::fs::openat(fd, base, flags, Mode::empty())
+            .map(std::fs::File::from)
+            .map_err(|e| RemoteError::io(format!("opening {}", path.display()), e.into()))
+    }
+}
+
 /// The unseeded whole-file checksum sent with `-c` (the metadata said
 /// regular file, so a symlink here was followed on purpose).
 pub(crate) fn file_checksum(path: &Path, algo: ChecksumAlgo) -> Result<Vec<u8>> {
@@ -456,12 +499,23 @@ impl Filters<'_> {
     /// list): the symlink itself, or with `-L`, `--copy-unsafe-links`
     /// (for a link leaving the transfer) or `-k` (for a link to a
     /// directory) what it points to. A followed link without a referent
-    /// is reported as such.
-    fn stat(&self, path: &Path, name: &[u8]) -> std::io::Result<fs::Metadata> {
-        let Some(o) = self.opts else {
-            return fs::symlink_metadata(path);
+    /// is reported as such. With `de` (the entry as read from its
+    /// directory) the entry itself is looked up relative to that directory
+    /// (one name, not the whole path).
+    fn stat(
+        &self,
+        path: &Path,
+        name: &[u8],
+        de: Option<&fs::DirEntry>,
+    ) -> std::io::Result<fs::Metadata> {
+        let own = || match de {
+            Some(de) => de.metadata(),
+            None => fs::symlink_metadata(path),
         };
-        let m = fs::symlink_metadata(path)?;
+        let Some(o) = self.opts else {
+            return own();
+        };
+        let m = own()?;
         if !m.file_type().is_symlink() {
             return Ok(m);
         }
@@ -512,7 +566,7 @@ fn build_one(
     filter: Filters<'_>,
 ) -> Result<LocalList> {
     let m = filter
-        .stat(source, source.as_os_str().as_bytes())
+        .stat(source, source.as_os_str().as_bytes(), None)
         .map_err(|e| RemoteError::io(format!("source {}", source.display()), e))?;
     if filter
         .daemon
@@ -651,7 +705,7 @@ fn walk(
             let rel = join_name(&prefix, fname.as_bytes());
             let path = de.path();
             let listed = join_name(filter_prefix, &rel);
-            let m = match filters.stat(&path, &listed) {
+            let m = match filters.stat(&path, &listed, Some(&de)) {
                 Ok(m)
                     if filters
                         .daemon
@@ -724,6 +778,45 @@ fn walk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_opener_opens_like_open_listed() {
+        use std::io::Read;
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        fs::create_dir(t.path().join("a")).unwrap();
+        fs::create_dir(t.path().join("b")).unwrap();
+        for n in ["a/x", "a/y", "b/z", "top"] {
+            fs::write(t.path().join(n), n).unwrap();
+        }
+        std::os::unix::fs::symlink("x", t.path().join("a/link")).unwrap();
+        let mut o = SourceOpener::default();
+        let read = |f: std::io::Result<std::fs::File>| {
+            let mut s = String::new();
+            f.unwrap().read_to_string(&mut s).unwrap();
+            s
+        };
+        for n in ["a/x", "a/y", "b/z", "a/x", "top"] {
+            let f = o
+                .open(&t.path().join(n), false)
+                .map_err(std::io::Error::other);
+            assert_eq!(read(f), n);
+        }
+        // A final symlink: refused unless followed, as open_listed does.
+        let link = t.path().join("a/link");
+        assert!(o.open(&link, false).is_err());
+        assert!(open_listed(&link, false).is_err());
+        let f = o.open(&link, true).map_err(std::io::Error::other);
+        assert_eq!(read(f), "a/x");
+        // A vanished file is reported as not found (counted as vanished).
+        fs::remove_file(t.path().join("a/y")).unwrap();
+        match o.open(&t.path().join("a/y"), false) {
+            Err(RemoteError::Io { source, .. }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(o.open(&t.path().join("gone/f"), false).is_err());
+    }
 
     #[test]
     fn lists_names_that_are_not_utf8_as_bytes_in_byte_order() {
