@@ -1513,13 +1513,25 @@ impl Fs {
             // Hand the full extents to a background writer (after committing the previous
             // batch); with few full extents (random writes), flush everything now.
             let policy = self.effective_policy(&i);
-            if self.finish_pending(ino, &mut st).is_err() || !self.start_pending(policy, &mut st) {
+            let min_full = self.max_dirty() / 2;
+            if self.finish_pending(ino, &mut st).is_err()
+                || !self.start_pending(policy, &mut st, min_full)
+            {
                 self.flush_locked(ino, &mut st)?;
             }
         } else if self.buffered_bytes() > self.budget {
-            // All open files together hold more than the budget: this one commits its buffer
-            // (many files written at once each flush after about budget / files bytes).
-            self.flush_locked(ino, &mut st)?;
+            // All open files together hold more than the budget: this one gives back what it
+            // can, now. First its previous batch and its full extents (committed: they are
+            // not rewritten later); only if that is not enough its partly written extents too
+            // (a later write to them reads and rewrites them, the price of bounded memory with
+            // many files open).
+            let policy = self.effective_policy(&i);
+            let written = self.finish_pending(ino, &mut st).is_ok()
+                && self.start_pending(policy, &mut st, 1)
+                && self.finish_pending(ino, &mut st).is_ok();
+            if !written && self.buffered_bytes() > self.budget {
+                self.flush_locked(ino, &mut st)?;
+            }
         }
         Ok(())
     }
@@ -1670,8 +1682,9 @@ impl Fs {
     }
 
     /// Move the full extents (and holes) of the buffer to a background writer. Returns false,
-    /// changing nothing, if fewer than half the buffer is full extents or no thread can start.
-    fn start_pending(&self, policy: Policy, st: &mut FileState) -> bool {
+    /// changing nothing, if there are fewer than `min_full` of them, a batch is already being
+    /// written, or no thread can start.
+    fn start_pending(&self, policy: Policy, st: &mut FileState, min_full: usize) -> bool {
         let es = self.es();
         let Some(size) = st.size else {
             return false;
@@ -1684,7 +1697,7 @@ impl Fs {
             })
             .map(|(&idx, _)| idx)
             .collect();
-        if !BACKGROUND_FLUSH || full.len() < self.max_dirty() / 2 || st.pending.is_some() {
+        if !BACKGROUND_FLUSH || full.is_empty() || full.len() < min_full || st.pending.is_some() {
             return false;
         }
         let bufs: BTreeMap<u64, Option<AlignedBuf>> = full

@@ -161,3 +161,26 @@ fn a_sequential_writer_pipelines_within_a_small_budget() {
     fs.release(ino).unwrap();
     assert_eq!(get_file(&fs, "seq"), data);
 }
+
+#[test]
+fn small_files_cost_their_size_not_an_extent() {
+    // 4 MiB extents (the `dynfs init` default): a file stores its own length, not a whole
+    // extent, and a file of at most 4 KiB stores no fragment at all (inline).
+    let tp = TestPool::new(6, "rs:4+2", dynfs_core::config::DEFAULT_EXTENT_SIZE);
+    let fs = tp.open();
+    put_file(&fs, "tiny", &bytes(1, 4096));
+    assert!(tp.fragment_files().is_empty());
+    let data = bytes(2, 10_000);
+    put_file(&fs, "small", &data);
+    let frags = tp.fragment_files();
+    assert_eq!(frags.len(), 6);
+    let stored: u64 = frags
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    // Six fragments of ceil(10000 / 4) bytes.
+    assert_eq!(stored, 6 * 2500);
+    // The file is read back from them, and its memory was given back.
+    assert_eq!(get_file(&fs, "small"), data);
+    assert_eq!(fs.buffered_bytes(), 0);
+}
