@@ -25,7 +25,7 @@ const MISSING_EXTENT_SIZE: u64 = 1 << 20;
 
 /// Default `write_buffer_mib`: the most written, not yet committed file data a mounted pool
 /// holds in memory, over all open files together.
-pub const DEFAULT_WRITE_BUFFER_MIB: u64 = 256;
+pub const DEFAULT_WRITE_BUFFER_MIB: u64 = 512;
 
 /// Validated pool options.
 #[derive(Debug, Clone, PartialEq)]
@@ -305,7 +305,7 @@ mod tests {
         // A hand-written file without extent_size keeps meaning 1 MiB (what it always meant).
         assert_eq!(c.extent_size, 1 << 20);
         assert_eq!(c.write_buffer_mib, DEFAULT_WRITE_BUFFER_MIB);
-        assert_eq!(c.write_buffer_bytes(), 256 << 20);
+        assert_eq!(c.write_buffer_bytes(), 512 << 20);
         // The budget is never below two extents.
         let c = PoolConfig {
             write_buffer_mib: 1,
