@@ -26,6 +26,8 @@ cleanup() {
     sleep 1
     for i in 0 1 2 3 4 5 6; do umount "$WORK/dev$i" 2>/dev/null || true; done
     for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null || true; done
+    # Leave the throttled cgroup before removing it.
+    echo $$ > /sys/fs/cgroup/blkio/tasks 2>/dev/null || true
     rmdir "$CG" 2>/dev/null || true
     rm -rf "$IMG"
 }
