@@ -14,6 +14,19 @@ pub const CONFIG_FILE: &str = "pool.toml";
 /// Smallest and largest allowed extent sizes.
 pub const EXTENT_SIZE_RANGE: (u64, u64) = (4096, 64 << 20);
 
+/// Extent size `dynfs init` gives a new pool unless told otherwise: 4 MiB (see docs/DYNFS.md,
+/// "Extent size", for the measurements behind it).
+pub const DEFAULT_EXTENT_SIZE: u64 = 4 << 20;
+
+/// Extent size of a `pool.toml` without an `extent_size` key. Every pool written by `init`
+/// records its size; this only reads hand-written files, and must stay what it was (1 MiB),
+/// since the extent size of a pool holding data can never change.
+const MISSING_EXTENT_SIZE: u64 = 1 << 20;
+
+/// Default `write_buffer_mib`: the most written, not yet committed file data a mounted pool
+/// holds in memory, over all open files together.
+pub const DEFAULT_WRITE_BUFFER_MIB: u64 = 512;
+
 /// Validated pool options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
@@ -31,6 +44,9 @@ pub struct PoolConfig {
     pub suspect_after_errors: u32,
     /// I/O errors after which a disk becomes `failed`.
     pub fail_after_errors: u32,
+    /// Budget in MiB for buffered writes of all open files together (see
+    /// [`PoolConfig::write_buffer_bytes`]).
+    pub write_buffer_mib: u64,
 }
 
 impl PoolConfig {
@@ -53,7 +69,7 @@ impl PoolConfig {
             .parse()
             .map_err(|e: toml::de::Error| Error::Config(vec![e.to_string()]))?;
         let mut errs = Vec::new();
-        const KNOWN: [&str; 7] = [
+        const KNOWN: [&str; 8] = [
             "pool_id",
             "default_policy",
             "extent_size",
@@ -61,6 +77,7 @@ impl PoolConfig {
             "scrub_rate_mb_s",
             "suspect_after_errors",
             "fail_after_errors",
+            "write_buffer_mib",
         ];
         for k in table.keys() {
             if !KNOWN.contains(&k.as_str()) {
@@ -99,7 +116,7 @@ impl PoolConfig {
             Some(toml::Value::String(s)) => parse_size(s).map_err(|e| e.to_string()),
             Some(toml::Value::Integer(i)) => u64::try_from(*i).map_err(|_| "negative".to_string()),
             Some(_) => Err("must be a size such as \"1MiB\"".to_string()),
-            None => Ok(1 << 20),
+            None => Ok(MISSING_EXTENT_SIZE),
         };
         let extent_size = match extent_size {
             Ok(n) => {
@@ -153,6 +170,16 @@ impl PoolConfig {
                 }
             },
         };
+        let write_buffer_mib = match table.get("write_buffer_mib") {
+            None => DEFAULT_WRITE_BUFFER_MIB,
+            Some(v) => match v.as_integer().and_then(|i| u64::try_from(i).ok()) {
+                Some(n) if (1..=1 << 20).contains(&n) => n,
+                _ => {
+                    errs.push("write_buffer_mib must be an integer between 1 and 1048576".into());
+                    DEFAULT_WRITE_BUFFER_MIB
+                }
+            },
+        };
         let mut count = |key: &str, default: u32| match table.get(key) {
             None => default,
             Some(v) => match v.as_integer().and_then(|i| u32::try_from(i).ok()) {
@@ -179,6 +206,7 @@ impl PoolConfig {
                 scrub_rate_mb_s,
                 suspect_after_errors,
                 fail_after_errors,
+                write_buffer_mib,
             }),
             _ => Err(Error::Config(errs)),
         }
@@ -211,10 +239,22 @@ impl PoolConfig {
             "fail_after_errors".into(),
             (self.fail_after_errors as i64).into(),
         );
+        t.insert(
+            "write_buffer_mib".into(),
+            (self.write_buffer_mib as i64).into(),
+        );
         format!(
             "# DynamicFS pool options. Validated on open; see docs/DYNFS.md.\n{}",
             toml::to_string(&t).unwrap_or_default()
         )
+    }
+
+    /// The write buffer budget in bytes: when the extent buffers of all open files together
+    /// pass it, the writer that passed it commits its own buffer at once. Never less than two
+    /// extents, so one sequential writer can still fill one extent while another is written.
+    pub fn write_buffer_bytes(&self) -> usize {
+        let b = self.write_buffer_mib.saturating_mul(1 << 20);
+        usize::try_from(b.max(2 * self.extent_size)).unwrap_or(usize::MAX)
     }
 
     /// Write `POOL/pool.toml` durably.
@@ -251,8 +291,40 @@ mod tests {
             scrub_rate_mb_s: 5.0,
             suspect_after_errors: 3,
             fail_after_errors: 10,
+            write_buffer_mib: 64,
         };
         assert_eq!(PoolConfig::parse(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn defaults_of_missing_keys() {
+        let c = PoolConfig::parse(
+            "pool_id = \"p\"\ndefault_policy = \"replicate:1\"\ndisks = [\"/a\"]",
+        )
+        .unwrap();
+        // A hand-written file without extent_size keeps meaning 1 MiB (what it always meant).
+        assert_eq!(c.extent_size, 1 << 20);
+        assert_eq!(c.write_buffer_mib, DEFAULT_WRITE_BUFFER_MIB);
+        assert_eq!(c.write_buffer_bytes(), 512 << 20);
+        // The budget is never below two extents.
+        let c = PoolConfig {
+            write_buffer_mib: 1,
+            extent_size: 4 << 20,
+            ..c
+        };
+        assert_eq!(c.write_buffer_bytes(), 8 << 20);
+        for bad in ["0", "-3", "\"x\"", "2097152"] {
+            let text = format!(
+                "pool_id = \"p\"\ndefault_policy = \"replicate:1\"\ndisks = [\"/a\"]\nwrite_buffer_mib = {bad}"
+            );
+            let Err(Error::Config(errs)) = PoolConfig::parse(&text) else {
+                panic!("write_buffer_mib = {bad} accepted");
+            };
+            assert!(
+                errs.iter().any(|e| e.contains("write_buffer_mib")),
+                "{errs:?}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::policy::Policy;
 use crate::pool::{new_inode, Pool, INLINE_MAX};
 use redb::{ReadableTable, WriteTransaction};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 mod snapview;
@@ -22,7 +23,8 @@ pub use snapview::{is_view, is_view_name, SNAPDIR_INO, SNAPDIR_NAME};
 /// The xattr through which users read and set a file's or directory's policy.
 pub const POLICY_XATTR: &[u8] = b"user.dynfs.policy";
 
-/// Flush a file once it has this many dirty extents.
+/// Flush a file once it has this many dirty extents (fewer when the pool-wide write buffer
+/// budget is small for the extent size: see [`Fs::max_dirty`]).
 const MAX_DIRTY_EXTENTS: usize = 16;
 /// Extents a flush encodes and writes at the same time.
 const FLUSH_PARALLEL: usize = 4;
@@ -171,6 +173,38 @@ struct FileState {
     /// A link was dropped while the file was open: its last release deletes the inode if no
     /// link is left ([`Fs::reap`]). Other releases need not read the inode.
     unlinked_while_open: bool,
+    /// Bytes of extent buffers held in `dirty` and `pending`, as counted in the filesystem's
+    /// total ([`Fs::account`]).
+    held: Held,
+}
+
+/// A file's share of the filesystem-wide count of buffered extent bytes
+/// ([`Fs::buffered_bytes`]); dropping it (the file's state goes away) gives the bytes back.
+#[derive(Default)]
+struct Held {
+    bytes: usize,
+    total: Option<Arc<AtomicUsize>>,
+}
+
+impl Held {
+    /// Set this file's share to `bytes`, adjusting `total` by the difference.
+    fn set(&mut self, total: &Arc<AtomicUsize>, bytes: usize) {
+        let t = self.total.get_or_insert_with(|| total.clone());
+        if bytes > self.bytes {
+            t.fetch_add(bytes - self.bytes, Ordering::Relaxed);
+        } else {
+            t.fetch_sub(self.bytes - bytes, Ordering::Relaxed);
+        }
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(t) = &self.total {
+            t.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Extents taken out of a file's buffer when it filled up: a background thread encodes, hashes
@@ -333,6 +367,12 @@ pub struct Fs {
     /// Whole-extent buffers of committed writes, reused by the next writes (a fresh buffer
     /// costs a page fault per 4 KiB).
     spare: Mutex<Vec<AlignedBuf>>,
+    /// Bytes of extent buffers held by all open files (buffered and handed to background
+    /// writers, not the spare ones).
+    buffered: Arc<AtomicUsize>,
+    /// The most `buffered` may reach before a writer commits its own buffer at once
+    /// (`write_buffer_mib` in `pool.toml`).
+    budget: usize,
     /// Inode numbers handed out from memory (`None` until the first create reads the counter).
     /// Held across a create's metadata change, so numbers are taken in commit order.
     inos: Mutex<Option<InoRange>>,
@@ -370,7 +410,8 @@ struct InoRange {
 /// Inode numbers reserved at a time (see [`InoRange`]).
 const INO_RESERVE: u64 = 1024;
 
-/// Most spare extent buffers kept (two full file buffers: one filling, one being written).
+/// Most spare extent buffers kept (two full file buffers: one filling, one being written),
+/// and at most a quarter of the write buffer budget in bytes ([`Fs::max_spare`]).
 const SPARE_BUFFERS: usize = 2 * MAX_DIRTY_EXTENTS;
 
 impl Drop for Fs {
@@ -631,12 +672,15 @@ impl Fs {
 
     /// A filesystem over a shared pool.
     pub fn from_arc(pool: Arc<Pool>) -> Self {
+        let budget = pool.config().write_buffer_bytes();
         Fs {
             pool,
             files: Mutex::new(HashMap::new()),
             prefetching: Arc::new(Mutex::new(std::collections::HashSet::new())),
             readers: Mutex::new(Vec::new()),
             spare: Mutex::new(Vec::new()),
+            buffered: Arc::default(),
+            budget,
             inos: Mutex::new(None),
             last: Mutex::new(None),
         }
@@ -666,6 +710,42 @@ impl Fs {
 
     fn es(&self) -> u64 {
         self.pool.extent_size()
+    }
+
+    /// Bytes of extent buffers all open files hold right now (written data not yet committed,
+    /// including batches being written by background threads). Kept near the pool's
+    /// `write_buffer_mib`: a write that takes it past the budget commits its file's buffer.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held in spare (reusable) extent buffers.
+    pub fn spare_bytes(&self) -> usize {
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        spare.iter().map(|b| b.capacity()).sum()
+    }
+
+    /// The dirty extents after which a file's buffer is written out: [`MAX_DIRTY_EXTENTS`],
+    /// fewer if two such buffers (one filling, one being written) would not fit in the budget.
+    fn max_dirty(&self) -> usize {
+        (self.budget / self.es() as usize / 2).clamp(2, MAX_DIRTY_EXTENTS)
+    }
+
+    /// Spare buffers kept: [`SPARE_BUFFERS`], or fewer to stay within a quarter of the budget.
+    fn max_spare(&self) -> usize {
+        (self.budget / 4 / self.es() as usize).min(SPARE_BUFFERS)
+    }
+
+    /// Recount the extent buffer bytes `st` holds into the filesystem-wide total.
+    fn account(&self, st: &mut FileState) {
+        let bytes = st
+            .dirty
+            .values()
+            .chain(st.pending.iter().flat_map(|p| p.bufs.values()))
+            .flatten()
+            .map(|b| b.capacity())
+            .sum();
+        st.held.set(&self.buffered, bytes);
     }
 
     fn state(&self, ino: u64) -> Arc<Mutex<FileState>> {
@@ -1542,11 +1622,27 @@ impl Fs {
             None => self.inode(ino)?.size,
         };
         self.fill_buffers(ino, &mut st, off, end, data, extend, size)?;
-        if st.dirty.len() >= MAX_DIRTY_EXTENTS {
+        if st.dirty.len() >= self.max_dirty() {
             // Hand the full extents to a background writer (after committing the previous
             // batch); with few full extents (random writes), flush everything now.
             let policy = self.effective_policy(&i);
-            if self.finish_pending(ino, &mut st).is_err() || !self.start_pending(policy, &mut st) {
+            let min_full = self.max_dirty() / 2;
+            if self.finish_pending(ino, &mut st).is_err()
+                || !self.start_pending(policy, &mut st, min_full)
+            {
+                self.flush_locked(ino, &mut st)?;
+            }
+        } else if self.buffered_bytes() > self.budget {
+            // All open files together hold more than the budget: this one gives back what it
+            // can, now. First its previous batch and its full extents (committed: they are
+            // not rewritten later); only if that is not enough its partly written extents too
+            // (a later write to them reads and rewrites them, the price of bounded memory with
+            // many files open).
+            let policy = self.effective_policy(&i);
+            let written = self.finish_pending(ino, &mut st).is_ok()
+                && self.start_pending(policy, &mut st, 1)
+                && self.finish_pending(ino, &mut st).is_ok();
+            if !written && self.buffered_bytes() > self.budget {
                 self.flush_locked(ino, &mut st)?;
             }
         }
@@ -1589,7 +1685,9 @@ impl Fs {
                 _ => return None,
             }
         }
-        if st.dirty.len() + added >= MAX_DIRTY_EXTENTS {
+        if st.dirty.len() + added >= self.max_dirty()
+            || self.buffered_bytes() + added * es as usize > self.budget
+        {
             return None;
         }
         let r = self.fill_buffers(ino, &mut st, off, end, Some(data), true, size);
@@ -1656,6 +1754,7 @@ impl Fs {
             }
             pos += n as u64;
         }
+        self.account(st);
         if extend && end > size {
             st.size = Some(end);
         } else if st.size.is_none() {
@@ -1683,9 +1782,10 @@ impl Fs {
             return;
         };
         let es = self.es() as usize;
+        let max = self.max_spare();
         let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
         for b in bufs.into_values().flatten() {
-            if spare.len() >= SPARE_BUFFERS {
+            if spare.len() >= max {
                 break;
             }
             if b.capacity() == es {
@@ -1695,8 +1795,9 @@ impl Fs {
     }
 
     /// Move the full extents (and holes) of the buffer to a background writer. Returns false,
-    /// changing nothing, if fewer than half the buffer is full extents or no thread can start.
-    fn start_pending(&self, policy: Policy, st: &mut FileState) -> bool {
+    /// changing nothing, if there are fewer than `min_full` of them, a batch is already being
+    /// written, or no thread can start.
+    fn start_pending(&self, policy: Policy, st: &mut FileState, min_full: usize) -> bool {
         let es = self.es();
         let Some(size) = st.size else {
             return false;
@@ -1709,7 +1810,7 @@ impl Fs {
             })
             .map(|(&idx, _)| idx)
             .collect();
-        if !BACKGROUND_FLUSH || full.len() < MAX_DIRTY_EXTENTS / 2 || st.pending.is_some() {
+        if !BACKGROUND_FLUSH || full.is_empty() || full.len() < min_full || st.pending.is_some() {
             return false;
         }
         let bufs: BTreeMap<u64, Option<AlignedBuf>> = full
@@ -1752,7 +1853,7 @@ impl Fs {
             ))
         });
         let r = written.and_then(|new| self.commit_extents(ino, new, p.size, None, None));
-        match r {
+        let r = match r {
             Ok(()) => {
                 self.recycle(p.bufs);
                 Ok(())
@@ -1764,7 +1865,9 @@ impl Fs {
                 }
                 Err(e)
             }
-        }
+        };
+        self.account(st);
+        r
     }
 
     /// Commit buffered writes of `ino` (durably).
@@ -1811,6 +1914,7 @@ impl Fs {
             Ok(i) => i,
             Err(Error::Errno(libc::ENOENT)) => {
                 st.dirty.clear();
+                self.account(st);
                 st.size = None;
                 st.mtime = None;
                 st.attrs = None;
@@ -1844,6 +1948,7 @@ impl Fs {
         self.commit_extents(ino, new, size, st.mtime, st.attrs)?;
         let dirty = std::mem::take(&mut st.dirty);
         self.recycle(Arc::new(dirty));
+        self.account(st);
         st.size = None;
         st.mtime = None;
         st.attrs = None;

@@ -84,7 +84,10 @@ pub struct ReadOutcome {
     pub repaired: Vec<usize>,
 }
 
+/// Decoded extents kept for reads: at most this many...
 const CACHE_EXTENTS: usize = 32;
+/// ...and no more than this many bytes' worth of full extents (16 extents of 4 MiB).
+const CACHE_BYTES: usize = 64 << 20;
 
 /// Files of at most this many bytes are stored inline in the metadata instead of as fragment
 /// files: the metadata has replicas on M + 1 disks for the highest tolerance M in use, and a
@@ -114,6 +117,36 @@ pub struct Pool {
     /// Disks with fragment writes not yet synced.
     unsynced: Arc<Mutex<std::collections::BTreeSet<PathBuf>>>,
     _lock: File,
+    /// For an inspection open: the private copies of the metadata replicas it reads (removed
+    /// after `meta`, declared above, is closed).
+    _scratch: Option<Scratch>,
+}
+
+/// A private temporary directory, removed with its contents when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let t = meta::Ts::now();
+        let dir = std::env::temp_dir().join(format!(
+            "dynfs-inspect-{}-{}-{}",
+            std::process::id(),
+            t.secs,
+            t.nanos
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::io(&dir, e))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn random_id() -> String {
@@ -415,6 +448,7 @@ impl Pool {
             scrub_rate_mb_s: 0.0,
             suspect_after_errors: 3,
             fail_after_errors: 10,
+            write_buffer_mib: crate::config::DEFAULT_WRITE_BUFFER_MIB,
         }
         .store(&pool_dir)?;
         Ok(())
@@ -440,8 +474,23 @@ impl Pool {
         Ok(pool)
     }
 
-    /// Open without collecting orphans (for inspection).
+    /// Open without collecting orphans.
     pub fn open_no_gc(pool_dir: &Path, io: Arc<dyn DiskIo>) -> Result<Pool> {
+        Self::open_mode(pool_dir, io, false)
+    }
+
+    /// Open for inspection only (`dynfs status`): nothing on the disks changes. The metadata
+    /// replicas are read from private copies in the temporary directory (redb writes its
+    /// header at every open and close, and a stale replica would be resynced); there is no
+    /// orphan collection, no replica placement, no counter update, and the pool is read-only
+    /// ([`Pool::set_read_only`]). Costs a copy of each metadata replica.
+    pub fn open_inspect(pool_dir: &Path) -> Result<Pool> {
+        let pool = Self::open_mode(pool_dir, Arc::new(StdIo), true)?;
+        pool.set_read_only();
+        Ok(pool)
+    }
+
+    fn open_mode(pool_dir: &Path, io: Arc<dyn DiskIo>, inspect: bool) -> Result<Pool> {
         let lock = lock_pool(pool_dir)?;
         let config = PoolConfig::load(pool_dir)?;
         let mut present = Vec::new();
@@ -459,10 +508,23 @@ impl Pool {
                 }
             }
         }
-        let paths: Vec<(u32, PathBuf)> = present
+        let mut paths: Vec<(u32, PathBuf)> = present
             .iter()
             .map(|(id, d)| (*id, disk::meta_path(d)))
             .collect();
+        let scratch = if inspect {
+            let s = Scratch::new()?;
+            for (id, p) in paths.iter_mut() {
+                let copy = s.0.join(format!("disk{id}.redb"));
+                if p.exists() {
+                    std::fs::copy(&*p, &copy).map_err(|e| Error::io(&*p, e))?;
+                }
+                *p = copy;
+            }
+            Some(s)
+        } else {
+            None
+        };
         let (store, report) = MetaStore::open(&paths)?;
         let tx = store.read()?;
         let mut disks = Vec::new();
@@ -491,17 +553,31 @@ impl Pool {
             let m = t.get(meta::TOLERANCE)?.map(|g| g.value() as usize);
             (v, m)
         };
-        // Pools made before the tolerance was kept: scan once.
+        // Pools made before the tolerance was kept: scan once. A pool whose recorded tolerance
+        // is above its default policy's (an override of higher tolerance was set) is scanned
+        // at every open: once no override, extent or inline file (of the live tree or of a
+        // snapshot) uses that tolerance any more, it drops, and with it the replica count
+        // (placement below removes the extra replicas; before any data under a higher
+        // policy is committed again, `require_tolerance` raises it first). The scan reads
+        // every inode and extent record, as the orphan collection at open does anyway.
+        let default_tolerance = config.default_policy.tolerance();
         let scanned = match recorded_tolerance {
-            Some(_) => None,
-            None => Some(scan_tolerance(&tx)?),
+            Some(m) if m <= default_tolerance || inspect => None,
+            _ => Some(scan_tolerance(&tx)?),
         };
         drop(tx);
-        let tolerance = recorded_tolerance
-            .or(scanned)
+        let tolerance = scanned
+            .or(recorded_tolerance)
             .unwrap_or(0)
-            .max(config.default_policy.tolerance());
-        if Some(tolerance) != recorded_tolerance {
+            .max(default_tolerance);
+        if let Some(old) = recorded_tolerance.filter(|&m| tolerance < m) {
+            tracing::info!(
+                from = old + 1,
+                to = tolerance + 1,
+                "no policy of higher tolerance is in use any more: fewer metadata replicas"
+            );
+        }
+        if Some(tolerance) != recorded_tolerance && !inspect {
             store.write(|tx| meta::set_counter(tx, meta::TOLERANCE, tolerance as u64))?;
         }
         let unsynced: Arc<Mutex<std::collections::BTreeSet<PathBuf>>> = Arc::default();
@@ -514,8 +590,10 @@ impl Pool {
         store.set_placement(meta_placement(disks.clone(), meta_copies.clone()));
         // Converge to the placement: replaces replicas of missing or failed disks, and moves
         // pools made before it from a replica on every disk to M + 1.
-        if let Err(e) = store.place(&[]) {
-            tracing::error!(error = %e, "cannot place the metadata replicas");
+        if !inspect {
+            if let Err(e) = store.place(&[]) {
+                tracing::error!(error = %e, "cannot place the metadata replicas");
+            }
         }
         Ok(Pool {
             dir: pool_dir.to_path_buf(),
@@ -531,6 +609,7 @@ impl Pool {
             metrics: Default::default(),
             unsynced: unsynced.clone(),
             _lock: lock,
+            _scratch: scratch,
         })
     }
 
@@ -974,6 +1053,12 @@ impl Pool {
             .any(|(i, _)| *i == id)
     }
 
+    /// Decoded extents the read cache keeps: [`CACHE_EXTENTS`], fewer for large extents so the
+    /// cache stays within [`CACHE_BYTES`] (at least 4, one read-ahead window).
+    fn cache_extents(&self) -> usize {
+        (CACHE_BYTES / self.extent_size().max(1) as usize).clamp(4, CACHE_EXTENTS)
+    }
+
     /// Read extent `id` into the cache without repairing anything (read-ahead: the extent may be
     /// freed concurrently, so nothing may be rewritten; a real read repairs what is damaged).
     pub fn prefetch_extent(&self, id: u64, ext: &Extent) {
@@ -988,7 +1073,7 @@ impl Pool {
             let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if !c.iter().any(|(i, _)| *i == id) {
                 c.push_back((id, Arc::new(data)));
-                if c.len() > CACHE_EXTENTS {
+                if c.len() > self.cache_extents() {
                     c.pop_front();
                 }
             }
@@ -1015,7 +1100,7 @@ impl Pool {
         let data = Arc::new(data);
         let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         c.push_back((id, data.clone()));
-        if c.len() > CACHE_EXTENTS {
+        if c.len() > self.cache_extents() {
             c.pop_front();
         }
         Ok(data)

@@ -5,7 +5,8 @@
 #   WORKDIR      where disks, mount point and data live (default /var/tmp/dynfs-bench)
 #   SEQ_MIB      size of the sequential file in MiB (default 2048)
 #   SMALL_FILES  number of 4 KiB files (default 10000)
-# Environment: DYNFS_BIN (the dynfs binary), DYNFS_EXTENT (pool extent size, default 1MiB).
+# Environment: DYNFS_BIN (the dynfs binary), DYNFS_EXTENT (pool extent size, default 4MiB,
+# the `dynfs init` default).
 # Needs root (FUSE mount with allow_other), fuse3, hyperfine is not required.
 set -euo pipefail
 WORK=${1:-/var/tmp/dynfs-bench}
@@ -14,6 +15,7 @@ SMALL=${3:-10000}
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 . "$(dirname "$0")/lib.sh"
 BIN=${DYNFS_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/dynfs}
+export DYNFS_EXTENT=${DYNFS_EXTENT:-4MiB}
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release -p dynfs)
 
 rm -rf "$WORK"; mkdir -p "$WORK/src-small" "$WORK/direct"

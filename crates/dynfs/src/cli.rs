@@ -54,8 +54,8 @@ pub enum Command {
         /// Default policy: replicate:N or rs:K+M.
         #[arg(long, default_value = "replicate:2")]
         policy: String,
-        /// Extent size (e.g. 1MiB, 256K).
-        #[arg(long, default_value = "1MiB")]
+        /// Extent size (e.g. 4MiB, 256K): bytes of file data per extent.
+        #[arg(long, default_value = "4MiB")]
         extent_size: String,
     },
     /// Mount the pool (detaches once mounted unless --foreground).
@@ -461,7 +461,8 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                     }
                     st
                 }
-                None => match Pool::open(&pool) {
+                // Read-only: inspecting a pool changes nothing on its disks.
+                None => match Pool::open_inspect(&pool) {
                     Ok(p) => Status::gather(&p)?,
                     Err(dynfs_core::Error::InUse(_)) => {
                         let (st, age) = published_status(&pool)?;
