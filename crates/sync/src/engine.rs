@@ -2020,8 +2020,10 @@ impl Walker<'_> {
             self.add_to_burst(lines, listed);
         } else if top_list && o.hard_links && self.bursts_on() {
             // With -H rsync's generator holds the first list's lines back until the next
-            // lists are read: the first run's skips come before this directory's line.
+            // lists are read: the first run's skips come before this directory's line. The
+            // first list counts towards the run, so a large one does not hold its lines back.
             self.open_burst();
+            self.add_to_burst(Vec::new(), listed);
         }
         eng.emit(rel, Kind::Dir, item, None, meta);
         if rel == b"." || !recurse {
