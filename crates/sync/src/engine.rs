@@ -714,6 +714,8 @@ impl Engine {
             segment: std::cell::Cell::new(self.seq.alloc()),
             skipped: Default::default(),
             batch: Default::default(),
+            burst: Default::default(),
+            top_listing: Default::default(),
         };
         report::begin_capture();
         if self.opts.delete == DeleteMode::Before {
@@ -735,6 +737,7 @@ impl Engine {
             }
             walker.top_item(item, &plan.dest, &root);
         }
+        walker.close_burst();
         walker.send_batch();
         walker.finish_open_link_groups();
         walker.link_deferred();
@@ -769,6 +772,8 @@ impl Engine {
                     segment: std::cell::Cell::new(0),
                     skipped: Default::default(),
                     batch: Default::default(),
+                    burst: Default::default(),
+                    top_listing: Default::default(),
                 };
                 for item in &plan.items {
                     walker.delete_pass(item, &plan.dest);
@@ -1022,6 +1027,8 @@ impl Engine {
                 segment: std::cell::Cell::new(0),
                 skipped: Default::default(),
                 batch: Default::default(),
+                burst: Default::default(),
+                top_listing: Default::default(),
             };
             walker.handle_nondir_with(job.paths, &job.meta, &job.dir, pre);
         }
@@ -1480,7 +1487,26 @@ struct Walker<'a> {
     segment: std::cell::Cell<u64>,
     /// Non-regular files left out of the last listing, reported after its deletions.
     skipped: std::cell::RefCell<Vec<Vec<u8>>>,
+    /// The output slot that the skip and deletion lines of the current run of directory
+    /// listings go to (see [`Walker::bursts_on`]).
+    burst: std::cell::RefCell<Option<Burst>>,
+    /// The next listing read is a top-level directory's (rsync's first file list).
+    top_listing: std::cell::Cell<bool>,
 }
+
+/// Skip and deletion lines of a run of directory listings, printed ahead of the entries'
+/// own lines (see [`Walker::bursts_on`]).
+struct Burst {
+    /// Output position, taken before the first listing's directory line.
+    seq: u64,
+    lines: Vec<Vec<u8>>,
+    /// Entries in the run's listings so far.
+    entries: usize,
+}
+
+/// A run of listings ends once it holds this many entries (rsync's sender sends file lists
+/// ahead until 1,000 files are outstanding: `MIN_FILECNT_LOOKAHEAD`).
+const BURST_ENTRIES: usize = 1000;
 
 /// The batch the walker is filling (see [`Walker::dispatch`]).
 #[derive(Default)]
@@ -1560,6 +1586,8 @@ impl Walker<'_> {
                 );
                 return;
             };
+            // rsync's first file list holds a top-level directory and its contents.
+            self.top_listing.set(true);
             self.handle_dir(
                 &item.src,
                 &dst,
@@ -1568,6 +1596,7 @@ impl Walker<'_> {
                 root,
                 recurse_contents,
             );
+            self.top_listing.set(false);
         } else {
             let paths = JobPaths::new(&item.src, &dst, &item.display);
             self.handle_nondir(paths, &item.meta, root);
@@ -1961,6 +1990,16 @@ impl Walker<'_> {
         } else {
             None
         };
+        // rsync's first file list (the top-level directories' contents) reports its skips
+        // before the directory's line; later listings report theirs in runs (`bursts_on`).
+        let top_list = self.top_listing.replace(false);
+        let in_burst = entries.is_some() && !top_list && self.bursts_on();
+        let saved = in_burst.then(|| {
+            self.open_burst();
+            let saved = report::end_capture();
+            report::begin_capture();
+            saved
+        });
         if let Some(entries) = &entries {
             if !is_new && o.delete == DeleteMode::During {
                 // rsync's sender reads ahead: an unreadable subdirectory is an I/O error
@@ -1973,7 +2012,19 @@ impl Walker<'_> {
                 self.delete_extraneous(dst, rel, entries);
             }
         }
+        let listed = entries.as_ref().map_or(0, |e| e.len()) + self.skipped.borrow().len();
         self.flush_skipped();
+        if let Some(saved) = saved {
+            let lines = report::end_capture();
+            report::resume_capture(saved);
+            self.add_to_burst(lines, listed);
+        } else if top_list && o.hard_links && self.bursts_on() {
+            // With -H rsync's generator holds the first list's lines back until the next
+            // lists are read: the first run's skips come before this directory's line. The
+            // first list counts towards the run, so a large one does not hold its lines back.
+            self.open_burst();
+            self.add_to_burst(Vec::new(), listed);
+        }
         eng.emit(rel, Kind::Dir, item, None, meta);
         if rel == b"." || !recurse {
             if let Ok(mut l) = eng.late_dirs.lock() {
@@ -2288,6 +2339,71 @@ impl Walker<'_> {
             for l in lines {
                 eng.out.line(&l);
             }
+        }
+    }
+
+    /// Whether skip and deletion lines are printed in runs ahead of the entries' lines, as
+    /// rsync's incremental recursion prints them. rsync's sender sends the file lists of the
+    /// next directories (depth first) until they hold 1,000 entries; its generator goes
+    /// through them, and its messages ("skipping non-regular file", "deleting") overtake the
+    /// entries' lines, which wait in its output buffer until it has to wait for more lists.
+    /// So each run of listings prints all its skip and deletion lines (listing by listing),
+    /// then its entries' lines. Only where such lines can happen, and only with incremental
+    /// recursion (rsync turns it off for `-m`, `--delete-before/after` and
+    /// `--delay-updates`; their messages' places depend on its buffer sizes).
+    fn bursts_on(&self) -> bool {
+        let o = self.opts();
+        let skips = !(o.links && o.devices && o.specials);
+        o.recursive
+            && !o.list_only
+            && !o.prune_empty_dirs
+            && !o.delay_updates
+            && !matches!(o.delete, DeleteMode::Before | DeleteMode::After)
+            && (skips || o.delete == DeleteMode::During)
+    }
+
+    /// Takes an output position for a run of listings' skip and deletion lines, before
+    /// anything the walker prints from here on (unless a run is open already).
+    fn open_burst(&self) {
+        if self.burst.borrow().is_some() {
+            return;
+        }
+        let eng = self.eng;
+        let lines = report::end_capture();
+        // Entries queued so far come before the run's lines.
+        self.send_batch();
+        eng.seq.complete(&eng.out, self.segment.get(), lines);
+        let seq = eng.seq.alloc();
+        self.segment.set(eng.seq.alloc());
+        report::begin_capture();
+        *self.burst.borrow_mut() = Some(Burst {
+            seq,
+            lines: Vec::new(),
+            entries: 0,
+        });
+    }
+
+    /// Adds one listing's skip and deletion lines and its entry count to the open run, and
+    /// ends the run once it holds [`BURST_ENTRIES`].
+    fn add_to_burst(&self, lines: Vec<Vec<u8>>, entries: usize) {
+        let full = match self.burst.borrow_mut().as_mut() {
+            Some(b) => {
+                b.lines.extend(lines);
+                b.entries += entries;
+                b.entries >= BURST_ENTRIES
+            }
+            None => false,
+        };
+        if full {
+            self.close_burst();
+        }
+    }
+
+    /// Ends the open run of listings: its lines print in their turn.
+    fn close_burst(&self) {
+        let done = self.burst.borrow_mut().take();
+        if let Some(b) = done {
+            self.eng.seq.complete(&self.eng.out, b.seq, b.lines);
         }
     }
 

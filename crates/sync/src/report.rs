@@ -380,6 +380,11 @@ pub fn begin_capture() {
     CAPTURE.with(|c| *c.borrow_mut() = Some(Vec::new()));
 }
 
+/// Goes on capturing after `lines` (lines taken with [`end_capture`] to set some apart).
+pub fn resume_capture(lines: Vec<Vec<u8>>) {
+    CAPTURE.with(|c| *c.borrow_mut() = Some(lines));
+}
+
 /// Stops capturing and returns the captured lines.
 pub fn end_capture() -> Vec<Vec<u8>> {
     CAPTURE.with(|c| c.borrow_mut().take().unwrap_or_default())
