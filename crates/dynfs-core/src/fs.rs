@@ -188,7 +188,19 @@ impl PendingAttrs {
 
 /// Apply `p` to inode `i` of `ino` inside `tx`, keeping an access ACL in step with the mode.
 fn apply_attrs(tx: &WriteTransaction, ino: u64, i: &mut Inode, p: &PendingAttrs) -> Result<()> {
-    if let Some(m) = p.set.mode {
+    apply_attrs_to(tx, ino, i, p, true)
+}
+
+/// [`apply_attrs`]; `may_have_acl` false (the inode is known to have no xattrs) skips the
+/// lookup of an access ACL to keep in step.
+fn apply_attrs_to(
+    tx: &WriteTransaction,
+    ino: u64,
+    i: &mut Inode,
+    p: &PendingAttrs,
+    may_have_acl: bool,
+) -> Result<()> {
+    if let (Some(m), true) = (p.set.mode, may_have_acl) {
         let mut t = tx.open_table(XATTRS)?;
         let acl = t
             .get((LIVE, ino, ACL_ACCESS_XATTR))?
@@ -1515,10 +1527,12 @@ impl Fs {
                     let mut buf = AlignedBuf::new();
                     if !st.dirty.contains_key(&idx) && !whole {
                         // A partial write starts from the data buffered for the background
-                        // writer, or else from the committed extent.
+                        // writer, or else from the committed extent (none at or past the
+                        // size, which is at least the committed size).
                         match st.pending.as_ref().and_then(|p| p.bufs.get(&idx)) {
                             Some(Some(b)) => buf.extend_from_slice(b),
                             Some(None) => {}
+                            None if idx * es >= size => {}
                             None => {
                                 if let Some(d) = self.committed_extent(ino, idx)? {
                                     let l = d.len().min(es as usize);
@@ -1727,8 +1741,11 @@ impl Fs {
             })
             .collect();
         let new = store_extents(&self.pool, policy, size, &work)?;
-        // 2. Commit metadata referencing them.
-        self.commit_extents(ino, new, size, st.mtime, st.attrs)?;
+        // 2. Commit metadata referencing them. A file created here with no xattr set since
+        // (no metadata change at all since its create) has no ACL to keep in step with a
+        // buffered mode; the file's lock, held here, keeps any xattr change out meanwhile.
+        let may_have_acl = !self.cached(ino).is_some_and(|c| c.no_xattrs);
+        self.commit_extents_with(ino, new, size, st.mtime, st.attrs, may_have_acl)?;
         let dirty = std::mem::take(&mut st.dirty);
         self.recycle(Arc::new(dirty));
         st.size = None;
@@ -1748,17 +1765,35 @@ impl Fs {
         mtime: Option<Ts>,
         attrs: Option<PendingAttrs>,
     ) -> Result<()> {
+        self.commit_extents_with(ino, new, size, mtime, attrs, true)
+    }
+
+    /// [`Fs::commit_extents`]; `may_have_acl` false skips looking for an access ACL to keep in
+    /// step with a buffered mode (see [`apply_attrs_to`]). The change opens the inode and
+    /// extent-map tables once each (an open costs a lookup in redb's table tree, on the
+    /// primary and again on every secondary replaying it).
+    fn commit_extents_with(
+        &self,
+        ino: u64,
+        new: Stored,
+        size: u64,
+        mtime: Option<Ts>,
+        attrs: Option<PendingAttrs>,
+        may_have_acl: bool,
+    ) -> Result<()> {
         let new = Arc::new(new);
         let committed = self.pool.meta.write_lazy({
             let new = new.clone();
             move |tx| {
-                let mut inode = get_inode(tx, LIVE, ino)?;
+                let mut inodes = tx.open_table(INODES)?;
+                let mut inode: Inode = match inodes.get((LIVE, ino))? {
+                    Some(g) => meta::dec(g.value())?,
+                    None => return Err(errno(libc::ENOENT)),
+                };
                 let mut freed = Vec::new();
+                let mut m = tx.open_table(EXTMAP)?;
                 for (idx, ext) in new.iter() {
-                    let old = tx
-                        .open_table(EXTMAP)?
-                        .get((LIVE, ino, *idx))?
-                        .map(|g| g.value());
+                    let old = m.get((LIVE, ino, *idx))?.map(|g| g.value());
                     if let Some(old) = old {
                         let t = tx.open_table(meta::EXTENTS)?;
                         if let Some(e) = meta::get_rec::<Extent>(&t, old)? {
@@ -1769,11 +1804,9 @@ impl Fs {
                             freed.push(f);
                         }
                     }
-                    let mut m = tx.open_table(EXTMAP)?;
                     match ext {
                         Some(n) => {
                             m.insert((LIVE, ino, *idx), n.id)?;
-                            drop(m);
                             n.link(tx)?;
                             inode.alloc += n.ext.len as u64;
                         }
@@ -1782,15 +1815,16 @@ impl Fs {
                         }
                     }
                 }
+                drop(m);
                 inode.size = size;
                 if let Some(p) = &attrs {
-                    apply_attrs(tx, ino, &mut inode, p)?;
+                    apply_attrs_to(tx, ino, &mut inode, p, may_have_acl)?;
                 }
                 if let Some(t) = mtime {
                     inode.mtime = t;
                     inode.ctime = t;
                 }
-                put_inode(tx, LIVE, ino, &inode)?;
+                inodes.insert((LIVE, ino), meta::enc(&inode)?.as_slice())?;
                 Ok(freed)
             }
         });
