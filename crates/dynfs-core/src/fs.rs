@@ -176,6 +176,12 @@ struct FileState {
     /// Bytes of extent buffers held in `dirty` and `pending`, as counted in the filesystem's
     /// total ([`Fs::account`]).
     held: Held,
+    /// A close left the commit of the buffered state to [`Fs::commit_deferred`]
+    /// ([`Fs::defer_flush`]); cleared by any commit of it.
+    close_deferred: bool,
+    /// Created by this filesystem with no xattr set since: it has no ACL to keep in step with
+    /// a buffered mode.
+    no_xattrs: bool,
 }
 
 /// A file's share of the filesystem-wide count of buffered extent bytes
@@ -278,7 +284,19 @@ impl PendingAttrs {
 
 /// Apply `p` to inode `i` of `ino` inside `tx`, keeping an access ACL in step with the mode.
 fn apply_attrs(tx: &WriteTransaction, ino: u64, i: &mut Inode, p: &PendingAttrs) -> Result<()> {
-    if let Some(m) = p.set.mode {
+    apply_attrs_to(tx, ino, i, p, true)
+}
+
+/// [`apply_attrs`]; `may_have_acl` false (the inode is known to have no xattrs) skips the
+/// lookup of an access ACL to keep in step.
+fn apply_attrs_to(
+    tx: &WriteTransaction,
+    ino: u64,
+    i: &mut Inode,
+    p: &PendingAttrs,
+    may_have_acl: bool,
+) -> Result<()> {
+    if let (Some(m), true) = (p.set.mode, may_have_acl) {
         let mut t = tx.open_table(XATTRS)?;
         let acl = t
             .get((LIVE, ino, ACL_ACCESS_XATTR))?
@@ -380,6 +398,8 @@ pub struct Fs {
     /// a row, and only the create and the closing flush change the metadata: the others read
     /// it from here instead of the database.
     last: Mutex<Option<LastInode>>,
+    /// Files whose close left their commit to [`Fs::commit_deferred`] ([`Fs::defer_flush`]).
+    deferred: Mutex<Vec<u64>>,
 }
 
 /// A committed inode as of a metadata commit count ([`crate::meta::MetaStore::commits`]): valid
@@ -409,6 +429,10 @@ struct InoRange {
 
 /// Inode numbers reserved at a time (see [`InoRange`]).
 const INO_RESERVE: u64 = 1024;
+
+/// Most files whose close commit may wait for [`Fs::commit_deferred`]; past this many, a close
+/// commits at once.
+const MAX_DEFERRED: usize = 64;
 
 /// Most spare extent buffers kept (two full file buffers: one filling, one being written),
 /// and at most a quarter of the write buffer budget in bytes ([`Fs::max_spare`]).
@@ -683,6 +707,7 @@ impl Fs {
             budget,
             inos: Mutex::new(None),
             last: Mutex::new(None),
+            deferred: Mutex::new(Vec::new()),
         }
     }
 
@@ -702,8 +727,10 @@ impl Fs {
         Ok(())
     }
 
-    /// Make every change so far durable (metadata and the fragments it references).
+    /// Make every change so far durable (metadata and the fragments it references), including
+    /// the data of every file closed so far ([`Fs::commit_deferred`] first).
     pub fn sync(&self) -> Result<()> {
+        self.commit_deferred()?;
         self.pool.sync_fragments()?;
         self.pool.meta.sync()
     }
@@ -775,6 +802,7 @@ impl Fs {
                     && st.mtime.is_none()
                     && st.attrs.is_none()
                     && st.pending.is_none()
+                    && !st.close_deferred
             })
         });
         if idle {
@@ -831,6 +859,16 @@ impl Fs {
         Ok(i)
     }
 
+    /// Read a committed inode like [`Fs::inode`], but leave [`Fs::last`] as it is: a commit
+    /// of one file made beside requests for another (a deferred close) must not evict the
+    /// inode those requests use.
+    fn inode_peek(&self, ino: u64) -> Result<Inode> {
+        if let Some(c) = self.cached(ino) {
+            return Ok(c.inode);
+        }
+        self.pool.meta.view(|tx| get_inode(tx, LIVE, ino))
+    }
+
     /// [`Fs::last`] if it holds `ino` and is still current.
     fn cached(&self, ino: u64) -> Option<LastInode> {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
@@ -841,6 +879,20 @@ impl Fs {
 
     fn remember(&self, c: LastInode) {
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+    }
+
+    /// After metadata change number `number` ([`MetaStore::write_lazy_numbered`]), which changed
+    /// no inode but `ino`: [`Fs::last`], if it holds another inode and was current right before
+    /// the change, is still current.
+    ///
+    /// [`MetaStore::write_lazy_numbered`]: crate::meta::MetaStore::write_lazy_numbered
+    fn keep_last_past(&self, ino: u64, number: u64) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = last.as_mut() {
+            if c.ino != ino && c.commits + 1 == number {
+                c.commits = number;
+            }
+        }
     }
 
     /// Attributes of an inode, including buffered writes.
@@ -931,6 +983,25 @@ impl Fs {
         rdev: u32,
         target: &[u8],
     ) -> Result<(u64, Inode)> {
+        self.mknod_inner(parent, name, kind, perm, umask, uid, gid, rdev, target)
+            .map(|(ino, i, _)| (ino, i))
+    }
+
+    /// [`Fs::mknod_masked`], also telling whether the new node has no xattrs (it inherited no
+    /// ACL).
+    #[allow(clippy::too_many_arguments)]
+    fn mknod_inner(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: Kind,
+        perm: u32,
+        umask: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        target: &[u8],
+    ) -> Result<(u64, Inode, bool)> {
         check_name(name)?;
         let mut inos = self.inos.lock().unwrap_or_else(|e| e.into_inner());
         let range = match *inos {
@@ -1026,7 +1097,6 @@ impl Fs {
                 });
             }
         }
-        let r = r.map(|(ino, i, _)| (ino, i));
         *inos = match &r {
             Ok(_) => Some(InoRange {
                 next: ino + 1,
@@ -1077,12 +1147,13 @@ impl Fs {
         uid: u32,
         gid: u32,
     ) -> Result<(u64, Inode)> {
-        let (ino, i) =
-            self.mknod_masked(parent, name, Kind::File, perm, umask, uid, gid, 0, b"")?;
-        self.state(ino)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .opens += 1;
+        let (ino, i, no_xattrs) =
+            self.mknod_inner(parent, name, Kind::File, perm, umask, uid, gid, 0, b"")?;
+        let s = self.state(ino);
+        let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
+        st.opens += 1;
+        // Known to have no xattrs unless it inherited a default ACL.
+        st.no_xattrs = no_xattrs;
         Ok((ino, i))
     }
 
@@ -1122,17 +1193,22 @@ impl Fs {
                 return Ok(());
             }
         }
+        // `None`: a link is left, and so is the file's buffered state (a closed file may still
+        // hold data whose commit was deferred).
         let freed = self.pool.meta.write_lazy(move |tx| {
             let i = match get_inode(tx, LIVE, ino) {
                 Ok(i) => i,
-                Err(Error::Errno(libc::ENOENT)) => return Ok(Vec::new()),
+                Err(Error::Errno(libc::ENOENT)) => return Ok(Some(Vec::new())),
                 Err(e) => return Err(e),
             };
             if i.nlink > 0 {
-                return Ok(Vec::new());
+                return Ok(None);
             }
-            delete_inode_tx(tx, LIVE, ino)
+            delete_inode_tx(tx, LIVE, ino).map(Some)
         })?;
+        let Some(freed) = freed else {
+            return Ok(());
+        };
         self.free(&freed)?;
         self.files
             .lock()
@@ -1440,7 +1516,13 @@ impl Fs {
     /// Close a handle: flush buffered data; delete the inode if it was the last handle of an
     /// unlinked file.
     pub fn release(&self, ino: u64) -> Result<()> {
-        let r = self.flush(ino);
+        // A deferred close commit stays with [`Fs::commit_deferred`], unless this release may
+        // have to delete the file.
+        let deferred = self.existing_state(ino).is_some_and(|s| {
+            let st = s.lock().unwrap_or_else(|e| e.into_inner());
+            st.close_deferred && !st.unlinked_while_open
+        });
+        let r = if deferred { Ok(()) } else { self.flush(ino) };
         let mut unlinked = false;
         if let Some(s) = self.existing_state(ino) {
             let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
@@ -1726,10 +1808,12 @@ impl Fs {
                     let mut buf = AlignedBuf::new();
                     if !st.dirty.contains_key(&idx) && !whole {
                         // A partial write starts from the data buffered for the background
-                        // writer, or else from the committed extent.
+                        // writer, or else from the committed extent (none at or past the
+                        // size, which is at least the committed size).
                         match st.pending.as_ref().and_then(|p| p.bufs.get(&idx)) {
                             Some(Some(b)) => buf.extend_from_slice(b),
                             Some(None) => {}
+                            None if idx * es >= size => {}
                             None => {
                                 if let Some(d) = self.committed_extent(ino, idx)? {
                                     let l = d.len().min(es as usize);
@@ -1879,6 +1963,78 @@ impl Fs {
         Ok(())
     }
 
+    /// Close (FUSE `FLUSH`) of a file whose buffered state is small enough to be stored inline
+    /// (one metadata change, no fragment I/O): leave its commit to [`Fs::commit_deferred`], so
+    /// the close returns without waiting for it. Returns `false`, changing nothing, if the file
+    /// has nothing buffered, is larger, is busy, was unlinked while open, or too many closes
+    /// wait already; the caller then commits with [`Fs::flush`].
+    ///
+    /// What a close promises is kept: the data is visible at once to every request (reads,
+    /// `getattr` and `readdir` see the buffered state), [`Fs::sync`] (`fsync` of any file or
+    /// directory, unmount) commits every deferred close before making anything durable, and
+    /// the caller is expected to call [`Fs::commit_deferred`] within moments (the FUSE layer
+    /// does it from a thread of its own, after the next create or within a few milliseconds).
+    /// Only an error of the commit is no longer reported to the close (it is logged, and the
+    /// data stays buffered for the next commit of the file).
+    pub fn defer_flush(&self, ino: u64) -> bool {
+        let Some(s) = self.existing_state(ino) else {
+            return false;
+        };
+        let Ok(mut st) = s.try_lock() else {
+            return false;
+        };
+        let small = st.pending.is_none()
+            && st.size.is_some_and(|sz| sz <= INLINE_MAX as u64)
+            && st.dirty.keys().all(|&idx| idx == 0);
+        if !small || st.unlinked_while_open {
+            return false;
+        }
+        if st.close_deferred {
+            return true;
+        }
+        let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        if deferred.len() >= MAX_DEFERRED {
+            return false;
+        }
+        deferred.push(ino);
+        st.close_deferred = true;
+        true
+    }
+
+    /// Whether some close waits for [`Fs::commit_deferred`].
+    pub fn has_deferred(&self) -> bool {
+        !self
+            .deferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Commit the buffered state of every file whose close was deferred ([`Fs::defer_flush`]).
+    /// A file that fails keeps its data buffered, and its next close or release commits it
+    /// (and reports the error) again; the first error is returned.
+    pub fn commit_deferred(&self) -> Result<()> {
+        let inos = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut first_err = None;
+        for ino in inos {
+            let Some(s) = self.existing_state(ino) else {
+                continue;
+            };
+            let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
+            if !st.close_deferred {
+                continue;
+            }
+            if let Err(e) = self.flush_locked(ino, &mut st) {
+                st.close_deferred = false;
+                tracing::warn!(ino, error = %e, "committing a closed file failed");
+                first_err.get_or_insert(e);
+            }
+            drop(st);
+            self.drop_state_if_idle(ino);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
     /// Commit buffered writes of `ino` and make all metadata durable.
     pub fn fsync(&self, ino: u64) -> Result<()> {
         self.flush(ino)?;
@@ -1908,9 +2064,10 @@ impl Fs {
         // is retried below.
         let _ = self.finish_pending(ino, st);
         if st.dirty.is_empty() && st.size.is_none() && st.mtime.is_none() && st.attrs.is_none() {
+            st.close_deferred = false;
             return Ok(());
         }
-        let i = match self.inode(ino) {
+        let i = match self.inode_peek(ino) {
             Ok(i) => i,
             Err(Error::Errno(libc::ENOENT)) => {
                 st.dirty.clear();
@@ -1918,6 +2075,7 @@ impl Fs {
                 st.size = None;
                 st.mtime = None;
                 st.attrs = None;
+                st.close_deferred = false;
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -1944,14 +2102,18 @@ impl Fs {
             })
             .collect();
         let new = store_extents(&self.pool, policy, size, &work)?;
-        // 2. Commit metadata referencing them.
-        self.commit_extents(ino, new, size, st.mtime, st.attrs)?;
+        // 2. Commit metadata referencing them. A file created here with no xattr set since has
+        // no ACL to keep in step with a buffered mode; the file's lock, held here, keeps any
+        // xattr change out meanwhile.
+        let may_have_acl = !(st.no_xattrs || self.cached(ino).is_some_and(|c| c.no_xattrs));
+        self.commit_extents_with(ino, new, size, st.mtime, st.attrs, may_have_acl)?;
         let dirty = std::mem::take(&mut st.dirty);
         self.recycle(Arc::new(dirty));
         self.account(st);
         st.size = None;
         st.mtime = None;
         st.attrs = None;
+        st.close_deferred = false;
         Ok(())
     }
 
@@ -1966,17 +2128,35 @@ impl Fs {
         mtime: Option<Ts>,
         attrs: Option<PendingAttrs>,
     ) -> Result<()> {
+        self.commit_extents_with(ino, new, size, mtime, attrs, true)
+    }
+
+    /// [`Fs::commit_extents`]; `may_have_acl` false skips looking for an access ACL to keep in
+    /// step with a buffered mode (see [`apply_attrs_to`]). The change opens the inode and
+    /// extent-map tables once each (an open costs a lookup in redb's table tree, on the
+    /// primary and again on every secondary replaying it).
+    fn commit_extents_with(
+        &self,
+        ino: u64,
+        new: Stored,
+        size: u64,
+        mtime: Option<Ts>,
+        attrs: Option<PendingAttrs>,
+        may_have_acl: bool,
+    ) -> Result<()> {
         let new = Arc::new(new);
-        let committed = self.pool.meta.write_lazy({
+        let committed = self.pool.meta.write_lazy_numbered({
             let new = new.clone();
             move |tx| {
-                let mut inode = get_inode(tx, LIVE, ino)?;
+                let mut inodes = tx.open_table(INODES)?;
+                let mut inode: Inode = match inodes.get((LIVE, ino))? {
+                    Some(g) => meta::dec(g.value())?,
+                    None => return Err(errno(libc::ENOENT)),
+                };
                 let mut freed = Vec::new();
+                let mut m = tx.open_table(EXTMAP)?;
                 for (idx, ext) in new.iter() {
-                    let old = tx
-                        .open_table(EXTMAP)?
-                        .get((LIVE, ino, *idx))?
-                        .map(|g| g.value());
+                    let old = m.get((LIVE, ino, *idx))?.map(|g| g.value());
                     if let Some(old) = old {
                         let t = tx.open_table(meta::EXTENTS)?;
                         if let Some(e) = meta::get_rec::<Extent>(&t, old)? {
@@ -1987,11 +2167,9 @@ impl Fs {
                             freed.push(f);
                         }
                     }
-                    let mut m = tx.open_table(EXTMAP)?;
                     match ext {
                         Some(n) => {
                             m.insert((LIVE, ino, *idx), n.id)?;
-                            drop(m);
                             n.link(tx)?;
                             inode.alloc += n.ext.len as u64;
                         }
@@ -2000,21 +2178,27 @@ impl Fs {
                         }
                     }
                 }
+                drop(m);
                 inode.size = size;
                 if let Some(p) = &attrs {
-                    apply_attrs(tx, ino, &mut inode, p)?;
+                    apply_attrs_to(tx, ino, &mut inode, p, may_have_acl)?;
                 }
                 if let Some(t) = mtime {
                     inode.mtime = t;
                     inode.ctime = t;
                 }
-                put_inode(tx, LIVE, ino, &inode)?;
+                inodes.insert((LIVE, ino), meta::enc(&inode)?.as_slice())?;
                 Ok(freed)
             }
         });
         match committed {
             // 3. Only now (after a durable commit) delete what the commit stopped referencing.
-            Ok(freed) => self.free(&freed),
+            Ok((freed, number)) => {
+                // The change wrote no inode but this one (the extent tables, and this file's
+                // ACL): the inode another request is working on stays cached.
+                self.keep_last_past(ino, number);
+                self.free(&freed)
+            }
             Err(e) => {
                 let new = Arc::try_unwrap(new).unwrap_or_default();
                 self.pool.free_extents(&new_extents(new));
@@ -2291,6 +2475,9 @@ impl Fs {
         }
         // Buffered attribute changes (a mode) go first, so they cannot override this one.
         self.flush(ino)?;
+        if let Some(s) = self.existing_state(ino) {
+            s.lock().unwrap_or_else(|e| e.into_inner()).no_xattrs = false;
+        }
         let (name, value) = (name.to_vec(), value.to_vec());
         self.pool.meta.write_lazy(move |tx| {
             let (name, value) = (name.as_slice(), value.as_slice());

@@ -963,6 +963,15 @@ impl MetaStore {
         &self,
         f: impl Fn(&WriteTransaction) -> Result<T> + Send + Sync + 'static,
     ) -> Result<T> {
+        self.write_lazy_numbered(f).map(|(out, _)| out)
+    }
+
+    /// [`MetaStore::write_lazy`], also returning the change's number: the value of
+    /// [`MetaStore::commits`] right after it (so the change before it left `number - 1`).
+    pub fn write_lazy_numbered<T: 'static>(
+        &self,
+        f: impl Fn(&WriteTransaction) -> Result<T> + Send + Sync + 'static,
+    ) -> Result<(T, u64)> {
         let mut q = self.shared.lock_queue();
         let replicas = self.live();
         let primary = replicas
@@ -980,7 +989,7 @@ impl MetaStore {
         let op: Op = Arc::new(move |tx: &WriteTransaction| at_time(now, || f(tx).map(|_| ())));
         b.ops.push(op.clone());
         let full = b.ops.len() >= BATCH_MAX;
-        self.commits.fetch_add(1, Ordering::Relaxed);
+        let number = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
         self.dirty.store(true, Ordering::Release);
         if replicas.len() > 1 {
             q.ops.push_back(op);
@@ -995,7 +1004,7 @@ impl MetaStore {
         if full {
             q.commit_batch()?;
         }
-        Ok(out)
+        Ok((out, number))
     }
 
     /// Make every earlier commit durable (no-op if there is nothing pending).

@@ -11,7 +11,14 @@
 #   BIN      dynfs binaries to compare (e.g. a baseline build and the new one)
 # Prints one line per measurement: label, copy seconds, durable seconds, total, daemon CPU
 # seconds (user + system of the mount daemon), load average. Needs root and fuse3.
+#
+# DYNFS_BENCH_FIFO=PRIO runs everything (cp, sync, the mount daemon and its threads) at
+# SCHED_FIFO priority PRIO: on a machine shared with other work this shields the measurement
+# from it (every wakeup preempts the other load at once), which makes A/B runs repeatable.
 set -euo pipefail
+if [ -n "${DYNFS_BENCH_FIFO:-}" ] && [ -z "${DYNFS_BENCH_FIFO_ON:-}" ]; then
+    DYNFS_BENCH_FIFO_ON=1 exec chrt -f "$DYNFS_BENCH_FIFO" bash "$0" "$@"
+fi
 WORK=$1 FILES=$2 ROUNDS=$3 POLICY=$4
 shift 4
 . "$(dirname "$0")/lib.sh"

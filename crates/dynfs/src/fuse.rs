@@ -3,6 +3,12 @@
 //! Metadata requests are answered on the session thread. Data requests (read, write, flush,
 //! fsync, release, fallocate) go to a small worker pool and reply from there, so several can be
 //! in flight at once; per-file ordering is kept by the engine's per-file lock.
+//!
+//! The close (`FLUSH`) of a small file (inline-sized data) is answered at once and its metadata
+//! commit is left to the closer thread ([`Fs::defer_flush`]), which runs it after the next
+//! `CREATE`: the requests that follow a create until the new file's close (`GETXATTR`,
+//! `WRITE`, `SETATTR`, `SETXATTR`) need no metadata lock, so the commit of one file runs beside
+//! the copy of the next instead of between them.
 
 use dynfs_core::fs::{is_view, is_view_name, SetAttr, StatFs, SNAPDIR_INO};
 use dynfs_core::meta::{Inode, Kind, Ts};
@@ -15,9 +21,10 @@ use fuser::{
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long the kernel may cache attributes and entries.
 const TTL: Duration = Duration::from_secs(1);
@@ -31,6 +38,9 @@ const WORKERS: usize = 4;
 const FUSE_HANDLE_KILLPRIV_V2: u32 = 1 << 28;
 /// Write flag under [`FUSE_HANDLE_KILLPRIV_V2`]: the writer may not keep set-ID bits.
 const FUSE_WRITE_KILL_SUIDGID: u32 = 1 << 2;
+
+/// Longest a deferred close commit waits for the next create ([`Closer`]).
+const CLOSE_DELAY: Duration = Duration::from_millis(2);
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -50,6 +60,99 @@ pub struct DynFuse {
     workers: Vec<std::thread::JoinHandle<()>>,
     /// [`FUSE_HANDLE_KILLPRIV_V2`] was negotiated.
     killpriv: bool,
+    /// Commits deferred closes (`None`: the thread could not start; closes commit at once).
+    closer: Option<Closer>,
+}
+
+/// The thread that commits deferred closes ([`Fs::commit_deferred`]): after the next create
+/// (told by [`Closer::created`]), or [`CLOSE_DELAY`] after a close when no create follows.
+struct Closer {
+    tx: Option<mpsc::Sender<()>>,
+    /// The thread is waiting for a create (or its delay), not asleep: a deferred close need
+    /// not wake it.
+    armed: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Closer {
+    fn start(fs: Arc<Fs>) -> Option<Self> {
+        let (tx, rx) = mpsc::channel::<()>();
+        let armed = Arc::new(AtomicBool::new(false));
+        let flag = armed.clone();
+        let thread = std::thread::Builder::new()
+            .name("dynfs-close".into())
+            .spawn(move || Self::run(&fs, &rx, &flag))
+            .map_err(|e| tracing::warn!(error = %e, "cannot start the close thread"))
+            .ok()?;
+        Some(Closer {
+            tx: Some(tx),
+            armed,
+            thread: Some(thread),
+        })
+    }
+
+    fn run(fs: &Fs, rx: &mpsc::Receiver<()>, armed: &AtomicBool) {
+        // Errors are logged by `commit_deferred`; the files keep their data buffered.
+        let mut stay_armed = false;
+        loop {
+            if !stay_armed {
+                // Asleep until a close is deferred (checked again after saying so: a close
+                // that saw the thread armed sent nothing).
+                armed.store(false, Ordering::SeqCst);
+                if !fs.has_deferred() && rx.recv().is_err() {
+                    break;
+                }
+                armed.store(true, Ordering::SeqCst);
+            }
+            // Armed: commit at the next create, or once the delay is over.
+            let deadline = Instant::now() + CLOSE_DELAY;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(()) if fs.has_deferred() => break,
+                    Ok(()) => {}
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        let _ = fs.commit_deferred();
+                        return;
+                    }
+                }
+            }
+            // Stay armed while files keep being closed, so that a close need not wake us.
+            stay_armed = fs.has_deferred();
+            let _ = fs.commit_deferred();
+        }
+        let _ = fs.commit_deferred();
+    }
+
+    /// A close was deferred: wake the thread unless it is armed already.
+    fn deferred(&self) {
+        if !self.armed.load(Ordering::SeqCst) {
+            self.wake();
+        }
+    }
+
+    /// A file was created: commit the deferred closes now, beside the new file's requests.
+    fn created(&self, fs: &Fs) {
+        if self.armed.load(Ordering::SeqCst) && fs.has_deferred() {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn to_time(t: Ts) -> SystemTime {
@@ -157,11 +260,13 @@ impl DynFuse {
             .collect();
         // Without workers, requests run on the session thread.
         let jobs = if workers.is_empty() { None } else { Some(tx) };
+        let closer = Closer::start(fs.clone());
         DynFuse {
             fs,
             jobs,
             workers,
             killpriv: false,
+            closer,
         }
     }
 
@@ -228,6 +333,8 @@ impl DynFuse {
 
 impl Drop for DynFuse {
     fn drop(&mut self) {
+        // The closer commits what is deferred as it stops.
+        self.closer = None;
         self.jobs = None;
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -608,6 +715,13 @@ impl Filesystem for DynFuse {
         if is_view(ino) {
             return reply.ok();
         }
+        // A small file's commit is left to the closer thread (see the module doc).
+        if let Some(c) = &self.closer {
+            if self.fs.defer_flush(ino) {
+                reply.ok();
+                return c.deferred();
+            }
+        }
         let light = self.fs.is_light(ino);
         self.run_or_spawn(light, move |fs| empty(fs.flush(ino), reply))
     }
@@ -818,6 +932,9 @@ impl Filesystem for DynFuse {
         match r {
             Ok((ino, i)) => reply.created(&TTL, &attr(ino, &i), 0, 0, 0),
             Err(e) => reply.error(err_code(&e)),
+        }
+        if let Some(c) = &self.closer {
+            c.created(&self.fs);
         }
     }
 
