@@ -516,15 +516,37 @@ fn remove_source_files_after_confirmation() {
     });
 }
 
-/// `--list-only` output of `client` (with `server`) for `args`.
-fn listing(rsh: &Path, client: &OsString, server: &OsString, args: &[&str]) -> Output {
-    Command::new(client)
-        .args(["-e", &rsh.to_string_lossy(), "--rsync-path"])
+/// `client`, set up to reach `server` through the stand-in for ssh `rsh`, with no stdin.
+fn client_cmd(client: &OsStr, rsh: &Path, server: &OsStr) -> Command {
+    let mut cmd = Command::new(client);
+    cmd.args(["-e", &rsh.to_string_lossy(), "--rsync-path"])
         .arg(server)
-        .args(args)
-        .stdin(std::process::Stdio::null())
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// Runs `client` (reaching `server` through `rsh`) in `work` with `flags`, where `{work}`
+/// stands for that directory, then `paths`.
+fn run_in<P: AsRef<OsStr>>(
+    work: &Path,
+    client: &OsStr,
+    rsh: &Path,
+    server: &OsStr,
+    flags: &[&str],
+    paths: [P; 2],
+) -> Output {
+    let here = work.to_string_lossy();
+    client_cmd(client, rsh, server)
+        .current_dir(work)
+        .args(flags.iter().map(|f| f.replace("{work}", &here)))
+        .args(paths)
         .output()
         .unwrap()
+}
+
+/// `--list-only` output of `client` (with `server`) for `args`.
+fn listing(rsh: &Path, client: &OsString, server: &OsString, args: &[&str]) -> Output {
+    client_cmd(client, rsh, server).args(args).output().unwrap()
 }
 
 #[test]
@@ -867,22 +889,10 @@ fn files_from_local_list() {
                     Direction::Push => (src.display().to_string(), format!("h:{}", dst.display())),
                     Direction::Pull => (format!("h:{}", src.display()), dst.display().to_string()),
                 };
-                let flags: Vec<String> = flags
-                    .iter()
-                    .map(|f| f.replace("{work}", &work.to_string_lossy()))
-                    .collect();
-                let out = Command::new(&client)
-                    .current_dir(&work)
-                    .args(&flags)
-                    .args(["-e", &rsh.to_string_lossy(), "--rsync-path"])
-                    .arg(&server)
-                    .args([&from, &to])
-                    .stdin(std::process::Stdio::null())
-                    .output()
-                    .unwrap();
+                let out = run_in(&work, &client, &rsh, &server, flags, [&from, &to]);
                 let what = format!("{name} {dir:?} {label}");
                 assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
-                if !flags.iter().any(|f| f == "-r") {
+                if !flags.contains(&"-r") {
                     files_from_expect(&src, &dst);
                 } else {
                     assert!(dst.join("dir/inner.txt").exists(), "{what}");
@@ -1586,19 +1596,7 @@ fn compare_pairings(
         fs::create_dir_all(&dst).unwrap();
         setup(&src, &dst, &work);
         let (from, to) = dir.endpoints(&src, &dst);
-        let flags: Vec<String> = flags
-            .iter()
-            .map(|f| f.replace("{work}", &work.to_string_lossy()))
-            .collect();
-        let out = Command::new(&client)
-            .current_dir(&work)
-            .args(&flags)
-            .args(["-e", &rsh.to_string_lossy(), "--rsync-path"])
-            .arg(&server)
-            .args([&from, &to])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
+        let out = run_in(&work, &client, &rsh, &server, flags, [&from, &to]);
         runs.push(PairRun {
             label,
             out,
@@ -1844,13 +1842,10 @@ fn byte_values_of_backup_dir_suffix_and_remote_files_from() {
                 settle(&src);
                 settle(&dst);
                 let (from, to) = dir.endpoints(&src, &dst);
-                let out = Command::new(&client)
+                let out = client_cmd(&client, &rsh, &server)
                     .current_dir(&work)
                     .args(&flags)
-                    .args(["-e", &rsh.to_string_lossy(), "--rsync-path"])
-                    .arg(&server)
                     .args([&from, &to])
-                    .stdin(std::process::Stdio::null())
                     .output()
                     .unwrap();
                 let what = format!("{name} {dir:?} {label}");
@@ -1968,18 +1963,11 @@ fn compare_output_in(
             let (src, dst) = (work.join("src"), work.join("dst"));
             setup(&src, &dst, &work);
             let (from, to) = dir.endpoints(&src, &dst);
-            let mut cmd = Command::new(&client);
+            let mut cmd = client_cmd(&client, &rsh, &server);
             if client == rsync_bin() {
                 cmd.arg("--no-i-r");
             }
-            let out = cmd
-                .args(flags)
-                .args(["-e", &rsh.to_string_lossy(), "--rsync-path"])
-                .arg(&server)
-                .args([&from, &to])
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap();
+            let out = cmd.args(flags).args([&from, &to]).output().unwrap();
             let what = format!("{flags:?} {dir:?} {label}");
             assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
             // Paths of this run's own directory are named alike.

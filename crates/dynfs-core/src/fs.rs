@@ -374,6 +374,24 @@ pub struct DirEntry {
     pub inode: Inode,
 }
 
+/// A node to create ([`Fs::make_node`]).
+pub struct NewNode<'a> {
+    /// File type.
+    pub kind: Kind,
+    /// Permission bits asked for (before the umask).
+    pub perm: u32,
+    /// The creating process's file-creation mask.
+    pub umask: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number (device nodes).
+    pub rdev: u32,
+    /// Symlink target (symlinks).
+    pub target: &'a [u8],
+}
+
 /// The filesystem over a pool.
 pub struct Fs {
     pool: Arc<Pool>,
@@ -962,46 +980,45 @@ impl Fs {
         rdev: u32,
         target: &[u8],
     ) -> Result<(u64, Inode)> {
-        self.mknod_masked(parent, name, kind, perm, 0, uid, gid, rdev, target)
+        let node = NewNode {
+            kind,
+            perm,
+            umask: 0,
+            uid,
+            gid,
+            rdev,
+            target,
+        };
+        self.make_node(parent, name, &node)
     }
 
-    /// [`Fs::mknod`] as a process with the file-creation mask `umask` asks for it: POSIX ACL
-    /// semantics, as the kernel gives local filesystems. Under a parent with a default ACL the
-    /// umask is ignored, the new node's access ACL (and a directory's default ACL) come from
-    /// the parent's default ACL, and the mode is limited by it; elsewhere the mode is
-    /// `perm & !umask`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn mknod_masked(
-        &self,
-        parent: u64,
-        name: &[u8],
-        kind: Kind,
-        perm: u32,
-        umask: u32,
-        uid: u32,
-        gid: u32,
-        rdev: u32,
-        target: &[u8],
-    ) -> Result<(u64, Inode)> {
-        self.mknod_inner(parent, name, kind, perm, umask, uid, gid, rdev, target)
+    /// Create `node` named `name` in `parent` as a process with the file-creation mask
+    /// `node.umask` asks for it: POSIX ACL semantics, as the kernel gives local filesystems.
+    /// Under a parent with a default ACL the umask is ignored, the new node's access ACL (and a
+    /// directory's default ACL) come from the parent's default ACL, and the mode is limited by
+    /// it; elsewhere the mode is `perm & !umask`.
+    pub fn make_node(&self, parent: u64, name: &[u8], node: &NewNode) -> Result<(u64, Inode)> {
+        self.make_node_inner(parent, name, node)
             .map(|(ino, i, _)| (ino, i))
     }
 
-    /// [`Fs::mknod_masked`], also telling whether the new node has no xattrs (it inherited no
+    /// [`Fs::make_node`], also telling whether the new node has no xattrs (it inherited no
     /// ACL).
-    #[allow(clippy::too_many_arguments)]
-    fn mknod_inner(
+    fn make_node_inner(
         &self,
         parent: u64,
         name: &[u8],
-        kind: Kind,
-        perm: u32,
-        umask: u32,
-        uid: u32,
-        gid: u32,
-        rdev: u32,
-        target: &[u8],
+        node: &NewNode,
     ) -> Result<(u64, Inode, bool)> {
+        let &NewNode {
+            kind,
+            perm,
+            umask,
+            uid,
+            gid,
+            rdev,
+            target,
+        } = node;
         check_name(name)?;
         let mut inos = self.inos.lock().unwrap_or_else(|e| e.into_inner());
         let range = match *inos {
@@ -1137,7 +1154,7 @@ impl Fs {
         self.create_masked(parent, name, perm, 0, uid, gid)
     }
 
-    /// [`Fs::create`] under the file-creation mask `umask` (see [`Fs::mknod_masked`]).
+    /// [`Fs::create`] under the file-creation mask `umask` (see [`Fs::make_node`]).
     pub fn create_masked(
         &self,
         parent: u64,
@@ -1147,8 +1164,16 @@ impl Fs {
         uid: u32,
         gid: u32,
     ) -> Result<(u64, Inode)> {
-        let (ino, i, no_xattrs) =
-            self.mknod_inner(parent, name, Kind::File, perm, umask, uid, gid, 0, b"")?;
+        let node = NewNode {
+            kind: Kind::File,
+            perm,
+            umask,
+            uid,
+            gid,
+            rdev: 0,
+            target: b"",
+        };
+        let (ino, i, no_xattrs) = self.make_node_inner(parent, name, &node)?;
         let s = self.state(ino);
         let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
         st.opens += 1;

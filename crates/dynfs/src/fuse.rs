@@ -10,7 +10,7 @@
 //! `WRITE`, `SETATTR`, `SETXATTR`) need no metadata lock, so the commit of one file runs beside
 //! the copy of the next instead of between them.
 
-use dynfs_core::fs::{is_view, is_view_name, SetAttr, StatFs, SNAPDIR_INO};
+use dynfs_core::fs::{is_view, is_view_name, NewNode, SetAttr, StatFs, SNAPDIR_INO};
 use dynfs_core::meta::{Inode, Kind, Ts};
 use dynfs_core::{Error, Fs};
 use fuser::{
@@ -498,17 +498,16 @@ impl Filesystem for DynFuse {
         if kind == Kind::Dir || kind == Kind::Symlink {
             return reply.error(libc::EINVAL);
         }
-        let r = self.fs.mknod_masked(
-            parent,
-            name.as_bytes(),
+        let node = NewNode {
             kind,
-            mode,
+            perm: mode,
             umask,
-            req.uid(),
-            req.gid(),
+            uid: req.uid(),
+            gid: req.gid(),
             rdev,
-            b"",
-        );
+            target: b"",
+        };
+        let r = self.fs.make_node(parent, name.as_bytes(), &node);
         self.entry(r, reply)
     }
 
@@ -522,17 +521,16 @@ impl Filesystem for DynFuse {
         reply: ReplyEntry,
     ) {
         read_only!(reply, is_view_name(parent, name.as_bytes()));
-        let r = self.fs.mknod_masked(
-            parent,
-            name.as_bytes(),
-            Kind::Dir,
-            mode,
+        let node = NewNode {
+            kind: Kind::Dir,
+            perm: mode,
             umask,
-            req.uid(),
-            req.gid(),
-            0,
-            b"",
-        );
+            uid: req.uid(),
+            gid: req.gid(),
+            rdev: 0,
+            target: b"",
+        };
+        let r = self.fs.make_node(parent, name.as_bytes(), &node);
         self.entry(r, reply)
     }
 

@@ -540,19 +540,7 @@ fn set_id_bits_are_cleared_as_on_a_local_filesystem() {
         sleep 1.1
         stat -c '%n %a %s' w t r c g x a"
     );
-    let run = |dir: &std::path::Path| {
-        let out = std::process::Command::new("sh")
-            .args(["-c", &script, "sh"])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = |dir: &std::path::Path| script_in(&script, dir);
     let local = m.tmp.path().join("local");
     std::fs::create_dir(&local).unwrap();
     for d in [m.tmp.path(), &local] {
@@ -612,19 +600,7 @@ fn default_acls_are_inherited_as_on_a_local_filesystem() {
         touch d/f2 n/f plain; mkdir n/s plaind
         for f in d/f d/sub d/p d/sub/g d/sub/deeper d/f2 n/f n/s plain plaind; do
             stat -c '%n %A' $f; getfacl -cp $f; done";
-    let run = |dir: &std::path::Path| {
-        let out = std::process::Command::new("sh")
-            .args(["-c", script, "sh"])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = |dir: &std::path::Path| script_in(script, dir);
     let local = m.tmp.path().join("local");
     std::fs::create_dir(&local).unwrap();
     let want = run(&local);
@@ -755,4 +731,19 @@ fn snapshots_are_browsable_read_only_through_the_mount() {
     m.unmount();
     let out = run_ok(&["scrub", &pool]);
     assert!(out.contains("clean"), "{out}");
+}
+
+/// The output of shell `script` run with `dir` as `$1`; the script must succeed.
+fn script_in(script: &str, dir: &std::path::Path) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
