@@ -1672,10 +1672,16 @@ impl Fs {
         }
     }
 
+    /// The committed data of extent `idx` of live inode `ino`, if it has one.
     fn committed_extent(&self, ino: u64, idx: u64) -> Result<Option<Arc<Vec<u8>>>> {
+        self.committed_extent_in(LIVE, ino, idx)
+    }
+
+    /// [`Fs::committed_extent`] of inode `ino` of tree `tree` (a snapshot's, say).
+    fn committed_extent_in(&self, tree: u64, ino: u64, idx: u64) -> Result<Option<Arc<Vec<u8>>>> {
         let found = self.pool.meta.view(|tx| {
             let m = tx.open_table(EXTMAP)?;
-            let Some(id) = m.get((LIVE, ino, idx))?.map(|g| g.value()) else {
+            let Some(id) = m.get((tree, ino, idx))?.map(|g| g.value()) else {
                 return Ok(None);
             };
             let t = tx.open_table(meta::EXTENTS)?;

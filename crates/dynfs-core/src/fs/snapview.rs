@@ -10,7 +10,7 @@
 
 use super::{errno, get_inode, DirEntry, Fs};
 use crate::error::Result;
-use crate::meta::{self, Extent, Inode, Kind, DIRENTS, EXTMAP, ROOT_INO, XATTRS};
+use crate::meta::{Inode, Kind, DIRENTS, ROOT_INO, XATTRS};
 use crate::pool::new_inode;
 use crate::snapshot;
 use redb::ReadableTable;
@@ -193,20 +193,8 @@ impl Fs {
             let idx = pos / es;
             let in_ext = (pos % es) as usize;
             let n = (((idx + 1) * es).min(end) - pos) as usize;
-            let ext = self.pool.meta.view(|tx| {
-                let Some(eid) = tx
-                    .open_table(EXTMAP)?
-                    .get((tree, ino, idx))?
-                    .map(|g| g.value())
-                else {
-                    return Ok(None);
-                };
-                let ext: Option<Extent> = meta::get_rec(&tx.open_table(meta::EXTENTS)?, eid)?;
-                Ok(ext.map(|e| (eid, e)))
-            })?;
-            if let Some((eid, ext)) = ext {
-                // The snapshot holds a reference: the extent lives while the snapshot does.
-                let data = self.pool.read_extent(eid, &ext)?;
+            // The snapshot holds a reference: the extent lives while the snapshot does.
+            if let Some(data) = self.committed_extent_in(tree, ino, idx)? {
                 let avail = data.len().saturating_sub(in_ext).min(n);
                 let at = (pos - off) as usize;
                 out[at..at + avail].copy_from_slice(&data[in_ext..in_ext + avail]);
