@@ -401,6 +401,18 @@ const BOOLS: &[(&str, Option<char>, &str, &str)] = &[
         "compress file data (no effect on local copies)",
     ),
     (
+        "old-compress",
+        None,
+        "old-compress",
+        "use old zlib-compatible compression (same as --compress-choice=zlib)",
+    ),
+    (
+        "new-compress",
+        None,
+        "new-compress",
+        "use the new zlibx compression (same as --compress-choice=zlibx)",
+    ),
+    (
         "watch",
         None,
         "watch",
@@ -740,6 +752,8 @@ const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
         false,
         "explicitly set compression level",
     ),
+    ("zc", None, "zc", false, "same as --compress-choice"),
+    ("zl", None, "zl", false, "same as --compress-level"),
     (
         "threads",
         None,
