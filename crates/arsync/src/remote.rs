@@ -210,6 +210,8 @@ const LONG_WITH_VALUE: &[&str] = &[
     "compress-level",
     "zc",
     "zl",
+    "compress-threads",
+    "zt",
     "checksum-choice",
     "threads",
     "queue-depth",

@@ -274,6 +274,11 @@ fn plain_z_negotiates_zstd_with_rsync() {
             (&["-az"][..], Some("zstd (level 3)")),
             (&["-az", "--zl=7"][..], Some("zstd (level 7)")),
             (&["-az", "--protocol=30"][..], Some("zstd (level 3)")),
+            // rsync's client passes --skip-compress to a sending server.
+            (
+                &["-az", "--skip-compress=gz/jpg", "--zt=2"][..],
+                Some("zstd (level 3)"),
+            ),
             (&["-azz"][..], None),
             (&["-az", "--zc=zlib", "--zl=0"][..], None),
         ] {

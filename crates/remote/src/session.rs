@@ -26,7 +26,9 @@ pub enum CompressMode {
 /// (counted: `-zz` means zlibx), `--compress-choice`/`--zc`,
 /// `--old-compress` (zlib), `--new-compress` (zlibx),
 /// `--compress-level`/`--zl` (which alone turns compression on), and
-/// `--no-compress`/`--no-z`.
+/// `--no-compress`/`--no-z`. `--skip-compress` and
+/// `--compress-threads`/`--zt` are taken and ignored (rsync 3.5 does not
+/// apply the first; the second does not change the format).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CompressSpec {
     /// How many times `-z`/`--compress` was given.
@@ -42,7 +44,15 @@ pub struct CompressSpec {
 
 impl CompressSpec {
     /// Long options (without `--`) that take a value.
-    pub const WITH_VALUE: [&'static str; 4] = ["compress-choice", "zc", "compress-level", "zl"];
+    pub const WITH_VALUE: [&'static str; 7] = [
+        "compress-choice",
+        "zc",
+        "compress-level",
+        "zl",
+        "skip-compress",
+        "compress-threads",
+        "zt",
+    ];
 
     /// Takes a long option `name` (without `--`) and its value, if it is
     /// one of the compression options; returns whether it was.
@@ -59,6 +69,7 @@ impl CompressSpec {
                 Some(v) => self.choice = Some(v.to_string()),
                 None => self.bad = Some(format!("--{name} needs a value")),
             },
+            "skip-compress" | "compress-threads" | "zt" => {}
             "compress-level" | "zl" => match value.map(|v| v.trim().parse::<i32>()) {
                 Some(Ok(l)) => self.level = Some(l),
                 _ => {
@@ -303,6 +314,8 @@ mod tests {
         let off = spec(&[("compress", None), ("zc", Some("lz4")), ("no-z", None)]);
         assert_eq!(off.mode().unwrap(), None);
         assert!(!CompressSpec::default().parse_long("compression", None));
+        let ignored = spec(&[("skip-compress", Some("gz/zip")), ("zt", Some("4"))]);
+        assert_eq!(ignored, CompressSpec::default());
         assert_eq!(
             CompressSpec::default().with_z(true).mode().unwrap(),
             Some(CompressMode::Negotiate)

@@ -755,6 +755,14 @@ const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
     ("zc", None, "zc", false, "same as --compress-choice"),
     ("zl", None, "zl", false, "same as --compress-level"),
     (
+        "compress-threads",
+        None,
+        "compress-threads",
+        false,
+        "use N compression threads (no effect locally)",
+    ),
+    ("zt", None, "zt", false, "same as --compress-threads"),
+    (
         "threads",
         None,
         "threads",
