@@ -9,13 +9,13 @@
 //! of n means n more consecutive blocks. What differs is the literal data
 //! inside the `0x40` chunks:
 //!
-//! - zlib/zlibx ([`deflate`]): one raw deflate stream per file, each literal
+//! - zlib/zlibx (`deflate.rs`): one raw deflate stream per file, each literal
 //!   run ending with a sync flush whose trailing `00 00 ff ff` is not sent.
 //!   Classic zlib also feeds every matched block into the compressor's (and
 //!   the receiver's decompressor's) history.
-//! - zstd ([`zstd`]): one zstd stream for the whole session (never reset
+//! - zstd (`zstd.rs`): one zstd stream for the whole session (never reset
 //!   between files), flushed at the end of each literal run.
-//! - lz4 ([`lz4`]): every chunk is an independent LZ4 block of at most
+//! - lz4 (`lz4.rs`): every chunk is an independent LZ4 block of at most
 //!   16383 input bytes (halved until its output fits a chunk).
 //!
 //! rsync keeps one compressor and one decompressor per session, so a
