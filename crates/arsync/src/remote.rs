@@ -16,10 +16,12 @@ use arsync_filter::{FilterRules, FromFile, WireRole};
 use arsync_proto::stats::ExitCode;
 use arsync_remote::args::{ServerCommand, CLIENT_CAPS};
 use arsync_remote::daemon::{DaemonTarget, DEFAULT_PORT};
+use arsync_remote::error::RemoteError;
 use arsync_remote::events::{EventSink, FileEvent};
 use arsync_remote::opts::{AltKind, TransferOpts};
 use arsync_remote::pull::{pull, PullOptions};
 use arsync_remote::push::{push, PushOptions};
+use arsync_remote::session::CompressSpec;
 use arsync_remote::walk::SourceSpec;
 use arsync_sync::options::{DeleteMode, IdMapRule, IdMatch, Options};
 
@@ -156,7 +158,8 @@ struct Scan {
     rsync_path: Option<String>,
     password_file: Option<String>,
     port: Option<u16>,
-    compress: bool,
+    /// `-z` and the other compression options.
+    compress: CompressSpec,
     protocol: Option<i32>,
     /// Indices (in the argv) of options to drop before the local parser sees them.
     drop: Vec<usize>,
@@ -207,6 +210,10 @@ const LONG_WITH_VALUE: &[&str] = &[
     "outbuf",
     "compress-choice",
     "compress-level",
+    "zc",
+    "zl",
+    "compress-threads",
+    "zt",
     "checksum-choice",
     "threads",
     "queue-depth",
@@ -265,8 +272,10 @@ fn scan(args: &[OsString]) -> Scan {
                     s.drop.extend(start..=i);
                 }
                 "protocol" => s.protocol = value.and_then(|v| v.parse().ok()),
-                "compress" => s.compress = true,
-                "no-compress" => s.compress = false,
+                n if s.compress.parse_long(n, value.as_deref()) => {
+                    // Not all of them are known to the local parser.
+                    s.drop.extend(start..=i);
+                }
                 _ => {}
             }
             i += 1;
@@ -291,7 +300,7 @@ fn scan(args: &[OsString]) -> Scan {
                 break;
             }
             if c == 'z' {
-                s.compress = true;
+                s.compress.count += 1;
             }
             j += 1;
         }
@@ -354,6 +363,8 @@ fn fail(code: ExitCode, msg: impl std::fmt::Display) -> i32 {
 /// The options beyond the packed flags (and `u`, `I`), for both roles.
 fn transfer_opts(o: &Options) -> TransferOpts {
     TransferOpts {
+        // From the pre-scan (the local parser does not keep them).
+        compress: CompressSpec::default(),
         update: o.update,
         ignore_times: o.ignore_times,
         existing: o.existing,
@@ -670,12 +681,20 @@ pub fn run(args: &[OsString]) -> i32 {
         filters.push(r);
     }
     let local_filter = (!rules.is_empty()).then_some(rules);
+    if let Err(e) = s.compress.mode() {
+        // rsync's words for an unknown --compress-choice (exit code 4).
+        let msg = match &e {
+            RemoteError::Proto(arsync_proto::Error::Unsupported(m)) => m.clone(),
+            e => e.to_string(),
+        };
+        return fail(e.exit_code(), msg);
+    }
     let remote = if src_remote { &srcs[0] } else { dst };
     let mut cmd = ServerCommand {
         remote_shell: Vec::new(),
         rsync_path: s.rsync_path.clone().unwrap_or_else(|| "rsync".into()),
         server_sends: src_remote,
-        flags: server_flags(&o, s.compress, cvs),
+        flags: server_flags(&o, s.compress.packed_z(), cvs),
         caps: CLIENT_CAPS.into(),
         protocol: s.protocol,
         path: OsString::new(),
@@ -687,6 +706,7 @@ pub fn run(args: &[OsString]) -> i32 {
         numeric_ids: o.numeric_ids,
         opts: transfer_opts(&o),
     };
+    cmd.opts.compress = s.compress.clone();
     // --files-from: a local list is read here (a pull sends it to the
     // server after the filter list); `host:path` on the pulling source's
     // host is read by the server.
@@ -1526,7 +1546,7 @@ mod tests {
         assert_eq!(s.rsh.as_deref(), Some("ssh -p 22"));
         assert_eq!(s.rsync_path.as_deref(), Some("/bin/x"));
         assert_eq!(s.password_file.as_deref(), Some("pw"));
-        assert!(s.compress);
+        assert_eq!(s.compress.count, 1);
         assert_eq!(s.drop, [4, 5]);
         assert_eq!(s.paths.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [6, 7]);
         assert_eq!(

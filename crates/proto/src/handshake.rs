@@ -145,6 +145,20 @@ impl CompressAlgo {
             .into_iter()
             .find(|a| a.name() == s)
     }
+
+    /// Parses a `--compress-choice` value as rsync does (any case).
+    pub fn from_choice(s: &str) -> Option<Self> {
+        Self::from_name(&s.to_ascii_lowercase())
+    }
+
+    /// The algorithms we offer, in rsync's order of preference (a server
+    /// adds "none" to the list it sends).
+    pub const PREFERENCE: [CompressAlgo; 4] = [
+        CompressAlgo::Zstd,
+        CompressAlgo::Lz4,
+        CompressAlgo::Zlibx,
+        CompressAlgo::Zlib,
+    ];
 }
 
 /// Picks our most-preferred entry of `ours` that appears in the peer's
@@ -184,8 +198,15 @@ pub struct HandshakeConfig {
     pub caps: String,
     /// Checksums we accept, most preferred first.
     pub checksums: Vec<ChecksumAlgo>,
-    /// Compression choices (`Some` when compression was requested), most preferred first.
+    /// Compression choices (`Some` when compression was requested), most
+    /// preferred first: the list sent in the negotiation.
     pub compressions: Option<Vec<CompressAlgo>>,
+    /// A compression fixed on both command lines (`--compress-choice`,
+    /// `--old-compress`/`--new-compress`): no compression list is
+    /// exchanged and this is the result.
+    pub compress_choice: Option<CompressAlgo>,
+    /// `--compress-level` as given (passed on in [`Negotiated`]).
+    pub compress_level: Option<i32>,
     /// Server only: the seed to send (0 is allowed and disables seeding).
     pub seed: i32,
     /// Server only: allow incremental recursion.
@@ -204,6 +225,8 @@ impl HandshakeConfig {
             caps: caps.to_string(),
             checksums: ChecksumAlgo::PREFERENCE.to_vec(),
             compressions: None,
+            compress_choice: None,
+            compress_level: None,
             seed: 0,
             allow_inc_recurse: false,
             known_remote: None,
@@ -224,6 +247,8 @@ pub struct Negotiated {
     pub checksum: ChecksumAlgo,
     /// Compression, if it was requested.
     pub compression: Option<CompressAlgo>,
+    /// `--compress-level` as given (see `compress::effective_level`).
+    pub compress_level: Option<i32>,
     /// The checksum seed.
     pub seed: i32,
 }
@@ -331,6 +356,11 @@ impl Handshake {
         self.result.as_ref()
     }
 
+    /// Whether compression names are exchanged.
+    fn negotiates_compression(&self) -> bool {
+        self.cfg.compressions.is_some() && self.cfg.compress_choice.is_none()
+    }
+
     fn queue_lists(&mut self) -> Result<()> {
         let names: Vec<&str> = self
             .cfg
@@ -340,7 +370,7 @@ impl Handshake {
             .chain((self.cfg.role == Role::Server).then_some("none"))
             .collect();
         put_vstring(&mut self.out, names.join(" ").as_bytes())?;
-        if let Some(c) = &self.cfg.compressions {
+        if let (Some(c), None) = (&self.cfg.compressions, self.cfg.compress_choice) {
             let mut names: Vec<&str> = c
                 .iter()
                 .filter(|a| **a != CompressAlgo::None)
@@ -406,9 +436,9 @@ impl Handshake {
             Step::Lists => {
                 let mut rr = r.clone();
                 let csum_list = rr.vstring(MAX_NSTR_LEN)?.to_vec();
-                let comp_list = match self.cfg.compressions {
-                    Some(_) => Some(rr.vstring(MAX_NSTR_LEN)?.to_vec()),
-                    None => None,
+                let comp_list = match self.negotiates_compression() {
+                    true => Some(rr.vstring(MAX_NSTR_LEN)?.to_vec()),
+                    false => None,
                 };
                 *r = rr;
                 let c = choose(&self.cfg.checksums, ChecksumAlgo::name, &csum_list).ok_or_else(
@@ -420,6 +450,7 @@ impl Handshake {
                     },
                 )?;
                 self.checksum = Some(c);
+                self.compression = self.cfg.compress_choice;
                 if let (Some(ours), Some(list)) = (&self.cfg.compressions, comp_list) {
                     let c = choose(ours, CompressAlgo::name, &list).ok_or_else(|| {
                         Error::Unsupported(format!(
@@ -458,9 +489,19 @@ impl Handshake {
                 ));
             }
             self.checksum = Some(ChecksumAlgo::Md5);
-            if self.cfg.compressions.is_some() {
-                self.compression = Some(CompressAlgo::Zlib);
-            }
+            // A fixed choice stands; otherwise rsync takes the peer's list
+            // to be "zlib".
+            self.compression = match (&self.cfg.compressions, self.cfg.compress_choice) {
+                (_, Some(c)) => Some(c),
+                (Some(ours), None) => {
+                    Some(choose(ours, CompressAlgo::name, b"zlib").ok_or_else(|| {
+                        Error::Unsupported(
+                            "peer cannot negotiate compression and zlib is not allowed".into(),
+                        )
+                    })?)
+                }
+                (None, None) => None,
+            };
             self.step = Step::Seed;
             if self.cfg.role == Role::Server {
                 put_i32(&mut self.out, self.cfg.seed);
@@ -478,6 +519,7 @@ impl Handshake {
             compat: self.compat,
             checksum: self.checksum.unwrap_or(ChecksumAlgo::Md5),
             compression: self.compression,
+            compress_level: self.cfg.compress_level,
             seed,
         });
     }
@@ -614,5 +656,104 @@ mod tests {
         let mut inp = vec![32, 0, 0, 0, 0x80, 0x80, 3];
         inp.extend_from_slice(b"foo");
         assert!(h.feed(&inp).is_err()); // no common checksum
+    }
+
+    fn pair(client_caps: &str, client_proto: i32) -> (HandshakeConfig, HandshakeConfig) {
+        let mut server = HandshakeConfig::client(32, client_caps);
+        server.role = Role::Server;
+        (HandshakeConfig::client(client_proto, client_caps), server)
+    }
+
+    #[test]
+    fn compression_preference_is_rsyncs() {
+        // Both sides offer everything: zstd, as between two rsync 3.2+.
+        let (mut c, mut s) = pair("LsfxCIvu", 32);
+        c.compressions = Some(CompressAlgo::PREFERENCE.to_vec());
+        s.compressions = Some(CompressAlgo::PREFERENCE.to_vec());
+        c.compress_level = Some(9);
+        s.compress_level = Some(9);
+        let (a, b) = run_pair(c, s).unwrap();
+        assert_eq!(a.compression, Some(CompressAlgo::Zstd));
+        assert_eq!(b.compression, Some(CompressAlgo::Zstd));
+        assert_eq!((a.compress_level, b.compress_level), (Some(9), Some(9)));
+        // A peer without zstd and lz4 (rsync built without them).
+        let (mut c, mut s) = pair("LsfxCIvu", 32);
+        c.compressions = Some(CompressAlgo::PREFERENCE.to_vec());
+        s.compressions = Some(vec![CompressAlgo::Zlibx, CompressAlgo::Zlib]);
+        let (a, b) = run_pair(c, s).unwrap();
+        assert_eq!(a.compression, Some(CompressAlgo::Zlibx));
+        assert_eq!(b.compression, Some(CompressAlgo::Zlibx));
+    }
+
+    #[test]
+    fn client_sends_rsyncs_compression_list() {
+        let mut cfg = HandshakeConfig::client(32, "LsfxCIvu");
+        cfg.compressions = Some(CompressAlgo::PREFERENCE.to_vec());
+        let mut h = Handshake::new(cfg).unwrap();
+        h.take_output();
+        let mut inp = vec![32, 0, 0, 0, 0x81, 0xFE];
+        for l in [&b"xxh128 md5 none"[..], b"zstd lz4 zlibx zlib none"] {
+            inp.push(l.len() as u8);
+            inp.extend_from_slice(l);
+        }
+        inp.extend_from_slice(&7i32.to_le_bytes());
+        assert_eq!(h.feed(&inp).unwrap(), inp.len());
+        assert_eq!(h.result().unwrap().compression, Some(CompressAlgo::Zstd));
+        let out = h.take_output();
+        let first = out[0] as usize;
+        assert_eq!(&out[1 + first + 1..], b"zstd lz4 zlibx zlib");
+    }
+
+    #[test]
+    fn fixed_choice_exchanges_no_compression_list() {
+        // --compress-choice=lz4 on both command lines: only checksum lists.
+        let mut cfg = HandshakeConfig::client(32, "LsfxCIvu");
+        cfg.compressions = Some(CompressAlgo::PREFERENCE.to_vec());
+        cfg.compress_choice = Some(CompressAlgo::Lz4);
+        let mut h = Handshake::new(cfg).unwrap();
+        h.take_output();
+        let mut inp = vec![32, 0, 0, 0, 0x81, 0xFE, 3];
+        inp.extend_from_slice(b"md5");
+        inp.extend_from_slice(&7i32.to_le_bytes());
+        assert_eq!(h.feed(&inp).unwrap(), inp.len());
+        assert_eq!(h.result().unwrap().compression, Some(CompressAlgo::Lz4));
+        assert_eq!(h.take_output(), b"\x19xxh128 xxh3 xxh64 md5 md4");
+        let (mut c, mut s) = pair("LsfxCIvu", 32);
+        c.compressions = Some(CompressAlgo::PREFERENCE.to_vec());
+        c.compress_choice = Some(CompressAlgo::Zlib);
+        s.compressions = Some(CompressAlgo::PREFERENCE.to_vec());
+        s.compress_choice = Some(CompressAlgo::Zlib);
+        let (a, b) = run_pair(c, s).unwrap();
+        assert_eq!(
+            (a.compression, b.compression),
+            (Some(CompressAlgo::Zlib), Some(CompressAlgo::Zlib))
+        );
+    }
+
+    #[test]
+    fn protocol_30_compression_is_zlib() {
+        // No varint flags (protocol 30, no `v`): nothing is negotiated and
+        // -z means classic zlib; a fixed choice still stands.
+        let (mut c, mut s) = pair("LsfxCI", 30);
+        c.compressions = Some(CompressAlgo::PREFERENCE.to_vec());
+        s.compressions = Some(CompressAlgo::PREFERENCE.to_vec());
+        let (a, b) = run_pair(c, s).unwrap();
+        assert_eq!(a.protocol, 30);
+        assert_eq!(
+            (a.compression, b.compression),
+            (Some(CompressAlgo::Zlib), Some(CompressAlgo::Zlib))
+        );
+        let (mut c, mut s) = pair("LsfxCI", 30);
+        c.compressions = Some(CompressAlgo::PREFERENCE.to_vec());
+        c.compress_choice = Some(CompressAlgo::Zstd);
+        s.compressions = Some(CompressAlgo::PREFERENCE.to_vec());
+        s.compress_choice = Some(CompressAlgo::Zstd);
+        let (a, b) = run_pair(c, s).unwrap();
+        assert_eq!(
+            (a.compression, b.compression),
+            (Some(CompressAlgo::Zstd), Some(CompressAlgo::Zstd))
+        );
+        assert_eq!(CompressAlgo::from_choice("ZSTD"), Some(CompressAlgo::Zstd));
+        assert_eq!(CompressAlgo::from_choice("foo"), None);
     }
 }

@@ -17,7 +17,7 @@
 //!   file-list entries and the request for abbreviated xattr values.
 //! - [`checksum`], [`sums`], [`matcher`], [`token`]: rolling and strong sums,
 //!   the sum head and block sums, block matching, the token stream;
-//!   [`compress`]: the zlibx compressed token stream.
+//!   [`compress`]: the compressed token streams (zstd, lz4, zlibx, zlib).
 //! - [`phase`], [`stats`]: the NDX_DONE sequence, final stats and exit codes.
 //!
 //! ```

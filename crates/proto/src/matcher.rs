@@ -268,7 +268,9 @@ impl DeltaEncoder {
             }
         }
         self.flush_literal(out)?;
-        self.sink.block(i, out)?;
+        // The block's data: classic zlib adds it to the compressor's history.
+        let data = &self.buf[self.pos..self.pos + len];
+        self.sink.block_data(i, data, out)?;
         self.stats.matched += len as u64;
         self.pos += len;
         self.start = self.pos;

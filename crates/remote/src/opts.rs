@@ -32,6 +32,9 @@ use crate::fsys::EntryInfo;
 /// `d` without `r`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TransferOpts {
+    /// Compression options (`-z` itself is a packed flag), see
+    /// [`crate::session::CompressSpec`].
+    pub compress: crate::session::CompressSpec,
     /// `-u`: skip files that are newer on the receiver (packed `u`).
     pub update: bool,
     /// `-I`: transfer even when size and mtime match (packed `I`).
@@ -325,6 +328,7 @@ impl TransferOpts {
         } else if self.inplace {
             v.push("--inplace".into());
         }
+        v.extend(self.compress.server_args().into_iter().map(OsString::from));
         v
     }
 
@@ -378,6 +382,17 @@ impl TransferOpts {
             Some((n, v)) => (n, Some(v)),
             None => (arg, None),
         };
+        if let Some(n) = name.strip_prefix("--") {
+            let split = crate::session::CompressSpec::WITH_VALUE.contains(&n) && value.is_none();
+            let v = if split {
+                next()
+            } else {
+                value.map(str::to_string)
+            };
+            if self.compress.parse_long(n, v.as_deref()) {
+                return Ok(true);
+            }
+        }
         let size = |v: Option<&str>| -> Result<Option<u64>> {
             let v = v.ok_or_else(|| RemoteError::Usage(format!("{name} needs a value")))?;
             arsync_sync::cli::parse_size(v)

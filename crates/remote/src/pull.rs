@@ -22,7 +22,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
 use arsync_proto::checksum::{block_sum, weak_sum, ChecksumAlgo, FileHasher};
-use arsync_proto::compress::TokenSource;
+use arsync_proto::compress::TokenCodec;
 use arsync_proto::filter::encode_filter_list;
 use arsync_proto::flist::{
     clear_duplicates, sort_entries, FileEntry, FileType, FlistDecoder, FlistItem, FlistOptions,
@@ -238,7 +238,7 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
         &opts.command,
         opts.daemon.as_ref(),
     )?;
-    let compressed = token_compression(&neg)?.is_some();
+    let codec = token_compression(&neg)?;
     let fopts = flist_options(&opts.command.flags, opts.command.numeric_ids, &neg)?;
     if fopts.inc_recurse {
         return Err(RemoteError::Refused(
@@ -264,7 +264,7 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
     let mode = ReceiveMode {
         delete: opts.command.delete,
         read_stats: true,
-        compressed,
+        codec,
         drain_eof: true,
         events: opts.events.clone(),
         whole_file: opts.command.flags.contains('W'),
@@ -292,8 +292,8 @@ pub(crate) struct ReceiveMode {
     pub delete: bool,
     /// Read the sender's final stats (a client receiver does, a server does not).
     pub read_stats: bool,
-    /// Tokens are zlibx-compressed.
-    pub compressed: bool,
+    /// The session's token compression.
+    pub codec: TokenCodec,
     /// Read to the end of input after the goodbye (a client: the server
     /// exits then). A server must not: the client waits for it to exit.
     pub drain_eof: bool,
@@ -1820,7 +1820,7 @@ fn receiver<R: Read>(
     tx: &Sender<ToGen>,
 ) -> Result<TransferSummary> {
     let root = attr.root;
-    let compressed = mode.compressed;
+    let tokens = mode.codec.clone();
     let mut codec = NdxCodec::new();
     let mut phase = 0u32;
     let mut summary = TransferSummary::default();
@@ -1943,7 +1943,7 @@ fn receiver<R: Read>(
                     },
                 };
                 let (good, lit, matched) =
-                    receive_file(ins, e, dest, neg.checksum, compressed, &how, &mut bufs)?;
+                    receive_file(ins, e, dest, neg.checksum, &tokens, &how, &mut bufs)?;
                 summary.literal_bytes += lit;
                 summary.matched_bytes += matched;
                 if let (true, Some(p)) = (good, &partial_basis) {
@@ -2085,7 +2085,7 @@ fn receive_file<R: Read>(
     e: &FileEntry,
     dest: &DestRoot,
     algo: ChecksumAlgo,
-    compressed: bool,
+    codec: &TokenCodec,
     how: &FileRecv,
     bufs: &mut RecvBuffers,
 ) -> Result<(bool, u64, u64)> {
@@ -2110,7 +2110,7 @@ fn receive_file<R: Read>(
         &head,
         basis.as_ref(),
         algo,
-        compressed,
+        codec,
         how,
         bufs,
         &mut offset,
@@ -2139,7 +2139,7 @@ fn receive_data<R: Read>(
     head: &SumHead,
     basis: Option<&File>,
     algo: ChecksumAlgo,
-    compressed: bool,
+    codec: &TokenCodec,
     how: &FileRecv,
     bufs: &mut RecvBuffers,
     offset: &mut u64,
@@ -2207,8 +2207,8 @@ fn receive_data<R: Read>(
         bufs.out.extend_from_slice(data);
         Ok(n as u64)
     };
-    if compressed {
-        let mut dec = TokenSource::new(true, head.count as u32);
+    if codec.is_compressed() {
+        let mut dec = codec.source(head.count as u32)?;
         loop {
             match ins.decode(|r| dec.decode(r))? {
                 Token::Literal(b) => {
@@ -2216,7 +2216,14 @@ fn receive_data<R: Read>(
                     bufs.out.extend_from_slice(&b);
                     lit += b.len() as u64;
                 }
-                Token::Block(i) => matched += block(i, bufs, &mut hasher, offset)?,
+                Token::Block(i) => {
+                    matched += block(i, bufs, &mut hasher, offset)?;
+                    // Classic zlib: the block goes into the decompressor's history.
+                    if let (true, Some(bf)) = (dec.sees_blocks(), basis) {
+                        let at = i as u64 * head.blength as u64;
+                        dec.see_block(bufs.window.get(bf, at, head.block_len(i as i32))?)?;
+                    }
+                }
                 Token::End => break,
             }
             if bufs.out.len() >= WRITE_BATCH {

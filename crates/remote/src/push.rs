@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use arsync_proto::checksum::{ChecksumAlgo, FileHasher};
-use arsync_proto::compress::TokenSink;
+use arsync_proto::compress::TokenCodec;
 use arsync_proto::flist::FlistOptions;
 use arsync_proto::flist::{encode_id_list, FileType, FlistEncoder};
 use arsync_proto::handshake::Negotiated;
@@ -166,7 +166,7 @@ fn run_push_piped<R: Read, W: Write>(
         &opts.command,
         opts.daemon.as_ref(),
     )?;
-    let zlevel = token_compression(&neg)?;
+    let codec = token_compression(&neg)?;
     let fopts = flist_options(&opts.command.flags, opts.command.numeric_ids, &neg)?;
     if fopts.inc_recurse {
         return Err(RemoteError::Refused(
@@ -222,7 +222,7 @@ fn run_push_piped<R: Read, W: Write>(
         &fopts,
         list,
         SendMode {
-            zlevel,
+            codec,
             write_stats: false,
             events: opts.events.as_ref(),
             dry_run: opts.command.flags.contains('n'),
@@ -362,8 +362,8 @@ fn skip_appended(
 
 /// How the sending half behaves.
 pub(crate) struct SendMode<'a> {
-    /// zlibx level for compressed tokens.
-    pub zlevel: Option<u32>,
+    /// The session's token compression.
+    pub codec: TokenCodec,
     /// Write the final stats and do not wait for EOF (a server sender).
     pub write_stats: bool,
     /// Per-entry notifications.
@@ -390,7 +390,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
     mode: SendMode<'_>,
 ) -> Result<TransferSummary> {
     let SendMode {
-        zlevel,
+        codec,
         write_stats,
         events,
         dry_run,
@@ -620,7 +620,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
                 b.extend_from_slice(xattr_reply.as_deref().unwrap_or_default());
                 head.encode(&mut b);
                 outs.write(&b)?;
-                let st = if sums.blocks.is_empty() && zlevel.is_none() && !appending {
+                let st = if sums.blocks.is_empty() && !codec.is_compressed() && !appending {
                     // Spliced into the pipe when it is one and the file is
                     // large (small files' data is batched into larger
                     // pipe writes instead), but not when resending a file
@@ -637,7 +637,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
                         neg.checksum,
                         neg.seed,
                         seed_fix,
-                        TokenSink::new(zlevel),
+                        codec.sink()?,
                     );
                     if appending {
                         skip_appended(&mut f, &mut delta, &head, append)?;

@@ -8,9 +8,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
-use arsync_proto::handshake::{
-    CompressAlgo, Handshake, HandshakeConfig, Negotiated, Role, PROTOCOL_VERSION,
-};
+use arsync_proto::handshake::{Handshake, HandshakeConfig, Negotiated, Role, PROTOCOL_VERSION};
 use arsync_proto::stats::ExitCode;
 
 use crate::conn::{InStream, OutStream};
@@ -209,9 +207,10 @@ fn server_handshake<R: Read, W: Write>(
     cfg.role = Role::Server;
     cfg.seed = seed();
     cfg.known_remote = known_remote;
-    if args.flags.contains('z') {
-        cfg.compressions = Some(vec![CompressAlgo::Zlibx]);
-    }
+    args.opts
+        .compress
+        .with_z(args.flags.contains('z'))
+        .configure(&mut cfg)?;
     let mut hs = Handshake::new(cfg)?;
     loop {
         let out = hs.take_output();
@@ -334,7 +333,7 @@ fn serve<R: Read, W: Write + Send + 'static>(
     let neg = server_handshake(&mut ins, &mut outs, args, known_remote)?;
     let mut fopts = flist_options(&args.flags, args.numeric_ids, &neg)?;
     fopts.inc_recurse = false;
-    let zlevel = token_compression(&neg)?;
+    let codec = token_compression(&neg)?;
     outs.start_multiplex()?;
     ins.start_multiplex()?;
     let path = PathBuf::from(&args.paths[0]);
@@ -397,7 +396,7 @@ fn serve<R: Read, W: Write + Send + 'static>(
             &fopts,
             list,
             SendMode {
-                zlevel,
+                codec,
                 write_stats: true,
                 events: None,
                 dry_run: args.flags.contains('n'),
@@ -436,7 +435,7 @@ fn serve<R: Read, W: Write + Send + 'static>(
         let mode = ReceiveMode {
             delete: args.delete,
             read_stats: false,
-            compressed: zlevel.is_some(),
+            codec,
             drain_eof: false,
             events: None,
             whole_file: args.flags.contains('W'),

@@ -401,6 +401,18 @@ const BOOLS: &[(&str, Option<char>, &str, &str)] = &[
         "compress file data (no effect on local copies)",
     ),
     (
+        "old-compress",
+        None,
+        "old-compress",
+        "use old zlib-compatible compression (same as --compress-choice=zlib)",
+    ),
+    (
+        "new-compress",
+        None,
+        "new-compress",
+        "use the new zlibx compression (same as --compress-choice=zlibx)",
+    ),
+    (
         "watch",
         None,
         "watch",
@@ -740,6 +752,16 @@ const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
         false,
         "explicitly set compression level",
     ),
+    ("zc", None, "zc", false, "same as --compress-choice"),
+    ("zl", None, "zl", false, "same as --compress-level"),
+    (
+        "compress-threads",
+        None,
+        "compress-threads",
+        false,
+        "use N compression threads (no effect locally)",
+    ),
+    ("zt", None, "zt", false, "same as --compress-threads"),
     (
         "threads",
         None,

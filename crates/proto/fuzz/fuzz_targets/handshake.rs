@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
         let mut cfg = HandshakeConfig::client(32, "LsfxCIvu");
         cfg.role = role;
         if split & 1 == 1 {
-            cfg.compressions = Some(vec![arsync_proto::handshake::CompressAlgo::Zlibx]);
+            cfg.compressions = Some(arsync_proto::handshake::CompressAlgo::PREFERENCE.to_vec());
+            if split & 2 == 2 {
+                cfg.compress_choice = Some(arsync_proto::handshake::CompressAlgo::Lz4);
+            }
         }
         let Ok(mut h) = Handshake::new(cfg) else { return };
         let _ = h.take_output();
