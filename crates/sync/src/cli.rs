@@ -1404,6 +1404,18 @@ where
             return Err(usage(format!("arsync: unknown checksum name: {v}")));
         }
     }
+    // No effect locally, but an unknown name is refused as rsync refuses it.
+    for id in ["compress-choice", "zc"] {
+        if let Some(v) = value(&m, id) {
+            let known = ["auto", "zstd", "lz4", "zlibx", "zlib", "none"];
+            if !known.iter().any(|k| k.eq_ignore_ascii_case(&v)) {
+                return Err(CliError {
+                    msg: format!("unknown compress name: {v}"),
+                    code: exit::UNSUPPORTED,
+                });
+            }
+        }
+    }
     for info in m.get_many::<OsString>("info").into_iter().flatten() {
         for word in info.to_string_lossy().split(',') {
             match word {
@@ -1789,6 +1801,18 @@ mod tests {
             );
         }
         assert!(parse(["arsync", "-a", "--protect-argz", "s", "d"]).is_err());
+    }
+
+    #[test]
+    fn unknown_compress_names_are_refused_with_code_4() {
+        let code = |args: &[&str]| parse(args.iter().copied()).err().map(|e| e.code);
+        assert_eq!(code(&["arsync", "--zc=brotli", "s", "d"]), Some(4));
+        assert_eq!(
+            code(&["arsync", "--compress-choice", "foo", "s", "d"]),
+            Some(4)
+        );
+        assert_eq!(code(&["arsync", "--zc=ZSTD", "s", "d"]), None);
+        assert_eq!(code(&["arsync", "--compress-choice=zlibx", "s", "d"]), None);
     }
 
     #[test]
