@@ -949,14 +949,15 @@ pub fn run(args: &[OsString]) -> i32 {
 fn event_sink(o: &Options, printer: &Option<Arc<output::Printer>>) -> Option<EventSink> {
     if o.list_only {
         let human = o.human_readable;
-        return Some(EventSink(Arc::new(move |e: &FileEvent<'_>| {
+        return Some(EventSink::new(move |e: &FileEvent<'_>| {
             if let FileEvent::Listed { entry } = e {
                 output::out_line(list_line(entry, human).as_bytes());
             }
-        })));
+        }));
     }
     let p = Arc::clone(printer.as_ref()?);
-    Some(EventSink(Arc::new(move |e: &FileEvent<'_>| p.event(e))))
+    let live = p.wants_progress();
+    Some(EventSink::new(move |e: &FileEvent<'_>| p.event(e)).with_progress(live))
 }
 
 /// rsync's `--list-only` line for an entry of a remote file list.
@@ -994,11 +995,71 @@ mod output {
 
     use arsync_proto::flist::FileEntry;
     use arsync_proto::item::iflags;
-    use arsync_remote::events::{FileEvent, SIGNIFICANT_ITEM_FLAGS};
+    use arsync_remote::events::{FileEvent, PROGRESS_INTERVAL, SIGNIFICANT_ITEM_FLAGS};
     use arsync_remote::pull::TransferSummary;
     use arsync_sync::fsops::{Kind, Meta, Time};
     use arsync_sync::options::Options;
-    use arsync_sync::report::{escape_name, format_line, Itemize, LineInfo, Stats};
+    use arsync_sync::report::{
+        escape_name, format_line, progress_figures, Itemize, LineInfo, Stats,
+    };
+    use std::time::Instant;
+
+    /// How many samples rsync keeps for the rate of a progress update
+    /// (one per update, so about the last five seconds).
+    const RATE_HISTORY: usize = 5;
+
+    /// The progress of one file (`--progress`) or of the whole run
+    /// (`--info=progress2`), as rsync's progress.c keeps it: where it
+    /// started, and the last updates for the current rate.
+    struct Meter {
+        /// When and at which byte the updates began.
+        start: (Instant, u64),
+        /// The last updates (a ring; `oldest` is the next one replaced).
+        history: [(Instant, u64); RATE_HISTORY],
+        oldest: usize,
+    }
+
+    impl Meter {
+        fn new(now: Instant, done: u64) -> Meter {
+            Meter {
+                start: (now, done),
+                history: [(now, done); RATE_HISTORY],
+                oldest: 0,
+            }
+        }
+
+        /// When the last update was.
+        fn newest(&self) -> Instant {
+            self.history[(self.oldest + RATE_HISTORY - 1) % RATE_HISTORY].0
+        }
+
+        /// Records an update; returns the rate (bytes/s) since the oldest
+        /// update kept, and the time left at that rate.
+        fn update(&mut self, now: Instant, done: u64, size: u64) -> (f64, f64) {
+            let (then, from) = self.history[self.oldest];
+            self.history[self.oldest] = (now, done);
+            self.oldest = (self.oldest + 1) % RATE_HISTORY;
+            // At least a millisecond, as rsync's millisecond clock.
+            let secs = now.duration_since(then).as_secs_f64().max(0.001);
+            let rate = done.saturating_sub(from) as f64 / secs;
+            let left = match rate > 0.0 {
+                true => size.saturating_sub(done) as f64 / rate,
+                false => 0.0,
+            };
+            (rate, left)
+        }
+    }
+
+    /// The live progress lines being shown.
+    #[derive(Default)]
+    struct Live {
+        /// `--progress`: the file being moved and its meter.
+        file: Option<(Vec<u8>, Meter)>,
+        /// `--info=progress2`: the run's meter.
+        run: Option<Meter>,
+        /// When the last file's line was printed.
+        last_end: Option<Instant>,
+    }
 
     /// A line waiting for the transfers before it (a pull prints in
     /// file-list order, as rsync's receiver does).
@@ -1054,6 +1115,8 @@ mod output {
         xfers: std::sync::atomic::AtomicU64,
         /// `--stats` counters.
         pub(super) stats: Stats,
+        /// The progress lines updated while data moves.
+        live: Mutex<Live>,
     }
 
     /// The local engine's kind of a file-list entry.
@@ -1166,7 +1229,14 @@ mod output {
                 begun: std::time::Instant::now(),
                 xfers: Default::default(),
                 stats: Stats::default(),
+                live: Mutex::new(Live::default()),
             }
+        }
+
+        /// Whether the transfer should report its data as it moves
+        /// ([`FileEvent::Progress`]).
+        pub(super) fn wants_progress(&self) -> bool {
+            self.progress || self.progress2
         }
 
         /// The line for an item, if rsync prints one: with `%i`, every
@@ -1290,12 +1360,12 @@ mod output {
                         if let Some((e, f)) = p.late.take() {
                             p.line = self.item_line(f, &e, *literal);
                         }
-                        let done = self.progress_line(p.ndx, p.size, p.started);
+                        let done = self.progress_line(name, p.ndx, p.size, p.started);
                         p.line.get_or_insert_with(Vec::new).extend(done);
                     }
                     Self::flush_ready(&mut q, false);
                 }
-                FileEvent::Transferred { literal, .. } => {
+                FileEvent::Transferred { name, literal, .. } => {
                     let current = self
                         .current
                         .lock()
@@ -1306,10 +1376,11 @@ mod output {
                         let mut out = late
                             .and_then(|(e, f)| self.item_line(f, &e, *literal))
                             .unwrap_or_default();
-                        out.extend(self.progress_line(ndx, size, started));
+                        out.extend(self.progress_line(name, ndx, size, started));
                         let _ = std::io::stdout().lock().write_all(&out);
                     }
                 }
+                FileEvent::Progress { name, done, size } => self.update(name, *done, *size),
                 FileEvent::Deleted { name } => {
                     self.stats.deleted.fetch_add(1, Ordering::Relaxed);
                     // A directory's name ends with `/`; other kinds are not
@@ -1343,28 +1414,94 @@ mod output {
         /// `--progress`'s last line for a transferred file (the local
         /// engine's): its size, 100%, the rate, the time it took, and
         /// rsync's `(xfr#N, to-chk=LEFT/TOTAL)`.
-        fn progress_line(&self, ndx: i32, size: u64, started: std::time::Instant) -> Vec<u8> {
+        /// As rsync, the file's first update comes before it when none
+        /// was shown (a file with data always has one; an empty file none).
+        fn progress_line(
+            &self,
+            name: &[u8],
+            ndx: i32,
+            size: u64,
+            started: std::time::Instant,
+        ) -> Vec<u8> {
             if !self.progress {
                 return Vec::new();
             }
-            let n = self.xfers.fetch_add(1, Ordering::Relaxed) + 1;
-            let took = started.elapsed().as_secs_f64();
-            // kB/s, MB/s or GB/s, as rsync's progress.c picks the unit.
-            let mut rate = size as f64 / 1024.0 / took.max(1e-6);
-            let mut unit = "kB/s";
-            for next in ["MB/s", "GB/s"] {
-                if rate > 1024.0 {
-                    rate /= 1024.0;
-                    unit = next;
+            // With updates shown, the rate and time since the first (as
+            // rsync), else since the file was asked for or the file before
+            // it was done, whichever is later (a pull asks ahead).
+            let (shown, last) = {
+                let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+                let last = live.last_end.replace(Instant::now());
+                match live.file.take() {
+                    Some((n, m)) if n == name => (Some(m.start), last),
+                    _ => (None, last),
                 }
-            }
-            let secs = took as u64;
-            let clock = format!("{:>4}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
-            let size = arsync_sync::report::num(size, self.human);
+            };
+            let (since, from) = shown.unwrap_or((last.map_or(started, |l| l.max(started)), 0));
+            let n = self.xfers.fetch_add(1, Ordering::Relaxed) + 1;
+            let took = since.elapsed().as_secs_f64();
+            let rate = size.saturating_sub(from) as f64 / took.max(0.001);
+            let at = progress_figures(size, size, rate, took, self.human);
             let total = self.stats.files_seen();
             let left = total.saturating_sub(ndx.max(0) as u64 + 1);
-            let at = format!("{size:>15} 100% {rate:>7.2}{unit} {clock}");
-            format!("\r{at}  \r{at} (xfr#{n}, to-chk={left}/{total})\n").into_bytes()
+            let first = match (shown, size) {
+                (None, 1..) => format!("\r{at}  "),
+                _ => String::new(),
+            };
+            format!("{first}\r{at} (xfr#{n}, to-chk={left}/{total})\n").into_bytes()
+        }
+
+        /// A progress update while `name` moves (`done` of `size` bytes):
+        /// `--progress` rewrites the file's line, `--info=progress2` the
+        /// run's (at most once a second, as rsync). A pull shows it once
+        /// the files before are done, after the file's own name.
+        fn update(&self, name: &[u8], done: u64, size: u64) {
+            // rsync shows no update for an empty file.
+            if size == 0 {
+                return;
+            }
+            let mut queue = self.ordered.then(|| self.lock());
+            if let Some(q) = &mut queue {
+                let Some(p) = q.iter_mut().find(|p| p.waiting) else {
+                    return;
+                };
+                if p.name != name {
+                    return;
+                }
+                // The file's name line is due now, before its progress.
+                if let (Some(l), None) = (&p.line, &p.late) {
+                    let _ = std::io::stdout().lock().write_all(l);
+                    p.line = None;
+                }
+            }
+            let now = Instant::now();
+            let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            let mut text = String::new();
+            if self.progress {
+                let meter = match &mut live.file {
+                    Some((n, m)) if n == name => m,
+                    slot => &mut slot.insert((name.to_vec(), Meter::new(now, done))).1,
+                };
+                let (rate, left) = meter.update(now, done, size);
+                let at = progress_figures(done, size, rate, left, self.human);
+                text = format!("\r{at}  ");
+            }
+            if self.progress2 {
+                let done = self.done_bytes.load(Ordering::Relaxed) + done;
+                let total = self.stats.total_size.load(Ordering::Relaxed).max(done);
+                let meter = match &mut live.run {
+                    // rsync's whole-run line moves once a second.
+                    Some(m) if now.duration_since(m.newest()) < PROGRESS_INTERVAL => return,
+                    Some(m) => m,
+                    slot => slot.insert(Meter::new(now, done)),
+                };
+                let (rate, left) = meter.update(now, done, total);
+                let at = progress_figures(done, total, rate, left, self.human);
+                text = format!("\r{at}  ");
+            }
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
         }
 
         /// `--info=progress2` after a file is done: the bytes done of the

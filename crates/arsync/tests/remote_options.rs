@@ -2211,3 +2211,92 @@ fn created_destination_is_reported() {
         fresh,
     );
 }
+
+/// The `\r`-separated states of the `--progress` (or `--info=progress2`)
+/// output that follows the line `name` (the whole output when `name` is
+/// empty), up to the end of that line.
+fn progress_states(stdout: &[u8], name: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(stdout);
+    let after = match name {
+        "" => &text[..],
+        n => match text.split_once(&format!("\n{n}\n")) {
+            Some((_, rest)) => rest,
+            None => return Vec::new(),
+        },
+    };
+    let line = after.split('\n').next().unwrap_or_default();
+    line.split('\r')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The percent of a progress state (`  1,234  45%  1.00MB/s  0:00:01  `).
+fn percent(state: &str) -> Option<u32> {
+    let word = state.split_whitespace().nth(1)?;
+    word.strip_suffix('%')?.parse().ok()
+}
+
+/// `--progress` and `--info=progress2` rewrite their line while a large
+/// file moves (rsync shows a file's first state at once, then one a
+/// second), pushing (the client counts what it sends) and pulling (what
+/// it writes); the last line is rsync's, against either server.
+#[test]
+fn progress_updates_while_a_large_file_moves() {
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    let data: Vec<u8> = (0..32u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut runs = 0;
+    for flag in ["--progress", "--info=progress2"] {
+        for dir in [Direction::Push, Direction::Pull] {
+            let mut reference: Option<Vec<String>> = None;
+            for (label, client, server) in pairings(&arsync_bin()) {
+                if label == "rsync->arsync" {
+                    continue;
+                }
+                runs += 1;
+                let work = tmp.path().join(format!("{runs}"));
+                let (src, dst) = (work.join("src"), work.join("dst"));
+                fs::create_dir_all(&src).unwrap();
+                fs::create_dir_all(&dst).unwrap();
+                fs::write(src.join("big"), &data).unwrap();
+                let (from, to) = dir.endpoints(&src, &dst);
+                let mut cmd = client_cmd(&client, &rsh, &server);
+                if client == rsync_bin() {
+                    cmd.arg("--no-i-r");
+                }
+                let out = cmd.args(["-a", flag]).args([&from, &to]).output().unwrap();
+                let what = format!("{flag} {dir:?} {label}");
+                assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
+                assert_eq!(read(&dst.join("big")).as_deref(), Some(&data[..]), "{what}");
+                let lines = stable_lines(&out);
+                match &reference {
+                    None => reference = Some(lines),
+                    Some(r) => assert_eq!(&lines, r, "{what}"),
+                }
+                if client == rsync_bin() {
+                    continue;
+                }
+                let name = if flag == "--progress" { "big" } else { "" };
+                let states = progress_states(&out.stdout, name);
+                let what = format!("{what}: {states:#?}");
+                // The file's last state (progress2 repeats the run's at
+                // its end, as rsync).
+                let at = states.iter().position(|s| s.contains(" (xfr#1, "));
+                let at = at.expect(&what);
+                let (last, updates) = (&states[at], &states[..at]);
+                assert!(last.ends_with(" (xfr#1, to-chk=0/2)"), "{what}");
+                // At least one state while the data moved, before the last.
+                assert!(!updates.is_empty(), "{what}");
+                assert!(updates.iter().all(|u| u.ends_with("  ")), "{what}");
+                assert!(
+                    updates.iter().any(|u| percent(u).is_some_and(|p| p < 100)),
+                    "{what}"
+                );
+                assert_eq!(percent(last), Some(100), "{what}");
+            }
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Per-entry notifications for `-v`/`-i` style output by the caller.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use arsync_proto::flist::{FileEntry, FileType};
 use arsync_proto::item::iflags;
@@ -47,6 +48,18 @@ pub enum FileEvent<'a> {
         iflags: u16,
         /// The entry.
         entry: &'a arsync_proto::flist::FileEntry,
+    },
+    /// `--progress`: how far the data of the file being moved got (sent
+    /// by a pushing client, written by a pulling one, matched data
+    /// included), when the file starts and then about once a second
+    /// ([`ProgressTicker`]); a [`FileEvent::Transferred`] ends it.
+    Progress {
+        /// Path relative to the transfer root.
+        name: &'a [u8],
+        /// Bytes of the file done so far.
+        done: u64,
+        /// The file's listed size.
+        size: u64,
     },
 }
 
@@ -95,17 +108,76 @@ pub fn change_flags(
 
 /// A callback receiving [`FileEvent`]s; called from the transfer's threads.
 #[derive(Clone)]
-pub struct EventSink(pub Arc<dyn Fn(&FileEvent<'_>) + Send + Sync>);
+pub struct EventSink {
+    callback: Arc<dyn Fn(&FileEvent<'_>) + Send + Sync>,
+    /// The callback wants [`FileEvent::Progress`] (`--progress`).
+    progress: bool,
+}
 
 impl EventSink {
-    /// Wraps a callback.
+    /// Wraps a callback (which gets no [`FileEvent::Progress`]).
     pub fn new(f: impl Fn(&FileEvent<'_>) + Send + Sync + 'static) -> Self {
-        EventSink(Arc::new(f))
+        EventSink {
+            callback: Arc::new(f),
+            progress: false,
+        }
+    }
+
+    /// The sink, also getting [`FileEvent::Progress`] when `on`.
+    pub fn with_progress(mut self, on: bool) -> Self {
+        self.progress = on;
+        self
+    }
+
+    /// A [`ProgressTicker`] for the transfer when the sink wants progress
+    /// (`None` otherwise: the data paths then do nothing for it).
+    pub fn ticker(events: Option<&EventSink>) -> Option<ProgressTicker> {
+        events.filter(|e| e.progress).map(|e| ProgressTicker {
+            sink: e.clone(),
+            next: None,
+        })
     }
 
     /// Delivers one event.
     pub fn emit(&self, e: &FileEvent<'_>) {
-        (self.0)(e)
+        (self.callback)(e)
+    }
+}
+
+/// How often [`ProgressTicker`] reports a file's progress: rsync updates
+/// its `--progress` line at most once a second.
+pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Paces [`FileEvent::Progress`] for the data path moving a file: at the
+/// file's start ([`ProgressTicker::start`]), then at most every
+/// [`PROGRESS_INTERVAL`]. A tick between reports costs one clock read.
+pub struct ProgressTicker {
+    sink: EventSink,
+    /// When the next report is due (`None`: at once).
+    next: Option<Instant>,
+}
+
+impl ProgressTicker {
+    /// A new file begins: its first tick reports.
+    pub fn start(&mut self) {
+        self.next = None;
+    }
+
+    /// `done` bytes of `name` (`size` listed) are moved: reported when due.
+    #[inline]
+    pub fn tick(&mut self, name: &[u8], done: u64, size: u64) {
+        let now = Instant::now();
+        if self.next.is_some_and(|at| now < at) {
+            return;
+        }
+        self.next = Some(now + PROGRESS_INTERVAL);
+        self.sink.emit(&FileEvent::Progress { name, done, size });
+    }
+}
+
+impl std::fmt::Debug for ProgressTicker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressTicker")
     }
 }
 
@@ -118,6 +190,7 @@ impl std::fmt::Debug for EventSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     #[test]
     fn change_bits_as_rsync_reports_them() {
@@ -174,5 +247,37 @@ mod tests {
         assert_eq!(change_flags(&e, None, &want, true), iflags::IS_NEW);
         assert_eq!(SIGNIFICANT_ITEM_FLAGS & iflags::LOCAL_CHANGE, 0);
         assert_ne!(SIGNIFICANT_ITEM_FLAGS & iflags::REPORT_TIME, 0);
+    }
+
+    #[test]
+    fn ticker_reports_a_start_then_once_per_interval() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let got = Arc::clone(&seen);
+        let sink = EventSink::new(move |e| {
+            if let FileEvent::Progress { name, done, size } = e {
+                got.lock().unwrap().push((name.to_vec(), *done, *size));
+            }
+        });
+        // Not asked for: no ticker at all.
+        assert!(EventSink::ticker(Some(&sink)).is_none());
+        assert!(EventSink::ticker(None).is_none());
+        let sink = sink.with_progress(true);
+        let mut t = EventSink::ticker(Some(&sink)).unwrap();
+        t.start();
+        for done in [0, 10, 20, 30] {
+            t.tick(b"a", done, 100);
+        }
+        // A new file reports its start at once, then waits again.
+        t.start();
+        t.tick(b"b", 5, 50);
+        t.tick(b"b", 6, 50);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![(b"a".to_vec(), 0, 100), (b"b".to_vec(), 5, 50)]
+        );
+        // Once the interval passed, the next tick reports.
+        std::thread::sleep(PROGRESS_INTERVAL);
+        t.tick(b"b", 40, 50);
+        assert_eq!(seen.lock().unwrap().len(), 3);
     }
 }

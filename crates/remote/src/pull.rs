@@ -46,7 +46,7 @@ use crate::attrs::{self, Target, XattrStore};
 use crate::conn::{join_errors, InStream, OutStream, MAX_OUT_FRAME};
 use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
-use crate::events::{change_flags, EventSink, FileEvent, SIGNIFICANT_ITEM_FLAGS};
+use crate::events::{change_flags, EventSink, FileEvent, ProgressTicker, SIGNIFICANT_ITEM_FLAGS};
 use crate::filewriter::{Committer, DataBuf, FileWriter, Keep};
 use crate::fsys::{punch_zero_blocks, read_basis, DelayedFile, DestRoot, Meta, TempFile};
 use crate::ids::{IdMap, IdNames};
@@ -1840,6 +1840,7 @@ fn receiver<R: Read>(
         writer: FileWriter::for_machine(dest.clone(), step),
         out: DataBuf::default(),
         window: BasisWindow::default(),
+        progress: EventSink::ticker(mode.events.as_ref()),
     };
     loop {
         match ins.decode(|r| decode_item(&mut codec, r))? {
@@ -2014,6 +2015,8 @@ struct RecvBuffers {
     out: DataBuf,
     /// Where matched blocks are read from.
     window: BasisWindow,
+    /// `--progress`: the data written of the file being received.
+    progress: Option<ProgressTicker>,
 }
 
 /// A window of the basis file: matched blocks are mostly consecutive, so
@@ -2104,6 +2107,9 @@ fn receive_file<R: Read>(
     let in_place = how.in_place || how.append > 0;
     bufs.writer.begin(&e.name, in_place)?;
     let mut offset = 0u64;
+    if let Some(t) = &mut bufs.progress {
+        t.start();
+    }
     let res = receive_data(
         ins,
         e,
@@ -2169,6 +2175,11 @@ fn receive_data<R: Read>(
             }
         }
     }
+    // --progress: the file's start is reported (as rsync's receiver
+    // does before its first token).
+    if let Some(t) = &mut bufs.progress {
+        t.tick(&e.name, *offset, e.size.max(0) as u64);
+    }
     // --inplace: a block at the offset it is written to is already there.
     let in_place = how.in_place || how.append > 0;
     // Data goes to the writer in batches of about WRITE_BATCH bytes.
@@ -2181,6 +2192,9 @@ fn receive_data<R: Read>(
         bufs.writer
             .data(*offset, std::mem::replace(&mut bufs.out, next))?;
         *offset += n;
+        if let Some(t) = &mut bufs.progress {
+            t.tick(&e.name, *offset, e.size.max(0) as u64);
+        }
         Ok(())
     };
     let block = |i: u32,

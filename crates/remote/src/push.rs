@@ -257,11 +257,13 @@ fn report_deleted(names: &mut Vec<Vec<u8>>, events: Option<&EventSink>) {
 /// what is expected (plus one byte, to see a grown file), so that the
 /// room [`OutStream::literal_token`] prepares for the read, and the read
 /// that finds the end, stay small for small files.
+/// `progress` gets the bytes sent so far after each token.
 fn send_whole<W: Write>(
     f: &mut std::fs::File,
     outs: &mut OutStream<W>,
     algo: ChecksumAlgo,
     size: u64,
+    mut progress: impl FnMut(u64),
 ) -> Result<DeltaStats> {
     let mut sent = 0u64;
     send_literal_tokens(outs, algo, |outs, hasher| {
@@ -278,6 +280,7 @@ fn send_whole<W: Write>(
             Ok(n)
         })?;
         sent += n as u64;
+        progress(sent);
         Ok(n)
     })
 }
@@ -320,10 +323,14 @@ fn send_whole_spliced<W: Write>(
     outs: &mut OutStream<W>,
     algo: ChecksumAlgo,
     scratch: &mut Vec<u8>,
+    mut progress: impl FnMut(u64),
 ) -> Result<DeltaStats> {
     let mut offset = 0u64;
     send_literal_tokens(outs, algo, |outs, hasher| {
-        outs.literal_token_spliced(f, &mut offset, CHUNK_SIZE, scratch, |b| hasher.update(b))
+        let n =
+            outs.literal_token_spliced(f, &mut offset, CHUNK_SIZE, scratch, |b| hasher.update(b))?;
+        progress(offset);
+        Ok(n)
     })
 }
 
@@ -469,6 +476,8 @@ pub(crate) fn send_session<R: Read, W: Write>(
     let mut phases = SenderPhases::new();
     // The read buffer of spliced whole-file sends.
     let mut scratch = Vec::new();
+    // --progress: the data sent of the file being sent.
+    let mut ticker = EventSink::ticker(events);
     let mut sources = crate::walk::SourceOpener::default();
     let mut io_error = list.io_error;
     // Bytes read per call into the delta encoder's input (whole-file
@@ -620,6 +629,15 @@ pub(crate) fn send_session<R: Read, W: Write>(
                 b.extend_from_slice(xattr_reply.as_deref().unwrap_or_default());
                 head.encode(&mut b);
                 outs.write(&b)?;
+                if let Some(t) = &mut ticker {
+                    t.start();
+                }
+                let size = e.size.max(0) as u64;
+                let mut progress = |done: u64| {
+                    if let Some(t) = &mut ticker {
+                        t.tick(&e.name, done, size);
+                    }
+                };
                 let st = if sums.blocks.is_empty() && !codec.is_compressed() && !appending {
                     // Spliced into the pipe when it is one and the file is
                     // large (small files' data is batched into larger
@@ -628,8 +646,10 @@ pub(crate) fn send_session<R: Read, W: Write>(
                     // was read is what is sent).
                     let large = list.entries[i].size >= SPLICE_MIN;
                     match outs.can_splice() && large && !phases.is_redo() {
-                        true => send_whole_spliced(&f, &mut outs, neg.checksum, &mut scratch)?,
-                        false => send_whole(&mut f, &mut outs, neg.checksum, e.size as u64)?,
+                        true => {
+                            send_whole_spliced(&f, &mut outs, neg.checksum, &mut scratch, progress)?
+                        }
+                        false => send_whole(&mut f, &mut outs, neg.checksum, size, progress)?,
                     }
                 } else {
                     let mut delta = DeltaEncoder::with_sink(
@@ -645,6 +665,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
                         delta.set_in_place();
                     }
                     let mut out = Vec::new();
+                    let mut read = 0u64;
                     loop {
                         // Read straight into the encoder's buffer.
                         let n = read_chunk(&mut f, delta.input(DELTA_READ))?;
@@ -652,6 +673,8 @@ pub(crate) fn send_session<R: Read, W: Write>(
                             break;
                         }
                         delta.commit_input(n, &mut out)?;
+                        read += n as u64;
+                        progress(read);
                         if out.len() >= 64 * 1024 {
                             outs.write(&out)?;
                             out.clear();
@@ -817,7 +840,7 @@ mod tests {
                 let mut f = std::fs::File::open(&path).unwrap();
                 let mut o = OutStream::new(Vec::new());
                 o.start_multiplex().unwrap();
-                let st = send_whole(&mut f, &mut o, algo, listed).unwrap();
+                let st = send_whole(&mut f, &mut o, algo, listed, |_| {}).unwrap();
                 assert_eq!(st.literal, size as u64);
                 let (got, sum) = received(o.into_inner().unwrap(), algo);
                 assert!(got == data, "{size} bytes listed as {listed}");

@@ -370,6 +370,38 @@ pub fn commas(n: u64) -> String {
     out
 }
 
+/// rsync's `--progress` figures (its progress.c): `done` bytes (as [`num`]
+/// writes them) right-aligned in 15 columns, the percent of `size`, the rate
+/// (`bytes_per_sec`, shown in kB/s, MB/s or GB/s) and a time of `secs` as
+/// `H:MM:SS` (`??:??:??` when negative or unknown). No `\r`, no line end.
+pub fn progress_figures(done: u64, size: u64, bytes_per_sec: f64, secs: f64, human: u8) -> String {
+    let pct = match done == size {
+        true => 100,
+        false => (100.0 * done as f64 / size as f64) as u64,
+    };
+    let mut rate = bytes_per_sec / 1024.0;
+    let unit = if rate > 1024.0 * 1024.0 {
+        rate /= 1024.0 * 1024.0;
+        "GB/s"
+    } else if rate > 1024.0 {
+        rate /= 1024.0;
+        "MB/s"
+    } else {
+        "kB/s"
+    };
+    let time = match secs {
+        s if !(0.0..=9999.0 * 3600.0).contains(&s) => "  ??:??:??".to_string(),
+        s => {
+            let s = s as u64;
+            format!("{:>4}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+        }
+    };
+    format!(
+        "{:>15} {pct:>3}% {rate:>7.2}{unit} {time}",
+        num(done, human)
+    )
+}
+
 thread_local! {
     /// Lines printed by this thread while it works on one sequenced piece of work.
     static CAPTURE: RefCell<Option<Vec<Vec<u8>>>> = const { RefCell::new(None) };
@@ -768,6 +800,24 @@ mod tests {
         assert_eq!(format_time(1_700_000_000), "2023/11/14 22:13:20");
         assert_eq!(perm_string(0o104755), "-rwsr-xr-x");
         assert_eq!(perm_string(0o041777), "drwxrwxrwt");
+    }
+
+    #[test]
+    fn progress_figures_as_rsync_prints_them() {
+        assert_eq!(
+            progress_figures(3_000_000, 3_000_000, 370_000_000.0, 0.4, 0),
+            "      3,000,000 100%  352.86MB/s    0:00:00"
+        );
+        assert_eq!(
+            progress_figures(32_768, 3_000_000, 0.0, 0.0, 0),
+            "         32,768   1%    0.00kB/s    0:00:00"
+        );
+        assert_eq!(
+            progress_figures(5 << 30, 10 << 30, 2.5 * (1u64 << 30) as f64, 3725.0, 0),
+            "  5,368,709,120  50%    2.50GB/s    1:02:05"
+        );
+        assert!(progress_figures(1, 2, 1.0, f64::INFINITY, 0).ends_with("  ??:??:??"));
+        assert!(progress_figures(1, 2, 1.0, -1.0, 0).ends_with("  ??:??:??"));
     }
 
     #[test]
