@@ -365,6 +365,7 @@ fn transfer_opts(o: &Options) -> TransferOpts {
     TransferOpts {
         // From the pre-scan (the local parser does not keep them).
         compress: CompressSpec::default(),
+        bwlimit: o.bwlimit,
         update: o.update,
         ignore_times: o.ignore_times,
         existing: o.existing,

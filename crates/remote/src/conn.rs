@@ -577,6 +577,33 @@ pub struct OutStream<W: Write> {
     total_written: u64,
     /// The transport when it is a pipe (see [`OutStream::splice_into`]).
     pipe: Option<OwnedFd>,
+    /// `--bwlimit` pacing of what is written.
+    pacer: Option<Pacer>,
+}
+
+/// Paces writes to a rate (`--bwlimit`), as rsync does: after each write
+/// it sleeps until the bytes written so far are due at that rate. Credit
+/// for a pause longer than a second is not kept.
+#[derive(Debug)]
+struct Pacer {
+    bytes_per_sec: u64,
+    since: std::time::Instant,
+    written: u64,
+}
+
+impl Pacer {
+    fn wrote(&mut self, n: u64) {
+        self.written += n;
+        let due =
+            std::time::Duration::from_secs_f64(self.written as f64 / self.bytes_per_sec as f64);
+        let elapsed = self.since.elapsed();
+        if let Some(wait) = due.checked_sub(elapsed) {
+            std::thread::sleep(wait);
+        } else if elapsed - due > std::time::Duration::from_secs(1) {
+            self.since = std::time::Instant::now();
+            self.written = 0;
+        }
+    }
 }
 
 impl<W: Write> std::fmt::Debug for OutStream<W> {
@@ -597,7 +624,18 @@ impl<W: Write> OutStream<W> {
             frame: None,
             total_written: 0,
             pipe: None,
+            pacer: None,
         }
+    }
+
+    /// Paces everything written from now on to `bytes_per_sec`
+    /// (`--bwlimit`); `None` writes at full speed.
+    pub fn set_bwlimit(&mut self, bytes_per_sec: Option<u64>) {
+        self.pacer = bytes_per_sec.filter(|&b| b > 0).map(|bytes_per_sec| Pacer {
+            bytes_per_sec,
+            since: std::time::Instant::now(),
+            written: 0,
+        });
     }
 
     /// Switches to multiplexed output (flushes raw bytes first).
@@ -780,6 +818,9 @@ impl<W: Write> OutStream<W> {
                 .map_err(|e| write_error("writing to the peer", e))?;
         }
         self.total_written += n as u64;
+        if let Some(p) = &mut self.pacer {
+            p.wrote(n as u64);
+        }
         *offset += n as u64;
         Ok(n)
     }
@@ -806,6 +847,9 @@ impl<W: Write> OutStream<W> {
             .write_all(&self.buf)
             .map_err(|e| write_error("writing to the peer", e))?;
         self.total_written += self.buf.len() as u64;
+        if let Some(p) = &mut self.pacer {
+            p.wrote(self.buf.len() as u64);
+        }
         self.buf.clear();
         Ok(())
     }

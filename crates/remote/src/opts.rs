@@ -35,6 +35,9 @@ pub struct TransferOpts {
     /// Compression options (`-z` itself is a packed flag), see
     /// [`crate::session::CompressSpec`].
     pub compress: crate::session::CompressSpec,
+    /// `--bwlimit`: the most bytes per second each side writes to the
+    /// connection (sent to the server in KiB, as rsync's client sends it).
+    pub bwlimit: Option<u64>,
     /// `-u`: skip files that are newer on the receiver (packed `u`).
     pub update: bool,
     /// `-I`: transfer even when size and mtime match (packed `I`).
@@ -228,6 +231,9 @@ impl TransferOpts {
     /// pulling client runs the generator itself.
     pub fn server_args(&self, server_sends: bool) -> Vec<OsString> {
         let mut v = Vec::new();
+        if let Some(b) = self.bwlimit {
+            v.push(format!("--bwlimit={}", b.div_ceil(1024)).into());
+        }
         if !server_sends {
             if let Some(n) = self.min_size {
                 v.push(format!("--min-size={n}").into());
@@ -400,6 +406,18 @@ impl TransferOpts {
                 .ok_or_else(|| RemoteError::Usage(format!("bad size in {arg}")))
         };
         match name {
+            "--bwlimit" => {
+                let v =
+                    value.ok_or_else(|| RemoteError::Usage("--bwlimit needs a value".into()))?;
+                // KiB per second from rsync's client (which sends a plain
+                // number); suffixes as the command line takes them.
+                let bytes = match v.parse::<u64>() {
+                    Ok(kib) => Some(kib.saturating_mul(1024)),
+                    Err(_) => arsync_sync::cli::parse_size(v),
+                };
+                let bytes = bytes.ok_or_else(|| RemoteError::Usage(format!("bad {arg}")))?;
+                self.bwlimit = (bytes > 0).then_some(bytes);
+            }
             "--existing" | "--ignore-non-existing" => self.existing = true,
             "--ignore-existing" => self.ignore_existing = true,
             "--size-only" => self.size_only = true,
@@ -1250,6 +1268,7 @@ mod tests {
     #[test]
     fn server_args_round_trip() {
         let o = TransferOpts {
+            bwlimit: Some(100 << 10),
             existing: true,
             ignore_existing: true,
             size_only: true,

@@ -156,6 +156,7 @@ fn run_push_piped<R: Read, W: Write>(
     ins.echo_messages = opts.echo_messages;
     ins.reports.info_on_stdout = true;
     let mut outs = OutStream::new(output);
+    outs.set_bwlimit(opts.command.opts.bwlimit);
     if let Some(fd) = pipe {
         outs.splice_into(fd);
     }

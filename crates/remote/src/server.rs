@@ -134,9 +134,7 @@ impl ServerArgs {
                     a.opts.report_deletions = true;
                     a.opts.itemize_all |= s.contains("%I");
                 }
-                s if s.starts_with("--out-format=")
-                    || s.starts_with("--timeout=")
-                    || s.starts_with("--bwlimit=") => {}
+                s if s.starts_with("--out-format=") || s.starts_with("--timeout=") => {}
                 s if s.starts_with("--") => return Err(unsupported(format!("server option {s}"))),
                 s if s.starts_with('-') => {
                     let packed = &s[1..];
@@ -327,6 +325,7 @@ fn serve<R: Read, W: Write + Send + 'static>(
 ) -> Result<TransferSummary> {
     let mut ins = InStream::new(input);
     let mut outs = OutStream::new(output);
+    outs.set_bwlimit(args.opts.bwlimit);
     if let Some(fd) = pipe {
         outs.splice_into(fd);
     }
