@@ -1277,7 +1277,8 @@ mod tests {
             ..TransferOpts::default()
         };
         let args = o.server_args(false);
-        assert!(o.server_args(true).is_empty());
+        // A sending server gets only the rate limit.
+        assert_eq!(o.server_args(true), vec![OsString::from("--bwlimit=100")]);
         let mut back = TransferOpts::default();
         for a in &args {
             assert!(back.parse_server_arg_os(a, &mut || None).unwrap(), "{a:?}");
