@@ -164,7 +164,28 @@ struct Scan {
     /// Indices (in the argv) of options to drop before the local parser sees them.
     drop: Vec<usize>,
     paths: Vec<(usize, OsString)>,
+    /// The first option given that a transfer with a remote side does not
+    /// implement yet (refused rather than ignored).
+    unsupported: Option<String>,
 }
+
+/// Options the local engine implements but a transfer with a remote side
+/// does not yet: refused with exit code 1 (never silently ignored).
+const REMOTE_UNSUPPORTED: &[&str] = &[
+    "modify-window",
+    "block-size",
+    "checksum-choice",
+    "fsync",
+    "preallocate",
+    "log-file",
+    "log-file-format",
+    "timeout",
+    "contimeout",
+    "stop-after",
+    "stop-at",
+    "time-limit",
+    "open-noatime",
+];
 
 /// Long options that take a value as the next word (when not given `=`).
 const LONG_WITH_VALUE: &[&str] = &[
@@ -272,6 +293,9 @@ fn scan(args: &[OsString]) -> Scan {
                     s.drop.extend(start..=i);
                 }
                 "protocol" => s.protocol = value.and_then(|v| v.parse().ok()),
+                n if REMOTE_UNSUPPORTED.contains(&n) => {
+                    s.unsupported.get_or_insert(format!("--{n}"));
+                }
                 n if s.compress.parse_long(n, value.as_deref()) => {
                     // Not all of them are known to the local parser.
                     s.drop.extend(start..=i);
@@ -294,8 +318,12 @@ fn scan(args: &[OsString]) -> Scan {
                 } else {
                     Some(rest)
                 };
-                if c == 'e' {
-                    s.rsh = value;
+                match c {
+                    'e' => s.rsh = value,
+                    'B' => {
+                        s.unsupported.get_or_insert("--block-size (-B)".into());
+                    }
+                    _ => {}
                 }
                 break;
             }
@@ -580,6 +608,12 @@ fn client_filters(args: &[OsString], o: &Options) -> Result<(FilterRules, bool),
 /// Runs a transfer with one remote side. `args` is the whole argv.
 pub fn run(args: &[OsString]) -> i32 {
     let s = scan(args);
+    if let Some(opt) = &s.unsupported {
+        return fail(
+            ExitCode::Syntax,
+            format!("option {opt} is not supported with a remote side yet"),
+        );
+    }
     // Let the local parser validate everything, with the remote paths
     // replaced by placeholders and the options it refuses removed.
     let mut local_args: Vec<OsString> = Vec::with_capacity(args.len());

@@ -2343,3 +2343,47 @@ fn bwlimit_paces_the_sending_side() {
         }
     }
 }
+
+/// Options the local engine has but a remote transfer does not implement yet are refused with
+/// exit code 1 and a message naming them, before anything is written (never silently ignored).
+#[test]
+fn options_not_implemented_remotely_are_refused() {
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    let arsync = arsync_bin();
+    for (flags, named) in [
+        (&["--timeout=30"][..], "--timeout"),
+        (&["--fsync"], "--fsync"),
+        (&["--modify-window", "2"], "--modify-window"),
+        (&["-B2048"], "--block-size"),
+        (&["--checksum-choice=md5"], "--checksum-choice"),
+        (&["--log-file=/dev/null"], "--log-file"),
+        (&["--stop-after=5"], "--stop-after"),
+    ] {
+        for dir in [Direction::Push, Direction::Pull] {
+            let dst = tmp
+                .path()
+                .join(format!("dst-{}-{dir:?}", named.trim_start_matches('-')));
+            let (from, to) = dir.endpoints(&src, &dst);
+            let out = client_cmd(&arsync, &rsh, &arsync)
+                .arg("-a")
+                .args(flags)
+                .args([&from, &to])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{flags:?} {dir:?}: {err}");
+            assert!(
+                err.contains(named) && err.contains("not supported"),
+                "{flags:?}: {err}"
+            );
+            assert!(
+                !dst.exists(),
+                "{flags:?} {dir:?}: the destination was created"
+            );
+        }
+    }
+}
