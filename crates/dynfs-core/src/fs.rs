@@ -421,8 +421,11 @@ pub struct Fs {
     /// Extents that a lazy commit (numbered as [`crate::meta::MetaStore::write_lazy_numbered`]
     /// returns) stopped referencing, deleted once a durable commit covers that number
     /// ([`Fs::free_later`]).
-    to_free: Mutex<Vec<(u64, Vec<(u64, Extent)>)>>,
+    to_free: Mutex<Vec<QueuedFree>>,
 }
+
+/// Extents a lazy commit stopped referencing, with that commit's number ([`Fs::free_later`]).
+type QueuedFree = (u64, Vec<(u64, Extent)>);
 
 /// A committed inode as of a metadata commit count ([`crate::meta::MetaStore::commits`]): valid
 /// while the count is unchanged, since every change to the metadata (lazy or durable, through
