@@ -418,7 +418,14 @@ pub struct Fs {
     last: Mutex<Option<LastInode>>,
     /// Files whose close left their commit to [`Fs::commit_deferred`] ([`Fs::defer_flush`]).
     deferred: Mutex<Vec<u64>>,
+    /// Extents that a lazy commit (numbered as [`crate::meta::MetaStore::write_lazy_numbered`]
+    /// returns) stopped referencing, deleted once a durable commit covers that number
+    /// ([`Fs::free_later`]).
+    to_free: Mutex<Vec<QueuedFree>>,
 }
+
+/// Extents a lazy commit stopped referencing, with that commit's number ([`Fs::free_later`]).
+type QueuedFree = (u64, Vec<(u64, Extent)>);
 
 /// A committed inode as of a metadata commit count ([`crate::meta::MetaStore::commits`]): valid
 /// while the count is unchanged, since every change to the metadata (lazy or durable, through
@@ -444,6 +451,10 @@ struct InoRange {
     next: u64,
     limit: u64,
 }
+
+/// Most extents [`Fs::free_later`] keeps queued; past this many it makes the metadata durable
+/// and deletes them at once (bounds the queue and the disk space the old fragments hold).
+const MAX_QUEUED_FREES: usize = 1024;
 
 /// Inode numbers reserved at a time (see [`InoRange`]).
 const INO_RESERVE: u64 = 1024;
@@ -472,6 +483,9 @@ impl Drop for Fs {
                     .free_extents(&new_extents(new.unwrap_or_default()));
             }
         }
+        // Replaced extents whose commit is durable; the others stay on disk, unreferenced
+        // once their commit is durable, for the garbage collection of the next open.
+        self.release_freed();
     }
 }
 
@@ -726,6 +740,7 @@ impl Fs {
             inos: Mutex::new(None),
             last: Mutex::new(None),
             deferred: Mutex::new(Vec::new()),
+            to_free: Mutex::new(Vec::new()),
         }
     }
 
@@ -741,8 +756,57 @@ impl Fs {
         if freed.iter().any(|(_, e)| !e.is_inline()) {
             self.pool.meta.sync()?;
             self.pool.free_extents(freed);
+            self.release_freed();
         }
         Ok(())
+    }
+
+    /// Delete the fragments of `freed`, which the lazy commit numbered `number` stopped
+    /// referencing, once a durable commit covers that commit: the next one of any kind (the
+    /// periodic commit, an fsync, an unmount, or [`Fs::free`]); extents whose commit is durable
+    /// already go at once. A rewrite of an extent thus costs no durable commit of its own. A
+    /// crash before the deletion leaves the old fragments unreferenced (their records went with
+    /// the commit), and the garbage collection at the next mount removes them.
+    fn free_later(&self, number: u64, mut freed: Vec<(u64, Extent)>) -> Result<()> {
+        // Inline extents went with the commit that dropped them: no fragment to delete.
+        freed.retain(|(_, e)| !e.is_inline());
+        if freed.is_empty() {
+            return Ok(());
+        }
+        let queued = {
+            let mut q = self.to_free.lock().unwrap_or_else(|e| e.into_inner());
+            q.push((number, freed));
+            q.iter().map(|(_, f)| f.len()).sum::<usize>()
+        };
+        if queued > MAX_QUEUED_FREES {
+            self.pool.meta.sync()?;
+        }
+        self.release_freed();
+        Ok(())
+    }
+
+    /// Delete the queued extents ([`Fs::free_later`]) whose commit is durable by now.
+    fn release_freed(&self) {
+        let durable = self.pool.meta.durable_commits();
+        let ready: Vec<(u64, Extent)> = {
+            let mut q = self.to_free.lock().unwrap_or_else(|e| e.into_inner());
+            if q.iter().all(|(n, _)| *n > durable) {
+                return;
+            }
+            let (ready, later) = std::mem::take(&mut *q)
+                .into_iter()
+                .partition::<Vec<_>, _>(|(n, _)| *n <= durable);
+            *q = later;
+            ready.into_iter().flat_map(|(_, f)| f).collect()
+        };
+        self.pool.free_extents(&ready);
+    }
+
+    /// Extents waiting for a durable commit before their fragments are deleted
+    /// ([`Fs::free_later`]).
+    pub fn queued_frees(&self) -> usize {
+        let q = self.to_free.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter().map(|(_, f)| f.len()).sum()
     }
 
     /// Make every change so far durable (metadata and the fragments it references), including
@@ -750,7 +814,9 @@ impl Fs {
     pub fn sync(&self) -> Result<()> {
         self.commit_deferred()?;
         self.pool.sync_fragments()?;
-        self.pool.meta.sync()
+        self.pool.meta.sync()?;
+        self.release_freed();
+        Ok(())
     }
 
     fn es(&self) -> u64 {
@@ -2223,12 +2289,13 @@ impl Fs {
             }
         });
         match committed {
-            // 3. Only now (after a durable commit) delete what the commit stopped referencing.
+            // 3. Delete what the commit stopped referencing only after a durable commit covers
+            // it (queued: the next durable commit of any kind).
             Ok((freed, number)) => {
                 // The change wrote no inode but this one (the extent tables, and this file's
                 // ACL): the inode another request is working on stays cached.
                 self.keep_last_past(ino, number);
-                self.free(&freed)
+                self.free_later(number, freed)
             }
             Err(e) => {
                 let new = Arc::try_unwrap(new).unwrap_or_default();

@@ -666,6 +666,9 @@ pub struct MetaStore {
     placement: OnceLock<Placement>,
     dirty: AtomicBool,
     commits: std::sync::atomic::AtomicU64,
+    /// The value of `commits` right after the last durable commit: every change numbered up
+    /// to it is on stable storage ([`MetaStore::durable_commits`]).
+    durable: std::sync::atomic::AtomicU64,
 }
 
 fn open_db(path: &Path) -> Result<Database> {
@@ -890,6 +893,7 @@ impl MetaStore {
             placement: OnceLock::new(),
             dirty: AtomicBool::new(false),
             commits: Default::default(),
+            durable: Default::default(),
         }
     }
 
@@ -1079,7 +1083,7 @@ impl MetaStore {
             q.rebuild_batch(primary)?;
             return Err(e);
         }
-        self.commits.fetch_add(1, Ordering::Relaxed);
+        let number = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
         let queue: &Queue = q;
         let end = queue.end() + 1;
         let failed: Vec<u32> = std::thread::scope(|s| {
@@ -1117,6 +1121,7 @@ impl MetaStore {
         q.base = end;
         self.shared.drop_replicas(&failed);
         self.dirty.store(false, Ordering::Release);
+        self.durable.store(number, Ordering::Release);
         Ok(result)
     }
 
@@ -1124,6 +1129,13 @@ impl MetaStore {
     /// (lazy or durable).
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+
+    /// The change number ([`MetaStore::commits`], as returned by
+    /// [`MetaStore::write_lazy_numbered`]) up to which every change is durable: the count
+    /// right after the last durable commit (0 before the first one).
+    pub fn durable_commits(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
     }
 
     /// Current generation of the primary replica (the number of durable commits).

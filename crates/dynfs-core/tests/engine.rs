@@ -864,6 +864,8 @@ fn small_files_are_stored_inline_and_verified() {
         let mut want = small[..100].to_vec();
         want[0] = b'x';
         assert_eq!(get_file(&fs, "small"), want);
+        // The replaced extent's fragments are deleted after the next durable commit.
+        fs.sync().unwrap();
         assert!(tp.fragment_files().is_empty(), "fragments freed");
         // A damaged inline value is detected, never returned.
         let tiny_ino = fs.lookup(ROOT_INO, b"tiny").unwrap().0;
