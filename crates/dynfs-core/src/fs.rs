@@ -418,6 +418,9 @@ pub struct Fs {
     last: Mutex<Option<LastInode>>,
     /// Files whose close left their commit to [`Fs::commit_deferred`] ([`Fs::defer_flush`]).
     deferred: Mutex<Vec<u64>>,
+    /// Held through a whole [`Fs::commit_deferred`]: a sync must not pass a commit of closed
+    /// files that another thread took off `deferred` and has not made yet.
+    committing: Mutex<()>,
     /// Extents that a lazy commit (numbered as [`crate::meta::MetaStore::write_lazy_numbered`]
     /// returns) stopped referencing, deleted once a durable commit covers that number
     /// ([`Fs::free_later`]).
@@ -740,6 +743,7 @@ impl Fs {
             inos: Mutex::new(None),
             last: Mutex::new(None),
             deferred: Mutex::new(Vec::new()),
+            committing: Mutex::new(()),
             to_free: Mutex::new(Vec::new()),
         }
     }
@@ -2111,6 +2115,9 @@ impl Fs {
     /// A file that fails keeps its data buffered, and its next close or release commits it
     /// (and reports the error) again; the first error is returned.
     pub fn commit_deferred(&self) -> Result<()> {
+        // Waits for a commit in progress on another thread (the closer), so that what a sync
+        // makes durable includes every file closed before it began.
+        let _committing = self.committing.lock().unwrap_or_else(|e| e.into_inner());
         let inos = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
         let mut first_err = None;
         for ino in inos {
