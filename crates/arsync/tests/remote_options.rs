@@ -516,6 +516,26 @@ fn remove_source_files_after_confirmation() {
     });
 }
 
+/// Source and destination arguments of a transfer with the daemon's module `m` (whose path is
+/// `base`) on 127.0.0.1:`port`: `src/` to the module's copy of `dst`, or the module's `src/`
+/// to `dst`.
+fn daemon_endpoints(
+    dir: Direction,
+    base: &Path,
+    port: u16,
+    src: &Path,
+    dst: &Path,
+) -> (String, String) {
+    let url = |p: &Path| {
+        let rel = p.strip_prefix(base).unwrap();
+        format!("rsync://127.0.0.1:{port}/m/{}", rel.display())
+    };
+    match dir {
+        Direction::Push => (format!("{}/", src.display()), url(dst)),
+        Direction::Pull => (format!("{}/", url(src)), dst.display().to_string()),
+    }
+}
+
 /// `client`, set up to reach `server` through the stand-in for ssh `rsh`, with no stdin.
 fn client_cmd(client: &OsStr, rsh: &Path, server: &OsStr) -> Command {
     let mut cmd = Command::new(client);
@@ -978,14 +998,7 @@ fn options_through_a_daemon() {
         put(&dst, "extra1", b"extraneous", T0);
         put(&dst, "extra2", b"extraneous", T0);
         settle(&dst);
-        let url = |p: &Path| {
-            let rel = p.strip_prefix(&base).unwrap();
-            format!("rsync://127.0.0.1:{}/m/{}", daemon.port, rel.display())
-        };
-        let (from, to) = match dir {
-            Direction::Push => (format!("{}/", src.display()), url(&dst)),
-            Direction::Pull => (format!("{}/", url(&src)), dst.display().to_string()),
-        };
+        let (from, to) = daemon_endpoints(dir, &base, daemon.port, &src, &dst);
         let out = Command::new(client)
             .args(flags)
             .args([&from, &to])
@@ -1504,14 +1517,7 @@ fn transfer_modes_through_a_daemon() {
                 inplace_tree(&src.join("more"), &dst.join("more"));
                 fs::create_dir_all(dst.join(".scratch")).unwrap();
                 settle(&dst);
-                let url = |p: &Path| {
-                    let rel = p.strip_prefix(&base).unwrap();
-                    format!("rsync://127.0.0.1:{}/m/{}", daemon.port, rel.display())
-                };
-                let (from, to) = match dir {
-                    Direction::Push => (format!("{}/", src.display()), url(&dst)),
-                    Direction::Pull => (format!("{}/", url(&src)), dst.display().to_string()),
-                };
+                let (from, to) = daemon_endpoints(dir, &base, daemon.port, &src, &dst);
                 let out = Command::new(&client)
                     .args(flags)
                     .args([&from, &to])
@@ -2146,14 +2152,7 @@ fn filter_files_through_a_daemon() {
         put(&dst, "sub/.rsync-filter", b"P gone.txt\n", T0);
         settle(&src);
         settle(&dst);
-        let url = |p: &Path| {
-            let rel = p.strip_prefix(&base).unwrap();
-            format!("rsync://127.0.0.1:{}/m/{}", daemon.port, rel.display())
-        };
-        let (from, to) = match dir {
-            Direction::Push => (format!("{}/", src.display()), url(&dst)),
-            Direction::Pull => (format!("{}/", url(&src)), dst.display().to_string()),
-        };
+        let (from, to) = daemon_endpoints(dir, &base, daemon.port, &src, &dst);
         let out = Command::new(client)
             .current_dir(&work)
             .args(["-a", "-F", "-C", "--delete", "--exclude-from=excl"])
