@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use arsync_testutil::remote::{install_fake_ssh, pairings, Direction};
-use arsync_testutil::{assert_trees_match_first, scratch_dir, CompareOpts};
+use arsync_testutil::{assert_trees_match_first, scratch_dir, CompareOpts, SeededBytes};
 
 fn arsync_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_arsync"))
@@ -21,15 +21,9 @@ fn arsync_bin() -> PathBuf {
 
 /// Deterministic incompressible bytes.
 fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    let mut v = vec![0; n];
+    SeededBytes::new(seed).fill(&mut v);
+    v
 }
 
 /// Compressible text: numbered lines.
