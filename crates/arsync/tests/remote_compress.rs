@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use arsync_testutil::remote::{install_fake_ssh, pairings, Direction};
-use arsync_testutil::{assert_trees_match_first, scratch_dir, CompareOpts, SeededBytes};
+use arsync_testutil::{
+    assert_trees_match_first, scratch_dir, settle_tree, CompareOpts, SeededBytes, Settle,
+};
 
 fn arsync_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_arsync"))
@@ -41,28 +43,12 @@ fn text(seed: u64, n: usize) -> Vec<u8> {
 const TEXT: usize = 1 << 20;
 const NOISE: usize = 1 << 20;
 
-fn set_mtime(p: &Path, secs: u64) {
-    let f = fs::File::options().write(true).open(p).unwrap();
-    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .unwrap();
+fn set_mtime(p: &Path, secs: i64) {
+    arsync_testutil::set_mtime(p, secs, 0).unwrap();
 }
 
 fn settle_dirs(root: &Path) {
-    let st = Command::new("find")
-        .arg(root)
-        .args([
-            "-type",
-            "d",
-            "-exec",
-            "touch",
-            "-d",
-            "@1600000000",
-            "{}",
-            "+",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    settle_tree(root, Settle::Dirs, 1_600_000_000).unwrap();
 }
 
 /// Large compressible and incompressible files and a few small ones.

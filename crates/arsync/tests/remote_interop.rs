@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use arsync_testutil::remote::{start_daemon, write_module_config, FAKE_SSH};
-use arsync_testutil::{compare_trees, scratch_dir, CompareOpts};
+use arsync_testutil::{compare_trees, scratch_dir, settle_tree, CompareOpts, Settle};
 
 fn arsync_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_arsync"))
@@ -37,10 +37,8 @@ fn write_script(path: &Path, text: &str) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-fn set_mtime(p: &Path, secs: u64) {
-    let f = fs::File::options().write(true).open(p).unwrap();
-    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .unwrap();
+fn set_mtime(p: &Path, secs: i64) {
+    arsync_testutil::set_mtime(p, secs, 0).unwrap();
 }
 
 /// Deterministic pseudo-random bytes.
@@ -88,13 +86,7 @@ fn make_tree(root: &Path) {
 /// setting a time that matches the current one to the second, so a tree
 /// made this second would not compare equal to its copy.
 fn settle_dirs(root: &Path) {
-    let st = Command::new("find")
-        .arg(root)
-        .args(["(", "-type", "d", "-o", "-type", "l", ")"])
-        .args(["-exec", "touch", "-h", "-d", "@1600000000", "{}", "+"])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    settle_tree(root, Settle::DirsAndLinks, 1_600_000_000).unwrap();
 }
 
 /// Rewrites 1% of the large file (keeping its mtime).

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use arsync_testutil::remote::{install_fake_ssh, pairings, Direction};
-use arsync_testutil::{assert_trees_match_first, compare_trees, is_root, scratch_dir, CompareOpts};
+use arsync_testutil::{
+    assert_trees_match_first, compare_trees, is_root, scratch_dir, settle_tree, CompareOpts, Settle,
+};
 
 fn arsync_bin() -> OsString {
     PathBuf::from(env!("CARGO_BIN_EXE_arsync")).into_os_string()
@@ -48,23 +50,7 @@ fn dir(root: &Path, rel: &str, mode: u32) {
 /// Old fixed times on directories (and owners as root), so trees built at
 /// different moments compare equal.
 fn settle(root: &Path) {
-    let st = Command::new("find")
-        .arg(root)
-        .args([
-            "!",
-            "-type",
-            "f",
-            "-exec",
-            "touch",
-            "-h",
-            "-d",
-            "@1500000000",
-            "{}",
-            "+",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    settle_tree(root, Settle::AllButFiles, 1_500_000_000).unwrap();
 }
 
 /// The source: modes the umask and -p/-E matter for, special bits, a

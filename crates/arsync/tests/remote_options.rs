@@ -16,7 +16,9 @@ use arsync_testutil::remote::{
     install_fake_ssh, pairings, run_over_shell, start_daemon, write_module_config, Daemon,
     Direction,
 };
-use arsync_testutil::{assert_trees_match_first, compare_trees, scratch_dir, CompareOpts};
+use arsync_testutil::{
+    assert_trees_match_first, compare_trees, scratch_dir, settle_tree, CompareOpts, Settle,
+};
 
 fn arsync_bin() -> OsString {
     PathBuf::from(env!("CARGO_BIN_EXE_arsync")).into_os_string()
@@ -41,16 +43,7 @@ fn put(root: &Path, rel: &str, data: &[u8], secs: u64) {
 /// Gives directories and symlinks a fixed old mtime, so trees built at
 /// different moments compare equal.
 fn settle(root: &Path) {
-    if !root.exists() {
-        return;
-    }
-    let st = Command::new("find")
-        .arg(root)
-        .args(["(", "-type", "d", "-o", "-type", "l", ")"])
-        .args(["-exec", "touch", "-h", "-d", "@1500000000", "{}", "+"])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    settle_tree(root, Settle::DirsAndLinks, 1_500_000_000).unwrap();
 }
 
 const T0: u64 = 1_600_000_000;

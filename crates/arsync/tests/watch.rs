@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arsync_testutil::{compare_trees, scratch_dir, CompareOpts, Difference};
 
@@ -156,14 +156,8 @@ fn temporaries(root: &Path) -> Vec<PathBuf> {
     found
 }
 
-fn set_mtime(p: &Path, secs: u64) {
-    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
-    let f = std::fs::File::options()
-        .write(true)
-        .open(p)
-        .unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
-    f.set_modified(t)
-        .unwrap_or_else(|e| panic!("set mtime {}: {e}", p.display()));
+fn set_mtime(p: &Path, secs: i64) {
+    arsync_testutil::set_mtime(p, secs, 0).unwrap();
 }
 
 #[test]

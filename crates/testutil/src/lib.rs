@@ -32,7 +32,10 @@ pub use compare::{
 };
 pub use meta::{AclEntry, AclKind, AclTag, FileTime};
 pub use random::{is_root, random_tree, RandomTreeParams, TreeSummary};
-pub use tree::{bytes_path, get_times, overwrite_at, set_times, SeededBytes, TreeBuilder};
+pub use tree::{
+    bytes_path, get_times, overwrite_at, set_mtime, set_times, settle_tree, SeededBytes, Settle,
+    TreeBuilder,
+};
 
 /// A scratch directory on tmpfs (`/dev/shm`) when available, else in the system temp dir.
 pub fn scratch_dir() -> std::io::Result<tempfile::TempDir> {

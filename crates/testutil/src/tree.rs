@@ -301,6 +301,59 @@ pub fn set_times(path: &Path, atime: FileTime, mtime: FileTime) -> io::Result<()
         .map_err(ctx(path, "setting times of"))
 }
 
+/// Sets the modification time of `path` (not following symlinks) and leaves its access time.
+pub fn set_mtime(path: &Path, sec: i64, nsec: u32) -> io::Result<()> {
+    let ts = Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: FileTime::new(sec, nsec).to_timespec(),
+    };
+    rustix::fs::utimensat(CWD, path, &ts, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(io::Error::from)
+        .map_err(ctx(path, "setting mtime of"))
+}
+
+/// Which entries [`settle_tree`] gives a fixed time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// Directories only.
+    Dirs,
+    /// Directories and symlinks.
+    DirsAndLinks,
+    /// Everything but regular files.
+    AllButFiles,
+}
+
+/// Gives the chosen entries of the tree at `root` (`root` included) the access and modification
+/// time `sec`, so that trees built at different moments compare equal: rsync, like arsync, does
+/// not set a time that already matches to the second. A missing `root` is left alone.
+pub fn settle_tree(root: &Path, which: Settle, sec: i64) -> io::Result<()> {
+    let Ok(m) = fs::symlink_metadata(root) else {
+        return Ok(());
+    };
+    let mut stack = vec![(root.to_path_buf(), m.file_type())];
+    while let Some((p, ft)) = stack.pop() {
+        if ft.is_dir() {
+            for e in fs::read_dir(&p).map_err(ctx(&p, "listing"))? {
+                let e = e.map_err(ctx(&p, "listing"))?;
+                stack.push((e.path(), e.file_type().map_err(ctx(&p, "listing"))?));
+            }
+        }
+        let stamp = match which {
+            Settle::Dirs => ft.is_dir(),
+            Settle::DirsAndLinks => ft.is_dir() || ft.is_symlink(),
+            Settle::AllButFiles => !ft.is_file(),
+        };
+        if stamp {
+            let t = FileTime::new(sec, 0);
+            set_times(&p, t, t)?;
+        }
+    }
+    Ok(())
+}
+
 /// The access and modification times of `path` (not following symlinks).
 pub fn get_times(path: &Path) -> io::Result<(FileTime, FileTime)> {
     use std::os::unix::fs::MetadataExt;
@@ -318,4 +371,38 @@ pub fn overwrite_at(path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
         .open(path)
         .map_err(ctx(path, "opening"))?;
     f.write_all_at(data, offset).map_err(ctx(path, "writing"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settle_tree_stamps_only_the_chosen_kinds() -> io::Result<()> {
+        let dir = crate::scratch_dir()?;
+        let t = TreeBuilder::new(dir.path().join("r"))?;
+        t.file("d/f", b"x")?;
+        t.symlink("d/l", "f")?;
+        t.fifo("p", 0o600)?;
+        let mtime = |rel: &str| get_times(&t.path(rel)).map(|(_, m)| m.sec);
+        for (which, stamped, kept) in [
+            (Settle::Dirs, vec!["", "d"], vec!["d/f", "d/l", "p"]),
+            (Settle::DirsAndLinks, vec!["", "d", "d/l"], vec!["d/f", "p"]),
+            (Settle::AllButFiles, vec!["", "d", "d/l", "p"], vec!["d/f"]),
+        ] {
+            for rel in ["", "d", "d/f", "d/l", "p"] {
+                set_times(&t.path(rel), FileTime::new(7, 0), FileTime::new(7, 0))?;
+            }
+            settle_tree(t.root(), which, 1_500_000_000)?;
+            for rel in stamped {
+                assert_eq!(mtime(rel)?, 1_500_000_000, "{which:?} {rel}");
+            }
+            for rel in kept {
+                assert_eq!(mtime(rel)?, 7, "{which:?} {rel}");
+            }
+        }
+        set_mtime(&t.path("d/f"), 9, 5)?;
+        assert_eq!(get_times(&t.path("d/f"))?.1, FileTime::new(9, 5));
+        settle_tree(&dir.path().join("missing"), Settle::Dirs, 1)
+    }
 }

@@ -20,10 +20,9 @@ pub fn bytes(seed: u64, n: usize) -> Vec<u8> {
 }
 
 /// Sets an mtime with nanoseconds.
+/// Sets an mtime with nanoseconds.
 pub fn set_mtime(p: &Path, secs: i64, nsec: u32) {
-    let f = fs::File::options().write(true).open(p).unwrap();
-    let t = std::time::UNIX_EPOCH + std::time::Duration::new(secs as u64, nsec);
-    f.set_modified(t).unwrap();
+    arsync_testutil::set_mtime(p, secs, nsec).unwrap();
 }
 
 /// Builds a tree with files of several sizes, nested dirs, symlinks, odd
