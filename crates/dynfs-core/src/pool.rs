@@ -462,15 +462,8 @@ impl Pool {
     /// Open a pool with a given fragment I/O implementation, collecting orphans.
     pub fn open_with(pool_dir: &Path, io: Arc<dyn DiskIo>) -> Result<Pool> {
         let pool = Self::open_no_gc(pool_dir, io)?;
-        let r = pool.gc()?;
-        if r != GcReport::default() {
-            tracing::info!(
-                fragments = r.fragments,
-                bytes = r.bytes,
-                inodes = r.inodes,
-                "collected orphans at open"
-            );
-        }
+        // `gc` logs what it collected.
+        pool.gc()?;
         Ok(pool)
     }
 
@@ -1359,12 +1352,18 @@ impl Pool {
                 }
             }
         }
-        tracing::info!(
-            fragments = rep.fragments,
-            bytes = rep.bytes,
-            inodes = rep.inodes,
-            "gc finished"
-        );
+        // Every open of a pool for writing collects; say so at info level only when it found
+        // something, so that admin commands stay quiet on a clean pool.
+        if rep.fragments > 0 || rep.inodes > 0 {
+            tracing::info!(
+                fragments = rep.fragments,
+                bytes = rep.bytes,
+                inodes = rep.inodes,
+                "gc finished"
+            );
+        } else {
+            tracing::debug!("gc finished, nothing to collect");
+        }
         Ok(rep)
     }
 

@@ -208,7 +208,8 @@ pub fn init_logging(format: LogFormat, filter: &str, file: Option<&Path>) -> Res
     };
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(file.is_none())
+        // Colours only for a person reading a terminal, not in files or pipes.
+        .with_ansi(file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(writer);
     let r = match format {
         LogFormat::Json => b.json().try_init(),
