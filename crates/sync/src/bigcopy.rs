@@ -222,7 +222,10 @@ impl BigFile {
     /// to scan itself when helpers are behind (or absent): at most one chunk waits, so the
     /// owner copies while a helper scans the chunk before.
     fn queue_scan(self: &Arc<Self>, helpers: Option<&Helpers>, chunk: (u64, u64)) {
-        let helpers = helpers.filter(|h| h.enabled());
+        // A file of one range is scanned by its owner alone: a hand-off per file would cost
+        // more than it saves.
+        let shared = self.len > self.range;
+        let helpers = helpers.filter(|h| shared && h.enabled());
         let mine = {
             let Ok(mut st) = self.state.lock() else {
                 self.abort.store(true, Ordering::Relaxed);
@@ -803,7 +806,7 @@ mod tests {
         let before = allocated(&dst);
         let helpers = Helpers::default();
         helpers.enabled.store(true, Ordering::Relaxed);
-        let file = BigFile::new(&src, &dst, content.len() as u64, RANGE, true).unwrap();
+        let file = BigFile::new(&src, &dst, content.len() as u64, mib as u64, true).unwrap();
         file.queue_scan(Some(&helpers), (0, mib as u64));
         assert_eq!(allocated(&dst), before, "a helper may still take chunk 0");
         file.queue_scan(Some(&helpers), (mib as u64, 2 * mib as u64));
@@ -830,6 +833,25 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), content);
     }
 
+    /// A file of one range is never offered to helpers: its owner scans every chunk at once.
+    #[test]
+    fn a_file_of_one_range_is_scanned_by_its_owner() {
+        let dir = scratch();
+        let content = vec![0u8; 1 << 20];
+        let src = dense_copy(&dir.path().join("a"), &content, false);
+        let dst = dense_copy(&dir.path().join("b"), &content, true);
+        let helpers = Helpers::default();
+        helpers.enabled.store(true, Ordering::Relaxed);
+        let file = BigFile::new(&src, &dst, 1 << 20, 1 << 20, true).unwrap();
+        file.queue_scan(Some(&helpers), (0, 1 << 20));
+        assert!(helpers.rx.is_empty());
+        assert_eq!(
+            dst.metadata().unwrap().blocks(),
+            0,
+            "scanned and punched at once"
+        );
+    }
+
     /// A helper's failing scan (punching into a read-only descriptor) fails the file.
     #[test]
     fn a_failing_helper_scan_fails_the_file() {
@@ -839,7 +861,7 @@ mod tests {
         let dst = dense_copy(&dir.path().join("b"), &content, false);
         let helpers = Helpers::default();
         helpers.enabled.store(true, Ordering::Relaxed);
-        let file = BigFile::new(&src, &dst, 1 << 20, RANGE, true).unwrap();
+        let file = BigFile::new(&src, &dst, 1 << 20, 1 << 19, true).unwrap();
         file.queue_scan(Some(&helpers), (0, 1 << 20));
         helpers.help(helpers.rx.try_recv().unwrap());
         assert!(file.abort.load(Ordering::Relaxed));
