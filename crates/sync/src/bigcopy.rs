@@ -19,13 +19,18 @@
 //!   its partial last block too, as rsync's final truncate does. If the source ends early
 //!   (it shrank while copied), the copy ends there, with or without `-S`.
 //!
-//! Range hand-off: a file of more than one [`RANGE`] is shared through [`Helpers`]. The
-//! worker that met the file (the owner) copies ranges itself; idle workers pick up a ticket
-//! and copy one range at a time, going back to their job queue between ranges, so small files
-//! always come first and a big file never waits for helpers. The owner returns once every
-//! range is done; the caller then applies metadata and renames (commits) the file. The first
-//! error of any range fails the whole file.
+//! One writer per file: a file is copied by the worker that met it (the owner), range after
+//! range. A second thread writing the same file would only wait for its inode lock (tmpfs,
+//! ext4, XFS and FUSE all serialise buffered writes on it), and wait spinning while the owner
+//! copies; so whole files go to workers, each copying its own. With `-S`, what does not need
+//! that lock is shared: the owner queues each chunk it copied, and an idle worker (from
+//! [`Helpers`]) scans it for zero blocks while the owner copies the next one; when no helper
+//! keeps up, the owner scans the chunk itself. Helpers go back to their job queue between
+//! chunks, so small files always come first. The owner returns once every scan is done; the
+//! caller then applies metadata and renames (commits) the file. The first error of the copy
+//! or of any scan fails the whole file.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -39,7 +44,7 @@ use crate::fsops::{self, StopCheck};
 
 mod zeros;
 
-/// Bytes per range handed to one worker.
+/// Bytes per range of a large file (with `-S`, `SEEK_DATA` starts afresh at each).
 pub const RANGE: u64 = 64 << 20;
 /// Largest single `copy_file_range` call (stop checks happen between calls).
 const CHUNK: u64 = 8 << 20;
@@ -64,7 +69,7 @@ pub struct Method {
 pub struct Helpers {
     tx: Sender<Weak<BigFile>>,
     rx: Receiver<Weak<BigFile>>,
-    /// Workers exist that pick up tickets (otherwise owners copy every range themselves).
+    /// Workers exist that pick up tickets (otherwise owners scan every chunk themselves).
     enabled: AtomicBool,
     /// Workers busy with a batch of jobs (they may still start a big file).
     busy: AtomicUsize,
@@ -83,9 +88,10 @@ impl Default for Helpers {
 }
 
 impl Helpers {
-    /// A worker thread's loop: runs job batches from `jobs` (first, so small files never wait
-    /// behind a large one) and helps copy ranges of large files when no batch is waiting.
-    /// Returns once `jobs` is closed and no range is left to help with.
+    /// A worker thread's loop: runs job batches from `jobs` (first, so small files and whole
+    /// large files never wait behind help) and helps with the `-S` scans of large files other
+    /// workers copy when no batch is waiting. Returns once `jobs` is closed and nothing is left
+    /// to help with.
     pub fn worker_loop<T>(&self, jobs: &Receiver<T>, mut run: impl FnMut(T)) {
         while let Some(batch) = self.next_job(jobs) {
             run(batch);
@@ -93,9 +99,9 @@ impl Helpers {
         }
     }
 
-    /// Waits for the next batch of `jobs`, copying ranges of large files meanwhile. Returns
-    /// `None` once `jobs` is closed and no worker can still start a large file; after `Some`,
-    /// the caller counts as busy until it calls [`Helpers::idle`].
+    /// Waits for the next batch of `jobs`, helping with large files meanwhile. Returns `None`
+    /// once `jobs` is closed and no worker can still start a large file; after `Some`, the
+    /// caller counts as busy until it calls [`Helpers::idle`].
     pub fn next_job<T>(&self, jobs: &Receiver<T>) -> Option<T> {
         self.enabled.store(true, Ordering::Relaxed);
         let mut closed = false;
@@ -145,104 +151,191 @@ impl Helpers {
         self.busy.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Copies one range of the ticket's file, passing the ticket on first if more remain.
+    /// Scans one chunk of the ticket's file, passing the ticket on first if more wait.
     fn help(&self, ticket: Weak<BigFile>) {
         let Some(file) = ticket.upgrade() else {
             return;
         };
-        let Some(range) = file.claim() else {
+        let Some((chunk, more)) = file.take_scan() else {
             return;
         };
-        if file.has_unclaimed() {
+        if more {
             let _ = self.tx.send(ticket);
         }
-        file.run(range, &|_| false);
+        file.scan(chunk);
     }
 
     fn post(&self, file: &Arc<BigFile>) {
-        if self.enabled.load(Ordering::Relaxed) {
-            let _ = self.tx.send(Arc::downgrade(file));
-        }
+        let _ = self.tx.send(Arc::downgrade(file));
+    }
+
+    fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
     }
 }
 
-/// One large file being copied in ranges.
+/// One large file being copied. Only its owner (the worker that met it) writes its data:
+/// writes into one file take its inode lock on tmpfs, ext4, XFS and FUSE alike, so a second
+/// writer only waits, spinning on the lock while the owner copies (`rwsem_spin_on_owner`
+/// measured 8% of a one-file run). With `-S` the zero-block scans of chunks already copied
+/// take no lock and are what an idle worker helps with.
 struct BigFile {
     src: File,
     dst: File,
     len: u64,
     range: u64,
     sparse: bool,
-    ranges: u64,
-    next: AtomicU64,
     abort: AtomicBool,
-    /// Data bytes copied (for `-S`: bytes of data extents).
-    copied: AtomicU64,
     /// The lowest offset where the source ended early (it shrank while copying).
     short_end: AtomicU64,
-    state: Mutex<RangeState>,
+    state: Mutex<ScanState>,
     done_cv: Condvar,
 }
 
+/// Chunks copied but not yet scanned for zero blocks (`-S`), and the first error.
 #[derive(Default)]
-struct RangeState {
-    done: u64,
+struct ScanState {
+    waiting: VecDeque<(u64, u64)>,
+    /// Scans running on helpers.
+    running: usize,
+    /// A ticket for this file is in the helpers' queue.
+    posted: bool,
     error: Option<io::Error>,
 }
 
 impl BigFile {
-    fn claim(&self) -> Option<u64> {
-        let i = self.next.fetch_add(1, Ordering::AcqRel);
-        (i < self.ranges).then_some(i)
+    fn new(src: &File, dst: &File, len: u64, range: u64, sparse: bool) -> io::Result<Arc<Self>> {
+        Ok(Arc::new(BigFile {
+            src: src.try_clone()?,
+            dst: dst.try_clone()?,
+            len,
+            range,
+            sparse,
+            abort: AtomicBool::new(false),
+            short_end: AtomicU64::new(u64::MAX),
+            state: Mutex::new(ScanState::default()),
+            done_cv: Condvar::new(),
+        }))
     }
 
-    fn has_unclaimed(&self) -> bool {
-        self.next.load(Ordering::Acquire) < self.ranges
+    /// Queues a copied chunk for its scan and hands the caller (the owner) the oldest chunk
+    /// to scan itself when helpers are behind (or absent): at most one chunk waits, so the
+    /// owner copies while a helper scans the chunk before.
+    fn queue_scan(self: &Arc<Self>, helpers: Option<&Helpers>, chunk: (u64, u64)) {
+        // A file of one range is scanned by its owner alone: a hand-off per file would cost
+        // more than it saves.
+        let shared = self.len > self.range;
+        let helpers = helpers.filter(|h| shared && h.enabled());
+        let mine = {
+            let Ok(mut st) = self.state.lock() else {
+                self.abort.store(true, Ordering::Relaxed);
+                return;
+            };
+            st.waiting.push_back(chunk);
+            if let Some(h) = helpers {
+                if !st.posted {
+                    st.posted = true;
+                    h.post(self);
+                }
+            }
+            let keep = usize::from(helpers.is_some());
+            if st.waiting.len() > keep {
+                st.waiting.pop_front()
+            } else {
+                None
+            }
+        };
+        if let Some(c) = mine {
+            self.scan_or_fail(c);
+        }
     }
 
-    /// Copies range `i` and records its outcome; `stop` is the owner's interrupt check.
-    fn run(&self, i: u64, stop: StopCheck) {
-        let start = i * self.range;
-        let end = (start + self.range).min(self.len);
+    /// A helper takes the oldest waiting chunk; `more` if others still wait (then the ticket
+    /// stays posted).
+    fn take_scan(&self) -> Option<((u64, u64), bool)> {
+        let mut st = self.state.lock().ok()?;
+        let chunk = st.waiting.pop_front();
+        let more = !st.waiting.is_empty();
+        st.posted = more;
+        if chunk.is_some() {
+            st.running += 1;
+        }
+        chunk.map(|c| (c, more))
+    }
+
+    /// A helper's scan of a chunk it took with [`BigFile::take_scan`].
+    fn scan(&self, (start, end): (u64, u64)) {
         let result = if self.abort.load(Ordering::Relaxed) {
             Ok(())
         } else {
-            let check = |n: u64| stop(n) || self.abort.load(Ordering::Relaxed);
-            copy_range(
-                &self.src,
-                &self.dst,
-                start,
-                end,
-                self.len,
-                self.sparse,
-                &check,
-            )
-            .map(|(n, eof)| {
-                self.copied.fetch_add(n, Ordering::Relaxed);
-                if let Some(at) = eof {
-                    self.short_end.fetch_min(at, Ordering::Relaxed);
-                }
-            })
+            punch_zero_blocks(&self.dst, start, end, self.len)
         };
         let Ok(mut st) = self.state.lock() else {
             self.abort.store(true, Ordering::Relaxed);
             return;
         };
+        st.running -= 1;
         if let Err(e) = result {
-            self.abort.store(true, Ordering::Relaxed);
-            if st.error.is_none() {
-                st.error = Some(e);
-            }
+            self.fail(&mut st, e);
         }
-        st.done += 1;
         drop(st);
         self.done_cv.notify_all();
+    }
+
+    /// The owner's scan of a chunk.
+    fn scan_or_fail(&self, (start, end): (u64, u64)) {
+        if self.abort.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = punch_zero_blocks(&self.dst, start, end, self.len) {
+            if let Ok(mut st) = self.state.lock() {
+                self.fail(&mut st, e);
+            } else {
+                self.abort.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn fail(&self, st: &mut ScanState, e: io::Error) {
+        self.abort.store(true, Ordering::Relaxed);
+        if st.error.is_none() {
+            st.error = Some(e);
+        }
+    }
+
+    /// Scans what still waits and waits for the helpers' scans; then the first error.
+    fn finish_scans(&self, stop: StopCheck) -> io::Result<()> {
+        let poisoned = || io::Error::other("scan state poisoned");
+        let mut st = self.state.lock().map_err(|_| poisoned())?;
+        loop {
+            if let Some(c) = st.waiting.pop_front() {
+                drop(st);
+                self.scan_or_fail(c);
+                st = self.state.lock().map_err(|_| poisoned())?;
+                continue;
+            }
+            if st.running == 0 {
+                break;
+            }
+            let (next, _) = self
+                .done_cv
+                .wait_timeout(st, Duration::from_millis(50))
+                .map_err(|_| poisoned())?;
+            st = next;
+            if stop(0) {
+                self.abort.store(true, Ordering::Relaxed);
+            }
+        }
+        match st.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 
 /// Copies `len` bytes of `src` into the empty file `dst` (see the module documentation).
-/// Large files are split into ranges that idle workers of `helpers` may copy too; this
-/// returns once all are done. Returns the bytes copied (data bytes only with `-S`).
+/// With `-S`, idle workers of `helpers` may scan chunks already copied; this returns once
+/// all are done. Returns the bytes copied (data bytes only with `-S`).
 pub fn copy(
     helpers: Option<&Helpers>,
     src: &File,
@@ -255,7 +348,7 @@ pub fn copy(
     copy_in_ranges(helpers, src, src_dev, dst, len, how, RANGE, stop)
 }
 
-/// [`copy`] with ranges of `range` bytes (files of two ranges or more are shared).
+/// [`copy`] with ranges of `range` bytes (each asks `SEEK_DATA` afresh with `-S`).
 #[allow(clippy::too_many_arguments)]
 fn copy_in_ranges(
     helpers: Option<&Helpers>,
@@ -286,52 +379,19 @@ fn copy_in_ranges(
         return Ok(len);
     }
     if how.sparse {
-        // Ranges write anywhere below `len`; the mapping used to find zero blocks must lie
-        // inside the file.
+        // The mapping used to find zero blocks must lie inside the file.
         fsops::set_len(dst, len)?;
     }
-    let ranges = len.div_ceil(range).max(1);
-    let file = Arc::new(BigFile {
-        src: src.try_clone()?,
-        dst: dst.try_clone()?,
-        len,
-        range,
-        sparse: how.sparse,
-        ranges,
-        next: AtomicU64::new(0),
-        abort: AtomicBool::new(false),
-        copied: AtomicU64::new(0),
-        short_end: AtomicU64::new(u64::MAX),
-        state: Mutex::new(RangeState::default()),
-        done_cv: Condvar::new(),
-    });
-    if ranges >= 2 {
-        if let Some(h) = helpers {
-            h.post(&file);
-        }
+    let file = BigFile::new(src, dst, len, range, how.sparse)?;
+    let copied = file.copy_all(helpers, stop);
+    if copied.is_err() {
+        file.abort.store(true, Ordering::Relaxed);
     }
-    while let Some(i) = file.claim() {
-        file.run(i, stop);
-    }
-    // Wait for the ranges helpers took; keep honouring interrupts meanwhile.
-    let mut st = file
-        .state
-        .lock()
-        .map_err(|_| io::Error::other("range state poisoned"))?;
-    while st.done < ranges {
-        let (next, _) = file
-            .done_cv
-            .wait_timeout(st, Duration::from_millis(50))
-            .map_err(|_| io::Error::other("range state poisoned"))?;
-        st = next;
-        if st.done < ranges && stop(0) {
-            file.abort.store(true, Ordering::Relaxed);
-        }
-    }
-    if let Some(e) = st.error.take() {
-        return Err(e);
-    }
-    drop(st);
+    // Helpers may still be scanning: wait for them, whatever happened (the caller may
+    // truncate or remove the file next). A scan's error comes first: it is what stopped the
+    // copy, if anything did.
+    file.finish_scans(stop)?;
+    let copied = copied?;
     if file.abort.load(Ordering::Relaxed) {
         return Err(fsops::interrupted());
     }
@@ -345,7 +405,29 @@ fn copy_in_ranges(
         // the destination was given its listed length first), not in a tail of zeros.
         fsops::set_len(dst, short)?;
     }
-    Ok(file.copied.load(Ordering::Relaxed))
+    Ok(copied)
+}
+
+impl BigFile {
+    /// The owner's copy of every range, in order; `-S` scans go through [`BigFile::queue_scan`].
+    fn copy_all(self: &Arc<Self>, helpers: Option<&Helpers>, stop: StopCheck) -> io::Result<u64> {
+        let check = |n: u64| stop(n) || self.abort.load(Ordering::Relaxed);
+        let scan = |chunk: (u64, u64)| self.queue_scan(helpers, chunk);
+        let mut copied = 0;
+        let mut start = 0;
+        while start < self.len {
+            let end = (start + self.range).min(self.len);
+            let (n, eof) =
+                copy_range(&self.src, &self.dst, start, end, self.sparse, &scan, &check)?;
+            copied += n;
+            if let Some(at) = eof {
+                self.short_end.fetch_min(at, Ordering::Relaxed);
+                break;
+            }
+            start = end;
+        }
+        Ok(copied)
+    }
 }
 
 /// Copies `[start, end)`. Returns the bytes copied and, if the source ended inside the
@@ -355,12 +437,12 @@ fn copy_range(
     dst: &File,
     start: u64,
     end: u64,
-    file_end: u64,
     sparse: bool,
+    scan: &dyn Fn((u64, u64)),
     stop: StopCheck,
 ) -> io::Result<(u64, Option<u64>)> {
     if !sparse {
-        return copy_extent(src, dst, start, end, file_end, false, stop);
+        return copy_extent(src, dst, start, end, None, stop);
     }
     let mut pos = start;
     let mut copied = 0;
@@ -375,7 +457,7 @@ fn copy_range(
             break;
         }
         let step_end = (data + SEEK_STEP).min(end);
-        let (n, eof) = copy_extent(src, dst, data, step_end, file_end, true, stop)?;
+        let (n, eof) = copy_extent(src, dst, data, step_end, Some(scan), stop)?;
         copied += n;
         if eof.is_some() {
             return Ok((copied, eof));
@@ -386,14 +468,13 @@ fn copy_range(
 }
 
 /// Copies the extent `[start, end)` with `copy_file_range` (read/write where refused); with
-/// `sparse`, zero blocks of each copied chunk are punched out afterwards.
+/// `scan` (`-S`), each copied chunk is handed to it, to have its zero blocks punched out.
 fn copy_extent(
     src: &File,
     dst: &File,
     start: u64,
     end: u64,
-    file_end: u64,
-    sparse: bool,
+    scan: Option<&dyn Fn((u64, u64))>,
     stop: StopCheck,
 ) -> io::Result<(u64, Option<u64>)> {
     let mut in_off = start;
@@ -404,8 +485,8 @@ fn copy_extent(
         match rustix::fs::copy_file_range(src, Some(&mut in_off), dst, Some(&mut out_off), want) {
             Ok(0) => return Ok((in_off - start, Some(in_off))),
             Ok(n) => {
-                if sparse {
-                    punch_zero_blocks(dst, chunk_start, chunk_start + n as u64, file_end)?;
+                if let Some(scan) = scan {
+                    scan((chunk_start, chunk_start + n as u64));
                 }
                 if stop(n as u64) {
                     return Err(fsops::interrupted());
@@ -417,6 +498,7 @@ fn copy_extent(
                 | rustix::io::Errno::OPNOTSUPP
                 | rustix::io::Errno::INVAL,
             ) if in_off == start => {
+                let sparse = scan.is_some();
                 let n = fsops::copy_read_write(src, dst, start, end - start, sparse, stop)?;
                 let eof = (n < end - start).then_some(start + n);
                 return Ok((n, eof));
@@ -632,10 +714,11 @@ mod tests {
         assert_eq!(before - after, 4 * 4096, "{before} -> {after}");
     }
 
-    /// Two workers take file jobs from one queue; each large file is copied in ranges that the
-    /// other worker may help with. Every file comes out exact and both loops end.
+    /// Two workers take file jobs from one queue; each large file is copied by the worker that
+    /// took it, and the other may help with the scans of the sparse one. Every file comes out
+    /// exact and both loops end.
     #[test]
-    fn workers_copy_large_files_in_shared_ranges() {
+    fn workers_copy_large_files_and_share_scans() {
         let dir = scratch();
         let root = dir.path().to_path_buf();
         let mut sources = Vec::new();
@@ -694,6 +777,95 @@ mod tests {
         assert_eq!(helpers.next_job(&rx), Some(7));
         helpers.idle();
         assert_eq!(helpers.next_job(&rx), None);
+    }
+
+    /// A dense copy of `content` at `path`, every block allocated, open for reading and
+    /// (with `write`) writing.
+    fn dense_copy(path: &Path, content: &[u8], write: bool) -> File {
+        std::fs::write(path, content).unwrap();
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(path)
+            .unwrap()
+    }
+
+    /// The owner keeps one copied chunk queued for a helper and scans older ones itself; the
+    /// helper's scan punches that chunk's zero blocks, and nothing is left for the owner.
+    #[test]
+    fn a_helper_scans_the_chunk_the_owner_queued() {
+        let dir = scratch();
+        let mib = 1usize << 20;
+        let mut content = vec![3u8; 3 * mib];
+        content[4096..3 * 4096].fill(0); // chunk 0: two zero blocks
+        content[mib + 8192..mib + 5 * 4096].fill(0); // chunk 1: three
+        content[2 * mib..2 * mib + 4096].fill(0); // chunk 2: one
+        let src = dense_copy(&dir.path().join("a"), &content, false);
+        let dst = dense_copy(&dir.path().join("b"), &content, true);
+        let allocated = |f: &File| f.metadata().unwrap().blocks() * 512;
+        let before = allocated(&dst);
+        let helpers = Helpers::default();
+        helpers.enabled.store(true, Ordering::Relaxed);
+        let file = BigFile::new(&src, &dst, content.len() as u64, mib as u64, true).unwrap();
+        file.queue_scan(Some(&helpers), (0, mib as u64));
+        assert_eq!(allocated(&dst), before, "a helper may still take chunk 0");
+        file.queue_scan(Some(&helpers), (mib as u64, 2 * mib as u64));
+        assert_eq!(
+            before - allocated(&dst),
+            2 * 4096,
+            "the owner scanned chunk 0"
+        );
+        let ticket = helpers.rx.try_recv().unwrap();
+        helpers.help(ticket);
+        assert_eq!(
+            before - allocated(&dst),
+            5 * 4096,
+            "the helper scanned chunk 1"
+        );
+        assert!(helpers.rx.is_empty(), "no chunk left, no ticket left");
+        file.queue_scan(Some(&helpers), (2 * mib as u64, 3 * mib as u64));
+        file.finish_scans(&no_stop).unwrap();
+        assert_eq!(
+            before - allocated(&dst),
+            6 * 4096,
+            "the owner scanned the rest"
+        );
+        assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), content);
+    }
+
+    /// A file of one range is never offered to helpers: its owner scans every chunk at once.
+    #[test]
+    fn a_file_of_one_range_is_scanned_by_its_owner() {
+        let dir = scratch();
+        let content = vec![0u8; 1 << 20];
+        let src = dense_copy(&dir.path().join("a"), &content, false);
+        let dst = dense_copy(&dir.path().join("b"), &content, true);
+        let helpers = Helpers::default();
+        helpers.enabled.store(true, Ordering::Relaxed);
+        let file = BigFile::new(&src, &dst, 1 << 20, 1 << 20, true).unwrap();
+        file.queue_scan(Some(&helpers), (0, 1 << 20));
+        assert!(helpers.rx.is_empty());
+        assert_eq!(
+            dst.metadata().unwrap().blocks(),
+            0,
+            "scanned and punched at once"
+        );
+    }
+
+    /// A helper's failing scan (punching into a read-only descriptor) fails the file.
+    #[test]
+    fn a_failing_helper_scan_fails_the_file() {
+        let dir = scratch();
+        let content = vec![0u8; 1 << 20];
+        let src = dense_copy(&dir.path().join("a"), &content, false);
+        let dst = dense_copy(&dir.path().join("b"), &content, false);
+        let helpers = Helpers::default();
+        helpers.enabled.store(true, Ordering::Relaxed);
+        let file = BigFile::new(&src, &dst, 1 << 20, 1 << 19, true).unwrap();
+        file.queue_scan(Some(&helpers), (0, 1 << 20));
+        helpers.help(helpers.rx.try_recv().unwrap());
+        assert!(file.abort.load(Ordering::Relaxed));
+        assert!(file.finish_scans(&no_stop).is_err());
     }
 
     #[test]

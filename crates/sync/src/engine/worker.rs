@@ -91,6 +91,11 @@ pub(crate) fn worker_io_config() -> io::Result<IoConfig> {
     })
 }
 
+/// True if `job` is a regular file of more than one copy range (see `bigcopy::RANGE`).
+fn holds_large_file(job: &EntryJob) -> bool {
+    job.meta.kind() == Kind::File && job.meta.size > crate::bigcopy::RANGE
+}
+
 fn cpath(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
@@ -169,7 +174,14 @@ impl Engine {
                     }
                 }
             };
-            let n = batch.jobs.len();
+            // A batch holding a large file counts as a full load: its copy occupies this
+            // thread, so more batches taken meanwhile (another large file among them) would
+            // only wait here while another worker idles.
+            let n = if batch.jobs.iter().any(holds_large_file) {
+                limit
+            } else {
+                batch.jobs.len()
+            };
             let task =
                 Arc::clone(&self).run_batch(io.clone(), batch, probes.clone(), direct.clone());
             files += n;
