@@ -92,6 +92,21 @@ fn tree(src: &Path, dst: &Path) {
     settle(dst);
 }
 
+/// [`tree`] and a file whose mtimes differ in nanoseconds only.
+fn nsec_tree(src: &Path, dst: &Path) {
+    tree(src, dst);
+    put(src, "nsec.txt", b"source nsec", T0);
+    put(dst, "nsec.txt", b"target nsec", T0);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::new(T0 as u64, 500_000_000);
+    let f = fs::File::options()
+        .write(true)
+        .open(src.join("nsec.txt"))
+        .unwrap();
+    f.set_modified(t).unwrap();
+    settle(src);
+    settle(dst);
+}
+
 /// [`tree`] with every source file's atime older than its mtime (so a
 /// read on a `relatime` mount would update it).
 fn old_atime_tree(src: &Path, dst: &Path) {
@@ -245,8 +260,20 @@ fn short_modify_window_and_a_negative_one() {
     check(&Case {
         name: "-@-1",
         flags: &["-a", "-@-1"],
-        setup: tree,
-        expect: all_sent,
+        setup: nsec_tree,
+        expect: |s, d, out| {
+            all_sent(s, d, out);
+            assert_eq!(read(&d.join("nsec.txt")), b"source nsec");
+        },
+        code: 0,
+        stderr: None,
+    });
+    // Without it, the same second is the same time.
+    check(&Case {
+        name: "no window",
+        flags: &["-a"],
+        setup: nsec_tree,
+        expect: |_, d, _| assert_eq!(read(&d.join("nsec.txt")), b"target nsec"),
         code: 0,
         stderr: None,
     });

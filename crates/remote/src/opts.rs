@@ -775,11 +775,14 @@ impl TransferOpts {
         if self.size_only {
             return Ok(true);
         }
-        Ok(!self.ignore_times && self.same_mtime(e.mtime, m.mtime))
+        let nsec_differs =
+            self.modify_window.is_some_and(|w| w < 0) && e.mtime_nsec != m.mtime_nsec;
+        Ok(!self.ignore_times && self.same_mtime(e.mtime, m.mtime) && !nsec_differs)
     }
 
     /// Whether two mtimes (seconds) are the same for the quick check:
-    /// within `--modify-window` seconds when one is given.
+    /// within `--modify-window` seconds when one is given (a negative
+    /// window also compares nanoseconds, see [`TransferOpts::unchanged`]).
     pub fn same_mtime(&self, a: i64, b: i64) -> bool {
         match self.modify_window {
             Some(w) if w > 0 => a.abs_diff(b) <= w as u64,
@@ -1004,6 +1007,7 @@ impl TransferOpts {
                 file_type: rustix::fs::FileType::from_raw_mode(m.mode()),
                 size: m.len(),
                 mtime: m.mtime(),
+                mtime_nsec: m.mtime_nsec() as u32,
                 perms: m.mode() & 0o7777,
             };
             if !self.unchanged(e, &info, || same_sum(&p))? {
@@ -1407,6 +1411,7 @@ mod tests {
             file_type: rustix::fs::FileType::RegularFile,
             size,
             mtime,
+            mtime_nsec: 0,
             perms: 0o644,
         }
     }
@@ -1574,6 +1579,14 @@ mod tests {
         o.modify_window = Some(-1);
         assert!(o.unchanged(&e, &local(10, 1000), || Ok(false)).unwrap());
         assert!(!o.unchanged(&e, &local(10, 1001), || Ok(false)).unwrap());
+        // Nanoseconds count only with a negative window.
+        let ns = EntryInfo {
+            mtime_nsec: 5,
+            ..local(10, 1000)
+        };
+        assert!(!o.unchanged(&e, &ns, || Ok(false)).unwrap());
+        o.modify_window = None;
+        assert!(o.unchanged(&e, &ns, || Ok(false)).unwrap());
         // -u within the window: the receiver's file counts as newer.
         let u = TransferOpts {
             update: true,

@@ -1479,8 +1479,13 @@ fn generator<W: Write>(
                             if let (Some(p), false) = (ctx.partial_file(e), dry) {
                                 p.remove(dest);
                             }
-                            // An mtime within --modify-window stays as it is.
-                            let keep_time = ctx.opts.modify_window.is_some_and(|w| w > 0)
+                            // After a quick check (not -c's content check)
+                            // an mtime in the same second, or within
+                            // --modify-window, stays as it is (rsync's
+                            // same_mtime without extra accuracy); a negative
+                            // window compares nanoseconds too.
+                            let keep_time = e.checksum.is_none()
+                                && ctx.opts.modify_window.is_none_or(|w| w >= 0)
                                 && ctx.opts.same_mtime(e.mtime, m.mtime);
                             let meta_of = |perms| {
                                 let mut want = ctx.meta.meta(e, Some(perms));
