@@ -18,7 +18,7 @@ use arsync_remote::args::{ServerCommand, CLIENT_CAPS};
 use arsync_remote::daemon::{DaemonTarget, DEFAULT_PORT};
 use arsync_remote::error::RemoteError;
 use arsync_remote::events::{EventSink, FileEvent};
-use arsync_remote::opts::{AltKind, TransferOpts};
+use arsync_remote::opts::{parse_block_size, parse_checksum_choice, AltKind, TransferOpts};
 use arsync_remote::pull::{pull, PullOptions};
 use arsync_remote::push::{push, PushOptions};
 use arsync_remote::session::CompressSpec;
@@ -167,16 +167,20 @@ struct Scan {
     /// The first option given that a transfer with a remote side does not
     /// implement yet (refused rather than ignored).
     unsupported: Option<String>,
+    /// `-B`/`--block-size` as given (the local parser does not keep it).
+    block_size: Option<String>,
+    /// `--checksum-choice`/`--cc` as given (taken out of the local
+    /// parser's sight: rsync's error for an unknown name is code 4).
+    checksum_choice: Option<String>,
+    /// `--modify-window`/`-@` as given (rsync sends it only then). A
+    /// word starting with `-@` is taken out of the local parser's sight
+    /// (it knows only the long form).
+    modify_window: Option<String>,
 }
 
 /// Options the local engine implements but a transfer with a remote side
 /// does not yet: refused with exit code 1 (never silently ignored).
 const REMOTE_UNSUPPORTED: &[&str] = &[
-    "modify-window",
-    "block-size",
-    "checksum-choice",
-    "fsync",
-    "preallocate",
     "log-file",
     "log-file-format",
     "timeout",
@@ -184,7 +188,6 @@ const REMOTE_UNSUPPORTED: &[&str] = &[
     "stop-after",
     "stop-at",
     "time-limit",
-    "open-noatime",
 ];
 
 /// Long options that take a value as the next word (when not given `=`).
@@ -236,6 +239,7 @@ const LONG_WITH_VALUE: &[&str] = &[
     "compress-threads",
     "zt",
     "checksum-choice",
+    "cc",
     "threads",
     "queue-depth",
     "address",
@@ -293,6 +297,12 @@ fn scan(args: &[OsString]) -> Scan {
                     s.drop.extend(start..=i);
                 }
                 "protocol" => s.protocol = value.and_then(|v| v.parse().ok()),
+                "block-size" => s.block_size = value,
+                "checksum-choice" | "cc" => {
+                    s.checksum_choice = value;
+                    s.drop.extend(start..=i);
+                }
+                "modify-window" => s.modify_window = value,
                 n if REMOTE_UNSUPPORTED.contains(&n) => {
                     s.unsupported.get_or_insert(format!("--{n}"));
                 }
@@ -307,6 +317,7 @@ fn scan(args: &[OsString]) -> Scan {
         }
         // A cluster of short options.
         let chars: Vec<char> = a[1..].chars().collect();
+        let start = i;
         let mut j = 0;
         while j < chars.len() {
             let c = chars[j];
@@ -320,8 +331,12 @@ fn scan(args: &[OsString]) -> Scan {
                 };
                 match c {
                     'e' => s.rsh = value,
-                    'B' => {
-                        s.unsupported.get_or_insert("--block-size (-B)".into());
+                    'B' => s.block_size = value,
+                    '@' => {
+                        if j == 0 {
+                            s.drop.extend(start..=i);
+                        }
+                        s.modify_window = value;
                     }
                     _ => {}
                 }
@@ -454,6 +469,13 @@ fn transfer_opts(o: &Options) -> TransferOpts {
         itemize_all: o.itemize > 1 && !o.quiet,
         report_deletions: !o.quiet
             && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some() || o.stats),
+        // Set by `run` from the pre-scan.
+        modify_window: None,
+        block_size: None,
+        checksum_choice: None,
+        fsync: o.fsync,
+        preallocate: o.preallocate,
+        open_noatime: o.open_noatime,
     }
 }
 
@@ -614,6 +636,32 @@ pub fn run(args: &[OsString]) -> i32 {
             format!("option {opt} is not supported with a remote side yet"),
         );
     }
+    // rsync's checks of -B (usage, code 1) and --checksum-choice (an
+    // unknown name is code 4), before anything starts.
+    let block_size = match s.block_size.as_deref().map(parse_block_size) {
+        Some(Err(e)) => return fail(e.exit_code(), e),
+        Some(Ok(b)) => b,
+        None => None,
+    };
+    let checksum_choice = match s.checksum_choice.as_deref().map(parse_checksum_choice) {
+        Some(Err(RemoteError::Proto(arsync_proto::Error::Unsupported(m)))) => {
+            return fail(ExitCode::Unsupported, m)
+        }
+        Some(Err(e)) => return fail(e.exit_code(), e),
+        Some(Ok(choice)) => choice.and(s.checksum_choice.clone()),
+        None => None,
+    };
+    let modify_window = match s.modify_window.as_deref().map(str::parse::<i64>) {
+        Some(Err(_)) => {
+            let v = s.modify_window.as_deref().unwrap_or_default();
+            return fail(
+                ExitCode::Syntax,
+                format!("invalid --modify-window value: {v}"),
+            );
+        }
+        Some(Ok(w)) => Some(w),
+        None => None,
+    };
     // Let the local parser validate everything, with the remote paths
     // replaced by placeholders and the options it refuses removed.
     let mut local_args: Vec<OsString> = Vec::with_capacity(args.len());
@@ -742,6 +790,9 @@ pub fn run(args: &[OsString]) -> i32 {
         opts: transfer_opts(&o),
     };
     cmd.opts.compress = s.compress.clone();
+    cmd.opts.block_size = block_size;
+    cmd.opts.checksum_choice = checksum_choice;
+    cmd.opts.modify_window = modify_window;
     // --files-from: a local list is read here (a pull sends it to the
     // server after the filter list); `host:path` on the pulling source's
     // host is read by the server.
@@ -1724,6 +1775,43 @@ mod tests {
         assert_eq!(
             split_command("ssh -o 'A B' \"c\""),
             ["ssh", "-o", "A B", "c"]
+        );
+    }
+
+    #[test]
+    fn scans_per_file_options() {
+        let v = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        let s = scan(&v(&[
+            "arsync", "-aB", "2k", "--cc", "md5", "-@-1", "--fsync", "src/", "h:dst",
+        ]));
+        assert_eq!(s.block_size.as_deref(), Some("2k"));
+        assert_eq!(s.checksum_choice.as_deref(), Some("md5"));
+        assert_eq!(s.modify_window.as_deref(), Some("-1"));
+        assert!(s.unsupported.is_none());
+        // --cc and -@ are out of the local parser's sight (it knows
+        // neither).
+        assert_eq!(s.drop, [3, 4, 5]);
+        assert_eq!(s.paths.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [7, 8]);
+        let s = scan(&v(&[
+            "arsync",
+            "--block-size=700",
+            "--checksum-choice=xxh3,md5",
+            "--modify-window",
+            "2",
+            "src/",
+            "h:dst",
+        ]));
+        assert_eq!(s.block_size.as_deref(), Some("700"));
+        assert_eq!(s.checksum_choice.as_deref(), Some("xxh3,md5"));
+        assert_eq!(s.modify_window.as_deref(), Some("2"));
+        assert_eq!(s.drop, [2]);
+        assert_eq!(s.paths.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [5, 6]);
+        let s = scan(&v(&["arsync", "-a", "src/", "h:dst"]));
+        assert!(s.modify_window.is_none() && s.block_size.is_none());
+        let s = scan(&v(&["arsync", "-@", "3", "src/", "h:dst"]));
+        assert_eq!(
+            (s.modify_window.as_deref(), &s.drop[..]),
+            (Some("3"), &[1, 2][..])
         );
     }
 }

@@ -2348,10 +2348,6 @@ fn options_not_implemented_remotely_are_refused() {
     let arsync = arsync_bin();
     for (flags, named) in [
         (&["--timeout=30"][..], "--timeout"),
-        (&["--fsync"], "--fsync"),
-        (&["--modify-window", "2"], "--modify-window"),
-        (&["-B2048"], "--block-size"),
-        (&["--checksum-choice=md5"], "--checksum-choice"),
         (&["--log-file=/dev/null"], "--log-file"),
         (&["--stop-after=5"], "--stop-after"),
     ] {

@@ -207,6 +207,10 @@ pub struct HandshakeConfig {
     pub compress_choice: Option<CompressAlgo>,
     /// `--compress-level` as given (passed on in [`Negotiated`]).
     pub compress_level: Option<i32>,
+    /// `--checksum-choice` on both command lines: the transfer checksum
+    /// and the `-c` file checksum. No checksum list is exchanged (rsync
+    /// skips that negotiation when the choice is given) and these stand.
+    pub checksum_choice: Option<(ChecksumAlgo, ChecksumAlgo)>,
     /// Server only: the seed to send (0 is allowed and disables seeding).
     pub seed: i32,
     /// Server only: allow incremental recursion.
@@ -227,6 +231,7 @@ impl HandshakeConfig {
             compressions: None,
             compress_choice: None,
             compress_level: None,
+            checksum_choice: None,
             seed: 0,
             allow_inc_recurse: false,
             known_remote: None,
@@ -245,6 +250,11 @@ pub struct Negotiated {
     pub compat: CompatFlags,
     /// Checksum for block sums and whole-file sums.
     pub checksum: ChecksumAlgo,
+    /// Checksum of the `-c` file list sums: the negotiated one, or the
+    /// second name of `--checksum-choice=A,B`.
+    pub file_checksum: ChecksumAlgo,
+    /// The checksums were fixed by `--checksum-choice`, not negotiated.
+    pub checksum_chosen: bool,
     /// Compression, if it was requested.
     pub compression: Option<CompressAlgo>,
     /// `--compress-level` as given (see `compress::effective_level`).
@@ -262,6 +272,7 @@ impl Negotiated {
     pub fn md5_seed_first(&self) -> bool {
         self.compat.has(CompatFlags::CHKSUM_SEED_FIX)
             || self.compat.has(CompatFlags::VARINT_FLIST_FLAGS)
+            || self.checksum_chosen
     }
 }
 
@@ -317,6 +328,9 @@ impl Handshake {
                 h.step = Step::Compat;
                 if h.cfg.role == Role::Server {
                     h.send_compat()?;
+                    // With nothing to read (no list exchanged), the seed
+                    // goes out now: the client waits for it.
+                    h.feed(&[])?;
                 }
             }
         }
@@ -362,14 +376,16 @@ impl Handshake {
     }
 
     fn queue_lists(&mut self) -> Result<()> {
-        let names: Vec<&str> = self
-            .cfg
-            .checksums
-            .iter()
-            .map(|a| a.name())
-            .chain((self.cfg.role == Role::Server).then_some("none"))
-            .collect();
-        put_vstring(&mut self.out, names.join(" ").as_bytes())?;
+        if self.cfg.checksum_choice.is_none() {
+            let names: Vec<&str> = self
+                .cfg
+                .checksums
+                .iter()
+                .map(|a| a.name())
+                .chain((self.cfg.role == Role::Server).then_some("none"))
+                .collect();
+            put_vstring(&mut self.out, names.join(" ").as_bytes())?;
+        }
         if let (Some(c), None) = (&self.cfg.compressions, self.cfg.compress_choice) {
             let mut names: Vec<&str> = c
                 .iter()
@@ -435,21 +451,25 @@ impl Handshake {
             }
             Step::Lists => {
                 let mut rr = r.clone();
-                let csum_list = rr.vstring(MAX_NSTR_LEN)?.to_vec();
+                let csum_list = match self.cfg.checksum_choice {
+                    None => Some(rr.vstring(MAX_NSTR_LEN)?.to_vec()),
+                    Some(_) => None,
+                };
                 let comp_list = match self.negotiates_compression() {
                     true => Some(rr.vstring(MAX_NSTR_LEN)?.to_vec()),
                     false => None,
                 };
                 *r = rr;
-                let c = choose(&self.cfg.checksums, ChecksumAlgo::name, &csum_list).ok_or_else(
-                    || {
-                        Error::Unsupported(format!(
-                            "no common checksum; peer offers {:?}",
-                            String::from_utf8_lossy(&csum_list)
-                        ))
-                    },
-                )?;
-                self.checksum = Some(c);
+                if let Some(csum_list) = csum_list {
+                    let c = choose(&self.cfg.checksums, ChecksumAlgo::name, &csum_list)
+                        .ok_or_else(|| {
+                            Error::Unsupported(format!(
+                                "no common checksum; peer offers {:?}",
+                                String::from_utf8_lossy(&csum_list)
+                            ))
+                        })?;
+                    self.checksum = Some(c);
+                }
                 self.compression = self.cfg.compress_choice;
                 if let (Some(ours), Some(list)) = (&self.cfg.compressions, comp_list) {
                     let c = choose(ours, CompressAlgo::name, &list).ok_or_else(|| {
@@ -482,8 +502,11 @@ impl Handshake {
             self.queue_lists()?;
             self.step = Step::Lists;
         } else {
-            // Without negotiation: MD5 at protocol >= 30; compression is zlib.
-            if !self.cfg.checksums.contains(&ChecksumAlgo::Md5) {
+            // Without negotiation: MD5 at protocol >= 30 (or the fixed
+            // choice); compression is zlib.
+            if self.cfg.checksum_choice.is_none()
+                && !self.cfg.checksums.contains(&ChecksumAlgo::Md5)
+            {
                 return Err(Error::Unsupported(
                     "peer cannot negotiate checksums and md5 is not allowed".into(),
                 ));
@@ -513,11 +536,16 @@ impl Handshake {
 
     fn finish(&mut self, seed: i32) {
         self.step = Step::Done;
+        let negotiated = self.checksum.unwrap_or(ChecksumAlgo::Md5);
+        let (checksum, file_checksum) =
+            self.cfg.checksum_choice.unwrap_or((negotiated, negotiated));
         self.result = Some(Negotiated {
             protocol: self.protocol,
             remote_protocol: self.remote_protocol,
             compat: self.compat,
-            checksum: self.checksum.unwrap_or(ChecksumAlgo::Md5),
+            checksum,
+            file_checksum,
+            checksum_chosen: self.cfg.checksum_choice.is_some(),
             compression: self.compression,
             compress_level: self.cfg.compress_level,
             seed,
@@ -600,6 +628,42 @@ mod tests {
         assert_eq!(s.compression, Some(CompressAlgo::Zlibx));
         assert_eq!(c.seed, 0x1234);
         assert_eq!(c.compat, s.compat);
+    }
+
+    #[test]
+    fn checksum_choice_skips_the_checksum_lists() {
+        for known in [None, Some(32)] {
+            let pair = (ChecksumAlgo::Md5, ChecksumAlgo::Xxh3);
+            let choice = Some(pair);
+            let mut server = HandshakeConfig::client(32, "LsfxCIvu");
+            server.role = Role::Server;
+            server.seed = 9;
+            server.checksum_choice = choice;
+            server.known_remote = known;
+            let mut client = HandshakeConfig::client(32, "LsfxCIvu");
+            client.checksum_choice = choice;
+            client.known_remote = known;
+            let mut s = Handshake::new(server.clone()).unwrap();
+            let (c, sr) = run_pair(client.clone(), server).unwrap();
+            for n in [&c, &sr] {
+                assert_eq!((n.checksum, n.file_checksum), pair);
+                assert!(n.checksum_chosen && n.md5_seed_first());
+            }
+            if known.is_none() {
+                // The server's reply to a version: compat flags, then the
+                // seed at once (no vstring list in between).
+                s.take_output();
+                s.feed(&32i32.to_le_bytes()).unwrap();
+                assert_eq!(s.take_output(), [0x81, 0xFA, 9, 0, 0, 0]);
+            } else {
+                assert!(s.result().is_some());
+            }
+        }
+        // Without a choice the file checksum is the negotiated one.
+        let mut server = HandshakeConfig::client(32, "LsfxCIvu");
+        server.role = Role::Server;
+        let (c, _) = run_pair(HandshakeConfig::client(32, "LsfxCIvu"), server).unwrap();
+        assert_eq!((c.file_checksum, c.checksum_chosen), (c.checksum, false));
     }
 
     #[test]

@@ -37,7 +37,21 @@ impl SumHead {
     /// The head for a file of `len` bytes. `redo` selects full-length strong
     /// sums (the redo pass). `digest_len` is the negotiated digest length.
     pub fn for_file(len: u64, redo: bool, digest_len: usize) -> Result<SumHead> {
-        let blength = block_len_for(len);
+        Self::for_file_with(len, redo, digest_len, None)
+    }
+
+    /// [`SumHead::for_file`] with a fixed block length (`-B`) instead of
+    /// the one derived from the size, when `block` is given.
+    pub fn for_file_with(
+        len: u64,
+        redo: bool,
+        digest_len: usize,
+        block: Option<u32>,
+    ) -> Result<SumHead> {
+        let blength = match block {
+            Some(b) if b > 0 => b,
+            _ => block_len_for(len),
+        };
         let max_s2 = digest_len.min(16) as i32;
         let s2length = if redo {
             max_s2
@@ -298,6 +312,24 @@ mod tests {
             assert_eq!(b % 8, 0);
             assert!(b * b <= len || b == 700);
         }
+    }
+
+    #[test]
+    fn fixed_block_length() {
+        // -B 1000 on a 10 000 000-byte file: 10 000 blocks of 1000 bytes.
+        let h = SumHead::for_file_with(10_000_000, false, 16, Some(1000)).unwrap();
+        assert_eq!((h.count, h.blength, h.remainder), (10_000, 1000, 0));
+        let d = SumHead::for_file(10_000_000, false, 16).unwrap();
+        assert_eq!(d.blength, 3160);
+        // A smaller block needs longer strong sums (fewer bits from the size).
+        assert!(h.s2length >= d.s2length);
+        let h = SumHead::for_file_with(2500, false, 16, Some(1024)).unwrap();
+        assert_eq!((h.count, h.blength, h.remainder), (3, 1024, 452));
+        // 0 is the default.
+        assert_eq!(
+            SumHead::for_file_with(2500, false, 16, Some(0)).unwrap(),
+            SumHead::for_file(2500, false, 16).unwrap()
+        );
     }
 
     #[test]

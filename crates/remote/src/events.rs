@@ -207,6 +207,7 @@ mod tests {
             file_type: rustix::fs::FileType::RegularFile,
             size: 9,
             mtime: 50,
+            mtime_nsec: 0,
             perms: 0o600,
         };
         let attrs = AttrState {

@@ -197,6 +197,10 @@ enum Job {
     Begin { name: Vec<u8>, in_place: bool },
     /// Set the current file's length (a file written in place).
     SetLen(u64),
+    /// Reserve this many bytes for the current file (`--preallocate`).
+    Preallocate(u64),
+    /// Flush the current file to stable storage (`--fsync`).
+    Sync,
     /// Write `buf` at `offset` of the current file.
     Data { offset: u64, buf: DataBuf },
     /// Commit the current (verified) file.
@@ -273,6 +277,21 @@ impl<C: Committer> Worker<C> {
                     if let Err(e) = t.file.set_len(len) {
                         self.fatal =
                             Some(RemoteError::io(format!("truncating {}", shown(name)), e));
+                    }
+                }
+            }
+            Job::Preallocate(len) => {
+                if let Some((t, name)) = &self.cur {
+                    if let Err(e) = arsync_sync::fsops::preallocate(&t.file, len) {
+                        self.fatal =
+                            Some(RemoteError::io(format!("preallocating {}", shown(name)), e));
+                    }
+                }
+            }
+            Job::Sync => {
+                if let Some((t, name)) = &self.cur {
+                    if let Err(e) = t.file.sync_all() {
+                        self.fatal = Some(RemoteError::io(format!("fsync {}", shown(name)), e));
                     }
                 }
             }
@@ -506,6 +525,19 @@ impl<C: Committer> FileWriter<C> {
         self.send(Job::SetLen(len))
     }
 
+    /// Reserves `len` bytes for the current file (`--preallocate`; the
+    /// file's length is not changed, a file system without support is not
+    /// an error).
+    pub fn preallocate(&mut self, len: u64) -> Result<()> {
+        self.send(Job::Preallocate(len))
+    }
+
+    /// Flushes the current file's data to stable storage before it is
+    /// committed (`--fsync`).
+    pub fn sync(&mut self) -> Result<()> {
+        self.send(Job::Sync)
+    }
+
     /// Queues `buf` to be written at `offset` of the current file.
     pub fn data(&mut self, offset: u64, buf: DataBuf) -> Result<()> {
         if buf.is_empty() {
@@ -690,6 +722,24 @@ mod tests {
         // Reused room keeps its old bytes until overwritten.
         assert_eq!(b.spare_mut(5), b"abcde");
         assert_eq!(DataBuf::default().capacity(), 0);
+    }
+
+    #[test]
+    fn preallocated_and_synced_files_keep_their_length() {
+        for make in [FileWriter::start as Make, FileWriter::inline] {
+            let dir = tempfile::tempdir().unwrap();
+            let dest = DestRoot::open(dir.path()).unwrap();
+            let (c, _seen) = committer(false);
+            let mut w = make(dest, c);
+            w.begin(b"p", false).unwrap();
+            w.preallocate(1 << 20).unwrap();
+            write(&mut w, 0, b"hello");
+            w.sync().unwrap();
+            w.commit(1, 5, 0).unwrap();
+            assert!(w.finish().unwrap().is_empty());
+            // The reservation does not change the file's length.
+            assert_eq!(std::fs::read(dir.path().join("p")).unwrap(), b"hello");
+        }
     }
 
     #[test]

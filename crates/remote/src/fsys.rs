@@ -185,6 +185,8 @@ pub struct EntryInfo {
     pub size: u64,
     /// mtime seconds.
     pub mtime: i64,
+    /// mtime nanoseconds (a negative `--modify-window` compares them).
+    pub mtime_nsec: u32,
     /// Permission bits (07777).
     pub perms: u32,
 }
@@ -462,6 +464,7 @@ impl DestRoot {
                     file_type: FileType::from_raw_mode(st.st_mode),
                     size: st.st_size as u64,
                     mtime: st.st_mtime,
+                    mtime_nsec: st.st_mtime_nsec as u32,
                     perms: st.st_mode & 0o7777,
                 },
                 AttrState {

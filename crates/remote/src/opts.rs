@@ -138,6 +138,84 @@ pub struct TransferOpts {
     /// A daemon's session: the directories above are inside the
     /// destination (see [`TransferOpts::confine`]).
     pub confined: bool,
+    /// `--modify-window` / `-@` when given: the generator's quick check
+    /// takes mtimes this many seconds apart as equal (a negative window
+    /// compares nanoseconds too). Sent to a receiving server only.
+    pub modify_window: Option<i64>,
+    /// `-B`/`--block-size`: the generator's fixed delta block length
+    /// (validated by [`parse_block_size`]). Sent to either server.
+    pub block_size: Option<u32>,
+    /// `--checksum-choice` / `--cc` as given (not `auto`): both sides fix
+    /// the checksums instead of negotiating them (see
+    /// [`parse_checksum_choice`]). Sent to either server.
+    pub checksum_choice: Option<String>,
+    /// `--fsync`: the receiver fsyncs each file it writes. Sent to a
+    /// receiving server only.
+    pub fsync: bool,
+    /// `--preallocate`: the receiver reserves each file's length before
+    /// writing it. Sent to a receiving server only.
+    pub preallocate: bool,
+    /// `--open-noatime`: the sender opens files with `O_NOATIME`. Sent to
+    /// either server.
+    pub open_noatime: bool,
+}
+
+/// The largest `-B` at protocol 30 and later (rsync's MAX_BLOCK_SIZE).
+pub const MAX_BLOCK_SIZE: u64 = 128 << 10;
+
+/// Reads a `-B`/`--block-size` value as rsync does: a size with an
+/// optional suffix, at most [`MAX_BLOCK_SIZE`]; 0 means the default
+/// (`None`). Errors carry rsync's messages (usage errors, exit code 1).
+pub fn parse_block_size(v: &str) -> Result<Option<u32>> {
+    let negative = v.trim_start().starts_with('-');
+    let n = match negative {
+        true => None,
+        false => arsync_sync::cli::parse_size(v),
+    };
+    match n {
+        Some(n) if n <= MAX_BLOCK_SIZE => Ok((n > 0).then_some(n as u32)),
+        None if !negative => Err(RemoteError::Usage(format!("--block-size={v} is invalid"))),
+        _ => Err(RemoteError::Usage(format!(
+            "--block-size={v} is too large (max: 128.00K)"
+        ))),
+    }
+}
+
+/// Reads a `--checksum-choice` value: one name for both the transfer and
+/// the `-c` file checksum, or `XFER,FILE`. Names are rsync's
+/// (case-insensitive, `xxhash` for `xxh64`; `auto` is md5 at protocol 30
+/// and later). `auto` alone (or `auto,auto`) means negotiation (`None`).
+/// An unknown name is rsync's error, exit code 4.
+pub fn parse_checksum_choice(
+    v: &str,
+) -> Result<
+    Option<(
+        arsync_proto::checksum::ChecksumAlgo,
+        arsync_proto::checksum::ChecksumAlgo,
+    )>,
+> {
+    use arsync_proto::checksum::ChecksumAlgo;
+    if v.eq_ignore_ascii_case("auto") || v.eq_ignore_ascii_case("auto,auto") {
+        return Ok(None);
+    }
+    // rsync names the rest of the value from the bad name on.
+    let one = |name: &str, shown: &str| -> Result<ChecksumAlgo> {
+        let lower = name.to_ascii_lowercase();
+        let found = match lower.as_str() {
+            "auto" => Some(ChecksumAlgo::Md5),
+            "xxhash" => Some(ChecksumAlgo::Xxh64),
+            n => ChecksumAlgo::from_name(n),
+        };
+        found.ok_or_else(|| {
+            RemoteError::Proto(arsync_proto::Error::Unsupported(format!(
+                "unknown checksum name: {shown}"
+            )))
+        })
+    };
+    match v.split_once(',') {
+        Some((a, b)) => Ok(Some((one(a, v)?, one(b, b)?))),
+        None => Ok(Some((one(v, v)?, one(v, v)?))),
+    }
 }
 
 /// The kind of `--*-dest` basis directories.
@@ -231,6 +309,9 @@ impl TransferOpts {
     /// pulling client runs the generator itself.
     pub fn server_args(&self, server_sends: bool) -> Vec<OsString> {
         let mut v = Vec::new();
+        if let Some(b) = self.block_size {
+            v.push(format!("-B{b}").into());
+        }
         if let Some(b) = self.bwlimit {
             v.push(format!("--bwlimit={}", b.div_ceil(1024)).into());
         }
@@ -280,6 +361,19 @@ impl TransferOpts {
             let mut arg = OsString::from("--suffix=");
             arg.push(x);
             v.push(arg);
+        }
+        if let Some(c) = &self.checksum_choice {
+            v.push(format!("--checksum-choice={c}").into());
+        }
+        // The generator's window goes to a receiving server (negative as
+        // rsync spells it).
+        match self.modify_window {
+            Some(w) if !server_sends && w < 0 => v.push(format!("-@{w}").into()),
+            Some(w) if !server_sends => v.push(format!("--modify-window={w}").into()),
+            _ => {}
+        }
+        if self.fsync && !server_sends {
+            v.push("--fsync".into());
         }
         if !server_sends {
             for d in &self.alt_dirs {
@@ -333,6 +427,12 @@ impl TransferOpts {
             v.push("--append".into());
         } else if self.inplace {
             v.push("--inplace".into());
+        }
+        if self.preallocate && !server_sends {
+            v.push("--preallocate".into());
+        }
+        if self.open_noatime {
+            v.push("--open-noatime".into());
         }
         v.extend(self.compress.server_args().into_iter().map(OsString::from));
         v
@@ -502,6 +602,40 @@ impl TransferOpts {
                     _ => self.temp_dir = Some(v),
                 }
             }
+            "--modify-window" => {
+                let v = match value {
+                    Some(v) => v.to_string(),
+                    None => {
+                        next().ok_or_else(|| RemoteError::Usage(format!("{arg} needs a value")))?
+                    }
+                };
+                self.modify_window = Some(
+                    v.parse()
+                        .map_err(|_| RemoteError::Usage(format!("bad --modify-window={v}")))?,
+                );
+            }
+            "--block-size" => {
+                let v = match value {
+                    Some(v) => v.to_string(),
+                    None => {
+                        next().ok_or_else(|| RemoteError::Usage(format!("{arg} needs a value")))?
+                    }
+                };
+                self.block_size = parse_block_size(&v)?;
+            }
+            "--checksum-choice" | "--cc" => {
+                let v = match value {
+                    Some(v) => v.to_string(),
+                    None => {
+                        next().ok_or_else(|| RemoteError::Usage(format!("{arg} needs a value")))?
+                    }
+                };
+                self.checksum_choice = parse_checksum_choice(&v)?.map(|_| v);
+            }
+            "--fsync" => self.fsync = true,
+            "--preallocate" => self.preallocate = true,
+            "--open-noatime" => self.open_noatime = true,
+            "--no-open-noatime" => self.open_noatime = false,
             "--copy-links" => self.copy_links = true,
             "--copy-dirlinks" => self.copy_dirlinks = true,
             "--prune-empty-dirs" => self.prune_empty_dirs = true,
@@ -608,7 +742,10 @@ impl TransferOpts {
         if self.size_excluded(e) {
             return Some(Skip::Size);
         }
-        if self.update && m.file_type == rustix::fs::FileType::RegularFile && e.mtime < m.mtime {
+        if self.update
+            && m.file_type == rustix::fs::FileType::RegularFile
+            && e.mtime - m.mtime < self.modify_window.unwrap_or(0)
+        {
             return Some(Skip::Newer);
         }
         None
@@ -638,7 +775,19 @@ impl TransferOpts {
         if self.size_only {
             return Ok(true);
         }
-        Ok(!self.ignore_times && m.mtime == e.mtime)
+        let nsec_differs =
+            self.modify_window.is_some_and(|w| w < 0) && e.mtime_nsec != m.mtime_nsec;
+        Ok(!self.ignore_times && self.same_mtime(e.mtime, m.mtime) && !nsec_differs)
+    }
+
+    /// Whether two mtimes (seconds) are the same for the quick check:
+    /// within `--modify-window` seconds when one is given (a negative
+    /// window also compares nanoseconds, see [`TransferOpts::unchanged`]).
+    pub fn same_mtime(&self, a: i64, b: i64) -> bool {
+        match self.modify_window {
+            Some(w) if w > 0 => a.abs_diff(b) <= w as u64,
+            _ => a == b,
+        }
     }
 }
 
@@ -858,6 +1007,7 @@ impl TransferOpts {
                 file_type: rustix::fs::FileType::from_raw_mode(m.mode()),
                 size: m.len(),
                 mtime: m.mtime(),
+                mtime_nsec: m.mtime_nsec() as u32,
                 perms: m.mode() & 0o7777,
             };
             if !self.unchanged(e, &info, || same_sum(&p))? {
@@ -1261,6 +1411,7 @@ mod tests {
             file_type: rustix::fs::FileType::RegularFile,
             size,
             mtime,
+            mtime_nsec: 0,
             perms: 0o644,
         }
     }
@@ -1300,6 +1451,150 @@ mod tests {
         };
         assert_eq!(f.packed_flags(true), "Lk");
         assert_eq!(f.packed_flags(false), "m");
+    }
+
+    #[test]
+    fn per_file_options_as_rsync_sends_them() {
+        let o = TransferOpts {
+            modify_window: Some(-1),
+            block_size: Some(2048),
+            checksum_choice: Some("md5,xxh3".into()),
+            fsync: true,
+            preallocate: true,
+            open_noatime: true,
+            ..TransferOpts::default()
+        };
+        // To a receiving server: everything.
+        assert_eq!(
+            o.server_args(false),
+            [
+                "-B2048",
+                "--checksum-choice=md5,xxh3",
+                "-@-1",
+                "--fsync",
+                "--preallocate",
+                "--open-noatime"
+            ]
+        );
+        // To a sending one: what its sender and the negotiation need.
+        assert_eq!(
+            o.server_args(true),
+            ["-B2048", "--checksum-choice=md5,xxh3", "--open-noatime"]
+        );
+        let w = TransferOpts {
+            modify_window: Some(2),
+            ..TransferOpts::default()
+        };
+        assert_eq!(w.server_args(false), ["--modify-window=2"]);
+        let mut back = TransferOpts::default();
+        for a in [
+            "--modify-window=2",
+            "--fsync",
+            "--preallocate",
+            "--open-noatime",
+        ] {
+            assert!(back.parse_server_arg(a, &mut || None).unwrap(), "{a}");
+        }
+        assert!(back
+            .parse_server_arg("--cc", &mut || Some("xxh64".into()))
+            .unwrap());
+        assert!(back
+            .parse_server_arg("--block-size=1k", &mut || None)
+            .unwrap());
+        assert_eq!(
+            back,
+            TransferOpts {
+                block_size: Some(1024),
+                checksum_choice: Some("xxh64".into()),
+                fsync: true,
+                preallocate: true,
+                open_noatime: true,
+                ..w.clone()
+            }
+        );
+        assert!(back
+            .parse_server_arg("--no-open-noatime", &mut || None)
+            .unwrap());
+        assert!(!back.open_noatime);
+        assert!(back
+            .parse_server_arg("--modify-window=x", &mut || None)
+            .is_err());
+    }
+
+    #[test]
+    fn block_size_and_checksum_choice_values() {
+        use arsync_proto::checksum::ChecksumAlgo as A;
+        assert_eq!(parse_block_size("0").unwrap(), None);
+        assert_eq!(parse_block_size("700").unwrap(), Some(700));
+        assert_eq!(parse_block_size("1.5k").unwrap(), Some(1536));
+        assert_eq!(parse_block_size("131072").unwrap(), Some(131_072));
+        for (bad, msg) in [
+            ("131073", "--block-size=131073 is too large (max: 128.00K)"),
+            ("-5", "--block-size=-5 is too large (max: 128.00K)"),
+            ("abc", "--block-size=abc is invalid"),
+        ] {
+            let e = parse_block_size(bad).unwrap_err();
+            assert_eq!(e.to_string(), msg);
+            assert_eq!(e.exit_code(), arsync_proto::stats::ExitCode::Syntax);
+        }
+        assert_eq!(parse_checksum_choice("auto").unwrap(), None);
+        assert_eq!(parse_checksum_choice("AUTO,auto").unwrap(), None);
+        assert_eq!(
+            parse_checksum_choice("MD5").unwrap(),
+            Some((A::Md5, A::Md5))
+        );
+        assert_eq!(
+            parse_checksum_choice("xxhash,none").unwrap(),
+            Some((A::Xxh64, A::None))
+        );
+        assert_eq!(
+            parse_checksum_choice("auto,xxh128").unwrap(),
+            Some((A::Md5, A::Xxh128))
+        );
+        // rsync names the value from the unknown name on.
+        for (bad, shown) in [
+            ("bogus", "bogus"),
+            ("md5,bogus", "bogus"),
+            ("bogus,md5", "bogus,md5"),
+        ] {
+            let e = parse_checksum_choice(bad).unwrap_err();
+            assert_eq!(e.exit_code(), arsync_proto::stats::ExitCode::Unsupported);
+            assert!(
+                e.to_string()
+                    .contains(&format!("unknown checksum name: {shown}")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn modify_window_in_the_quick_check() {
+        let e = file("f", 10, 1000);
+        let mut o = TransferOpts::default();
+        assert!(!o.unchanged(&e, &local(10, 1002), || Ok(false)).unwrap());
+        o.modify_window = Some(2);
+        assert!(o.unchanged(&e, &local(10, 1002), || Ok(false)).unwrap());
+        assert!(o.unchanged(&e, &local(10, 998), || Ok(false)).unwrap());
+        assert!(!o.unchanged(&e, &local(10, 1003), || Ok(false)).unwrap());
+        o.modify_window = Some(-1);
+        assert!(o.unchanged(&e, &local(10, 1000), || Ok(false)).unwrap());
+        assert!(!o.unchanged(&e, &local(10, 1001), || Ok(false)).unwrap());
+        // Nanoseconds count only with a negative window.
+        let ns = EntryInfo {
+            mtime_nsec: 5,
+            ..local(10, 1000)
+        };
+        assert!(!o.unchanged(&e, &ns, || Ok(false)).unwrap());
+        o.modify_window = None;
+        assert!(o.unchanged(&e, &ns, || Ok(false)).unwrap());
+        // -u within the window: the receiver's file counts as newer.
+        let u = TransferOpts {
+            update: true,
+            modify_window: Some(5),
+            ..TransferOpts::default()
+        };
+        assert!(u.skip(&e, Some(&local(10, 997))).is_some());
+        assert!(u.skip(&e, Some(&local(10, 990))).is_none());
     }
 
     #[test]

@@ -451,6 +451,8 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
         let dest = dest.clone();
         let neg = neg.clone();
         let fopts = fopts.clone();
+        // --checksum-choice=none: no block sums to match with.
+        let whole_file = mode.whole_file || neg.checksum == ChecksumAlgo::None;
         let gen_ctx = GenCtx {
             dest,
             neg,
@@ -459,7 +461,7 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
             links,
             delete: mode.delete,
             events: mode.events.clone(),
-            whole_file: mode.whole_file,
+            whole_file,
             filter: mode.filter.clone(),
             requested: Arc::clone(&requested),
             dry_run: mode.dry_run,
@@ -685,7 +687,7 @@ fn request<W: Write>(
     };
     // No basis: an all-zero head, as rsync sends (whole-file transfer).
     let head = match basis {
-        Some(_) => SumHead::for_file(len, redo, neg.checksum.digest_len())?,
+        Some(_) => SumHead::for_file_with(len, redo, neg.checksum.digest_len(), how.block_size)?,
         None => SumHead::default(),
     };
     head.encode(&mut buf);
@@ -730,6 +732,8 @@ struct RequestKind {
     append: bool,
     /// rsync's change bits for the item (`ITEM_REPORT_*`).
     report: u16,
+    /// `-B`: the block length of the sums (else derived from the size).
+    block_size: Option<u32>,
 }
 
 /// What the generator thread needs besides the file list.
@@ -1424,7 +1428,7 @@ fn generator<W: Write>(
                         let owners = (root && fopts.preserve_uid, root && fopts.preserve_gid);
                         let exists = existing.is_some();
                         let hit = ctx.opts.alt_match(dest, e, exists, owners, |p| {
-                            Ok(crate::walk::file_checksum(p, neg.checksum)?.as_slice()
+                            Ok(crate::walk::file_checksum(p, neg.file_checksum)?.as_slice()
                                 == e.checksum.as_deref().unwrap_or_default())
                         })?;
                         let put = |r: std::io::Result<()>| {
@@ -1466,7 +1470,7 @@ fn generator<W: Write>(
                     if let Some(m) = existing {
                         // The quick check (-c compares content sums instead).
                         let same = ctx.opts.unchanged(e, &m, || {
-                            Ok(local_sum(dest, &e.name, neg.checksum)?.as_deref()
+                            Ok(local_sum(dest, &e.name, neg.file_checksum)?.as_deref()
                                 == e.checksum.as_deref())
                         })?;
                         if same {
@@ -1475,14 +1479,29 @@ fn generator<W: Write>(
                             if let (Some(p), false) = (ctx.partial_file(e), dry) {
                                 p.remove(dest);
                             }
+                            // After a quick check (not -c's content check)
+                            // an mtime in the same second, or within
+                            // --modify-window, stays as it is (rsync's
+                            // same_mtime without extra accuracy); a negative
+                            // window compares nanoseconds too.
+                            let keep_time = e.checksum.is_none()
+                                && ctx.opts.modify_window.is_none_or(|w| w >= 0)
+                                && ctx.opts.same_mtime(e.mtime, m.mtime);
+                            let meta_of = |perms| {
+                                let mut want = ctx.meta.meta(e, Some(perms));
+                                if keep_time {
+                                    want.mtime = None;
+                                }
+                                want
+                            };
                             let report = attrs.map_or(0, |a| {
-                                let want = ctx.meta.meta(e, Some(a.perms));
+                                let want = meta_of(a.perms);
                                 change_flags(e, Some((&m, &a)), &want, false)
                             });
                             if !dry {
                                 sent = ctx.fix_xattrs(outs, &mut codec, i, e, 0)?;
                                 // Only what differs is changed (most often nothing).
-                                let meta = ctx.meta.meta(e, Some(m.perms));
+                                let meta = meta_of(m.perms);
                                 if !attrs.is_some_and(|a| meta.is_applied(&a)) {
                                     dest.set_meta(&e.name, &meta)?;
                                 }
@@ -1540,6 +1559,7 @@ fn generator<W: Write>(
                             is_new: Some(existing.is_none()),
                             append: ctx.opts.append > 0,
                             report: report & !(iflags::TRANSFER | iflags::IS_NEW),
+                            block_size: ctx.opts.block_size,
                         },
                     )?;
                     pacer.requested(outs)?;
@@ -1581,6 +1601,7 @@ fn generator<W: Write>(
                         is_new: Some(!exists),
                         append: false,
                         report: 0,
+                        block_size: ctx.opts.block_size,
                     },
                 )?;
                 outs.flush()?;
@@ -1942,6 +1963,7 @@ fn receiver<R: Read>(
                         (Some(d), false) => PartialFile::of(&e.name, d).map(PartialFile::keep),
                         (None, false) => mode.partial.then(|| Keep::Named(e.name.clone())),
                     },
+                    preallocate: mode.opts.preallocate,
                 };
                 let (good, lit, matched) =
                     receive_file(ins, e, dest, neg.checksum, &tokens, &how, &mut bufs)?;
@@ -1963,6 +1985,10 @@ fn receiver<R: Read>(
                         ));
                     }
                 } else {
+                    // --fsync: the data is on disk before the rename.
+                    if mode.opts.fsync {
+                        bufs.writer.sync()?;
+                    }
                     // The writer applies attributes and renames into place.
                     bufs.writer.commit(ndx as usize, lit, matched)?;
                     summary.files_transferred += 1;
@@ -2076,6 +2102,8 @@ struct FileRecv {
     backup_basis: Option<PathBuf>,
     /// Where a cut-off transfer is kept (`--partial`, `--partial-dir`).
     keep: Option<Keep>,
+    /// `--preallocate`: reserve the file's length before writing.
+    preallocate: bool,
 }
 
 /// Receives one file's data and hands it to the writer (which creates the
@@ -2106,6 +2134,9 @@ fn receive_file<R: Read>(
     bufs.window.window_len = 0;
     let in_place = how.in_place || how.append > 0;
     bufs.writer.begin(&e.name, in_place)?;
+    if how.preallocate && e.size > 0 {
+        bufs.writer.preallocate(e.size as u64)?;
+    }
     let mut offset = 0u64;
     if let Some(t) = &mut bufs.progress {
         t.start();

@@ -211,7 +211,7 @@ fn run_push_piped<R: Read, W: Write>(
         &sources,
         opts.command.flags.contains('R'),
         &fopts,
-        neg.checksum,
+        neg.file_checksum,
         filter.as_ref(),
         None,
         &opts.command.opts,
@@ -230,6 +230,7 @@ fn run_push_piped<R: Read, W: Write>(
             remove_sent: opts.command.opts.remove_source_files,
             inplace: opts.command.opts.inplace,
             append: opts.command.opts.append,
+            open_noatime: opts.command.opts.open_noatime,
         },
     )
 }
@@ -385,6 +386,8 @@ pub(crate) struct SendMode<'a> {
     pub inplace: bool,
     /// `--append` (1) / `--append-verify` (2), see [`crate::opts::TransferOpts::append`].
     pub append: u8,
+    /// `--open-noatime`: files are read without updating their atime.
+    pub open_noatime: bool,
 }
 
 /// The sending half of a session after setup: file list, id lists, the
@@ -405,6 +408,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
         remove_sent,
         inplace,
         append,
+        open_noatime,
     } = mode;
     let flist_start = std::time::Instant::now();
     if let Some(ev) = events {
@@ -480,6 +484,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
     // --progress: the data sent of the file being sent.
     let mut ticker = EventSink::ticker(events);
     let mut sources = crate::walk::SourceOpener::default();
+    sources.noatime = open_noatime;
     let mut io_error = list.io_error;
     // Bytes read per call into the delta encoder's input (whole-file
     // sends read straight into the framed output instead).

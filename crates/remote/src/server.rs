@@ -136,6 +136,25 @@ impl ServerArgs {
                 }
                 s if s.starts_with("--out-format=") || s.starts_with("--timeout=") => {}
                 s if s.starts_with("--") => return Err(unsupported(format!("server option {s}"))),
+                // rsync's client sends -B and a negative -@ as short
+                // options with the value attached (or in the next word).
+                s if s.starts_with("-B") || s.starts_with("-@") => {
+                    let value = match &s[2..] {
+                        "" => {
+                            k += 1;
+                            rest.get(k - 1)
+                                .cloned()
+                                .ok_or_else(|| RemoteError::Usage(format!("{s} needs a value")))?
+                        }
+                        v => v.to_string(),
+                    };
+                    let long = match &s[..2] {
+                        "-B" => "--block-size",
+                        _ => "--modify-window",
+                    };
+                    a.opts
+                        .parse_server_arg(&format!("{long}={value}"), &mut || None)?;
+                }
                 s if s.starts_with('-') => {
                     let packed = &s[1..];
                     match packed.split_once('e') {
@@ -209,6 +228,10 @@ fn server_handshake<R: Read, W: Write>(
         .compress
         .with_z(args.flags.contains('z'))
         .configure(&mut cfg)?;
+    cfg.checksum_choice = match &args.opts.checksum_choice {
+        Some(c) => crate::opts::parse_checksum_choice(c)?,
+        None => None,
+    };
     let mut hs = Handshake::new(cfg)?;
     loop {
         let out = hs.take_output();
@@ -383,7 +406,7 @@ fn serve<R: Read, W: Write + Send + 'static>(
             &sources,
             args.flags.contains('R'),
             &fopts,
-            neg.checksum,
+            neg.file_checksum,
             filter.as_ref(),
             daemon.as_ref(),
             &opts,
@@ -402,6 +425,7 @@ fn serve<R: Read, W: Write + Send + 'static>(
                 remove_sent: args.opts.remove_source_files,
                 inplace: args.opts.inplace,
                 append: args.opts.append,
+                open_noatime: args.opts.open_noatime,
             },
         )
     } else {
@@ -577,6 +601,48 @@ mod tests {
         ] {
             assert!(!reads_host_files(r), "{:?}", String::from_utf8_lossy(r));
         }
+    }
+
+    #[test]
+    fn parses_per_file_options() {
+        let a = ServerArgs::parse(&v(&[
+            "--server",
+            "-logDtpre.LsfxCIvu",
+            "-B2048",
+            "--checksum-choice=md5,xxh3",
+            "-@-1",
+            "--fsync",
+            "--preallocate",
+            "--open-noatime",
+            ".",
+            "d/",
+        ]))
+        .unwrap();
+        assert_eq!(a.flags, "logDtpr");
+        assert_eq!(a.opts.block_size, Some(2048));
+        assert_eq!(a.opts.modify_window, Some(-1));
+        assert_eq!(a.opts.checksum_choice.as_deref(), Some("md5,xxh3"));
+        assert!(a.opts.fsync && a.opts.preallocate && a.opts.open_noatime);
+        // The split forms, and the long ones.
+        let a = ServerArgs::parse(&v(&[
+            "--server", "-B", "1k", "-@", "3", "--cc", "xxh64", ".", "d/",
+        ]))
+        .unwrap();
+        assert_eq!(a.opts.block_size, Some(1024));
+        assert_eq!(a.opts.modify_window, Some(3));
+        assert_eq!(a.opts.checksum_choice.as_deref(), Some("xxh64"));
+        let a = ServerArgs::parse(&v(&["--server", "--modify-window=2", ".", "d/"])).unwrap();
+        assert_eq!(a.opts.modify_window, Some(2));
+        // rsync's bounds and names.
+        for (bad, code) in [
+            ("-B131073", ExitCode::Syntax),
+            ("-Bxyz", ExitCode::Syntax),
+            ("--checksum-choice=bogus", ExitCode::Unsupported),
+        ] {
+            let e = ServerArgs::parse(&v(&["--server", bad, ".", "d/"])).err();
+            assert_eq!(e.map(|e| e.exit_code()), Some(code), "{bad}");
+        }
+        assert!(ServerArgs::parse(&v(&["--server", "-B"])).is_err());
     }
 
     #[test]

@@ -183,8 +183,17 @@ pub fn client_handshake_known<R: Read, W: Write>(
 ) -> Result<Negotiated> {
     let mut cfg = HandshakeConfig::client(protocol, caps);
     cfg.known_remote = known_remote;
-    cfg.checksums = ChecksumAlgo::PREFERENCE.to_vec();
     compress.configure(&mut cfg)?;
+    handshake_with(ins, outs, cfg)
+}
+
+/// Runs a client handshake configured by `cfg`.
+fn handshake_with<R: Read, W: Write>(
+    ins: &mut InStream<R>,
+    outs: &mut OutStream<W>,
+    mut cfg: HandshakeConfig,
+) -> Result<Negotiated> {
+    cfg.checksums = ChecksumAlgo::PREFERENCE.to_vec();
     let mut hs = Handshake::new(cfg)?;
     loop {
         let out = hs.take_output();
@@ -213,15 +222,26 @@ pub fn start_client<R: Read, W: Write>(
     daemon: Option<&DaemonTarget>,
 ) -> Result<Negotiated> {
     let compress = cmd.opts.compress.with_z(cmd.flags.contains('z'));
-    match daemon {
-        None => client_handshake(ins, outs, protocol, &cmd.caps, &compress),
+    // --checksum-choice: checked before anything is sent (rsync's client
+    // refuses an unknown name itself).
+    let checksum_choice = match &cmd.opts.checksum_choice {
+        Some(c) => crate::opts::parse_checksum_choice(c)?,
+        None => None,
+    };
+    let (ours, known_remote) = match daemon {
+        None => (protocol, None),
         Some(t) => {
             let mut c = cmd.clone();
             let ours = c.protocol.take().map_or(protocol, |p| p.min(protocol));
             let g = preamble(ins, outs, t, &c.server_args(), ours, ins.echo_messages)?;
-            client_handshake_known(ins, outs, ours, &cmd.caps, &compress, Some(g.protocol))
+            (ours, Some(g.protocol))
         }
-    }
+    };
+    let mut cfg = HandshakeConfig::client(ours, &cmd.caps);
+    cfg.known_remote = known_remote;
+    cfg.checksum_choice = checksum_choice;
+    compress.configure(&mut cfg)?;
+    handshake_with(ins, outs, cfg)
 }
 
 /// File-list options implied by the packed short flags, `--numeric-ids`
@@ -239,7 +259,7 @@ pub fn flist_options(flags: &str, numeric_ids: bool, neg: &Negotiated) -> Result
         preserve_hard_links: has('H'),
         atimes: has('U'),
         crtimes: false,
-        checksum_len: has('c').then(|| neg.checksum.digest_len()),
+        checksum_len: has('c').then(|| neg.file_checksum.digest_len()),
         inc_recurse: neg.compat.has(CompatFlags::INC_RECURSE),
         numeric_ids,
         id0_names: neg.compat.has(CompatFlags::ID0_NAMES),

@@ -404,6 +404,9 @@ pub(crate) fn open_listed(path: &Path, follow: bool) -> Result<std::fs::File> {
 pub(crate) struct SourceOpener {
     dir: PathBuf,
     fd: Option<std::os::fd::OwnedFd>,
+    /// `--open-noatime`: files are opened with `O_NOATIME` (where the
+    /// kernel allows it: files of other users need privileges).
+    pub(crate) noatime: bool,
 }
 
 impl SourceOpener {
@@ -431,7 +434,14 @@ impl SourceOpener {
             true => OFlags::RDONLY | OFlags::CLOEXEC,
             false => OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         };
-        rustix::fs::openat(fd, base, flags, Mode::empty())
+        let opened = match self.noatime {
+            true => match rustix::fs::openat(fd, base, flags | OFlags::NOATIME, Mode::empty()) {
+                Err(rustix::io::Errno::PERM) => rustix::fs::openat(fd, base, flags, Mode::empty()),
+                other => other,
+            },
+            false => rustix::fs::openat(fd, base, flags, Mode::empty()),
+        };
+        opened
             .map(std::fs::File::from)
             .map_err(|e| RemoteError::io(format!("opening {}", path.display()), e.into()))
     }
