@@ -160,25 +160,12 @@ pub struct TransferOpts {
     pub open_noatime: bool,
 }
 
-/// The largest `-B` at protocol 30 and later (rsync's MAX_BLOCK_SIZE).
-pub const MAX_BLOCK_SIZE: u64 = 128 << 10;
+pub use arsync_sync::cli::MAX_BLOCK_SIZE;
 
-/// Reads a `-B`/`--block-size` value as rsync does: a size with an
-/// optional suffix, at most [`MAX_BLOCK_SIZE`]; 0 means the default
-/// (`None`). Errors carry rsync's messages (usage errors, exit code 1).
+/// Reads a `-B`/`--block-size` value as rsync does (see
+/// [`arsync_sync::cli::parse_block_size`]); 0 means the default (`None`).
 pub fn parse_block_size(v: &str) -> Result<Option<u32>> {
-    let negative = v.trim_start().starts_with('-');
-    let n = match negative {
-        true => None,
-        false => arsync_sync::cli::parse_size(v),
-    };
-    match n {
-        Some(n) if n <= MAX_BLOCK_SIZE => Ok((n > 0).then_some(n as u32)),
-        None if !negative => Err(RemoteError::Usage(format!("--block-size={v} is invalid"))),
-        _ => Err(RemoteError::Usage(format!(
-            "--block-size={v} is too large (max: 128.00K)"
-        ))),
-    }
+    arsync_sync::cli::parse_block_size(v).map_err(RemoteError::Usage)
 }
 
 /// Reads a `--checksum-choice` value: one name for both the transfer and

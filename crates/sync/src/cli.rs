@@ -2,7 +2,7 @@
 //! occurrence wins, as in rsync), filter options in command-line order, and the refusal of
 //! rsync options this build does not support (exit code 1, naming the option).
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -667,6 +667,7 @@ const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
         false,
         "choose the checksum algorithm",
     ),
+    ("cc", None, "cc", false, "same as --checksum-choice"),
     (
         "info",
         None,
@@ -1101,13 +1102,73 @@ pub struct Parsed {
     pub per_dir_rules: bool,
 }
 
+/// The largest `-B`/`--block-size` (rsync's `MAX_BLOCK_SIZE` from protocol 30 on).
+pub const MAX_BLOCK_SIZE: u64 = 128 << 10;
+
+/// Reads a `-B`/`--block-size` value as rsync does: a size with an optional suffix, at most
+/// [`MAX_BLOCK_SIZE`]; 0 means the default (`None`). The error is rsync's text.
+pub fn parse_block_size(v: &str) -> Result<Option<u32>, String> {
+    let negative = v.trim_start().starts_with('-');
+    match (!negative).then(|| parse_size(v)).flatten() {
+        Some(n) if n <= MAX_BLOCK_SIZE => Ok((n > 0).then_some(n as u32)),
+        None if !negative => Err(format!("--block-size={v} is invalid")),
+        _ => Err(format!("--block-size={v} is too large (max: 128.00K)")),
+    }
+}
+
+/// Checks a `--checksum-choice` value (`NAME` or `XFER,FILE`) against rsync's names,
+/// ignoring case. The error is rsync's text (exit code 4).
+pub fn check_checksum_choice(v: &str) -> Result<(), String> {
+    const NAMES: [&str; 9] = [
+        "auto", "md4", "md5", "xxh64", "xxhash", "xxh3", "xxh128", "sha1", "none",
+    ];
+    let known = |n: &str| NAMES.iter().any(|k| k.eq_ignore_ascii_case(n));
+    match v.split_once(',') {
+        // rsync names the rest of the value from the bad name on.
+        Some((a, _)) if !known(a) => Err(format!("unknown checksum name: {v}")),
+        Some((_, b)) if !known(b) => Err(format!("unknown checksum name: {b}")),
+        None if !known(v) => Err(format!("unknown checksum name: {v}")),
+        _ => Ok(()),
+    }
+}
+
+/// Rewrites rsync's short `-@N` / `-@ N` into `--modify-window=N` (the parser cannot take a
+/// negative value after a short option), up to a `--` that ends the options.
+fn modify_window_short(args: Vec<OsString>) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            out.push(a);
+            out.extend(it);
+            break;
+        }
+        match a.as_encoded_bytes().strip_prefix(b"-@") {
+            Some([]) => {
+                let mut w = OsString::from("--modify-window=");
+                if let Some(v) = it.next() {
+                    w.push(v);
+                }
+                out.push(w);
+            }
+            Some(rest) => {
+                let mut w = OsString::from("--modify-window=");
+                w.push(OsStr::new(&String::from_utf8_lossy(rest).into_owned()));
+                out.push(w);
+            }
+            None => out.push(a),
+        }
+    }
+    out
+}
+
 /// Parses an argument vector (including the program name).
 pub fn parse<I, T>(args: I) -> Result<Parsed, CliError>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let args = modify_window_short(args.into_iter().map(Into::into).collect());
     // A lone `-h` means help, as in rsync.
     if args.len() == 2 && args[1] == "-h" {
         let _ = command().print_help();
@@ -1395,14 +1456,18 @@ where
         .ok_or_else(|| usage(format!("arsync: invalid --bwlimit value: {v}")))?;
         o.bwlimit = (kib > 0).then_some(kib);
     }
-    if let Some(v) = value(&m, "checksum-choice") {
-        let ok = [
-            "auto", "md4", "md5", "xxh64", "xxh3", "xxh128", "sha1", "none",
-        ];
-        let name = v.split(',').next().unwrap_or("");
-        if !ok.contains(&name) {
-            return Err(usage(format!("arsync: unknown checksum name: {v}")));
+    // No effect locally (the quick check and -c compare local files), but values are checked
+    // as rsync checks them.
+    for id in ["checksum-choice", "cc"] {
+        if let Some(v) = value(&m, id) {
+            check_checksum_choice(&v).map_err(|msg| CliError {
+                msg,
+                code: exit::UNSUPPORTED,
+            })?;
         }
+    }
+    if let Some(v) = value(&m, "block-size") {
+        parse_block_size(&v).map_err(|e| usage(format!("arsync: {e}")))?;
     }
     // No effect locally, but an unknown name is refused as rsync refuses it.
     for id in ["compress-choice", "zc"] {
@@ -1766,6 +1831,80 @@ mod tests {
         assert_eq!(p.opts.suffix.as_deref(), Some(std::ffi::OsStr::new(".bak")));
         assert_eq!(p.opts.modify_window, -1);
         assert_eq!(p.dest.as_deref(), Some(std::ffi::OsStr::new("d")));
+    }
+
+    #[test]
+    fn short_modify_window_checksum_choice_and_block_size_as_rsync() {
+        for (args, window) in [
+            (&["-@", "-1"][..], -1),
+            (&["-@2"][..], 2),
+            (&["-@", "3"][..], 3),
+            (&["--modify-window=4"][..], 4),
+        ] {
+            let mut argv = vec!["arsync", "-a"];
+            argv.extend(args);
+            argv.extend(["s", "d"]);
+            let p = parse(argv).unwrap_or_else(|e| panic!("{args:?}: {}", e.msg));
+            assert_eq!(p.opts.modify_window, window, "{args:?}");
+        }
+        // After `--` a `-@` is a name.
+        let p = parse(["arsync", "-a", "--", "-@x", "d"]).unwrap_or_else(|e| panic!("{}", e.msg));
+        assert_eq!(p.sources, vec![OsString::from("-@x")]);
+        assert_eq!(
+            parse(["arsync", "-@x", "s", "d"])
+                .map(|_| ())
+                .unwrap_err()
+                .code,
+            exit::SYNTAX
+        );
+        for ok in [
+            "--cc=XXH3",
+            "--checksum-choice=md5,xxh128",
+            "--cc=xxhash",
+            "-B",
+            "--block-size=128k",
+        ] {
+            let mut argv = vec!["arsync", "-a", ok];
+            if ok == "-B" {
+                argv.push("0");
+            }
+            argv.extend(["s", "d"]);
+            assert!(parse(argv).is_ok(), "{ok}");
+        }
+        for (bad, code, msg) in [
+            ("--cc=foo", exit::UNSUPPORTED, "unknown checksum name: foo"),
+            (
+                "--checksum-choice=foo,md5",
+                exit::UNSUPPORTED,
+                "unknown checksum name: foo,md5",
+            ),
+            (
+                "--checksum-choice=md5,bar",
+                exit::UNSUPPORTED,
+                "unknown checksum name: bar",
+            ),
+            (
+                "--block-size=abc",
+                exit::SYNTAX,
+                "--block-size=abc is invalid",
+            ),
+            (
+                "--block-size=200000",
+                exit::SYNTAX,
+                "--block-size=200000 is too large (max: 128.00K)",
+            ),
+            (
+                "--block-size=-5",
+                exit::SYNTAX,
+                "--block-size=-5 is too large (max: 128.00K)",
+            ),
+        ] {
+            let e = parse(["arsync", "-a", bad, "s", "d"])
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(e.code, code, "{bad}");
+            assert!(e.msg.ends_with(msg), "{bad}: {}", e.msg);
+        }
     }
 
     #[test]
