@@ -161,6 +161,10 @@ struct Scan {
     /// `-z` and the other compression options.
     compress: CompressSpec,
     protocol: Option<i32>,
+    /// `--timeout`: seconds (0: none).
+    timeout: Option<u32>,
+    /// `--contimeout`: seconds (0: none).
+    contimeout: Option<u32>,
     /// Indices (in the argv) of options to drop before the local parser sees them.
     drop: Vec<usize>,
     paths: Vec<(usize, OsString)>,
@@ -177,13 +181,6 @@ const REMOTE_UNSUPPORTED: &[&str] = &[
     "checksum-choice",
     "fsync",
     "preallocate",
-    "log-file",
-    "log-file-format",
-    "timeout",
-    "contimeout",
-    "stop-after",
-    "stop-at",
-    "time-limit",
     "open-noatime",
 ];
 
@@ -224,6 +221,7 @@ const LONG_WITH_VALUE: &[&str] = &[
     "bwlimit",
     "stop-after",
     "stop-at",
+    "time-limit",
     "info",
     "debug",
     "skip-compress",
@@ -293,6 +291,11 @@ fn scan(args: &[OsString]) -> Scan {
                     s.drop.extend(start..=i);
                 }
                 "protocol" => s.protocol = value.and_then(|v| v.parse().ok()),
+                // Validated by the local parser; 0 is none, as in rsync.
+                "timeout" => s.timeout = value.and_then(|v| v.parse().ok()).filter(|&t| t > 0),
+                "contimeout" => {
+                    s.contimeout = value.and_then(|v| v.parse().ok()).filter(|&t| t > 0)
+                }
                 n if REMOTE_UNSUPPORTED.contains(&n) => {
                     s.unsupported.get_or_insert(format!("--{n}"));
                 }
@@ -381,6 +384,8 @@ fn fail(code: ExitCode, msg: impl std::fmt::Display) -> i32 {
             ExitCode::StreamIo => "error in rsync protocol data stream",
             ExitCode::FileIo => "error in file IO",
             ExitCode::Partial => "some files/attrs were not transferred",
+            ExitCode::Timeout => "timeout in data send/receive",
+            ExitCode::ConTimeout => "timeout waiting for daemon connection",
             _ => "error",
         },
         code.code()
@@ -454,6 +459,8 @@ fn transfer_opts(o: &Options) -> TransferOpts {
         itemize_all: o.itemize > 1 && !o.quiet,
         report_deletions: !o.quiet
             && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some() || o.stats),
+        // From the pre-scan (the local parser does not keep it).
+        timeout: None,
     }
 }
 
@@ -624,6 +631,11 @@ pub fn run(args: &[OsString]) -> i32 {
         }
         if path_idx.contains(&i) && !matches!(classify_os(a), Location::Local(_)) {
             local_args.push(OsString::from(format!("/arsync-remote-placeholder-{i}")));
+        } else if let Some(rest) = a.as_bytes().strip_prefix(b"--time-limit") {
+            // rsync's earlier name of --stop-after.
+            let mut renamed = b"--stop-after".to_vec();
+            renamed.extend_from_slice(rest);
+            local_args.push(std::os::unix::ffi::OsStringExt::from_vec(renamed));
         } else {
             local_args.push(a.clone());
         }
@@ -742,6 +754,7 @@ pub fn run(args: &[OsString]) -> i32 {
         opts: transfer_opts(&o),
     };
     cmd.opts.compress = s.compress.clone();
+    cmd.opts.timeout = s.timeout;
     // --files-from: a local list is read here (a pull sends it to the
     // server after the filter list); `host:path` on the pulling source's
     // host is read by the server.
@@ -846,6 +859,7 @@ pub fn run(args: &[OsString]) -> i32 {
             };
             // The path's own bytes (it need not be UTF-8).
             t.path = path.clone();
+            t.contimeout = s.contimeout;
             t.password = match &s.password_file {
                 Some(f) => match std::fs::read_to_string(f) {
                     Ok(text) => Some(text.lines().next().unwrap_or("").to_string()),
@@ -917,6 +931,7 @@ pub fn run(args: &[OsString]) -> i32 {
         p.local_filter = local_filter;
         p.files_from = ff_names;
         p.echo_messages = !o.quiet;
+        p.stop_at = o.stop_at;
         pull(&p)
     } else {
         let mut local = Vec::new();
@@ -959,6 +974,7 @@ pub fn run(args: &[OsString]) -> i32 {
         p.filters = filters;
         p.local_filter = local_filter;
         p.echo_messages = !o.quiet;
+        p.stop_at = o.stop_at;
         push(&p)
     };
     match res {

@@ -138,6 +138,9 @@ pub struct TransferOpts {
     /// A daemon's session: the directories above are inside the
     /// destination (see [`TransferOpts::confine`]).
     pub confined: bool,
+    /// `--timeout`: seconds without I/O before a side gives up (exit 30);
+    /// sent to either kind of server, which enforces it too.
+    pub timeout: Option<u32>,
 }
 
 /// The kind of `--*-dest` basis directories.
@@ -231,6 +234,9 @@ impl TransferOpts {
     /// pulling client runs the generator itself.
     pub fn server_args(&self, server_sends: bool) -> Vec<OsString> {
         let mut v = Vec::new();
+        if let Some(t) = self.timeout {
+            v.push(format!("--timeout={t}").into());
+        }
         if let Some(b) = self.bwlimit {
             v.push(format!("--bwlimit={}", b.div_ceil(1024)).into());
         }
@@ -406,6 +412,16 @@ impl TransferOpts {
                 .ok_or_else(|| RemoteError::Usage(format!("bad size in {arg}")))
         };
         match name {
+            "--timeout" => {
+                let v =
+                    value.ok_or_else(|| RemoteError::Usage("--timeout needs a value".into()))?;
+                // rsync reads an int; zero (or less) is no timeout.
+                let secs = v
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|_| RemoteError::Usage(format!("bad {arg}")))?;
+                self.timeout = u32::try_from(secs).ok().filter(|&s| s > 0);
+            }
             "--bwlimit" => {
                 let v =
                     value.ok_or_else(|| RemoteError::Usage("--bwlimit needs a value".into()))?;
