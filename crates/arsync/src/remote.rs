@@ -457,8 +457,8 @@ fn transfer_opts(o: &Options) -> TransferOpts {
         // Set by `run` when it makes a pulled destination.
         dest_created: false,
         itemize_all: o.itemize > 1 && !o.quiet,
-        report_deletions: !o.quiet
-            && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some() || o.stats),
+        report_deletions: o.log_file.is_some()
+            || (!o.quiet && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some() || o.stats)),
         // From the pre-scan (the local parser does not keep it).
         timeout: None,
     }
@@ -899,7 +899,41 @@ pub fn run(args: &[OsString]) -> i32 {
         && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some() || o.progress || o.progress2);
     let printer = (!o.list_only && (o.stats || shows))
         .then(|| Arc::new(output::Printer::new(&o, !src_remote)));
-    let events = event_sink(&o, &printer);
+    let log = match &o.log_file {
+        None => None,
+        Some(f) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(f)
+        {
+            Ok(file) => Some(Arc::new(output::ClientLog::new(file, &o, !src_remote))),
+            Err(e) => {
+                return fail(
+                    ExitCode::FileIo,
+                    format!("failed to open log-file {}: {e}", f.display()),
+                )
+            }
+        },
+    };
+    let events = match (event_sink(&o, &printer), &log) {
+        (e, None) => e,
+        (e, Some(l)) => {
+            let l = Arc::clone(l);
+            let live = e.as_ref().is_some_and(|e| e.wants_progress());
+            Some(
+                EventSink::new(move |ev: &FileEvent<'_>| {
+                    l.event(ev);
+                    if let Some(e) = &e {
+                        e.emit(ev);
+                    }
+                })
+                .with_progress(live),
+            )
+        }
+    };
+    if let Some(l) = &log {
+        l.start();
+    }
 
     let res = if src_remote {
         let Location::Local(dest) = dst else {
@@ -982,6 +1016,9 @@ pub fn run(args: &[OsString]) -> i32 {
             if let Some(p) = &printer {
                 p.finish(&o, &summary, started.elapsed().as_secs_f64());
             }
+            if let Some(l) = &log {
+                l.finish(&summary);
+            }
             let code = summary.exit_code();
             if code != ExitCode::Ok {
                 for e in &summary.errors {
@@ -1051,7 +1088,7 @@ mod output {
     use arsync_sync::fsops::{Kind, Meta, Time};
     use arsync_sync::options::Options;
     use arsync_sync::report::{
-        escape_name, format_line, progress_figures, Itemize, LineInfo, Stats,
+        escape_name, format_line, progress_figures, Itemize, LineInfo, Output, Stats,
     };
     use std::time::Instant;
 
@@ -1125,6 +1162,155 @@ mod output {
         started: std::time::Instant,
         /// With `%b`/`%c` a transfer's line is made once it is done.
         late: Option<(FileEntry, u16)>,
+    }
+
+    /// The client's `--log-file`, as rsync's client writes it (log.c):
+    /// `building file list` (a push) or `receiving file list` (a pull),
+    /// a line per item in `--log-file-format` (default `%i %n%L`: every
+    /// significant item; a transfer's once it is done, with its bytes),
+    /// deletions, and the `sent ... received ... total size` line. Lines
+    /// carry rsync's `YYYY/MM/DD hh:mm:ss [pid] ` prefix (the local
+    /// engine's [`Output`]). A dry run logs no items.
+    pub(super) struct ClientLog {
+        out: Output,
+        format: String,
+        has_i: bool,
+        has_o_or_i: bool,
+        sender: bool,
+        times: bool,
+        human: u8,
+        dry_run: bool,
+        /// Items in file-list order; a transfer's line waits for its
+        /// byte count, and the lines after it wait for it (`None`: the
+        /// transfer is not done yet).
+        queue: Mutex<VecDeque<(FileEntry, u16, Option<u64>)>>,
+        total_size: std::sync::atomic::AtomicU64,
+    }
+
+    impl ClientLog {
+        pub(super) fn new(file: std::fs::File, o: &Options, sender: bool) -> ClientLog {
+            let format = o
+                .log_file_format
+                .clone()
+                .unwrap_or_else(|| "%i %n%L".to_string());
+            let has_i = format.contains("%i");
+            ClientLog {
+                out: Output::new(Some(file), Some(format.clone()), false),
+                has_o_or_i: has_i || format.contains("%o"),
+                has_i,
+                format,
+                sender,
+                times: o.times,
+                human: o.human_readable,
+                dry_run: o.dry_run,
+                queue: Mutex::new(VecDeque::new()),
+                total_size: Default::default(),
+            }
+        }
+
+        /// The first line, as the transfer starts.
+        pub(super) fn start(&self) {
+            self.out.log_msg(match self.sender {
+                true => b"building file list",
+                false => b"receiving file list",
+            });
+        }
+
+        fn item(&self, f: u16, e: &FileEntry, bytes: u64) {
+            let kind = kind_of(e);
+            let meta = meta_of(e);
+            let info = LineInfo {
+                name: &e.name,
+                kind,
+                item: Some(itemize(f, kind, self.sender, self.times)),
+                link: e.link_target.as_deref().map(|t| ("->", t)),
+                length: meta.size,
+                bytes,
+                meta: Some(&meta),
+                operation: if self.sender { "send" } else { "recv" },
+            };
+            self.out.log_item(&info, self.human);
+        }
+
+        pub(super) fn event(&self, ev: &FileEvent<'_>) {
+            match ev {
+                FileEvent::List { entries } => {
+                    // rsync's total size: files' and symlinks' lengths.
+                    let total = entries
+                        .iter()
+                        .filter(|e| matches!(kind_of(e), Kind::File | Kind::Symlink))
+                        .map(|e| e.size.max(0) as u64)
+                        .sum();
+                    self.total_size.store(total, Ordering::Relaxed);
+                }
+                FileEvent::Item {
+                    iflags: f, entry, ..
+                } if !self.dry_run => {
+                    let significant = f & SIGNIFICANT_ITEM_FLAGS != 0;
+                    let transfer = f & iflags::TRANSFER != 0;
+                    if transfer || significant || (self.has_i && f & iflags::LOCAL_CHANGE != 0) {
+                        let mut q = self.lock();
+                        q.push_back(((*entry).clone(), *f, (!transfer).then_some(0)));
+                        self.flush(&mut q);
+                    }
+                }
+                FileEvent::Transferred { name, literal, .. } => {
+                    let mut q = self.lock();
+                    if let Some(t) = q.iter_mut().find(|t| t.2.is_none() && t.0.name == *name) {
+                        t.2 = Some(*literal);
+                    }
+                    self.flush(&mut q);
+                }
+                FileEvent::Deleted { name } if !self.dry_run => {
+                    // rsync logs a deletion in the log format when it has
+                    // %o or %i (`del.`, `*deleting`), else `deleting %n`.
+                    let format = match self.has_o_or_i {
+                        true => self.format.replace("%i", "*deleting  "),
+                        false => "deleting %n".to_string(),
+                    };
+                    let dir = name.ends_with(b"/");
+                    let info = LineInfo {
+                        name: name.strip_suffix(b"/").unwrap_or(name),
+                        kind: if dir { Kind::Dir } else { Kind::File },
+                        item: None,
+                        link: None,
+                        length: 0,
+                        bytes: 0,
+                        meta: None,
+                        operation: "del.",
+                    };
+                    self.out.log_msg(&format_line(&format, &info, self.human));
+                }
+                _ => {}
+            }
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(FileEntry, u16, Option<u64>)>> {
+            self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        /// Logs the items at the front that wait for nothing.
+        fn flush(&self, q: &mut VecDeque<(FileEntry, u16, Option<u64>)>) {
+            while let Some((e, f, Some(bytes))) = q.front() {
+                self.item(*f, e, *bytes);
+                q.pop_front();
+            }
+        }
+
+        /// The last line, after a successful transfer.
+        pub(super) fn finish(&self, s: &TransferSummary) {
+            let total = match (self.sender, s.stats.total_size) {
+                (false, t) if t > 0 => t as u64,
+                _ => self.total_size.load(Ordering::Relaxed),
+            };
+            let line = format!(
+                "sent {} bytes  received {} bytes  total size {}",
+                arsync_sync::report::num(s.bytes_written, self.human),
+                arsync_sync::report::num(s.bytes_read, self.human),
+                arsync_sync::report::num(total, self.human),
+            );
+            self.out.log_msg(line.as_bytes());
+        }
     }
 
     /// The transfer a push is sending: index, size, start, and its line
