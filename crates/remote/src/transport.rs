@@ -429,3 +429,72 @@ fn send_keepalive(clock: &IoClock, fd: &OwnedFd) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn keepalives_while_quiet_then_shutdown_when_idle() {
+        // Our end writes nothing: once multiplexed, keepalives (empty DATA
+        // frames) arrive about every half timeout; they are not progress,
+        // so the timeout still fires and shuts the socket down.
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let clock = IoClock::new(Who::Sender);
+        clock.set_out_multiplexed();
+        let limits = Limits {
+            timeout: Some(2),
+            stop_at: None,
+        };
+        let fd = OwnedFd::from(ours.try_clone().unwrap());
+        let down = OnExpiry::Shutdown(OwnedFd::from(ours.try_clone().unwrap()));
+        let start = Instant::now();
+        let w = Watchdog::start(&clock, limits, Some(fd), down).unwrap();
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).unwrap();
+        let took = start.elapsed();
+        assert!(w.expired());
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+            "{took:?}"
+        );
+        assert!(!got.is_empty() && got.len() % 4 == 0, "{got:?}");
+        assert!(got.chunks(4).all(|c| c == KEEPALIVE), "{got:?}");
+        assert_eq!(KEEPALIVE, [0, 0, 0, 7]);
+    }
+
+    #[test]
+    fn activity_and_busy_time_hold_the_timeout_off() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let clock = IoClock::new(Who::Generator);
+        let limits = Limits {
+            timeout: Some(1),
+            stop_at: None,
+        };
+        let down = OnExpiry::Shutdown(OwnedFd::from(ours.try_clone().unwrap()));
+        // Not multiplexed: no keepalives at all.
+        let w = Watchdog::start(&clock, limits, Some(OwnedFd::from(ours)), down).unwrap();
+        for _ in 0..6 {
+            std::thread::sleep(Duration::from_millis(300));
+            clock.saw_input();
+        }
+        assert!(!w.expired(), "reads kept it alive");
+        clock.busy_for(Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_millis(1300));
+        assert!(!w.expired(), "a --bwlimit pause is not idle");
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).unwrap();
+        assert!(w.expired());
+        assert!(got.is_empty(), "{got:?}");
+        assert!(Limits::default().is_none());
+        assert!(Watchdog::start(
+            &clock,
+            Limits::default(),
+            None,
+            OnExpiry::Exit { kill: None }
+        )
+        .is_none());
+    }
+}
