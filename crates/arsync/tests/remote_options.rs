@@ -2354,13 +2354,10 @@ fn options_not_implemented_remotely_are_refused() {
     fs::write(src.join("f"), b"x").unwrap();
     let arsync = arsync_bin();
     for (flags, named) in [
-        (&["--timeout=30"][..], "--timeout"),
-        (&["--fsync"], "--fsync"),
+        (&["--fsync"][..], "--fsync"),
         (&["--modify-window", "2"], "--modify-window"),
         (&["-B2048"], "--block-size"),
         (&["--checksum-choice=md5"], "--checksum-choice"),
-        (&["--log-file=/dev/null"], "--log-file"),
-        (&["--stop-after=5"], "--stop-after"),
     ] {
         for dir in [Direction::Push, Direction::Pull] {
             let dst = tmp
