@@ -196,8 +196,9 @@ pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
     if let Some(t) = &opts.daemon {
         let (r, w) = t.connect()?;
         let fd = w.as_fd().try_clone_to_owned().ok();
-        let _watch = Watchdog::start(&clock, opts.limits(), fd, OnExpiry::Exit { kill: None });
-        return run_pull_with(opts, dest, r, w, Some(clock));
+        let watch = Watchdog::start(&clock, opts.limits(), fd, OnExpiry::Exit { kill: None });
+        let clock = watch.as_ref().map(|_| clock);
+        return run_pull_with(opts, dest, r, w, clock);
     }
     let mut child = ChildTransport::spawn(&opts.command.argv())?;
     let stdin = child
@@ -210,8 +211,10 @@ pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
         .ok_or_else(|| RemoteError::Usage("no stdout".into()))?;
     let kill = Some(child.id());
     let fd = stdin.as_fd().try_clone_to_owned().ok();
-    let _watch = Watchdog::start(&clock, opts.limits(), fd, OnExpiry::Exit { kill });
-    let res = run_pull_with(opts, dest, stdout, stdin, Some(clock));
+    // Without limits the streams note nothing.
+    let watch = Watchdog::start(&clock, opts.limits(), fd, OnExpiry::Exit { kill });
+    let clock = watch.as_ref().map(|_| clock);
+    let res = run_pull_with(opts, dest, stdout, stdin, clock);
     match res {
         Ok(summary) => {
             let status = child.wait()?;

@@ -110,8 +110,9 @@ pub fn push(opts: &PushOptions) -> Result<TransferSummary> {
     if let Some(t) = &opts.daemon {
         let (r, w) = t.connect()?;
         let fd = w.as_fd().try_clone_to_owned().ok();
-        let _watch = Watchdog::start(&clock, opts.limits(), fd, OnExpiry::Exit { kill: None });
-        return run_push_piped(opts, PumpedReader::new(r), w, None, Some(clock));
+        let watch = Watchdog::start(&clock, opts.limits(), fd, OnExpiry::Exit { kill: None });
+        let clock = watch.as_ref().map(|_| clock);
+        return run_push_piped(opts, PumpedReader::new(r), w, None, clock);
     }
     let mut child = ChildTransport::spawn(&opts.command.argv())?;
     let stdin = child
@@ -126,8 +127,10 @@ pub fn push(opts: &PushOptions) -> Result<TransferSummary> {
     let pipe = stdin.as_fd().try_clone_to_owned().ok();
     let kill = Some(child.id());
     let fd = stdin.as_fd().try_clone_to_owned().ok();
-    let _watch = Watchdog::start(&clock, opts.limits(), fd, OnExpiry::Exit { kill });
-    match run_push_piped(opts, PumpedReader::new(stdout), stdin, pipe, Some(clock)) {
+    // Without limits the streams note nothing.
+    let watch = Watchdog::start(&clock, opts.limits(), fd, OnExpiry::Exit { kill });
+    let clock = watch.as_ref().map(|_| clock);
+    match run_push_piped(opts, PumpedReader::new(stdout), stdin, pipe, clock) {
         Ok(summary) => {
             let status = child.wait()?;
             if !status.success() {
