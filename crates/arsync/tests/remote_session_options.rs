@@ -393,7 +393,6 @@ fn stop_limits_parse_and_stop_as_rsync() {
     let dst = dir.path().join("never");
     let (s, t) = Direction::Push.endpoints(&src, &dst);
     for bad in [
-        "--stop-after=0",
         "--stop-after=x",
         "--time-limit=x",
         "--stop-at=2000-01-01T00:00",

@@ -1220,12 +1220,9 @@ where
         o.super_user = Some(flag(&m, "super", &[]));
     }
     if let Some(v) = value(&m, "stop-after") {
-        // As rsync: a positive number of minutes.
         let mins: u64 = v
             .parse()
-            .ok()
-            .filter(|&m| m > 0)
-            .ok_or_else(|| usage(format!("arsync: invalid --stop-after value: {v}")))?;
+            .map_err(|_| usage(format!("arsync: invalid --stop-after value: {v}")))?;
         o.stop_at = Some(std::time::SystemTime::now() + std::time::Duration::from_secs(mins * 60));
     }
     if let Some(v) = value(&m, "stop-at") {
