@@ -161,12 +161,13 @@ struct Scan {
     /// `-z` and the other compression options.
     compress: CompressSpec,
     protocol: Option<i32>,
+    /// `--timeout`: seconds (0: none).
+    timeout: Option<u32>,
+    /// `--contimeout`: seconds (0: none).
+    contimeout: Option<u32>,
     /// Indices (in the argv) of options to drop before the local parser sees them.
     drop: Vec<usize>,
     paths: Vec<(usize, OsString)>,
-    /// The first option given that a transfer with a remote side does not
-    /// implement yet (refused rather than ignored).
-    unsupported: Option<String>,
     /// `-B`/`--block-size` as given (the local parser does not keep it).
     block_size: Option<String>,
     /// `--checksum-choice`/`--cc` as given (taken out of the local
@@ -177,18 +178,6 @@ struct Scan {
     /// (it knows only the long form).
     modify_window: Option<String>,
 }
-
-/// Options the local engine implements but a transfer with a remote side
-/// does not yet: refused with exit code 1 (never silently ignored).
-const REMOTE_UNSUPPORTED: &[&str] = &[
-    "log-file",
-    "log-file-format",
-    "timeout",
-    "contimeout",
-    "stop-after",
-    "stop-at",
-    "time-limit",
-];
 
 /// Long options that take a value as the next word (when not given `=`).
 const LONG_WITH_VALUE: &[&str] = &[
@@ -227,6 +216,7 @@ const LONG_WITH_VALUE: &[&str] = &[
     "bwlimit",
     "stop-after",
     "stop-at",
+    "time-limit",
     "info",
     "debug",
     "skip-compress",
@@ -303,8 +293,10 @@ fn scan(args: &[OsString]) -> Scan {
                     s.drop.extend(start..=i);
                 }
                 "modify-window" => s.modify_window = value,
-                n if REMOTE_UNSUPPORTED.contains(&n) => {
-                    s.unsupported.get_or_insert(format!("--{n}"));
+                // Validated by the local parser; 0 is none, as in rsync.
+                "timeout" => s.timeout = value.and_then(|v| v.parse().ok()).filter(|&t| t > 0),
+                "contimeout" => {
+                    s.contimeout = value.and_then(|v| v.parse().ok()).filter(|&t| t > 0)
                 }
                 n if s.compress.parse_long(n, value.as_deref()) => {
                     // Not all of them are known to the local parser.
@@ -396,6 +388,8 @@ fn fail(code: ExitCode, msg: impl std::fmt::Display) -> i32 {
             ExitCode::StreamIo => "error in rsync protocol data stream",
             ExitCode::FileIo => "error in file IO",
             ExitCode::Partial => "some files/attrs were not transferred",
+            ExitCode::Timeout => "timeout in data send/receive",
+            ExitCode::ConTimeout => "timeout waiting for daemon connection",
             _ => "error",
         },
         code.code()
@@ -467,12 +461,13 @@ fn transfer_opts(o: &Options) -> TransferOpts {
         // Set by `run` when it makes a pulled destination.
         dest_created: false,
         itemize_all: o.itemize > 1 && !o.quiet,
-        report_deletions: !o.quiet
-            && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some() || o.stats),
-        // Set by `run` from the pre-scan.
+        report_deletions: o.log_file.is_some()
+            || (!o.quiet && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some() || o.stats)),
+        // Set by `run` from the pre-scan (the local parser does not keep them).
         modify_window: None,
         block_size: None,
         checksum_choice: None,
+        timeout: None,
         fsync: o.fsync,
         preallocate: o.preallocate,
         open_noatime: o.open_noatime,
@@ -630,12 +625,6 @@ fn client_filters(args: &[OsString], o: &Options) -> Result<(FilterRules, bool),
 /// Runs a transfer with one remote side. `args` is the whole argv.
 pub fn run(args: &[OsString]) -> i32 {
     let s = scan(args);
-    if let Some(opt) = &s.unsupported {
-        return fail(
-            ExitCode::Syntax,
-            format!("option {opt} is not supported with a remote side yet"),
-        );
-    }
     // rsync's checks of -B (usage, code 1) and --checksum-choice (an
     // unknown name is code 4), before anything starts.
     let block_size = match s.block_size.as_deref().map(parse_block_size) {
@@ -672,6 +661,11 @@ pub fn run(args: &[OsString]) -> i32 {
         }
         if path_idx.contains(&i) && !matches!(classify_os(a), Location::Local(_)) {
             local_args.push(OsString::from(format!("/arsync-remote-placeholder-{i}")));
+        } else if let Some(rest) = a.as_bytes().strip_prefix(b"--time-limit") {
+            // rsync's earlier name of --stop-after.
+            let mut renamed = b"--stop-after".to_vec();
+            renamed.extend_from_slice(rest);
+            local_args.push(std::os::unix::ffi::OsStringExt::from_vec(renamed));
         } else {
             local_args.push(a.clone());
         }
@@ -793,6 +787,7 @@ pub fn run(args: &[OsString]) -> i32 {
     cmd.opts.block_size = block_size;
     cmd.opts.checksum_choice = checksum_choice;
     cmd.opts.modify_window = modify_window;
+    cmd.opts.timeout = s.timeout;
     // --files-from: a local list is read here (a pull sends it to the
     // server after the filter list); `host:path` on the pulling source's
     // host is read by the server.
@@ -897,6 +892,7 @@ pub fn run(args: &[OsString]) -> i32 {
             };
             // The path's own bytes (it need not be UTF-8).
             t.path = path.clone();
+            t.contimeout = s.contimeout;
             t.password = match &s.password_file {
                 Some(f) => match std::fs::read_to_string(f) {
                     Ok(text) => Some(text.lines().next().unwrap_or("").to_string()),
@@ -936,7 +932,41 @@ pub fn run(args: &[OsString]) -> i32 {
         && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some() || o.progress || o.progress2);
     let printer = (!o.list_only && (o.stats || shows))
         .then(|| Arc::new(output::Printer::new(&o, !src_remote)));
-    let events = event_sink(&o, &printer);
+    let log = match &o.log_file {
+        None => None,
+        Some(f) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(f)
+        {
+            Ok(file) => Some(Arc::new(output::ClientLog::new(file, &o, !src_remote))),
+            Err(e) => {
+                return fail(
+                    ExitCode::FileIo,
+                    format!("failed to open log-file {}: {e}", f.display()),
+                )
+            }
+        },
+    };
+    let events = match (event_sink(&o, &printer), &log) {
+        (e, None) => e,
+        (e, Some(l)) => {
+            let l = Arc::clone(l);
+            let live = e.as_ref().is_some_and(|e| e.wants_progress());
+            Some(
+                EventSink::new(move |ev: &FileEvent<'_>| {
+                    l.event(ev);
+                    if let Some(e) = &e {
+                        e.emit(ev);
+                    }
+                })
+                .with_progress(live),
+            )
+        }
+    };
+    if let Some(l) = &log {
+        l.start();
+    }
 
     let res = if src_remote {
         let Location::Local(dest) = dst else {
@@ -968,6 +998,7 @@ pub fn run(args: &[OsString]) -> i32 {
         p.local_filter = local_filter;
         p.files_from = ff_names;
         p.echo_messages = !o.quiet;
+        p.stop_at = o.stop_at;
         pull(&p)
     } else {
         let mut local = Vec::new();
@@ -1010,12 +1041,16 @@ pub fn run(args: &[OsString]) -> i32 {
         p.filters = filters;
         p.local_filter = local_filter;
         p.echo_messages = !o.quiet;
+        p.stop_at = o.stop_at;
         push(&p)
     };
     match res {
         Ok(summary) => {
             if let Some(p) = &printer {
                 p.finish(&o, &summary, started.elapsed().as_secs_f64());
+            }
+            if let Some(l) = &log {
+                l.finish(&summary);
             }
             let code = summary.exit_code();
             if code != ExitCode::Ok {
@@ -1086,7 +1121,7 @@ mod output {
     use arsync_sync::fsops::{Kind, Meta, Time};
     use arsync_sync::options::Options;
     use arsync_sync::report::{
-        escape_name, format_line, progress_figures, Itemize, LineInfo, Stats,
+        escape_name, format_line, progress_figures, Itemize, LineInfo, Output, Stats,
     };
     use std::time::Instant;
 
@@ -1160,6 +1195,155 @@ mod output {
         started: std::time::Instant,
         /// With `%b`/`%c` a transfer's line is made once it is done.
         late: Option<(FileEntry, u16)>,
+    }
+
+    /// The client's `--log-file`, as rsync's client writes it (log.c):
+    /// `building file list` (a push) or `receiving file list` (a pull),
+    /// a line per item in `--log-file-format` (default `%i %n%L`: every
+    /// significant item; a transfer's once it is done, with its bytes),
+    /// deletions, and the `sent ... received ... total size` line. Lines
+    /// carry rsync's `YYYY/MM/DD hh:mm:ss [pid] ` prefix (the local
+    /// engine's [`Output`]). A dry run logs no items.
+    pub(super) struct ClientLog {
+        out: Output,
+        format: String,
+        has_i: bool,
+        has_o_or_i: bool,
+        sender: bool,
+        times: bool,
+        human: u8,
+        dry_run: bool,
+        /// Items in file-list order; a transfer's line waits for its
+        /// byte count, and the lines after it wait for it (`None`: the
+        /// transfer is not done yet).
+        queue: Mutex<VecDeque<(FileEntry, u16, Option<u64>)>>,
+        total_size: std::sync::atomic::AtomicU64,
+    }
+
+    impl ClientLog {
+        pub(super) fn new(file: std::fs::File, o: &Options, sender: bool) -> ClientLog {
+            let format = o
+                .log_file_format
+                .clone()
+                .unwrap_or_else(|| "%i %n%L".to_string());
+            let has_i = format.contains("%i");
+            ClientLog {
+                out: Output::new(Some(file), Some(format.clone()), false),
+                has_o_or_i: has_i || format.contains("%o"),
+                has_i,
+                format,
+                sender,
+                times: o.times,
+                human: o.human_readable,
+                dry_run: o.dry_run,
+                queue: Mutex::new(VecDeque::new()),
+                total_size: Default::default(),
+            }
+        }
+
+        /// The first line, as the transfer starts.
+        pub(super) fn start(&self) {
+            self.out.log_msg(match self.sender {
+                true => b"building file list",
+                false => b"receiving file list",
+            });
+        }
+
+        fn item(&self, f: u16, e: &FileEntry, bytes: u64) {
+            let kind = kind_of(e);
+            let meta = meta_of(e);
+            let info = LineInfo {
+                name: &e.name,
+                kind,
+                item: Some(itemize(f, kind, self.sender, self.times)),
+                link: e.link_target.as_deref().map(|t| ("->", t)),
+                length: meta.size,
+                bytes,
+                meta: Some(&meta),
+                operation: if self.sender { "send" } else { "recv" },
+            };
+            self.out.log_item(&info, self.human);
+        }
+
+        pub(super) fn event(&self, ev: &FileEvent<'_>) {
+            match ev {
+                FileEvent::List { entries } => {
+                    // rsync's total size: files' and symlinks' lengths.
+                    let total = entries
+                        .iter()
+                        .filter(|e| matches!(kind_of(e), Kind::File | Kind::Symlink))
+                        .map(|e| e.size.max(0) as u64)
+                        .sum();
+                    self.total_size.store(total, Ordering::Relaxed);
+                }
+                FileEvent::Item {
+                    iflags: f, entry, ..
+                } if !self.dry_run => {
+                    let significant = f & SIGNIFICANT_ITEM_FLAGS != 0;
+                    let transfer = f & iflags::TRANSFER != 0;
+                    if transfer || significant || (self.has_i && f & iflags::LOCAL_CHANGE != 0) {
+                        let mut q = self.lock();
+                        q.push_back(((*entry).clone(), *f, (!transfer).then_some(0)));
+                        self.flush(&mut q);
+                    }
+                }
+                FileEvent::Transferred { name, literal, .. } => {
+                    let mut q = self.lock();
+                    if let Some(t) = q.iter_mut().find(|t| t.2.is_none() && t.0.name == *name) {
+                        t.2 = Some(*literal);
+                    }
+                    self.flush(&mut q);
+                }
+                FileEvent::Deleted { name } if !self.dry_run => {
+                    // rsync logs a deletion in the log format when it has
+                    // %o or %i (`del.`, `*deleting`), else `deleting %n`.
+                    let format = match self.has_o_or_i {
+                        true => self.format.replace("%i", "*deleting  "),
+                        false => "deleting %n".to_string(),
+                    };
+                    let dir = name.ends_with(b"/");
+                    let info = LineInfo {
+                        name: name.strip_suffix(b"/").unwrap_or(name),
+                        kind: if dir { Kind::Dir } else { Kind::File },
+                        item: None,
+                        link: None,
+                        length: 0,
+                        bytes: 0,
+                        meta: None,
+                        operation: "del.",
+                    };
+                    self.out.log_msg(&format_line(&format, &info, self.human));
+                }
+                _ => {}
+            }
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(FileEntry, u16, Option<u64>)>> {
+            self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        /// Logs the items at the front that wait for nothing.
+        fn flush(&self, q: &mut VecDeque<(FileEntry, u16, Option<u64>)>) {
+            while let Some((e, f, Some(bytes))) = q.front() {
+                self.item(*f, e, *bytes);
+                q.pop_front();
+            }
+        }
+
+        /// The last line, after a successful transfer.
+        pub(super) fn finish(&self, s: &TransferSummary) {
+            let total = match (self.sender, s.stats.total_size) {
+                (false, t) if t > 0 => t as u64,
+                _ => self.total_size.load(Ordering::Relaxed),
+            };
+            let line = format!(
+                "sent {} bytes  received {} bytes  total size {}",
+                arsync_sync::report::num(s.bytes_written, self.human),
+                arsync_sync::report::num(s.bytes_read, self.human),
+                arsync_sync::report::num(total, self.human),
+            );
+            self.out.log_msg(line.as_bytes());
+        }
     }
 
     /// The transfer a push is sending: index, size, start, and its line
@@ -1787,7 +1971,6 @@ mod tests {
         assert_eq!(s.block_size.as_deref(), Some("2k"));
         assert_eq!(s.checksum_choice.as_deref(), Some("md5"));
         assert_eq!(s.modify_window.as_deref(), Some("-1"));
-        assert!(s.unsupported.is_none());
         // --cc and -@ are out of the local parser's sight (it knows
         // neither).
         assert_eq!(s.drop, [3, 4, 5]);

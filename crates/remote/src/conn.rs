@@ -3,12 +3,14 @@
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use arsync_proto::mux::{encode_frame, Demuxer, Message, MsgTag};
 use arsync_proto::wire::Reader;
 use arsync_proto::Error as ProtoError;
 
 use crate::error::{RemoteError, Result};
+use crate::transport::IoClock;
 
 /// Largest DATA frame we send.
 pub const MAX_OUT_FRAME: usize = 32 * 1024;
@@ -91,6 +93,8 @@ pub struct InStream<R: Read> {
     /// The last token [`InStream::int_and_data`] speculated on was short
     /// (a small file's, see [`SHORT_TOKEN`]).
     short_tokens: bool,
+    /// Notes each read for `--timeout` ([`InStream::set_clock`]).
+    clock: Option<Arc<IoClock>>,
 }
 
 impl<R: Read> std::fmt::Debug for InStream<R> {
@@ -117,6 +121,21 @@ impl<R: Read> InStream<R> {
             raw_pos: 0,
             raw_len: 0,
             short_tokens: false,
+            clock: None,
+        }
+    }
+
+    /// Notes every read from the transport on `clock` (`--timeout`).
+    pub fn set_clock(&mut self, clock: Arc<IoClock>) {
+        self.clock = Some(clock);
+    }
+
+    /// `n` raw bytes were read.
+    #[inline]
+    fn got_raw(&mut self, n: usize) {
+        self.total_read += n as u64;
+        if let Some(c) = &self.clock {
+            c.saw_input();
         }
     }
 
@@ -207,7 +226,7 @@ impl<R: Read> InStream<R> {
             self.eof = true;
             return Ok(false);
         }
-        self.total_read += n as u64;
+        self.got_raw(n);
         Ok(true)
     }
 
@@ -346,7 +365,7 @@ impl<R: Read> InStream<R> {
                     // `readv` fills in order: data lands in `dst` only
                     // once the header part is full, in the tail only once
                     // `dst` is.
-                    self.total_read += k as u64;
+                    self.got_raw(k);
                     n += k;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -424,7 +443,7 @@ impl<R: Read> InStream<R> {
             self.eof = true;
             return Ok(0);
         }
-        self.total_read += n as u64;
+        self.got_raw(n);
         let direct = n.min(k);
         if let Some(d) = self.demux.as_mut() {
             d.consume_data(direct);
@@ -579,6 +598,9 @@ pub struct OutStream<W: Write> {
     pipe: Option<OwnedFd>,
     /// `--bwlimit` pacing of what is written.
     pacer: Option<Pacer>,
+    /// Notes each write for `--timeout`, and orders them with keepalives
+    /// ([`OutStream::set_clock`]).
+    clock: Option<Arc<IoClock>>,
 }
 
 /// Paces writes to a rate (`--bwlimit`), as rsync does: after each write
@@ -592,12 +614,17 @@ struct Pacer {
 }
 
 impl Pacer {
-    fn wrote(&mut self, n: u64) {
+    /// `n` more bytes were written: pauses until they are due. A paused
+    /// session is busy, not idle, for `--timeout` (`clock`).
+    fn wrote(&mut self, n: u64, clock: Option<&IoClock>) {
         self.written += n;
         let due =
             std::time::Duration::from_secs_f64(self.written as f64 / self.bytes_per_sec as f64);
         let elapsed = self.since.elapsed();
         if let Some(wait) = due.checked_sub(elapsed) {
+            if let Some(c) = clock {
+                c.busy_for(wait);
+            }
             std::thread::sleep(wait);
         } else if elapsed - due > std::time::Duration::from_secs(1) {
             self.since = std::time::Instant::now();
@@ -625,7 +652,18 @@ impl<W: Write> OutStream<W> {
             total_written: 0,
             pipe: None,
             pacer: None,
+            clock: None,
         }
+    }
+
+    /// Notes every write to the transport on `clock`, and writes frames
+    /// under its guard so that the [`crate::transport::Watchdog`]'s
+    /// keepalives fall between them (`--timeout`).
+    pub fn set_clock(&mut self, clock: Arc<IoClock>) {
+        if self.multiplexed {
+            clock.set_out_multiplexed();
+        }
+        self.clock = Some(clock);
     }
 
     /// Paces everything written from now on to `bytes_per_sec`
@@ -642,6 +680,9 @@ impl<W: Write> OutStream<W> {
     pub fn start_multiplex(&mut self) -> Result<()> {
         self.flush()?;
         self.multiplexed = true;
+        if let Some(c) = &self.clock {
+            c.set_out_multiplexed();
+        }
         Ok(())
     }
 
@@ -791,7 +832,10 @@ impl<W: Write> OutStream<W> {
         let word = ((arsync_proto::mux::MPLEX_BASE as u32) << 24) | (TOKEN_HEAD + n) as u32;
         self.buf.extend_from_slice(&word.to_le_bytes());
         self.buf.extend_from_slice(&(n as i32).to_le_bytes());
-        self.write_out()?;
+        // The frame's header and its spliced data go out under one guard.
+        let clock = self.clock.clone();
+        let guard = clock.as_ref().map(|c| c.write_guard());
+        let wrote = self.write_unguarded()?;
         let mut moved = 0;
         if let Some(pipe) = &self.pipe {
             let mut at = *offset;
@@ -817,9 +861,13 @@ impl<W: Write> OutStream<W> {
                 .write_all(&scratch[moved..n])
                 .map_err(|e| write_error("writing to the peer", e))?;
         }
+        if let Some(c) = &clock {
+            c.saw_output();
+        }
+        drop(guard);
         self.total_written += n as u64;
         if let Some(p) = &mut self.pacer {
-            p.wrote(n as u64);
+            p.wrote(wrote as u64 + n as u64, self.clock.as_deref());
         }
         *offset += n as u64;
         Ok(n)
@@ -843,15 +891,37 @@ impl<W: Write> OutStream<W> {
         if self.buf.is_empty() {
             return Ok(());
         }
+        let n = match &self.clock {
+            None => self.write_unguarded()?,
+            Some(c) => {
+                let c = Arc::clone(c);
+                let _guard = c.write_guard();
+                let n = self.write_unguarded()?;
+                c.saw_output();
+                n
+            }
+        };
+        // The pause for --bwlimit is outside the guard: keepalives may go
+        // out while it lasts.
+        if let Some(p) = &mut self.pacer {
+            p.wrote(n as u64, self.clock.as_deref());
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` to the transport (counted, not paced); returns how
+    /// many bytes.
+    fn write_unguarded(&mut self) -> Result<usize> {
+        let n = self.buf.len();
+        if n == 0 {
+            return Ok(0);
+        }
         self.inner
             .write_all(&self.buf)
             .map_err(|e| write_error("writing to the peer", e))?;
-        self.total_written += self.buf.len() as u64;
-        if let Some(p) = &mut self.pacer {
-            p.wrote(self.buf.len() as u64);
-        }
+        self.total_written += n as u64;
         self.buf.clear();
-        Ok(())
+        Ok(n)
     }
 
     /// Sends an out-of-band message (multiplexed output only), after

@@ -33,6 +33,8 @@ pub struct DaemonTarget {
     pub password: Option<String>,
     /// Further `module/path`s of the same module (a pull of several sources).
     pub more_paths: Vec<OsString>,
+    /// `--contimeout`: seconds the connection may take (exit 35).
+    pub contimeout: Option<u32>,
 }
 
 impl DaemonTarget {
@@ -67,6 +69,7 @@ impl DaemonTarget {
             user,
             password: None,
             more_paths: Vec::new(),
+            contimeout: None,
         })
     }
 
@@ -79,13 +82,46 @@ impl DaemonTarget {
 
     /// Connects; returns a reader and a writer on the socket.
     pub fn connect(&self) -> Result<(TcpStream, TcpStream)> {
-        let s = TcpStream::connect(&self.addr)
-            .map_err(|e| RemoteError::io(format!("connecting to {}", self.addr), e))?;
+        let s = match self.contimeout {
+            None => TcpStream::connect(&self.addr),
+            Some(secs) => self.connect_within(std::time::Duration::from_secs(secs.into()))?,
+        }
+        .map_err(|e| RemoteError::io(format!("connecting to {}", self.addr), e))?;
         let _ = s.set_nodelay(true);
         let w = s
             .try_clone()
             .map_err(|e| RemoteError::io("cloning the socket", e))?;
         Ok((s, w))
+    }
+
+    /// Connects to the first address of the host that answers within
+    /// `limit` altogether, as rsync's `--contimeout` (its alarm covers
+    /// the whole connect): when it runs out, exit code 35.
+    fn connect_within(&self, limit: std::time::Duration) -> Result<std::io::Result<TcpStream>> {
+        use std::net::ToSocketAddrs;
+        let deadline = std::time::Instant::now() + limit;
+        let addrs = match self.addr.to_socket_addrs() {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the host");
+        for a in addrs {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match TcpStream::connect_timeout(&a, left) {
+                Ok(s) => return Ok(Ok(s)),
+                Err(e) => last = e,
+            }
+        }
+        if std::time::Instant::now() >= deadline || last.kind() == std::io::ErrorKind::TimedOut {
+            return Err(RemoteError::Timeout {
+                code: ExitCode::ConTimeout,
+                message: format!("failed to connect to {}: timed out", self.addr),
+            });
+        }
+        Ok(Err(last))
     }
 }
 

@@ -32,7 +32,7 @@ use arsync_proto::stats::ExitCode;
 
 use crate::error::{RemoteError, Result};
 use crate::ids::IdNames;
-use crate::server::{refuse_session, run_server_scoped, ServerArgs};
+use crate::server::{refuse_session, run_server_socket, ServerArgs};
 use crate::walk::DaemonFilter;
 use arsync_filter::{DaemonParam, FilterRules};
 
@@ -740,10 +740,7 @@ fn handle(state: &State, mut s: TcpStream) -> Result<()> {
         enter_chroot(&m.path)?;
     }
     set_credentials(m)?;
-    let w = s
-        .try_clone()
-        .map_err(|e| RemoteError::io("cloning the socket", e))?;
-    run_server_scoped(&parsed, s, w, Some(protocol), rules).map(|_| ())
+    run_server_socket(&parsed, s, Some(protocol), rules).map(|_| ())
 }
 
 #[cfg(test)]

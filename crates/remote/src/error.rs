@@ -38,6 +38,15 @@ pub enum RemoteError {
     /// Bad local usage.
     #[error("{0}")]
     Usage(String),
+    /// A session limit expired: `--timeout` (code 30), `--contimeout`
+    /// (code 35), `--stop-at` (code 30).
+    #[error("{message}")]
+    Timeout {
+        /// rsync's exit code for it.
+        code: ExitCode,
+        /// What expired.
+        message: String,
+    },
 }
 
 impl RemoteError {
@@ -62,6 +71,7 @@ impl RemoteError {
             RemoteError::Refused(_) => ExitCode::Protocol,
             RemoteError::Verification(_) => ExitCode::Partial,
             RemoteError::Usage(_) => ExitCode::Syntax,
+            RemoteError::Timeout { code, .. } => *code,
         }
     }
 }

@@ -129,6 +129,11 @@ impl EventSink {
         self
     }
 
+    /// True when the sink takes [`FileEvent::Progress`].
+    pub fn wants_progress(&self) -> bool {
+        self.progress
+    }
+
     /// A [`ProgressTicker`] for the transfer when the sink wants progress
     /// (`None` otherwise: the data paths then do nothing for it).
     pub fn ticker(events: Option<&EventSink>) -> Option<ProgressTicker> {

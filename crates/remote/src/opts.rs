@@ -158,6 +158,9 @@ pub struct TransferOpts {
     /// `--open-noatime`: the sender opens files with `O_NOATIME`. Sent to
     /// either server.
     pub open_noatime: bool,
+    /// `--timeout`: seconds without I/O before a side gives up (exit 30);
+    /// sent to either kind of server, which enforces it too.
+    pub timeout: Option<u32>,
 }
 
 pub use arsync_sync::cli::MAX_BLOCK_SIZE;
@@ -298,6 +301,9 @@ impl TransferOpts {
         let mut v = Vec::new();
         if let Some(b) = self.block_size {
             v.push(format!("-B{b}").into());
+        }
+        if let Some(t) = self.timeout {
+            v.push(format!("--timeout={t}").into());
         }
         if let Some(b) = self.bwlimit {
             v.push(format!("--bwlimit={}", b.div_ceil(1024)).into());
@@ -493,6 +499,16 @@ impl TransferOpts {
                 .ok_or_else(|| RemoteError::Usage(format!("bad size in {arg}")))
         };
         match name {
+            "--timeout" => {
+                let v =
+                    value.ok_or_else(|| RemoteError::Usage("--timeout needs a value".into()))?;
+                // rsync reads an int; zero (or less) is no timeout.
+                let secs = v
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|_| RemoteError::Usage(format!("bad {arg}")))?;
+                self.timeout = u32::try_from(secs).ok().filter(|&s| s > 0);
+            }
             "--bwlimit" => {
                 let v =
                     value.ok_or_else(|| RemoteError::Usage("--bwlimit needs a value".into()))?;

@@ -14,6 +14,7 @@
 use arsync_filter::FilterRules;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -52,7 +53,7 @@ use crate::fsys::{punch_zero_blocks, read_basis, DelayedFile, DestRoot, Meta, Te
 use crate::ids::{IdMap, IdNames};
 use crate::opts::{AltMatch, DeleteLimit, TransferOpts};
 use crate::session::{am_root, flist_options, start_client, token_compression};
-use crate::transport::ChildTransport;
+use crate::transport::{ChildTransport, IoClock, Limits, OnExpiry, Watchdog, Who};
 use crate::walk::DaemonFilter;
 
 /// What to pull and where.
@@ -81,6 +82,8 @@ pub struct PullOptions {
     /// The client's own rules, when they differ from `filters` (rules
     /// kept local, `-C`'s): used for deletion instead of `filters`.
     pub local_filter: Option<FilterRules>,
+    /// `--stop-at` / `--stop-after`: when the client stops (exit 30).
+    pub stop_at: Option<std::time::SystemTime>,
 }
 
 impl PullOptions {
@@ -96,6 +99,15 @@ impl PullOptions {
             filters: Vec::new(),
             files_from: None,
             local_filter: None,
+            stop_at: None,
+        }
+    }
+
+    /// The session limits the client enforces.
+    fn limits(&self) -> Limits {
+        Limits {
+            timeout: self.command.opts.timeout,
+            stop_at: self.stop_at,
         }
     }
 }
@@ -180,9 +192,13 @@ pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
         },
     }
     .with_keep_dirlinks(opts.command.opts.keep_dirlinks);
+    let clock = IoClock::new(Who::Starting);
     if let Some(t) = &opts.daemon {
         let (r, w) = t.connect()?;
-        return run_pull(opts, dest, r, w);
+        let fd = w.as_fd().try_clone_to_owned().ok();
+        let watch = Watchdog::start(&clock, opts.limits(), fd, OnExpiry::Exit { kill: None });
+        let clock = watch.as_ref().map(|_| clock);
+        return run_pull_with(opts, dest, r, w, clock);
     }
     let mut child = ChildTransport::spawn(&opts.command.argv())?;
     let stdin = child
@@ -193,7 +209,12 @@ pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
         .stdout
         .take()
         .ok_or_else(|| RemoteError::Usage("no stdout".into()))?;
-    let res = run_pull(opts, dest, stdout, stdin);
+    let kill = Some(child.id());
+    let fd = stdin.as_fd().try_clone_to_owned().ok();
+    // Without limits the streams note nothing.
+    let watch = Watchdog::start(&clock, opts.limits(), fd, OnExpiry::Exit { kill });
+    let clock = watch.as_ref().map(|_| clock);
+    let res = run_pull_with(opts, dest, stdout, stdin, clock);
     match res {
         Ok(summary) => {
             let status = child.wait()?;
@@ -227,10 +248,25 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
     input: R,
     output: W,
 ) -> Result<TransferSummary> {
+    run_pull_with(opts, dest, input, output, None)
+}
+
+/// [`run_pull`], noting the session's I/O on `clock` (`--timeout`).
+fn run_pull_with<R: Read, W: Write + Send + 'static>(
+    opts: &PullOptions,
+    dest: DestRoot,
+    input: R,
+    output: W,
+    clock: Option<Arc<IoClock>>,
+) -> Result<TransferSummary> {
     let mut ins = InStream::new(input);
     ins.echo_messages = opts.echo_messages;
     ins.reports.info_on_stdout = true;
     let mut outs = OutStream::new(output);
+    if let Some(c) = &clock {
+        ins.set_clock(Arc::clone(c));
+        outs.set_clock(Arc::clone(c));
+    }
     let neg = start_client(
         &mut ins,
         &mut outs,
@@ -260,6 +296,10 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
     }
     outs.write(&filt)?;
     outs.flush()?;
+    if let Some(c) = &clock {
+        // rsync's client forks its generator about now.
+        c.set_who(Who::Generator);
+    }
 
     let mode = ReceiveMode {
         delete: opts.command.delete,

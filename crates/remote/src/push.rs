@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use arsync_proto::checksum::{ChecksumAlgo, FileHasher};
 use arsync_proto::compress::TokenCodec;
@@ -35,7 +36,7 @@ use crate::fsys::read_chunk;
 use crate::ids::IdNames;
 use crate::pull::{filter_from_wire, TransferSummary};
 use crate::session::{flist_options, start_client, token_compression};
-use crate::transport::{ChildTransport, PumpedReader};
+use crate::transport::{ChildTransport, IoClock, Limits, OnExpiry, PumpedReader, Watchdog, Who};
 use crate::walk::{build_list_with, LocalList, SourceSpec};
 
 /// What to push and where.
@@ -67,6 +68,8 @@ pub struct PushOptions {
     /// kept local, `-C`'s, per-directory merge rules): used for the walk
     /// instead of `filters`.
     pub local_filter: Option<arsync_filter::FilterRules>,
+    /// `--stop-at` / `--stop-after`: when the client stops (exit 30).
+    pub stop_at: Option<std::time::SystemTime>,
 }
 
 impl PushOptions {
@@ -83,6 +86,15 @@ impl PushOptions {
             filters: Vec::new(),
             more_sources: Vec::new(),
             local_filter: None,
+            stop_at: None,
+        }
+    }
+
+    /// The session limits the client enforces.
+    fn limits(&self) -> Limits {
+        Limits {
+            timeout: self.command.opts.timeout,
+            stop_at: self.stop_at,
         }
     }
 }
@@ -94,9 +106,13 @@ pub fn push(opts: &PushOptions) -> Result<TransferSummary> {
             "push needs a server command without --sender".into(),
         ));
     }
+    let clock = IoClock::new(Who::Sender);
     if let Some(t) = &opts.daemon {
         let (r, w) = t.connect()?;
-        return run_push(opts, PumpedReader::new(r), w);
+        let fd = w.as_fd().try_clone_to_owned().ok();
+        let watch = Watchdog::start(&clock, opts.limits(), fd, OnExpiry::Exit { kill: None });
+        let clock = watch.as_ref().map(|_| clock);
+        return run_push_piped(opts, PumpedReader::new(r), w, None, clock);
     }
     let mut child = ChildTransport::spawn(&opts.command.argv())?;
     let stdin = child
@@ -109,7 +125,12 @@ pub fn push(opts: &PushOptions) -> Result<TransferSummary> {
         .ok_or_else(|| RemoteError::Usage("no stdout".into()))?;
     // File data can be spliced into the pipe to the transport.
     let pipe = stdin.as_fd().try_clone_to_owned().ok();
-    match run_push_piped(opts, PumpedReader::new(stdout), stdin, pipe) {
+    let kill = Some(child.id());
+    let fd = stdin.as_fd().try_clone_to_owned().ok();
+    // Without limits the streams note nothing.
+    let watch = Watchdog::start(&clock, opts.limits(), fd, OnExpiry::Exit { kill });
+    let clock = watch.as_ref().map(|_| clock);
+    match run_push_piped(opts, PumpedReader::new(stdout), stdin, pipe, clock) {
         Ok(summary) => {
             let status = child.wait()?;
             if !status.success() {
@@ -141,7 +162,7 @@ pub fn run_push<R: Read, W: Write>(
     input: R,
     output: W,
 ) -> Result<TransferSummary> {
-    run_push_piped(opts, input, output, None)
+    run_push_piped(opts, input, output, None, None)
 }
 
 /// [`run_push`]; `pipe` is the descriptor `output` writes to, unbuffered,
@@ -151,12 +172,17 @@ fn run_push_piped<R: Read, W: Write>(
     input: R,
     output: W,
     pipe: Option<OwnedFd>,
+    clock: Option<Arc<IoClock>>,
 ) -> Result<TransferSummary> {
     let mut ins = InStream::new(input);
     ins.echo_messages = opts.echo_messages;
     ins.reports.info_on_stdout = true;
     let mut outs = OutStream::new(output);
     outs.set_bwlimit(opts.command.opts.bwlimit);
+    if let Some(c) = clock {
+        ins.set_clock(Arc::clone(&c));
+        outs.set_clock(c);
+    }
     if let Some(fd) = pipe {
         outs.splice_into(fd);
     }

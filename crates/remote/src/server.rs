@@ -5,8 +5,9 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use arsync_proto::handshake::{Handshake, HandshakeConfig, Negotiated, Role, PROTOCOL_VERSION};
 use arsync_proto::stats::ExitCode;
@@ -18,6 +19,7 @@ use crate::opts::TransferOpts;
 use crate::pull::{filter_from_wire, receive_session, ReceiveMode, TransferSummary};
 use crate::push::{send_session, SendMode};
 use crate::session::{flist_options, token_compression};
+use crate::transport::{IoClock, Limits, OnExpiry, Watchdog, Who};
 use crate::walk::{build_list_with, DaemonFilter, SourceSpec};
 use arsync_filter::FilterRules;
 
@@ -134,7 +136,7 @@ impl ServerArgs {
                     a.opts.report_deletions = true;
                     a.opts.itemize_all |= s.contains("%I");
                 }
-                s if s.starts_with("--out-format=") || s.starts_with("--timeout=") => {}
+                s if s.starts_with("--out-format=") => {}
                 s if s.starts_with("--") => return Err(unsupported(format!("server option {s}"))),
                 // rsync's client sends -B and a negative -@ as short
                 // options with the value attached (or in the next word).
@@ -332,7 +334,31 @@ pub fn run_server_scoped<R: Read, W: Write + Send + 'static>(
     known_remote: Option<i32>,
     daemon: Option<DaemonFilter>,
 ) -> Result<TransferSummary> {
-    serve(args, input, output, known_remote, daemon, None)
+    serve(args, input, output, known_remote, daemon, None, None)
+}
+
+/// [`run_server_scoped`] on a daemon's connection: `--timeout` is
+/// enforced by shutting the socket down (the daemon's other connections
+/// go on), and reported with rsync's exit code 30.
+pub fn run_server_socket(
+    args: &ServerArgs,
+    socket: std::net::TcpStream,
+    known_remote: Option<i32>,
+    daemon: Option<DaemonFilter>,
+) -> Result<TransferSummary> {
+    let clone = |s: &std::net::TcpStream| {
+        s.try_clone()
+            .map_err(|e| RemoteError::io("cloning the socket", e))
+    };
+    let w = clone(&socket)?;
+    let watch = match args.opts.timeout {
+        None => None,
+        Some(_) => Some((
+            Some(OwnedFd::from(clone(&socket)?)),
+            OnExpiry::Shutdown(OwnedFd::from(clone(&socket)?)),
+        )),
+    };
+    serve(args, socket, w, known_remote, daemon, None, watch)
 }
 
 /// [`run_server_scoped`]; `pipe` is the descriptor `output` writes to,
@@ -345,6 +371,7 @@ fn serve<R: Read, W: Write + Send + 'static>(
     known_remote: Option<i32>,
     daemon: Option<DaemonFilter>,
     pipe: Option<std::os::fd::OwnedFd>,
+    watch: Option<(Option<OwnedFd>, OnExpiry)>,
 ) -> Result<TransferSummary> {
     let mut ins = InStream::new(input);
     let mut outs = OutStream::new(output);
@@ -352,6 +379,44 @@ fn serve<R: Read, W: Write + Send + 'static>(
     if let Some(fd) = pipe {
         outs.splice_into(fd);
     }
+    // --timeout from the client: a receiving server's generator decides,
+    // as rsync's does.
+    let who = if args.sender {
+        Who::Sender
+    } else {
+        Who::Generator
+    };
+    let limits = Limits {
+        timeout: args.opts.timeout,
+        stop_at: None,
+    };
+    let watchdog = match watch {
+        Some((fd, on_expiry)) if !limits.is_none() => {
+            let clock = IoClock::new(who);
+            ins.set_clock(Arc::clone(&clock));
+            outs.set_clock(Arc::clone(&clock));
+            Watchdog::start(&clock, limits, fd, on_expiry)
+        }
+        _ => None,
+    };
+    let res = serve_session(args, ins, outs, known_remote, daemon);
+    match (res, watchdog) {
+        (Err(e), Some(w)) if w.expired() => Err(RemoteError::Timeout {
+            code: ExitCode::Timeout,
+            message: format!("io timeout: {e}"),
+        }),
+        (res, _) => res,
+    }
+}
+
+/// The session of [`serve`] once its streams are set up.
+fn serve_session<R: Read, W: Write + Send + 'static>(
+    args: &ServerArgs,
+    mut ins: InStream<R>,
+    mut outs: OutStream<W>,
+    known_remote: Option<i32>,
+    daemon: Option<DaemonFilter>,
+) -> Result<TransferSummary> {
     let neg = server_handshake(&mut ins, &mut outs, args, known_remote)?;
     let mut fopts = flist_options(&args.flags, args.numeric_ids, &neg)?;
     fopts.inc_recurse = false;
@@ -558,7 +623,9 @@ pub fn serve_stdio<S: AsRef<OsStr>>(args: &[S]) -> ExitCode {
         }
     };
     let pipe = output.try_clone().ok().map(std::os::fd::OwnedFd::from);
-    match serve(&parsed, input, output, None, None, pipe) {
+    let keepalive = output.try_clone().ok().map(std::os::fd::OwnedFd::from);
+    let watch = Some((keepalive, OnExpiry::Exit { kill: None }));
+    match serve(&parsed, input, output, None, None, pipe, watch) {
         Ok(s) => s.exit_code(),
         Err(e) => {
             eprintln!("arsync server: {e}");

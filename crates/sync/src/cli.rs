@@ -1287,10 +1287,14 @@ where
         o.stop_at = Some(std::time::SystemTime::now() + std::time::Duration::from_secs(mins * 60));
     }
     if let Some(v) = value(&m, "stop-at") {
-        o.stop_at = Some(
-            parse_stop_at(&v)
-                .ok_or_else(|| usage(format!("arsync: invalid --stop-at format: {v}")))?,
-        );
+        let at = parse_stop_at(&v)
+            .ok_or_else(|| usage(format!("arsync: invalid --stop-at format: {v}")))?;
+        if at <= std::time::SystemTime::now() {
+            return Err(usage(format!(
+                "arsync: --stop-at time is not in the future: {v}"
+            )));
+        }
+        o.stop_at = Some(at);
     }
     o.ignore_missing_args = flag(&m, "ignore-missing-args", &[]);
     o.delete_missing_args = flag(&m, "delete-missing-args", &[]);
