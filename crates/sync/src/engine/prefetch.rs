@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use crate::fsops;
@@ -60,7 +61,7 @@ pub(super) struct Prefetch {
     /// Listings being read or waiting to be taken, at most.
     cap: usize,
     /// Whether any lister runs (requests are ignored otherwise).
-    active: std::sync::atomic::AtomicBool,
+    active: AtomicBool,
 }
 
 impl Prefetch {
@@ -72,7 +73,7 @@ impl Prefetch {
             ready: Condvar::new(),
             work: Condvar::new(),
             cap: cap.max(1),
-            active: std::sync::atomic::AtomicBool::new(false),
+            active: AtomicBool::new(false),
         }
     }
 
@@ -87,13 +88,12 @@ impl Prefetch {
 
     /// Marks the prefetcher as served by listers (call before starting them).
     pub(super) fn start(&self) {
-        self.active
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.active.store(true, Ordering::Relaxed);
     }
 
     /// Asks for `dir`, at walk position `pos`, to be listed ahead.
     pub(super) fn request(&self, pos: WalkPos, dir: PathBuf) {
-        if !self.active.load(std::sync::atomic::Ordering::Relaxed) {
+        if !self.active.load(Ordering::Relaxed) {
             return;
         }
         let Some(mut st) = self.lock() else { return };
@@ -109,7 +109,7 @@ impl Prefetch {
     /// is reading it; `None` if none was started. Everything wanted or read for positions
     /// before `pos` is dropped: the walk has passed them.
     pub(super) fn take(&self, dir: &Path, pos: &[u32]) -> Option<io::Result<fsops::Listing>> {
-        if !self.active.load(std::sync::atomic::Ordering::Relaxed) {
+        if !self.active.load(Ordering::Relaxed) {
             return None;
         }
         let mut st = self.lock()?;
