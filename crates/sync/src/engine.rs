@@ -29,7 +29,9 @@ use crate::plan::{self, Plan, TopItem};
 use crate::report::{self, Itemize, LineInfo, Output, Stats};
 
 mod direct;
+mod prefetch;
 mod worker;
+use prefetch::{Prefetch, WalkPos};
 pub(crate) use worker::worker_io_config;
 
 /// rsync's exit codes.
@@ -294,82 +296,6 @@ struct JobBatch {
     jobs: Vec<EntryJob>,
 }
 
-/// Listings read ahead stop being requested once they hold this many bytes.
-const PREFETCH_BYTES: usize = 16 << 20;
-
-/// Source directory listings read ahead of the walker by helper threads.
-///
-/// A slot is `None` while its listing is being read. The number of slots is capped, and no
-/// more is requested while the listings read ahead hold [`PREFETCH_BYTES`], so read-ahead
-/// memory stays bounded even next to huge directories.
-#[derive(Default)]
-struct Prefetch {
-    slots: Mutex<HashMap<PathBuf, Option<io::Result<fsops::Listing>>>>,
-    /// Heap bytes of the listings read ahead and not yet taken.
-    ready_bytes: AtomicUsize,
-    ready: std::sync::Condvar,
-    tx: Mutex<Option<crossbeam_channel::Sender<PathBuf>>>,
-    cap: usize,
-}
-
-impl Prefetch {
-    /// Asks for `dir` to be listed ahead (if there is room).
-    fn request(&self, dir: PathBuf) {
-        let Ok(tx) = self.tx.lock() else { return };
-        let Some(tx) = tx.as_ref() else { return };
-        let Ok(mut slots) = self.slots.lock() else {
-            return;
-        };
-        if slots.len() >= self.cap
-            || slots.contains_key(&dir)
-            || self.ready_bytes.load(Ordering::Relaxed) >= PREFETCH_BYTES
-        {
-            return;
-        }
-        slots.insert(dir.clone(), None);
-        if let Err(e) = tx.try_send(dir) {
-            slots.remove(&e.into_inner());
-        }
-    }
-
-    /// Takes the read-ahead listing of `dir`, waiting if it is being read; `None` if it was
-    /// never requested.
-    fn take(&self, dir: &Path) -> Option<io::Result<fsops::Listing>> {
-        let mut slots = self.slots.lock().ok()?;
-        loop {
-            match slots.get(dir) {
-                None => return None,
-                Some(None) => slots = self.ready.wait(slots).ok()?,
-                Some(Some(_)) => {
-                    let listing = slots.remove(dir).flatten();
-                    if let Some(Ok(l)) = &listing {
-                        self.ready_bytes
-                            .fetch_sub(l.heap_bytes(), Ordering::Relaxed);
-                    }
-                    return listing;
-                }
-            }
-        }
-    }
-
-    /// A helper thread: lists requested directories until the channel closes.
-    fn serve(&self, rx: crossbeam_channel::Receiver<PathBuf>, keep_atime: bool) {
-        for dir in rx {
-            let listing = fsops::list_with_stats(&dir, keep_atime);
-            if let Ok(mut slots) = self.slots.lock() {
-                if let Some(slot) = slots.get_mut(&dir) {
-                    if let Ok(l) = &listing {
-                        self.ready_bytes
-                            .fetch_add(l.heap_bytes(), Ordering::Relaxed);
-                    }
-                    *slot = Some(listing);
-                }
-            }
-            self.ready.notify_all();
-        }
-    }
-}
-
 /// What the basis directories (`--compare/copy/link-dest`) did for an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Alt {
@@ -458,12 +384,10 @@ impl Engine {
     ) -> Engine {
         let line_format = opts.line_format();
         report::set_eight_bit(opts.eight_bit);
-        let prefetch = Prefetch {
-            // A few listings ahead per lister is enough to keep them busy; more would only
-            // hold memory (each slot is a whole directory listing).
-            cap: (opts.threads * 2).max(4),
-            ..Prefetch::default()
-        };
+        // Eight listings ahead per lister keep them a few directories ahead of the walker
+        // through runs of small directories; more would only hold memory (each slot is a
+        // whole directory listing, and `PREFETCH_BYTES` caps them all).
+        let prefetch = Prefetch::new((opts.threads * 8).max(8));
         Engine {
             am_root: opts.super_user.unwrap_or(fsops::euid() == 0),
             fresh_dest: AtomicBool::new(false),
@@ -688,15 +612,11 @@ impl Engine {
         drop(rx);
         let mut listers = Vec::new();
         if threads > 1 {
-            let (ptx, prx) = crossbeam_channel::bounded::<PathBuf>(self.opts.queue_depth.max(1));
-            if let Ok(mut t) = self.prefetch.tx.lock() {
-                *t = Some(ptx);
-            }
+            self.prefetch.start();
             for _ in 0..threads {
-                let prx = prx.clone();
                 let eng = Arc::clone(self);
                 listers.push(std::thread::spawn(move || {
-                    eng.prefetch.serve(prx, eng.opts.atimes)
+                    eng.prefetch.serve(eng.opts.atimes)
                 }));
             }
         }
@@ -716,6 +636,7 @@ impl Engine {
             batch: Default::default(),
             burst: Default::default(),
             top_listing: Default::default(),
+            pos: Default::default(),
         };
         report::begin_capture();
         if self.opts.delete == DeleteMode::Before {
@@ -747,9 +668,7 @@ impl Engine {
         for w in workers {
             let _ = w.join();
         }
-        if let Ok(mut t) = self.prefetch.tx.lock() {
-            *t = None;
-        }
+        self.prefetch.close();
         let redo = self
             .redo_lines
             .lock()
@@ -774,6 +693,7 @@ impl Engine {
                     batch: Default::default(),
                     burst: Default::default(),
                     top_listing: Default::default(),
+                    pos: Default::default(),
                 };
                 for item in &plan.items {
                     walker.delete_pass(item, &plan.dest);
@@ -1029,6 +949,7 @@ impl Engine {
                 batch: Default::default(),
                 burst: Default::default(),
                 top_listing: Default::default(),
+                pos: Default::default(),
             };
             walker.handle_nondir_with(job.paths, &job.meta, &job.dir, pre);
         }
@@ -1492,6 +1413,9 @@ struct Walker<'a> {
     burst: std::cell::RefCell<Option<Burst>>,
     /// The next listing read is a top-level directory's (rsync's first file list).
     top_listing: std::cell::Cell<bool>,
+    /// The walk position of the directory being walked (see [`prefetch`]): the top-level
+    /// item's number, then the index of each directory among its parent's subdirectories.
+    pos: std::cell::RefCell<WalkPos>,
 }
 
 /// Skip and deletion lines of a run of directory listings, printed ahead of the entries'
@@ -1588,6 +1512,11 @@ impl Walker<'_> {
             };
             // rsync's first file list holds a top-level directory and its contents.
             self.top_listing.set(true);
+            {
+                let mut pos = self.pos.borrow_mut();
+                let n = pos.first().map_or(0, |n| n + 1);
+                *pos = vec![n];
+            }
             self.handle_dir(
                 &item.src,
                 &dst,
@@ -1777,6 +1706,16 @@ impl Walker<'_> {
         recurse: bool,
         entries: &Entries,
     ) {
+        // The subdirectories the listers read ahead: a window of the next ones, asked for
+        // before this directory's files go out and moved on as the walk enters each.
+        let mut ahead = entries
+            .iter()
+            .filter(|e| e.meta.kind() == Kind::Dir)
+            .enumerate();
+        let window = self.eng.prefetch.window();
+        if recurse {
+            self.request_ahead(src, &mut ahead, window);
+        }
         for e in entries.iter() {
             if self.eng.stopped() {
                 return;
@@ -1795,14 +1734,16 @@ impl Walker<'_> {
             }
         }
         self.send_batch();
-        for e in entries.iter() {
+        let dirs = entries.iter().filter(|e| e.meta.kind() == Kind::Dir);
+        for (i, e) in dirs.enumerate() {
             if self.eng.stopped() {
                 return;
             }
-            if e.meta.kind() != Kind::Dir {
-                continue;
+            if recurse {
+                self.request_ahead(src, &mut ahead, 1);
             }
             let child_rel = Engine::child_rel(rel, e.name.as_bytes());
+            self.pos.borrow_mut().push(i as u32);
             self.handle_dir(
                 &src.join(e.name),
                 &dst.join(e.name),
@@ -1811,6 +1752,22 @@ impl Walker<'_> {
                 node,
                 recurse,
             );
+            self.pos.borrow_mut().pop();
+        }
+    }
+
+    /// Asks the listers for the next `n` subdirectories of `src` (numbered by their place
+    /// among its subdirectories).
+    fn request_ahead<'e>(
+        &self,
+        src: &Path,
+        ahead: &mut impl Iterator<Item = (usize, fsops::DirEntry<'e>)>,
+        n: usize,
+    ) {
+        for (i, e) in ahead.by_ref().take(n) {
+            let mut pos = self.pos.borrow().clone();
+            pos.push(i as u32);
+            self.eng.prefetch.request(pos, src.join(e.name));
         }
     }
 
@@ -1854,7 +1811,7 @@ impl Walker<'_> {
         let eng = self.eng;
         let o = self.opts();
         // A listing read ahead for this directory is taken now, whether used or not.
-        let mut pre = eng.prefetch.take(src);
+        let mut pre = eng.prefetch.take(src, &self.pos.borrow());
         let mut recurse_children = recurse;
         if o.one_file_system > 0 {
             let root = eng.root_dev.lock().ok().and_then(|d| *d);
@@ -2042,11 +1999,6 @@ impl Walker<'_> {
             virtual_new: is_new || (o.dry_run && parent.virtual_new),
         });
         if let Some(entries) = entries {
-            if o.recursive {
-                for e in entries.iter().filter(|e| e.meta.kind() == Kind::Dir) {
-                    eng.prefetch.request(src.join(e.name));
-                }
-            }
             self.process_entries(src, dst, rel, &node, o.recursive, &entries);
             eng.filter.leave_dir();
         }
