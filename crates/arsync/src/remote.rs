@@ -1311,15 +1311,26 @@ mod output {
         /// Takes one event of the transfer.
         pub(super) fn event(&self, ev: &FileEvent<'_>) {
             match ev {
-                FileEvent::List { entries } => {
+                FileEvent::List {
+                    entries,
+                    incremental,
+                    first,
+                } => {
                     for e in *entries {
                         self.stats.seen(kind_of(e), e.size.max(0) as u64);
                     }
+                    if !*first {
+                        return;
+                    }
                     if self.list_line {
-                        // arsync's file list is not incremental: rsync's
-                        // lines for such a list (with --progress, a count).
+                        // rsync's lines for a whole list (with --progress,
+                        // a count), or its header for an incremental one.
                         let n = entries.len();
                         let line = match (self.sender, self.progress) {
+                            _ if *incremental && self.sender => {
+                                "sending incremental file list".to_string()
+                            }
+                            _ if *incremental => "receiving incremental file list".to_string(),
                             (true, false) => "building file list ... done".to_string(),
                             (true, true) => {
                                 format!(

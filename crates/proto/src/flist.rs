@@ -598,6 +598,16 @@ impl FlistDecoder {
         }
     }
 
+    /// Starts the next list of an incremental recursion at `ndx_start`.
+    /// The name, mode, owner and time compression carries over from the
+    /// previous list (rsync keeps that state for the whole session); hard
+    /// links can abbreviate only within a list, so its leaders are dropped.
+    pub fn start_list(&mut self, ndx_start: i32) {
+        self.ndx_start = ndx_start;
+        self.count = 0;
+        self.leaders.clear();
+    }
+
     /// The xattr sets received so far (`FileEntry::xattr_ndx` indexes it).
     pub fn xattr_sets(&self) -> &[Arc<XattrSet>] {
         self.xattrs.sets()

@@ -7,8 +7,29 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use crate::opts::TransferOpts;
 
 /// Capability letters we offer: everything rsync 3.2+ offers except
-/// incremental recursion (`i`), which we decline.
+/// incremental recursion (`i`), which [`ServerCommand::wire_caps`] adds
+/// when the transfer can use it.
 pub const CLIENT_CAPS: &str = "LsfxCIvu";
+
+/// Whether a receiver with these packed short flags and options can take
+/// an incremental file list. rsync's rule (`set_allow_inc_recurse`): only
+/// with `-r`, and a receiver not with `--delete-before`/`--delete-after`,
+/// `--delay-updates` or `--prune-empty-dirs`. arsync's receiver further
+/// declines it with `-H`, `-A` and `-X` (their state spans the whole list).
+pub fn receiver_allows_inc_recurse(
+    flags: &str,
+    late_delete: bool,
+    delay_updates: bool,
+    prune_empty_dirs: bool,
+) -> bool {
+    flags.contains('r')
+        && !flags.contains('H')
+        && !flags.contains('A')
+        && !flags.contains('X')
+        && !late_delete
+        && !delay_updates
+        && !prune_empty_dirs
+}
 
 /// Options that become the server's argument vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +87,26 @@ impl ServerCommand {
         }
     }
 
+    /// The capability letters sent to the server: [`ServerCommand::caps`],
+    /// with `i` first when we pull and the options allow an incremental
+    /// file list (see [`receiver_allows_inc_recurse`]; our sender does not
+    /// send one).
+    pub fn wire_caps(&self) -> String {
+        let inc = self.server_sends
+            && !self.caps.contains('i')
+            && self.caps.contains('v')
+            && receiver_allows_inc_recurse(
+                &self.flags,
+                self.delete && self.delete_after,
+                self.delay_updates,
+                self.opts.prune_empty_dirs,
+            );
+        match inc {
+            true => format!("i{}", self.caps),
+            false => self.caps.clone(),
+        }
+    }
+
     /// The server's options (from `--server` up to, not including, `.`).
     pub fn server_args(&self) -> Vec<OsString> {
         let mut v: Vec<OsString> = vec!["--server".into()];
@@ -77,7 +118,7 @@ impl ServerCommand {
                 "-{}{}e.{}",
                 self.flags,
                 self.opts.packed_flags(self.server_sends),
-                self.caps
+                self.wire_caps()
             )
             .into(),
         );

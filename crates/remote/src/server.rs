@@ -42,6 +42,8 @@ pub struct ServerArgs {
     pub delete_after: bool,
     /// `--partial`.
     pub partial: bool,
+    /// `--delete-before` (which rules out an incremental file list).
+    pub delete_before: bool,
     /// Further options (see [`TransferOpts`]).
     pub opts: TransferOpts,
     /// The paths after `.` (bytes: they need not be UTF-8).
@@ -67,6 +69,7 @@ impl ServerArgs {
             delay_updates: false,
             delete_after: false,
             partial: false,
+            delete_before: false,
             opts: TransferOpts::default(),
             paths: Vec::new(),
         };
@@ -100,7 +103,11 @@ impl ServerArgs {
                 "." => saw_dot = true,
                 "--sender" => a.sender = true,
                 "--numeric-ids" => a.numeric_ids = true,
-                "--delete" | "--delete-during" | "--delete-before" => a.delete = true,
+                "--delete" | "--delete-during" => a.delete = true,
+                "--delete-before" => {
+                    a.delete = true;
+                    a.delete_before = true;
+                }
                 "--delete-after" | "--delete-delay" => {
                     a.delete = true;
                     a.delete_after = true;
@@ -196,6 +203,7 @@ fn server_handshake<R: Read, W: Write>(
     outs: &mut OutStream<W>,
     args: &ServerArgs,
     known_remote: Option<i32>,
+    inc_recurse: bool,
 ) -> Result<Negotiated> {
     let mut cfg = HandshakeConfig::client(
         args.protocol
@@ -203,6 +211,16 @@ fn server_handshake<R: Read, W: Write>(
         &args.caps,
     );
     cfg.role = Role::Server;
+    // An incremental file list as rsync's server allows it, for a
+    // receiving server only (our sender sends the whole list at once).
+    cfg.allow_inc_recurse = inc_recurse
+        && !args.sender
+        && crate::args::receiver_allows_inc_recurse(
+            &args.flags,
+            args.delete && (args.delete_after || args.delete_before),
+            args.delay_updates,
+            args.opts.prune_empty_dirs,
+        );
     cfg.seed = seed();
     cfg.known_remote = known_remote;
     args.opts
@@ -329,9 +347,8 @@ fn serve<R: Read, W: Write + Send + 'static>(
     if let Some(fd) = pipe {
         outs.splice_into(fd);
     }
-    let neg = server_handshake(&mut ins, &mut outs, args, known_remote)?;
-    let mut fopts = flist_options(&args.flags, args.numeric_ids, &neg)?;
-    fopts.inc_recurse = false;
+    let neg = server_handshake(&mut ins, &mut outs, args, known_remote, daemon.is_none())?;
+    let fopts = flist_options(&args.flags, args.numeric_ids, &neg)?;
     let codec = token_compression(&neg)?;
     outs.start_multiplex()?;
     ins.start_multiplex()?;
@@ -492,7 +509,7 @@ pub fn refuse_session<R: Read, W: Write>(
 ) -> Result<()> {
     let mut ins = InStream::new(input);
     let mut outs = OutStream::new(output);
-    server_handshake(&mut ins, &mut outs, args, known_remote)?;
+    server_handshake(&mut ins, &mut outs, args, known_remote, false)?;
     outs.start_multiplex()?;
     outs.message(
         arsync_proto::mux::MsgTag::Error,

@@ -214,12 +214,19 @@ pub fn start_client<R: Read, W: Write>(
 ) -> Result<Negotiated> {
     let compress = cmd.opts.compress.with_z(cmd.flags.contains('z'));
     match daemon {
-        None => client_handshake(ins, outs, protocol, &cmd.caps, &compress),
+        None => client_handshake(ins, outs, protocol, &cmd.wire_caps(), &compress),
         Some(t) => {
             let mut c = cmd.clone();
             let ours = c.protocol.take().map_or(protocol, |p| p.min(protocol));
             let g = preamble(ins, outs, t, &c.server_args(), ours, ins.echo_messages)?;
-            client_handshake_known(ins, outs, ours, &cmd.caps, &compress, Some(g.protocol))
+            client_handshake_known(
+                ins,
+                outs,
+                ours,
+                &cmd.wire_caps(),
+                &compress,
+                Some(g.protocol),
+            )
         }
     }
 }
