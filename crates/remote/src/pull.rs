@@ -2036,7 +2036,7 @@ fn generator<W: Write>(
     }
     // Incremental: the last lists end once their files are in; the last
     // NDX_DONE ends phase 0.
-    while ctx.inc {
+    while ctx.inc && !flow.open.is_empty() {
         flow.retire(outs, &mut codec, false)?;
         if flow.open.is_empty() {
             break;
