@@ -198,6 +198,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn incremental_recursion_offered_as_rsync_allows_it() {
+        let mut c = ServerCommand::archive(true, "/src/");
+        assert_eq!(c.wire_caps(), "iLsfxCIvu");
+        c.server_sends = false;
+        assert_eq!(c.wire_caps(), "LsfxCIvu", "our sender sends whole lists");
+        c.server_sends = true;
+        for (flags, late, delay, prune) in [
+            ("logDtpR", false, false, false),
+            ("logDtprH", false, false, false),
+            ("logDtprX", false, false, false),
+            ("logDtpr", true, false, false),
+            ("logDtpr", false, true, false),
+            ("logDtpr", false, false, true),
+        ] {
+            c.flags = flags.into();
+            c.delete = late;
+            c.delete_after = late;
+            c.delay_updates = delay;
+            c.opts.prune_empty_dirs = prune;
+            assert_eq!(c.wire_caps(), "LsfxCIvu", "{flags} {late} {delay} {prune}");
+        }
+    }
+
+    #[test]
     fn pull_and_push_argv() {
         let mut c = ServerCommand::archive(true, "/src/");
         assert_eq!(
@@ -206,7 +230,7 @@ mod tests {
                 "rsync",
                 "--server",
                 "--sender",
-                "-logDtpre.LsfxCIvu",
+                "-logDtpre.iLsfxCIvu",
                 ".",
                 "/src/"
             ]
