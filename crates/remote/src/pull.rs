@@ -2574,7 +2574,11 @@ fn receiver<R: Read>(
             }
             other => {
                 return Err(RemoteError::Refused(format!(
-                    "unexpected index marker {other:?} without incremental recursion"
+                    "unexpected index marker {other:?}{}",
+                    match incr {
+                        Some(_) => "",
+                        None => " without incremental recursion",
+                    }
                 )))
             }
         }
