@@ -618,7 +618,11 @@ fn partial_keeps_what_arrived_when_the_sender_vanishes() {
 /// A session with incremental recursion granted: the first list (no id
 /// lists after it), then `parts`: a directory index and its list, or
 /// `None` for NDX_FLIST_EOF.
-fn inc_script(top: &[FileEntry], parts: &[(Option<i32>, Vec<FileEntry>)]) -> Script {
+/// One part of an incremental session: a directory index and its list,
+/// or `None` for NDX_FLIST_EOF.
+type Part = (Option<i32>, Vec<FileEntry>);
+
+fn inc_script(top: &[FileEntry], parts: &[Part]) -> Script {
     let mut s = Script::new();
     s.raw.clear();
     put_i32(&mut s.raw, 32);
@@ -654,7 +658,7 @@ fn inc_script(top: &[FileEntry], parts: &[(Option<i32>, Vec<FileEntry>)]) -> Scr
 #[test]
 fn bad_incremental_lists_are_refused() {
     let top = [dir("."), dir("a"), reg("f", 5), dir("z")];
-    let cases: Vec<(&str, Vec<(Option<i32>, Vec<FileEntry>)>, &str)> = vec![
+    let cases: Vec<(&str, Vec<Part>, &str)> = vec![
         (
             "index out of range",
             vec![(Some(7), vec![reg("a/x", 1)])],
