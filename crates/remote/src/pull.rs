@@ -172,6 +172,10 @@ pub(crate) struct SubList {
     /// Incremental recursion: the directory these entries are in, when
     /// its extraneous entries are to be looked for (it has content).
     parent: Option<Vec<u8>>,
+    /// Incremental recursion: the first entry is that directory itself, at
+    /// the index before the list's (rsync's generator handles a directory
+    /// there, right before its contents, and the sender knows the index).
+    head: bool,
 }
 
 impl SubList {
@@ -188,6 +192,23 @@ impl SubList {
             active,
             requested,
             parent,
+            head: false,
+        }
+    }
+
+    /// The list of directory `dir` (its entry first, at `start - 1`).
+    fn with_head(
+        start: i32,
+        dir: FileEntry,
+        entries: Vec<FileEntry>,
+        active: Vec<bool>,
+        parent: Option<Vec<u8>>,
+    ) -> Self {
+        let entries: Vec<FileEntry> = std::iter::once(dir).chain(entries).collect();
+        let active = std::iter::once(true).chain(active).collect();
+        SubList {
+            head: true,
+            ..SubList::new(start - 1, entries, active, parent)
         }
     }
 
@@ -536,7 +557,10 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
         ids: Arc::new((uid_map, gid_map)),
         root,
     };
-    let first = Arc::new(SubList::new(start, entries, active, top_parent));
+    let first = Arc::new(match (&top_parent, entries.first()) {
+        (Some(_), Some(dot)) => SubList::with_head(start, dot.clone(), entries, active, top_parent),
+        _ => SubList::new(start, entries, active, top_parent),
+    });
     let files = Arc::new(FileTable::default());
     files.push(Arc::clone(&first));
     if let Some(st) = &mut incr {
@@ -726,7 +750,8 @@ impl ListPrep {
 /// each).
 #[derive(Debug)]
 struct DirSlot {
-    name: Vec<u8>,
+    /// Its entry (as received, with `--chmod` and owners applied).
+    entry: FileEntry,
     /// Not a duplicate: a list may come for it.
     active: bool,
     /// Its list came already.
@@ -775,7 +800,7 @@ impl IncState {
         for (e, a) in entries.iter().zip(active) {
             if e.is_dir() {
                 self.dirs.push(DirSlot {
-                    name: e.name.clone(),
+                    entry: e.clone(),
                     active: *a && e.name != b".",
                     got_list: false,
                     content: !e.no_content_dir,
@@ -807,7 +832,7 @@ impl IncState {
         if !d.active || d.got_list {
             return Err(RemoteError::Refused(format!(
                 "refusing a file list for directory {dir_ndx} ({}): {}",
-                String::from_utf8_lossy(&d.name),
+                String::from_utf8_lossy(&d.entry.name),
                 if d.got_list {
                     "it had one already"
                 } else {
@@ -816,7 +841,8 @@ impl IncState {
             )));
         }
         d.got_list = true;
-        let (parent, content) = (d.name.clone(), d.content);
+        let (head, content) = (d.entry.clone(), d.content);
+        let parent = head.name.clone();
         self.dec.start_list(self.next_start);
         let (entries, io_error) = read_list(ins, &mut self.dec)?;
         for e in &entries {
@@ -834,7 +860,13 @@ impl IncState {
         }
         let (entries, active) = prep.prepare(entries);
         self.add_dirs(&entries, &active);
-        let list = SubList::new(self.next_start, entries, active, content.then_some(parent));
+        let list = SubList::with_head(
+            self.next_start,
+            head,
+            entries,
+            active,
+            content.then_some(parent),
+        );
         self.next_start = list.next_start();
         self.live.push_back(list.start);
         Ok((list, io_error))
@@ -1708,46 +1740,54 @@ fn generator<W: Write>(
         let active: &[bool] = &list.active;
         let mut list_requests = 0usize;
         // The directory these entries are in (incremental lists).
-        let in_dir = files.first().and_then(|e| {
-            e.name
-                .iter()
-                .rposition(|&b| b == b'/')
-                .map(|k| e.name[..k].to_vec())
-        });
+        let in_dir = match (list.head, files.first()) {
+            (true, Some(h)) => Some(h.name.clone()),
+            (_, f) => f.and_then(|e| {
+                e.name
+                    .iter()
+                    .rposition(|&b| b == b'/')
+                    .map(|k| e.name[..k].to_vec())
+            }),
+        };
         let list_skipped = ctx.inc && in_dir.as_ref().is_some_and(|d| skipped_dirs.contains(d));
         if list_skipped {
             for e in files.iter().filter(|e| e.is_dir()) {
                 skipped_dirs.insert(e.name.clone());
             }
         }
-        if let (true, false, Some(p), false) = (
-            ctx.inc && ctx.delete && !ctx.late_delete,
-            list_skipped,
-            &list.parent,
-            ctx.opts.list_only,
-        ) {
-            // rsync's delete_in_dir as the list of a directory comes.
-            let n = delete_extraneous(
-                files,
-                active,
-                Some(p),
-                dest,
-                ctx.dry_run,
-                ctx.daemon_filter.as_deref(),
-                del_events.as_ref(),
-                ctx.filter.as_deref(),
-                &mut errors,
-                &mut limit,
-                &ctx.opts,
-            )?;
-            if let Some(c) = &mut del_counts {
-                for (t, k) in c.iter_mut().zip(n) {
-                    *t += k;
+        // The deletion comes right after the directory itself (the head).
+        let delete_at = usize::from(list.head);
+        for j in 0..=files.len() {
+            if j == delete_at {
+                if let (true, false, Some(p), false) = (
+                    ctx.inc && ctx.delete && !ctx.late_delete,
+                    list_skipped,
+                    &list.parent,
+                    ctx.opts.list_only,
+                ) {
+                    // rsync's delete_in_dir as the list of a directory comes.
+                    let n = delete_extraneous(
+                        files,
+                        active,
+                        Some(p),
+                        dest,
+                        ctx.dry_run,
+                        ctx.daemon_filter.as_deref(),
+                        del_events.as_ref(),
+                        ctx.filter.as_deref(),
+                        &mut errors,
+                        &mut limit,
+                        &ctx.opts,
+                    )?;
+                    if let Some(c) = &mut del_counts {
+                        for (t, k) in c.iter_mut().zip(n) {
+                            *t += k;
+                        }
+                    }
+                    send_deleted(outs, &deleted)?;
                 }
             }
-            send_deleted(outs, &deleted)?;
-        }
-        for (j, e) in files.iter().enumerate() {
+            let Some(e) = files.get(j) else { break };
             if !active[j] || list_skipped {
                 continue;
             }
@@ -1796,6 +1836,11 @@ fn generator<W: Write>(
                     errors.push(text.trim_end().to_string());
                     continue;
                 }
+            }
+            if ctx.inc && e.is_dir() && !e.no_content_dir && !(list.head && j == 0) {
+                // Done when its own list comes (rsync makes it only then
+                // too, or early with -t; the metadata is set at the end).
+                continue;
             }
             let name = String::from_utf8_lossy(&e.name).into_owned();
             let step: Result<()> = (|| {
