@@ -262,3 +262,47 @@ fn options_that_rule_it_out_fall_back_to_a_whole_list() {
         }
     }
 }
+
+/// The -v lines without the ones that name the destination or count bytes.
+fn verbose_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("created directory ") && !l.starts_with("sent "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn verbose_output_matches_rsync_line_for_line() {
+    let tmp = scratch_dir().unwrap();
+    let rsh = fake_ssh(tmp.path());
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let s = format!("{}/", src.display());
+    // A pull from rsync (arsync or rsync as the client), and an rsync push
+    // to arsync or rsync: the receiver differs, the lines may not.
+    for pull in [true, false] {
+        let mut seen = Vec::new();
+        for tool in [Tool::Rsync, Tool::Arsync] {
+            let dst = tmp.path().join(format!("v-{pull}-{tool:?}"));
+            let d = dst.display().to_string();
+            // A new destination and no --delete: rsync's deletion lines
+            // come from its generator process, its file lines from the
+            // receiver process, in no fixed order between them.
+            let out = match pull {
+                true => run(tool, Tool::Rsync, &rsh, &["-av"], &format!("h:{s}"), &d),
+                false => run(Tool::Rsync, tool, &rsh, &["-av"], &s, &format!("h:{d}")),
+            };
+            assert!(incremental_header(&out), "pull={pull} {tool:?}");
+            seen.push(verbose_lines(&out));
+            if tool == Tool::Arsync {
+                // (rsync's run is the reference for the lines only.)
+                assert_same(&src, &dst, &format!("pull={pull} {tool:?}"));
+            }
+        }
+        assert_eq!(
+            seen[0], seen[1],
+            "pull={pull}: rsync's lines, then arsync's"
+        );
+    }
+}
