@@ -306,3 +306,24 @@ fn verbose_output_matches_rsync_line_for_line() {
         );
     }
 }
+
+#[test]
+fn recursive_listing_matches_rsync() {
+    let tmp = scratch_dir().unwrap();
+    let rsh = fake_ssh(tmp.path());
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let s = format!("h:{}/", src.display());
+    let list = |client: Tool| {
+        let out = Command::new(client.program())
+            .args(["-r", "-e", &rsh, &s])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{client:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let theirs = list(Tool::Rsync);
+    assert!(theirs.lines().count() > 200, "{theirs}");
+    assert_eq!(list(Tool::Arsync), theirs);
+}

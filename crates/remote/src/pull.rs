@@ -196,16 +196,17 @@ impl SubList {
         }
     }
 
-    /// The list of directory `dir` (its entry first, at `start - 1`).
+    /// The list of directory `dir` (its entry first, at `start - 1`;
+    /// `dir_active`: handled, false in a listing).
     fn with_head(
         start: i32,
-        dir: FileEntry,
+        (dir, dir_active): (FileEntry, bool),
         entries: Vec<FileEntry>,
         active: Vec<bool>,
         parent: Option<Vec<u8>>,
     ) -> Self {
         let entries: Vec<FileEntry> = std::iter::once(dir).chain(entries).collect();
-        let active = std::iter::once(true).chain(active).collect();
+        let active = std::iter::once(dir_active).chain(active).collect();
         SubList {
             head: true,
             ..SubList::new(start - 1, entries, active, parent)
@@ -542,7 +543,8 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
         Some(e) if inc && e.name == b"." && e.is_dir() && !e.no_content_dir => Some(e.name.clone()),
         _ => None,
     };
-    let mut incr = inc.then(|| IncState::new(dec, &entries, &active));
+    let listing = mode.opts.list_only;
+    let mut incr = inc.then(|| IncState::new(dec, &entries, &active, listing));
     let (uid_map, gid_map) = (prep.uid_map.clone(), prep.gid_map.clone());
     let meta = MetaRules::new(
         mode.perms,
@@ -558,7 +560,10 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
         root,
     };
     let first = Arc::new(match (&top_parent, entries.first()) {
-        (Some(_), Some(dot)) => SubList::with_head(start, dot.clone(), entries, active, top_parent),
+        (Some(_), Some(dot)) => {
+            let dot = (dot.clone(), active[0]);
+            SubList::with_head(start, dot, entries, active, top_parent)
+        }
         _ => SubList::new(start, entries, active, top_parent),
     });
     let files = Arc::new(FileTable::default());
@@ -684,7 +689,10 @@ impl ListPrep {
         if self.opts.list_only {
             // A listing: report the entries, then let the generator skip them all.
             for (e, a) in entries.iter().zip(active.iter_mut()) {
-                if let (true, Some(ev)) = (*a, &self.events) {
+                // Incremental: a directory is listed when its own list
+                // comes, as rsync's generator lists it.
+                let later = self.inc && e.is_dir() && e.name != b".";
+                if let (true, false, Some(ev)) = (*a, later, &self.events) {
                     ev.emit(&FileEvent::Listed { entry: e });
                 }
                 *a = false;
@@ -780,7 +788,7 @@ struct IncState {
 }
 
 impl IncState {
-    fn new(dec: FlistDecoder, entries: &[FileEntry], active: &[bool]) -> Self {
+    fn new(dec: FlistDecoder, entries: &[FileEntry], active: &[bool], listing: bool) -> Self {
         let mut st = IncState {
             dec,
             dirs: Vec::new(),
@@ -790,18 +798,19 @@ impl IncState {
             eof: false,
             total: 0,
         };
-        st.add_dirs(entries, active);
+        st.add_dirs(entries, active, listing);
         st
     }
 
-    /// Adds the directories of a list that arrived.
-    fn add_dirs(&mut self, entries: &[FileEntry], active: &[bool]) {
+    /// Adds the directories of a list that arrived (`listing`: every
+    /// entry was made inactive for `--list-only`, duplicates or not).
+    fn add_dirs(&mut self, entries: &[FileEntry], active: &[bool], listing: bool) {
         self.total += entries.len();
         for (e, a) in entries.iter().zip(active) {
             if e.is_dir() {
                 self.dirs.push(DirSlot {
                     entry: e.clone(),
-                    active: *a && e.name != b".",
+                    active: (*a || listing) && e.name != b".",
                     got_list: false,
                     content: !e.no_content_dir,
                 });
@@ -858,11 +867,14 @@ impl IncState {
                 )));
             }
         }
+        if let (true, Some(ev)) = (prep.opts.list_only, &prep.events) {
+            ev.emit(&FileEvent::Listed { entry: &head });
+        }
         let (entries, active) = prep.prepare(entries);
-        self.add_dirs(&entries, &active);
+        self.add_dirs(&entries, &active, prep.opts.list_only);
         let list = SubList::with_head(
             self.next_start,
-            head,
+            (head, !prep.opts.list_only),
             entries,
             active,
             content.then_some(parent),
