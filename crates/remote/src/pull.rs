@@ -574,6 +574,16 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
     }
 
     let (tx, rx) = channel();
+    if inc {
+        // A file the sender could not send is done as far as its list goes.
+        let t = std::sync::Mutex::new(tx.clone());
+        ins.reports.no_send_hook = Some(crate::conn::NoSendHook(Arc::new(move |n| {
+            let _ = t
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(ToGen::Received(n));
+        })));
+    }
     let gen = {
         let dest = dest.clone();
         let neg = neg.clone();

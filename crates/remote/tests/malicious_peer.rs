@@ -10,7 +10,7 @@ use arsync_proto::checksum::{file_sum, ChecksumAlgo};
 use arsync_proto::flist::{encode_id_list, mode, FileEntry, FlistEncoder, FlistOptions};
 use arsync_proto::handshake::CompatFlags;
 use arsync_proto::item::{decode_item, ItemAttrs, NdxItem};
-use arsync_proto::mux::{encode_data, Demuxer, Event};
+use arsync_proto::mux::{encode_data, encode_int_msg, Demuxer, Event, MsgTag};
 use arsync_proto::ndx::{NdxCodec, NDX_DONE, NDX_FLIST_EOF, NDX_FLIST_OFFSET};
 use arsync_proto::stats::Stats;
 use arsync_proto::sums::SumHead;
@@ -744,4 +744,42 @@ fn top_level_incremental_list_holds_only_top_level_names() {
         Err(RemoteError::Refused(m)) => assert!(m.contains("top-level list"), "{m}"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn incremental_list_ends_when_the_sender_cannot_send_a_file() {
+    // "f" (index 2) comes, "g" (index 3) cannot be sent (MSG_NO_SEND): the
+    // top list still ends, and so does the run.
+    let (_t, dest, outside) = setup();
+    let mut s = inc_script(&[dir("."), reg("f", 5), reg("g", 5)], &[]);
+    s.file(
+        2,
+        b"hello",
+        file_sum(ChecksumAlgo::Xxh128, b"hello").as_bytes(),
+    );
+    let at = s.data.len();
+    s.ndx.encode(NDX_FLIST_EOF, &mut s.data);
+    s.ending();
+    let gate_at = s.transfers_at.unwrap();
+    let mut data = s.raw.clone();
+    encode_data(&s.data[..gate_at], 4096, &mut data);
+    let gate = data.len();
+    encode_data(&s.data[gate_at..at], 4096, &mut data);
+    encode_int_msg(MsgTag::NoSend, 3, &mut data);
+    encode_data(&s.data[at..], 4096, &mut data);
+    let out = Shared::default();
+    let mut opts = PullOptions::new("unused", &dest);
+    opts.echo_messages = false;
+    let input = GatedReader {
+        data,
+        pos: 0,
+        gate,
+        out: out.clone(),
+    };
+    let res = run_pull(&opts, DestRoot::open(&dest).unwrap(), input, out);
+    let summary = res.unwrap();
+    assert_eq!(summary.files_transferred, 1);
+    assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"hello");
+    assert!(!dest.join("g").exists());
+    assert!(all_files(&outside).is_empty());
 }
