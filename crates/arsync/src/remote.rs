@@ -161,6 +161,8 @@ struct Scan {
     /// `-z` and the other compression options.
     compress: CompressSpec,
     protocol: Option<i32>,
+    /// `--no-inc-recursive` / `--no-i-r`.
+    no_inc_recurse: bool,
     /// Indices (in the argv) of options to drop before the local parser sees them.
     drop: Vec<usize>,
     paths: Vec<(usize, OsString)>,
@@ -293,6 +295,10 @@ fn scan(args: &[OsString]) -> Scan {
                     s.drop.extend(start..=i);
                 }
                 "protocol" => s.protocol = value.and_then(|v| v.parse().ok()),
+                "no-inc-recursive" | "no-i-r" | "inc-recursive" | "i-r" => {
+                    s.no_inc_recurse = name.starts_with("no-");
+                    s.drop.push(start);
+                }
                 n if REMOTE_UNSUPPORTED.contains(&n) => {
                     s.unsupported.get_or_insert(format!("--{n}"));
                 }
@@ -731,6 +737,7 @@ pub fn run(args: &[OsString]) -> i32 {
         server_sends: src_remote,
         flags: server_flags(&o, s.compress.packed_z(), cvs),
         caps: CLIENT_CAPS.into(),
+        inc_recurse: !s.no_inc_recurse,
         protocol: s.protocol,
         path: OsString::new(),
         more_paths: Vec::new(),

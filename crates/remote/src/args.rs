@@ -15,7 +15,8 @@ pub const CLIENT_CAPS: &str = "LsfxCIvu";
 /// an incremental file list. rsync's rule (`set_allow_inc_recurse`): only
 /// with `-r`, and a receiver not with `--delete-before`/`--delete-after`,
 /// `--delay-updates` or `--prune-empty-dirs`. arsync's receiver further
-/// declines it with `-H`, `-A` and `-X` (their state spans the whole list).
+/// declines it with `-H`, `-A` and `-X` (their state spans the whole list),
+/// and its callers with `--remove-source-files`.
 pub fn receiver_allows_inc_recurse(
     flags: &str,
     late_delete: bool,
@@ -61,6 +62,9 @@ pub struct ServerCommand {
     pub delete_after: bool,
     /// `--partial`: keep partially received files.
     pub partial: bool,
+    /// Offer incremental recursion when the options allow it (false:
+    /// `--no-inc-recursive`).
+    pub inc_recurse: bool,
     /// Further options (quick-check variants, selection, receiver
     /// options), sent as rsync's client sends them.
     pub opts: TransferOpts,
@@ -83,6 +87,7 @@ impl ServerCommand {
             delay_updates: false,
             delete_after: false,
             partial: false,
+            inc_recurse: true,
             opts: TransferOpts::default(),
         }
     }
@@ -93,6 +98,8 @@ impl ServerCommand {
     /// send one).
     pub fn wire_caps(&self) -> String {
         let inc = self.server_sends
+            && self.inc_recurse
+            && !self.opts.remove_source_files
             && !self.caps.contains('i')
             && self.caps.contains('v')
             && receiver_allows_inc_recurse(

@@ -2260,7 +2260,14 @@ fn gen_message<W: Write>(
         // A file that failed its check is asked for again at once (its
         // list stays open until it is in).
         ToGen::Redo(ndx) => redo(outs, codec, ctx, ndx)?,
-        ToGen::Success(ndx) => outs.message(MsgTag::Success, &ndx.to_le_bytes())?,
+        ToGen::Success(ndx) => {
+            outs.message(MsgTag::Success, &ndx.to_le_bytes())?;
+            // A transferred file's confirmation ends it for its list (a
+            // symlink's comes from the generator itself, not from here).
+            if let Some(o) = flow.open_for(ndx) {
+                o.left = o.left.saturating_sub(1);
+            }
+        }
         ToGen::Phase0Done | ToGen::RedoDone => {
             return Err(RemoteError::Refused(
                 "the sender ended phase 0 before every file list was done".into(),
@@ -2290,6 +2297,8 @@ struct CommitStep {
     opts: TransferOpts,
     /// `--remove-source-files`: each file in place is confirmed to the sender.
     success: Option<Sender<ToGen>>,
+    /// Incremental lists: a confirmation also ends the file for its list.
+    inc: bool,
 }
 
 impl CommitStep {
@@ -2322,6 +2331,46 @@ impl CommitStep {
         };
         DestRoot::set_temp_meta(tmp, &self.meta.meta_at(dest, e, existing))?;
         self.attr.apply_acls(fd, e)
+    }
+
+    /// Applies the attributes and renames the file into place.
+    fn commit_file(
+        &mut self,
+        dest: &DestRoot,
+        tmp: TempFile,
+        ndx: usize,
+        name: &[u8],
+        literal: u64,
+        matched: u64,
+    ) -> Result<()> {
+        let found = i32::try_from(ndx).ok().and_then(|n| self.files.find(n));
+        self.committed.fetch_add(1, Ordering::AcqRel);
+        let Some((list, j)) = found else {
+            DestRoot::remove_temp(tmp);
+            return Err(RemoteError::Usage(format!("no file list entry {ndx}")));
+        };
+        let e = &list.entries[j];
+        if let Err(err) = self.set_attrs(dest, &tmp, e) {
+            DestRoot::remove_temp(tmp);
+            return Err(err);
+        }
+        if self.delay_updates {
+            self.delayed.push((ndx, DestRoot::delay(tmp)));
+            return Ok(());
+        }
+        // A file written in place was backed up (copied) before.
+        let backup = match tmp.in_place {
+            Some(_) => Ok(false),
+            None => self.opts.make_backup(dest, name),
+        };
+        if let Err(err) = backup {
+            DestRoot::remove_temp(tmp);
+            return Err(err);
+        }
+        dest.commit(tmp, name)?;
+        self.confirm(ndx);
+        self.emit(name, literal, matched);
+        Ok(())
     }
 
     /// `--remove-source-files`: tells the sender this file is in place.
@@ -2365,34 +2414,13 @@ impl Committer for CommitStep {
         literal: u64,
         matched: u64,
     ) -> Result<()> {
-        let found = i32::try_from(ndx).ok().and_then(|n| self.files.find(n));
-        self.committed.fetch_add(1, Ordering::AcqRel);
-        let Some((list, j)) = found else {
-            DestRoot::remove_temp(tmp);
-            return Err(RemoteError::Usage(format!("no file list entry {ndx}")));
-        };
-        let e = &list.entries[j];
-        if let Err(err) = self.set_attrs(dest, &tmp, e) {
-            DestRoot::remove_temp(tmp);
-            return Err(err);
+        let r = self.commit_file(dest, tmp, ndx, name, literal, matched);
+        if let (true, Err(_), Some(tx)) = (self.inc, &r, &self.success) {
+            // Incremental with --remove-source-files: the confirmation
+            // ends the file for its list; a failure must end it too.
+            let _ = tx.send(ToGen::Received(ndx as i32));
         }
-        if self.delay_updates {
-            self.delayed.push((ndx, DestRoot::delay(tmp)));
-            return Ok(());
-        }
-        // A file written in place was backed up (copied) before.
-        let backup = match tmp.in_place {
-            Some(_) => Ok(false),
-            None => self.opts.make_backup(dest, name),
-        };
-        if let Err(err) = backup {
-            DestRoot::remove_temp(tmp);
-            return Err(err);
-        }
-        dest.commit(tmp, name)?;
-        self.confirm(ndx);
-        self.emit(name, literal, matched);
-        Ok(())
+        r
     }
 
     fn end_phase(&mut self, dest: &DestRoot) -> Vec<String> {
@@ -2450,6 +2478,7 @@ fn receiver<R: Read>(
         delayed: Vec::new(),
         opts: mode.opts.clone(),
         success: mode.opts.remove_source_files.then(|| tx.clone()),
+        inc: incr.is_some(),
     };
     let mut bufs = RecvBuffers {
         writer: FileWriter::for_machine(dest.clone(), step),
@@ -2597,7 +2626,13 @@ fn receiver<R: Read>(
                 };
                 let how = FileRecv {
                     in_place: mode.opts.inplace,
-                    append: if phase == 0 { mode.opts.append } else { 0 },
+                    // A file asked for again comes whole (incremental lists
+                    // redo in phase 0: rsync's receiver goes by the file).
+                    append: if phase == 0 && !redo_sent.contains(&ndx) {
+                        mode.opts.append
+                    } else {
+                        0
+                    },
                     backup_basis,
                     basis: match &partial_basis {
                         Some(PartialFile::Inside(p)) => p.clone(),
@@ -2622,6 +2657,7 @@ fn receiver<R: Read>(
                 if !good {
                     bufs.writer.discard()?;
                     if phase == 0 && redo_sent.insert(ndx) {
+                        // (Not for a second time: insert is false then.)
                         summary.files_redone += 1;
                         let _ = tx.send(ToGen::Redo(ndx));
                     } else {
@@ -2634,7 +2670,10 @@ fn receiver<R: Read>(
                     bufs.writer.commit(ndx as usize, lit, matched)?;
                     issued += 1;
                     summary.files_transferred += 1;
-                    if incr.is_some() {
+                    // (With --remove-source-files its confirmation does,
+                    // once it is in place: MSG_SUCCESS goes before the
+                    // list's end, as rsync's generator sends it.)
+                    if incr.is_some() && !mode.opts.remove_source_files {
                         let _ = tx.send(ToGen::Received(ndx));
                     }
                 }

@@ -215,6 +215,7 @@ fn server_handshake<R: Read, W: Write>(
     // receiving server only (our sender sends the whole list at once).
     cfg.allow_inc_recurse = inc_recurse
         && !args.sender
+        && !args.opts.remove_source_files
         && crate::args::receiver_allows_inc_recurse(
             &args.flags,
             args.delete && (args.delete_after || args.delete_before),
