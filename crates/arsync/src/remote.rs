@@ -165,6 +165,8 @@ struct Scan {
     timeout: Option<u32>,
     /// `--contimeout`: seconds (0: none).
     contimeout: Option<u32>,
+    /// `--no-inc-recursive` / `--no-i-r`.
+    no_inc_recurse: bool,
     /// Indices (in the argv) of options to drop before the local parser sees them.
     drop: Vec<usize>,
     paths: Vec<(usize, OsString)>,
@@ -297,6 +299,10 @@ fn scan(args: &[OsString]) -> Scan {
                 "timeout" => s.timeout = value.and_then(|v| v.parse().ok()).filter(|&t| t > 0),
                 "contimeout" => {
                     s.contimeout = value.and_then(|v| v.parse().ok()).filter(|&t| t > 0)
+                }
+                "no-inc-recursive" | "no-i-r" | "inc-recursive" | "i-r" => {
+                    s.no_inc_recurse = name.starts_with("no-");
+                    s.drop.push(start);
                 }
                 n if s.compress.parse_long(n, value.as_deref()) => {
                     // Not all of them are known to the local parser.
@@ -773,6 +779,7 @@ pub fn run(args: &[OsString]) -> i32 {
         server_sends: src_remote,
         flags: server_flags(&o, s.compress.packed_z(), cvs),
         caps: CLIENT_CAPS.into(),
+        inc_recurse: !s.no_inc_recurse,
         protocol: s.protocol,
         path: OsString::new(),
         more_paths: Vec::new(),
@@ -1267,14 +1274,15 @@ mod output {
 
         pub(super) fn event(&self, ev: &FileEvent<'_>) {
             match ev {
-                FileEvent::List { entries } => {
-                    // rsync's total size: files' and symlinks' lengths.
-                    let total = entries
+                FileEvent::List { entries, .. } => {
+                    // rsync's total size: files' and symlinks' lengths (over every list of an
+                    // incremental transfer).
+                    let total: u64 = entries
                         .iter()
                         .filter(|e| matches!(kind_of(e), Kind::File | Kind::Symlink))
                         .map(|e| e.size.max(0) as u64)
                         .sum();
-                    self.total_size.store(total, Ordering::Relaxed);
+                    self.total_size.fetch_add(total, Ordering::Relaxed);
                 }
                 FileEvent::Item {
                     iflags: f, entry, ..
@@ -1546,15 +1554,26 @@ mod output {
         /// Takes one event of the transfer.
         pub(super) fn event(&self, ev: &FileEvent<'_>) {
             match ev {
-                FileEvent::List { entries } => {
+                FileEvent::List {
+                    entries,
+                    incremental,
+                    first,
+                } => {
                     for e in *entries {
                         self.stats.seen(kind_of(e), e.size.max(0) as u64);
                     }
+                    if !*first {
+                        return;
+                    }
                     if self.list_line {
-                        // arsync's file list is not incremental: rsync's
-                        // lines for such a list (with --progress, a count).
+                        // rsync's lines for a whole list (with --progress,
+                        // a count), or its header for an incremental one.
                         let n = entries.len();
                         let line = match (self.sender, self.progress) {
+                            _ if *incremental && self.sender => {
+                                "sending incremental file list".to_string()
+                            }
+                            _ if *incremental => "receiving incremental file list".to_string(),
                             (true, false) => "building file list ... done".to_string(),
                             (true, true) => {
                                 format!(

@@ -1963,9 +1963,9 @@ fn compare_output_in(
             setup(&src, &dst, &work);
             let (from, to) = dir.endpoints(&src, &dst);
             let mut cmd = client_cmd(&client, &rsh, &server);
-            if client == rsync_bin() {
-                cmd.arg("--no-i-r");
-            }
+            // Whole lists on every side (arsync receives incremental
+            // ones from rsync otherwise).
+            cmd.arg("--no-i-r");
             let out = cmd.args(flags).args([&from, &to]).output().unwrap();
             let what = format!("{flags:?} {dir:?} {label}");
             assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");
@@ -2256,9 +2256,7 @@ fn progress_updates_while_a_large_file_moves() {
                 fs::write(src.join("big"), &data).unwrap();
                 let (from, to) = dir.endpoints(&src, &dst);
                 let mut cmd = client_cmd(&client, &rsh, &server);
-                if client == rsync_bin() {
-                    cmd.arg("--no-i-r");
-                }
+                cmd.arg("--no-i-r");
                 let out = cmd.args(["-a", flag]).args([&from, &to]).output().unwrap();
                 let what = format!("{flag} {dir:?} {label}");
                 assert_eq!(out.status.code(), Some(0), "{what}: {out:?}");

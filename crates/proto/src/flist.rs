@@ -598,6 +598,16 @@ impl FlistDecoder {
         }
     }
 
+    /// Starts the next list of an incremental recursion at `ndx_start`.
+    /// The name, mode, owner and time compression carries over from the
+    /// previous list (rsync keeps that state for the whole session); hard
+    /// links can abbreviate only within a list, so its leaders are dropped.
+    pub fn start_list(&mut self, ndx_start: i32) {
+        self.ndx_start = ndx_start;
+        self.count = 0;
+        self.leaders.clear();
+    }
+
     /// The xattr sets received so far (`FileEntry::xattr_ndx` indexes it).
     pub fn xattr_sets(&self) -> &[Arc<XattrSet>] {
         self.xattrs.sets()
@@ -1165,6 +1175,60 @@ mod tests {
         want.extend_from_slice(&(0o100644i32).to_le_bytes());
         want.extend_from_slice(&[0, 0]);
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn incremental_lists_share_the_compression_state() {
+        // One encoder for the session: the second list's first name shares
+        // its prefix with the first list's last, and its time and owner are
+        // "same as before"; a decoder restarted per list would misread it.
+        let opts = FlistOptions {
+            inc_recurse: true,
+            ..FlistOptions::archive(32)
+        };
+        let mut enc = FlistEncoder::new(opts.clone());
+        let mut out = Vec::new();
+        let first = [dir("."), dir("dir"), reg("file", 3, 1_600_000_000)];
+        let second = [
+            reg("dir/a", 1, 1_600_000_000),
+            reg("dir/b", 2, 1_600_000_000),
+        ];
+        for e in &first {
+            enc.encode(e, 1, &mut out).unwrap();
+        }
+        enc.encode_end(0, &mut out);
+        let split = out.len();
+        for e in &second {
+            enc.encode(e, 5, &mut out).unwrap();
+        }
+        enc.encode_end(0, &mut out);
+        let mut dec = FlistDecoder::new(opts.clone(), 1);
+        let mut r = Reader::new(&out);
+        let read = |dec: &mut FlistDecoder, r: &mut Reader<'_>| {
+            let mut v = Vec::new();
+            while let FlistItem::Entry(e) = dec.decode(r).unwrap() {
+                v.push((e.name, e.size, e.mtime, e.uid));
+            }
+            v
+        };
+        assert_eq!(read(&mut dec, &mut r).len(), 3);
+        assert_eq!(r.position(), split);
+        dec.start_list(5);
+        assert_eq!(dec.count(), 0);
+        let got = read(&mut dec, &mut r);
+        let want: Vec<_> = second
+            .iter()
+            .map(|e| (e.name.clone(), e.size, e.mtime, e.uid))
+            .collect();
+        assert_eq!(got, want);
+        // A fresh decoder for the second list alone does not read it right.
+        let mut fresh = FlistDecoder::new(opts, 5);
+        let mut r = Reader::new(&out[split..]);
+        let wrong = match fresh.decode(&mut r) {
+            Ok(FlistItem::Entry(e)) => e.name != b"dir/a",
+            _ => true,
+        };
+        assert!(wrong);
     }
 
     fn round_trip(opts: FlistOptions, entries: &[FileEntry]) -> Vec<FileEntry> {

@@ -7,8 +7,30 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use crate::opts::TransferOpts;
 
 /// Capability letters we offer: everything rsync 3.2+ offers except
-/// incremental recursion (`i`), which we decline.
+/// incremental recursion (`i`), which [`ServerCommand::wire_caps`] adds
+/// when the transfer can use it.
 pub const CLIENT_CAPS: &str = "LsfxCIvu";
+
+/// Whether a receiver with these packed short flags and options can take
+/// an incremental file list. rsync's rule (`set_allow_inc_recurse`): only
+/// with `-r`, and a receiver not with `--delete-before`/`--delete-after`,
+/// `--delay-updates` or `--prune-empty-dirs`. arsync's receiver further
+/// declines it with `-H`, `-A` and `-X` (their state spans the whole list),
+/// and its callers with `--remove-source-files`.
+pub fn receiver_allows_inc_recurse(
+    flags: &str,
+    late_delete: bool,
+    delay_updates: bool,
+    prune_empty_dirs: bool,
+) -> bool {
+    flags.contains('r')
+        && !flags.contains('H')
+        && !flags.contains('A')
+        && !flags.contains('X')
+        && !late_delete
+        && !delay_updates
+        && !prune_empty_dirs
+}
 
 /// Options that become the server's argument vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +62,9 @@ pub struct ServerCommand {
     pub delete_after: bool,
     /// `--partial`: keep partially received files.
     pub partial: bool,
+    /// Offer incremental recursion when the options allow it (false:
+    /// `--no-inc-recursive`).
+    pub inc_recurse: bool,
     /// Further options (quick-check variants, selection, receiver
     /// options), sent as rsync's client sends them.
     pub opts: TransferOpts,
@@ -62,7 +87,30 @@ impl ServerCommand {
             delay_updates: false,
             delete_after: false,
             partial: false,
+            inc_recurse: true,
             opts: TransferOpts::default(),
+        }
+    }
+
+    /// The capability letters sent to the server: [`ServerCommand::caps`],
+    /// with `i` first when we pull and the options allow an incremental
+    /// file list (see [`receiver_allows_inc_recurse`]; our sender does not
+    /// send one).
+    pub fn wire_caps(&self) -> String {
+        let inc = self.server_sends
+            && self.inc_recurse
+            && !self.opts.remove_source_files
+            && !self.caps.contains('i')
+            && self.caps.contains('v')
+            && receiver_allows_inc_recurse(
+                &self.flags,
+                self.delete && self.delete_after,
+                self.delay_updates,
+                self.opts.prune_empty_dirs,
+            );
+        match inc {
+            true => format!("i{}", self.caps),
+            false => self.caps.clone(),
         }
     }
 
@@ -77,7 +125,7 @@ impl ServerCommand {
                 "-{}{}e.{}",
                 self.flags,
                 self.opts.packed_flags(self.server_sends),
-                self.caps
+                self.wire_caps()
             )
             .into(),
         );
@@ -157,6 +205,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn incremental_recursion_offered_as_rsync_allows_it() {
+        let mut c = ServerCommand::archive(true, "/src/");
+        assert_eq!(c.wire_caps(), "iLsfxCIvu");
+        c.server_sends = false;
+        assert_eq!(c.wire_caps(), "LsfxCIvu", "our sender sends whole lists");
+        c.server_sends = true;
+        for (flags, late, delay, prune) in [
+            ("logDtpR", false, false, false),
+            ("logDtprH", false, false, false),
+            ("logDtprX", false, false, false),
+            ("logDtpr", true, false, false),
+            ("logDtpr", false, true, false),
+            ("logDtpr", false, false, true),
+        ] {
+            c.flags = flags.into();
+            c.delete = late;
+            c.delete_after = late;
+            c.delay_updates = delay;
+            c.opts.prune_empty_dirs = prune;
+            assert_eq!(c.wire_caps(), "LsfxCIvu", "{flags} {late} {delay} {prune}");
+        }
+    }
+
+    #[test]
     fn pull_and_push_argv() {
         let mut c = ServerCommand::archive(true, "/src/");
         assert_eq!(
@@ -165,7 +237,7 @@ mod tests {
                 "rsync",
                 "--server",
                 "--sender",
-                "-logDtpre.LsfxCIvu",
+                "-logDtpre.iLsfxCIvu",
                 ".",
                 "/src/"
             ]

@@ -47,6 +47,18 @@ const SHORT_TOKEN: usize = MAX_OUT_FRAME - 64;
 /// again read directly.
 const DIRECT_TAIL: usize = 8;
 
+/// Called for each MSG_NO_SEND as it arrives (an incremental receiver's
+/// generator ends a list only when every file it asked for is in or
+/// known not to come).
+#[derive(Clone)]
+pub struct NoSendHook(pub std::sync::Arc<dyn Fn(i32) + Send + Sync>);
+
+impl std::fmt::Debug for NoSendHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NoSendHook")
+    }
+}
+
 /// What the peer reported out of band.
 #[derive(Debug, Default, Clone)]
 pub struct PeerReports {
@@ -58,6 +70,8 @@ pub struct PeerReports {
     pub io_error: i32,
     /// Indices the sender could not send (MSG_NO_SEND).
     pub no_send: Vec<i32>,
+    /// Told of each MSG_NO_SEND at once.
+    pub no_send_hook: Option<NoSendHook>,
     /// The peer's error-exit code, if it sent one.
     pub error_exit: Option<i32>,
     /// Indices the receiver has safely (MSG_SUCCESS, for
@@ -484,7 +498,12 @@ impl<R: Read> InStream<R> {
                 }
             }
             Message::IoError(v) => reports.io_error |= (v & 7) as i32,
-            Message::NoSend(n) => reports.no_send.push(n),
+            Message::NoSend(n) => {
+                if let Some(h) = &reports.no_send_hook {
+                    (h.0)(n);
+                }
+                reports.no_send.push(n)
+            }
             Message::ErrorExit(code) => {
                 let code = code.unwrap_or(0);
                 reports.error_exit = Some(code);

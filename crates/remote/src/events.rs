@@ -32,10 +32,15 @@ pub enum FileEvent<'a> {
         /// The entry as the sender listed it.
         entry: &'a arsync_proto::flist::FileEntry,
     },
-    /// The whole file list, once it is known (sorted, as sent).
+    /// The file list, once it is known (sorted, as sent); with incremental
+    /// recursion, each part as it comes.
     List {
-        /// Every entry.
+        /// Every entry (with incremental recursion, of this part).
         entries: &'a [FileEntry],
+        /// The list comes in parts (incremental recursion).
+        incremental: bool,
+        /// The first part (or the whole list).
+        first: bool,
     },
     /// rsync's item for an entry (what `-i` and `-v` print), in file-list
     /// order: from the generator (a pull: before a requested file arrives,

@@ -32,7 +32,7 @@ use arsync_proto::flist::{
 use arsync_proto::handshake::{Negotiated, PROTOCOL_VERSION};
 use arsync_proto::item::{decode_item, encode_del_stats, ItemAttrs, NdxItem};
 use arsync_proto::mux::MsgTag;
-use arsync_proto::ndx::{NdxCodec, NDX_DONE};
+use arsync_proto::ndx::{NdxCodec, NDX_DONE, NDX_FLIST_OFFSET};
 use arsync_proto::phase::{GenStep, GeneratorSchedule, MAX_PHASE};
 use arsync_proto::stats::{exit_code_for_io_error, ExitCode, Stats};
 use arsync_proto::sums::SumHead;
@@ -154,11 +154,130 @@ impl TransferSummary {
 
 enum ToGen {
     Redo(i32),
+    /// A requested file was received and verified (incremental recursion:
+    /// its list can end once none is outstanding).
+    Received(i32),
+    /// The next list of an incremental recursion.
+    List(Arc<SubList>),
+    /// No more lists follow (NDX_FLIST_EOF).
+    ListsEnd,
     /// A received file is in place (MSG_SUCCESS, `--remove-source-files`).
     Success(i32),
     Phase0Done,
     RedoDone,
     Finish,
+}
+
+/// One file list: the whole list, or with incremental recursion one
+/// directory's part of it (rsync's `struct file_list`).
+#[derive(Debug)]
+pub(crate) struct SubList {
+    /// Index of the first entry.
+    start: i32,
+    /// The entries, sorted.
+    entries: Vec<FileEntry>,
+    /// False for a duplicate (or an entry the options drop).
+    active: Vec<bool>,
+    /// Set (before the request is written) for every index we ask for; the
+    /// receiver refuses data nobody asked for.
+    requested: Vec<AtomicBool>,
+    /// Incremental recursion: the directory these entries are in, when
+    /// its extraneous entries are to be looked for (it has content).
+    parent: Option<Vec<u8>>,
+    /// Incremental recursion: the first entry is that directory itself, at
+    /// the index before the list's (rsync's generator handles a directory
+    /// there, right before its contents, and the sender knows the index).
+    head: bool,
+}
+
+impl SubList {
+    fn new(
+        start: i32,
+        entries: Vec<FileEntry>,
+        active: Vec<bool>,
+        parent: Option<Vec<u8>>,
+    ) -> Self {
+        let requested = entries.iter().map(|_| AtomicBool::new(false)).collect();
+        SubList {
+            start,
+            entries,
+            active,
+            requested,
+            parent,
+            head: false,
+        }
+    }
+
+    /// The list of directory `dir` (its entry first, at `start - 1`;
+    /// `dir_active`: handled, false in a listing).
+    fn with_head(
+        start: i32,
+        (dir, dir_active): (FileEntry, bool),
+        entries: Vec<FileEntry>,
+        active: Vec<bool>,
+        parent: Option<Vec<u8>>,
+    ) -> Self {
+        let entries: Vec<FileEntry> = std::iter::once(dir).chain(entries).collect();
+        let active = std::iter::once(dir_active).chain(active).collect();
+        SubList {
+            head: true,
+            ..SubList::new(start - 1, entries, active, parent)
+        }
+    }
+
+    /// The position of index `ndx` in this list.
+    fn slot(&self, ndx: i32) -> Option<usize> {
+        let j = usize::try_from(i64::from(ndx) - i64::from(self.start)).ok()?;
+        (j < self.entries.len()).then_some(j)
+    }
+
+    /// The index after this list's last, plus one: where the next list
+    /// of an incremental recursion starts (rsync leaves a gap of one).
+    fn next_start(&self) -> i32 {
+        self.start + self.entries.len() as i32 + 1
+    }
+}
+
+/// The lists the receiver holds: one without incremental recursion; with
+/// it, the lists received and not yet finished (each is freed once the
+/// sender confirms it is done).
+#[derive(Debug, Default)]
+pub(crate) struct FileTable {
+    lists: std::sync::Mutex<std::collections::VecDeque<Arc<SubList>>>,
+}
+
+impl FileTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Arc<SubList>>> {
+        self.lists.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, l: Arc<SubList>) {
+        self.lock().push_back(l);
+    }
+
+    /// The list holding index `ndx`, and its position there.
+    fn find(&self, ndx: i32) -> Option<(Arc<SubList>, usize)> {
+        let lists = self.lock();
+        let at = lists.partition_point(|l| l.start <= ndx);
+        let l = lists.get(at.checked_sub(1)?)?;
+        l.slot(ndx).map(|j| (Arc::clone(l), j))
+    }
+
+    /// The entry named `name` (in any list held).
+    fn find_name(&self, name: &[u8]) -> Option<(Arc<SubList>, usize)> {
+        let lists = self.lock();
+        lists.iter().find_map(|l| {
+            let at = l.entries.binary_search_by(|f| {
+                arsync_proto::flist::compare_names(&f.name, f.is_dir(), name, false)
+            });
+            at.ok().map(|j| (Arc::clone(l), j))
+        })
+    }
+
+    /// Drops the list starting at `start`.
+    fn remove(&self, start: i32) {
+        self.lock().retain(|l| l.start != start);
+    }
 }
 
 /// Builds rules from wire-form rule texts (`None` when there are none).
@@ -276,11 +395,6 @@ fn run_pull_with<R: Read, W: Write + Send + 'static>(
     )?;
     let codec = token_compression(&neg)?;
     let fopts = flist_options(&opts.command.flags, opts.command.numeric_ids, &neg)?;
-    if fopts.inc_recurse {
-        return Err(RemoteError::Refused(
-            "server enabled incremental recursion, which we did not offer".into(),
-        ));
-    }
     ins.start_multiplex()?;
     outs.start_multiplex()?;
     let mut filt = Vec::new();
@@ -404,20 +518,23 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
     mode: ReceiveMode,
 ) -> Result<TransferSummary> {
     let (neg, fopts) = (neg.clone(), fopts.clone());
-    // File list.
-    let mut dec = FlistDecoder::new(fopts.clone(), 0);
-    let mut entries = Vec::new();
-    let io_error = loop {
-        match ins.decode(|r| dec.decode(r))? {
-            FlistItem::Entry(e) => entries.push(e),
-            FlistItem::End { io_error } => break io_error,
-        }
-    };
+    let inc = fopts.inc_recurse;
+    // File list (with incremental recursion, its first part: the top
+    // level, indices from 1).
+    let start = i32::from(inc);
+    let mut dec = FlistDecoder::new(fopts.clone(), start);
+    let (entries, io_error) = read_list(&mut ins, &mut dec)?;
+    if let Some(e) = entries.iter().find(|e| inc && e.name.contains(&b'/')) {
+        // The first incremental list holds the top level only.
+        return Err(RemoteError::Refused(format!(
+            "invalid path from the sender: {} in the top-level list",
+            String::from_utf8_lossy(&e.name)
+        )));
+    }
     let root = am_root();
     let xstore = fopts
         .preserve_xattrs
         .then(|| Arc::new(XattrStore::new(dec.xattr_sets(), root)));
-    drop(dec);
     let names = IdNames::load();
     let (mut uid_map, mut gid_map) = (IdMap::default(), IdMap::default());
     let (mut uid_list, mut gid_list) = (Vec::new(), Vec::new());
@@ -446,26 +563,29 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
             _ => None,
         })
         .collect();
-    sort_entries(&mut entries);
-    let mut active = clear_duplicates(&entries);
-    // --chmod and -m on what arrived.
-    mode.opts.adjust_received(&mut entries, &mut active);
-    if mode.opts.list_only {
-        // A listing: report the entries, then let the generator skip them all.
-        for (e, a) in entries.iter().zip(active.iter_mut()) {
-            if let (true, Some(ev)) = (*a, &mode.events) {
-                ev.emit(&FileEvent::Listed { entry: e });
-            }
-            *a = false;
-        }
-    }
-    for e in &mut entries {
-        e.uid = crate::opts::map_owner(&user_rules, e.uid, &uid_list, &uid_map, &names, true);
-        e.gid = crate::opts::map_owner(&group_rules, e.gid, &gid_list, &gid_map, &names, false);
-    }
-    if let Some(ev) = &mode.events {
-        ev.emit(&FileEvent::List { entries: &entries });
-    }
+    let mut prep = ListPrep {
+        opts: mode.opts.clone(),
+        events: mode.events.clone(),
+        user_rules,
+        group_rules,
+        uid_list,
+        gid_list,
+        uid_map,
+        gid_map,
+        names,
+        inc,
+        first: true,
+    };
+    let (entries, active) = prep.prepare(entries);
+    // An incremental list that starts with "." is that directory's own
+    // list (rsync's parent_ndx 0): extraneous entries there are deleted.
+    let top_parent = match entries.first() {
+        Some(e) if inc && e.name == b"." && e.is_dir() && !e.no_content_dir => Some(e.name.clone()),
+        _ => None,
+    };
+    let listing = mode.opts.list_only;
+    let mut incr = inc.then(|| IncState::new(dec, &entries, &active, listing));
+    let (uid_map, gid_map) = (prep.uid_map.clone(), prep.gid_map.clone());
     let meta = MetaRules::new(
         mode.perms,
         mode.times,
@@ -479,15 +599,32 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
         ids: Arc::new((uid_map, gid_map)),
         root,
     };
-    let requested: Arc<Vec<AtomicBool>> =
-        Arc::new(entries.iter().map(|_| AtomicBool::new(false)).collect());
-    let files = Arc::new(entries);
-    let active = Arc::new(active);
+    let first = Arc::new(match (&top_parent, entries.first()) {
+        (Some(_), Some(dot)) => {
+            let dot = (dot.clone(), active[0]);
+            SubList::with_head(start, dot, entries, active, top_parent)
+        }
+        _ => SubList::new(start, entries, active, top_parent),
+    });
+    let files = Arc::new(FileTable::default());
+    files.push(Arc::clone(&first));
+    if let Some(st) = &mut incr {
+        st.next_start = first.next_start();
+        st.live.push_back(first.start);
+    }
 
     let (tx, rx) = channel();
+    if inc {
+        // A file the sender could not send is done as far as its list goes.
+        let t = std::sync::Mutex::new(tx.clone());
+        ins.reports.no_send_hook = Some(crate::conn::NoSendHook(Arc::new(move |n| {
+            let _ = t
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(ToGen::Received(n));
+        })));
+    }
     let gen = {
-        let files = Arc::clone(&files);
-        let active = Arc::clone(&active);
         let dest = dest.clone();
         let neg = neg.clone();
         let fopts = fopts.clone();
@@ -503,7 +640,8 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
             events: mode.events.clone(),
             whole_file,
             filter: mode.filter.clone(),
-            requested: Arc::clone(&requested),
+            table: Arc::clone(&files),
+            inc,
             dry_run: mode.dry_run,
             attr: attr.clone(),
             delay_updates: mode.delay_updates,
@@ -513,13 +651,13 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
             warn_peer: !mode.read_stats,
             meta,
         };
-        std::thread::spawn(move || generator_thread(outs, &files, &active, &gen_ctx, rx))
+        std::thread::spawn(move || generator_thread(outs, first, &gen_ctx, rx))
     };
     let recv = receiver(
         &mut ins,
         &files,
-        &active,
-        &requested,
+        incr.as_mut(),
+        &mut prep,
         &dest,
         &neg,
         &fopts,
@@ -548,14 +686,255 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
     summary.errors.extend(ins.reports.errors.iter().cloned());
     summary.protocol = neg.protocol;
     summary.checksum = neg.checksum.name().to_string();
-    summary.files_total = files.len();
-    summary.io_error = io_error | ins.reports.io_error;
+    summary.files_total = match &incr {
+        Some(st) => st.total,
+        None => files.find(0).map_or(0, |(l, _)| l.entries.len()),
+    };
+    summary.io_error |= io_error | ins.reports.io_error;
     if deletions_skipped > 0 {
         summary.io_error |= arsync_proto::stats::IOERR_DEL_LIMIT;
     }
     summary.bytes_read = ins.total_read();
     summary.bytes_written = bytes_written;
     Ok(summary)
+}
+
+/// Reads one file list up to its end marker; returns the entries as
+/// received and the sender's io_error flags.
+fn read_list<R: Read>(
+    ins: &mut InStream<R>,
+    dec: &mut FlistDecoder,
+) -> Result<(Vec<FileEntry>, i32)> {
+    let mut entries = Vec::new();
+    loop {
+        match ins.decode(|r| dec.decode(r))? {
+            FlistItem::Entry(e) => entries.push(e),
+            FlistItem::End { io_error } => return Ok((entries, io_error)),
+        }
+    }
+}
+
+/// What the receiver does to each list that arrives: sort it, clear
+/// duplicates, apply `--chmod`/`-m`, map owners, report it.
+struct ListPrep {
+    opts: TransferOpts,
+    events: Option<EventSink>,
+    user_rules: Vec<arsync_sync::options::IdMapRule>,
+    group_rules: Vec<arsync_sync::options::IdMapRule>,
+    uid_list: Vec<(u32, Vec<u8>)>,
+    gid_list: Vec<(u32, Vec<u8>)>,
+    uid_map: IdMap,
+    gid_map: IdMap,
+    names: IdNames,
+    /// Incremental recursion: names come with the entries, not in lists.
+    inc: bool,
+    /// The next list is the first.
+    first: bool,
+}
+
+impl ListPrep {
+    fn prepare(&mut self, mut entries: Vec<FileEntry>) -> (Vec<FileEntry>, Vec<bool>) {
+        sort_entries(&mut entries);
+        let mut active = clear_duplicates(&entries);
+        // --chmod and -m on what arrived.
+        self.opts.adjust_received(&mut entries, &mut active);
+        if self.opts.list_only {
+            // A listing: report the entries, then let the generator skip them all.
+            for (e, a) in entries.iter().zip(active.iter_mut()) {
+                // Incremental: a directory is listed when its own list
+                // comes, as rsync's generator lists it.
+                let later = self.inc && e.is_dir() && e.name != b".";
+                if let (true, false, Some(ev)) = (*a, later, &self.events) {
+                    ev.emit(&FileEvent::Listed { entry: e });
+                }
+                *a = false;
+            }
+        }
+        if self.inc {
+            // Each name is sent once, with the first entry of its id.
+            let (mut new_u, mut new_g) = (false, false);
+            for e in &entries {
+                if let Some(n) = &e.user_name {
+                    if !self.uid_list.iter().any(|(id, _)| *id == e.uid) {
+                        self.uid_list.push((e.uid, n.clone()));
+                        new_u = true;
+                    }
+                }
+                if let Some(n) = &e.group_name {
+                    if !self.gid_list.iter().any(|(id, _)| *id == e.gid) {
+                        self.gid_list.push((e.gid, n.clone()));
+                        new_g = true;
+                    }
+                }
+            }
+            let names = &self.names;
+            if new_u {
+                self.uid_map = IdMap::new(&self.uid_list, |n| names.uid_of(n));
+            }
+            if new_g {
+                self.gid_map = IdMap::new(&self.gid_list, |n| names.gid_of(n));
+            }
+        }
+        for e in &mut entries {
+            e.uid = crate::opts::map_owner(
+                &self.user_rules,
+                e.uid,
+                &self.uid_list,
+                &self.uid_map,
+                &self.names,
+                true,
+            );
+            e.gid = crate::opts::map_owner(
+                &self.group_rules,
+                e.gid,
+                &self.gid_list,
+                &self.gid_map,
+                &self.names,
+                false,
+            );
+        }
+        if let Some(ev) = &self.events {
+            ev.emit(&FileEvent::List {
+                entries: &entries,
+                incremental: self.inc,
+                first: self.first,
+            });
+        }
+        self.first = false;
+        (entries, active)
+    }
+}
+
+/// A directory an incremental list may be sent for (rsync's `dir_flist`:
+/// every directory received, in the order of the lists, sorted within
+/// each).
+#[derive(Debug)]
+struct DirSlot {
+    /// Its entry (as received, with `--chmod` and owners applied).
+    entry: FileEntry,
+    /// Not a duplicate: a list may come for it.
+    active: bool,
+    /// Its list came already.
+    got_list: bool,
+    /// Its contents are transferred (not `XMIT_NO_CONTENT_DIR`).
+    content: bool,
+}
+
+/// The receiver's side of an incremental recursion.
+struct IncState {
+    /// Decodes every list (its compression state spans them all).
+    dec: FlistDecoder,
+    /// Every directory received so far.
+    dirs: Vec<DirSlot>,
+    /// Where the next list starts.
+    next_start: i32,
+    /// Lists received and not yet confirmed done by the sender.
+    live: std::collections::VecDeque<i32>,
+    /// Lists done, dropped once the writer committed every file handed
+    /// to it before (the start, and the count of commits issued then).
+    retiring: std::collections::VecDeque<(i32, u64)>,
+    /// NDX_FLIST_EOF came.
+    eof: bool,
+    /// Entries received in all lists.
+    total: usize,
+}
+
+impl IncState {
+    fn new(dec: FlistDecoder, entries: &[FileEntry], active: &[bool], listing: bool) -> Self {
+        let mut st = IncState {
+            dec,
+            dirs: Vec::new(),
+            next_start: 1,
+            live: std::collections::VecDeque::new(),
+            retiring: std::collections::VecDeque::new(),
+            eof: false,
+            total: 0,
+        };
+        st.add_dirs(entries, active, listing);
+        st
+    }
+
+    /// Adds the directories of a list that arrived (`listing`: every
+    /// entry was made inactive for `--list-only`, duplicates or not).
+    fn add_dirs(&mut self, entries: &[FileEntry], active: &[bool], listing: bool) {
+        self.total += entries.len();
+        for (e, a) in entries.iter().zip(active) {
+            if e.is_dir() {
+                self.dirs.push(DirSlot {
+                    entry: e.clone(),
+                    active: (*a || listing) && e.name != b".",
+                    got_list: false,
+                    content: !e.no_content_dir,
+                });
+            }
+        }
+    }
+
+    /// Reads the list of directory `dir_ndx` (after its NDX_FLIST_OFFSET
+    /// marker), refusing what rsync refuses: an index out of range, a
+    /// directory that was cleared or already had its list, an entry that
+    /// is not directly inside that directory.
+    fn read_sublist<R: Read>(
+        &mut self,
+        ins: &mut InStream<R>,
+        dir_ndx: i32,
+        prep: &mut ListPrep,
+    ) -> Result<(SubList, i32)> {
+        let slot = usize::try_from(dir_ndx)
+            .ok()
+            .filter(|&d| d < self.dirs.len())
+            .ok_or_else(|| {
+                RemoteError::Refused(format!(
+                    "invalid directory index {dir_ndx} for an incremental file list ({} directories known)",
+                    self.dirs.len()
+                ))
+            })?;
+        let d = &mut self.dirs[slot];
+        if !d.active || d.got_list {
+            return Err(RemoteError::Refused(format!(
+                "refusing a file list for directory {dir_ndx} ({}): {}",
+                String::from_utf8_lossy(&d.entry.name),
+                if d.got_list {
+                    "it had one already"
+                } else {
+                    "it was cleared"
+                }
+            )));
+        }
+        d.got_list = true;
+        let (head, content) = (d.entry.clone(), d.content);
+        let parent = head.name.clone();
+        self.dec.start_list(self.next_start);
+        let (entries, io_error) = read_list(ins, &mut self.dec)?;
+        for e in &entries {
+            let dir = match e.name.iter().rposition(|&b| b == b'/') {
+                Some(i) => &e.name[..i],
+                None => &b""[..],
+            };
+            if dir != parent.as_slice() {
+                return Err(RemoteError::Refused(format!(
+                    "invalid path from the sender: {} in the list of {}",
+                    String::from_utf8_lossy(&e.name),
+                    String::from_utf8_lossy(&parent)
+                )));
+            }
+        }
+        if let (true, Some(ev)) = (prep.opts.list_only, &prep.events) {
+            ev.emit(&FileEvent::Listed { entry: &head });
+        }
+        let (entries, active) = prep.prepare(entries);
+        self.add_dirs(&entries, &active, prep.opts.list_only);
+        let list = SubList::with_head(
+            self.next_start,
+            (head, !prep.opts.list_only),
+            entries,
+            active,
+            content.then_some(parent),
+        );
+        self.next_start = list.next_start();
+        self.live.push_back(list.start);
+        Ok((list, io_error))
+    }
 }
 
 /// What the receiver sets on an entry, as rsync's `set_file_attrs` with
@@ -792,9 +1171,11 @@ struct GenCtx {
     whole_file: bool,
     /// Rules protecting local entries from `--delete`.
     filter: Option<Arc<FilterRules>>,
-    /// Set (before the request is written) for every index we ask for; the
-    /// receiver refuses data nobody asked for.
-    requested: Arc<Vec<AtomicBool>>,
+    /// The lists held (each entry's "requested" flag is set before the
+    /// request is written; the receiver refuses data nobody asked for).
+    table: Arc<FileTable>,
+    /// Incremental recursion: lists arrive while the transfer runs.
+    inc: bool,
     /// `-n`: change nothing.
     dry_run: bool,
     /// ACLs and xattrs.
@@ -890,6 +1271,13 @@ impl PartialFile {
 }
 
 impl GenCtx {
+    /// Notes that index `i` is asked for (before the request goes out).
+    fn mark_requested(&self, i: usize) {
+        if let Some((l, j)) = i32::try_from(i).ok().and_then(|n| self.table.find(n)) {
+            l.requested[j].store(true, Ordering::Release);
+        }
+    }
+
     /// `--partial-dir`: `e`'s partial file if one is there.
     fn partial_file(&self, e: &FileEntry) -> Option<PartialFile> {
         let p = PartialFile::of(&e.name, self.opts.partial_dir.as_deref()?)?;
@@ -937,7 +1325,7 @@ impl GenCtx {
             return Ok(());
         }
         if !sent {
-            self.requested[i].store(true, Ordering::Release);
+            self.mark_requested(i);
             let mut b = Vec::new();
             ItemAttrs {
                 ndx: i as i32,
@@ -1018,7 +1406,7 @@ impl GenCtx {
             return Ok(false);
         }
         if plan.wait {
-            self.requested[i].store(true, Ordering::Release);
+            self.mark_requested(i);
             let mut b = Vec::new();
             ItemAttrs {
                 ndx: i as i32,
@@ -1074,11 +1462,14 @@ impl GenCtx {
 }
 
 /// Deletes, in every transferred directory that exists locally, the entries
-/// the sender did not list. Returns rsync's deletion counts.
+/// the sender did not list (with `only`, in that directory alone: an
+/// incremental list holds the whole contents of its directory and
+/// nothing below). Returns rsync's deletion counts.
 #[allow(clippy::too_many_arguments)]
 fn delete_extraneous(
     files: &[FileEntry],
     active: &[bool],
+    only: Option<&[u8]>,
     dest: &DestRoot,
     dry_run: bool,
     daemon: Option<&DaemonFilter>,
@@ -1097,16 +1488,21 @@ fn delete_extraneous(
     let mut counts = [0i32; 5];
     // Per-directory merge files are read from the destination's own tree.
     let mut perdir = filter.map(|f| crate::dirrules::DestRules::new(f, dest.root()));
-    for (e, _) in files
-        .iter()
-        .zip(active)
-        .filter(|(e, a)| **a && e.is_dir() && !e.no_content_dir)
-    {
-        let Some(children) = dest.list_dir(&e.name)? else {
+    let scan: Vec<&[u8]> = match only {
+        Some(d) => vec![d],
+        None => files
+            .iter()
+            .zip(active)
+            .filter(|(e, a)| **a && e.is_dir() && !e.no_content_dir)
+            .map(|(e, _)| e.name.as_slice())
+            .collect(),
+    };
+    for dir in scan {
+        let Some(children) = dest.list_dir(dir)? else {
             continue;
         };
         let filter = match perdir.as_mut() {
-            Some(p) => Some(p.at(&e.name)?),
+            Some(p) => Some(p.at(dir)?),
             None => None,
         };
         // The extraneous entries in the order rsync deletes them: its list
@@ -1114,10 +1510,10 @@ fn delete_extraneous(
         // spares the same ones and -v lists them as rsync does.
         let mut extra = Vec::new();
         for c in children {
-            let full = if e.name == b"." {
+            let full = if dir == b"." {
                 c
             } else {
-                let mut f = e.name.clone();
+                let mut f = dir.to_vec();
                 f.push(b'/');
                 f.extend_from_slice(&c);
                 f
@@ -1255,12 +1651,11 @@ impl FlushPacer {
 /// MSG_ERROR_EXIT, as rsync does) so it stops instead of waiting for us.
 fn generator_thread<W: Write>(
     mut outs: OutStream<W>,
-    files: &[FileEntry],
-    active: &[bool],
+    first: Arc<SubList>,
     ctx: &GenCtx,
     rx: Receiver<ToGen>,
 ) -> Result<(Vec<String>, u64, u64)> {
-    match generator(&mut outs, files, active, ctx, rx) {
+    match generator(&mut outs, first, ctx, rx) {
         Ok(v) => Ok(v),
         Err(e) => {
             let text = format!("arsync generator: {e}\n");
@@ -1272,13 +1667,66 @@ fn generator_thread<W: Write>(
     }
 }
 
+/// A list the generator went through whose files are not all in yet
+/// (incremental recursion).
+struct OpenList {
+    list: Arc<SubList>,
+    /// Transfers requested and not yet received.
+    left: usize,
+}
+
+/// Where the generator's lists come from, and which are still open.
+struct ListFlow {
+    open: std::collections::VecDeque<OpenList>,
+    /// The next list to go through.
+    next: Option<Arc<SubList>>,
+    /// No more lists will come.
+    eof: bool,
+}
+
+impl ListFlow {
+    /// The open list holding index `ndx`.
+    fn open_for(&mut self, ndx: i32) -> Option<&mut OpenList> {
+        self.open.iter_mut().find(|o| o.list.slot(ndx).is_some())
+    }
+
+    /// Ends (NDX_DONE) every list at the front whose files are all in,
+    /// except the one being worked on; returns how many ended.
+    fn retire<W: Write>(
+        &mut self,
+        outs: &mut OutStream<W>,
+        codec: &mut NdxCodec,
+        working: bool,
+    ) -> Result<usize> {
+        let mut n = 0;
+        while self.open.front().is_some_and(|o| o.left == 0) && (self.open.len() > 1 || !working) {
+            self.open.pop_front();
+            let mut b = Vec::new();
+            codec.encode(NDX_DONE, &mut b);
+            outs.write(&b)?;
+            n += 1;
+        }
+        if n > 0 {
+            outs.flush()?;
+        }
+        Ok(n)
+    }
+}
+
 fn generator<W: Write>(
     outs: &mut OutStream<W>,
-    files: &[FileEntry],
-    active: &[bool],
+    first: Arc<SubList>,
     ctx: &GenCtx,
     rx: Receiver<ToGen>,
 ) -> Result<(Vec<String>, u64, u64)> {
+    // The whole list (without incremental recursion) for the passes over
+    // all of it.
+    let whole = match ctx.inc {
+        true => Arc::new(SubList::new(0, Vec::new(), Vec::new(), None)),
+        false => Arc::clone(&first),
+    };
+    let files: &[FileEntry] = &whole.entries;
+    let active: &[bool] = &whole.active;
     let (dest, neg, fopts, root) = (&ctx.dest, &ctx.neg, &ctx.fopts, ctx.root);
     let followers: std::collections::HashSet<&[u8]> =
         ctx.links.iter().map(|(f, _)| f.as_slice()).collect();
@@ -1290,7 +1738,7 @@ fn generator<W: Write>(
     // Directory times before the early deletions change them: rsync
     // itemizes a directory before deleting in it.
     let dir_times: std::collections::HashMap<&[u8], (i64, u32)> =
-        match ctx.delete && !ctx.late_delete {
+        match ctx.delete && !ctx.late_delete && !ctx.inc {
             true => files
                 .iter()
                 .zip(active)
@@ -1318,10 +1766,11 @@ fn generator<W: Write>(
         }
         _ => ctx.events.clone(),
     };
-    let mut del_counts = if ctx.delete && !ctx.late_delete {
+    let mut del_counts = if ctx.delete && !ctx.late_delete && !ctx.inc {
         Some(delete_extraneous(
             files,
             active,
+            None,
             dest,
             ctx.dry_run,
             ctx.daemon_filter.as_deref(),
@@ -1331,6 +1780,9 @@ fn generator<W: Write>(
             &mut limit,
             &ctx.opts,
         )?)
+    } else if ctx.delete && !ctx.late_delete {
+        // Incremental: counted as each directory's list comes.
+        Some([0; 5])
     } else {
         None
     };
@@ -1341,310 +1793,401 @@ fn generator<W: Write>(
     let mut hidden_dir: Option<Vec<u8>> = None;
     // A directory the options leave alone (`--existing`, ...): its contents follow it.
     let mut skip_dir: Option<Vec<u8>> = None;
-    for (i, e) in files.iter().enumerate() {
-        if !active[i] {
-            continue;
-        }
-        if let Some(h) = &skip_dir {
-            if e.name.starts_with(h) && e.name.get(h.len()) == Some(&b'/') {
-                continue;
+    // Incremental recursion: directories whose contents (coming in later
+    // lists) are left alone or hidden.
+    let mut skipped_dirs: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+    let mut flow = ListFlow {
+        open: std::collections::VecDeque::new(),
+        next: Some(first),
+        eof: !ctx.inc,
+    };
+    while let Some(list) = flow.next.take() {
+        let files: &[FileEntry] = &list.entries;
+        let active: &[bool] = &list.active;
+        let mut list_requests = 0usize;
+        // The directory these entries are in (incremental lists).
+        let in_dir = match (list.head, files.first()) {
+            (true, Some(h)) => Some(h.name.clone()),
+            (_, f) => f.and_then(|e| {
+                e.name
+                    .iter()
+                    .rposition(|&b| b == b'/')
+                    .map(|k| e.name[..k].to_vec())
+            }),
+        };
+        let list_skipped = ctx.inc && in_dir.as_ref().is_some_and(|d| skipped_dirs.contains(d));
+        if list_skipped {
+            for e in files.iter().filter(|e| e.is_dir()) {
+                skipped_dirs.insert(e.name.clone());
             }
-            skip_dir = None;
         }
-        // -u, --existing, --ignore-existing, --min-size, --max-size, --safe-links.
-        if ctx.opts.selects() {
-            let local = dest.lstat(&e.name).unwrap_or(None);
-            if ctx.opts.skip(e, local.as_ref()).is_some() {
-                if e.is_dir() {
-                    // Nothing below a directory left alone is handled either.
-                    skip_dir = Some(e.name.clone());
+        // The deletion comes right after the directory itself (the head).
+        let delete_at = usize::from(list.head);
+        for j in 0..=files.len() {
+            if j == delete_at {
+                if let (true, false, Some(p), false) = (
+                    ctx.inc && ctx.delete && !ctx.late_delete,
+                    list_skipped,
+                    &list.parent,
+                    ctx.opts.list_only,
+                ) {
+                    // rsync's delete_in_dir as the list of a directory comes.
+                    let n = delete_extraneous(
+                        files,
+                        active,
+                        Some(p),
+                        dest,
+                        ctx.dry_run,
+                        ctx.daemon_filter.as_deref(),
+                        del_events.as_ref(),
+                        ctx.filter.as_deref(),
+                        &mut errors,
+                        &mut limit,
+                        &ctx.opts,
+                    )?;
+                    if let Some(c) = &mut del_counts {
+                        for (t, k) in c.iter_mut().zip(n) {
+                            *t += k;
+                        }
+                    }
+                    send_deleted(outs, &deleted)?;
                 }
+            }
+            let Some(e) = files.get(j) else { break };
+            if !active[j] || list_skipped {
                 continue;
             }
-        }
-        if let Some(d) = &ctx.daemon_filter {
-            if let Some(h) = &hidden_dir {
+            let i = list.start as usize + j;
+            if let Some(h) = &skip_dir {
                 if e.name.starts_with(h) && e.name.get(h.len()) == Some(&b'/') {
                     continue;
                 }
-                hidden_dir = None;
+                skip_dir = None;
             }
-            if d.excluded(&dest.path(&e.name)?, e.is_dir()) {
-                if e.is_dir() {
-                    hidden_dir = Some(e.name.clone());
+            // -u, --existing, --ignore-existing, --min-size, --max-size, --safe-links.
+            if ctx.opts.selects() {
+                let local = dest.lstat(&e.name).unwrap_or(None);
+                if ctx.opts.skip(e, local.as_ref()).is_some() {
+                    if e.is_dir() {
+                        // Nothing below a directory left alone is handled either.
+                        skip_dir = Some(e.name.clone());
+                        if ctx.inc {
+                            skipped_dirs.insert(e.name.clone());
+                        }
+                    }
+                    continue;
                 }
-                // As rsync's daemon: an error for the client (exit 23).
-                let text = format!(
-                    "ERROR: daemon refused to receive {} \"{}\"\n",
-                    if e.is_dir() { "directory" } else { "file" },
-                    String::from_utf8_lossy(&e.name)
-                );
-                outs.message(MsgTag::ErrorXfer, text.as_bytes())?;
-                errors.push(text.trim_end().to_string());
+            }
+            if let Some(d) = &ctx.daemon_filter {
+                if let Some(h) = &hidden_dir {
+                    if e.name.starts_with(h) && e.name.get(h.len()) == Some(&b'/') {
+                        continue;
+                    }
+                    hidden_dir = None;
+                }
+                if d.excluded(&dest.path(&e.name)?, e.is_dir()) {
+                    if e.is_dir() {
+                        hidden_dir = Some(e.name.clone());
+                        if ctx.inc {
+                            skipped_dirs.insert(e.name.clone());
+                        }
+                    }
+                    // As rsync's daemon: an error for the client (exit 23).
+                    let text = format!(
+                        "ERROR: daemon refused to receive {} \"{}\"\n",
+                        if e.is_dir() { "directory" } else { "file" },
+                        String::from_utf8_lossy(&e.name)
+                    );
+                    outs.message(MsgTag::ErrorXfer, text.as_bytes())?;
+                    errors.push(text.trim_end().to_string());
+                    continue;
+                }
+            }
+            if ctx.inc && e.is_dir() && !e.no_content_dir && !(list.head && j == 0) {
+                // Done when its own list comes (rsync makes it only then
+                // too, or early with -t; the metadata is set at the end).
                 continue;
             }
-        }
-        let name = String::from_utf8_lossy(&e.name).into_owned();
-        let step: Result<()> = (|| {
-            let dry = ctx.dry_run;
-            // rsync's generator reports entries it creates (other than
-            // files, which are requested) with an item the sender logs
-            // (`cd+++++++++ dir/` in its -i output) and echoes.
-            let created = match e.file_type() {
-                Some(FileType::Dir) => true,
-                Some(FileType::Symlink) => fopts.preserve_links,
-                Some(FileType::Device) | Some(FileType::Special) => {
-                    fopts.preserve_devices && (root || e.file_type() == Some(FileType::Special))
-                }
-                _ => false,
-            } && e.name != b"."
-                && match dest.lstat(&e.name) {
-                    Ok(m) => m.is_none(),
-                    Err(_) => dry,
-                };
-            let new_flags = match created {
-                true => iflags::LOCAL_CHANGE | iflags::IS_NEW,
-                false => 0,
-            };
-            // Set when an item for this entry went out already.
-            let mut sent = false;
-            // rsync's item for the entry (its `itemize`): what changes here.
-            let mut report = new_flags;
-            // Without -p the permissions of what is there are kept: those
-            // of a directory for a directory, of any other entry otherwise.
-            let before = match ctx.meta.needs_existing() && !dry {
-                true => dest
-                    .lstat(&e.name)?
-                    .filter(|m| (m.file_type == rustix::fs::FileType::Directory) == e.is_dir()),
-                false => None,
-            }
-            .map(|m| m.perms);
-            match e.file_type() {
-                Some(FileType::Dir) => {
-                    if e.name == b"." && ctx.opts.dest_created {
-                        report = iflags::LOCAL_CHANGE | iflags::IS_NEW;
-                    } else if !created {
-                        let before = dir_times.get(e.name.as_slice()).copied();
-                        report = ctx.local_changes_at(e, false, before)?;
+            let name = String::from_utf8_lossy(&e.name).into_owned();
+            let step: Result<()> = (|| {
+                let dry = ctx.dry_run;
+                // rsync's generator reports entries it creates (other than
+                // files, which are requested) with an item the sender logs
+                // (`cd+++++++++ dir/` in its -i output) and echoes.
+                let created = match e.file_type() {
+                    Some(FileType::Dir) => true,
+                    Some(FileType::Symlink) => fopts.preserve_links,
+                    Some(FileType::Device) | Some(FileType::Special) => {
+                        fopts.preserve_devices && (root || e.file_type() == Some(FileType::Special))
                     }
-                    if !dry {
-                        dest.ensure_dir(&e.name)?;
-                        sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
-                    }
-                    dirs.push((i, before));
-                }
-                Some(FileType::Symlink) if fopts.preserve_links && !dry => {
-                    let target = e.link_target.as_deref().unwrap_or_default();
-                    if !created {
-                        report = ctx.symlink_changes(e, target)?;
-                    }
-                    dest.make_symlink(&e.name, target)?;
-                    sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
-                    dest.set_meta(&e.name, &ctx.meta.meta_at(dest, e, before))?;
-                    ctx.success(outs, i)?;
-                }
-                Some(FileType::Device) | Some(FileType::Special)
-                    if fopts.preserve_devices
-                        && !dry
-                        && (root || e.file_type() == Some(FileType::Special)) =>
-                {
-                    dest.make_node(&e.name, e.mode, e.rdev)?;
-                    sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
-                    dest.set_meta(&e.name, &ctx.meta.meta_at(dest, e, before))?;
-                    ctx.fix_acls(e)?;
-                }
-                Some(FileType::Regular) if followers.contains(e.name.as_slice()) => {
-                    // Linked to its leader once everything is received.
-                }
-                Some(FileType::Regular) => {
-                    // In a dry run a parent may not exist yet: treat as missing.
-                    let (existing, attrs) = match dest.lstat_attrs_cached(&mut parents, &e.name) {
-                        Ok(m) => m.unzip(),
-                        Err(_) if dry => (None, None),
-                        Err(err) => return Err(err),
+                    _ => false,
+                } && e.name != b"."
+                    && match dest.lstat(&e.name) {
+                        Ok(m) => m.is_none(),
+                        Err(_) => dry,
                     };
-                    if !ctx.opts.alt_dirs.is_empty() {
-                        // --compare-dest, --copy-dest, --link-dest.
-                        let owners = (root && fopts.preserve_uid, root && fopts.preserve_gid);
-                        let exists = existing.is_some();
-                        let hit = ctx.opts.alt_match(dest, e, exists, owners, |p| {
-                            Ok(crate::walk::file_checksum(p, neg.file_checksum)?.as_slice()
-                                == e.checksum.as_deref().unwrap_or_default())
-                        })?;
-                        let put = |r: std::io::Result<()>| {
-                            r.map_err(|err| {
-                                RemoteError::io(format!("{name} from a basis dir"), err)
-                            })
+                let new_flags = match created {
+                    true => iflags::LOCAL_CHANGE | iflags::IS_NEW,
+                    false => 0,
+                };
+                // Set when an item for this entry went out already.
+                let mut sent = false;
+                // rsync's item for the entry (its `itemize`): what changes here.
+                let mut report = new_flags;
+                // Without -p the permissions of what is there are kept: those
+                // of a directory for a directory, of any other entry otherwise.
+                let before = match ctx.meta.needs_existing() && !dry {
+                    true => dest
+                        .lstat(&e.name)?
+                        .filter(|m| (m.file_type == rustix::fs::FileType::Directory) == e.is_dir()),
+                    false => None,
+                }
+                .map(|m| m.perms);
+                match e.file_type() {
+                    Some(FileType::Dir) => {
+                        if e.name == b"." && ctx.opts.dest_created {
+                            report = iflags::LOCAL_CHANGE | iflags::IS_NEW;
+                        } else if !created {
+                            let before = dir_times.get(e.name.as_slice()).copied();
+                            report = ctx.local_changes_at(e, false, before)?;
+                        }
+                        if !dry {
+                            dest.ensure_dir(&e.name)?;
+                            sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
+                        }
+                        dirs.push((e.clone(), before));
+                    }
+                    Some(FileType::Symlink) if fopts.preserve_links && !dry => {
+                        let target = e.link_target.as_deref().unwrap_or_default();
+                        if !created {
+                            report = ctx.symlink_changes(e, target)?;
+                        }
+                        dest.make_symlink(&e.name, target)?;
+                        sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
+                        dest.set_meta(&e.name, &ctx.meta.meta_at(dest, e, before))?;
+                        ctx.success(outs, i)?;
+                    }
+                    Some(FileType::Device) | Some(FileType::Special)
+                        if fopts.preserve_devices
+                            && !dry
+                            && (root || e.file_type() == Some(FileType::Special)) =>
+                    {
+                        dest.make_node(&e.name, e.mode, e.rdev)?;
+                        sent = ctx.fix_xattrs(outs, &mut codec, i, e, new_flags)?;
+                        dest.set_meta(&e.name, &ctx.meta.meta_at(dest, e, before))?;
+                        ctx.fix_acls(e)?;
+                    }
+                    Some(FileType::Regular) if followers.contains(e.name.as_slice()) => {
+                        // Linked to its leader once everything is received.
+                    }
+                    Some(FileType::Regular) => {
+                        // In a dry run a parent may not exist yet: treat as missing.
+                        let (existing, attrs) = match dest.lstat_attrs_cached(&mut parents, &e.name)
+                        {
+                            Ok(m) => m.unzip(),
+                            Err(_) if dry => (None, None),
+                            Err(err) => return Err(err),
                         };
-                        if exists && !dry {
-                            // An exact match elsewhere replaces the file here
-                            // (--compare-dest: removes it), as rsync does.
-                            let here = dest.path(&e.name)?;
-                            match &hit {
-                                Some(AltMatch::Link(p)) if crate::opts::same_file(p, &here) => {
+                        if !ctx.opts.alt_dirs.is_empty() {
+                            // --compare-dest, --copy-dest, --link-dest.
+                            let owners = (root && fopts.preserve_uid, root && fopts.preserve_gid);
+                            let exists = existing.is_some();
+                            let hit = ctx.opts.alt_match(dest, e, exists, owners, |p| {
+                                Ok(crate::walk::file_checksum(p, neg.file_checksum)?.as_slice()
+                                    == e.checksum.as_deref().unwrap_or_default())
+                            })?;
+                            let put = |r: std::io::Result<()>| {
+                                r.map_err(|err| {
+                                    RemoteError::io(format!("{name} from a basis dir"), err)
+                                })
+                            };
+                            if exists && !dry {
+                                // An exact match elsewhere replaces the file here
+                                // (--compare-dest: removes it), as rsync does.
+                                let here = dest.path(&e.name)?;
+                                match &hit {
+                                    Some(AltMatch::Link(p)) if crate::opts::same_file(p, &here) => {
+                                        return Ok(());
+                                    }
+                                    Some(AltMatch::Link(_)) | Some(AltMatch::Skip) => {
+                                        put(std::fs::remove_file(&here))?;
+                                    }
+                                    _ => {}
+                                }
+                            }
+                            match hit {
+                                Some(AltMatch::Skip) => return Ok(()),
+                                Some(_) if dry => return Ok(()),
+                                Some(AltMatch::Link(p)) => {
+                                    put(std::fs::hard_link(&p, dest.path(&e.name)?))?;
+                                    ctx.success(outs, i)?;
                                     return Ok(());
                                 }
-                                Some(AltMatch::Link(_)) | Some(AltMatch::Skip) => {
-                                    put(std::fs::remove_file(&here))?;
+                                Some(AltMatch::Copy(p)) => {
+                                    put(std::fs::copy(&p, dest.path(&e.name)?).map(|_| ()))?;
+                                    dest.set_meta(&e.name, &ctx.meta.meta_at(dest, e, None))?;
+                                    ctx.success(outs, i)?;
+                                    return Ok(());
                                 }
-                                _ => {}
+                                None => {}
                             }
                         }
-                        match hit {
-                            Some(AltMatch::Skip) => return Ok(()),
-                            Some(_) if dry => return Ok(()),
-                            Some(AltMatch::Link(p)) => {
-                                put(std::fs::hard_link(&p, dest.path(&e.name)?))?;
-                                ctx.success(outs, i)?;
-                                return Ok(());
-                            }
-                            Some(AltMatch::Copy(p)) => {
-                                put(std::fs::copy(&p, dest.path(&e.name)?).map(|_| ()))?;
-                                dest.set_meta(&e.name, &ctx.meta.meta_at(dest, e, None))?;
-                                ctx.success(outs, i)?;
-                                return Ok(());
-                            }
-                            None => {}
-                        }
-                    }
-                    if let Some(m) = existing {
-                        // The quick check (-c compares content sums instead).
-                        let same = ctx.opts.unchanged(e, &m, || {
-                            Ok(local_sum(dest, &e.name, neg.file_checksum)?.as_deref()
-                                == e.checksum.as_deref())
-                        })?;
-                        if same {
-                            // Quick check passed: only fix metadata (and
-                            // drop a --partial-dir file, as rsync does).
-                            if let (Some(p), false) = (ctx.partial_file(e), dry) {
-                                p.remove(dest);
-                            }
-                            // After a quick check (not -c's content check)
-                            // an mtime in the same second, or within
-                            // --modify-window, stays as it is (rsync's
-                            // same_mtime without extra accuracy); a negative
-                            // window compares nanoseconds too.
-                            let keep_time = e.checksum.is_none()
-                                && ctx.opts.modify_window.is_none_or(|w| w >= 0)
-                                && ctx.opts.same_mtime(e.mtime, m.mtime);
-                            let meta_of = |perms| {
-                                let mut want = ctx.meta.meta(e, Some(perms));
-                                if keep_time {
-                                    want.mtime = None;
+                        if let Some(m) = existing {
+                            // The quick check (-c compares content sums instead).
+                            let same = ctx.opts.unchanged(e, &m, || {
+                                Ok(local_sum(dest, &e.name, neg.file_checksum)?.as_deref()
+                                    == e.checksum.as_deref())
+                            })?;
+                            if same {
+                                // Quick check passed: only fix metadata (and
+                                // drop a --partial-dir file, as rsync does).
+                                if let (Some(p), false) = (ctx.partial_file(e), dry) {
+                                    p.remove(dest);
                                 }
-                                want
-                            };
-                            let report = attrs.map_or(0, |a| {
-                                let want = meta_of(a.perms);
-                                change_flags(e, Some((&m, &a)), &want, false)
-                            });
-                            if !dry {
-                                sent = ctx.fix_xattrs(outs, &mut codec, i, e, 0)?;
-                                // Only what differs is changed (most often nothing).
-                                let meta = meta_of(m.perms);
-                                if !attrs.is_some_and(|a| meta.is_applied(&a)) {
-                                    dest.set_meta(&e.name, &meta)?;
+                                // After a quick check (not -c's content check)
+                                // an mtime in the same second, or within
+                                // --modify-window, stays as it is (rsync's
+                                // same_mtime without extra accuracy); a negative
+                                // window compares nanoseconds too.
+                                let keep_time = e.checksum.is_none()
+                                    && ctx.opts.modify_window.is_none_or(|w| w >= 0)
+                                    && ctx.opts.same_mtime(e.mtime, m.mtime);
+                                let meta_of = |perms| {
+                                    let mut want = ctx.meta.meta(e, Some(perms));
+                                    if keep_time {
+                                        want.mtime = None;
+                                    }
+                                    want
+                                };
+                                let report = attrs.map_or(0, |a| {
+                                    let want = meta_of(a.perms);
+                                    change_flags(e, Some((&m, &a)), &want, false)
+                                });
+                                if !dry {
+                                    sent = ctx.fix_xattrs(outs, &mut codec, i, e, 0)?;
+                                    // Only what differs is changed (most often nothing).
+                                    let meta = meta_of(m.perms);
+                                    if !attrs.is_some_and(|a| meta.is_applied(&a)) {
+                                        dest.set_meta(&e.name, &meta)?;
+                                    }
+                                    ctx.fix_acls(e)?;
+                                    ctx.success(outs, i)?;
                                 }
-                                ctx.fix_acls(e)?;
-                                ctx.success(outs, i)?;
+                                return ctx.report_item(outs, &mut codec, i, e, report, sent);
                             }
-                            return ctx.report_item(outs, &mut codec, i, e, report, sent);
                         }
-                    }
-                    // --append: a file as long as the source's is left alone.
-                    if ctx.opts.append > 0
-                        && existing.as_ref().is_some_and(|m| {
-                            m.file_type == rustix::fs::FileType::RegularFile
-                                && m.size >= e.size.max(0) as u64
-                        })
-                    {
-                        return Ok(());
-                    }
-                    let (mut basis, mut basis_type) = ctx.basis(e, existing.is_some(), dry)?;
-                    if let (true, true, false, None) =
-                        (ctx.opts.inplace, ctx.opts.backup, dry, basis_type)
-                    {
-                        // --inplace -b: the old file is copied to its backup
-                        // first, which then serves as the basis.
-                        if existing
-                            .as_ref()
-                            .is_some_and(|m| m.file_type == rustix::fs::FileType::RegularFile)
+                        // --append: a file as long as the source's is left alone.
+                        if ctx.opts.append > 0
+                            && existing.as_ref().is_some_and(|m| {
+                                m.file_type == rustix::fs::FileType::RegularFile
+                                    && m.size >= e.size.max(0) as u64
+                            })
                         {
-                            let copy = ctx.opts.copy_backup(dest, &e.name)?;
-                            if basis.is_some() {
-                                basis = Some(File::open(&copy).map_err(|err| {
-                                    RemoteError::io(format!("opening {}", copy.display()), err)
-                                })?);
+                            return Ok(());
+                        }
+                        let (mut basis, mut basis_type) = ctx.basis(e, existing.is_some(), dry)?;
+                        if let (true, true, false, None) =
+                            (ctx.opts.inplace, ctx.opts.backup, dry, basis_type)
+                        {
+                            // --inplace -b: the old file is copied to its backup
+                            // first, which then serves as the basis.
+                            if existing
+                                .as_ref()
+                                .is_some_and(|m| m.file_type == rustix::fs::FileType::RegularFile)
+                            {
+                                let copy = ctx.opts.copy_backup(dest, &e.name)?;
+                                if basis.is_some() {
+                                    basis = Some(File::open(&copy).map_err(|err| {
+                                        RemoteError::io(format!("opening {}", copy.display()), err)
+                                    })?);
+                                }
+                                basis_type = Some(crate::opts::BASIS_BACKUP);
                             }
-                            basis_type = Some(crate::opts::BASIS_BACKUP);
+                        }
+                        let xreq = ctx.transfer_xattrs(e, existing.is_some())?;
+                        let want = ctx.meta.meta(e, attrs.map(|a| a.perms));
+                        let local = existing.as_ref().zip(attrs.as_ref());
+                        report = iflags::TRANSFER | change_flags(e, local, &want, true);
+                        ctx.itemized(i, e, report);
+                        ctx.mark_requested(i);
+                        request(
+                            outs,
+                            &mut codec,
+                            i as i32,
+                            basis.as_ref(),
+                            false,
+                            neg,
+                            xreq.as_deref(),
+                            dry,
+                            RequestKind {
+                                basis_type,
+                                is_new: Some(existing.is_none()),
+                                append: ctx.opts.append > 0,
+                                report: report & !(iflags::TRANSFER | iflags::IS_NEW),
+                                block_size: ctx.opts.block_size,
+                            },
+                        )?;
+                        pacer.requested(outs)?;
+                        if !dry {
+                            list_requests += 1;
                         }
                     }
-                    let xreq = ctx.transfer_xattrs(e, existing.is_some())?;
-                    let want = ctx.meta.meta(e, attrs.map(|a| a.perms));
-                    let local = existing.as_ref().zip(attrs.as_ref());
-                    report = iflags::TRANSFER | change_flags(e, local, &want, true);
-                    ctx.itemized(i, e, report);
-                    ctx.requested[i].store(true, Ordering::Release);
-                    request(
-                        outs,
-                        &mut codec,
-                        i as i32,
-                        basis.as_ref(),
-                        false,
-                        neg,
-                        xreq.as_deref(),
-                        dry,
-                        RequestKind {
-                            basis_type,
-                            is_new: Some(existing.is_none()),
-                            append: ctx.opts.append > 0,
-                            report: report & !(iflags::TRANSFER | iflags::IS_NEW),
-                            block_size: ctx.opts.block_size,
-                        },
-                    )?;
-                    pacer.requested(outs)?;
+                    _ => {}
                 }
-                _ => {}
+                ctx.report_item(outs, &mut codec, i, e, report, sent)
+            })();
+            match step {
+                Ok(()) => {}
+                Err(err @ RemoteError::Io { .. }) => errors.push(format!("{name}: {err}")),
+                Err(err) => return Err(err),
             }
-            ctx.report_item(outs, &mut codec, i, e, report, sent)
-        })();
-        match step {
-            Ok(()) => {}
-            Err(err @ RemoteError::Io { .. }) => errors.push(format!("{name}: {err}")),
-            Err(err) => return Err(err),
+        }
+        if !ctx.inc {
+            break;
+        }
+        outs.flush()?;
+        flow.open.push_back(OpenList {
+            list: Arc::clone(&list),
+            left: list_requests,
+        });
+        drop(list);
+        // Wait for the next list (or the end of them), ending the lists whose
+        // files are all in, as rsync's generator does.
+        while flow.next.is_none() && !flow.eof {
+            flow.retire(outs, &mut codec, true)?;
+            let Ok(msg) = rx.recv() else { break };
+            if !gen_message(outs, &mut codec, ctx, &mut flow, msg)? {
+                return Ok((errors, outs.total_written(), limit.skipped));
+            }
+        }
+    }
+    // Incremental: the last lists end once their files are in; the last
+    // NDX_DONE ends phase 0.
+    while ctx.inc && !flow.open.is_empty() {
+        flow.retire(outs, &mut codec, false)?;
+        if flow.open.is_empty() {
+            break;
+        }
+        let Ok(msg) = rx.recv() else { break };
+        if !gen_message(outs, &mut codec, ctx, &mut flow, msg)? {
+            return Ok((errors, outs.total_written(), limit.skipped));
         }
     }
     let sched = GeneratorSchedule::new(neg.protocol, ctx.delay_updates, ctx.late_delete)?;
     let mut done = Vec::new();
-    for _ in 0..sched.after_phase0 {
+    for _ in 0..sched.after_phase0.saturating_sub(usize::from(ctx.inc)) {
         codec.encode(NDX_DONE, &mut done);
     }
     outs.write(&done)?;
     outs.flush()?;
     loop {
         match rx.recv() {
-            Ok(ToGen::Redo(ndx)) => {
-                let e = &files[ndx as usize];
-                let exists = dest.lstat(&e.name)?.is_some();
-                let (basis, basis_type) = ctx.basis(e, exists, false)?;
-                request(
-                    outs,
-                    &mut codec,
-                    ndx,
-                    basis.as_ref(),
-                    true,
-                    neg,
-                    None,
-                    false,
-                    RequestKind {
-                        basis_type,
-                        is_new: Some(!exists),
-                        append: false,
-                        report: 0,
-                        block_size: ctx.opts.block_size,
-                    },
-                )?;
-                outs.flush()?;
+            Ok(ToGen::Redo(ndx)) => redo(outs, &mut codec, ctx, ndx)?,
+            Ok(ToGen::Received(_)) => {}
+            Ok(ToGen::List(_)) | Ok(ToGen::ListsEnd) => {
+                return Err(RemoteError::Refused(
+                    "a file list after the end of the lists".into(),
+                ))
             }
             Ok(ToGen::Phase0Done) => {
                 run_steps(
@@ -1668,6 +2211,7 @@ fn generator<W: Write>(
                         delete_extraneous(
                             files,
                             active,
+                            None,
                             dest,
                             ctx.dry_run,
                             ctx.daemon_filter.as_deref(),
@@ -1693,19 +2237,16 @@ fn generator<W: Write>(
             Err(err) => errors.push(format!("{}: {err}", String::from_utf8_lossy(follower))),
             // --remove-source-files: a linked follower is in place too.
             Ok(()) if ctx.opts.remove_source_files => {
-                let at = files.binary_search_by(|f| {
-                    arsync_proto::flist::compare_names(&f.name, f.is_dir(), follower, false)
-                });
-                if let Ok(i) = at {
-                    ctx.success(outs, i)?;
+                if let Some((l, j)) = ctx.table.find_name(follower) {
+                    ctx.success(outs, l.start as usize + j)?;
                 }
             }
             Ok(()) => {}
         }
     }
     // Directory metadata last, deepest first, so nothing touches them afterwards.
-    for &(i, before) in dirs.iter().rev().filter(|_| !ctx.dry_run) {
-        let e = &files[i];
+    for (e, before) in dirs.iter().rev().filter(|_| !ctx.dry_run) {
+        let before = *before;
         let r = dest
             .set_dir_meta(&e.name, &ctx.meta.meta_at(dest, e, before))
             .and_then(|()| ctx.fix_acls(e));
@@ -1727,12 +2268,85 @@ fn generator<W: Write>(
     Ok((errors, outs.total_written(), limit.skipped))
 }
 
+/// Requests index `ndx` again with full-length sums (its checksum did not match).
+fn redo<W: Write>(
+    outs: &mut OutStream<W>,
+    codec: &mut NdxCodec,
+    ctx: &GenCtx,
+    ndx: i32,
+) -> Result<()> {
+    let Some((l, j)) = ctx.table.find(ndx) else {
+        return Err(RemoteError::Refused(format!("redo of unknown index {ndx}")));
+    };
+    let e = &l.entries[j];
+    let exists = ctx.dest.lstat(&e.name)?.is_some();
+    let (basis, basis_type) = ctx.basis(e, exists, false)?;
+    request(
+        outs,
+        codec,
+        ndx,
+        basis.as_ref(),
+        true,
+        &ctx.neg,
+        None,
+        false,
+        RequestKind {
+            basis_type,
+            is_new: Some(!exists),
+            append: false,
+            report: 0,
+            block_size: ctx.opts.block_size,
+        },
+    )?;
+    outs.flush()
+}
+
+/// Takes one message from the receiver while incremental lists are
+/// still coming; false when the receiver stopped.
+fn gen_message<W: Write>(
+    outs: &mut OutStream<W>,
+    codec: &mut NdxCodec,
+    ctx: &GenCtx,
+    flow: &mut ListFlow,
+    msg: ToGen,
+) -> Result<bool> {
+    match msg {
+        ToGen::List(l) => flow.next = Some(l),
+        ToGen::ListsEnd => flow.eof = true,
+        ToGen::Received(ndx) => {
+            if let Some(o) = flow.open_for(ndx) {
+                o.left = o.left.saturating_sub(1);
+            }
+        }
+        // A file that failed its check is asked for again at once (its
+        // list stays open until it is in).
+        ToGen::Redo(ndx) => redo(outs, codec, ctx, ndx)?,
+        ToGen::Success(ndx) => {
+            outs.message(MsgTag::Success, &ndx.to_le_bytes())?;
+            // A transferred file's confirmation ends it for its list (a
+            // symlink's comes from the generator itself, not from here).
+            if let Some(o) = flow.open_for(ndx) {
+                o.left = o.left.saturating_sub(1);
+            }
+        }
+        ToGen::Phase0Done | ToGen::RedoDone => {
+            return Err(RemoteError::Refused(
+                "the sender ended phase 0 before every file list was done".into(),
+            ))
+        }
+        ToGen::Finish => return Ok(false),
+    }
+    Ok(true)
+}
+
 /// The commit step of a verified file, run on the writer thread: holes
 /// (`-S`), xattrs (before the mode, which may forbid them), mode, owner and
 /// times, ACLs, then the rename (or, with `--delay-updates`, the rename at
 /// the end of the redo phase).
 struct CommitStep {
-    files: Arc<Vec<FileEntry>>,
+    files: Arc<FileTable>,
+    /// Commits done (see the receiver's `issued`).
+    committed: Arc<std::sync::atomic::AtomicU64>,
     meta: MetaRules,
     attr: AttrCtx,
     sparse: bool,
@@ -1744,6 +2358,8 @@ struct CommitStep {
     opts: TransferOpts,
     /// `--remove-source-files`: each file in place is confirmed to the sender.
     success: Option<Sender<ToGen>>,
+    /// Incremental lists: a confirmation also ends the file for its list.
+    inc: bool,
 }
 
 impl CommitStep {
@@ -1778,41 +2394,8 @@ impl CommitStep {
         self.attr.apply_acls(fd, e)
     }
 
-    /// `--remove-source-files`: tells the sender this file is in place.
-    fn confirm(&self, ndx: usize) {
-        if let Some(tx) = &self.success {
-            let _ = tx.send(ToGen::Success(ndx as i32));
-        }
-    }
-
-    fn emit(&self, name: &[u8], literal: u64, matched: u64) {
-        if let Some(ev) = &self.events {
-            ev.emit(&FileEvent::Transferred {
-                name,
-                literal,
-                matched,
-            });
-        }
-    }
-}
-
-impl Committer for CommitStep {
-    fn keep_partial(&mut self, tmp: &TempFile, name: &[u8], in_partial_dir: bool) {
-        // As rsync: the permissions (and owner); in a --partial-dir no
-        // time, else mtime 0 so that it stands out (and -u never keeps it).
-        let at = self.files.binary_search_by(|f| {
-            arsync_proto::flist::compare_names(&f.name, f.is_dir(), name, false)
-        });
-        let Some(e) = at.ok().and_then(|i| self.files.get(i)) else {
-            return;
-        };
-        let mut meta = self.meta.meta(e, tmp.in_place.flatten());
-        meta.mtime = (!in_partial_dir).then_some((0, 0));
-        meta.atime = None;
-        let _ = DestRoot::set_temp_meta(tmp, &meta);
-    }
-
-    fn commit(
+    /// Applies the attributes and renames the file into place.
+    fn commit_file(
         &mut self,
         dest: &DestRoot,
         tmp: TempFile,
@@ -1821,11 +2404,13 @@ impl Committer for CommitStep {
         literal: u64,
         matched: u64,
     ) -> Result<()> {
-        let files = Arc::clone(&self.files);
-        let Some(e) = files.get(ndx) else {
+        let found = i32::try_from(ndx).ok().and_then(|n| self.files.find(n));
+        self.committed.fetch_add(1, Ordering::AcqRel);
+        let Some((list, j)) = found else {
             DestRoot::remove_temp(tmp);
             return Err(RemoteError::Usage(format!("no file list entry {ndx}")));
         };
+        let e = &list.entries[j];
         if let Err(err) = self.set_attrs(dest, &tmp, e) {
             DestRoot::remove_temp(tmp);
             return Err(err);
@@ -1849,11 +2434,64 @@ impl Committer for CommitStep {
         Ok(())
     }
 
+    /// `--remove-source-files`: tells the sender this file is in place.
+    fn confirm(&self, ndx: usize) {
+        if let Some(tx) = &self.success {
+            let _ = tx.send(ToGen::Success(ndx as i32));
+        }
+    }
+
+    fn emit(&self, name: &[u8], literal: u64, matched: u64) {
+        if let Some(ev) = &self.events {
+            ev.emit(&FileEvent::Transferred {
+                name,
+                literal,
+                matched,
+            });
+        }
+    }
+}
+
+impl Committer for CommitStep {
+    fn keep_partial(&mut self, tmp: &TempFile, name: &[u8], in_partial_dir: bool) {
+        // As rsync: the permissions (and owner); in a --partial-dir no
+        // time, else mtime 0 so that it stands out (and -u never keeps it).
+        let Some((list, j)) = self.files.find_name(name) else {
+            return;
+        };
+        let e = &list.entries[j];
+        let mut meta = self.meta.meta(e, tmp.in_place.flatten());
+        meta.mtime = (!in_partial_dir).then_some((0, 0));
+        meta.atime = None;
+        let _ = DestRoot::set_temp_meta(tmp, &meta);
+    }
+
+    fn commit(
+        &mut self,
+        dest: &DestRoot,
+        tmp: TempFile,
+        ndx: usize,
+        name: &[u8],
+        literal: u64,
+        matched: u64,
+    ) -> Result<()> {
+        let r = self.commit_file(dest, tmp, ndx, name, literal, matched);
+        if let (true, Err(_), Some(tx)) = (self.inc, &r, &self.success) {
+            // Incremental with --remove-source-files: the confirmation
+            // ends the file for its list; a failure must end it too.
+            let _ = tx.send(ToGen::Received(ndx as i32));
+        }
+        r
+    }
+
     fn end_phase(&mut self, dest: &DestRoot) -> Vec<String> {
         let mut errors = Vec::new();
-        let files = Arc::clone(&self.files);
         for (i, d) in std::mem::take(&mut self.delayed) {
-            let name = &files[i].name;
+            let Some((list, j)) = i32::try_from(i).ok().and_then(|n| self.files.find(n)) else {
+                errors.push(format!("no file list entry {i}"));
+                continue;
+            };
+            let name = &list.entries[j].name;
             let backed = self.opts.make_backup(dest, name);
             match backed.and_then(|_| dest.commit_delayed(&d, name)) {
                 Ok(()) => {
@@ -1870,9 +2508,9 @@ impl Committer for CommitStep {
 #[allow(clippy::too_many_arguments)]
 fn receiver<R: Read>(
     ins: &mut InStream<R>,
-    files: &Arc<Vec<FileEntry>>,
-    active: &[bool],
-    requested: &[AtomicBool],
+    files: &Arc<FileTable>,
+    mut incr: Option<&mut IncState>,
+    prep: &mut ListPrep,
     dest: &DestRoot,
     neg: &Negotiated,
     fopts: &FlistOptions,
@@ -1885,9 +2523,14 @@ fn receiver<R: Read>(
     let mut codec = NdxCodec::new();
     let mut phase = 0u32;
     let mut summary = TransferSummary::default();
-    let mut redo_sent = vec![false; files.len()];
+    let mut redo_sent = std::collections::HashSet::new();
+    // Commits handed to the writer, and (on the writer) done: a finished
+    // list is dropped once the writer is past its files.
+    let committed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut issued = 0u64;
     let step = CommitStep {
         files: Arc::clone(files),
+        committed: Arc::clone(&committed),
         meta: MetaRules::new(mode.perms, mode.times, mode.opts.executability, fopts, root),
         attr: attr.clone(),
         sparse: mode.sparse,
@@ -1896,6 +2539,7 @@ fn receiver<R: Read>(
         delayed: Vec::new(),
         opts: mode.opts.clone(),
         success: mode.opts.remove_source_files.then(|| tx.clone()),
+        inc: incr.is_some(),
     };
     let mut bufs = RecvBuffers {
         writer: FileWriter::for_machine(dest.clone(), step),
@@ -1904,8 +2548,59 @@ fn receiver<R: Read>(
         progress: EventSink::ticker(mode.events.as_ref()),
     };
     loop {
+        if let Some(st) = incr.as_deref_mut() {
+            // Drop the finished lists the writer is done with.
+            let c = committed.load(Ordering::Acquire);
+            while st.retiring.front().is_some_and(|&(_, at)| at <= c) {
+                if let Some((start, _)) = st.retiring.pop_front() {
+                    files.remove(start);
+                }
+            }
+        }
         match ins.decode(|r| decode_item(&mut codec, r))? {
+            NdxItem::Done if incr.as_ref().is_some_and(|st| st.live.len() > 1 || !st.eof) => {
+                // Incremental: the sender is done with the first list.
+                let st = incr.as_deref_mut().expect("checked above");
+                let Some(start) = st.live.pop_front() else {
+                    return Err(RemoteError::Refused(
+                        "NDX_DONE with no file list open".into(),
+                    ));
+                };
+                st.retiring.push_back((start, issued));
+                if st.live.is_empty() {
+                    return Err(RemoteError::Refused(
+                        "the sender ended the last file list before NDX_FLIST_EOF".into(),
+                    ));
+                }
+            }
+            NdxItem::FlistEof if incr.is_some() => {
+                let st = incr.as_deref_mut().expect("checked above");
+                if st.eof {
+                    return Err(RemoteError::Refused("NDX_FLIST_EOF twice".into()));
+                }
+                st.eof = true;
+                let _ = tx.send(ToGen::ListsEnd);
+            }
+            NdxItem::Other(n) if incr.is_some() && n <= NDX_FLIST_OFFSET => {
+                let st = incr.as_deref_mut().expect("checked above");
+                if st.eof || phase > 0 {
+                    return Err(RemoteError::Refused(format!(
+                        "a file list (marker {n}) after the end of the lists"
+                    )));
+                }
+                let (list, io_error) = st.read_sublist(ins, NDX_FLIST_OFFSET - n, prep)?;
+                summary.io_error |= io_error;
+                let list = Arc::new(list);
+                files.push(Arc::clone(&list));
+                let _ = tx.send(ToGen::List(list));
+            }
             NdxItem::Done => {
+                if let Some(st) = incr.as_deref_mut() {
+                    // The last list ends phase 0.
+                    if let Some(start) = st.live.pop_front() {
+                        st.retiring.push_back((start, issued));
+                    }
+                }
                 phase += 1;
                 if phase == 1 {
                     let _ = tx.send(ToGen::Phase0Done);
@@ -1924,17 +2619,19 @@ fn receiver<R: Read>(
             NdxItem::File(a) => {
                 let ndx = a.ndx;
                 let transfer = a.iflags & iflags::TRANSFER != 0;
-                let ok = (ndx as usize) < files.len()
-                    && active[ndx as usize]
-                    && (!transfer || files[ndx as usize].file_type() == Some(FileType::Regular))
-                    && requested[ndx as usize].load(Ordering::Acquire);
-                if !ok {
+                let found = files.find(ndx);
+                let ok = found.as_ref().is_some_and(|(l, j)| {
+                    l.active[*j]
+                        && (!transfer || l.entries[*j].file_type() == Some(FileType::Regular))
+                        && l.requested[*j].load(Ordering::Acquire)
+                });
+                let (Some((list, j)), true) = (found, ok) else {
                     return Err(RemoteError::Refused(format!(
                         "unexpected file index {ndx} (iflags {:#x})",
                         a.iflags
                     )));
-                }
-                let e = &files[ndx as usize];
+                };
+                let e = &list.entries[j];
                 let xstore = match (&attr.xstore, e.xattr_ndx) {
                     (Some(s), Some(xn)) => Some((s, xn)),
                     _ => None,
@@ -1990,7 +2687,13 @@ fn receiver<R: Read>(
                 };
                 let how = FileRecv {
                     in_place: mode.opts.inplace,
-                    append: if phase == 0 { mode.opts.append } else { 0 },
+                    // A file asked for again comes whole (incremental lists
+                    // redo in phase 0: rsync's receiver goes by the file).
+                    append: if phase == 0 && !redo_sent.contains(&ndx) {
+                        mode.opts.append
+                    } else {
+                        0
+                    },
                     backup_basis,
                     basis: match &partial_basis {
                         Some(PartialFile::Inside(p)) => p.clone(),
@@ -2015,8 +2718,8 @@ fn receiver<R: Read>(
                 }
                 if !good {
                     bufs.writer.discard()?;
-                    if phase == 0 && !redo_sent[ndx as usize] {
-                        redo_sent[ndx as usize] = true;
+                    if phase == 0 && redo_sent.insert(ndx) {
+                        // (Not for a second time: insert is false then.)
                         summary.files_redone += 1;
                         let _ = tx.send(ToGen::Redo(ndx));
                     } else {
@@ -2031,12 +2734,23 @@ fn receiver<R: Read>(
                     }
                     // The writer applies attributes and renames into place.
                     bufs.writer.commit(ndx as usize, lit, matched)?;
+                    issued += 1;
                     summary.files_transferred += 1;
+                    // (With --remove-source-files its confirmation does,
+                    // once it is in place: MSG_SUCCESS goes before the
+                    // list's end, as rsync's generator sends it.)
+                    if incr.is_some() && !mode.opts.remove_source_files {
+                        let _ = tx.send(ToGen::Received(ndx));
+                    }
                 }
             }
             other => {
                 return Err(RemoteError::Refused(format!(
-                    "unexpected index marker {other:?} without incremental recursion"
+                    "unexpected index marker {other:?}{}",
+                    match incr {
+                        Some(_) => "",
+                        None => " without incremental recursion",
+                    }
                 )))
             }
         }

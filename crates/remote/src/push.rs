@@ -440,6 +440,8 @@ pub(crate) fn send_session<R: Read, W: Write>(
     if let Some(ev) = events {
         ev.emit(&FileEvent::List {
             entries: &list.entries,
+            incremental: false,
+            first: true,
         });
     }
     for w in &list.warnings {

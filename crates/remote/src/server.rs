@@ -44,6 +44,8 @@ pub struct ServerArgs {
     pub delete_after: bool,
     /// `--partial`.
     pub partial: bool,
+    /// `--delete-before` (which rules out an incremental file list).
+    pub delete_before: bool,
     /// Further options (see [`TransferOpts`]).
     pub opts: TransferOpts,
     /// The paths after `.` (bytes: they need not be UTF-8).
@@ -69,6 +71,7 @@ impl ServerArgs {
             delay_updates: false,
             delete_after: false,
             partial: false,
+            delete_before: false,
             opts: TransferOpts::default(),
             paths: Vec::new(),
         };
@@ -102,7 +105,11 @@ impl ServerArgs {
                 "." => saw_dot = true,
                 "--sender" => a.sender = true,
                 "--numeric-ids" => a.numeric_ids = true,
-                "--delete" | "--delete-during" | "--delete-before" => a.delete = true,
+                "--delete" | "--delete-during" => a.delete = true,
+                "--delete-before" => {
+                    a.delete = true;
+                    a.delete_before = true;
+                }
                 "--delete-after" | "--delete-delay" => {
                     a.delete = true;
                     a.delete_after = true;
@@ -217,6 +224,7 @@ fn server_handshake<R: Read, W: Write>(
     outs: &mut OutStream<W>,
     args: &ServerArgs,
     known_remote: Option<i32>,
+    inc_recurse: bool,
 ) -> Result<Negotiated> {
     let mut cfg = HandshakeConfig::client(
         args.protocol
@@ -224,6 +232,17 @@ fn server_handshake<R: Read, W: Write>(
         &args.caps,
     );
     cfg.role = Role::Server;
+    // An incremental file list as rsync's server allows it, for a
+    // receiving server only (our sender sends the whole list at once).
+    cfg.allow_inc_recurse = inc_recurse
+        && !args.sender
+        && !args.opts.remove_source_files
+        && crate::args::receiver_allows_inc_recurse(
+            &args.flags,
+            args.delete && (args.delete_after || args.delete_before),
+            args.delay_updates,
+            args.opts.prune_empty_dirs,
+        );
     cfg.seed = seed();
     cfg.known_remote = known_remote;
     args.opts
@@ -417,9 +436,8 @@ fn serve_session<R: Read, W: Write + Send + 'static>(
     known_remote: Option<i32>,
     daemon: Option<DaemonFilter>,
 ) -> Result<TransferSummary> {
-    let neg = server_handshake(&mut ins, &mut outs, args, known_remote)?;
-    let mut fopts = flist_options(&args.flags, args.numeric_ids, &neg)?;
-    fopts.inc_recurse = false;
+    let neg = server_handshake(&mut ins, &mut outs, args, known_remote, daemon.is_none())?;
+    let fopts = flist_options(&args.flags, args.numeric_ids, &neg)?;
     let codec = token_compression(&neg)?;
     outs.start_multiplex()?;
     ins.start_multiplex()?;
@@ -581,7 +599,7 @@ pub fn refuse_session<R: Read, W: Write>(
 ) -> Result<()> {
     let mut ins = InStream::new(input);
     let mut outs = OutStream::new(output);
-    server_handshake(&mut ins, &mut outs, args, known_remote)?;
+    server_handshake(&mut ins, &mut outs, args, known_remote, false)?;
     outs.start_multiplex()?;
     outs.message(
         arsync_proto::mux::MsgTag::Error,

@@ -237,7 +237,7 @@ pub fn start_client<R: Read, W: Write>(
             (ours, Some(g.protocol))
         }
     };
-    let mut cfg = HandshakeConfig::client(ours, &cmd.caps);
+    let mut cfg = HandshakeConfig::client(ours, &cmd.wire_caps());
     cfg.known_remote = known_remote;
     cfg.checksum_choice = checksum_choice;
     compress.configure(&mut cfg)?;

@@ -10,8 +10,8 @@ use arsync_proto::checksum::{file_sum, ChecksumAlgo};
 use arsync_proto::flist::{encode_id_list, mode, FileEntry, FlistEncoder, FlistOptions};
 use arsync_proto::handshake::CompatFlags;
 use arsync_proto::item::{decode_item, ItemAttrs, NdxItem};
-use arsync_proto::mux::{encode_data, Demuxer, Event};
-use arsync_proto::ndx::{NdxCodec, NDX_DONE};
+use arsync_proto::mux::{encode_data, encode_int_msg, Demuxer, Event, MsgTag};
+use arsync_proto::ndx::{NdxCodec, NDX_DONE, NDX_FLIST_EOF, NDX_FLIST_OFFSET};
 use arsync_proto::stats::Stats;
 use arsync_proto::sums::SumHead;
 use arsync_proto::token::{encode_block, encode_end, encode_literal};
@@ -613,4 +613,173 @@ fn partial_keeps_what_arrived_when_the_sender_vanishes() {
             assert!(names.is_empty(), "{names:?}");
         }
     }
+}
+
+/// A session with incremental recursion granted: the first list (no id
+/// lists after it), then `parts`: a directory index and its list, or
+/// `None` for NDX_FLIST_EOF.
+/// One part of an incremental session: a directory index and its list,
+/// or `None` for NDX_FLIST_EOF.
+type Part = (Option<i32>, Vec<FileEntry>);
+
+fn inc_script(top: &[FileEntry], parts: &[Part]) -> Script {
+    let mut s = Script::new();
+    s.raw.clear();
+    put_i32(&mut s.raw, 32);
+    put_varint(
+        &mut s.raw,
+        CompatFlags::server_reply("iLsfxCIvu", true).0 as i32,
+    );
+    put_vstring(&mut s.raw, b"xxh128 xxh3 xxh64 md5 md4 none").unwrap();
+    put_i32(&mut s.raw, 12345);
+    s.opts.inc_recurse = true;
+    // One encoder: the name and attribute compression spans every list.
+    let mut enc = FlistEncoder::new(s.opts.clone());
+    for e in top {
+        enc.encode(e, 1, &mut s.data).unwrap();
+    }
+    enc.encode_end(0, &mut s.data);
+    s.gate();
+    for (dir, entries) in parts {
+        match dir {
+            Some(d) => {
+                s.ndx.encode(NDX_FLIST_OFFSET - d, &mut s.data);
+                for e in entries {
+                    enc.encode(e, 0, &mut s.data).unwrap();
+                }
+                enc.encode_end(0, &mut s.data);
+            }
+            None => s.ndx.encode(NDX_FLIST_EOF, &mut s.data),
+        }
+    }
+    s
+}
+
+#[test]
+fn bad_incremental_lists_are_refused() {
+    let top = [dir("."), dir("a"), reg("f", 5), dir("z")];
+    let cases: Vec<(&str, Vec<Part>, &str)> = vec![
+        (
+            "index out of range",
+            vec![(Some(7), vec![reg("a/x", 1)])],
+            "invalid directory index 7",
+        ),
+        (
+            "negative index",
+            vec![(Some(-5), vec![reg("a/x", 1)])],
+            "unexpected index marker Other(-96)",
+        ),
+        (
+            "the list of '.' (its contents came first)",
+            vec![(Some(0), vec![reg("x", 1)])],
+            "refusing a file list for directory 0",
+        ),
+        (
+            "a second list for a directory",
+            vec![
+                (Some(1), vec![reg("a/x", 1)]),
+                (Some(1), vec![reg("a/y", 1)]),
+            ],
+            "it had one already",
+        ),
+        (
+            "an entry outside the directory",
+            vec![(Some(1), vec![reg("z/x", 1)])],
+            "invalid path from the sender: z/x",
+        ),
+        (
+            "an entry below a subdirectory",
+            vec![(Some(2), vec![reg("z/q/x", 1)])],
+            "invalid path from the sender: z/q/x",
+        ),
+        (
+            "a list after NDX_FLIST_EOF",
+            vec![(None, vec![]), (Some(1), vec![reg("a/x", 1)])],
+            "after the end of the lists",
+        ),
+        (
+            "NDX_FLIST_EOF twice",
+            vec![(None, vec![]), (None, vec![])],
+            "NDX_FLIST_EOF twice",
+        ),
+    ];
+    for (what, parts, expect) in cases {
+        let (_t, dest, outside) = setup();
+        let s = inc_script(&top, &parts);
+        let (res, _) = run(&s, &dest);
+        match &res {
+            Err(RemoteError::Refused(m)) => assert!(m.contains(expect), "{what}: {m}"),
+            other => panic!("{what}: {other:?}"),
+        }
+        assert!(all_files(&outside).is_empty(), "{what}");
+        assert!(
+            !dest.join("a/x").exists() && !dest.join("x").exists(),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn incremental_list_for_a_non_directory_is_refused() {
+    // The parent index names a regular file's slot: only directories
+    // have indices, so index 1 (there is one directory, ".") is out of
+    // range, and "f" cannot become a parent.
+    let (_t, dest, outside) = setup();
+    let s = inc_script(&[dir("."), reg("f", 5)], &[(Some(1), vec![reg("f/x", 1)])]);
+    let (res, _) = run(&s, &dest);
+    match &res {
+        Err(RemoteError::Refused(m)) => assert!(m.contains("invalid directory index 1"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(all_files(&outside).is_empty());
+    assert!(!dest.join("f/x").exists());
+}
+
+#[test]
+fn top_level_incremental_list_holds_only_top_level_names() {
+    let (_t, dest, _outside) = setup();
+    let s = inc_script(&[dir("."), reg("a/b", 5)], &[]);
+    let (res, _) = run(&s, &dest);
+    match &res {
+        Err(RemoteError::Refused(m)) => assert!(m.contains("top-level list"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn incremental_list_ends_when_the_sender_cannot_send_a_file() {
+    // "f" (index 2) comes, "g" (index 3) cannot be sent (MSG_NO_SEND): the
+    // top list still ends, and so does the run.
+    let (_t, dest, outside) = setup();
+    let mut s = inc_script(&[dir("."), reg("f", 5), reg("g", 5)], &[]);
+    s.file(
+        2,
+        b"hello",
+        file_sum(ChecksumAlgo::Xxh128, b"hello").as_bytes(),
+    );
+    let at = s.data.len();
+    s.ndx.encode(NDX_FLIST_EOF, &mut s.data);
+    s.ending();
+    let gate_at = s.transfers_at.unwrap();
+    let mut data = s.raw.clone();
+    encode_data(&s.data[..gate_at], 4096, &mut data);
+    let gate = data.len();
+    encode_data(&s.data[gate_at..at], 4096, &mut data);
+    encode_int_msg(MsgTag::NoSend, 3, &mut data);
+    encode_data(&s.data[at..], 4096, &mut data);
+    let out = Shared::default();
+    let mut opts = PullOptions::new("unused", &dest);
+    opts.echo_messages = false;
+    let input = GatedReader {
+        data,
+        pos: 0,
+        gate,
+        out: out.clone(),
+    };
+    let res = run_pull(&opts, DestRoot::open(&dest).unwrap(), input, out);
+    let summary = res.unwrap();
+    assert_eq!(summary.files_transferred, 1);
+    assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"hello");
+    assert!(!dest.join("g").exists());
+    assert!(all_files(&outside).is_empty());
 }

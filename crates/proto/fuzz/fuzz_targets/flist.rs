@@ -1,4 +1,5 @@
-//! File-list decoding (entries, end marker, id lists) with several option sets.
+//! File-list decoding (entries, end marker, id lists; with incremental
+//! recursion several lists through one decoder) with several option sets.
 #![no_main]
 
 use arsync_proto::flist::{decode_id_list, validate_name, FlistDecoder, FlistItem, FlistOptions, IdListDecoder};
@@ -19,12 +20,19 @@ fuzz_target!(|data: &[u8]| {
     o.inc_recurse = sel & 128 != 0;
     let mut dec = FlistDecoder::new(o.clone(), 0);
     let mut r = Reader::new(&data[1..]);
+    // Incremental recursion: further lists follow, read by the same decoder.
+    let (mut lists, mut next) = (0, 1);
     loop {
         match dec.decode(&mut r) {
             Ok(FlistItem::Entry(e)) => {
                 // Every accepted name is clean.
                 assert!(validate_name(&e.name).is_ok());
                 assert!(e.size >= 0);
+            }
+            Ok(FlistItem::End { .. }) if o.inc_recurse && lists < 8 => {
+                lists += 1;
+                next += dec.count() + 1;
+                dec.start_list(next);
             }
             Ok(FlistItem::End { .. }) => {
                 let whole = decode_id_list(&mut r.clone(), o.id0_names);
