@@ -220,6 +220,10 @@ pub struct FlistOptions {
     pub preserve_acls: bool,
     /// -X: xattr blocks follow entries.
     pub preserve_xattrs: bool,
+    /// -R: names may start with `/` (an absolute source path sent whole); the receiver
+    /// strips the slashes after sorting, as rsync's `flist_sort_and_clean` does
+    /// ([`strip_root`]).
+    pub relative_paths: bool,
 }
 
 impl FlistOptions {
@@ -243,6 +247,7 @@ impl FlistOptions {
             safe_flist: true,
             preserve_acls: false,
             preserve_xattrs: false,
+            relative_paths: false,
         }
     }
 
@@ -559,6 +564,16 @@ pub fn validate_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The name without its leading slashes when it has any (`Some(b"")` for a name of slashes
+/// only). Only `-R` lists carry such names; the receiver sorts the list first and strips
+/// them after, so that both sides index the same order.
+pub fn strip_root(name: &[u8]) -> Option<&[u8]> {
+    match name.first() {
+        Some(b'/') => Some(&name[name.iter().take_while(|&&b| b == b'/').count()..]),
+        _ => None,
+    }
+}
+
 /// One item from the file-list stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(clippy::large_enum_variant)] // entries are the common case; boxing each costs more
@@ -721,7 +736,15 @@ impl FlistDecoder {
         }
         let mut name = p.name[..l1].to_vec();
         name.extend_from_slice(r.bytes(l2)?);
-        validate_name(&name)?;
+        match strip_root(&name) {
+            // -R: what follows the leading slashes must be clean.
+            Some(rest) if self.opts.relative_paths => {
+                if !rest.is_empty() {
+                    validate_name(rest)?;
+                }
+            }
+            _ => validate_name(&name)?,
+        }
         p.name.clone_from(&name);
         let mut e = FileEntry {
             name,

@@ -24,6 +24,8 @@ pub fn receiver_allows_inc_recurse(
     prune_empty_dirs: bool,
 ) -> bool {
     flags.contains('r')
+        // -R lists may name absolute paths, stripped only after the whole list is sorted.
+        && !flags.contains('R')
         && !flags.contains('H')
         && !flags.contains('A')
         && !flags.contains('X')

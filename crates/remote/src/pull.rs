@@ -559,7 +559,7 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
         .filter_map(|e| match e.hardlink {
             HardLink::Follower(i) => entries
                 .get(i as usize)
-                .map(|l| (e.name.clone(), l.name.clone())),
+                .map(|l| (relative_name(&e.name), relative_name(&l.name))),
             _ => None,
         })
         .collect();
@@ -575,6 +575,7 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
         names,
         inc,
         first: true,
+        relative: fopts.relative_paths,
     };
     let (entries, active) = prep.prepare(entries);
     // An incremental list that starts with "." is that directory's own
@@ -714,6 +715,16 @@ fn read_list<R: Read>(
     }
 }
 
+/// A received name without the leading slashes an `-R` list may carry
+/// (`.` for a name of slashes only); other names unchanged.
+fn relative_name(name: &[u8]) -> Vec<u8> {
+    match arsync_proto::flist::strip_root(name) {
+        Some([]) => b".".to_vec(),
+        Some(rest) => rest.to_vec(),
+        None => name.to_vec(),
+    }
+}
+
 /// What the receiver does to each list that arrives: sort it, clear
 /// duplicates, apply `--chmod`/`-m`, map owners, report it.
 struct ListPrep {
@@ -730,12 +741,21 @@ struct ListPrep {
     inc: bool,
     /// The next list is the first.
     first: bool,
+    /// `-R`: names may start with `/`, stripped once the list is sorted.
+    relative: bool,
 }
 
 impl ListPrep {
     fn prepare(&mut self, mut entries: Vec<FileEntry>) -> (Vec<FileEntry>, Vec<bool>) {
         sort_entries(&mut entries);
         let mut active = clear_duplicates(&entries);
+        if self.relative {
+            // As rsync's receiver: an absolute source path (`-R /a/b`) is
+            // sent whole and lands below the destination.
+            for e in &mut entries {
+                e.name = relative_name(&e.name);
+            }
+        }
         // --chmod and -m on what arrived.
         self.opts.adjust_received(&mut entries, &mut active);
         if self.opts.list_only {

@@ -266,6 +266,7 @@ pub fn flist_options(flags: &str, numeric_ids: bool, neg: &Negotiated) -> Result
         safe_flist: neg.protocol >= 31 || neg.compat.has(CompatFlags::SAFE_FLIST),
         preserve_acls: has('A'),
         preserve_xattrs: has('X'),
+        relative_paths: has('R'),
     })
 }
 
