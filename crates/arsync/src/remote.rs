@@ -706,10 +706,16 @@ pub fn run(args: &[OsString]) -> i32 {
         );
     }
     if o.list_only && !src_remote {
-        return fail(
-            ExitCode::Unsupported,
-            "--list-only with a remote destination is not supported",
-        );
+        // rsync's receiver writes nothing with --list-only: what is listed
+        // is the local source, as the local engine lists it.
+        let dst_idx = path_idx.last().copied();
+        let listing: Vec<OsString> = args
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !s.drop.contains(i) && Some(*i) != dst_idx)
+            .map(|(_, a)| a.clone())
+            .collect();
+        return arsync_sync::cli::main_with_args(listing);
     }
     if src_remote && srcs.iter().any(|l| matches!(l, Location::Local(_))) {
         return fail(ExitCode::Syntax, "local and remote sources cannot be mixed");

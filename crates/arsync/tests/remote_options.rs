@@ -570,11 +570,17 @@ fn list_only_matches_rsync() {
     quick_tree(&src, &tmp.path().join("unused"));
     let remote = format!("fakehost:{}/", src.display());
     let remote_dir = format!("fakehost:{}", src.display());
+    // With a remote destination the local source is listed and nothing is
+    // written there.
+    let local = format!("{}/", src.display());
+    let nowhere = tmp.path().join("nowhere");
+    let remote_dst = format!("fakehost:{}/", nowhere.display());
     for args in [
         vec![remote.as_str()],
         vec!["-r", remote.as_str()],
         vec!["--list-only", "-a", remote.as_str()],
         vec![remote_dir.as_str()],
+        vec!["--list-only", "-a", local.as_str(), remote_dst.as_str()],
     ] {
         let want = listing(&rsh, &rsync_bin(), &rsync_bin(), &args);
         assert_eq!(want.status.code(), Some(0), "{args:?}: {want:?}");
@@ -585,6 +591,11 @@ fn list_only_matches_rsync() {
             ("rsync->arsync", rsync_bin(), arsync_bin()),
             ("arsync->arsync", arsync_bin(), arsync_bin()),
         ] {
+            // An arsync receiving server does not list what it is sent
+            // (docs/REMOTE.md, Output).
+            if label == "rsync->arsync" && args.len() == 4 {
+                continue;
+            }
             let got = listing(&rsh, &client, &server, &args);
             assert_eq!(
                 (
@@ -596,6 +607,7 @@ fn list_only_matches_rsync() {
                 String::from_utf8_lossy(&got.stderr)
             );
         }
+        assert!(!nowhere.exists(), "{args:?} made the destination");
     }
 }
 
