@@ -1263,18 +1263,8 @@ mod output {
         }
 
         fn item(&self, f: u16, e: &FileEntry, bytes: u64) {
-            let kind = kind_of(e);
             let meta = meta_of(e);
-            let info = LineInfo {
-                name: &e.name,
-                kind,
-                item: Some(itemize(f, kind, self.sender, self.times)),
-                link: e.link_target.as_deref().map(|t| ("->", t)),
-                length: meta.size,
-                bytes,
-                meta: Some(&meta),
-                operation: if self.sender { "send" } else { "recv" },
-            };
+            let info = item_info(f, e, &meta, bytes, self.sender, self.times);
             self.out.log_item(&info, self.human);
         }
 
@@ -1444,6 +1434,28 @@ mod output {
     }
 
     /// The `%i` string of an item as rsync's `log_item` renders its flags.
+    /// The fields of an item's output line (`--out-format`, `--log-file`).
+    fn item_info<'a>(
+        f: u16,
+        e: &'a FileEntry,
+        meta: &'a Meta,
+        bytes: u64,
+        sender: bool,
+        times: bool,
+    ) -> LineInfo<'a> {
+        let kind = kind_of(e);
+        LineInfo {
+            name: &e.name,
+            kind,
+            item: Some(itemize(f, kind, sender, times)),
+            link: e.link_target.as_deref().map(|t| ("->", t)),
+            length: meta.size,
+            bytes,
+            meta: Some(meta),
+            operation: if sender { "send" } else { "recv" },
+        }
+    }
+
     pub(super) fn itemize(f: u16, kind: Kind, sender: bool, times: bool) -> Itemize {
         let update = if f & iflags::TRANSFER != 0 {
             if sender {
@@ -1542,16 +1554,7 @@ mod output {
                 return None;
             }
             let meta = meta_of(e);
-            let info = LineInfo {
-                name: &e.name,
-                kind,
-                item: Some(itemize(f, kind, self.sender, self.times)),
-                link: e.link_target.as_deref().map(|t| ("->", t)),
-                length: meta.size,
-                bytes,
-                meta: Some(&meta),
-                operation: if self.sender { "send" } else { "recv" },
-            };
+            let info = item_info(f, e, &meta, bytes, self.sender, self.times);
             let mut line = format_line(format, &info, self.human);
             line.push(b'\n');
             Some(line)
