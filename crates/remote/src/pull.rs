@@ -1481,24 +1481,38 @@ impl GenCtx {
     }
 }
 
+/// What [`delete_extraneous`] needs of the session, the same for every
+/// directory it runs in.
+#[derive(Clone, Copy)]
+struct Deletion<'a> {
+    dest: &'a DestRoot,
+    dry_run: bool,
+    daemon: Option<&'a DaemonFilter>,
+    events: Option<&'a EventSink>,
+    filter: Option<&'a FilterRules>,
+    opts: &'a TransferOpts,
+}
+
 /// Deletes, in every transferred directory that exists locally, the entries
 /// the sender did not list (with `only`, in that directory alone: an
 /// incremental list holds the whole contents of its directory and
 /// nothing below). Returns rsync's deletion counts.
-#[allow(clippy::too_many_arguments)]
 fn delete_extraneous(
     files: &[FileEntry],
     active: &[bool],
     only: Option<&[u8]>,
-    dest: &DestRoot,
-    dry_run: bool,
-    daemon: Option<&DaemonFilter>,
-    events: Option<&EventSink>,
-    filter: Option<&FilterRules>,
+    how: &Deletion<'_>,
     errors: &mut Vec<String>,
     limit: &mut DeleteLimit,
-    opts: &TransferOpts,
 ) -> Result<[i32; 5]> {
+    let Deletion {
+        dest,
+        dry_run,
+        daemon,
+        events,
+        filter,
+        opts,
+    } = *how;
     let names: std::collections::HashSet<&[u8]> = files
         .iter()
         .zip(active)
@@ -1786,19 +1800,22 @@ fn generator<W: Write>(
         }
         _ => ctx.events.clone(),
     };
+    let deletion = Deletion {
+        dest,
+        dry_run: ctx.dry_run,
+        daemon: ctx.daemon_filter.as_deref(),
+        events: del_events.as_ref(),
+        filter: ctx.filter.as_deref(),
+        opts: &ctx.opts,
+    };
     let mut del_counts = if ctx.delete && !ctx.late_delete && !ctx.inc {
         Some(delete_extraneous(
             files,
             active,
             None,
-            dest,
-            ctx.dry_run,
-            ctx.daemon_filter.as_deref(),
-            del_events.as_ref(),
-            ctx.filter.as_deref(),
+            &deletion,
             &mut errors,
             &mut limit,
-            &ctx.opts,
         )?)
     } else if ctx.delete && !ctx.late_delete {
         // Incremental: counted as each directory's list comes.
@@ -1856,14 +1873,9 @@ fn generator<W: Write>(
                         files,
                         active,
                         Some(p),
-                        dest,
-                        ctx.dry_run,
-                        ctx.daemon_filter.as_deref(),
-                        del_events.as_ref(),
-                        ctx.filter.as_deref(),
+                        &deletion,
                         &mut errors,
                         &mut limit,
-                        &ctx.opts,
                     )?;
                     if let Some(c) = &mut del_counts {
                         for (t, k) in c.iter_mut().zip(n) {
@@ -2228,20 +2240,8 @@ fn generator<W: Write>(
                         if !ctx.delete {
                             return Ok(None);
                         }
-                        delete_extraneous(
-                            files,
-                            active,
-                            None,
-                            dest,
-                            ctx.dry_run,
-                            ctx.daemon_filter.as_deref(),
-                            del_events.as_ref(),
-                            ctx.filter.as_deref(),
-                            &mut errors,
-                            &mut limit,
-                            &ctx.opts,
-                        )
-                        .map(Some)
+                        delete_extraneous(files, active, None, &deletion, &mut errors, &mut limit)
+                            .map(Some)
                     },
                 )?;
                 send_deleted(outs, &deleted)?;
