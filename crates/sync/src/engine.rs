@@ -30,10 +30,8 @@ use crate::report::{self, Itemize, LineInfo, Output, Stats};
 
 mod direct;
 mod prefetch;
-mod queues;
 mod worker;
 use prefetch::{Prefetch, WalkPos};
-use queues::JobQueues;
 pub(crate) use worker::worker_io_config;
 
 /// rsync's exit codes.
@@ -599,26 +597,19 @@ impl Engine {
             });
         }
         let threads = self.opts.threads.max(1);
-        // Jobs travel in batches (see `JOB_BATCH`), one queue per worker (a directory's
-        // batches go to one worker: see `queues`); each queue holds about `queue_depth`
-        // entries, so that a worker has a directory or two in hand while the walker feeds the
-        // other one.
-        let depth = (self.opts.queue_depth / JOB_BATCH).max(2);
-        let (queues, rxs) = JobQueues::<JobBatch>::new(threads, depth);
+        // Jobs travel in batches (see `JOB_BATCH`); the queue holds about `queue_depth` entries.
+        let (tx, rx) =
+            crossbeam_channel::bounded::<JobBatch>((self.opts.queue_depth / JOB_BATCH).max(2));
         let mut workers = Vec::new();
         if threads > 1 && !self.opts.dry_run && !self.opts.list_only {
-            for rx in rxs {
+            for _ in 0..threads {
+                let rx = rx.clone();
                 let eng = Arc::clone(self);
                 workers.push(std::thread::spawn(move || eng.serve_worker(rx)));
             }
-        } else {
-            drop(rxs);
         }
-        let sender = if workers.is_empty() {
-            None
-        } else {
-            Some(queues)
-        };
+        let sender = if workers.is_empty() { None } else { Some(tx) };
+        drop(rx);
         let mut listers = Vec::new();
         if threads > 1 {
             self.prefetch.start();
@@ -1410,7 +1401,7 @@ fn unsafe_link(target: &[u8], rel: &[u8]) -> bool {
 /// The walker: runs on one thread, hands file copies to the workers.
 struct Walker<'a> {
     eng: &'a Arc<Engine>,
-    jobs: Option<&'a JobQueues<JobBatch>>,
+    jobs: Option<&'a crossbeam_channel::Sender<JobBatch>>,
     /// Entries dispatched but not yet handed to the workers.
     batch: std::cell::RefCell<PendingBatch>,
     /// The output position the walker's own lines currently go to.
@@ -2237,7 +2228,13 @@ impl Walker<'_> {
     /// threads); [`Walker::send_batch`] sends a partial batch. A batch takes one output
     /// position, between the walker's lines before its first entry and those after: if the
     /// walker printed anything since the batch began, the batch is sent first.
-    fn dispatch(&self, tx: &JobQueues<JobBatch>, paths: JobPaths, meta: Meta, dir: &Arc<DirNode>) {
+    fn dispatch(
+        &self,
+        tx: &crossbeam_channel::Sender<JobBatch>,
+        paths: JobPaths,
+        meta: Meta,
+        dir: &Arc<DirNode>,
+    ) {
         let eng = self.eng;
         let lines = report::end_capture();
         if !lines.is_empty() {
@@ -2276,23 +2273,16 @@ impl Walker<'_> {
         }
     }
 
-    fn send_batch_to(&self, tx: &JobQueues<JobBatch>) {
+    fn send_batch_to(&self, tx: &crossbeam_channel::Sender<JobBatch>) {
         let pending = std::mem::take(&mut *self.batch.borrow_mut());
         if pending.jobs.is_empty() {
             return;
         }
-        // A walk's batch holds one directory's entries: that directory is the queue's key,
-        // unless the batch holds a large file (its copy is no directory's small creates).
-        let large = pending
-            .jobs
-            .iter()
-            .any(|j| j.meta.size > arsync_io::SMALL_FILE_MAX);
-        let key = (!large).then(|| Arc::as_ptr(&pending.jobs[0].dir) as usize);
         let batch = JobBatch {
             seq: pending.seq,
             jobs: pending.jobs,
         };
-        if let Err(batch) = tx.send(key, batch) {
+        if let Err(crossbeam_channel::SendError(batch)) = tx.send(batch) {
             // No worker left (cannot happen while the walker holds the sender): do it here.
             let eng = self.eng;
             let lines = report::end_capture();
