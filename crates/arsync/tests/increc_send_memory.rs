@@ -102,7 +102,9 @@ fn sending_a_large_tree_keeps_memory_bounded() {
     ];
     let pulled = peak_rss_kib(Path::new("rsync"), &args);
     assert_eq!(count(&dst), 100_000);
-    eprintln!("peak RSS sending 100k files: push (client) {pushed} KiB, pull (server) {pulled} KiB");
+    eprintln!(
+        "peak RSS sending 100k files: push (client) {pushed} KiB, pull (server) {pulled} KiB"
+    );
     assert!(pushed < limit, "push: {pushed} KiB");
     assert!(pulled < limit, "pull: {pulled} KiB");
 }

@@ -103,15 +103,14 @@ impl PushOptions {
 /// Whether a push sends its list incrementally when the receiver agrees
 /// (compat flag `i`): with `-r`, one source, and options the receiving
 /// side takes incrementally (see [`crate::args::receiver_allows_inc_recurse`];
-/// arsync's sender also keeps whole lists for `--files-from`,
-/// `--remove-source-files` and a daemon), unless `--no-inc-recursive`.
+/// arsync's sender also keeps whole lists for `--files-from` and
+/// `--remove-source-files`), unless `--no-inc-recursive`.
 pub fn push_offers_inc_recurse(opts: &PushOptions) -> bool {
     let c = &opts.command;
     !c.server_sends
         && c.inc_recurse
         && c.caps.contains('v')
         && opts.more_sources.is_empty()
-        && opts.daemon.is_none()
         && c.opts.files_from.is_none()
         && !c.opts.remove_source_files
         && crate::args::receiver_allows_inc_recurse(
@@ -491,6 +490,8 @@ struct LiveList {
     /// The directory whose contents it holds, named by `start - 1`.
     dir: Option<FileEntry>,
     entries: Vec<FileEntry>,
+    /// Entries whose data was sent (a second request is a redo).
+    sent: Vec<bool>,
 }
 
 /// The file lists of a sending session: one whole list, or with
@@ -565,6 +566,31 @@ impl<'a> SentLists<'a> {
         match usize::try_from(ndx - l.start) {
             Ok(j) => l.entries.get(j),
             Err(_) => l.dir.as_ref(),
+        }
+    }
+
+    /// Which live list holds entry `ndx`, and where (incremental
+    /// recursion).
+    fn slot(&self, ndx: i32) -> Option<(usize, usize)> {
+        let at = self
+            .live
+            .partition_point(|l| l.start <= ndx)
+            .checked_sub(1)?;
+        let l = self.live.get(at)?;
+        let j = usize::try_from(ndx - l.start).ok()?;
+        (j < l.entries.len()).then_some((at, j))
+    }
+
+    /// Whether the data of entry `ndx` was sent before (incremental
+    /// recursion; the whole list's redo comes in its own phase).
+    fn was_sent(&self, ndx: i32) -> bool {
+        self.slot(ndx).is_some_and(|(at, j)| self.live[at].sent[j])
+    }
+
+    /// Notes that the data of entry `ndx` was sent.
+    fn mark_sent(&mut self, ndx: i32) {
+        if let Some((at, j)) = self.slot(ndx) {
+            self.live[at].sent[j] = true;
         }
     }
 
@@ -690,6 +716,7 @@ impl<'a> SentLists<'a> {
         self.live.push_back(LiveList {
             start,
             dir,
+            sent: vec![false; entries.len()],
             entries,
         });
     }
@@ -853,7 +880,11 @@ pub(crate) fn send_session<R: Read, W: Write>(
                 };
                 // What the peer's generator says of the entry (rsync's
                 // sender logs it for -i/-v), once: not again on a redo.
-                if let (Some(ev), false) = (events, phases.is_redo()) {
+                // A file sent before is asked for again (its checksum
+                // failed): in the redo phase, or with incremental
+                // recursion at once (rsync's FLAG_FILE_SENT).
+                let redo = phases.is_redo() || lists.was_sent(a.ndx);
+                if let (Some(ev), false) = (events, redo) {
                     ev.emit(&FileEvent::Item {
                         ndx: a.ndx,
                         iflags: a.iflags,
@@ -926,7 +957,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
                 let head = ins.decode(|r| SumHead::decode(r, dlen))?;
                 // --append (not in the redo phase): the head gives the
                 // receiver's length and no sums follow.
-                let appending = append > 0 && !phases.is_redo();
+                let appending = append > 0 && !redo;
                 let sums = match appending {
                     true => arsync_proto::sums::SumSet {
                         head: SumHead::default(),
@@ -985,7 +1016,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
                     // that failed its check (it may be changing: then what
                     // was read is what is sent).
                     let large = e.size >= SPLICE_MIN;
-                    match outs.can_splice() && large && !phases.is_redo() {
+                    match outs.can_splice() && large && !redo {
                         true => {
                             send_whole_spliced(&f, &mut outs, neg.checksum, &mut scratch, progress)?
                         }
@@ -1034,7 +1065,8 @@ pub(crate) fn send_session<R: Read, W: Write>(
                         matched: st.matched,
                     });
                 }
-                if phases.is_redo() {
+                lists.mark_sent(a.ndx);
+                if redo {
                     summary.files_redone += 1;
                 }
             }
