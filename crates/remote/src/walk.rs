@@ -1117,6 +1117,68 @@ mod tests {
     }
 
     #[test]
+    fn incremental_walk_lists_directories_depth_first_in_list_order() {
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        for d in ["a/b", "a/c", "d"] {
+            fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        for f in ["top", "a/x", "a/b/y", "d/z"] {
+            fs::write(t.path().join(f), f).unwrap();
+        }
+        let fopts = FlistOptions::archive(31);
+        let opts = TransferOpts::default();
+        let names = |l: &[FileEntry]| -> Vec<String> {
+            l.iter()
+                .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+                .collect()
+        };
+        // SRC/: "." and the top level first; directories are numbered in
+        // the order the lists name them ("." is 0), each listed right
+        // after its parent's list, before the parent's next sibling.
+        let src = SourceSpec::parse(format!("{}/", t.path().display()));
+        let (mut w, first) =
+            IncWalk::start(&src, &fopts, ChecksumAlgo::Md5, None, None, &opts).unwrap();
+        assert_eq!(names(&first), [".", "top", "a", "d"]);
+        assert!(first[0].top_dir);
+        let mut got = Vec::new();
+        while let Some(l) = w.next_list().unwrap() {
+            got.push((l.dir_ndx, names(&[l.dir]), names(&l.entries)));
+        }
+        let want: [(i32, [&str; 1], &[&str]); 4] = [
+            (1, ["a"], &["a/x", "a/b", "a/c"]),
+            (3, ["a/b"], &["a/b/y"]),
+            (4, ["a/c"], &[]),
+            (2, ["d"], &["d/z"]),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g.0, w.0);
+            assert_eq!(g.1, w.1);
+            assert_eq!(g.2, w.2);
+        }
+        assert!(w.done() && w.io_error == 0);
+        assert_eq!(w.root(), t.path());
+        // SRC: the directory alone first, its contents in the list of
+        // directory 0, named under it.
+        let src = SourceSpec::parse(t.path().join("a"));
+        let (mut w, first) =
+            IncWalk::start(&src, &fopts, ChecksumAlgo::Md5, None, None, &opts).unwrap();
+        assert_eq!(names(&first), ["a"]);
+        let l = w.next_list().unwrap().unwrap();
+        assert_eq!(
+            (l.dir_ndx, names(&l.entries)),
+            (0, vec!["a/x".into(), "a/b".into(), "a/c".into()])
+        );
+        assert_eq!(w.root(), t.path());
+        // A file: one list, no directories.
+        let src = SourceSpec::parse(t.path().join("top"));
+        let (w, first) =
+            IncWalk::start(&src, &fopts, ChecksumAlgo::Md5, None, None, &opts).unwrap();
+        assert_eq!(names(&first), ["top"]);
+        assert!(w.done());
+    }
+
+    #[test]
     fn lists_names_that_are_not_utf8_as_bytes_in_byte_order() {
         let t = tempfile::tempdir_in("/dev/shm").unwrap();
         let on_disk = |n: &[u8]| t.path().join(OsStr::from_bytes(n));
