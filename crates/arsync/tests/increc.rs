@@ -1,9 +1,10 @@
-//! Incremental recursion over the wire: arsync receives rsync's
-//! per-directory file lists (a pull from rsync, and as the receiving server
-//! of an rsync push), in every pairing of client and server, with real
-//! binaries over a stand-in for ssh.
+//! Incremental recursion over the wire: arsync receives per-directory file
+//! lists (a pull, and as the receiving server of a push) and sends them (a
+//! push, and as the sending server of a pull), in every pairing of client
+//! and server, with real binaries over a stand-in for ssh.
 
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -78,8 +79,29 @@ fn bytes(seed: u64, n: usize) -> Vec<u8> {
 }
 
 /// Nested directories (four levels, empty ones, many of them), files of
-/// several sizes, symlinks.
+/// several sizes, symlinks, a directory of more files than a sender lists
+/// ahead (1,000), and names that are not UTF-8.
 fn make_tree(root: &Path) {
+    for d in 0..120 {
+        let p = root.join(format!("many/d{d:03}"));
+        fs::create_dir_all(&p).unwrap();
+        if d % 3 == 0 {
+            fs::write(p.join("only"), format!("{d}")).unwrap();
+        }
+    }
+    let wide = root.join("wide");
+    fs::create_dir_all(&wide).unwrap();
+    for f in 0..1_500 {
+        fs::write(wide.join(format!("w{f:04}")), format!("{f}")).unwrap();
+    }
+    let odd = root.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    fs::create_dir_all(odd.join(std::ffi::OsStr::from_bytes(b"sub\xff"))).unwrap();
+    fs::write(odd.join(std::ffi::OsStr::from_bytes(b"x\xfe")), b"odd").unwrap();
+    fs::write(
+        odd.join(std::ffi::OsStr::from_bytes(b"sub\xff/y")),
+        bytes(9, 5_000),
+    )
+    .unwrap();
     for a in 0..4 {
         for b in 0..4 {
             for c in 0..3 {
@@ -158,14 +180,9 @@ fn every_pairing_push_and_pull_with_incremental_lists() {
                     true => (format!("h:{s}"), d.clone()),
                     false => (s.clone(), format!("h:{d}")),
                 };
-                // The list comes incrementally when rsync sends it (arsync
-                // receives one but sends whole lists).
-                let sender = if pull { server } else { client };
-                let expect_inc = sender == Tool::Rsync;
+                // The list comes incrementally whichever program sends it.
                 let out = run(client, server, &rsh, &["-av"], &from, &to);
-                if client == Tool::Rsync || sender == Tool::Rsync {
-                    assert_eq!(incremental_header(&out), expect_inc, "{what}: header");
-                }
+                assert!(incremental_header(&out), "{what}: header");
                 assert_same(&src, &dst, &what);
                 // A second run: delta update, deletion during the
                 // transfer, new and removed entries in nested directories.
@@ -245,6 +262,10 @@ fn options_that_rule_it_out_fall_back_to_a_whole_list() {
         for (client, server, pull) in [
             (Tool::Arsync, Tool::Rsync, true),
             (Tool::Rsync, Tool::Arsync, false),
+            (Tool::Arsync, Tool::Rsync, false),
+            (Tool::Rsync, Tool::Arsync, true),
+            (Tool::Arsync, Tool::Arsync, false),
+            (Tool::Arsync, Tool::Arsync, true),
         ] {
             let dst = tmp.path().join("dst");
             let _ = fs::remove_dir_all(&dst);
@@ -288,31 +309,41 @@ fn verbose_output_matches_rsync_line_for_line() {
     let src = tmp.path().join("src");
     make_tree(&src);
     let s = format!("{}/", src.display());
-    // A pull from rsync (arsync or rsync as the client), and an rsync push
-    // to arsync or rsync: the receiver differs, the lines may not.
+    // A pull with arsync or rsync as the client (the receiver) or as the
+    // server (the sender), and a push with either as the client (the
+    // sender) or the server (the receiver): the lines are rsync's.
     for pull in [true, false] {
-        let mut seen = Vec::new();
-        for tool in [Tool::Rsync, Tool::Arsync] {
-            let dst = tmp.path().join(format!("v-{pull}-{tool:?}"));
-            let d = dst.display().to_string();
-            // A new destination and no --delete: rsync's deletion lines
-            // come from its generator process, its file lines from the
-            // receiver process, in no fixed order between them.
-            let out = match pull {
-                true => run(tool, Tool::Rsync, &rsh, &["-av"], &format!("h:{s}"), &d),
-                false => run(Tool::Rsync, tool, &rsh, &["-av"], &s, &format!("h:{d}")),
-            };
-            assert!(incremental_header(&out), "pull={pull} {tool:?}");
-            seen.push(verbose_lines(&out));
-            if tool == Tool::Arsync {
-                // (rsync's run is the reference for the lines only.)
-                assert_same(&src, &dst, &format!("pull={pull} {tool:?}"));
+        for client_varies in [true, false] {
+            let mut seen = Vec::new();
+            for tool in [Tool::Rsync, Tool::Arsync] {
+                let dst = tmp
+                    .path()
+                    .join(format!("v-{pull}-{client_varies}-{tool:?}"));
+                let d = dst.display().to_string();
+                let (client, server) = match client_varies {
+                    true => (tool, Tool::Rsync),
+                    false => (Tool::Rsync, tool),
+                };
+                // A new destination and no --delete: rsync's deletion lines
+                // come from its generator process, its file lines from the
+                // receiver process, in no fixed order between them.
+                let out = match pull {
+                    true => run(client, server, &rsh, &["-av"], &format!("h:{s}"), &d),
+                    false => run(client, server, &rsh, &["-av"], &s, &format!("h:{d}")),
+                };
+                let what = format!("pull={pull} {client:?} -> {server:?}");
+                assert!(incremental_header(&out), "{what}");
+                seen.push(verbose_lines(&out));
+                if tool == Tool::Arsync {
+                    // (rsync's run is the reference for the lines only.)
+                    assert_same(&src, &dst, &what);
+                }
             }
+            assert_eq!(
+                seen[0], seen[1],
+                "pull={pull}, client varies: {client_varies}: rsync's lines, then arsync's"
+            );
         }
-        assert_eq!(
-            seen[0], seen[1],
-            "pull={pull}: rsync's lines, then arsync's"
-        );
     }
 }
 

@@ -310,6 +310,11 @@ impl FlistEncoder {
         }
     }
 
+    /// The options the encoder was made with.
+    pub fn options(&self) -> &FlistOptions {
+        &self.opts
+    }
+
     /// Appends one entry (with its ACL and xattr blocks). `first_ndx` is the
     /// index of the first entry of the current list (0 without incremental
     /// recursion).

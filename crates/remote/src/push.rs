@@ -6,19 +6,20 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use arsync_proto::checksum::{ChecksumAlgo, FileHasher};
 use arsync_proto::compress::TokenCodec;
 use arsync_proto::flist::FlistOptions;
-use arsync_proto::flist::{encode_id_list, FileType, FlistEncoder};
+use arsync_proto::flist::{encode_id_list, FileEntry, FileType, FlistEncoder};
 use arsync_proto::handshake::Negotiated;
 use arsync_proto::handshake::PROTOCOL_VERSION;
 use arsync_proto::item::{decode_item, iflags, NdxItem};
 use arsync_proto::matcher::{DeltaEncoder, DeltaStats};
 use arsync_proto::mux::MsgTag;
-use arsync_proto::ndx::{NdxCodec, NDX_DONE};
+use arsync_proto::ndx::{NdxCodec, NDX_DONE, NDX_FLIST_EOF, NDX_FLIST_OFFSET};
 use arsync_proto::phase::{goodbye_reads, SenderDoneAction, SenderPhases};
 use arsync_proto::stats::{Stats, IOERR_GENERAL, IOERR_VANISHED};
 use arsync_proto::sums::{SumDecoder, SumHead};
@@ -37,7 +38,7 @@ use crate::ids::IdNames;
 use crate::pull::{filter_from_wire, TransferSummary};
 use crate::session::{flist_options, start_client, token_compression};
 use crate::transport::{ChildTransport, IoClock, Limits, OnExpiry, PumpedReader, Watchdog, Who};
-use crate::walk::{build_list_with, LocalList, SourceSpec};
+use crate::walk::{build_list_with, IncWalk, LocalList, SourceSpec};
 
 /// What to push and where.
 #[derive(Debug, Clone)]
@@ -99,6 +100,40 @@ impl PushOptions {
     }
 }
 
+/// Whether a push sends its list incrementally when the receiver agrees
+/// (compat flag `i`): with `-r`, one source, and options the receiving
+/// side takes incrementally (see [`crate::args::receiver_allows_inc_recurse`];
+/// arsync's sender also keeps whole lists for `--files-from` and
+/// `--remove-source-files`), unless `--no-inc-recursive`.
+pub fn push_offers_inc_recurse(opts: &PushOptions) -> bool {
+    let c = &opts.command;
+    !c.server_sends
+        && c.inc_recurse
+        && c.caps.contains('v')
+        && opts.more_sources.is_empty()
+        && c.opts.files_from.is_none()
+        && !c.opts.remove_source_files
+        && crate::args::receiver_allows_inc_recurse(
+            &c.flags,
+            c.delete && c.delete_after,
+            c.delay_updates,
+            c.opts.prune_empty_dirs,
+        )
+}
+
+/// `opts` with `i` among the capabilities offered when the push can send
+/// an incremental list.
+fn with_inc_offer(opts: &PushOptions) -> std::borrow::Cow<'_, PushOptions> {
+    match push_offers_inc_recurse(opts) && !opts.command.caps.contains('i') {
+        true => {
+            let mut o = opts.clone();
+            o.command.caps = format!("i{}", o.command.caps);
+            std::borrow::Cow::Owned(o)
+        }
+        false => std::borrow::Cow::Borrowed(opts),
+    }
+}
+
 /// Runs a push over a spawned transport.
 pub fn push(opts: &PushOptions) -> Result<TransferSummary> {
     if opts.command.server_sends {
@@ -106,6 +141,7 @@ pub fn push(opts: &PushOptions) -> Result<TransferSummary> {
             "push needs a server command without --sender".into(),
         ));
     }
+    let opts = &*with_inc_offer(opts);
     let clock = IoClock::new(Who::Sender);
     if let Some(t) = &opts.daemon {
         let (r, w) = t.connect()?;
@@ -162,7 +198,7 @@ pub fn run_push<R: Read, W: Write>(
     input: R,
     output: W,
 ) -> Result<TransferSummary> {
-    run_push_piped(opts, input, output, None, None)
+    run_push_piped(&with_inc_offer(opts), input, output, None, None)
 }
 
 /// [`run_push`]; `pipe` is the descriptor `output` writes to, unbuffered,
@@ -195,7 +231,7 @@ fn run_push_piped<R: Read, W: Write>(
     )?;
     let codec = token_compression(&neg)?;
     let fopts = flist_options(&opts.command.flags, opts.command.numeric_ids, &neg)?;
-    if fopts.inc_recurse {
+    if fopts.inc_recurse && !opts.command.wire_caps().contains('i') {
         return Err(RemoteError::Refused(
             "server enabled incremental recursion, which we did not offer".into(),
         ));
@@ -233,15 +269,33 @@ fn run_push_piped<R: Read, W: Write>(
         let relative = opts.command.flags.contains('R');
         sources = crate::opts::files_from_sources(&opts.source, &names, relative);
     }
-    let list = build_list_with(
-        &sources,
-        opts.command.flags.contains('R'),
-        &fopts,
-        neg.file_checksum,
-        filter.as_ref(),
-        None,
-        &opts.command.opts,
-    )?;
+    let list = match (fopts.inc_recurse, sources.as_slice()) {
+        (true, [source]) => {
+            let (walk, first) = IncWalk::start(
+                source,
+                &fopts,
+                neg.file_checksum,
+                filter.as_ref(),
+                None,
+                &opts.command.opts,
+            )?;
+            ListSource::Incremental(walk, first)
+        }
+        (true, _) => {
+            return Err(RemoteError::Refused(
+                "incremental recursion with several sources".into(),
+            ))
+        }
+        (false, _) => ListSource::Whole(build_list_with(
+            &sources,
+            opts.command.flags.contains('R'),
+            &fopts,
+            neg.file_checksum,
+            filter.as_ref(),
+            None,
+            &opts.command.opts,
+        )?),
+    };
     send_session(
         ins,
         outs,
@@ -416,6 +470,303 @@ pub(crate) struct SendMode<'a> {
     pub open_noatime: bool,
 }
 
+/// What a sender sends: the whole list at once, or (incremental
+/// recursion) a walk's lists as the receiver gets on.
+pub(crate) enum ListSource<'a> {
+    /// Every entry, built before anything is sent.
+    Whole(LocalList),
+    /// The first list of a walk, then the walk's further lists.
+    Incremental(IncWalk<'a>, Vec<FileEntry>),
+}
+
+/// How many entries the sender keeps listed beyond the list the receiver
+/// is on (rsync's `MIN_FILECNT_LOOKAHEAD`).
+const LOOKAHEAD: usize = 1000;
+
+/// One list sent and not yet done with (incremental recursion).
+struct LiveList {
+    /// Index of its first entry.
+    start: i32,
+    /// The directory whose contents it holds, named by `start - 1`.
+    dir: Option<FileEntry>,
+    entries: Vec<FileEntry>,
+    /// Entries whose data was sent (a second request is a redo).
+    sent: Vec<bool>,
+}
+
+/// The file lists of a sending session: one whole list, or with
+/// incremental recursion the lists sent that the receiver is not done
+/// with (rsync's `first_flist` chain), the walk that makes the next ones,
+/// and the encoder whose compression state spans them all.
+struct SentLists<'a> {
+    /// The whole list (incremental: only its root and options).
+    whole: LocalList,
+    walk: Option<IncWalk<'a>>,
+    live: std::collections::VecDeque<LiveList>,
+    /// Entries in `live`.
+    live_entries: usize,
+    /// Where the next list starts (rsync leaves a gap of one for the
+    /// directory's own index).
+    next_start: i32,
+    /// NDX_FLIST_EOF was sent.
+    eof: bool,
+    enc: FlistEncoder,
+    /// Ids whose names were sent (inline, the first time each is listed).
+    uids: std::collections::HashSet<u32>,
+    gids: std::collections::HashSet<u32>,
+    names: Option<IdNames>,
+    /// The io_error flags the receiver was told of with the lists.
+    reported: i32,
+    /// Entries listed, and the size of the files and symlinks among them.
+    total: usize,
+    total_size: i64,
+}
+
+impl<'a> SentLists<'a> {
+    fn new(fopts: &FlistOptions, source: ListSource<'a>) -> (Self, Vec<FileEntry>) {
+        let (whole, walk, first) = match source {
+            ListSource::Whole(l) => (l, None, Vec::new()),
+            ListSource::Incremental(w, first) => {
+                let whole = LocalList {
+                    root: w.root().to_path_buf(),
+                    follow_links: w.follow_links(),
+                    ..LocalList::default()
+                };
+                (whole, Some(w), first)
+            }
+        };
+        let names = (fopts.inc_recurse && !fopts.numeric_ids).then(IdNames::load);
+        let lists = SentLists {
+            whole,
+            walk,
+            live: std::collections::VecDeque::new(),
+            live_entries: 0,
+            next_start: 1,
+            eof: false,
+            enc: FlistEncoder::new(fopts.clone()),
+            uids: std::collections::HashSet::new(),
+            gids: std::collections::HashSet::new(),
+            names,
+            reported: 0,
+            total: 0,
+            total_size: 0,
+        };
+        (lists, first)
+    }
+
+    /// The entry the receiver names by `ndx`, among the lists held.
+    fn entry(&self, ndx: i32) -> Option<&FileEntry> {
+        if self.walk.is_none() {
+            return usize::try_from(ndx)
+                .ok()
+                .and_then(|i| self.whole.entries.get(i));
+        }
+        let at = self.live.partition_point(|l| l.start - 1 <= ndx);
+        let l = self.live.get(at.checked_sub(1)?)?;
+        match usize::try_from(ndx - l.start) {
+            Ok(j) => l.entries.get(j),
+            Err(_) => l.dir.as_ref(),
+        }
+    }
+
+    /// Which live list holds entry `ndx`, and where (incremental
+    /// recursion).
+    fn slot(&self, ndx: i32) -> Option<(usize, usize)> {
+        let at = self
+            .live
+            .partition_point(|l| l.start <= ndx)
+            .checked_sub(1)?;
+        let l = self.live.get(at)?;
+        let j = usize::try_from(ndx - l.start).ok()?;
+        (j < l.entries.len()).then_some((at, j))
+    }
+
+    /// Whether the data of entry `ndx` was sent before (incremental
+    /// recursion; the whole list's redo comes in its own phase).
+    fn was_sent(&self, ndx: i32) -> bool {
+        self.slot(ndx).is_some_and(|(at, j)| self.live[at].sent[j])
+    }
+
+    /// Notes that the data of entry `ndx` was sent.
+    fn mark_sent(&mut self, ndx: i32) {
+        if let Some((at, j)) = self.slot(ndx) {
+            self.live[at].sent[j] = true;
+        }
+    }
+
+    /// The local path of the entry `ndx` names.
+    fn path(&self, ndx: i32) -> Option<PathBuf> {
+        if self.walk.is_none() {
+            let i = usize::try_from(ndx).ok()?;
+            return (i < self.whole.entries.len()).then(|| self.whole.path(i));
+        }
+        let e = self.entry(ndx)?;
+        Some(match e.name.as_slice() {
+            b"." => self.whole.root.clone(),
+            n => self.whole.root.join(std::ffi::OsStr::from_bytes(n)),
+        })
+    }
+
+    /// Names the owner and group of entries whose ids were not listed
+    /// before (incremental recursion sends them inline, no id lists).
+    fn name_ids(&mut self, fopts: &FlistOptions, entries: &mut [FileEntry]) {
+        let Some(names) = &self.names else {
+            return;
+        };
+        for e in entries {
+            if fopts.preserve_uid && self.uids.insert(e.uid) {
+                e.user_name = names.user(e.uid).map(<[u8]>::to_vec);
+            }
+            if fopts.preserve_gid && self.gids.insert(e.gid) {
+                e.group_name = names.group(e.gid).map(<[u8]>::to_vec);
+            }
+        }
+    }
+
+    /// Encodes one list starting at index `start` and its end marker.
+    fn encode_list<W: Write>(
+        &mut self,
+        outs: &mut OutStream<W>,
+        entries: &[FileEntry],
+        start: i32,
+        io_error: i32,
+        mut buf: Vec<u8>,
+    ) -> Result<()> {
+        for e in entries {
+            self.enc.encode(e, start, &mut buf)?;
+            if buf.len() > 32 * 1024 {
+                outs.write(&buf)?;
+                buf.clear();
+            }
+            self.total += 1;
+            if matches!(
+                e.file_type(),
+                Some(FileType::Regular) | Some(FileType::Symlink)
+            ) {
+                self.total_size += e.size;
+            }
+        }
+        // A list's end tells of io_error flags new since the last (rsync's
+        // safe incremental lists); without that, a message does.
+        let new_error = io_error != self.reported;
+        let safe = self.enc.options().safe_flist || !self.enc.options().inc_recurse;
+        self.enc.encode_end(
+            match new_error && safe {
+                true => io_error,
+                false => 0,
+            },
+            &mut buf,
+        );
+        outs.write(&buf)?;
+        if new_error && !safe {
+            outs.message(MsgTag::IoError, &io_error.to_le_bytes())?;
+        }
+        self.reported = io_error;
+        Ok(())
+    }
+
+    /// Incremental recursion: sends the walk's next lists until `LOOKAHEAD`
+    /// entries are listed beyond the list the receiver is on, then
+    /// NDX_FLIST_EOF after the last.
+    fn send_ahead<W: Write>(
+        &mut self,
+        outs: &mut OutStream<W>,
+        wcodec: &mut NdxCodec,
+        events: Option<&EventSink>,
+    ) -> Result<()> {
+        while !self.eof && self.ahead() < LOOKAHEAD {
+            let Some(walk) = self.walk.as_mut() else {
+                return Ok(());
+            };
+            let Some(list) = walk.next_list()? else {
+                self.end_lists(outs, wcodec)?;
+                break;
+            };
+            for w in walk.warnings.drain(..) {
+                eprintln!("arsync: {w}");
+            }
+            let io_error = walk.io_error;
+            let done = walk.done();
+            let mut entries = list.entries;
+            let fopts = self.enc.options().clone();
+            self.name_ids(&fopts, &mut entries);
+            let mut buf = Vec::new();
+            wcodec.encode(NDX_FLIST_OFFSET - list.dir_ndx, &mut buf);
+            let start = self.next_start;
+            self.encode_list(outs, &entries, start, io_error, buf)?;
+            if let Some(ev) = events {
+                ev.emit(&FileEvent::List {
+                    entries: &entries,
+                    incremental: true,
+                    first: false,
+                });
+            }
+            self.hold(start, Some(list.dir), entries);
+            if done {
+                self.end_lists(outs, wcodec)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps a list sent until the receiver is done with it.
+    fn hold(&mut self, start: i32, dir: Option<FileEntry>, entries: Vec<FileEntry>) {
+        self.next_start = start + entries.len() as i32 + 1;
+        self.live_entries += entries.len();
+        self.live.push_back(LiveList {
+            start,
+            dir,
+            sent: vec![false; entries.len()],
+            entries,
+        });
+    }
+
+    /// Sends NDX_FLIST_EOF: no more lists.
+    fn end_lists<W: Write>(
+        &mut self,
+        outs: &mut OutStream<W>,
+        wcodec: &mut NdxCodec,
+    ) -> Result<()> {
+        let mut b = Vec::new();
+        wcodec.encode(NDX_FLIST_EOF, &mut b);
+        outs.write(&b)?;
+        self.eof = true;
+        Ok(())
+    }
+
+    /// Entries listed beyond the list the receiver is on.
+    fn ahead(&self) -> usize {
+        self.live_entries - self.live.front().map_or(0, |l| l.entries.len())
+    }
+
+    /// The receiver's NDX_DONE in phase 0: with incremental recursion it
+    /// is done with the oldest list, which is dropped. True when that
+    /// NDX_DONE ends a list but not the phase (more lists follow).
+    fn list_done(&mut self) -> Result<bool> {
+        if self.walk.is_none() {
+            return Ok(false);
+        }
+        let more = self.live.len() > 1 || !self.eof;
+        if let Some(l) = self.live.pop_front() {
+            self.live_entries -= l.entries.len();
+        }
+        if more && self.live.is_empty() {
+            return Err(RemoteError::Refused(
+                "the receiver ended every file list before the last was sent".into(),
+            ));
+        }
+        Ok(more)
+    }
+
+    /// io_error flags of the walk so far.
+    fn io_error(&self) -> i32 {
+        match &self.walk {
+            Some(w) => w.io_error,
+            None => self.whole.io_error,
+        }
+    }
+}
+
 /// The sending half of a session after setup: file list, id lists, the
 /// file loop, (server only) the final stats, and the goodbye.
 pub(crate) fn send_session<R: Read, W: Write>(
@@ -423,7 +774,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
     mut outs: OutStream<W>,
     neg: &Negotiated,
     fopts: &FlistOptions,
-    list: LocalList,
+    source: ListSource<'_>,
     mode: SendMode<'_>,
 ) -> Result<TransferSummary> {
     let SendMode {
@@ -437,75 +788,44 @@ pub(crate) fn send_session<R: Read, W: Write>(
         open_noatime,
     } = mode;
     let flist_start = std::time::Instant::now();
-    if let Some(ev) = events {
-        ev.emit(&FileEvent::List {
-            entries: &list.entries,
-            incremental: false,
-            first: true,
-        });
-    }
-    for w in &list.warnings {
-        eprintln!("arsync: {w}");
-    }
-    let mut enc = FlistEncoder::new(fopts.clone());
-    let mut buf = Vec::new();
-    for e in &list.entries {
-        enc.encode(e, 0, &mut buf)?;
-        if buf.len() > 32 * 1024 {
-            outs.write(&buf)?;
-            buf.clear();
+    let (mut lists, mut first) = SentLists::new(fopts, source);
+    let (mut rcodec, mut wcodec) = (NdxCodec::new(), NdxCodec::new());
+    if let Some(walk) = lists.walk.as_mut() {
+        // Incremental recursion: the first list (indices from 1), no id
+        // lists (names go inline); NDX_FLIST_EOF at once if it holds no
+        // directory to list.
+        for w in walk.warnings.drain(..) {
+            eprintln!("arsync: {w}");
         }
-    }
-    enc.encode_end(list.io_error, &mut buf);
-    if fopts.id_lists_follow() {
-        let names = IdNames::load();
-        if fopts.uid_list_follows() {
-            let mut ids: Vec<u32> = list
-                .entries
-                .iter()
-                .filter(|_| fopts.preserve_uid)
-                .map(|e| e.uid)
-                .chain(acl_ids(&list, true))
-                .collect();
-            ids.sort_unstable();
-            ids.dedup();
-            let l: Vec<(u32, Vec<u8>)> = ids
-                .iter()
-                .filter_map(|&id| names.user(id).map(|n| (id, n.to_vec())))
-                .collect();
-            encode_id_list(&l, names.user(0), fopts.id0_names, &mut buf);
+        let (io_error, done) = (walk.io_error, walk.done());
+        lists.name_ids(fopts, &mut first);
+        if let Some(ev) = events {
+            ev.emit(&FileEvent::List {
+                entries: &first,
+                incremental: true,
+                first: true,
+            });
         }
-        if fopts.gid_list_follows() {
-            let mut ids: Vec<u32> = list
-                .entries
-                .iter()
-                .filter(|_| fopts.preserve_gid)
-                .map(|e| e.gid)
-                .chain(acl_ids(&list, false))
-                .collect();
-            ids.sort_unstable();
-            ids.dedup();
-            let l: Vec<(u32, Vec<u8>)> = ids
-                .iter()
-                .filter_map(|&id| names.group(id).map(|n| (id, n.to_vec())))
-                .collect();
-            encode_id_list(&l, names.group(0), fopts.id0_names, &mut buf);
+        lists.encode_list(&mut outs, &first, 1, io_error, Vec::new())?;
+        // The first list's directory is the top one when it starts with ".".
+        let dir = first.first().filter(|e| e.name == b".").cloned();
+        lists.hold(1, dir, first);
+        if done {
+            lists.end_lists(&mut outs, &mut wcodec)?;
         }
+    } else {
+        send_whole_list(&mut outs, fopts, &mut lists, events)?;
     }
-    outs.write(&buf)?;
     outs.flush()?;
     let flist_ms = flist_start.elapsed().as_millis() as i64;
 
     let mut summary = TransferSummary {
         protocol: neg.protocol,
         checksum: neg.checksum.name().to_string(),
-        files_total: list.entries.len(),
-        io_error: list.io_error,
         ..TransferSummary::default()
     };
     let seed_fix = neg.md5_seed_first();
     let dlen = neg.checksum.digest_len();
-    let (mut rcodec, mut wcodec) = (NdxCodec::new(), NdxCodec::new());
     let mut phases = SenderPhases::new();
     // The read buffer of spliced whole-file sends.
     let mut scratch = Vec::new();
@@ -513,11 +833,16 @@ pub(crate) fn send_session<R: Read, W: Write>(
     let mut ticker = EventSink::ticker(events);
     let mut sources = crate::walk::SourceOpener::default();
     sources.noatime = open_noatime;
-    let mut io_error = list.io_error;
+    // io_error flags of files that could not be opened.
+    let mut io_error = 0;
     // Bytes read per call into the delta encoder's input (whole-file
     // sends read straight into the framed output instead).
     const DELTA_READ: usize = 256 * 1024;
     loop {
+        // Incremental recursion: the next lists, before waiting for the peer.
+        if phases.phase() == 0 {
+            lists.send_ahead(&mut outs, &mut wcodec, events)?;
+        }
         // Never wait for the peer with our own output still buffered.
         if !ins.has_buffered()? {
             outs.flush()?;
@@ -526,10 +851,14 @@ pub(crate) fn send_session<R: Read, W: Write>(
         report_deleted(&mut ins.reports.deleted, events);
         match item {
             NdxItem::Done => {
+                let list_ended = phases.phase() == 0 && lists.list_done()?;
                 let mut b = Vec::new();
                 wcodec.encode(NDX_DONE, &mut b);
                 outs.write(&b)?;
                 outs.flush()?;
+                if list_ended {
+                    continue;
+                }
                 if phases.on_done() == SenderDoneAction::EndOfFiles {
                     break;
                 }
@@ -543,20 +872,23 @@ pub(crate) fn send_session<R: Read, W: Write>(
             }
             NdxItem::DelStats(_) => {}
             NdxItem::File(a) => {
-                let i = a.ndx as usize;
-                if i >= list.entries.len() {
+                let Some(entry) = lists.entry(a.ndx) else {
                     return Err(RemoteError::Refused(format!(
-                        "file index {} out of range",
+                        "file index {} out of range (not in a file list held)",
                         a.ndx
                     )));
-                }
+                };
                 // What the peer's generator says of the entry (rsync's
                 // sender logs it for -i/-v), once: not again on a redo.
-                if let (Some(ev), false) = (events, phases.is_redo()) {
+                // A file sent before is asked for again (its checksum
+                // failed): in the redo phase, or with incremental
+                // recursion at once (rsync's FLAG_FILE_SENT).
+                let redo = phases.is_redo() || lists.was_sent(a.ndx);
+                if let (Some(ev), false) = (events, redo) {
                     ev.emit(&FileEvent::Item {
                         ndx: a.ndx,
                         iflags: a.iflags,
-                        entry: &list.entries[i],
+                        entry,
                     });
                 }
                 // The receiver asks for full values of abbreviated xattrs.
@@ -573,13 +905,13 @@ pub(crate) fn send_session<R: Read, W: Write>(
                         && a.iflags & iflags::REPORT_XATTR != 0
                         && !dry_run
                         && !optim_skip,
-                    &list.entries[i].xattrs,
+                    &entry.xattrs,
                 ) {
                     (true, set) => {
                         let max = set.as_ref().map_or(0, |s| s.items.len() as u32);
                         let nums = ins.decode(|r| decode_request(r, max))?;
                         let mut b = Vec::new();
-                        let path = list.path(i);
+                        let path = lists.path(a.ndx).unwrap_or_default();
                         let t = Target::Path(&path);
                         let values: Vec<(u32, Vec<u8>)> = nums
                             .iter()
@@ -608,7 +940,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
                         summary.files_transferred += 1;
                         if let Some(ev) = events {
                             ev.emit(&FileEvent::Transferred {
-                                name: &list.entries[i].name,
+                                name: &entry.name,
                                 literal: 0,
                                 matched: 0,
                             });
@@ -625,7 +957,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
                 let head = ins.decode(|r| SumHead::decode(r, dlen))?;
                 // --append (not in the redo phase): the head gives the
                 // receiver's length and no sums follow.
-                let appending = append > 0 && !phases.is_redo();
+                let appending = append > 0 && !redo;
                 let sums = match appending {
                     true => arsync_proto::sums::SumSet {
                         head: SumHead::default(),
@@ -636,15 +968,20 @@ pub(crate) fn send_session<R: Read, W: Write>(
                         ins.decode_partial(|r| sd.feed(r))?
                     }
                 };
-                let e = &list.entries[i];
+                let Some(e) = lists.entry(a.ndx) else {
+                    return Err(RemoteError::Refused(format!(
+                        "file index {} out of range",
+                        a.ndx
+                    )));
+                };
                 if e.file_type() != Some(FileType::Regular) {
                     return Err(RemoteError::Refused(format!(
                         "transfer request for non-file index {}",
                         a.ndx
                     )));
                 }
-                let path = list.path(i);
-                let mut f = match sources.open(&path, list.follow_links) {
+                let path = lists.path(a.ndx).unwrap_or_default();
+                let mut f = match sources.open(&path, lists.whole.follow_links) {
                     Ok(f) => f,
                     Err(err) => {
                         let vanished = matches!(&err, RemoteError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
@@ -678,8 +1015,8 @@ pub(crate) fn send_session<R: Read, W: Write>(
                     // pipe writes instead), but not when resending a file
                     // that failed its check (it may be changing: then what
                     // was read is what is sent).
-                    let large = list.entries[i].size >= SPLICE_MIN;
-                    match outs.can_splice() && large && !phases.is_redo() {
+                    let large = e.size >= SPLICE_MIN;
+                    match outs.can_splice() && large && !redo {
                         true => {
                             send_whole_spliced(&f, &mut outs, neg.checksum, &mut scratch, progress)?
                         }
@@ -728,7 +1065,8 @@ pub(crate) fn send_session<R: Read, W: Write>(
                         matched: st.matched,
                     });
                 }
-                if phases.is_redo() {
+                lists.mark_sent(a.ndx);
+                if redo {
                     summary.files_redone += 1;
                 }
             }
@@ -741,17 +1079,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
     }
     if write_stats {
         // A server sender reports its totals (the client swaps read/written).
-        let total_size = list
-            .entries
-            .iter()
-            .filter(|e| {
-                matches!(
-                    e.file_type(),
-                    Some(FileType::Regular) | Some(FileType::Symlink)
-                )
-            })
-            .map(|e| e.size)
-            .sum();
+        let total_size = lists.total_size;
         let mut b = Vec::new();
         Stats {
             total_read: ins.total_read() as i64,
@@ -764,7 +1092,8 @@ pub(crate) fn send_session<R: Read, W: Write>(
         outs.write(&b)?;
         outs.flush()?;
     }
-    if io_error != list.io_error {
+    let io_error = io_error | lists.io_error();
+    if io_error != lists.reported {
         outs.message(MsgTag::IoError, &io_error.to_le_bytes())?;
     }
     // Goodbye: at protocol >= 31 echo one NDX_DONE, then read the last.
@@ -805,15 +1134,96 @@ pub(crate) fn send_session<R: Read, W: Write>(
     summary.bytes_read = ins.total_read();
     report_deleted(&mut ins.reports.deleted, events);
     summary.io_error = io_error | ins.reports.io_error;
+    summary.files_total = lists.total;
     summary.errors.extend(ins.reports.errors.iter().cloned());
     if remove_sent && !dry_run {
-        let errs = crate::opts::remove_sent(&list, &ins.reports.success);
+        let errs = crate::opts::remove_sent(&lists.whole, &ins.reports.success);
         for e in &errs {
             eprintln!("arsync: {e}");
         }
         summary.errors.extend(errs);
     }
     Ok(summary)
+}
+
+/// Sends the whole list at once, then the id lists.
+fn send_whole_list<W: Write>(
+    outs: &mut OutStream<W>,
+    fopts: &FlistOptions,
+    lists: &mut SentLists<'_>,
+    events: Option<&EventSink>,
+) -> Result<()> {
+    let list = std::mem::take(&mut lists.whole);
+    if let Some(ev) = events {
+        ev.emit(&FileEvent::List {
+            entries: &list.entries,
+            incremental: false,
+            first: true,
+        });
+    }
+    for w in &list.warnings {
+        eprintln!("arsync: {w}");
+    }
+    let mut buf = Vec::new();
+    for e in &list.entries {
+        lists.enc.encode(e, 0, &mut buf)?;
+        if buf.len() > 32 * 1024 {
+            outs.write(&buf)?;
+            buf.clear();
+        }
+    }
+    lists.enc.encode_end(list.io_error, &mut buf);
+    lists.reported = list.io_error;
+    lists.total = list.entries.len();
+    if fopts.id_lists_follow() {
+        let names = IdNames::load();
+        if fopts.uid_list_follows() {
+            let mut ids: Vec<u32> = list
+                .entries
+                .iter()
+                .filter(|_| fopts.preserve_uid)
+                .map(|e| e.uid)
+                .chain(acl_ids(&list, true))
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let l: Vec<(u32, Vec<u8>)> = ids
+                .iter()
+                .filter_map(|&id| names.user(id).map(|n| (id, n.to_vec())))
+                .collect();
+            encode_id_list(&l, names.user(0), fopts.id0_names, &mut buf);
+        }
+        if fopts.gid_list_follows() {
+            let mut ids: Vec<u32> = list
+                .entries
+                .iter()
+                .filter(|_| fopts.preserve_gid)
+                .map(|e| e.gid)
+                .chain(acl_ids(&list, false))
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let l: Vec<(u32, Vec<u8>)> = ids
+                .iter()
+                .filter_map(|&id| names.group(id).map(|n| (id, n.to_vec())))
+                .collect();
+            encode_id_list(&l, names.group(0), fopts.id0_names, &mut buf);
+        }
+    }
+    outs.write(&buf)?;
+    lists.total_size = list
+        .entries
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.file_type(),
+                Some(FileType::Regular) | Some(FileType::Symlink)
+            )
+        })
+        .map(|e| e.size)
+        .sum();
+    lists.whole = list;
+    Ok(())
 }
 
 /// The ids named in the list's ACL entries (users or groups): rsync adds

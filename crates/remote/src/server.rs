@@ -17,10 +17,10 @@ use crate::error::{RemoteError, Result};
 use crate::fsys::DestRoot;
 use crate::opts::TransferOpts;
 use crate::pull::{filter_from_wire, receive_session, ReceiveMode, TransferSummary};
-use crate::push::{send_session, SendMode};
+use crate::push::{send_session, ListSource, SendMode};
 use crate::session::{flist_options, token_compression};
 use crate::transport::{IoClock, Limits, OnExpiry, Watchdog, Who};
-use crate::walk::{build_list_with, DaemonFilter, SourceSpec};
+use crate::walk::{build_list_with, DaemonFilter, IncWalk, SourceSpec};
 use arsync_filter::FilterRules;
 
 /// The parsed server command line.
@@ -232,17 +232,19 @@ fn server_handshake<R: Read, W: Write>(
         &args.caps,
     );
     cfg.role = Role::Server;
-    // An incremental file list as rsync's server allows it, for a
-    // receiving server only (our sender sends the whole list at once).
+    // An incremental file list as rsync's server allows it (when the
+    // client offers it), within what our sending or receiving side does.
     cfg.allow_inc_recurse = inc_recurse
-        && !args.sender
         && !args.opts.remove_source_files
-        && crate::args::receiver_allows_inc_recurse(
-            &args.flags,
-            args.delete && (args.delete_after || args.delete_before),
-            args.delay_updates,
-            args.opts.prune_empty_dirs,
-        );
+        && match args.sender {
+            true => sender_allows_inc_recurse(args),
+            false => crate::args::receiver_allows_inc_recurse(
+                &args.flags,
+                args.delete && (args.delete_after || args.delete_before),
+                args.delay_updates,
+                args.opts.prune_empty_dirs,
+            ),
+        };
     cfg.seed = seed();
     cfg.known_remote = known_remote;
     args.opts
@@ -269,6 +271,19 @@ fn server_handshake<R: Read, W: Write>(
             Ok((n > 0 || hs.result().is_some()).then_some(()))
         })?;
     }
+}
+
+/// Whether a sending server sends its list incrementally: with `-r` and
+/// one source, not with what arsync's incremental lists do not carry (`-H`,
+/// `-A`, `-X`, `-R` and `--files-from`, which keep the whole list).
+fn sender_allows_inc_recurse(args: &ServerArgs) -> bool {
+    args.flags.contains('r')
+        && !args.flags.contains('R')
+        && !args.flags.contains('H')
+        && !args.flags.contains('A')
+        && !args.flags.contains('X')
+        && args.paths.len() == 1
+        && args.opts.files_from.is_none()
 }
 
 /// Reads the client's filter list into rules (`None` when empty).
@@ -485,15 +500,33 @@ fn serve_session<R: Read, W: Write + Send + 'static>(
                 s.path.display()
             )));
         }
-        let list = build_list_with(
-            &sources,
-            args.flags.contains('R'),
-            &fopts,
-            neg.file_checksum,
-            filter.as_ref(),
-            daemon.as_ref(),
-            &opts,
-        )?;
+        let list = match (fopts.inc_recurse, sources.as_slice()) {
+            (true, [source]) => {
+                let (walk, first) = IncWalk::start(
+                    source,
+                    &fopts,
+                    neg.file_checksum,
+                    filter.as_ref(),
+                    daemon.as_ref(),
+                    &opts,
+                )?;
+                ListSource::Incremental(walk, first)
+            }
+            (true, _) => {
+                return Err(RemoteError::Refused(
+                    "incremental recursion with several sources".into(),
+                ))
+            }
+            (false, _) => ListSource::Whole(build_list_with(
+                &sources,
+                args.flags.contains('R'),
+                &fopts,
+                neg.file_checksum,
+                filter.as_ref(),
+                daemon.as_ref(),
+                &opts,
+            )?),
+        };
         send_session(
             ins,
             outs,

@@ -691,76 +691,27 @@ fn walk(
     let mut stack: Vec<(PathBuf, Vec<u8>, Option<FilterRules>)> =
         vec![(root.to_path_buf(), Vec::new(), root_rules)];
     while let Some((dir, prefix, rules)) = stack.pop() {
-        let filter = rules.as_ref().or(filters.client);
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) => {
-                list.io_error |= IOERR_GENERAL;
-                list.warnings
-                    .push(format!("opendir {}: {e}", dir.display()));
-                continue;
-            }
-        };
-        for de in rd {
-            let de = match de {
-                Ok(d) => d,
-                Err(e) => {
-                    list.io_error |= IOERR_GENERAL;
-                    list.warnings
-                        .push(format!("readdir {}: {e}", dir.display()));
-                    continue;
-                }
-            };
-            let fname = de.file_name();
-            let rel = join_name(&prefix, fname.as_bytes());
-            let path = de.path();
-            let listed = join_name(filter_prefix, &rel);
-            let m = match filters.stat(&path, &listed, Some(&de)) {
-                Ok(m)
-                    if filters
-                        .daemon
-                        .is_some_and(|d| d.excluded(&path, m.is_dir())) =>
-                {
-                    continue
-                }
-                Ok(m) if filter.is_some_and(|f| f.excluded_for_transfer(&listed, m.is_dir())) => {
-                    continue
-                }
-                Ok(m) => m,
-                Err(e) => {
-                    list.io_error |= if e.kind() == std::io::ErrorKind::NotFound {
-                        IOERR_VANISHED
-                    } else {
-                        IOERR_GENERAL
-                    };
-                    list.warnings.push(format!("stat {}: {e}", path.display()));
-                    continue;
-                }
-            };
-            // -x: a directory on another file system is sent without its
-            // contents (-xx: not at all).
-            let mount = match m.is_dir() {
-                true => filters.mount_point(m.dev(), root_dev),
-                false => 0,
-            };
-            if mount >= 2 {
-                continue;
-            }
-            if let Some(mut e) = entry_for(rel.clone(), &path, &m, fopts, checksum_algo)? {
-                if m.is_dir() && mount == 0 && filters.recurse() {
-                    let sub = match rules.as_ref() {
-                        Some(f) => Some(crate::dirrules::entered(f, &path, &listed)?),
-                        None => None,
-                    };
-                    stack.push((path, rel, sub));
-                } else if m.is_dir() {
-                    e.no_content_dir = true;
-                }
-                let linked = fopts.preserve_hard_links && !m.is_dir() && m.nlink() > 1;
-                inodes.push(linked.then(|| (m.dev(), m.ino())));
-                list.entries.push(e);
-            }
+        let mut out = DirScan::default();
+        scan_dir(
+            &dir,
+            &prefix,
+            filter_prefix,
+            rules.as_ref(),
+            ScanCtx {
+                fopts,
+                checksum_algo,
+                filters,
+                root_dev,
+            },
+            &mut out,
+        )?;
+        list.io_error |= out.io_error;
+        list.warnings.append(&mut out.warnings);
+        for (e, ino) in out.entries {
+            inodes.push(ino);
+            list.entries.push(e);
         }
+        stack.extend(out.subdirs);
     }
     // Sort (with each entry's inode alongside), then mark hard-link groups:
     // the first of a group in list order leads, later ones follow it.
@@ -783,6 +734,343 @@ fn walk(
     }
     list.entries = keyed.into_iter().map(|(e, _)| e).collect();
     Ok(list)
+}
+
+/// What [`scan_dir`] needs besides the directory: the options and filters
+/// of the walk, and the device of its root (`-x`).
+#[derive(Clone, Copy)]
+struct ScanCtx<'a> {
+    fopts: &'a FlistOptions,
+    checksum_algo: ChecksumAlgo,
+    filters: Filters<'a>,
+    root_dev: u64,
+}
+
+/// One directory's entries as read (unsorted), with the (dev, ino) of
+/// hard-linked non-directories, and the subdirectories to descend into
+/// (path, name, their per-directory rules).
+#[derive(Default)]
+struct DirScan {
+    entries: Vec<(FileEntry, Option<(u64, u64)>)>,
+    subdirs: Vec<(PathBuf, Vec<u8>, Option<FilterRules>)>,
+    io_error: i32,
+    warnings: Vec<String>,
+}
+
+/// Reads directory `dir` (its entries are named `prefix/NAME`, matched
+/// against the rules as `filter_prefix/prefix/NAME`): the entries the
+/// filters and options keep. Unreadable entries set io_error and are
+/// skipped.
+fn scan_dir(
+    dir: &Path,
+    prefix: &[u8],
+    filter_prefix: &[u8],
+    rules: Option<&FilterRules>,
+    cx: ScanCtx<'_>,
+    out: &mut DirScan,
+) -> Result<()> {
+    let ScanCtx {
+        fopts,
+        checksum_algo,
+        filters,
+        root_dev,
+    } = cx;
+    let filter = rules.or(filters.client);
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) => {
+            out.io_error |= IOERR_GENERAL;
+            out.warnings.push(format!("opendir {}: {e}", dir.display()));
+            return Ok(());
+        }
+    };
+    for de in rd {
+        let de = match de {
+            Ok(d) => d,
+            Err(e) => {
+                out.io_error |= IOERR_GENERAL;
+                out.warnings.push(format!("readdir {}: {e}", dir.display()));
+                continue;
+            }
+        };
+        let fname = de.file_name();
+        let rel = join_name(prefix, fname.as_bytes());
+        let path = de.path();
+        let listed = join_name(filter_prefix, &rel);
+        let m = match filters.stat(&path, &listed, Some(&de)) {
+            Ok(m)
+                if filters
+                    .daemon
+                    .is_some_and(|d| d.excluded(&path, m.is_dir())) =>
+            {
+                continue
+            }
+            Ok(m) if filter.is_some_and(|f| f.excluded_for_transfer(&listed, m.is_dir())) => {
+                continue
+            }
+            Ok(m) => m,
+            Err(e) => {
+                out.io_error |= if e.kind() == std::io::ErrorKind::NotFound {
+                    IOERR_VANISHED
+                } else {
+                    IOERR_GENERAL
+                };
+                out.warnings.push(format!("stat {}: {e}", path.display()));
+                continue;
+            }
+        };
+        // -x: a directory on another file system is sent without its
+        // contents (-xx: not at all).
+        let mount = match m.is_dir() {
+            true => filters.mount_point(m.dev(), root_dev),
+            false => 0,
+        };
+        if mount >= 2 {
+            continue;
+        }
+        if let Some(mut e) = entry_for(rel.clone(), &path, &m, fopts, checksum_algo)? {
+            if m.is_dir() && mount == 0 && filters.recurse() {
+                let sub = match rules {
+                    Some(f) => Some(crate::dirrules::entered(f, &path, &listed)?),
+                    None => None,
+                };
+                out.subdirs.push((path, rel, sub));
+            } else if m.is_dir() {
+                e.no_content_dir = true;
+            }
+            let linked = fopts.preserve_hard_links && !m.is_dir() && m.nlink() > 1;
+            out.entries.push((e, linked.then(|| (m.dev(), m.ino()))));
+        }
+    }
+    Ok(())
+}
+
+/// A directory whose list an [`IncWalk`] has yet to send.
+struct PendingDir {
+    /// Its index among the directories listed so far (rsync's `dir_flist`).
+    dir_ndx: i32,
+    /// Its entry as listed in its parent's list.
+    entry: FileEntry,
+    /// Where it is.
+    path: PathBuf,
+    /// Its per-directory rules (with merge files).
+    rules: Option<FilterRules>,
+}
+
+/// One directory's list of an incremental recursion.
+#[derive(Debug)]
+pub(crate) struct DirList {
+    /// The directory's index among the directories listed (the wire's
+    /// `NDX_FLIST_OFFSET - dir_ndx`).
+    pub dir_ndx: i32,
+    /// The directory's own entry (the receiver may name it by the index
+    /// before the list's first).
+    pub dir: FileEntry,
+    /// Its entries, sorted (names relative to the transfer root).
+    pub entries: Vec<FileEntry>,
+}
+
+/// The sending side of an incremental recursion (rsync's
+/// `send_file_list` with `inc_recurse`, then `send_extra_file_list`): the
+/// top level first, then one directory at a time, depth first in list
+/// order. Only the directories still to list are held (the pending
+/// siblings along the current path), never the tree.
+pub(crate) struct IncWalk<'a> {
+    root: PathBuf,
+    fopts: FlistOptions,
+    checksum_algo: ChecksumAlgo,
+    filters: Filters<'a>,
+    root_dev: u64,
+    /// Directories to list, the next on top.
+    pending: Vec<PendingDir>,
+    /// Directories listed so far (the next one's index).
+    dirs: i32,
+    /// The rules of the subdirectories of the directory just read.
+    pending_rules: HashMap<Vec<u8>, FilterRules>,
+    /// io_error flags collected while walking.
+    pub io_error: i32,
+    /// Problems met while walking, to report.
+    pub warnings: Vec<String>,
+}
+
+impl<'a> IncWalk<'a> {
+    /// Starts the walk of one source (`contents`: rsync's `SRC/`) and
+    /// returns it with the first list: the source itself and, for a
+    /// directory's contents, its top-level entries (sorted).
+    pub(crate) fn start(
+        source: &SourceSpec,
+        fopts: &FlistOptions,
+        checksum_algo: ChecksumAlgo,
+        filter: Option<&'a FilterRules>,
+        daemon: Option<&'a DaemonFilter>,
+        opts: &'a TransferOpts,
+    ) -> Result<(IncWalk<'a>, Vec<FileEntry>)> {
+        let filters = Filters {
+            client: filter,
+            daemon,
+            opts: Some(opts),
+        };
+        let src = &source.path;
+        let m = filters
+            .stat(src, src.as_os_str().as_bytes(), None)
+            .map_err(|e| RemoteError::io(format!("source {}", src.display()), e))?;
+        let is_dir = m.is_dir() && filters.recurse();
+        let excluded = filters.daemon.is_some_and(|d| d.excluded(src, m.is_dir()));
+        let mut w = IncWalk {
+            root: src.to_path_buf(),
+            fopts: fopts.clone(),
+            checksum_algo,
+            filters,
+            root_dev: 0,
+            pending: Vec::new(),
+            dirs: 0,
+            pending_rules: HashMap::new(),
+            io_error: 0,
+            warnings: Vec::new(),
+        };
+        if !is_dir || excluded {
+            // A file (or what a module hides): the list as a whole.
+            let list = build_one(src, source.contents, fopts, checksum_algo, filters)?;
+            w.root = list.root;
+            w.warnings = list.warnings;
+            w.io_error = list.io_error;
+            let mut entries = list.entries;
+            w.finish(&mut entries);
+            return Ok((w, entries));
+        }
+        let dm = fs::metadata(src)
+            .map_err(|e| RemoteError::io(format!("source {}", src.display()), e))?;
+        w.root_dev = dm.dev();
+        let per_dir = filter.filter(|f| f.has_dir_merge());
+        if source.contents {
+            let mut top = entry_for(b".".to_vec(), src, &dm, fopts, checksum_algo)?
+                .ok_or_else(|| RemoteError::Usage("source root".into()))?;
+            top.top_dir = true;
+            let rules = match per_dir {
+                Some(f) => Some(crate::dirrules::entered(f, src, b"")?),
+                None => None,
+            };
+            let mut entries = w.scan(src, b"", rules.as_ref())?;
+            entries.insert(0, top);
+            w.finish(&mut entries);
+            return Ok((w, entries));
+        }
+        let base = src
+            .file_name()
+            .map(|b| b.as_bytes().to_vec())
+            .ok_or_else(|| {
+                RemoteError::Usage(format!("source {} has no usable name", src.display()))
+            })?;
+        w.root = match src.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut top = entry_for(base.clone(), src, &dm, fopts, checksum_algo)?
+            .ok_or_else(|| RemoteError::Usage("source root".into()))?;
+        top.top_dir = true;
+        if let Some(f) = per_dir {
+            let rules = crate::dirrules::entered(f, src, &base)?;
+            w.pending_rules.insert(base, rules);
+        }
+        let mut entries = vec![top];
+        w.finish(&mut entries);
+        Ok((w, entries))
+    }
+
+    /// The directory the names are relative to.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Symlinks are followed (`-L`, `--copy-unsafe-links`): a listed file
+    /// may be reached through one.
+    pub(crate) fn follow_links(&self) -> bool {
+        self.filters
+            .opts
+            .is_some_and(|o| o.copy_links || o.copy_unsafe_links)
+    }
+
+    /// True once every directory's list was returned.
+    pub(crate) fn done(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The next directory's list (`None` when all were sent).
+    pub(crate) fn next_list(&mut self) -> Result<Option<DirList>> {
+        let Some(d) = self.pending.pop() else {
+            return Ok(None);
+        };
+        let mut entries = match d.entry.no_content_dir {
+            // Listed without its contents (-x): an empty list.
+            true => Vec::new(),
+            false => self.scan(&d.path, &d.entry.name, d.rules.as_ref())?,
+        };
+        self.finish(&mut entries);
+        Ok(Some(DirList {
+            dir_ndx: d.dir_ndx,
+            dir: d.entry,
+            entries,
+        }))
+    }
+
+    /// Reads one directory (entries named `name/...`).
+    fn scan(
+        &mut self,
+        dir: &Path,
+        name: &[u8],
+        rules: Option<&FilterRules>,
+    ) -> Result<Vec<FileEntry>> {
+        let mut out = DirScan::default();
+        let cx = ScanCtx {
+            fopts: &self.fopts,
+            checksum_algo: self.checksum_algo,
+            filters: self.filters,
+            root_dev: self.root_dev,
+        };
+        scan_dir(dir, name, b"", rules, cx, &mut out)?;
+        self.io_error |= out.io_error;
+        self.warnings.append(&mut out.warnings);
+        // With merge files, each subdirectory's rules, taken by `finish`.
+        self.pending_rules = out
+            .subdirs
+            .into_iter()
+            .filter_map(|(_, n, r)| Some((n, r?)))
+            .collect();
+        Ok(out.entries.into_iter().map(|(e, _)| e).collect())
+    }
+
+    /// Sorts a list, applies `--chmod`, and queues its directories (in
+    /// list order, the first on top) with their indices.
+    fn finish(&mut self, entries: &mut [FileEntry]) {
+        entries.sort_by(compare_entries);
+        if let Some(o) = self.filters.opts.filter(|o| !o.chmod.is_empty()) {
+            for e in entries.iter_mut() {
+                if e.file_type() != Some(FileType::Symlink) && e.mode != 0 {
+                    e.mode = (e.mode & !0o7777) | o.chmod_perms(e.mode & 0o7777, e.is_dir());
+                }
+            }
+        }
+        let mut rules = std::mem::take(&mut self.pending_rules);
+        let mut queued = Vec::new();
+        for e in entries.iter().filter(|e| e.is_dir()) {
+            let dir_ndx = self.dirs;
+            self.dirs += 1;
+            if e.name == b"." {
+                // The top directory's contents are in the first list.
+                continue;
+            }
+            queued.push(PendingDir {
+                dir_ndx,
+                entry: e.clone(),
+                path: match e.name.as_slice() {
+                    b"." => self.root.clone(),
+                    n => self.root.join(OsStr::from_bytes(n)),
+                },
+                rules: rules.remove(&e.name),
+            });
+        }
+        self.pending.extend(queued.into_iter().rev());
+    }
 }
 
 #[cfg(test)]
@@ -826,6 +1114,68 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(o.open(&t.path().join("gone/f"), false).is_err());
+    }
+
+    #[test]
+    fn incremental_walk_lists_directories_depth_first_in_list_order() {
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        for d in ["a/b", "a/c", "d"] {
+            fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        for f in ["top", "a/x", "a/b/y", "d/z"] {
+            fs::write(t.path().join(f), f).unwrap();
+        }
+        let fopts = FlistOptions::archive(31);
+        let opts = TransferOpts::default();
+        let names = |l: &[FileEntry]| -> Vec<String> {
+            l.iter()
+                .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+                .collect()
+        };
+        // SRC/: "." and the top level first; directories are numbered in
+        // the order the lists name them ("." is 0), each listed right
+        // after its parent's list, before the parent's next sibling.
+        let src = SourceSpec::parse(format!("{}/", t.path().display()));
+        let (mut w, first) =
+            IncWalk::start(&src, &fopts, ChecksumAlgo::Md5, None, None, &opts).unwrap();
+        assert_eq!(names(&first), [".", "top", "a", "d"]);
+        assert!(first[0].top_dir);
+        let mut got = Vec::new();
+        while let Some(l) = w.next_list().unwrap() {
+            got.push((l.dir_ndx, names(&[l.dir]), names(&l.entries)));
+        }
+        let want: [(i32, [&str; 1], &[&str]); 4] = [
+            (1, ["a"], &["a/x", "a/b", "a/c"]),
+            (3, ["a/b"], &["a/b/y"]),
+            (4, ["a/c"], &[]),
+            (2, ["d"], &["d/z"]),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g.0, w.0);
+            assert_eq!(g.1, w.1);
+            assert_eq!(g.2, w.2);
+        }
+        assert!(w.done() && w.io_error == 0);
+        assert_eq!(w.root(), t.path());
+        // SRC: the directory alone first, its contents in the list of
+        // directory 0, named under it.
+        let src = SourceSpec::parse(t.path().join("a"));
+        let (mut w, first) =
+            IncWalk::start(&src, &fopts, ChecksumAlgo::Md5, None, None, &opts).unwrap();
+        assert_eq!(names(&first), ["a"]);
+        let l = w.next_list().unwrap().unwrap();
+        assert_eq!(
+            (l.dir_ndx, names(&l.entries)),
+            (0, vec!["a/x".into(), "a/b".into(), "a/c".into()])
+        );
+        assert_eq!(w.root(), t.path());
+        // A file: one list, no directories.
+        let src = SourceSpec::parse(t.path().join("top"));
+        let (w, first) =
+            IncWalk::start(&src, &fopts, ChecksumAlgo::Md5, None, None, &opts).unwrap();
+        assert_eq!(names(&first), ["top"]);
+        assert!(w.done());
     }
 
     #[test]
