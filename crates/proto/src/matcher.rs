@@ -18,6 +18,66 @@ pub struct DeltaStats {
     pub literal: u64,
     /// Bytes covered by block references.
     pub matched: u64,
+    /// Block references sent (rsync's `matches`).
+    pub matches: u64,
+    /// Windows whose weak sum falls in a used bucket of rsync's hash table
+    /// (rsync's `hash_hits`); counted only after
+    /// [`DeltaEncoder::count_hash_hits`].
+    pub hash_hits: u64,
+    /// Windows whose weak sum and length matched a block but not the strong
+    /// sum (rsync's `false_alarms`).
+    pub false_alarms: u64,
+}
+
+impl DeltaStats {
+    /// Adds another file's counts.
+    pub fn add(&mut self, o: &DeltaStats) {
+        self.literal += o.literal;
+        self.matched += o.matched;
+        self.matches += o.matches;
+        self.hash_hits += o.hash_hits;
+        self.false_alarms += o.false_alarms;
+    }
+}
+
+/// Which buckets of rsync's hash table (`match.c`: `build_hash_table`) hold
+/// a block: rsync counts a "hash hit" for every window whose bucket is used.
+/// Up to 65,536 buckets indexed by `(s1 + s2) & 0xffff`; for more than
+/// 52,416 blocks, `count / 8 * 10 + 11` buckets indexed by `sum % size`.
+struct RsyncBuckets {
+    size: u32,
+    used: Vec<u64>,
+}
+
+impl RsyncBuckets {
+    const TRADITIONAL: u32 = 1 << 16;
+
+    fn new(sums: &SumSet) -> Self {
+        let n = sums.blocks.len() as u32;
+        let size = (n / 8 * 10 + 11).max(Self::TRADITIONAL);
+        let mut b = RsyncBuckets {
+            size,
+            used: vec![0; (size as usize).div_ceil(64)],
+        };
+        for blk in &sums.blocks {
+            let h = b.bucket(blk.weak);
+            b.used[h / 64] |= 1 << (h % 64);
+        }
+        b
+    }
+
+    fn bucket(&self, weak: u32) -> usize {
+        if self.size == Self::TRADITIONAL {
+            ((weak & 0xFFFF) + (weak >> 16)) as usize & 0xFFFF
+        } else {
+            (weak % self.size) as usize
+        }
+    }
+
+    fn hit(&self, weak: u32) -> bool {
+        let h = self.bucket(weak);
+        self.used[h / 64] >> (h % 64) & 1 != 0
+    }
 }
 
 /// Chained hash table from weak sums to block indices.
@@ -113,6 +173,15 @@ pub struct DeltaEncoder {
     /// `--inplace`: per block, whether it was matched at its own offset
     /// (see [`DeltaEncoder::set_in_place`]).
     in_place: Option<Vec<bool>>,
+    /// rsync's hash buckets, when hash hits are counted (`-vv`).
+    buckets: Option<RsyncBuckets>,
+    /// Hash hits and false alarms of the windows tested (cells: the search
+    /// loops borrow the encoder shared).
+    hits: std::cell::Cell<u64>,
+    false_alarms: std::cell::Cell<u64>,
+    /// One past the offset of the last window counted (0: none), so a
+    /// window tested again after more input came is counted once.
+    counted_to: std::cell::Cell<u64>,
 }
 
 impl std::fmt::Debug for DeltaEncoder {
@@ -156,6 +225,32 @@ impl DeltaEncoder {
             sink,
             base: 0,
             in_place: None,
+            buckets: None,
+            hits: std::cell::Cell::new(0),
+            false_alarms: std::cell::Cell::new(0),
+            counted_to: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Counts rsync's hash hits ([`DeltaStats::hash_hits`], which `-vv`
+    /// prints): every window tested whose weak sum falls in a used bucket
+    /// of the hash table rsync would build for these sums.
+    pub fn count_hash_hits(&mut self) {
+        self.buckets = Some(RsyncBuckets::new(&self.sums));
+    }
+
+    /// Counts the window at `buf[pos..]`, of weak sum `weak`, as rsync's
+    /// hash search would.
+    #[inline]
+    fn tested(&self, pos: usize, weak: u32) {
+        if let Some(b) = &self.buckets {
+            let at = self.base + pos as u64 + 1;
+            if at > self.counted_to.get() {
+                self.counted_to.set(at);
+                if b.hit(weak) {
+                    self.hits.set(self.hits.get() + 1);
+                }
+            }
         }
     }
 
@@ -228,6 +323,8 @@ impl DeltaEncoder {
                         return Some(i);
                     }
                     usable.get_or_insert(i);
+                } else {
+                    self.false_alarms.set(self.false_alarms.get() + 1);
                 }
             }
             i = self.table.next[i as usize];
@@ -246,6 +343,7 @@ impl DeltaEncoder {
         let window = &self.buf[..last + blen];
         loop {
             let weak = r.digest();
+            self.tested(pos, weak);
             if self.table.may_contain(weak) {
                 if let Some(i) = self.lookup(pos, weak, blen) {
                     return (Some(i), pos, r);
@@ -272,6 +370,7 @@ impl DeltaEncoder {
         let data = &self.buf[self.pos..self.pos + len];
         self.sink.block_data(i, data, out)?;
         self.stats.matched += len as u64;
+        self.stats.matches += 1;
         self.pos += len;
         self.start = self.pos;
         self.rolling = None;
@@ -352,6 +451,7 @@ impl DeltaEncoder {
             // Right after a match: most often the next block follows.
             if let Some(i) = self.next_block.take() {
                 if self.is_block(i, self.pos, r.digest(), blen) {
+                    self.tested(self.pos, r.digest());
                     self.emit_match(i, blen, out)?;
                     continue;
                 }
@@ -395,6 +495,11 @@ impl DeltaEncoder {
                     Some(r) => r,
                     None => Rolling::new(&self.buf[self.pos..self.filled]),
                 };
+                // rsync's search ends where the last block no longer fits.
+                let last_len = self.sums.head.block_len(self.sums.head.count - 1);
+                if k >= last_len {
+                    self.tested(self.pos, r.digest());
+                }
                 if let Some(i) = self.find(r.digest(), k) {
                     self.emit_match(i, k, out)?;
                     break;
@@ -419,6 +524,8 @@ impl DeltaEncoder {
         self.sink.end(out)?;
         let digest = self.hasher.finish();
         out.extend_from_slice(digest.as_bytes());
+        self.stats.hash_hits = self.hits.get();
+        self.stats.false_alarms = self.false_alarms.get();
         Ok(self.stats)
     }
 }
