@@ -1555,6 +1555,40 @@ mod tests {
     }
 
     #[test]
+    fn checksum_seed_and_verbosity_go_to_the_server() {
+        let mut o = TransferOpts {
+            checksum_seed: Some(-42),
+            ..TransferOpts::default()
+        };
+        for server_sends in [true, false] {
+            let args = o.server_args(server_sends);
+            assert!(args.iter().any(|a| a == "--checksum-seed=-42"), "{args:?}");
+        }
+        let mut back = TransferOpts::default();
+        assert!(back
+            .parse_server_arg("--checksum-seed=-42", &mut || None)
+            .unwrap());
+        assert_eq!(back.checksum_seed, Some(-42));
+        // 0: the server picks (nothing sent).
+        assert!(back
+            .parse_server_arg("--checksum-seed=0", &mut || None)
+            .unwrap());
+        assert_eq!(back.checksum_seed, None);
+        assert!(back
+            .parse_server_arg("--checksum-seed=x", &mut || None)
+            .is_err());
+        // -v sends --log-format=%i; -vv the packed v's instead (unless itemizing).
+        o.report_deletions = true;
+        o.verbose = 1;
+        assert!(o.server_args(false).iter().any(|a| a == "--log-format=%i"));
+        o.verbose = 2;
+        assert!(!o.server_args(false).iter().any(|a| a == "--log-format=%i"));
+        o.itemizing = true;
+        assert!(o.server_args(false).iter().any(|a| a == "--log-format=%i"));
+        assert_eq!(TransferOpts::default().with_flags("vvlogDtpr").verbose, 2);
+    }
+
+    #[test]
     fn block_size_and_checksum_choice_values() {
         use arsync_proto::checksum::ChecksumAlgo as A;
         assert_eq!(parse_block_size("0").unwrap(), None);

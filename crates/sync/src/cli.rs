@@ -1901,6 +1901,59 @@ mod tests {
     }
 
     #[test]
+    fn stop_after_and_checksum_seed_values_as_rsync_reads_them() {
+        // atol: leading digits count, the rest is ignored; not positive is refused.
+        for (v, want) in [
+            ("5", Some(5)),
+            (" 3", Some(3)),
+            ("+2", Some(2)),
+            ("7x", Some(7)),
+            ("0", None),
+            ("-1", None),
+            ("x", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_stop_after(v), want, "{v:?}");
+        }
+        // strtol with base 0, the whole value, an int.
+        for (v, want) in [
+            ("", Ok(0)),
+            ("7", Ok(7)),
+            (" -5", Ok(-5)),
+            ("0x10", Ok(16)),
+            ("010", Ok(8)),
+            ("2147483647", Ok(i32::MAX)),
+            ("-2147483648", Ok(i32::MIN)),
+            ("x", Err("invalid numeric value")),
+            ("5x", Err("invalid numeric value")),
+            ("08", Err("invalid numeric value")),
+            ("0x", Err("invalid numeric value")),
+            (" ", Err("invalid numeric value")),
+            ("2147483648", Err("number too large or too small")),
+            (
+                "99999999999999999999999",
+                Err("number too large or too small"),
+            ),
+        ] {
+            assert_eq!(parse_checksum_seed(v), want, "{v:?}");
+        }
+        for bad in ["--stop-after=0", "--time-limit=0"] {
+            let Err(e) = parse(["arsync", bad, "a/", "b/"]) else {
+                panic!("{bad} was taken");
+            };
+            assert_eq!(
+                (e.msg.as_str(), e.code),
+                ("arsync: invalid --stop-after value: 0", 1)
+            );
+        }
+        let Err(e) = parse(["arsync", "--checksum-seed=x", "a/", "b/"]) else {
+            panic!("--checksum-seed=x was taken");
+        };
+        assert_eq!(e.msg, "arsync: --checksum-seed=x: invalid numeric value");
+        assert!(parse(["arsync", "--checksum-seed=9", "a/", "b/"]).is_ok());
+    }
+
+    #[test]
     fn short_modify_window_checksum_choice_and_block_size_as_rsync() {
         for (args, window) in [
             (&["-@", "-1"][..], -1),
