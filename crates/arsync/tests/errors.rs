@@ -375,7 +375,14 @@ fn missing_args_options_match_rsync() {
 #[test]
 fn stop_at_ends_cleanly_with_30() {
     let w = scratch();
-    let src = big_source(w.path(), 4);
+    let src = w.path().join("src");
+    fs::create_dir(&src).unwrap();
+    // 100 MiB (a hole: no memory): local --bwlimit pauses at most a second
+    // per MiB written, so the copy takes over a minute.
+    fs::File::create(src.join("big"))
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
     let dst = w.path().join("dst");
     // rsync refuses --stop-after=0 (and so does arsync); the nearest stop is
     // --stop-at the next minute (UTC), at least two seconds away.
@@ -393,8 +400,7 @@ fn stop_at_ends_cleanly_with_30() {
     let t = Instant::now();
     let o = arsync(&[
         OsString::from("-a"),
-        // 4 MiB at 40 KiB/s: well over the wait.
-        "--bwlimit=40".into(),
+        "--bwlimit=1".into(),
         format!("--stop-at={:02}:{:02}", at / 3600 % 24, at / 60 % 60).into(),
         slash(&src),
         slash(&dst),
