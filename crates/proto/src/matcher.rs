@@ -338,12 +338,21 @@ impl DeltaEncoder {
     /// sum; without a match, the window at `last` (tested) and its sum.
     /// The loop keeps the sums in registers and only leaves it for the
     /// hash table when the filter lets a weak sum through.
-    fn scan(&self, mut r: Rolling, mut pos: usize, last: usize) -> (Option<u32>, usize, Rolling) {
+    /// `COUNT`: count rsync's hash hits too (`-vv`); a separate copy of the
+    /// loop, so the usual one has no extra work.
+    fn scan<const COUNT: bool>(
+        &self,
+        mut r: Rolling,
+        mut pos: usize,
+        last: usize,
+    ) -> (Option<u32>, usize, Rolling) {
         let blen = self.blen();
         let window = &self.buf[..last + blen];
         loop {
             let weak = r.digest();
-            self.tested(pos, weak);
+            if COUNT {
+                self.tested(pos, weak);
+            }
             if self.table.may_contain(weak) {
                 if let Some(i) = self.lookup(pos, weak, blen) {
                     return (Some(i), pos, r);
@@ -459,7 +468,10 @@ impl DeltaEncoder {
             // The last window to test: the literal run must not grow past
             // CHUNK_SIZE (flushed above) and the window must be in the data.
             let last = (self.filled - blen).min(self.start + CHUNK_SIZE - 1);
-            let (found, pos, mut r) = self.scan(r, self.pos, last);
+            let (found, pos, mut r) = match self.buckets.is_some() {
+                true => self.scan::<true>(r, self.pos, last),
+                false => self.scan::<false>(r, self.pos, last),
+            };
             self.pos = pos;
             if let Some(i) = found {
                 self.emit_match(i, blen, out)?;
@@ -568,6 +580,75 @@ mod tests {
         assert_eq!(sum, crate::checksum::file_sum(algo, &out).as_bytes());
         assert_eq!(r.remaining(), 0);
         out
+    }
+
+    /// rsync's hash search over `new`, plainly (no chains, no hints): the
+    /// windows it tests whose bucket is used, and the blocks it matches.
+    fn naive_rsync_counts(sums: &SumSet, new: &[u8], algo: ChecksumAlgo) -> (u64, u64) {
+        let buckets = RsyncBuckets::new(sums);
+        let head = sums.head;
+        let last_len = head.block_len(head.count - 1);
+        let (mut hits, mut matches, mut off) = (0, 0, 0usize);
+        while off + last_len <= new.len() {
+            let k = (head.blength as usize).min(new.len() - off);
+            let w = &new[off..off + k];
+            let weak = crate::checksum::weak_sum(w);
+            if buckets.hit(weak) {
+                hits += 1;
+            }
+            let s2 = head.s2length as usize;
+            let strong = block_sum(algo, w, 42, true);
+            let found = sums.blocks.iter().enumerate().find(|(i, b)| {
+                b.weak == weak
+                    && head.block_len(*i as i32) == k
+                    && b.strong[..s2] == strong.as_bytes()[..s2]
+            });
+            if found.is_some() {
+                matches += 1;
+                off += k;
+            } else {
+                off += 1;
+            }
+        }
+        (hits, matches)
+    }
+
+    #[test]
+    fn counts_hash_hits_and_matches_as_rsync() {
+        let mut basis = vec![0u8; 60_000];
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for b in basis.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let mut new = basis.clone();
+        new.splice(5000..5000, *b"xyz");
+        new.truncate(new.len() - 100);
+        new.extend_from_slice(&[7u8; 150]);
+        let algo = ChecksumAlgo::Md5;
+        let head = SumHead::for_file(basis.len() as u64, false, 16).unwrap();
+        let sums = SumSet::compute(&basis, head, algo, 42, true);
+        let want = naive_rsync_counts(&sums, &new, algo);
+        assert!(want.1 > 50, "{want:?}");
+        for chunk in [1000, 4096, 70_000] {
+            for count in [true, false] {
+                let mut enc = DeltaEncoder::new(sums.clone(), algo, 42, true);
+                if count {
+                    enc.count_hash_hits();
+                }
+                let mut out = Vec::new();
+                for c in new.chunks(chunk) {
+                    enc.feed(c, &mut out).unwrap();
+                }
+                let st = enc.finish(&mut out).unwrap();
+                let hits = if count { want.0 } else { 0 };
+                assert_eq!((st.hash_hits, st.matches), (hits, want.1), "chunk {chunk}");
+                assert_eq!(st.false_alarms, 0);
+                assert_eq!(apply(&basis, head, &out, algo), new);
+            }
+        }
     }
 
     fn delta(basis: &[u8], new: &[u8], chunk: usize) -> (Vec<u8>, DeltaStats, SumHead) {
