@@ -257,20 +257,15 @@ fn scenario(client: Tool, remote: &Remote<'_>, push: bool) {
 
 fn all_pairs(rsh: &str, host: &str) {
     let spec = |p: &Path| format!("{host}:{}", p.display());
-    for client in [Tool::Arsync, Tool::Rsync] {
-        for server in [Tool::Arsync, Tool::Rsync] {
-            if client == Tool::Rsync && server == Tool::Rsync {
-                continue;
-            }
-            let remote = Remote {
-                args: shell_args(server, rsh),
-                spec: &spec,
-                base: None,
-                server: format!("{server:?}"),
-            };
-            for push in [true, false] {
-                scenario(client, &remote, push);
-            }
+    for (client, server) in Tool::PAIRS.into_iter().skip(1) {
+        let remote = Remote {
+            args: shell_args(server, rsh),
+            spec: &spec,
+            base: None,
+            server: format!("{server:?}"),
+        };
+        for push in [true, false] {
+            scenario(client, &remote, push);
         }
     }
 }
@@ -878,20 +873,15 @@ fn features_over_stand_in_ssh() {
     write_script(&ssh, FAKE_SSH);
     let rsh = ssh.to_str().unwrap();
     let spec = |p: &Path| format!("somehost:{}", p.display());
-    for client in [Tool::Arsync, Tool::Rsync] {
-        for server in [Tool::Arsync, Tool::Rsync] {
-            if client == Tool::Rsync && server == Tool::Rsync {
-                continue;
-            }
-            let remote = Remote {
-                args: shell_args(server, rsh),
-                spec: &spec,
-                base: None,
-                server: format!("{server:?}"),
-            };
-            for push in [true, false] {
-                feature_scenario(client, &remote, push);
-            }
+    for (client, server) in Tool::PAIRS.into_iter().skip(1) {
+        let remote = Remote {
+            args: shell_args(server, rsh),
+            spec: &spec,
+            base: None,
+            server: format!("{server:?}"),
+        };
+        for push in [true, false] {
+            feature_scenario(client, &remote, push);
         }
     }
 }
@@ -989,50 +979,45 @@ fn relative_and_several_sources() {
         let w = format!("{}/", want.display());
         args.push(&w);
         local(Tool::Rsync, &args);
-        for client in [Tool::Arsync, Tool::Rsync] {
-            for server in [Tool::Arsync, Tool::Rsync] {
-                if client == Tool::Rsync && server == Tool::Rsync {
-                    continue;
+        for (client, server) in Tool::PAIRS.into_iter().skip(1) {
+            for push in [true, false] {
+                let what = format!("{flags:?} {client:?} -> {server:?} push={push}");
+                let dst = tmp
+                    .path()
+                    .join(format!("got-{n}-{client:?}-{server:?}-{push}"));
+                let mut all: Vec<String> = flags.clone();
+                all.extend(shell_args(server, rsh));
+                if push {
+                    all.extend(sources.iter().cloned());
+                    all.push(format!("h:{}/", dst.display()));
+                } else {
+                    all.extend(sources.iter().map(|p| format!("h:{p}")));
+                    all.push(format!("{}/", dst.display()));
                 }
-                for push in [true, false] {
-                    let what = format!("{flags:?} {client:?} -> {server:?} push={push}");
-                    let dst = tmp
-                        .path()
-                        .join(format!("got-{n}-{client:?}-{server:?}-{push}"));
-                    let mut all: Vec<String> = flags.clone();
-                    all.extend(shell_args(server, rsh));
-                    if push {
-                        all.extend(sources.iter().cloned());
-                        all.push(format!("h:{}/", dst.display()));
-                    } else {
-                        all.extend(sources.iter().map(|p| format!("h:{p}")));
-                        all.push(format!("{}/", dst.display()));
-                    }
-                    let out = Command::new(program(client))
-                        .args(&all)
-                        .stdin(Stdio::null())
-                        .output()
-                        .unwrap();
-                    check(&out, &what);
-                    // With -R the destination itself is not in the list.
-                    let mut o = opts();
-                    o.root_metadata = false;
-                    if n == 1 {
-                        // The implied directories above the scratch dir
-                        // (`dev`, `dev/shm`, the scratch dir itself) change
-                        // their mtimes while tests run: compare them at a
-                        // fixed time.
-                        let rel = tmp.path().strip_prefix("/").unwrap();
-                        for a in rel.ancestors().filter(|a| !a.as_os_str().is_empty()) {
-                            let t = arsync_testutil::FileTime::new(1_500_000_000, 0);
-                            for tree in [&want, &dst] {
-                                arsync_testutil::set_times(&tree.join(a), t, t).unwrap();
-                            }
+                let out = Command::new(program(client))
+                    .args(&all)
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap();
+                check(&out, &what);
+                // With -R the destination itself is not in the list.
+                let mut o = opts();
+                o.root_metadata = false;
+                if n == 1 {
+                    // The implied directories above the scratch dir
+                    // (`dev`, `dev/shm`, the scratch dir itself) change
+                    // their mtimes while tests run: compare them at a
+                    // fixed time.
+                    let rel = tmp.path().strip_prefix("/").unwrap();
+                    for a in rel.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+                        let t = arsync_testutil::FileTime::new(1_500_000_000, 0);
+                        for tree in [&want, &dst] {
+                            arsync_testutil::set_times(&tree.join(a), t, t).unwrap();
                         }
                     }
-                    let diffs = compare_trees(&want, &dst, &o);
-                    assert!(diffs.is_empty(), "{what}: {diffs:#?}");
                 }
+                let diffs = compare_trees(&want, &dst, &o);
+                assert!(diffs.is_empty(), "{what}: {diffs:#?}");
             }
         }
     }
