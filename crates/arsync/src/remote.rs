@@ -175,6 +175,8 @@ struct Scan {
     /// `--checksum-choice`/`--cc` as given (taken out of the local
     /// parser's sight: rsync's error for an unknown name is code 4).
     checksum_choice: Option<String>,
+    /// `--checksum-seed` as given (the local parser checks it).
+    checksum_seed: Option<String>,
     /// `--modify-window`/`-@` as given (rsync sends it only then). A
     /// word starting with `-@` is taken out of the local parser's sight
     /// (it knows only the long form).
@@ -232,6 +234,7 @@ const LONG_WITH_VALUE: &[&str] = &[
     "zt",
     "checksum-choice",
     "cc",
+    "checksum-seed",
     "threads",
     "queue-depth",
     "address",
@@ -295,6 +298,7 @@ fn scan(args: &[OsString]) -> Scan {
                     s.drop.extend(start..=i);
                 }
                 "modify-window" => s.modify_window = value,
+                "checksum-seed" => s.checksum_seed = value,
                 // Validated by the local parser; 0 is none, as in rsync.
                 "timeout" => s.timeout = value.and_then(|v| v.parse().ok()).filter(|&t| t > 0),
                 "contimeout" => {
@@ -467,12 +471,15 @@ fn transfer_opts(o: &Options) -> TransferOpts {
         // Set by `run` when it makes a pulled destination.
         dest_created: false,
         itemize_all: o.itemize > 1 && !o.quiet,
+        verbose: if o.quiet { 0 } else { o.verbose.min(9) },
+        itemizing: o.line_format().is_some_and(|f| f.contains("%i")),
         report_deletions: o.log_file.is_some()
             || (!o.quiet && (o.verbose > 0 || o.itemize > 0 || o.out_format.is_some() || o.stats)),
         // Set by `run` from the pre-scan (the local parser does not keep them).
         modify_window: None,
         block_size: None,
         checksum_choice: None,
+        checksum_seed: None,
         timeout: None,
         fsync: o.fsync,
         preallocate: o.preallocate,
@@ -502,7 +509,13 @@ fn id_spec(rules: &[IdMapRule], chown: Option<u32>) -> Option<String> {
 
 /// The packed short flags for the server, as rsync's `server_options` builds them.
 fn server_flags(o: &Options, compress: bool, cvs: bool) -> String {
-    let mut f = String::new();
+    // From -vv on, one `v` per level first, as rsync's client sends them
+    // (a single -v stays with the client: the server reports through
+    // --log-format=%i then).
+    let mut f = match (o.verbose, o.quiet) {
+        (v, false) if v >= 2 => "v".repeat(v.min(9) as usize),
+        _ => String::new(),
+    };
     for (on, c) in [
         (o.links, 'l'),
         (o.owner, 'o'),
@@ -799,6 +812,12 @@ pub fn run(args: &[OsString]) -> i32 {
     cmd.opts.compress = s.compress.clone();
     cmd.opts.block_size = block_size;
     cmd.opts.checksum_choice = checksum_choice;
+    // Checked by the local parser; 0 lets the server pick (rsync sends only others).
+    cmd.opts.checksum_seed = s
+        .checksum_seed
+        .as_deref()
+        .and_then(|v| arsync_sync::cli::parse_checksum_seed(v).ok())
+        .filter(|&n| n != 0);
     cmd.opts.modify_window = modify_window;
     cmd.opts.timeout = s.timeout;
     // --files-from: a local list is read here (a pull sends it to the
@@ -1012,7 +1031,16 @@ pub fn run(args: &[OsString]) -> i32 {
         p.files_from = ff_names;
         p.echo_messages = !o.quiet;
         p.stop_at = o.stop_at;
-        pull(&p)
+        let made = p.command.opts.dest_created;
+        let res = pull(&p);
+        if let (Ok(s), true) = (&res, made) {
+            // An empty list makes nothing (rsync's client then does not
+            // look for its destination).
+            if s.files_total == 0 {
+                let _ = std::fs::remove_dir(dest);
+            }
+        }
+        res
     } else {
         let mut local = Vec::new();
         for l in srcs {
@@ -1033,21 +1061,16 @@ pub fn run(args: &[OsString]) -> i32 {
         if cmd.opts.files_from.is_some() && local.len() != 1 {
             return fail(ExitCode::Syntax, "--files-from needs one source directory");
         }
-        if let Some(names) = &ff_names {
-            // --files-from: the names below the one source directory.
-            if local.len() != 1 || names.is_empty() {
-                return fail(
-                    ExitCode::Syntax,
-                    "--files-from needs one source directory and at least one name",
-                );
-            }
-            let base = local[0].path.clone();
-            local = arsync_remote::opts::files_from_sources(&base, names, o.relative);
+        if ff_names.is_some() && local.len() != 1 {
+            return fail(ExitCode::Syntax, "--files-from needs one source directory");
         }
         let first = local.remove(0);
         let mut p = PushOptions::new(first.path, cmd.path.clone());
         p.contents = first.contents;
         p.more_sources = local;
+        // --files-from: the names below the one source directory (none: an
+        // empty list, which rsync sends too).
+        p.files_from = ff_names;
         p.command = cmd;
         p.daemon = daemon;
         p.events = events;
@@ -1096,26 +1119,7 @@ fn event_sink(o: &Options, printer: &Option<Arc<output::Printer>>) -> Option<Eve
 
 /// rsync's `--list-only` line for an entry of a remote file list.
 fn list_line(e: &arsync_proto::flist::FileEntry, human: u8) -> String {
-    let meta = arsync_sync::fsops::Meta {
-        mode: e.mode,
-        uid: e.uid,
-        gid: e.gid,
-        size: e.size.max(0) as u64,
-        mtime: arsync_sync::fsops::Time {
-            sec: e.mtime,
-            nsec: e.mtime_nsec,
-        },
-        atime: arsync_sync::fsops::Time::default(),
-        rdev: 0,
-        dev: 0,
-        ino: 0,
-        nlink: 1,
-    };
-    // rsync escapes the whole line (name and link target) as it prints it.
-    let esc = arsync_sync::report::escape_name;
-    let link = e.link_target.as_deref().map(esc);
-    let line = arsync_sync::report::list_line(&meta, &esc(&e.name), link.as_deref(), human);
-    String::from_utf8_lossy(&line).into_owned()
+    String::from_utf8_lossy(&arsync_remote::events::list_line(e, human)).into_owned()
 }
 
 /// What the client prints for `-v`, `-i`, `--out-format` and `--stats`, as
@@ -1679,6 +1683,21 @@ mod output {
                     }
                 }
                 FileEvent::Progress { name, done, size } => self.update(name, *done, *size),
+                FileEvent::Info {
+                    text,
+                    ordered: true,
+                } if self.ordered => self.push(Pending {
+                    name: Vec::new(),
+                    line: Some(text.to_vec()),
+                    waiting: false,
+                    ndx: 0,
+                    size: 0,
+                    started: std::time::Instant::now(),
+                    late: None,
+                }),
+                FileEvent::Info { text, .. } => {
+                    let _ = std::io::stdout().lock().write_all(text);
+                }
                 FileEvent::Deleted { name } => {
                     self.stats.deleted.fetch_add(1, Ordering::Relaxed);
                     // A directory's name ends with `/`; other kinds are not

@@ -373,20 +373,44 @@ fn missing_args_options_match_rsync() {
 }
 
 #[test]
-fn stop_after_ends_cleanly_with_30() {
+fn stop_at_ends_cleanly_with_30() {
     let w = scratch();
-    let src = big_source(w.path(), 4);
+    let src = w.path().join("src");
+    fs::create_dir(&src).unwrap();
+    // 100 MiB (a hole: no memory): local --bwlimit pauses at most a second
+    // per MiB written, so the copy takes over a minute.
+    fs::File::create(src.join("big"))
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
     let dst = w.path().join("dst");
+    // rsync refuses --stop-after=0 (and so does arsync); the nearest stop is
+    // --stop-at the next minute (UTC), at least two seconds away.
+    let o = arsync(&[OsString::from("--stop-after=0"), slash(&src), slash(&dst)]);
+    assert_eq!(code(&o), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut at = (now / 60 + 1) * 60;
+    if at - now < 2 {
+        at += 60;
+    }
+    let wait = Duration::from_secs(at - now);
     let t = Instant::now();
     let o = arsync(&[
         OsString::from("-a"),
-        "--bwlimit=1000".into(),
-        "--stop-after=0".into(),
+        "--bwlimit=1".into(),
+        format!("--stop-at={:02}:{:02}", at / 3600 % 24, at / 60 % 60).into(),
         slash(&src),
         slash(&dst),
     ]);
     assert_eq!(code(&o), Some(30), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(
+        t.elapsed() < wait + Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
     assert!(leftover_temps(&dst).is_empty());
     assert!(!dst.join("big").exists());
     let o = arsync(&[OsString::from("--stop-at=99:00"), slash(&src), slash(&dst)]);

@@ -9,26 +9,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use arsync_testutil::remote::FAKE_SSH;
+use arsync_testutil::remote::{Tool, FAKE_SSH};
 use arsync_testutil::{compare_trees, scratch_dir, settle_tree, CompareOpts, Settle};
 
 fn arsync_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_arsync"))
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Tool {
-    Arsync,
-    Rsync,
-}
-
-impl Tool {
-    fn program(self) -> PathBuf {
-        match self {
-            Tool::Arsync => arsync_bin(),
-            Tool::Rsync => PathBuf::from("rsync"),
-        }
-    }
+/// The program for a [`Tool`] (this test's arsync binary, or rsync).
+fn program(t: Tool) -> std::ffi::OsString {
+    t.program(arsync_bin().as_os_str())
 }
 
 fn fake_ssh(dir: &Path) -> String {
@@ -40,12 +30,12 @@ fn fake_ssh(dir: &Path) -> String {
 
 /// Runs `client` against `server` behind the stand-in ssh.
 fn run(client: Tool, server: Tool, rsh: &str, flags: &[&str], src: &str, dst: &str) -> Output {
-    let out = Command::new(client.program())
+    let out = Command::new(program(client))
         .args(flags)
         .arg("-e")
         .arg(rsh)
         .arg("--rsync-path")
-        .arg(server.program())
+        .arg(program(server))
         .arg(src)
         .arg(dst)
         .stdin(Stdio::null())
@@ -355,7 +345,7 @@ fn recursive_listing_matches_rsync() {
     make_tree(&src);
     let s = format!("h:{}/", src.display());
     let list = |client: Tool| {
-        let out = Command::new(client.program())
+        let out = Command::new(program(client))
             .args(["-r", "-e", &rsh, &s])
             .stdin(Stdio::null())
             .output()

@@ -10,26 +10,16 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use arsync_testutil::remote::{start_daemon, write_module_config, FAKE_SSH};
+use arsync_testutil::remote::{start_daemon, write_module_config, Tool, FAKE_SSH};
 use arsync_testutil::{compare_trees, scratch_dir, settle_tree, CompareOpts, Settle};
 
 fn arsync_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_arsync"))
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Tool {
-    Arsync,
-    Rsync,
-}
-
-impl Tool {
-    fn program(self) -> OsString {
-        match self {
-            Tool::Arsync => arsync_bin().into_os_string(),
-            Tool::Rsync => "rsync".into(),
-        }
-    }
+/// The program for a [`Tool`] (this test's arsync binary, or rsync).
+fn program(t: Tool) -> std::ffi::OsString {
+    t.program(arsync_bin().as_os_str())
 }
 
 fn write_script(path: &Path, text: &str) {
@@ -160,12 +150,12 @@ fn shell_args(server: Tool, rsh: &str) -> Vec<String> {
         "-e".into(),
         rsh.into(),
         "--rsync-path".into(),
-        server.program().to_string_lossy().into_owned(),
+        program(server).to_string_lossy().into_owned(),
     ]
 }
 
 fn run_client(client: Tool, flags: &[&str], src: &str, dst: &str) -> Output {
-    Command::new(client.program())
+    Command::new(program(client))
         .args(flags)
         .arg(src)
         .arg(dst)
@@ -267,20 +257,15 @@ fn scenario(client: Tool, remote: &Remote<'_>, push: bool) {
 
 fn all_pairs(rsh: &str, host: &str) {
     let spec = |p: &Path| format!("{host}:{}", p.display());
-    for client in [Tool::Arsync, Tool::Rsync] {
-        for server in [Tool::Arsync, Tool::Rsync] {
-            if client == Tool::Rsync && server == Tool::Rsync {
-                continue;
-            }
-            let remote = Remote {
-                args: shell_args(server, rsh),
-                spec: &spec,
-                base: None,
-                server: format!("{server:?}"),
-            };
-            for push in [true, false] {
-                scenario(client, &remote, push);
-            }
+    for (client, server) in Tool::PAIRS.into_iter().skip(1) {
+        let remote = Remote {
+            args: shell_args(server, rsh),
+            spec: &spec,
+            base: None,
+            server: format!("{server:?}"),
+        };
+        for push in [true, false] {
+            scenario(client, &remote, push);
         }
     }
 }
@@ -465,7 +450,7 @@ fn interop_over_daemon() {
     let cfg = tmp.path().join("rsyncd.conf");
     write_module_config(&cfg, &base).unwrap();
     for server in [Tool::Arsync, Tool::Rsync] {
-        let daemon = start_daemon(&server.program(), &cfg).unwrap();
+        let daemon = start_daemon(&program(server), &cfg).unwrap();
         let port = daemon.port;
         let base_ref = base.as_path();
         let spec = move |p: &Path| {
@@ -515,7 +500,7 @@ fn daemon_modules_auth_and_access() {
         ),
     )
     .unwrap();
-    let d = start_daemon(&Tool::Arsync.program(), &cfg).unwrap();
+    let d = start_daemon(&program(Tool::Arsync), &cfg).unwrap();
     let url = |m: &str| format!("rsync://127.0.0.1:{}/{m}", d.port);
     // Module list: listed modules with comments only.
     let out = Command::new("rsync").arg(url("")).output().unwrap();
@@ -663,7 +648,7 @@ fn delta_wire_bytes_match_rsync() {
         } else {
             (format!("h:{}/", src.display()), dst.display().to_string())
         };
-        let mut cmd = Command::new(client.program());
+        let mut cmd = Command::new(program(client));
         cmd.arg("-a")
             .args(shell_args(server, rsh))
             .arg(&s)
@@ -888,20 +873,15 @@ fn features_over_stand_in_ssh() {
     write_script(&ssh, FAKE_SSH);
     let rsh = ssh.to_str().unwrap();
     let spec = |p: &Path| format!("somehost:{}", p.display());
-    for client in [Tool::Arsync, Tool::Rsync] {
-        for server in [Tool::Arsync, Tool::Rsync] {
-            if client == Tool::Rsync && server == Tool::Rsync {
-                continue;
-            }
-            let remote = Remote {
-                args: shell_args(server, rsh),
-                spec: &spec,
-                base: None,
-                server: format!("{server:?}"),
-            };
-            for push in [true, false] {
-                feature_scenario(client, &remote, push);
-            }
+    for (client, server) in Tool::PAIRS.into_iter().skip(1) {
+        let remote = Remote {
+            args: shell_args(server, rsh),
+            spec: &spec,
+            base: None,
+            server: format!("{server:?}"),
+        };
+        for push in [true, false] {
+            feature_scenario(client, &remote, push);
         }
     }
 }
@@ -934,7 +914,7 @@ fn features_over_real_sshd_and_daemon() {
     fs::create_dir(&base).unwrap();
     let cfg = tmp.path().join("rsyncd.conf");
     write_module_config(&cfg, &base).unwrap();
-    let daemon = start_daemon(&Tool::Arsync.program(), &cfg).unwrap();
+    let daemon = start_daemon(&program(Tool::Arsync), &cfg).unwrap();
     let port = daemon.port;
     let base_ref = base.as_path();
     let spec = move |p: &Path| {
@@ -953,7 +933,7 @@ fn features_over_real_sshd_and_daemon() {
 
 /// Runs `tool` locally with `args` (for reference trees made by rsync).
 fn local(tool: Tool, args: &[&str]) {
-    let out = Command::new(tool.program()).args(args).output().unwrap();
+    let out = Command::new(program(tool)).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{tool:?} {args:?}: {}",
@@ -999,50 +979,45 @@ fn relative_and_several_sources() {
         let w = format!("{}/", want.display());
         args.push(&w);
         local(Tool::Rsync, &args);
-        for client in [Tool::Arsync, Tool::Rsync] {
-            for server in [Tool::Arsync, Tool::Rsync] {
-                if client == Tool::Rsync && server == Tool::Rsync {
-                    continue;
+        for (client, server) in Tool::PAIRS.into_iter().skip(1) {
+            for push in [true, false] {
+                let what = format!("{flags:?} {client:?} -> {server:?} push={push}");
+                let dst = tmp
+                    .path()
+                    .join(format!("got-{n}-{client:?}-{server:?}-{push}"));
+                let mut all: Vec<String> = flags.clone();
+                all.extend(shell_args(server, rsh));
+                if push {
+                    all.extend(sources.iter().cloned());
+                    all.push(format!("h:{}/", dst.display()));
+                } else {
+                    all.extend(sources.iter().map(|p| format!("h:{p}")));
+                    all.push(format!("{}/", dst.display()));
                 }
-                for push in [true, false] {
-                    let what = format!("{flags:?} {client:?} -> {server:?} push={push}");
-                    let dst = tmp
-                        .path()
-                        .join(format!("got-{n}-{client:?}-{server:?}-{push}"));
-                    let mut all: Vec<String> = flags.clone();
-                    all.extend(shell_args(server, rsh));
-                    if push {
-                        all.extend(sources.iter().cloned());
-                        all.push(format!("h:{}/", dst.display()));
-                    } else {
-                        all.extend(sources.iter().map(|p| format!("h:{p}")));
-                        all.push(format!("{}/", dst.display()));
-                    }
-                    let out = Command::new(client.program())
-                        .args(&all)
-                        .stdin(Stdio::null())
-                        .output()
-                        .unwrap();
-                    check(&out, &what);
-                    // With -R the destination itself is not in the list.
-                    let mut o = opts();
-                    o.root_metadata = false;
-                    if n == 1 {
-                        // The implied directories above the scratch dir
-                        // (`dev`, `dev/shm`, the scratch dir itself) change
-                        // their mtimes while tests run: compare them at a
-                        // fixed time.
-                        let rel = tmp.path().strip_prefix("/").unwrap();
-                        for a in rel.ancestors().filter(|a| !a.as_os_str().is_empty()) {
-                            let t = arsync_testutil::FileTime::new(1_500_000_000, 0);
-                            for tree in [&want, &dst] {
-                                arsync_testutil::set_times(&tree.join(a), t, t).unwrap();
-                            }
+                let out = Command::new(program(client))
+                    .args(&all)
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap();
+                check(&out, &what);
+                // With -R the destination itself is not in the list.
+                let mut o = opts();
+                o.root_metadata = false;
+                if n == 1 {
+                    // The implied directories above the scratch dir
+                    // (`dev`, `dev/shm`, the scratch dir itself) change
+                    // their mtimes while tests run: compare them at a
+                    // fixed time.
+                    let rel = tmp.path().strip_prefix("/").unwrap();
+                    for a in rel.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+                        let t = arsync_testutil::FileTime::new(1_500_000_000, 0);
+                        for tree in [&want, &dst] {
+                            arsync_testutil::set_times(&tree.join(a), t, t).unwrap();
                         }
                     }
-                    let diffs = compare_trees(&want, &dst, &o);
-                    assert!(diffs.is_empty(), "{what}: {diffs:#?}");
                 }
+                let diffs = compare_trees(&want, &dst, &o);
+                assert!(diffs.is_empty(), "{what}: {diffs:#?}");
             }
         }
     }
@@ -1084,7 +1059,7 @@ fn daemon_module_filters_and_chroot_match_rsync() {
             ),
         )
         .unwrap();
-        let daemon = start_daemon(&server.program(), &cfg).unwrap();
+        let daemon = start_daemon(&program(server), &cfg).unwrap();
         let url = |p: &str| format!("rsync://127.0.0.1:{}/m/{p}", daemon.port);
         let pulled = tmp.path().join(format!("pulled-{server:?}"));
         check(
@@ -1319,7 +1294,7 @@ fn non_utf8_names_match_rsync() {
             false => (with_host(&from), dst.as_os_str().to_os_string()),
         };
         let what = format!("{client:?} -> {server:?} push={push}, non-UTF-8 path arguments");
-        let out = Command::new(client.program())
+        let out = Command::new(program(client))
             .arg("-a")
             .arg(OsString::from_vec(b"--exclude=sub\xff".to_vec()))
             .args(shell_args(server, rsh))
@@ -1350,7 +1325,7 @@ fn non_utf8_names_match_rsync() {
         }
     }
     for server in [Tool::Arsync, Tool::Rsync] {
-        let daemon = start_daemon(&server.program(), &cfg).unwrap();
+        let daemon = start_daemon(&program(server), &cfg).unwrap();
         let port = daemon.port;
         for client in [Tool::Arsync, Tool::Rsync] {
             if client == Tool::Rsync && server == Tool::Rsync {

@@ -5,10 +5,13 @@
 //! - block sums: xxh64/xxh3/xxh128 use the seed as the hash seed; MD5 hashes
 //!   `seed_le || data` when `seed_fix`, else `data || seed_le` (see
 //!   `Negotiated::md5_seed_first` for when rsync puts the seed first);
-//!   MD4 hashes `data || seed_le`. A seed of 0 adds no bytes.
+//!   MD4 hashes `data || seed_le`; SHA-1 `seed_le || data` (rsync computes it
+//!   with OpenSSL, which always puts the seed first). A seed of 0 adds no bytes.
 //! - whole-file sums and `-c` file-list sums are unseeded.
 //!
 //! Digests are little-endian for the xxhash family (xxh128: low 64 bits first).
+//! SHA-1 is the one 20-byte digest: its whole-file and `-c` sums carry all 20
+//! bytes, its block sums at most 16 (rsync's `SUM_LENGTH` caps every block sum).
 //!
 //! XXH3 (64 and 128 bits) comes from `twox-hash`, which picks AVX2 or SSE2
 //! at run time (`xxhash-rust` fixes the SIMD level at compile time, SSE2
@@ -17,11 +20,12 @@
 
 use md4::Md4;
 use md5::{Digest, Md5};
+use sha1::Sha1;
 use twox_hash::{XxHash3_128, XxHash3_64};
 use xxhash_rust::xxh64::Xxh64;
 
 /// Longest digest of any algorithm.
-pub const MAX_DIGEST_LEN: usize = 16;
+pub const MAX_DIGEST_LEN: usize = 20;
 
 /// Negotiable checksum algorithms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,18 +40,21 @@ pub enum ChecksumAlgo {
     Md5,
     /// MD4 (modern, unseeded whole-file sums).
     Md4,
+    /// SHA-1 (20-byte digests; rsync offers it when built with OpenSSL).
+    Sha1,
     /// No strong checksum (only valid with --checksum-choice=none).
     None,
 }
 
 impl ChecksumAlgo {
-    /// rsync's default preference order.
-    pub const PREFERENCE: [ChecksumAlgo; 5] = [
+    /// rsync's default preference order (rsync 3.5's list, `sha1` last).
+    pub const PREFERENCE: [ChecksumAlgo; 6] = [
         ChecksumAlgo::Xxh128,
         ChecksumAlgo::Xxh3,
         ChecksumAlgo::Xxh64,
         ChecksumAlgo::Md5,
         ChecksumAlgo::Md4,
+        ChecksumAlgo::Sha1,
     ];
 
     /// Wire name.
@@ -58,6 +65,7 @@ impl ChecksumAlgo {
             ChecksumAlgo::Xxh64 => "xxh64",
             ChecksumAlgo::Md5 => "md5",
             ChecksumAlgo::Md4 => "md4",
+            ChecksumAlgo::Sha1 => "sha1",
             ChecksumAlgo::None => "none",
         }
     }
@@ -75,6 +83,7 @@ impl ChecksumAlgo {
         match self {
             ChecksumAlgo::Xxh128 | ChecksumAlgo::Md5 | ChecksumAlgo::Md4 => 16,
             ChecksumAlgo::Xxh3 | ChecksumAlgo::Xxh64 => 8,
+            ChecksumAlgo::Sha1 => 20,
             ChecksumAlgo::None => 1,
         }
     }
@@ -136,6 +145,14 @@ pub fn block_sum(algo: ChecksumAlgo, data: &[u8], seed: i32, seed_fix: bool) -> 
             }
             Digest16::new(&h.finalize())
         }
+        ChecksumAlgo::Sha1 => {
+            let mut h = Sha1::new();
+            if seed != 0 {
+                h.update(seed_bytes);
+            }
+            h.update(data);
+            Digest16::new(&h.finalize())
+        }
         ChecksumAlgo::None => Digest16::new(&[0]),
     }
 }
@@ -152,6 +169,8 @@ pub enum FileHasher {
     Md5(Md5),
     /// MD4 state.
     Md4(Md4),
+    /// SHA-1 state.
+    Sha1(Sha1),
     /// No checksum.
     None,
 }
@@ -171,6 +190,7 @@ impl FileHasher {
             ChecksumAlgo::Xxh128 => FileHasher::Xxh128(Box::new(XxHash3_128::new())),
             ChecksumAlgo::Md5 => FileHasher::Md5(Md5::new()),
             ChecksumAlgo::Md4 => FileHasher::Md4(Md4::new()),
+            ChecksumAlgo::Sha1 => FileHasher::Sha1(Sha1::new()),
             ChecksumAlgo::None => FileHasher::None,
         }
     }
@@ -183,6 +203,7 @@ impl FileHasher {
             FileHasher::Xxh128(h) => h.write(data),
             FileHasher::Md5(h) => h.update(data),
             FileHasher::Md4(h) => h.update(data),
+            FileHasher::Sha1(h) => h.update(data),
             FileHasher::None => {}
         }
     }
@@ -195,6 +216,7 @@ impl FileHasher {
             FileHasher::Xxh128(h) => Digest16::new(&h.finish_128().to_le_bytes()),
             FileHasher::Md5(h) => Digest16::new(&h.finalize()),
             FileHasher::Md4(h) => Digest16::new(&h.finalize()),
+            FileHasher::Sha1(h) => Digest16::new(&h.finalize()),
             FileHasher::None => Digest16::new(&[0]),
         }
     }
@@ -410,6 +432,32 @@ mod tests {
             let s2 = (-128i32 + (-127)) as u32;
             (s1 & 0xFFFF) | (s2 << 16)
         });
+    }
+
+    #[test]
+    fn sha1_file_and_block_sums() {
+        // FIPS 180 test vector: SHA-1("abc"), all 20 bytes.
+        let want = [
+            0xa9, 0x99, 0x3e, 0x36, 0x47, 0x06, 0x81, 0x6a, 0xba, 0x3e, 0x25, 0x71, 0x78, 0x50,
+            0xc2, 0x6c, 0x9c, 0xd0, 0xd8, 0x9d,
+        ];
+        assert_eq!(ChecksumAlgo::Sha1.digest_len(), 20);
+        assert_eq!(file_sum(ChecksumAlgo::Sha1, b"abc").as_bytes(), &want);
+        assert_eq!(
+            block_sum(ChecksumAlgo::Sha1, b"abc", 0, false).as_bytes(),
+            &want
+        );
+        // A seed goes before the data, whatever the MD5 seed order.
+        let seed: i32 = 0x0102_0304;
+        let mut seeded = seed.to_le_bytes().to_vec();
+        seeded.extend_from_slice(b"abc");
+        for fix in [false, true] {
+            assert_eq!(
+                block_sum(ChecksumAlgo::Sha1, b"abc", seed, fix),
+                file_sum(ChecksumAlgo::Sha1, &seeded)
+            );
+        }
+        assert_eq!(ChecksumAlgo::from_name("sha1"), Some(ChecksumAlgo::Sha1));
     }
 
     #[test]

@@ -18,6 +18,66 @@ pub struct DeltaStats {
     pub literal: u64,
     /// Bytes covered by block references.
     pub matched: u64,
+    /// Block references sent (rsync's `matches`).
+    pub matches: u64,
+    /// Windows whose weak sum falls in a used bucket of rsync's hash table
+    /// (rsync's `hash_hits`); counted only after
+    /// [`DeltaEncoder::count_hash_hits`].
+    pub hash_hits: u64,
+    /// Windows whose weak sum and length matched a block but not the strong
+    /// sum (rsync's `false_alarms`).
+    pub false_alarms: u64,
+}
+
+impl DeltaStats {
+    /// Adds another file's counts.
+    pub fn add(&mut self, o: &DeltaStats) {
+        self.literal += o.literal;
+        self.matched += o.matched;
+        self.matches += o.matches;
+        self.hash_hits += o.hash_hits;
+        self.false_alarms += o.false_alarms;
+    }
+}
+
+/// Which buckets of rsync's hash table (`match.c`: `build_hash_table`) hold
+/// a block: rsync counts a "hash hit" for every window whose bucket is used.
+/// Up to 65,536 buckets indexed by `(s1 + s2) & 0xffff`; for more than
+/// 52,416 blocks, `count / 8 * 10 + 11` buckets indexed by `sum % size`.
+struct RsyncBuckets {
+    size: u32,
+    used: Vec<u64>,
+}
+
+impl RsyncBuckets {
+    const TRADITIONAL: u32 = 1 << 16;
+
+    fn new(sums: &SumSet) -> Self {
+        let n = sums.blocks.len() as u32;
+        let size = (n / 8 * 10 + 11).max(Self::TRADITIONAL);
+        let mut b = RsyncBuckets {
+            size,
+            used: vec![0; (size as usize).div_ceil(64)],
+        };
+        for blk in &sums.blocks {
+            let h = b.bucket(blk.weak);
+            b.used[h / 64] |= 1 << (h % 64);
+        }
+        b
+    }
+
+    fn bucket(&self, weak: u32) -> usize {
+        if self.size == Self::TRADITIONAL {
+            ((weak & 0xFFFF) + (weak >> 16)) as usize & 0xFFFF
+        } else {
+            (weak % self.size) as usize
+        }
+    }
+
+    fn hit(&self, weak: u32) -> bool {
+        let h = self.bucket(weak);
+        self.used[h / 64] >> (h % 64) & 1 != 0
+    }
 }
 
 /// Chained hash table from weak sums to block indices.
@@ -113,6 +173,15 @@ pub struct DeltaEncoder {
     /// `--inplace`: per block, whether it was matched at its own offset
     /// (see [`DeltaEncoder::set_in_place`]).
     in_place: Option<Vec<bool>>,
+    /// rsync's hash buckets, when hash hits are counted (`-vv`).
+    buckets: Option<RsyncBuckets>,
+    /// Hash hits and false alarms of the windows tested (cells: the search
+    /// loops borrow the encoder shared).
+    hits: std::cell::Cell<u64>,
+    false_alarms: std::cell::Cell<u64>,
+    /// One past the offset of the last window counted (0: none), so a
+    /// window tested again after more input came is counted once.
+    counted_to: std::cell::Cell<u64>,
 }
 
 impl std::fmt::Debug for DeltaEncoder {
@@ -156,6 +225,32 @@ impl DeltaEncoder {
             sink,
             base: 0,
             in_place: None,
+            buckets: None,
+            hits: std::cell::Cell::new(0),
+            false_alarms: std::cell::Cell::new(0),
+            counted_to: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Counts rsync's hash hits ([`DeltaStats::hash_hits`], which `-vv`
+    /// prints): every window tested whose weak sum falls in a used bucket
+    /// of the hash table rsync would build for these sums.
+    pub fn count_hash_hits(&mut self) {
+        self.buckets = Some(RsyncBuckets::new(&self.sums));
+    }
+
+    /// Counts the window at `buf[pos..]`, of weak sum `weak`, as rsync's
+    /// hash search would.
+    #[inline]
+    fn tested(&self, pos: usize, weak: u32) {
+        if let Some(b) = &self.buckets {
+            let at = self.base + pos as u64 + 1;
+            if at > self.counted_to.get() {
+                self.counted_to.set(at);
+                if b.hit(weak) {
+                    self.hits.set(self.hits.get() + 1);
+                }
+            }
         }
     }
 
@@ -228,6 +323,8 @@ impl DeltaEncoder {
                         return Some(i);
                     }
                     usable.get_or_insert(i);
+                } else {
+                    self.false_alarms.set(self.false_alarms.get() + 1);
                 }
             }
             i = self.table.next[i as usize];
@@ -241,11 +338,21 @@ impl DeltaEncoder {
     /// sum; without a match, the window at `last` (tested) and its sum.
     /// The loop keeps the sums in registers and only leaves it for the
     /// hash table when the filter lets a weak sum through.
-    fn scan(&self, mut r: Rolling, mut pos: usize, last: usize) -> (Option<u32>, usize, Rolling) {
+    /// `COUNT`: count rsync's hash hits too (`-vv`); a separate copy of the
+    /// loop, so the usual one has no extra work.
+    fn scan<const COUNT: bool>(
+        &self,
+        mut r: Rolling,
+        mut pos: usize,
+        last: usize,
+    ) -> (Option<u32>, usize, Rolling) {
         let blen = self.blen();
         let window = &self.buf[..last + blen];
         loop {
             let weak = r.digest();
+            if COUNT {
+                self.tested(pos, weak);
+            }
             if self.table.may_contain(weak) {
                 if let Some(i) = self.lookup(pos, weak, blen) {
                     return (Some(i), pos, r);
@@ -272,6 +379,7 @@ impl DeltaEncoder {
         let data = &self.buf[self.pos..self.pos + len];
         self.sink.block_data(i, data, out)?;
         self.stats.matched += len as u64;
+        self.stats.matches += 1;
         self.pos += len;
         self.start = self.pos;
         self.rolling = None;
@@ -352,6 +460,7 @@ impl DeltaEncoder {
             // Right after a match: most often the next block follows.
             if let Some(i) = self.next_block.take() {
                 if self.is_block(i, self.pos, r.digest(), blen) {
+                    self.tested(self.pos, r.digest());
                     self.emit_match(i, blen, out)?;
                     continue;
                 }
@@ -359,7 +468,10 @@ impl DeltaEncoder {
             // The last window to test: the literal run must not grow past
             // CHUNK_SIZE (flushed above) and the window must be in the data.
             let last = (self.filled - blen).min(self.start + CHUNK_SIZE - 1);
-            let (found, pos, mut r) = self.scan(r, self.pos, last);
+            let (found, pos, mut r) = match self.buckets.is_some() {
+                true => self.scan::<true>(r, self.pos, last),
+                false => self.scan::<false>(r, self.pos, last),
+            };
             self.pos = pos;
             if let Some(i) = found {
                 self.emit_match(i, blen, out)?;
@@ -395,6 +507,11 @@ impl DeltaEncoder {
                     Some(r) => r,
                     None => Rolling::new(&self.buf[self.pos..self.filled]),
                 };
+                // rsync's search ends where the last block no longer fits.
+                let last_len = self.sums.head.block_len(self.sums.head.count - 1);
+                if k >= last_len {
+                    self.tested(self.pos, r.digest());
+                }
                 if let Some(i) = self.find(r.digest(), k) {
                     self.emit_match(i, k, out)?;
                     break;
@@ -419,6 +536,8 @@ impl DeltaEncoder {
         self.sink.end(out)?;
         let digest = self.hasher.finish();
         out.extend_from_slice(digest.as_bytes());
+        self.stats.hash_hits = self.hits.get();
+        self.stats.false_alarms = self.false_alarms.get();
         Ok(self.stats)
     }
 }
@@ -461,6 +580,75 @@ mod tests {
         assert_eq!(sum, crate::checksum::file_sum(algo, &out).as_bytes());
         assert_eq!(r.remaining(), 0);
         out
+    }
+
+    /// rsync's hash search over `new`, plainly (no chains, no hints): the
+    /// windows it tests whose bucket is used, and the blocks it matches.
+    fn naive_rsync_counts(sums: &SumSet, new: &[u8], algo: ChecksumAlgo) -> (u64, u64) {
+        let buckets = RsyncBuckets::new(sums);
+        let head = sums.head;
+        let last_len = head.block_len(head.count - 1);
+        let (mut hits, mut matches, mut off) = (0, 0, 0usize);
+        while off + last_len <= new.len() {
+            let k = (head.blength as usize).min(new.len() - off);
+            let w = &new[off..off + k];
+            let weak = crate::checksum::weak_sum(w);
+            if buckets.hit(weak) {
+                hits += 1;
+            }
+            let s2 = head.s2length as usize;
+            let strong = block_sum(algo, w, 42, true);
+            let found = sums.blocks.iter().enumerate().find(|(i, b)| {
+                b.weak == weak
+                    && head.block_len(*i as i32) == k
+                    && b.strong[..s2] == strong.as_bytes()[..s2]
+            });
+            if found.is_some() {
+                matches += 1;
+                off += k;
+            } else {
+                off += 1;
+            }
+        }
+        (hits, matches)
+    }
+
+    #[test]
+    fn counts_hash_hits_and_matches_as_rsync() {
+        let mut basis = vec![0u8; 60_000];
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for b in basis.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let mut new = basis.clone();
+        new.splice(5000..5000, *b"xyz");
+        new.truncate(new.len() - 100);
+        new.extend_from_slice(&[7u8; 150]);
+        let algo = ChecksumAlgo::Md5;
+        let head = SumHead::for_file(basis.len() as u64, false, 16).unwrap();
+        let sums = SumSet::compute(&basis, head, algo, 42, true);
+        let want = naive_rsync_counts(&sums, &new, algo);
+        assert!(want.1 > 50, "{want:?}");
+        for chunk in [1000, 4096, 70_000] {
+            for count in [true, false] {
+                let mut enc = DeltaEncoder::new(sums.clone(), algo, 42, true);
+                if count {
+                    enc.count_hash_hits();
+                }
+                let mut out = Vec::new();
+                for c in new.chunks(chunk) {
+                    enc.feed(c, &mut out).unwrap();
+                }
+                let st = enc.finish(&mut out).unwrap();
+                let hits = if count { want.0 } else { 0 };
+                assert_eq!((st.hash_hits, st.matches), (hits, want.1), "chunk {chunk}");
+                assert_eq!(st.false_alarms, 0);
+                assert_eq!(apply(&basis, head, &out, algo), new);
+            }
+        }
     }
 
     fn delta(basis: &[u8], new: &[u8], chunk: usize) -> (Vec<u8>, DeltaStats, SumHead) {

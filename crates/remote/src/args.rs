@@ -96,8 +96,8 @@ impl ServerCommand {
 
     /// The capability letters sent to the server: [`ServerCommand::caps`],
     /// with `i` first when we pull and the options allow an incremental
-    /// file list (see [`receiver_allows_inc_recurse`]; our sender does not
-    /// send one).
+    /// file list (see [`receiver_allows_inc_recurse`]; a push adds it in
+    /// `push::with_inc_offer`).
     pub fn wire_caps(&self) -> String {
         let inc = self.server_sends
             && self.inc_recurse

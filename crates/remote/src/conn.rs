@@ -53,6 +53,20 @@ const DIRECT_TAIL: usize = 8;
 #[derive(Clone)]
 pub struct NoSendHook(pub std::sync::Arc<dyn Fn(i32) + Send + Sync>);
 
+/// Takes the peer's MSG_INFO text instead of stdout (a pulling client's
+/// output, where the lines must stay in order with its own).
+#[derive(Clone)]
+pub struct InfoHook(pub std::sync::Arc<InfoFn>);
+
+/// The callback of an [`InfoHook`]: takes one message's text.
+pub type InfoFn = dyn Fn(&[u8]) + Send + Sync;
+
+impl std::fmt::Debug for InfoHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InfoHook")
+    }
+}
+
 impl std::fmt::Debug for NoSendHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("NoSendHook")
@@ -83,6 +97,8 @@ pub struct PeerReports {
     /// A client's setting: echoed MSG_INFO goes to stdout as rsync's
     /// client prints it (never on a server, whose stdout is the connection).
     pub info_on_stdout: bool,
+    /// Where echoed MSG_INFO goes instead of stdout, when set.
+    pub info_hook: Option<InfoHook>,
 }
 
 /// The input side of a connection.
@@ -482,7 +498,9 @@ impl<R: Read> InStream<R> {
                 let s = String::from_utf8_lossy(&text).into_owned();
                 // rsync's client prints the peer's MSG_INFO on stdout (e.g.
                 // "created directory"), errors and warnings on stderr.
-                if echo && tag == MsgTag::Info && reports.info_on_stdout {
+                if let (true, MsgTag::Info, Some(h)) = (echo, tag, &reports.info_hook) {
+                    (h.0)(&text);
+                } else if echo && tag == MsgTag::Info && reports.info_on_stdout {
                     let mut out = std::io::stdout().lock();
                     let _ = out.write_all(&text);
                     let _ = out.flush();

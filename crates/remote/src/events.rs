@@ -54,6 +54,17 @@ pub enum FileEvent<'a> {
         /// The entry.
         entry: &'a arsync_proto::flist::FileEntry,
     },
+    /// A line rsync prints from `-vv` on (`delta-transmission enabled`,
+    /// `NAME is uptodate`, `total: matches=...`), with its newline, in the
+    /// order of the other output.
+    Info {
+        /// The text.
+        text: &'a [u8],
+        /// The peer's line (MSG_INFO), printed after the output of the
+        /// files before it; else our generator's, printed at once (as
+        /// rsync's generator, a process of its own, prints it).
+        ordered: bool,
+    },
     /// `--progress`: how far the data of the file being moved got (sent
     /// by a pushing client, written by a pulling one, matched data
     /// included), when the file starts and then about once a second
@@ -195,6 +206,31 @@ impl std::fmt::Debug for EventSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("EventSink")
     }
+}
+
+/// rsync's `--list-only` line for an entry of a file list (without the
+/// newline): mode string, size, mtime, name and `-> target`, escaped as
+/// rsync escapes what it prints. `human` is rsync's `-h` level (1 by default).
+pub fn list_line(e: &FileEntry, human: u8) -> Vec<u8> {
+    let meta = arsync_sync::fsops::Meta {
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        size: e.size.max(0) as u64,
+        mtime: arsync_sync::fsops::Time {
+            sec: e.mtime,
+            nsec: e.mtime_nsec,
+        },
+        atime: arsync_sync::fsops::Time::default(),
+        rdev: 0,
+        dev: 0,
+        ino: 0,
+        nlink: 1,
+    };
+    // rsync escapes the whole line (name and link target) as it prints it.
+    let esc = arsync_sync::report::escape_name;
+    let link = e.link_target.as_deref().map(esc);
+    arsync_sync::report::list_line(&meta, &esc(&e.name), link.as_deref(), human)
 }
 
 #[cfg(test)]

@@ -149,6 +149,18 @@ pub struct TransferOpts {
     /// the checksums instead of negotiating them (see
     /// [`parse_checksum_choice`]). Sent to either server.
     pub checksum_choice: Option<String>,
+    /// `-v` level. From 2 on rsync's client sends it (one packed `v` per
+    /// level) and the generator and the sender print rsync's `-vv` lines:
+    /// `delta-transmission enabled`, `NAME is uptodate`, `total: matches=...`.
+    pub verbose: u8,
+    /// The client's output has `%i` (`-i`, or an `--out-format` with it):
+    /// rsync's generator then prints no `NAME is uptodate` lines. Sent as
+    /// `--log-format=%i`.
+    pub itemizing: bool,
+    /// `--checksum-seed=NUM` when not 0: the seed the server sends in the
+    /// handshake instead of one from the time (the seed of the MD4/MD5 and
+    /// xxhash block sums). Sent to either server, as rsync's client sends it.
+    pub checksum_seed: Option<i32>,
     /// `--fsync`: the receiver fsyncs each file it writes. Sent to a
     /// receiving server only.
     pub fsync: bool,
@@ -252,6 +264,8 @@ impl TransferOpts {
         self.dirs_only |= flags.contains('d') && !flags.contains('r');
         self.backup |= flags.contains('b');
         self.report_deletions |= flags.contains('v');
+        let v = flags.chars().filter(|&c| c == 'v').count().min(9) as u8;
+        self.verbose = self.verbose.max(v);
         self.executability |= flags.contains('E') && !flags.contains('p');
         self.keep_dirlinks |= flags.contains('K');
         let x = flags.chars().filter(|&c| c == 'x').count();
@@ -358,6 +372,9 @@ impl TransferOpts {
         if let Some(c) = &self.checksum_choice {
             v.push(format!("--checksum-choice={c}").into());
         }
+        if let Some(seed) = self.checksum_seed.filter(|&n| n != 0) {
+            v.push(format!("--checksum-seed={seed}").into());
+        }
         // The generator's window goes to a receiving server (negative as
         // rsync spells it).
         match self.modify_window {
@@ -398,7 +415,9 @@ impl TransferOpts {
                 v.push(d.into());
             }
         }
-        if self.report_deletions && !server_sends {
+        // From -vv on the packed `v`s make the server report (rsync's client
+        // then sends no --log-format unless its output itemizes).
+        if self.report_deletions && !server_sends && (self.itemizing || self.verbose < 2) {
             v.push(match self.itemize_all {
                 true => "--log-format=%i%I".into(),
                 false => "--log-format=%i".into(),
@@ -634,6 +653,17 @@ impl TransferOpts {
                     }
                 };
                 self.checksum_choice = parse_checksum_choice(&v)?.map(|_| v);
+            }
+            "--checksum-seed" => {
+                let v = match value {
+                    Some(v) => v.to_string(),
+                    None => {
+                        next().ok_or_else(|| RemoteError::Usage(format!("{arg} needs a value")))?
+                    }
+                };
+                let seed = arsync_sync::cli::parse_checksum_seed(&v)
+                    .map_err(|e| RemoteError::Usage(format!("--checksum-seed={v}: {e}")))?;
+                self.checksum_seed = (seed != 0).then_some(seed);
             }
             "--fsync" => self.fsync = true,
             "--preallocate" => self.preallocate = true,
@@ -1522,6 +1552,40 @@ mod tests {
         assert!(back
             .parse_server_arg("--modify-window=x", &mut || None)
             .is_err());
+    }
+
+    #[test]
+    fn checksum_seed_and_verbosity_go_to_the_server() {
+        let mut o = TransferOpts {
+            checksum_seed: Some(-42),
+            ..TransferOpts::default()
+        };
+        for server_sends in [true, false] {
+            let args = o.server_args(server_sends);
+            assert!(args.iter().any(|a| a == "--checksum-seed=-42"), "{args:?}");
+        }
+        let mut back = TransferOpts::default();
+        assert!(back
+            .parse_server_arg("--checksum-seed=-42", &mut || None)
+            .unwrap());
+        assert_eq!(back.checksum_seed, Some(-42));
+        // 0: the server picks (nothing sent).
+        assert!(back
+            .parse_server_arg("--checksum-seed=0", &mut || None)
+            .unwrap());
+        assert_eq!(back.checksum_seed, None);
+        assert!(back
+            .parse_server_arg("--checksum-seed=x", &mut || None)
+            .is_err());
+        // -v sends --log-format=%i; -vv the packed v's instead (unless itemizing).
+        o.report_deletions = true;
+        o.verbose = 1;
+        assert!(o.server_args(false).iter().any(|a| a == "--log-format=%i"));
+        o.verbose = 2;
+        assert!(!o.server_args(false).iter().any(|a| a == "--log-format=%i"));
+        o.itemizing = true;
+        assert!(o.server_args(false).iter().any(|a| a == "--log-format=%i"));
+        assert_eq!(TransferOpts::default().with_flags("vvlogDtpr").verbose, 2);
     }
 
     #[test]

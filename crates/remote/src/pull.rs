@@ -381,6 +381,17 @@ fn run_pull_with<R: Read, W: Write + Send + 'static>(
     let mut ins = InStream::new(input);
     ins.echo_messages = opts.echo_messages;
     ins.reports.info_on_stdout = true;
+    if let (Some(ev), true) = (&opts.events, opts.command.opts.verbose >= 2) {
+        // The sender's -vv lines (`total: matches=...`) come after the
+        // names of files the writer may not have committed yet.
+        let ev = ev.clone();
+        ins.reports.info_hook = Some(crate::conn::InfoHook(Arc::new(move |text| {
+            ev.emit(&FileEvent::Info {
+                text,
+                ordered: true,
+            })
+        })));
+    }
     let mut outs = OutStream::new(output);
     if let Some(c) = &clock {
         ins.set_clock(Arc::clone(c));
@@ -435,6 +446,7 @@ fn run_pull_with<R: Read, W: Write + Send + 'static>(
         perms: opts.command.flags.contains('p'),
         times: opts.command.flags.contains('t'),
         opts: opts.command.opts.clone(),
+        listing: None,
     };
     receive_session(ins, outs, &neg, &fopts, dest, mode)
 }
@@ -476,6 +488,10 @@ pub(crate) struct ReceiveMode {
     pub times: bool,
     /// Quick-check variants and other generator options.
     pub opts: TransferOpts,
+    /// A receiving server's `--list-only` lines (put there by `events`),
+    /// which the generator sends to the client as MSG_INFO, as rsync's
+    /// generator prints its listing.
+    pub listing: Option<Arc<std::sync::Mutex<Vec<u8>>>>,
 }
 
 /// ACL and xattr state shared by the generator and the receiver.
@@ -549,6 +565,26 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
             gid_list = ins.decode_partial(|r| d.feed(r))?;
             gid_map = IdMap::new(&gid_list, |n| names.gid_of(n));
         }
+    }
+    if entries.is_empty() && !inc && mode.read_stats {
+        // An empty list (e.g. an empty --files-from) ends the run: rsync's
+        // sender exits after it and its client only waits for that.
+        if let Some(ev) = &mode.events {
+            ev.emit(&FileEvent::List {
+                entries: &[],
+                incremental: false,
+                first: true,
+            });
+        }
+        ins.drain_to_eof()?;
+        return Ok(TransferSummary {
+            protocol: neg.protocol,
+            checksum: neg.checksum.name().to_string(),
+            io_error: io_error | ins.reports.io_error,
+            bytes_read: ins.total_read(),
+            bytes_written: outs.total_written(),
+            ..TransferSummary::default()
+        });
     }
     // --usermap/--groupmap (and --chown) come before the name mapping.
     let (user_rules, group_rules) = mode.opts.id_rules()?;
@@ -639,6 +675,7 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
             links,
             delete: mode.delete,
             events: mode.events.clone(),
+            listing: mode.listing.clone(),
             whole_file,
             filter: mode.filter.clone(),
             table: Arc::clone(&files),
@@ -1187,6 +1224,8 @@ struct GenCtx {
     delete: bool,
     /// Per-entry notifications.
     events: Option<EventSink>,
+    /// A receiving server's `--list-only` lines for the client.
+    listing: Option<Arc<std::sync::Mutex<Vec<u8>>>>,
     /// `-W`: request whole files (no block sums of the basis).
     whole_file: bool,
     /// Rules protecting local entries from `--delete`.
@@ -1291,6 +1330,24 @@ impl PartialFile {
 }
 
 impl GenCtx {
+    /// A line rsync's generator prints from `-vv` on: a server sends it to
+    /// the client (MSG_INFO), a client reports it in order with its output.
+    fn info_line<W: Write>(&self, outs: &mut OutStream<W>, text: &[u8]) -> Result<()> {
+        if self.warn_peer {
+            // At once, as rsync's generator (a process of its own) sends it:
+            // the client prints it while it sends the file asked for before.
+            outs.message(MsgTag::Info, text)?;
+            return outs.flush();
+        }
+        if let Some(ev) = &self.events {
+            ev.emit(&FileEvent::Info {
+                text,
+                ordered: false,
+            });
+        }
+        Ok(())
+    }
+
     /// Notes that index `i` is asked for (before the request goes out).
     fn mark_requested(&self, i: usize) {
         if let Some((l, j)) = i32::try_from(i).ok().and_then(|n| self.table.find(n)) {
@@ -1341,6 +1398,22 @@ impl GenCtx {
     ) -> Result<()> {
         // A transfer's item is its request.
         let transfer = report & iflags::TRANSFER != 0;
+        // -vv without %i: rsync's set_file_attrs names an entry that was
+        // already there (not a directory): `NAME is uptodate`, or just the
+        // name when its attributes changed.
+        if self.opts.verbose >= 2
+            && !self.opts.itemizing
+            && !transfer
+            && !e.is_dir()
+            && report & (iflags::IS_NEW | iflags::LOCAL_CHANGE) == 0
+        {
+            let mut line = arsync_sync::report::escape_name(&e.name);
+            if report & SIGNIFICANT_ITEM_FLAGS == 0 {
+                line.extend_from_slice(b" is uptodate");
+            }
+            line.push(b'\n');
+            self.info_line(outs, &line)?;
+        }
         if transfer || (report & SIGNIFICANT_ITEM_FLAGS == 0 && !self.opts.itemize_all) {
             return Ok(());
         }
@@ -1762,6 +1835,16 @@ fn generator<W: Write>(
     let files: &[FileEntry] = &whole.entries;
     let active: &[bool] = &whole.active;
     let (dest, neg, fopts, root) = (&ctx.dest, &ctx.neg, &ctx.fopts, ctx.root);
+    send_listing(outs, ctx)?;
+    if ctx.opts.verbose >= 2 {
+        // rsync's generator, at its start (-vv: debug=flist); --append
+        // always uses the delta.
+        let line: &[u8] = match ctx.whole_file && ctx.opts.append == 0 {
+            true => b"delta-transmission disabled for local transfer or --whole-file\n",
+            false => b"delta-transmission enabled\n",
+        };
+        ctx.info_line(outs, line)?;
+    }
     let followers: std::collections::HashSet<&[u8]> =
         ctx.links.iter().map(|(f, _)| f.as_slice()).collect();
     let mut codec = NdxCodec::new();
@@ -2205,6 +2288,7 @@ fn generator<W: Write>(
             return Ok((errors, outs.total_written(), limit.skipped));
         }
     }
+    send_listing(outs, ctx)?;
     let sched = GeneratorSchedule::new(neg.protocol, ctx.delay_updates, ctx.late_delete)?;
     let mut done = Vec::new();
     for _ in 0..sched.after_phase0.saturating_sub(usize::from(ctx.inc)) {
@@ -2323,6 +2407,23 @@ fn redo<W: Write>(
 
 /// Takes one message from the receiver while incremental lists are
 /// still coming; false when the receiver stopped.
+/// Sends the `--list-only` lines gathered so far to the client (a receiving
+/// server's listing), one MSG_INFO frame per line.
+fn send_listing<W: Write>(outs: &mut OutStream<W>, ctx: &GenCtx) -> Result<()> {
+    let Some(queue) = &ctx.listing else {
+        return Ok(());
+    };
+    let text = std::mem::take(&mut *queue.lock().unwrap_or_else(|p| p.into_inner()));
+    // One line a message: rsync's client escapes a newline inside one.
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        outs.message(MsgTag::Info, line)?;
+    }
+    if !text.is_empty() {
+        outs.flush()?;
+    }
+    Ok(())
+}
+
 fn gen_message<W: Write>(
     outs: &mut OutStream<W>,
     codec: &mut NdxCodec,
@@ -2330,6 +2431,8 @@ fn gen_message<W: Write>(
     flow: &mut ListFlow,
     msg: ToGen,
 ) -> Result<bool> {
+    // The listing of a list comes before the list itself.
+    send_listing(outs, ctx)?;
     match msg {
         ToGen::List(l) => flow.next = Some(l),
         ToGen::ListsEnd => flow.eof = true,

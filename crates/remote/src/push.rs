@@ -65,6 +65,10 @@ pub struct PushOptions {
     pub filters: Vec<Vec<u8>>,
     /// Further sources after `source` (rsync's `SRC1 SRC2 ... DEST`).
     pub more_sources: Vec<SourceSpec>,
+    /// `--files-from` with a local list: the names below `source` (an
+    /// empty list sends an empty file list, as rsync does); they replace
+    /// `source` and `more_sources`.
+    pub files_from: Option<Vec<Vec<u8>>>,
     /// The client's own rules, when they differ from `filters` (rules
     /// kept local, `-C`'s, per-directory merge rules): used for the walk
     /// instead of `filters`.
@@ -86,6 +90,7 @@ impl PushOptions {
             daemon: None,
             filters: Vec::new(),
             more_sources: Vec::new(),
+            files_from: None,
             local_filter: None,
             stop_at: None,
         }
@@ -261,6 +266,10 @@ fn run_push_piped<R: Read, W: Write>(
         contents: opts.contents,
     }];
     sources.extend(opts.more_sources.iter().cloned());
+    if let Some(names) = &opts.files_from {
+        let relative = opts.command.flags.contains('R');
+        sources = crate::opts::files_from_sources(&opts.source, names, relative);
+    }
     if opts.command.opts.files_from.is_some() {
         // --files-from=HOST:LIST: the receiving server reads the list and
         // forwards its names after our filter list.
@@ -311,6 +320,7 @@ fn run_push_piped<R: Read, W: Write>(
             inplace: opts.command.opts.inplace,
             append: opts.command.opts.append,
             open_noatime: opts.command.opts.open_noatime,
+            verbose: opts.command.opts.verbose,
         },
     )
 }
@@ -468,6 +478,8 @@ pub(crate) struct SendMode<'a> {
     pub append: u8,
     /// `--open-noatime`: files are read without updating their atime.
     pub open_noatime: bool,
+    /// `-v` level: from 2 on, rsync's `total: matches=...` line at the end.
+    pub verbose: u8,
 }
 
 /// What a sender sends: the whole list at once, or (incremental
@@ -786,7 +798,10 @@ pub(crate) fn send_session<R: Read, W: Write>(
         inplace,
         append,
         open_noatime,
+        verbose,
     } = mode;
+    // rsync's match_report totals (-vv).
+    let mut deltas = DeltaStats::default();
     let flist_start = std::time::Instant::now();
     let (mut lists, mut first) = SentLists::new(fopts, source);
     let (mut rcodec, mut wcodec) = (NdxCodec::new(), NdxCodec::new());
@@ -824,6 +839,12 @@ pub(crate) fn send_session<R: Read, W: Write>(
         checksum: neg.checksum.name().to_string(),
         ..TransferSummary::default()
     };
+    if list.entries.is_empty() && write_stats && !fopts.inc_recurse {
+        // As rsync's sending server: an empty list (e.g. an empty
+        // --files-from) ends the session; the client then ends too.
+        summary.bytes_written = outs.total_written();
+        return Ok(summary);
+    }
     let seed_fix = neg.md5_seed_first();
     let dlen = neg.checksum.digest_len();
     let mut phases = SenderPhases::new();
@@ -1030,6 +1051,9 @@ pub(crate) fn send_session<R: Read, W: Write>(
                         seed_fix,
                         codec.sink()?,
                     );
+                    if verbose >= 2 {
+                        delta.count_hash_hits();
+                    }
                     if appending {
                         skip_appended(&mut f, &mut delta, &head, append)?;
                     } else if crate::opts::receiver_in_place(inplace, a.basis_type, neg) {
@@ -1057,6 +1081,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
                 };
                 summary.literal_bytes += st.literal;
                 summary.matched_bytes += st.matched;
+                deltas.add(&st);
                 summary.files_transferred += 1;
                 if let Some(ev) = events {
                     ev.emit(&FileEvent::Transferred {
@@ -1075,6 +1100,21 @@ pub(crate) fn send_session<R: Read, W: Write>(
                     "unexpected index marker {other:?}"
                 )))
             }
+        }
+    }
+    if verbose >= 2 {
+        // rsync's sender, when its files are done (-vv: debug=deltasum).
+        let line = format!(
+            "total: matches={}  hash_hits={}  false_alarms={} data={}\n",
+            deltas.matches, deltas.hash_hits, deltas.false_alarms, deltas.literal
+        );
+        match (write_stats, events) {
+            (true, _) => outs.message(arsync_proto::mux::MsgTag::Info, line.as_bytes())?,
+            (false, Some(ev)) => ev.emit(&FileEvent::Info {
+                text: line.as_bytes(),
+                ordered: true,
+            }),
+            (false, None) => {}
         }
     }
     if write_stats {

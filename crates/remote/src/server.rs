@@ -142,6 +142,7 @@ impl ServerArgs {
                 s if s.starts_with("--log-format=") => {
                     a.opts.report_deletions = true;
                     a.opts.itemize_all |= s.contains("%I");
+                    a.opts.itemizing |= s.contains("%i");
                 }
                 s if s.starts_with("--out-format=") => {}
                 s if s.starts_with("--") => return Err(unsupported(format!("server option {s}"))),
@@ -245,7 +246,8 @@ fn server_handshake<R: Read, W: Write>(
                 args.opts.prune_empty_dirs,
             ),
         };
-    cfg.seed = seed();
+    // --checksum-seed=NUM from the client, else one from the time (rsync's rule).
+    cfg.seed = args.opts.checksum_seed.unwrap_or_else(seed);
     cfg.known_remote = known_remote;
     args.opts
         .compress
@@ -542,6 +544,7 @@ fn serve_session<R: Read, W: Write + Send + 'static>(
                 inplace: args.opts.inplace,
                 append: args.opts.append,
                 open_noatime: args.opts.open_noatime,
+                verbose: args.opts.verbose,
             },
         )
     } else {
@@ -556,8 +559,10 @@ fn serve_session<R: Read, W: Write + Send + 'static>(
         }
         // rsync's receiver says when it makes the destination (the client
         // prints it with -v or -i).
-        let made = !args.flags.contains('n') && std::fs::symlink_metadata(&path).is_err();
-        let dest = match args.flags.contains('n') {
+        // --list-only: nothing is written (the destination is not made either).
+        let dry = args.flags.contains('n') || args.opts.list_only;
+        let made = !dry && std::fs::symlink_metadata(&path).is_err();
+        let dest = match dry {
             true => DestRoot::open_dry(&path)?,
             false => match &args.opts.temp_dir {
                 Some(t) => DestRoot::open(&path)?.with_temp_dir(t, args.opts.confined)?,
@@ -571,15 +576,32 @@ fn serve_session<R: Read, W: Write + Send + 'static>(
             text.push(b'\n');
             outs.message(arsync_proto::mux::MsgTag::Info, &text)?;
         }
+        // --list-only: the listing goes to the client (rsync's generator
+        // prints it there), the lines in file-list order.
+        let listing = args
+            .opts
+            .list_only
+            .then(|| std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
+        let events = listing.clone().map(|queue| {
+            crate::events::EventSink::new(move |e: &crate::events::FileEvent<'_>| {
+                if let crate::events::FileEvent::Listed { entry } = e {
+                    let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+                    // rsync's server prints sizes with its default -h level.
+                    q.extend_from_slice(&crate::events::list_line(entry, 1));
+                    q.push(b'\n');
+                }
+            })
+        });
         let mode = ReceiveMode {
             delete: args.delete,
             read_stats: false,
             codec,
             drain_eof: false,
-            events: None,
+            events,
+            listing,
             whole_file: args.flags.contains('W'),
             filter,
-            dry_run: args.flags.contains('n'),
+            dry_run: dry,
             sparse: args.flags.contains('S'),
             delay_updates: args.delay_updates,
             late_delete: args.delete_after,
@@ -592,7 +614,14 @@ fn serve_session<R: Read, W: Write + Send + 'static>(
                 ..args.opts.clone()
             },
         };
-        receive_session(ins, outs, &neg, &fopts, dest, mode)
+        let summary = receive_session(ins, outs, &neg, &fopts, dest, mode)?;
+        // rsync makes a missing destination for an empty list only when it
+        // ends with a slash (get_local_name: else it names the one file).
+        let slash = path.as_os_str().as_encoded_bytes().ends_with(b"/");
+        if made && summary.files_total == 0 && !slash {
+            let _ = std::fs::remove_dir(&path);
+        }
+        Ok(summary)
     }
 }
 

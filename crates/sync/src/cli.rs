@@ -542,6 +542,13 @@ const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
         "don't delete more than NUM files",
     ),
     (
+        "checksum-seed",
+        None,
+        "checksum-seed",
+        false,
+        "set block/file checksum seed (advanced; no effect locally)",
+    ),
+    (
         "backup-dir",
         None,
         "backup-dir",
@@ -882,6 +889,10 @@ fn command() -> Command {
             } else {
                 ArgAction::Set
             });
+        if *id == "stop-after" {
+            // rsync's earlier name for it.
+            a = a.alias("time-limit");
+        }
         if *id == "modify-window" {
             a = a.allow_negative_numbers(true).short(None);
         } else if let Some(s) = short {
@@ -1116,6 +1127,55 @@ pub fn parse_block_size(v: &str) -> Result<Option<u32>, String> {
     }
 }
 
+/// Reads a `--stop-after` (`--time-limit`) value as rsync does (`atol`: optional blanks and
+/// sign, then the leading digits; anything after them is ignored): the minutes, or `None`
+/// when they are not positive (rsync's `invalid --stop-after value`).
+pub fn parse_stop_after(v: &str) -> Option<u64> {
+    let t = v.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+    let (negative, t) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let mins: u64 = t[..digits].parse().ok()?;
+    // rsync also refuses a time that does not fit its clock.
+    (!negative && mins > 0 && mins <= i64::MAX as u64 / 60 / 2).then_some(mins)
+}
+
+/// Reads a `--checksum-seed` value as rsync's option parser reads an integer (`strtol` with
+/// base 0: blanks, a sign, `0x` hexadecimal or `0` octal; an empty value is 0), or its
+/// words for a bad one (`invalid numeric value`, `number too large or too small`). 0 means
+/// the server picks the seed (the time), as with rsync.
+pub fn parse_checksum_seed(v: &str) -> Result<i32, &'static str> {
+    const BAD: &str = "invalid numeric value";
+    let t = v.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+    let (negative, t) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (radix, digits) = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        (16, h)
+    } else if t.len() > 1 && t.starts_with('0') {
+        (8, &t[1..])
+    } else {
+        (10, t)
+    };
+    if v.is_empty() {
+        return Ok(0);
+    }
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(BAD);
+    }
+    let n = match u64::from_str_radix(digits, radix) {
+        Ok(n) => n as i128,
+        Err(_) => return Err("number too large or too small"),
+    };
+    let n = if negative { -n } else { n };
+    i32::try_from(n).map_err(|_| "number too large or too small")
+}
+
 /// Checks a `--checksum-choice` value (`NAME` or `XFER,FILE`) against rsync's names,
 /// ignoring case. The error is rsync's text (exit code 4).
 pub fn check_checksum_choice(v: &str) -> Result<(), String> {
@@ -1281,10 +1341,13 @@ where
         o.super_user = Some(flag(&m, "super", &[]));
     }
     if let Some(v) = value(&m, "stop-after") {
-        let mins: u64 = v
-            .parse()
-            .map_err(|_| usage(format!("arsync: invalid --stop-after value: {v}")))?;
+        let mins = parse_stop_after(&v)
+            .ok_or_else(|| usage(format!("arsync: invalid --stop-after value: {v}")))?;
         o.stop_at = Some(std::time::SystemTime::now() + std::time::Duration::from_secs(mins * 60));
+    }
+    if let Some(v) = value(&m, "checksum-seed") {
+        // The seed of the block sums a remote transfer exchanges; locally there are none.
+        parse_checksum_seed(&v).map_err(|e| usage(format!("arsync: --checksum-seed={v}: {e}")))?;
     }
     if let Some(v) = value(&m, "stop-at") {
         let at = parse_stop_at(&v)
@@ -1835,6 +1898,59 @@ mod tests {
         assert_eq!(p.opts.suffix.as_deref(), Some(std::ffi::OsStr::new(".bak")));
         assert_eq!(p.opts.modify_window, -1);
         assert_eq!(p.dest.as_deref(), Some(std::ffi::OsStr::new("d")));
+    }
+
+    #[test]
+    fn stop_after_and_checksum_seed_values_as_rsync_reads_them() {
+        // atol: leading digits count, the rest is ignored; not positive is refused.
+        for (v, want) in [
+            ("5", Some(5)),
+            (" 3", Some(3)),
+            ("+2", Some(2)),
+            ("7x", Some(7)),
+            ("0", None),
+            ("-1", None),
+            ("x", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_stop_after(v), want, "{v:?}");
+        }
+        // strtol with base 0, the whole value, an int.
+        for (v, want) in [
+            ("", Ok(0)),
+            ("7", Ok(7)),
+            (" -5", Ok(-5)),
+            ("0x10", Ok(16)),
+            ("010", Ok(8)),
+            ("2147483647", Ok(i32::MAX)),
+            ("-2147483648", Ok(i32::MIN)),
+            ("x", Err("invalid numeric value")),
+            ("5x", Err("invalid numeric value")),
+            ("08", Err("invalid numeric value")),
+            ("0x", Err("invalid numeric value")),
+            (" ", Err("invalid numeric value")),
+            ("2147483648", Err("number too large or too small")),
+            (
+                "99999999999999999999999",
+                Err("number too large or too small"),
+            ),
+        ] {
+            assert_eq!(parse_checksum_seed(v), want, "{v:?}");
+        }
+        for bad in ["--stop-after=0", "--time-limit=0"] {
+            let Err(e) = parse(["arsync", bad, "a/", "b/"]) else {
+                panic!("{bad} was taken");
+            };
+            assert_eq!(
+                (e.msg.as_str(), e.code),
+                ("arsync: invalid --stop-after value: 0", 1)
+            );
+        }
+        let Err(e) = parse(["arsync", "--checksum-seed=x", "a/", "b/"]) else {
+            panic!("--checksum-seed=x was taken");
+        };
+        assert_eq!(e.msg, "arsync: --checksum-seed=x: invalid numeric value");
+        assert!(parse(["arsync", "--checksum-seed=9", "a/", "b/"]).is_ok());
     }
 
     #[test]

@@ -323,7 +323,9 @@ pub fn build(
         }
     }
     let mut create_dest = false;
-    if dest_meta.is_none() && !items.is_empty() {
+    // Nothing to copy (an empty --files-from list): rsync still makes a
+    // destination that ends with a slash.
+    if dest_meta.is_none() && (!items.is_empty() || dest_trailing) {
         create_dest = true;
         if fsops::lstat(&dest_path).is_ok() {
             return Err(err(

@@ -33,16 +33,55 @@ done
     };
 }
 
+/// One of the two programs a remote test pairs: arsync or the system's rsync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tool {
+    /// The arsync binary under test.
+    Arsync,
+    /// The system's `rsync` (the reference).
+    Rsync,
+}
+
+impl Tool {
+    /// The program to run: `arsync` is the test's binary (only the test
+    /// crate knows `CARGO_BIN_EXE_arsync`), rsync is `rsync` from `PATH`.
+    pub fn program(self, arsync: &OsStr) -> OsString {
+        match self {
+            Tool::Arsync => arsync.to_os_string(),
+            Tool::Rsync => OsString::from("rsync"),
+        }
+    }
+
+    /// `arsync` or `rsync`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::Arsync => "arsync",
+            Tool::Rsync => "rsync",
+        }
+    }
+
+    /// Every (client, server) pairing, rsync->rsync (the reference) first.
+    pub const PAIRS: [(Tool, Tool); 4] = [
+        (Tool::Rsync, Tool::Rsync),
+        (Tool::Arsync, Tool::Rsync),
+        (Tool::Rsync, Tool::Arsync),
+        (Tool::Arsync, Tool::Arsync),
+    ];
+}
+
 /// Every client -> server pairing of `arsync` and the system's `rsync`, labelled
-/// `client->server`, rsync->rsync (the reference) first.
+/// `client->server`, rsync->rsync (the reference) first (see [`Tool::PAIRS`]).
 pub fn pairings(arsync: &OsStr) -> [(&'static str, OsString, OsString); 4] {
-    let (a, r) = (arsync.to_os_string(), OsString::from("rsync"));
-    [
-        ("rsync->rsync", r.clone(), r.clone()),
-        ("arsync->rsync", a.clone(), r.clone()),
-        ("rsync->arsync", r, a.clone()),
-        ("arsync->arsync", a.clone(), a),
-    ]
+    const LABELS: [&str; 4] = [
+        "rsync->rsync",
+        "arsync->rsync",
+        "rsync->arsync",
+        "arsync->arsync",
+    ];
+    std::array::from_fn(|i| {
+        let (c, s) = Tool::PAIRS[i];
+        (LABELS[i], c.program(arsync), s.program(arsync))
+    })
 }
 
 /// Which way a remote transfer goes, seen from the client.
@@ -159,4 +198,29 @@ pub fn write_module_config(cfg: &Path, path: &Path) -> io::Result<()> {
             path.display()
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairings_start_with_the_reference() {
+        let p = pairings(OsStr::new("/bin/arsync"));
+        assert_eq!(p[0], ("rsync->rsync", "rsync".into(), "rsync".into()));
+        assert_eq!(
+            p[2],
+            ("rsync->arsync", "rsync".into(), "/bin/arsync".into())
+        );
+        for ((label, c, s), (tc, ts)) in p.iter().zip(Tool::PAIRS) {
+            assert_eq!(*label, format!("{}->{}", tc.name(), ts.name()));
+            assert_eq!(
+                (c.as_os_str(), s.as_os_str()),
+                (
+                    tc.program(OsStr::new("/bin/arsync")).as_os_str(),
+                    ts.program(OsStr::new("/bin/arsync")).as_os_str()
+                )
+            );
+        }
+    }
 }
