@@ -839,7 +839,7 @@ pub(crate) fn send_session<R: Read, W: Write>(
         checksum: neg.checksum.name().to_string(),
         ..TransferSummary::default()
     };
-    if list.entries.is_empty() && write_stats && !fopts.inc_recurse {
+    if lists.whole.entries.is_empty() && write_stats && !fopts.inc_recurse {
         // As rsync's sending server: an empty list (e.g. an empty
         // --files-from) ends the session; the client then ends too.
         summary.bytes_written = outs.total_written();
