@@ -793,6 +793,44 @@ const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
     ),
 ];
 
+/// rsync's other names for options: (id of the option, alias).
+const ALIASES: &[(&str, &str)] = &[
+    ("delete-during", "del"),
+    ("existing", "ignore-non-existing"),
+    ("remove-source-files", "remove-sent-files"),
+    ("out-format", "log-format"),
+    ("no-verbose", "no-v"),
+    ("no-itemize-changes", "no-i"),
+    ("no-human-readable", "no-h"),
+    ("no-one-file-system", "no-x"),
+    ("inc-recursive", "i-r"),
+    ("no-inc-recursive", "no-i-r"),
+    ("implied-dirs", "i-d"),
+    ("no-implied-dirs", "no-i-d"),
+    ("no-no-motd", "motd"),
+];
+
+/// rsync options without a value that need no table of their own: the sort routine
+/// (`--qsort`, no effect here), `--drop-D` / `--no-drop-D` (read in `parse`), and the
+/// negations of options that are off unless given (and refused when given).
+const NO_EFFECT: &[&str] = &[
+    "qsort",
+    // Handled in `parse` (not "without effect"): `--drop-D` and its negation.
+    "drop-D",
+    "no-drop-D",
+    "no-iconv",
+    "no-munge-links",
+    "no-write-devices",
+    "no-insecure-links",
+];
+
+/// Negations of value options: (negation, option). The later of the two wins.
+const VALUE_NEGATIONS: &[(&str, &str)] = &[
+    ("no-bwlimit", "bwlimit"),
+    ("no-timeout", "timeout"),
+    ("no-contimeout", "contimeout"),
+];
+
 /// rsync options that are recognised but not supported yet: refused with exit code 1.
 const UNSUPPORTED: &[(&str, Option<char>, bool)] = &[
     ("copy-devices", None, false),
@@ -814,6 +852,15 @@ const UNSUPPORTED: &[(&str, Option<char>, bool)] = &[
     ("copy-as", None, true),
     ("write-devices", None, false),
     ("early-input", None, true),
+    ("insecure-links", None, false),
+    ("confine-root", None, true),
+    ("old-dirs", None, false),
+    ("old-d", None, false),
+    // Daemon-only options (they put rsync in daemon mode).
+    ("config", None, true),
+    ("dparam", None, true),
+    ("detach", None, false),
+    ("no-detach", None, false),
 ];
 
 fn command() -> Command {
@@ -889,6 +936,18 @@ fn command() -> Command {
         }
         cmd = cmd.arg(a);
     }
+    // rsync's other names for options (deprecated or short forms it still accepts).
+    for (id, alias) in ALIASES {
+        cmd = cmd.mut_arg(*id, |a| a.alias(*alias));
+    }
+    // Options with no effect on a local copy (rsync accepts them and so does arsync), and
+    // the negations of value options (the last of an option and its negation wins).
+    for id in NO_EFFECT
+        .iter()
+        .chain(VALUE_NEGATIONS.iter().map(|(n, _)| n))
+    {
+        cmd = cmd.arg(Arg::new(*id).long(*id).action(ArgAction::Count).hide(true));
+    }
     for (id, short, takes) in UNSUPPORTED {
         if cmd.get_arguments().any(|a| a.get_id() == *id) {
             continue;
@@ -947,6 +1006,30 @@ fn flag(m: &ArgMatches, id: &str, implied_at: &[Option<usize>]) -> bool {
         (Some(_), None) => true,
         _ => false,
     }
+}
+
+/// A counted option (`-v`, `-i`, `-h`, `-x`) after rsync's rule for its `--no-` form: the
+/// negation resets it to zero and only later uses count.
+fn count_after_negation(m: &ArgMatches, id: &str) -> u8 {
+    let total = m.get_count(id);
+    let Some(at) = last_index(m, &format!("no-{id}")) else {
+        return total;
+    };
+    if total == 0 {
+        return 0;
+    }
+    m.indices_of(id).map_or(0, |i| {
+        u8::try_from(i.filter(|&i| i > at).count()).unwrap_or(u8::MAX)
+    })
+}
+
+/// True when a value option's `--no-` form (see [`VALUE_NEGATIONS`]) comes after its last use.
+fn negated(m: &ArgMatches, id: &str) -> bool {
+    let Some((neg, _)) = VALUE_NEGATIONS.iter().find(|(_, o)| *o == id) else {
+        return false;
+    };
+    let last_neg = last_index(m, neg);
+    last_neg.is_some() && last_neg > m.indices_of(id).and_then(|i| i.max())
 }
 
 fn value(m: &ArgMatches, id: &str) -> Option<String> {
@@ -1231,6 +1314,11 @@ where
     };
     o.devices = flag(&m, "devices", &[d_at]);
     o.specials = flag(&m, "specials", &[d_at]);
+    // --drop-D: no device or special file is created, whatever else asks for them.
+    if last_index(&m, "drop-D") > last_index(&m, "no-drop-D") {
+        o.devices = false;
+        o.specials = false;
+    }
     o.dirs = flag(&m, "dirs", &[]);
     o.copy_links = flag(&m, "copy-links", &[]);
     o.copy_unsafe_links = flag(&m, "copy-unsafe-links", &[]);
@@ -1323,10 +1411,12 @@ where
     if o.append {
         o.inplace = true;
     }
-    o.verbose = m.get_count("verbose");
-    o.itemize = m.get_count("itemize-changes");
-    o.human_readable = 1 + m.get_count("human-readable");
-    o.one_file_system = m.get_count("one-file-system");
+    o.verbose = count_after_negation(&m, "verbose");
+    o.itemize = count_after_negation(&m, "itemize-changes");
+    // rsync starts at 1; --no-h sets 0 and each later -h adds one.
+    let no_h = last_index(&m, "no-human-readable");
+    o.human_readable = u8::from(no_h.is_none()) + count_after_negation(&m, "human-readable");
+    o.one_file_system = count_after_negation(&m, "one-file-system");
     if o.quiet {
         o.verbose = 0;
     }
@@ -1448,7 +1538,7 @@ where
     o.out_format = value(&m, "out-format");
     o.log_file = path_val("log-file");
     o.log_file_format = value(&m, "log-file-format");
-    if let Some(v) = value(&m, "bwlimit") {
+    if let Some(v) = value(&m, "bwlimit").filter(|_| !negated(&m, "bwlimit")) {
         let kib = parse_size(&format!(
             "{v}{}",
             if v.ends_with(char::is_numeric) {

@@ -1,0 +1,364 @@
+//! Regressions found by auditing local arsync against rsync 3.5 flag by flag: each test runs
+//! the real rsync and arsync on the same trees and compares what rsync users see (trees,
+//! exit codes, stdout and stderr lines).
+
+mod common;
+
+use arsync_testutil::{compare_trees, CompareOpts};
+use common::*;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::Output;
+
+/// Runs rsync into `work/r` and arsync into `work/a`, each seeded from `initial` (when
+/// given), with `flags`, the sources and the destination (with a trailing slash).
+fn both(work: &Path, flags: &[&str], src: &Path, initial: Option<&Path>) -> (Output, Output) {
+    let mut outs = Vec::new();
+    for (name, prog) in [("r", true), ("a", false)] {
+        let dst = work.join(name);
+        let _ = fs::remove_dir_all(&dst);
+        if let Some(init) = initial {
+            clone_tree(init, &dst);
+        }
+        let mut args: Vec<OsString> = flags.iter().map(OsString::from).collect();
+        args.push(slash(src));
+        args.push(slash(&dst));
+        outs.push(if prog { rsync(&args) } else { arsync(&args) });
+    }
+    let a = outs.pop().expect("arsync output");
+    let r = outs.pop().expect("rsync output");
+    (r, a)
+}
+
+/// Stdout or stderr as lines, with the program name and its trailer made comparable and
+/// without the `sent N bytes  received M bytes` line (rsync counts its pipes' bytes).
+fn text_lines(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter(|l| !l.starts_with("sent "))
+        .map(|l| {
+            let l = l.replace("arsync", "rsync");
+            // rsync's error lines end with the C source position and the process role.
+            match l.find(" at ") {
+                Some(i) if l.starts_with("rsync error:") => l[..i].to_string(),
+                _ => l,
+            }
+        })
+        .collect()
+}
+
+/// Asserts that arsync's destination `work/a` equals rsync's `work/r`.
+fn same_tree(work: &Path, opts: &CompareOpts, what: &str) {
+    let d = compare_trees(&work.join("a"), &work.join("r"), opts);
+    let shown: Vec<String> = d.iter().take(10).map(|d| d.to_string()).collect();
+    assert!(d.is_empty(), "{what}: trees differ:\n{}", shown.join("\n"));
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+fn with_prefix(lines: &[String], prefix: &str) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with(prefix))
+        .cloned()
+        .collect()
+}
+
+/// A destination with non-empty directories where the source has a file, a symlink and a
+/// FIFO, plus extraneous entries.
+fn type_clash_trees(w: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let src = w.join("src");
+    let init = w.join("init");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("file"), b"now a file").unwrap();
+    std::os::unix::fs::symlink("file", src.join("link")).unwrap();
+    let fifo = std::ffi::CString::new(src.join("fifo").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    for d in ["file", "link", "fifo"] {
+        fs::create_dir_all(init.join(d).join("inner/deeper")).unwrap();
+        fs::write(init.join(d).join("inner/x"), b"x").unwrap();
+    }
+    fs::write(init.join("extra"), b"extra").unwrap();
+    settle_times(&src);
+    settle_times(&init);
+    (src, init)
+}
+
+#[test]
+fn a_directory_in_the_way_gets_rsyncs_messages() {
+    let w = scratch();
+    let (src, init) = type_clash_trees(w.path());
+    // Without --delete the directories stay: rsync's informational line on stdout and its
+    // error on stderr for each, exit 23.
+    let (r, a) = both(w.path(), &["-a"], &src, Some(&init));
+    assert_eq!(a.status.code(), r.status.code());
+    assert_eq!(r.status.code(), Some(23));
+    assert_eq!(sorted(text_lines(&a.stdout)), sorted(text_lines(&r.stdout)));
+    let want = sorted(with_prefix(&text_lines(&r.stderr), "could not make way"));
+    assert_eq!(want.len(), 3, "rsync's messages changed: {want:?}");
+    assert_eq!(
+        sorted(with_prefix(&text_lines(&a.stderr), "could not make way")),
+        want
+    );
+    same_tree(w.path(), &CompareOpts::default(), "-a");
+}
+
+#[test]
+fn what_a_replaced_directory_held_is_shown_and_counted_as_deleted() {
+    let w = scratch();
+    let (src, init) = type_clash_trees(w.path());
+    for flags in [
+        &["-ai", "--delete"][..],
+        &["-a", "--force", "--out-format=%i %n"][..],
+        &["-ain", "--delete"][..],
+        &["-av", "--delete", "--stats"][..],
+    ] {
+        let (r, a) = both(w.path(), flags, &src, Some(&init));
+        assert_eq!(a.status.code(), r.status.code(), "{flags:?}");
+        let (rl, al) = (text_lines(&r.stdout), text_lines(&a.stdout));
+        for prefix in ["*deleting", "deleting", "Number of deleted files"] {
+            assert_eq!(
+                sorted(with_prefix(&al, prefix)),
+                sorted(with_prefix(&rl, prefix)),
+                "{flags:?}: {prefix} lines"
+            );
+        }
+        same_tree(
+            w.path(),
+            &CompareOpts::default().without_dir_mtimes(),
+            &format!("{flags:?}"),
+        );
+    }
+}
+
+#[test]
+fn deletions_take_subdirectories_before_files_like_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    let init = w.path().join("init");
+    fs::create_dir_all(src.join("kept")).unwrap();
+    for d in ["a_dir/x", "c_dir", "kept/sub"] {
+        fs::create_dir_all(init.join(d)).unwrap();
+    }
+    for f in [
+        "a_file",
+        "b_file",
+        "z_file",
+        "a_dir/y",
+        "kept/q",
+        "kept/sub/r",
+    ] {
+        fs::write(init.join(f), f).unwrap();
+    }
+    for flags in [&["-ai", "--delete"][..], &["-av", "--delete-after"][..]] {
+        let (r, a) = both(w.path(), flags, &src, Some(&init));
+        let keep = |l: &String| l.contains("deleting");
+        let rl: Vec<String> = text_lines(&r.stdout).into_iter().filter(keep).collect();
+        let al: Vec<String> = text_lines(&a.stdout).into_iter().filter(keep).collect();
+        assert_eq!(rl.len(), 10, "{flags:?}: rsync's deletions: {rl:?}");
+        assert_eq!(al, rl, "{flags:?}");
+    }
+    // --max-delete takes the same first entries.
+    let (r, a) = both(
+        w.path(),
+        &["-ai", "--delete", "--max-delete=2"],
+        &src,
+        Some(&init),
+    );
+    assert_eq!(a.status.code(), r.status.code());
+    assert_eq!(text_lines(&a.stdout), text_lines(&r.stdout));
+    assert_eq!(text_lines(&a.stderr), text_lines(&r.stderr));
+}
+
+#[test]
+fn deleted_names_are_escaped_like_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    let init = w.path().join("init");
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&init).unwrap();
+    fs::write(init.join("new\nline"), b"1").unwrap();
+    fs::write(init.join(std::ffi::OsStr::from_bytes(b"bad\xffname")), b"2").unwrap();
+    for flags in [&["-ai", "--delete"][..], &["-av", "--delete"][..]] {
+        let (r, a) = both(w.path(), flags, &src, Some(&init));
+        let keep = |l: &String| l.contains("deleting");
+        let rl: Vec<String> = text_lines(&r.stdout).into_iter().filter(keep).collect();
+        let al: Vec<String> = text_lines(&a.stdout).into_iter().filter(keep).collect();
+        assert_eq!(rl.len(), 2, "{flags:?}: {rl:?}");
+        assert_eq!(al, rl, "{flags:?}");
+    }
+}
+
+#[test]
+fn rsyncs_other_option_names_are_accepted() {
+    let w = scratch();
+    let src = w.path().join("src");
+    let init = w.path().join("init");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/f"), b"source").unwrap();
+    fs::write(src.join("new"), b"new").unwrap();
+    fs::create_dir_all(init.join("d")).unwrap();
+    fs::write(init.join("d/f"), b"old").unwrap();
+    fs::write(init.join("extra"), b"extra").unwrap();
+    let fifo = std::ffi::CString::new(src.join("fifo").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    settle_times(&src);
+    settle_times(&init);
+    let cases: &[&[&str]] = &[
+        &["-a", "--del", "-i"],
+        &["-a", "--ignore-non-existing", "-i"],
+        &["-a", "--log-format=%n %i"],
+        &["-av", "--no-v"],
+        &["-ai", "--no-i", "-v"],
+        &["-ax", "--no-x", "-i"],
+        &["-a", "--i-r", "--no-i-r", "--i-d", "--no-i-d", "-i"],
+        &["-a", "--motd", "--qsort", "-i"],
+        &["-a", "--bwlimit=1", "--no-bwlimit", "-i"],
+        &["-a", "--timeout=5", "--no-timeout", "--no-contimeout"],
+        &["-a", "--no-iconv", "--no-munge-links", "--no-write-devices"],
+        &["-a", "--drop-D", "-i"],
+        &["-a", "--drop-D", "--no-drop-D", "-i"],
+    ];
+    for flags in cases {
+        let (r, a) = both(w.path(), flags, &src, Some(&init));
+        assert_eq!(
+            a.status.code(),
+            r.status.code(),
+            "{flags:?}: {}",
+            String::from_utf8_lossy(&a.stderr)
+        );
+        assert_eq!(r.status.code(), Some(0), "{flags:?}");
+        assert_eq!(text_lines(&a.stdout), text_lines(&r.stdout), "{flags:?}");
+        same_tree(w.path(), &CompareOpts::default(), &format!("{flags:?}"));
+    }
+    // --remove-sent-files removes what was sent, as --remove-source-files.
+    let copy = w.path().join("srccopy");
+    clone_tree(&src, &copy);
+    let out = arsync(&[
+        OsString::from("-r"),
+        OsString::from("--remove-sent-files"),
+        slash(&copy),
+        slash(&w.path().join("sent")),
+    ]);
+    assert_code(&out, 0, "--remove-sent-files");
+    assert!(!copy.join("d/f").exists() && w.path().join("sent/d/f").exists());
+    // rsync options this build does not carry out are refused, naming the option.
+    for opt in [
+        "--insecure-links",
+        "--confine-root=/",
+        "--old-dirs",
+        "--old-d",
+        "--config=/dev/null",
+        "--detach",
+    ] {
+        let out = arsync(&[
+            OsString::from("-a"),
+            OsString::from(opt),
+            slash(&src),
+            slash(&w.path().join("refused")),
+        ]);
+        assert_code(&out, 1, opt);
+        let name = opt.split('=').next().unwrap_or(opt);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(name),
+            "{opt}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// rsync's `total size is N  speedup is X` line, with the speedup reduced to its shape
+/// (its value depends on how many bytes crossed rsync's pipes).
+fn total_line_shape(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("total size is"))
+        .unwrap_or_else(|| panic!("no total line in {text}"));
+    let (head, tail) = line.split_once("speedup is ").expect("speedup");
+    let shape: String = tail
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '9' } else { c })
+        .collect();
+    format!("{head}speedup is {shape}")
+}
+
+#[test]
+fn summary_numbers_follow_h_and_dry_run_like_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    // Big enough that a dry run's speedup is in the thousands.
+    fs::write(src.join("big"), vec![7u8; 6_000_000]).unwrap();
+    fs::write(src.join("small"), b"s").unwrap();
+    for extra in [
+        &[][..],
+        &["--no-h"][..],
+        &["-h"][..],
+        &["-hh"][..],
+        &["-h", "--no-h"][..],
+        &["--no-h", "-h"][..],
+    ] {
+        let mut flags = vec!["-avn"];
+        flags.extend_from_slice(extra);
+        let (r, a) = both(w.path(), &flags, &src, None);
+        let (rs, as_) = (total_line_shape(&r), total_line_shape(&a));
+        assert!(rs.ends_with(" (DRY RUN)"), "{rs}");
+        // The speedup's digits differ between the two, so compare the shape up to the
+        // number of digits before the first separator.
+        let squeeze = |s: &str| {
+            let mut out = String::new();
+            for c in s.chars() {
+                if !(c == '9' && out.ends_with('9')) {
+                    out.push(c);
+                }
+            }
+            out
+        };
+        assert_eq!(squeeze(&as_), squeeze(&rs), "{extra:?}");
+    }
+}
+
+#[test]
+fn out_format_numbers_and_times_match_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/mid"), vec![1u8; 1500]).unwrap();
+    fs::write(src.join("big"), vec![2u8; 5_228_553]).unwrap();
+    fs::write(src.join("tiny"), b"t").unwrap();
+    settle_times(&src);
+    for fmt in [
+        "--out-format=%n|%l|%'l|%''l|%'''l|%M|%B|%U|%G",
+        "--out-format=%-12n|%10l|%-8'l|",
+        // With %i rsync also announces the destination it creates.
+        "--out-format=%i %n",
+    ] {
+        for h in [&[][..], &["-h"][..], &["--no-h"][..]] {
+            let mut flags = vec!["-a", fmt];
+            flags.extend_from_slice(h);
+            let (r, a) = both(w.path(), &flags, &src, None);
+            assert_eq!(a.status.code(), Some(0));
+            // The destination's path differs (r, a).
+            let same_dest = |v: Vec<String>| -> Vec<String> {
+                v.into_iter()
+                    .map(|l| match l.strip_prefix("created directory ") {
+                        Some(p) => format!("created directory {}", &p[..p.len() - 1]),
+                        None => l,
+                    })
+                    .collect()
+            };
+            let rl = same_dest(text_lines(&r.stdout));
+            let want = if fmt.contains("%i") { 6 } else { 5 };
+            assert_eq!(rl.len(), want, "{flags:?}: {rl:?}");
+            assert_eq!(same_dest(text_lines(&a.stdout)), rl, "{flags:?}");
+        }
+    }
+}
