@@ -362,3 +362,90 @@ fn out_format_numbers_and_times_match_rsync() {
         }
     }
 }
+
+/// A source and an older, partly different copy of it to update.
+fn update_trees(w: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let src = w.join("src");
+    let init = w.join("init");
+    for d in ["sticky/in", "grp", "plain/deep"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    for f in ["top", "sticky/in/f", "grp/g", "plain/deep/p", "same"] {
+        fs::write(src.join(f), format!("new {f}")).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(src.join("sticky"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::set_permissions(src.join("grp"), fs::Permissions::from_mode(0o2770)).unwrap();
+    settle_times(&src);
+    clone_tree(&src, &init);
+    for f in ["top", "sticky/in/f", "grp/g", "plain/deep/p"] {
+        fs::write(init.join(f), b"old").unwrap();
+    }
+    settle_times(&init);
+    (src, init)
+}
+
+#[test]
+fn backups_without_a_backup_dir_leave_directory_times_like_rsync() {
+    let w = scratch();
+    let (src, init) = update_trees(w.path());
+    for flags in [
+        &["-ai", "-b"][..],
+        &["-ai", "-b", "--suffix=.old", "--inplace"][..],
+    ] {
+        let (r, a) = both(w.path(), flags, &src, Some(&init));
+        assert_eq!(a.status.code(), r.status.code(), "{flags:?}");
+        // No ".d..t......" lines: rsync implies --omit-dir-times.
+        assert_eq!(text_lines(&a.stdout), text_lines(&r.stdout), "{flags:?}");
+        assert!(!text_lines(&r.stdout).iter().any(|l| l.starts_with(".d")));
+        // Directories keep the time the backups gave them (the time of the run).
+        same_tree(
+            w.path(),
+            &CompareOpts::default().without_dir_mtimes(),
+            &format!("{flags:?}"),
+        );
+    }
+}
+
+#[test]
+fn backup_dir_directories_take_the_destinations_modes() {
+    let w = scratch();
+    let (src, init) = update_trees(w.path());
+    let (r, a) = both(w.path(), &["-ai", "--backup-dir=bak"], &src, Some(&init));
+    assert_eq!(a.status.code(), r.status.code());
+    assert_eq!(text_lines(&a.stdout), text_lines(&r.stdout));
+    // Directory times in the backup area are whenever the backups were made.
+    same_tree(
+        w.path(),
+        &CompareOpts::default().without_dir_mtimes(),
+        "--backup-dir",
+    );
+}
+
+#[test]
+fn an_outdated_file_is_replaced_from_an_exact_basis_like_rsync() {
+    let w = scratch();
+    let (src, init) = update_trees(w.path());
+    // The basis holds the source's files exactly.
+    let basis = w.path().join("basis");
+    clone_tree(&src, &basis);
+    let basis_arg = format!("{}", basis.display());
+    for opt in ["--link-dest", "--compare-dest"] {
+        let flag = format!("{opt}={basis_arg}");
+        for flags in [&["-ai", flag.as_str()][..], &["-aii", flag.as_str()][..]] {
+            let (r, a) = both(w.path(), flags, &src, Some(&init));
+            assert_eq!(a.status.code(), r.status.code(), "{flags:?}");
+            assert_eq!(text_lines(&a.stdout), text_lines(&r.stdout), "{flags:?}");
+            same_tree(
+                w.path(),
+                &CompareOpts::default().without_dir_mtimes(),
+                &format!("{flags:?}"),
+            );
+        }
+        // Linked into the basis, as rsync's are.
+        use std::os::unix::fs::MetadataExt;
+        let nlink = fs::metadata(w.path().join("a/top")).map(|m| m.nlink());
+        let want = fs::metadata(w.path().join("r/top")).map(|m| m.nlink());
+        assert_eq!(nlink.ok(), want.ok(), "{opt}");
+    }
+}

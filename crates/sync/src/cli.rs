@@ -1515,6 +1515,10 @@ where
     if o.backup_dir.is_some() {
         o.backup = true;
     }
+    // rsync: backups without --backup-dir imply --omit-dir-times.
+    if o.backup && o.backup_dir.is_none() {
+        o.omit_dir_times = true;
+    }
     o.suffix = m.get_one::<OsString>("suffix").cloned();
     let many_paths = |id: &str| -> Vec<PathBuf> {
         m.get_many::<OsString>(id)

@@ -890,8 +890,34 @@ impl Engine {
     fn make_backup(&self, dst: &Path, rel: &[u8], copy: bool) -> io::Result<()> {
         let bp = self.backup_path(dst, rel);
         if let Some(parent) = bp.parent() {
-            if self.opts.backup_dir.is_some() {
+            if self.opts.backup_dir.is_some() && fsops::lstat(parent).is_err() {
+                // The directories made in the backup area take the mode and owner of the
+                // destination directories they stand for, as rsync's do.
+                let depth = rel.split(|&b| b == b'/').count().saturating_sub(1);
+                let missing: Vec<usize> = (1..=depth)
+                    .filter(|&i| {
+                        bp.ancestors()
+                            .nth(i)
+                            .is_some_and(|a| fsops::lstat(a).is_err())
+                    })
+                    .collect();
                 fsops::mkdir_all(parent)?;
+                for i in missing {
+                    let (Some(made), Some(like)) = (bp.ancestors().nth(i), dst.ancestors().nth(i))
+                    else {
+                        continue;
+                    };
+                    if let Ok(m) = fsops::lstat(like) {
+                        let w = Wanted {
+                            perms: Some(m.perms()),
+                            uid: Some(m.uid),
+                            gid: Some(m.gid),
+                            mtime: None,
+                            atime: None,
+                        };
+                        let _ = meta::apply(made, Kind::Dir, &w, None);
+                    }
+                }
             }
         }
         if let Ok(m) = fsops::lstat(&bp) {
@@ -2526,6 +2552,10 @@ impl Walker<'_> {
             if o.update && d.mtime > meta.mtime {
                 return;
             }
+            // rsync looks in --link-dest / --compare-dest before its quick check.
+            if self.exact_alternate_for_existing(src, dst, rel, meta, d) {
+                return;
+            }
             if self.unchanged(src, dst, meta, d) {
                 self.update_attrs(src, dst, rel, meta, d);
                 eng.remove_source(src, rel, meta);
@@ -2726,6 +2756,69 @@ impl Walker<'_> {
             }
         }
         Alt::None
+    }
+
+    /// A destination file (`d`) that a `--link-dest` directory holds exactly (content and
+    /// attributes) is replaced by a hard link to it, unless it is that file already; with
+    /// `--compare-dest` it is removed (the basis stands for it). rsync does both, even for a
+    /// destination file that is up to date; true when done.
+    fn exact_alternate_for_existing(
+        &self,
+        src: &Path,
+        dst: &Path,
+        rel: &[u8],
+        meta: &Meta,
+        d: &Meta,
+    ) -> bool {
+        let o = self.opts();
+        let eng = self.eng;
+        let (dirs, link) = match (o.link_dest.is_empty(), o.compare_dest.is_empty()) {
+            (false, _) => (&o.link_dest, true),
+            (true, false) => (&o.compare_dest, false),
+            (true, true) => return false,
+        };
+        let Some(root) = eng.dest_root.lock().ok().map(|r| r.clone()) else {
+            return false;
+        };
+        for base in dirs {
+            let alt = plan::join(
+                &if base.is_absolute() {
+                    base.clone()
+                } else {
+                    root.join(base)
+                },
+                rel,
+            );
+            let Ok(am) = fsops::lstat(&alt) else { continue };
+            if am.kind() != Kind::File || !self.alt_matches(src, &alt, meta, &am) {
+                continue;
+            }
+            if self
+                .diff(&meta::wanted(o, meta, None, eng.am_root), &am)
+                .any()
+            {
+                continue;
+            }
+            if link && am.dev == d.dev && am.ino == d.ino {
+                return false;
+            }
+            if o.itemize > 1 {
+                let mark = if link { b'h' } else { b'.' };
+                eng.emit(rel, Kind::File, Itemize::new(mark, Kind::File), None, meta);
+            }
+            if o.dry_run {
+                return true;
+            }
+            let done = fsops::unlink(dst).and_then(|()| match link {
+                true => fsops::hard_link(&alt, dst),
+                false => Ok(()),
+            });
+            if let Err(e) = done {
+                eng.io_fail(if link { "link" } else { "unlink" }, dst, &e);
+            }
+            return true;
+        }
+        false
     }
 
     /// The first basis-directory entry named `rel`, whatever it holds.

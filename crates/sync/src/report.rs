@@ -73,7 +73,7 @@ impl Itemize {
         let mut s = vec![self.update, self.file_type];
         if self.new {
             s.extend_from_slice(b"+++++++++");
-        } else if !self.any_change() && self.update == b'.' {
+        } else if !self.any_change() && matches!(self.update, b'.' | b'h' | b'c') {
             s.extend_from_slice(b"         ");
         } else {
             let f = |on: bool, c: u8| if on { c } else { b'.' };
