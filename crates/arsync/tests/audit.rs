@@ -449,3 +449,97 @@ fn an_outdated_file_is_replaced_from_an_exact_basis_like_rsync() {
         assert_eq!(nlink.ok(), want.ok(), "{opt}");
     }
 }
+
+#[test]
+fn relative_absolute_paths_and_files_from_without_r_match_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    fs::create_dir_all(src.join("d1/d2/d3")).unwrap();
+    fs::write(src.join("d1/a"), b"a").unwrap();
+    fs::write(src.join("d1/d2/b"), b"b").unwrap();
+    fs::write(src.join("d1/d2/d3/c"), b"c").unwrap();
+    fs::write(src.join("plain"), b"p").unwrap();
+    settle_times(&src);
+    let list = w.path().join("list");
+    fs::write(&list, b"d1/a\nplain\nd1/d2\nmissing\n").unwrap();
+    let runs: [(Vec<OsString>, &str); 3] = [
+        // -R with an absolute path and no "/./": the whole path is kept.
+        (
+            vec!["-aR".into(), src.join("d1/d2").into_os_string()],
+            "-R absolute",
+        ),
+        (
+            vec![
+                "-ai".into(),
+                "--no-R".into(),
+                format!("--files-from={}", list.display()).into(),
+                src.clone().into_os_string(),
+            ],
+            "--files-from --no-R",
+        ),
+        (
+            vec![
+                "-ai".into(),
+                format!("--files-from={}", list.display()).into(),
+                src.clone().into_os_string(),
+            ],
+            "--files-from",
+        ),
+    ];
+    for (args, what) in runs {
+        let mut outs = Vec::new();
+        for (name, real) in [("r", true), ("a", false)] {
+            let dst = w.path().join(name);
+            let _ = fs::remove_dir_all(&dst);
+            let mut v = args.clone();
+            v.push(slash(&dst));
+            outs.push(if real { rsync(&v) } else { arsync(&v) });
+        }
+        let (r, a) = (&outs[0], &outs[1]);
+        assert_eq!(a.status.code(), r.status.code(), "{what}");
+        let body = |o: &Output| -> Vec<String> {
+            text_lines(&o.stdout)
+                .into_iter()
+                .filter(|l| !l.starts_with("created directory"))
+                .collect()
+        };
+        if what != "-R absolute" {
+            assert_eq!(body(a), body(r), "{what}");
+        }
+        // The missing entry is named as listed.
+        assert_eq!(text_lines(&a.stderr), text_lines(&r.stderr), "{what}");
+        same_tree(w.path(), &CompareOpts::default().without_dir_mtimes(), what);
+    }
+}
+
+#[test]
+fn usage_and_destination_errors_read_like_rsyncs() {
+    let w = scratch();
+    let src = w.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"f").unwrap();
+    let dst = w.path().join("no/such/dir/");
+    for args in [
+        vec!["-a", "--frobnicate"],
+        vec!["-aY9"],
+        vec!["-v", "-Y"],
+        vec!["-a", "--frob=1"],
+        vec!["-a"],
+    ] {
+        let mut v: Vec<OsString> = args.iter().map(OsString::from).collect();
+        v.push(slash(&src));
+        v.push(dst.clone().into_os_string());
+        let (r, a) = (rsync(&v), arsync(&v));
+        assert_eq!(a.status.code(), r.status.code(), "{args:?}");
+        let msg = |o: &Output| -> Vec<String> {
+            text_lines(&o.stderr)
+                .into_iter()
+                .map(|l| match l.find('[') {
+                    Some(i) if l.starts_with("rsync error:") => l[..i].trim_end().to_string(),
+                    _ => l,
+                })
+                .collect()
+        };
+        assert_eq!(msg(&a), msg(&r), "{args:?}");
+    }
+}

@@ -1023,6 +1023,31 @@ fn count_after_negation(m: &ArgMatches, id: &str) -> u8 {
     })
 }
 
+/// The command-line word holding an option clap does not know, as rsync names it: the whole
+/// word (`--frob=1`, or the cluster `-vY` for `Y`).
+fn unknown_option_token(args: &[OsString], e: &clap::Error) -> Option<String> {
+    let bad = match e.get(clap::error::ContextKind::InvalidArg)? {
+        clap::error::ContextValue::String(s) => s.clone(),
+        _ => return None,
+    };
+    let words = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy())
+        .take_while(|a| a != "--");
+    if let Some(long) = bad.strip_prefix("--") {
+        return words
+            .filter(|a| a.starts_with("--"))
+            .find(|a| a[2..].split('=').next() == Some(long))
+            .map(|a| a.into_owned());
+    }
+    let c = bad.strip_prefix('-')?.chars().next()?;
+    words
+        .filter(|a| a.starts_with('-') && !a.starts_with("--"))
+        .find(|a| a[1..].contains(c))
+        .map(|a| a.into_owned())
+}
+
 /// True when a value option's `--no-` form (see [`VALUE_NEGATIONS`]) comes after its last use.
 fn negated(m: &ArgMatches, id: &str) -> bool {
     let Some((neg, _)) = VALUE_NEGATIONS.iter().find(|(_, o)| *o == id) else {
@@ -1270,6 +1295,11 @@ where
                     msg: String::new(),
                     code: 0,
                 });
+            }
+            if e.kind() == ErrorKind::UnknownArgument {
+                if let Some(token) = unknown_option_token(&args, &e) {
+                    return Err(usage(format!("arsync: {token}: unknown option")));
+                }
             }
             let text = e.to_string();
             let first = text
@@ -1639,6 +1669,8 @@ where
         // --files-from implies -R and -d; -a's -r is not implied (rsync's rule).
         if last_index(&m, "no-relative").is_none() {
             o.relative = true;
+        } else {
+            o.no_relative = !o.relative;
         }
         if last_index(&m, "no-dirs").is_none() {
             o.dirs = true;
