@@ -543,3 +543,34 @@ fn usage_and_destination_errors_read_like_rsyncs() {
         assert_eq!(msg(&a), msg(&r), "{args:?}");
     }
 }
+
+#[test]
+fn a_type_change_is_not_taken_from_a_link_dest_like_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    let init = w.path().join("init");
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&init).unwrap();
+    let fifo = std::ffi::CString::new(src.join("ff").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    std::os::unix::fs::symlink("x", src.join("sl")).unwrap();
+    fs::write(src.join("new"), b"new").unwrap();
+    // The destination has regular files where the source has a FIFO and a symlink.
+    fs::write(init.join("ff"), b"reg").unwrap();
+    fs::write(init.join("sl"), b"reg").unwrap();
+    settle_times(&src);
+    settle_times(&init);
+    let flag = format!("--link-dest={}", src.display());
+    for flags in [&["-ai", flag.as_str()][..], &["-ain", flag.as_str()][..]] {
+        let (r, a) = both(w.path(), flags, &src, Some(&init));
+        assert_eq!(a.status.code(), r.status.code(), "{flags:?}");
+        assert_eq!(text_lines(&a.stdout), text_lines(&r.stdout), "{flags:?}");
+        same_tree(w.path(), &CompareOpts::default(), &format!("{flags:?}"));
+        use std::os::unix::fs::MetadataExt;
+        for name in ["ff", "sl", "new"] {
+            let n = |d: &str| fs::symlink_metadata(w.path().join(d).join(name)).map(|m| m.nlink());
+            assert_eq!(n("a").ok(), n("r").ok(), "{flags:?} {name}");
+        }
+    }
+}

@@ -2503,6 +2503,9 @@ impl Walker<'_> {
     ) {
         let (src, dst, rel) = (paths.src(), paths.dst(), paths.rel());
         let kind = meta.kind();
+        // rsync looks in the basis directories only for an entry the destination lacks, not
+        // for one that replaces an entry of another type.
+        let had_entry = existing.is_some();
         if let Some(d) = existing {
             if d.kind() != kind && !(kind == Kind::File && d.kind() == Kind::File) {
                 if !self.make_way(dst, rel, &d, kind) {
@@ -2515,7 +2518,7 @@ impl Walker<'_> {
             return self.handle_file(paths, meta, existing, dir);
         }
         let mut quiet = false;
-        if existing.is_none() {
+        if !had_entry {
             match self.try_alternates(src, dst, rel, meta) {
                 Alt::Handled => return,
                 Alt::CreateQuietly => quiet = true,
@@ -2523,7 +2526,7 @@ impl Walker<'_> {
             }
         }
         let act = || match kind {
-            Kind::Symlink => self.handle_symlink(src, dst, rel, meta, existing),
+            Kind::Symlink => self.handle_symlink(src, dst, rel, meta, existing, !had_entry),
             _ => self.handle_node(dst, rel, meta, existing),
         };
         if quiet {
@@ -2918,6 +2921,8 @@ impl Walker<'_> {
         }
     }
 
+    /// A symlink; `use_basis`: a missing destination entry is reported against a basis
+    /// directory's (not when it replaces an entry of another type, as in rsync).
     fn handle_symlink(
         &self,
         src: &Path,
@@ -2925,6 +2930,7 @@ impl Walker<'_> {
         rel: &[u8],
         meta: &Meta,
         existing: Option<Meta>,
+        use_basis: bool,
     ) {
         let eng = self.eng;
         let o = self.opts();
@@ -2954,10 +2960,10 @@ impl Walker<'_> {
         }
         let mut item = Itemize::new(b'c', Kind::Symlink);
         let basis = match existing {
-            None => self
+            None if use_basis => self
                 .basis_entry(rel)
                 .filter(|(_, m)| m.kind() == Kind::Symlink),
-            Some(_) => None,
+            _ => None,
         };
         if let Some(d) = &existing {
             let cur = fsops::read_link(dst).unwrap_or_default();
