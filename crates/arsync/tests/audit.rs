@@ -574,3 +574,43 @@ fn a_type_change_is_not_taken_from_a_link_dest_like_rsync() {
         }
     }
 }
+
+#[test]
+fn log_file_names_are_written_raw_like_rsync() {
+    let w = scratch();
+    let src = w.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("new\nline"), b"1").unwrap();
+    fs::write(src.join(std::ffi::OsStr::from_bytes(b"bad\xffname")), b"2").unwrap();
+    fs::write(src.join("d/plain"), b"3").unwrap();
+    settle_times(&src);
+    let mut logs = Vec::new();
+    for (name, real) in [("r", true), ("a", false)] {
+        let log = w.path().join(format!("{name}.log"));
+        let args: Vec<OsString> = vec![
+            "-a".into(),
+            format!("--log-file={}", log.display()).into(),
+            "--log-file-format=%i|%n|%l".into(),
+            slash(&src),
+            slash(&w.path().join(name)),
+        ];
+        let out = if real { rsync(&args) } else { arsync(&args) };
+        assert_code(&out, 0, name);
+        let text = fs::read(&log).unwrap();
+        // Lines are "date time [pid] message"; the items are the ones with our format.
+        let mut items: Vec<Vec<u8>> = text
+            .split(|&b| b == b'\n')
+            .filter_map(|l| {
+                let at = l.windows(2).position(|w| w == b"] ")?;
+                Some(l[at + 2..].to_vec())
+            })
+            .filter(|m| m.iter().filter(|&&b| b == b'|').count() == 2)
+            .collect();
+        items.sort();
+        logs.push(items);
+    }
+    // Control characters are escaped, other bytes written as they are.
+    assert!(logs[0].iter().any(|l| l.windows(3).any(|w| w == b"\xffna")));
+    assert!(logs[0].iter().any(|l| l.windows(4).any(|w| w == b"#012")));
+    assert_eq!(logs[1], logs[0]);
+}

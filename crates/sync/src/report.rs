@@ -128,6 +128,15 @@ pub struct LineInfo<'a> {
 /// digits unless the field asks for more with apostrophes (`%'l`: commas, `%''l`: units),
 /// whatever `-h` says; `_human` (the `-h` level) is kept for the callers' convenience.
 pub fn format_line(format: &str, info: &LineInfo, _human: u8) -> Vec<u8> {
+    render_line(format, info, escape_name)
+}
+
+/// [`format_line`] for `--log-file`: rsync escapes only control characters there.
+pub fn format_log_line(format: &str, info: &LineInfo) -> Vec<u8> {
+    render_line(format, info, escape_controls)
+}
+
+fn render_line(format: &str, info: &LineInfo, escape_name: fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
     let mut out = Vec::new();
     let f = format.as_bytes();
     let mut i = 0;
@@ -234,15 +243,7 @@ pub fn set_eight_bit(on: bool) {
 /// that are not valid UTF-8 become `\#ooo` (octal).
 pub fn escape_name(name: &[u8]) -> Vec<u8> {
     if EIGHT_BIT.load(Ordering::Relaxed) {
-        let mut out = Vec::with_capacity(name.len());
-        for &b in name {
-            if (b < 0x20 && b != b'\t') || b == 0x7f {
-                out.extend_from_slice(format!("\\#{b:03o}").as_bytes());
-            } else {
-                out.push(b);
-            }
-        }
-        return out;
+        return escape_controls(name);
     }
     let mut out = Vec::with_capacity(name.len());
     let mut rest = name;
@@ -265,6 +266,20 @@ pub fn escape_name(name: &[u8]) -> Vec<u8> {
             out.extend_from_slice(format!("\\#{b:03o}").as_bytes());
         }
         rest = &rest[valid + bad..];
+    }
+    out
+}
+
+/// Escapes only control characters (other than tab) as `\#ooo`: names under `-8`, and in
+/// the `--log-file`, where rsync writes other bytes as they are.
+pub fn escape_controls(name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len());
+    for &b in name {
+        if (b < 0x20 && b != b'\t') || b == 0x7f {
+            out.extend_from_slice(format!("\\#{b:03o}").as_bytes());
+        } else {
+            out.push(b);
+        }
     }
     out
 }
@@ -539,9 +554,9 @@ impl Output {
     }
 
     /// Logs one item with the log-file format.
-    pub fn log_item(&self, info: &LineInfo, human: u8) {
+    pub fn log_item(&self, info: &LineInfo, _human: u8) {
         if self.log.is_some() {
-            let line = format_line(&self.log_format, info, human);
+            let line = format_log_line(&self.log_format, info);
             self.log_msg(&line);
         }
     }
@@ -883,5 +898,15 @@ mod tests {
             ..info
         };
         assert_eq!(format_line("%''l %'''l", &big, 1), b"5.23M 4.99M");
+        let odd = LineInfo {
+            name: b"new\nline\xff",
+            ..info
+        };
+        // (A directory: %n ends with a slash.)
+        assert_eq!(format_line("%n", &odd, 1), b"new\\#012line\\#377/");
+        assert_eq!(
+            format_log_line("%n|%f", &odd),
+            b"new\\#012line\xff/|new\\#012line\xff"
+        );
     }
 }
