@@ -614,3 +614,33 @@ fn log_file_names_are_written_raw_like_rsync() {
     assert!(logs[0].iter().any(|l| l.windows(4).any(|w| w == b"#012")));
     assert_eq!(logs[1], logs[0]);
 }
+
+#[test]
+fn a_destination_dir_is_made_even_when_every_source_is_missing() {
+    let w = scratch();
+    let missing = w.path().join("nope");
+    for (flags, slashed) in [
+        (&["-a"][..], true),
+        (&["-a"][..], false),
+        (&["-a", "--ignore-missing-args"][..], true),
+    ] {
+        let mut codes = Vec::new();
+        let mut made = Vec::new();
+        for (name, real) in [("r", true), ("a", false)] {
+            let dst = w.path().join(name);
+            let _ = fs::remove_dir_all(&dst);
+            let mut args: Vec<OsString> = flags.iter().map(OsString::from).collect();
+            args.push(missing.clone().into_os_string());
+            args.push(if slashed {
+                slash(&dst)
+            } else {
+                dst.clone().into_os_string()
+            });
+            let out = if real { rsync(&args) } else { arsync(&args) };
+            codes.push(out.status.code());
+            made.push(dst.is_dir());
+        }
+        assert_eq!(codes[1], codes[0], "{flags:?} {slashed}");
+        assert_eq!(made[1], made[0], "{flags:?} {slashed}");
+    }
+}

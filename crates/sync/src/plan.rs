@@ -336,7 +336,8 @@ pub fn build(
         }
     }
     let mut create_dest = false;
-    if dest_meta.is_none() && !items.is_empty() {
+    // A destination named "dir/" is made even when no source is left to copy into it.
+    if dest_meta.is_none() && (!items.is_empty() || dest_trailing) {
         create_dest = true;
         if fsops::lstat(&dest_path).is_ok() {
             return Err(err(
