@@ -800,6 +800,44 @@ const VALUES: &[(&str, Option<char>, &str, bool, &str)] = &[
     ),
 ];
 
+/// rsync's other names for options: (id of the option, alias).
+const ALIASES: &[(&str, &str)] = &[
+    ("delete-during", "del"),
+    ("existing", "ignore-non-existing"),
+    ("remove-source-files", "remove-sent-files"),
+    ("out-format", "log-format"),
+    ("no-verbose", "no-v"),
+    ("no-itemize-changes", "no-i"),
+    ("no-human-readable", "no-h"),
+    ("no-one-file-system", "no-x"),
+    ("inc-recursive", "i-r"),
+    ("no-inc-recursive", "no-i-r"),
+    ("implied-dirs", "i-d"),
+    ("no-implied-dirs", "no-i-d"),
+    ("no-no-motd", "motd"),
+];
+
+/// rsync options without a value that need no table of their own: the sort routine
+/// (`--qsort`, no effect here), `--drop-D` / `--no-drop-D` (read in `parse`), and the
+/// negations of options that are off unless given (and refused when given).
+const NO_EFFECT: &[&str] = &[
+    "qsort",
+    // Handled in `parse` (not "without effect"): `--drop-D` and its negation.
+    "drop-D",
+    "no-drop-D",
+    "no-iconv",
+    "no-munge-links",
+    "no-write-devices",
+    "no-insecure-links",
+];
+
+/// Negations of value options: (negation, option). The later of the two wins.
+const VALUE_NEGATIONS: &[(&str, &str)] = &[
+    ("no-bwlimit", "bwlimit"),
+    ("no-timeout", "timeout"),
+    ("no-contimeout", "contimeout"),
+];
+
 /// rsync options that are recognised but not supported yet: refused with exit code 1.
 const UNSUPPORTED: &[(&str, Option<char>, bool)] = &[
     ("copy-devices", None, false),
@@ -821,6 +859,15 @@ const UNSUPPORTED: &[(&str, Option<char>, bool)] = &[
     ("copy-as", None, true),
     ("write-devices", None, false),
     ("early-input", None, true),
+    ("insecure-links", None, false),
+    ("confine-root", None, true),
+    ("old-dirs", None, false),
+    ("old-d", None, false),
+    // Daemon-only options (they put rsync in daemon mode).
+    ("config", None, true),
+    ("dparam", None, true),
+    ("detach", None, false),
+    ("no-detach", None, false),
 ];
 
 fn command() -> Command {
@@ -900,6 +947,18 @@ fn command() -> Command {
         }
         cmd = cmd.arg(a);
     }
+    // rsync's other names for options (deprecated or short forms it still accepts).
+    for (id, alias) in ALIASES {
+        cmd = cmd.mut_arg(*id, |a| a.alias(*alias));
+    }
+    // Options with no effect on a local copy (rsync accepts them and so does arsync), and
+    // the negations of value options (the last of an option and its negation wins).
+    for id in NO_EFFECT
+        .iter()
+        .chain(VALUE_NEGATIONS.iter().map(|(n, _)| n))
+    {
+        cmd = cmd.arg(Arg::new(*id).long(*id).action(ArgAction::Count).hide(true));
+    }
     for (id, short, takes) in UNSUPPORTED {
         if cmd.get_arguments().any(|a| a.get_id() == *id) {
             continue;
@@ -958,6 +1017,55 @@ fn flag(m: &ArgMatches, id: &str, implied_at: &[Option<usize>]) -> bool {
         (Some(_), None) => true,
         _ => false,
     }
+}
+
+/// A counted option (`-v`, `-i`, `-h`, `-x`) after rsync's rule for its `--no-` form: the
+/// negation resets it to zero and only later uses count.
+fn count_after_negation(m: &ArgMatches, id: &str) -> u8 {
+    let total = m.get_count(id);
+    let Some(at) = last_index(m, &format!("no-{id}")) else {
+        return total;
+    };
+    if total == 0 {
+        return 0;
+    }
+    m.indices_of(id).map_or(0, |i| {
+        u8::try_from(i.filter(|&i| i > at).count()).unwrap_or(u8::MAX)
+    })
+}
+
+/// The command-line word holding an option clap does not know, as rsync names it: the whole
+/// word (`--frob=1`, or the cluster `-vY` for `Y`).
+fn unknown_option_token(args: &[OsString], e: &clap::Error) -> Option<String> {
+    let bad = match e.get(clap::error::ContextKind::InvalidArg)? {
+        clap::error::ContextValue::String(s) => s.clone(),
+        _ => return None,
+    };
+    let words = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy())
+        .take_while(|a| a != "--");
+    if let Some(long) = bad.strip_prefix("--") {
+        return words
+            .filter(|a| a.starts_with("--"))
+            .find(|a| a[2..].split('=').next() == Some(long))
+            .map(|a| a.into_owned());
+    }
+    let c = bad.strip_prefix('-')?.chars().next()?;
+    words
+        .filter(|a| a.starts_with('-') && !a.starts_with("--"))
+        .find(|a| a[1..].contains(c))
+        .map(|a| a.into_owned())
+}
+
+/// True when a value option's `--no-` form (see [`VALUE_NEGATIONS`]) comes after its last use.
+fn negated(m: &ArgMatches, id: &str) -> bool {
+    let Some((neg, _)) = VALUE_NEGATIONS.iter().find(|(_, o)| *o == id) else {
+        return false;
+    };
+    let last_neg = last_index(m, neg);
+    last_neg.is_some() && last_neg > m.indices_of(id).and_then(|i| i.max())
 }
 
 fn value(m: &ArgMatches, id: &str) -> Option<String> {
@@ -1248,6 +1356,11 @@ where
                     code: 0,
                 });
             }
+            if e.kind() == ErrorKind::UnknownArgument {
+                if let Some(token) = unknown_option_token(&args, &e) {
+                    return Err(usage(format!("arsync: {token}: unknown option")));
+                }
+            }
             let text = e.to_string();
             let first = text
                 .lines()
@@ -1291,6 +1404,11 @@ where
     };
     o.devices = flag(&m, "devices", &[d_at]);
     o.specials = flag(&m, "specials", &[d_at]);
+    // --drop-D: no device or special file is created, whatever else asks for them.
+    if last_index(&m, "drop-D") > last_index(&m, "no-drop-D") {
+        o.devices = false;
+        o.specials = false;
+    }
     o.dirs = flag(&m, "dirs", &[]);
     o.copy_links = flag(&m, "copy-links", &[]);
     o.copy_unsafe_links = flag(&m, "copy-unsafe-links", &[]);
@@ -1386,10 +1504,12 @@ where
     if o.append {
         o.inplace = true;
     }
-    o.verbose = m.get_count("verbose");
-    o.itemize = m.get_count("itemize-changes");
-    o.human_readable = 1 + m.get_count("human-readable");
-    o.one_file_system = m.get_count("one-file-system");
+    o.verbose = count_after_negation(&m, "verbose");
+    o.itemize = count_after_negation(&m, "itemize-changes");
+    // rsync starts at 1; --no-h sets 0 and each later -h adds one.
+    let no_h = last_index(&m, "no-human-readable");
+    o.human_readable = u8::from(no_h.is_none()) + count_after_negation(&m, "human-readable");
+    o.one_file_system = count_after_negation(&m, "one-file-system");
     if o.quiet {
         o.verbose = 0;
     }
@@ -1488,6 +1608,10 @@ where
     if o.backup_dir.is_some() {
         o.backup = true;
     }
+    // rsync: backups without --backup-dir imply --omit-dir-times.
+    if o.backup && o.backup_dir.is_none() {
+        o.omit_dir_times = true;
+    }
     o.suffix = m.get_one::<OsString>("suffix").cloned();
     let many_paths = |id: &str| -> Vec<PathBuf> {
         m.get_many::<OsString>(id)
@@ -1511,7 +1635,7 @@ where
     o.out_format = value(&m, "out-format");
     o.log_file = path_val("log-file");
     o.log_file_format = value(&m, "log-file-format");
-    if let Some(v) = value(&m, "bwlimit") {
+    if let Some(v) = value(&m, "bwlimit").filter(|_| !negated(&m, "bwlimit")) {
         let kib = parse_size(&format!(
             "{v}{}",
             if v.ends_with(char::is_numeric) {
@@ -1608,6 +1732,8 @@ where
         // --files-from implies -R and -d; -a's -r is not implied (rsync's rule).
         if last_index(&m, "no-relative").is_none() {
             o.relative = true;
+        } else {
+            o.no_relative = !o.relative;
         }
         if last_index(&m, "no-dirs").is_none() {
             o.dirs = true;

@@ -383,6 +383,7 @@ impl Engine {
         stop: Arc<AtomicBool>,
     ) -> Engine {
         let line_format = opts.line_format();
+        let dry_run = opts.dry_run;
         report::set_eight_bit(opts.eight_bit);
         // Eight listings ahead per lister keep them a few directories ahead of the walker
         // through runs of small directories; more would only hold memory (each slot is a
@@ -398,7 +399,10 @@ impl Engine {
             opts,
             filter,
             out,
-            stats: Stats::default(),
+            stats: Stats {
+                dry_run: AtomicBool::new(dry_run),
+                ..Stats::default()
+            },
             stop,
             partial_err: AtomicBool::new(false),
             vanished: AtomicBool::new(false),
@@ -567,8 +571,16 @@ impl Engine {
         if announce {
             self.out.line(b"sending incremental file list");
         }
+        let format_has_i = self
+            .opts
+            .out_format
+            .as_deref()
+            .is_some_and(|f| f.contains("%i"));
         if plan.create_dest
-            && (self.opts.verbose > 0 || self.opts.itemize > 0 || self.opts.progress)
+            && (self.opts.verbose > 0
+                || self.opts.itemize > 0
+                || self.opts.progress
+                || format_has_i)
             && !self.opts.list_only
         {
             let shown = display(&plan.dest);
@@ -649,7 +661,7 @@ impl Engine {
             // --delete-missing-args: a vanished source argument removes its copy.
             let dst = plan::join(&plan.dest, rel);
             if let Ok(m) = fsops::lstat(&dst) {
-                walker.delete_path(&dst, rel, &m, false);
+                walker.delete_path(&dst, rel, &m, Del::Top);
             }
         }
         for item in &plan.items {
@@ -779,6 +791,8 @@ impl Engine {
             return exit::PARTIAL;
         }
         if skipped > 0 {
+            self.out
+                .error("arsync error: the --max-delete limit stopped deletions (code 25)");
             return exit::DEL_LIMIT;
         }
         if self.vanished.load(Ordering::Relaxed) {
@@ -876,8 +890,34 @@ impl Engine {
     fn make_backup(&self, dst: &Path, rel: &[u8], copy: bool) -> io::Result<()> {
         let bp = self.backup_path(dst, rel);
         if let Some(parent) = bp.parent() {
-            if self.opts.backup_dir.is_some() {
+            if self.opts.backup_dir.is_some() && fsops::lstat(parent).is_err() {
+                // The directories made in the backup area take the mode and owner of the
+                // destination directories they stand for, as rsync's do.
+                let depth = rel.split(|&b| b == b'/').count().saturating_sub(1);
+                let missing: Vec<usize> = (1..=depth)
+                    .filter(|&i| {
+                        bp.ancestors()
+                            .nth(i)
+                            .is_some_and(|a| fsops::lstat(a).is_err())
+                    })
+                    .collect();
                 fsops::mkdir_all(parent)?;
+                for i in missing {
+                    let (Some(made), Some(like)) = (bp.ancestors().nth(i), dst.ancestors().nth(i))
+                    else {
+                        continue;
+                    };
+                    if let Ok(m) = fsops::lstat(like) {
+                        let w = Wanted {
+                            perms: Some(m.perms()),
+                            uid: Some(m.uid),
+                            gid: Some(m.gid),
+                            mtime: None,
+                            atime: None,
+                        };
+                        let _ = meta::apply(made, Kind::Dir, &w, None);
+                    }
+                }
             }
         }
         if let Ok(m) = fsops::lstat(&bp) {
@@ -1874,7 +1914,7 @@ impl Walker<'_> {
                 return;
             }
             if d.kind() != Kind::Dir {
-                if !self.make_way(dst, rel, &d) {
+                if !self.make_way(dst, rel, &d, Kind::Dir) {
                     return;
                 }
                 existing = None;
@@ -2013,38 +2053,64 @@ impl Walker<'_> {
         diff
     }
 
-    /// Removes a destination entry of the wrong type. Returns false if it could not.
-    fn make_way(&self, dst: &Path, rel: &[u8], d: &Meta) -> bool {
+    /// Removes a destination entry of the wrong type (`new` is the type coming). Returns false
+    /// if it could not, with rsync's messages.
+    fn make_way(&self, dst: &Path, rel: &[u8], d: &Meta, new: Kind) -> bool {
         let eng = self.eng;
-        if eng.opts.dry_run {
-            return true;
-        }
-        if eng.opts.backup && d.kind() != Kind::Dir {
-            if let Err(e) = eng.make_backup(dst, rel, false) {
-                eng.io_fail("backup", dst, &e);
-                return false;
-            }
-            return true;
-        }
+        let desc = match new {
+            Kind::File => "regular file",
+            Kind::Dir => "directory",
+            Kind::Symlink => "symlink",
+            Kind::CharDev | Kind::BlockDev => "device file",
+            Kind::Fifo | Kind::Socket => "special file",
+        };
+        let failed = || {
+            eng.error(format!(
+                "could not make way for new {desc}: {}",
+                String::from_utf8_lossy(&report::escape_name(rel))
+            ));
+            false
+        };
         if d.kind() == Kind::Dir {
             let empty = fsops::dir_is_empty(dst).unwrap_or(false);
             if !empty && !eng.opts.deleting() && !eng.opts.force {
-                eng.error(format!(
-                    "arsync: cannot delete non-empty directory: {}",
-                    String::from_utf8_lossy(rel)
-                ));
-                return false;
+                // rsync's informational line (stdout), then its error.
+                self.not_empty(rel);
+                return failed();
             }
-            self.delete_path(dst, rel, d, true);
-            return fsops::lstat(dst).is_err();
+            // What the directory holds is deleted (shown, counted, limited by --max-delete)
+            // like any extraneous entry; the directory itself silently.
+            if !self.delete_path(dst, rel, d, Del::MakeWay)
+                || (!eng.opts.dry_run && fsops::lstat(dst).is_ok())
+            {
+                return failed();
+            }
+            return true;
+        }
+        if eng.opts.dry_run {
+            return true;
+        }
+        if eng.opts.backup {
+            if let Err(e) = eng.make_backup(dst, rel, false) {
+                eng.io_fail("backup", dst, &e);
+                return failed();
+            }
+            return true;
         }
         match fsops::unlink(dst) {
             Ok(()) => true,
             Err(e) => {
                 eng.io_fail("unlink", dst, &e);
-                false
+                failed()
             }
         }
+    }
+
+    /// rsync's line for a directory left in place because something in it stays.
+    fn not_empty(&self, rel: &[u8]) {
+        let mut info = b"cannot delete non-empty directory: ".to_vec();
+        info.extend_from_slice(&report::escape_name(rel));
+        self.eng.out.line(&info);
     }
 
     fn handle_nondir(&self, paths: JobPaths, meta: &Meta, dir: &Arc<DirNode>) {
@@ -2417,7 +2483,7 @@ impl Walker<'_> {
             return;
         }
         if let Some(e) = existing {
-            if e.kind() == Kind::Dir && !self.make_way(dst, rel, e) {
+            if e.kind() == Kind::Dir && !self.make_way(dst, rel, e, Kind::File) {
                 return;
             }
         }
@@ -2437,9 +2503,12 @@ impl Walker<'_> {
     ) {
         let (src, dst, rel) = (paths.src(), paths.dst(), paths.rel());
         let kind = meta.kind();
+        // rsync looks in the basis directories only for an entry the destination lacks, not
+        // for one that replaces an entry of another type.
+        let had_entry = existing.is_some();
         if let Some(d) = existing {
             if d.kind() != kind && !(kind == Kind::File && d.kind() == Kind::File) {
-                if !self.make_way(dst, rel, &d) {
+                if !self.make_way(dst, rel, &d, kind) {
                     return;
                 }
                 existing = None;
@@ -2449,7 +2518,7 @@ impl Walker<'_> {
             return self.handle_file(paths, meta, existing, dir);
         }
         let mut quiet = false;
-        if existing.is_none() {
+        if !had_entry {
             match self.try_alternates(src, dst, rel, meta) {
                 Alt::Handled => return,
                 Alt::CreateQuietly => quiet = true,
@@ -2457,7 +2526,7 @@ impl Walker<'_> {
             }
         }
         let act = || match kind {
-            Kind::Symlink => self.handle_symlink(src, dst, rel, meta, existing),
+            Kind::Symlink => self.handle_symlink(src, dst, rel, meta, existing, !had_entry),
             _ => self.handle_node(dst, rel, meta, existing),
         };
         if quiet {
@@ -2484,6 +2553,10 @@ impl Walker<'_> {
         let o = self.opts();
         if let Some(d) = &existing {
             if o.update && d.mtime > meta.mtime {
+                return;
+            }
+            // rsync looks in --link-dest / --compare-dest before its quick check.
+            if self.exact_alternate_for_existing(src, dst, rel, meta, d) {
                 return;
             }
             if self.unchanged(src, dst, meta, d) {
@@ -2688,6 +2761,69 @@ impl Walker<'_> {
         Alt::None
     }
 
+    /// A destination file (`d`) that a `--link-dest` directory holds exactly (content and
+    /// attributes) is replaced by a hard link to it, unless it is that file already; with
+    /// `--compare-dest` it is removed (the basis stands for it). rsync does both, even for a
+    /// destination file that is up to date; true when done.
+    fn exact_alternate_for_existing(
+        &self,
+        src: &Path,
+        dst: &Path,
+        rel: &[u8],
+        meta: &Meta,
+        d: &Meta,
+    ) -> bool {
+        let o = self.opts();
+        let eng = self.eng;
+        let (dirs, link) = match (o.link_dest.is_empty(), o.compare_dest.is_empty()) {
+            (false, _) => (&o.link_dest, true),
+            (true, false) => (&o.compare_dest, false),
+            (true, true) => return false,
+        };
+        let Some(root) = eng.dest_root.lock().ok().map(|r| r.clone()) else {
+            return false;
+        };
+        for base in dirs {
+            let alt = plan::join(
+                &if base.is_absolute() {
+                    base.clone()
+                } else {
+                    root.join(base)
+                },
+                rel,
+            );
+            let Ok(am) = fsops::lstat(&alt) else { continue };
+            if am.kind() != Kind::File || !self.alt_matches(src, &alt, meta, &am) {
+                continue;
+            }
+            if self
+                .diff(&meta::wanted(o, meta, None, eng.am_root), &am)
+                .any()
+            {
+                continue;
+            }
+            if link && am.dev == d.dev && am.ino == d.ino {
+                return false;
+            }
+            if o.itemize > 1 {
+                let mark = if link { b'h' } else { b'.' };
+                eng.emit(rel, Kind::File, Itemize::new(mark, Kind::File), None, meta);
+            }
+            if o.dry_run {
+                return true;
+            }
+            let done = fsops::unlink(dst).and_then(|()| match link {
+                true => fsops::hard_link(&alt, dst),
+                false => Ok(()),
+            });
+            if let Err(e) = done {
+                eng.io_fail(if link { "link" } else { "unlink" }, dst, &e);
+            }
+            return true;
+        }
+        false
+    }
+
     /// The first basis-directory entry named `rel`, whatever it holds.
     fn basis_entry(&self, rel: &[u8]) -> Option<(PathBuf, Meta)> {
         let o = self.opts();
@@ -2785,6 +2921,8 @@ impl Walker<'_> {
         }
     }
 
+    /// A symlink; `use_basis`: a missing destination entry is reported against a basis
+    /// directory's (not when it replaces an entry of another type, as in rsync).
     fn handle_symlink(
         &self,
         src: &Path,
@@ -2792,6 +2930,7 @@ impl Walker<'_> {
         rel: &[u8],
         meta: &Meta,
         existing: Option<Meta>,
+        use_basis: bool,
     ) {
         let eng = self.eng;
         let o = self.opts();
@@ -2821,10 +2960,10 @@ impl Walker<'_> {
         }
         let mut item = Itemize::new(b'c', Kind::Symlink);
         let basis = match existing {
-            None => self
+            None if use_basis => self
                 .basis_entry(rel)
                 .filter(|(_, m)| m.kind() == Kind::Symlink),
-            Some(_) => None,
+            _ => None,
         };
         if let Some(d) = &existing {
             let cur = fsops::read_link(dst).unwrap_or_default();
@@ -2980,18 +3119,16 @@ impl Walker<'_> {
         eng.filter.enter_receiver_dir(dst);
         let mut deleted = 0;
         names.sort_descending();
-        for name in names.iter() {
-            let path = dst.join(name);
-            let Ok(m) = fsops::lstat(&path) else { continue };
+        in_delete_order(dst, &names, |name, path, m| {
             let child_rel = Engine::child_rel(rel, name.as_bytes());
             if self.protected(&child_rel, name, m.kind() == Kind::Dir)
                 || eng.other_item_brings(&child_rel)
             {
-                continue;
+                return;
             }
-            self.delete_path(&path, &child_rel, &m, false);
+            self.delete_path(path, &child_rel, m, Del::Top);
             deleted += 1;
-        }
+        });
         deleted
     }
 
@@ -3019,38 +3156,55 @@ impl Walker<'_> {
     }
 
     /// Deletes one entry (directories depth-first), honouring `--max-delete` and protection.
-    fn delete_path(&self, path: &Path, rel: &[u8], m: &Meta, quiet: bool) -> bool {
+    fn delete_path(&self, path: &Path, rel: &[u8], m: &Meta, how: Del) -> bool {
+        let quiet = how == Del::MakeWay;
         let eng = self.eng;
         let o = self.opts();
         let mut all_gone = true;
         if m.kind() == Kind::Dir {
             if let Ok(mut names) = fsops::read_dir_names_packed(path) {
                 names.sort_descending();
-                for name in names.iter() {
-                    let child = path.join(name);
+                in_delete_order(path, &names, |name, child, cm| {
                     let child_rel = Engine::child_rel(rel, name.as_bytes());
-                    let Ok(cm) = fsops::lstat(&child) else {
-                        continue;
-                    };
                     if self.protected_inside_deleted(&child_rel, name, cm.kind() == Kind::Dir) {
                         all_gone = false;
-                        continue;
+                        return;
                     }
-                    all_gone &= self.delete_path(&child, &child_rel, &cm, quiet);
-                }
+                    all_gone &= self.delete_path(child, &child_rel, cm, Del::Nested);
+                });
             }
             if !all_gone {
+                self.not_empty(rel);
+                // rsync still tries a directory inside a deleted one, which counts as a
+                // skipped deletion once --max-delete is reached.
+                if let (Del::Nested, Some(max)) = (how, o.max_delete) {
+                    if eng.deletes_done.load(Ordering::Relaxed) >= max {
+                        eng.del_limit_hit.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 return false;
             }
         }
-        if let Some(max) = o.max_delete {
-            if eng.deletes_done.load(Ordering::Relaxed) >= max {
-                eng.del_limit_hit.fetch_add(1, Ordering::Relaxed);
-                return false;
+        // Making way for a new entry is not a deletion: neither limited nor counted.
+        if !quiet {
+            if let Some(max) = o.max_delete {
+                if eng.deletes_done.load(Ordering::Relaxed) >= max {
+                    eng.del_limit_hit.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
             }
+            eng.deletes_done.fetch_add(1, Ordering::Relaxed);
+            eng.stats.deleted.fetch_add(1, Ordering::Relaxed);
+            // --stats breaks the deletions down as "reg, dir, link, dev, special".
+            let kind = match m.kind() {
+                Kind::File => 0,
+                Kind::Dir => 1,
+                Kind::Symlink => 2,
+                Kind::CharDev | Kind::BlockDev => 3,
+                Kind::Fifo | Kind::Socket => 4,
+            };
+            eng.stats.deleted_by_kind[kind].fetch_add(1, Ordering::Relaxed);
         }
-        eng.deletes_done.fetch_add(1, Ordering::Relaxed);
-        eng.stats.deleted.fetch_add(1, Ordering::Relaxed);
         let mut shown = rel.to_vec();
         if m.kind() == Kind::Dir {
             shown.push(b'/');
@@ -3058,11 +3212,11 @@ impl Walker<'_> {
         if quiet {
         } else if o.itemize > 0 || o.out_format.as_deref().is_some_and(|f| f.contains("%i")) {
             let mut line = b"*deleting   ".to_vec();
-            line.extend_from_slice(&shown);
+            line.extend_from_slice(&report::escape_name(&shown));
             eng.out.line(&line);
         } else if o.verbose > 0 {
             let mut line = b"deleting ".to_vec();
-            line.extend_from_slice(&shown);
+            line.extend_from_slice(&report::escape_name(&shown));
             eng.out.line(&line);
         }
         let mut logline = b"*deleting   ".to_vec();
@@ -3156,6 +3310,40 @@ pub fn read_files_from(path: &Path, from0: bool) -> io::Result<Vec<Vec<u8>>> {
 /// Converts bytes to an `OsString` path component.
 pub fn os(bytes: &[u8]) -> OsString {
     OsString::from_vec(bytes.to_vec())
+}
+
+/// What a deletion is for (see [`Walker::delete_path`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Del {
+    /// An extraneous entry (or a missing argument's copy).
+    Top,
+    /// An entry inside a directory being deleted.
+    Nested,
+    /// An entry of the wrong type, removed for the new one: neither shown nor counted nor
+    /// limited by `--max-delete` (what it holds is).
+    MakeWay,
+}
+
+/// Visits the entries `names` of `dir` (sorted last first) in the order rsync deletes them:
+/// the subdirectories first, then everything else (rsync's file lists put a directory's files
+/// before its subdirectories, and deletion walks them backwards). Entries gone meanwhile are
+/// skipped. `visit` gets the name, the full path and the entry's `lstat`.
+fn in_delete_order(dir: &Path, names: &fsops::Names, mut visit: impl FnMut(&OsStr, &Path, &Meta)) {
+    let mut later = vec![false; names.len()];
+    for (i, name) in names.iter().enumerate() {
+        let path = dir.join(name);
+        match fsops::lstat(&path) {
+            Ok(m) if m.kind() == Kind::Dir => visit(name, &path, &m),
+            Ok(_) => later[i] = true,
+            Err(_) => {}
+        }
+    }
+    for (name, _) in names.iter().zip(&later).filter(|(_, l)| **l) {
+        let path = dir.join(name);
+        if let Ok(m) = fsops::lstat(&path) {
+            visit(name, &path, &m);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -182,6 +182,8 @@ pub struct Options {
     pub from0: bool,
     /// `-R`
     pub relative: bool,
+    /// `--no-R` with `--files-from`: the listed paths are copied by their last component.
+    pub no_relative: bool,
     /// `--no-implied-dirs`
     pub no_implied_dirs: bool,
     /// `--mkpath`

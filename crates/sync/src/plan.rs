@@ -116,7 +116,8 @@ pub fn build(
             .collect(),
     };
     for (arg, from_list) in &expanded {
-        let relative = opts.relative || *from_list;
+        // --files-from implies -R unless --no-R is given.
+        let relative = opts.relative || (*from_list && !opts.no_relative);
         let trailing = arg.ends_with(b"/") || arg == b"." || arg.ends_with(b"/.");
         let src_path = PathBuf::from(OsString::from_vec(arg.clone()));
         let meta = match stat_source(opts, &src_path) {
@@ -145,9 +146,18 @@ pub fn build(
                 continue;
             }
             Err(e) => {
+                // A --files-from entry is named without the "/./" anchor put before it.
+                let named = match (*from_list, find_anchor(arg)) {
+                    (true, Some(i)) => {
+                        let mut b = arg[..i + 1].to_vec();
+                        b.extend_from_slice(&arg[i + 3..]);
+                        PathBuf::from(OsString::from_vec(b))
+                    }
+                    _ => src_path.clone(),
+                };
                 let shown = std::env::current_dir()
-                    .map(|d| d.join(&src_path))
-                    .unwrap_or_else(|_| src_path.clone());
+                    .map(|d| d.join(&named))
+                    .unwrap_or_else(|_| named.clone());
                 // rsync enters a "dir/" argument (change_dir) and stats anything else.
                 let (what, shown) = if trailing {
                     let s = shown.as_os_str().as_bytes();
@@ -167,6 +177,9 @@ pub fn build(
         if relative {
             let (prefix, rel) = match find_anchor(arg) {
                 Some(i) => (arg[..i + 1].to_vec(), arg[i + 3..].to_vec()),
+                // An absolute path keeps all of itself under the destination; its implied
+                // directories are found from the root.
+                None if arg.starts_with(b"/") => (b"/".to_vec(), arg.clone()),
                 None => (Vec::new(), arg.clone()),
             };
             let rel = normalize_rel(&rel);
@@ -323,8 +336,8 @@ pub fn build(
         }
     }
     let mut create_dest = false;
-    // Nothing to copy (an empty --files-from list): rsync still makes a
-    // destination that ends with a slash.
+    // A destination named "dir/" is made even when nothing is left to copy into it
+    // (an empty --files-from list, or every source missing), as rsync makes it.
     if dest_meta.is_none() && (!items.is_empty() || dest_trailing) {
         create_dest = true;
         if fsops::lstat(&dest_path).is_ok() {
@@ -343,10 +356,17 @@ pub fn build(
                 fsops::mkdir(&dest_path, 0o777)
             };
             r.map_err(|e| {
+                // rsync names the directory without its trailing slash and ends with its
+                // code-11 line.
+                let shown = dest_path.as_os_str().as_bytes();
+                let shown = match shown.strip_suffix(b"/") {
+                    Some(s) if !s.is_empty() => s,
+                    _ => shown,
+                };
                 err(
                     format!(
-                        "arsync: [Receiver] mkdir \"{}\" failed: {}",
-                        dest_path.display(),
+                        "arsync: [Receiver] mkdir \"{}\" failed: {}\narsync error: error in file IO (code 11)",
+                        String::from_utf8_lossy(shown),
                         crate::engine::errno_text(&e)
                     ),
                     11,

@@ -73,7 +73,7 @@ impl Itemize {
         let mut s = vec![self.update, self.file_type];
         if self.new {
             s.extend_from_slice(b"+++++++++");
-        } else if !self.any_change() && self.update == b'.' {
+        } else if !self.any_change() && matches!(self.update, b'.' | b'h' | b'c') {
             s.extend_from_slice(b"         ");
         } else {
             let f = |on: bool, c: u8| if on { c } else { b'.' };
@@ -124,8 +124,19 @@ pub struct LineInfo<'a> {
     pub operation: &'a str,
 }
 
-/// Renders an `--out-format` template.
-pub fn format_line(format: &str, info: &LineInfo, human: u8) -> Vec<u8> {
+/// Renders an `--out-format` template. As in rsync, the numbers (`%l`, `%b`, `%c`) are plain
+/// digits unless the field asks for more with apostrophes (`%'l`: commas, `%''l`: units),
+/// whatever `-h` says; `_human` (the `-h` level) is kept for the callers' convenience.
+pub fn format_line(format: &str, info: &LineInfo, _human: u8) -> Vec<u8> {
+    render_line(format, info, escape_name)
+}
+
+/// [`format_line`] for `--log-file`: rsync escapes only control characters there.
+pub fn format_log_line(format: &str, info: &LineInfo) -> Vec<u8> {
+    render_line(format, info, escape_controls)
+}
+
+fn render_line(format: &str, info: &LineInfo, escape_name: fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
     let mut out = Vec::new();
     let f = format.as_bytes();
     let mut i = 0;
@@ -141,6 +152,8 @@ pub fn format_line(format: &str, info: &LineInfo, human: u8) -> Vec<u8> {
             i += 1;
         }
         let modifiers = &f[start..i];
+        let humanize =
+            u8::try_from(modifiers.iter().filter(|&&b| b == b'\'').count()).unwrap_or(u8::MAX);
         let Some(&c) = f.get(i) else {
             out.push(b'%');
             break;
@@ -169,13 +182,14 @@ pub fn format_line(format: &str, info: &LineInfo, human: u8) -> Vec<u8> {
                 .map(|it| it.render())
                 .unwrap_or_default()
                 .into_bytes(),
-            b'l' => num(info.length, human).into_bytes(),
-            b'b' | b'c' => num(info.bytes, human).into_bytes(),
+            b'l' => num(info.length, humanize).into_bytes(),
+            b'b' | b'c' => num(info.bytes, humanize).into_bytes(),
             b'o' => info.operation.as_bytes().to_vec(),
             b't' => format_time(now_secs()).into_bytes(),
+            // rsync's %M joins date and time with a dash.
             b'M' => info
                 .meta
-                .map(|m| format_time(m.mtime.sec))
+                .map(|m| format_time(m.mtime.sec).replace(' ', "-"))
                 .unwrap_or_default()
                 .into_bytes(),
             b'U' => info
@@ -229,15 +243,7 @@ pub fn set_eight_bit(on: bool) {
 /// that are not valid UTF-8 become `\#ooo` (octal).
 pub fn escape_name(name: &[u8]) -> Vec<u8> {
     if EIGHT_BIT.load(Ordering::Relaxed) {
-        let mut out = Vec::with_capacity(name.len());
-        for &b in name {
-            if (b < 0x20 && b != b'\t') || b == 0x7f {
-                out.extend_from_slice(format!("\\#{b:03o}").as_bytes());
-            } else {
-                out.push(b);
-            }
-        }
-        return out;
+        return escape_controls(name);
     }
     let mut out = Vec::with_capacity(name.len());
     let mut rest = name;
@@ -260,6 +266,20 @@ pub fn escape_name(name: &[u8]) -> Vec<u8> {
             out.extend_from_slice(format!("\\#{b:03o}").as_bytes());
         }
         rest = &rest[valid + bad..];
+    }
+    out
+}
+
+/// Escapes only control characters (other than tab) as `\#ooo`: names under `-8`, and in
+/// the `--log-file`, where rsync writes other bytes as they are.
+pub fn escape_controls(name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len());
+    for &b in name {
+        if (b < 0x20 && b != b'\t') || b == 0x7f {
+            out.extend_from_slice(format!("\\#{b:03o}").as_bytes());
+        } else {
+            out.push(b);
+        }
     }
     out
 }
@@ -341,12 +361,17 @@ pub fn perm_string(mode: u32) -> String {
 
 /// A number with thousands separators (`-h` once: with separators; twice: K/M/G units).
 pub fn num(n: u64, human: u8) -> String {
+    if human == 0 {
+        return n.to_string();
+    }
     if human >= 2 {
+        // -h counts in thousands, -hh (and more) in powers of 1024, as rsync.
+        let mult = if human == 2 { 1000.0 } else { 1024.0 };
         let units = ["", "K", "M", "G", "T", "P"];
         let mut v = n as f64;
         let mut u = 0;
-        while v >= 1000.0 && u + 1 < units.len() {
-            v /= 1000.0;
+        while v >= mult && u + 1 < units.len() {
+            v /= mult;
             u += 1;
         }
         if u == 0 {
@@ -529,9 +554,9 @@ impl Output {
     }
 
     /// Logs one item with the log-file format.
-    pub fn log_item(&self, info: &LineInfo, human: u8) {
+    pub fn log_item(&self, info: &LineInfo, _human: u8) {
         if self.log.is_some() {
-            let line = format_line(&self.log_format, info, human);
+            let line = format_log_line(&self.log_format, info);
             self.log_msg(&line);
         }
     }
@@ -584,6 +609,8 @@ pub struct Stats {
     /// Bytes sent and received on a connection (remote mode); without them
     /// the totals are estimated from the counters.
     pub wire_bytes: std::sync::OnceLock<(u64, u64)>,
+    /// A dry run: the summary says so, as rsync's does.
+    pub dry_run: std::sync::atomic::AtomicBool,
 }
 
 impl Stats {
@@ -731,12 +758,17 @@ impl Stats {
             0.0
         };
         format!(
-            "sent {} bytes  received {} bytes  {} bytes/sec\ntotal size is {}  speedup is {:.2}",
+            "sent {} bytes  received {} bytes  {} bytes/sec\ntotal size is {}  speedup is {}{}",
             num(sent, human),
             num(recv, human),
             rate_str(rate, human),
             num(total, human),
-            speedup
+            fixed2(speedup, human),
+            if self.dry_run.load(Ordering::Relaxed) {
+                " (DRY RUN)"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -745,9 +777,23 @@ fn rate_str(rate: f64, human: u8) -> String {
     if human >= 2 {
         return num(rate as u64, human);
     }
-    let whole = rate as u64;
-    let frac = ((rate - whole as f64) * 100.0).round() as u64 % 100;
-    format!("{}.{frac:02}", commas(whole))
+    fixed2(rate, human)
+}
+
+/// A number with two decimals, the whole part grouped by commas unless `--no-h` (rsync's
+/// `comma_dnum`).
+fn fixed2(x: f64, human: u8) -> String {
+    let text = format!("{x:.2}");
+    if human == 0 {
+        return text;
+    }
+    match text.split_once('.') {
+        Some((whole, frac)) => match whole.parse::<u64>() {
+            Ok(w) => format!("{}.{frac}", commas(w)),
+            Err(_) => text,
+        },
+        None => text,
+    }
 }
 
 /// An `--list-only` line: `drwxr-xr-x          4,096 2026/11/21 09:06:54 name`.
@@ -805,15 +851,15 @@ mod tests {
     #[test]
     fn progress_figures_as_rsync_prints_them() {
         assert_eq!(
-            progress_figures(3_000_000, 3_000_000, 370_000_000.0, 0.4, 0),
+            progress_figures(3_000_000, 3_000_000, 370_000_000.0, 0.4, 1),
             "      3,000,000 100%  352.86MB/s    0:00:00"
         );
         assert_eq!(
-            progress_figures(32_768, 3_000_000, 0.0, 0.0, 0),
+            progress_figures(32_768, 3_000_000, 0.0, 0.0, 1),
             "         32,768   1%    0.00kB/s    0:00:00"
         );
         assert_eq!(
-            progress_figures(5 << 30, 10 << 30, 2.5 * (1u64 << 30) as f64, 3725.0, 0),
+            progress_figures(5 << 30, 10 << 30, 2.5 * (1u64 << 30) as f64, 3725.0, 1),
             "  5,368,709,120  50%    2.50GB/s    1:02:05"
         );
         assert!(progress_figures(1, 2, 1.0, f64::INFINITY, 0).ends_with("  ??:??:??"));
@@ -840,8 +886,27 @@ mod tests {
             operation: "recv",
         };
         assert_eq!(
-            format_line("%o %n %l %-6f|", &info, 0),
-            b"recv dir/ 1,234 dir   |"
+            format_line("%o %n %l %-6f|", &info, 1),
+            b"recv dir/ 1234 dir   |"
+        );
+        assert_eq!(
+            format_line("%'l|%''l|%'''8l", &info, 1),
+            b"1,234|1.23K|   1.21K"
+        );
+        let big = LineInfo {
+            length: 5_228_553,
+            ..info
+        };
+        assert_eq!(format_line("%''l %'''l", &big, 1), b"5.23M 4.99M");
+        let odd = LineInfo {
+            name: b"new\nline\xff",
+            ..info
+        };
+        // (A directory: %n ends with a slash.)
+        assert_eq!(format_line("%n", &odd, 1), b"new\\#012line\\#377/");
+        assert_eq!(
+            format_log_line("%n|%f", &odd),
+            b"new\\#012line\xff/|new\\#012line\xff"
         );
     }
 }
