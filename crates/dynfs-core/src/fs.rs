@@ -1826,11 +1826,25 @@ impl Fs {
     /// (waiting would not help), this file's own partly written extents are committed and the
     /// write goes ahead, past the budget if it alone needs more.
     pub fn write_nowait(&self, ino: u64, off: u64, data: &[u8]) -> Result<Option<usize>> {
-        if !self.write_inner(ino, off, data.len() as u64, Some(data), true)? {
+        if !self.write_inner(ino, off, data.len() as u64, Some(data), true, false)? {
             return Ok(None);
         }
         self.count_write(data.len());
         Ok(Some(data.len()))
+    }
+
+    /// [`Fs::write`] that never waits: without room in the budget the buffers are allocated
+    /// anyway, and then this file gives back what it can at once, its full extents first and,
+    /// if the total is still over the budget, its partly written ones too (a later write to
+    /// one reads it back and rewrites it). Memory goes past the budget by at most what the
+    /// writers running at the same time allocate (an extent each). The FUSE layer uses this
+    /// after [`Fs::write_nowait`] found no room: the kernel's writeback sends a file's pages a
+    /// chunk at a time, file after file, with few requests in flight, so a write held back
+    /// for room holds back the pages that would fill the other files' buffers.
+    pub fn write_committing(&self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
+        self.write_inner(ino, off, data.len() as u64, Some(data), true, true)?;
+        self.count_write(data.len());
+        Ok(data.len())
     }
 
     fn count_write(&self, n: usize) {
@@ -1867,6 +1881,52 @@ impl Fs {
     /// ([`Fs::buffer_generation`]), or `timeout` passes; returns whether bytes came back.
     pub fn wait_buffer_release(&self, seen: u64, timeout: Duration) -> bool {
         self.buffered.wait_release(seen, timeout)
+    }
+
+    /// Commit the full extents that other files hold in their buffers (and their batches with
+    /// the background writer), until at least `want` bytes are given back: a full extent is not
+    /// written again, so committing it early costs nothing later. Files other requests hold
+    /// are skipped. Returns whether any bytes were given back. A file whose writer has filled
+    /// its extents and not closed it yet (the kernel's writeback sends a file's pages in turn,
+    /// and the close only when all are written) would otherwise keep them until its close.
+    pub fn commit_full_buffers(&self, want: usize) -> bool {
+        let states: Vec<(u64, Arc<Mutex<FileState>>)> = self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(&ino, s)| (ino, s.clone()))
+            .collect();
+        let es = self.es();
+        let mut given = 0;
+        for (ino, s) in states {
+            if given >= want {
+                break;
+            }
+            let Ok(mut st) = s.try_lock() else {
+                continue;
+            };
+            let Some(size) = st.size else {
+                continue;
+            };
+            let full = st.pending.is_some()
+                || st.dirty.iter().any(|(&idx, b)| {
+                    (idx + 1) * es <= size && b.as_ref().is_some_and(|b| b.len() as u64 == es)
+                });
+            if !full {
+                continue;
+            }
+            let Ok(i) = self.inode_peek(ino) else {
+                continue;
+            };
+            let before = st.held.bytes();
+            let policy = self.effective_policy(&i);
+            let _ = self.finish_pending(ino, &mut st).is_ok()
+                && self.start_pending(policy, &mut st, 1)
+                && self.finish_pending(ino, &mut st).is_ok();
+            given += before.saturating_sub(st.held.bytes());
+        }
+        given > 0
     }
 
     /// Commit the buffers of the file whose buffers were written to longest ago, if that was at
@@ -1920,20 +1980,23 @@ impl Fs {
         let mut since: Option<Instant> = None;
         loop {
             let seen = self.buffered.generation();
-            if self.write_inner(ino, off, len, data, extend)? {
+            if self.write_inner(ino, off, len, data, extend, false)? {
                 return Ok(());
             }
             let since = since.get_or_insert_with(|| {
                 crate::metrics::Metrics::add(&self.pool.metrics.buffer_waits, 1);
                 Instant::now()
             });
+            if self.commit_full_buffers(self.es() as usize) {
+                continue;
+            }
             self.wait_for_buffer(seen, since, self.buffer_stall());
         }
     }
 
     /// Write `data` (or zeros when `None`) over `[off, off+len)`; extend the size if `extend`.
     /// Returns `false`, having written nothing, when the buffers it needs do not fit in the
-    /// budget ([`Fs::write_nowait`]).
+    /// budget ([`Fs::write_nowait`]), unless `commit` ([`Fs::write_committing`]).
     fn write_inner(
         &self,
         ino: u64,
@@ -1941,6 +2004,7 @@ impl Fs {
         len: u64,
         data: Option<&[u8]>,
         extend: bool,
+        commit: bool,
     ) -> Result<bool> {
         let i = self.inode(ino)?;
         if i.kind != Kind::File {
@@ -1964,7 +2028,11 @@ impl Fs {
             None => self.inode(ino)?.size,
         };
         if !self.reserve_buffers(ino, &i, &mut st, off, end, data.is_none(), size)? {
-            return Ok(false);
+            if !commit {
+                return Ok(false);
+            }
+            let need = self.buffer_growth(&st, off, end, data.is_none(), size);
+            st.held.reserve(&self.buffered, need, true);
         }
         let filled = self.fill_buffers(ino, &mut st, off, end, data, extend, size);
         if filled.is_err() {
@@ -1980,6 +2048,16 @@ impl Fs {
             if self.finish_pending(ino, &mut st).is_err()
                 || !self.start_pending(policy, &mut st, min_full)
             {
+                self.flush_locked(ino, &mut st)?;
+            }
+        } else if commit && self.buffered_bytes() > self.budget {
+            // Past the budget: give back what this file can, its full extents first (they are
+            // not rewritten later), then its partly written ones.
+            let policy = self.effective_policy(&i);
+            let written = self.finish_pending(ino, &mut st).is_ok()
+                && self.start_pending(policy, &mut st, 1)
+                && self.finish_pending(ino, &mut st).is_ok();
+            if !written && self.buffered_bytes() > self.budget {
                 self.flush_locked(ino, &mut st)?;
             }
         }

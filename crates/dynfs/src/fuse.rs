@@ -42,7 +42,7 @@ const FUSE_WRITE_KILL_SUIDGID: u32 = 1 << 2;
 /// Longest a deferred close commit waits for the next create ([`Closer`]).
 const CLOSE_DELAY: Duration = Duration::from_millis(2);
 
-use crate::admission::{Admission, Job};
+type Job = Box<dyn FnOnce() + Send>;
 
 /// Answer a change under `/.snapshots` (read-only snapshot views) with `EROFS`.
 macro_rules! read_only {
@@ -62,8 +62,6 @@ pub struct DynFuse {
     killpriv: bool,
     /// Commits deferred closes (`None`: the thread could not start; closes commit at once).
     closer: Option<Closer>,
-    /// Writes waiting for room in the write buffer budget.
-    admission: Option<Admission>,
 }
 
 /// The thread that commits deferred closes ([`Fs::commit_deferred`]): after the next create
@@ -229,7 +227,7 @@ pub fn attr(ino: u64, i: &Inode) -> FileAttr {
     }
 }
 
-pub(crate) fn err_code(e: &Error) -> i32 {
+fn err_code(e: &Error) -> i32 {
     let code = e.errno();
     if code == libc::EIO || code == libc::ENOSPC {
         tracing::warn!(error = %e, "request failed");
@@ -263,14 +261,12 @@ impl DynFuse {
         // Without workers, requests run on the session thread.
         let jobs = if workers.is_empty() { None } else { Some(tx) };
         let closer = Closer::start(fs.clone());
-        let admission = Some(Admission::start(fs.clone(), jobs.clone()));
         DynFuse {
             fs,
             jobs,
             workers,
             killpriv: false,
             closer,
-            admission,
         }
     }
 
@@ -376,9 +372,8 @@ pub(crate) fn invalidate_tree(k: &fuser::Notifier, fs: &Fs, before: Vec<Vec<u8>>
 
 impl Drop for DynFuse {
     fn drop(&mut self) {
-        // The closer commits what is deferred as it stops; parked writes are written.
+        // The closer commits what is deferred as it stops.
         self.closer = None;
-        self.admission = None;
         self.jobs = None;
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -737,7 +732,7 @@ impl Filesystem for DynFuse {
             match self.fs.write_nowait(ino, off, data) {
                 Ok(Some(n)) => return reply_write(Ok(n), reply),
                 Err(e) => return reply_write(Err(e), reply),
-                // No room in the write buffer budget: wait for it off this thread.
+                // No room in the write buffer budget: a worker writes it.
                 Ok(None) => {}
             }
         }
@@ -748,14 +743,15 @@ impl Filesystem for DynFuse {
             return reply_write(r, reply);
         }
         let data = data.to_vec();
-        // A write that must wait for room in the budget is parked, not held on a worker.
-        match &self.admission {
-            Some(a) => {
-                let a = a.handle();
-                self.spawn(move |_| a.write(ino, off, data, reply))
-            }
-            None => self.spawn(move |fs| reply_write(fs.write(ino, off, &data), reply)),
-        }
+        // No waiting for room in the write buffer budget here (see `Fs::write_committing`).
+        self.spawn(move |fs| {
+            let r = match fs.write_nowait(ino, off, &data) {
+                Ok(Some(n)) => Ok(n),
+                Ok(None) => fs.write_committing(ino, off, &data),
+                Err(e) => Err(e),
+            };
+            reply_write(r, reply)
+        })
     }
 
     fn flush(

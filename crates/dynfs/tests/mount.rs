@@ -848,8 +848,8 @@ fn gc_while_a_file_is_being_written() {
 }
 
 /// Many files written at once through the mount, more than the write buffer budget holds a
-/// buffer for: writes that must wait for room are parked (the kernel's writeback sends only so
-/// many at once) and every file arrives whole.
+/// buffer for: writes that find no room do not wait in the daemon (`Fs::write_committing`: the
+/// kernel's writeback sends only so many at once) and every file arrives whole.
 #[test]
 fn more_writers_than_the_write_buffer_holds() {
     if !fuse_available() {
