@@ -14,10 +14,13 @@ use crate::policy::Policy;
 use crate::pool::{new_inode, Pool, INLINE_MAX};
 use redb::{ReadableTable, WriteTransaction};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+mod budget;
 mod snapview;
+use budget::{BufferBudget, Held};
 pub use snapview::{is_view, is_view_name, SNAPDIR_INO, SNAPDIR_NAME};
 
 /// The xattr through which users read and set a file's or directory's policy.
@@ -182,35 +185,9 @@ struct FileState {
     /// Created by this filesystem with no xattr set since: it has no ACL to keep in step with
     /// a buffered mode.
     no_xattrs: bool,
-}
-
-/// A file's share of the filesystem-wide count of buffered extent bytes
-/// ([`Fs::buffered_bytes`]); dropping it (the file's state goes away) gives the bytes back.
-#[derive(Default)]
-struct Held {
-    bytes: usize,
-    total: Option<Arc<AtomicUsize>>,
-}
-
-impl Held {
-    /// Set this file's share to `bytes`, adjusting `total` by the difference.
-    fn set(&mut self, total: &Arc<AtomicUsize>, bytes: usize) {
-        let t = self.total.get_or_insert_with(|| total.clone());
-        if bytes > self.bytes {
-            t.fetch_add(bytes - self.bytes, Ordering::Relaxed);
-        } else {
-            t.fetch_sub(self.bytes - bytes, Ordering::Relaxed);
-        }
-        self.bytes = bytes;
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Some(t) = &self.total {
-            t.fetch_sub(self.bytes, Ordering::Relaxed);
-        }
-    }
+    /// When a write last went into the buffers ([`Fs::commit_stalled_buffer`] picks the
+    /// file written longest ago).
+    touched: Option<Instant>,
 }
 
 /// Extents taken out of a file's buffer when it filled up: a background thread encodes, hashes
@@ -404,11 +381,16 @@ pub struct Fs {
     /// costs a page fault per 4 KiB).
     spare: Mutex<Vec<AlignedBuf>>,
     /// Bytes of extent buffers held by all open files (buffered and handed to background
-    /// writers, not the spare ones).
-    buffered: Arc<AtomicUsize>,
-    /// The most `buffered` may reach before a writer commits its own buffer at once
-    /// (`write_buffer_mib` in `pool.toml`).
+    /// writers, not the spare ones), within the write buffer budget (`write_buffer_mib` in
+    /// `pool.toml`): a write that would take it past waits for room ([`Fs::write`]).
+    buffered: Arc<BufferBudget>,
+    /// The budget in bytes (`buffered.limit`).
     budget: usize,
+    /// How long a writer waiting for room in the budget waits for a release before it commits
+    /// the oldest idle partly written buffer, in milliseconds ([`Fs::set_buffer_stall`]).
+    stall_ms: AtomicU64,
+    /// Raised by every snapshot restore ([`Fs::generation`]).
+    generation: AtomicU64,
     /// Inode numbers handed out from memory (`None` until the first create reads the counter).
     /// Held across a create's metadata change, so numbers are taken in commit order.
     inos: Mutex<Option<InoRange>>,
@@ -454,6 +436,13 @@ struct InoRange {
     next: u64,
     limit: u64,
 }
+
+/// How long a writer waiting for room in the write buffer budget waits for a release before
+/// it commits the oldest partly written buffer of a file nobody wrote to for that long
+/// ([`Fs::set_buffer_stall`]). Writers that hold a buffer and keep writing release one at
+/// every extent they fill, far more often than this; the fallback is for files left open and
+/// idle, and for every writer waiting at once.
+pub const DEFAULT_BUFFER_STALL: Duration = Duration::from_millis(200);
 
 /// Most extents [`Fs::free_later`] keeps queued; past this many it makes the metadata durable
 /// and deletes them at once (bounds the queue and the disk space the old fragments hold).
@@ -738,8 +727,10 @@ impl Fs {
             prefetching: Arc::new(Mutex::new(std::collections::HashSet::new())),
             readers: Mutex::new(Vec::new()),
             spare: Mutex::new(Vec::new()),
-            buffered: Arc::default(),
+            buffered: Arc::new(BufferBudget::new(budget)),
             budget,
+            stall_ms: AtomicU64::new(DEFAULT_BUFFER_STALL.as_millis() as u64),
+            generation: AtomicU64::new(0),
             inos: Mutex::new(None),
             last: Mutex::new(None),
             deferred: Mutex::new(Vec::new()),
@@ -831,7 +822,33 @@ impl Fs {
     /// including batches being written by background threads). Kept near the pool's
     /// `write_buffer_mib`: a write that takes it past the budget commits its file's buffer.
     pub fn buffered_bytes(&self) -> usize {
-        self.buffered.load(Ordering::Relaxed)
+        self.buffered.bytes()
+    }
+
+    /// The most bytes of extent buffers held (and reserved by writes about to fill them) at
+    /// any one time since the filesystem was opened: within the budget unless a single write
+    /// needed more than the budget while no other file held a buffer.
+    pub fn peak_buffered_bytes(&self) -> usize {
+        self.buffered.peak()
+    }
+
+    /// The write buffer budget in bytes (`write_buffer_mib`).
+    pub fn buffer_budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Set how long a writer waiting for room in the write buffer budget waits for a release
+    /// before it commits the oldest partly written buffer of a file not written to for that
+    /// long ([`DEFAULT_BUFFER_STALL`]).
+    pub fn set_buffer_stall(&self, stall: Duration) {
+        let ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.stall_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long a writer waits for room before the oldest idle buffer is committed
+    /// ([`Fs::set_buffer_stall`]).
+    pub fn buffer_stall(&self) -> Duration {
+        Duration::from_millis(self.stall_ms.load(Ordering::Relaxed))
     }
 
     /// Bytes held in spare (reusable) extent buffers.
@@ -851,16 +868,40 @@ impl Fs {
         (self.budget / 4 / self.es() as usize).min(SPARE_BUFFERS)
     }
 
-    /// Recount the extent buffer bytes `st` holds into the filesystem-wide total.
+    /// Recount what the extent buffers of `st` count against the budget ([`Fs::charge`]) into
+    /// the filesystem-wide total.
     fn account(&self, st: &mut FileState) {
-        let bytes = st
+        let bytes = self.charge(st);
+        st.held.set(&self.buffered, bytes);
+    }
+
+    /// What the extent buffers of `st` count against the write buffer budget: a whole extent
+    /// each, however little it holds yet (a buffer grows to a whole extent as its extent
+    /// fills, and a writer must not have to wait for room halfway through an extent), except
+    /// the buffer of a file of at most [`INLINE_MAX`] bytes, which counts what it holds.
+    fn charge(&self, st: &FileState) -> usize {
+        let es = self.es() as usize;
+        let small = st.size.is_some_and(|sz| sz <= INLINE_MAX as u64);
+        let dirty: usize = st
             .dirty
             .values()
-            .chain(st.pending.iter().flat_map(|p| p.bufs.values()))
+            .flatten()
+            .map(|b| {
+                if small {
+                    b.capacity()
+                } else {
+                    es.max(b.capacity())
+                }
+            })
+            .sum();
+        let pending: usize = st
+            .pending
+            .iter()
+            .flat_map(|p| p.bufs.values())
             .flatten()
             .map(|b| b.capacity())
             .sum();
-        st.held.set(&self.buffered, bytes);
+        dirty + pending
     }
 
     fn state(&self, ino: u64) -> Arc<Mutex<FileState>> {
@@ -1766,16 +1807,169 @@ impl Fs {
     }
 
     /// Write `data` at `off` (buffered). Returns the bytes written.
+    ///
+    /// A write that needs a new extent buffer while the buffers of all open files fill the
+    /// write buffer budget waits (before allocating) until other files give some back, as
+    /// [`Fs::write_nowait`] and [`Fs::wait_for_buffer`] describe.
     pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
-        self.write_inner(ino, off, data.len() as u64, Some(data), true)?;
-        let m = &self.pool.metrics;
-        crate::metrics::Metrics::add(&m.writes, 1);
-        crate::metrics::Metrics::add(&m.bytes_written, data.len() as u64);
+        self.write_waiting(ino, off, data.len() as u64, Some(data), true)?;
+        self.count_write(data.len());
         Ok(data.len())
     }
 
-    /// Write `data` (or zeros when `None`) over `[off, off+len)`; extend the size if `extend`.
-    fn write_inner(
+    /// [`Fs::write`] without waiting: `Ok(None)` (nothing written) when the write needs a new
+    /// extent buffer and the budget has no room for it while other files hold buffers. This
+    /// file's full extents are committed first (they are not written again), so they never
+    /// wait for room. A file whose partly written extent would be committed to make room
+    /// would have it read back and rewritten by its next write: instead, the caller waits for
+    /// a release ([`Fs::wait_for_buffer`]) and tries again. When no other file holds a buffer
+    /// (waiting would not help), this file's own partly written extents are committed and the
+    /// write goes ahead, past the budget if it alone needs more.
+    pub fn write_nowait(&self, ino: u64, off: u64, data: &[u8]) -> Result<Option<usize>> {
+        if !self.write_inner(ino, off, data.len() as u64, Some(data), true, false)? {
+            return Ok(None);
+        }
+        self.count_write(data.len());
+        Ok(Some(data.len()))
+    }
+
+    /// [`Fs::write`] that never waits: without room in the budget the buffers are allocated
+    /// anyway, and then this file gives back what it can at once, its full extents first and,
+    /// if the total is still over the budget, its partly written ones too (a later write to
+    /// one reads it back and rewrites it). Memory goes past the budget by at most what the
+    /// writers running at the same time allocate (an extent each). The FUSE layer uses this
+    /// after [`Fs::write_nowait`] found no room: the kernel's writeback sends a file's pages a
+    /// chunk at a time, file after file, with few requests in flight, so a write held back
+    /// for room holds back the pages that would fill the other files' buffers.
+    pub fn write_committing(&self, ino: u64, off: u64, data: &[u8]) -> Result<usize> {
+        self.write_inner(ino, off, data.len() as u64, Some(data), true, true)?;
+        self.count_write(data.len());
+        Ok(data.len())
+    }
+
+    fn count_write(&self, n: usize) {
+        let m = &self.pool.metrics;
+        crate::metrics::Metrics::add(&m.writes, 1);
+        crate::metrics::Metrics::add(&m.bytes_written, n as u64);
+    }
+
+    /// The write buffer's release generation: it changes whenever a file gives buffer bytes
+    /// back. Read it before [`Fs::write_nowait`] and pass it to [`Fs::wait_for_buffer`].
+    pub fn buffer_generation(&self) -> u64 {
+        self.buffered.generation()
+    }
+
+    /// Wait for room in the write buffer budget after a [`Fs::write_nowait`] found none at
+    /// generation `seen`: until some file gives buffer bytes back, or at most `max`. `since`
+    /// is when bytes were last given back (or the writer began to wait): once no bytes have
+    /// come back for the stall time ([`Fs::set_buffer_stall`]), the oldest partly written
+    /// buffer of a file nobody wrote to for that long is committed
+    /// ([`Fs::commit_stalled_buffer`]) and `since` restarts. So a writer never waits forever:
+    /// not behind an idle open file, and not when every writer waits.
+    pub fn wait_for_buffer(&self, seen: u64, since: &mut Instant, max: Duration) {
+        let stall = self.buffer_stall();
+        let left = stall.saturating_sub(since.elapsed());
+        if self.buffered.wait_release(seen, left.min(max)) {
+            *since = Instant::now();
+        } else if since.elapsed() >= stall {
+            self.commit_stalled_buffer(stall);
+            *since = Instant::now();
+        }
+    }
+
+    /// Wait until some file gives buffer bytes back after generation `seen`
+    /// ([`Fs::buffer_generation`]), or `timeout` passes; returns whether bytes came back.
+    pub fn wait_buffer_release(&self, seen: u64, timeout: Duration) -> bool {
+        self.buffered.wait_release(seen, timeout)
+    }
+
+    /// Commit the full extents that other files hold in their buffers (and their batches with
+    /// the background writer), until at least `want` bytes are given back: a full extent is not
+    /// written again, so committing it early costs nothing later. Files other requests hold
+    /// are skipped. Returns whether any bytes were given back. A file whose writer has filled
+    /// its extents and not closed it yet (the kernel's writeback sends a file's pages in turn,
+    /// and the close only when all are written) would otherwise keep them until its close.
+    pub fn commit_full_buffers(&self, want: usize) -> bool {
+        let states: Vec<(u64, Arc<Mutex<FileState>>)> = self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(&ino, s)| (ino, s.clone()))
+            .collect();
+        let es = self.es();
+        let mut given = 0;
+        for (ino, s) in states {
+            if given >= want {
+                break;
+            }
+            let Ok(mut st) = s.try_lock() else {
+                continue;
+            };
+            let Some(size) = st.size else {
+                continue;
+            };
+            let full = st.pending.is_some()
+                || st.dirty.iter().any(|(&idx, b)| {
+                    (idx + 1) * es <= size && b.as_ref().is_some_and(|b| b.len() as u64 == es)
+                });
+            if !full {
+                continue;
+            }
+            let Ok(i) = self.inode_peek(ino) else {
+                continue;
+            };
+            let before = st.held.bytes();
+            let policy = self.effective_policy(&i);
+            let _ = self.finish_pending(ino, &mut st).is_ok()
+                && self.start_pending(policy, &mut st, 1)
+                && self.finish_pending(ino, &mut st).is_ok();
+            given += before.saturating_sub(st.held.bytes());
+        }
+        given > 0
+    }
+
+    /// Commit the buffers of the file whose buffers were written to longest ago, if that was at
+    /// least `idle` ago and no request holds the file. Returns whether one was committed.
+    pub fn commit_stalled_buffer(&self, idle: Duration) -> bool {
+        let states: Vec<(u64, Arc<Mutex<FileState>>)> = self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(&ino, s)| (ino, s.clone()))
+            .collect();
+        let oldest = states
+            .iter()
+            .filter_map(|(ino, s)| {
+                let st = s.try_lock().ok()?;
+                let holds = st.held.bytes() > 0;
+                let touched = st.touched?;
+                (holds && touched.elapsed() >= idle).then_some((touched, *ino))
+            })
+            .min();
+        let Some((_, ino)) = oldest else {
+            return false;
+        };
+        let Some(s) = self.existing_state(ino) else {
+            return false;
+        };
+        let Ok(mut st) = s.try_lock() else {
+            return false;
+        };
+        crate::metrics::Metrics::add(&self.pool.metrics.stalled_buffer_commits, 1);
+        tracing::debug!(
+            ino,
+            "committing an idle file's buffers to make room for a writer"
+        );
+        if let Err(e) = self.flush_locked(ino, &mut st) {
+            tracing::warn!(ino, error = %e, "committing an idle file's buffers failed");
+        }
+        true
+    }
+
+    /// Write like [`Fs::write_nowait`], waiting for room in the budget as long as needed.
+    fn write_waiting(
         &self,
         ino: u64,
         off: u64,
@@ -1783,6 +1977,35 @@ impl Fs {
         data: Option<&[u8]>,
         extend: bool,
     ) -> Result<()> {
+        let mut since: Option<Instant> = None;
+        loop {
+            let seen = self.buffered.generation();
+            if self.write_inner(ino, off, len, data, extend, false)? {
+                return Ok(());
+            }
+            let since = since.get_or_insert_with(|| {
+                crate::metrics::Metrics::add(&self.pool.metrics.buffer_waits, 1);
+                Instant::now()
+            });
+            if self.commit_full_buffers(self.es() as usize) {
+                continue;
+            }
+            self.wait_for_buffer(seen, since, self.buffer_stall());
+        }
+    }
+
+    /// Write `data` (or zeros when `None`) over `[off, off+len)`; extend the size if `extend`.
+    /// Returns `false`, having written nothing, when the buffers it needs do not fit in the
+    /// budget ([`Fs::write_nowait`]), unless `commit` ([`Fs::write_committing`]).
+    fn write_inner(
+        &self,
+        ino: u64,
+        off: u64,
+        len: u64,
+        data: Option<&[u8]>,
+        extend: bool,
+        commit: bool,
+    ) -> Result<bool> {
         let i = self.inode(ino)?;
         if i.kind != Kind::File {
             return Err(errno(if i.kind == Kind::Dir {
@@ -1804,7 +2027,19 @@ impl Fs {
             Some(sz) => sz,
             None => self.inode(ino)?.size,
         };
-        self.fill_buffers(ino, &mut st, off, end, data, extend, size)?;
+        if !self.reserve_buffers(ino, &i, &mut st, off, end, data.is_none(), size)? {
+            if !commit {
+                return Ok(false);
+            }
+            let need = self.buffer_growth(&st, off, end, data.is_none(), size);
+            st.held.reserve(&self.buffered, need, true);
+        }
+        let filled = self.fill_buffers(ino, &mut st, off, end, data, extend, size);
+        if filled.is_err() {
+            // Give back what was reserved and not used.
+            self.account(&mut st);
+        }
+        filled?;
         if st.dirty.len() >= self.max_dirty() {
             // Hand the full extents to a background writer (after committing the previous
             // batch); with few full extents (random writes), flush everything now.
@@ -1815,12 +2050,9 @@ impl Fs {
             {
                 self.flush_locked(ino, &mut st)?;
             }
-        } else if self.buffered_bytes() > self.budget {
-            // All open files together hold more than the budget: this one gives back what it
-            // can, now. First its previous batch and its full extents (committed: they are
-            // not rewritten later); only if that is not enough its partly written extents too
-            // (a later write to them reads and rewrites them, the price of bounded memory with
-            // many files open).
+        } else if commit && self.buffered_bytes() > self.budget {
+            // Past the budget: give back what this file can, its full extents first (they are
+            // not rewritten later), then its partly written ones.
             let policy = self.effective_policy(&i);
             let written = self.finish_pending(ino, &mut st).is_ok()
                 && self.start_pending(policy, &mut st, 1)
@@ -1829,7 +2061,79 @@ impl Fs {
                 self.flush_locked(ino, &mut st)?;
             }
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Reserve room in the budget for the buffers a write over `[off, end)` of `ino` (`zeros`:
+    /// of zeros) allocates. Without room, first commit the file's full extents and its batch
+    /// with the background writer; still without room, return `false` if other files hold
+    /// buffers (the caller waits for them to give some back), else commit this file's buffers
+    /// (waiting would not help) and reserve past the budget if need be.
+    #[allow(clippy::too_many_arguments)]
+    fn reserve_buffers(
+        &self,
+        ino: u64,
+        i: &Inode,
+        st: &mut FileState,
+        off: u64,
+        end: u64,
+        zeros: bool,
+        size: u64,
+    ) -> Result<bool> {
+        let need = self.buffer_growth(st, off, end, zeros, size);
+        if need == 0 || st.held.reserve(&self.buffered, need, false) {
+            return Ok(true);
+        }
+        let policy = self.effective_policy(i);
+        let _ = self.finish_pending(ino, st).is_ok()
+            && self.start_pending(policy, st, 1)
+            && self.finish_pending(ino, st).is_ok();
+        let need = self.buffer_growth(st, off, end, zeros, size);
+        if need == 0 || st.held.reserve(&self.buffered, need, false) {
+            return Ok(true);
+        }
+        if self.buffered.bytes() > st.held.bytes() {
+            return Ok(false);
+        }
+        if st.held.bytes() > 0 {
+            self.flush_locked(ino, st)?;
+        }
+        let need = self.buffer_growth(st, off, end, zeros, size);
+        st.held.reserve(&self.buffered, need, true);
+        Ok(true)
+    }
+
+    /// The most a write over `[off, end)` (`zeros`: of zeros) of a file of `size` bytes adds
+    /// to what the buffers of `st` count against the budget ([`Fs::charge`]): a whole extent
+    /// for each extent it touches that has no buffer yet (and for each buffer of a small file
+    /// that the write makes large).
+    fn buffer_growth(&self, st: &FileState, off: u64, end: u64, zeros: bool, size: u64) -> usize {
+        let es = self.es();
+        if size.max(end) <= INLINE_MAX as u64 {
+            // A small file's one buffer: at most twice what it holds (it grows by doubling).
+            return 2 * INLINE_MAX;
+        }
+        let mut new = 0;
+        let mut pos = off;
+        while pos < end {
+            let idx = pos / es;
+            let in_ext = pos % es;
+            let n = ((idx + 1) * es).min(end) - pos;
+            pos += n;
+            let hole = zeros && in_ext == 0 && n == es;
+            if !hole && !matches!(st.dirty.get(&idx), Some(Some(_))) {
+                new += 1;
+            }
+        }
+        let buffers = st.dirty.values().flatten().count() + new;
+        let pending: usize = st
+            .pending
+            .iter()
+            .flat_map(|p| p.bufs.values())
+            .flatten()
+            .map(|b| b.capacity())
+            .sum();
+        (buffers * es as usize + pending).saturating_sub(st.held.bytes())
     }
 
     /// Write `data` at `off` into the file's buffer if that can be done right now with nothing
@@ -1868,16 +2172,19 @@ impl Fs {
                 _ => return None,
             }
         }
-        if st.dirty.len() + added >= self.max_dirty()
-            || self.buffered_bytes() + added * es as usize > self.budget
-        {
+        if st.dirty.len() + added >= self.max_dirty() {
+            return None;
+        }
+        let need = self.buffer_growth(&st, off, end, false, size);
+        if need > 0 && !st.held.reserve(&self.buffered, need, false) {
             return None;
         }
         let r = self.fill_buffers(ino, &mut st, off, end, Some(data), true, size);
+        if r.is_err() {
+            self.account(&mut st);
+        }
         drop(st);
-        let m = &self.pool.metrics;
-        crate::metrics::Metrics::add(&m.writes, 1);
-        crate::metrics::Metrics::add(&m.bytes_written, data.len() as u64);
+        self.count_write(data.len());
         Some(r.map(|()| data.len()))
     }
 
@@ -1916,6 +2223,10 @@ impl Fs {
                             Some(None) => {}
                             None if idx * es >= size => {}
                             None => {
+                                crate::metrics::Metrics::add(
+                                    &self.pool.metrics.partial_readbacks,
+                                    1,
+                                );
                                 if let Some(d) = self.committed_extent(ino, idx)? {
                                     let l = d.len().min(es as usize);
                                     buf.extend_from_slice(&d[..l]);
@@ -1940,6 +2251,7 @@ impl Fs {
             pos += n as u64;
         }
         self.account(st);
+        st.touched = Some(Instant::now());
         if extend && end > size {
             st.size = Some(end);
         } else if st.size.is_none() {
@@ -2139,6 +2451,61 @@ impl Fs {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Replace the live tree with snapshot `name` on a filesystem in use (the snapshot is
+    /// kept). Buffered writes are committed and made durable first, so the tree replaced is
+    /// the one every request saw. Fails with [`Error::Invalid`], changing nothing, when there
+    /// is no such snapshot.
+    ///
+    /// Inode numbers stay: a file the snapshot also has (the same inode number) reads and
+    /// writes the snapshot's content from then on, one it does not have fails with `ENOENT`.
+    /// A write that races with the restore lands in the restored tree (or fails so). The
+    /// inode generation ([`Fs::generation`]) goes up, so that the FUSE layer can make the
+    /// kernel drop every inode it cached (and fail handles opened before with `EIO`).
+    pub fn restore_snapshot(&self, name: &str) -> Result<()> {
+        if !crate::snapshot::list(&self.pool)?
+            .iter()
+            .any(|s| s.name == name)
+        {
+            return Err(Error::Invalid(format!("no snapshot named {name:?}")));
+        }
+        self.flush_all()?;
+        self.sync()?;
+        crate::snapshot::restore(&self.pool, name)?;
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The inode generation: 0 at open, raised by every [`Fs::restore_snapshot`] (a restored
+    /// inode is not the inode of that number the kernel may have cached).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Collect orphan fragments and unlinked inodes on a filesystem in use
+    /// ([`Pool::gc_mounted`]): buffered writes are committed first, fragments being written
+    /// are kept, and so are unlinked files still open (their last close deletes them).
+    pub fn gc(&self) -> Result<crate::pool::GcReport> {
+        self.flush_all()?;
+        self.sync()?;
+        self.pool.gc_mounted(&|ino| {
+            self.existing_state(ino).is_some_and(|s| {
+                let st = s.lock().unwrap_or_else(|e| e.into_inner());
+                st.opens > 0 || st.pending.is_some() || !st.dirty.is_empty()
+            })
+        })
+    }
+
+    /// Inodes with open handles or buffered state (what the kernel may hold open).
+    pub fn open_inodes(&self) -> Vec<u64> {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
     /// Commit buffered writes of `ino` and make all metadata durable.
     pub fn fsync(&self, ino: u64) -> Result<()> {
         self.flush(ino)?;
@@ -2299,6 +2666,8 @@ impl Fs {
             // 3. Delete what the commit stopped referencing only after a durable commit covers
             // it (queued: the next durable commit of any kind).
             Ok((freed, number)) => {
+                self.pool
+                    .extents_committed(new.iter().filter_map(|(_, e)| e.as_ref().map(|n| n.id)));
                 // The change wrote no inode but this one (the extent tables, and this file's
                 // ACL): the inode another request is working on stays cached.
                 self.keep_last_past(ino, number);
@@ -2392,7 +2761,12 @@ impl Fs {
             }
         });
         match r {
-            Ok(freed) => self.free(&freed),
+            Ok(freed) => {
+                if let Some((_, (nid, _))) = partial.as_ref() {
+                    self.pool.extents_committed([*nid]);
+                }
+                self.free(&freed)
+            }
             Err(e) => {
                 if let Some((_, e2)) = partial.as_ref().clone() {
                     self.pool.free_extents(&[e2]);
@@ -2431,7 +2805,7 @@ impl Fs {
                 off + len
             };
             if zend > off {
-                self.write_inner(ino, off, zend - off, None, !keep)?;
+                self.write_waiting(ino, off, zend - off, None, !keep)?;
             }
             if !keep && off + len > size {
                 self.extend(ino, off + len)?;
@@ -2760,6 +3134,7 @@ impl Fs {
             });
             match r {
                 Ok(freed) => {
+                    self.pool.extents_committed([nid]);
                     self.free(&freed.into_iter().collect::<Vec<_>>())?;
                     moved += 1;
                 }

@@ -25,6 +25,14 @@ pub struct Metrics {
     pub fragments_repaired: AtomicU64,
     /// Extents reconstructed from parity or other copies during a read.
     pub reconstructions: AtomicU64,
+    /// Partial writes into a committed extent, which read it back to rewrite it whole (a file
+    /// updated in place, or a partly written extent committed early to free memory).
+    pub partial_readbacks: AtomicU64,
+    /// Writes that waited for room in the write buffer budget.
+    pub buffer_waits: AtomicU64,
+    /// Partly written buffers of idle files committed early because writers waited for room
+    /// and no buffer was released for a while.
+    pub stalled_buffer_commits: AtomicU64,
 }
 
 impl Metrics {
@@ -36,7 +44,7 @@ impl Metrics {
     /// Render the counters and per-disk gauges of `pool`.
     pub fn render(&self, pool: &Pool) -> String {
         let mut s = String::new();
-        let counters: [(&str, &AtomicU64, &str); 9] = [
+        let counters: [(&str, &AtomicU64, &str); 12] = [
             ("dynfs_reads_total", &self.reads, "Read requests served."),
             (
                 "dynfs_read_bytes_total",
@@ -77,6 +85,21 @@ impl Metrics {
                 "dynfs_reconstructions_total",
                 &self.reconstructions,
                 "Reads that needed reconstruction.",
+            ),
+            (
+                "dynfs_partial_extent_readbacks_total",
+                &self.partial_readbacks,
+                "Partial writes into a committed extent (read back and rewritten).",
+            ),
+            (
+                "dynfs_write_buffer_waits_total",
+                &self.buffer_waits,
+                "Writes that waited for room in the write buffer budget.",
+            ),
+            (
+                "dynfs_stalled_buffer_commits_total",
+                &self.stalled_buffer_commits,
+                "Idle files' partly written buffers committed early to make room.",
             ),
         ];
         for (name, c, help) in counters {

@@ -65,7 +65,7 @@ impl DiskState {
 }
 
 /// What [`Pool::gc`] removed.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct GcReport {
     /// Orphan fragment files (and temporaries) removed.
     pub fragments: u64,
@@ -108,6 +108,10 @@ pub struct Pool {
     /// Metadata replicas needed: the highest policy tolerance in use + 1 ([`meta::TOLERANCE`]).
     meta_copies: Arc<AtomicUsize>,
     next_extent: AtomicU64,
+    /// Extents whose fragments are being written or are written and not yet committed (from
+    /// [`Pool::write_extent`] until [`Pool::extents_committed`] or [`Pool::free_extents`]):
+    /// [`Pool::gc_mounted`] leaves their fragments alone.
+    uncommitted: Mutex<std::collections::HashSet<u64>>,
     cache: Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>,
     read_only: AtomicBool,
     /// How metadata was chosen at open.
@@ -596,6 +600,7 @@ impl Pool {
             meta_copies,
             disks,
             next_extent: AtomicU64::new(next_extent.max(1)),
+            uncommitted: Mutex::new(std::collections::HashSet::new()),
             cache: Mutex::new(VecDeque::new()),
             read_only: AtomicBool::new(false),
             open_report: report,
@@ -782,8 +787,26 @@ impl Pool {
             return Err(Error::Errno(libc::EROFS));
         }
         let id = self.next_extent.fetch_add(1, Ordering::Relaxed);
-        let frags = codec::encode_borrowed(policy, data)?;
-        self.place_fragments(id, policy, data.len(), &frags, &[])
+        self.uncommitted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+        let r = codec::encode_borrowed(policy, data)
+            .and_then(|frags| self.place_fragments(id, policy, data.len(), &frags, &[]));
+        if r.is_err() {
+            // Nothing of it is left on the disks (or what is left is an orphan).
+            self.extents_committed([id]);
+        }
+        r
+    }
+
+    /// The extents `ids` ([`Pool::write_extent`]) are committed (or given up): garbage
+    /// collection on a mounted pool may judge their fragments by the metadata again.
+    pub fn extents_committed(&self, ids: impl IntoIterator<Item = u64>) {
+        let mut u = self.uncommitted.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            u.remove(&id);
+        }
     }
 
     /// Write the given fragments of extent `id` to distinct disks, avoiding `exclude`.
@@ -1008,6 +1031,7 @@ impl Pool {
 
     /// Delete the fragments of extents no longer referenced by committed metadata.
     pub fn free_extents(&self, freed: &[(u64, Extent)]) {
+        self.extents_committed(freed.iter().map(|(id, _)| *id));
         for (id, e) in freed {
             self.evict(*id);
             for (i, f) in e.frags.iter().enumerate() {
@@ -1293,8 +1317,24 @@ impl Pool {
 
     /// Remove orphan fragments (not referenced by committed metadata), temporaries, and inodes
     /// with no links. Must not run concurrently with writers (it runs at open and from `dynfs gc`,
-    /// both holding the pool lock before any writer starts).
+    /// both holding the pool lock before any writer starts); on a mounted pool use
+    /// [`Pool::gc_mounted`].
     pub fn gc(&self) -> Result<GcReport> {
+        self.collect(None)
+    }
+
+    /// [`Pool::gc`] on a pool in use (a mounted daemon): fragments of extents being written
+    /// and not yet committed ([`Pool::write_extent`] until [`Pool::extents_committed`]), or
+    /// handed out after the collection began, are kept, and so are unlinked inodes for which
+    /// `in_use` answers true (files still open). The metadata is made durable before any
+    /// fragment is deleted, so a crash cannot bring back a reference to one. Scrub, rebuild and
+    /// drain, which move fragments, must not run meanwhile.
+    pub fn gc_mounted(&self, in_use: &dyn Fn(u64) -> bool) -> Result<GcReport> {
+        self.collect(Some(in_use))
+    }
+
+    fn collect(&self, in_use: Option<&dyn Fn(u64) -> bool>) -> Result<GcReport> {
+        let mounted = in_use.is_some();
         let mut rep = GcReport::default();
         // Unlinked inodes first: their extents become orphans removed below.
         let dead: Vec<u64> = {
@@ -1304,8 +1344,9 @@ impl Pool {
             for row in t.range((meta::LIVE, 0)..(meta::LIVE + 1, 0))? {
                 let (k, val) = row?;
                 let ino: Inode = meta::dec(val.value())?;
-                if ino.nlink == 0 {
-                    v.push(k.value().1);
+                let ino_no = k.value().1;
+                if ino.nlink == 0 && !in_use.is_some_and(|f| f(ino_no)) {
+                    v.push(ino_no);
                 }
             }
             v
@@ -1317,15 +1358,37 @@ impl Pool {
             self.free_extents(&freed);
             rep.inodes += 1;
         }
-        let tx = self.meta.read()?;
-        let t = tx.open_table(meta::EXTENTS)?;
+        // Extents handed out from here on are not orphans, whatever the metadata says yet.
+        let watermark = self.next_extent.load(Ordering::SeqCst);
+        let mut doomed = Vec::new();
         for d in self.disks().iter().filter(|d| d.present) {
             for b in 0..=255u64 {
                 let dir = disk::fragment_dir(&d.path, b);
-                let mut doomed = Vec::new();
+                let mut names = Vec::new();
                 let r = self.io.list_dir(&dir, &mut |name| {
-                    let name = name.to_string_lossy();
+                    names.push(name.to_string_lossy().into_owned());
+                });
+                if let Err(e) = r {
+                    tracing::warn!(dir = %dir.display(), error = %e, "gc cannot list directory");
+                }
+                if names.is_empty() {
+                    continue;
+                }
+                // Listed before looking at what is uncommitted, and that before reading the
+                // metadata: a fragment being written was registered before it was created, and
+                // leaves the register only once its commit is in the metadata.
+                let uncommitted = self
+                    .uncommitted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let tx = self.meta.read()?;
+                let t = tx.open_table(meta::EXTENTS)?;
+                for name in names {
                     let keep = match disk::parse_fragment_name(&name) {
+                        Some((e, _)) if mounted && (e >= watermark || uncommitted.contains(&e)) => {
+                            true
+                        }
                         Some((e, i)) => match t.get(e) {
                             Ok(Some(g)) => meta::dec::<Extent>(g.value())
                                 .map(|x| x.frags.get(i).is_some_and(|f| f.disk == d.id))
@@ -1333,25 +1396,19 @@ impl Pool {
                             Ok(None) => false,
                             Err(_) => true,
                         },
-                        None => false,
+                        // A temporary of a fragment being written is no orphan yet.
+                        None => mounted && name.ends_with(".tmp"),
                     };
                     if !keep {
                         doomed.push(dir.join(&*name));
                     }
-                });
-                if let Err(e) = r {
-                    tracing::warn!(dir = %dir.display(), error = %e, "gc cannot list directory");
                 }
-                for p in doomed {
-                    let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-                    if self.io.remove(&p).is_ok() {
-                        tracing::debug!(path = %p.display(), "removed orphan");
-                        rep.fragments += 1;
-                        rep.bytes += len;
-                    }
+                if doomed.len() >= 4096 {
+                    self.remove_orphans(std::mem::take(&mut doomed), mounted, &mut rep)?;
                 }
             }
         }
+        self.remove_orphans(doomed, mounted, &mut rep)?;
         // Every open of a pool for writing collects; say so at info level only when it found
         // something, so that admin commands stay quiet on a clean pool.
         if rep.fragments > 0 || rep.inodes > 0 {
@@ -1365,6 +1422,33 @@ impl Pool {
             tracing::debug!("gc finished, nothing to collect");
         }
         Ok(rep)
+    }
+
+    /// Delete orphan fragment files; on a mounted pool, after making the metadata durable (a
+    /// fragment that the durable metadata still referenced, through a change not yet durable
+    /// that dropped it, must stay until that change is durable).
+    fn remove_orphans(
+        &self,
+        doomed: Vec<PathBuf>,
+        mounted: bool,
+        rep: &mut GcReport,
+    ) -> Result<()> {
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        if mounted {
+            self.sync_fragments()?;
+            self.meta.sync()?;
+        }
+        for p in doomed {
+            let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            if self.io.remove(&p).is_ok() {
+                tracing::debug!(path = %p.display(), "removed orphan");
+                rep.fragments += 1;
+                rep.bytes += len;
+            }
+        }
+        Ok(())
     }
 
     /// Add a new disk directory to the pool.

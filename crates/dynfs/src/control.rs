@@ -81,7 +81,7 @@ pub enum Request {
         /// Disk id.
         disk: u32,
     },
-    /// Orphan collection (refused while mounted).
+    /// Orphan collection.
     Gc,
     /// Create a snapshot.
     SnapshotCreate {
@@ -90,7 +90,7 @@ pub enum Request {
     },
     /// List snapshots.
     SnapshotList,
-    /// Restore a snapshot (refused while mounted).
+    /// Restore a snapshot (replaces the live tree).
     SnapshotRestore {
         /// Snapshot name.
         name: String,
@@ -171,7 +171,7 @@ fn euid() -> u32 {
 
 /// Bind `POOL/control.sock` and serve requests from a background thread. The caller holds the
 /// pool lock, so a socket file left by a dead daemon is stale and is replaced.
-pub fn start(fs: Arc<Fs>, jobs: Arc<Jobs>) -> Result<Server> {
+pub fn start(fs: Arc<Fs>, jobs: Arc<Jobs>, kernel: Option<fuser::Notifier>) -> Result<Server> {
     use std::os::unix::fs::PermissionsExt;
     let path = fs.pool().dir().join(SOCKET);
     match std::fs::remove_file(&path) {
@@ -204,11 +204,12 @@ pub fn start(fs: Arc<Fs>, jobs: Arc<Jobs>) -> Result<Server> {
                     }
                 };
                 let (fs, jobs, active) = (fs.clone(), jobs.clone(), active2.clone());
+                let kernel = kernel.clone();
                 active.fetch_add(1, Ordering::SeqCst);
                 let spawned = std::thread::Builder::new()
                     .name("dynfs-control-conn".into())
                     .spawn(move || {
-                        if let Err(e) = serve_conn(c, &fs, &jobs) {
+                        if let Err(e) = serve_conn(c, &fs, &jobs, kernel.as_ref()) {
                             tracing::debug!(error = %e, "control connection failed");
                         }
                         active.fetch_sub(1, Ordering::SeqCst);
@@ -254,7 +255,12 @@ fn send(w: &Mutex<UnixStream>, r: &Reply) -> std::io::Result<()> {
     w.lock().unwrap_or_else(|e| e.into_inner()).write_all(&line)
 }
 
-fn serve_conn(c: UnixStream, fs: &Arc<Fs>, jobs: &Jobs) -> std::io::Result<()> {
+fn serve_conn(
+    c: UnixStream,
+    fs: &Arc<Fs>,
+    jobs: &Jobs,
+    kernel: Option<&fuser::Notifier>,
+) -> std::io::Result<()> {
     let uid = peer_uid(&c)?;
     let writer = Mutex::new(c.try_clone()?);
     if uid != 0 && uid != euid() {
@@ -300,7 +306,7 @@ fn serve_conn(c: UnixStream, fs: &Arc<Fs>, jobs: &Jobs) -> std::io::Result<()> {
         gone: &is_gone,
         position: &position,
     };
-    let reply = match handle(&req, fs, jobs, &hooks) {
+    let reply = match handle(&req, fs, jobs, &hooks, kernel) {
         Ok(v) => Reply::Ok(v),
         Err(e) => Reply::Error(format!("{e:#}")),
     };
@@ -320,6 +326,7 @@ fn handle(
     fs: &Arc<Fs>,
     jobs: &Jobs,
     hooks: &ClientHooks<'_>,
+    kernel: Option<&fuser::Notifier>,
 ) -> Result<serde_json::Value> {
     let pool = jobs.pool();
     let msg = |s: String| Ok(serde_json::Value::String(s));
@@ -394,10 +401,11 @@ fn handle(
             jobs.run_exclusive("remove", Some(hooks), |_| pool.remove_disk(*disk))?;
             msg(format!("removed disk {disk}"))
         }
-        Request::Gc => bail!(
-            "gc is not supported on a mounted pool (orphans are collected at every mount); \
-             unmount it and run `dynfs gc`"
-        ),
+        Request::Gc => {
+            // No scrub, rebuild or drain may move fragments meanwhile.
+            let r = jobs.run_exclusive("gc", Some(hooks), |_| fs.gc())?;
+            Ok(serde_json::to_value(r)?)
+        }
         Request::SnapshotCreate { name } => {
             fs.flush_all()?;
             let s = snapshot::create(pool, name)?;
@@ -410,10 +418,15 @@ fn handle(
                 .collect();
             Ok(serde_json::Value::Array(list))
         }
-        Request::SnapshotRestore { .. } => bail!(
-            "snapshot restore is not supported on a mounted pool (it replaces the whole tree \
-             under the kernel's caches); unmount it first"
-        ),
+        Request::SnapshotRestore { name } => {
+            // The names the kernel may have cached in the root before the restore.
+            let before = kernel.map(|_| crate::fuse::root_names(fs)).transpose()?;
+            jobs.run_exclusive("restore", Some(hooks), |_| fs.restore_snapshot(name))?;
+            if let Some(k) = kernel {
+                crate::fuse::invalidate_tree(k, fs, before.unwrap_or_default());
+            }
+            msg(format!("restored snapshot {name}"))
+        }
         Request::SnapshotDelete { name } => {
             snapshot::delete(pool, name)?;
             msg(format!("deleted snapshot {name}"))

@@ -325,9 +325,48 @@ impl DynFuse {
 
     fn entry(&self, r: dynfs_core::Result<(u64, Inode)>, reply: ReplyEntry) {
         match r {
-            Ok((ino, i)) => reply.entry(&TTL, &attr(ino, &i), 0),
+            Ok((ino, i)) => reply.entry(&TTL, &attr(ino, &i), self.fs.generation()),
             Err(e) => reply.error(err_code(&e)),
         }
+    }
+}
+
+/// The names in the root directory of the live tree, read in batches.
+pub(crate) fn root_names(fs: &Fs) -> dynfs_core::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    let mut offset = 0;
+    loop {
+        let batch = fs.readdir(dynfs_core::meta::ROOT_INO, offset, 1024)?;
+        let Some(last) = batch.last() else {
+            return Ok(names);
+        };
+        offset = last.next;
+        names.extend(
+            batch
+                .into_iter()
+                .map(|e| e.name)
+                .filter(|n| n.as_slice() != b"." && n.as_slice() != b".."),
+        );
+    }
+}
+
+/// After the live tree was replaced (a snapshot restore): drop what the kernel cached of it.
+/// Every name of the root, from before (`before`) and after, is invalidated (which drops the
+/// cached names below it too), and so are the attributes and cached pages of the root and of
+/// every file the filesystem holds state for (open files). Lookups answer with the new inode
+/// generation ([`Fs::generation`]) from then on, so the kernel takes every inode it still
+/// caches for stale (its size, which the kernel's writeback cache keeps to itself, included)
+/// and makes a new one; handles opened before fail with `EIO`. Errors (a name the kernel had
+/// not cached) are ignored.
+pub(crate) fn invalidate_tree(k: &fuser::Notifier, fs: &Fs, before: Vec<Vec<u8>>) {
+    let root = dynfs_core::meta::ROOT_INO;
+    let after = root_names(fs).unwrap_or_default();
+    for name in before.iter().chain(after.iter()) {
+        let _ = k.inval_entry(root, OsStr::from_bytes(name));
+    }
+    let _ = k.inval_inode(root, 0, 0);
+    for ino in fs.open_inodes() {
+        let _ = k.inval_inode(ino, 0, 0);
     }
 }
 
@@ -400,7 +439,7 @@ impl Filesystem for DynFuse {
             // `.snapshots` are not cached, so the listing and lookups agree at once.
             return match self.fs.view_lookup(parent, name) {
                 Ok((ino, i)) if parent == SNAPDIR_INO => {
-                    reply.entry(&Duration::ZERO, &attr(ino, &i), 0)
+                    reply.entry(&Duration::ZERO, &attr(ino, &i), self.fs.generation())
                 }
                 r => self.entry(r, reply),
             };
@@ -690,7 +729,12 @@ impl Filesystem for DynFuse {
         // A small write into a small file is a copy into its buffer: answer it here rather
         // than hand it to a worker (two thread switches per request).
         if self.fs.write_is_light(ino, off, data.len()) {
-            return reply_write(self.fs.write(ino, off, data), reply);
+            match self.fs.write_nowait(ino, off, data) {
+                Ok(Some(n)) => return reply_write(Ok(n), reply),
+                Err(e) => return reply_write(Err(e), reply),
+                // No room in the write buffer budget: a worker writes it.
+                Ok(None) => {}
+            }
         }
         // Most writes of a sequential writer only copy into the file's extent buffer: do that
         // here, straight from the request (no copy of the request, no hand-off to a worker).
@@ -699,7 +743,15 @@ impl Filesystem for DynFuse {
             return reply_write(r, reply);
         }
         let data = data.to_vec();
-        self.spawn(move |fs| reply_write(fs.write(ino, off, &data), reply))
+        // No waiting for room in the write buffer budget here (see `Fs::write_committing`).
+        self.spawn(move |fs| {
+            let r = match fs.write_nowait(ino, off, &data) {
+                Ok(Some(n)) => Ok(n),
+                Ok(None) => fs.write_committing(ino, off, &data),
+                Err(e) => Err(e),
+            };
+            reply_write(r, reply)
+        })
     }
 
     fn flush(
@@ -798,7 +850,7 @@ impl Filesystem for DynFuse {
                         OsStr::from_bytes(&e.name),
                         &TTL,
                         &attr(e.ino, &e.inode),
-                        0,
+                        self.fs.generation(),
                     ) {
                         break;
                     }
@@ -928,7 +980,7 @@ impl Filesystem for DynFuse {
             .fs
             .create_masked(parent, name.as_bytes(), mode, umask, req.uid(), req.gid());
         match r {
-            Ok((ino, i)) => reply.created(&TTL, &attr(ino, &i), 0, 0, 0),
+            Ok((ino, i)) => reply.created(&TTL, &attr(ino, &i), self.fs.generation(), 0, 0),
             Err(e) => reply.error(err_code(&e)),
         }
         if let Some(c) = &self.closer {

@@ -45,7 +45,7 @@ fn serve(pool: &Path, mountpoint: &Path, opts: &MountOptions, ready: impl FnOnce
     let mut session = fuser::Session::new(DynFuse::new(fs.clone()), mountpoint, &options())
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
     tracing::info!(pool = %pool.display(), mountpoint = %mountpoint.display(), "mounted");
-    let control = match crate::control::start(fs.clone(), jobs.clone()) {
+    let control = match crate::control::start(fs.clone(), jobs.clone(), Some(session.notifier())) {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "no control socket; admin commands cannot reach this mount");

@@ -747,3 +747,145 @@ fn script_in(script: &str, dir: &std::path::Path) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `dynfs snapshot restore` on a mounted pool: the daemon replaces the live tree and drops what
+/// the kernel cached, so the mount shows the restored tree at once; an unknown snapshot is an
+/// error that changes nothing.
+#[test]
+fn snapshot_restore_while_mounted() {
+    if !fuse_available() {
+        return;
+    }
+    let mut m = Mounted::new(3, "rs:2+1", "64K");
+    m.mount();
+    let pool = m.pool.to_str().unwrap().to_string();
+    std::fs::create_dir(m.p("d")).unwrap();
+    std::fs::write(m.p("d/a"), bytes(1, 200_000)).unwrap();
+    std::fs::write(m.p("keep"), bytes(2, 100_000)).unwrap();
+    run_ok(&["snapshot", "create", &pool, "s1"]);
+    // Changes after the snapshot, read through the mount so the kernel caches them.
+    std::fs::write(m.p("d/a"), bytes(3, 50_000)).unwrap();
+    std::fs::remove_file(m.p("keep")).unwrap();
+    std::fs::write(m.p("new"), b"new").unwrap();
+    std::fs::create_dir(m.p("d/sub")).unwrap();
+    assert_eq!(std::fs::read(m.p("d/a")).unwrap(), bytes(3, 50_000));
+    assert!(!m.p("keep").exists());
+    assert_eq!(sh(&format!("ls '{}'", m.mnt().display())), "d\nnew\n");
+    // An unknown snapshot: a clear error, exit code 2, nothing changed.
+    let out = run(&["snapshot", "restore", &pool, "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no snapshot named \"nope\""), "{err}");
+    assert_eq!(std::fs::read(m.p("d/a")).unwrap(), bytes(3, 50_000));
+    assert_eq!(std::fs::read(m.p("new")).unwrap(), b"new");
+    // A file held open across the restore.
+    let held = std::fs::File::open(m.p("d/a")).unwrap();
+    // Restore while mounted: the mount shows the snapshot's tree at once.
+    let out = run_ok(&["snapshot", "restore", &pool, "s1"]);
+    assert!(out.contains("restored snapshot s1"), "{out}");
+    assert_eq!(sh(&format!("ls '{}'", m.mnt().display())), "d\nkeep\n");
+    assert_eq!(sh(&format!("ls '{}'", m.p("d").display())), "a\n");
+    assert_eq!(std::fs::metadata(m.p("d/a")).unwrap().len(), 200_000);
+    assert_eq!(std::fs::read(m.p("d/a")).unwrap(), bytes(1, 200_000));
+    assert_eq!(std::fs::read(m.p("keep")).unwrap(), bytes(2, 100_000));
+    assert!(!m.p("new").exists());
+    assert!(!m.p("d/sub").exists());
+    // A handle opened before the restore is stale: it fails instead of mixing both trees.
+    let mut got = Vec::new();
+    let err = std::io::Read::read_to_end(&mut &held, &mut got).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    drop(held);
+    // The restored tree is what the pool holds: it survives a remount, and scrubs clean.
+    m.unmount();
+    assert!(run_ok(&["scrub", &pool]).contains("clean"));
+    m.mount();
+    assert_eq!(std::fs::read(m.p("d/a")).unwrap(), bytes(1, 200_000));
+    assert_eq!(sh(&format!("ls '{}'", m.mnt().display())), "d\nkeep\n");
+    m.unmount();
+}
+
+/// `dynfs gc` on a mounted pool removes orphans but no fragment that a file being written or
+/// an open, unlinked file still needs.
+#[test]
+fn gc_while_a_file_is_being_written() {
+    if !fuse_available() {
+        return;
+    }
+    let mut m = Mounted::new(3, "rs:2+1", "64K");
+    m.mount();
+    let pool = m.pool.to_str().unwrap().to_string();
+    // An orphan: a fragment of extent 0, which no extent ever has.
+    let orphan = m.disks[0].join("data/00/0000000000000000.0");
+    std::fs::write(&orphan, b"orphan").unwrap();
+    // An unlinked file still open.
+    std::fs::write(m.p("gone"), bytes(7, 300_000)).unwrap();
+    let gone = std::fs::File::open(m.p("gone")).unwrap();
+    std::fs::remove_file(m.p("gone")).unwrap();
+    // A file being written: some extents committed, some with the background writer, a
+    // partly written one buffered.
+    let data = bytes(8, 3 << 20);
+    let half = (3 << 20) / 2 + 1000;
+    let mut f = std::fs::File::create(m.p("big")).unwrap();
+    std::io::Write::write_all(&mut f, &data[..half]).unwrap();
+    let out = run_ok(&["gc", &pool]);
+    assert!(
+        out.contains("removed 1 orphan fragments") && out.contains("0 unlinked inodes"),
+        "{out}"
+    );
+    assert!(!orphan.exists());
+    std::io::Write::write_all(&mut f, &data[half..]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(std::fs::read(m.p("big")).unwrap(), data);
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut &gone, &mut got).unwrap();
+    assert_eq!(got, bytes(7, 300_000));
+    drop(gone);
+    m.unmount();
+    // Nothing the metadata references went missing.
+    let out = run_ok(&["scrub", &pool]);
+    assert!(out.contains("clean"), "{out}");
+}
+
+/// Many files written at once through the mount, more than the write buffer budget holds a
+/// buffer for: writes that find no room do not wait in the daemon (`Fs::write_committing`: the
+/// kernel's writeback sends only so many at once) and every file arrives whole.
+#[test]
+fn more_writers_than_the_write_buffer_holds() {
+    if !fuse_available() {
+        return;
+    }
+    let mut m = Mounted::new(3, "rs:2+1", "64K");
+    let toml = m.pool.join("pool.toml");
+    let conf = std::fs::read_to_string(&toml).unwrap();
+    let conf: String = conf
+        .lines()
+        .filter(|l| !l.starts_with("write_buffer_mib"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&toml, format!("{conf}write_buffer_mib = 1\n")).unwrap();
+    m.mount();
+    let t0 = std::time::Instant::now();
+    let writers: Vec<_> = (0..40u64)
+        .map(|i| {
+            let path = m.p(&format!("w{i}"));
+            std::thread::spawn(move || std::fs::write(path, bytes(i + 50, 600_000)).unwrap())
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(120),
+        "{:?}",
+        t0.elapsed()
+    );
+    for i in 0..40u64 {
+        assert_eq!(
+            std::fs::read(m.p(&format!("w{i}"))).unwrap(),
+            bytes(i + 50, 600_000),
+            "w{i}"
+        );
+    }
+    m.unmount();
+}
