@@ -17,7 +17,7 @@ use arsync_proto::sums::SumHead;
 use arsync_proto::token::{encode_block, encode_end, encode_literal};
 use arsync_proto::wire::{put_i32, put_varint, put_varlong, put_vstring, Reader};
 use arsync_remote::error::RemoteError;
-use arsync_remote::fsys::DestRoot;
+use arsync_remote::fsys::DestSpec;
 use arsync_remote::pull::{run_pull, PullOptions, TransferSummary};
 
 #[derive(Clone, Default)]
@@ -185,7 +185,7 @@ fn run(script: &Script, dest: &Path) -> (Result<TransferSummary, RemoteError>, V
     let out = Shared::default();
     let mut opts = PullOptions::new("unused", dest);
     opts.echo_messages = false;
-    let root = DestRoot::open(dest).unwrap();
+    let root = DestSpec::dir(dest);
     let (data, gate) = script.bytes_gated();
     let input = GatedReader {
         data,
@@ -365,12 +365,7 @@ fn oversized_lengths_are_refused() {
     let out = Shared::default();
     let mut opts = PullOptions::new("unused", &dest);
     opts.echo_messages = false;
-    let res = run_pull(
-        &opts,
-        DestRoot::open(&dest).unwrap(),
-        Cursor::new(bytes),
-        out,
-    );
+    let res = run_pull(&opts, DestSpec::dir(&dest), Cursor::new(bytes), out);
     assert!(matches!(res, Err(RemoteError::Proto(_))), "{res:?}");
 }
 
@@ -441,7 +436,7 @@ fn run_ax(script: &Script, dest: &Path) -> Result<TransferSummary, RemoteError> 
     let mut opts = PullOptions::new("unused", dest);
     opts.command.flags = "logDtprAX".into();
     opts.echo_messages = false;
-    let root = DestRoot::open(dest).unwrap();
+    let root = DestSpec::dir(dest);
     let (data, gate) = script.bytes_gated();
     let input = GatedReader {
         data,
@@ -594,7 +589,7 @@ fn partial_keeps_what_arrived_when_the_sender_vanishes() {
         let mut opts = PullOptions::new("unused", &dest);
         opts.echo_messages = false;
         opts.command.partial = partial;
-        let root = DestRoot::open(&dest).unwrap();
+        let root = DestSpec::dir(&dest);
         let (data, gate) = s.bytes_gated();
         let input = GatedReader {
             data,
@@ -776,7 +771,7 @@ fn incremental_list_ends_when_the_sender_cannot_send_a_file() {
         gate,
         out: out.clone(),
     };
-    let res = run_pull(&opts, DestRoot::open(&dest).unwrap(), input, out);
+    let res = run_pull(&opts, DestSpec::dir(&dest), input, out);
     let summary = res.unwrap();
     assert_eq!(summary.files_transferred, 1);
     assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"hello");
