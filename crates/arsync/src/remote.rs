@@ -1004,24 +1004,8 @@ pub fn run(args: &[OsString]) -> i32 {
         let Location::Local(dest) = dst else {
             return fail(ExitCode::Syntax, "no local destination");
         };
-        // A dry run creates nothing, not even the destination.
-        match match o.dry_run || o.list_only {
-            true => Ok(()),
-            false => std::fs::create_dir(dest),
-        } {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                let dest = std::path::Path::new(dest).display();
-                return fail(ExitCode::FileIo, format!("mkdir {dest}: {e}"));
-            }
-            Ok(()) if !(o.dry_run || o.list_only) => {
-                cmd.opts.dest_created = true;
-                if let Some(p) = &printer {
-                    *p.created_dir.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(dest.as_bytes().to_vec());
-                }
-            }
-            _ => {}
-        }
+        // The destination is settled once the list is in (a directory made
+        // when the transfer needs one, or the one file's new name).
         let mut p = PullOptions::new(cmd.path.clone(), dest);
         p.command = cmd;
         p.daemon = daemon;
@@ -1031,16 +1015,7 @@ pub fn run(args: &[OsString]) -> i32 {
         p.files_from = ff_names;
         p.echo_messages = !o.quiet;
         p.stop_at = o.stop_at;
-        let made = p.command.opts.dest_created;
-        let res = pull(&p);
-        if let (Ok(s), true) = (&res, made) {
-            // An empty list makes nothing (rsync's client then does not
-            // look for its destination).
-            if s.files_total == 0 {
-                let _ = std::fs::remove_dir(dest);
-            }
-        }
-        res
+        pull(&p)
     } else {
         let mut local = Vec::new();
         for l in srcs {
@@ -1567,6 +1542,11 @@ mod output {
         /// Takes one event of the transfer.
         pub(super) fn event(&self, ev: &FileEvent<'_>) {
             match ev {
+                FileEvent::CreatedDir { path } => {
+                    // Printed after the list's first line.
+                    *self.created_dir.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(path.to_vec());
+                }
                 FileEvent::List {
                     entries,
                     incremental,

@@ -644,3 +644,68 @@ fn a_destination_dir_is_made_even_when_every_source_is_missing() {
         assert_eq!(made[1], made[0], "{flags:?} {slashed}");
     }
 }
+
+/// Several `dir/` sources into one destination: rsync's file list keeps the first source's
+/// `.`, so its line comes once and the destination gets the first source's mode and time
+/// (arsync used to print `./` per source and leave the last one's attributes).
+#[test]
+fn several_dir_sources_keep_the_first_ones_root_like_rsync() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = scratch();
+    let (a, b) = (w.path().join("s1"), w.path().join("s2"));
+    for (dir, name, mode, secs) in [
+        (&a, "x", 0o700, 1_577_836_800),
+        (&b, "y", 0o755, 1_609_459_200),
+    ] {
+        fs::create_dir(dir).unwrap();
+        fs::write(dir.join(name), name).unwrap();
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode)).unwrap();
+        arsync_testutil::set_mtime(dir, secs, 0).unwrap();
+    }
+    for (flags, seeded) in [(&["-ai"][..], false), (&["-ai", "--delete"][..], true)] {
+        let mut outs = Vec::new();
+        for (name, prog) in [("r", true), ("a", false)] {
+            let dst = w.path().join(name);
+            let _ = fs::remove_dir_all(&dst);
+            if seeded {
+                fs::create_dir(&dst).unwrap();
+                fs::write(dst.join("extra"), "z").unwrap();
+            }
+            let mut args: Vec<OsString> = flags.iter().map(OsString::from).collect();
+            args.extend([slash(&a), slash(&b), slash(&dst)]);
+            outs.push(if prog { rsync(&args) } else { arsync(&args) });
+        }
+        let (r, ours) = (&outs[0], &outs[1]);
+        assert_eq!(
+            ours.status.code(),
+            r.status.code(),
+            "{flags:?}: {}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+        let dot = |o: &Output| {
+            text_lines(&o.stdout)
+                .into_iter()
+                .filter(|l| l.ends_with(" ./"))
+                .count()
+        };
+        assert_eq!(dot(r), 1, "rsync's output changed: {flags:?}");
+        assert_eq!(dot(ours), 1, "{flags:?}: {:?}", text_lines(&ours.stdout));
+        // The destinations' names differ ("created directory DST").
+        let items = |o: &Output| {
+            let lines = text_lines(&o.stdout);
+            sorted(
+                lines
+                    .into_iter()
+                    .filter(|l| !l.starts_with("created "))
+                    .collect(),
+            )
+        };
+        assert_eq!(items(ours), items(r));
+        same_tree(w.path(), &CompareOpts::default(), &format!("{flags:?}"));
+        let mode = fs::metadata(w.path().join("a"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o700, "{flags:?}: the first source's mode");
+    }
+}

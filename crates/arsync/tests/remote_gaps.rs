@@ -3,7 +3,7 @@
 //! arsync|rsync, through the stand-in ssh) and compared with rsync talking
 //! to rsync: `--stop-after=0`, `--checksum-seed`, `--checksum-choice=sha1`,
 //! an empty `--files-from` list, an rsync client pushing `--list-only` to a
-//! receiving server, and `-vv`.
+//! receiving server, `-vv`, and one file sent to a new name or over a file.
 
 use std::ffi::OsString;
 use std::fs;
@@ -412,6 +412,129 @@ fn very_verbose_output_matches_rsync() {
                 assert_eq!(got[..2], want[..2], "{who}");
                 assert_eq!(got.last(), want.last(), "{who}");
                 assert_eq!(sorted(got), sorted(want), "{who}");
+            }
+        }
+    }
+}
+
+/// What a destination path holds: `file:CONTENT`, `dir:[names]` or `missing`.
+fn holding(p: &Path) -> String {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => {
+            let mut names: Vec<String> = fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            format!("dir:{names:?}")
+        }
+        Ok(_) => format!("file:{}", text(&fs::read(p).unwrap())),
+        Err(_) => "missing".into(),
+    }
+}
+
+/// One file to a name that is not a directory: rsync writes it under that
+/// name (a new one, or over an existing file); a trailing slash asks for a
+/// directory; several files or a directory onto a file are refused. arsync
+/// as the receiving side (an rsync push to its server, or its own pull)
+/// used to make a directory of the new name and refuse an existing file.
+#[test]
+fn one_file_to_a_new_name_or_over_a_file() {
+    let tmp = scratch_dir().unwrap();
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
+    let arsync = arsync_bin();
+    let src = tmp.path().join("src");
+    put(&src, "file.txt", b"new data", T0);
+    put(&src, "other.txt", b"more", T0);
+    let (one, other) = (src.join("file.txt"), src.join("other.txt"));
+    struct Case<'a> {
+        name: &'a str,
+        sources: Vec<&'a Path>,
+        dest: &'a str,
+        /// What is there first.
+        existing: Option<&'a str>,
+        refused: bool,
+    }
+    let case = |name, sources, dest, existing, refused| Case {
+        name,
+        sources,
+        dest,
+        existing,
+        refused,
+    };
+    let cases = [
+        case("new-name", vec![&*one], "renamed.txt", None, false),
+        case(
+            "over-a-file",
+            vec![&*one],
+            "old.txt",
+            Some("old data, longer"),
+            false,
+        ),
+        case("trailing-slash", vec![&*one], "made/", None, false),
+        case(
+            "two-onto-a-file",
+            vec![&*one, &*other],
+            "f2",
+            Some("keep"),
+            true,
+        ),
+        case("dir-onto-a-file", vec![&*src], "f3", Some("keep"), true),
+    ];
+    for dir in [Direction::Push, Direction::Pull] {
+        for Case {
+            name: case,
+            sources,
+            dest: name,
+            existing,
+            refused,
+        } in &cases
+        {
+            let mut results = Vec::new();
+            for (label, client, server) in pairings(&arsync) {
+                let base = tmp.path().join(format!("{label}-{dir:?}-{case}"));
+                fs::create_dir_all(&base).unwrap();
+                let dst = base.join(name);
+                if let Some(data) = existing {
+                    fs::write(&dst, data).unwrap();
+                }
+                let mut cmd = Command::new(&client);
+                cmd.args(["-a", "-e"])
+                    .arg(&rsh)
+                    .arg("--rsync-path")
+                    .arg(&server);
+                for (i, p) in sources.iter().enumerate() {
+                    match (dir, i) {
+                        (Direction::Push, _) => cmd.arg(p),
+                        (Direction::Pull, 0) => cmd.arg(format!("fakehost:{}", p.display())),
+                        // Further remote sources in rsync's short form.
+                        (Direction::Pull, _) => cmd.arg(format!(":{}", p.display())),
+                    };
+                }
+                match dir {
+                    Direction::Push => cmd.arg(format!("fakehost:{}", dst.display())),
+                    Direction::Pull => cmd.arg(&dst),
+                };
+                let o = cmd.stdin(Stdio::null()).output().unwrap();
+                results.push((label, o.status.code(), holding(&dst), describe(&o)));
+            }
+            let (_, code, held, out) = &results[0];
+            assert_eq!(
+                *code != Some(0),
+                *refused,
+                "rsync->rsync {case} {dir:?}: {out}"
+            );
+            let want = match (*case, *refused) {
+                (_, true) => "file:keep".to_string(),
+                ("trailing-slash", _) => "dir:[\"file.txt\"]".to_string(),
+                _ => "file:new data".to_string(),
+            };
+            assert_eq!(held, &want, "rsync->rsync {case} {dir:?}");
+            for (label, c, h, out) in &results[1..] {
+                assert_eq!(h, held, "{label} {case} {dir:?}: {out}");
+                // A refusal fails in every pairing (the code it reaches the
+                // client with depends on which side reports it).
+                assert_eq!(*c != Some(0), *refused, "{label} {case} {dir:?}: {out}");
             }
         }
     }

@@ -47,6 +47,15 @@ pub enum RemoteError {
         /// What expired.
         message: String,
     },
+    /// A failure rsync reports with its own exit code and message (e.g. a
+    /// destination that cannot take the transfer).
+    #[error("{message}")]
+    Exit {
+        /// rsync's exit code for it.
+        code: ExitCode,
+        /// rsync's message.
+        message: String,
+    },
 }
 
 impl RemoteError {
@@ -71,7 +80,7 @@ impl RemoteError {
             RemoteError::Refused(_) => ExitCode::Protocol,
             RemoteError::Verification(_) => ExitCode::Partial,
             RemoteError::Usage(_) => ExitCode::Syntax,
-            RemoteError::Timeout { code, .. } => *code,
+            RemoteError::Timeout { code, .. } | RemoteError::Exit { code, .. } => *code,
         }
     }
 }

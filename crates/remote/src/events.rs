@@ -32,6 +32,12 @@ pub enum FileEvent<'a> {
         /// The entry as the sender listed it.
         entry: &'a arsync_proto::flist::FileEntry,
     },
+    /// A receiving client made its destination directory (rsync's
+    /// `created directory` line), just before the first list's event.
+    CreatedDir {
+        /// The destination as given.
+        path: &'a [u8],
+    },
     /// The file list, once it is known (sorted, as sent); with incremental
     /// recursion, each part as it comes.
     List {

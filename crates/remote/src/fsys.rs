@@ -114,12 +114,16 @@ pub struct ParentCache {
 impl ParentCache {
     /// The confined parent of `name` (validated) and its final component,
     /// from the cache when `name` is in the cached directory.
-    fn parent<'n>(&mut self, dest: &DestRoot, name: &'n [u8]) -> Result<(Arc<OwnedFd>, &'n OsStr)> {
+    fn parent<'n>(
+        &mut self,
+        dest: &'n DestRoot,
+        name: &'n [u8],
+    ) -> Result<(Arc<OwnedFd>, &'n OsStr)> {
         validate_name(name).map_err(|e| RemoteError::Refused(e.to_string()))?;
         if name == b"." {
             return Err(RemoteError::Refused("operation on the root itself".into()));
         }
-        let (dir, base) = split_name(name);
+        let (dir, base) = dest.split(name);
         if let Some(fd) = self.fd.as_ref().filter(|_| self.dir == dir) {
             return Ok((Arc::clone(fd), base));
         }
@@ -217,6 +221,149 @@ pub struct DelayedFile {
     dir: Arc<OwnedFd>,
 }
 
+/// A receiver's destination argument, settled once the first file list is
+/// in (rsync's `get_local_name`): a directory the entries go into, or,
+/// for one non-directory sent to a name that is not a directory, that
+/// name itself.
+#[derive(Debug, Clone, Default)]
+pub struct DestSpec {
+    /// The destination as given (a trailing `/` asks for a directory).
+    pub path: PathBuf,
+    /// `-n` or `--list-only`: nothing is created.
+    pub dry: bool,
+    /// `--temp-dir` and whether it must stay inside the root (a daemon).
+    pub temp_dir: Option<(String, bool)>,
+    /// `-K`.
+    pub keep_dirlinks: bool,
+}
+
+/// How a [`DestSpec`] settled.
+#[derive(Debug)]
+pub struct Settled {
+    /// Where the entries go.
+    pub root: DestRoot,
+    /// The destination directory was created (rsync says so with `-v`).
+    pub created: bool,
+}
+
+impl DestSpec {
+    /// A destination directory `path` (the usual case; tests).
+    pub fn dir(path: impl Into<PathBuf>) -> Self {
+        DestSpec {
+            path: path.into(),
+            ..DestSpec::default()
+        }
+    }
+
+    /// Decides, as rsync's receiver does, where the first list's `entries`
+    /// go: into the destination when it is a directory (made when missing
+    /// and the transfer needs one: several entries, a directory, or a
+    /// trailing slash); else the one non-directory is written under the
+    /// destination's name in its parent.
+    pub fn settle(&self, entries: &[arsync_proto::flist::FileEntry]) -> Result<Settled> {
+        let bytes = self.path.as_os_str().as_bytes();
+        let trailing = bytes.ends_with(b"/");
+        let lone_file = match entries {
+            [e] => !e.is_dir(),
+            _ => false,
+        };
+        let fatal = |message: &str| RemoteError::Exit {
+            code: arsync_proto::stats::ExitCode::FileSelect,
+            message: message.to_string(),
+        };
+        // rsync stats (following a symlink): a link to a directory is one.
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.is_dir() => return self.open_dir(false),
+            Ok(_) if entries.len() > 1 => {
+                return Err(fatal(
+                    "ERROR: destination must be a directory when copying more than 1 file",
+                ))
+            }
+            Ok(_) if !lone_file && !entries.is_empty() => {
+                return Err(fatal(
+                    "ERROR: cannot overwrite non-directory with a directory",
+                ))
+            }
+            Ok(_) if trailing => {
+                return Err(RemoteError::Exit {
+                    code: arsync_proto::stats::ExitCode::Syntax,
+                    message: "ERROR: destination path is not a directory".into(),
+                })
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if entries.is_empty() && !trailing {
+                    // Nothing to write and no directory asked for: rsync
+                    // makes nothing.
+                    return self.untouched();
+                }
+                if !lone_file || trailing {
+                    return self.open_dir(true);
+                }
+            }
+            Err(e) => {
+                return Err(RemoteError::io(
+                    format!("ERROR: cannot stat destination {}", self.path.display()),
+                    e,
+                ))
+            }
+        }
+        let Some(first) = entries.first() else {
+            return self.untouched();
+        };
+        // One file under the destination's own name, in its parent.
+        let (parent, name) = match bytes.iter().rposition(|&b| b == b'/') {
+            Some(0) => (Path::new("/"), &bytes[1..]),
+            Some(i) => (Path::new(OsStr::from_bytes(&bytes[..i])), &bytes[i + 1..]),
+            None => (Path::new("."), bytes),
+        };
+        if !parent.is_dir() {
+            return Err(RemoteError::io(
+                format!("change_dir {} failed", parent.display()),
+                std::io::Error::from(ErrorKind::NotFound),
+            ));
+        }
+        let mut root = DestSpec {
+            path: parent.to_path_buf(),
+            ..self.clone()
+        }
+        .open_dir(false)?
+        .root;
+        root.single = Some((first.name.clone(), OsStr::from_bytes(name).to_os_string()));
+        Ok(Settled {
+            root,
+            created: false,
+        })
+    }
+
+    /// An empty list: a root that finds nothing and creates nothing.
+    fn untouched(&self) -> Result<Settled> {
+        let root = match self.path.is_dir() {
+            true => DestRoot::open(&self.path)?,
+            false => DestRoot::scratch(&self.path)?,
+        };
+        Ok(Settled {
+            root,
+            created: false,
+        })
+    }
+
+    /// The destination as a directory (made when `make` and missing).
+    fn open_dir(&self, make: bool) -> Result<Settled> {
+        let root = match (self.dry, &self.temp_dir) {
+            (true, _) => DestRoot::open_dry(&self.path)?,
+            (false, Some((t, beneath))) => {
+                DestRoot::open(&self.path)?.with_temp_dir(t, *beneath)?
+            }
+            (false, None) => DestRoot::open(&self.path)?,
+        };
+        Ok(Settled {
+            root: root.with_keep_dirlinks(self.keep_dirlinks),
+            created: make && !self.dry,
+        })
+    }
+}
+
 /// A destination directory tree.
 #[derive(Debug, Clone)]
 pub struct DestRoot {
@@ -226,6 +373,11 @@ pub struct DestRoot {
     temp_dir: Option<Arc<OwnedFd>>,
     /// `-K`: symlinks to directories are followed (inside the root only).
     keep_dirlinks: bool,
+    /// A transfer of one non-directory to a destination that is not a
+    /// directory: the list's name and the name it is written under in the
+    /// root (rsync's "local name"; the root is then the destination's
+    /// parent). See [`DestSpec::settle`].
+    single: Option<(Vec<u8>, OsString)>,
 }
 
 fn shown(name: &[u8]) -> String {
@@ -262,6 +414,7 @@ impl DestRoot {
             fd: Arc::new(fd),
             temp_dir: None,
             keep_dirlinks: false,
+            single: None,
         })
     }
 
@@ -326,6 +479,12 @@ impl DestRoot {
         if std::fs::symlink_metadata(root).is_ok() {
             return Self::open(root);
         }
+        Self::scratch(root)
+    }
+
+    /// A root named `root` that is an empty directory removed at once:
+    /// every lookup finds nothing and nothing is created at `root`.
+    fn scratch(root: &Path) -> Result<Self> {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let scratch =
             std::env::temp_dir().join(format!(".arsync-dry-run-{}-{n}", std::process::id()));
@@ -343,6 +502,7 @@ impl DestRoot {
             fd: Arc::new(fd),
             temp_dir: None,
             keep_dirlinks: false,
+            single: None,
         })
     }
 
@@ -357,7 +517,17 @@ impl DestRoot {
         if name == b"." {
             return Ok(self.root.clone());
         }
-        Ok(self.root.join(OsStr::from_bytes(name)))
+        Ok(self.root.join(self.split(name).1))
+    }
+
+    /// `name`'s directory part (empty at the top) and final component as
+    /// it is written here: the one file of a single-file transfer goes
+    /// under its local name.
+    fn split<'a>(&'a self, name: &'a [u8]) -> (&'a [u8], &'a OsStr) {
+        match &self.single {
+            Some((from, to)) if from.as_slice() == name => (&[], to.as_os_str()),
+            _ => split_name(name),
+        }
     }
 
     /// Opens the parent directory of `name` beneath the root without following
@@ -367,16 +537,13 @@ impl DestRoot {
         if name == b"." {
             return Err(RemoteError::Refused("operation on the root itself".into()));
         }
-        let (dir, base) = match name.iter().rposition(|&b| b == b'/') {
-            Some(i) => (
-                OsStr::from_bytes(&name[..i]),
-                OsStr::from_bytes(&name[i + 1..]),
-            ),
-            None => return Ok((Arc::clone(&self.fd), OsStr::from_bytes(name).to_os_string())),
-        };
+        let (dir, base) = self.split(name);
+        if dir.is_empty() {
+            return Ok((Arc::clone(&self.fd), base.to_os_string()));
+        }
         let fd = rustix::fs::openat2(
             &*self.fd,
-            dir,
+            OsStr::from_bytes(dir),
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
             self.resolve_flags(),
@@ -708,7 +875,7 @@ impl DestRoot {
                         parent: dir,
                         name: tmp,
                         in_place: None,
-                        beside: beside.then(|| (Arc::clone(&self.fd), split_name(name).0.to_vec())),
+                        beside: beside.then(|| (Arc::clone(&self.fd), self.split(name).0.to_vec())),
                         owner,
                     });
                 }
@@ -838,10 +1005,10 @@ impl DestRoot {
             // Created next to `name` under this root: its directory is the
             // one to rename in.
             Some((root, dir))
-                if Arc::ptr_eq(root, &self.fd) && split_name(name).0 == dir.as_slice() =>
+                if Arc::ptr_eq(root, &self.fd) && self.split(name).0 == dir.as_slice() =>
             {
                 validate_name(name).map_err(|e| RemoteError::Refused(e.to_string()))?;
-                (Arc::clone(&tmp.parent), split_name(name).1.to_os_string())
+                (Arc::clone(&tmp.parent), self.split(name).1.to_os_string())
             }
             _ => self.parent(name)?,
         };

@@ -49,7 +49,9 @@ use crate::daemon::DaemonTarget;
 use crate::error::{RemoteError, Result};
 use crate::events::{change_flags, EventSink, FileEvent, ProgressTicker, SIGNIFICANT_ITEM_FLAGS};
 use crate::filewriter::{Committer, DataBuf, FileWriter, Keep};
-use crate::fsys::{punch_zero_blocks, read_basis, DelayedFile, DestRoot, Meta, TempFile};
+use crate::fsys::{
+    punch_zero_blocks, read_basis, DelayedFile, DestRoot, DestSpec, Meta, Settled, TempFile,
+};
 use crate::ids::{IdMap, IdNames};
 use crate::opts::{AltMatch, DeleteLimit, TransferOpts};
 use crate::session::{am_root, flist_options, start_client, token_compression};
@@ -303,14 +305,13 @@ pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
             "pull needs a server command with --sender".into(),
         ));
     }
-    let dest = match opts.command.flags.contains('n') || opts.command.opts.list_only {
-        true => DestRoot::open_dry(&opts.dest)?,
-        false => match &opts.command.opts.temp_dir {
-            Some(t) => DestRoot::open(&opts.dest)?.with_temp_dir(t, false)?,
-            None => DestRoot::open(&opts.dest)?,
-        },
-    }
-    .with_keep_dirlinks(opts.command.opts.keep_dirlinks);
+    // Settled once the file list is in (rsync's get_local_name).
+    let dest = DestSpec {
+        path: opts.dest.clone(),
+        dry: opts.command.flags.contains('n') || opts.command.opts.list_only,
+        temp_dir: opts.command.opts.temp_dir.clone().map(|t| (t, false)),
+        keep_dirlinks: opts.command.opts.keep_dirlinks,
+    };
     let clock = IoClock::new(Who::Starting);
     if let Some(t) = &opts.daemon {
         let (r, w) = t.connect()?;
@@ -363,7 +364,7 @@ pub fn pull(opts: &PullOptions) -> Result<TransferSummary> {
 /// Runs the receiving client over any pair of streams (for tests and other transports).
 pub fn run_pull<R: Read, W: Write + Send + 'static>(
     opts: &PullOptions,
-    dest: DestRoot,
+    dest: DestSpec,
     input: R,
     output: W,
 ) -> Result<TransferSummary> {
@@ -373,7 +374,7 @@ pub fn run_pull<R: Read, W: Write + Send + 'static>(
 /// [`run_pull`], noting the session's I/O on `clock` (`--timeout`).
 fn run_pull_with<R: Read, W: Write + Send + 'static>(
     opts: &PullOptions,
-    dest: DestRoot,
+    dest: DestSpec,
     input: R,
     output: W,
     clock: Option<Arc<IoClock>>,
@@ -527,11 +528,11 @@ impl AttrCtx {
 /// generator thread and the receiver, the end-of-run exchange.
 pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
     mut ins: InStream<R>,
-    outs: OutStream<W>,
+    mut outs: OutStream<W>,
     neg: &Negotiated,
     fopts: &FlistOptions,
-    dest: DestRoot,
-    mode: ReceiveMode,
+    dest: DestSpec,
+    mut mode: ReceiveMode,
 ) -> Result<TransferSummary> {
     let (neg, fopts) = (neg.clone(), fopts.clone());
     let inc = fopts.inc_recurse;
@@ -585,6 +586,29 @@ pub(crate) fn receive_session<R: Read, W: Write + Send + 'static>(
             bytes_written: outs.total_written(),
             ..TransferSummary::default()
         });
+    }
+    // Where the entries go (rsync's get_local_name), and rsync's note of a
+    // destination directory it made (a server's goes to the client).
+    let Settled {
+        root: dest,
+        created,
+    } = dest.settle(&entries)?;
+    mode.opts.dest_created = created;
+    if created {
+        // As rsync names it: without the trailing slash.
+        let path = dest.root().as_os_str().as_bytes();
+        let path = match path.strip_suffix(b"/") {
+            Some(p) if !p.is_empty() => p,
+            _ => path,
+        };
+        match (&mode.events, mode.read_stats) {
+            (Some(ev), true) => ev.emit(&FileEvent::CreatedDir { path }),
+            (_, false) if mode.opts.report_deletions => {
+                let text = [&b"created directory "[..], path, b"\n"].concat();
+                outs.message(MsgTag::Info, &text)?;
+            }
+            _ => {}
+        }
     }
     // --usermap/--groupmap (and --chown) come before the name mapping.
     let (user_rules, group_rules) = mode.opts.id_rules()?;

@@ -14,7 +14,7 @@ use arsync_proto::stats::ExitCode;
 
 use crate::conn::{InStream, OutStream};
 use crate::error::{RemoteError, Result};
-use crate::fsys::DestRoot;
+use crate::fsys::DestSpec;
 use crate::opts::TransferOpts;
 use crate::pull::{filter_from_wire, receive_session, ReceiveMode, TransferSummary};
 use crate::push::{send_session, ListSource, SendMode};
@@ -557,25 +557,16 @@ fn serve_session<R: Read, W: Write + Send + 'static>(
         if let Some(from) = args.opts.files_from.as_ref().filter(|f| *f != "-") {
             forward_files_from(&mut outs, from, args)?;
         }
-        // rsync's receiver says when it makes the destination (the client
-        // prints it with -v or -i).
         // --list-only: nothing is written (the destination is not made either).
         let dry = args.flags.contains('n') || args.opts.list_only;
-        let made = !dry && std::fs::symlink_metadata(&path).is_err();
-        let dest = match dry {
-            true => DestRoot::open_dry(&path)?,
-            false => match &args.opts.temp_dir {
-                Some(t) => DestRoot::open(&path)?.with_temp_dir(t, args.opts.confined)?,
-                None => DestRoot::open(&path)?,
-            },
-        }
-        .with_keep_dirlinks(args.opts.keep_dirlinks);
-        if made && args.opts.report_deletions {
-            let mut text = b"created directory ".to_vec();
-            text.extend_from_slice(path.as_os_str().as_encoded_bytes());
-            text.push(b'\n');
-            outs.message(arsync_proto::mux::MsgTag::Info, &text)?;
-        }
+        // Settled once the file list is in (rsync's get_local_name); the
+        // receiver tells the client when it makes the directory.
+        let dest = DestSpec {
+            path: path.clone(),
+            dry,
+            temp_dir: args.opts.temp_dir.clone().map(|t| (t, args.opts.confined)),
+            keep_dirlinks: args.opts.keep_dirlinks,
+        };
         // --list-only: the listing goes to the client (rsync's generator
         // prints it there), the lines in file-list order.
         let listing = args
@@ -609,19 +600,9 @@ fn serve_session<R: Read, W: Write + Send + 'static>(
             partial: args.partial,
             perms: args.flags.contains('p'),
             times: args.flags.contains('t'),
-            opts: TransferOpts {
-                dest_created: made,
-                ..args.opts.clone()
-            },
+            opts: args.opts.clone(),
         };
-        let summary = receive_session(ins, outs, &neg, &fopts, dest, mode)?;
-        // rsync makes a missing destination for an empty list only when it
-        // ends with a slash (get_local_name: else it names the one file).
-        let slash = path.as_os_str().as_encoded_bytes().ends_with(b"/");
-        if made && summary.files_total == 0 && !slash {
-            let _ = std::fs::remove_dir(&path);
-        }
-        Ok(summary)
+        receive_session(ins, outs, &neg, &fopts, dest, mode)
     }
 }
 

@@ -17,7 +17,7 @@ use arsync_proto::sums::SumHead;
 use arsync_proto::token::{encode_block, encode_end, encode_literal};
 use arsync_proto::wire::{put_i32, put_varint, put_varlong, put_vstring, Reader};
 use arsync_remote::error::RemoteError;
-use arsync_remote::fsys::DestRoot;
+use arsync_remote::fsys::DestSpec;
 use arsync_remote::pull::{run_pull, PullOptions, TransferSummary};
 
 #[derive(Clone, Default)]
@@ -34,8 +34,9 @@ impl Write for Shared {
 }
 
 /// Bytes our client writes before the generator's first request: version
-/// int, checksum list, and the empty filter list in one DATA frame.
-const CLIENT_PREAMBLE: usize = 4 + 26 + 8;
+/// int, checksum list (`xxh128 xxh3 xxh64 md5 md4 sha1`), and the empty
+/// filter list in one DATA frame.
+const CLIENT_PREAMBLE: usize = 4 + 31 + 8;
 
 /// Feeds a script, holding back the part after `gate` until the client has
 /// written more than `CLIENT_PREAMBLE` bytes (its generator has spoken), like
@@ -185,7 +186,10 @@ fn run(script: &Script, dest: &Path) -> (Result<TransferSummary, RemoteError>, V
     let out = Shared::default();
     let mut opts = PullOptions::new("unused", dest);
     opts.echo_messages = false;
-    let root = DestRoot::open(dest).unwrap();
+    // An existing destination directory: a list of one file would
+    // otherwise be written under the destination's own name.
+    std::fs::create_dir_all(dest).unwrap();
+    let root = DestSpec::dir(dest);
     let (data, gate) = script.bytes_gated();
     let input = GatedReader {
         data,
@@ -198,10 +202,14 @@ fn run(script: &Script, dest: &Path) -> (Result<TransferSummary, RemoteError>, V
     (res, written)
 }
 
-/// Everything under `p`, recursively.
+/// Everything under `p`, recursively (nothing when `p` was never made: the
+/// destination is settled only once a file list is in).
 fn all_files(p: &Path) -> Vec<String> {
     let mut v = Vec::new();
-    for e in std::fs::read_dir(p).unwrap() {
+    let Ok(dir) = std::fs::read_dir(p) else {
+        return v;
+    };
+    for e in dir {
         let e = e.unwrap();
         v.push(e.file_name().to_string_lossy().into_owned());
         if e.file_type().unwrap().is_dir() {
@@ -365,12 +373,7 @@ fn oversized_lengths_are_refused() {
     let out = Shared::default();
     let mut opts = PullOptions::new("unused", &dest);
     opts.echo_messages = false;
-    let res = run_pull(
-        &opts,
-        DestRoot::open(&dest).unwrap(),
-        Cursor::new(bytes),
-        out,
-    );
+    let res = run_pull(&opts, DestSpec::dir(&dest), Cursor::new(bytes), out);
     assert!(matches!(res, Err(RemoteError::Proto(_))), "{res:?}");
 }
 
@@ -401,7 +404,7 @@ fn checksum_mismatch_triggers_redo_with_full_sums() {
     // with full-length sums, DONE x3, goodbye.
     let mut raw = Reader::new(&written);
     assert_eq!(raw.i32().unwrap(), 32);
-    assert_eq!(raw.vstring(100).unwrap(), b"xxh128 xxh3 xxh64 md5 md4");
+    assert_eq!(raw.vstring(100).unwrap(), b"xxh128 xxh3 xxh64 md5 md4 sha1");
     let mut d = Demuxer::new();
     d.push(raw.rest());
     let mut data = Vec::new();
@@ -441,7 +444,7 @@ fn run_ax(script: &Script, dest: &Path) -> Result<TransferSummary, RemoteError> 
     let mut opts = PullOptions::new("unused", dest);
     opts.command.flags = "logDtprAX".into();
     opts.echo_messages = false;
-    let root = DestRoot::open(dest).unwrap();
+    let root = DestSpec::dir(dest);
     let (data, gate) = script.bytes_gated();
     let input = GatedReader {
         data,
@@ -594,7 +597,9 @@ fn partial_keeps_what_arrived_when_the_sender_vanishes() {
         let mut opts = PullOptions::new("unused", &dest);
         opts.echo_messages = false;
         opts.command.partial = partial;
-        let root = DestRoot::open(&dest).unwrap();
+        // A directory to receive into (a lone file would take its name).
+        std::fs::create_dir_all(&dest).unwrap();
+        let root = DestSpec::dir(&dest);
         let (data, gate) = s.bytes_gated();
         let input = GatedReader {
             data,
@@ -776,7 +781,7 @@ fn incremental_list_ends_when_the_sender_cannot_send_a_file() {
         gate,
         out: out.clone(),
     };
-    let res = run_pull(&opts, DestRoot::open(&dest).unwrap(), input, out);
+    let res = run_pull(&opts, DestSpec::dir(&dest), input, out);
     let summary = res.unwrap();
     assert_eq!(summary.files_transferred, 1);
     assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"hello");

@@ -360,6 +360,9 @@ pub struct Engine {
     timed_out: Arc<AtomicBool>,
     line_format: Option<String>,
     dest_root: Mutex<PathBuf>,
+    /// The destination root (`.`) was handled: several `dir/` sources share it, and rsync's
+    /// file list keeps the first one's `.` only (its line and attributes).
+    root_seen: AtomicBool,
     root_dev: Mutex<Option<u64>>,
     xfer_count: AtomicU64,
     bytes_done: AtomicU64,
@@ -419,6 +422,7 @@ impl Engine {
             shared_items: Mutex::new(Vec::new()),
             delayed_dirs: Mutex::new(HashSet::new()),
             dest_root: Mutex::new(PathBuf::new()),
+            root_seen: AtomicBool::new(false),
             root_dev: Mutex::new(None),
             xfer_count: AtomicU64::new(0),
             bytes_done: AtomicU64::new(0),
@@ -1862,9 +1866,15 @@ impl Walker<'_> {
                 recurse_children = false;
             }
         }
-        self.count_seen(meta, src);
+        // A later `dir/` source into the same root adds its contents only.
+        let repeat = rel == b"." && eng.root_seen.swap(true, Ordering::AcqRel);
+        if !repeat {
+            self.count_seen(meta, src);
+        }
         if o.list_only {
-            self.list_only(src, rel, meta);
+            if !repeat {
+                self.list_only(src, rel, meta);
+            }
             if recurse_children {
                 self.enter_filters(src, rel);
                 if let Some(entries) = self.read_source_dir(src, rel, pre.take()) {
@@ -1941,7 +1951,9 @@ impl Walker<'_> {
         }
         if is_new {
             item.new = basis.is_none();
-            eng.stats.created(Kind::Dir);
+            if !repeat {
+                eng.stats.created(Kind::Dir);
+            }
             if !o.dry_run {
                 if let Err(e) = fsops::mkdir(dst, 0o700) {
                     if e.kind() != io::ErrorKind::AlreadyExists {
@@ -1958,7 +1970,7 @@ impl Walker<'_> {
             item.group = diff.group;
             item.time = if diff.time { b't' } else { b'.' };
         }
-        if (o.xattrs || o.acls) && !(o.dry_run && is_new) {
+        if (o.xattrs || o.acls) && !(o.dry_run && is_new) && !repeat {
             match meta::sync_xattrs(src, dst, o.xattrs, o.acls, o.dry_run) {
                 Ok((a, x)) => {
                     item.acl = a && !is_new;
@@ -1967,7 +1979,7 @@ impl Walker<'_> {
                 Err(e) => eng.io_fail("copy xattrs to", dst, &e),
             }
         }
-        if !o.dry_run && (is_new || item.owner || item.group) {
+        if !o.dry_run && (is_new || item.owner || item.group) && !repeat {
             let w = meta::wanted(o, meta, existing.as_ref(), eng.am_root);
             if w.uid.is_some() || w.gid.is_some() {
                 if let Err(e) = fsops::lchown(dst, w.uid, w.gid) {
@@ -2022,8 +2034,10 @@ impl Walker<'_> {
             self.open_burst();
             self.add_to_burst(Vec::new(), listed);
         }
-        eng.emit(rel, Kind::Dir, item, None, meta);
-        if rel == b"." || !recurse {
+        if !repeat {
+            eng.emit(rel, Kind::Dir, item, None, meta);
+        }
+        if (rel == b"." && !repeat) || !recurse {
             if let Ok(mut l) = eng.late_dirs.lock() {
                 l.push((dst.to_path_buf(), *meta));
             }
@@ -2031,7 +2045,7 @@ impl Walker<'_> {
         parent.pending.fetch_add(1, Ordering::AcqRel);
         let node = Arc::new(DirNode {
             dst: dst.to_path_buf(),
-            apply: Some((*meta, existing)),
+            apply: (!repeat).then_some((*meta, existing)),
             pending: AtomicUsize::new(1),
             parent: Some(Arc::clone(parent)),
             // Created just now (or, in a dry run, not really there): nothing below it exists,
@@ -2147,9 +2161,15 @@ impl Walker<'_> {
         {
             return;
         }
-        self.count_seen(meta, src);
+        // A later `dir/` source into the same root adds its contents only.
+        let repeat = rel == b"." && eng.root_seen.swap(true, Ordering::AcqRel);
+        if !repeat {
+            self.count_seen(meta, src);
+        }
         if o.list_only {
-            self.list_only(src, rel, meta);
+            if !repeat {
+                self.list_only(src, rel, meta);
+            }
             return;
         }
         // Tested before the lstat (a match guard would run only after it).
