@@ -517,7 +517,10 @@ impl DestRoot {
         if name == b"." {
             return Ok(self.root.clone());
         }
-        Ok(self.root.join(self.split(name).1))
+        match self.split(name) {
+            (b"", base) => Ok(self.root.join(base)),
+            _ => Ok(self.root.join(OsStr::from_bytes(name))),
+        }
     }
 
     /// `name`'s directory part (empty at the top) and final component as
@@ -1385,6 +1388,55 @@ mod dry_tests {
         std::fs::write(t.path().join("f"), b"x").unwrap();
         let d = DestRoot::open_dry(t.path()).unwrap();
         assert!(d.lstat(b"f").unwrap().is_some());
+    }
+
+    fn entry(name: &[u8], mode: u32) -> arsync_proto::flist::FileEntry {
+        arsync_proto::flist::FileEntry {
+            name: name.to_vec(),
+            mode,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn destinations_settle_as_rsyncs_get_local_name() {
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        let (file, dir) = (entry(b"f.txt", 0o100644), entry(b".", 0o40755));
+        // One file to a new name: written under that name, nothing made.
+        let s = DestSpec::dir(t.path().join("new.txt"))
+            .settle(&[file.clone()])
+            .unwrap();
+        assert!(!s.created && !t.path().join("new.txt").exists());
+        assert_eq!(s.root.path(b"f.txt").unwrap(), t.path().join("new.txt"));
+        let tmp = s.root.create_temp(b"f.txt").unwrap();
+        s.root.commit(tmp, b"f.txt").unwrap();
+        assert!(t.path().join("new.txt").is_file());
+        // Over an existing file too; other names keep their directories.
+        let s = DestSpec::dir(t.path().join("new.txt"))
+            .settle(&[file.clone()])
+            .unwrap();
+        assert_eq!(s.root.path(b"d/f.txt").unwrap(), t.path().join("d/f.txt"));
+        // A trailing slash, a directory or several entries: a directory, made.
+        let slash = t.path().join("made/");
+        let s = DestSpec::dir(&slash).settle(&[file.clone()]).unwrap();
+        assert!(s.created && t.path().join("made").is_dir());
+        assert_eq!(s.root.path(b"d/f.txt").unwrap(), slash.join("d/f.txt"));
+        let s = DestSpec::dir(t.path().join("tree")).settle(&[dir.clone(), file.clone()]);
+        assert!(s.unwrap().created);
+        // Several entries or a directory onto a file: rsync's exit 3.
+        for list in [vec![dir.clone(), file.clone()], vec![dir]] {
+            let e = DestSpec::dir(t.path().join("new.txt"))
+                .settle(&list)
+                .unwrap_err();
+            assert_eq!(
+                e.exit_code(),
+                arsync_proto::stats::ExitCode::FileSelect,
+                "{e}"
+            );
+        }
+        // An empty list makes nothing without a trailing slash.
+        let s = DestSpec::dir(t.path().join("none")).settle(&[]).unwrap();
+        assert!(!s.created && !t.path().join("none").exists());
     }
 }
 
