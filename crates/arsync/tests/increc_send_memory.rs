@@ -6,51 +6,13 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use arsync_testutil::remote::FAKE_SSH;
-use arsync_testutil::scratch_dir;
+use arsync_testutil::remote::install_fake_ssh;
+use arsync_testutil::{count_second_level, peak_rss_kib, scratch_dir, wide_tree};
 
 fn arsync_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_arsync"))
-}
-
-fn fake_ssh(dir: &Path) -> String {
-    let p = dir.join("fake-ssh");
-    fs::write(&p, FAKE_SSH).unwrap();
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-    p.to_string_lossy().into_owned()
-}
-
-/// Runs `prog` and returns its peak RSS in KiB (`ru_maxrss` from `wait4`:
-/// the largest of the process and the descendants it waited for: for the
-/// pushing arsync also the rsync server behind the stand-in ssh, for an
-/// rsync client the arsync server).
-fn peak_rss_kib(prog: &Path, args: &[OsString]) -> u64 {
-    let child = Command::new(prog)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child; both out-pointers are valid for the
-    // call. The child is reaped here, so `child` is only dropped afterwards
-    // (dropping a Child never waits).
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
-    drop(child);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{} {args:?}: status {status}",
-        prog.display()
-    );
-    usage.ru_maxrss as u64
 }
 
 /// 100,000 empty files in 1,000 directories, sent by arsync to rsync: a
@@ -60,22 +22,11 @@ fn peak_rss_kib(prog: &Path, args: &[OsString]) -> u64 {
 #[test]
 fn sending_a_large_tree_keeps_memory_bounded() {
     let tmp = scratch_dir().unwrap();
-    let rsh = fake_ssh(tmp.path());
+    let rsh = install_fake_ssh(tmp.path()).unwrap();
     let src = tmp.path().join("src");
-    for d in 0..1000 {
-        let dir = src.join(format!("dir{d:04}"));
-        fs::create_dir_all(&dir).unwrap();
-        for f in 0..100 {
-            fs::File::create(dir.join(format!("file-with-a-longish-name-{f:03}"))).unwrap();
-        }
-    }
+    wide_tree(&src, 1000, 100).unwrap();
     let s = format!("{}/", src.display());
-    let count = |d: &Path| {
-        fs::read_dir(d)
-            .unwrap()
-            .map(|e| fs::read_dir(e.unwrap().path()).unwrap().count())
-            .sum::<usize>()
-    };
+    let count = |d: &Path| count_second_level(d).unwrap();
     let limit = 25 * 1024;
     // A push to rsync: arsync is the sending client.
     let dst = tmp.path().join("pushed");

@@ -8,6 +8,7 @@
 
 mod common;
 
+use arsync_testutil::peak_rss_kib;
 use common::*;
 use std::ffi::{CString, OsString};
 use std::fs::{self, File};
@@ -46,33 +47,6 @@ fn make_flat(dir: &Path, n: usize) {
     });
 }
 
-/// Runs arsync and returns its peak RSS in KiB (`ru_maxrss` from `wait4`).
-fn peak_rss_kib(args: &[OsString]) -> u64 {
-    let errs = tempfile::tempfile().unwrap();
-    let child = Command::new(arsync_bin())
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(errs.try_clone().unwrap())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child; both out-pointers are valid for the call. The child is
-    // reaped here, so `child` is only dropped afterwards (dropping a Child never waits).
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
-    drop(child);
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    assert!(
-        ok,
-        "arsync failed (status {status}): {}",
-        fs::read_to_string(format!("/proc/self/fd/{}", errs.as_raw_fd())).unwrap_or_default()
-    );
-    usage.ru_maxrss as u64
-}
-
 fn count(dir: &Path) -> usize {
     fs::read_dir(dir).unwrap().count()
 }
@@ -84,7 +58,7 @@ fn flat_directory_memory_projects_under_100_mib_for_a_million_files() {
     make_flat(&small, SMALL);
     make_flat(&big, N);
     let run = |src: &Path, dst: &Path| {
-        peak_rss_kib(&[
+        peak_rss_kib(&arsync_bin(), &[
             OsString::from("-a"),
             "--delete".into(),
             slash(src),

@@ -22,6 +22,7 @@
 
 mod compare;
 pub mod meta;
+mod process;
 mod random;
 pub mod remote;
 mod tree;
@@ -31,6 +32,7 @@ pub use compare::{
     Side, SparseCheck,
 };
 pub use meta::{AclEntry, AclKind, AclTag, FileTime};
+pub use process::{count_second_level, peak_rss_kib, wide_tree};
 pub use random::{is_root, random_tree, RandomTreeParams, TreeSummary};
 pub use tree::{
     bytes_path, get_times, overwrite_at, set_mtime, set_times, settle_tree, SeededBytes, Settle,
