@@ -58,12 +58,15 @@ fn flat_directory_memory_projects_under_100_mib_for_a_million_files() {
     make_flat(&small, SMALL);
     make_flat(&big, N);
     let run = |src: &Path, dst: &Path| {
-        peak_rss_kib(&arsync_bin(), &[
-            OsString::from("-a"),
-            "--delete".into(),
-            slash(src),
-            slash(dst),
-        ])
+        peak_rss_kib(
+            &arsync_bin(),
+            &[
+                OsString::from("-a"),
+                "--delete".into(),
+                slash(src),
+                slash(dst),
+            ],
+        )
     };
     let (ds, db) = (w.path().join("ds"), w.path().join("db"));
     let base = run(&small, &ds);

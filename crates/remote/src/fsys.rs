@@ -1404,7 +1404,7 @@ mod dry_tests {
         let (file, dir) = (entry(b"f.txt", 0o100644), entry(b".", 0o40755));
         // One file to a new name: written under that name, nothing made.
         let s = DestSpec::dir(t.path().join("new.txt"))
-            .settle(&[file.clone()])
+            .settle(std::slice::from_ref(&file))
             .unwrap();
         assert!(!s.created && !t.path().join("new.txt").exists());
         assert_eq!(s.root.path(b"f.txt").unwrap(), t.path().join("new.txt"));
@@ -1413,12 +1413,14 @@ mod dry_tests {
         assert!(t.path().join("new.txt").is_file());
         // Over an existing file too; other names keep their directories.
         let s = DestSpec::dir(t.path().join("new.txt"))
-            .settle(&[file.clone()])
+            .settle(std::slice::from_ref(&file))
             .unwrap();
         assert_eq!(s.root.path(b"d/f.txt").unwrap(), t.path().join("d/f.txt"));
         // A trailing slash, a directory or several entries: a directory, made.
         let slash = t.path().join("made/");
-        let s = DestSpec::dir(&slash).settle(&[file.clone()]).unwrap();
+        let s = DestSpec::dir(&slash)
+            .settle(std::slice::from_ref(&file))
+            .unwrap();
         assert!(s.created && t.path().join("made").is_dir());
         assert_eq!(s.root.path(b"d/f.txt").unwrap(), slash.join("d/f.txt"));
         let s = DestSpec::dir(t.path().join("tree")).settle(&[dir.clone(), file.clone()]);

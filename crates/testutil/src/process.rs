@@ -32,7 +32,10 @@ pub fn peak_rss_kib(prog: &Path, args: &[OsString]) -> u64 {
         let mut text = String::new();
         let mut errs = errs;
         let _ = errs.rewind().and_then(|()| errs.read_to_string(&mut text));
-        panic!("{} {args:?} failed (status {status}): {text}", prog.display());
+        panic!(
+            "{} {args:?} failed (status {status}): {text}",
+            prog.display()
+        );
     }
     usage.ru_maxrss as u64
 }
