@@ -15,7 +15,6 @@ use std::fs::{self, File};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 /// Entries in the large directory.
 const N: usize = 100_000;
