@@ -278,33 +278,14 @@ fn run_push_piped<R: Read, W: Write>(
         let relative = opts.command.flags.contains('R');
         sources = crate::opts::files_from_sources(&opts.source, &names, relative);
     }
-    let list = match (fopts.inc_recurse, sources.as_slice()) {
-        (true, [source]) => {
-            let (walk, first) = IncWalk::start(
-                source,
-                &fopts,
-                neg.file_checksum,
-                filter.as_ref(),
-                None,
-                &opts.command.opts,
-            )?;
-            ListSource::Incremental(walk, first)
-        }
-        (true, _) => {
-            return Err(RemoteError::Refused(
-                "incremental recursion with several sources".into(),
-            ))
-        }
-        (false, _) => ListSource::Whole(build_list_with(
-            &sources,
-            opts.command.flags.contains('R'),
-            &fopts,
-            neg.file_checksum,
-            filter.as_ref(),
-            None,
-            &opts.command.opts,
-        )?),
-    };
+    let list = ListSource::new(
+        &sources,
+        opts.command.flags.contains('R'),
+        &fopts,
+        neg.file_checksum,
+        (filter.as_ref(), None),
+        &opts.command.opts,
+    )?;
     send_session(
         ins,
         outs,
@@ -489,6 +470,35 @@ pub(crate) enum ListSource<'a> {
     Whole(LocalList),
     /// The first list of a walk, then the walk's further lists.
     Incremental(IncWalk<'a>, Vec<FileEntry>),
+}
+
+impl<'a> ListSource<'a> {
+    /// The sender's list of `sources`: a walk one directory at a time when
+    /// the list is incremental (one source only), else the whole list.
+    pub(crate) fn new(
+        sources: &[SourceSpec],
+        relative: bool,
+        fopts: &FlistOptions,
+        checksum: ChecksumAlgo,
+        (filter, daemon): (
+            Option<&'a arsync_filter::FilterRules>,
+            Option<&'a crate::walk::DaemonFilter>,
+        ),
+        opts: &'a crate::opts::TransferOpts,
+    ) -> Result<Self> {
+        match (fopts.inc_recurse, sources) {
+            (true, [source]) => {
+                let (walk, first) = IncWalk::start(source, fopts, checksum, filter, daemon, opts)?;
+                Ok(ListSource::Incremental(walk, first))
+            }
+            (true, _) => Err(RemoteError::Refused(
+                "incremental recursion with several sources".into(),
+            )),
+            (false, _) => Ok(ListSource::Whole(build_list_with(
+                sources, relative, fopts, checksum, filter, daemon, opts,
+            )?)),
+        }
+    }
 }
 
 /// How many entries the sender keeps listed beyond the list the receiver

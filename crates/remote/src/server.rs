@@ -20,7 +20,7 @@ use crate::pull::{filter_from_wire, receive_session, ReceiveMode, TransferSummar
 use crate::push::{send_session, ListSource, SendMode};
 use crate::session::{flist_options, token_compression};
 use crate::transport::{IoClock, Limits, OnExpiry, Watchdog, Who};
-use crate::walk::{build_list_with, DaemonFilter, IncWalk, SourceSpec};
+use crate::walk::{DaemonFilter, SourceSpec};
 use arsync_filter::FilterRules;
 
 /// The parsed server command line.
@@ -502,33 +502,14 @@ fn serve_session<R: Read, W: Write + Send + 'static>(
                 s.path.display()
             )));
         }
-        let list = match (fopts.inc_recurse, sources.as_slice()) {
-            (true, [source]) => {
-                let (walk, first) = IncWalk::start(
-                    source,
-                    &fopts,
-                    neg.file_checksum,
-                    filter.as_ref(),
-                    daemon.as_ref(),
-                    &opts,
-                )?;
-                ListSource::Incremental(walk, first)
-            }
-            (true, _) => {
-                return Err(RemoteError::Refused(
-                    "incremental recursion with several sources".into(),
-                ))
-            }
-            (false, _) => ListSource::Whole(build_list_with(
-                &sources,
-                args.flags.contains('R'),
-                &fopts,
-                neg.file_checksum,
-                filter.as_ref(),
-                daemon.as_ref(),
-                &opts,
-            )?),
-        };
+        let list = ListSource::new(
+            &sources,
+            args.flags.contains('R'),
+            &fopts,
+            neg.file_checksum,
+            (filter.as_ref(), daemon.as_ref()),
+            &opts,
+        )?;
         send_session(
             ins,
             outs,
