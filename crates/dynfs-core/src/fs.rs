@@ -1883,6 +1883,17 @@ impl Fs {
         self.buffered.wait_release(seen, timeout)
     }
 
+    /// The state of every open file, taken out of the table (so that none is locked while
+    /// the table is).
+    fn open_file_states(&self) -> Vec<(u64, Arc<Mutex<FileState>>)> {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(&ino, s)| (ino, s.clone()))
+            .collect()
+    }
+
     /// Commit the full extents that other files hold in their buffers (and their batches with
     /// the background writer), until at least `want` bytes are given back: a full extent is not
     /// written again, so committing it early costs nothing later. Files other requests hold
@@ -1890,13 +1901,7 @@ impl Fs {
     /// its extents and not closed it yet (the kernel's writeback sends a file's pages in turn,
     /// and the close only when all are written) would otherwise keep them until its close.
     pub fn commit_full_buffers(&self, want: usize) -> bool {
-        let states: Vec<(u64, Arc<Mutex<FileState>>)> = self
-            .files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(&ino, s)| (ino, s.clone()))
-            .collect();
+        let states = self.open_file_states();
         let es = self.es();
         let mut given = 0;
         for (ino, s) in states {
@@ -1932,13 +1937,7 @@ impl Fs {
     /// Commit the buffers of the file whose buffers were written to longest ago, if that was at
     /// least `idle` ago and no request holds the file. Returns whether one was committed.
     pub fn commit_stalled_buffer(&self, idle: Duration) -> bool {
-        let states: Vec<(u64, Arc<Mutex<FileState>>)> = self
-            .files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(&ino, s)| (ino, s.clone()))
-            .collect();
+        let states = self.open_file_states();
         let oldest = states
             .iter()
             .filter_map(|(ino, s)| {
